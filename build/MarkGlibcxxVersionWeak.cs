@@ -1,25 +1,23 @@
 // MSBuild inline task (compiled by RoslynCodeTaskFactory, see TorchSharpGlibcxxFix.targets).
 // Marks one GLIBCXX version requirement of the ELF shared libraries in a folder as weak
 // (VER_FLG_WEAK), so that the dynamic loader accepts an older libstdc++ for it.
+// The tests compile this file with ELF_LOGIC_ONLY to test ElfVersionNeeds on the real library.
 using System;
+using System.Collections.Generic;
 using System.IO;
 using System.Text;
-using Microsoft.Build.Framework;
-using Microsoft.Build.Utilities;
 
-public sealed class MarkGlibcxxVersionWeak : Task
+#if !ELF_LOGIC_ONLY
+public sealed class MarkGlibcxxVersionWeak : Microsoft.Build.Utilities.Task
 {
-    private const ushort VerFlagWeak = 0x2;
-    private const uint ShtGnuVerneed = 0x6ffffffe;
-
-    [Required] public string Directory { get; set; } = "";
-    [Required] public string Version { get; set; } = "";
+    [Microsoft.Build.Framework.Required] public string Directory { get; set; } = "";
+    [Microsoft.Build.Framework.Required] public string Version { get; set; } = "";
 
     public override bool Execute()
     {
         if (SystemLibStdCxxHas(Version))
         {
-            Log.LogMessage(MessageImportance.Low, "System libstdc++ provides " + Version + "; nothing to patch.");
+            Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Low, "System libstdc++ provides " + Version + "; nothing to patch.");
             return true;
         }
         foreach (var path in System.IO.Directory.GetFiles(Directory, "*.so*"))
@@ -27,13 +25,13 @@ public sealed class MarkGlibcxxVersionWeak : Task
             try
             {
                 byte[] elf = File.ReadAllBytes(path);
-                int changed = MarkWeak(elf, Version);
+                int changed = ElfVersionNeeds.MarkWeak(elf, Version);
                 if (changed == 0) continue;
                 // Write a new file and rename it over the output copy: never write through a hard link.
                 string tmp = path + ".weakver.tmp";
                 File.WriteAllBytes(tmp, elf);
                 File.Replace(tmp, path, null);
-                Log.LogMessage(MessageImportance.Normal, "Marked " + Version + " weak in " + path);
+                Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Normal, "Marked " + Version + " weak in " + path);
             }
             catch (Exception e) when (e is IOException || e is InvalidDataException || e is UnauthorizedAccessException)
             {
@@ -54,54 +52,9 @@ public sealed class MarkGlibcxxVersionWeak : Task
         foreach (var c in candidates)
         {
             if (!File.Exists(c)) continue;
-            byte[] bytes = File.ReadAllBytes(c);
-            return Contains(bytes, needle);
+            return Contains(File.ReadAllBytes(c), needle);
         }
-        return false; // no libstdc++ found where expected: patching is harmless
-    }
-
-    /// <summary>Sets VER_FLG_WEAK on every Vernaux entry named <paramref name="version"/>; returns how many changed.</summary>
-    internal static int MarkWeak(byte[] elf, string version)
-    {
-        if (elf.Length < 64 || elf[0] != 0x7f || elf[1] != (byte)'E' || elf[2] != (byte)'L' || elf[3] != (byte)'F') return 0;
-        if (elf[4] != 2 || elf[5] != 1) return 0; // only ELF64 little-endian
-        ulong shoff = U64(elf, 0x28);
-        int shentsize = U16(elf, 0x3A), shnum = U16(elf, 0x3C);
-        int changed = 0;
-        for (int i = 0; i < shnum; i++)
-        {
-            int sh = checked((int)shoff + i * shentsize);
-            if (U32(elf, sh + 4) != ShtGnuVerneed) continue;
-            int offset = checked((int)U64(elf, sh + 0x18));
-            int link = (int)U32(elf, sh + 0x28);
-            int count = (int)U32(elf, sh + 0x2C); // sh_info: number of Verneed entries
-            int strtab = checked((int)U64(elf, checked((int)shoff + link * shentsize) + 0x18));
-            int vn = offset;
-            for (int n = 0; n < count; n++)
-            {
-                int auxCount = U16(elf, vn + 2);
-                int aux = vn + (int)U32(elf, vn + 8);
-                for (int a = 0; a < auxCount; a++)
-                {
-                    string name = CString(elf, strtab + (int)U32(elf, aux + 8));
-                    ushort flags = (ushort)U16(elf, aux + 4);
-                    if (name == version && (flags & VerFlagWeak) == 0)
-                    {
-                        flags |= VerFlagWeak;
-                        elf[aux + 4] = (byte)flags;
-                        elf[aux + 5] = (byte)(flags >> 8);
-                        changed++;
-                    }
-                    uint next = U32(elf, aux + 12);
-                    if (next == 0) break;
-                    aux += (int)next;
-                }
-                uint vnNext = U32(elf, vn + 12);
-                if (vnNext == 0) break;
-                vn += (int)vnNext;
-            }
-        }
-        return changed;
+        return false; // no libstdc++ where expected: patching is harmless
     }
 
     private static bool Contains(byte[] haystack, byte[] needle)
@@ -114,9 +67,74 @@ public sealed class MarkGlibcxxVersionWeak : Task
         }
         return false;
     }
+}
+#endif
 
-    private static int U16(byte[] b, int o) => b[o] | (b[o + 1] << 8);
+/// <summary>Reads and edits the version requirements (.gnu.version_r) of an ELF64 little-endian file.</summary>
+public static class ElfVersionNeeds
+{
+    private const ushort VerFlagWeak = 0x2;
+    private const uint ShtGnuVerneed = 0x6ffffffe;
+
+    /// <summary>Sets VER_FLG_WEAK on every requirement named <paramref name="version"/>; returns how many changed.</summary>
+    public static int MarkWeak(byte[] elf, string version)
+    {
+        int changed = 0;
+        foreach (var entry in Read(elf))
+        {
+            ushort flags = (ushort)U16(elf, entry.FlagsOffset);
+            if (entry.Name != version || (flags & VerFlagWeak) != 0) continue;
+            flags |= VerFlagWeak;
+            elf[entry.FlagsOffset] = (byte)flags;
+            elf[entry.FlagsOffset + 1] = (byte)(flags >> 8);
+            changed++;
+        }
+        return changed;
+    }
+
+    /// <summary>
+    /// Each version requirement (Vernaux entry) with the file offset of its 16-bit vna_flags field;
+    /// empty for anything but an ELF64 little-endian file.
+    /// </summary>
+    public static List<(string Name, int FlagsOffset)> Read(byte[] elf)
+    {
+        var result = new List<(string, int)>();
+        if (elf.Length < 64 || elf[0] != 0x7f || elf[1] != (byte)'E' || elf[2] != (byte)'L' || elf[3] != (byte)'F') return result;
+        if (elf[4] != 2 || elf[5] != 1) return result;
+        int shoff = checked((int)U64(elf, 0x28));
+        int shentsize = U16(elf, 0x3A), shnum = U16(elf, 0x3C);
+        for (int i = 0; i < shnum; i++)
+        {
+            int sh = shoff + i * shentsize;
+            if (U32(elf, sh + 4) != ShtGnuVerneed) continue;
+            int vn = checked((int)U64(elf, sh + 0x18));
+            int link = (int)U32(elf, sh + 0x28);   // section index of the names' string table
+            int count = (int)U32(elf, sh + 0x2C);  // sh_info: number of Verneed entries
+            int strtab = checked((int)U64(elf, shoff + link * shentsize + 0x18));
+            for (int n = 0; n < count; n++)
+            {
+                int auxCount = U16(elf, vn + 2);
+                int aux = vn + (int)U32(elf, vn + 8);
+                for (int a = 0; a < auxCount; a++)
+                {
+                    result.Add((CString(elf, strtab + (int)U32(elf, aux + 8)), aux + 4));
+                    uint next = U32(elf, aux + 12);
+                    if (next == 0) break;
+                    aux += (int)next;
+                }
+                uint vnNext = U32(elf, vn + 12);
+                if (vnNext == 0) break;
+                vn += (int)vnNext;
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Reads a little-endian 16-bit value.</summary>
+    public static int U16(byte[] b, int o) => b[o] | (b[o + 1] << 8);
+
     private static uint U32(byte[] b, int o) => (uint)(b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24));
+
     private static ulong U64(byte[] b, int o) => U32(b, o) | ((ulong)U32(b, o + 4) << 32);
 
     private static string CString(byte[] b, int o)
