@@ -30,7 +30,7 @@ public class GlibcxxPatchTests
         Assert.Equal(1, ElfVersionNeeds.MarkWeak(patched, Version));
         Assert.Equal(0x2, FlagsOf(patched, Version) & 0x2);
         // One byte changes (the low byte of vna_flags); the other requirements keep their flags.
-        Assert.Single(Enumerable.Range(0, original.Length).Where(i => original[i] != patched[i]));
+        Assert.Single(Enumerable.Range(0, original.Length), i => original[i] != patched[i]);
         foreach (var (_, offset) in ElfVersionNeeds.Read(original).Where(e => e.Name != Version))
             Assert.Equal(ElfVersionNeeds.U16(original, offset), ElfVersionNeeds.U16(patched, offset));
         // Idempotent.
