@@ -172,6 +172,15 @@ public sealed class ShardedCheckpointTests : IDisposable
     }
 
     [Fact]
+    public void DuplicateNamesAcrossShardsAreRefusedBeforeWriting()
+    {
+        var dup = _tensors.Append(("embed.weight", _owned[3])).ToArray();
+        var e = Assert.Throws<ArgumentException>(() => ShardedCheckpoint.Save(_dir, dup, maxShardBytes: 1000));
+        Assert.Contains("'embed.weight'", e.Message);
+        Assert.Empty(FolderFiles());
+    }
+
+    [Fact]
     public void OpenNamesWhatIsMissing()
     {
         Assert.Throws<FileNotFoundException>(() => ShardedCheckpoint.Open(_dir));
