@@ -315,8 +315,8 @@ public sealed class QuantizedTensor : IDisposable
         return new QuantizedTensor(spec, shape, data, null, null);
     }
 
-    /// <summary>Per-channel (or per-group, or whole-tensor) min and max.</summary>
-    internal static (float[] Min, float[] Max) ObserveMinMax(ReadOnlySpan<float> x, Layout layout)
+    /// <summary>Per-channel (or per-group, or whole-tensor) min and max; NaN for a channel holding NaN.</summary>
+    internal static unsafe (float[] Min, float[] Max) ObserveMinMax(ReadOnlySpan<float> x, Layout layout)
     {
         var min = new float[layout.Channels];
         var max = new float[layout.Channels];
@@ -324,17 +324,42 @@ public sealed class QuantizedTensor : IDisposable
         Array.Fill(min, float.PositiveInfinity);
         Array.Fill(max, float.NegativeInfinity);
         int c = layout.Channels, inner = layout.BlockLength;
-        for (long o = 0; o < layout.Outer; o++)
+        if (inner < 64)
         {
-            for (int ch = 0; ch < c; ch++)
-            {
-                var (mn, mx) = MinMaxKernel.MinMax(x.Slice((int)((o * c + ch) * inner), inner));
-                if (float.IsNaN(mn) || float.IsNaN(min[ch])) { min[ch] = max[ch] = float.NaN; continue; }
-                if (mn < min[ch]) min[ch] = mn;
-                if (mx > max[ch]) max[ch] = mx;
-            }
+            // Short blocks (channel axis last or nearly): plain loops.
+            for (long o = 0; o < layout.Outer; o++)
+                for (int ch = 0; ch < c; ch++)
+                    Merge(min, max, ch, MinMaxKernel.MinMaxScalar(x.Slice((int)((o * c + ch) * inner), inner)));
+            return (min, max);
         }
+        // Blocks split into chunks, reduced in parallel, then merged per channel.
+        const int Chunk = 1 << 16;
+        int chunksPerBlock = (inner + Chunk - 1) / Chunk;
+        long blocks = layout.Outer * c;
+        long items = blocks * chunksPerBlock;
+        var pMin = new float[items];
+        var pMax = new float[items];
+        fixed (float* p = x)
+        {
+            nint addr = (nint)p;
+            Quantization.For(items, Math.Min(inner, Chunk), t =>
+            {
+                long b = t / chunksPerBlock;
+                int k = (int)(t % chunksPerBlock) * Chunk;
+                int len = Math.Min(Chunk, inner - k);
+                (pMin[t], pMax[t]) = MinMaxKernel.MinMax(new ReadOnlySpan<float>((float*)addr + b * inner + k, len));
+            });
+        }
+        for (long t = 0; t < items; t++)
+            Merge(min, max, (int)(t / chunksPerBlock % c), (pMin[t], pMax[t]));
         return (min, max);
+    }
+
+    private static void Merge(float[] min, float[] max, int ch, (float Min, float Max) v)
+    {
+        if (float.IsNaN(v.Min) || float.IsNaN(min[ch])) { min[ch] = max[ch] = float.NaN; return; }
+        if (v.Min < min[ch]) min[ch] = v.Min;
+        if (v.Max > max[ch]) max[ch] = v.Max;
     }
 
     /// <summary>PyTorch's arithmetic for the spec's granularity.</summary>
