@@ -186,7 +186,8 @@ public static class Quantization
         }
     }
 
-    private static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+    /// <summary>Quantizes without checking that the range fits the destination type (the caller did).</summary>
+    internal static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
         QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);

@@ -85,17 +85,19 @@ public sealed class QuantizedTensor : IDisposable
         if (!spec.Type.IsInteger()) return FromFloat(x, spec, shape);
 
         var layout = Layout.For(spec, shape);
-        var (min, max) = ObserveMinMax(Floats(x), layout);
         var range = spec.Range;
         var scale = new float[layout.Channels];
         var zeroPoint = new int[layout.Channels];
+        if (CanFuse(layout, QuantSpec.Product(shape)))
+            return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: true);
+        var (min, max) = ObserveMinMax(Floats(x), layout);
         for (int c = 0; c < layout.Channels; c++)
         {
             if (float.IsNaN(min[c]) || float.IsInfinity(min[c]) || float.IsInfinity(max[c]))
-                throw new ArgumentException($"Cannot quantize: the input holds NaN or infinity (in {(layout.Channels == 1 ? "the tensor" : $"channel/group {c}")}).", nameof(input));
+                throw NonFinite(layout, c);
             (scale[c], zeroPoint[c]) = QParams.Choose(min[c], max[c], range, spec.Scheme);
         }
-        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint);
+        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: false);
     }
 
     /// <summary>Quantizes <paramref name="input"/> with given scales and zero points (e.g. from an observer).</summary>
@@ -129,7 +131,7 @@ public sealed class QuantizedTensor : IDisposable
         }
         using var scope = torch.NewDisposeScope();
         var x = AsFloat32(input);
-        return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone());
+        return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone(), observe: false);
     }
 
     /// <summary>
@@ -274,26 +276,25 @@ public sealed class QuantizedTensor : IDisposable
         }
     }
 
-    private static QuantizedTensor QuantizeCore(Tensor x, QuantSpec spec, long[] shape, Layout layout, float[] scale, int[] zeroPoint)
+    /// <summary>
+    /// Quantizes <paramref name="x"/>; with <paramref name="observe"/>, first fills <paramref name="scale"/> and
+    /// <paramref name="zeroPoint"/> from each block's min/max in the same pass (see <see cref="CanFuse"/>).
+    /// </summary>
+    private static QuantizedTensor QuantizeCore(Tensor x, QuantSpec spec, long[] shape, Layout layout, float[] scale, int[] zeroPoint, bool observe)
     {
-        var range = spec.Range;
-        var arithmetic = Arithmetic(spec);
         ReadOnlySpan<float> src = Floats(x);
         Tensor data;
         switch (spec.Type)
         {
             case QuantType.Int8:
-                data = torch.empty(shape, ScalarType.Int8);
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(data.bytes), arithmetic);
-                break;
             case QuantType.UInt8:
-                data = torch.empty(shape, ScalarType.Byte);
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, data.bytes, arithmetic);
+                data = torch.empty(shape, DataType(spec.Type));
+                QuantizeValues(src, src.IsEmpty ? [] : MemoryMarshal.Cast<byte, sbyte>(data.bytes), spec, layout, scale, zeroPoint, observe);
                 break;
             default:
             {
                 var values = new sbyte[src.Length];
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, values, arithmetic);
+                QuantizeValues(src, values, spec, layout, scale, zeroPoint, observe);
                 data = torch.empty(DataShape(spec.Type, shape), ScalarType.Byte);
                 PackRows(values, spec.Type, shape, data.bytes);
                 break;
@@ -304,6 +305,53 @@ public sealed class QuantizedTensor : IDisposable
         var zpTensor = spec.HasZeroPoint ? torch.tensor(zeroPoint, pShape) : null;
         var q = new QuantizedTensor(spec, shape, data, scaleTensor, zpTensor) { _scales = scale, _zeroPoints = zeroPoint };
         return q;
+    }
+
+    /// <summary>
+    /// One pass per block (min/max, qparams, quantize while the block is in cache) when every parameter covers one
+    /// contiguous block of moderate size: per-channel on axis 0, per-group, and small per-tensor inputs.
+    /// </summary>
+    private static bool CanFuse(Layout layout, long n) => n > 0 && layout.Outer == 1 && layout.BlockLength >= 16 && layout.BlockLength <= (1 << 16);
+
+    private static ArgumentException NonFinite(Layout layout, int c) => new(
+        $"Cannot quantize: the input holds NaN or infinity (in {(layout.Channels == 1 ? "the tensor" : $"channel/group {c}")}).", "input");
+
+    private static unsafe void QuantizeValues(ReadOnlySpan<float> src, Span<sbyte> dst, QuantSpec spec, Layout layout, float[] scale, int[] zeroPoint, bool observe)
+    {
+        var range = spec.Range;
+        var arithmetic = Arithmetic(spec);
+        if (!observe)
+        {
+            Quantization.QuantizeCore(src, layout.BlockLength, scale, zeroPoint, range, dst, arithmetic);
+            return;
+        }
+        int inner = layout.BlockLength;
+        float qmin = range.QMin, qmax = range.QMax;
+        bool divide = arithmetic == QuantizeArithmetic.Divide;
+        var scheme = spec.Scheme;
+        int bad = -1;
+        fixed (float* ps = src)
+        fixed (sbyte* pd = dst)
+        {
+            nint s = (nint)ps, d = (nint)pd;
+            Quantization.For(layout.Channels, inner, c =>
+            {
+                var block = new ReadOnlySpan<float>((float*)s + c * inner, inner);
+                var (mn, mx) = MinMaxKernel.MinMax(block);
+                if (!float.IsFinite(mn) || !float.IsFinite(mx))
+                {
+                    Interlocked.Exchange(ref bad, (int)c);
+                    return;
+                }
+                var (sc, z) = QParams.Choose(mn, mx, range, scheme);
+                scale[c] = sc;
+                zeroPoint[c] = z;
+                var output = new Span<sbyte>((sbyte*)d + c * inner, inner);
+                if (divide) QuantizeKernel.Quantize<QuantizeKernel.DivideByScale>(block, sc, z, qmin, qmax, output);
+                else QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(block, 1f / sc, z, qmin, qmax, output);
+            });
+        }
+        if (bad >= 0) throw NonFinite(layout, bad);
     }
 
     private static QuantizedTensor FromFloat(Tensor x, QuantSpec spec, long[] shape)

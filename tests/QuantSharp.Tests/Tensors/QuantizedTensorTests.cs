@@ -150,3 +150,34 @@ public class QuantizedTensorTests
         Assert.Throws<ObjectDisposedException>(() => q.Dequantize());
     }
 }
+
+public class QuantizedTensorPathTests
+{
+    /// <summary>
+    /// Large per-tensor inputs take the two-pass path (parallel min/max, then quantize); its qparams are those of
+    /// torch's own min/max, and its integers those of QuantizeWith with these qparams.
+    /// </summary>
+    [Theory]
+    [InlineData(QuantScheme.Affine)]
+    [InlineData(QuantScheme.Symmetric)]
+    public void TwoPassPerTensorUsesTorchMinMax(QuantScheme scheme)
+    {
+        using var x = torch.randn(300, 301) * 2 + 0.5;
+        var spec = new QuantSpec(QuantType.Int8, scheme);
+        using var q = QuantizedTensor.Quantize(x, spec);
+        var (s, z) = QuantSharp.Primitives.QParams.Choose(x.min().item<float>(), x.max().item<float>(), spec.Range, scheme);
+        Assert.Equal(s, q.ScaleValues[0]);
+        Assert.Equal(z, q.ZeroPointValues[0]);
+        using var w = QuantizedTensor.QuantizeWith(x, spec, [s], [z]);
+        Assert.Equal(w.Data.bytes.ToArray(), q.Data.bytes.ToArray());
+    }
+
+    [Fact]
+    public void NaNInOneChannelIsReportedByChannel()
+    {
+        using var x = torch.randn(8, 256);
+        x[5, 17] = torch.tensor(float.NaN);
+        var ex = Assert.Throws<ArgumentException>(() => QuantizedTensor.Quantize(x, new QuantSpec(QuantType.Int8, granularity: new PerAxis(0))));
+        Assert.Contains("channel/group 5", ex.Message);
+    }
+}
