@@ -76,7 +76,7 @@ internal static class HalfKernel
         ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
         ref ushort dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
+        if (Simd.Use256 && n >= 16)
         {
             for (; i <= n - 16; i += 16)
             {
@@ -85,7 +85,7 @@ internal static class HalfKernel
                 Vector256.Narrow(a, b).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        else if (Simd.Use128 && n >= 8)
         {
             for (; i <= n - 8; i += 8)
             {
@@ -144,7 +144,7 @@ internal static class HalfKernel
         ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
         ref ushort dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
+        if (Simd.Use256 && n >= 16)
         {
             var bias = Vector256.Create(0x7FFFu);
             var one = Vector256.Create(1u);
@@ -156,7 +156,7 @@ internal static class HalfKernel
                 Vector256.Narrow(Bf256(a, bias, one, nan), Bf256(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        else if (Simd.Use128 && n >= 8)
         {
             var bias = Vector128.Create(0x7FFFu);
             var one = Vector128.Create(1u);
