@@ -34,13 +34,10 @@ internal abstract class ObserverBase : IObserver
             throw new ArgumentException(
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.",
                 nameof(input));
-        float[] values;
-        using (var scope = torch.NewDisposeScope())
-        {
-            var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
-            values = MemoryMarshal.Cast<byte, float>(t.bytes).ToArray();
-        }
-        ObserveValues(values, shape);
+        using var scope = torch.NewDisposeScope();
+        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU).
+        var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
+        ObserveValues(MemoryMarshal.Cast<byte, float>(t.bytes), shape);
     }
 
     /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>
