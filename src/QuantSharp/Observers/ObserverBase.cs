@@ -17,6 +17,9 @@ internal abstract class ObserverBase : IObserver
 
     public ObserverOptions Options { get; }
 
+    // Min and max of the batch being observed, found while checking it for NaN/infinity.
+    private float _batchMin, _batchMax;
+
     public int Count { get; private set; }
 
     /// <summary>The name used in error messages.</summary>
@@ -49,7 +52,10 @@ internal abstract class ObserverBase : IObserver
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.");
         if (numel != values.Length)
             throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
-        CheckFinite(values);
+        float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+        if (!Kernels.MinMaxKernel.MinMax(values, ref lo, ref hi))
+            ThrowNonFinite(values);
+        (_batchMin, _batchMax) = (lo, hi);
         ObserveCore(values, shape);
         Count++;
     }
@@ -85,19 +91,14 @@ internal abstract class ObserverBase : IObserver
         return new ObserverResult(scale, zeroPoint, min, max, threshold);
     }
 
-    private void CheckFinite(ReadOnlySpan<float> values)
+    private void ThrowNonFinite(ReadOnlySpan<float> values)
     {
-        for (int i = 0; i < values.Length; i++)
-        {
-            float v = values[i];
-            if (!float.IsFinite(v))
-            {
-                string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
-                throw new ArgumentException(
-                    $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
-                    "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
-            }
-        }
+        int i = Kernels.MinMaxKernel.FirstNonFinite(values);
+        float v = values[i];
+        string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
+        throw new ArgumentException(
+            $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
+            "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
     }
 
     /// <summary>Min and max of each channel along <paramref name="axis"/> (PyTorch's PerChannelMinMaxObserver reduction).</summary>
@@ -116,15 +117,7 @@ internal abstract class ObserverBase : IObserver
         {
             for (int c = 0; c < channels; c++)
             {
-                float lo = min[c], hi = max[c];
-                var row = values.Slice(pos, (int)inner);
-                foreach (float v in row)
-                {
-                    if (v < lo) lo = v;
-                    if (v > hi) hi = v;
-                }
-                min[c] = lo;
-                max[c] = hi;
+                Kernels.MinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
                 pos += (int)inner;
             }
         }
@@ -157,13 +150,7 @@ internal abstract class ObserverBase : IObserver
             }
             default:
             {
-                float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
-                foreach (float v in values)
-                {
-                    if (v < lo) lo = v;
-                    if (v > hi) hi = v;
-                }
-                return ([lo], [hi]);
+                return ([_batchMin], [_batchMax]);
             }
         }
     }
