@@ -53,7 +53,7 @@ internal abstract class ObserverBase : IObserver
         if (numel != values.Length)
             throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
         float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
-        if (!Kernels.MinMaxKernel.MinMax(values, ref lo, ref hi))
+        if (!Kernels.FiniteMinMaxKernel.MinMax(values, ref lo, ref hi))
             ThrowNonFinite(values);
         (_batchMin, _batchMax) = (lo, hi);
         ObserveCore(values, shape);
@@ -93,7 +93,7 @@ internal abstract class ObserverBase : IObserver
 
     private void ThrowNonFinite(ReadOnlySpan<float> values)
     {
-        int i = Kernels.MinMaxKernel.FirstNonFinite(values);
+        int i = Kernels.FiniteMinMaxKernel.FirstNonFinite(values);
         float v = values[i];
         string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
         throw new ArgumentException(
@@ -117,7 +117,7 @@ internal abstract class ObserverBase : IObserver
         {
             for (int c = 0; c < channels; c++)
             {
-                Kernels.MinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
+                Kernels.FiniteMinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
                 pos += (int)inner;
             }
         }

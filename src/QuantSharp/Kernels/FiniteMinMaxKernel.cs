@@ -8,7 +8,7 @@ namespace QuantSharp.Kernels;
 /// bulk, scalar over the remainder. <see cref="MinMaxScalar"/> is the specification; the vector path is tested
 /// against it.
 /// </summary>
-internal static class MinMaxKernel
+internal static class FiniteMinMaxKernel
 {
     /// <summary>
     /// Folds <paramref name="values"/> into <paramref name="min"/>/<paramref name="max"/>. Returns false when a
