@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using QuantSharp.Primitives;
 using TorchSharp;
 
@@ -40,7 +39,22 @@ internal abstract class ObserverBase : IObserver
         using var scope = torch.NewDisposeScope();
         // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU).
         var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
-        ObserveValues(MemoryMarshal.Cast<byte, float>(t.bytes), shape);
+        ObserveValues(FloatSpan(t), shape);
+    }
+
+    /// <summary>
+    /// The elements of a contiguous float32 CPU tensor, in place. Built from the storage pointer rather than
+    /// <c>Tensor.bytes</c>, which stops at 2 GB; a span reaches int.MaxValue elements (8 GB of float32).
+    /// </summary>
+    private unsafe ReadOnlySpan<float> FloatSpan(torch.Tensor t)
+    {
+        long numel = t.numel();
+        if (numel > int.MaxValue)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' has {numel} elements; observe it in slices of at most {int.MaxValue} elements (e.g. chunks along dim 0).");
+        using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
+        IntPtr start = storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float)));
+        return new ReadOnlySpan<float>((void*)start, (int)numel);
     }
 
     /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>
