@@ -247,6 +247,9 @@ internal sealed class OrtHistogram
     {
         if (low < _min) low = _min;
         if (high > _max) high = _max;
+        // All data inside one bin (e.g. a constant tensor): ONNX Runtime returns an inverted range here
+        // (low = min above high = an edge below max); the data's own range is the honest answer.
+        if (low > high) (low, high) = (_min, _max);
         return (low, high);
     }
 
