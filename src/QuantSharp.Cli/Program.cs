@@ -22,6 +22,7 @@ public static class Program
             return 0;
         });
         root.Subcommands.Add(version);
+        root.Subcommands.Add(Commands.DemoCommand.Create());
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
         return root;
     }
