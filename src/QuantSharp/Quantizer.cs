@@ -312,7 +312,7 @@ public static class Quantizer
                 using (var scope = NewDisposeScope())
                 {
                     var floatWeight = e.Module.named_parameters(recurse: false).First(p => p.name == "weight").parameter;
-                    weightSqnr = SqnrDb.Compute(floatWeight, q.DequantizeWeight());
+                    weightSqnr = Metrics.Sqnr(floatWeight, q.DequantizeWeight());
                 }
                 ModuleTree.Replace(e, q);
                 long layerQuant = q.parameters(recurse: false).Sum(p => p.numel() * p.element_size()) + q.buffers(recurse: false).Sum(b => b.numel() * b.element_size());
@@ -339,12 +339,12 @@ public static class Quantizer
                     var outputs = RunCapturing(qm, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
                     try
                     {
-                        modelSqnr = SqnrDb.Compute(calib.FirstModelOutput!, modelOut);
+                        modelSqnr = Metrics.Sqnr(calib.FirstModelOutput!, modelOut);
                         for (int i = 0; i < layerReports.Count; i++)
                         {
                             var r = layerReports[i];
                             if (!outputs.TryGetValue(r.Name, out var qo) || !calib.FirstOutputs.TryGetValue(r.Name, out var fo)) continue;
-                            double o = SqnrDb.Compute(fo, qo);
+                            double o = Metrics.Sqnr(fo, qo);
                             var problems = r.Problems.ToList();
                             if (double.IsNaN(o)) problems.Add("output SQNR is NaN");
                             if (cfg.Validation.MinOutputSqnrDb is { } minO && o < minO)

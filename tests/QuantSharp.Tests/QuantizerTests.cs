@@ -38,7 +38,7 @@ public class QuantizerTests
         // The factory's model has different random weights; the copy must carry the original's.
         var result = Quantizer.Quantize(model, QuantizationConfig.Float16(), () => new Mlp(seed: 2));
         var x = torch.randn(4, 64);
-        double db = SqnrDb.Compute(model.call(x), ((Module<Tensor, Tensor>)result.Model).call(x));
+        double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)result.Model).call(x));
         Assert.True(db > 60, $"fp16 copy SQNR {db:F1} dB");
     }
 
@@ -141,7 +141,7 @@ public class QuantizerTests
         Assert.Equal(ScalarType.Int8, sd["blocks.1.weight"].dtype);
         Assert.Equal(ScalarType.Float32, sd["typed.weight"].dtype);
         var x = torch.randn(5, 32);
-        double db = SqnrDb.Compute(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
+        double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
         Assert.True(db > 25, $"model SQNR {db:F1}");
         Assert.Contains("skipped typed (Linear)", r.Report!.Format());
     }
@@ -160,7 +160,7 @@ public class QuantizerTests
         Assert.True(sd.ContainsKey("b.weight_scale"));
         Assert.Equal(6, sd.Count);
         var x = torch.randn(3, 8);
-        Assert.True(SqnrDb.Compute(model.call(x), seq.call(x)) > 30);
+        Assert.True(Metrics.Sqnr(model.call(x), seq.call(x)) > 30);
     }
 
     [Fact]

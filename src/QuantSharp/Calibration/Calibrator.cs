@@ -32,14 +32,14 @@ internal sealed class Calibrator : IDisposable
     private readonly Dictionary<string, LayerObservers> _observers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Tensor> _firstOutputs = new(StringComparer.Ordinal);
 
-    public Calibrator(nn.Module<Tensor, Tensor> model, IReadOnlyList<ModuleEntry> layers, Func<IRangeObserver> makeObserver)
+    public Calibrator(nn.Module<Tensor, Tensor> model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
     {
         _model = model;
         _layers = layers;
         foreach (var e in layers)
         {
             bool indices = e.Module is TorchSharp.Modules.Embedding;
-            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver(), makeObserver());
+            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver($"input of layer '{e.Name}'"), makeObserver($"output of layer '{e.Name}'"));
         }
     }
 

@@ -52,16 +52,17 @@ public class CalibrationTests
         model.eval();
         var batches = TestData.Batches(3, 10, [64]);
         var layers = ModuleTree.Walk(model).Where(e => e.Module is TorchSharp.Modules.Linear).ToList();
-        var created = new List<MinMaxRangeObserver>();
-        using var calib = new Calibrator(model, layers, () =>
+        var created = new List<string>();
+        var make = RangeObservers.Factory("minmax", QuantizationConfig.DefaultActivations);
+        using var calib = new Calibrator(model, layers, name =>
         {
-            var o = new MinMaxRangeObserver(QuantizationConfig.DefaultActivations);
-            created.Add(o);
-            return o;
+            created.Add(name);
+            return make(name);
         });
         calib.Run(batches, 25, progress: null);
 
         Assert.Equal(6, created.Count); // input + output per layer
+        Assert.Contains("input of layer 'fc2'", created);
         Assert.Equal(30, calib.Samples);
         Assert.Equal(3, calib.Batches);
         // Independent ranges: run the layers by hand on the concatenated data.
@@ -124,7 +125,7 @@ public class CalibrationTests
         var data = TestData.Batches(5, 32, [1, 12, 12]);
         var r = Quantizer.Quantize(model, QuantizationConfig.Int8Static(), () => new ConvNet(), data);
         var x = TestData.Batches(1, 16, [1, 12, 12], seed: 99)[0];
-        double db = Validation.SqnrDb.Compute(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
+        double db = QuantSharp.Validation.Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
         Assert.True(db > 20, $"W8A8 model SQNR {db:F1} dB");
     }
 

@@ -158,5 +158,5 @@ public class QuantizedModulesTests
         Assert.Equal(zp, q.get_buffer("input_zero_point")!.item<int>());
     }
 
-    private static double Metrics(Tensor reference, Tensor actual) => SqnrDb.Compute(reference, actual);
+    private static double Metrics(Tensor reference, Tensor actual) => QuantSharp.Validation.Metrics.Sqnr(reference, actual);
 }
