@@ -24,6 +24,7 @@ public static class Program
         root.Subcommands.Add(version);
         root.Subcommands.Add(Commands.DemoCommand.Create());
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
+        root.Subcommands.Add(Commands.ObserveCommand.Create());
         return root;
     }
 }
