@@ -96,6 +96,8 @@ internal static class DemoCommand
                 ["sizeBytes"] = v.SizeBytes,
                 ["sizeRatioVsFloat32"] = Num(v.SizeRatio),
                 ["sqnrDb"] = Num(v.SqnrDb),
+                ["minWeightSqnrDb"] = Num(v.MinWeightSqnrDb),
+                ["warnings"] = new JsonArray(v.Warnings.Select(w => (JsonNode?)JsonValue.Create(w)).ToArray()),
                 ["seconds"] = Num(v.Seconds),
             });
         }
@@ -105,7 +107,8 @@ internal static class DemoCommand
             ["evaluation"] = new JsonObject { ["source"] = report.EvaluationSource, ["images"] = report.EvaluationImages },
             ["calibration"] = new JsonObject { ["source"] = report.CalibrationSource, ["images"] = report.CalibrationImages },
             ["model"] = report.ModelPath,
-            ["sqnr"] = "20*log10(||logits_float32|| / ||logits_float32 - logits_variant||) over the evaluated images",
+            ["sqnr"] = "sqnrDb: 20*log10(||logits_float32|| / ||logits_float32 - logits_variant||) over the evaluated images; " +
+                       "minWeightSqnrDb: lowest per-layer SQNR of the dequantized weights against the float weights",
             ["variants"] = variants,
         };
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
@@ -116,10 +119,11 @@ internal static class DemoCommand
         double floatAcc = report.Variants[0].AccuracyPercent;
         var table = new Table().Border(TableBorder.Rounded)
             .Title($"MNIST CNN: {Markup.Escape(report.EvaluationSource)}")
-            .Caption($"calibration: {Markup.Escape(report.CalibrationSource)}; SQNR of the logits vs float32")
+            .Caption($"calibration (W8A8): {Markup.Escape(report.CalibrationSource)}; size = parameters + buffers; SQNR against float32")
             .AddColumn("Variant").AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Δ points").RightAligned())
             .AddColumn(new TableColumn("Size (bytes)").RightAligned()).AddColumn(new TableColumn("vs float32").RightAligned())
-            .AddColumn(new TableColumn("SQNR (dB)").RightAligned()).AddColumn("What");
+            .AddColumn(new TableColumn("SQNR logits (dB)").RightAligned()).AddColumn(new TableColumn("min weight SQNR (dB)").RightAligned())
+            .AddColumn("What");
         foreach (var v in report.Variants)
         {
             double delta = v.AccuracyPercent - floatAcc;
@@ -129,9 +133,16 @@ internal static class DemoCommand
                 v.Name == "float32" ? "" : $"{delta:+0.00;-0.00;0.00}",
                 v.SizeBytes.ToString("N0", CultureInfo.InvariantCulture),
                 $"{v.SizeRatio * 100:F1}%",
-                v.SqnrDb is null ? "" : double.IsPositiveInfinity(v.SqnrDb.Value) ? "∞" : $"{v.SqnrDb:F1}",
+                Db(v.SqnrDb),
+                Db(v.MinWeightSqnrDb),
                 Markup.Escape(v.Description));
         }
         AnsiConsole.Write(table);
+        foreach (var v in report.Variants)
+            foreach (var w in v.Warnings)
+                AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(v.Name)}: {Markup.Escape(w)}[/]");
     }
+
+    private static string Db(double? value) =>
+        value is null ? "" : double.IsPositiveInfinity(value.Value) ? "∞" : value.Value.ToString("F1", CultureInfo.InvariantCulture);
 }

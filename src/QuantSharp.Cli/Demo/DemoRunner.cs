@@ -45,9 +45,11 @@ internal sealed record DemoOptions
 /// <param name="SizeBytes">Bytes of the model's parameters and buffers (each storage once).</param>
 /// <param name="Float32Bytes">Bytes of the float32 model, for the ratio.</param>
 /// <param name="SqnrDb">SQNR in dB of the variant's logits against the float32 model's on the evaluated images (null for float32).</param>
+/// <param name="MinWeightSqnrDb">Lowest per-layer weight SQNR (dB) reported by the quantizer (null for float32).</param>
 /// <param name="Seconds">Time to build and evaluate the variant.</param>
+/// <param name="Warnings">Validation warnings of the quantizer.</param>
 internal sealed record DemoVariantResult(string Name, string Description, int Correct, int Total, long SizeBytes,
-    long Float32Bytes, double? SqnrDb, double Seconds)
+    long Float32Bytes, double? SqnrDb, double? MinWeightSqnrDb, double Seconds, IReadOnlyList<string> Warnings)
 {
     /// <summary>Accuracy in percent.</summary>
     public double AccuracyPercent => 100.0 * Correct / Total;
@@ -64,7 +66,13 @@ internal sealed record DemoReport(string Data, string EvaluationSource, int Eval
 /// <param name="Name">Short name.</param>
 /// <param name="Description">What it does.</param>
 /// <param name="Build">Builds the variant from the float model (must not modify it) and the calibration images.</param>
-internal sealed record DemoVariant(string Name, string Description, Func<MnistNet, Tensor, Module<Tensor, Tensor>> Build);
+internal sealed record DemoVariant(string Name, string Description, Func<MnistNet, Tensor, DemoBuilt> Build);
+
+/// <summary>A built variant.</summary>
+/// <param name="Model">The quantized model (the demo disposes it).</param>
+/// <param name="MinWeightSqnrDb">Lowest per-layer weight SQNR of the quantizer's validation report, if any.</param>
+/// <param name="Warnings">Validation warnings of the quantizer.</param>
+internal sealed record DemoBuilt(Module<Tensor, Tensor> Model, double? MinWeightSqnrDb, IReadOnlyList<string> Warnings);
 
 /// <summary>Loads the demo model and data, builds each variant, evaluates it.</summary>
 internal static class DemoRunner
@@ -148,18 +156,20 @@ internal static class DemoRunner
             long floatBytes = ModelBytes(model);
             var results = new List<DemoVariantResult>
             {
-                new("float32", "the trained model, unchanged", Correct(floatLogits, eval.Labels), eval.Count, floatBytes, floatBytes, null,
-                    clock.Elapsed.TotalSeconds),
+                new("float32", "the trained model, unchanged", Correct(floatLogits, eval.Labels), eval.Count, floatBytes, floatBytes, null, null,
+                    clock.Elapsed.TotalSeconds, []),
             };
             progress?.Invoke($"float32: {results[0].AccuracyPercent:F2}%");
             foreach (var variant in variants)
             {
                 clock.Restart();
-                using var quantized = variant.Build(model, calibration.Images);
+                var built = variant.Build(model, calibration.Images);
+                using var quantized = built.Model;
                 quantized.eval();
                 using var logits = Logits(quantized, eval);
                 var r = new DemoVariantResult(variant.Name, variant.Description, Correct(logits, eval.Labels), eval.Count,
-                    ModelBytes(quantized), floatBytes, Sqnr(floatLogits, logits), clock.Elapsed.TotalSeconds);
+                    ModelBytes(quantized), floatBytes, Sqnr(floatLogits, logits), built.MinWeightSqnrDb, clock.Elapsed.TotalSeconds,
+                    built.Warnings);
                 results.Add(r);
                 progress?.Invoke($"{r.Name}: {r.AccuracyPercent:F2}%");
             }
