@@ -7,7 +7,7 @@ using System.Diagnostics;
 using System.Globalization;
 using QuantSharp.Cli.Demo;
 using TorchSharp;
-using TrainMnist;
+using QuantSharp.Serialization;
 using static TorchSharp.torch;
 
 string dataDir = ".cache/mnist";
@@ -49,7 +49,7 @@ Console.WriteLine($"train: {train.Count} images, test: {test.Count} images; {epo
 
 using var model = new MnistNet();
 using var optimizer = torch.optim.Adam(model.parameters(), lr);
-// Halve... then divide by ten for the last epochs: a fixed schedule (no selection on the test set).
+// Fixed schedule (no selection on the test set): lr for all but the last 2 epochs, then lr/10.
 using var lossFn = nn.CrossEntropyLoss();
 var clock = Stopwatch.StartNew();
 for (int epoch = 1; epoch <= epochs; epoch++)
@@ -93,6 +93,6 @@ var metadata = new Dictionary<string, string>
     ["training"] = $"Adam lr {lr} (x0.1 for the last 2 epochs), batch {batchSize}, {epochs} epochs, seed {seed}, TorchSharp {typeof(torch).Assembly.GetName().Version}",
     ["test_accuracy"] = final.ToString("F4", CultureInfo.InvariantCulture),
 };
-MiniSafetensorsWriter.Write(outPath, tensors, metadata);
+SafetensorsWriter.Save(outPath, tensors, metadata);
 Console.WriteLine($"final test accuracy {final * 100:F2}% ({final * test.Count:F0}/{test.Count}); wrote {outPath} ({new FileInfo(outPath).Length} bytes) in {clock.Elapsed.TotalSeconds:F0} s");
 return 0;

@@ -120,24 +120,24 @@ internal static class DemoCommand
         var table = new Table().Border(TableBorder.Rounded)
             .Title($"MNIST CNN: {Markup.Escape(report.EvaluationSource)}")
             .Caption($"calibration (W8A8): {Markup.Escape(report.CalibrationSource)}; size = parameters + buffers; SQNR against float32")
-            .AddColumn("Variant").AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Δ points").RightAligned())
-            .AddColumn(new TableColumn("Size (bytes)").RightAligned()).AddColumn(new TableColumn("vs float32").RightAligned())
-            .AddColumn(new TableColumn("SQNR logits (dB)").RightAligned()).AddColumn(new TableColumn("min weight SQNR (dB)").RightAligned())
-            .AddColumn("What");
+            .AddColumn(new TableColumn("Variant").NoWrap()).AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Δ pts").RightAligned())
+            .AddColumn(new TableColumn("Size (bytes)").RightAligned()).AddColumn(new TableColumn("vs fp32").RightAligned())
+            .AddColumn(new TableColumn("SQNR logits dB").RightAligned()).AddColumn(new TableColumn("min weight SQNR dB").RightAligned());
         foreach (var v in report.Variants)
         {
             double delta = v.AccuracyPercent - floatAcc;
             table.AddRow(
                 Markup.Escape(v.Name),
-                $"{v.AccuracyPercent:F2}% ({v.Correct}/{v.Total})",
+                $"{v.AccuracyPercent:F2}%",
                 v.Name == "float32" ? "" : $"{delta:+0.00;-0.00;0.00}",
                 v.SizeBytes.ToString("N0", CultureInfo.InvariantCulture),
                 $"{v.SizeRatio * 100:F1}%",
                 Db(v.SqnrDb),
-                Db(v.MinWeightSqnrDb),
-                Markup.Escape(v.Description));
+                Db(v.MinWeightSqnrDb));
         }
         AnsiConsole.Write(table);
+        foreach (var v in report.Variants)
+            AnsiConsole.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
         foreach (var v in report.Variants)
             foreach (var w in v.Warnings)
                 AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(v.Name)}: {Markup.Escape(w)}[/]");

@@ -144,8 +144,8 @@ internal static class DemoRunner
         using (var model = MnistNet.Load(modelPath))
         {
             string evalSource = full
-                ? $"MNIST test set ({eval.Count} images, {Path.Combine(cache!, "t10k-*")})"
-                : $"bundled MNIST test slice (first {eval.Count} test images)";
+                ? $"MNIST test set ({eval.Count} images from {cache})"
+                : $"bundled slice of the MNIST test set (first {eval.Count} images)";
             string calSource = full
                 ? $"first {calibration.Count} MNIST training images"
                 : $"first {calibration.Count} images of the bundled test slice";
