@@ -22,7 +22,12 @@ namespace QuantSharp;
 public static class CheckpointQuantizer
 {
     /// <summary>Elements per chunk read and quantized at once (16 MiB of float32).</summary>
-    internal static long ChunkElements = 4L << 20;
+    internal const long DefaultChunkElements = 4L << 20;
+
+    /// <summary>Test hook: a smaller chunk size on this thread (results must not depend on it).</summary>
+    [ThreadStatic] internal static long? ChunkElementsForTests;
+
+    private static long ChunkElements => ChunkElementsForTests ?? DefaultChunkElements;
 
     private enum Action { Copy, Quantize }
 
@@ -52,7 +57,7 @@ public static class CheckpointQuantizer
         string outFull = Path.GetFullPath(output.TrimEnd('/', '\\').Length == 0 ? output : output.TrimEnd('/', '\\'));
         CheckpointSource source;
         try { source = CheckpointSource.Open(inFull); }
-        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException or SafetensorsFormatExceptionBase)
+        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
         {
             throw new CheckpointQuantizationException($"Cannot read input '{input}': {ex.Message}", ex);
         }
@@ -184,9 +189,9 @@ public static class CheckpointQuantizer
                         }
                         else
                         {
-                            var (report, info) = QuantizeOne(writer, item, s, fileName, ref done, total, progress, ct);
+                            var (tr, info) = QuantizeOne(writer, item, s, fileName, ref done, total, progress, ct);
                             layers[item.Info.Name] = info;
-                            r = report;
+                            r = tr;
                         }
                         reports.Add(r);
                         problems.AddRange(r.Problems);
@@ -302,13 +307,16 @@ public static class CheckpointQuantizer
     /// <summary>How a tensor is cut into chunks of whole rows (dimension 0) that quantize independently.</summary>
     internal static (long Rows, long RowsPerChunk) ChunkPlan(long[] shape, QuantSpec spec)
     {
-        bool rowwise = shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
-        if (!rowwise) return (1, 1);
+        if (!IsRowwise(shape, spec)) return (1, 1);
         long rowElems = shape[1..].Aggregate(1L, (a, b) => a * b);
         return (shape[0], Math.Max(1, ChunkElements / Math.Max(1, rowElems)));
     }
 
-    /// <summary>Reads rows [r0, r1) of a tensor (or the whole tensor when <paramref name="rows"/> is 1 and not row-wise).</summary>
+    /// <summary>True when rows (dimension 0) quantize independently given the (global) parameters.</summary>
+    internal static bool IsRowwise(long[] shape, QuantSpec spec)
+        => shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
+
+    /// <summary>Reads rows [r0, r1) of a tensor (or the whole tensor when <paramref name="rowwise"/> is false).</summary>
     internal static Tensor ReadRows(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
     {
         var type = info.DType.ToScalarType() ?? throw new NotSupportedException($"Tensor '{info.Name}' has dtype {info.DType}, which TorchSharp cannot hold.");
@@ -327,8 +335,7 @@ public static class CheckpointQuantizer
         string name = info.Name;
         var layout = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
-        bool rowwise = !(rows == 1 && rowsPerChunk == 1) || (info.Shape.Length >= 2 && info.Shape[0] == 1 && ChunkPlan(info.Shape, spec) != (1, 1));
-        rowwise = info.Shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
+        bool rowwise = IsRowwise(info.Shape, spec);
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
         var problems = new List<string>();
@@ -392,7 +399,6 @@ public static class CheckpointQuantizer
                 done += (r1 - r0) * rowBytes;
                 progress?.Report(new CheckpointProgress(done, total, name));
             }
-            if (!rowwise) { }
             writer.Raw.EndTensor();
 
             if (spec.Type.IsInteger())
@@ -476,7 +482,7 @@ public static class CheckpointQuantizer
                     problems.Add($"{fileName}: reload: the bytes of '{t.Name}' read back differ from those written.");
             }
         }
-        catch (Exception ex) when (ex is InvalidDataException or IOException or SafetensorsFormatExceptionBase)
+        catch (Exception ex) when (ex is InvalidDataException or IOException)
         {
             problems.Add($"{fileName}: reload: the strict reader refuses the written file: {ex.Message}");
         }

@@ -264,20 +264,20 @@ internal readonly record struct CheckpointLayout(SafetensorsDType DataDType, lon
         {
             case QuantType.Float16: return new(SafetensorsDType.F16, shape, []);
             case QuantType.BFloat16: return new(SafetensorsDType.BF16, shape, []);
-            case QuantType.Int8: return new(SafetensorsDType.I8, shape, ScaleShape(granularity!, shape));
-            case QuantType.UInt8: return new(SafetensorsDType.U8, shape, ScaleShape(granularity!, shape));
+            case QuantType.Int8: return new(SafetensorsDType.I8, shape, ScaleShapeOf(granularity!, shape));
+            case QuantType.UInt8: return new(SafetensorsDType.U8, shape, ScaleShapeOf(granularity!, shape));
             case QuantType.Int4:
             case QuantType.UInt4:
                 if (shape.Length == 0 || shape[^1] % 2 != 0)
                     throw new ArgumentException($"4-bit packing needs an even last dimension; shape is [{string.Join(", ", shape)}].");
-                return new(SafetensorsDType.U8, [.. shape[..^1], shape[^1] / 2], ScaleShape(granularity!, shape));
+                return new(SafetensorsDType.U8, [.. shape[..^1], shape[^1] / 2], ScaleShapeOf(granularity!, shape));
             default:
                 throw new NotSupportedException($"{type.ToName()} is not supported by the quantized checkpoint format version 1 " +
                     "(int8, uint8, int4, uint4, float16, bfloat16 are).");
         }
     }
 
-    public static long[] ScaleShape(Granularity granularity, long[] shape) => granularity switch
+    public static long[] ScaleShapeOf(Granularity granularity, long[] shape) => granularity switch
     {
         PerTensor => [],
         PerAxis a => [shape[a.Axis]],

@@ -16,9 +16,12 @@ namespace QuantSharp.Serialization;
 internal sealed class SafetensorsStreamWriter : IDisposable
 {
     /// <summary>Files with less data than this are always rewritten with an exact header.</summary>
-    internal const long CompactBelowBytes = 32L << 20;
+    internal const long DefaultCompactBelowBytes = 32L << 20;
 
-    /// <summary>Test hook: creates the stream the temporary file is written through.</summary>
+    /// <summary>Test hook: the compaction threshold on this thread.</summary>
+    [ThreadStatic] internal static long? CompactBelowBytesForTests;
+
+    /// <summary>Test hook: creates the stream the temporary file is written through (on this thread).</summary>
     [ThreadStatic] internal static Func<string, Stream>? StreamFactoryForTests;
 
     private readonly string _finalPath;
@@ -128,7 +131,7 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         if (_written) throw new InvalidOperationException("Already committed.");
         byte[] header = BuildHeader(metadata);
         var stream = _stream!;
-        if (header.Length <= _reserve && _dataLength >= CompactBelowBytes)
+        if (header.Length <= _reserve && _dataLength >= (CompactBelowBytesForTests ?? DefaultCompactBelowBytes))
         {
             stream.Position = 0;
             Span<byte> len = stackalloc byte[8];

@@ -36,25 +36,27 @@ public sealed class QuantizedTensor : IDisposable
     public static QuantizedTensor Quantize(Tensor input, QuantSpec spec)
     {
         spec.Validate(input.shape);
-        using var scope = NewDisposeScope();
-        var x = input.to(ScalarType.Float32);
-        if (!spec.Type.IsInteger())
+        float[] s; int[] z;
+        using (var scope = NewDisposeScope())
         {
-            var d = x.to(spec.Type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16);
-            return new QuantizedTensor(spec, input.shape, d.MoveToOuterDisposeScope(), null, null);
+            var x = input.to(ScalarType.Float32);
+            if (!spec.Type.IsInteger())
+            {
+                var d = x.to(spec.Type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16);
+                return new QuantizedTensor(spec, input.shape, d.MoveToOuterDisposeScope(), null, null);
+            }
+            Tensor rows;
+            switch (spec.Granularity)
+            {
+                case PerAxis a: rows = x.movedim([a.Axis], [0]).reshape(x.shape[a.Axis], -1); break;
+                case PerGroup g: rows = x.reshape(-1, g.GroupSize); break;
+                default: rows = x.reshape(1, -1); break;
+            }
+            float[] mins = rows.amin([1]).data<float>().ToArray(), maxs = rows.amax([1]).data<float>().ToArray();
+            var range = QuantRange.For(spec.Type, spec.ReduceRange);
+            s = new float[mins.Length]; z = new int[mins.Length];
+            QParams.Choose(mins, maxs, range, spec.Scheme, s, z);
         }
-        Tensor rows; long[] sshape;
-        switch (spec.Granularity)
-        {
-            case PerAxis a: rows = x.movedim(a.Axis, 0).reshape(x.shape[a.Axis], -1); sshape = [x.shape[a.Axis]]; break;
-            case PerGroup g: rows = x.reshape(-1, g.GroupSize); sshape = [.. x.shape[..^1], x.shape[^1] / g.GroupSize]; break;
-            default: rows = x.reshape(1, -1); sshape = []; break;
-        }
-        float[] mins = rows.amin([1]).data<float>().ToArray(), maxs = rows.amax([1]).data<float>().ToArray();
-        var range = QuantRange.For(spec.Type, spec.ReduceRange);
-        var s = new float[mins.Length]; var z = new int[mins.Length];
-        QParams.Choose(mins, maxs, range, spec.Scheme, s, z);
-        var st = tensor(s).reshape(sshape); var zt = tensor(z).reshape(sshape);
         return QuantizeWith(input, spec, s, z);
     }
 
