@@ -2,8 +2,6 @@ using System.Globalization;
 
 namespace QuantSharp;
 
-// Copy of branch prim's work in progress (placeholder until prim is merged).
-
 /// <summary>
 /// What a tensor is quantized to: the storage <see cref="QuantType"/>, the <see cref="QuantScheme"/>, which elements
 /// share a scale (<see cref="QuantSharp.Granularity"/>) and whether the integer range is reduced by one bit

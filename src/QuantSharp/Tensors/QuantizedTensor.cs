@@ -1,132 +1,400 @@
+using System.Runtime.InteropServices;
+using QuantSharp.Kernels;
 using QuantSharp.Primitives;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace QuantSharp.Tensors;
 
-// PLACEHOLDER until branch `prim` lands (the contract of the team brief); replaced by prim's file on merge.
-
-/// <summary>A quantized tensor: integer data, scale, optional zero point.</summary>
+/// <summary>
+/// A quantized tensor: integer (or half-precision) <see cref="Data"/>, <see cref="Scale"/> and optional
+/// <see cref="ZeroPoint"/>, described by a <see cref="QuantSpec"/>. <see cref="Dequantize"/> gives back float32.
+/// </summary>
+/// <remarks>
+/// <para>Storage by type: Int8 as an Int8 tensor of <see cref="Shape"/>; UInt8 as Byte; Int4/UInt4 as Byte with two values
+/// per byte along the last dimension, low nibble first (shape <c>[..., ceil(last / 2)]</c>); Int2/UInt2 four per byte
+/// (<c>[..., ceil(last / 4)]</c>); signed values in two's complement within their field (see <see cref="Packing"/>).
+/// Float16/BFloat16 as Float16/BFloat16 tensors of <see cref="Shape"/>, with no scale.</para>
+/// <para>Scale is float32 of shape <c>[]</c> per-tensor, <c>[C]</c> per-axis, <c>[rows..., last / G]</c> per-group;
+/// ZeroPoint is int32 of the same shape, or <see langword="null"/> when the zero point is always 0 (symmetric signed).</para>
+/// <para>Arithmetic follows PyTorch: per-tensor and per-channel quantize as <c>round(x * (1f / scale))</c>
+/// (<c>torch.quantize_per_tensor</c>/<c>_per_channel</c>), per-group as <c>round(x / scale)</c> (PyTorch's decomposed
+/// per-group ops); both round half to even (see <see cref="QuantizeArithmetic"/>).</para>
+/// <para>The tensors belong to this object (they are not in any dispose scope): dispose it to free them.</para>
+/// </remarks>
 public sealed class QuantizedTensor : IDisposable
 {
+    private readonly long[] _shape;
+    private float[]? _scales;
+    private int[]? _zeroPoints;
+    private bool _disposed;
+
     private QuantizedTensor(QuantSpec spec, long[] shape, Tensor data, Tensor? scale, Tensor? zeroPoint)
     {
-        Spec = spec; Shape = shape; Data = data; Scale = scale; ZeroPoint = zeroPoint;
+        Spec = spec;
+        _shape = shape;
+        Data = data.DetachFromDisposeScope();
+        Scale = scale?.DetachFromDisposeScope();
+        ZeroPoint = zeroPoint?.DetachFromDisposeScope();
     }
 
-    /// <summary>The spec.</summary>
+    /// <summary>How the tensor is quantized.</summary>
     public QuantSpec Spec { get; }
-    /// <summary>Logical shape.</summary>
-    public long[] Shape { get; }
-    /// <summary>Stored data.</summary>
+
+    /// <summary>The shape of the original (and dequantized) float tensor.</summary>
+    public long[] Shape => (long[])_shape.Clone();
+
+    /// <summary>The stored values (see the type remarks for the layout). Owned by this object: do not dispose it.</summary>
     public Tensor Data { get; }
-    /// <summary>Scales.</summary>
+
+    /// <summary>float32 scales (<c>[]</c>, <c>[C]</c> or <c>[rows..., last / G]</c>); <see langword="null"/> for float types. Owned by this object.</summary>
     public Tensor? Scale { get; }
-    /// <summary>Zero points.</summary>
+
+    /// <summary>int32 zero points shaped like <see cref="Scale"/>; <see langword="null"/> when always 0 or for float types. Owned by this object.</summary>
     public Tensor? ZeroPoint { get; }
-    /// <summary>Bytes of data, scale and zero point.</summary>
+
+    /// <summary>Bytes held by <see cref="Data"/>, <see cref="Scale"/> and <see cref="ZeroPoint"/>.</summary>
     public long StorageBytes => Bytes(Data) + (Scale is null ? 0 : Bytes(Scale)) + (ZeroPoint is null ? 0 : Bytes(ZeroPoint));
-    private static long Bytes(Tensor t) => t.numel() * t.element_size();
 
-    /// <summary>Assembles from parts.</summary>
-    public static QuantizedTensor FromParts(QuantSpec spec, long[] shape, Tensor data, Tensor? scale, Tensor? zeroPoint)
-        => new(spec, shape, data, scale, zeroPoint);
+    /// <summary>Number of elements of the original tensor.</summary>
+    public long ElementCount => QuantSpec.Product(_shape);
 
-    /// <summary>Quantizes with min/max qparams.</summary>
+    /// <summary>The scales as an array (one per channel or group; one for per-tensor).</summary>
+    internal float[] ScaleValues => _scales ??= Scale is null ? [] : MemoryMarshal.Cast<byte, float>(Scale.bytes).ToArray();
+
+    /// <summary>The zero points as an array (zeros when <see cref="ZeroPoint"/> is null).</summary>
+    internal int[] ZeroPointValues => _zeroPoints ??= ZeroPoint is null
+        ? new int[ScaleValues.Length]
+        : MemoryMarshal.Cast<byte, int>(ZeroPoint.bytes).ToArray();
+
+    /// <summary>
+    /// Quantizes <paramref name="input"/> with min/max qparams per the spec's granularity, chosen exactly as PyTorch's
+    /// MinMax observers do (<see cref="QParams.Choose(float, float, QuantRange, QuantScheme)"/>).
+    /// </summary>
+    /// <param name="input">A floating-point tensor (converted to float32 on the CPU; not modified).</param>
+    /// <param name="spec">Type, scheme, granularity.</param>
+    /// <exception cref="ArgumentException">The spec does not fit the shape, or the input holds NaN or infinity.</exception>
     public static QuantizedTensor Quantize(Tensor input, QuantSpec spec)
     {
-        spec.Validate(input.shape);
-        float[] s; int[] z;
-        using (var scope = NewDisposeScope())
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(spec);
+        long[] shape = input.shape;
+        spec.Validate(shape);
+        using var scope = torch.NewDisposeScope();
+        var x = AsFloat32(input);
+        if (!spec.Type.IsInteger()) return FromFloat(x, spec, shape);
+
+        var layout = Layout.For(spec, shape);
+        var (min, max) = ObserveMinMax(Floats(x), layout);
+        var range = spec.Range;
+        var scale = new float[layout.Channels];
+        var zeroPoint = new int[layout.Channels];
+        for (int c = 0; c < layout.Channels; c++)
         {
-            var x = input.to(ScalarType.Float32);
-            if (!spec.Type.IsInteger())
-            {
-                var d = x.to(spec.Type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16);
-                return new QuantizedTensor(spec, input.shape, d.MoveToOuterDisposeScope(), null, null);
-            }
-            Tensor rows;
-            switch (spec.Granularity)
-            {
-                case PerAxis a: rows = x.movedim([a.Axis], [0]).reshape(x.shape[a.Axis], -1); break;
-                case PerGroup g: rows = x.reshape(-1, g.GroupSize); break;
-                default: rows = x.reshape(1, -1); break;
-            }
-            float[] mins = rows.amin([1]).data<float>().ToArray(), maxs = rows.amax([1]).data<float>().ToArray();
-            var range = QuantRange.For(spec.Type, spec.ReduceRange);
-            s = new float[mins.Length]; z = new int[mins.Length];
-            QParams.Choose(mins, maxs, range, spec.Scheme, s, z);
+            if (float.IsNaN(min[c]) || float.IsInfinity(min[c]) || float.IsInfinity(max[c]))
+                throw new ArgumentException($"Cannot quantize: the input holds NaN or infinity (in {(layout.Channels == 1 ? "the tensor" : $"channel/group {c}")}).", nameof(input));
+            (scale[c], zeroPoint[c]) = QParams.Choose(min[c], max[c], range, spec.Scheme);
         }
-        return QuantizeWith(input, spec, s, z);
+        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint);
     }
 
-    /// <summary>Quantizes with given qparams.</summary>
-    public static QuantizedTensor QuantizeWith(Tensor input, QuantSpec spec, float[] scale, int[] zeroPoint)
+    /// <summary>Quantizes <paramref name="input"/> with given scales and zero points (e.g. from an observer).</summary>
+    /// <param name="input">A floating-point tensor (not modified).</param>
+    /// <param name="spec">Type, scheme, granularity; an integer type.</param>
+    /// <param name="scale">One scale per tensor, channel or group (row-major over the scale shape).</param>
+    /// <param name="zeroPoint">Zero points, same length; <see langword="null"/> for zeros.</param>
+    /// <exception cref="ArgumentException">The spec does not fit, or the parameter counts or values are wrong.</exception>
+    public static QuantizedTensor QuantizeWith(Tensor input, QuantSpec spec, float[] scale, int[]? zeroPoint)
     {
-        using var scope = NewDisposeScope();
-        var x = input.to(ScalarType.Float32);
-        long[] sshape = spec.Granularity switch
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(scale);
+        long[] shape = input.shape;
+        spec.Validate(shape);
+        if (!spec.Type.IsInteger())
+            throw new ArgumentException($"{spec.Type.ToName()} is a plain cast and takes no scale; use Quantize(input, spec).", nameof(spec));
+        var layout = Layout.For(spec, shape);
+        if (scale.Length != layout.Channels)
+            throw new ArgumentException($"Expected {layout.Channels} scale(s) for {spec} on shape {QuantSpec.FormatShape(shape)}, got {scale.Length}.", nameof(scale));
+        zeroPoint ??= new int[scale.Length];
+        if (zeroPoint.Length != scale.Length)
+            throw new ArgumentException($"Expected {scale.Length} zero point(s), got {zeroPoint.Length}.", nameof(zeroPoint));
+        var range = spec.Range;
+        for (int c = 0; c < scale.Length; c++)
         {
-            PerAxis a => [x.shape[a.Axis]],
-            PerGroup g => [.. x.shape[..^1], x.shape[^1] / g.GroupSize],
-            _ => [],
-        };
-        var st = tensor(scale).reshape(sshape); var zt = tensor(zeroPoint).reshape(sshape);
-        var (sb, zb) = Broadcastable(spec, x.shape, st, zt);
-        var range = QuantRange.For(spec.Type, spec.ReduceRange);
-        var q = (x / sb).round().add(zb).clamp(range.QMin, range.QMax).to(ScalarType.Int32);
-        Tensor data = spec.Type switch
-        {
-            QuantType.Int8 => q.to(ScalarType.Int8),
-            QuantType.UInt8 => q.to(ScalarType.Byte),
-            _ => Pack4(q),
-        };
-        bool hasZp = spec.Scheme == QuantScheme.Affine || !spec.Type.IsSigned();
-        return new QuantizedTensor(spec, x.shape, data.MoveToOuterDisposeScope(), st.MoveToOuterDisposeScope(),
-            hasZp ? zt.MoveToOuterDisposeScope() : null);
-    }
-
-    private static (Tensor, Tensor) Broadcastable(QuantSpec spec, long[] shape, Tensor s, Tensor z)
-    {
-        switch (spec.Granularity)
-        {
-            case PerAxis a:
-                var view = Enumerable.Repeat(1L, shape.Length).ToArray(); view[a.Axis] = shape[a.Axis];
-                return (s.reshape(view), z.reshape(view));
-            case PerGroup g:
-                long[] gs = [.. shape[..^1], shape[^1] / g.GroupSize, 1];
-                long[] full = [.. shape[..^1], shape[^1] / g.GroupSize, g.GroupSize];
-                return (s.reshape(gs).expand(full).reshape(shape), z.reshape(gs).expand(full).reshape(shape));
-            default: return (s, z);
+            if (!(scale[c] > 0) || !float.IsFinite(scale[c]))
+                throw new ArgumentException($"Scale {c} is {scale[c]}; scales must be positive and finite.", nameof(scale));
+            if (zeroPoint[c] < range.QMin || zeroPoint[c] > range.QMax)
+                throw new ArgumentException($"Zero point {c} is {zeroPoint[c]}, outside the range [{range.QMin}, {range.QMax}] of {spec.Type.ToName()}.", nameof(zeroPoint));
         }
+        using var scope = torch.NewDisposeScope();
+        var x = AsFloat32(input);
+        return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone());
     }
 
-    private static Tensor Pack4(Tensor q)
+    /// <summary>
+    /// Wraps stored parts (e.g. read from a checkpoint) as a quantized tensor. Takes ownership of the tensors: they are
+    /// detached from any dispose scope and disposed with this object.
+    /// </summary>
+    /// <param name="spec">How the data was quantized.</param>
+    /// <param name="shape">Shape of the original float tensor.</param>
+    /// <param name="data">Contiguous CPU data in the layout of <see cref="Data"/>.</param>
+    /// <param name="scale">float32 scales (required for integer types, null for float types).</param>
+    /// <param name="zeroPoint">int32 zero points, or null for zeros.</param>
+    /// <exception cref="ArgumentException">A part has the wrong dtype, shape or element count.</exception>
+    public static QuantizedTensor FromParts(QuantSpec spec, long[] shape, Tensor data, Tensor? scale, Tensor? zeroPoint)
     {
-        var b = q.bitwise_and(0xF).to(ScalarType.Byte);
-        var pairs = b.reshape([.. b.shape[..^1], b.shape[^1] / 2, 2]);
-        return pairs.select(-1, 0).bitwise_or(pairs.select(-1, 1).bitwise_left_shift(4)).contiguous();
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(shape);
+        ArgumentNullException.ThrowIfNull(data);
+        spec.Validate(shape);
+        var expectedType = DataType(spec.Type);
+        long[] dataShape = DataShape(spec.Type, shape);
+        if (data.dtype != expectedType)
+            throw new ArgumentException($"Data of {spec} must be {expectedType}, got {data.dtype}.", nameof(data));
+        if (!data.shape.SequenceEqual(dataShape))
+            throw new ArgumentException($"Data of {spec} for shape {QuantSpec.FormatShape(shape)} must have shape {QuantSpec.FormatShape(dataShape)}, got {QuantSpec.FormatShape(data.shape)}.", nameof(data));
+        CheckStorable(data, nameof(data));
+        if (!spec.Type.IsInteger())
+        {
+            if (scale is not null || zeroPoint is not null)
+                throw new ArgumentException($"{spec.Type.ToName()} data has no scale or zero point; pass null.", nameof(scale));
+            return new QuantizedTensor(spec, (long[])shape.Clone(), data, null, null);
+        }
+        if (scale is null)
+            throw new ArgumentException($"{spec} needs a scale tensor.", nameof(scale));
+        long[] pShape = spec.ParameterShape(shape);
+        if (scale.dtype != ScalarType.Float32 || scale.numel() != spec.ParameterCount(shape))
+            throw new ArgumentException($"Scale of {spec} must be float32 with {spec.ParameterCount(shape)} element(s) (shape {QuantSpec.FormatShape(pShape)}), got {scale.dtype} {QuantSpec.FormatShape(scale.shape)}.", nameof(scale));
+        CheckStorable(scale, nameof(scale));
+        if (zeroPoint is not null)
+        {
+            if (zeroPoint.dtype != ScalarType.Int32 || zeroPoint.numel() != scale.numel())
+                throw new ArgumentException($"Zero point of {spec} must be int32 with {scale.numel()} element(s), got {zeroPoint.dtype} {QuantSpec.FormatShape(zeroPoint.shape)}.", nameof(zeroPoint));
+            CheckStorable(zeroPoint, nameof(zeroPoint));
+        }
+        if (!scale.shape.SequenceEqual(pShape))
+        {
+            var reshaped = scale.reshape(pShape);
+            scale.Dispose();
+            scale = reshaped;
+        }
+        if (zeroPoint is not null && !zeroPoint.shape.SequenceEqual(pShape))
+        {
+            var reshaped = zeroPoint.reshape(pShape);
+            zeroPoint.Dispose();
+            zeroPoint = reshaped;
+        }
+        return new QuantizedTensor(spec, (long[])shape.Clone(), data, scale, zeroPoint);
     }
 
-    /// <summary>Float32 values.</summary>
+    /// <summary>Dequantizes to a new float32 tensor of <see cref="Shape"/>: <c>(q - zeroPoint) * scale</c>.</summary>
     public Tensor Dequantize()
     {
-        using var scope = NewDisposeScope();
-        if (!Spec.Type.IsInteger()) return Data.to(ScalarType.Float32).MoveToOuterDisposeScope();
-        Tensor q;
-        if (Spec.Type.Bits() == 4)
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var result = torch.empty(_shape, ScalarType.Float32);
+        Span<float> dst = MemoryMarshal.Cast<byte, float>(result.bytes);
+        switch (Spec.Type)
         {
-            var lo = Data.bitwise_and(0xF).to(ScalarType.Int32);
-            var hi = Data.bitwise_right_shift(4).to(ScalarType.Int32);
-            if (Spec.Type.IsSigned()) { lo = lo - (lo >= 8).to(ScalarType.Int32) * 16; hi = hi - (hi >= 8).to(ScalarType.Int32) * 16; }
-            q = stack([lo, hi], -1).reshape(Shape);
+            case QuantType.Float16:
+                HalfKernel.FromHalf(MemoryMarshal.Cast<byte, ushort>(Data.bytes), dst);
+                return result;
+            case QuantType.BFloat16:
+                HalfKernel.FromBFloat16(MemoryMarshal.Cast<byte, ushort>(Data.bytes), dst);
+                return result;
         }
-        else q = Data.to(ScalarType.Int32);
-        var z = ZeroPoint ?? zeros_like(Scale!, dtype: ScalarType.Int32);
-        var (sb, zb) = Broadcastable(Spec, Shape, Scale!, z);
-        return ((q - zb).to(ScalarType.Float32) * sb).MoveToOuterDisposeScope();
+        var layout = Layout.For(Spec, _shape);
+        if (Spec.Type == QuantType.UInt8)
+        {
+            Quantization.Dequantize(Data.bytes, layout.BlockLength, ScaleValues, ZeroPointValues, dst);
+            return result;
+        }
+        if (Spec.Type == QuantType.Int8)
+        {
+            Quantization.Dequantize(MemoryMarshal.Cast<byte, sbyte>(Data.bytes), layout.BlockLength, ScaleValues, ZeroPointValues, dst);
+            return result;
+        }
+        var values = new sbyte[dst.Length];
+        UnpackRows(Data.bytes, Spec.Type, _shape, values);
+        Quantization.Dequantize(values, layout.BlockLength, ScaleValues, ZeroPointValues, dst);
+        return result;
+    }
+
+    /// <summary>The integer values, one per element of <see cref="Shape"/> (unpacked for 4- and 2-bit types), as int32.</summary>
+    /// <exception cref="InvalidOperationException">The type is a floating-point type.</exception>
+    public Tensor IntegerValues()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!Spec.Type.IsInteger()) throw new InvalidOperationException($"{Spec.Type.ToName()} data has no integer values.");
+        if (Spec.Type == QuantType.Int8 || Spec.Type == QuantType.UInt8) return Data.to(ScalarType.Int32);
+        var values = new sbyte[ElementCount];
+        UnpackRows(Data.bytes, Spec.Type, _shape, values);
+        using var t = torch.tensor(values, _shape);
+        return t.to(ScalarType.Int32);
     }
 
     /// <inheritdoc/>
-    public void Dispose() { Data.Dispose(); Scale?.Dispose(); ZeroPoint?.Dispose(); }
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        Data.Dispose();
+        Scale?.Dispose();
+        ZeroPoint?.Dispose();
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"QuantizedTensor({Spec}, shape {QuantSpec.FormatShape(_shape)}, {StorageBytes} bytes)";
+
+    // ------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The tensor viewed as <c>[Outer, Channels, BlockLength]</c> where parameter <c>c</c> applies to
+    /// <c>[:, c, :]</c>: per-tensor (1, 1, N), per-axis (prod before, C, prod after), per-group (1, N / G, G).
+    /// </summary>
+    internal readonly record struct Layout(long Outer, int Channels, int BlockLength)
+    {
+        public static Layout For(QuantSpec spec, ReadOnlySpan<long> shape)
+        {
+            long n = QuantSpec.Product(shape);
+            switch (spec.Granularity)
+            {
+                case PerAxis a:
+                {
+                    long outer = 1, inner = 1;
+                    for (int i = 0; i < a.Axis; i++) outer *= shape[i];
+                    for (int i = a.Axis + 1; i < shape.Length; i++) inner *= shape[i];
+                    return new Layout(outer, checked((int)shape[a.Axis]), checked((int)inner));
+                }
+                case PerGroup g:
+                    return new Layout(1, checked((int)(n / g.GroupSize)), g.GroupSize);
+                default:
+                    return new Layout(1, 1, checked((int)Math.Max(n, 1)));
+            }
+        }
+    }
+
+    private static QuantizedTensor QuantizeCore(Tensor x, QuantSpec spec, long[] shape, Layout layout, float[] scale, int[] zeroPoint)
+    {
+        var range = spec.Range;
+        var arithmetic = Arithmetic(spec);
+        ReadOnlySpan<float> src = Floats(x);
+        Tensor data;
+        switch (spec.Type)
+        {
+            case QuantType.Int8:
+                data = torch.empty(shape, ScalarType.Int8);
+                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(data.bytes), arithmetic);
+                break;
+            case QuantType.UInt8:
+                data = torch.empty(shape, ScalarType.Byte);
+                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, data.bytes, arithmetic);
+                break;
+            default:
+            {
+                var values = new sbyte[src.Length];
+                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, values, arithmetic);
+                data = torch.empty(DataShape(spec.Type, shape), ScalarType.Byte);
+                PackRows(values, spec.Type, shape, data.bytes);
+                break;
+            }
+        }
+        long[] pShape = spec.ParameterShape(shape);
+        var scaleTensor = torch.tensor(scale, pShape);
+        var zpTensor = spec.HasZeroPoint ? torch.tensor(zeroPoint, pShape) : null;
+        var q = new QuantizedTensor(spec, shape, data, scaleTensor, zpTensor) { _scales = scale, _zeroPoints = zeroPoint };
+        return q;
+    }
+
+    private static QuantizedTensor FromFloat(Tensor x, QuantSpec spec, long[] shape)
+    {
+        var data = torch.empty(shape, DataType(spec.Type));
+        var dst = MemoryMarshal.Cast<byte, ushort>(data.bytes);
+        if (spec.Type == QuantType.Float16) HalfKernel.ToHalf(Floats(x), dst);
+        else HalfKernel.ToBFloat16(Floats(x), dst);
+        return new QuantizedTensor(spec, shape, data, null, null);
+    }
+
+    /// <summary>Per-channel (or per-group, or whole-tensor) min and max.</summary>
+    internal static (float[] Min, float[] Max) ObserveMinMax(ReadOnlySpan<float> x, Layout layout)
+    {
+        var min = new float[layout.Channels];
+        var max = new float[layout.Channels];
+        if (x.IsEmpty) return (min, max); // zeros: the range [0, 0]
+        Array.Fill(min, float.PositiveInfinity);
+        Array.Fill(max, float.NegativeInfinity);
+        int c = layout.Channels, inner = layout.BlockLength;
+        for (long o = 0; o < layout.Outer; o++)
+        {
+            for (int ch = 0; ch < c; ch++)
+            {
+                var (mn, mx) = MinMaxKernel.MinMax(x.Slice((int)((o * c + ch) * inner), inner));
+                if (float.IsNaN(mn) || float.IsNaN(min[ch])) { min[ch] = max[ch] = float.NaN; continue; }
+                if (mn < min[ch]) min[ch] = mn;
+                if (mx > max[ch]) max[ch] = mx;
+            }
+        }
+        return (min, max);
+    }
+
+    /// <summary>PyTorch's arithmetic for the spec's granularity.</summary>
+    internal static QuantizeArithmetic Arithmetic(QuantSpec spec) =>
+        spec.Granularity is PerGroup ? QuantizeArithmetic.Divide : QuantizeArithmetic.MultiplyByInverse;
+
+    internal static ScalarType DataType(QuantType type) => type switch
+    {
+        QuantType.Int8 => ScalarType.Int8,
+        QuantType.Float16 => ScalarType.Float16,
+        QuantType.BFloat16 => ScalarType.BFloat16,
+        _ => ScalarType.Byte,
+    };
+
+    internal static long[] DataShape(QuantType type, ReadOnlySpan<long> shape)
+    {
+        long[] s = shape.ToArray();
+        int bits = type.Bits();
+        if (bits < 8 && s.Length > 0) s[^1] = Packing.PackedLength(s[^1], bits);
+        else if (bits < 8) s = [Packing.PackedLength(1, bits)]; // a scalar packs into one byte
+        return s;
+    }
+
+    private static void PackRows(ReadOnlySpan<sbyte> values, QuantType type, ReadOnlySpan<long> shape, Span<byte> packed)
+    {
+        int bits = type.Bits();
+        int last = shape.Length == 0 ? 1 : (int)shape[^1];
+        int packedLast = (int)Packing.PackedLength(last, bits);
+        long rows = last == 0 ? 0 : values.Length / last;
+        for (long r = 0; r < rows; r++)
+            Packing.Pack(values.Slice((int)(r * last), last), bits, packed.Slice((int)(r * packedLast), packedLast));
+    }
+
+    private static void UnpackRows(ReadOnlySpan<byte> packed, QuantType type, ReadOnlySpan<long> shape, Span<sbyte> values)
+    {
+        int bits = type.Bits();
+        int last = shape.Length == 0 ? 1 : (int)shape[^1];
+        int packedLast = (int)Packing.PackedLength(last, bits);
+        long rows = last == 0 ? 0 : values.Length / last;
+        for (long r = 0; r < rows; r++)
+            Packing.Unpack(packed.Slice((int)(r * packedLast), packedLast), bits, type.IsSigned(), values.Slice((int)(r * last), last));
+    }
+
+    private static Tensor AsFloat32(Tensor input)
+    {
+        if (!input.is_floating_point())
+            throw new ArgumentException($"Only floating-point tensors can be quantized; got {input.dtype}.", nameof(input));
+        var x = input.detach();
+        if (x.device_type != DeviceType.CPU) x = x.cpu();
+        if (x.dtype != ScalarType.Float32) x = x.to(ScalarType.Float32);
+        return x.contiguous();
+    }
+
+    private static ReadOnlySpan<float> Floats(Tensor x) => x.numel() == 0 ? [] : MemoryMarshal.Cast<byte, float>(x.bytes);
+
+    private static long Bytes(Tensor t) => t.numel() * t.ElementSize;
+
+    private static void CheckStorable(Tensor t, string name)
+    {
+        if (t.device_type != DeviceType.CPU || !t.is_contiguous())
+            throw new ArgumentException($"{name} must be a contiguous CPU tensor; call .cpu().contiguous() first.", name);
+    }
 }

@@ -1,0 +1,140 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// float32 to float16 / bfloat16 and back, bit-identical to PyTorch's CPU casts: round to nearest even,
+/// overflow to infinity, subnormals kept, NaN to the quiet NaN PyTorch produces
+/// (float16: sign | 0x7E00; bfloat16: 0x7FC0, as <c>c10::BFloat16</c>'s scalar rounding).
+/// The scalar methods are the specification.
+/// </summary>
+internal static class HalfKernel
+{
+    /// <summary>float32 to IEEE half bits (round to nearest even).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort ToHalfBits(float value)
+    {
+        uint x = BitConverter.SingleToUInt32Bits(value);
+        uint sign = (x >> 16) & 0x8000u;
+        uint a = x & 0x7FFF_FFFFu;
+        if (a > 0x7F80_0000u) return (ushort)(sign | 0x7E00u);          // NaN
+        if (a >= 0x477F_F000u) return (ushort)(sign | 0x7C00u);         // >= 65520 (and inf) rounds to inf
+        if (a >= 0x3880_0000u)                                           // normal half (>= 2^-14)
+        {
+            uint m = a - 0x3800_0000u;                                   // exponent bias 127 -> 15
+            return (ushort)(sign | ((m + 0xFFFu + ((m >> 13) & 1u)) >> 13));
+        }
+        if (a < 0x3300_0000u) return (ushort)sign;                       // < 2^-25 (2^-25 itself ties to 0)
+        // Subnormal half: value / 2^-24, rounded to nearest even.
+        int e = (int)(a >> 23);
+        uint mant = (a & 0x007F_FFFFu) | 0x0080_0000u;
+        int shift = 126 - e;                                             // 14..24
+        uint r = mant >> shift;
+        uint rem = mant & ((1u << shift) - 1u);
+        uint half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1u) != 0)) r++;
+        return (ushort)(sign | r);
+    }
+
+    /// <summary>IEEE half bits to float32 (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float FromHalfBits(ushort h)
+    {
+        uint sign = (uint)(h & 0x8000) << 16;
+        uint exp = (uint)(h >> 10) & 0x1Fu;
+        uint mant = h & 0x3FFu;
+        if (exp == 0x1F) return BitConverter.UInt32BitsToSingle(sign | 0x7F80_0000u | (mant << 13));
+        if (exp != 0) return BitConverter.UInt32BitsToSingle(sign | ((exp + 112u) << 23) | (mant << 13));
+        float v = mant * (1f / 16777216f); // mant * 2^-24, exact
+        return sign != 0 ? -v : v;
+    }
+
+    /// <summary>float32 to bfloat16 bits (round to nearest even; NaN to 0x7FC0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort ToBFloat16Bits(float value)
+    {
+        if (float.IsNaN(value)) return 0x7FC0;
+        uint x = BitConverter.SingleToUInt32Bits(value);
+        return (ushort)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+
+    /// <summary>bfloat16 bits to float32 (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float FromBFloat16Bits(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
+
+    /// <summary>Span version of <see cref="ToHalfBits"/>.</summary>
+    public static void ToHalf(ReadOnlySpan<float> source, Span<ushort> destination)
+    {
+        for (int i = 0; i < source.Length; i++) destination[i] = ToHalfBits(source[i]);
+    }
+
+    /// <summary>Span version of <see cref="FromHalfBits"/>.</summary>
+    public static void FromHalf(ReadOnlySpan<ushort> source, Span<float> destination)
+    {
+        for (int i = 0; i < source.Length; i++) destination[i] = FromHalfBits(source[i]);
+    }
+
+    /// <summary>Span version of <see cref="ToBFloat16Bits"/>, vectorized.</summary>
+    public static void ToBFloat16(ReadOnlySpan<float> source, Span<ushort> destination)
+    {
+        int n = source.Length;
+        ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
+        ref ushort dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 16)
+        {
+            var bias = Vector256.Create(0x7FFFu);
+            var one = Vector256.Create(1u);
+            var nan = Vector256.Create(0x7FC0u);
+            for (; i <= n - 16; i += 16)
+            {
+                var a = Vector256.LoadUnsafe(ref src, (nuint)i);
+                var b = Vector256.LoadUnsafe(ref src, (nuint)(i + 8));
+                Vector256.Narrow(Bf256(a, bias, one, nan), Bf256(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        {
+            var bias = Vector128.Create(0x7FFFu);
+            var one = Vector128.Create(1u);
+            var nan = Vector128.Create(0x7FC0u);
+            for (; i <= n - 8; i += 8)
+            {
+                var a = Vector128.LoadUnsafe(ref src, (nuint)i);
+                var b = Vector128.LoadUnsafe(ref src, (nuint)(i + 4));
+                Vector128.Narrow(Bf128(a, bias, one, nan), Bf128(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        ToBFloat16Scalar(source[i..], destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="ToBFloat16"/>.</summary>
+    public static void ToBFloat16Scalar(ReadOnlySpan<float> source, Span<ushort> destination)
+    {
+        for (int i = 0; i < source.Length; i++) destination[i] = ToBFloat16Bits(source[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> Bf256(Vector256<uint> x, Vector256<uint> bias, Vector256<uint> one, Vector256<uint> nan)
+    {
+        var r = (x + bias + ((x >> 16) & one)) >> 16;
+        var isNan = Vector256.GreaterThan(x & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
+        return Vector256.ConditionalSelect(isNan, nan, r);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<uint> Bf128(Vector128<uint> x, Vector128<uint> bias, Vector128<uint> one, Vector128<uint> nan)
+    {
+        var r = (x + bias + ((x >> 16) & one)) >> 16;
+        var isNan = Vector128.GreaterThan(x & Vector128.Create(0x7FFF_FFFFu), Vector128.Create(0x7F80_0000u));
+        return Vector128.ConditionalSelect(isNan, nan, r);
+    }
+
+    /// <summary>Span version of <see cref="FromBFloat16Bits"/>.</summary>
+    public static void FromBFloat16(ReadOnlySpan<ushort> source, Span<float> destination)
+    {
+        for (int i = 0; i < source.Length; i++) destination[i] = FromBFloat16Bits(source[i]);
+    }
+}

@@ -1,0 +1,69 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// Minimum and maximum of a float32 span. Any NaN makes both results NaN (so that choosing qparams fails loudly);
+/// an empty span gives (+inf, -inf). The scalar method is the specification.
+/// </summary>
+internal static class MinMaxKernel
+{
+    /// <summary>Minimum and maximum of <paramref name="source"/>.</summary>
+    public static (float Min, float Max) MinMax(ReadOnlySpan<float> source)
+    {
+        int n = source.Length;
+        ref float src = ref MemoryMarshal.GetReference(source);
+        int i = 0;
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        bool nan = false;
+        if (Vector256.IsHardwareAccelerated && n >= 32)
+        {
+            var mn0 = Vector256.Create(float.PositiveInfinity); var mn1 = mn0;
+            var mx0 = Vector256.Create(float.NegativeInfinity); var mx1 = mx0;
+            var bad = Vector256<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var a = Vector256.LoadUnsafe(ref src, (nuint)i);
+                var b = Vector256.LoadUnsafe(ref src, (nuint)(i + 8));
+                mn0 = Vector256.MinNative(mn0, a); mx0 = Vector256.MaxNative(mx0, a);
+                mn1 = Vector256.MinNative(mn1, b); mx1 = Vector256.MaxNative(mx1, b);
+                bad |= ~(Vector256.Equals(a, a) & Vector256.Equals(b, b));
+            }
+            var mn = Vector256.MinNative(mn0, mn1);
+            var mx = Vector256.MaxNative(mx0, mx1);
+            for (int k = 0; k < Vector256<float>.Count; k++) { min = MathF.Min(min, mn[k]); max = MathF.Max(max, mx[k]); }
+            nan = bad != Vector256<float>.Zero;
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        {
+            var mn = Vector128.Create(float.PositiveInfinity);
+            var mx = Vector128.Create(float.NegativeInfinity);
+            var bad = Vector128<float>.Zero;
+            for (; i <= n - 4; i += 4)
+            {
+                var a = Vector128.LoadUnsafe(ref src, (nuint)i);
+                mn = Vector128.MinNative(mn, a); mx = Vector128.MaxNative(mx, a);
+                bad |= ~Vector128.Equals(a, a);
+            }
+            for (int k = 0; k < Vector128<float>.Count; k++) { min = MathF.Min(min, mn[k]); max = MathF.Max(max, mx[k]); }
+            nan = bad != Vector128<float>.Zero;
+        }
+        var (tailMin, tailMax) = MinMaxScalar(source[i..]);
+        if (nan || float.IsNaN(tailMin)) return (float.NaN, float.NaN);
+        return (MathF.Min(min, tailMin), MathF.Max(max, tailMax));
+    }
+
+    /// <summary>The specification of <see cref="MinMax"/>.</summary>
+    public static (float Min, float Max) MinMaxScalar(ReadOnlySpan<float> source)
+    {
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        foreach (float v in source)
+        {
+            if (float.IsNaN(v)) return (float.NaN, float.NaN);
+            if (v < min) min = v;
+            if (v > max) max = v;
+        }
+        return (min, max);
+    }
+}

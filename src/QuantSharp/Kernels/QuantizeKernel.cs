@@ -1,0 +1,357 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// Affine quantization of float32 to 8-bit integers, PyTorch's arithmetic in float32:
+/// <c>q = clamp(roundToEven(x * invScale) + zeroPoint, qmin, qmax)</c> with <c>invScale = 1f / scale</c>
+/// (<see cref="MultiplyByInverse"/>), or <c>roundToEven(x / scale)</c> (<see cref="DivideByScale"/>); the two differ
+/// in the last bit for some inputs, and PyTorch uses each in different places.
+/// NaN becomes <c>qmin</c> (as PyTorch on x86). The scalar methods are the specification; the vector paths
+/// (512-, 256-, 128-bit) compute exactly the same float operations in the same order and are tested against them.
+/// </summary>
+/// <remarks>
+/// Results are written as the low 8 bits of the integer (two's complement), so the same kernel serves int8
+/// (<c>sbyte</c>) and uint8 (<c>byte</c>, reinterpreted) destinations; the caller guarantees the range fits.
+/// </remarks>
+internal static class QuantizeKernel
+{
+    /// <summary>How the scale is applied before rounding.</summary>
+    internal interface IScaleOp
+    {
+        /// <summary>Scalar form.</summary>
+        static abstract float Apply(float x, float factor);
+        /// <summary>512-bit form.</summary>
+        static abstract Vector512<float> Apply(Vector512<float> x, Vector512<float> factor);
+        /// <summary>256-bit form.</summary>
+        static abstract Vector256<float> Apply(Vector256<float> x, Vector256<float> factor);
+        /// <summary>128-bit form.</summary>
+        static abstract Vector128<float> Apply(Vector128<float> x, Vector128<float> factor);
+    }
+
+    /// <summary><c>x * invScale</c> (PyTorch's quantize_per_tensor / per_channel kernels); the factor is <c>1f / scale</c>.</summary>
+    internal readonly struct MultiplyByInverse : IScaleOp
+    {
+        public static float Apply(float x, float factor) => x * factor;
+        public static Vector512<float> Apply(Vector512<float> x, Vector512<float> factor) => x * factor;
+        public static Vector256<float> Apply(Vector256<float> x, Vector256<float> factor) => x * factor;
+        public static Vector128<float> Apply(Vector128<float> x, Vector128<float> factor) => x * factor;
+    }
+
+    /// <summary><c>x / scale</c> (PyTorch's decomposed per-group ops, <c>torch.round(x / scale)</c>); the factor is the scale.</summary>
+    internal readonly struct DivideByScale : IScaleOp
+    {
+        public static float Apply(float x, float factor) => x / factor;
+        public static Vector512<float> Apply(Vector512<float> x, Vector512<float> factor) => x / factor;
+        public static Vector256<float> Apply(Vector256<float> x, Vector256<float> factor) => x / factor;
+        public static Vector128<float> Apply(Vector128<float> x, Vector128<float> factor) => x / factor;
+    }
+
+    // ---------------- one scale for the whole span ----------------
+
+    /// <summary>Quantizes <paramref name="source"/> with one scale and zero point.</summary>
+    public static void Quantize<TOp>(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
+        where TOp : struct, IScaleOp
+    {
+        int n = source.Length;
+        ref float src = ref MemoryMarshal.GetReference(source);
+        ref sbyte dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 64)
+        {
+            var vInv = Vector512.Create(invScale);
+            var vZp = Vector512.Create(zeroPoint);
+            var vMin = Vector512.Create(qmin);
+            var vMax = Vector512.Create(qmax);
+            for (; i <= n - 64; i += 64)
+            {
+                var a = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
+                var c = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vZp, vMin, vMax);
+                var d = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vZp, vMin, vMax);
+                Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 32)
+        {
+            var vInv = Vector256.Create(invScale);
+            var vZp = Vector256.Create(zeroPoint);
+            var vMin = Vector256.Create(qmin);
+            var vMax = Vector256.Create(qmax);
+            for (; i <= n - 32; i += 32)
+            {
+                var a = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
+                var c = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
+                var d = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vZp, vMin, vMax);
+                Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        {
+            var vInv = Vector128.Create(invScale);
+            var vZp = Vector128.Create(zeroPoint);
+            var vMin = Vector128.Create(qmin);
+            var vMax = Vector128.Create(qmax);
+            for (; i <= n - 16; i += 16)
+            {
+                var a = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), vInv, vZp, vMin, vMax);
+                var c = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
+                var d = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), vInv, vZp, vMin, vMax);
+                Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        QuantizeScalar<TOp>(source[i..], invScale, zeroPoint, qmin, qmax, destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="Quantize{TOp}"/>.</summary>
+    public static void QuantizeScalar<TOp>(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
+        where TOp : struct, IScaleOp
+    {
+        for (int i = 0; i < source.Length; i++)
+            destination[i] = (sbyte)QuantizeOne<TOp>(source[i], invScale, zeroPoint, qmin, qmax);
+    }
+
+    /// <summary>One value: <c>clamp(round(x * invScale) + zp, qmin, qmax)</c> (NaN to qmin).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int QuantizeOne<TOp>(float x, float invScale, float zeroPoint, float qmin, float qmax)
+        where TOp : struct, IScaleOp
+    {
+        float r = MathF.Round(TOp.Apply(x, invScale)) + zeroPoint;
+        r = r > qmin ? r : qmin; // NaN compares false: qmin
+        r = r < qmax ? r : qmax;
+        return (int)r;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Q512<TOp>(Vector512<float> x, Vector512<float> inv, Vector512<float> zp, Vector512<float> min, Vector512<float> max)
+        where TOp : struct, IScaleOp
+    {
+        var r = Vector512.Round(TOp.Apply(x, inv)) + zp;
+        r = Vector512.ConditionalSelect(Vector512.GreaterThan(r, min), r, min);
+        r = Vector512.ConditionalSelect(Vector512.LessThan(r, max), r, max);
+        return Vector512.ConvertToInt32(r);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Q256<TOp>(Vector256<float> x, Vector256<float> inv, Vector256<float> zp, Vector256<float> min, Vector256<float> max)
+        where TOp : struct, IScaleOp
+    {
+        var r = Vector256.Round(TOp.Apply(x, inv)) + zp;
+        r = Vector256.ConditionalSelect(Vector256.GreaterThan(r, min), r, min);
+        r = Vector256.ConditionalSelect(Vector256.LessThan(r, max), r, max);
+        return Vector256.ConvertToInt32(r);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> Q128<TOp>(Vector128<float> x, Vector128<float> inv, Vector128<float> zp, Vector128<float> min, Vector128<float> max)
+        where TOp : struct, IScaleOp
+    {
+        var r = Vector128.Round(TOp.Apply(x, inv)) + zp;
+        r = Vector128.ConditionalSelect(Vector128.GreaterThan(r, min), r, min);
+        r = Vector128.ConditionalSelect(Vector128.LessThan(r, max), r, max);
+        return Vector128.ConvertToInt32(r);
+    }
+
+    // ---------------- one scale per element position (channel axis = last axis) ----------------
+
+    /// <summary>
+    /// Quantizes one row whose element <c>j</c> uses <c>invScale[j]</c> and <c>zeroPoint[j]</c>
+    /// (per-channel along the last axis).
+    /// </summary>
+    public static void QuantizePerElement(ReadOnlySpan<float> source, ReadOnlySpan<float> invScale, ReadOnlySpan<float> zeroPoint,
+        float qmin, float qmax, Span<sbyte> destination)
+    {
+        int n = source.Length;
+        ref float src = ref MemoryMarshal.GetReference(source);
+        ref float inv = ref MemoryMarshal.GetReference(invScale);
+        ref float zp = ref MemoryMarshal.GetReference(zeroPoint);
+        ref sbyte dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 32)
+        {
+            var vMin = Vector256.Create(qmin);
+            var vMax = Vector256.Create(qmax);
+            for (; i <= n - 32; i += 32)
+            {
+                var a = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)i), Vector256.LoadUnsafe(ref inv, (nuint)i), Vector256.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
+                var b = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
+                var c = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 16)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 16)), vMin, vMax);
+                var d = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 24)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 24)), vMin, vMax);
+                Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        {
+            var vMin = Vector128.Create(qmin);
+            var vMax = Vector128.Create(qmax);
+            for (; i <= n - 16; i += 16)
+            {
+                var a = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)i), Vector128.LoadUnsafe(ref inv, (nuint)i), Vector128.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
+                var b = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 4)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 4)), vMin, vMax);
+                var c = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
+                var d = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 12)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 12)), vMin, vMax);
+                Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        QuantizePerElementScalar(source[i..], invScale[i..], zeroPoint[i..], qmin, qmax, destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="QuantizePerElement"/>.</summary>
+    public static void QuantizePerElementScalar(ReadOnlySpan<float> source, ReadOnlySpan<float> invScale, ReadOnlySpan<float> zeroPoint,
+        float qmin, float qmax, Span<sbyte> destination)
+    {
+        for (int i = 0; i < source.Length; i++)
+            destination[i] = (sbyte)QuantizeOne<MultiplyByInverse>(source[i], invScale[i], zeroPoint[i], qmin, qmax);
+    }
+
+    // ---------------- fake quantization (quantize, then dequantize) ----------------
+
+    /// <summary><c>(clamp(round(x * invScale) + zp, qmin, qmax) - zp) * scale</c>, all in float32.</summary>
+    public static void FakeQuantize<TOp>(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
+        where TOp : struct, IScaleOp
+    {
+        int n = source.Length;
+        ref float src = ref MemoryMarshal.GetReference(source);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var vInv = Vector256.Create(invScale);
+            var vScale = Vector256.Create(scale);
+            var vZp = Vector256.Create(zeroPoint);
+            var vMin = Vector256.Create(qmin);
+            var vMax = Vector256.Create(qmax);
+            for (; i <= n - 8; i += 8)
+            {
+                var r = Vector256.Round(TOp.Apply(Vector256.LoadUnsafe(ref src, (nuint)i), vInv)) + vZp;
+                r = Vector256.ConditionalSelect(Vector256.GreaterThan(r, vMin), r, vMin);
+                r = Vector256.ConditionalSelect(Vector256.LessThan(r, vMax), r, vMax);
+                ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 4)
+        {
+            var vInv = Vector128.Create(invScale);
+            var vScale = Vector128.Create(scale);
+            var vZp = Vector128.Create(zeroPoint);
+            var vMin = Vector128.Create(qmin);
+            var vMax = Vector128.Create(qmax);
+            for (; i <= n - 4; i += 4)
+            {
+                var r = Vector128.Round(TOp.Apply(Vector128.LoadUnsafe(ref src, (nuint)i), vInv)) + vZp;
+                r = Vector128.ConditionalSelect(Vector128.GreaterThan(r, vMin), r, vMin);
+                r = Vector128.ConditionalSelect(Vector128.LessThan(r, vMax), r, vMax);
+                ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        FakeQuantizeScalar<TOp>(source[i..], scale, invScale, zeroPoint, qmin, qmax, destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="FakeQuantize{TOp}"/>.</summary>
+    public static void FakeQuantizeScalar<TOp>(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
+        where TOp : struct, IScaleOp
+    {
+        for (int i = 0; i < source.Length; i++)
+            destination[i] = (QuantizeOne<TOp>(source[i], invScale, zeroPoint, qmin, qmax) - zeroPoint) * scale;
+    }
+
+    // ---------------- dequantization ----------------
+
+    /// <summary><c>(q - zp) * scale</c> for signed 8-bit values.</summary>
+    public static void Dequantize(ReadOnlySpan<sbyte> source, float scale, float zeroPoint, Span<float> destination)
+    {
+        int n = source.Length;
+        ref sbyte src = ref MemoryMarshal.GetReference(source);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 32)
+        {
+            var vScale = Vector256.Create(scale);
+            var vZp = Vector256.Create(zeroPoint);
+            for (; i <= n - 32; i += 32)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.LoadUnsafe(ref src, (nuint)i));
+                var (a, b) = Vector256.Widen(lo);
+                var (c, d) = Vector256.Widen(hi);
+                ((Vector256.ConvertToSingle(a) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+                ((Vector256.ConvertToSingle(b) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 8));
+                ((Vector256.ConvertToSingle(c) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 16));
+                ((Vector256.ConvertToSingle(d) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 24));
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        {
+            var vScale = Vector128.Create(scale);
+            var vZp = Vector128.Create(zeroPoint);
+            for (; i <= n - 16; i += 16)
+            {
+                var (lo, hi) = Vector128.Widen(Vector128.LoadUnsafe(ref src, (nuint)i));
+                var (a, b) = Vector128.Widen(lo);
+                var (c, d) = Vector128.Widen(hi);
+                ((Vector128.ConvertToSingle(a) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+                ((Vector128.ConvertToSingle(b) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 4));
+                ((Vector128.ConvertToSingle(c) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 8));
+                ((Vector128.ConvertToSingle(d) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 12));
+            }
+        }
+        DequantizeScalar(source[i..], scale, zeroPoint, destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="Dequantize(ReadOnlySpan{sbyte}, float, float, Span{float})"/>.</summary>
+    public static void DequantizeScalar(ReadOnlySpan<sbyte> source, float scale, float zeroPoint, Span<float> destination)
+    {
+        for (int i = 0; i < source.Length; i++)
+            destination[i] = (source[i] - zeroPoint) * scale;
+    }
+
+    /// <summary><c>(q - zp) * scale</c> for unsigned 8-bit values.</summary>
+    public static void Dequantize(ReadOnlySpan<byte> source, float scale, float zeroPoint, Span<float> destination)
+    {
+        int n = source.Length;
+        ref byte src = ref MemoryMarshal.GetReference(source);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 32)
+        {
+            var vScale = Vector256.Create(scale);
+            var vZp = Vector256.Create(zeroPoint);
+            for (; i <= n - 32; i += 32)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.LoadUnsafe(ref src, (nuint)i));
+                var (a, b) = Vector256.Widen(lo);
+                var (c, d) = Vector256.Widen(hi);
+                ((Vector256.ConvertToSingle(a.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+                ((Vector256.ConvertToSingle(b.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 8));
+                ((Vector256.ConvertToSingle(c.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 16));
+                ((Vector256.ConvertToSingle(d.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 24));
+            }
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        {
+            var vScale = Vector128.Create(scale);
+            var vZp = Vector128.Create(zeroPoint);
+            for (; i <= n - 16; i += 16)
+            {
+                var (lo, hi) = Vector128.Widen(Vector128.LoadUnsafe(ref src, (nuint)i));
+                var (a, b) = Vector128.Widen(lo);
+                var (c, d) = Vector128.Widen(hi);
+                ((Vector128.ConvertToSingle(a.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+                ((Vector128.ConvertToSingle(b.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 4));
+                ((Vector128.ConvertToSingle(c.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 8));
+                ((Vector128.ConvertToSingle(d.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 12));
+            }
+        }
+        DequantizeScalar(source[i..], scale, zeroPoint, destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="Dequantize(ReadOnlySpan{byte}, float, float, Span{float})"/>.</summary>
+    public static void DequantizeScalar(ReadOnlySpan<byte> source, float scale, float zeroPoint, Span<float> destination)
+    {
+        for (int i = 0; i < source.Length; i++)
+            destination[i] = (source[i] - zeroPoint) * scale;
+    }
+}

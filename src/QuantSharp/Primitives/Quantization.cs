@@ -1,0 +1,276 @@
+using System.Runtime.InteropServices;
+using QuantSharp.Kernels;
+
+namespace QuantSharp.Primitives;
+
+/// <summary>
+/// How the scale is applied before rounding. The two forms differ in the last bit for some inputs (for example
+/// <c>-absmax / scale</c> is exactly <c>-127.5</c>, rounding to -128, while <c>-absmax * (1f / scale)</c> may be just above it),
+/// and PyTorch uses each in different places.
+/// </summary>
+public enum QuantizeArithmetic
+{
+    /// <summary><c>x * (1f / scale)</c>: PyTorch's <c>quantize_per_tensor</c>, <c>quantize_per_channel</c> and fake-quant kernels.</summary>
+    MultiplyByInverse,
+    /// <summary><c>x / scale</c>: PyTorch's decomposed (per-group) quantization, <c>torch.round(x / scale)</c>.</summary>
+    Divide,
+}
+
+/// <summary>
+/// Quantize, dequantize and fake-quantize float32 spans, with PyTorch's arithmetic (float32, round half to even):
+/// <c>q = clamp(round(x * (1f / scale)) + zeroPoint, qmin, qmax)</c>, <c>x' = (q - zeroPoint) * scale</c>.
+/// </summary>
+/// <remarks>
+/// <para>Per-tensor overloads take one scale and zero point. Blocked overloads cover per-channel and per-group
+/// quantization: element <c>k</c> uses parameter <c>(k / blockLength) % scale.Length</c>. For a tensor viewed as
+/// <c>[outer, C, inner]</c> with channel axis <c>C</c>, pass <c>blockLength = inner</c> and <c>C</c> scales; for groups
+/// of <c>G</c> along the last axis, pass <c>blockLength = G</c> and one scale per group.</para>
+/// <para>NaN inputs quantize to <c>qmin</c>. Large inputs are processed on several threads.</para>
+/// </remarks>
+public static class Quantization
+{
+    private const int ParallelThreshold = 1 << 18;
+    private const int ChunkElements = 1 << 16;
+
+    /// <summary>Quantizes <paramref name="source"/> to signed 8-bit (or narrower signed) integers.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="scale">Positive finite scale.</param>
+    /// <param name="zeroPoint">Zero point, within <paramref name="range"/>.</param>
+    /// <param name="range">Integer range; must lie within [-128, 127].</param>
+    /// <param name="destination">Receives one value per input.</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Quantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<sbyte> destination)
+        => Quantize(source, source.Length, [scale], [zeroPoint], range, destination);
+
+    /// <summary>Quantizes <paramref name="source"/> to unsigned 8-bit (or narrower unsigned) integers.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="scale">Positive finite scale.</param>
+    /// <param name="zeroPoint">Zero point, within <paramref name="range"/>.</param>
+    /// <param name="range">Integer range; must lie within [0, 255].</param>
+    /// <param name="destination">Receives one value per input.</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Quantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<byte> destination)
+        => Quantize(source, source.Length, [scale], [zeroPoint], range, destination);
+
+    /// <summary>Quantizes with one scale and zero point per block (per-channel / per-group) to signed integers.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="blockLength">Consecutive elements sharing one parameter.</param>
+    /// <param name="scale">Scales; element <c>k</c> uses <c>scale[(k / blockLength) % scale.Length]</c>.</param>
+    /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
+    /// <param name="range">Integer range; must lie within [-128, 127].</param>
+    /// <param name="destination">Receives one value per input.</param>
+    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Quantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+    {
+        CheckRange(range, -128, 127, "sbyte");
+        QuantizeCore(source, blockLength, scale, zeroPoint, range, destination, arithmetic);
+    }
+
+    /// <summary>Quantizes with one scale and zero point per block (per-channel / per-group) to unsigned integers.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="blockLength">Consecutive elements sharing one parameter.</param>
+    /// <param name="scale">Scales; element <c>k</c> uses <c>scale[(k / blockLength) % scale.Length]</c>.</param>
+    /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
+    /// <param name="range">Integer range; must lie within [0, 255].</param>
+    /// <param name="destination">Receives one value per input.</param>
+    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Quantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        QuantRange range, Span<byte> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+    {
+        CheckRange(range, 0, 255, "byte");
+        QuantizeCore(source, blockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(destination), arithmetic);
+    }
+
+    /// <summary>Quantizes then dequantizes (PyTorch's fake quantization), per tensor.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="scale">Positive finite scale.</param>
+    /// <param name="zeroPoint">Zero point, within <paramref name="range"/>.</param>
+    /// <param name="range">Integer range.</param>
+    /// <param name="destination">Receives <c>(q - zeroPoint) * scale</c>; may be the same memory as <paramref name="source"/>.</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void FakeQuantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<float> destination)
+        => FakeQuantize(source, source.Length, [scale], [zeroPoint], range, destination);
+
+    /// <summary>Quantizes then dequantizes with one scale and zero point per block.</summary>
+    /// <param name="source">Input values.</param>
+    /// <param name="blockLength">Consecutive elements sharing one parameter.</param>
+    /// <param name="scale">Scales; element <c>k</c> uses <c>scale[(k / blockLength) % scale.Length]</c>.</param>
+    /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
+    /// <param name="range">Integer range.</param>
+    /// <param name="destination">Receives <c>(q - zeroPoint) * scale</c>; may be the same memory as <paramref name="source"/>.</param>
+    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void FakeQuantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        QuantRange range, Span<float> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+    {
+        CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
+        bool divide = arithmetic == QuantizeArithmetic.Divide;
+        var (inv, zp) = Prepare(scale, zeroPoint, divide);
+        for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
+        {
+            int p = (int)(b % scale.Length);
+            int len = (int)Math.Min(blockLength, source.Length - k);
+            if (divide)
+                QuantizeKernel.FakeQuantize<QuantizeKernel.DivideByScale>(source.Slice((int)k, len), scale[p], inv[p], zp[p], range.QMin, range.QMax, destination.Slice((int)k, len));
+            else
+                QuantizeKernel.FakeQuantize<QuantizeKernel.MultiplyByInverse>(source.Slice((int)k, len), scale[p], inv[p], zp[p], range.QMin, range.QMax, destination.Slice((int)k, len));
+        }
+    }
+
+    /// <summary>Dequantizes signed integers per tensor: <c>(q - zeroPoint) * scale</c> in float32.</summary>
+    /// <param name="source">Quantized values.</param>
+    /// <param name="scale">Scale.</param>
+    /// <param name="zeroPoint">Zero point.</param>
+    /// <param name="destination">Receives one float per value.</param>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is too short.</exception>
+    public static void Dequantize(ReadOnlySpan<sbyte> source, float scale, int zeroPoint, Span<float> destination)
+        => Dequantize(source, source.Length, [scale], [zeroPoint], destination);
+
+    /// <summary>Dequantizes unsigned integers per tensor: <c>(q - zeroPoint) * scale</c> in float32.</summary>
+    /// <param name="source">Quantized values.</param>
+    /// <param name="scale">Scale.</param>
+    /// <param name="zeroPoint">Zero point.</param>
+    /// <param name="destination">Receives one float per value.</param>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is too short.</exception>
+    public static void Dequantize(ReadOnlySpan<byte> source, float scale, int zeroPoint, Span<float> destination)
+        => Dequantize(source, source.Length, [scale], [zeroPoint], destination);
+
+    /// <summary>Dequantizes signed integers with one scale and zero point per block.</summary>
+    /// <param name="source">Quantized values.</param>
+    /// <param name="blockLength">Consecutive elements sharing one parameter.</param>
+    /// <param name="scale">Scales; element <c>k</c> uses <c>scale[(k / blockLength) % scale.Length]</c>.</param>
+    /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
+    /// <param name="destination">Receives one float per value.</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Dequantize(ReadOnlySpan<sbyte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
+    {
+        CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
+        for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
+        {
+            int p = (int)(b % scale.Length);
+            int len = (int)Math.Min(blockLength, source.Length - k);
+            QuantizeKernel.Dequantize(source.Slice((int)k, len), scale[p], zeroPoint.IsEmpty ? 0 : zeroPoint[p], destination.Slice((int)k, len));
+        }
+    }
+
+    /// <summary>Dequantizes unsigned integers with one scale and zero point per block.</summary>
+    /// <param name="source">Quantized values.</param>
+    /// <param name="blockLength">Consecutive elements sharing one parameter.</param>
+    /// <param name="scale">Scales; element <c>k</c> uses <c>scale[(k / blockLength) % scale.Length]</c>.</param>
+    /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
+    /// <param name="destination">Receives one float per value.</param>
+    /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
+    public static void Dequantize(ReadOnlySpan<byte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
+    {
+        CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
+        for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
+        {
+            int p = (int)(b % scale.Length);
+            int len = (int)Math.Min(blockLength, source.Length - k);
+            QuantizeKernel.Dequantize(source.Slice((int)k, len), scale[p], zeroPoint.IsEmpty ? 0 : zeroPoint[p], destination.Slice((int)k, len));
+        }
+    }
+
+    private static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic)
+    {
+        CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
+        if (source.IsEmpty) return;
+        bool divide = arithmetic == QuantizeArithmetic.Divide;
+        var (inv, zp) = Prepare(scale, zeroPoint, divide);
+        float qmin = range.QMin, qmax = range.QMax;
+        int n = source.Length;
+        int channels = scale.Length;
+
+        fixed (float* pSrc = source)
+        fixed (sbyte* pDst = destination)
+        {
+            nint src = (nint)pSrc, dst = (nint)pDst;
+            if (!divide && blockLength == 1 && channels > 1 && n % channels == 0)
+            {
+                // Channel axis is the last axis: every row of `channels` elements uses all parameters.
+                int rows = n / channels;
+                For(rows, (long)channels, r =>
+                {
+                    long off = r * channels;
+                    QuantizeKernel.QuantizePerElement(new ReadOnlySpan<float>((float*)src + off, channels), inv, zp, qmin, qmax,
+                        new Span<sbyte>((sbyte*)dst + off, channels));
+                });
+                return;
+            }
+            // Split long blocks into chunks so that per-tensor quantization also runs in parallel.
+            long chunk = Math.Min(blockLength, ChunkElements);
+            long chunksPerBlock = (blockLength + chunk - 1) / chunk;
+            long blocks = (n + (long)blockLength - 1) / blockLength;
+            For(blocks * chunksPerBlock, chunk, t =>
+            {
+                long b = t / chunksPerBlock;
+                long start = b * blockLength + (t % chunksPerBlock) * chunk;
+                long end = Math.Min(Math.Min(start + chunk, (b + 1) * blockLength), n);
+                if (start >= end) return;
+                int p = (int)(b % channels);
+                var s = new ReadOnlySpan<float>((float*)src + start, (int)(end - start));
+                var d = new Span<sbyte>((sbyte*)dst + start, (int)(end - start));
+                if (divide) QuantizeKernel.Quantize<QuantizeKernel.DivideByScale>(s, inv[p], zp[p], qmin, qmax, d);
+                else QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(s, inv[p], zp[p], qmin, qmax, d);
+            });
+        }
+    }
+
+    /// <summary>Runs <paramref name="body"/> for 0..count-1, in parallel when the work is large.</summary>
+    internal static void For(long count, long elementsPerItem, Action<long> body)
+    {
+        if (count * elementsPerItem < ParallelThreshold || count == 1 || Environment.ProcessorCount == 1)
+        {
+            for (long i = 0; i < count; i++) body(i);
+            return;
+        }
+        int workers = Environment.ProcessorCount;
+        long per = (count + workers - 1) / workers;
+        Parallel.For(0, workers, w =>
+        {
+            long end = Math.Min(count, (w + 1) * per);
+            for (long i = w * per; i < end; i++) body(i);
+        });
+    }
+
+    private static (float[] Factor, float[] ZeroPoint) Prepare(ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, bool divide)
+    {
+        var inv = new float[scale.Length];
+        var zp = new float[scale.Length];
+        for (int i = 0; i < scale.Length; i++)
+        {
+            inv[i] = divide ? scale[i] : 1f / scale[i];
+            zp[i] = zeroPoint.IsEmpty ? 0 : zeroPoint[i];
+        }
+        return (inv, zp);
+    }
+
+    private static void CheckRange(QuantRange range, int lo, int hi, string type)
+    {
+        if (range.QMin < lo || range.QMax > hi)
+            throw new ArgumentException($"Range [{range.QMin}, {range.QMax}] does not fit a {type} destination [{lo}, {hi}].", nameof(range));
+    }
+
+    private static void CheckArgs(int length, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, QuantRange? range, int destinationLength)
+    {
+        if (destinationLength < length)
+            throw new ArgumentException($"destination has {destinationLength} elements but the source has {length}.", "destination");
+        if (blockLength <= 0)
+            throw new ArgumentOutOfRangeException(nameof(blockLength), blockLength, "Block length must be positive.");
+        if (scale.IsEmpty)
+            throw new ArgumentException("At least one scale is needed.", nameof(scale));
+        if (!zeroPoint.IsEmpty && zeroPoint.Length != scale.Length)
+            throw new ArgumentException($"{zeroPoint.Length} zero points for {scale.Length} scales; give one per scale (or none for zeros).", nameof(zeroPoint));
+        if (range is { } r && r.QMin > r.QMax)
+            throw new ArgumentException($"Empty range [{r.QMin}, {r.QMax}].", nameof(range));
+        for (int i = 0; i < scale.Length; i++)
+        {
+            if (!(scale[i] > 0) || !float.IsFinite(scale[i]))
+                throw new ArgumentException($"Scale {i} is {scale[i]}; scales must be positive and finite.", nameof(scale));
+        }
+    }
+}
