@@ -1,0 +1,381 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using TorchSharp;
+
+namespace QuantSharp.Serialization;
+
+/// <summary>One tensor declared to a <see cref="SafetensorsWriter"/> before its bytes are written.</summary>
+/// <param name="Name">Tensor name (any well-formed string except <c>__metadata__</c>).</param>
+/// <param name="DType">Element type.</param>
+/// <param name="Shape">Shape (empty for a scalar; zeros allowed).</param>
+public sealed record SafetensorsTensorSpec(string Name, SafetensorsDType DType, long[] Shape)
+{
+    /// <summary>The spec of a TorchSharp tensor (its dtype and shape).</summary>
+    public static SafetensorsTensorSpec FromTensor(string name, torch.Tensor tensor)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        return new SafetensorsTensorSpec(name, SafetensorsDTypeInfo.FromScalarType(tensor.dtype), tensor.shape);
+    }
+}
+
+/// <summary>
+/// Writes a safetensors file atomically: the data goes to a temporary file in the same folder, which
+/// <see cref="Commit"/> renames into place; disposing without committing deletes it, so the destination is either
+/// the previous file or the complete new one.
+/// </summary>
+/// <remarks>
+/// Two ways to use it:
+/// <list type="bullet">
+/// <item>Streaming: <see cref="Create"/> with every tensor's name, dtype and shape (the header needs the offsets),
+/// then <see cref="Write(string, torch.Tensor)"/> or <see cref="Write(string, ReadOnlySpan{byte})"/> each tensor in
+/// the declared order (one tensor in memory at a time), then <see cref="Commit"/>.</item>
+/// <item>Collecting: <c>new SafetensorsWriter(path, metadata)</c>, <see cref="Add(string, torch.Tensor)"/> each tensor
+/// (the writer keeps a reference: keep the tensors alive until Commit), then <see cref="Commit"/>.</item>
+/// </list>
+/// The header lists <c>__metadata__</c> first (keys sorted), then the tensors in declared order, and is padded with
+/// spaces to a multiple of 8 bytes; the same content therefore always gives the same bytes.
+/// </remarks>
+public sealed class SafetensorsWriter : IDisposable
+{
+    private static readonly UTF8Encoding s_strictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    private readonly IReadOnlyDictionary<string, string>? _metadata;
+    private readonly List<(SafetensorsTensorSpec Spec, torch.Tensor? Tensor, ReadOnlyMemory<byte> Bytes)>? _collected;
+    private SafetensorsTensorSpec[] _specs = [];
+    private long[] _sizes = [];
+    private FileStream? _temp;
+    private string? _tempPath;
+    private int _next;
+    private bool _committed, _failed, _disposed;
+
+    /// <summary>Starts a writer in collecting mode: <see cref="Add(string, torch.Tensor)"/> tensors, then <see cref="Commit"/>.</summary>
+    /// <param name="path">Destination file. It may exist (it is replaced on Commit) but must not be open in a <see cref="SafetensorsFile"/>.</param>
+    /// <param name="metadata">The <c>__metadata__</c> strings, or null.</param>
+    public SafetensorsWriter(string path, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        Path = CheckDestination(path);
+        _metadata = metadata is null ? null : new Dictionary<string, string>(metadata);
+        _collected = [];
+    }
+
+    private SafetensorsWriter(string path, IReadOnlyDictionary<string, string>? metadata, bool streaming)
+    {
+        Path = CheckDestination(path);
+        _metadata = metadata is null ? null : new Dictionary<string, string>(metadata);
+        _ = streaming;
+    }
+
+    /// <summary>The destination path.</summary>
+    public string Path { get; }
+
+    /// <summary>
+    /// Starts a streaming writer: writes the header for <paramref name="tensors"/> to a temporary file; then
+    /// <see cref="Write(string, ReadOnlySpan{byte})"/> each tensor in this order and <see cref="Commit"/>.
+    /// </summary>
+    /// <param name="path">Destination file. It may exist (it is replaced on Commit) but must not be open in a <see cref="SafetensorsFile"/>.</param>
+    /// <param name="tensors">Every tensor of the file, in the order their bytes will be written.</param>
+    /// <param name="metadata">The <c>__metadata__</c> strings, or null.</param>
+    /// <exception cref="ArgumentException">A name is duplicated, reserved or not well-formed; a dimension is negative; sizes overflow.</exception>
+    /// <exception cref="IOException">The destination is open for reading in this process.</exception>
+    public static SafetensorsWriter Create(string path, IEnumerable<SafetensorsTensorSpec> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        var writer = new SafetensorsWriter(path, metadata, streaming: true);
+        try
+        {
+            writer.Start(tensors.ToArray());
+            return writer;
+        }
+        catch
+        {
+            writer.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Writes tensors to <paramref name="path"/> atomically (one at a time, in the given order).</summary>
+    /// <param name="path">Destination file.</param>
+    /// <param name="tensors">Names and tensors (any device or layout; non-contiguous or non-CPU tensors are copied one at a time).</param>
+    /// <param name="metadata">The <c>__metadata__</c> strings, or null.</param>
+    public static void Save(string path, IEnumerable<(string Name, torch.Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        var list = tensors.ToList();
+        using var writer = Create(path, list.Select(t => SafetensorsTensorSpec.FromTensor(t.Name, t.Tensor)), metadata);
+        foreach (var (name, tensor) in list) writer.Write(name, tensor);
+        writer.Commit();
+    }
+
+    /// <summary>Collecting mode: adds a tensor, written on <see cref="Commit"/>. The tensor must stay alive until then.</summary>
+    public void Add(string name, torch.Tensor tensor)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        var collected = Collecting();
+        collected.Add((SafetensorsTensorSpec.FromTensor(name, tensor), tensor, default));
+    }
+
+    /// <summary>Collecting mode: adds a tensor given as raw little-endian bytes, written on <see cref="Commit"/>. The memory must stay unchanged until then.</summary>
+    public void Add(string name, SafetensorsDType dtype, long[] shape, ReadOnlyMemory<byte> bytes)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        var collected = Collecting();
+        collected.Add((new SafetensorsTensorSpec(name, dtype, (long[])shape.Clone()), null, bytes));
+    }
+
+    private List<(SafetensorsTensorSpec, torch.Tensor?, ReadOnlyMemory<byte>)> Collecting()
+    {
+        ThrowIfDisposed();
+        if (_collected is null) throw new InvalidOperationException("This writer was created with SafetensorsWriter.Create (streaming): use Write, not Add.");
+        if (_temp is not null || _committed) throw new InvalidOperationException("Add after Commit.");
+        return _collected;
+    }
+
+    /// <summary>Writes the next declared tensor from a TorchSharp tensor of the declared dtype and shape.</summary>
+    /// <exception cref="ArgumentException">Wrong name, dtype or shape.</exception>
+    public void Write(string name, torch.Tensor tensor)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        var spec = ExpectNext(name);
+        var dtype = SafetensorsDTypeInfo.FromScalarType(tensor.dtype);
+        if (dtype != spec.DType || !tensor.shape.AsSpan().SequenceEqual(spec.Shape))
+            throw new ArgumentException($"Tensor '{name}' was declared {spec.DType} [{string.Join(", ", spec.Shape)}] but is {dtype} [{string.Join(", ", tensor.shape)}].", nameof(tensor));
+        if (_sizes[_next] == 0) { _next++; return; }
+        bool copy = tensor.device_type != DeviceType.CPU || !tensor.is_contiguous();
+        var source = copy ? tensor.cpu().contiguous() : tensor;
+        try
+        {
+            if (_sizes[_next] <= int.MaxValue)
+            {
+                WriteData(source.bytes);
+            }
+            else
+            {
+                int elementSize = dtype.ElementSize();
+                long chunk = (1L << 30) / elementSize, count = spec.Shape.Aggregate(1L, (a, b) => a * b);
+                using var flat = source.view(-1);
+                for (long start = 0; start < count; start += chunk)
+                {
+                    using var part = flat.narrow(0, start, Math.Min(chunk, count - start));
+                    WriteData(part.bytes);
+                }
+            }
+            _next++;
+        }
+        finally
+        {
+            if (copy) source.Dispose();
+        }
+    }
+
+    /// <summary>Writes the next declared tensor from its raw little-endian bytes (exactly element count times element size).</summary>
+    /// <exception cref="ArgumentException">Wrong name or byte count.</exception>
+    public void Write(string name, ReadOnlySpan<byte> bytes)
+    {
+        var spec = ExpectNext(name);
+        if (bytes.Length != _sizes[_next])
+            throw new ArgumentException($"Tensor '{name}' ({spec.DType} [{string.Join(", ", spec.Shape)}]) needs {_sizes[_next]} bytes, got {bytes.Length}.", nameof(bytes));
+        WriteData(bytes);
+        _next++;
+    }
+
+    /// <summary>
+    /// Finishes the file (flushed to disk) and renames it into place, replacing any previous file.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A declared tensor was not written, or an earlier write failed.</exception>
+    public void Commit()
+    {
+        ThrowIfDisposed();
+        if (_committed) throw new InvalidOperationException($"'{Path}' was already committed.");
+        if (_collected is not null && _temp is null)
+        {
+            Start(_collected.Select(c => c.Spec).ToArray());
+            foreach (var (spec, tensor, bytes) in _collected)
+            {
+                if (tensor is not null) Write(spec.Name, tensor);
+                else Write(spec.Name, bytes.Span);
+            }
+        }
+        Finish();
+        Publish();
+    }
+
+    /// <summary>Flushes and closes the temporary file after checking that every tensor was written.</summary>
+    internal void Finish()
+    {
+        ThrowIfDisposed();
+        if (_failed) throw new InvalidOperationException($"Cannot commit '{Path}': an earlier write failed; nothing was written under that name.");
+        if (_temp is null) throw new InvalidOperationException($"Cannot commit '{Path}': the writer holds no data.");
+        if (_next < _specs.Length)
+            throw new InvalidOperationException($"Cannot commit '{Path}': tensor '{_specs[_next].Name}'" +
+                (_specs.Length - _next > 1 ? $" and {_specs.Length - _next - 1} more" : "") + " declared but not written; nothing was written under that name.");
+        try
+        {
+            _temp.Flush(flushToDisk: true);
+            _temp.Dispose();
+        }
+        catch
+        {
+            _failed = true;
+            throw;
+        }
+    }
+
+    /// <summary>Renames the finished temporary file into place.</summary>
+    internal void Publish()
+    {
+        if (SafetensorsFile.IsOpen(Path))
+            throw new IOException($"Cannot replace '{Path}': it is open for reading in this process. Write to another path.");
+        File.Move(_tempPath!, Path, overwrite: true);
+        _committed = true;
+        _tempPath = null;
+    }
+
+    /// <summary>Deletes the temporary file unless <see cref="Commit"/> succeeded.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _temp?.Dispose();
+        if (_tempPath is not null)
+        {
+            try { File.Delete(_tempPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    private void Start(SafetensorsTensorSpec[] specs)
+    {
+        byte[] header = BuildHeader(specs, _metadata, out _sizes);
+        _specs = specs;
+        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!;
+        string tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(Path)}.{Guid.NewGuid():N}.tmp");
+        _temp = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16);
+        _tempPath = tempPath;
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
+        WriteData(len);
+        WriteData(header);
+    }
+
+    private SafetensorsTensorSpec ExpectNext(string name)
+    {
+        ThrowIfDisposed();
+        if (_collected is not null && _temp is null)
+            throw new InvalidOperationException("This writer collects tensors (constructor): use Add, then Commit; or create a streaming writer with SafetensorsWriter.Create.");
+        if (_committed) throw new InvalidOperationException($"'{Path}' was already committed.");
+        if (_failed) throw new InvalidOperationException($"An earlier write to '{Path}' failed; dispose this writer and start again.");
+        if (_next >= _specs.Length)
+            throw new InvalidOperationException($"Tensor '{name}' was not declared: all {_specs.Length} declared tensors are written.");
+        var spec = _specs[_next];
+        if (spec.Name != name)
+            throw new InvalidOperationException($"Tensors must be written in declared order: expected '{spec.Name}' next, got '{name}'.");
+        return spec;
+    }
+
+    private void WriteData(ReadOnlySpan<byte> bytes)
+    {
+        try
+        {
+            _temp!.Write(bytes);
+        }
+        catch
+        {
+            _failed = true;
+            throw;
+        }
+    }
+
+    private static string CheckDestination(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"Cannot write '{path}': folder '{dir}' does not exist.");
+        if (Directory.Exists(path)) throw new IOException($"Cannot write '{path}': it is a folder.");
+        if (SafetensorsFile.IsOpen(path))
+            throw new IOException($"Cannot write '{path}': it is open for reading in this process (an input file); write to another path.");
+        return path;
+    }
+
+    /// <summary>Builds the header JSON padded with spaces to a multiple of 8; validates names and shapes; returns each tensor's byte size.</summary>
+    internal static byte[] BuildHeader(IReadOnlyList<SafetensorsTensorSpec> specs, IReadOnlyDictionary<string, string>? metadata, out long[] sizes)
+    {
+        sizes = new long[specs.Count];
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        var buffer = new ArrayBufferWriter<byte>();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = false }))
+        {
+            json.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                json.WritePropertyName(SafetensorsHeader.MetadataKey);
+                json.WriteStartObject();
+                foreach (var (key, value) in metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    CheckText(key, "metadata key");
+                    ArgumentNullException.ThrowIfNull(value, $"metadata['{key}']");
+                    CheckText(value, $"metadata value of '{key}'");
+                    json.WriteString(key, value);
+                }
+                json.WriteEndObject();
+            }
+            long offset = 0;
+            for (int i = 0; i < specs.Count; i++)
+            {
+                var spec = specs[i] ?? throw new ArgumentException("A tensor spec is null.", nameof(specs));
+                string name = spec.Name ?? throw new ArgumentException("A tensor name is null.", nameof(specs));
+                CheckText(name, "tensor name");
+                if (name == SafetensorsHeader.MetadataKey) throw new ArgumentException("'__metadata__' is reserved and cannot name a tensor.", nameof(specs));
+                if (!names.Add(name)) throw new ArgumentException($"Tensor name '{name}' appears twice.", nameof(specs));
+                if (!Enum.IsDefined(spec.DType)) throw new ArgumentException($"Tensor '{name}': unknown dtype {spec.DType}.", nameof(specs));
+                ArgumentNullException.ThrowIfNull(spec.Shape, $"shape of '{name}'");
+                long size;
+                try
+                {
+                    long count = 1;
+                    foreach (long d in spec.Shape)
+                    {
+                        if (d < 0) throw new ArgumentException($"Tensor '{name}': dimension {d} is negative.", nameof(specs));
+                        count = checked(count * d);
+                    }
+                    size = checked(count * spec.DType.ElementSize());
+                    sizes[i] = size;
+                    json.WritePropertyName(name);
+                    json.WriteStartObject();
+                    json.WriteString("dtype", spec.DType.ToString());
+                    json.WriteStartArray("shape");
+                    foreach (long d in spec.Shape) json.WriteNumberValue(d);
+                    json.WriteEndArray();
+                    json.WriteStartArray("data_offsets");
+                    json.WriteNumberValue(offset);
+                    offset = checked(offset + size);
+                    json.WriteNumberValue(offset);
+                    json.WriteEndArray();
+                    json.WriteEndObject();
+                }
+                catch (OverflowException)
+                {
+                    throw new ArgumentException($"Tensor '{name}': shape [{string.Join(", ", spec.Shape)}] of {spec.DType} (or the file) is too large; sizes overflow 64 bits.", nameof(specs));
+                }
+            }
+            json.WriteEndObject();
+        }
+        int padded = (buffer.WrittenCount + 7) / 8 * 8;
+        if (padded > SafetensorsHeader.MaxHeaderLength)
+            throw new ArgumentException($"The header would have {padded} bytes, more than the format's limit of {SafetensorsHeader.MaxHeaderLength}.", nameof(specs));
+        var header = new byte[padded];
+        buffer.WrittenSpan.CopyTo(header);
+        header.AsSpan(buffer.WrittenCount).Fill((byte)' ');
+        return header;
+    }
+
+    private static void CheckText(string text, string what)
+    {
+        ArgumentNullException.ThrowIfNull(text, what);
+        try { s_strictUtf8.GetByteCount(text); }
+        catch (EncoderFallbackException e) { throw new ArgumentException($"The {what} '{text}' is not well-formed UTF-16 (lone surrogate).", e); }
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+}
