@@ -25,6 +25,9 @@ public static class Program
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
         root.Subcommands.Add(Commands.DemoCommand.Create());
         root.Subcommands.Add(Commands.ObserveCommand.Create());
+        root.Subcommands.Add(Commands.QuantizeCommand.Create());
+        root.Subcommands.Add(Commands.InspectCommand.Create());
+        root.Subcommands.Add(Commands.ValidateCommand.Create());
         return root;
     }
 }

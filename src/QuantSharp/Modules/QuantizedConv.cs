@@ -79,6 +79,16 @@ public sealed class QuantizedConv : QuantizedModule
         return new QuantizedConv(spec, conv.weight.shape, stride, padding, dilation, conv.groups, data, scale, zp, bias, input);
     }
 
+    /// <summary>A quantized convolution with <paramref name="conv"/>'s geometry and the given stored parts (checkpoint loading).</summary>
+    internal static QuantizedConv FromParts(TorchSharp.Modules.Convolution conv, QuantSpec spec, Tensor data, Tensor? scale, Tensor? zeroPoint, Tensor? bias, ActivationQuantization? input)
+    {
+        string? why = Unsupported(conv);
+        if (why != null) throw new ArgumentException($"Cannot rebuild this convolution: {why}.");
+        ResolvePadding(conv, out long[] padding);
+        int n = (int)conv.weight!.dim() - 2;
+        return new QuantizedConv(spec, conv.weight.shape, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, data, scale, zeroPoint, bias, input);
+    }
+
     private static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
 
     /// <inheritdoc/>

@@ -64,6 +64,12 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// <summary>The bias (float32), or null.</summary>
     public Tensor? Bias => named_parameters(recurse: false).Where(p => p.name == BiasName).Select(p => (Tensor)p.parameter).FirstOrDefault();
 
+    /// <summary>
+    /// The logical shape of the stored weight: the original shape for Float16/BFloat16, otherwise the matrix
+    /// <c>[rows, K]</c> whose last axis the groups and the 4-bit packing run along.
+    /// </summary>
+    internal long[] StorageShape => WeightSpec.Type.IsInteger() ? [_weightShape[0], WeightQuantizer.Cols(_weightShape)] : (long[])_weightShape.Clone();
+
     internal Tensor WeightData => get_buffer(WeightName)!;
     internal Tensor? WeightScale => TryBuffer(ScaleName);
     internal Tensor? WeightZeroPoint => TryBuffer(ZeroPointName);

@@ -137,8 +137,9 @@ internal static class WeightQuantizer
     {
         Tensor s = scale, z = zp.to(ScalarType.Float32);
         if (granularity is not PerTensor) { s = s.unsqueeze(-1); z = z.unsqueeze(-1); }
-        var inv = s.reciprocal();
-        return ((view * inv).round() + z).clamp(range.QMin, range.QMax);
+        // x * (1f / scale) for every granularity: per-group is PerChannelMinMaxObserver + per-channel fake quantize
+        // on the [rows * K / G, G] view in the reference data, and matches it bit for bit.
+        return ((view * s.reciprocal()).round() + z).clamp(range.QMin, range.QMax);
     }
 
     /// <summary>Quantize then dequantize with one scale and zero point (float32 scalar tensors): <c>(clamp(round(x/s) + z) - z) * s</c>.</summary>
