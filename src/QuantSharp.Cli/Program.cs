@@ -23,7 +23,11 @@ public static class Program
         });
         root.Subcommands.Add(version);
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
+        root.Subcommands.Add(Commands.DemoCommand.Create());
         root.Subcommands.Add(Commands.ObserveCommand.Create());
+        root.Subcommands.Add(Commands.QuantizeCommand.Create());
+        root.Subcommands.Add(Commands.InspectCommand.Create());
+        root.Subcommands.Add(Commands.ValidateCommand.Create());
         return root;
     }
 }

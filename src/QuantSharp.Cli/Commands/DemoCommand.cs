@@ -1,0 +1,148 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using QuantSharp.Cli.Demo;
+using Spectre.Console;
+
+namespace QuantSharp.Cli.Commands;
+
+/// <summary><c>quantsharp demo</c>: quantizes the bundled MNIST CNN four ways and compares accuracy, size and SQNR.</summary>
+internal static class DemoCommand
+{
+    internal static Command Create()
+    {
+        var data = new Option<string>("--data")
+        {
+            Description = "Images to evaluate on: 'full' = the 10,000 MNIST test images in .cache/mnist (get them with " +
+                          "scripts/fetch-mnist.sh; calibration then uses training images), 'bundled' = the first 1,000 test images " +
+                          "shipped with the CLI (no network; calibration uses the first images of that slice), 'auto' = full when " +
+                          ".cache/mnist is present, else bundled.",
+            DefaultValueFactory = _ => "auto",
+        };
+        data.AcceptOnlyFromAmong("auto", "full", "bundled");
+        var mnistDir = new Option<string?>("--mnist-dir")
+        {
+            Description = "Folder holding the four MNIST IDX files (default: .cache/mnist in the current directory or a parent).",
+        };
+        var model = new Option<string?>("--model")
+        {
+            Description = "Float32 MnistNet weights (safetensors) to quantize (default: the bundled Assets/mnist-cnn.safetensors).",
+        };
+        var calibration = new Option<int>("--calibration-images")
+        {
+            Description = "Number of images used to calibrate activation ranges for W8A8.",
+            DefaultValueFactory = _ => 256,
+        };
+        var limit = new Option<int?>("--limit") { Description = "Evaluate on at most this many images (default: all)." };
+        var json = new Option<bool>("--json") { Description = "Print the result as JSON (for machines) instead of a table." };
+
+        var cmd = new Command("demo",
+            "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration) and print " +
+            "accuracy, size and SQNR of each variant against float32. Runs offline on bundled data; with the full MNIST " +
+            "test set after scripts/fetch-mnist.sh.");
+        cmd.Options.Add(data);
+        cmd.Options.Add(mnistDir);
+        cmd.Options.Add(model);
+        cmd.Options.Add(calibration);
+        cmd.Options.Add(limit);
+        cmd.Options.Add(json);
+        cmd.SetAction(parseResult =>
+        {
+            var options = new DemoOptions
+            {
+                Data = Enum.Parse<DemoDataChoice>(parseResult.GetValue(data) ?? "auto", ignoreCase: true),
+                MnistDirectory = parseResult.GetValue(mnistDir),
+                ModelPath = parseResult.GetValue(model),
+                CalibrationImages = parseResult.GetValue(calibration),
+                Limit = parseResult.GetValue(limit),
+            };
+            bool asJson = parseResult.GetValue(json);
+            var output = parseResult.InvocationConfiguration.Output;
+            DemoReport report;
+            try
+            {
+                report = DemoRunner.Run(options, DemoVariants.All,
+                    asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
+            }
+            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException)
+            {
+                parseResult.InvocationConfiguration.Error.WriteLine($"demo: {e.Message}");
+                return 1;
+            }
+            if (asJson) output.WriteLine(ToJson(report));
+            else WriteTable(report);
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>The report as indented JSON: data, sources and one object per variant.</summary>
+    internal static string ToJson(DemoReport report)
+    {
+        static JsonNode? Num(double? v) => v is null ? null : double.IsFinite(v.Value) ? JsonValue.Create(Math.Round(v.Value, 4)) : JsonValue.Create(v.Value.ToString(CultureInfo.InvariantCulture));
+        var floatAcc = report.Variants[0].AccuracyPercent;
+        var variants = new JsonArray();
+        foreach (var v in report.Variants)
+        {
+            variants.Add(new JsonObject
+            {
+                ["name"] = v.Name,
+                ["description"] = v.Description,
+                ["correct"] = v.Correct,
+                ["total"] = v.Total,
+                ["accuracyPercent"] = Num(v.AccuracyPercent),
+                ["deltaPoints"] = Num(v.AccuracyPercent - floatAcc),
+                ["sizeBytes"] = v.SizeBytes,
+                ["sizeRatioVsFloat32"] = Num(v.SizeRatio),
+                ["sqnrDb"] = Num(v.SqnrDb),
+                ["minWeightSqnrDb"] = Num(v.MinWeightSqnrDb),
+                ["warnings"] = new JsonArray(v.Warnings.Select(w => (JsonNode?)JsonValue.Create(w)).ToArray()),
+                ["seconds"] = Num(v.Seconds),
+            });
+        }
+        var root = new JsonObject
+        {
+            ["data"] = report.Data,
+            ["evaluation"] = new JsonObject { ["source"] = report.EvaluationSource, ["images"] = report.EvaluationImages },
+            ["calibration"] = new JsonObject { ["source"] = report.CalibrationSource, ["images"] = report.CalibrationImages },
+            ["model"] = report.ModelPath,
+            ["sqnr"] = "sqnrDb: 20*log10(||logits_float32|| / ||logits_float32 - logits_variant||) over the evaluated images; " +
+                       "minWeightSqnrDb: lowest per-layer SQNR of the dequantized weights against the float weights",
+            ["variants"] = variants,
+        };
+        return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    private static void WriteTable(DemoReport report)
+    {
+        double floatAcc = report.Variants[0].AccuracyPercent;
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title($"MNIST CNN: {Markup.Escape(report.EvaluationSource)}")
+            .Caption($"calibration (W8A8): {Markup.Escape(report.CalibrationSource)}; size = parameters + buffers; SQNR against float32")
+            .AddColumn(new TableColumn("Variant").NoWrap()).AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Δ pts").RightAligned())
+            .AddColumn(new TableColumn("Size (bytes)").RightAligned()).AddColumn(new TableColumn("vs fp32").RightAligned())
+            .AddColumn(new TableColumn("SQNR logits dB").RightAligned()).AddColumn(new TableColumn("min weight SQNR dB").RightAligned());
+        foreach (var v in report.Variants)
+        {
+            double delta = v.AccuracyPercent - floatAcc;
+            table.AddRow(
+                Markup.Escape(v.Name),
+                $"{v.AccuracyPercent:F2}%",
+                v.Name == "float32" ? "" : $"{delta:+0.00;-0.00;0.00}",
+                v.SizeBytes.ToString("N0", CultureInfo.InvariantCulture),
+                $"{v.SizeRatio * 100:F1}%",
+                Db(v.SqnrDb),
+                Db(v.MinWeightSqnrDb));
+        }
+        AnsiConsole.Write(table);
+        foreach (var v in report.Variants)
+            AnsiConsole.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
+        foreach (var v in report.Variants)
+            foreach (var w in v.Warnings)
+                AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(v.Name)}: {Markup.Escape(w)}[/]");
+    }
+
+    private static string Db(double? value) =>
+        value is null ? "" : double.IsPositiveInfinity(value.Value) ? "∞" : value.Value.ToString("F1", CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,101 @@
+using System.CommandLine;
+using System.Globalization;
+using Spectre.Console;
+
+namespace QuantSharp.Cli.Commands;
+
+/// <summary><c>quantsharp quantize IN OUT</c>: quantizes a safetensors checkpoint without its model code.</summary>
+internal static class QuantizeCommand
+{
+    internal static Command Create()
+    {
+        var input = new Argument<string>("IN") { Description = "Input checkpoint: a .safetensors file or a folder of shards (never modified)." };
+        var output = new Argument<string>("OUT") { Description = "Output file (for a file input) or new folder (for a folder input)." };
+        var qtype = new Option<string?>("--qtype") { Description = "int8 | uint8 | int4 | uint4 | float16 | bfloat16 (default int8)." };
+        var scheme = new Option<string?>("--scheme") { Description = "symmetric | affine (default symmetric)." };
+        var granularity = new Option<string?>("--granularity") { Description = "per-tensor | per-channel | per-channel:AXIS | group:SIZE (default per-channel for 8-bit, group:128 for 4-bit)." };
+        var observer = new Option<string?>("--observer") { Description = "Range observer for weights: minmax (default)." };
+        var include = new Option<string[]>("--include") { Description = "Quantize only tensors whose name matches this glob (repeatable; replaces the default *.weight rule)." };
+        var exclude = new Option<string[]>("--exclude") { Description = "Never quantize tensors whose name matches this glob (repeatable; wins over --include)." };
+        var minElements = new Option<long?>("--min-elements") { Description = "Smallest tensor (elements) the default rule quantizes (default 1024)." };
+        var config = new Option<string?>("--config") { Description = "JSON configuration file (see docs/FORMAT.md); options given here win over it." };
+        var onFailure = new Option<string?>("--on-failure") { Description = "error | warn | ignore: what to do when validation fails (default error: nothing is written)." };
+        var noValidate = new Option<bool>("--no-validate") { Description = "Skip validation (SQNR, reload and range tests)." };
+        var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
+
+        var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/float16/bfloat16, then validate it.");
+        cmd.Arguments.Add(input);
+        cmd.Arguments.Add(output);
+        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, config, onFailure, noValidate, json })
+            cmd.Options.Add(o);
+
+        cmd.SetAction(parseResult =>
+        {
+            CheckpointQuantizationSettings settings;
+            try
+            {
+                var cli = new CheckpointQuantizationSettings
+                {
+                    Type = parseResult.GetValue(qtype) is { } t ? QuantTypeInfo.Parse(t) : null,
+                    Scheme = parseResult.GetValue(scheme) is { } s ? CheckpointQuantizationSettings.ParseScheme(s) : null,
+                    Granularity = parseResult.GetValue(granularity) is { } g ? Granularity.Parse(g) : null,
+                    Observer = parseResult.GetValue(observer),
+                    Include = parseResult.GetValue(include) is { Length: > 0 } inc ? inc : null,
+                    Exclude = parseResult.GetValue(exclude) is { Length: > 0 } exc ? exc : null,
+                    MinElements = parseResult.GetValue(minElements),
+                    OnFailure = parseResult.GetValue(onFailure) is { } f ? CheckpointQuantizationSettings.ParsePolicy(f) : null,
+                    Validate = parseResult.GetValue(noValidate) ? false : null,
+                };
+                var file = parseResult.GetValue(config) is { } path ? CheckpointQuantizationSettings.Load(path) : null;
+                settings = cli.Over(file);
+                _ = settings.Resolve();
+            }
+            catch (Exception ex) when (ex is ArgumentException or InvalidDataException or FileNotFoundException)
+            {
+                return CheckpointConsole.Fail(parseResult, ex.Message);
+            }
+
+            bool asJson = parseResult.GetValue(json);
+            string inPath = parseResult.GetValue(input)!, outPath = parseResult.GetValue(output)!;
+            CheckpointQuantizationReport report;
+            try
+            {
+                report = asJson
+                    ? CheckpointQuantizer.Quantize(inPath, outPath, settings)
+                    : CheckpointConsole.WithProgress(parseResult, "Quantizing", p => CheckpointQuantizer.Quantize(inPath, outPath, settings, p));
+            }
+            catch (CheckpointValidationException ex)
+            {
+                if (asJson) CheckpointConsole.WriteJson(parseResult, ex.Report.ToJson());
+                else Print(parseResult, ex.Report);
+                return CheckpointConsole.Fail(parseResult, ex.Message, CheckpointConsole.ValidationFailed);
+            }
+            catch (CheckpointQuantizationException ex)
+            {
+                return CheckpointConsole.Fail(parseResult, ex.Message);
+            }
+
+            if (asJson) CheckpointConsole.WriteJson(parseResult, report.ToJson());
+            else Print(parseResult, report);
+            // Failures under --on-failure error end above; warn and ignore write the output and succeed.
+            return CheckpointConsole.Ok;
+        });
+        return cmd;
+    }
+
+    private static void Print(ParseResult parseResult, CheckpointQuantizationReport r)
+    {
+        var console = CheckpointConsole.For(parseResult);
+        console.Write(CheckpointConsole.TensorTable(r.Tensors));
+        int q = r.Tensors.Count(t => t.Quantized);
+        double? min = r.Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min();
+        console.MarkupLine(Markup.Escape(
+            $"{q} tensors quantized, {r.Tensors.Count - q} copied; tensors {CheckpointConsole.Bytes(r.OriginalTensorBytes)} -> {CheckpointConsole.Bytes(r.StoredTensorBytes)} " +
+            $"({r.Ratio.ToString("0.00", CultureInfo.InvariantCulture)}x smaller); lowest SQNR {CheckpointConsole.Db(min)} dB; " +
+            $"{r.Elapsed.TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s."));
+        CheckpointConsole.WriteProblems(console, r.Problems, asWarnings: r.Written);
+        if (r.Written)
+            console.MarkupLine(Markup.Escape($"Wrote {r.Output} ({CheckpointConsole.Bytes(r.OutputFileBytes)})" +
+                (r.Validated ? (r.Passed ? "; validation passed (SQNR, reload, range)." : "; validation found problems.") : "; not validated.")));
+    }
+}

@@ -1,0 +1,63 @@
+using System.CommandLine;
+using System.Globalization;
+using QuantSharp.Validation;
+using Spectre.Console;
+
+namespace QuantSharp.Cli.Commands;
+
+/// <summary><c>quantsharp validate ORIGINAL QUANTIZED</c>: per-tensor SQNR and bit-exactness of a quantized checkpoint.</summary>
+internal static class ValidateCommand
+{
+    internal static Command Create()
+    {
+        var original = new Argument<string>("ORIGINAL") { Description = "The original checkpoint (file or folder)." };
+        var quantized = new Argument<string>("QUANTIZED") { Description = "The quantized checkpoint (file or folder)." };
+        var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
+        var config = new Option<string?>("--config") { Description = "JSON configuration file whose sqnr_thresholds_db apply." };
+        var cmd = new Command("validate", "Compare a quantized checkpoint with its original: per-tensor SQNR against thresholds, range checks, sizes; unquantized tensors must be bit-exact. Exit code 1 when a check fails.");
+        cmd.Arguments.Add(original);
+        cmd.Arguments.Add(quantized);
+        cmd.Options.Add(config);
+        cmd.Options.Add(json);
+        cmd.SetAction(parseResult =>
+        {
+            IReadOnlyDictionary<QuantType, double>? thresholds = null;
+            try
+            {
+                if (parseResult.GetValue(config) is { } path) thresholds = CheckpointQuantizationSettings.Load(path).SqnrThresholdsDb;
+            }
+            catch (Exception ex) when (ex is InvalidDataException or FileNotFoundException)
+            {
+                return CheckpointConsole.Fail(parseResult, ex.Message);
+            }
+            string a = parseResult.GetValue(original)!, b = parseResult.GetValue(quantized)!;
+            CheckpointValidationReport report;
+            bool asJson = parseResult.GetValue(json);
+            try
+            {
+                report = asJson ? CheckpointValidator.Compare(a, b, thresholds)
+                    : CheckpointConsole.WithProgress(parseResult, "Validating", p => CheckpointValidator.Compare(a, b, thresholds, p));
+            }
+            catch (CheckpointQuantizationException ex)
+            {
+                return CheckpointConsole.Fail(parseResult, ex.Message);
+            }
+            if (asJson) CheckpointConsole.WriteJson(parseResult, report.ToJson());
+            else
+            {
+                var console = CheckpointConsole.For(parseResult);
+                console.Write(CheckpointConsole.TensorTable(report.Tensors));
+                int q = report.Tensors.Count(t => t.Quantized);
+                double? min = report.Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min();
+                double ratio = report.StoredTensorBytes == 0 ? 1 : (double)report.OriginalTensorBytes / report.StoredTensorBytes;
+                console.MarkupLine(Markup.Escape(
+                    $"{q} quantized tensors, {report.Tensors.Count - q} copied; {CheckpointConsole.Bytes(report.OriginalTensorBytes)} -> " +
+                    $"{CheckpointConsole.Bytes(report.StoredTensorBytes)} ({ratio.ToString("0.00", CultureInfo.InvariantCulture)}x); lowest SQNR {CheckpointConsole.Db(min)} dB."));
+                CheckpointConsole.WriteProblems(console, report.Problems, asWarnings: false);
+                console.MarkupLine(report.Passed ? "[green]Validation passed.[/]" : $"[red]Validation failed: {report.Problems.Count} problem(s).[/]");
+            }
+            return report.Passed ? CheckpointConsole.Ok : CheckpointConsole.ValidationFailed;
+        });
+        return cmd;
+    }
+}

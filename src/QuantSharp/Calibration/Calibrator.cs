@@ -1,0 +1,171 @@
+using System.Runtime.InteropServices;
+using QuantSharp.Modules;
+using TorchSharp;
+using static QuantSharp.Modules.Hooks;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Calibration;
+
+/// <summary>The observers of one layer and how often its hook fired.</summary>
+internal sealed class LayerObservers(IRangeObserver? input, IRangeObserver output)
+{
+    /// <summary>Observer of the layer's input (null for embeddings, whose input is indices).</summary>
+    public IRangeObserver? Input { get; } = input;
+
+    /// <summary>Observer of the layer's output.</summary>
+    public IRangeObserver Output { get; } = output;
+
+    /// <summary>Forward calls seen.</summary>
+    public long Calls { get; set; }
+}
+
+/// <summary>
+/// Runs data through a model with forward hooks on the selected layers and feeds each layer's input and output
+/// observers. Hooks fire only when a parent runs the layer through <c>Module.call</c>; layers that are never called
+/// are reported. The first batch's input, the model's output and each layer's output for it are kept (cloned, outside
+/// any dispose scope) for validation; dispose the calibrator to free them.
+/// </summary>
+internal sealed class Calibrator : IDisposable
+{
+    private readonly nn.Module<Tensor, Tensor> _model;
+    private readonly IReadOnlyList<ModuleEntry> _layers;
+    private readonly Dictionary<string, LayerObservers> _observers = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Tensor> _firstOutputs = new(StringComparer.Ordinal);
+
+    public Calibrator(nn.Module<Tensor, Tensor> model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
+    {
+        _model = model;
+        _layers = layers;
+        foreach (var e in layers)
+        {
+            bool indices = e.Module is TorchSharp.Modules.Embedding;
+            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver($"input of layer '{e.Name}'"), makeObserver($"output of layer '{e.Name}'"));
+        }
+    }
+
+    public IReadOnlyDictionary<string, LayerObservers> Observers => _observers;
+
+    /// <summary>The first batch (a clone), or null before <see cref="Run"/>.</summary>
+    public Tensor? FirstBatch { get; private set; }
+
+    /// <summary>The model's output for the first batch.</summary>
+    public Tensor? FirstModelOutput { get; private set; }
+
+    /// <summary>Each layer's output for the first batch (first call of the layer).</summary>
+    public IReadOnlyDictionary<string, Tensor> FirstOutputs => _firstOutputs;
+
+    public long Samples { get; private set; }
+    public int Batches { get; private set; }
+
+    /// <summary>Runs batches until at least <paramref name="targetSamples"/> samples have been seen.</summary>
+    public void Run(IEnumerable<Tensor> data, long targetSamples, IProgress<CalibrationProgress>? progress, bool observe = true)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        var stack = new List<(string Name, nn.Module Module, long[] Shape)>();
+        var removers = new List<Action>();
+        bool firstBatch = true;
+        try
+        {
+            // Pre/post hooks on every module, to name the layer in which a bad input fails.
+            var all = ModuleTree.Walk(_model).Select(e => (e.Name, e.Module)).Prepend(("(model)", (nn.Module)_model));
+            var selected = _layers.ToDictionary(e => (object)e.Module, e => e.Name, ReferenceEqualityComparer.Instance);
+            foreach (var (name, module) in all)
+            {
+                if (module is not nn.Module<Tensor, Tensor> m) continue;
+                string n = name;
+                removers.Add(Unhook(m.register_forward_pre_hook((mod, x) =>
+                {
+                    stack.Add((n, mod, x.shape));
+                    return null!;
+                })));
+                selected.TryGetValue(module, out string? layerName);
+                removers.Add(Unhook(m.register_forward_hook((mod, x, y) =>
+                {
+                    if (stack.Count > 0) stack.RemoveAt(stack.Count - 1);
+                    if (layerName is null) return null!;
+                    var obs = _observers[layerName];
+                    obs.Calls++;
+                    if (observe)
+                    {
+                        obs.Input?.Observe(x);
+                        obs.Output.Observe(y);
+                    }
+                    if (firstBatch && !_firstOutputs.ContainsKey(layerName))
+                        _firstOutputs[layerName] = y.detach().clone().DetachFromDisposeScope();
+                    return null!;
+                })));
+            }
+
+            using var noGrad = no_grad();
+            foreach (var batch in data)
+            {
+                if (batch is null || batch.IsInvalid)
+                    throw new ArgumentException($"Calibration batch {Batches + 1} is null or disposed.");
+                long n = batch.dim() == 0 ? 1 : batch.shape[0];
+                using (var scope = NewDisposeScope())
+                {
+                    stack.Clear();
+                    Tensor y;
+                    try
+                    {
+                        y = _model.call(batch);
+                    }
+                    catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException or IndexOutOfRangeException)
+                    {
+                        throw Failure(e, stack, batch);
+                    }
+                    if (firstBatch)
+                    {
+                        FirstBatch = batch.detach().clone().DetachFromDisposeScope();
+                        FirstModelOutput = y.detach().clone().DetachFromDisposeScope();
+                    }
+                }
+                firstBatch = false;
+                Samples += n;
+                Batches++;
+                progress?.Report(new CalibrationProgress(Samples, targetSamples, Batches));
+                if (Samples >= targetSamples) break;
+            }
+        }
+        finally
+        {
+            foreach (var r in removers) r();
+        }
+        if (Batches == 0)
+            throw new ArgumentException("The calibration data source yielded no tensors. Pass at least one batch of inputs (e.g. 150 samples from the training or validation set).");
+        var never = _observers.Where(kv => kv.Value.Calls == 0).Select(kv => kv.Key).ToList();
+        if (never.Count > 0)
+            throw new InvalidOperationException(
+                $"Layer(s) {string.Join(", ", never.Select(n => $"'{n}'"))} never ran during calibration, so their activations could not be observed. " +
+                "Forward hooks only fire when the parent's forward calls the layer as child.call(x), not child.forward(x); " +
+                "change the model's forward, or exclude these layers.");
+    }
+
+    private static Exception Failure(Exception e, List<(string Name, nn.Module Module, long[] Shape)> stack, Tensor batch)
+    {
+        string where = "";
+        if (stack.Count > 0)
+        {
+            var (name, module, shape) = stack[^1];
+            where = $" in layer '{name}' ({module.GetType().Name}{Expectation(module)}), whose input had shape [{string.Join(", ", shape)}]";
+        }
+        return new ArgumentException(
+            $"Running calibration data through the model failed{where}; the batch had shape [{string.Join(", ", batch.shape)}] and dtype {batch.dtype}. " +
+            $"Check that the data matches the model's input. libtorch said: {QuantizedModule.FirstLine(e.Message)}", e);
+    }
+
+    private static string Expectation(nn.Module m) => m switch
+    {
+        TorchSharp.Modules.Linear l => $", expects last dimension {l.in_features}",
+        TorchSharp.Modules.Convolution c => $", expects {c.in_channels} input channels",
+        _ => "",
+    };
+
+    public void Dispose()
+    {
+        FirstBatch?.Dispose();
+        FirstModelOutput?.Dispose();
+        foreach (var t in _firstOutputs.Values) t.Dispose();
+        _firstOutputs.Clear();
+    }
+}

@@ -1,0 +1,218 @@
+using QuantSharp.Primitives;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Modules;
+
+/// <summary>
+/// Quantizes and dequantizes layer weights with TorchSharp tensor operations, following PyTorch's observer
+/// rules (<see cref="QParams.Choose(float, float, QuantRange, QuantScheme)"/>, vectorized) and PyTorch's
+/// quantize arithmetic <c>clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)</c>.
+/// </summary>
+/// <remarks>
+/// A weight of shape <c>[rows, d1, d2, ...]</c> is viewed as the matrix <c>[rows, K]</c>, <c>K = d1*d2*...</c>
+/// (for a convolution: output channels by the flattened <c>in/groups * kh * kw</c> reduction axis).
+/// Per-axis means axis 0 (one scale per row), per-group means groups of G consecutive elements of a row.
+/// Storage: Int8 -> Int8 <c>[rows, K]</c>; UInt8 -> Byte <c>[rows, K]</c>; Int4/UInt4 -> Byte <c>[rows, K/2]</c>,
+/// two values per byte, element 2j in the low nibble and 2j+1 in the high nibble, signed values as 4-bit
+/// two's complement; Float16/BFloat16 -> the original shape cast to that type. Scale is float32
+/// (<c>[]</c>, <c>[rows]</c> or <c>[rows, K/G]</c>), zero point int32 of the same shape, stored only when some
+/// zero point can be non-zero (affine, or an unsigned type).
+/// <code>
+///   byte j of a row:  bit 7..4 = q[2j+1] &amp; 0xF   bit 3..0 = q[2j] &amp; 0xF
+/// </code>
+/// </remarks>
+internal static class WeightQuantizer
+{
+    /// <summary>Why <paramref name="spec"/> cannot quantize a weight of <paramref name="shape"/>, or null.</summary>
+    public static string? Unsupported(QuantSpec spec, long[] shape)
+    {
+        if (shape.Length < 2) return $"weight of rank {shape.Length} (need at least 2)";
+        if (spec.Type is QuantType.Int2 or QuantType.UInt2) return $"{spec.Type.ToName()} weights are not supported by the quantized modules (use int4 or int8)";
+        if (!spec.Type.IsInteger()) return null;
+        long k = Cols(shape);
+        switch (spec.Granularity)
+        {
+            case PerAxis a when a.Axis != 0:
+                return $"per-channel axis {a.Axis} is not supported for layer weights (use axis 0, the output channels)";
+            case PerGroup g when k % g.GroupSize != 0:
+                return $"group size {g.GroupSize} does not divide the reduction length {k} (weight shape [{string.Join(", ", shape)}]); override this layer with another group size or per-channel";
+        }
+        if (spec.Type.Bits() == 4 && k % 2 != 0)
+            return $"4-bit packing needs an even reduction length, got {k}";
+        return null;
+    }
+
+    public static long Cols(long[] shape)
+    {
+        long k = 1;
+        for (int i = 1; i < shape.Length; i++) k *= shape[i];
+        return k;
+    }
+
+    /// <summary>True when zero points are stored (affine, or an unsigned type whose symmetric zero point is not 0).</summary>
+    public static bool HasZeroPoint(QuantSpec spec) =>
+        spec.Type.IsInteger() && (spec.Scheme == QuantScheme.Affine || !spec.Type.IsSigned());
+
+    /// <summary>Quantizes <paramref name="weight"/> (any float dtype) into data, scale and zero point (new tensors, outside any scope).</summary>
+    public static (Tensor Data, Tensor? Scale, Tensor? ZeroPoint) Quantize(Tensor weight, QuantSpec spec)
+    {
+        long[] shape = weight.shape;
+        string? why = Unsupported(spec, shape);
+        if (why != null) throw new ArgumentException($"Cannot quantize a weight of shape [{string.Join(", ", shape)}] as {Describe(spec)}: {why}.");
+
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        if (!spec.Type.IsInteger())
+        {
+            var cast = weight.detach().to(spec.Type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16).contiguous().clone();
+            return (cast.MoveToOuterDisposeScope(), null, null);
+        }
+
+        long rows = shape[0], k = Cols(shape);
+        var range = QuantRange.For(spec.Type, spec.ReduceRange);
+        var w = weight.detach().to(ScalarType.Float32).reshape(rows, k);
+        Tensor view, mn, mx;
+        switch (spec.Granularity)
+        {
+            case PerTensor:
+                view = w; mn = w.min(); mx = w.max();
+                break;
+            case PerAxis:
+                view = w; mn = w.amin(new long[] { 1 }); mx = w.amax(new long[] { 1 });
+                break;
+            case PerGroup g:
+                view = w.reshape(rows, k / g.GroupSize, g.GroupSize);
+                mn = view.amin(new long[] { 2 }); mx = view.amax(new long[] { 2 });
+                break;
+            default:
+                throw new ArgumentException($"Unknown granularity {spec.Granularity}.");
+        }
+        if (!mn.isfinite().all().item<bool>() || !mx.isfinite().all().item<bool>())
+            throw new ArgumentException("The weight contains NaN or infinity; it cannot be quantized.");
+
+        var (scale, zp) = ChooseQParams(mn, mx, range, spec.Scheme);
+        var q = QuantizeWith(view, scale, zp, range, spec.Granularity);
+        q = q.reshape(rows, k);
+
+        Tensor data = spec.Type switch
+        {
+            QuantType.Int8 => q.to(ScalarType.Int8),
+            QuantType.UInt8 => q.to(ScalarType.Byte),
+            _ => Pack4(q),
+        };
+        Tensor? zpOut = HasZeroPoint(spec) ? zp.to(ScalarType.Int32).contiguous().MoveToOuterDisposeScope() : null;
+        return (data.contiguous().MoveToOuterDisposeScope(), scale.contiguous().MoveToOuterDisposeScope(), zpOut);
+    }
+
+    /// <summary>
+    /// PyTorch's <c>_calculate_qparams</c> on tensors of minima and maxima: float32 arithmetic, range widened to
+    /// include 0, scale at least float32 epsilon; returns scale (float32) and zero point (float32, integral values).
+    /// </summary>
+    public static (Tensor Scale, Tensor ZeroPoint) ChooseQParams(Tensor min, Tensor max, QuantRange range, QuantScheme scheme)
+    {
+        int qmin = range.QMin, qmax = range.QMax;
+        var minNeg = min.clamp_max(0f);
+        var maxPos = max.clamp_min(0f);
+        if (scheme == QuantScheme.Symmetric)
+        {
+            var absMax = torch.maximum(minNeg.neg(), maxPos);
+            var scale = (absMax / ((qmax - qmin) / 2f)).clamp_min(QParams.Epsilon);
+            int z = qmin < 0 ? 0 : qmax == 255 ? 128 : (qmin + qmax) / 2;
+            return (scale, torch.full_like(scale, z));
+        }
+        else
+        {
+            var scale = ((maxPos - minNeg) / (float)(qmax - qmin)).clamp_min(QParams.Epsilon);
+            var zp = (qmin - (minNeg / scale).round()).clamp(qmin, qmax);
+            return (scale, zp);
+        }
+    }
+
+    /// <summary>
+    /// <c>clamp(round(x * (1/scale)) + zp, qmin, qmax)</c> as float32 integral values; scale/zero point broadcast
+    /// per granularity over <paramref name="view"/> (<c>[rows, K]</c>, or <c>[rows, K/G, G]</c> for groups).
+    /// </summary>
+    public static Tensor QuantizeWith(Tensor view, Tensor scale, Tensor zp, QuantRange range, Granularity granularity)
+    {
+        Tensor s = scale, z = zp.to(ScalarType.Float32);
+        if (granularity is not PerTensor) { s = s.unsqueeze(-1); z = z.unsqueeze(-1); }
+        // x * (1f / scale) for every granularity: per-group is PerChannelMinMaxObserver + per-channel fake quantize
+        // on the [rows * K / G, G] view in the reference data, and matches it bit for bit.
+        return ((view * s.reciprocal()).round() + z).clamp(range.QMin, range.QMax);
+    }
+
+    /// <summary>Quantize then dequantize with one scale and zero point (float32 scalar tensors): <c>(clamp(round(x/s) + z) - z) * s</c>.</summary>
+    public static Tensor FakeQuantize(Tensor x, Tensor scale, Tensor zeroPoint, QuantRange range)
+    {
+        var q = ((x * scale.reciprocal()).round() + zeroPoint).clamp(range.QMin, range.QMax);
+        return (q - zeroPoint) * scale;
+    }
+
+    /// <summary>Packs integral values in a 4-bit range, <c>[rows, K]</c> (K even), into bytes <c>[rows, K/2]</c>.</summary>
+    public static Tensor Pack4(Tensor q)
+    {
+        var n = q.to(ScalarType.Int32).bitwise_and(15);
+        long rows = n.shape[0], k = n.shape[1];
+        var pairs = n.reshape(rows, k / 2, 2);
+        var lo = pairs.select(2, 0);
+        var hi = pairs.select(2, 1);
+        return (lo + hi * 16).to(ScalarType.Byte);
+    }
+
+    /// <summary>Unpacks bytes <c>[rows, K/2]</c> into float32 values <c>[rows, K]</c> (sign-extended when signed).</summary>
+    public static Tensor Unpack4(Tensor packed, bool signed)
+    {
+        var b = packed.to(ScalarType.Int32);
+        var lo = b.bitwise_and(15);
+        var hi = b.bitwise_right_shift(4).bitwise_and(15);
+        var n = torch.stack(new[] { lo, hi }, 2).reshape(packed.shape[0], packed.shape[1] * 2).to(ScalarType.Float32);
+        if (signed) n = n - (n >= 8).to(ScalarType.Float32) * 16;
+        return n;
+    }
+
+    /// <summary>The stored integers as float32 values <c>[rows, K]</c>.</summary>
+    public static Tensor IntegerValues(Tensor data, QuantType type) => type.Bits() == 4
+        ? Unpack4(data, type.IsSigned())
+        : data.to(ScalarType.Float32);
+
+    /// <summary>Dequantizes stored parts into a float32 tensor of <paramref name="shape"/>.</summary>
+    public static Tensor Dequantize(Tensor data, Tensor? scale, Tensor? zeroPoint, QuantSpec spec, long[] shape)
+    {
+        if (!spec.Type.IsInteger()) return data.to(ScalarType.Float32);
+        var q = IntegerValues(data, spec.Type);
+        return DequantizeRows(q, scale!, zeroPoint, spec).reshape(shape);
+    }
+
+    /// <summary>Dequantizes float32 integral values <c>[n, K]</c> with per-row/per-group scales of the same rows.</summary>
+    public static Tensor DequantizeRows(Tensor q, Tensor scale, Tensor? zeroPoint, QuantSpec spec)
+    {
+        switch (spec.Granularity)
+        {
+            case PerGroup g:
+            {
+                long n = q.shape[0], k = q.shape[1];
+                var v = q.reshape(n, k / g.GroupSize, g.GroupSize);
+                if (zeroPoint is not null) v = v - zeroPoint.to(ScalarType.Float32).unsqueeze(-1);
+                return (v * scale.unsqueeze(-1)).reshape(n, k);
+            }
+            case PerAxis:
+            {
+                var v = q;
+                if (zeroPoint is not null) v = v - zeroPoint.to(ScalarType.Float32).unsqueeze(-1);
+                return v * scale.unsqueeze(-1);
+            }
+            default:
+            {
+                var v = q;
+                if (zeroPoint is not null) v = v - zeroPoint.to(ScalarType.Float32);
+                return v * scale;
+            }
+        }
+    }
+
+    /// <summary>Short text such as <c>int4 symmetric group:32</c>.</summary>
+    public static string Describe(QuantSpec spec) => spec.Type.IsInteger()
+        ? $"{spec.Type.ToName()} {spec.Scheme.ToString().ToLowerInvariant()} {spec.Granularity}{(spec.ReduceRange ? " reduce-range" : "")}"
+        : spec.Type.ToName();
+}

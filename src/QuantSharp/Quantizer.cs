@@ -1,0 +1,535 @@
+using QuantSharp.Calibration;
+using QuantSharp.Modules;
+using QuantSharp.Validation;
+using TorchSharp;
+using static QuantSharp.Modules.Hooks;
+using static TorchSharp.torch;
+
+namespace QuantSharp;
+
+/// <summary>A layer the quantizer replaced.</summary>
+/// <param name="Name">Dotted layer name.</param>
+/// <param name="ModuleType">The float module type (e.g. <c>Conv2d</c>).</param>
+/// <param name="Weights">The weight spec used (the config's or an override's).</param>
+/// <param name="Input">The calibrated input quantization, or null (weight-only).</param>
+/// <param name="FloatBytes">Bytes of the float layer's parameters.</param>
+/// <param name="QuantizedBytes">Bytes of the quantized layer's parameters and buffers.</param>
+public sealed record QuantizedLayer(string Name, string ModuleType, QuantSpec Weights, ActivationQuantization? Input, long FloatBytes, long QuantizedBytes);
+
+/// <summary>What <see cref="Quantizer.Quantize"/> produced.</summary>
+public sealed class QuantizationResult
+{
+    internal QuantizationResult(nn.Module model, IReadOnlyList<QuantizedLayer> layers, IReadOnlyList<SkippedLayer> skipped,
+        QuantizationReport? report, IReadOnlyList<string> warnings, long calibrationSamples)
+    {
+        Model = model; Layers = layers; Skipped = skipped; Report = report; Warnings = warnings; CalibrationSamples = calibrationSamples;
+    }
+
+    /// <summary>The quantized model (a new model built by the factory, or the caller's model when quantized in place); in eval mode.</summary>
+    public nn.Module Model { get; }
+
+    /// <summary>The layers that were quantized, in model order.</summary>
+    public IReadOnlyList<QuantizedLayer> Layers { get; }
+
+    /// <summary>Layers that stay float, with the reason (unsupported type, excluded, spec does not fit, cannot be swapped).</summary>
+    public IReadOnlyList<SkippedLayer> Skipped { get; }
+
+    /// <summary>The validation report, or null when validation was disabled.</summary>
+    public QuantizationReport? Report { get; }
+
+    /// <summary>Validation problems kept as warnings (<see cref="ValidationFailureMode.Warn"/>).</summary>
+    public IReadOnlyList<string> Warnings { get; }
+
+    /// <summary>Samples run through the model for calibration (0 without data).</summary>
+    public long CalibrationSamples { get; }
+}
+
+/// <summary>
+/// The entry point: quantizes the Linear, Conv1d, Conv2d and Embedding layers of a TorchSharp model.
+/// </summary>
+/// <example>
+/// <code>
+/// var config = QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+/// {
+///     Overrides = [new("conv1", QuantizationConfig.DefaultWeights), new("fc2", QuantizationConfig.DefaultWeights)],
+/// };
+/// var result = Quantizer.Quantize(model, config, factory: () => new MyNet());
+/// Console.WriteLine(result.Report);
+/// Quantizer.Save(result.Model, "mynet.int4.safetensors");
+/// var reloaded = Quantizer.Load(() => new MyNet(), "mynet.int4.safetensors");
+/// </code>
+/// </example>
+public static class Quantizer
+{
+    /// <summary>
+    /// Returns a quantized copy of <paramref name="model"/> (or quantizes it in place with <paramref name="inPlace"/>).
+    /// </summary>
+    /// <remarks>
+    /// <para>TorchSharp cannot deep-copy an arbitrary module, so a copy needs <paramref name="factory"/>: a function that
+    /// builds a fresh float model of the same architecture (e.g. <c>() =&gt; new MyNet()</c>). The original's
+    /// <c>state_dict</c> is loaded into it (separate storage) and its layers are then replaced; the caller's model is not
+    /// modified (its hooks are not touched and it is never run). Without a factory, pass <c>inPlace: true</c>.</para>
+    /// <para>Layers are swapped through their parent: a <c>Sequential</c>, a <c>ModuleList</c>/<c>ModuleDict</c> of
+    /// <c>Module&lt;Tensor, Tensor&gt;</c>, or a field of a custom module declared as <c>Module&lt;Tensor, Tensor&gt;</c>.
+    /// A field declared as <c>Linear</c> cannot hold the quantized layer: such layers are skipped and listed in
+    /// <see cref="QuantizationResult.Skipped"/>, as are unsupported types (LSTM, BatchNorm, custom layers).</para>
+    /// <para>Precedence: the explicit arguments <paramref name="weights"/>, <paramref name="calibrationSamples"/> and
+    /// <paramref name="onFailure"/> override <paramref name="config"/>, which overrides the defaults.</para>
+    /// <para>Calibration runs <paramref name="calibrationData"/> (inputs; use <see cref="CalibrationData.FromPairs"/> for
+    /// (input, target) pairs) through the model in eval mode with forward hooks until at least
+    /// <see cref="QuantizationConfig.CalibrationSamples"/> samples (dimension 0) were seen. It is required for
+    /// <see cref="QuantizationConfig.Activations"/>; otherwise the first batch only feeds the validation report.</para>
+    /// </remarks>
+    /// <param name="model">The float model (a <c>Module&lt;Tensor, Tensor&gt;</c> when data is run through it).</param>
+    /// <param name="config">What to quantize and how.</param>
+    /// <param name="factory">Builds a fresh float model of the same architecture; needed unless <paramref name="inPlace"/>, and for the reload check.</param>
+    /// <param name="calibrationData">Calibration inputs (batches); may be null for weight-only quantization.</param>
+    /// <param name="inPlace">Quantize <paramref name="model"/> itself instead of a copy.</param>
+    /// <param name="weights">Overrides <see cref="QuantizationConfig.Weights"/>.</param>
+    /// <param name="calibrationSamples">Overrides <see cref="QuantizationConfig.CalibrationSamples"/>.</param>
+    /// <param name="onFailure">Overrides <see cref="ValidationOptions.OnFailure"/>.</param>
+    /// <param name="progress">Receives calibration progress after each batch.</param>
+    /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
+    /// <exception cref="ArgumentException">Invalid configuration, a pattern that names no layer, no quantizable layer, empty or mismatched data.</exception>
+    /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
+    public static QuantizationResult Quantize(
+        nn.Module model,
+        QuantizationConfig config,
+        Func<nn.Module>? factory = null,
+        IEnumerable<Tensor>? calibrationData = null,
+        bool inPlace = false,
+        QuantSpec? weights = null,
+        int? calibrationSamples = null,
+        ValidationFailureMode? onFailure = null,
+        IProgress<CalibrationProgress>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(config);
+        var cfg = config with
+        {
+            Weights = weights ?? config.Weights,
+            CalibrationSamples = calibrationSamples ?? config.CalibrationSamples,
+            Validation = config.Validation with { OnFailure = onFailure ?? config.Validation.OnFailure },
+        };
+        cfg.Validate();
+        if (!inPlace && factory is null)
+            throw new ArgumentException(
+                "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
+                "(a fresh float model of the same architecture), or pass inPlace: true to quantize this model itself.", nameof(factory));
+        if (cfg.Activations is not null && calibrationData is null)
+            throw new ArgumentException(
+                "Static activation quantization (config.Activations) needs calibration data: pass calibrationData (e.g. 150 training inputs), " +
+                "or set Activations = null for weight-only quantization.", nameof(calibrationData));
+
+        var originalEntries = ModuleTree.Walk(model);
+        if (originalEntries.Any(e => e.Module is QuantizedModule) || model is QuantizedModule)
+            throw new ArgumentException("The model already contains quantized layers; quantize the float model instead.", nameof(model));
+        CheckPatterns(cfg, originalEntries.Select(e => e.Name).ToList());
+
+        // Plan on the original (read-only), so that errors come before any copy is made.
+        var (plan, skipped) = Plan(originalEntries, cfg);
+        if (plan.Count == 0)
+        {
+            string why = skipped.Count == 0
+                ? "it has no Linear, Conv1d, Conv2d or Embedding layer"
+                : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
+            throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
+        }
+
+        nn.Module work = inPlace ? model : Copy(model, factory!);
+        bool ok = false;
+        try
+        {
+            var result = Run(work, cfg, plan.Select(p => p.Name).ToList(), skipped, factory, calibrationData, progress);
+            ok = true;
+            return result;
+        }
+        finally
+        {
+            if (!ok && !inPlace) work.Dispose();
+        }
+    }
+
+    private sealed record PlannedLayer(string Name, QuantSpec Spec);
+
+    private static readonly Type[] s_supported =
+        [typeof(TorchSharp.Modules.Linear), typeof(TorchSharp.Modules.Conv1d), typeof(TorchSharp.Modules.Conv2d), typeof(TorchSharp.Modules.Embedding)];
+
+    private static Type ReplacementType(nn.Module m) => m switch
+    {
+        TorchSharp.Modules.Linear => typeof(QuantizedLinear),
+        TorchSharp.Modules.Embedding => typeof(QuantizedEmbedding),
+        _ => typeof(QuantizedConv),
+    };
+
+    private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, QuantizationConfig cfg)
+    {
+        var plan = new List<PlannedLayer>();
+        var skipped = new List<SkippedLayer>();
+        foreach (var e in entries)
+        {
+            var type = e.Module.GetType();
+            string typeName = ModuleTree.TypeName(type);
+            if (!s_supported.Contains(type))
+            {
+                bool ownParams = e.Module.named_parameters(recurse: false).Any();
+                if (ownParams)
+                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName}; its parameters stay float"));
+                continue;
+            }
+            string? reason = null;
+            if (cfg.IncludeTypes.Count > 0 && !cfg.IncludeTypes.Any(t => t.IsAssignableFrom(type)))
+                reason = "type not in IncludeTypes";
+            else if (cfg.ExcludeTypes.Any(t => t.IsAssignableFrom(type)))
+                reason = "type excluded by ExcludeTypes";
+            else if (cfg.Exclude.FirstOrDefault(p => NameGlob.IsMatch(p, e.Name)) is { } ex)
+                reason = $"excluded by pattern '{ex}'";
+            else if (cfg.Include.Count > 0 && !cfg.Include.Any(p => NameGlob.IsMatch(p, e.Name)))
+                reason = "not matched by any Include pattern";
+            if (reason != null)
+            {
+                skipped.Add(new SkippedLayer(e.Name, typeName, reason));
+                continue;
+            }
+            var spec = cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, e.Name)).Value ?? cfg.Weights;
+            var weight = e.Module is TorchSharp.Modules.Linear l ? l.weight
+                : e.Module is TorchSharp.Modules.Embedding emb ? emb.weight
+                : ((TorchSharp.Modules.Convolution)e.Module).weight;
+            reason = weight is null ? "it has no weight" : WeightQuantizer.Unsupported(spec, weight.shape);
+            if (reason == null && !weight!.is_floating_point())
+                reason = $"its weight is {weight.dtype}, not a floating-point type";
+            if (reason == null && e.Module is TorchSharp.Modules.Convolution conv)
+                reason = QuantizedConv.Unsupported(conv);
+            reason ??= ModuleTree.CannotReplace(e, ReplacementType(e.Module));
+            if (reason != null)
+            {
+                skipped.Add(new SkippedLayer(e.Name, typeName, $"{reason} (spec {WeightQuantizer.Describe(spec)})"));
+                continue;
+            }
+            plan.Add(new PlannedLayer(e.Name, spec));
+        }
+        return (plan, skipped);
+    }
+
+    private static void CheckPatterns(QuantizationConfig cfg, List<string> names)
+    {
+        var patterns = cfg.Include.Select(p => (p, "Include"))
+            .Concat(cfg.Exclude.Select(p => (p, "Exclude")))
+            .Concat(cfg.Overrides.Select(o => (o.Key, "Overrides")));
+        foreach (var (p, where) in patterns)
+        {
+            if (names.Any(n => NameGlob.IsMatch(p, n))) continue;
+            var close = NameGlob.Closest(p, names);
+            throw new ArgumentException(
+                $"{where} pattern '{p}' matches no layer of the model. " +
+                (close.Count > 0 ? $"Closest layer names: {string.Join(", ", close)}. " : "The model has no submodules. ") +
+                "Names are the dotted names of named_modules(); '*' matches any characters, '?' one.");
+        }
+    }
+
+    /// <summary>Builds a fresh model with <paramref name="factory"/> and loads <paramref name="model"/>'s state into it (separate storage).</summary>
+    internal static nn.Module Copy(nn.Module model, Func<nn.Module> factory)
+    {
+        nn.Module copy = factory() ?? throw new ArgumentException("The model factory returned null; it must build a new float model.", nameof(factory));
+        if (ReferenceEquals(copy, model))
+            throw new ArgumentException("The model factory returned the model itself; it must build a NEW model of the same architecture (e.g. () => new MyNet()).", nameof(factory));
+        try
+        {
+            var source = model.state_dict();
+            var target = copy.state_dict();
+            var missing = target.Keys.Except(source.Keys).ToList();
+            var extra = source.Keys.Except(target.Keys).ToList();
+            if (missing.Count > 0 || extra.Count > 0)
+                throw new ArgumentException(
+                    $"The factory builds a {copy.GetType().Name} whose state_dict does not match the model's " +
+                    $"(only in the factory's model: {List(missing)}; only in the model: {List(extra)}). The factory must build the same architecture.", nameof(factory));
+            foreach (var (k, v) in source)
+            {
+                var t = target[k];
+                if (!t.shape.SequenceEqual(v.shape) || t.dtype != v.dtype)
+                    throw new ArgumentException(
+                        $"The factory's model has '{k}' as {t.dtype} [{string.Join(", ", t.shape)}] but the model has {v.dtype} [{string.Join(", ", v.shape)}]; build it with the same sizes.", nameof(factory));
+            }
+            using (no_grad()) copy.load_state_dict(source, strict: true);
+            if (model.training) copy.train(); else copy.eval();
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+
+        static string List(List<string> keys) => keys.Count == 0 ? "none" : string.Join(", ", keys.Take(5)) + (keys.Count > 5 ? $", ... ({keys.Count})" : "");
+    }
+
+    private static QuantizationResult Run(nn.Module work, QuantizationConfig cfg, List<string> planned, List<SkippedLayer> skipped,
+        Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress)
+    {
+        var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
+        var specs = planned.ToDictionary(n => n, n => cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, n)).Value ?? cfg.Weights);
+        var layers = planned.Select(n => entries[n]).ToList();
+        work.eval();
+        long floatBytes = ModelMemory.Bytes(work);
+
+        Calibrator? calib = null;
+        try
+        {
+            if (data is not null)
+            {
+                if (work is not nn.Module<Tensor, Tensor> runnable)
+                    throw new ArgumentException($"Calibration runs data through the model, so it must be a Module<Tensor, Tensor>; {work.GetType().Name} is not.");
+                var actSpec = cfg.Activations ?? QuantizationConfig.DefaultActivations;
+                calib = new Calibrator(runnable, layers, RangeObservers.Factory(cfg.Observer, actSpec));
+                // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
+                long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
+                calib.Run(data, target, progress, observe: cfg.Activations is not null);
+            }
+
+            var done = new List<QuantizedLayer>();
+            var layerReports = new List<LayerReport>();
+            var failures = new List<string>();
+            foreach (var e in layers)
+            {
+                var spec = specs[e.Name];
+                ActivationQuantization? act = null;
+                if (cfg.Activations is { } a && e.Module is not TorchSharp.Modules.Embedding)
+                {
+                    var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
+                    act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
+                }
+                long layerFloat = e.Module.parameters(recurse: false).Sum(p => p.numel() * p.element_size());
+                QuantizedModule q = e.Module switch
+                {
+                    TorchSharp.Modules.Linear l => QuantizedLinear.FromFloat(l, spec, act),
+                    TorchSharp.Modules.Embedding emb => QuantizedEmbedding.FromFloat(emb, spec),
+                    TorchSharp.Modules.Convolution c => QuantizedConv.FromFloat(c, spec, act),
+                    _ => throw new InvalidOperationException($"Unexpected layer type {e.Module.GetType().Name}."),
+                };
+                q.LayerName = e.Name;
+                q.eval();
+                double weightSqnr;
+                using (var scope = NewDisposeScope())
+                {
+                    var floatWeight = e.Module.named_parameters(recurse: false).First(p => p.name == "weight").parameter;
+                    weightSqnr = Metrics.Sqnr(floatWeight, q.DequantizeWeight());
+                }
+                ModuleTree.Replace(e, q);
+                long layerQuant = q.parameters(recurse: false).Sum(p => p.numel() * p.element_size()) + q.buffers(recurse: false).Sum(b => b.numel() * b.element_size());
+                done.Add(new QuantizedLayer(e.Name, e.Module.GetType().Name, spec, act, layerFloat, layerQuant));
+
+                var problems = new List<string>();
+                bool rangeOk = RangeCheck(q, problems);
+                if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
+                if (cfg.Validation.MinWeightSqnrDb is { } minW && weightSqnr < minW)
+                    problems.Add($"weight SQNR {weightSqnr:F2} dB is below the bound {minW} dB");
+                layerReports.Add(new LayerReport(e.Name, e.Module.GetType().Name, WeightQuantizer.Describe(spec),
+                    act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
+                    weightSqnr, null, layerFloat, layerQuant, rangeOk, problems));
+            }
+            long quantBytes = ModelMemory.Bytes(work);
+
+            QuantizationReport? report = null;
+            var warnings = new List<string>();
+            if (cfg.Validation.Enabled)
+            {
+                double? modelSqnr = null;
+                if (calib?.FirstBatch is { } batch && work is nn.Module<Tensor, Tensor> qm)
+                {
+                    var outputs = RunCapturing(qm, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
+                    try
+                    {
+                        modelSqnr = Metrics.Sqnr(calib.FirstModelOutput!, modelOut);
+                        for (int i = 0; i < layerReports.Count; i++)
+                        {
+                            var r = layerReports[i];
+                            if (!outputs.TryGetValue(r.Name, out var qo) || !calib.FirstOutputs.TryGetValue(r.Name, out var fo)) continue;
+                            double o = Metrics.Sqnr(fo, qo);
+                            var problems = r.Problems.ToList();
+                            if (double.IsNaN(o)) problems.Add("output SQNR is NaN");
+                            if (cfg.Validation.MinOutputSqnrDb is { } minO && o < minO)
+                                problems.Add($"output SQNR {o:F2} dB is below the bound {minO} dB");
+                            layerReports[i] = r with { OutputSqnrDb = o, Problems = problems };
+                        }
+                    }
+                    finally
+                    {
+                        modelOut.Dispose();
+                        foreach (var t in outputs.Values) t.Dispose();
+                    }
+                }
+                var (reload, detail) = cfg.Validation.ReloadCheck
+                    ? ReloadCheck(work, factory, calib?.FirstBatch)
+                    : (CheckStatus.NotRun, "disabled");
+                foreach (var r in layerReports)
+                    failures.AddRange(r.Problems.Select(p => $"{r.Name}: {p}"));
+                if (reload == CheckStatus.Failed) failures.Add($"reload check: {detail}");
+                report = new QuantizationReport
+                {
+                    Layers = layerReports,
+                    Skipped = skipped,
+                    FloatBytes = floatBytes,
+                    QuantizedBytes = quantBytes,
+                    ModelOutputSqnrDb = modelSqnr,
+                    CalibrationSamples = calib?.Samples ?? 0,
+                    ReloadCheck = reload,
+                    ReloadDetail = detail,
+                    Failures = failures,
+                };
+                if (!report.Passed)
+                {
+                    switch (cfg.Validation.OnFailure)
+                    {
+                        case ValidationFailureMode.Error: throw new QuantizationValidationException(report);
+                        case ValidationFailureMode.Warn: warnings.AddRange(failures); break;
+                    }
+                }
+            }
+            return new QuantizationResult(work, done, skipped, report, warnings, calib?.Samples ?? 0);
+        }
+        finally
+        {
+            calib?.Dispose();
+        }
+    }
+
+    /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
+    internal static Dictionary<string, Tensor> RunCapturing(nn.Module<Tensor, Tensor> model, IReadOnlyCollection<string> names, Tensor batch, out Tensor output)
+    {
+        var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var removers = new List<Action>();
+        try
+        {
+            foreach (var e in ModuleTree.Walk(model))
+            {
+                if (!names.Contains(e.Name) || e.Module is not nn.Module<Tensor, Tensor> m) continue;
+                string n = e.Name;
+                removers.Add(Unhook(m.register_forward_hook((_, _, y) =>
+                {
+                    if (!captured.ContainsKey(n)) captured[n] = y.detach().clone().DetachFromDisposeScope();
+                    return null!;
+                })));
+            }
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            output = model.call(batch).detach().clone().DetachFromDisposeScope();
+            return captured;
+        }
+        catch
+        {
+            foreach (var t in captured.Values) t.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var r in removers) r();
+        }
+    }
+
+    private static bool RangeCheck(QuantizedModule q, List<string> problems)
+    {
+        using var scope = NewDisposeScope();
+        var spec = q.WeightSpec;
+        bool ok = true;
+        if (spec.Type.IsInteger())
+        {
+            var range = QuantRange.For(spec.Type, spec.ReduceRange);
+            var v = WeightQuantizer.IntegerValues(q.WeightData, spec.Type);
+            float lo = v.min().item<float>(), hi = v.max().item<float>();
+            if (lo < range.QMin || hi > range.QMax)
+            {
+                ok = false;
+                problems.Add($"stored integers span [{lo}, {hi}], outside [{range.QMin}, {range.QMax}]");
+            }
+            var s = q.WeightScale!;
+            if (!s.isfinite().all().item<bool>() || !(s > 0).all().item<bool>())
+            {
+                ok = false;
+                problems.Add("a weight scale is not finite and positive");
+            }
+            if (q.WeightZeroPoint is { } z)
+            {
+                long zlo = z.min().item<int>(), zhi = z.max().item<int>();
+                if (zlo < range.QMin || zhi > range.QMax)
+                {
+                    ok = false;
+                    problems.Add($"weight zero points span [{zlo}, {zhi}], outside [{range.QMin}, {range.QMax}]");
+                }
+            }
+        }
+        else if (!q.WeightData.to(ScalarType.Float32).isfinite().all().item<bool>())
+        {
+            ok = false;
+            problems.Add($"the {spec.Type.ToName()} weight has infinite values (float32 values beyond the type's range)");
+        }
+        if (q.InputQuantization is { } a)
+        {
+            var r = QuantRange.For(a.Type, a.ReduceRange);
+            if (!float.IsFinite(a.Scale) || a.Scale <= 0 || a.ZeroPoint < r.QMin || a.ZeroPoint > r.QMax)
+            {
+                ok = false;
+                problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
+            }
+        }
+        return ok;
+    }
+
+    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, Tensor? batch)
+    {
+        if (factory is null) return (CheckStatus.NotRun, "no model factory to rebuild the architecture");
+        string path = Path.Combine(Path.GetTempPath(), $"quantsharp-reload-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            Save(work, path);
+            using var reloaded = Load(factory, path);
+            using var scope = NewDisposeScope();
+            if (batch is not null && work is nn.Module<Tensor, Tensor> a && reloaded is nn.Module<Tensor, Tensor> b)
+            {
+                using var noGrad = no_grad();
+                var ya = a.call(batch);
+                var yb = b.call(batch);
+                return BitEqual(ya, yb)
+                    ? (CheckStatus.Passed, "save -> load gives bit-identical outputs on the first calibration batch")
+                    : (CheckStatus.Failed, "the reloaded model's outputs differ from the quantized model's");
+            }
+            var sa = work.state_dict();
+            var sb = reloaded.state_dict();
+            foreach (var (k, v) in sa)
+            {
+                if (!sb.TryGetValue(k, out var w) || !BitEqual(v, w))
+                    return (CheckStatus.Failed, $"'{k}' differs after save -> load");
+            }
+            return (CheckStatus.Passed, "save -> load gives bit-identical state (no data to compare outputs)");
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
+        {
+            return (CheckStatus.Failed, "save -> load failed: " + e.Message);
+        }
+        finally
+        {
+            try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    private static bool BitEqual(Tensor a, Tensor b) =>
+        a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.contiguous().bytes.SequenceEqual(b.contiguous().bytes);
+
+    /// <summary>
+    /// Saves a model quantized by <see cref="Quantize"/> as a QuantSharp quantized checkpoint (safetensors, written to a
+    /// temporary file and renamed into place; see docs/FORMAT.md).
+    /// </summary>
+    /// <param name="model">The quantized model (<see cref="QuantizationResult.Model"/>).</param>
+    /// <param name="path">The <c>.safetensors</c> file to write.</param>
+    /// <exception cref="ArgumentException">The model has no quantized layers.</exception>
+    public static void Save(nn.Module model, string path) => Serialization.QuantizedModelFile.Save(model, path);
+
+    /// <summary>
+    /// Rebuilds a quantized model from a file written by <see cref="Save"/>: <paramref name="factory"/> builds the float
+    /// architecture (as for <see cref="Quantize"/>), its layers are replaced by the stored quantized layers, and every
+    /// other tensor is loaded from the file. The result gives bit-identical outputs to the saved model; it is in eval mode.
+    /// </summary>
+    /// <param name="factory">Builds a fresh float model of the saved architecture.</param>
+    /// <param name="path">The checkpoint file.</param>
+    /// <exception cref="InvalidDataException">The file is not a checkpoint of this architecture (the message names the layer or tensor).</exception>
+    public static nn.Module Load(Func<nn.Module> factory, string path) => Serialization.QuantizedModelFile.Load(factory, path);
+}

@@ -1,0 +1,114 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace QuantSharp.Serialization;
+
+/// <summary>
+/// What a quantized checkpoint records about one quantized tensor (the per-layer JSON of
+/// <c>quantsharp.layers</c>; see docs/FORMAT.md).
+/// </summary>
+/// <param name="OriginalDType">The safetensors dtype of the original tensor (<c>F32</c>, <c>BF16</c>, <c>F16</c>...).</param>
+/// <param name="Shape">The original (logical) shape.</param>
+/// <param name="Type">The quantized type.</param>
+/// <param name="Scheme">Symmetric or affine (null for float16/bfloat16).</param>
+/// <param name="Granularity">Per-tensor, per-axis or per-group (null for float16/bfloat16).</param>
+/// <param name="ReduceRange">Whether one bit of range was left unused.</param>
+/// <param name="Observer">The observer that chose the range (<c>minmax</c>...; null for float types).</param>
+/// <param name="SqnrDb">SQNR of the dequantized weight against the original, in dB (null when not measured;
+/// positive infinity for an exact round trip).</param>
+public sealed record QuantizedLayerInfo(
+    SafetensorsDType OriginalDType,
+    long[] Shape,
+    QuantType Type,
+    QuantScheme? Scheme,
+    Granularity? Granularity,
+    bool ReduceRange,
+    string? Observer,
+    double? SqnrDb)
+{
+    /// <summary>The quantization spec these settings describe.</summary>
+    public QuantSpec ToSpec() => CheckpointSpecs.Create(Type, Scheme ?? QuantScheme.Symmetric, Granularity ?? QuantSharp.Granularity.Tensor, ReduceRange);
+
+    /// <summary>The integer range [qmin, qmax] (null for float types).</summary>
+    public QuantRange? Range => Type.IsInteger() ? QuantRange.For(Type, ReduceRange) : null;
+
+    /// <summary>The JSON object stored in the checkpoint.</summary>
+    public JsonObject ToJson()
+    {
+        var o = new JsonObject
+        {
+            ["original_dtype"] = OriginalDType.ToString(),
+            ["shape"] = new JsonArray(Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+            ["qtype"] = Type.ToName(),
+        };
+        if (Type.IsInteger())
+        {
+            var range = Range!.Value;
+            o["scheme"] = Scheme!.Value.ToString().ToLowerInvariant();
+            o["granularity"] = Granularity!.ToString();
+            o["axis"] = Granularity is PerAxis a ? a.Axis : null;
+            o["group_size"] = Granularity is PerGroup g ? g.GroupSize : null;
+            o["reduce_range"] = ReduceRange;
+            o["qmin"] = range.QMin;
+            o["qmax"] = range.QMax;
+            o["observer"] = Observer;
+        }
+        // JSON has no infinity: an exact round trip is written as the string "inf".
+        o["sqnr_db"] = SqnrDb switch
+        {
+            null => null,
+            double d when double.IsPositiveInfinity(d) => "inf",
+            double d => Math.Round(d, 4),
+        };
+        return o;
+    }
+
+    /// <summary>Reads the JSON written by <see cref="ToJson"/>.</summary>
+    /// <exception cref="InvalidDataException">A field is missing or has a wrong value.</exception>
+    public static QuantizedLayerInfo FromJson(string name, JsonElement e)
+    {
+        try
+        {
+            if (!SafetensorsDTypeInfo.TryParse(e.GetProperty("original_dtype").GetString()!, out var odt))
+                throw new InvalidDataException("unknown original_dtype");
+            long[] shape = e.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
+            var type = QuantTypeInfo.Parse(e.GetProperty("qtype").GetString()!);
+            QuantScheme? scheme = null; Granularity? gran = null; bool reduce = false; string? observer = null;
+            if (type.IsInteger())
+            {
+                scheme = e.GetProperty("scheme").GetString() switch
+                {
+                    "symmetric" => QuantScheme.Symmetric,
+                    "affine" => QuantScheme.Affine,
+                    var s => throw new InvalidDataException($"unknown scheme '{s}'"),
+                };
+                gran = QuantSharp.Granularity.Parse(e.GetProperty("granularity").GetString()!);
+                reduce = e.TryGetProperty("reduce_range", out var rr) && rr.GetBoolean();
+                observer = e.TryGetProperty("observer", out var ob) && ob.ValueKind == JsonValueKind.String ? ob.GetString() : null;
+            }
+            double? sqnr = null;
+            if (e.TryGetProperty("sqnr_db", out var sq))
+            {
+                sqnr = sq.ValueKind switch
+                {
+                    JsonValueKind.Number => sq.GetDouble(),
+                    JsonValueKind.String => double.Parse(sq.GetString()!.Replace("inf", "Infinity"), CultureInfo.InvariantCulture),
+                    _ => null,
+                };
+            }
+            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr);
+        }
+        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException)
+        {
+            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({ex.Message}).", ex);
+        }
+    }
+}
+
+/// <summary>Creates <see cref="QuantSpec"/> values (one place, so that the record's shape is used once).</summary>
+internal static class CheckpointSpecs
+{
+    public static QuantSpec Create(QuantType type, QuantScheme scheme, Granularity granularity, bool reduceRange)
+        => new(type, scheme, granularity, reduceRange);
+}

@@ -1,0 +1,213 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using QuantSharp.Serialization;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Validation;
+
+/// <summary>The result of <see cref="CheckpointValidator.Compare"/>.</summary>
+public sealed class CheckpointValidationReport
+{
+    internal CheckpointValidationReport(string original, string quantized, IReadOnlyList<TensorQuantizationReport> tensors, IReadOnlyList<string> problems, TimeSpan elapsed)
+    {
+        Original = original; Quantized = quantized; Tensors = tensors; Problems = problems; Elapsed = elapsed;
+    }
+
+    /// <summary>The original checkpoint.</summary>
+    public string Original { get; }
+    /// <summary>The quantized checkpoint.</summary>
+    public string Quantized { get; }
+    /// <summary>Every tensor of the original, in order.</summary>
+    public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
+    /// <summary>All problems found.</summary>
+    public IReadOnlyList<string> Problems { get; }
+    /// <summary>True when nothing was found.</summary>
+    public bool Passed => Problems.Count == 0;
+    /// <summary>Wall-clock time.</summary>
+    public TimeSpan Elapsed { get; }
+    /// <summary>Sum of original tensor bytes.</summary>
+    public long OriginalTensorBytes => Tensors.Sum(t => t.OriginalBytes);
+    /// <summary>Sum of stored tensor bytes.</summary>
+    public long StoredTensorBytes => Tensors.Sum(t => t.StoredBytes);
+
+    /// <summary>JSON form.</summary>
+    public JsonObject ToJson() => new()
+    {
+        ["original"] = Original,
+        ["quantized"] = Quantized,
+        ["passed"] = Passed,
+        ["original_tensor_bytes"] = OriginalTensorBytes,
+        ["stored_tensor_bytes"] = StoredTensorBytes,
+        ["ratio"] = StoredTensorBytes == 0 ? 1 : Math.Round((double)OriginalTensorBytes / StoredTensorBytes, 4),
+        ["min_sqnr_db"] = TensorQuantizationReport.Json(Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min()),
+        ["seconds"] = Math.Round(Elapsed.TotalSeconds, 3),
+        ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        ["tensors"] = new JsonArray(Tensors.Select(t => (JsonNode)t.ToJson()).ToArray()),
+    };
+}
+
+/// <summary>
+/// Compares a quantized checkpoint with its original: for each quantized tensor the SQNR of the dequantized weight
+/// against the original (chunk by chunk), the range test and the size; every other tensor must be stored bit-exactly.
+/// </summary>
+public static class CheckpointValidator
+{
+    /// <summary>Compares <paramref name="quantized"/> with <paramref name="original"/> (files or sharded folders).</summary>
+    /// <param name="original">The original checkpoint.</param>
+    /// <param name="quantized">The quantized checkpoint (docs/FORMAT.md).</param>
+    /// <param name="sqnrThresholdsDb">Thresholds per type (null: the defaults of <see cref="CheckpointQuantizationSettings.DefaultSqnrThresholdsDb"/>).</param>
+    /// <param name="progress">Receives progress (original bytes).</param>
+    /// <exception cref="CheckpointQuantizationException">A file cannot be read or is not a quantized checkpoint.</exception>
+    public static CheckpointValidationReport Compare(string original, string quantized, IReadOnlyDictionary<QuantType, double>? sqnrThresholdsDb = null,
+        IProgress<CheckpointProgress>? progress = null)
+    {
+        var sw = Stopwatch.StartNew();
+        var thresholds = new Dictionary<QuantType, double>(CheckpointQuantizationSettings.DefaultSqnrThresholdsDb);
+        foreach (var (k, v) in sqnrThresholdsDb ?? new Dictionary<QuantType, double>()) thresholds[k] = v;
+        CheckpointSource? a = null, b = null;
+        try
+        {
+            try { a = CheckpointSource.Open(original); }
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            { throw new CheckpointQuantizationException($"Cannot read original '{original}': {ex.Message}", ex); }
+            try { b = CheckpointSource.Open(quantized); }
+            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ex.Message}", ex); }
+
+            var layers = new Dictionary<string, (CheckpointSource.Shard Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
+            foreach (var shard in b.Shards)
+            {
+                try
+                {
+                    foreach (var (n, info) in QuantizedCheckpoint.ReadLayers(shard.File.Path, shard.File.Metadata)) layers[n] = (shard, info);
+                }
+                catch (InvalidDataException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+            }
+            var reports = new List<TensorQuantizationReport>();
+            var problems = new List<string>();
+            long total = a.All.Sum(t => t.Info.ByteLength), done = 0;
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (shard, info) in a.All)
+            {
+                seen.Add(info.Name);
+                TensorQuantizationReport r;
+                if (layers.TryGetValue(info.Name, out var layer))
+                {
+                    seen.Add(info.Name + QuantizedCheckpoint.ScaleSuffix);
+                    seen.Add(info.Name + QuantizedCheckpoint.ZeroPointSuffix);
+                    r = CompareQuantized(shard, info, layer.Shard, layer.Info, thresholds);
+                }
+                else r = ComparePlain(shard, info, b);
+                reports.Add(r);
+                problems.AddRange(r.Problems);
+                done += info.ByteLength;
+                progress?.Report(new CheckpointProgress(done, total, info.Name));
+            }
+            foreach (var (_, info) in b.All)
+            {
+                if (!seen.Contains(info.Name)) problems.Add($"'{info.Name}' is in the quantized checkpoint but not in the original.");
+            }
+            foreach (var n in layers.Keys.Where(n => !a.Contains(n)))
+                problems.Add($"Quantized tensor '{n}' has no original.");
+            return new CheckpointValidationReport(a.Path, b.Path, reports, problems, sw.Elapsed);
+        }
+        finally
+        {
+            a?.Dispose();
+            b?.Dispose();
+        }
+    }
+
+    private static TensorQuantizationReport ComparePlain(CheckpointSource.Shard shard, SafetensorsTensorInfo info, CheckpointSource b)
+    {
+        var problems = new List<string>();
+        string file = "";
+        if (!b.Contains(info.Name)) problems.Add($"'{info.Name}' is missing from the quantized checkpoint.");
+        else
+        {
+            var (qs, qi) = b.Find(info.Name);
+            file = qs.FileName;
+            if (qi.DType != info.DType || !qi.Shape.SequenceEqual(info.Shape))
+                problems.Add($"'{info.Name}' is {qi.DType} [{string.Join(", ", qi.Shape)}] in the quantized checkpoint, {info.DType} [{string.Join(", ", info.Shape)}] in the original.");
+            else if (!Hash(shard, info).AsSpan().SequenceEqual(Hash(qs, qi)))
+                problems.Add($"'{info.Name}' is not quantized but its bytes differ from the original.");
+        }
+        return new TensorQuantizationReport(info.Name, file, false, null, info.DType, info.Shape, info.ByteLength, info.ByteLength, null, null, problems);
+    }
+
+    internal static byte[] Hash(CheckpointSource.Shard shard, SafetensorsTensorInfo info)
+    {
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[(int)Math.Min(Math.Max(info.ByteLength, 1), 8 << 20)];
+        for (long off = 0; off < info.ByteLength;)
+        {
+            int n = (int)Math.Min(buffer.Length, info.ByteLength - off);
+            CheckpointSource.ReadRange(shard, info, off, buffer.AsSpan(0, n));
+            h.AppendData(buffer, 0, n);
+            off += n;
+        }
+        return h.GetHashAndReset();
+    }
+
+    private static TensorQuantizationReport CompareQuantized(CheckpointSource.Shard oShard, SafetensorsTensorInfo oInfo,
+        CheckpointSource.Shard qShard, QuantizedLayerInfo layer, Dictionary<QuantType, double> thresholds)
+    {
+        string name = oInfo.Name;
+        var problems = new List<string>();
+        var spec = layer.ToSpec();
+        double threshold = thresholds[layer.Type];
+        long stored = 0;
+        if (!oInfo.Shape.SequenceEqual(layer.Shape))
+        {
+            problems.Add($"'{name}': the original is [{string.Join(", ", oInfo.Shape)}], the quantized entry says [{string.Join(", ", layer.Shape)}].");
+            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+        }
+        var layout = CheckpointLayout.For(layer);
+        var file = qShard.File;
+        SafetensorsTensorInfo? dataInfo = null, scaleInfo = null, zpInfo = null;
+        try
+        {
+            dataInfo = file.GetInfo(name);
+            if (layer.Type.IsInteger()) scaleInfo = file.GetInfo(name + QuantizedCheckpoint.ScaleSuffix);
+            if (file.Contains(name + QuantizedCheckpoint.ZeroPointSuffix)) zpInfo = file.GetInfo(name + QuantizedCheckpoint.ZeroPointSuffix);
+        }
+        catch (KeyNotFoundException ex) { problems.Add($"'{name}': {ex.Message}"); }
+        if (dataInfo is null || (layer.Type.IsInteger() && scaleInfo is null))
+            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+        if (dataInfo.DType != layout.DataDType || !dataInfo.Shape.SequenceEqual(layout.DataShape)
+            || (scaleInfo is not null && (scaleInfo.DType != SafetensorsDType.F32 || !scaleInfo.Shape.SequenceEqual(layout.ScaleShape)))
+            || (zpInfo is not null && (zpInfo.DType != SafetensorsDType.I32 || !zpInfo.Shape.SequenceEqual(layout.ScaleShape))))
+        {
+            problems.Add($"'{name}': stored dtypes or shapes do not match its per-layer entry ({layer.Type.ToName()}, {layer.Granularity}).");
+            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+        }
+        stored = dataInfo.ByteLength + (scaleInfo?.ByteLength ?? 0) + (zpInfo?.ByteLength ?? 0);
+
+        bool rowwise = CheckpointQuantizer.IsRowwise(oInfo.Shape, spec);
+        var (rows, rowsPerChunk) = CheckpointQuantizer.ChunkPlan(oInfo.Shape, spec);
+        long chunks = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
+        bool scaleRowwise = rowwise && spec.Granularity is not PerTensor;
+        var sqnr = new SqnrAccumulator();
+        for (long c = 0; c < chunks; c++)
+        {
+            using var scope = NewDisposeScope();
+            long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
+            var x = CheckpointQuantizer.ReadRows(oShard, oInfo, r0, r1, rowwise);
+            var data = CheckpointQuantizer.ReadRows(qShard, dataInfo, r0, r1, rowwise);
+            Tensor? scale = scaleInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
+            Tensor? zp = zpInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
+            long[] chunkShape = rowwise ? [r1 - r0, .. oInfo.Shape[1..]] : oInfo.Shape;
+            foreach (var p in TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp))
+                if (!problems.Contains(p)) problems.Add(p);
+            using var q = QuantizedTensor.FromParts(spec, chunkShape, data.alias(), scale?.alias(), zp?.alias());
+            using var deq = q.Dequantize();
+            sqnr.Add(x, deq);
+        }
+        double db = sqnr.Db;
+        if (db < threshold) problems.Add($"'{name}': SQNR {db:0.00} dB is below the {layer.Type.ToName()} threshold {threshold:0.##} dB.");
+        return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, db, threshold, problems);
+    }
+}

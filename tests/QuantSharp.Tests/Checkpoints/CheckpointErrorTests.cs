@@ -1,0 +1,202 @@
+using QuantSharp.Serialization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Tests.Checkpoints;
+
+/// <summary>Bad input gives a precise message, the input is never modified and nothing appears under the output name.</summary>
+public class CheckpointErrorTests
+{
+    private static void AssertNothingWritten(TempDir dir, params string[] expectedEntries)
+        => Assert.Equal(expectedEntries.Order(), Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName).Order());
+
+    [Fact]
+    public void MalformedAndTruncatedInputs()
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir["garbage.safetensors"], "this is not a safetensors file at all"u8.ToArray());
+        var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["garbage.safetensors"], dir["out.safetensors"]));
+        Assert.Contains("garbage.safetensors", ex.Message);
+
+        string good = SyntheticCheckpoint.WriteFile(dir["good.safetensors"], ScalarType.Float32);
+        var bytes = File.ReadAllBytes(good);
+        File.WriteAllBytes(dir["cut.safetensors"], bytes[..^100]);
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["cut.safetensors"], dir["out.safetensors"]));
+        Assert.Contains("cut.safetensors", ex.Message);
+        Assert.IsType<SafetensorsFormatException>(ex.InnerException);
+        AssertNothingWritten(dir, "garbage.safetensors", "good.safetensors", "cut.safetensors");
+
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["missing.safetensors"], dir["out.safetensors"]));
+        Assert.Contains("missing.safetensors", ex.Message);
+    }
+
+    [Fact]
+    public void NonFloatTensorAskedFor()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var ex = Assert.Throws<CheckpointQuantizationException>(() =>
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Include = ["model.*"], Granularity = Granularity.Tensor }));
+        Assert.Contains("'model.position_ids'", ex.Message);
+        Assert.Contains("I64", ex.Message);
+        Assert.Contains("not a floating-point tensor", ex.Message);
+        AssertNothingWritten(dir, "in.safetensors");
+    }
+
+    [Fact]
+    public void NaNAndInfinityNameTheTensor()
+    {
+        using var dir = new TempDir();
+        var tensors = SyntheticCheckpoint.Make(ScalarType.BFloat16);
+        try
+        {
+            var up = tensors.Single(t => t.Name == "model.layers.1.mlp.up_proj.weight").Tensor;
+            up[3, 5].fill_(float.NaN);
+            up[7, 1].fill_(float.PositiveInfinity);
+            SafetensorsWriter.Save(dir["in.safetensors"], tensors);
+        }
+        finally { foreach (var (_, t) in tensors) t.Dispose(); }
+        var before = SyntheticCheckpoint.HashTree(dir["in.safetensors"]);
+        foreach (var gran in new Granularity[] { Granularity.Tensor, new PerAxis(0), new PerGroup(32) })
+        {
+            var ex = Assert.Throws<CheckpointQuantizationException>(() =>
+                CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["out.safetensors"], new CheckpointQuantizationSettings { Granularity = gran }));
+            Assert.Contains("'model.layers.1.mlp.up_proj.weight'", ex.Message);
+            Assert.Contains("2 NaN or infinite", ex.Message);
+        }
+        AssertNothingWritten(dir, "in.safetensors");
+        Assert.Equal(before, SyntheticCheckpoint.HashTree(dir["in.safetensors"]));
+    }
+
+    [Fact]
+    public void GroupSizeThatDoesNotDivideNamesTensorAndSizes()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var ex = Assert.Throws<CheckpointQuantizationException>(() =>
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int4, Granularity = new PerGroup(96) }));
+        Assert.Contains("'model.embed_tokens.weight'", ex.Message);
+        Assert.Contains("[256, 128]", ex.Message);
+        Assert.Contains("96", ex.Message);
+        AssertNothingWritten(dir, "in.safetensors");
+    }
+
+    [Fact]
+    public void UnknownTypesAndObserversAreRefused()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => QuantTypeInfo.Parse("int3"));
+        Assert.Contains("Unknown quantization type 'int3'", ex.Message);
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var e2 = Assert.Throws<CheckpointQuantizationException>(() =>
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Observer = "histogram" }));
+        Assert.Contains("histogram", e2.Message);
+        var e3 = Assert.Throws<CheckpointQuantizationException>(() =>
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int2 }));
+        Assert.Contains("int2", e3.Message);
+        AssertNothingWritten(dir, "in.safetensors");
+    }
+
+    [Fact]
+    public void OutputEqualToInputIsRefused()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var before = SyntheticCheckpoint.HashTree(input);
+        var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, Path.Combine(dir.Path, ".", "in.safetensors")));
+        Assert.Contains("is the input", ex.Message);
+        Assert.Equal(before, SyntheticCheckpoint.HashTree(input));
+
+        string folder = SyntheticCheckpoint.WriteSharded(dir["sharded"], ScalarType.Float32);
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(folder, folder + "/"));
+        Assert.Contains("is the input", ex.Message);
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(folder, dir["in.safetensors"]));
+        Assert.Contains("must be a folder", ex.Message);
+        Directory.CreateDirectory(dir["full"]);
+        File.WriteAllText(Path.Combine(dir["full"], "x.txt"), "x");
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(folder, dir["full"]));
+        Assert.Contains("not empty", ex.Message);
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["full"]));
+        Assert.Contains("is a folder", ex.Message);
+    }
+
+    [Fact]
+    public void FullDiskLeavesNothingBehind()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        File.WriteAllText(dir["out.safetensors"], "previous output"); // an earlier file under the final name survives
+        SafetensorsStreamWriter.StreamFactoryForTests = p => new FullDiskStream(new FileStream(p, FileMode.CreateNew, FileAccess.ReadWrite), 200_000);
+        try
+        {
+            var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"]));
+            Assert.Contains("disk is full", ex.Message);
+            Assert.Contains("temporary files were removed", ex.Message);
+            Assert.IsAssignableFrom<IOException>(ex.InnerException);
+        }
+        finally { SafetensorsStreamWriter.StreamFactoryForTests = null; }
+        AssertNothingWritten(dir, "in.safetensors", "out.safetensors");
+        Assert.Equal("previous output", File.ReadAllText(dir["out.safetensors"]));
+    }
+
+    [Fact]
+    public void ValidationFailurePolicies()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var strict = new CheckpointQuantizationSettings { Type = QuantType.Int4, SqnrThresholdsDb = new Dictionary<QuantType, double> { [QuantType.Int4] = 45 } };
+        var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict));
+        Assert.Contains("below the int4 threshold 45 dB", ex.Message);
+        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, ex.Report.Problems.Count);
+        Assert.False(ex.Report.Written);
+        AssertNothingWritten(dir, "in.safetensors");
+
+        var warn = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict with { OnFailure = FailurePolicy.Warn });
+        Assert.True(warn.Written);
+        Assert.False(warn.Passed);
+        Assert.True(File.Exists(dir["out.safetensors"]));
+
+        var skip = CheckpointQuantizer.Quantize(input, dir["out2.safetensors"], strict with { Validate = false });
+        Assert.True(skip.Passed);
+        Assert.All(skip.Tensors, t => Assert.Null(t.SqnrDb));
+    }
+
+    [Fact]
+    public void AlreadyQuantizedInputAndNameClashesAreRefused()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        CheckpointQuantizer.Quantize(input, dir["q.safetensors"]);
+        var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["q.safetensors"], dir["qq.safetensors"]));
+        Assert.Contains("already a QuantSharp quantized checkpoint", ex.Message);
+
+        using (var a = torch.randn(64, 64))
+        using (var b = torch.ones(64))
+            SafetensorsWriter.Save(dir["clash.safetensors"], [("w.weight", a), ("w.weight.scale", b)]);
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["clash.safetensors"], dir["c.safetensors"]));
+        Assert.Contains("'w.weight.scale'", ex.Message);
+    }
+
+    /// <summary>A file stream that fails like a full disk (ENOSPC) after <c>limit</c> bytes.</summary>
+    private sealed class FullDiskStream(FileStream inner, long limit) : Stream
+    {
+        private long _written;
+        public override bool CanRead => inner.CanRead;
+        public override bool CanSeek => inner.CanSeek;
+        public override bool CanWrite => true;
+        public override long Length => inner.Length;
+        public override long Position { get => inner.Position; set => inner.Position = value; }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+        public override long Seek(long offset, SeekOrigin origin) => inner.Seek(offset, origin);
+        public override void SetLength(long value) => inner.SetLength(value);
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            if (_written + buffer.Length > limit) throw new IOException("No space left on device : '" + inner.Name + "'", 28);
+            _written += buffer.Length;
+            inner.Write(buffer);
+        }
+        protected override void Dispose(bool disposing) { if (disposing) inner.Dispose(); base.Dispose(disposing); }
+    }
+}

@@ -1,0 +1,285 @@
+using QuantSharp.Modules;
+using QuantSharp.Tests.Modules;
+using QuantSharp.Validation;
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace QuantSharp.Tests;
+
+public class QuantizerTests
+{
+    private static readonly QuantizationConfig NoReload = new() { Validation = new ValidationOptions { ReloadCheck = false } };
+
+    [Fact]
+    public void OriginalModelIsBitIdenticalAfterQuantize()
+    {
+        using var scope = NewDisposeScope();
+        var model = new ConvNet();
+        var before = TestData.Snapshot(model);
+        var data = TestData.Batches(3, 8, [1, 12, 12]);
+        var result = Quantizer.Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = 16 }, () => new ConvNet(seed: 99), data);
+
+        Assert.NotSame(model, result.Model);
+        var after = model.state_dict();
+        Assert.Equal(before.Keys.OrderBy(k => k), after.Keys.OrderBy(k => k));
+        foreach (var (k, v) in before) Assert.True(TestData.BitEqual(v, after[k]), k);
+        Assert.DoesNotContain(ModuleTree.Walk(model), e => e.Module is QuantizedModule);
+        Assert.True(model.training); // not switched to eval either
+        Assert.Equal(3, result.Layers.Count);
+        Assert.All(ModuleTree.Walk(result.Model).Where(e => e.Name is "features.0" or "features.2" or "classifier"), e => Assert.IsAssignableFrom<QuantizedModule>(e.Module));
+    }
+
+    [Fact]
+    public void CopyUsesTheOriginalWeightsNotTheFactorys()
+    {
+        using var scope = NewDisposeScope();
+        var model = new Mlp(seed: 1);
+        // The factory's model has different random weights; the copy must carry the original's.
+        var result = Quantizer.Quantize(model, QuantizationConfig.Float16(), () => new Mlp(seed: 2));
+        var x = torch.randn(4, 64);
+        double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)result.Model).call(x));
+        Assert.True(db > 60, $"fp16 copy SQNR {db:F1} dB");
+    }
+
+    [Fact]
+    public void WithoutFactoryInPlaceMustBeExplicit()
+    {
+        using var scope = NewDisposeScope();
+        var model = new Mlp();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationConfig()));
+        Assert.Contains("factory", ex.Message);
+        Assert.Contains("inPlace: true", ex.Message);
+        Assert.DoesNotContain(ModuleTree.Walk(model), e => e.Module is QuantizedModule);
+
+        var result = Quantizer.Quantize(model, new QuantizationConfig(), inPlace: true);
+        Assert.Same(model, result.Model);
+        Assert.Equal(3, ModuleTree.Walk(model).Count(e => e.Module is QuantizedLinear));
+        Assert.Equal(CheckStatus.NotRun, result.Report!.ReloadCheck);
+    }
+
+    [Fact]
+    public void FactoryMustBuildTheSameArchitecture()
+    {
+        using var scope = NewDisposeScope();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(hidden: 128), new QuantizationConfig(), () => new Mlp(hidden: 96)));
+        Assert.Contains("fc1.weight", ex.Message);
+        Assert.Contains("same sizes", ex.Message);
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new ConvNet()));
+        Assert.Contains("does not match", ex2.Message);
+    }
+
+    [Fact]
+    public void ExplicitArgumentsOverrideTheConfig()
+    {
+        using var scope = NewDisposeScope();
+        var config = QuantizationConfig.Int4WeightOnly(32);
+        var result = Quantizer.Quantize(new Mlp(), config, () => new Mlp(), weights: new QuantSpec(QuantType.Float16));
+        Assert.All(result.Layers, l => Assert.Equal(QuantType.Float16, l.Weights.Type));
+        var result2 = Quantizer.Quantize(new Mlp(), config, () => new Mlp());
+        Assert.All(result2.Layers, l => Assert.Equal(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32)), l.Weights));
+        var result3 = Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp());
+        Assert.All(result3.Layers, l => Assert.Equal(QuantizationConfig.DefaultWeights, l.Weights));
+    }
+
+    [Fact]
+    public void SelectionByTypeNameOverrideAndExcludeWins()
+    {
+        using var scope = NewDisposeScope();
+        var model = new ConvNet();
+        var int4 = new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16));
+        var config = new QuantizationConfig
+        {
+            Weights = int4,
+            Overrides = [new("features.0", QuantizationConfig.DefaultWeights), new("classif*", QuantizationConfig.DefaultWeights)],
+            Validation = NoReload.Validation,
+        };
+        var r = Quantizer.Quantize(model, config, () => new ConvNet());
+        Assert.Equal(["features.0", "features.2", "classifier"], r.Layers.Select(l => l.Name));
+        Assert.Equal(QuantizationConfig.DefaultWeights, r.Layers[0].Weights);
+        Assert.Equal(int4, r.Layers[1].Weights);
+        Assert.Equal(QuantizationConfig.DefaultWeights, r.Layers[2].Weights);
+
+        // Only Conv2d layers.
+        var byType = Quantizer.Quantize(model, NoReload with { IncludeTypes = [typeof(TorchSharp.Modules.Conv2d)] }, () => new ConvNet());
+        Assert.Equal(["features.0", "features.2"], byType.Layers.Select(l => l.Name));
+        Assert.Contains(byType.Skipped, s => s.Name == "classifier" && s.Reason.Contains("IncludeTypes"));
+        var exType = Quantizer.Quantize(model, NoReload with { ExcludeTypes = [typeof(TorchSharp.Modules.Linear)] }, () => new ConvNet());
+        Assert.Equal(["features.0", "features.2"], exType.Layers.Select(l => l.Name));
+
+        // Glob include with ?, and exclude wins over both include and override.
+        var glob = Quantizer.Quantize(model, NoReload with
+        {
+            Include = ["features.?"],
+            Exclude = ["*.2"],
+            Overrides = [new("features.2", int4)],
+        }, () => new ConvNet());
+        Assert.Equal(["features.0"], glob.Layers.Select(l => l.Name));
+        Assert.Contains(glob.Skipped, s => s.Name == "features.2" && s.Reason.Contains("excluded by pattern '*.2'"));
+        Assert.Contains(glob.Skipped, s => s.Name == "classifier" && s.Reason.Contains("Include"));
+    }
+
+    [Fact]
+    public void UnsupportedAndUnswappableLayersAreListedNotHalfQuantized()
+    {
+        using var scope = NewDisposeScope();
+        var model = new MixedNet();
+        var r = Quantizer.Quantize(model, NoReload, () => new MixedNet());
+        // ModuleList / ModuleDict of Module<Tensor, Tensor> and a Module<Tensor, Tensor> field are swapped.
+        Assert.Equal(new[] { "blocks.0", "blocks.1", "head", "named.proj" }, r.Layers.Select(l => l.Name).OrderBy(n => n, StringComparer.Ordinal));
+        var skipped = r.Skipped.ToDictionary(s => s.Name);
+        Assert.Contains("declared as Linear", skipped["typed"].Reason);
+        Assert.Contains("unsupported module type Scale", skipped["scale"].Reason);
+        Assert.Contains("unsupported module type LSTM", skipped["lstm"].Reason);
+        // Skipped layers stay float and untouched; the swapped ones are quantized everywhere the forward sees them.
+        var walk = ModuleTree.Walk(r.Model).ToDictionary(e => e.Name, e => e.Module);
+        Assert.IsType<TorchSharp.Modules.Linear>(walk["typed"]);
+        Assert.IsType<TorchSharp.Modules.LSTM>(walk["lstm"]);
+        Assert.IsType<QuantizedLinear>(walk["blocks.0"]);
+        Assert.IsType<QuantizedLinear>(walk["named.proj"]);
+        var sd = r.Model.state_dict();
+        Assert.Equal(ScalarType.Int8, sd["blocks.1.weight"].dtype);
+        Assert.Equal(ScalarType.Float32, sd["typed.weight"].dtype);
+        var x = torch.randn(5, 32);
+        double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
+        Assert.True(db > 25, $"model SQNR {db:F1}");
+        Assert.Contains("skipped typed (Linear)", r.Report!.Format());
+    }
+
+    [Fact]
+    public void SequentialChildrenAreSwappedInForwardAndStateDict()
+    {
+        using var scope = NewDisposeScope();
+        var model = Sequential(("a", Linear(8, 16)), ("relu", ReLU()), ("b", Linear(16, 4)));
+        var r = Quantizer.Quantize(model, NoReload, () => Sequential(("a", Linear(8, 16)), ("relu", ReLU()), ("b", Linear(16, 4))));
+        var seq = (TorchSharp.Modules.Sequential)r.Model;
+        Assert.IsType<QuantizedLinear>(seq[0]);
+        Assert.IsType<QuantizedLinear>(seq[2]);
+        var sd = seq.state_dict();
+        Assert.Equal(ScalarType.Int8, sd["a.weight"].dtype);
+        Assert.True(sd.ContainsKey("b.weight_scale"));
+        Assert.Equal(6, sd.Count);
+        var x = torch.randn(3, 8);
+        Assert.True(Metrics.Sqnr(model.call(x), seq.call(x)) > 30);
+    }
+
+    [Fact]
+    public void UnknownLayerNameIsAnErrorListingCloseNames()
+    {
+        using var scope = NewDisposeScope();
+        var model = new Mlp();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationConfig { Exclude = ["fc4"] }, () => new Mlp()));
+        Assert.Contains("'fc4'", ex.Message);
+        Assert.Contains("fc1", ex.Message);
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model,
+            new QuantizationConfig { Overrides = [new("classifer", QuantizationConfig.DefaultWeights)] }, () => new Mlp()));
+        Assert.Contains("Overrides pattern 'classifer'", ex2.Message);
+    }
+
+    [Fact]
+    public void NoQuantizableLayerIsAClearError()
+    {
+        using var scope = NewDisposeScope();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new NoLinearNet(), new QuantizationConfig(), () => new NoLinearNet()));
+        Assert.Contains("Nothing to quantize", ex.Message);
+        Assert.Contains("Scale", ex.Message);
+        // Everything excluded is the same situation.
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig { Exclude = ["*"] }, () => new Mlp()));
+        Assert.Contains("excluded by pattern '*'", ex2.Message);
+    }
+
+    [Fact]
+    public void InvalidConfigIsRejectedWithTheFix()
+    {
+        using var scope = NewDisposeScope();
+        Assert.Contains("int8 or uint8", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
+            new QuantizationConfig { Activations = new QuantSpec(QuantType.Int4) }, () => new Mlp(), TestData.Batches(1, 2, [64]))).Message);
+        Assert.Contains("calibration data", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
+            QuantizationConfig.Int8Static(), () => new Mlp())).Message);
+        Assert.Contains("CalibrationSamples", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
+            new QuantizationConfig(), () => new Mlp(), calibrationSamples: 0)).Message);
+    }
+
+    [Fact]
+    public void GroupSizeThatDoesNotFitSkipsThatLayerWithReason()
+    {
+        using var scope = NewDisposeScope();
+        // features.0 has a 1*3*3 = 9 reduction: group 16 cannot apply, so it is listed, and the rest (144, 512) is quantized.
+        var r = Quantizer.Quantize(new ConvNet(), NoReload, () => new ConvNet(), weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16)));
+        Assert.Equal(["features.2", "classifier"], r.Layers.Select(l => l.Name));
+        Assert.Contains("does not divide the reduction length 9", r.Skipped.Single(s => s.Name == "features.0").Reason);
+    }
+
+    [Theory]
+    [InlineData("int8", 0.27)]
+    [InlineData("int4-g128", 0.15)]
+    public void MemoryShrinks(string kind, double maxRatio)
+    {
+        using var scope = NewDisposeScope();
+        // Realistic sizes: an MLP 784 -> 1024 -> 1024 -> 10 (~1.9M parameters).
+        Func<Module> make = () => new Mlp(784, 1024, 10);
+        var model = make();
+        var config = kind == "int8" ? QuantizationConfig.Int8WeightOnly() : QuantizationConfig.Int4WeightOnly(128);
+        // 784 = 128 * 6.125: group 128 does not divide it, so the first layer uses group 112 (784 = 7 * 112).
+        config = config with { Validation = NoReload.Validation };
+        if (kind != "int8") config = config with { Overrides = [new("fc1", new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(112)))] };
+        var r = Quantizer.Quantize(model, config, make);
+        long floatBytes = ModelMemory.Bytes(model);
+        long quantBytes = ModelMemory.Bytes(r.Model);
+        Assert.Equal(floatBytes, r.Report!.FloatBytes);
+        Assert.Equal(quantBytes, r.Report.QuantizedBytes);
+        // Independent count of the float model: 4 bytes per parameter.
+        Assert.Equal(4L * (784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10), floatBytes);
+        double ratio = (double)quantBytes / floatBytes;
+        Assert.True(ratio <= maxRatio, $"{kind}: {ratio:P1} of float");
+        Assert.Empty(r.Skipped);
+    }
+
+    [Fact]
+    public void ReportIsAnObjectJsonAndATable()
+    {
+        using var scope = NewDisposeScope();
+        var data = TestData.Batches(2, 16, [64]);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { CalibrationSamples = 32 }, () => new Mlp(), data);
+        var report = r.Report!;
+        Assert.True(report.Passed, string.Join("; ", report.Failures));
+        Assert.Equal(3, report.Layers.Count);
+        Assert.All(report.Layers, l =>
+        {
+            Assert.True(l.WeightSqnrDb > 30, $"{l.Name} weight {l.WeightSqnrDb}");
+            Assert.NotNull(l.OutputSqnrDb);
+            Assert.True(l.OutputSqnrDb > 20, $"{l.Name} output {l.OutputSqnrDb}");
+            Assert.True(l.RangeOk);
+            Assert.StartsWith("uint8 affine scale=", l.Activations);
+        });
+        Assert.NotNull(report.ModelOutputSqnrDb);
+        Assert.Equal(32, report.CalibrationSamples);
+        var back = QuantizationReport.FromJson(report.ToJson());
+        Assert.Equal(report.Layers.Select(l => (l.Name, l.WeightSqnrDb, l.OutputSqnrDb)), back.Layers.Select(l => (l.Name, l.WeightSqnrDb, l.OutputSqnrDb)));
+        Assert.Equal(report.QuantizedBytes, back.QuantizedBytes);
+        Assert.Contains("\"weightSqnrDb\"", report.ToJson());
+        string table = report.ToString();
+        Assert.Contains("fc2", table);
+        Assert.Contains("weight SQNR dB", table);
+        Assert.Contains("% of float", table);
+    }
+
+    [Fact]
+    public void ValidationFailureModes()
+    {
+        using var scope = NewDisposeScope();
+        var strict = new QuantizationConfig
+        {
+            Weights = new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0)),
+            Validation = new ValidationOptions { MinWeightSqnrDb = 40, ReloadCheck = false },
+        };
+        var ex = Assert.Throws<QuantizationValidationException>(() => Quantizer.Quantize(new Mlp(), strict, () => new Mlp()));
+        Assert.Contains("below the bound 40", ex.Message);
+        Assert.False(ex.Report.Passed);
+        var warned = Quantizer.Quantize(new Mlp(), strict, () => new Mlp(), onFailure: ValidationFailureMode.Warn);
+        Assert.Equal(3, warned.Warnings.Count);
+        var ignored = Quantizer.Quantize(new Mlp(), strict with { Validation = strict.Validation with { OnFailure = ValidationFailureMode.Ignore } }, () => new Mlp());
+        Assert.Empty(ignored.Warnings);
+        Assert.False(ignored.Report!.Passed);
+    }
+}

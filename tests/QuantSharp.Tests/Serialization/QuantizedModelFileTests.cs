@@ -1,0 +1,106 @@
+using QuantSharp.Modules;
+using QuantSharp.Serialization;
+using QuantSharp.Tests.Modules;
+using QuantSharp.Validation;
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace QuantSharp.Tests.Serialization;
+
+public sealed class QuantizedModelFileTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("quantsharp-model-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    public static TheoryData<string> Configs() => ["int8", "int4-mixed", "w8a8", "fp16", "bf16", "uint4-affine"];
+
+    private static QuantizationConfig ConfigFor(string name) => name switch
+    {
+        "int8" => QuantizationConfig.Int8WeightOnly(),
+        // First conv and classifier int8, the rest int4 group-16.
+        "int4-mixed" => QuantizationConfig.Int4WeightOnly(16) with
+        {
+            Overrides = [new("features.0", QuantizationConfig.DefaultWeights), new("classifier", QuantizationConfig.DefaultWeights)],
+        },
+        "w8a8" => QuantizationConfig.Int8Static() with { CalibrationSamples = 32 },
+        "fp16" => QuantizationConfig.Float16(),
+        "bf16" => QuantizationConfig.BFloat16(),
+        "uint4-affine" => new QuantizationConfig
+        {
+            Weights = new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(16)),
+            Exclude = ["features.0"],
+        },
+        _ => throw new ArgumentException(name),
+    };
+
+    [Theory]
+    [MemberData(nameof(Configs))]
+    public void SaveThenLoadGivesBitIdenticalOutputs(string configName)
+    {
+        using var scope = NewDisposeScope();
+        var data = TestData.Batches(2, 16, [1, 12, 12]);
+        var result = Quantizer.Quantize(new ConvNet(), ConfigFor(configName), () => new ConvNet(seed: 50), data);
+        Assert.Equal(CheckStatus.Passed, result.Report!.ReloadCheck);
+        string path = Path.Combine(_dir, configName + ".safetensors");
+        Quantizer.Save(result.Model, path);
+        Assert.Equal([path], Directory.GetFiles(_dir)); // no temporary file left behind
+
+        var loaded = (Module<Tensor, Tensor>)Quantizer.Load(() => new ConvNet(seed: 51), path);
+        var x = TestData.Batches(1, 8, [1, 12, 12], seed: 77)[0];
+        var expected = ((Module<Tensor, Tensor>)result.Model).call(x);
+        Assert.True(TestData.BitEqual(expected, loaded.call(x)));
+        var a = result.Model.state_dict();
+        var b = loaded.state_dict();
+        Assert.Equal(a.Keys.Order(), b.Keys.Order());
+        foreach (var (k, v) in a) Assert.True(TestData.BitEqual(v, b[k]), k);
+        Assert.Equal(ModuleTree.Walk(result.Model).Select(e => e.Module.GetType()), ModuleTree.Walk(loaded).Select(e => e.Module.GetType()));
+    }
+
+    [Fact]
+    public void FileIsAQuantizedCheckpointWhoseDequantizedWeightsMatchTheModules()
+    {
+        using var scope = NewDisposeScope();
+        var result = Quantizer.Quantize(new ConvNet(), ConfigFor("int4-mixed"), () => new ConvNet());
+        string path = Path.Combine(_dir, "m.safetensors");
+        Quantizer.Save(result.Model, path);
+        using var ckpt = QuantizedCheckpoint.Load(path);
+        Assert.Equal(["classifier.weight", "features.0.weight", "features.2.weight"], ckpt.Quantized.Keys.Order());
+        Assert.Equal(QuantType.Int4, ckpt.Quantized["features.2.weight"].Spec.Type);
+        Assert.True(ckpt.Tensors.ContainsKey("features.2.bias"));
+        // QuantizedTensor's own (SIMD) dequantization of the stored parts equals the module's torch-based one.
+        foreach (var e in ModuleTree.Walk(result.Model).Where(e => e.Module is QuantizedModule))
+        {
+            var q = (QuantizedModule)e.Module;
+            using var fromFile = ckpt.Quantized[e.Name + ".weight"].Dequantize();
+            Assert.True(TestData.BitEqual(q.DequantizeWeight(), fromFile.reshape(q.WeightShape.ToArray())), e.Name);
+        }
+    }
+
+    [Fact]
+    public void MixedModelKeepsFloatLayersThroughSaveAndLoad()
+    {
+        using var scope = NewDisposeScope();
+        var result = Quantizer.Quantize(new MixedNet(), new QuantizationConfig(), () => new MixedNet());
+        string path = Path.Combine(_dir, "mixed.safetensors");
+        Quantizer.Save(result.Model, path);
+        var loaded = (Module<Tensor, Tensor>)Quantizer.Load(() => new MixedNet(seed: 9), path);
+        var x = torch.randn(3, 32);
+        Assert.True(TestData.BitEqual(((Module<Tensor, Tensor>)result.Model).call(x), loaded.call(x)));
+    }
+
+    [Fact]
+    public void WrongArchitectureOrFileIsAClearError()
+    {
+        using var scope = NewDisposeScope();
+        var result = Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp());
+        string path = Path.Combine(_dir, "mlp.safetensors");
+        Quantizer.Save(result.Model, path);
+        var ex = Assert.Throws<InvalidDataException>(() => Quantizer.Load(() => new ConvNet(), path));
+        Assert.Contains("does not exist in the factory's ConvNet", ex.Message);
+        var ex2 = Assert.Throws<InvalidDataException>(() => Quantizer.Load(() => new Mlp(hidden: 64), path));
+        Assert.Contains("weight shape", ex2.Message);
+        Assert.Contains("no quantized layers", Assert.Throws<ArgumentException>(() => Quantizer.Save(new Mlp(), Path.Combine(_dir, "x.safetensors"))).Message);
+    }
+}
