@@ -1,4 +1,4 @@
-namespace QuantSharp.Tests.Build;
+namespace QuantSharp.Tests.NativeLoading;
 
 /// <summary>The build's ELF patch (build/ElfVersionNeeds.cs) on TorchSharp's real native library.</summary>
 public class GlibcxxPatchTests
