@@ -36,7 +36,7 @@ public sealed record QuantizationConfig
     /// </summary>
     public QuantSpec? Activations { get; init; }
 
-    /// <summary>Observer used for activations: <c>minmax</c> (default) or another name known to the observer factory.</summary>
+    /// <summary>Observer used for activations: <c>minmax</c> (default), <c>moving-average</c>, <c>histogram</c> or <c>percentile</c> (<see cref="Observers.ObserverFactory"/>).</summary>
     public string Observer { get; init; } = "minmax";
 
     /// <summary>Calibration samples to run (stop after at least this many, counted along dimension 0).</summary>
@@ -81,8 +81,8 @@ public sealed record QuantizationConfig
         }
         if (CalibrationSamples <= 0)
             throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
-        if (string.IsNullOrWhiteSpace(Observer))
-            throw new ArgumentException("Observer must name an observer, e.g. \"minmax\".");
+        if (string.IsNullOrWhiteSpace(Observer) || !Observers.ObserverFactory.Names.Contains(Observer.Trim().ToLowerInvariant()) && Observer.Trim().ToLowerInvariant() != "min-max")
+            throw new ArgumentException($"Unknown observer '{Observer}'. Use one of: {string.Join(", ", Observers.ObserverFactory.Names)}.");
         foreach (var p in Include) ValidatePattern(p, nameof(Include));
         foreach (var p in Exclude) ValidatePattern(p, nameof(Exclude));
         foreach (var t in IncludeTypes.Concat(ExcludeTypes))

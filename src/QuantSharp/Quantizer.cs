@@ -75,6 +75,10 @@ public static class Quantizer
     /// <see cref="QuantizationResult.Skipped"/>, as are unsupported types (LSTM, BatchNorm, custom layers).</para>
     /// <para>Precedence: the explicit arguments <paramref name="weights"/>, <paramref name="calibrationSamples"/> and
     /// <paramref name="onFailure"/> override <paramref name="config"/>, which overrides the defaults.</para>
+    /// <para>With <paramref name="inPlace"/>, the model is switched to eval mode and its layers are replaced before the
+    /// validation runs: if validation then throws, the model is already quantized (the exception carries the report).
+    /// Configuration, layer-name and data errors are all detected before any layer is replaced.</para>
+    /// <para>The quantizer never disposes the calibration tensors it is given.</para>
     /// <para>Calibration runs <paramref name="calibrationData"/> (inputs; use <see cref="CalibrationData.FromPairs"/> for
     /// (input, target) pairs) through the model in eval mode with forward hooks until at least
     /// <see cref="QuantizationConfig.CalibrationSamples"/> samples (dimension 0) were seen. It is required for
