@@ -312,6 +312,27 @@ public static class CheckpointQuantizer
         return (shape[0], Math.Max(1, ChunkElements / Math.Max(1, rowElems)));
     }
 
+    /// <summary>Reads rows [r0, r1) (or the whole tensor) as float32: exact for F32, F16 and BF16 inputs.</summary>
+    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
+    {
+        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16))
+        {
+            using var t = ReadRows(shard, info, r0, r1, rowwise);
+            return t.dtype == ScalarType.Float32 ? t.alias() : t.to(ScalarType.Float32);
+        }
+        long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
+        long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
+        var result = torch.empty(shape, ScalarType.Float32);
+        long n = result.numel();
+        if (n == 0) return result;
+        var half = new ushort[n];
+        CheckpointSource.ReadRange(shard, info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.AsSpan()));
+        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
+        if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(half, dst);
+        else Kernels.HalfKernel.FromHalf(half, dst);
+        return result;
+    }
+
     /// <summary>True when rows (dimension 0) quantize independently given the (global) parameters.</summary>
     internal static bool IsRowwise(long[] shape, QuantSpec spec)
         => shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
@@ -350,10 +371,11 @@ public static class CheckpointQuantizer
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-                var x = ReadRows(item.Shard, info, r0, r1, rowwise).to(ScalarType.Float32);
+                var x = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
                 RequireFinite(x, name);
-                min = Math.Min(min, x.min().item<float>());
-                max = Math.Max(max, x.max().item<float>());
+                var (cmin, cmax) = TensorChecks.MinMax(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes));
+                min = Math.Min(min, cmin);
+                max = Math.Max(max, cmax);
             }
             var (sc, zp) = QParams.Choose(min, max, spec.Range, spec.Scheme);
             ptScale = [sc]; ptZero = [zp];
@@ -371,8 +393,8 @@ public static class CheckpointQuantizer
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-                var x = ReadRows(item.Shard, info, r0, r1, rowwise);
-                var xf = x.to(ScalarType.Float32);
+                bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
+                var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
                 if (ptScale is null) RequireFinite(xf, name);
                 using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xf, spec, ptScale, ptZero!) : QuantizedTensor.Quantize(xf, spec);
                 var data = q.Data.contiguous();
@@ -394,7 +416,16 @@ public static class CheckpointQuantizer
                 if (s.Validate)
                 {
                     using var deq = q.Dequantize();
-                    sqnr.Add(x, deq);
+                    if (exact)
+                    {
+                        sqnr.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(xf.bytes),
+                            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(deq.bytes));
+                    }
+                    else
+                    {
+                        using var x64 = ReadRows(item.Shard, info, r0, r1, rowwise); // F64: compare with the original values
+                        sqnr.Add(x64, deq);
+                    }
                 }
                 done += (r1 - r0) * rowBytes;
                 progress?.Report(new CheckpointProgress(done, total, name));

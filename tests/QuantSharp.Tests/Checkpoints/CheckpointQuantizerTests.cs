@@ -70,7 +70,7 @@ public class CheckpointQuantizerTests
                 using var loaded = ckpt.GetFloat(info.Name);
                 Assert.Equal(WholeTensorDequantized(original, expectedSpec), SyntheticCheckpoint.Bytes(loaded));
                 double sqnr = Sqnr(original, loaded);
-                Assert.Equal(sqnr, r.SqnrDb!.Value, 6);
+                Assert.Equal(sqnr, r.SqnrDb!.Value, 1e-4); // float32 partial sums per 4096 values, double across blocks
                 Assert.InRange(sqnr, 30, 60);
                 var layer = ckpt.Layers[info.Name];
                 Assert.Equal(info.DType, layer.OriginalDType);
