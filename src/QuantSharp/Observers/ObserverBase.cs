@@ -1,0 +1,180 @@
+using QuantSharp.Primitives;
+using TorchSharp;
+
+namespace QuantSharp.Observers;
+
+/// <summary>
+/// Shared plumbing of the observers: checks each tensor (floating point, not empty, finite), copies it out as
+/// float32 (as PyTorch's observers convert to float32), and reduces it per tensor, channel or group.
+/// </summary>
+internal abstract class ObserverBase : IObserver
+{
+    protected ObserverBase(ObserverOptions options)
+    {
+        Options = options;
+    }
+
+    public ObserverOptions Options { get; }
+
+    // Min and max of the batch being observed, found while checking it for NaN/infinity.
+    private float _batchMin, _batchMax;
+
+    public int Count { get; private set; }
+
+    /// <summary>The name used in error messages.</summary>
+    protected string TensorName => Options.Name ?? "input";
+
+    public void Observe(torch.Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (!torch.is_floating_point(input))
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' has dtype {input.dtype}; observers take floating-point tensors (float32, float64, float16, bfloat16).",
+                nameof(input));
+        long[] shape = input.shape;
+        if (input.numel() == 0)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.",
+                nameof(input));
+        using var scope = torch.NewDisposeScope();
+        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU).
+        var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
+        ObserveValues(FloatSpan(t), shape);
+    }
+
+    /// <summary>
+    /// The elements of a contiguous float32 CPU tensor, in place. Built from the storage pointer rather than
+    /// <c>Tensor.bytes</c>, which stops at 2 GB; a span reaches int.MaxValue elements (8 GB of float32).
+    /// </summary>
+    private unsafe ReadOnlySpan<float> FloatSpan(torch.Tensor t)
+    {
+        long numel = t.numel();
+        if (numel > int.MaxValue)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' has {numel} elements; observe it in slices of at most {int.MaxValue} elements (e.g. chunks along dim 0).");
+        using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
+        IntPtr start = storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float)));
+        return new ReadOnlySpan<float>((void*)start, (int)numel);
+    }
+
+    /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>
+    internal void ObserveValues(ReadOnlySpan<float> values, long[] shape)
+    {
+        long numel = shape.Aggregate(1L, (a, b) => a * b);
+        if (values.Length == 0 || numel == 0)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.");
+        if (numel != values.Length)
+            throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
+        float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+        if (!Kernels.FiniteMinMaxKernel.MinMax(values, ref lo, ref hi))
+            ThrowNonFinite(values);
+        (_batchMin, _batchMax) = (lo, hi);
+        ObserveCore(values, shape);
+        Count++;
+    }
+
+    public ObserverResult ComputeQParams()
+    {
+        if (Count == 0)
+            throw new InvalidOperationException($"Observer for '{TensorName}' has not observed any tensor; call Observe first.");
+        return ComputeCore();
+    }
+
+    public void Reset()
+    {
+        Count = 0;
+        ResetCore();
+    }
+
+    protected abstract void ObserveCore(ReadOnlySpan<float> values, long[] shape);
+
+    protected abstract ObserverResult ComputeCore();
+
+    protected abstract void ResetCore();
+
+    /// <summary>Scale and zero point per range with <see cref="QParams.Choose(float, float, QuantRange, QuantScheme)"/>.</summary>
+    protected ObserverResult FromRanges(float[] min, float[] max, float[]? threshold = null)
+    {
+        var scale = new float[min.Length];
+        var zeroPoint = new int[min.Length];
+        if (threshold is null)
+            QParams.Choose(min, max, Options.Range, Options.Scheme, scale, zeroPoint);
+        else
+            (scale[0], zeroPoint[0]) = QParams.Choose(threshold[0], threshold[1], Options.Range, Options.Scheme);
+        return new ObserverResult(scale, zeroPoint, min, max, threshold);
+    }
+
+    private void ThrowNonFinite(ReadOnlySpan<float> values)
+    {
+        int i = Kernels.FiniteMinMaxKernel.FirstNonFinite(values);
+        float v = values[i];
+        string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
+        throw new ArgumentException(
+            $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
+            "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
+    }
+
+    /// <summary>Min and max of each channel along <paramref name="axis"/> (PyTorch's PerChannelMinMaxObserver reduction).</summary>
+    internal static (float[] Min, float[] Max) ChannelMinMax(ReadOnlySpan<float> values, long[] shape, int axis)
+    {
+        long outer = 1, inner = 1;
+        for (int d = 0; d < axis; d++) outer *= shape[d];
+        for (int d = axis + 1; d < shape.Length; d++) inner *= shape[d];
+        int channels = checked((int)shape[axis]);
+        var min = new float[channels];
+        var max = new float[channels];
+        Array.Fill(min, float.PositiveInfinity);
+        Array.Fill(max, float.NegativeInfinity);
+        int pos = 0;
+        for (long o = 0; o < outer; o++)
+        {
+            for (int c = 0; c < channels; c++)
+            {
+                Kernels.FiniteMinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
+                pos += (int)inner;
+            }
+        }
+        return (min, max);
+    }
+
+    /// <summary>
+    /// Min and max per observation unit: one for per-tensor, one per channel, or one per group of G consecutive
+    /// elements of the last dimension (the [numel/G, G] view reduced along its axis 1).
+    /// </summary>
+    protected (float[] Min, float[] Max) Reduce(ReadOnlySpan<float> values, long[] shape)
+    {
+        switch (Options.Granularity)
+        {
+            case PerGroup g:
+            {
+                if (shape.Length == 0 || shape[^1] % g.GroupSize != 0)
+                    throw new ArgumentException(
+                        $"Tensor '{TensorName}' of shape [{string.Join(", ", shape)}]: group size {g.GroupSize} must divide the last dimension" +
+                        (shape.Length == 0 ? " (a scalar has none)." : $" ({shape[^1]}). Choose a divisor of {shape[^1]}."));
+                return ChannelMinMax(values, [values.Length / g.GroupSize, g.GroupSize], 0);
+            }
+            case PerAxis a:
+            {
+                int axis = a.Axis < 0 ? a.Axis + shape.Length : a.Axis;
+                if (axis < 0 || axis >= shape.Length)
+                    throw new ArgumentException(
+                        $"Tensor '{TensorName}' of shape [{string.Join(", ", shape)}] has no axis {a.Axis}; use an axis in [{-shape.Length}, {shape.Length - 1}].");
+                return ChannelMinMax(values, shape, axis);
+            }
+            default:
+            {
+                return ([_batchMin], [_batchMax]);
+            }
+        }
+    }
+
+    /// <summary>Throws unless the options are per-tensor (the histogram observers are).</summary>
+    protected static void RequirePerTensor(ObserverOptions options, string observer)
+    {
+        if (options.Axis is not null || options.GroupSize is not null)
+            throw new ArgumentException(
+                $"The {observer} observer is per-tensor only (as PyTorch's HistogramObserver and ONNX Runtime's calibrators); " +
+                "drop the axis/group size, or use the minmax or moving-average observer for per-channel or per-group parameters.");
+    }
+}

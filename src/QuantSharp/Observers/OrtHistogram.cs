@@ -1,0 +1,408 @@
+namespace QuantSharp.Observers;
+
+/// <summary>
+/// The histogram calibration of ONNX Runtime's <c>HistogramCollector</c>
+/// (onnxruntime/python/tools/quantization/calibrate.py), reimplemented: NumPy's float32 histogram arithmetic is
+/// followed step by step (bin edges from a float32 <c>linspace</c>, bin index by division then a one-bin
+/// correction against the edges), so thresholds agree with ONNX Runtime's to the bin.
+/// </summary>
+/// <remarks>
+/// Two modes, as ONNX Runtime: <em>signed</em> (entropy, and two-sided percentile): a histogram of the values on
+/// [-t, t] with t = max|x|, widened symmetrically by whole bins when a later batch exceeds it; <em>absolute</em>
+/// (symmetric percentile): a histogram of |x| on [min|x|, max|x|], extended on the right by whole bins.
+/// </remarks>
+internal sealed class OrtHistogram
+{
+    private readonly int _numBins;
+    private readonly bool _absolute;
+    private long[]? _hist;
+    private float[]? _edges;
+    private float _min, _max, _threshold;
+
+    public OrtHistogram(int numBins, bool absolute)
+    {
+        _numBins = numBins;
+        _absolute = absolute;
+    }
+
+    public bool IsEmpty => _hist is null;
+    public float Min => _min;
+    public float Max => _max;
+    public long[] Counts => _hist ?? throw new InvalidOperationException("Nothing collected.");
+    public float[] Edges => _edges ?? throw new InvalidOperationException("Nothing collected.");
+
+    public void Reset()
+    {
+        _hist = null;
+        _edges = null;
+    }
+
+    /// <summary>Adds one batch (finite values, at least one).</summary>
+    public void Collect(ReadOnlySpan<float> values)
+    {
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        foreach (float v in values)
+        {
+            if (v < min) min = v;
+            if (v > max) max = v;
+        }
+        if (_absolute) CollectAbsolute(values, min, max);
+        else CollectValue(values, min, max);
+    }
+
+    private void CollectValue(ReadOnlySpan<float> values, float min, float max)
+    {
+        float threshold = MathF.Max(MathF.Abs(min), MathF.Abs(max));
+        if (_hist is null)
+        {
+            (_hist, _edges) = UniformHistogram(values, _numBins, -threshold, threshold);
+            (_min, _max, _threshold) = (min, max, threshold);
+            return;
+        }
+        float oldThreshold = _threshold;
+        if (threshold <= oldThreshold)
+        {
+            var (h, _) = UniformHistogram(values, _hist.Length, -oldThreshold, oldThreshold);
+            for (int i = 0; i < h.Length; i++) _hist[i] += h[i];
+        }
+        else if (oldThreshold == 0f)
+        {
+            var (h, e) = UniformHistogram(values, _hist.Length, -threshold, threshold);
+            for (int i = 0; i < h.Length; i++) h[i] += _hist[i];
+            (_hist, _edges, _threshold) = (h, e, threshold);
+        }
+        else
+        {
+            // Grow by whole bins of the old width on both sides, so that the old counts stay aligned.
+            int oldBins = _hist.Length;
+            float oldStride = 2f * oldThreshold / oldBins;
+            int halfIncreased = (int)(FloorDivide(threshold - oldThreshold, oldStride) + 1f);
+            int newBins = oldBins + 2 * halfIncreased;
+            float newThreshold = halfIncreased * oldStride + oldThreshold;
+            var (h, e) = UniformHistogram(values, newBins, -newThreshold, newThreshold);
+            for (int i = 0; i < oldBins; i++) h[halfIncreased + i] += _hist[i];
+            (_hist, _edges, _threshold) = (h, e, newThreshold);
+        }
+        _min = MathF.Min(_min, min);
+        _max = MathF.Max(_max, max);
+    }
+
+    private void CollectAbsolute(ReadOnlySpan<float> values, float min, float max)
+    {
+        var abs = new float[values.Length];
+        float amin = float.PositiveInfinity, amax = float.NegativeInfinity;
+        for (int i = 0; i < abs.Length; i++)
+        {
+            float a = MathF.Abs(values[i]);
+            abs[i] = a;
+            if (a < amin) amin = a;
+            if (a > amax) amax = a;
+        }
+        if (_hist is null)
+        {
+            (_hist, _edges) = UniformHistogram(abs, _numBins, amin, amax);
+            (_min, _max) = (min, max);
+            return;
+        }
+        float[] edges = _edges!;
+        if (amax > edges[^1])
+        {
+            // Extend on the right by bins of the first bin's width (np.arange in float32).
+            float width = edges[1] - edges[0];
+            float start = edges[^1] + width, stop = amax + width;
+            int extra = Math.Max(0, (int)Math.Ceiling((double)((stop - start) / width)));
+            var grown = new float[edges.Length + extra];
+            edges.CopyTo(grown, 0);
+            if (extra > 0) grown[edges.Length] = start;
+            if (extra > 1)
+            {
+                float delta = (start + width) - start;
+                for (int i = 2; i < extra; i++) grown[edges.Length + i] = start + i * delta;
+                grown[edges.Length + 1] = start + delta;
+            }
+            edges = grown;
+        }
+        var h = EdgesHistogram(abs, edges);
+        for (int i = 0; i < _hist.Length; i++) h[i] += _hist[i];
+        (_hist, _edges) = (h, edges);
+        _min = MathF.Min(_min, min);
+        _max = MathF.Max(_max, max);
+    }
+
+    /// <summary>
+    /// ONNX Runtime's percentile thresholds: symmetric (absolute mode) gives (-e, e) with e the edge where the
+    /// cumulative share first reaches <paramref name="percentile"/>%; two-sided cuts (100 - p)/2 % on each side.
+    /// Both are clipped to the observed [min, max].
+    /// </summary>
+    public (float Low, float High) PercentileThresholds(double percentile)
+    {
+        long[] hist = Counts;
+        float[] edges = Edges;
+        long total = 0;
+        foreach (long c in hist) total += c;
+        var cdf = new double[hist.Length];
+        double acc = 0;
+        for (int i = 0; i < hist.Length; i++)
+        {
+            acc += (double)hist[i] / total;
+            cdf[i] = acc;
+        }
+        float low, high;
+        if (_absolute)
+        {
+            float e = edges[SearchSortedLeft(cdf, percentile / 100.0)];
+            (low, high) = (-e, e);
+        }
+        else
+        {
+            double cut = (100.0 - percentile) / 200.0;
+            low = edges[SearchSortedLeft(cdf, cut)];
+            high = edges[SearchSortedLeft(cdf, 1.0 - cut)];
+        }
+        return Clip(low, high);
+    }
+
+    /// <summary>
+    /// The TensorRT entropy threshold as ONNX Runtime computes it: for every symmetric window of at least
+    /// <paramref name="quantizedBins"/> bins around the zero bin, the KL divergence between the clipped histogram
+    /// (outliers folded into the end bins) and its <paramref name="quantizedBins"/>-level quantization; the window
+    /// with the smallest divergence (first on ties) gives the thresholds, clipped to the observed [min, max].
+    /// Arithmetic follows ONNX Runtime's float32 NumPy code (integer q, eps smoothing, float32 KL sums).
+    /// </summary>
+    public (float Low, float High) EntropyThresholds(int quantizedBins)
+    {
+        long[] hist = Counts;
+        float[] edges = Edges;
+        int numBins = hist.Length;
+        int zeroBin = numBins / 2;
+        int halfQuantized = quantizedBins / 2;
+        int candidates = zeroBin - halfQuantized + 1;
+        if (candidates < 1)
+            throw new InvalidOperationException($"The histogram has {numBins} bins, fewer than the {quantizedBins} quantized bins.");
+
+        var prefix = new long[numBins + 1];
+        for (int i = 0; i < numBins; i++) prefix[i + 1] = prefix[i] + hist[i];
+
+        float bestKl = float.PositiveInfinity;
+        int bestIndex = 0;
+        var p = new long[numBins];
+        var q = new long[numBins];
+        var pf = new float[numBins];
+        var qf = new float[numBins];
+        var quantized = new long[quantizedBins];
+        var terms = new float[numBins];
+        for (int i = halfQuantized; i <= zeroBin; i++)
+        {
+            int start = zeroBin - i;
+            int end = Math.Min(zeroBin + i + 1, numBins);
+            int size = end - start;
+            var sliced = hist.AsSpan(start, size);
+            var pSpan = p.AsSpan(0, size);
+            sliced.CopyTo(pSpan);
+            pSpan[0] += prefix[start];
+            pSpan[size - 1] += prefix[numBins] - prefix[end];
+
+            int merged = size / quantizedBins;
+            for (int k = 0; k < quantizedBins; k++)
+            {
+                long s = 0;
+                for (int j = k * merged; j < (k + 1) * merged; j++) s += sliced[j];
+                quantized[k] = s;
+            }
+            for (int j = quantizedBins * merged; j < size; j++) quantized[quantizedBins - 1] += sliced[j];
+
+            var qSpan = q.AsSpan(0, size);
+            qSpan.Clear();
+            for (int k = 0; k < quantizedBins; k++)
+            {
+                int s0 = k * merged, s1 = s0 + merged;
+                long norm = 0;
+                for (int j = s0; j < s1; j++) if (pSpan[j] != 0) norm++;
+                if (norm != 0)
+                {
+                    long value = (long)((double)quantized[k] / norm); // float division stored into an int64 array
+                    for (int j = s0; j < s1; j++) qSpan[j] = value;
+                }
+            }
+
+            float kl;
+            if (!Smooth(pSpan, pf.AsSpan(0, size)) || !Smooth(qSpan, qf.AsSpan(0, size)))
+                kl = float.PositiveInfinity;
+            else
+                kl = Entropy(pf.AsSpan(0, size), qf.AsSpan(0, size), terms.AsSpan(0, size));
+
+            // np.argmin: the first smallest divergence (index 0 when all are infinite).
+            if (i == halfQuantized || kl < bestKl)
+            {
+                bestKl = kl;
+                bestIndex = i;
+            }
+        }
+        int bestStart = zeroBin - bestIndex;
+        int bestEnd = Math.Min(zeroBin + bestIndex + 1, numBins);
+        return Clip(edges[bestStart], edges[bestEnd]);
+    }
+
+    private (float, float) Clip(float low, float high)
+    {
+        if (low < _min) low = _min;
+        if (high > _max) high = _max;
+        return (low, high);
+    }
+
+    /// <summary>ONNX Runtime's smooth_distribution (eps = 1e-4) in float32; false when every entry is zero.</summary>
+    private static bool Smooth(ReadOnlySpan<long> p, Span<float> result)
+    {
+        int zeros = 0;
+        foreach (long v in p) if (v == 0) zeros++;
+        int nonzeros = p.Length - zeros;
+        if (nonzeros == 0) return false;
+        double eps1 = 0.0001 * zeros / nonzeros;
+        float epsF = 0.0001f, eps1F = (float)eps1;
+        for (int i = 0; i < p.Length; i++)
+            result[i] = p[i] == 0 ? (float)p[i] + epsF : (float)p[i] + (-eps1F);
+        return true;
+    }
+
+    /// <summary>KL divergence as ONNX Runtime's float32 <c>entropy</c>: normalise both, sum p * log(p / q).</summary>
+    private static float Entropy(Span<float> p, Span<float> q, Span<float> terms)
+    {
+        float ps = PairwiseSum(p), qs = PairwiseSum(q);
+        for (int i = 0; i < p.Length; i++)
+        {
+            float pk = p[i] / ps, qk = q[i] / qs;
+            if (pk > 0 && qk > 0) terms[i] = pk * MathF.Log(pk / qk);
+            else if (pk == 0 && qk >= 0) terms[i] = 0f;
+            else return float.PositiveInfinity;
+        }
+        return PairwiseSum(terms);
+    }
+
+    /// <summary>NumPy's float32 pairwise summation (8 accumulators, blocks of 128).</summary>
+    internal static float PairwiseSum(ReadOnlySpan<float> a)
+    {
+        int n = a.Length;
+        if (n < 8)
+        {
+            float res = -0f;
+            for (int i = 0; i < n; i++) res += a[i];
+            return 0f + res;
+        }
+        return 0f + PairwiseBlock(a);
+    }
+
+    private static float PairwiseBlock(ReadOnlySpan<float> a)
+    {
+        int n = a.Length;
+        if (n < 8)
+        {
+            float res = -0f;
+            for (int i = 0; i < n; i++) res += a[i];
+            return res;
+        }
+        if (n <= 128)
+        {
+            float r0 = a[0], r1 = a[1], r2 = a[2], r3 = a[3], r4 = a[4], r5 = a[5], r6 = a[6], r7 = a[7];
+            int i;
+            for (i = 8; i < n - (n % 8); i += 8)
+            {
+                r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3];
+                r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7];
+            }
+            float res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7));
+            for (; i < n; i++) res += a[i];
+            return res;
+        }
+        int n2 = n / 2;
+        n2 -= n2 % 8;
+        return PairwiseBlock(a[..n2]) + PairwiseBlock(a[n2..]);
+    }
+
+    private static int SearchSortedLeft(double[] sorted, double value)
+    {
+        int lo = 0, hi = sorted.Length;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (sorted[mid] < value) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo;
+    }
+
+    /// <summary>NumPy's floor division of float32 values (fmod-based, as npy_divmod).</summary>
+    private static float FloorDivide(float a, float b)
+    {
+        float mod = a % b;
+        float div = (a - mod) / b;
+        if (mod != 0 && (b < 0) != (mod < 0)) div -= 1f;
+        if (div == 0) return MathF.CopySign(0f, a / b);
+        float floor = MathF.Floor(div);
+        if (div - floor > 0.5f) floor += 1f;
+        return floor;
+    }
+
+    /// <summary>NumPy 2's float32 <c>linspace(first, last, count, endpoint=True)</c>.</summary>
+    internal static float[] Linspace(float first, float last, int count)
+    {
+        var y = new float[count];
+        int div = count - 1;
+        float delta = last - first;
+        float step = delta / div;
+        for (int i = 0; i < count; i++)
+        {
+            float v = step == 0 ? (float)i / div * delta : (float)i * step;
+            y[i] = v + first;
+        }
+        y[count - 1] = last;
+        return y;
+    }
+
+    /// <summary>
+    /// <c>np.histogram(values, bins, range=(first, last))</c> for float32 data: float32 edges, an index by
+    /// division, then corrected by one bin against the edges; values outside the range are dropped.
+    /// </summary>
+    internal static (long[] Counts, float[] Edges) UniformHistogram(ReadOnlySpan<float> values, int bins, float first, float last)
+    {
+        if (first == last)
+        {
+            first -= 0.5f;
+            last += 0.5f;
+        }
+        float[] edges = Linspace(first, last, bins + 1);
+        var counts = new long[bins];
+        float denom = last - first;
+        foreach (float x in values)
+        {
+            if (!(x >= first && x <= last)) continue;
+            float f = (x - first) / denom * bins;
+            long idx = (long)f;
+            if (idx == bins) idx--;
+            if (x < edges[idx]) idx--;
+            if (x >= edges[idx + 1] && idx != bins - 1) idx++;
+            counts[idx]++;
+        }
+        return (counts, edges);
+    }
+
+    /// <summary><c>np.histogram(values, bins=edges)</c>: [e_i, e_i+1) per bin, the last bin closed.</summary>
+    internal static long[] EdgesHistogram(ReadOnlySpan<float> values, float[] edges)
+    {
+        int bins = edges.Length - 1;
+        var counts = new long[bins];
+        foreach (float x in values)
+        {
+            if (x < edges[0] || x > edges[^1]) continue;
+            int lo = 0, hi = edges.Length;
+            while (lo < hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                if (edges[mid] <= x) lo = mid + 1;
+                else hi = mid;
+            }
+            int idx = Math.Min(lo - 1, bins - 1);
+            counts[idx]++;
+        }
+        return counts;
+    }
+}
