@@ -135,6 +135,7 @@ public static class CheckpointQuantizer
             {
                 spec.Validate(info.Shape);
                 _ = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
+                if (spec.Type.IsInteger() && s.Observer != "minmax") _ = CreateObserver(s.Observer, spec, name);
             }
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
             {
@@ -356,14 +357,16 @@ public static class CheckpointQuantizer
         string name = info.Name;
         var layout = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
-        bool rowwise = IsRowwise(info.Shape, spec);
+        // Observers other than min/max (percentile, histogram...) see the whole tensor at once.
+        bool useObserver = spec.Type.IsInteger() && s.Observer != "minmax";
+        bool rowwise = IsRowwise(info.Shape, spec) && !useObserver;
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
         var problems = new List<string>();
 
         // Per-tensor integer quantization needs the global range first.
         float[]? ptScale = null; int[]? ptZero = null;
-        if (spec.Type.IsInteger() && spec.Granularity is PerTensor)
+        if (spec.Type.IsInteger() && spec.Granularity is PerTensor && !useObserver)
         {
             float min = float.PositiveInfinity, max = float.NegativeInfinity;
             for (long c = 0; c < chunkCount; c++)
@@ -396,6 +399,13 @@ public static class CheckpointQuantizer
                 bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
                 var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
                 if (ptScale is null) RequireFinite(xf, name);
+                if (useObserver)
+                {
+                    var observer = CreateObserver(s.Observer, spec, name);
+                    observer.Observe(xf);
+                    var qp = observer.ComputeQParams();
+                    ptScale = qp.Scale; ptZero = qp.ZeroPoint;
+                }
                 using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xf, spec, ptScale, ptZero!) : QuantizedTensor.Quantize(xf, spec);
                 var data = q.Data.contiguous();
                 writer.Raw.Append(data.numel() == 0 ? [] : data.bytes);
@@ -463,6 +473,18 @@ public static class CheckpointQuantizer
         return (new TensorQuantizationReport(name, fileName, true, spec, info.DType, info.Shape, info.ByteLength, stored, db,
             s.Validate ? threshold : null, problems), layer);
     }
+
+    /// <summary>An observer of the given name for one tensor's spec (range observers for weights).</summary>
+    internal static Observers.IObserver CreateObserver(string observer, QuantSpec spec, string name) => Observers.ObserverFactory.Create(observer,
+        new Observers.ObserverOptions
+        {
+            Type = spec.Type,
+            Scheme = spec.Scheme,
+            Axis = spec.Granularity is PerAxis a ? a.Axis : null,
+            GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
+            ReduceRange = spec.ReduceRange,
+            Name = name,
+        });
 
     private static void RequireFinite(Tensor x, string name)
     {
