@@ -23,10 +23,10 @@ public static class Program
         });
         root.Subcommands.Add(version);
         // One file per command under Commands/, each with a static Create(); add them here, one line each.
-        root.Subcommands.Add(Commands.ObserveCommand.Create());
         root.Subcommands.Add(Commands.QuantizeCommand.Create());
         root.Subcommands.Add(Commands.InspectCommand.Create());
         root.Subcommands.Add(Commands.ValidateCommand.Create());
+        root.Subcommands.Add(Commands.ObserveCommand.Create());
         return root;
     }
 }

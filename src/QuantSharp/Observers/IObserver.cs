@@ -8,7 +8,7 @@ namespace QuantSharp.Observers;
 /// </summary>
 /// <remarks>
 /// Observers copy what they need out of each tensor; the caller keeps ownership of the tensors it passes in.
-/// Create them by name with <see cref="ObserverFactory.Create(string, ObserverOptions)"/>.
+/// Create them by name with <see cref="ObserverFactory.Create(string, ObserverOptions)"/>. Not thread-safe.
 /// </remarks>
 public interface IObserver
 {
@@ -33,7 +33,8 @@ public interface IObserver
 }
 
 /// <summary>Quantization parameters chosen by an observer.</summary>
-/// <param name="Scale">One scale per tensor, channel or group (float32).</param>
+/// <param name="Scale">One scale per tensor, channel or group (float32); groups in row-major order of the
+/// [rows..., last/G] layout.</param>
 /// <param name="ZeroPoint">One zero point per entry of <paramref name="Scale"/>.</param>
 /// <param name="Min">The observed (or averaged) minimum per entry.</param>
 /// <param name="Max">The observed (or averaged) maximum per entry.</param>

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using QuantSharp.Primitives;
 using TorchSharp;
 
@@ -17,6 +16,9 @@ internal abstract class ObserverBase : IObserver
 
     public ObserverOptions Options { get; }
 
+    // Min and max of the batch being observed, found while checking it for NaN/infinity.
+    private float _batchMin, _batchMax;
+
     public int Count { get; private set; }
 
     /// <summary>The name used in error messages.</summary>
@@ -34,13 +36,25 @@ internal abstract class ObserverBase : IObserver
             throw new ArgumentException(
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.",
                 nameof(input));
-        float[] values;
-        using (var scope = torch.NewDisposeScope())
-        {
-            var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
-            values = MemoryMarshal.Cast<byte, float>(t.bytes).ToArray();
-        }
-        ObserveValues(values, shape);
+        using var scope = torch.NewDisposeScope();
+        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU).
+        var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
+        ObserveValues(FloatSpan(t), shape);
+    }
+
+    /// <summary>
+    /// The elements of a contiguous float32 CPU tensor, in place. Built from the storage pointer rather than
+    /// <c>Tensor.bytes</c>, which stops at 2 GB; a span reaches int.MaxValue elements (8 GB of float32).
+    /// </summary>
+    private unsafe ReadOnlySpan<float> FloatSpan(torch.Tensor t)
+    {
+        long numel = t.numel();
+        if (numel > int.MaxValue)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' has {numel} elements; observe it in slices of at most {int.MaxValue} elements (e.g. chunks along dim 0).");
+        using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
+        IntPtr start = storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float)));
+        return new ReadOnlySpan<float>((void*)start, (int)numel);
     }
 
     /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>
@@ -52,7 +66,10 @@ internal abstract class ObserverBase : IObserver
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.");
         if (numel != values.Length)
             throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
-        CheckFinite(values);
+        float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+        if (!Kernels.FiniteMinMaxKernel.MinMax(values, ref lo, ref hi))
+            ThrowNonFinite(values);
+        (_batchMin, _batchMax) = (lo, hi);
         ObserveCore(values, shape);
         Count++;
     }
@@ -88,19 +105,14 @@ internal abstract class ObserverBase : IObserver
         return new ObserverResult(scale, zeroPoint, min, max, threshold);
     }
 
-    private void CheckFinite(ReadOnlySpan<float> values)
+    private void ThrowNonFinite(ReadOnlySpan<float> values)
     {
-        for (int i = 0; i < values.Length; i++)
-        {
-            float v = values[i];
-            if (!float.IsFinite(v))
-            {
-                string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
-                throw new ArgumentException(
-                    $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
-                    "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
-            }
-        }
+        int i = Kernels.FiniteMinMaxKernel.FirstNonFinite(values);
+        float v = values[i];
+        string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
+        throw new ArgumentException(
+            $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
+            "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
     }
 
     /// <summary>Min and max of each channel along <paramref name="axis"/> (PyTorch's PerChannelMinMaxObserver reduction).</summary>
@@ -119,15 +131,7 @@ internal abstract class ObserverBase : IObserver
         {
             for (int c = 0; c < channels; c++)
             {
-                float lo = min[c], hi = max[c];
-                var row = values.Slice(pos, (int)inner);
-                foreach (float v in row)
-                {
-                    if (v < lo) lo = v;
-                    if (v > hi) hi = v;
-                }
-                min[c] = lo;
-                max[c] = hi;
+                Kernels.FiniteMinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
                 pos += (int)inner;
             }
         }
@@ -160,13 +164,7 @@ internal abstract class ObserverBase : IObserver
             }
             default:
             {
-                float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
-                foreach (float v in values)
-                {
-                    if (v < lo) lo = v;
-                    if (v > hi) hi = v;
-                }
-                return ([lo], [hi]);
+                return ([_batchMin], [_batchMax]);
             }
         }
     }

@@ -27,11 +27,12 @@ internal sealed class TorchHistogram
         _dstBins = dstBins;
     }
 
-    /// <summary>Float lanes of libtorch's vectorised linspace (8 for AVX2, 16 for AVX-512).</summary>
-    internal static int LinspaceLanes { get; set; } = 8;
-
-    /// <summary>Threads libtorch used for a linspace of at least <see cref="GrainSize"/> points.</summary>
-    internal static int LinspaceThreads { get; set; } = 2;
+    /// <summary>
+    /// Float lanes of libtorch's vectorised linspace (8 for AVX2, 16 for AVX-512) and the threads it splits a
+    /// linspace of at least <see cref="GrainSize"/> points over. Only the last bits of the sub-bin midpoints depend
+    /// on them; on the reference data 1, 8 or 16 lanes and 1 or 2 threads all give PyTorch's scales bit for bit.
+    /// </summary>
+    private const int LinspaceLanes = 8, LinspaceThreads = 2;
 
     public bool IsEmpty => _hist is null;
     public float Min => _min;
@@ -146,7 +147,7 @@ internal sealed class TorchHistogram
         }
         float step = (end - start) / (steps - 1);
         int halfway = steps / 2;
-        int tasks = steps < GrainSize || LinspaceThreads <= 1 ? 1 : Math.Min(LinspaceThreads, (steps + GrainSize - 1) / GrainSize);
+        int tasks = steps < GrainSize ? 1 : Math.Min(LinspaceThreads, (steps + GrainSize - 1) / GrainSize);
         int chunk = (steps + tasks - 1) / tasks;
         int lanes = LinspaceLanes;
         for (int begin = 0; begin < steps; begin += chunk)

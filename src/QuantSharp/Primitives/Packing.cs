@@ -73,6 +73,22 @@ public static class Packing
         long need = PackedLength(destination.Length, bits);
         if (packed.Length < need)
             throw new ArgumentException($"packed has {packed.Length} bytes; {destination.Length} values of {bits} bits need {need}.", nameof(packed));
+        if (bits == 4)
+        {
+            int pairs = destination.Length / 2;
+            for (int k = 0; k < pairs; k++)
+            {
+                int b = packed[k];
+                destination[2 * k] = signed ? (sbyte)((sbyte)(b << 4) >> 4) : (sbyte)(b & 0x0F);
+                destination[2 * k + 1] = signed ? (sbyte)((sbyte)b >> 4) : (sbyte)(b >> 4);
+            }
+            if ((destination.Length & 1) != 0)
+            {
+                int b = packed[pairs];
+                destination[^1] = signed ? (sbyte)((sbyte)(b << 4) >> 4) : (sbyte)(b & 0x0F);
+            }
+            return;
+        }
         int shift = 8 - bits; // move the field to the top of a byte, then shift back (arithmetic for signed)
         int mask = (1 << bits) - 1;
         int perByte = 8 / bits;

@@ -40,7 +40,7 @@ public static class Quantization
     /// <param name="destination">Receives one value per input.</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Quantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<sbyte> destination)
-        => Quantize(source, source.Length, [scale], [zeroPoint], range, destination);
+        => Quantize(source, Math.Max(source.Length, 1), [scale], [zeroPoint], range, destination);
 
     /// <summary>Quantizes <paramref name="source"/> to unsigned 8-bit (or narrower unsigned) integers.</summary>
     /// <param name="source">Input values.</param>
@@ -50,7 +50,7 @@ public static class Quantization
     /// <param name="destination">Receives one value per input.</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Quantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<byte> destination)
-        => Quantize(source, source.Length, [scale], [zeroPoint], range, destination);
+        => Quantize(source, Math.Max(source.Length, 1), [scale], [zeroPoint], range, destination);
 
     /// <summary>Quantizes with one scale and zero point per block (per-channel / per-group) to signed integers.</summary>
     /// <param name="source">Input values.</param>
@@ -92,7 +92,7 @@ public static class Quantization
     /// <param name="destination">Receives <c>(q - zeroPoint) * scale</c>; may be the same memory as <paramref name="source"/>.</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void FakeQuantize(ReadOnlySpan<float> source, float scale, int zeroPoint, QuantRange range, Span<float> destination)
-        => FakeQuantize(source, source.Length, [scale], [zeroPoint], range, destination);
+        => FakeQuantize(source, Math.Max(source.Length, 1), [scale], [zeroPoint], range, destination);
 
     /// <summary>Quantizes then dequantizes with one scale and zero point per block.</summary>
     /// <param name="source">Input values.</param>
@@ -127,7 +127,7 @@ public static class Quantization
     /// <param name="destination">Receives one float per value.</param>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is too short.</exception>
     public static void Dequantize(ReadOnlySpan<sbyte> source, float scale, int zeroPoint, Span<float> destination)
-        => Dequantize(source, source.Length, [scale], [zeroPoint], destination);
+        => Dequantize(source, Math.Max(source.Length, 1), [scale], [zeroPoint], destination);
 
     /// <summary>Dequantizes unsigned integers per tensor: <c>(q - zeroPoint) * scale</c> in float32.</summary>
     /// <param name="source">Quantized values.</param>
@@ -136,7 +136,7 @@ public static class Quantization
     /// <param name="destination">Receives one float per value.</param>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is too short.</exception>
     public static void Dequantize(ReadOnlySpan<byte> source, float scale, int zeroPoint, Span<float> destination)
-        => Dequantize(source, source.Length, [scale], [zeroPoint], destination);
+        => Dequantize(source, Math.Max(source.Length, 1), [scale], [zeroPoint], destination);
 
     /// <summary>Dequantizes signed integers with one scale and zero point per block.</summary>
     /// <param name="source">Quantized values.</param>
@@ -148,6 +148,12 @@ public static class Quantization
     public static void Dequantize(ReadOnlySpan<sbyte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
+        if (blockLength == 1 && scale.Length > 1 && source.Length > 0)
+        {
+            for (int k = 0, p = 0; k < source.Length; k++, p = p + 1 == scale.Length ? 0 : p + 1)
+                destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
+            return;
+        }
         for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
         {
             int p = (int)(b % scale.Length);
@@ -166,6 +172,12 @@ public static class Quantization
     public static void Dequantize(ReadOnlySpan<byte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
+        if (blockLength == 1 && scale.Length > 1 && source.Length > 0)
+        {
+            for (int k = 0, p = 0; k < source.Length; k++, p = p + 1 == scale.Length ? 0 : p + 1)
+                destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
+            return;
+        }
         for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
         {
             int p = (int)(b % scale.Length);
@@ -174,7 +186,8 @@ public static class Quantization
         }
     }
 
-    private static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+    /// <summary>Quantizes without checking that the range fits the destination type (the caller did).</summary>
+    internal static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
         QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
@@ -261,7 +274,7 @@ public static class Quantization
             throw new ArgumentException($"destination has {destinationLength} elements but the source has {length}.", "destination");
         if (blockLength <= 0)
             throw new ArgumentOutOfRangeException(nameof(blockLength), blockLength, "Block length must be positive.");
-        if (scale.IsEmpty)
+        if (scale.IsEmpty && length > 0)
             throw new ArgumentException("At least one scale is needed.", nameof(scale));
         if (!zeroPoint.IsEmpty && zeroPoint.Length != scale.Length)
             throw new ArgumentException($"{zeroPoint.Length} zero points for {scale.Length} scales; give one per scale (or none for zeros).", nameof(zeroPoint));

@@ -53,7 +53,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         _stream = stream;
         DataStart = dataStart;
         _dataLength = dataLength;
-        Tensors = tensors;
+        Tensors = tensors.AsReadOnly();
         Metadata = metadata;
         _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
     }
@@ -85,8 +85,12 @@ public sealed unsafe class SafetensorsFile : IDisposable
             if (fileLength >= 8) RandomAccess.Read(stream.SafeFileHandle, first8, 0);
             long n = SafetensorsHeader.ReadHeaderLength(first8, fileLength, path);
             var header = new byte[n];
-            if (RandomAccess.Read(stream.SafeFileHandle, header, 8) != n)
-                throw new IOException($"'{path}': the file shrank while its header was read.");
+            for (int done = 0; done < header.Length;)
+            {
+                int read = RandomAccess.Read(stream.SafeFileHandle, header.AsSpan(done), 8 + done);
+                if (read == 0) throw new IOException($"'{path}': the file shrank while its header was read.");
+                done += read;
+            }
             long dataLength = fileLength - 8 - n;
             var (tensors, metadata) = SafetensorsHeader.Parse(header, dataLength, path);
             file = new SafetensorsFile(path, IdentityKey(path), stream, 8 + n, dataLength, tensors, metadata);

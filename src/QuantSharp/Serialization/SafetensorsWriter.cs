@@ -61,11 +61,12 @@ public sealed class SafetensorsWriter : IDisposable
         _collected = [];
     }
 
+    // Streaming mode (Create): no collection list.
     private SafetensorsWriter(string path, IReadOnlyDictionary<string, string>? metadata, bool streaming)
     {
         Path = CheckDestination(path);
         _metadata = metadata is null ? null : new Dictionary<string, string>(metadata);
-        _ = streaming;
+        _collected = streaming ? null : [];
     }
 
     /// <summary>The destination path.</summary>

@@ -10,7 +10,7 @@ namespace QuantSharp.Serialization;
 /// memory-mapped) and checked against the index: each tensor of the weight map lies in the shard it names, and
 /// each tensor of a shard is in the weight map.
 /// </summary>
-public sealed partial class ShardedCheckpoint : IDisposable
+public sealed class ShardedCheckpoint : IDisposable
 {
     /// <summary>Name of the index of a sharded checkpoint saved with base name "model".</summary>
     public const string DefaultIndexFileName = "model.safetensors.index.json";
@@ -233,6 +233,9 @@ public sealed partial class ShardedCheckpoint : IDisposable
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"Folder '{folder}' does not exist.");
         var list = tensors.ToList();
         var specs = list.Select(t => SafetensorsTensorSpec.FromTensor(t.Name, t.Tensor)).ToList();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var s in specs)
+            if (!seen.Add(s.Name)) throw new ArgumentException($"Tensor name '{s.Name}' appears twice.", nameof(tensors));
 
         // Partition in order.
         var shards = new List<List<int>>();

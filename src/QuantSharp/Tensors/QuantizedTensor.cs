@@ -85,17 +85,19 @@ public sealed class QuantizedTensor : IDisposable
         if (!spec.Type.IsInteger()) return FromFloat(x, spec, shape);
 
         var layout = Layout.For(spec, shape);
-        var (min, max) = ObserveMinMax(Floats(x), layout);
         var range = spec.Range;
         var scale = new float[layout.Channels];
         var zeroPoint = new int[layout.Channels];
+        if (CanFuse(layout, QuantSpec.Product(shape)))
+            return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: true);
+        var (min, max) = ObserveMinMax(Floats(x), layout);
         for (int c = 0; c < layout.Channels; c++)
         {
             if (float.IsNaN(min[c]) || float.IsInfinity(min[c]) || float.IsInfinity(max[c]))
-                throw new ArgumentException($"Cannot quantize: the input holds NaN or infinity (in {(layout.Channels == 1 ? "the tensor" : $"channel/group {c}")}).", nameof(input));
+                throw NonFinite(layout, c);
             (scale[c], zeroPoint[c]) = QParams.Choose(min[c], max[c], range, spec.Scheme);
         }
-        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint);
+        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: false);
     }
 
     /// <summary>Quantizes <paramref name="input"/> with given scales and zero points (e.g. from an observer).</summary>
@@ -129,7 +131,7 @@ public sealed class QuantizedTensor : IDisposable
         }
         using var scope = torch.NewDisposeScope();
         var x = AsFloat32(input);
-        return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone());
+        return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone(), observe: false);
     }
 
     /// <summary>
@@ -274,26 +276,25 @@ public sealed class QuantizedTensor : IDisposable
         }
     }
 
-    private static QuantizedTensor QuantizeCore(Tensor x, QuantSpec spec, long[] shape, Layout layout, float[] scale, int[] zeroPoint)
+    /// <summary>
+    /// Quantizes <paramref name="x"/>; with <paramref name="observe"/>, first fills <paramref name="scale"/> and
+    /// <paramref name="zeroPoint"/> from each block's min/max in the same pass (see <see cref="CanFuse"/>).
+    /// </summary>
+    private static QuantizedTensor QuantizeCore(Tensor x, QuantSpec spec, long[] shape, Layout layout, float[] scale, int[] zeroPoint, bool observe)
     {
-        var range = spec.Range;
-        var arithmetic = Arithmetic(spec);
         ReadOnlySpan<float> src = Floats(x);
         Tensor data;
         switch (spec.Type)
         {
             case QuantType.Int8:
-                data = torch.empty(shape, ScalarType.Int8);
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(data.bytes), arithmetic);
-                break;
             case QuantType.UInt8:
-                data = torch.empty(shape, ScalarType.Byte);
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, data.bytes, arithmetic);
+                data = torch.empty(shape, DataType(spec.Type));
+                QuantizeValues(src, src.IsEmpty ? [] : MemoryMarshal.Cast<byte, sbyte>(data.bytes), spec, layout, scale, zeroPoint, observe);
                 break;
             default:
             {
                 var values = new sbyte[src.Length];
-                Quantization.Quantize(src, layout.BlockLength, scale, zeroPoint, range, values, arithmetic);
+                QuantizeValues(src, values, spec, layout, scale, zeroPoint, observe);
                 data = torch.empty(DataShape(spec.Type, shape), ScalarType.Byte);
                 PackRows(values, spec.Type, shape, data.bytes);
                 break;
@@ -306,6 +307,53 @@ public sealed class QuantizedTensor : IDisposable
         return q;
     }
 
+    /// <summary>
+    /// One pass per block (min/max, qparams, quantize while the block is in cache) when every parameter covers one
+    /// contiguous block of moderate size: per-channel on axis 0, per-group, and small per-tensor inputs.
+    /// </summary>
+    private static bool CanFuse(Layout layout, long n) => n > 0 && layout.Outer == 1 && layout.BlockLength >= 16 && layout.BlockLength <= (1 << 16);
+
+    private static ArgumentException NonFinite(Layout layout, int c) => new(
+        $"Cannot quantize: the input holds NaN or infinity (in {(layout.Channels == 1 ? "the tensor" : $"channel/group {c}")}).", "input");
+
+    private static unsafe void QuantizeValues(ReadOnlySpan<float> src, Span<sbyte> dst, QuantSpec spec, Layout layout, float[] scale, int[] zeroPoint, bool observe)
+    {
+        var range = spec.Range;
+        var arithmetic = Arithmetic(spec);
+        if (!observe)
+        {
+            Quantization.QuantizeCore(src, layout.BlockLength, scale, zeroPoint, range, dst, arithmetic);
+            return;
+        }
+        int inner = layout.BlockLength;
+        float qmin = range.QMin, qmax = range.QMax;
+        bool divide = arithmetic == QuantizeArithmetic.Divide;
+        var scheme = spec.Scheme;
+        int bad = -1;
+        fixed (float* ps = src)
+        fixed (sbyte* pd = dst)
+        {
+            nint s = (nint)ps, d = (nint)pd;
+            Quantization.For(layout.Channels, inner, c =>
+            {
+                var block = new ReadOnlySpan<float>((float*)s + c * inner, inner);
+                var (mn, mx) = MinMaxKernel.MinMax(block);
+                if (!float.IsFinite(mn) || !float.IsFinite(mx))
+                {
+                    Interlocked.Exchange(ref bad, (int)c);
+                    return;
+                }
+                var (sc, z) = QParams.Choose(mn, mx, range, scheme);
+                scale[c] = sc;
+                zeroPoint[c] = z;
+                var output = new Span<sbyte>((sbyte*)d + c * inner, inner);
+                if (divide) QuantizeKernel.Quantize<QuantizeKernel.DivideByScale>(block, sc, z, qmin, qmax, output);
+                else QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(block, 1f / sc, z, qmin, qmax, output);
+            });
+        }
+        if (bad >= 0) throw NonFinite(layout, bad);
+    }
+
     private static QuantizedTensor FromFloat(Tensor x, QuantSpec spec, long[] shape)
     {
         var data = torch.empty(shape, DataType(spec.Type));
@@ -315,8 +363,8 @@ public sealed class QuantizedTensor : IDisposable
         return new QuantizedTensor(spec, shape, data, null, null);
     }
 
-    /// <summary>Per-channel (or per-group, or whole-tensor) min and max.</summary>
-    internal static (float[] Min, float[] Max) ObserveMinMax(ReadOnlySpan<float> x, Layout layout)
+    /// <summary>Per-channel (or per-group, or whole-tensor) min and max; NaN for a channel holding NaN.</summary>
+    internal static unsafe (float[] Min, float[] Max) ObserveMinMax(ReadOnlySpan<float> x, Layout layout)
     {
         var min = new float[layout.Channels];
         var max = new float[layout.Channels];
@@ -324,17 +372,42 @@ public sealed class QuantizedTensor : IDisposable
         Array.Fill(min, float.PositiveInfinity);
         Array.Fill(max, float.NegativeInfinity);
         int c = layout.Channels, inner = layout.BlockLength;
-        for (long o = 0; o < layout.Outer; o++)
+        if (inner < 64)
         {
-            for (int ch = 0; ch < c; ch++)
-            {
-                var (mn, mx) = MinMaxKernel.MinMax(x.Slice((int)((o * c + ch) * inner), inner));
-                if (float.IsNaN(mn) || float.IsNaN(min[ch])) { min[ch] = max[ch] = float.NaN; continue; }
-                if (mn < min[ch]) min[ch] = mn;
-                if (mx > max[ch]) max[ch] = mx;
-            }
+            // Short blocks (channel axis last or nearly): plain loops.
+            for (long o = 0; o < layout.Outer; o++)
+                for (int ch = 0; ch < c; ch++)
+                    Merge(min, max, ch, MinMaxKernel.MinMaxScalar(x.Slice((int)((o * c + ch) * inner), inner)));
+            return (min, max);
         }
+        // Blocks split into chunks, reduced in parallel, then merged per channel.
+        const int Chunk = 1 << 16;
+        int chunksPerBlock = (inner + Chunk - 1) / Chunk;
+        long blocks = layout.Outer * c;
+        long items = blocks * chunksPerBlock;
+        var pMin = new float[items];
+        var pMax = new float[items];
+        fixed (float* p = x)
+        {
+            nint addr = (nint)p;
+            Quantization.For(items, Math.Min(inner, Chunk), t =>
+            {
+                long b = t / chunksPerBlock;
+                int k = (int)(t % chunksPerBlock) * Chunk;
+                int len = Math.Min(Chunk, inner - k);
+                (pMin[t], pMax[t]) = MinMaxKernel.MinMax(new ReadOnlySpan<float>((float*)addr + b * inner + k, len));
+            });
+        }
+        for (long t = 0; t < items; t++)
+            Merge(min, max, (int)(t / chunksPerBlock % c), (pMin[t], pMax[t]));
         return (min, max);
+    }
+
+    private static void Merge(float[] min, float[] max, int ch, (float Min, float Max) v)
+    {
+        if (float.IsNaN(v.Min) || float.IsNaN(min[ch])) { min[ch] = max[ch] = float.NaN; return; }
+        if (v.Min < min[ch]) min[ch] = v.Min;
+        if (v.Max > max[ch]) max[ch] = v.Max;
     }
 
     /// <summary>PyTorch's arithmetic for the spec's granularity.</summary>

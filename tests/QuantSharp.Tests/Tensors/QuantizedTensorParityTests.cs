@@ -178,7 +178,7 @@ public class QuantizedTensorParityTests
         // Fake quantization with PyTorch's fake-quant arithmetic reproduces the reference fake_quant bit for bit.
         var x = MemoryMarshal.Cast<byte, float>(file.ReadBytes($"{caseName}/input")).ToArray();
         var fq = new float[x.Length];
-        Primitives.Quantization.FakeQuantize(x, g, s, z, spec.Range, fq);
+        QuantSharp.Primitives.Quantization.FakeQuantize(x, g, s, z, spec.Range, fq);
         using var fqTensor = torch.tensor(fq);
         AssertBitsEqual(file.ReadBytes($"{caseName}/{tag}/fake_quant"), fqTensor);
     }

@@ -1,0 +1,128 @@
+using QuantSharp.Kernels;
+using static QuantSharp.Kernels.QuantizeKernel;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// The vector paths (512/256/128-bit, whichever this CPU runs; re-run with DOTNET_EnableAVX2=0 or
+/// DOTNET_EnableHWIntrinsic=0 to cover the others) against the scalar specification, for every length 0..256.
+/// </summary>
+public class KernelVectorTests
+{
+    private static float[] Data(int n, int seed, float scale)
+    {
+        var rng = new Random(seed);
+        var x = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            x[i] = (i % 7) switch
+            {
+                0 => (rng.Next(-300, 300) + 0.5f) * scale,          // exact ties
+                1 => rng.Next(-300, 300) * scale,                     // exact integers
+                2 => (float)(rng.NextDouble() * 1e6 - 5e5),           // far outside the range
+                3 when i % 35 == 3 => float.NaN,
+                _ => (float)(rng.NextDouble() * 2 - 1) * 200 * scale,
+            };
+        }
+        return x;
+    }
+
+    public static IEnumerable<object[]> Lengths() => Enumerable.Range(0, 257).Select(n => new object[] { n });
+
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void QuantizeVectorEqualsScalar(int n)
+    {
+        const float scale = 0.0371f;
+        float[] x = Data(n, n, scale);
+        foreach (var (zp, qmin, qmax) in new[] { (3f, -128f, 127f), (128f, 0f, 255f), (0f, -8f, 7f) })
+        {
+            var v = new sbyte[n]; var s = new sbyte[n];
+            Quantize<MultiplyByInverse>(x, 1f / scale, zp, qmin, qmax, v);
+            QuantizeScalar<MultiplyByInverse>(x, 1f / scale, zp, qmin, qmax, s);
+            Assert.Equal(s, v);
+            Quantize<DivideByScale>(x, scale, zp, qmin, qmax, v);
+            QuantizeScalar<DivideByScale>(x, scale, zp, qmin, qmax, s);
+            Assert.Equal(s, v);
+
+            var fv = new float[n]; var fs = new float[n];
+            FakeQuantize<MultiplyByInverse>(x, scale, 1f / scale, zp, qmin, qmax, fv);
+            FakeQuantizeScalar<MultiplyByInverse>(x, scale, 1f / scale, zp, qmin, qmax, fs);
+            Assert.Equal(fs, fv);
+            FakeQuantize<DivideByScale>(x, scale, scale, zp, qmin, qmax, fv);
+            FakeQuantizeScalar<DivideByScale>(x, scale, scale, zp, qmin, qmax, fs);
+            Assert.Equal(fs, fv);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void PerElementVectorEqualsScalar(int n)
+    {
+        float[] x = Data(n, 1000 + n, 0.05f);
+        var rng = new Random(n);
+        float[] inv = Enumerable.Range(0, n).Select(_ => 1f / (float)(0.01 + rng.NextDouble())).ToArray();
+        float[] zp = Enumerable.Range(0, n).Select(_ => (float)rng.Next(-128, 128)).ToArray();
+        var v = new sbyte[n]; var s = new sbyte[n];
+        QuantizePerElement(x, inv, zp, -128, 127, v);
+        QuantizePerElementScalar(x, inv, zp, -128, 127, s);
+        Assert.Equal(s, v);
+    }
+
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void DequantizeVectorEqualsScalar(int n)
+    {
+        var rng = new Random(n);
+        var q8 = new sbyte[n]; var u8 = new byte[n];
+        for (int i = 0; i < n; i++) { q8[i] = (sbyte)rng.Next(-128, 128); u8[i] = (byte)rng.Next(0, 256); }
+        var v = new float[n]; var s = new float[n];
+        Dequantize(q8, 0.0173f, -5f, v);
+        DequantizeScalar(q8, 0.0173f, -5f, s);
+        Assert.Equal(s, v);
+        Dequantize(u8, 0.0173f, 131f, v);
+        DequantizeScalar(u8, 0.0173f, 131f, s);
+        Assert.Equal(s, v);
+    }
+
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void MinMaxAndBFloat16VectorEqualScalar(int n)
+    {
+        var rng = new Random(n);
+        float[] x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 20 - 10)).ToArray();
+        Assert.Equal(MinMaxKernel.MinMaxScalar(x), MinMaxKernel.MinMax(x));
+        if (n > 0)
+        {
+            x[rng.Next(n)] = float.NaN;
+            var r = MinMaxKernel.MinMax(x);
+            Assert.True(float.IsNaN(r.Min) && float.IsNaN(r.Max));
+            x[rng.Next(n)] = float.PositiveInfinity;
+            x[rng.Next(n)] = BitConverter.UInt32BitsToSingle(0x0000_0123); // subnormal
+        }
+        var v = new ushort[n]; var s = new ushort[n];
+        HalfKernel.ToBFloat16(x, v);
+        HalfKernel.ToBFloat16Scalar(x, s);
+        Assert.Equal(s, v);
+    }
+
+    /// <summary>The half conversion agrees with .NET's own IEEE conversion on every finite float32 pattern sampled.</summary>
+    [Fact]
+    public void HalfBitsAgreeWithSystemHalfOnNonNaN()
+    {
+        var rng = new Random(7);
+        for (int i = 0; i < 200_000; i++)
+        {
+            uint bits = (uint)rng.NextInt64(0, 1L << 32);
+            float f = BitConverter.UInt32BitsToSingle(bits);
+            if (float.IsNaN(f)) continue;
+            Assert.Equal(BitConverter.HalfToUInt16Bits((Half)f), HalfKernel.ToHalfBits(f));
+        }
+        for (int h = 0; h < 65536; h++)
+        {
+            var half = BitConverter.UInt16BitsToHalf((ushort)h);
+            if (Half.IsNaN(half)) continue;
+            Assert.Equal(BitConverter.SingleToUInt32Bits((float)half), BitConverter.SingleToUInt32Bits(HalfKernel.FromHalfBits((ushort)h)));
+        }
+    }
+}
