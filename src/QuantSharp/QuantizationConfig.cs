@@ -74,6 +74,14 @@ public sealed record QuantizationConfig
         }
         if (Activations is { } a)
         {
+            try
+            {
+                a.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"Activations: {e.Message}", e);
+            }
             if (a.Type is not (QuantType.Int8 or QuantType.UInt8))
                 throw new ArgumentException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
             if (a.Granularity is not PerTensor)
@@ -96,6 +104,14 @@ public sealed record QuantizationConfig
     private static void ValidateWeights(QuantSpec? spec, string what)
     {
         if (spec is null) throw new ArgumentException($"{what}: a weight spec is required (e.g. int8 symmetric per-channel).");
+        try
+        {
+            spec.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"{what}: {e.Message}", e);
+        }
         if (spec.Type is QuantType.Int2 or QuantType.UInt2)
             throw new ArgumentException($"{what}: {spec.Type.ToName()} weights are not supported by the quantized modules; use int4/uint4, int8/uint8, float16 or bfloat16.");
         if (spec.Granularity is PerAxis { Axis: not 0 })

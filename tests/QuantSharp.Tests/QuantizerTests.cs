@@ -283,3 +283,22 @@ public class QuantizerTests
         Assert.False(ignored.Report!.Passed);
     }
 }
+
+public class QuantizerConfigTests
+{
+    [Fact]
+    public void SpecsAreValidatedWithTheirOwnRules()
+    {
+        using var scope = NewDisposeScope();
+        // prim's QuantSpec.Validate: reduce-range is for 8-bit types only.
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp(),
+            weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32), reduceRange: true)));
+        Assert.StartsWith("Weights: ReduceRange applies to 8-bit types only", ex.Message);
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig
+        {
+            Overrides = [new("fc1", new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(1)))],
+        }, () => new Mlp()));
+        Assert.Contains("Overrides['fc1']", ex2.Message);
+        Assert.Contains("axis 0", ex2.Message);
+    }
+}
