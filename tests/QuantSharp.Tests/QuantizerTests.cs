@@ -302,3 +302,39 @@ public class QuantizerConfigTests
         Assert.Contains("axis 0", ex2.Message);
     }
 }
+
+public class QuantizerSelectionEdgeTests
+{
+    private sealed class TypedListNet : Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.ModuleList<TorchSharp.Modules.Linear> layers = new(Linear(4, 4));
+        private readonly Module<Tensor, Tensor> head = Linear(4, 2);
+
+        public TypedListNet() : base(nameof(TypedListNet)) => RegisterComponents();
+
+        public override Tensor forward(Tensor x) => head.call(layers[0].call(x));
+    }
+
+    [Fact]
+    public void TypedContainersAreSkippedWithTheFix()
+    {
+        using var scope = NewDisposeScope();
+        var r = Quantizer.Quantize(new TypedListNet(), new QuantizationConfig(), () => new TypedListNet());
+        Assert.Equal(["head"], r.Layers.Select(l => l.Name));
+        Assert.Contains("ModuleList<Module<Tensor, Tensor>>", r.Skipped.Single(s => s.Name == "layers.0").Reason);
+    }
+
+    [Fact]
+    public void WeightOnlyWithDataUsesTheFirstBatchForTheReport()
+    {
+        using var scope = NewDisposeScope();
+        var data = TestData.Batches(3, 8, [64]);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int4WeightOnly(32), () => new Mlp(), data);
+        Assert.Equal(8, r.CalibrationSamples);
+        Assert.All(r.Layers, l => Assert.Null(l.Input));
+        Assert.NotNull(r.Report!.ModelOutputSqnrDb);
+        Assert.All(r.Report.Layers, l => Assert.NotNull(l.OutputSqnrDb));
+        Assert.Equal(CheckStatus.Passed, r.Report.ReloadCheck);
+        Assert.Contains("outputs", r.Report.ReloadDetail);
+    }
+}
