@@ -5,5 +5,11 @@ namespace QuantSharp.Bench;
 /// <summary>Runs the benchmarks: <c>dotnet run -c Release --project bench/QuantSharp.Bench -- --filter '*'</c>.</summary>
 public static class Program
 {
-    public static void Main(string[] args) => BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+    public static int Main(string[] args)
+    {
+        if (args.Length > 0 && args[0] == "checkpoint") return CheckpointBench.Run(args[1..]); // end-to-end checkpoint run, see CheckpointBench
+        if (args.Length > 0 && args[0] == "chunk-profile") return ChunkProfile.Run();
+        BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+        return 0;
+    }
 }

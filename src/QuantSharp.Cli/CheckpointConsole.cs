@@ -22,13 +22,15 @@ internal static class CheckpointConsole
         var writer = error ? parseResult.InvocationConfiguration.Error : parseResult.InvocationConfiguration.Output;
         bool terminal = ReferenceEquals(writer, Console.Out) && !Console.IsOutputRedirected
             || ReferenceEquals(writer, Console.Error) && !Console.IsErrorRedirected;
-        return AnsiConsole.Create(new AnsiConsoleSettings
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
             Out = new AnsiConsoleOutput(writer),
             Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
             ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
             Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
         });
+        if (!terminal) console.Profile.Width = 250; // files and pipes: no wrapping of long tensor names
+        return console;
     }
 
     /// <summary>True when progress bars can be drawn.</summary>
@@ -86,9 +88,11 @@ internal static class CheckpointConsole
         double d => d.ToString("0.00", CultureInfo.InvariantCulture),
     };
 
-    /// <summary>The per-tensor table of a quantization or validation report.</summary>
-    public static Table TensorTable(IEnumerable<TensorQuantizationReport> tensors)
+    /// <summary>The per-tensor table of a quantization or validation report: the quantized tensors and any tensor with
+    /// a problem (copied tensors that pass are summarized in one line).</summary>
+    public static Table TensorTable(IEnumerable<TensorQuantizationReport> all)
     {
+        var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0);
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("Tensor").AddColumn("Action").AddColumn("Settings").AddColumn("Shape")
             .AddColumn(new TableColumn("Original").RightAligned()).AddColumn(new TableColumn("Stored").RightAligned())
@@ -99,7 +103,7 @@ internal static class CheckpointConsole
                 Markup.Escape(t.Name),
                 t.Quantized ? "quantized" : "copied",
                 Markup.Escape(t.Spec?.ToString() ?? ""),
-                Shape(t.Shape),
+                Markup.Escape(Shape(t.Shape)),
                 Bytes(t.OriginalBytes),
                 Bytes(t.StoredBytes),
                 Db(t.SqnrDb),

@@ -45,7 +45,8 @@ public sealed record CheckpointQuantizationSettings
     public Granularity? Granularity { get; init; }
     /// <summary>Reduce range (default false).</summary>
     public bool? ReduceRange { get; init; }
-    /// <summary>Observer choosing the range (default and only value for weights: <c>minmax</c>).</summary>
+    /// <summary>Observer choosing the range: <c>minmax</c> (default; streamed in row chunks), or <c>percentile</c>,
+    /// <c>histogram</c>, <c>moving-average</c> (each tensor observed whole, once).</summary>
     public string? Observer { get; init; }
     /// <summary>Smallest element count quantized by the default rule (default 1024).</summary>
     public long? MinElements { get; init; }
@@ -220,10 +221,9 @@ public sealed class ResolvedCheckpointSettings
         _s = s;
         Type = s.Type ?? QuantType.Int8;
         Observer = (s.Observer ?? "minmax").Trim().ToLowerInvariant();
-        if (Observer is not ("minmax" or "min-max"))
-            throw new ArgumentException($"Observer '{s.Observer}' is not supported for weight quantization; weights use 'minmax' " +
-                "(the data-driven observers need activations: use calibration on a model).");
-        Observer = "minmax";
+        if (Observer == "min-max") Observer = "minmax";
+        if (!Observers.ObserverFactory.Names.Contains(Observer))
+            throw new ArgumentException($"Unknown observer '{s.Observer}'. Use one of: {string.Join(", ", Observers.ObserverFactory.Names)}.");
         MinElements = s.MinElements ?? CheckpointQuantizationSettings.DefaultMinElements;
         if (MinElements < 0) throw new ArgumentException($"min_elements must be at least 0 (got {MinElements}).");
         _include = (s.Include ?? []).Select(p => new Glob(p)).ToArray();

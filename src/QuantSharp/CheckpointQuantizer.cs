@@ -135,6 +135,7 @@ public static class CheckpointQuantizer
             {
                 spec.Validate(info.Shape);
                 _ = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
+                if (spec.Type.IsInteger() && s.Observer != "minmax") _ = CreateObserver(s.Observer, spec, name);
             }
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
             {
@@ -312,6 +313,27 @@ public static class CheckpointQuantizer
         return (shape[0], Math.Max(1, ChunkElements / Math.Max(1, rowElems)));
     }
 
+    /// <summary>Reads rows [r0, r1) (or the whole tensor) as float32: exact for F32, F16 and BF16 inputs.</summary>
+    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
+    {
+        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16))
+        {
+            using var t = ReadRows(shard, info, r0, r1, rowwise);
+            return t.dtype == ScalarType.Float32 ? t.alias() : t.to(ScalarType.Float32);
+        }
+        long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
+        long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
+        var result = torch.empty(shape, ScalarType.Float32);
+        long n = result.numel();
+        if (n == 0) return result;
+        var half = new ushort[n];
+        CheckpointSource.ReadRange(shard, info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.AsSpan()));
+        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
+        if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(half, dst);
+        else Kernels.HalfKernel.FromHalf(half, dst);
+        return result;
+    }
+
     /// <summary>True when rows (dimension 0) quantize independently given the (global) parameters.</summary>
     internal static bool IsRowwise(long[] shape, QuantSpec spec)
         => shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
@@ -335,14 +357,16 @@ public static class CheckpointQuantizer
         string name = info.Name;
         var layout = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
-        bool rowwise = IsRowwise(info.Shape, spec);
+        // Observers other than min/max (percentile, histogram...) see the whole tensor at once.
+        bool useObserver = spec.Type.IsInteger() && s.Observer != "minmax";
+        bool rowwise = IsRowwise(info.Shape, spec) && !useObserver;
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
         var problems = new List<string>();
 
         // Per-tensor integer quantization needs the global range first.
         float[]? ptScale = null; int[]? ptZero = null;
-        if (spec.Type.IsInteger() && spec.Granularity is PerTensor)
+        if (spec.Type.IsInteger() && spec.Granularity is PerTensor && !useObserver)
         {
             float min = float.PositiveInfinity, max = float.NegativeInfinity;
             for (long c = 0; c < chunkCount; c++)
@@ -350,10 +374,11 @@ public static class CheckpointQuantizer
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-                var x = ReadRows(item.Shard, info, r0, r1, rowwise).to(ScalarType.Float32);
+                var x = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
                 RequireFinite(x, name);
-                min = Math.Min(min, x.min().item<float>());
-                max = Math.Max(max, x.max().item<float>());
+                var (cmin, cmax) = TensorChecks.MinMax(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes));
+                min = Math.Min(min, cmin);
+                max = Math.Max(max, cmax);
             }
             var (sc, zp) = QParams.Choose(min, max, spec.Range, spec.Scheme);
             ptScale = [sc]; ptZero = [zp];
@@ -371,9 +396,16 @@ public static class CheckpointQuantizer
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-                var x = ReadRows(item.Shard, info, r0, r1, rowwise);
-                var xf = x.to(ScalarType.Float32);
+                bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
+                var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
                 if (ptScale is null) RequireFinite(xf, name);
+                if (useObserver)
+                {
+                    var observer = CreateObserver(s.Observer, spec, name);
+                    observer.Observe(xf);
+                    var qp = observer.ComputeQParams();
+                    ptScale = qp.Scale; ptZero = qp.ZeroPoint;
+                }
                 using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xf, spec, ptScale, ptZero!) : QuantizedTensor.Quantize(xf, spec);
                 var data = q.Data.contiguous();
                 writer.Raw.Append(data.numel() == 0 ? [] : data.bytes);
@@ -394,7 +426,16 @@ public static class CheckpointQuantizer
                 if (s.Validate)
                 {
                     using var deq = q.Dequantize();
-                    sqnr.Add(x, deq);
+                    if (exact)
+                    {
+                        sqnr.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(xf.bytes),
+                            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(deq.bytes));
+                    }
+                    else
+                    {
+                        using var x64 = ReadRows(item.Shard, info, r0, r1, rowwise); // F64: compare with the original values
+                        sqnr.Add(x64, deq);
+                    }
                 }
                 done += (r1 - r0) * rowBytes;
                 progress?.Report(new CheckpointProgress(done, total, name));
@@ -432,6 +473,18 @@ public static class CheckpointQuantizer
         return (new TensorQuantizationReport(name, fileName, true, spec, info.DType, info.Shape, info.ByteLength, stored, db,
             s.Validate ? threshold : null, problems), layer);
     }
+
+    /// <summary>An observer of the given name for one tensor's spec (range observers for weights).</summary>
+    internal static Observers.IObserver CreateObserver(string observer, QuantSpec spec, string name) => Observers.ObserverFactory.Create(observer,
+        new Observers.ObserverOptions
+        {
+            Type = spec.Type,
+            Scheme = spec.Scheme,
+            Axis = spec.Granularity is PerAxis a ? a.Axis : null,
+            GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
+            ReduceRange = spec.ReduceRange,
+            Name = name,
+        });
 
     private static void RequireFinite(Tensor x, string name)
     {

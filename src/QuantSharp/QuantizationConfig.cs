@@ -36,7 +36,7 @@ public sealed record QuantizationConfig
     /// </summary>
     public QuantSpec? Activations { get; init; }
 
-    /// <summary>Observer used for activations: <c>minmax</c> (default) or another name known to the observer factory.</summary>
+    /// <summary>Observer used for activations: <c>minmax</c> (default), <c>moving-average</c>, <c>histogram</c> or <c>percentile</c> (<see cref="Observers.ObserverFactory"/>).</summary>
     public string Observer { get; init; } = "minmax";
 
     /// <summary>Calibration samples to run (stop after at least this many, counted along dimension 0).</summary>
@@ -74,6 +74,14 @@ public sealed record QuantizationConfig
         }
         if (Activations is { } a)
         {
+            try
+            {
+                a.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"Activations: {e.Message}", e);
+            }
             if (a.Type is not (QuantType.Int8 or QuantType.UInt8))
                 throw new ArgumentException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
             if (a.Granularity is not PerTensor)
@@ -81,8 +89,8 @@ public sealed record QuantizationConfig
         }
         if (CalibrationSamples <= 0)
             throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
-        if (string.IsNullOrWhiteSpace(Observer))
-            throw new ArgumentException("Observer must name an observer, e.g. \"minmax\".");
+        if (string.IsNullOrWhiteSpace(Observer) || !Observers.ObserverFactory.Names.Contains(Observer.Trim().ToLowerInvariant()) && Observer.Trim().ToLowerInvariant() != "min-max")
+            throw new ArgumentException($"Unknown observer '{Observer}'. Use one of: {string.Join(", ", Observers.ObserverFactory.Names)}.");
         foreach (var p in Include) ValidatePattern(p, nameof(Include));
         foreach (var p in Exclude) ValidatePattern(p, nameof(Exclude));
         foreach (var t in IncludeTypes.Concat(ExcludeTypes))
@@ -96,6 +104,14 @@ public sealed record QuantizationConfig
     private static void ValidateWeights(QuantSpec? spec, string what)
     {
         if (spec is null) throw new ArgumentException($"{what}: a weight spec is required (e.g. int8 symmetric per-channel).");
+        try
+        {
+            spec.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"{what}: {e.Message}", e);
+        }
         if (spec.Type is QuantType.Int2 or QuantType.UInt2)
             throw new ArgumentException($"{what}: {spec.Type.ToName()} weights are not supported by the quantized modules; use int4/uint4, int8/uint8, float16 or bfloat16.");
         if (spec.Granularity is PerAxis { Axis: not 0 })

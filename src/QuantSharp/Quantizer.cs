@@ -75,6 +75,10 @@ public static class Quantizer
     /// <see cref="QuantizationResult.Skipped"/>, as are unsupported types (LSTM, BatchNorm, custom layers).</para>
     /// <para>Precedence: the explicit arguments <paramref name="weights"/>, <paramref name="calibrationSamples"/> and
     /// <paramref name="onFailure"/> override <paramref name="config"/>, which overrides the defaults.</para>
+    /// <para>With <paramref name="inPlace"/>, the model is switched to eval mode and its layers are replaced before the
+    /// validation runs: if validation then throws, the model is already quantized (the exception carries the report).
+    /// Configuration, layer-name and data errors are all detected before any layer is replaced.</para>
+    /// <para>The quantizer never disposes the calibration tensors it is given.</para>
     /// <para>Calibration runs <paramref name="calibrationData"/> (inputs; use <see cref="CalibrationData.FromPairs"/> for
     /// (input, target) pairs) through the model in eval mode with forward hooks until at least
     /// <see cref="QuantizationConfig.CalibrationSamples"/> samples (dimension 0) were seen. It is required for
@@ -140,7 +144,7 @@ public static class Quantizer
         bool ok = false;
         try
         {
-            var result = Run(work, cfg, plan.Select(p => p.Name).ToList(), skipped, factory, calibrationData, progress);
+            var result = Run(work, cfg, plan.Select(p => p.Name).ToList(), skipped, factory, calibrationData, progress, disposeReplaced: !inPlace);
             ok = true;
             return result;
         }
@@ -264,11 +268,14 @@ public static class Quantizer
     }
 
     private static QuantizationResult Run(nn.Module work, QuantizationConfig cfg, List<string> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress)
+        Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(n => n, n => cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, n)).Value ?? cfg.Weights);
         var layers = planned.Select(n => entries[n]).ToList();
+        // A module registered under two names (shared) is never disposed after its replacement.
+        var shared = entries.Values.GroupBy(e => (object)e.Module, ReferenceEqualityComparer.Instance)
+            .Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(ReferenceEqualityComparer.Instance);
         work.eval();
         long floatBytes = ModelMemory.Bytes(work);
 
@@ -315,15 +322,18 @@ public static class Quantizer
                     weightSqnr = Metrics.Sqnr(floatWeight, q.DequantizeWeight());
                 }
                 ModuleTree.Replace(e, q);
+                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
+                string floatType = e.Module.GetType().Name;
+                if (disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
                 long layerQuant = q.parameters(recurse: false).Sum(p => p.numel() * p.element_size()) + q.buffers(recurse: false).Sum(b => b.numel() * b.element_size());
-                done.Add(new QuantizedLayer(e.Name, e.Module.GetType().Name, spec, act, layerFloat, layerQuant));
+                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layerFloat, layerQuant));
 
                 var problems = new List<string>();
                 bool rangeOk = RangeCheck(q, problems);
                 if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
                 if (cfg.Validation.MinWeightSqnrDb is { } minW && weightSqnr < minW)
                     problems.Add($"weight SQNR {weightSqnr:F2} dB is below the bound {minW} dB");
-                layerReports.Add(new LayerReport(e.Name, e.Module.GetType().Name, WeightQuantizer.Describe(spec),
+                layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
                     weightSqnr, null, layerFloat, layerQuant, rangeOk, problems));
             }

@@ -283,3 +283,58 @@ public class QuantizerTests
         Assert.False(ignored.Report!.Passed);
     }
 }
+
+public class QuantizerConfigTests
+{
+    [Fact]
+    public void SpecsAreValidatedWithTheirOwnRules()
+    {
+        using var scope = NewDisposeScope();
+        // prim's QuantSpec.Validate: reduce-range is for 8-bit types only.
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp(),
+            weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32), reduceRange: true)));
+        Assert.StartsWith("Weights: ReduceRange applies to 8-bit types only", ex.Message);
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig
+        {
+            Overrides = [new("fc1", new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(1)))],
+        }, () => new Mlp()));
+        Assert.Contains("Overrides['fc1']", ex2.Message);
+        Assert.Contains("axis 0", ex2.Message);
+    }
+}
+
+public class QuantizerSelectionEdgeTests
+{
+    private sealed class TypedListNet : Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.ModuleList<TorchSharp.Modules.Linear> layers = new(Linear(4, 4));
+        private readonly Module<Tensor, Tensor> head = Linear(4, 2);
+
+        public TypedListNet() : base(nameof(TypedListNet)) => RegisterComponents();
+
+        public override Tensor forward(Tensor x) => head.call(layers[0].call(x));
+    }
+
+    [Fact]
+    public void TypedContainersAreSkippedWithTheFix()
+    {
+        using var scope = NewDisposeScope();
+        var r = Quantizer.Quantize(new TypedListNet(), new QuantizationConfig(), () => new TypedListNet());
+        Assert.Equal(["head"], r.Layers.Select(l => l.Name));
+        Assert.Contains("ModuleList<Module<Tensor, Tensor>>", r.Skipped.Single(s => s.Name == "layers.0").Reason);
+    }
+
+    [Fact]
+    public void WeightOnlyWithDataUsesTheFirstBatchForTheReport()
+    {
+        using var scope = NewDisposeScope();
+        var data = TestData.Batches(3, 8, [64]);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int4WeightOnly(32), () => new Mlp(), data);
+        Assert.Equal(8, r.CalibrationSamples);
+        Assert.All(r.Layers, l => Assert.Null(l.Input));
+        Assert.NotNull(r.Report!.ModelOutputSqnrDb);
+        Assert.All(r.Report.Layers, l => Assert.NotNull(l.OutputSqnrDb));
+        Assert.Equal(CheckStatus.Passed, r.Report.ReloadCheck);
+        Assert.Contains("outputs", r.Report.ReloadDetail);
+    }
+}

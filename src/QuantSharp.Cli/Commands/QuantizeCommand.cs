@@ -14,7 +14,7 @@ internal static class QuantizeCommand
         var qtype = new Option<string?>("--qtype") { Description = "int8 | uint8 | int4 | uint4 | float16 | bfloat16 (default int8)." };
         var scheme = new Option<string?>("--scheme") { Description = "symmetric | affine (default symmetric)." };
         var granularity = new Option<string?>("--granularity") { Description = "per-tensor | per-channel | per-channel:AXIS | group:SIZE (default per-channel for 8-bit, group:128 for 4-bit)." };
-        var observer = new Option<string?>("--observer") { Description = "Range observer for weights: minmax (default)." };
+        var observer = new Option<string?>("--observer") { Description = "Range observer: minmax (default, streamed), percentile, histogram, moving-average (these read each tensor whole)." };
         var include = new Option<string[]>("--include") { Description = "Quantize only tensors whose name matches this glob (repeatable; replaces the default *.weight rule)." };
         var exclude = new Option<string[]>("--exclude") { Description = "Never quantize tensors whose name matches this glob (repeatable; wins over --include)." };
         var minElements = new Option<long?>("--min-elements") { Description = "Smallest tensor (elements) the default rule quantizes (default 1024)." };

@@ -163,12 +163,25 @@ internal static class WeightQuantizer
     /// <summary>Unpacks bytes <c>[rows, K/2]</c> into float32 values <c>[rows, K]</c> (sign-extended when signed).</summary>
     public static Tensor Unpack4(Tensor packed, bool signed)
     {
-        var b = packed.to(ScalarType.Int32);
-        var lo = b.bitwise_and(15);
-        var hi = b.bitwise_right_shift(4).bitwise_and(15);
-        var n = torch.stack(new[] { lo, hi }, 2).reshape(packed.shape[0], packed.shape[1] * 2).to(ScalarType.Float32);
-        if (signed) n = n - (n >= 8).to(ScalarType.Float32) * 16;
-        return n;
+        // One gather from a 256 x 2 table (byte -> [low value, high value]) instead of shifts, masks and a stack.
+        var table = signed ? s_signedNibbles.Value : s_unsignedNibbles.Value;
+        return table.index_select(0, packed.flatten().to(ScalarType.Int64)).reshape(packed.shape[0], packed.shape[1] * 2);
+    }
+
+    private static readonly Lazy<Tensor> s_signedNibbles = new(() => NibbleTable(signed: true));
+    private static readonly Lazy<Tensor> s_unsignedNibbles = new(() => NibbleTable(signed: false));
+
+    private static Tensor NibbleTable(bool signed)
+    {
+        var values = new float[512];
+        for (int b = 0; b < 256; b++)
+        {
+            int lo = b & 15, hi = b >> 4;
+            values[2 * b] = signed && lo >= 8 ? lo - 16 : lo;
+            values[2 * b + 1] = signed && hi >= 8 ? hi - 16 : hi;
+        }
+        // Shared by every call: kept out of any caller's dispose scope.
+        return torch.tensor(values, [256, 2]).DetachFromDisposeScope();
     }
 
     /// <summary>The stored integers as float32 values <c>[rows, K]</c>.</summary>

@@ -195,7 +195,8 @@ public static class CheckpointValidator
         {
             using var scope = NewDisposeScope();
             long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-            var x = CheckpointQuantizer.ReadRows(oShard, oInfo, r0, r1, rowwise);
+            bool exact = oInfo.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
+            var x = exact ? CheckpointQuantizer.ReadRowsFloat32(oShard, oInfo, r0, r1, rowwise) : CheckpointQuantizer.ReadRows(oShard, oInfo, r0, r1, rowwise);
             var data = CheckpointQuantizer.ReadRows(qShard, dataInfo, r0, r1, rowwise);
             Tensor? scale = scaleInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
             Tensor? zp = zpInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
@@ -204,7 +205,9 @@ public static class CheckpointValidator
                 if (!problems.Contains(p)) problems.Add(p);
             using var q = QuantizedTensor.FromParts(spec, chunkShape, data.alias(), scale?.alias(), zp?.alias());
             using var deq = q.Dequantize();
-            sqnr.Add(x, deq);
+            if (exact)
+                sqnr.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(deq.bytes));
+            else sqnr.Add(x, deq);
         }
         double db = sqnr.Db;
         if (db < threshold) problems.Add($"'{name}': SQNR {db:0.00} dB is below the {layer.Type.ToName()} threshold {threshold:0.##} dB.");

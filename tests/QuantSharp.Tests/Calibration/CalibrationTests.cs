@@ -178,4 +178,26 @@ public class CalibrationTests
         Assert.NotNull(r.Layers.Single(l => l.Name == "proj").Input);
         Assert.IsType<QuantizedEmbedding>(ModuleTree.Walk(r.Model).Single(e => e.Name == "embed").Module);
     }
+
+    [Theory]
+    [InlineData("minmax")]
+    [InlineData("moving-average")]
+    [InlineData("histogram")]
+    [InlineData("percentile")]
+    public void EveryObserverOfTheFactoryCanCalibrate(string observer)
+    {
+        using var scope = NewDisposeScope();
+        var data = TestData.Batches(4, 16, [64]);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { Observer = observer, CalibrationSamples = 64 }, () => new Mlp(), data);
+        Assert.True(r.Report!.Passed);
+        Assert.All(r.Layers, l => Assert.True(l.Input!.Scale > 0 && float.IsFinite(l.Input.Scale)));
+        Assert.True(r.Report.ModelOutputSqnrDb > 15, $"{observer}: {r.Report.ModelOutputSqnrDb}");
+    }
+
+    [Fact]
+    public void UnknownObserverIsRejectedBeforeAnyWork()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { Observer = "kl" }, () => new Mlp(), TestData.Batches(1, 2, [64])));
+        Assert.Contains("minmax, moving-average, histogram, percentile", ex.Message);
+    }
 }

@@ -89,8 +89,12 @@ public class CheckpointErrorTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var e2 = Assert.Throws<CheckpointQuantizationException>(() =>
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Observer = "bogus" }));
+        Assert.Contains("Unknown observer 'bogus'", e2.Message);
+        // The histogram observers are per-tensor: asking for them per-channel names the tensor.
+        e2 = Assert.Throws<CheckpointQuantizationException>(() =>
             CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Observer = "histogram" }));
-        Assert.Contains("histogram", e2.Message);
+        Assert.Contains("'model.embed_tokens.weight'", e2.Message);
         var e3 = Assert.Throws<CheckpointQuantizationException>(() =>
             CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int2 }));
         Assert.Contains("int2", e3.Message);
