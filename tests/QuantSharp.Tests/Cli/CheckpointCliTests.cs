@@ -106,6 +106,15 @@ public class CheckpointCliTests
         Assert.Contains("int4 affine group:32", stdout);
         Assert.Contains("validation passed", stdout);
         Assert.True(File.Exists(Path.Combine(dir["out"], "model.safetensors.index.json")));
+        (code, stdout, stderr) = Run("inspect", dir["out"], "--json");
+        Assert.True(code == 0, stderr);
+        using (var inspect = JsonDocument.Parse(stdout))
+        {
+            Assert.True(inspect.RootElement.GetProperty("sharded").GetBoolean());
+            Assert.Equal("model.safetensors.index.json", inspect.RootElement.GetProperty("index").GetString());
+            Assert.True(inspect.RootElement.GetProperty("files").GetArrayLength() >= 3);
+            Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, inspect.RootElement.GetProperty("layers").EnumerateObject().Count());
+        }
         using var ckpt = QuantizedCheckpoint.Load(dir["out"]);
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Order(), ckpt.Layers.Keys.Order());
         Assert.All(ckpt.Layers.Values, l => Assert.Equal(QuantScheme.Affine, l.Scheme));
