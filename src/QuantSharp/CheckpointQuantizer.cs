@@ -140,7 +140,7 @@ public static class CheckpointQuantizer
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
             {
                 throw new CheckpointQuantizationException(
-                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {ex.Message} " +
+                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {PlainMessage(ex)} " +
                     $"Change the settings for it (an override in --config) or exclude it (--exclude '{name}').", ex);
             }
             foreach (string suffix in new[] { QuantizedCheckpoint.ScaleSuffix, QuantizedCheckpoint.ZeroPointSuffix })
@@ -245,6 +245,10 @@ public static class CheckpointQuantizer
             }
         }
     }
+
+    /// <summary>An exception's message without the " (Parameter 'x')" suffix of argument exceptions.</summary>
+    internal static string PlainMessage(Exception ex) => ex is ArgumentException { ParamName: { } p }
+        ? ex.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal) : ex.Message;
 
     private static bool IsDiskFull(IOException ex) => ex.HResult == 28 || (ex.HResult & 0xFFFF) == 28 || ex.HResult == unchecked((int)0x80070070)
         || ex.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);
