@@ -174,7 +174,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         var result = torch.empty(info.Shape, scalarType);
         try
         {
-            if (info.ByteLength <= int.MaxValue)
+            if (info.ByteLength <= TensorCopyLimits.SingleCopyBytes)
             {
                 if (info.ByteLength > 0) new ReadOnlySpan<byte>(_data + info.Begin, (int)info.ByteLength).CopyTo(result.bytes);
             }
@@ -182,7 +182,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
             {
                 // Copy through contiguous 1-D slices, each small enough for a span.
                 int elementSize = info.DType.ElementSize();
-                long chunk = (1L << 30) / elementSize, count = info.ElementCount;
+                long chunk = Math.Max(1, TensorCopyLimits.ChunkBytes / elementSize), count = info.ElementCount;
                 using var flat = result.view(-1);
                 for (long start = 0; start < count; start += chunk)
                 {
@@ -241,4 +241,24 @@ public sealed unsafe class SafetensorsFile : IDisposable
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+}
+
+/// <summary>
+/// Above <see cref="SingleCopyBytes"/> a tensor is copied through 1-D slices of <see cref="ChunkBytes"/> (a span
+/// holds at most 2 GiB). Tests lower both, on their own thread, to exercise the sliced path with small tensors.
+/// </summary>
+internal static class TensorCopyLimits
+{
+    [ThreadStatic] private static long t_singleCopyBytes, t_chunkBytes;
+
+    public static long SingleCopyBytes => t_singleCopyBytes > 0 ? t_singleCopyBytes : int.MaxValue;
+
+    public static long ChunkBytes => t_chunkBytes > 0 ? t_chunkBytes : 1L << 30;
+
+    /// <summary>For tests: sets both limits on the current thread (0 restores the defaults).</summary>
+    public static void SetForCurrentThread(long singleCopyBytes, long chunkBytes)
+    {
+        t_singleCopyBytes = singleCopyBytes;
+        t_chunkBytes = chunkBytes;
+    }
 }

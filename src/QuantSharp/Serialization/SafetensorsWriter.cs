@@ -144,19 +144,21 @@ public sealed class SafetensorsWriter : IDisposable
         if (dtype != spec.DType || !tensor.shape.AsSpan().SequenceEqual(spec.Shape))
             throw new ArgumentException($"Tensor '{name}' was declared {spec.DType} [{string.Join(", ", spec.Shape)}] but is {dtype} [{string.Join(", ", tensor.shape)}].", nameof(tensor));
         if (_sizes[_next] == 0) { _next++; return; }
-        bool copy = tensor.device_type != DeviceType.CPU || !tensor.is_contiguous();
-        var source = copy ? tensor.cpu().contiguous() : tensor;
+        // Temporaries (CPU/contiguous copy, slices) die with this scope; the caller's tensor is untouched.
+        using var scope = torch.NewDisposeScope();
+        var source = tensor.device_type != DeviceType.CPU || !tensor.is_contiguous() ? tensor.cpu().contiguous() : tensor;
+        long position = _temp!.Position;
         try
         {
-            if (_sizes[_next] <= int.MaxValue)
+            if (_sizes[_next] <= TensorCopyLimits.SingleCopyBytes)
             {
                 WriteData(source.bytes);
             }
             else
             {
                 int elementSize = dtype.ElementSize();
-                long chunk = (1L << 30) / elementSize, count = spec.Shape.Aggregate(1L, (a, b) => a * b);
-                using var flat = source.view(-1);
+                long chunk = Math.Max(1, TensorCopyLimits.ChunkBytes / elementSize), count = spec.Shape.Aggregate(1L, (a, b) => a * b);
+                var flat = source.view(-1);
                 for (long start = 0; start < count; start += chunk)
                 {
                     using var part = flat.narrow(0, start, Math.Min(chunk, count - start));
@@ -165,9 +167,12 @@ public sealed class SafetensorsWriter : IDisposable
             }
             _next++;
         }
-        finally
+        catch
         {
-            if (copy) source.Dispose();
+            // Part of the tensor in the file means it cannot be completed.
+            try { if (_temp.Position != position) _failed = true; }
+            catch (Exception e) when (e is IOException or ObjectDisposedException) { _failed = true; }
+            throw;
         }
     }
 

@@ -142,6 +142,21 @@ public sealed class ShardedCheckpoint : IDisposable
         }
         SafetensorsFormatException Bad(string detail, string? tensor = null, Exception? inner = null) =>
             new(SafetensorsRule.InvalidIndex, indexPath, tensor, detail, inner);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Bad("the index is not valid UTF-8");
+        try
+        {
+            return ParseIndex(bytes, Bad);
+        }
+        catch (InvalidOperationException e) // a string that cannot be decoded (escaped lone surrogate)
+        {
+            throw Bad($"a string cannot be decoded: {e.Message}", null, e);
+        }
+    }
+
+    private static (Dictionary<string, string> WeightMap, long? TotalSize) ParseIndex(byte[] bytes,
+        Func<string, string?, Exception?, SafetensorsFormatException> bad)
+    {
+        SafetensorsFormatException Bad(string detail, string? tensor = null, Exception? inner = null) => bad(detail, tensor, inner);
         JsonDocument doc;
         try
         {

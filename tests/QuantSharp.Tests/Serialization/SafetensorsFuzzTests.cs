@@ -83,6 +83,53 @@ public sealed class SafetensorsFuzzTests : IDisposable
         Assert.True(rules.Count >= 12, $"only rules {string.Join(", ", rules)} seen");
     }
 
+    /// <summary>Mutated sharded-checkpoint indexes: a checkpoint or an InvalidIndex refusal, nothing else.</summary>
+    [Fact]
+    public void MutatedIndexesEndInACheckpointOrAFormatException()
+    {
+        using (var a = TorchSharp.torch.ones(4))
+        using (var b = TorchSharp.torch.zeros(3, dtype: TorchSharp.torch.ScalarType.Int8))
+        using (var c = TorchSharp.torch.ones(2, dtype: TorchSharp.torch.ScalarType.Float64))
+            ShardedCheckpoint.Save(_dir, [("a", a), ("b.weight", b), ("c", c)], maxShardBytes: 16);
+        string indexPath = Path.Combine(_dir, ShardedCheckpoint.DefaultIndexFileName);
+        byte[] index = File.ReadAllBytes(indexPath);
+        var random = new Random(42);
+        int opened = 0, refused = 0;
+        for (int i = 0; i < 600; i++)
+        {
+            byte[] mutated = (i % 3) switch
+            {
+                0 => Flip(index, random),
+                1 => index[..random.Next(index.Length + 1)],
+                _ => Encoding.UTF8.GetBytes(Splice(Encoding.UTF8.GetString(index), random.Next(index.Length), random.Next(3), s_tokens[random.Next(s_tokens.Length)])),
+            };
+            File.WriteAllBytes(indexPath, mutated);
+            try
+            {
+                using var ckpt = ShardedCheckpoint.Open(_dir);
+                Assert.Equal(3, ckpt.Tensors.Count);
+                opened++;
+            }
+            catch (SafetensorsFormatException e)
+            {
+                Assert.Equal(SafetensorsRule.InvalidIndex, e.Rule);
+                refused++;
+            }
+            catch (Exception e) when (e is not Xunit.Sdk.XunitException)
+            {
+                Assert.Fail($"case {i} ({Encoding.UTF8.GetString(mutated)}): {e.GetType().Name}: {e.Message}");
+            }
+        }
+        Assert.True(opened > 10 && refused > 100, $"{opened} opened, {refused} refused");
+    }
+
+    private static byte[] Flip(byte[] original, Random random)
+    {
+        var b = (byte[])original.Clone();
+        b[random.Next(b.Length)] = (byte)random.Next(256);
+        return b;
+    }
+
     private static byte[] Mutate(byte[] original, int kind, Random random)
     {
         var b = (byte[])original.Clone();

@@ -229,6 +229,66 @@ public sealed class SafetensorsWriterTests : IDisposable
         WriteGood(path);
     }
 
+    /// <summary>The sliced copy used above 2 GiB, exercised with small limits on this thread.</summary>
+    [Fact]
+    public void SlicedCopiesOfLargeTensorsGiveTheSameBytes()
+    {
+        using var scope = torch.NewDisposeScope();
+        (string, torch.Tensor)[] tensors =
+        [
+            ("f32", torch.rand(5, 7)),
+            ("f64", torch.rand(3, 3, 3, dtype: torch.ScalarType.Float64)),
+            ("i8", torch.randint(-128, 127, [37], dtype: torch.ScalarType.Int8)),
+            ("bf16", torch.rand(2, 9).to(torch.ScalarType.BFloat16)),
+            ("scalar", torch.tensor(3.5)),
+            ("nc", torch.rand(6, 4).t()),
+        ];
+        string plain = Path.Combine(_dir, "plain.safetensors"), sliced = Path.Combine(_dir, "sliced.safetensors");
+        SafetensorsWriter.Save(plain, tensors);
+        try
+        {
+            TensorCopyLimits.SetForCurrentThread(singleCopyBytes: 7, chunkBytes: 12);
+            SafetensorsWriter.Save(sliced, tensors);
+            Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(sliced));
+            using var f = SafetensorsFile.Open(sliced);
+            foreach (var (name, t) in tensors)
+            {
+                using var back = f.ReadTensor(name);
+                Assert.Equal(t.shape, back.shape);
+                using var c = t.contiguous();
+                Assert.Equal(c.bytes.ToArray(), back.bytes.ToArray());
+                Assert.Equal(f.ReadBytes(name), back.bytes.ToArray());
+            }
+        }
+        finally
+        {
+            TensorCopyLimits.SetForCurrentThread(0, 0);
+        }
+    }
+
+    /// <summary>A tensor that fails while its bytes are fetched (a meta tensor has a shape but no data).</summary>
+    [Fact]
+    public void TensorFailingMidwayLeavesThePreviousFileIntact()
+    {
+        string path = Path.Combine(_dir, "out.safetensors");
+        WriteGood(path);
+        byte[] before = File.ReadAllBytes(path);
+        using var scope = torch.NewDisposeScope();
+        var good = torch.ones(2);
+        var meta = torch.empty([3], torch.ScalarType.Int8, device: torch.META);
+        using (var w = SafetensorsWriter.Create(path, [SafetensorsTensorSpec.FromTensor("a", good), SafetensorsTensorSpec.FromTensor("b", meta)]))
+        {
+            w.Write("a", good);
+            var e = Assert.ThrowsAny<Exception>(() => w.Write("b", meta));
+            Assert.Contains("meta", e.Message, StringComparison.OrdinalIgnoreCase);
+            Assert.Throws<InvalidOperationException>(w.Commit);
+            Assert.Equal(before, File.ReadAllBytes(path));
+        }
+        Assert.ThrowsAny<Exception>(() => SafetensorsWriter.Save(path, [("a", good), ("b", meta)]));
+        Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.Equal(["out.safetensors"], FolderFiles());
+    }
+
     [Fact]
     public void HeaderIsPaddedWithSpacesToAMultipleOfEight()
     {
