@@ -64,10 +64,71 @@ internal static class HalfKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float FromBFloat16Bits(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
 
-    /// <summary>Span version of <see cref="ToHalfBits"/>.</summary>
+    /// <summary>Span version of <see cref="ToHalfBits"/>, vectorized.</summary>
+    /// <remarks>
+    /// Normal results round the mantissa with integer arithmetic as the scalar path; subnormal results add 0.5f, whose
+    /// unit in the last place is 2^-24 (the half subnormal step), so the float adder rounds to nearest even and the
+    /// low bits of the sum are the half's bits.
+    /// </remarks>
     public static void ToHalf(ReadOnlySpan<float> source, Span<ushort> destination)
     {
+        int n = source.Length;
+        ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
+        ref ushort dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Simd.Use256 && n >= 16)
+        {
+            for (; i <= n - 16; i += 16)
+            {
+                var a = H256(Vector256.LoadUnsafe(ref src, (nuint)i));
+                var b = H256(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)));
+                Vector256.Narrow(a, b).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Simd.Use128 && n >= 8)
+        {
+            for (; i <= n - 8; i += 8)
+            {
+                var a = H128(Vector128.LoadUnsafe(ref src, (nuint)i));
+                var b = H128(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)));
+                Vector128.Narrow(a, b).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        ToHalfScalar(source[i..], destination[i..]);
+    }
+
+    /// <summary>The specification of <see cref="ToHalf"/>.</summary>
+    public static void ToHalfScalar(ReadOnlySpan<float> source, Span<ushort> destination)
+    {
         for (int i = 0; i < source.Length; i++) destination[i] = ToHalfBits(source[i]);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<uint> H256(Vector256<uint> x)
+    {
+        var sign = (x >> 16) & Vector256.Create(0x8000u);
+        var a = x & Vector256.Create(0x7FFF_FFFFu);
+        var ai = a.AsInt32();
+        var normal = (a - Vector256.Create(0x3800_0000u) + Vector256.Create(0xFFFu) + ((a >> 13) & Vector256.Create(1u))) >> 13;
+        var sub = (a.AsSingle() + Vector256.Create(0.5f)).AsUInt32() - Vector256.Create(0x3F00_0000u);
+        var r = Vector256.ConditionalSelect(Vector256.LessThan(ai, Vector256.Create(0x3880_0000)).AsUInt32(), sub, normal);
+        r = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(ai, Vector256.Create(0x477F_F000)).AsUInt32(), Vector256.Create(0x7C00u), r);
+        r = Vector256.ConditionalSelect(Vector256.GreaterThan(ai, Vector256.Create(0x7F80_0000)).AsUInt32(), Vector256.Create(0x7E00u), r);
+        return r | sign;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<uint> H128(Vector128<uint> x)
+    {
+        var sign = (x >> 16) & Vector128.Create(0x8000u);
+        var a = x & Vector128.Create(0x7FFF_FFFFu);
+        var ai = a.AsInt32();
+        var normal = (a - Vector128.Create(0x3800_0000u) + Vector128.Create(0xFFFu) + ((a >> 13) & Vector128.Create(1u))) >> 13;
+        var sub = (a.AsSingle() + Vector128.Create(0.5f)).AsUInt32() - Vector128.Create(0x3F00_0000u);
+        var r = Vector128.ConditionalSelect(Vector128.LessThan(ai, Vector128.Create(0x3880_0000)).AsUInt32(), sub, normal);
+        r = Vector128.ConditionalSelect(Vector128.GreaterThanOrEqual(ai, Vector128.Create(0x477F_F000)).AsUInt32(), Vector128.Create(0x7C00u), r);
+        r = Vector128.ConditionalSelect(Vector128.GreaterThan(ai, Vector128.Create(0x7F80_0000)).AsUInt32(), Vector128.Create(0x7E00u), r);
+        return r | sign;
     }
 
     /// <summary>Span version of <see cref="FromHalfBits"/>.</summary>
@@ -83,7 +144,7 @@ internal static class HalfKernel
         ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
         ref ushort dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
+        if (Simd.Use256 && n >= 16)
         {
             var bias = Vector256.Create(0x7FFFu);
             var one = Vector256.Create(1u);
@@ -95,7 +156,7 @@ internal static class HalfKernel
                 Vector256.Narrow(Bf256(a, bias, one, nan), Bf256(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        else if (Simd.Use128 && n >= 8)
         {
             var bias = Vector128.Create(0x7FFFu);
             var one = Vector128.Create(1u);

@@ -17,7 +17,7 @@ internal static class MinMaxKernel
         int i = 0;
         float min = float.PositiveInfinity, max = float.NegativeInfinity;
         bool nan = false;
-        if (Vector256.IsHardwareAccelerated && n >= 32)
+        if (Simd.Use256 && n >= 32)
         {
             var mn0 = Vector256.Create(float.PositiveInfinity); var mn1 = mn0;
             var mx0 = Vector256.Create(float.NegativeInfinity); var mx1 = mx0;
@@ -35,7 +35,7 @@ internal static class MinMaxKernel
             for (int k = 0; k < Vector256<float>.Count; k++) { min = MathF.Min(min, mn[k]); max = MathF.Max(max, mx[k]); }
             nan = bad != Vector256<float>.Zero;
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        else if (Simd.Use128 && n >= 16)
         {
             var mn = Vector128.Create(float.PositiveInfinity);
             var mx = Vector128.Create(float.NegativeInfinity);

@@ -59,7 +59,7 @@ internal static class QuantizeKernel
         ref float src = ref MemoryMarshal.GetReference(source);
         ref sbyte dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector512.IsHardwareAccelerated && n >= 64)
+        if (Simd.Use512 && n >= 64)
         {
             var vInv = Vector512.Create(invScale);
             var vZp = Vector512.Create(zeroPoint);
@@ -74,7 +74,7 @@ internal static class QuantizeKernel
                 Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector256.IsHardwareAccelerated && n >= 32)
+        else if (Simd.Use256 && n >= 32)
         {
             var vInv = Vector256.Create(invScale);
             var vZp = Vector256.Create(zeroPoint);
@@ -89,7 +89,7 @@ internal static class QuantizeKernel
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        else if (Simd.Use128 && n >= 16)
         {
             var vInv = Vector128.Create(invScale);
             var vZp = Vector128.Create(zeroPoint);
@@ -171,7 +171,7 @@ internal static class QuantizeKernel
         ref float zp = ref MemoryMarshal.GetReference(zeroPoint);
         ref sbyte dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 32)
+        if (Simd.Use256 && n >= 32)
         {
             var vMin = Vector256.Create(qmin);
             var vMax = Vector256.Create(qmax);
@@ -184,7 +184,7 @@ internal static class QuantizeKernel
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        else if (Simd.Use128 && n >= 16)
         {
             var vMin = Vector128.Create(qmin);
             var vMax = Vector128.Create(qmax);
@@ -218,7 +218,7 @@ internal static class QuantizeKernel
         ref float src = ref MemoryMarshal.GetReference(source);
         ref float dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 8)
+        if (Simd.Use256 && n >= 8)
         {
             var vInv = Vector256.Create(invScale);
             var vScale = Vector256.Create(scale);
@@ -233,7 +233,7 @@ internal static class QuantizeKernel
                 ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 4)
+        else if (Simd.Use128 && n >= 4)
         {
             var vInv = Vector128.Create(invScale);
             var vScale = Vector128.Create(scale);
@@ -268,7 +268,7 @@ internal static class QuantizeKernel
         ref sbyte src = ref MemoryMarshal.GetReference(source);
         ref float dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 32)
+        if (Simd.Use256 && n >= 32)
         {
             var vScale = Vector256.Create(scale);
             var vZp = Vector256.Create(zeroPoint);
@@ -283,7 +283,7 @@ internal static class QuantizeKernel
                 ((Vector256.ConvertToSingle(d) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 24));
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        else if (Simd.Use128 && n >= 16)
         {
             var vScale = Vector128.Create(scale);
             var vZp = Vector128.Create(zeroPoint);
@@ -315,7 +315,7 @@ internal static class QuantizeKernel
         ref byte src = ref MemoryMarshal.GetReference(source);
         ref float dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 32)
+        if (Simd.Use256 && n >= 32)
         {
             var vScale = Vector256.Create(scale);
             var vZp = Vector256.Create(zeroPoint);
@@ -330,7 +330,7 @@ internal static class QuantizeKernel
                 ((Vector256.ConvertToSingle(d.AsInt32()) - vZp) * vScale).StoreUnsafe(ref dst, (nuint)(i + 24));
             }
         }
-        else if (Vector128.IsHardwareAccelerated && n >= 16)
+        else if (Simd.Use128 && n >= 16)
         {
             var vScale = Vector128.Create(scale);
             var vZp = Vector128.Create(zeroPoint);

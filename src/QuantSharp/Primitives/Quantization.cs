@@ -107,6 +107,7 @@ public static class Quantization
         QuantRange range, Span<float> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
+        if (scale.Length == 1 && source.Length > 0) blockLength = source.Length; // one parameter: one block
         bool divide = arithmetic == QuantizeArithmetic.Divide;
         var (inv, zp) = Prepare(scale, zeroPoint, divide);
         for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
@@ -154,12 +155,7 @@ public static class Quantization
                 destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
             return;
         }
-        for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
-        {
-            int p = (int)(b % scale.Length);
-            int len = (int)Math.Min(blockLength, source.Length - k);
-            QuantizeKernel.Dequantize(source.Slice((int)k, len), scale[p], zeroPoint.IsEmpty ? 0 : zeroPoint[p], destination.Slice((int)k, len));
-        }
+        DequantizeBlocks(source, blockLength, scale, zeroPoint, destination);
     }
 
     /// <summary>Dequantizes unsigned integers with one scale and zero point per block.</summary>
@@ -178,11 +174,38 @@ public static class Quantization
                 destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
             return;
         }
-        for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
+        DequantizeBlocks(source, blockLength, scale, zeroPoint, destination);
+    }
+
+    private static unsafe void DequantizeBlocks<T>(ReadOnlySpan<T> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        Span<float> destination) where T : unmanaged
+    {
+        if (source.IsEmpty) return;
+        float[] s = scale.ToArray();
+        float[] z = new float[scale.Length];
+        for (int i = 0; i < z.Length; i++) z[i] = zeroPoint.IsEmpty ? 0 : zeroPoint[i];
+        int n = source.Length, channels = s.Length;
+        if (channels == 1) blockLength = n; // one parameter: one block
+        long chunk = Math.Min(blockLength, ChunkElements);
+        long chunksPerBlock = (blockLength + chunk - 1) / chunk;
+        long blocks = (n + (long)blockLength - 1) / blockLength;
+        fixed (T* pSrc = source)
+        fixed (float* pDst = destination)
         {
-            int p = (int)(b % scale.Length);
-            int len = (int)Math.Min(blockLength, source.Length - k);
-            QuantizeKernel.Dequantize(source.Slice((int)k, len), scale[p], zeroPoint.IsEmpty ? 0 : zeroPoint[p], destination.Slice((int)k, len));
+            nint src = (nint)pSrc, dst = (nint)pDst;
+            For(blocks * chunksPerBlock, chunk, t =>
+            {
+                long b = t / chunksPerBlock;
+                long start = b * blockLength + (t % chunksPerBlock) * chunk;
+                long end = Math.Min(Math.Min(start + chunk, (b + 1) * blockLength), n);
+                if (start >= end) return;
+                int p = (int)(b % channels);
+                var d = new Span<float>((float*)dst + start, (int)(end - start));
+                if (typeof(T) == typeof(sbyte))
+                    QuantizeKernel.Dequantize(new ReadOnlySpan<sbyte>((sbyte*)src + start, (int)(end - start)), s[p], z[p], d);
+                else
+                    QuantizeKernel.Dequantize(new ReadOnlySpan<byte>((byte*)src + start, (int)(end - start)), s[p], z[p], d);
+            });
         }
     }
 
@@ -197,6 +220,7 @@ public static class Quantization
         float qmin = range.QMin, qmax = range.QMax;
         int n = source.Length;
         int channels = scale.Length;
+        if (channels == 1) blockLength = n; // one parameter: one block
 
         fixed (float* pSrc = source)
         fixed (sbyte* pDst = destination)

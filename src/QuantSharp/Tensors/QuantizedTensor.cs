@@ -175,6 +175,23 @@ public sealed class QuantizedTensor : IDisposable
                 throw new ArgumentException($"Zero point of {spec} must be int32 with {scale.numel()} element(s), got {zeroPoint.dtype} {QuantSpec.FormatShape(zeroPoint.shape)}.", nameof(zeroPoint));
             CheckStorable(zeroPoint, nameof(zeroPoint));
         }
+        // Values: a corrupt scale or zero point would dequantize to garbage silently.
+        ReadOnlySpan<float> scales = scale.numel() == 0 ? [] : MemoryMarshal.Cast<byte, float>(scale.bytes);
+        for (int i = 0; i < scales.Length; i++)
+        {
+            if (!(scales[i] > 0) || !float.IsFinite(scales[i]))
+                throw new ArgumentException($"Scale {i} of {spec} is {scales[i]}; scales must be positive and finite.", nameof(scale));
+        }
+        if (zeroPoint is not null && zeroPoint.numel() > 0)
+        {
+            var range = spec.Range;
+            ReadOnlySpan<int> zps = MemoryMarshal.Cast<byte, int>(zeroPoint.bytes);
+            for (int i = 0; i < zps.Length; i++)
+            {
+                if (zps[i] < range.QMin || zps[i] > range.QMax)
+                    throw new ArgumentException($"Zero point {i} of {spec} is {zps[i]}, outside [{range.QMin}, {range.QMax}].", nameof(zeroPoint));
+            }
+        }
         if (!scale.shape.SequenceEqual(pShape))
         {
             var reshaped = scale.reshape(pShape);

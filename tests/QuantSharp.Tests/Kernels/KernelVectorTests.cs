@@ -106,6 +106,37 @@ public class KernelVectorTests
         Assert.Equal(s, v);
     }
 
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void HalfVectorEqualsScalar(int n)
+    {
+        var rng = new Random(5000 + n);
+        // Random bit patterns (NaN, infinities, subnormals included) and values around the half subnormal range.
+        float[] x = Enumerable.Range(0, n).Select(i => i % 2 == 0
+            ? BitConverter.UInt32BitsToSingle((uint)rng.NextInt64(0, 1L << 32))
+            : (float)((rng.NextDouble() * 2 - 1) * Math.Pow(2, rng.Next(-30, 18)))).ToArray();
+        var v = new ushort[n]; var s = new ushort[n];
+        HalfKernel.ToHalf(x, v);
+        HalfKernel.ToHalfScalar(x, s);
+        Assert.Equal(s, v);
+    }
+
+    /// <summary>Vector and scalar half conversion agree on 16.7M float32 bit patterns: every value of the top 24 bits (low 8 bits derived from them).</summary>
+    [Fact]
+    public void HalfVectorEqualsScalarAcrossBitPatterns()
+    {
+        const int N = 1 << 16;
+        var x = new float[N];
+        var v = new ushort[N]; var s = new ushort[N];
+        for (uint hi = 0; hi < (1u << 8); hi++)
+        {
+            for (uint k = 0; k < N; k++) x[k] = BitConverter.UInt32BitsToSingle((hi << 24) | (k << 8) | (k & 0xFF));
+            HalfKernel.ToHalf(x, v);
+            HalfKernel.ToHalfScalar(x, s);
+            if (!v.AsSpan().SequenceEqual(s)) Assert.Equal(s, v);
+        }
+    }
+
     /// <summary>The half conversion agrees with .NET's own IEEE conversion on every finite float32 pattern sampled.</summary>
     [Fact]
     public void HalfBitsAgreeWithSystemHalfOnNonNaN()

@@ -93,6 +93,11 @@ public class QuantizedTensorTests
         Assert.Equal("scale", ex.ParamName);
         ex = Assert.Throws<ArgumentException>(() => QuantizedTensor.FromParts(spec, [4, 6], torch.zeros(4, 3, dtype: ScalarType.Byte), null, null));
         Assert.Equal("scale", ex.ParamName);
+        ex = Assert.Throws<ArgumentException>(() => QuantizedTensor.FromParts(spec, [4, 6], torch.zeros(4, 3, dtype: ScalarType.Byte), torch.tensor(new[] { 1f, 0f, 1f, 1f }), null));
+        Assert.Contains("Scale 1", ex.Message);
+        var affine = new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerAxis(0));
+        ex = Assert.Throws<ArgumentException>(() => QuantizedTensor.FromParts(affine, [4, 6], torch.zeros(4, 3, dtype: ScalarType.Byte), torch.ones(4), torch.tensor(new[] { 0, 3, 16, 1 })));
+        Assert.Contains("Zero point 2", ex.Message);
     }
 
     [Fact]
