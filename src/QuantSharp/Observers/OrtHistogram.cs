@@ -89,18 +89,17 @@ internal sealed class OrtHistogram
 
     private void CollectAbsolute(ReadOnlySpan<float> values, float min, float max)
     {
-        var abs = new float[values.Length];
+        // |x| is taken on the fly (no copy of the data): min|x| and max|x| first.
         float amin = float.PositiveInfinity, amax = float.NegativeInfinity;
-        for (int i = 0; i < abs.Length; i++)
+        foreach (float v in values)
         {
-            float a = MathF.Abs(values[i]);
-            abs[i] = a;
+            float a = MathF.Abs(v);
             if (a < amin) amin = a;
             if (a > amax) amax = a;
         }
         if (_hist is null)
         {
-            (_hist, _edges) = UniformHistogram(abs, _numBins, amin, amax);
+            (_hist, _edges) = UniformHistogram(values, _numBins, amin, amax, absolute: true);
             (_min, _max) = (min, max);
             return;
         }
@@ -122,7 +121,7 @@ internal sealed class OrtHistogram
             }
             edges = grown;
         }
-        var h = EdgesHistogram(abs, edges);
+        var h = EdgesHistogram(values, edges, absolute: true);
         for (int i = 0; i < _hist.Length; i++) h[i] += _hist[i];
         (_hist, _edges) = (h, edges);
         _min = MathF.Min(_min, min);
@@ -247,6 +246,9 @@ internal sealed class OrtHistogram
     {
         if (low < _min) low = _min;
         if (high > _max) high = _max;
+        // All data inside one bin (e.g. a constant tensor): ONNX Runtime returns an inverted range here
+        // (low = min above high = an edge below max); the data's own range is the honest answer.
+        if (low > high) (low, high) = (_min, _max);
         return (low, high);
     }
 
@@ -362,7 +364,8 @@ internal sealed class OrtHistogram
     /// <c>np.histogram(values, bins, range=(first, last))</c> for float32 data: float32 edges, an index by
     /// division, then corrected by one bin against the edges; values outside the range are dropped.
     /// </summary>
-    internal static (long[] Counts, float[] Edges) UniformHistogram(ReadOnlySpan<float> values, int bins, float first, float last)
+    internal static (long[] Counts, float[] Edges) UniformHistogram(ReadOnlySpan<float> values, int bins, float first, float last,
+        bool absolute = false)
     {
         if (first == last)
         {
@@ -372,8 +375,9 @@ internal sealed class OrtHistogram
         float[] edges = Linspace(first, last, bins + 1);
         var counts = new long[bins];
         float denom = last - first;
-        foreach (float x in values)
+        foreach (float v in values)
         {
+            float x = absolute ? MathF.Abs(v) : v;
             if (!(x >= first && x <= last)) continue;
             float f = (x - first) / denom * bins;
             long idx = (long)f;
@@ -385,13 +389,14 @@ internal sealed class OrtHistogram
         return (counts, edges);
     }
 
-    /// <summary><c>np.histogram(values, bins=edges)</c>: [e_i, e_i+1) per bin, the last bin closed.</summary>
-    internal static long[] EdgesHistogram(ReadOnlySpan<float> values, float[] edges)
+    /// <summary><c>np.histogram(values, bins=edges)</c> (of |values| when <paramref name="absolute"/>): [e_i, e_i+1) per bin, the last bin closed.</summary>
+    internal static long[] EdgesHistogram(ReadOnlySpan<float> values, float[] edges, bool absolute = false)
     {
         int bins = edges.Length - 1;
         var counts = new long[bins];
-        foreach (float x in values)
+        foreach (float v in values)
         {
+            float x = absolute ? MathF.Abs(v) : v;
             if (x < edges[0] || x > edges[^1]) continue;
             int lo = 0, hi = edges.Length;
             while (lo < hi)

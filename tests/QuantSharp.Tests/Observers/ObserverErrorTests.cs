@@ -143,3 +143,35 @@ public class ObserverErrorTests
         Assert.Equal([1f], r.Max);
     }
 }
+
+public class ObserverEdgeCaseTests
+{
+    public static IEnumerable<object[]> Configurations()
+    {
+        foreach (var name in ObserverFactory.Names)
+            foreach (var scheme in new[] { QuantScheme.Symmetric, QuantScheme.Affine })
+                foreach (float value in new[] { 0f, 3f, -2.5f })
+                    yield return [name, scheme, value];
+    }
+
+    [Theory]
+    [MemberData(nameof(Configurations))]
+    public void ConstantTensorsGiveTheirOwnRange(string name, QuantScheme scheme, float value)
+    {
+        var observer = ObserverFactory.Create(name, new ObserverOptions { Scheme = scheme, Name = "c" });
+        using var x = torch.full(8, 8, value);
+        observer.Observe(x);
+        observer.Observe(x);
+        var r = observer.ComputeQParams();
+        Assert.Equal([value], r.Min);
+        Assert.Equal([value], r.Max);
+        if (r.Threshold is { } th)
+        {
+            // Symmetric percentile works on |x|: its range may be (-|c|, |c|) clipped to the data, i.e. [c, c].
+            Assert.Equal(value, th[0]);
+            Assert.Equal(value, th[1]);
+        }
+        Assert.True(r.Scale[0] > 0);
+        Assert.InRange(r.ZeroPoint[0], -128, 255);
+    }
+}
