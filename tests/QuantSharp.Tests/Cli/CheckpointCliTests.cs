@@ -94,6 +94,18 @@ public class CheckpointCliTests
             Assert.False(v.RootElement.GetProperty("passed").GetBoolean());
             Assert.Contains("'model.norm.weight'", v.RootElement.GetProperty("problems")[0].GetString());
         }
+
+        // A negative scale fails the range test.
+        bytes = File.ReadAllBytes(output);
+        using (var f = SafetensorsFile.Open(output))
+        {
+            var scale = f.GetInfo("lm_head.weight.scale");
+            BitConverter.GetBytes(-1f).CopyTo(bytes, f.DataStart + scale.Begin);
+        }
+        File.WriteAllBytes(tampered, bytes);
+        (code, stdout, _) = Run("validate", input, tampered);
+        Assert.Equal(1, code);
+        Assert.Contains("'lm_head.weight': 1 of 256 scales are not finite and positive", stdout);
     }
 
     [Fact]
