@@ -90,7 +90,7 @@ internal static class CheckpointBench
         const long H = 4096, F = 11008, V = 32000;
         var specs = new List<(string Name, long[] Shape)> { ("model.embed_tokens.weight", [V, H]) };
         long perLayer = 2 * (4 * H * H + 3 * H * F + 2 * H);
-        int layers = (int)Math.Max(1, (sizeGb * 1e9 - 2 * 2 * V * H) / perLayer);
+        int layers = (int)Math.Max(1, Math.Ceiling((sizeGb * 1e9 - 2 * 2 * V * H) / perLayer)); // at least --size-gb
         for (int l = 0; l < layers; l++)
         {
             string p = $"model.layers.{l}.";

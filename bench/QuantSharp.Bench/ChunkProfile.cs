@@ -27,7 +27,8 @@ internal static class ChunkProfile
                 Time($"{spec} dequantize", () => { using var d = q.Dequantize(); });
                 Time($"{spec} check parts", () => TensorChecks.CheckParts("x", spec.Type, spec.Range, q.Data, q.Scale, q.ZeroPoint));
                 using var d = q.Dequantize();
-                Time($"{spec} sqnr", () => new SqnrAccumulator().Add(x, d));
+                using var xf32 = x.to(ScalarType.Float32);
+                Time($"{spec} sqnr (spans)", () => new SqnrAccumulator().Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(xf32.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes)));
                 Time($"{spec} data bytes", () => { using var c = q.Data.contiguous(); _ = c.bytes.Length; });
             }
         }

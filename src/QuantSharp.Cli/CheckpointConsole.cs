@@ -44,6 +44,8 @@ internal static class CheckpointConsole
     /// <summary>Writes an error message to the invocation's error output.</summary>
     public static int Fail(ParseResult parseResult, string message, int code = BadInput)
     {
+        // ArgumentException appends " (Parameter 'x')", which means nothing to a command-line user.
+        message = System.Text.RegularExpressions.Regex.Replace(message, @" \(Parameter '[^']*'\)", "");
         parseResult.InvocationConfiguration.Error.WriteLine("error: " + message);
         return code;
     }

@@ -106,6 +106,10 @@ public sealed record CheckpointQuantizationSettings
     /// <exception cref="ArgumentException">An invalid pattern, observer or type.</exception>
     public ResolvedCheckpointSettings Resolve() => new(this);
 
+    /// <summary>The types a quantized checkpoint can hold (format version 1).</summary>
+    public static IReadOnlyList<QuantType> SupportedTypes { get; } =
+        [QuantType.Int8, QuantType.UInt8, QuantType.Int4, QuantType.UInt4, QuantType.Float16, QuantType.BFloat16];
+
     /// <summary>Reads a configuration file (JSON).</summary>
     /// <exception cref="FileNotFoundException">No such file.</exception>
     /// <exception cref="InvalidDataException">Not valid JSON, an unknown key, or a wrong value (the message names it).</exception>
@@ -234,6 +238,12 @@ public sealed class ResolvedCheckpointSettings
         var thresholds = new Dictionary<QuantType, double>(CheckpointQuantizationSettings.DefaultSqnrThresholdsDb);
         foreach (var (k, v) in s.SqnrThresholdsDb ?? new Dictionary<QuantType, double>()) thresholds[k] = v;
         SqnrThresholdsDb = thresholds;
+        foreach (var t in new[] { Type }.Concat(_overrides.Select(o => o.Override.Type).OfType<QuantType>()))
+        {
+            if (!CheckpointQuantizationSettings.SupportedTypes.Contains(t))
+                throw new ArgumentException($"{t.ToName()} is not supported by the quantized checkpoint format; use one of: " +
+                    string.Join(", ", CheckpointQuantizationSettings.SupportedTypes.Select(x => x.ToName())) + ".");
+        }
         // Check the base spec once, so that a bad combination fails before any tensor is read.
         SpecFor("").Validate();
     }

@@ -140,7 +140,7 @@ public static class CheckpointQuantizer
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
             {
                 throw new CheckpointQuantizationException(
-                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {ex.Message} " +
+                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {PlainMessage(ex)} " +
                     $"Change the settings for it (an override in --config) or exclude it (--exclude '{name}').", ex);
             }
             foreach (string suffix in new[] { QuantizedCheckpoint.ScaleSuffix, QuantizedCheckpoint.ZeroPointSuffix })
@@ -246,6 +246,10 @@ public static class CheckpointQuantizer
         }
     }
 
+    /// <summary>An exception's message without the " (Parameter 'x')" suffix of argument exceptions.</summary>
+    internal static string PlainMessage(Exception ex) => ex is ArgumentException { ParamName: { } p }
+        ? ex.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal) : ex.Message;
+
     private static bool IsDiskFull(IOException ex) => ex.HResult == 28 || (ex.HResult & 0xFFFF) == 28 || ex.HResult == unchecked((int)0x80070070)
         || ex.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);
 
@@ -314,23 +318,41 @@ public static class CheckpointQuantizer
     }
 
     /// <summary>Reads rows [r0, r1) (or the whole tensor) as float32: exact for F32, F16 and BF16 inputs.</summary>
-    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
+    /// <param name="shard">The shard.</param>
+    /// <param name="info">The tensor.</param>
+    /// <param name="r0">First row.</param>
+    /// <param name="r1">End row (exclusive).</param>
+    /// <param name="rowwise">False: the whole tensor.</param>
+    /// <param name="reuse">A float32 tensor of exactly the chunk's shape to fill instead of allocating (fresh native
+    /// allocations are slow on these VMs); the caller owns it.</param>
+    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
     {
-        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16))
-        {
-            using var t = ReadRows(shard, info, r0, r1, rowwise);
-            return t.dtype == ScalarType.Float32 ? t.alias() : t.to(ScalarType.Float32);
-        }
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
-        var result = torch.empty(shape, ScalarType.Float32);
+        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F32))
+        {
+            using var t = ReadRows(shard, info, r0, r1, rowwise);
+            return t.to(ScalarType.Float32);
+        }
+        bool canReuse = reuse is not null && reuse.dtype == ScalarType.Float32 && reuse.shape.SequenceEqual(shape);
+        var result = canReuse ? reuse!.alias() : torch.empty(shape, ScalarType.Float32);
         long n = result.numel();
         if (n == 0) return result;
-        var half = new ushort[n];
-        CheckpointSource.ReadRange(shard, info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(half.AsSpan()));
         var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
-        if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(half, dst);
-        else Kernels.HalfKernel.FromHalf(half, dst);
+        if (info.DType == SafetensorsDType.F32)
+        {
+            CheckpointSource.ReadRange(shard, info, r0 * rowBytes, result.bytes);
+            return result;
+        }
+        var half = System.Buffers.ArrayPool<ushort>.Shared.Rent((int)n);
+        try
+        {
+            var h = half.AsSpan(0, (int)n);
+            CheckpointSource.ReadRange(shard, info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h));
+            if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(h, dst);
+            else Kernels.HalfKernel.FromHalf(h, dst);
+        }
+        finally { System.Buffers.ArrayPool<ushort>.Shared.Return(half); }
         return result;
     }
 
@@ -385,6 +407,8 @@ public static class CheckpointQuantizer
         }
 
         var sqnr = new SqnrAccumulator();
+        // One float32 chunk buffer reused for every full chunk of this tensor.
+        using var buffer = rowwise && chunkCount > 1 ? torch.empty([rowsPerChunk, .. info.Shape[1..]], ScalarType.Float32) : null;
         var scaleParts = new List<Tensor>();
         var zeroParts = new List<Tensor>();
         long stored = 0;
@@ -397,7 +421,7 @@ public static class CheckpointQuantizer
                 using var scope = NewDisposeScope();
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
                 bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
-                var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
+                var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise, buffer);
                 if (ptScale is null) RequireFinite(xf, name);
                 if (useObserver)
                 {

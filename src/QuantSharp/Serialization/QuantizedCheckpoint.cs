@@ -153,7 +153,15 @@ public sealed class QuantizedCheckpoint : IDisposable
                 foreach (var (name, info) in shardLayers)
                 {
                     var parts = ReadParts(shard.File, name, info);
-                    quantized[name] = QuantizedTensor.FromParts(info.ToSpec(), info.Shape, parts.Data, parts.Scale, parts.ZeroPoint);
+                    try
+                    {
+                        quantized[name] = QuantizedTensor.FromParts(info.ToSpec(), info.Shape, parts.Data, parts.Scale, parts.ZeroPoint);
+                    }
+                    catch (ArgumentException ex)
+                    {
+                        parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
+                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {ex.Message}", ex);
+                    }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);
                 }

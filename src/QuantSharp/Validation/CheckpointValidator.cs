@@ -201,8 +201,10 @@ public static class CheckpointValidator
             Tensor? scale = scaleInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
             Tensor? zp = zpInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
             long[] chunkShape = rowwise ? [r1 - r0, .. oInfo.Shape[1..]] : oInfo.Shape;
-            foreach (var p in TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp))
+            var partProblems = TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp);
+            foreach (var p in partProblems)
                 if (!problems.Contains(p)) problems.Add(p);
+            if (partProblems.Count > 0) return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, null, threshold, problems);
             using var q = QuantizedTensor.FromParts(spec, chunkShape, data.alias(), scale?.alias(), zp?.alias());
             using var deq = q.Dequantize();
             if (exact)

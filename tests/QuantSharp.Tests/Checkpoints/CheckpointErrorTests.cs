@@ -181,6 +181,48 @@ public class CheckpointErrorTests
         Assert.Contains("'w.weight.scale'", ex.Message);
     }
 
+    [Fact]
+    public void ReloadTestCatchesBytesThatDifferFromWhatWasWritten()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        // A disk that silently flips one bit of the 100,000th byte written.
+        SafetensorsStreamWriter.StreamFactoryForTests = p => new BitFlipStream(new FileStream(p, FileMode.CreateNew, FileAccess.ReadWrite), 100_000);
+        CheckpointValidationException ex;
+        try { ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"])); }
+        finally { SafetensorsStreamWriter.StreamFactoryForTests = null; }
+        Assert.Single(ex.Report.Problems);
+        Assert.Contains("reload: the bytes of", ex.Report.Problems[0]);
+        AssertNothingWritten(dir, "in.safetensors");
+    }
+
+    private sealed class BitFlipStream(FileStream inner, long at) : Stream
+    {
+        private long _written;
+        public override bool CanRead => inner.CanRead;
+        public override bool CanSeek => inner.CanSeek;
+        public override bool CanWrite => true;
+        public override long Length => inner.Length;
+        public override long Position { get => inner.Position; set => inner.Position = value; }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+        public override long Seek(long offset, SeekOrigin origin) => inner.Seek(offset, origin);
+        public override void SetLength(long value) => inner.SetLength(value);
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            if (_written <= at && at < _written + buffer.Length)
+            {
+                var copy = buffer.ToArray();
+                copy[at - _written] ^= 0x10;
+                inner.Write(copy);
+            }
+            else inner.Write(buffer);
+            _written += buffer.Length;
+        }
+        protected override void Dispose(bool disposing) { if (disposing) inner.Dispose(); base.Dispose(disposing); }
+    }
+
     /// <summary>A file stream that fails like a full disk (ENOSPC) after <c>limit</c> bytes.</summary>
     private sealed class FullDiskStream(FileStream inner, long limit) : Stream
     {

@@ -111,6 +111,15 @@ public class QuantizedCheckpointFormatTests
         });
         ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["shape.safetensors"]));
         Assert.Contains("expected I8 [8, 16]", ex.Message);
+
+        // A negative scale (a corrupted file) is refused on load, naming the tensor.
+        SafetensorsWriter.Save(dir["neg.safetensors"], [("w", data), ("w.scale", -torch.ones(8))], new Dictionary<string, string>
+        {
+            [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "1",
+            [QuantizedCheckpoint.LayersKey] = """{"w": {"original_dtype": "F32", "shape": [8, 8], "qtype": "int8", "scheme": "symmetric", "granularity": "per-channel"}}""",
+        });
+        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["neg.safetensors"]));
+        Assert.Contains("'w' is invalid", ex.Message);
     }
 
     [Fact]

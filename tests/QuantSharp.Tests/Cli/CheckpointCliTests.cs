@@ -94,6 +94,18 @@ public class CheckpointCliTests
             Assert.False(v.RootElement.GetProperty("passed").GetBoolean());
             Assert.Contains("'model.norm.weight'", v.RootElement.GetProperty("problems")[0].GetString());
         }
+
+        // A negative scale fails the range test.
+        bytes = File.ReadAllBytes(output);
+        using (var f = SafetensorsFile.Open(output))
+        {
+            var scale = f.GetInfo("lm_head.weight.scale");
+            BitConverter.GetBytes(-1f).CopyTo(bytes, f.DataStart + scale.Begin);
+        }
+        File.WriteAllBytes(tampered, bytes);
+        (code, stdout, _) = Run("validate", input, tampered);
+        Assert.Equal(1, code);
+        Assert.Contains("'lm_head.weight': 1 of 256 scales are not finite and positive", stdout);
     }
 
     [Fact]
@@ -106,6 +118,15 @@ public class CheckpointCliTests
         Assert.Contains("int4 affine group:32", stdout);
         Assert.Contains("validation passed", stdout);
         Assert.True(File.Exists(Path.Combine(dir["out"], "model.safetensors.index.json")));
+        (code, stdout, stderr) = Run("inspect", dir["out"], "--json");
+        Assert.True(code == 0, stderr);
+        using (var inspect = JsonDocument.Parse(stdout))
+        {
+            Assert.True(inspect.RootElement.GetProperty("sharded").GetBoolean());
+            Assert.Equal("model.safetensors.index.json", inspect.RootElement.GetProperty("index").GetString());
+            Assert.True(inspect.RootElement.GetProperty("files").GetArrayLength() >= 3);
+            Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, inspect.RootElement.GetProperty("layers").EnumerateObject().Count());
+        }
         using var ckpt = QuantizedCheckpoint.Load(dir["out"]);
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Order(), ckpt.Layers.Keys.Order());
         Assert.All(ckpt.Layers.Values, l => Assert.Equal(QuantScheme.Affine, l.Scheme));
