@@ -1,13 +1,14 @@
 using QuantSharp.Primitives;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace QuantSharp.Modules;
 
 /// <summary>
-/// Quantizes and dequantizes layer weights with TorchSharp tensor operations, following PyTorch's observer
-/// rules (<see cref="QParams.Choose(float, float, QuantRange, QuantScheme)"/>, vectorized) and PyTorch's
-/// quantize arithmetic <c>clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)</c>.
+/// Layer weights as quantized module buffers: quantized by <see cref="QuantizedTensor.Quantize"/> (PyTorch's
+/// observer rules and arithmetic, the library's SIMD kernels) and dequantized with TorchSharp tensor operations
+/// in the modules' forward pass.
 /// </summary>
 /// <remarks>
 /// A weight of shape <c>[rows, d1, d2, ...]</c> is viewed as the matrix <c>[rows, K]</c>, <c>K = d1*d2*...</c>
@@ -50,10 +51,6 @@ internal static class WeightQuantizer
         return k;
     }
 
-    /// <summary>True when zero points are stored (affine, or an unsigned type whose symmetric zero point is not 0).</summary>
-    public static bool HasZeroPoint(QuantSpec spec) =>
-        spec.Type.IsInteger() && (spec.Scheme == QuantScheme.Affine || !spec.Type.IsSigned());
-
     /// <summary>Quantizes <paramref name="weight"/> (any float dtype) into data, scale and zero point (new tensors, outside any scope).</summary>
     public static (Tensor Data, Tensor? Scale, Tensor? ZeroPoint) Quantize(Tensor weight, QuantSpec spec)
     {
@@ -61,103 +58,23 @@ internal static class WeightQuantizer
         string? why = Unsupported(spec, shape);
         if (why != null) throw new ArgumentException($"Cannot quantize a weight of shape [{string.Join(", ", shape)}] as {Describe(spec)}: {why}.");
 
+        // The layer weight is quantized by the library's one quantizer (QuantizedTensor: PyTorch's qparams and
+        // arithmetic, SIMD kernels), on the [rows, K] matrix view; the module keeps the parts as its buffers.
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        if (!spec.Type.IsInteger())
-        {
-            var cast = weight.detach().to(spec.Type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16).contiguous().clone();
-            return (cast.MoveToOuterDisposeScope(), null, null);
-        }
-
-        long rows = shape[0], k = Cols(shape);
-        var range = QuantRange.For(spec.Type, spec.ReduceRange);
-        var w = weight.detach().to(ScalarType.Float32).reshape(rows, k);
-        Tensor view, mn, mx;
-        switch (spec.Granularity)
-        {
-            case PerTensor:
-                view = w; mn = w.min(); mx = w.max();
-                break;
-            case PerAxis:
-                view = w; mn = w.amin(new long[] { 1 }); mx = w.amax(new long[] { 1 });
-                break;
-            case PerGroup g:
-                view = w.reshape(rows, k / g.GroupSize, g.GroupSize);
-                mn = view.amin(new long[] { 2 }); mx = view.amax(new long[] { 2 });
-                break;
-            default:
-                throw new ArgumentException($"Unknown granularity {spec.Granularity}.");
-        }
-        if (!mn.isfinite().all().item<bool>() || !mx.isfinite().all().item<bool>())
-            throw new ArgumentException("The weight contains NaN or infinity; it cannot be quantized.");
-
-        var (scale, zp) = ChooseQParams(mn, mx, range, spec.Scheme);
-        var q = QuantizeWith(view, scale, zp, range, spec.Granularity);
-        q = q.reshape(rows, k);
-
-        Tensor data = spec.Type switch
-        {
-            QuantType.Int8 => q.to(ScalarType.Int8),
-            QuantType.UInt8 => q.to(ScalarType.Byte),
-            _ => Pack4(q),
-        };
-        Tensor? zpOut = HasZeroPoint(spec) ? zp.to(ScalarType.Int32).contiguous().MoveToOuterDisposeScope() : null;
-        return (data.contiguous().MoveToOuterDisposeScope(), scale.contiguous().MoveToOuterDisposeScope(), zpOut);
+        var matrix = spec.Type.IsInteger() ? weight.detach().reshape(shape[0], Cols(shape)) : weight.detach();
+        using var q = QuantizedTensor.Quantize(matrix, spec);
+        return (Keep(q.Data), q.Scale is null ? null : Keep(q.Scale), q.ZeroPoint is null ? null : Keep(q.ZeroPoint));
     }
 
-    /// <summary>
-    /// PyTorch's <c>_calculate_qparams</c> on tensors of minima and maxima: float32 arithmetic, range widened to
-    /// include 0, scale at least float32 epsilon; returns scale (float32) and zero point (float32, integral values).
-    /// </summary>
-    public static (Tensor Scale, Tensor ZeroPoint) ChooseQParams(Tensor min, Tensor max, QuantRange range, QuantScheme scheme)
-    {
-        int qmin = range.QMin, qmax = range.QMax;
-        var minNeg = min.clamp_max(0f);
-        var maxPos = max.clamp_min(0f);
-        if (scheme == QuantScheme.Symmetric)
-        {
-            var absMax = torch.maximum(minNeg.neg(), maxPos);
-            var scale = (absMax / ((qmax - qmin) / 2f)).clamp_min(QParams.Epsilon);
-            int z = qmin < 0 ? 0 : qmax == 255 ? 128 : (qmin + qmax) / 2;
-            return (scale, torch.full_like(scale, z));
-        }
-        else
-        {
-            var scale = ((maxPos - minNeg) / (float)(qmax - qmin)).clamp_min(QParams.Epsilon);
-            var zp = (qmin - (minNeg / scale).round()).clamp(qmin, qmax);
-            return (scale, zp);
-        }
-    }
-
-    /// <summary>
-    /// <c>clamp(round(x * (1/scale)) + zp, qmin, qmax)</c> as float32 integral values; scale/zero point broadcast
-    /// per granularity over <paramref name="view"/> (<c>[rows, K]</c>, or <c>[rows, K/G, G]</c> for groups).
-    /// </summary>
-    public static Tensor QuantizeWith(Tensor view, Tensor scale, Tensor zp, QuantRange range, Granularity granularity)
-    {
-        Tensor s = scale, z = zp.to(ScalarType.Float32);
-        if (granularity is not PerTensor) { s = s.unsqueeze(-1); z = z.unsqueeze(-1); }
-        // x * (1f / scale) for every granularity: per-group is PerChannelMinMaxObserver + per-channel fake quantize
-        // on the [rows * K / G, G] view in the reference data, and matches it bit for bit.
-        return ((view * s.reciprocal()).round() + z).clamp(range.QMin, range.QMax);
-    }
+    /// <summary>A copy that outlives both the quantized tensor that owns <paramref name="t"/> and any dispose scope.</summary>
+    private static Tensor Keep(Tensor t) => t.clone().DetachFromDisposeScope();
 
     /// <summary>Quantize then dequantize with one scale and zero point (float32 scalar tensors): <c>(clamp(round(x/s) + z) - z) * s</c>.</summary>
     public static Tensor FakeQuantize(Tensor x, Tensor scale, Tensor zeroPoint, QuantRange range)
     {
         var q = ((x * scale.reciprocal()).round() + zeroPoint).clamp(range.QMin, range.QMax);
         return (q - zeroPoint) * scale;
-    }
-
-    /// <summary>Packs integral values in a 4-bit range, <c>[rows, K]</c> (K even), into bytes <c>[rows, K/2]</c>.</summary>
-    public static Tensor Pack4(Tensor q)
-    {
-        var n = q.to(ScalarType.Int32).bitwise_and(15);
-        long rows = n.shape[0], k = n.shape[1];
-        var pairs = n.reshape(rows, k / 2, 2);
-        var lo = pairs.select(2, 0);
-        var hi = pairs.select(2, 1);
-        return (lo + hi * 16).to(ScalarType.Byte);
     }
 
     /// <summary>Unpacks bytes <c>[rows, K/2]</c> into float32 values <c>[rows, K]</c> (sign-extended when signed).</summary>
