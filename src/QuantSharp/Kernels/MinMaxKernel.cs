@@ -66,4 +66,27 @@ internal static class MinMaxKernel
         }
         return (min, max);
     }
+
+    /// <summary>
+    /// Folds <paramref name="values"/> into <paramref name="min"/>/<paramref name="max"/>. Returns false when a value
+    /// is NaN or infinite (then min/max are left as they were); find it with <see cref="FirstNonFinite"/>.
+    /// </summary>
+    public static bool FoldFinite(ReadOnlySpan<float> values, ref float min, ref float max)
+    {
+        if (values.IsEmpty) return true;
+        // NaN makes both results NaN; +inf or -inf shows up as the max or the min.
+        var (mn, mx) = MinMax(values);
+        if (!float.IsFinite(mn) || !float.IsFinite(mx)) return false;
+        if (mn < min) min = mn;
+        if (mx > max) max = mx;
+        return true;
+    }
+
+    /// <summary>Index of the first NaN or infinity, or -1.</summary>
+    public static int FirstNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+            if (!float.IsFinite(values[i])) return i;
+        return -1;
+    }
 }

@@ -67,7 +67,7 @@ internal abstract class ObserverBase : IObserver
         if (numel != values.Length)
             throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
         float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
-        if (!Kernels.FiniteMinMaxKernel.MinMax(values, ref lo, ref hi))
+        if (!Kernels.MinMaxKernel.FoldFinite(values, ref lo, ref hi))
             ThrowNonFinite(values);
         (_batchMin, _batchMax) = (lo, hi);
         ObserveCore(values, shape);
@@ -107,7 +107,7 @@ internal abstract class ObserverBase : IObserver
 
     private void ThrowNonFinite(ReadOnlySpan<float> values)
     {
-        int i = Kernels.FiniteMinMaxKernel.FirstNonFinite(values);
+        int i = Kernels.MinMaxKernel.FirstNonFinite(values);
         float v = values[i];
         string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
         throw new ArgumentException(
@@ -131,7 +131,7 @@ internal abstract class ObserverBase : IObserver
         {
             for (int c = 0; c < channels; c++)
             {
-                Kernels.FiniteMinMaxKernel.MinMax(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
+                Kernels.MinMaxKernel.FoldFinite(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
                 pos += (int)inner;
             }
         }
