@@ -58,6 +58,9 @@ internal static class DemoCommand
                 Limit = parseResult.GetValue(limit),
             };
             bool asJson = parseResult.GetValue(json);
+            // A bar for calibration runs above 50 samples, on an interactive terminal (not in --json or logs).
+            if (!asJson && options.CalibrationImages > 50 && !Console.IsErrorRedirected)
+                options = options with { CalibrationProgress = new CalibrationProgressBar(Console.Error) };
             var output = parseResult.InvocationConfiguration.Output;
             DemoReport report;
             try

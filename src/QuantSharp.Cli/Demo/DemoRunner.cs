@@ -1,3 +1,4 @@
+using QuantSharp.Calibration;
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -35,6 +36,9 @@ internal sealed record DemoOptions
 
     /// <summary>Evaluate on at most this many images (null = all).</summary>
     public int? Limit { get; init; }
+
+    /// <summary>Receives calibration progress (the CLI draws a bar above 50 samples); null for none.</summary>
+    public IProgress<CalibrationProgress>? CalibrationProgress { get; init; }
 }
 
 /// <summary>One row of the demo's result.</summary>
@@ -65,8 +69,9 @@ internal sealed record DemoReport(string Data, string EvaluationSource, int Eval
 /// <summary>A quantized variant of the demo model: how to build it from the float model.</summary>
 /// <param name="Name">Short name.</param>
 /// <param name="Description">What it does.</param>
-/// <param name="Build">Builds the variant from the float model (must not modify it) and the calibration images.</param>
-internal sealed record DemoVariant(string Name, string Description, Func<MnistNet, Tensor, DemoBuilt> Build);
+/// <param name="Build">Builds the variant from the float model (must not modify it), the calibration images and a
+/// calibration progress receiver (may be null).</param>
+internal sealed record DemoVariant(string Name, string Description, Func<MnistNet, Tensor, IProgress<CalibrationProgress>?, DemoBuilt> Build);
 
 /// <summary>A built variant.</summary>
 /// <param name="Model">The quantized model (the demo disposes it).</param>
@@ -163,7 +168,7 @@ internal static class DemoRunner
             foreach (var variant in variants)
             {
                 clock.Restart();
-                var built = variant.Build(model, calibration.Images);
+                var built = variant.Build(model, calibration.Images, options.CalibrationProgress);
                 using var quantized = built.Model;
                 quantized.eval();
                 using var logits = Logits(quantized, eval);

@@ -1,3 +1,4 @@
+using QuantSharp.Calibration;
 using QuantSharp.Validation;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -17,22 +18,22 @@ internal static class DemoVariants
     public static IReadOnlyList<DemoVariant> All { get; } =
     [
         new("float16", "float16 weights, all four layers",
-            (model, _) => Quantize(model, QuantizationConfig.Float16(), null)),
+            (model, _, _) => Quantize(model, QuantizationConfig.Float16(), null, null)),
         new("int8-per-channel", "int8 symmetric weights, one scale per output channel, all four layers",
-            (model, _) => Quantize(model, QuantizationConfig.Int8WeightOnly(), null)),
+            (model, _, _) => Quantize(model, QuantizationConfig.Int8WeightOnly(), null, null)),
         new("int4-group32", "int4 symmetric weights in groups of 32 (fc1, fc2); conv2 groups of 16 (144 inputs per filter); " +
                             "conv1 int8 per-channel (9 inputs per filter)",
-            (model, _) => Quantize(model, QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+            (model, _, _) => Quantize(model, QuantizationConfig.Int4WeightOnly(groupSize: 32) with
             {
                 Overrides =
                 [
                     new("conv1", Int8PerChannel),
                     new("conv2", new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16))),
                 ],
-            }, null)),
+            }, null, null)),
         new("w8a8", "int8 per-channel weights + uint8 affine per-tensor inputs of every layer, min/max calibrated",
-            (model, calibration) => Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = (int)calibration.shape[0] },
-                Batches(calibration))),
+            (model, calibration, progress) => Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = (int)calibration.shape[0] },
+                Batches(calibration), progress)),
     ];
 
     private static IEnumerable<Tensor> Batches(Tensor images)
@@ -41,10 +42,11 @@ internal static class DemoVariants
             yield return images.narrow(0, start, Math.Min(CalibrationBatch, images.shape[0] - start));
     }
 
-    private static DemoBuilt Quantize(MnistNet model, QuantizationConfig config, IEnumerable<Tensor>? calibration)
+    private static DemoBuilt Quantize(MnistNet model, QuantizationConfig config, IEnumerable<Tensor>? calibration,
+        IProgress<CalibrationProgress>? progress)
     {
         var result = Quantizer.Quantize(model, config, factory: () => new MnistNet(), calibrationData: calibration,
-            onFailure: ValidationFailureMode.Warn);
+            onFailure: ValidationFailureMode.Warn, progress: progress);
         if (result.Skipped.Count > 0)
         {
             result.Model.Dispose();
