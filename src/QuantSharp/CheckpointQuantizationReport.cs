@@ -12,7 +12,7 @@ public sealed class CheckpointQuantizationException : Exception
     public CheckpointQuantizationException(string message, Exception? inner = null) : base(message, inner) { }
 }
 
-/// <summary>Validation found problems and the policy was <see cref="FailurePolicy.Error"/>: nothing was written
+/// <summary>Validation found problems and the policy was <see cref="ValidationFailureMode.Error"/>: nothing was written
 /// under the output name. <see cref="Report"/> lists every tensor.</summary>
 public sealed class CheckpointValidationException : Exception
 {

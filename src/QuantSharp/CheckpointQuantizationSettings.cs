@@ -5,17 +5,6 @@ using QuantSharp.Selection;
 
 namespace QuantSharp;
 
-/// <summary>What to do when validation finds a problem after quantizing.</summary>
-public enum FailurePolicy
-{
-    /// <summary>Fail: nothing is written under the output name; the report says why.</summary>
-    Error,
-    /// <summary>Write the output and report the problems as warnings.</summary>
-    Warn,
-    /// <summary>Write the output; problems are listed in the report only.</summary>
-    Ignore,
-}
-
 /// <summary>Settings for the tensors whose names match <paramref name="Pattern"/> (a <see cref="Glob"/>); null fields
 /// keep the general setting.</summary>
 /// <param name="Pattern">Glob over tensor names, e.g. <c>lm_head.weight</c>.</param>
@@ -57,7 +46,7 @@ public sealed record CheckpointQuantizationSettings
     /// <summary>Per-pattern settings; the first matching pattern applies.</summary>
     public IReadOnlyList<QuantizationOverride>? Overrides { get; init; }
     /// <summary>What to do with validation failures (default error).</summary>
-    public FailurePolicy? OnFailure { get; init; }
+    public ValidationFailureMode? OnFailure { get; init; }
     /// <summary>Whether to validate after quantizing (default true).</summary>
     public bool? Validate { get; init; }
     /// <summary>SQNR thresholds in dB per type (missing types keep <see cref="DefaultSqnrThresholdsDb"/>).</summary>
@@ -204,11 +193,11 @@ public sealed record CheckpointQuantizationSettings
     };
 
     /// <summary>Parses <c>error</c>, <c>warn</c> or <c>ignore</c>.</summary>
-    public static FailurePolicy ParsePolicy(string text) => text.Trim().ToLowerInvariant() switch
+    public static ValidationFailureMode ParsePolicy(string text) => text.Trim().ToLowerInvariant() switch
     {
-        "error" => FailurePolicy.Error,
-        "warn" or "warning" => FailurePolicy.Warn,
-        "ignore" => FailurePolicy.Ignore,
+        "error" => ValidationFailureMode.Error,
+        "warn" or "warning" => ValidationFailureMode.Warn,
+        "ignore" => ValidationFailureMode.Ignore,
         _ => throw new ArgumentException($"Unknown failure policy '{text}'. Use error, warn or ignore."),
     };
 }
@@ -233,7 +222,7 @@ public sealed class ResolvedCheckpointSettings
         _include = (s.Include ?? []).Select(p => new Glob(p)).ToArray();
         _exclude = (s.Exclude ?? []).Select(p => new Glob(p)).ToArray();
         _overrides = (s.Overrides ?? []).Select(o => (new Glob(o.Pattern), o)).ToArray();
-        OnFailure = s.OnFailure ?? FailurePolicy.Error;
+        OnFailure = s.OnFailure ?? ValidationFailureMode.Error;
         Validate = s.Validate ?? true;
         var thresholds = new Dictionary<QuantType, double>(CheckpointQuantizationSettings.DefaultSqnrThresholdsDb);
         foreach (var (k, v) in s.SqnrThresholdsDb ?? new Dictionary<QuantType, double>()) thresholds[k] = v;
@@ -255,7 +244,7 @@ public sealed class ResolvedCheckpointSettings
     /// <summary>Minimum element count of the default rule.</summary>
     public long MinElements { get; }
     /// <summary>Failure policy.</summary>
-    public FailurePolicy OnFailure { get; }
+    public ValidationFailureMode OnFailure { get; }
     /// <summary>Whether to validate.</summary>
     public bool Validate { get; }
     /// <summary>SQNR thresholds (dB) per type.</summary>

@@ -42,7 +42,7 @@ public static class CheckpointQuantizer
     /// <param name="cancellationToken">Cancels between chunks (nothing is left behind).</param>
     /// <returns>The report.</returns>
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
-    /// <exception cref="CheckpointValidationException">Validation failed under <see cref="FailurePolicy.Error"/>.</exception>
+    /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
     public static CheckpointQuantizationReport Quantize(string input, string output, CheckpointQuantizationSettings? settings = null,
         IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -205,7 +205,7 @@ public static class CheckpointQuantizer
             }
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, reports);
 
-            bool write = problems.Count == 0 || s.OnFailure != FailurePolicy.Error;
+            bool write = problems.Count == 0 || s.OnFailure != ValidationFailureMode.Error;
             long outBytes = 0;
             if (write)
             {

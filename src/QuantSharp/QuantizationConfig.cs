@@ -149,11 +149,12 @@ public sealed record QuantizationConfig
 /// <summary>What to do when the post-quantization validation finds a problem.</summary>
 public enum ValidationFailureMode
 {
-    /// <summary>Throw <see cref="Validation.QuantizationValidationException"/> (the default).</summary>
+    /// <summary>Fail (the default): <see cref="Quantizer"/> throws <see cref="Validation.QuantizationValidationException"/>;
+    /// <see cref="CheckpointQuantizer"/> writes nothing under the output name and the report says why.</summary>
     Error,
-    /// <summary>Keep the model and list the problems in <see cref="QuantizationResult.Warnings"/>.</summary>
+    /// <summary>Keep the result (model or written file) and list the problems as warnings.</summary>
     Warn,
-    /// <summary>Keep the model; problems are only in the report.</summary>
+    /// <summary>Keep the result; problems are only in the report.</summary>
     Ignore,
 }
 

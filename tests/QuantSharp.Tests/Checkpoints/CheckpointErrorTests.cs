@@ -155,7 +155,7 @@ public class CheckpointErrorTests
         Assert.False(ex.Report.Written);
         AssertNothingWritten(dir, "in.safetensors");
 
-        var warn = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict with { OnFailure = FailurePolicy.Warn });
+        var warn = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict with { OnFailure = ValidationFailureMode.Warn });
         Assert.True(warn.Written);
         Assert.False(warn.Passed);
         Assert.True(File.Exists(dir["out.safetensors"]));

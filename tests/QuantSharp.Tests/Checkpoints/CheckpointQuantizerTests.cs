@@ -240,9 +240,9 @@ public class CheckpointQuantizerTests
         }
         finally { foreach (var (_, t) in tensors) t.Dispose(); }
         var minmax = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["mm.safetensors"],
-            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, OnFailure = FailurePolicy.Warn });
+            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, OnFailure = ValidationFailureMode.Warn });
         var pct = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["pct.safetensors"],
-            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, Observer = "percentile", OnFailure = FailurePolicy.Warn });
+            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, Observer = "percentile", OnFailure = ValidationFailureMode.Warn });
         using var a = SafetensorsFile.Open(dir["mm.safetensors"]);
         using var b = SafetensorsFile.Open(dir["pct.safetensors"]);
         float scaleMinMax = BitConverter.ToSingle(a.ReadBytes("lm_head.weight.scale"));
@@ -270,11 +270,11 @@ public class CheckpointQuantizerTests
         Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(64)), s.SpecFor("model.layers.0.mlp.up_proj.weight"));
         Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Affine, new PerGroup(64)), s.SpecFor("lm_head.weight"));
         Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerAxis(0)), s.SpecFor("model.embed_tokens.weight"));
-        Assert.Equal(FailurePolicy.Warn, s.OnFailure);
+        Assert.Equal(ValidationFailureMode.Warn, s.OnFailure);
 
         var d = new CheckpointQuantizationSettings().Resolve();
         Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)), d.SpecFor("x.weight"));
-        Assert.Equal(FailurePolicy.Error, d.OnFailure);
+        Assert.Equal(ValidationFailureMode.Error, d.OnFailure);
         Assert.Equal(1024, d.MinElements);
         Assert.Equal(30, d.SqnrThresholdsDb[QuantType.Int8]);
         // The per-type default granularity follows the resolved type.
