@@ -333,7 +333,7 @@ internal sealed class OrtHistogram
     }
 
     /// <summary>NumPy's floor division of float32 values (fmod-based, as npy_divmod).</summary>
-    private static float FloorDivide(float a, float b)
+    internal static float FloorDivide(float a, float b)
     {
         float mod = a % b;
         float div = (a - mod) / b;

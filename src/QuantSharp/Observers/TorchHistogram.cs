@@ -262,16 +262,7 @@ internal sealed class TorchHistogram
         return sum;
     }
 
-    /// <summary>torch's floor division of float32 values (<c>c10::div_floor_floating</c>).</summary>
-    private static float FloorDivide(float a, float b)
-    {
-        if (b == 0) return a / b;
-        float mod = a % b;
-        float div = (a - mod) / b;
-        if (mod != 0 && (b < 0) != (mod < 0)) div -= 1f;
-        if (div == 0) return MathF.CopySign(0f, a / b);
-        float floor = MathF.Floor(div);
-        if (div - floor > 0.5f) floor += 1f;
-        return floor;
-    }
+    /// <summary>torch's floor division of float32 values (<c>c10::div_floor_floating</c>): NumPy's rule, with
+    /// a / b for a zero divisor.</summary>
+    private static float FloorDivide(float a, float b) => b == 0 ? a / b : OrtHistogram.FloorDivide(a, b);
 }

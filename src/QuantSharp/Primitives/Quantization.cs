@@ -147,16 +147,7 @@ public static class Quantization
     /// <param name="destination">Receives one float per value.</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Dequantize(ReadOnlySpan<sbyte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
-    {
-        CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
-        if (blockLength == 1 && scale.Length > 1 && source.Length > 0)
-        {
-            for (int k = 0, p = 0; k < source.Length; k++, p = p + 1 == scale.Length ? 0 : p + 1)
-                destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
-            return;
-        }
-        DequantizeBlocks(source, blockLength, scale, zeroPoint, destination);
-    }
+        => DequantizeCore(source, blockLength, scale, zeroPoint, destination);
 
     /// <summary>Dequantizes unsigned integers with one scale and zero point per block.</summary>
     /// <param name="source">Quantized values.</param>
@@ -166,12 +157,17 @@ public static class Quantization
     /// <param name="destination">Receives one float per value.</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Dequantize(ReadOnlySpan<byte> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Span<float> destination)
+        => DequantizeCore(source, blockLength, scale, zeroPoint, destination);
+
+    private static void DequantizeCore<T>(ReadOnlySpan<T> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
+        Span<float> destination) where T : unmanaged, System.Numerics.INumberBase<T>
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, null, destination.Length);
         if (blockLength == 1 && scale.Length > 1 && source.Length > 0)
         {
+            // One parameter per element, cycling (e.g. per-channel on the last axis).
             for (int k = 0, p = 0; k < source.Length; k++, p = p + 1 == scale.Length ? 0 : p + 1)
-                destination[k] = (source[k] - (float)(zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
+                destination[k] = (float.CreateTruncating(source[k]) - (zeroPoint.IsEmpty ? 0 : zeroPoint[p])) * scale[p];
             return;
         }
         DequantizeBlocks(source, blockLength, scale, zeroPoint, destination);

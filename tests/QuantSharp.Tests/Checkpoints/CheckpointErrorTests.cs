@@ -196,9 +196,10 @@ public class CheckpointErrorTests
         AssertNothingWritten(dir, "in.safetensors");
     }
 
-    private sealed class BitFlipStream(FileStream inner, long at) : Stream
+    /// <summary>A file stream whose writes go through <see cref="WriteThrough"/>; everything else passes to the file.</summary>
+    private abstract class InterceptingStream(FileStream inner) : Stream
     {
-        private long _written;
+        protected FileStream Inner => inner;
         public override bool CanRead => inner.CanRead;
         public override bool CanSeek => inner.CanSeek;
         public override bool CanWrite => true;
@@ -209,40 +210,37 @@ public class CheckpointErrorTests
         public override long Seek(long offset, SeekOrigin origin) => inner.Seek(offset, origin);
         public override void SetLength(long value) => inner.SetLength(value);
         public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override void Write(ReadOnlySpan<byte> buffer)
+        public override void Write(ReadOnlySpan<byte> buffer) => WriteThrough(buffer);
+        protected abstract void WriteThrough(ReadOnlySpan<byte> buffer);
+        protected override void Dispose(bool disposing) { if (disposing) inner.Dispose(); base.Dispose(disposing); }
+    }
+
+    /// <summary>A file stream that flips one bit of the byte written at offset <c>at</c>.</summary>
+    private sealed class BitFlipStream(FileStream inner, long at) : InterceptingStream(inner)
+    {
+        private long _written;
+        protected override void WriteThrough(ReadOnlySpan<byte> buffer)
         {
             if (_written <= at && at < _written + buffer.Length)
             {
                 var copy = buffer.ToArray();
                 copy[at - _written] ^= 0x10;
-                inner.Write(copy);
+                Inner.Write(copy);
             }
-            else inner.Write(buffer);
+            else Inner.Write(buffer);
             _written += buffer.Length;
         }
-        protected override void Dispose(bool disposing) { if (disposing) inner.Dispose(); base.Dispose(disposing); }
     }
 
     /// <summary>A file stream that fails like a full disk (ENOSPC) after <c>limit</c> bytes.</summary>
-    private sealed class FullDiskStream(FileStream inner, long limit) : Stream
+    private sealed class FullDiskStream(FileStream inner, long limit) : InterceptingStream(inner)
     {
         private long _written;
-        public override bool CanRead => inner.CanRead;
-        public override bool CanSeek => inner.CanSeek;
-        public override bool CanWrite => true;
-        public override long Length => inner.Length;
-        public override long Position { get => inner.Position; set => inner.Position = value; }
-        public override void Flush() => inner.Flush();
-        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
-        public override long Seek(long offset, SeekOrigin origin) => inner.Seek(offset, origin);
-        public override void SetLength(long value) => inner.SetLength(value);
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override void Write(ReadOnlySpan<byte> buffer)
+        protected override void WriteThrough(ReadOnlySpan<byte> buffer)
         {
-            if (_written + buffer.Length > limit) throw new IOException("No space left on device : '" + inner.Name + "'", 28);
+            if (_written + buffer.Length > limit) throw new IOException("No space left on device : '" + Inner.Name + "'", 28);
             _written += buffer.Length;
-            inner.Write(buffer);
+            Inner.Write(buffer);
         }
-        protected override void Dispose(bool disposing) { if (disposing) inner.Dispose(); base.Dispose(disposing); }
     }
 }
