@@ -188,7 +188,7 @@ internal static unsafe class IntegerMatMul
         // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.
         int shift = qmin < 0 ? 128 : 0;
         var codes = new Span<byte>(into.Codes + (nint)i * into.Cols, into.Cols);
-        QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
+        QuantizeKernel.Quantize(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
         int sum = 0;
         foreach (byte c in codes) sum += c;
         into.Scales[i] = scale;
