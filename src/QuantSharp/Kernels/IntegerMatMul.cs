@@ -142,21 +142,6 @@ internal static unsafe class IntegerMatMul
         _ => true,
     };
 
-    /// <summary>Per-row sums of an int8 weight (needed for the activation zero point).</summary>
-    public static int[] RowSums(in WeightView w)
-    {
-        CheckWeight(w);
-        var sums = new int[w.Rows];
-        for (int n = 0; n < w.Rows; n++)
-        {
-            sbyte* row = (sbyte*)(w.Data + (nint)n * w.Cols);
-            int s = 0;
-            for (int k = 0; k < w.Cols; k++) s += row[k];
-            sums[n] = s;
-        }
-        return sums;
-    }
-
     /// <summary>
     /// Quantizes each row to int8 on the fly, symmetric over [-127, 127]: <c>scale = max(amax / 127, eps)</c>,
     /// <c>q = clamp(round(x * (1 / scale)), -127, 127)</c> (torchao's per-token activation quantization).
@@ -198,17 +183,15 @@ internal static unsafe class IntegerMatMul
 
     /// <summary>Computes <c>y = dequant(x) dequant(w)^T + bias</c> with an exact integer inner product.</summary>
     /// <param name="w">int8 weight, one scale (and zero point) per row or per tensor.</param>
-    /// <param name="rowSums">From <see cref="RowSums"/>.</param>
     /// <param name="x">Quantized activations (K = <c>w.Cols</c>).</param>
     /// <param name="bias">N floats or null.</param>
     /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Output row stride.</param>
     /// <param name="path">Instruction set (<see cref="KernelPath.Vnni256"/>, V512/V256/V128 use <c>vpmaddwd</c>).</param>
-    public static void Run(in WeightView w, int[] rowSums, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
     {
         CheckWeight(w);
         if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
-        if (rowSums.Length != w.Rows) throw new ArgumentException($"{rowSums.Length} row sums for {w.Rows} rows.");
         if (path == KernelPath.Auto)
             path = IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
                 : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
@@ -216,11 +199,11 @@ internal static unsafe class IntegerMatMul
         if (x.Rows == 0 || w.Rows == 0) return;
         switch (path)
         {
-            case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, rowSums, x, bias, y, ldy); break;
-            case KernelPath.V512: Drive<IntMadd512, Vector512<int>>(w, rowSums, x, bias, y, ldy); break;
-            case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, rowSums, x, bias, y, ldy); break;
-            case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, rowSums, x, bias, y, ldy); break;
-            default: Drive<IntScalar, int>(w, rowSums, x, bias, y, ldy); break;
+            case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V512: Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
+            default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
         }
     }
 
@@ -231,26 +214,35 @@ internal static unsafe class IntegerMatMul
         if (w.Cols > MaxReduction) throw new ArgumentException($"Reduction length {w.Cols} exceeds {MaxReduction}: int32 sums could overflow.");
     }
 
-    private static void Drive<TW, TAcc>(WeightView w, int[] rowSums, QuantizedActivations x, float* bias, float* y, nint ldy)
+    private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
         where TW : IIntWidth<TAcc> where TAcc : struct
     {
         const int RowsPerBlock = 64;
         int rowsPerItem = Math.Clamp(32768 / Math.Max(w.Cols, 1), 4, 64);
         int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
         int mBlocks = (x.Rows + RowsPerBlock - 1) / RowsPerBlock;
+        // Row sums of the weight (for activation zero points) are dot products with a row of ones, computed per work
+        // item while its weight rows are in cache: no pass over the weight ahead of time, nothing cached across calls.
+        bool needSums = x.ZeroPoints.Any(z => z != 0);
+        using var ones = new QuantizedActivations(1, w.Cols);
+        new Span<byte>(ones.Codes, w.Cols).Fill(1);
         nint yAddress = (nint)y, biasAddress = (nint)bias;
         KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(x.Rows, RowsPerBlock) * rowsPerItem * w.Cols / 4, item =>
         {
             int m0 = item / nBlocks * RowsPerBlock, m1 = Math.Min(x.Rows, m0 + RowsPerBlock);
             int n0 = item % nBlocks * rowsPerItem, n1 = Math.Min(w.Rows, n0 + rowsPerItem);
             Span<int> dot = stackalloc int[4];
+            Span<int> sums = stackalloc int[n1 - n0];
+            if (needSums)
+                for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones, 0, dot)[0];
+            var output = new Output(w, x, (float*)biasAddress, (float*)yAddress, ldy);
             int i = m0;
             for (; i + 4 <= m1; i += 4)
-                for (int n = n0; n < n1; n++) Epilogue(w, rowSums, x, (float*)biasAddress, (float*)yAddress, ldy, n, i, Dot<TW, TAcc, Four>(w, n, x, i, dot));
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Four>(w, n, x, i, dot));
             for (; i + 2 <= m1; i += 2)
-                for (int n = n0; n < n1; n++) Epilogue(w, rowSums, x, (float*)biasAddress, (float*)yAddress, ldy, n, i, Dot<TW, TAcc, Two>(w, n, x, i, dot));
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Two>(w, n, x, i, dot));
             for (; i < m1; i++)
-                for (int n = n0; n < n1; n++) Epilogue(w, rowSums, x, (float*)biasAddress, (float*)yAddress, ldy, n, i, Dot<TW, TAcc, One>(w, n, x, i, dot));
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, One>(w, n, x, i, dot));
         });
     }
 
@@ -306,17 +298,22 @@ internal static unsafe class IntegerMatMul
         return dot[..TR.Count];
     }
 
-    /// <summary>Zero-point corrections (exact, int64), both scales, bias; one output per activation row.</summary>
-    private static void Epilogue(in WeightView w, int[] rowSums, QuantizedActivations x, float* bias, float* y, nint ldy, int n, int i, ReadOnlySpan<int> dots)
+    /// <summary>Zero-point corrections (exact, int64), both scales, bias: one output per activation row.</summary>
+    private readonly ref struct Output(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
     {
-        var (ws, wz) = w.Params(n, 0);
-        float b = bias == null ? 0f : bias[n];
-        for (int r = 0; r < dots.Length; r++)
+        private readonly WeightView _w = w;
+
+        public void Write(int n, int i, int rowSum, ReadOnlySpan<int> dots)
         {
-            int m = i + r;
-            long xz = x.ZeroPoints[m];
-            long exact = dots[r] - xz * rowSums[n] - (long)wz * x.Sums[m] + (long)w.Cols * xz * wz;
-            y[m * ldy + n] = (float)((double)x.Scales[m] * ws * exact) + b;
+            var (ws, wz) = _w.Params(n, 0);
+            float b = bias == null ? 0f : bias[n];
+            for (int r = 0; r < dots.Length; r++)
+            {
+                int m = i + r;
+                long xz = x.ZeroPoints[m];
+                long exact = dots[r] - xz * rowSum - (long)wz * x.Sums[m] + (long)_w.Cols * xz * wz;
+                y[m * ldy + n] = (float)((double)x.Scales[m] * ws * exact) + b;
+            }
         }
     }
 

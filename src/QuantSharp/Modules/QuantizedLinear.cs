@@ -28,9 +28,18 @@ public sealed class QuantizedLinear : QuantizedModule
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var x = QuantizeInput(input);
-        var w = DequantizeWeight();
-        var y = Guard(input, $"a float32 input whose last dimension is {InFeatures}", () => nn.functional.linear(x, w, Bias));
+        var bias = Bias;
+        // Kernels read the stored weight in place; where none applies (gradients, other devices or dtypes), the
+        // reference path dequantizes the weight and calls the float op.
+        var y = LinearKernels.TryForward(this, input, bias);
+        if (y is null)
+        {
+            bool half = input.dtype is ScalarType.Float16 or ScalarType.BFloat16;
+            var x = QuantizeInput(half ? input.to(ScalarType.Float32) : input);
+            var w = DequantizeWeight();
+            y = Guard(input, $"a float32 input whose last dimension is {InFeatures}", () => nn.functional.linear(x, w, bias));
+            if (half) y = y.to(input.dtype);
+        }
         return y.MoveToOuterDisposeScope();
     }
 }

@@ -95,9 +95,23 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
 
     private static long Bytes(Tensor t) => t.numel() * t.element_size();
 
-    /// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams (identity without them).</summary>
-    private protected Tensor QuantizeInput(Tensor x)
+    /// <summary>
+    /// Dynamic W8A8: each input row (last axis) is quantized on the fly to int8, symmetric over [-127, 127] with
+    /// <c>scale = max(amax / 127, eps)</c> (torchao's <c>Int8DynamicActivationInt8WeightConfig</c>); int8 per-row
+    /// weights then multiply in integers. Not stored in checkpoints.
+    /// </summary>
+    internal bool DynamicInput { get; set; }
+
+    /// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams, or per row when
+    /// <see cref="DynamicInput"/> (identity for weight-only layers).</summary>
+    internal Tensor QuantizeInput(Tensor x)
     {
+        if (DynamicInput)
+        {
+            var amax = x.abs().amax([-1], keepdim: true);
+            var scale = (amax / 127f).clamp_min(1.1920929e-07f);
+            return (x * scale.reciprocal()).round().clamp(-127, 127) * scale;
+        }
         if (InputQuantization is not { } act) return x;
         var range = QuantRange.For(act.Type, act.ReduceRange);
         var s = get_buffer(InputScaleName)!;
