@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using QuantSharp.Kernels;
 using QuantSharp.Modules;
 using QuantSharp.Primitives;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -66,7 +67,7 @@ internal static class LayerBench
             var (scale, zero) = QParams.Choose(x.min().item<float>(), x.max().item<float>(), QuantRange.For(QuantType.UInt8, false), QuantScheme.Affine);
             input = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, zero);
         }
-        using var quantized = QuantizedLinear.FromFloat(linear, spec, input);
+        using var quantized = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, input);
         quantized.DynamicInput = dynamic;
         using var bf16 = nn.Linear(inFeatures, outFeatures, dtype: ScalarType.BFloat16);
         var xb = x.to(ScalarType.BFloat16);

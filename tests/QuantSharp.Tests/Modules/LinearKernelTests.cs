@@ -1,4 +1,5 @@
 using QuantSharp.Modules;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -48,9 +49,9 @@ public class LinearKernelTests
         using var noGrad = no_grad();
         torch.manual_seed(11);
         var linear = nn.Linear(96, 40);
-        using var layer = QuantizedLinear.FromFloat(linear, Parse(specText), null);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse(specText)), linear.bias, null);
         var w = layer.DequantizeWeight();
-        var bias = layer.Bias;
+        var bias = layer.bias;
         foreach (var x in new[] { torch.randn(96), torch.randn(5, 96), torch.randn(2, 3, 96), torch.randn(96, 7).t(), torch.randn(4, 2, 96).transpose(0, 1) })
         {
             var expected = nn.functional.linear(x, w, bias);
@@ -67,11 +68,11 @@ public class LinearKernelTests
         using var noGrad = no_grad();
         torch.manual_seed(12);
         var linear = nn.Linear(64, 24);
-        using var layer = QuantizedLinear.FromFloat(linear, Parse("int4 group:32"), null);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int4 group:32")), linear.bias, null);
         var x = torch.randn(3, 64).to(dtype);
         var y = layer.call(x);
         Assert.Equal(dtype, y.dtype);
-        var expected = nn.functional.linear(x.to(ScalarType.Float32), layer.DequantizeWeight(), layer.Bias).to(dtype);
+        var expected = nn.functional.linear(x.to(ScalarType.Float32), layer.DequantizeWeight(), layer.bias).to(dtype);
         AssertClose(expected, y, relative: 1e-2); // one half-precision rounding of the output
     }
 
@@ -81,7 +82,7 @@ public class LinearKernelTests
         using var scope = NewDisposeScope();
         torch.manual_seed(13);
         var linear = nn.Linear(32, 8);
-        using var layer = QuantizedLinear.FromFloat(linear, Parse("int8 per-channel"), null);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int8 per-channel")), linear.bias, null);
         var x = torch.randn(4, 32).requires_grad_(true);
         layer.call(x).sum().backward();
         Assert.NotNull(x.grad);
@@ -102,9 +103,9 @@ public class LinearKernelTests
         var linear = nn.Linear(80, 30);
         var x = torch.randn(6, 80);
         var act = dynamic ? null : new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.021f, 131);
-        using var layer = QuantizedLinear.FromFloat(linear, Parse("int8 per-channel"), act);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int8 per-channel")), linear.bias, act);
         layer.DynamicInput = dynamic;
-        var simulated = nn.functional.linear(layer.QuantizeInput(x), layer.DequantizeWeight(), layer.Bias);
+        var simulated = nn.functional.linear(layer.QuantizeInput(x), layer.DequantizeWeight(), layer.bias);
         AssertClose(simulated, layer.call(x), relative: 2e-6);
         if (dynamic)
         {
