@@ -29,7 +29,7 @@ public class QuantizedLinearBenchmark
         _layer = Kind switch
         {
             "float32" => linear,
-            "int8" => QuantizedLinear.FromFloat(linear, QuantizationConfig.DefaultWeights, null),
+            "int8" => QuantizedLinear.FromFloat(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights, null),
             "int4-g128" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(128)), null),
             "fp16" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.Float16), null),
             "bf16" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.BFloat16), null),

@@ -35,9 +35,9 @@ public sealed class ReadmeExampleTests : IDisposable
     {
         // int4 weights in groups of 32 along in*kh*kw (288 for conv2), but the first conv (1*3*3 = 9) and the classifier
         // in int8 per channel. A layer whose reduction length the group size does not divide is skipped and listed.
-        var config = QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+        var config = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with
         {
-            Overrides = [new("conv1", QuantizationConfig.DefaultWeights), new("fc", QuantizationConfig.DefaultWeights)],
+            Overrides = [new("conv1", QuantType.Int8), new("fc", QuantType.Int8)],
         };
         var result = Quantizer.Quantize(model, config,
             factory: () => new MyNet(),                                 // builds the copy; `model` stays untouched

@@ -61,6 +61,15 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// </summary>
     public string LayerName { get; internal set; } = "";
 
+    /// <summary>The dtype of the float weight this layer was quantized from (recorded in saved files).</summary>
+    internal Serialization.SafetensorsDType OriginalDType { get; set; } = Serialization.SafetensorsDType.F32;
+
+    /// <summary>SQNR (dB) of the dequantized weight against the float weight when it was quantized (null: not measured).</summary>
+    internal double? WeightSqnrDb { get; set; }
+
+    /// <summary>The observer that chose the weight range (null for float16/bfloat16).</summary>
+    internal string? WeightObserver { get; set; } = "minmax";
+
     /// <summary>The bias (float32), or null.</summary>
     public Tensor? Bias => named_parameters(recurse: false).Where(p => p.name == BiasName).Select(p => (Tensor)p.parameter).FirstOrDefault();
 
@@ -124,6 +133,28 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     {
         int i = message.IndexOf('\n');
         return i < 0 ? message : message[..i];
+    }
+}
+
+/// <summary>Builds the quantized module that replaces a float module, from stored parts (one place for the quantizer and the loader).</summary>
+internal static class QuantizedModules
+{
+    /// <summary>A quantized replacement of <paramref name="floatModule"/> holding the given parts (taken over; detached from any
+    /// dispose scope) and a copy of the float module's bias.</summary>
+    public static QuantizedModule FromParts(nn.Module floatModule, QuantSpec spec, Tensor data, Tensor? scale, Tensor? zeroPoint, ActivationQuantization? input)
+    {
+        data = data.DetachFromDisposeScope();
+        scale = scale?.DetachFromDisposeScope();
+        zeroPoint = zeroPoint?.DetachFromDisposeScope();
+        return floatModule switch
+        {
+            TorchSharp.Modules.Linear l => new QuantizedLinear(spec, l.weight.shape, data, scale, zeroPoint, Bias(l.bias), input),
+            TorchSharp.Modules.Embedding emb => new QuantizedEmbedding(spec, emb.weight!.shape, data, scale, zeroPoint),
+            TorchSharp.Modules.Convolution c => QuantizedConv.FromParts(c, spec, data, scale, zeroPoint, Bias(c.bias), input),
+            _ => throw new ArgumentException($"QuantSharp does not quantize {floatModule.GetType().Name} layers."),
+        };
+
+        static Tensor? Bias(Tensor? bias) => bias?.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope();
     }
 }
 

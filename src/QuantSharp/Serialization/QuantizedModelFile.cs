@@ -1,6 +1,5 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using QuantSharp.Modules;
+using QuantSharp.Pipeline;
 using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -8,22 +7,22 @@ using static TorchSharp.torch;
 namespace QuantSharp.Serialization;
 
 /// <summary>
-/// Saves a model quantized by <see cref="Quantizer"/> as a <see cref="QuantizedCheckpoint"/> and rebuilds it from the
-/// file and a factory of the float architecture.
+/// Saves a model quantized by <see cref="Quantizer"/> as the one quantized file form (<see cref="QuantizedCheckpoint"/>,
+/// docs/FORMAT.md) and rebuilds a model from any such file, whether written by <see cref="Quantizer.Save"/> or by
+/// <c>quantsharp quantize</c>, and a factory of the float architecture.
 /// </summary>
 /// <remarks>
-/// Every entry of the model's <c>state_dict</c> is stored under its own name, except that a quantized layer's
-/// <c>x.weight</c>, <c>x.weight_scale</c>, <c>x.weight_zero_point</c> buffers become one quantized tensor in the
-/// checkpoint format: <c>x.weight</c> (data), <c>x.weight.scale</c>, <c>x.weight.zero_point</c>. Convolution weights
-/// with an integer type are stored as the matrix <c>[out, in/groups * kernel]</c> (the axis their groups and packing
-/// run along); <see cref="ModulesKey"/> records each quantized layer's kind, original weight shape and input
-/// (activation) quantization, whose scale and zero point are the plain tensors <c>x.input_scale</c> and
-/// <c>x.input_zero_point</c>.
+/// The mapping between a quantized layer's state and file names lives here only (<see cref="ModuleStateNames"/>):
+/// its <c>x.weight</c>, <c>x.weight_scale</c>, <c>x.weight_zero_point</c> buffers are the one quantized tensor
+/// <c>x.weight</c> (data), <c>x.weight.scale</c>, <c>x.weight.zero_point</c> of the file; every other state entry
+/// (biases, float layers, the W8A8 input scale and zero point <c>x.input_scale</c>, <c>x.input_zero_point</c>) is a
+/// plain tensor under its own name. The per-layer entry records the original dtype and shape, the SQNR and (W8A8) the
+/// input quantization; <c>quantsharp.config</c> is the recipe.
 /// </remarks>
 internal static class QuantizedModelFile
 {
-    /// <summary>Metadata key with the JSON object: layer name -> { kind, weight_shape, input }.</summary>
-    public const string ModulesKey = "quantsharp_model.modules";
+    /// <summary>The module state entries of quantized layer <paramref name="layer"/> that form its quantized weight in the file.</summary>
+    private static IEnumerable<string> ModuleStateNames(string layer) => [layer + ".weight", layer + ".weight_scale", layer + ".weight_zero_point"];
 
     public static void Save(nn.Module model, string path)
     {
@@ -33,44 +32,27 @@ internal static class QuantizedModelFile
         if (quantized.Count == 0)
             throw new ArgumentException("The model has no quantized layers; quantize it with Quantizer.Quantize before saving.", nameof(model));
 
-        var modules = new JsonObject();
         var owned = new List<QuantizedTensor>();
         try
         {
-            var byWeight = new Dictionary<string, QuantizedModule>(StringComparer.Ordinal);
-            var skip = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var e in quantized)
-            {
-                var q = (QuantizedModule)e.Module;
-                byWeight[e.Name + ".weight"] = q;
-                skip.Add(e.Name + ".weight_scale");
-                skip.Add(e.Name + ".weight_zero_point");
-                modules[e.Name] = new JsonObject
-                {
-                    ["kind"] = Kind(q),
-                    ["weight_shape"] = new JsonArray(q.WeightShape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
-                    ["input"] = q.InputQuantization is { } a
-                        ? new JsonObject { ["type"] = a.Type.ToName(), ["scheme"] = a.Scheme.ToString().ToLowerInvariant(), ["reduce_range"] = a.ReduceRange }
-                        : null,
-                };
-            }
+            var byWeight = quantized.ToDictionary(e => e.Name + ".weight", e => (QuantizedModule)e.Module, StringComparer.Ordinal);
+            var parts = quantized.SelectMany(e => ModuleStateNames(e.Name)).ToHashSet(StringComparer.Ordinal);
             var entries = new List<CheckpointEntry>();
             foreach (var (name, t) in model.state_dict())
             {
-                if (skip.Contains(name)) continue;
                 if (byWeight.TryGetValue(name, out var q))
                 {
                     var qt = QuantizedTensor.FromParts(q.WeightSpec, q.StorageShape, q.WeightData.detach().clone(),
                         q.WeightScale?.detach().clone(), q.WeightZeroPoint?.detach().clone());
                     owned.Add(qt);
-                    entries.Add(CheckpointEntry.Of(name, qt));
+                    entries.Add(CheckpointEntry.Of(name, qt, LayerInfo(q)));
                 }
-                else
+                else if (!parts.Contains(name))
                 {
                     entries.Add(CheckpointEntry.Plain(name, t));
                 }
             }
-            QuantizedCheckpoint.Save(path, entries, new Dictionary<string, string> { [ModulesKey] = modules.ToJsonString() });
+            QuantizedCheckpoint.Save(path, entries, null, Quantizer.RecipeOf(model)?.ToJsonNode());
         }
         finally
         {
@@ -78,69 +60,60 @@ internal static class QuantizedModelFile
         }
     }
 
-    private static string Kind(QuantizedModule q) => q switch
+    /// <summary>The per-layer entry of a quantized layer's weight.</summary>
+    private static QuantizedLayerInfo LayerInfo(QuantizedModule q)
     {
-        QuantizedLinear => "Linear",
-        QuantizedEmbedding => "Embedding",
-        QuantizedConv c => c.SpatialDims == 1 ? "Conv1d" : "Conv2d",
-        _ => throw new InvalidOperationException($"Unknown quantized module {q.GetType().Name}."),
-    };
+        var spec = q.WeightSpec;
+        bool integer = spec.Type.IsInteger();
+        return new QuantizedLayerInfo(q.OriginalDType, q.WeightShape.ToArray(), spec.Type, integer ? spec.Scheme : null,
+            integer ? spec.Granularity : null, spec.ReduceRange, integer ? q.WeightObserver : null, q.WeightSqnrDb)
+        {
+            Input = q.InputQuantization is { } a ? new QuantSpec(a.Type, a.Scheme, Granularity.Tensor, a.ReduceRange) : null,
+        };
+    }
 
     public static nn.Module Load(Func<nn.Module> factory, string path)
     {
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         using var ckpt = QuantizedCheckpoint.Load(path);
-        if (!ckpt.Metadata.TryGetValue(ModulesKey, out string? json))
-            throw new InvalidDataException($"{path}: no '{ModulesKey}' metadata; this checkpoint was not written by Quantizer.Save (load it with QuantizedCheckpoint.Load instead).");
-        JsonObject modules;
-        try
-        {
-            modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
-        }
-
         var model = factory() ?? throw new ArgumentException("The model factory returned null.", nameof(factory));
         bool ok = false;
         try
         {
             var entries = ModuleTree.Walk(model).ToDictionary(e => e.Name, StringComparer.Ordinal);
-            foreach (var (name, node) in modules)
+            var parts = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (tensorName, info) in ckpt.Layers)
             {
-                if (!entries.TryGetValue(name, out var entry))
-                    throw new InvalidDataException($"{path}: quantized layer '{name}' does not exist in the factory's {model.GetType().Name}. " +
-                        $"Closest names: {string.Join(", ", NameGlob.Closest(name, entries.Keys))}. The factory must build the architecture the file was saved from.");
-                var info = node!.AsObject();
-                string kind = info["kind"]!.GetValue<string>();
-                long[] weightShape = info["weight_shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+                string layer = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^".weight".Length] : "";
+                if (!entries.TryGetValue(layer, out var entry))
+                    throw new InvalidDataException($"{path}: quantized tensor '{tensorName}' is not the weight of a layer of the factory's {model.GetType().Name}" +
+                        (layer.Length > 0 ? $" (closest layer names: {string.Join(", ", NameGlob.Closest(layer, entries.Keys))})" : "") +
+                        ". The factory must build the architecture the file was made from; tensors quantized by name patterns must be layer weights.");
                 var floatModule = entry.Module;
-                string actual = floatModule.GetType().Name;
-                if (actual != kind)
-                    throw new InvalidDataException($"{path}: layer '{name}' was a {kind} but the factory's model has a {actual} there.");
-                if (!ckpt.Quantized.TryGetValue(name + ".weight", out var qt))
-                    throw new InvalidDataException($"{path}: quantized layer '{name}' has no quantized tensor '{name}.weight'.");
                 var floatWeight = floatModule.named_parameters(recurse: false).FirstOrDefault(p => p.name == "weight").parameter;
-                if (floatWeight is null || !floatWeight.shape.SequenceEqual(weightShape))
-                    throw new InvalidDataException($"{path}: layer '{name}' has weight shape [{string.Join(", ", weightShape)}] in the file but " +
-                        $"[{string.Join(", ", floatWeight?.shape ?? [])}] in the factory's model.");
-                var act = ReadActivation(ckpt, name, info["input"]);
-                Tensor? bias = ckpt.Tensors.TryGetValue(name + ".bias", out var b) ? b.detach().clone() : null;
-                var spec = qt.Spec;
-                var data = qt.Data.detach().clone();
-                var scale = qt.Scale?.detach().clone();
-                var zp = qt.ZeroPoint?.detach().clone();
-                QuantizedModule q = floatModule switch
+                var qt = ckpt.Quantized[tensorName];
+                if (floatWeight is null || !qt.Shape.SequenceEqual(WeightGeometry.StorageShape(info.Type, floatWeight.shape)))
+                    throw new InvalidDataException($"{path}: '{tensorName}' is stored as [{string.Join(", ", qt.Shape)}] (original [{string.Join(", ", info.Shape)}], " +
+                        $"format version {info.FormatVersion}) but the factory's {floatModule.GetType().Name} '{layer}' has a weight [{string.Join(", ", floatWeight?.shape ?? [])}].");
+                var act = ReadActivation(ckpt, layer, info.Input, path);
+                QuantizedModule q;
+                try
                 {
-                    TorchSharp.Modules.Linear => new QuantizedLinear(spec, weightShape, data, scale, zp, bias, act),
-                    TorchSharp.Modules.Embedding => new QuantizedEmbedding(spec, weightShape, data, scale, zp),
-                    TorchSharp.Modules.Convolution c => QuantizedConv.FromParts(c, spec, data, scale, zp, bias, act),
-                    _ => throw new InvalidDataException($"{path}: layer '{name}' is a {actual}, which QuantSharp does not quantize."),
-                };
-                q.LayerName = name;
+                    q = QuantizedModules.FromParts(floatModule, qt.Spec, qt.Data.detach().clone(), qt.Scale?.detach().clone(), qt.ZeroPoint?.detach().clone(), act);
+                }
+                catch (ArgumentException ex)
+                {
+                    throw new InvalidDataException($"{path}: layer '{layer}' cannot hold its quantized weight: {ex.Message}", ex);
+                }
+                q.LayerName = layer;
+                q.OriginalDType = info.OriginalDType;
+                q.WeightSqnrDb = info.SqnrDb;
+                q.WeightObserver = info.Observer;
+                if (ModuleTree.CannotReplace(entry, q.GetType()) is { } why)
+                    throw new InvalidDataException($"{path}: layer '{layer}' cannot be replaced by its quantized form: {why}.");
                 ModuleTree.Replace(entry, q);
+                parts.UnionWith(ModuleStateNames(layer));
             }
 
             // Everything else (float layers, biases, activation qparams, buffers) comes from the plain tensors.
@@ -152,7 +125,7 @@ internal static class QuantizedModelFile
                 {
                     if (!ckpt.Tensors.TryGetValue(key, out var stored))
                     {
-                        if (!IsQuantizedPart(key, modules)) missing.Add(key);
+                        if (!parts.Contains(key)) missing.Add(key);
                         continue;
                     }
                     if (!stored.shape.SequenceEqual(t.shape) || stored.dtype != t.dtype)
@@ -165,6 +138,11 @@ internal static class QuantizedModelFile
             var extra = ckpt.Tensors.Keys.Where(k => !state.ContainsKey(k)).ToList();
             if (extra.Count > 0)
                 throw new InvalidDataException($"{path}: the file has tensors the factory's model lacks: {string.Join(", ", extra.Take(5))}. The factory must build the architecture the file was saved from.");
+            if (ckpt.Metadata.TryGetValue(QuantizedCheckpoint.ConfigKey, out string? recipe))
+            {
+                try { Quantizer.SetRecipe(model, QuantizationRecipe.FromJson(recipe, $"{path}: {QuantizedCheckpoint.ConfigKey}")); }
+                catch (InvalidDataException) { } // an older recipe form: the model loads, Save then records no recipe
+            }
             model.eval();
             ok = true;
             return model;
@@ -175,22 +153,11 @@ internal static class QuantizedModelFile
         }
     }
 
-    private static bool IsQuantizedPart(string key, JsonObject modules)
+    private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string layer, QuantSpec? input, string path)
     {
-        foreach (var (name, _) in modules)
-            if (key == name + ".weight" || key == name + ".weight_scale" || key == name + ".weight_zero_point") return true;
-        return false;
-    }
-
-    private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string name, JsonNode? node)
-    {
-        if (node is null) return null;
-        var o = node.AsObject();
-        var type = QuantTypeInfo.Parse(o["type"]!.GetValue<string>());
-        var scheme = Enum.Parse<QuantScheme>(o["scheme"]!.GetValue<string>(), ignoreCase: true);
-        bool reduce = o["reduce_range"]?.GetValue<bool>() ?? false;
-        if (!ckpt.Tensors.TryGetValue(name + ".input_scale", out var s) || !ckpt.Tensors.TryGetValue(name + ".input_zero_point", out var z))
-            throw new InvalidDataException($"Layer '{name}' records input quantization but '{name}.input_scale' or '{name}.input_zero_point' is missing.");
-        return new ActivationQuantization(type, scheme, reduce, s.to(ScalarType.Float32).item<float>(), z.to(ScalarType.Int32).item<int>());
+        if (input is null) return null;
+        if (!ckpt.Tensors.TryGetValue(layer + ".input_scale", out var s) || !ckpt.Tensors.TryGetValue(layer + ".input_zero_point", out var z))
+            throw new InvalidDataException($"{path}: layer '{layer}' records input quantization but '{layer}.input_scale' or '{layer}.input_zero_point' is missing.");
+        return new ActivationQuantization(input.Type, input.Scheme, input.ReduceRange, s.to(ScalarType.Float32).item<float>(), z.to(ScalarType.Int32).item<int>());
     }
 }
