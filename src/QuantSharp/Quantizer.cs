@@ -1,9 +1,9 @@
-using System.Runtime.InteropServices;
 using QuantSharp.Calibration;
 using QuantSharp.Modules;
 using QuantSharp.Pipeline;
 using QuantSharp.Selection;
 using QuantSharp.Serialization;
+using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
 using static QuantSharp.Modules.Hooks;
@@ -158,7 +158,7 @@ public static class Quantizer
         if (plan.Count == 0)
         {
             string why = skipped.Count == 0
-                ? "it has no Linear, Conv1d, Conv2d or Embedding layer"
+                ? "it has no layer of a type registered in QuantizedModules (Linear, Conv1d, Conv2d, Embedding, MultiheadAttention, Transformer*, LSTM, GRU, RNN...)"
                 : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
             throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
         }
@@ -185,60 +185,55 @@ public static class Quantizer
 
     internal static void SetRecipe(nn.Module model, QuantizationRecipe recipe) => s_recipes.AddOrUpdate(model, recipe);
 
-    private sealed record PlannedLayer(string Name, PlannedWeight Weight);
-
-    private static readonly Type[] s_supported =
-        [typeof(TorchSharp.Modules.Linear), typeof(TorchSharp.Modules.Conv1d), typeof(TorchSharp.Modules.Conv2d), typeof(TorchSharp.Modules.Embedding)];
-
-    private static Type ReplacementType(nn.Module m) => m switch
-    {
-        TorchSharp.Modules.Linear => typeof(QuantizedLinear),
-        TorchSharp.Modules.Embedding => typeof(QuantizedEmbedding),
-        _ => typeof(QuantizedConv),
-    };
+    /// <summary>One planned layer: what is done to the module, and the planned weight (spec after the group-size fallback).</summary>
+    private sealed record PlannedLayer(LayerPlan Layer, PlannedWeight Weight);
 
     private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, RecipePlanner planner)
     {
         var plan = new List<PlannedLayer>();
         var skipped = new List<SkippedLayer>();
+        // Children of a module that is quantized as a whole (a materialized native module) are not planned again.
+        var covered = new HashSet<string>(StringComparer.Ordinal);
         foreach (var e in entries)
         {
+            if (covered.Any(c => e.Name.StartsWith(c + ".", StringComparison.Ordinal))) continue;
             var type = e.Module.GetType();
             string typeName = ModuleTree.TypeName(type);
-            if (!s_supported.Contains(type))
+            var handler = QuantizedModules.HandlerFor(type);
+            if (handler is null && QuantizedModules.MaterializedFilter(type) is null)
             {
                 bool ownParams = e.Module.named_parameters(recurse: false).Any();
                 if (ownParams)
-                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName}; its parameters stay float"));
+                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
-            var weight = FloatWeight(e.Module);
-            string parameter = e.Name + ".weight";
-            string? reason = weight is null ? "it has no weight" : planner.NotSelected(parameter, typeName, weight.numel());
-            if (reason != null)
+            // The layer's weight is addressed by its parameter name (a replaced layer's weight; a materialized module by its own name).
+            var weight = handler is null ? null : QuantizedModules.Parameter(e.Module, handler.WeightName);
+            string parameter = handler is null ? e.Name + ".weight" : e.Name + "." + handler.WeightName;
+            long elements = weight?.numel() ?? e.Module.parameters().Sum(p => p.numel());
+            if (planner.NotSelected(parameter, typeName, elements) is { } reason)
             {
                 skipped.Add(new SkippedLayer(e.Name, typeName, reason));
                 continue;
             }
-            var planned = planner.Plan(parameter, typeName, weight!.shape);
-            var spec = planned.Spec;
-            reason = WeightQuantizer.Unsupported(spec, weight.shape);
-            if (reason == null && !weight.is_floating_point())
-                reason = $"its weight is {weight.dtype}, not a floating-point type";
-            if (reason == null && e.Module is TorchSharp.Modules.Convolution conv)
-                reason = QuantizedConv.Unsupported(conv);
-            reason ??= ModuleTree.CannotReplace(e, ReplacementType(e.Module));
-            if (reason != null)
+            var planned = weight is not null && weight.is_floating_point()
+                ? planner.Plan(parameter, typeName, weight.shape)
+                : new PlannedWeight(parameter, weight?.shape ?? [], planner.Recipe.WeightSpecFor(parameter, typeName), null);
+            var (layer, why) = ModuleQuantization.Plan(e, planned.Spec);
+            if (layer is null)
             {
-                skipped.Add(new SkippedLayer(e.Name, typeName, $"{reason} (spec {WeightQuantizer.Describe(spec)})"));
+                skipped.Add(new SkippedLayer(e.Name, typeName, $"{why ?? "nothing to quantize"} (spec {WeightQuantizer.Describe(planned.Spec)})"));
                 continue;
             }
-            plan.Add(new PlannedLayer(e.Name, planned));
+            plan.Add(new PlannedLayer(layer, planned));
+            if (layer.Mechanism == QuantizationMechanism.Materialize) covered.Add(e.Name);
         }
         return (plan, skipped);
     }
 
-    private static Tensor? FloatWeight(nn.Module m) => m.named_parameters(recurse: false).FirstOrDefault(p => p.name == "weight").parameter;
+    private static bool ChosenByUser(string reason) =>
+        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
+        || reason.StartsWith("not matched", StringComparison.Ordinal) || reason.Contains("fewer than MinElements", StringComparison.Ordinal);
 
     private static void CheckPatterns(QuantizationRecipe cfg, List<string> parameterNames)
     {
@@ -297,14 +292,20 @@ public static class Quantizer
         Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        var layers = planned.Select(p => entries[p.Name]).ToList();
-        // A module registered under two names (shared) is never disposed after its replacement.
-        var shared = entries.Values.GroupBy(e => (object)e.Module, ReferenceEqualityComparer.Instance)
-            .Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(ReferenceEqualityComparer.Instance);
-        work.eval();
-        long floatBytes = ModelMemory.Bytes(work);
+        var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
+        var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
         string observer = QuantizationRecipe.NormalizeObserver(cfg.WeightObserver);
         var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
+        // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
+        var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
+        // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
+        var shared = entries.Values.GroupBy(e => (object)e.Module, ReferenceEqualityComparer.Instance)
+            .Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(ReferenceEqualityComparer.Instance);
+        var storages = work.parameters().Select(ModuleQuantization.StorageKey).Where(k => k is not null).GroupBy(k => k).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
+        foreach (var e in entries.Values)
+            if (e.Module.parameters(recurse: false).Any(p => storages.Contains(ModuleQuantization.StorageKey(p)))) shared.Add(e.Module);
+        work.eval();
+        long floatBytes = ModelMemory.Bytes(work);
 
         Calibrator? calib = null;
         try
@@ -323,41 +324,53 @@ public static class Quantizer
             var done = new List<QuantizedLayer>();
             var layerReports = new List<LayerReport>();
             var failures = new List<string>();
-            for (int i = 0; i < layers.Count; i++)
+            var warnings = new List<string>();
+            var tied = new TiedWeights(observer, measure: cfg.Validation.Enabled);
+            // Every weight is quantized before any module changes (a materialized module empties its parameters, tied twins included).
+            var prepared = plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
+            var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);
+            foreach (var layer in prepared)
             {
-                var e = layers[i];
-                var spec = planned[i].Weight.Spec;
+                var e = layer.Plan.Entry;
+                var spec = specs[e.Name];
                 ActivationQuantization? act = null;
-                if (cfg.Activations is { } a && e.Module is not TorchSharp.Modules.Embedding)
+                if (cfg.Activations is { } a && layer.Plan.Handler is { QuantizesInput: true })
                 {
-                    var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
-                    act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
+                    if (layer.Plan.Mechanism == QuantizationMechanism.Replace)
+                    {
+                        var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
+                        act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
+                    }
+                    else warnings.Add($"{e.Name}: its input is not quantized (static activation quantization needs a replaced layer; {layer.Plan.Note}).");
                 }
-                long layerFloat = e.Module.parameters(recurse: false).Sum(p => p.numel() * p.element_size());
-                var (q, weightSqnr) = QuantizeLayer(e.Module, planned[i].Weight, observer, act);
-                q.LayerName = e.Name;
-                if (cfg.Validation.Enabled) q.WeightSqnrDb = weightSqnr;
-                ModuleTree.Replace(e, q);
-                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
+                if (layer.Plan.Note is { } note && layer.Plan.Handler is null) warnings.Add($"{e.Name}: {note}.");
                 string floatType = e.Module.GetType().Name;
-                if (disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
-                long layerQuant = q.parameters(recurse: false).Sum(p => p.numel() * p.element_size()) + q.buffers(recurse: false).Sum(b => b.numel() * b.element_size());
-                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layerFloat, layerQuant));
+                var installed = ModuleQuantization.Install(layer, act);
+                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
+                if (!ReferenceEquals(installed, e.Module) && disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
+                // Tied weights are stored (and counted) once: by the first layer that holds them.
+                long layerQuant = installed.parameters(recurse: false).Where(p => p.numel() > 0).Sum(p => p.numel() * p.element_size())
+                    + layer.Weights.Where(w => stored.Add(w.Weight)).Sum(w => w.Weight.StorageBytes)
+                    + (installed is QuantizedModule qm0 && qm0.InputQuantization is not null ? 8 : 0);
+                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layer.FloatBytes, layerQuant));
 
                 var problems = new List<string>();
-                bool rangeOk = RangeCheck(q, problems);
+                bool rangeOk = layer.Weights.All(w => RangeCheck(w.Weight, problems));
+                if (act is not null) rangeOk &= ActivationCheck(act, problems);
+                double weightSqnr = layer.WeightSqnrDb;
                 if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
                 double minW = cfg.Validation.ThresholdFor(spec.Type);
                 if (weightSqnr < minW)
                     problems.Add($"weight SQNR {weightSqnr:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
                 layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layerFloat, layerQuant, rangeOk, problems));
+                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
             }
+            // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
+            warnings.AddRange(skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
             long quantBytes = ModelMemory.Bytes(work);
 
             QuantizationReport? report = null;
-            var warnings = new List<string>();
             if (cfg.Validation.Enabled)
             {
                 double? modelSqnr = null;
@@ -421,30 +434,6 @@ public static class Quantizer
         }
     }
 
-    /// <summary>
-    /// The quantize stage of one layer: its weight through the shared <see cref="WeightQuantization"/> (same observer,
-    /// same storage view as the checkpoint path), the weight SQNR in double precision as the checkpoint path measures
-    /// it, and the quantized module built from the parts.
-    /// </summary>
-    private static (QuantizedModule Module, double WeightSqnrDb) QuantizeLayer(nn.Module floatModule, PlannedWeight planned, string observer,
-        ActivationQuantization? act)
-    {
-        var weight = FloatWeight(floatModule)!;
-        using var qt = WeightQuantization.Quantize(weight, planned.Spec, observer, planned.Name);
-        var sqnr = new SqnrAccumulator();
-        using (var scope = NewDisposeScope())
-        {
-            var x = weight.detach().to(ScalarType.Float32).contiguous();
-            var d = qt.Dequantize().contiguous();
-            sqnr.Add(MemoryMarshal.Cast<byte, float>(x.bytes), MemoryMarshal.Cast<byte, float>(d.bytes));
-        }
-        var q = QuantizedModules.FromParts(floatModule, planned.Spec, qt.Data.clone(), qt.Scale?.clone(), qt.ZeroPoint?.clone(), act);
-        q.OriginalDType = SafetensorsDTypeInfo.FromScalarType(weight.dtype);
-        q.WeightObserver = planned.Spec.Type.IsInteger() ? observer : null;
-        q.eval();
-        return (q, sqnr.Db);
-    }
-
     /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
     internal static Dictionary<string, Tensor> RunCapturing(nn.Module<Tensor, Tensor> model, IReadOnlyCollection<string> names, Tensor batch, out Tensor output)
     {
@@ -478,28 +467,29 @@ public static class Quantizer
         }
     }
 
-    private static bool RangeCheck(QuantizedModule q, List<string> problems)
+    private static bool RangeCheck(QuantizedWeight weight, List<string> problems)
     {
         using var scope = NewDisposeScope();
-        var spec = q.WeightSpec;
+        using var q = weight.ToCanonical();
+        var spec = q.Spec;
         bool ok = true;
         if (spec.Type.IsInteger())
         {
             var range = QuantRange.For(spec.Type, spec.ReduceRange);
-            var v = WeightQuantizer.IntegerValues(q.WeightData, spec.Type);
-            float lo = v.min().item<float>(), hi = v.max().item<float>();
+            var v = q.IntegerValues();
+            long lo = v.min().item<int>(), hi = v.max().item<int>();
             if (lo < range.QMin || hi > range.QMax)
             {
                 ok = false;
                 problems.Add($"stored integers span [{lo}, {hi}], outside [{range.QMin}, {range.QMax}]");
             }
-            var s = q.WeightScale!;
+            var s = q.Scale!;
             if (!s.isfinite().all().item<bool>() || !(s > 0).all().item<bool>())
             {
                 ok = false;
                 problems.Add("a weight scale is not finite and positive");
             }
-            if (q.WeightZeroPoint is { } z)
+            if (q.ZeroPoint is { } z)
             {
                 long zlo = z.min().item<int>(), zhi = z.max().item<int>();
                 if (zlo < range.QMin || zhi > range.QMax)
@@ -509,21 +499,20 @@ public static class Quantizer
                 }
             }
         }
-        else if (!q.WeightData.to(ScalarType.Float32).isfinite().all().item<bool>())
+        else if (!q.Data.to(ScalarType.Float32).isfinite().all().item<bool>())
         {
             ok = false;
             problems.Add($"the {spec.Type.ToName()} weight has infinite values (float32 values beyond the type's range)");
         }
-        if (q.InputQuantization is { } a)
-        {
-            var r = QuantRange.For(a.Type, a.ReduceRange);
-            if (!float.IsFinite(a.Scale) || a.Scale <= 0 || a.ZeroPoint < r.QMin || a.ZeroPoint > r.QMax)
-            {
-                ok = false;
-                problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
-            }
-        }
         return ok;
+    }
+
+    private static bool ActivationCheck(ActivationQuantization a, List<string> problems)
+    {
+        var r = QuantRange.For(a.Type, a.ReduceRange);
+        if (float.IsFinite(a.Scale) && a.Scale > 0 && a.ZeroPoint >= r.QMin && a.ZeroPoint <= r.QMax) return true;
+        problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
+        return false;
     }
 
     private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, Tensor? batch)

@@ -77,7 +77,8 @@ internal sealed class RecipePlanner
 /// </summary>
 internal static class WeightGeometry
 {
-    /// <summary>The shape the quantizer and the file see for a weight of <paramref name="shape"/>.</summary>
+    /// <summary>The shape the quantizer and the file see for a weight of <paramref name="shape"/> (the one place this is decided;
+    /// <see cref="QuantizedWeight.StorageShape"/> asks here).</summary>
     public static long[] StorageShape(QuantType type, long[] shape) =>
         type.IsInteger() && shape.Length > 2 ? [shape[0], QuantSpec.Product(shape.AsSpan(1))] : (long[])shape.Clone();
 
@@ -148,6 +149,20 @@ internal static class WeightQuantization
         o.Observe(xf);
         var qp = o.ComputeQParams();
         return QuantizedTensor.QuantizeWith(xf, spec, qp.Scale, qp.ZeroPoint);
+    }
+
+    /// <summary>
+    /// The SQNR (dB) of a quantized weight against its float values, accumulated in double precision as the checkpoint
+    /// path accumulates it chunk by chunk (so both write the same <c>sqnr_db</c>).
+    /// </summary>
+    public static double Sqnr(Tensor original, QuantizedWeight weight)
+    {
+        using var scope = NewDisposeScope();
+        var x = original.detach().to(ScalarType.Float32).contiguous();
+        var d = weight.Dequantize().contiguous();
+        var acc = new Validation.SqnrAccumulator();
+        acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
+        return acc.Db;
     }
 
     /// <summary>An observer of the given name for one weight's spec.</summary>

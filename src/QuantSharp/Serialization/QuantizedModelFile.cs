@@ -1,5 +1,6 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using QuantSharp.Modules;
-using QuantSharp.Pipeline;
 using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,52 +8,93 @@ using static TorchSharp.torch;
 namespace QuantSharp.Serialization;
 
 /// <summary>
-/// Saves a model quantized by <see cref="Quantizer"/> as the one quantized file form (<see cref="QuantizedCheckpoint"/>,
-/// docs/FORMAT.md) and rebuilds a model from any such file, whether written by <see cref="Quantizer.Save"/> or by
-/// <c>quantsharp quantize</c>, and a factory of the float architecture.
+/// Saves a model quantized by <see cref="Quantizer"/> as a <see cref="QuantizedCheckpoint"/> and rebuilds it from the
+/// file and a factory of the float architecture.
 /// </summary>
 /// <remarks>
-/// The mapping between a quantized layer's state and file names lives here only (<see cref="ModuleStateNames"/>):
-/// its <c>x.weight</c>, <c>x.weight_scale</c>, <c>x.weight_zero_point</c> buffers are the one quantized tensor
-/// <c>x.weight</c> (data), <c>x.weight.scale</c>, <c>x.weight.zero_point</c> of the file; every other state entry
-/// (biases, float layers, the W8A8 input scale and zero point <c>x.input_scale</c>, <c>x.input_zero_point</c>) is a
-/// plain tensor under its own name. The per-layer entry records the original dtype and shape, the SQNR and (W8A8) the
-/// input quantization; <c>quantsharp.config</c> is the recipe.
+/// Every entry of the model's <c>state_dict</c> is stored under its own name, except that each quantized weight
+/// (the parts named by <see cref="QuantizedWeightNames.InModule"/>) becomes one quantized tensor in its canonical
+/// form (<see cref="QuantizedWeight.ToCanonical"/>): <c>x.weight</c> (data), <c>x.weight.scale</c>,
+/// <c>x.weight.zero_point</c>. A weight shared by two layers (tied) is stored once, under the first name.
+/// <see cref="ModulesKey"/> records, per quantized layer: the float module type, the mechanism (<c>replace</c>:
+/// swapped for a quantized module; <c>materialize</c>: float module kept, weights materialized around its forward),
+/// each quantized parameter's original shape and dtype (and <c>tied_to</c> for a shared weight), and the input
+/// (activation) quantization, whose scale and zero point are the plain tensors <c>x.input_scale</c> and
+/// <c>x.input_zero_point</c>.
 /// </remarks>
 internal static class QuantizedModelFile
 {
-    /// <summary>The module state entries of quantized layer <paramref name="layer"/> that form its quantized weight in the file.</summary>
-    private static IEnumerable<string> ModuleStateNames(string layer) => [layer + ".weight", layer + ".weight_scale", layer + ".weight_zero_point"];
+    /// <summary>Metadata key with the JSON object: layer name -> { kind, mechanism, weights, input }.</summary>
+    public const string ModulesKey = "quantsharp_model.modules";
+
+    private const string Replace = "replace";
+    private const string Materialize = "materialize";
 
     public static void Save(nn.Module model, string path)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
-        var quantized = ModuleTree.Walk(model).Where(e => e.Module is QuantizedModule).ToList();
-        if (quantized.Count == 0)
+        var holders = ModuleTree.Walk(model).Select(e => (e.Name, e.Module, Weights: ModuleQuantization.WeightsOf(e.Module))).Where(h => h.Weights.Count > 0).ToList();
+        if (holders.Count == 0)
             throw new ArgumentException("The model has no quantized layers; quantize it with Quantizer.Quantize before saving.", nameof(model));
 
+        var modules = new JsonObject();
         var owned = new List<QuantizedTensor>();
         try
         {
-            var byWeight = quantized.ToDictionary(e => e.Name + ".weight", e => (QuantizedModule)e.Module, StringComparer.Ordinal);
-            var parts = quantized.SelectMany(e => ModuleStateNames(e.Name)).ToHashSet(StringComparer.Ordinal);
-            var entries = new List<CheckpointEntry>();
-            foreach (var (name, t) in model.state_dict())
+            var data = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal); // module-state key of the data -> canonical parts
+            var skip = new HashSet<string>(StringComparer.Ordinal);
+            var firstName = new Dictionary<QuantizedWeight, string>(ReferenceEqualityComparer.Instance);
+            var layerInfo = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal); // per-layer entry of each stored weight
+            foreach (var (name, module, weights) in holders)
             {
-                if (byWeight.TryGetValue(name, out var q))
+                var infos = new JsonObject();
+                foreach (var (param, w) in weights)
                 {
-                    var qt = QuantizedTensor.FromParts(q.WeightSpec, q.StorageShape, q.WeightData.detach().clone(),
-                        q.WeightScale?.detach().clone(), q.WeightZeroPoint?.detach().clone());
-                    owned.Add(qt);
-                    entries.Add(CheckpointEntry.Of(name, qt, LayerInfo(q)));
+                    string full = name + "." + param;
+                    var info = new JsonObject
+                    {
+                        ["shape"] = new JsonArray(w.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+                        ["dtype"] = w.OriginalDType.ToString(),
+                    };
+                    if (firstName.TryGetValue(w, out string? first))
+                    {
+                        info["tied_to"] = first;
+                        foreach (var part in QuantizedWeightNames.Parts) skip.Add(name + "." + QuantizedWeightNames.InModule(param, part));
+                    }
+                    else
+                    {
+                        firstName[w] = full;
+                        var qt = w.ToCanonical();
+                        owned.Add(qt);
+                        data[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = qt;
+                        layerInfo[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = LayerInfo(w, (module as QuantizedModule)?.InputQuantization);
+                        skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.Scale));
+                        skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.ZeroPoint));
+                    }
+                    infos[param] = info;
                 }
-                else if (!parts.Contains(name))
+                var q = module as QuantizedModule;
+                modules[name] = new JsonObject
                 {
-                    entries.Add(CheckpointEntry.Plain(name, t));
-                }
+                    ["kind"] = q is null ? module.GetType().Name : q.FloatTypeName
+                        ?? throw new ArgumentException($"Layer '{name}' ({q.GetType().Name}) was not made by Quantizer.Quantize, so the float type it stands for is unknown; save models quantized by Quantizer.Quantize.", nameof(model)),
+                    ["mechanism"] = q is null ? Materialize : Replace,
+                    ["weights"] = infos,
+                    ["input"] = q?.InputQuantization is { } a
+                        ? new JsonObject { ["type"] = a.Type.ToName(), ["scheme"] = a.Scheme.ToString().ToLowerInvariant(), ["reduce_range"] = a.ReduceRange }
+                        : null,
+                };
             }
-            QuantizedCheckpoint.Save(path, entries, null, Quantizer.RecipeOf(model)?.ToJsonNode());
+            var entries = new List<CheckpointEntry>();
+            foreach (var (key, t) in model.state_dict())
+            {
+                if (skip.Contains(key)) continue;
+                // The data part's module-state key is the file's tensor name (QuantizedWeightNames: the parameter's name).
+                entries.Add(data.TryGetValue(key, out var qt) ? CheckpointEntry.Of(key, qt, layerInfo[key]) : CheckpointEntry.Plain(key, t));
+            }
+            QuantizedCheckpoint.Save(path, entries, new Dictionary<string, string> { [ModulesKey] = modules.ToJsonString() },
+                Quantizer.RecipeOf(model)?.ToJsonNode());
         }
         finally
         {
@@ -60,60 +102,99 @@ internal static class QuantizedModelFile
         }
     }
 
-    /// <summary>The per-layer entry of a quantized layer's weight.</summary>
-    private static QuantizedLayerInfo LayerInfo(QuantizedModule q)
-    {
-        var spec = q.WeightSpec;
-        bool integer = spec.Type.IsInteger();
-        return new QuantizedLayerInfo(q.OriginalDType, q.WeightShape.ToArray(), spec.Type, integer ? spec.Scheme : null,
-            integer ? spec.Granularity : null, spec.ReduceRange, integer ? q.WeightObserver : null, q.WeightSqnrDb)
-        {
-            Input = q.InputQuantization is { } a ? new QuantSpec(a.Type, a.Scheme, Granularity.Tensor, a.ReduceRange) : null,
-        };
-    }
-
     public static nn.Module Load(Func<nn.Module> factory, string path)
     {
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         using var ckpt = QuantizedCheckpoint.Load(path);
+        JsonObject? modules = null;
+        if (ckpt.Metadata.TryGetValue(ModulesKey, out string? json))
+        {
+            try
+            {
+                modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
+            }
+            catch (JsonException ex)
+            {
+                throw new InvalidDataException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
+            }
+        }
+
         var model = factory() ?? throw new ArgumentException("The model factory returned null.", nameof(factory));
         bool ok = false;
         try
         {
             var entries = ModuleTree.Walk(model).ToDictionary(e => e.Name, StringComparer.Ordinal);
-            var parts = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var (tensorName, info) in ckpt.Layers)
+            // A file written by `quantsharp quantize` (no model structure recorded): each quantized tensor is the
+            // parameter of the factory's layer that owns it, replaced where it can be, materialized otherwise.
+            modules ??= Describe(ckpt, entries, path);
+            var built = new Dictionary<string, QuantizedWeight>(StringComparer.Ordinal);
+            var quantizedKeys = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (name, node) in modules)
             {
-                string layer = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^".weight".Length] : "";
-                if (!entries.TryGetValue(layer, out var entry))
-                    throw new InvalidDataException($"{path}: quantized tensor '{tensorName}' is not the weight of a layer of the factory's {model.GetType().Name}" +
-                        (layer.Length > 0 ? $" (closest layer names: {string.Join(", ", NameGlob.Closest(layer, entries.Keys))})" : "") +
-                        ". The factory must build the architecture the file was made from; tensors quantized by name patterns must be layer weights.");
+                if (!entries.TryGetValue(name, out var entry))
+                    throw new InvalidDataException($"{path}: quantized layer '{name}' does not exist in the factory's {model.GetType().Name}. " +
+                        $"Closest names: {string.Join(", ", NameGlob.Closest(name, entries.Keys))}. The factory must build the architecture the file was saved from.");
+                var info = node!.AsObject();
+                string kind = info["kind"]!.GetValue<string>();
                 var floatModule = entry.Module;
-                var floatWeight = floatModule.named_parameters(recurse: false).FirstOrDefault(p => p.name == "weight").parameter;
-                var qt = ckpt.Quantized[tensorName];
-                if (floatWeight is null || !qt.Shape.SequenceEqual(WeightGeometry.StorageShape(info.Type, floatWeight.shape)))
-                    throw new InvalidDataException($"{path}: '{tensorName}' is stored as [{string.Join(", ", qt.Shape)}] (original [{string.Join(", ", info.Shape)}], " +
-                        $"format version {info.FormatVersion}) but the factory's {floatModule.GetType().Name} '{layer}' has a weight [{string.Join(", ", floatWeight?.shape ?? [])}].");
-                var act = ReadActivation(ckpt, layer, info.Input, path);
-                QuantizedModule q;
-                try
+                string actual = floatModule.GetType().Name;
+                if (actual != kind)
+                    throw new InvalidDataException($"{path}: layer '{name}' was a {kind} but the factory's model has a {actual} there.");
+                var weights = new List<(string Name, QuantizedWeight Weight)>();
+                foreach (var (param, wnode) in info["weights"]!.AsObject())
                 {
-                    q = QuantizedModules.FromParts(floatModule, qt.Spec, qt.Data.detach().clone(), qt.Scale?.detach().clone(), qt.ZeroPoint?.detach().clone(), act);
+                    string full = name + "." + param;
+                    foreach (var part in QuantizedWeightNames.Parts) quantizedKeys.Add(name + "." + QuantizedWeightNames.InModule(param, part));
+                    var winfo = wnode!.AsObject();
+                    long[] shape = winfo["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+                    var floatWeight = QuantizedModules.Parameter(floatModule, param);
+                    string? tiedTo = winfo["tied_to"]?.GetValue<string>();
+                    // A tied twin of a materialized weight is already emptied: its shape is the stored weight's.
+                    if (floatWeight is null || (tiedTo is null && !floatWeight.shape.SequenceEqual(shape)))
+                        throw new InvalidDataException($"{path}: '{full}' has shape {QuantSpec.FormatShape(shape)} in the file but " +
+                            $"{(floatWeight is null ? "does not exist" : QuantSpec.FormatShape(floatWeight.shape))} in the factory's model.");
+                    QuantizedWeight w;
+                    if (tiedTo is not null)
+                    {
+                        w = built.GetValueOrDefault(tiedTo) ?? throw new InvalidDataException($"{path}: '{full}' is tied to '{tiedTo}', which is not stored before it.");
+                    }
+                    else
+                    {
+                        if (!ckpt.Quantized.TryGetValue(full, out var qt))
+                            throw new InvalidDataException($"{path}: quantized layer '{name}' has no quantized tensor '{full}'.");
+                        var dtype = Enum.Parse<ScalarType>(winfo["dtype"]!.GetValue<string>());
+                        var parts = QuantizedTensor.FromParts(qt.Spec, qt.Shape, qt.Data.clone(), qt.Scale?.clone(), qt.ZeroPoint?.clone());
+                        try
+                        {
+                            w = QuantizedWeight.FromCanonical(parts, shape, dtype);
+                        }
+                        catch (ArgumentException ex)
+                        {
+                            parts.Dispose();
+                            throw new InvalidDataException($"{path}: '{full}': {ex.Message}", ex);
+                        }
+                    }
+                    if (ckpt.Layers.TryGetValue(full, out var recorded) && tiedTo is null)
+                    {
+                        // What the file says about the weight goes back into it, so that saving again writes the same entry.
+                        w.SqnrDb = recorded.SqnrDb;
+                        w.Observer = recorded.Observer;
+                    }
+                    built[full] = w;
+                    weights.Add((param, w));
                 }
-                catch (ArgumentException ex)
+                if (info["mechanism"]?.GetValue<string>() == Materialize)
                 {
-                    throw new InvalidDataException($"{path}: layer '{layer}' cannot hold its quantized weight: {ex.Message}", ex);
+                    MaterializedWeights.Attach(floatModule, weights);
+                    continue;
                 }
-                q.LayerName = layer;
-                q.OriginalDType = info.OriginalDType;
-                q.WeightSqnrDb = info.SqnrDb;
-                q.WeightObserver = info.Observer;
-                if (ModuleTree.CannotReplace(entry, q.GetType()) is { } why)
-                    throw new InvalidDataException($"{path}: layer '{layer}' cannot be replaced by its quantized form: {why}.");
+                var handler = QuantizedModules.HandlerFor(floatModule.GetType())
+                    ?? throw new InvalidDataException($"{path}: layer '{name}' is a {actual}, which has no quantized module registered (QuantizedModules.Register).");
+                var q = handler.Create(floatModule, weights[0].Weight, ReadActivation(ckpt, name, info["input"]));
+                q.LayerName = name;
+                q.FloatTypeName = actual;
                 ModuleTree.Replace(entry, q);
-                parts.UnionWith(ModuleStateNames(layer));
             }
 
             // Everything else (float layers, biases, activation qparams, buffers) comes from the plain tensors.
@@ -123,9 +204,10 @@ internal static class QuantizedModelFile
             {
                 foreach (var (key, t) in state)
                 {
+                    if (quantizedKeys.Contains(key)) continue;
                     if (!ckpt.Tensors.TryGetValue(key, out var stored))
                     {
-                        if (!parts.Contains(key)) missing.Add(key);
+                        missing.Add(key);
                         continue;
                     }
                     if (!stored.shape.SequenceEqual(t.shape) || stored.dtype != t.dtype)
@@ -141,7 +223,7 @@ internal static class QuantizedModelFile
             if (ckpt.Metadata.TryGetValue(QuantizedCheckpoint.ConfigKey, out string? recipe))
             {
                 try { Quantizer.SetRecipe(model, QuantizationRecipe.FromJson(recipe, $"{path}: {QuantizedCheckpoint.ConfigKey}")); }
-                catch (InvalidDataException) { } // an older recipe form: the model loads, Save then records no recipe
+                catch (InvalidDataException) { } // an older recipe form: the model loads; Save then records no recipe
             }
             model.eval();
             ok = true;
@@ -153,11 +235,73 @@ internal static class QuantizedModelFile
         }
     }
 
-    private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string layer, QuantSpec? input, string path)
+    /// <summary>The per-layer entry of a stored weight (the same fields the checkpoint path records).</summary>
+    private static QuantizedLayerInfo LayerInfo(QuantizedWeight w, ActivationQuantization? input)
     {
-        if (input is null) return null;
-        if (!ckpt.Tensors.TryGetValue(layer + ".input_scale", out var s) || !ckpt.Tensors.TryGetValue(layer + ".input_zero_point", out var z))
-            throw new InvalidDataException($"{path}: layer '{layer}' records input quantization but '{layer}.input_scale' or '{layer}.input_zero_point' is missing.");
-        return new ActivationQuantization(input.Type, input.Scheme, input.ReduceRange, s.to(ScalarType.Float32).item<float>(), z.to(ScalarType.Int32).item<int>());
+        var spec = w.Spec;
+        bool integer = spec.Type.IsInteger();
+        return new QuantizedLayerInfo(SafetensorsDTypeInfo.FromScalarType(w.OriginalDType), [.. w.Shape], spec.Type, integer ? spec.Scheme : null,
+            integer ? spec.Granularity : null, spec.ReduceRange, integer ? w.Observer : null, w.SqnrDb)
+        {
+            Input = input is null ? null : new QuantSpec(input.Type, input.Scheme, Granularity.Tensor, input.ReduceRange),
+        };
+    }
+
+    /// <summary>The module structure of a file that records none (<c>quantsharp quantize</c> output), from the factory's model.</summary>
+    private static JsonObject Describe(QuantizedCheckpoint ckpt, Dictionary<string, ModuleEntry> entries, string path)
+    {
+        var modules = new JsonObject();
+        foreach (var (tensor, info) in ckpt.Layers)
+        {
+            // The owning layer: the longest dotted prefix that is a quantizable layer of the model.
+            ModuleEntry? entry = null;
+            string param = tensor;
+            for (int dot = tensor.LastIndexOf('.'); dot > 0 && entry is null; dot = tensor.LastIndexOf('.', dot - 1))
+            {
+                if (entries.TryGetValue(tensor[..dot], out var e) && (QuantizedModules.HandlerFor(e.Module.GetType()) is not null
+                    || QuantizedModules.MaterializedFilter(e.Module.GetType()) is not null))
+                {
+                    entry = e;
+                    param = tensor[(dot + 1)..];
+                }
+            }
+            if (entry is null)
+                throw new InvalidDataException($"{path}: quantized tensor '{tensor}' is not a parameter of a quantizable layer of the factory's model " +
+                    $"(closest layer names: {string.Join(", ", NameGlob.Closest(tensor, entries.Keys))}). The factory must build the architecture the file was made from.");
+            var type = entry.Module.GetType();
+            var handler = QuantizedModules.HandlerFor(type);
+            bool replace = handler is not null && handler.WeightName == param && ModuleTree.CannotReplace(entry, typeof(QuantizedModule)) is null;
+            if (modules[entry.Name] is not JsonObject node)
+            {
+                node = new JsonObject
+                {
+                    ["kind"] = type.Name,
+                    ["mechanism"] = replace ? Replace : Materialize,
+                    ["weights"] = new JsonObject(),
+                    ["input"] = info.Input is { } a
+                        ? new JsonObject { ["type"] = a.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(a.Scheme), ["reduce_range"] = a.ReduceRange }
+                        : null,
+                };
+                modules[entry.Name] = node;
+            }
+            node["weights"]![param] = new JsonObject
+            {
+                ["shape"] = new JsonArray(info.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+                ["dtype"] = (info.OriginalDType.ToScalarType() ?? ScalarType.Float32).ToString(),
+            };
+        }
+        return modules;
+    }
+
+    private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string name, JsonNode? node)
+    {
+        if (node is null) return null;
+        var o = node.AsObject();
+        var type = QuantTypeInfo.Parse(o["type"]!.GetValue<string>());
+        var scheme = Enum.Parse<QuantScheme>(o["scheme"]!.GetValue<string>(), ignoreCase: true);
+        bool reduce = o["reduce_range"]?.GetValue<bool>() ?? false;
+        if (!ckpt.Tensors.TryGetValue(name + ".input_scale", out var s) || !ckpt.Tensors.TryGetValue(name + ".input_zero_point", out var z))
+            throw new InvalidDataException($"Layer '{name}' records input quantization but '{name}.input_scale' or '{name}.input_zero_point' is missing.");
+        return new ActivationQuantization(type, scheme, reduce, s.to(ScalarType.Float32).item<float>(), z.to(ScalarType.Int32).item<int>());
     }
 }
