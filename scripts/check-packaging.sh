@@ -2,7 +2,7 @@
 # Packaging check, run by .ci/run after the tests. Packs the repository (`dotnet pack -c Release -o DIR`), then,
 # outside the repository, does what the README's "Use it from your project" section says:
 #   1. a new console app references the QuantSharp package (local folder feed) and TorchSharp-cpu, quantizes a small
-#      model (scripts/check-packaging/Program.cs) with `dotnet run`, then again from `dotnet publish -r linux-x64`;
+#      model (scripts/check-packaging/SmallModelCheck.cs) with `dotnet run`, then again from `dotnet publish -r linux-x64`;
 #   2. `dotnet tool install --tool-path T --add-source DIR QuantSharp.Cli` and `T/quantsharp demo`.
 # On this machine's libstdc++ (Debian 12) the first tensor fails unless the package's libstdc++ fix reached the
 # app's output, so running is the proof; on newer systems the checks that the output copies differ from the NuGet
@@ -26,7 +26,11 @@ version="$(dotnet msbuild "$repo/src/QuantSharp" -getProperty:Version)-ci.$(date
 cache=$(dotnet nuget locals global-packages --list | sed 's/^global-packages: //')
 cache=${cache%/}
 work=$(mktemp -d)
-trap 'rm -rf "$work" "$cache/quantsharp/$version" "$cache/quantsharp.cli/$version"' EXIT
+cleanup() {
+  rm -rf "$work" "$cache/quantsharp/$version" "$cache/quantsharp.cli/$version"
+  rmdir "$cache/quantsharp" "$cache/quantsharp.cli" 2>/dev/null || true   # only when no other version is left
+}
+trap cleanup EXIT
 torch_lib="runtimes/linux-x64/native/libLibTorchSharp.so"
 cache_lib="$cache/torchsharp/0.107.0/$torch_lib"
 cache_lib_sum=$(sha256sum "$cache_lib" 2>/dev/null || true)
@@ -50,7 +54,8 @@ quiet dotnet new nugetconfig --no-update-check
 quiet dotnet nuget add source "$packages" --name quantsharp-local --configfile nuget.config
 quiet dotnet add package QuantSharp --version "$version"
 quiet dotnet add package TorchSharp-cpu --version 0.107.0
-cp "$repo/scripts/check-packaging/Program.cs" Program.cs
+cp "$repo/scripts/check-packaging/SmallModelCheck.cs" .
+echo 'return PackagingCheck.SmallModelCheck.Run(Console.Out);' > Program.cs
 quiet dotnet build -c Release
 out=$(dotnet run -c Release --no-build) || fail "consumer run (dotnet run): $out"
 echo "   $out"
