@@ -36,6 +36,14 @@ public sealed record QuantizationConfig
     /// </summary>
     public QuantSpec? Activations { get; init; }
 
+    /// <summary>
+    /// Dynamic W8A8 (torchao's <c>Int8DynamicActivationInt8WeightConfig</c>): every replaced Linear quantizes each input
+    /// row to int8 on the fly (symmetric, <c>scale = max(amax / 127, eps)</c>) and, with int8 per-row weights, multiplies
+    /// in integers. Needs no calibration; excludes <see cref="Activations"/>. Other layer types stay weight-only. The
+    /// setting belongs to the model in memory: files store the weights, so set it again after loading.
+    /// </summary>
+    public bool DynamicActivations { get; init; }
+
     /// <summary>Observer used for activations: <c>minmax</c> (default), <c>moving-average</c>, <c>histogram</c> or <c>percentile</c> (<see cref="Observers.ObserverFactory"/>).</summary>
     public string Observer { get; init; } = "minmax";
 
@@ -87,6 +95,8 @@ public sealed record QuantizationConfig
             if (a.Granularity is not PerTensor)
                 throw new ArgumentException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
         }
+        if (DynamicActivations && Activations is not null)
+            throw new ArgumentException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
         if (CalibrationSamples <= 0)
             throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
         if (string.IsNullOrWhiteSpace(Observer) || !Observers.ObserverFactory.Names.Contains(Observer.Trim().ToLowerInvariant()) && Observer.Trim().ToLowerInvariant() != "min-max")
@@ -136,6 +146,9 @@ public sealed record QuantizationConfig
 
     /// <summary>Int8 per-channel weights and calibrated uint8 affine activations (static W8A8).</summary>
     public static QuantizationConfig Int8Static() => new() { Activations = DefaultActivations };
+
+    /// <summary>Int8 per-channel weights and int8 inputs quantized per row on each call (dynamic W8A8, no calibration).</summary>
+    public static QuantizationConfig Int8Dynamic() => new() { DynamicActivations = true };
 
     /// <summary>Half-precision weights (no scales).</summary>
     public static QuantizationConfig Float16() =>
