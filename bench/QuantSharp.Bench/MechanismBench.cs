@@ -60,8 +60,8 @@ internal static class MechanismBench
         torch.set_num_threads(1);
         Console.WriteLine("| case | mechanism | ms / forward | params + buffers | transient weights |");
         Console.WriteLine("|---|---|---:|---:|---:|");
-        var int8 = new QuantizationConfig { Validation = new ValidationOptions { Enabled = false } };
-        var int4 = QuantizationConfig.Int4WeightOnly(128) with { Validation = int8.Validation };
+        var int8 = new QuantizationRecipe { Validation = new ValidationPolicy { Enabled = false } };
+        var int4 = QuantizationRecipe.Int4WeightOnly(128) with { Validation = int8.Validation };
 
         var x = torch.randn(32, 1024);
         Report("Linear 1024x1024, x [32, 1024]", "float32", Build(() => new Holder(Linear(1024, 1024))), x, 0);
@@ -93,8 +93,8 @@ internal static class MechanismBench
         return m;
     }
 
-    private static Module<Tensor, Tensor> Quantize(Func<Module<Tensor, Tensor>> factory, QuantizationConfig config) =>
-        (Module<Tensor, Tensor>)Quantizer.Quantize(Build(factory), config, inPlace: true).Model;
+    private static Module<Tensor, Tensor> Quantize(Func<Module<Tensor, Tensor>> factory, QuantizationRecipe recipe) =>
+        Quantizer.Quantize(Build(factory), recipe, inPlace: true).Model;
 
     /// <param name="transient">Float32 bytes of the largest weight dequantized during a forward (mechanism-dependent; 0 for float).</param>
     private static void Report(string name, string mechanism, Module<Tensor, Tensor> model, Tensor x, long transient)
