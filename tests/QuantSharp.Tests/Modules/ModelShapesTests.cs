@@ -343,3 +343,54 @@ public class CallbackCalibrationTests
         Assert.Contains("CalibrationBatch", ex.Message);
     }
 }
+
+/// <summary>
+/// Native modules converted to their managed counterparts (ManagedModules.ReplaceNative) before quantizing: every
+/// projection becomes a replaced QuantizedLinear, so static activation quantization reaches inside attention.
+/// </summary>
+public class ManagedCounterpartQuantizationTests
+{
+    private sealed class Block : Module<Tensor, Tensor>
+    {
+        private readonly Module<Tensor, Tensor> layer; // the base type: can hold the managed counterpart
+
+        public Block() : base(nameof(Block))
+        {
+            torch.manual_seed(31);
+            layer = TransformerEncoderLayer(64, 4, 256, dropout: 0);
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x) => layer.call(x);
+    }
+
+    private static Block Managed()
+    {
+        var m = new Block();
+        Assert.Single(QuantSharp.Modules.Managed.ManagedModules.ReplaceNative(m).Replaced);
+        return m;
+    }
+
+    [Fact]
+    public void ConvertedTransformerLayerIsQuantizedWithW8A8()
+    {
+        using var scope = NewDisposeScope();
+        var reference = new Block();
+        reference.eval();
+        torch.manual_seed(9);
+        var data = Enumerable.Range(0, 3).Select(_ => torch.randn(7, 4, 64)).ToList();
+        var r = Quantizer.Quantize(Managed(), QuantizationRecipe.Int8Static() with { CalibrationSamples = 21 }, factory: Managed,
+            calibrationData: data);
+        var names = r.Layers.Select(l => l.Name).ToList();
+        Assert.Equal(["layer.self_attn.q_proj", "layer.self_attn.k_proj", "layer.self_attn.v_proj", "layer.self_attn.out_proj", "layer.linear1", "layer.linear2"],
+            names.Where(n => n.Contains("proj", StringComparison.Ordinal) || n.Contains("linear", StringComparison.Ordinal)));
+        Assert.All(r.Layers, l => Assert.NotNull(l.Input));
+        Assert.All(ModuleTree.Walk(r.Model).Where(e => r.Layers.Any(l => l.Name == e.Name)), e => Assert.IsType<QuantizedLinear>(e.Module));
+        Assert.Equal(CheckStatus.Passed, r.Report!.ReloadCheck);
+
+        using var noGrad = no_grad();
+        var x = torch.randn(7, 4, 64);
+        double db = Metrics.Sqnr(reference.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
+        Assert.True(db >= 25, $"W8A8 output SQNR {db:F1} dB");
+    }
+}
