@@ -71,10 +71,12 @@ public sealed record TensorQuantizationReport(string Name, string File, bool Qua
         ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
     };
 
+    /// <summary>A number as JSON, which has no infinities or NaN: those become the strings "inf", "-inf" and "nan".</summary>
     internal static JsonNode? Json(double? v) => v switch
     {
         null => null,
         double d when double.IsPositiveInfinity(d) => "inf",
+        double d when double.IsNegativeInfinity(d) => "-inf",
         double d when double.IsNaN(d) => "nan",
         double d => Math.Round(d, 4),
     };

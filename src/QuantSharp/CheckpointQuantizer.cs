@@ -161,6 +161,7 @@ public static class CheckpointQuantizer
         string tempDir = Path.Combine(parent, $".{Path.GetFileName(outFull)}.qs-tmp-{Guid.NewGuid():N}");
         var reports = new List<TensorQuantizationReport>();
         var problems = new List<string>();
+        var unrepresentable = new List<string>(); // infinite or NaN outputs: refused under every failure mode
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
         JsonObject config = s.ToJson();
         var weightMap = new JsonObject();
@@ -190,7 +191,7 @@ public static class CheckpointQuantizer
                         }
                         else
                         {
-                            var (tr, info) = QuantizeOne(writer, item, s, fileName, ref done, total, progress, ct);
+                            var (tr, info) = QuantizeOne(writer, item, s, fileName, unrepresentable, ref done, total, progress, ct);
                             layers[item.Info.Name] = info;
                             r = tr;
                         }
@@ -205,7 +206,9 @@ public static class CheckpointQuantizer
             }
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, reports);
 
-            bool write = problems.Count == 0 || s.OnFailure != ValidationFailureMode.Error;
+            foreach (var p in unrepresentable)
+                if (!problems.Contains(p)) problems.Add(p);
+            bool write = problems.Count == 0 || (s.OnFailure != ValidationFailureMode.Error && unrepresentable.Count == 0);
             long outBytes = 0;
             if (write)
             {
@@ -372,7 +375,7 @@ public static class CheckpointQuantizer
     }
 
     private static (TensorQuantizationReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, ResolvedCheckpointSettings s,
-        string fileName, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
+        string fileName, List<string> unrepresentable, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
     {
         var info = item.Info;
         var spec = item.Spec!;
@@ -412,6 +415,7 @@ public static class CheckpointQuantizer
         var scaleParts = new List<Tensor>();
         var zeroParts = new List<Tensor>();
         long stored = 0;
+        bool unrepresentableReported = false;
         try
         {
             writer.Raw.BeginTensor(name, layout.DataDType, layout.DataShape);
@@ -432,6 +436,15 @@ public static class CheckpointQuantizer
                 }
                 using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xf, spec, ptScale, ptZero!) : QuantizedTensor.Quantize(xf, spec);
                 var data = q.Data.contiguous();
+                if (!unrepresentableReported && NonFiniteOutputs(q) is > 0 and var bad)
+                {
+                    unrepresentableReported = true;
+                    string problem = $"'{name}': {bad} stored {(spec.Type.IsInteger() ? "scale(s)" : "value(s)")} would be infinite or NaN: " +
+                        $"{spec.Type.ToName()} cannot hold this tensor's range{(spec.Type == QuantType.Float16 ? " (float16 ends at ±65,504)" : "")}. " +
+                        $"Quantize it to another type (an override in --config, e.g. bfloat16 or int8) or exclude it (--exclude '{name}').";
+                    problems.Add(problem);
+                    unrepresentable.Add(problem);
+                }
                 writer.Raw.Append(data.numel() == 0 ? [] : data.bytes);
                 stored += data.numel() * data.element_size();
                 if (spec.Type.IsInteger())
@@ -509,6 +522,10 @@ public static class CheckpointQuantizer
             ReduceRange = spec.ReduceRange,
             Name = name,
         });
+
+    /// <summary>Infinite or NaN values among what would be stored (float16/bfloat16 data, or integer scales).</summary>
+    private static long NonFiniteOutputs(QuantizedTensor q)
+        => q.Spec.Type.IsInteger() ? (q.Scale is null ? 0 : TensorChecks.NonFiniteCount(q.Scale)) : TensorChecks.NonFiniteCount(q.Data);
 
     private static void RequireFinite(Tensor x, string name)
     {

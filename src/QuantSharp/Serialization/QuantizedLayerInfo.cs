@@ -55,12 +55,7 @@ public sealed record QuantizedLayerInfo(
             o["observer"] = Observer;
         }
         // JSON has no infinity: an exact round trip is written as the string "inf".
-        o["sqnr_db"] = SqnrDb switch
-        {
-            null => null,
-            double d when double.IsPositiveInfinity(d) => "inf",
-            double d => Math.Round(d, 4),
-        };
+        o["sqnr_db"] = TensorQuantizationReport.Json(SqnrDb);
         return o;
     }
 
