@@ -100,6 +100,8 @@ public sealed class CheckpointQuantizationReport
     public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
     /// <summary>All validation problems (per-tensor ones and reload/format ones).</summary>
     public IReadOnlyList<string> Problems { get; }
+    /// <summary>Things the run did not do that you may want to know (side files not copied...); not failures.</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
     /// <summary>True when validation ran.</summary>
     public bool Validated { get; }
     /// <summary>True when the output was written under its final name.</summary>
@@ -137,6 +139,7 @@ public sealed class CheckpointQuantizationReport
         ["copied"] = Tensors.Count(t => !t.Quantized),
         ["min_sqnr_db"] = TensorQuantizationReport.Json(Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min()),
         ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        ["warnings"] = new JsonArray(Warnings.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
         ["tensors"] = new JsonArray(Tensors.Select(t => (JsonNode)t.ToJson()).ToArray()),
     };
 

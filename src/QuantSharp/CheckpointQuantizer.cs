@@ -40,11 +40,14 @@ public static class CheckpointQuantizer
     /// <param name="settings">Settings (null: all defaults).</param>
     /// <param name="progress">Receives progress (input bytes).</param>
     /// <param name="cancellationToken">Cancels between chunks (nothing is left behind).</param>
+    /// <param name="overwrite">Replace an existing output (a regular, writable file, or a folder); without it an
+    /// existing output is refused. Symbolic links, devices and other special files are never replaced.</param>
     /// <returns>The report.</returns>
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
     /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the temporary files are removed).</exception>
     public static CheckpointQuantizationReport Quantize(string input, string output, CheckpointQuantizationSettings? settings = null,
-        IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default)
+        IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default, bool overwrite = false)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(output);
@@ -53,8 +56,22 @@ public static class CheckpointQuantizer
         try { s = (settings ?? new CheckpointQuantizationSettings()).Resolve(); }
         catch (ArgumentException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
 
-        string inFull = Path.GetFullPath(input);
-        string outFull = Path.GetFullPath(output.TrimEnd('/', '\\').Length == 0 ? output : output.TrimEnd('/', '\\'));
+        if (string.IsNullOrWhiteSpace(input))
+            throw new CheckpointQuantizationException("The input path is empty. Give a .safetensors file or a folder of shards.");
+        if (string.IsNullOrWhiteSpace(output))
+            throw new CheckpointQuantizationException("The output path is empty. Give an output file (for a file input) or a new folder (for a folder input).");
+        // Every component but the last resolved ('..' applied after a link, as the kernel does), so that the output
+        // lands where the shell would put it; the last one stays, so that a link there is seen (and never replaced).
+        string inFull, outFull;
+        try
+        {
+            inFull = PathIdentity.ResolveParent(input);
+            outFull = PathIdentity.ResolveParent(output);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {PlainMessage(ex)}", ex);
+        }
         CheckpointSource source;
         try { source = CheckpointSource.Open(inFull); }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
@@ -63,41 +80,56 @@ public static class CheckpointQuantizer
         }
         using (source)
         {
-            CheckPaths(source, inFull, outFull, input, output);
+            try { CheckPaths(source, inFull, outFull, input, output, overwrite); }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ex.Message}", ex);
+            }
             var plan = MakePlan(source, s);
             return Run(source, plan, s, inFull, outFull, progress, cancellationToken, sw);
         }
     }
 
-    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output)
+    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output, bool overwrite)
     {
-        static string Real(string p)
-        {
-            try { return (File.Exists(p) || Directory.Exists(p)) ? (new FileInfo(p).ResolveLinkTarget(true)?.FullName ?? p) : p; }
-            catch (IOException) { return p; }
-        }
-        bool same = string.Equals(inFull, outFull, StringComparison.Ordinal) || string.Equals(Real(inFull), Real(outFull), StringComparison.Ordinal);
-        if (same)
-            throw new CheckpointQuantizationException($"The output '{output}' is the input; quantizing in place would destroy the original. Choose another output path.");
+        // Identity by real paths (every component's link resolved) or device and inode: any spelling of the input is caught.
+        if (PathIdentity.Same(inFull, outFull))
+            throw new CheckpointQuantizationException($"The output '{output}' is the input '{input}' (the same {(source.IsFolder ? "folder" : "file")}, " +
+                $"resolved to '{PathIdentity.RealPath(inFull)}'); quantizing in place would destroy the original. Choose another output path.");
         foreach (var shard in source.Shards)
         {
-            if (string.Equals(Path.GetFullPath(shard.File.Path), outFull, StringComparison.Ordinal))
-                throw new CheckpointQuantizationException($"The output '{output}' is a shard of the input. Choose another output path.");
+            if (PathIdentity.Same(shard.File.Path, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' is the input shard '{shard.File.Path}'. Choose another output path.");
+            if (PathIdentity.IsWithin(shard.File.Path, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' contains the input shard '{shard.File.Path}'; replacing it would delete the input. Choose another output path.");
         }
-        if (!source.IsFolder)
+        if (PathIdentity.IsWithin(inFull, outFull))
+            throw new CheckpointQuantizationException($"The output '{output}' contains the input '{input}'; replacing it would delete the input. Choose another output path.");
+        if (source.IsFolder && PathIdentity.IsWithin(outFull, inFull))
+            throw new CheckpointQuantizationException($"The output folder '{output}' is inside the input folder '{input}'. Choose a folder outside it.");
+
+        var kind = PathIdentity.Kind(outFull);
+        string wanted = source.IsFolder ? "folder" : "file";
+        switch (kind)
         {
-            if (Directory.Exists(outFull))
+            case EntryKind.Missing:
+                return;
+            case EntryKind.SymbolicLink or EntryKind.Other:
+                throw new CheckpointQuantizationException($"The output '{output}' exists and is {(kind == EntryKind.SymbolicLink ? "a symbolic link" : "a device, FIFO or socket")}, " +
+                    $"not a regular {wanted}; QuantSharp never replaces one. Remove it or choose another output path.");
+            case EntryKind.Directory when !source.IsFolder:
                 throw new CheckpointQuantizationException($"The output '{output}' is a folder; for a single-file input give an output file name, e.g. '{Path.Combine(output, Path.GetFileName(inFull))}'.");
-        }
-        else
-        {
-            if (File.Exists(outFull))
+            case EntryKind.RegularFile when source.IsFolder:
                 throw new CheckpointQuantizationException($"The input is a folder of shards, so the output must be a folder, but '{output}' is a file.");
-            if (Directory.Exists(outFull) && Directory.EnumerateFileSystemEntries(outFull).Any())
-                throw new CheckpointQuantizationException($"The output folder '{output}' exists and is not empty. Choose a new folder or empty it first.");
-            if (outFull.StartsWith(inFull + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                throw new CheckpointQuantizationException($"The output folder '{output}' is inside the input folder '{input}'. Choose a folder outside it.");
+            case EntryKind.Directory when !Directory.EnumerateFileSystemEntries(outFull).Any():
+                return; // an empty folder made for the output: nothing to lose
         }
+        if (!overwrite)
+            throw new CheckpointQuantizationException($"The output {wanted} '{output}' exists{(source.IsFolder ? " and is not empty" : "")}. " +
+                "Pass --overwrite (Quantize(..., overwrite: true)) to replace it, or choose another output path.");
+        if (kind == EntryKind.RegularFile && new FileInfo(outFull).IsReadOnly)
+            throw new CheckpointQuantizationException($"The output file '{output}' exists and is read-only; QuantSharp does not replace it even with --overwrite. " +
+                "Make it writable or choose another output path.");
     }
 
     private static List<PlanItem> MakePlan(CheckpointSource source, ResolvedCheckpointSettings s)
@@ -157,19 +189,17 @@ public static class CheckpointQuantizer
     private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, ResolvedCheckpointSettings s,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
-        string parent = Path.GetDirectoryName(outFull)!;
-        string tempDir = Path.Combine(parent, $".{Path.GetFileName(outFull)}.qs-tmp-{Guid.NewGuid():N}");
         var reports = new List<TensorQuantizationReport>();
         var problems = new List<string>();
         var unrepresentable = new List<string>(); // infinite or NaN outputs: refused under every failure mode
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
         JsonObject config = s.ToJson();
         var weightMap = new JsonObject();
-        bool promoted = false;
+        AtomicOutput? atomic = null;
         try
         {
-            Directory.CreateDirectory(parent);
-            Directory.CreateDirectory(tempDir);
+            atomic = AtomicOutput.Create(outFull);
+            string tempDir = atomic.TempFolder;
             foreach (var shard in source.Shards)
             {
                 string fileName = source.IsFolder ? shard.FileName : Path.GetFileName(outFull);
@@ -204,7 +234,9 @@ public static class CheckpointQuantizer
                 }
                 if (s.Validate) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
             }
-            if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, reports);
+            ct.ThrowIfCancellationRequested(); // a signal during the last chunk still leaves nothing behind
+            var warnings = new List<string>();
+            if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, warnings);
 
             foreach (var p in unrepresentable)
                 if (!problems.Contains(p)) problems.Add(p);
@@ -213,26 +245,23 @@ public static class CheckpointQuantizer
             if (write)
             {
                 outBytes = Directory.EnumerateFiles(tempDir).Sum(f => new FileInfo(f).Length);
-                if (source.IsFolder)
-                {
-                    if (Directory.Exists(outFull)) Directory.Delete(outFull); // checked empty before starting
-                    Directory.Move(tempDir, outFull);
-                }
-                else
-                {
-                    File.Move(Path.Combine(tempDir, Path.GetFileName(outFull)), outFull, overwrite: true);
-                }
-                promoted = true;
+                atomic.Promote(source.IsFolder ? null : Path.GetFileName(outFull));
             }
-            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, s.Validate, write, source.TotalFileBytes, outBytes, sw.Elapsed);
+            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, s.Validate, write, source.TotalFileBytes, outBytes, sw.Elapsed)
+            {
+                Warnings = warnings,
+            };
             if (!write) throw new CheckpointValidationException(report);
             return report;
         }
         catch (IOException ex)
         {
+            bool full = IsDiskFull(ex);
             throw new CheckpointQuantizationException(
-                $"Writing '{outFull}' failed: {ex.Message}{(IsDiskFull(ex) ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
-                "and the temporary files were removed; the input is unchanged. Free some space or choose another output folder and retry.", ex);
+                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
+                "and the temporary files were removed; the input is unchanged. " +
+                (full ? "Free some space or choose another output folder and retry."
+                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (not a read-only file system, permissions) or choose another output folder."), ex);
         }
         catch (UnauthorizedAccessException ex)
         {
@@ -240,12 +269,7 @@ public static class CheckpointQuantizer
         }
         finally
         {
-            if (!promoted || Directory.Exists(tempDir))
-            {
-                try { if (Directory.Exists(tempDir)) Directory.Delete(tempDir, recursive: true); }
-                catch (IOException) { }
-                catch (UnauthorizedAccessException) { }
-            }
+            atomic?.Dispose();
         }
     }
 
@@ -266,14 +290,35 @@ public static class CheckpointQuantizer
         }
     }
 
-    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<TensorQuantizationReport> reports)
+    /// <summary>
+    /// Copies the input folder's other files (config.json, tokenizer...): regular files only. Symbolic links are not
+    /// followed (a downloaded checkpoint's <c>tokenizer.json -> /etc/shadow</c> would copy a host file into an output
+    /// that may be published), devices, FIFOs and sockets are not read, subfolders are not copied; each is named in
+    /// <paramref name="warnings"/>.
+    /// </summary>
+    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<string> warnings)
     {
-        foreach (string f in Directory.EnumerateFiles(source.Path))
+        foreach (string f in Directory.EnumerateFileSystemEntries(source.Path).Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(f);
             if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".safetensors.index.json", StringComparison.Ordinal)
                 || name.StartsWith('.')) continue;
-            File.Copy(f, Path.Combine(tempDir, name));
+            switch (PathIdentity.Kind(f))
+            {
+                case EntryKind.RegularFile:
+                    File.Copy(f, Path.Combine(tempDir, name));
+                    break;
+                case EntryKind.SymbolicLink:
+                    warnings.Add($"'{name}' in the input folder is a symbolic link (to '{new FileInfo(f).LinkTarget}'); it was not copied " +
+                        "(links are never followed for side files). Copy it yourself if you trust its target.");
+                    break;
+                case EntryKind.Directory:
+                    warnings.Add($"The subfolder '{name}/' of the input folder was not copied (only the folder's own regular files are). Copy it yourself if the model needs it.");
+                    break;
+                case EntryKind.Other:
+                    warnings.Add($"'{name}' in the input folder is a device, FIFO or socket; it was not read or copied.");
+                    break;
+            }
         }
         if (source.IndexPath is not null || source.Shards.Count > 1)
         {
@@ -291,7 +336,6 @@ public static class CheckpointQuantizer
             string tmp = Path.Combine(tempDir, indexName);
             File.WriteAllText(tmp, index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         }
-        _ = reports;
     }
 
     private static void Copy(SafetensorsStreamWriter w, PlanItem item, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
