@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using QuantSharp.Modules;
 using QuantSharp.Primitives;
 using TorchSharp;
@@ -40,8 +41,7 @@ public class WeightQuantizerTests
         var expected = file.ReadTensor($"{caseName}/{tag}/fake_quant");
         var spec = SpecFor(tag);
 
-        var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
-        var dq = WeightQuantizer.Dequantize(data, scale, zp, spec, input.shape);
+        var (data, scale, zp, dq) = QuantizeWeight(input, spec);
 
         Assert.True(TestData.BitEqual(expected, dq), $"{caseName}/{tag}: max |diff| = {(expected - dq).abs().max().item<float>()}");
         var obs = Reference.Json.GetProperty("cases").GetProperty(caseName).GetProperty("observers").GetProperty(tag);
@@ -73,14 +73,12 @@ public class WeightQuantizerTests
             : tag.EndsWith("uint4_affine", StringComparison.Ordinal) ? new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(g))
             : new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerGroup(g));
 
-        var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
-        var dq = WeightQuantizer.Dequantize(data, scale, zp, spec, input.shape);
+        var (data, scale, zp, dq) = QuantizeWeight(input, spec);
 
         var refScale = file.ReadTensor($"{caseName}/{tag}/scale");
         Assert.True(TestData.BitEqual(refScale, scale!), "scales differ");
-        // The stored integers are PyTorch's per-group integers (its decomposed per-group quantize, round(x / s));
-        // PyTorch's per-group fake_quant in the reference rounds x * (1 / s) instead, which differs by one step at
-        // exact ties, so the weights are compared through the integers (see docs/PRIMITIVES.md).
+        // The stored integers are PyTorch's / torchao's per-group integers (round(x * (1 / s))), and the module's
+        // dequantized weight is the reference fake_quant bit for bit.
         var refQ = file.ReadTensor($"{caseName}/{tag}/q").to(ScalarType.Float32);
         var ourQ = WeightQuantizer.IntegerValues(data, spec.Type).reshape(refQ.shape);
         Assert.True(TestData.BitEqual(refQ, ourQ), $"integers differ: max |diff| = {(refQ - ourQ).abs().max().item<float>()}");
@@ -88,6 +86,7 @@ public class WeightQuantizerTests
         long groups = refScale.shape[1];
         var expected = ((refQ.reshape(refQ.shape[0], groups, g) - refZp.unsqueeze(-1)) * refScale.unsqueeze(-1)).reshape(refQ.shape);
         Assert.True(TestData.BitEqual(expected, dq), $"max |diff| = {(expected - dq).abs().max().item<float>()}");
+        Assert.True(TestData.BitEqual(file.ReadTensor($"{caseName}/{tag}/fake_quant"), dq), "fake_quant differs");
         if (spec.Type.Bits() == 4)
             Assert.Equal(new[] { input.shape[0], input.shape[1] / 2 }, data.shape);
     }
@@ -103,12 +102,20 @@ public class WeightQuantizerTests
             foreach (var (type, tag) in new[] { (QuantType.Float16, "fp16_roundtrip"), (QuantType.BFloat16, "bf16_roundtrip") })
             {
                 var spec = new QuantSpec(type);
-                var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
+                var (_, scale, zp, dq) = QuantizeWeight(input, spec);
                 Assert.Null(scale);
                 Assert.Null(zp);
-                Assert.True(TestData.BitEqual(file.ReadTensor($"{c}/{tag}"), WeightQuantizer.Dequantize(data, null, null, spec, input.shape)), $"{c} {type}");
+                Assert.True(TestData.BitEqual(file.ReadTensor($"{c}/{tag}"), dq), $"{c} {type}");
             }
         }
+    }
+
+    /// <summary>The canonical parts (copies) and the dequantized weight of <paramref name="input"/> quantized as a layer weight.</summary>
+    private static (Tensor Data, Tensor? Scale, Tensor? ZeroPoint, Tensor Dequantized) QuantizeWeight(Tensor input, QuantSpec spec)
+    {
+        using var w = QuantizedWeight.Quantize(input, spec);
+        using var c = w.ToCanonical();
+        return (c.Data.clone(), c.Scale?.clone(), c.ZeroPoint?.clone(), w.Dequantize());
     }
 
     private static Tensor Pack4(float[] values, int rows)
@@ -142,7 +149,7 @@ public class WeightQuantizerTests
         Assert.Contains("does not divide the reduction length 9", WeightQuantizer.Unsupported(g32, [16, 1, 3, 3]));
         Assert.Null(WeightQuantizer.Unsupported(g32, [16, 8, 2, 2]));
         Assert.Contains("even", WeightQuantizer.Unsupported(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0)), [4, 9]));
-        var ex = Assert.Throws<ArgumentException>(() => WeightQuantizer.Quantize(torch.zeros(4, 9), g32));
+        var ex = Assert.Throws<ArgumentException>(() => QuantizedWeight.Quantize(torch.zeros(4, 9), g32));
         Assert.Contains("group size 32", ex.Message);
     }
 }
