@@ -254,6 +254,11 @@ public static class CheckpointQuantizer
             if (!write) throw new CheckpointValidationException(report);
             return report;
         }
+        catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.HeaderTooLarge)
+        {
+            throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
+                "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
+        }
         catch (IOException ex)
         {
             bool full = IsDiskFull(ex);

@@ -203,8 +203,13 @@ public sealed class QuantizedCheckpoint : IDisposable
         try
         {
             using var doc = JsonDocument.Parse(layersJson);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{file}: '{LayersKey}' must be a JSON object of per-layer entries, found {doc.RootElement.ValueKind}.");
             foreach (var p in doc.RootElement.EnumerateObject())
-                result[p.Name] = QuantizedLayerInfo.FromJson(p.Name, p.Value);
+            {
+                if (!result.TryAdd(p.Name, QuantizedLayerInfo.FromJson(p.Name, p.Value)))
+                    throw new InvalidDataException($"{file}: '{LayersKey}' lists layer '{p.Name}' twice.");
+            }
         }
         catch (JsonException ex)
         {

@@ -92,11 +92,17 @@ public sealed record QuantizedLayerInfo(
                     _ => null,
                 };
             }
-            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr);
+            if (shape.Any(d => d < 0)) throw new FormatException($"negative dimension in shape [{string.Join(", ", shape)}]");
+            var info = new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr);
+            // The settings must describe a layout for this shape (an axis in range, a group size that divides...).
+            if (type.IsInteger()) info.ToSpec().Validate(shape);
+            _ = CheckpointLayout.For(info);
+            return info;
         }
-        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException)
+        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException or OverflowException
+            or IndexOutOfRangeException or NotSupportedException)
         {
-            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({ex.Message}).", ex);
+            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
         }
     }
 }
