@@ -139,6 +139,11 @@ public static class CheckpointQuantizer
         {
             if (shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
                 throw new CheckpointQuantizationException($"'{shard.File.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
+            // The output header carries the input's metadata plus ours (format, versions, settings, per-layer entries:
+            // never under 256 bytes): refuse before any work what cannot fit the format's limit (the writer checks again).
+            if (shard.HeaderBytes - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
+                throw new CheckpointQuantizationException($"'{shard.File.Path}' has a {shard.HeaderBytes - 8:N0}-byte header (mostly metadata); with the quantization " +
+                    $"metadata added the output header would exceed the format's limit of {SafetensorsHeader.MaxHeaderLength:N0} bytes. Remove most of the input's metadata and retry.");
         }
         foreach (var (shard, info) in source.All)
         {

@@ -160,7 +160,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                     catch (ArgumentException ex)
                     {
                         parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
-                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {ex.Message}", ex);
+                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
                     }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);

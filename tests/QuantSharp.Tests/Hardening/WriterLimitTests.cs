@@ -15,14 +15,14 @@ public class WriterLimitTests
     {
         using var dir = new TempDir();
         using var w = torch.randn([64, 64]);
-        // 99.99 MB of metadata: a valid input, but the quantized header adds its own keys and crosses 100,000,000 bytes.
-        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["blob"] = new string('x', 99_990_000) };
+        // 99.99 MB of metadata: a valid input (header just under 100,000,000 bytes), but the quantized header adds
+        // its own keys and would cross the limit.
+        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["blob"] = new string('x', 100_000_000 - 300) };
         SafetensorsWriter.Save(dir["in.safetensors"], [("w.weight", w)], metadata);
         var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["out.safetensors"],
             new CheckpointQuantizationSettings { Validate = validate, OnFailure = mode }));
         Assert.Contains("100,000,000", ex.Message);
         Assert.Contains("metadata", ex.Message);
-        Assert.Equal(SafetensorsRule.HeaderTooLarge, Assert.IsType<SafetensorsFormatException>(ex.InnerException).Rule);
         Assert.Equal(["in.safetensors"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName));
     }
 
