@@ -47,8 +47,9 @@ public readonly record struct CheckpointProgress(long BytesDone, long BytesTotal
 /// <param name="SqnrDb">SQNR against the original, dB (null when not measured).</param>
 /// <param name="ThresholdDb">The SQNR threshold that applied.</param>
 /// <param name="Problems">Validation problems of this tensor.</param>
+/// <param name="Fallback">Why <paramref name="Spec"/> differs from the recipe's (a group size that does not divide), or null.</param>
 public sealed record TensorQuantizationReport(string Name, string File, bool Quantized, QuantSpec? Spec, SafetensorsDType OriginalDType,
-    long[] Shape, long OriginalBytes, long StoredBytes, double? SqnrDb, double? ThresholdDb, IReadOnlyList<string> Problems)
+    long[] Shape, long OriginalBytes, long StoredBytes, double? SqnrDb, double? ThresholdDb, IReadOnlyList<string> Problems, string? Fallback = null)
 {
     /// <summary>Original bytes / stored bytes.</summary>
     public double Ratio => StoredBytes == 0 ? 1 : (double)OriginalBytes / StoredBytes;
@@ -69,6 +70,7 @@ public sealed record TensorQuantizationReport(string Name, string File, bool Qua
         ["threshold_db"] = ThresholdDb,
         ["passed"] = Problems.Count == 0,
         ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        ["fallback"] = Fallback,
     };
 
     /// <summary>A number as JSON, which has no infinities or NaN: those become the strings "inf", "-inf" and "nan".</summary>
@@ -100,8 +102,11 @@ public sealed class CheckpointQuantizationReport
     public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
     /// <summary>All validation problems (per-tensor ones and reload/format ones).</summary>
     public IReadOnlyList<string> Problems { get; }
-    /// <summary>Things the run did not do that you may want to know (side files not copied...); not failures.</summary>
-    public IReadOnlyList<string> Warnings { get; init; } = [];
+    /// <summary>Warnings that are not validation problems: each weight whose spec fell back (group size that does not
+    /// divide), and what the run did not do that you may want to know (side files not copied...).</summary>
+    public IReadOnlyList<string> Warnings => [.. Tensors.Where(t => t.Fallback is not null).Select(t => t.Fallback!), .. RunWarnings];
+    /// <summary>Warnings of the run itself (side files...).</summary>
+    internal IReadOnlyList<string> RunWarnings { get; init; } = [];
     /// <summary>True when validation ran.</summary>
     public bool Validated { get; }
     /// <summary>True when the output was written under its final name.</summary>

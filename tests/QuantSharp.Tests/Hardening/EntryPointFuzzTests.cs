@@ -95,7 +95,7 @@ public sealed class EntryPointFuzzTests : IDisposable
         string plain = Path.Combine(dir, "plain.safetensors");
         SafetensorsWriter.Save(plain, [("layer.weight", w), ("proj.weight", w2), ("layer.bias", bias), ("ids", ids)], new Dictionary<string, string> { ["format"] = "pt" });
         string quantized = Path.Combine(dir, "q.safetensors");
-        CheckpointQuantizer.Quantize(plain, quantized, new CheckpointQuantizationSettings { MinElements = 16 });
+        CheckpointQuantizer.Quantize(plain, quantized, new QuantizationRecipe { MinElements = 16 });
         string sharded = Path.Combine(dir, "sharded");
         Directory.CreateDirectory(sharded);
         ShardedCheckpoint.Save(sharded, [("layer.weight", w), ("proj.weight", w2), ("layer.bias", bias)], 8_000);
@@ -154,7 +154,7 @@ public sealed class EntryPointFuzzTests : IDisposable
         {
             "open" => Library(() => { using var f = SafetensorsFile.Open(input); foreach (var t in f.Tensors) _ = f.ReadBytes(t.Name); }),
             "load" => Library(() => { using var q = QuantizedCheckpoint.Load(input); foreach (var name in q.Names) q.GetFloat(name).Dispose(); }),
-            "quantize" => Library(() => CheckpointQuantizer.Quantize(input, output, new CheckpointQuantizationSettings { MinElements = 16 })),
+            "quantize" => Library(() => CheckpointQuantizer.Quantize(input, output, new QuantizationRecipe { MinElements = 16 })),
             "validate" => Library(() => CheckpointValidator.Compare(input, input)),
             "cli-quantize" => Cli(random.Next(3) switch
             {

@@ -68,7 +68,7 @@ public class NonFiniteAndTinyValueTests
         using var w = torch.full([64, 64], 1e-42f) * torch.linspace(1, 2, 64).unsqueeze(1);
         string input = WriteOne(dir, "w.weight", w);
         var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"],
-            new CheckpointQuantizationSettings { Type = type }));
+            new QuantizationRecipe { Type = type }));
         var t = ex.Report.Tensors.Single(r => r.Name == "w.weight");
         Assert.NotNull(t.SqnrDb);
         Assert.InRange(t.SqnrDb!.Value, -1, 1); // quantized to zeros: ~0 dB, never "inf"
@@ -87,7 +87,7 @@ public class NonFiniteAndTinyValueTests
         w[5, 7] = torch.tensor(70000f); // float16 ends at 65,504: this becomes +inf
         string input = WriteOne(dir, "w.weight", w);
         var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"],
-            new CheckpointQuantizationSettings { Type = QuantType.Float16, OnFailure = mode, Validate = validate }));
+            new QuantizationRecipe { Type = QuantType.Float16, Validation = new ValidationPolicy { Enabled = validate, OnFailure = mode } }));
         Assert.False(ex.Report.Written);
         Assert.Contains(ex.Report.Problems, p => p.Contains("'w.weight'") && p.Contains("infinite") && p.Contains("65,504"));
         string json = ex.Report.ToJson().ToJsonString(); // must not throw on -inf
@@ -104,7 +104,7 @@ public class NonFiniteAndTinyValueTests
         using var dir = new TempDir();
         using var w = torch.randn([32, 64], generator: new torch.Generator(4)) * 1e21;
         string input = WriteOne(dir, "w.weight", w);
-        var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int8 });
+        var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { Type = QuantType.Int8 });
         var t = report.Tensors.Single(r => r.Name == "w.weight");
         Assert.InRange(t.SqnrDb!.Value, 35, 50); // int8 per-channel on Gaussian data: ~40 dB, as at scale 1
         Assert.True(report.Passed);

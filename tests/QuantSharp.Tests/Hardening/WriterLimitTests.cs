@@ -20,7 +20,7 @@ public class WriterLimitTests
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["blob"] = new string('x', 100_000_000 - 300) };
         SafetensorsWriter.Save(dir["in.safetensors"], [("w.weight", w)], metadata);
         var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["out.safetensors"],
-            new CheckpointQuantizationSettings { Validate = validate, OnFailure = mode }));
+            new QuantizationRecipe { Validation = new ValidationPolicy { Enabled = validate, OnFailure = mode } }));
         Assert.Contains("100,000,000", ex.Message);
         Assert.Contains("metadata", ex.Message);
         Assert.Equal(["in.safetensors"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName));
@@ -53,7 +53,7 @@ public class WriterLimitTests
         Assert.False(report.Tensors.Single(t => t.Name == "").Quantized);
         using (var f = SafetensorsFile.Open(dir["copied.safetensors"]))
             Assert.Equal(SyntheticCheckpoint.Bytes(w), f.ReadBytes(""));
-        report = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["q.safetensors"], new CheckpointQuantizationSettings { Include = ["*"], Exclude = ["b"] });
+        report = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["q.safetensors"], new QuantizationRecipe { Include = ["*"], Exclude = ["b"] });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
         Assert.True(report.Tensors.Single(t => t.Name == "").Quantized);
         using var q = QuantizedCheckpoint.Load(dir["q.safetensors"]);
