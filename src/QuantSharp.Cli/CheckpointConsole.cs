@@ -15,6 +15,8 @@ internal static class CheckpointConsole
     public const int ValidationFailed = 1;
     /// <summary>Exit code: bad input, bad options or an I/O failure; nothing was written.</summary>
     public const int BadInput = 2;
+    /// <summary>Exit code: interrupted by SIGINT (Ctrl+C) or SIGTERM, as shells report 128 + SIGINT; nothing was written.</summary>
+    public const int Interrupted = 130;
 
     /// <summary>A Spectre console writing to the invocation's output (plain text when it is not a terminal).</summary>
     public static IAnsiConsole For(ParseResult parseResult, bool error = false)

@@ -73,10 +73,12 @@ public sealed record TensorQuantizationReport(string Name, string File, bool Qua
         ["fallback"] = Fallback,
     };
 
+    /// <summary>A number as JSON, which has no infinities or NaN: those become the strings "inf", "-inf" and "nan".</summary>
     internal static JsonNode? Json(double? v) => v switch
     {
         null => null,
         double d when double.IsPositiveInfinity(d) => "inf",
+        double d when double.IsNegativeInfinity(d) => "-inf",
         double d when double.IsNaN(d) => "nan",
         double d => Math.Round(d, 4),
     };
@@ -100,8 +102,11 @@ public sealed class CheckpointQuantizationReport
     public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
     /// <summary>All validation problems (per-tensor ones and reload/format ones).</summary>
     public IReadOnlyList<string> Problems { get; }
-    /// <summary>Warnings that are not validation problems: each weight whose spec fell back (group size that does not divide).</summary>
-    public IReadOnlyList<string> Warnings => Tensors.Where(t => t.Fallback is not null).Select(t => t.Fallback!).ToList();
+    /// <summary>Warnings that are not validation problems: each weight whose spec fell back (group size that does not
+    /// divide), and what the run did not do that you may want to know (side files not copied...).</summary>
+    public IReadOnlyList<string> Warnings => [.. Tensors.Where(t => t.Fallback is not null).Select(t => t.Fallback!), .. RunWarnings];
+    /// <summary>Warnings of the run itself (side files...).</summary>
+    internal IReadOnlyList<string> RunWarnings { get; init; } = [];
     /// <summary>True when validation ran.</summary>
     public bool Validated { get; }
     /// <summary>True when the output was written under its final name.</summary>

@@ -43,11 +43,14 @@ public static class CheckpointQuantizer
     /// are refused (a checkpoint has no modules); activation settings are ignored (no activations without a model).</param>
     /// <param name="progress">Receives progress (input bytes).</param>
     /// <param name="cancellationToken">Cancels between chunks (nothing is left behind).</param>
+    /// <param name="overwrite">Replace an existing output (a regular, writable file, or a folder); without it an
+    /// existing output is refused. Symbolic links, devices and other special files are never replaced.</param>
     /// <returns>The report.</returns>
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
     /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the temporary files are removed).</exception>
     public static CheckpointQuantizationReport Quantize(string input, string output, QuantizationRecipe? recipe = null,
-        IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default)
+        IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default, bool overwrite = false)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(output);
@@ -59,8 +62,22 @@ public static class CheckpointQuantizer
             throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
                 "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");
 
-        string inFull = Path.GetFullPath(input);
-        string outFull = Path.GetFullPath(output.TrimEnd('/', '\\').Length == 0 ? output : output.TrimEnd('/', '\\'));
+        if (string.IsNullOrWhiteSpace(input))
+            throw new CheckpointQuantizationException("The input path is empty. Give a .safetensors file or a folder of shards.");
+        if (string.IsNullOrWhiteSpace(output))
+            throw new CheckpointQuantizationException("The output path is empty. Give an output file (for a file input) or a new folder (for a folder input).");
+        // Every component but the last resolved ('..' applied after a link, as the kernel does), so that the output
+        // lands where the shell would put it; the last one stays, so that a link there is seen (and never replaced).
+        string inFull, outFull;
+        try
+        {
+            inFull = PathIdentity.ResolveParent(input);
+            outFull = PathIdentity.ResolveParent(output);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {PlainMessage(ex)}", ex);
+        }
         CheckpointSource source;
         try { source = CheckpointSource.Open(inFull); }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
@@ -69,41 +86,56 @@ public static class CheckpointQuantizer
         }
         using (source)
         {
-            CheckPaths(source, inFull, outFull, input, output);
+            try { CheckPaths(source, inFull, outFull, input, output, overwrite); }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ex.Message}", ex);
+            }
             var plan = MakePlan(source, s);
             return Run(source, plan, s, inFull, outFull, progress, cancellationToken, sw);
         }
     }
 
-    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output)
+    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output, bool overwrite)
     {
-        static string Real(string p)
-        {
-            try { return (File.Exists(p) || Directory.Exists(p)) ? (new FileInfo(p).ResolveLinkTarget(true)?.FullName ?? p) : p; }
-            catch (IOException) { return p; }
-        }
-        bool same = string.Equals(inFull, outFull, StringComparison.Ordinal) || string.Equals(Real(inFull), Real(outFull), StringComparison.Ordinal);
-        if (same)
-            throw new CheckpointQuantizationException($"The output '{output}' is the input; quantizing in place would destroy the original. Choose another output path.");
+        // Identity by real paths (every component's link resolved) or device and inode: any spelling of the input is caught.
+        if (PathIdentity.Same(inFull, outFull))
+            throw new CheckpointQuantizationException($"The output '{output}' is the input '{input}' (the same {(source.IsFolder ? "folder" : "file")}, " +
+                $"resolved to '{PathIdentity.RealPath(inFull)}'); quantizing in place would destroy the original. Choose another output path.");
         foreach (var shard in source.Shards)
         {
-            if (string.Equals(Path.GetFullPath(shard.File.Path), outFull, StringComparison.Ordinal))
-                throw new CheckpointQuantizationException($"The output '{output}' is a shard of the input. Choose another output path.");
+            if (PathIdentity.Same(shard.File.Path, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' is the input shard '{shard.File.Path}'. Choose another output path.");
+            if (PathIdentity.IsWithin(shard.File.Path, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' contains the input shard '{shard.File.Path}'; replacing it would delete the input. Choose another output path.");
         }
-        if (!source.IsFolder)
+        if (PathIdentity.IsWithin(inFull, outFull))
+            throw new CheckpointQuantizationException($"The output '{output}' contains the input '{input}'; replacing it would delete the input. Choose another output path.");
+        if (source.IsFolder && PathIdentity.IsWithin(outFull, inFull))
+            throw new CheckpointQuantizationException($"The output folder '{output}' is inside the input folder '{input}'. Choose a folder outside it.");
+
+        var kind = PathIdentity.Kind(outFull);
+        string wanted = source.IsFolder ? "folder" : "file";
+        switch (kind)
         {
-            if (Directory.Exists(outFull))
+            case EntryKind.Missing:
+                return;
+            case EntryKind.SymbolicLink or EntryKind.Other:
+                throw new CheckpointQuantizationException($"The output '{output}' exists and is {(kind == EntryKind.SymbolicLink ? "a symbolic link" : "a device, FIFO or socket")}, " +
+                    $"not a regular {wanted}; QuantSharp never replaces one. Remove it or choose another output path.");
+            case EntryKind.Directory when !source.IsFolder:
                 throw new CheckpointQuantizationException($"The output '{output}' is a folder; for a single-file input give an output file name, e.g. '{Path.Combine(output, Path.GetFileName(inFull))}'.");
-        }
-        else
-        {
-            if (File.Exists(outFull))
+            case EntryKind.RegularFile when source.IsFolder:
                 throw new CheckpointQuantizationException($"The input is a folder of shards, so the output must be a folder, but '{output}' is a file.");
-            if (Directory.Exists(outFull) && Directory.EnumerateFileSystemEntries(outFull).Any())
-                throw new CheckpointQuantizationException($"The output folder '{output}' exists and is not empty. Choose a new folder or empty it first.");
-            if (outFull.StartsWith(inFull + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                throw new CheckpointQuantizationException($"The output folder '{output}' is inside the input folder '{input}'. Choose a folder outside it.");
+            case EntryKind.Directory when !Directory.EnumerateFileSystemEntries(outFull).Any():
+                return; // an empty folder made for the output: nothing to lose
         }
+        if (!overwrite)
+            throw new CheckpointQuantizationException($"The output {wanted} '{output}' exists{(source.IsFolder ? " and is not empty" : "")}. " +
+                "Pass --overwrite (Quantize(..., overwrite: true)) to replace it, or choose another output path.");
+        if (kind == EntryKind.RegularFile && new FileInfo(outFull).IsReadOnly)
+            throw new CheckpointQuantizationException($"The output file '{output}' exists and is read-only; QuantSharp does not replace it even with --overwrite. " +
+                "Make it writable or choose another output path.");
     }
 
     private static List<PlanItem> MakePlan(CheckpointSource source, RecipePlanner s)
@@ -113,6 +145,11 @@ public static class CheckpointQuantizer
         {
             if (shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
                 throw new CheckpointQuantizationException($"'{shard.File.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
+            // The output header carries the input's metadata plus ours (format, versions, settings, per-layer entries:
+            // never under 256 bytes): refuse before any work what cannot fit the format's limit (the writer checks again).
+            if (shard.HeaderBytes - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
+                throw new CheckpointQuantizationException($"'{shard.File.Path}' has a {shard.HeaderBytes - 8:N0}-byte header (mostly metadata); with the quantization " +
+                    $"metadata added the output header would exceed the format's limit of {SafetensorsHeader.MaxHeaderLength:N0} bytes. Remove most of the input's metadata and retry.");
         }
         foreach (var (shard, info) in source.All)
         {
@@ -169,19 +206,18 @@ public static class CheckpointQuantizer
     private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, RecipePlanner s,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
-        string parent = Path.GetDirectoryName(outFull)!;
-        string tempDir = Path.Combine(parent, $".{Path.GetFileName(outFull)}.qs-tmp-{Guid.NewGuid():N}");
         var reports = new List<TensorQuantizationReport>();
         var problems = new List<string>();
+        var unrepresentable = new List<string>(); // infinite or NaN outputs: refused under every failure mode
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
         JsonObject config = s.Recipe.ToJsonNode();
         var validation = s.Recipe.Validation;
         var weightMap = new JsonObject();
-        bool promoted = false;
+        AtomicOutput? atomic = null;
         try
         {
-            Directory.CreateDirectory(parent);
-            Directory.CreateDirectory(tempDir);
+            atomic = AtomicOutput.Create(outFull);
+            string tempDir = atomic.TempFolder;
             foreach (var shard in source.Shards)
             {
                 string fileName = source.IsFolder ? shard.FileName : Path.GetFileName(outFull);
@@ -203,7 +239,7 @@ public static class CheckpointQuantizer
                         }
                         else
                         {
-                            var (tr, info) = QuantizeOne(writer, item, s, fileName, ref done, total, progress, ct);
+                            var (tr, info) = QuantizeOne(writer, item, s, fileName, unrepresentable, ref done, total, progress, ct);
                             layers[item.Info.Name] = info;
                             r = tr;
                         }
@@ -216,33 +252,39 @@ public static class CheckpointQuantizer
                 }
                 if (validation.Enabled && validation.ReloadCheck) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
             }
-            if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, reports);
+            ct.ThrowIfCancellationRequested(); // a signal during the last chunk still leaves nothing behind
+            var warnings = new List<string>();
+            if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, warnings);
 
-            bool write = problems.Count == 0 || validation.OnFailure != ValidationFailureMode.Error;
+            foreach (var p in unrepresentable)
+                if (!problems.Contains(p)) problems.Add(p);
+            bool write = problems.Count == 0 || (validation.OnFailure != ValidationFailureMode.Error && unrepresentable.Count == 0);
             long outBytes = 0;
             if (write)
             {
                 outBytes = Directory.EnumerateFiles(tempDir).Sum(f => new FileInfo(f).Length);
-                if (source.IsFolder)
-                {
-                    if (Directory.Exists(outFull)) Directory.Delete(outFull); // checked empty before starting
-                    Directory.Move(tempDir, outFull);
-                }
-                else
-                {
-                    File.Move(Path.Combine(tempDir, Path.GetFileName(outFull)), outFull, overwrite: true);
-                }
-                promoted = true;
+                atomic.Promote(source.IsFolder ? null : Path.GetFileName(outFull));
             }
-            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, validation.Enabled, write, source.TotalFileBytes, outBytes, sw.Elapsed);
+            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, validation.Enabled, write, source.TotalFileBytes, outBytes, sw.Elapsed)
+            {
+                RunWarnings = warnings,
+            };
             if (!write) throw new CheckpointValidationException(report);
             return report;
         }
+        catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.HeaderTooLarge)
+        {
+            throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
+                "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
+        }
         catch (IOException ex)
         {
+            bool full = IsDiskFull(ex);
             throw new CheckpointQuantizationException(
-                $"Writing '{outFull}' failed: {ex.Message}{(IsDiskFull(ex) ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
-                "and the temporary files were removed; the input is unchanged. Free some space or choose another output folder and retry.", ex);
+                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
+                "and the temporary files were removed; the input is unchanged. " +
+                (full ? "Free some space or choose another output folder and retry."
+                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (not a read-only file system, permissions) or choose another output folder."), ex);
         }
         catch (UnauthorizedAccessException ex)
         {
@@ -250,12 +292,7 @@ public static class CheckpointQuantizer
         }
         finally
         {
-            if (!promoted || Directory.Exists(tempDir))
-            {
-                try { if (Directory.Exists(tempDir)) Directory.Delete(tempDir, recursive: true); }
-                catch (IOException) { }
-                catch (UnauthorizedAccessException) { }
-            }
+            atomic?.Dispose();
         }
     }
 
@@ -276,14 +313,35 @@ public static class CheckpointQuantizer
         }
     }
 
-    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<TensorQuantizationReport> reports)
+    /// <summary>
+    /// Copies the input folder's other files (config.json, tokenizer...): regular files only. Symbolic links are not
+    /// followed (a downloaded checkpoint's <c>tokenizer.json -> /etc/shadow</c> would copy a host file into an output
+    /// that may be published), devices, FIFOs and sockets are not read, subfolders are not copied; each is named in
+    /// <paramref name="warnings"/>.
+    /// </summary>
+    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<string> warnings)
     {
-        foreach (string f in Directory.EnumerateFiles(source.Path))
+        foreach (string f in Directory.EnumerateFileSystemEntries(source.Path).Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(f);
             if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".safetensors.index.json", StringComparison.Ordinal)
                 || name.StartsWith('.')) continue;
-            File.Copy(f, Path.Combine(tempDir, name));
+            switch (PathIdentity.Kind(f))
+            {
+                case EntryKind.RegularFile:
+                    File.Copy(f, Path.Combine(tempDir, name));
+                    break;
+                case EntryKind.SymbolicLink:
+                    warnings.Add($"'{name}' in the input folder is a symbolic link (to '{new FileInfo(f).LinkTarget}'); it was not copied " +
+                        "(links are never followed for side files). Copy it yourself if you trust its target.");
+                    break;
+                case EntryKind.Directory:
+                    warnings.Add($"The subfolder '{name}/' of the input folder was not copied (only the folder's own regular files are). Copy it yourself if the model needs it.");
+                    break;
+                case EntryKind.Other:
+                    warnings.Add($"'{name}' in the input folder is a device, FIFO or socket; it was not read or copied.");
+                    break;
+            }
         }
         if (source.IndexPath is not null || source.Shards.Count > 1)
         {
@@ -301,7 +359,6 @@ public static class CheckpointQuantizer
             string tmp = Path.Combine(tempDir, indexName);
             File.WriteAllText(tmp, index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
         }
-        _ = reports;
     }
 
     private static void Copy(SafetensorsStreamWriter w, PlanItem item, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
@@ -385,7 +442,7 @@ public static class CheckpointQuantizer
     }
 
     private static (TensorQuantizationReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, RecipePlanner s,
-        string fileName, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
+        string fileName, List<string> unrepresentable, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
     {
         var info = item.Info;
         var spec = item.Spec!;
@@ -428,6 +485,7 @@ public static class CheckpointQuantizer
         var scaleParts = new List<Tensor>();
         var zeroParts = new List<Tensor>();
         long stored = 0;
+        bool unrepresentableReported = false;
         try
         {
             writer.Raw.BeginTensor(name, layout.DataDType, layout.DataShape);
@@ -443,6 +501,15 @@ public static class CheckpointQuantizer
                 var xs = xf.dim() > 2 && spec.Type.IsInteger() ? xf.reshape(xf.shape[0], -1) : xf;
                 using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xs, spec, ptScale, ptZero!) : WeightQuantization.Quantize(xs, spec, observer, name);
                 var data = q.Data.contiguous();
+                if (!unrepresentableReported && NonFiniteOutputs(q) is > 0 and var bad)
+                {
+                    unrepresentableReported = true;
+                    string problem = $"'{name}': {bad} stored {(spec.Type.IsInteger() ? "scale(s)" : "value(s)")} would be infinite or NaN: " +
+                        $"{spec.Type.ToName()} cannot hold this tensor's range{(spec.Type == QuantType.Float16 ? " (float16 ends at ±65,504)" : "")}. " +
+                        $"Quantize it to another type (an override in --config, e.g. bfloat16 or int8) or exclude it (--exclude '{name}').";
+                    problems.Add(problem);
+                    unrepresentable.Add(problem);
+                }
                 writer.Raw.Append(data.numel() == 0 ? [] : data.bytes);
                 stored += data.numel() * data.element_size();
                 if (spec.Type.IsInteger())
@@ -508,6 +575,10 @@ public static class CheckpointQuantizer
         return (new TensorQuantizationReport(name, fileName, true, spec, info.DType, info.Shape, info.ByteLength, stored, db,
             validate ? threshold : null, problems, item.Fallback), layer);
     }
+
+    /// <summary>Infinite or NaN values among what would be stored (float16/bfloat16 data, or integer scales).</summary>
+    private static long NonFiniteOutputs(QuantizedTensor q)
+        => q.Spec.Type.IsInteger() ? (q.Scale is null ? 0 : TensorChecks.NonFiniteCount(q.Scale)) : TensorChecks.NonFiniteCount(q.Data);
 
     private static void RequireFinite(Tensor x, string name)
     {

@@ -23,11 +23,12 @@ internal static class QuantizeCommand
         var onFailure = new Option<string?>("--on-failure") { Description = "error | warn | ignore: what to do when validation fails (default error: nothing is written)." };
         var noValidate = new Option<bool>("--no-validate") { Description = "Skip validation (SQNR, reload and range tests)." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output (a regular writable file or a folder; never a link or device)." };
 
         var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/float16/bfloat16, then validate it.");
         cmd.Arguments.Add(input);
         cmd.Arguments.Add(output);
-        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, config, onFailure, noValidate, json })
+        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, config, onFailure, noValidate, json, overwrite })
             cmd.Options.Add(o);
 
         cmd.SetAction(parseResult =>
@@ -62,12 +63,20 @@ internal static class QuantizeCommand
 
             bool asJson = parseResult.GetValue(json);
             string inPath = parseResult.GetValue(input)!, outPath = parseResult.GetValue(output)!;
+            bool replace = parseResult.GetValue(overwrite);
             CheckpointQuantizationReport report;
+            // Ctrl+C and SIGTERM cancel the run between chunks, which removes its temporary folder before exiting.
+            using var interrupt = new InterruptCancellation();
             try
             {
                 report = asJson
-                    ? CheckpointQuantizer.Quantize(inPath, outPath, recipe)
-                    : CheckpointConsole.WithProgress(parseResult, "Quantizing", p => CheckpointQuantizer.Quantize(inPath, outPath, recipe, p));
+                    ? CheckpointQuantizer.Quantize(inPath, outPath, recipe, null, interrupt.Token, replace)
+                    : CheckpointConsole.WithProgress(parseResult, "Quantizing", p => CheckpointQuantizer.Quantize(inPath, outPath, recipe, p, interrupt.Token, replace));
+            }
+            catch (OperationCanceledException) when (interrupt.Token.IsCancellationRequested)
+            {
+                return CheckpointConsole.Fail(parseResult, $"Interrupted ({interrupt.Signal}); nothing was written under '{outPath}' and the temporary files were removed.",
+                    CheckpointConsole.Interrupted);
             }
             catch (CheckpointValidationException ex)
             {

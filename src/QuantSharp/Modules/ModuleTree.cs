@@ -1,5 +1,5 @@
 using System.Reflection;
-using System.Text.RegularExpressions;
+using QuantSharp.Selection;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -146,11 +146,8 @@ internal static class ModuleTree
 /// <summary>Glob matching of layer names (<c>*</c> any run of characters including dots, <c>?</c> one character) and close-name suggestions.</summary>
 internal static class NameGlob
 {
-    public static bool IsMatch(string pattern, string name) => ToRegex(pattern).IsMatch(name);
-
-    public static Regex ToRegex(string pattern) => new(
-        "^" + Regex.Escape(pattern).Replace(@"\*", ".*").Replace(@"\?", ".") + "$",
-        RegexOptions.CultureInvariant | RegexOptions.Singleline);
+    public static bool IsMatch(string pattern, string name) =>
+        pattern.Length == 0 ? name.Length == 0 : Glob.WildcardsOnly(pattern).IsMatch(name);
 
     /// <summary>Up to <paramref name="count"/> names closest to <paramref name="pattern"/> (edit distance, wildcards removed).</summary>
     public static IReadOnlyList<string> Closest(string pattern, IEnumerable<string> names, int count = 3)

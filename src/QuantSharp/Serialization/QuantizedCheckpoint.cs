@@ -167,7 +167,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                     catch (ArgumentException ex)
                     {
                         parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
-                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {ex.Message}", ex);
+                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
                     }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);
@@ -210,8 +210,21 @@ public sealed class QuantizedCheckpoint : IDisposable
         try
         {
             using var doc = JsonDocument.Parse(layersJson);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{file}: '{LayersKey}' must be a JSON object of per-layer entries, found {doc.RootElement.ValueKind}.");
             foreach (var p in doc.RootElement.EnumerateObject())
-                result[p.Name] = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };
+            {
+                var info = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };
+                // The settings must describe a layout for the shape (an axis in range, a group size that divides...).
+                try { _ = CheckpointLayout.For(info); }
+                catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or NotSupportedException or DivideByZeroException or OverflowException)
+                {
+                    throw new InvalidDataException($"{file}: layer '{p.Name}': its settings ({info.Type.ToName()}, {info.Granularity?.ToString() ?? "-"}) do not fit its shape " +
+                        $"[{string.Join(", ", info.Shape)}] ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
+                }
+                if (!result.TryAdd(p.Name, info))
+                    throw new InvalidDataException($"{file}: '{LayersKey}' lists layer '{p.Name}' twice.");
+            }
         }
         catch (JsonException ex)
         {

@@ -66,12 +66,7 @@ public sealed record QuantizedLayerInfo(
             o["observer"] = Observer;
         }
         // JSON has no infinity: an exact round trip is written as the string "inf".
-        o["sqnr_db"] = SqnrDb switch
-        {
-            null => null,
-            double d when double.IsPositiveInfinity(d) => "inf",
-            double d => Math.Round(d, 4),
-        };
+        o["sqnr_db"] = TensorQuantizationReport.Json(SqnrDb);
         if (Input is { } input)
             o["input"] = new JsonObject { ["qtype"] = input.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(input.Scheme), ["reduce_range"] = input.ReduceRange };
         return o;
@@ -110,6 +105,7 @@ public sealed record QuantizedLayerInfo(
                     _ => null,
                 };
             }
+            if (shape.Any(d => d < 0)) throw new FormatException($"negative dimension in shape [{string.Join(", ", shape)}]");
             QuantSpec? input = null;
             if (e.TryGetProperty("input", out var inp) && inp.ValueKind == JsonValueKind.Object)
             {
@@ -119,9 +115,10 @@ public sealed record QuantizedLayerInfo(
             }
             return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr) { Input = input };
         }
-        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException)
+        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException or OverflowException
+            or IndexOutOfRangeException or NotSupportedException)
         {
-            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({ex.Message}).", ex);
+            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
         }
     }
 }

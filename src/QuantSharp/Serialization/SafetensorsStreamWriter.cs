@@ -77,7 +77,10 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     public void BeginTensor(string name, SafetensorsDType dtype, long[] shape)
     {
         if (_open is not null) throw new InvalidOperationException($"Tensor '{_open.Name}' is still open.");
-        if (name == "__metadata__" || name.Length == 0) throw new ArgumentException($"'{name}' is not a valid tensor name.", nameof(name));
+        // The format's name rules: unique, not the metadata key, well-formed Unicode (an empty name is allowed, as the
+        // reference library and our reader allow it).
+        if (name == SafetensorsHeader.MetadataKey) throw new ArgumentException($"'{name}' is reserved and cannot name a tensor.", nameof(name));
+        if (!IsWellFormed(name)) throw new ArgumentException($"The tensor name '{name}' is not well-formed UTF-16 (lone surrogate).", nameof(name));
         if (!_names.Add(name)) throw new ArgumentException($"Tensor '{name}' was already written.", nameof(name));
         _open = new Entry(name, dtype, (long[])shape.Clone(), _dataLength);
         _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -130,6 +133,12 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         if (_open is not null) throw new InvalidOperationException($"Tensor '{_open.Name}' is still open.");
         if (_written) throw new InvalidOperationException("Already committed.");
         byte[] header = BuildHeader(metadata);
+        // The format's limit, checked before the header is written: a larger file would be unreadable everywhere.
+        long paddedLength = (header.Length + 7L) / 8 * 8;
+        if (paddedLength > SafetensorsHeader.MaxHeaderLength)
+            throw new SafetensorsFormatException(SafetensorsRule.HeaderTooLarge, _finalPath, null,
+                $"the header would have {paddedLength:N0} bytes ({(metadata ?? new Dictionary<string, string>()).Sum(kv => (long)kv.Key.Length + kv.Value.Length):N0} of them metadata), " +
+                $"more than the format's limit of {SafetensorsHeader.MaxHeaderLength:N0}; nothing was written");
         var stream = _stream!;
         if (header.Length <= _reserve && _dataLength >= (CompactBelowBytesForTests ?? DefaultCompactBelowBytes))
         {
@@ -221,6 +230,16 @@ internal sealed class SafetensorsStreamWriter : IDisposable
             w.WriteEndObject();
         }
         return ms.ToArray();
+    }
+
+    private static bool IsWellFormed(string text)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) i++;
+            else if (char.IsSurrogate(text[i])) return false;
+        }
+        return true;
     }
 
     /// <summary>A header reserve that fits typical metadata for a file of <paramref name="tensorCount"/> tensors.</summary>

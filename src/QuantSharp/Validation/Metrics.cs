@@ -12,7 +12,9 @@ public static class Metrics
     /// </summary>
     /// <param name="reference">The float tensor (the signal).</param>
     /// <param name="actual">The approximation, same shape (e.g. the dequantized tensor).</param>
-    /// <returns>The SQNR in dB; <see cref="double.PositiveInfinity"/> when the tensors are equal.</returns>
+    /// <returns>The SQNR in dB; <see cref="double.PositiveInfinity"/> only when the tensors are equal (also all zeros),
+    /// <see cref="double.NegativeInfinity"/> when <paramref name="actual"/> has an infinity the reference lacks,
+    /// <see cref="double.NaN"/> when either holds NaN.</returns>
     /// <exception cref="ArgumentException">The shapes differ.</exception>
     public static double Sqnr(Tensor reference, Tensor actual)
     {
@@ -21,12 +23,8 @@ public static class Metrics
         if (!reference.shape.SequenceEqual(actual.shape))
             throw new ArgumentException(
                 $"SQNR needs tensors of the same shape; got {QuantSpec.FormatShape(reference.shape)} and {QuantSpec.FormatShape(actual.shape)}.", nameof(actual));
-        using var scope = torch.NewDisposeScope();
-        var a = reference.detach().to(ScalarType.Float64, torch.CPU);
-        var b = actual.detach().to(ScalarType.Float64, torch.CPU);
-        double signal = a.norm().item<double>();
-        double noise = (a - b).norm().item<double>();
-        if (noise == 0) return double.PositiveInfinity;
-        return 20 * Math.Log10(signal / noise);
+        var sqnr = new SqnrAccumulator();
+        sqnr.Add(reference.detach().cpu(), actual.detach().cpu());
+        return sqnr.Db;
     }
 }

@@ -19,44 +19,48 @@ internal sealed class SqnrAccumulator
         using var scope = NewDisposeScope();
         var x = original.to(ScalarType.Float64);
         var d = dequantized.to(ScalarType.Float64);
+        // Equal values (also equal infinities) add no noise.
+        var e = torch.where(x.eq(d), torch.zeros_like(x), x - d);
         _signal += x.square().sum().item<double>();
-        _noise += (x - d).square().sum().item<double>();
+        _noise += e.square().sum().item<double>();
     }
 
-    /// <summary>Adds a chunk given as float32 spans (vectorized; float32 partial sums over blocks of 4096, then double).</summary>
+    /// <summary>
+    /// Adds a chunk given as float32 spans. Squares and sums are taken in float64: a float32 square underflows to 0
+    /// below about 1e-23 (so weights near 1e-42 that quantize to zeros would look exact) and overflows above 1.8e19.
+    /// </summary>
     public void Add(ReadOnlySpan<float> original, ReadOnlySpan<float> dequantized)
     {
         if (dequantized.Length != original.Length) throw new ArgumentException("Lengths differ.", nameof(dequantized));
-        const int Block = 4096;
-        for (int start = 0; start < original.Length; start += Block)
+        int i = 0;
+        double signal = 0, noise = 0;
+        if (Vector.IsHardwareAccelerated)
         {
-            var x = original.Slice(start, Math.Min(Block, original.Length - start));
-            var d = dequantized.Slice(start, x.Length);
-            var vs = Vector<float>.Zero;
-            var vn = Vector<float>.Zero;
-            int i = 0;
-            if (Vector.IsHardwareAccelerated)
+            var xv = MemoryMarshal.Cast<float, Vector<float>>(original);
+            var dv = MemoryMarshal.Cast<float, Vector<float>>(dequantized);
+            Vector<double> vs = Vector<double>.Zero, vn = Vector<double>.Zero;
+            for (int k = 0; k < xv.Length; k++)
             {
-                var xv = MemoryMarshal.Cast<float, Vector<float>>(x);
-                var dv = MemoryMarshal.Cast<float, Vector<float>>(d);
-                for (int k = 0; k < xv.Length; k++)
-                {
-                    var e = xv[k] - dv[k];
-                    vs += xv[k] * xv[k];
-                    vn += e * e;
-                }
-                i = xv.Length * Vector<float>.Count;
+                Vector.Widen(xv[k], out var x0, out var x1);
+                Vector.Widen(dv[k], out var d0, out var d1);
+                var e0 = Vector.ConditionalSelect(Vector.Equals(x0, d0), Vector<double>.Zero, x0 - d0);
+                var e1 = Vector.ConditionalSelect(Vector.Equals(x1, d1), Vector<double>.Zero, x1 - d1);
+                vs += x0 * x0 + x1 * x1;
+                vn += e0 * e0 + e1 * e1;
             }
-            double signal = Vector.Sum(vs), noise = Vector.Sum(vn);
-            for (; i < x.Length; i++)
-            {
-                double e = x[i] - d[i];
-                signal += (double)x[i] * x[i];
-                noise += e * e;
-            }
-            _signal += signal;
-            _noise += noise;
+            signal = Vector.Sum(vs);
+            noise = Vector.Sum(vn);
+            i = xv.Length * Vector<float>.Count;
         }
+        for (; i < original.Length; i++)
+        {
+            double x = original[i], d = dequantized[i];
+            double e = x == d ? 0 : x - d;
+            signal += x * x;
+            noise += e * e;
+        }
+        _signal += signal;
+        _noise += noise;
     }
 
     /// <summary>Σx².</summary>
@@ -65,8 +69,20 @@ internal sealed class SqnrAccumulator
     /// <summary>Σ(x − x̂)².</summary>
     public double Noise => _noise;
 
-    /// <summary>The SQNR in dB; +∞ when the round trip is exact.</summary>
-    public double Db => _noise == 0 ? double.PositiveInfinity : 10 * Math.Log10(_signal / _noise);
+    /// <summary>The SQNR in dB (see <see cref="ToDb"/>).</summary>
+    public double Db => ToDb(_signal, _noise);
+
+    /// <summary>
+    /// 10·log10(signal / noise): +∞ only when the round trip is exact (noise 0); −∞ when the noise is infinite
+    /// (a value became infinite) or the signal is 0 with noise; NaN when a sum is NaN.
+    /// </summary>
+    public static double ToDb(double signal, double noise)
+    {
+        if (double.IsNaN(signal) || double.IsNaN(noise)) return double.NaN;
+        if (noise == 0) return double.PositiveInfinity;
+        if (double.IsPositiveInfinity(noise)) return double.NegativeInfinity;
+        return 10 * Math.Log10(signal / noise);
+    }
 }
 
 /// <summary>Checks on quantized parts (the range test of validation).</summary>

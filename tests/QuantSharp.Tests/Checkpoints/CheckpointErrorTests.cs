@@ -144,8 +144,9 @@ public class CheckpointErrorTests
         SafetensorsStreamWriter.StreamFactoryForTests = p => new FullDiskStream(new FileStream(p, FileMode.CreateNew, FileAccess.ReadWrite), 200_000);
         try
         {
-            var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"]));
+            var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"], overwrite: true));
             Assert.Contains("disk is full", ex.Message);
+            Assert.Contains("Free some space", ex.Message);
             Assert.Contains("temporary files were removed", ex.Message);
             Assert.IsAssignableFrom<IOException>(ex.InnerException);
         }
