@@ -17,7 +17,7 @@ namespace QuantSharp;
 /// <param name="QuantizedBytes">Bytes of the quantized layer's parameters and buffers.</param>
 public sealed record QuantizedLayer(string Name, string ModuleType, QuantSpec Weights, ActivationQuantization? Input, long FloatBytes, long QuantizedBytes);
 
-/// <summary>What <see cref="Quantizer.Quantize"/> produced.</summary>
+/// <summary>What <c>Quantizer.Quantize</c> produced.</summary>
 public sealed class QuantizationResult
 {
     internal QuantizationResult(nn.Module model, IReadOnlyList<QuantizedLayer> layers, IReadOnlyList<SkippedLayer> skipped,
@@ -38,7 +38,10 @@ public sealed class QuantizationResult
     /// <summary>The validation report, or null when validation was disabled.</summary>
     public QuantizationReport? Report { get; }
 
-    /// <summary>Validation problems kept as warnings (<see cref="ValidationFailureMode.Warn"/>).</summary>
+    /// <summary>
+    /// Layers left float for a reason other than the configuration's include/exclude choices, layers whose input could
+    /// not be quantized, and validation problems kept as warnings (<see cref="ValidationFailureMode.Warn"/>).
+    /// </summary>
     public IReadOnlyList<string> Warnings { get; }
 
     /// <summary>Samples run through the model for calibration (0 without data).</summary>
@@ -70,10 +73,14 @@ public static class Quantizer
     /// builds a fresh float model of the same architecture (e.g. <c>() =&gt; new MyNet()</c>). The original's
     /// <c>state_dict</c> is loaded into it (separate storage) and its layers are then replaced; the caller's model is not
     /// modified (its hooks are not touched and it is never run). Without a factory, pass <c>inPlace: true</c>.</para>
-    /// <para>Layers are swapped through their parent: a <c>Sequential</c>, a <c>ModuleList</c>/<c>ModuleDict</c> of
-    /// <c>Module&lt;Tensor, Tensor&gt;</c>, or a field of a custom module declared as <c>Module&lt;Tensor, Tensor&gt;</c>.
-    /// A field declared as <c>Linear</c> cannot hold the quantized layer: such layers are skipped and listed in
-    /// <see cref="QuantizationResult.Skipped"/>, as are unsupported types (LSTM, BatchNorm, custom layers).</para>
+    /// <para>The layer types are those registered in <see cref="QuantizedModules"/>. A layer is swapped for its quantized
+    /// module through its parent where the parent can hold it: a <c>Sequential</c>, a <c>ModuleList</c>/<c>ModuleDict</c>
+    /// of <c>Module&lt;Tensor, Tensor&gt;</c>, or a field declared as <c>Module&lt;Tensor, Tensor&gt;</c>. Elsewhere (a
+    /// field declared as the sealed <c>Linear</c>, a <c>ModuleList&lt;Linear&gt;</c>) and for TorchSharp's native modules
+    /// (<c>MultiheadAttention</c>, <c>TransformerEncoderLayer</c>, <c>LSTM</c>, <c>GRU</c>...) the float module is kept and
+    /// its weights are stored quantized, materialized around each forward (docs/QUANTIZER.md compares the costs). Layers
+    /// of other types with parameters stay float and are listed in <see cref="QuantizationResult.Skipped"/> and
+    /// <see cref="QuantizationResult.Warnings"/>. A weight tied between layers is quantized once and stays shared.</para>
     /// <para>Precedence: the explicit arguments <paramref name="weights"/>, <paramref name="calibrationSamples"/> and
     /// <paramref name="onFailure"/> override <paramref name="config"/>, which overrides the defaults.</para>
     /// <para>With <paramref name="inPlace"/>, the model is switched to eval mode and its layers are replaced before the
@@ -106,7 +113,51 @@ public static class Quantizer
         QuantSpec? weights = null,
         int? calibrationSamples = null,
         ValidationFailureMode? onFailure = null,
+        IProgress<CalibrationProgress>? progress = null) =>
+        QuantizeCore(model, config, factory,
+            calibrationData?.Select(t => t is null || t.IsInvalid ? null! : CalibrationBatch.Of(t)), // null batches are reported by number
+            inPlace, weights, calibrationSamples, onFailure, progress);
+
+    /// <summary>
+    /// Quantizes a model of any forward signature, calibrated by callbacks that run it on each batch (e.g. a model
+    /// taking token ids and an attention mask). Otherwise as
+    /// <see cref="Quantize(nn.Module, QuantizationConfig, Func{nn.Module}?, IEnumerable{Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/>.
+    /// </summary>
+    /// <remarks>
+    /// Each batch runs the float model during calibration, and its first batch runs the quantized and the reloaded
+    /// models during validation (output SQNR, reload check); the layers observed are those that take and return one
+    /// tensor (<c>Module&lt;Tensor, Tensor&gt;</c>, called with <c>call</c>).
+    /// </remarks>
+    /// <param name="model">The float model.</param>
+    /// <param name="config">What to quantize and how.</param>
+    /// <param name="calibration">The batches (see <see cref="CalibrationBatch"/>).</param>
+    /// <param name="factory">Builds a fresh float model of the same architecture; needed unless <paramref name="inPlace"/>, and for the reload check.</param>
+    /// <param name="inPlace">Quantize <paramref name="model"/> itself instead of a copy.</param>
+    /// <param name="weights">Overrides <see cref="QuantizationConfig.Weights"/>.</param>
+    /// <param name="calibrationSamples">Overrides <see cref="QuantizationConfig.CalibrationSamples"/>.</param>
+    /// <param name="onFailure">Overrides <see cref="ValidationOptions.OnFailure"/>.</param>
+    /// <param name="progress">Receives calibration progress after each batch.</param>
+    /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
+    /// <exception cref="ArgumentException">Invalid configuration, a pattern that names no layer, no quantizable layer, empty data, or a batch the model fails on.</exception>
+    /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
+    public static QuantizationResult Quantize(
+        nn.Module model,
+        QuantizationConfig config,
+        IEnumerable<CalibrationBatch> calibration,
+        Func<nn.Module>? factory = null,
+        bool inPlace = false,
+        QuantSpec? weights = null,
+        int? calibrationSamples = null,
+        ValidationFailureMode? onFailure = null,
         IProgress<CalibrationProgress>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(calibration);
+        return QuantizeCore(model, config, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
+    }
+
+    private static QuantizationResult QuantizeCore(nn.Module model, QuantizationConfig config, Func<nn.Module>? factory,
+        IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
+        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(config);
@@ -259,7 +310,7 @@ public static class Quantizer
     }
 
     private static QuantizationResult Run(nn.Module work, QuantizationConfig cfg, List<string> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
+        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(n => n, n => SpecFor(cfg, n));
@@ -280,10 +331,8 @@ public static class Quantizer
         {
             if (data is not null)
             {
-                if (work is not nn.Module<Tensor, Tensor> runnable)
-                    throw new ArgumentException($"Calibration runs data through the model, so it must be a Module<Tensor, Tensor>; {work.GetType().Name} is not.");
                 var actSpec = cfg.Activations ?? QuantizationConfig.DefaultActivations;
-                calib = new Calibrator(runnable, layers, RangeObservers.Factory(cfg.Observer, actSpec));
+                calib = new Calibrator(work, layers, RangeObservers.Factory(cfg.Observer, actSpec));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
                 calib.Run(data, target, progress, observe: cfg.Activations is not null);
@@ -341,9 +390,9 @@ public static class Quantizer
             if (cfg.Validation.Enabled)
             {
                 double? modelSqnr = null;
-                if (calib?.FirstBatch is { } batch && work is nn.Module<Tensor, Tensor> qm)
+                if (calib?.FirstBatch is { } batch)
                 {
-                    var outputs = RunCapturing(qm, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
+                    var outputs = RunCapturing(work, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
                     try
                     {
                         modelSqnr = Metrics.Sqnr(calib.FirstModelOutput!, modelOut);
@@ -401,7 +450,7 @@ public static class Quantizer
     }
 
     /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
-    internal static Dictionary<string, Tensor> RunCapturing(nn.Module<Tensor, Tensor> model, IReadOnlyCollection<string> names, Tensor batch, out Tensor output)
+    internal static Dictionary<string, Tensor> RunCapturing(nn.Module model, IReadOnlyCollection<string> names, CalibrationBatch batch, out Tensor output)
     {
         var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var removers = new List<Action>();
@@ -419,7 +468,7 @@ public static class Quantizer
             }
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            output = model.call(batch).detach().clone().DetachFromDisposeScope();
+            output = batch.Run(model).detach().clone().DetachFromDisposeScope();
             return captured;
         }
         catch
@@ -481,7 +530,7 @@ public static class Quantizer
         return false;
     }
 
-    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, Tensor? batch)
+    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, CalibrationBatch? batch)
     {
         if (factory is null) return (CheckStatus.NotRun, "no model factory to rebuild the architecture");
         string path = Path.Combine(Path.GetTempPath(), $"quantsharp-reload-{Guid.NewGuid():N}.safetensors");
@@ -490,11 +539,11 @@ public static class Quantizer
             Save(work, path);
             using var reloaded = Load(factory, path);
             using var scope = NewDisposeScope();
-            if (batch is not null && work is nn.Module<Tensor, Tensor> a && reloaded is nn.Module<Tensor, Tensor> b)
+            if (batch is not null)
             {
                 using var noGrad = no_grad();
-                var ya = a.call(batch);
-                var yb = b.call(batch);
+                var ya = batch.Run(work);
+                var yb = batch.Run(reloaded);
                 return BitEqual(ya, yb)
                     ? (CheckStatus.Passed, "save -> load gives bit-identical outputs on the first calibration batch")
                     : (CheckStatus.Failed, "the reloaded model's outputs differ from the quantized model's");
@@ -522,7 +571,7 @@ public static class Quantizer
         a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.contiguous().bytes.SequenceEqual(b.contiguous().bytes);
 
     /// <summary>
-    /// Saves a model quantized by <see cref="Quantize"/> as a QuantSharp quantized checkpoint (safetensors, written to a
+    /// Saves a model quantized by <c>Quantize</c> as a QuantSharp quantized checkpoint (safetensors, written to a
     /// temporary file and renamed into place; see docs/FORMAT.md).
     /// </summary>
     /// <param name="model">The quantized model (<see cref="QuantizationResult.Model"/>).</param>
@@ -532,7 +581,7 @@ public static class Quantizer
 
     /// <summary>
     /// Rebuilds a quantized model from a file written by <see cref="Save"/>: <paramref name="factory"/> builds the float
-    /// architecture (as for <see cref="Quantize"/>), its layers are replaced by the stored quantized layers, and every
+    /// architecture (as for <c>Quantize</c>), its layers are replaced by the stored quantized layers, and every
     /// other tensor is loaded from the file. The result gives bit-identical outputs to the saved model; it is in eval mode.
     /// </summary>
     /// <param name="factory">Builds a fresh float model of the saved architecture.</param>

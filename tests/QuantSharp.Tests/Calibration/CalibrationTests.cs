@@ -59,7 +59,7 @@ public class CalibrationTests
             created.Add(name);
             return make(name);
         });
-        calib.Run(batches, 25, progress: null);
+        calib.Run(batches.Select(CalibrationBatch.Of), 25, progress: null);
 
         Assert.Equal(6, created.Count); // input + output per layer
         Assert.Contains("input of layer 'fc2'", created);

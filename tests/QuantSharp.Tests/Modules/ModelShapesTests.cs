@@ -1,3 +1,4 @@
+using QuantSharp.Calibration;
 using QuantSharp.Modules;
 using QuantSharp.Tests.Checkpoints;
 using QuantSharp.Validation;
@@ -301,5 +302,44 @@ public class ModelShapesTests
         Assert.True(big.Count == 0, $"float weights left: {string.Join(", ", big)}");
         double ratio = (double)ModelMemory.Bytes(quantized) / ModelMemory.Bytes(original);
         Assert.True(ratio <= 0.30, $"parameters + buffers are {ratio:P1} of float32");
+    }
+}
+
+/// <summary>Calibration of a model with two inputs (sequence and mask) through callbacks.</summary>
+public class CallbackCalibrationTests
+{
+    [Fact]
+    public void MaskedModelIsCalibratedThroughACallback()
+    {
+        using var scope = NewDisposeScope();
+        var model = new ModelShapesTests.Masked();
+        model.eval();
+        torch.manual_seed(8);
+        var data = Enumerable.Range(0, 4).Select(_ => (X: torch.randn(7, 8, 64), Mask: torch.zeros(8, 7, dtype: ScalarType.Bool))).ToList();
+        foreach (var (_, mask) in data) mask[.., 6] = torch.tensor(true);
+        int runs = 0;
+        var batches = data.Select(b => new CalibrationBatch(m => { runs++; return ((Module<Tensor, Tensor, Tensor>)m).call(b.X, b.Mask); }, b.X.shape[1]));
+
+        var r = Quantizer.Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = 24 }, batches, () => new ModelShapesTests.Masked());
+        Assert.Equal(24, r.CalibrationSamples); // 3 of the 4 batches of 8 reach the 24 asked
+        // The Linear field typed Module<Tensor, Tensor> is replaced and gets calibrated input qparams; the native attention is materialized.
+        var proj = r.Layers.Single(l => l.Name == "proj");
+        Assert.NotNull(proj.Input);
+        Assert.True(proj.Input!.Scale > 0);
+        Assert.Null(r.Layers.Single(l => l.Name == "attn").Input);
+        Assert.NotNull(r.Report!.ModelOutputSqnrDb);
+        Assert.True(r.Report.ModelOutputSqnrDb > 25, $"model SQNR {r.Report.ModelOutputSqnrDb:F1}");
+        Assert.Equal(CheckStatus.Passed, r.Report.ReloadCheck);
+        Assert.Contains("outputs", r.Report.ReloadDetail);
+        Assert.Equal(3 + 3, runs); // calibration, then the quantized model's output and the reload check's two runs
+    }
+
+    [Fact]
+    public void TensorBatchesForATwoInputModelAskForCallbacks()
+    {
+        using var scope = NewDisposeScope();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ModelShapesTests.Masked(), QuantizationConfig.Int8Static(),
+            factory: () => new ModelShapesTests.Masked(), calibrationData: [torch.randn(7, 2, 64)]));
+        Assert.Contains("CalibrationBatch", ex.Message);
     }
 }
