@@ -51,8 +51,8 @@ if (defaultDir is null)
     Console.Error.WriteLine($"Unknown dataset '{dataset}'. Use --dataset mnist or --dataset fashion.");
     return 2;
 }
-dataDir ??= defaultDir;
-outPath ??= defaultOut;
+dataDir ??= defaultDir!;
+outPath ??= defaultOut!;
 
 torch.set_num_threads(threads);
 torch.manual_seed(seed);
