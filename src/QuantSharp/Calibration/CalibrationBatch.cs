@@ -7,13 +7,13 @@ namespace QuantSharp.Calibration;
 /// One calibration batch for a model of any forward signature: how to run a model on it, and how many samples it
 /// holds. The quantizer runs the batch on the float model (calibration) and again on the quantized and reloaded
 /// models (validation), so the callback must work on any model of the architecture and the batch's tensors must stay
-/// valid until <see cref="Quantizer.Quantize(nn.Module, QuantizationConfig, IEnumerable{CalibrationBatch}, Func{nn.Module}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/> returns.
+/// valid until <see cref="Quantizer.Quantize{T}(T, QuantizationRecipe, IEnumerable{CalibrationBatch}, Func{T}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/> returns.
 /// </summary>
 /// <example>
 /// <code>
 /// // A model taking a sequence and its attention mask:
 /// var batches = data.Select(b =&gt; new CalibrationBatch(m =&gt; ((MyModel)m).call(b.Ids, b.Mask), b.Ids.shape[0]));
-/// var result = Quantizer.Quantize(model, QuantizationConfig.Int8Static(), batches, factory: () =&gt; new MyModel());
+/// var result = Quantizer.Quantize(model, QuantizationRecipe.Int8Static(), batches, factory: () =&gt; new MyModel());
 /// </code>
 /// </example>
 public sealed class CalibrationBatch
