@@ -64,7 +64,7 @@ public class QuantizationAwareTrainingTests
             Assert.Equal(Floats(yConverted), Floats(yReloaded)); // identical outputs
 
             // The learned scales are the ones stored.
-            using (var file = Serialization.SafetensorsFile.Open(path))
+            using (var file = QuantSharp.Serialization.SafetensorsFile.Open(path))
             using (var stored = file.ReadTensor("fc1.weight.scale"))
                 Assert.Equal(learnedScale, Floats(stored));
 
