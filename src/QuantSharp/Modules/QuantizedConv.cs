@@ -68,7 +68,7 @@ public sealed class QuantizedConv : QuantizedModule
         return ResolvePadding(conv, out _);
     }
 
-    private static string? ResolvePadding(TorchSharp.Modules.Convolution conv, out long[] padding)
+    internal static string? ResolvePadding(TorchSharp.Modules.Convolution conv, out long[] padding)
     {
         int n = (int)conv.weight!.dim() - 2;
         padding = new long[n];
@@ -98,7 +98,7 @@ public sealed class QuantizedConv : QuantizedModule
         return new QuantizedConv(weight, conv.bias, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, input);
     }
 
-    private static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
+    internal static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
 
     /// <inheritdoc/>
     public override Tensor forward(Tensor input)

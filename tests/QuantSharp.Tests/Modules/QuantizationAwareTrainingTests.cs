@@ -1,0 +1,124 @@
+using System.CommandLine;
+using System.Text.Json;
+using QuantSharp.Cli.Demo;
+using QuantSharp.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Tests.Modules;
+
+/// <summary>Prepare, train with an ordinary optimizer, convert, save, reload and inspect (issue 11 "Done means").</summary>
+public class QuantizationAwareTrainingTests
+{
+    private static float[] Floats(Tensor t) => t.detach().contiguous().data<float>().ToArray();
+
+    [Fact]
+    public void TrainedConvertedSavedAndReloadedModelGivesIdenticalOutputs()
+    {
+        torch.manual_seed(11);
+        using var model = new MnistNet();
+        var before = model.state_dict().ToDictionary(kv => kv.Key, kv => Floats(kv.Value));
+        var recipe = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with { Overrides = [new("conv*", QuantType.Int8)] };
+        using var qat = QuantizationAwareTraining.Prepare(model, recipe, factory: () => new MnistNet(),
+            options: new FakeQuantizeOptions { Learnable = true });
+
+        // The caller's model is untouched; the selected layers are prepared with the recipe's specs.
+        var layers = qat.named_modules().Where(m => m.module is QatLayer).ToDictionary(m => m.name, m => (QatLayer)m.module);
+        Assert.Equal(["conv1", "conv2", "fc1", "fc2"], layers.Keys.Order());
+        Assert.Equal(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32)), layers["fc1"].Spec);
+        Assert.Equal(QuantType.Int8, layers["conv2"].Spec.Type);
+        Assert.DoesNotContain(model.named_modules(), m => m.module is QatLayer);
+
+        // Train a few steps with an ordinary optimizer and loss.
+        using var x = randn(16, 1, 28, 28, generator: new Generator(5));
+        using var labels = randint(0, 10, [16], generator: new Generator(6));
+        var opt = optim.Adam(qat.parameters(), lr: 1e-3);
+        float[]? initialScale = null;
+        for (int step = 0; step < 4; step++)
+        {
+            opt.zero_grad();
+            using var loss = nn.functional.cross_entropy(qat.call(x), labels);
+            loss.backward();
+            if (step == 0) initialScale = Floats(layers["fc1"].WeightFakeQuant.Scale); // observed on the first batch
+            opt.step();
+        }
+        float[] learnedScale = Floats(layers["fc1"].WeightFakeQuant.Scale);
+        Assert.NotEqual(initialScale, learnedScale);                 // LSQ moved the scale
+        Assert.NotEqual(before["fc1.weight"], Floats(layers["fc1"].FloatModule.parameters().First())); // and the weights
+        Assert.Equal(before["fc1.weight"], Floats(model.state_dict()["fc1.weight"]));                // not the caller's
+
+        qat.eval();
+        using var yQat = qat.call(x);
+        QuantizationAwareTraining.Convert(qat);
+        Assert.DoesNotContain(qat.named_modules(), m => m.module is QatLayer);
+        using var yConverted = qat.call(x);
+        Assert.True(yQat.allclose(yConverted, rtol: 1e-4, atol: 1e-4), "the converted model computes what the fake-quantized one did");
+
+        string path = Path.Combine(Path.GetTempPath(), $"qs-qat-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            Quantizer.Save(qat, path);
+            using var reloaded = Quantizer.Load(() => new MnistNet(), path);
+            reloaded.eval();
+            using var yReloaded = reloaded.call(x);
+            Assert.Equal(Floats(yConverted), Floats(yReloaded)); // identical outputs
+
+            // The learned scales are the ones stored.
+            using (var file = QuantSharp.Serialization.SafetensorsFile.Open(path))
+            using (var stored = file.ReadTensor("fc1.weight.scale"))
+                Assert.Equal(learnedScale, Floats(stored));
+
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = QuantSharp.Cli.Program.BuildRoot().Parse(["inspect", path, "--json"])
+                .Invoke(new InvocationConfiguration { Output = output, Error = error });
+            Assert.True(code == 0, error.ToString());
+            using var doc = JsonDocument.Parse(output.ToString());
+            var inspected = doc.RootElement.GetProperty("layers");
+            Assert.Equal("int4", inspected.GetProperty("fc1.weight").GetProperty("qtype").GetString());
+            Assert.Equal("int8", inspected.GetProperty("conv1.weight").GetProperty("qtype").GetString());
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void SteTrainingKeepsTheObservedScaleAfterFreezing()
+    {
+        torch.manual_seed(12);
+        using var model = new MnistNet();
+        using var qat = QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8WeightOnly() with { Include = ["fc*"] },
+            inPlace: true, options: new FakeQuantizeOptions { FreezeObserverAfter = 1 });
+        Assert.Same(model, qat);
+        var fc2 = (QatLayer)qat.named_modules().Single(m => m.name == "fc2").module;
+        Assert.DoesNotContain(qat.named_modules(), m => m.name == "conv1" && m.module is QatLayer); // not included
+        using var x = randn(8, 1, 28, 28);
+        using var labels = randint(0, 10, [8]);
+        var opt = optim.SGD(qat.parameters(), learningRate: 0.1);
+        float[]? first = null;
+        for (int step = 0; step < 3; step++)
+        {
+            opt.zero_grad();
+            using var loss = nn.functional.cross_entropy(qat.call(x), labels);
+            loss.backward();
+            opt.step();
+            first ??= Floats(fc2.WeightFakeQuant.Scale);
+        }
+        Assert.False(fc2.WeightFakeQuant.ObserverEnabled);
+        Assert.Equal(first, Floats(fc2.WeightFakeQuant.Scale)); // frozen after the first step although the weights moved
+    }
+
+    [Fact]
+    public void PrepareRejectsWhatItCannotTrain()
+    {
+        using var model = new MnistNet();
+        var e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8WeightOnly()));
+        Assert.Contains("factory", e.Message);
+        e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Float16(), inPlace: true));
+        Assert.Contains("integer", e.Message);
+        e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Convert(model));
+        Assert.Contains("Prepare", e.Message);
+    }
+}
