@@ -6,9 +6,12 @@ namespace QuantSharp.Kernels;
 
 /// <summary>
 /// Affine quantization of float32 to 8-bit integers, PyTorch's arithmetic in float32:
-/// <c>q = clamp(roundToEven(x * invScale) + zeroPoint, qmin, qmax)</c> with <c>invScale = 1f / scale</c>
-/// (<see cref="MultiplyByInverse"/>), or <c>roundToEven(x / scale)</c> (<see cref="DivideByScale"/>); the two differ
-/// in the last bit for some inputs, and PyTorch uses each in different places.
+/// <c>q = clamp(roundToEven(x * invScale) + zeroPoint, qmin, qmax)</c> with <c>invScale = 1f / scale</c> computed first.
+/// This one form serves every granularity: it is what <c>torch.quantize_per_tensor</c>/<c>_per_channel</c>
+/// (<c>inv_scale = 1.0f / scale</c>, then <c>nearbyint(x * inv_scale)</c>), PyTorch's fake-quantize kernels and torchao's
+/// <c>quantize_affine</c> (<c>round(x * (1.0 / scale))</c>, used for per-group) compute. Dividing (<c>x / scale</c>) is
+/// not the same arithmetic: where <c>x / scale</c> is an exact tie (e.g. <c>-127.5</c>), <c>x * (1f / scale)</c> can
+/// land one ulp off it and round the other way.
 /// NaN becomes <c>qmin</c> (as PyTorch on x86). The scalar methods are the specification; the vector paths
 /// (512-, 256-, 128-bit) compute exactly the same float operations in the same order and are tested against them.
 /// </summary>
@@ -18,42 +21,10 @@ namespace QuantSharp.Kernels;
 /// </remarks>
 internal static class QuantizeKernel
 {
-    /// <summary>How the scale is applied before rounding.</summary>
-    internal interface IScaleOp
-    {
-        /// <summary>Scalar form.</summary>
-        static abstract float Apply(float x, float factor);
-        /// <summary>512-bit form.</summary>
-        static abstract Vector512<float> Apply(Vector512<float> x, Vector512<float> factor);
-        /// <summary>256-bit form.</summary>
-        static abstract Vector256<float> Apply(Vector256<float> x, Vector256<float> factor);
-        /// <summary>128-bit form.</summary>
-        static abstract Vector128<float> Apply(Vector128<float> x, Vector128<float> factor);
-    }
-
-    /// <summary><c>x * invScale</c> (PyTorch's quantize_per_tensor / per_channel kernels); the factor is <c>1f / scale</c>.</summary>
-    internal readonly struct MultiplyByInverse : IScaleOp
-    {
-        public static float Apply(float x, float factor) => x * factor;
-        public static Vector512<float> Apply(Vector512<float> x, Vector512<float> factor) => x * factor;
-        public static Vector256<float> Apply(Vector256<float> x, Vector256<float> factor) => x * factor;
-        public static Vector128<float> Apply(Vector128<float> x, Vector128<float> factor) => x * factor;
-    }
-
-    /// <summary><c>x / scale</c> (PyTorch's decomposed per-group ops, <c>torch.round(x / scale)</c>); the factor is the scale.</summary>
-    internal readonly struct DivideByScale : IScaleOp
-    {
-        public static float Apply(float x, float factor) => x / factor;
-        public static Vector512<float> Apply(Vector512<float> x, Vector512<float> factor) => x / factor;
-        public static Vector256<float> Apply(Vector256<float> x, Vector256<float> factor) => x / factor;
-        public static Vector128<float> Apply(Vector128<float> x, Vector128<float> factor) => x / factor;
-    }
-
     // ---------------- one scale for the whole span ----------------
 
     /// <summary>Quantizes <paramref name="source"/> with one scale and zero point.</summary>
-    public static void Quantize<TOp>(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
-        where TOp : struct, IScaleOp
+    public static void Quantize(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
     {
         int n = source.Length;
         ref float src = ref MemoryMarshal.GetReference(source);
@@ -67,10 +38,10 @@ internal static class QuantizeKernel
             var vMax = Vector512.Create(qmax);
             for (; i <= n - 64; i += 64)
             {
-                var a = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
-                var b = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
-                var c = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vZp, vMin, vMax);
-                var d = Q512<TOp>(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vZp, vMin, vMax);
+                var a = Q512(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
+                var c = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vZp, vMin, vMax);
+                var d = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vZp, vMin, vMax);
                 Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
@@ -82,10 +53,10 @@ internal static class QuantizeKernel
             var vMax = Vector256.Create(qmax);
             for (; i <= n - 32; i += 32)
             {
-                var a = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
-                var b = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
-                var c = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
-                var d = Q256<TOp>(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vZp, vMin, vMax);
+                var a = Q256(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
+                var c = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
+                var d = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vZp, vMin, vMax);
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
@@ -97,60 +68,55 @@ internal static class QuantizeKernel
             var vMax = Vector128.Create(qmax);
             for (; i <= n - 16; i += 16)
             {
-                var a = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
-                var b = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), vInv, vZp, vMin, vMax);
-                var c = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
-                var d = Q128<TOp>(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), vInv, vZp, vMin, vMax);
+                var a = Q128(Vector128.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                var b = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), vInv, vZp, vMin, vMax);
+                var c = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
+                var d = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), vInv, vZp, vMin, vMax);
                 Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        QuantizeScalar<TOp>(source[i..], invScale, zeroPoint, qmin, qmax, destination[i..]);
+        QuantizeScalar(source[i..], invScale, zeroPoint, qmin, qmax, destination[i..]);
     }
 
-    /// <summary>The specification of <see cref="Quantize{TOp}"/>.</summary>
-    public static void QuantizeScalar<TOp>(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
-        where TOp : struct, IScaleOp
+    /// <summary>The specification of <see cref="Quantize"/>.</summary>
+    public static void QuantizeScalar(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
     {
         for (int i = 0; i < source.Length; i++)
-            destination[i] = (sbyte)QuantizeOne<TOp>(source[i], invScale, zeroPoint, qmin, qmax);
+            destination[i] = (sbyte)QuantizeOne(source[i], invScale, zeroPoint, qmin, qmax);
     }
 
     /// <summary>One value: <c>clamp(round(x * invScale) + zp, qmin, qmax)</c> (NaN to qmin).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int QuantizeOne<TOp>(float x, float invScale, float zeroPoint, float qmin, float qmax)
-        where TOp : struct, IScaleOp
+    public static int QuantizeOne(float x, float invScale, float zeroPoint, float qmin, float qmax)
     {
-        float r = MathF.Round(TOp.Apply(x, invScale)) + zeroPoint;
+        float r = MathF.Round(x * invScale) + zeroPoint;
         r = r > qmin ? r : qmin; // NaN compares false: qmin
         r = r < qmax ? r : qmax;
         return (int)r;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> Q512<TOp>(Vector512<float> x, Vector512<float> inv, Vector512<float> zp, Vector512<float> min, Vector512<float> max)
-        where TOp : struct, IScaleOp
+    private static Vector512<int> Q512(Vector512<float> x, Vector512<float> inv, Vector512<float> zp, Vector512<float> min, Vector512<float> max)
     {
-        var r = Vector512.Round(TOp.Apply(x, inv)) + zp;
+        var r = Vector512.Round(x * inv) + zp;
         r = Vector512.ConditionalSelect(Vector512.GreaterThan(r, min), r, min);
         r = Vector512.ConditionalSelect(Vector512.LessThan(r, max), r, max);
         return Vector512.ConvertToInt32(r);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Q256<TOp>(Vector256<float> x, Vector256<float> inv, Vector256<float> zp, Vector256<float> min, Vector256<float> max)
-        where TOp : struct, IScaleOp
+    private static Vector256<int> Q256(Vector256<float> x, Vector256<float> inv, Vector256<float> zp, Vector256<float> min, Vector256<float> max)
     {
-        var r = Vector256.Round(TOp.Apply(x, inv)) + zp;
+        var r = Vector256.Round(x * inv) + zp;
         r = Vector256.ConditionalSelect(Vector256.GreaterThan(r, min), r, min);
         r = Vector256.ConditionalSelect(Vector256.LessThan(r, max), r, max);
         return Vector256.ConvertToInt32(r);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<int> Q128<TOp>(Vector128<float> x, Vector128<float> inv, Vector128<float> zp, Vector128<float> min, Vector128<float> max)
-        where TOp : struct, IScaleOp
+    private static Vector128<int> Q128(Vector128<float> x, Vector128<float> inv, Vector128<float> zp, Vector128<float> min, Vector128<float> max)
     {
-        var r = Vector128.Round(TOp.Apply(x, inv)) + zp;
+        var r = Vector128.Round(x * inv) + zp;
         r = Vector128.ConditionalSelect(Vector128.GreaterThan(r, min), r, min);
         r = Vector128.ConditionalSelect(Vector128.LessThan(r, max), r, max);
         return Vector128.ConvertToInt32(r);
@@ -177,10 +143,10 @@ internal static class QuantizeKernel
             var vMax = Vector256.Create(qmax);
             for (; i <= n - 32; i += 32)
             {
-                var a = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)i), Vector256.LoadUnsafe(ref inv, (nuint)i), Vector256.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
-                var b = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
-                var c = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 16)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 16)), vMin, vMax);
-                var d = Q256<MultiplyByInverse>(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 24)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 24)), vMin, vMax);
+                var a = Q256(Vector256.LoadUnsafe(ref src, (nuint)i), Vector256.LoadUnsafe(ref inv, (nuint)i), Vector256.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
+                var b = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
+                var c = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 16)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 16)), vMin, vMax);
+                var d = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), Vector256.LoadUnsafe(ref inv, (nuint)(i + 24)), Vector256.LoadUnsafe(ref zp, (nuint)(i + 24)), vMin, vMax);
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
@@ -190,10 +156,10 @@ internal static class QuantizeKernel
             var vMax = Vector128.Create(qmax);
             for (; i <= n - 16; i += 16)
             {
-                var a = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)i), Vector128.LoadUnsafe(ref inv, (nuint)i), Vector128.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
-                var b = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 4)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 4)), vMin, vMax);
-                var c = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
-                var d = Q128<MultiplyByInverse>(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 12)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 12)), vMin, vMax);
+                var a = Q128(Vector128.LoadUnsafe(ref src, (nuint)i), Vector128.LoadUnsafe(ref inv, (nuint)i), Vector128.LoadUnsafe(ref zp, (nuint)i), vMin, vMax);
+                var b = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 4)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 4)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 4)), vMin, vMax);
+                var c = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 8)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 8)), vMin, vMax);
+                var d = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), Vector128.LoadUnsafe(ref inv, (nuint)(i + 12)), Vector128.LoadUnsafe(ref zp, (nuint)(i + 12)), vMin, vMax);
                 Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
@@ -205,14 +171,13 @@ internal static class QuantizeKernel
         float qmin, float qmax, Span<sbyte> destination)
     {
         for (int i = 0; i < source.Length; i++)
-            destination[i] = (sbyte)QuantizeOne<MultiplyByInverse>(source[i], invScale[i], zeroPoint[i], qmin, qmax);
+            destination[i] = (sbyte)QuantizeOne(source[i], invScale[i], zeroPoint[i], qmin, qmax);
     }
 
     // ---------------- fake quantization (quantize, then dequantize) ----------------
 
     /// <summary><c>(clamp(round(x * invScale) + zp, qmin, qmax) - zp) * scale</c>, all in float32.</summary>
-    public static void FakeQuantize<TOp>(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
-        where TOp : struct, IScaleOp
+    public static void FakeQuantize(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
     {
         int n = source.Length;
         ref float src = ref MemoryMarshal.GetReference(source);
@@ -227,7 +192,7 @@ internal static class QuantizeKernel
             var vMax = Vector256.Create(qmax);
             for (; i <= n - 8; i += 8)
             {
-                var r = Vector256.Round(TOp.Apply(Vector256.LoadUnsafe(ref src, (nuint)i), vInv)) + vZp;
+                var r = Vector256.Round(Vector256.LoadUnsafe(ref src, (nuint)i) * vInv) + vZp;
                 r = Vector256.ConditionalSelect(Vector256.GreaterThan(r, vMin), r, vMin);
                 r = Vector256.ConditionalSelect(Vector256.LessThan(r, vMax), r, vMax);
                 ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
@@ -242,21 +207,20 @@ internal static class QuantizeKernel
             var vMax = Vector128.Create(qmax);
             for (; i <= n - 4; i += 4)
             {
-                var r = Vector128.Round(TOp.Apply(Vector128.LoadUnsafe(ref src, (nuint)i), vInv)) + vZp;
+                var r = Vector128.Round(Vector128.LoadUnsafe(ref src, (nuint)i) * vInv) + vZp;
                 r = Vector128.ConditionalSelect(Vector128.GreaterThan(r, vMin), r, vMin);
                 r = Vector128.ConditionalSelect(Vector128.LessThan(r, vMax), r, vMax);
                 ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
             }
         }
-        FakeQuantizeScalar<TOp>(source[i..], scale, invScale, zeroPoint, qmin, qmax, destination[i..]);
+        FakeQuantizeScalar(source[i..], scale, invScale, zeroPoint, qmin, qmax, destination[i..]);
     }
 
-    /// <summary>The specification of <see cref="FakeQuantize{TOp}"/>.</summary>
-    public static void FakeQuantizeScalar<TOp>(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
-        where TOp : struct, IScaleOp
+    /// <summary>The specification of <see cref="FakeQuantize"/>.</summary>
+    public static void FakeQuantizeScalar(ReadOnlySpan<float> source, float scale, float invScale, float zeroPoint, float qmin, float qmax, Span<float> destination)
     {
         for (int i = 0; i < source.Length; i++)
-            destination[i] = (QuantizeOne<TOp>(source[i], invScale, zeroPoint, qmin, qmax) - zeroPoint) * scale;
+            destination[i] = (QuantizeOne(source[i], invScale, zeroPoint, qmin, qmax) - zeroPoint) * scale;
     }
 
     // ---------------- dequantization ----------------

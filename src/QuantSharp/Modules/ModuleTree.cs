@@ -36,7 +36,9 @@ internal static class ModuleTree
     public static string? CannotReplace(ModuleEntry entry, Type replacement)
     {
         var parent = entry.Parent;
-        if (parent is TorchSharp.Modules.Sequential) return null;
+        if (parent is TorchSharp.Modules.Sequential)
+            return typeof(nn.IModule<Tensor, Tensor>).IsAssignableFrom(replacement) ? null
+                : $"its container is a Sequential, which holds only Module<Tensor, Tensor> layers, not a {replacement.Name}";
         var pt = parent.GetType();
         if (pt.IsGenericType && pt.GetGenericTypeDefinition() == typeof(TorchSharp.Modules.ModuleList<>)
             || pt.IsGenericType && pt.GetGenericTypeDefinition() == typeof(TorchSharp.Modules.ModuleDict<>))
@@ -51,13 +53,13 @@ internal static class ModuleTree
         foreach (var f in fields)
         {
             if (!f.FieldType.IsAssignableFrom(replacement))
-                return $"field '{f.Name}' of {pt.Name} is declared as {TypeName(f.FieldType)}; declare it as Module<Tensor, Tensor> so that it can hold a quantized layer";
+                return $"field '{f.Name}' of {pt.Name} is declared as {TypeName(f.FieldType)}; declare it as {TypeName(ModuleBase(replacement))} so that it can hold a {replacement.Name}";
         }
         return null;
     }
 
     /// <summary>Swaps <paramref name="entry"/>'s module for <paramref name="replacement"/> in its parent (fields and registration).</summary>
-    public static void Replace(ModuleEntry entry, nn.Module<Tensor, Tensor> replacement)
+    public static void Replace(ModuleEntry entry, nn.Module replacement)
     {
         string? why = CannotReplace(entry, replacement.GetType());
         if (why != null) throw new InvalidOperationException($"Cannot replace layer '{entry.Name}': {why}.");
@@ -70,7 +72,7 @@ internal static class ModuleTree
                 var modules = (List<nn.IModule<Tensor, Tensor>>)GetField(typeof(TorchSharp.Modules.Sequential), "_modules").GetValue(seq)!;
                 int i = names.IndexOf(entry.LocalName);
                 if (i < 0) throw new InvalidOperationException($"Sequential holding '{entry.Name}' has no entry '{entry.LocalName}'.");
-                modules[i] = replacement;
+                modules[i] = (nn.IModule<Tensor, Tensor>)replacement;
                 Reregister(parent, entry.LocalName, replacement);
                 return;
             }
@@ -123,6 +125,14 @@ internal static class ModuleTree
     private static FieldInfo GetField(Type t, string name) =>
         t.GetField(name, BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public)
         ?? throw new InvalidOperationException($"TorchSharp {t.Name} has no field '{name}' (unsupported TorchSharp version).");
+
+    /// <summary>The generic <c>Module&lt;...&gt;</c> base of <paramref name="t"/> (what a field must be declared as to hold it), or <paramref name="t"/>.</summary>
+    private static Type ModuleBase(Type t)
+    {
+        for (var b = t; b != null; b = b.BaseType)
+            if (b.IsGenericType && b.Assembly == typeof(nn.Module).Assembly && b.Name.StartsWith("Module`", StringComparison.Ordinal)) return b;
+        return t;
+    }
 
     /// <summary>C#-style type name (generic arguments spelled out).</summary>
     public static string TypeName(Type t)

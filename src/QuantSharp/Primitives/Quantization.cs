@@ -4,23 +4,16 @@ using QuantSharp.Kernels;
 namespace QuantSharp.Primitives;
 
 /// <summary>
-/// How the scale is applied before rounding. The two forms differ in the last bit for some inputs (for example
-/// <c>-absmax / scale</c> is exactly <c>-127.5</c>, rounding to -128, while <c>-absmax * (1f / scale)</c> may be just above it),
-/// and PyTorch uses each in different places.
-/// </summary>
-public enum QuantizeArithmetic
-{
-    /// <summary><c>x * (1f / scale)</c>: PyTorch's <c>quantize_per_tensor</c>, <c>quantize_per_channel</c> and fake-quant kernels.</summary>
-    MultiplyByInverse,
-    /// <summary><c>x / scale</c>: PyTorch's decomposed (per-group) quantization, <c>torch.round(x / scale)</c>.</summary>
-    Divide,
-}
-
-/// <summary>
 /// Quantize, dequantize and fake-quantize float32 spans, with PyTorch's arithmetic (float32, round half to even):
 /// <c>q = clamp(round(x * (1f / scale)) + zeroPoint, qmin, qmax)</c>, <c>x' = (q - zeroPoint) * scale</c>.
 /// </summary>
 /// <remarks>
+/// <para>One arithmetic for every granularity: the reciprocal of the scale first, then the product, as
+/// <c>torch.quantize_per_tensor</c>/<c>_per_channel</c>, PyTorch's fake-quantize kernels and torchao's
+/// <c>quantize_affine</c> (per-group) compute it. <c>round(x / scale)</c> is a different function: at exact ties
+/// (<c>x / scale = k + 0.5</c> exactly) the product with the rounded reciprocal can land just beside the tie and round
+/// to the other neighbour; the reference data (<c>reference.safetensors</c> per-tensor/per-channel, <c>groups.safetensors</c>
+/// per-group) is matched bit for bit by the product only.</para>
 /// <para>Per-tensor overloads take one scale and zero point. Blocked overloads cover per-channel and per-group
 /// quantization: element <c>k</c> uses parameter <c>(k / blockLength) % scale.Length</c>. For a tensor viewed as
 /// <c>[outer, C, inner]</c> with channel axis <c>C</c>, pass <c>blockLength = inner</c> and <c>C</c> scales; for groups
@@ -59,13 +52,12 @@ public static class Quantization
     /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
     /// <param name="range">Integer range; must lie within [-128, 127].</param>
     /// <param name="destination">Receives one value per input.</param>
-    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Quantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
-        QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+        QuantRange range, Span<sbyte> destination)
     {
         CheckRange(range, -128, 127, "sbyte");
-        QuantizeCore(source, blockLength, scale, zeroPoint, range, destination, arithmetic);
+        QuantizeCore(source, blockLength, scale, zeroPoint, range, destination);
     }
 
     /// <summary>Quantizes with one scale and zero point per block (per-channel / per-group) to unsigned integers.</summary>
@@ -75,13 +67,12 @@ public static class Quantization
     /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
     /// <param name="range">Integer range; must lie within [0, 255].</param>
     /// <param name="destination">Receives one value per input.</param>
-    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void Quantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
-        QuantRange range, Span<byte> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+        QuantRange range, Span<byte> destination)
     {
         CheckRange(range, 0, 255, "byte");
-        QuantizeCore(source, blockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(destination), arithmetic);
+        QuantizeCore(source, blockLength, scale, zeroPoint, range, MemoryMarshal.Cast<byte, sbyte>(destination));
     }
 
     /// <summary>Quantizes then dequantizes (PyTorch's fake quantization), per tensor.</summary>
@@ -101,23 +92,18 @@ public static class Quantization
     /// <param name="zeroPoint">Zero points, same length as <paramref name="scale"/>, or empty for all zeros.</param>
     /// <param name="range">Integer range.</param>
     /// <param name="destination">Receives <c>(q - zeroPoint) * scale</c>; may be the same memory as <paramref name="source"/>.</param>
-    /// <param name="arithmetic">How the scale is applied (PyTorch's per-tensor/per-channel form by default).</param>
     /// <exception cref="ArgumentException">A parameter is invalid or <paramref name="destination"/> is too short.</exception>
     public static void FakeQuantize(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
-        QuantRange range, Span<float> destination, QuantizeArithmetic arithmetic = QuantizeArithmetic.MultiplyByInverse)
+        QuantRange range, Span<float> destination)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
         if (scale.Length == 1 && source.Length > 0) blockLength = source.Length; // one parameter: one block
-        bool divide = arithmetic == QuantizeArithmetic.Divide;
-        var (inv, zp) = Prepare(scale, zeroPoint, divide);
+        var (inv, zp) = Prepare(scale, zeroPoint);
         for (long b = 0, k = 0; k < source.Length; b++, k += blockLength)
         {
             int p = (int)(b % scale.Length);
             int len = (int)Math.Min(blockLength, source.Length - k);
-            if (divide)
-                QuantizeKernel.FakeQuantize<QuantizeKernel.DivideByScale>(source.Slice((int)k, len), scale[p], inv[p], zp[p], range.QMin, range.QMax, destination.Slice((int)k, len));
-            else
-                QuantizeKernel.FakeQuantize<QuantizeKernel.MultiplyByInverse>(source.Slice((int)k, len), scale[p], inv[p], zp[p], range.QMin, range.QMax, destination.Slice((int)k, len));
+            QuantizeKernel.FakeQuantize(source.Slice((int)k, len), scale[p], inv[p], zp[p], range.QMin, range.QMax, destination.Slice((int)k, len));
         }
     }
 
@@ -207,12 +193,11 @@ public static class Quantization
 
     /// <summary>Quantizes without checking that the range fits the destination type (the caller did).</summary>
     internal static unsafe void QuantizeCore(ReadOnlySpan<float> source, int blockLength, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint,
-        QuantRange range, Span<sbyte> destination, QuantizeArithmetic arithmetic)
+        QuantRange range, Span<sbyte> destination)
     {
         CheckArgs(source.Length, blockLength, scale, zeroPoint, range, destination.Length);
         if (source.IsEmpty) return;
-        bool divide = arithmetic == QuantizeArithmetic.Divide;
-        var (inv, zp) = Prepare(scale, zeroPoint, divide);
+        var (inv, zp) = Prepare(scale, zeroPoint);
         float qmin = range.QMin, qmax = range.QMax;
         int n = source.Length;
         int channels = scale.Length;
@@ -222,7 +207,7 @@ public static class Quantization
         fixed (sbyte* pDst = destination)
         {
             nint src = (nint)pSrc, dst = (nint)pDst;
-            if (!divide && blockLength == 1 && channels > 1 && n % channels == 0)
+            if (blockLength == 1 && channels > 1 && n % channels == 0)
             {
                 // Channel axis is the last axis: every row of `channels` elements uses all parameters.
                 int rows = n / channels;
@@ -247,8 +232,7 @@ public static class Quantization
                 int p = (int)(b % channels);
                 var s = new ReadOnlySpan<float>((float*)src + start, (int)(end - start));
                 var d = new Span<sbyte>((sbyte*)dst + start, (int)(end - start));
-                if (divide) QuantizeKernel.Quantize<QuantizeKernel.DivideByScale>(s, inv[p], zp[p], qmin, qmax, d);
-                else QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(s, inv[p], zp[p], qmin, qmax, d);
+                QuantizeKernel.Quantize(s, inv[p], zp[p], qmin, qmax, d);
             });
         }
     }
@@ -270,13 +254,14 @@ public static class Quantization
         });
     }
 
-    private static (float[] Factor, float[] ZeroPoint) Prepare(ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, bool divide)
+    /// <summary>The reciprocal of each scale (computed once, in float32) and the zero points as floats.</summary>
+    private static (float[] InverseScale, float[] ZeroPoint) Prepare(ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint)
     {
         var inv = new float[scale.Length];
         var zp = new float[scale.Length];
         for (int i = 0; i < scale.Length; i++)
         {
-            inv[i] = divide ? scale[i] : 1f / scale[i];
+            inv[i] = 1f / scale[i];
             zp[i] = zeroPoint.IsEmpty ? 0 : zeroPoint[i];
         }
         return (inv, zp);

@@ -17,9 +17,9 @@ namespace QuantSharp.Tensors;
 /// Float16/BFloat16 as Float16/BFloat16 tensors of <see cref="Shape"/>, with no scale.</para>
 /// <para>Scale is float32 of shape <c>[]</c> per-tensor, <c>[C]</c> per-axis, <c>[rows..., last / G]</c> per-group;
 /// ZeroPoint is int32 of the same shape, or <see langword="null"/> when the zero point is always 0 (symmetric signed).</para>
-/// <para>Arithmetic follows PyTorch: per-tensor and per-channel quantize as <c>round(x * (1f / scale))</c>
-/// (<c>torch.quantize_per_tensor</c>/<c>_per_channel</c>), per-group as <c>round(x / scale)</c> (PyTorch's decomposed
-/// per-group ops); both round half to even (see <see cref="QuantizeArithmetic"/>).</para>
+/// <para>Arithmetic follows PyTorch and torchao at every granularity: <c>round_half_even(x * (1f / scale))</c> in float32,
+/// the reciprocal first (<c>torch.quantize_per_tensor</c>/<c>_per_channel</c>, fake-quantize, torchao's
+/// <c>quantize_affine</c> for per-group; see <see cref="Quantization"/>).</para>
 /// <para>The tensors belong to this object (they are not in any dispose scope): dispose it to free them.</para>
 /// </remarks>
 public sealed class QuantizedTensor : IDisposable
@@ -336,15 +336,13 @@ public sealed class QuantizedTensor : IDisposable
     private static unsafe void QuantizeValues(ReadOnlySpan<float> src, Span<sbyte> dst, QuantSpec spec, Layout layout, float[] scale, int[] zeroPoint, bool observe)
     {
         var range = spec.Range;
-        var arithmetic = Arithmetic(spec);
         if (!observe)
         {
-            Quantization.QuantizeCore(src, layout.BlockLength, scale, zeroPoint, range, dst, arithmetic);
+            Quantization.QuantizeCore(src, layout.BlockLength, scale, zeroPoint, range, dst);
             return;
         }
         int inner = layout.BlockLength;
         float qmin = range.QMin, qmax = range.QMax;
-        bool divide = arithmetic == QuantizeArithmetic.Divide;
         var scheme = spec.Scheme;
         int bad = -1;
         fixed (float* ps = src)
@@ -364,8 +362,7 @@ public sealed class QuantizedTensor : IDisposable
                 scale[c] = sc;
                 zeroPoint[c] = z;
                 var output = new Span<sbyte>((sbyte*)d + c * inner, inner);
-                if (divide) QuantizeKernel.Quantize<QuantizeKernel.DivideByScale>(block, sc, z, qmin, qmax, output);
-                else QuantizeKernel.Quantize<QuantizeKernel.MultiplyByInverse>(block, 1f / sc, z, qmin, qmax, output);
+                QuantizeKernel.Quantize(block, 1f / sc, z, qmin, qmax, output);
             });
         }
         if (bad >= 0) throw NonFinite(layout, bad);
@@ -426,10 +423,6 @@ public sealed class QuantizedTensor : IDisposable
         if (v.Min < min[ch]) min[ch] = v.Min;
         if (v.Max > max[ch]) max[ch] = v.Max;
     }
-
-    /// <summary>PyTorch's arithmetic for the spec's granularity.</summary>
-    internal static QuantizeArithmetic Arithmetic(QuantSpec spec) =>
-        spec.Granularity is PerGroup ? QuantizeArithmetic.Divide : QuantizeArithmetic.MultiplyByInverse;
 
     internal static ScalarType DataType(QuantType type) => type switch
     {

@@ -32,25 +32,20 @@ public class BlockedQuantizationTests
         float[] scale = Enumerable.Range(0, channels).Select(_ => (float)(0.01 + rng.NextDouble() * 0.1)).ToArray();
         int[] zp = Enumerable.Range(0, channels).Select(_ => rng.Next(-20, 21)).ToArray();
         var range = new QuantRange(-128, 127);
-        foreach (var arithmetic in new[] { QuantizeArithmetic.MultiplyByInverse, QuantizeArithmetic.Divide })
+        var q = new sbyte[n];
+        Quantization.Quantize(x, block, scale, zp, range, q);
+        var fq = new float[n];
+        Quantization.FakeQuantize(x, block, scale, zp, range, fq);
+        var dq = new float[n];
+        Quantization.Dequantize(q, block, scale, zp, dq);
+        for (int k = 0; k < n; k++)
         {
-            var q = new sbyte[n];
-            Quantization.Quantize(x, block, scale, zp, range, q, arithmetic);
-            var fq = new float[n];
-            Quantization.FakeQuantize(x, block, scale, zp, range, fq, arithmetic);
-            var dq = new float[n];
-            Quantization.Dequantize(q, block, scale, zp, dq);
-            for (int k = 0; k < n; k++)
-            {
-                int c = k / block % channels;
-                int expected = arithmetic == QuantizeArithmetic.Divide
-                    ? QuantizeKernel.QuantizeOne<QuantizeKernel.DivideByScale>(x[k], scale[c], zp[c], -128, 127)
-                    : QuantizeKernel.QuantizeOne<QuantizeKernel.MultiplyByInverse>(x[k], 1f / scale[c], zp[c], -128, 127);
-                if (q[k] != expected) Assert.Fail($"{arithmetic} element {k} (channel {c}): {q[k]} != {expected}");
-                float value = (expected - zp[c]) * scale[c];
-                if (BitConverter.SingleToInt32Bits(fq[k]) != BitConverter.SingleToInt32Bits(value)) Assert.Fail($"fake-quant element {k}: {fq[k]} != {value}");
-                if (BitConverter.SingleToInt32Bits(dq[k]) != BitConverter.SingleToInt32Bits(value)) Assert.Fail($"dequantize element {k}: {dq[k]} != {value}");
-            }
+            int c = k / block % channels;
+            int expected = QuantizeKernel.QuantizeOne(x[k], 1f / scale[c], zp[c], -128, 127);
+            if (q[k] != expected) Assert.Fail($"element {k} (channel {c}): {q[k]} != {expected}");
+            float value = (expected - zp[c]) * scale[c];
+            if (BitConverter.SingleToInt32Bits(fq[k]) != BitConverter.SingleToInt32Bits(value)) Assert.Fail($"fake-quant element {k}: {fq[k]} != {value}");
+            if (BitConverter.SingleToInt32Bits(dq[k]) != BitConverter.SingleToInt32Bits(value)) Assert.Fail($"dequantize element {k}: {dq[k]} != {value}");
         }
     }
 

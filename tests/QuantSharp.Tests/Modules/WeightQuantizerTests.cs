@@ -78,9 +78,8 @@ public class WeightQuantizerTests
 
         var refScale = file.ReadTensor($"{caseName}/{tag}/scale");
         Assert.True(TestData.BitEqual(refScale, scale!), "scales differ");
-        // The stored integers are PyTorch's per-group integers (its decomposed per-group quantize, round(x / s));
-        // PyTorch's per-group fake_quant in the reference rounds x * (1 / s) instead, which differs by one step at
-        // exact ties, so the weights are compared through the integers (see docs/PRIMITIVES.md).
+        // The stored integers are PyTorch's / torchao's per-group integers (round(x * (1 / s))), and the module's
+        // dequantized weight is the reference fake_quant bit for bit.
         var refQ = file.ReadTensor($"{caseName}/{tag}/q").to(ScalarType.Float32);
         var ourQ = WeightQuantizer.IntegerValues(data, spec.Type).reshape(refQ.shape);
         Assert.True(TestData.BitEqual(refQ, ourQ), $"integers differ: max |diff| = {(refQ - ourQ).abs().max().item<float>()}");
@@ -88,6 +87,7 @@ public class WeightQuantizerTests
         long groups = refScale.shape[1];
         var expected = ((refQ.reshape(refQ.shape[0], groups, g) - refZp.unsqueeze(-1)) * refScale.unsqueeze(-1)).reshape(refQ.shape);
         Assert.True(TestData.BitEqual(expected, dq), $"max |diff| = {(expected - dq).abs().max().item<float>()}");
+        Assert.True(TestData.BitEqual(file.ReadTensor($"{caseName}/{tag}/fake_quant"), dq), "fake_quant differs");
         if (spec.Type.Bits() == 4)
             Assert.Equal(new[] { input.shape[0], input.shape[1] / 2 }, data.shape);
     }

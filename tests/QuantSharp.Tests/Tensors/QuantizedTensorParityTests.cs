@@ -163,9 +163,8 @@ public class QuantizedTensorParityTests
         using var ours = q.IntegerValues();
         Assert.Equal(Ints(refInt), Ints(ours));
 
-        // The reference computed q as round(x / scale) (decomposed per-group op) but its fake_quant with
-        // torch.fake_quantize_per_channel_affine, i.e. round(x * (1 / scale)); the two differ where x / scale is a tie.
-        // Dequantize() is (q - zp) * scale of the reference integers, in float32.
+        // Dequantize() is (q - zp) * scale of the reference integers, in float32, and equals the reference
+        // fake_quant bit for bit (both come from round(x * (1 / scale)), torchao's quantize_affine arithmetic).
         float[] s = MemoryMarshal.Cast<byte, float>(file.ReadBytes($"{caseName}/{tag}/scale")).ToArray();
         int[] z = Ints(refZp);
         int[] refInts = Ints(refInt);
@@ -174,6 +173,7 @@ public class QuantizedTensorParityTests
         for (int i = 0; i < refInts.Length; i++) expectedDeq[i] = (refInts[i] - z[i / g]) * s[i / g];
         using var deq = q.Dequantize();
         AssertBitsEqual(MemoryMarshal.AsBytes(expectedDeq.AsSpan()).ToArray(), deq);
+        AssertBitsEqual(file.ReadBytes($"{caseName}/{tag}/fake_quant"), deq);
 
         // Fake quantization with PyTorch's fake-quant arithmetic reproduces the reference fake_quant bit for bit.
         var x = MemoryMarshal.Cast<byte, float>(file.ReadBytes($"{caseName}/input")).ToArray();
