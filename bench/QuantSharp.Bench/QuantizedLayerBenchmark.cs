@@ -29,10 +29,10 @@ public class QuantizedLinearBenchmark
         _layer = Kind switch
         {
             "float32" => linear,
-            "int8" => QuantizedLinear.FromFloat(linear, QuantizationConfig.DefaultWeights, null),
-            "int4-g128" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(128)), null),
-            "fp16" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.Float16), null),
-            "bf16" => QuantizedLinear.FromFloat(linear, new QuantSpec(QuantType.BFloat16), null),
+            "int8" => QuantizedModules.Quantize(linear, QuantizationConfig.DefaultWeights),
+            "int4-g128" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(128))),
+            "fp16" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.Float16)),
+            "bf16" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.BFloat16)),
             _ => throw new ArgumentException(Kind),
         };
     }

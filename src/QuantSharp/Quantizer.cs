@@ -1,5 +1,6 @@
 using QuantSharp.Calibration;
 using QuantSharp.Modules;
+using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
 using static QuantSharp.Modules.Hooks;
@@ -135,7 +136,7 @@ public static class Quantizer
         if (plan.Count == 0)
         {
             string why = skipped.Count == 0
-                ? "it has no Linear, Conv1d, Conv2d or Embedding layer"
+                ? "it has no layer of a type registered in QuantizedModules (Linear, Conv1d, Conv2d, Embedding, MultiheadAttention, Transformer*, LSTM, GRU, RNN...)"
                 : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
             throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
         }
@@ -144,7 +145,7 @@ public static class Quantizer
         bool ok = false;
         try
         {
-            var result = Run(work, cfg, plan.Select(p => p.Name).ToList(), skipped, factory, calibrationData, progress, disposeReplaced: !inPlace);
+            var result = Run(work, cfg, plan.Select(p => p.Entry.Name).ToList(), skipped, factory, calibrationData, progress, disposeReplaced: !inPlace);
             ok = true;
             return result;
         }
@@ -154,31 +155,24 @@ public static class Quantizer
         }
     }
 
-    private sealed record PlannedLayer(string Name, QuantSpec Spec);
-
-    private static readonly Type[] s_supported =
-        [typeof(TorchSharp.Modules.Linear), typeof(TorchSharp.Modules.Conv1d), typeof(TorchSharp.Modules.Conv2d), typeof(TorchSharp.Modules.Embedding)];
-
-    private static Type ReplacementType(nn.Module m) => m switch
+    private static (List<LayerPlan> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, QuantizationConfig cfg)
     {
-        TorchSharp.Modules.Linear => typeof(QuantizedLinear),
-        TorchSharp.Modules.Embedding => typeof(QuantizedEmbedding),
-        _ => typeof(QuantizedConv),
-    };
-
-    private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, QuantizationConfig cfg)
-    {
-        var plan = new List<PlannedLayer>();
+        var plan = new List<LayerPlan>();
         var skipped = new List<SkippedLayer>();
+        // Children of a module that is quantized as a whole (a materialized native module) are not planned again.
+        var covered = new HashSet<string>(StringComparer.Ordinal);
         foreach (var e in entries)
         {
+            if (covered.Any(c => e.Name.StartsWith(c + ".", StringComparison.Ordinal))) continue;
             var type = e.Module.GetType();
             string typeName = ModuleTree.TypeName(type);
-            if (!s_supported.Contains(type))
+            var spec = SpecFor(cfg, e.Name);
+            var (layer, why) = ModuleQuantization.Plan(e, spec);
+            if (layer is null && why is null)
             {
                 bool ownParams = e.Module.named_parameters(recurse: false).Any();
                 if (ownParams)
-                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName}; its parameters stay float"));
+                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
             string? reason = null;
@@ -195,25 +189,22 @@ public static class Quantizer
                 skipped.Add(new SkippedLayer(e.Name, typeName, reason));
                 continue;
             }
-            var spec = cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, e.Name)).Value ?? cfg.Weights;
-            var weight = e.Module is TorchSharp.Modules.Linear l ? l.weight
-                : e.Module is TorchSharp.Modules.Embedding emb ? emb.weight
-                : ((TorchSharp.Modules.Convolution)e.Module).weight;
-            reason = weight is null ? "it has no weight" : WeightQuantizer.Unsupported(spec, weight.shape);
-            if (reason == null && !weight!.is_floating_point())
-                reason = $"its weight is {weight.dtype}, not a floating-point type";
-            if (reason == null && e.Module is TorchSharp.Modules.Convolution conv)
-                reason = QuantizedConv.Unsupported(conv);
-            reason ??= ModuleTree.CannotReplace(e, ReplacementType(e.Module));
-            if (reason != null)
+            if (layer is null)
             {
-                skipped.Add(new SkippedLayer(e.Name, typeName, $"{reason} (spec {WeightQuantizer.Describe(spec)})"));
+                skipped.Add(new SkippedLayer(e.Name, typeName, $"{why} (spec {WeightQuantizer.Describe(spec)})"));
                 continue;
             }
-            plan.Add(new PlannedLayer(e.Name, spec));
+            plan.Add(layer);
+            if (layer.Mechanism == QuantizationMechanism.Materialize) covered.Add(e.Name);
         }
         return (plan, skipped);
     }
+
+    private static bool ChosenByUser(string reason) =>
+        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("type ", StringComparison.Ordinal) || reason.StartsWith("not matched", StringComparison.Ordinal);
+
+    private static QuantSpec SpecFor(QuantizationConfig cfg, string layer) =>
+        cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, layer)).Value ?? cfg.Weights;
 
     private static void CheckPatterns(QuantizationConfig cfg, List<string> names)
     {
@@ -271,11 +262,16 @@ public static class Quantizer
         Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        var specs = planned.ToDictionary(n => n, n => cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, n)).Value ?? cfg.Weights);
-        var layers = planned.Select(n => entries[n]).ToList();
-        // A module registered under two names (shared) is never disposed after its replacement.
+        var specs = planned.ToDictionary(n => n, n => SpecFor(cfg, n));
+        var plans = planned.Select(n => ModuleQuantization.Plan(entries[n], specs[n]).Plan!).ToList();
+        // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
+        var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
+        // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
         var shared = entries.Values.GroupBy(e => (object)e.Module, ReferenceEqualityComparer.Instance)
             .Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(ReferenceEqualityComparer.Instance);
+        var storages = work.parameters().Select(ModuleQuantization.StorageKey).Where(k => k is not null).GroupBy(k => k).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
+        foreach (var e in entries.Values)
+            if (e.Module.parameters(recurse: false).Any(p => storages.Contains(ModuleQuantization.StorageKey(p)))) shared.Add(e.Module);
         work.eval();
         long floatBytes = ModelMemory.Bytes(work);
 
@@ -296,51 +292,52 @@ public static class Quantizer
             var done = new List<QuantizedLayer>();
             var layerReports = new List<LayerReport>();
             var failures = new List<string>();
-            foreach (var e in layers)
+            var warnings = new List<string>();
+            var tied = new TiedWeights();
+            // Every weight is quantized before any module changes (a materialized module empties its parameters, tied twins included).
+            var prepared = plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
+            var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);
+            foreach (var layer in prepared)
             {
+                var e = layer.Plan.Entry;
                 var spec = specs[e.Name];
                 ActivationQuantization? act = null;
-                if (cfg.Activations is { } a && e.Module is not TorchSharp.Modules.Embedding)
+                if (cfg.Activations is { } a && layer.Plan.Handler is { QuantizesInput: true })
                 {
-                    var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
-                    act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
+                    if (layer.Plan.Mechanism == QuantizationMechanism.Replace)
+                    {
+                        var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
+                        act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
+                    }
+                    else warnings.Add($"{e.Name}: its input is not quantized (static activation quantization needs a replaced layer; {layer.Plan.Note}).");
                 }
-                long layerFloat = e.Module.parameters(recurse: false).Sum(p => p.numel() * p.element_size());
-                QuantizedModule q = e.Module switch
-                {
-                    TorchSharp.Modules.Linear l => QuantizedLinear.FromFloat(l, spec, act),
-                    TorchSharp.Modules.Embedding emb => QuantizedEmbedding.FromFloat(emb, spec),
-                    TorchSharp.Modules.Convolution c => QuantizedConv.FromFloat(c, spec, act),
-                    _ => throw new InvalidOperationException($"Unexpected layer type {e.Module.GetType().Name}."),
-                };
-                q.LayerName = e.Name;
-                q.eval();
-                double weightSqnr;
-                using (var scope = NewDisposeScope())
-                {
-                    var floatWeight = e.Module.named_parameters(recurse: false).First(p => p.name == "weight").parameter;
-                    weightSqnr = Metrics.Sqnr(floatWeight, q.DequantizeWeight());
-                }
-                ModuleTree.Replace(e, q);
-                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
+                if (layer.Plan.Note is { } note && layer.Plan.Handler is null) warnings.Add($"{e.Name}: {note}.");
                 string floatType = e.Module.GetType().Name;
-                if (disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
-                long layerQuant = q.parameters(recurse: false).Sum(p => p.numel() * p.element_size()) + q.buffers(recurse: false).Sum(b => b.numel() * b.element_size());
-                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layerFloat, layerQuant));
+                var installed = ModuleQuantization.Install(layer, act);
+                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
+                if (!ReferenceEquals(installed, e.Module) && disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
+                // Tied weights are stored (and counted) once: by the first layer that holds them.
+                long layerQuant = installed.parameters(recurse: false).Where(p => p.numel() > 0).Sum(p => p.numel() * p.element_size())
+                    + layer.Weights.Where(w => stored.Add(w.Weight)).Sum(w => w.Weight.StorageBytes)
+                    + (installed is QuantizedModule qm0 && qm0.InputQuantization is not null ? 8 : 0);
+                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layer.FloatBytes, layerQuant));
 
                 var problems = new List<string>();
-                bool rangeOk = RangeCheck(q, problems);
+                bool rangeOk = layer.Weights.All(w => RangeCheck(w.Weight, problems));
+                if (act is not null) rangeOk &= ActivationCheck(act, problems);
+                double weightSqnr = layer.WeightSqnrDb;
                 if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
                 if (cfg.Validation.MinWeightSqnrDb is { } minW && weightSqnr < minW)
                     problems.Add($"weight SQNR {weightSqnr:F2} dB is below the bound {minW} dB");
                 layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layerFloat, layerQuant, rangeOk, problems));
+                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
             }
+            // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
+            warnings.AddRange(skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
             long quantBytes = ModelMemory.Bytes(work);
 
             QuantizationReport? report = null;
-            var warnings = new List<string>();
             if (cfg.Validation.Enabled)
             {
                 double? modelSqnr = null;
@@ -436,28 +433,29 @@ public static class Quantizer
         }
     }
 
-    private static bool RangeCheck(QuantizedModule q, List<string> problems)
+    private static bool RangeCheck(QuantizedWeight weight, List<string> problems)
     {
         using var scope = NewDisposeScope();
-        var spec = q.WeightSpec;
+        using var q = weight.ToCanonical();
+        var spec = q.Spec;
         bool ok = true;
         if (spec.Type.IsInteger())
         {
             var range = QuantRange.For(spec.Type, spec.ReduceRange);
-            var v = WeightQuantizer.IntegerValues(q.WeightData, spec.Type);
-            float lo = v.min().item<float>(), hi = v.max().item<float>();
+            var v = q.IntegerValues();
+            long lo = v.min().item<int>(), hi = v.max().item<int>();
             if (lo < range.QMin || hi > range.QMax)
             {
                 ok = false;
                 problems.Add($"stored integers span [{lo}, {hi}], outside [{range.QMin}, {range.QMax}]");
             }
-            var s = q.WeightScale!;
+            var s = q.Scale!;
             if (!s.isfinite().all().item<bool>() || !(s > 0).all().item<bool>())
             {
                 ok = false;
                 problems.Add("a weight scale is not finite and positive");
             }
-            if (q.WeightZeroPoint is { } z)
+            if (q.ZeroPoint is { } z)
             {
                 long zlo = z.min().item<int>(), zhi = z.max().item<int>();
                 if (zlo < range.QMin || zhi > range.QMax)
@@ -467,21 +465,20 @@ public static class Quantizer
                 }
             }
         }
-        else if (!q.WeightData.to(ScalarType.Float32).isfinite().all().item<bool>())
+        else if (!q.Data.to(ScalarType.Float32).isfinite().all().item<bool>())
         {
             ok = false;
             problems.Add($"the {spec.Type.ToName()} weight has infinite values (float32 values beyond the type's range)");
         }
-        if (q.InputQuantization is { } a)
-        {
-            var r = QuantRange.For(a.Type, a.ReduceRange);
-            if (!float.IsFinite(a.Scale) || a.Scale <= 0 || a.ZeroPoint < r.QMin || a.ZeroPoint > r.QMax)
-            {
-                ok = false;
-                problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
-            }
-        }
         return ok;
+    }
+
+    private static bool ActivationCheck(ActivationQuantization a, List<string> problems)
+    {
+        var r = QuantRange.For(a.Type, a.ReduceRange);
+        if (float.IsFinite(a.Scale) && a.Scale > 0 && a.ZeroPoint >= r.QMin && a.ZeroPoint <= r.QMax) return true;
+        problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
+        return false;
     }
 
     private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, Tensor? batch)

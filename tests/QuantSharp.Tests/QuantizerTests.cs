@@ -120,18 +120,17 @@ public class QuantizerTests
     }
 
     [Fact]
-    public void UnsupportedAndUnswappableLayersAreListedNotHalfQuantized()
+    public void UnswappableLayersAreMaterializedAndUnsupportedOnesListed()
     {
         using var scope = NewDisposeScope();
         var model = new MixedNet();
         var r = Quantizer.Quantize(model, NoReload, () => new MixedNet());
-        // ModuleList / ModuleDict of Module<Tensor, Tensor> and a Module<Tensor, Tensor> field are swapped.
-        Assert.Equal(new[] { "blocks.0", "blocks.1", "head", "named.proj" }, r.Layers.Select(l => l.Name).OrderBy(n => n, StringComparer.Ordinal));
+        // ModuleList / ModuleDict of Module<Tensor, Tensor> and a Module<Tensor, Tensor> field are swapped; the field
+        // typed Linear and the native LSTM keep their module with weights stored quantized.
+        Assert.Equal(new[] { "blocks.0", "blocks.1", "head", "lstm", "named.proj", "typed" }, r.Layers.Select(l => l.Name).OrderBy(n => n, StringComparer.Ordinal));
         var skipped = r.Skipped.ToDictionary(s => s.Name);
-        Assert.Contains("declared as Linear", skipped["typed"].Reason);
         Assert.Contains("unsupported module type Scale", skipped["scale"].Reason);
-        Assert.Contains("unsupported module type LSTM", skipped["lstm"].Reason);
-        // Skipped layers stay float and untouched; the swapped ones are quantized everywhere the forward sees them.
+        Assert.Contains(r.Warnings, w => w.StartsWith("scale (Scale) stays float", StringComparison.Ordinal));
         var walk = ModuleTree.Walk(r.Model).ToDictionary(e => e.Name, e => e.Module);
         Assert.IsType<TorchSharp.Modules.Linear>(walk["typed"]);
         Assert.IsType<TorchSharp.Modules.LSTM>(walk["lstm"]);
@@ -139,11 +138,13 @@ public class QuantizerTests
         Assert.IsType<QuantizedLinear>(walk["named.proj"]);
         var sd = r.Model.state_dict();
         Assert.Equal(ScalarType.Int8, sd["blocks.1.weight"].dtype);
-        Assert.Equal(ScalarType.Float32, sd["typed.weight"].dtype);
+        Assert.Equal(ScalarType.Int8, sd["typed.weight"].dtype);
+        Assert.Equal(ScalarType.Int8, sd["lstm.weight_ih_l0"].dtype);
+        Assert.Equal(ScalarType.Float32, sd["lstm.bias_ih_l0"].dtype);
         var x = torch.randn(5, 32);
         double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
         Assert.True(db > 25, $"model SQNR {db:F1}");
-        Assert.Contains("skipped typed (Linear)", r.Report!.Format());
+        Assert.Contains("skipped scale (Scale)", r.Report!.Format());
     }
 
     [Fact]
@@ -316,12 +317,13 @@ public class QuantizerSelectionEdgeTests
     }
 
     [Fact]
-    public void TypedContainersAreSkippedWithTheFix()
+    public void TypedContainersKeepTheirModulesWithQuantizedWeights()
     {
         using var scope = NewDisposeScope();
         var r = Quantizer.Quantize(new TypedListNet(), new QuantizationConfig(), () => new TypedListNet());
-        Assert.Equal(["head"], r.Layers.Select(l => l.Name));
-        Assert.Contains("ModuleList<Module<Tensor, Tensor>>", r.Skipped.Single(s => s.Name == "layers.0").Reason);
+        Assert.Equal(["layers.0", "head"], r.Layers.Select(l => l.Name));
+        Assert.IsType<TorchSharp.Modules.Linear>(ModuleTree.Walk(r.Model).Single(e => e.Name == "layers.0").Module);
+        Assert.Equal(ScalarType.Int8, r.Model.state_dict()["layers.0.weight"].dtype);
     }
 
     [Fact]

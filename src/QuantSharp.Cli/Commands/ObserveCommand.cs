@@ -37,12 +37,16 @@ internal static class ObserveCommand
         var percentile = new Option<double?>("--percentile") { Description = "Percentile observer: percent of values kept, in (0, 100] (default 99.99)." };
         var method = new Option<string?>("--method") { Description = "Histogram observer: entropy (KL, TensorRT/ONNX Runtime; default) or l2 (PyTorch's HistogramObserver)." };
         var bins = new Option<int?>("--bins") { Description = "Histogram/percentile bins (default 2048)." };
+        var mergeBatches = new Option<bool>("--merge-batches")
+        {
+            Description = "Histogram (entropy) and percentile: merge each chunk into the histogram as a separate ONNX Runtime collect call (default: all chunks are one collection, as ONNX Runtime's calibrators).",
+        };
         var reduceRange = new Option<bool>("--reduce-range") { Description = "Use one bit less of the range (PyTorch's reduce_range)." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object {scale, zero_point, min, max[, threshold]}." };
 
         var cmd = new Command("observe", "Run an observer over one tensor of a safetensors file and print scales and zero points.");
         cmd.Arguments.Add(file);
-        foreach (var o in new Option[] { tensor, observer, dtype, scheme, axis, groupSize, averaging, chunks, percentile, method, bins, reduceRange, json })
+        foreach (var o in new Option[] { tensor, observer, dtype, scheme, axis, groupSize, averaging, chunks, percentile, method, bins, mergeBatches, reduceRange, json })
             cmd.Options.Add(o);
 
         cmd.SetAction(parseResult =>
@@ -64,7 +68,8 @@ internal static class ObserveCommand
                     parseResult.GetValue(percentile),
                     parseResult.GetValue(method),
                     parseResult.GetValue(bins),
-                    parseResult.GetValue(reduceRange));
+                    parseResult.GetValue(reduceRange),
+                    parseResult.GetValue(mergeBatches));
                 var (result, info) = Run(request);
                 if (parseResult.GetValue(json)) output.WriteLine(ToJson(result));
                 else WriteTable(output, request, info, result);
@@ -85,7 +90,7 @@ internal static class ObserveCommand
     internal sealed record ObserveRequest(
         string File, string Tensor, string Observer, string DType, string Scheme,
         int? Axis = null, int? GroupSize = null, float? AveragingConstant = null, int Chunks = 1,
-        double? Percentile = null, string? Method = null, int? Bins = null, bool ReduceRange = false);
+        double? Percentile = null, string? Method = null, int? Bins = null, bool ReduceRange = false, bool MergeBatches = false);
 
     /// <summary>Checks the options, reads the tensor, feeds it and returns the observer's parameters.</summary>
     internal static (ObserverResult Result, SafetensorsTensorInfo Info) Run(ObserveRequest r)
@@ -105,6 +110,8 @@ internal static class ObserveCommand
             throw new ArgumentException($"--observer {observerName} is per-tensor only; drop --axis/--group-size, or use minmax or moving-average.");
         if (r.Chunks < 1)
             throw new ArgumentException($"--chunks must be at least 1, got {r.Chunks}.");
+        if (r.MergeBatches && (observerName is not ("histogram" or "percentile") || r.Method?.Trim().ToLowerInvariant() == "l2"))
+            throw new ArgumentException("--merge-batches applies only to ONNX Runtime's histograms: --observer histogram (entropy) or percentile.");
 
         QuantType type = QuantTypeInfo.Parse(r.DType);
         if (type is not (QuantType.Int8 or QuantType.UInt8 or QuantType.Int4 or QuantType.UInt4))
@@ -133,6 +140,7 @@ internal static class ObserveCommand
             Percentile = r.Percentile ?? defaults.Percentile,
             Bins = r.Bins ?? defaults.Bins,
             Method = histogramMethod,
+            MergeBatches = r.MergeBatches,
             Name = r.Tensor,
         };
         var observer = ObserverFactory.Create(observerName, options);

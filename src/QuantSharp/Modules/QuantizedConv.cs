@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -12,31 +13,51 @@ public sealed class QuantizedConv : QuantizedModule
 {
     private readonly long[] _stride, _padding, _dilation;
 
-    internal QuantizedConv(QuantSpec spec, long[] weightShape, long[] stride, long[] padding, long[] dilation, long groups,
-        Tensor data, Tensor? scale, Tensor? zeroPoint, Tensor? bias, ActivationQuantization? input)
-        : base(weightShape.Length == 3 ? "QuantizedConv1d" : "QuantizedConv2d", spec, weightShape, data, scale, zeroPoint, bias, input)
+    /// <summary>Creates a quantized convolution from a quantized <c>[out, in/groups, k...]</c> weight (rank 3: Conv1d, rank 4: Conv2d).</summary>
+    /// <param name="weight">The quantized weight.</param>
+    /// <param name="bias">The float bias <c>[out]</c> (copied), or null.</param>
+    /// <param name="stride">Stride per spatial dimension.</param>
+    /// <param name="padding">Zero padding per spatial dimension (both sides).</param>
+    /// <param name="dilation">Dilation per spatial dimension.</param>
+    /// <param name="groups">Number of convolution groups.</param>
+    /// <param name="input">Static input quantization, or null.</param>
+    /// <exception cref="ArgumentException">The weight is not rank 3 or 4, or the geometry arrays do not have one entry per spatial dimension.</exception>
+    public QuantizedConv(QuantizedWeight weight, Tensor? bias, long[] stride, long[] padding, long[] dilation, long groups = 1, ActivationQuantization? input = null)
+        : base(weight.Shape.Count == 3 ? "QuantizedConv1d" : "QuantizedConv2d", weight, bias, input)
     {
-        if (weightShape.Length is not (3 or 4)) throw new ArgumentException($"Only Conv1d and Conv2d weights (rank 3 or 4) are supported, got rank {weightShape.Length}.");
+        if (weight.Shape.Count is not (3 or 4)) throw new ArgumentException($"Only Conv1d and Conv2d weights (rank 3 or 4) are supported, got rank {weight.Shape.Count}.", nameof(weight));
+        int n = weight.Shape.Count - 2;
+        if (stride.Length != n || padding.Length != n || dilation.Length != n)
+            throw new ArgumentException($"stride, padding and dilation need {n} value(s) each (one per spatial dimension).", nameof(stride));
+        if (groups < 1) throw new ArgumentException($"groups must be at least 1, got {groups}.", nameof(groups));
         _stride = (long[])stride.Clone();
         _padding = (long[])padding.Clone();
         _dilation = (long[])dilation.Clone();
-        Groups = groups;
+        this.groups = groups;
     }
+
+#pragma warning disable IDE1006 // TorchSharp's names
+    /// <summary>Stride per spatial dimension.</summary>
+    public IReadOnlyList<long> stride => _stride;
+
+    /// <summary>Zero padding per spatial dimension (both sides).</summary>
+    public IReadOnlyList<long> padding => _padding;
+
+    /// <summary>Dilation per spatial dimension.</summary>
+    public IReadOnlyList<long> dilation => _dilation;
+
+    /// <summary>Number of convolution groups.</summary>
+    public long groups { get; }
+
+    /// <summary>Input channels.</summary>
+    public long in_channels => WeightShape[1] * groups;
+
+    /// <summary>Output channels.</summary>
+    public long out_channels => WeightShape[0];
+#pragma warning restore IDE1006
 
     /// <summary>Spatial dimensions: 1 for Conv1d, 2 for Conv2d.</summary>
     public int SpatialDims => WeightShape.Count - 2;
-
-    /// <summary>Stride per spatial dimension.</summary>
-    public IReadOnlyList<long> Stride => _stride;
-
-    /// <summary>Zero padding per spatial dimension (both sides).</summary>
-    public IReadOnlyList<long> Padding => _padding;
-
-    /// <summary>Dilation per spatial dimension.</summary>
-    public IReadOnlyList<long> Dilation => _dilation;
-
-    /// <summary>Number of convolution groups.</summary>
-    public long Groups { get; }
 
     /// <summary>Why a float convolution cannot be converted (unsupported padding), or null.</summary>
     internal static string? Unsupported(TorchSharp.Modules.Convolution conv)
@@ -67,26 +88,14 @@ public sealed class QuantizedConv : QuantizedModule
         return null;
     }
 
-    internal static QuantizedConv FromFloat(TorchSharp.Modules.Convolution conv, QuantSpec spec, ActivationQuantization? input)
+    /// <summary>A quantized convolution with <paramref name="conv"/>'s geometry and bias around <paramref name="weight"/>.</summary>
+    internal static QuantizedConv Create(TorchSharp.Modules.Convolution conv, QuantizedWeight weight, ActivationQuantization? input)
     {
         string? why = Unsupported(conv);
         if (why != null) throw new ArgumentException($"Cannot quantize this convolution: {why}.");
         ResolvePadding(conv, out long[] padding);
         int n = (int)conv.weight!.dim() - 2;
-        long[] stride = Expand(conv.stride, n), dilation = Expand(conv.dilation, n);
-        var (data, scale, zp) = WeightQuantizer.Quantize(conv.weight, spec);
-        var bias = conv.bias is null ? null : conv.bias.detach().to(ScalarType.Float32).clone();
-        return new QuantizedConv(spec, conv.weight.shape, stride, padding, dilation, conv.groups, data, scale, zp, bias, input);
-    }
-
-    /// <summary>A quantized convolution with <paramref name="conv"/>'s geometry and the given stored parts (checkpoint loading).</summary>
-    internal static QuantizedConv FromParts(TorchSharp.Modules.Convolution conv, QuantSpec spec, Tensor data, Tensor? scale, Tensor? zeroPoint, Tensor? bias, ActivationQuantization? input)
-    {
-        string? why = Unsupported(conv);
-        if (why != null) throw new ArgumentException($"Cannot rebuild this convolution: {why}.");
-        ResolvePadding(conv, out long[] padding);
-        int n = (int)conv.weight!.dim() - 2;
-        return new QuantizedConv(spec, conv.weight.shape, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, data, scale, zeroPoint, bias, input);
+        return new QuantizedConv(weight, conv.bias, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, input);
     }
 
     private static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
@@ -96,14 +105,14 @@ public sealed class QuantizedConv : QuantizedModule
     {
         using var scope = NewDisposeScope();
         var x = QuantizeInput(input);
-        var w = DequantizeWeight();
-        long inChannels = WeightShape[1] * Groups;
+        using var w = DequantizeWeight();
+        long inChannels = in_channels;
         string expects = SpatialDims == 1
             ? $"a float32 input [batch, {inChannels}, length] (or [{inChannels}, length])"
             : $"a float32 input [batch, {inChannels}, height, width] (or [{inChannels}, height, width])";
         var y = Guard(input, expects, () => SpatialDims == 1
-            ? nn.functional.conv1d(x, w, Bias, _stride[0], _padding[0], _dilation[0], Groups)
-            : nn.functional.conv2d(x, w, Bias, _stride, _padding, _dilation, Groups));
+            ? nn.functional.conv1d(x, w, bias, _stride[0], _padding[0], _dilation[0], groups)
+            : nn.functional.conv2d(x, w, bias, _stride, _padding, _dilation, groups));
         return y.MoveToOuterDisposeScope();
     }
 }

@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -9,22 +10,22 @@ namespace QuantSharp.Modules;
 /// </summary>
 public sealed class QuantizedEmbedding : QuantizedModule
 {
-    internal QuantizedEmbedding(QuantSpec spec, long[] weightShape, Tensor data, Tensor? scale, Tensor? zeroPoint)
-        : base(nameof(QuantizedEmbedding), spec, weightShape, data, scale, zeroPoint, bias: null, input: null)
+    /// <summary>Creates a quantized embedding from a quantized <c>[num_embeddings, embedding_dim]</c> table.</summary>
+    /// <param name="weight">The quantized table (rank 2).</param>
+    /// <exception cref="ArgumentException">The weight is not rank 2.</exception>
+    public QuantizedEmbedding(QuantizedWeight weight)
+        : base(nameof(QuantizedEmbedding), weight, bias: null, input: null)
     {
+        if (weight.Shape.Count != 2) throw new ArgumentException($"An embedding table has rank 2, got shape {QuantSpec.FormatShape([.. weight.Shape])}.", nameof(weight));
     }
 
+#pragma warning disable IDE1006 // TorchSharp's names
     /// <summary>Number of embeddings (rows).</summary>
-    public long NumEmbeddings => WeightShape[0];
+    public long num_embeddings => WeightShape[0];
 
     /// <summary>Embedding dimension.</summary>
-    public long EmbeddingDim => WeightShape[1];
-
-    internal static QuantizedEmbedding FromFloat(TorchSharp.Modules.Embedding embedding, QuantSpec spec)
-    {
-        var (data, scale, zp) = WeightQuantizer.Quantize(embedding.weight!, spec);
-        return new QuantizedEmbedding(spec, embedding.weight!.shape, data, scale, zp);
-    }
+    public long embedding_dim => WeightShape[1];
+#pragma warning restore IDE1006
 
     /// <inheritdoc/>
     public override Tensor forward(Tensor input)
@@ -36,27 +37,11 @@ public sealed class QuantizedEmbedding : QuantizedModule
         if (flat.numel() > 0)
         {
             long lo = flat.min().item<long>(), hi = flat.max().item<long>();
-            if (lo < 0 || hi >= NumEmbeddings)
-                throw new ArgumentException($"Quantized embedding '{LayerName}' has {NumEmbeddings} rows; index {(lo < 0 ? lo : hi)} is out of range.");
+            if (lo < 0 || hi >= num_embeddings)
+                throw new ArgumentException($"Quantized embedding '{LayerName}' has {num_embeddings} rows; index {(lo < 0 ? lo : hi)} is out of range.");
         }
-        Tensor rows;
-        if (!WeightSpec.Type.IsInteger())
-        {
-            rows = WeightData.index_select(0, flat).to(ScalarType.Float32);
-        }
-        else
-        {
-            var q = WeightQuantizer.IntegerValues(WeightData.index_select(0, flat), WeightSpec.Type);
-            var s = WeightScale!;
-            var z = WeightZeroPoint;
-            if (WeightSpec.Granularity is not PerTensor)
-            {
-                s = s.index_select(0, flat);
-                z = z?.index_select(0, flat);
-            }
-            rows = WeightQuantizer.DequantizeRows(q, s, z, WeightSpec);
-        }
-        var shape = input.shape.Append(EmbeddingDim).ToArray();
+        var rows = weight.GatherRows(flat);
+        var shape = input.shape.Append(embedding_dim).ToArray();
         return rows.reshape(shape).MoveToOuterDisposeScope();
     }
 }

@@ -1,57 +1,74 @@
 using System.Runtime.InteropServices;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace QuantSharp.Modules;
 
 /// <summary>
-/// Base of the quantized layers that replace <c>Linear</c>, <c>Conv1d</c>, <c>Conv2d</c> and <c>Embedding</c>.
-/// The weight is kept only in quantized form, as registered buffers (so <c>state_dict</c>, <c>buffers()</c> and
-/// memory measurements see the small tensors): <c>weight</c> (Int8, packed 4-bit Byte, or Float16/BFloat16),
-/// <c>weight_scale</c> (float32) and <c>weight_zero_point</c> (int32, only when needed). The bias stays a float32
-/// parameter. With static activation quantization the calibrated input range is kept as <c>input_scale</c>
-/// (float32 scalar) and <c>input_zero_point</c> (int32 scalar).
+/// Base of the quantized layers that replace float modules (<c>Linear</c>, <c>Conv1d</c>, <c>Conv2d</c>,
+/// <c>Embedding</c>, and whatever is registered in <see cref="QuantizedModules"/>). The weight is a
+/// <see cref="QuantizedWeight"/> whose layout tensors are registered buffers (so <c>state_dict</c>, <c>buffers()</c>
+/// and memory measurements see the small tensors), named by <see cref="QuantizedWeightNames.InModule"/>:
+/// <c>weight</c> (Int8, packed 4-bit Byte, or Float16/BFloat16), <c>weight_scale</c> (float32) and
+/// <c>weight_zero_point</c> (int32, only when needed). The bias stays a float32 parameter <c>bias</c>. With static
+/// activation quantization the calibrated input range is kept as <c>input_scale</c> (float32 scalar) and
+/// <c>input_zero_point</c> (int32 scalar).
 /// </summary>
 /// <remarks>
-/// The forward pass dequantizes the weight to float32 on every call (nothing is cached, so memory stays small) and
-/// then runs TorchSharp's functional linear/conv/embedding in float32; Float16/BFloat16 weights are likewise cast
-/// up to float32, so inputs stay float32. With activation quantization the input is first quantized and
-/// dequantized with the calibrated scale and zero point (W8A8 simulated on CPU).
+/// <para>Extenders derive from this class for their own layer type, pass the quantized weight and the float bias to
+/// this constructor, implement <c>forward</c> with <see cref="weight"/>'s operations, and register a
+/// handler for the float type with <see cref="QuantizedModules.Register{TFloat}"/>.</para>
+/// <para>With the canonical layouts the forward pass dequantizes the weight to float32 on every call (nothing is
+/// cached, so memory stays small) and runs TorchSharp's functional linear/conv/embedding in float32; kernel layouts
+/// run their own kernels. With activation quantization the input is first quantized and dequantized with the
+/// calibrated scale and zero point (W8A8 simulated on CPU).</para>
 /// </remarks>
 public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
 {
-    private protected const string WeightName = "weight";
-    private protected const string ScaleName = "weight_scale";
-    private protected const string ZeroPointName = "weight_zero_point";
-    private protected const string BiasName = "bias";
-    private protected const string InputScaleName = "input_scale";
-    private protected const string InputZeroPointName = "input_zero_point";
+    private const string WeightParameter = "weight";
+    private const string BiasName = "bias";
+    private const string InputScaleName = "input_scale";
+    private const string InputZeroPointName = "input_zero_point";
 
-    private readonly long[] _weightShape;
-
-    private protected QuantizedModule(string typeName, QuantSpec weightSpec, long[] weightShape,
-        Tensor data, Tensor? scale, Tensor? zeroPoint, Tensor? bias, ActivationQuantization? input)
+    /// <summary>Creates the module; takes ownership of <paramref name="weight"/> and of a copy of <paramref name="bias"/>.</summary>
+    /// <param name="typeName">Module type name (e.g. <c>QuantizedLinear</c>).</param>
+    /// <param name="weight">The quantized weight (it may be shared with another module: tied weights).</param>
+    /// <param name="bias">The float bias (copied to float32), or null.</param>
+    /// <param name="input">Static input quantization, or null (weight-only).</param>
+    protected QuantizedModule(string typeName, QuantizedWeight weight, Tensor? bias, ActivationQuantization? input)
         : base(typeName)
     {
-        WeightSpec = weightSpec;
-        _weightShape = (long[])weightShape.Clone();
+        ArgumentNullException.ThrowIfNull(weight);
+        this.weight = weight;
         InputQuantization = input;
-        register_buffer(WeightName, data, persistent: true);
-        if (scale is not null) register_buffer(ScaleName, scale, persistent: true);
-        if (zeroPoint is not null) register_buffer(ZeroPointName, zeroPoint, persistent: true);
-        if (bias is not null) register_parameter(BiasName, new TorchSharp.Modules.Parameter(bias, requires_grad: false));
+        foreach (var (part, t) in weight.Layout.Tensors)
+            register_buffer(QuantizedWeightNames.InModule(WeightParameter, part), t, persistent: true);
+        if (bias is not null)
+        {
+            using var noGrad = no_grad();
+            register_parameter(BiasName, new TorchSharp.Modules.Parameter(bias.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope(), requires_grad: false));
+        }
         if (input is not null)
         {
-            register_buffer(InputScaleName, torch.tensor(input.Scale, ScalarType.Float32), persistent: true);
-            register_buffer(InputZeroPointName, torch.tensor(input.ZeroPoint, ScalarType.Int32), persistent: true);
+            register_buffer(InputScaleName, torch.tensor(input.Scale, ScalarType.Float32).DetachFromDisposeScope(), persistent: true);
+            register_buffer(InputZeroPointName, torch.tensor(input.ZeroPoint, ScalarType.Int32).DetachFromDisposeScope(), persistent: true);
         }
     }
 
+#pragma warning disable IDE1006 // TorchSharp's names, so that code written for the float module reads the same
+    /// <summary>The quantized weight (named as the float module's parameter).</summary>
+    public QuantizedWeight weight { get; }
+
+    /// <summary>The bias (float32), or null.</summary>
+    public Tensor? bias => named_parameters(recurse: false).Where(p => p.name == BiasName).Select(p => (Tensor)p.parameter).FirstOrDefault();
+#pragma warning restore IDE1006
+
     /// <summary>How the weight is quantized.</summary>
-    public QuantSpec WeightSpec { get; }
+    public QuantSpec WeightSpec => weight.Spec;
 
     /// <summary>The float weight's shape (e.g. <c>[out, in]</c> or <c>[out, in/groups, kh, kw]</c>).</summary>
-    public IReadOnlyList<long> WeightShape => _weightShape;
+    public IReadOnlyList<long> WeightShape => weight.Shape;
 
     /// <summary>The static input quantization (W8A8), or null for weight-only quantization.</summary>
     public ActivationQuantization? InputQuantization { get; }
@@ -61,42 +78,17 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// </summary>
     public string LayerName { get; internal set; } = "";
 
-    /// <summary>The bias (float32), or null.</summary>
-    public Tensor? Bias => named_parameters(recurse: false).Where(p => p.name == BiasName).Select(p => (Tensor)p.parameter).FirstOrDefault();
-
-    /// <summary>
-    /// The logical shape of the stored weight: the original shape for Float16/BFloat16, otherwise the matrix
-    /// <c>[rows, K]</c> whose last axis the groups and the 4-bit packing run along.
-    /// </summary>
-    internal long[] StorageShape => WeightSpec.Type.IsInteger() ? [_weightShape[0], WeightQuantizer.Cols(_weightShape)] : (long[])_weightShape.Clone();
-
-    internal Tensor WeightData => get_buffer(WeightName)!;
-    internal Tensor? WeightScale => TryBuffer(ScaleName);
-    internal Tensor? WeightZeroPoint => TryBuffer(ZeroPointName);
-
-    private Tensor? TryBuffer(string name)
-    {
-        foreach (var (n, b) in named_buffers(recurse: false))
-            if (n == name) return b;
-        return null;
-    }
+    /// <summary>The float module type this module replaced (recorded in saved files), or null when built directly.</summary>
+    internal string? FloatTypeName { get; set; }
 
     /// <summary>The weight dequantized to float32 in its original shape (a new tensor; dispose it).</summary>
-    public Tensor DequantizeWeight()
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        return WeightQuantizer.Dequantize(WeightData, WeightScale, WeightZeroPoint, WeightSpec, _weightShape).MoveToOuterDisposeScope();
-    }
+    public Tensor DequantizeWeight() => weight.Dequantize();
 
     /// <summary>Bytes of the weight storage: data, scale and zero point.</summary>
-    public long WeightStorageBytes =>
-        Bytes(WeightData) + (WeightScale is { } s ? Bytes(s) : 0) + (WeightZeroPoint is { } z ? Bytes(z) : 0);
+    public long WeightStorageBytes => weight.StorageBytes;
 
-    private static long Bytes(Tensor t) => t.numel() * t.element_size();
-
-    /// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams (identity without them).</summary>
-    private protected Tensor QuantizeInput(Tensor x)
+/// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams (identity without them).</summary>
+    protected Tensor QuantizeInput(Tensor x)
     {
         if (InputQuantization is not { } act) return x;
         var range = QuantRange.For(act.Type, act.ReduceRange);
@@ -106,7 +98,7 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>Runs <paramref name="op"/> and turns libtorch's shape errors into one that names the layer.</summary>
-    private protected Tensor Guard(Tensor input, string expects, Func<Tensor> op)
+    protected Tensor Guard(Tensor input, string expects, Func<Tensor> op)
     {
         try
         {

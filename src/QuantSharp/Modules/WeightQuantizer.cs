@@ -6,9 +6,8 @@ using static TorchSharp.torch;
 namespace QuantSharp.Modules;
 
 /// <summary>
-/// Layer weights as quantized module buffers: quantized by <see cref="QuantizedTensor.Quantize"/> (PyTorch's
-/// observer rules and arithmetic, the library's SIMD kernels) and dequantized with TorchSharp tensor operations
-/// in the modules' forward pass.
+/// Torch-op helpers of the canonical weight layouts (<see cref="QuantizedWeight"/>): which specs fit a layer weight,
+/// 4-bit unpacking and row dequantization with TorchSharp tensor operations.
 /// </summary>
 /// <remarks>
 /// A weight of shape <c>[rows, d1, d2, ...]</c> is viewed as the matrix <c>[rows, K]</c>, <c>K = d1*d2*...</c>
@@ -51,25 +50,6 @@ internal static class WeightQuantizer
         return k;
     }
 
-    /// <summary>Quantizes <paramref name="weight"/> (any float dtype) into data, scale and zero point (new tensors, outside any scope).</summary>
-    public static (Tensor Data, Tensor? Scale, Tensor? ZeroPoint) Quantize(Tensor weight, QuantSpec spec)
-    {
-        long[] shape = weight.shape;
-        string? why = Unsupported(spec, shape);
-        if (why != null) throw new ArgumentException($"Cannot quantize a weight of shape [{string.Join(", ", shape)}] as {Describe(spec)}: {why}.");
-
-        // The layer weight is quantized by the library's one quantizer (QuantizedTensor: PyTorch's qparams and
-        // arithmetic, SIMD kernels), on the [rows, K] matrix view; the module keeps the parts as its buffers.
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        var matrix = spec.Type.IsInteger() ? weight.detach().reshape(shape[0], Cols(shape)) : weight.detach();
-        using var q = QuantizedTensor.Quantize(matrix, spec);
-        return (Keep(q.Data), q.Scale is null ? null : Keep(q.Scale), q.ZeroPoint is null ? null : Keep(q.ZeroPoint));
-    }
-
-    /// <summary>A copy that outlives both the quantized tensor that owns <paramref name="t"/> and any dispose scope.</summary>
-    private static Tensor Keep(Tensor t) => t.clone().DetachFromDisposeScope();
-
     /// <summary>Quantize then dequantize with one scale and zero point (float32 scalar tensors): <c>(clamp(round(x/s) + z) - z) * s</c>.</summary>
     public static Tensor FakeQuantize(Tensor x, Tensor scale, Tensor zeroPoint, QuantRange range)
     {
@@ -105,14 +85,6 @@ internal static class WeightQuantizer
     public static Tensor IntegerValues(Tensor data, QuantType type) => type.Bits() == 4
         ? Unpack4(data, type.IsSigned())
         : data.to(ScalarType.Float32);
-
-    /// <summary>Dequantizes stored parts into a float32 tensor of <paramref name="shape"/>.</summary>
-    public static Tensor Dequantize(Tensor data, Tensor? scale, Tensor? zeroPoint, QuantSpec spec, long[] shape)
-    {
-        if (!spec.Type.IsInteger()) return data.to(ScalarType.Float32);
-        var q = IntegerValues(data, spec.Type);
-        return DequantizeRows(q, scale!, zeroPoint, spec).reshape(shape);
-    }
 
     /// <summary>Dequantizes float32 integral values <c>[n, K]</c> with per-row/per-group scales of the same rows.</summary>
     public static Tensor DequantizeRows(Tensor q, Tensor scale, Tensor? zeroPoint, QuantSpec spec)

@@ -2,8 +2,9 @@ namespace QuantSharp.Observers;
 
 /// <summary>
 /// Per-tensor histogram observer. <see cref="HistogramMethod.Entropy"/> (default): TensorRT-style KL-divergence
-/// threshold search as ONNX Runtime's entropy calibrator (histogram of the values on [-max|x|, max|x|], grown by
-/// whole bins when later batches exceed it; thresholds clipped to the data's [min, max]).
+/// threshold search as ONNX Runtime's entropy calibrator (one histogram of all observed values on [-max|x|, max|x|],
+/// or, with <see cref="ObserverOptions.MergeBatches"/>, one per batch merged by whole bins; thresholds clipped to the
+/// data's [min, max]).
 /// <see cref="HistogramMethod.L2"/>: PyTorch's <c>HistogramObserver</c> (L2-error search).
 /// The scale and zero point come from the chosen thresholds, reported in <see cref="ObserverResult.Threshold"/>;
 /// <see cref="ObserverResult.Min"/>/<see cref="ObserverResult.Max"/> are the observed data range.
@@ -19,7 +20,7 @@ internal sealed class HistogramObserver : ObserverBase
         if (options.Method == HistogramMethod.L2)
             _l2 = new TorchHistogram(options.Bins, 1 << options.Type.Bits());
         else
-            _entropy = new OrtHistogram(options.Bins, absolute: false);
+            _entropy = new OrtHistogram(options.Bins, absolute: false, options.MergeBatches);
     }
 
     /// <summary>Quantized bins of the entropy search: the option, else 2^(bits-1) (128 for 8-bit, as TensorRT).</summary>

@@ -50,6 +50,16 @@ public sealed record ObserverOptions
     /// <summary>Histogram observer: entropy (KL, default) or L2 (PyTorch).</summary>
     public HistogramMethod Method { get; init; } = HistogramMethod.Entropy;
 
+    /// <summary>
+    /// ONNX Runtime's histogram observers (entropy, percentile): <see langword="false"/> (default) makes every batch
+    /// observed before <see cref="IObserver.ComputeQParams"/> one histogram over the range of all of them, as ONNX
+    /// Runtime's calibrators (<c>quantize_static</c>) collect all the batches of a run; the observer keeps a copy of
+    /// the values until then. <see langword="true"/> merges each batch into the running histogram as ONNX Runtime
+    /// does across separate <c>collect_data</c> calls: memory bounded by the histogram, but when a later batch exceeds
+    /// the range the histogram grows by whole bins and the thresholds come out different (by tens of bins).
+    /// </summary>
+    public bool MergeBatches { get; init; }
+
     /// <summary>A name for the observed tensor, used in error messages.</summary>
     public string? Name { get; init; }
 

@@ -2,56 +2,83 @@ namespace QuantSharp.Observers;
 
 /// <summary>
 /// The histogram calibration of ONNX Runtime's <c>HistogramCollector</c>
-/// (onnxruntime/python/tools/quantization/calibrate.py), reimplemented: NumPy's float32 histogram arithmetic is
+/// (onnxruntime/python/tools/quantization/calibrate.py, 1.30), reimplemented: NumPy 2's float32 arithmetic is
 /// followed step by step (bin edges from a float32 <c>linspace</c>, bin index by division then a one-bin
-/// correction against the edges), so thresholds agree with ONNX Runtime's to the bin.
+/// correction against the edges), so thresholds agree with ONNX Runtime's to the bit.
 /// </summary>
 /// <remarks>
-/// Two modes, as ONNX Runtime: <em>signed</em> (entropy, and two-sided percentile): a histogram of the values on
-/// [-t, t] with t = max|x|, widened symmetrically by whole bins when a later batch exceeds it; <em>absolute</em>
-/// (symmetric percentile): a histogram of |x| on [min|x|, max|x|], extended on the right by whole bins.
+/// <para>Two modes, as ONNX Runtime: <em>signed</em> (entropy, and two-sided percentile): a histogram of the values on
+/// [-t, t] with t = max|x|, widened symmetrically by whole bins when a later collection exceeds it; <em>absolute</em>
+/// (symmetric percentile): a histogram of |x| on [min|x|, max|x|], extended on the right by whole bins.</para>
+/// <para>What one collection is. ONNX Runtime's calibrators (<c>HistogramCalibrater.collect_data</c>, used by
+/// <c>quantize_static</c>) run every batch of the data reader first and then call <c>HistogramCollector.collect</c>
+/// once with the list of batches, which <c>np.asarray(...).flatten()</c> turns into one array: one histogram over
+/// the range of all the data. Only separate <c>collect</c> calls are merged (the range grows by whole bins of the
+/// old width). So by default every batch given to <see cref="Collect"/> before the thresholds are asked for is one
+/// collection (the values are kept until then, as ONNX Runtime keeps the outputs); with <c>mergeEachBatch</c> each
+/// batch is a <c>collect</c> call of its own (bounded memory). The two differ whenever a later batch exceeds the
+/// range of the earlier ones: the grown histogram has other bins, and the chosen thresholds move by up to a
+/// hundred bins on Gaussian data split in three.</para>
 /// </remarks>
 internal sealed class OrtHistogram
 {
     private readonly int _numBins;
     private readonly bool _absolute;
+    private readonly bool _mergeEachBatch;
+    private readonly List<float[]> _pending = [];
     private long[]? _hist;
     private float[]? _edges;
     private float _min, _max, _threshold;
 
-    public OrtHistogram(int numBins, bool absolute)
+    public OrtHistogram(int numBins, bool absolute, bool mergeEachBatch = false)
     {
         _numBins = numBins;
         _absolute = absolute;
+        _mergeEachBatch = mergeEachBatch;
     }
 
-    public bool IsEmpty => _hist is null;
-    public float Min => _min;
-    public float Max => _max;
-    public long[] Counts => _hist ?? throw new InvalidOperationException("Nothing collected.");
-    public float[] Edges => _edges ?? throw new InvalidOperationException("Nothing collected.");
+    public bool IsEmpty => _hist is null && _pending.Count == 0;
+    public float Min { get { Flush(); return _min; } }
+    public float Max { get { Flush(); return _max; } }
+    public long[] Counts { get { Flush(); return _hist ?? throw new InvalidOperationException("Nothing collected."); } }
+    public float[] Edges { get { Flush(); return _edges ?? throw new InvalidOperationException("Nothing collected."); } }
 
     public void Reset()
     {
         _hist = null;
         _edges = null;
+        _pending.Clear();
     }
 
-    /// <summary>Adds one batch (finite values, at least one).</summary>
+    /// <summary>Adds one batch (finite values, at least one): kept for the next collection, or collected now when merging each batch.</summary>
     public void Collect(ReadOnlySpan<float> values)
     {
-        float min = float.PositiveInfinity, max = float.NegativeInfinity;
-        foreach (float v in values)
-        {
-            if (v < min) min = v;
-            if (v > max) max = v;
-        }
-        if (_absolute) CollectAbsolute(values, min, max);
-        else CollectValue(values, min, max);
+        _pending.Add(values.ToArray());
+        if (_mergeEachBatch) Flush();
     }
 
-    private void CollectValue(ReadOnlySpan<float> values, float min, float max)
+    /// <summary>One <c>HistogramCollector.collect</c> call over the pending batches, as one flattened array.</summary>
+    private void Flush()
     {
+        if (_pending.Count == 0) return;
+        // np.nanmin / np.nanmax of the whole collection (float32).
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        foreach (float[] batch in _pending)
+        {
+            foreach (float v in batch)
+            {
+                if (v < min) min = v;
+                if (v > max) max = v;
+            }
+        }
+        if (_absolute) CollectAbsolute(_pending, min, max);
+        else CollectValue(_pending, min, max);
+        _pending.Clear();
+    }
+
+    private void CollectValue(List<float[]> values, float min, float max)
+    {
+        // threshold = np.array(max(|min|, |max|), dtype=float32); histogram on (-threshold, threshold).
         float threshold = MathF.Max(MathF.Abs(min), MathF.Abs(max));
         if (_hist is null)
         {
@@ -73,7 +100,9 @@ internal sealed class OrtHistogram
         }
         else
         {
-            // Grow by whole bins of the old width on both sides, so that the old counts stay aligned.
+            // Grow by whole bins of the old width on both sides, so that the old counts stay aligned. Every step is
+            // float32 as in NumPy 2 (the Python ints are weak scalars): stride = 2 * t / n, floor division, then
+            // new t = k * stride + t; the new histogram's edges come from linspace over the new range.
             int oldBins = _hist.Length;
             float oldStride = 2f * oldThreshold / oldBins;
             int halfIncreased = (int)(FloorDivide(threshold - oldThreshold, oldStride) + 1f);
@@ -87,15 +116,18 @@ internal sealed class OrtHistogram
         _max = MathF.Max(_max, max);
     }
 
-    private void CollectAbsolute(ReadOnlySpan<float> values, float min, float max)
+    private void CollectAbsolute(List<float[]> values, float min, float max)
     {
         // |x| is taken on the fly (no copy of the data): min|x| and max|x| first.
         float amin = float.PositiveInfinity, amax = float.NegativeInfinity;
-        foreach (float v in values)
+        foreach (float[] batch in values)
         {
-            float a = MathF.Abs(v);
-            if (a < amin) amin = a;
-            if (a > amax) amax = a;
+            foreach (float v in batch)
+            {
+                float a = MathF.Abs(v);
+                if (a < amin) amin = a;
+                if (a > amax) amax = a;
+            }
         }
         if (_hist is null)
         {
@@ -179,6 +211,7 @@ internal sealed class OrtHistogram
         if (candidates < 1)
             throw new InvalidOperationException($"The histogram has {numBins} bins, fewer than the {quantizedBins} quantized bins.");
 
+        // Candidates: i = quantizedBins/2 .. numBins/2 in steps of one bin, window [zero - i, min(zero + i + 1, n)).
         var prefix = new long[numBins + 1];
         for (int i = 0; i < numBins; i++) prefix[i + 1] = prefix[i] + hist[i];
 
@@ -197,10 +230,13 @@ internal sealed class OrtHistogram
             int size = end - start;
             var sliced = hist.AsSpan(start, size);
             var pSpan = p.AsSpan(0, size);
+            // p (int64): the window with the counts left and right of it added to its end bins.
             sliced.CopyTo(pSpan);
             pSpan[0] += prefix[start];
             pSpan[size - 1] += prefix[numBins] - prefix[end];
 
+            // The quantized bins sum the window WITHOUT the outliers; the size % quantizedBins tail bins go into
+            // the last quantized bin.
             int merged = size / quantizedBins;
             for (int k = 0; k < quantizedBins; k++)
             {
@@ -210,6 +246,9 @@ internal sealed class OrtHistogram
             }
             for (int j = quantizedBins * merged; j < size; j++) quantized[quantizedBins - 1] += sliced[j];
 
+            // q (int64): each quantized bin spread evenly over the positions where p (with outliers) is non-zero,
+            // written to every position of its group, zeros included; the tail positions stay 0. The share is a
+            // float64 division (int64 / int64) truncated toward zero when stored into the int64 array.
             var qSpan = q.AsSpan(0, size);
             qSpan.Clear();
             for (int k = 0; k < quantizedBins; k++)
@@ -219,7 +258,7 @@ internal sealed class OrtHistogram
                 for (int j = s0; j < s1; j++) if (pSpan[j] != 0) norm++;
                 if (norm != 0)
                 {
-                    long value = (long)((double)quantized[k] / norm); // float division stored into an int64 array
+                    long value = (long)((double)quantized[k] / norm);
                     for (int j = s0; j < s1; j++) qSpan[j] = value;
                 }
             }
@@ -230,13 +269,15 @@ internal sealed class OrtHistogram
             else
                 kl = Entropy(pf.AsSpan(0, size), qf.AsSpan(0, size), terms.AsSpan(0, size));
 
-            // np.argmin: the first smallest divergence (index 0 when all are infinite).
+            // The divergence is float32 (stored in ONNX Runtime's float64 array without change); np.argmin takes the
+            // first smallest (index 0 when all are infinite; no NaN can arise from positive finite terms).
             if (i == halfQuantized || kl < bestKl)
             {
                 bestKl = kl;
                 bestIndex = i;
             }
         }
+        // The thresholds are the float32 bin edges of the chosen window, then clipped to the data's [min, max].
         int bestStart = zeroBin - bestIndex;
         int bestEnd = Math.Min(zeroBin + bestIndex + 1, numBins);
         return Clip(edges[bestStart], edges[bestEnd]);
@@ -252,7 +293,12 @@ internal sealed class OrtHistogram
         return (low, high);
     }
 
-    /// <summary>ONNX Runtime's smooth_distribution (eps = 1e-4) in float32; false when every entry is zero.</summary>
+    /// <summary>
+    /// ONNX Runtime's smooth_distribution (eps = 1e-4); false (its <c>None</c>, divergence infinite) when every entry
+    /// is zero. eps1 = eps * zeros / nonzeros is a Python float (double, in that order); the array is float32 and the
+    /// Python floats join it as float32 (NumPy 2 weak scalars): zeros become 0 + (float)eps, the others
+    /// (float)p - (float)eps1.
+    /// </summary>
     private static bool Smooth(ReadOnlySpan<long> p, Span<float> result)
     {
         int zeros = 0;
@@ -266,16 +312,20 @@ internal sealed class OrtHistogram
         return true;
     }
 
-    /// <summary>KL divergence as ONNX Runtime's float32 <c>entropy</c>: normalise both, sum p * log(p / q).</summary>
+    /// <summary>
+    /// KL divergence as ONNX Runtime's own float32 <c>entropy</c> / <c>rel_entr</c>: normalise both by their pairwise
+    /// float32 sums, terms p * log(p / q) in float32, pairwise float32 sum. Its <c>rel_entr</c> sets 0 where p == 0
+    /// and q >= 0 and THEN infinity wherever not (p > 0 and q > 0), so p == 0 gives infinity (SciPy's gives 0); after
+    /// smoothing no entry is 0, but the rule is kept as written.
+    /// </summary>
     private static float Entropy(Span<float> p, Span<float> q, Span<float> terms)
     {
         float ps = PairwiseSum(p), qs = PairwiseSum(q);
         for (int i = 0; i < p.Length; i++)
         {
             float pk = p[i] / ps, qk = q[i] / qs;
-            if (pk > 0 && qk > 0) terms[i] = pk * MathF.Log(pk / qk);
-            else if (pk == 0 && qk >= 0) terms[i] = 0f;
-            else return float.PositiveInfinity;
+            if (!(pk > 0 && qk > 0)) return float.PositiveInfinity;
+            terms[i] = pk * MathF.Log(pk / qk);
         }
         return PairwiseSum(terms);
     }
@@ -361,10 +411,12 @@ internal sealed class OrtHistogram
     }
 
     /// <summary>
-    /// <c>np.histogram(values, bins, range=(first, last))</c> for float32 data: float32 edges, an index by
-    /// division, then corrected by one bin against the edges; values outside the range are dropped.
+    /// <c>np.histogram(values, bins, range=(first, last))</c> for float32 data: float32 edges (NumPy 2 takes the edge
+    /// type from the float32 range and data, and its <c>linspace</c> computes in that type; NumPy 1's computed in
+    /// float64), an index by float32 division, then corrected by one bin against the edges; values outside the range
+    /// are dropped. Several batches count as their concatenation.
     /// </summary>
-    internal static (long[] Counts, float[] Edges) UniformHistogram(ReadOnlySpan<float> values, int bins, float first, float last,
+    internal static (long[] Counts, float[] Edges) UniformHistogram(IReadOnlyList<float[]> batches, int bins, float first, float last,
         bool absolute = false)
     {
         if (first == last)
@@ -375,38 +427,47 @@ internal sealed class OrtHistogram
         float[] edges = Linspace(first, last, bins + 1);
         var counts = new long[bins];
         float denom = last - first;
-        foreach (float v in values)
+        foreach (float[] batch in batches)
         {
-            float x = absolute ? MathF.Abs(v) : v;
-            if (!(x >= first && x <= last)) continue;
-            float f = (x - first) / denom * bins;
-            long idx = (long)f;
-            if (idx == bins) idx--;
-            if (x < edges[idx]) idx--;
-            if (x >= edges[idx + 1] && idx != bins - 1) idx++;
-            counts[idx]++;
+            foreach (float v in batch)
+            {
+                float x = absolute ? MathF.Abs(v) : v;
+                if (!(x >= first && x <= last)) continue;
+                float f = (x - first) / denom * bins;
+                long idx = (long)f;
+                if (idx == bins) idx--;
+                if (x < edges[idx]) idx--;
+                if (x >= edges[idx + 1] && idx != bins - 1) idx++;
+                counts[idx]++;
+            }
         }
         return (counts, edges);
     }
 
+    /// <summary><see cref="UniformHistogram(IReadOnlyList{float[]}, int, float, float, bool)"/> of one array.</summary>
+    internal static (long[] Counts, float[] Edges) UniformHistogram(float[] values, int bins, float first, float last, bool absolute = false)
+        => UniformHistogram([values], bins, first, last, absolute);
+
     /// <summary><c>np.histogram(values, bins=edges)</c> (of |values| when <paramref name="absolute"/>): [e_i, e_i+1) per bin, the last bin closed.</summary>
-    internal static long[] EdgesHistogram(ReadOnlySpan<float> values, float[] edges, bool absolute = false)
+    internal static long[] EdgesHistogram(IReadOnlyList<float[]> batches, float[] edges, bool absolute = false)
     {
         int bins = edges.Length - 1;
         var counts = new long[bins];
-        foreach (float v in values)
+        foreach (float[] batch in batches)
         {
-            float x = absolute ? MathF.Abs(v) : v;
-            if (x < edges[0] || x > edges[^1]) continue;
-            int lo = 0, hi = edges.Length;
-            while (lo < hi)
+            foreach (float v in batch)
             {
-                int mid = (lo + hi) >>> 1;
-                if (edges[mid] <= x) lo = mid + 1;
-                else hi = mid;
+                float x = absolute ? MathF.Abs(v) : v;
+                if (x < edges[0] || x > edges[^1]) continue;
+                int lo = 0, hi = edges.Length;
+                while (lo < hi)
+                {
+                    int mid = (lo + hi) >>> 1;
+                    if (edges[mid] <= x) lo = mid + 1;
+                    else hi = mid;
+                }
+                counts[Math.Min(lo - 1, bins - 1)]++;
             }
-            int idx = Math.Min(lo - 1, bins - 1);
-            counts[idx]++;
         }
         return counts;
     }

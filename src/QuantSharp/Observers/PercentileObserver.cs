@@ -13,7 +13,7 @@ internal sealed class PercentileObserver : ObserverBase
     public PercentileObserver(ObserverOptions options) : base(options)
     {
         RequirePerTensor(options, "percentile");
-        _histogram = new OrtHistogram(options.Bins, absolute: options.Scheme == QuantScheme.Symmetric);
+        _histogram = new OrtHistogram(options.Bins, absolute: options.Scheme == QuantScheme.Symmetric, options.MergeBatches);
     }
 
     protected override void ObserveCore(ReadOnlySpan<float> values, long[] shape) => _histogram.Collect(values);

@@ -12,63 +12,84 @@ namespace QuantSharp.Serialization;
 /// file and a factory of the float architecture.
 /// </summary>
 /// <remarks>
-/// Every entry of the model's <c>state_dict</c> is stored under its own name, except that a quantized layer's
-/// <c>x.weight</c>, <c>x.weight_scale</c>, <c>x.weight_zero_point</c> buffers become one quantized tensor in the
-/// checkpoint format: <c>x.weight</c> (data), <c>x.weight.scale</c>, <c>x.weight.zero_point</c>. Convolution weights
-/// with an integer type are stored as the matrix <c>[out, in/groups * kernel]</c> (the axis their groups and packing
-/// run along); <see cref="ModulesKey"/> records each quantized layer's kind, original weight shape and input
+/// Every entry of the model's <c>state_dict</c> is stored under its own name, except that each quantized weight
+/// (the parts named by <see cref="QuantizedWeightNames.InModule"/>) becomes one quantized tensor in its canonical
+/// form (<see cref="QuantizedWeight.ToCanonical"/>): <c>x.weight</c> (data), <c>x.weight.scale</c>,
+/// <c>x.weight.zero_point</c>. A weight shared by two layers (tied) is stored once, under the first name.
+/// <see cref="ModulesKey"/> records, per quantized layer: the float module type, the mechanism (<c>replace</c>:
+/// swapped for a quantized module; <c>materialize</c>: float module kept, weights materialized around its forward),
+/// each quantized parameter's original shape and dtype (and <c>tied_to</c> for a shared weight), and the input
 /// (activation) quantization, whose scale and zero point are the plain tensors <c>x.input_scale</c> and
 /// <c>x.input_zero_point</c>.
 /// </remarks>
 internal static class QuantizedModelFile
 {
-    /// <summary>Metadata key with the JSON object: layer name -> { kind, weight_shape, input }.</summary>
+    /// <summary>Metadata key with the JSON object: layer name -> { kind, mechanism, weights, input }.</summary>
     public const string ModulesKey = "quantsharp_model.modules";
+
+    private const string Replace = "replace";
+    private const string Materialize = "materialize";
 
     public static void Save(nn.Module model, string path)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
-        var quantized = ModuleTree.Walk(model).Where(e => e.Module is QuantizedModule).ToList();
-        if (quantized.Count == 0)
+        var holders = ModuleTree.Walk(model).Select(e => (e.Name, e.Module, Weights: ModuleQuantization.WeightsOf(e.Module))).Where(h => h.Weights.Count > 0).ToList();
+        if (holders.Count == 0)
             throw new ArgumentException("The model has no quantized layers; quantize it with Quantizer.Quantize before saving.", nameof(model));
 
         var modules = new JsonObject();
         var owned = new List<QuantizedTensor>();
         try
         {
-            var byWeight = new Dictionary<string, QuantizedModule>(StringComparer.Ordinal);
+            var data = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal); // module-state key of the data -> canonical parts
             var skip = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var e in quantized)
+            var firstName = new Dictionary<QuantizedWeight, string>(ReferenceEqualityComparer.Instance);
+            foreach (var (name, module, weights) in holders)
             {
-                var q = (QuantizedModule)e.Module;
-                byWeight[e.Name + ".weight"] = q;
-                skip.Add(e.Name + ".weight_scale");
-                skip.Add(e.Name + ".weight_zero_point");
-                modules[e.Name] = new JsonObject
+                var infos = new JsonObject();
+                foreach (var (param, w) in weights)
                 {
-                    ["kind"] = Kind(q),
-                    ["weight_shape"] = new JsonArray(q.WeightShape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
-                    ["input"] = q.InputQuantization is { } a
+                    string full = name + "." + param;
+                    var info = new JsonObject
+                    {
+                        ["shape"] = new JsonArray(w.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+                        ["dtype"] = w.OriginalDType.ToString(),
+                    };
+                    if (firstName.TryGetValue(w, out string? first))
+                    {
+                        info["tied_to"] = first;
+                        foreach (var part in QuantizedWeightNames.Parts) skip.Add(name + "." + QuantizedWeightNames.InModule(param, part));
+                    }
+                    else
+                    {
+                        firstName[w] = full;
+                        var qt = w.ToCanonical();
+                        owned.Add(qt);
+                        data[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = qt;
+                        skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.Scale));
+                        skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.ZeroPoint));
+                    }
+                    infos[param] = info;
+                }
+                var q = module as QuantizedModule;
+                modules[name] = new JsonObject
+                {
+                    ["kind"] = q is null ? module.GetType().Name : q.FloatTypeName
+                        ?? throw new ArgumentException($"Layer '{name}' ({q.GetType().Name}) was not made by Quantizer.Quantize, so the float type it stands for is unknown; save models quantized by Quantizer.Quantize.", nameof(model)),
+                    ["mechanism"] = q is null ? Materialize : Replace,
+                    ["weights"] = infos,
+                    ["input"] = q?.InputQuantization is { } a
                         ? new JsonObject { ["type"] = a.Type.ToName(), ["scheme"] = a.Scheme.ToString().ToLowerInvariant(), ["reduce_range"] = a.ReduceRange }
                         : null,
                 };
             }
             var entries = new List<CheckpointEntry>();
-            foreach (var (name, t) in model.state_dict())
+            foreach (var (key, t) in model.state_dict())
             {
-                if (skip.Contains(name)) continue;
-                if (byWeight.TryGetValue(name, out var q))
-                {
-                    var qt = QuantizedTensor.FromParts(q.WeightSpec, q.StorageShape, q.WeightData.detach().clone(),
-                        q.WeightScale?.detach().clone(), q.WeightZeroPoint?.detach().clone());
-                    owned.Add(qt);
-                    entries.Add(CheckpointEntry.Of(name, qt));
-                }
-                else
-                {
-                    entries.Add(CheckpointEntry.Plain(name, t));
-                }
+                if (skip.Contains(key)) continue;
+                // The data part's module-state key is the file's tensor name (QuantizedWeightNames: the parameter's name).
+                entries.Add(data.TryGetValue(key, out var qt) ? CheckpointEntry.Of(key, qt) : CheckpointEntry.Plain(key, t));
             }
             QuantizedCheckpoint.Save(path, entries, new Dictionary<string, string> { [ModulesKey] = modules.ToJsonString() });
         }
@@ -77,14 +98,6 @@ internal static class QuantizedModelFile
             foreach (var q in owned) q.Dispose();
         }
     }
-
-    private static string Kind(QuantizedModule q) => q switch
-    {
-        QuantizedLinear => "Linear",
-        QuantizedEmbedding => "Embedding",
-        QuantizedConv c => c.SpatialDims == 1 ? "Conv1d" : "Conv2d",
-        _ => throw new InvalidOperationException($"Unknown quantized module {q.GetType().Name}."),
-    };
 
     public static nn.Module Load(Func<nn.Module> factory, string path)
     {
@@ -108,6 +121,8 @@ internal static class QuantizedModelFile
         try
         {
             var entries = ModuleTree.Walk(model).ToDictionary(e => e.Name, StringComparer.Ordinal);
+            var built = new Dictionary<string, QuantizedWeight>(StringComparer.Ordinal);
+            var quantizedKeys = new HashSet<string>(StringComparer.Ordinal);
             foreach (var (name, node) in modules)
             {
                 if (!entries.TryGetValue(name, out var entry))
@@ -115,31 +130,57 @@ internal static class QuantizedModelFile
                         $"Closest names: {string.Join(", ", NameGlob.Closest(name, entries.Keys))}. The factory must build the architecture the file was saved from.");
                 var info = node!.AsObject();
                 string kind = info["kind"]!.GetValue<string>();
-                long[] weightShape = info["weight_shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
                 var floatModule = entry.Module;
                 string actual = floatModule.GetType().Name;
                 if (actual != kind)
                     throw new InvalidDataException($"{path}: layer '{name}' was a {kind} but the factory's model has a {actual} there.");
-                if (!ckpt.Quantized.TryGetValue(name + ".weight", out var qt))
-                    throw new InvalidDataException($"{path}: quantized layer '{name}' has no quantized tensor '{name}.weight'.");
-                var floatWeight = floatModule.named_parameters(recurse: false).FirstOrDefault(p => p.name == "weight").parameter;
-                if (floatWeight is null || !floatWeight.shape.SequenceEqual(weightShape))
-                    throw new InvalidDataException($"{path}: layer '{name}' has weight shape [{string.Join(", ", weightShape)}] in the file but " +
-                        $"[{string.Join(", ", floatWeight?.shape ?? [])}] in the factory's model.");
-                var act = ReadActivation(ckpt, name, info["input"]);
-                Tensor? bias = ckpt.Tensors.TryGetValue(name + ".bias", out var b) ? b.detach().clone() : null;
-                var spec = qt.Spec;
-                var data = qt.Data.detach().clone();
-                var scale = qt.Scale?.detach().clone();
-                var zp = qt.ZeroPoint?.detach().clone();
-                QuantizedModule q = floatModule switch
+                var weights = new List<(string Name, QuantizedWeight Weight)>();
+                foreach (var (param, wnode) in info["weights"]!.AsObject())
                 {
-                    TorchSharp.Modules.Linear => new QuantizedLinear(spec, weightShape, data, scale, zp, bias, act),
-                    TorchSharp.Modules.Embedding => new QuantizedEmbedding(spec, weightShape, data, scale, zp),
-                    TorchSharp.Modules.Convolution c => QuantizedConv.FromParts(c, spec, data, scale, zp, bias, act),
-                    _ => throw new InvalidDataException($"{path}: layer '{name}' is a {actual}, which QuantSharp does not quantize."),
-                };
+                    string full = name + "." + param;
+                    foreach (var part in QuantizedWeightNames.Parts) quantizedKeys.Add(name + "." + QuantizedWeightNames.InModule(param, part));
+                    var winfo = wnode!.AsObject();
+                    long[] shape = winfo["shape"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
+                    var floatWeight = QuantizedModules.Parameter(floatModule, param);
+                    string? tiedTo = winfo["tied_to"]?.GetValue<string>();
+                    // A tied twin of a materialized weight is already emptied: its shape is the stored weight's.
+                    if (floatWeight is null || (tiedTo is null && !floatWeight.shape.SequenceEqual(shape)))
+                        throw new InvalidDataException($"{path}: '{full}' has shape {QuantSpec.FormatShape(shape)} in the file but " +
+                            $"{(floatWeight is null ? "does not exist" : QuantSpec.FormatShape(floatWeight.shape))} in the factory's model.");
+                    QuantizedWeight w;
+                    if (tiedTo is not null)
+                    {
+                        w = built.GetValueOrDefault(tiedTo) ?? throw new InvalidDataException($"{path}: '{full}' is tied to '{tiedTo}', which is not stored before it.");
+                    }
+                    else
+                    {
+                        if (!ckpt.Quantized.TryGetValue(full, out var qt))
+                            throw new InvalidDataException($"{path}: quantized layer '{name}' has no quantized tensor '{full}'.");
+                        var dtype = Enum.Parse<ScalarType>(winfo["dtype"]!.GetValue<string>());
+                        var parts = QuantizedTensor.FromParts(qt.Spec, qt.Shape, qt.Data.clone(), qt.Scale?.clone(), qt.ZeroPoint?.clone());
+                        try
+                        {
+                            w = QuantizedWeight.FromCanonical(parts, shape, dtype);
+                        }
+                        catch (ArgumentException ex)
+                        {
+                            parts.Dispose();
+                            throw new InvalidDataException($"{path}: '{full}': {ex.Message}", ex);
+                        }
+                    }
+                    built[full] = w;
+                    weights.Add((param, w));
+                }
+                if (info["mechanism"]?.GetValue<string>() == Materialize)
+                {
+                    MaterializedWeights.Attach(floatModule, weights);
+                    continue;
+                }
+                var handler = QuantizedModules.HandlerFor(floatModule.GetType())
+                    ?? throw new InvalidDataException($"{path}: layer '{name}' is a {actual}, which has no quantized module registered (QuantizedModules.Register).");
+                var q = handler.Create(floatModule, weights[0].Weight, ReadActivation(ckpt, name, info["input"]));
                 q.LayerName = name;
+                q.FloatTypeName = actual;
                 ModuleTree.Replace(entry, q);
             }
 
@@ -150,9 +191,10 @@ internal static class QuantizedModelFile
             {
                 foreach (var (key, t) in state)
                 {
+                    if (quantizedKeys.Contains(key)) continue;
                     if (!ckpt.Tensors.TryGetValue(key, out var stored))
                     {
-                        if (!IsQuantizedPart(key, modules)) missing.Add(key);
+                        missing.Add(key);
                         continue;
                     }
                     if (!stored.shape.SequenceEqual(t.shape) || stored.dtype != t.dtype)
@@ -173,13 +215,6 @@ internal static class QuantizedModelFile
         {
             if (!ok) model.Dispose();
         }
-    }
-
-    private static bool IsQuantizedPart(string key, JsonObject modules)
-    {
-        foreach (var (name, _) in modules)
-            if (key == name + ".weight" || key == name + ".weight_scale" || key == name + ".weight_zero_point") return true;
-        return false;
     }
 
     private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string name, JsonNode? node)

@@ -120,6 +120,7 @@ public class ObserveCommandTests
     [InlineData("--observer minmax --scheme weird", "Unknown --scheme")]
     [InlineData("--observer minmax --chunks 0", "--chunks must be at least 1")]
     [InlineData("--observer minmax --group-size 48", "must divide the last dimension")]
+    [InlineData("--observer histogram --method l2 --merge-batches", "--merge-batches applies only")]
     public void BadOptionCombinationsFailWithAMessage(string options, string message)
     {
         string[] args = ["observe", ReferenceFile, "--tensor", "gauss/input", .. options.Split(' ')];
@@ -127,6 +128,19 @@ public class ObserveCommandTests
         Assert.NotEqual(0, code);
         Assert.Equal("", stdout);
         Assert.Contains(message, stderr);
+    }
+
+    [Fact]
+    public void ChunksAreOneCollectionUnlessMerged()
+    {
+        // gauss/input in 8 chunks: a later chunk exceeds the first one's range. By default the chunks are one
+        // collection (the thresholds of the whole tensor); --merge-batches grows the histogram chunk by chunk.
+        string[] Args(params string[] extra) => ["observe", ReferenceFile, "--tensor", "gauss/input", "--observer", "histogram", "--json", .. extra];
+        var whole = Floats(JsonDocument.Parse(RunCli(Args()).Out).RootElement.GetProperty("threshold"));
+        var chunked = Floats(JsonDocument.Parse(RunCli(Args("--chunks", "8")).Out).RootElement.GetProperty("threshold"));
+        var merged = Floats(JsonDocument.Parse(RunCli(Args("--chunks", "8", "--merge-batches")).Out).RootElement.GetProperty("threshold"));
+        Assert.Equal(whole, chunked);
+        Assert.NotEqual(whole, merged);
     }
 
     [Fact]

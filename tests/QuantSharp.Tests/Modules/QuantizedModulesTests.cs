@@ -44,11 +44,11 @@ public class QuantizedModulesTests
         torch.manual_seed(11);
         var lin = Linear(256, 64);
         var x = torch.randn(32, 256);
-        var q = QuantizedLinear.FromFloat(lin, Parse(specName), null);
+        var q = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse(specName));
         double db = Metrics(lin.call(x), q.call(x));
         Assert.True(db > minDb, $"{specName}: output SQNR {db:F1} dB <= {minDb}");
         // The bias is kept exactly.
-        Assert.True(TestData.BitEqual(lin.bias!, q.Bias!));
+        Assert.True(TestData.BitEqual(lin.bias!, q.bias!));
     }
 
     [Theory]
@@ -60,7 +60,7 @@ public class QuantizedModulesTests
         // in*kh*kw = 8*2*2 = 32 fits group size 32; stride, padding and dilation are carried over.
         var conv = Conv2d(8, 16, 2, stride: 2, padding: 1, dilation: 1);
         var x = torch.randn(4, 8, 10, 10);
-        var q = QuantizedConv.FromFloat(conv, Parse(specName), null);
+        var q = (QuantizedConv)QuantizedModules.Quantize(conv, Parse(specName));
         double db = Metrics(conv.call(x), q.call(x));
         Assert.True(db > minDb, $"{specName}: output SQNR {db:F1} dB <= {minDb}");
     }
@@ -73,7 +73,7 @@ public class QuantizedModulesTests
         torch.manual_seed(13);
         var conv = Conv1d(16, 8, 4, padding: 2, groups: 2); // per-group reduction: 16/2*4 = 32
         var x = torch.randn(3, 16, 20);
-        var q = QuantizedConv.FromFloat(conv, Parse(specName), null);
+        var q = (QuantizedConv)QuantizedModules.Quantize(conv, Parse(specName));
         double db = Metrics(conv.call(x), q.call(x));
         Assert.True(db > minDb, $"{specName}: output SQNR {db:F1} dB <= {minDb}");
     }
@@ -86,7 +86,7 @@ public class QuantizedModulesTests
         torch.manual_seed(14);
         var emb = Embedding(50, 64);
         var idx = torch.randint(0, 50, [6, 7], dtype: ScalarType.Int64);
-        var q = QuantizedEmbedding.FromFloat(emb, Parse(specName));
+        var q = (QuantizedEmbedding)QuantizedModules.Quantize(emb, Parse(specName));
         var expected = emb.call(idx);
         var actual = q.call(idx);
         Assert.Equal(expected.shape, actual.shape);
@@ -102,14 +102,14 @@ public class QuantizedModulesTests
     {
         using var scope = NewDisposeScope();
         var lin = Linear(256, 128);
-        var int8 = QuantizedLinear.FromFloat(lin, Parse("int8"), null);
-        Assert.Equal(ScalarType.Int8, int8.WeightData.dtype);
+        var int8 = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse("int8"));
+        Assert.Equal(ScalarType.Int8, int8.state_dict()["weight"].dtype);
         Assert.Equal(256L * 128 + 128 * 4, int8.WeightStorageBytes); // data + one float32 scale per row, no zero point
-        var int4 = QuantizedLinear.FromFloat(lin, Parse("int4-g32"), null);
-        Assert.Equal(ScalarType.Byte, int4.WeightData.dtype);
-        Assert.Equal(new long[] { 128, 128 }, int4.WeightData.shape);
+        var int4 = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse("int4-g32"));
+        Assert.Equal(ScalarType.Byte, int4.state_dict()["weight"].dtype);
+        Assert.Equal(new long[] { 128, 128 }, int4.state_dict()["weight"].shape);
         Assert.Equal(256L * 128 / 2 + 128 * 8 * 4, int4.WeightStorageBytes);
-        var fp16 = QuantizedLinear.FromFloat(lin, Parse("fp16"), null);
+        var fp16 = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse("fp16"));
         Assert.Equal(256L * 128 * 2, fp16.WeightStorageBytes);
         // The quantized data is in the state_dict (registered buffers), the float weight is not.
         var keys = int4.state_dict().Keys.ToHashSet();
@@ -121,20 +121,20 @@ public class QuantizedModulesTests
     public void WrongInputShapeNamesTheLayer()
     {
         using var scope = NewDisposeScope();
-        var q = QuantizedLinear.FromFloat(Linear(16, 4), Parse("int8"), null);
+        var q = (QuantizedLinear)QuantizedModules.Quantize(Linear(16, 4), Parse("int8"));
         q.LayerName = "head";
         var ex = Assert.Throws<ArgumentException>(() => q.call(torch.randn(2, 15)));
         Assert.Contains("'head'", ex.Message);
         Assert.Contains("[2, 15]", ex.Message);
         Assert.Contains("16", ex.Message);
 
-        var conv = QuantizedConv.FromFloat(Conv2d(3, 4, 3), Parse("int8"), null);
+        var conv = (QuantizedConv)QuantizedModules.Quantize(Conv2d(3, 4, 3), Parse("int8"));
         conv.LayerName = "stem";
         var ex2 = Assert.Throws<ArgumentException>(() => conv.call(torch.randn(1, 5, 8, 8)));
         Assert.Contains("'stem'", ex2.Message);
         Assert.Contains("3, height, width", ex2.Message);
 
-        var emb = QuantizedEmbedding.FromFloat(Embedding(10, 4), Parse("int8"));
+        var emb = (QuantizedEmbedding)QuantizedModules.Quantize(Embedding(10, 4), Parse("int8"));
         Assert.Contains("out of range", Assert.Throws<ArgumentException>(() => emb.call(torch.tensor(new long[] { 3, 10 }))).Message);
     }
 
@@ -151,7 +151,7 @@ public class QuantizedModulesTests
         int zp = obs.GetProperty("zero_point")[0].GetInt32();
         var lin = Linear(128, 128, hasBias: false);
         using (no_grad()) lin.weight!.copy_(torch.eye(128));
-        var q = QuantizedLinear.FromFloat(lin, Parse("fp16"), new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, zp));
+        var q = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse("fp16"), new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, zp));
         var expected = file.ReadTensor("gauss/minmax_affine_quint8/fake_quant");
         Assert.True(TestData.BitEqual(expected, q.call(x)), $"max |diff| {(expected - q.call(x)).abs().max().item<float>()}");
         Assert.Equal(scale, q.get_buffer("input_scale")!.item<float>());

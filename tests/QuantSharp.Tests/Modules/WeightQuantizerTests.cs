@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using QuantSharp.Modules;
 using QuantSharp.Primitives;
 using TorchSharp;
@@ -40,8 +41,7 @@ public class WeightQuantizerTests
         var expected = file.ReadTensor($"{caseName}/{tag}/fake_quant");
         var spec = SpecFor(tag);
 
-        var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
-        var dq = WeightQuantizer.Dequantize(data, scale, zp, spec, input.shape);
+        var (data, scale, zp, dq) = QuantizeWeight(input, spec);
 
         Assert.True(TestData.BitEqual(expected, dq), $"{caseName}/{tag}: max |diff| = {(expected - dq).abs().max().item<float>()}");
         var obs = Reference.Json.GetProperty("cases").GetProperty(caseName).GetProperty("observers").GetProperty(tag);
@@ -73,8 +73,7 @@ public class WeightQuantizerTests
             : tag.EndsWith("uint4_affine", StringComparison.Ordinal) ? new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(g))
             : new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerGroup(g));
 
-        var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
-        var dq = WeightQuantizer.Dequantize(data, scale, zp, spec, input.shape);
+        var (data, scale, zp, dq) = QuantizeWeight(input, spec);
 
         var refScale = file.ReadTensor($"{caseName}/{tag}/scale");
         Assert.True(TestData.BitEqual(refScale, scale!), "scales differ");
@@ -103,12 +102,20 @@ public class WeightQuantizerTests
             foreach (var (type, tag) in new[] { (QuantType.Float16, "fp16_roundtrip"), (QuantType.BFloat16, "bf16_roundtrip") })
             {
                 var spec = new QuantSpec(type);
-                var (data, scale, zp) = WeightQuantizer.Quantize(input, spec);
+                var (_, scale, zp, dq) = QuantizeWeight(input, spec);
                 Assert.Null(scale);
                 Assert.Null(zp);
-                Assert.True(TestData.BitEqual(file.ReadTensor($"{c}/{tag}"), WeightQuantizer.Dequantize(data, null, null, spec, input.shape)), $"{c} {type}");
+                Assert.True(TestData.BitEqual(file.ReadTensor($"{c}/{tag}"), dq), $"{c} {type}");
             }
         }
+    }
+
+    /// <summary>The canonical parts (copies) and the dequantized weight of <paramref name="input"/> quantized as a layer weight.</summary>
+    private static (Tensor Data, Tensor? Scale, Tensor? ZeroPoint, Tensor Dequantized) QuantizeWeight(Tensor input, QuantSpec spec)
+    {
+        using var w = QuantizedWeight.Quantize(input, spec);
+        using var c = w.ToCanonical();
+        return (c.Data.clone(), c.Scale?.clone(), c.ZeroPoint?.clone(), w.Dequantize());
     }
 
     private static Tensor Pack4(float[] values, int rows)
@@ -142,7 +149,7 @@ public class WeightQuantizerTests
         Assert.Contains("does not divide the reduction length 9", WeightQuantizer.Unsupported(g32, [16, 1, 3, 3]));
         Assert.Null(WeightQuantizer.Unsupported(g32, [16, 8, 2, 2]));
         Assert.Contains("even", WeightQuantizer.Unsupported(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0)), [4, 9]));
-        var ex = Assert.Throws<ArgumentException>(() => WeightQuantizer.Quantize(torch.zeros(4, 9), g32));
+        var ex = Assert.Throws<ArgumentException>(() => QuantizedWeight.Quantize(torch.zeros(4, 9), g32));
         Assert.Contains("group size 32", ex.Message);
     }
 }

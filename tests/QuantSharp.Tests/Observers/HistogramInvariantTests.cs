@@ -13,17 +13,37 @@ public class HistogramInvariantTests
         return x.flatten().data<float>().ToArray();
     }
 
-    [Fact]
-    public void OrtSameRangeBatchesAddCounts()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void OrtSameRangeBatchesAddCounts(bool mergeEachBatch)
     {
         float[] x = Gauss();
         var once = new OrtHistogram(2048, absolute: false);
         once.Collect(x);
-        var twice = new OrtHistogram(2048, absolute: false);
+        var twice = new OrtHistogram(2048, absolute: false, mergeEachBatch);
         twice.Collect(x);
         twice.Collect(x);
         Assert.Equal(once.Counts.Select(c => 2 * c), twice.Counts);
         Assert.Equal(once.Edges, twice.Edges);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void OrtBatchesWithoutMergingAreOneHistogramOfAllValues(bool absolute)
+    {
+        // ONNX Runtime's calibrators collect every batch at once: the histogram of the concatenation, 2048 bins.
+        float[] x = Gauss();
+        float[] small = x.Select(v => v * 0.25f).ToArray();
+        var h = new OrtHistogram(2048, absolute);
+        h.Collect(small);
+        h.Collect(x);
+        var whole = new OrtHistogram(2048, absolute);
+        whole.Collect([.. small, .. x]);
+        Assert.Equal(2048, h.Counts.Length);
+        Assert.Equal(whole.Counts, h.Counts);
+        Assert.Equal(whole.Edges, h.Edges);
     }
 
     [Fact]
@@ -31,7 +51,7 @@ public class HistogramInvariantTests
     {
         float[] x = Gauss();
         float[] small = x.Select(v => v * 0.25f).ToArray();
-        var h = new OrtHistogram(2048, absolute: false);
+        var h = new OrtHistogram(2048, absolute: false, mergeEachBatch: true);
         h.Collect(small);
         long[] before = (long[])h.Counts.Clone();
         float oldWidth = h.Edges[1] - h.Edges[0];
@@ -51,7 +71,7 @@ public class HistogramInvariantTests
     public void OrtAbsoluteModeExtendsToLargerBatches()
     {
         float[] x = Gauss();
-        var h = new OrtHistogram(2048, absolute: true);
+        var h = new OrtHistogram(2048, absolute: true, mergeEachBatch: true);
         h.Collect(x.Select(v => v * 0.5f).ToArray());
         h.Collect(x);
         Assert.Equal((long)2 * x.Length, h.Counts.Sum());
