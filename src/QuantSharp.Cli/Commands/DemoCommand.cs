@@ -47,6 +47,7 @@ internal static class DemoCommand
         cmd.Options.Add(calibration);
         cmd.Options.Add(limit);
         cmd.Options.Add(json);
+        cmd.Subcommands.Add(DemoMiniLMCommand.Create());
         cmd.SetAction(parseResult =>
         {
             var options = new DemoOptions
