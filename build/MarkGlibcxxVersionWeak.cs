@@ -1,5 +1,5 @@
 // MSBuild inline task (compiled by RoslynCodeTaskFactory, see TorchSharpGlibcxxFix.targets).
-// Marks one GLIBCXX version requirement of the ELF shared libraries in a folder as weak
+// Writes a copy of each given ELF shared library with one GLIBCXX version requirement marked weak
 // (VER_FLG_WEAK), so that the dynamic loader accepts an older libstdc++ for it.
 // The tests compile this file with ELF_LOGIC_ONLY to test ElfVersionNeeds on the real library.
 using System;
@@ -10,62 +10,65 @@ using System.Text;
 #if !ELF_LOGIC_ONLY
 public sealed class MarkGlibcxxVersionWeak : Microsoft.Build.Utilities.Task
 {
-    [Microsoft.Build.Framework.Required] public string Directory { get; set; } = "";
+    /// <summary>The libraries to patch (read only: they usually live in the NuGet cache).</summary>
+    [Microsoft.Build.Framework.Required] public Microsoft.Build.Framework.ITaskItem[] Libraries { get; set; } = Array.Empty<Microsoft.Build.Framework.ITaskItem>();
+
+    /// <summary>The version requirement to mark weak, e.g. GLIBCXX_3.4.32.</summary>
     [Microsoft.Build.Framework.Required] public string Version { get; set; } = "";
+
+    /// <summary>Where the patched copies go (one subfolder per library, from its DestinationSubDirectory).</summary>
+    [Microsoft.Build.Framework.Required] public string OutputDirectory { get; set; } = "";
+
+    /// <summary>
+    /// One item per input, with the input's metadata: the patched copy, or the input itself when it has no such
+    /// requirement or already has it weak.
+    /// </summary>
+    [Microsoft.Build.Framework.Output] public Microsoft.Build.Framework.ITaskItem[] Patched { get; set; } = Array.Empty<Microsoft.Build.Framework.ITaskItem>();
 
     public override bool Execute()
     {
-        if (SystemLibStdCxxHas(Version))
+        var result = new List<Microsoft.Build.Framework.ITaskItem>();
+        foreach (var library in Libraries)
         {
-            Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Low, "System libstdc++ provides " + Version + "; nothing to patch.");
-            return true;
-        }
-        foreach (var path in System.IO.Directory.GetFiles(Directory, "*.so*"))
-        {
+            string source = library.GetMetadata("FullPath");
+            string target = Path.GetFullPath(Path.Combine(OutputDirectory, library.GetMetadata("DestinationSubDirectory"), Path.GetFileName(source)));
             try
             {
-                byte[] elf = File.ReadAllBytes(path);
-                int changed = ElfVersionNeeds.MarkWeak(elf, Version);
-                if (changed == 0) continue;
-                // Write a new file and rename it over the output copy: never write through a hard link.
-                string tmp = path + ".weakver.tmp";
-                File.WriteAllBytes(tmp, elf);
-                File.Replace(tmp, path, null);
-                Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Normal, "Marked " + Version + " weak in " + path);
+                if (!IsUpToDate(source, target) && !WritePatchedCopy(source, target))
+                {
+                    result.Add(library);
+                    continue;
+                }
+                var copy = new Microsoft.Build.Utilities.TaskItem(target);
+                library.CopyMetadataTo(copy);
+                result.Add(copy);
             }
             catch (Exception e) when (e is IOException || e is InvalidDataException || e is UnauthorizedAccessException)
             {
-                Log.LogWarning("Could not mark " + Version + " weak in " + path + ": " + e.Message);
+                Log.LogWarning("Could not mark " + Version + " weak in a copy of " + source + ": " + e.Message);
+                result.Add(library);
             }
         }
+        Patched = result.ToArray();
         return !Log.HasLoggedErrors;
     }
 
-    private static bool SystemLibStdCxxHas(string version)
-    {
-        string[] candidates =
-        {
-            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6",
-            "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6", "/lib/x86_64-linux-gnu/libstdc++.so.6",
-        };
-        byte[] needle = Encoding.ASCII.GetBytes(version + "\0");
-        foreach (var c in candidates)
-        {
-            if (!File.Exists(c)) continue;
-            return Contains(File.ReadAllBytes(c), needle);
-        }
-        return false; // no libstdc++ where expected: patching is harmless
-    }
+    private static bool IsUpToDate(string source, string target) =>
+        File.Exists(target) && File.GetLastWriteTimeUtc(target) >= File.GetLastWriteTimeUtc(source);
 
-    private static bool Contains(byte[] haystack, byte[] needle)
+    /// <summary>Writes the patched copy (a new file, renamed into place); false when there was nothing to mark.</summary>
+    private bool WritePatchedCopy(string source, string target)
     {
-        for (int i = 0; i <= haystack.Length - needle.Length; i++)
-        {
-            int j = 0;
-            while (j < needle.Length && haystack[i + j] == needle[j]) j++;
-            if (j == needle.Length) return true;
-        }
-        return false;
+        byte[] elf = File.ReadAllBytes(source);
+        if (ElfVersionNeeds.MarkWeak(elf, Version) == 0) return false;
+        System.IO.Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+        string tmp = target + ".weakver.tmp";
+        File.WriteAllBytes(tmp, elf);
+        // APIs of netstandard2.0 only: Visual Studio's MSBuild compiles inline tasks for .NET Framework.
+        if (File.Exists(target)) File.Replace(tmp, target, null);
+        else File.Move(tmp, target);
+        Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Normal, "Marked " + Version + " weak in " + target);
+        return true;
     }
 }
 #endif

@@ -55,8 +55,8 @@ internal static class CheckpointBench
             var results = new List<(string Name, double Seconds, double PeakMb, CheckpointQuantizationReport Report)>();
             foreach (var (name, path, settings) in new[]
             {
-                ("int8 per-channel", out8, new CheckpointQuantizationSettings { Type = QuantType.Int8 }),
-                ("int4 group:128", out4, new CheckpointQuantizationSettings { Type = QuantType.Int4, Granularity = new PerGroup(128) }),
+                ("int8 per-channel", out8, new QuantizationRecipe { Type = QuantType.Int8 }),
+                ("int4 group:128", out4, new QuantizationRecipe { Type = QuantType.Int4, Granularity = new PerGroup(128) }),
             })
             {
                 GC.Collect();

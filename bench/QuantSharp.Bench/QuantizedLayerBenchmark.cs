@@ -29,7 +29,7 @@ public class QuantizedLinearBenchmark
         _layer = Kind switch
         {
             "float32" => linear,
-            "int8" => QuantizedModules.Quantize(linear, QuantizationConfig.DefaultWeights),
+            "int8" => QuantizedModules.Quantize(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights),
             "int4-g128" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(128))),
             "fp16" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.Float16)),
             "bf16" => QuantizedModules.Quantize(linear, new QuantSpec(QuantType.BFloat16)),

@@ -1,7 +1,8 @@
 """Reads a QuantSharp quantized checkpoint with the Python standard library only (docs/FORMAT.md).
 
 usage: python3 read_quantized.py FILE.safetensors [TENSOR] [N]
-Prints the per-layer entry of TENSOR and dequantizes its first N values of row 0.
+Prints the per-layer entry of TENSOR and dequantizes its first N values of row 0 of its storage view
+(format version 2: a weight of rank > 2 is stored as the [d0, d1*...*dn-1] matrix; version 1: the original shape).
 With numpy + safetensors the same is: f = safe_open(path, "np"); q = f.get_tensor(name); ...
 """
 import json, struct, sys
@@ -22,15 +23,21 @@ def main():
     path = sys.argv[1]
     header, data = read(path)
     meta = header["__metadata__"]
-    assert meta["quantsharp.format"] == "quantsharp.quantized" and int(meta["quantsharp.format_version"]) <= 1
+    version = int(meta["quantsharp.format_version"])
+    assert meta["quantsharp.format"] == "quantsharp.quantized" and version <= 2
     layers = json.loads(meta["quantsharp.layers"])
     name = sys.argv[2] if len(sys.argv) > 2 else next(iter(layers))
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     layer = layers[name]
     print(name, json.dumps(layer))
     e, raw = tensor_bytes(header, data, name)
-    shape = layer["shape"]
-    cols = shape[-1]
+    shape = layer["shape"]                     # the original shape
+    if version >= 2 and len(shape) > 2:        # storage view: [d0, K], K = d1 * ... * dn-1 (row-major)
+        cols = 1
+        for d in shape[1:]:
+            cols *= d
+    else:
+        cols = shape[-1]
     qtype = layer["qtype"]
     if qtype in ("int4", "uint4"):
         row = raw[: cols // 2]

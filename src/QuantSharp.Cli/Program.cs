@@ -28,6 +28,7 @@ public static class Program
         root.Subcommands.Add(Commands.QuantizeCommand.Create());
         root.Subcommands.Add(Commands.InspectCommand.Create());
         root.Subcommands.Add(Commands.ValidateCommand.Create());
+        root.Subcommands.Add(Commands.BenchCommand.Create());
         return root;
     }
 }

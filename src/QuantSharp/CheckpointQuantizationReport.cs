@@ -47,8 +47,9 @@ public readonly record struct CheckpointProgress(long BytesDone, long BytesTotal
 /// <param name="SqnrDb">SQNR against the original, dB (null when not measured).</param>
 /// <param name="ThresholdDb">The SQNR threshold that applied.</param>
 /// <param name="Problems">Validation problems of this tensor.</param>
+/// <param name="Fallback">Why <paramref name="Spec"/> differs from the recipe's (a group size that does not divide), or null.</param>
 public sealed record TensorQuantizationReport(string Name, string File, bool Quantized, QuantSpec? Spec, SafetensorsDType OriginalDType,
-    long[] Shape, long OriginalBytes, long StoredBytes, double? SqnrDb, double? ThresholdDb, IReadOnlyList<string> Problems)
+    long[] Shape, long OriginalBytes, long StoredBytes, double? SqnrDb, double? ThresholdDb, IReadOnlyList<string> Problems, string? Fallback = null)
 {
     /// <summary>Original bytes / stored bytes.</summary>
     public double Ratio => StoredBytes == 0 ? 1 : (double)OriginalBytes / StoredBytes;
@@ -69,6 +70,7 @@ public sealed record TensorQuantizationReport(string Name, string File, bool Qua
         ["threshold_db"] = ThresholdDb,
         ["passed"] = Problems.Count == 0,
         ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        ["fallback"] = Fallback,
     };
 
     internal static JsonNode? Json(double? v) => v switch
@@ -98,6 +100,8 @@ public sealed class CheckpointQuantizationReport
     public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
     /// <summary>All validation problems (per-tensor ones and reload/format ones).</summary>
     public IReadOnlyList<string> Problems { get; }
+    /// <summary>Warnings that are not validation problems: each weight whose spec fell back (group size that does not divide).</summary>
+    public IReadOnlyList<string> Warnings => Tensors.Where(t => t.Fallback is not null).Select(t => t.Fallback!).ToList();
     /// <summary>True when validation ran.</summary>
     public bool Validated { get; }
     /// <summary>True when the output was written under its final name.</summary>
@@ -135,6 +139,7 @@ public sealed class CheckpointQuantizationReport
         ["copied"] = Tensors.Count(t => !t.Quantized),
         ["min_sqnr_db"] = TensorQuantizationReport.Json(Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min()),
         ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
+        ["warnings"] = new JsonArray(Warnings.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
         ["tensors"] = new JsonArray(Tensors.Select(t => (JsonNode)t.ToJson()).ToArray()),
     };
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
+using QuantSharp.Pipeline;
 using QuantSharp.Primitives;
 using QuantSharp.Serialization;
 using QuantSharp.Tensors;
@@ -13,9 +14,10 @@ namespace QuantSharp;
 /// <summary>
 /// Quantizes a safetensors checkpoint (one file or a folder of shards) without its model code, tensor by tensor:
 /// read one tensor (in row chunks), quantize, write, dispose, so that memory stays near one chunk plus the small
-/// per-tensor scales. By default floating tensors named <c>*.weight</c> with at least two dimensions and
-/// <see cref="CheckpointQuantizationSettings.DefaultMinElements"/> elements are quantized; norms, biases, 1-D and
-/// integer tensors are copied bit-exactly. The output follows docs/FORMAT.md. Afterwards (by default) it validates:
+/// per-tensor scales. What is quantized and how comes from a <see cref="QuantizationRecipe"/> (the same recipe
+/// <see cref="Quantizer"/> takes, planned by the same rules, so both write the same file): by default floating
+/// tensors named <c>*.weight</c> with at least two dimensions (and <see cref="QuantizationRecipe.MinElements"/>
+/// elements) are quantized; norms, biases, 1-D and integer tensors are copied bit-exactly. The output follows docs/FORMAT.md. Afterwards (by default) it validates:
 /// per-tensor SQNR against the original, size reduction, a reload test (the written files are read back with the
 /// strict reader and compared bit-exactly, through SHA-256, with what was written) and a range test.
 /// </summary>
@@ -31,27 +33,31 @@ public static class CheckpointQuantizer
 
     private enum Action { Copy, Quantize }
 
-    private sealed record PlanItem(CheckpointSource.Shard Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec);
+    private sealed record PlanItem(CheckpointSource.Shard Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
 
     /// <summary>Quantizes <paramref name="input"/> into <paramref name="output"/>.</summary>
     /// <param name="input">A <c>.safetensors</c> file or a folder of shards (never modified).</param>
     /// <param name="output">The output file (for a file input) or folder (for a folder input); written atomically:
     /// it appears only complete and validated (per the failure policy).</param>
-    /// <param name="settings">Settings (null: all defaults).</param>
+    /// <param name="recipe">The recipe (null: <see cref="QuantizationRecipe.Int8WeightOnly"/>). Module-type filters
+    /// are refused (a checkpoint has no modules); activation settings are ignored (no activations without a model).</param>
     /// <param name="progress">Receives progress (input bytes).</param>
     /// <param name="cancellationToken">Cancels between chunks (nothing is left behind).</param>
     /// <returns>The report.</returns>
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
     /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
-    public static CheckpointQuantizationReport Quantize(string input, string output, CheckpointQuantizationSettings? settings = null,
+    public static CheckpointQuantizationReport Quantize(string input, string output, QuantizationRecipe? recipe = null,
         IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(output);
         var sw = Stopwatch.StartNew();
-        ResolvedCheckpointSettings s;
-        try { s = (settings ?? new CheckpointQuantizationSettings()).Resolve(); }
+        RecipePlanner s;
+        try { s = new RecipePlanner(recipe ?? new QuantizationRecipe()); }
         catch (ArgumentException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+        if (s.Recipe.HasModuleTypeFilters)
+            throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
+                "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");
 
         string inFull = Path.GetFullPath(input);
         string outFull = Path.GetFullPath(output.TrimEnd('/', '\\').Length == 0 ? output : output.TrimEnd('/', '\\'));
@@ -100,7 +106,7 @@ public static class CheckpointQuantizer
         }
     }
 
-    private static List<PlanItem> MakePlan(CheckpointSource source, ResolvedCheckpointSettings s)
+    private static List<PlanItem> MakePlan(CheckpointSource source, RecipePlanner s)
     {
         var plan = new List<PlanItem>();
         foreach (var shard in source.Shards)
@@ -113,7 +119,7 @@ public static class CheckpointQuantizer
             string name = info.Name;
             bool floating = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F64;
             bool quantize;
-            if (s.IsExcluded(name)) quantize = false;
+            if (s.ExcludedBy(name) is not null) quantize = false;
             else if (s.HasInclude)
             {
                 quantize = s.IsIncluded(name);
@@ -126,16 +132,20 @@ public static class CheckpointQuantizer
             else
             {
                 quantize = floating && name.EndsWith(".weight", StringComparison.Ordinal) && info.Shape.Length >= 2
-                    && info.ElementCount >= Math.Max(1, s.MinElements);
+                    && info.ElementCount >= Math.Max(1, s.Recipe.MinElements);
             }
             if (!quantize) { plan.Add(new PlanItem(shard, info, Action.Copy, null)); continue; }
 
-            var spec = s.SpecFor(name);
+            var spec = s.Recipe.WeightSpecFor(name);
+            string? fallback;
             try
             {
-                spec.Validate(info.Shape);
-                _ = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
-                if (spec.Type.IsInteger() && s.Observer != "minmax") _ = CreateObserver(s.Observer, spec, name);
+                var planned = s.Plan(name, null, info.Shape);
+                (spec, fallback) = (planned.Spec, planned.Fallback);
+                long[] stored = WeightGeometry.StorageShape(spec.Type, info.Shape);
+                spec.Validate(stored);
+                _ = CheckpointLayout.For(spec.Type, spec.Granularity, stored);
+                if (spec.Type.IsInteger() && Observer(s) != "minmax") _ = WeightQuantization.CreateObserver(Observer(s), spec, name);
             }
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
             {
@@ -149,12 +159,14 @@ public static class CheckpointQuantizer
                     throw new CheckpointQuantizationException(
                         $"Tensor '{name}' cannot be quantized: the checkpoint already has a tensor named '{name + suffix}', the name its quantization parameters need. Exclude '{name}'.");
             }
-            plan.Add(new PlanItem(shard, info, Action.Quantize, spec));
+            plan.Add(new PlanItem(shard, info, Action.Quantize, spec, fallback));
         }
         return plan;
     }
 
-    private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, ResolvedCheckpointSettings s,
+    private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
+
+    private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, RecipePlanner s,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
         string parent = Path.GetDirectoryName(outFull)!;
@@ -162,7 +174,8 @@ public static class CheckpointQuantizer
         var reports = new List<TensorQuantizationReport>();
         var problems = new List<string>();
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
-        JsonObject config = s.ToJson();
+        JsonObject config = s.Recipe.ToJsonNode();
+        var validation = s.Recipe.Validation;
         var weightMap = new JsonObject();
         bool promoted = false;
         try
@@ -201,11 +214,11 @@ public static class CheckpointQuantizer
                     writer.Commit(promote: true);
                     hashes = writer.Raw.Hashes;
                 }
-                if (s.Validate) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
+                if (validation.Enabled && validation.ReloadCheck) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
             }
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, reports);
 
-            bool write = problems.Count == 0 || s.OnFailure != ValidationFailureMode.Error;
+            bool write = problems.Count == 0 || validation.OnFailure != ValidationFailureMode.Error;
             long outBytes = 0;
             if (write)
             {
@@ -221,7 +234,7 @@ public static class CheckpointQuantizer
                 }
                 promoted = true;
             }
-            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, s.Validate, write, source.TotalFileBytes, outBytes, sw.Elapsed);
+            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, validation.Enabled, write, source.TotalFileBytes, outBytes, sw.Elapsed);
             if (!write) throw new CheckpointValidationException(report);
             return report;
         }
@@ -371,16 +384,19 @@ public static class CheckpointQuantizer
         return t;
     }
 
-    private static (TensorQuantizationReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, ResolvedCheckpointSettings s,
+    private static (TensorQuantizationReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, RecipePlanner s,
         string fileName, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
     {
         var info = item.Info;
         var spec = item.Spec!;
         string name = info.Name;
-        var layout = CheckpointLayout.For(spec.Type, spec.Granularity, info.Shape);
+        long[] storedShape = WeightGeometry.StorageShape(spec.Type, info.Shape);
+        var layout = CheckpointLayout.For(spec.Type, spec.Granularity, storedShape);
+        string observer = Observer(s);
+        bool validate = s.Recipe.Validation.Enabled;
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
         // Observers other than min/max (percentile, histogram...) see the whole tensor at once.
-        bool useObserver = spec.Type.IsInteger() && s.Observer != "minmax";
+        bool useObserver = spec.Type.IsInteger() && observer != "minmax";
         bool rowwise = IsRowwise(info.Shape, spec) && !useObserver;
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
@@ -423,14 +439,9 @@ public static class CheckpointQuantizer
                 bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
                 var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise, buffer);
                 if (ptScale is null) RequireFinite(xf, name);
-                if (useObserver)
-                {
-                    var observer = CreateObserver(s.Observer, spec, name);
-                    observer.Observe(xf);
-                    var qp = observer.ComputeQParams();
-                    ptScale = qp.Scale; ptZero = qp.ZeroPoint;
-                }
-                using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xf, spec, ptScale, ptZero!) : QuantizedTensor.Quantize(xf, spec);
+                // The quantizer sees the stored view: rows of the [d0, K] matrix for an integer weight of rank > 2.
+                var xs = xf.dim() > 2 && spec.Type.IsInteger() ? xf.reshape(xf.shape[0], -1) : xf;
+                using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xs, spec, ptScale, ptZero!) : WeightQuantization.Quantize(xs, spec, observer, name);
                 var data = q.Data.contiguous();
                 writer.Raw.Append(data.numel() == 0 ? [] : data.bytes);
                 stored += data.numel() * data.element_size();
@@ -441,13 +452,13 @@ public static class CheckpointQuantizer
                         scaleParts.Add(q.Scale!.detach().clone().DetachFromDisposeScope());
                         if (q.ZeroPoint is not null) zeroParts.Add(q.ZeroPoint.detach().clone().DetachFromDisposeScope());
                     }
-                    if (s.Validate)
+                    if (validate)
                     {
                         foreach (var p in TensorChecks.CheckParts(name, spec.Type, spec.Range, q.Data, q.Scale, q.ZeroPoint))
                             if (!problems.Contains(p)) problems.Add(p);
                     }
                 }
-                if (s.Validate)
+                if (validate)
                 {
                     using var deq = q.Dequantize();
                     if (exact)
@@ -486,29 +497,17 @@ public static class CheckpointQuantizer
             foreach (var t in zeroParts) t.Dispose();
         }
 
-        double? db = s.Validate ? sqnr.Db : null;
-        double threshold = s.SqnrThresholdsDb[spec.Type];
+        double? db = validate ? sqnr.Db : null;
+        double threshold = s.Recipe.Validation.ThresholdFor(spec.Type);
         if (db is double d && d < threshold)
             problems.Add($"'{name}': SQNR {d:0.00} dB is below the {spec.Type.ToName()} threshold {threshold:0.##} dB.");
         var layer = new QuantizedLayerInfo(info.DType, info.Shape, spec.Type,
             spec.Type.IsInteger() ? spec.Scheme : null, spec.Type.IsInteger() ? spec.Granularity : null,
-            spec.ReduceRange, spec.Type.IsInteger() ? s.Observer : null, db);
+            spec.ReduceRange, spec.Type.IsInteger() ? observer : null, db);
         writer.RecordLayer(name, layer);
         return (new TensorQuantizationReport(name, fileName, true, spec, info.DType, info.Shape, info.ByteLength, stored, db,
-            s.Validate ? threshold : null, problems), layer);
+            validate ? threshold : null, problems, item.Fallback), layer);
     }
-
-    /// <summary>An observer of the given name for one tensor's spec (range observers for weights).</summary>
-    internal static Observers.IObserver CreateObserver(string observer, QuantSpec spec, string name) => Observers.ObserverFactory.Create(observer,
-        new Observers.ObserverOptions
-        {
-            Type = spec.Type,
-            Scheme = spec.Scheme,
-            Axis = spec.Granularity is PerAxis a ? a.Axis : null,
-            GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
-            ReduceRange = spec.ReduceRange,
-            Name = name,
-        });
 
     private static void RequireFinite(Tensor x, string name)
     {

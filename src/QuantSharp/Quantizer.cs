@@ -1,5 +1,8 @@
 using QuantSharp.Calibration;
 using QuantSharp.Modules;
+using QuantSharp.Pipeline;
+using QuantSharp.Selection;
+using QuantSharp.Serialization;
 using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
@@ -17,32 +20,51 @@ namespace QuantSharp;
 /// <param name="QuantizedBytes">Bytes of the quantized layer's parameters and buffers.</param>
 public sealed record QuantizedLayer(string Name, string ModuleType, QuantSpec Weights, ActivationQuantization? Input, long FloatBytes, long QuantizedBytes);
 
-/// <summary>What <see cref="Quantizer.Quantize"/> produced.</summary>
-public sealed class QuantizationResult
+/// <summary>What <see cref="Quantizer.Quantize{T}(T, QuantizationRecipe, Func{T}?, IEnumerable{Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/> produced.</summary>
+public class QuantizationResult
 {
-    internal QuantizationResult(nn.Module model, IReadOnlyList<QuantizedLayer> layers, IReadOnlyList<SkippedLayer> skipped,
+    internal QuantizationResult(nn.Module model, QuantizationRecipe recipe, IReadOnlyList<QuantizedLayer> layers, IReadOnlyList<SkippedLayer> skipped,
         QuantizationReport? report, IReadOnlyList<string> warnings, long calibrationSamples)
     {
-        Model = model; Layers = layers; Skipped = skipped; Report = report; Warnings = warnings; CalibrationSamples = calibrationSamples;
+        Model = model; Recipe = recipe; Layers = layers; Skipped = skipped; Report = report; Warnings = warnings; CalibrationSamples = calibrationSamples;
     }
 
     /// <summary>The quantized model (a new model built by the factory, or the caller's model when quantized in place); in eval mode.</summary>
     public nn.Module Model { get; }
 
+    /// <summary>The effective recipe (explicit arguments applied); <see cref="Quantizer.Save"/> records it as <c>quantsharp.config</c>.</summary>
+    public QuantizationRecipe Recipe { get; }
+
     /// <summary>The layers that were quantized, in model order.</summary>
     public IReadOnlyList<QuantizedLayer> Layers { get; }
 
-    /// <summary>Layers that stay float, with the reason (unsupported type, excluded, spec does not fit, cannot be swapped).</summary>
+    /// <summary>Layers that stay float, with the reason (unsupported type, excluded, cannot be swapped).</summary>
     public IReadOnlyList<SkippedLayer> Skipped { get; }
 
     /// <summary>The validation report, or null when validation was disabled.</summary>
     public QuantizationReport? Report { get; }
 
-    /// <summary>Validation problems kept as warnings (<see cref="ValidationFailureMode.Warn"/>).</summary>
+    /// <summary>
+    /// Group-size fallbacks (one line per weight whose spec differs from the recipe's), layers left float for a reason
+    /// other than the recipe's selection, layers whose input could not be quantized, and validation problems kept as
+    /// warnings (<see cref="ValidationFailureMode.Warn"/>).
+    /// </summary>
     public IReadOnlyList<string> Warnings { get; }
 
     /// <summary>Samples run through the model for calibration (0 without data).</summary>
     public long CalibrationSamples { get; }
+}
+
+/// <summary>What <c>Quantizer.Quantize</c> produced, with the model typed as the caller's model.</summary>
+/// <typeparam name="T">The model type.</typeparam>
+public sealed class QuantizationResult<T> : QuantizationResult where T : nn.Module
+{
+    internal QuantizationResult(T model, QuantizationRecipe recipe, IReadOnlyList<QuantizedLayer> layers, IReadOnlyList<SkippedLayer> skipped,
+        QuantizationReport? report, IReadOnlyList<string> warnings, long calibrationSamples)
+        : base(model, recipe, layers, skipped, report, warnings, calibrationSamples) { }
+
+    /// <summary>The quantized model (see <see cref="QuantizationResult.Model"/>).</summary>
+    public new T Model => (T)base.Model;
 }
 
 /// <summary>
@@ -50,14 +72,14 @@ public sealed class QuantizationResult
 /// </summary>
 /// <example>
 /// <code>
-/// var config = QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+/// var recipe = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with
 /// {
-///     Overrides = [new("conv1", QuantizationConfig.DefaultWeights), new("fc2", QuantizationConfig.DefaultWeights)],
+///     Overrides = [new("conv1", QuantType.Int8), new("fc2", QuantType.Int8)],   // int8 per-channel there
 /// };
-/// var result = Quantizer.Quantize(model, config, factory: () => new MyNet());
+/// var result = Quantizer.Quantize(model, recipe, factory: () => new MyNet());
 /// Console.WriteLine(result.Report);
 /// Quantizer.Save(result.Model, "mynet.int4.safetensors");
-/// var reloaded = Quantizer.Load(() => new MyNet(), "mynet.int4.safetensors");
+/// MyNet reloaded = Quantizer.Load(() => new MyNet(), "mynet.int4.safetensors");
 /// </code>
 /// </example>
 public static class Quantizer
@@ -70,69 +92,122 @@ public static class Quantizer
     /// builds a fresh float model of the same architecture (e.g. <c>() =&gt; new MyNet()</c>). The original's
     /// <c>state_dict</c> is loaded into it (separate storage) and its layers are then replaced; the caller's model is not
     /// modified (its hooks are not touched and it is never run). Without a factory, pass <c>inPlace: true</c>.</para>
-    /// <para>Layers are swapped through their parent: a <c>Sequential</c>, a <c>ModuleList</c>/<c>ModuleDict</c> of
-    /// <c>Module&lt;Tensor, Tensor&gt;</c>, or a field of a custom module declared as <c>Module&lt;Tensor, Tensor&gt;</c>.
-    /// A field declared as <c>Linear</c> cannot hold the quantized layer: such layers are skipped and listed in
-    /// <see cref="QuantizationResult.Skipped"/>, as are unsupported types (LSTM, BatchNorm, custom layers).</para>
+    /// <para>The layer types are those registered in <see cref="QuantizedModules"/>. A layer is swapped for its quantized
+    /// module through its parent where the parent can hold it: a <c>Sequential</c>, a <c>ModuleList</c>/<c>ModuleDict</c>
+    /// of <c>Module&lt;Tensor, Tensor&gt;</c>, or a field declared as <c>Module&lt;Tensor, Tensor&gt;</c>. Elsewhere (a
+    /// field declared as the sealed <c>Linear</c>, a <c>ModuleList&lt;Linear&gt;</c>) and for TorchSharp's native modules
+    /// (<c>MultiheadAttention</c>, <c>TransformerEncoderLayer</c>, <c>LSTM</c>, <c>GRU</c>...) the float module is kept and
+    /// its weights are stored quantized, materialized around each forward (docs/QUANTIZER.md compares the costs). Layers
+    /// of other types with parameters stay float and are listed in <see cref="QuantizationResult.Skipped"/> and
+    /// <see cref="QuantizationResult.Warnings"/>. A weight tied between layers is quantized once and stays shared.</para>
+    /// <para>The plan follows the same rules as <see cref="CheckpointQuantizer"/> (weights addressed by parameter name,
+    /// e.g. <c>fc1.weight</c>; see <see cref="QuantizationRecipe"/>), so <see cref="Save"/> then writes the file
+    /// <c>quantsharp quantize</c> writes for the model's <c>state_dict</c> and the same recipe.</para>
     /// <para>Precedence: the explicit arguments <paramref name="weights"/>, <paramref name="calibrationSamples"/> and
-    /// <paramref name="onFailure"/> override <paramref name="config"/>, which overrides the defaults.</para>
+    /// <paramref name="onFailure"/> override <paramref name="recipe"/>, which overrides the defaults.</para>
     /// <para>With <paramref name="inPlace"/>, the model is switched to eval mode and its layers are replaced before the
     /// validation runs: if validation then throws, the model is already quantized (the exception carries the report).
-    /// Configuration, layer-name and data errors are all detected before any layer is replaced.</para>
+    /// Recipe, layer-name and data errors are all detected before any layer is replaced.</para>
     /// <para>The quantizer never disposes the calibration tensors it is given.</para>
     /// <para>Calibration runs <paramref name="calibrationData"/> (inputs; use <see cref="CalibrationData.FromPairs"/> for
     /// (input, target) pairs) through the model in eval mode with forward hooks until at least
-    /// <see cref="QuantizationConfig.CalibrationSamples"/> samples (dimension 0) were seen. It is required for
-    /// <see cref="QuantizationConfig.Activations"/>; otherwise the first batch only feeds the validation report.</para>
+    /// <see cref="QuantizationRecipe.CalibrationSamples"/> samples (dimension 0) were seen. It is required for
+    /// <see cref="QuantizationRecipe.Activations"/>; otherwise the first batch only feeds the validation report.</para>
     /// </remarks>
+    /// <typeparam name="T">The model type (the result's <c>Model</c> has it).</typeparam>
     /// <param name="model">The float model (a <c>Module&lt;Tensor, Tensor&gt;</c> when data is run through it).</param>
-    /// <param name="config">What to quantize and how.</param>
+    /// <param name="recipe">What to quantize and how.</param>
     /// <param name="factory">Builds a fresh float model of the same architecture; needed unless <paramref name="inPlace"/>, and for the reload check.</param>
     /// <param name="calibrationData">Calibration inputs (batches); may be null for weight-only quantization.</param>
     /// <param name="inPlace">Quantize <paramref name="model"/> itself instead of a copy.</param>
-    /// <param name="weights">Overrides <see cref="QuantizationConfig.Weights"/>.</param>
-    /// <param name="calibrationSamples">Overrides <see cref="QuantizationConfig.CalibrationSamples"/>.</param>
-    /// <param name="onFailure">Overrides <see cref="ValidationOptions.OnFailure"/>.</param>
+    /// <param name="weights">Overrides the recipe's weight type, scheme, granularity and reduce range.</param>
+    /// <param name="calibrationSamples">Overrides <see cref="QuantizationRecipe.CalibrationSamples"/>.</param>
+    /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
-    /// <exception cref="ArgumentException">Invalid configuration, a pattern that names no layer, no quantizable layer, empty or mismatched data.</exception>
+    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty or mismatched data.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
-    public static QuantizationResult Quantize(
-        nn.Module model,
-        QuantizationConfig config,
-        Func<nn.Module>? factory = null,
+    public static QuantizationResult<T> Quantize<T>(
+        T model,
+        QuantizationRecipe recipe,
+        Func<T>? factory = null,
         IEnumerable<Tensor>? calibrationData = null,
         bool inPlace = false,
         QuantSpec? weights = null,
         int? calibrationSamples = null,
         ValidationFailureMode? onFailure = null,
-        IProgress<CalibrationProgress>? progress = null)
+        IProgress<CalibrationProgress>? progress = null) where T : nn.Module =>
+        QuantizeCore(model, recipe, factory,
+            calibrationData?.Select(t => t is null || t.IsInvalid ? null! : CalibrationBatch.Of(t)), // null batches are reported by number
+            inPlace, weights, calibrationSamples, onFailure, progress);
+
+    /// <summary>
+    /// Quantizes a model of any forward signature, calibrated by callbacks that run it on each batch (e.g. a model
+    /// taking token ids and an attention mask). Otherwise as
+    /// <see cref="Quantize{T}(T, QuantizationRecipe, Func{T}?, IEnumerable{Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/>.
+    /// </summary>
+    /// <remarks>
+    /// Each batch runs the float model during calibration, and its first batch runs the quantized and the reloaded
+    /// models during validation (output SQNR, reload check); the layers observed are those that take and return one
+    /// tensor (<c>Module&lt;Tensor, Tensor&gt;</c>, called with <c>call</c>).
+    /// </remarks>
+    /// <typeparam name="T">The model type (the result's <c>Model</c> has it).</typeparam>
+    /// <param name="model">The float model.</param>
+    /// <param name="recipe">What to quantize and how.</param>
+    /// <param name="calibration">The batches (see <see cref="CalibrationBatch"/>).</param>
+    /// <param name="factory">Builds a fresh float model of the same architecture; needed unless <paramref name="inPlace"/>, and for the reload check.</param>
+    /// <param name="inPlace">Quantize <paramref name="model"/> itself instead of a copy.</param>
+    /// <param name="weights">Overrides the recipe's weight type, scheme, granularity and reduce range.</param>
+    /// <param name="calibrationSamples">Overrides <see cref="QuantizationRecipe.CalibrationSamples"/>.</param>
+    /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
+    /// <param name="progress">Receives calibration progress after each batch.</param>
+    /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
+    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty data, or a batch the model fails on.</exception>
+    /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
+    public static QuantizationResult<T> Quantize<T>(
+        T model,
+        QuantizationRecipe recipe,
+        IEnumerable<CalibrationBatch> calibration,
+        Func<T>? factory = null,
+        bool inPlace = false,
+        QuantSpec? weights = null,
+        int? calibrationSamples = null,
+        ValidationFailureMode? onFailure = null,
+        IProgress<CalibrationProgress>? progress = null) where T : nn.Module
+    {
+        ArgumentNullException.ThrowIfNull(calibration);
+        return QuantizeCore(model, recipe, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
+    }
+
+    private static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
+        IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
+        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
-        ArgumentNullException.ThrowIfNull(config);
-        var cfg = config with
+        ArgumentNullException.ThrowIfNull(recipe);
+        var cfg = weights is null ? recipe : recipe.WithWeights(weights);
+        cfg = cfg with
         {
-            Weights = weights ?? config.Weights,
-            CalibrationSamples = calibrationSamples ?? config.CalibrationSamples,
-            Validation = config.Validation with { OnFailure = onFailure ?? config.Validation.OnFailure },
+            CalibrationSamples = calibrationSamples ?? cfg.CalibrationSamples,
+            Validation = cfg.Validation with { OnFailure = onFailure ?? cfg.Validation.OnFailure },
         };
-        cfg.Validate();
+        var planner = new RecipePlanner(cfg); // validates
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
                 "(a fresh float model of the same architecture), or pass inPlace: true to quantize this model itself.", nameof(factory));
         if (cfg.Activations is not null && calibrationData is null)
             throw new ArgumentException(
-                "Static activation quantization (config.Activations) needs calibration data: pass calibrationData (e.g. 150 training inputs), " +
+                "Static activation quantization (recipe.Activations) needs calibration data: pass calibrationData (e.g. 150 training inputs), " +
                 "or set Activations = null for weight-only quantization.", nameof(calibrationData));
 
         var originalEntries = ModuleTree.Walk(model);
         if (originalEntries.Any(e => e.Module is QuantizedModule) || model is QuantizedModule)
             throw new ArgumentException("The model already contains quantized layers; quantize the float model instead.", nameof(model));
-        CheckPatterns(cfg, originalEntries.Select(e => e.Name).ToList());
+        CheckPatterns(cfg, model.named_parameters().Select(p => p.name).ToList());
 
         // Plan on the original (read-only), so that errors come before any copy is made.
-        var (plan, skipped) = Plan(originalEntries, cfg);
+        var (plan, skipped) = Plan(originalEntries, planner);
         if (plan.Count == 0)
         {
             string why = skipped.Count == 0
@@ -141,13 +216,14 @@ public static class Quantizer
             throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
         }
 
-        nn.Module work = inPlace ? model : Copy(model, factory!);
+        T work = inPlace ? model : (T)Copy(model, () => factory!());
         bool ok = false;
         try
         {
-            var result = Run(work, cfg, plan.Select(p => p.Entry.Name).ToList(), skipped, factory, calibrationData, progress, disposeReplaced: !inPlace);
+            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace);
+            s_recipes.AddOrUpdate(work, cfg);
             ok = true;
-            return result;
+            return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, r.Warnings, r.CalibrationSamples);
         }
         finally
         {
@@ -155,9 +231,19 @@ public static class Quantizer
         }
     }
 
-    private static (List<LayerPlan> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, QuantizationConfig cfg)
+    /// <summary>The recipe each quantized (or loaded) model was made with, for <see cref="Save"/>'s <c>quantsharp.config</c>.</summary>
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, QuantizationRecipe> s_recipes = new();
+
+    internal static QuantizationRecipe? RecipeOf(nn.Module model) => s_recipes.TryGetValue(model, out var r) ? r : null;
+
+    internal static void SetRecipe(nn.Module model, QuantizationRecipe recipe) => s_recipes.AddOrUpdate(model, recipe);
+
+    /// <summary>One planned layer: what is done to the module, and the planned weight (spec after the group-size fallback).</summary>
+    private sealed record PlannedLayer(LayerPlan Layer, PlannedWeight Weight);
+
+    private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, RecipePlanner planner)
     {
-        var plan = new List<LayerPlan>();
+        var plan = new List<PlannedLayer>();
         var skipped = new List<SkippedLayer>();
         // Children of a module that is quantized as a whole (a materialized native module) are not planned again.
         var covered = new HashSet<string>(StringComparer.Ordinal);
@@ -166,59 +252,56 @@ public static class Quantizer
             if (covered.Any(c => e.Name.StartsWith(c + ".", StringComparison.Ordinal))) continue;
             var type = e.Module.GetType();
             string typeName = ModuleTree.TypeName(type);
-            var spec = SpecFor(cfg, e.Name);
-            var (layer, why) = ModuleQuantization.Plan(e, spec);
-            if (layer is null && why is null)
+            var handler = QuantizedModules.HandlerFor(type);
+            if (handler is null && QuantizedModules.MaterializedFilter(type) is null)
             {
                 bool ownParams = e.Module.named_parameters(recurse: false).Any();
                 if (ownParams)
                     skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
-            string? reason = null;
-            if (cfg.IncludeTypes.Count > 0 && !cfg.IncludeTypes.Any(t => t.IsAssignableFrom(type)))
-                reason = "type not in IncludeTypes";
-            else if (cfg.ExcludeTypes.Any(t => t.IsAssignableFrom(type)))
-                reason = "type excluded by ExcludeTypes";
-            else if (cfg.Exclude.FirstOrDefault(p => NameGlob.IsMatch(p, e.Name)) is { } ex)
-                reason = $"excluded by pattern '{ex}'";
-            else if (cfg.Include.Count > 0 && !cfg.Include.Any(p => NameGlob.IsMatch(p, e.Name)))
-                reason = "not matched by any Include pattern";
-            if (reason != null)
+            // The layer's weight is addressed by its parameter name (a replaced layer's weight; a materialized module by its own name).
+            var weight = handler is null ? null : QuantizedModules.Parameter(e.Module, handler.WeightName);
+            string parameter = handler is null ? e.Name + ".weight" : e.Name + "." + handler.WeightName;
+            long elements = weight?.numel() ?? e.Module.parameters().Sum(p => p.numel());
+            if (planner.NotSelected(parameter, typeName, elements) is { } reason)
             {
                 skipped.Add(new SkippedLayer(e.Name, typeName, reason));
                 continue;
             }
+            var planned = weight is not null && weight.is_floating_point()
+                ? planner.Plan(parameter, typeName, weight.shape)
+                : new PlannedWeight(parameter, weight?.shape ?? [], planner.Recipe.WeightSpecFor(parameter, typeName), null);
+            var (layer, why) = ModuleQuantization.Plan(e, planned.Spec);
             if (layer is null)
             {
-                skipped.Add(new SkippedLayer(e.Name, typeName, $"{why} (spec {WeightQuantizer.Describe(spec)})"));
+                skipped.Add(new SkippedLayer(e.Name, typeName, $"{why ?? "nothing to quantize"} (spec {WeightQuantizer.Describe(planned.Spec)})"));
                 continue;
             }
-            plan.Add(layer);
+            plan.Add(new PlannedLayer(layer, planned));
             if (layer.Mechanism == QuantizationMechanism.Materialize) covered.Add(e.Name);
         }
         return (plan, skipped);
     }
 
     private static bool ChosenByUser(string reason) =>
-        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("type ", StringComparison.Ordinal) || reason.StartsWith("not matched", StringComparison.Ordinal);
+        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
+        || reason.StartsWith("not matched", StringComparison.Ordinal) || reason.Contains("fewer than MinElements", StringComparison.Ordinal);
 
-    private static QuantSpec SpecFor(QuantizationConfig cfg, string layer) =>
-        cfg.Overrides.FirstOrDefault(o => NameGlob.IsMatch(o.Key, layer)).Value ?? cfg.Weights;
-
-    private static void CheckPatterns(QuantizationConfig cfg, List<string> names)
+    private static void CheckPatterns(QuantizationRecipe cfg, List<string> parameterNames)
     {
         var patterns = cfg.Include.Select(p => (p, "Include"))
             .Concat(cfg.Exclude.Select(p => (p, "Exclude")))
-            .Concat(cfg.Overrides.Select(o => (o.Key, "Overrides")));
+            .Concat(cfg.Overrides.Select(o => (o.Pattern, "Overrides")));
         foreach (var (p, where) in patterns)
         {
-            if (names.Any(n => NameGlob.IsMatch(p, n))) continue;
-            var close = NameGlob.Closest(p, names);
+            var glob = new Glob(p);
+            if (parameterNames.Any(n => QuantizationRecipe.NameMatches(glob, n))) continue;
+            var close = NameGlob.Closest(p, parameterNames);
             throw new ArgumentException(
-                $"{where} pattern '{p}' matches no layer of the model. " +
-                (close.Count > 0 ? $"Closest layer names: {string.Join(", ", close)}. " : "The model has no submodules. ") +
-                "Names are the dotted names of named_modules(); '*' matches any characters, '?' one.");
+                $"{where} pattern '{p}' matches no weight of the model. " +
+                (close.Count > 0 ? $"Closest parameter names: {string.Join(", ", close)}. " : "The model has no parameters. ") +
+                "Names are state_dict names (e.g. fc1.weight) or their module's name (fc1); '*' matches any characters (dots too), '?' one.");
         }
     }
 
@@ -258,12 +341,14 @@ public static class Quantizer
         static string List(List<string> keys) => keys.Count == 0 ? "none" : string.Join(", ", keys.Take(5)) + (keys.Count > 5 ? $", ... ({keys.Count})" : "");
     }
 
-    private static QuantizationResult Run(nn.Module work, QuantizationConfig cfg, List<string> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<Tensor>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
+    private static QuantizationResult Run(nn.Module work, QuantizationRecipe cfg, List<PlannedLayer> planned, List<SkippedLayer> skipped,
+        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        var specs = planned.ToDictionary(n => n, n => SpecFor(cfg, n));
-        var plans = planned.Select(n => ModuleQuantization.Plan(entries[n], specs[n]).Plan!).ToList();
+        var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
+        var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
+        string observer = QuantizationRecipe.NormalizeObserver(cfg.WeightObserver);
+        var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
         // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
         var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
         // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
@@ -280,10 +365,8 @@ public static class Quantizer
         {
             if (data is not null)
             {
-                if (work is not nn.Module<Tensor, Tensor> runnable)
-                    throw new ArgumentException($"Calibration runs data through the model, so it must be a Module<Tensor, Tensor>; {work.GetType().Name} is not.");
-                var actSpec = cfg.Activations ?? QuantizationConfig.DefaultActivations;
-                calib = new Calibrator(runnable, layers, RangeObservers.Factory(cfg.Observer, actSpec));
+                var actSpec = cfg.Activations ?? QuantizationRecipe.DefaultActivations;
+                calib = new Calibrator(work, layers, RangeObservers.Factory(QuantizationRecipe.NormalizeObserver(cfg.ActivationObserver), actSpec));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
                 calib.Run(data, target, progress, observe: cfg.Activations is not null);
@@ -293,7 +376,7 @@ public static class Quantizer
             var layerReports = new List<LayerReport>();
             var failures = new List<string>();
             var warnings = new List<string>();
-            var tied = new TiedWeights();
+            var tied = new TiedWeights(observer, measure: cfg.Validation.Enabled);
             // Every weight is quantized before any module changes (a materialized module empties its parameters, tied twins included).
             var prepared = plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
             var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);
@@ -327,8 +410,9 @@ public static class Quantizer
                 if (act is not null) rangeOk &= ActivationCheck(act, problems);
                 double weightSqnr = layer.WeightSqnrDb;
                 if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
-                if (cfg.Validation.MinWeightSqnrDb is { } minW && weightSqnr < minW)
-                    problems.Add($"weight SQNR {weightSqnr:F2} dB is below the bound {minW} dB");
+                double minW = cfg.Validation.ThresholdFor(spec.Type);
+                if (weightSqnr < minW)
+                    problems.Add($"weight SQNR {weightSqnr:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
                 layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
                     weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
@@ -341,9 +425,9 @@ public static class Quantizer
             if (cfg.Validation.Enabled)
             {
                 double? modelSqnr = null;
-                if (calib?.FirstBatch is { } batch && work is nn.Module<Tensor, Tensor> qm)
+                if (calib?.FirstBatch is { } batch)
                 {
-                    var outputs = RunCapturing(qm, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
+                    var outputs = RunCapturing(work, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
                     try
                     {
                         modelSqnr = Metrics.Sqnr(calib.FirstModelOutput!, modelOut);
@@ -374,6 +458,7 @@ public static class Quantizer
                 report = new QuantizationReport
                 {
                     Layers = layerReports,
+                    Fallbacks = fallbacks,
                     Skipped = skipped,
                     FloatBytes = floatBytes,
                     QuantizedBytes = quantBytes,
@@ -392,7 +477,7 @@ public static class Quantizer
                     }
                 }
             }
-            return new QuantizationResult(work, done, skipped, report, warnings, calib?.Samples ?? 0);
+            return new QuantizationResult(work, cfg, done, skipped, report, [.. fallbacks, .. warnings], calib?.Samples ?? 0);
         }
         finally
         {
@@ -401,7 +486,7 @@ public static class Quantizer
     }
 
     /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
-    internal static Dictionary<string, Tensor> RunCapturing(nn.Module<Tensor, Tensor> model, IReadOnlyCollection<string> names, Tensor batch, out Tensor output)
+    internal static Dictionary<string, Tensor> RunCapturing(nn.Module model, IReadOnlyCollection<string> names, CalibrationBatch batch, out Tensor output)
     {
         var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var removers = new List<Action>();
@@ -419,7 +504,7 @@ public static class Quantizer
             }
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            output = model.call(batch).detach().clone().DetachFromDisposeScope();
+            output = batch.Run(model).detach().clone().DetachFromDisposeScope();
             return captured;
         }
         catch
@@ -481,7 +566,7 @@ public static class Quantizer
         return false;
     }
 
-    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, Tensor? batch)
+    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, CalibrationBatch? batch)
     {
         if (factory is null) return (CheckStatus.NotRun, "no model factory to rebuild the architecture");
         string path = Path.Combine(Path.GetTempPath(), $"quantsharp-reload-{Guid.NewGuid():N}.safetensors");
@@ -490,11 +575,11 @@ public static class Quantizer
             Save(work, path);
             using var reloaded = Load(factory, path);
             using var scope = NewDisposeScope();
-            if (batch is not null && work is nn.Module<Tensor, Tensor> a && reloaded is nn.Module<Tensor, Tensor> b)
+            if (batch is not null)
             {
                 using var noGrad = no_grad();
-                var ya = a.call(batch);
-                var yb = b.call(batch);
+                var ya = batch.Run(work);
+                var yb = batch.Run(reloaded);
                 return BitEqual(ya, yb)
                     ? (CheckStatus.Passed, "save -> load gives bit-identical outputs on the first calibration batch")
                     : (CheckStatus.Failed, "the reloaded model's outputs differ from the quantized model's");
@@ -522,21 +607,29 @@ public static class Quantizer
         a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.contiguous().bytes.SequenceEqual(b.contiguous().bytes);
 
     /// <summary>
-    /// Saves a model quantized by <see cref="Quantize"/> as a QuantSharp quantized checkpoint (safetensors, written to a
-    /// temporary file and renamed into place; see docs/FORMAT.md).
+    /// Saves a model quantized by <c>Quantize</c> (or loaded by <see cref="Load{T}"/>) as the one quantized file
+    /// form (safetensors, written to a temporary file and renamed into place; docs/FORMAT.md): the same tensor names,
+    /// dtypes, shapes, bytes and per-layer metadata as <c>quantsharp quantize</c> writes for the model's <c>state_dict</c>
+    /// with the same recipe, which is recorded as <c>quantsharp.config</c>.
     /// </summary>
     /// <param name="model">The quantized model (<see cref="QuantizationResult.Model"/>).</param>
     /// <param name="path">The <c>.safetensors</c> file to write.</param>
     /// <exception cref="ArgumentException">The model has no quantized layers.</exception>
-    public static void Save(nn.Module model, string path) => Serialization.QuantizedModelFile.Save(model, path);
+    public static void Save(nn.Module model, string path) => QuantizedModelFile.Save(model, path);
 
     /// <summary>
-    /// Rebuilds a quantized model from a file written by <see cref="Save"/>: <paramref name="factory"/> builds the float
-    /// architecture (as for <see cref="Quantize"/>), its layers are replaced by the stored quantized layers, and every
-    /// other tensor is loaded from the file. The result gives bit-identical outputs to the saved model; it is in eval mode.
+    /// Rebuilds a quantized model from a quantized file, written by <see cref="Save"/> or by <c>quantsharp quantize</c>:
+    /// <paramref name="factory"/> builds the float architecture (as for <c>Quantize</c>), each layer whose
+    /// weight the file stores quantized is replaced by its quantized form, and every other tensor is loaded from the file.
+    /// The result gives bit-identical outputs to the saved model; it is in eval mode.
     /// </summary>
+    /// <typeparam name="T">The model type.</typeparam>
     /// <param name="factory">Builds a fresh float model of the saved architecture.</param>
-    /// <param name="path">The checkpoint file.</param>
-    /// <exception cref="InvalidDataException">The file is not a checkpoint of this architecture (the message names the layer or tensor).</exception>
-    public static nn.Module Load(Func<nn.Module> factory, string path) => Serialization.QuantizedModelFile.Load(factory, path);
+    /// <param name="path">The quantized file.</param>
+    /// <exception cref="InvalidDataException">The file is not a quantized file of this architecture (the message names the layer or tensor).</exception>
+    public static T Load<T>(Func<T> factory, string path) where T : nn.Module
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        return (T)QuantizedModelFile.Load(() => factory(), path);
+    }
 }

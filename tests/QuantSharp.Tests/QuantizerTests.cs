@@ -9,7 +9,8 @@ namespace QuantSharp.Tests;
 
 public class QuantizerTests
 {
-    private static readonly QuantizationConfig NoReload = new() { Validation = new ValidationOptions { ReloadCheck = false } };
+    private static readonly QuantizationRecipe NoReload = new() { Validation = new ValidationPolicy { ReloadCheck = false } };
+    private static readonly QuantSpec Int8PerChannel = new(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0));
 
     [Fact]
     public void OriginalModelIsBitIdenticalAfterQuantize()
@@ -18,7 +19,7 @@ public class QuantizerTests
         var model = new ConvNet();
         var before = TestData.Snapshot(model);
         var data = TestData.Batches(3, 8, [1, 12, 12]);
-        var result = Quantizer.Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = 16 }, () => new ConvNet(seed: 99), data);
+        var result = Quantizer.Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = 16 }, () => new ConvNet(seed: 99), data);
 
         Assert.NotSame(model, result.Model);
         var after = model.state_dict();
@@ -36,7 +37,7 @@ public class QuantizerTests
         using var scope = NewDisposeScope();
         var model = new Mlp(seed: 1);
         // The factory's model has different random weights; the copy must carry the original's.
-        var result = Quantizer.Quantize(model, QuantizationConfig.Float16(), () => new Mlp(seed: 2));
+        var result = Quantizer.Quantize(model, QuantizationRecipe.Float16(), () => new Mlp(seed: 2));
         var x = torch.randn(4, 64);
         double db = Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)result.Model).call(x));
         Assert.True(db > 60, $"fp16 copy SQNR {db:F1} dB");
@@ -47,12 +48,12 @@ public class QuantizerTests
     {
         using var scope = NewDisposeScope();
         var model = new Mlp();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationConfig()));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationRecipe()));
         Assert.Contains("factory", ex.Message);
         Assert.Contains("inPlace: true", ex.Message);
         Assert.DoesNotContain(ModuleTree.Walk(model), e => e.Module is QuantizedModule);
 
-        var result = Quantizer.Quantize(model, new QuantizationConfig(), inPlace: true);
+        var result = Quantizer.Quantize(model, new QuantizationRecipe(), inPlace: true);
         Assert.Same(model, result.Model);
         Assert.Equal(3, ModuleTree.Walk(model).Count(e => e.Module is QuantizedLinear));
         Assert.Equal(CheckStatus.NotRun, result.Report!.ReloadCheck);
@@ -62,10 +63,10 @@ public class QuantizerTests
     public void FactoryMustBuildTheSameArchitecture()
     {
         using var scope = NewDisposeScope();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(hidden: 128), new QuantizationConfig(), () => new Mlp(hidden: 96)));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(hidden: 128), new QuantizationRecipe(), () => new Mlp(hidden: 96)));
         Assert.Contains("fc1.weight", ex.Message);
         Assert.Contains("same sizes", ex.Message);
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new ConvNet()));
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize<Module>(new Mlp(), new QuantizationRecipe(), () => new ConvNet()));
         Assert.Contains("does not match", ex2.Message);
     }
 
@@ -73,13 +74,13 @@ public class QuantizerTests
     public void ExplicitArgumentsOverrideTheConfig()
     {
         using var scope = NewDisposeScope();
-        var config = QuantizationConfig.Int4WeightOnly(32);
+        var config = QuantizationRecipe.Int4WeightOnly(32);
         var result = Quantizer.Quantize(new Mlp(), config, () => new Mlp(), weights: new QuantSpec(QuantType.Float16));
         Assert.All(result.Layers, l => Assert.Equal(QuantType.Float16, l.Weights.Type));
         var result2 = Quantizer.Quantize(new Mlp(), config, () => new Mlp());
         Assert.All(result2.Layers, l => Assert.Equal(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32)), l.Weights));
-        var result3 = Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp());
-        Assert.All(result3.Layers, l => Assert.Equal(QuantizationConfig.DefaultWeights, l.Weights));
+        var result3 = Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp());
+        Assert.All(result3.Layers, l => Assert.Equal(Int8PerChannel, l.Weights));
     }
 
     [Fact]
@@ -88,23 +89,22 @@ public class QuantizerTests
         using var scope = NewDisposeScope();
         var model = new ConvNet();
         var int4 = new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16));
-        var config = new QuantizationConfig
+        var config = QuantizationRecipe.ForWeights(int4) with
         {
-            Weights = int4,
-            Overrides = [new("features.0", QuantizationConfig.DefaultWeights), new("classif*", QuantizationConfig.DefaultWeights)],
+            Overrides = [new("features.0", QuantType.Int8), new("classif*", QuantType.Int8)],
             Validation = NoReload.Validation,
         };
         var r = Quantizer.Quantize(model, config, () => new ConvNet());
         Assert.Equal(["features.0", "features.2", "classifier"], r.Layers.Select(l => l.Name));
-        Assert.Equal(QuantizationConfig.DefaultWeights, r.Layers[0].Weights);
+        Assert.Equal(Int8PerChannel, r.Layers[0].Weights);
         Assert.Equal(int4, r.Layers[1].Weights);
-        Assert.Equal(QuantizationConfig.DefaultWeights, r.Layers[2].Weights);
+        Assert.Equal(Int8PerChannel, r.Layers[2].Weights);
 
         // Only Conv2d layers.
-        var byType = Quantizer.Quantize(model, NoReload with { IncludeTypes = [typeof(TorchSharp.Modules.Conv2d)] }, () => new ConvNet());
+        var byType = Quantizer.Quantize(model, NoReload with { ModuleTypes = ["Conv2d"] }, () => new ConvNet());
         Assert.Equal(["features.0", "features.2"], byType.Layers.Select(l => l.Name));
-        Assert.Contains(byType.Skipped, s => s.Name == "classifier" && s.Reason.Contains("IncludeTypes"));
-        var exType = Quantizer.Quantize(model, NoReload with { ExcludeTypes = [typeof(TorchSharp.Modules.Linear)] }, () => new ConvNet());
+        Assert.Contains(byType.Skipped, s => s.Name == "classifier" && s.Reason.Contains("ModuleTypes"));
+        var exType = Quantizer.Quantize(model, NoReload with { ExcludeModuleTypes = ["Linear"] }, () => new ConvNet());
         Assert.Equal(["features.0", "features.2"], exType.Layers.Select(l => l.Name));
 
         // Glob include with ?, and exclude wins over both include and override.
@@ -112,7 +112,7 @@ public class QuantizerTests
         {
             Include = ["features.?"],
             Exclude = ["*.2"],
-            Overrides = [new("features.2", int4)],
+            Overrides = [RecipeOverride.Of("features.2", int4)],
         }, () => new ConvNet());
         Assert.Equal(["features.0"], glob.Layers.Select(l => l.Name));
         Assert.Contains(glob.Skipped, s => s.Name == "features.2" && s.Reason.Contains("excluded by pattern '*.2'"));
@@ -169,11 +169,11 @@ public class QuantizerTests
     {
         using var scope = NewDisposeScope();
         var model = new Mlp();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationConfig { Exclude = ["fc4"] }, () => new Mlp()));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationRecipe { Exclude = ["fc4"] }, () => new Mlp()));
         Assert.Contains("'fc4'", ex.Message);
         Assert.Contains("fc1", ex.Message);
         var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model,
-            new QuantizationConfig { Overrides = [new("classifer", QuantizationConfig.DefaultWeights)] }, () => new Mlp()));
+            new QuantizationRecipe { Overrides = [new("classifer", QuantType.Int8)] }, () => new Mlp()));
         Assert.Contains("Overrides pattern 'classifer'", ex2.Message);
     }
 
@@ -181,11 +181,11 @@ public class QuantizerTests
     public void NoQuantizableLayerIsAClearError()
     {
         using var scope = NewDisposeScope();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new NoLinearNet(), new QuantizationConfig(), () => new NoLinearNet()));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new NoLinearNet(), new QuantizationRecipe(), () => new NoLinearNet()));
         Assert.Contains("Nothing to quantize", ex.Message);
         Assert.Contains("Scale", ex.Message);
         // Everything excluded is the same situation.
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig { Exclude = ["*"] }, () => new Mlp()));
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe { Exclude = ["*"] }, () => new Mlp()));
         Assert.Contains("excluded by pattern '*'", ex2.Message);
     }
 
@@ -194,21 +194,39 @@ public class QuantizerTests
     {
         using var scope = NewDisposeScope();
         Assert.Contains("int8 or uint8", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
-            new QuantizationConfig { Activations = new QuantSpec(QuantType.Int4) }, () => new Mlp(), TestData.Batches(1, 2, [64]))).Message);
+            new QuantizationRecipe { Activations = new QuantSpec(QuantType.Int4) }, () => new Mlp(), TestData.Batches(1, 2, [64]))).Message);
         Assert.Contains("calibration data", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
-            QuantizationConfig.Int8Static(), () => new Mlp())).Message);
+            QuantizationRecipe.Int8Static(), () => new Mlp())).Message);
         Assert.Contains("CalibrationSamples", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
-            new QuantizationConfig(), () => new Mlp(), calibrationSamples: 0)).Message);
+            new QuantizationRecipe(), () => new Mlp(), calibrationSamples: 0)).Message);
     }
 
     [Fact]
-    public void GroupSizeThatDoesNotFitSkipsThatLayerWithReason()
+    public void GroupSizeThatDoesNotFitFallsBackPerLayerOrIsRefusedWhenStrict()
     {
         using var scope = NewDisposeScope();
-        // features.0 has a 1*3*3 = 9 reduction: group 16 cannot apply, so it is listed, and the rest (144, 512) is quantized.
-        var r = Quantizer.Quantize(new ConvNet(), NoReload, () => new ConvNet(), weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16)));
-        Assert.Equal(["features.2", "classifier"], r.Layers.Select(l => l.Name));
-        Assert.Contains("does not divide the reduction length 9", r.Skipped.Single(s => s.Name == "features.0").Reason);
+        // features.0 has a 1*3*3 = 9 reduction: group 16 cannot apply and 9 is odd, so it falls back to int8 per-channel;
+        // the rest (144, 512) keeps group 16. The fallback is a warning and is in the report.
+        var int4 = new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16));
+        var r = Quantizer.Quantize(new ConvNet(), NoReload, () => new ConvNet(), weights: int4);
+        Assert.Equal(["features.0", "features.2", "classifier"], r.Layers.Select(l => l.Name));
+        Assert.Equal(Int8PerChannel, r.Layers[0].Weights);
+        Assert.Equal(int4, r.Layers[1].Weights);
+        var warning = Assert.Single(r.Warnings);
+        Assert.Contains("'features.0.weight'", warning);
+        Assert.Contains("group size 16 does not divide the reduction length 9", warning);
+        Assert.Equal([warning], r.Report!.Fallbacks);
+        Assert.Contains("fallback 'features.0.weight'", r.Report.ToString());
+
+        // A reduction of 144 at group 32: the largest even divisor in [16, 32] is 24.
+        var g32 = Quantizer.Quantize(new ConvNet(), NoReload with { Overrides = [new("features.0", QuantType.Int8)] }, () => new ConvNet(),
+            weights: int4 with { Granularity = new PerGroup(32) });
+        Assert.Equal(new PerGroup(24), g32.Layers[1].Weights.Granularity);
+        Assert.Equal(new PerGroup(32), g32.Layers[2].Weights.Granularity);
+
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ConvNet(), NoReload with { StrictGroupSize = true }, () => new ConvNet(), weights: int4));
+        Assert.Contains("features.0.weight", ex.Message);
+        Assert.Contains("StrictGroupSize", ex.Message);
     }
 
     [Theory]
@@ -220,11 +238,11 @@ public class QuantizerTests
         // Realistic sizes: an MLP 784 -> 1024 -> 1024 -> 10 (~1.9M parameters).
         Func<Module> make = () => new Mlp(784, 1024, 10);
         var model = make();
-        var config = kind == "int8" ? QuantizationConfig.Int8WeightOnly() : QuantizationConfig.Int4WeightOnly(128);
-        // 784 = 128 * 6.125: group 128 does not divide it, so the first layer uses group 112 (784 = 7 * 112).
+        var config = kind == "int8" ? QuantizationRecipe.Int8WeightOnly() : QuantizationRecipe.Int4WeightOnly(128);
+        // 784 = 128 * 6.125: group 128 does not divide it, so the first layer falls back to group 112 (784 = 7 * 112).
         config = config with { Validation = NoReload.Validation };
-        if (kind != "int8") config = config with { Overrides = [new("fc1", new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(112)))] };
         var r = Quantizer.Quantize(model, config, make);
+        if (kind != "int8") Assert.Equal(new PerGroup(112), r.Layers[0].Weights.Granularity);
         long floatBytes = ModelMemory.Bytes(model);
         long quantBytes = ModelMemory.Bytes(r.Model);
         Assert.Equal(floatBytes, r.Report!.FloatBytes);
@@ -241,7 +259,7 @@ public class QuantizerTests
     {
         using var scope = NewDisposeScope();
         var data = TestData.Batches(2, 16, [64]);
-        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { CalibrationSamples = 32 }, () => new Mlp(), data);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { CalibrationSamples = 32 }, () => new Mlp(), data);
         var report = r.Report!;
         Assert.True(report.Passed, string.Join("; ", report.Failures));
         Assert.Equal(3, report.Layers.Count);
@@ -269,13 +287,12 @@ public class QuantizerTests
     public void ValidationFailureModes()
     {
         using var scope = NewDisposeScope();
-        var strict = new QuantizationConfig
+        var strict = QuantizationRecipe.ForWeights(new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0))) with
         {
-            Weights = new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0)),
-            Validation = new ValidationOptions { MinWeightSqnrDb = 40, ReloadCheck = false },
+            Validation = new ValidationPolicy { SqnrThresholdsDb = new Dictionary<QuantType, double> { [QuantType.Int4] = 40 }, ReloadCheck = false },
         };
         var ex = Assert.Throws<QuantizationValidationException>(() => Quantizer.Quantize(new Mlp(), strict, () => new Mlp()));
-        Assert.Contains("below the bound 40", ex.Message);
+        Assert.Contains("below the int4 threshold 40", ex.Message);
         Assert.False(ex.Report.Passed);
         var warned = Quantizer.Quantize(new Mlp(), strict, () => new Mlp(), onFailure: ValidationFailureMode.Warn);
         Assert.Equal(3, warned.Warnings.Count);
@@ -292,15 +309,20 @@ public class QuantizerConfigTests
     {
         using var scope = NewDisposeScope();
         // prim's QuantSpec.Validate: reduce-range is for 8-bit types only.
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp(),
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp(),
             weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32), reduceRange: true)));
         Assert.StartsWith("Weights: ReduceRange applies to 8-bit types only", ex.Message);
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationConfig
+        // Per-channel along the input axis is a valid spec, but layers are quantized per output channel: fc1 stays float, saying why.
+        var r = Quantizer.Quantize(new Mlp(), new QuantizationRecipe
         {
-            Overrides = [new("fc1", new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(1)))],
+            Overrides = [new("fc1", Granularity: new PerAxis(1))],
+        }, () => new Mlp());
+        Assert.Contains("axis 0", r.Skipped.Single(s => s.Name == "fc1").Reason);
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe
+        {
+            Overrides = [new("fc1", QuantType.Int4, ReduceRange: true)],
         }, () => new Mlp()));
         Assert.Contains("Overrides['fc1']", ex2.Message);
-        Assert.Contains("axis 0", ex2.Message);
     }
 }
 
@@ -320,7 +342,7 @@ public class QuantizerSelectionEdgeTests
     public void TypedContainersKeepTheirModulesWithQuantizedWeights()
     {
         using var scope = NewDisposeScope();
-        var r = Quantizer.Quantize(new TypedListNet(), new QuantizationConfig(), () => new TypedListNet());
+        var r = Quantizer.Quantize(new TypedListNet(), new QuantizationRecipe(), () => new TypedListNet());
         Assert.Equal(["layers.0", "head"], r.Layers.Select(l => l.Name));
         Assert.IsType<TorchSharp.Modules.Linear>(ModuleTree.Walk(r.Model).Single(e => e.Name == "layers.0").Module);
         Assert.Equal(ScalarType.Int8, r.Model.state_dict()["layers.0.weight"].dtype);
@@ -331,7 +353,7 @@ public class QuantizerSelectionEdgeTests
     {
         using var scope = NewDisposeScope();
         var data = TestData.Batches(3, 8, [64]);
-        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int4WeightOnly(32), () => new Mlp(), data);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int4WeightOnly(32), () => new Mlp(), data);
         Assert.Equal(8, r.CalibrationSamples);
         Assert.All(r.Layers, l => Assert.Null(l.Input));
         Assert.NotNull(r.Report!.ModelOutputSqnrDb);

@@ -31,25 +31,25 @@ public sealed class ReadmeExampleTests : IDisposable
         }
     }
 
-    private static QuantizationResult QuantizeMyNet(MyNet model, IEnumerable<(Tensor Input, Tensor Target)> trainBatches, string path)
+    private static QuantizationResult<MyNet> QuantizeMyNet(MyNet model, IEnumerable<(Tensor Input, Tensor Target)> trainBatches, string path)
     {
-        // int4 weights in groups of 32 along in*kh*kw (288 for conv2), but the first conv (1*3*3 = 9) and the classifier
-        // in int8 per channel. A layer whose reduction length the group size does not divide is skipped and listed.
-        var config = QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+        // int4 weights in groups of 32 along in*kh*kw (288 for conv2); the first conv (1*3*3 = 9 inputs per filter) and
+        // the classifier int8 (per channel, int8's default). Patterns name parameters (conv1.weight) or their module (conv1).
+        var recipe = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with
         {
-            Overrides = [new("conv1", QuantizationConfig.DefaultWeights), new("fc", QuantizationConfig.DefaultWeights)],
+            Overrides = [new("conv1", QuantType.Int8), new("fc.weight", QuantType.Int8)],
         };
-        var result = Quantizer.Quantize(model, config,
+        var result = Quantizer.Quantize(model, recipe,
             factory: () => new MyNet(),                                 // builds the copy; `model` stays untouched
             calibrationData: CalibrationData.FromPairs(trainBatches),   // first batch feeds the validation report
             progress: new Progress<CalibrationProgress>(p => Console.WriteLine($"{p.Samples}/{p.TargetSamples}")));
         Console.WriteLine(result.Report);                               // per-layer SQNR, sizes, reload and range checks
-        Quantizer.Save(result.Model, path);                             // safetensors quantized checkpoint
+        Quantizer.Save(result.Model, path);                             // the one quantized file form (docs/FORMAT.md)
+        recipe.Save(Path.ChangeExtension(path, ".recipe.json"));        // `quantsharp quantize --config` makes the same file
         return result;
     }
 
-    private static Module<Tensor, Tensor> LoadMyNet(string path) =>
-        (Module<Tensor, Tensor>)Quantizer.Load(() => new MyNet(), path);
+    private static MyNet LoadMyNet(string path) => Quantizer.Load(() => new MyNet(), path);
     // --- README example ends ---
 
     [Fact]
@@ -66,7 +66,8 @@ public sealed class ReadmeExampleTests : IDisposable
         Assert.Equal(QuantType.Int4, result.Layers[1].Weights.Type);
         var x = torch.randn(4, 1, 28, 28);
         var reloaded = LoadMyNet(path);
-        Assert.True(Modules.TestData.BitEqual(((Module<Tensor, Tensor>)result.Model).call(x), reloaded.call(x)));
+        Assert.True(Modules.TestData.BitEqual(result.Model.call(x), reloaded.call(x)));
+        Assert.Equal(result.Recipe.ToJson(), QuantizationRecipe.Load(Path.ChangeExtension(path, ".recipe.json")).ToJson());
         Assert.True(QuantSharp.Validation.Metrics.Sqnr(model.call(x), reloaded.call(x)) > 15);
     }
 }

@@ -36,6 +36,11 @@ internal static class DemoCommand
         };
         var limit = new Option<int?>("--limit") { Description = "Evaluate on at most this many images (default: all)." };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON (for machines) instead of a table." };
+        var save = new Option<string?>("--save")
+        {
+            Description = "Write each variant to DIR as VARIANT.safetensors (Quantizer.Save, docs/FORMAT.md) and VARIANT.recipe.json " +
+                          "(its recipe: 'quantsharp quantize MODEL OUT --config DIR/VARIANT.recipe.json' makes the same file).",
+        };
 
         var cmd = new Command("demo",
             "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration) and print " +
@@ -47,6 +52,7 @@ internal static class DemoCommand
         cmd.Options.Add(calibration);
         cmd.Options.Add(limit);
         cmd.Options.Add(json);
+        cmd.Options.Add(save);
         cmd.Subcommands.Add(DemoMiniLMCommand.Create());
         cmd.SetAction(parseResult =>
         {
@@ -57,6 +63,7 @@ internal static class DemoCommand
                 ModelPath = parseResult.GetValue(model),
                 CalibrationImages = parseResult.GetValue(calibration),
                 Limit = parseResult.GetValue(limit),
+                SaveDirectory = parseResult.GetValue(save),
             };
             bool asJson = parseResult.GetValue(json);
             // A bar for calibration runs above 50 samples, on an interactive terminal (not in --json or logs).
@@ -69,7 +76,7 @@ internal static class DemoCommand
                 report = DemoRunner.Run(options, DemoVariants.All,
                     asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException)
+            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException)
             {
                 parseResult.InvocationConfiguration.Error.WriteLine($"demo: {e.Message}");
                 return 1;

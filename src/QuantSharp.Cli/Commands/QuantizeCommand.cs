@@ -17,8 +17,9 @@ internal static class QuantizeCommand
         var observer = new Option<string?>("--observer") { Description = "Range observer: minmax (default, streamed), percentile, histogram, moving-average (these read each tensor whole)." };
         var include = new Option<string[]>("--include") { Description = "Quantize only tensors whose name matches this glob (repeatable; replaces the default *.weight rule)." };
         var exclude = new Option<string[]>("--exclude") { Description = "Never quantize tensors whose name matches this glob (repeatable; wins over --include)." };
-        var minElements = new Option<long?>("--min-elements") { Description = "Smallest tensor (elements) the default rule quantizes (default 1024)." };
-        var config = new Option<string?>("--config") { Description = "JSON configuration file (see docs/FORMAT.md); options given here win over it." };
+        var minElements = new Option<long?>("--min-elements") { Description = "Smallest tensor (elements) the default rule quantizes (default 0: every *.weight of rank 2+)." };
+        var strictGroups = new Option<bool>("--strict-group-size") { Description = "Refuse a tensor whose reduction length the group size does not divide (default: fall back per tensor, see docs/FORMAT.md)." };
+        var config = new Option<string?>("--config") { Description = "Recipe file (JSON, docs/FORMAT.md \"Recipe\"; e.g. written by 'demo --save'); options given here win over it." };
         var onFailure = new Option<string?>("--on-failure") { Description = "error | warn | ignore: what to do when validation fails (default error: nothing is written)." };
         var noValidate = new Option<bool>("--no-validate") { Description = "Skip validation (SQNR, reload and range tests)." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
@@ -26,29 +27,33 @@ internal static class QuantizeCommand
         var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/float16/bfloat16, then validate it.");
         cmd.Arguments.Add(input);
         cmd.Arguments.Add(output);
-        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, config, onFailure, noValidate, json })
+        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, config, onFailure, noValidate, json })
             cmd.Options.Add(o);
 
         cmd.SetAction(parseResult =>
         {
-            CheckpointQuantizationSettings settings;
+            QuantizationRecipe recipe;
             try
             {
-                var cli = new CheckpointQuantizationSettings
+                // Precedence: options given here > the recipe file > the recipe defaults.
+                recipe = parseResult.GetValue(config) is { } path ? QuantizationRecipe.Load(path) : new QuantizationRecipe();
+                if (parseResult.GetValue(qtype) is { } t)
                 {
-                    Type = parseResult.GetValue(qtype) is { } t ? QuantTypeInfo.Parse(t) : null,
-                    Scheme = parseResult.GetValue(scheme) is { } s ? CheckpointQuantizationSettings.ParseScheme(s) : null,
-                    Granularity = parseResult.GetValue(granularity) is { } g ? Granularity.Parse(g) : null,
-                    Observer = parseResult.GetValue(observer),
-                    Include = parseResult.GetValue(include) is { Length: > 0 } inc ? inc : null,
-                    Exclude = parseResult.GetValue(exclude) is { Length: > 0 } exc ? exc : null,
-                    MinElements = parseResult.GetValue(minElements),
-                    OnFailure = parseResult.GetValue(onFailure) is { } f ? CheckpointQuantizationSettings.ParsePolicy(f) : null,
-                    Validate = parseResult.GetValue(noValidate) ? false : null,
-                };
-                var file = parseResult.GetValue(config) is { } path ? CheckpointQuantizationSettings.Load(path) : null;
-                settings = cli.Over(file);
-                _ = settings.Resolve();
+                    var type = QuantTypeInfo.Parse(t);
+                    // A new bit width without --granularity takes its own default (int8: per-channel, int4: group:128).
+                    recipe = recipe with { Type = type, Granularity = type.Bits() == recipe.Type.Bits() ? recipe.Granularity : null };
+                }
+                if (parseResult.GetValue(scheme) is { } s) recipe = recipe with { Scheme = QuantizationRecipe.ParseScheme(s) };
+                if (parseResult.GetValue(granularity) is { } g) recipe = recipe with { Granularity = Granularity.Parse(g) };
+                if (parseResult.GetValue(observer) is { } o) recipe = recipe with { WeightObserver = o };
+                if (parseResult.GetValue(include) is { Length: > 0 } inc) recipe = recipe with { Include = inc };
+                if (parseResult.GetValue(exclude) is { Length: > 0 } exc) recipe = recipe with { Exclude = exc };
+                if (parseResult.GetValue(minElements) is { } m) recipe = recipe with { MinElements = m };
+                if (parseResult.GetValue(strictGroups)) recipe = recipe with { StrictGroupSize = true };
+                if (parseResult.GetValue(onFailure) is { } f)
+                    recipe = recipe with { Validation = recipe.Validation with { OnFailure = QuantizationRecipe.ParseOnFailure(f) } };
+                if (parseResult.GetValue(noValidate)) recipe = recipe with { Validation = recipe.Validation with { Enabled = false } };
+                recipe.Validate();
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidDataException or FileNotFoundException)
             {
@@ -61,8 +66,8 @@ internal static class QuantizeCommand
             try
             {
                 report = asJson
-                    ? CheckpointQuantizer.Quantize(inPath, outPath, settings)
-                    : CheckpointConsole.WithProgress(parseResult, "Quantizing", p => CheckpointQuantizer.Quantize(inPath, outPath, settings, p));
+                    ? CheckpointQuantizer.Quantize(inPath, outPath, recipe)
+                    : CheckpointConsole.WithProgress(parseResult, "Quantizing", p => CheckpointQuantizer.Quantize(inPath, outPath, recipe, p));
             }
             catch (CheckpointValidationException ex)
             {
@@ -93,6 +98,7 @@ internal static class QuantizeCommand
             $"{q} tensors quantized, {r.Tensors.Count - q} copied; tensors {CheckpointConsole.Bytes(r.OriginalTensorBytes)} -> {CheckpointConsole.Bytes(r.StoredTensorBytes)} " +
             $"({r.Ratio.ToString("0.00", CultureInfo.InvariantCulture)}x smaller); lowest SQNR {CheckpointConsole.Db(min)} dB; " +
             $"{r.Elapsed.TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s."));
+        foreach (var w in r.Warnings) console.MarkupLine("[yellow]" + Markup.Escape("warning: " + w) + "[/]");
         CheckpointConsole.WriteProblems(console, r.Problems, asWarnings: r.Written);
         if (r.Written)
             console.MarkupLine(Markup.Escape($"Wrote {r.Output} ({CheckpointConsole.Bytes(r.OutputFileBytes)})" +

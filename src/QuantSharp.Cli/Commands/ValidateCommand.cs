@@ -13,7 +13,7 @@ internal static class ValidateCommand
         var original = new Argument<string>("ORIGINAL") { Description = "The original checkpoint (file or folder)." };
         var quantized = new Argument<string>("QUANTIZED") { Description = "The quantized checkpoint (file or folder)." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
-        var config = new Option<string?>("--config") { Description = "JSON configuration file whose sqnr_thresholds_db apply." };
+        var config = new Option<string?>("--config") { Description = "Recipe file (JSON) whose validation.sqnr_thresholds_db apply." };
         var cmd = new Command("validate", "Compare a quantized checkpoint with its original: per-tensor SQNR against thresholds, range checks, sizes; unquantized tensors must be bit-exact. Exit code 1 when a check fails.");
         cmd.Arguments.Add(original);
         cmd.Arguments.Add(quantized);
@@ -21,10 +21,10 @@ internal static class ValidateCommand
         cmd.Options.Add(json);
         cmd.SetAction(parseResult =>
         {
-            IReadOnlyDictionary<QuantType, double>? thresholds = null;
+            ValidationPolicy? thresholds = null;
             try
             {
-                if (parseResult.GetValue(config) is { } path) thresholds = CheckpointQuantizationSettings.Load(path).SqnrThresholdsDb;
+                if (parseResult.GetValue(config) is { } path) thresholds = QuantizationRecipe.Load(path).Validation;
             }
             catch (Exception ex) when (ex is InvalidDataException or FileNotFoundException)
             {

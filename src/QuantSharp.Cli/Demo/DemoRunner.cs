@@ -39,6 +39,10 @@ internal sealed record DemoOptions
 
     /// <summary>Receives calibration progress (the CLI draws a bar above 50 samples); null for none.</summary>
     public IProgress<CalibrationProgress>? CalibrationProgress { get; init; }
+
+    /// <summary>Folder to write each variant to (<c>NAME.safetensors</c> through <see cref="Quantizer.Save"/> and
+    /// <c>NAME.recipe.json</c>); null: nothing is written.</summary>
+    public string? SaveDirectory { get; init; }
 }
 
 /// <summary>One row of the demo's result.</summary>
@@ -75,9 +79,10 @@ internal sealed record DemoVariant(string Name, string Description, Func<MnistNe
 
 /// <summary>A built variant.</summary>
 /// <param name="Model">The quantized model (the demo disposes it).</param>
+/// <param name="Recipe">The recipe it was quantized with.</param>
 /// <param name="MinWeightSqnrDb">Lowest per-layer weight SQNR of the quantizer's validation report, if any.</param>
 /// <param name="Warnings">Validation warnings of the quantizer.</param>
-internal sealed record DemoBuilt(Module<Tensor, Tensor> Model, double? MinWeightSqnrDb, IReadOnlyList<string> Warnings);
+internal sealed record DemoBuilt(Module<Tensor, Tensor> Model, QuantizationRecipe Recipe, double? MinWeightSqnrDb, IReadOnlyList<string> Warnings);
 
 /// <summary>Loads the demo model and data, builds each variant, evaluates it.</summary>
 internal static class DemoRunner
@@ -171,6 +176,14 @@ internal static class DemoRunner
                 var built = variant.Build(model, calibration.Images, options.CalibrationProgress);
                 using var quantized = built.Model;
                 quantized.eval();
+                if (options.SaveDirectory is { } dir)
+                {
+                    // The one file form, written through Quantizer.Save, with the recipe that made it (for quantsharp quantize --config).
+                    Directory.CreateDirectory(dir);
+                    Quantizer.Save(quantized, Path.Combine(dir, variant.Name + ".safetensors"));
+                    built.Recipe.Save(Path.Combine(dir, variant.Name + ".recipe.json"));
+                    progress?.Invoke($"{variant.Name}: saved {Path.Combine(dir, variant.Name + ".safetensors")} and {variant.Name}.recipe.json");
+                }
                 using var logits = Logits(quantized, eval);
                 var r = new DemoVariantResult(variant.Name, variant.Description, Correct(logits, eval.Labels), eval.Count,
                     ModelBytes(quantized), floatBytes, Sqnr(floatLogits, logits), built.MinWeightSqnrDb, clock.Elapsed.TotalSeconds,

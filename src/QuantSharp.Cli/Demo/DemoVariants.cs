@@ -12,27 +12,21 @@ internal static class DemoVariants
     /// <summary>Calibration batch size (images per forward pass).</summary>
     private const int CalibrationBatch = 64;
 
-    private static readonly QuantSpec Int8PerChannel = QuantizationConfig.DefaultWeights;
-
     /// <summary>float16, int8 per-channel, int4 group-32 and W8A8 (calibrated), in that order.</summary>
     public static IReadOnlyList<DemoVariant> All { get; } =
     [
         new("float16", "float16 weights, all four layers",
-            (model, _, _) => Quantize(model, QuantizationConfig.Float16(), null, null)),
+            (model, _, _) => Quantize(model, QuantizationRecipe.Float16(), null, null)),
         new("int8-per-channel", "int8 symmetric weights, one scale per output channel, all four layers",
-            (model, _, _) => Quantize(model, QuantizationConfig.Int8WeightOnly(), null, null)),
+            (model, _, _) => Quantize(model, QuantizationRecipe.Int8WeightOnly(), null, null)),
         new("int4-group32", "int4 symmetric weights in groups of 32 (fc1, fc2); conv2 groups of 16 (144 inputs per filter); " +
                             "conv1 int8 per-channel (9 inputs per filter)",
-            (model, _, _) => Quantize(model, QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+            (model, _, _) => Quantize(model, QuantizationRecipe.Int4WeightOnly(groupSize: 32) with
             {
-                Overrides =
-                [
-                    new("conv1", Int8PerChannel),
-                    new("conv2", new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(16))),
-                ],
+                Overrides = [new("conv1", QuantType.Int8), new("conv2", Granularity: new PerGroup(16))],
             }, null, null)),
         new("w8a8", "int8 per-channel weights + uint8 affine per-tensor inputs of every layer, min/max calibrated",
-            (model, calibration, progress) => Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = (int)calibration.shape[0] },
+            (model, calibration, progress) => Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = (int)calibration.shape[0] },
                 Batches(calibration), progress)),
     ];
 
@@ -42,10 +36,10 @@ internal static class DemoVariants
             yield return images.narrow(0, start, Math.Min(CalibrationBatch, images.shape[0] - start));
     }
 
-    private static DemoBuilt Quantize(MnistNet model, QuantizationConfig config, IEnumerable<Tensor>? calibration,
+    private static DemoBuilt Quantize(MnistNet model, QuantizationRecipe recipe, IEnumerable<Tensor>? calibration,
         IProgress<CalibrationProgress>? progress)
     {
-        var result = Quantizer.Quantize(model, config, factory: () => new MnistNet(), calibrationData: calibration,
+        var result = Quantizer.Quantize(model, recipe, factory: () => new MnistNet(), calibrationData: calibration,
             onFailure: ValidationFailureMode.Warn, progress: progress);
         if (result.Skipped.Count > 0)
         {
@@ -54,6 +48,6 @@ internal static class DemoVariants
                 string.Join("; ", result.Skipped.Select(s => $"{s.Name}: {s.Reason}")));
         }
         double? minWeightSqnr = result.Report is { Layers.Count: > 0 } r ? r.Layers.Min(l => l.WeightSqnrDb) : null;
-        return new DemoBuilt((Module<Tensor, Tensor>)result.Model, minWeightSqnr, result.Warnings);
+        return new DemoBuilt(result.Model, result.Recipe, minWeightSqnr, result.Warnings);
     }
 }

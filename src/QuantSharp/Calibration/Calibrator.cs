@@ -27,12 +27,13 @@ internal sealed class LayerObservers(IRangeObserver? input, IRangeObserver outpu
 /// </summary>
 internal sealed class Calibrator : IDisposable
 {
-    private readonly nn.Module<Tensor, Tensor> _model;
+    private readonly nn.Module _model;
+    private Tensor? _firstInput;
     private readonly IReadOnlyList<ModuleEntry> _layers;
     private readonly Dictionary<string, LayerObservers> _observers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Tensor> _firstOutputs = new(StringComparer.Ordinal);
 
-    public Calibrator(nn.Module<Tensor, Tensor> model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
+    public Calibrator(nn.Module model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
     {
         _model = model;
         _layers = layers;
@@ -45,8 +46,8 @@ internal sealed class Calibrator : IDisposable
 
     public IReadOnlyDictionary<string, LayerObservers> Observers => _observers;
 
-    /// <summary>The first batch (a clone), or null before <see cref="Run"/>.</summary>
-    public Tensor? FirstBatch { get; private set; }
+    /// <summary>The first batch (over a clone of a single-tensor input), or null before <see cref="Run"/>.</summary>
+    public CalibrationBatch? FirstBatch { get; private set; }
 
     /// <summary>The model's output for the first batch.</summary>
     public Tensor? FirstModelOutput { get; private set; }
@@ -58,7 +59,7 @@ internal sealed class Calibrator : IDisposable
     public int Batches { get; private set; }
 
     /// <summary>Runs batches until at least <paramref name="targetSamples"/> samples have been seen.</summary>
-    public void Run(IEnumerable<Tensor> data, long targetSamples, IProgress<CalibrationProgress>? progress, bool observe = true)
+    public void Run(IEnumerable<CalibrationBatch> data, long targetSamples, IProgress<CalibrationProgress>? progress, bool observe = true)
     {
         ArgumentNullException.ThrowIfNull(data);
         var stack = new List<(string Name, nn.Module Module, long[] Shape)>();
@@ -67,7 +68,7 @@ internal sealed class Calibrator : IDisposable
         try
         {
             // Pre/post hooks on every module, to name the layer in which a bad input fails.
-            var all = ModuleTree.Walk(_model).Select(e => (e.Name, e.Module)).Prepend(("(model)", (nn.Module)_model));
+            var all = ModuleTree.Walk(_model).Select(e => (e.Name, e.Module)).Prepend(("(model)", _model));
             var selected = _layers.ToDictionary(e => (object)e.Module, e => e.Name, ReferenceEqualityComparer.Instance);
             foreach (var (name, module) in all)
             {
@@ -99,16 +100,16 @@ internal sealed class Calibrator : IDisposable
             using var noGrad = no_grad();
             foreach (var batch in data)
             {
-                if (batch is null || batch.IsInvalid)
+                if (batch is null || batch.Input is { IsInvalid: true })
                     throw new ArgumentException($"Calibration batch {Batches + 1} is null or disposed.");
-                long n = batch.dim() == 0 ? 1 : batch.shape[0];
+                long n = batch.Samples;
                 using (var scope = NewDisposeScope())
                 {
                     stack.Clear();
                     Tensor y;
                     try
                     {
-                        y = _model.call(batch);
+                        y = batch.Run(_model);
                     }
                     catch (Exception e) when (e is ExternalException or ArgumentException or InvalidOperationException or IndexOutOfRangeException)
                     {
@@ -116,7 +117,13 @@ internal sealed class Calibrator : IDisposable
                     }
                     if (firstBatch)
                     {
-                        FirstBatch = batch.detach().clone().DetachFromDisposeScope();
+                        if (batch.Input is { } input)
+                        {
+                            // The caller may dispose its tensors after yielding them: validation runs on a copy.
+                            _firstInput = input.detach().clone().DetachFromDisposeScope();
+                            FirstBatch = CalibrationBatch.Of(_firstInput);
+                        }
+                        else FirstBatch = batch;
                         FirstModelOutput = y.detach().clone().DetachFromDisposeScope();
                     }
                 }
@@ -141,7 +148,7 @@ internal sealed class Calibrator : IDisposable
                 "change the model's forward, or exclude these layers.");
     }
 
-    private static Exception Failure(Exception e, List<(string Name, nn.Module Module, long[] Shape)> stack, Tensor batch)
+    private static Exception Failure(Exception e, List<(string Name, nn.Module Module, long[] Shape)> stack, CalibrationBatch batch)
     {
         string where = "";
         if (stack.Count > 0)
@@ -150,7 +157,7 @@ internal sealed class Calibrator : IDisposable
             where = $" in layer '{name}' ({module.GetType().Name}{Expectation(module)}), whose input had shape [{string.Join(", ", shape)}]";
         }
         return new ArgumentException(
-            $"Running calibration data through the model failed{where}; the batch had shape [{string.Join(", ", batch.shape)}] and dtype {batch.dtype}. " +
+            $"Running calibration data through the model failed{where}; the batch was {batch.Description}. " +
             $"Check that the data matches the model's input. libtorch said: {QuantizedModule.FirstLine(e.Message)}", e);
     }
 
@@ -163,7 +170,7 @@ internal sealed class Calibrator : IDisposable
 
     public void Dispose()
     {
-        FirstBatch?.Dispose();
+        _firstInput?.Dispose();
         FirstModelOutput?.Dispose();
         foreach (var t in _firstOutputs.Values) t.Dispose();
         _firstOutputs.Clear();

@@ -90,12 +90,9 @@ internal static class ModuleQuantization
         {
             var p = QuantizedModules.Parameter(module, name)!;
             floatBytes += p.numel() * p.element_size();
-            var w = tied.GetOrQuantize(p, spec);
-            using (var scope = NewDisposeScope())
-            {
-                double s = Metrics.Sqnr(p, w.Dequantize());
-                if (double.IsNaN(s) || s < sqnr) sqnr = s;
-            }
+            var w = tied.GetOrQuantize(p, spec, plan.Entry.Name + "." + name);
+            double s = w.SqnrDb ?? Pipeline.WeightQuantization.Sqnr(p, w);
+            if (double.IsNaN(s) || s < sqnr) sqnr = s;
             weights.Add((name, w));
         }
         // The module's other own parameters (a bias) stay as they are.
@@ -136,16 +133,21 @@ internal static class ModuleQuantization
 }
 
 /// <summary>Quantized weights by the float storage they came from, so that a weight tied between two layers is quantized once and stays shared.</summary>
-internal sealed class TiedWeights
+/// <param name="observer">The recipe's weight observer (<see cref="QuantizationRecipe.WeightObserver"/>).</param>
+/// <param name="measure">Record each weight's SQNR (validation on), as the checkpoint path records it in the file.</param>
+internal sealed class TiedWeights(string observer = "minmax", bool measure = true)
 {
     private readonly Dictionary<(nint, long, ScalarType), QuantizedWeight> _byStorage = [];
 
     /// <summary>The weight already quantized from <paramref name="parameter"/>'s storage, or a new one.</summary>
-    public QuantizedWeight GetOrQuantize(Tensor parameter, QuantSpec spec)
+    public QuantizedWeight GetOrQuantize(Tensor parameter, QuantSpec spec, string name)
     {
         var key = ModuleQuantization.StorageKey(parameter);
         if (key is { } k && _byStorage.TryGetValue(k, out var existing)) return existing;
-        var w = QuantizedWeight.Quantize(parameter, spec);
+        // The shared quantize stage (same observer and storage view as the checkpoint path).
+        var w = QuantizedWeight.FromCanonical(Pipeline.WeightQuantization.Quantize(parameter, spec, observer, name), parameter.shape, parameter.dtype);
+        w.Observer = spec.Type.IsInteger() ? QuantizationRecipe.NormalizeObserver(observer) : null;
+        if (measure) w.SqnrDb = Pipeline.WeightQuantization.Sqnr(parameter, w);
         if (key is { } k2) _byStorage[k2] = w;
         return w;
     }

@@ -32,8 +32,17 @@ public sealed class QuantizedLinear : QuantizedModule
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var x = QuantizeInput(input);
-        var y = Guard(input, $"a float32 input whose last dimension is {in_features}", () => weight.Linear(x, bias));
+        var b = bias;
+        // W8A8 in integers where the layout has the kernel; otherwise the input is quantized and dequantized here
+        // (simulated) and the layout's Linear runs (kernels where they apply, dequantize + float op elsewhere).
+        var y = InputQuantizer is { } quantizer ? weight.Layout.QuantizedInputLinear(input, b, quantizer) : null;
+        if (y is null)
+        {
+            bool half = input.dtype is ScalarType.Float16 or ScalarType.BFloat16;
+            var x = QuantizeInput(half ? input.to(ScalarType.Float32) : input);
+            y = Guard(input, $"a float32 input whose last dimension is {in_features}", () => weight.Linear(x, b));
+            if (half) y = y.to(input.dtype);
+        }
         return y.MoveToOuterDisposeScope();
     }
 }

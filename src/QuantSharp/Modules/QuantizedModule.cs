@@ -87,9 +87,26 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// <summary>Bytes of the weight storage: data, scale and zero point.</summary>
     public long WeightStorageBytes => weight.StorageBytes;
 
-/// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams (identity without them).</summary>
-    protected Tensor QuantizeInput(Tensor x)
+    /// <summary>
+    /// Dynamic W8A8: each input row (last axis) is quantized on the fly to int8, symmetric over [-127, 127] with
+    /// <c>scale = max(amax / 127, eps)</c> (torchao's <c>Int8DynamicActivationInt8WeightConfig</c>); int8 per-row
+    /// weights then multiply in integers. Not stored in checkpoints.
+    /// </summary>
+    internal bool DynamicInput { get; set; }
+
+    /// <summary>How the input is quantized for an integer kernel (static or dynamic W8A8), or null for weight-only layers.</summary>
+    internal InputQuantizer? InputQuantizer => DynamicInput ? new InputQuantizer(null) : InputQuantization is { } act ? new InputQuantizer(act) : null;
+
+    /// <summary>Quantizes and dequantizes <paramref name="x"/> with the calibrated input qparams, or per row when
+    /// <see cref="DynamicInput"/> (identity for weight-only layers).</summary>
+    protected internal Tensor QuantizeInput(Tensor x)
     {
+        if (DynamicInput)
+        {
+            var amax = x.abs().amax([-1], keepdim: true);
+            var scale = (amax / 127f).clamp_min(1.1920929e-07f);
+            return (x * scale.reciprocal()).round().clamp(-127, 127) * scale;
+        }
         if (InputQuantization is not { } act) return x;
         var range = QuantRange.For(act.Type, act.ReduceRange);
         var s = get_buffer(InputScaleName)!;

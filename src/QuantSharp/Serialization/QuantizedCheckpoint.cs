@@ -31,8 +31,10 @@ public sealed class QuantizedCheckpoint : IDisposable
 {
     /// <summary>Value of <see cref="FormatKey"/>.</summary>
     public const string FormatName = "quantsharp.quantized";
-    /// <summary>The format version written (readers refuse larger versions).</summary>
-    public const int FormatVersion = 1;
+    /// <summary>The format version written (readers refuse larger versions). Version 2 stores integer weights of rank
+    /// &gt; 2 as the <c>[d0, d1*...*dn-1]</c> matrix (groups and packing along the flattened reduction axis); version 1
+    /// files (original shape, groups along the last dimension) are still read.</summary>
+    public const int FormatVersion = 2;
     /// <summary>Metadata key naming the format.</summary>
     public const string FormatKey = "quantsharp.format";
     /// <summary>Metadata key holding the format version.</summary>
@@ -64,7 +66,8 @@ public sealed class QuantizedCheckpoint : IDisposable
     /// <summary>The tensors stored as they were (not quantized).</summary>
     public IReadOnlyDictionary<string, Tensor> Tensors { get; }
 
-    /// <summary>The quantized tensors, by original name.</summary>
+    /// <summary>The quantized tensors, by original name, in their stored form: an integer weight of rank &gt; 2 is the
+    /// <c>[d0, d1*...*dn-1]</c> matrix (<see cref="QuantizedLayerInfo.StoredShape"/>); <see cref="GetFloat"/> gives the original shape.</summary>
     public IReadOnlyDictionary<string, QuantizedTensor> Quantized { get; }
 
     /// <summary>The recorded settings of each quantized tensor.</summary>
@@ -79,7 +82,11 @@ public sealed class QuantizedCheckpoint : IDisposable
     /// </summary>
     public Tensor GetFloat(string name)
     {
-        if (Quantized.TryGetValue(name, out var q)) return q.Dequantize();
+        if (Quantized.TryGetValue(name, out var q))
+        {
+            using var d = q.Dequantize();
+            return d.reshape(Layers[name].Shape).contiguous().clone();
+        }
         if (Tensors.TryGetValue(name, out var t)) return t.alias();
         throw new KeyNotFoundException($"The checkpoint has no tensor named '{name}'.");
     }
@@ -155,7 +162,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                     var parts = ReadParts(shard.File, name, info);
                     try
                     {
-                        quantized[name] = QuantizedTensor.FromParts(info.ToSpec(), info.Shape, parts.Data, parts.Scale, parts.ZeroPoint);
+                        quantized[name] = QuantizedTensor.FromParts(info.ToSpec(), info.StoredShape, parts.Data, parts.Scale, parts.ZeroPoint);
                     }
                     catch (ArgumentException ex)
                     {
@@ -204,7 +211,7 @@ public sealed class QuantizedCheckpoint : IDisposable
         {
             using var doc = JsonDocument.Parse(layersJson);
             foreach (var p in doc.RootElement.EnumerateObject())
-                result[p.Name] = QuantizedLayerInfo.FromJson(p.Name, p.Value);
+                result[p.Name] = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };
         }
         catch (JsonException ex)
         {
@@ -264,7 +271,9 @@ public sealed class QuantizedCheckpoint : IDisposable
 /// <summary>The stored dtypes and shapes of a quantized tensor, from its settings (docs/FORMAT.md).</summary>
 internal readonly record struct CheckpointLayout(SafetensorsDType DataDType, long[] DataShape, long[] ScaleShape)
 {
-    public static CheckpointLayout For(QuantizedLayerInfo info) => For(info.Type, info.Granularity, info.Shape);
+    /// <summary>The layout of a stored entry: version 2 stores integer weights of rank &gt; 2 as a matrix (<see cref="Pipeline.WeightGeometry"/>).</summary>
+    public static CheckpointLayout For(QuantizedLayerInfo info) =>
+        For(info.Type, info.Granularity, info.FormatVersion >= 2 ? Pipeline.WeightGeometry.StorageShape(info.Type, info.Shape) : info.Shape);
 
     public static CheckpointLayout For(QuantType type, Granularity? granularity, long[] shape)
     {

@@ -59,8 +59,8 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
     /// <summary>Writes a quantized tensor (data, scale, zero point) and records its settings.</summary>
     public void AddQuantized(string name, QuantizedTensor q, QuantizedLayerInfo info)
     {
-        if (!q.Shape.SequenceEqual(info.Shape))
-            throw new ArgumentException($"Quantized tensor '{name}' has shape [{string.Join(", ", q.Shape)}] but its info says [{string.Join(", ", info.Shape)}].");
+        if (!q.Shape.SequenceEqual(info.StoredShape))
+            throw new ArgumentException($"Quantized tensor '{name}' has shape [{string.Join(", ", q.Shape)}] but its info says it is stored as [{string.Join(", ", info.StoredShape)}].");
         var layout = CheckpointLayout.For(info);
         WriteExact(name, q.Data, layout.DataDType, layout.DataShape);
         if (info.Type.IsInteger())

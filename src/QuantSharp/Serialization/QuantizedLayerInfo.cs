@@ -27,6 +27,17 @@ public sealed record QuantizedLayerInfo(
     string? Observer,
     double? SqnrDb)
 {
+    /// <summary>The format version of the file the entry was read from (<see cref="QuantizedCheckpoint.FormatVersion"/> when written now).</summary>
+    internal int FormatVersion { get; init; } = QuantizedCheckpoint.FormatVersion;
+
+    /// <summary>The static input quantization of the layer that owns the weight (W8A8: type, scheme, reduce range;
+    /// its scale and zero point are the plain tensors <c>x.input_scale</c>, <c>x.input_zero_point</c>), or null.</summary>
+    public QuantSpec? Input { get; init; }
+
+    /// <summary>The logical shape of the stored integers: the <c>[d0, d1*...*dn-1]</c> matrix for an integer weight of
+    /// rank &gt; 2 (format version 2), else <see cref="Shape"/>.</summary>
+    public long[] StoredShape => FormatVersion >= 2 ? Pipeline.WeightGeometry.StorageShape(Type, Shape) : (long[])Shape.Clone();
+
     /// <summary>The quantization spec these settings describe.</summary>
     public QuantSpec ToSpec() => CheckpointSpecs.Create(Type, Scheme ?? QuantScheme.Symmetric, Granularity ?? QuantSharp.Granularity.Tensor, ReduceRange);
 
@@ -61,6 +72,8 @@ public sealed record QuantizedLayerInfo(
             double d when double.IsPositiveInfinity(d) => "inf",
             double d => Math.Round(d, 4),
         };
+        if (Input is { } input)
+            o["input"] = new JsonObject { ["qtype"] = input.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(input.Scheme), ["reduce_range"] = input.ReduceRange };
         return o;
     }
 
@@ -97,7 +110,14 @@ public sealed record QuantizedLayerInfo(
                     _ => null,
                 };
             }
-            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr);
+            QuantSpec? input = null;
+            if (e.TryGetProperty("input", out var inp) && inp.ValueKind == JsonValueKind.Object)
+            {
+                input = new QuantSpec(QuantTypeInfo.Parse(inp.GetProperty("qtype").GetString()!),
+                    QuantizationRecipe.ParseScheme(inp.GetProperty("scheme").GetString()!), QuantSharp.Granularity.Tensor,
+                    inp.TryGetProperty("reduce_range", out var irr) && irr.GetBoolean());
+            }
+            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr) { Input = input };
         }
         catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException)
         {

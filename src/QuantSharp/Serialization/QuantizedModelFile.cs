@@ -45,6 +45,7 @@ internal static class QuantizedModelFile
             var data = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal); // module-state key of the data -> canonical parts
             var skip = new HashSet<string>(StringComparer.Ordinal);
             var firstName = new Dictionary<QuantizedWeight, string>(ReferenceEqualityComparer.Instance);
+            var layerInfo = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal); // per-layer entry of each stored weight
             foreach (var (name, module, weights) in holders)
             {
                 var infos = new JsonObject();
@@ -67,6 +68,7 @@ internal static class QuantizedModelFile
                         var qt = w.ToCanonical();
                         owned.Add(qt);
                         data[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = qt;
+                        layerInfo[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = LayerInfo(w, (module as QuantizedModule)?.InputQuantization);
                         skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.Scale));
                         skip.Add(name + "." + QuantizedWeightNames.InModule(param, WeightPart.ZeroPoint));
                     }
@@ -89,9 +91,10 @@ internal static class QuantizedModelFile
             {
                 if (skip.Contains(key)) continue;
                 // The data part's module-state key is the file's tensor name (QuantizedWeightNames: the parameter's name).
-                entries.Add(data.TryGetValue(key, out var qt) ? CheckpointEntry.Of(key, qt) : CheckpointEntry.Plain(key, t));
+                entries.Add(data.TryGetValue(key, out var qt) ? CheckpointEntry.Of(key, qt, layerInfo[key]) : CheckpointEntry.Plain(key, t));
             }
-            QuantizedCheckpoint.Save(path, entries, new Dictionary<string, string> { [ModulesKey] = modules.ToJsonString() });
+            QuantizedCheckpoint.Save(path, entries, new Dictionary<string, string> { [ModulesKey] = modules.ToJsonString() },
+                Quantizer.RecipeOf(model)?.ToJsonNode());
         }
         finally
         {
@@ -104,16 +107,17 @@ internal static class QuantizedModelFile
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         using var ckpt = QuantizedCheckpoint.Load(path);
-        if (!ckpt.Metadata.TryGetValue(ModulesKey, out string? json))
-            throw new InvalidDataException($"{path}: no '{ModulesKey}' metadata; this checkpoint was not written by Quantizer.Save (load it with QuantizedCheckpoint.Load instead).");
-        JsonObject modules;
-        try
+        JsonObject? modules = null;
+        if (ckpt.Metadata.TryGetValue(ModulesKey, out string? json))
         {
-            modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
+            try
+            {
+                modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
+            }
+            catch (JsonException ex)
+            {
+                throw new InvalidDataException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
+            }
         }
 
         var model = factory() ?? throw new ArgumentException("The model factory returned null.", nameof(factory));
@@ -121,6 +125,9 @@ internal static class QuantizedModelFile
         try
         {
             var entries = ModuleTree.Walk(model).ToDictionary(e => e.Name, StringComparer.Ordinal);
+            // A file written by `quantsharp quantize` (no model structure recorded): each quantized tensor is the
+            // parameter of the factory's layer that owns it, replaced where it can be, materialized otherwise.
+            modules ??= Describe(ckpt, entries, path);
             var built = new Dictionary<string, QuantizedWeight>(StringComparer.Ordinal);
             var quantizedKeys = new HashSet<string>(StringComparer.Ordinal);
             foreach (var (name, node) in modules)
@@ -168,6 +175,12 @@ internal static class QuantizedModelFile
                             throw new InvalidDataException($"{path}: '{full}': {ex.Message}", ex);
                         }
                     }
+                    if (ckpt.Layers.TryGetValue(full, out var recorded) && tiedTo is null)
+                    {
+                        // What the file says about the weight goes back into it, so that saving again writes the same entry.
+                        w.SqnrDb = recorded.SqnrDb;
+                        w.Observer = recorded.Observer;
+                    }
                     built[full] = w;
                     weights.Add((param, w));
                 }
@@ -207,6 +220,11 @@ internal static class QuantizedModelFile
             var extra = ckpt.Tensors.Keys.Where(k => !state.ContainsKey(k)).ToList();
             if (extra.Count > 0)
                 throw new InvalidDataException($"{path}: the file has tensors the factory's model lacks: {string.Join(", ", extra.Take(5))}. The factory must build the architecture the file was saved from.");
+            if (ckpt.Metadata.TryGetValue(QuantizedCheckpoint.ConfigKey, out string? recipe))
+            {
+                try { Quantizer.SetRecipe(model, QuantizationRecipe.FromJson(recipe, $"{path}: {QuantizedCheckpoint.ConfigKey}")); }
+                catch (InvalidDataException) { } // an older recipe form: the model loads; Save then records no recipe
+            }
             model.eval();
             ok = true;
             return model;
@@ -215,6 +233,64 @@ internal static class QuantizedModelFile
         {
             if (!ok) model.Dispose();
         }
+    }
+
+    /// <summary>The per-layer entry of a stored weight (the same fields the checkpoint path records).</summary>
+    private static QuantizedLayerInfo LayerInfo(QuantizedWeight w, ActivationQuantization? input)
+    {
+        var spec = w.Spec;
+        bool integer = spec.Type.IsInteger();
+        return new QuantizedLayerInfo(SafetensorsDTypeInfo.FromScalarType(w.OriginalDType), [.. w.Shape], spec.Type, integer ? spec.Scheme : null,
+            integer ? spec.Granularity : null, spec.ReduceRange, integer ? w.Observer : null, w.SqnrDb)
+        {
+            Input = input is null ? null : new QuantSpec(input.Type, input.Scheme, Granularity.Tensor, input.ReduceRange),
+        };
+    }
+
+    /// <summary>The module structure of a file that records none (<c>quantsharp quantize</c> output), from the factory's model.</summary>
+    private static JsonObject Describe(QuantizedCheckpoint ckpt, Dictionary<string, ModuleEntry> entries, string path)
+    {
+        var modules = new JsonObject();
+        foreach (var (tensor, info) in ckpt.Layers)
+        {
+            // The owning layer: the longest dotted prefix that is a quantizable layer of the model.
+            ModuleEntry? entry = null;
+            string param = tensor;
+            for (int dot = tensor.LastIndexOf('.'); dot > 0 && entry is null; dot = tensor.LastIndexOf('.', dot - 1))
+            {
+                if (entries.TryGetValue(tensor[..dot], out var e) && (QuantizedModules.HandlerFor(e.Module.GetType()) is not null
+                    || QuantizedModules.MaterializedFilter(e.Module.GetType()) is not null))
+                {
+                    entry = e;
+                    param = tensor[(dot + 1)..];
+                }
+            }
+            if (entry is null)
+                throw new InvalidDataException($"{path}: quantized tensor '{tensor}' is not a parameter of a quantizable layer of the factory's model " +
+                    $"(closest layer names: {string.Join(", ", NameGlob.Closest(tensor, entries.Keys))}). The factory must build the architecture the file was made from.");
+            var type = entry.Module.GetType();
+            var handler = QuantizedModules.HandlerFor(type);
+            bool replace = handler is not null && handler.WeightName == param && ModuleTree.CannotReplace(entry, typeof(QuantizedModule)) is null;
+            if (modules[entry.Name] is not JsonObject node)
+            {
+                node = new JsonObject
+                {
+                    ["kind"] = type.Name,
+                    ["mechanism"] = replace ? Replace : Materialize,
+                    ["weights"] = new JsonObject(),
+                    ["input"] = info.Input is { } a
+                        ? new JsonObject { ["type"] = a.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(a.Scheme), ["reduce_range"] = a.ReduceRange }
+                        : null,
+                };
+                modules[entry.Name] = node;
+            }
+            node["weights"]![param] = new JsonObject
+            {
+                ["shape"] = new JsonArray(info.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+                ["dtype"] = (info.OriginalDType.ToScalarType() ?? ScalarType.Float32).ToString(),
+            };
+        }
+        return modules;
     }
 
     private static ActivationQuantization? ReadActivation(QuantizedCheckpoint ckpt, string name, JsonNode? node)

@@ -36,6 +36,12 @@ public sealed class QuantizedWeight : IDisposable
     /// <summary>The original weight's dtype (float32, float16, bfloat16...); materialized weights take it back.</summary>
     public ScalarType OriginalDType { get; }
 
+    /// <summary>SQNR (dB) of the dequantized weight against the float weight it was quantized from (null: not measured); recorded in saved files.</summary>
+    internal double? SqnrDb { get; set; }
+
+    /// <summary>The observer that chose the range (null for float16/bfloat16 or unknown); recorded in saved files.</summary>
+    internal string? Observer { get; set; } = "minmax";
+
     /// <summary>The in-memory layout (owned by this weight).</summary>
     public WeightLayout Layout { get; }
 
@@ -49,10 +55,7 @@ public sealed class QuantizedWeight : IDisposable
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(shape);
-        if (!spec.Type.IsInteger() || shape.Count < 2) return [.. shape];
-        long k = 1;
-        for (int i = 1; i < shape.Count; i++) k *= shape[i];
-        return [shape[0], k];
+        return Pipeline.WeightGeometry.StorageShape(spec.Type, [.. shape]);
     }
 
     /// <summary>Why <paramref name="spec"/> cannot quantize a weight of <paramref name="shape"/>, or null.</summary>

@@ -75,6 +75,12 @@ public abstract class WeightLayout : IDisposable
         return nn.functional.linear(input, w, bias).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// <c>x W^T + bias</c> with the input quantized to 8 bits in integers (W8A8), or null when this layout has no such
+    /// kernel: the module then simulates (quantize and dequantize the input, then <see cref="Linear"/>).
+    /// </summary>
+    internal virtual Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => null;
+
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
     public virtual Tensor GatherRows(Tensor indices)
@@ -176,6 +182,11 @@ internal abstract class CanonicalWeightLayout : WeightLayout
         if (!Spec.Type.IsInteger()) return _parts.Data.to(ScalarType.Float32).MoveToOuterDisposeScope();
         return WeightQuantizer.DequantizeRows(IntegerValues(_parts.Data), _parts.Scale!, _parts.ZeroPoint, Spec).MoveToOuterDisposeScope();
     }
+
+    /// <summary>The kernels read the canonical parts in place (<see cref="LinearKernels"/>); the reference path where none applies.</summary>
+    public override Tensor Linear(Tensor input, Tensor? bias) => LinearKernels.TryLinear(_parts, input, bias) ?? base.Linear(input, bias);
+
+    internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
 
     public override Tensor GatherRows(Tensor indices)
     {

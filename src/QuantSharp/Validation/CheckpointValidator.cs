@@ -58,15 +58,14 @@ public static class CheckpointValidator
     /// <summary>Compares <paramref name="quantized"/> with <paramref name="original"/> (files or sharded folders).</summary>
     /// <param name="original">The original checkpoint.</param>
     /// <param name="quantized">The quantized checkpoint (docs/FORMAT.md).</param>
-    /// <param name="sqnrThresholdsDb">Thresholds per type (null: the defaults of <see cref="CheckpointQuantizationSettings.DefaultSqnrThresholdsDb"/>).</param>
+    /// <param name="policy">The validation policy whose SQNR thresholds apply (null: <see cref="ValidationPolicy.DefaultSqnrThresholdsDb"/>).</param>
     /// <param name="progress">Receives progress (original bytes).</param>
     /// <exception cref="CheckpointQuantizationException">A file cannot be read or is not a quantized checkpoint.</exception>
-    public static CheckpointValidationReport Compare(string original, string quantized, IReadOnlyDictionary<QuantType, double>? sqnrThresholdsDb = null,
+    public static CheckpointValidationReport Compare(string original, string quantized, ValidationPolicy? policy = null,
         IProgress<CheckpointProgress>? progress = null)
     {
         var sw = Stopwatch.StartNew();
-        var thresholds = new Dictionary<QuantType, double>(CheckpointQuantizationSettings.DefaultSqnrThresholdsDb);
-        foreach (var (k, v) in sqnrThresholdsDb ?? new Dictionary<QuantType, double>()) thresholds[k] = v;
+        var thresholds = policy ?? new ValidationPolicy();
         CheckpointSource? a = null, b = null;
         try
         {
@@ -153,12 +152,12 @@ public static class CheckpointValidator
     }
 
     private static TensorQuantizationReport CompareQuantized(CheckpointSource.Shard oShard, SafetensorsTensorInfo oInfo,
-        CheckpointSource.Shard qShard, QuantizedLayerInfo layer, Dictionary<QuantType, double> thresholds)
+        CheckpointSource.Shard qShard, QuantizedLayerInfo layer, ValidationPolicy thresholds)
     {
         string name = oInfo.Name;
         var problems = new List<string>();
         var spec = layer.ToSpec();
-        double threshold = thresholds[layer.Type];
+        double threshold = thresholds.ThresholdFor(layer.Type);
         long stored = 0;
         if (!oInfo.Shape.SequenceEqual(layer.Shape))
         {
@@ -200,7 +199,8 @@ public static class CheckpointValidator
             var data = CheckpointQuantizer.ReadRows(qShard, dataInfo, r0, r1, rowwise);
             Tensor? scale = scaleInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
             Tensor? zp = zpInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
-            long[] chunkShape = rowwise ? [r1 - r0, .. oInfo.Shape[1..]] : oInfo.Shape;
+            long[] storedShape = layer.StoredShape;
+            long[] chunkShape = rowwise ? [r1 - r0, .. storedShape[1..]] : storedShape;
             var partProblems = TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp);
             foreach (var p in partProblems)
                 if (!problems.Contains(p)) problems.Add(p);

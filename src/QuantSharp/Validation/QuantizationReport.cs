@@ -53,6 +53,9 @@ public sealed class QuantizationReport
     /// <summary>Layers left in float.</summary>
     public IReadOnlyList<SkippedLayer> Skipped { get; init; } = [];
 
+    /// <summary>Weights whose spec differs from the recipe's (group size that does not divide), one line each.</summary>
+    public IReadOnlyList<string> Fallbacks { get; init; } = [];
+
     /// <summary>Parameter + buffer bytes of the float model.</summary>
     public long FloatBytes { get; init; }
 
@@ -117,6 +120,7 @@ public sealed class QuantizationReport
         sb.AppendLine(Line(head));
         sb.AppendLine(string.Join("  ", width.Select(w => new string('-', w))));
         foreach (var r in rows) sb.AppendLine(Line(r));
+        foreach (var f in Fallbacks) sb.AppendLine(CultureInfo.InvariantCulture, $"fallback {f}");
         foreach (var s in Skipped) sb.AppendLine(CultureInfo.InvariantCulture, $"skipped {s.Name} ({s.ModuleType}): {s.Reason}");
         sb.AppendLine(CultureInfo.InvariantCulture,
             $"size: {FloatBytes / 1024.0:F1} KiB -> {QuantizedBytes / 1024.0:F1} KiB ({SizeRatio * 100:F1}% of float)");

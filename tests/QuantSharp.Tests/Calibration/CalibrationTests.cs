@@ -36,7 +36,7 @@ public class CalibrationTests
         // 32 samples per batch: 4 batches give 128 < 150, the 5th reaches 160 and calibration stops.
         var source = new CountingSource(TestData.Batches(10, 32, [64]));
         var progress = new Recorder();
-        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static(), () => new Mlp(), source, progress: progress);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static(), () => new Mlp(), source, progress: progress);
         Assert.Equal(5, source.Pulled);
         Assert.Equal(160, r.CalibrationSamples);
         Assert.Equal(new long[] { 32, 64, 96, 128, 160 }, progress.Reports.Select(p => p.Samples));
@@ -53,13 +53,13 @@ public class CalibrationTests
         var batches = TestData.Batches(3, 10, [64]);
         var layers = ModuleTree.Walk(model).Where(e => e.Module is TorchSharp.Modules.Linear).ToList();
         var created = new List<string>();
-        var make = RangeObservers.Factory("minmax", QuantizationConfig.DefaultActivations);
+        var make = RangeObservers.Factory("minmax", QuantizationRecipe.DefaultActivations);
         using var calib = new Calibrator(model, layers, name =>
         {
             created.Add(name);
             return make(name);
         });
-        calib.Run(batches, 25, progress: null);
+        calib.Run(batches.Select(CalibrationBatch.Of), 25, progress: null);
 
         Assert.Equal(6, created.Count); // input + output per layer
         Assert.Contains("input of layer 'fc2'", created);
@@ -105,7 +105,7 @@ public class CalibrationTests
         using var scope = NewDisposeScope();
         var model = new Mlp();
         var batches = TestData.Batches(2, 8, [64]);
-        var r = Quantizer.Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = 16 }, () => new Mlp(), batches);
+        var r = Quantizer.Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = 16 }, () => new Mlp(), batches);
         var x = torch.cat(batches, 0);
         // The first layer's input is the data itself: PyTorch's rule on its min/max gives the qparams.
         var (scale, zp) = QParams.Choose(x.min().item<float>(), x.max().item<float>(), QuantRange.For(QuantType.UInt8), QuantScheme.Affine);
@@ -123,7 +123,7 @@ public class CalibrationTests
         var model = new ConvNet();
         model.eval();
         var data = TestData.Batches(5, 32, [1, 12, 12]);
-        var r = Quantizer.Quantize(model, QuantizationConfig.Int8Static(), () => new ConvNet(), data);
+        var r = Quantizer.Quantize(model, QuantizationRecipe.Int8Static(), () => new ConvNet(), data);
         var x = TestData.Batches(1, 16, [1, 12, 12], seed: 99)[0];
         double db = QuantSharp.Validation.Metrics.Sqnr(model.call(x), ((Module<Tensor, Tensor>)r.Model).call(x));
         Assert.True(db > 20, $"W8A8 model SQNR {db:F1} dB");
@@ -133,7 +133,7 @@ public class CalibrationTests
     public void EmptyDataSourceIsAClearError()
     {
         using var scope = NewDisposeScope();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static(), () => new Mlp(), Array.Empty<Tensor>()));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static(), () => new Mlp(), Array.Empty<Tensor>()));
         Assert.Contains("yielded no tensors", ex.Message);
     }
 
@@ -142,13 +142,13 @@ public class CalibrationTests
     {
         using var scope = NewDisposeScope();
         var data = TestData.Batches(2, 4, [63]); // the model expects 64 features
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static(), () => new Mlp(), data));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static(), () => new Mlp(), data));
         Assert.Contains("layer 'fc1'", ex.Message);
         Assert.Contains("expects last dimension 64", ex.Message);
         Assert.Contains("[4, 63]", ex.Message);
 
         var convData = TestData.Batches(1, 2, [3, 12, 12]); // 3 channels instead of 1
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ConvNet(), QuantizationConfig.Int8Static(), () => new ConvNet(), convData));
+        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ConvNet(), QuantizationRecipe.Int8Static(), () => new ConvNet(), convData));
         Assert.Contains("layer 'features.0'", ex2.Message);
         Assert.Contains("1 input channels", ex2.Message);
     }
@@ -158,10 +158,10 @@ public class CalibrationTests
     {
         using var scope = NewDisposeScope();
         var pairs = TestData.Batches(2, 8, [64]).Select(x => (x, torch.zeros(8, ScalarType.Int64))).ToList();
-        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { CalibrationSamples = 16 }, () => new Mlp(), CalibrationData.FromPairs(pairs));
+        var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { CalibrationSamples = 16 }, () => new Mlp(), CalibrationData.FromPairs(pairs));
         Assert.Equal(16, r.CalibrationSamples);
 
-        var ex = Assert.Throws<InvalidOperationException>(() => Quantizer.Quantize(new DirectForwardNet(), QuantizationConfig.Int8Static(),
+        var ex = Assert.Throws<InvalidOperationException>(() => Quantizer.Quantize(new DirectForwardNet(), QuantizationRecipe.Int8Static(),
             () => new DirectForwardNet(), TestData.Batches(1, 2, [8])));
         Assert.Contains("'fc'", ex.Message);
         Assert.Contains("child.call(x)", ex.Message);
@@ -173,7 +173,7 @@ public class CalibrationTests
         using var scope = NewDisposeScope();
         var data = Enumerable.Range(0, 3).Select(i => torch.randint(0, 100, [4, 5], dtype: ScalarType.Int64)).ToList();
         var model = new EmbedNet();
-        var r = Quantizer.Quantize(model, QuantizationConfig.Int8Static() with { CalibrationSamples = 12 }, () => new EmbedNet(), data);
+        var r = Quantizer.Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = 12 }, () => new EmbedNet(), data);
         Assert.Null(r.Layers.Single(l => l.Name == "embed").Input);
         Assert.NotNull(r.Layers.Single(l => l.Name == "proj").Input);
         Assert.IsType<QuantizedEmbedding>(ModuleTree.Walk(r.Model).Single(e => e.Name == "embed").Module);
@@ -188,7 +188,7 @@ public class CalibrationTests
     {
         using var scope = NewDisposeScope();
         var data = TestData.Batches(4, 16, [64]);
-        var r = Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { Observer = observer, CalibrationSamples = 64 }, () => new Mlp(), data);
+        var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { ActivationObserver = observer, CalibrationSamples = 64 }, () => new Mlp(), data);
         Assert.True(r.Report!.Passed);
         Assert.All(r.Layers, l => Assert.True(l.Input!.Scale > 0 && float.IsFinite(l.Input.Scale)));
         Assert.True(r.Report.ModelOutputSqnrDb > 15, $"{observer}: {r.Report.ModelOutputSqnrDb}");
@@ -197,7 +197,7 @@ public class CalibrationTests
     [Fact]
     public void UnknownObserverIsRejectedBeforeAnyWork()
     {
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationConfig.Int8Static() with { Observer = "kl" }, () => new Mlp(), TestData.Batches(1, 2, [64])));
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { ActivationObserver = "kl" }, () => new Mlp(), TestData.Batches(1, 2, [64])));
         Assert.Contains("minmax, moving-average, histogram, percentile", ex.Message);
     }
 }

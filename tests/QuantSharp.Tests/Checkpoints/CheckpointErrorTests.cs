@@ -36,7 +36,7 @@ public class CheckpointErrorTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var ex = Assert.Throws<CheckpointQuantizationException>(() =>
-            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Include = ["model.*"], Granularity = Granularity.Tensor }));
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { Include = ["model.*"], Granularity = Granularity.Tensor }));
         Assert.Contains("'model.position_ids'", ex.Message);
         Assert.Contains("I64", ex.Message);
         Assert.Contains("not a floating-point tensor", ex.Message);
@@ -60,7 +60,7 @@ public class CheckpointErrorTests
         foreach (var gran in new Granularity[] { Granularity.Tensor, new PerAxis(0), new PerGroup(32) })
         {
             var ex = Assert.Throws<CheckpointQuantizationException>(() =>
-                CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["out.safetensors"], new CheckpointQuantizationSettings { Granularity = gran }));
+                CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["out.safetensors"], new QuantizationRecipe { Granularity = gran }));
             Assert.Contains("'model.layers.1.mlp.up_proj.weight'", ex.Message);
             Assert.Contains("2 NaN or infinite", ex.Message);
         }
@@ -69,16 +69,27 @@ public class CheckpointErrorTests
     }
 
     [Fact]
-    public void GroupSizeThatDoesNotDivideNamesTensorAndSizes()
+    public void GroupSizeThatDoesNotDivideFallsBackOrIsRefusedWhenStrict()
     {
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var g96 = new QuantizationRecipe { Type = QuantType.Int4, Granularity = new PerGroup(96) };
         var ex = Assert.Throws<CheckpointQuantizationException>(() =>
-            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int4, Granularity = new PerGroup(96) }));
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], g96 with { StrictGroupSize = true }));
         Assert.Contains("'model.embed_tokens.weight'", ex.Message);
         Assert.Contains("[256, 128]", ex.Message);
         Assert.Contains("96", ex.Message);
         AssertNothingWritten(dir, "in.safetensors");
+
+        // Without StrictGroupSize each tensor falls back on its own: reduction 128 -> group 64 (largest even divisor <= 96),
+        // reduction 256 (down_proj) -> group 64 too; every fallback is a warning of the report.
+        var r = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], g96);
+        Assert.True(r.Written);
+        Assert.All(r.Tensors.Where(t => t.Quantized), t => Assert.Equal(new PerGroup(64), t.Spec!.Granularity));
+        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, r.Warnings.Count);
+        Assert.Contains(r.Warnings, w => w.Contains("'model.embed_tokens.weight' [256, 128]: group size 96 does not divide the reduction length 128"));
+        using var ckpt = QuantizedCheckpoint.Load(dir["out.safetensors"]);
+        Assert.Equal(new PerGroup(64), ckpt.Layers["lm_head.weight"].Granularity);
     }
 
     [Fact]
@@ -89,14 +100,14 @@ public class CheckpointErrorTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var e2 = Assert.Throws<CheckpointQuantizationException>(() =>
-            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Observer = "bogus" }));
-        Assert.Contains("Unknown observer 'bogus'", e2.Message);
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { WeightObserver = "bogus" }));
+        Assert.Contains("unknown observer 'bogus'", e2.Message);
         // The histogram observers are per-tensor: asking for them per-channel names the tensor.
         e2 = Assert.Throws<CheckpointQuantizationException>(() =>
-            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Observer = "histogram" }));
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { WeightObserver = "histogram" }));
         Assert.Contains("'model.embed_tokens.weight'", e2.Message);
         var e3 = Assert.Throws<CheckpointQuantizationException>(() =>
-            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new CheckpointQuantizationSettings { Type = QuantType.Int2 }));
+            CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { Type = QuantType.Int2 }));
         Assert.Contains("int2", e3.Message);
         AssertNothingWritten(dir, "in.safetensors");
     }
@@ -148,19 +159,23 @@ public class CheckpointErrorTests
     {
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
-        var strict = new CheckpointQuantizationSettings { Type = QuantType.Int4, SqnrThresholdsDb = new Dictionary<QuantType, double> { [QuantType.Int4] = 45 } };
+        var strict = new QuantizationRecipe
+        {
+            Type = QuantType.Int4,
+            Validation = new ValidationPolicy { SqnrThresholdsDb = new Dictionary<QuantType, double> { [QuantType.Int4] = 45 } },
+        };
         var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict));
         Assert.Contains("below the int4 threshold 45 dB", ex.Message);
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, ex.Report.Problems.Count);
         Assert.False(ex.Report.Written);
         AssertNothingWritten(dir, "in.safetensors");
 
-        var warn = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict with { OnFailure = ValidationFailureMode.Warn });
+        var warn = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict with { Validation = strict.Validation with { OnFailure = ValidationFailureMode.Warn } });
         Assert.True(warn.Written);
         Assert.False(warn.Passed);
         Assert.True(File.Exists(dir["out.safetensors"]));
 
-        var skip = CheckpointQuantizer.Quantize(input, dir["out2.safetensors"], strict with { Validate = false });
+        var skip = CheckpointQuantizer.Quantize(input, dir["out2.safetensors"], strict with { Validation = strict.Validation with { Enabled = false } });
         Assert.True(skip.Passed);
         Assert.All(skip.Tensors, t => Assert.Null(t.SqnrDb));
     }

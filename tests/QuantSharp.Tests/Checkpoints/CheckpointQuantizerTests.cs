@@ -53,7 +53,7 @@ public class CheckpointQuantizerTests
         using var orig = SafetensorsFile.Open(input);
         using var ckpt = QuantizedCheckpoint.Load(output);
         Assert.Equal("pt", ckpt.Metadata["format"]);
-        Assert.Equal("1", ckpt.Metadata[QuantizedCheckpoint.FormatVersionKey]);
+        Assert.Equal("2", ckpt.Metadata[QuantizedCheckpoint.FormatVersionKey]);
         Assert.Equal(orig.Tensors.Select(t => t.Name).Order(), ckpt.Names.Order());
         foreach (var info in orig.Tensors)
         {
@@ -99,11 +99,11 @@ public class CheckpointQuantizerTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.BFloat16);
         string output = dir["out.safetensors"];
-        var settings = new CheckpointQuantizationSettings
+        var settings = new QuantizationRecipe
         {
             Type = QuantType.Int4,
             Granularity = new PerGroup(64),
-            Overrides = [new QuantizationOverride("lm_head.weight", Type: QuantType.Int8, Granularity: new PerAxis(0))],
+            Overrides = [new RecipeOverride("lm_head.weight", Type: QuantType.Int8, Granularity: new PerAxis(0))],
         };
         var report = CheckpointQuantizer.Quantize(input, output, settings);
         Assert.True(report.Passed, string.Join("\n", report.Problems));
@@ -145,7 +145,7 @@ public class CheckpointQuantizerTests
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         string output = dir["out.safetensors"];
         var type = QuantTypeInfo.Parse(qtype);
-        var report = CheckpointQuantizer.Quantize(input, output, new CheckpointQuantizationSettings { Type = type, Scheme = QuantScheme.Affine });
+        var report = CheckpointQuantizer.Quantize(input, output, new QuantizationRecipe { Type = type, Scheme = QuantScheme.Affine });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
         using var strict = SafetensorsFile.Open(output);
         using var orig = SafetensorsFile.Open(input);
@@ -162,7 +162,7 @@ public class CheckpointQuantizerTests
             using var cast = original.to(type == QuantType.Float16 ? ScalarType.Float16 : ScalarType.BFloat16);
             Assert.Equal(SyntheticCheckpoint.Bytes(cast), strict.ReadBytes(name));
         }
-        double threshold = CheckpointQuantizationSettings.DefaultSqnrThresholdsDb[type];
+        double threshold = ValidationPolicy.DefaultSqnrThresholdsDb[type];
         Assert.True(Sqnr(original, loaded) >= threshold, $"{qtype}: {Sqnr(original, loaded)} dB");
     }
 
@@ -175,7 +175,7 @@ public class CheckpointQuantizerTests
         Assert.True(inShards.Length >= 3);
         var before = SyntheticCheckpoint.HashTree(input);
         string output = dir["out"];
-        var report = CheckpointQuantizer.Quantize(input, output, new CheckpointQuantizationSettings { Type = QuantType.Int4 });
+        var report = CheckpointQuantizer.Quantize(input, output, new QuantizationRecipe { Type = QuantType.Int4 });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
         Assert.Equal(before, SyntheticCheckpoint.HashTree(input));
         Assert.Equal(inShards, Directory.GetFiles(output, "*.safetensors").Select(Path.GetFileName).Order().ToArray());
@@ -208,18 +208,18 @@ public class CheckpointQuantizerTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var r1 = CheckpointQuantizer.Quantize(input, dir["a.safetensors"],
-            new CheckpointQuantizationSettings { Include = ["*.mlp.*"], Exclude = ["*.down_proj.*"] });
+            new QuantizationRecipe { Include = ["*.mlp.*"], Exclude = ["*.down_proj.*"] });
         Assert.Equal(new[] { "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
             "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight" },
             r1.Tensors.Where(t => t.Quantized).Select(t => t.Name).Order());
 
         // q/k/v/o hold 128x128 = 16384 elements, the others 32768.
-        var r2 = CheckpointQuantizer.Quantize(input, dir["b.safetensors"], CheckpointQuantizationSettings.Parse("{\"min_elements\": 20000}"));
+        var r2 = CheckpointQuantizer.Quantize(input, dir["b.safetensors"], QuantizationRecipe.FromJson("{\"min_elements\": 20000}"));
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Where(n => !n.Contains("self_attn")).Order(),
             r2.Tensors.Where(t => t.Quantized).Select(t => t.Name).Order());
 
         // An include that names a 1-D norm quantizes it (explicit beats the default rule); exclude still wins.
-        var r3 = CheckpointQuantizer.Quantize(input, dir["c.safetensors"], new CheckpointQuantizationSettings
+        var r3 = CheckpointQuantizer.Quantize(input, dir["c.safetensors"], new QuantizationRecipe
         {
             Include = ["model.norm.weight", "lm_head.weight"],
             Granularity = Granularity.Tensor,
@@ -240,9 +240,9 @@ public class CheckpointQuantizerTests
         }
         finally { foreach (var (_, t) in tensors) t.Dispose(); }
         var minmax = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["mm.safetensors"],
-            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, OnFailure = ValidationFailureMode.Warn });
+            new QuantizationRecipe { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, Validation = new ValidationPolicy { OnFailure = ValidationFailureMode.Warn } });
         var pct = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["pct.safetensors"],
-            new CheckpointQuantizationSettings { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, Observer = "percentile", OnFailure = ValidationFailureMode.Warn });
+            new QuantizationRecipe { Include = ["lm_head.weight"], Granularity = Granularity.Tensor, WeightObserver = "percentile", Validation = new ValidationPolicy { OnFailure = ValidationFailureMode.Warn } });
         using var a = SafetensorsFile.Open(dir["mm.safetensors"]);
         using var b = SafetensorsFile.Open(dir["pct.safetensors"]);
         float scaleMinMax = BitConverter.ToSingle(a.ReadBytes("lm_head.weight.scale"));
@@ -260,40 +260,50 @@ public class CheckpointQuantizerTests
     [Fact]
     public void PrecedenceIsOptionThenFileThenDefaults()
     {
-        var file = CheckpointQuantizationSettings.Parse("""
-            { "qtype": "int4", "scheme": "affine", "granularity": "group:64", "on_failure": "warn",
+        var file = QuantizationRecipe.FromJson("""
+            { "qtype": "int4", "scheme": "affine", "granularity": "group:64", "validation": { "on_failure": "warn" },
               "overrides": [ { "pattern": "lm_head.weight", "qtype": "int8" },
                              { "pattern": "*.embed_tokens.*", "granularity": "per-channel" } ] }
             """);
-        var options = new CheckpointQuantizationSettings { Type = QuantType.UInt4 };
-        var s = options.Over(file).Resolve();
-        Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(64)), s.SpecFor("model.layers.0.mlp.up_proj.weight"));
-        Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Affine, new PerGroup(64)), s.SpecFor("lm_head.weight"));
-        Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerAxis(0)), s.SpecFor("model.embed_tokens.weight"));
-        Assert.Equal(ValidationFailureMode.Warn, s.OnFailure);
+        var s = file with { Type = QuantType.UInt4 }; // an explicit option over the file
+        Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(64)), s.WeightSpecFor("model.layers.0.mlp.up_proj.weight"));
+        // An override to another bit width without a granularity takes its own type's default (int8: per-channel).
+        Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Affine, new PerAxis(0)), s.WeightSpecFor("lm_head.weight"));
+        Assert.Equal(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerAxis(0)), s.WeightSpecFor("model.embed_tokens.weight"));
+        Assert.Equal(ValidationFailureMode.Warn, s.Validation.OnFailure);
 
-        var d = new CheckpointQuantizationSettings().Resolve();
-        Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)), d.SpecFor("x.weight"));
-        Assert.Equal(ValidationFailureMode.Error, d.OnFailure);
-        Assert.Equal(1024, d.MinElements);
-        Assert.Equal(30, d.SqnrThresholdsDb[QuantType.Int8]);
+        var d = new QuantizationRecipe();
+        Assert.Equal(new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)), d.WeightSpecFor("x.weight"));
+        Assert.Equal(ValidationFailureMode.Error, d.Validation.OnFailure);
+        Assert.Equal(0, d.MinElements);
+        Assert.Equal(30, d.Validation.ThresholdFor(QuantType.Int8));
         // The per-type default granularity follows the resolved type.
-        Assert.Equal(new PerGroup(128), new CheckpointQuantizationSettings { Type = QuantType.Int4 }.Resolve().SpecFor("x").Granularity);
-        var mixed = new CheckpointQuantizationSettings { Type = QuantType.Int4, Overrides = [new("lm_head.weight", QuantType.Int8)] }.Resolve();
-        Assert.Equal(new PerAxis(0), mixed.SpecFor("lm_head.weight").Granularity);
+        Assert.Equal(new PerGroup(128), new QuantizationRecipe { Type = QuantType.Int4 }.WeightSpecFor("x").Granularity);
+        var mixed = new QuantizationRecipe { Type = QuantType.Int4, Overrides = [new("lm_head.weight", QuantType.Int8)] };
+        Assert.Equal(new PerAxis(0), mixed.WeightSpecFor("lm_head.weight").Granularity);
+        // A module name matches the weights it owns.
+        Assert.Equal(QuantType.Int8, mixed with { Overrides = [new("lm_head", QuantType.Int8)] } is var m ? m.WeightSpecFor("lm_head.weight").Type : default);
     }
 
     [Fact]
-    public void ConfigurationErrorsNameTheKey()
+    public void RecipeErrorsNameTheKey()
     {
-        var ex = Assert.Throws<InvalidDataException>(() => CheckpointQuantizationSettings.Parse("{\"qtyp\": \"int8\"}", "cfg.json"));
+        var ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtyp\": \"int8\"}", "cfg.json"));
         Assert.Contains("unknown key \"qtyp\"", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => CheckpointQuantizationSettings.Parse("{\"qtype\": \"int3\"}", "cfg.json"));
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
         Assert.Contains("int3", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => CheckpointQuantizationSettings.Parse("{\"granularity\": \"group:x\"}", "cfg.json"));
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"granularity\": \"group:x\"}", "cfg.json"));
         Assert.Contains("group:x", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => CheckpointQuantizationSettings.Parse("{\"overrides\": [{\"qtype\": \"int8\"}]}", "cfg.json"));
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"overrides\": [{\"qtype\": \"int8\"}]}", "cfg.json"));
         Assert.Contains("pattern", ex.Message);
-        Assert.Throws<InvalidDataException>(() => CheckpointQuantizationSettings.Parse("{not json", "cfg.json"));
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int8\", \"qtype\": \"int4\"}", "cfg.json"));
+        Assert.Contains("\"qtype\" appears twice", ex.Message);
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"validation\": {\"on_failure\": \"warn\", \"on_failure\": \"error\"}}", "cfg.json"));
+        Assert.Contains("\"on_failure\" appears twice", ex.Message);
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"version\": 2}", "cfg.json"));
+        Assert.Contains("version 2 is newer", ex.Message);
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int2\"}", "cfg.json"));
+        Assert.Contains("int2 weights are not supported", ex.Message);
+        Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{not json", "cfg.json"));
     }
 }

@@ -47,7 +47,7 @@ public class ReferenceCheckpointTests
         using var dir = new TempDir();
         string input = MakeInput(dir);
         string name = refCase == "gauss" ? "gauss.weight" : "outlier.weight";
-        var settings = CheckpointQuantizationSettings.Parse($$"""{"qtype": "int8", "scheme": "{{scheme}}", "granularity": "per-channel", "include": ["{{name}}"]}""");
+        var settings = QuantizationRecipe.FromJson($$"""{"qtype": "int8", "scheme": "{{scheme}}", "granularity": "per-channel", "include": ["{{name}}"]}""");
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], settings);
         Assert.True(report.Passed, string.Join("\n", report.Problems));
 
@@ -71,7 +71,7 @@ public class ReferenceCheckpointTests
     {
         using var dir = new TempDir();
         string input = MakeInput(dir);
-        var settings = CheckpointQuantizationSettings.Parse(
+        var settings = QuantizationRecipe.FromJson(
             $$"""{"qtype": "{{qtype}}", "scheme": "{{scheme}}", "granularity": "group:{{group}}", "include": ["grp.weight"]}""");
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], settings);
         Assert.True(report.Passed, string.Join("\n", report.Problems));

@@ -144,13 +144,13 @@ public class CheckpointCliTests
         using var dir = new TempDir();
         string input = SyntheticCheckpoint.WriteFile(dir["m.safetensors"], ScalarType.Float32);
         File.WriteAllBytes(dir["garbage.safetensors"], new byte[100]);
-        File.WriteAllText(dir["strict.json"], """{ "sqnr_thresholds_db": { "int8": 80 } }""");
+        File.WriteAllText(dir["strict.json"], """{ "validation": { "sqnr_thresholds_db": { "int8": 80 } } }""");
         var before = SyntheticCheckpoint.HashTree(input);
         var (code, _, stderr) = kind switch
         {
             "unknown-qtype" => Run("quantize", input, dir["o.safetensors"], "--qtype", "int3"),
             "same-path" => Run("quantize", input, input),
-            "bad-group" => Run("quantize", input, dir["o.safetensors"], "--qtype", "int4", "--granularity", "group:48"),
+            "bad-group" => Run("quantize", input, dir["o.safetensors"], "--qtype", "int4", "--granularity", "group:48", "--strict-group-size"),
             "missing-config" => Run("quantize", input, dir["o.safetensors"], "--config", dir["nope.json"]),
             "garbage" => Run("inspect", dir["garbage.safetensors"]),
             _ => Run("quantize", input, dir["o.safetensors"], "--config", dir["strict.json"]),
@@ -159,7 +159,7 @@ public class CheckpointCliTests
         {
             "unknown-qtype" => "Unknown quantization type 'int3'",
             "same-path" => "is the input",
-            "bad-group" => "Group size 48 does not divide the last dimension 128",
+            "bad-group" => "group size 48 does not divide the reduction length 128, and StrictGroupSize refuses a fallback",
             "missing-config" => "nope.json' does not exist",
             "garbage" => "garbage.safetensors",
             _ => "below the int8 threshold 80 dB",

@@ -13,9 +13,9 @@ public class InspectSavedModelTests
     {
         torch.manual_seed(3);
         using var model = new MnistNet();
-        var config = QuantizationConfig.Int4WeightOnly(groupSize: 32) with
+        var config = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with
         {
-            Overrides = [new("conv*", QuantizationConfig.DefaultWeights)],
+            Overrides = [new("conv*", QuantType.Int8)],
         };
         var result = Quantizer.Quantize(model, config, factory: () => new MnistNet());
         string path = Path.Combine(Path.GetTempPath(), $"qs-inspect-{Guid.NewGuid():N}.safetensors");

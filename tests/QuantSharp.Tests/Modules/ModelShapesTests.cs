@@ -1,3 +1,4 @@
+using QuantSharp.Calibration;
 using QuantSharp.Modules;
 using QuantSharp.Tests.Checkpoints;
 using QuantSharp.Validation;
@@ -203,7 +204,7 @@ public class ModelShapesTests
         using var scope = NewDisposeScope();
         var model = Build(name);
         model.eval();
-        var r = Quantizer.Quantize(model, new QuantizationConfig(), () => Build(name));
+        var r = Quantizer.Quantize(model, new QuantizationRecipe(), () => Build(name));
         var q = (Module<Tensor, Tensor>)r.Model;
         AssertStoredQuantized(model, q);
         Assert.Equal(CheckStatus.Passed, r.Report!.ReloadCheck);
@@ -232,7 +233,7 @@ public class ModelShapesTests
         long floatBytes = ModelMemory.Bytes(model);
         Assert.Equal(TiedLm.Vocab * D * 4L, floatBytes); // one storage, counted once
 
-        var r = Quantizer.Quantize(model, new QuantizationConfig(), () => new TiedLm());
+        var r = Quantizer.Quantize(model, new QuantizationRecipe(), () => new TiedLm());
         Assert.Equal(["embed", "head"], r.Layers.Select(l => l.Name));
         var weights = ModuleTree.Walk(r.Model).SelectMany(e => ModuleQuantization.WeightsOf(e.Module)).Select(w => w.Weight).ToList();
         Assert.Equal(2, weights.Count);
@@ -264,7 +265,7 @@ public class ModelShapesTests
     public void FloatHalfOfATiedModelIsHalfItsSize()
     {
         using var scope = NewDisposeScope();
-        var r = Quantizer.Quantize(new TiedLm(), QuantizationConfig.Float16(), () => new TiedLm());
+        var r = Quantizer.Quantize(new TiedLm(), QuantizationRecipe.Float16(), () => new TiedLm());
         Assert.Equal(0.5, (double)r.Report!.QuantizedBytes / r.Report.FloatBytes, 3);
     }
 
@@ -274,7 +275,7 @@ public class ModelShapesTests
         using var scope = NewDisposeScope();
         var model = new Masked();
         model.eval();
-        var r = Quantizer.Quantize(model, new QuantizationConfig(), () => new Masked());
+        var r = Quantizer.Quantize(model, new QuantizationRecipe(), () => new Masked());
         var q = (Module<Tensor, Tensor, Tensor>)r.Model;
         AssertStoredQuantized(model, q);
 
@@ -301,5 +302,44 @@ public class ModelShapesTests
         Assert.True(big.Count == 0, $"float weights left: {string.Join(", ", big)}");
         double ratio = (double)ModelMemory.Bytes(quantized) / ModelMemory.Bytes(original);
         Assert.True(ratio <= 0.30, $"parameters + buffers are {ratio:P1} of float32");
+    }
+}
+
+/// <summary>Calibration of a model with two inputs (sequence and mask) through callbacks.</summary>
+public class CallbackCalibrationTests
+{
+    [Fact]
+    public void MaskedModelIsCalibratedThroughACallback()
+    {
+        using var scope = NewDisposeScope();
+        var model = new ModelShapesTests.Masked();
+        model.eval();
+        torch.manual_seed(8);
+        var data = Enumerable.Range(0, 4).Select(_ => (X: torch.randn(7, 8, 64), Mask: torch.zeros(8, 7, dtype: ScalarType.Bool))).ToList();
+        foreach (var (_, mask) in data) mask[.., 6] = torch.tensor(true);
+        int runs = 0;
+        var batches = data.Select(b => new CalibrationBatch(m => { runs++; return ((Module<Tensor, Tensor, Tensor>)m).call(b.X, b.Mask); }, b.X.shape[1]));
+
+        var r = Quantizer.Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = 24 }, batches, () => new ModelShapesTests.Masked());
+        Assert.Equal(24, r.CalibrationSamples); // 3 of the 4 batches of 8 reach the 24 asked
+        // The Linear field typed Module<Tensor, Tensor> is replaced and gets calibrated input qparams; the native attention is materialized.
+        var proj = r.Layers.Single(l => l.Name == "proj");
+        Assert.NotNull(proj.Input);
+        Assert.True(proj.Input!.Scale > 0);
+        Assert.Null(r.Layers.Single(l => l.Name == "attn").Input);
+        Assert.NotNull(r.Report!.ModelOutputSqnrDb);
+        Assert.True(r.Report.ModelOutputSqnrDb > 25, $"model SQNR {r.Report.ModelOutputSqnrDb:F1}");
+        Assert.Equal(CheckStatus.Passed, r.Report.ReloadCheck);
+        Assert.Contains("outputs", r.Report.ReloadDetail);
+        Assert.Equal(3 + 3, runs); // calibration, then the quantized model's output and the reload check's two runs
+    }
+
+    [Fact]
+    public void TensorBatchesForATwoInputModelAskForCallbacks()
+    {
+        using var scope = NewDisposeScope();
+        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ModelShapesTests.Masked(), QuantizationRecipe.Int8Static(),
+            factory: () => new ModelShapesTests.Masked(), calibrationData: [torch.randn(7, 2, 64)]));
+        Assert.Contains("CalibrationBatch", ex.Message);
     }
 }

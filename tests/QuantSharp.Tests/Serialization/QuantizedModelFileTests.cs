@@ -16,20 +16,19 @@ public sealed class QuantizedModelFileTests : IDisposable
 
     public static TheoryData<string> Configs() => ["int8", "int4-mixed", "w8a8", "fp16", "bf16", "uint4-affine"];
 
-    private static QuantizationConfig ConfigFor(string name) => name switch
+    private static QuantizationRecipe ConfigFor(string name) => name switch
     {
-        "int8" => QuantizationConfig.Int8WeightOnly(),
+        "int8" => QuantizationRecipe.Int8WeightOnly(),
         // First conv and classifier int8, the rest int4 group-16.
-        "int4-mixed" => QuantizationConfig.Int4WeightOnly(16) with
+        "int4-mixed" => QuantizationRecipe.Int4WeightOnly(16) with
         {
-            Overrides = [new("features.0", QuantizationConfig.DefaultWeights), new("classifier", QuantizationConfig.DefaultWeights)],
+            Overrides = [new("features.0", QuantType.Int8), new("classifier", QuantType.Int8)],
         },
-        "w8a8" => QuantizationConfig.Int8Static() with { CalibrationSamples = 32 },
-        "fp16" => QuantizationConfig.Float16(),
-        "bf16" => QuantizationConfig.BFloat16(),
-        "uint4-affine" => new QuantizationConfig
+        "w8a8" => QuantizationRecipe.Int8Static() with { CalibrationSamples = 32 },
+        "fp16" => QuantizationRecipe.Float16(),
+        "bf16" => QuantizationRecipe.BFloat16(),
+        "uint4-affine" => QuantizationRecipe.ForWeights(new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(16))) with
         {
-            Weights = new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(16)),
             Exclude = ["features.0"],
         },
         _ => throw new ArgumentException(name),
@@ -73,8 +72,8 @@ public sealed class QuantizedModelFileTests : IDisposable
         foreach (var e in ModuleTree.Walk(result.Model).Where(e => e.Module is QuantizedModule))
         {
             var q = (QuantizedModule)e.Module;
-            using var fromFile = ckpt.Quantized[e.Name + ".weight"].Dequantize();
-            Assert.True(TestData.BitEqual(q.DequantizeWeight(), fromFile.reshape(q.WeightShape.ToArray())), e.Name);
+            using var fromFile = ckpt.GetFloat(e.Name + ".weight");
+            Assert.True(TestData.BitEqual(q.DequantizeWeight(), fromFile), e.Name);
         }
     }
 
@@ -82,7 +81,7 @@ public sealed class QuantizedModelFileTests : IDisposable
     public void MixedModelKeepsFloatLayersThroughSaveAndLoad()
     {
         using var scope = NewDisposeScope();
-        var result = Quantizer.Quantize(new MixedNet(), new QuantizationConfig(), () => new MixedNet());
+        var result = Quantizer.Quantize(new MixedNet(), new QuantizationRecipe(), () => new MixedNet());
         string path = Path.Combine(_dir, "mixed.safetensors");
         Quantizer.Save(result.Model, path);
         var loaded = (Module<Tensor, Tensor>)Quantizer.Load(() => new MixedNet(seed: 9), path);
@@ -94,7 +93,7 @@ public sealed class QuantizedModelFileTests : IDisposable
     public void WrongArchitectureOrFileIsAClearError()
     {
         using var scope = NewDisposeScope();
-        var result = Quantizer.Quantize(new Mlp(), new QuantizationConfig(), () => new Mlp());
+        var result = Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp());
         string path = Path.Combine(_dir, "mlp.safetensors");
         Quantizer.Save(result.Model, path);
         var ex = Assert.Throws<InvalidDataException>(() => Quantizer.Load(() => new ConvNet(), path));

@@ -12,7 +12,7 @@ namespace QuantSharp.Cli.Demo.MiniLM;
 /// <param name="Description">What is quantized how.</param>
 /// <param name="Config">The quantization settings.</param>
 /// <param name="Calibrated">Whether it runs the calibration sentences through the model (static activations).</param>
-internal sealed record MiniLMVariant(string Name, string Description, QuantizationConfig Config, bool Calibrated = false);
+internal sealed record MiniLMVariant(string Name, string Description, QuantizationRecipe Config, bool Calibrated = false);
 
 /// <summary>Measurements of one variant on the evaluation sentences.</summary>
 internal sealed record MiniLMVariantResult(
@@ -37,9 +37,9 @@ internal static class MiniLMDemo
     private const int BatchSize = 32;
 
     /// <summary>Layers whose inputs per-tensor uint8 cannot carry (see docs/ACCURACY.md): FFN down-projections, whose input is the GELU output.</summary>
-    internal const string W8A8SensitiveLayers = "encoder.layer.*.output.dense";
+    internal const string W8A8SensitiveLayers = "encoder.layer.?.output.dense";
 
-    private static QuantizationConfig Int4(int group, bool wordEmbeddings) => QuantizationConfig.Int4WeightOnly(groupSize: group) with
+    private static QuantizationRecipe Int4(int group, bool wordEmbeddings) => QuantizationRecipe.Int4WeightOnly(groupSize: group) with
     {
         Exclude = wordEmbeddings ? [] : ["embeddings.word_embeddings"],
     };
@@ -47,17 +47,17 @@ internal static class MiniLMDemo
     /// <summary>The variants, in table order.</summary>
     public static IReadOnlyList<MiniLMVariant> Variants { get; } =
     [
-        new("float16", "float16 weights, every Linear and Embedding", QuantizationConfig.Float16()),
+        new("float16", "float16 weights, every Linear and Embedding", QuantizationRecipe.Float16()),
         new("int8-per-channel", "int8 symmetric weights, one scale per output channel (per row for embeddings), every Linear and Embedding",
-            QuantizationConfig.Int8WeightOnly()),
+            QuantizationRecipe.Int8WeightOnly()),
         new("int4-group32", "int4 symmetric weights in groups of 32, every Linear and Embedding (word embeddings included)", Int4(32, true)),
         new("int4-group32-words-fp32", "int4 group-32 weights; word embeddings (46.9 MB of the 90.9 MB) excluded, kept float32", Int4(32, false)),
         new("int4-group128", "int4 symmetric weights in groups of 128, every Linear and Embedding (word embeddings included)", Int4(128, true)),
         new("int4-group128-words-fp32", "int4 group-128 weights; word embeddings excluded, kept float32", Int4(128, false)),
         new("w8a8", "int8 per-channel weights + uint8 affine per-tensor inputs of every Linear, min/max calibrated on the calibration quotes",
-            QuantizationConfig.Int8Static(), Calibrated: true),
+            QuantizationRecipe.Int8Static(), Calibrated: true),
         new("w8a8-ffn-out-fp32", $"w8a8 with the remedy: the six FFN down-projections ({W8A8SensitiveLayers}) excluded, kept float32",
-            QuantizationConfig.Int8Static() with { Exclude = [W8A8SensitiveLayers] }, Calibrated: true),
+            QuantizationRecipe.Int8Static() with { Exclude = [W8A8SensitiveLayers] }, Calibrated: true),
     ];
 
     /// <summary>Runs the demo on the bundled quotes.</summary>
@@ -101,7 +101,7 @@ internal static class MiniLMDemo
                 var config = variant.Calibrated ? variant.Config with { CalibrationSamples = calibration.Count } : variant.Config;
                 var result = Quantizer.Quantize(model, config, factory: () => new MiniLMModel(), calibrationData: calibrationBatches,
                     onFailure: ValidationFailureMode.Warn);
-                using var quantized = (MiniLMModel)result.Model;
+                using var quantized = result.Model;
                 var (embeddings, ms) = Encode(quantized, tokenizer, sentences);
                 var (mean, min) = EmbeddingMetrics.Cosine(embeddings, float32);
                 results.Add(new MiniLMVariantResult(variant.Name, variant.Description, mean, min,

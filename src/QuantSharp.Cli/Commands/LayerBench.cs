@@ -1,0 +1,158 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Text.Json.Nodes;
+using QuantSharp.Kernels;
+using QuantSharp.Modules;
+using QuantSharp.Primitives;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Cli.Commands;
+
+/// <summary>One timed layer: TorchSharp float32 and bfloat16 <c>Linear</c> against the quantized layer, same run.</summary>
+internal sealed record LayerTiming(string? Layer, long Out, long In, int Batch, string QType, int? GroupSize,
+    double Float32Ms, double BFloat16Ms, double QuantizedMs, long WeightBytes, double MemoryReadGbps)
+{
+    public double SpeedupVsFloat32 => Float32Ms / QuantizedMs;
+    public double SpeedupVsBFloat16 => BFloat16Ms / QuantizedMs;
+
+    /// <summary>Stored weight bytes (data, scales, zero points) read per forward, per second.</summary>
+    public double WeightGbps => WeightBytes / (QuantizedMs * 1e6);
+
+    public JsonObject ToJson()
+    {
+        var o = new JsonObject();
+        if (Layer is not null) o["layer"] = Layer;
+        o["shape"] = $"{Out}x{In}";
+        o["batch"] = Batch;
+        o["qtype"] = QType;
+        o["group_size"] = GroupSize;
+        o["float32_ms"] = Math.Round(Float32Ms, 4);
+        o["bfloat16_ms"] = Math.Round(BFloat16Ms, 4);
+        o["quantized_ms"] = Math.Round(QuantizedMs, 4);
+        o["speedup_vs_float32"] = Math.Round(SpeedupVsFloat32, 3);
+        o["speedup_vs_bfloat16"] = Math.Round(SpeedupVsBFloat16, 3);
+        o["weight_gbps"] = Math.Round(WeightGbps, 2);
+        o["memory_read_gbps"] = Math.Round(MemoryReadGbps, 2);
+        return o;
+    }
+}
+
+/// <summary>The measurements behind <c>quantsharp bench</c>.</summary>
+internal static class LayerBench
+{
+    /// <summary>The <c>--qtype</c> values.</summary>
+    public static readonly string[] QTypes = ["int8", "int4", "uint4", "float16", "bfloat16", "w8a8-dynamic", "w8a8-static"];
+
+    /// <summary>Times one <c>[outFeatures, inFeatures]</c> layer at <paramref name="batch"/>.</summary>
+    /// <param name="qtype">One of <see cref="QTypes"/>.</param>
+    /// <param name="groupSize">Per-group size for integer weights, or null (int8: per channel; int4/uint4: 128).</param>
+    /// <param name="repeats">Timed calls per side (the median is reported), after two warm-up calls.</param>
+    /// <param name="memoryReadGbps">The machine's read bandwidth, measured once by the caller.</param>
+    /// <param name="layer">Layer name (for <c>--model</c>), or null.</param>
+    public static LayerTiming Measure(long outFeatures, long inFeatures, int batch, string qtype, int? groupSize, int repeats, double memoryReadGbps, string? layer = null)
+    {
+        var (spec, dynamic, staticInput) = Spec(qtype, ref groupSize);
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        torch.manual_seed(0);
+        var linear = nn.Linear(inFeatures, outFeatures);
+        var x = torch.randn(batch, inFeatures);
+        ActivationQuantization? input = null;
+        if (staticInput)
+        {
+            // Calibrated on the bench input itself: uint8 affine, PyTorch's default activation quantization.
+            var (scale, zero) = QParams.Choose(x.min().item<float>(), x.max().item<float>(), QuantRange.For(QuantType.UInt8, false), QuantScheme.Affine);
+            input = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, zero);
+        }
+        using var quantized = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, input);
+        quantized.DynamicInput = dynamic;
+        using var bf16 = nn.Linear(inFeatures, outFeatures, dtype: ScalarType.BFloat16);
+        var xb = x.to(ScalarType.BFloat16);
+        double f32 = Time(() => linear.call(x), repeats);
+        double b16 = Time(() => bf16.call(xb), repeats);
+        double q = Time(() => quantized.call(x), repeats);
+        linear.Dispose();
+        return new LayerTiming(layer, outFeatures, inFeatures, batch, qtype, groupSize, f32, b16, q, quantized.WeightStorageBytes, memoryReadGbps);
+    }
+
+    /// <summary>The weight spec of a <c>--qtype</c>; int4 and uint4 default to group 128.</summary>
+    internal static (QuantSpec Spec, bool Dynamic, bool StaticInput) Spec(string qtype, ref int? groupSize)
+    {
+        if (qtype is "int4" or "uint4") groupSize ??= 128;
+        if (qtype is "float16" or "bfloat16") groupSize = null; // plain casts: no groups
+        Granularity granularity = groupSize is int g ? new PerGroup(g) : new PerAxis(0);
+        return qtype switch
+        {
+            "int8" => (new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, granularity), false, false),
+            "int4" => (new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, granularity), false, false),
+            "uint4" => (new QuantSpec(QuantType.UInt4, QuantScheme.Affine, granularity), false, false),
+            "float16" => (new QuantSpec(QuantType.Float16), false, false),
+            "bfloat16" => (new QuantSpec(QuantType.BFloat16), false, false),
+            "w8a8-dynamic" => (new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, granularity), true, false),
+            "w8a8-static" => (new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, granularity), false, true),
+            _ => throw new ArgumentException($"Unknown --qtype '{qtype}'; use one of {string.Join(", ", QTypes)}."),
+        };
+    }
+
+    /// <summary>Median milliseconds of <paramref name="repeats"/> calls after two warm-up calls.</summary>
+    private static double Time(Func<Tensor> forward, int repeats)
+    {
+        for (int i = 0; i < 2; i++) forward().Dispose();
+        var times = new double[Math.Max(1, repeats)];
+        for (int i = 0; i < times.Length; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            forward().Dispose();
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times.Length % 2 == 1 ? times[times.Length / 2] : (times[times.Length / 2 - 1] + times[times.Length / 2]) / 2;
+    }
+
+    /// <summary>
+    /// Memory read bandwidth in GB/s: the best of three passes summing <paramref name="bytes"/> of memory on the kernels'
+    /// threads (<see cref="KernelThreads"/>), the same access pattern as a batch-1 layer streaming its weight.
+    /// </summary>
+    public static unsafe double MemoryReadGbps(long bytes)
+    {
+        long floats = bytes / sizeof(float);
+        float* buffer = (float*)NativeMemory.Alloc((nuint)floats, sizeof(float));
+        try
+        {
+            new Span<float>(buffer, (int)Math.Min(floats, int.MaxValue)).Fill(1f); // touch every page first
+            int threads = KernelThreads.Count;
+            long perThread = floats / threads / 64 * 64;
+            nint address = (nint)buffer;
+            double best = 0;
+            var sums = new float[threads];
+            for (int pass = 0; pass < 3; pass++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
+                double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                best = Math.Max(best, perThread * threads * sizeof(float) / seconds / 1e9);
+            }
+            return best;
+        }
+        finally
+        {
+            NativeMemory.Free(buffer);
+        }
+    }
+
+    private static unsafe float Sum(float* p, long count)
+    {
+        Vector256<float> a = default, b = default, c = default, d = default;
+        for (long i = 0; i + 32 <= count; i += 32)
+        {
+            a += Vector256.Load(p + i);
+            b += Vector256.Load(p + i + 8);
+            c += Vector256.Load(p + i + 16);
+            d += Vector256.Load(p + i + 24);
+        }
+        return Vector256.Sum(a + b + c + d);
+    }
+}

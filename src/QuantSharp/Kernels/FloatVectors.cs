@@ -1,0 +1,207 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// One vector width for the float kernels: <typeparamref name="TVec"/> holds <see cref="Count"/> float32 lanes, and
+/// the loads widen stored weights (int8, uint8, packed nibbles, IEEE half, bfloat16) into such lanes exactly.
+/// Kernels are generic over the width, so one kernel body serves 512, 256 and 128 bits and the one-lane scalar width.
+/// </summary>
+/// <typeparam name="TVec">The vector type (<see cref="float"/> for the scalar width).</typeparam>
+internal interface IFloatWidth<TVec> where TVec : struct
+{
+    /// <summary>Float lanes per vector.</summary>
+    static abstract int Count { get; }
+
+    /// <summary>All lanes 0.</summary>
+    static abstract TVec Zero { get; }
+
+    /// <summary>All lanes <paramref name="value"/>.</summary>
+    static abstract TVec Create(float value);
+
+    /// <summary><see cref="Count"/> floats.</summary>
+    static abstract unsafe TVec Load(float* p);
+
+    /// <summary><c>a * b + c</c>, fused (one rounding) where the hardware has it.</summary>
+    static abstract TVec MultiplyAdd(TVec a, TVec b, TVec c);
+
+    /// <summary>Sum of the lanes.</summary>
+    static abstract float Sum(TVec v);
+
+    /// <summary><see cref="Count"/> int8 values as floats.</summary>
+    static abstract unsafe TVec LoadSBytes(byte* p);
+
+    /// <summary><see cref="Count"/> uint8 values as floats.</summary>
+    static abstract unsafe TVec LoadBytes(byte* p);
+
+    /// <summary>
+    /// <see cref="Count"/> bytes of packed nibbles: low nibbles (elements 2j) and high nibbles (2j+1) as floats 0..15;
+    /// with <paramref name="flip"/> each nibble is first XORed with 8 (two's complement <c>q</c> becomes <c>q + 8</c>).
+    /// </summary>
+    static abstract unsafe (TVec Low, TVec High) LoadNibbles(byte* p, bool flip);
+
+    /// <summary><see cref="Count"/> IEEE half values as floats (exact).</summary>
+    static abstract unsafe TVec LoadHalves(ushort* p);
+
+    /// <summary><see cref="Count"/> bfloat16 values as floats (exact).</summary>
+    static abstract unsafe TVec LoadBFloat16s(ushort* p);
+}
+
+/// <summary>512-bit lanes (AVX-512F/BW; the dispatcher checks <see cref="IsSupported"/>).</summary>
+internal readonly struct Float512 : IFloatWidth<Vector512<float>>
+{
+    public static bool IsSupported => Simd.Use512 && Avx512F.IsSupported && Avx512BW.IsSupported;
+    public static int Count => 16;
+    public static Vector512<float> Zero => Vector512<float>.Zero;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Create(float value) => Vector512.Create(value);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<float> Load(float* p) => Vector512.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Avx512F.FusedMultiplyAdd(a, b, c);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> v) => Vector512.Sum(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadSBytes(byte* p) => Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)p)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadBytes(byte* p) => Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector512<float> Low, Vector512<float> High) LoadNibbles(byte* p, bool flip)
+    {
+        var b = Vector128.Load(p);
+        if (flip) b ^= Vector128.Create((byte)0x88);
+        var v = Avx512F.ConvertToVector512Int32(b);
+        return (Avx512F.ConvertToVector512Single(v & Vector512.Create(15)), Avx512F.ConvertToVector512Single(v >>> 4));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadBFloat16s(ushort* p) => (Avx512F.ConvertToVector512UInt32(Vector256.Load(p)) << 16).AsSingle();
+}
+
+/// <summary>256-bit lanes (AVX2 + FMA; the dispatcher checks <see cref="IsSupported"/>).</summary>
+internal readonly struct Float256 : IFloatWidth<Vector256<float>>
+{
+    public static bool IsSupported => Simd.Use256 && Avx2.IsSupported && Fma.IsSupported;
+    public static int Count => 8;
+    public static Vector256<float> Zero => Vector256<float>.Zero;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Create(float value) => Vector256.Create(value);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<float> Load(float* p) => Vector256.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Fma.MultiplyAdd(a, b, c);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadSBytes(byte* p) => Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32((sbyte*)p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadBytes(byte* p) => Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector256<float> Low, Vector256<float> High) LoadNibbles(byte* p, bool flip)
+    {
+        var b = Vector128.CreateScalarUnsafe(*(ulong*)p).AsByte();
+        if (flip) b ^= Vector128.Create((byte)0x88);
+        var v = Avx2.ConvertToVector256Int32(b);
+        return (Avx.ConvertToVector256Single(v & Vector256.Create(15)), Avx.ConvertToVector256Single(v >>> 4));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx2.ConvertToVector256Int32(p).AsUInt32());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadBFloat16s(ushort* p) => (Avx2.ConvertToVector256Int32(p).AsUInt32() << 16).AsSingle();
+}
+
+/// <summary>128-bit lanes (SSE4.1; the dispatcher checks <see cref="IsSupported"/>). Multiply-add is two roundings without FMA.</summary>
+internal readonly struct Float128 : IFloatWidth<Vector128<float>>
+{
+    public static bool IsSupported => Simd.Use128 && Sse41.IsSupported;
+    public static int Count => 4;
+    public static Vector128<float> Zero => Vector128<float>.Zero;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Create(float value) => Vector128.Create(value);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector128<float> Load(float* p) => Vector128.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> MultiplyAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => a * b + c;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector128<float> v) => Vector128.Sum(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadSBytes(byte* p) => Sse2.ConvertToVector128Single(Sse41.ConvertToVector128Int32((sbyte*)p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadBytes(byte* p) => Sse2.ConvertToVector128Single(Sse41.ConvertToVector128Int32(p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector128<float> Low, Vector128<float> High) LoadNibbles(byte* p, bool flip)
+    {
+        var b = Vector128.CreateScalarUnsafe(*(uint*)p).AsByte();
+        if (flip) b ^= Vector128.Create((byte)0x88);
+        var v = Sse41.ConvertToVector128Int32(b);
+        return (Sse2.ConvertToVector128Single(v & Vector128.Create(15)), Sse2.ConvertToVector128Single(v >>> 4));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Sse41.ConvertToVector128Int32(p).AsUInt32());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadBFloat16s(ushort* p) => (Sse41.ConvertToVector128Int32(p).AsUInt32() << 16).AsSingle();
+}
+
+/// <summary>One lane: plain scalar code, the path when no vector width may be used.</summary>
+internal readonly struct Float1 : IFloatWidth<float>
+{
+    public static int Count => 1;
+    public static float Zero => 0f;
+    public static float Create(float value) => value;
+    public static unsafe float Load(float* p) => *p;
+    public static float MultiplyAdd(float a, float b, float c) => a * b + c;
+    public static float Sum(float v) => v;
+    public static unsafe float LoadSBytes(byte* p) => *(sbyte*)p;
+    public static unsafe float LoadBytes(byte* p) => *p;
+    public static unsafe (float Low, float High) LoadNibbles(byte* p, bool flip)
+    {
+        int b = flip ? *p ^ 0x88 : *p;
+        return (b & 15, b >> 4);
+    }
+    public static unsafe float LoadHalves(ushort* p) => HalfKernel.FromHalfBits(*p);
+    public static unsafe float LoadBFloat16s(ushort* p) => HalfKernel.FromBFloat16Bits(*p);
+}
+
+/// <summary>IEEE half bits (zero-extended in 32-bit lanes) to float32, exactly as <see cref="HalfKernel.FromHalfBits"/>.</summary>
+internal static class HalfLanes
+{
+    // Magnitude bits shifted into float position and scaled by 2^112 re-bias the exponent (and normalize subnormals,
+    // exactly); infinities and NaNs (exponent 31) get the float exponent 255 with their mantissa.
+    private const float Rebias = 5.192296858534828e33f; // 2^112
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> FromHalf(Vector512<uint> h)
+    {
+        var mag = (h & Vector512.Create(0x7FFFu)) << 13;
+        var finite = mag.AsSingle() * Vector512.Create(Rebias);
+        var special = (mag | Vector512.Create(0x7F80_0000u)).AsSingle();
+        var r = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(mag, Vector512.Create(0x0F80_0000u)).AsSingle(), special, finite);
+        return (r.AsUInt32() | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> FromHalf(Vector256<uint> h)
+    {
+        var mag = (h & Vector256.Create(0x7FFFu)) << 13;
+        var finite = mag.AsSingle() * Vector256.Create(Rebias);
+        var special = (mag | Vector256.Create(0x7F80_0000u)).AsSingle();
+        var r = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(mag, Vector256.Create(0x0F80_0000u)).AsSingle(), special, finite);
+        return (r.AsUInt32() | ((h & Vector256.Create(0x8000u)) << 16)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> FromHalf(Vector128<uint> h)
+    {
+        var mag = (h & Vector128.Create(0x7FFFu)) << 13;
+        var finite = mag.AsSingle() * Vector128.Create(Rebias);
+        var special = (mag | Vector128.Create(0x7F80_0000u)).AsSingle();
+        var r = Vector128.ConditionalSelect(Vector128.GreaterThanOrEqual(mag, Vector128.Create(0x0F80_0000u)).AsSingle(), special, finite);
+        return (r.AsUInt32() | ((h & Vector128.Create(0x8000u)) << 16)).AsSingle();
+    }
+}

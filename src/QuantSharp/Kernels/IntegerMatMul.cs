@@ -1,0 +1,335 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// One width of the integer dot product <c>sum_k u[k] * s[k]</c> (uint8 by int8, int32 accumulation, exact):
+/// AVX-VNNI <c>vpdpbusd</c>, or both operands widened to int16 and <c>vpmaddwd</c> (no saturation; the
+/// <c>vpmaddubsw</c> shortcut would saturate at 255 * -128 * 2), or scalar. All widths give the same integers.
+/// </summary>
+internal interface IIntWidth<TAcc> where TAcc : struct
+{
+    /// <summary>Elements per <see cref="Accumulate"/>.</summary>
+    static abstract int Step { get; }
+
+    static abstract TAcc Zero { get; }
+
+    /// <summary><c>acc + products of Step elements</c> (lane-wise partial sums).</summary>
+    static abstract unsafe TAcc Accumulate(TAcc acc, byte* u, byte* s);
+
+    static abstract int Sum(TAcc acc);
+}
+
+internal readonly struct IntVnni256 : IIntWidth<Vector256<int>>
+{
+    public static bool IsSupported => Simd.Use256 && AvxVnni.IsSupported;
+    public static int Step => 32;
+    public static Vector256<int> Zero => Vector256<int>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<int> Accumulate(Vector256<int> acc, byte* u, byte* s) => AvxVnni.MultiplyWideningAndAdd(acc, Vector256.Load(u), Vector256.Load((sbyte*)s));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Sum(Vector256<int> acc) => Vector256.Sum(acc);
+}
+
+internal readonly struct IntMadd512 : IIntWidth<Vector512<int>>
+{
+    public static bool IsSupported => Simd.Use512 && Avx512BW.IsSupported;
+    public static int Step => 32;
+    public static Vector512<int> Zero => Vector512<int>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<int> Accumulate(Vector512<int> acc, byte* u, byte* s) =>
+        acc + Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load(u)), Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)s)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Sum(Vector512<int> acc) => Vector512.Sum(acc);
+}
+
+internal readonly struct IntMadd256 : IIntWidth<Vector256<int>>
+{
+    public static bool IsSupported => Simd.Use256 && Avx2.IsSupported;
+    public static int Step => 16;
+    public static Vector256<int> Zero => Vector256<int>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<int> Accumulate(Vector256<int> acc, byte* u, byte* s) =>
+        acc + Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(u).AsInt16(), Avx2.ConvertToVector256Int16((sbyte*)s));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Sum(Vector256<int> acc) => Vector256.Sum(acc);
+}
+
+internal readonly struct IntMadd128 : IIntWidth<Vector128<int>>
+{
+    public static bool IsSupported => Simd.Use128 && Sse41.IsSupported;
+    public static int Step => 8;
+    public static Vector128<int> Zero => Vector128<int>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<int> Accumulate(Vector128<int> acc, byte* u, byte* s) =>
+        acc + Sse2.MultiplyAddAdjacent(Sse41.ConvertToVector128Int16(u).AsInt16(), Sse41.ConvertToVector128Int16((sbyte*)s));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Sum(Vector128<int> acc) => Vector128.Sum(acc);
+}
+
+internal readonly struct IntScalar : IIntWidth<int>
+{
+    public static int Step => 1;
+    public static int Zero => 0;
+    public static unsafe int Accumulate(int acc, byte* u, byte* s) => acc + *u * *(sbyte*)s;
+    public static int Sum(int acc) => acc;
+}
+
+/// <summary>
+/// Activations quantized to 8 bits, as the kernel reads them: unsigned codes <c>u = q + 128</c> for int8 (the same
+/// integers shifted, so the kernel always multiplies uint8 by int8), with per-row scale, zero point (in the shifted
+/// domain) and code sum.
+/// </summary>
+internal sealed unsafe class QuantizedActivations : IDisposable
+{
+    public QuantizedActivations(int rows, int cols)
+    {
+        Rows = rows;
+        Cols = cols;
+        Codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, rows) * (nuint)Math.Max(1, cols));
+        Scales = new float[rows];
+        ZeroPoints = new int[rows];
+        Sums = new int[rows];
+    }
+
+    public int Rows { get; }
+    public int Cols { get; }
+    public byte* Codes { get; private set; }
+    public float[] Scales { get; }
+    public int[] ZeroPoints { get; }
+    public int[] Sums { get; }
+
+    public void Dispose()
+    {
+        if (Codes != null) NativeMemory.Free(Codes);
+        Codes = null;
+    }
+}
+
+/// <summary>
+/// Integer W8A8: <c>y[m, n] = xScale[m] * wScale[n] * sum_k (u[m, k] - xZero[m]) * (q[n, k] - wZero[n]) + bias[n]</c>,
+/// the integer sum computed exactly (<c>sum u*q - xZero*rowSum(q) - wZero*sum u + K*xZero*wZero</c>). Weights are int8
+/// with one scale (and zero point) per row or per tensor; activations come from <see cref="QuantizeDynamic"/> (torchao's
+/// per-row symmetric int8, <c>Int8DynamicActivationInt8WeightConfig</c>) or <see cref="QuantizeStatic"/> (calibrated
+/// scale and zero point), whose integers are those of the simulated path (quantize, dequantize, float GEMM).
+/// </summary>
+internal static unsafe class IntegerMatMul
+{
+    /// <summary>The longest reduction whose products fit int32 exactly: 65,793 * 255 * 128 &lt; 2^31.</summary>
+    public const int MaxReduction = 65536;
+
+    /// <summary>torchao's <c>torch.finfo(torch.float32).eps</c>: the smallest dynamic scale.</summary>
+    private const float MinDynamicScale = 1.1920929e-07f;
+
+    /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI).</summary>
+    public static bool IsSupported(KernelPath path) => path switch
+    {
+        KernelPath.Vnni256 => IntVnni256.IsSupported,
+        KernelPath.V512 => IntMadd512.IsSupported,
+        KernelPath.V256 => IntMadd256.IsSupported,
+        KernelPath.V128 => IntMadd128.IsSupported,
+        _ => true,
+    };
+
+    /// <summary>
+    /// Quantizes each row to int8 on the fly, symmetric over [-127, 127]: <c>scale = max(amax / 127, eps)</c>,
+    /// <c>q = clamp(round(x * (1 / scale)), -127, 127)</c> (torchao's per-token activation quantization).
+    /// </summary>
+    public static void QuantizeDynamic(float* x, nint ldx, QuantizedActivations into)
+    {
+        int k = into.Cols;
+        for (int i = 0; i < into.Rows; i++)
+        {
+            var row = new ReadOnlySpan<float>(x + i * ldx, k);
+            var (min, max) = MinMaxKernel.MinMax(row);
+            float amax = k == 0 ? 0 : MathF.Max(-MathF.Min(min, 0), MathF.Max(max, 0));
+            float scale = MathF.Max(amax / 127f, MinDynamicScale);
+            QuantizeRow(row, scale, 0, -127, 127, into, i);
+        }
+    }
+
+    /// <summary>
+    /// Quantizes every row with one calibrated scale and zero point over <c>[qmin, qmax]</c> (int8 or uint8 ranges):
+    /// <c>clamp(round(x * (1 / scale)) + zeroPoint, qmin, qmax)</c>, as the static W8A8 layers' fake quantization.
+    /// </summary>
+    public static void QuantizeStatic(float* x, nint ldx, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into)
+    {
+        for (int i = 0; i < into.Rows; i++) QuantizeRow(new ReadOnlySpan<float>(x + i * ldx, into.Cols), scale, zeroPoint, qmin, qmax, into, i);
+    }
+
+    private static void QuantizeRow(ReadOnlySpan<float> row, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into, int i)
+    {
+        // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.
+        int shift = qmin < 0 ? 128 : 0;
+        var codes = new Span<byte>(into.Codes + (nint)i * into.Cols, into.Cols);
+        QuantizeKernel.Quantize(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
+        int sum = 0;
+        foreach (byte c in codes) sum += c;
+        into.Scales[i] = scale;
+        into.ZeroPoints[i] = zeroPoint + shift;
+        into.Sums[i] = sum;
+    }
+
+    /// <summary>Computes <c>y = dequant(x) dequant(w)^T + bias</c> with an exact integer inner product.</summary>
+    /// <param name="w">int8 weight, one scale (and zero point) per row or per tensor.</param>
+    /// <param name="x">Quantized activations (K = <c>w.Cols</c>).</param>
+    /// <param name="bias">N floats or null.</param>
+    /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
+    /// <param name="ldy">Output row stride.</param>
+    /// <param name="path">Instruction set (<see cref="KernelPath.Vnni256"/>, V512/V256/V128 use <c>vpmaddwd</c>).</param>
+    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    {
+        CheckWeight(w);
+        if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
+        if (path == KernelPath.Auto)
+            path = IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
+                : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
+        if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
+        if (x.Rows == 0 || w.Rows == 0) return;
+        switch (path)
+        {
+            case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V512: Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
+            default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
+        }
+    }
+
+    private static void CheckWeight(in WeightView w)
+    {
+        if (w.Format != WeightFormat.Int8 || w.GroupsPerRow != 1)
+            throw new ArgumentException($"Integer W8A8 needs int8 weights with one scale per row or tensor, got {w.Format} with {w.GroupsPerRow} group(s) per row.");
+        if (w.Cols > MaxReduction) throw new ArgumentException($"Reduction length {w.Cols} exceeds {MaxReduction}: int32 sums could overflow.");
+    }
+
+    private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+        where TW : IIntWidth<TAcc> where TAcc : struct
+    {
+        const int RowsPerBlock = 64;
+        int rowsPerItem = Math.Clamp(32768 / Math.Max(w.Cols, 1), 4, 64);
+        int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+        int mBlocks = (x.Rows + RowsPerBlock - 1) / RowsPerBlock;
+        // Row sums of the weight (for activation zero points) are dot products with a row of ones, computed per work
+        // item while its weight rows are in cache: no pass over the weight ahead of time, nothing cached across calls.
+        bool needSums = x.ZeroPoints.Any(z => z != 0);
+        using var ones = new QuantizedActivations(1, w.Cols);
+        new Span<byte>(ones.Codes, w.Cols).Fill(1);
+        nint yAddress = (nint)y, biasAddress = (nint)bias;
+        KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(x.Rows, RowsPerBlock) * rowsPerItem * w.Cols / 4, item =>
+        {
+            int m0 = item / nBlocks * RowsPerBlock, m1 = Math.Min(x.Rows, m0 + RowsPerBlock);
+            int n0 = item % nBlocks * rowsPerItem, n1 = Math.Min(w.Rows, n0 + rowsPerItem);
+            Span<int> dot = stackalloc int[4];
+            Span<int> sums = stackalloc int[n1 - n0];
+            if (needSums)
+                for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones, 0, dot)[0];
+            var output = new Output(w, x, (float*)biasAddress, (float*)yAddress, ldy);
+            int i = m0;
+            for (; i + 4 <= m1; i += 4)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Four>(w, n, x, i, dot));
+            for (; i + 2 <= m1; i += 2)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Two>(w, n, x, i, dot));
+            for (; i < m1; i++)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, One>(w, n, x, i, dot));
+        });
+    }
+
+    /// <summary><c>sum_k u[i + r, k] * q[n, k]</c> for <c>r &lt; TR.Count</c>, into <paramref name="dot"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static ReadOnlySpan<int> Dot<TW, TAcc, TR>(in WeightView w, int n, QuantizedActivations x, int i, Span<int> dot)
+        where TW : IIntWidth<TAcc> where TAcc : struct where TR : IRowCount
+    {
+        int k = w.Cols, step = TW.Step, chunk = 2 * step;
+        byte* q = w.Data + (nint)n * k;
+        byte* u0 = x.Codes + (nint)i * k, u1 = u0 + k, u2 = u1 + k, u3 = u2 + k;
+        TAcc a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+        int j = 0;
+        for (; j + chunk <= k; j += chunk)
+        {
+            a0 = TW.Accumulate(a0, u0 + j, q + j);
+            b0 = TW.Accumulate(b0, u0 + j + step, q + j + step);
+            if (TR.Count > 1)
+            {
+                a1 = TW.Accumulate(a1, u1 + j, q + j);
+                b1 = TW.Accumulate(b1, u1 + j + step, q + j + step);
+            }
+            if (TR.Count > 2)
+            {
+                a2 = TW.Accumulate(a2, u2 + j, q + j);
+                b2 = TW.Accumulate(b2, u2 + j + step, q + j + step);
+                a3 = TW.Accumulate(a3, u3 + j, q + j);
+                b3 = TW.Accumulate(b3, u3 + j + step, q + j + step);
+            }
+        }
+        int r0 = TW.Sum(a0) + TW.Sum(b0), r1 = 0, r2 = 0, r3 = 0;
+        if (TR.Count > 1) r1 = TW.Sum(a1) + TW.Sum(b1);
+        if (TR.Count > 2)
+        {
+            r2 = TW.Sum(a2) + TW.Sum(b2);
+            r3 = TW.Sum(a3) + TW.Sum(b3);
+        }
+        for (; j < k; j++)
+        {
+            int qj = (sbyte)q[j];
+            r0 += u0[j] * qj;
+            if (TR.Count > 1) r1 += u1[j] * qj;
+            if (TR.Count > 2)
+            {
+                r2 += u2[j] * qj;
+                r3 += u3[j] * qj;
+            }
+        }
+        dot[0] = r0;
+        dot[1] = r1;
+        dot[2] = r2;
+        dot[3] = r3;
+        return dot[..TR.Count];
+    }
+
+    /// <summary>Zero-point corrections (exact, int64), both scales, bias: one output per activation row.</summary>
+    private readonly ref struct Output(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+    {
+        private readonly WeightView _w = w;
+
+        public void Write(int n, int i, int rowSum, ReadOnlySpan<int> dots)
+        {
+            var (ws, wz) = _w.Params(n, 0);
+            float b = bias == null ? 0f : bias[n];
+            for (int r = 0; r < dots.Length; r++)
+            {
+                int m = i + r;
+                long xz = x.ZeroPoints[m];
+                long exact = dots[r] - xz * rowSum - (long)wz * x.Sums[m] + (long)_w.Cols * xz * wz;
+                y[m * ldy + n] = (float)((double)x.Scales[m] * ws * exact) + b;
+            }
+        }
+    }
+
+    /// <summary>The specification: the same integers by plain loops, the same epilogue.</summary>
+    public static void Reference(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+    {
+        for (int m = 0; m < x.Rows; m++)
+        {
+            for (int n = 0; n < w.Rows; n++)
+            {
+                var (ws, wz) = w.Params(n, 0);
+                long exact = 0;
+                for (int k = 0; k < w.Cols; k++)
+                    exact += (long)(x.Codes[(nint)m * x.Cols + k] - x.ZeroPoints[m]) * ((sbyte)w.Data[(nint)n * w.Cols + k] - wz);
+                y[m * ldy + n] = (float)((double)x.Scales[m] * ws * exact) + (bias == null ? 0f : bias[n]);
+            }
+        }
+    }
+}

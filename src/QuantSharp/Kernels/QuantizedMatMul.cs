@@ -1,0 +1,285 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>Which instruction set a kernel runs on. <see cref="Auto"/> takes the widest the CPU (and <see cref="Simd.MaxBits"/>) allows.</summary>
+internal enum KernelPath
+{
+    /// <summary>The widest supported path.</summary>
+    Auto,
+    /// <summary>One lane of plain scalar code (runs everywhere).</summary>
+    Scalar,
+    /// <summary>128-bit vectors (SSE4.1).</summary>
+    V128,
+    /// <summary>256-bit vectors (AVX2, FMA).</summary>
+    V256,
+    /// <summary>512-bit vectors (AVX-512F/BW).</summary>
+    V512,
+    /// <summary>256-bit AVX-VNNI <c>vpdpbusd</c> (integer kernels only).</summary>
+    Vnni256,
+}
+
+/// <summary>How many threads the kernels use (0: one per processor). The bench's <c>--threads</c> sets it.</summary>
+internal static class KernelThreads
+{
+    private static volatile int s_count;
+
+    public static int Count
+    {
+        get => s_count > 0 ? s_count : Environment.ProcessorCount;
+        set => s_count = Math.Max(0, value);
+    }
+
+    /// <summary>Runs <paramref name="body"/> for items <c>[0, count)</c>, on several threads when there is enough work.</summary>
+    public static void For(int count, long workPerItem, Action<int> body)
+    {
+        const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
+        int threads = Count;
+        if (threads <= 1 || count <= 1 || (long)count * workPerItem < MinParallelWork)
+        {
+            for (int i = 0; i < count; i++) body(i);
+            return;
+        }
+        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+    }
+}
+
+/// <summary>
+/// <c>y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]</c> for float32 activations and a quantized or half-precision
+/// weight read straight from its buffers (<see cref="WeightView"/>): each weight vector is widened and dequantized in
+/// registers (<c>q * scale - zeroPoint * scale</c>, one multiply-add) and multiplied into up to four activation rows,
+/// so no float copy of the weight is ever built. Rows of the output are split over threads; activation rows are
+/// blocked so a block stays in cache while the weights stream past.
+/// </summary>
+/// <remarks>
+/// <see cref="Reference"/> is the specification: dequantize exactly as <see cref="WeightView.Dequantized"/>, accumulate
+/// in float64. The vector paths differ from it only by float32 rounding (the order of the sum, and the fused
+/// dequantization), bounded in the tests by a relative tolerance of the sum of absolute products.
+/// </remarks>
+internal static unsafe class QuantizedMatMul
+{
+    private const int RowsPerBlock = 32; // activation rows kept in cache while a block of weight rows passes
+
+    /// <summary>Computes <c>y = x w^T + bias</c>.</summary>
+    /// <param name="w">The weight, <c>[N, K]</c>.</param>
+    /// <param name="x">Activations, <paramref name="m"/> rows of K floats, rows <paramref name="ldx"/> floats apart.</param>
+    /// <param name="m">Activation rows.</param>
+    /// <param name="ldx">Distance between activation rows, in floats (at least K).</param>
+    /// <param name="bias">N floats, or null.</param>
+    /// <param name="y">Output, <paramref name="m"/> rows of N floats, <paramref name="ldy"/> floats apart.</param>
+    /// <param name="ldy">Distance between output rows (at least N).</param>
+    /// <param name="path">Instruction set; <see cref="KernelPath.Auto"/> for the widest available.</param>
+    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    {
+        if (ldx < w.Cols || ldy < w.Rows) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {w.Cols}/{w.Rows}.");
+        if (m == 0 || w.Rows == 0) return;
+        switch (Resolve(path))
+        {
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy); break;
+        }
+    }
+
+    /// <summary>True when <paramref name="path"/> can run on this CPU (Auto and Scalar always can).</summary>
+    public static bool IsSupported(KernelPath path) => path switch
+    {
+        KernelPath.V512 => Float512.IsSupported,
+        KernelPath.V256 => Float256.IsSupported,
+        KernelPath.V128 => Float128.IsSupported,
+        KernelPath.Vnni256 => false,
+        _ => true,
+    };
+
+    private static KernelPath Resolve(KernelPath path)
+    {
+        if (path == KernelPath.Auto)
+            return Float512.IsSupported ? KernelPath.V512 : Float256.IsSupported ? KernelPath.V256 : Float128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
+        if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
+        return path;
+    }
+
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        switch (w.Format)
+        {
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy); break;
+            case WeightFormat.Int4: Drive<TW, TVec, NibbleDecoder<SignedNibbles>>(w, x, m, ldx, bias, y, ldy); break;
+            case WeightFormat.UInt4: Drive<TW, TVec, NibbleDecoder<UnsignedNibbles>>(w, x, m, ldx, bias, y, ldy); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy); break;
+        }
+    }
+
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols;
+        float* permuted = null;
+        if (TD.Deinterleaved && TW.Count > 1)
+        {
+            permuted = (float*)NativeMemory.Alloc((nuint)m * (nuint)Math.Max(k, 1), sizeof(float));
+            for (int i = 0; i < m; i++) Deinterleave(x + i * ldx, permuted + (nint)i * k, k, w.GroupSize, 2 * TW.Count);
+            x = permuted;
+            ldx = k;
+        }
+        try
+        {
+            // Weight rows per work item: about 32 KiB of stored weights, so a block stays in L1/L2 while the
+            // activation rows of the block pass over it.
+            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
+            int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            int mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
+            long workPerItem = (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k;
+            var view = w;
+            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
+            KernelThreads.For(nBlocks * mBlocks, workPerItem, item =>
+            {
+                int mb = item / nBlocks, nb = item % nBlocks;
+                int m0 = mb * RowsPerBlock, m1 = Math.Min(m, m0 + RowsPerBlock);
+                int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
+                Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
+            });
+        }
+        finally
+        {
+            if (permuted != null) NativeMemory.Free(permuted);
+        }
+    }
+
+    private static void Block<TW, TVec, TD>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int m0, int m1, int n0, int n1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int i = m0;
+        for (; i + 4 <= m1; i += 4)
+            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Four>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+        if (m1 - i >= 2)
+        {
+            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Two>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+            i += 2;
+        }
+        if (i < m1)
+            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+    }
+
+    /// <summary>Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows; writes one output per row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Row<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
+    {
+        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
+        byte* row = w.Data + n * w.RowBytes;
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        int groups = w.GroupsPerRow;
+        for (int gi = 0; gi < groups; gi++)
+        {
+            var (s, z) = w.Params(n, gi);
+            float offset = -(z + TD.OffsetBias) * s;
+            TVec vs = TW.Create(s), vo = TW.Create(offset);
+            int k = gi * g, end = k + g;
+            for (; k + chunk <= end; k += chunk)
+            {
+                var (wa, wb) = TD.Decode<TW, TVec>(row, k, vs, vo);
+                a0 = TW.MultiplyAdd(wa, TW.Load(x0 + k), a0);
+                b0 = TW.MultiplyAdd(wb, TW.Load(x0 + k + c), b0);
+                if (TR.Count > 1)
+                {
+                    a1 = TW.MultiplyAdd(wa, TW.Load(x1 + k), a1);
+                    b1 = TW.MultiplyAdd(wb, TW.Load(x1 + k + c), b1);
+                }
+                if (TR.Count > 2)
+                {
+                    a2 = TW.MultiplyAdd(wa, TW.Load(x2 + k), a2);
+                    b2 = TW.MultiplyAdd(wb, TW.Load(x2 + k + c), b2);
+                    a3 = TW.MultiplyAdd(wa, TW.Load(x3 + k), a3);
+                    b3 = TW.MultiplyAdd(wb, TW.Load(x3 + k + c), b3);
+                }
+            }
+            for (; k < end; k++)
+            {
+                float wk = TD.One(row, k) * s + offset;
+                r0 += wk * x0[k];
+                if (TR.Count > 1) r1 += wk * x1[k];
+                if (TR.Count > 2)
+                {
+                    r2 += wk * x2[k];
+                    r3 += wk * x3[k];
+                }
+            }
+        }
+        float bn = bias == null ? 0f : bias[n];
+        y[0] = TW.Sum(a0) + TW.Sum(b0) + r0 + bn;
+        if (TR.Count > 1) y[ldy] = TW.Sum(a1) + TW.Sum(b1) + r1 + bn;
+        if (TR.Count > 2)
+        {
+            y[2 * ldy] = TW.Sum(a2) + TW.Sum(b2) + r2 + bn;
+            y[3 * ldy] = TW.Sum(a3) + TW.Sum(b3) + r3 + bn;
+        }
+    }
+
+    /// <summary>
+    /// Lays out one activation row as the nibble decoder reads weights: within each group, each full chunk of
+    /// <paramref name="chunk"/> elements becomes its even elements, then its odd ones; the rest of a group stays in order.
+    /// </summary>
+    internal static void Deinterleave(float* source, float* destination, int k, int groupSize, int chunk)
+    {
+        int half = chunk / 2;
+        for (int g0 = 0; g0 < k; g0 += groupSize)
+        {
+            int end = g0 + groupSize, i = g0;
+            for (; i + chunk <= end; i += chunk)
+            {
+                for (int j = 0; j < half; j++)
+                {
+                    destination[i + j] = source[i + 2 * j];
+                    destination[i + half + j] = source[i + 2 * j + 1];
+                }
+            }
+            for (; i < end; i++) destination[i] = source[i];
+        }
+    }
+
+    /// <summary>The specification: <see cref="WeightView.Dequantized"/> weights, products summed in float64.</summary>
+    public static void Reference(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+    {
+        var row = new float[w.Cols];
+        for (int n = 0; n < w.Rows; n++)
+        {
+            for (int k = 0; k < w.Cols; k++) row[k] = w.Dequantized(n, k);
+            for (int i = 0; i < m; i++)
+            {
+                double sum = bias == null ? 0 : bias[n];
+                for (int k = 0; k < w.Cols; k++) sum += (double)x[i * ldx + k] * row[k];
+                y[i * ldy + n] = (float)sum;
+            }
+        }
+    }
+}
+
+/// <summary>Compile-time number of activation rows a kernel pass handles (1, 2 or 4).</summary>
+internal interface IRowCount
+{
+    static abstract int Count { get; }
+}
+
+internal readonly struct One : IRowCount
+{
+    public static int Count => 1;
+}
+
+internal readonly struct Two : IRowCount
+{
+    public static int Count => 2;
+}
+
+internal readonly struct Four : IRowCount
+{
+    public static int Count => 4;
+}

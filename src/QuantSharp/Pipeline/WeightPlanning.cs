@@ -1,0 +1,180 @@
+using QuantSharp.Selection;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Pipeline;
+
+/// <summary>
+/// One decision of a quantization plan: the weight <paramref name="Name"/> (original shape <paramref name="Shape"/>)
+/// is quantized with <paramref name="Spec"/>; <paramref name="Fallback"/> says why the spec differs from what the
+/// recipe asked for (group size that does not divide), or is null.
+/// </summary>
+internal sealed record PlannedWeight(string Name, long[] Shape, QuantSpec Spec, string? Fallback);
+
+/// <summary>
+/// The planning stage shared by <see cref="Quantizer"/> and <see cref="CheckpointQuantizer"/>: which weights a
+/// <see cref="QuantizationRecipe"/> selects, with which spec, and how a spec that does not fit a weight falls back.
+/// Both paths ask the same questions with the same names, so the same recipe gives the same plan.
+/// </summary>
+internal sealed class RecipePlanner
+{
+    private readonly Glob[] _include, _exclude;
+
+    public RecipePlanner(QuantizationRecipe recipe)
+    {
+        recipe.Validate();
+        Recipe = recipe;
+        _include = recipe.Include.Select(p => new Glob(p)).ToArray();
+        _exclude = recipe.Exclude.Select(p => new Glob(p)).ToArray();
+    }
+
+    public QuantizationRecipe Recipe { get; }
+
+    /// <summary>True when include patterns were given (the default selection is off).</summary>
+    public bool HasInclude => _include.Length > 0;
+
+    /// <summary>The exclude pattern matching <paramref name="name"/>, or null.</summary>
+    public string? ExcludedBy(string name) => _exclude.FirstOrDefault(g => QuantizationRecipe.NameMatches(g, name))?.Pattern;
+
+    /// <summary>True when an include pattern matches <paramref name="name"/>.</summary>
+    public bool IsIncluded(string name) => _include.Any(g => QuantizationRecipe.NameMatches(g, name));
+
+    /// <summary>
+    /// Why the weight <paramref name="name"/> (of a module of type <paramref name="moduleType"/>, null in a checkpoint)
+    /// is not selected, or null when it is. <paramref name="elements"/> feeds the default rule's size bound.
+    /// </summary>
+    public string? NotSelected(string name, string? moduleType, long elements)
+    {
+        if (moduleType is not null)
+        {
+            if (Recipe.ModuleTypes.Count > 0 && !Recipe.ModuleTypes.Contains(moduleType)) return $"module type {moduleType} is not in ModuleTypes";
+            if (Recipe.ExcludeModuleTypes.Contains(moduleType)) return $"module type {moduleType} is in ExcludeModuleTypes";
+        }
+        if (ExcludedBy(name) is { } ex) return $"excluded by pattern '{ex}'";
+        if (HasInclude) return IsIncluded(name) ? null : "not matched by any Include pattern";
+        if (elements < Recipe.MinElements) return $"{elements} elements, fewer than MinElements {Recipe.MinElements}";
+        return null;
+    }
+
+    /// <summary>
+    /// The planned quantization of <paramref name="name"/>: the recipe's spec for it, fitted to its shape
+    /// (<see cref="WeightGeometry.Fit"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The spec cannot quantize the weight (strict group size, bad axis...).</exception>
+    public PlannedWeight Plan(string name, string? moduleType, long[] shape)
+    {
+        var (spec, fallback) = WeightGeometry.Fit(name, Recipe.WeightSpecFor(name, moduleType), shape, Recipe.StrictGroupSize);
+        return new PlannedWeight(name, shape, spec, fallback);
+    }
+}
+
+/// <summary>
+/// How a weight is laid out for quantization and storage, in one place for every path: an integer-quantized weight of
+/// rank &gt; 2 (a convolution <c>[out, in/groups, kh, kw]</c>) is the matrix <c>[d0, d1*...*dn-1]</c>, whose last axis
+/// (the flattened reduction axis) the groups and the 4-bit packing run along; weights of rank &lt;= 2 and
+/// float16/bfloat16 weights keep their shape.
+/// </summary>
+internal static class WeightGeometry
+{
+    /// <summary>The shape the quantizer and the file see for a weight of <paramref name="shape"/> (the one place this is decided;
+    /// <see cref="QuantizedWeight.StorageShape"/> asks here).</summary>
+    public static long[] StorageShape(QuantType type, long[] shape) =>
+        type.IsInteger() && shape.Length > 2 ? [shape[0], QuantSpec.Product(shape.AsSpan(1))] : (long[])shape.Clone();
+
+    /// <summary>
+    /// <paramref name="spec"/> fitted to a weight of <paramref name="shape"/>, with the fallback of
+    /// <see cref="QuantizationRecipe.StrictGroupSize"/>: a group size that does not divide the reduction length K
+    /// becomes the largest even divisor of K in [16, G]; if there is none, or a 4-bit type meets an odd K, the weight
+    /// is quantized to 8-bit per-channel (per-tensor for rank-1 tensors) of the same signedness and scheme.
+    /// </summary>
+    /// <returns>The spec to use and the reason for a fallback (null when the spec fits as asked).</returns>
+    /// <exception cref="ArgumentException">Strict mode and a fallback is needed, or the spec cannot fit at all.</exception>
+    public static (QuantSpec Spec, string? Fallback) Fit(string name, QuantSpec spec, long[] shape, bool strict)
+    {
+        if (spec.Type.IsInteger() && shape.Length > 2 && spec.Granularity is PerAxis { Axis: not 0 } a)
+            throw new ArgumentException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: per-channel axis {a.Axis} is not supported for weights of rank " +
+                $"{shape.Length}, which are quantized as the [{shape[0]}, {QuantSpec.Product(shape.AsSpan(1))}] matrix; use per-channel (axis 0) or group:G.");
+        if (!spec.Type.IsInteger() || shape.Length == 0) return (spec, null);
+        long k = StorageShape(spec.Type, shape)[^1];
+        bool packs = spec.Type.Bits() == 4;
+        string? problem = null;
+        if (spec.Granularity is PerGroup g && k % g.GroupSize != 0)
+            problem = $"group size {g.GroupSize} does not divide the reduction length {k}";
+        else if (packs && k % 2 != 0)
+            problem = $"4-bit packing needs an even reduction length, got {k}";
+        if (problem is null) return (spec, null);
+        if (strict)
+            throw new ArgumentException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: {problem}, and StrictGroupSize refuses a fallback. " +
+                $"Override it with a group size that divides {k} or with per-channel, exclude it, or turn StrictGroupSize off.");
+        QuantSpec fitted;
+        if (spec.Granularity is PerGroup pg && (!packs || k % 2 == 0) && LargestEvenDivisor(k, pg.GroupSize) is int d)
+        {
+            fitted = spec with { Granularity = new PerGroup(d) };
+        }
+        else
+        {
+            var type = spec.Type.IsSigned() ? QuantType.Int8 : QuantType.UInt8;
+            fitted = new QuantSpec(type, spec.Scheme, shape.Length >= 2 ? new PerAxis(0) : Granularity.Tensor);
+        }
+        return (fitted, $"'{name}' {QuantSpec.FormatShape(shape)}: {problem}; quantized as {fitted} instead");
+    }
+
+    private static int? LargestEvenDivisor(long k, int max)
+    {
+        for (int d = (int)Math.Min(max, k); d >= QuantizationRecipe.MinFallbackGroupSize; d--)
+            if (d % 2 == 0 && k % d == 0) return d;
+        return null;
+    }
+}
+
+/// <summary>
+/// The quantize stage for one weight (or one chunk of rows of it), shared by both paths: the recipe's weight observer
+/// chooses the range (min/max: <see cref="QuantizedTensor.Quantize"/>; other observers see the whole weight), on the
+/// <see cref="WeightGeometry.StorageShape"/> view.
+/// </summary>
+internal static class WeightQuantization
+{
+    /// <summary>Quantizes <paramref name="weight"/> (any float dtype, original shape or a chunk of its rows).</summary>
+    public static QuantizedTensor Quantize(Tensor weight, QuantSpec spec, string observer, string name)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = weight.detach();
+        if (spec.Type.IsInteger() && x.dim() > 2) x = x.reshape(x.shape[0], -1);
+        if (!spec.Type.IsInteger() || QuantizationRecipe.NormalizeObserver(observer) == "minmax")
+            return QuantizedTensor.Quantize(x, spec);
+        var o = CreateObserver(observer, spec, name);
+        var xf = x.to(ScalarType.Float32);
+        o.Observe(xf);
+        var qp = o.ComputeQParams();
+        return QuantizedTensor.QuantizeWith(xf, spec, qp.Scale, qp.ZeroPoint);
+    }
+
+    /// <summary>
+    /// The SQNR (dB) of a quantized weight against its float values, accumulated in double precision as the checkpoint
+    /// path accumulates it chunk by chunk (so both write the same <c>sqnr_db</c>).
+    /// </summary>
+    public static double Sqnr(Tensor original, QuantizedWeight weight)
+    {
+        using var scope = NewDisposeScope();
+        var x = original.detach().to(ScalarType.Float32).contiguous();
+        var d = weight.Dequantize().contiguous();
+        var acc = new Validation.SqnrAccumulator();
+        acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
+        return acc.Db;
+    }
+
+    /// <summary>An observer of the given name for one weight's spec.</summary>
+    public static Observers.IObserver CreateObserver(string observer, QuantSpec spec, string name) => Observers.ObserverFactory.Create(
+        QuantizationRecipe.NormalizeObserver(observer),
+        new Observers.ObserverOptions
+        {
+            Type = spec.Type,
+            Scheme = spec.Scheme,
+            Axis = spec.Granularity is PerAxis a ? a.Axis : null,
+            GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
+            ReduceRange = spec.ReduceRange,
+            Name = name,
+        });
+}

@@ -1,0 +1,151 @@
+using QuantSharp.Kernels;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// Integer W8A8: every path (AVX-VNNI where the CPU has it, vpmaddwd at 512/256/128 bits, scalar) gives exactly the
+/// specification's outputs (same integers, same epilogue), on tails of every length; the activation integers are
+/// those of the simulated path; and the result agrees with the simulated path (fake-quantized input times the
+/// dequantized weight in float64) within float rounding.
+/// </summary>
+public unsafe class IntegerMatMulTests
+{
+    private static IEnumerable<KernelPath> Paths() =>
+        new[] { KernelPath.Scalar, KernelPath.V128, KernelPath.V256, KernelPath.V512, KernelPath.Vnni256, KernelPath.Auto }.Where(IntegerMatMul.IsSupported);
+
+    [Fact]
+    public void VnniPathRunsWhereTheCpuHasIt()
+    {
+        Assert.Equal(System.Runtime.Intrinsics.X86.AvxVnni.IsSupported && Simd.Use256, IntegerMatMul.IsSupported(KernelPath.Vnni256));
+    }
+
+    [Fact]
+    public void EveryPathEqualsTheSpecificationExactly()
+    {
+        for (int k = 1; k <= 257; k += k < 80 ? 1 : 11)
+        {
+            foreach (bool zp in new[] { false, true })
+            {
+                Check(rows: 1 + k % 9, cols: k, batch: 1 + k % 7, zeroPoints: zp, dynamic: k % 2 == 0, seed: k);
+            }
+        }
+        foreach (int m in new[] { 1, 2, 3, 4, 5, 8, 17, 65 })
+            Check(rows: 37, cols: 100, batch: m, zeroPoints: true, dynamic: m % 2 == 1, seed: 100 + m);
+    }
+
+    [Fact]
+    public void ExtremeCodesDoNotSaturate()
+    {
+        // u = 255 against q = -128 everywhere: vpmaddubsw would saturate the pair sums; the exact sum is K * 255 * -128.
+        const int k = 4096;
+        using var w = new PinnedWeight(WeightFormat.Int8, 2, k, 0, zeroPoints: false, seed: 1);
+        Array.Fill(w.Data, (byte)0x80);
+        using var x = new QuantizedActivations(1, k);
+        new Span<byte>(x.Codes, k).Fill(255);
+        x.Scales[0] = 1f;
+        x.Sums[0] = 255 * k;
+        foreach (var path in Paths())
+        {
+            var y = new float[2];
+            fixed (float* py = y) IntegerMatMul.Run(w.View, x, null, py, 2, path);
+            Assert.Equal((float)((double)w.Scales![0] * (255L * -128 * k)), y[0]);
+        }
+    }
+
+    [Fact]
+    public void DynamicIntegersEqualTheSimulatedQuantization()
+    {
+        float[] x = KernelTestData.Activations(3 * 50, 7);
+        x[5] = 0; x[60] = 3.5f; // a row maximum
+        using var q = new QuantizedActivations(3, 50);
+        fixed (float* px = x) IntegerMatMul.QuantizeDynamic(px, 50, q);
+        for (int i = 0; i < 3; i++)
+        {
+            float amax = 0;
+            for (int k = 0; k < 50; k++) amax = MathF.Max(amax, MathF.Abs(x[i * 50 + k]));
+            float scale = amax / 127f;
+            Assert.Equal(scale, q.Scales[i]);
+            Assert.Equal(128, q.ZeroPoints[i]);
+            float inv = 1f / scale;
+            for (int k = 0; k < 50; k++)
+            {
+                float expected = Math.Clamp(MathF.Round(x[i * 50 + k] * inv), -127, 127);
+                Assert.Equal(expected, q.Codes[i * 50 + k] - 128);
+            }
+        }
+    }
+
+    [Fact]
+    public void StaticIntegersEqualTheSimulatedQuantization()
+    {
+        float[] x = KernelTestData.Activations(2 * 33, 8);
+        foreach (var (zp, qmin, qmax) in new[] { (7, 0, 255), (-3, -128, 127), (0, 0, 127) })
+        {
+            using var q = new QuantizedActivations(2, 33);
+            const float scale = 0.0123f;
+            fixed (float* px = x) IntegerMatMul.QuantizeStatic(px, 33, scale, zp, qmin, qmax, q);
+            int shift = qmin < 0 ? 128 : 0;
+            float inv = 1f / scale;
+            for (int i = 0; i < x.Length; i++)
+            {
+                float expected = Math.Clamp(MathF.Round(x[i] * inv) + zp, qmin, qmax);
+                Assert.Equal(expected, q.Codes[i] - shift);
+            }
+        }
+    }
+
+    [Fact]
+    public void AgreesWithTheSimulatedPath()
+    {
+        const int n = 23, k = 96, m = 5;
+        using var w = new PinnedWeight(WeightFormat.Int8, n, k, 0, zeroPoints: true, seed: 4);
+        float[] x = KernelTestData.Activations(m * k, 4);
+        using var q = new QuantizedActivations(m, k);
+        var y = new float[m * n];
+        fixed (float* px = x) fixed (float* py = y)
+        {
+            IntegerMatMul.QuantizeDynamic(px, k, q);
+            IntegerMatMul.Run(w.View, q, null, py, n);
+        }
+        for (int i = 0; i < m; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int kk = 0; kk < k; kk++)
+                {
+                    float xf = (q.Codes[i * k + kk] - q.ZeroPoints[i]) * q.Scales[i]; // fake-quantized input
+                    double p = (double)xf * w.View.Dequantized(j, kk);
+                    sum += p;
+                    magnitude += Math.Abs(p);
+                }
+                Assert.True(Math.Abs(y[i * n + j] - sum) <= 1e-6 * magnitude + 1e-30, $"row {i} out {j}: {y[i * n + j]} vs {sum}");
+            }
+        }
+    }
+
+    private static void Check(int rows, int cols, int batch, bool zeroPoints, bool dynamic, int seed)
+    {
+        using var w = new PinnedWeight(WeightFormat.Int8, rows, cols, 0, zeroPoints, seed);
+        float[] x = KernelTestData.Activations(batch * cols, seed);
+        float[] bias = KernelTestData.Activations(rows, seed + 1);
+        using var q = new QuantizedActivations(batch, cols);
+        fixed (float* px = x)
+        {
+            if (dynamic) IntegerMatMul.QuantizeDynamic(px, cols, q);
+            else IntegerMatMul.QuantizeStatic(px, cols, 0.008f, 131, 0, 255, q);
+        }
+        var expected = new float[batch * rows];
+        var actual = new float[batch * rows];
+        fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+        {
+            IntegerMatMul.Reference(w.View, q, pb, pe, rows);
+            foreach (var path in Paths())
+            {
+                Array.Fill(actual, float.NaN);
+                IntegerMatMul.Run(w.View, q, pb, pa, rows, path);
+                Assert.True(expected.AsSpan().SequenceEqual(actual), $"{path} [{rows}x{cols}] batch {batch} differs from the specification");
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+using System.Runtime.Intrinsics;
+using QuantSharp.Kernels;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// Every path of <see cref="QuantizedMatMul"/> (scalar, 128, 256, 512 bits, whichever this CPU runs; CI re-runs with
+/// AVX-512, AVX2 and all intrinsics turned off) against the float64 specification <see cref="QuantizedMatMul.Reference"/>,
+/// for every weight format, on shapes that exercise every tail: reduction lengths 1..70 and around 128/256, groups
+/// with remainders and odd group counts, 1..65 activation rows, strided (non-contiguous) inputs and outputs.
+/// </summary>
+/// <remarks>
+/// Tolerance: the kernels dequantize with one multiply-add and sum in float32 in a different order, so each output may
+/// differ from the float64 sum by at most <c>RelativeTolerance * sum_k |x_k * w_k|</c> (float32 epsilon times the
+/// longest run of additions in these shapes, with margin).
+/// </remarks>
+public unsafe class QuantizedMatMulTests
+{
+    private const double RelativeTolerance = 2e-5;
+
+    public static IEnumerable<object[]> Formats() =>
+        Enum.GetNames<WeightFormat>().Select(f => new object[] { f });
+
+    private static IEnumerable<int> ReductionLengths(WeightFormat format) =>
+        Enumerable.Range(1, 70).Concat([127, 128, 129, 255, 256, 257])
+            .Where(k => !WeightView.IsPacked(format) || k % 2 == 0);
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void PerChannelEveryReductionLength(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        foreach (int k in ReductionLengths(format))
+            foreach (bool zp in new[] { false, true })
+                Check(format, rows: 3 + k % 5, cols: k, groupSize: 0, zp, batch: 1 + k % 6, seed: k);
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void PerGroupWithRemaindersAndOddGroupCounts(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        if (WeightView.IsFloat(format)) return;
+        // (K, G): 3, 5 groups; groups that are not a multiple of any vector chunk (18, 86); 16..256.
+        var shapes = new[] { (48, 16), (80, 16), (96, 32), (160, 32), (36, 18), (258, 86), (72, 24), (384, 128), (256, 128), (768, 256), (512, 256), (64, 64), (6, 2) };
+        foreach (var (k, g) in shapes)
+            foreach (bool zp in new[] { false, true })
+                Check(format, rows: 7, cols: k, groupSize: g, zp, batch: 5, seed: k + g);
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void EveryBatchSizeAndBlock(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        // Batches 1..65 cover the 4/2/1-row passes and the 32-row activation blocks; 257 output rows span several items.
+        for (int m = 1; m <= 65; m += m < 10 ? 1 : 7)
+            Check(format, rows: m == 65 ? 257 : 33, cols: 64, groupSize: WeightView.IsFloat(format) ? 0 : 32, zeroPoints: true, batch: m, seed: m);
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void StridedInputAndOutput(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        Check(format, rows: 9, cols: 96, groupSize: 0, zeroPoints: true, batch: 6, seed: 5, xPad: 13, yPad: 3);
+        Check(format, rows: 9, cols: 96, groupSize: WeightView.IsFloat(format) ? 0 : 32, zeroPoints: false, batch: 3, seed: 6, xPad: 1, yPad: 7);
+    }
+
+    [Theory]
+    [InlineData("Int8")]
+    [InlineData("UInt4")]
+    public void PerTensorScale(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        using var w = new PinnedWeight(format, 11, 40, 0, zeroPoints: true, seed: 3, perTensor: true);
+        CheckAllPaths(w, batch: 3, seed: 3, xPad: 0, yPad: 0, bias: true);
+    }
+
+    [Fact]
+    public void HalfLanesConvertEveryHalfValueExactly()
+    {
+        var bits = new ushort[65536];
+        for (int i = 0; i < bits.Length; i++) bits[i] = (ushort)i;
+        var expected = new uint[65536];
+        for (int i = 0; i < bits.Length; i++) expected[i] = BitConverter.SingleToUInt32Bits(HalfKernel.FromHalfBits(bits[i]));
+        fixed (ushort* p = bits)
+        {
+            for (int i = 0; i < bits.Length; i += 16)
+            {
+                var lanes128 = HalfLanes.FromHalf(Vector128.Create(Widen(p + i, 4))).AsUInt32();
+                var lanes256 = HalfLanes.FromHalf(Vector256.Create(Widen(p + i, 8))).AsUInt32();
+                var lanes512 = HalfLanes.FromHalf(Vector512.Create(Widen(p + i, 16))).AsUInt32();
+                for (int j = 0; j < 16; j++)
+                {
+                    if (j < 4) Assert.Equal(expected[i + j], lanes128[j]);
+                    if (j < 8) Assert.Equal(expected[i + j], lanes256[j]);
+                    Assert.Equal(expected[i + j], lanes512[j]);
+                }
+            }
+        }
+    }
+
+    private static uint[] Widen(ushort* p, int n)
+    {
+        var r = new uint[n];
+        for (int i = 0; i < n; i++) r[i] = p[i];
+        return r;
+    }
+
+    [Fact]
+    public void AutoPathRunsOnTheWidestSupportedWidth()
+    {
+        // The widest path this CPU reports must be what Auto resolves to: identical bits.
+        using var w = new PinnedWeight(WeightFormat.Int4, 13, 256, 64, zeroPoints: true, seed: 9);
+        var widest = new[] { KernelPath.V512, KernelPath.V256, KernelPath.V128, KernelPath.Scalar }.First(QuantizedMatMul.IsSupported);
+        float[] x = KernelTestData.Activations(2 * 256, 9);
+        var auto = new float[2 * 13];
+        var wide = new float[2 * 13];
+        var view = w.View;
+        fixed (float* px = x) fixed (float* pa = auto) fixed (float* pw = wide)
+        {
+            QuantizedMatMul.Run(view, px, 2, 256, null, pa, 13, KernelPath.Auto);
+            QuantizedMatMul.Run(view, px, 2, 256, null, pw, 13, widest);
+        }
+        Assert.Equal(wide, auto);
+    }
+
+    private static void Check(WeightFormat format, int rows, int cols, int groupSize, bool zeroPoints, int batch, int seed, int xPad = 0, int yPad = 0)
+    {
+        using var w = new PinnedWeight(format, rows, cols, groupSize, zeroPoints, seed);
+        CheckAllPaths(w, batch, seed, xPad, yPad, bias: seed % 2 == 0);
+    }
+
+    private static void CheckAllPaths(PinnedWeight w, int batch, int seed, int xPad, int yPad, bool bias)
+    {
+        var view = w.View;
+        int n = view.Rows, k = view.Cols, ldx = k + xPad, ldy = n + yPad;
+        float[] x = KernelTestData.Activations(batch * ldx, seed + 1);
+        float[] b = bias ? KernelTestData.Activations(n, seed + 2) : [];
+        var expected = new float[batch * ldy];
+        var actual = new float[batch * ldy];
+        fixed (float* px = x) fixed (float* pb = b) fixed (float* pe = expected) fixed (float* pa = actual)
+        {
+            float* biasPtr = bias ? pb : null;
+            QuantizedMatMul.Reference(view, px, batch, ldx, biasPtr, pe, ldy);
+            foreach (var path in KernelTestData.FloatPaths())
+            {
+                Array.Fill(actual, float.NaN);
+                QuantizedMatMul.Run(view, px, batch, ldx, biasPtr, pa, ldy, path);
+                for (int i = 0; i < batch; i++)
+                {
+                    for (int j = 0; j < n; j++)
+                    {
+                        double magnitude = bias ? Math.Abs(b[j]) : 0;
+                        for (int kk = 0; kk < k; kk++) magnitude += Math.Abs((double)x[i * ldx + kk] * view.Dequantized(j, kk));
+                        double err = Math.Abs(actual[i * ldy + j] - expected[i * ldy + j]);
+                        Assert.True(err <= RelativeTolerance * magnitude + 1e-30,
+                            $"{view.Format} {path} [{n}x{k}] G={view.GroupSize} batch {batch} row {i} out {j}: {actual[i * ldy + j]} vs {expected[i * ldy + j]} (|err| {err:G3}, bound {RelativeTolerance * magnitude:G3})");
+                    }
+                    for (int j = n; j < ldy; j++) Assert.True(float.IsNaN(actual[i * ldy + j]), $"{path} wrote past the output row");
+                }
+            }
+        }
+    }
+}

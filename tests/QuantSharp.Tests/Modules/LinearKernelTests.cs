@@ -1,0 +1,118 @@
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Tests.Modules;
+
+/// <summary>
+/// <see cref="QuantizedLinear"/> through the kernels behaves as the reference path (dequantized weight, float op):
+/// every weight type, 1-D/2-D/3-D and non-contiguous inputs, float16/bfloat16 inputs, W8A8 static and dynamic in
+/// integers, and inputs that need gradients still get them.
+/// </summary>
+public class LinearKernelTests
+{
+    public static IEnumerable<object[]> Specs() =>
+    [
+        ["int8 per-channel"], ["int8 group:16"], ["uint8 affine per-channel"], ["int4 group:32"], ["uint4 affine group:16"],
+        ["int8 per-tensor"], ["float16"], ["bfloat16"],
+    ];
+
+    private static QuantSpec Parse(string text) => text switch
+    {
+        "int8 per-channel" => new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)),
+        "int8 group:16" => new QuantSpec(QuantType.Int8, QuantScheme.Affine, new PerGroup(16)),
+        "uint8 affine per-channel" => new QuantSpec(QuantType.UInt8, QuantScheme.Affine, new PerAxis(0)),
+        "int4 group:32" => new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32)),
+        "uint4 affine group:16" => new QuantSpec(QuantType.UInt4, QuantScheme.Affine, new PerGroup(16)),
+        "int8 per-tensor" => new QuantSpec(QuantType.Int8, QuantScheme.Affine, Granularity.Tensor),
+        "float16" => new QuantSpec(QuantType.Float16),
+        _ => new QuantSpec(QuantType.BFloat16),
+    };
+
+    private static void AssertClose(Tensor expected, Tensor actual, double relative = 1e-5)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        Assert.Equal(expected.dtype, actual.dtype);
+        using var e = expected.to(ScalarType.Float64);
+        using var a = actual.to(ScalarType.Float64);
+        double scale = e.abs().max().item<double>() + 1e-12;
+        double err = (e - a).abs().max().item<double>();
+        Assert.True(err <= relative * scale, $"max |error| {err:G3} against max |value| {scale:G3}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Specs))]
+    public void EveryShapeMatchesTheReferencePath(string specText)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(11);
+        var linear = nn.Linear(96, 40);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse(specText)), linear.bias, null);
+        var w = layer.DequantizeWeight();
+        var bias = layer.bias;
+        foreach (var x in new[] { torch.randn(96), torch.randn(5, 96), torch.randn(2, 3, 96), torch.randn(96, 7).t(), torch.randn(4, 2, 96).transpose(0, 1) })
+        {
+            var expected = nn.functional.linear(x, w, bias);
+            AssertClose(expected, layer.call(x));
+        }
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float16)]
+    [InlineData(ScalarType.BFloat16)]
+    public void HalfInputsGiveHalfOutputsAsTheFloatLayer(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(12);
+        var linear = nn.Linear(64, 24);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int4 group:32")), linear.bias, null);
+        var x = torch.randn(3, 64).to(dtype);
+        var y = layer.call(x);
+        Assert.Equal(dtype, y.dtype);
+        var expected = nn.functional.linear(x.to(ScalarType.Float32), layer.DequantizeWeight(), layer.bias).to(dtype);
+        AssertClose(expected, y, relative: 1e-2); // one half-precision rounding of the output
+    }
+
+    [Fact]
+    public void InputsThatNeedGradientsTakeTheDifferentiablePath()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(13);
+        var linear = nn.Linear(32, 8);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int8 per-channel")), linear.bias, null);
+        var x = torch.randn(4, 32).requires_grad_(true);
+        layer.call(x).sum().backward();
+        Assert.NotNull(x.grad);
+        // d(sum y)/dx = column sums of the dequantized weight, for every row.
+        using var noGrad = no_grad();
+        var expected = layer.DequantizeWeight().sum(0L).expand(4, 32);
+        AssertClose(expected, x.grad!);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void W8A8InIntegersMatchesTheSimulatedPath(bool dynamic)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(14);
+        var linear = nn.Linear(80, 30);
+        var x = torch.randn(6, 80);
+        var act = dynamic ? null : new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.021f, 131);
+        using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, Parse("int8 per-channel")), linear.bias, act);
+        layer.DynamicInput = dynamic;
+        var simulated = nn.functional.linear(layer.QuantizeInput(x), layer.DequantizeWeight(), layer.bias);
+        AssertClose(simulated, layer.call(x), relative: 2e-6);
+        if (dynamic)
+        {
+            // The dynamic integers are torchao's: per-row amax / 127.
+            var s = (x.abs().amax([-1], keepdim: true) / 127f);
+            var q = (x * s.reciprocal()).round().clamp(-127, 127);
+            AssertClose(q * s, layer.QuantizeInput(x), relative: 0);
+        }
+    }
+}
