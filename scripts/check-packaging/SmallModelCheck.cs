@@ -17,7 +17,7 @@ internal static class SmallModelCheck
         var input = torch.randn(32, 64);
         var expected = model.call(input).detach().clone();
 
-        var result = Quantizer.Quantize(model, QuantizationConfig.Int8WeightOnly(), calibrationData: [input], inPlace: true);
+        var result = Quantizer.Quantize(model, QuantizationRecipe.Int8WeightOnly(), calibrationData: [input], inPlace: true);
         var actual = model.call(input);
         double sqnrDb = 10 * Math.Log10(expected.square().sum().item<float>() / (expected - actual).square().sum().item<float>());
         output.WriteLine($"quantized layers: {result.Layers.Count}, output SQNR: {sqnrDb:F1} dB, size: {result.Report!.SizeRatio:P1} of float32");
