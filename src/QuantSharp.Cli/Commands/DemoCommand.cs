@@ -53,6 +53,7 @@ internal static class DemoCommand
         cmd.Options.Add(limit);
         cmd.Options.Add(json);
         cmd.Options.Add(save);
+        cmd.Subcommands.Add(DemoMiniLMCommand.Create());
         cmd.SetAction(parseResult =>
         {
             var options = new DemoOptions

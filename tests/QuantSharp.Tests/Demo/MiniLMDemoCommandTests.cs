@@ -1,0 +1,46 @@
+using System.CommandLine;
+using System.Text.Json;
+using QuantSharp.Cli;
+
+namespace QuantSharp.Tests.Demo;
+
+public class MiniLMDemoCommandTests
+{
+    private static (int Exit, string Output, string Error) RunCli(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void Json_has_the_issue_schema_and_int8_keeps_the_embeddings()
+    {
+        var (exit, output, error) = RunCli("demo", "minilm", "--json", "--only", "int8-per-channel", "--limit", "40");
+        Assert.True(exit == 0, error);
+        using var doc = JsonDocument.Parse(output);
+        var root = doc.RootElement;
+        Assert.Equal(40, root.GetProperty("evaluation").GetProperty("sentences").GetInt32());
+        Assert.Equal(100, root.GetProperty("calibration").GetProperty("sentences").GetInt32());
+        Assert.True(root.GetProperty("float32_vs_onnxruntime").GetProperty("mean_cosine").GetDouble() >= 0.99999);
+        Assert.True(root.GetProperty("float32_vs_onnxruntime").GetProperty("min_cosine").GetDouble() >= 0.9999);
+        var v = Assert.Single(root.GetProperty("variants").EnumerateArray());
+        Assert.Equal("int8-per-channel", v.GetProperty("name").GetString());
+        Assert.InRange(v.GetProperty("mean_cosine").GetDouble(), 0.999, 1.0);
+        Assert.InRange(v.GetProperty("min_cosine").GetDouble(), 0.99, v.GetProperty("mean_cosine").GetDouble());
+        Assert.InRange(v.GetProperty("mean_cosine_vs_onnxruntime").GetDouble(), 0.999, 1.0);
+        Assert.InRange(v.GetProperty("top10_agreement").GetDouble(), 0.9, 1.0);
+        long floatBytes = root.GetProperty("float32").GetProperty("size_bytes").GetInt64();
+        Assert.InRange(v.GetProperty("size_bytes").GetInt64(), floatBytes / 5, floatBytes / 3);
+        Assert.True(v.GetProperty("encode_ms").GetDouble() > 0);
+    }
+
+    [Fact]
+    public void Unknown_variant_is_refused_with_the_list_of_names()
+    {
+        var (exit, _, error) = RunCli("demo", "minilm", "--only", "int3");
+        Assert.Equal(1, exit);
+        Assert.Contains("int8-per-channel", error);
+    }
+}
