@@ -373,7 +373,7 @@ public sealed record QuantizationRecipe
 
     private static readonly string[] TopKeys =
     [
-        "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "activation_observer",
+        "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
         "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
         "strict_group_size", "validation",
     ];
