@@ -79,8 +79,8 @@ internal static class ObserveCommand
                                           or InvalidDataException or UnauthorizedAccessException or NotSupportedException
                                           or KeyNotFoundException or System.Text.Json.JsonException)
             {
-                error.WriteLine($"error: {ex.Message}");
-                return 1;
+                return CheckpointConsole.Fail(parseResult, ex.Message); // exit 2: bad input or options, as every command
+
             }
         });
         return cmd;

@@ -53,6 +53,27 @@ public class PathSafetyTests
     }
 
     [Fact]
+    public void BadInputIsExitCodeTwoInEveryCommand()
+    {
+        using var dir = new TempDir();
+        foreach (var args in new[]
+        {
+            new[] { "observe", dir["missing.safetensors"], "--tensor", "w", "--observer", "minmax", "--dtype", "int8", "--scheme", "affine" },
+            ["inspect", dir["missing.safetensors"]],
+            ["quantize", dir["missing.safetensors"], dir["out.safetensors"]],
+            ["quantize", dir["missing.safetensors"], ""],
+            ["validate", dir["missing.safetensors"], dir["missing.safetensors"]],
+        })
+        {
+            var (code, _, err) = Cli(args);
+            Assert.True(code == 2, $"{args[0]}: exit {code}: {err}");
+            Assert.StartsWith("error: ", err);
+            Assert.DoesNotContain(" (Parameter '", err);
+            Assert.DoesNotContain("   at ", err);
+        }
+    }
+
+    [Fact]
     public void RealPathResolvesEveryComponent()
     {
         using var dir = new TempDir();
