@@ -61,7 +61,7 @@ public class BenchCommandTests
     {
         torch.manual_seed(3);
         using var model = new MnistNet();
-        var config = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with { Overrides = [RecipeOverride.Of("conv*", new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)))] };
+        var config = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with { Overrides = [new("conv*", QuantType.Int8)] };
         var result = Quantizer.Quantize(model, config, factory: () => new MnistNet());
         using var dir = new TempDir();
         string path = dir["mnist.int4.safetensors"];
