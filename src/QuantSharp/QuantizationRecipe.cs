@@ -78,6 +78,14 @@ public sealed record QuantizationRecipe
     /// </summary>
     public QuantSpec? Activations { get; init; }
 
+    /// <summary>
+    /// Dynamic W8A8 (torchao's <c>Int8DynamicActivationInt8WeightConfig</c>): every replaced Linear quantizes each input
+    /// row to int8 on the fly (symmetric, <c>scale = max(amax / 127, eps)</c>) and, with int8 per-row weights, multiplies
+    /// in integers. Needs no calibration; excludes <see cref="Activations"/>; other layer types stay weight-only. It
+    /// belongs to the model in memory (files store weights): quantize again, or set it, after loading.
+    /// </summary>
+    public bool DynamicActivations { get; init; }
+
     /// <summary>Observer of the activations during calibration (default <c>minmax</c>).</summary>
     public string ActivationObserver { get; init; } = "minmax";
 
@@ -124,6 +132,9 @@ public sealed record QuantizationRecipe
 
     /// <summary>Int8 per-channel weights and calibrated uint8 affine per-tensor activations (static W8A8).</summary>
     public static QuantizationRecipe Int8Static() => new() { Activations = DefaultActivations };
+
+    /// <summary>Int8 per-channel weights and int8 inputs quantized per row on each call (dynamic W8A8, no calibration).</summary>
+    public static QuantizationRecipe Int8Dynamic() => new() { DynamicActivations = true };
 
     /// <summary>Half-precision weights (no scales).</summary>
     public static QuantizationRecipe Float16() => new() { Type = QuantType.Float16 };
@@ -203,6 +214,8 @@ public sealed record QuantizationRecipe
         }
         CheckObserver(WeightObserver, nameof(WeightObserver));
         CheckObserver(ActivationObserver, nameof(ActivationObserver));
+        if (DynamicActivations && Activations is not null)
+            throw new ArgumentException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
         if (CalibrationSamples <= 0)
             throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
         if (MinElements < 0) throw new ArgumentException($"MinElements must be at least 0, got {MinElements}.");
@@ -264,6 +277,7 @@ public sealed record QuantizationRecipe
             ["activations"] = Activations is { } a
                 ? new JsonObject { ["qtype"] = a.Type.ToName(), ["scheme"] = SchemeName(a.Scheme), ["reduce_range"] = a.ReduceRange }
                 : null,
+            ["dynamic_activations"] = DynamicActivations,
             ["activation_observer"] = NormalizeObserver(ActivationObserver),
             ["calibration_samples"] = CalibrationSamples,
             ["min_elements"] = MinElements,
@@ -335,6 +349,7 @@ public sealed record QuantizationRecipe
                     "reduce_range" => r with { ReduceRange = p.Value.GetBoolean() },
                     "weight_observer" => r with { WeightObserver = Str(p.Value) },
                     "activations" => r with { Activations = p.Value.ValueKind == JsonValueKind.Null ? null : ParseActivations(p.Value, where) },
+                    "dynamic_activations" => r with { DynamicActivations = p.Value.GetBoolean() },
                     "activation_observer" => r with { ActivationObserver = Str(p.Value) },
                     "calibration_samples" => r with { CalibrationSamples = p.Value.GetInt32() },
                     "min_elements" => r with { MinElements = p.Value.GetInt64() },
@@ -358,7 +373,7 @@ public sealed record QuantizationRecipe
 
     private static readonly string[] TopKeys =
     [
-        "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "activation_observer",
+        "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
         "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
         "strict_group_size", "validation",
     ];

@@ -397,6 +397,7 @@ public static class Quantizer
                 if (layer.Plan.Note is { } note && layer.Plan.Handler is null) warnings.Add($"{e.Name}: {note}.");
                 string floatType = e.Module.GetType().Name;
                 var installed = ModuleQuantization.Install(layer, act);
+                if (cfg.DynamicActivations && installed is QuantizedLinear dynamicLinear) dynamicLinear.DynamicInput = true;
                 // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
                 if (!ReferenceEquals(installed, e.Module) && disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
                 // Tied weights are stored (and counted) once: by the first layer that holds them.

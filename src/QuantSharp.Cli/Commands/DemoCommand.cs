@@ -110,6 +110,7 @@ internal static class DemoCommand
                 ["minWeightSqnrDb"] = Num(v.MinWeightSqnrDb),
                 ["warnings"] = new JsonArray(v.Warnings.Select(w => (JsonNode?)JsonValue.Create(w)).ToArray()),
                 ["seconds"] = Num(v.Seconds),
+                ["inferenceMs"] = Num(v.InferenceMs),
             });
         }
         var root = new JsonObject
@@ -133,7 +134,8 @@ internal static class DemoCommand
             .Caption($"calibration (W8A8): {Markup.Escape(report.CalibrationSource)}; size = parameters + buffers; SQNR against float32")
             .AddColumn(new TableColumn("Variant").NoWrap()).AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Δ pts").RightAligned())
             .AddColumn(new TableColumn("Size (bytes)").RightAligned()).AddColumn(new TableColumn("vs fp32").RightAligned())
-            .AddColumn(new TableColumn("SQNR logits dB").RightAligned()).AddColumn(new TableColumn("min weight SQNR dB").RightAligned());
+            .AddColumn(new TableColumn("SQNR logits dB").RightAligned()).AddColumn(new TableColumn("min weight SQNR dB").RightAligned())
+            .AddColumn(new TableColumn("Inference ms").RightAligned());
         foreach (var v in report.Variants)
         {
             double delta = v.AccuracyPercent - floatAcc;
@@ -144,7 +146,8 @@ internal static class DemoCommand
                 v.SizeBytes.ToString("N0", CultureInfo.InvariantCulture),
                 $"{v.SizeRatio * 100:F1}%",
                 Db(v.SqnrDb),
-                Db(v.MinWeightSqnrDb));
+                Db(v.MinWeightSqnrDb),
+                v.InferenceMs.ToString("0.0", CultureInfo.InvariantCulture));
         }
         AnsiConsole.Write(table);
         foreach (var v in report.Variants)

@@ -12,7 +12,7 @@ internal static class DemoVariants
     /// <summary>Calibration batch size (images per forward pass).</summary>
     private const int CalibrationBatch = 64;
 
-    /// <summary>float16, int8 per-channel, int4 group-32 and W8A8 (calibrated), in that order.</summary>
+    /// <summary>float16, int8 per-channel, int4 group-32, W8A8 (calibrated) and dynamic W8A8, in that order.</summary>
     public static IReadOnlyList<DemoVariant> All { get; } =
     [
         new("float16", "float16 weights, all four layers",
@@ -28,6 +28,8 @@ internal static class DemoVariants
         new("w8a8", "int8 per-channel weights + uint8 affine per-tensor inputs of every layer, min/max calibrated",
             (model, calibration, progress) => Quantize(model, QuantizationRecipe.Int8Static() with { CalibrationSamples = (int)calibration.shape[0] },
                 Batches(calibration), progress)),
+        new("w8a8-dynamic", "int8 per-channel weights + int8 inputs of the Linear layers quantized per row on each call (no calibration); convolutions int8 weight-only",
+            (model, _, _) => Quantize(model, QuantizationRecipe.Int8Dynamic(), null, null)),
     ];
 
     private static IEnumerable<Tensor> Batches(Tensor images)

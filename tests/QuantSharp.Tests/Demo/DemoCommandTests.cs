@@ -25,13 +25,14 @@ public class DemoCommandTests
         Assert.Equal(1000, root.GetProperty("evaluation").GetProperty("images").GetInt32());
 
         var variants = root.GetProperty("variants").EnumerateArray().ToDictionary(v => v.GetProperty("name").GetString()!);
-        Assert.Equal(["float32", "float16", "int8-per-channel", "int4-group32", "w8a8"], variants.Keys);
+        Assert.Equal(["float32", "float16", "int8-per-channel", "int4-group32", "w8a8", "w8a8-dynamic"], variants.Keys);
         foreach (var v in variants.Values)
         {
             // accuracyPercent is consistent with the counts it reports.
             Assert.Equal(100.0 * v.GetProperty("correct").GetInt32() / v.GetProperty("total").GetInt32(),
                 v.GetProperty("accuracyPercent").GetDouble(), 3);
             Assert.Equal(1000, v.GetProperty("total").GetInt32());
+            Assert.True(v.GetProperty("inferenceMs").GetDouble() > 0, "inference time per variant");
         }
 
         double Acc(string name) => variants[name].GetProperty("accuracyPercent").GetDouble();
@@ -42,6 +43,7 @@ public class DemoCommandTests
         Assert.True(Acc("int8-per-channel") >= floatAcc - 0.1 - 1e-9, $"int8: {Acc("int8-per-channel")} vs float {floatAcc}");
         Assert.True(Acc("int4-group32") >= floatAcc - 0.5 - 1e-9, $"int4: {Acc("int4-group32")} vs float {floatAcc}");
         Assert.True(Acc("w8a8") >= floatAcc - 0.3 - 1e-9, $"w8a8: {Acc("w8a8")} vs float {floatAcc}");
+        Assert.True(Acc("w8a8-dynamic") >= floatAcc - 0.3 - 1e-9, $"w8a8-dynamic: {Acc("w8a8-dynamic")} vs float {floatAcc}");
         Assert.True(Acc("float16") >= floatAcc - 0.1 - 1e-9, $"float16: {Acc("float16")} vs float {floatAcc}");
 
         // float32 size is 4 bytes per parameter of the network (56,714 parameters).

@@ -31,7 +31,7 @@ public class DemoSaveTests
         string save = dir["saved"];
         var (exit, _, error) = RunCli("demo", "--data", "bundled", "--limit", "64", "--calibration-images", "32", "--json", "--save", save);
         Assert.True(exit == 0, error);
-        string[] variants = ["float16", "int8-per-channel", "int4-group32", "w8a8"];
+        string[] variants = ["float16", "int8-per-channel", "int4-group32", "w8a8", "w8a8-dynamic"];
         Assert.Equal(variants.SelectMany(v => new[] { v + ".recipe.json", v + ".safetensors" }).Order(),
             Directory.GetFiles(save).Select(Path.GetFileName).Order());
 

@@ -115,4 +115,20 @@ public class LinearKernelTests
             AssertClose(q * s, layer.QuantizeInput(x), relative: 0);
         }
     }
+
+    [Fact]
+    public void Int8DynamicPresetMakesEveryLinearQuantizeItsInputPerRow()
+    {
+        torch.manual_seed(15);
+        using var model = new QuantSharp.Cli.Demo.MnistNet();
+        var result = Quantizer.Quantize(model, QuantizationRecipe.Int8Dynamic(), factory: () => new QuantSharp.Cli.Demo.MnistNet());
+        using var quantized = result.Model;
+        var linears = quantized.modules().OfType<QuantizedLinear>().ToList();
+        Assert.NotEmpty(linears);
+        Assert.All(linears, l => Assert.True(l.DynamicInput));
+        Assert.All(quantized.modules().OfType<QuantizedModule>().Where(m => m is not QuantizedLinear), m => Assert.False(m.DynamicInput));
+        var both = QuantizationRecipe.Int8Dynamic() with { Activations = QuantizationRecipe.DefaultActivations };
+        var e = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, both, factory: () => new QuantSharp.Cli.Demo.MnistNet()));
+        Assert.Contains("exclude each other", e.Message);
+    }
 }
