@@ -57,25 +57,7 @@ public sealed class MiniLMModel : Module<Tensor, Tensor>
     public static MiniLMModel FromOnnx(Stream onnx, BertConfig? config = null)
     {
         ArgumentNullException.ThrowIfNull(onnx);
-        var model = new MiniLMModel(config);
-        try
-        {
-            var weights = OnnxBertWeights.Read(onnx);
-            try
-            {
-                model.LoadWeights(weights, "the ONNX file");
-            }
-            finally
-            {
-                foreach (var t in weights.Values) t.Dispose();
-            }
-            return model;
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+        return Create(config, "the ONNX file", _ => OnnxBertWeights.Read(onnx));
     }
 
     /// <summary>Reads a Hugging Face style <c>model.safetensors</c> (F32, names as <see cref="SaveSafetensors"/> writes them).</summary>
@@ -85,8 +67,7 @@ public sealed class MiniLMModel : Module<Tensor, Tensor>
     public static MiniLMModel LoadSafetensors(string path, BertConfig? config = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        var model = new MiniLMModel(config);
-        try
+        return Create(config, $"'{path}'", model =>
         {
             using var file = SafetensorsFile.Open(path);
             var weights = new Dictionary<string, Tensor>(StringComparer.Ordinal);
@@ -101,7 +82,26 @@ public sealed class MiniLMModel : Module<Tensor, Tensor>
                         throw new InvalidDataException($"'{path}': tensor '{name}' is {info.DType}; this loader reads float32 (F32) checkpoints. Quantized files load with Quantizer.Load.");
                     weights[name] = file.ReadTensor(name);
                 }
-                model.LoadWeights(weights, $"'{path}'");
+                return weights;
+            }
+            catch
+            {
+                foreach (var t in weights.Values) t.Dispose();
+                throw;
+            }
+        });
+    }
+
+    /// <summary>A new model with the weights <paramref name="read"/> returns (disposed after loading; the model on failure).</summary>
+    private static MiniLMModel Create(BertConfig? config, string source, Func<MiniLMModel, Dictionary<string, Tensor>> read)
+    {
+        var model = new MiniLMModel(config);
+        try
+        {
+            var weights = read(model);
+            try
+            {
+                model.LoadWeights(weights, source);
             }
             finally
             {

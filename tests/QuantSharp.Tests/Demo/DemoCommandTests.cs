@@ -6,7 +6,7 @@ namespace QuantSharp.Tests.Demo;
 
 public class DemoCommandTests
 {
-    private static (int Exit, string Output, string Error) RunCli(params string[] args)
+    internal static (int Exit, string Output, string Error) RunCli(params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

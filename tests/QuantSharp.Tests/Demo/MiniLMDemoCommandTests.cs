@@ -1,23 +1,13 @@
-using System.CommandLine;
 using System.Text.Json;
-using QuantSharp.Cli;
 
 namespace QuantSharp.Tests.Demo;
 
 public class MiniLMDemoCommandTests
 {
-    private static (int Exit, string Output, string Error) RunCli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int exit = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (exit, output.ToString(), error.ToString());
-    }
-
     [Fact]
     public void Json_has_the_issue_schema_and_int8_keeps_the_embeddings()
     {
-        var (exit, output, error) = RunCli("demo", "minilm", "--json", "--only", "int8-per-channel", "--limit", "40");
+        var (exit, output, error) = DemoCommandTests.RunCli("demo", "minilm", "--json", "--only", "int8-per-channel", "--limit", "40");
         Assert.True(exit == 0, error);
         using var doc = JsonDocument.Parse(output);
         var root = doc.RootElement;
@@ -39,7 +29,7 @@ public class MiniLMDemoCommandTests
     [Fact]
     public void Unknown_variant_is_refused_with_the_list_of_names()
     {
-        var (exit, _, error) = RunCli("demo", "minilm", "--only", "int3");
+        var (exit, _, error) = DemoCommandTests.RunCli("demo", "minilm", "--only", "int3");
         Assert.Equal(1, exit);
         Assert.Contains("int8-per-channel", error);
     }
