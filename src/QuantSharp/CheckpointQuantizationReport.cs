@@ -6,7 +6,7 @@ namespace QuantSharp;
 
 /// <summary>A checkpoint could not be quantized (bad input, bad settings, or the output could not be written).
 /// Nothing was written under the output name.</summary>
-public sealed class CheckpointQuantizationException : Exception
+public sealed class CheckpointQuantizationException : QuantizationException
 {
     /// <summary>Creates the exception.</summary>
     public CheckpointQuantizationException(string message, Exception? inner = null) : base(message, inner) { }
@@ -14,7 +14,7 @@ public sealed class CheckpointQuantizationException : Exception
 
 /// <summary>Validation found problems and the policy was <see cref="ValidationFailureMode.Error"/>: nothing was written
 /// under the output name. <see cref="Report"/> lists every tensor.</summary>
-public sealed class CheckpointValidationException : Exception
+public sealed class CheckpointValidationException : QuantizationException
 {
     /// <summary>Creates the exception.</summary>
     public CheckpointValidationException(CheckpointQuantizationReport report)

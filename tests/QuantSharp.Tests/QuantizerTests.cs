@@ -293,6 +293,7 @@ public class QuantizerTests
         };
         var ex = Assert.Throws<QuantizationValidationException>(() => Quantizer.Quantize(new Mlp(), strict, () => new Mlp()));
         Assert.Contains("below the int4 threshold 40", ex.Message);
+        Assert.IsAssignableFrom<QuantizationException>(ex); // one family for both quantizers' failures
         Assert.False(ex.Report.Passed);
         var warned = Quantizer.Quantize(new Mlp(), strict, () => new Mlp(), onFailure: ValidationFailureMode.Warn);
         Assert.Equal(3, warned.Warnings.Count);

@@ -138,7 +138,7 @@ public sealed class QuantizationReport
 }
 
 /// <summary>Thrown when post-quantization validation fails and <see cref="ValidationFailureMode.Error"/> is in effect.</summary>
-public sealed class QuantizationValidationException : Exception
+public sealed class QuantizationValidationException : QuantizationException
 {
     /// <summary>Creates the exception for <paramref name="report"/>.</summary>
     /// <param name="report">The failed report.</param>

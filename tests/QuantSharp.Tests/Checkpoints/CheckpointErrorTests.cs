@@ -166,6 +166,7 @@ public class CheckpointErrorTests
         };
         var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"], strict));
         Assert.Contains("below the int4 threshold 45 dB", ex.Message);
+        Assert.IsAssignableFrom<QuantizationException>(ex);
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, ex.Report.Problems.Count);
         Assert.False(ex.Report.Written);
         AssertNothingWritten(dir, "in.safetensors");

@@ -32,6 +32,7 @@ public static class ManagedModules
         options ??= new();
         var p = NativeParameters.Of(native);
         var managed = Attention(p, "", options);
+        using var probeScope = NewDisposeScope();
         var (query, key, value) = AttentionProbe(managed, p);
         NativeProbe.Resolve("MultiheadAttention", native, managed,
             AttentionCandidates(managed.EmbedDim, options),
@@ -52,6 +53,7 @@ public static class ManagedModules
         options ??= new();
         var p = NativeParameters.Of(native);
         var managed = EncoderLayer(p, "", options);
+        using var probeScope = NewDisposeScope();
         var src = p.Probe(4, 2, managed.DModel);
         NativeProbe.Resolve("TransformerEncoderLayer", native, managed,
             EncoderCandidates(managed.DModel, options),
@@ -76,6 +78,7 @@ public static class ManagedModules
         var layers = Enumerable.Range(0, count).Select(i => EncoderLayer(p, $"layers.{i}.", options)).ToArray();
         var managed = new ManagedTransformerEncoder(layers);
         managed.train(native.training);
+        using var probeScope = NewDisposeScope();
         var src = p.Probe(4, 2, layers[0].DModel);
         NativeProbe.Resolve("TransformerEncoder", native, managed,
             EncoderCandidates(layers[0].DModel, options),
@@ -83,6 +86,32 @@ public static class ManagedModules
             () => [native.call(src)],
             () => [managed.call(src)]);
         return managed;
+    }
+
+    /// <summary>Managed copy of a native LSTM.</summary>
+    /// <param name="native">The native module (not modified).</param>
+    /// <param name="options">Settings that cannot be read from the native module (<c>batch_first</c> is detected; dropout is not).</param>
+    /// <returns>An equivalent <see cref="ManagedLstm"/> with copied weights.</returns>
+    /// <inheritdoc cref="FromNative(MultiheadAttention, NativeConversionOptions?)" path="/exception"/>
+    public static ManagedLstm FromNative(LSTM native, NativeConversionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(native);
+        return (ManagedLstm)Recurrent(native, options, 4,
+            (s, o, p) => new ManagedLstm(s.Input, s.Hidden, s.Layers, s.Bias, false, o.Dropout, s.Bidirectional, p.Device, p.DType),
+            x => Outputs(native.call(x)), (m, x) => Outputs(((ManagedLstm)m).call(x)));
+    }
+
+    /// <summary>Managed copy of a native GRU.</summary>
+    /// <param name="native">The native module (not modified).</param>
+    /// <param name="options">Settings that cannot be read from the native module (<c>batch_first</c> is detected; dropout is not).</param>
+    /// <returns>An equivalent <see cref="ManagedGru"/> with copied weights.</returns>
+    /// <inheritdoc cref="FromNative(MultiheadAttention, NativeConversionOptions?)" path="/exception"/>
+    public static ManagedGru FromNative(GRU native, NativeConversionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(native);
+        return (ManagedGru)Recurrent(native, options, 3,
+            (s, o, p) => new ManagedGru(s.Input, s.Hidden, s.Layers, s.Bias, false, o.Dropout, s.Bidirectional, p.Device, p.DType),
+            x => Outputs(native.call(x)), (m, x) => Outputs(((ManagedGru)m).call(x)));
     }
 
     /// <summary>
@@ -137,6 +166,8 @@ public static class ManagedModules
         MultiheadAttention m => FromNative(m, options),
         TransformerEncoderLayer m => FromNative(m, options),
         TransformerEncoder m => FromNative(m, options),
+        LSTM m => FromNative(m, options),
+        GRU m => FromNative(m, options),
         _ => throw new NotSupportedException($"No managed counterpart of {native.GetType().Name}."),
     };
 
@@ -145,6 +176,8 @@ public static class ManagedModules
         [typeof(MultiheadAttention)] = typeof(ManagedMultiheadAttention),
         [typeof(TransformerEncoderLayer)] = typeof(ManagedTransformerEncoderLayer),
         [typeof(TransformerEncoder)] = typeof(ManagedTransformerEncoder),
+        [typeof(LSTM)] = typeof(ManagedLstm),
+        [typeof(GRU)] = typeof(ManagedGru),
         [typeof(TransformerDecoderLayer)] = null,
         [typeof(TransformerDecoder)] = null,
         [typeof(Transformer)] = null,
@@ -185,6 +218,52 @@ public static class ManagedModules
     }
 
     private static Tensor[] Pair(Tuple<Tensor, Tensor> t) => [t.Item1, t.Item2];
+
+    private static Tensor[] Outputs((Tensor, Tensor) t) => [t.Item1, t.Item2];
+
+    private static Tensor[] Outputs((Tensor, Tensor, Tensor) t) => [t.Item1, t.Item2, t.Item3];
+
+    /// <summary>Sizes of a native recurrent module, read from its parameter names and shapes.</summary>
+    private sealed record RecurrentShape(long Input, long Hidden, long Layers, bool Bias, bool Bidirectional);
+
+    private static ManagedRecurrent<TState, TResult> Recurrent<TState, TResult>(nn.Module native, NativeConversionOptions? options, int gates,
+        Func<RecurrentShape, NativeConversionOptions, NativeParameters, ManagedRecurrent<TState, TResult>> create,
+        Func<Tensor, Tensor[]> runNative, Func<ManagedRecurrent<TState, TResult>, Tensor, Tensor[]> runManaged)
+    {
+        options ??= new();
+        var p = NativeParameters.Of(native);
+        var ihWeight = p.Get("weight_ih_l0");
+        long hidden = p.Get("weight_hh_l0").shape[1];
+        if (ihWeight.shape[0] != gates * hidden)
+            throw new NotSupportedException($"The {native.GetType().Name}'s weight_ih_l0 has {ihWeight.shape[0]} rows, not {gates} gates x {hidden} hidden features.");
+        long layers = 0;
+        while (p.Find($"weight_ih_l{layers}") is not null) layers++;
+        var shape = new RecurrentShape(ihWeight.shape[1], hidden, layers, p.Find("bias_ih_l0") is not null, p.Find("weight_ih_l0_reverse") is not null);
+        var managed = create(shape, options, p);
+        using (no_grad())
+        {
+            for (long layer = 0; layer < layers; layer++)
+            {
+                foreach (bool reverse in shape.Bidirectional ? new[] { false, true } : [false])
+                {
+                    string suffix = $"_l{layer}{(reverse ? "_reverse" : "")}";
+                    CopyLinear(managed.InputProjection(layer, reverse), p.Get("weight_ih" + suffix), p.Find("bias_ih" + suffix));
+                    CopyLinear(managed.HiddenProjection(layer, reverse), p.Get("weight_hh" + suffix), p.Find("bias_hh" + suffix));
+                }
+            }
+        }
+        managed.train(p.Training);
+        using (NewDisposeScope())
+        {
+            var x = p.Probe(3, 2, shape.Input); // 3 != 2: a wrong batch_first changes the output
+            NativeProbe.Resolve<bool>(native.GetType().Name, native, managed,
+                options.BatchFirst is bool b ? [b] : [false, true],
+                batchFirst => managed.BatchFirst = batchFirst,
+                () => runNative(x),
+                () => runManaged(managed, x));
+        }
+        return managed;
+    }
 
     private static (Tensor Query, Tensor Key, Tensor Value) AttentionProbe(ManagedMultiheadAttention m, NativeParameters p) =>
         (p.Probe(3, 2, m.EmbedDim), p.Probe(4, 2, m.KDim), p.Probe(4, 2, m.VDim));

@@ -53,7 +53,7 @@ internal static class NativeProbe
 {
     /// <summary>
     /// Applies the one candidate under which <paramref name="runManaged"/> reproduces <paramref name="runNative"/>; both
-    /// modules run in eval mode without gradients (their training flags are restored).
+    /// modules run in eval mode (their training flags are restored), the managed one without gradients.
     /// </summary>
     /// <exception cref="NotSupportedException">No candidate reproduces the native output.</exception>
     /// <exception cref="ArgumentException">More than one does.</exception>
@@ -66,8 +66,10 @@ internal static class NativeProbe
         try
         {
             using var scope = NewDisposeScope();
+            // The native module runs with gradients enabled: libtorch 2.10's float32 LSTM returns wrong values under
+            // no_grad/inference_mode on CPU (its oneDNN inference path; off by ~0.3 on this project's machines).
+            var expected = runNative().Select(t => t.detach()).ToArray();
             using var grad = no_grad();
-            var expected = runNative();
             var matches = new List<T>();
             foreach (var candidate in candidates)
             {

@@ -18,6 +18,8 @@ public class ReplaceNativeTests
         private readonly Module<Tensor, Tensor?, Tensor?, Tensor> encoder;
         private readonly Sequential stack;
         private readonly TransformerDecoderLayer decoder;
+        private readonly Module<Tensor, (Tensor, Tensor)?, (Tensor, Tensor, Tensor)> lstm;
+        private readonly GRU gru;
 
         public Mixed() : base(nameof(Mixed))
         {
@@ -28,6 +30,8 @@ public class ReplaceNativeTests
             encoder = TransformerEncoder(TransformerEncoderLayer(16, 8, 24, 0.1), 2);
             stack = Sequential(("0", TransformerEncoderLayer(16, 4, 32, 0.1)), ("1", nn.Identity()));
             decoder = TransformerDecoderLayer(16, 2, 32, 0.1);
+            lstm = LSTM(16, 8, 2, bidirectional: true, batchFirst: true);
+            gru = GRU(16, 16);
             RegisterComponents();
         }
 
@@ -38,7 +42,9 @@ public class ReplaceNativeTests
             x = encoderLayer.call(x);
             x = encoder.call(x, null, null);
             x = stack.call(x);
-            return decoder.call(x, x);
+            x = decoder.call(x, x);
+            x = lstm.call(x, null).Item1;
+            return gru.call(x).Item1;
         }
     }
 
@@ -53,11 +59,13 @@ public class ReplaceNativeTests
 
         var result = ManagedModules.ReplaceNative(model);
 
-        Assert.Equal(new[] { "attention", "encoderLayer", "encoder", "stack.0" }, result.Replaced.Select(r => r.Name));
+        Assert.Equal(new[] { "attention", "encoderLayer", "encoder", "stack.0", "lstm" }, result.Replaced.Select(r => r.Name));
         Assert.IsType<ManagedMultiheadAttention>(result.Replaced[0].Managed);
         Assert.IsType<ManagedTransformerEncoder>(result.Replaced[2].Managed);
         var kept = result.Kept.ToDictionary(k => k.Name);
-        Assert.Equal(new[] { "typedAttention", "decoder" }, result.Kept.Select(k => k.Name));
+        Assert.Equal(new[] { "typedAttention", "decoder", "gru" }, result.Kept.Select(k => k.Name));
+        Assert.Contains("declared as GRU", kept["gru"].Reason);
+        Assert.True(((ManagedLstm)result.Replaced[4].Managed).BatchFirst);
         Assert.Contains("declared as MultiheadAttention", kept["typedAttention"].Reason);
         Assert.Contains("Module<Tensor, Tensor, Tensor, Tensor, Boolean, Tensor, Tuple<Tensor, Tensor>>", kept["typedAttention"].Reason);
         Assert.Contains("no managed counterpart of TransformerDecoderLayer", kept["decoder"].Reason);
@@ -68,6 +76,7 @@ public class ReplaceNativeTests
         Assert.Contains("attention.q_proj", modules);
         Assert.Contains("encoder.layers.1.linear2", modules);
         Assert.Contains("stack.0.self_attn.out_proj", modules);
+        Assert.Contains("lstm.hh.l1_reverse", modules);
         Assert.Contains("encoderLayer.linear1.weight", model.state_dict().Keys);
         Assert.Equal(4, ((ManagedMultiheadAttention)result.Replaced[0].Managed).NumHeads);
         Assert.Equal(8, ((ManagedTransformerEncoder)result.Replaced[2].Managed).Layers[1].SelfAttn.NumHeads);
