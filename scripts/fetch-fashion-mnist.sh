@@ -44,15 +44,7 @@ declare -A SHA256=(
   [t10k-images-idx3-ubyte]=b2b3f78ad1d8d3d03f85a2d16a02154b4dbc1f9f5894c75cdc65aa227bebb9c1
   [t10k-labels-idx1-ubyte]=2a4fb3eec0877aa3d4ab80d8f59374733af9b2b2966e8be0e50efe715f443a4d
 )
-FILES=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
-
-verify() { # verify <dir>: 0 when all four files exist with the expected hash
-  local dir="$1" f
-  for f in "${FILES[@]}"; do
-    [[ -f "$dir/$f" ]] || return 1
-    [[ "$(sha256sum "$dir/$f" | cut -d' ' -f1)" == "${SHA256[$f]}" ]] || return 1
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/idx-files.sh" # FILES, verify
 
 if verify "$DEST"; then
   echo "Fashion-MNIST already present in $DEST (checksums OK); nothing to do."

@@ -19,15 +19,7 @@ declare -A SHA256=(
   [t10k-images-idx3-ubyte]=0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7
   [t10k-labels-idx1-ubyte]=ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2
 )
-FILES=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
-
-verify() { # verify <dir>: 0 when all four files exist with the expected hash
-  local dir="$1" f
-  for f in "${FILES[@]}"; do
-    [[ -f "$dir/$f" ]] || return 1
-    [[ "$(sha256sum "$dir/$f" | cut -d' ' -f1)" == "${SHA256[$f]}" ]] || return 1
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/idx-files.sh" # FILES, verify
 
 if verify "$DEST"; then
   echo "MNIST already present in $DEST (checksums OK); nothing to do."
