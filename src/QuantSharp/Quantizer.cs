@@ -179,9 +179,9 @@ public static class Quantizer
         return QuantizeCore(model, recipe, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
     }
 
-    private static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
+    internal static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
         IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
-        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress) where T : nn.Module
+        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress, GivenWeights? given = null) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(recipe);
@@ -220,7 +220,7 @@ public static class Quantizer
         bool ok = false;
         try
         {
-            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace);
+            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace, given);
             s_recipes.AddOrUpdate(work, cfg);
             ok = true;
             return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, r.Warnings, r.CalibrationSamples);
@@ -239,9 +239,9 @@ public static class Quantizer
     internal static void SetRecipe(nn.Module model, QuantizationRecipe recipe) => s_recipes.AddOrUpdate(model, recipe);
 
     /// <summary>One planned layer: what is done to the module, and the planned weight (spec after the group-size fallback).</summary>
-    private sealed record PlannedLayer(LayerPlan Layer, PlannedWeight Weight);
+    internal sealed record PlannedLayer(LayerPlan Layer, PlannedWeight Weight);
 
-    private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, RecipePlanner planner)
+    internal static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, RecipePlanner planner)
     {
         var plan = new List<PlannedLayer>();
         var skipped = new List<SkippedLayer>();
@@ -342,7 +342,7 @@ public static class Quantizer
     }
 
     private static QuantizationResult Run(nn.Module work, QuantizationRecipe cfg, List<PlannedLayer> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
+        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced, GivenWeights? given = null)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
@@ -376,7 +376,7 @@ public static class Quantizer
             var layerReports = new List<LayerReport>();
             var failures = new List<string>();
             var warnings = new List<string>();
-            var tied = new TiedWeights(observer, measure: cfg.Validation.Enabled);
+            var tied = new TiedWeights(observer, measure: cfg.Validation.Enabled, given);
             // Every weight is quantized before any module changes (a materialized module empties its parameters, tied twins included).
             var prepared = plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
             var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);

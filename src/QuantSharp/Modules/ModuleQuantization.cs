@@ -135,7 +135,9 @@ internal static class ModuleQuantization
 /// <summary>Quantized weights by the float storage they came from, so that a weight tied between two layers is quantized once and stays shared.</summary>
 /// <param name="observer">The recipe's weight observer (<see cref="QuantizationRecipe.WeightObserver"/>).</param>
 /// <param name="measure">Record each weight's SQNR (validation on), as the checkpoint path records it in the file.</param>
-internal sealed class TiedWeights(string observer = "minmax", bool measure = true)
+/// <param name="given">Weights quantized by another stage (e.g. <see cref="Gptq"/>), by parameter name (<c>fc1.weight</c>),
+/// as canonical parts over the storage matrix; used instead of round-to-nearest when their spec is the planned one.</param>
+internal sealed class TiedWeights(string observer = "minmax", bool measure = true, GivenWeights? given = null)
 {
     private readonly Dictionary<(nint, long, ScalarType), QuantizedWeight> _byStorage = [];
 
@@ -144,9 +146,18 @@ internal sealed class TiedWeights(string observer = "minmax", bool measure = tru
     {
         var key = ModuleQuantization.StorageKey(parameter);
         if (key is { } k && _byStorage.TryGetValue(k, out var existing)) return existing;
-        // The shared quantize stage (same observer and storage view as the checkpoint path).
-        var w = QuantizedWeight.FromCanonical(Pipeline.WeightQuantization.Quantize(parameter, spec, observer, name), parameter.shape, parameter.dtype);
-        w.Observer = spec.Type.IsInteger() ? QuantizationRecipe.NormalizeObserver(observer) : null;
+        QuantizedWeight w;
+        if (given?.Take(name, spec) is { } parts)
+        {
+            w = QuantizedWeight.FromCanonical(parts, parameter.shape, parameter.dtype);
+            w.Observer = given.Observer;
+        }
+        else
+        {
+            // The shared quantize stage (same observer and storage view as the checkpoint path).
+            w = QuantizedWeight.FromCanonical(Pipeline.WeightQuantization.Quantize(parameter, spec, observer, name), parameter.shape, parameter.dtype);
+            w.Observer = spec.Type.IsInteger() ? QuantizationRecipe.NormalizeObserver(observer) : null;
+        }
         if (measure) w.SqnrDb = Pipeline.WeightQuantization.Sqnr(parameter, w);
         if (key is { } k2) _byStorage[k2] = w;
         return w;
@@ -154,4 +165,28 @@ internal sealed class TiedWeights(string observer = "minmax", bool measure = tru
 
     /// <summary>Whether <paramref name="parameter"/>'s storage was quantized already.</summary>
     public bool Contains(Tensor parameter) => ModuleQuantization.StorageKey(parameter) is { } k && _byStorage.ContainsKey(k);
+}
+
+/// <summary>Weights quantized by a stage other than round-to-nearest (GPTQ), handed to the quantizer by parameter name.</summary>
+/// <param name="parts">Canonical parts over each weight's storage matrix; the quantizer takes (and disposes) the ones it uses.</param>
+/// <param name="observer">What the file records as the weight's range method (e.g. <c>gptq</c>).</param>
+internal sealed class GivenWeights(Dictionary<string, QuantizedTensor> parts, string observer) : IDisposable
+{
+    /// <summary>The range method recorded for these weights.</summary>
+    public string Observer => observer;
+
+    /// <summary>The parts for <paramref name="name"/> when they were quantized with <paramref name="spec"/> (ownership passes to the caller), else null.</summary>
+    public QuantizedTensor? Take(string name, QuantSpec spec)
+    {
+        if (!parts.TryGetValue(name, out var q) || q.Spec != spec) return null;
+        parts.Remove(name);
+        return q;
+    }
+
+    /// <summary>Disposes the parts nobody took.</summary>
+    public void Dispose()
+    {
+        foreach (var q in parts.Values) q.Dispose();
+        parts.Clear();
+    }
 }
