@@ -130,3 +130,84 @@ public sealed class PipelineStageTests
         }
     }
 }
+
+/// <summary>Issue 7 item 5: one report interface over both quantizers, filled by the same stages.</summary>
+public sealed class OneReportTests
+{
+    private static nn.Module<Tensor, Tensor> Net() => nn.Sequential(
+        ("fc1", nn.Linear(48, 64)), ("relu", nn.ReLU()), ("fc2", nn.Linear(64, 10)));
+
+    [Fact]
+    public void BothQuantizersReportTheSameFallbacksThroughOneInterface()
+    {
+        manual_seed(21);
+        using var model = Net();
+        using var dir = new TempDir();
+        var recipe = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with { MinElements = 0 };
+
+        var result = Quantizer.Quantize(model, recipe, factory: Net);
+        using var q = result.Model;
+        QuantSharp.Validation.IQuantizationReport fromModel = result.Report!;
+
+        SafetensorsWriterSave(dir["float.safetensors"], model);
+        QuantSharp.Validation.IQuantizationReport fromCheckpoint = CheckpointQuantizer.Quantize(dir["float.safetensors"], dir["q.safetensors"], recipe);
+
+        // 48 columns: group 32 does not divide them; both paths fall back to group 24 and say so in the same words.
+        var expected = Assert.Single(fromModel.Warnings);
+        Assert.Contains("'fc1.weight'", expected);
+        Assert.Contains("group:24", expected);
+        Assert.Equal(fromModel.Warnings, fromCheckpoint.Warnings);
+        Assert.True(fromModel.Passed, string.Join("\n", fromModel.Problems));
+        Assert.True(fromCheckpoint.Passed, string.Join("\n", fromCheckpoint.Problems));
+        Assert.Empty(fromModel.Problems);
+        // Sizes are counted by each path (model memory vs tensor data) but both see int4 shrink the float weights.
+        Assert.InRange(fromModel.StoredBytes, 1, fromModel.OriginalBytes / 3);
+        Assert.InRange(fromCheckpoint.StoredBytes, 1, fromCheckpoint.OriginalBytes / 3);
+
+        var validation = QuantSharp.Validation.CheckpointValidator.Compare(dir["float.safetensors"], dir["q.safetensors"], recipe.Validation);
+        QuantSharp.Validation.IQuantizationReport compared = validation;
+        Assert.True(compared.Passed, string.Join("\n", compared.Problems));
+        Assert.Equal(fromCheckpoint.StoredBytes, compared.StoredBytes);
+        Assert.Equal(fromCheckpoint.OriginalBytes, compared.OriginalBytes);
+    }
+
+    private static void SafetensorsWriterSave(string path, nn.Module model)
+        => QuantSharp.Serialization.SafetensorsWriter.Save(path, model.state_dict().Select(kv => (kv.Key, kv.Value)).ToList());
+}
+
+/// <summary>Quantized modules carry their TorchSharp counterpart's public names, with the same values.</summary>
+public sealed class QuantizedModuleNameTests
+{
+    private sealed class Net : nn.Module<Tensor, Tensor>
+    {
+        public nn.Module<Tensor, Tensor> conv = nn.Conv2d(3, 8, 3, stride: 2, padding: 1);
+        public nn.Module<Tensor, Tensor> fc = nn.Linear(32, 16);
+        public Net() : base("Net") => RegisterComponents();
+        public override Tensor forward(Tensor x) => fc.call(conv.call(x).flatten(1)[.., ..32]);
+    }
+
+    private static object? Value(object o, string name) => o.GetType().GetProperty(name)!.GetValue(o);
+
+    [Theory]
+    [InlineData("conv", new[] { "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias" })]
+    [InlineData("fc", new[] { "in_features", "out_features", "bias" })]
+    public void SameNamesAndValuesAsTheFloatModule(string layer, string[] names)
+    {
+        using var model = new Net();
+        var result = Quantizer.Quantize(model, QuantizationRecipe.Int8WeightOnly() with { MinElements = 0 }, factory: () => new Net());
+        using var q = result.Model;
+        var floatModule = model.named_children().Single(c => c.name == layer).module;
+        var quantized = q.named_children().Single(c => c.name == layer).module;
+        Assert.IsAssignableFrom<QuantSharp.Modules.QuantizedModule>(quantized);
+        foreach (string name in names)
+        {
+            Assert.True(floatModule.GetType().GetProperty(name) is not null, $"{floatModule.GetType().Name} has no '{name}'");
+            Assert.True(quantized.GetType().GetProperty(name) is not null, $"{quantized.GetType().Name} has no '{name}' like {floatModule.GetType().Name}");
+            object? a = Value(floatModule, name), b = Value(quantized, name);
+            if (a is Tensor ta) Assert.True(ta.equal((Tensor)b!).all().item<bool>(), name);
+            else if (a is System.Collections.IEnumerable ea && a is not string)
+                Assert.Equal(ea.Cast<object>().Select(System.Convert.ToInt64), ((System.Collections.IEnumerable)b!).Cast<object>().Select(System.Convert.ToInt64));
+            else Assert.Equal(System.Convert.ToInt64(a), System.Convert.ToInt64(b));
+        }
+    }
+}
