@@ -33,7 +33,7 @@ public static class CheckpointQuantizer
 
     private enum Action { Copy, Quantize }
 
-    private sealed record PlanItem(CheckpointSource.Shard Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
+    private sealed record PlanItem(SafetensorsFile Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
 
     /// <summary>Quantizes <paramref name="input"/> into <paramref name="output"/>.</summary>
     /// <param name="input">A <c>.safetensors</c> file or a folder of shards (never modified).</param>
@@ -58,6 +58,9 @@ public static class CheckpointQuantizer
         RecipePlanner s;
         try { s = new RecipePlanner(recipe ?? new QuantizationRecipe()); }
         catch (ArgumentException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+        if (QuantizationPipeline.WeightQuantizerFor(s.Recipe) is { Sequential: true } sequential)
+            throw new CheckpointQuantizationException($"The weight quantization method '{sequential.Method}' needs each layer's inputs, which only the model gives; " +
+                "a checkpoint has no model. Quantize the model with Quantizer.Quantize and calibration data, then Quantizer.Save.");
         if (s.Recipe.HasModuleTypeFilters)
             throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
                 "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");
@@ -78,8 +81,8 @@ public static class CheckpointQuantizer
         {
             throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {PlainMessage(ex)}", ex);
         }
-        CheckpointSource source;
-        try { source = CheckpointSource.Open(inFull); }
+        ShardedCheckpoint source;
+        try { source = ShardedCheckpoint.Open(inFull); }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
         {
             throw new CheckpointQuantizationException($"Cannot read input '{input}': {ex.Message}", ex);
@@ -96,18 +99,19 @@ public static class CheckpointQuantizer
         }
     }
 
-    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output, bool overwrite)
+    private static void CheckPaths(ShardedCheckpoint source, string inFull, string outFull, string input, string output, bool overwrite)
     {
         // Identity by real paths (every component's link resolved) or device and inode: any spelling of the input is caught.
+        if (source.IsFolder) inFull = source.Path; // an index given: its folder is the input
         if (PathIdentity.Same(inFull, outFull))
             throw new CheckpointQuantizationException($"The output '{output}' is the input '{input}' (the same {(source.IsFolder ? "folder" : "file")}, " +
                 $"resolved to '{PathIdentity.RealPath(inFull)}'); quantizing in place would destroy the original. Choose another output path.");
-        foreach (var shard in source.Shards)
+        foreach (string file in source.Files.Select(f => f.Path).Append(source.IndexPath).OfType<string>())
         {
-            if (PathIdentity.Same(shard.File.Path, outFull))
-                throw new CheckpointQuantizationException($"The output '{output}' is the input shard '{shard.File.Path}'. Choose another output path.");
-            if (PathIdentity.IsWithin(shard.File.Path, outFull))
-                throw new CheckpointQuantizationException($"The output '{output}' contains the input shard '{shard.File.Path}'; replacing it would delete the input. Choose another output path.");
+            if (PathIdentity.Same(file, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' is the input {(file == source.IndexPath ? "index" : "shard")} '{file}'. Choose another output path.");
+            if (PathIdentity.IsWithin(file, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' contains the input {(file == source.IndexPath ? "index" : "shard")} '{file}'; replacing it would delete the input. Choose another output path.");
         }
         if (PathIdentity.IsWithin(inFull, outFull))
             throw new CheckpointQuantizationException($"The output '{output}' contains the input '{input}'; replacing it would delete the input. Choose another output path.");
@@ -138,17 +142,17 @@ public static class CheckpointQuantizer
                 "Make it writable or choose another output path.");
     }
 
-    private static List<PlanItem> MakePlan(CheckpointSource source, RecipePlanner s)
+    private static List<PlanItem> MakePlan(ShardedCheckpoint source, RecipePlanner s)
     {
         var plan = new List<PlanItem>();
-        foreach (var shard in source.Shards)
+        foreach (var shard in source.Files)
         {
-            if (shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
-                throw new CheckpointQuantizationException($"'{shard.File.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
+            if (shard.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
+                throw new CheckpointQuantizationException($"'{shard.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
             // The output header carries the input's metadata plus ours (format, versions, settings, per-layer entries:
             // never under 256 bytes): refuse before any work what cannot fit the format's limit (the writer checks again).
-            if (shard.HeaderBytes - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
-                throw new CheckpointQuantizationException($"'{shard.File.Path}' has a {shard.HeaderBytes - 8:N0}-byte header (mostly metadata); with the quantization " +
+            if (shard.DataStart - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
+                throw new CheckpointQuantizationException($"'{shard.Path}' has a {shard.DataStart - 8:N0}-byte header (mostly metadata); with the quantization " +
                     $"metadata added the output header would exceed the format's limit of {SafetensorsHeader.MaxHeaderLength:N0} bytes. Remove most of the input's metadata and retry.");
         }
         foreach (var (shard, info) in source.All)
@@ -203,7 +207,7 @@ public static class CheckpointQuantizer
 
     private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
 
-    private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, RecipePlanner s,
+    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
         var reports = new List<TensorQuantizationReport>();
@@ -212,20 +216,20 @@ public static class CheckpointQuantizer
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
         JsonObject config = s.Recipe.ToJsonNode();
         var validation = s.Recipe.Validation;
-        var weightMap = new JsonObject();
+        var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
         AtomicOutput? atomic = null;
         try
         {
             atomic = AtomicOutput.Create(outFull);
             string tempDir = atomic.TempFolder;
-            foreach (var shard in source.Shards)
+            foreach (var shard in source.Files)
             {
-                string fileName = source.IsFolder ? shard.FileName : Path.GetFileName(outFull);
+                string fileName = Path.GetFileName(source.IsFolder ? shard.Path : outFull);
                 string shardPath = Path.Combine(tempDir, fileName);
                 var items = plan.Where(p => p.Shard == shard).ToList();
                 IReadOnlyDictionary<string, byte[]> hashes;
                 var layers = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal);
-                using (var writer = new QuantizedCheckpointWriter(shardPath, items.Count * 3, shard.HeaderBytes, shard.File.Metadata, config))
+                using (var writer = new QuantizedCheckpointWriter(shardPath, items.Count * 3, shard.DataStart, shard.Metadata, config))
                 {
                     foreach (var item in items)
                     {
@@ -319,13 +323,13 @@ public static class CheckpointQuantizer
     /// that may be published), devices, FIFOs and sockets are not read, subfolders are not copied; each is named in
     /// <paramref name="warnings"/>.
     /// </summary>
-    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<string> warnings)
+    private static void CopySideFiles(ShardedCheckpoint source, string tempDir, Dictionary<string, string> weightMap, List<string> warnings)
     {
+        var own = source.Files.Select(f => f.Path).Append(source.IndexPath).OfType<string>().Select(Path.GetFileName).ToHashSet(StringComparer.Ordinal);
         foreach (string f in Directory.EnumerateFileSystemEntries(source.Path).Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(f);
-            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".safetensors.index.json", StringComparison.Ordinal)
-                || name.StartsWith('.')) continue;
+            if (own.Contains(name) || name.StartsWith('.')) continue;
             switch (PathIdentity.Kind(f))
             {
                 case EntryKind.RegularFile:
@@ -343,21 +347,15 @@ public static class CheckpointQuantizer
                     break;
             }
         }
-        if (source.IndexPath is not null || source.Shards.Count > 1)
+        if (source.IndexPath is not null)
         {
-            string indexName = source.IndexPath is not null ? Path.GetFileName(source.IndexPath) : "model.safetensors.index.json";
             long totalSize = Directory.EnumerateFiles(tempDir, "*.safetensors").Sum(f =>
             {
                 using var st = SafetensorsFile.Open(f);
                 return st.Tensors.Sum(t => t.ByteLength);
             });
-            var index = new JsonObject
-            {
-                ["metadata"] = new JsonObject { ["total_size"] = totalSize, ["quantsharp.format"] = QuantizedCheckpoint.FormatName },
-                ["weight_map"] = weightMap,
-            };
-            string tmp = Path.Combine(tempDir, indexName);
-            File.WriteAllText(tmp, index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            File.WriteAllBytes(Path.Combine(tempDir, Path.GetFileName(source.IndexPath)),
+                CheckpointIndex.ToBytes(weightMap, totalSize, new Dictionary<string, string> { [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName }));
         }
     }
 
@@ -370,7 +368,7 @@ public static class CheckpointQuantizer
         {
             ct.ThrowIfCancellationRequested();
             int n = (int)Math.Min(buffer.Length, info.ByteLength - off);
-            CheckpointSource.ReadRange(item.Shard, info, off, buffer.AsSpan(0, n));
+            item.Shard.ReadRange(info, off, buffer.AsSpan(0, n));
             w.Append(buffer.AsSpan(0, n));
             off += n;
             done += n;
@@ -395,7 +393,7 @@ public static class CheckpointQuantizer
     /// <param name="rowwise">False: the whole tensor.</param>
     /// <param name="reuse">A float32 tensor of exactly the chunk's shape to fill instead of allocating (fresh native
     /// allocations are slow on these VMs); the caller owns it.</param>
-    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
+    internal static Tensor ReadRowsFloat32(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
     {
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
@@ -411,14 +409,14 @@ public static class CheckpointQuantizer
         var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
         if (info.DType == SafetensorsDType.F32)
         {
-            CheckpointSource.ReadRange(shard, info, r0 * rowBytes, result.bytes);
+            shard.ReadRange(info, r0 * rowBytes, result.bytes);
             return result;
         }
         var half = System.Buffers.ArrayPool<ushort>.Shared.Rent((int)n);
         try
         {
             var h = half.AsSpan(0, (int)n);
-            CheckpointSource.ReadRange(shard, info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h));
+            shard.ReadRange(info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h));
             if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(h, dst);
             else Kernels.HalfKernel.FromHalf(h, dst);
         }
@@ -431,13 +429,13 @@ public static class CheckpointQuantizer
         => shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
 
     /// <summary>Reads rows [r0, r1) of a tensor (or the whole tensor when <paramref name="rowwise"/> is false).</summary>
-    internal static Tensor ReadRows(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
+    internal static Tensor ReadRows(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
     {
         var type = info.DType.ToScalarType() ?? throw new NotSupportedException($"Tensor '{info.Name}' has dtype {info.DType}, which TorchSharp cannot hold.");
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
         var t = torch.empty(shape, type);
-        if (t.numel() > 0) CheckpointSource.ReadRange(shard, info, r0 * rowBytes, t.bytes);
+        if (t.numel() > 0) shard.ReadRange(info, r0 * rowBytes, t.bytes);
         return t;
     }
 
@@ -449,7 +447,9 @@ public static class CheckpointQuantizer
         string name = info.Name;
         long[] storedShape = WeightGeometry.StorageShape(spec.Type, info.Shape);
         var layout = CheckpointLayout.For(spec.Type, spec.Granularity, storedShape);
-        string observer = Observer(s);
+        var quantizer = QuantizationPipeline.WeightQuantizerFor(s.Recipe); // the quantize stage Quantizer uses too
+        var planned = new PlannedWeight(name, info.Shape, spec, item.Fallback);
+        string observer = quantizer.Method;
         bool validate = s.Recipe.Validation.Enabled;
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
         // Observers other than min/max (percentile, histogram...) see the whole tensor at once.
@@ -499,7 +499,7 @@ public static class CheckpointQuantizer
                 if (ptScale is null) RequireFinite(xf, name);
                 // The quantizer sees the stored view: rows of the [d0, K] matrix for an integer weight of rank > 2.
                 var xs = xf.dim() > 2 && spec.Type.IsInteger() ? xf.reshape(xf.shape[0], -1) : xf;
-                using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xs, spec, ptScale, ptZero!) : WeightQuantization.Quantize(xs, spec, observer, name);
+                using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xs, spec, ptScale, ptZero!) : quantizer.Quantize(planned, xs, null);
                 var data = q.Data.contiguous();
                 if (!unrepresentableReported && NonFiniteOutputs(q) is > 0 and var bad)
                 {
@@ -521,7 +521,7 @@ public static class CheckpointQuantizer
                     }
                     if (validate)
                     {
-                        foreach (var p in TensorChecks.CheckParts(name, spec.Type, spec.Range, q.Data, q.Scale, q.ZeroPoint))
+                        foreach (var p in WeightChecks.RangeProblems(name, q))
                             if (!problems.Contains(p)) problems.Add(p);
                     }
                 }
@@ -598,30 +598,29 @@ public static class CheckpointQuantizer
         var problems = new List<string>();
         try
         {
-            using var source = CheckpointSource.Open(path);
-            var shard = source.Shards[0];
-            var names = shard.File.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+            using var shard = SafetensorsFile.Open(path);
+            var names = shard.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
             foreach (var n in written.Keys.Where(n => !names.Contains(n))) problems.Add($"{fileName}: reload: tensor '{n}' is missing.");
             foreach (var n in names.Where(n => !written.ContainsKey(n))) problems.Add($"{fileName}: reload: unexpected tensor '{n}'.");
-            var readLayers = QuantizedCheckpoint.ReadLayers(path, shard.File.Metadata);
+            var readLayers = QuantizedCheckpoint.ReadLayers(path, shard.Metadata);
             if (!readLayers.Keys.ToHashSet().SetEquals(layers.Keys))
                 problems.Add($"{fileName}: reload: the per-layer metadata lists {readLayers.Count} tensors, {layers.Count} were quantized.");
             foreach (var (name, info) in readLayers)
             {
                 var layout = CheckpointLayout.For(info);
-                var d = shard.File.GetInfo(name);
+                var d = shard.GetInfo(name);
                 if (d.DType != layout.DataDType || !d.Shape.SequenceEqual(layout.DataShape))
                     problems.Add($"{fileName}: reload: '{name}' is {d.DType} [{string.Join(", ", d.Shape)}], expected {layout.DataDType} [{string.Join(", ", layout.DataShape)}].");
             }
             var buffer = new byte[8 << 20];
-            foreach (var t in shard.File.Tensors)
+            foreach (var t in shard.Tensors)
             {
                 if (!written.TryGetValue(t.Name, out var expected)) continue;
                 using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
                 for (long off = 0; off < t.ByteLength;)
                 {
                     int n = (int)Math.Min(buffer.Length, t.ByteLength - off);
-                    CheckpointSource.ReadRange(shard, t, off, buffer.AsSpan(0, n));
+                    shard.ReadRange(t, off, buffer.AsSpan(0, n));
                     h.AppendData(buffer, 0, n);
                     off += n;
                 }
