@@ -41,8 +41,8 @@ public sealed record GptqOptions
 /// <para>Layers: <c>Linear</c>, and <c>Conv2d</c> (one group, zero padding) through its <c>[out, in*kh*kw]</c> matrix
 /// with unfolded inputs. Other selected layers (embeddings, Conv1d, grouped convolutions, float16 targets) are
 /// quantized by round-to-nearest as <see cref="Quantizer.Quantize{T}(T, QuantizationRecipe, Func{T}?, IEnumerable{Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/> does.</para>
-/// <para>Layers are processed one after another in the order the model calls them; each sees the inputs produced by
-/// the layers before it already quantized (sequential GPTQ).</para>
+/// <para>Layers are processed one after another (the pipeline's sequential quantize stage, in the model's layer order);
+/// each sees the inputs produced by the layers before it already quantized and installed (sequential GPTQ).</para>
 /// <para>Scales and zero points come from the min/max of each row, group or tensor as in round-to-nearest (for a group,
 /// of its columns after the updates from the columns before it, as the reference implementation does; with
 /// <see cref="GptqOptions.ActOrder"/>, of its original columns). The stored integers are
@@ -97,145 +97,31 @@ public static class Gptq
         ArgumentNullException.ThrowIfNull(calibration);
         options ??= new GptqOptions();
         options.Validate();
-        if (recipe.Activations is not null)
-            throw new ArgumentException("GPTQ quantizes weights only: set recipe.Activations = null.", nameof(recipe));
+        if (recipe.Activations is not null || recipe.DynamicActivations)
+            throw new ArgumentException("GPTQ quantizes weights only: set recipe.Activations = null and DynamicActivations = false.", nameof(recipe));
         if (calibration.Count == 0)
             throw new ArgumentException("GPTQ needs calibration inputs (the Hessian of each layer's inputs): pass a few batches of real inputs, e.g. 256 training images.", nameof(calibration));
-        if (!inPlace && factory is null)
-            throw new ArgumentException("Gptq.Quantize returns a quantized copy: pass factory: () => new YourModel(...), or inPlace: true.", nameof(factory));
-
-        var planner = new Pipeline.RecipePlanner(recipe);
-        var (plan, _) = Quantizer.Plan(ModuleTree.Walk(model), planner);
-        var targets = plan.Where(p => Solvable(p.Layer, p.Weight.Spec))
-            .ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec, StringComparer.Ordinal);
-
-        var given = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal);
-        if (targets.Count > 0)
-        {
-            // GPTQ runs on a scratch float model whose weights are replaced, layer by layer, by their quantized values.
-            var scratch = inPlace ? model : (T)Quantizer.Copy(model, () => factory!());
-            var originals = inPlace ? targets.Keys.ToDictionary(n => n, n => WeightOf(ModuleTree.Walk(model).First(e => e.Name == n).Module).detach().clone()) : null;
-            try
-            {
-                using var noGrad = no_grad();
-                scratch.eval();
-                var entries = ModuleTree.Walk(scratch).ToDictionary(e => e.Name, StringComparer.Ordinal);
-                foreach (string name in CallOrder(scratch, entries, targets.Keys, calibration[0]))
-                {
-                    var module = entries[name].Module;
-                    using var h = Hessian(scratch, module, calibration);
-                    var weight = WeightOf(module);
-                    using var matrix = weight.detach().reshape(weight.shape[0], -1).to(ScalarType.Float32);
-                    var (parts, dequantized) = Solve(matrix, h, targets[name], options);
-                    using (dequantized) weight.copy_(dequantized.reshape(weight.shape));
-                    given[name + ".weight"] = parts;
-                }
-            }
-            catch
-            {
-                foreach (var q in given.Values) q.Dispose();
-                throw;
-            }
-            finally
-            {
-                if (originals is not null)
-                {
-                    using var noGrad = no_grad();
-                    var entries = ModuleTree.Walk(model).ToDictionary(e => e.Name, StringComparer.Ordinal);
-                    foreach (var (n, w) in originals)
-                    {
-                        WeightOf(entries[n].Module).copy_(w);
-                        w.Dispose();
-                    }
-                }
-                else scratch.Dispose();
-            }
-        }
-        using var weights = new GivenWeights(given, ObserverName);
-        return Quantizer.QuantizeCore(model, recipe, factory, calibration, inPlace, null, null, null, null, weights);
+        // The pipeline's sequential quantize stage: layer by layer, each on the inputs of the layers already quantized,
+        // with every given batch (not only the recipe's CalibrationSamples).
+        long samples = calibration.Sum(b => b.Samples);
+        return Quantizer.QuantizeCore(model, recipe, factory, calibration, inPlace, null, (int)Math.Min(samples, int.MaxValue), null, null,
+            new GptqWeightQuantizer(options, recipe.WeightObserver));
     }
 
-    /// <summary>Whether GPTQ quantizes this planned layer (a replaced Linear or single-group Conv2d with an integer spec), else round-to-nearest does.</summary>
-    private static bool Solvable(LayerPlan layer, QuantSpec spec) =>
-        layer.Mechanism == QuantizationMechanism.Replace && spec.Type.IsInteger() && spec.Granularity is not PerAxis { Axis: not 0 }
-        && layer.Entry.Module is nn.Module<Tensor, Tensor>
-        && layer.Entry.Module switch
+    /// <summary>Whether GPTQ can quantize this layer's weight (a Linear, or a single-group zero-padded Conv2d, with an
+    /// integer spec per tensor, per row or per group), else round-to-nearest does.</summary>
+    internal static bool Solvable(nn.Module layer, QuantSpec spec) =>
+        spec.Type.IsInteger() && spec.Granularity is not PerAxis { Axis: not 0 }
+        && layer switch
         {
             TorchSharp.Modules.Linear => true,
             TorchSharp.Modules.Conv2d c => c.groups == 1 && QuantizedConv.Unsupported(c) is null,
             _ => false,
         };
 
-    private static TorchSharp.Modules.Parameter WeightOf(nn.Module module) => QuantizedModules.Parameter(module, "weight")!;
-
-    /// <summary>The target layers in the order the model calls them on <paramref name="batch"/> (layers not called last, in tree order).</summary>
-    private static List<string> CallOrder(nn.Module model, Dictionary<string, ModuleEntry> entries, IEnumerable<string> names, CalibrationBatch batch)
-    {
-        var order = new List<string>();
-        var removers = new List<Action>();
-        try
-        {
-            foreach (string n in names)
-            {
-                var m = (nn.Module<Tensor, Tensor>)entries[n].Module;
-                removers.Add(Hooks.Unhook(m.register_forward_hook((_, _, _) =>
-                {
-                    if (!order.Contains(n)) order.Add(n);
-                    return null!;
-                })));
-            }
-            using var scope = NewDisposeScope();
-            batch.Run(model);
-        }
-        finally
-        {
-            foreach (var r in removers) r();
-        }
-        order.AddRange(names.Where(n => !order.Contains(n)));
-        return order;
-    }
-
-    /// <summary><c>H = 2 X Xᵀ / n</c> (float64 <c>[K, K]</c>) of the inputs <paramref name="module"/> sees over the calibration batches.</summary>
-    private static Tensor Hessian(nn.Module model, nn.Module module, IReadOnlyList<CalibrationBatch> calibration)
-    {
-        var layer = (nn.Module<Tensor, Tensor>)module;
-        Tensor? sum = null;
-        long n = 0;
-        var remove = Hooks.Unhook(layer.register_forward_hook((_, input, _) =>
-        {
-            using var scope = NewDisposeScope();
-            var x = Columns(module, input).to(ScalarType.Float64);
-            var xtx = x.t().mm(x);
-            if (sum is null) sum = xtx.DetachFromDisposeScope();
-            else sum.add_(xtx);
-            n += x.shape[0];
-            return null!;
-        }));
-        try
-        {
-            foreach (var batch in calibration)
-            {
-                using var scope = NewDisposeScope();
-                batch.Run(model);
-            }
-        }
-        catch
-        {
-            sum?.Dispose();
-            throw;
-        }
-        finally
-        {
-            remove();
-        }
-        if (sum is null || n == 0)
-            throw new ArgumentException("A layer selected for GPTQ was not called by the calibration batches; check the calibration inputs (or exclude the layer).");
-        return sum.mul_(2.0 / n);
-    }
-
     /// <summary>The layer's inputs as rows <c>[n, K]</c> over the reduction axis of its weight matrix: a Linear's last
     /// dimension, a Conv2d's unfolded <c>in*kh*kw</c> patches (zero padding, stride and dilation as the layer's).</summary>
-    private static Tensor Columns(nn.Module module, Tensor input)
+    internal static Tensor Columns(nn.Module module, Tensor input)
     {
         if (module is TorchSharp.Modules.Conv2d conv)
         {
@@ -385,5 +271,53 @@ public static class Gptq
         var max = x.amax(1).contiguous().data<float>().ToArray();
         for (int r = 0; r < min.Length; r++)
             (scale[r * stride + offset], zeroPoint[r * stride + offset]) = QParams.Choose(min[r], max[r], range, scheme);
+    }
+}
+
+/// <summary>GPTQ as the pipeline's quantize stage (<see cref="Pipeline.IWeightQuantizer"/>): sequential, with the second
+/// moment of each layer's (unfolded) input; layers it cannot solve are rounded to nearest with the recipe's observer.</summary>
+internal sealed class GptqWeightQuantizer(GptqOptions options, string observer) : Pipeline.IWeightQuantizer
+{
+    private readonly Pipeline.RoundToNearest _fallback = new(observer);
+
+    /// <inheritdoc/>
+    public string Method => Gptq.ObserverName;
+
+    /// <inheritdoc/>
+    public bool Sequential => true;
+
+    /// <inheritdoc/>
+    public Pipeline.IInputStatistics? CreateStatistics(Pipeline.PlannedWeight weight, nn.Module layer) =>
+        Gptq.Solvable(layer, weight.Spec) ? new LayerInputMoment(layer, QuantSpec.Product(weight.Shape.AsSpan(1))) : null;
+
+    /// <inheritdoc/>
+    public QuantizedTensor Quantize(Pipeline.PlannedWeight weight, Tensor values, Pipeline.IInputStatistics? statistics)
+    {
+        if (statistics is not LayerInputMoment moment) return _fallback.Quantize(weight, values, statistics);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var matrix = values.detach().reshape(values.shape[0], -1).to(ScalarType.Float32);
+        using var h = moment.Hessian();
+        var (parts, dequantized) = Gptq.Solve(matrix, h, weight.Spec, options);
+        dequantized.Dispose();
+        return parts;
+    }
+
+    /// <summary>The second moment of a Linear's input, or of a Conv2d's unfolded input patches.</summary>
+    private sealed class LayerInputMoment(nn.Module layer, long features) : Pipeline.IInputStatistics
+    {
+        private readonly Pipeline.SecondMomentStatistics _moment = new(features);
+
+        public long Rows => _moment.Rows;
+
+        public void Observe(Tensor input)
+        {
+            using var scope = NewDisposeScope();
+            _moment.Observe(Gptq.Columns(layer, input));
+        }
+
+        public Tensor Hessian() => _moment.Hessian();
+
+        public void Dispose() => _moment.Dispose();
     }
 }
