@@ -256,8 +256,12 @@ public static class Quantizer
             var handler = QuantizedModules.HandlerFor(type);
             if (handler is null && QuantizedModules.MaterializedFilter(type) is null)
             {
-                bool ownParams = e.Module.named_parameters(recurse: false).Any();
-                if (ownParams)
+                var own = e.Module.named_parameters(recurse: false).Select(p => p.parameter).ToList();
+                // Vectors only (LayerNorm, BatchNorm, a gain): nothing a quantizer would store in fewer bits, as in
+                // torchao and quanto; listed as skipped but not warned about.
+                if (own.Count > 0 && own.All(p => p.dim() <= 1))
+                    skipped.Add(new SkippedLayer(e.Name, typeName, $"{VectorParametersOnly} ({typeName})"));
+                else if (own.Count > 0)
                     skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
@@ -285,8 +289,11 @@ public static class Quantizer
         return (plan, skipped);
     }
 
+    /// <summary>Reason of a module whose own parameters are all vectors (normalization layers): skipped without a warning.</summary>
+    private const string VectorParametersOnly = "only vector parameters (biases, gains, normalization), kept float";
+
     private static bool ChosenByUser(string reason) =>
-        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
+        reason.StartsWith(VectorParametersOnly, StringComparison.Ordinal) || reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
         || reason.StartsWith("not matched", StringComparison.Ordinal) || reason.Contains("fewer than MinElements", StringComparison.Ordinal);
 
     private static void CheckPatterns(QuantizationRecipe cfg, List<string> parameterNames)
