@@ -11,8 +11,9 @@ namespace QuantSharp.Cli.Demo.MiniLM;
 /// <param name="Name">Name in the table and JSON.</param>
 /// <param name="Description">What is quantized how.</param>
 /// <param name="Config">The quantization settings.</param>
-/// <param name="Calibrated">Whether it runs the calibration sentences through the model (static activations).</param>
-internal sealed record MiniLMVariant(string Name, string Description, QuantizationRecipe Config, bool Calibrated = false);
+/// <param name="Calibrated">Whether it runs the calibration sentences through the model (static activations, GPTQ).</param>
+/// <param name="Gptq">Round the Linear weights by GPTQ (on the calibration sentences) instead of to nearest.</param>
+internal sealed record MiniLMVariant(string Name, string Description, QuantizationRecipe Config, bool Calibrated = false, bool Gptq = false);
 
 /// <summary>Measurements of one variant on the evaluation sentences.</summary>
 internal sealed record MiniLMVariantResult(
@@ -58,6 +59,10 @@ internal static class MiniLMDemo
             Int4(32, true) with { Type = QuantType.UInt4, Scheme = QuantScheme.Affine }),
         new("int4-group32-affine-ffn-int8", $"uint4 affine group-32 weights; the twelve feed-forward Linears ({string.Join(", ", FeedForwardLayers)}) int8 per-channel: the remedy for int4",
             Int4(32, true) with { Type = QuantType.UInt4, Scheme = QuantScheme.Affine, Overrides = [.. FeedForwardLayers.Select(p => new RecipeOverride(p, QuantType.Int8, Granularity: new PerAxis(0)))] }),
+        new("int4-group32-gptq", "int4 symmetric group-32 weights, the Linear weights rounded by GPTQ on the calibration quotes (embeddings to nearest)",
+            Int4(32, true), Calibrated: true, Gptq: true),
+        new("int4-group32-affine-gptq", "uint4 affine group-32 weights, the Linear weights rounded by GPTQ on the calibration quotes (embeddings to nearest)",
+            Int4(32, true) with { Type = QuantType.UInt4, Scheme = QuantScheme.Affine }, Calibrated: true, Gptq: true),
         new("int4-group32-words-fp32", "int4 group-32 weights; word embeddings (46.9 MB of the 90.9 MB) excluded, kept float32", Int4(32, false)),
         new("int4-group128", "int4 symmetric weights in groups of 128, every Linear and Embedding (word embeddings included)", Int4(128, true)),
         new("int4-group128-words-fp32", "int4 group-128 weights; word embeddings excluded, kept float32", Int4(128, false)),
@@ -107,9 +112,12 @@ internal static class MiniLMDemo
             var calibrationBatches = variant.Calibrated ? Batches(tokenizer, calibration).ToList() : null;
             try
             {
-                var config = variant.Calibrated ? variant.Config with { CalibrationSamples = calibration.Count } : variant.Config;
-                var result = Quantizer.Quantize(model, config, factory: () => new MiniLMModel(), calibrationData: calibrationBatches,
-                    onFailure: ValidationFailureMode.Warn);
+                var config = variant.Calibrated && !variant.Gptq ? variant.Config with { CalibrationSamples = calibration.Count } : variant.Config;
+                var result = variant.Gptq
+                    ? Gptq.Quantize(model, config with { Validation = config.Validation with { OnFailure = ValidationFailureMode.Warn } },
+                        calibrationBatches!, factory: () => new MiniLMModel())
+                    : Quantizer.Quantize(model, config, factory: () => new MiniLMModel(), calibrationData: calibrationBatches,
+                        onFailure: ValidationFailureMode.Warn);
                 using var quantized = result.Model;
                 var (embeddings, ms) = Encode(quantized, tokenizer, sentences);
                 var (mean, min) = EmbeddingMetrics.Cosine(embeddings, float32);
