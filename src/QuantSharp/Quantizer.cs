@@ -179,9 +179,10 @@ public static class Quantizer
         return QuantizeCore(model, recipe, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
     }
 
-    private static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
+    /// <summary>The one quantization path; <paramref name="method"/> replaces the recipe's weight quantizer (GPTQ).</summary>
+    internal static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
         IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
-        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress) where T : nn.Module
+        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress, IWeightQuantizer? method = null) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(recipe);
@@ -220,7 +221,7 @@ public static class Quantizer
         bool ok = false;
         try
         {
-            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace);
+            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace, method);
             s_recipes.AddOrUpdate(work, cfg);
             ok = true;
             return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, r.Warnings, r.CalibrationSamples);
@@ -349,7 +350,8 @@ public static class Quantizer
     }
 
     private static QuantizationResult Run(nn.Module work, QuantizationRecipe cfg, List<PlannedLayer> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
+        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced,
+        IWeightQuantizer? method = null)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
@@ -366,7 +368,7 @@ public static class Quantizer
         work.eval();
         long floatBytes = ModelMemory.Bytes(work);
         // The quantize stage; a sequential one (GPTQ) quantizes layer by layer on the inputs of the layers already quantized.
-        var quantizer = QuantizationPipeline.WeightQuantizerFor(cfg);
+        var quantizer = method ?? QuantizationPipeline.WeightQuantizerFor(cfg);
         List<CalibrationBatch>? replay = null;
         if (quantizer.Sequential)
         {
@@ -526,7 +528,7 @@ public static class Quantizer
         {
             var spec = specs[plan.Entry.Name];
             var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
-            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null));
+            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null), plan.Entry.Module);
             if (statistics is not null) InputStatistics.Collect(work, plan.Entry, batches, statistics);
             yield return ModuleQuantization.Prepare(plan, spec, tied, statistics);
         }
