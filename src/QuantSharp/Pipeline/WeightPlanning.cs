@@ -175,6 +175,8 @@ internal static class WeightQuantization
             Axis = spec.Granularity is PerAxis a ? a.Axis : null,
             GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
             ReduceRange = spec.ReduceRange,
+            // One weight is one collection: merging at once gives the same histogram without keeping a copy.
+            MergeBatches = true,
             Name = name,
         });
 }
