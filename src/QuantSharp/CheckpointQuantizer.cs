@@ -214,6 +214,7 @@ public static class CheckpointQuantizer
         var validation = s.Recipe.Validation;
         var weightMap = new JsonObject();
         AtomicOutput? atomic = null;
+        var stamps = source.Shards.Select(sh => (sh.File.Path, Stamp: Stamp(sh.File.Path))).ToList();
         try
         {
             atomic = AtomicOutput.Create(outFull);
@@ -253,6 +254,11 @@ public static class CheckpointQuantizer
                 if (validation.Enabled && validation.ReloadCheck) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
             }
             ct.ThrowIfCancellationRequested(); // a signal during the last chunk still leaves nothing behind
+            foreach (var (path, stamp) in stamps)
+            {
+                if (Stamp(path) != stamp)
+                    throw InputChanged(path, "its size or modification time changed during the run", null);
+            }
             var warnings = new List<string>();
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, warnings);
 
@@ -277,14 +283,20 @@ public static class CheckpointQuantizer
             throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
                 "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
         }
+        catch (InvalidDataException ex)
+        {
+            throw InputChanged(inFull, ex.Message, ex); // the reader found the input shorter than its header says
+        }
         catch (IOException ex)
         {
             bool full = IsDiskFull(ex);
+            bool readOnly = !full && (ex.HResult == 30 || ex.Message.Contains("Read-only file system", StringComparison.OrdinalIgnoreCase)); // EROFS
             throw new CheckpointQuantizationException(
-                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
-                "and the temporary files were removed; the input is unchanged. " +
+                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : readOnly ? " (the file system is read-only)" : "")}. " +
+                $"Nothing was written under '{outFull}' and the temporary files were removed; the input is unchanged. " +
                 (full ? "Free some space or choose another output folder and retry."
-                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (not a read-only file system, permissions) or choose another output folder."), ex);
+                      : readOnly ? "Choose an output folder on a writable file system (or remount it read-write) and retry."
+                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (permissions) or choose another output folder."), ex);
         }
         catch (UnauthorizedAccessException ex)
         {
@@ -295,6 +307,16 @@ public static class CheckpointQuantizer
             atomic?.Dispose();
         }
     }
+
+    private static (long Length, DateTime Modified) Stamp(string path)
+    {
+        var f = new FileInfo(path);
+        return f.Exists ? (f.Length, f.LastWriteTimeUtc) : (-1, default);
+    }
+
+    private static CheckpointQuantizationException InputChanged(string path, string detail, Exception? inner) => new(
+        $"The input '{path}' changed while it was being quantized ({detail}); the result would mix old and new data, so nothing was written " +
+        "and the temporary files were removed. Make sure no other program writes the input (a download still running, a copy), then retry.", inner);
 
     /// <summary>An exception's message without the " (Parameter 'x')" suffix of argument exceptions.</summary>
     internal static string PlainMessage(Exception ex) => ex is ArgumentException { ParamName: { } p }

@@ -559,8 +559,12 @@ public sealed record ValidationPolicy
     internal void Validate()
     {
         foreach (var (t, v) in SqnrThresholdsDb)
-            if (double.IsNaN(v)) throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] must be a number.");
-        if (MinOutputSqnrDb is { } o && double.IsNaN(o)) throw new ArgumentException("Validation.MinOutputSqnrDb must be a number.");
+        {
+            if (!double.IsFinite(v))
+                throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
+        }
+        if (MinOutputSqnrDb is { } o && !double.IsFinite(o))
+            throw new ArgumentException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
     }
 
     internal JsonObject ToJsonNode()
