@@ -45,6 +45,11 @@ packages="$work/packages"
 expected="QuantSharp.$version.nupkg QuantSharp.Cli.$version.nupkg"
 actual=$(cd "$packages" && ls | sort | tr '\n' ' ' | sed 's/ $//')
 [[ "$actual" == "$expected" ]] || fail "dotnet pack made [$actual], expected [$expected] (tests, bench, examples are not packable)"
+# Both packages declare MIT (PackageLicenseExpression) and carry the license text itself.
+for nupkg in "$packages"/*.nupkg; do
+  unzip -p "$nupkg" LICENSE | cmp -s - "$repo/LICENSE" || fail "$(basename "$nupkg") does not carry the repository's LICENSE at its root"
+  unzip -p "$nupkg" '*.nuspec' | grep -qF '<license type="expression">MIT</license>' || fail "$(basename "$nupkg") does not declare the MIT license"
+done
 
 step "consumer app: new console project, QuantSharp $version + TorchSharp-cpu 0.107.0, dotnet run"
 app="$work/app"

@@ -33,7 +33,7 @@ public static class CheckpointQuantizer
 
     private enum Action { Copy, Quantize }
 
-    private sealed record PlanItem(CheckpointSource.Shard Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
+    private sealed record PlanItem(SafetensorsFile Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
 
     /// <summary>Quantizes <paramref name="input"/> into <paramref name="output"/>.</summary>
     /// <param name="input">A <c>.safetensors</c> file or a folder of shards (never modified).</param>
@@ -78,8 +78,8 @@ public static class CheckpointQuantizer
         {
             throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {PlainMessage(ex)}", ex);
         }
-        CheckpointSource source;
-        try { source = CheckpointSource.Open(inFull); }
+        ShardedCheckpoint source;
+        try { source = ShardedCheckpoint.Open(inFull); }
         catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
         {
             throw new CheckpointQuantizationException($"Cannot read input '{input}': {ex.Message}", ex);
@@ -96,18 +96,19 @@ public static class CheckpointQuantizer
         }
     }
 
-    private static void CheckPaths(CheckpointSource source, string inFull, string outFull, string input, string output, bool overwrite)
+    private static void CheckPaths(ShardedCheckpoint source, string inFull, string outFull, string input, string output, bool overwrite)
     {
         // Identity by real paths (every component's link resolved) or device and inode: any spelling of the input is caught.
+        if (source.IsFolder) inFull = source.Path; // an index given: its folder is the input
         if (PathIdentity.Same(inFull, outFull))
             throw new CheckpointQuantizationException($"The output '{output}' is the input '{input}' (the same {(source.IsFolder ? "folder" : "file")}, " +
                 $"resolved to '{PathIdentity.RealPath(inFull)}'); quantizing in place would destroy the original. Choose another output path.");
-        foreach (var shard in source.Shards)
+        foreach (string file in source.Files.Select(f => f.Path).Append(source.IndexPath).OfType<string>())
         {
-            if (PathIdentity.Same(shard.File.Path, outFull))
-                throw new CheckpointQuantizationException($"The output '{output}' is the input shard '{shard.File.Path}'. Choose another output path.");
-            if (PathIdentity.IsWithin(shard.File.Path, outFull))
-                throw new CheckpointQuantizationException($"The output '{output}' contains the input shard '{shard.File.Path}'; replacing it would delete the input. Choose another output path.");
+            if (PathIdentity.Same(file, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' is the input {(file == source.IndexPath ? "index" : "shard")} '{file}'. Choose another output path.");
+            if (PathIdentity.IsWithin(file, outFull))
+                throw new CheckpointQuantizationException($"The output '{output}' contains the input {(file == source.IndexPath ? "index" : "shard")} '{file}'; replacing it would delete the input. Choose another output path.");
         }
         if (PathIdentity.IsWithin(inFull, outFull))
             throw new CheckpointQuantizationException($"The output '{output}' contains the input '{input}'; replacing it would delete the input. Choose another output path.");
@@ -138,17 +139,17 @@ public static class CheckpointQuantizer
                 "Make it writable or choose another output path.");
     }
 
-    private static List<PlanItem> MakePlan(CheckpointSource source, RecipePlanner s)
+    private static List<PlanItem> MakePlan(ShardedCheckpoint source, RecipePlanner s)
     {
         var plan = new List<PlanItem>();
-        foreach (var shard in source.Shards)
+        foreach (var shard in source.Files)
         {
-            if (shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
-                throw new CheckpointQuantizationException($"'{shard.File.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
+            if (shard.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
+                throw new CheckpointQuantizationException($"'{shard.Path}' is already a QuantSharp quantized checkpoint; quantize the original instead.");
             // The output header carries the input's metadata plus ours (format, versions, settings, per-layer entries:
             // never under 256 bytes): refuse before any work what cannot fit the format's limit (the writer checks again).
-            if (shard.HeaderBytes - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
-                throw new CheckpointQuantizationException($"'{shard.File.Path}' has a {shard.HeaderBytes - 8:N0}-byte header (mostly metadata); with the quantization " +
+            if (shard.DataStart - 8 + 256 > SafetensorsHeader.MaxHeaderLength)
+                throw new CheckpointQuantizationException($"'{shard.Path}' has a {shard.DataStart - 8:N0}-byte header (mostly metadata); with the quantization " +
                     $"metadata added the output header would exceed the format's limit of {SafetensorsHeader.MaxHeaderLength:N0} bytes. Remove most of the input's metadata and retry.");
         }
         foreach (var (shard, info) in source.All)
@@ -203,7 +204,7 @@ public static class CheckpointQuantizer
 
     private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
 
-    private static CheckpointQuantizationReport Run(CheckpointSource source, List<PlanItem> plan, RecipePlanner s,
+    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
         var reports = new List<TensorQuantizationReport>();
@@ -212,21 +213,21 @@ public static class CheckpointQuantizer
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
         JsonObject config = s.Recipe.ToJsonNode();
         var validation = s.Recipe.Validation;
-        var weightMap = new JsonObject();
+        var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
         AtomicOutput? atomic = null;
-        var stamps = source.Shards.Select(sh => (sh.File.Path, Stamp: Stamp(sh.File.Path))).ToList();
+        var stamps = source.Files.Select(f => (f.Path, Stamp: Stamp(f.Path))).ToList();
         try
         {
             atomic = AtomicOutput.Create(outFull);
             string tempDir = atomic.TempFolder;
-            foreach (var shard in source.Shards)
+            foreach (var shard in source.Files)
             {
-                string fileName = source.IsFolder ? shard.FileName : Path.GetFileName(outFull);
+                string fileName = Path.GetFileName(source.IsFolder ? shard.Path : outFull);
                 string shardPath = Path.Combine(tempDir, fileName);
                 var items = plan.Where(p => p.Shard == shard).ToList();
                 IReadOnlyDictionary<string, byte[]> hashes;
                 var layers = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal);
-                using (var writer = new QuantizedCheckpointWriter(shardPath, items.Count * 3, shard.HeaderBytes, shard.File.Metadata, config))
+                using (var writer = new QuantizedCheckpointWriter(shardPath, items.Count * 3, shard.DataStart, shard.Metadata, config))
                 {
                     foreach (var item in items)
                     {
@@ -283,9 +284,9 @@ public static class CheckpointQuantizer
             throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
                 "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
         }
-        catch (InvalidDataException ex)
+        catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.BufferSizeMismatch)
         {
-            throw InputChanged(inFull, ex.Message, ex); // the reader found the input shorter than its header says
+            throw InputChanged(ex.FilePath ?? inFull, "it is now shorter than its header says", ex); // truncated after it was opened
         }
         catch (IOException ex)
         {
@@ -341,13 +342,13 @@ public static class CheckpointQuantizer
     /// that may be published), devices, FIFOs and sockets are not read, subfolders are not copied; each is named in
     /// <paramref name="warnings"/>.
     /// </summary>
-    private static void CopySideFiles(CheckpointSource source, string tempDir, JsonObject weightMap, List<string> warnings)
+    private static void CopySideFiles(ShardedCheckpoint source, string tempDir, Dictionary<string, string> weightMap, List<string> warnings)
     {
+        var own = source.Files.Select(f => f.Path).Append(source.IndexPath).OfType<string>().Select(Path.GetFileName).ToHashSet(StringComparer.Ordinal);
         foreach (string f in Directory.EnumerateFileSystemEntries(source.Path).Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(f);
-            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(".safetensors.index.json", StringComparison.Ordinal)
-                || name.StartsWith('.')) continue;
+            if (own.Contains(name) || name.StartsWith('.')) continue;
             switch (PathIdentity.Kind(f))
             {
                 case EntryKind.RegularFile:
@@ -365,21 +366,15 @@ public static class CheckpointQuantizer
                     break;
             }
         }
-        if (source.IndexPath is not null || source.Shards.Count > 1)
+        if (source.IndexPath is not null)
         {
-            string indexName = source.IndexPath is not null ? Path.GetFileName(source.IndexPath) : "model.safetensors.index.json";
             long totalSize = Directory.EnumerateFiles(tempDir, "*.safetensors").Sum(f =>
             {
                 using var st = SafetensorsFile.Open(f);
                 return st.Tensors.Sum(t => t.ByteLength);
             });
-            var index = new JsonObject
-            {
-                ["metadata"] = new JsonObject { ["total_size"] = totalSize, ["quantsharp.format"] = QuantizedCheckpoint.FormatName },
-                ["weight_map"] = weightMap,
-            };
-            string tmp = Path.Combine(tempDir, indexName);
-            File.WriteAllText(tmp, index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            File.WriteAllBytes(Path.Combine(tempDir, Path.GetFileName(source.IndexPath)),
+                CheckpointIndex.ToBytes(weightMap, totalSize, new Dictionary<string, string> { [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName }));
         }
     }
 
@@ -392,7 +387,7 @@ public static class CheckpointQuantizer
         {
             ct.ThrowIfCancellationRequested();
             int n = (int)Math.Min(buffer.Length, info.ByteLength - off);
-            CheckpointSource.ReadRange(item.Shard, info, off, buffer.AsSpan(0, n));
+            item.Shard.ReadRange(info, off, buffer.AsSpan(0, n));
             w.Append(buffer.AsSpan(0, n));
             off += n;
             done += n;
@@ -427,7 +422,7 @@ public static class CheckpointQuantizer
     /// <param name="rowwise">False: the whole tensor.</param>
     /// <param name="reuse">A float32 tensor of exactly the chunk's shape to fill instead of allocating (fresh native
     /// allocations are slow on these VMs); the caller owns it.</param>
-    internal static Tensor ReadRowsFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
+    internal static Tensor ReadRowsFloat32(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
     {
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
         long rowElems = rowwise ? info.Shape[1..].Aggregate(1L, (a, b) => a * b) : 0;
@@ -440,12 +435,12 @@ public static class CheckpointQuantizer
 
     /// <summary>Reads elements [first, first + destination.Length) of a floating-point tensor as float32 (exact for F32,
     /// F16 and BF16; F64 rounded to nearest, as a cast).</summary>
-    internal static void ReadFloat32(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long first, Span<float> destination)
+    internal static void ReadFloat32(SafetensorsFile shard, SafetensorsTensorInfo info, long first, Span<float> destination)
     {
         int size = info.DType.ElementSize();
         if (info.DType == SafetensorsDType.F32)
         {
-            CheckpointSource.ReadRange(shard, info, first * size, System.Runtime.InteropServices.MemoryMarshal.AsBytes(destination));
+            shard.ReadRange(info, first * size, System.Runtime.InteropServices.MemoryMarshal.AsBytes(destination));
             return;
         }
         if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F64))
@@ -458,7 +453,7 @@ public static class CheckpointQuantizer
             {
                 int n = Math.Min(piece, destination.Length - done);
                 var bytes = raw.AsSpan(0, n * size);
-                CheckpointSource.ReadRange(shard, info, (first + done) * size, bytes);
+                shard.ReadRange(info, (first + done) * size, bytes);
                 var dst = destination.Slice(done, n);
                 if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes), dst);
                 else if (info.DType == SafetensorsDType.F16) Kernels.HalfKernel.FromHalf(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes), dst);
@@ -474,7 +469,7 @@ public static class CheckpointQuantizer
     }
 
     /// <summary>A tensor of a checkpoint read as float32 chunks (one reused buffer), for observers' passes.</summary>
-    private sealed class TensorFileChunks(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long[] shape, CancellationToken ct)
+    private sealed class TensorFileChunks(SafetensorsFile shard, SafetensorsTensorInfo info, long[] shape, CancellationToken ct)
         : Observers.FloatChunks(shape)
     {
         public override void ForEach(Observers.FloatChunkAction action)
@@ -514,13 +509,13 @@ public static class CheckpointQuantizer
     }
 
     /// <summary>Reads rows [r0, r1) of a tensor (or the whole tensor when <paramref name="rowwise"/> is false).</summary>
-    internal static Tensor ReadRows(CheckpointSource.Shard shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
+    internal static Tensor ReadRows(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
     {
         var type = info.DType.ToScalarType() ?? throw new NotSupportedException($"Tensor '{info.Name}' has dtype {info.DType}, which TorchSharp cannot hold.");
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
         var t = torch.empty(shape, type);
-        if (t.numel() > 0) CheckpointSource.ReadRange(shard, info, r0 * rowBytes, t.bytes);
+        if (t.numel() > 0) shard.ReadRange(info, r0 * rowBytes, t.bytes);
         return t;
     }
 
@@ -674,30 +669,29 @@ public static class CheckpointQuantizer
         var problems = new List<string>();
         try
         {
-            using var source = CheckpointSource.Open(path);
-            var shard = source.Shards[0];
-            var names = shard.File.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+            using var shard = SafetensorsFile.Open(path);
+            var names = shard.Tensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
             foreach (var n in written.Keys.Where(n => !names.Contains(n))) problems.Add($"{fileName}: reload: tensor '{n}' is missing.");
             foreach (var n in names.Where(n => !written.ContainsKey(n))) problems.Add($"{fileName}: reload: unexpected tensor '{n}'.");
-            var readLayers = QuantizedCheckpoint.ReadLayers(path, shard.File.Metadata);
+            var readLayers = QuantizedCheckpoint.ReadLayers(path, shard.Metadata);
             if (!readLayers.Keys.ToHashSet().SetEquals(layers.Keys))
                 problems.Add($"{fileName}: reload: the per-layer metadata lists {readLayers.Count} tensors, {layers.Count} were quantized.");
             foreach (var (name, info) in readLayers)
             {
                 var layout = CheckpointLayout.For(info);
-                var d = shard.File.GetInfo(name);
+                var d = shard.GetInfo(name);
                 if (d.DType != layout.DataDType || !d.Shape.SequenceEqual(layout.DataShape))
                     problems.Add($"{fileName}: reload: '{name}' is {d.DType} [{string.Join(", ", d.Shape)}], expected {layout.DataDType} [{string.Join(", ", layout.DataShape)}].");
             }
             var buffer = new byte[8 << 20];
-            foreach (var t in shard.File.Tensors)
+            foreach (var t in shard.Tensors)
             {
                 if (!written.TryGetValue(t.Name, out var expected)) continue;
                 using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
                 for (long off = 0; off < t.ByteLength;)
                 {
                     int n = (int)Math.Min(buffer.Length, t.ByteLength - off);
-                    CheckpointSource.ReadRange(shard, t, off, buffer.AsSpan(0, n));
+                    shard.ReadRange(t, off, buffer.AsSpan(0, n));
                     h.AppendData(buffer, 0, n);
                     off += n;
                 }

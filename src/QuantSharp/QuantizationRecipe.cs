@@ -89,6 +89,13 @@ public sealed record QuantizationRecipe
     /// <summary>Observer of the activations during calibration (default <c>minmax</c>).</summary>
     public string ActivationObserver { get; init; } = "minmax";
 
+    /// <summary>
+    /// The histogram activation observer's KL search window (<see cref="ObserverOptions.EntropySearchStart"/>): 0
+    /// (default) searches every threshold as ONNX Runtime, 0.5 only thresholds in 50-100% of the histogram range, as
+    /// TensorRT. Applies when <see cref="ActivationObserver"/> is <c>histogram</c>.
+    /// </summary>
+    public double EntropySearchStart { get; init; }
+
     /// <summary>Calibration samples to run (at least this many, counted along dimension 0).</summary>
     public int CalibrationSamples { get; init; } = DefaultCalibrationSamples;
 
@@ -216,6 +223,8 @@ public sealed record QuantizationRecipe
         CheckObserver(ActivationObserver, nameof(ActivationObserver));
         if (DynamicActivations && Activations is not null)
             throw new ArgumentException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
+        if (!(EntropySearchStart >= 0 && EntropySearchStart < 1))
+            throw new ArgumentException($"EntropySearchStart must be a fraction in [0, 1), got {EntropySearchStart}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
         if (CalibrationSamples <= 0)
             throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
         if (MinElements < 0) throw new ArgumentException($"MinElements must be at least 0, got {MinElements}.");
@@ -279,6 +288,7 @@ public sealed record QuantizationRecipe
                 : null,
             ["dynamic_activations"] = DynamicActivations,
             ["activation_observer"] = NormalizeObserver(ActivationObserver),
+            ["entropy_search_start"] = EntropySearchStart,
             ["calibration_samples"] = CalibrationSamples,
             ["min_elements"] = MinElements,
             ["include"] = Strings(Include),
@@ -351,6 +361,7 @@ public sealed record QuantizationRecipe
                     "activations" => r with { Activations = p.Value.ValueKind == JsonValueKind.Null ? null : ParseActivations(p.Value, where) },
                     "dynamic_activations" => r with { DynamicActivations = p.Value.GetBoolean() },
                     "activation_observer" => r with { ActivationObserver = Str(p.Value) },
+                    "entropy_search_start" => r with { EntropySearchStart = p.Value.GetDouble() },
                     "calibration_samples" => r with { CalibrationSamples = p.Value.GetInt32() },
                     "min_elements" => r with { MinElements = p.Value.GetInt64() },
                     "include" => r with { Include = StrList(p.Value) },
@@ -374,7 +385,7 @@ public sealed record QuantizationRecipe
     private static readonly string[] TopKeys =
     [
         "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
-        "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
+        "entropy_search_start", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
         "strict_group_size", "validation",
     ];
 

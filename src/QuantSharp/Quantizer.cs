@@ -366,7 +366,7 @@ public static class Quantizer
             if (data is not null)
             {
                 var actSpec = cfg.Activations ?? QuantizationRecipe.DefaultActivations;
-                calib = new Calibrator(work, layers, RangeObservers.Factory(QuantizationRecipe.NormalizeObserver(cfg.ActivationObserver), actSpec));
+                calib = new Calibrator(work, layers, RangeObservers.Factory(QuantizationRecipe.NormalizeObserver(cfg.ActivationObserver), actSpec, cfg.EntropySearchStart));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
                 calib.Run(data, target, progress, observe: cfg.Activations is not null);

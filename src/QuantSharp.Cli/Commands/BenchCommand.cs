@@ -108,12 +108,12 @@ internal static class BenchCommand
     /// <summary>Every quantized layer of a file: name, matrix shape <c>[rows, product of the rest]</c>, qtype, group size.</summary>
     private static List<(string?, (long, long), string, int?)> ModelLayers(string path)
     {
-        using var source = CheckpointSource.Open(path);
+        using var source = ShardedCheckpoint.Open(path);
         var layers = new List<(string?, (long, long), string, int?)>();
-        foreach (var shard in source.Shards)
+        foreach (var shard in source.Files)
         {
-            if (!shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey)) continue;
-            foreach (var (name, info) in QuantizedCheckpoint.ReadLayers(shard.File.Path, shard.File.Metadata).OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            if (!shard.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey)) continue;
+            foreach (var (name, info) in QuantizedCheckpoint.ReadLayers(shard).OrderBy(kv => kv.Key, StringComparer.Ordinal))
             {
                 if (info.Shape.Length < 2 || info.Type is QuantType.Int2 or QuantType.UInt2 or QuantType.UInt8) continue;
                 long cols = info.Shape.Skip(1).Aggregate(1L, (a, d) => a * d);

@@ -11,7 +11,7 @@ internal static class InspectCommand
 {
     internal static Command Create()
     {
-        var file = new Argument<string>("FILE") { Description = "A .safetensors file or a folder of shards." };
+        var file = new Argument<string>("FILE") { Description = "A .safetensors file, a sharded checkpoint's *.safetensors.index.json, or a folder of shards." };
         var json = new Option<bool>("--json") { Description = "Print as JSON." };
         var cmd = new Command("inspect", "Show the header of a safetensors checkpoint: tensors, dtypes, shapes, sizes, metadata, and the per-layer settings of a quantized checkpoint.");
         cmd.Arguments.Add(file);
@@ -34,35 +34,36 @@ internal static class InspectCommand
         return cmd;
     }
 
-    /// <summary>Everything <c>inspect</c> shows, as JSON.</summary>
+    /// <summary>Everything <c>inspect</c> shows, as JSON (headers only, through the library's public reader).</summary>
     internal static JsonObject Inspect(string path)
     {
-        using var source = CheckpointSource.Open(path);
+        using var source = ShardedCheckpoint.Open(path);
         var files = new JsonArray();
         var tensors = new JsonArray();
         var layersOut = new JsonObject();
         bool quantized = false;
-        foreach (var shard in source.Shards)
+        foreach (var shard in source.Files)
         {
+            string fileName = Path.GetFileName(shard.Path);
             var md = new JsonObject();
-            foreach (var (k, v) in shard.File.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            foreach (var (k, v) in shard.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
             {
                 if (k is QuantizedCheckpoint.LayersKey) continue;
                 md[k] = k == QuantizedCheckpoint.ConfigKey ? TryParse(v) : v;
             }
             files.Add(new JsonObject
             {
-                ["file"] = shard.FileName,
-                ["file_bytes"] = new FileInfo(shard.File.Path).Length,
-                ["header_bytes"] = shard.File.DataStart - 8,
-                ["tensor_count"] = shard.File.Tensors.Count,
+                ["file"] = fileName,
+                ["file_bytes"] = shard.FileLength,
+                ["header_bytes"] = shard.DataStart - 8,
+                ["tensor_count"] = shard.Tensors.Count,
                 ["metadata"] = md,
             });
-            Dictionary<string, QuantizedLayerInfo> layers = [];
-            if (shard.File.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
+            IReadOnlyDictionary<string, QuantizedLayerInfo> layers = new Dictionary<string, QuantizedLayerInfo>();
+            if (shard.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey))
             {
                 quantized = true;
-                layers = QuantizedCheckpoint.ReadLayers(shard.File.Path, shard.File.Metadata);
+                layers = QuantizedCheckpoint.ReadLayers(shard);
                 foreach (var (n, info) in layers) layersOut[n] = info.ToJson();
             }
             var roles = new Dictionary<string, (string Role, string Of)>(StringComparer.Ordinal);
@@ -72,12 +73,12 @@ internal static class InspectCommand
                 roles[n + QuantizedCheckpoint.ScaleSuffix] = ("scale", n);
                 roles[n + QuantizedCheckpoint.ZeroPointSuffix] = ("zero point", n);
             }
-            foreach (var t in shard.File.Tensors)
+            foreach (var t in shard.Tensors)
             {
                 var o = new JsonObject
                 {
                     ["name"] = t.Name,
-                    ["file"] = shard.FileName,
+                    ["file"] = fileName,
                     ["dtype"] = t.DType.ToString(),
                     ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
                     ["bytes"] = t.ByteLength,
@@ -99,7 +100,7 @@ internal static class InspectCommand
             ["index"] = source.IndexPath is null ? null : Path.GetFileName(source.IndexPath),
             ["quantized_checkpoint"] = quantized,
             ["total_file_bytes"] = source.TotalFileBytes,
-            ["total_tensor_bytes"] = source.All.Sum(t => t.Info.ByteLength),
+            ["total_tensor_bytes"] = source.Tensors.Sum(t => t.ByteLength),
             ["files"] = files,
             ["tensors"] = tensors,
             ["layers"] = layersOut,

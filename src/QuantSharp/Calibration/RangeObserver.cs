@@ -51,9 +51,9 @@ internal sealed class FactoryRangeObserver(IObserver inner) : IRangeObserver
 internal static class RangeObservers
 {
     /// <summary>A factory of per-tensor observers for <paramref name="spec"/>; its argument names the observed tensor in errors.</summary>
-    public static Func<string, IRangeObserver> Factory(string name, QuantSpec spec)
+    public static Func<string, IRangeObserver> Factory(string name, QuantSpec spec, double entropySearchStart = 0)
     {
-        var options = new ObserverOptions { Type = spec.Type, Scheme = spec.Scheme, ReduceRange = spec.ReduceRange };
+        var options = new ObserverOptions { Type = spec.Type, Scheme = spec.Scheme, ReduceRange = spec.ReduceRange, EntropySearchStart = entropySearchStart };
         ObserverFactory.Create(name, options); // fail early on an unknown name or bad options
         return tensorName => new FactoryRangeObserver(ObserverFactory.Create(name, options with { Name = tensorName }));
     }

@@ -4,7 +4,7 @@ namespace QuantSharp.Observers;
 /// Per-tensor histogram observer. <see cref="HistogramMethod.Entropy"/> (default): TensorRT-style KL-divergence
 /// threshold search as ONNX Runtime's entropy calibrator (one histogram of all observed values on [-max|x|, max|x|],
 /// or, with <see cref="ObserverOptions.MergeBatches"/>, one per batch merged by whole bins; thresholds clipped to the
-/// data's [min, max]).
+/// data's [min, max]; <see cref="ObserverOptions.EntropySearchStart"/> limits the search to wider windows, as TensorRT).
 /// <see cref="HistogramMethod.L2"/>: PyTorch's <c>HistogramObserver</c> (L2-error search).
 /// The scale and zero point come from the chosen thresholds, reported in <see cref="ObserverResult.Threshold"/>;
 /// <see cref="ObserverResult.Min"/>/<see cref="ObserverResult.Max"/> are the observed data range.
@@ -41,7 +41,7 @@ internal sealed class HistogramObserver : ObserverBase
         }
         if (QuantizedBins > Options.Bins / 2)
             throw new InvalidOperationException($"Entropy calibration needs at least 2 x {QuantizedBins} bins; use Bins >= {2 * QuantizedBins}.");
-        var (low, high) = _entropy!.EntropyThresholds(QuantizedBins);
+        var (low, high) = _entropy!.EntropyThresholds(QuantizedBins, Options.EntropySearchStart);
         return FromRanges([_entropy.Min], [_entropy.Max], [low, high]);
     }
 

@@ -51,6 +51,14 @@ public sealed record ObserverOptions
     public HistogramMethod Method { get; init; } = HistogramMethod.Entropy;
 
     /// <summary>
+    /// Histogram observer, entropy method: where the KL threshold search starts, as a fraction of the histogram's half
+    /// range max|x|, in [0, 1). 0 (default, ONNX Runtime) tries every window of at least the quantized bins; 0.5 tries
+    /// only thresholds in 50-100% of the range, as TensorRT's calibrator, which keeps the search from choosing an overly
+    /// narrow range that clips many values.
+    /// </summary>
+    public double EntropySearchStart { get; init; }
+
+    /// <summary>
     /// ONNX Runtime's histogram observers (entropy, percentile): <see langword="false"/> (default) makes every batch
     /// observed before <see cref="IObserver.ComputeQParams"/> one histogram over the range of all of them, as ONNX
     /// Runtime's calibrators (<c>quantize_static</c>) collect all the batches of a run; the observer keeps a copy of
@@ -84,6 +92,8 @@ public sealed record ObserverOptions
             throw new ArgumentException($"Percentile must be in (0, 100], got {Percentile}. Use e.g. 99.99.");
         if (Bins < 2)
             throw new ArgumentException($"Histogram bins must be at least 2, got {Bins}. Use 2048.");
+        if (!(EntropySearchStart >= 0 && EntropySearchStart < 1))
+            throw new ArgumentException($"Entropy search start must be a fraction in [0, 1), got {EntropySearchStart}. Use 0 (ONNX Runtime) or 0.5 (TensorRT's 50-100% window).");
         if (QuantizedBins is int q && (q < 2 || q > Bins / 2))
             throw new ArgumentException($"Quantized bins must be in [2, bins/2 = {Bins / 2}], got {q}.");
     }

@@ -213,58 +213,119 @@ internal sealed class OrtHistogram
     /// with the smallest divergence (first on ties) gives the thresholds, clipped to the observed [min, max].
     /// Arithmetic follows ONNX Runtime's float32 NumPy code (integer q, eps smoothing, float32 KL sums).
     /// </summary>
-    public (float Low, float High) EntropyThresholds(int quantizedBins)
+    /// <param name="quantizedBins">Levels of the quantized histogram (128 for 8-bit, as TensorRT).</param>
+    /// <param name="searchStart">The smallest window searched, as a fraction of the histogram's half range in [0, 1):
+    /// 0 (ONNX Runtime) searches every window of at least <paramref name="quantizedBins"/> bins; 0.5 only thresholds in
+    /// 50-100% of the range (TensorRT's calibrator, which avoids overly narrow ranges).</param>
+    public (float Low, float High) EntropyThresholds(int quantizedBins, double searchStart = 0)
     {
         long[] hist = Counts;
         float[] edges = Edges;
         int numBins = hist.Length;
         int zeroBin = numBins / 2;
         int halfQuantized = quantizedBins / 2;
-        int candidates = zeroBin - halfQuantized + 1;
-        if (candidates < 1)
+        if (zeroBin - halfQuantized + 1 < 1)
             throw new InvalidOperationException($"The histogram has {numBins} bins, fewer than the {quantizedBins} quantized bins.");
+        int first = Math.Min(zeroBin, Math.Max(halfQuantized, (int)Math.Ceiling(searchStart * zeroBin)));
 
-        // Candidates: i = quantizedBins/2 .. numBins/2 in steps of one bin, window [zero - i, min(zero + i + 1, n)).
-        var prefix = new long[numBins + 1];
-        for (int i = 0; i < numBins; i++) prefix[i + 1] = prefix[i] + hist[i];
-
+        // Candidates: i = first .. numBins/2 in steps of one bin, window [zero - i, min(zero + i + 1, n)).
+        var kl = new WindowDivergence(hist, quantizedBins);
         float bestKl = float.PositiveInfinity;
         int bestIndex = 0;
-        var p = new long[numBins];
-        var q = new long[numBins];
-        var pf = new float[numBins];
-        var qf = new float[numBins];
-        var quantized = new long[quantizedBins];
-        var terms = new float[numBins];
-        for (int i = halfQuantized; i <= zeroBin; i++)
+        for (int i = first; i <= zeroBin; i++)
         {
-            int start = zeroBin - i;
-            int end = Math.Min(zeroBin + i + 1, numBins);
-            int size = end - start;
-            var sliced = hist.AsSpan(start, size);
-            var pSpan = p.AsSpan(0, size);
+            float d = kl.Of(zeroBin - i, Math.Min(zeroBin + i + 1, numBins));
+            // The divergence is float32 (stored in ONNX Runtime's float64 array without change); np.argmin takes the
+            // first smallest (index 0 when all are infinite; no NaN can arise from positive finite terms).
+            if (i == first || d < bestKl)
+            {
+                bestKl = d;
+                bestIndex = i;
+            }
+        }
+        // The thresholds are the float32 bin edges of the chosen window, then clipped to the data's [min, max].
+        int bestStart = zeroBin - bestIndex;
+        int bestEnd = Math.Min(zeroBin + bestIndex + 1, numBins);
+        return Clip(edges[bestStart], edges[bestEnd]);
+    }
+
+    /// <summary>
+    /// The KL divergence of the entropy search for the window of bins holding [<paramref name="low"/>,
+    /// <paramref name="high"/>] (any window, not only the symmetric ones the search tries): how much information a
+    /// clipping range loses, on the same scale as <see cref="EntropyThresholds"/> minimises.
+    /// </summary>
+    public float Divergence(float low, float high, int quantizedBins)
+    {
+        long[] hist = Counts;
+        float[] edges = Edges;
+        int start = Math.Clamp(BinOf(edges, low), 0, hist.Length - 1);
+        int end = Math.Clamp(BinOf(edges, high) + 1, start + 1, hist.Length);
+        return new WindowDivergence(hist, quantizedBins).Of(start, end);
+    }
+
+    private static int BinOf(float[] edges, float x)
+    {
+        int i = Array.BinarySearch(edges, x);
+        if (i < 0) i = ~i - 1;
+        return Math.Min(i, edges.Length - 2);
+    }
+
+    /// <summary>
+    /// ONNX Runtime's divergence of one window [start, end) of a histogram: p is the window with the counts left and
+    /// right of it added to its end bins; q quantizes the window WITHOUT the outliers to <c>quantizedBins</c> levels
+    /// and spreads each level over its non-zero positions; both smoothed; KL(p || q) in float32.
+    /// </summary>
+    private sealed class WindowDivergence
+    {
+        private readonly long[] _hist, _prefix, _p, _q, _quantized;
+        private readonly float[] _pf, _qf, _terms;
+        private readonly int _quantizedBins;
+
+        public WindowDivergence(long[] hist, int quantizedBins)
+        {
+            int n = hist.Length;
+            _hist = hist;
+            _prefix = new long[n + 1];
+            for (int i = 0; i < n; i++) _prefix[i + 1] = _prefix[i] + hist[i];
+            _p = new long[n];
+            _q = new long[n];
+            _pf = new float[n];
+            _qf = new float[n];
+            _terms = new float[n];
+            _quantized = new long[quantizedBins];
+            _quantizedBins = quantizedBins;
+        }
+
+        public float Of(int start, int end)
+        {
+            int numBins = _hist.Length, size = end - start;
+            var sliced = _hist.AsSpan(start, size);
+            var pSpan = _p.AsSpan(0, size);
             // p (int64): the window with the counts left and right of it added to its end bins.
             sliced.CopyTo(pSpan);
-            pSpan[0] += prefix[start];
-            pSpan[size - 1] += prefix[numBins] - prefix[end];
+            pSpan[0] += _prefix[start];
+            pSpan[size - 1] += _prefix[numBins] - _prefix[end];
 
             // The quantized bins sum the window WITHOUT the outliers; the size % quantizedBins tail bins go into
-            // the last quantized bin.
-            int merged = size / quantizedBins;
-            for (int k = 0; k < quantizedBins; k++)
+            // the last quantized bin. (The search's windows are wider than quantizedBins; a narrower window, possible
+            // for Divergence, has one level per bin.)
+            int levels = Math.Min(_quantizedBins, size);
+            int merged = size / levels;
+            var quantized = _quantized;
+            for (int k = 0; k < levels; k++)
             {
                 long s = 0;
                 for (int j = k * merged; j < (k + 1) * merged; j++) s += sliced[j];
                 quantized[k] = s;
             }
-            for (int j = quantizedBins * merged; j < size; j++) quantized[quantizedBins - 1] += sliced[j];
+            for (int j = levels * merged; j < size; j++) quantized[levels - 1] += sliced[j];
 
             // q (int64): each quantized bin spread evenly over the positions where p (with outliers) is non-zero,
             // written to every position of its group, zeros included; the tail positions stay 0. The share is a
             // float64 division (int64 / int64) truncated toward zero when stored into the int64 array.
-            var qSpan = q.AsSpan(0, size);
+            var qSpan = _q.AsSpan(0, size);
             qSpan.Clear();
-            for (int k = 0; k < quantizedBins; k++)
+            for (int k = 0; k < levels; k++)
             {
                 int s0 = k * merged, s1 = s0 + merged;
                 long norm = 0;
@@ -276,24 +337,10 @@ internal sealed class OrtHistogram
                 }
             }
 
-            float kl;
-            if (!Smooth(pSpan, pf.AsSpan(0, size)) || !Smooth(qSpan, qf.AsSpan(0, size)))
-                kl = float.PositiveInfinity;
-            else
-                kl = Entropy(pf.AsSpan(0, size), qf.AsSpan(0, size), terms.AsSpan(0, size));
-
-            // The divergence is float32 (stored in ONNX Runtime's float64 array without change); np.argmin takes the
-            // first smallest (index 0 when all are infinite; no NaN can arise from positive finite terms).
-            if (i == halfQuantized || kl < bestKl)
-            {
-                bestKl = kl;
-                bestIndex = i;
-            }
+            if (!Smooth(pSpan, _pf.AsSpan(0, size)) || !Smooth(qSpan, _qf.AsSpan(0, size)))
+                return float.PositiveInfinity;
+            return Entropy(_pf.AsSpan(0, size), _qf.AsSpan(0, size), _terms.AsSpan(0, size));
         }
-        // The thresholds are the float32 bin edges of the chosen window, then clipped to the data's [min, max].
-        int bestStart = zeroBin - bestIndex;
-        int bestEnd = Math.Min(zeroBin + bestIndex + 1, numBins);
-        return Clip(edges[bestStart], edges[bestEnd]);
     }
 
     private (float, float) Clip(float low, float high)

@@ -145,21 +145,21 @@ public sealed class QuantizedCheckpoint : IDisposable
     /// tensors that do not match their per-layer entry.</exception>
     public static QuantizedCheckpoint Load(string path)
     {
-        using var source = CheckpointSource.Open(path);
+        using var source = ShardedCheckpoint.Open(path);
         var order = new List<string>();
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var quantized = new Dictionary<string, QuantizedTensor>(StringComparer.Ordinal);
         var layers = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal);
-        var firstMetadata = new Dictionary<string, string>(source.Shards[0].File.Metadata);
+        var firstMetadata = new Dictionary<string, string>(source.Files[0].Metadata);
         try
         {
-            foreach (var shard in source.Shards)
+            foreach (var shard in source.Files)
             {
-                var shardLayers = ReadLayers(shard.File.Path, shard.File.Metadata);
+                var shardLayers = ReadLayers(shard.Path, shard.Metadata);
                 var consumed = new HashSet<string>(StringComparer.Ordinal);
                 foreach (var (name, info) in shardLayers)
                 {
-                    var parts = ReadParts(shard.File, name, info);
+                    var parts = ReadParts(shard, name, info);
                     try
                     {
                         quantized[name] = QuantizedTensor.FromParts(info.ToSpec(), info.StoredShape, parts.Data, parts.Scale, parts.ZeroPoint);
@@ -167,17 +167,17 @@ public sealed class QuantizedCheckpoint : IDisposable
                     catch (ArgumentException ex)
                     {
                         parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
-                        throw new InvalidDataException($"{shard.File.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
+                        throw new InvalidDataException($"{shard.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
                     }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);
                 }
-                foreach (var t in shard.File.Tensors)
+                foreach (var t in shard.Tensors)
                 {
                     if (shardLayers.ContainsKey(t.Name)) order.Add(t.Name);
                     else if (!consumed.Contains(t.Name))
                     {
-                        tensors[t.Name] = shard.File.ReadTensor(t.Name);
+                        tensors[t.Name] = shard.ReadTensor(t.Name);
                         order.Add(t.Name);
                     }
                 }
@@ -190,6 +190,18 @@ public sealed class QuantizedCheckpoint : IDisposable
             foreach (var q in quantized.Values) q.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The per-layer entries of one file of a quantized checkpoint (a file of <see cref="ShardedCheckpoint.Files"/>),
+    /// read from its header only, checked as <see cref="Load"/> checks them.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The file is not a QuantSharp quantized checkpoint (no <see cref="FormatKey"/>),
+    /// a newer format version, or malformed per-layer metadata.</exception>
+    public static IReadOnlyDictionary<string, QuantizedLayerInfo> ReadLayers(SafetensorsFile file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return ReadLayers(file.Path, file.Metadata);
     }
 
     /// <summary>Parses and checks the format keys and the per-layer JSON of one file's metadata (empty when the file
@@ -212,6 +224,8 @@ public sealed class QuantizedCheckpoint : IDisposable
             using var doc = JsonDocument.Parse(layersJson);
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"{file}: '{LayersKey}' must be a JSON object of per-layer entries, found {doc.RootElement.ValueKind}.");
+            if (StrictJson.FirstDuplicateKeyAnywhere(doc.RootElement) is { } dup)
+                throw new InvalidDataException($"{file}: '{LayersKey}' has the key '{dup}' twice; each layer and each of its fields is given once. Re-create the file with 'quantsharp quantize'.");
             foreach (var p in doc.RootElement.EnumerateObject())
             {
                 var info = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };

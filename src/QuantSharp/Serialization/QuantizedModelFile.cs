@@ -112,6 +112,11 @@ internal static class QuantizedModelFile
         {
             try
             {
+                using (var doc = JsonDocument.Parse(json))
+                {
+                    if (StrictJson.FirstDuplicateKeyAnywhere(doc.RootElement) is { } dup)
+                        throw new InvalidDataException($"{path}: '{ModulesKey}' has the key '{dup}' twice; save the model again with Quantizer.Save.");
+                }
                 modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
             }
             catch (JsonException ex)

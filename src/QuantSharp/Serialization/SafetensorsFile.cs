@@ -64,6 +64,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Byte offset of the data buffer within the file (8 + header length).</summary>
     public long DataStart { get; }
 
+    /// <summary>The file's length in bytes when it was opened.</summary>
+    public long FileLength => DataStart + _dataLength;
+
     /// <summary>The tensors, in order of their offsets.</summary>
     public IReadOnlyList<SafetensorsTensorInfo> Tensors { get; }
 
@@ -149,6 +152,30 @@ public sealed unsafe class SafetensorsFile : IDisposable
         // Over the SafeBuffer, so that reading after the file is disposed throws instead of touching unmapped memory.
         return new UnmanagedMemoryStream(_view!.SafeMemoryMappedViewHandle, _view.PointerOffset + DataStart + info.Begin,
             info.ByteLength, FileAccess.Read);
+    }
+
+    /// <summary>
+    /// Reads bytes [<paramref name="offset"/>, offset + destination.Length) of a tensor's data with positioned reads
+    /// (not through the mapping), so that a file truncated by another process after opening gives an error instead of
+    /// a fault. Any tensor size; several threads may read at once.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is not within the tensor.</exception>
+    /// <exception cref="SafetensorsFormatException">The file ends inside the range (truncated after it was opened).</exception>
+    public void ReadRange(SafetensorsTensorInfo info, long offset, Span<byte> destination)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        ThrowIfDisposed();
+        if (offset < 0 || offset + destination.Length > info.ByteLength) throw new ArgumentOutOfRangeException(nameof(offset));
+        long at = DataStart + info.Begin + offset;
+        while (destination.Length > 0)
+        {
+            int n = RandomAccess.Read(_stream!.SafeFileHandle, destination, at);
+            if (n <= 0)
+                throw new SafetensorsFormatException(SafetensorsRule.BufferSizeMismatch, Path, info.Name,
+                    $"the file ends at byte {at} inside the tensor's data: it was truncated after it was opened");
+            destination = destination[n..];
+            at += n;
+        }
     }
 
     /// <summary>Copies the raw little-endian bytes of a tensor into a new array.</summary>

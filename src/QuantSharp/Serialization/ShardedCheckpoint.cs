@@ -5,23 +5,40 @@ using TorchSharp;
 namespace QuantSharp.Serialization;
 
 /// <summary>
-/// The tensors of a single safetensors file or of a sharded checkpoint (<c>model.safetensors.index.json</c> +
-/// <c>model-00001-of-00003.safetensors</c>...), presented through one API. Every shard is opened (header only,
-/// memory-mapped) and checked against the index: each tensor of the weight map lies in the shard it names, and
-/// each tensor of a shard is in the weight map.
+/// A safetensors checkpoint opened for reading: one <c>.safetensors</c> file, or a sharded checkpoint
+/// (<c>model.safetensors.index.json</c> + <c>model-00001-of-00003.safetensors</c>...), presented through one API.
+/// This is QuantSharp's only checkpoint reader: the quantizers, the validator, <see cref="QuantizedCheckpoint.Load"/>
+/// and every CLI command open their input through it, with the same folder rules and limits. Opening reads headers
+/// only (names, dtypes, shapes, offsets, metadata); every shard is checked against the index (each tensor of the
+/// weight map lies in the shard it names, each tensor of a shard is in the weight map, no name twice). Tensor data
+/// is read on request: mapped (<see cref="ReadTensor"/>, <see cref="GetSpan"/>) or by ranged reads that fail cleanly
+/// if the file is truncated while open (<see cref="ReadRange"/>).
 /// </summary>
+/// <remarks>
+/// What <see cref="Open"/> accepts (docs/SAFETENSORS.md):
+/// <list type="bullet">
+/// <item>a <c>.safetensors</c> file;</item>
+/// <item>an index (a path ending in <c>.json</c>, e.g. <c>model.safetensors.index.json</c>): its shards are in its folder;</item>
+/// <item>a folder: its <c>*.safetensors.index.json</c> when it holds exactly one, else <c>model.safetensors</c>,
+/// else its only <c>*.safetensors</c> file. A folder with several indexes, or several <c>.safetensors</c> files and
+/// no index, is refused (pass the index or the file you mean).</item>
+/// </list>
+/// </remarks>
 public sealed class ShardedCheckpoint : IDisposable
 {
     /// <summary>Name of the index of a sharded checkpoint saved with base name "model".</summary>
     public const string DefaultIndexFileName = "model.safetensors.index.json";
 
-    private const long MaxIndexBytes = 100_000_000;
+    /// <summary>Suffix of index file names.</summary>
+    public const string IndexSuffix = ".safetensors.index.json";
 
     private readonly List<SafetensorsFile> _files;
     private readonly Dictionary<string, SafetensorsFile> _owner;
 
-    private ShardedCheckpoint(string? indexPath, List<SafetensorsFile> files, long? totalSize)
+    private ShardedCheckpoint(string path, bool isFolder, string? indexPath, List<SafetensorsFile> files, long? totalSize)
     {
+        Path = path;
+        IsFolder = isFolder;
         IndexPath = indexPath;
         _files = files;
         TotalSize = totalSize;
@@ -40,13 +57,19 @@ public sealed class ShardedCheckpoint : IDisposable
         Tensors = tensors;
     }
 
+    /// <summary>The full path that was opened: the <c>.safetensors</c> file for a single file, else the folder of the shards.</summary>
+    public string Path { get; }
+
+    /// <summary>True when a folder or an index was opened (a quantized copy of it is a folder too).</summary>
+    public bool IsFolder { get; }
+
     /// <summary>The index file, or null for a single-file checkpoint.</summary>
     public string? IndexPath { get; }
 
     /// <summary><c>metadata.total_size</c> of the index (bytes of tensor data), or null.</summary>
     public long? TotalSize { get; }
 
-    /// <summary>The open files (one, or the shards in index order).</summary>
+    /// <summary>The open files: one, or the shards in file name order.</summary>
     public IReadOnlyList<SafetensorsFile> Files => _files;
 
     /// <summary>All tensors: shard by shard, each in offset order.</summary>
@@ -55,54 +78,60 @@ public sealed class ShardedCheckpoint : IDisposable
     /// <summary>The <c>__metadata__</c> of the first file (every shard written by <see cref="Save"/> holds the same).</summary>
     public IReadOnlyDictionary<string, string> Metadata => _files.Count > 0 ? _files[0].Metadata : new Dictionary<string, string>();
 
+    /// <summary>Total bytes of the shard files (headers included).</summary>
+    public long TotalFileBytes => _files.Sum(f => f.FileLength);
+
+    /// <summary>Every tensor with the file that holds it, shard by shard, each in offset order.</summary>
+    internal IEnumerable<(SafetensorsFile File, SafetensorsTensorInfo Info)> All => _files.SelectMany(f => f.Tensors.Select(t => (f, t)));
+
     /// <summary>
-    /// Opens a checkpoint: a <c>.safetensors</c> file, a <c>.safetensors.index.json</c> file, or a folder holding
-    /// <c>model.safetensors.index.json</c>, else one <c>*.safetensors.index.json</c>, else <c>model.safetensors</c>,
-    /// else exactly one <c>*.safetensors</c> file.
+    /// Opens a checkpoint, reading headers only: a <c>.safetensors</c> file, an index (<c>*.json</c>), or a folder
+    /// (see the remarks of <see cref="ShardedCheckpoint"/>).
     /// </summary>
     /// <exception cref="SafetensorsFormatException">A file or the index breaks the format, or the index disagrees with the shards.</exception>
     /// <exception cref="FileNotFoundException">Nothing to open.</exception>
+    /// <exception cref="IOException">A folder is ambiguous (several indexes, or several files and no index).</exception>
     public static ShardedCheckpoint Open(string pathOrFolder)
     {
         ArgumentException.ThrowIfNullOrEmpty(pathOrFolder);
-        if (Directory.Exists(pathOrFolder))
+        string full = System.IO.Path.GetFullPath(pathOrFolder);
+        if (Directory.Exists(full))
         {
-            string index = System.IO.Path.Combine(pathOrFolder, DefaultIndexFileName);
-            if (File.Exists(index)) return OpenIndex(index);
-            var indexes = Directory.GetFiles(pathOrFolder, "*.safetensors.index.json");
-            if (indexes.Length == 1) return OpenIndex(indexes[0]);
+            var indexes = Directory.GetFiles(full, "*" + IndexSuffix);
+            if (indexes.Length == 1) return OpenIndex(full, indexes[0]);
             if (indexes.Length > 1)
-                throw new IOException($"'{pathOrFolder}' holds {indexes.Length} *.safetensors.index.json files; open one of them.");
-            string single = System.IO.Path.Combine(pathOrFolder, "model.safetensors");
-            if (File.Exists(single)) return OpenSingle(single);
-            var files = Directory.GetFiles(pathOrFolder, "*.safetensors");
-            if (files.Length == 1) return OpenSingle(files[0]);
+                throw new IOException($"'{pathOrFolder}' holds {indexes.Length} *{IndexSuffix} files; open one of them (give its path).");
+            string single = System.IO.Path.Combine(full, "model.safetensors");
+            if (File.Exists(single)) return OpenSingle(full, single, isFolder: true);
+            var files = Directory.GetFiles(full, "*.safetensors");
+            if (files.Length == 1) return OpenSingle(full, files[0], isFolder: true);
             throw files.Length == 0
-                ? new FileNotFoundException($"'{pathOrFolder}' holds no .safetensors file.")
-                : new IOException($"'{pathOrFolder}' holds {files.Length} .safetensors files and no index; open one of them.");
+                ? new FileNotFoundException($"'{pathOrFolder}' holds no .safetensors file.", pathOrFolder)
+                : new IOException($"'{pathOrFolder}' holds {files.Length} .safetensors files and no index; open one of them, or add a {DefaultIndexFileName}.");
         }
-        if (!File.Exists(pathOrFolder)) throw new FileNotFoundException($"No file or folder '{pathOrFolder}'.", pathOrFolder);
-        return pathOrFolder.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? OpenIndex(pathOrFolder) : OpenSingle(pathOrFolder);
+        if (!File.Exists(full)) throw new FileNotFoundException($"No file or folder '{pathOrFolder}': expected a .safetensors file, an index or a folder of shards.", pathOrFolder);
+        return full.EndsWith(".json", StringComparison.OrdinalIgnoreCase)
+            ? OpenIndex(System.IO.Path.GetDirectoryName(full)!, full)
+            : OpenSingle(full, full, isFolder: false);
     }
 
-    private static ShardedCheckpoint OpenSingle(string path)
+    private static ShardedCheckpoint OpenSingle(string path, string file, bool isFolder)
     {
-        var file = SafetensorsFile.Open(path);
-        try { return new ShardedCheckpoint(null, [file], null); }
-        catch { file.Dispose(); throw; }
+        var st = SafetensorsFile.Open(file);
+        try { return new ShardedCheckpoint(path, isFolder, null, [st], null); }
+        catch { st.Dispose(); throw; }
     }
 
-    private static ShardedCheckpoint OpenIndex(string indexPath)
+    private static ShardedCheckpoint OpenIndex(string folder, string indexPath)
     {
-        var (weightMap, totalSize) = ReadIndex(indexPath);
-        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
-        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).ToList();
+        var (weightMap, totalSize) = CheckpointIndex.Read(indexPath);
+        var shardNames = weightMap.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
         var files = new List<SafetensorsFile>();
         try
         {
             foreach (string shard in shardNames)
             {
-                string shardPath = System.IO.Path.Combine(dir, shard);
+                string shardPath = System.IO.Path.Combine(folder, shard);
                 if (!File.Exists(shardPath))
                     throw new SafetensorsFormatException(SafetensorsRule.InvalidIndex, indexPath, null, $"shard '{shard}' does not exist");
                 var file = SafetensorsFile.Open(shardPath);
@@ -120,81 +149,12 @@ public sealed class ShardedCheckpoint : IDisposable
                 if (!files[shardNames.IndexOf(shard)].Contains(name))
                     throw new SafetensorsFormatException(SafetensorsRule.InvalidIndex, indexPath, name, $"the weight map puts the tensor in '{shard}', which does not hold it");
             }
-            return new ShardedCheckpoint(indexPath, files, totalSize);
+            return new ShardedCheckpoint(folder, true, indexPath, files, totalSize);
         }
         catch
         {
             foreach (var f in files) f.Dispose();
             throw;
-        }
-    }
-
-    /// <summary>Reads <c>weight_map</c> and <c>metadata.total_size</c> of an index, strictly.</summary>
-    internal static (Dictionary<string, string> WeightMap, long? TotalSize) ReadIndex(string indexPath)
-    {
-        byte[] bytes;
-        using (var stream = new FileStream(indexPath, FileMode.Open, FileAccess.Read, FileShare.Read))
-        {
-            if (stream.Length > MaxIndexBytes)
-                throw new SafetensorsFormatException(SafetensorsRule.InvalidIndex, indexPath, null, $"the index has {stream.Length} bytes, more than {MaxIndexBytes}");
-            bytes = new byte[stream.Length];
-            stream.ReadExactly(bytes);
-        }
-        SafetensorsFormatException Bad(string detail, string? tensor = null, Exception? inner = null) =>
-            new(SafetensorsRule.InvalidIndex, indexPath, tensor, detail, inner);
-        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw Bad("the index is not valid UTF-8");
-        try
-        {
-            return ParseIndex(bytes, Bad);
-        }
-        catch (InvalidOperationException e) // a string that cannot be decoded (escaped lone surrogate)
-        {
-            throw Bad($"a string cannot be decoded: {e.Message}", null, e);
-        }
-    }
-
-    private static (Dictionary<string, string> WeightMap, long? TotalSize) ParseIndex(byte[] bytes,
-        Func<string, string?, Exception?, SafetensorsFormatException> bad)
-    {
-        SafetensorsFormatException Bad(string detail, string? tensor = null, Exception? inner = null) => bad(detail, tensor, inner);
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 8, CommentHandling = JsonCommentHandling.Disallow });
-        }
-        catch (JsonException e)
-        {
-            throw Bad($"malformed JSON: {e.Message}", null, e);
-        }
-        using (doc)
-        {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw Bad("the index must be a JSON object");
-            long? totalSize = null;
-            if (root.TryGetProperty("metadata", out var meta) && meta.ValueKind != JsonValueKind.Null)
-            {
-                if (meta.ValueKind != JsonValueKind.Object) throw Bad("'metadata' must be an object");
-                if (meta.TryGetProperty("total_size", out var ts))
-                {
-                    // Some writers store it as a float (e.g. 1.2e9); accept any non-negative integral number.
-                    if (ts.ValueKind != JsonValueKind.Number) throw Bad("'metadata.total_size' must be a number");
-                    if (ts.TryGetInt64(out long l) && l >= 0) totalSize = l;
-                    else if (ts.TryGetDouble(out double d) && d >= 0 && d < 9e18 && Math.Floor(d) == d) totalSize = (long)d;
-                    else throw Bad("'metadata.total_size' must be a non-negative integer");
-                }
-            }
-            if (!root.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
-                throw Bad("'weight_map' (an object of tensor name -> shard file name) is missing");
-            var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var entry in map.EnumerateObject())
-            {
-                if (entry.Value.ValueKind != JsonValueKind.String) throw Bad("the weight map value must be a shard file name", entry.Name);
-                string shard = entry.Value.GetString()!;
-                if (shard.Length == 0 || shard is "." or ".." || shard.IndexOfAny(['/', '\\', '\0']) >= 0 || System.IO.Path.IsPathRooted(shard))
-                    throw Bad($"shard '{shard}' must be a plain file name in the index's folder", entry.Name);
-                if (!weightMap.TryAdd(entry.Name, shard)) throw Bad("the tensor appears twice in the weight map", entry.Name);
-            }
-            return (weightMap, totalSize);
         }
     }
 
@@ -221,6 +181,13 @@ public sealed class ShardedCheckpoint : IDisposable
 
     /// <summary>Reads a tensor into a new CPU tensor (see <see cref="SafetensorsFile.ReadTensor"/>).</summary>
     public torch.Tensor ReadTensor(string name) => GetFile(name).ReadTensor(name);
+
+    /// <summary>Reads bytes [offset, offset + destination.Length) of a tensor's data (see <see cref="SafetensorsFile.ReadRange"/>).</summary>
+    public void ReadRange(string name, long offset, Span<byte> destination)
+    {
+        var file = GetFile(name);
+        file.ReadRange(file.GetInfo(name), offset, destination);
+    }
 
     /// <summary>Closes every file.</summary>
     public void Dispose()
@@ -285,7 +252,10 @@ public sealed class ShardedCheckpoint : IDisposable
             if (shards.Count > 1)
             {
                 indexPath = System.IO.Path.Combine(folder, indexName);
-                index = SafetensorsWriterTextFile.Create(indexPath, BuildIndex(specs, shards, names, total));
+                var map = new Dictionary<string, string>(StringComparer.Ordinal);
+                for (int s = 0; s < shards.Count; s++)
+                    foreach (int i in shards[s]) map[specs[i].Name] = names[s];
+                index = SafetensorsWriterTextFile.Create(indexPath, CheckpointIndex.ToBytes(map, total));
             }
             using (index)
             {
@@ -308,27 +278,6 @@ public sealed class ShardedCheckpoint : IDisposable
             if (stale && !SafetensorsFile.IsOpen(f)) File.Delete(f);
         }
         return written;
-    }
-
-    private static byte[] BuildIndex(List<SafetensorsTensorSpec> specs, List<List<int>> shards, string[] names, long total)
-    {
-        var map = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        for (int s = 0; s < shards.Count; s++)
-            foreach (int i in shards[s]) map[specs[i].Name] = names[s];
-        using var ms = new MemoryStream();
-        using (var json = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
-        {
-            json.WriteStartObject();
-            json.WriteStartObject("metadata");
-            json.WriteNumber("total_size", total);
-            json.WriteEndObject();
-            json.WriteStartObject("weight_map");
-            foreach (var (k, v) in map) json.WriteString(k, v);
-            json.WriteEndObject();
-            json.WriteEndObject();
-        }
-        ms.WriteByte((byte)'\n');
-        return ms.ToArray();
     }
 }
 

@@ -66,22 +66,22 @@ public static class CheckpointValidator
     {
         var sw = Stopwatch.StartNew();
         var thresholds = policy ?? new ValidationPolicy();
-        CheckpointSource? a = null, b = null;
+        ShardedCheckpoint? a = null, b = null;
         try
         {
-            try { a = CheckpointSource.Open(original); }
+            try { a = ShardedCheckpoint.Open(original); }
             catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
             { throw new CheckpointQuantizationException($"Cannot read original '{original}': {ex.Message}", ex); }
-            try { b = CheckpointSource.Open(quantized); }
+            try { b = ShardedCheckpoint.Open(quantized); }
             catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
             { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ex.Message}", ex); }
 
-            var layers = new Dictionary<string, (CheckpointSource.Shard Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
-            foreach (var shard in b.Shards)
+            var layers = new Dictionary<string, (SafetensorsFile Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
+            foreach (var shard in b.Files)
             {
                 try
                 {
-                    foreach (var (n, info) in QuantizedCheckpoint.ReadLayers(shard.File.Path, shard.File.Metadata)) layers[n] = (shard, info);
+                    foreach (var (n, info) in QuantizedCheckpoint.ReadLayers(shard.Path, shard.Metadata)) layers[n] = (shard, info);
                 }
                 catch (InvalidDataException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
             }
@@ -120,15 +120,16 @@ public static class CheckpointValidator
         }
     }
 
-    private static TensorQuantizationReport ComparePlain(CheckpointSource.Shard shard, SafetensorsTensorInfo info, CheckpointSource b)
+    private static TensorQuantizationReport ComparePlain(SafetensorsFile shard, SafetensorsTensorInfo info, ShardedCheckpoint b)
     {
         var problems = new List<string>();
         string file = "";
         if (!b.Contains(info.Name)) problems.Add($"'{info.Name}' is missing from the quantized checkpoint.");
         else
         {
-            var (qs, qi) = b.Find(info.Name);
-            file = qs.FileName;
+            var qs = b.GetFile(info.Name);
+            var qi = qs.GetInfo(info.Name);
+            file = Path.GetFileName(qs.Path);
             if (qi.DType != info.DType || !qi.Shape.SequenceEqual(info.Shape))
                 problems.Add($"'{info.Name}' is {qi.DType} [{string.Join(", ", qi.Shape)}] in the quantized checkpoint, {info.DType} [{string.Join(", ", info.Shape)}] in the original.");
             else if (!Hash(shard, info).AsSpan().SequenceEqual(Hash(qs, qi)))
@@ -137,23 +138,24 @@ public static class CheckpointValidator
         return new TensorQuantizationReport(info.Name, file, false, null, info.DType, info.Shape, info.ByteLength, info.ByteLength, null, null, problems);
     }
 
-    internal static byte[] Hash(CheckpointSource.Shard shard, SafetensorsTensorInfo info)
+    internal static byte[] Hash(SafetensorsFile shard, SafetensorsTensorInfo info)
     {
         using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         var buffer = new byte[(int)Math.Min(Math.Max(info.ByteLength, 1), 8 << 20)];
         for (long off = 0; off < info.ByteLength;)
         {
             int n = (int)Math.Min(buffer.Length, info.ByteLength - off);
-            CheckpointSource.ReadRange(shard, info, off, buffer.AsSpan(0, n));
+            shard.ReadRange(info, off, buffer.AsSpan(0, n));
             h.AppendData(buffer, 0, n);
             off += n;
         }
         return h.GetHashAndReset();
     }
 
-    private static TensorQuantizationReport CompareQuantized(CheckpointSource.Shard oShard, SafetensorsTensorInfo oInfo,
-        CheckpointSource.Shard qShard, QuantizedLayerInfo layer, ValidationPolicy thresholds)
+    private static TensorQuantizationReport CompareQuantized(SafetensorsFile oShard, SafetensorsTensorInfo oInfo,
+        SafetensorsFile qShard, QuantizedLayerInfo layer, ValidationPolicy thresholds)
     {
+        string qFileName = Path.GetFileName(qShard.Path);
         string name = oInfo.Name;
         var problems = new List<string>();
         var spec = layer.ToSpec();
@@ -162,10 +164,10 @@ public static class CheckpointValidator
         if (!oInfo.Shape.SequenceEqual(layer.Shape))
         {
             problems.Add($"'{name}': the original is [{string.Join(", ", oInfo.Shape)}], the quantized entry says [{string.Join(", ", layer.Shape)}].");
-            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
         }
         var layout = CheckpointLayout.For(layer);
-        var file = qShard.File;
+        var file = qShard;
         SafetensorsTensorInfo? dataInfo = null, scaleInfo = null, zpInfo = null;
         try
         {
@@ -175,13 +177,13 @@ public static class CheckpointValidator
         }
         catch (KeyNotFoundException ex) { problems.Add($"'{name}': {ex.Message}"); }
         if (dataInfo is null || (layer.Type.IsInteger() && scaleInfo is null))
-            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
         if (dataInfo.DType != layout.DataDType || !dataInfo.Shape.SequenceEqual(layout.DataShape)
             || (scaleInfo is not null && (scaleInfo.DType != SafetensorsDType.F32 || !scaleInfo.Shape.SequenceEqual(layout.ScaleShape)))
             || (zpInfo is not null && (zpInfo.DType != SafetensorsDType.I32 || !zpInfo.Shape.SequenceEqual(layout.ScaleShape))))
         {
             problems.Add($"'{name}': stored dtypes or shapes do not match its per-layer entry ({layer.Type.ToName()}, {layer.Granularity}).");
-            return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
         }
         stored = dataInfo.ByteLength + (scaleInfo?.ByteLength ?? 0) + (zpInfo?.ByteLength ?? 0);
 
@@ -204,7 +206,7 @@ public static class CheckpointValidator
             var partProblems = TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp);
             foreach (var p in partProblems)
                 if (!problems.Contains(p)) problems.Add(p);
-            if (partProblems.Count > 0) return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, null, threshold, problems);
+            if (partProblems.Count > 0) return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, null, threshold, problems);
             using var q = QuantizedTensor.FromParts(spec, chunkShape, data.alias(), scale?.alias(), zp?.alias());
             using var deq = q.Dequantize();
             if (exact)
@@ -213,6 +215,6 @@ public static class CheckpointValidator
         }
         double db = sqnr.Db;
         if (db < threshold) problems.Add($"'{name}': SQNR {db:0.00} dB is below the {layer.Type.ToName()} threshold {threshold:0.##} dB.");
-        return new TensorQuantizationReport(name, qShard.FileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, db, threshold, problems);
+        return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, db, threshold, problems);
     }
 }
