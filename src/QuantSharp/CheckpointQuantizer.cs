@@ -92,7 +92,9 @@ public static class CheckpointQuantizer
                 throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ex.Message}", ex);
             }
             var plan = MakePlan(source, s);
-            return Run(source, plan, s, inFull, outFull, progress, cancellationToken, sw);
+            var recipeWarnings = RecipeWarnings(plan, s);
+            if (s.StrictRefusal(recipeWarnings) is { } refusal) throw new CheckpointQuantizationException(refusal);
+            return Run(source, plan, s, recipeWarnings, inFull, outFull, progress, cancellationToken, sw);
         }
     }
 
@@ -137,6 +139,41 @@ public static class CheckpointQuantizer
         if (kind == EntryKind.RegularFile && new FileInfo(outFull).IsReadOnly)
             throw new CheckpointQuantizationException($"The output file '{output}' exists and is read-only; QuantSharp does not replace it even with --overwrite. " +
                 "Make it writable or choose another output path.");
+    }
+
+    /// <summary>
+    /// What is probably a mistake in the recipe, against this checkpoint: settings that do not apply, include or override
+    /// patterns that match no tensor, and a selection that quantizes nothing (with the reason).
+    /// </summary>
+    private static List<string> RecipeWarnings(List<PlanItem> plan, RecipePlanner s)
+    {
+        var warnings = s.IneffectiveSettings().ToList();
+        var names = plan.Select(p => p.Info.Name).ToList();
+        var patterns = s.Recipe.Include.Select(p => (Pattern: p, What: "include")).Concat(s.Recipe.Overrides.Select(o => (o.Pattern, What: "override")));
+        foreach (var (pattern, what) in patterns)
+        {
+            var glob = new Selection.Glob(pattern);
+            if (!names.Any(n => QuantizationRecipe.NameMatches(glob, n)))
+                warnings.Add($"the {what} pattern '{pattern}' matches no tensor of the checkpoint and has no effect; check its spelling " +
+                    "(fnmatch globs on full tensor names or their prefix before the last dot, e.g. 'model.layers.*.mlp.*').");
+        }
+        if (names.Count > 0 && plan.All(p => p.Action == Action.Copy))
+            warnings.Add($"nothing was quantized: {NothingReason(plan, s)}; the output is a copy of the input.");
+        return warnings;
+    }
+
+    private static string NothingReason(List<PlanItem> plan, RecipePlanner s)
+    {
+        if (plan.All(p => s.ExcludedBy(p.Info.Name) is not null))
+            return $"every tensor is excluded (exclude: {string.Join(", ", s.Recipe.Exclude.Select(e => $"'{e}'"))})";
+        if (s.HasInclude)
+            return "the include patterns select no floating-point tensor with elements outside the exclude patterns";
+        var weights = plan.Where(p => p.Info.DType.IsFloatingPoint() && p.Info.Name.EndsWith(".weight", StringComparison.Ordinal) && p.Info.Shape.Length >= 2
+            && s.ExcludedBy(p.Info.Name) is null).ToList();
+        if (weights.Count == 0)
+            return "the checkpoint has no floating-point '*.weight' tensor of rank 2 or more outside the exclude patterns (what is quantized by default); select tensors with include patterns";
+        var largest = weights.MaxBy(p => p.Info.ElementCount)!.Info;
+        return $"min_elements {s.Recipe.MinElements:N0} is above every weight's size (the largest, '{largest.Name}', has {largest.ElementCount:N0} elements); lower it";
     }
 
     private static List<PlanItem> MakePlan(ShardedCheckpoint source, RecipePlanner s)
@@ -204,7 +241,7 @@ public static class CheckpointQuantizer
 
     private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
 
-    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s,
+    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s, List<string> recipeWarnings,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
         var reports = new List<TensorQuantizationReport>();
@@ -260,7 +297,7 @@ public static class CheckpointQuantizer
                 if (Stamp(path) != stamp)
                     throw InputChanged(path, "its size or modification time changed during the run", null);
             }
-            var warnings = new List<string>();
+            var warnings = new List<string>(recipeWarnings);
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, warnings);
 
             foreach (var p in unrepresentable)
