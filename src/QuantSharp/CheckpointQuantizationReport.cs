@@ -85,7 +85,7 @@ public sealed record TensorQuantizationReport(string Name, string File, bool Qua
 }
 
 /// <summary>The result of <see cref="CheckpointQuantizer.Quantize"/>: per-tensor results, sizes, validation.</summary>
-public sealed class CheckpointQuantizationReport
+public sealed class CheckpointQuantizationReport : Validation.IQuantizationReport
 {
     internal CheckpointQuantizationReport(string input, string output, IReadOnlyList<TensorQuantizationReport> tensors,
         IReadOnlyList<string> problems, bool validated, bool written, long inputFileBytes, long outputFileBytes, TimeSpan elapsed)
@@ -147,6 +147,9 @@ public sealed class CheckpointQuantizationReport
         ["warnings"] = new JsonArray(Warnings.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
         ["tensors"] = new JsonArray(Tensors.Select(t => (JsonNode)t.ToJson()).ToArray()),
     };
+
+    long Validation.IQuantizationReport.OriginalBytes => OriginalTensorBytes;
+    long Validation.IQuantizationReport.StoredBytes => StoredTensorBytes;
 
     internal static string Bytes(long b) => b switch
     {

@@ -58,6 +58,9 @@ public static class CheckpointQuantizer
         RecipePlanner s;
         try { s = new RecipePlanner(recipe ?? new QuantizationRecipe()); }
         catch (ArgumentException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+        if (QuantizationPipeline.WeightQuantizerFor(s.Recipe) is { Sequential: true } sequential)
+            throw new CheckpointQuantizationException($"The weight quantization method '{sequential.Method}' needs each layer's inputs, which only the model gives; " +
+                "a checkpoint has no model. Quantize the model with Quantizer.Quantize and calibration data, then Quantizer.Save.");
         if (s.Recipe.HasModuleTypeFilters)
             throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
                 "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");
@@ -564,7 +567,9 @@ public static class CheckpointQuantizer
         string name = info.Name;
         long[] storedShape = WeightGeometry.StorageShape(spec.Type, info.Shape);
         var layout = CheckpointLayout.For(spec.Type, spec.Granularity, storedShape);
-        string observer = Observer(s);
+        var quantizer = QuantizationPipeline.WeightQuantizerFor(s.Recipe); // the quantize stage Quantizer uses too
+        var planned = new PlannedWeight(name, info.Shape, spec, item.Fallback);
+        string observer = quantizer.Method;
         bool validate = s.Recipe.Validation.Enabled;
         var (rows, rowsPerChunk) = ChunkPlan(info.Shape);
         bool rowwise = IsRowwise(info.Shape);
@@ -598,7 +603,7 @@ public static class CheckpointQuantizer
                 if (global is null) RequireFinite(xf, name); // else checked by the first pass
                 // The quantizer sees the stored view: rows of the [d0, K] matrix for an integer weight of rank > 2.
                 var xs = xf.dim() > 2 && spec.Type.IsInteger() ? xf.reshape(xf.shape[0], -1) : xf;
-                using var q = global is null ? WeightQuantization.Quantize(xs, spec, observer, name)
+                using var q = global is null ? quantizer.Quantize(planned, xs, null)
                     : paramsPerRow > 0 ? QuantizedTensor.QuantizeWith(xs, spec, global.Scale[(int)(r0 * paramsPerRow)..(int)(r1 * paramsPerRow)],
                         global.ZeroPoint[(int)(r0 * paramsPerRow)..(int)(r1 * paramsPerRow)])
                     : QuantizedTensor.QuantizeWith(xs, spec, global.Scale, global.ZeroPoint);
@@ -623,7 +628,7 @@ public static class CheckpointQuantizer
                     }
                     if (validate)
                     {
-                        foreach (var p in TensorChecks.CheckParts(name, spec.Type, spec.Range, q.Data, q.Scale, q.ZeroPoint))
+                        foreach (var p in WeightChecks.RangeProblems(name, q))
                             if (!problems.Contains(p)) problems.Add(p);
                     }
                 }

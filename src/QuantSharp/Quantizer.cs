@@ -349,7 +349,6 @@ public static class Quantizer
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
         var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
-        string observer = QuantizationRecipe.NormalizeObserver(cfg.WeightObserver);
         var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
         // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
         var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
@@ -361,6 +360,19 @@ public static class Quantizer
             if (e.Module.parameters(recurse: false).Any(p => storages.Contains(ModuleQuantization.StorageKey(p)))) shared.Add(e.Module);
         work.eval();
         long floatBytes = ModelMemory.Bytes(work);
+        // The quantize stage; a sequential one (GPTQ) quantizes layer by layer on the inputs of the layers already quantized.
+        var quantizer = QuantizationPipeline.WeightQuantizerFor(cfg);
+        List<CalibrationBatch>? replay = null;
+        if (quantizer.Sequential)
+        {
+            if (data is null)
+                throw new ArgumentException($"The weight quantization method '{quantizer.Method}' needs calibration data (the inputs of each layer): pass calibrationData.", nameof(data));
+            if (plans.FirstOrDefault(p => p.Mechanism != QuantizationMechanism.Replace) is { } kept)
+                throw new ArgumentException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
+                    $"'{kept.Entry.Name}' ({kept.Entry.Module.GetType().Name}) keeps its float module ({kept.Note ?? "materialized weights"}). Exclude it, or use round to nearest.");
+            replay = Replayable(data, cfg.CalibrationSamples);
+            data = replay;
+        }
 
         Calibrator? calib = null;
         try
@@ -378,9 +390,12 @@ public static class Quantizer
             var layerReports = new List<LayerReport>();
             var failures = new List<string>();
             var warnings = new List<string>();
-            var tied = new TiedWeights(observer, measure: cfg.Validation.Enabled);
-            // Every weight is quantized before any module changes (a materialized module empties its parameters, tied twins included).
-            var prepared = plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
+            var tied = new TiedWeights(quantizer, measure: cfg.Validation.Enabled);
+            // Round to nearest: every weight is quantized before any module changes (a materialized module empties its
+            // parameters, tied twins included). Sequential: each layer when the layers before it are installed.
+            IEnumerable<PreparedLayer> prepared = quantizer.Sequential
+                ? PrepareSequentially(work, plans, specs, tied, quantizer, replay!)
+                : plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
             var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);
             foreach (var layer in prepared)
             {
@@ -409,7 +424,12 @@ public static class Quantizer
                 done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layer.FloatBytes, layerQuant));
 
                 var problems = new List<string>();
-                bool rangeOk = layer.Weights.All(w => RangeCheck(w.Weight, problems));
+                foreach (var (param, w) in layer.Weights)
+                {
+                    using var canonical = w.ToCanonical();
+                    problems.AddRange(WeightChecks.RangeProblems(e.Name + "." + param, canonical));
+                }
+                bool rangeOk = problems.Count == 0;
                 if (act is not null) rangeOk &= ActivationCheck(act, problems);
                 double weightSqnr = layer.WeightSqnrDb;
                 if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
@@ -485,7 +505,42 @@ public static class Quantizer
         finally
         {
             calib?.Dispose();
+            foreach (var b in replay ?? []) b.Input?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// The quantize stage of a sequential method: layer by layer, in model order, the layer input's statistics are
+    /// collected on the model whose earlier layers are already quantized and installed (the caller installs each
+    /// prepared layer before asking for the next), then the layer is quantized with them.
+    /// </summary>
+    private static IEnumerable<PreparedLayer> PrepareSequentially(nn.Module work, List<LayerPlan> plans, Dictionary<string, QuantSpec> specs,
+        TiedWeights tied, IWeightQuantizer quantizer, IReadOnlyList<CalibrationBatch> batches)
+    {
+        foreach (var plan in plans)
+        {
+            var spec = specs[plan.Entry.Name];
+            var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
+            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null));
+            if (statistics is not null) InputStatistics.Collect(work, plan.Entry, batches, statistics);
+            yield return ModuleQuantization.Prepare(plan, spec, tied, statistics);
+        }
+    }
+
+    /// <summary>The calibration batches (up to <paramref name="samples"/> samples) kept so that they can run several times; input tensors are copied (the caller may dispose its own).</summary>
+    private static List<CalibrationBatch> Replayable(IEnumerable<CalibrationBatch> data, long samples)
+    {
+        var list = new List<CalibrationBatch>();
+        long seen = 0;
+        foreach (var batch in data)
+        {
+            if (batch is null || batch.Input is { IsInvalid: true })
+                throw new ArgumentException($"Calibration batch {list.Count + 1} is null or disposed.");
+            list.Add(batch.Input is { } t ? CalibrationBatch.Of(t.detach().clone().DetachFromDisposeScope()) : batch);
+            seen += batch.Samples;
+            if (seen >= samples) break;
+        }
+        return list;
     }
 
     /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
@@ -519,46 +574,6 @@ public static class Quantizer
         {
             foreach (var r in removers) r();
         }
-    }
-
-    private static bool RangeCheck(QuantizedWeight weight, List<string> problems)
-    {
-        using var scope = NewDisposeScope();
-        using var q = weight.ToCanonical();
-        var spec = q.Spec;
-        bool ok = true;
-        if (spec.Type.IsInteger())
-        {
-            var range = QuantRange.For(spec.Type, spec.ReduceRange);
-            var v = q.IntegerValues();
-            long lo = v.min().item<int>(), hi = v.max().item<int>();
-            if (lo < range.QMin || hi > range.QMax)
-            {
-                ok = false;
-                problems.Add($"stored integers span [{lo}, {hi}], outside [{range.QMin}, {range.QMax}]");
-            }
-            var s = q.Scale!;
-            if (!s.isfinite().all().item<bool>() || !(s > 0).all().item<bool>())
-            {
-                ok = false;
-                problems.Add("a weight scale is not finite and positive");
-            }
-            if (q.ZeroPoint is { } z)
-            {
-                long zlo = z.min().item<int>(), zhi = z.max().item<int>();
-                if (zlo < range.QMin || zhi > range.QMax)
-                {
-                    ok = false;
-                    problems.Add($"weight zero points span [{zlo}, {zhi}], outside [{range.QMin}, {range.QMax}]");
-                }
-            }
-        }
-        else if (!q.Data.to(ScalarType.Float32).isfinite().all().item<bool>())
-        {
-            ok = false;
-            problems.Add($"the {spec.Type.ToName()} weight has infinite values (float32 values beyond the type's range)");
-        }
-        return ok;
     }
 
     private static bool ActivationCheck(ActivationQuantization a, List<string> problems)

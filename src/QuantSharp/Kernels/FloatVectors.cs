@@ -24,6 +24,9 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// <summary><see cref="Count"/> floats.</summary>
     static abstract unsafe TVec Load(float* p);
 
+    /// <summary>Stores <see cref="Count"/> floats.</summary>
+    static abstract unsafe void Store(TVec v, float* p);
+
     /// <summary><c>a * b + c</c>, fused (one rounding) where the hardware has it.</summary>
     static abstract TVec MultiplyAdd(TVec a, TVec b, TVec c);
 
@@ -42,6 +45,19 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// </summary>
     static abstract unsafe (TVec Low, TVec High) LoadNibbles(byte* p, bool flip);
 
+    /// <summary>
+    /// The per-group constants of <see cref="DecodeNibbles"/>: the scale and offset broadcast, or, where the width can
+    /// look up 16 lanes at once, the group's 16 dequantized values <c>(u ^ flip) * scale + offset</c> indexed by the raw
+    /// nibble <c>u</c> (with the same multiply-add, so both give the same bits).
+    /// </summary>
+    static abstract (TVec P, TVec Q) NibbleGroup(float scale, float offset, bool flip);
+
+    /// <summary>
+    /// <see cref="Count"/> bytes of packed nibbles, dequantized with the constants of <see cref="NibbleGroup"/>: the
+    /// low nibbles (elements 2j) and the high nibbles (2j+1), each <c>(u ^ flip) * scale + offset</c>.
+    /// </summary>
+    static abstract unsafe (TVec Low, TVec High) DecodeNibbles(byte* p, bool flip, TVec groupP, TVec groupQ);
+
     /// <summary><see cref="Count"/> IEEE half values as floats (exact).</summary>
     static abstract unsafe TVec LoadHalves(ushort* p);
 
@@ -57,6 +73,7 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     public static Vector512<float> Zero => Vector512<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Create(float value) => Vector512.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<float> Load(float* p) => Vector512.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector512<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Avx512F.FusedMultiplyAdd(a, b, c);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> v) => Vector512.Sum(v);
 
@@ -75,6 +92,23 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
         return (Avx512F.ConvertToVector512Single(v & Vector512.Create(15)), Avx512F.ConvertToVector512Single(v >>> 4));
     }
 
+    /// <summary>The 16 dequantized values of a group, indexed by the raw nibble (<c>vpermps</c> then decodes with one lookup).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector512<float> P, Vector512<float> Q) NibbleGroup(float scale, float offset, bool flip)
+    {
+        var u = Vector512<int>.Indices;
+        if (flip) u ^= Vector512.Create(8);
+        return (Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(u), Vector512.Create(scale), Vector512.Create(offset)), default);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector512<float> Low, Vector512<float> High) DecodeNibbles(byte* p, bool flip, Vector512<float> groupP, Vector512<float> groupQ)
+    {
+        // vpermps reads the low 4 bits of each index: the byte itself selects its low nibble's value.
+        var v = Avx512F.ConvertToVector512Int32(Vector128.Load(p));
+        return (Avx512F.PermuteVar16x32(groupP, v), Avx512F.PermuteVar16x32(groupP, v >>> 4));
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)));
 
@@ -90,6 +124,7 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     public static Vector256<float> Zero => Vector256<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Create(float value) => Vector256.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<float> Load(float* p) => Vector256.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector256<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Fma.MultiplyAdd(a, b, c);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> v) => Vector256.Sum(v);
 
@@ -109,6 +144,16 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector256<float> P, Vector256<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector256<float> Low, Vector256<float> High) DecodeNibbles(byte* p, bool flip, Vector256<float> groupP, Vector256<float> groupQ)
+    {
+        var (lo, hi) = LoadNibbles(p, flip);
+        return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx2.ConvertToVector256Int32(p).AsUInt32());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -123,6 +168,7 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     public static Vector128<float> Zero => Vector128<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Create(float value) => Vector128.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector128<float> Load(float* p) => Vector128.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector128<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> MultiplyAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => a * b + c;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector128<float> v) => Vector128.Sum(v);
 
@@ -142,6 +188,16 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector128<float> P, Vector128<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector128<float> Low, Vector128<float> High) DecodeNibbles(byte* p, bool flip, Vector128<float> groupP, Vector128<float> groupQ)
+    {
+        var (lo, hi) = LoadNibbles(p, flip);
+        return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector128<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Sse41.ConvertToVector128Int32(p).AsUInt32());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -155,6 +211,7 @@ internal readonly struct Float1 : IFloatWidth<float>
     public static float Zero => 0f;
     public static float Create(float value) => value;
     public static unsafe float Load(float* p) => *p;
+    public static unsafe void Store(float v, float* p) => *p = v;
     public static float MultiplyAdd(float a, float b, float c) => a * b + c;
     public static float Sum(float v) => v;
     public static unsafe float LoadSBytes(byte* p) => *(sbyte*)p;
@@ -163,6 +220,16 @@ internal readonly struct Float1 : IFloatWidth<float>
     {
         int b = flip ? *p ^ 0x88 : *p;
         return (b & 15, b >> 4);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (float P, float Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (float Low, float High) DecodeNibbles(byte* p, bool flip, float groupP, float groupQ)
+    {
+        var (lo, hi) = LoadNibbles(p, flip);
+        return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
     }
     public static unsafe float LoadHalves(ushort* p) => HalfKernel.FromHalfBits(*p);
     public static unsafe float LoadBFloat16s(ushort* p) => HalfKernel.FromBFloat16Bits(*p);

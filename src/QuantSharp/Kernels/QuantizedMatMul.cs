@@ -21,6 +21,17 @@ internal enum KernelPath
     Vnni256,
 }
 
+/// <summary>Which loop structure multiplies a weight into the activations.</summary>
+internal enum MatMulMethod
+{
+    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows, <see cref="Rows"/> below.</summary>
+    Auto,
+    /// <summary>Decode each weight chunk in registers and multiply it into 1 to 4 activation rows (small batches).</summary>
+    Rows,
+    /// <summary>Decode blocks of weights into a float tile once for the whole batch, then a register-blocked GEMM (<see cref="PackedMatMul"/>).</summary>
+    Packed,
+}
+
 /// <summary>How many threads the kernels use (0: one per processor). The bench's <c>--threads</c> sets it.</summary>
 internal static class KernelThreads
 {
@@ -62,6 +73,13 @@ internal static unsafe class QuantizedMatMul
 {
     private const int RowsPerBlock = 32; // activation rows kept in cache while a block of weight rows passes
 
+    /// <summary>
+    /// Activation rows from which <see cref="MatMulMethod.Auto"/> takes the packed GEMM: below it the row kernels
+    /// decode each weight once per four rows and win by not packing; above it the GEMM's reuse wins (measured with
+    /// <c>quantsharp bench</c>, docs/BENCHMARKS.md).
+    /// </summary>
+    internal static int PackedMinRows = 24;
+
     /// <summary>Computes <c>y = x w^T + bias</c>.</summary>
     /// <param name="w">The weight, <c>[N, K]</c>.</param>
     /// <param name="x">Activations, <paramref name="m"/> rows of K floats, rows <paramref name="ldx"/> floats apart.</param>
@@ -71,16 +89,18 @@ internal static unsafe class QuantizedMatMul
     /// <param name="y">Output, <paramref name="m"/> rows of N floats, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Distance between output rows (at least N).</param>
     /// <param name="path">Instruction set; <see cref="KernelPath.Auto"/> for the widest available.</param>
-    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    /// <param name="method">Loop structure; <see cref="MatMulMethod.Auto"/> chooses by batch size.</param>
+    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
     {
+        bool packed = method == MatMulMethod.Packed || (method == MatMulMethod.Auto && m >= PackedMinRows);
         if (ldx < w.Cols || ldy < w.Rows) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {w.Cols}/{w.Rows}.");
         if (m == 0 || w.Rows == 0) return;
         switch (Resolve(path))
         {
-            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy); break;
-            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy); break;
-            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy); break;
-            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy); break;
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, packed); break;
         }
     }
 
@@ -102,29 +122,39 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         switch (w.Format)
         {
-            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy); break;
-            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy); break;
-            case WeightFormat.Int4: Drive<TW, TVec, NibbleDecoder<SignedNibbles>>(w, x, m, ldx, bias, y, ldy); break;
-            case WeightFormat.UInt4: Drive<TW, TVec, NibbleDecoder<UnsignedNibbles>>(w, x, m, ldx, bias, y, ldy); break;
-            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy); break;
-            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy); break;
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.Int4: Drive<TW, TVec, NibbleDecoder<SignedNibbles>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.UInt4: Drive<TW, TVec, NibbleDecoder<UnsignedNibbles>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, packed); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
         }
     }
 
-    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
+        int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
+        if (packed)
+        {
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy);
+            return;
+        }
         float* permuted = null;
-        if (TD.Deinterleaved && TW.Count > 1)
+        if (order != null)
         {
             permuted = (float*)NativeMemory.Alloc((nuint)m * (nuint)Math.Max(k, 1), sizeof(float));
-            for (int i = 0; i < m; i++) Deinterleave(x + i * ldx, permuted + (nint)i * k, k, w.GroupSize, 2 * TW.Count);
+            for (int i = 0; i < m; i++)
+            {
+                float* src = x + i * ldx, dst = permuted + (nint)i * k;
+                for (int p = 0; p < k; p++) dst[p] = src[order[p]];
+            }
             x = permuted;
             ldx = k;
         }
@@ -164,7 +194,12 @@ internal static unsafe class QuantizedMatMul
             i += 2;
         }
         if (i < m1)
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+        {
+            // One activation row (batch 1): four weight rows per pass share each activation load.
+            int n = n0;
+            for (; n + 4 <= n1; n += 4) FourWeightRows<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
+            for (; n < n1; n++) Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+        }
     }
 
     /// <summary>Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows; writes one output per row.</summary>
@@ -180,13 +215,12 @@ internal static unsafe class QuantizedMatMul
         int groups = w.GroupsPerRow;
         for (int gi = 0; gi < groups; gi++)
         {
-            var (s, z) = w.Params(n, gi);
-            float offset = -(z + TD.OffsetBias) * s;
-            TVec vs = TW.Create(s), vo = TW.Create(offset);
+            var (s, offset) = GroupScale<TD>(w, n, gi);
+            var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
             int k = gi * g, end = k + g;
             for (; k + chunk <= end; k += chunk)
             {
-                var (wa, wb) = TD.Decode<TW, TVec>(row, k, vs, vo);
+                var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
                 a0 = TW.MultiplyAdd(wa, TW.Load(x0 + k), a0);
                 b0 = TW.MultiplyAdd(wb, TW.Load(x0 + k + c), b0);
                 if (TR.Count > 1)
@@ -225,11 +259,76 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// Lays out one activation row as the nibble decoder reads weights: within each group, each full chunk of
-    /// <paramref name="chunk"/> elements becomes its even elements, then its odd ones; the rest of a group stays in order.
+    /// Weight rows <c>n..n+3</c> against one activation row (batch 1): each activation vector is loaded once for four
+    /// rows, and eight independent accumulators keep the multiply-add units busy while the weights stream from memory.
     /// </summary>
-    internal static void Deinterleave(float* source, float* destination, int k, int groupSize, int chunk)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
+        byte* w0 = w.Data + n * w.RowBytes, w1 = w0 + w.RowBytes, w2 = w1 + w.RowBytes, w3 = w2 + w.RowBytes;
+        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        int groups = w.GroupsPerRow;
+        for (int gi = 0; gi < groups; gi++)
+        {
+            var (s0, o0) = GroupScale<TD>(w, n, gi);
+            var (s1, o1) = GroupScale<TD>(w, n + 1, gi);
+            var (s2, o2) = GroupScale<TD>(w, n + 2, gi);
+            var (s3, o3) = GroupScale<TD>(w, n + 3, gi);
+            var (p0, q0) = TD.Prepare<TW, TVec>(s0, o0);
+            var (p1, q1) = TD.Prepare<TW, TVec>(s1, o1);
+            var (p2, q2) = TD.Prepare<TW, TVec>(s2, o2);
+            var (p3, q3) = TD.Prepare<TW, TVec>(s3, o3);
+            int k = gi * g, end = k + g;
+            for (; k + chunk <= end; k += chunk)
+            {
+                TVec xa = TW.Load(x + k), xb = TW.Load(x + k + c);
+                var (wa, wb) = TD.Decode<TW, TVec>(w0, k, p0, q0);
+                a0 = TW.MultiplyAdd(wa, xa, a0);
+                b0 = TW.MultiplyAdd(wb, xb, b0);
+                (wa, wb) = TD.Decode<TW, TVec>(w1, k, p1, q1);
+                a1 = TW.MultiplyAdd(wa, xa, a1);
+                b1 = TW.MultiplyAdd(wb, xb, b1);
+                (wa, wb) = TD.Decode<TW, TVec>(w2, k, p2, q2);
+                a2 = TW.MultiplyAdd(wa, xa, a2);
+                b2 = TW.MultiplyAdd(wb, xb, b2);
+                (wa, wb) = TD.Decode<TW, TVec>(w3, k, p3, q3);
+                a3 = TW.MultiplyAdd(wa, xa, a3);
+                b3 = TW.MultiplyAdd(wb, xb, b3);
+            }
+            for (; k < end; k++)
+            {
+                float xk = x[k];
+                r0 += (TD.One(w0, k) * s0 + o0) * xk;
+                r1 += (TD.One(w1, k) * s1 + o1) * xk;
+                r2 += (TD.One(w2, k) * s2 + o2) * xk;
+                r3 += (TD.One(w3, k) * s3 + o3) * xk;
+            }
+        }
+        y[0] = TW.Sum(a0) + TW.Sum(b0) + r0 + (bias == null ? 0f : bias[n]);
+        y[1] = TW.Sum(a1) + TW.Sum(b1) + r1 + (bias == null ? 0f : bias[n + 1]);
+        y[2] = TW.Sum(a2) + TW.Sum(b2) + r2 + (bias == null ? 0f : bias[n + 2]);
+        y[3] = TW.Sum(a3) + TW.Sum(b3) + r3 + (bias == null ? 0f : bias[n + 3]);
+    }
+
+    /// <summary>Scale and offset (<c>-(zeroPoint + OffsetBias) * scale</c>) of row <paramref name="n"/>, group <paramref name="g"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static (float Scale, float Offset) GroupScale<TD>(in WeightView w, int n, int g) where TD : IWeightDecoder
+    {
+        var (s, z) = w.Params(n, g);
+        return (s, -(z + TD.OffsetBias) * s);
+    }
+
+    /// <summary>
+    /// The activation column each position reads when the weights are packed nibbles: within each group, each full
+    /// chunk of <paramref name="chunk"/> elements lists its even columns, then its odd ones (the decoder's low and high
+    /// nibbles); the rest of a group stays in order.
+    /// </summary>
+    internal static int[] ChunkOrder(int k, int groupSize, int chunk)
+    {
+        var order = new int[k];
         int half = chunk / 2;
         for (int g0 = 0; g0 < k; g0 += groupSize)
         {
@@ -238,12 +337,13 @@ internal static unsafe class QuantizedMatMul
             {
                 for (int j = 0; j < half; j++)
                 {
-                    destination[i + j] = source[i + 2 * j];
-                    destination[i + half + j] = source[i + 2 * j + 1];
+                    order[i + j] = i + 2 * j;
+                    order[i + half + j] = i + 2 * j + 1;
                 }
             }
-            for (; i < end; i++) destination[i] = source[i];
+            for (; i < end; i++) order[i] = i;
         }
+        return order;
     }
 
     /// <summary>The specification: <see cref="WeightView.Dequantized"/> weights, products summed in float64.</summary>

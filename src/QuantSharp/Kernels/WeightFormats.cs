@@ -65,15 +65,23 @@ internal readonly unsafe struct WeightView
     /// <summary>Scales between consecutive rows: <see cref="GroupsPerRow"/>, or 0 when one scale serves every row (per-tensor).</summary>
     public int ScaleRowStride { get; }
 
-    public int GroupsPerRow => Cols / GroupSize;
+    public int GroupsPerRow
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Cols / GroupSize;
+    }
 
     /// <summary>Bytes of one stored row.</summary>
-    public nint RowBytes => Format switch
+    public nint RowBytes
     {
-        WeightFormat.Int4 or WeightFormat.UInt4 => Cols / 2,
-        WeightFormat.Float16 or WeightFormat.BFloat16 => (nint)Cols * 2,
-        _ => Cols,
-    };
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Format switch
+        {
+            WeightFormat.Int4 or WeightFormat.UInt4 => Cols / 2,
+            WeightFormat.Float16 or WeightFormat.BFloat16 => (nint)Cols * 2,
+            _ => Cols,
+        };
+    }
 
     public static bool IsFloat(WeightFormat f) => f is WeightFormat.Float16 or WeightFormat.BFloat16;
 
@@ -129,8 +137,12 @@ internal interface IWeightDecoder
     /// <summary>Added to the zero point before the offset is formed (8 for int4: nibbles are read as <c>q + 8</c>).</summary>
     static abstract int OffsetBias { get; }
 
-    /// <summary>Decodes elements <c>[k, k + 2 * TW.Count)</c> of <paramref name="row"/>.</summary>
-    static abstract unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    /// <summary>The constants <see cref="Decode"/> needs for one group with this scale and offset.</summary>
+    static abstract (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct;
+
+    /// <summary>Decodes elements <c>[k, k + 2 * TW.Count)</c> of <paramref name="row"/> with the group constants of <see cref="Prepare"/>.</summary>
+    static abstract unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct;
 
     /// <summary>The value <c>q + OffsetBias</c> of element <paramref name="k"/> (scalar remainders).</summary>
@@ -140,12 +152,20 @@ internal interface IWeightDecoder
 internal readonly struct Int8Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias => 0;
+    public static int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 0;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Create(scale), TW.Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
-        => (TW.MultiplyAdd(TW.LoadSBytes(row + k), scale, offset), TW.MultiplyAdd(TW.LoadSBytes(row + k + TW.Count), scale, offset));
+        => (TW.MultiplyAdd(TW.LoadSBytes(row + k), groupP, groupQ), TW.MultiplyAdd(TW.LoadSBytes(row + k + TW.Count), groupP, groupQ));
 
     public static unsafe float One(byte* row, int k) => (sbyte)row[k];
 }
@@ -153,12 +173,20 @@ internal readonly struct Int8Decoder : IWeightDecoder
 internal readonly struct UInt8Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias => 0;
+    public static int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 0;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Create(scale), TW.Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
-        => (TW.MultiplyAdd(TW.LoadBytes(row + k), scale, offset), TW.MultiplyAdd(TW.LoadBytes(row + k + TW.Count), scale, offset));
+        => (TW.MultiplyAdd(TW.LoadBytes(row + k), groupP, groupQ), TW.MultiplyAdd(TW.LoadBytes(row + k + TW.Count), groupP, groupQ));
 
     public static unsafe float One(byte* row, int k) => row[k];
 }
@@ -170,15 +198,20 @@ internal readonly struct UInt8Decoder : IWeightDecoder
 internal readonly struct NibbleDecoder<TSign> : IWeightDecoder where TSign : struct, ISignedness
 {
     public static bool Deinterleaved => true;
-    public static int OffsetBias => TSign.Signed ? 8 : 0;
+    public static int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => TSign.Signed ? 8 : 0;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => TW.NibbleGroup(scale, offset, TSign.Signed);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        var (lo, hi) = TW.LoadNibbles(row + (k >> 1), TSign.Signed);
-        return (TW.MultiplyAdd(lo, scale, offset), TW.MultiplyAdd(hi, scale, offset));
-    }
+        => TW.DecodeNibbles(row + (k >> 1), TSign.Signed, groupP, groupQ);
 
     public static unsafe float One(byte* row, int k) => ((row[k >> 1] >> ((k & 1) * 4)) & 15) ^ OffsetBias;
 }
@@ -191,21 +224,36 @@ internal interface ISignedness
 
 internal readonly struct SignedNibbles : ISignedness
 {
-    public static bool Signed => true;
+    public static bool Signed
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => true;
+    }
 }
 
 internal readonly struct UnsignedNibbles : ISignedness
 {
-    public static bool Signed => false;
+    public static bool Signed
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => false;
+    }
 }
 
 internal readonly struct HalfDecoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias => 0;
+    public static int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 0;
+    }
+
+    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Zero, TW.Zero);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
         => (TW.LoadHalves((ushort*)row + k), TW.LoadHalves((ushort*)row + k + TW.Count));
 
@@ -215,10 +263,17 @@ internal readonly struct HalfDecoder : IWeightDecoder
 internal readonly struct BFloat16Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias => 0;
+    public static int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 0;
+    }
+
+    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Zero, TW.Zero);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec scale, TVec offset)
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
         => (TW.LoadBFloat16s((ushort*)row + k), TW.LoadBFloat16s((ushort*)row + k + TW.Count));
 

@@ -80,7 +80,11 @@ internal static class ModuleQuantization
     /// for every layer before <see cref="Install"/> changes any (a materialized module empties its parameters, which
     /// would empty a tied twin).
     /// </summary>
-    public static PreparedLayer Prepare(LayerPlan plan, QuantSpec spec, TiedWeights tied)
+    /// <param name="plan">The layer.</param>
+    /// <param name="spec">The planned spec of its weights.</param>
+    /// <param name="tied">Weights quantized so far, by storage.</param>
+    /// <param name="statistics">The layer input's statistics, for a weight quantizer that asked for them (<see cref="Pipeline.IWeightQuantizer.CreateStatistics"/>).</param>
+    public static PreparedLayer Prepare(LayerPlan plan, QuantSpec spec, TiedWeights tied, Pipeline.IInputStatistics? statistics = null)
     {
         var module = plan.Entry.Module;
         var weights = new List<(string Name, QuantizedWeight Weight)>();
@@ -90,7 +94,7 @@ internal static class ModuleQuantization
         {
             var p = QuantizedModules.Parameter(module, name)!;
             floatBytes += p.numel() * p.element_size();
-            var w = tied.GetOrQuantize(p, spec, plan.Entry.Name + "." + name);
+            var w = tied.GetOrQuantize(p, spec, plan.Entry.Name + "." + name, statistics);
             double s = w.SqnrDb ?? Pipeline.WeightQuantization.Sqnr(p, w);
             if (double.IsNaN(s) || s < sqnr) sqnr = s;
             weights.Add((name, w));
@@ -133,20 +137,22 @@ internal static class ModuleQuantization
 }
 
 /// <summary>Quantized weights by the float storage they came from, so that a weight tied between two layers is quantized once and stays shared.</summary>
-/// <param name="observer">The recipe's weight observer (<see cref="QuantizationRecipe.WeightObserver"/>).</param>
+/// <param name="quantizer">The quantize stage (<see cref="Pipeline.QuantizationPipeline.WeightQuantizerFor"/>; round to nearest with min/max when null).</param>
 /// <param name="measure">Record each weight's SQNR (validation on), as the checkpoint path records it in the file.</param>
-internal sealed class TiedWeights(string observer = "minmax", bool measure = true)
+internal sealed class TiedWeights(Pipeline.IWeightQuantizer? quantizer = null, bool measure = true)
 {
     private readonly Dictionary<(nint, long, ScalarType), QuantizedWeight> _byStorage = [];
+    private readonly Pipeline.IWeightQuantizer _quantizer = quantizer ?? new Pipeline.RoundToNearest("minmax");
 
     /// <summary>The weight already quantized from <paramref name="parameter"/>'s storage, or a new one.</summary>
-    public QuantizedWeight GetOrQuantize(Tensor parameter, QuantSpec spec, string name)
+    public QuantizedWeight GetOrQuantize(Tensor parameter, QuantSpec spec, string name, Pipeline.IInputStatistics? statistics = null)
     {
         var key = ModuleQuantization.StorageKey(parameter);
         if (key is { } k && _byStorage.TryGetValue(k, out var existing)) return existing;
-        // The shared quantize stage (same observer and storage view as the checkpoint path).
-        var w = QuantizedWeight.FromCanonical(Pipeline.WeightQuantization.Quantize(parameter, spec, observer, name), parameter.shape, parameter.dtype);
-        w.Observer = spec.Type.IsInteger() ? QuantizationRecipe.NormalizeObserver(observer) : null;
+        // The shared quantize stage (same method and storage view as the checkpoint path).
+        var planned = new Pipeline.PlannedWeight(name, parameter.shape, spec, null);
+        var w = QuantizedWeight.FromCanonical(_quantizer.Quantize(planned, parameter, statistics), parameter.shape, parameter.dtype);
+        w.Observer = spec.Type.IsInteger() ? _quantizer.Method : null;
         if (measure) w.SqnrDb = Pipeline.WeightQuantization.Sqnr(parameter, w);
         if (key is { } k2) _byStorage[k2] = w;
         return w;

@@ -54,10 +54,13 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>Output channels.</summary>
     public long out_channels => WeightShape[0];
+
+    /// <summary>Kernel size per spatial dimension.</summary>
+    public IReadOnlyList<long> kernel_size => WeightShape.Skip(2).ToArray();
 #pragma warning restore IDE1006
 
     /// <summary>Spatial dimensions: 1 for Conv1d, 2 for Conv2d.</summary>
-    public int SpatialDims => WeightShape.Count - 2;
+    internal int SpatialDims => WeightShape.Count - 2;
 
     /// <summary>Why a float convolution cannot be converted (unsupported padding), or null.</summary>
     internal static string? Unsupported(TorchSharp.Modules.Convolution conv)

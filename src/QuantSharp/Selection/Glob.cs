@@ -13,7 +13,7 @@ namespace QuantSharp.Selection;
 /// (the classic wildcard algorithm). A regular-expression translation can backtrack exponentially on
 /// patterns such as <c>*a*a*a*b</c>.
 /// </remarks>
-public sealed class Glob
+internal sealed class Glob
 {
     private readonly Token[] _tokens;
 

@@ -1,4 +1,6 @@
+using System.Buffers;
 using System.Buffers.Binary;
+using System.Text.Encodings.Web;
 using System.Text;
 using System.Text.Json;
 
@@ -105,6 +107,98 @@ internal static class SafetensorsHeader
                     ? $"the tensors end at byte {cursor} of the data buffer but the file has {bufferLength - cursor} more bytes"
                     : $"the tensors need {cursor} bytes of data but the file holds only {bufferLength}");
         return (sorted, metadata);
+    }
+
+    /// <summary>
+    /// The one header builder of both writers (<see cref="SafetensorsWriter"/>, <see cref="SafetensorsStreamWriter"/>):
+    /// <c>__metadata__</c> first (keys sorted), then the tensors in the given order with contiguous offsets from 0, padded
+    /// with spaces to a multiple of 8, so that the same content always gives the same bytes. Enforces the format's rules
+    /// before anything is written: names unique, not <c>__metadata__</c>, well-formed Unicode; metadata well-formed;
+    /// dimensions non-negative; sizes within 64 bits; the header within <see cref="MaxHeaderLength"/>.
+    /// </summary>
+    /// <returns>The padded header; <paramref name="sizes"/> gets each tensor's byte size.</returns>
+    /// <exception cref="ArgumentException">A name, metadata string, dtype or shape breaks a rule.</exception>
+    /// <exception cref="SafetensorsFormatException">Rule <see cref="SafetensorsRule.HeaderTooLarge"/>: the header would exceed the limit.</exception>
+    public static byte[] Build(IReadOnlyList<SafetensorsTensorSpec> specs, IReadOnlyDictionary<string, string>? metadata, string path, out long[] sizes)
+    {
+        sizes = new long[specs.Count];
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        var buffer = new ArrayBufferWriter<byte>();
+        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = false }))
+        {
+            json.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                json.WritePropertyName(MetadataKey);
+                json.WriteStartObject();
+                foreach (var (key, value) in metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    CheckText(key, "metadata key");
+                    ArgumentNullException.ThrowIfNull(value, $"metadata['{key}']");
+                    CheckText(value, $"metadata value of '{key}'");
+                    json.WriteString(key, value);
+                }
+                json.WriteEndObject();
+            }
+            long offset = 0;
+            for (int i = 0; i < specs.Count; i++)
+            {
+                var spec = specs[i] ?? throw new ArgumentException("A tensor spec is null.", nameof(specs));
+                string name = spec.Name ?? throw new ArgumentException("A tensor name is null.", nameof(specs));
+                CheckText(name, "tensor name");
+                if (name == MetadataKey) throw new ArgumentException("'__metadata__' is reserved and cannot name a tensor.", nameof(specs));
+                if (!names.Add(name)) throw new ArgumentException($"Tensor name '{name}' appears twice.", nameof(specs));
+                if (!Enum.IsDefined(spec.DType)) throw new ArgumentException($"Tensor '{name}': unknown dtype {spec.DType}.", nameof(specs));
+                ArgumentNullException.ThrowIfNull(spec.Shape, $"shape of '{name}'");
+                long size;
+                try
+                {
+                    long count = 1;
+                    foreach (long d in spec.Shape)
+                    {
+                        if (d < 0) throw new ArgumentException($"Tensor '{name}': dimension {d} is negative.", nameof(specs));
+                        count = checked(count * d);
+                    }
+                    size = checked(count * spec.DType.ElementSize());
+                    sizes[i] = size;
+                    json.WritePropertyName(name);
+                    json.WriteStartObject();
+                    json.WriteString("dtype", spec.DType.ToString());
+                    json.WriteStartArray("shape");
+                    foreach (long d in spec.Shape) json.WriteNumberValue(d);
+                    json.WriteEndArray();
+                    json.WriteStartArray("data_offsets");
+                    json.WriteNumberValue(offset);
+                    offset = checked(offset + size);
+                    json.WriteNumberValue(offset);
+                    json.WriteEndArray();
+                    json.WriteEndObject();
+                }
+                catch (OverflowException)
+                {
+                    throw new ArgumentException($"Tensor '{name}': shape [{string.Join(", ", spec.Shape)}] of {spec.DType} (or the file) is too large; sizes overflow 64 bits.", nameof(specs));
+                }
+            }
+            json.WriteEndObject();
+        }
+        long padded = (buffer.WrittenCount + 7L) / 8 * 8;
+        if (padded > MaxHeaderLength)
+            throw new SafetensorsFormatException(SafetensorsRule.HeaderTooLarge, path, null,
+                $"the header would have {padded:N0} bytes ({(metadata ?? new Dictionary<string, string>()).Sum(kv => (long)kv.Key.Length + kv.Value.Length):N0} of them metadata), " +
+                $"more than the format's limit of {MaxHeaderLength:N0}; nothing was written");
+        var header = new byte[padded];
+        buffer.WrittenSpan.CopyTo(header);
+        header.AsSpan(buffer.WrittenCount).Fill((byte)' ');
+        return header;
+    }
+
+    private static readonly UTF8Encoding s_strictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    private static void CheckText(string text, string what)
+    {
+        ArgumentNullException.ThrowIfNull(text, what);
+        try { s_strictUtf8.GetByteCount(text); }
+        catch (EncoderFallbackException e) { throw new ArgumentException($"The {what} '{text}' is not well-formed UTF-16 (lone surrogate).", e); }
     }
 
     private static void ReadMetadata(ref Utf8JsonReader reader, string path, Dictionary<string, string> metadata)

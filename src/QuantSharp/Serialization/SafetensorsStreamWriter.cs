@@ -34,6 +34,7 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     private IncrementalHash? _hash;
     private long _dataLength;
     private bool _committed, _written;
+    private readonly bool _hashTensors;
 
     private sealed record Entry(string Name, SafetensorsDType DType, long[] Shape, long Begin)
     {
@@ -44,13 +45,15 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     /// <summary>Starts a file.</summary>
     /// <param name="path">Final path; it is not touched until <see cref="Commit"/>.</param>
     /// <param name="reservedHeaderBytes">Space kept for the header (rounded up to a multiple of 8).</param>
-    public SafetensorsStreamWriter(string path, long reservedHeaderBytes)
+    /// <param name="hashTensors">Hash each tensor's bytes (SHA-256, <see cref="Hashes"/>) for a reload test.</param>
+    public SafetensorsStreamWriter(string path, long reservedHeaderBytes, bool hashTensors = true)
     {
+        _hashTensors = hashTensors;
         _finalPath = System.IO.Path.GetFullPath(path);
         string dir = System.IO.Path.GetDirectoryName(_finalPath)!;
         Directory.CreateDirectory(dir);
         _tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(_finalPath)}.tmp-{Guid.NewGuid():N}");
-        _reserve = (Math.Max(reservedHeaderBytes, 64) + 7) / 8 * 8;
+        _reserve = (Math.Max(reservedHeaderBytes, 8) + 7) / 8 * 8;
         try
         {
             _stream = StreamFactoryForTests?.Invoke(_tempPath)
@@ -83,7 +86,7 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         if (!IsWellFormed(name)) throw new ArgumentException($"The tensor name '{name}' is not well-formed UTF-16 (lone surrogate).", nameof(name));
         if (!_names.Add(name)) throw new ArgumentException($"Tensor '{name}' was already written.", nameof(name));
         _open = new Entry(name, dtype, (long[])shape.Clone(), _dataLength);
-        _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        _hash = _hashTensors ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : null;
     }
 
     /// <summary>Appends bytes of the open tensor.</summary>
@@ -91,7 +94,7 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     {
         if (_open is null) throw new InvalidOperationException("No tensor is open.");
         _stream!.Write(bytes);
-        _hash!.AppendData(bytes);
+        _hash?.AppendData(bytes);
         _dataLength += bytes.Length;
     }
 
@@ -105,8 +108,8 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         if (written != expected)
             throw new InvalidOperationException($"Tensor '{e.Name}': {written} bytes written, {expected} expected for {e.DType} [{string.Join(", ", e.Shape)}].");
         e.End = _dataLength;
-        e.Sha256 = _hash!.GetHashAndReset();
-        _hash.Dispose();
+        e.Sha256 = _hash?.GetHashAndReset() ?? [];
+        _hash?.Dispose();
         _hash = null;
         _entries.Add(e);
         _open = null;
@@ -132,13 +135,9 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     {
         if (_open is not null) throw new InvalidOperationException($"Tensor '{_open.Name}' is still open.");
         if (_written) throw new InvalidOperationException("Already committed.");
-        byte[] header = BuildHeader(metadata);
-        // The format's limit, checked before the header is written: a larger file would be unreadable everywhere.
-        long paddedLength = (header.Length + 7L) / 8 * 8;
-        if (paddedLength > SafetensorsHeader.MaxHeaderLength)
-            throw new SafetensorsFormatException(SafetensorsRule.HeaderTooLarge, _finalPath, null,
-                $"the header would have {paddedLength:N0} bytes ({(metadata ?? new Dictionary<string, string>()).Sum(kv => (long)kv.Key.Length + kv.Value.Length):N0} of them metadata), " +
-                $"more than the format's limit of {SafetensorsHeader.MaxHeaderLength:N0}; nothing was written");
+        // The one header builder: the format's rules and limit are checked before the header is written (a larger file
+        // would be unreadable everywhere). The header comes padded to a multiple of 8.
+        byte[] header = SafetensorsHeader.Build(_entries.Select(e => new SafetensorsTensorSpec(e.Name, e.DType, e.Shape)).ToList(), metadata, _finalPath, out _);
         var stream = _stream!;
         if (header.Length <= _reserve && _dataLength >= (CompactBelowBytesForTests ?? DefaultCompactBelowBytes))
         {
@@ -156,8 +155,8 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         }
         else
         {
-            // Rewrite compactly: header padded to a multiple of 8, then the data.
-            long padded = (header.Length + 7) / 8 * 8;
+            // Rewrite compactly: the header (padded to a multiple of 8), then the data.
+            long padded = header.Length;
             string compactPath = _tempPath + ".c";
             try
             {
@@ -200,36 +199,6 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     {
         if (s is FileStream fs) fs.Flush(flushToDisk: true);
         else s.Flush();
-    }
-
-    private byte[] BuildHeader(IReadOnlyDictionary<string, string>? metadata)
-    {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
-        {
-            w.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                w.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata) w.WriteString(k, v);
-                w.WriteEndObject();
-            }
-            foreach (var e in _entries)
-            {
-                w.WriteStartObject(e.Name);
-                w.WriteString("dtype", e.DType.ToString());
-                w.WriteStartArray("shape");
-                foreach (long d in e.Shape) w.WriteNumberValue(d);
-                w.WriteEndArray();
-                w.WriteStartArray("data_offsets");
-                w.WriteNumberValue(e.Begin);
-                w.WriteNumberValue(e.End);
-                w.WriteEndArray();
-                w.WriteEndObject();
-            }
-            w.WriteEndObject();
-        }
-        return ms.ToArray();
     }
 
     private static bool IsWellFormed(string text)

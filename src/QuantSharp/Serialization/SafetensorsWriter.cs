@@ -40,14 +40,11 @@ public sealed record SafetensorsTensorSpec(string Name, SafetensorsDType DType, 
 /// </remarks>
 public sealed class SafetensorsWriter : IDisposable
 {
-    private static readonly UTF8Encoding s_strictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-
     private readonly IReadOnlyDictionary<string, string>? _metadata;
     private readonly List<(SafetensorsTensorSpec Spec, torch.Tensor? Tensor, ReadOnlyMemory<byte> Bytes)>? _collected;
     private SafetensorsTensorSpec[] _specs = [];
     private long[] _sizes = [];
-    private FileStream? _temp;
-    private string? _tempPath;
+    private SafetensorsStreamWriter? _out; // the one low-level writer (temporary file, header, rename)
     private int _next;
     private bool _committed, _failed, _disposed;
 
@@ -130,7 +127,7 @@ public sealed class SafetensorsWriter : IDisposable
     {
         ThrowIfDisposed();
         if (_collected is null) throw new InvalidOperationException("This writer was created with SafetensorsWriter.Create (streaming): use Write, not Add.");
-        if (_temp is not null || _committed) throw new InvalidOperationException("Add after Commit.");
+        if (_out is not null || _committed) throw new InvalidOperationException("Add after Commit.");
         return _collected;
     }
 
@@ -143,11 +140,11 @@ public sealed class SafetensorsWriter : IDisposable
         var dtype = SafetensorsDTypeInfo.FromScalarType(tensor.dtype);
         if (dtype != spec.DType || !tensor.shape.AsSpan().SequenceEqual(spec.Shape))
             throw new ArgumentException($"Tensor '{name}' was declared {spec.DType} [{string.Join(", ", spec.Shape)}] but is {dtype} [{string.Join(", ", tensor.shape)}].", nameof(tensor));
-        if (_sizes[_next] == 0) { _next++; return; }
+        _out!.BeginTensor(spec.Name, spec.DType, spec.Shape);
+        if (_sizes[_next] == 0) { _out.EndTensor(); _next++; return; }
         // Temporaries (CPU/contiguous copy, slices) die with this scope; the caller's tensor is untouched.
         using var scope = torch.NewDisposeScope();
         var source = tensor.device_type != DeviceType.CPU || !tensor.is_contiguous() ? tensor.cpu().contiguous() : tensor;
-        long position = _temp!.Position;
         try
         {
             if (_sizes[_next] <= TensorCopyLimits.SingleCopyBytes)
@@ -165,13 +162,13 @@ public sealed class SafetensorsWriter : IDisposable
                     WriteData(part.bytes);
                 }
             }
+            _out.EndTensor();
             _next++;
         }
         catch
         {
-            // Part of the tensor in the file means it cannot be completed.
-            try { if (_temp.Position != position) _failed = true; }
-            catch (Exception e) when (e is IOException or ObjectDisposedException) { _failed = true; }
+            // The tensor is open in the file: it cannot be completed.
+            _failed = true;
             throw;
         }
     }
@@ -183,7 +180,9 @@ public sealed class SafetensorsWriter : IDisposable
         var spec = ExpectNext(name);
         if (bytes.Length != _sizes[_next])
             throw new ArgumentException($"Tensor '{name}' ({spec.DType} [{string.Join(", ", spec.Shape)}]) needs {_sizes[_next]} bytes, got {bytes.Length}.", nameof(bytes));
+        _out!.BeginTensor(spec.Name, spec.DType, spec.Shape);
         WriteData(bytes);
+        _out.EndTensor();
         _next++;
     }
 
@@ -195,7 +194,7 @@ public sealed class SafetensorsWriter : IDisposable
     {
         ThrowIfDisposed();
         if (_committed) throw new InvalidOperationException($"'{Path}' was already committed.");
-        if (_collected is not null && _temp is null)
+        if (_collected is not null && _out is null)
         {
             Start(_collected.Select(c => c.Spec).ToArray());
             foreach (var (spec, tensor, bytes) in _collected)
@@ -208,19 +207,18 @@ public sealed class SafetensorsWriter : IDisposable
         Publish();
     }
 
-    /// <summary>Flushes and closes the temporary file after checking that every tensor was written.</summary>
+    /// <summary>Writes the header and flushes the temporary file after checking that every tensor was written.</summary>
     internal void Finish()
     {
         ThrowIfDisposed();
         if (_failed) throw new InvalidOperationException($"Cannot commit '{Path}': an earlier write failed; nothing was written under that name.");
-        if (_temp is null) throw new InvalidOperationException($"Cannot commit '{Path}': the writer holds no data.");
+        if (_out is null) throw new InvalidOperationException($"Cannot commit '{Path}': the writer holds no data.");
         if (_next < _specs.Length)
             throw new InvalidOperationException($"Cannot commit '{Path}': tensor '{_specs[_next].Name}'" +
                 (_specs.Length - _next > 1 ? $" and {_specs.Length - _next - 1} more" : "") + " declared but not written; nothing was written under that name.");
         try
         {
-            _temp.Flush(flushToDisk: true);
-            _temp.Dispose();
+            _out.Commit(_metadata, promote: false);
         }
         catch
         {
@@ -234,9 +232,8 @@ public sealed class SafetensorsWriter : IDisposable
     {
         if (SafetensorsFile.IsOpen(Path))
             throw new IOException($"Cannot replace '{Path}': it is open for reading in this process. Write to another path.");
-        File.Move(_tempPath!, Path, overwrite: true);
+        _out!.Promote();
         _committed = true;
-        _tempPath = null;
     }
 
     /// <summary>Deletes the temporary file unless <see cref="Commit"/> succeeded.</summary>
@@ -244,31 +241,21 @@ public sealed class SafetensorsWriter : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _temp?.Dispose();
-        if (_tempPath is not null)
-        {
-            try { File.Delete(_tempPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
+        _out?.Dispose(); // deletes the temporary file unless it was renamed into place
     }
 
     private void Start(SafetensorsTensorSpec[] specs)
     {
-        byte[] header = BuildHeader(specs, _metadata, out _sizes);
+        // Validates names, shapes and the format's limits before anything is written; the header is then known exactly.
+        byte[] header = SafetensorsHeader.Build(specs, _metadata, Path, out _sizes);
         _specs = specs;
-        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(Path))!;
-        string tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(Path)}.{Guid.NewGuid():N}.tmp");
-        _temp = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16);
-        _tempPath = tempPath;
-        Span<byte> len = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
-        WriteData(len);
-        WriteData(header);
+        _out = new SafetensorsStreamWriter(Path, header.Length, hashTensors: false);
     }
 
     private SafetensorsTensorSpec ExpectNext(string name)
     {
         ThrowIfDisposed();
-        if (_collected is not null && _temp is null)
+        if (_collected is not null && _out is null)
             throw new InvalidOperationException("This writer collects tensors (constructor): use Add, then Commit; or create a streaming writer with SafetensorsWriter.Create.");
         if (_committed) throw new InvalidOperationException($"'{Path}' was already committed.");
         if (_failed) throw new InvalidOperationException($"An earlier write to '{Path}' failed; dispose this writer and start again.");
@@ -284,7 +271,7 @@ public sealed class SafetensorsWriter : IDisposable
     {
         try
         {
-            _temp!.Write(bytes);
+            _out!.Append(bytes);
         }
         catch
         {
@@ -302,85 +289,6 @@ public sealed class SafetensorsWriter : IDisposable
         if (SafetensorsFile.IsOpen(path))
             throw new IOException($"Cannot write '{path}': it is open for reading in this process (an input file); write to another path.");
         return path;
-    }
-
-    /// <summary>Builds the header JSON padded with spaces to a multiple of 8; validates names and shapes; returns each tensor's byte size.</summary>
-    internal static byte[] BuildHeader(IReadOnlyList<SafetensorsTensorSpec> specs, IReadOnlyDictionary<string, string>? metadata, out long[] sizes)
-    {
-        sizes = new long[specs.Count];
-        var names = new HashSet<string>(StringComparer.Ordinal);
-        var buffer = new ArrayBufferWriter<byte>();
-        using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = false }))
-        {
-            json.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                json.WritePropertyName(SafetensorsHeader.MetadataKey);
-                json.WriteStartObject();
-                foreach (var (key, value) in metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
-                {
-                    CheckText(key, "metadata key");
-                    ArgumentNullException.ThrowIfNull(value, $"metadata['{key}']");
-                    CheckText(value, $"metadata value of '{key}'");
-                    json.WriteString(key, value);
-                }
-                json.WriteEndObject();
-            }
-            long offset = 0;
-            for (int i = 0; i < specs.Count; i++)
-            {
-                var spec = specs[i] ?? throw new ArgumentException("A tensor spec is null.", nameof(specs));
-                string name = spec.Name ?? throw new ArgumentException("A tensor name is null.", nameof(specs));
-                CheckText(name, "tensor name");
-                if (name == SafetensorsHeader.MetadataKey) throw new ArgumentException("'__metadata__' is reserved and cannot name a tensor.", nameof(specs));
-                if (!names.Add(name)) throw new ArgumentException($"Tensor name '{name}' appears twice.", nameof(specs));
-                if (!Enum.IsDefined(spec.DType)) throw new ArgumentException($"Tensor '{name}': unknown dtype {spec.DType}.", nameof(specs));
-                ArgumentNullException.ThrowIfNull(spec.Shape, $"shape of '{name}'");
-                long size;
-                try
-                {
-                    long count = 1;
-                    foreach (long d in spec.Shape)
-                    {
-                        if (d < 0) throw new ArgumentException($"Tensor '{name}': dimension {d} is negative.", nameof(specs));
-                        count = checked(count * d);
-                    }
-                    size = checked(count * spec.DType.ElementSize());
-                    sizes[i] = size;
-                    json.WritePropertyName(name);
-                    json.WriteStartObject();
-                    json.WriteString("dtype", spec.DType.ToString());
-                    json.WriteStartArray("shape");
-                    foreach (long d in spec.Shape) json.WriteNumberValue(d);
-                    json.WriteEndArray();
-                    json.WriteStartArray("data_offsets");
-                    json.WriteNumberValue(offset);
-                    offset = checked(offset + size);
-                    json.WriteNumberValue(offset);
-                    json.WriteEndArray();
-                    json.WriteEndObject();
-                }
-                catch (OverflowException)
-                {
-                    throw new ArgumentException($"Tensor '{name}': shape [{string.Join(", ", spec.Shape)}] of {spec.DType} (or the file) is too large; sizes overflow 64 bits.", nameof(specs));
-                }
-            }
-            json.WriteEndObject();
-        }
-        int padded = (buffer.WrittenCount + 7) / 8 * 8;
-        if (padded > SafetensorsHeader.MaxHeaderLength)
-            throw new ArgumentException($"The header would have {padded} bytes, more than the format's limit of {SafetensorsHeader.MaxHeaderLength}.", nameof(specs));
-        var header = new byte[padded];
-        buffer.WrittenSpan.CopyTo(header);
-        header.AsSpan(buffer.WrittenCount).Fill((byte)' ');
-        return header;
-    }
-
-    private static void CheckText(string text, string what)
-    {
-        ArgumentNullException.ThrowIfNull(text, what);
-        try { s_strictUtf8.GetByteCount(text); }
-        catch (EncoderFallbackException e) { throw new ArgumentException($"The {what} '{text}' is not well-formed UTF-16 (lone surrogate).", e); }
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

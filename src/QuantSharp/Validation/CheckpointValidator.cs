@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace QuantSharp.Validation;
 
 /// <summary>The result of <see cref="CheckpointValidator.Compare"/>.</summary>
-public sealed class CheckpointValidationReport
+public sealed class CheckpointValidationReport : IQuantizationReport
 {
     internal CheckpointValidationReport(string original, string quantized, IReadOnlyList<TensorQuantizationReport> tensors, IReadOnlyList<string> problems, TimeSpan elapsed)
     {
@@ -32,6 +32,10 @@ public sealed class CheckpointValidationReport
     public long OriginalTensorBytes => Tensors.Sum(t => t.OriginalBytes);
     /// <summary>Sum of stored tensor bytes.</summary>
     public long StoredTensorBytes => Tensors.Sum(t => t.StoredBytes);
+
+    IReadOnlyList<string> IQuantizationReport.Warnings => [];
+    long IQuantizationReport.OriginalBytes => OriginalTensorBytes;
+    long IQuantizationReport.StoredBytes => StoredTensorBytes;
 
     /// <summary>JSON form.</summary>
     public JsonObject ToJson() => new()

@@ -5,6 +5,32 @@ using System.Text.Json.Serialization;
 
 namespace QuantSharp.Validation;
 
+/// <summary>
+/// What every quantization report says, whichever path made it: <see cref="QuantizationReport"/> (a model, per
+/// layer: <see cref="Quantizer.Quantize{T}(T, QuantizationRecipe, Func{T}?, IEnumerable{TorchSharp.torch.Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{Calibration.CalibrationProgress}?)"/>),
+/// <see cref="CheckpointQuantizationReport"/> (a checkpoint, per tensor: <see cref="CheckpointQuantizer.Quantize"/>) and
+/// <see cref="CheckpointValidationReport"/> (<see cref="CheckpointValidator.Compare"/>). Both quantizers fill it from the
+/// same validate stage (one range check, SQNR in float64, one <see cref="ValidationPolicy"/>), so code that only needs the
+/// verdict, the problems and the sizes handles all three through this interface.
+/// </summary>
+public interface IQuantizationReport
+{
+    /// <summary>True when validation found no problem (or did not run).</summary>
+    bool Passed { get; }
+
+    /// <summary>Every validation problem, each naming the layer or tensor (the model report's <c>Failures</c>).</summary>
+    IReadOnlyList<string> Problems { get; }
+
+    /// <summary>What differs from what was asked without failing: group-size fallbacks and the like.</summary>
+    IReadOnlyList<string> Warnings { get; }
+
+    /// <summary>Bytes of the float weights (model: parameters and buffers; checkpoint: tensor data), each storage counted once.</summary>
+    long OriginalBytes { get; }
+
+    /// <summary>Bytes of the quantized form, counted the same way.</summary>
+    long StoredBytes { get; }
+}
+
 /// <summary>Validation of one quantized layer.</summary>
 /// <param name="Name">Dotted layer name.</param>
 /// <param name="ModuleType">The float module type it replaced (e.g. <c>Linear</c>).</param>
@@ -42,7 +68,7 @@ public enum CheckStatus
 /// The validation report produced after quantization: per-layer SQNR and size, range checks, the reload check, and
 /// the model's size before and after. <see cref="Format"/> renders a text table; <see cref="ToJson"/> JSON.
 /// </summary>
-public sealed class QuantizationReport
+public sealed class QuantizationReport : IQuantizationReport
 {
     /// <summary>Report format version.</summary>
     public int Version { get; init; } = 1;
@@ -85,6 +111,11 @@ public sealed class QuantizationReport
 
     /// <summary>True when no check failed.</summary>
     public bool Passed => Failures.Count == 0;
+
+    IReadOnlyList<string> IQuantizationReport.Problems => Failures;
+    IReadOnlyList<string> IQuantizationReport.Warnings => Fallbacks;
+    long IQuantizationReport.OriginalBytes => FloatBytes;
+    long IQuantizationReport.StoredBytes => QuantizedBytes;
 
     private static readonly JsonSerializerOptions s_json = new()
     {

@@ -5,7 +5,8 @@ namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
 /// Every path of <see cref="QuantizedMatMul"/> (scalar, 128, 256, 512 bits, whichever this CPU runs; CI re-runs with
-/// AVX-512, AVX2 and all intrinsics turned off) against the float64 specification <see cref="QuantizedMatMul.Reference"/>,
+/// AVX-512, AVX2 and all intrinsics turned off), each with both loop structures (the row kernels and the packed GEMM of
+/// <see cref="PackedMatMul"/>), against the float64 specification <see cref="QuantizedMatMul.Reference"/>,
 /// for every weight format, on shapes that exercise every tail: reduction lengths 1..70 and around 128/256, groups
 /// with remainders and odd group counts, 1..65 activation rows, strided (non-contiguous) inputs and outputs.
 /// </summary>
@@ -65,6 +66,21 @@ public unsafe class QuantizedMatMulTests
         var format = Enum.Parse<WeightFormat>(formatName);
         Check(format, rows: 9, cols: 96, groupSize: 0, zeroPoints: true, batch: 6, seed: 5, xPad: 13, yPad: 3);
         Check(format, rows: 9, cols: 96, groupSize: WeightView.IsFloat(format) ? 0 : 32, zeroPoints: false, batch: 3, seed: 6, xPad: 1, yPad: 7);
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void PackedBlocksInsideLongGroups(string formatName)
+    {
+        // Groups longer than the packed kernel's reduction block (256): blocks end inside a group at a chunk boundary,
+        // and a group's last block holds a partial chunk and scalar elements.
+        var format = Enum.Parse<WeightFormat>(formatName);
+        var shapes = WeightView.IsFloat(format) ? new[] { (600, 0), (1030, 0) } : new[] { (600, 0), (600, 300), (1028, 514), (1030, 0) };
+        foreach (var (k, g) in shapes)
+        {
+            if (WeightView.IsPacked(format) && k % 2 != 0) continue;
+            Check(format, rows: 13, cols: k, groupSize: g, zeroPoints: true, batch: 37, seed: k + g);
+        }
     }
 
     [Theory]
@@ -145,9 +161,10 @@ public unsafe class QuantizedMatMulTests
             float* biasPtr = bias ? pb : null;
             QuantizedMatMul.Reference(view, px, batch, ldx, biasPtr, pe, ldy);
             foreach (var path in KernelTestData.FloatPaths())
+            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed })
             {
                 Array.Fill(actual, float.NaN);
-                QuantizedMatMul.Run(view, px, batch, ldx, biasPtr, pa, ldy, path);
+                QuantizedMatMul.Run(view, px, batch, ldx, biasPtr, pa, ldy, path, method);
                 for (int i = 0; i < batch; i++)
                 {
                     for (int j = 0; j < n; j++)
@@ -156,9 +173,9 @@ public unsafe class QuantizedMatMulTests
                         for (int kk = 0; kk < k; kk++) magnitude += Math.Abs((double)x[i * ldx + kk] * view.Dequantized(j, kk));
                         double err = Math.Abs(actual[i * ldy + j] - expected[i * ldy + j]);
                         Assert.True(err <= RelativeTolerance * magnitude + 1e-30,
-                            $"{view.Format} {path} [{n}x{k}] G={view.GroupSize} batch {batch} row {i} out {j}: {actual[i * ldy + j]} vs {expected[i * ldy + j]} (|err| {err:G3}, bound {RelativeTolerance * magnitude:G3})");
+                            $"{view.Format} {path} {method} [{n}x{k}] G={view.GroupSize} batch {batch} row {i} out {j}: {actual[i * ldy + j]} vs {expected[i * ldy + j]} (|err| {err:G3}, bound {RelativeTolerance * magnitude:G3})");
                     }
-                    for (int j = n; j < ldy; j++) Assert.True(float.IsNaN(actual[i * ldy + j]), $"{path} wrote past the output row");
+                    for (int j = n; j < ldy; j++) Assert.True(float.IsNaN(actual[i * ldy + j]), $"{path} {method} wrote past the output row");
                 }
             }
         }

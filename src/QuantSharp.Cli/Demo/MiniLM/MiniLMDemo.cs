@@ -39,6 +39,9 @@ internal static class MiniLMDemo
     /// <summary>Layers whose inputs per-tensor uint8 cannot carry (see docs/ACCURACY.md): FFN down-projections, whose input is the GELU output.</summary>
     internal const string W8A8SensitiveLayers = "encoder.layer.?.output.dense";
 
+    /// <summary>The feed-forward Linears (up- and down-projection) of every encoder layer: where int4 loses most.</summary>
+    internal static readonly string[] FeedForwardLayers = ["encoder.layer.?.intermediate.dense", W8A8SensitiveLayers];
+
     private static QuantizationRecipe Int4(int group, bool wordEmbeddings) => QuantizationRecipe.Int4WeightOnly(groupSize: group) with
     {
         Exclude = wordEmbeddings ? [] : ["embeddings.word_embeddings"],
@@ -51,6 +54,10 @@ internal static class MiniLMDemo
         new("int8-per-channel", "int8 symmetric weights, one scale per output channel (per row for embeddings), every Linear and Embedding",
             QuantizationRecipe.Int8WeightOnly()),
         new("int4-group32", "int4 symmetric weights in groups of 32, every Linear and Embedding (word embeddings included)", Int4(32, true)),
+        new("int4-group32-affine", "uint4 affine weights (a zero point per group, as torchao's int4 weight-only) in groups of 32, every Linear and Embedding",
+            Int4(32, true) with { Type = QuantType.UInt4, Scheme = QuantScheme.Affine }),
+        new("int4-group32-affine-ffn-int8", $"uint4 affine group-32 weights; the twelve feed-forward Linears ({string.Join(", ", FeedForwardLayers)}) int8 per-channel: the remedy for int4",
+            Int4(32, true) with { Type = QuantType.UInt4, Scheme = QuantScheme.Affine, Overrides = [.. FeedForwardLayers.Select(p => new RecipeOverride(p, QuantType.Int8, Granularity: new PerAxis(0)))] }),
         new("int4-group32-words-fp32", "int4 group-32 weights; word embeddings (46.9 MB of the 90.9 MB) excluded, kept float32", Int4(32, false)),
         new("int4-group128", "int4 symmetric weights in groups of 128, every Linear and Embedding (word embeddings included)", Int4(128, true)),
         new("int4-group128-words-fp32", "int4 group-128 weights; word embeddings excluded, kept float32", Int4(128, false)),
@@ -58,6 +65,8 @@ internal static class MiniLMDemo
             QuantizationRecipe.Int8Static(), Calibrated: true),
         new("w8a8-ffn-out-fp32", $"w8a8 with the remedy: the six FFN down-projections ({W8A8SensitiveLayers}) excluded, kept float32",
             QuantizationRecipe.Int8Static() with { Exclude = [W8A8SensitiveLayers] }, Calibrated: true),
+        new("w8a8-dynamic", "int8 per-channel weights + int8 symmetric inputs of every Linear quantized per row on the fly (integer GEMM), no calibration",
+            QuantizationRecipe.Int8Dynamic()),
     ];
 
     /// <summary>Runs the demo on the bundled quotes.</summary>

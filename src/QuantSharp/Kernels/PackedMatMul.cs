@@ -1,0 +1,224 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// The large-batch path of <see cref="QuantizedMatMul"/>: a cache-blocked GEMM that decodes each block of weights once
+/// into a small float tile and multiplies it into every activation row, so the decoding is paid once per weight for
+/// the whole batch instead of once per four rows.
+/// </summary>
+/// <remarks>
+/// <para>It computes the transposed product <c>y^T = W x^T</c>, which needs no transposition of the weights:</para>
+/// <list type="bullet">
+/// <item>The activations are packed once per call as <c>x^T</c> in strips of <c>2 * Count</c> rows
+/// (<c>xt[strip][k][lane]</c>, zero-padded to whole strips), so one vector holds one column of <c>2 * Count</c> rows.</item>
+/// <item>Each work item owns <see cref="ItemRows"/> weight rows. For each block of the reduction axis (about
+/// <see cref="BlockTarget"/> long, cut at group boundaries or at chunk boundaries inside a group, so the decoders see
+/// the same chunks as the row kernels) it decodes its rows' slices into a float tile (row-major, the decoders'
+/// order), then runs the micro-kernel over every strip.</item>
+/// <item>Micro-kernel: <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 accumulators: per
+/// reduction step two vector loads of <c>x^T</c>, one broadcast per weight row, twelve multiply-adds. The tile of the
+/// strip (<c>BlockTarget * 2 * Count</c> floats) stays in L1 while the weight rows pass.</item>
+/// <item>Partial sums live in a per-item <c>y^T</c> buffer (contiguous vector loads and stores); the item writes
+/// <c>y</c> (plus bias) once at the end.</item>
+/// </list>
+/// <para>This decodes the weights into a scratch tile of <c>ItemRows x BlockTarget</c> floats per thread; the whole
+/// weight never exists in float. Accumulation order differs from the row kernels only in float32 rounding.</para>
+/// </remarks>
+internal static unsafe class PackedMatMul
+{
+    /// <summary>Weight rows per micro-kernel call (broadcast operands).</summary>
+    internal const int TileRows = 6;
+
+    /// <summary>Weight rows per work item (a multiple of <see cref="TileRows"/>).</summary>
+    internal const int ItemRows = 8 * TileRows;
+
+    /// <summary>Target length of a reduction block.</summary>
+    internal const int BlockTarget = 256;
+
+    /// <summary>Computes <c>y = x w^T + bias</c> for <paramref name="m"/> rows (any m; meant for large batches).</summary>
+    /// <remarks>Arguments as <see cref="QuantizedMatMul.Run"/>.</remarks>
+    /// <param name="w">The weight, <c>[N, K]</c>.</param>
+    /// <param name="x">Activations, <paramref name="m"/> rows <paramref name="ldx"/> floats apart.</param>
+    /// <param name="m">Activation rows.</param>
+    /// <param name="ldx">Distance between activation rows, in floats.</param>
+    /// <param name="bias">N floats, or null.</param>
+    /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
+    /// <param name="ldy">Distance between output rows.</param>
+    /// <param name="order">The activation column each packed position reads (the nibble decoders' chunk order), or null for identity.</param>
+    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols, stripWidth = 2 * TW.Count;
+        int strips = (m + stripWidth - 1) / stripWidth;
+        int paddedM = strips * stripWidth;
+        float[] packed = ArrayPool<float>.Shared.Rent(checked(paddedM * Math.Max(k, 1)));
+        try
+        {
+            fixed (float* xt = packed)
+            fixed (int* perm = order)
+            {
+                nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
+                KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth));
+
+                var view = w;
+                nint yAddress = (nint)y, biasAddress = (nint)bias;
+                int items = (w.Rows + ItemRows - 1) / ItemRows;
+                int blockCapacity = Math.Min(k, BlockTarget);
+                KernelThreads.For(items, (long)ItemRows * paddedM * k, item =>
+                {
+                    float[] scratch = ArrayPool<float>.Shared.Rent(ItemRows * blockCapacity + ItemRows * paddedM);
+                    try
+                    {
+                        fixed (float* tile = scratch)
+                            Item<TW, TVec, TD>(view, (float*)xtAddress, m, paddedM, blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows);
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(scratch);
+                    }
+                });
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(packed);
+        }
+    }
+
+    /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c>: <c>xt[(s * k + kk) * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackStrip(float* x, int m, nint ldx, int k, int* order, float* xt, int s, int width)
+    {
+        float* strip = xt + (nint)s * k * width;
+        for (int lane = 0; lane < width; lane++)
+        {
+            int row = s * width + lane;
+            float* dst = strip + lane;
+            if (row >= m)
+            {
+                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = 0f;
+                continue;
+            }
+            float* src = x + row * ldx;
+            if (order == null)
+                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = src[kk];
+            else
+                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = src[order[kk]];
+        }
+    }
+
+    /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against every activation row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, int m, int paddedM, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols, stripWidth = 2 * TW.Count, strips = paddedM / stripWidth;
+        int rows = Math.Min(ItemRows, w.Rows - n0);
+        int tiles = (rows + TileRows - 1) / TileRows;
+        float* a = scratch;                               // [ItemRows][blockCapacity] decoded weights
+        float* yt = scratch + ItemRows * blockCapacity;   // [ItemRows][paddedM] partial y^T
+        new Span<float>(yt, ItemRows * paddedM).Clear();
+        // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
+        new Span<float>(a + rows * blockCapacity, (tiles * TileRows - rows) * blockCapacity).Clear();
+        for (int k0 = 0; k0 < k;)
+        {
+            int k1 = BlockEnd(w, k0, TW.Count);
+            for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(w, n0 + r, k0, k1, a + r * blockCapacity);
+            for (int s = 0; s < strips; s++)
+            {
+                float* b = xt + ((nint)s * k + k0) * stripWidth;
+                for (int t = 0; t < tiles; t++)
+                    Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * paddedM + s * stripWidth, paddedM);
+            }
+            k0 = k1;
+        }
+        // y rows are far apart: write each one's run of outputs contiguously, reading y^T (in cache) across.
+        for (int i = 0; i < m; i++)
+        {
+            float* dst = y + i * ldy + n0;
+            for (int r = 0; r < rows; r++) dst[r] = yt[r * paddedM + i] + (bias == null ? 0f : bias[n0 + r]);
+        }
+    }
+
+    /// <summary>
+    /// End of the reduction block that starts at <paramref name="k0"/>: whole groups up to <see cref="BlockTarget"/>,
+    /// or, inside a longer group, a multiple of the decoders' chunk (so every block starts where a chunk starts).
+    /// </summary>
+    internal static int BlockEnd(in WeightView w, int k0, int count)
+    {
+        int g = w.GroupSize, chunk = 2 * count;
+        if (g <= BlockTarget) return Math.Min(w.Cols, k0 + BlockTarget / g * g);
+        int groupEnd = (k0 / g + 1) * g;
+        return Math.Min(groupEnd, k0 + Math.Max(chunk, BlockTarget / chunk * chunk));
+    }
+
+    /// <summary>Dequantizes elements <c>[k0, k1)</c> of weight row <paramref name="n"/> into <paramref name="dst"/>, in the decoders' order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DecodeSlice<TW, TVec, TD>(in WeightView w, int n, int k0, int k1, float* dst)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
+        byte* row = w.Data + n * w.RowBytes;
+        dst -= k0;
+        for (int k = k0; k < k1;)
+        {
+            int gi = k / g, end = Math.Min(k1, (gi + 1) * g);
+            var (s, offset) = QuantizedMatMul.GroupScale<TD>(w, n, gi);
+            var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
+            for (; k + chunk <= end; k += chunk)
+            {
+                var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
+                TW.Store(wa, dst + k);
+                TW.Store(wb, dst + k + c);
+            }
+            for (; k < end; k++) dst[k] = TD.One(row, k) * s + offset;
+        }
+    }
+
+    /// <summary>
+    /// <c>c[j, :] += sum_kk a[j, kk] * b[kk, :]</c> for <see cref="TileRows"/> rows j of decoded weights and one strip
+    /// of <c>x^T</c> (two vectors per step); <paramref name="c"/> rows are <paramref name="ldc"/> floats apart.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro<TW, TVec>(float* a, nint lda, float* b, int kc, float* c, nint ldc)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int n = TW.Count;
+        float* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda;
+        float* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
+        TVec s00 = TW.Load(c0), s01 = TW.Load(c0 + n), s10 = TW.Load(c1), s11 = TW.Load(c1 + n);
+        TVec s20 = TW.Load(c2), s21 = TW.Load(c2 + n), s30 = TW.Load(c3), s31 = TW.Load(c3 + n);
+        TVec s40 = TW.Load(c4), s41 = TW.Load(c4 + n), s50 = TW.Load(c5), s51 = TW.Load(c5 + n);
+        for (int kk = 0; kk < kc; kk++)
+        {
+            TVec b0 = TW.Load(b), b1 = TW.Load(b + n);
+            b += 2 * n;
+            TVec v = TW.Create(a0[kk]);
+            s00 = TW.MultiplyAdd(v, b0, s00);
+            s01 = TW.MultiplyAdd(v, b1, s01);
+            v = TW.Create(a1[kk]);
+            s10 = TW.MultiplyAdd(v, b0, s10);
+            s11 = TW.MultiplyAdd(v, b1, s11);
+            v = TW.Create(a2[kk]);
+            s20 = TW.MultiplyAdd(v, b0, s20);
+            s21 = TW.MultiplyAdd(v, b1, s21);
+            v = TW.Create(a3[kk]);
+            s30 = TW.MultiplyAdd(v, b0, s30);
+            s31 = TW.MultiplyAdd(v, b1, s31);
+            v = TW.Create(a4[kk]);
+            s40 = TW.MultiplyAdd(v, b0, s40);
+            s41 = TW.MultiplyAdd(v, b1, s41);
+            v = TW.Create(a5[kk]);
+            s50 = TW.MultiplyAdd(v, b0, s50);
+            s51 = TW.MultiplyAdd(v, b1, s51);
+        }
+        TW.Store(s00, c0); TW.Store(s01, c0 + n);
+        TW.Store(s10, c1); TW.Store(s11, c1 + n);
+        TW.Store(s20, c2); TW.Store(s21, c2 + n);
+        TW.Store(s30, c3); TW.Store(s31, c3 + n);
+        TW.Store(s40, c4); TW.Store(s41, c4 + n);
+        TW.Store(s50, c5); TW.Store(s51, c5 + n);
+    }
+}

@@ -1,0 +1,188 @@
+using QuantSharp.Calibration;
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using QuantSharp.Validation;
+using TorchSharp;
+using static QuantSharp.Modules.Hooks;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Pipeline;
+
+// The one pipeline of both quantizers (docs/QUANTIZER.md, "The pipeline"), stage by stage:
+//
+//   plan        RecipePlanner: which weights, which spec, the group-size fallback           (both paths)
+//   calibrate   IInputStatistics per layer input, filled by forward pre-hooks              (model path: Calibrator for
+//               ranges; InputStatistics.Collect for what a weight quantizer asks)
+//   quantize    IWeightQuantizer: one planned weight -> its canonical QuantizedTensor       (both paths)
+//   validate    WeightChecks: the one range check + SQNR accumulated in float64             (both paths)
+//   write       QuantizedCheckpointWriter over SafetensorsStreamWriter                      (both paths)
+//
+// A weight quantizer that is Sequential (GPTQ) is run layer by layer by Quantizer: the statistics of layer i are
+// collected on the model whose layers before i are already quantized and installed. QAT plugs in at plan (Prepare
+// replaces the planned layers by QatLayer) and quantize (Convert builds the canonical weight from the learned qparams).
+
+/// <summary>
+/// Statistics of one layer's input collected during calibration (the calibrate/observe stage), for a weight quantizer
+/// that needs them (<see cref="IWeightQuantizer.CreateStatistics"/>).
+/// </summary>
+internal interface IInputStatistics : IDisposable
+{
+    /// <summary>Adds one batch of the layer's input (any leading dimensions; the last one is the input features).</summary>
+    void Observe(Tensor input);
+
+    /// <summary>Input rows observed (the product of the leading dimensions, summed over batches).</summary>
+    long Rows { get; }
+}
+
+/// <summary>
+/// The second moment of a layer's input, <c>H = (2 / n) * sum over rows x of x^T x</c> (float64, <c>[in, in]</c>): the
+/// Hessian of the layer-wise squared error that GPTQ uses, instead of ranges. For a convolution the rows are the
+/// flattened patches (the caller unfolds them before <see cref="Observe"/>).
+/// </summary>
+internal sealed class SecondMomentStatistics : IInputStatistics
+{
+    private Tensor? _sum;
+
+    /// <param name="features">The layer's input features (the last dimension of what is observed).</param>
+    public SecondMomentStatistics(long features)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(features);
+        Features = features;
+    }
+
+    /// <summary>The number of input features.</summary>
+    public long Features { get; }
+
+    /// <inheritdoc/>
+    public long Rows { get; private set; }
+
+    /// <inheritdoc/>
+    public void Observe(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (input.dim() == 0 || input.shape[^1] != Features)
+            throw new ArgumentException($"The layer input has shape {QuantSpec.FormatShape(input.shape)}; its last dimension must be the {Features} input features.");
+        using var scope = NewDisposeScope();
+        var x = input.detach().reshape(-1, Features).to(ScalarType.Float64);
+        var xtx = mm(x.t(), x);
+        if (_sum is null) _sum = xtx.DetachFromDisposeScope();
+        else _sum.add_(xtx);
+        Rows += x.shape[0];
+    }
+
+    /// <summary><c>H = (2 / n) * sum x^T x</c> (a new tensor; the caller disposes it).</summary>
+    /// <exception cref="InvalidOperationException">Nothing was observed.</exception>
+    public Tensor Hessian()
+    {
+        if (_sum is null) throw new InvalidOperationException("No input was observed: run calibration data through the model first.");
+        return _sum.mul(2.0 / Rows);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        _sum?.Dispose();
+        _sum = null;
+    }
+}
+
+/// <summary>The quantize stage: turns one planned weight into its canonical <see cref="QuantizedTensor"/>.</summary>
+internal interface IWeightQuantizer
+{
+    /// <summary>The method's name, recorded per layer (<c>observer</c> in the per-layer metadata): <c>minmax</c>, <c>gptq</c>...</summary>
+    string Method { get; }
+
+    /// <summary>
+    /// True when layers are quantized one after another, each on the inputs that the already-quantized layers before
+    /// it produce (GPTQ); false when every weight is quantized independently (round to nearest), which also allows
+    /// quantizing a checkpoint chunk by chunk without its model.
+    /// </summary>
+    bool Sequential { get; }
+
+    /// <summary>The statistics of the layer's input this method needs, or null when it needs none (round to nearest).</summary>
+    IInputStatistics? CreateStatistics(PlannedWeight weight);
+
+    /// <summary>Quantizes <paramref name="values"/> (the weight, original shape, any float dtype; or a chunk of its rows when
+    /// <see cref="Sequential"/> is false) with <paramref name="weight"/>'s spec, on the <see cref="WeightGeometry.StorageShape"/> view.</summary>
+    QuantizedTensor Quantize(PlannedWeight weight, Tensor values, IInputStatistics? statistics);
+}
+
+/// <summary>Round to nearest with the recipe's weight observer (min/max by default): what both paths do today.</summary>
+internal sealed class RoundToNearest(string observer) : IWeightQuantizer
+{
+    /// <inheritdoc/>
+    public string Method { get; } = QuantizationRecipe.NormalizeObserver(observer);
+
+    /// <inheritdoc/>
+    public bool Sequential => false;
+
+    /// <inheritdoc/>
+    public IInputStatistics? CreateStatistics(PlannedWeight weight) => null;
+
+    /// <inheritdoc/>
+    public QuantizedTensor Quantize(PlannedWeight weight, Tensor values, IInputStatistics? statistics)
+        => WeightQuantization.Quantize(values, weight.Spec, Method, weight.Name);
+}
+
+/// <summary>The stages a recipe selects; the one place where a method (GPTQ...) is chosen for both quantizers.</summary>
+internal static class QuantizationPipeline
+{
+    /// <summary>Test hook: replaces the weight quantizer the recipe selects (on this thread).</summary>
+    [ThreadStatic] internal static Func<QuantizationRecipe, IWeightQuantizer>? WeightQuantizerForTests;
+
+    /// <summary>The weight quantizer of <paramref name="recipe"/> (round to nearest with its weight observer).</summary>
+    public static IWeightQuantizer WeightQuantizerFor(QuantizationRecipe recipe)
+        => WeightQuantizerForTests?.Invoke(recipe) ?? new RoundToNearest(recipe.WeightObserver);
+}
+
+/// <summary>The calibrate stage for one layer and a weight quantizer's statistics.</summary>
+internal static class InputStatistics
+{
+    /// <summary>
+    /// Runs every batch through <paramref name="model"/> (no gradients) and feeds <paramref name="layer"/>'s input to
+    /// <paramref name="statistics"/> through a forward pre-hook (which fires on <c>layer.call(x)</c>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The layer does not take one tensor, or never ran.</exception>
+    public static void Collect(nn.Module model, ModuleEntry layer, IReadOnlyList<CalibrationBatch> batches, IInputStatistics statistics)
+    {
+        if (layer.Module is not nn.Module<Tensor, Tensor> m)
+            throw new ArgumentException($"Layer '{layer.Name}' ({layer.Module.GetType().Name}) does not take one tensor; its input statistics cannot be collected.");
+        var remove = Unhook(m.register_forward_pre_hook((_, x) =>
+        {
+            statistics.Observe(x);
+            return null!;
+        }));
+        try
+        {
+            using var noGrad = no_grad();
+            foreach (var batch in batches)
+            {
+                using var scope = NewDisposeScope();
+                batch.Run(model);
+            }
+        }
+        finally
+        {
+            remove();
+        }
+        if (statistics.Rows == 0)
+            throw new ArgumentException($"Layer '{layer.Name}' never ran on the calibration data (forward hooks fire only through child.call(x)); its input statistics are empty.");
+    }
+}
+
+/// <summary>The validate stage's checks of one quantized weight, the same for both quantizers and the validator.</summary>
+internal static class WeightChecks
+{
+    /// <summary>
+    /// The one range check: integers within the type's range, scales finite and positive, zero points in range (integer
+    /// types); no infinite or NaN value (float16/bfloat16). Returns the problems found, each naming the weight.
+    /// </summary>
+    public static List<string> RangeProblems(string name, QuantizedTensor q)
+    {
+        var spec = q.Spec;
+        if (spec.Type.IsInteger())
+            return TensorChecks.CheckParts(name, spec.Type, QuantRange.For(spec.Type, spec.ReduceRange), q.Data, q.Scale, q.ZeroPoint);
+        long bad = TensorChecks.NonFiniteCount(q.Data);
+        return bad == 0 ? [] : [$"'{name}': {bad} stored {spec.Type.ToName()} value(s) are infinite or NaN (float32 values beyond the type's range)"];
+    }
+}
