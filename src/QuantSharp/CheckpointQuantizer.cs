@@ -31,6 +31,9 @@ public static class CheckpointQuantizer
 
     private static long ChunkElements => ChunkElementsForTests ?? DefaultChunkElements;
 
+    /// <summary>The longest row (slice along dimension 0) a quantized tensor may have: one float32 span under 2 GiB.</summary>
+    internal const long MaxRowElements = int.MaxValue / sizeof(float);
+
     private enum Action { Copy, Quantize }
 
     private sealed record PlanItem(SafetensorsFile Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
@@ -237,6 +240,13 @@ public static class CheckpointQuantizer
                     throw new CheckpointQuantizationException(
                         $"Tensor '{name}' cannot be quantized: the checkpoint already has a tensor named '{name + suffix}', the name its quantization parameters need. Exclude '{name}'.");
             }
+            // Tensors are read in chunks of whole rows (slices along dimension 0; a 1-D tensor is one row): a row must fit one span.
+            long rowElements = info.Shape.Length >= 2 ? info.Shape[1..].Aggregate(1L, (a, b) => a * b) : info.ElementCount;
+            if (rowElements > MaxRowElements)
+                throw new CheckpointQuantizationException(
+                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) has {rowElements:N0} elements per row (slice along dimension 0); " +
+                    $"QuantSharp quantizes in chunks of whole rows and a row must stay under 2 GiB as float32 ({MaxRowElements:N0} elements). " +
+                    $"Exclude it (--exclude '{name}') to copy it unchanged.");
             plan.Add(new PlanItem(shard, info, Action.Quantize, spec, fallback));
         }
         return plan;

@@ -67,6 +67,25 @@ public class CraftedInputTests
     }
 
     [Fact]
+    public void AnIndexOverTheLimitIsRefusedByLibraryAndCli()
+    {
+        using var dir = new TempDir();
+        string folder = SyntheticCheckpoint.WriteSharded(dir["in"], ScalarType.Float32);
+        string index = Directory.GetFiles(folder, "*.index.json").Single();
+        using (var f = new FileStream(index, FileMode.Open)) f.SetLength(SafetensorsHeader.MaxHeaderLength + 1); // sparse: no disk used
+        var ex = Assert.Throws<SafetensorsFormatException>(() => ShardedCheckpoint.Open(folder));
+        Assert.Equal(SafetensorsRule.InvalidIndex, ex.Rule);
+        Assert.Contains("more than 100000000", ex.Message);
+        foreach (var args in new[] { new[] { "inspect", folder }, ["inspect", index], ["quantize", folder, dir["out"]] })
+        {
+            var (code, _, err) = Cli(args);
+            Assert.True(code == 2, $"{args[0]}: exit {code}: {err}");
+            Assert.Contains("more than 100000000", err);
+        }
+        Assert.False(Directory.Exists(dir["out"]));
+    }
+
+    [Fact]
     public void EmptyPathsAreBadInputInEveryCommand()
     {
         using var dir = new TempDir();

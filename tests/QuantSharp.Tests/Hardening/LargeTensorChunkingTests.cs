@@ -141,6 +141,28 @@ public class LargeTensorChunkingTests
         if (q.Scale is not null) Assert.Equal(SyntheticCheckpoint.Bytes(q.Scale), output.ReadBytes(name + QuantizedCheckpoint.ScaleSuffix));
     }
 
+    [Fact]
+    public void ARowOver2GiBIsRefusedByNameBeforeAnyWork()
+    {
+        // A sparse file: a [2, 2^29] F16 tensor (2 GiB of data that takes no disk space) and a small bias.
+        using var dir = new TempDir();
+        string path = dir["huge-row.safetensors"];
+        long cols = 1L << 29, bytes = 2 * cols * 2;
+        string header = $"{{\"b\":{{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}},\"wide.weight\":{{\"dtype\":\"F16\",\"shape\":[2,{cols}],\"data_offsets\":[8,{8 + bytes}]}}}}";
+        header = header.PadRight((header.Length + 7) / 8 * 8);
+        using (var f = new FileStream(path, FileMode.CreateNew))
+        {
+            f.Write(BitConverter.GetBytes((ulong)header.Length));
+            f.Write(Encoding.UTF8.GetBytes(header));
+            f.SetLength(8 + header.Length + 8 + bytes);
+        }
+        var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(path, dir["out.safetensors"]));
+        Assert.Contains("'wide.weight'", ex.Message);
+        Assert.Contains("536,870,911 elements", ex.Message);
+        Assert.Contains("--exclude 'wide.weight'", ex.Message);
+        Assert.Equal(["huge-row.safetensors"], Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName));
+    }
+
     private static int[] Bits(float[] values) => values.Select(BitConverter.SingleToInt32Bits).ToArray();
 
     /// <summary>
