@@ -11,13 +11,7 @@ namespace QuantSharp.Tests.Hardening;
 /// failures explained, and the messages the issue found wrong (read-only file system, input changed, 1e400).</summary>
 public class CliErrorTests
 {
-    private static (int Code, string Out, string Err) Run(RootCommand root, params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = TopLevelErrors.Run(root, args, new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false });
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Out, string Err) Run(RootCommand root, params string[] args) => CliRun.Run(root, args);
 
     private static IEnumerable<Command> All(Command c) => c.Subcommands.SelectMany(All).Prepend(c);
 

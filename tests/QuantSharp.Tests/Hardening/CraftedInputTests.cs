@@ -10,13 +10,7 @@ namespace QuantSharp.Tests.Hardening;
 /// out of range, duplicate keys in a recipe, empty paths. Each is refused by name with exit code 2.</summary>
 public class CraftedInputTests
 {
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = QuantSharp.Cli.Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false });
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) => CliRun.Run(args);
 
     [Theory]
     [InlineData("[]")]

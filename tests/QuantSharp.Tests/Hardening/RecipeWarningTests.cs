@@ -10,13 +10,7 @@ namespace QuantSharp.Tests.Hardening;
 /// (report, CLI), and errors under strict mode (recipe <c>Strict</c>, CLI <c>--strict</c>), in the checkpoint and model paths.</summary>
 public class RecipeWarningTests
 {
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = QuantSharp.Cli.Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) => CliRun.Run(args);
 
     public static TheoryData<string[], string> NoOps() => new()
     {
