@@ -4,6 +4,7 @@ using QuantSharp.Pipeline;
 using QuantSharp.Primitives;
 using QuantSharp.Serialization;
 using QuantSharp.Tests.Checkpoints;
+using QuantSharp.Validation;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -122,7 +123,14 @@ public class LargeTensorChunkingTests
         Assert.True(unchunked.Passed, string.Join("\n", unchunked.Problems));
         CheckpointQuantizer.ChunkElementsForTests = 1000; // 7 rows of 128 or 3 of 256 per chunk, rows split unevenly
         FloatChunks.ChunkElementsForTests = 777;          // observer passes cut rows in the middle
-        try { CheckpointQuantizer.Quantize(input, dir["chunked.safetensors"], recipe); }
+        try
+        {
+            CheckpointQuantizer.Quantize(input, dir["chunked.safetensors"], recipe);
+            // validate reads both files in the same row chunks: the same SQNR as quantize measured on the whole tensor.
+            var validation = CheckpointValidator.Compare(input, dir["whole.safetensors"]);
+            foreach (var t in unchunked.Tensors.Where(t => t.Quantized))
+                Assert.Equal(t.SqnrDb!.Value, validation.Tensors.Single(v => v.Name == t.Name).SqnrDb!.Value, 9);
+        }
         finally
         {
             CheckpointQuantizer.ChunkElementsForTests = null;
