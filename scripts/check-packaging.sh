@@ -3,7 +3,8 @@
 # outside the repository, does what the README's "Use it from your project" section says:
 #   1. a new console app references the QuantSharp package (local folder feed) and TorchSharp-cpu, quantizes a small
 #      model (scripts/check-packaging/SmallModelCheck.cs) with `dotnet run`, then again from `dotnet publish -r linux-x64`;
-#   2. `dotnet tool install --tool-path T --add-source DIR QuantSharp.Cli` and `T/quantsharp demo`.
+#   2. `dotnet tool install --tool-path T --add-source DIR QuantSharp.Cli`, `T/quantsharp demo` and `T/quantsharp calibrate
+#      compare --plot` (pictures through the tool's SkiaSharp native assets).
 # On this machine's libstdc++ (Debian 12) the first tensor fails unless the package's libstdc++ fix reached the
 # app's output, so running is the proof; on newer systems the checks that the output copies differ from the NuGet
 # cache's copy (and that the cache copy is unchanged) still hold. Any failure stops the script with exit code 1.
@@ -87,6 +88,16 @@ variants=6 # float32, float16, int8 per-channel, int4 group-32, w8a8, w8a8-dynam
 grep -oE '"accuracyPercent": [0-9.]+' demo.json | awk -v variants="$variants" '{ if ($2 < 95) bad = 1 } END { exit bad || NR != variants }' \
   || fail "a demo variant is below 95% accuracy: $(grep -oE '"accuracyPercent": [0-9.]+' demo.json | tr '\n' ' ')"
 echo "   demo accuracies (%): $(grep -oE '"accuracyPercent": [0-9.]+' demo.json | awk '{ printf "%s ", $2 }')"
+
+step "tool: T/quantsharp calibrate compare --plot (ScottPlot/SkiaSharp native assets from the tool package)"
+rc=0; "$tool/quantsharp" calibrate compare --data bundled --samples 32 --plot "$work/plots" --json > compare.json || rc=$?
+(( rc == 0 )) || { cat compare.json >&2; fail "quantsharp calibrate compare exited with $rc"; }
+for layer in conv1 conv2 fc1 fc2; do
+  png="$work/plots/histogram-$layer.png"
+  [[ -s "$png" && -s "${png%.png}.svg" ]] || fail "calibrate compare did not write $png and its .svg"
+  [[ "$(head -c 8 "$png" | od -An -tx1 | tr -d ' \n')" == "89504e470d0a1a0a" ]] || fail "$png is not a PNG"
+done
+echo "   calibrate compare: $(ls "$work/plots" | wc -l) pictures"
 
 [[ "$(sha256sum "$cache_lib" 2>/dev/null || true)" == "$cache_lib_sum" ]] || fail "the NuGet cache's $cache_lib changed"
 step "packaging checks passed"

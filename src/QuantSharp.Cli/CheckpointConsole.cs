@@ -78,8 +78,14 @@ internal static class CheckpointConsole
         public void Report(CheckpointProgress value) => report(value);
     }
 
-    /// <summary>Human size.</summary>
-    public static string Bytes(long b) => CheckpointQuantizationReport.Bytes(b);
+    /// <summary>Human size (B, KiB, MiB, GiB).</summary>
+    public static string Bytes(long b) => b switch
+    {
+        >= 1L << 30 => (b / (double)(1L << 30)).ToString("0.00", CultureInfo.InvariantCulture) + " GiB",
+        >= 1L << 20 => (b / (double)(1L << 20)).ToString("0.00", CultureInfo.InvariantCulture) + " MiB",
+        >= 1L << 10 => (b / (double)(1L << 10)).ToString("0.0", CultureInfo.InvariantCulture) + " KiB",
+        _ => b.ToString(CultureInfo.InvariantCulture) + " B",
+    };
 
     /// <summary>Shape as [a, b].</summary>
     public static string Shape(long[] shape) => "[" + string.Join(", ", shape) + "]";

@@ -29,6 +29,7 @@ public static class Program
         root.Subcommands.Add(Commands.InspectCommand.Create());
         root.Subcommands.Add(Commands.ValidateCommand.Create());
         root.Subcommands.Add(Commands.BenchCommand.Create());
+        root.Subcommands.Add(Commands.CalibrateCommand.Create());
         // Last: wraps every command above (and their subcommands) so that no exception reaches the user as a stack trace.
         return TopLevelErrors.Guard(root);
     }

@@ -150,12 +150,4 @@ public sealed class CheckpointQuantizationReport : Validation.IQuantizationRepor
 
     long Validation.IQuantizationReport.OriginalBytes => OriginalTensorBytes;
     long Validation.IQuantizationReport.StoredBytes => StoredTensorBytes;
-
-    internal static string Bytes(long b) => b switch
-    {
-        >= 1L << 30 => (b / (double)(1L << 30)).ToString("0.00", CultureInfo.InvariantCulture) + " GiB",
-        >= 1L << 20 => (b / (double)(1L << 20)).ToString("0.00", CultureInfo.InvariantCulture) + " MiB",
-        >= 1L << 10 => (b / (double)(1L << 10)).ToString("0.0", CultureInfo.InvariantCulture) + " KiB",
-        _ => b.ToString(CultureInfo.InvariantCulture) + " B",
-    };
 }

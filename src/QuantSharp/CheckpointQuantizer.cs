@@ -399,6 +399,13 @@ public static class CheckpointQuantizer
         {
             string name = Path.GetFileName(f);
             if (own.Contains(name) || name.StartsWith('.')) continue;
+            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name.EndsWith(ShardedCheckpoint.IndexSuffix, StringComparison.Ordinal))
+            {
+                // e.g. a consolidated copy beside the shards: float weights that would defeat the quantization.
+                warnings.Add($"'{name}' in the input folder is a safetensors file or index that is not part of the checkpoint " +
+                    $"({(source.IndexPath is null ? "the folder's checkpoint is another file" : $"'{Path.GetFileName(source.IndexPath)}' does not list it")}); it was not copied. Quantize it separately if you need it.");
+                continue;
+            }
             switch (PathIdentity.Kind(f))
             {
                 case EntryKind.RegularFile:

@@ -45,8 +45,12 @@ public static class QuantizationAwareTraining
         ArgumentNullException.ThrowIfNull(recipe);
         var planner = new RecipePlanner(recipe);
         options ??= new FakeQuantizeOptions { Observer = recipe.WeightObserver };
-        if (recipe.Activations is not null)
-            throw new ArgumentException("Prepare fake-quantizes weights only; set Activations = null (put FakeQuantize modules on activations yourself).", nameof(recipe));
+        if (recipe.DynamicActivations)
+            throw new ArgumentException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
+                "and set it again after Convert, or use static Activations.", nameof(recipe));
+        // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
+        // observer (learned with LSQ like the weight); Convert stores that scale and zero point as the layer's input quantization.
+        var inputOptions = recipe.Activations is null ? null : options with { Observer = QuantizationRecipe.NormalizeObserver(recipe.ActivationObserver) };
         if (!inPlace && factory is null)
             throw new ArgumentException("Prepare returns a prepared copy: pass factory: () => new YourModel(...), or inPlace: true to prepare this model itself.", nameof(factory));
 
@@ -75,7 +79,7 @@ public static class QuantizationAwareTraining
         T work = inPlace ? model : (T)Quantizer.Copy(model, () => factory!());
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         foreach (var (name, spec) in planned)
-            ModuleTree.Replace(entries[name], new QatLayer(entries[name].Module, spec, options));
+            ModuleTree.Replace(entries[name], new QatLayer(entries[name].Module, spec, options, recipe.Activations, inputOptions));
         Quantizer.SetRecipe(work, recipe);
         work.train();
         return work;
@@ -99,7 +103,7 @@ public static class QuantizationAwareTraining
             var qat = (QatLayer)e.Module;
             var handler = QuantizedModules.HandlerFor(qat.FloatModule.GetType())!;
             var weight = qat.ToQuantizedWeight();
-            var q = handler.Create(qat.FloatModule, weight, null);
+            var q = handler.Create(qat.FloatModule, weight, handler.QuantizesInput ? qat.ToInputQuantization() : null);
             q.LayerName = e.Name;
             q.FloatTypeName = qat.FloatModule.GetType().Name;
             ModuleTree.Replace(e, q);

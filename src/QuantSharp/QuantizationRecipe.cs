@@ -51,7 +51,7 @@ public sealed record QuantizationRecipe
 
     /// <summary>The types a recipe can quantize weights to (what the quantized file format stores).</summary>
     public static IReadOnlyList<QuantType> SupportedWeightTypes { get; } =
-        [QuantType.Int8, QuantType.UInt8, QuantType.Int4, QuantType.UInt4, QuantType.Float16, QuantType.BFloat16];
+        [QuantType.Int8, QuantType.UInt8, QuantType.Int4, QuantType.UInt4, QuantType.Int2, QuantType.UInt2, QuantType.Float16, QuantType.BFloat16];
 
     /// <summary>Recipe format version (<see cref="CurrentVersion"/>); a newer version is refused when read.</summary>
     public int Version { get; init; } = CurrentVersion;
@@ -551,12 +551,14 @@ public sealed record ValidationPolicy
     /// Default weight SQNR thresholds (dB). A uniform quantizer with step Δ has noise power Δ²/12; for roughly Gaussian
     /// weights with per-channel range ±4.5σ, int8 gives about 40 dB and int4 about 15 dB (group-128: about 20 dB);
     /// float16 keeps 11 significant bits (about 70 dB) and bfloat16 8 (about 53 dB). The thresholds leave about
-    /// 10 dB for heavy tails and outliers: int8/uint8 30, int4/uint4 12, float16 60, bfloat16 40.
+    /// 10 dB for heavy tails and outliers: int8/uint8 30, int4/uint4 12, float16 60, bfloat16 40. 2-bit types have four
+    /// levels (group-128: about 5-8 dB, lower for symmetric int2, whose range [-2, 1] leaves one level unused on the
+    /// positive side): int2/uint2 1 dB, a floor that only catches broken weights.
     /// </summary>
     public static IReadOnlyDictionary<QuantType, double> DefaultSqnrThresholdsDb { get; } = new Dictionary<QuantType, double>
     {
         [QuantType.Int8] = 30, [QuantType.UInt8] = 30, [QuantType.Int4] = 12, [QuantType.UInt4] = 12,
-        [QuantType.Float16] = 60, [QuantType.BFloat16] = 40,
+        [QuantType.Int2] = 1, [QuantType.UInt2] = 1, [QuantType.Float16] = 60, [QuantType.BFloat16] = 40,
     };
 
     /// <summary>Run the validation (default true).</summary>

@@ -179,9 +179,10 @@ public static class Quantizer
         return QuantizeCore(model, recipe, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
     }
 
-    private static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
+    /// <summary>The one quantization path; <paramref name="method"/> replaces the recipe's weight quantizer (GPTQ).</summary>
+    internal static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
         IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
-        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress) where T : nn.Module
+        ValidationFailureMode? onFailure, IProgress<CalibrationProgress>? progress, IWeightQuantizer? method = null) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(recipe);
@@ -222,7 +223,7 @@ public static class Quantizer
         bool ok = false;
         try
         {
-            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace);
+            var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace, method);
             s_recipes.AddOrUpdate(work, cfg);
             ok = true;
             return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, [.. recipeWarnings, .. r.Warnings], r.CalibrationSamples);
@@ -257,8 +258,12 @@ public static class Quantizer
             var handler = QuantizedModules.HandlerFor(type);
             if (handler is null && QuantizedModules.MaterializedFilter(type) is null)
             {
-                bool ownParams = e.Module.named_parameters(recurse: false).Any();
-                if (ownParams)
+                var own = e.Module.named_parameters(recurse: false).Select(p => p.parameter).ToList();
+                // Vectors only (LayerNorm, BatchNorm, a gain): nothing a quantizer would store in fewer bits, as in
+                // torchao and quanto; listed as skipped but not warned about.
+                if (own.Count > 0 && own.All(p => p.dim() <= 1))
+                    skipped.Add(new SkippedLayer(e.Name, typeName, $"{VectorParametersOnly} ({typeName})"));
+                else if (own.Count > 0)
                     skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
@@ -286,8 +291,11 @@ public static class Quantizer
         return (plan, skipped);
     }
 
+    /// <summary>Reason of a module whose own parameters are all vectors (normalization layers): skipped without a warning.</summary>
+    private const string VectorParametersOnly = "only vector parameters (biases, gains, normalization), kept float";
+
     private static bool ChosenByUser(string reason) =>
-        reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
+        reason.StartsWith(VectorParametersOnly, StringComparison.Ordinal) || reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
         || reason.StartsWith("not matched", StringComparison.Ordinal) || reason.Contains("fewer than MinElements", StringComparison.Ordinal);
 
     private static void CheckPatterns(QuantizationRecipe cfg, List<string> parameterNames)
@@ -344,7 +352,8 @@ public static class Quantizer
     }
 
     private static QuantizationResult Run(nn.Module work, QuantizationRecipe cfg, List<PlannedLayer> planned, List<SkippedLayer> skipped,
-        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced)
+        Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced,
+        IWeightQuantizer? method = null)
     {
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
@@ -361,7 +370,7 @@ public static class Quantizer
         work.eval();
         long floatBytes = ModelMemory.Bytes(work);
         // The quantize stage; a sequential one (GPTQ) quantizes layer by layer on the inputs of the layers already quantized.
-        var quantizer = QuantizationPipeline.WeightQuantizerFor(cfg);
+        var quantizer = method ?? QuantizationPipeline.WeightQuantizerFor(cfg);
         List<CalibrationBatch>? replay = null;
         if (quantizer.Sequential)
         {
@@ -521,7 +530,7 @@ public static class Quantizer
         {
             var spec = specs[plan.Entry.Name];
             var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
-            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null));
+            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null), plan.Entry.Module);
             if (statistics is not null) InputStatistics.Collect(work, plan.Entry, batches, statistics);
             yield return ModuleQuantization.Prepare(plan, spec, tied, statistics);
         }

@@ -119,6 +119,33 @@ public class QuantizerTests
         Assert.Contains(glob.Skipped, s => s.Name == "classifier" && s.Reason.Contains("Include"));
     }
 
+    private sealed class MatrixGain : Module<Tensor, Tensor>
+    {
+        private readonly TorchSharp.Modules.Parameter mix;
+
+        public MatrixGain(long n) : base(nameof(MatrixGain))
+        {
+            mix = Parameter(torch.eye(n));
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x) => x.matmul(mix);
+    }
+
+    [Fact]
+    public void UnsupportedModulesWithAMatrixAreWarnedAboutAndNormalizationIsNot()
+    {
+        using var scope = NewDisposeScope();
+        var model = nn.Sequential(("fc", nn.Linear(16, 16)), ("norm", nn.LayerNorm(16)), ("mix", new MatrixGain(16)));
+        var r = Quantizer.Quantize(model, NoReload, inPlace: true);
+        Assert.Equal(["fc"], r.Layers.Select(l => l.Name));
+        var skipped = r.Skipped.ToDictionary(s => s.Name);
+        Assert.Equal("only vector parameters (biases, gains, normalization), kept float (LayerNorm)", skipped["norm"].Reason);
+        Assert.Contains("unsupported module type MatrixGain", skipped["mix"].Reason);
+        var warning = Assert.Single(r.Warnings);
+        Assert.StartsWith("mix (MatrixGain) stays float: unsupported module type MatrixGain", warning);
+    }
+
     [Fact]
     public void UnswappableLayersAreMaterializedAndUnsupportedOnesListed()
     {
@@ -129,8 +156,9 @@ public class QuantizerTests
         // typed Linear and the native LSTM keep their module with weights stored quantized.
         Assert.Equal(new[] { "blocks.0", "blocks.1", "head", "lstm", "named.proj", "typed" }, r.Layers.Select(l => l.Name).OrderBy(n => n, StringComparer.Ordinal));
         var skipped = r.Skipped.ToDictionary(s => s.Name);
-        Assert.Contains("unsupported module type Scale", skipped["scale"].Reason);
-        Assert.Contains(r.Warnings, w => w.StartsWith("scale (Scale) stays float", StringComparison.Ordinal));
+        // A module with only vector parameters (a gain, like LayerNorm) is listed, not warned about.
+        Assert.StartsWith("only vector parameters", skipped["scale"].Reason);
+        Assert.DoesNotContain(r.Warnings, w => w.StartsWith("scale ", StringComparison.Ordinal));
         var walk = ModuleTree.Walk(r.Model).ToDictionary(e => e.Name, e => e.Module);
         Assert.IsType<TorchSharp.Modules.Linear>(walk["typed"]);
         Assert.IsType<TorchSharp.Modules.LSTM>(walk["lstm"]);

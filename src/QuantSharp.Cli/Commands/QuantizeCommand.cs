@@ -11,7 +11,7 @@ internal static class QuantizeCommand
     {
         var input = new Argument<string>("IN") { Description = "Input checkpoint: a .safetensors file or a folder of shards (never modified)." };
         var output = new Argument<string>("OUT") { Description = "Output file (for a file input) or new folder (for a folder input)." };
-        var qtype = new Option<string?>("--qtype") { Description = "int8 | uint8 | int4 | uint4 | float16 | bfloat16 (default int8)." };
+        var qtype = new Option<string?>("--qtype") { Description = "int8 | uint8 | int4 | uint4 | int2 | uint2 | float16 | bfloat16 (default int8)." };
         var scheme = new Option<string?>("--scheme") { Description = "symmetric | affine (default symmetric)." };
         var granularity = new Option<string?>("--granularity") { Description = "per-tensor | per-channel | per-channel:AXIS | group:SIZE (default per-channel for 8-bit, group:128 for 4-bit)." };
         var observer = new Option<string?>("--observer") { Description = "Range observer: minmax (default, streamed), percentile, histogram, moving-average (these read each tensor whole)." };

@@ -53,6 +53,14 @@ internal sealed class MnistSet : IDisposable
     /// <summary>The images [start, start+count) as a new view (dispose it).</summary>
     public Tensor ImagesSlice(int start, int count) => Images.narrow(0, start, count);
 
+    /// <summary>The images and labels at <paramref name="indices"/>, as a new set (dispose it).</summary>
+    public MnistSet Subset(long[] indices)
+    {
+        using var scope = NewDisposeScope();
+        var index = tensor(indices);
+        return new MnistSet(Images.index_select(0, index).MoveToOuterDisposeScope(), Labels.index_select(0, index).MoveToOuterDisposeScope(), Source);
+    }
+
     /// <summary>Top-1 accuracy (fraction in [0, 1]) of <paramref name="model"/> on this set, in batches.</summary>
     public double Accuracy(Module<Tensor, Tensor> model, int batchSize = 500)
     {

@@ -81,9 +81,9 @@ public sealed record MixedPrecisionPlan(MixedPrecisionBudget Budget, Quantizatio
     /// predicted output noise per added byte is taken, within the size budget if there is one. Each step is a plan; the
     /// path ends when no upgrade fits (or every layer is at its largest). The plan returned:
     /// <list type="bullet">
-    /// <item>size budget: the last plan of the path, or with <paramref name="evaluate"/> the plan of the path with the best
-    /// metric (later plans win ties), so the result is never worse on the evaluation data than the uniform lowest
-    /// precision, which is the first plan of the path;</item>
+    /// <item>size budget: the last plan of the path (the most predicted output SQNR the budget buys), or with
+    /// <paramref name="evaluate"/> the last plan of the path that scores at least as well as the first one (the uniform
+    /// lowest precision), so the result is never worse than uniform lowest precision on the evaluation data;</item>
     /// <item>output SQNR: the first plan whose predicted SQNR reaches the target (else the last);</item>
     /// <item>metric drop: the first plan whose evaluated metric is within the drop of the float model's (else the last).</item>
     /// </list>
@@ -152,8 +152,9 @@ public sealed record MixedPrecisionPlan(MixedPrecisionBudget Budget, Quantizatio
         }
         else if (evaluate is not null)
         {
-            for (int step = 0; step < path.Count; step++)
-                if (Score(step) >= Score(chosen)) chosen = step;
+            // The furthest plan of the path (most predicted SQNR) that scores at least as well as the first one.
+            double floor = Score(0);
+            while (chosen > 0 && Score(chosen) < floor) chosen--;
         }
 
         var plan = path[chosen];

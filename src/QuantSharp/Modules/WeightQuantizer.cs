@@ -15,7 +15,8 @@ namespace QuantSharp.Modules;
 /// Per-axis means axis 0 (one scale per row), per-group means groups of G consecutive elements of a row.
 /// Storage: Int8 -> Int8 <c>[rows, K]</c>; UInt8 -> Byte <c>[rows, K]</c>; Int4/UInt4 -> Byte <c>[rows, K/2]</c>,
 /// two values per byte, element 2j in the low nibble and 2j+1 in the high nibble, signed values as 4-bit
-/// two's complement; Float16/BFloat16 -> the original shape cast to that type. Scale is float32
+/// two's complement; Int2/UInt2 -> Byte <c>[rows, K/4]</c>, four values per byte, element 4j in bits 1..0 up to
+/// 4j+3 in bits 7..6, signed values as 2-bit two's complement; Float16/BFloat16 -> the original shape cast to that type. Scale is float32
 /// (<c>[]</c>, <c>[rows]</c> or <c>[rows, K/G]</c>), zero point int32 of the same shape, stored only when some
 /// zero point can be non-zero (affine, or an unsigned type).
 /// <code>
@@ -28,7 +29,6 @@ internal static class WeightQuantizer
     public static string? Unsupported(QuantSpec spec, long[] shape)
     {
         if (shape.Length < 2) return $"weight of rank {shape.Length} (need at least 2)";
-        if (spec.Type is QuantType.Int2 or QuantType.UInt2) return $"{spec.Type.ToName()} weights are not supported by the quantized modules (use int4 or int8)";
         if (!spec.Type.IsInteger()) return null;
         long k = Cols(shape);
         switch (spec.Granularity)
@@ -38,9 +38,21 @@ internal static class WeightQuantizer
             case PerGroup g when k % g.GroupSize != 0:
                 return $"group size {g.GroupSize} does not divide the reduction length {k} (weight shape [{string.Join(", ", shape)}]); override this layer with another group size or per-channel";
         }
-        if (spec.Type.Bits() == 4 && k % 2 != 0)
-            return $"4-bit packing needs an even reduction length, got {k}";
+        if (PackingProblem(spec.Type, k) is { } packing) return packing;
         return null;
+    }
+
+    /// <summary>Values per stored byte: 2 for 4-bit types, 4 for 2-bit types, 1 otherwise.</summary>
+    public static int ValuesPerByte(QuantType type) => type.IsInteger() ? 8 / type.Bits() : 1;
+
+    /// <summary>Why a row of <paramref name="k"/> values of <paramref name="type"/> cannot be packed whole bytes per row, or null.</summary>
+    public static string? PackingProblem(QuantType type, long k)
+    {
+        int perByte = ValuesPerByte(type);
+        if (perByte == 1 || k % perByte == 0) return null;
+        return perByte == 2
+            ? $"4-bit packing needs an even reduction length, got {k}"
+            : $"2-bit packing needs a reduction length divisible by 4, got {k}";
     }
 
     public static long Cols(long[] shape)
@@ -57,33 +69,46 @@ internal static class WeightQuantizer
         return (q - zeroPoint) * scale;
     }
 
-    /// <summary>Unpacks bytes <c>[rows, K/2]</c> into float32 values <c>[rows, K]</c> (sign-extended when signed).</summary>
-    public static Tensor Unpack4(Tensor packed, bool signed)
+    /// <summary>Unpacks bytes <c>[rows, K/2]</c> (4-bit) or <c>[rows, K/4]</c> (2-bit) into float32 values <c>[rows, K]</c>
+    /// (sign-extended when signed).</summary>
+    public static Tensor Unpack(Tensor packed, QuantType type)
     {
-        // One gather from a 256 x 2 table (byte -> [low value, high value]) instead of shifts, masks and a stack.
-        var table = signed ? s_signedNibbles.Value : s_unsignedNibbles.Value;
-        return table.index_select(0, packed.flatten().to(ScalarType.Int64)).reshape(packed.shape[0], packed.shape[1] * 2);
+        // One gather from a 256 x n table (byte -> its n values, lowest bits first) instead of shifts, masks and a stack.
+        int perByte = ValuesPerByte(type);
+        var table = s_tables[TableIndex(type)].Value;
+        return table.index_select(0, packed.flatten().to(ScalarType.Int64)).reshape(packed.shape[0], packed.shape[1] * perByte);
     }
 
-    private static readonly Lazy<Tensor> s_signedNibbles = new(() => NibbleTable(signed: true));
-    private static readonly Lazy<Tensor> s_unsignedNibbles = new(() => NibbleTable(signed: false));
-
-    private static Tensor NibbleTable(bool signed)
+    private static int TableIndex(QuantType type) => type switch
     {
-        var values = new float[512];
+        QuantType.Int4 => 0,
+        QuantType.UInt4 => 1,
+        QuantType.Int2 => 2,
+        QuantType.UInt2 => 3,
+        _ => throw new ArgumentException($"{type.ToName()} is not a packed type.", nameof(type)),
+    };
+
+    private static readonly Lazy<Tensor>[] s_tables =
+        [.. new[] { QuantType.Int4, QuantType.UInt4, QuantType.Int2, QuantType.UInt2 }.Select(t => new Lazy<Tensor>(() => UnpackTable(t)))];
+
+    /// <summary>byte -> its values (float32 <c>[256, 8 / bits]</c>), decoded by <see cref="Packing.Unpack"/> (the one definition).</summary>
+    private static Tensor UnpackTable(QuantType type)
+    {
+        int perByte = ValuesPerByte(type);
+        var values = new float[256 * perByte];
+        Span<sbyte> field = stackalloc sbyte[perByte];
         for (int b = 0; b < 256; b++)
         {
-            int lo = b & 15, hi = b >> 4;
-            values[2 * b] = signed && lo >= 8 ? lo - 16 : lo;
-            values[2 * b + 1] = signed && hi >= 8 ? hi - 16 : hi;
+            Packing.Unpack([(byte)b], type.Bits(), type.IsSigned(), field);
+            for (int j = 0; j < perByte; j++) values[perByte * b + j] = field[j];
         }
         // Shared by every call: kept out of any caller's dispose scope.
-        return torch.tensor(values, [256, 2]).DetachFromDisposeScope();
+        return torch.tensor(values, [256, perByte]).DetachFromDisposeScope();
     }
 
     /// <summary>The stored integers as float32 values <c>[rows, K]</c>.</summary>
-    public static Tensor IntegerValues(Tensor data, QuantType type) => type.Bits() == 4
-        ? Unpack4(data, type.IsSigned())
+    public static Tensor IntegerValues(Tensor data, QuantType type) => ValuesPerByte(type) > 1
+        ? Unpack(data, type)
         : data.to(ScalarType.Float32);
 
     /// <summary>Dequantizes float32 integral values <c>[n, K]</c> with per-row/per-group scales of the same rows.</summary>

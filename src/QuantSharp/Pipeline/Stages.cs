@@ -99,8 +99,11 @@ internal interface IWeightQuantizer
     /// </summary>
     bool Sequential { get; }
 
-    /// <summary>The statistics of the layer's input this method needs, or null when it needs none (round to nearest).</summary>
-    IInputStatistics? CreateStatistics(PlannedWeight weight);
+    /// <summary>The statistics of the layer's input this method needs, or null when it needs none (round to nearest) or
+    /// cannot use them for this layer (it then rounds to nearest).</summary>
+    /// <param name="weight">The planned weight.</param>
+    /// <param name="layer">The float module that owns it (its type and geometry, e.g. a convolution's kernel and stride).</param>
+    IInputStatistics? CreateStatistics(PlannedWeight weight, nn.Module layer);
 
     /// <summary>Quantizes <paramref name="values"/> (the weight, original shape, any float dtype; or a chunk of its rows when
     /// <see cref="Sequential"/> is false) with <paramref name="weight"/>'s spec, on the <see cref="WeightGeometry.StorageShape"/> view.</summary>
@@ -117,7 +120,7 @@ internal sealed class RoundToNearest(string observer) : IWeightQuantizer
     public bool Sequential => false;
 
     /// <inheritdoc/>
-    public IInputStatistics? CreateStatistics(PlannedWeight weight) => null;
+    public IInputStatistics? CreateStatistics(PlannedWeight weight, nn.Module layer) => null;
 
     /// <inheritdoc/>
     public QuantizedTensor Quantize(PlannedWeight weight, Tensor values, IInputStatistics? statistics)

@@ -107,7 +107,8 @@ internal static class WeightGeometry
     /// <summary>
     /// <paramref name="spec"/> fitted to a weight of <paramref name="shape"/>, with the fallback of
     /// <see cref="QuantizationRecipe.StrictGroupSize"/>: a group size that does not divide the reduction length K
-    /// becomes the largest even divisor of K in [16, G]; if there is none, or a 4-bit type meets an odd K, the weight
+    /// becomes the largest even divisor of K in [16, G] (a multiple of 4 for 2-bit types); if there is none, or a 4-bit type meets an odd K
+    /// (a 2-bit type a K not divisible by 4), the weight
     /// is quantized to 8-bit per-channel (per-tensor for rank-1 tensors) of the same signedness and scheme.
     /// </summary>
     /// <returns>The spec to use and the reason for a fallback (null when the spec fits as asked).</returns>
@@ -119,18 +120,18 @@ internal static class WeightGeometry
                 $"{shape.Length}, which are quantized as the [{shape[0]}, {QuantSpec.Product(shape.AsSpan(1))}] matrix; use per-channel (axis 0) or group:G.");
         if (!spec.Type.IsInteger() || shape.Length == 0) return (spec, null);
         long k = StorageShape(spec.Type, shape)[^1];
-        bool packs = spec.Type.Bits() == 4;
+        int perByte = Modules.WeightQuantizer.ValuesPerByte(spec.Type);
         string? problem = null;
         if (spec.Granularity is PerGroup g && k % g.GroupSize != 0)
             problem = $"group size {g.GroupSize} does not divide the reduction length {k}";
-        else if (packs && k % 2 != 0)
-            problem = $"4-bit packing needs an even reduction length, got {k}";
+        else
+            problem = Modules.WeightQuantizer.PackingProblem(spec.Type, k);
         if (problem is null) return (spec, null);
         if (strict)
             throw new ArgumentException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: {problem}, and StrictGroupSize refuses a fallback. " +
                 $"Override it with a group size that divides {k} or with per-channel, exclude it, or turn StrictGroupSize off.");
         QuantSpec fitted;
-        if (spec.Granularity is PerGroup pg && (!packs || k % 2 == 0) && LargestEvenDivisor(k, pg.GroupSize) is int d)
+        if (spec.Granularity is PerGroup pg && k % perByte == 0 && LargestDivisor(k, pg.GroupSize, perByte) is int d)
         {
             fitted = spec with { Granularity = new PerGroup(d) };
         }
@@ -142,10 +143,11 @@ internal static class WeightGeometry
         return (fitted, $"'{name}' {QuantSpec.FormatShape(shape)}: {problem}; quantized as {fitted} instead");
     }
 
-    private static int? LargestEvenDivisor(long k, int max)
+    /// <summary>The largest divisor of <paramref name="k"/> in [16, max] that is even and a multiple of <paramref name="multiple"/>.</summary>
+    private static int? LargestDivisor(long k, int max, int multiple)
     {
         for (int d = (int)Math.Min(max, k); d >= QuantizationRecipe.MinFallbackGroupSize; d--)
-            if (d % 2 == 0 && k % d == 0) return d;
+            if (d % 2 == 0 && d % multiple == 0 && k % d == 0) return d;
         return null;
     }
 }

@@ -31,10 +31,22 @@ public sealed class QuantizedCheckpoint : IDisposable
 {
     /// <summary>Value of <see cref="FormatKey"/>.</summary>
     public const string FormatName = "quantsharp.quantized";
-    /// <summary>The format version written (readers refuse larger versions). Version 2 stores integer weights of rank
-    /// &gt; 2 as the <c>[d0, d1*...*dn-1]</c> matrix (groups and packing along the flattened reduction axis); version 1
+    /// <summary>The newest format version this library reads (readers refuse larger versions). Version 2 stores integer
+    /// weights of rank &gt; 2 as the <c>[d0, d1*...*dn-1]</c> matrix (groups and packing along the flattened reduction
+    /// axis); version 3 is version 2 plus int2/uint2 weights (four values per byte) and is written only for files that
+    /// hold 2-bit weights (<see cref="VersionFor"/>), so every other file stays readable by version-2 readers; version 1
     /// files (original shape, groups along the last dimension) are still read.</summary>
-    public const int FormatVersion = 2;
+    public const int FormatVersion = 3;
+
+    /// <summary>The version written for files without 2-bit weights.</summary>
+    internal const int BaseFormatVersion = 2;
+
+    /// <summary>The first format version that can hold int2/uint2 weights.</summary>
+    internal const int TwoBitFormatVersion = 3;
+
+    /// <summary>The format version a file holding weights of <paramref name="types"/> is written with: 3 when one of them
+    /// is 2-bit, else 2 (the oldest version that describes the file, so older readers keep reading it).</summary>
+    internal static int VersionFor(IEnumerable<QuantType> types) => types.Any(t => t is QuantType.Int2 or QuantType.UInt2) ? TwoBitFormatVersion : BaseFormatVersion;
     /// <summary>Metadata key naming the format.</summary>
     public const string FormatKey = "quantsharp.format";
     /// <summary>Metadata key holding the format version.</summary>
@@ -217,7 +229,8 @@ public sealed class QuantizedCheckpoint : IDisposable
         if (!metadata.TryGetValue(FormatVersionKey, out string? v) || !int.TryParse(v, out int version) || version < 1)
             throw new InvalidDataException($"{file}: missing or invalid '{FormatVersionKey}'.");
         if (version > FormatVersion)
-            throw new InvalidDataException($"{file}: format version {version} is newer than this QuantSharp reads ({FormatVersion}); update QuantSharp.");
+            throw new InvalidDataException($"{file}: format version {version} is newer than this QuantSharp reads (up to {FormatVersion}); " +
+                "it was written by a newer QuantSharp, possibly with a storage type this version does not know. Update QuantSharp to read it.");
         if (!metadata.TryGetValue(LayersKey, out string? layersJson)) return result;
         try
         {
@@ -229,6 +242,9 @@ public sealed class QuantizedCheckpoint : IDisposable
             foreach (var p in doc.RootElement.EnumerateObject())
             {
                 var info = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };
+                if (info.Type is QuantType.Int2 or QuantType.UInt2 && version < TwoBitFormatVersion)
+                    throw new InvalidDataException($"{file}: layer '{p.Name}' is {info.Type.ToName()}, but the file says format version {version}; " +
+                        $"2-bit weights need format version {TwoBitFormatVersion}. The file is damaged or was edited: re-create it with 'quantsharp quantize'.");
                 // The settings must describe a layout for the shape (an axis in range, a group size that divides...).
                 try { _ = CheckpointLayout.For(info); }
                 catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or NotSupportedException or DivideByZeroException or OverflowException)
@@ -312,12 +328,17 @@ internal readonly record struct CheckpointLayout(SafetensorsDType DataDType, lon
             case QuantType.UInt8: return new(SafetensorsDType.U8, shape, ScaleShapeOf(granularity!, shape));
             case QuantType.Int4:
             case QuantType.UInt4:
-                if (shape.Length == 0 || shape[^1] % 2 != 0)
-                    throw new ArgumentException($"4-bit packing needs an even last dimension; shape is [{string.Join(", ", shape)}].");
-                return new(SafetensorsDType.U8, [.. shape[..^1], shape[^1] / 2], ScaleShapeOf(granularity!, shape));
+            case QuantType.Int2:
+            case QuantType.UInt2:
+            {
+                int perByte = Modules.WeightQuantizer.ValuesPerByte(type);
+                if (shape.Length == 0 || shape[^1] % perByte != 0)
+                    throw new ArgumentException($"{type.Bits()}-bit packing needs a last dimension divisible by {perByte}; shape is [{string.Join(", ", shape)}].");
+                return new(SafetensorsDType.U8, [.. shape[..^1], shape[^1] / perByte], ScaleShapeOf(granularity!, shape));
+            }
             default:
-                throw new NotSupportedException($"{type.ToName()} is not supported by the quantized checkpoint format version 1 " +
-                    "(int8, uint8, int4, uint4, float16, bfloat16 are).");
+                throw new NotSupportedException($"{type.ToName()} is not a storage type of the quantized checkpoint format " +
+                    "(int8, uint8, int4, uint4, int2, uint2, float16, bfloat16 are).");
         }
     }
 

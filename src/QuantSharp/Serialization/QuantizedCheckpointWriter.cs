@@ -17,6 +17,7 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
     private readonly SafetensorsStreamWriter _writer;
     private readonly Dictionary<string, string> _metadata;
     private readonly JsonObject _layers = new();
+    private readonly HashSet<QuantType> _types = [];
     private readonly JsonNode? _config;
 
     /// <param name="path">Final file path.</param>
@@ -83,7 +84,11 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
     }
 
     /// <summary>Records the settings of a quantized tensor written through <see cref="Raw"/>.</summary>
-    public void RecordLayer(string name, QuantizedLayerInfo info) => _layers[name] = info.ToJson();
+    public void RecordLayer(string name, QuantizedLayerInfo info)
+    {
+        _layers[name] = info.ToJson();
+        _types.Add(info.Type);
+    }
 
     /// <summary>Writes the header and renames into place (or leaves the file at its temporary path when
     /// <paramref name="promote"/> is false; call <see cref="Promote"/> later).</summary>
@@ -92,7 +97,8 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
         var md = new Dictionary<string, string>(_metadata)
         {
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName,
-            [QuantizedCheckpoint.FormatVersionKey] = QuantizedCheckpoint.FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            // Version 3 only when the file holds 2-bit weights: every other file stays readable by version-2 readers.
+            [QuantizedCheckpoint.FormatVersionKey] = QuantizedCheckpoint.VersionFor(_types).ToString(System.Globalization.CultureInfo.InvariantCulture),
             [QuantizedCheckpoint.QuantSharpVersionKey] = VersionOf(typeof(QuantizedCheckpoint).Assembly),
             [QuantizedCheckpoint.TorchSharpVersionKey] = VersionOf(typeof(torch).Assembly),
             [QuantizedCheckpoint.LayersKey] = _layers.ToJsonString(),

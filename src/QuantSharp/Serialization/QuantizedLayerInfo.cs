@@ -72,6 +72,19 @@ public sealed record QuantizedLayerInfo(
         return o;
     }
 
+    /// <summary>The stored type named <paramref name="qtype"/>; an unknown name (a packed type of a newer QuantSharp,
+    /// or a damaged file) is refused rather than guessed at.</summary>
+    private static QuantType ParseStoredType(string name, string qtype)
+    {
+        try { return QuantTypeInfo.Parse(qtype); }
+        catch (ArgumentException)
+        {
+            throw new InvalidDataException($"Layer '{name}' is stored as '{qtype}', a type this QuantSharp does not know (it reads " +
+                string.Join(", ", QuantizationRecipe.SupportedWeightTypes.Select(t => t.ToName())) +
+                "). The file was probably written by a newer QuantSharp: update QuantSharp to read it; its bytes are not guessed at.");
+        }
+    }
+
     /// <summary>Reads the JSON written by <see cref="ToJson"/>.</summary>
     /// <exception cref="InvalidDataException">A field is missing or has a wrong value.</exception>
     public static QuantizedLayerInfo FromJson(string name, JsonElement e)
@@ -81,7 +94,7 @@ public sealed record QuantizedLayerInfo(
             if (!SafetensorsDTypeInfo.TryParse(e.GetProperty("original_dtype").GetString()!, out var odt))
                 throw new InvalidDataException("unknown original_dtype");
             long[] shape = e.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
-            var type = QuantTypeInfo.Parse(e.GetProperty("qtype").GetString()!);
+            var type = ParseStoredType(name, e.GetProperty("qtype").GetString()!);
             QuantScheme? scheme = null; Granularity? gran = null; bool reduce = false; string? observer = null;
             if (type.IsInteger())
             {

@@ -20,7 +20,7 @@ public enum WeightPart
 /// <summary>
 /// How a <see cref="QuantizedWeight"/> keeps its values in memory, and the operations the quantized modules run on
 /// them. Today's layouts are the canonical ones (<c>plain</c>: int8/uint8/float16/bfloat16 as stored in the file;
-/// <c>packed</c>: int4/uint4 two per byte); a kernel-friendly layout (e.g. int8 rows interleaved for a VNNI kernel)
+/// <c>packed</c>: int4/uint4 two per byte, int2/uint2 four per byte); a kernel-friendly layout (e.g. int8 rows interleaved for a VNNI kernel)
 /// derives from this class, overrides <see cref="Linear"/> (and <see cref="GatherRows"/> if it can), and is chosen
 /// when a weight is created through <see cref="WeightLayouts.Register"/>.
 /// </summary>
@@ -221,10 +221,10 @@ internal sealed class PlainWeightLayout(QuantizedTensor parts) : CanonicalWeight
     protected override Tensor IntegerValues(Tensor data) => data.to(ScalarType.Float32);
 }
 
-/// <summary>int4/uint4: two values per byte along K, low nibble first (docs/FORMAT.md).</summary>
+/// <summary>int4/uint4: two values per byte along K, low nibble first; int2/uint2: four per byte, lowest bits first (docs/FORMAT.md).</summary>
 internal sealed class PackedWeightLayout(QuantizedTensor parts) : CanonicalWeightLayout(parts)
 {
     public override string Name => "packed";
 
-    protected override Tensor IntegerValues(Tensor data) => WeightQuantizer.Unpack4(data, Spec.Type.IsSigned());
+    protected override Tensor IntegerValues(Tensor data) => WeightQuantizer.Unpack(data, Spec.Type);
 }

@@ -88,20 +88,12 @@ internal sealed class SqnrAccumulator
 /// <summary>Checks on quantized parts (the range test of validation).</summary>
 internal static class TensorChecks
 {
-    /// <summary>The smallest and largest stored integer of quantized data (4-bit values unpacked, sign-extended).</summary>
+    /// <summary>The smallest and largest stored integer of quantized data (4-bit and 2-bit values unpacked, sign-extended).</summary>
     public static (int Min, int Max) IntegerRange(Tensor data, QuantType type)
     {
         using var scope = NewDisposeScope();
         if (data.numel() == 0) return (0, 0);
-        Tensor values;
-        if (type.Bits() == 4)
-        {
-            var lo = data.bitwise_and(0xF).to(ScalarType.Int16);
-            var hi = data.bitwise_right_shift(4).to(ScalarType.Int16);
-            values = cat([lo.flatten(), hi.flatten()]);
-            if (type.IsSigned()) values = values - values.ge(8).to(ScalarType.Int16) * 16;
-        }
-        else values = data;
+        var values = type.Bits() < 8 ? Modules.WeightQuantizer.Unpack(data.reshape(1, -1), type) : data;
         return (values.min().to(ScalarType.Int32).item<int>(), values.max().to(ScalarType.Int32).item<int>());
     }
 

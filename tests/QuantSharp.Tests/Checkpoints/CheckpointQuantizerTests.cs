@@ -302,8 +302,9 @@ public class CheckpointQuantizerTests
         Assert.Contains("\"on_failure\" appears twice", ex.Message);
         ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"version\": 2}", "cfg.json"));
         Assert.Contains("version 2 is newer", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int2\"}", "cfg.json"));
-        Assert.Contains("int2 weights are not supported", ex.Message);
+        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
+        Assert.Contains("Unknown quantization type 'int3'", ex.Message);
+        Assert.Equal(QuantType.Int2, QuantizationRecipe.FromJson("{\"qtype\": \"int2\"}", "cfg.json").Type);
         Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{not json", "cfg.json"));
     }
 }

@@ -88,10 +88,10 @@ public class QuantizedCheckpointFormatTests
 
         SafetensorsWriter.Save(dir["newer.safetensors"], [("w", w)], new Dictionary<string, string>
         {
-            [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "3",
+            [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "4",
         });
         ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["newer.safetensors"]));
-        Assert.Contains("format version 3 is newer", ex.Message);
+        Assert.Contains("format version 4 is newer", ex.Message);
 
         // A layer entry whose scale is missing.
         using var data = torch.zeros([8, 8], dtype: ScalarType.Int8);

@@ -11,7 +11,7 @@ namespace QuantSharp.Tests.Cli;
 /// (as optimum-quanto's tests/cli/test_quantize_cli.py does).</summary>
 public class CheckpointCliTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

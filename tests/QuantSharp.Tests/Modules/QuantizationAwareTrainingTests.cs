@@ -96,6 +96,65 @@ public class QuantizationAwareTrainingTests
     }
 
     [Fact]
+    public void StaticActivationsAreFakeQuantizedTrainedAndStoredAtConversion()
+    {
+        torch.set_num_threads(1);
+        torch.manual_seed(12);
+        using var model = new MnistNet();
+        var recipe = QuantizationRecipe.Int4WeightOnly(groupSize: 32) with { Activations = QuantizationRecipe.DefaultActivations };
+        using var qat = QuantizationAwareTraining.Prepare(model, recipe, factory: () => new MnistNet(),
+            options: new FakeQuantizeOptions { Learnable = true });
+        var fc1 = (QatLayer)qat.named_modules().Single(m => m.name == "fc1").module;
+        Assert.Equal(QuantizationRecipe.DefaultActivations, fc1.InputFakeQuant!.Spec);
+
+        using var x = randn(16, 1, 28, 28, generator: new Generator(5));
+        using var labels = randint(0, 10, [16], generator: new Generator(6));
+        var opt = optim.Adam(qat.parameters(), lr: 1e-3);
+        float[]? observed = null;
+        for (int step = 0; step < 3; step++)
+        {
+            opt.zero_grad();
+            using var loss = nn.functional.cross_entropy(qat.call(x), labels);
+            loss.backward();
+            if (step == 0) observed = Floats(fc1.InputFakeQuant.Scale); // the observer's range of the first batch
+            opt.step();
+        }
+        float learned = Floats(fc1.InputFakeQuant.Scale)[0];
+        Assert.NotEqual(observed![0], learned); // LSQ trains the input scale too
+
+        qat.eval();
+        using var yQat = qat.call(x);
+        QuantizationAwareTraining.Convert(qat);
+        var converted = (QuantizedModule)qat.named_modules().Single(m => m.name == "fc1").module;
+        Assert.Equal(learned, converted.InputQuantization!.Scale);
+        Assert.Equal(QuantType.UInt8, converted.InputQuantization.Type);
+        using var yConverted = qat.call(x);
+        Assert.True(yQat.allclose(yConverted, rtol: 1e-4, atol: 1e-4), "the converted W4A8 model computes what the fake-quantized one did");
+
+        string path = Path.Combine(Path.GetTempPath(), $"qs-qat-act-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            Quantizer.Save(qat, path);
+            using var reloaded = Quantizer.Load(() => new MnistNet(), path);
+            reloaded.eval();
+            using var yReloaded = reloaded.call(x);
+            Assert.Equal(Floats(yConverted), Floats(yReloaded));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void DynamicActivationRecipesAreRefusedWithTheFix()
+    {
+        using var model = new MnistNet();
+        var e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8Dynamic(), inPlace: true));
+        Assert.Contains("DynamicActivations = false", e.Message);
+    }
+
+    [Fact]
     public void SteTrainingKeepsTheObservedScaleAfterFreezing()
     {
         torch.manual_seed(12);

@@ -134,12 +134,12 @@ public class WeightQuantizerTests
         var signedVals = Enumerable.Range(-8, 16).SelectMany(a => Enumerable.Range(-8, 16).SelectMany(b => new[] { a, b })).Select(v => (float)v).ToArray();
         var packed = Pack4(signedVals, 16);
         Assert.Equal(new long[] { 16, 16 }, packed.shape);
-        Assert.True(TestData.BitEqual(torch.tensor(signedVals).reshape(16, 32), WeightQuantizer.Unpack4(packed, signed: true)));
+        Assert.True(TestData.BitEqual(torch.tensor(signedVals).reshape(16, 32), WeightQuantizer.Unpack(packed, QuantType.Int4)));
         // Low nibble first: (-8, 7) -> 0x8 | 0x7 << 4 = 0x78.
         Assert.Equal((byte)0x78, Pack4([-8, 7], 1).data<byte>()[0]);
 
         var unsignedVals = signedVals.Select(v => v + 8).ToArray();
-        Assert.True(TestData.BitEqual(torch.tensor(unsignedVals).reshape(16, 32), WeightQuantizer.Unpack4(Pack4(unsignedVals, 16), signed: false)));
+        Assert.True(TestData.BitEqual(torch.tensor(unsignedVals).reshape(16, 32), WeightQuantizer.Unpack(Pack4(unsignedVals, 16), QuantType.UInt4)));
     }
 
     [Fact]

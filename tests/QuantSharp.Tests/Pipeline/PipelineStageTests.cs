@@ -59,7 +59,7 @@ public sealed class PipelineStageTests
         public Dictionary<string, RecordingStatistics> Seen { get; } = [];
         public string Method => "recorder";
         public bool Sequential => true;
-        public IInputStatistics? CreateStatistics(PlannedWeight weight) => Seen[weight.Name] = new RecordingStatistics();
+        public IInputStatistics? CreateStatistics(PlannedWeight weight, nn.Module layer) => Seen[weight.Name] = new RecordingStatistics();
         public QuantizedTensor Quantize(PlannedWeight weight, Tensor values, IInputStatistics? statistics)
         {
             Assert.Same(Seen[weight.Name], statistics);

@@ -1,4 +1,3 @@
-using System.CommandLine;
 using System.Text.Json;
 using QuantSharp.Serialization;
 using QuantSharp.Tests.Checkpoints;
@@ -13,13 +12,7 @@ namespace QuantSharp.Tests.Serialization;
 /// </summary>
 public sealed class OneReaderTests
 {
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = QuantSharp.Cli.Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) => QuantSharp.Tests.Cli.CheckpointCliTests.Run(args);
 
     [Fact]
     public void InspectOfAnIndexInspectsTheShardedCheckpoint()
@@ -68,6 +61,21 @@ public sealed class OneReaderTests
         Assert.Contains("inside the input folder", ex.Message);
         ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(index, index, overwrite: true));
         Assert.Contains("is the input", ex.Message);
+    }
+
+    [Fact]
+    public void SafetensorsFilesOutsideTheCheckpointAreNotCopiedAndNamed()
+    {
+        // A folder as some hubs ship it: the shards with their index, plus a consolidated float copy.
+        using var dir = new TempDir();
+        string folder = SyntheticCheckpoint.WriteSharded(dir["in"], ScalarType.Float32);
+        SyntheticCheckpoint.WriteFile(Path.Combine(folder, "consolidated.safetensors"), ScalarType.Float32);
+        var report = CheckpointQuantizer.Quantize(folder, dir["out"]);
+        Assert.True(report.Passed, string.Join("\n", report.Problems));
+        Assert.False(File.Exists(Path.Combine(dir["out"], "consolidated.safetensors")));
+        Assert.True(File.Exists(Path.Combine(dir["out"], "config.json")));
+        var warning = Assert.Single(report.Warnings, w => w.Contains("'consolidated.safetensors'", StringComparison.Ordinal));
+        Assert.Contains("does not list it", warning);
     }
 
     [Fact]

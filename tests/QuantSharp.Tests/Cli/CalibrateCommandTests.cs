@@ -1,0 +1,152 @@
+using System.Buffers.Binary;
+using System.Text.Json;
+using System.Xml.Linq;
+using QuantSharp.Tests.Demo;
+using SkiaSharp;
+
+namespace QuantSharp.Tests.Cli;
+
+/// <summary><c>quantsharp calibrate compare|sensitivity|mixed</c> on the bundled MNIST CNN, run in-process as a user would.</summary>
+public class CalibrateCommandTests
+{
+    private static JsonElement Json(params string[] args)
+    {
+        var (exit, output, error) = DemoCommandTests.RunCli(args);
+        Assert.True(exit == 0, $"exit {exit}: {error}");
+        return JsonDocument.Parse(output).RootElement.Clone();
+    }
+
+    /// <summary>A PNG: signature, IHDR width and height, and decoded pixels that are not all alike.</summary>
+    internal static void AssertPicture(string png, int width, int height)
+    {
+        byte[] bytes = File.ReadAllBytes(png);
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A }, bytes[..8]);
+        Assert.Equal("IHDR", System.Text.Encoding.ASCII.GetString(bytes, 12, 4));
+        Assert.Equal(width, BinaryPrimitives.ReadInt32BigEndian(bytes.AsSpan(16)));
+        Assert.Equal(height, BinaryPrimitives.ReadInt32BigEndian(bytes.AsSpan(20)));
+        using var bitmap = SKBitmap.Decode(png);
+        Assert.NotNull(bitmap);
+        Assert.Equal(width, bitmap.Width);
+        double sum = 0, sumSq = 0;
+        int n = 0;
+        for (int y = 0; y < bitmap.Height; y += 2)
+        {
+            for (int x = 0; x < bitmap.Width; x += 2)
+            {
+                var c = bitmap.GetPixel(x, y);
+                double v = (c.Red + c.Green + c.Blue) / 3.0;
+                sum += v;
+                sumSq += v * v;
+                n++;
+            }
+        }
+        double variance = sumSq / n - (sum / n) * (sum / n);
+        Assert.True(variance > 50, $"{png}: pixel variance {variance:F1} (blank picture?)");
+        // Mostly white background with drawn content: not a single colour, not noise.
+        Assert.InRange(sum / n, 100, 254);
+
+        string svg = Path.ChangeExtension(png, ".svg");
+        var doc = XDocument.Load(svg);
+        Assert.Equal("svg", doc.Root!.Name.LocalName);
+        Assert.True(doc.Descendants().Count() > 20, $"{svg}: only {doc.Descendants().Count()} elements");
+    }
+
+    [Fact]
+    public void Compare_writes_the_table_and_one_histogram_picture_per_layer()
+    {
+        string dir = Directory.CreateTempSubdirectory("calibrate-compare-").FullName;
+        try
+        {
+            var root = Json("calibrate", "compare", "--data", "bundled", "--samples", "64", "--plot", dir, "--json");
+            Assert.Equal(64, root.GetProperty("samples").GetInt32());
+            var layers = root.GetProperty("layers").EnumerateArray().ToList();
+            Assert.Equal(["conv1", "conv2", "fc1", "fc2"], layers.Select(l => l.GetProperty("layer").GetString()));
+            foreach (var l in layers)
+            {
+                var observers = l.GetProperty("observers").EnumerateArray().Select(o => o.GetProperty("observer").GetString()).ToList();
+                Assert.Equal(["minmax", "moving-average", "percentile", "histogram-kl", "histogram-kl-50-100", "histogram-l2"], observers);
+                Assert.Contains(l.GetProperty("auto_choice_experimental").GetString(), observers);
+            }
+            var pictures = root.GetProperty("pictures").EnumerateArray().Select(p => p.GetString()!).ToList();
+            Assert.Equal(8, pictures.Count);
+            foreach (var png in pictures.Where(p => p.EndsWith(".png", StringComparison.Ordinal)))
+                AssertPicture(png, 900, 520);
+            Assert.Empty(Directory.GetFiles(dir, "*.tmp-*"));
+
+            var (exit, table, _) = DemoCommandTests.RunCli("calibrate", "compare", "--data", "bundled", "--samples", "64");
+            Assert.Equal(0, exit);
+            Assert.Contains("histogram-kl-50-100", table);
+            Assert.Contains("Output SQNR dB", table);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Sensitivity_ranking_is_reproducible_with_a_seed_and_pictured()
+    {
+        string dir = Directory.CreateTempSubdirectory("calibrate-sensitivity-").FullName;
+        try
+        {
+            string[] args = ["calibrate", "sensitivity", "--data", "bundled", "--samples", "96", "--seed", "5", "--types", "int8,int4", "--json"];
+            var a = Json([.. args, "--plot", dir]);
+            var b = Json(args);
+            Assert.Equal(a.GetProperty("ranking").ToString(), b.GetProperty("ranking").ToString());
+            Assert.Equal(a.GetProperty("layers").ToString(), b.GetProperty("layers").ToString());
+            var ranking = a.GetProperty("ranking").EnumerateArray().Select(r => r.GetString()).ToList();
+            Assert.Equal(["conv1", "conv2", "fc1", "fc2"], ranking.Order());
+            // Ranked by the int4 SQNR, lowest first.
+            var int4 = a.GetProperty("layers").EnumerateArray().ToDictionary(l => l.GetProperty("layer").GetString()!,
+                l => l.GetProperty("variants")[1].GetProperty("output_sqnr_db").GetDouble());
+            Assert.Equal(ranking, ranking.OrderBy(r => int4[r!]).ToList());
+            // Another seed draws other images: other numbers.
+            var c = Json("calibrate", "sensitivity", "--data", "bundled", "--samples", "96", "--seed", "6", "--types", "int8,int4", "--json");
+            Assert.NotEqual(a.GetProperty("layers").ToString(), c.GetProperty("layers").ToString());
+            AssertPicture(Path.Combine(dir, "sensitivity.png"), 900, 520);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Mixed_plan_within_a_budget_between_int4_and_int8_is_saved_and_reused_by_quantize()
+    {
+        string dir = Directory.CreateTempSubdirectory("calibrate-mixed-").FullName;
+        try
+        {
+            string recipe = Path.Combine(dir, "mixed.recipe.json");
+            // Uniform int8 and int4 group-32 of the bundled CNN: 57,568 and 36,168 bytes of quantized layers (sensitivity test).
+            var root = Json("calibrate", "mixed", "--data", "bundled", "--samples", "128", "--budget-bytes", "46000", "--save-recipe", recipe, "--json");
+            long planBytes = root.GetProperty("plan_bytes").GetInt64();
+            // On the bundled images uniform int4 (99.1%) happens to beat float32 (99.0%): the plan may have to stay there.
+            Assert.InRange(planBytes, 36_168, 46_000);
+            var uniform = root.GetProperty("uniform").EnumerateArray().ToList();
+            double int4 = uniform[2].GetProperty("accuracy").GetDouble();
+            double mixed = root.GetProperty("measured").GetProperty("accuracy").GetDouble();
+            Assert.True(mixed >= int4, $"mixed {mixed} < uniform int4 {int4}");
+            Assert.True(root.GetProperty("measured").GetProperty("model_bytes").GetInt64() < uniform[1].GetProperty("model_bytes").GetInt64());
+
+            // The saved recipe drives quantsharp quantize on the checkpoint.
+            string output = Path.Combine(dir, "mixed.safetensors");
+            var (exit, _, error) = DemoCommandTests.RunCli("quantize", QuantSharp.Cli.Demo.DemoRunner.BundledModelPath, output, "--config", recipe, "--json");
+            Assert.True(exit == 0, error);
+            Assert.True(File.Exists(output));
+
+            var (bad, _, message) = DemoCommandTests.RunCli("calibrate", "mixed", "--data", "bundled", "--samples", "64", "--types", "int8,int4", "--budget-bytes", "1000");
+            Assert.Equal(2, bad);
+            Assert.Contains("below the smallest plan", message);
+            Assert.DoesNotContain("   at ", message);
+            (bad, _, message) = DemoCommandTests.RunCli("calibrate", "mixed", "--data", "bundled", "--samples", "64");
+            Assert.Equal(2, bad);
+            Assert.Contains("exactly one budget", message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
