@@ -6,8 +6,8 @@ using static TorchSharp.torch;
 namespace QuantSharp.Bench;
 
 /// <summary>
-/// Forward pass of a 1024x1024 Linear on a [32, 1024] batch: float32 (baseline) against the quantized layers, which
-/// dequantize the weight on every call. Run: <c>dotnet run -c Release --project bench/QuantSharp.Bench -- --filter '*QuantizedLinear*'</c>.
+/// Forward pass of a 1024x1024 Linear on a [32, 1024] batch: float32 (baseline, libtorch on one thread) against the quantized
+/// layers, which run the kernels on the stored weight (the packed GEMM at this batch; docs/BENCHMARKS.md). Run: <c>dotnet run -c Release --project bench/QuantSharp.Bench -- --filter '*QuantizedLinear*'</c>.
 /// </summary>
 [MemoryDiagnoser]
 public class QuantizedLinearBenchmark

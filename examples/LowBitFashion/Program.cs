@@ -1,6 +1,7 @@
 // Low-bit results of the demo CNN (QuantSharp.Cli.Demo.MnistNet) on the Fashion-MNIST test split (docs/ACCURACY.md):
 // float32, round-to-nearest (RTN), GPTQ and quantization-aware training (QAT), one method per run.
-// Data: scripts/fetch-fashion-mnist.sh; model: examples/TrainMnist --dataset fashion (float32 safetensors).
+// Data: scripts/fetch-fashion-mnist.sh; model: the bundled src/QuantSharp.Cli/Assets/fashion-mnist-cnn.safetensors
+// (made by examples/TrainMnist --dataset fashion). Run from the repository root.
 //
 //   dotnet run -c Release --project examples/LowBitFashion -- --method float|rtn|gptq|qat [--qtype int4|int2]
 //       [--granularity per-channel|group:G] [--model FILE] [--data DIR] [--calibration 512] [--act-order]
@@ -19,7 +20,7 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 string method = "float", qtype = "int4", granularity = "per-channel";
-string model = ".cache/models/fashion-mnist-cnn.safetensors", dataDir = ".cache/fashion-mnist";
+string model = "src/QuantSharp.Cli/Assets/fashion-mnist-cnn.safetensors", dataDir = ".cache/fashion-mnist";
 string? savePath = null;
 int calibrationImages = 512, qatSteps = 400, seed = 1, threads = 2;
 double qatLr = 1e-4;

@@ -5,10 +5,10 @@ namespace QuantSharp.Cli;
 /// <summary>The <c>quantsharp</c> command line.</summary>
 public static class Program
 {
-    /// <summary>Entry point.</summary>
-    public static int Main(string[] args) => BuildRoot().Parse(args).Invoke();
+    /// <summary>Entry point: parse errors and every failure end in an <c>error:</c> line and exit code 2 (1: validation failed), no stack trace.</summary>
+    public static int Main(string[] args) => TopLevelErrors.Run(BuildRoot(), args);
 
-    /// <summary>Builds the command tree (also used by tests).</summary>
+    /// <summary>Builds the command tree (also used by tests); every command's action is wrapped by the top-level error handler.</summary>
     public static RootCommand BuildRoot()
     {
         var root = new RootCommand("QuantSharp: quantize TorchSharp models and safetensors checkpoints to int8/int4/fp16/bf16.");
@@ -30,6 +30,7 @@ public static class Program
         root.Subcommands.Add(Commands.ValidateCommand.Create());
         root.Subcommands.Add(Commands.BenchCommand.Create());
         root.Subcommands.Add(Commands.CalibrateCommand.Create());
-        return root;
+        // Last: wraps every command above (and their subcommands) so that no exception reaches the user as a stack trace.
+        return TopLevelErrors.Guard(root);
     }
 }

@@ -31,6 +31,9 @@ public static class CheckpointQuantizer
 
     private static long ChunkElements => ChunkElementsForTests ?? DefaultChunkElements;
 
+    /// <summary>The longest row (slice along dimension 0) a quantized tensor may have: one float32 span under 2 GiB.</summary>
+    internal const long MaxRowElements = int.MaxValue / sizeof(float);
+
     private enum Action { Copy, Quantize }
 
     private sealed record PlanItem(SafetensorsFile Shard, SafetensorsTensorInfo Info, Action Action, QuantSpec? Spec, string? Fallback = null);
@@ -95,7 +98,9 @@ public static class CheckpointQuantizer
                 throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ex.Message}", ex);
             }
             var plan = MakePlan(source, s);
-            return Run(source, plan, s, inFull, outFull, progress, cancellationToken, sw);
+            var recipeWarnings = RecipeWarnings(plan, s);
+            if (s.StrictRefusal(recipeWarnings) is { } refusal) throw new CheckpointQuantizationException(refusal);
+            return Run(source, plan, s, recipeWarnings, inFull, outFull, progress, cancellationToken, sw);
         }
     }
 
@@ -140,6 +145,41 @@ public static class CheckpointQuantizer
         if (kind == EntryKind.RegularFile && new FileInfo(outFull).IsReadOnly)
             throw new CheckpointQuantizationException($"The output file '{output}' exists and is read-only; QuantSharp does not replace it even with --overwrite. " +
                 "Make it writable or choose another output path.");
+    }
+
+    /// <summary>
+    /// What is probably a mistake in the recipe, against this checkpoint: settings that do not apply, include or override
+    /// patterns that match no tensor, and a selection that quantizes nothing (with the reason).
+    /// </summary>
+    private static List<string> RecipeWarnings(List<PlanItem> plan, RecipePlanner s)
+    {
+        var warnings = s.IneffectiveSettings().ToList();
+        var names = plan.Select(p => p.Info.Name).ToList();
+        var patterns = s.Recipe.Include.Select(p => (Pattern: p, What: "include")).Concat(s.Recipe.Overrides.Select(o => (o.Pattern, What: "override")));
+        foreach (var (pattern, what) in patterns)
+        {
+            var glob = new Selection.Glob(pattern);
+            if (!names.Any(n => QuantizationRecipe.NameMatches(glob, n)))
+                warnings.Add($"the {what} pattern '{pattern}' matches no tensor of the checkpoint and has no effect; check its spelling " +
+                    "(fnmatch globs on full tensor names or their prefix before the last dot, e.g. 'model.layers.*.mlp.*').");
+        }
+        if (names.Count > 0 && plan.All(p => p.Action == Action.Copy))
+            warnings.Add($"nothing was quantized: {NothingReason(plan, s)}; the output is a copy of the input.");
+        return warnings;
+    }
+
+    private static string NothingReason(List<PlanItem> plan, RecipePlanner s)
+    {
+        if (plan.All(p => s.ExcludedBy(p.Info.Name) is not null))
+            return $"every tensor is excluded (exclude: {string.Join(", ", s.Recipe.Exclude.Select(e => $"'{e}'"))})";
+        if (s.HasInclude)
+            return "the include patterns select no floating-point tensor with elements outside the exclude patterns";
+        var weights = plan.Where(p => p.Info.DType.IsFloatingPoint() && p.Info.Name.EndsWith(".weight", StringComparison.Ordinal) && p.Info.Shape.Length >= 2
+            && s.ExcludedBy(p.Info.Name) is null).ToList();
+        if (weights.Count == 0)
+            return "the checkpoint has no floating-point '*.weight' tensor of rank 2 or more outside the exclude patterns (what is quantized by default); select tensors with include patterns";
+        var largest = weights.MaxBy(p => p.Info.ElementCount)!.Info;
+        return $"min_elements {s.Recipe.MinElements:N0} is above every weight's size (the largest, '{largest.Name}', has {largest.ElementCount:N0} elements); lower it";
     }
 
     private static List<PlanItem> MakePlan(ShardedCheckpoint source, RecipePlanner s)
@@ -200,6 +240,13 @@ public static class CheckpointQuantizer
                     throw new CheckpointQuantizationException(
                         $"Tensor '{name}' cannot be quantized: the checkpoint already has a tensor named '{name + suffix}', the name its quantization parameters need. Exclude '{name}'.");
             }
+            // Tensors are read in chunks of whole rows (slices along dimension 0; a 1-D tensor is one row): a row must fit one span.
+            long rowElements = info.Shape.Length >= 2 ? info.Shape[1..].Aggregate(1L, (a, b) => a * b) : info.ElementCount;
+            if (rowElements > MaxRowElements)
+                throw new CheckpointQuantizationException(
+                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) has {rowElements:N0} elements per row (slice along dimension 0); " +
+                    $"QuantSharp quantizes in chunks of whole rows and a row must stay under 2 GiB as float32 ({MaxRowElements:N0} elements). " +
+                    $"Exclude it (--exclude '{name}') to copy it unchanged.");
             plan.Add(new PlanItem(shard, info, Action.Quantize, spec, fallback));
         }
         return plan;
@@ -207,7 +254,7 @@ public static class CheckpointQuantizer
 
     private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
 
-    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s,
+    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s, List<string> recipeWarnings,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
         var reports = new List<TensorQuantizationReport>();
@@ -218,6 +265,7 @@ public static class CheckpointQuantizer
         var validation = s.Recipe.Validation;
         var weightMap = new Dictionary<string, string>(StringComparer.Ordinal);
         AtomicOutput? atomic = null;
+        var stamps = source.Files.Select(f => (f.Path, Stamp: Stamp(f.Path))).ToList();
         try
         {
             atomic = AtomicOutput.Create(outFull);
@@ -257,7 +305,12 @@ public static class CheckpointQuantizer
                 if (validation.Enabled && validation.ReloadCheck) problems.AddRange(ReloadTest(shardPath, fileName, hashes, layers));
             }
             ct.ThrowIfCancellationRequested(); // a signal during the last chunk still leaves nothing behind
-            var warnings = new List<string>();
+            foreach (var (path, stamp) in stamps)
+            {
+                if (Stamp(path) != stamp)
+                    throw InputChanged(path, "its size or modification time changed during the run", null);
+            }
+            var warnings = new List<string>(recipeWarnings);
             if (source.IsFolder) CopySideFiles(source, tempDir, weightMap, warnings);
 
             foreach (var p in unrepresentable)
@@ -281,14 +334,20 @@ public static class CheckpointQuantizer
             throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
                 "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
         }
+        catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.BufferSizeMismatch)
+        {
+            throw InputChanged(ex.FilePath ?? inFull, "it is now shorter than its header says", ex); // truncated after it was opened
+        }
         catch (IOException ex)
         {
             bool full = IsDiskFull(ex);
+            bool readOnly = !full && (ex.HResult == 30 || ex.Message.Contains("Read-only file system", StringComparison.OrdinalIgnoreCase)); // EROFS
             throw new CheckpointQuantizationException(
-                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : "")}. Nothing was written under '{outFull}' " +
-                "and the temporary files were removed; the input is unchanged. " +
+                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : readOnly ? " (the file system is read-only)" : "")}. " +
+                $"Nothing was written under '{outFull}' and the temporary files were removed; the input is unchanged. " +
                 (full ? "Free some space or choose another output folder and retry."
-                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (not a read-only file system, permissions) or choose another output folder."), ex);
+                      : readOnly ? "Choose an output folder on a writable file system (or remount it read-write) and retry."
+                      : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (permissions) or choose another output folder."), ex);
         }
         catch (UnauthorizedAccessException ex)
         {
@@ -299,6 +358,16 @@ public static class CheckpointQuantizer
             atomic?.Dispose();
         }
     }
+
+    private static (long Length, DateTime Modified) Stamp(string path)
+    {
+        var f = new FileInfo(path);
+        return f.Exists ? (f.Length, f.LastWriteTimeUtc) : (-1, default);
+    }
+
+    private static CheckpointQuantizationException InputChanged(string path, string detail, Exception? inner) => new(
+        $"The input '{path}' changed while it was being quantized ({detail}); the result would mix old and new data, so nothing was written " +
+        "and the temporary files were removed. Make sure no other program writes the input (a download still running, a copy), then retry.", inner);
 
     /// <summary>An exception's message without the " (Parameter 'x')" suffix of argument exceptions.</summary>
     internal static string PlainMessage(Exception ex) => ex is ArgumentException { ParamName: { } p }
@@ -384,13 +453,23 @@ public static class CheckpointQuantizer
         w.EndTensor();
     }
 
-    /// <summary>How a tensor is cut into chunks of whole rows (dimension 0) that quantize independently.</summary>
-    internal static (long Rows, long RowsPerChunk) ChunkPlan(long[] shape, QuantSpec spec)
+    /// <summary>How a tensor is cut into chunks of whole rows (dimension 0); one chunk for tensors of rank 0 or 1.</summary>
+    internal static (long Rows, long RowsPerChunk) ChunkPlan(long[] shape)
     {
-        if (!IsRowwise(shape, spec)) return (1, 1);
+        if (!IsRowwise(shape)) return (1, 1);
         long rowElems = shape[1..].Aggregate(1L, (a, b) => a * b);
         return (shape[0], Math.Max(1, ChunkElements / Math.Max(1, rowElems)));
     }
+
+    /// <summary>
+    /// True when the tensor is processed in chunks of rows. Any spec quantizes rows independently once its parameters
+    /// are known: those that span rows (per-tensor, per-channel along another axis, whole-tensor observers) come from a
+    /// first pass over the chunks (<see cref="ObserveInChunks"/>).
+    /// </summary>
+    internal static bool IsRowwise(long[] shape) => shape.Length >= 2;
+
+    /// <summary>True when each row has scales of its own (per-channel on axis 0, groups); otherwise every chunk uses all of them.</summary>
+    internal static bool HasRowScales(QuantSpec spec) => spec.Type.IsInteger() && spec.Granularity is PerAxis { Axis: 0 } or PerGroup;
 
     /// <summary>Reads rows [r0, r1) (or the whole tensor) as float32: exact for F32, F16 and BF16 inputs.</summary>
     /// <param name="shard">The shard.</param>
@@ -403,37 +482,88 @@ public static class CheckpointQuantizer
     internal static Tensor ReadRowsFloat32(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise, Tensor? reuse = null)
     {
         long[] shape = rowwise ? [r1 - r0, .. info.Shape[1..]] : info.Shape;
-        long rowBytes = rowwise ? info.ByteLength / Math.Max(1, info.Shape[0]) : 0;
-        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F32))
-        {
-            using var t = ReadRows(shard, info, r0, r1, rowwise);
-            return t.to(ScalarType.Float32);
-        }
+        long rowElems = rowwise ? info.Shape[1..].Aggregate(1L, (a, b) => a * b) : 0;
         bool canReuse = reuse is not null && reuse.dtype == ScalarType.Float32 && reuse.shape.SequenceEqual(shape);
         var result = canReuse ? reuse!.alias() : torch.empty(shape, ScalarType.Float32);
-        long n = result.numel();
-        if (n == 0) return result;
-        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
-        if (info.DType == SafetensorsDType.F32)
-        {
-            shard.ReadRange(info, r0 * rowBytes, result.bytes);
-            return result;
-        }
-        var half = System.Buffers.ArrayPool<ushort>.Shared.Rent((int)n);
-        try
-        {
-            var h = half.AsSpan(0, (int)n);
-            shard.ReadRange(info, r0 * rowBytes, System.Runtime.InteropServices.MemoryMarshal.AsBytes(h));
-            if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(h, dst);
-            else Kernels.HalfKernel.FromHalf(h, dst);
-        }
-        finally { System.Buffers.ArrayPool<ushort>.Shared.Return(half); }
+        if (result.numel() > 0)
+            ReadFloat32(shard, info, r0 * rowElems, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes));
         return result;
     }
 
-    /// <summary>True when rows (dimension 0) quantize independently given the (global) parameters.</summary>
-    internal static bool IsRowwise(long[] shape, QuantSpec spec)
-        => shape.Length >= 2 && (!spec.Type.IsInteger() || spec.Granularity is PerTensor or PerAxis { Axis: 0 } or PerGroup);
+    /// <summary>Reads elements [first, first + destination.Length) of a floating-point tensor as float32 (exact for F32,
+    /// F16 and BF16; F64 rounded to nearest, as a cast).</summary>
+    internal static void ReadFloat32(SafetensorsFile shard, SafetensorsTensorInfo info, long first, Span<float> destination)
+    {
+        int size = info.DType.ElementSize();
+        if (info.DType == SafetensorsDType.F32)
+        {
+            shard.ReadRange(info, first * size, System.Runtime.InteropServices.MemoryMarshal.AsBytes(destination));
+            return;
+        }
+        if (info.DType is not (SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F64))
+            throw new NotSupportedException($"Tensor '{info.Name}' has dtype {info.DType}; only floating-point tensors are read as float32.");
+        int piece = Math.Min(destination.Length, 1 << 20);
+        byte[] raw = System.Buffers.ArrayPool<byte>.Shared.Rent(piece * size);
+        try
+        {
+            for (int done = 0; done < destination.Length;)
+            {
+                int n = Math.Min(piece, destination.Length - done);
+                var bytes = raw.AsSpan(0, n * size);
+                shard.ReadRange(info, (first + done) * size, bytes);
+                var dst = destination.Slice(done, n);
+                if (info.DType == SafetensorsDType.BF16) Kernels.HalfKernel.FromBFloat16(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes), dst);
+                else if (info.DType == SafetensorsDType.F16) Kernels.HalfKernel.FromHalf(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes), dst);
+                else
+                {
+                    var d = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, double>(bytes);
+                    for (int k = 0; k < n; k++) dst[k] = (float)d[k];
+                }
+                done += n;
+            }
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(raw); }
+    }
+
+    /// <summary>A tensor of a checkpoint read as float32 chunks (one reused buffer), for observers' passes.</summary>
+    private sealed class TensorFileChunks(SafetensorsFile shard, SafetensorsTensorInfo info, long[] shape, CancellationToken ct)
+        : Observers.FloatChunks(shape)
+    {
+        public override void ForEach(Observers.FloatChunkAction action)
+        {
+            float[] buffer = new float[(int)Math.Min(Count, MaxChunkElements)];
+            for (long offset = 0; offset < Count; offset += buffer.Length)
+            {
+                ct.ThrowIfCancellationRequested();
+                var chunk = buffer.AsSpan(0, (int)Math.Min(buffer.Length, Count - offset));
+                ReadFloat32(shard, info, offset, chunk);
+                action(chunk, offset);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The first pass for parameters that span rows: the weight's observer (min/max, moving average, histogram,
+    /// percentile) fed the whole tensor in chunks, exactly as if it saw it at once (results do not depend on the chunk size).
+    /// </summary>
+    private static Observers.ObserverResult ObserveInChunks(PlanItem item, QuantSpec spec, string observer, long[] storedShape, CancellationToken ct)
+    {
+        string name = item.Info.Name;
+        var o = (Observers.ObserverBase)WeightQuantization.CreateObserver(observer, spec, name);
+        var values = new TensorFileChunks(item.Shard, item.Info, storedShape, ct);
+        try
+        {
+            o.ObserveChunks(values);
+            return o.ComputeQParams();
+        }
+        catch (ArgumentException ex)
+        {
+            long bad = 0;
+            values.ForEach((chunk, _) => { foreach (float v in chunk) if (!float.IsFinite(v)) bad++; });
+            if (bad > 0) throw NonFinite(name, bad);
+            throw new CheckpointQuantizationException($"Tensor '{name}' cannot be quantized: {PlainMessage(ex)} Change its settings or exclude it (--exclude '{name}').", ex);
+        }
+    }
 
     /// <summary>Reads rows [r0, r1) of a tensor (or the whole tensor when <paramref name="rowwise"/> is false).</summary>
     internal static Tensor ReadRows(SafetensorsFile shard, SafetensorsTensorInfo info, long r0, long r1, bool rowwise)
@@ -458,33 +588,17 @@ public static class CheckpointQuantizer
         var planned = new PlannedWeight(name, info.Shape, spec, item.Fallback);
         string observer = quantizer.Method;
         bool validate = s.Recipe.Validation.Enabled;
-        var (rows, rowsPerChunk) = ChunkPlan(info.Shape, spec);
-        // Observers other than min/max (percentile, histogram...) see the whole tensor at once.
-        bool useObserver = spec.Type.IsInteger() && observer != "minmax";
-        bool rowwise = IsRowwise(info.Shape, spec) && !useObserver;
+        var (rows, rowsPerChunk) = ChunkPlan(info.Shape);
+        bool rowwise = IsRowwise(info.Shape);
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
         var problems = new List<string>();
 
-        // Per-tensor integer quantization needs the global range first.
-        float[]? ptScale = null; int[]? ptZero = null;
-        if (spec.Type.IsInteger() && spec.Granularity is PerTensor && !useObserver)
-        {
-            float min = float.PositiveInfinity, max = float.NegativeInfinity;
-            for (long c = 0; c < chunkCount; c++)
-            {
-                ct.ThrowIfCancellationRequested();
-                using var scope = NewDisposeScope();
-                long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
-                var x = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise);
-                RequireFinite(x, name);
-                var (cmin, cmax) = TensorChecks.MinMax(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes));
-                min = Math.Min(min, cmin);
-                max = Math.Max(max, cmax);
-            }
-            var (sc, zp) = QParams.Choose(min, max, spec.Range, spec.Scheme);
-            ptScale = [sc]; ptZero = [zp];
-        }
+        // Parameters that span rows (per-tensor, per-channel along another axis) or come from a whole-tensor observer
+        // need a first pass over all chunks; min/max per row (per-channel on axis 0, groups) is found chunk by chunk.
+        var global = spec.Type.IsInteger() && (observer != "minmax" || !HasRowScales(spec))
+            ? ObserveInChunks(item, spec, observer, storedShape, ct) : null;
+        long paramsPerRow = global is not null && HasRowScales(spec) ? global.Scale.Length / Math.Max(1, rows) : 0;
 
         var sqnr = new SqnrAccumulator();
         // One float32 chunk buffer reused for every full chunk of this tensor.
@@ -503,10 +617,13 @@ public static class CheckpointQuantizer
                 long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
                 bool exact = info.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
                 var xf = ReadRowsFloat32(item.Shard, info, r0, r1, rowwise, buffer);
-                if (ptScale is null) RequireFinite(xf, name);
+                if (global is null) RequireFinite(xf, name); // else checked by the first pass
                 // The quantizer sees the stored view: rows of the [d0, K] matrix for an integer weight of rank > 2.
                 var xs = xf.dim() > 2 && spec.Type.IsInteger() ? xf.reshape(xf.shape[0], -1) : xf;
-                using var q = ptScale is not null ? QuantizedTensor.QuantizeWith(xs, spec, ptScale, ptZero!) : quantizer.Quantize(planned, xs, null);
+                using var q = global is null ? quantizer.Quantize(planned, xs, null)
+                    : paramsPerRow > 0 ? QuantizedTensor.QuantizeWith(xs, spec, global.Scale[(int)(r0 * paramsPerRow)..(int)(r1 * paramsPerRow)],
+                        global.ZeroPoint[(int)(r0 * paramsPerRow)..(int)(r1 * paramsPerRow)])
+                    : QuantizedTensor.QuantizeWith(xs, spec, global.Scale, global.ZeroPoint);
                 var data = q.Data.contiguous();
                 if (!unrepresentableReported && NonFiniteOutputs(q) is > 0 and var bad)
                 {
@@ -521,7 +638,7 @@ public static class CheckpointQuantizer
                 stored += data.numel() * data.element_size();
                 if (spec.Type.IsInteger())
                 {
-                    if (ptScale is null || c == 0)
+                    if (global is null)
                     {
                         scaleParts.Add(q.Scale!.detach().clone().DetachFromDisposeScope());
                         if (q.ZeroPoint is not null) zeroParts.Add(q.ZeroPoint.detach().clone().DetachFromDisposeScope());
@@ -554,6 +671,11 @@ public static class CheckpointQuantizer
             if (spec.Type.IsInteger())
             {
                 using var scope = NewDisposeScope();
+                if (global is not null)
+                {
+                    scaleParts.Add(torch.tensor(global.Scale).DetachFromDisposeScope());
+                    if (spec.HasZeroPoint) zeroParts.Add(torch.tensor(global.ZeroPoint).DetachFromDisposeScope());
+                }
                 var scale = (scaleParts.Count == 1 ? scaleParts[0] : cat(scaleParts, 0)).contiguous().reshape(layout.ScaleShape);
                 writer.Raw.Add(name + QuantizedCheckpoint.ScaleSuffix, SafetensorsDType.F32, layout.ScaleShape, scale.numel() == 0 ? [] : scale.bytes);
                 stored += scale.numel() * 4;
@@ -590,10 +712,11 @@ public static class CheckpointQuantizer
     private static void RequireFinite(Tensor x, string name)
     {
         long bad = TensorChecks.NonFiniteCount(x);
-        if (bad > 0)
-            throw new CheckpointQuantizationException(
-                $"Tensor '{name}' contains {bad} NaN or infinite value(s); it cannot be quantized. Fix the checkpoint, or exclude the tensor (--exclude '{name}') to copy it unchanged.");
+        if (bad > 0) throw NonFinite(name, bad);
     }
+
+    private static CheckpointQuantizationException NonFinite(string name, long count) => new(
+        $"Tensor '{name}' contains {count} NaN or infinite value(s); it cannot be quantized. Fix the checkpoint, or exclude the tensor (--exclude '{name}') to copy it unchanged.");
 
     /// <summary>
     /// The reload test: reads the written file back with the strict reader, checks its quantization metadata and

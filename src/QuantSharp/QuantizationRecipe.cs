@@ -126,6 +126,15 @@ public sealed record QuantizationRecipe
     /// </summary>
     public bool StrictGroupSize { get; init; }
 
+    /// <summary>
+    /// False (default): what is probably a mistake in the recipe is a warning (in the report and the CLI output):
+    /// a selection that quantizes nothing (an include that matches nothing, <c>exclude: ["*"]</c>, a
+    /// <see cref="MinElements"/> above every weight), an include or override pattern that matches no tensor, and a
+    /// setting that does not apply (a granularity such as a group size for a float16/bfloat16 weight, a plain cast).
+    /// True (CLI <c>--strict</c>): each of these is an error instead, before anything is written.
+    /// </summary>
+    public bool Strict { get; init; }
+
     /// <summary>Validation after quantization (SQNR thresholds, reload and range checks, what a failure does).</summary>
     public ValidationPolicy Validation { get; init; } = new();
 
@@ -297,6 +306,7 @@ public sealed record QuantizationRecipe
             ["exclude_module_types"] = Strings(ExcludeModuleTypes),
             ["overrides"] = new JsonArray(Overrides.Select(ov => (JsonNode)ov.ToJsonNode()).ToArray()),
             ["strict_group_size"] = StrictGroupSize,
+            ["strict"] = Strict,
             ["validation"] = Validation.ToJsonNode(),
         };
         return o;
@@ -370,6 +380,7 @@ public sealed record QuantizationRecipe
                     "exclude_module_types" => r with { ExcludeModuleTypes = StrList(p.Value) },
                     "overrides" => r with { Overrides = Array(p.Value).Select((o, i) => RecipeOverride.FromJson(o, $"{where}[{i}]")).ToList() },
                     "strict_group_size" => r with { StrictGroupSize = p.Value.GetBoolean() },
+                    "strict" => r with { Strict = p.Value.GetBoolean() },
                     "validation" => r with { Validation = ValidationPolicy.FromJson(p.Value, where) },
                     _ => throw new InvalidOperationException("unreachable"),
                 });
@@ -386,7 +397,7 @@ public sealed record QuantizationRecipe
     [
         "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
         "entropy_search_start", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
-        "strict_group_size", "validation",
+        "strict_group_size", "strict", "validation",
     ];
 
     private static QuantSpec ParseActivations(JsonElement e, string where)
@@ -572,8 +583,12 @@ public sealed record ValidationPolicy
     internal void Validate()
     {
         foreach (var (t, v) in SqnrThresholdsDb)
-            if (double.IsNaN(v)) throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] must be a number.");
-        if (MinOutputSqnrDb is { } o && double.IsNaN(o)) throw new ArgumentException("Validation.MinOutputSqnrDb must be a number.");
+        {
+            if (!double.IsFinite(v))
+                throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
+        }
+        if (MinOutputSqnrDb is { } o && !double.IsFinite(o))
+            throw new ArgumentException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
     }
 
     internal JsonObject ToJsonNode()

@@ -193,6 +193,8 @@ public static class Quantizer
             Validation = cfg.Validation with { OnFailure = onFailure ?? cfg.Validation.OnFailure },
         };
         var planner = new RecipePlanner(cfg); // validates
+        var recipeWarnings = planner.IneffectiveSettings().ToList();
+        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new ArgumentException(refusal, nameof(recipe));
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
@@ -224,7 +226,7 @@ public static class Quantizer
             var r = Run(work, cfg, plan, skipped, factory is null ? null : () => factory(), calibrationData, progress, disposeReplaced: !inPlace, method);
             s_recipes.AddOrUpdate(work, cfg);
             ok = true;
-            return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, r.Warnings, r.CalibrationSamples);
+            return new QuantizationResult<T>(work, cfg, r.Layers, r.Skipped, r.Report, [.. recipeWarnings, .. r.Warnings], r.CalibrationSamples);
         }
         finally
         {

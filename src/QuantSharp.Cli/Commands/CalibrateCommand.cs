@@ -155,7 +155,7 @@ internal static class CalibrateCommand
     }
 
     private static (Option<string> Types, Option<int> Group) SpecOptions() => (
-        new Option<string>("--types") { Description = "Weight types to try per layer, comma-separated (float16, bfloat16, int8, int4).", DefaultValueFactory = _ => "float16,int8,int4" },
+        new Option<string>("--types") { Description = "Weight types to try per layer, comma-separated (float16, bfloat16, int8, int4, int2).", DefaultValueFactory = _ => "float16,int8,int4" },
         new Option<int>("--group-size") { Description = "Group size of the 4-bit types (8-bit types are per-channel).", DefaultValueFactory = _ => 32 });
 
     /// <summary>Weight specs from type names: symmetric, per-channel for 8-bit, groups for fewer bits.</summary>

@@ -23,12 +23,13 @@ internal static class QuantizeCommand
         var onFailure = new Option<string?>("--on-failure") { Description = "error | warn | ignore: what to do when validation fails (default error: nothing is written)." };
         var noValidate = new Option<bool>("--no-validate") { Description = "Skip validation (SQNR, reload and range tests)." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
+        var strict = new Option<bool>("--strict") { Description = "Refuse what would be a warning about the selection or settings (nothing quantized, a pattern matching nothing, a group size on float16/bfloat16)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output (a regular writable file or a folder; never a link or device)." };
 
         var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/float16/bfloat16, then validate it.");
         cmd.Arguments.Add(input);
         cmd.Arguments.Add(output);
-        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, config, onFailure, noValidate, json, overwrite })
+        foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, strict, config, onFailure, noValidate, json, overwrite })
             cmd.Options.Add(o);
 
         cmd.SetAction(parseResult =>
@@ -51,6 +52,7 @@ internal static class QuantizeCommand
                 if (parseResult.GetValue(exclude) is { Length: > 0 } exc) recipe = recipe with { Exclude = exc };
                 if (parseResult.GetValue(minElements) is { } m) recipe = recipe with { MinElements = m };
                 if (parseResult.GetValue(strictGroups)) recipe = recipe with { StrictGroupSize = true };
+                if (parseResult.GetValue(strict)) recipe = recipe with { Strict = true };
                 if (parseResult.GetValue(onFailure) is { } f)
                     recipe = recipe with { Validation = recipe.Validation with { OnFailure = QuantizationRecipe.ParseOnFailure(f) } };
                 if (parseResult.GetValue(noValidate)) recipe = recipe with { Validation = recipe.Validation with { Enabled = false } };

@@ -30,6 +30,9 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// <summary><c>a * b + c</c>, fused (one rounding) where the hardware has it.</summary>
     static abstract TVec MultiplyAdd(TVec a, TVec b, TVec c);
 
+    /// <summary><c>a + b</c>, lane by lane.</summary>
+    static abstract TVec Add(TVec a, TVec b);
+
     /// <summary>Sum of the lanes.</summary>
     static abstract float Sum(TVec v);
 
@@ -75,6 +78,7 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<float> Load(float* p) => Vector512.Load(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector512<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Avx512F.FusedMultiplyAdd(a, b, c);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Add(Vector512<float> a, Vector512<float> b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> v) => Vector512.Sum(v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -126,6 +130,7 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<float> Load(float* p) => Vector256.Load(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector256<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Fma.MultiplyAdd(a, b, c);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Add(Vector256<float> a, Vector256<float> b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> v) => Vector256.Sum(v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -170,6 +175,7 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector128<float> Load(float* p) => Vector128.Load(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(Vector128<float> v, float* p) => v.Store(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> MultiplyAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => a * b + c;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Add(Vector128<float> a, Vector128<float> b) => a + b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector128<float> v) => Vector128.Sum(v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -213,6 +219,7 @@ internal readonly struct Float1 : IFloatWidth<float>
     public static unsafe float Load(float* p) => *p;
     public static unsafe void Store(float v, float* p) => *p = v;
     public static float MultiplyAdd(float a, float b, float c) => a * b + c;
+    public static float Add(float a, float b) => a + b;
     public static float Sum(float v) => v;
     public static unsafe float LoadSBytes(byte* p) => *(sbyte*)p;
     public static unsafe float LoadBytes(byte* p) => *p;

@@ -249,12 +249,12 @@ internal static unsafe class QuantizedMatMul
             }
         }
         float bn = bias == null ? 0f : bias[n];
-        y[0] = TW.Sum(a0) + TW.Sum(b0) + r0 + bn;
-        if (TR.Count > 1) y[ldy] = TW.Sum(a1) + TW.Sum(b1) + r1 + bn;
+        y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + bn;
+        if (TR.Count > 1) y[ldy] = TW.Sum(TW.Add(a1, b1)) + r1 + bn;
         if (TR.Count > 2)
         {
-            y[2 * ldy] = TW.Sum(a2) + TW.Sum(b2) + r2 + bn;
-            y[3 * ldy] = TW.Sum(a3) + TW.Sum(b3) + r3 + bn;
+            y[2 * ldy] = TW.Sum(TW.Add(a2, b2)) + r2 + bn;
+            y[3 * ldy] = TW.Sum(TW.Add(a3, b3)) + r3 + bn;
         }
     }
 
@@ -307,10 +307,10 @@ internal static unsafe class QuantizedMatMul
                 r3 += (TD.One(w3, k) * s3 + o3) * xk;
             }
         }
-        y[0] = TW.Sum(a0) + TW.Sum(b0) + r0 + (bias == null ? 0f : bias[n]);
-        y[1] = TW.Sum(a1) + TW.Sum(b1) + r1 + (bias == null ? 0f : bias[n + 1]);
-        y[2] = TW.Sum(a2) + TW.Sum(b2) + r2 + (bias == null ? 0f : bias[n + 2]);
-        y[3] = TW.Sum(a3) + TW.Sum(b3) + r3 + (bias == null ? 0f : bias[n + 3]);
+        y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + (bias == null ? 0f : bias[n]);
+        y[1] = TW.Sum(TW.Add(a1, b1)) + r1 + (bias == null ? 0f : bias[n + 1]);
+        y[2] = TW.Sum(TW.Add(a2, b2)) + r2 + (bias == null ? 0f : bias[n + 2]);
+        y[3] = TW.Sum(TW.Add(a3, b3)) + r3 + (bias == null ? 0f : bias[n + 3]);
     }
 
     /// <summary>Scale and offset (<c>-(zeroPoint + OffsetBias) * scale</c>) of row <paramref name="n"/>, group <paramref name="g"/>.</summary>

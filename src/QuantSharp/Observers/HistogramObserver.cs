@@ -26,7 +26,7 @@ internal sealed class HistogramObserver : ObserverBase
     /// <summary>Quantized bins of the entropy search: the option, else 2^(bits-1) (128 for 8-bit, as TensorRT).</summary>
     private int QuantizedBins => Options.QuantizedBins ?? 1 << (Options.Type.Bits() - 1);
 
-    protected override void ObserveCore(ReadOnlySpan<float> values, long[] shape)
+    protected override void ObserveCore(FloatChunks values)
     {
         if (_l2 is not null) _l2.Observe(values);
         else _entropy!.Collect(values);

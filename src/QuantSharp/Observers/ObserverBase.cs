@@ -37,28 +37,19 @@ internal abstract class ObserverBase : IObserver
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.",
                 nameof(input));
         using var scope = torch.NewDisposeScope();
-        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU).
+        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU),
+        // read in chunks from the storage pointer: no span over the whole tensor, so any size is observed.
         var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
-        ObserveValues(FloatSpan(t), shape);
-    }
-
-    /// <summary>
-    /// The elements of a contiguous float32 CPU tensor, in place. Built from the storage pointer rather than
-    /// <c>Tensor.bytes</c>, which stops at 2 GB; a span reaches int.MaxValue elements (8 GB of float32).
-    /// </summary>
-    private unsafe ReadOnlySpan<float> FloatSpan(torch.Tensor t)
-    {
-        long numel = t.numel();
-        if (numel > int.MaxValue)
-            throw new ArgumentException(
-                $"Tensor '{TensorName}' has {numel} elements; observe it in slices of at most {int.MaxValue} elements (e.g. chunks along dim 0).");
-        using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
-        IntPtr start = storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float)));
-        return new ReadOnlySpan<float>((void*)start, (int)numel);
+        unsafe
+        {
+            using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
+            float* start = (float*)(storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float))));
+            ObserveChunks(FloatChunks.Over(start, t.numel(), shape));
+        }
     }
 
     /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>
-    internal void ObserveValues(ReadOnlySpan<float> values, long[] shape)
+    internal unsafe void ObserveValues(ReadOnlySpan<float> values, long[] shape)
     {
         long numel = shape.Aggregate(1L, (a, b) => a * b);
         if (values.Length == 0 || numel == 0)
@@ -66,11 +57,26 @@ internal abstract class ObserverBase : IObserver
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.");
         if (numel != values.Length)
             throw new ArgumentException($"Tensor '{TensorName}': {values.Length} values do not fill shape [{string.Join(", ", shape)}].");
+        fixed (float* p = values) ObserveChunks(FloatChunks.Over(p, values.Length, shape));
+    }
+
+    /// <summary>
+    /// Observes one tensor delivered in chunks (one observation, as if it were one span): a range pass that also
+    /// checks every value is finite, then the observer's own passes. Results do not depend on the chunk size.
+    /// </summary>
+    internal void ObserveChunks(FloatChunks values)
+    {
+        if (values.Count == 0)
+            throw new ArgumentException(
+                $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", values.Shape)}]); an observer needs at least one value to choose a scale.");
         float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
-        if (!Kernels.MinMaxKernel.FoldFinite(values, ref lo, ref hi))
-            ThrowNonFinite(values);
+        values.ForEach((chunk, offset) =>
+        {
+            if (!Kernels.MinMaxKernel.FoldFinite(chunk, ref lo, ref hi))
+                ThrowNonFinite(chunk, offset);
+        });
         (_batchMin, _batchMax) = (lo, hi);
-        ObserveCore(values, shape);
+        ObserveCore(values);
         Count++;
     }
 
@@ -87,7 +93,8 @@ internal abstract class ObserverBase : IObserver
         ResetCore();
     }
 
-    protected abstract void ObserveCore(ReadOnlySpan<float> values, long[] shape);
+    /// <summary>Folds one observed tensor into the statistics (<paramref name="values"/> is valid during the call only).</summary>
+    protected abstract void ObserveCore(FloatChunks values);
 
     protected abstract ObserverResult ComputeCore();
 
@@ -105,36 +112,39 @@ internal abstract class ObserverBase : IObserver
         return new ObserverResult(scale, zeroPoint, min, max, threshold);
     }
 
-    private void ThrowNonFinite(ReadOnlySpan<float> values)
+    private void ThrowNonFinite(ReadOnlySpan<float> values, long offset)
     {
-        int i = Kernels.MinMaxKernel.FirstNonFinite(values);
-        float v = values[i];
+        int k = Kernels.MinMaxKernel.FirstNonFinite(values);
+        float v = values[k];
+        long i = offset + k;
         string what = float.IsNaN(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity";
         throw new ArgumentException(
             $"Tensor '{TensorName}' contains {what} at flat index {i}; observers need finite values. " +
             "Find where the non-finite value comes from (overflow, division by zero, uninitialised data) and fix or mask it before calibrating.");
     }
 
-    /// <summary>Min and max of each channel along <paramref name="axis"/> (PyTorch's PerChannelMinMaxObserver reduction).</summary>
-    internal static (float[] Min, float[] Max) ChannelMinMax(ReadOnlySpan<float> values, long[] shape, int axis)
+    /// <summary>
+    /// Min and max of each of <paramref name="channels"/> channels of the [outer, channels, inner] view (PyTorch's
+    /// PerChannelMinMaxObserver reduction): element e belongs to channel (e / inner) % channels. Chunks may start and
+    /// end anywhere, so the result does not depend on how the values are cut.
+    /// </summary>
+    internal static (float[] Min, float[] Max) ChannelMinMax(FloatChunks values, int channels, long inner)
     {
-        long outer = 1, inner = 1;
-        for (int d = 0; d < axis; d++) outer *= shape[d];
-        for (int d = axis + 1; d < shape.Length; d++) inner *= shape[d];
-        int channels = checked((int)shape[axis]);
         var min = new float[channels];
         var max = new float[channels];
         Array.Fill(min, float.PositiveInfinity);
         Array.Fill(max, float.NegativeInfinity);
-        int pos = 0;
-        for (long o = 0; o < outer; o++)
+        values.ForEach((chunk, offset) =>
         {
-            for (int c = 0; c < channels; c++)
+            for (int pos = 0; pos < chunk.Length;)
             {
-                Kernels.MinMaxKernel.FoldFinite(values.Slice(pos, (int)inner), ref min[c], ref max[c]);
-                pos += (int)inner;
+                long e = offset + pos, block = e / inner;
+                int c = (int)(block % channels);
+                int len = (int)Math.Min(chunk.Length - pos, (block + 1) * inner - e);
+                Kernels.MinMaxKernel.FoldFinite(chunk.Slice(pos, len), ref min[c], ref max[c]);
+                pos += len;
             }
-        }
+        });
         return (min, max);
     }
 
@@ -142,8 +152,9 @@ internal abstract class ObserverBase : IObserver
     /// Min and max per observation unit: one for per-tensor, one per channel, or one per group of G consecutive
     /// elements of the last dimension (the [numel/G, G] view reduced along its axis 1).
     /// </summary>
-    protected (float[] Min, float[] Max) Reduce(ReadOnlySpan<float> values, long[] shape)
+    protected (float[] Min, float[] Max) Reduce(FloatChunks values)
     {
+        long[] shape = values.Shape;
         switch (Options.Granularity)
         {
             case PerGroup g:
@@ -152,7 +163,7 @@ internal abstract class ObserverBase : IObserver
                     throw new ArgumentException(
                         $"Tensor '{TensorName}' of shape [{string.Join(", ", shape)}]: group size {g.GroupSize} must divide the last dimension" +
                         (shape.Length == 0 ? " (a scalar has none)." : $" ({shape[^1]}). Choose a divisor of {shape[^1]}."));
-                return ChannelMinMax(values, [values.Length / g.GroupSize, g.GroupSize], 0);
+                return ChannelMinMax(values, checked((int)(values.Count / g.GroupSize)), g.GroupSize);
             }
             case PerAxis a:
             {
@@ -160,7 +171,9 @@ internal abstract class ObserverBase : IObserver
                 if (axis < 0 || axis >= shape.Length)
                     throw new ArgumentException(
                         $"Tensor '{TensorName}' of shape [{string.Join(", ", shape)}] has no axis {a.Axis}; use an axis in [{-shape.Length}, {shape.Length - 1}].");
-                return ChannelMinMax(values, shape, axis);
+                long inner = 1;
+                for (int d = axis + 1; d < shape.Length; d++) inner *= shape[d];
+                return ChannelMinMax(values, checked((int)shape[axis]), inner);
             }
             default:
             {

@@ -14,7 +14,7 @@ namespace QuantSharp.Observers;
 /// <c>quantize_static</c>) run every batch of the data reader first and then call <c>HistogramCollector.collect</c>
 /// once with the list of batches, which <c>np.asarray(...).flatten()</c> turns into one array: one histogram over
 /// the range of all the data. Only separate <c>collect</c> calls are merged (the range grows by whole bins of the
-/// old width). So by default every batch given to <see cref="Collect"/> before the thresholds are asked for is one
+/// old width). So by default every batch given to <see cref="Collect(FloatChunks)"/> before the thresholds are asked for is one
 /// collection (the values are kept until then, as ONNX Runtime keeps the outputs); with <c>mergeEachBatch</c> each
 /// batch is a <c>collect</c> call of its own (bounded memory). The two differ whenever a later batch exceeds the
 /// range of the earlier ones: the grown histogram has other bins, and the chosen thresholds move by up to a
@@ -25,7 +25,7 @@ internal sealed class OrtHistogram
     private readonly int _numBins;
     private readonly bool _absolute;
     private readonly bool _mergeEachBatch;
-    private readonly List<float[]> _pending = [];
+    private readonly List<FloatChunks> _pending = [];
     private long[]? _hist;
     private float[]? _edges;
     private float _min, _max, _threshold;
@@ -51,10 +51,23 @@ internal sealed class OrtHistogram
     }
 
     /// <summary>Adds one batch (finite values, at least one): kept for the next collection, or collected now when merging each batch.</summary>
-    public void Collect(ReadOnlySpan<float> values)
+    public unsafe void Collect(ReadOnlySpan<float> values)
     {
-        _pending.Add(values.ToArray());
-        if (_mergeEachBatch) Flush();
+        fixed (float* p = values) Collect(FloatChunks.Over(p, values.Length, [values.Length]));
+    }
+
+    /// <summary>Adds one batch delivered in chunks: copied and kept for the next collection, or (when merging each
+    /// batch) collected now in two passes over the chunks without a copy, so that memory stays bounded.</summary>
+    public void Collect(FloatChunks values)
+    {
+        if (!_mergeEachBatch)
+        {
+            _pending.Add(values.Copy());
+            return;
+        }
+        _pending.Add(values);
+        try { Flush(); }
+        finally { _pending.Clear(); }
     }
 
     /// <summary>One <c>HistogramCollector.collect</c> call over the pending batches, as one flattened array.</summary>
@@ -63,20 +76,20 @@ internal sealed class OrtHistogram
         if (_pending.Count == 0) return;
         // np.nanmin / np.nanmax of the whole collection (float32).
         float min = float.PositiveInfinity, max = float.NegativeInfinity;
-        foreach (float[] batch in _pending)
+        ForEachChunk(_pending, (chunk, _) =>
         {
-            foreach (float v in batch)
+            foreach (float v in chunk)
             {
                 if (v < min) min = v;
                 if (v > max) max = v;
             }
-        }
+        });
         if (_absolute) CollectAbsolute(_pending, min, max);
         else CollectValue(_pending, min, max);
         _pending.Clear();
     }
 
-    private void CollectValue(List<float[]> values, float min, float max)
+    private void CollectValue(List<FloatChunks> values, float min, float max)
     {
         // threshold = np.array(max(|min|, |max|), dtype=float32); histogram on (-threshold, threshold).
         float threshold = MathF.Max(MathF.Abs(min), MathF.Abs(max));
@@ -116,19 +129,19 @@ internal sealed class OrtHistogram
         _max = MathF.Max(_max, max);
     }
 
-    private void CollectAbsolute(List<float[]> values, float min, float max)
+    private void CollectAbsolute(List<FloatChunks> values, float min, float max)
     {
         // |x| is taken on the fly (no copy of the data): min|x| and max|x| first.
         float amin = float.PositiveInfinity, amax = float.NegativeInfinity;
-        foreach (float[] batch in values)
+        ForEachChunk(values, (chunk, _) =>
         {
-            foreach (float v in batch)
+            foreach (float v in chunk)
             {
                 float a = MathF.Abs(v);
                 if (a < amin) amin = a;
                 if (a > amax) amax = a;
             }
-        }
+        });
         if (_hist is null)
         {
             (_hist, _edges) = UniformHistogram(values, _numBins, amin, amax, absolute: true);
@@ -463,7 +476,7 @@ internal sealed class OrtHistogram
     /// float64), an index by float32 division, then corrected by one bin against the edges; values outside the range
     /// are dropped. Several batches count as their concatenation.
     /// </summary>
-    internal static (long[] Counts, float[] Edges) UniformHistogram(IReadOnlyList<float[]> batches, int bins, float first, float last,
+    internal static (long[] Counts, float[] Edges) UniformHistogram(IReadOnlyList<FloatChunks> batches, int bins, float first, float last,
         bool absolute = false)
     {
         if (first == last)
@@ -474,9 +487,9 @@ internal sealed class OrtHistogram
         float[] edges = Linspace(first, last, bins + 1);
         var counts = new long[bins];
         float denom = last - first;
-        foreach (float[] batch in batches)
+        ForEachChunk(batches, (chunk, _) =>
         {
-            foreach (float v in batch)
+            foreach (float v in chunk)
             {
                 float x = absolute ? MathF.Abs(v) : v;
                 if (!(x >= first && x <= last)) continue;
@@ -487,22 +500,30 @@ internal sealed class OrtHistogram
                 if (x >= edges[idx + 1] && idx != bins - 1) idx++;
                 counts[idx]++;
             }
-        }
+        });
         return (counts, edges);
     }
 
-    /// <summary><see cref="UniformHistogram(IReadOnlyList{float[]}, int, float, float, bool)"/> of one array.</summary>
-    internal static (long[] Counts, float[] Edges) UniformHistogram(float[] values, int bins, float first, float last, bool absolute = false)
-        => UniformHistogram([values], bins, first, last, absolute);
+    /// <summary><see cref="UniformHistogram(IReadOnlyList{FloatChunks}, int, float, float, bool)"/> of one array.</summary>
+    internal static unsafe (long[] Counts, float[] Edges) UniformHistogram(float[] values, int bins, float first, float last, bool absolute = false)
+    {
+        fixed (float* p = values) return UniformHistogram([FloatChunks.Over(p, values.Length, [values.Length])], bins, first, last, absolute);
+    }
+
+    /// <summary>Calls <paramref name="visit"/> on every chunk of every batch, in order.</summary>
+    private static void ForEachChunk(IReadOnlyList<FloatChunks> batches, FloatChunkAction visit)
+    {
+        foreach (var batch in batches) batch.ForEach(visit);
+    }
 
     /// <summary><c>np.histogram(values, bins=edges)</c> (of |values| when <paramref name="absolute"/>): [e_i, e_i+1) per bin, the last bin closed.</summary>
-    internal static long[] EdgesHistogram(IReadOnlyList<float[]> batches, float[] edges, bool absolute = false)
+    internal static long[] EdgesHistogram(IReadOnlyList<FloatChunks> batches, float[] edges, bool absolute = false)
     {
         int bins = edges.Length - 1;
         var counts = new long[bins];
-        foreach (float[] batch in batches)
+        ForEachChunk(batches, (chunk, _) =>
         {
-            foreach (float v in batch)
+            foreach (float v in chunk)
             {
                 float x = absolute ? MathF.Abs(v) : v;
                 if (x < edges[0] || x > edges[^1]) continue;
@@ -515,7 +536,7 @@ internal sealed class OrtHistogram
                 }
                 counts[Math.Min(lo - 1, bins - 1)]++;
             }
-        }
+        });
         return counts;
     }
 }

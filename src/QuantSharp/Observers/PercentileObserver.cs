@@ -16,7 +16,7 @@ internal sealed class PercentileObserver : ObserverBase
         _histogram = new OrtHistogram(options.Bins, absolute: options.Scheme == QuantScheme.Symmetric, options.MergeBatches);
     }
 
-    protected override void ObserveCore(ReadOnlySpan<float> values, long[] shape) => _histogram.Collect(values);
+    protected override void ObserveCore(FloatChunks values) => _histogram.Collect(values);
 
     protected override ObserverResult ComputeCore()
     {

@@ -13,9 +13,9 @@ internal abstract class RunningRangeObserver : ObserverBase
     /// <summary>Folds this tensor's ranges (<paramref name="min"/>, <paramref name="max"/>) into the running ones.</summary>
     protected abstract void Merge(float[] runningMin, float[] runningMax, float[] min, float[] max);
 
-    protected sealed override void ObserveCore(ReadOnlySpan<float> values, long[] shape)
+    protected sealed override void ObserveCore(FloatChunks values)
     {
-        var (min, max) = Reduce(values, shape);
+        var (min, max) = Reduce(values);
         if (_min is null || _max is null)
         {
             (_min, _max) = (min, max);

@@ -41,14 +41,16 @@ internal sealed class TorchHistogram
 
     public void Reset() => _hist = null;
 
-    public void Observe(ReadOnlySpan<float> values)
+    /// <summary>Folds one batch of values in.</summary>
+    public unsafe void Observe(ReadOnlySpan<float> values)
     {
-        float xMin = float.PositiveInfinity, xMax = float.NegativeInfinity;
-        foreach (float v in values)
-        {
-            if (v < xMin) xMin = v;
-            if (v > xMax) xMax = v;
-        }
+        fixed (float* p = values) Observe(FloatChunks.Over(p, values.Length, [values.Length]));
+    }
+
+    /// <summary>Folds one tensor in: its range first, then its histogram (two passes over the chunks).</summary>
+    public void Observe(FloatChunks values)
+    {
+        var (xMin, xMax) = Range(values);
         if (_hist is null)
         {
             (_min, _max) = (xMin, xMax);
@@ -67,18 +69,19 @@ internal sealed class TorchHistogram
     }
 
     /// <summary><c>torch.histc(x, bins, min, max)</c> on float32 data (linear bin index, no edge correction).</summary>
-    internal static float[] Histc(ReadOnlySpan<float> values, int bins, float min, float max)
+    internal static unsafe float[] Histc(ReadOnlySpan<float> values, int bins, float min, float max)
+    {
+        fixed (float* p = values) return Histc(FloatChunks.Over(p, values.Length, [values.Length]), bins, min, max);
+    }
+
+    /// <summary><c>torch.histc</c> over chunked values: the counts are added in element order, as over one span.</summary>
+    internal static float[] Histc(FloatChunks values, int bins, float min, float max)
     {
         double left = min, right = max;
-        if (left == right && values.Length > 0)
+        if (left == right && values.Count > 0)
         {
-            left = double.PositiveInfinity;
-            right = double.NegativeInfinity;
-            foreach (float v in values)
-            {
-                left = Math.Min(left, v);
-                right = Math.Max(right, v);
-            }
+            var (lo, hi) = Range(values);
+            (left, right) = (lo, hi);
         }
         if (left == right)
         {
@@ -88,14 +91,32 @@ internal sealed class TorchHistogram
         float l = (float)left, r = (float)right;
         float width = r - l;
         var hist = new float[bins];
-        foreach (float x in values)
+        values.ForEach((chunk, _) =>
         {
-            if (!(x >= l && x <= r)) continue;
-            long pos = (long)((x - l) * (float)bins / width);
-            if (pos == bins) pos--;
-            hist[pos] += 1f;
-        }
+            foreach (float x in chunk)
+            {
+                if (!(x >= l && x <= r)) continue;
+                long pos = (long)((x - l) * (float)bins / width);
+                if (pos == bins) pos--;
+                hist[pos] += 1f;
+            }
+        });
         return hist;
+    }
+
+    /// <summary>The smallest and largest value (by <c>&lt;</c> and <c>&gt;</c>, as torch.aminmax on finite data).</summary>
+    private static (float Min, float Max) Range(FloatChunks values)
+    {
+        float min = float.PositiveInfinity, max = float.NegativeInfinity;
+        values.ForEach((chunk, _) =>
+        {
+            foreach (float v in chunk)
+            {
+                if (v < min) min = v;
+                if (v > max) max = v;
+            }
+        });
+        return (min, max);
     }
 
     private float[] Combine(float[] orig, float origMin, float origMax, float[] update, float updateMin, float updateMax)

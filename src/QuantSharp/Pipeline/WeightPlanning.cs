@@ -58,6 +58,28 @@ internal sealed class RecipePlanner
     }
 
     /// <summary>
+    /// Settings of the recipe that have no effect: a granularity (group size, axis) for a float16/bfloat16 weight type,
+    /// which is a plain cast without scales. Warnings, or errors under <see cref="QuantizationRecipe.Strict"/>.
+    /// </summary>
+    public IEnumerable<string> IneffectiveSettings()
+    {
+        if (!Recipe.Type.IsInteger() && Recipe.Granularity is { } g)
+            yield return $"granularity {g} does not apply to {Recipe.Type.ToName()} weights (a plain cast, no scales) and is ignored; remove it or choose an integer type (int8, int4...).";
+        foreach (var o in Recipe.Overrides)
+        {
+            var type = o.Type ?? Recipe.Type;
+            if (!type.IsInteger() && o.Granularity is { } og)
+                yield return $"the override '{o.Pattern}' gives granularity {og} to {type.ToName()} weights (a plain cast, no scales); it is ignored. Remove it or choose an integer type for the override.";
+        }
+    }
+
+    /// <summary>Under <see cref="QuantizationRecipe.Strict"/>, the warnings about the recipe as one error.</summary>
+    public string? StrictRefusal(IReadOnlyList<string> recipeWarnings) => Recipe.Strict && recipeWarnings.Count > 0
+        ? "Strict mode (--strict, recipe \"strict\": true) refuses this recipe: " + string.Join(" ", recipeWarnings.Select(w => char.ToUpperInvariant(w[0]) + w[1..])) +
+          " Fix the recipe, or drop strict mode to accept it with warnings."
+        : null;
+
+    /// <summary>
     /// The planned quantization of <paramref name="name"/>: the recipe's spec for it, fitted to its shape
     /// (<see cref="WeightGeometry.Fit"/>).
     /// </summary>
@@ -177,6 +199,8 @@ internal static class WeightQuantization
             Axis = spec.Granularity is PerAxis a ? a.Axis : null,
             GroupSize = spec.Granularity is PerGroup g ? g.GroupSize : null,
             ReduceRange = spec.ReduceRange,
+            // One weight is one collection: merging at once gives the same histogram without keeping a copy.
+            MergeBatches = true,
             Name = name,
         });
 }

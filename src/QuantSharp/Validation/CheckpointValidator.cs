@@ -191,10 +191,10 @@ public static class CheckpointValidator
         }
         stored = dataInfo.ByteLength + (scaleInfo?.ByteLength ?? 0) + (zpInfo?.ByteLength ?? 0);
 
-        bool rowwise = CheckpointQuantizer.IsRowwise(oInfo.Shape, spec);
-        var (rows, rowsPerChunk) = CheckpointQuantizer.ChunkPlan(oInfo.Shape, spec);
+        bool rowwise = CheckpointQuantizer.IsRowwise(oInfo.Shape);
+        var (rows, rowsPerChunk) = CheckpointQuantizer.ChunkPlan(oInfo.Shape);
         long chunks = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
-        bool scaleRowwise = rowwise && spec.Granularity is not PerTensor;
+        bool scaleRowwise = rowwise && CheckpointQuantizer.HasRowScales(spec);
         var sqnr = new SqnrAccumulator();
         for (long c = 0; c < chunks; c++)
         {

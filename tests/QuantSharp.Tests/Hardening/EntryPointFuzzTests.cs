@@ -73,6 +73,13 @@ public sealed class EntryPointFuzzTests : IDisposable
             {
                 try { Directory.Delete(caseDir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
             }
+            // Nothing outside the case folder either (beside it: only the seeds).
+            var stray = Directory.GetFileSystemEntries(_dir.Path).Select(Path.GetFileName).Where(n => n != "seeds").ToList();
+            if (stray.Count > 0)
+            {
+                findings.Add($"{description}: wrote {string.Join(", ", stray)} beside the case folder");
+                foreach (var e in stray) { try { if (Directory.Exists(Path.Combine(_dir.Path, e!))) Directory.Delete(Path.Combine(_dir.Path, e!), true); else File.Delete(Path.Combine(_dir.Path, e!)); } catch (IOException) { } }
+            }
         }
         Assert.True(findings.Count == 0, $"{findings.Count} finding(s):\n" + string.Join("\n", findings.Take(30)));
         // The harness must reach the deep paths, not only the header parser.
@@ -80,6 +87,7 @@ public sealed class EntryPointFuzzTests : IDisposable
             string.Join(", ", outcomes.Select(kv => $"{kv.Key}={kv.Value}")));
         Assert.Contains(outcomes.Keys, k => k.StartsWith("quantize:ok", StringComparison.Ordinal));
         Assert.Contains(outcomes.Keys, k => k.StartsWith("cli-quantize:exit0", StringComparison.Ordinal));
+        Assert.Contains(outcomes.Keys, k => k.StartsWith("cli-observe:exit0", StringComparison.Ordinal));
         Console.WriteLine($"fuzz: {cases} cases in {sw.Elapsed.TotalSeconds:0.0} s: {string.Join(", ", outcomes.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={kv.Value}"))}");
     }
 
@@ -94,6 +102,15 @@ public sealed class EntryPointFuzzTests : IDisposable
         using var ids = torch.arange(8, dtype: ScalarType.Int64);
         string plain = Path.Combine(dir, "plain.safetensors");
         SafetensorsWriter.Save(plain, [("layer.weight", w), ("proj.weight", w2), ("layer.bias", bias), ("ids", ids)], new Dictionary<string, string> { ["format"] = "pt" });
+        // Odd sizes: rank 3, an empty weight, a 1x1 weight, a scalar, a long bfloat16 row, float64.
+        string odd = Path.Combine(dir, "odd.safetensors");
+        using (var r3 = torch.randn([3, 5, 7], generator: g))
+        using (var empty = torch.empty([0, 64]))
+        using (var one = torch.ones([1, 1]))
+        using (var scalar = torch.tensor(2.5f))
+        using (var longRow = torch.randn([2, 3000], generator: g).to(ScalarType.BFloat16))
+        using (var f64 = torch.randn([16, 24], generator: g).to(ScalarType.Float64))
+            SafetensorsWriter.Save(odd, [("odd.weight", r3), ("empty.weight", empty), ("one.weight", one), ("scalar", scalar), ("long.weight", longRow), ("f64.weight", f64)]);
         string quantized = Path.Combine(dir, "q.safetensors");
         CheckpointQuantizer.Quantize(plain, quantized, new QuantizationRecipe { MinElements = 16 });
         string sharded = Path.Combine(dir, "sharded");
@@ -102,7 +119,7 @@ public sealed class EntryPointFuzzTests : IDisposable
         var shards = Directory.GetFiles(sharded).Order(StringComparer.Ordinal).Select(f => new Seed(Path.GetFileName(f), File.ReadAllBytes(f))).ToArray();
         return new()
         {
-            ["plain"] = [new("plain.safetensors", File.ReadAllBytes(plain))],
+            ["plain"] = [new("plain.safetensors", File.ReadAllBytes(plain)), new("odd.safetensors", File.ReadAllBytes(odd))],
             ["quantized"] = [new("q.safetensors", File.ReadAllBytes(quantized))],
             ["sharded"] = shards,
             ["config"] =
@@ -149,8 +166,18 @@ public sealed class EntryPointFuzzTests : IDisposable
         var before = inputFiles.ToDictionary(f => f, File.ReadAllBytes);
         string output = Path.Combine(caseDir, Directory.Exists(input) ? "out" : "out.safetensors");
 
-        string entry = (Directory.Exists(input) ? new[] { "quantize", "cli-quantize", "cli-inspect" } : new[] { "open", "load", "quantize", "validate", "cli-quantize", "cli-inspect", "cli-validate" })[random.Next(Directory.Exists(input) ? 3 : 7)];
-        string outcome = entry switch
+        string[] entries = Directory.Exists(input)
+            ? ["quantize", "cli-quantize", "cli-inspect"]
+            : ["open", "load", "quantize", "validate", "cli-quantize", "cli-inspect", "cli-validate", "cli-observe"];
+        string entry = entries[random.Next(entries.Length)];
+        // Half the cases cut tensors into small chunks (rows, and observer passes in the middle of rows).
+        bool small = random.Next(2) == 0;
+        CheckpointQuantizer.ChunkElementsForTests = small ? random.Next(1, 3000) : null;
+        QuantSharp.Observers.FloatChunks.ChunkElementsForTests = small ? random.Next(1, 3000) : null;
+        string outcome;
+        try
+        {
+        outcome = entry switch
         {
             "open" => Library(() => { using var f = SafetensorsFile.Open(input); foreach (var t in f.Tensors) _ = f.ReadBytes(t.Name); }),
             "load" => Library(() => { using var q = QuantizedCheckpoint.Load(input); foreach (var name in q.Names) q.GetFloat(name).Dispose(); }),
@@ -160,11 +187,23 @@ public sealed class EntryPointFuzzTests : IDisposable
             {
                 0 => ["quantize", input, output, "--config", config],
                 1 => ["quantize", input, output, "--min-elements", "16", "--exclude", OddNames[random.Next(OddNames.Length)]],
-                _ => ["quantize", input, output, "--min-elements", "16", "--no-validate", "--json"],
+                2 => ["quantize", input, output, "--min-elements", "16", "--no-validate", "--json"],
+                _ => ["quantize", input, output, "--include", "*.weight", "--qtype", Pick(random, "int8", "uint8", "int4", "float16"),
+                      "--granularity", Pick(random, "per-tensor", "per-channel", "per-channel:1", "group:16", "group:7"),
+                      "--observer", Pick(random, "minmax", "moving-average", "histogram", "percentile"), random.Next(4) == 0 ? "--strict" : "--json"],
             }),
             "cli-inspect" => Cli(["inspect", input, "--json"]),
+            "cli-observe" => Cli(["observe", input, "--tensor", Pick(random, "layer.weight", "proj.weight", "odd.weight", "long.weight", "scalar", "ids", "f64.weight"),
+                "--observer", Pick(random, "minmax", "moving-average", "histogram", "percentile"), "--dtype", Pick(random, "int8", "uint4"),
+                "--scheme", Pick(random, "affine", "symmetric"), "--json"]),
             _ => Cli(["validate", input, input]),
         };
+        }
+        finally
+        {
+            CheckpointQuantizer.ChunkElementsForTests = null;
+            QuantSharp.Observers.FloatChunks.ChunkElementsForTests = null;
+        }
 
         foreach (var (file, bytes) in before)
             Assert.True(File.ReadAllBytes(file).AsSpan().SequenceEqual(bytes), $"{entry}: the input '{Path.GetFileName(file)}' was modified");
@@ -177,6 +216,8 @@ public sealed class EntryPointFuzzTests : IDisposable
         }
         return $"{entry}:{outcome}";
     }
+
+    private static string Pick(Random random, params string[] choices) => choices[random.Next(choices.Length)];
 
     private static string Library(Action run)
     {

@@ -10,13 +10,7 @@ namespace QuantSharp.Tests.Hardening;
 /// need --overwrite (never a link or special file), and temporary folders do not outlive their run.</summary>
 public class PathSafetyTests
 {
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = QuantSharp.Cli.Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Out, string Err) Cli(params string[] args) => CliRun.Run(args);
 
     private static void AssertUnchanged(Dictionary<string, string> before, string path)
         => Assert.Equal(before, SyntheticCheckpoint.HashTree(path));
