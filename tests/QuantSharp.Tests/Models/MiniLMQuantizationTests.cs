@@ -84,8 +84,8 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
 
     /// <summary>
     /// Checkpoint path = model path: <c>quantsharp quantize</c>'s library entry on the exported Hugging Face style
-    /// <c>model.safetensors</c>, loaded back into the TorchSharp model with <c>Quantizer.Load</c>, gives the embeddings
-    /// of the model quantized in memory with the same recipe, bit for bit.
+    /// <c>model.safetensors</c>, loaded back into the TorchSharp model with <c>Quantizer.Load</c>, is the model quantized
+    /// in memory with the same recipe, bit for bit, and gives its embeddings.
     /// </summary>
     [Theory]
     [MemberData(nameof(WeightOnlyRecipes))]
@@ -111,11 +111,25 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
             Assert.Equal(39, inMemory.Layers.Count);
             Assert.Equal(39, report.Tensors.Count(t => t.Quantized));
 
+            // The two models are the same bit for bit: every tensor of the state dict (integers, scales, zero points,
+            // float16 weights, biases, LayerNorms) has the same name, dtype, shape and bytes.
+            var sa = modelPath.state_dict();
+            var sb = checkpointPath.state_dict();
+            Assert.Equal(sa.Keys.Order(StringComparer.Ordinal), sb.Keys.Order(StringComparer.Ordinal));
+            foreach (var (name, t) in sa)
+            {
+                Assert.True(t.dtype == sb[name].dtype && t.shape.SequenceEqual(sb[name].shape), $"{variant}: {name} differs in dtype or shape");
+                Assert.True(t.bytes.SequenceEqual(sb[name].bytes), $"{variant}: {name} differs between the checkpoint path and the model path");
+            }
+
+            // So are their embeddings. A rare run (1 of ~6 on the loaded machine) showed a difference in the last bits
+            // of a float16 run's embeddings although the models were identical: float summation in libtorch's
+            // multi-threaded CPU ops, not the weights; hence the 1e-6 bound instead of equality.
             var sentences = fx.Sentences.Take(48).ToList();
             var a = modelPath.Encode(fx.Tokenizer, sentences);
             var b = checkpointPath.Encode(fx.Tokenizer, sentences);
-            for (int i = 0; i < a.Length; i++)
-                Assert.True(a[i].AsSpan().SequenceEqual(b[i]), $"{variant}: embedding {i} differs between the checkpoint path and the model path");
+            double maxDiff = a.Zip(b).Max(p => p.First.Zip(p.Second).Max(q => Math.Abs(q.First - q.Second)));
+            Assert.True(maxDiff <= 1e-6, $"{variant}: embeddings differ by up to {maxDiff:G3} between the checkpoint path and the model path");
             // And the quantized model really differs from float32 (so equality above is not float32 on both sides).
             Assert.NotEqual(fx.Float32[0], a[0]);
         }
