@@ -147,6 +147,24 @@ public sealed class MiniLMModel : Module<Tensor, Tensor>
         return stack([inputIds.to(ScalarType.Int64), attentionMask.to(ScalarType.Int64)], 1);
     }
 
+    /// <summary>
+    /// The model's packed inputs (see <see cref="Pack"/>) for <paramref name="sentences"/>, <paramref name="batchSize"/>
+    /// at a time: calibration data for <c>Quantizer.Quantize</c> or <c>Gptq.Quantize</c>. The caller disposes each tensor.
+    /// </summary>
+    public static IEnumerable<Tensor> PackedBatches(SentenceTokenizer tokenizer, IReadOnlyList<string> sentences, int batchSize = 32)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        ArgumentNullException.ThrowIfNull(sentences);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        for (int start = 0; start < sentences.Count; start += batchSize)
+        {
+            var (ids, mask) = tokenizer.Tokenize(sentences.Skip(start).Take(batchSize).ToList());
+            using (ids)
+            using (mask)
+                yield return Pack(ids, mask);
+        }
+    }
+
     /// <summary>Sentence embeddings [batch, hidden], mean-pooled over the attention mask and L2-normalised.</summary>
     /// <param name="inputIds">Token ids [batch, sequence] (with [CLS] and [SEP]).</param>
     /// <param name="attentionMask">1 for tokens, 0 for padding, [batch, sequence].</param>

@@ -55,17 +55,9 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
             Scheme = QuantScheme.Affine,
             Validation = new ValidationPolicy { OnFailure = ValidationFailureMode.Warn },
         };
-        var calibration = new List<Tensor>();
+        var calibration = MiniLMModel.PackedBatches(fx.Tokenizer, QuantSharp.Models.Data.InspirationalQuotes.Calibration).ToList();
         try
         {
-            var quotes = QuantSharp.Models.Data.InspirationalQuotes.Calibration;
-            for (int start = 0; start < quotes.Count; start += 32)
-            {
-                var (ids, mask) = fx.Tokenizer.Tokenize(quotes.Skip(start).Take(32).ToList());
-                using (ids)
-                using (mask)
-                    calibration.Add(MiniLMModel.Pack(ids, mask));
-            }
             var result = Gptq.Quantize(fx.Model, recipe, calibration, factory: () => new MiniLMModel());
             using var quantized = result.Model;
             var (mean, _) = EmbeddingMetrics.Cosine(quantized.Encode(fx.Tokenizer, fx.Sentences), fx.Float32);

@@ -109,7 +109,7 @@ internal static class MiniLMDemo
         foreach (var variant in Variants.Where(v => only.Count == 0 || only.Contains(v.Name)))
         {
             log?.Invoke($"Quantizing: {variant.Name} ...");
-            var calibrationBatches = variant.Calibrated ? Batches(tokenizer, calibration).ToList() : null;
+            var calibrationBatches = variant.Calibrated ? MiniLMModel.PackedBatches(tokenizer, calibration, BatchSize).ToList() : null;
             try
             {
                 var config = variant.Calibrated && !variant.Gptq ? variant.Config with { CalibrationSamples = calibration.Count } : variant.Config;
@@ -139,17 +139,6 @@ internal static class MiniLMDemo
         var sw = Stopwatch.StartNew();
         var e = model.Encode(tokenizer, sentences, BatchSize);
         return (e, sw.Elapsed.TotalMilliseconds);
-    }
-
-    private static IEnumerable<Tensor> Batches(SentenceTokenizer tokenizer, IReadOnlyList<string> sentences)
-    {
-        for (int start = 0; start < sentences.Count; start += BatchSize)
-        {
-            var (ids, mask) = tokenizer.Tokenize(sentences.Skip(start).Take(BatchSize).ToList());
-            using (ids)
-            using (mask)
-                yield return MiniLMModel.Pack(ids, mask);
-        }
     }
 
     private static long ModelBytes(MiniLMModel model) =>
