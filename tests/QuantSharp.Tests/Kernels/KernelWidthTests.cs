@@ -7,6 +7,7 @@ namespace QuantSharp.Tests.Kernels;
 /// Re-runs the vector-vs-scalar comparisons with the kernels capped at 128-bit vectors and at scalar only, so that
 /// every path runs on this machine (in addition to DOTNET_EnableAVX2=0 / DOTNET_EnableHWIntrinsic=0 runs).
 /// </summary>
+[Collection(SimdWidthCollection.Name)]
 public class KernelWidthTests
 {
     [Theory]
@@ -33,4 +34,16 @@ public class KernelWidthTests
             Simd.MaxBits = saved;
         }
     }
+}
+
+/// <summary>
+/// <see cref="KernelWidthTests"/> changes the process-wide <see cref="Simd.MaxBits"/>; a test that asks for an explicit
+/// kernel path (V256, V512) while it is capped gets "not supported on this CPU". This collection runs alone, after the
+/// parallel tests.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SimdWidthCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "Simd width cap (process-wide)";
 }
