@@ -199,13 +199,15 @@ public class LargeModelPathTests
             var weight = torch.empty([rows, dim], ScalarType.BFloat16);
             if (fill)
             {
-                const long Chunk = 1 << 14;
+                // Row i depends on i mod 2001 only: one period is computed, then copied down the table.
                 using var noGrad = no_grad();
-                for (long r = 0; r < rows; r += Chunk)
+                using var period = Rows(0, Period, dim);
+                for (long r = 0; r < rows; r += Period)
                 {
-                    using var scope = NewDisposeScope();
-                    long n = Math.Min(Chunk, rows - r);
-                    weight.narrow(0, r, n).copy_(Rows(r, n, dim));
+                    long n = Math.Min(Period, rows - r);
+                    using var target = weight.narrow(0, r, n);
+                    using var source = period.narrow(0, 0, n);
+                    target.copy_(source);
                 }
             }
             table = nn.Embedding_from_pretrained(weight, freeze: true);
@@ -214,13 +216,16 @@ public class LargeModelPathTests
 
         public nn.Module Table => table;
 
+        private const long Period = 2001;
+
         /// <summary>Rows [r, r + n): ((i * 7919 + j * 104729) mod 2001 - 1000) / 1000 * (1 + j mod 3), as bfloat16.</summary>
         private static Tensor Rows(long r, long n, long dim)
         {
+            using var scope = NewDisposeScope();
             var i = torch.arange(r, r + n, ScalarType.Int64).unsqueeze(1);
             var j = torch.arange(0, dim, ScalarType.Int64).unsqueeze(0);
-            var v = ((i * 7919 + j * 104729) % 2001 - 1000).to(ScalarType.Float32) / 1000 * (1 + j % 3).to(ScalarType.Float32);
-            return v.to(ScalarType.BFloat16);
+            var v = ((i * 7919 + j * 104729) % Period - 1000).to(ScalarType.Float32) / 1000 * (1 + j % 3).to(ScalarType.Float32);
+            return v.to(ScalarType.BFloat16).MoveToOuterDisposeScope();
         }
 
         public static Tensor Row(long r, long dim) => Rows(r, 1, dim).reshape(dim);
