@@ -150,6 +150,7 @@ public class LargeModelPathTests
         Assert.InRange(result.Report.Layers.Single().WeightSqnrDb, 35, 60);
         floatTable.Dispose(); // in place: the float table left the model and is freed here
         GC.Collect();
+        GC.WaitForPendingFinalizers();
 
         long[] sample = [0, 1, 12345, 1L << 20, Rows - 2, Rows - 1];
         using var indices = torch.tensor(sample);
@@ -211,6 +212,7 @@ public class LargeModelPathTests
                 }
             }
             table = nn.Embedding_from_pretrained(weight, freeze: true);
+            weight.Dispose(); // the module's parameter keeps the storage; this handle would keep it alive after the module is disposed
             RegisterComponents();
         }
 
