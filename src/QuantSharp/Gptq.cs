@@ -70,8 +70,9 @@ public static class Gptq
     /// <param name="inPlace">Quantize <paramref name="model"/> itself.</param>
     /// <param name="options">GPTQ settings (null: defaults).</param>
     /// <returns>The quantized model with the same report as <see cref="Quantizer"/>'s (validation included).</returns>
-    /// <exception cref="ArgumentException">An invalid recipe or options, a recipe with activations, no calibration data,
-    /// or no factory without <paramref name="inPlace"/>.</exception>
+    /// <exception cref="RecipeException">An invalid recipe, or a recipe with activations.</exception>
+    /// <exception cref="ModelQuantizationException">A layer's inputs give no usable Hessian, or a layer GPTQ cannot quantize.</exception>
+    /// <exception cref="ArgumentException">Invalid options, no calibration data, or no factory without <paramref name="inPlace"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(T model, QuantizationRecipe recipe, IEnumerable<Tensor> calibrationBatches,
         Func<T>? factory = null, bool inPlace = false, GptqOptions? options = null) where T : nn.Module
     {
@@ -98,7 +99,7 @@ public static class Gptq
         options ??= new GptqOptions();
         options.Validate();
         if (recipe.Activations is not null || recipe.DynamicActivations)
-            throw new ArgumentException("GPTQ quantizes weights only: set recipe.Activations = null and DynamicActivations = false.", nameof(recipe));
+            throw new RecipeException("GPTQ quantizes weights only: set recipe.Activations = null and DynamicActivations = false.");
         if (calibration.Count == 0)
             throw new ArgumentException("GPTQ needs calibration inputs (the Hessian of each layer's inputs): pass a few batches of real inputs, e.g. 256 training images.", nameof(calibration));
         // The pipeline's sequential quantize stage: layer by layer, each on the inputs of the layers already quantized,
@@ -258,7 +259,7 @@ public static class Gptq
             if (info2.item<int>() != 0) continue;
             return upperT.t().contiguous().MoveToOuterDisposeScope();
         }
-        throw new ArgumentException("GPTQ: the Hessian of a layer's calibration inputs is not positive definite even with 1000x the damping; " +
+        throw new ModelQuantizationException("GPTQ: the Hessian of a layer's calibration inputs is not positive definite even with 1000x the damping; " +
             "use more calibration samples or a larger GptqOptions.DampingFraction.");
     }
 

@@ -125,7 +125,9 @@ public static class Quantizer
     /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
-    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty or mismatched data.</exception>
+    /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
+    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or data the method cannot use.</exception>
+    /// <exception cref="ArgumentException">A missing or wrong factory, or missing calibration data the recipe needs.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
         T model,
@@ -162,7 +164,9 @@ public static class Quantizer
     /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
-    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty data, or a batch the model fails on.</exception>
+    /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
+    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or a layer the calibration data never reaches.</exception>
+    /// <exception cref="ArgumentException">A missing or wrong factory, empty data, or a batch the model fails on.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
         T model,
@@ -194,7 +198,7 @@ public static class Quantizer
         };
         var planner = new RecipePlanner(cfg); // validates
         var recipeWarnings = planner.IneffectiveSettings().ToList();
-        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new ArgumentException(refusal, nameof(recipe));
+        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new RecipeException(refusal);
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
@@ -206,7 +210,7 @@ public static class Quantizer
 
         var originalEntries = ModuleTree.Walk(model);
         if (originalEntries.Any(e => e.Module is QuantizedModule) || model is QuantizedModule)
-            throw new ArgumentException("The model already contains quantized layers; quantize the float model instead.", nameof(model));
+            throw new ModelQuantizationException("The model already contains quantized layers; quantize the float model instead.");
         CheckPatterns(cfg, model.named_parameters().Select(p => p.name).ToList());
 
         // Plan on the original (read-only), so that errors come before any copy is made.
@@ -216,7 +220,7 @@ public static class Quantizer
             string why = skipped.Count == 0
                 ? "it has no layer of a type registered in QuantizedModules (Linear, Conv1d, Conv2d, Embedding, MultiheadAttention, Transformer*, LSTM, GRU, RNN...)"
                 : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
-            throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
+            throw new ModelQuantizationException($"Nothing to quantize in {model.GetType().Name}: {why}.");
         }
 
         T work = inPlace ? model : (T)Copy(model, () => factory!());
@@ -308,7 +312,7 @@ public static class Quantizer
             var glob = new Glob(p);
             if (parameterNames.Any(n => QuantizationRecipe.NameMatches(glob, n))) continue;
             var close = NameGlob.Closest(p, parameterNames);
-            throw new ArgumentException(
+            throw new RecipeException(
                 $"{where} pattern '{p}' matches no weight of the model. " +
                 (close.Count > 0 ? $"Closest parameter names: {string.Join(", ", close)}. " : "The model has no parameters. ") +
                 "Names are state_dict names (e.g. fc1.weight) or their module's name (fc1); '*' matches any characters (dots too), '?' one.");
@@ -377,7 +381,7 @@ public static class Quantizer
             if (data is null)
                 throw new ArgumentException($"The weight quantization method '{quantizer.Method}' needs calibration data (the inputs of each layer): pass calibrationData.", nameof(data));
             if (plans.FirstOrDefault(p => p.Mechanism != QuantizationMechanism.Replace) is { } kept)
-                throw new ArgumentException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
+                throw new ModelQuantizationException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
                     $"'{kept.Entry.Name}' ({kept.Entry.Module.GetType().Name}) keeps its float module ({kept.Note ?? "materialized weights"}). Exclude it, or use round to nearest.");
             replay = Replayable(data, cfg.CalibrationSamples);
             data = replay;
@@ -620,7 +624,7 @@ public static class Quantizer
             }
             return (CheckStatus.Passed, "save -> load gives bit-identical state (no data to compare outputs)");
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or QuantizationException or ArgumentException or UnauthorizedAccessException)
         {
             return (CheckStatus.Failed, "save -> load failed: " + e.Message);
         }
@@ -653,7 +657,7 @@ public static class Quantizer
     /// <typeparam name="T">The model type.</typeparam>
     /// <param name="factory">Builds a fresh float model of the saved architecture.</param>
     /// <param name="path">The quantized file.</param>
-    /// <exception cref="InvalidDataException">The file is not a quantized file of this architecture (the message names the layer or tensor).</exception>
+    /// <exception cref="QuantizedFileException">The file is not a quantized file of this architecture (the message names the layer or tensor).</exception>
     public static T Load<T>(Func<T> factory, string path) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(factory);

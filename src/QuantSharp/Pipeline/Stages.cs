@@ -149,7 +149,7 @@ internal static class InputStatistics
     public static void Collect(nn.Module model, ModuleEntry layer, IReadOnlyList<CalibrationBatch> batches, IInputStatistics statistics)
     {
         if (layer.Module is not nn.Module<Tensor, Tensor> m)
-            throw new ArgumentException($"Layer '{layer.Name}' ({layer.Module.GetType().Name}) does not take one tensor; its input statistics cannot be collected.");
+            throw new ModelQuantizationException($"Layer '{layer.Name}' ({layer.Module.GetType().Name}) does not take one tensor; its input statistics cannot be collected.");
         var remove = Unhook(m.register_forward_pre_hook((_, x) =>
         {
             statistics.Observe(x);
@@ -169,7 +169,7 @@ internal static class InputStatistics
             remove();
         }
         if (statistics.Rows == 0)
-            throw new ArgumentException($"Layer '{layer.Name}' never ran on the calibration data (forward hooks fire only through child.call(x)); its input statistics are empty.");
+            throw new ModelQuantizationException($"Layer '{layer.Name}' never ran on the calibration data (forward hooks fire only through child.call(x)); its input statistics are empty.");
     }
 }
 
