@@ -439,7 +439,7 @@ public static class Quantizer
                 var problems = new List<string>();
                 foreach (var (param, w) in layer.Weights)
                 {
-                    using var canonical = w.ToCanonical();
+                    using var canonical = w.Layout.CanonicalView();
                     problems.AddRange(WeightChecks.RangeProblems(e.Name + "." + param, canonical));
                 }
                 bool rangeOk = problems.Count == 0;
@@ -634,8 +634,7 @@ public static class Quantizer
         }
     }
 
-    private static bool BitEqual(Tensor a, Tensor b) =>
-        a.dtype == b.dtype && a.shape.SequenceEqual(b.shape) && a.contiguous().bytes.SequenceEqual(b.contiguous().bytes);
+    private static bool BitEqual(Tensor a, Tensor b) => TensorSpans.BitEqual(a, b);
 
     /// <summary>
     /// Saves a model quantized by <c>Quantize</c> (or loaded by <see cref="Load{T}"/>) as the one quantized file

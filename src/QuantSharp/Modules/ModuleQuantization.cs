@@ -129,10 +129,10 @@ internal static class ModuleQuantization
     };
 
     /// <summary>A key naming the memory a contiguous CPU tensor's data starts at (tied weights share it), or null for an empty tensor.</summary>
-    public static unsafe (nint Address, long Count, ScalarType Type)? StorageKey(Tensor t)
+    public static (nint Address, long Count, ScalarType Type)? StorageKey(Tensor t)
     {
         if (t.numel() == 0 || t.device_type != DeviceType.CPU || !t.is_contiguous()) return null;
-        return ((nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes)), t.numel(), t.dtype);
+        return (TensorSpans.Address(t), t.numel(), t.dtype);
     }
 }
 

@@ -168,24 +168,32 @@ internal static class WeightQuantization
         if (spec.Type.IsInteger() && x.dim() > 2) x = x.reshape(x.shape[0], -1);
         if (!spec.Type.IsInteger() || QuantizationRecipe.NormalizeObserver(observer) == "minmax")
             return QuantizedTensor.Quantize(x, spec);
+        // Both passes read the weight in float32 chunks (a weight of any size, never a float32 copy of all of it).
         var o = CreateObserver(observer, spec, name);
-        var xf = x.to(ScalarType.Float32);
-        o.Observe(xf);
+        o.Observe(x);
         var qp = o.ComputeQParams();
-        return QuantizedTensor.QuantizeWith(xf, spec, qp.Scale, qp.ZeroPoint);
+        return QuantizedTensor.QuantizeWith(x, spec, qp.Scale, qp.ZeroPoint);
     }
 
     /// <summary>
-    /// The SQNR (dB) of a quantized weight against its float values, accumulated in double precision as the checkpoint
-    /// path accumulates it chunk by chunk (so both write the same <c>sqnr_db</c>).
+    /// The SQNR (dB) of a quantized weight against its float values, accumulated in double precision over the same
+    /// chunks of rows as the checkpoint path (<see cref="CheckpointQuantizer.ChunkPlan"/>), so both write the same
+    /// <c>sqnr_db</c>, and only one chunk is dequantized at a time.
     /// </summary>
     public static double Sqnr(Tensor original, QuantizedWeight weight)
     {
-        using var scope = NewDisposeScope();
-        var x = original.detach().to(ScalarType.Float32).contiguous();
-        var d = weight.Dequantize().contiguous();
         var acc = new Validation.SqnrAccumulator();
-        acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
+        long[] shape = original.shape;
+        var (rows, perChunk) = CheckpointQuantizer.ChunkPlan(shape);
+        for (long r0 = 0; r0 < rows; r0 += perChunk)
+        {
+            using var scope = NewDisposeScope();
+            long n = Math.Min(perChunk, rows - r0);
+            var x = (CheckpointQuantizer.IsRowwise(shape) ? original.detach().narrow(0, r0, n) : original.detach()).to(ScalarType.Float32).contiguous();
+            var d = (CheckpointQuantizer.IsRowwise(shape) ? weight.GatherRows(torch.arange(r0, r0 + n, ScalarType.Int64)) : weight.Dequantize()).contiguous();
+            if (x.numel() == 0) continue;
+            acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
+        }
         return acc.Db;
     }
 

@@ -65,7 +65,7 @@ internal static class QuantizedModelFile
                     else
                     {
                         firstName[w] = full;
-                        var qt = w.ToCanonical();
+                        var qt = w.Layout.CanonicalView(); // the stored parts themselves: no copy of the model's weights
                         owned.Add(qt);
                         data[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = qt;
                         layerInfo[name + "." + QuantizedWeightNames.InModule(param, WeightPart.Data)] = LayerInfo(w, (module as QuantizedModule)?.InputQuantization);
@@ -169,7 +169,8 @@ internal static class QuantizedModelFile
                         if (!ckpt.Quantized.TryGetValue(full, out var qt))
                             throw new QuantizedFileException($"{path}: quantized layer '{name}' has no quantized tensor '{full}'.");
                         var dtype = Enum.Parse<ScalarType>(winfo["dtype"]!.GetValue<string>());
-                        var parts = QuantizedTensor.FromParts(qt.Spec, qt.Shape, qt.Data.clone(), qt.Scale?.clone(), qt.ZeroPoint?.clone());
+                        // Aliases keep the tensors read from the file alive after the checkpoint is disposed: no copy.
+                        var parts = QuantizedTensor.FromParts(qt.Spec, qt.Shape, qt.Data.alias(), qt.Scale?.alias(), qt.ZeroPoint?.alias());
                         try
                         {
                             w = QuantizedWeight.FromCanonical(parts, shape, dtype);
