@@ -97,6 +97,7 @@ var clock = Stopwatch.StartNew();
 
 MnistNet result;
 string description = "";
+QuantSharp.Validation.QuantizationReport? report = null; // the quantizer's validation (rtn, gptq)
 switch (method)
 {
     case "float":
@@ -104,7 +105,9 @@ switch (method)
         description = "float32";
         break;
     case "rtn":
-        result = Quantizer.Quantize(floatModel, recipe, () => new MnistNet()).Model;
+        var rtn = Quantizer.Quantize(floatModel, recipe, () => new MnistNet());
+        report = rtn.Report;
+        result = rtn.Model;
         description = $"RTN {type.ToName()} {granularity}";
         break;
     case "gptq":
@@ -112,7 +115,9 @@ switch (method)
         // Calibration: the first N training images (classes interleaved, so balanced), in batches of 128.
         var batches = Enumerable.Range(0, (calibrationImages + 127) / 128)
             .Select(b => train.ImagesSlice(b * 128, Math.Min(128, calibrationImages - b * 128))).ToList();
-        result = Gptq.Quantize(floatModel, recipe, batches, () => new MnistNet(), options: new GptqOptions { ActOrder = actOrder }).Model;
+        var gptq = Gptq.Quantize(floatModel, recipe, batches, () => new MnistNet(), options: new GptqOptions { ActOrder = actOrder });
+        report = gptq.Report;
+        result = gptq.Model;
         description = $"GPTQ {type.ToName()} {granularity}{(actOrder ? " act_order" : "")}, {calibrationImages} calibration images";
         break;
     }
@@ -181,6 +186,7 @@ Console.WriteLine($"{description}: validation accuracy {validationAccuracy * 100
                   $"test accuracy {accuracy * 100:F2}% ({accuracy * test.Count:F0}/{test.Count}) [{clock.Elapsed.TotalSeconds:F0} s]");
 foreach (var m in result.named_modules().Where(m => m.module is QuantizedModule))
     Console.WriteLine($"  {m.name}: {((QuantizedModule)m.module).WeightSpec}");
+if (report is not null) Console.WriteLine(report.Format());
 if (method is "rtn" or "gptq") PrintLayerErrors(floatModel, result, test.ImagesSlice(0, 1000));
 if (savePath is not null && !ReferenceEquals(result, floatModel))
 {
