@@ -15,13 +15,9 @@ namespace QuantSharp.Tests.Modules;
 /// of its weight SQNR, the file records the method that really quantized each layer, and layers are processed in the
 /// order the model calls them.
 /// </summary>
+[Collection(TorchThreadsCollection.Name)]
 public class GptqValidationTests
 {
-    private static Tensor Correlated(long n, long k, Tensor mixing, Generator g) => randn(n, k, generator: g).mm(mixing);
-
-    private static Tensor Mixing(long k, Generator g) =>
-        (randn(k, k, generator: g) * 0.3f + eye(k)) * linspace(0.2, 2.0, k).unsqueeze(0);
-
     /// <summary>Inputs [n, 64] close to an 8-dimensional subspace (as features often are): GPTQ can then move weights far
     /// along the directions the inputs hardly use, which costs weight SQNR but no output accuracy.</summary>
     private static List<Tensor> NearlyLowRank(int batches, Generator g)
@@ -187,7 +183,7 @@ public class GptqValidationTests
         torch.set_num_threads(1);
         using var scope = NewDisposeScope();
         var g = new Generator(40);
-        var x = Correlated(256, 32, Mixing(32, g), g);
+        var x = GptqTests.Correlated(256, 32, GptqTests.Mixing(32, g), g);
         using var model = new CalledOutOfOrder();
         model.eval();
         Assert.Equal(["head", "body"], model.named_children().Select(c => c.name));
