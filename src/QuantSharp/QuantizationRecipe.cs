@@ -567,7 +567,9 @@ public sealed record ValidationPolicy
     /// <summary>What a failed check does (default <see cref="ValidationFailureMode.Error"/>).</summary>
     public ValidationFailureMode OnFailure { get; init; } = ValidationFailureMode.Error;
 
-    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).</summary>
+    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).
+    /// A layer quantized by GPTQ is held to its type's threshold on its calibration output SQNR instead of its weight SQNR
+    /// (<see cref="Validation.LayerReport.CalibrationOutputSqnrDb"/>).</summary>
     public IReadOnlyDictionary<QuantType, double> SqnrThresholdsDb { get; init; } = new Dictionary<QuantType, double>();
 
     /// <summary>A layer whose output SQNR (dB) on the first calibration batch is below this fails (null: no bound; model path only).</summary>

@@ -445,14 +445,23 @@ public static class Quantizer
                 bool rangeOk = problems.Count == 0;
                 if (act is not null) rangeOk &= ActivationCheck(act, problems);
                 double weightSqnr = layer.WeightSqnrDb;
-                if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
                 double minW = cfg.Validation.ThresholdFor(spec.Type);
-                if (weightSqnr < minW)
-                    problems.Add($"weight SQNR {weightSqnr:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
+                // The gate of the method's objective: the calibration output SQNR for an output-error method (GPTQ moves
+                // weights away from their float values on purpose), the weight SQNR otherwise.
+                var (gated, what) = layer.CalibrationOutputSqnrDb is { } calibrationOutput
+                    ? (calibrationOutput, "calibration output SQNR")
+                    : (weightSqnr, "weight SQNR");
+                if (double.IsNaN(gated)) problems.Add($"{what} is NaN");
+                if (gated < minW)
+                    problems.Add($"{what} {gated:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
                 layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
+                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems, layer.CalibrationOutputSqnrDb));
             }
+            // Reported in model order, whatever order a sequential method quantized them in.
+            var modelOrder = plans.Select((p, i) => (p.Entry.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
+            done.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
+            layerReports.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
             // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
             warnings.AddRange(skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
             long quantBytes = ModelMemory.Bytes(work);
@@ -523,14 +532,15 @@ public static class Quantizer
     }
 
     /// <summary>
-    /// The quantize stage of a sequential method: layer by layer, in model order, the layer input's statistics are
-    /// collected on the model whose earlier layers are already quantized and installed (the caller installs each
-    /// prepared layer before asking for the next), then the layer is quantized with them.
+    /// The quantize stage of a sequential method: layer by layer, in the order the model calls them (recorded on the first
+    /// calibration batch; registration order can differ), the layer input's statistics are collected on the model whose
+    /// earlier layers are already quantized and installed (the caller installs each prepared layer before asking for the
+    /// next), then the layer is quantized with them.
     /// </summary>
     private static IEnumerable<PreparedLayer> PrepareSequentially(nn.Module work, List<LayerPlan> plans, Dictionary<string, QuantSpec> specs,
         TiedWeights tied, IWeightQuantizer quantizer, IReadOnlyList<CalibrationBatch> batches)
     {
-        foreach (var plan in plans)
+        foreach (var plan in CallOrder.Of(work, plans, p => p.Entry, batches[0]))
         {
             var spec = specs[plan.Entry.Name];
             var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
