@@ -76,7 +76,7 @@ internal static class DemoCommand
                 report = DemoRunner.Run(options, DemoVariants.All,
                     asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException)
+            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException or QuantizationException)
             {
                 parseResult.InvocationConfiguration.Error.WriteLine($"demo: {e.Message}");
                 return 1;
