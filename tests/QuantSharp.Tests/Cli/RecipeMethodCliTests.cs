@@ -12,12 +12,7 @@ namespace QuantSharp.Tests.Cli;
 /// </summary>
 public class RecipeMethodCliTests
 {
-    private static JsonElement Json(params string[] args)
-    {
-        var (exit, output, error) = DemoCommandTests.RunCli(args);
-        Assert.True(exit == 0, $"exit {exit}: {error}");
-        return JsonDocument.Parse(output).RootElement.Clone();
-    }
+    private static JsonElement Json(params string[] args) => CalibrateCommandTests.Json(args);
 
     private static Dictionary<string, JsonElement> Variants(JsonElement demo) =>
         demo.GetProperty("variants").EnumerateArray().ToDictionary(v => v.GetProperty("name").GetString()!);
