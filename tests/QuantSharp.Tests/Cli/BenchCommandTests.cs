@@ -9,6 +9,7 @@ using TorchSharp;
 namespace QuantSharp.Tests.Cli;
 
 /// <summary><c>quantsharp bench</c> in each mode, on tiny shapes with one repeat (timings are not asserted, only their presence and consistency).</summary>
+[Collection(TorchThreadsCollection.Name)]
 public class BenchCommandTests
 {
     private static (int Code, string Out, string Err) Run(params string[] args)

@@ -10,6 +10,7 @@ namespace QuantSharp.Tests.Modules;
 
 /// <summary>GPTQ (issue 11, item 3): lower held-out layer output error than round-to-nearest, RTN exactly with an
 /// identity-like Hessian, act_order and groups, Linear and Conv2d, the standard quantized model and file.</summary>
+[Collection(TorchThreadsCollection.Name)]
 public class GptqTests
 {
     private static readonly QuantSpec Int4Channel = new(QuantType.Int4, QuantScheme.Symmetric, new PerAxis(0));

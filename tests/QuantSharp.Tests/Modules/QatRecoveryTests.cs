@@ -11,6 +11,7 @@ namespace QuantSharp.Tests.Modules;
 /// samples. (At int4 this small problem loses nothing to rounding, so there is no drop to recover; the int4 claim is
 /// measured on Fashion-MNIST, docs/ACCURACY.md.)
 /// </summary>
+[Collection(TorchThreadsCollection.Name)]
 public class QatRecoveryTests
 {
     private sealed class Net : nn.Module<Tensor, Tensor>

@@ -8,6 +8,7 @@ using static TorchSharp.torch;
 namespace QuantSharp.Tests.Modules;
 
 /// <summary>Prepare, train with an ordinary optimizer, convert, save, reload and inspect (issue 11 "Done means").</summary>
+[Collection(TorchThreadsCollection.Name)]
 public class QuantizationAwareTrainingTests
 {
     private static float[] Floats(Tensor t) => t.detach().contiguous().data<float>().ToArray();

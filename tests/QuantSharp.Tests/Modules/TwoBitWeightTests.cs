@@ -11,6 +11,7 @@ using static TorchSharp.torch;
 namespace QuantSharp.Tests.Modules;
 
 /// <summary>int2/uint2 weights (four values per byte) in the quantized modules, the recipe, the CLI and the file format (issue 11, item 2).</summary>
+[Collection(TorchThreadsCollection.Name)]
 public class TwoBitWeightTests
 {
     private static readonly QuantSpec Int2G16 = new(QuantType.Int2, QuantScheme.Symmetric, new PerGroup(16));
