@@ -241,15 +241,15 @@ public sealed record QuantizationRecipe
         return dot > 0 && pattern.IsMatch(parameterName[..dot]);
     }
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid setting and how to fix it.</summary>
+    /// <summary>Throws <see cref="RecipeException"/> naming the first invalid setting and how to fix it.</summary>
     public void Validate()
     {
         if (Version < 1 || Version > CurrentVersion)
-            throw new ArgumentException($"Recipe version {Version} is not supported; this QuantSharp reads versions 1 to {CurrentVersion}.");
+            throw new RecipeException($"Recipe version {Version} is not supported; this QuantSharp reads versions 1 to {CurrentVersion}.");
         ValidateSpec(BaseWeights, "Weights");
         foreach (var o in Overrides)
         {
-            if (o is null) throw new ArgumentException("Overrides: an entry is null.");
+            if (o is null) throw new RecipeException("Overrides: an entry is null.");
             ValidatePattern(o.Pattern, "Overrides");
             ValidateSpec(SpecOf(o), $"Overrides['{o.Pattern}']");
             if (o.ActivationObserver is not null) CheckObserver(o.ActivationObserver, $"Overrides['{o.Pattern}'].ActivationObserver");
@@ -258,30 +258,31 @@ public sealed record QuantizationRecipe
         if (Activations is { } a)
         {
             try { a.Validate(); }
-            catch (ArgumentException e) { throw new ArgumentException($"Activations: {e.Message}", e); }
+            catch (ArgumentException e) { throw new RecipeException($"Activations: {e.Message}", e); }
             if (a.Type is not (QuantType.Int8 or QuantType.UInt8))
-                throw new ArgumentException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
+                throw new RecipeException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
             if (a.Granularity is not PerTensor)
-                throw new ArgumentException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
+                throw new RecipeException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
         }
         CheckObserver(WeightObserver, nameof(WeightObserver));
         CheckObserver(ActivationObserver, nameof(ActivationObserver));
         if (DynamicActivations && Activations is not null)
-            throw new ArgumentException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
+            throw new RecipeException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
         CheckSearchStart(EntropySearchStart, nameof(EntropySearchStart));
-        if (!Enum.IsDefined(HistogramMethod)) throw new ArgumentException($"HistogramMethod {(int)HistogramMethod} is not defined. Use Entropy or L2.");
-        if (!Enum.IsDefined(Method)) throw new ArgumentException($"Method {(int)Method} is not defined. Use RoundToNearest or Gptq.");
-        if (GptqOptions is null) throw new ArgumentException("GptqOptions is null; leave it at its default (new GptqOptions()).");
-        GptqOptions.Validate();
+        if (!Enum.IsDefined(HistogramMethod)) throw new RecipeException($"HistogramMethod {(int)HistogramMethod} is not defined. Use Entropy or L2.");
+        if (!Enum.IsDefined(Method)) throw new RecipeException($"Method {(int)Method} is not defined. Use RoundToNearest or Gptq.");
+        if (GptqOptions is null) throw new RecipeException("GptqOptions is null; leave it at its default (new GptqOptions()).");
+        try { GptqOptions.Validate(); }
+        catch (ArgumentException e) { throw new RecipeException(e.Message, e); }
         if (Method == QuantizationMethod.Gptq && (Activations is not null || DynamicActivations))
-            throw new ArgumentException("Method gptq quantizes weights only: set Activations = null and DynamicActivations = false (JSON \"activations\": null, \"dynamic_activations\": false), or use method rtn for W8A8.");
+            throw new RecipeException("Method gptq quantizes weights only: set Activations = null and DynamicActivations = false (JSON \"activations\": null, \"dynamic_activations\": false), or use method rtn for W8A8.");
         if (CalibrationSamples <= 0)
-            throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
-        if (MinElements < 0) throw new ArgumentException($"MinElements must be at least 0, got {MinElements}.");
+            throw new RecipeException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
+        if (MinElements < 0) throw new RecipeException($"MinElements must be at least 0, got {MinElements}.");
         foreach (var p in Include) ValidatePattern(p, nameof(Include));
         foreach (var p in Exclude) ValidatePattern(p, nameof(Exclude));
         foreach (var t in ModuleTypes.Concat(ExcludeModuleTypes))
-            if (string.IsNullOrWhiteSpace(t)) throw new ArgumentException("ModuleTypes/ExcludeModuleTypes: a module type name is empty (use e.g. \"Linear\").");
+            if (string.IsNullOrWhiteSpace(t)) throw new RecipeException("ModuleTypes/ExcludeModuleTypes: a module type name is empty (use e.g. \"Linear\").");
         Validation.Validate();
     }
 
@@ -297,30 +298,30 @@ public sealed record QuantizationRecipe
     private static void CheckObserver(string? name, string what)
     {
         if (string.IsNullOrWhiteSpace(name) || !ObserverFactory.Names.Contains(NormalizeObserver(name)))
-            throw new ArgumentException($"{what}: unknown observer '{name}'. Use one of: {string.Join(", ", ObserverFactory.Names)}.");
+            throw new RecipeException($"{what}: unknown observer '{name}'. Use one of: {string.Join(", ", ObserverFactory.Names)}.");
     }
 
     private static void CheckSearchStart(double start, string what)
     {
         if (!(start >= 0 && start < 1))
-            throw new ArgumentException($"{what} must be a fraction in [0, 1), got {start}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
+            throw new RecipeException($"{what} must be a fraction in [0, 1), got {start}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
     }
 
     private static void ValidateSpec(QuantSpec spec, string what)
     {
         if (!SupportedWeightTypes.Contains(spec.Type))
-            throw new ArgumentException($"{what}: {spec.Type.ToName()} weights are not supported; use one of: " +
+            throw new RecipeException($"{what}: {spec.Type.ToName()} weights are not supported; use one of: " +
                 string.Join(", ", SupportedWeightTypes.Select(t => t.ToName())) + ".");
         try { spec.Validate(); }
-        catch (ArgumentException e) { throw new ArgumentException($"{what}: {e.Message}", e); }
+        catch (ArgumentException e) { throw new RecipeException($"{what}: {e.Message}", e); }
     }
 
     private static void ValidatePattern(string? pattern, string what)
     {
         if (string.IsNullOrWhiteSpace(pattern))
-            throw new ArgumentException($"{what}: name patterns must not be empty (use '*' to match every weight).");
+            throw new RecipeException($"{what}: name patterns must not be empty (use '*' to match every weight).");
         try { _ = new Glob(pattern); }
-        catch (ArgumentException e) { throw new ArgumentException($"{what}: {e.Message}", e); }
+        catch (ArgumentException e) { throw new RecipeException($"{what}: {e.Message}", e); }
     }
 
     // ---- JSON ----
@@ -372,7 +373,7 @@ public sealed record QuantizationRecipe
 
     /// <summary>Reads a recipe file (JSON).</summary>
     /// <exception cref="FileNotFoundException">No such file.</exception>
-    /// <exception cref="InvalidDataException">Not valid JSON, an unknown or duplicate key, or a wrong value (the message names it).</exception>
+    /// <exception cref="RecipeException">Not valid JSON, an unknown or duplicate key, or a wrong value (the message names it).</exception>
     public static QuantizationRecipe Load(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -400,16 +401,16 @@ public sealed record QuantizationRecipe
     /// <summary>Parses the JSON form. Missing keys keep their defaults; comments and trailing commas are accepted.</summary>
     /// <param name="json">The JSON text.</param>
     /// <param name="source">Where it came from (for messages).</param>
-    /// <exception cref="InvalidDataException">Not valid JSON, an unknown or duplicate key, or a wrong value.</exception>
+    /// <exception cref="RecipeException">Not valid JSON, an unknown or duplicate key, or a wrong value.</exception>
     public static QuantizationRecipe FromJson(string json, string source = "recipe")
     {
         ArgumentNullException.ThrowIfNull(json);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException ex) { throw new InvalidDataException($"{source}: not valid JSON ({ex.Message}).", ex); }
+        catch (JsonException ex) { throw new RecipeException($"{source}: not valid JSON ({ex.Message}).", ex); }
         using (doc)
         {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: a recipe must be a JSON object.");
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new RecipeException($"{source}: a recipe must be a JSON object.");
             var r = new QuantizationRecipe();
             foreach (var p in Properties(doc.RootElement, source, TopKeys))
             {
@@ -443,9 +444,9 @@ public sealed record QuantizationRecipe
                 });
             }
             if (r.Version > CurrentVersion)
-                throw new InvalidDataException($"{source}: recipe version {r.Version} is newer than this QuantSharp reads ({CurrentVersion}); update QuantSharp.");
+                throw new RecipeException($"{source}: recipe version {r.Version} is newer than this QuantSharp reads ({CurrentVersion}); update QuantSharp.");
             try { r.Validate(); }
-            catch (ArgumentException ex) { throw new InvalidDataException($"{source}: {ex.Message}", ex); }
+            catch (RecipeException ex) { throw new RecipeException($"{source}: {ex.Message}", ex); }
             return r;
         }
     }
@@ -490,15 +491,15 @@ public sealed record QuantizationRecipe
     /// <summary>The properties of a JSON object, refusing unknown and duplicate keys by name.</summary>
     internal static IEnumerable<JsonProperty> Properties(JsonElement e, string where, IReadOnlyCollection<string> known)
     {
-        if (e.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: expected a JSON object, got {Kind(e)}.");
+        if (e.ValueKind != JsonValueKind.Object) throw new RecipeException($"{where}: expected a JSON object, got {Kind(e)}.");
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var list = new List<JsonProperty>();
         foreach (var p in e.EnumerateObject())
         {
             if (!known.Contains(p.Name))
-                throw new InvalidDataException($"{where}: unknown key \"{p.Name}\". Known keys: {string.Join(", ", known)}.");
+                throw new RecipeException($"{where}: unknown key \"{p.Name}\". Known keys: {string.Join(", ", known)}.");
             if (!seen.Add(p.Name))
-                throw new InvalidDataException($"{where}: key \"{p.Name}\" appears twice; give it once.");
+                throw new RecipeException($"{where}: key \"{p.Name}\" appears twice; give it once.");
             list.Add(p);
         }
         return list;
@@ -510,7 +511,7 @@ public sealed record QuantizationRecipe
         try { return parse(); }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException or KeyNotFoundException)
         {
-            throw new InvalidDataException($"{where}: {ex.Message}", ex);
+            throw new RecipeException($"{where}: {ex.Message}", ex);
         }
     }
 
@@ -636,7 +637,7 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
             });
             hasPattern |= p.Name == "pattern";
         }
-        if (!hasPattern) throw new InvalidDataException($"{where}: an override needs a \"pattern\".");
+        if (!hasPattern) throw new RecipeException($"{where}: an override needs a \"pattern\".");
         return o;
     }
 }
@@ -684,7 +685,9 @@ public sealed record ValidationPolicy
     /// <summary>What a failed check does (default <see cref="ValidationFailureMode.Error"/>).</summary>
     public ValidationFailureMode OnFailure { get; init; } = ValidationFailureMode.Error;
 
-    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).</summary>
+    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).
+    /// A layer quantized by GPTQ is held to its type's threshold on its calibration output SQNR instead of its weight SQNR
+    /// (<see cref="Validation.LayerReport.CalibrationOutputSqnrDb"/>).</summary>
     public IReadOnlyDictionary<QuantType, double> SqnrThresholdsDb { get; init; } = new Dictionary<QuantType, double>();
 
     /// <summary>A layer whose output SQNR (dB) on the first calibration batch is below this fails (null: no bound; model path only).</summary>
@@ -702,10 +705,10 @@ public sealed record ValidationPolicy
         foreach (var (t, v) in SqnrThresholdsDb)
         {
             if (!double.IsFinite(v))
-                throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
+                throw new RecipeException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
         }
         if (MinOutputSqnrDb is { } o && !double.IsFinite(o))
-            throw new ArgumentException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
+            throw new RecipeException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
     }
 
     internal JsonObject ToJsonNode()

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -61,6 +62,19 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// </summary>
     static abstract unsafe (TVec Low, TVec High) DecodeNibbles(byte* p, bool flip, TVec groupP, TVec groupQ);
 
+    /// <summary>
+    /// <c>4 * Count</c> bytes of packed nibbles as raw 32-bit lanes: lane <c>j</c> holds elements <c>8j..8j+7</c>, element
+    /// <c>8j+i</c> at bits <c>4i..4i+3</c>. With <paramref name="flip"/> a width that decodes by arithmetic XORs every
+    /// nibble with 8 here (once per eight nibbles); a width that looks values up leaves it to <see cref="NibbleGroup"/>.
+    /// </summary>
+    static abstract unsafe TVec LoadNibbleWords(byte* p, bool flip);
+
+    /// <summary>
+    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/>, dequantized with the
+    /// constants of <see cref="NibbleGroup"/>: <c>(u ^ flip) * scale + offset</c>, the same bits as <see cref="DecodeNibbles"/>.
+    /// </summary>
+    static abstract TVec NibbleAt(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift, TVec groupP, TVec groupQ);
+
     /// <summary><see cref="Count"/> IEEE half values as floats (exact).</summary>
     static abstract unsafe TVec LoadHalves(ushort* p);
 
@@ -114,6 +128,14 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadNibbleWords(byte* p, bool flip) => Vector512.Load((float*)p);
+
+    /// <summary>One <c>vpermps</c> (plus a shift): the lookup reads bits 3:0 of each index, so no mask is needed.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> NibbleAt(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector512<float> groupP, Vector512<float> groupQ)
+        => Avx512F.PermuteVar16x32(groupP, shift == 0 ? words.AsInt32() : words.AsInt32() >>> shift);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -157,6 +179,14 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
         var (lo, hi) = LoadNibbles(p, flip);
         return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadNibbleWords(byte* p, bool flip)
+        => flip ? (Vector256.Load((uint*)p) ^ Vector256.Create(0x8888_8888u)).AsSingle() : Vector256.Load((float*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> NibbleAt(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector256<float> groupP, Vector256<float> groupQ)
+        => MultiplyAdd(Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15)), groupP, groupQ);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx2.ConvertToVector256Int32(p).AsUInt32());
@@ -204,6 +234,14 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadNibbleWords(byte* p, bool flip)
+        => flip ? (Vector128.Load((uint*)p) ^ Vector128.Create(0x8888_8888u)).AsSingle() : Vector128.Load((float*)p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> NibbleAt(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector128<float> groupP, Vector128<float> groupQ)
+        => MultiplyAdd(Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15)), groupP, groupQ);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector128<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Sse41.ConvertToVector128Int32(p).AsUInt32());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -238,6 +276,11 @@ internal readonly struct Float1 : IFloatWidth<float>
         var (lo, hi) = LoadNibbles(p, flip);
         return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
     }
+    public static unsafe float LoadNibbleWords(byte* p, bool flip) => BitConverter.UInt32BitsToSingle(flip ? *(uint*)p ^ 0x8888_8888u : *(uint*)p);
+
+    public static float NibbleAt(float words, [ConstantExpected(Min = 0, Max = 28)] int shift, float groupP, float groupQ)
+        => MultiplyAdd((BitConverter.SingleToUInt32Bits(words) >> shift) & 15, groupP, groupQ);
+
     public static unsafe float LoadHalves(ushort* p) => HalfKernel.FromHalfBits(*p);
     public static unsafe float LoadBFloat16s(ushort* p) => HalfKernel.FromBFloat16Bits(*p);
 }

@@ -129,11 +129,121 @@ internal static unsafe class QuantizedMatMul
         {
             case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
             case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.Int4: Drive<TW, TVec, NibbleDecoder<SignedNibbles>>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.UInt4: Drive<TW, TVec, NibbleDecoder<UnsignedNibbles>>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, packed); break;
             case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, packed); break;
             default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
         }
+    }
+
+    /// <summary>
+    /// Packed 4-bit weights: one activation row (batch 1) whose groups hold whole <see cref="NibbleStep"/> chunks takes
+    /// <see cref="NibbleRows"/>; everything else the generic row kernels or the packed GEMM.
+    /// </summary>
+    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
+    {
+        if (packed || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
+        {
+            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, packed);
+            return;
+        }
+        int k = w.Cols, step = NibbleStep<TW, TVec>();
+        float* ordered = (float*)NativeMemory.Alloc((nuint)k, sizeof(float));
+        try
+        {
+            // Within each step, position i * Count + j reads element 8j + i: the nibble at bits 4i of lane j.
+            for (int k0 = 0; k0 < k; k0 += step)
+                for (int i = 0; i < 8; i++)
+                    for (int j = 0; j < TW.Count; j++) ordered[k0 + i * TW.Count + j] = x[k0 + 8 * j + i];
+            var view = w;
+            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
+            int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            nint xAddress = (nint)ordered, yAddress = (nint)y, biasAddress = (nint)bias;
+            KernelThreads.For(items, (long)rowsPerItem * k, item =>
+            {
+                int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
+                for (; n + 4 <= n1; n += 4) NibbleRows<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
+                for (; n < n1; n++) NibbleRows<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
+            });
+        }
+        finally
+        {
+            NativeMemory.Free(ordered);
+        }
+    }
+
+    /// <summary>Elements of a row <see cref="NibbleRows"/> decodes per step: eight nibbles in each 32-bit lane.</summary>
+    private static int NibbleStep<TW, TVec>() where TW : IFloatWidth<TVec> where TVec : struct => 8 * TW.Count;
+
+    /// <summary>
+    /// Packed 4-bit weight rows <c>n..n+TR.Count-1</c> against one activation row, reordered by <see cref="Nibbles"/>:
+    /// each step loads <c>4 * Count</c> bytes of a row once and takes its eight nibbles of every lane with a shift and a
+    /// lookup (<see cref="IFloatWidth{TVec}.NibbleAt"/>), so no widening load per vector of weights.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void NibbleRows<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* bias, float* y)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
+    {
+        int step = NibbleStep<TW, TVec>(), g = w.GroupSize;
+        nint rowBytes = w.RowBytes;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+        TVec p1 = TW.Zero, q1 = TW.Zero, p2 = TW.Zero, q2 = TW.Zero, p3 = TW.Zero, q3 = TW.Zero;
+        int groups = w.GroupsPerRow;
+        for (int gi = 0; gi < groups; gi++)
+        {
+            var (p0, q0) = NibbleGroup<TW, TVec, TSign>(w, n, gi);
+            if (TR.Count > 1)
+            {
+                (p1, q1) = NibbleGroup<TW, TVec, TSign>(w, n + 1, gi);
+                (p2, q2) = NibbleGroup<TW, TVec, TSign>(w, n + 2, gi);
+                (p3, q3) = NibbleGroup<TW, TVec, TSign>(w, n + 3, gi);
+            }
+            for (int k = gi * g, end = k + g; k < end; k += step)
+            {
+                float* xk = x + k;
+                int b = k >> 1;
+                EightNibbles<TW, TVec>(TW.LoadNibbleWords(w0 + b, TSign.Signed), p0, q0, xk, ref a0, ref b0);
+                if (TR.Count > 1)
+                {
+                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w1 + b, TSign.Signed), p1, q1, xk, ref a1, ref b1);
+                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w2 + b, TSign.Signed), p2, q2, xk, ref a2, ref b2);
+                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w3 + b, TSign.Signed), p3, q3, xk, ref a3, ref b3);
+                }
+            }
+        }
+        y[n] = TW.Sum(TW.Add(a0, b0)) + (bias == null ? 0f : bias[n]);
+        if (TR.Count > 1)
+        {
+            y[n + 1] = TW.Sum(TW.Add(a1, b1)) + (bias == null ? 0f : bias[n + 1]);
+            y[n + 2] = TW.Sum(TW.Add(a2, b2)) + (bias == null ? 0f : bias[n + 2]);
+            y[n + 3] = TW.Sum(TW.Add(a3, b3)) + (bias == null ? 0f : bias[n + 3]);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (TVec P, TVec Q) NibbleGroup<TW, TVec, TSign>(in WeightView w, int n, int g)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
+    {
+        var (s, offset) = GroupScale<NibbleDecoder<TSign>>(w, n, g);
+        return TW.NibbleGroup(s, offset, TSign.Signed);
+    }
+
+    /// <summary>The eight nibbles of every lane of <paramref name="words"/> times their activations, into two accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void EightNibbles<TW, TVec>(TVec words, TVec p, TVec q, float* x, ref TVec a, ref TVec b)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int c = TW.Count;
+        a = TW.MultiplyAdd(TW.NibbleAt(words, 0, p, q), TW.Load(x), a);
+        b = TW.MultiplyAdd(TW.NibbleAt(words, 4, p, q), TW.Load(x + c), b);
+        a = TW.MultiplyAdd(TW.NibbleAt(words, 8, p, q), TW.Load(x + 2 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleAt(words, 12, p, q), TW.Load(x + 3 * c), b);
+        a = TW.MultiplyAdd(TW.NibbleAt(words, 16, p, q), TW.Load(x + 4 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleAt(words, 20, p, q), TW.Load(x + 5 * c), b);
+        a = TW.MultiplyAdd(TW.NibbleAt(words, 24, p, q), TW.Load(x + 6 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleAt(words, 28, p, q), TW.Load(x + 7 * c), b);
     }
 
     private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)

@@ -45,7 +45,8 @@ internal static unsafe class LinearKernels
         var rows = x.to(ScalarType.Float32).reshape(m, k).contiguous();
         var y = torch.empty([m, n], ScalarType.Float32);
         var b = bias?.to(ScalarType.Float32).contiguous();
-        fixed (byte* pData = data.bytes)
+        // The weight by address: its data may be 2 GiB or more, beyond what one span covers.
+        byte* pData = (byte*)TensorSpans.Address(data);
         fixed (byte* pScale = scale is null ? default : scale.bytes)
         fixed (byte* pZero = zeroPoint is null ? default : zeroPoint.bytes)
         fixed (byte* pX = rows.bytes)

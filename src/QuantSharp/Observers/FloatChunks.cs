@@ -1,3 +1,7 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
 namespace QuantSharp.Observers;
 
 /// <summary>Receives one chunk of values: <paramref name="values"/> are elements [offset, offset + length) of the tensor, in row-major order.</summary>
@@ -39,6 +43,12 @@ internal abstract class FloatChunks
     /// <summary>Values over unmanaged memory that stays put during the call (a pinned span, a tensor's storage).</summary>
     public static unsafe FloatChunks Over(float* start, long count, long[] shape) => new PointerChunks(start, count, shape);
 
+    /// <summary>
+    /// The values of a CPU tensor of any floating-point dtype, converted to float32 one chunk at a time (no copy for a
+    /// contiguous float32 tensor). Valid while the tensor is.
+    /// </summary>
+    public static FloatChunks Of(Tensor tensor) => new TensorChunks(tensor);
+
     /// <summary>A copy held in managed arrays (one per chunk), valid until dropped.</summary>
     public FloatChunks Copy()
     {
@@ -57,6 +67,21 @@ internal abstract class FloatChunks
             int chunk = MaxChunkElements;
             for (long offset = 0; offset < count; offset += chunk)
                 action(new ReadOnlySpan<float>(_start + offset, (int)Math.Min(chunk, count - offset)), offset);
+        }
+    }
+
+    private sealed class TensorChunks(Tensor tensor) : FloatChunks(tensor.shape)
+    {
+        public override void ForEach(FloatChunkAction action)
+        {
+            using var flat = tensor.reshape(-1);
+            int chunk = MaxChunkElements;
+            for (long offset = 0; offset < Count; offset += chunk)
+            {
+                using var scope = torch.NewDisposeScope();
+                var part = flat.narrow(0, offset, Math.Min(chunk, Count - offset)).to(ScalarType.Float32).contiguous();
+                action(MemoryMarshal.Cast<byte, float>(part.bytes), offset);
+            }
         }
     }
 

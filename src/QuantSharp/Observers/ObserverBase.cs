@@ -37,15 +37,9 @@ internal abstract class ObserverBase : IObserver
                 $"Tensor '{TensorName}' is empty (shape [{string.Join(", ", shape)}]); an observer needs at least one value to choose a scale.",
                 nameof(input));
         using var scope = torch.NewDisposeScope();
-        // Zero-copy view of the float32 data (a copy only when the input is not already contiguous float32 on the CPU),
-        // read in chunks from the storage pointer: no span over the whole tensor, so any size is observed.
-        var t = input.detach().cpu().to(torch.ScalarType.Float32).contiguous();
-        unsafe
-        {
-            using var storage = t.storage<float>();   // the storage's start; the tensor begins storage_offset elements in
-            float* start = (float*)(storage.data_ptr() + checked((nint)(t.storage_offset() * sizeof(float))));
-            ObserveChunks(FloatChunks.Over(start, t.numel(), shape));
-        }
+        // Read in float32 chunks (zero-copy for contiguous float32 on the CPU, else one chunk converted at a time): no
+        // span over the whole tensor and no float32 copy of it, so any size is observed.
+        ObserveChunks(FloatChunks.Of(input.detach().cpu()));
     }
 
     /// <summary>Observes values laid out as a contiguous row-major tensor of <paramref name="shape"/>.</summary>

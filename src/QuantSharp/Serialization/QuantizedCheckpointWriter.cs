@@ -54,7 +54,7 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
     {
         using var scope = NewDisposeScope();
         var t = tensor.device_type == DeviceType.CPU && tensor.is_contiguous() ? tensor : tensor.cpu().contiguous();
-        _writer.Add(name, SafetensorsDTypeInfo.FromScalarType(t.dtype), t.shape, t.numel() == 0 ? [] : t.bytes);
+        _writer.Add(name, SafetensorsDTypeInfo.FromScalarType(t.dtype), t.shape, t);
     }
 
     /// <summary>Writes a quantized tensor (data, scale, zero point) and records its settings.</summary>
@@ -80,7 +80,7 @@ internal sealed class QuantizedCheckpointWriter : IDisposable
         var c = t.cpu().contiguous();
         if (SafetensorsDTypeInfo.FromScalarType(c.dtype) != dtype || !c.shape.SequenceEqual(shape))
             throw new ArgumentException($"Tensor '{name}' is {c.dtype} [{string.Join(", ", c.shape)}], the format needs {dtype} [{string.Join(", ", shape)}].");
-        _writer.Add(name, dtype, shape, c.numel() == 0 ? [] : c.bytes);
+        _writer.Add(name, dtype, shape, c);
     }
 
     /// <summary>Records the settings of a quantized tensor written through <see cref="Raw"/>.</summary>

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using TorchSharp;
 
 namespace QuantSharp.Serialization;
 
@@ -121,6 +122,15 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     {
         BeginTensor(name, dtype, shape);
         Append(bytes);
+        return EndTensor();
+    }
+
+    /// <summary>Writes a whole tensor from the bytes of a contiguous CPU tensor of any size (appended in slices when over 2 GiB).</summary>
+    /// <returns>The SHA-256 of its bytes.</returns>
+    public byte[] Add(string name, SafetensorsDType dtype, long[] shape, torch.Tensor tensor)
+    {
+        BeginTensor(name, dtype, shape);
+        Tensors.TensorSpans.ForEachSlice(tensor, (part, _) => Append(part.bytes));
         return EndTensor();
     }
 

@@ -147,21 +147,7 @@ public sealed class SafetensorsWriter : IDisposable
         var source = tensor.device_type != DeviceType.CPU || !tensor.is_contiguous() ? tensor.cpu().contiguous() : tensor;
         try
         {
-            if (_sizes[_next] <= TensorCopyLimits.SingleCopyBytes)
-            {
-                WriteData(source.bytes);
-            }
-            else
-            {
-                int elementSize = dtype.ElementSize();
-                long chunk = Math.Max(1, TensorCopyLimits.ChunkBytes / elementSize), count = spec.Shape.Aggregate(1L, (a, b) => a * b);
-                var flat = source.view(-1);
-                for (long start = 0; start < count; start += chunk)
-                {
-                    using var part = flat.narrow(0, start, Math.Min(chunk, count - start));
-                    WriteData(part.bytes);
-                }
-            }
+            Tensors.TensorSpans.ForEachSlice(source, (part, _) => WriteData(part.bytes));
             _out.EndTensor();
             _next++;
         }

@@ -80,24 +80,95 @@ public sealed class QuantizedTensor : IDisposable
         ArgumentNullException.ThrowIfNull(spec);
         long[] shape = input.shape;
         spec.Validate(shape);
+        if (RowChunks.Needed(shape)) return QuantizeInRows(input, spec, shape, null, null);
         using var scope = torch.NewDisposeScope();
         var x = AsFloat32(input);
         if (!spec.Type.IsInteger()) return FromFloat(x, spec, shape);
 
         var layout = Layout.For(spec, shape);
-        var range = spec.Range;
+        if (CanFuse(layout, QuantSpec.Product(shape)))
+            return QuantizeCore(x, spec, shape, layout, new float[layout.Channels], new int[layout.Channels], observe: true);
+        var (min, max) = ObserveMinMax(Floats(x), layout);
+        var (scale, zeroPoint) = Choose(min, max, spec, layout);
+        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: false);
+    }
+
+    /// <summary>Min/max qparams of every channel or group, as PyTorch's MinMax observers choose them.</summary>
+    private static (float[] Scale, int[] ZeroPoint) Choose(float[] min, float[] max, QuantSpec spec, Layout layout)
+    {
         var scale = new float[layout.Channels];
         var zeroPoint = new int[layout.Channels];
-        if (CanFuse(layout, QuantSpec.Product(shape)))
-            return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: true);
-        var (min, max) = ObserveMinMax(Floats(x), layout);
         for (int c = 0; c < layout.Channels; c++)
         {
             if (float.IsNaN(min[c]) || float.IsInfinity(min[c]) || float.IsInfinity(max[c]))
                 throw NonFinite(layout, c);
-            (scale[c], zeroPoint[c]) = QParams.Choose(min[c], max[c], range, spec.Scheme);
+            (scale[c], zeroPoint[c]) = QParams.Choose(min[c], max[c], spec.Range, spec.Scheme);
         }
-        return QuantizeCore(x, spec, shape, layout, scale, zeroPoint, observe: false);
+        return (scale, zeroPoint);
+    }
+
+    /// <summary>
+    /// Quantizes a tensor whose float32 values do not fit one span chunk by chunk of rows (<see cref="RowChunks"/>), with
+    /// the results of one pass: parameters of each row (per-channel on axis 0, groups) are chosen chunk by chunk;
+    /// parameters that span rows (per-tensor, per-channel on another axis) come from a first min/max pass over the
+    /// chunks, unless given. Only one chunk is ever converted to float32.
+    /// </summary>
+    private static QuantizedTensor QuantizeInRows(Tensor input, QuantSpec spec, long[] shape, float[]? scale, int[]? zeroPoint)
+    {
+        var ranges = RowChunks.Ranges(shape);
+        using var scope = torch.NewDisposeScope();
+        var data = torch.empty(DataShape(spec.Type, shape), DataType(spec.Type));
+        if (!spec.Type.IsInteger())
+        {
+            foreach (var (r0, n) in ranges)
+            {
+                using var chunkScope = torch.NewDisposeScope();
+                var x = AsFloat32(input.narrow(0, r0, n));
+                ToFloatType(spec.Type, Floats(x), MemoryMarshal.Cast<byte, ushort>(data.narrow(0, r0, n).bytes));
+            }
+            return new QuantizedTensor(spec, shape, data, null, null);
+        }
+        var layout = Layout.For(spec, shape);
+        bool rowParameters = spec.Granularity is PerGroup or PerAxis { Axis: 0 };
+        long perRow = rowParameters ? layout.Channels / shape[0] : 0;
+        if (scale is null && !rowParameters)
+        {
+            var min = new float[layout.Channels];
+            var max = new float[layout.Channels];
+            Array.Fill(min, float.PositiveInfinity);
+            Array.Fill(max, float.NegativeInfinity);
+            foreach (var (r0, n) in ranges)
+            {
+                using var chunkScope = torch.NewDisposeScope();
+                var x = AsFloat32(input.narrow(0, r0, n));
+                var (mn, mx) = ObserveMinMax(Floats(x), Layout.For(spec, x.shape));
+                for (int c = 0; c < layout.Channels; c++) Merge(min, max, c, (mn[c], mx[c]));
+            }
+            (scale, zeroPoint) = Choose(min, max, spec, layout);
+        }
+        bool chosenPerChunk = scale is null;
+        var allScale = scale ?? new float[layout.Channels];
+        var allZero = zeroPoint ?? new int[layout.Channels];
+        foreach (var (r0, n) in ranges)
+        {
+            using var chunkScope = torch.NewDisposeScope();
+            var x = AsFloat32(input.narrow(0, r0, n));
+            long[] chunkShape = x.shape;
+            Range own = rowParameters ? new Range((int)(r0 * perRow), (int)((r0 + n) * perRow)) : Range.All;
+            using var part = chosenPerChunk
+                ? Quantize(x, spec)
+                : QuantizeCore(x, spec, chunkShape, Layout.For(spec, chunkShape), allScale[own], allZero[own], observe: false);
+            if (chosenPerChunk)
+            {
+                part.ScaleValues.CopyTo(allScale, own.Start.Value);
+                part.ZeroPointValues.CopyTo(allZero, own.Start.Value);
+            }
+            part.Data.bytes.CopyTo(data.narrow(0, r0, n).bytes);
+        }
+        long[] pShape = spec.ParameterShape(shape);
+        var scaleTensor = torch.tensor(allScale, pShape);
+        var zpTensor = spec.HasZeroPoint ? torch.tensor(allZero, pShape) : null;
+        return new QuantizedTensor(spec, shape, data, scaleTensor, zpTensor) { _scales = allScale, _zeroPoints = allZero };
     }
 
     /// <summary>Quantizes <paramref name="input"/> with given scales and zero points (e.g. from an observer).</summary>
@@ -129,6 +200,7 @@ public sealed class QuantizedTensor : IDisposable
             if (zeroPoint[c] < range.QMin || zeroPoint[c] > range.QMax)
                 throw new ArgumentException($"Zero point {c} is {zeroPoint[c]}, outside the range [{range.QMin}, {range.QMax}] of {spec.Type.ToName()}.", nameof(zeroPoint));
         }
+        if (RowChunks.Needed(shape)) return QuantizeInRows(input, spec, shape, (float[])scale.Clone(), (int[])zeroPoint.Clone());
         using var scope = torch.NewDisposeScope();
         var x = AsFloat32(input);
         return QuantizeCore(x, spec, shape, layout, (float[])scale.Clone(), (int[])zeroPoint.Clone(), observe: false);
@@ -212,31 +284,51 @@ public sealed class QuantizedTensor : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var result = torch.empty(_shape, ScalarType.Float32);
+        if (!RowChunks.Needed(_shape))
+        {
+            DequantizeInto(Data, _shape, ScaleValues, ZeroPointValues, result);
+            return result;
+        }
+        bool rowParameters = Spec.Granularity is PerGroup or PerAxis { Axis: 0 };
+        long perRow = rowParameters ? ScaleValues.Length / _shape[0] : 0;
+        foreach (var (r0, n) in RowChunks.Ranges(_shape))
+        {
+            using var scope = torch.NewDisposeScope();
+            var dst = result.narrow(0, r0, n);
+            Range own = rowParameters ? new Range((int)(r0 * perRow), (int)((r0 + n) * perRow)) : Range.All;
+            DequantizeInto(Data.narrow(0, r0, n), dst.shape, ScaleValues.AsSpan(own), ZeroPointValues.AsSpan(own), dst);
+        }
+        return result;
+    }
+
+    /// <summary>Dequantizes stored <paramref name="data"/> of a tensor (or of whole rows of it) of <paramref name="shape"/> into the float32 <paramref name="result"/>.</summary>
+    private void DequantizeInto(Tensor data, long[] shape, ReadOnlySpan<float> scale, ReadOnlySpan<int> zeroPoint, Tensor result)
+    {
+        if (result.numel() == 0) return;
         Span<float> dst = MemoryMarshal.Cast<byte, float>(result.bytes);
         switch (Spec.Type)
         {
             case QuantType.Float16:
-                HalfKernel.FromHalf(MemoryMarshal.Cast<byte, ushort>(Data.bytes), dst);
-                return result;
+                HalfKernel.FromHalf(MemoryMarshal.Cast<byte, ushort>(data.bytes), dst);
+                return;
             case QuantType.BFloat16:
-                HalfKernel.FromBFloat16(MemoryMarshal.Cast<byte, ushort>(Data.bytes), dst);
-                return result;
+                HalfKernel.FromBFloat16(MemoryMarshal.Cast<byte, ushort>(data.bytes), dst);
+                return;
         }
-        var layout = Layout.For(Spec, _shape);
+        var layout = Layout.For(Spec, shape);
         if (Spec.Type == QuantType.UInt8)
         {
-            Quantization.Dequantize(Data.bytes, layout.BlockLength, ScaleValues, ZeroPointValues, dst);
-            return result;
+            Quantization.Dequantize(data.bytes, layout.BlockLength, scale, zeroPoint, dst);
+            return;
         }
         if (Spec.Type == QuantType.Int8)
         {
-            Quantization.Dequantize(MemoryMarshal.Cast<byte, sbyte>(Data.bytes), layout.BlockLength, ScaleValues, ZeroPointValues, dst);
-            return result;
+            Quantization.Dequantize(MemoryMarshal.Cast<byte, sbyte>(data.bytes), layout.BlockLength, scale, zeroPoint, dst);
+            return;
         }
         var values = new sbyte[dst.Length];
-        UnpackRows(Data.bytes, Spec.Type, _shape, values);
-        Quantization.Dequantize(values, layout.BlockLength, ScaleValues, ZeroPointValues, dst);
-        return result;
+        UnpackRows(data.bytes, Spec.Type, shape, values);
+        Quantization.Dequantize(values, layout.BlockLength, scale, zeroPoint, dst);
     }
 
     /// <summary>The integer values, one per element of <see cref="Shape"/> (unpacked for 4- and 2-bit types), as int32.</summary>
@@ -371,10 +463,14 @@ public sealed class QuantizedTensor : IDisposable
     private static QuantizedTensor FromFloat(Tensor x, QuantSpec spec, long[] shape)
     {
         var data = torch.empty(shape, DataType(spec.Type));
-        var dst = MemoryMarshal.Cast<byte, ushort>(data.bytes);
-        if (spec.Type == QuantType.Float16) HalfKernel.ToHalf(Floats(x), dst);
-        else HalfKernel.ToBFloat16(Floats(x), dst);
+        ToFloatType(spec.Type, Floats(x), data.numel() == 0 ? [] : MemoryMarshal.Cast<byte, ushort>(data.bytes));
         return new QuantizedTensor(spec, shape, data, null, null);
+    }
+
+    private static void ToFloatType(QuantType type, ReadOnlySpan<float> source, Span<ushort> destination)
+    {
+        if (type == QuantType.Float16) HalfKernel.ToHalf(source, destination);
+        else HalfKernel.ToBFloat16(source, destination);
     }
 
     /// <summary>Per-channel (or per-group, or whole-tensor) min and max; NaN for a channel holding NaN.</summary>

@@ -92,6 +92,13 @@ public abstract class WeightLayout : IDisposable
     /// <summary>The canonical parts (new tensors): see docs/FORMAT.md. The caller disposes the result.</summary>
     public abstract QuantizedTensor ToCanonical();
 
+    /// <summary>
+    /// The canonical parts for reading only (validation, saving): views of this layout's own tensors where it keeps the
+    /// canonical form (no copy of a large weight), otherwise <see cref="ToCanonical"/>. The caller disposes the result
+    /// and must not modify it.
+    /// </summary>
+    internal virtual QuantizedTensor CanonicalView() => ToCanonical();
+
     /// <summary>Bytes held by <see cref="Tensors"/>.</summary>
     public long StorageBytes => Tensors.Sum(t => t.Tensor.numel() * t.Tensor.element_size());
 
@@ -206,6 +213,9 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     public override QuantizedTensor ToCanonical() =>
         QuantizedTensor.FromParts(Spec, _parts.Shape, _parts.Data.clone(), _parts.Scale?.clone(), _parts.ZeroPoint?.clone());
+
+    internal override QuantizedTensor CanonicalView() =>
+        QuantizedTensor.FromParts(Spec, _parts.Shape, _parts.Data.alias(), _parts.Scale?.alias(), _parts.ZeroPoint?.alias());
 
     protected override void Dispose(bool disposing)
     {

@@ -129,7 +129,8 @@ internal static class TensorChecks
     /// <summary>Number of NaN or infinite values.</summary>
     public static long NonFiniteCount(Tensor x)
     {
-        if (x.dtype == ScalarType.Float32 && x.is_contiguous()) return NonFiniteCount(MemoryMarshal.Cast<byte, float>(x.bytes));
+        if (x.dtype == ScalarType.Float32 && x.is_contiguous() && x.numel() * sizeof(float) <= int.MaxValue)
+            return NonFiniteCount(MemoryMarshal.Cast<byte, float>(x.bytes));
         using var scope = NewDisposeScope();
         return x.isfinite().logical_not().sum().item<long>();
     }

@@ -33,7 +33,7 @@ public class CraftedInputTests
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "2",
             [QuantizedCheckpoint.LayersKey] = layers,
         });
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["q.safetensors"]));
+        var ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["q.safetensors"]));
         Assert.True(ex.Message.Contains(QuantizedCheckpoint.LayersKey, StringComparison.Ordinal) || ex.Message.Contains("'w'", StringComparison.Ordinal), ex.Message);
         foreach (var args in new[] { new[] { "inspect", dir["q.safetensors"] }, ["inspect", dir["q.safetensors"], "--json"], ["validate", dir["orig.safetensors"], dir["q.safetensors"]] })
         {
@@ -54,7 +54,7 @@ public class CraftedInputTests
             ("""{ "overrides": [ { "pattern": "a", "pattern": "b", "qtype": "int8" } ] }""", "pattern"),
         })
         {
-            var ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson(json, "cfg.json"));
+            var ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson(json, "cfg.json"));
             Assert.StartsWith("cfg.json", ex.Message);
             Assert.Contains($"\"{key}\" appears twice", ex.Message);
         }

@@ -50,6 +50,22 @@ public unsafe class QuantizedMatMulTests
     }
 
     [Theory]
+    [InlineData("Int4")]
+    [InlineData("UInt4")]
+    public void BatchOneNibbleStepsOnEveryWidth(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        // Batch 1 with groups of whole steps (eight nibbles per lane: 8, 32, 64 or 128 elements on the scalar, 128-,
+        // 256- and 512-bit paths) takes the nibble-word kernel; other groups the generic one. Row counts give the
+        // 4-row passes with 0..3 rows left; 384/128 and 1152/384 odd group counts; 0 is per channel.
+        var shapes = new[] { (128, 128), (384, 128), (1152, 384), (1024, 256), (512, 0), (1024, 0), (96, 32), (192, 64), (40, 8), (48, 16), (120, 24), (200, 40) };
+        foreach (var (k, g) in shapes)
+            foreach (bool zp in new[] { false, true })
+                foreach (int rows in new[] { 1, 6, 11, 16 })
+                    Check(format, rows, cols: k, groupSize: g, zp, batch: 1, seed: k + g + rows, xPad: rows % 3, yPad: rows % 2);
+    }
+
+    [Theory]
     [MemberData(nameof(Formats))]
     public void EveryBatchSizeAndBlock(string formatName)
     {
