@@ -3,9 +3,15 @@
 // Data: scripts/fetch-fashion-mnist.sh; model: the bundled src/QuantSharp.Cli/Assets/fashion-mnist-cnn.safetensors
 // (made by examples/TrainMnist --dataset fashion). Run from the repository root.
 //
-//   dotnet run -c Release --project examples/LowBitFashion -- --method float|rtn|gptq|qat [--qtype int4|int2]
+//   dotnet run -c Release --project examples/LowBitFashion -- --method float|rtn|gptq|qat|qat-select [--qtype int4|int2]
 //       [--granularity per-channel|group:G] [--model FILE] [--data DIR] [--calibration 512] [--act-order]
-//       [--qat-steps 400] [--qat-lr 1e-4] [--ste] [--seed 1] [--threads 2] [--save FILE]
+//       [--qat-steps 400] [--qat-lr 1e-4] [--ste] [--validation 500] [--seed 1] [--threads 2] [--save FILE]
+//
+// Validation split: the last --validation images per class of the TRAINING set (the training set interleaves the
+// classes, so these are its last 10 x N images; default 500 per class = 5,000 images). QAT and GPTQ calibration never
+// see them; every run prints validation and test accuracy. --method qat-select chooses the QAT setting on validation
+// accuracy only (a fixed grid: STE and LSQ, Adam lr 1e-4 and 3e-4, --qat-steps steps; ties keep the earlier setting),
+// then evaluates the chosen model once on the test split.
 //
 // Every quantized variant uses the same recipe: the weight type with --granularity (default per-channel), symmetric,
 // every Conv2d and Linear; a layer whose reduction length the packing or group cannot split falls back to int8
@@ -22,7 +28,7 @@ using static TorchSharp.torch;
 string method = "float", qtype = "int4", granularity = "per-channel";
 string model = "src/QuantSharp.Cli/Assets/fashion-mnist-cnn.safetensors", dataDir = ".cache/fashion-mnist";
 string? savePath = null;
-int calibrationImages = 512, qatSteps = 400, seed = 1, threads = 2;
+int calibrationImages = 512, qatSteps = 400, seed = 1, threads = 2, validationPerClass = 500;
 double qatLr = 1e-4;
 bool actOrder = false, ste = false;
 for (int i = 0; i < args.Length; i++)
@@ -39,22 +45,28 @@ for (int i = 0; i < args.Length; i++)
         case "--calibration": calibrationImages = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--qat-steps": qatSteps = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--qat-lr": qatLr = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+        case "--validation": validationPerClass = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--seed": seed = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--threads": threads = int.Parse(Next(), CultureInfo.InvariantCulture); break;
         case "--act-order": actOrder = true; break;
         case "--ste": ste = true; break;
         case "-h" or "--help":
-            Console.WriteLine("LowBitFashion --method float|rtn|gptq|qat [--qtype int4|int2] [--granularity per-channel|group:G] [--model FILE] [--data DIR] " +
-                              "[--calibration N] [--act-order] [--qat-steps N] [--qat-lr X] [--ste] [--seed N] [--threads N] [--save FILE]");
+            Console.WriteLine("LowBitFashion --method float|rtn|gptq|qat|qat-select [--qtype int4|int2] [--granularity per-channel|group:G] [--model FILE] [--data DIR] " +
+                              "[--calibration N] [--act-order] [--qat-steps N] [--qat-lr X] [--ste] [--validation N] [--seed N] [--threads N] [--save FILE]");
             return 0;
         default:
             Console.Error.WriteLine($"Unknown argument '{args[i]}'. Try --help.");
             return 2;
     }
 }
-if (method is not ("float" or "rtn" or "gptq" or "qat"))
+if (method is not ("float" or "rtn" or "gptq" or "qat" or "qat-select"))
 {
-    Console.Error.WriteLine($"Unknown --method '{method}'. Use float, rtn, gptq or qat.");
+    Console.Error.WriteLine($"Unknown --method '{method}'. Use float, rtn, gptq, qat or qat-select.");
+    return 2;
+}
+if (validationPerClass is < 1 or > 3000)
+{
+    Console.Error.WriteLine($"--validation {validationPerClass}: give 1..3000 images per class (the training set has 6,000 per class).");
     return 2;
 }
 string F(string name) => Path.Combine(dataDir, name);
@@ -71,7 +83,11 @@ if (!File.Exists(model))
 
 torch.set_num_threads(threads);
 torch.manual_seed(seed);
-using var train = MnistSet.Load(F("train-images-idx3-ubyte"), F("train-labels-idx1-ubyte"));
+using var trainAll = MnistSet.Load(F("train-images-idx3-ubyte"), F("train-labels-idx1-ubyte"));
+// Classes are interleaved in the training file, so its last 10 x N images are the last N of each class.
+int fit = trainAll.Count - 10 * validationPerClass;
+using var train = trainAll.Subset(Enumerable.Range(0, fit).Select(i => (long)i).ToArray());
+using var validation = trainAll.Subset(Enumerable.Range(fit, trainAll.Count - fit).Select(i => (long)i).ToArray());
 using var test = MnistSet.Load(F("t10k-images-idx3-ubyte"), F("t10k-labels-idx1-ubyte"));
 using var floatModel = MnistNet.Load(model);
 floatModel.eval();
@@ -80,7 +96,8 @@ var recipe = new QuantizationRecipe { Type = type, Granularity = Granularity.Par
 var clock = Stopwatch.StartNew();
 
 MnistNet result;
-string description;
+string description = "";
+QuantSharp.Validation.QuantizationReport? report = null; // the quantizer's validation (rtn, gptq)
 switch (method)
 {
     case "float":
@@ -88,7 +105,9 @@ switch (method)
         description = "float32";
         break;
     case "rtn":
-        result = Quantizer.Quantize(floatModel, recipe, () => new MnistNet()).Model;
+        var rtn = Quantizer.Quantize(floatModel, recipe, () => new MnistNet());
+        report = rtn.Report;
+        result = rtn.Model;
         description = $"RTN {type.ToName()} {granularity}";
         break;
     case "gptq":
@@ -96,41 +115,78 @@ switch (method)
         // Calibration: the first N training images (classes interleaved, so balanced), in batches of 128.
         var batches = Enumerable.Range(0, (calibrationImages + 127) / 128)
             .Select(b => train.ImagesSlice(b * 128, Math.Min(128, calibrationImages - b * 128))).ToList();
-        result = Gptq.Quantize(floatModel, recipe, batches, () => new MnistNet(), options: new GptqOptions { ActOrder = actOrder }).Model;
+        var gptq = Gptq.Quantize(floatModel, recipe, batches, () => new MnistNet(), options: new GptqOptions { ActOrder = actOrder });
+        report = gptq.Report;
+        result = gptq.Model;
         description = $"GPTQ {type.ToName()} {granularity}{(actOrder ? " act_order" : "")}, {calibrationImages} calibration images";
         break;
     }
+    case "qat":
+        result = Qat(ste, qatLr);
+        description = QatName(ste, qatLr);
+        break;
     default:
     {
-        // QAT: fine-tune the float model with fake-quantized weights (LSQ: learned scales; --ste: observed scales),
-        // Adam at --qat-lr, batches of 64 training images in a seeded random order; then convert.
-        var qat = QuantizationAwareTraining.Prepare(floatModel, recipe, () => new MnistNet(),
-            options: new FakeQuantizeOptions { Learnable = !ste, FreezeObserverAfter = ste ? 50 : null });
-        using var optimizer = optim.Adam(qat.parameters(), qatLr);
-        using var perm = randperm(train.Count, generator: new Generator((ulong)seed));
-        double lossSum = 0;
-        for (int step = 0; step < qatSteps; step++)
+        // Selection on the validation split only: the grid in a fixed order; the test split is used once, after.
+        (bool Ste, double Lr)[] grid = [(true, 1e-4), (true, 3e-4), (false, 1e-4), (false, 3e-4)];
+        MnistNet? best = null;
+        double bestValidation = -1;
+        foreach (var (gridSte, gridLr) in grid)
         {
-            using var scope = NewDisposeScope();
-            var idx = perm.narrow(0, step * 64 % (train.Count - 64), 64);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(qat.call(train.Images.index_select(0, idx)), train.Labels.index_select(0, idx));
-            loss.backward();
-            optimizer.step();
-            lossSum += loss.item<float>();
-            if ((step + 1) % 100 == 0) Console.WriteLine($"  QAT step {step + 1}/{qatSteps}: mean loss {lossSum / (step + 1):F4} ({clock.Elapsed.TotalSeconds:F0} s)");
+            var candidate = Qat(gridSte, gridLr);
+            double v = validation.Accuracy(candidate);
+            Console.WriteLine($"  candidate {QatName(gridSte, gridLr)}: validation accuracy {v * 100:F2}%");
+            if (v > bestValidation)
+            {
+                best?.Dispose();
+                (best, bestValidation, description) = (candidate, v, QatName(gridSte, gridLr));
+            }
+            else candidate.Dispose();
         }
-        result = QuantizationAwareTraining.Convert(qat);
-        description = $"QAT {type.ToName()} {granularity} ({(ste ? "STE" : "LSQ")}, {qatSteps} steps x 64 images, Adam lr {qatLr:G3})";
+        result = best!;
+        description = "chosen on validation: " + description;
         break;
     }
 }
 
+// QAT: fine-tune the float model with fake-quantized weights (LSQ: learned scales; STE: observed scales, observer frozen
+// after 50 steps), Adam at lr, batches of 64 images of the training part (never the validation part) in a seeded random
+// order; then convert.
+MnistNet Qat(bool useSte, double lr)
+{
+    torch.manual_seed(seed);
+    var qat = QuantizationAwareTraining.Prepare(floatModel, recipe, () => new MnistNet(),
+        options: new FakeQuantizeOptions { Learnable = !useSte, FreezeObserverAfter = useSte ? 50 : null });
+    using var optimizer = optim.Adam(qat.parameters(), lr);
+    using var perm = randperm(train.Count, generator: new Generator((ulong)seed));
+    double lossSum = 0;
+    for (int step = 0; step < qatSteps; step++)
+    {
+        using var scope = NewDisposeScope();
+        var idx = perm.narrow(0, step * 64 % (train.Count - 64), 64);
+        optimizer.zero_grad();
+        var loss = nn.functional.cross_entropy(qat.call(train.Images.index_select(0, idx)), train.Labels.index_select(0, idx));
+        loss.backward();
+        optimizer.step();
+        lossSum += loss.item<float>();
+        if ((step + 1) % 100 == 0) Console.WriteLine($"  QAT step {step + 1}/{qatSteps}: mean loss {lossSum / (step + 1):F4} ({clock.Elapsed.TotalSeconds:F0} s)");
+    }
+    var converted = QuantizationAwareTraining.Convert(qat);
+    converted.eval();
+    return converted;
+}
+
+string QatName(bool useSte, double lr) =>
+    $"QAT {type.ToName()} {granularity} ({(useSte ? "STE" : "LSQ")}, {qatSteps} steps x 64 images, Adam lr {lr:G3})";
+
 result.eval();
+double validationAccuracy = validation.Accuracy(result);
 double accuracy = test.Accuracy(result);
-Console.WriteLine($"{description}: test accuracy {accuracy * 100:F2}% ({accuracy * test.Count:F0}/{test.Count}) [{clock.Elapsed.TotalSeconds:F0} s]");
+Console.WriteLine($"{description}: validation accuracy {validationAccuracy * 100:F2}% ({validationAccuracy * validation.Count:F0}/{validation.Count}), " +
+                  $"test accuracy {accuracy * 100:F2}% ({accuracy * test.Count:F0}/{test.Count}) [{clock.Elapsed.TotalSeconds:F0} s]");
 foreach (var m in result.named_modules().Where(m => m.module is QuantizedModule))
     Console.WriteLine($"  {m.name}: {((QuantizedModule)m.module).WeightSpec}");
+if (report is not null) Console.WriteLine(report.Format());
 if (method is "rtn" or "gptq") PrintLayerErrors(floatModel, result, test.ImagesSlice(0, 1000));
 if (savePath is not null && !ReferenceEquals(result, floatModel))
 {

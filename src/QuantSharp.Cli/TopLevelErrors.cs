@@ -8,7 +8,7 @@ namespace QuantSharp.Cli;
 
 /// <summary>
 /// The top-level error handler of every command: whatever a command throws ends as one <c>error: ...</c> line on the
-/// error output and an exit code (2: bad input, options or I/O; 1: validation failed; 130: interrupted), never a stack
+/// error output and an exit code (2: bad input, options or I/O; 1: validation failed, CheckpointValidationException or QuantizationValidationException; 130: interrupted), never a stack
 /// trace. <see cref="Guard"/> wraps every command of the tree, so commands added later get it too. Set
 /// <c>QUANTSHARP_DEBUG=1</c> to also print the stack trace of an unexpected exception.
 /// </summary>
@@ -62,6 +62,7 @@ internal static partial class TopLevelErrors
         return ex switch
         {
             CheckpointValidationException v => (v.Message, CheckpointConsole.ValidationFailed),
+            QuantizationValidationException v => (v.Message, CheckpointConsole.ValidationFailed),
             OperationCanceledException => ("Interrupted; nothing was written and the temporary files were removed.", CheckpointConsole.Interrupted),
             _ when IsExpected(ex) => (Clean(ex.Message), CheckpointConsole.BadInput),
             _ => ($"unexpected {ex.GetType().Name}: {Clean(ex.Message)} This is a QuantSharp bug; please report it with the command line " +
@@ -69,9 +70,10 @@ internal static partial class TopLevelErrors
         };
     }
 
-    /// <summary>Exceptions that describe bad input, options or I/O (their message is meant for the user).</summary>
-    private static bool IsExpected(Exception ex) => ex is ArgumentException or InvalidDataException or IOException or UnauthorizedAccessException
-        or CheckpointQuantizationException or QuantizationException or NotSupportedException or KeyNotFoundException or JsonException
+    /// <summary>Exceptions that describe bad input, options or I/O (their message is meant for the user): the library's
+    /// family (<see cref="QuantizationException"/>), .NET argument and I/O errors, and the demo readers' <see cref="InvalidDataException"/>.</summary>
+    private static bool IsExpected(Exception ex) => ex is QuantizationException or ArgumentException or InvalidDataException or IOException or UnauthorizedAccessException
+        or NotSupportedException or KeyNotFoundException or JsonException
         or FormatException or OverflowException;
 
     /// <summary>True for TorchSharp's failure to load libtorch (LibTorchSharp, libtorch, a missing GLIBCXX version).</summary>

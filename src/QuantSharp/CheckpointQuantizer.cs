@@ -49,6 +49,7 @@ public static class CheckpointQuantizer
     /// <param name="overwrite">Replace an existing output (a regular, writable file, or a folder); without it an
     /// existing output is refused. Symbolic links, devices and other special files are never replaced.</param>
     /// <returns>The report.</returns>
+    /// <exception cref="RecipeException">An invalid recipe, or one a tensor cannot take (strict group size...).</exception>
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
     /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the temporary files are removed).</exception>
@@ -58,12 +59,11 @@ public static class CheckpointQuantizer
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(output);
         var sw = Stopwatch.StartNew();
-        RecipePlanner s;
-        try { s = new RecipePlanner(recipe ?? new QuantizationRecipe()); }
-        catch (ArgumentException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+        var s = new RecipePlanner(recipe ?? new QuantizationRecipe());
         if (QuantizationPipeline.WeightQuantizerFor(s.Recipe) is { Sequential: true } sequential)
             throw new CheckpointQuantizationException($"The weight quantization method '{sequential.Method}' needs each layer's inputs, which only the model gives; " +
-                "a checkpoint has no model. Quantize the model with Quantizer.Quantize and calibration data, then Quantizer.Save.");
+                "a checkpoint has no model. Set \"method\": \"rtn\" (round to nearest) to quantize the checkpoint, or quantize the model with " +
+                "Quantizer.Quantize and calibration data, then Quantizer.Save.");
         if (s.Recipe.HasModuleTypeFilters)
             throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
                 "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");
@@ -86,7 +86,7 @@ public static class CheckpointQuantizer
         }
         ShardedCheckpoint source;
         try { source = ShardedCheckpoint.Open(inFull); }
-        catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
         {
             throw new CheckpointQuantizationException($"Cannot read input '{input}': {ex.Message}", ex);
         }
@@ -99,7 +99,7 @@ public static class CheckpointQuantizer
             }
             var plan = MakePlan(source, s);
             var recipeWarnings = RecipeWarnings(plan, s);
-            if (s.StrictRefusal(recipeWarnings) is { } refusal) throw new CheckpointQuantizationException(refusal);
+            if (s.StrictRefusal(recipeWarnings) is { } refusal) throw new RecipeException(refusal);
             return Run(source, plan, s, recipeWarnings, inFull, outFull, progress, cancellationToken, sw);
         }
     }
@@ -228,11 +228,11 @@ public static class CheckpointQuantizer
                 _ = CheckpointLayout.For(spec.Type, spec.Granularity, stored);
                 if (spec.Type.IsInteger() && Observer(s) != "minmax") _ = WeightQuantization.CreateObserver(Observer(s), spec, name);
             }
-            catch (Exception ex) when (ex is ArgumentException or NotSupportedException)
+            catch (Exception ex) when (ex is ArgumentException or NotSupportedException or RecipeException)
             {
-                throw new CheckpointQuantizationException(
-                    $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {PlainMessage(ex)} " +
-                    $"Change the settings for it (an override in --config) or exclude it (--exclude '{name}').", ex);
+                string message = $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {PlainMessage(ex)} " +
+                    $"Change the settings for it (an override in --config) or exclude it (--exclude '{name}').";
+                throw ex is RecipeException ? new RecipeException(message, ex) : new CheckpointQuantizationException(message, ex);
             }
             foreach (string suffix in new[] { QuantizedCheckpoint.ScaleSuffix, QuantizedCheckpoint.ZeroPointSuffix })
             {
@@ -758,7 +758,7 @@ public static class CheckpointQuantizer
                     problems.Add($"{fileName}: reload: the bytes of '{t.Name}' read back differ from those written.");
             }
         }
-        catch (Exception ex) when (ex is InvalidDataException or IOException)
+        catch (Exception ex) when (ex is QuantizationException or IOException)
         {
             problems.Add($"{fileName}: reload: the strict reader refuses the written file: {ex.Message}");
         }

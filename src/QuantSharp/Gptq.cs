@@ -49,7 +49,13 @@ public sealed record GptqOptions
 /// <c>clamp(round_half_even(x * (1/s)) + z)</c> of the updated weights, the same arithmetic as round-to-nearest, so with
 /// an identity-like Hessian (no correlation between inputs) GPTQ gives exactly round-to-nearest's file.</para>
 /// <para>The result is an ordinary quantized model (the quantized modules, <see cref="Quantizer.Save"/>, the same
-/// checkpoint format); the per-layer entries record <c>"observer": "gptq"</c> for the layers GPTQ quantized.</para>
+/// checkpoint format); the per-layer entries record <c>"observer": "gptq"</c> for the layers GPTQ quantized and the
+/// recipe's weight observer for the layers it rounded to nearest.</para>
+/// <para>Validation: a layer GPTQ quantized is judged by its output error, the quantity GPTQ minimizes, not by its weight
+/// SQNR: the SQNR of <c>X·Wqᵀ</c> against <c>X·Wᵀ</c> over its calibration inputs (<see cref="Validation.LayerReport.CalibrationOutputSqnrDb"/>,
+/// computed from the second moment GPTQ already has) must reach the weight type's threshold
+/// (<see cref="ValidationPolicy.ThresholdFor"/>; for uncorrelated inputs of equal variance the two SQNRs coincide, so the
+/// same number keeps its meaning). Layers rounded to nearest keep the weight SQNR gate.</para>
 /// </remarks>
 public static class Gptq
 {
@@ -70,8 +76,9 @@ public static class Gptq
     /// <param name="inPlace">Quantize <paramref name="model"/> itself.</param>
     /// <param name="options">GPTQ settings (null: defaults).</param>
     /// <returns>The quantized model with the same report as <see cref="Quantizer"/>'s (validation included).</returns>
-    /// <exception cref="ArgumentException">An invalid recipe or options, a recipe with activations, no calibration data,
-    /// or no factory without <paramref name="inPlace"/>.</exception>
+    /// <exception cref="RecipeException">An invalid recipe, or a recipe with activations.</exception>
+    /// <exception cref="ModelQuantizationException">A layer's inputs give no usable Hessian, or a layer GPTQ cannot quantize.</exception>
+    /// <exception cref="ArgumentException">Invalid options, no calibration data, or no factory without <paramref name="inPlace"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(T model, QuantizationRecipe recipe, IEnumerable<Tensor> calibrationBatches,
         Func<T>? factory = null, bool inPlace = false, GptqOptions? options = null) where T : nn.Module
     {
@@ -98,14 +105,14 @@ public static class Gptq
         options ??= new GptqOptions();
         options.Validate();
         if (recipe.Activations is not null || recipe.DynamicActivations)
-            throw new ArgumentException("GPTQ quantizes weights only: set recipe.Activations = null and DynamicActivations = false.", nameof(recipe));
+            throw new RecipeException("GPTQ quantizes weights only: set recipe.Activations = null and DynamicActivations = false.");
         if (calibration.Count == 0)
             throw new ArgumentException("GPTQ needs calibration inputs (the Hessian of each layer's inputs): pass a few batches of real inputs, e.g. 256 training images.", nameof(calibration));
         // The pipeline's sequential quantize stage: layer by layer, each on the inputs of the layers already quantized,
         // with every given batch (not only the recipe's CalibrationSamples).
         long samples = calibration.Sum(b => b.Samples);
-        return Quantizer.QuantizeCore(model, recipe, factory, calibration, inPlace, null, (int)Math.Min(samples, int.MaxValue), null, null,
-            new GptqWeightQuantizer(options, recipe.WeightObserver));
+        return Quantizer.QuantizeCore(model, recipe with { Method = QuantizationMethod.Gptq, GptqOptions = options }, factory, calibration, inPlace,
+            null, (int)Math.Min(samples, int.MaxValue), null, null);
     }
 
     /// <summary>Whether GPTQ can quantize this layer's weight (a Linear, or a single-group zero-padded Conv2d, with an
@@ -241,6 +248,25 @@ public static class Gptq
         }
     }
 
+    /// <summary>
+    /// The SQNR (dB) of a layer's output <c>X·Qᵀ</c> against <c>X·Wᵀ</c> over the inputs whose second moment is
+    /// <paramref name="hessian"/> (<c>H ∝ Σ xᵀx</c>, the statistic GPTQ minimizes with): <c>10 log10(tr(W H Wᵀ) / tr(E H Eᵀ))</c>
+    /// with <c>E = W - Q</c>, in float64; the scale of H cancels. +∞ when the output is exact.
+    /// </summary>
+    /// <param name="w">The float weight matrix <c>[rows, K]</c>.</param>
+    /// <param name="dequantized">The quantized weight dequantized, <c>[rows, K]</c>.</param>
+    /// <param name="hessian">The second moment of the layer's inputs <c>[K, K]</c>.</param>
+    internal static double OutputSqnrDb(Tensor w, Tensor dequantized, Tensor hessian)
+    {
+        using var scope = NewDisposeScope();
+        var h = hessian.to(ScalarType.Float64);
+        var w64 = w.to(ScalarType.Float64);
+        var e = w64 - dequantized.to(ScalarType.Float64);
+        double signal = w64.mm(h).mul(w64).sum().item<double>();
+        double noise = e.mm(h).mul(e).sum().item<double>();
+        return noise <= 0 ? double.PositiveInfinity : 10 * Math.Log10(signal / noise);
+    }
+
     /// <summary>The upper Cholesky factor of <c>(H + λI)⁻¹</c> with <c>λ = fraction * mean(diag H)</c> (float64), raising
     /// the damping tenfold (up to three times) when H is not positive definite.</summary>
     private static Tensor InverseCholesky(Tensor h, double fraction)
@@ -258,7 +284,7 @@ public static class Gptq
             if (info2.item<int>() != 0) continue;
             return upperT.t().contiguous().MoveToOuterDisposeScope();
         }
-        throw new ArgumentException("GPTQ: the Hessian of a layer's calibration inputs is not positive definite even with 1000x the damping; " +
+        throw new ModelQuantizationException("GPTQ: the Hessian of a layer's calibration inputs is not positive definite even with 1000x the damping; " +
             "use more calibration samples or a larger GptqOptions.DampingFraction.");
     }
 
@@ -275,7 +301,9 @@ public static class Gptq
 }
 
 /// <summary>GPTQ as the pipeline's quantize stage (<see cref="Pipeline.IWeightQuantizer"/>): sequential, with the second
-/// moment of each layer's (unfolded) input; layers it cannot solve are rounded to nearest with the recipe's observer.</summary>
+/// moment of each layer's (unfolded) input; layers it cannot solve are rounded to nearest with the recipe's observer (and
+/// recorded with that observer). A solved layer is validated by its calibration output SQNR, the quantity GPTQ lowers,
+/// instead of its weight SQNR (GPTQ moves weights away from their float values on purpose).</summary>
 internal sealed class GptqWeightQuantizer(GptqOptions options, string observer) : Pipeline.IWeightQuantizer
 {
     private readonly Pipeline.RoundToNearest _fallback = new(observer);
@@ -289,6 +317,19 @@ internal sealed class GptqWeightQuantizer(GptqOptions options, string observer) 
     /// <inheritdoc/>
     public Pipeline.IInputStatistics? CreateStatistics(Pipeline.PlannedWeight weight, nn.Module layer) =>
         Gptq.Solvable(layer, weight.Spec) ? new LayerInputMoment(layer, QuantSpec.Product(weight.Shape.AsSpan(1))) : null;
+
+    /// <inheritdoc/>
+    public string MethodFor(Pipeline.IInputStatistics? statistics) => statistics is LayerInputMoment ? Method : _fallback.Method;
+
+    /// <inheritdoc/>
+    public double? CalibrationOutputSqnrDb(Tensor values, QuantizedWeight quantized, Pipeline.IInputStatistics? statistics)
+    {
+        if (statistics is not LayerInputMoment moment) return null; // rounded to nearest: the weight SQNR gate
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        using var h = moment.Hessian();
+        return Gptq.OutputSqnrDb(values.detach().reshape(values.shape[0], -1), quantized.Dequantize().reshape(values.shape[0], -1), h);
+    }
 
     /// <inheritdoc/>
     public QuantizedTensor Quantize(Pipeline.PlannedWeight weight, Tensor values, Pipeline.IInputStatistics? statistics)

@@ -36,8 +36,10 @@ public static class QuantizationAwareTraining
     /// <param name="options">Fake-quantize options; null: straight-through with the recipe's weight observer
     /// (<see cref="FakeQuantizeOptions.Learnable"/> for LSQ).</param>
     /// <returns>The prepared model, in training mode.</returns>
-    /// <exception cref="ArgumentException">A float or activation recipe, no factory without <paramref name="inPlace"/>,
-    /// nothing to prepare, or a selected layer whose parent cannot hold another module type.</exception>
+    /// <exception cref="RecipeException">A float or dynamic-activation recipe, or an invalid one.</exception>
+    /// <exception cref="ModelQuantizationException">Nothing to prepare, an already prepared layer, or a selected layer whose
+    /// parent cannot hold another module type.</exception>
+    /// <exception cref="ArgumentException">No factory without <paramref name="inPlace"/>.</exception>
     public static T Prepare<T>(T model, QuantizationRecipe recipe, Func<T>? factory = null, bool inPlace = false, FakeQuantizeOptions? options = null)
         where T : nn.Module
     {
@@ -46,8 +48,8 @@ public static class QuantizationAwareTraining
         var planner = new RecipePlanner(recipe);
         options ??= new FakeQuantizeOptions { Observer = recipe.WeightObserver };
         if (recipe.DynamicActivations)
-            throw new ArgumentException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
-                "and set it again after Convert, or use static Activations.", nameof(recipe));
+            throw new RecipeException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
+                "and set it again after Convert, or use static Activations.");
         // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
         // observer (learned with LSQ like the weight); Convert stores that scale and zero point as the layer's input quantization.
         var inputOptions = recipe.Activations is null ? null : options with { Observer = QuantizationRecipe.NormalizeObserver(recipe.ActivationObserver) };
@@ -59,7 +61,7 @@ public static class QuantizationAwareTraining
         foreach (var e in ModuleTree.Walk(model))
         {
             if (e.Module is QatLayer or QuantizedModule)
-                throw new ArgumentException($"Layer '{e.Name}' is already prepared or quantized; prepare the float model.", nameof(model));
+                throw new ModelQuantizationException($"Layer '{e.Name}' is already prepared or quantized; prepare the float model.");
             if (e.Module is not (TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d)) continue;
             string type = e.Module.GetType().Name;
             var w = QuantizedModules.Parameter(e.Module, "weight");
@@ -68,13 +70,13 @@ public static class QuantizationAwareTraining
             if (planner.NotSelected(weightName, type, w.numel()) is not null) continue;
             var spec = planner.Plan(weightName, type, w.shape).Spec;
             if (!spec.Type.IsInteger())
-                throw new ArgumentException($"'{weightName}' would be {spec.Type.ToName()}, a plain cast: quantization-aware training simulates integer types (int8, uint8, int4, uint4, int2, uint2).", nameof(recipe));
+                throw new RecipeException($"'{weightName}' would be {spec.Type.ToName()}, a plain cast: quantization-aware training simulates integer types (int8, uint8, int4, uint4, int2, uint2).");
             if (ModuleTree.CannotReplace(e, typeof(QatLayer)) is { } why)
-                throw new ArgumentException($"Cannot prepare layer '{e.Name}': {why}. Declare it as Module<Tensor, Tensor> or exclude it.", nameof(model));
+                throw new ModelQuantizationException($"Cannot prepare layer '{e.Name}': {why}. Declare it as Module<Tensor, Tensor> or exclude it.");
             planned.Add((e.Name, spec));
         }
         if (planned.Count == 0)
-            throw new ArgumentException($"Nothing to prepare in {model.GetType().Name}: no selected Linear, Conv1d or Conv2d layer.", nameof(model));
+            throw new ModelQuantizationException($"Nothing to prepare in {model.GetType().Name}: no selected Linear, Conv1d or Conv2d layer.");
 
         T work = inPlace ? model : (T)Quantizer.Copy(model, () => factory!());
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
@@ -91,13 +93,13 @@ public static class QuantizationAwareTraining
     /// </summary>
     /// <param name="model">A model prepared by <see cref="Prepare{T}"/> and trained.</param>
     /// <returns><paramref name="model"/>, ready for <see cref="Quantizer.Save"/>.</returns>
-    /// <exception cref="ArgumentException">The model has no prepared layer.</exception>
+    /// <exception cref="ModelQuantizationException">The model has no prepared layer.</exception>
     public static T Convert<T>(T model) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
         var layers = ModuleTree.Walk(model).Where(e => e.Module is QatLayer).ToList();
         if (layers.Count == 0)
-            throw new ArgumentException($"{model.GetType().Name} has no layer prepared for quantization-aware training; call QuantizationAwareTraining.Prepare first.", nameof(model));
+            throw new ModelQuantizationException($"{model.GetType().Name} has no layer prepared for quantization-aware training; call QuantizationAwareTraining.Prepare first.");
         foreach (var e in layers)
         {
             var qat = (QatLayer)e.Module;

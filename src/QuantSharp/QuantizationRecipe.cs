@@ -96,6 +96,24 @@ public sealed record QuantizationRecipe
     /// </summary>
     public double EntropySearchStart { get; init; }
 
+    /// <summary>
+    /// The histogram activation observer's search (<see cref="ObserverOptions.Method"/>): <see cref="Observers.HistogramMethod.Entropy"/>
+    /// (default; KL, ONNX Runtime / TensorRT) or <see cref="Observers.HistogramMethod.L2"/> (PyTorch's <c>HistogramObserver</c>).
+    /// Applies when <see cref="ActivationObserver"/> is <c>histogram</c>.
+    /// </summary>
+    public HistogramMethod HistogramMethod { get; init; }
+
+    /// <summary>
+    /// How weights are rounded: <see cref="QuantizationMethod.RoundToNearest"/> (default) or <see cref="QuantizationMethod.Gptq"/>
+    /// (layer by layer with error compensation from the calibration inputs, settings in <see cref="GptqOptions"/>). GPTQ needs
+    /// a model and calibration data (<c>Quantizer.Quantize(model, recipe, calibrationData)</c>), quantizes weights only, and
+    /// is refused by the checkpoint path, which has no activations.
+    /// </summary>
+    public QuantizationMethod Method { get; init; }
+
+    /// <summary>GPTQ settings (damping, block size, activation order), used when <see cref="Method"/> is <see cref="QuantizationMethod.Gptq"/>.</summary>
+    public GptqOptions GptqOptions { get; init; } = new();
+
     /// <summary>Calibration samples to run (at least this many, counted along dimension 0).</summary>
     public int CalibrationSamples { get; init; } = DefaultCalibrationSamples;
 
@@ -195,6 +213,22 @@ public sealed record QuantizationRecipe
         return MakeSpec(type, o.Scheme ?? Scheme, granularity, o.ReduceRange ?? ReduceRange);
     }
 
+    /// <summary>
+    /// The activation observer (an <see cref="ObserverFactory"/> name) and its options for the input of the layer that owns
+    /// <paramref name="parameterName"/>: the first matching override's activation fields on top of the recipe's, for
+    /// per-tensor parameters of <paramref name="activations"/>.
+    /// </summary>
+    internal (string Observer, ObserverOptions Options) ActivationObserverFor(string parameterName, string? moduleType, QuantSpec activations)
+    {
+        var o = Overrides.FirstOrDefault(x => x.Matches(parameterName, moduleType));
+        var options = new ObserverOptions
+        {
+            Type = activations.Type, Scheme = activations.Scheme, ReduceRange = activations.ReduceRange,
+            EntropySearchStart = o?.EntropySearchStart ?? EntropySearchStart, Method = o?.HistogramMethod ?? HistogramMethod,
+        };
+        return (NormalizeObserver(o?.ActivationObserver ?? ActivationObserver), options);
+    }
+
     private static QuantSpec MakeSpec(QuantType type, QuantScheme scheme, Granularity? granularity, bool reduceRange) => type.IsInteger()
         ? new QuantSpec(type, scheme, granularity ?? DefaultGranularity(type), reduceRange)
         : new QuantSpec(type, QuantScheme.Symmetric, QuantSharp.Granularity.Tensor);
@@ -207,40 +241,48 @@ public sealed record QuantizationRecipe
         return dot > 0 && pattern.IsMatch(parameterName[..dot]);
     }
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid setting and how to fix it.</summary>
+    /// <summary>Throws <see cref="RecipeException"/> naming the first invalid setting and how to fix it.</summary>
     public void Validate()
     {
         if (Version < 1 || Version > CurrentVersion)
-            throw new ArgumentException($"Recipe version {Version} is not supported; this QuantSharp reads versions 1 to {CurrentVersion}.");
+            throw new RecipeException($"Recipe version {Version} is not supported; this QuantSharp reads versions 1 to {CurrentVersion}.");
         ValidateSpec(BaseWeights, "Weights");
         foreach (var o in Overrides)
         {
-            if (o is null) throw new ArgumentException("Overrides: an entry is null.");
+            if (o is null) throw new RecipeException("Overrides: an entry is null.");
             ValidatePattern(o.Pattern, "Overrides");
             ValidateSpec(SpecOf(o), $"Overrides['{o.Pattern}']");
+            if (o.ActivationObserver is not null) CheckObserver(o.ActivationObserver, $"Overrides['{o.Pattern}'].ActivationObserver");
+            if (o.EntropySearchStart is { } start) CheckSearchStart(start, $"Overrides['{o.Pattern}'].EntropySearchStart");
         }
         if (Activations is { } a)
         {
             try { a.Validate(); }
-            catch (ArgumentException e) { throw new ArgumentException($"Activations: {e.Message}", e); }
+            catch (ArgumentException e) { throw new RecipeException($"Activations: {e.Message}", e); }
             if (a.Type is not (QuantType.Int8 or QuantType.UInt8))
-                throw new ArgumentException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
+                throw new RecipeException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
             if (a.Granularity is not PerTensor)
-                throw new ArgumentException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
+                throw new RecipeException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
         }
         CheckObserver(WeightObserver, nameof(WeightObserver));
         CheckObserver(ActivationObserver, nameof(ActivationObserver));
         if (DynamicActivations && Activations is not null)
-            throw new ArgumentException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
-        if (!(EntropySearchStart >= 0 && EntropySearchStart < 1))
-            throw new ArgumentException($"EntropySearchStart must be a fraction in [0, 1), got {EntropySearchStart}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
+            throw new RecipeException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
+        CheckSearchStart(EntropySearchStart, nameof(EntropySearchStart));
+        if (!Enum.IsDefined(HistogramMethod)) throw new RecipeException($"HistogramMethod {(int)HistogramMethod} is not defined. Use Entropy or L2.");
+        if (!Enum.IsDefined(Method)) throw new RecipeException($"Method {(int)Method} is not defined. Use RoundToNearest or Gptq.");
+        if (GptqOptions is null) throw new RecipeException("GptqOptions is null; leave it at its default (new GptqOptions()).");
+        try { GptqOptions.Validate(); }
+        catch (ArgumentException e) { throw new RecipeException(e.Message, e); }
+        if (Method == QuantizationMethod.Gptq && (Activations is not null || DynamicActivations))
+            throw new RecipeException("Method gptq quantizes weights only: set Activations = null and DynamicActivations = false (JSON \"activations\": null, \"dynamic_activations\": false), or use method rtn for W8A8.");
         if (CalibrationSamples <= 0)
-            throw new ArgumentException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
-        if (MinElements < 0) throw new ArgumentException($"MinElements must be at least 0, got {MinElements}.");
+            throw new RecipeException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
+        if (MinElements < 0) throw new RecipeException($"MinElements must be at least 0, got {MinElements}.");
         foreach (var p in Include) ValidatePattern(p, nameof(Include));
         foreach (var p in Exclude) ValidatePattern(p, nameof(Exclude));
         foreach (var t in ModuleTypes.Concat(ExcludeModuleTypes))
-            if (string.IsNullOrWhiteSpace(t)) throw new ArgumentException("ModuleTypes/ExcludeModuleTypes: a module type name is empty (use e.g. \"Linear\").");
+            if (string.IsNullOrWhiteSpace(t)) throw new RecipeException("ModuleTypes/ExcludeModuleTypes: a module type name is empty (use e.g. \"Linear\").");
         Validation.Validate();
     }
 
@@ -256,24 +298,30 @@ public sealed record QuantizationRecipe
     private static void CheckObserver(string? name, string what)
     {
         if (string.IsNullOrWhiteSpace(name) || !ObserverFactory.Names.Contains(NormalizeObserver(name)))
-            throw new ArgumentException($"{what}: unknown observer '{name}'. Use one of: {string.Join(", ", ObserverFactory.Names)}.");
+            throw new RecipeException($"{what}: unknown observer '{name}'. Use one of: {string.Join(", ", ObserverFactory.Names)}.");
+    }
+
+    private static void CheckSearchStart(double start, string what)
+    {
+        if (!(start >= 0 && start < 1))
+            throw new RecipeException($"{what} must be a fraction in [0, 1), got {start}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
     }
 
     private static void ValidateSpec(QuantSpec spec, string what)
     {
         if (!SupportedWeightTypes.Contains(spec.Type))
-            throw new ArgumentException($"{what}: {spec.Type.ToName()} weights are not supported; use one of: " +
+            throw new RecipeException($"{what}: {spec.Type.ToName()} weights are not supported; use one of: " +
                 string.Join(", ", SupportedWeightTypes.Select(t => t.ToName())) + ".");
         try { spec.Validate(); }
-        catch (ArgumentException e) { throw new ArgumentException($"{what}: {e.Message}", e); }
+        catch (ArgumentException e) { throw new RecipeException($"{what}: {e.Message}", e); }
     }
 
     private static void ValidatePattern(string? pattern, string what)
     {
         if (string.IsNullOrWhiteSpace(pattern))
-            throw new ArgumentException($"{what}: name patterns must not be empty (use '*' to match every weight).");
+            throw new RecipeException($"{what}: name patterns must not be empty (use '*' to match every weight).");
         try { _ = new Glob(pattern); }
-        catch (ArgumentException e) { throw new ArgumentException($"{what}: {e.Message}", e); }
+        catch (ArgumentException e) { throw new RecipeException($"{what}: {e.Message}", e); }
     }
 
     // ---- JSON ----
@@ -298,6 +346,9 @@ public sealed record QuantizationRecipe
             ["dynamic_activations"] = DynamicActivations,
             ["activation_observer"] = NormalizeObserver(ActivationObserver),
             ["entropy_search_start"] = EntropySearchStart,
+            ["histogram_method"] = HistogramMethodName(HistogramMethod),
+            ["method"] = MethodName(Method),
+            ["gptq"] = new JsonObject { ["damping"] = GptqOptions.DampingFraction, ["block_size"] = GptqOptions.BlockSize, ["act_order"] = GptqOptions.ActOrder },
             ["calibration_samples"] = CalibrationSamples,
             ["min_elements"] = MinElements,
             ["include"] = Strings(Include),
@@ -316,9 +367,13 @@ public sealed record QuantizationRecipe
 
     internal static string SchemeName(QuantScheme s) => s.ToString().ToLowerInvariant();
 
+    internal static string HistogramMethodName(HistogramMethod m) => m == HistogramMethod.L2 ? "l2" : "entropy";
+
+    internal static string MethodName(QuantizationMethod m) => m == QuantizationMethod.Gptq ? "gptq" : "rtn";
+
     /// <summary>Reads a recipe file (JSON).</summary>
     /// <exception cref="FileNotFoundException">No such file.</exception>
-    /// <exception cref="InvalidDataException">Not valid JSON, an unknown or duplicate key, or a wrong value (the message names it).</exception>
+    /// <exception cref="RecipeException">Not valid JSON, an unknown or duplicate key, or a wrong value (the message names it).</exception>
     public static QuantizationRecipe Load(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -346,16 +401,16 @@ public sealed record QuantizationRecipe
     /// <summary>Parses the JSON form. Missing keys keep their defaults; comments and trailing commas are accepted.</summary>
     /// <param name="json">The JSON text.</param>
     /// <param name="source">Where it came from (for messages).</param>
-    /// <exception cref="InvalidDataException">Not valid JSON, an unknown or duplicate key, or a wrong value.</exception>
+    /// <exception cref="RecipeException">Not valid JSON, an unknown or duplicate key, or a wrong value.</exception>
     public static QuantizationRecipe FromJson(string json, string source = "recipe")
     {
         ArgumentNullException.ThrowIfNull(json);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException ex) { throw new InvalidDataException($"{source}: not valid JSON ({ex.Message}).", ex); }
+        catch (JsonException ex) { throw new RecipeException($"{source}: not valid JSON ({ex.Message}).", ex); }
         using (doc)
         {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{source}: a recipe must be a JSON object.");
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new RecipeException($"{source}: a recipe must be a JSON object.");
             var r = new QuantizationRecipe();
             foreach (var p in Properties(doc.RootElement, source, TopKeys))
             {
@@ -372,6 +427,9 @@ public sealed record QuantizationRecipe
                     "dynamic_activations" => r with { DynamicActivations = p.Value.GetBoolean() },
                     "activation_observer" => r with { ActivationObserver = Str(p.Value) },
                     "entropy_search_start" => r with { EntropySearchStart = p.Value.GetDouble() },
+                    "histogram_method" => r with { HistogramMethod = ParseHistogramMethod(Str(p.Value)) },
+                    "method" => r with { Method = ParseMethod(Str(p.Value)) },
+                    "gptq" => r with { GptqOptions = ParseGptq(p.Value, where) },
                     "calibration_samples" => r with { CalibrationSamples = p.Value.GetInt32() },
                     "min_elements" => r with { MinElements = p.Value.GetInt64() },
                     "include" => r with { Include = StrList(p.Value) },
@@ -386,9 +444,9 @@ public sealed record QuantizationRecipe
                 });
             }
             if (r.Version > CurrentVersion)
-                throw new InvalidDataException($"{source}: recipe version {r.Version} is newer than this QuantSharp reads ({CurrentVersion}); update QuantSharp.");
+                throw new RecipeException($"{source}: recipe version {r.Version} is newer than this QuantSharp reads ({CurrentVersion}); update QuantSharp.");
             try { r.Validate(); }
-            catch (ArgumentException ex) { throw new InvalidDataException($"{source}: {ex.Message}", ex); }
+            catch (RecipeException ex) { throw new RecipeException($"{source}: {ex.Message}", ex); }
             return r;
         }
     }
@@ -396,7 +454,7 @@ public sealed record QuantizationRecipe
     private static readonly string[] TopKeys =
     [
         "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
-        "entropy_search_start", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
+        "entropy_search_start", "histogram_method", "method", "gptq", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
         "strict_group_size", "strict", "validation",
     ];
 
@@ -415,18 +473,33 @@ public sealed record QuantizationRecipe
         return new QuantSpec(type, scheme, QuantSharp.Granularity.Tensor, reduce);
     }
 
+    private static GptqOptions ParseGptq(JsonElement e, string where)
+    {
+        var g = new GptqOptions();
+        foreach (var p in Properties(e, where, ["damping", "block_size", "act_order"]))
+        {
+            g = Field($"{where}.{p.Name}", () => p.Name switch
+            {
+                "damping" => g with { DampingFraction = p.Value.GetDouble() },
+                "block_size" => g with { BlockSize = p.Value.GetInt32() },
+                _ => g with { ActOrder = p.Value.GetBoolean() },
+            });
+        }
+        return g;
+    }
+
     /// <summary>The properties of a JSON object, refusing unknown and duplicate keys by name.</summary>
     internal static IEnumerable<JsonProperty> Properties(JsonElement e, string where, IReadOnlyCollection<string> known)
     {
-        if (e.ValueKind != JsonValueKind.Object) throw new InvalidDataException($"{where}: expected a JSON object, got {Kind(e)}.");
+        if (e.ValueKind != JsonValueKind.Object) throw new RecipeException($"{where}: expected a JSON object, got {Kind(e)}.");
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var list = new List<JsonProperty>();
         foreach (var p in e.EnumerateObject())
         {
             if (!known.Contains(p.Name))
-                throw new InvalidDataException($"{where}: unknown key \"{p.Name}\". Known keys: {string.Join(", ", known)}.");
+                throw new RecipeException($"{where}: unknown key \"{p.Name}\". Known keys: {string.Join(", ", known)}.");
             if (!seen.Add(p.Name))
-                throw new InvalidDataException($"{where}: key \"{p.Name}\" appears twice; give it once.");
+                throw new RecipeException($"{where}: key \"{p.Name}\" appears twice; give it once.");
             list.Add(p);
         }
         return list;
@@ -438,7 +511,7 @@ public sealed record QuantizationRecipe
         try { return parse(); }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException or KeyNotFoundException)
         {
-            throw new InvalidDataException($"{where}: {ex.Message}", ex);
+            throw new RecipeException($"{where}: {ex.Message}", ex);
         }
     }
 
@@ -464,6 +537,22 @@ public sealed record QuantizationRecipe
         _ => throw new ArgumentException($"Unknown scheme '{text}'. Use symmetric or affine."),
     };
 
+    /// <summary>Parses <c>entropy</c> (or <c>kl</c>) or <c>l2</c>.</summary>
+    public static HistogramMethod ParseHistogramMethod(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "entropy" or "kl" => HistogramMethod.Entropy,
+        "l2" => HistogramMethod.L2,
+        _ => throw new ArgumentException($"Unknown histogram method '{text}'. Use entropy (KL, ONNX Runtime/TensorRT) or l2 (PyTorch)."),
+    };
+
+    /// <summary>Parses <c>rtn</c> (round to nearest) or <c>gptq</c>.</summary>
+    public static QuantizationMethod ParseMethod(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "rtn" or "round-to-nearest" => QuantizationMethod.RoundToNearest,
+        "gptq" => QuantizationMethod.Gptq,
+        _ => throw new ArgumentException($"Unknown method '{text}'. Use rtn (round to nearest) or gptq (needs a model and calibration data)."),
+    };
+
     /// <summary>Parses <c>error</c>, <c>warn</c> or <c>ignore</c>.</summary>
     public static ValidationFailureMode ParseOnFailure(string text) => text.Trim().ToLowerInvariant() switch
     {
@@ -487,7 +576,20 @@ public sealed record QuantizationRecipe
 public sealed record RecipeOverride(string Pattern, QuantType? Type = null, QuantScheme? Scheme = null,
     Granularity? Granularity = null, bool? ReduceRange = null, string? ModuleType = null)
 {
-    private Glob? _glob;
+    // Compiled patterns, shared by value: a cache field would be copied by `with { Pattern = ... }` and take part in equality.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Glob> s_globs = new(StringComparer.Ordinal);
+
+    /// <summary>Observer of the input of the matching layers during calibration (static activations; model path), e.g.
+    /// <c>percentile</c>; null keeps <see cref="QuantizationRecipe.ActivationObserver"/>.</summary>
+    public string? ActivationObserver { get; init; }
+
+    /// <summary>The histogram activation observer's KL search window for the matching layers; null keeps
+    /// <see cref="QuantizationRecipe.EntropySearchStart"/>.</summary>
+    public double? EntropySearchStart { get; init; }
+
+    /// <summary>The histogram activation observer's search for the matching layers; null keeps
+    /// <see cref="QuantizationRecipe.HistogramMethod"/>.</summary>
+    public HistogramMethod? HistogramMethod { get; init; }
 
     /// <summary>An override that sets every weight field from <paramref name="spec"/>.</summary>
     public static RecipeOverride Of(string pattern, QuantSpec spec)
@@ -498,7 +600,7 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
 
     internal bool Matches(string parameterName, string? moduleType) =>
         (ModuleType is null || moduleType is null || ModuleType == moduleType)
-        && QuantizationRecipe.NameMatches(_glob ??= new Glob(Pattern), parameterName);
+        && QuantizationRecipe.NameMatches(s_globs.GetOrAdd(Pattern, p => new Glob(p)), parameterName);
 
     internal JsonObject ToJsonNode()
     {
@@ -508,6 +610,9 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
         if (Granularity is { } g) j["granularity"] = g.ToString();
         if (ReduceRange is { } r) j["reduce_range"] = r;
         if (ModuleType is { } m) j["module_type"] = m;
+        if (ActivationObserver is { } a) j["activation_observer"] = QuantizationRecipe.NormalizeObserver(a);
+        if (EntropySearchStart is { } e) j["entropy_search_start"] = e;
+        if (HistogramMethod is { } h) j["histogram_method"] = QuantizationRecipe.HistogramMethodName(h);
         return j;
     }
 
@@ -515,7 +620,8 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
     {
         var o = new RecipeOverride("");
         bool hasPattern = false;
-        foreach (var p in QuantizationRecipe.Properties(e, where, ["pattern", "qtype", "scheme", "granularity", "reduce_range", "module_type"]))
+        foreach (var p in QuantizationRecipe.Properties(e, where,
+                     ["pattern", "qtype", "scheme", "granularity", "reduce_range", "module_type", "activation_observer", "entropy_search_start", "histogram_method"]))
         {
             o = QuantizationRecipe.Field($"{where}.{p.Name}", () => p.Name switch
             {
@@ -524,13 +630,25 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
                 "scheme" => o with { Scheme = QuantizationRecipe.ParseScheme(QuantizationRecipe.Str(p.Value)) },
                 "granularity" => o with { Granularity = QuantSharp.Granularity.Parse(QuantizationRecipe.Str(p.Value)) },
                 "reduce_range" => o with { ReduceRange = p.Value.GetBoolean() },
+                "activation_observer" => o with { ActivationObserver = QuantizationRecipe.Str(p.Value) },
+                "entropy_search_start" => o with { EntropySearchStart = p.Value.GetDouble() },
+                "histogram_method" => o with { HistogramMethod = QuantizationRecipe.ParseHistogramMethod(QuantizationRecipe.Str(p.Value)) },
                 _ => o with { ModuleType = QuantizationRecipe.Str(p.Value) },
             });
             hasPattern |= p.Name == "pattern";
         }
-        if (!hasPattern) throw new InvalidDataException($"{where}: an override needs a \"pattern\".");
+        if (!hasPattern) throw new RecipeException($"{where}: an override needs a \"pattern\".");
         return o;
     }
+}
+
+/// <summary>How a recipe rounds weights (<see cref="QuantizationRecipe.Method"/>; JSON <c>"method"</c>).</summary>
+public enum QuantizationMethod
+{
+    /// <summary>Round to nearest with the weight observer's scales (<c>"rtn"</c>, the default; every path).</summary>
+    RoundToNearest,
+    /// <summary>GPTQ (<c>"gptq"</c>; <see cref="Gptq"/>): needs a model and calibration data, weights only.</summary>
+    Gptq,
 }
 
 /// <summary>What to do when the post-quantization validation finds a problem.</summary>
@@ -567,7 +685,9 @@ public sealed record ValidationPolicy
     /// <summary>What a failed check does (default <see cref="ValidationFailureMode.Error"/>).</summary>
     public ValidationFailureMode OnFailure { get; init; } = ValidationFailureMode.Error;
 
-    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).</summary>
+    /// <summary>Per-type weight SQNR thresholds in dB, on top of <see cref="DefaultSqnrThresholdsDb"/> (a type given here replaces its default).
+    /// A layer quantized by GPTQ is held to its type's threshold on its calibration output SQNR instead of its weight SQNR
+    /// (<see cref="Validation.LayerReport.CalibrationOutputSqnrDb"/>).</summary>
     public IReadOnlyDictionary<QuantType, double> SqnrThresholdsDb { get; init; } = new Dictionary<QuantType, double>();
 
     /// <summary>A layer whose output SQNR (dB) on the first calibration batch is below this fails (null: no bound; model path only).</summary>
@@ -585,10 +705,10 @@ public sealed record ValidationPolicy
         foreach (var (t, v) in SqnrThresholdsDb)
         {
             if (!double.IsFinite(v))
-                throw new ArgumentException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
+                throw new RecipeException($"Validation.SqnrThresholdsDb[{t.ToName()}] (sqnr_thresholds_db.{t.ToName()}) is {v}; give a finite number of dB, e.g. 30 (a JSON number like 1e400 overflows).");
         }
         if (MinOutputSqnrDb is { } o && !double.IsFinite(o))
-            throw new ArgumentException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
+            throw new RecipeException($"Validation.MinOutputSqnrDb (min_output_sqnr_db) is {o}; give a finite number of dB, e.g. 20.");
     }
 
     internal JsonObject ToJsonNode()

@@ -125,7 +125,9 @@ public static class Quantizer
     /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
-    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty or mismatched data.</exception>
+    /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
+    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or data the method cannot use.</exception>
+    /// <exception cref="ArgumentException">A missing or wrong factory, or missing calibration data the recipe needs.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
         T model,
@@ -162,7 +164,9 @@ public static class Quantizer
     /// <param name="onFailure">Overrides <see cref="ValidationPolicy.OnFailure"/>.</param>
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
-    /// <exception cref="ArgumentException">Invalid recipe, a pattern that names no layer, no quantizable layer, empty data, or a batch the model fails on.</exception>
+    /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
+    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or a layer the calibration data never reaches.</exception>
+    /// <exception cref="ArgumentException">A missing or wrong factory, empty data, or a batch the model fails on.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
         T model,
@@ -194,7 +198,7 @@ public static class Quantizer
         };
         var planner = new RecipePlanner(cfg); // validates
         var recipeWarnings = planner.IneffectiveSettings().ToList();
-        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new ArgumentException(refusal, nameof(recipe));
+        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new RecipeException(refusal);
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
@@ -206,7 +210,7 @@ public static class Quantizer
 
         var originalEntries = ModuleTree.Walk(model);
         if (originalEntries.Any(e => e.Module is QuantizedModule) || model is QuantizedModule)
-            throw new ArgumentException("The model already contains quantized layers; quantize the float model instead.", nameof(model));
+            throw new ModelQuantizationException("The model already contains quantized layers; quantize the float model instead.");
         CheckPatterns(cfg, model.named_parameters().Select(p => p.name).ToList());
 
         // Plan on the original (read-only), so that errors come before any copy is made.
@@ -216,7 +220,7 @@ public static class Quantizer
             string why = skipped.Count == 0
                 ? "it has no layer of a type registered in QuantizedModules (Linear, Conv1d, Conv2d, Embedding, MultiheadAttention, Transformer*, LSTM, GRU, RNN...)"
                 : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
-            throw new ArgumentException($"Nothing to quantize in {model.GetType().Name}: {why}.", nameof(model));
+            throw new ModelQuantizationException($"Nothing to quantize in {model.GetType().Name}: {why}.");
         }
 
         T work = inPlace ? model : (T)Copy(model, () => factory!());
@@ -308,7 +312,7 @@ public static class Quantizer
             var glob = new Glob(p);
             if (parameterNames.Any(n => QuantizationRecipe.NameMatches(glob, n))) continue;
             var close = NameGlob.Closest(p, parameterNames);
-            throw new ArgumentException(
+            throw new RecipeException(
                 $"{where} pattern '{p}' matches no weight of the model. " +
                 (close.Count > 0 ? $"Closest parameter names: {string.Join(", ", close)}. " : "The model has no parameters. ") +
                 "Names are state_dict names (e.g. fc1.weight) or their module's name (fc1); '*' matches any characters (dots too), '?' one.");
@@ -377,7 +381,7 @@ public static class Quantizer
             if (data is null)
                 throw new ArgumentException($"The weight quantization method '{quantizer.Method}' needs calibration data (the inputs of each layer): pass calibrationData.", nameof(data));
             if (plans.FirstOrDefault(p => p.Mechanism != QuantizationMechanism.Replace) is { } kept)
-                throw new ArgumentException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
+                throw new ModelQuantizationException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
                     $"'{kept.Entry.Name}' ({kept.Entry.Module.GetType().Name}) keeps its float module ({kept.Note ?? "materialized weights"}). Exclude it, or use round to nearest.");
             replay = Replayable(data, cfg.CalibrationSamples);
             data = replay;
@@ -389,7 +393,9 @@ public static class Quantizer
             if (data is not null)
             {
                 var actSpec = cfg.Activations ?? QuantizationRecipe.DefaultActivations;
-                calib = new Calibrator(work, layers, RangeObservers.Factory(QuantizationRecipe.NormalizeObserver(cfg.ActivationObserver), actSpec, cfg.EntropySearchStart));
+                // Each layer's input observer: the recipe's, or its weight's first matching override's.
+                var parameters = planned.ToDictionary(p => p.Layer.Entry.Name, p => (p.Weight.Name, ModuleTree.TypeName(p.Layer.Entry.Module.GetType())), StringComparer.Ordinal);
+                calib = new Calibrator(work, layers, RangeObservers.ForRecipe(cfg, actSpec, parameters));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
                 calib.Run(data, target, progress, observe: cfg.Activations is not null);
@@ -441,14 +447,23 @@ public static class Quantizer
                 bool rangeOk = problems.Count == 0;
                 if (act is not null) rangeOk &= ActivationCheck(act, problems);
                 double weightSqnr = layer.WeightSqnrDb;
-                if (double.IsNaN(weightSqnr)) problems.Add("weight SQNR is NaN");
                 double minW = cfg.Validation.ThresholdFor(spec.Type);
-                if (weightSqnr < minW)
-                    problems.Add($"weight SQNR {weightSqnr:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
+                // The gate of the method's objective: the calibration output SQNR for an output-error method (GPTQ moves
+                // weights away from their float values on purpose), the weight SQNR otherwise.
+                var (gated, what) = layer.CalibrationOutputSqnrDb is { } calibrationOutput
+                    ? (calibrationOutput, "calibration output SQNR")
+                    : (weightSqnr, "weight SQNR");
+                if (double.IsNaN(gated)) problems.Add($"{what} is NaN");
+                if (gated < minW)
+                    problems.Add($"{what} {gated:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
                 layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
                     act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
+                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems, layer.CalibrationOutputSqnrDb));
             }
+            // Reported in model order, whatever order a sequential method quantized them in.
+            var modelOrder = plans.Select((p, i) => (p.Entry.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
+            done.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
+            layerReports.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
             // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
             warnings.AddRange(skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
             long quantBytes = ModelMemory.Bytes(work);
@@ -519,14 +534,15 @@ public static class Quantizer
     }
 
     /// <summary>
-    /// The quantize stage of a sequential method: layer by layer, in model order, the layer input's statistics are
-    /// collected on the model whose earlier layers are already quantized and installed (the caller installs each
-    /// prepared layer before asking for the next), then the layer is quantized with them.
+    /// The quantize stage of a sequential method: layer by layer, in the order the model calls them (recorded on the first
+    /// calibration batch; registration order can differ), the layer input's statistics are collected on the model whose
+    /// earlier layers are already quantized and installed (the caller installs each prepared layer before asking for the
+    /// next), then the layer is quantized with them.
     /// </summary>
     private static IEnumerable<PreparedLayer> PrepareSequentially(nn.Module work, List<LayerPlan> plans, Dictionary<string, QuantSpec> specs,
         TiedWeights tied, IWeightQuantizer quantizer, IReadOnlyList<CalibrationBatch> batches)
     {
-        foreach (var plan in plans)
+        foreach (var plan in CallOrder.Of(work, plans, p => p.Entry, batches[0]))
         {
             var spec = specs[plan.Entry.Name];
             var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
@@ -620,7 +636,7 @@ public static class Quantizer
             }
             return (CheckStatus.Passed, "save -> load gives bit-identical state (no data to compare outputs)");
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or QuantizationException or ArgumentException or UnauthorizedAccessException)
         {
             return (CheckStatus.Failed, "save -> load failed: " + e.Message);
         }
@@ -652,7 +668,7 @@ public static class Quantizer
     /// <typeparam name="T">The model type.</typeparam>
     /// <param name="factory">Builds a fresh float model of the saved architecture.</param>
     /// <param name="path">The quantized file.</param>
-    /// <exception cref="InvalidDataException">The file is not a quantized file of this architecture (the message names the layer or tensor).</exception>
+    /// <exception cref="QuantizedFileException">The file is not a quantized file of this architecture (the message names the layer or tensor).</exception>
     public static T Load<T>(Func<T> factory, string path) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(factory);

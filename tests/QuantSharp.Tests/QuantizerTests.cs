@@ -197,10 +197,10 @@ public class QuantizerTests
     {
         using var scope = NewDisposeScope();
         var model = new Mlp();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, new QuantizationRecipe { Exclude = ["fc4"] }, () => new Mlp()));
+        var ex = Assert.Throws<RecipeException>(() => Quantizer.Quantize(model, new QuantizationRecipe { Exclude = ["fc4"] }, () => new Mlp()));
         Assert.Contains("'fc4'", ex.Message);
         Assert.Contains("fc1", ex.Message);
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model,
+        var ex2 = Assert.Throws<RecipeException>(() => Quantizer.Quantize(model,
             new QuantizationRecipe { Overrides = [new("classifer", QuantType.Int8)] }, () => new Mlp()));
         Assert.Contains("Overrides pattern 'classifer'", ex2.Message);
     }
@@ -209,11 +209,11 @@ public class QuantizerTests
     public void NoQuantizableLayerIsAClearError()
     {
         using var scope = NewDisposeScope();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new NoLinearNet(), new QuantizationRecipe(), () => new NoLinearNet()));
+        var ex = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new NoLinearNet(), new QuantizationRecipe(), () => new NoLinearNet()));
         Assert.Contains("Nothing to quantize", ex.Message);
         Assert.Contains("Scale", ex.Message);
         // Everything excluded is the same situation.
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe { Exclude = ["*"] }, () => new Mlp()));
+        var ex2 = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe { Exclude = ["*"] }, () => new Mlp()));
         Assert.Contains("excluded by pattern '*'", ex2.Message);
     }
 
@@ -221,11 +221,11 @@ public class QuantizerTests
     public void InvalidConfigIsRejectedWithTheFix()
     {
         using var scope = NewDisposeScope();
-        Assert.Contains("int8 or uint8", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
+        Assert.Contains("int8 or uint8", Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(),
             new QuantizationRecipe { Activations = new QuantSpec(QuantType.Int4) }, () => new Mlp(), TestData.Batches(1, 2, [64]))).Message);
         Assert.Contains("calibration data", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
             QuantizationRecipe.Int8Static(), () => new Mlp())).Message);
-        Assert.Contains("CalibrationSamples", Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(),
+        Assert.Contains("CalibrationSamples", Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(),
             new QuantizationRecipe(), () => new Mlp(), calibrationSamples: 0)).Message);
     }
 
@@ -252,7 +252,7 @@ public class QuantizerTests
         Assert.Equal(new PerGroup(24), g32.Layers[1].Weights.Granularity);
         Assert.Equal(new PerGroup(32), g32.Layers[2].Weights.Granularity);
 
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ConvNet(), NoReload with { StrictGroupSize = true }, () => new ConvNet(), weights: int4));
+        var ex = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new ConvNet(), NoReload with { StrictGroupSize = true }, () => new ConvNet(), weights: int4));
         Assert.Contains("features.0.weight", ex.Message);
         Assert.Contains("StrictGroupSize", ex.Message);
     }
@@ -338,7 +338,7 @@ public class QuantizerConfigTests
     {
         using var scope = NewDisposeScope();
         // prim's QuantSpec.Validate: reduce-range is for 8-bit types only.
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp(),
+        var ex = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp(),
             weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32), reduceRange: true)));
         Assert.StartsWith("Weights: ReduceRange applies to 8-bit types only", ex.Message);
         // Per-channel along the input axis is a valid spec, but layers are quantized per output channel: fc1 stays float, saying why.
@@ -347,7 +347,7 @@ public class QuantizerConfigTests
             Overrides = [new("fc1", Granularity: new PerAxis(1))],
         }, () => new Mlp());
         Assert.Contains("axis 0", r.Skipped.Single(s => s.Name == "fc1").Reason);
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe
+        var ex2 = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe
         {
             Overrides = [new("fc1", QuantType.Int4, ReduceRange: true)],
         }, () => new Mlp()));

@@ -43,7 +43,7 @@ internal static class BenchCommand
                 }
                 return CheckpointConsole.Ok;
             }
-            catch (Exception ex) when (ex is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException)
+            catch (Exception ex) when (ex is ArgumentException or IOException or QuantizationException or UnauthorizedAccessException)
             {
                 return CheckpointConsole.Fail(parseResult, ex.Message);
             }

@@ -35,7 +35,7 @@ internal static class DemoMiniLMCommand
                 report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
                     asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException)
+            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or QuantizationException)
             {
                 parseResult.InvocationConfiguration.Error.WriteLine($"demo minilm: {e.Message}");
                 return 1;

@@ -26,7 +26,7 @@ internal static class InspectCommand
                 else Print(parseResult, result);
                 return CheckpointConsole.Ok;
             }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            catch (Exception ex) when (ex is IOException or QuantizationException or UnauthorizedAccessException)
             {
                 return CheckpointConsole.Fail(parseResult, $"Cannot read '{path}': {ex.Message}");
             }

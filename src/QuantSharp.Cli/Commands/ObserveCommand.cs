@@ -76,7 +76,7 @@ internal static class ObserveCommand
                 return 0;
             }
             catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException
-                                          or InvalidDataException or UnauthorizedAccessException or NotSupportedException
+                                          or InvalidDataException or UnauthorizedAccessException or NotSupportedException or QuantizationException
                                           or KeyNotFoundException or System.Text.Json.JsonException)
             {
                 return CheckpointConsole.Fail(parseResult, ex.Message); // exit 2: bad input or options, as every command

@@ -58,7 +58,7 @@ internal static class QuantizeCommand
                 if (parseResult.GetValue(noValidate)) recipe = recipe with { Validation = recipe.Validation with { Enabled = false } };
                 recipe.Validate();
             }
-            catch (Exception ex) when (ex is ArgumentException or InvalidDataException or FileNotFoundException)
+            catch (Exception ex) when (ex is ArgumentException or RecipeException or FileNotFoundException)
             {
                 return CheckpointConsole.Fail(parseResult, ex.Message);
             }

@@ -26,7 +26,7 @@ internal static class ValidateCommand
             {
                 if (parseResult.GetValue(config) is { } path) thresholds = QuantizationRecipe.Load(path).Validation;
             }
-            catch (Exception ex) when (ex is InvalidDataException or FileNotFoundException)
+            catch (Exception ex) when (ex is RecipeException or FileNotFoundException)
             {
                 return CheckpointConsole.Fail(parseResult, ex.Message);
             }

@@ -33,14 +33,15 @@ internal sealed class Calibrator : IDisposable
     private readonly Dictionary<string, LayerObservers> _observers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Tensor> _firstOutputs = new(StringComparer.Ordinal);
 
-    public Calibrator(nn.Module model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
+    /// <summary>Observers for <paramref name="layers"/> from <paramref name="makeObserver"/>(layer name, tensor description).</summary>
+    public Calibrator(nn.Module model, IReadOnlyList<ModuleEntry> layers, Func<string, string, IRangeObserver> makeObserver)
     {
         _model = model;
         _layers = layers;
         foreach (var e in layers)
         {
             bool indices = e.Module is TorchSharp.Modules.Embedding;
-            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver($"input of layer '{e.Name}'"), makeObserver($"output of layer '{e.Name}'"));
+            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver(e.Name, $"input of layer '{e.Name}'"), makeObserver(e.Name, $"output of layer '{e.Name}'"));
         }
     }
 
@@ -142,7 +143,7 @@ internal sealed class Calibrator : IDisposable
             throw new ArgumentException("The calibration data source yielded no tensors. Pass at least one batch of inputs (e.g. 150 samples from the training or validation set).");
         var never = _observers.Where(kv => kv.Value.Calls == 0).Select(kv => kv.Key).ToList();
         if (never.Count > 0)
-            throw new InvalidOperationException(
+            throw new ModelQuantizationException(
                 $"Layer(s) {string.Join(", ", never.Select(n => $"'{n}'"))} never ran during calibration, so their activations could not be observed. " +
                 "Forward hooks only fire when the parent's forward calls the layer as child.call(x), not child.forward(x); " +
                 "change the model's forward, or exclude these layers.");
@@ -156,7 +157,7 @@ internal sealed class Calibrator : IDisposable
             var (name, module, shape) = stack[^1];
             where = $" in layer '{name}' ({module.GetType().Name}{Expectation(module)}), whose input had shape [{string.Join(", ", shape)}]";
         }
-        return new ArgumentException(
+        return new ModelQuantizationException(
             $"Running calibration data through the model failed{where}; the batch was {batch.Description}. " +
             $"Check that the data matches the model's input. libtorch said: {QuantizedModule.FirstLine(e.Message)}", e);
     }

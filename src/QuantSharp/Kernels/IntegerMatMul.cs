@@ -132,6 +132,12 @@ internal static unsafe class IntegerMatMul
     /// <summary>torchao's <c>torch.finfo(torch.float32).eps</c>: the smallest dynamic scale.</summary>
     private const float MinDynamicScale = 1.1920929e-07f;
 
+    /// <summary>
+    /// Activation rows from which <see cref="MatMulMethod.Auto"/> takes the packed GEMM (measured with
+    /// <c>quantsharp bench</c>, docs/BENCHMARKS.md).
+    /// </summary>
+    internal static int PackedMinRows = 16;
+
     /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI).</summary>
     public static bool IsSupported(KernelPath path) => path switch
     {
@@ -188,7 +194,9 @@ internal static unsafe class IntegerMatMul
     /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Output row stride.</param>
     /// <param name="path">Instruction set (<see cref="KernelPath.Vnni256"/>, V512/V256/V128 use <c>vpmaddwd</c>).</param>
-    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    /// <param name="method">Loop structure: row kernels, or the packed GEMM (<see cref="PackedIntegerMatMul"/>);
+    /// <see cref="MatMulMethod.Auto"/> chooses by batch size (<see cref="PackedMinRows"/>).</param>
+    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
     {
         CheckWeight(w);
         if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
@@ -197,6 +205,18 @@ internal static unsafe class IntegerMatMul
                 : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
         if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
         if (x.Rows == 0 || w.Rows == 0) return;
+        if (method == MatMulMethod.Packed || (method == MatMulMethod.Auto && x.Rows >= PackedMinRows))
+        {
+            switch (path)
+            {
+                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
+                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
+                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
+                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
+                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, bias, y, ldy); break;
+            }
+            return;
+        }
         switch (path)
         {
             case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;

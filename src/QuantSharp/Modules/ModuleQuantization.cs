@@ -30,7 +30,10 @@ internal sealed record LayerPlan(ModuleEntry Entry, QuantizationMechanism Mechan
 /// <param name="Weights">The quantized weights (parameter name within the module, weight; tied weights are shared objects).</param>
 /// <param name="WeightSqnrDb">The lowest SQNR of a weight against its float values.</param>
 /// <param name="FloatBytes">Bytes of the float parameters that were quantized plus the module's other own parameters.</param>
-internal sealed record PreparedLayer(LayerPlan Plan, IReadOnlyList<(string Name, QuantizedWeight Weight)> Weights, double WeightSqnrDb, long FloatBytes);
+/// <param name="CalibrationOutputSqnrDb">The lowest calibration output SQNR of its weights (<see cref="Pipeline.IWeightQuantizer.CalibrationOutputSqnrDb"/>),
+/// or null when they are judged by their weight SQNR.</param>
+internal sealed record PreparedLayer(LayerPlan Plan, IReadOnlyList<(string Name, QuantizedWeight Weight)> Weights, double WeightSqnrDb, long FloatBytes,
+    double? CalibrationOutputSqnrDb = null);
 
 /// <summary>Deciding per layer how its weights get quantized, and doing it (replacement or materialization), tied weights once.</summary>
 internal static class ModuleQuantization
@@ -89,19 +92,22 @@ internal static class ModuleQuantization
         var module = plan.Entry.Module;
         var weights = new List<(string Name, QuantizedWeight Weight)>();
         double sqnr = double.PositiveInfinity;
+        double? outputSqnr = null;
         long floatBytes = 0;
         foreach (var name in plan.Parameters)
         {
             var p = QuantizedModules.Parameter(module, name)!;
             floatBytes += p.numel() * p.element_size();
             var w = tied.GetOrQuantize(p, spec, plan.Entry.Name + "." + name, statistics);
-            double s = w.SqnrDb ?? Pipeline.WeightQuantization.Sqnr(p, w);
-            if (double.IsNaN(s) || s < sqnr) sqnr = s;
+            sqnr = Lowest(sqnr, w.SqnrDb ?? Pipeline.WeightQuantization.Sqnr(p, w));
+            if (w.CalibrationOutputSqnrDb is { } o) outputSqnr = Lowest(outputSqnr ?? double.PositiveInfinity, o);
             weights.Add((name, w));
         }
         // The module's other own parameters (a bias) stay as they are.
         floatBytes += module.parameters(recurse: false).Where(p => p.dim() < 2).Sum(p => p.numel() * p.element_size());
-        return new PreparedLayer(plan, weights, sqnr, floatBytes);
+        return new PreparedLayer(plan, weights, sqnr, floatBytes, outputSqnr);
+
+        static double Lowest(double lowest, double s) => double.IsNaN(s) || s < lowest ? s : lowest;
     }
 
     /// <summary>Replaces or hooks the module; returns the module now in the model. The float module of a replacement is left to the caller.</summary>
@@ -152,8 +158,12 @@ internal sealed class TiedWeights(Pipeline.IWeightQuantizer? quantizer = null, b
         // The shared quantize stage (same method and storage view as the checkpoint path).
         var planned = new Pipeline.PlannedWeight(name, parameter.shape, spec, null);
         var w = QuantizedWeight.FromCanonical(_quantizer.Quantize(planned, parameter, statistics), parameter.shape, parameter.dtype);
-        w.Observer = spec.Type.IsInteger() ? _quantizer.Method : null;
-        if (measure) w.SqnrDb = Pipeline.WeightQuantization.Sqnr(parameter, w);
+        w.Observer = spec.Type.IsInteger() ? _quantizer.MethodFor(statistics) : null;
+        if (measure)
+        {
+            w.SqnrDb = Pipeline.WeightQuantization.Sqnr(parameter, w);
+            w.CalibrationOutputSqnrDb = _quantizer.CalibrationOutputSqnrDb(parameter, w, statistics);
+        }
         if (key is { } k2) _byStorage[k2] = w;
         return w;
     }

@@ -108,6 +108,21 @@ internal interface IWeightQuantizer
     /// <summary>Quantizes <paramref name="values"/> (the weight, original shape, any float dtype; or a chunk of its rows when
     /// <see cref="Sequential"/> is false) with <paramref name="weight"/>'s spec, on the <see cref="WeightGeometry.StorageShape"/> view.</summary>
     QuantizedTensor Quantize(PlannedWeight weight, Tensor values, IInputStatistics? statistics);
+
+    /// <summary>The method that actually quantized a weight given these statistics, recorded as its <c>observer</c>:
+    /// <see cref="Method"/>, or the method it fell back to for a layer it cannot handle (GPTQ: round to nearest).</summary>
+    /// <param name="statistics">What <see cref="CreateStatistics"/> returned for the layer.</param>
+    string MethodFor(IInputStatistics? statistics) => Method;
+
+    /// <summary>
+    /// The validate stage's measure for a method that minimizes the layer's output error rather than the weight error
+    /// (GPTQ): the SQNR (dB) of the layer's output <c>X·Wqᵀ</c> against <c>X·Wᵀ</c> over the calibration inputs it was
+    /// quantized with. Null (the default) when the weight is judged by its weight SQNR.
+    /// </summary>
+    /// <param name="values">The float weight (original shape).</param>
+    /// <param name="quantized">Its quantized form.</param>
+    /// <param name="statistics">What <see cref="CreateStatistics"/> returned for the layer.</param>
+    double? CalibrationOutputSqnrDb(Tensor values, QuantizedWeight quantized, IInputStatistics? statistics) => null;
 }
 
 /// <summary>Round to nearest with the recipe's weight observer (min/max by default): what both paths do today.</summary>
@@ -133,9 +148,12 @@ internal static class QuantizationPipeline
     /// <summary>Test hook: replaces the weight quantizer the recipe selects (on this thread).</summary>
     [ThreadStatic] internal static Func<QuantizationRecipe, IWeightQuantizer>? WeightQuantizerForTests;
 
-    /// <summary>The weight quantizer of <paramref name="recipe"/> (round to nearest with its weight observer).</summary>
+    /// <summary>The weight quantizer of <paramref name="recipe"/>: its <see cref="QuantizationRecipe.Method"/> (round to
+    /// nearest with its weight observer, or GPTQ with its <see cref="QuantizationRecipe.GptqOptions"/>).</summary>
     public static IWeightQuantizer WeightQuantizerFor(QuantizationRecipe recipe)
-        => WeightQuantizerForTests?.Invoke(recipe) ?? new RoundToNearest(recipe.WeightObserver);
+        => WeightQuantizerForTests?.Invoke(recipe) ?? (recipe.Method == QuantizationMethod.Gptq
+            ? new GptqWeightQuantizer(recipe.GptqOptions, recipe.WeightObserver)
+            : new RoundToNearest(recipe.WeightObserver));
 }
 
 /// <summary>The calibrate stage for one layer and a weight quantizer's statistics.</summary>
@@ -149,7 +167,7 @@ internal static class InputStatistics
     public static void Collect(nn.Module model, ModuleEntry layer, IReadOnlyList<CalibrationBatch> batches, IInputStatistics statistics)
     {
         if (layer.Module is not nn.Module<Tensor, Tensor> m)
-            throw new ArgumentException($"Layer '{layer.Name}' ({layer.Module.GetType().Name}) does not take one tensor; its input statistics cannot be collected.");
+            throw new ModelQuantizationException($"Layer '{layer.Name}' ({layer.Module.GetType().Name}) does not take one tensor; its input statistics cannot be collected.");
         var remove = Unhook(m.register_forward_pre_hook((_, x) =>
         {
             statistics.Observe(x);
@@ -169,7 +187,45 @@ internal static class InputStatistics
             remove();
         }
         if (statistics.Rows == 0)
-            throw new ArgumentException($"Layer '{layer.Name}' never ran on the calibration data (forward hooks fire only through child.call(x)); its input statistics are empty.");
+            throw new ModelQuantizationException($"Layer '{layer.Name}' never ran on the calibration data (forward hooks fire only through child.call(x)); its input statistics are empty.");
+    }
+}
+
+/// <summary>The order in which a model calls its layers, for a sequential weight quantizer (GPTQ).</summary>
+internal static class CallOrder
+{
+    /// <summary>
+    /// <paramref name="layers"/> in the order <paramref name="model"/> first calls them on <paramref name="batch"/>
+    /// (forward pre-hooks, which fire on <c>layer.call(x)</c>), which may differ from the order they are registered in;
+    /// layers that did not run (or take other than one tensor) follow in their given order.
+    /// </summary>
+    public static List<T> Of<T>(nn.Module model, IReadOnlyList<T> layers, Func<T, ModuleEntry> entry, CalibrationBatch batch)
+    {
+        var firstCall = new Dictionary<int, int>();
+        var removers = new List<Action>();
+        try
+        {
+            for (int i = 0; i < layers.Count; i++)
+            {
+                if (entry(layers[i]).Module is not nn.Module<Tensor, Tensor> m) continue;
+                int index = i;
+                removers.Add(Unhook(m.register_forward_pre_hook((_, _) =>
+                {
+                    firstCall.TryAdd(index, firstCall.Count);
+                    return null!;
+                })));
+            }
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            batch.Run(model);
+        }
+        finally
+        {
+            foreach (var remove in removers) remove();
+        }
+        return Enumerable.Range(0, layers.Count)
+            .OrderBy(i => firstCall.TryGetValue(i, out int rank) ? rank : firstCall.Count + i)
+            .Select(i => layers[i]).ToList();
     }
 }
 

@@ -83,7 +83,7 @@ internal sealed class RecipePlanner
     /// The planned quantization of <paramref name="name"/>: the recipe's spec for it, fitted to its shape
     /// (<see cref="WeightGeometry.Fit"/>).
     /// </summary>
-    /// <exception cref="ArgumentException">The spec cannot quantize the weight (strict group size, bad axis...).</exception>
+    /// <exception cref="RecipeException">The spec cannot quantize the weight (strict group size, bad axis...).</exception>
     public PlannedWeight Plan(string name, string? moduleType, long[] shape)
     {
         var (spec, fallback) = WeightGeometry.Fit(name, Recipe.WeightSpecFor(name, moduleType), shape, Recipe.StrictGroupSize);
@@ -112,11 +112,11 @@ internal static class WeightGeometry
     /// is quantized to 8-bit per-channel (per-tensor for rank-1 tensors) of the same signedness and scheme.
     /// </summary>
     /// <returns>The spec to use and the reason for a fallback (null when the spec fits as asked).</returns>
-    /// <exception cref="ArgumentException">Strict mode and a fallback is needed, or the spec cannot fit at all.</exception>
+    /// <exception cref="RecipeException">Strict mode and a fallback is needed, or the spec cannot fit at all.</exception>
     public static (QuantSpec Spec, string? Fallback) Fit(string name, QuantSpec spec, long[] shape, bool strict)
     {
         if (spec.Type.IsInteger() && shape.Length > 2 && spec.Granularity is PerAxis { Axis: not 0 } a)
-            throw new ArgumentException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: per-channel axis {a.Axis} is not supported for weights of rank " +
+            throw new RecipeException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: per-channel axis {a.Axis} is not supported for weights of rank " +
                 $"{shape.Length}, which are quantized as the [{shape[0]}, {QuantSpec.Product(shape.AsSpan(1))}] matrix; use per-channel (axis 0) or group:G.");
         if (!spec.Type.IsInteger() || shape.Length == 0) return (spec, null);
         long k = StorageShape(spec.Type, shape)[^1];
@@ -128,7 +128,7 @@ internal static class WeightGeometry
             problem = Modules.WeightQuantizer.PackingProblem(spec.Type, k);
         if (problem is null) return (spec, null);
         if (strict)
-            throw new ArgumentException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: {problem}, and StrictGroupSize refuses a fallback. " +
+            throw new RecipeException($"Weight '{name}' {QuantSpec.FormatShape(shape)}: {problem}, and StrictGroupSize refuses a fallback. " +
                 $"Override it with a group size that divides {k} or with per-channel, exclude it, or turn StrictGroupSize off.");
         QuantSpec fitted;
         if (spec.Granularity is PerGroup pg && k % perByte == 0 && LargestDivisor(k, pg.GroupSize, perByte) is int d)

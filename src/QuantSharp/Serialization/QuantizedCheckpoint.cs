@@ -153,7 +153,7 @@ public sealed class QuantizedCheckpoint : IDisposable
     /// Loads a quantized checkpoint (file or sharded folder) into memory; every quantized tensor is checked against
     /// its recorded settings (dtypes, shapes, presence of the scale).
     /// </summary>
-    /// <exception cref="InvalidDataException">Not a QuantSharp quantized checkpoint, a newer format version, or
+    /// <exception cref="QuantizedFileException">Not a QuantSharp quantized checkpoint, a newer format version, or
     /// tensors that do not match their per-layer entry.</exception>
     public static QuantizedCheckpoint Load(string path)
     {
@@ -179,7 +179,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                     catch (ArgumentException ex)
                     {
                         parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
-                        throw new InvalidDataException($"{shard.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
+                        throw new QuantizedFileException($"{shard.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
                     }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);
@@ -208,7 +208,7 @@ public sealed class QuantizedCheckpoint : IDisposable
     /// The per-layer entries of one file of a quantized checkpoint (a file of <see cref="ShardedCheckpoint.Files"/>),
     /// read from its header only, checked as <see cref="Load"/> checks them.
     /// </summary>
-    /// <exception cref="InvalidDataException">The file is not a QuantSharp quantized checkpoint (no <see cref="FormatKey"/>),
+    /// <exception cref="QuantizedFileException">The file is not a QuantSharp quantized checkpoint (no <see cref="FormatKey"/>),
     /// a newer format version, or malformed per-layer metadata.</exception>
     public static IReadOnlyDictionary<string, QuantizedLayerInfo> ReadLayers(SafetensorsFile file)
     {
@@ -222,28 +222,28 @@ public sealed class QuantizedCheckpoint : IDisposable
     {
         var result = new Dictionary<string, QuantizedLayerInfo>(StringComparer.Ordinal);
         if (!metadata.TryGetValue(FormatKey, out string? format))
-            throw new InvalidDataException($"{file}: not a QuantSharp quantized checkpoint (no '{FormatKey}' in __metadata__). " +
+            throw new QuantizedFileException($"{file}: not a QuantSharp quantized checkpoint (no '{FormatKey}' in __metadata__). " +
                 "Use 'quantsharp quantize' to make one, or open it as a plain safetensors file.");
         if (format != FormatName)
-            throw new InvalidDataException($"{file}: '{FormatKey}' is '{format}', expected '{FormatName}'.");
+            throw new QuantizedFileException($"{file}: '{FormatKey}' is '{format}', expected '{FormatName}'.");
         if (!metadata.TryGetValue(FormatVersionKey, out string? v) || !int.TryParse(v, out int version) || version < 1)
-            throw new InvalidDataException($"{file}: missing or invalid '{FormatVersionKey}'.");
+            throw new QuantizedFileException($"{file}: missing or invalid '{FormatVersionKey}'.");
         if (version > FormatVersion)
-            throw new InvalidDataException($"{file}: format version {version} is newer than this QuantSharp reads (up to {FormatVersion}); " +
+            throw new QuantizedFileException($"{file}: format version {version} is newer than this QuantSharp reads (up to {FormatVersion}); " +
                 "it was written by a newer QuantSharp, possibly with a storage type this version does not know. Update QuantSharp to read it.");
         if (!metadata.TryGetValue(LayersKey, out string? layersJson)) return result;
         try
         {
             using var doc = JsonDocument.Parse(layersJson);
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
-                throw new InvalidDataException($"{file}: '{LayersKey}' must be a JSON object of per-layer entries, found {doc.RootElement.ValueKind}.");
+                throw new QuantizedFileException($"{file}: '{LayersKey}' must be a JSON object of per-layer entries, found {doc.RootElement.ValueKind}.");
             if (StrictJson.FirstDuplicateKeyAnywhere(doc.RootElement) is { } dup)
-                throw new InvalidDataException($"{file}: '{LayersKey}' has the key '{dup}' twice; each layer and each of its fields is given once. Re-create the file with 'quantsharp quantize'.");
+                throw new QuantizedFileException($"{file}: '{LayersKey}' has the key '{dup}' twice; each layer and each of its fields is given once. Re-create the file with 'quantsharp quantize'.");
             foreach (var p in doc.RootElement.EnumerateObject())
             {
                 var info = QuantizedLayerInfo.FromJson(p.Name, p.Value) with { FormatVersion = version };
                 if (info.Type is QuantType.Int2 or QuantType.UInt2 && version < TwoBitFormatVersion)
-                    throw new InvalidDataException($"{file}: layer '{p.Name}' is {info.Type.ToName()}, but the file says format version {version}; " +
+                    throw new QuantizedFileException($"{file}: layer '{p.Name}' is {info.Type.ToName()}, but the file says format version {version}; " +
                         $"2-bit weights need format version {TwoBitFormatVersion}. The file is damaged or was edited: re-create it with 'quantsharp quantize'.");
                 // The settings must describe a layout for the shape (an axis in range, a group size that divides...).
                 try { _ = CheckpointLayout.For(info); }
@@ -253,16 +253,16 @@ public sealed class QuantizedCheckpoint : IDisposable
                     string why = ex is ArgumentException ? CheckpointQuantizer.PlainMessage(ex)
                         : info.Granularity is PerAxis a ? $"axis {a.Axis} is not an axis of a tensor of rank {info.Shape.Length}"
                         : "they describe no stored layout";
-                    throw new InvalidDataException($"{file}: layer '{p.Name}': its settings ({info.Type.ToName()}, {info.Granularity?.ToString() ?? "-"}) do not fit its shape " +
+                    throw new QuantizedFileException($"{file}: layer '{p.Name}': its settings ({info.Type.ToName()}, {info.Granularity?.ToString() ?? "-"}) do not fit its shape " +
                         $"[{string.Join(", ", info.Shape)}] ({why}). Re-create the file with 'quantsharp quantize'.", ex);
                 }
                 if (!result.TryAdd(p.Name, info))
-                    throw new InvalidDataException($"{file}: '{LayersKey}' lists layer '{p.Name}' twice.");
+                    throw new QuantizedFileException($"{file}: '{LayersKey}' lists layer '{p.Name}' twice.");
             }
         }
         catch (JsonException ex)
         {
-            throw new InvalidDataException($"{file}: '{LayersKey}' is not valid JSON ({ex.Message}).", ex);
+            throw new QuantizedFileException($"{file}: '{LayersKey}' is not valid JSON ({ex.Message}).", ex);
         }
         return result;
     }
@@ -279,7 +279,7 @@ public sealed class QuantizedCheckpoint : IDisposable
             if (info.Type.IsInteger())
             {
                 if (!file.Contains(name + ScaleSuffix))
-                    throw new InvalidDataException($"{file.Path}: quantized tensor '{name}' has no '{name}{ScaleSuffix}'.");
+                    throw new QuantizedFileException($"{file.Path}: quantized tensor '{name}' has no '{name}{ScaleSuffix}'.");
                 Check(file, name + ScaleSuffix, SafetensorsDType.F32, expect.ScaleShape, "scale");
                 scale = file.ReadTensor(name + ScaleSuffix);
                 if (file.Contains(name + ZeroPointSuffix))
@@ -300,10 +300,10 @@ public sealed class QuantizedCheckpoint : IDisposable
     private static void Check(SafetensorsFile file, string name, SafetensorsDType dtype, long[] shape, string what)
     {
         if (!file.Contains(name))
-            throw new InvalidDataException($"{file.Path}: quantized tensor '{name}' is listed in '{LayersKey}' but not stored.");
+            throw new QuantizedFileException($"{file.Path}: quantized tensor '{name}' is listed in '{LayersKey}' but not stored.");
         var info = file.GetInfo(name);
         if (info.DType != dtype || !info.Shape.SequenceEqual(shape))
-            throw new InvalidDataException($"{file.Path}: {what} tensor '{name}' is {info.DType} [{string.Join(", ", info.Shape)}], " +
+            throw new QuantizedFileException($"{file.Path}: {what} tensor '{name}' is {info.DType} [{string.Join(", ", info.Shape)}], " +
                 $"expected {dtype} [{string.Join(", ", shape)}] from its per-layer entry.");
     }
 

@@ -79,20 +79,20 @@ public sealed record QuantizedLayerInfo(
         try { return QuantTypeInfo.Parse(qtype); }
         catch (ArgumentException)
         {
-            throw new InvalidDataException($"Layer '{name}' is stored as '{qtype}', a type this QuantSharp does not know (it reads " +
+            throw new QuantizedFileException($"Layer '{name}' is stored as '{qtype}', a type this QuantSharp does not know (it reads " +
                 string.Join(", ", QuantizationRecipe.SupportedWeightTypes.Select(t => t.ToName())) +
                 "). The file was probably written by a newer QuantSharp: update QuantSharp to read it; its bytes are not guessed at.");
         }
     }
 
     /// <summary>Reads the JSON written by <see cref="ToJson"/>.</summary>
-    /// <exception cref="InvalidDataException">A field is missing or has a wrong value.</exception>
+    /// <exception cref="QuantizedFileException">A field is missing or has a wrong value.</exception>
     public static QuantizedLayerInfo FromJson(string name, JsonElement e)
     {
         try
         {
             if (!SafetensorsDTypeInfo.TryParse(e.GetProperty("original_dtype").GetString()!, out var odt))
-                throw new InvalidDataException("unknown original_dtype");
+                throw new QuantizedFileException("unknown original_dtype");
             long[] shape = e.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
             var type = ParseStoredType(name, e.GetProperty("qtype").GetString()!);
             QuantScheme? scheme = null; Granularity? gran = null; bool reduce = false; string? observer = null;
@@ -102,7 +102,7 @@ public sealed record QuantizedLayerInfo(
                 {
                     "symmetric" => QuantScheme.Symmetric,
                     "affine" => QuantScheme.Affine,
-                    var s => throw new InvalidDataException($"unknown scheme '{s}'"),
+                    var s => throw new QuantizedFileException($"unknown scheme '{s}'"),
                 };
                 gran = QuantSharp.Granularity.Parse(e.GetProperty("granularity").GetString()!);
                 reduce = e.TryGetProperty("reduce_range", out var rr) && rr.GetBoolean();
@@ -131,7 +131,7 @@ public sealed record QuantizedLayerInfo(
         catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException or OverflowException
             or IndexOutOfRangeException or NotSupportedException)
         {
-            throw new InvalidDataException($"Layer '{name}': malformed quantization entry ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
+            throw new QuantizedFileException($"Layer '{name}': malformed quantization entry ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
         }
     }
 }

@@ -115,13 +115,13 @@ internal static class QuantizedModelFile
                 using (var doc = JsonDocument.Parse(json))
                 {
                     if (StrictJson.FirstDuplicateKeyAnywhere(doc.RootElement) is { } dup)
-                        throw new InvalidDataException($"{path}: '{ModulesKey}' has the key '{dup}' twice; save the model again with Quantizer.Save.");
+                        throw new QuantizedFileException($"{path}: '{ModulesKey}' has the key '{dup}' twice; save the model again with Quantizer.Save.");
                 }
-                modules = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{path}: '{ModulesKey}' is not a JSON object.");
+                modules = JsonNode.Parse(json) as JsonObject ?? throw new QuantizedFileException($"{path}: '{ModulesKey}' is not a JSON object.");
             }
             catch (JsonException ex)
             {
-                throw new InvalidDataException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
+                throw new QuantizedFileException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
             }
         }
 
@@ -138,14 +138,14 @@ internal static class QuantizedModelFile
             foreach (var (name, node) in modules)
             {
                 if (!entries.TryGetValue(name, out var entry))
-                    throw new InvalidDataException($"{path}: quantized layer '{name}' does not exist in the factory's {model.GetType().Name}. " +
+                    throw new QuantizedFileException($"{path}: quantized layer '{name}' does not exist in the factory's {model.GetType().Name}. " +
                         $"Closest names: {string.Join(", ", NameGlob.Closest(name, entries.Keys))}. The factory must build the architecture the file was saved from.");
                 var info = node!.AsObject();
                 string kind = info["kind"]!.GetValue<string>();
                 var floatModule = entry.Module;
                 string actual = floatModule.GetType().Name;
                 if (actual != kind)
-                    throw new InvalidDataException($"{path}: layer '{name}' was a {kind} but the factory's model has a {actual} there.");
+                    throw new QuantizedFileException($"{path}: layer '{name}' was a {kind} but the factory's model has a {actual} there.");
                 var weights = new List<(string Name, QuantizedWeight Weight)>();
                 foreach (var (param, wnode) in info["weights"]!.AsObject())
                 {
@@ -157,17 +157,17 @@ internal static class QuantizedModelFile
                     string? tiedTo = winfo["tied_to"]?.GetValue<string>();
                     // A tied twin of a materialized weight is already emptied: its shape is the stored weight's.
                     if (floatWeight is null || (tiedTo is null && !floatWeight.shape.SequenceEqual(shape)))
-                        throw new InvalidDataException($"{path}: '{full}' has shape {QuantSpec.FormatShape(shape)} in the file but " +
+                        throw new QuantizedFileException($"{path}: '{full}' has shape {QuantSpec.FormatShape(shape)} in the file but " +
                             $"{(floatWeight is null ? "does not exist" : QuantSpec.FormatShape(floatWeight.shape))} in the factory's model.");
                     QuantizedWeight w;
                     if (tiedTo is not null)
                     {
-                        w = built.GetValueOrDefault(tiedTo) ?? throw new InvalidDataException($"{path}: '{full}' is tied to '{tiedTo}', which is not stored before it.");
+                        w = built.GetValueOrDefault(tiedTo) ?? throw new QuantizedFileException($"{path}: '{full}' is tied to '{tiedTo}', which is not stored before it.");
                     }
                     else
                     {
                         if (!ckpt.Quantized.TryGetValue(full, out var qt))
-                            throw new InvalidDataException($"{path}: quantized layer '{name}' has no quantized tensor '{full}'.");
+                            throw new QuantizedFileException($"{path}: quantized layer '{name}' has no quantized tensor '{full}'.");
                         var dtype = Enum.Parse<ScalarType>(winfo["dtype"]!.GetValue<string>());
                         // Aliases keep the tensors read from the file alive after the checkpoint is disposed: no copy.
                         var parts = QuantizedTensor.FromParts(qt.Spec, qt.Shape, qt.Data.alias(), qt.Scale?.alias(), qt.ZeroPoint?.alias());
@@ -178,7 +178,7 @@ internal static class QuantizedModelFile
                         catch (ArgumentException ex)
                         {
                             parts.Dispose();
-                            throw new InvalidDataException($"{path}: '{full}': {ex.Message}", ex);
+                            throw new QuantizedFileException($"{path}: '{full}': {ex.Message}", ex);
                         }
                     }
                     if (ckpt.Layers.TryGetValue(full, out var recorded) && tiedTo is null)
@@ -196,7 +196,7 @@ internal static class QuantizedModelFile
                     continue;
                 }
                 var handler = QuantizedModules.HandlerFor(floatModule.GetType())
-                    ?? throw new InvalidDataException($"{path}: layer '{name}' is a {actual}, which has no quantized module registered (QuantizedModules.Register).");
+                    ?? throw new QuantizedFileException($"{path}: layer '{name}' is a {actual}, which has no quantized module registered (QuantizedModules.Register).");
                 var q = handler.Create(floatModule, weights[0].Weight, ReadActivation(ckpt, name, info["input"]));
                 q.LayerName = name;
                 q.FloatTypeName = actual;
@@ -217,19 +217,19 @@ internal static class QuantizedModelFile
                         continue;
                     }
                     if (!stored.shape.SequenceEqual(t.shape) || stored.dtype != t.dtype)
-                        throw new InvalidDataException($"{path}: '{key}' is {stored.dtype} [{string.Join(", ", stored.shape)}] in the file but {t.dtype} [{string.Join(", ", t.shape)}] in the model.");
+                        throw new QuantizedFileException($"{path}: '{key}' is {stored.dtype} [{string.Join(", ", stored.shape)}] in the file but {t.dtype} [{string.Join(", ", t.shape)}] in the model.");
                     t.copy_(stored);
                 }
             }
             if (missing.Count > 0)
-                throw new InvalidDataException($"{path}: the file lacks {string.Join(", ", missing.Take(5))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} of the factory's model.");
+                throw new QuantizedFileException($"{path}: the file lacks {string.Join(", ", missing.Take(5))}{(missing.Count > 5 ? $" and {missing.Count - 5} more" : "")} of the factory's model.");
             var extra = ckpt.Tensors.Keys.Where(k => !state.ContainsKey(k)).ToList();
             if (extra.Count > 0)
-                throw new InvalidDataException($"{path}: the file has tensors the factory's model lacks: {string.Join(", ", extra.Take(5))}. The factory must build the architecture the file was saved from.");
+                throw new QuantizedFileException($"{path}: the file has tensors the factory's model lacks: {string.Join(", ", extra.Take(5))}. The factory must build the architecture the file was saved from.");
             if (ckpt.Metadata.TryGetValue(QuantizedCheckpoint.ConfigKey, out string? recipe))
             {
                 try { Quantizer.SetRecipe(model, QuantizationRecipe.FromJson(recipe, $"{path}: {QuantizedCheckpoint.ConfigKey}")); }
-                catch (InvalidDataException) { } // an older recipe form: the model loads; Save then records no recipe
+                catch (RecipeException) { } // an older recipe form: the model loads; Save then records no recipe
             }
             model.eval();
             ok = true;
@@ -272,7 +272,7 @@ internal static class QuantizedModelFile
                 }
             }
             if (entry is null)
-                throw new InvalidDataException($"{path}: quantized tensor '{tensor}' is not a parameter of a quantizable layer of the factory's model " +
+                throw new QuantizedFileException($"{path}: quantized tensor '{tensor}' is not a parameter of a quantizable layer of the factory's model " +
                     $"(closest layer names: {string.Join(", ", NameGlob.Closest(tensor, entries.Keys))}). The factory must build the architecture the file was made from.");
             var type = entry.Module.GetType();
             var handler = QuantizedModules.HandlerFor(type);
@@ -307,7 +307,7 @@ internal static class QuantizedModelFile
         var scheme = Enum.Parse<QuantScheme>(o["scheme"]!.GetValue<string>(), ignoreCase: true);
         bool reduce = o["reduce_range"]?.GetValue<bool>() ?? false;
         if (!ckpt.Tensors.TryGetValue(name + ".input_scale", out var s) || !ckpt.Tensors.TryGetValue(name + ".input_zero_point", out var z))
-            throw new InvalidDataException($"Layer '{name}' records input quantization but '{name}.input_scale' or '{name}.input_zero_point' is missing.");
+            throw new QuantizedFileException($"Layer '{name}' records input quantization but '{name}.input_scale' or '{name}.input_zero_point' is missing.");
         return new ActivationQuantization(type, scheme, reduce, s.to(ScalarType.Float32).item<float>(), z.to(ScalarType.Int32).item<int>());
     }
 }

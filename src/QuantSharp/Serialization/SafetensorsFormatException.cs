@@ -41,9 +41,11 @@ public enum SafetensorsRule
 
 /// <summary>
 /// A safetensors file (or sharded-checkpoint index) breaks a rule of the format. <see cref="Rule"/> says which,
-/// <see cref="FilePath"/> and <see cref="TensorName"/> say where; the message names all three.
+/// <see cref="FilePath"/> and <see cref="TensorName"/> say where; the message names all three. Part of the
+/// <see cref="QuantizationException"/> family (not an <see cref="IOException"/>: the file was read, its content is wrong;
+/// I/O failures such as a missing or unreadable file stay <see cref="IOException"/>s).
 /// </summary>
-public sealed class SafetensorsFormatException : IOException
+public sealed class SafetensorsFormatException : QuantizationException
 {
     /// <summary>Creates the exception; the message is built from the arguments.</summary>
     /// <param name="rule">The broken rule.</param>

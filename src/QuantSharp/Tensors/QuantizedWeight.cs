@@ -39,6 +39,10 @@ public sealed class QuantizedWeight : IDisposable
     /// <summary>SQNR (dB) of the dequantized weight against the float weight it was quantized from (null: not measured); recorded in saved files.</summary>
     internal double? SqnrDb { get; set; }
 
+    /// <summary>SQNR (dB) of the layer's output on its calibration inputs, for a method judged by its output error (GPTQ;
+    /// <see cref="Pipeline.IWeightQuantizer.CalibrationOutputSqnrDb"/>); null otherwise.</summary>
+    internal double? CalibrationOutputSqnrDb { get; set; }
+
     /// <summary>The observer that chose the range (null for float16/bfloat16 or unknown); recorded in saved files.</summary>
     internal string? Observer { get; set; } = "minmax";
 

@@ -74,10 +74,10 @@ public static class CheckpointValidator
         try
         {
             try { a = ShardedCheckpoint.Open(original); }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
             { throw new CheckpointQuantizationException($"Cannot read original '{original}': {ex.Message}", ex); }
             try { b = ShardedCheckpoint.Open(quantized); }
-            catch (Exception ex) when (ex is IOException or InvalidDataException or UnauthorizedAccessException)
+            catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
             { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ex.Message}", ex); }
 
             var layers = new Dictionary<string, (SafetensorsFile Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
@@ -87,7 +87,7 @@ public static class CheckpointValidator
                 {
                     foreach (var (n, info) in QuantizedCheckpoint.ReadLayers(shard.Path, shard.Metadata)) layers[n] = (shard, info);
                 }
-                catch (InvalidDataException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
+                catch (QuantizedFileException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
             }
             var reports = new List<TensorQuantizationReport>();
             var problems = new List<string>();

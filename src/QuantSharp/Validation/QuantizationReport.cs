@@ -36,16 +36,21 @@ public interface IQuantizationReport
 /// <param name="ModuleType">The float module type it replaced (e.g. <c>Linear</c>).</param>
 /// <param name="Weights">Weight quantization, e.g. <c>int4 symmetric group:32</c>.</param>
 /// <param name="Activations">Input quantization, e.g. <c>uint8 affine scale=0.0123 zp=17</c>, or null.</param>
-/// <param name="WeightSqnrDb">SQNR of the dequantized weight against the float weight (dB).</param>
+/// <param name="WeightSqnrDb">SQNR of the dequantized weight against the float weight (dB); the validation gate of
+/// round-to-nearest layers.</param>
 /// <param name="OutputSqnrDb">SQNR of the layer's output on the first calibration batch, quantized model against float model (dB); null without data.</param>
 /// <param name="FloatBytes">Bytes of the float layer's parameters.</param>
 /// <param name="QuantizedBytes">Bytes of the quantized layer's parameters and buffers.</param>
 /// <param name="RangeOk">Stored integers within [qmin, qmax], scales finite and positive.</param>
 /// <param name="Problems">What failed for this layer (empty when it passed).</param>
+/// <param name="CalibrationOutputSqnrDb">For a layer quantized by a method that minimizes its output error (GPTQ): the
+/// SQNR (dB) of the layer's output <c>X·Wqᵀ</c> against <c>X·Wᵀ</c> over the calibration inputs it was quantized with
+/// (computed from their second moment). It replaces <paramref name="WeightSqnrDb"/> as the layer's validation gate, with
+/// the same per-type threshold (<see cref="ValidationPolicy.ThresholdFor"/>). Null for round-to-nearest layers.</param>
 public sealed record LayerReport(
     string Name, string ModuleType, string Weights, string? Activations,
     double WeightSqnrDb, double? OutputSqnrDb, long FloatBytes, long QuantizedBytes, bool RangeOk,
-    IReadOnlyList<string> Problems);
+    IReadOnlyList<string> Problems, double? CalibrationOutputSqnrDb = null);
 
 /// <summary>A layer that was left in float, and why.</summary>
 /// <param name="Name">Dotted layer name.</param>
@@ -138,17 +143,25 @@ public sealed class QuantizationReport : IQuantizationReport
     {
         var ci = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
-        string[] head = ["layer", "type", "weights", "act", "weight SQNR dB", "output SQNR dB", "float KiB", "quant KiB", "range"];
-        var rows = Layers.Select(l => new[]
+        // The calibration output SQNR column only when a layer has one (GPTQ), so round-to-nearest tables stay as they were.
+        bool calibrationColumn = Layers.Any(l => l.CalibrationOutputSqnrDb is not null);
+        List<string> head = ["layer", "type", "weights", "act", "weight SQNR dB", "output SQNR dB", "float KiB", "quant KiB", "range"];
+        if (calibrationColumn) head.Insert(5, "calib. output SQNR dB");
+        var rows = Layers.Select(l =>
         {
-            l.Name, l.ModuleType, l.Weights, l.Activations ?? "-",
-            Db(l.WeightSqnrDb), l.OutputSqnrDb is { } o ? Db(o) : "-",
-            (l.FloatBytes / 1024.0).ToString("F1", ci), (l.QuantizedBytes / 1024.0).ToString("F1", ci),
-            l.RangeOk ? "ok" : "FAIL",
+            List<string> cells =
+            [
+                l.Name, l.ModuleType, l.Weights, l.Activations ?? "-",
+                Db(l.WeightSqnrDb), l.OutputSqnrDb is { } o ? Db(o) : "-",
+                (l.FloatBytes / 1024.0).ToString("F1", ci), (l.QuantizedBytes / 1024.0).ToString("F1", ci),
+                l.RangeOk ? "ok" : "FAIL",
+            ];
+            if (calibrationColumn) cells.Insert(5, l.CalibrationOutputSqnrDb is { } c ? Db(c) : "-");
+            return cells.ToArray();
         }).ToList();
         int[] width = head.Select((h, i) => Math.Max(h.Length, rows.Count == 0 ? 0 : rows.Max(r => r[i].Length))).ToArray();
         string Line(string[] cells) => string.Join("  ", cells.Select((c, i) => i >= 4 ? c.PadLeft(width[i]) : c.PadRight(width[i]))).TrimEnd();
-        sb.AppendLine(Line(head));
+        sb.AppendLine(Line([.. head]));
         sb.AppendLine(string.Join("  ", width.Select(w => new string('-', w))));
         foreach (var r in rows) sb.AppendLine(Line(r));
         foreach (var f in Fallbacks) sb.AppendLine(CultureInfo.InvariantCulture, $"fallback {f}");

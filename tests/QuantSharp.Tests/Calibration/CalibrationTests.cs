@@ -54,7 +54,7 @@ public class CalibrationTests
         var layers = ModuleTree.Walk(model).Where(e => e.Module is TorchSharp.Modules.Linear).ToList();
         var created = new List<string>();
         var make = RangeObservers.Factory("minmax", QuantizationRecipe.DefaultActivations);
-        using var calib = new Calibrator(model, layers, name =>
+        using var calib = new Calibrator(model, layers, (_, name) =>
         {
             created.Add(name);
             return make(name);
@@ -142,13 +142,13 @@ public class CalibrationTests
     {
         using var scope = NewDisposeScope();
         var data = TestData.Batches(2, 4, [63]); // the model expects 64 features
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static(), () => new Mlp(), data));
+        var ex = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static(), () => new Mlp(), data));
         Assert.Contains("layer 'fc1'", ex.Message);
         Assert.Contains("expects last dimension 64", ex.Message);
         Assert.Contains("[4, 63]", ex.Message);
 
         var convData = TestData.Batches(1, 2, [3, 12, 12]); // 3 channels instead of 1
-        var ex2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ConvNet(), QuantizationRecipe.Int8Static(), () => new ConvNet(), convData));
+        var ex2 = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new ConvNet(), QuantizationRecipe.Int8Static(), () => new ConvNet(), convData));
         Assert.Contains("layer 'features.0'", ex2.Message);
         Assert.Contains("1 input channels", ex2.Message);
     }
@@ -161,7 +161,7 @@ public class CalibrationTests
         var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { CalibrationSamples = 16 }, () => new Mlp(), CalibrationData.FromPairs(pairs));
         Assert.Equal(16, r.CalibrationSamples);
 
-        var ex = Assert.Throws<InvalidOperationException>(() => Quantizer.Quantize(new DirectForwardNet(), QuantizationRecipe.Int8Static(),
+        var ex = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new DirectForwardNet(), QuantizationRecipe.Int8Static(),
             () => new DirectForwardNet(), TestData.Batches(1, 2, [8])));
         Assert.Contains("'fc'", ex.Message);
         Assert.Contains("child.call(x)", ex.Message);
@@ -197,7 +197,7 @@ public class CalibrationTests
     [Fact]
     public void UnknownObserverIsRejectedBeforeAnyWork()
     {
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { ActivationObserver = "kl" }, () => new Mlp(), TestData.Batches(1, 2, [64])));
+        var ex = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { ActivationObserver = "kl" }, () => new Mlp(), TestData.Batches(1, 2, [64])));
         Assert.Contains("minmax, moving-average, histogram, percentile", ex.Message);
     }
 }

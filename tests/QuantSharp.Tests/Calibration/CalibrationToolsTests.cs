@@ -191,7 +191,7 @@ public class CalibrationToolsTests
         var json = recipe.ToJson();
         Assert.Contains("\"entropy_search_start\":0.5", json);
         Assert.Equal(0.5, QuantizationRecipe.FromJson(json).EntropySearchStart);
-        var bad = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"entropy_search_start\": 1.5}"));
+        var bad = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"entropy_search_start\": 1.5}"));
         Assert.Contains("[0, 1)", bad.Message);
 
         // An MLP fed Gaussian inputs with a rare far outlier: the full KL search clips it with a narrow input range

@@ -288,23 +288,23 @@ public class CheckpointQuantizerTests
     [Fact]
     public void RecipeErrorsNameTheKey()
     {
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtyp\": \"int8\"}", "cfg.json"));
+        var ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"qtyp\": \"int8\"}", "cfg.json"));
         Assert.Contains("unknown key \"qtyp\"", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
         Assert.Contains("int3", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"granularity\": \"group:x\"}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"granularity\": \"group:x\"}", "cfg.json"));
         Assert.Contains("group:x", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"overrides\": [{\"qtype\": \"int8\"}]}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"overrides\": [{\"qtype\": \"int8\"}]}", "cfg.json"));
         Assert.Contains("pattern", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int8\", \"qtype\": \"int4\"}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int8\", \"qtype\": \"int4\"}", "cfg.json"));
         Assert.Contains("\"qtype\" appears twice", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"validation\": {\"on_failure\": \"warn\", \"on_failure\": \"error\"}}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"validation\": {\"on_failure\": \"warn\", \"on_failure\": \"error\"}}", "cfg.json"));
         Assert.Contains("\"on_failure\" appears twice", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"version\": 2}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"version\": 2}", "cfg.json"));
         Assert.Contains("version 2 is newer", ex.Message);
-        ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
+        ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{\"qtype\": \"int3\"}", "cfg.json"));
         Assert.Contains("Unknown quantization type 'int3'", ex.Message);
         Assert.Equal(QuantType.Int2, QuantizationRecipe.FromJson("{\"qtype\": \"int2\"}", "cfg.json").Type);
-        Assert.Throws<InvalidDataException>(() => QuantizationRecipe.FromJson("{not json", "cfg.json"));
+        Assert.Throws<RecipeException>(() => QuantizationRecipe.FromJson("{not json", "cfg.json"));
     }
 }

@@ -83,14 +83,14 @@ public class QuantizedCheckpointFormatTests
         using var dir = new TempDir();
         using var w = torch.randn(8, 8);
         SafetensorsWriter.Save(dir["plain.safetensors"], [("w", w)]);
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["plain.safetensors"]));
+        var ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["plain.safetensors"]));
         Assert.Contains("not a QuantSharp quantized checkpoint", ex.Message);
 
         SafetensorsWriter.Save(dir["newer.safetensors"], [("w", w)], new Dictionary<string, string>
         {
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "4",
         });
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["newer.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["newer.safetensors"]));
         Assert.Contains("format version 4 is newer", ex.Message);
 
         // A layer entry whose scale is missing.
@@ -100,7 +100,7 @@ public class QuantizedCheckpointFormatTests
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "1",
             [QuantizedCheckpoint.LayersKey] = """{"w": {"original_dtype": "F32", "shape": [8, 8], "qtype": "int8", "scheme": "symmetric", "granularity": "per-channel"}}""",
         });
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["noscale.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["noscale.safetensors"]));
         Assert.Contains("has no 'w.scale'", ex.Message);
 
         // Data of the wrong shape for its entry.
@@ -109,7 +109,7 @@ public class QuantizedCheckpointFormatTests
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "1",
             [QuantizedCheckpoint.LayersKey] = """{"w": {"original_dtype": "F32", "shape": [8, 16], "qtype": "int8", "scheme": "symmetric", "granularity": "per-channel"}}""",
         });
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["shape.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["shape.safetensors"]));
         Assert.Contains("expected I8 [8, 16]", ex.Message);
 
         // A negative scale (a corrupted file) is refused on load, naming the tensor.
@@ -118,7 +118,7 @@ public class QuantizedCheckpointFormatTests
             [QuantizedCheckpoint.FormatKey] = QuantizedCheckpoint.FormatName, [QuantizedCheckpoint.FormatVersionKey] = "1",
             [QuantizedCheckpoint.LayersKey] = """{"w": {"original_dtype": "F32", "shape": [8, 8], "qtype": "int8", "scheme": "symmetric", "granularity": "per-channel"}}""",
         });
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["neg.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["neg.safetensors"]));
         Assert.Contains("'w' is invalid", ex.Message);
     }
 

@@ -120,11 +120,11 @@ public class CliErrorTests
     {
         using var dir = new TempDir();
         File.WriteAllText(dir["cfg.json"], """{ "validation": { "sqnr_thresholds_db": { "int8": 1e400 } } }""");
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizationRecipe.Load(dir["cfg.json"]));
+        var ex = Assert.Throws<RecipeException>(() => QuantizationRecipe.Load(dir["cfg.json"]));
         Assert.Contains("sqnr_thresholds_db.int8", ex.Message);
         Assert.Contains("finite", ex.Message);
         File.WriteAllText(dir["cfg2.json"], """{ "validation": { "min_output_sqnr_db": -1e999 } }""");
-        Assert.Contains("min_output_sqnr_db", Assert.Throws<InvalidDataException>(() => QuantizationRecipe.Load(dir["cfg2.json"])).Message);
+        Assert.Contains("min_output_sqnr_db", Assert.Throws<RecipeException>(() => QuantizationRecipe.Load(dir["cfg2.json"])).Message);
 
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var (code, _, err) = Run(Program.BuildRoot(), "quantize", input, dir["out.safetensors"], "--config", dir["cfg.json"]);

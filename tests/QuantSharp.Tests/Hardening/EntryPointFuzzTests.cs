@@ -25,11 +25,20 @@ public sealed class EntryPointFuzzTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
+    /// <summary>The errors an entry point may end in: the library's exception family (docs/QUANTIZER.md) and, for a path that
+    /// does not exist, the .NET I/O errors. Nothing else (no InvalidDataException, ArgumentException, IOException...).</summary>
     private static readonly Type[] Documented =
     [
         typeof(CheckpointQuantizationException), typeof(CheckpointValidationException), typeof(SafetensorsFormatException),
-        typeof(InvalidDataException), typeof(FileNotFoundException), typeof(DirectoryNotFoundException),
+        typeof(QuantizedFileException), typeof(RecipeException), typeof(FileNotFoundException), typeof(DirectoryNotFoundException),
     ];
+
+    [Fact]
+    public void DocumentedErrorsAreTheExceptionFamilyAndMissingPaths()
+    {
+        foreach (var t in Documented)
+            Assert.True(t.IsSubclassOf(typeof(QuantizationException)) || t == typeof(FileNotFoundException) || t == typeof(DirectoryNotFoundException), t.Name);
+    }
 
     private static readonly string[] OddNames =
         ["", " ", "../escape", "/etc/passwd", "a/b", "__metadata__", "w.weight.scale", "é.weight", "\u00e9\u0301", "x.weight\n", new string('n', 5000), "*", "[", "model.safetensors"];

@@ -47,7 +47,7 @@ public class RecipeWarningTests
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], recipe);
         Assert.Contains(report.Warnings, w => w.Contains("the override 'lm_head' gives granularity group:32 to float16 weights") && w.Contains("ignored"));
         Assert.Equal(QuantType.Float16, report.Tensors.Single(t => t.Name == "lm_head.weight").Spec!.Type);
-        var ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["strict.safetensors"], recipe with { Strict = true }));
+        var ex = Assert.Throws<RecipeException>(() => CheckpointQuantizer.Quantize(input, dir["strict.safetensors"], recipe with { Strict = true }));
         Assert.Contains("group:32", ex.Message);
         Assert.False(File.Exists(dir["strict.safetensors"]));
 
@@ -57,7 +57,7 @@ public class RecipeWarningTests
         var modelRecipe = new QuantizationRecipe { Type = QuantType.BFloat16, Granularity = new PerGroup(32) };
         var result = Quantizer.Quantize(model, modelRecipe, () => new Mlp(seed: 4));
         Assert.Contains(result.Warnings, w => w.Contains("granularity group:32 does not apply to bfloat16 weights"));
-        var e2 = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, modelRecipe with { Strict = true }, () => new Mlp(seed: 4)));
+        var e2 = Assert.Throws<RecipeException>(() => Quantizer.Quantize(model, modelRecipe with { Strict = true }, () => new Mlp(seed: 4)));
         Assert.StartsWith("Strict mode", e2.Message);
 
         // Strict round-trips through the recipe file.

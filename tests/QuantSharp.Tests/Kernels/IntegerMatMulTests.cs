@@ -34,6 +34,44 @@ public unsafe class IntegerMatMulTests
     }
 
     [Fact]
+    public void PackedGemmEqualsTheSpecificationOnEveryTail()
+    {
+        // Every reduction length 1..257 (partial 32-bit groups of 4 codes or 2 int16), odd output counts (partial
+        // 6-row tiles and 48-row items), batches that leave partial strips of 2, 8, 16 and 32 rows.
+        for (int k = 1; k <= 257; k++)
+            Check(rows: 1 + k * 7 % 59, cols: k, batch: 1 + k * 13 % 65, zeroPoints: k % 3 == 0, dynamic: k % 2 == 0, seed: 300 + k);
+        for (int m = 1; m <= 65; m++)
+            Check(rows: 49 + m % 6, cols: 37 + m % 5, batch: m, zeroPoints: m % 2 == 0, dynamic: m % 3 != 0, seed: 600 + m);
+    }
+
+    [Fact]
+    public void PackedGemmCrossesReductionBlocks()
+    {
+        // Blocks of 128 groups: 512 codes (VNNI) or 256 int16 (vpmaddwd); lengths around one and two blocks.
+        foreach (int k in new[] { 255, 256, 257, 511, 512, 513, 1025, 1030 })
+            Check(rows: 53, cols: k, batch: 33, zeroPoints: k % 2 == 1, dynamic: k % 3 != 0, seed: 900 + k);
+        Check(rows: 97, cols: 600, batch: 64, zeroPoints: true, dynamic: true, seed: 991, perTensor: true);
+    }
+
+    [Fact]
+    public void PackedGemmSplitsTheBatchIntoBlocks()
+    {
+        // One strip per activation block: work items cover several blocks, the last one partial. The setting only
+        // changes the blocking (results are identical whatever it is), so tests running beside this one are unaffected.
+        int saved = PackedIntegerMatMul.ActivationBlockBytes;
+        PackedIntegerMatMul.ActivationBlockBytes = 1;
+        try
+        {
+            Check(rows: 50, cols: 70, batch: 65, zeroPoints: true, dynamic: true, seed: 992);
+            Check(rows: 7, cols: 300, batch: 40, zeroPoints: false, dynamic: false, seed: 993);
+        }
+        finally
+        {
+            PackedIntegerMatMul.ActivationBlockBytes = saved;
+        }
+    }
+
+    [Fact]
     public void ExtremeCodesDoNotSaturate()
     {
         // u = 255 against q = -128 everywhere: vpmaddubsw would saturate the pair sums; the exact sum is K * 255 * -128.
@@ -46,9 +84,12 @@ public unsafe class IntegerMatMulTests
         x.Sums[0] = 255 * k;
         foreach (var path in Paths())
         {
-            var y = new float[2];
-            fixed (float* py = y) IntegerMatMul.Run(w.View, x, null, py, 2, path);
-            Assert.Equal((float)((double)w.Scales![0] * (255L * -128 * k)), y[0]);
+            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed })
+            {
+                var y = new float[2];
+                fixed (float* py = y) IntegerMatMul.Run(w.View, x, null, py, 2, path, method);
+                Assert.Equal((float)((double)w.Scales![0] * (255L * -128 * k)), y[0]);
+            }
         }
     }
 
@@ -124,9 +165,9 @@ public unsafe class IntegerMatMulTests
         }
     }
 
-    private static void Check(int rows, int cols, int batch, bool zeroPoints, bool dynamic, int seed)
+    private static void Check(int rows, int cols, int batch, bool zeroPoints, bool dynamic, int seed, bool perTensor = false)
     {
-        using var w = new PinnedWeight(WeightFormat.Int8, rows, cols, 0, zeroPoints, seed);
+        using var w = new PinnedWeight(WeightFormat.Int8, rows, cols, 0, zeroPoints, seed, perTensor);
         float[] x = KernelTestData.Activations(batch * cols, seed);
         float[] bias = KernelTestData.Activations(rows, seed + 1);
         using var q = new QuantizedActivations(batch, cols);
@@ -142,9 +183,12 @@ public unsafe class IntegerMatMulTests
             IntegerMatMul.Reference(w.View, q, pb, pe, rows);
             foreach (var path in Paths())
             {
-                Array.Fill(actual, float.NaN);
-                IntegerMatMul.Run(w.View, q, pb, pa, rows, path);
-                Assert.True(expected.AsSpan().SequenceEqual(actual), $"{path} [{rows}x{cols}] batch {batch} differs from the specification");
+                foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed, MatMulMethod.Auto })
+                {
+                    Array.Fill(actual, float.NaN);
+                    IntegerMatMul.Run(w.View, q, pb, pa, rows, path, method);
+                    Assert.True(expected.AsSpan().SequenceEqual(actual), $"{path} {method} [{rows}x{cols}] batch {batch} differs from the specification");
+                }
             }
         }
     }

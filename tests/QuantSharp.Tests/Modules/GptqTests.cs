@@ -33,9 +33,9 @@ public class GptqTests
     };
 
     /// <summary>Correlated inputs [n, k]: Gaussian noise through a fixed random mixing matrix, with per-feature scales.</summary>
-    private static Tensor Correlated(long n, long k, Tensor mixing, Generator g) => randn(n, k, generator: g).mm(mixing);
+    internal static Tensor Correlated(long n, long k, Tensor mixing, Generator g) => randn(n, k, generator: g).mm(mixing);
 
-    private static Tensor Mixing(long k, Generator g) =>
+    internal static Tensor Mixing(long k, Generator g) =>
         (randn(k, k, generator: g) * 0.3f + eye(k)) * linspace(0.2, 2.0, k).unsqueeze(0);
 
     private static Tensor Hessian(Tensor x) => x.t().mm(x).to(ScalarType.Float64) * (2.0 / x.shape[0]);
@@ -99,11 +99,11 @@ public class GptqTests
     {
         using var model = new Mlp();
         using var x = randn(8, 64);
-        var ex = Assert.Throws<ArgumentException>(() => Gptq.Quantize(model, QuantizationRecipe.Int4WeightOnly(32), [x], () => new Mlp(), options: new GptqOptions { DampingFraction = 0 }));
+        Exception ex = Assert.Throws<ArgumentException>(() => Gptq.Quantize(model, QuantizationRecipe.Int4WeightOnly(32), [x], () => new Mlp(), options: new GptqOptions { DampingFraction = 0 }));
         Assert.Contains("DampingFraction", ex.Message);
         ex = Assert.Throws<ArgumentException>(() => Gptq.Quantize(model, QuantizationRecipe.Int4WeightOnly(32), Array.Empty<Tensor>(), () => new Mlp()));
         Assert.Contains("calibration", ex.Message);
-        ex = Assert.Throws<ArgumentException>(() => Gptq.Quantize(model, QuantizationRecipe.Int8Static(), [x], () => new Mlp()));
+        ex = Assert.Throws<RecipeException>(() => Gptq.Quantize(model, QuantizationRecipe.Int8Static(), [x], () => new Mlp()));
         Assert.Contains("weights only", ex.Message);
     }
 

@@ -128,7 +128,7 @@ public class LinearKernelTests
         Assert.All(linears, l => Assert.True(l.DynamicInput));
         Assert.All(quantized.modules().OfType<QuantizedModule>().Where(m => m is not QuantizedLinear), m => Assert.False(m.DynamicInput));
         var both = QuantizationRecipe.Int8Dynamic() with { Activations = QuantizationRecipe.DefaultActivations };
-        var e = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(model, both, factory: () => new QuantSharp.Cli.Demo.MnistNet()));
+        var e = Assert.Throws<RecipeException>(() => Quantizer.Quantize(model, both, factory: () => new QuantSharp.Cli.Demo.MnistNet()));
         Assert.Contains("exclude each other", e.Message);
     }
 }

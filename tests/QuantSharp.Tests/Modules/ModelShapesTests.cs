@@ -338,7 +338,7 @@ public class CallbackCalibrationTests
     public void TensorBatchesForATwoInputModelAskForCallbacks()
     {
         using var scope = NewDisposeScope();
-        var ex = Assert.Throws<ArgumentException>(() => Quantizer.Quantize(new ModelShapesTests.Masked(), QuantizationRecipe.Int8Static(),
+        var ex = Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(new ModelShapesTests.Masked(), QuantizationRecipe.Int8Static(),
             factory: () => new ModelShapesTests.Masked(), calibrationData: [torch.randn(7, 2, 64)]));
         Assert.Contains("CalibrationBatch", ex.Message);
     }

@@ -151,7 +151,7 @@ public class QuantizationAwareTrainingTests
     public void DynamicActivationRecipesAreRefusedWithTheFix()
     {
         using var model = new MnistNet();
-        var e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8Dynamic(), inPlace: true));
+        var e = Assert.Throws<RecipeException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8Dynamic(), inPlace: true));
         Assert.Contains("DynamicActivations = false", e.Message);
     }
 
@@ -185,11 +185,11 @@ public class QuantizationAwareTrainingTests
     public void PrepareRejectsWhatItCannotTrain()
     {
         using var model = new MnistNet();
-        var e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8WeightOnly()));
+        Exception e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8WeightOnly()));
         Assert.Contains("factory", e.Message);
-        e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Float16(), inPlace: true));
+        e = Assert.Throws<RecipeException>(() => QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Float16(), inPlace: true));
         Assert.Contains("integer", e.Message);
-        e = Assert.Throws<ArgumentException>(() => QuantizationAwareTraining.Convert(model));
+        e = Assert.Throws<ModelQuantizationException>(() => QuantizationAwareTraining.Convert(model));
         Assert.Contains("Prepare", e.Message);
     }
 }

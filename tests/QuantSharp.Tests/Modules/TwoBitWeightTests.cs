@@ -176,16 +176,16 @@ public class TwoBitWeightTests
             Assert.Equal(QuantType.Int2, ok.Layers["w"].Type);
 
         Write("old.safetensors", "2", "int2");
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["old.safetensors"]));
+        var ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["old.safetensors"]));
         Assert.Contains("2-bit weights need format version 3", ex.Message);
 
         Write("newer.safetensors", (QuantizedCheckpoint.FormatVersion + 1).ToString(System.Globalization.CultureInfo.InvariantCulture), "int2");
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["newer.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["newer.safetensors"]));
         Assert.Contains($"format version {QuantizedCheckpoint.FormatVersion + 1} is newer", ex.Message);
         Assert.Contains("Update QuantSharp", ex.Message);
 
         Write("unknown.safetensors", "3", "int3");
-        ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["unknown.safetensors"]));
+        ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["unknown.safetensors"]));
         Assert.Contains("stored as 'int3', a type this QuantSharp does not know", ex.Message);
 
         // The CLI says the same, without a stack trace.

@@ -132,7 +132,7 @@ public sealed class OneReaderTests
             md[QuantizedCheckpoint.LayersKey] = layers[..at] + "\"qtype\":\"int4\"," + layers[at..];
             SafetensorsWriter.Save(dir["dup.safetensors"], f.Tensors.Select(t => (t.Name, f.ReadTensor(t.Name))).ToList(), md);
         }
-        var ex = Assert.Throws<InvalidDataException>(() => QuantizedCheckpoint.Load(dir["dup.safetensors"]));
+        var ex = Assert.Throws<QuantizedFileException>(() => QuantizedCheckpoint.Load(dir["dup.safetensors"]));
         Assert.Contains(".qtype' twice", ex.Message);
         var (code, _, err) = Cli("inspect", dir["dup.safetensors"]);
         Assert.Equal(2, code);

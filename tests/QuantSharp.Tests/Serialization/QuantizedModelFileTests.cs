@@ -96,9 +96,9 @@ public sealed class QuantizedModelFileTests : IDisposable
         var result = Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp());
         string path = Path.Combine(_dir, "mlp.safetensors");
         Quantizer.Save(result.Model, path);
-        var ex = Assert.Throws<InvalidDataException>(() => Quantizer.Load(() => new ConvNet(), path));
+        var ex = Assert.Throws<QuantizedFileException>(() => Quantizer.Load(() => new ConvNet(), path));
         Assert.Contains("does not exist in the factory's ConvNet", ex.Message);
-        var ex2 = Assert.Throws<InvalidDataException>(() => Quantizer.Load(() => new Mlp(hidden: 64), path));
+        var ex2 = Assert.Throws<QuantizedFileException>(() => Quantizer.Load(() => new Mlp(hidden: 64), path));
         Assert.Contains("'fc1.weight' has shape [128, 64] in the file but [64, 64]", ex2.Message);
         Assert.Contains("no quantized layers", Assert.Throws<ArgumentException>(() => Quantizer.Save(new Mlp(), Path.Combine(_dir, "x.safetensors"))).Message);
     }

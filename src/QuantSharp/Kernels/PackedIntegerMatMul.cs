@@ -1,0 +1,401 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// One width of the packed integer GEMM's step: <c>acc[lane] += sum_d act[lane, d] * w[d]</c> over one 32-bit group
+/// of <see cref="Depth"/> reduction elements, <c>w</c> broadcast to every lane. AVX-VNNI groups four uint8 codes
+/// (<c>vpdpbusd</c>); the portable twins group two int16 values (<c>vpmaddwd</c>, exact: no saturation is possible
+/// with codes in [0, 255] and weights in [-128, 127]). Every width gives the same int32 sums.
+/// </summary>
+internal interface IIntGemmWidth<TVec> where TVec : struct
+{
+    /// <summary>Activation rows (int32 lanes) per vector.</summary>
+    static abstract int Lanes { get; }
+
+    /// <summary>Reduction elements per 32-bit group: 4 (uint8 codes, int8 weights) or 2 (both widened to int16).</summary>
+    static abstract int Depth { get; }
+
+    static abstract unsafe TVec Load(void* p);
+
+    static abstract unsafe void Store(TVec v, void* p);
+
+    /// <summary>The 32-bit group <paramref name="w"/> in every lane.</summary>
+    static abstract TVec Broadcast(int w);
+
+    /// <summary><c>acc + products of act and w</c>, summed per 32-bit lane.</summary>
+    static abstract TVec Dot(TVec acc, TVec act, TVec w);
+}
+
+internal readonly struct GemmVnni256 : IIntGemmWidth<Vector256<int>>
+{
+    public static int Lanes => 8;
+    public static int Depth => 4;
+    public static unsafe Vector256<int> Load(void* p) => Vector256.Load((int*)p);
+    public static unsafe void Store(Vector256<int> v, void* p) => v.Store((int*)p);
+    public static Vector256<int> Broadcast(int w) => Vector256.Create(w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Dot(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => AvxVnni.MultiplyWideningAndAdd(acc, act.AsByte(), w.AsSByte());
+}
+
+internal readonly struct GemmMadd512 : IIntGemmWidth<Vector512<int>>
+{
+    public static int Lanes => 16;
+    public static int Depth => 2;
+    public static unsafe Vector512<int> Load(void* p) => Vector512.Load((int*)p);
+    public static unsafe void Store(Vector512<int> v, void* p) => v.Store((int*)p);
+    public static Vector512<int> Broadcast(int w) => Vector512.Create(w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<int> Dot(Vector512<int> acc, Vector512<int> act, Vector512<int> w) => acc + Avx512BW.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+}
+
+internal readonly struct GemmMadd256 : IIntGemmWidth<Vector256<int>>
+{
+    public static int Lanes => 8;
+    public static int Depth => 2;
+    public static unsafe Vector256<int> Load(void* p) => Vector256.Load((int*)p);
+    public static unsafe void Store(Vector256<int> v, void* p) => v.Store((int*)p);
+    public static Vector256<int> Broadcast(int w) => Vector256.Create(w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Dot(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => acc + Avx2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+}
+
+internal readonly struct GemmMadd128 : IIntGemmWidth<Vector128<int>>
+{
+    public static int Lanes => 4;
+    public static int Depth => 2;
+    public static unsafe Vector128<int> Load(void* p) => Vector128.Load((int*)p);
+    public static unsafe void Store(Vector128<int> v, void* p) => v.Store((int*)p);
+    public static Vector128<int> Broadcast(int w) => Vector128.Create(w);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<int> Dot(Vector128<int> acc, Vector128<int> act, Vector128<int> w) => acc + Sse2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+}
+
+internal readonly struct GemmScalar : IIntGemmWidth<int>
+{
+    public static int Lanes => 1;
+    public static int Depth => 2;
+    public static unsafe int Load(void* p) => *(int*)p;
+    public static unsafe void Store(int v, void* p) => *(int*)p = v;
+    public static int Broadcast(int w) => w;
+
+    /// <summary>Two int16 halves (element 0 low, element 1 high) multiplied and added, as <c>pmaddwd</c>.</summary>
+    public static int Dot(int acc, int act, int w) => acc + (short)act * (short)w + (act >> 16) * (w >> 16);
+}
+
+/// <summary>
+/// The large-batch path of <see cref="IntegerMatMul"/>: a cache-blocked, register-blocked integer GEMM. Same integers,
+/// same epilogue as the row kernels (and as <see cref="IntegerMatMul.Reference"/>), so the outputs are bit for bit equal.
+/// </summary>
+/// <remarks>
+/// <para>It computes <c>y^T = W x^T</c> in int32, like <see cref="PackedMatMul"/> does in float:</para>
+/// <list type="bullet">
+/// <item>The activation codes are packed once per call in strips of <c>2 * Lanes</c> rows. Each 32-bit lane holds
+/// <c>Depth</c> consecutive reduction elements of one row (4 uint8 codes for VNNI, 2 int16 for <c>vpmaddwd</c>):
+/// <c>packed[strip][group][lane]</c>, zero-padded to whole strips and whole groups.</item>
+/// <item>Each work item owns <see cref="ItemRows"/> weight rows. For each block of <see cref="BlockGroups"/> groups of
+/// the reduction axis it copies (VNNI) or widens to int16 its rows' slices into a tile, zero-padded, and adds the
+/// slices' weight sums (for the activation zero points); then runs the micro-kernel over every strip.</item>
+/// <item>Micro-kernel: <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 int32 accumulators.
+/// Per group: two vector loads of the strip, one 32-bit broadcast per weight row, twelve <c>vpdpbusd</c> (or
+/// <c>vpmaddwd</c> + add).</item>
+/// <item>The int32 sums of the item live in a <c>y^T</c> buffer; the epilogue applies the zero-point corrections
+/// (exact, int64), both scales and the bias, with <see cref="IntegerMatMul"/>'s arithmetic.</item>
+/// </list>
+/// </remarks>
+internal static unsafe class PackedIntegerMatMul
+{
+    /// <summary>Weight rows per micro-kernel call (broadcast operands).</summary>
+    internal const int TileRows = 6;
+
+    /// <summary>Weight rows per work item (a multiple of <see cref="TileRows"/>).</summary>
+    internal const int ItemRows = 8 * TileRows;
+
+    /// <summary>32-bit groups per reduction block: a tile row is 512 bytes (512 codes for VNNI, 256 int16 otherwise).</summary>
+    internal const int BlockGroups = 128;
+
+    private const int Align = 64;
+
+    /// <summary>
+    /// Bytes of packed activations per work item (whole strips, all of K; tests lower it). Smaller blocks would stay
+    /// in L2 but make every block re-read the weights; measured at batch 512, 4096x4096, one thread: 128 KiB 113 ms,
+    /// 512 KiB 71 ms, all 2 MiB in one block 60 ms. So blocks only cap the L3 footprint of very large batches.
+    /// </summary>
+    internal static int ActivationBlockBytes = 4 << 20;
+
+    /// <summary>Computes <c>y = dequant(x) dequant(w)^T + bias</c>; arguments as <see cref="IntegerMatMul.Run"/> (checked there).</summary>
+    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        int k = w.Cols, m = x.Rows, stripWidth = 2 * TW.Lanes;
+        int groups = (k + TW.Depth - 1) / TW.Depth;
+        int strips = (m + stripWidth - 1) / stripWidth;
+        long stripBytes = (long)groups * stripWidth * 4;
+        // Work items: ItemRows weight rows x a block of strips whose packed activations stay in L2.
+        int blockStrips = (int)Math.Clamp(ActivationBlockBytes / stripBytes, 1, strips);
+        int mBlocks = (strips + blockStrips - 1) / blockStrips;
+        int nBlocks = (w.Rows + ItemRows - 1) / ItemRows;
+        byte[] packedArray = ArrayPool<byte>.Shared.Rent(checked((int)(strips * stripBytes) + Align));
+        try
+        {
+            fixed (byte* pinned = packedArray)
+            {
+                byte* packed = AlignUp(pinned);
+                nint packedAddress = (nint)packed;
+                KernelThreads.For(strips, stripBytes, s => PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth));
+
+                var view = w;
+                nint yAddress = (nint)y, biasAddress = (nint)bias;
+                int blockRows = blockStrips * stripWidth;
+                int scratchBytes = ItemRows * BlockGroups * 4 + ItemRows * blockRows * 4 + ItemRows * 4 + Align;
+                // Consecutive items share their activation block (nb varies fastest), so a thread's block stays in L2.
+                KernelThreads.For(mBlocks * nBlocks, (long)ItemRows * blockRows * k, item =>
+                {
+                    int s0 = item / nBlocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                    byte[] scratch = ArrayPool<byte>.Shared.Rent(scratchBytes);
+                    try
+                    {
+                        fixed (byte* sp = scratch)
+                        {
+                            var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
+                            Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, item % nBlocks * ItemRows);
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<byte>.Shared.Return(scratch);
+                    }
+                });
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(packedArray);
+        }
+    }
+
+    /// <summary>A run of packed strips: <paramref name="strips"/> strips of <paramref name="groups"/> groups from <paramref name="data"/>, the first holding activation row <paramref name="row0"/>.</summary>
+    private readonly struct Block(byte* data, int strips, int row0, int groups)
+    {
+        public byte* Data { get; } = data;
+        public int Strips { get; } = strips;
+        public int Row0 { get; } = row0;
+        public int Groups { get; } = groups;
+    }
+
+    private static byte* AlignUp(byte* p) => (byte*)(((nint)p + (Align - 1)) & ~(nint)(Align - 1));
+
+    /// <summary>Writes the strip whose first activation row is <paramref name="row0"/>: <c>dst[(g * width + lane) * 4 ..]</c> = group g of row <c>row0 + lane</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackStrip<TW, TVec>(QuantizedActivations x, byte* dst, int row0)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        int k = x.Cols, depth = TW.Depth, width = 2 * TW.Lanes;
+        int groups = (k + depth - 1) / depth, full = k / depth;
+        for (int lane = 0; lane < width; lane++)
+        {
+            int row = row0 + lane;
+            int* d = (int*)dst + lane;
+            if (row >= x.Rows)
+            {
+                for (int g = 0; g < groups; g++) d[(nint)g * width] = 0;
+                continue;
+            }
+            byte* src = x.Codes + (nint)row * k;
+            int g0 = 0;
+            if (depth == 4)
+                for (; g0 < full; g0++) d[(nint)g0 * width] = ((int*)src)[g0];
+            else
+                for (; g0 < full; g0++) d[(nint)g0 * width] = src[2 * g0] | src[2 * g0 + 1] << 16;
+            if (g0 < groups) d[(nint)g0 * width] = LastGroup(src, g0 * depth, k, depth);
+        }
+    }
+
+    /// <summary>The last, partial group of a row of codes: elements <c>[start, k)</c>, zero-padded (bytes, or int16 when the depth is 2).</summary>
+    private static int LastGroup(byte* src, int start, int k, int depth)
+    {
+        int v = 0, bits = 32 / depth;
+        for (int d = 0; start + d < k; d++) v |= src[start + d] << (bits * d);
+        return v;
+    }
+
+    /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against the activation rows of <paramref name="block"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int n0)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
+        int ldt = block.Strips * width;                    // y^T row length
+        int rows = Math.Min(ItemRows, w.Rows - n0);
+        int tiles = (rows + TileRows - 1) / TileRows;
+        const int TileStride = BlockGroups * 4;            // bytes per tile row
+        byte* tile = scratch;                              // [ItemRows][TileStride] weights, copied or widened
+        int* yt = (int*)(tile + ItemRows * TileStride);    // [ItemRows][ldt] int32 sums
+        int* rowSums = yt + ItemRows * ldt;                // [ItemRows] weight sums
+        new Span<int>(yt, ItemRows * ldt).Clear();
+        new Span<int>(rowSums, ItemRows).Clear();
+        // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
+        new Span<byte>(tile + rows * TileStride, (tiles * TileRows - rows) * TileStride).Clear();
+        for (int g0 = 0; g0 < groups; g0 += BlockGroups)
+        {
+            int g1 = Math.Min(groups, g0 + BlockGroups);
+            for (int r = 0; r < rows; r++)
+                rowSums[r] += CopySlice(w.Data + (nint)(n0 + r) * k, g0 * depth, Math.Min(k, g1 * depth), tile + r * TileStride, depth == 2);
+            for (int s = 0; s < block.Strips; s++)
+            {
+                byte* b = block.Data + ((nint)s * groups + g0) * width * 4;
+                for (int t = 0; t < tiles; t++)
+                    Micro<TW, TVec>(tile + t * TileRows * TileStride, TileStride, b, g1 - g0, yt + t * TileRows * ldt + s * width, ldt, width * 4);
+            }
+        }
+        int m1 = Math.Min(x.Rows, block.Row0 + ldt);
+        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy);
+    }
+
+    /// <summary>
+    /// <c>y[i, n] = (float)(xScale[i] * wScale[n] * exact) + bias[n]</c> for activation rows <c>[m0, m1)</c> and weight
+    /// rows <c>[n0, n0 + rows)</c>, with <c>exact = dot - xZero * rowSum - wZero * xSum + K * xZero * wZero</c>: the
+    /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector path computes the same value in float64 (every
+    /// term is an integer below 2^53, so exact) and rounds the same way.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy)
+    {
+        int k = w.Cols;
+        float* scales = stackalloc float[ItemRows];
+        float* biases = stackalloc float[ItemRows];
+        int* zeroPoints = stackalloc int[ItemRows];
+        for (int r = 0; r < rows; r++)
+        {
+            (scales[r], zeroPoints[r]) = w.Params(n0 + r, 0);
+            biases[r] = bias == null ? 0f : bias[n0 + r];
+        }
+        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across.
+        int* dots = stackalloc int[ItemRows];
+        for (int i = m0; i < m1; i++)
+        {
+            int xz = x.ZeroPoints[i], xSum = x.Sums[i];
+            float* dst = y + i * ldy + n0;
+            for (int r = 0; r < rows; r++) dots[r] = yt[r * ldt + i - m0];
+            int j = 0;
+            if (Simd.Use256 && Avx.IsSupported)
+            {
+                var vxs = Vector256.Create((double)x.Scales[i]);
+                var vxz = Vector256.Create((double)xz);
+                var vxSum = Vector256.Create((double)xSum);
+                var vkxz = Vector256.Create((double)k * xz);
+                for (; j + 4 <= rows; j += 4)
+                {
+                    var wz = Avx.ConvertToVector256Double(Vector128.Load(zeroPoints + j));
+                    var exact = Avx.ConvertToVector256Double(Vector128.Load(dots + j)) - vxz * Avx.ConvertToVector256Double(Vector128.Load(rowSums + j))
+                        - wz * vxSum + vkxz * wz;
+                    var scaled = vxs * Avx.ConvertToVector256Double(Vector128.Load(scales + j)) * exact;
+                    (Avx.ConvertToVector128Single(scaled) + Vector128.Load(biases + j)).Store(dst + j);
+                }
+            }
+            for (; j < rows; j++)
+            {
+                long wz = zeroPoints[j];
+                long exact = dots[j] - (long)xz * rowSums[j] - wz * xSum + (long)k * xz * wz;
+                dst[j] = (float)((double)x.Scales[i] * scales[j] * exact) + biases[j];
+            }
+        }
+    }
+
+    /// <summary>
+    /// Copies int8 weights <c>[k0, k1)</c> of one row to <paramref name="dst"/> (as bytes, or as int16 when
+    /// <paramref name="wide"/>), zero-padded to a whole group; returns their sum.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int CopySlice(byte* row, int k0, int k1, byte* dst, bool wide)
+    {
+        var src = (sbyte*)row + k0;
+        int n = k1 - k0, i = 0, sum = 0;
+        if (Simd.Use256)
+        {
+            var acc = Vector256<int>.Zero;
+            for (; i + 32 <= n; i += 32)
+            {
+                var v = Vector256.Load(src + i);
+                var (lo, hi) = Vector256.Widen(v);
+                if (wide)
+                {
+                    lo.Store((short*)dst + i);
+                    hi.Store((short*)dst + i + 16);
+                }
+                else
+                {
+                    v.Store((sbyte*)dst + i);
+                }
+                var (a, b) = Vector256.Widen(lo + hi);
+                acc += a + b;
+            }
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < n; i++)
+        {
+            if (wide) ((short*)dst)[i] = src[i];
+            else ((sbyte*)dst)[i] = src[i];
+            sum += src[i];
+        }
+        for (int group = wide ? 2 : 4; i % group != 0; i++)
+        {
+            if (wide) ((short*)dst)[i] = 0;
+            else dst[i] = 0;
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// <c>c[j, :] += sum_g a[j, g] . b[g, :]</c> for <see cref="TileRows"/> weight rows j (32-bit groups, rows
+    /// <paramref name="lda"/> bytes apart) and one strip of packed activations (two vectors per group, groups
+    /// <paramref name="ldb"/> bytes apart); <paramref name="c"/> rows are <paramref name="ldc"/> ints apart.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro<TW, TVec>(byte* a, nint lda, byte* b, int groups, int* c, nint ldc, nint ldb)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        int n = TW.Lanes;
+        int* a0 = (int*)a, a1 = (int*)(a + lda), a2 = (int*)(a + 2 * lda), a3 = (int*)(a + 3 * lda), a4 = (int*)(a + 4 * lda), a5 = (int*)(a + 5 * lda);
+        int* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
+        TVec s00 = TW.Load(c0), s01 = TW.Load(c0 + n), s10 = TW.Load(c1), s11 = TW.Load(c1 + n);
+        TVec s20 = TW.Load(c2), s21 = TW.Load(c2 + n), s30 = TW.Load(c3), s31 = TW.Load(c3 + n);
+        TVec s40 = TW.Load(c4), s41 = TW.Load(c4 + n), s50 = TW.Load(c5), s51 = TW.Load(c5 + n);
+        for (int g = 0; g < groups; g++)
+        {
+            TVec b0 = TW.Load(b), b1 = TW.Load(b + 4 * n);
+            b += ldb;
+            TVec v = TW.Broadcast(a0[g]);
+            s00 = TW.Dot(s00, b0, v);
+            s01 = TW.Dot(s01, b1, v);
+            v = TW.Broadcast(a1[g]);
+            s10 = TW.Dot(s10, b0, v);
+            s11 = TW.Dot(s11, b1, v);
+            v = TW.Broadcast(a2[g]);
+            s20 = TW.Dot(s20, b0, v);
+            s21 = TW.Dot(s21, b1, v);
+            v = TW.Broadcast(a3[g]);
+            s30 = TW.Dot(s30, b0, v);
+            s31 = TW.Dot(s31, b1, v);
+            v = TW.Broadcast(a4[g]);
+            s40 = TW.Dot(s40, b0, v);
+            s41 = TW.Dot(s41, b1, v);
+            v = TW.Broadcast(a5[g]);
+            s50 = TW.Dot(s50, b0, v);
+            s51 = TW.Dot(s51, b1, v);
+        }
+        TW.Store(s00, c0); TW.Store(s01, c0 + n);
+        TW.Store(s10, c1); TW.Store(s11, c1 + n);
+        TW.Store(s20, c2); TW.Store(s21, c2 + n);
+        TW.Store(s30, c3); TW.Store(s31, c3 + n);
+        TW.Store(s40, c4); TW.Store(s41, c4 + n);
+        TW.Store(s50, c5); TW.Store(s51, c5 + n);
+    }
+}
