@@ -196,7 +196,7 @@ public class LargeModelPathTests
 
         public BigEmbedding(long rows, long dim, bool fill) : base(nameof(BigEmbedding))
         {
-            // Embedding_from_pretrained over an uninitialized tensor: no random initialization, and untouched pages cost no memory.
+            // An uninitialized tensor: no random initialization, and untouched pages cost no memory.
             var weight = torch.empty([rows, dim], ScalarType.BFloat16);
             if (fill)
             {
@@ -211,8 +211,11 @@ public class LargeModelPathTests
                     target.copy_(source);
                 }
             }
-            table = nn.Embedding_from_pretrained(weight, freeze: true);
-            weight.Dispose(); // the module's parameter keeps the storage; this handle would keep it alive after the module is disposed
+            // Not Embedding_from_pretrained: TorchSharp's makes a float32 copy of the table (8 GiB here). A one-row
+            // bfloat16 embedding whose weight is then set to the table keeps it as it is.
+            var embedding = nn.Embedding(1, dim, dtype: ScalarType.BFloat16);
+            embedding.weight = new TorchSharp.Modules.Parameter(weight, requires_grad: false);
+            table = embedding;
             RegisterComponents();
         }
 
