@@ -359,10 +359,12 @@ public static class Quantizer
         Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced,
         IWeightQuantizer? method = null)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
         var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
         var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
+        var fallbackOf = planned.Where(p => p.Weight.Fallback is not null).ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Fallback!, StringComparer.Ordinal);
         // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
         var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
         // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
@@ -449,9 +451,13 @@ public static class Quantizer
                 double minW = cfg.Validation.ThresholdFor(spec.Type);
                 if (weightSqnr < minW)
                     problems.Add($"weight SQNR {weightSqnr:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
-                layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
-                    act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems));
+                layerReports.Add(new LayerReport
+                {
+                    Name = e.Name, ModuleType = floatType, Spec = spec,
+                    Activations = act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
+                    WeightSqnrDb = weightSqnr, ThresholdDb = cfg.Validation.Enabled && double.IsFinite(minW) ? minW : null, OriginalBytes = layer.FloatBytes, StoredBytes = layerQuant,
+                    RangeOk = rangeOk, Problems = problems, Fallback = fallbackOf.GetValueOrDefault(e.Name),
+                });
             }
             // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
             warnings.AddRange(skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
@@ -494,15 +500,15 @@ public static class Quantizer
                 report = new QuantizationReport
                 {
                     Layers = layerReports,
-                    Fallbacks = fallbacks,
                     Skipped = skipped,
-                    FloatBytes = floatBytes,
-                    QuantizedBytes = quantBytes,
+                    OriginalBytes = floatBytes,
+                    StoredBytes = quantBytes,
                     ModelOutputSqnrDb = modelSqnr,
                     CalibrationSamples = calib?.Samples ?? 0,
                     ReloadCheck = reload,
                     ReloadDetail = detail,
-                    Failures = failures,
+                    Problems = failures,
+                    Elapsed = clock.Elapsed,
                 };
                 if (!report.Passed)
                 {
