@@ -15,7 +15,8 @@ internal static class TensorSpans
     /// <summary>The address of the first element of a contiguous CPU tensor with at least one element (libtorch memory never moves).</summary>
     public static unsafe nint Address(Tensor t)
     {
-        using var first = t.reshape(-1).narrow(0, 0, 1);
+        using var flat = t.reshape(-1); // a view; disposed here so that it does not keep the storage alive
+        using var first = flat.narrow(0, 0, 1);
         return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(first.bytes));
     }
 
