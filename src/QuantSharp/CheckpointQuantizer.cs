@@ -62,7 +62,8 @@ public static class CheckpointQuantizer
         var s = new RecipePlanner(recipe ?? new QuantizationRecipe());
         if (QuantizationPipeline.WeightQuantizerFor(s.Recipe) is { Sequential: true } sequential)
             throw new CheckpointQuantizationException($"The weight quantization method '{sequential.Method}' needs each layer's inputs, which only the model gives; " +
-                "a checkpoint has no model. Quantize the model with Quantizer.Quantize and calibration data, then Quantizer.Save.");
+                "a checkpoint has no model. Set \"method\": \"rtn\" (round to nearest) to quantize the checkpoint, or quantize the model with " +
+                "Quantizer.Quantize and calibration data, then Quantizer.Save.");
         if (s.Recipe.HasModuleTypeFilters)
             throw new CheckpointQuantizationException("The recipe filters by module type (ModuleTypes, ExcludeModuleTypes or an override's module_type), " +
                 "but a checkpoint has no modules. Select the tensors by name (include/exclude patterns) instead.");

@@ -111,8 +111,8 @@ public static class Gptq
         // The pipeline's sequential quantize stage: layer by layer, each on the inputs of the layers already quantized,
         // with every given batch (not only the recipe's CalibrationSamples).
         long samples = calibration.Sum(b => b.Samples);
-        return Quantizer.QuantizeCore(model, recipe, factory, calibration, inPlace, null, (int)Math.Min(samples, int.MaxValue), null, null,
-            new GptqWeightQuantizer(options, recipe.WeightObserver));
+        return Quantizer.QuantizeCore(model, recipe with { Method = QuantizationMethod.Gptq, GptqOptions = options }, factory, calibration, inPlace,
+            null, (int)Math.Min(samples, int.MaxValue), null, null);
     }
 
     /// <summary>Whether GPTQ can quantize this layer's weight (a Linear, or a single-group zero-padded Conv2d, with an

@@ -96,6 +96,24 @@ public sealed record QuantizationRecipe
     /// </summary>
     public double EntropySearchStart { get; init; }
 
+    /// <summary>
+    /// The histogram activation observer's search (<see cref="ObserverOptions.Method"/>): <see cref="Observers.HistogramMethod.Entropy"/>
+    /// (default; KL, ONNX Runtime / TensorRT) or <see cref="Observers.HistogramMethod.L2"/> (PyTorch's <c>HistogramObserver</c>).
+    /// Applies when <see cref="ActivationObserver"/> is <c>histogram</c>.
+    /// </summary>
+    public HistogramMethod HistogramMethod { get; init; }
+
+    /// <summary>
+    /// How weights are rounded: <see cref="QuantizationMethod.RoundToNearest"/> (default) or <see cref="QuantizationMethod.Gptq"/>
+    /// (layer by layer with error compensation from the calibration inputs, settings in <see cref="GptqOptions"/>). GPTQ needs
+    /// a model and calibration data (<c>Quantizer.Quantize(model, recipe, calibrationData)</c>), quantizes weights only, and
+    /// is refused by the checkpoint path, which has no activations.
+    /// </summary>
+    public QuantizationMethod Method { get; init; }
+
+    /// <summary>GPTQ settings (damping, block size, activation order), used when <see cref="Method"/> is <see cref="QuantizationMethod.Gptq"/>.</summary>
+    public GptqOptions GptqOptions { get; init; } = new();
+
     /// <summary>Calibration samples to run (at least this many, counted along dimension 0).</summary>
     public int CalibrationSamples { get; init; } = DefaultCalibrationSamples;
 
@@ -195,6 +213,22 @@ public sealed record QuantizationRecipe
         return MakeSpec(type, o.Scheme ?? Scheme, granularity, o.ReduceRange ?? ReduceRange);
     }
 
+    /// <summary>
+    /// The activation observer (an <see cref="ObserverFactory"/> name) and its options for the input of the layer that owns
+    /// <paramref name="parameterName"/>: the first matching override's activation fields on top of the recipe's, for
+    /// per-tensor parameters of <paramref name="activations"/>.
+    /// </summary>
+    internal (string Observer, ObserverOptions Options) ActivationObserverFor(string parameterName, string? moduleType, QuantSpec activations)
+    {
+        var o = Overrides.FirstOrDefault(x => x.Matches(parameterName, moduleType));
+        var options = new ObserverOptions
+        {
+            Type = activations.Type, Scheme = activations.Scheme, ReduceRange = activations.ReduceRange,
+            EntropySearchStart = o?.EntropySearchStart ?? EntropySearchStart, Method = o?.HistogramMethod ?? HistogramMethod,
+        };
+        return (NormalizeObserver(o?.ActivationObserver ?? ActivationObserver), options);
+    }
+
     private static QuantSpec MakeSpec(QuantType type, QuantScheme scheme, Granularity? granularity, bool reduceRange) => type.IsInteger()
         ? new QuantSpec(type, scheme, granularity ?? DefaultGranularity(type), reduceRange)
         : new QuantSpec(type, QuantScheme.Symmetric, QuantSharp.Granularity.Tensor);
@@ -218,6 +252,8 @@ public sealed record QuantizationRecipe
             if (o is null) throw new RecipeException("Overrides: an entry is null.");
             ValidatePattern(o.Pattern, "Overrides");
             ValidateSpec(SpecOf(o), $"Overrides['{o.Pattern}']");
+            if (o.ActivationObserver is not null) CheckObserver(o.ActivationObserver, $"Overrides['{o.Pattern}'].ActivationObserver");
+            if (o.EntropySearchStart is { } start) CheckSearchStart(start, $"Overrides['{o.Pattern}'].EntropySearchStart");
         }
         if (Activations is { } a)
         {
@@ -232,8 +268,14 @@ public sealed record QuantizationRecipe
         CheckObserver(ActivationObserver, nameof(ActivationObserver));
         if (DynamicActivations && Activations is not null)
             throw new RecipeException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
-        if (!(EntropySearchStart >= 0 && EntropySearchStart < 1))
-            throw new RecipeException($"EntropySearchStart must be a fraction in [0, 1), got {EntropySearchStart}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
+        CheckSearchStart(EntropySearchStart, nameof(EntropySearchStart));
+        if (!Enum.IsDefined(HistogramMethod)) throw new RecipeException($"HistogramMethod {(int)HistogramMethod} is not defined. Use Entropy or L2.");
+        if (!Enum.IsDefined(Method)) throw new RecipeException($"Method {(int)Method} is not defined. Use RoundToNearest or Gptq.");
+        if (GptqOptions is null) throw new RecipeException("GptqOptions is null; leave it at its default (new GptqOptions()).");
+        try { GptqOptions.Validate(); }
+        catch (ArgumentException e) { throw new RecipeException(e.Message, e); }
+        if (Method == QuantizationMethod.Gptq && (Activations is not null || DynamicActivations))
+            throw new RecipeException("Method gptq quantizes weights only: set Activations = null and DynamicActivations = false (JSON \"activations\": null, \"dynamic_activations\": false), or use method rtn for W8A8.");
         if (CalibrationSamples <= 0)
             throw new RecipeException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
         if (MinElements < 0) throw new RecipeException($"MinElements must be at least 0, got {MinElements}.");
@@ -257,6 +299,12 @@ public sealed record QuantizationRecipe
     {
         if (string.IsNullOrWhiteSpace(name) || !ObserverFactory.Names.Contains(NormalizeObserver(name)))
             throw new RecipeException($"{what}: unknown observer '{name}'. Use one of: {string.Join(", ", ObserverFactory.Names)}.");
+    }
+
+    private static void CheckSearchStart(double start, string what)
+    {
+        if (!(start >= 0 && start < 1))
+            throw new RecipeException($"{what} must be a fraction in [0, 1), got {start}. Use 0 (every threshold) or 0.5 (TensorRT's 50-100% window).");
     }
 
     private static void ValidateSpec(QuantSpec spec, string what)
@@ -298,6 +346,9 @@ public sealed record QuantizationRecipe
             ["dynamic_activations"] = DynamicActivations,
             ["activation_observer"] = NormalizeObserver(ActivationObserver),
             ["entropy_search_start"] = EntropySearchStart,
+            ["histogram_method"] = HistogramMethodName(HistogramMethod),
+            ["method"] = MethodName(Method),
+            ["gptq"] = new JsonObject { ["damping"] = GptqOptions.DampingFraction, ["block_size"] = GptqOptions.BlockSize, ["act_order"] = GptqOptions.ActOrder },
             ["calibration_samples"] = CalibrationSamples,
             ["min_elements"] = MinElements,
             ["include"] = Strings(Include),
@@ -315,6 +366,10 @@ public sealed record QuantizationRecipe
     }
 
     internal static string SchemeName(QuantScheme s) => s.ToString().ToLowerInvariant();
+
+    internal static string HistogramMethodName(HistogramMethod m) => m == HistogramMethod.L2 ? "l2" : "entropy";
+
+    internal static string MethodName(QuantizationMethod m) => m == QuantizationMethod.Gptq ? "gptq" : "rtn";
 
     /// <summary>Reads a recipe file (JSON).</summary>
     /// <exception cref="FileNotFoundException">No such file.</exception>
@@ -372,6 +427,9 @@ public sealed record QuantizationRecipe
                     "dynamic_activations" => r with { DynamicActivations = p.Value.GetBoolean() },
                     "activation_observer" => r with { ActivationObserver = Str(p.Value) },
                     "entropy_search_start" => r with { EntropySearchStart = p.Value.GetDouble() },
+                    "histogram_method" => r with { HistogramMethod = ParseHistogramMethod(Str(p.Value)) },
+                    "method" => r with { Method = ParseMethod(Str(p.Value)) },
+                    "gptq" => r with { GptqOptions = ParseGptq(p.Value, where) },
                     "calibration_samples" => r with { CalibrationSamples = p.Value.GetInt32() },
                     "min_elements" => r with { MinElements = p.Value.GetInt64() },
                     "include" => r with { Include = StrList(p.Value) },
@@ -396,7 +454,7 @@ public sealed record QuantizationRecipe
     private static readonly string[] TopKeys =
     [
         "version", "qtype", "scheme", "granularity", "reduce_range", "weight_observer", "activations", "dynamic_activations", "activation_observer",
-        "entropy_search_start", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
+        "entropy_search_start", "histogram_method", "method", "gptq", "calibration_samples", "min_elements", "include", "exclude", "module_types", "exclude_module_types", "overrides",
         "strict_group_size", "strict", "validation",
     ];
 
@@ -413,6 +471,21 @@ public sealed record QuantizationRecipe
             }
         }
         return new QuantSpec(type, scheme, QuantSharp.Granularity.Tensor, reduce);
+    }
+
+    private static GptqOptions ParseGptq(JsonElement e, string where)
+    {
+        var g = new GptqOptions();
+        foreach (var p in Properties(e, where, ["damping", "block_size", "act_order"]))
+        {
+            g = Field($"{where}.{p.Name}", () => p.Name switch
+            {
+                "damping" => g with { DampingFraction = p.Value.GetDouble() },
+                "block_size" => g with { BlockSize = p.Value.GetInt32() },
+                _ => g with { ActOrder = p.Value.GetBoolean() },
+            });
+        }
+        return g;
     }
 
     /// <summary>The properties of a JSON object, refusing unknown and duplicate keys by name.</summary>
@@ -464,6 +537,22 @@ public sealed record QuantizationRecipe
         _ => throw new ArgumentException($"Unknown scheme '{text}'. Use symmetric or affine."),
     };
 
+    /// <summary>Parses <c>entropy</c> (or <c>kl</c>) or <c>l2</c>.</summary>
+    public static HistogramMethod ParseHistogramMethod(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "entropy" or "kl" => HistogramMethod.Entropy,
+        "l2" => HistogramMethod.L2,
+        _ => throw new ArgumentException($"Unknown histogram method '{text}'. Use entropy (KL, ONNX Runtime/TensorRT) or l2 (PyTorch)."),
+    };
+
+    /// <summary>Parses <c>rtn</c> (round to nearest) or <c>gptq</c>.</summary>
+    public static QuantizationMethod ParseMethod(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "rtn" or "round-to-nearest" => QuantizationMethod.RoundToNearest,
+        "gptq" => QuantizationMethod.Gptq,
+        _ => throw new ArgumentException($"Unknown method '{text}'. Use rtn (round to nearest) or gptq (needs a model and calibration data)."),
+    };
+
     /// <summary>Parses <c>error</c>, <c>warn</c> or <c>ignore</c>.</summary>
     public static ValidationFailureMode ParseOnFailure(string text) => text.Trim().ToLowerInvariant() switch
     {
@@ -487,7 +576,20 @@ public sealed record QuantizationRecipe
 public sealed record RecipeOverride(string Pattern, QuantType? Type = null, QuantScheme? Scheme = null,
     Granularity? Granularity = null, bool? ReduceRange = null, string? ModuleType = null)
 {
-    private Glob? _glob;
+    // Compiled patterns, shared by value: a cache field would be copied by `with { Pattern = ... }` and take part in equality.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Glob> s_globs = new(StringComparer.Ordinal);
+
+    /// <summary>Observer of the input of the matching layers during calibration (static activations; model path), e.g.
+    /// <c>percentile</c>; null keeps <see cref="QuantizationRecipe.ActivationObserver"/>.</summary>
+    public string? ActivationObserver { get; init; }
+
+    /// <summary>The histogram activation observer's KL search window for the matching layers; null keeps
+    /// <see cref="QuantizationRecipe.EntropySearchStart"/>.</summary>
+    public double? EntropySearchStart { get; init; }
+
+    /// <summary>The histogram activation observer's search for the matching layers; null keeps
+    /// <see cref="QuantizationRecipe.HistogramMethod"/>.</summary>
+    public HistogramMethod? HistogramMethod { get; init; }
 
     /// <summary>An override that sets every weight field from <paramref name="spec"/>.</summary>
     public static RecipeOverride Of(string pattern, QuantSpec spec)
@@ -498,7 +600,7 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
 
     internal bool Matches(string parameterName, string? moduleType) =>
         (ModuleType is null || moduleType is null || ModuleType == moduleType)
-        && QuantizationRecipe.NameMatches(_glob ??= new Glob(Pattern), parameterName);
+        && QuantizationRecipe.NameMatches(s_globs.GetOrAdd(Pattern, p => new Glob(p)), parameterName);
 
     internal JsonObject ToJsonNode()
     {
@@ -508,6 +610,9 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
         if (Granularity is { } g) j["granularity"] = g.ToString();
         if (ReduceRange is { } r) j["reduce_range"] = r;
         if (ModuleType is { } m) j["module_type"] = m;
+        if (ActivationObserver is { } a) j["activation_observer"] = QuantizationRecipe.NormalizeObserver(a);
+        if (EntropySearchStart is { } e) j["entropy_search_start"] = e;
+        if (HistogramMethod is { } h) j["histogram_method"] = QuantizationRecipe.HistogramMethodName(h);
         return j;
     }
 
@@ -515,7 +620,8 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
     {
         var o = new RecipeOverride("");
         bool hasPattern = false;
-        foreach (var p in QuantizationRecipe.Properties(e, where, ["pattern", "qtype", "scheme", "granularity", "reduce_range", "module_type"]))
+        foreach (var p in QuantizationRecipe.Properties(e, where,
+                     ["pattern", "qtype", "scheme", "granularity", "reduce_range", "module_type", "activation_observer", "entropy_search_start", "histogram_method"]))
         {
             o = QuantizationRecipe.Field($"{where}.{p.Name}", () => p.Name switch
             {
@@ -524,6 +630,9 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
                 "scheme" => o with { Scheme = QuantizationRecipe.ParseScheme(QuantizationRecipe.Str(p.Value)) },
                 "granularity" => o with { Granularity = QuantSharp.Granularity.Parse(QuantizationRecipe.Str(p.Value)) },
                 "reduce_range" => o with { ReduceRange = p.Value.GetBoolean() },
+                "activation_observer" => o with { ActivationObserver = QuantizationRecipe.Str(p.Value) },
+                "entropy_search_start" => o with { EntropySearchStart = p.Value.GetDouble() },
+                "histogram_method" => o with { HistogramMethod = QuantizationRecipe.ParseHistogramMethod(QuantizationRecipe.Str(p.Value)) },
                 _ => o with { ModuleType = QuantizationRecipe.Str(p.Value) },
             });
             hasPattern |= p.Name == "pattern";
@@ -531,6 +640,15 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
         if (!hasPattern) throw new RecipeException($"{where}: an override needs a \"pattern\".");
         return o;
     }
+}
+
+/// <summary>How a recipe rounds weights (<see cref="QuantizationRecipe.Method"/>; JSON <c>"method"</c>).</summary>
+public enum QuantizationMethod
+{
+    /// <summary>Round to nearest with the weight observer's scales (<c>"rtn"</c>, the default; every path).</summary>
+    RoundToNearest,
+    /// <summary>GPTQ (<c>"gptq"</c>; <see cref="Gptq"/>): needs a model and calibration data, weights only.</summary>
+    Gptq,
 }
 
 /// <summary>What to do when the post-quantization validation finds a problem.</summary>

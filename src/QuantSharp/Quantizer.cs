@@ -393,7 +393,9 @@ public static class Quantizer
             if (data is not null)
             {
                 var actSpec = cfg.Activations ?? QuantizationRecipe.DefaultActivations;
-                calib = new Calibrator(work, layers, RangeObservers.Factory(QuantizationRecipe.NormalizeObserver(cfg.ActivationObserver), actSpec, cfg.EntropySearchStart));
+                // Each layer's input observer: the recipe's, or its weight's first matching override's.
+                var parameters = planned.ToDictionary(p => p.Layer.Entry.Name, p => (p.Weight.Name, ModuleTree.TypeName(p.Layer.Entry.Module.GetType())), StringComparer.Ordinal);
+                calib = new Calibrator(work, layers, RangeObservers.ForRecipe(cfg, actSpec, parameters));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
                 calib.Run(data, target, progress, observe: cfg.Activations is not null);

@@ -70,6 +70,11 @@ internal static class CalibrateCommand
         var dtype = new Option<string>("--dtype") { Description = "Activation type: uint8 (default, as W8A8) or int8.", DefaultValueFactory = _ => "uint8" };
         var scheme = new Option<string>("--scheme") { Description = "affine (default) or symmetric.", DefaultValueFactory = _ => "affine" };
         var plot = new Option<string?>("--plot") { Description = "Write DIR/histogram-LAYER.png and .svg: each layer's input histogram with every observer's range." };
+        var save = new Option<string?>("--save-recipe")
+        {
+            Description = "EXPERIMENTAL: write a W8A8 recipe (JSON) to FILE that calibrates each layer's input with its automatic choice " +
+                          "(one override per layer; calibration_samples = --samples), for 'quantsharp demo --recipe FILE' or QuantizationRecipe.Load.",
+        };
         var cmd = new Command("compare",
             "Compare activation observers per layer (minmax, moving-average, percentile, histogram KL with and without the 50-100% search " +
             "window, histogram L2): range, clipped values, SQNR of the layer output with its input quantized, KL divergence; and the " +
@@ -78,6 +83,7 @@ internal static class CalibrateCommand
         cmd.Options.Add(dtype);
         cmd.Options.Add(scheme);
         cmd.Options.Add(plot);
+        cmd.Options.Add(save);
         cmd.SetAction(p => Run(p, () =>
         {
             var type = QuantTypeInfo.Parse(p.GetValue(dtype)!);
@@ -85,8 +91,10 @@ internal static class CalibrateCommand
             using var setup = CalibrationSetup.Load(common.Inputs(p));
             var comparison = ObserverComparison.Compare(setup.Model, setup.Batches(), spec, maxSamples: setup.Calibration.Count);
             var pictures = p.GetValue(plot) is { } dir ? CalibrationPlots.Histograms(comparison, dir) : [];
-            if (p.GetValue(common.Json)) CheckpointConsole.WriteJson(p, CompareJson(comparison, setup, pictures));
-            else WriteCompare(CheckpointConsole.For(p), comparison, setup, pictures);
+            string? recipe = p.GetValue(save);
+            if (recipe is not null) comparison.ToRecipe().Save(recipe);
+            if (p.GetValue(common.Json)) CheckpointConsole.WriteJson(p, CompareJson(comparison, setup, pictures, recipe));
+            else WriteCompare(CheckpointConsole.For(p), comparison, setup, pictures, recipe);
             return CheckpointConsole.Ok;
         }));
         return cmd;
@@ -126,12 +134,19 @@ internal static class CalibrateCommand
         var sqnr = new Option<double?>("--min-sqnr") { Description = "The cheapest plan whose predicted model-output SQNR reaches this (dB)." };
         var drop = new Option<double?>("--max-accuracy-drop") { Description = "The cheapest plan whose accuracy on the metric images is at most this many points below float32." };
         var save = new Option<string?>("--save-recipe") { Description = "Write the plan's recipe (JSON) to FILE, for 'quantsharp quantize --config FILE' or QuantizationRecipe.Load." };
+        var method = new Option<string>("--method")
+        {
+            Description = "How the integer variants round: rtn (round to nearest, default) or gptq (GPTQ on the calibration images; the plan's " +
+                          "recipe then needs a model and data: 'quantsharp demo --recipe FILE', not 'quantize').",
+            DefaultValueFactory = _ => "rtn",
+        };
+        method.AcceptOnlyFromAmong("rtn", "gptq");
         var cmd = new Command("mixed",
             "Mixed precision under a budget: choose per layer among the --types from the sensitivity measurements (greedy: most output noise " +
             "removed per byte), pick the most accurate plan of the path on the metric images, and report the plan with its measured accuracy, " +
             "size and SQNR next to the uniform variants. Give one of --budget-bytes, --bits-per-weight, --min-sqnr, --max-accuracy-drop.");
         common.AddTo(cmd);
-        foreach (var o in new Option[] { types, group, bytes, bits, sqnr, drop, save }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { types, group, bytes, bits, sqnr, drop, save, method }) cmd.Options.Add(o);
         cmd.SetAction(p => Run(p, () =>
         {
             var specs = ParseSpecs(p.GetValue(types)!, p.GetValue(group));
@@ -140,8 +155,9 @@ internal static class CalibrateCommand
                 MaxBytes = p.GetValue(bytes), MaxBitsPerWeight = p.GetValue(bits), MinOutputSqnrDb = p.GetValue(sqnr),
                 MaxMetricDrop = p.GetValue(drop) / 100,
             };
+            var baseRecipe = QuantizationRecipe.Int8WeightOnly() with { Method = QuantizationRecipe.ParseMethod(p.GetValue(method)!) };
             using var setup = CalibrationSetup.Load(common.Inputs(p));
-            var report = Measure(setup, specs);
+            var report = Measure(setup, specs, baseRecipe);
             var plan = MixedPrecisionPlan.Plan(report, budget, recipe => Evaluate(setup, recipe, setup.Metric).Accuracy);
             var measured = Evaluate(setup, plan.Recipe, setup.Evaluation);
             var uniform = report.Specs.Select(s => Evaluate(setup, report.BaseRecipe.WithWeights(s) with { Validation = new ValidationPolicy() }, setup.Evaluation)).ToList();
@@ -170,8 +186,8 @@ internal static class CalibrateCommand
         return specs;
     }
 
-    private static SensitivityReport Measure(CalibrationSetup setup, IReadOnlyList<QuantSpec> specs) =>
-        SensitivityReport.Measure(setup.Model, () => new MnistNet(), setup.Batches(), specs, m => setup.Metric.Accuracy(m));
+    private static SensitivityReport Measure(CalibrationSetup setup, IReadOnlyList<QuantSpec> specs, QuantizationRecipe? baseRecipe = null) =>
+        SensitivityReport.Measure(setup.Model, () => new MnistNet(), setup.Batches(), specs, m => setup.Metric.Accuracy(m), baseRecipe);
 
     /// <summary>Accuracy, size and logits SQNR of the model quantized with <paramref name="recipe"/> (null: float32) on <paramref name="set"/>.</summary>
     private static Measured Evaluate(CalibrationSetup setup, QuantizationRecipe? recipe, MnistSet set)
@@ -179,7 +195,10 @@ internal static class CalibrateCommand
         using var reference = DemoRunner.Logits(setup.Model, set);
         if (recipe is null)
             return new Measured(set.Accuracy(setup.Model), DemoRunner.ModelBytes(setup.Model), double.PositiveInfinity);
-        var result = Quantizer.Quantize(setup.Model, recipe, factory: () => new MnistNet(), onFailure: ValidationFailureMode.Warn);
+        // GPTQ rounds with each layer's inputs: the calibration images.
+        var result = recipe.Method == QuantizationMethod.Gptq
+            ? Quantizer.Quantize(setup.Model, recipe, setup.Batches(), factory: () => new MnistNet(), onFailure: ValidationFailureMode.Warn)
+            : Quantizer.Quantize(setup.Model, recipe, factory: () => new MnistNet(), onFailure: ValidationFailureMode.Warn);
         using var model = result.Model;
         using var logits = DemoRunner.Logits(model, set);
         return new Measured(set.Accuracy(model), DemoRunner.ModelBytes(model), DemoRunner.Sqnr(reference, logits));
@@ -197,7 +216,7 @@ internal static class CalibrateCommand
 
     private static JsonArray Files(IEnumerable<string> files) => new(files.Select(f => (JsonNode?)JsonValue.Create(f)).ToArray());
 
-    private static JsonObject CompareJson(ObserverComparison c, CalibrationSetup setup, List<string> pictures)
+    private static JsonObject CompareJson(ObserverComparison c, CalibrationSetup setup, List<string> pictures, string? recipe)
     {
         var chosen = c.ChooseObservers();
         return new JsonObject
@@ -219,10 +238,11 @@ internal static class CalibrateCommand
                 }).ToArray()),
             }).ToArray()),
             ["pictures"] = Files(pictures),
+            ["recipe_experimental"] = recipe,
         };
     }
 
-    private static void WriteCompare(IAnsiConsole console, ObserverComparison c, CalibrationSetup setup, List<string> pictures)
+    private static void WriteCompare(IAnsiConsole console, ObserverComparison c, CalibrationSetup setup, List<string> pictures, string? recipe)
     {
         console.MarkupLine($"[grey]{Markup.Escape(setup.Description)}[/]");
         var table = new Table().Border(TableBorder.Rounded)
@@ -246,6 +266,8 @@ internal static class CalibrateCommand
         }
         console.Write(table);
         foreach (var f in pictures) console.MarkupLine($"wrote {Markup.Escape(f)}");
+        if (recipe is not null)
+            console.MarkupLine($"wrote {Markup.Escape(recipe)} (experimental: each layer's input calibrated with its * observer; quantsharp demo --recipe {Markup.Escape(recipe)})");
     }
 
     private static JsonObject SensitivityJson(SensitivityReport r, CalibrationSetup setup, List<string> pictures) => new()

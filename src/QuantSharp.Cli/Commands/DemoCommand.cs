@@ -42,6 +42,18 @@ internal static class DemoCommand
                           "(its recipe: 'quantsharp quantize MODEL OUT --config DIR/VARIANT.recipe.json' makes the same file).",
         };
 
+        var method = new Option<string>("--method")
+        {
+            Description = "How the int8 and int4 weight-only variants round: rtn (round to nearest, default) or gptq (GPTQ on the calibration " +
+                          "images; variants named *-gptq).",
+            DefaultValueFactory = _ => "rtn",
+        };
+        method.AcceptOnlyFromAmong("rtn", "gptq");
+        var recipeFile = new Option<string?>("--recipe")
+        {
+            Description = "Also quantize with this recipe (JSON, e.g. from 'calibrate compare --save-recipe'), calibrated on the calibration images.",
+        };
+
         var cmd = new Command("demo",
             "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration) and print " +
             "accuracy, size and SQNR of each variant against float32. Runs offline on bundled data; with the full MNIST " +
@@ -53,6 +65,8 @@ internal static class DemoCommand
         cmd.Options.Add(limit);
         cmd.Options.Add(json);
         cmd.Options.Add(save);
+        cmd.Options.Add(method);
+        cmd.Options.Add(recipeFile);
         cmd.Subcommands.Add(DemoMiniLMCommand.Create());
         cmd.SetAction(parseResult =>
         {
@@ -73,7 +87,10 @@ internal static class DemoCommand
             DemoReport report;
             try
             {
-                report = DemoRunner.Run(options, DemoVariants.All,
+                var variants = DemoVariants.ForMethod(QuantizationRecipe.ParseMethod(parseResult.GetValue(method)!)).ToList();
+                if (parseResult.GetValue(recipeFile) is { } file)
+                    variants.Add(DemoVariants.FromRecipe(RecipeName(file), QuantizationRecipe.Load(file), file));
+                report = DemoRunner.Run(options, variants,
                     asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             }
             catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException or QuantizationException)
@@ -86,6 +103,13 @@ internal static class DemoCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The variant name of a recipe file: its name without <c>.json</c> and <c>.recipe</c>.</summary>
+    private static string RecipeName(string file)
+    {
+        string name = Path.GetFileNameWithoutExtension(file);
+        return name.EndsWith(".recipe", StringComparison.OrdinalIgnoreCase) ? name[..^".recipe".Length] : name;
     }
 
     /// <summary>The report as indented JSON: data, sources and one object per variant.</summary>

@@ -33,14 +33,15 @@ internal sealed class Calibrator : IDisposable
     private readonly Dictionary<string, LayerObservers> _observers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Tensor> _firstOutputs = new(StringComparer.Ordinal);
 
-    public Calibrator(nn.Module model, IReadOnlyList<ModuleEntry> layers, Func<string, IRangeObserver> makeObserver)
+    /// <summary>Observers for <paramref name="layers"/> from <paramref name="makeObserver"/>(layer name, tensor description).</summary>
+    public Calibrator(nn.Module model, IReadOnlyList<ModuleEntry> layers, Func<string, string, IRangeObserver> makeObserver)
     {
         _model = model;
         _layers = layers;
         foreach (var e in layers)
         {
             bool indices = e.Module is TorchSharp.Modules.Embedding;
-            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver($"input of layer '{e.Name}'"), makeObserver($"output of layer '{e.Name}'"));
+            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver(e.Name, $"input of layer '{e.Name}'"), makeObserver(e.Name, $"output of layer '{e.Name}'"));
         }
     }
 

@@ -72,7 +72,8 @@ public sealed record SensitivityReport
     /// <param name="specs">Weight specs to try, e.g. float16, int8 per-channel, int4 group-32 (at least one).</param>
     /// <param name="metric">Scores a model (e.g. accuracy on labelled images; higher is better); null for none.</param>
     /// <param name="baseRecipe">Selection and other settings (default int8 weight-only); weight-only: its activation
-    /// settings are dropped. Validation is turned off for the variants.</param>
+    /// settings are dropped. Validation is turned off for the variants. With <see cref="QuantizationMethod.Gptq"/> each
+    /// variant is rounded by GPTQ with <paramref name="data"/> as calibration data.</param>
     /// <exception cref="ArgumentException">No spec, no data, or what <c>Quantizer.Quantize</c> refuses.</exception>
     public static SensitivityReport Measure<T>(T model, Func<T> factory, IReadOnlyList<CalibrationBatch> data, IReadOnlyList<QuantSpec> specs,
         Func<T, double>? metric = null, QuantizationRecipe? baseRecipe = null) where T : nn.Module
@@ -89,6 +90,7 @@ public sealed record SensitivityReport
             DynamicActivations = false,
             Validation = new ValidationPolicy { Enabled = false },
         };
+        if (recipe.Method == QuantizationMethod.Gptq) recipe = recipe with { CalibrationSamples = (int)Math.Min(data.Sum(b => b.Samples), int.MaxValue) };
 
         var reference = Outputs(model, data);
         try
@@ -124,7 +126,10 @@ public sealed record SensitivityReport
     private static (SensitivityMeasurement Measurement, List<QuantizedLayer> Layers) Run<T>(T model, Func<T> factory, QuantizationRecipe recipe,
         QuantSpec spec, IReadOnlyList<CalibrationBatch> data, List<Tensor> reference, Func<T, double>? metric) where T : nn.Module
     {
-        var result = Quantizer.Quantize(model, recipe, factory: factory);
+        // GPTQ rounds with the inputs of each layer: the data is its calibration data.
+        var result = recipe.Method == QuantizationMethod.Gptq
+            ? Quantizer.Quantize(model, recipe, data, factory: factory)
+            : Quantizer.Quantize(model, recipe, factory: factory);
         using var quantized = result.Model;
         var outputs = Outputs(quantized, data);
         try

@@ -90,6 +90,46 @@ public sealed record ObserverComparison
     }
 
     /// <summary>
+    /// <b>Experimental.</b> A static-activation recipe that applies <see cref="ChooseObservers"/>: <paramref name="baseRecipe"/>
+    /// (default <see cref="QuantizationRecipe.Int8Static"/>) with this comparison's <see cref="Activations"/>, <see cref="Samples"/>
+    /// calibration samples and, first in its overrides, one per compared layer that sets the layer's chosen activation
+    /// observer (on top of the weight fields of the base recipe's first override for that layer, if any). Quantizing the
+    /// same model with it and the same batches calibrates each layer's input with exactly the parameters the chosen
+    /// observer has in this comparison.
+    /// </summary>
+    /// <param name="baseRecipe">The recipe to add the choice to (its weights, selection and validation are kept).</param>
+    /// <returns>The recipe (<see cref="QuantizationRecipe.Save"/> writes it).</returns>
+    /// <exception cref="ArgumentException">A chosen observer has options a recipe cannot carry (only the histogram's
+    /// method and entropy search start are per-layer recipe fields), or the base recipe uses dynamic activations or GPTQ.</exception>
+    public QuantizationRecipe ToRecipe(QuantizationRecipe? baseRecipe = null)
+    {
+        var recipe = (baseRecipe ?? QuantizationRecipe.Int8Static()) with { Activations = Activations, CalibrationSamples = (int)Math.Min(Samples, int.MaxValue) };
+        var chosen = ChooseObservers();
+        var overrides = new List<RecipeOverride>();
+        foreach (var layer in Layers)
+        {
+            var c = chosen[layer.Layer];
+            var options = c.Options ?? new ObserverOptions();
+            var carried = new ObserverOptions { EntropySearchStart = options.EntropySearchStart, Method = options.Method };
+            if (options with { Type = carried.Type, Scheme = carried.Scheme, ReduceRange = false, Axis = null, GroupSize = null, Name = null } != carried)
+                throw new ArgumentException($"Layer '{layer.Layer}': observer '{c.Label}' has options a recipe cannot carry (per layer it holds the observer, " +
+                    "the histogram method and the entropy search start); compare observers with default options otherwise.", nameof(baseRecipe));
+            bool histogram = QuantizationRecipe.NormalizeObserver(c.Observer) == "histogram";
+            var weightOverride = recipe.Overrides.FirstOrDefault(o => o.Matches(layer.Layer + ".weight", layer.ModuleType));
+            overrides.Add((weightOverride ?? new RecipeOverride(layer.Layer)) with
+            {
+                Pattern = layer.Layer,
+                ActivationObserver = c.Observer,
+                EntropySearchStart = histogram ? options.EntropySearchStart : null,
+                HistogramMethod = histogram ? options.Method : null,
+            });
+        }
+        recipe = recipe with { Overrides = [.. overrides, .. recipe.Overrides] };
+        recipe.Validate();
+        return recipe;
+    }
+
+    /// <summary>
     /// Runs <paramref name="data"/> through <paramref name="model"/> (eval mode, no gradients) and compares the
     /// observers on the input of each Linear/Conv layer called through <c>call</c>.
     /// </summary>

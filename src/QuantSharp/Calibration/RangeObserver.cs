@@ -51,10 +51,28 @@ internal sealed class FactoryRangeObserver(IObserver inner) : IRangeObserver
 internal static class RangeObservers
 {
     /// <summary>A factory of per-tensor observers for <paramref name="spec"/>; its argument names the observed tensor in errors.</summary>
-    public static Func<string, IRangeObserver> Factory(string name, QuantSpec spec, double entropySearchStart = 0)
+    public static Func<string, IRangeObserver> Factory(string name, QuantSpec spec, double entropySearchStart = 0) =>
+        Factory(name, new ObserverOptions { Type = spec.Type, Scheme = spec.Scheme, ReduceRange = spec.ReduceRange, EntropySearchStart = entropySearchStart });
+
+    /// <summary>A factory of observers <paramref name="name"/> with <paramref name="options"/>; its argument names the observed tensor in errors.</summary>
+    public static Func<string, IRangeObserver> Factory(string name, ObserverOptions options)
     {
-        var options = new ObserverOptions { Type = spec.Type, Scheme = spec.Scheme, ReduceRange = spec.ReduceRange, EntropySearchStart = entropySearchStart };
         ObserverFactory.Create(name, options); // fail early on an unknown name or bad options
         return tensorName => new FactoryRangeObserver(ObserverFactory.Create(name, options with { Name = tensorName }));
+    }
+
+    /// <summary>
+    /// The calibration observers of <paramref name="recipe"/>: for each layer the activation observer the recipe gives its
+    /// weight <paramref name="parameters"/>[layer] (the first matching override's, else the recipe's), for <paramref name="spec"/>.
+    /// </summary>
+    public static Func<string, string, IRangeObserver> ForRecipe(QuantizationRecipe recipe, QuantSpec spec,
+        IReadOnlyDictionary<string, (string Parameter, string ModuleType)> parameters)
+    {
+        var factories = parameters.ToDictionary(kv => kv.Key, kv =>
+        {
+            var (observer, options) = recipe.ActivationObserverFor(kv.Value.Parameter, kv.Value.ModuleType, spec);
+            return Factory(observer, options);
+        }, StringComparer.Ordinal);
+        return (layer, tensorName) => factories[layer](tensorName);
     }
 }

@@ -75,11 +75,14 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// </summary>
     static abstract TVec NibbleAt(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift, TVec groupP, TVec groupQ);
 
-    /// <summary><see cref="Count"/> IEEE half values as floats (exact).</summary>
-    static abstract unsafe TVec LoadHalves(ushort* p);
+    /// <summary>
+    /// <c>2 * Count</c> IEEE half values as floats (exact): the even elements and the odd ones. One plain load; each
+    /// 32-bit lane holds an even element in its low and an odd one in its high 16 bits, so no widening shuffle.
+    /// </summary>
+    static abstract unsafe (TVec Even, TVec Odd) LoadHalfPairs(ushort* p);
 
-    /// <summary><see cref="Count"/> bfloat16 values as floats (exact).</summary>
-    static abstract unsafe TVec LoadBFloat16s(ushort* p);
+    /// <summary><c>2 * Count</c> bfloat16 values as floats (exact): the even elements and the odd ones, as <see cref="LoadHalfPairs"/>.</summary>
+    static abstract unsafe (TVec Even, TVec Odd) LoadBFloat16Pairs(ushort* p);
 }
 
 /// <summary>512-bit lanes (AVX-512F/BW; the dispatcher checks <see cref="IsSupported"/>).</summary>
@@ -136,10 +139,18 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
         => Avx512F.PermuteVar16x32(groupP, shift == 0 ? words.AsInt32() : words.AsInt32() >>> shift);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector512<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)));
+    public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadHalfPairs(ushort* p)
+    {
+        var w = Vector512.Load((uint*)p);
+        return (HalfLanes.FromHalf(w << 16), HalfLanes.FromHalf(w));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector512<float> LoadBFloat16s(ushort* p) => (Avx512F.ConvertToVector512UInt32(Vector256.Load(p)) << 16).AsSingle();
+    public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadBFloat16Pairs(ushort* p)
+    {
+        var w = Vector512.Load((uint*)p);
+        return ((w << 16).AsSingle(), (w & Vector512.Create(0xFFFF_0000u)).AsSingle());
+    }
 }
 
 /// <summary>256-bit lanes (AVX2 + FMA; the dispatcher checks <see cref="IsSupported"/>).</summary>
@@ -189,10 +200,18 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
         => MultiplyAdd(Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15)), groupP, groupQ);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector256<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Avx2.ConvertToVector256Int32(p).AsUInt32());
+    public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadHalfPairs(ushort* p)
+    {
+        var w = Vector256.Load((uint*)p);
+        return (HalfLanes.FromHalf(w << 16), HalfLanes.FromHalf(w));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector256<float> LoadBFloat16s(ushort* p) => (Avx2.ConvertToVector256Int32(p).AsUInt32() << 16).AsSingle();
+    public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadBFloat16Pairs(ushort* p)
+    {
+        var w = Vector256.Load((uint*)p);
+        return ((w << 16).AsSingle(), (w & Vector256.Create(0xFFFF_0000u)).AsSingle());
+    }
 }
 
 /// <summary>128-bit lanes (SSE4.1; the dispatcher checks <see cref="IsSupported"/>). Multiply-add is two roundings without FMA.</summary>
@@ -242,10 +261,18 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
         => MultiplyAdd(Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15)), groupP, groupQ);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector128<float> LoadHalves(ushort* p) => HalfLanes.FromHalf(Sse41.ConvertToVector128Int32(p).AsUInt32());
+    public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadHalfPairs(ushort* p)
+    {
+        var w = Vector128.Load((uint*)p);
+        return (HalfLanes.FromHalf(w << 16), HalfLanes.FromHalf(w));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector128<float> LoadBFloat16s(ushort* p) => (Sse41.ConvertToVector128Int32(p).AsUInt32() << 16).AsSingle();
+    public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadBFloat16Pairs(ushort* p)
+    {
+        var w = Vector128.Load((uint*)p);
+        return ((w << 16).AsSingle(), (w & Vector128.Create(0xFFFF_0000u)).AsSingle());
+    }
 }
 
 /// <summary>One lane: plain scalar code, the path when no vector width may be used.</summary>
@@ -281,44 +308,47 @@ internal readonly struct Float1 : IFloatWidth<float>
     public static float NibbleAt(float words, [ConstantExpected(Min = 0, Max = 28)] int shift, float groupP, float groupQ)
         => MultiplyAdd((BitConverter.SingleToUInt32Bits(words) >> shift) & 15, groupP, groupQ);
 
-    public static unsafe float LoadHalves(ushort* p) => HalfKernel.FromHalfBits(*p);
-    public static unsafe float LoadBFloat16s(ushort* p) => HalfKernel.FromBFloat16Bits(*p);
+    public static unsafe (float Even, float Odd) LoadHalfPairs(ushort* p) => (HalfKernel.FromHalfBits(p[0]), HalfKernel.FromHalfBits(p[1]));
+    public static unsafe (float Even, float Odd) LoadBFloat16Pairs(ushort* p) => (HalfKernel.FromBFloat16Bits(p[0]), HalfKernel.FromBFloat16Bits(p[1]));
 }
 
-/// <summary>IEEE half bits (zero-extended in 32-bit lanes) to float32, exactly as <see cref="HalfKernel.FromHalfBits"/>.</summary>
+/// <summary>
+/// IEEE half bits held in the upper 16 bits of each 32-bit lane (the lower 16 bits are ignored) to float32, exactly as
+/// <see cref="HalfKernel.FromHalfBits"/>: seven vector operations per lane vector.
+/// </summary>
 internal static class HalfLanes
 {
-    // Magnitude bits shifted into float position and scaled by 2^112 re-bias the exponent (and normalize subnormals,
+    // Magnitude bits (bits 30:16) shifted into float position and scaled by 2^112 re-bias the exponent (and normalize subnormals,
     // exactly); infinities and NaNs (exponent 31) get the float exponent 255 with their mantissa.
     private const float Rebias = 5.192296858534828e33f; // 2^112
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> FromHalf(Vector512<uint> h)
     {
-        var mag = (h & Vector512.Create(0x7FFFu)) << 13;
+        var mag = (h >>> 3) & Vector512.Create(0x0FFF_E000u);
         var finite = mag.AsSingle() * Vector512.Create(Rebias);
         var special = (mag | Vector512.Create(0x7F80_0000u)).AsSingle();
         var r = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(mag, Vector512.Create(0x0F80_0000u)).AsSingle(), special, finite);
-        return (r.AsUInt32() | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+        return Vector512.ConditionalSelect(Vector512.Create(0x8000_0000u), h, r.AsUInt32()).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> FromHalf(Vector256<uint> h)
     {
-        var mag = (h & Vector256.Create(0x7FFFu)) << 13;
+        var mag = (h >>> 3) & Vector256.Create(0x0FFF_E000u);
         var finite = mag.AsSingle() * Vector256.Create(Rebias);
         var special = (mag | Vector256.Create(0x7F80_0000u)).AsSingle();
         var r = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(mag, Vector256.Create(0x0F80_0000u)).AsSingle(), special, finite);
-        return (r.AsUInt32() | ((h & Vector256.Create(0x8000u)) << 16)).AsSingle();
+        return Vector256.ConditionalSelect(Vector256.Create(0x8000_0000u), h, r.AsUInt32()).AsSingle();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<float> FromHalf(Vector128<uint> h)
     {
-        var mag = (h & Vector128.Create(0x7FFFu)) << 13;
+        var mag = (h >>> 3) & Vector128.Create(0x0FFF_E000u);
         var finite = mag.AsSingle() * Vector128.Create(Rebias);
         var special = (mag | Vector128.Create(0x7F80_0000u)).AsSingle();
         var r = Vector128.ConditionalSelect(Vector128.GreaterThanOrEqual(mag, Vector128.Create(0x0F80_0000u)).AsSingle(), special, finite);
-        return (r.AsUInt32() | ((h & Vector128.Create(0x8000u)) << 16)).AsSingle();
+        return Vector128.ConditionalSelect(Vector128.Create(0x8000_0000u), h, r.AsUInt32()).AsSingle();
     }
 }

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -84,6 +85,22 @@ internal static unsafe class QuantizedMatMul
     /// <c>quantsharp bench</c>, docs/BENCHMARKS.md).
     /// </summary>
     internal static int PackedMinRows = 24;
+
+    /// <summary>
+    /// Batch 1 streams each weight row once. A row is a new stream of a few KiB that the hardware prefetcher picks up
+    /// late (it does not follow into the next row), so each pass of the batch-1 kernels asks for the same columns of
+    /// the next pass's four rows: without it every pass starts with a memory stall (1.4-2x slower on 11008x4096).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchNextFourRows(byte* p, nint rowBytes)
+    {
+        if (!Sse.IsSupported) return;
+        byte* next = p + 4 * rowBytes;
+        Sse.Prefetch0(next);
+        Sse.Prefetch0(next + rowBytes);
+        Sse.Prefetch0(next + 2 * rowBytes);
+        Sse.Prefetch0(next + 3 * rowBytes);
+    }
 
     /// <summary>Computes <c>y = x w^T + bias</c>.</summary>
     /// <param name="w">The weight, <c>[N, K]</c>.</param>
@@ -213,6 +230,7 @@ internal static unsafe class QuantizedMatMul
                 EightNibbles<TW, TVec>(TW.LoadNibbleWords(w0 + b, TSign.Signed), p0, q0, xk, ref a0, ref b0);
                 if (TR.Count > 1)
                 {
+                    PrefetchNextFourRows(w0 + b, rowBytes);
                     EightNibbles<TW, TVec>(TW.LoadNibbleWords(w1 + b, TSign.Signed), p1, q1, xk, ref a1, ref b1);
                     EightNibbles<TW, TVec>(TW.LoadNibbleWords(w2 + b, TSign.Signed), p2, q2, xk, ref a2, ref b2);
                     EightNibbles<TW, TVec>(TW.LoadNibbleWords(w3 + b, TSign.Signed), p3, q3, xk, ref a3, ref b3);
@@ -387,6 +405,7 @@ internal static unsafe class QuantizedMatMul
         TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
         float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
         int groups = w.GroupsPerRow;
+        int halfBytes = (int)(2 * w.RowBytes / Math.Max(w.Cols, 1)); // bytes per two elements: k * halfBytes / 2 is k's offset
         for (int gi = 0; gi < groups; gi++)
         {
             var (s0, o0) = GroupScale<TD>(w, n, gi);
@@ -401,6 +420,7 @@ internal static unsafe class QuantizedMatMul
             for (; k + chunk <= end; k += chunk)
             {
                 TVec xa = TW.Load(x + k), xb = TW.Load(x + k + c);
+                PrefetchNextFourRows(w0 + ((k * halfBytes) >> 1), w.RowBytes);
                 var (wa, wb) = TD.Decode<TW, TVec>(w0, k, p0, q0);
                 a0 = TW.MultiplyAdd(wa, xa, a0);
                 b0 = TW.MultiplyAdd(wb, xb, b0);

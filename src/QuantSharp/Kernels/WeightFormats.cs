@@ -129,8 +129,8 @@ internal readonly unsafe struct WeightView
 internal interface IWeightDecoder
 {
     /// <summary>
-    /// True when a chunk's two vectors hold the even and the odd elements (packed nibbles) rather than the first and
-    /// second half: the activations are then laid out the same way within each chunk.
+    /// True when a chunk's two vectors hold the even and the odd elements (packed nibbles, half pairs) rather than the
+    /// first and second half: the activations are then laid out the same way within each chunk.
     /// </summary>
     static abstract bool Deinterleaved { get; }
 
@@ -242,7 +242,7 @@ internal readonly struct UnsignedNibbles : ISignedness
 
 internal readonly struct HalfDecoder : IWeightDecoder
 {
-    public static bool Deinterleaved => false;
+    public static bool Deinterleaved => true;
     public static int OffsetBias
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -255,14 +255,14 @@ internal readonly struct HalfDecoder : IWeightDecoder
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
-        => (TW.LoadHalves((ushort*)row + k), TW.LoadHalves((ushort*)row + k + TW.Count));
+        => TW.LoadHalfPairs((ushort*)row + k);
 
     public static unsafe float One(byte* row, int k) => HalfKernel.FromHalfBits(((ushort*)row)[k]);
 }
 
 internal readonly struct BFloat16Decoder : IWeightDecoder
 {
-    public static bool Deinterleaved => false;
+    public static bool Deinterleaved => true;
     public static int OffsetBias
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -275,7 +275,7 @@ internal readonly struct BFloat16Decoder : IWeightDecoder
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
-        => (TW.LoadBFloat16s((ushort*)row + k), TW.LoadBFloat16s((ushort*)row + k + TW.Count));
+        => TW.LoadBFloat16Pairs((ushort*)row + k);
 
     public static unsafe float One(byte* row, int k) => HalfKernel.FromBFloat16Bits(((ushort*)row)[k]);
 }

@@ -148,9 +148,12 @@ internal static class QuantizationPipeline
     /// <summary>Test hook: replaces the weight quantizer the recipe selects (on this thread).</summary>
     [ThreadStatic] internal static Func<QuantizationRecipe, IWeightQuantizer>? WeightQuantizerForTests;
 
-    /// <summary>The weight quantizer of <paramref name="recipe"/> (round to nearest with its weight observer).</summary>
+    /// <summary>The weight quantizer of <paramref name="recipe"/>: its <see cref="QuantizationRecipe.Method"/> (round to
+    /// nearest with its weight observer, or GPTQ with its <see cref="QuantizationRecipe.GptqOptions"/>).</summary>
     public static IWeightQuantizer WeightQuantizerFor(QuantizationRecipe recipe)
-        => WeightQuantizerForTests?.Invoke(recipe) ?? new RoundToNearest(recipe.WeightObserver);
+        => WeightQuantizerForTests?.Invoke(recipe) ?? (recipe.Method == QuantizationMethod.Gptq
+            ? new GptqWeightQuantizer(recipe.GptqOptions, recipe.WeightObserver)
+            : new RoundToNearest(recipe.WeightObserver));
 }
 
 /// <summary>The calibrate stage for one layer and a weight quantizer's statistics.</summary>

@@ -54,7 +54,7 @@ public class CalibrationTests
         var layers = ModuleTree.Walk(model).Where(e => e.Module is TorchSharp.Modules.Linear).ToList();
         var created = new List<string>();
         var make = RangeObservers.Factory("minmax", QuantizationRecipe.DefaultActivations);
-        using var calib = new Calibrator(model, layers, name =>
+        using var calib = new Calibrator(model, layers, (_, name) =>
         {
             created.Add(name);
             return make(name);

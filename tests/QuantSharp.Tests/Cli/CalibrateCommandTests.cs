@@ -9,7 +9,8 @@ namespace QuantSharp.Tests.Cli;
 /// <summary><c>quantsharp calibrate compare|sensitivity|mixed</c> on the bundled MNIST CNN, run in-process as a user would.</summary>
 public class CalibrateCommandTests
 {
-    private static JsonElement Json(params string[] args)
+    /// <summary>Runs the CLI in-process, requires exit 0 and parses its JSON output.</summary>
+    internal static JsonElement Json(params string[] args)
     {
         var (exit, output, error) = DemoCommandTests.RunCli(args);
         Assert.True(exit == 0, $"exit {exit}: {error}");

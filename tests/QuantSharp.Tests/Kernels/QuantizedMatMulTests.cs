@@ -123,20 +123,24 @@ public unsafe class QuantizedMatMulTests
                 var lanes128 = HalfLanes.FromHalf(Vector128.Create(Widen(p + i, 4))).AsUInt32();
                 var lanes256 = HalfLanes.FromHalf(Vector256.Create(Widen(p + i, 8))).AsUInt32();
                 var lanes512 = HalfLanes.FromHalf(Vector512.Create(Widen(p + i, 16))).AsUInt32();
+                var scalar = new float[16];
+                for (int j = 0; j < 16; j += 2) (scalar[j], scalar[j + 1]) = Float1.LoadHalfPairs(p + i + j);
                 for (int j = 0; j < 16; j++)
                 {
                     if (j < 4) Assert.Equal(expected[i + j], lanes128[j]);
                     if (j < 8) Assert.Equal(expected[i + j], lanes256[j]);
                     Assert.Equal(expected[i + j], lanes512[j]);
+                    Assert.Equal(expected[i + j], BitConverter.SingleToUInt32Bits(scalar[j]));
                 }
             }
         }
     }
 
+    /// <summary>Half bits in the upper 16 bits of each lane, as the vector loads leave them, with other bits below.</summary>
     private static uint[] Widen(ushort* p, int n)
     {
         var r = new uint[n];
-        for (int i = 0; i < n; i++) r[i] = p[i];
+        for (int i = 0; i < n; i++) r[i] = (uint)p[i] << 16 | (uint)(p[i] * 40503 & 0xFFFF);
         return r;
     }
 

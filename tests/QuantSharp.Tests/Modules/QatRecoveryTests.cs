@@ -6,10 +6,11 @@ namespace QuantSharp.Tests.Modules;
 
 /// <summary>
 /// The QAT claim of docs/ACCURACY.md on a small fast configuration (issue 11: "QAT recovers at least 70% of the
-/// round-to-nearest accuracy drop"): a seeded MLP trained on a seeded synthetic 10-class problem, then round-to-nearest
-/// and QAT (LSQ, fine-tuned from the float model) at int2, per channel and per group, all measured here on held-out
-/// samples. (At int4 this small problem loses nothing to rounding, so there is no drop to recover; the int4 claim is
-/// measured on Fashion-MNIST, docs/ACCURACY.md.)
+/// round-to-nearest accuracy drop"), with the same protocol as the Fashion-MNIST numbers: a seeded MLP trained on a
+/// seeded synthetic 10-class problem; round-to-nearest at int2, per channel and per group; QAT fine-tuned from the float
+/// model with each setting of a small grid (STE, LSQ), the one with the best accuracy on a VALIDATION set kept, and only
+/// that one measured on a separate test set. (At int4 this small problem loses nothing to rounding, so there is no drop
+/// to recover; the int4 claim is measured on Fashion-MNIST, docs/ACCURACY.md.)
 /// </summary>
 [Collection(TorchThreadsCollection.Name)]
 public class QatRecoveryTests
@@ -59,6 +60,13 @@ public class QatRecoveryTests
         model.eval();
     }
 
+    /// <summary>The settings tried, in order: straight-through with min/max scales frozen after 50 steps, and LSQ.</summary>
+    private static readonly (string Name, FakeQuantizeOptions Options)[] Grid =
+    [
+        ("STE", new FakeQuantizeOptions { FreezeObserverAfter = 50 }),
+        ("LSQ", new FakeQuantizeOptions { Learnable = true }),
+    ];
+
     [Fact]
     public void QatRecoversMostOfTheRoundToNearestDropAtInt2()
     {
@@ -68,6 +76,7 @@ public class QatRecoveryTests
         var centres = randn(10, 32, generator: g) * 0.45f;
         var (xTrain, yTrain) = Data(8192, centres, g);
         var (xTest, yTest) = Data(4096, centres, g);
+        var (xValidation, yValidation) = Data(2048, centres, g);
         using var model = new Net();
         Train(model, xTrain, yTrain, steps: 600, lr: 3e-3, g);
         double fp = Accuracy(model, xTest, yTest);
@@ -79,15 +88,30 @@ public class QatRecoveryTests
             using var rtn = rtnResult.Model;
             double rtnAcc = Accuracy(rtn, xTest, yTest);
 
-            using var qat = QuantizationAwareTraining.Prepare(model, recipe, () => new Net(), options: new FakeQuantizeOptions { Learnable = true });
-            Train(qat, xTrain, yTrain, steps: 300, lr: 1e-3, g);
-            QuantizationAwareTraining.Convert(qat);
-            double qatAcc = Accuracy(qat, xTest, yTest);
+            // The setting is chosen on the validation set only (ties keep the earlier one); the test set is used once, after.
+            Net? chosen = null;
+            double bestValidation = -1;
+            string chosenName = "";
+            foreach (var (name, options) in Grid)
+            {
+                var qat = QuantizationAwareTraining.Prepare(model, recipe, () => new Net(), options: options);
+                Train(qat, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23)); // the same batches for every setting
+                QuantizationAwareTraining.Convert(qat);
+                double v = Accuracy(qat, xValidation, yValidation);
+                if (v > bestValidation)
+                {
+                    chosen?.Dispose();
+                    (chosen, bestValidation, chosenName) = (qat, v, name);
+                }
+                else qat.Dispose();
+            }
+            using var best = chosen!;
+            double qatAcc = Accuracy(best, xTest, yTest);
 
             double drop = fp - rtnAcc;
             Assert.True(drop > 0.02, $"int2 {granularity}: round-to-nearest should visibly lose accuracy here (float {fp:P2}, RTN {rtnAcc:P2})");
             double recovered = (qatAcc - rtnAcc) / drop;
-            Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2})");
+            Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT ({chosenName}, chosen on validation) recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2})");
         }
     }
 }
