@@ -63,6 +63,14 @@ internal interface IFloatWidth<TVec> where TVec : struct
     static abstract unsafe (TVec Low, TVec High) DecodeNibbles(byte* p, bool flip, TVec groupP, TVec groupQ);
 
     /// <summary>
+    /// The per-group constants of <see cref="NibbleAt"/> for scale <paramref name="scale"/> and zero point
+    /// <paramref name="zeroPoint"/> (int4 when <paramref name="signed"/>, else uint4): where the width looks values up,
+    /// the group's 16 dequantized values <c>(q - zeroPoint) * scale</c> indexed by the raw nibble, exactly as the
+    /// specification (<see cref="WeightView.Dequantized"/>); elsewhere the scale and the offset of <see cref="NibbleGroup"/>.
+    /// </summary>
+    static abstract (TVec P, TVec Q) NibbleLookup(float scale, int zeroPoint, bool signed);
+
+    /// <summary>
     /// <c>4 * Count</c> bytes of packed nibbles as raw 32-bit lanes: lane <c>j</c> holds elements <c>8j..8j+7</c>, element
     /// <c>8j+i</c> at bits <c>4i..4i+3</c>. With <paramref name="flip"/> a width that decodes by arithmetic XORs every
     /// nibble with 8 here (once per eight nibbles); a width that looks values up leaves it to <see cref="NibbleGroup"/>.
@@ -71,7 +79,7 @@ internal interface IFloatWidth<TVec> where TVec : struct
 
     /// <summary>
     /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/>, dequantized with the
-    /// constants of <see cref="NibbleGroup"/>: <c>(u ^ flip) * scale + offset</c>, the same bits as <see cref="DecodeNibbles"/>.
+    /// constants of <see cref="NibbleLookup"/>.
     /// </summary>
     static abstract TVec NibbleAt(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift, TVec groupP, TVec groupQ);
 
@@ -130,6 +138,17 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
         return (Avx512F.PermuteVar16x32(groupP, v), Avx512F.PermuteVar16x32(groupP, v >>> 4));
     }
 
+    /// <summary>One multiply per group: the 16 values of q (int4: 0..7 then -8..-1 for raw nibbles 0..15), minus the zero point, times the scale.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector512<float> P, Vector512<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed)
+    {
+        var q = signed
+            ? Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1)
+            : Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        if (zeroPoint != 0) q -= Vector512.Create((float)zeroPoint); // exact: small integers
+        return (q * Vector512.Create(scale), default);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> LoadNibbleWords(byte* p, bool flip) => Vector512.Load((float*)p);
 
@@ -183,6 +202,9 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (Vector256<float> P, Vector256<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector256<float> P, Vector256<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (Create(scale), Create(-(zeroPoint + (signed ? 8 : 0)) * scale));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector256<float> Low, Vector256<float> High) DecodeNibbles(byte* p, bool flip, Vector256<float> groupP, Vector256<float> groupQ)
@@ -246,6 +268,9 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     public static (Vector128<float> P, Vector128<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector128<float> P, Vector128<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (Create(scale), Create(-(zeroPoint + (signed ? 8 : 0)) * scale));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector128<float> Low, Vector128<float> High) DecodeNibbles(byte* p, bool flip, Vector128<float> groupP, Vector128<float> groupQ)
     {
         var (lo, hi) = LoadNibbles(p, flip);
@@ -296,6 +321,8 @@ internal readonly struct Float1 : IFloatWidth<float>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (float P, float Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
+
+    public static (float P, float Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (scale, -(zeroPoint + (signed ? 8 : 0)) * scale);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (float Low, float High) DecodeNibbles(byte* p, bool flip, float groupP, float groupQ)

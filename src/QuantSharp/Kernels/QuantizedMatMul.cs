@@ -250,8 +250,8 @@ internal static unsafe class QuantizedMatMul
     private static (TVec P, TVec Q) NibbleGroup<TW, TVec, TSign>(in WeightView w, int n, int g)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
-        var (s, offset) = GroupScale<NibbleDecoder<TSign>>(w, n, g);
-        return TW.NibbleGroup(s, offset, TSign.Signed);
+        var (s, z) = w.Params(n, g);
+        return TW.NibbleLookup(s, z, TSign.Signed);
     }
 
     /// <summary>The eight nibbles of every lane of <paramref name="words"/> times their activations, into two accumulators.</summary>

@@ -249,8 +249,12 @@ public sealed class QuantizedCheckpoint : IDisposable
                 try { _ = CheckpointLayout.For(info); }
                 catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or NotSupportedException or DivideByZeroException or OverflowException)
                 {
+                    // Our own words for what the runtime reports in its own (an index out of range, a division by zero).
+                    string why = ex is ArgumentException ? CheckpointQuantizer.PlainMessage(ex)
+                        : info.Granularity is PerAxis a ? $"axis {a.Axis} is not an axis of a tensor of rank {info.Shape.Length}"
+                        : "they describe no stored layout";
                     throw new QuantizedFileException($"{file}: layer '{p.Name}': its settings ({info.Type.ToName()}, {info.Granularity?.ToString() ?? "-"}) do not fit its shape " +
-                        $"[{string.Join(", ", info.Shape)}] ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
+                        $"[{string.Join(", ", info.Shape)}] ({why}). Re-create the file with 'quantsharp quantize'.", ex);
                 }
                 if (!result.TryAdd(p.Name, info))
                     throw new QuantizedFileException($"{file}: '{LayersKey}' lists layer '{p.Name}' twice.");

@@ -133,6 +133,17 @@ public class CliErrorTests
         Assert.False(File.Exists(dir["out.safetensors"]));
     }
 
+    /// <summary>Issue 8 as found on d617afc: <c>observe --dtype int3</c> ended "(Parameter 'name')" with exit code 1.</summary>
+    [Fact]
+    public void ObserveRefusesABadDtypeWithoutTheParameterName()
+    {
+        using var dir = new TempDir();
+        string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
+        var (code, _, err) = Run(Program.BuildRoot(), "observe", input, "--tensor", "model.layers.1.mlp.down_proj.weight", "--dtype", "int3");
+        Assert.Equal(2, code);
+        Assert.Equal("error: Unknown quantization type 'int3'. Use one of: int8, uint8, int4, uint4, int2, uint2, float16, bfloat16.", err.Trim());
+    }
+
     [Fact]
     public void AReadOnlyFileSystemIsNotCalledAFullDisk()
     {

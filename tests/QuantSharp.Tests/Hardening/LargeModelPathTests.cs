@@ -150,6 +150,7 @@ public class LargeModelPathTests
         Assert.InRange(result.Report.Layers.Single().WeightSqnrDb, 35, 60);
         floatTable.Dispose(); // in place: the float table left the model and is freed here
         GC.Collect();
+        GC.WaitForPendingFinalizers();
 
         long[] sample = [0, 1, 12345, 1L << 20, Rows - 2, Rows - 1];
         using var indices = torch.tensor(sample);
@@ -199,28 +200,34 @@ public class LargeModelPathTests
             var weight = torch.empty([rows, dim], ScalarType.BFloat16);
             if (fill)
             {
-                const long Chunk = 1 << 14;
+                // Row i depends on i mod 2001 only: one period is computed, then copied down the table.
                 using var noGrad = no_grad();
-                for (long r = 0; r < rows; r += Chunk)
+                using var period = Rows(0, Period, dim);
+                for (long r = 0; r < rows; r += Period)
                 {
-                    using var scope = NewDisposeScope();
-                    long n = Math.Min(Chunk, rows - r);
-                    weight.narrow(0, r, n).copy_(Rows(r, n, dim));
+                    long n = Math.Min(Period, rows - r);
+                    using var target = weight.narrow(0, r, n);
+                    using var source = period.narrow(0, 0, n);
+                    target.copy_(source);
                 }
             }
             table = nn.Embedding_from_pretrained(weight, freeze: true);
+            weight.Dispose(); // the module's parameter keeps the storage; this handle would keep it alive after the module is disposed
             RegisterComponents();
         }
 
         public nn.Module Table => table;
 
+        private const long Period = 2001;
+
         /// <summary>Rows [r, r + n): ((i * 7919 + j * 104729) mod 2001 - 1000) / 1000 * (1 + j mod 3), as bfloat16.</summary>
         private static Tensor Rows(long r, long n, long dim)
         {
+            using var scope = NewDisposeScope();
             var i = torch.arange(r, r + n, ScalarType.Int64).unsqueeze(1);
             var j = torch.arange(0, dim, ScalarType.Int64).unsqueeze(0);
-            var v = ((i * 7919 + j * 104729) % 2001 - 1000).to(ScalarType.Float32) / 1000 * (1 + j % 3).to(ScalarType.Float32);
-            return v.to(ScalarType.BFloat16);
+            var v = ((i * 7919 + j * 104729) % Period - 1000).to(ScalarType.Float32) / 1000 * (1 + j % 3).to(ScalarType.Float32);
+            return v.to(ScalarType.BFloat16).MoveToOuterDisposeScope();
         }
 
         public static Tensor Row(long r, long dim) => Rows(r, 1, dim).reshape(dim);
