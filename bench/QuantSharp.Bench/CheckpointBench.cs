@@ -52,7 +52,7 @@ internal static class CheckpointBench
             Console.WriteLine($"baseline File.Copy: {Gb(bytes)} GB in {copySeconds:0.0} s = {bytes / 1e9 / copySeconds:0.000} GB/s");
             Directory.Delete(copy, true);
 
-            var results = new List<(string Name, double Seconds, double PeakMb, CheckpointQuantizationReport Report)>();
+            var results = new List<(string Name, double Seconds, double PeakMb, QuantSharp.Validation.QuantizationReport Report)>();
             foreach (var (name, path, settings) in new[]
             {
                 ("int8 per-channel", out8, new QuantizationRecipe { Type = QuantType.Int8 }),
@@ -66,7 +66,7 @@ internal static class CheckpointBench
                 double s = sw.Elapsed.TotalSeconds;
                 double peak = PeakMb();
                 results.Add((name, s, peak, report));
-                double min = report.Tensors.Where(t => t.SqnrDb is not null).Min(t => t.SqnrDb!.Value);
+                double min = report.Layers.Where(t => t.WeightSqnrDb is not null).Min(t => t.WeightSqnrDb!.Value);
                 Console.WriteLine($"{name}: {Gb(bytes)} GB in {s:0.0} s = {bytes / 1e9 / s:0.000} GB/s ({bytes / 1e9 / s / (bytes / 1e9 / copySeconds):0.00}x File.Copy); " +
                     $"output {Gb(report.OutputFileBytes)} GB ({report.Ratio:0.00}x smaller); min SQNR {min:0.00} dB; passed {report.Passed}; " +
                     $"peak RSS {peak:0} MB (limit 1536 + {largest / 1048576.0:0} = {1536 + largest / 1048576.0:0} MB)");

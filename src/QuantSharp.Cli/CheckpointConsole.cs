@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using QuantSharp.Validation;
 using Spectre.Console;
 
 namespace QuantSharp.Cli;
@@ -100,7 +101,7 @@ internal static class CheckpointConsole
 
     /// <summary>The per-tensor table of a quantization or validation report: the quantized tensors and any tensor with
     /// a problem (copied tensors that pass are summarized in one line).</summary>
-    public static Table TensorTable(IEnumerable<TensorQuantizationReport> all)
+    public static Table TensorTable(IEnumerable<LayerReport> all)
     {
         var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0);
         var table = new Table().Border(TableBorder.Rounded)
@@ -113,10 +114,10 @@ internal static class CheckpointConsole
                 Markup.Escape(t.Name),
                 t.Quantized ? "quantized" : "copied",
                 Markup.Escape(t.Spec?.ToString() ?? ""),
-                Markup.Escape(Shape(t.Shape)),
+                Markup.Escape(Shape(t.Shape ?? [])),
                 Bytes(t.OriginalBytes),
                 Bytes(t.StoredBytes),
-                Db(t.SqnrDb),
+                Db(t.WeightSqnrDb),
                 t.Problems.Count == 0 ? "[green]ok[/]" : "[red]FAIL[/]");
         }
         return table;

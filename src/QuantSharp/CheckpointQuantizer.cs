@@ -53,7 +53,7 @@ public static class CheckpointQuantizer
     /// <exception cref="CheckpointQuantizationException">Bad input, settings or paths; an I/O failure (disk full...).</exception>
     /// <exception cref="CheckpointValidationException">Validation failed under <see cref="ValidationFailureMode.Error"/>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the temporary files are removed).</exception>
-    public static CheckpointQuantizationReport Quantize(string input, string output, QuantizationRecipe? recipe = null,
+    public static QuantizationReport Quantize(string input, string output, QuantizationRecipe? recipe = null,
         IProgress<CheckpointProgress>? progress = null, CancellationToken cancellationToken = default, bool overwrite = false)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -254,10 +254,10 @@ public static class CheckpointQuantizer
 
     private static string Observer(RecipePlanner s) => QuantizationRecipe.NormalizeObserver(s.Recipe.WeightObserver);
 
-    private static CheckpointQuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s, List<string> recipeWarnings,
+    private static QuantizationReport Run(ShardedCheckpoint source, List<PlanItem> plan, RecipePlanner s, List<string> recipeWarnings,
         string inFull, string outFull, IProgress<CheckpointProgress>? progress, CancellationToken ct, Stopwatch sw)
     {
-        var reports = new List<TensorQuantizationReport>();
+        var reports = new List<LayerReport>();
         var problems = new List<string>();
         var unrepresentable = new List<string>(); // infinite or NaN outputs: refused under every failure mode
         long total = plan.Sum(p => p.Info.ByteLength), done = 0;
@@ -282,12 +282,11 @@ public static class CheckpointQuantizer
                     foreach (var item in items)
                     {
                         ct.ThrowIfCancellationRequested();
-                        TensorQuantizationReport r;
+                        LayerReport r;
                         if (item.Action == Action.Copy)
                         {
                             Copy(writer.Raw, item, ref done, total, progress, ct);
-                            r = new TensorQuantizationReport(item.Info.Name, fileName, false, null, item.Info.DType, item.Info.Shape,
-                                item.Info.ByteLength, item.Info.ByteLength, null, null, []);
+                            r = LayerReport.Copied(item.Info, fileName, []);
                         }
                         else
                         {
@@ -322,9 +321,13 @@ public static class CheckpointQuantizer
                 outBytes = Directory.EnumerateFiles(tempDir).Sum(f => new FileInfo(f).Length);
                 atomic.Promote(source.IsFolder ? null : Path.GetFileName(outFull));
             }
-            var report = new CheckpointQuantizationReport(inFull, outFull, reports, problems, validation.Enabled, write, source.TotalFileBytes, outBytes, sw.Elapsed)
+            var report = new QuantizationReport
             {
-                RunWarnings = warnings,
+                Input = inFull, Output = outFull, Layers = reports, Problems = problems, Validated = validation.Enabled, Written = write,
+                InputFileBytes = source.TotalFileBytes, OutputFileBytes = outBytes, Elapsed = sw.Elapsed, RunWarnings = warnings,
+                OriginalBytes = reports.Sum(r => r.OriginalBytes), StoredBytes = reports.Sum(r => r.StoredBytes),
+                ReloadCheck = !validation.Enabled || !validation.ReloadCheck ? CheckStatus.NotRun
+                    : problems.Any(p => p.Contains(": reload: ", StringComparison.Ordinal)) ? CheckStatus.Failed : CheckStatus.Passed,
             };
             if (!write) throw new CheckpointValidationException(report);
             return report;
@@ -376,7 +379,7 @@ public static class CheckpointQuantizer
     private static bool IsDiskFull(IOException ex) => ex.HResult == 28 || (ex.HResult & 0xFFFF) == 28 || ex.HResult == unchecked((int)0x80070070)
         || ex.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);
 
-    private static IEnumerable<string> OutputNames(PlanItem item, TensorQuantizationReport r)
+    private static IEnumerable<string> OutputNames(PlanItem item, LayerReport r)
     {
         yield return item.Info.Name;
         if (item.Action == Action.Quantize && item.Spec!.Type.IsInteger())
@@ -576,7 +579,7 @@ public static class CheckpointQuantizer
         return t;
     }
 
-    private static (TensorQuantizationReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, RecipePlanner s,
+    private static (LayerReport, QuantizedLayerInfo) QuantizeOne(QuantizedCheckpointWriter writer, PlanItem item, RecipePlanner s,
         string fileName, List<string> unrepresentable, ref long done, long total, IProgress<CheckpointProgress>? progress, CancellationToken ct)
     {
         var info = item.Info;
@@ -593,6 +596,7 @@ public static class CheckpointQuantizer
         long chunkCount = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
         long rowBytes = rowwise ? info.ByteLength / Math.Max(1, rows) : info.ByteLength;
         var problems = new List<string>();
+        bool rangeOk = true;
 
         // Parameters that span rows (per-tensor, per-channel along another axis) or come from a whole-tensor observer
         // need a first pass over all chunks; min/max per row (per-channel on axis 0, groups) is found chunk by chunk.
@@ -646,7 +650,10 @@ public static class CheckpointQuantizer
                     if (validate)
                     {
                         foreach (var p in WeightChecks.RangeProblems(name, q))
+                        {
+                            rangeOk = false;
                             if (!problems.Contains(p)) problems.Add(p);
+                        }
                     }
                 }
                 if (validate)
@@ -701,8 +708,7 @@ public static class CheckpointQuantizer
             spec.Type.IsInteger() ? spec.Scheme : null, spec.Type.IsInteger() ? spec.Granularity : null,
             spec.ReduceRange, spec.Type.IsInteger() ? observer : null, db);
         writer.RecordLayer(name, layer);
-        return (new TensorQuantizationReport(name, fileName, true, spec, info.DType, info.Shape, info.ByteLength, stored, db,
-            validate ? threshold : null, problems, item.Fallback), layer);
+        return (LayerReport.ForTensor(info, fileName, spec, stored, db, validate ? threshold : null, problems, rangeOk, item.Fallback), layer);
     }
 
     /// <summary>Infinite or NaN values among what would be stored (float16/bfloat16 data, or integer scales).</summary>

@@ -530,7 +530,7 @@ public sealed record QuantizationRecipe
         : throw new InvalidOperationException($"expected an array, got {Kind(e)}");
 
     /// <summary>Parses <c>symmetric</c> or <c>affine</c>.</summary>
-    public static QuantScheme ParseScheme(string text) => text.Trim().ToLowerInvariant() switch
+    internal static QuantScheme ParseScheme(string text) => text.Trim().ToLowerInvariant() switch
     {
         "symmetric" or "sym" => QuantScheme.Symmetric,
         "affine" or "asymmetric" or "asym" => QuantScheme.Affine,
@@ -554,7 +554,7 @@ public sealed record QuantizationRecipe
     };
 
     /// <summary>Parses <c>error</c>, <c>warn</c> or <c>ignore</c>.</summary>
-    public static ValidationFailureMode ParseOnFailure(string text) => text.Trim().ToLowerInvariant() switch
+    internal static ValidationFailureMode ParseOnFailure(string text) => text.Trim().ToLowerInvariant() switch
     {
         "error" => ValidationFailureMode.Error,
         "warn" or "warning" => ValidationFailureMode.Warn,

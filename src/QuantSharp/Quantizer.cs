@@ -359,10 +359,12 @@ public static class Quantizer
         Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced,
         IWeightQuantizer? method = null)
     {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
         var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
         var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
         var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
+        var fallbackOf = planned.Where(p => p.Weight.Fallback is not null).ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Fallback!, StringComparer.Ordinal);
         // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
         var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
         // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
@@ -456,9 +458,14 @@ public static class Quantizer
                 if (double.IsNaN(gated)) problems.Add($"{what} is NaN");
                 if (gated < minW)
                     problems.Add($"{what} {gated:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
-                layerReports.Add(new LayerReport(e.Name, floatType, WeightQuantizer.Describe(spec),
-                    act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    weightSqnr, null, layer.FloatBytes, layerQuant, rangeOk, problems, layer.CalibrationOutputSqnrDb));
+                layerReports.Add(new LayerReport
+                {
+                    Name = e.Name, ModuleType = floatType, Spec = spec,
+                    Activations = act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
+                    WeightSqnrDb = weightSqnr, CalibrationOutputSqnrDb = layer.CalibrationOutputSqnrDb,
+                    ThresholdDb = cfg.Validation.Enabled && double.IsFinite(minW) ? minW : null, OriginalBytes = layer.FloatBytes, StoredBytes = layerQuant,
+                    RangeOk = rangeOk, Problems = problems, Fallback = fallbackOf.GetValueOrDefault(e.Name),
+                });
             }
             // Reported in model order, whatever order a sequential method quantized them in.
             var modelOrder = plans.Select((p, i) => (p.Entry.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
@@ -505,15 +512,15 @@ public static class Quantizer
                 report = new QuantizationReport
                 {
                     Layers = layerReports,
-                    Fallbacks = fallbacks,
                     Skipped = skipped,
-                    FloatBytes = floatBytes,
-                    QuantizedBytes = quantBytes,
+                    OriginalBytes = floatBytes,
+                    StoredBytes = quantBytes,
                     ModelOutputSqnrDb = modelSqnr,
                     CalibrationSamples = calib?.Samples ?? 0,
                     ReloadCheck = reload,
                     ReloadDetail = detail,
-                    Failures = failures,
+                    Problems = failures,
+                    Elapsed = clock.Elapsed,
                 };
                 if (!report.Passed)
                 {

@@ -273,8 +273,8 @@ public class QuantizerTests
         if (kind != "int8") Assert.Equal(new PerGroup(112), r.Layers[0].Weights.Granularity);
         long floatBytes = ModelMemory.Bytes(model);
         long quantBytes = ModelMemory.Bytes(r.Model);
-        Assert.Equal(floatBytes, r.Report!.FloatBytes);
-        Assert.Equal(quantBytes, r.Report.QuantizedBytes);
+        Assert.Equal(floatBytes, r.Report!.OriginalBytes);
+        Assert.Equal(quantBytes, r.Report.StoredBytes);
         // Independent count of the float model: 4 bytes per parameter.
         Assert.Equal(4L * (784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10), floatBytes);
         double ratio = (double)quantBytes / floatBytes;
@@ -289,7 +289,7 @@ public class QuantizerTests
         var data = TestData.Batches(2, 16, [64]);
         var r = Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8Static() with { CalibrationSamples = 32 }, () => new Mlp(), data);
         var report = r.Report!;
-        Assert.True(report.Passed, string.Join("; ", report.Failures));
+        Assert.True(report.Passed, string.Join("; ", report.Problems));
         Assert.Equal(3, report.Layers.Count);
         Assert.All(report.Layers, l =>
         {
@@ -301,14 +301,19 @@ public class QuantizerTests
         });
         Assert.NotNull(report.ModelOutputSqnrDb);
         Assert.Equal(32, report.CalibrationSamples);
-        var back = QuantizationReport.FromJson(report.ToJson());
-        Assert.Equal(report.Layers.Select(l => (l.Name, l.WeightSqnrDb, l.OutputSqnrDb)), back.Layers.Select(l => (l.Name, l.WeightSqnrDb, l.OutputSqnrDb)));
-        Assert.Equal(report.QuantizedBytes, back.QuantizedBytes);
-        Assert.Contains("\"weightSqnrDb\"", report.ToJson());
+        // The JSON the CLI prints (SQNR to 4 decimals) reads back.
+        var back = QuantizationReport.FromJson(report.ToJson().ToJsonString());
+        Assert.Equal(report.Layers.Select(l => (l.Name, R(l.WeightSqnrDb), R(l.OutputSqnrDb), l.Spec, l.ModuleType, l.Activations, l.StoredBytes)),
+            back.Layers.Select(l => (l.Name, l.WeightSqnrDb, l.OutputSqnrDb, l.Spec, l.ModuleType, l.Activations, l.StoredBytes)));
+        Assert.Equal((report.StoredBytes, report.OriginalBytes, R(report.ModelOutputSqnrDb), report.ReloadCheck, report.Passed),
+            (back.StoredBytes, back.OriginalBytes, back.ModelOutputSqnrDb, back.ReloadCheck, back.Passed));
+        Assert.Contains("\"sqnr_db\"", report.ToJson().ToJsonString());
         string table = report.ToString();
         Assert.Contains("fc2", table);
         Assert.Contains("weight SQNR dB", table);
         Assert.Contains("% of float", table);
+
+        static double? R(double? v) => v is { } d ? Math.Round(d, 4) : null;
     }
 
     [Fact]

@@ -69,7 +69,7 @@ internal static class DemoMiniLMCommand
                     ["name"] = l.Name,
                     ["weights"] = l.Weights,
                     ["activations"] = l.Activations,
-                    ["weight_sqnr_db"] = Num(l.WeightSqnrDb, 2),
+                    ["weight_sqnr_db"] = l.WeightSqnrDb is { } w && double.IsFinite(w) ? Num(w, 2) : null,
                     ["output_sqnr_db"] = l.OutputSqnrDb is { } o && double.IsFinite(o) ? Num(o, 2) : null,
                 }).ToArray()),
                 ["warnings"] = new JsonArray(v.Warnings.Select(w => (JsonNode?)JsonValue.Create(w)).ToArray()),

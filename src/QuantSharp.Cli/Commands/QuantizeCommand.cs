@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using QuantSharp.Validation;
 using Spectre.Console;
 
 namespace QuantSharp.Cli.Commands;
@@ -66,7 +67,7 @@ internal static class QuantizeCommand
             bool asJson = parseResult.GetValue(json);
             string inPath = parseResult.GetValue(input)!, outPath = parseResult.GetValue(output)!;
             bool replace = parseResult.GetValue(overwrite);
-            CheckpointQuantizationReport report;
+            QuantizationReport report;
             // Ctrl+C and SIGTERM cancel the run between chunks, which removes its temporary folder before exiting.
             using var interrupt = new InterruptCancellation();
             try
@@ -99,14 +100,14 @@ internal static class QuantizeCommand
         return cmd;
     }
 
-    private static void Print(ParseResult parseResult, CheckpointQuantizationReport r)
+    private static void Print(ParseResult parseResult, QuantizationReport r)
     {
         var console = CheckpointConsole.For(parseResult);
-        console.Write(CheckpointConsole.TensorTable(r.Tensors));
-        int q = r.Tensors.Count(t => t.Quantized);
-        double? min = r.Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min();
+        console.Write(CheckpointConsole.TensorTable(r.Layers));
+        int q = r.Layers.Count(t => t.Quantized);
+        double? min = r.Layers.Where(t => t.WeightSqnrDb is not null).Select(t => t.WeightSqnrDb).DefaultIfEmpty(null).Min();
         console.MarkupLine(Markup.Escape(
-            $"{q} tensors quantized, {r.Tensors.Count - q} copied; tensors {CheckpointConsole.Bytes(r.OriginalTensorBytes)} -> {CheckpointConsole.Bytes(r.StoredTensorBytes)} " +
+            $"{q} tensors quantized, {r.Layers.Count - q} copied; tensors {CheckpointConsole.Bytes(r.OriginalBytes)} -> {CheckpointConsole.Bytes(r.StoredBytes)} " +
             $"({r.Ratio.ToString("0.00", CultureInfo.InvariantCulture)}x smaller); lowest SQNR {CheckpointConsole.Db(min)} dB; " +
             $"{r.Elapsed.TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s."));
         foreach (var w in r.Warnings) console.MarkupLine("[yellow]" + Markup.Escape("warning: " + w) + "[/]");

@@ -31,7 +31,7 @@ internal static class ValidateCommand
                 return CheckpointConsole.Fail(parseResult, ex.Message);
             }
             string a = parseResult.GetValue(original)!, b = parseResult.GetValue(quantized)!;
-            CheckpointValidationReport report;
+            QuantizationReport report;
             bool asJson = parseResult.GetValue(json);
             try
             {
@@ -46,13 +46,13 @@ internal static class ValidateCommand
             else
             {
                 var console = CheckpointConsole.For(parseResult);
-                console.Write(CheckpointConsole.TensorTable(report.Tensors));
-                int q = report.Tensors.Count(t => t.Quantized);
-                double? min = report.Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min();
-                double ratio = report.StoredTensorBytes == 0 ? 1 : (double)report.OriginalTensorBytes / report.StoredTensorBytes;
+                console.Write(CheckpointConsole.TensorTable(report.Layers));
+                int q = report.Layers.Count(t => t.Quantized);
+                double? min = report.Layers.Where(t => t.WeightSqnrDb is not null).Select(t => t.WeightSqnrDb).DefaultIfEmpty(null).Min();
+                double ratio = report.StoredBytes == 0 ? 1 : (double)report.OriginalBytes / report.StoredBytes;
                 console.MarkupLine(Markup.Escape(
-                    $"{q} quantized tensors, {report.Tensors.Count - q} copied; {CheckpointConsole.Bytes(report.OriginalTensorBytes)} -> " +
-                    $"{CheckpointConsole.Bytes(report.StoredTensorBytes)} ({ratio.ToString("0.00", CultureInfo.InvariantCulture)}x); lowest SQNR {CheckpointConsole.Db(min)} dB."));
+                    $"{q} quantized tensors, {report.Layers.Count - q} copied; {CheckpointConsole.Bytes(report.OriginalBytes)} -> " +
+                    $"{CheckpointConsole.Bytes(report.StoredBytes)} ({ratio.ToString("0.00", CultureInfo.InvariantCulture)}x); lowest SQNR {CheckpointConsole.Db(min)} dB."));
                 CheckpointConsole.WriteProblems(console, report.Problems, asWarnings: false);
                 console.MarkupLine(report.Passed ? "[green]Validation passed.[/]" : $"[red]Validation failed: {report.Problems.Count} problem(s).[/]");
             }

@@ -248,8 +248,16 @@ internal static unsafe class PackedIntegerMatMul
             int g1 = Math.Min(groups, g0 + BlockGroups);
             for (int r = 0; r < rows; r++)
                 rowSums[r] += CopySlice(w.Data + (nint)(n0 + r) * k, g0 * depth, Math.Min(k, g1 * depth), tile + r * TileStride, depth == 2);
+            // The next block's weights are fetched a few lines per strip, while this block computes.
+            int nextBytes = Math.Min(k, (g1 + BlockGroups) * depth) - g1 * depth;
+            int linesPerRow = (nextBytes + 63) / 64, lines = rows * linesPerRow;
             for (int s = 0; s < block.Strips; s++)
             {
+                if (Sse.IsSupported)
+                {
+                    for (int l = s * lines / block.Strips, l1 = (s + 1) * lines / block.Strips; l < l1; l++)
+                        Sse.Prefetch0(w.Data + (nint)(n0 + l / linesPerRow) * k + g1 * depth + l % linesPerRow * 64);
+                }
                 byte* b = block.Data + ((nint)s * groups + g0) * width * 4;
                 for (int t = 0; t < tiles; t++)
                     Micro<TW, TVec>(tile + t * TileRows * TileStride, TileStride, b, g1 - g0, yt + t * TileRows * ldt + s * width, ldt, width * 4);

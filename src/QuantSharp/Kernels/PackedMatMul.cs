@@ -47,7 +47,12 @@ internal static unsafe class PackedMatMul
     /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Distance between output rows.</param>
     /// <param name="order">The activation column each packed position reads (the nibble decoders' chunk order), or null for identity.</param>
-    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy)
+    /// <param name="transposed">
+    /// True when <paramref name="x"/> holds <c>x^T</c> (K rows of <paramref name="m"/> floats, <paramref name="ldx"/>
+    /// apart) and <paramref name="y"/> receives <c>y^T</c> (N rows, <paramref name="ldy"/> apart): a 1x1
+    /// convolution's image <c>[C, H*W]</c> in and <c>[O, H*W]</c> out, with no transposition on either side.
+    /// </param>
+    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count;
@@ -60,7 +65,11 @@ internal static unsafe class PackedMatMul
             fixed (int* perm = order)
             {
                 nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
-                KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth));
+                KernelThreads.For(strips, (long)stripWidth * k * 8, s =>
+                {
+                    if (transposed) PackStripTransposed((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth);
+                    else PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth);
+                });
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
@@ -72,7 +81,7 @@ internal static unsafe class PackedMatMul
                     try
                     {
                         fixed (float* tile = scratch)
-                            Item<TW, TVec, TD>(view, (float*)xtAddress, m, paddedM, blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows);
+                            Item<TW, TVec, TD>(view, (float*)xtAddress, m, paddedM, blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows, transposed);
                     }
                     finally
                     {
@@ -109,9 +118,24 @@ internal static unsafe class PackedMatMul
         }
     }
 
+    /// <summary>Strip <paramref name="s"/> of <c>x^T</c> from <c>x^T</c> itself: each packed step copies a run of <paramref name="width"/> contiguous floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* packed, int s, int width)
+    {
+        float* strip = packed + (nint)s * k * width;
+        int row0 = s * width, valid = Math.Min(width, m - row0);
+        for (int kk = 0; kk < k; kk++)
+        {
+            float* src = xt + (order == null ? kk : order[kk]) * ldx + row0;
+            var dst = new Span<float>(strip + (nint)kk * width, width);
+            new ReadOnlySpan<float>(src, valid).CopyTo(dst);
+            dst[valid..].Clear();
+        }
+    }
+
     /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against every activation row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, int m, int paddedM, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0)
+    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, int m, int paddedM, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0, bool transposed)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count, strips = paddedM / stripWidth;
@@ -133,6 +157,17 @@ internal static unsafe class PackedMatMul
                     Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * paddedM + s * stripWidth, paddedM);
             }
             k0 = k1;
+        }
+        if (transposed)
+        {
+            // y^T rows are the item's rows of y^T: contiguous on both sides.
+            for (int r = 0; r < rows; r++)
+            {
+                float* dst = y + (n0 + r) * ldy;
+                float b = bias == null ? 0f : bias[n0 + r];
+                for (int i = 0; i < m; i++) dst[i] = yt[r * paddedM + i] + b;
+            }
+            return;
         }
         // y rows are far apart: write each one's run of outputs contiguously, reading y^T (in cache) across.
         for (int i = 0; i < m; i++)

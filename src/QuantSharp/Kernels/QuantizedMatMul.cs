@@ -31,6 +31,11 @@ internal enum MatMulMethod
     Rows,
     /// <summary>Decode blocks of weights into a float tile once for the whole batch, then a register-blocked GEMM (<see cref="PackedMatMul"/>).</summary>
     Packed,
+    /// <summary>
+    /// <see cref="Packed"/> on transposed operands: x holds <c>x^T</c> (K rows of m floats, ldx apart) and y receives
+    /// <c>y^T</c> (N rows of m floats, ldy apart), as a 1x1 convolution's images <c>[C, H*W]</c> and <c>[O, H*W]</c>.
+    /// </summary>
+    Transposed,
 }
 
 /// <summary>How many threads the kernels use (0: one per processor). The bench's <c>--threads</c> sets it.</summary>
@@ -109,15 +114,16 @@ internal static unsafe class QuantizedMatMul
     /// <param name="method">Loop structure; <see cref="MatMulMethod.Auto"/> chooses by batch size.</param>
     public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
     {
-        bool packed = method == MatMulMethod.Packed || (method == MatMulMethod.Auto && m >= PackedMinRows);
-        if (ldx < w.Cols || ldy < w.Rows) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {w.Cols}/{w.Rows}.");
+        if (method == MatMulMethod.Auto) method = m >= PackedMinRows ? MatMulMethod.Packed : MatMulMethod.Rows;
+        var (xRow, yRow) = method == MatMulMethod.Transposed ? (m, m) : (w.Cols, w.Rows);
+        if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
         switch (Resolve(path))
         {
-            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, packed); break;
-            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method); break;
         }
     }
 
@@ -139,17 +145,17 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         switch (w.Format)
         {
-            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, packed); break;
-            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, packed); break;
-            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, packed); break;
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
         }
     }
 
@@ -157,12 +163,12 @@ internal static unsafe class QuantizedMatMul
     /// Packed 4-bit weights: one activation row (batch 1) whose groups hold whole <see cref="NibbleStep"/> chunks takes
     /// <see cref="NibbleRows"/>; everything else the generic row kernels or the packed GEMM.
     /// </summary>
-    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
+    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
-        if (packed || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
+        if (method != MatMulMethod.Rows || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
         {
-            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, packed);
+            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method);
             return;
         }
         int k = w.Cols, step = NibbleStep<TW, TVec>();
@@ -264,14 +270,14 @@ internal static unsafe class QuantizedMatMul
         b = TW.MultiplyAdd(TW.NibbleAt(words, 28, p, q), TW.Load(x + 7 * c), b);
     }
 
-    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool packed)
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
         int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
-        if (packed)
+        if (method != MatMulMethod.Rows)
         {
-            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy);
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed);
             return;
         }
         float* permuted = null;

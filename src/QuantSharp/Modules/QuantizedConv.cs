@@ -101,6 +101,24 @@ public sealed class QuantizedConv : QuantizedModule
         return new QuantizedConv(weight, conv.bias, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, input);
     }
 
+    /// <summary>
+    /// A 1x1 convolution with stride 1, no padding and one group is a matrix product over channels per image: it runs
+    /// through the weight's packed kernel (<see cref="WeightLayout.PointwiseConvolution"/>), which reads the images in
+    /// place. Null for every other convolution and wherever the kernel does not apply.
+    /// </summary>
+    private Tensor? Pointwise(Tensor x)
+    {
+        if (groups != 1 || WeightShape.Skip(2).Any(s => s != 1) || _stride.Any(s => s != 1) || _padding.Any(p => p != 0)) return null;
+        bool batched = x.dim() == SpatialDims + 2;
+        if (!batched && x.dim() != SpatialDims + 1) return null;
+        long[] shape = x.shape;
+        var images = batched ? x.reshape(shape[0], shape[1], -1) : x.reshape(1, shape[0], -1);
+        var y = weight.Layout.PointwiseConvolution(images, bias);
+        if (y is null) return null;
+        long[] outShape = batched ? [shape[0], out_channels, .. shape[2..]] : [out_channels, .. shape[1..]];
+        return y.reshape(outShape);
+    }
+
     internal static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
 
     /// <inheritdoc/>
@@ -108,6 +126,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         using var scope = NewDisposeScope();
         var x = QuantizeInput(input);
+        if (Pointwise(x) is { } pointwise) return pointwise.MoveToOuterDisposeScope();
         using var w = DequantizeWeight();
         long inChannels = in_channels;
         string expects = SpatialDims == 1

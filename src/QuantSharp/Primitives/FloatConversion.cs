@@ -7,7 +7,7 @@ namespace QuantSharp.Primitives;
 /// infinity, subnormals kept (float16) and NaN to a quiet NaN (float16: sign | 0x7E00; bfloat16: 0x7FC0).
 /// Values are raw 16-bit patterns so that they can be written to or read from tensors and files directly.
 /// </summary>
-public static class FloatConversion
+internal static class FloatConversion
 {
     /// <summary>Converts to IEEE float16 bit patterns.</summary>
     /// <param name="source">float32 values.</param>

@@ -13,7 +13,7 @@ namespace QuantSharp.Primitives;
 /// on unpacking. A trailing partial byte is padded with zero bits. Values outside the field are truncated to it
 /// (callers clamp to the range first).
 /// </remarks>
-public static class Packing
+internal static class Packing
 {
     /// <summary>Bytes needed for <paramref name="count"/> values of <paramref name="bits"/> bits (2, 4 or 8).</summary>
     public static long PackedLength(long count, int bits)

@@ -66,7 +66,7 @@ public sealed record QuantizedLayerInfo(
             o["observer"] = Observer;
         }
         // JSON has no infinity: an exact round trip is written as the string "inf".
-        o["sqnr_db"] = TensorQuantizationReport.Json(SqnrDb);
+        o["sqnr_db"] = Validation.ReportJson.Number(SqnrDb);
         if (Input is { } input)
             o["input"] = new JsonObject { ["qtype"] = input.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(input.Scheme), ["reduce_range"] = input.ReduceRange };
         return o;

@@ -159,7 +159,7 @@ public sealed class QuantizedWeight : IDisposable
 /// <c>weight_scale</c>, <c>weight_zero_point</c>; module state names cannot contain the parameter's dots) and in a
 /// checkpoint file (<c>x.weight</c>, <c>x.weight.scale</c>, <c>x.weight.zero_point</c>, docs/FORMAT.md).
 /// </summary>
-public static class QuantizedWeightNames
+internal static class QuantizedWeightNames
 {
     /// <summary>Name of <paramref name="part"/> of the quantized parameter <paramref name="parameter"/> in its module's state.</summary>
     /// <param name="parameter">The float parameter's name in its module, e.g. <c>weight</c> or <c>in_proj_weight</c>.</param>

@@ -81,6 +81,13 @@ public abstract class WeightLayout : IDisposable
     /// </summary>
     internal virtual Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => null;
 
+    /// <summary>
+    /// A 1x1 convolution (stride 1, no padding, one group) of float32 images <c>[n, in, positions]</c> with the storage
+    /// matrix <c>[out, in]</c>, giving <c>[n, out, positions]</c>, through a kernel; or null when this layout has none
+    /// for the input (the module then dequantizes and runs the float convolution).
+    /// </summary>
+    internal virtual Tensor? PointwiseConvolution(Tensor images, Tensor? bias) => null;
+
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
     public virtual Tensor GatherRows(Tensor indices)
@@ -194,6 +201,8 @@ internal abstract class CanonicalWeightLayout : WeightLayout
     public override Tensor Linear(Tensor input, Tensor? bias) => LinearKernels.TryLinear(_parts, input, bias) ?? base.Linear(input, bias);
 
     internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
+
+    internal override Tensor? PointwiseConvolution(Tensor images, Tensor? bias) => LinearKernels.TryPointwise(_parts, images, bias);
 
     public override Tensor GatherRows(Tensor indices)
     {

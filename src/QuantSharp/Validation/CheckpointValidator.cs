@@ -8,51 +8,6 @@ using static TorchSharp.torch;
 
 namespace QuantSharp.Validation;
 
-/// <summary>The result of <see cref="CheckpointValidator.Compare"/>.</summary>
-public sealed class CheckpointValidationReport : IQuantizationReport
-{
-    internal CheckpointValidationReport(string original, string quantized, IReadOnlyList<TensorQuantizationReport> tensors, IReadOnlyList<string> problems, TimeSpan elapsed)
-    {
-        Original = original; Quantized = quantized; Tensors = tensors; Problems = problems; Elapsed = elapsed;
-    }
-
-    /// <summary>The original checkpoint.</summary>
-    public string Original { get; }
-    /// <summary>The quantized checkpoint.</summary>
-    public string Quantized { get; }
-    /// <summary>Every tensor of the original, in order.</summary>
-    public IReadOnlyList<TensorQuantizationReport> Tensors { get; }
-    /// <summary>All problems found.</summary>
-    public IReadOnlyList<string> Problems { get; }
-    /// <summary>True when nothing was found.</summary>
-    public bool Passed => Problems.Count == 0;
-    /// <summary>Wall-clock time.</summary>
-    public TimeSpan Elapsed { get; }
-    /// <summary>Sum of original tensor bytes.</summary>
-    public long OriginalTensorBytes => Tensors.Sum(t => t.OriginalBytes);
-    /// <summary>Sum of stored tensor bytes.</summary>
-    public long StoredTensorBytes => Tensors.Sum(t => t.StoredBytes);
-
-    IReadOnlyList<string> IQuantizationReport.Warnings => [];
-    long IQuantizationReport.OriginalBytes => OriginalTensorBytes;
-    long IQuantizationReport.StoredBytes => StoredTensorBytes;
-
-    /// <summary>JSON form.</summary>
-    public JsonObject ToJson() => new()
-    {
-        ["original"] = Original,
-        ["quantized"] = Quantized,
-        ["passed"] = Passed,
-        ["original_tensor_bytes"] = OriginalTensorBytes,
-        ["stored_tensor_bytes"] = StoredTensorBytes,
-        ["ratio"] = StoredTensorBytes == 0 ? 1 : Math.Round((double)OriginalTensorBytes / StoredTensorBytes, 4),
-        ["min_sqnr_db"] = TensorQuantizationReport.Json(Tensors.Where(t => t.SqnrDb is not null).Select(t => t.SqnrDb).DefaultIfEmpty(null).Min()),
-        ["seconds"] = Math.Round(Elapsed.TotalSeconds, 3),
-        ["problems"] = new JsonArray(Problems.Select(p => (JsonNode)JsonValue.Create(p)!).ToArray()),
-        ["tensors"] = new JsonArray(Tensors.Select(t => (JsonNode)t.ToJson()).ToArray()),
-    };
-}
-
 /// <summary>
 /// Compares a quantized checkpoint with its original: for each quantized tensor the SQNR of the dequantized weight
 /// against the original (chunk by chunk), the range test and the size; every other tensor must be stored bit-exactly.
@@ -65,7 +20,7 @@ public static class CheckpointValidator
     /// <param name="policy">The validation policy whose SQNR thresholds apply (null: <see cref="ValidationPolicy.DefaultSqnrThresholdsDb"/>).</param>
     /// <param name="progress">Receives progress (original bytes).</param>
     /// <exception cref="CheckpointQuantizationException">A file cannot be read or is not a quantized checkpoint.</exception>
-    public static CheckpointValidationReport Compare(string original, string quantized, ValidationPolicy? policy = null,
+    public static QuantizationReport Compare(string original, string quantized, ValidationPolicy? policy = null,
         IProgress<CheckpointProgress>? progress = null)
     {
         var sw = Stopwatch.StartNew();
@@ -89,14 +44,14 @@ public static class CheckpointValidator
                 }
                 catch (QuantizedFileException ex) { throw new CheckpointQuantizationException(ex.Message, ex); }
             }
-            var reports = new List<TensorQuantizationReport>();
+            var reports = new List<LayerReport>();
             var problems = new List<string>();
             long total = a.All.Sum(t => t.Info.ByteLength), done = 0;
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var (shard, info) in a.All)
             {
                 seen.Add(info.Name);
-                TensorQuantizationReport r;
+                LayerReport r;
                 if (layers.TryGetValue(info.Name, out var layer))
                 {
                     seen.Add(info.Name + QuantizedCheckpoint.ScaleSuffix);
@@ -115,7 +70,12 @@ public static class CheckpointValidator
             }
             foreach (var n in layers.Keys.Where(n => !a.Contains(n)))
                 problems.Add($"Quantized tensor '{n}' has no original.");
-            return new CheckpointValidationReport(a.Path, b.Path, reports, problems, sw.Elapsed);
+            return new QuantizationReport
+            {
+                Input = a.Path, Output = b.Path, Layers = reports, Problems = problems, Written = true, Elapsed = sw.Elapsed,
+                InputFileBytes = a.TotalFileBytes, OutputFileBytes = b.TotalFileBytes,
+                OriginalBytes = reports.Sum(r => r.OriginalBytes), StoredBytes = reports.Sum(r => r.StoredBytes),
+            };
         }
         finally
         {
@@ -124,7 +84,7 @@ public static class CheckpointValidator
         }
     }
 
-    private static TensorQuantizationReport ComparePlain(SafetensorsFile shard, SafetensorsTensorInfo info, ShardedCheckpoint b)
+    private static LayerReport ComparePlain(SafetensorsFile shard, SafetensorsTensorInfo info, ShardedCheckpoint b)
     {
         var problems = new List<string>();
         string file = "";
@@ -139,7 +99,7 @@ public static class CheckpointValidator
             else if (!Hash(shard, info).AsSpan().SequenceEqual(Hash(qs, qi)))
                 problems.Add($"'{info.Name}' is not quantized but its bytes differ from the original.");
         }
-        return new TensorQuantizationReport(info.Name, file, false, null, info.DType, info.Shape, info.ByteLength, info.ByteLength, null, null, problems);
+        return LayerReport.Copied(info, file, problems);
     }
 
     internal static byte[] Hash(SafetensorsFile shard, SafetensorsTensorInfo info)
@@ -156,7 +116,7 @@ public static class CheckpointValidator
         return h.GetHashAndReset();
     }
 
-    private static TensorQuantizationReport CompareQuantized(SafetensorsFile oShard, SafetensorsTensorInfo oInfo,
+    private static LayerReport CompareQuantized(SafetensorsFile oShard, SafetensorsTensorInfo oInfo,
         SafetensorsFile qShard, QuantizedLayerInfo layer, ValidationPolicy thresholds)
     {
         string qFileName = Path.GetFileName(qShard.Path);
@@ -168,7 +128,7 @@ public static class CheckpointValidator
         if (!oInfo.Shape.SequenceEqual(layer.Shape))
         {
             problems.Add($"'{name}': the original is [{string.Join(", ", oInfo.Shape)}], the quantized entry says [{string.Join(", ", layer.Shape)}].");
-            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return LayerReport.ForTensor(oInfo, qFileName, spec, 0, null, threshold, problems);
         }
         var layout = CheckpointLayout.For(layer);
         var file = qShard;
@@ -181,13 +141,13 @@ public static class CheckpointValidator
         }
         catch (KeyNotFoundException ex) { problems.Add($"'{name}': {ex.Message}"); }
         if (dataInfo is null || (layer.Type.IsInteger() && scaleInfo is null))
-            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return LayerReport.ForTensor(oInfo, qFileName, spec, 0, null, threshold, problems);
         if (dataInfo.DType != layout.DataDType || !dataInfo.Shape.SequenceEqual(layout.DataShape)
             || (scaleInfo is not null && (scaleInfo.DType != SafetensorsDType.F32 || !scaleInfo.Shape.SequenceEqual(layout.ScaleShape)))
             || (zpInfo is not null && (zpInfo.DType != SafetensorsDType.I32 || !zpInfo.Shape.SequenceEqual(layout.ScaleShape))))
         {
             problems.Add($"'{name}': stored dtypes or shapes do not match its per-layer entry ({layer.Type.ToName()}, {layer.Granularity}).");
-            return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, 0, null, threshold, problems);
+            return LayerReport.ForTensor(oInfo, qFileName, spec, 0, null, threshold, problems);
         }
         stored = dataInfo.ByteLength + (scaleInfo?.ByteLength ?? 0) + (zpInfo?.ByteLength ?? 0);
 
@@ -210,7 +170,7 @@ public static class CheckpointValidator
             var partProblems = TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp);
             foreach (var p in partProblems)
                 if (!problems.Contains(p)) problems.Add(p);
-            if (partProblems.Count > 0) return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, null, threshold, problems);
+            if (partProblems.Count > 0) return LayerReport.ForTensor(oInfo, qFileName, spec, stored, null, threshold, problems, rangeOk: false);
             using var q = QuantizedTensor.FromParts(spec, chunkShape, data.alias(), scale?.alias(), zp?.alias());
             using var deq = q.Dequantize();
             if (exact)
@@ -219,6 +179,6 @@ public static class CheckpointValidator
         }
         double db = sqnr.Db;
         if (db < threshold) problems.Add($"'{name}': SQNR {db:0.00} dB is below the {layer.Type.ToName()} threshold {threshold:0.##} dB.");
-        return new TensorQuantizationReport(name, qFileName, true, spec, oInfo.DType, oInfo.Shape, oInfo.ByteLength, stored, db, threshold, problems);
+        return LayerReport.ForTensor(oInfo, qFileName, spec, stored, db, threshold, problems);
     }
 }

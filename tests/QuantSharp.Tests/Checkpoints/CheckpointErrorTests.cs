@@ -85,7 +85,7 @@ public class CheckpointErrorTests
         // reduction 256 (down_proj) -> group 64 too; every fallback is a warning of the report.
         var r = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], g96);
         Assert.True(r.Written);
-        Assert.All(r.Tensors.Where(t => t.Quantized), t => Assert.Equal(new PerGroup(64), t.Spec!.Granularity));
+        Assert.All(r.Layers.Where(t => t.Quantized), t => Assert.Equal(new PerGroup(64), t.Spec!.Granularity));
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length, r.Warnings.Count);
         Assert.Contains(r.Warnings, w => w.Contains("'model.embed_tokens.weight' [256, 128]: group size 96 does not divide the reduction length 128"));
         using var ckpt = QuantizedCheckpoint.Load(dir["out.safetensors"]);
@@ -176,7 +176,7 @@ public class CheckpointErrorTests
 
         var skip = CheckpointQuantizer.Quantize(input, dir["out2.safetensors"], strict with { Validation = strict.Validation with { Enabled = false } });
         Assert.True(skip.Passed);
-        Assert.All(skip.Tensors, t => Assert.Null(t.SqnrDb));
+        Assert.All(skip.Layers, t => Assert.Null(t.WeightSqnrDb));
     }
 
     [Fact]

@@ -38,13 +38,13 @@ public class CheckpointQuantizerTests
         var before = SyntheticCheckpoint.HashTree(input);
         string output = dir["out.safetensors"];
         CheckpointQuantizer.ChunkElementsForTests = 3000; // several chunks per tensor, rows split unevenly
-        CheckpointQuantizationReport report;
+        QuantSharp.Validation.QuantizationReport report;
         try { report = CheckpointQuantizer.Quantize(input, output); }
         finally { CheckpointQuantizer.ChunkElementsForTests = null; }
 
         Assert.True(report.Passed, string.Join("\n", report.Problems));
         Assert.True(report.Written);
-        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Order(), report.Tensors.Where(t => t.Quantized).Select(t => t.Name).Order());
+        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Order(), report.Layers.Where(t => t.Quantized).Select(t => t.Name).Order());
         Assert.Equal(before, SyntheticCheckpoint.HashTree(input));
         Assert.Equal(new[] { "in.safetensors", "out.safetensors" }, Directory.GetFileSystemEntries(dir.Path).Select(Path.GetFileName).Order());
 
@@ -58,7 +58,7 @@ public class CheckpointQuantizerTests
         foreach (var info in orig.Tensors)
         {
             using var original = orig.ReadTensor(info.Name);
-            var r = report.Tensors.Single(t => t.Name == info.Name);
+            var r = report.Layers.Single(t => t.Name == info.Name);
             if (r.Quantized)
             {
                 var data = strict.GetInfo(info.Name);
@@ -70,7 +70,7 @@ public class CheckpointQuantizerTests
                 using var loaded = ckpt.GetFloat(info.Name);
                 Assert.Equal(WholeTensorDequantized(original, expectedSpec), SyntheticCheckpoint.Bytes(loaded));
                 double sqnr = Sqnr(original, loaded);
-                Assert.Equal(sqnr, r.SqnrDb!.Value, 1e-4); // float32 partial sums per 4096 values, double across blocks
+                Assert.Equal(sqnr, r.WeightSqnrDb!.Value, 1e-4); // float32 partial sums per 4096 values, double across blocks
                 Assert.InRange(sqnr, 30, 60);
                 var layer = ckpt.Layers[info.Name];
                 Assert.Equal(info.DType, layer.OriginalDType);
@@ -84,12 +84,12 @@ public class CheckpointQuantizerTests
             {
                 Assert.Equal(info.DType, strict.GetInfo(info.Name).DType);
                 Assert.Equal(orig.ReadBytes(info.Name), strict.ReadBytes(info.Name));
-                Assert.Null(r.SqnrDb);
+                Assert.Null(r.WeightSqnrDb);
             }
         }
         // int8 from 4-byte (2-byte) floats: the quantized tensors shrink about 4x (2x) plus one float scale per row.
         double expectedRatio = dtype == ScalarType.Float32 ? 4 : 2;
-        foreach (var r in report.Tensors.Where(t => t.Quantized))
+        foreach (var r in report.Layers.Where(t => t.Quantized))
             Assert.InRange(r.Ratio, expectedRatio * 0.9, expectedRatio);
     }
 
@@ -129,7 +129,7 @@ public class CheckpointQuantizerTests
                 Assert.Equal(new[] { info.Shape[0], info.Shape[1] / 64 }, strict.GetInfo(name + ".scale").Shape);
                 Assert.Equal(new PerGroup(64), ckpt.Layers[name].Granularity);
                 Assert.Equal(WholeTensorDequantized(original, Spec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(64))), SyntheticCheckpoint.Bytes(loaded));
-                Assert.InRange(report.Tensors.Single(t => t.Name == name).SqnrDb!.Value, 12, 30);
+                Assert.InRange(report.Layers.Single(t => t.Name == name).WeightSqnrDb!.Value, 12, 30);
             }
         }
     }
@@ -198,8 +198,8 @@ public class CheckpointQuantizerTests
         }
         var validation = CheckpointValidator.Compare(input, output);
         Assert.True(validation.Passed, string.Join("\n", validation.Problems));
-        foreach (var r in report.Tensors.Where(t => t.Quantized))
-            Assert.Equal(r.SqnrDb!.Value, validation.Tensors.Single(t => t.Name == r.Name).SqnrDb!.Value, 9);
+        foreach (var r in report.Layers.Where(t => t.Quantized))
+            Assert.Equal(r.WeightSqnrDb!.Value, validation.Layers.Single(t => t.Name == r.Name).WeightSqnrDb!.Value, 9);
     }
 
     [Fact]
@@ -211,12 +211,12 @@ public class CheckpointQuantizerTests
             new QuantizationRecipe { Include = ["*.mlp.*"], Exclude = ["*.down_proj.*"] });
         Assert.Equal(new[] { "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
             "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight" },
-            r1.Tensors.Where(t => t.Quantized).Select(t => t.Name).Order());
+            r1.Layers.Where(t => t.Quantized).Select(t => t.Name).Order());
 
         // q/k/v/o hold 128x128 = 16384 elements, the others 32768.
         var r2 = CheckpointQuantizer.Quantize(input, dir["b.safetensors"], QuantizationRecipe.FromJson("{\"min_elements\": 20000}"));
         Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Where(n => !n.Contains("self_attn")).Order(),
-            r2.Tensors.Where(t => t.Quantized).Select(t => t.Name).Order());
+            r2.Layers.Where(t => t.Quantized).Select(t => t.Name).Order());
 
         // An include that names a 1-D norm quantizes it (explicit beats the default rule); exclude still wins.
         var r3 = CheckpointQuantizer.Quantize(input, dir["c.safetensors"], new QuantizationRecipe
@@ -225,7 +225,7 @@ public class CheckpointQuantizerTests
             Granularity = Granularity.Tensor,
             Exclude = ["lm_head.*"],
         });
-        Assert.Equal(new[] { "model.norm.weight" }, r3.Tensors.Where(t => t.Quantized).Select(t => t.Name));
+        Assert.Equal(new[] { "model.norm.weight" }, r3.Layers.Where(t => t.Quantized).Select(t => t.Name));
     }
 
     [Fact]
@@ -251,7 +251,7 @@ public class CheckpointQuantizerTests
         Assert.True(scalePct < scaleMinMax / 5, $"{scalePct} vs {scaleMinMax}");
         using var ckpt = QuantizedCheckpoint.Load(dir["pct.safetensors"]);
         Assert.Equal("percentile", ckpt.Layers["lm_head.weight"].Observer);
-        Assert.Equal(pct.Tensors.Single(t => t.Quantized).SqnrDb!.Value, ckpt.Layers["lm_head.weight"].SqnrDb!.Value, 1e-3);
+        Assert.Equal(pct.Layers.Single(t => t.Quantized).WeightSqnrDb!.Value, ckpt.Layers["lm_head.weight"].SqnrDb!.Value, 1e-3);
         // One outlier of 50 among values of about 0.09 ruins per-tensor int8 either way: both fail the 30 dB bar.
         Assert.False(minmax.Passed);
         Assert.False(pct.Passed);

@@ -59,7 +59,7 @@ public class ReferenceCheckpointTests
         var zp = expected.GetProperty("zero_point").EnumerateArray().Select(e => e.GetInt32()).ToArray();
         if (scheme == "affine") Assert.Equal(zp, Ints(f.ReadBytes(name + ".zero_point")));
         else { Assert.All(zp, z => Assert.Equal(0, z)); Assert.False(f.Contains(name + ".zero_point")); }
-        Assert.Equal(expected.GetProperty("sqnr_db").GetSingleValue(), report.Tensors.Single(t => t.Name == name).SqnrDb!.Value, 2);
+        Assert.Equal(expected.GetProperty("sqnr_db").GetSingleValue(), report.Layers.Single(t => t.Name == name).WeightSqnrDb!.Value, 2);
     }
 
     [Theory]
@@ -93,6 +93,6 @@ public class ReferenceCheckpointTests
         Assert.Equal(refScale.to(ScalarType.Float32).data<float>().ToArray(), Floats(f.ReadBytes("grp.weight.scale")));
         if (scheme == "affine") Assert.Equal(refZp.to(ScalarType.Int32).data<int>().ToArray(), Ints(f.ReadBytes("grp.weight.zero_point")));
         double refSqnr = Reference.GroupsJson.GetProperty("cases").GetProperty("grp0").GetProperty(tag).GetProperty("sqnr_db").GetDouble();
-        Assert.Equal(refSqnr, report.Tensors.Single(t => t.Name == "grp.weight").SqnrDb!.Value, 2);
+        Assert.Equal(refSqnr, report.Layers.Single(t => t.Name == "grp.weight").WeightSqnrDb!.Value, 2);
     }
 }

@@ -128,8 +128,8 @@ public class LargeTensorChunkingTests
             CheckpointQuantizer.Quantize(input, dir["chunked.safetensors"], recipe);
             // validate reads both files in the same row chunks: the same SQNR as quantize measured on the whole tensor.
             var validation = CheckpointValidator.Compare(input, dir["whole.safetensors"]);
-            foreach (var t in unchunked.Tensors.Where(t => t.Quantized))
-                Assert.Equal(t.SqnrDb!.Value, validation.Tensors.Single(v => v.Name == t.Name).SqnrDb!.Value, 9);
+            foreach (var t in unchunked.Layers.Where(t => t.Quantized))
+                Assert.Equal(t.WeightSqnrDb!.Value, validation.Layers.Single(v => v.Name == t.Name).WeightSqnrDb!.Value, 9);
         }
         finally
         {
@@ -143,7 +143,7 @@ public class LargeTensorChunkingTests
         using var output = SafetensorsFile.Open(dir["chunked.safetensors"]);
         const string name = "model.layers.1.mlp.down_proj.weight";
         using var w = source.ReadTensor(name);
-        var spec = unchunked.Tensors.Single(t => t.Name == name).Spec!;
+        var spec = unchunked.Layers.Single(t => t.Name == name).Spec!;
         using var q = WeightQuantization.Quantize(w, spec, observer, name);
         Assert.Equal(SyntheticCheckpoint.Bytes(q.Data), output.ReadBytes(name));
         if (q.Scale is not null) Assert.Equal(SyntheticCheckpoint.Bytes(q.Scale), output.ReadBytes(name + QuantizedCheckpoint.ScaleSuffix));
@@ -190,7 +190,7 @@ public class LargeTensorChunkingTests
 
         var report = CheckpointQuantizer.Quantize(input, dir["axis1.safetensors"], new QuantizationRecipe { Granularity = new PerAxis(1) });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
-        Assert.InRange(report.Tensors.Single().SqnrDb!.Value, 35, 60);
+        Assert.InRange(report.Layers.Single().WeightSqnrDb!.Value, 35, 60);
         using (var q = SafetensorsFile.Open(dir["axis1.safetensors"]))
         {
             var scales = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(q.ReadBytes("big.weight" + QuantizedCheckpoint.ScaleSuffix));
@@ -208,7 +208,7 @@ public class LargeTensorChunkingTests
             Type = QuantType.UInt8, Scheme = QuantScheme.Affine, Granularity = Granularity.Tensor, WeightObserver = "histogram",
         });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
-        Assert.InRange(report.Tensors.Single().SqnrDb!.Value, 20, 60);
+        Assert.InRange(report.Layers.Single().WeightSqnrDb!.Value, 20, 60);
     }
 
     private static void WriteBig(string path, int rows, int cols)

@@ -69,9 +69,9 @@ public class NonFiniteAndTinyValueTests
         string input = WriteOne(dir, "w.weight", w);
         var ex = Assert.Throws<CheckpointValidationException>(() => CheckpointQuantizer.Quantize(input, dir["out.safetensors"],
             new QuantizationRecipe { Type = type }));
-        var t = ex.Report.Tensors.Single(r => r.Name == "w.weight");
-        Assert.NotNull(t.SqnrDb);
-        Assert.InRange(t.SqnrDb!.Value, -1, 1); // quantized to zeros: ~0 dB, never "inf"
+        var t = ex.Report.Layers.Single(r => r.Name == "w.weight");
+        Assert.NotNull(t.WeightSqnrDb);
+        Assert.InRange(t.WeightSqnrDb!.Value, -1, 1); // quantized to zeros: ~0 dB, never "inf"
         Assert.Contains(t.Problems, p => p.Contains("'w.weight'") && p.Contains("below"));
         Assert.False(File.Exists(dir["out.safetensors"]));
     }
@@ -105,8 +105,8 @@ public class NonFiniteAndTinyValueTests
         using var w = torch.randn([32, 64], generator: new torch.Generator(4)) * 1e21;
         string input = WriteOne(dir, "w.weight", w);
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { Type = QuantType.Int8 });
-        var t = report.Tensors.Single(r => r.Name == "w.weight");
-        Assert.InRange(t.SqnrDb!.Value, 35, 50); // int8 per-channel on Gaussian data: ~40 dB, as at scale 1
+        var t = report.Layers.Single(r => r.Name == "w.weight");
+        Assert.InRange(t.WeightSqnrDb!.Value, 35, 50); // int8 per-channel on Gaussian data: ~40 dB, as at scale 1
         Assert.True(report.Passed);
         _ = report.ToJson().ToJsonString();
     }

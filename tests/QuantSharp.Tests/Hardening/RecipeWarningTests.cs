@@ -46,7 +46,7 @@ public class RecipeWarningTests
         var recipe = new QuantizationRecipe { Overrides = [new("lm_head", QuantType.Float16, Granularity: new PerGroup(32))] };
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], recipe);
         Assert.Contains(report.Warnings, w => w.Contains("the override 'lm_head' gives granularity group:32 to float16 weights") && w.Contains("ignored"));
-        Assert.Equal(QuantType.Float16, report.Tensors.Single(t => t.Name == "lm_head.weight").Spec!.Type);
+        Assert.Equal(QuantType.Float16, report.Layers.Single(t => t.Name == "lm_head.weight").Spec!.Type);
         var ex = Assert.Throws<RecipeException>(() => CheckpointQuantizer.Quantize(input, dir["strict.safetensors"], recipe with { Strict = true }));
         Assert.Contains("group:32", ex.Message);
         Assert.False(File.Exists(dir["strict.safetensors"]));
@@ -72,6 +72,6 @@ public class RecipeWarningTests
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], ScalarType.Float32);
         var report = CheckpointQuantizer.Quantize(input, dir["out.safetensors"], new QuantizationRecipe { Strict = true, Exclude = ["lm_head.*"] });
         Assert.Empty(report.Warnings);
-        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length - 1, report.Tensors.Count(t => t.Quantized));
+        Assert.Equal(SyntheticCheckpoint.QuantizedByDefault.Length - 1, report.Layers.Count(t => t.Quantized));
     }
 }

@@ -50,12 +50,12 @@ public class WriterLimitTests
         using var b = torch.randn([64]);
         SafetensorsWriter.Save(dir["in.safetensors"], [("", w), ("b", b)]);
         var report = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["copied.safetensors"]);
-        Assert.False(report.Tensors.Single(t => t.Name == "").Quantized);
+        Assert.False(report.Layers.Single(t => t.Name == "").Quantized);
         using (var f = SafetensorsFile.Open(dir["copied.safetensors"]))
             Assert.Equal(SyntheticCheckpoint.Bytes(w), f.ReadBytes(""));
         report = CheckpointQuantizer.Quantize(dir["in.safetensors"], dir["q.safetensors"], new QuantizationRecipe { Include = ["*"], Exclude = ["b"] });
         Assert.True(report.Passed, string.Join("\n", report.Problems));
-        Assert.True(report.Tensors.Single(t => t.Name == "").Quantized);
+        Assert.True(report.Layers.Single(t => t.Name == "").Quantized);
         using var q = QuantizedCheckpoint.Load(dir["q.safetensors"]);
         Assert.Contains("", q.Layers.Keys);
     }

@@ -197,7 +197,30 @@ public unsafe class QuantizedMatMulTests
                     }
                     for (int j = n; j < ldy; j++) Assert.True(float.IsNaN(actual[i * ldy + j]), $"{path} {method} wrote past the output row");
                 }
+                if (method == MatMulMethod.Packed) CheckTransposed(view, x, batch, ldx, biasPtr, actual, ldy, path);
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="MatMulMethod.Transposed"/> (x^T in, y^T out, rows padded by 3) gives exactly the packed GEMM's bits:
+    /// the same decoding, micro-kernel and sums, only the packing and the final writes differ.
+    /// </summary>
+    private static void CheckTransposed(in WeightView view, float[] x, int batch, int ldx, float* bias, float[] packed, int ldy, KernelPath path)
+    {
+        int n = view.Rows, k = view.Cols, ld = batch + 3;
+        var xt = new float[k * ld];
+        var yt = new float[n * ld];
+        Array.Fill(yt, float.NaN);
+        for (int i = 0; i < batch; i++)
+            for (int kk = 0; kk < k; kk++) xt[kk * ld + i] = x[i * ldx + kk];
+        fixed (float* pxt = xt) fixed (float* pyt = yt)
+            QuantizedMatMul.Run(view, pxt, batch, ld, bias, pyt, ld, path, MatMulMethod.Transposed);
+        for (int j = 0; j < n; j++)
+        {
+            for (int i = 0; i < batch; i++)
+                Assert.True(yt[j * ld + i].Equals(packed[i * ldy + j]), $"{view.Format} {path} transposed [{n}x{k}] batch {batch} row {i} out {j}: {yt[j * ld + i]} vs {packed[i * ldy + j]}");
+            for (int i = batch; i < ld; i++) Assert.True(float.IsNaN(yt[j * ld + i]), $"{path} transposed wrote past the output row");
         }
     }
 }

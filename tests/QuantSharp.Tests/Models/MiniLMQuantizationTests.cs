@@ -15,7 +15,7 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
         Assert.All(result.Skipped, s => Assert.Equal("LayerNorm", s.ModuleType));
         Assert.True(mean >= 0.999, $"mean cosine {mean:F6} < 0.999");
         Assert.True(top10 >= 0.95, $"top-10 agreement {top10:P1} < 95%");
-        Assert.True(result.Report!.QuantizedBytes < 0.3 * result.Report.FloatBytes, $"{result.Report.QuantizedBytes} of {result.Report.FloatBytes} bytes");
+        Assert.True(result.Report!.StoredBytes < 0.3 * result.Report.OriginalBytes, $"{result.Report.StoredBytes} of {result.Report.OriginalBytes} bytes");
     }
 
     [Fact]
@@ -41,7 +41,7 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
         Assert.True(mean >= 0.98, $"mean cosine {mean:F6} < 0.98");
         Assert.Equal(QuantType.Int8, result.Layers.Single(l => l.Name == "encoder.layer.2.output.dense").Weights.Type);
         Assert.Equal(QuantType.UInt4, result.Layers.Single(l => l.Name == "encoder.layer.2.attention.self.query").Weights.Type);
-        Assert.True(result.Report!.QuantizedBytes < 0.22 * result.Report.FloatBytes, $"{result.Report.QuantizedBytes} of {result.Report.FloatBytes} bytes");
+        Assert.True(result.Report!.StoredBytes < 0.22 * result.Report.OriginalBytes, $"{result.Report.StoredBytes} of {result.Report.OriginalBytes} bytes");
     }
 
     [Fact]
@@ -64,7 +64,7 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
             Assert.True(mean >= 0.98, $"mean cosine {mean:F6} < 0.98");
             Assert.Equal(39, result.Layers.Count);
             Assert.All(result.Layers, l => Assert.Equal(QuantType.UInt4, l.Weights.Type));
-            Assert.True(result.Report!.QuantizedBytes < 0.2 * result.Report.FloatBytes, $"{result.Report.QuantizedBytes} of {result.Report.FloatBytes} bytes");
+            Assert.True(result.Report!.StoredBytes < 0.2 * result.Report.OriginalBytes, $"{result.Report.StoredBytes} of {result.Report.OriginalBytes} bytes");
         }
         finally
         {
@@ -101,7 +101,7 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
             using var checkpointPath = Quantizer.Load(() => new MiniLMModel(), quantizedFile);
             // The same weights were quantized on both paths: 36 Linear + 3 Embedding weights.
             Assert.Equal(39, inMemory.Layers.Count);
-            Assert.Equal(39, report.Tensors.Count(t => t.Quantized));
+            Assert.Equal(39, report.Layers.Count(t => t.Quantized));
 
             // The two models are the same bit for bit: every tensor of the state dict (integers, scales, zero points,
             // float16 weights, biases, LayerNorms) has the same name, dtype, shape and bytes.

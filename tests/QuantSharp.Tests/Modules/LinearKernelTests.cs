@@ -60,6 +60,34 @@ public class LinearKernelTests
     }
 
     [Theory]
+    [InlineData("int8 per-channel")]
+    [InlineData("int8 per-tensor")]
+    [InlineData("int4 group:32")]
+    [InlineData("uint4 affine group:16")]
+    public void PointwiseConvolutionsRunTheKernelAndMatchTheReferencePath(string specText)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(13);
+        var conv2d = nn.Conv2d(64, 40, 1);
+        using var layer2d = (QuantizedConv)QuantizedModules.Quantize(conv2d, Parse(specText));
+        var w2d = layer2d.DequantizeWeight();
+        // Positions per image: 35 and 70 (partial strips), one (a single column); unbatched; non-contiguous.
+        foreach (var x in new[] { torch.randn(3, 64, 5, 7), torch.randn(2, 64, 7, 10), torch.randn(4, 64, 1, 1), torch.randn(64, 4, 9), torch.randn(2, 64, 6, 5).transpose(2, 3) })
+        {
+            var expected = nn.functional.conv2d(x, w2d, layer2d.bias);
+            AssertClose(expected, layer2d.call(x));
+        }
+        // The kernel ran (the layout has it for this weight), rather than the dequantize-and-convolve fallback.
+        Assert.NotNull(layer2d.weight.Layout.PointwiseConvolution(torch.randn(2, 64, 9), layer2d.bias));
+
+        var conv1d = nn.Conv1d(64, 24, 1, bias: false);
+        using var layer1d = (QuantizedConv)QuantizedModules.Quantize(conv1d, Parse(specText));
+        var x1 = torch.randn(5, 64, 33);
+        AssertClose(nn.functional.conv1d(x1, layer1d.DequantizeWeight()), layer1d.call(x1));
+    }
+
+    [Theory]
     [InlineData(ScalarType.Float16)]
     [InlineData(ScalarType.BFloat16)]
     public void HalfInputsGiveHalfOutputsAsTheFloatLayer(ScalarType dtype)

@@ -241,8 +241,8 @@ public class ModelShapesTests
         // int8 data + one float32 scale per row, once.
         long expectedBytes = TiedLm.Vocab * D + TiedLm.Vocab * 4L;
         Assert.Equal(expectedBytes, ModelMemory.Bytes(r.Model));
-        Assert.Equal(floatBytes, r.Report!.FloatBytes);
-        Assert.Equal(expectedBytes, r.Report.QuantizedBytes);
+        Assert.Equal(floatBytes, r.Report!.OriginalBytes);
+        Assert.Equal(expectedBytes, r.Report.StoredBytes);
         Assert.Equal(expectedBytes, r.Layers.Sum(l => l.QuantizedBytes));
 
         using var noGrad = no_grad();
@@ -266,7 +266,7 @@ public class ModelShapesTests
     {
         using var scope = NewDisposeScope();
         var r = Quantizer.Quantize(new TiedLm(), QuantizationRecipe.Float16(), () => new TiedLm());
-        Assert.Equal(0.5, (double)r.Report!.QuantizedBytes / r.Report.FloatBytes, 3);
+        Assert.Equal(0.5, (double)r.Report!.StoredBytes / r.Report.OriginalBytes, 3);
     }
 
     [Fact]

@@ -138,7 +138,7 @@ public sealed class OneReportTests
         ("fc1", nn.Linear(48, 64)), ("relu", nn.ReLU()), ("fc2", nn.Linear(64, 10)));
 
     [Fact]
-    public void BothQuantizersReportTheSameFallbacksThroughOneInterface()
+    public void BothQuantizersAndTheValidatorReportThroughOneReportType()
     {
         manual_seed(21);
         using var model = Net();
@@ -147,10 +147,10 @@ public sealed class OneReportTests
 
         var result = Quantizer.Quantize(model, recipe, factory: Net);
         using var q = result.Model;
-        QuantSharp.Validation.IQuantizationReport fromModel = result.Report!;
+        QuantSharp.Validation.QuantizationReport fromModel = result.Report!;
 
         SafetensorsWriterSave(dir["float.safetensors"], model);
-        QuantSharp.Validation.IQuantizationReport fromCheckpoint = CheckpointQuantizer.Quantize(dir["float.safetensors"], dir["q.safetensors"], recipe);
+        QuantSharp.Validation.QuantizationReport fromCheckpoint = CheckpointQuantizer.Quantize(dir["float.safetensors"], dir["q.safetensors"], recipe);
 
         // 48 columns: group 32 does not divide them; both paths fall back to group 24 and say so in the same words.
         var expected = Assert.Single(fromModel.Warnings);
@@ -165,7 +165,7 @@ public sealed class OneReportTests
         Assert.InRange(fromCheckpoint.StoredBytes, 1, fromCheckpoint.OriginalBytes / 3);
 
         var validation = QuantSharp.Validation.CheckpointValidator.Compare(dir["float.safetensors"], dir["q.safetensors"], recipe.Validation);
-        QuantSharp.Validation.IQuantizationReport compared = validation;
+        QuantSharp.Validation.QuantizationReport compared = validation;
         Assert.True(compared.Passed, string.Join("\n", compared.Problems));
         Assert.Equal(fromCheckpoint.StoredBytes, compared.StoredBytes);
         Assert.Equal(fromCheckpoint.OriginalBytes, compared.OriginalBytes);

@@ -123,7 +123,7 @@ internal static class MiniLMDemo
                 var (mean, min) = EmbeddingMetrics.Cosine(embeddings, float32);
                 results.Add(new MiniLMVariantResult(variant.Name, variant.Description, mean, min,
                     EmbeddingMetrics.Cosine(embeddings, ort).Mean, EmbeddingMetrics.TopKAgreement(float32, embeddings, 10),
-                    result.Report?.QuantizedBytes ?? 0, ms, result.Report?.Layers ?? [], result.Warnings));
+                    result.Report?.StoredBytes ?? 0, ms, result.Report?.Layers ?? [], result.Warnings));
             }
             finally
             {
