@@ -51,13 +51,13 @@ public static class QuantizationAwareTraining
             throw new RecipeException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
                 "and set it again after Convert, or use static Activations.");
         // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
-        // observer (learned with LSQ like the weight); Convert stores that scale and zero point as the layer's input quantization.
-        var inputOptions = recipe.Activations is null ? null : options with { Observer = QuantizationRecipe.NormalizeObserver(recipe.ActivationObserver) };
+        // the layer's activation observer (an override's, else the recipe's; learned with LSQ like the weight); Convert
+        // stores that scale and zero point as the layer's input quantization.
         if (!inPlace && factory is null)
             throw new ArgumentException("Prepare returns a prepared copy: pass factory: () => new YourModel(...), or inPlace: true to prepare this model itself.", nameof(factory));
 
         // Plan on the original (read-only), so that errors come before any copy is made.
-        var planned = new List<(string Name, QuantSpec Spec)>();
+        var planned = new List<(string Name, QuantSpec Spec, FakeQuantizeOptions? InputOptions)>();
         foreach (var e in ModuleTree.Walk(model))
         {
             if (e.Module is QatLayer or QuantizedModule)
@@ -73,14 +73,16 @@ public static class QuantizationAwareTraining
                 throw new RecipeException($"'{weightName}' would be {spec.Type.ToName()}, a plain cast: quantization-aware training simulates integer types (int8, uint8, int4, uint4, int2, uint2).");
             if (ModuleTree.CannotReplace(e, typeof(QatLayer)) is { } why)
                 throw new ModelQuantizationException($"Cannot prepare layer '{e.Name}': {why}. Declare it as Module<Tensor, Tensor> or exclude it.");
-            planned.Add((e.Name, spec));
+            var inputOptions = recipe.Activations is null ? null
+                : options with { Observer = recipe.ActivationObserverFor(weightName, type, recipe.Activations).Observer };
+            planned.Add((e.Name, spec, inputOptions));
         }
         if (planned.Count == 0)
             throw new ModelQuantizationException($"Nothing to prepare in {model.GetType().Name}: no selected Linear, Conv1d or Conv2d layer.");
 
         T work = inPlace ? model : (T)Quantizer.Copy(model, () => factory!());
         var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        foreach (var (name, spec) in planned)
+        foreach (var (name, spec, inputOptions) in planned)
             ModuleTree.Replace(entries[name], new QatLayer(entries[name].Module, spec, options, recipe.Activations, inputOptions));
         Quantizer.SetRecipe(work, recipe);
         work.train();

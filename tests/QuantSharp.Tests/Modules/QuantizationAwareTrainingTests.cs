@@ -156,6 +156,24 @@ public class QuantizationAwareTrainingTests
     }
 
     [Fact]
+    public void EachLayerFakeQuantizesItsInputWithItsOwnActivationObserver()
+    {
+        using var model = new MnistNet();
+        var recipe = QuantizationRecipe.Int8WeightOnly() with
+        {
+            Activations = QuantizationRecipe.DefaultActivations,
+            ActivationObserver = "minmax",
+            Overrides = [new RecipeOverride("fc2.weight") { ActivationObserver = "moving-average" }],
+        };
+        using var qat = QuantizationAwareTraining.Prepare(model, recipe, factory: () => new MnistNet());
+        var observers = qat.named_modules().Where(m => m.module is QatLayer)
+            .ToDictionary(m => m.name, m => ((QatLayer)m.module).InputFakeQuant!.Options.Observer);
+        Assert.Equal("moving-average", observers["fc2"]);
+        Assert.Equal("minmax", observers["fc1"]);
+        Assert.Equal("minmax", observers["conv1"]);
+    }
+
+    [Fact]
     public void SteTrainingKeepsTheObservedScaleAfterFreezing()
     {
         torch.manual_seed(12);
