@@ -14,7 +14,9 @@ namespace QuantSharp.Bench;
 /// <c>-- int-gemm-profile [OUTxIN ...] [--batches 64,512] [--threads 1,2] [--repeats 7]</c>. Prints, per row, the median
 /// milliseconds and GMAC/s of the bf16 <c>Linear</c>, the whole W8A8 dynamic layer, its activation quantization alone
 /// and the integer GEMM alone (<see cref="IntegerMatMul.Run"/> on already quantized activations). <c>--cpu-time</c>
-/// measures the calling thread's CPU time instead of wall time (meaningful with <c>--threads 1</c> only).
+/// measures the calling thread's CPU time instead of wall time (meaningful with <c>--threads 1</c> only);
+/// <c>--packed-min-rows N</c> sets where the packed GEMM takes over from the row kernels (1: always, 1000: never);
+/// <c>--micro</c> times the micro-kernels alone.
 /// </summary>
 internal static unsafe class IntegerGemmProfile
 {
@@ -31,6 +33,7 @@ internal static unsafe class IntegerGemmProfile
                 case "--threads": threads = args[++a].Split(',').Select(int.Parse).ToArray(); break;
                 case "--repeats": repeats = int.Parse(args[++a]); break;
                 case "--cpu-time": s_cpuTime = true; break;
+                case "--packed-min-rows": IntegerMatMul.PackedMinRows = IntegerMatMul.PackedMinRowsVnni512 = int.Parse(args[++a]); break;
                 case "--micro": return MicroPeak();
                 default:
                     var p = args[a].Split('x');
@@ -39,7 +42,6 @@ internal static unsafe class IntegerGemmProfile
             }
         }
         if (shapes.Count == 0) shapes.Add((4096, 4096));
-        if (args.Contains("--micro")) return MicroPeak();
         using var noGrad = no_grad();
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
         Console.WriteLine("| shape | batch | threads | bf16 Linear ms | W8A8 layer ms | quantize ms | GEMM ms | bf16 GMAC/s/core | layer GMAC/s/core | GEMM GMAC/s/core | layer vs bf16 |");
