@@ -177,6 +177,52 @@ internal static unsafe class IntegerMatMul
         KernelThreads.For(into.Rows, 4L * into.Cols, i => QuantizeRow(new ReadOnlySpan<float>((float*)address + i * ldx, into.Cols), scale, zeroPoint, qmin, qmax, into, i));
     }
 
+    /// <summary>
+    /// Quantizes one image as <see cref="QuantizeStatic"/> does, then unfolds its codes (im2col,
+    /// <paramref name="unfold"/>) into the rows of <paramref name="into"/>: one row of K codes per output position.
+    /// Padding takes the zero point's code, so it adds nothing to the integer sums, as zero padding of the dequantized
+    /// input adds nothing to the simulated convolution.
+    /// </summary>
+    public static void QuantizeUnfolded(float* image, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into)
+    {
+        int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width;
+        if (into.Rows != positions || into.Cols != k) throw new ArgumentException($"Activations [{into.Rows}, {into.Cols}] do not hold the [{positions}, {k}] unfolded image.", nameof(into));
+        int shift = qmin < 0 ? 128 : 0;
+        byte pad = (byte)(zeroPoint + shift);
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, unfold.ImageSize));
+        try
+        {
+            nint imageAddress = (nint)image, codesAddress = (nint)codes;
+            KernelThreads.For(unfold.Channels, 4L * plane, c => QuantizeKernel.Quantize(
+                new ReadOnlySpan<float>((float*)imageAddress + (nint)c * plane, plane), 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift,
+                new Span<sbyte>((sbyte*)codesAddress + (nint)c * plane, plane)));
+            // Blocks of positions: each unfolds row by row into a small buffer, then scatters into the position rows.
+            const int Block = 64;
+            var u = unfold;
+            KernelThreads.For((positions + Block - 1) / Block, (long)Block * k, b =>
+            {
+                int p0 = b * Block, count = Math.Min(Block, positions - p0);
+                byte* run = stackalloc byte[Block];
+                byte* rows = into.Codes + (nint)p0 * k;
+                for (int kk = 0; kk < k; kk++)
+                {
+                    u.Row((byte*)codesAddress, kk, p0, count, run, pad);
+                    for (int j = 0; j < count; j++) rows[(nint)j * k + kk] = run[j];
+                }
+                for (int j = 0; j < count; j++)
+                {
+                    into.Scales[p0 + j] = scale;
+                    into.ZeroPoints[p0 + j] = zeroPoint + shift;
+                    into.Sums[p0 + j] = Sum(new ReadOnlySpan<byte>(rows + (nint)j * k, k));
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.Free(codes);
+        }
+    }
+
     private static void QuantizeRow(ReadOnlySpan<float> row, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into, int i)
     {
         // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.
