@@ -11,9 +11,9 @@ namespace QuantSharp.Bench;
 /// (so a burst of load on a shared machine hits every side alike), libtorch's float32 convolution and the quantized
 /// layer through each route (<see cref="ConvolutionRoute"/>: the measured rule, unfold + packed kernel, dequantize +
 /// libtorch), over the bundled MNIST CNN's convolutions, ResNet-like 3x3 layers, a 1x1 and a Conv1d k=3.
-/// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER]</c> (defaults 5 and 5):
+/// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER] [THREADS]</c> (defaults 5, 5, all, all cores):
 /// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
-/// per-run ratio to float32. Both sides use all cores. FILTER keeps the cases whose name contains it.
+/// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
 /// </summary>
 internal static class ConvBench
 {
@@ -44,7 +44,10 @@ internal static class ConvBench
         int runs = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 5;
         int repeats = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
         string filter = args.Length > 2 ? args[2] : "";
-        Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {runs} runs x min of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+        int threads = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : Environment.ProcessorCount;
+        torch.set_num_threads(threads);
+        QuantSharp.Kernels.KernelThreads.Count = threads;
+        Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {threads} thread(s) on both sides, {runs} runs x min of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
         Console.WriteLine();
         Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | chosen | chosen / float32 time (median, min-max) |");
         Console.WriteLine("|---|---:|---|---:|---:|---:|---|---:|");
@@ -92,13 +95,7 @@ internal static class ConvBench
         return 0;
     }
 
-    /// <summary>The route the rule takes for this call: "kernel" when the quantized output equals the kernel route's.</summary>
-    private static string Chosen(QuantizedConv layer, Tensor x)
-    {
-        using var auto = layer.Forward(x, ConvolutionRoute.Auto);
-        using var kernel = layer.Forward(x, ConvolutionRoute.Kernel);
-        return auto.equal(kernel).all().item<bool>() ? "kernel" : "libtorch";
-    }
+    private static string Chosen(QuantizedConv layer, Tensor x) => layer.TakesKernel(x) ? "kernel" : "libtorch";
 
     private static nn.Module<Tensor, Tensor> Quantize(nn.Module<Tensor, Tensor> conv, string kind, Tensor x)
     {

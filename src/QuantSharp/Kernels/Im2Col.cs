@@ -11,9 +11,13 @@ namespace QuantSharp.Kernels;
 /// </summary>
 internal readonly struct Im2Col
 {
-    /// <summary>Describes an image <c>[channels, height, width]</c> (contiguous) and the kernel geometry; the output size follows.</summary>
-    public Im2Col(int channels, int height, int width, int kernelH, int kernelW, int strideH, int strideW, int padH, int padW, int dilationH, int dilationW)
+    /// <summary>
+    /// Describes <paramref name="images"/> images <c>[channels, height, width]</c> (contiguous, one after the other) and
+    /// the kernel geometry; the output size follows.
+    /// </summary>
+    public Im2Col(int channels, int height, int width, int kernelH, int kernelW, int strideH, int strideW, int padH, int padW, int dilationH, int dilationW, int images = 1)
     {
+        Images = images;
         Channels = channels;
         Height = height;
         Width = width;
@@ -30,6 +34,9 @@ internal readonly struct Im2Col
         if (OutH <= 0 || OutW <= 0) throw new ArgumentException($"The kernel does not fit the padded {height}x{width} image.");
     }
 
+    /// <summary>Images unfolded by one call (each its own column matrix).</summary>
+    public int Images { get; }
+
     public int Channels { get; }
     public int Height { get; }
     public int Width { get; }
@@ -43,6 +50,10 @@ internal readonly struct Im2Col
     public int DilationW { get; }
     public int OutH { get; }
     public int OutW { get; }
+
+    /// <summary>The same geometry over <paramref name="images"/> consecutive images.</summary>
+    public Im2Col ForImages(int images) =>
+        new(Channels, Height, Width, KernelH, KernelW, StrideH, StrideW, PadH, PadW, DilationH, DilationW, images);
 
     /// <summary>Rows of the column matrix: the reduction length <c>channels * kernelH * kernelW</c>.</summary>
     public int Rows => Channels * KernelH * KernelW;
@@ -67,7 +78,7 @@ internal readonly struct Im2Col
             int ih = oh * StrideH - PadH + kh * DilationH;
             if ((uint)ih >= (uint)Height)
             {
-                new Span<T>(dst, run).Fill(pad);
+                for (int j = 0; j < run; j++) dst[j] = pad;
             }
             else
             {
@@ -76,9 +87,9 @@ internal readonly struct Im2Col
                 {
                     // Positions whose input column is inside the row are one contiguous run.
                     int first = ow + offset, lo = Math.Clamp(-first, 0, run), hi = Math.Clamp(Width - first, lo, run);
-                    new Span<T>(dst, lo).Fill(pad);
-                    new ReadOnlySpan<T>(src + first + lo, hi - lo).CopyTo(new Span<T>(dst + lo, hi - lo));
-                    new Span<T>(dst + hi, run - hi).Fill(pad);
+                    for (int j = 0; j < lo; j++) dst[j] = pad;
+                    Buffer.MemoryCopy(src + first + lo, dst + lo, (hi - lo) * sizeof(T), (hi - lo) * sizeof(T));
+                    for (int j = hi; j < run; j++) dst[j] = pad;
                 }
                 else
                 {

@@ -60,17 +60,14 @@ internal static unsafe class PackedMatMul
     public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        if (transposed)
+        {
+            ByPositions<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, unfold);
+            return;
+        }
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
         int paddedM = strips * stripWidth;
-        // Work items: ItemRows weight rows x a block of strips. Few weight rows (a convolution's output channels) would
-        // leave threads idle, so the strips are split too; each block decodes the item's weights again, which costs
-        // little against MinBlockStrips strips of multiply-adds.
-        int nBlocks = (w.Rows + ItemRows - 1) / ItemRows;
-        int mBlocks = Math.Clamp(4 * KernelThreads.Count / nBlocks, 1, Math.Max(1, strips / MinBlockStrips));
-        int blockStrips = (strips + mBlocks - 1) / mBlocks;
-        mBlocks = (strips + blockStrips - 1) / blockStrips;
-        int blockM = blockStrips * stripWidth;
         float[] packed = ArrayPool<float>.Shared.Rent(checked(paddedM * Math.Max(k, 1)));
         try
         {
@@ -78,25 +75,19 @@ internal static unsafe class PackedMatMul
             fixed (int* perm = order)
             {
                 nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
-                var columns = unfold;
-                KernelThreads.For(strips, (long)stripWidth * k * 8, s =>
-                {
-                    if (transposed) PackStripTransposed((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth, columns);
-                    else PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth);
-                });
+                KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth));
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
+                int items = (w.Rows + ItemRows - 1) / ItemRows;
                 int blockCapacity = Math.Min(k, BlockTarget);
-                KernelThreads.For(nBlocks * mBlocks, (long)ItemRows * blockM * k, item =>
+                KernelThreads.For(items, (long)ItemRows * paddedM * k, item =>
                 {
-                    float[] scratch = ArrayPool<float>.Shared.Rent(ItemRows * blockCapacity + ItemRows * blockM);
+                    float[] scratch = ArrayPool<float>.Shared.Rent(ItemRows * blockCapacity + ItemRows * paddedM);
                     try
                     {
-                        int s0 = item / nBlocks * blockStrips;
-                        var block = new StripBlock(s0, Math.Min(strips, s0 + blockStrips), m);
                         fixed (float* tile = scratch)
-                            Item<TW, TVec, TD>(view, (float*)xtAddress, block, blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item % nBlocks * ItemRows, transposed);
+                            Item<TW, TVec, TD>(view, (float*)xtAddress, new StripBlock(0, strips, m, 0), blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows, transposed: false);
                     }
                     finally
                     {
@@ -111,11 +102,63 @@ internal static unsafe class PackedMatMul
         }
     }
 
-    /// <summary>Fewest strips per work item when the strips are split over items (see <see cref="Run{TW, TVec, TD}"/>).</summary>
-    private const int MinBlockStrips = 4;
+    /// <summary>Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes.</summary>
+    internal static int PositionBlockBytes = 256 << 10;
 
-    /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows.</summary>
-    private readonly record struct StripBlock(int S0, int S1, int M);
+    /// <summary>
+    /// Transposed operands (<c>x^T</c> in, <c>y^T</c> out: a convolution) run position-major: there the activations are
+    /// the large operand and the weight the small one, so each work item owns a block of positions (whole strips of one
+    /// image), packs them (unfolding the image on the fly) into a block of about <see cref="PositionBlockBytes"/> that
+    /// stays in cache, and runs every weight row over it. Packing and the multiply-adds then read the activations
+    /// once from memory; each item decodes the weights again, tile by tile, which costs little against the block's
+    /// multiply-adds (a convolution's weight is small).
+    /// </summary>
+    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, Im2Col? unfold)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
+        int strips = (m + stripWidth - 1) / stripWidth;
+        long stripFloats = (long)Math.Max(k, 1) * stripWidth;
+        int blockStrips = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
+        // At least two items per thread, so that no thread waits on one long item.
+        long minItems = 2L * KernelThreads.Count;
+        blockStrips = (int)Math.Max(1, Math.Min(blockStrips, (long)strips * images / minItems));
+        int blocks = (strips + blockStrips - 1) / blockStrips;
+        int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;
+        long imageSize = unfold?.ImageSize ?? 0;
+        var view = w;
+        var columns = unfold;
+        nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
+        fixed (int* perm = order)
+        {
+            nint permAddress = (nint)perm;
+            KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
+            {
+                int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
+                try
+                {
+                    fixed (float* packed = scratch)
+                    {
+                        float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
+                        for (int s = s0; s < s1; s++)
+                            PackStripTransposed(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                        float* tile = packed + blockStrips * stripFloats;
+                        var block = new StripBlock(s0, s1, m, s0);
+                        for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
+                            Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, transposed: true);
+                    }
+                }
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(scratch);
+                }
+            });
+        }
+    }
+
+    /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows; the packed pointer holds strips from <paramref name="First"/> on.</summary>
+    private readonly record struct StripBlock(int S0, int S1, int M, int First);
 
     /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c>: <c>xt[(s * k + kk) * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -140,13 +183,12 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
-    /// Strip <paramref name="s"/> of <c>x^T</c> from <c>x^T</c> itself (each packed step copies a run of
+    /// Strip <paramref name="s"/> of <c>x^T</c>, into <paramref name="strip"/>, from <c>x^T</c> itself (each packed step copies a run of
     /// <paramref name="width"/> contiguous floats) or from the image of <paramref name="unfold"/> (each step unfolds one).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* packed, int s, int width, Im2Col? unfold)
+    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* strip, int s, int width, Im2Col? unfold)
     {
-        float* strip = packed + (nint)s * k * width;
         int row0 = s * width, valid = Math.Min(width, m - row0);
         for (int kk = 0; kk < k; kk++)
         {
@@ -178,7 +220,7 @@ internal static unsafe class PackedMatMul
             for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(w, n0 + r, k0, k1, a + r * blockCapacity);
             for (int s = block.S0; s < block.S1; s++)
             {
-                float* b = xt + ((nint)s * k + k0) * stripWidth;
+                float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
                 for (int t = 0; t < tiles; t++)
                     Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * ldt + (s - block.S0) * stripWidth, ldt);
             }

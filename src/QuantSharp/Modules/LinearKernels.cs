@@ -71,10 +71,11 @@ internal static unsafe class LinearKernels
     /// </summary>
     public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null)
     {
-        if (images.dtype != ScalarType.Float32 || images.dim() != 4 || !Usable(parts, images, out var format, out int groupSize)) return null;
+        if (images.dtype != ScalarType.Float32 || images.dim() != 4 || images.shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k != unfold.Rows || images.shape[1] != unfold.Channels || images.shape[2] != unfold.Height || images.shape[3] != unfold.Width) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
+        if (input is not null && images.shape[0] * unfold.Positions > int.MaxValue) return null;
 
         using var scope = NewDisposeScope();
         long count = images.shape[0], p = unfold.Positions, size = unfold.ImageSize;
@@ -86,16 +87,13 @@ internal static unsafe class LinearKernels
             if (input?.Static is { } act)
             {
                 var range = QuantRange.For(act.Type, act.ReduceRange);
-                using var q = new QuantizedActivations((int)p, (int)k);
-                for (long i = 0; i < count; i++)
-                {
-                    IntegerMatMul.QuantizeUnfolded(px + i * size, unfold, act.Scale, act.ZeroPoint, range.QMin, range.QMax, q);
-                    IntegerMatMul.Run(view, q, pb, py + i * p * n, (nint)n);
-                }
+                // Every image's positions are rows of one integer product, so small images still fill the GEMM's strips.
+                using var q = new QuantizedActivations((int)(count * p), (int)k);
+                IntegerMatMul.QuantizeUnfolded(px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, q);
+                IntegerMatMul.Run(view, q, pb, py, (nint)n);
                 return;
             }
-            for (long i = 0; i < count; i++)
-                QuantizedMatMul.Run(view, px + i * size, (int)p, (nint)p, pb, py + i * n * p, (nint)p, method: MatMulMethod.Transposed, unfold: unfold);
+            QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count));
         });
         return (input is null ? y : y.transpose(1, 2)).MoveToOuterDisposeScope();
     }

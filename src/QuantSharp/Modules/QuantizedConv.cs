@@ -111,7 +111,7 @@ public sealed class QuantizedConv : QuantizedModule
     internal Tensor Forward(Tensor input, ConvolutionRoute route)
     {
         using var scope = NewDisposeScope();
-        if (route != ConvolutionRoute.Reference && Kernel(input, route == ConvolutionRoute.Kernel) is { } y) return y.MoveToOuterDisposeScope();
+        if (route != ConvolutionRoute.Reference && Kernel(input, force: route == ConvolutionRoute.Kernel) is { } y) return y.MoveToOuterDisposeScope();
         var x = QuantizeInput(input);
         using var w = DequantizeWeight();
         long inChannels = in_channels;
@@ -124,6 +124,13 @@ public sealed class QuantizedConv : QuantizedModule
         return reference.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Whether the measured rule sends <paramref name="input"/> through the kernel route (for the bench and tests).</summary>
+    internal bool TakesKernel(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        return Kernel(input, force: false, decideOnly: true) is not null;
+    }
+
     /// <summary>
     /// The convolution as a matrix product per image through the weight's packed kernel
     /// (<see cref="WeightLayout.Convolution"/>): the image is unfolded (im2col) while the GEMM packs it, the weight is
@@ -131,7 +138,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// (groups, gradients, other dtypes, shapes libtorch would reject) or, unless <paramref name="force"/>, where the
     /// measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
     /// </summary>
-    private Tensor? Kernel(Tensor input, bool force)
+    private Tensor? Kernel(Tensor input, bool force, bool decideOnly = false)
     {
         if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return null;
         if (input.requires_grad && is_grad_enabled()) return null;
@@ -143,7 +150,8 @@ public sealed class QuantizedConv : QuantizedModule
         var images = SpatialDims == 1 ? x.unsqueeze(2) : x;
         if (Unfolding(images.shape) is not { } unfold) return null;
         long n = images.shape[0];
-        if (!force && !ConvolutionCost.KernelPays(unfold, n, WeightSpec, InputQuantizer is not null)) return null;
+        if (!force && !ConvolutionCost.KernelPays(unfold, InputQuantizer is not null)) return null;
+        if (decideOnly) return images;
 
         Tensor? y = null;
         if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);

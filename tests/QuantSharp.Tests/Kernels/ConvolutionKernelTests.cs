@@ -242,4 +242,24 @@ public unsafe class ConvolutionKernelTests
             Assert.NotNull(layer.weight.Layout.Convolution(images, unfold, layer.bias, layer.InputQuantizer));
         }
     }
+
+    [Fact]
+    public void MeasuredRuleTakesTheKernelForPointwiseAndLongW8A8ReductionsOnly()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        bool Takes(nn.Module<Tensor, Tensor> conv, ActivationQuantization? input, Tensor x)
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8, input);
+            return layer.TakesKernel(x);
+        }
+        var image = torch.randn(1, 32, 8, 8);
+        Assert.True(Takes(nn.Conv2d(32, 16, 1), null, image));                   // 1x1: a plain GEMM
+        Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, image));      // weight-only 3x3: libtorch
+        Assert.True(Takes(nn.Conv2d(32, 16, 3, padding: 1), act, image));        // W8A8, K = 288: integers
+        Assert.False(Takes(nn.Conv2d(16, 16, 3), act, torch.randn(1, 16, 8, 8))); // W8A8, K = 144: simulated
+        Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64)));
+    }
 }
