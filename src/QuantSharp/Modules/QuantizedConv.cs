@@ -150,7 +150,7 @@ public sealed class QuantizedConv : QuantizedModule
         var images = SpatialDims == 1 ? x.unsqueeze(2) : x;
         if (Unfolding(images.shape) is not { } unfold) return null;
         long n = images.shape[0];
-        if (!force && !ConvolutionCost.KernelPays(unfold, InputQuantizer is not null)) return null;
+        if (!force && !ConvolutionCost.KernelPays(unfold, out_channels, InputQuantizer is not null)) return null;
         if (decideOnly) return images;
 
         Tensor? y = null;

@@ -244,7 +244,7 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Fact]
-    public void MeasuredRuleTakesTheKernelForPointwiseAndLongW8A8ReductionsOnly()
+    public void MeasuredRuleTakesTheKernelForPointwiseAndWideLongW8A8Only()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -258,8 +258,9 @@ public unsafe class ConvolutionKernelTests
         var image = torch.randn(1, 32, 8, 8);
         Assert.True(Takes(nn.Conv2d(32, 16, 1), null, image));                   // 1x1: a plain GEMM
         Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, image));      // weight-only 3x3: libtorch
-        Assert.True(Takes(nn.Conv2d(32, 16, 3, padding: 1), act, image));        // W8A8, K = 288: integers
-        Assert.False(Takes(nn.Conv2d(16, 16, 3), act, torch.randn(1, 16, 8, 8))); // W8A8, K = 144: simulated
+        Assert.True(Takes(nn.Conv2d(32, 256, 3, padding: 1), act, image));       // W8A8, K = 288, 256 outputs: integers
+        Assert.False(Takes(nn.Conv2d(32, 64, 3, padding: 1), act, image));       // W8A8, 64 outputs: simulated
+        Assert.False(Takes(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8))); // W8A8, K = 144: simulated
         Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64)));
     }
 }
