@@ -38,31 +38,6 @@ internal enum MatMulMethod
     Transposed,
 }
 
-/// <summary>How many threads the kernels use (0: one per processor). The bench's <c>--threads</c> sets it.</summary>
-internal static class KernelThreads
-{
-    private static volatile int s_count;
-
-    public static int Count
-    {
-        get => s_count > 0 ? s_count : Environment.ProcessorCount;
-        set => s_count = Math.Max(0, value);
-    }
-
-    /// <summary>Runs <paramref name="body"/> for items <c>[0, count)</c>, on several threads when there is enough work.</summary>
-    public static void For(int count, long workPerItem, Action<int> body)
-    {
-        const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
-        int threads = Count;
-        if (threads <= 1 || count <= 1 || (long)count * workPerItem < MinParallelWork)
-        {
-            for (int i = 0; i < count; i++) body(i);
-            return;
-        }
-        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
-    }
-}
-
 /// <summary>
 /// <c>y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]</c> for float32 activations and a quantized or half-precision
 /// weight read straight from its buffers (<see cref="WeightView"/>): each weight vector is widened and dequantized in
@@ -320,11 +295,10 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int i = m0;
-        for (; i + 4 <= m1; i += 4)
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Four>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+        for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         if (m1 - i >= 2)
         {
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Two>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+            Pass<TW, TVec, TD, Two>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
             i += 2;
         }
         if (i < m1)
@@ -332,28 +306,71 @@ internal static unsafe class QuantizedMatMul
             // One activation row (batch 1): four weight rows per pass share each activation load.
             int n = n0;
             for (; n + 4 <= n1; n += 4) FourWeightRows<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
-            for (; n < n1; n++) Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+            for (; n < n1; n++)
+            {
+                var sums = default(RowSums<TVec>);
+                Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, 0, w.Cols, ref sums);
+                sums.Write<TW>(y + i * ldy + n, ldy, bias == null ? 0f : bias[n], 1);
+            }
         }
     }
 
-    /// <summary>Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows; writes one output per row.</summary>
+    /// <summary>
+    /// Reduction elements per block of <see cref="Pass"/>: <c>TR.Count</c> activation rows of this many floats (8 KiB
+    /// for four rows) stay in L1 while every weight row of the item passes over them. Without blocking, each weight row
+    /// re-read the whole activation rows from L2 (batch 8, K = 4096: 128 KiB per weight row), which bounded batch 2-23
+    /// by L2 bandwidth. Internal and settable so the tests can check that blocking leaves every bit unchanged.
+    /// </summary>
+    internal static int ReductionBlock = 512;
+
+    /// <summary>
+    /// Weight rows <c>[n0, n1)</c> against <c>TR.Count</c> activation rows, one reduction block at a time
+    /// (<see cref="ReductionBlock"/>): each row's accumulators are carried from block to block
+    /// (<see cref="RowSums{TVec}"/>), so every output gets exactly the operations, in the same order, of one
+    /// unblocked pass over the row.
+    /// </summary>
+    private static void Pass<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
+    {
+        int k = w.Cols, g = w.GroupSize, rows = n1 - n0;
+        int block = Math.Max(ReductionBlock / (2 * TW.Count), 1) * 2 * TW.Count; // whole chunks
+        var sums = RowSums<TVec>.Rent(rows);
+        for (int k0 = 0, k1; k0 < k; k0 = k1)
+        {
+            // A block holds whole groups, or, inside a group longer than a block, whole chunks (its last block ends at
+            // the group's end and takes the group's scalar tail).
+            int groupEnd = (k0 / g + 1) * g;
+            k1 = g <= block ? Math.Min(k, k0 + Math.Max(block / g, 1) * g) : groupEnd - k0 <= block ? groupEnd : k0 + block;
+            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0]);
+        }
+        for (int n = n0; n < n1; n++) sums[n - n0].Write<TW>(y + n, ldy, bias == null ? 0f : bias[n], TR.Count);
+    }
+
+    /// <summary>
+    /// Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows over reduction elements
+    /// <c>[k0, k1)</c> (whole groups, or whole chunks of one group), added to <paramref name="sums"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Row<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, float* bias, float* y, nint ldy)
+    private static void Row<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, int k0, int k1, ref RowSums<TVec> sums)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
     {
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
-        byte* row = w.Data + n * w.RowBytes;
+        nint rowBytes = w.RowBytes;
+        byte* row = w.Data + n * rowBytes;
+        int halfBytes = (int)(2 * rowBytes / Math.Max(w.Cols, 1)); // bytes per two elements
         float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
-        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
-        int groups = w.GroupsPerRow;
-        for (int gi = 0; gi < groups; gi++)
+        TVec a0 = sums.A0, b0 = sums.B0, a1 = sums.A1, b1 = sums.B1, a2 = sums.A2, b2 = sums.B2, a3 = sums.A3, b3 = sums.B3;
+        float r0 = sums.R0, r1 = sums.R1, r2 = sums.R2, r3 = sums.R3;
+        for (int gi = k0 / g; gi * g < k1; gi++)
         {
             var (s, offset) = GroupScale<TD>(w, n, gi);
             var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
-            int k = gi * g, end = k + g;
+            int groupEnd = gi * g + g, k = Math.Max(k0, gi * g), end = Math.Min(k1, groupEnd);
             for (; k + chunk <= end; k += chunk)
             {
+                // The weights of this block stream from memory once (the first activation rows); fetch the next
+                // row's same columns ahead, as the hardware prefetcher does not follow into another row.
+                if (TR.Count > 1 && Sse.IsSupported) Sse.Prefetch0(row + 4 * rowBytes + ((k * halfBytes) >> 1));
                 var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
                 a0 = TW.MultiplyAdd(wa, TW.Load(x0 + k), a0);
                 b0 = TW.MultiplyAdd(wb, TW.Load(x0 + k + c), b0);
@@ -370,7 +387,7 @@ internal static unsafe class QuantizedMatMul
                     b3 = TW.MultiplyAdd(wb, TW.Load(x3 + k + c), b3);
                 }
             }
-            for (; k < end; k++)
+            for (; k < end; k++) // the group's scalar tail (none when the block ends inside the group)
             {
                 float wk = TD.One(row, k) * s + offset;
                 r0 += wk * x0[k];
@@ -382,14 +399,8 @@ internal static unsafe class QuantizedMatMul
                 }
             }
         }
-        float bn = bias == null ? 0f : bias[n];
-        y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + bn;
-        if (TR.Count > 1) y[ldy] = TW.Sum(TW.Add(a1, b1)) + r1 + bn;
-        if (TR.Count > 2)
-        {
-            y[2 * ldy] = TW.Sum(TW.Add(a2, b2)) + r2 + bn;
-            y[3 * ldy] = TW.Sum(TW.Add(a3, b3)) + r3 + bn;
-        }
+        (sums.A0, sums.B0, sums.A1, sums.B1, sums.A2, sums.B2, sums.A3, sums.B3) = (a0, b0, a1, b1, a2, b2, a3, b3);
+        (sums.R0, sums.R1, sums.R2, sums.R3) = (r0, r1, r2, r3);
     }
 
     /// <summary>
@@ -518,4 +529,37 @@ internal readonly struct Two : IRowCount
 internal readonly struct Four : IRowCount
 {
     public static int Count => 4;
+}
+
+/// <summary>
+/// The running sums of one weight row against up to four activation rows (<c>A</c>: the first vector of each chunk,
+/// <c>B</c>: the second, <c>R</c>: scalar group tails), carried between reduction blocks.
+/// </summary>
+internal struct RowSums<TVec> where TVec : struct
+{
+    public TVec A0, B0, A1, B1, A2, B2, A3, B3;
+    public float R0, R1, R2, R3;
+
+    [ThreadStatic] private static RowSums<TVec>[]? t_buffer;
+
+    /// <summary>This thread's zeroed sums for <paramref name="rows"/> weight rows (reused from call to call).</summary>
+    public static Span<RowSums<TVec>> Rent(int rows)
+    {
+        if (t_buffer is null || t_buffer.Length < rows) t_buffer = new RowSums<TVec>[Math.Max(rows, 64)];
+        var span = t_buffer.AsSpan(0, rows);
+        span.Clear();
+        return span;
+    }
+
+    /// <summary>Writes the <paramref name="count"/> outputs (<paramref name="ld"/> floats apart): lanes summed, plus the tail and the bias.</summary>
+    public readonly unsafe void Write<TW>(float* y, nint ld, float bias, int count) where TW : IFloatWidth<TVec>
+    {
+        y[0] = TW.Sum(TW.Add(A0, B0)) + R0 + bias;
+        if (count > 1) y[ld] = TW.Sum(TW.Add(A1, B1)) + R1 + bias;
+        if (count > 2)
+        {
+            y[2 * ld] = TW.Sum(TW.Add(A2, B2)) + R2 + bias;
+            y[3 * ld] = TW.Sum(TW.Add(A3, B3)) + R3 + bias;
+        }
+    }
 }
