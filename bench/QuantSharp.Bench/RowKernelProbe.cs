@@ -32,6 +32,7 @@ internal static unsafe class RowKernelProbe
                 foreach (int m in batches)
                     foreach (int threads in threadCounts)
                         Kernel(n, k, format, m, threads, calls);
+        if (Environment.GetEnvironmentVariable("PROBE_FLOAT") == "1") Float(batches, threadCounts, calls);
         if (Environment.GetEnvironmentVariable("PROBE_LAYER") == "1")
         {
             Layer(calls);
@@ -151,6 +152,28 @@ internal static unsafe class RowKernelProbe
         NativeMemory.Free(scale);
         NativeMemory.AlignedFree(x);
         NativeMemory.AlignedFree(y);
+    }
+
+    /// <summary>TorchSharp float32 and bfloat16 <c>Linear</c> on both shapes (the denominators of the bench's ratios).</summary>
+    private static void Float(int[] batches, int[] threadCounts, int calls)
+    {
+        using var noGrad = no_grad();
+        foreach (var (n, k) in new[] { (4096, 4096), (11008, 4096) })
+        {
+            using var linear = nn.Linear(k, n);
+            using var bf16 = nn.Linear(k, n, dtype: ScalarType.BFloat16);
+            foreach (int m in batches)
+            {
+                using var x = torch.randn(m, k);
+                using var xb = x.to(ScalarType.BFloat16);
+                foreach (int threads in threadCounts)
+                {
+                    torch.set_num_threads(threads);
+                    Report($"float32 Linear {n}x{k} batch {m} threads {threads}", calls, () => linear.call(x).Dispose());
+                    Report($"bfloat16 Linear {n}x{k} batch {m} threads {threads}", calls, () => bf16.call(xb).Dispose());
+                }
+            }
+        }
     }
 
     /// <summary>The whole layer at batch 1 (2 threads) against the kernel alone, with and without a float Linear before each call.</summary>

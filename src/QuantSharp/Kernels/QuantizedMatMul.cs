@@ -295,6 +295,8 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int i = m0;
+        // Eight activation rows per pass decode each weight chunk once for all of them (16 accumulators).
+        for (; i + 8 <= m1; i += 8) Pass<TW, TVec, TD, Eight>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         if (m1 - i >= 2)
         {
@@ -358,33 +360,42 @@ internal static unsafe class QuantizedMatMul
         nint rowBytes = w.RowBytes;
         byte* row = w.Data + n * rowBytes;
         int halfBytes = (int)(2 * rowBytes / Math.Max(w.Cols, 1)); // bytes per two elements
-        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
-        TVec a0 = sums.A0, b0 = sums.B0, a1 = sums.A1, b1 = sums.B1, a2 = sums.A2, b2 = sums.B2, a3 = sums.A3, b3 = sums.B3;
-        float r0 = sums.R0, r1 = sums.R1, r2 = sums.R2, r3 = sums.R3;
+        int ahead = k1 - k0;
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx, x4 = x + 4 * ldx, x5 = x + 5 * ldx, x6 = x + 6 * ldx, x7 = x + 7 * ldx;
+        TVec a0 = sums.A0, b0 = sums.B0, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+        TVec a4 = TW.Zero, b4 = TW.Zero, a5 = TW.Zero, b5 = TW.Zero, a6 = TW.Zero, b6 = TW.Zero, a7 = TW.Zero, b7 = TW.Zero;
+        float r0 = sums.R0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0, r7 = 0;
+        if (TR.Count > 1) (a1, b1, r1) = (sums.A1, sums.B1, sums.R1);
+        if (TR.Count > 2) (a2, b2, r2, a3, b3, r3) = (sums.A2, sums.B2, sums.R2, sums.A3, sums.B3, sums.R3);
+        if (TR.Count > 4)
+        {
+            (a4, b4, r4, a5, b5, r5) = (sums.A4, sums.B4, sums.R4, sums.A5, sums.B5, sums.R5);
+            (a6, b6, r6, a7, b7, r7) = (sums.A6, sums.B6, sums.R6, sums.A7, sums.B7, sums.R7);
+        }
         for (int gi = k0 / g; gi * g < k1; gi++)
         {
             var (s, offset) = GroupScale<TD>(w, n, gi);
             var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
-            int groupEnd = gi * g + g, k = Math.Max(k0, gi * g), end = Math.Min(k1, groupEnd);
+            int k = Math.Max(k0, gi * g), end = Math.Min(k1, gi * g + g);
             for (; k + chunk <= end; k += chunk)
             {
-                // The weights of this block stream from memory once (the first activation rows); fetch the next
-                // row's same columns ahead, as the hardware prefetcher does not follow into another row.
-                if (TR.Count > 1 && Sse.IsSupported) Sse.Prefetch0(row + 4 * rowBytes + ((k * halfBytes) >> 1));
+                // The weights stream from memory once (in the first pass over the activation rows), a block of each row
+                // at a time: fetch this row's next block ahead (read after every row's current block, ~1 us later).
+                if (Sse.IsSupported) Sse.Prefetch0(row + (((k + ahead) * halfBytes) >> 1));
                 var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
-                a0 = TW.MultiplyAdd(wa, TW.Load(x0 + k), a0);
-                b0 = TW.MultiplyAdd(wb, TW.Load(x0 + k + c), b0);
-                if (TR.Count > 1)
-                {
-                    a1 = TW.MultiplyAdd(wa, TW.Load(x1 + k), a1);
-                    b1 = TW.MultiplyAdd(wb, TW.Load(x1 + k + c), b1);
-                }
+                Chunk<TW, TVec>(wa, wb, x0 + k, ref a0, ref b0);
+                if (TR.Count > 1) Chunk<TW, TVec>(wa, wb, x1 + k, ref a1, ref b1);
                 if (TR.Count > 2)
                 {
-                    a2 = TW.MultiplyAdd(wa, TW.Load(x2 + k), a2);
-                    b2 = TW.MultiplyAdd(wb, TW.Load(x2 + k + c), b2);
-                    a3 = TW.MultiplyAdd(wa, TW.Load(x3 + k), a3);
-                    b3 = TW.MultiplyAdd(wb, TW.Load(x3 + k + c), b3);
+                    Chunk<TW, TVec>(wa, wb, x2 + k, ref a2, ref b2);
+                    Chunk<TW, TVec>(wa, wb, x3 + k, ref a3, ref b3);
+                }
+                if (TR.Count > 4)
+                {
+                    Chunk<TW, TVec>(wa, wb, x4 + k, ref a4, ref b4);
+                    Chunk<TW, TVec>(wa, wb, x5 + k, ref a5, ref b5);
+                    Chunk<TW, TVec>(wa, wb, x6 + k, ref a6, ref b6);
+                    Chunk<TW, TVec>(wa, wb, x7 + k, ref a7, ref b7);
                 }
             }
             for (; k < end; k++) // the group's scalar tail (none when the block ends inside the group)
@@ -397,10 +408,31 @@ internal static unsafe class QuantizedMatMul
                     r2 += wk * x2[k];
                     r3 += wk * x3[k];
                 }
+                if (TR.Count > 4)
+                {
+                    r4 += wk * x4[k];
+                    r5 += wk * x5[k];
+                    r6 += wk * x6[k];
+                    r7 += wk * x7[k];
+                }
             }
         }
-        (sums.A0, sums.B0, sums.A1, sums.B1, sums.A2, sums.B2, sums.A3, sums.B3) = (a0, b0, a1, b1, a2, b2, a3, b3);
-        (sums.R0, sums.R1, sums.R2, sums.R3) = (r0, r1, r2, r3);
+        (sums.A0, sums.B0, sums.R0) = (a0, b0, r0);
+        if (TR.Count > 1) (sums.A1, sums.B1, sums.R1) = (a1, b1, r1);
+        if (TR.Count > 2) (sums.A2, sums.B2, sums.R2, sums.A3, sums.B3, sums.R3) = (a2, b2, r2, a3, b3, r3);
+        if (TR.Count > 4)
+        {
+            (sums.A4, sums.B4, sums.R4, sums.A5, sums.B5, sums.R5) = (a4, b4, r4, a5, b5, r5);
+            (sums.A6, sums.B6, sums.R6, sums.A7, sums.B7, sums.R7) = (a6, b6, r6, a7, b7, r7);
+        }
+    }
+
+    /// <summary>One chunk of decoded weights (<paramref name="wa"/>: its first vector, <paramref name="wb"/>: its second) times one activation row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Chunk<TW, TVec>(TVec wa, TVec wb, float* x, ref TVec a, ref TVec b) where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        a = TW.MultiplyAdd(wa, TW.Load(x), a);
+        b = TW.MultiplyAdd(wb, TW.Load(x + TW.Count), b);
     }
 
     /// <summary>
@@ -510,7 +542,7 @@ internal static unsafe class QuantizedMatMul
     }
 }
 
-/// <summary>Compile-time number of activation rows a kernel pass handles (1, 2 or 4).</summary>
+/// <summary>Compile-time number of activation rows a kernel pass handles (1, 2, 4 or 8).</summary>
 internal interface IRowCount
 {
     static abstract int Count { get; }
@@ -531,14 +563,19 @@ internal readonly struct Four : IRowCount
     public static int Count => 4;
 }
 
+internal readonly struct Eight : IRowCount
+{
+    public static int Count => 8;
+}
+
 /// <summary>
-/// The running sums of one weight row against up to four activation rows (<c>A</c>: the first vector of each chunk,
+/// The running sums of one weight row against up to eight activation rows (<c>A</c>: the first vector of each chunk,
 /// <c>B</c>: the second, <c>R</c>: scalar group tails), carried between reduction blocks.
 /// </summary>
 internal struct RowSums<TVec> where TVec : struct
 {
-    public TVec A0, B0, A1, B1, A2, B2, A3, B3;
-    public float R0, R1, R2, R3;
+    public TVec A0, B0, A1, B1, A2, B2, A3, B3, A4, B4, A5, B5, A6, B6, A7, B7;
+    public float R0, R1, R2, R3, R4, R5, R6, R7;
 
     [ThreadStatic] private static RowSums<TVec>[]? t_buffer;
 
@@ -560,6 +597,13 @@ internal struct RowSums<TVec> where TVec : struct
         {
             y[2 * ld] = TW.Sum(TW.Add(A2, B2)) + R2 + bias;
             y[3 * ld] = TW.Sum(TW.Add(A3, B3)) + R3 + bias;
+        }
+        if (count > 4)
+        {
+            y[4 * ld] = TW.Sum(TW.Add(A4, B4)) + R4 + bias;
+            y[5 * ld] = TW.Sum(TW.Add(A5, B5)) + R5 + bias;
+            y[6 * ld] = TW.Sum(TW.Add(A6, B6)) + R6 + bias;
+            y[7 * ld] = TW.Sum(TW.Add(A7, B7)) + R7 + bias;
         }
     }
 }
