@@ -27,7 +27,9 @@ internal static unsafe class RowKernelProbe
         if (Environment.GetEnvironmentVariable("PROBE_DISPATCH") != "0") Dispatch(calls * 10);
         var batches = (Environment.GetEnvironmentVariable("PROBE_BATCHES") ?? "1,8").Split(',').Select(int.Parse).ToArray();
         var threadCounts = (Environment.GetEnvironmentVariable("PROBE_THREADS") ?? "1,2").Split(',').Select(int.Parse).ToArray();
-        foreach (var (n, k) in new[] { (4096, 4096), (11008, 4096) })
+        var shapes = (Environment.GetEnvironmentVariable("PROBE_SHAPES") ?? "4096x4096,11008x4096").Split(',')
+            .Select(t => t.Split('x')).Select(p => (int.Parse(p[0]), int.Parse(p[1]))).ToArray();
+        foreach (var (n, k) in shapes)
             foreach (var format in new[] { WeightFormat.Int8, WeightFormat.Int4 })
                 foreach (int m in batches)
                     foreach (int threads in threadCounts)
@@ -138,14 +140,15 @@ internal static unsafe class RowKernelProbe
         int scales = n * (k / group);
         float* scale = (float*)NativeMemory.Alloc((nuint)scales, 4);
         for (int i = 0; i < scales; i++) scale[i] = 0.01f + i % 7 * 0.001f;
-        float* x = (float*)NativeMemory.AlignedAlloc((nuint)(m * k * 4), 64);
-        for (int i = 0; i < m * k; i++) x[i] = (float)(random.NextDouble() - 0.5);
+        int ldx = k + int.Parse(Environment.GetEnvironmentVariable("PROBE_PAD") ?? "0");
+        float* x = (float*)NativeMemory.AlignedAlloc((nuint)(m * ldx * 4), 64);
+        for (int i = 0; i < m * ldx; i++) x[i] = (float)(random.NextDouble() - 0.5);
         float* y = (float*)NativeMemory.AlignedAlloc((nuint)(m * n * 4), 64);
         var view = new WeightView(format, n, k, data, group, scale);
         KernelThreads.Count = threads;
         double weightBytes = bytes + scales * 4.0;
         var (min, median) = Report($"kernel {n}x{k} {format} g{group} batch {m} threads {threads}", calls,
-            () => QuantizedMatMul.Run(view, x, m, k, null, y, n, method: MatMulMethod.Rows), weightBytes);
+            () => QuantizedMatMul.Run(view, x, m, ldx, null, y, n, method: MatMulMethod.Rows), weightBytes);
         _ = (min, median);
         KernelThreads.Count = 0;
         NativeMemory.AlignedFree(data);

@@ -295,8 +295,6 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int i = m0;
-        // Eight activation rows per pass decode each weight chunk once for all of them (16 accumulators).
-        for (; i + 8 <= m1; i += 8) Pass<TW, TVec, TD, Eight>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         if (m1 - i >= 2)
         {
@@ -311,7 +309,8 @@ internal static unsafe class QuantizedMatMul
             for (; n < n1; n++)
             {
                 var sums = default(RowSums<TVec>);
-                Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, 0, w.Cols, ref sums);
+                Row<TW, TVec, TD, One, One>(w, n, x + i * ldx, ldx, 0, w.Cols, ref sums, ref sums);
+                Tails<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, ref sums);
                 sums.Write<TW>(y + i * ldy + n, ldy, bias == null ? 0f : bias[n], 1);
             }
         }
@@ -343,96 +342,116 @@ internal static unsafe class QuantizedMatMul
             // the group's end and takes the group's scalar tail).
             int groupEnd = (k0 / g + 1) * g;
             k1 = g <= block ? Math.Min(k, k0 + Math.Max(block / g, 1) * g) : groupEnd - k0 <= block ? groupEnd : k0 + block;
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0]);
+            int n = n0;
+            for (; n + 2 <= n1; n += 2) Row<TW, TVec, TD, Two, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0 + 1]);
+            if (n < n1) Row<TW, TVec, TD, One, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0]);
         }
-        for (int n = n0; n < n1; n++) sums[n - n0].Write<TW>(y + n, ldy, bias == null ? 0f : bias[n], TR.Count);
+        for (int n = n0; n < n1; n++)
+        {
+            Tails<TW, TVec, TD, TR>(w, n, x, ldx, ref sums[n - n0]);
+            sums[n - n0].Write<TW>(y + n, ldy, bias == null ? 0f : bias[n], TR.Count);
+        }
     }
 
     /// <summary>
-    /// Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows over reduction elements
-    /// <c>[k0, k1)</c> (whole groups, or whole chunks of one group), added to <paramref name="sums"/>.
+    /// Weight rows <c>n..n+TN.Count-1</c> (one or two) against <c>TR.Count</c> activation rows (1, 2 or 4) over
+    /// reduction elements <c>[k0, k1)</c> (whole groups, or whole chunks of one group), added to <paramref name="sums0"/>
+    /// and <paramref name="sums1"/>. Two weight rows share each activation load: at 64 bytes per load, the loads of
+    /// the activations, not the multiply-adds, bound a one-row pass.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Row<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, int k0, int k1, ref RowSums<TVec> sums)
-        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
+    private static void Row<TW, TVec, TD, TN, TR>(in WeightView w, int n, float* x, nint ldx, int k0, int k1, ref RowSums<TVec> sums0, ref RowSums<TVec> sums1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TN : IRowCount where TR : IRowCount
     {
-        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
+        int chunk = 2 * TW.Count, g = w.GroupSize;
         nint rowBytes = w.RowBytes;
-        byte* row = w.Data + n * rowBytes;
+        byte* row0 = w.Data + n * rowBytes, row1 = row0 + rowBytes;
         int halfBytes = (int)(2 * rowBytes / Math.Max(w.Cols, 1)); // bytes per two elements
         int ahead = k1 - k0;
-        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx, x4 = x + 4 * ldx, x5 = x + 5 * ldx, x6 = x + 6 * ldx, x7 = x + 7 * ldx;
-        TVec a0 = sums.A0, b0 = sums.B0, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-        TVec a4 = TW.Zero, b4 = TW.Zero, a5 = TW.Zero, b5 = TW.Zero, a6 = TW.Zero, b6 = TW.Zero, a7 = TW.Zero, b7 = TW.Zero;
-        float r0 = sums.R0, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0, r7 = 0;
-        if (TR.Count > 1) (a1, b1, r1) = (sums.A1, sums.B1, sums.R1);
-        if (TR.Count > 2) (a2, b2, r2, a3, b3, r3) = (sums.A2, sums.B2, sums.R2, sums.A3, sums.B3, sums.R3);
-        if (TR.Count > 4)
-        {
-            (a4, b4, r4, a5, b5, r5) = (sums.A4, sums.B4, sums.R4, sums.A5, sums.B5, sums.R5);
-            (a6, b6, r6, a7, b7, r7) = (sums.A6, sums.B6, sums.R6, sums.A7, sums.B7, sums.R7);
-        }
+        float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        // a, b: weight row n (first and second vector of each chunk); c, d: row n + 1.
+        var (a0, b0, a1, b1, a2, b2, a3, b3) = sums0.Load<TR>();
+        var (c0, d0, c1, d1, c2, d2, c3, d3) = TN.Count > 1 ? sums1.Load<TR>() : default;
         for (int gi = k0 / g; gi * g < k1; gi++)
         {
             var (s, offset) = GroupScale<TD>(w, n, gi);
             var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
+            TVec hp = TW.Zero, hq = TW.Zero;
+            if (TN.Count > 1)
+            {
+                var (s1, offset1) = GroupScale<TD>(w, n + 1, gi);
+                (hp, hq) = TD.Prepare<TW, TVec>(s1, offset1);
+            }
             int k = Math.Max(k0, gi * g), end = Math.Min(k1, gi * g + g);
             for (; k + chunk <= end; k += chunk)
             {
                 // The weights stream from memory once (in the first pass over the activation rows), a block of each row
-                // at a time: fetch this row's next block ahead (read after every row's current block, ~1 us later).
-                if (Sse.IsSupported) Sse.Prefetch0(row + (((k + ahead) * halfBytes) >> 1));
-                var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
-                Chunk<TW, TVec>(wa, wb, x0 + k, ref a0, ref b0);
-                if (TR.Count > 1) Chunk<TW, TVec>(wa, wb, x1 + k, ref a1, ref b1);
+                // at a time: fetch the rows' next block ahead (read after every row's current block).
+                if (Sse.IsSupported)
+                {
+                    Sse.Prefetch0(row0 + (((k + ahead) * halfBytes) >> 1));
+                    if (TN.Count > 1) Sse.Prefetch0(row1 + (((k + ahead) * halfBytes) >> 1));
+                }
+                var (wa, wb) = TD.Decode<TW, TVec>(row0, k, gp, gq);
+                TVec va = TW.Zero, vb = TW.Zero;
+                if (TN.Count > 1) (va, vb) = TD.Decode<TW, TVec>(row1, k, hp, hq);
+                Chunk<TW, TVec, TN>(wa, wb, va, vb, x0 + k, ref a0, ref b0, ref c0, ref d0);
+                if (TR.Count > 1) Chunk<TW, TVec, TN>(wa, wb, va, vb, x1 + k, ref a1, ref b1, ref c1, ref d1);
                 if (TR.Count > 2)
                 {
-                    Chunk<TW, TVec>(wa, wb, x2 + k, ref a2, ref b2);
-                    Chunk<TW, TVec>(wa, wb, x3 + k, ref a3, ref b3);
-                }
-                if (TR.Count > 4)
-                {
-                    Chunk<TW, TVec>(wa, wb, x4 + k, ref a4, ref b4);
-                    Chunk<TW, TVec>(wa, wb, x5 + k, ref a5, ref b5);
-                    Chunk<TW, TVec>(wa, wb, x6 + k, ref a6, ref b6);
-                    Chunk<TW, TVec>(wa, wb, x7 + k, ref a7, ref b7);
-                }
-            }
-            for (; k < end; k++) // the group's scalar tail (none when the block ends inside the group)
-            {
-                float wk = TD.One(row, k) * s + offset;
-                r0 += wk * x0[k];
-                if (TR.Count > 1) r1 += wk * x1[k];
-                if (TR.Count > 2)
-                {
-                    r2 += wk * x2[k];
-                    r3 += wk * x3[k];
-                }
-                if (TR.Count > 4)
-                {
-                    r4 += wk * x4[k];
-                    r5 += wk * x5[k];
-                    r6 += wk * x6[k];
-                    r7 += wk * x7[k];
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x2 + k, ref a2, ref b2, ref c2, ref d2);
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x3 + k, ref a3, ref b3, ref c3, ref d3);
                 }
             }
         }
-        (sums.A0, sums.B0, sums.R0) = (a0, b0, r0);
-        if (TR.Count > 1) (sums.A1, sums.B1, sums.R1) = (a1, b1, r1);
-        if (TR.Count > 2) (sums.A2, sums.B2, sums.R2, sums.A3, sums.B3, sums.R3) = (a2, b2, r2, a3, b3, r3);
-        if (TR.Count > 4)
+        sums0.Store<TR>(a0, b0, a1, b1, a2, b2, a3, b3);
+        if (TN.Count > 1) sums1.Store<TR>(c0, d0, c1, d1, c2, d2, c3, d3);
+    }
+
+    /// <summary>
+    /// One chunk of one activation row (<paramref name="x"/>) times the decoded chunk of weight row n (<paramref name="wa"/>,
+    /// <paramref name="wb"/>: its first and second vector) and, for two rows, of row n + 1 (<paramref name="va"/>, <paramref name="vb"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Chunk<TW, TVec, TN>(TVec wa, TVec wb, TVec va, TVec vb, float* x, ref TVec a, ref TVec b, ref TVec c, ref TVec d)
+        where TW : IFloatWidth<TVec> where TVec : struct where TN : IRowCount
+    {
+        TVec xa = TW.Load(x), xb = TW.Load(x + TW.Count);
+        a = TW.MultiplyAdd(wa, xa, a);
+        b = TW.MultiplyAdd(wb, xb, b);
+        if (TN.Count > 1)
         {
-            (sums.A4, sums.B4, sums.R4, sums.A5, sums.B5, sums.R5) = (a4, b4, r4, a5, b5, r5);
-            (sums.A6, sums.B6, sums.R6, sums.A7, sums.B7, sums.R7) = (a6, b6, r6, a7, b7, r7);
+            c = TW.MultiplyAdd(va, xa, c);
+            d = TW.MultiplyAdd(vb, xb, d);
         }
     }
 
-    /// <summary>One chunk of decoded weights (<paramref name="wa"/>: its first vector, <paramref name="wb"/>: its second) times one activation row.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Chunk<TW, TVec>(TVec wa, TVec wb, float* x, ref TVec a, ref TVec b) where TW : IFloatWidth<TVec> where TVec : struct
+    /// <summary>
+    /// The scalar tails of weight row <paramref name="n"/>'s groups (the elements after a group's last whole chunk)
+    /// against <c>TR.Count</c> activation rows, into <c>R</c>. Kept out of <see cref="Row"/>: a call there (the decoders'
+    /// scalar reads are not always inlined) makes the JIT keep every vector accumulator in memory.
+    /// </summary>
+    private static void Tails<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, ref RowSums<TVec> sums)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
     {
-        a = TW.MultiplyAdd(wa, TW.Load(x), a);
-        b = TW.MultiplyAdd(wb, TW.Load(x + TW.Count), b);
+        int g = w.GroupSize, chunk = 2 * TW.Count, start = g / chunk * chunk;
+        if (start == g) return;
+        byte* row = w.Data + n * w.RowBytes;
+        for (int g0 = 0; g0 < w.Cols; g0 += g)
+        {
+            var (s, offset) = GroupScale<TD>(w, n, g0 / g);
+            for (int k = g0 + start; k < g0 + g; k++)
+            {
+                float wk = TD.One(row, k) * s + offset;
+                sums.R0 += wk * x[k];
+                if (TR.Count > 1) sums.R1 += wk * x[ldx + k];
+                if (TR.Count > 2)
+                {
+                    sums.R2 += wk * x[2 * ldx + k];
+                    sums.R3 += wk * x[3 * ldx + k];
+                }
+            }
+        }
     }
 
     /// <summary>
@@ -542,7 +561,7 @@ internal static unsafe class QuantizedMatMul
     }
 }
 
-/// <summary>Compile-time number of activation rows a kernel pass handles (1, 2, 4 or 8).</summary>
+/// <summary>Compile-time number of activation rows a kernel pass handles (1, 2 or 4).</summary>
 internal interface IRowCount
 {
     static abstract int Count { get; }
@@ -563,19 +582,31 @@ internal readonly struct Four : IRowCount
     public static int Count => 4;
 }
 
-internal readonly struct Eight : IRowCount
-{
-    public static int Count => 8;
-}
-
 /// <summary>
-/// The running sums of one weight row against up to eight activation rows (<c>A</c>: the first vector of each chunk,
+/// The running sums of one weight row against up to four activation rows (<c>A</c>: the first vector of each chunk,
 /// <c>B</c>: the second, <c>R</c>: scalar group tails), carried between reduction blocks.
 /// </summary>
 internal struct RowSums<TVec> where TVec : struct
 {
-    public TVec A0, B0, A1, B1, A2, B2, A3, B3, A4, B4, A5, B5, A6, B6, A7, B7;
-    public float R0, R1, R2, R3, R4, R5, R6, R7;
+    public TVec A0, B0, A1, B1, A2, B2, A3, B3;
+    public float R0, R1, R2, R3;
+
+    /// <summary>The vector sums of the first <c>TR.Count</c> activation rows (zero for the others).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly (TVec, TVec, TVec, TVec, TVec, TVec, TVec, TVec) Load<TR>() where TR : IRowCount
+    {
+        var z = default(TVec);
+        return (A0, B0, TR.Count > 1 ? A1 : z, TR.Count > 1 ? B1 : z, TR.Count > 2 ? A2 : z, TR.Count > 2 ? B2 : z, TR.Count > 2 ? A3 : z, TR.Count > 2 ? B3 : z);
+    }
+
+    /// <summary>Stores the vector sums of the first <c>TR.Count</c> activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Store<TR>(TVec a0, TVec b0, TVec a1, TVec b1, TVec a2, TVec b2, TVec a3, TVec b3) where TR : IRowCount
+    {
+        (A0, B0) = (a0, b0);
+        if (TR.Count > 1) (A1, B1) = (a1, b1);
+        if (TR.Count > 2) (A2, B2, A3, B3) = (a2, b2, a3, b3);
+    }
 
     [ThreadStatic] private static RowSums<TVec>[]? t_buffer;
 
@@ -597,13 +628,6 @@ internal struct RowSums<TVec> where TVec : struct
         {
             y[2 * ld] = TW.Sum(TW.Add(A2, B2)) + R2 + bias;
             y[3 * ld] = TW.Sum(TW.Add(A3, B3)) + R3 + bias;
-        }
-        if (count > 4)
-        {
-            y[4 * ld] = TW.Sum(TW.Add(A4, B4)) + R4 + bias;
-            y[5 * ld] = TW.Sum(TW.Add(A5, B5)) + R5 + bias;
-            y[6 * ld] = TW.Sum(TW.Add(A6, B6)) + R6 + bias;
-            y[7 * ld] = TW.Sum(TW.Add(A7, B7)) + R7 + bias;
         }
     }
 }

@@ -116,7 +116,7 @@ public unsafe class QuantizedMatMulTests
                 if (WeightView.IsPacked(format) && k % 2 != 0) continue;
                 using var w = new PinnedWeight(format, 9, k, g, zeroPoints: true, seed: k + g);
                 var view = w.View;
-                foreach (int batch in new[] { 2, 7, 13 }) // passes of 2; 4 + 2 + 1; 8 + 4 + 1 rows
+                foreach (int batch in new[] { 2, 7, 13 }) // passes of 2; 4 + 2 + 1; 4 + 4 + 4 + 1 rows
                 {
                     float[] x = KernelTestData.Activations(batch * k, k + batch);
                     foreach (var path in KernelTestData.FloatPaths())
