@@ -197,11 +197,16 @@ internal static unsafe class RowKernelProbe
             using var x = torch.randn(1, 4096);
             Report($"layer 4096x4096 {format} batch 1 threads 2", calls, () => quantized.call(x).Dispose());
             Report($"float32 Linear 4096x4096 batch 1 threads 2", calls, () => linear.call(x).Dispose());
-            Report($"layer 4096x4096 {format} right after a float32 Linear (pair minus float alone)", calls, () =>
+            // libtorch's OpenMP workers spin for a while after each float op (libgomp's default wait policy): the
+            // quantized call timed right after one competes with them for the second core.
+            using var xb = torch.randn(1, 4096).to(ScalarType.BFloat16);
+            using var bf16 = nn.Linear(4096, 4096, dtype: ScalarType.BFloat16);
+            ReportAfter($"layer 4096x4096 {format} right after a bfloat16 Linear", calls, () => bf16.call(xb).Dispose(), () => quantized.call(x).Dispose());
+            ReportAfter($"layer 4096x4096 {format} 20 ms after a bfloat16 Linear", calls, () =>
             {
-                linear.call(x).Dispose();
-                quantized.call(x).Dispose();
-            });
+                bf16.call(xb).Dispose();
+                Thread.Sleep(20);
+            }, () => quantized.call(x).Dispose());
         }
         KernelThreads.Count = 0;
     }
@@ -227,6 +232,21 @@ internal static unsafe class RowKernelProbe
         Report("overhead: empty dispose scope", calls, () => { using var scope = NewDisposeScope(); });
         Report("overhead: x.bytes", calls, () => _ = x.bytes.Length);
         KernelThreads.Count = 0;
+    }
+
+    /// <summary>Times <paramref name="body"/> alone, each time right after <paramref name="before"/> (untimed).</summary>
+    private static void ReportAfter(string what, int calls, Action before, Action body)
+    {
+        var times = new double[calls];
+        for (int i = 0; i < calls; i++)
+        {
+            before();
+            long start = Stopwatch.GetTimestamp();
+            body();
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        Array.Sort(times);
+        Console.WriteLine($"{what}: min {times[0]:0.000} ms, median {times[calls / 2]:0.000} ms");
     }
 
     private static (double Min, double Median) Report(string what, int calls, Action body, double bytes = 0)
