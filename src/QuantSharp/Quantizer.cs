@@ -450,14 +450,8 @@ public static class Quantizer
                 if (act is not null) rangeOk &= ActivationCheck(act, problems);
                 double weightSqnr = layer.WeightSqnrDb;
                 double minW = cfg.Validation.ThresholdFor(spec.Type);
-                // The gate of the method's objective: the calibration output SQNR for an output-error method (GPTQ moves
-                // weights away from their float values on purpose), the weight SQNR otherwise.
-                var (gated, what) = layer.CalibrationOutputSqnrDb is { } calibrationOutput
-                    ? (calibrationOutput, "calibration output SQNR")
-                    : (weightSqnr, "weight SQNR");
-                if (double.IsNaN(gated)) problems.Add($"{what} is NaN");
-                if (gated < minW)
-                    problems.Add($"{what} {gated:F2} dB is below the {spec.Type.ToName()} threshold {minW} dB");
+                // The gate of the method's objective: the calibration output SQNR for an output-error method (GPTQ), the weight SQNR otherwise.
+                if (cfg.Validation.SqnrProblem(spec.Type, weightSqnr, layer.CalibrationOutputSqnrDb) is { } sqnrProblem) problems.Add(sqnrProblem);
                 layerReports.Add(new LayerReport
                 {
                     Name = e.Name, ModuleType = floatType, Spec = spec,
