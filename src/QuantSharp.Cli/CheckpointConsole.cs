@@ -36,6 +36,14 @@ internal static class CheckpointConsole
         return console;
     }
 
+    /// <summary>Refuses, before any work, an option that names an output folder (<c>--save</c>, <c>--plot</c>) but points at an
+    /// existing file: the folder is created when missing, a file there is never replaced by one.</summary>
+    public static void RequireFolder(string? path, string option)
+    {
+        if (path is not null && File.Exists(path))
+            throw new ArgumentException($"{option} '{path}' is a file, not a folder. Give a folder (it is created if missing), e.g. {option} out/.");
+    }
+
     /// <summary>True when progress bars can be drawn.</summary>
     public static bool CanShowProgress(ParseResult parseResult)
         => ReferenceEquals(parseResult.InvocationConfiguration.Output, Console.Out) && !Console.IsOutputRedirected;
@@ -103,14 +111,19 @@ internal static class CheckpointConsole
     /// a problem (copied tensors that pass are summarized in one line).</summary>
     public static Table TensorTable(IEnumerable<LayerReport> all)
     {
-        var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0);
+        var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0).ToList();
+        // The calibration output SQNR (recorded for GPTQ weights, their gate) only when a tensor has one.
+        bool calibration = tensors.Any(t => t.CalibrationOutputSqnrDb is not null);
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("Tensor").AddColumn("Action").AddColumn("Settings").AddColumn("Shape")
             .AddColumn(new TableColumn("Original").RightAligned()).AddColumn(new TableColumn("Stored").RightAligned())
-            .AddColumn(new TableColumn("SQNR dB").RightAligned()).AddColumn("Check");
+            .AddColumn(new TableColumn("SQNR dB").RightAligned());
+        if (calibration) table.AddColumn(new TableColumn("Calib. output SQNR dB").RightAligned()).AddColumn("Gate");
+        table.AddColumn("Check");
         foreach (var t in tensors)
         {
-            table.AddRow(
+            List<string> cells =
+            [
                 Markup.Escape(t.Name),
                 t.Quantized ? "quantized" : "copied",
                 Markup.Escape(t.Spec?.ToString() ?? ""),
@@ -118,7 +131,10 @@ internal static class CheckpointConsole
                 Bytes(t.OriginalBytes),
                 Bytes(t.StoredBytes),
                 Db(t.WeightSqnrDb),
-                t.Problems.Count == 0 ? "[green]ok[/]" : "[red]FAIL[/]");
+            ];
+            if (calibration) cells.AddRange([Db(t.CalibrationOutputSqnrDb), t.Quantized ? ValidationPolicy.GateName(t.CalibrationOutputSqnrDb) : ""]);
+            cells.Add(t.Problems.Count == 0 ? "[green]ok[/]" : "[red]FAIL[/]");
+            table.AddRow([.. cells]);
         }
         return table;
     }

@@ -702,8 +702,7 @@ public static class CheckpointQuantizer
 
         double? db = validate ? sqnr.Db : null;
         double threshold = s.Recipe.Validation.ThresholdFor(spec.Type);
-        if (db is double d && d < threshold)
-            problems.Add($"'{name}': SQNR {d:0.00} dB is below the {spec.Type.ToName()} threshold {threshold:0.##} dB.");
+        if (s.Recipe.Validation.SqnrProblem(spec.Type, db, null) is { } sqnrProblem) problems.Add($"'{name}': {sqnrProblem}.");
         var layer = new QuantizedLayerInfo(info.DType, info.Shape, spec.Type,
             spec.Type.IsInteger() ? spec.Scheme : null, spec.Type.IsInteger() ? spec.Granularity : null,
             spec.ReduceRange, spec.Type.IsInteger() ? observer : null, db);
