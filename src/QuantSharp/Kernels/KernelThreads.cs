@@ -103,6 +103,7 @@ internal static class KernelThreads
         long start = Stopwatch.GetTimestamp();
         long spinTicks = (long)(SpinMilliseconds * Stopwatch.Frequency / 1000);
         long generation;
+        var spinner = new SpinWait(); // yields now and then, so a libtorch thread waiting for this core gets it
         while ((generation = Volatile.Read(ref s_generation)) == seen)
         {
             if (Stopwatch.GetTimestamp() - start > spinTicks)
@@ -115,7 +116,7 @@ internal static class KernelThreads
                 Interlocked.Decrement(ref s_sleepers);
                 return generation;
             }
-            Thread.SpinWait(8);
+            spinner.SpinOnce(sleep1Threshold: -1);
         }
         return generation;
     }
