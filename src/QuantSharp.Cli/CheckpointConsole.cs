@@ -103,14 +103,19 @@ internal static class CheckpointConsole
     /// a problem (copied tensors that pass are summarized in one line).</summary>
     public static Table TensorTable(IEnumerable<LayerReport> all)
     {
-        var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0);
+        var tensors = all.Where(t => t.Quantized || t.Problems.Count > 0).ToList();
+        // The calibration output SQNR (recorded for GPTQ weights, their gate) only when a tensor has one.
+        bool calibration = tensors.Any(t => t.CalibrationOutputSqnrDb is not null);
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("Tensor").AddColumn("Action").AddColumn("Settings").AddColumn("Shape")
             .AddColumn(new TableColumn("Original").RightAligned()).AddColumn(new TableColumn("Stored").RightAligned())
-            .AddColumn(new TableColumn("SQNR dB").RightAligned()).AddColumn("Check");
+            .AddColumn(new TableColumn("SQNR dB").RightAligned());
+        if (calibration) table.AddColumn(new TableColumn("Calib. output SQNR dB").RightAligned()).AddColumn("Gate");
+        table.AddColumn("Check");
         foreach (var t in tensors)
         {
-            table.AddRow(
+            List<string> cells =
+            [
                 Markup.Escape(t.Name),
                 t.Quantized ? "quantized" : "copied",
                 Markup.Escape(t.Spec?.ToString() ?? ""),
@@ -118,7 +123,10 @@ internal static class CheckpointConsole
                 Bytes(t.OriginalBytes),
                 Bytes(t.StoredBytes),
                 Db(t.WeightSqnrDb),
-                t.Problems.Count == 0 ? "[green]ok[/]" : "[red]FAIL[/]");
+            ];
+            if (calibration) cells.AddRange([Db(t.CalibrationOutputSqnrDb), t.Quantized ? ValidationPolicy.GateName(t.CalibrationOutputSqnrDb) : ""]);
+            cells.Add(t.Problems.Count == 0 ? "[green]ok[/]" : "[red]FAIL[/]");
+            table.AddRow([.. cells]);
         }
         return table;
     }

@@ -700,6 +700,25 @@ public sealed record ValidationPolicy
     public double ThresholdFor(QuantType type) =>
         SqnrThresholdsDb.TryGetValue(type, out double v) ? v : DefaultSqnrThresholdsDb.TryGetValue(type, out double d) ? d : double.NegativeInfinity;
 
+    /// <summary>The measure a weight is gated on: its calibration output SQNR when it has one (a layer quantized by GPTQ,
+    /// which moves weights away from their float values on purpose), else its weight SQNR.</summary>
+    internal static string GateName(double? calibrationOutputSqnrDb) =>
+        calibrationOutputSqnrDb is null ? "weight SQNR" : "calibration output SQNR";
+
+    /// <summary>The SQNR gate of one quantized weight, the same on every path (quantizers and validator): the measure of
+    /// <see cref="GateName"/> against <paramref name="type"/>'s threshold. Returns the problem, or null when it passes
+    /// (or was not measured).</summary>
+    internal string? SqnrProblem(QuantType type, double? weightSqnrDb, double? calibrationOutputSqnrDb)
+    {
+        if ((calibrationOutputSqnrDb ?? weightSqnrDb) is not { } value) return null;
+        string what = GateName(calibrationOutputSqnrDb);
+        double threshold = ThresholdFor(type);
+        if (double.IsNaN(value)) return $"{what} is NaN";
+        return value < threshold
+            ? $"{what} {value.ToString("F2", CultureInfo.InvariantCulture)} dB is below the {type.ToName()} threshold {F(threshold)} dB"
+            : null;
+    }
+
     internal void Validate()
     {
         foreach (var (t, v) in SqnrThresholdsDb)

@@ -53,6 +53,11 @@ internal static class ValidateCommand
                 console.MarkupLine(Markup.Escape(
                     $"{q} quantized tensors, {report.Layers.Count - q} copied; {CheckpointConsole.Bytes(report.OriginalBytes)} -> " +
                     $"{CheckpointConsole.Bytes(report.StoredBytes)} ({ratio.ToString("0.00", CultureInfo.InvariantCulture)}x); lowest SQNR {CheckpointConsole.Db(min)} dB."));
+                int byOutput = report.Layers.Count(t => t.Quantized && t.CalibrationOutputSqnrDb is not null);
+                if (byOutput > 0)
+                    console.MarkupLine(Markup.Escape(
+                        $"{byOutput} of {q} quantized tensors (GPTQ) are gated on the calibration output SQNR recorded when they were quantized " +
+                        "(it needs the calibration inputs; their weight SQNR is shown and must match the recorded one), the others on their weight SQNR."));
                 CheckpointConsole.WriteProblems(console, report.Problems, asWarnings: false);
                 console.MarkupLine(report.Passed ? "[green]Validation passed.[/]" : $"[red]Validation failed: {report.Problems.Count} problem(s).[/]");
             }

@@ -188,9 +188,9 @@ internal static class QuantizationDriver
 
     /// <summary>
     /// The validate stage's gate for one item, the same for every source: the range check's problems (from
-    /// <see cref="ItemCheck"/>), valid input qparams, and the SQNR gate: the weight SQNR against the type's threshold, or,
-    /// for a method that minimizes the layer's output error (GPTQ moves weights away from their float values on purpose),
-    /// its calibration output SQNR with the same threshold; a NaN SQNR fails.
+    /// <see cref="ItemCheck"/>), valid input qparams, and the one SQNR gate (<see cref="ValidationPolicy.SqnrProblem"/>):
+    /// the weight SQNR against the type's threshold, or, for a method that minimizes the layer's output error (GPTQ moves
+    /// weights away from their float values on purpose), its calibration output SQNR with the same threshold; a NaN SQNR fails.
     /// </summary>
     internal static LayerReport Validate(PipelineItem item, ItemCheck check, ValidationPolicy policy, RowKind kind)
     {
@@ -206,14 +206,8 @@ internal static class QuantizationDriver
         if (item.Input is { } input) rangeOk &= InputCheck(input, problems);
         double weightSqnr = item.MeasuredSqnrDb ?? check.SqnrDb;
         double threshold = policy.ThresholdFor(spec.Type);
-        var (gated, what) = item.CalibrationOutputSqnrDb is { } calibrationOutput
-            ? (calibrationOutput, "calibration output SQNR")
-            : (weightSqnr, kind == RowKind.Layer ? "weight SQNR" : "SQNR");
-        if (double.IsNaN(gated)) problems.Add(kind == RowKind.Layer ? $"{what} is NaN" : $"'{item.Row.Name}': {what} is NaN.");
-        if (gated < threshold)
-            problems.Add(kind == RowKind.Layer
-                ? $"{what} {gated:F2} dB is below the {spec.Type.ToName()} threshold {threshold} dB"
-                : $"'{item.Row.Name}': {what} {gated:0.00} dB is below the {spec.Type.ToName()} threshold {threshold:0.##} dB.");
+        if (policy.SqnrProblem(spec.Type, weightSqnr, item.CalibrationOutputSqnrDb) is { } sqnrProblem)
+            problems.Add(kind == RowKind.Layer ? sqnrProblem : $"'{item.Row.Name}': {sqnrProblem}.");
         return row with
         {
             WeightSqnrDb = weightSqnr, CalibrationOutputSqnrDb = item.CalibrationOutputSqnrDb,

@@ -34,6 +34,12 @@ public sealed record QuantizedLayerInfo(
     /// its scale and zero point are the plain tensors <c>x.input_scale</c>, <c>x.input_zero_point</c>), or null.</summary>
     public QuantSpec? Input { get; init; }
 
+    /// <summary>For a weight quantized by a method judged by its output error (GPTQ): the SQNR (dB) of the layer's output on
+    /// the calibration inputs it was quantized with (<see cref="Validation.LayerReport.CalibrationOutputSqnrDb"/>), recorded
+    /// because a validator without those inputs cannot measure it; <see cref="Validation.CheckpointValidator"/> gates the
+    /// weight on it instead of its weight SQNR. Null for round-to-nearest weights (the key is then absent).</summary>
+    public double? CalibrationOutputSqnrDb { get; init; }
+
     /// <summary>The logical shape of the stored integers: the <c>[d0, d1*...*dn-1]</c> matrix for an integer weight of
     /// rank &gt; 2 (format version 2), else <see cref="Shape"/>.</summary>
     public long[] StoredShape => FormatVersion >= 2 ? Pipeline.WeightGeometry.StorageShape(Type, Shape) : (long[])Shape.Clone();
@@ -67,6 +73,7 @@ public sealed record QuantizedLayerInfo(
         }
         // JSON has no infinity: an exact round trip is written as the string "inf".
         o["sqnr_db"] = Validation.ReportJson.Number(SqnrDb);
+        if (CalibrationOutputSqnrDb is not null) o["calibration_output_sqnr_db"] = Validation.ReportJson.Number(CalibrationOutputSqnrDb);
         if (Input is { } input)
             o["input"] = new JsonObject { ["qtype"] = input.Type.ToName(), ["scheme"] = QuantizationRecipe.SchemeName(input.Scheme), ["reduce_range"] = input.ReduceRange };
         return o;
@@ -84,6 +91,15 @@ public sealed record QuantizedLayerInfo(
                 "). The file was probably written by a newer QuantSharp: update QuantSharp to read it; its bytes are not guessed at.");
         }
     }
+
+    /// <summary>An SQNR field: a number, or the strings "inf", "-inf", "nan" (JSON has no infinity); null when absent.</summary>
+    private static double? Decibels(JsonElement e, string key) =>
+        !e.TryGetProperty(key, out var v) ? null : v.ValueKind switch
+        {
+            JsonValueKind.Number => v.GetDouble(),
+            JsonValueKind.String => double.Parse(v.GetString()!.Replace("inf", "Infinity"), CultureInfo.InvariantCulture),
+            _ => null,
+        };
 
     /// <summary>Reads the JSON written by <see cref="ToJson"/>.</summary>
     /// <exception cref="QuantizedFileException">A field is missing or has a wrong value.</exception>
@@ -108,16 +124,7 @@ public sealed record QuantizedLayerInfo(
                 reduce = e.TryGetProperty("reduce_range", out var rr) && rr.GetBoolean();
                 observer = e.TryGetProperty("observer", out var ob) && ob.ValueKind == JsonValueKind.String ? ob.GetString() : null;
             }
-            double? sqnr = null;
-            if (e.TryGetProperty("sqnr_db", out var sq))
-            {
-                sqnr = sq.ValueKind switch
-                {
-                    JsonValueKind.Number => sq.GetDouble(),
-                    JsonValueKind.String => double.Parse(sq.GetString()!.Replace("inf", "Infinity"), CultureInfo.InvariantCulture),
-                    _ => null,
-                };
-            }
+            double? sqnr = Decibels(e, "sqnr_db"), calibrationOutputSqnr = Decibels(e, "calibration_output_sqnr_db");
             if (shape.Any(d => d < 0)) throw new FormatException($"negative dimension in shape [{string.Join(", ", shape)}]");
             QuantSpec? input = null;
             if (e.TryGetProperty("input", out var inp) && inp.ValueKind == JsonValueKind.Object)
@@ -126,7 +133,7 @@ public sealed record QuantizedLayerInfo(
                     QuantizationRecipe.ParseScheme(inp.GetProperty("scheme").GetString()!), QuantSharp.Granularity.Tensor,
                     inp.TryGetProperty("reduce_range", out var irr) && irr.GetBoolean());
             }
-            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr) { Input = input };
+            return new QuantizedLayerInfo(odt, shape, type, scheme, gran, reduce, observer, sqnr) { Input = input, CalibrationOutputSqnrDb = calibrationOutputSqnr };
         }
         catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException or OverflowException
             or IndexOutOfRangeException or NotSupportedException)

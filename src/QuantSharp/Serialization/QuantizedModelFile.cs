@@ -185,6 +185,7 @@ internal static class QuantizedModelFile
                     {
                         // What the file says about the weight goes back into it, so that saving again writes the same entry.
                         w.SqnrDb = recorded.SqnrDb;
+                        w.CalibrationOutputSqnrDb = recorded.CalibrationOutputSqnrDb;
                         w.Observer = recorded.Observer;
                     }
                     built[full] = w;
@@ -250,6 +251,7 @@ internal static class QuantizedModelFile
             integer ? spec.Granularity : null, spec.ReduceRange, integer ? w.Observer : null, w.SqnrDb)
         {
             Input = input is null ? null : new QuantSpec(input.Type, input.Scheme, Granularity.Tensor, input.ReduceRange),
+            CalibrationOutputSqnrDb = w.CalibrationOutputSqnrDb,
         };
     }
 

@@ -13,6 +13,13 @@ namespace QuantSharp.Validation;
 /// Compares a quantized checkpoint with its original: for each quantized tensor the SQNR of the dequantized weight
 /// against the original (chunk by chunk), the range test and the size; every other tensor must be stored bit-exactly.
 /// </summary>
+/// <remarks>
+/// A weight is gated as the quantizer gated it (<see cref="ValidationPolicy.ThresholdFor"/>): on its weight SQNR, or, when
+/// its entry records <c>calibration_output_sqnr_db</c> (GPTQ, which moves weights away from their float values on
+/// purpose), on that recorded value. The validator has no calibration inputs to measure it again, so it trusts it only
+/// when the weight SQNR it measures equals the <c>sqnr_db</c> recorded with it (within 0.01 dB): otherwise the stored
+/// weight or the original is not what was quantized, and that is a problem.
+/// </remarks>
 public static class CheckpointValidator
 {
     /// <summary>Compares <paramref name="quantized"/> with <paramref name="original"/> (files or sharded folders).</summary>
@@ -179,7 +186,18 @@ public static class CheckpointValidator
             else sqnr.Add(x, deq);
         }
         double db = sqnr.Db;
-        if (db < threshold) problems.Add($"'{name}': SQNR {db:0.00} dB is below the {layer.Type.ToName()} threshold {threshold:0.##} dB.");
-        return LayerReport.ForTensor(oInfo, qFileName, spec, stored, db, threshold, problems);
+        if (layer.CalibrationOutputSqnrDb is { } recordedOutput && !SameDecibels(layer.SqnrDb, db))
+        {
+            problems.Add($"'{name}': its weight SQNR against this original is {ValidationPolicy.F(db)} dB but the file recorded " +
+                $"{(layer.SqnrDb is { } r ? ValidationPolicy.F(r) + " dB" : "none")} when it was quantized, so the stored weight or the original is not the " +
+                $"pair that was quantized and its recorded calibration output SQNR ({ValidationPolicy.F(recordedOutput)} dB, its gate) does not describe it. " +
+                "Validate against the original the file was quantized from, or quantize again.");
+        }
+        else if (thresholds.SqnrProblem(layer.Type, db, layer.CalibrationOutputSqnrDb) is { } sqnrProblem) problems.Add($"'{name}': {sqnrProblem}.");
+        return LayerReport.ForTensor(oInfo, qFileName, spec, stored, db, threshold, problems) with { CalibrationOutputSqnrDb = layer.CalibrationOutputSqnrDb };
     }
+
+    /// <summary>A recorded SQNR (rounded to 4 decimals in the file) equals a measured one.</summary>
+    private static bool SameDecibels(double? recorded, double measured) =>
+        recorded is { } r && (r.Equals(measured) || Math.Abs(r - measured) <= 0.01);
 }

@@ -41,7 +41,8 @@ public sealed record LayerReport
     /// <summary>For a layer quantized by a method that minimizes its output error (GPTQ): the SQNR (dB) of the layer's
     /// output <c>X·Wqᵀ</c> against <c>X·Wᵀ</c> over the calibration inputs it was quantized with (computed from their second
     /// moment). It replaces <see cref="WeightSqnrDb"/> as the layer's validation gate, with the same per-type threshold
-    /// (<see cref="ValidationPolicy.ThresholdFor"/>). Null for round-to-nearest layers and checkpoint tensors.</summary>
+    /// (<see cref="ValidationPolicy.ThresholdFor"/>). <see cref="CheckpointValidator"/> reports the value the file recorded
+    /// (<c>calibration_output_sqnr_db</c>) and gates on it the same way. Null for round-to-nearest layers.</summary>
     public double? CalibrationOutputSqnrDb { get; init; }
 
     /// <summary>The weight SQNR threshold that applied (dB), or null.</summary>

@@ -106,6 +106,104 @@ public class GptqValidationTests
             Quantizer.QuantizeCore(model, Int2PerChannel, () => new Mlp(), calibration, false, null, 512, null, null, broken));
         Assert.Contains("fc1: calibration output SQNR", ex.Message);
         Assert.All(ex.Report.Layers, l => Assert.True(l.CalibrationOutputSqnrDb < -5, $"{l.Name}: {l.CalibrationOutputSqnrDb}"));
+
+        // Kept anyway (OnFailure = Ignore) and saved: `quantsharp validate` refuses the file on the recorded output SQNR,
+        // with the quantizer's words prefixed by the tensor name.
+        var kept = Quantizer.QuantizeCore(model, Int2PerChannel, () => new Mlp(), calibration, false, null, 512, ValidationFailureMode.Ignore, null, broken);
+        using var q = kept.Model;
+        using var dir = new TempDir();
+        string original = SaveOriginal(model, dir["mlp.safetensors"]);
+        Quantizer.Save(q, dir["broken.safetensors"]);
+        var (code, stdout, _) = Cli.CheckpointCliTests.Run("validate", original, dir["broken.safetensors"], "--json");
+        Assert.Equal(1, code);
+        using var v = JsonDocument.Parse(stdout);
+        var problems = v.RootElement.GetProperty("problems").EnumerateArray().Select(p => p.GetString()!).ToList();
+        Assert.Equal(3, problems.Count);
+        string fc1 = kept.Report!.Layers.Single(l => l.Name == "fc1").CalibrationOutputSqnrDb!.Value.ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains($"fc1: calibration output SQNR {fc1} dB is below the int2 threshold 1 dB", kept.Report.Problems);
+        Assert.Contains($"'fc1.weight': calibration output SQNR {fc1} dB is below the int2 threshold 1 dB.", problems);
+    }
+
+    /// <summary>Saves <paramref name="model"/>'s float state as the ORIGINAL of <c>quantsharp validate</c>.</summary>
+    private static string SaveOriginal(nn.Module model, string path)
+    {
+        QuantSharp.Serialization.SafetensorsWriter.Save(path, model.state_dict().Select(kv => (kv.Key, kv.Value)));
+        return path;
+    }
+
+    [Fact]
+    public void SavedGptqFilePassesValidateOnItsRecordedCalibrationOutputSqnr()
+    {
+        torch.set_num_threads(1);
+        using var scope = NewDisposeScope();
+        var calibration = NearlyLowRank(4, new Generator(31));
+        using var model = new Mlp();
+        model.eval();
+        // An int2 threshold of 10 dB: every GPTQ layer's weight SQNR is below it, its calibration output SQNR above it.
+        var strict = Int2PerChannel with { Validation = Int2PerChannel.Validation with { SqnrThresholdsDb = new Dictionary<QuantType, double> { [QuantType.Int2] = 10 } } };
+        var result = Gptq.Quantize(model, strict, calibration, () => new Mlp(), options: new GptqOptions { ActOrder = true });
+        using var q = result.Model;
+        using var dir = new TempDir();
+        string original = SaveOriginal(model, dir["mlp.safetensors"]);
+        Quantizer.Save(q, dir["mlp.gptq.safetensors"]);
+        File.WriteAllText(dir["strict.json"], """{ "qtype": "int2", "validation": { "sqnr_thresholds_db": { "int2": 10 } } }""");
+
+        // The file records each layer's calibration output SQNR (read with plain JSON, as Python's json module would).
+        using (var f = QuantSharp.Serialization.SafetensorsFile.Open(dir["mlp.gptq.safetensors"]))
+        using (var layers = JsonDocument.Parse(f.Metadata["quantsharp.layers"]))
+        {
+            foreach (var l in result.Report!.Layers)
+                Assert.Equal(l.CalibrationOutputSqnrDb!.Value, layers.RootElement.GetProperty(l.Name + ".weight").GetProperty("calibration_output_sqnr_db").GetDouble(), 4);
+        }
+
+        var (code, stdout, stderr) = Cli.CheckpointCliTests.Run("validate", original, dir["mlp.gptq.safetensors"], "--config", dir["strict.json"], "--json");
+        Assert.True(code == 0, stderr + stdout);
+        using (var v = JsonDocument.Parse(stdout))
+        {
+            Assert.True(v.RootElement.GetProperty("passed").GetBoolean());
+            var rows = v.RootElement.GetProperty("tensors").EnumerateArray().Where(t => t.GetProperty("action").GetString() == "quantized").ToList();
+            Assert.Equal(3, rows.Count);
+            foreach (var row in rows)
+            {
+                var layer = result.Report.Layers.Single(l => l.Name + ".weight" == row.GetProperty("name").GetString());
+                // Validate measures the same weight SQNR the quantizer did (below the 10 dB bar) and gates on the recorded output SQNR.
+                Assert.Equal(layer.WeightSqnrDb!.Value, row.GetProperty("sqnr_db").GetDouble(), 3);
+                Assert.True(row.GetProperty("sqnr_db").GetDouble() < 10);
+                Assert.Equal(layer.CalibrationOutputSqnrDb!.Value, row.GetProperty("calibration_output_sqnr_db").GetDouble(), 4);
+            }
+        }
+        (code, stdout, stderr) = Cli.CheckpointCliTests.Run("validate", original, dir["mlp.gptq.safetensors"], "--config", dir["strict.json"]);
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("3 of 3 quantized tensors (GPTQ) are gated on the calibration output SQNR", stdout);
+        Assert.Contains("Validation passed", stdout);
+
+        // Loading and saving again keeps the recorded values (the same entries).
+        using (var reloaded = Quantizer.Load(() => new Mlp(), dir["mlp.gptq.safetensors"]))
+            Quantizer.Save(reloaded, dir["again.safetensors"]);
+        using (var a = QuantSharp.Serialization.SafetensorsFile.Open(dir["mlp.gptq.safetensors"]))
+        using (var b = QuantSharp.Serialization.SafetensorsFile.Open(dir["again.safetensors"]))
+            Assert.Equal(a.Metadata["quantsharp.layers"], b.Metadata["quantsharp.layers"]);
+
+        // The recorded value is trusted only for the weights it was measured on: scales x3 in the file are caught.
+        var bytes = File.ReadAllBytes(dir["mlp.gptq.safetensors"]);
+        using (var f = QuantSharp.Serialization.SafetensorsFile.Open(dir["mlp.gptq.safetensors"]))
+        {
+            var scale = f.GetInfo("fc2.weight.scale");
+            for (long i = 0; i < scale.ByteLength; i += 4)
+            {
+                int at = (int)(f.DataStart + scale.Begin + i);
+                BitConverter.GetBytes(BitConverter.ToSingle(bytes, at) * 3).CopyTo(bytes, at);
+            }
+        }
+        File.WriteAllBytes(dir["tampered.safetensors"], bytes);
+        (code, stdout, _) = Cli.CheckpointCliTests.Run("validate", original, dir["tampered.safetensors"], "--config", dir["strict.json"], "--json");
+        Assert.Equal(1, code);
+        using (var v = JsonDocument.Parse(stdout))
+        {
+            var problem = Assert.Single(v.RootElement.GetProperty("problems").EnumerateArray()).GetString()!;
+            Assert.StartsWith("'fc2.weight': its weight SQNR against this original is", problem);
+            Assert.Contains("recorded calibration output SQNR", problem);
+        }
     }
 
     private sealed class GroupedConvNet : nn.Module<Tensor, Tensor>

@@ -48,7 +48,7 @@ public sealed class DriverTests
         Assert.Equal(45, a.ThresholdDb);
         Assert.Equal(Int4G32, a.Spec);
         Assert.True(a.RangeOk);
-        Assert.Equal([$"'a': SQNR {expected:0.00} dB is below the int4 threshold 45 dB."], a.Problems);
+        Assert.Equal([$"'a': weight SQNR {F2(expected)} dB is below the int4 threshold 45 dB."], a.Problems);
         var b = report.Layers[1];
         Assert.Equal(50, b.CalibrationOutputSqnrDb);
         Assert.Equal(a.WeightSqnrDb, b.WeightSqnrDb);
@@ -61,7 +61,7 @@ public sealed class DriverTests
         log.Clear();
         var warned = QuantizationDriver.Run(new ListSource(log, RowKind.Layer, ("a", w, null)), new LogSink(log), Policy(ValidationFailureMode.Warn), Stopwatch.StartNew());
         Assert.Contains("commit True", log);
-        Assert.Equal([$"a: weight SQNR {expected:F2} dB is below the int4 threshold 45 dB"], warned.Report.Problems);
+        Assert.Equal([$"a: weight SQNR {F2(expected)} dB is below the int4 threshold 45 dB"], warned.Report.Problems);
         Assert.Equal(warned.Report.Problems, warned.Warnings);
         var ignored = QuantizationDriver.Run(new ListSource(log, RowKind.Layer, ("a", w, null)), new LogSink(log), Policy(ValidationFailureMode.Ignore), Stopwatch.StartNew());
         Assert.Single(ignored.Report.Problems);
@@ -111,14 +111,17 @@ public sealed class DriverTests
             Assert.Equal(m.Spec, c.Spec);
             Assert.Equal(m.Fallback, c.Fallback);
             Assert.True(m.RangeOk && c.RangeOk);
-            Assert.Equal($"weight SQNR {m.WeightSqnrDb:F2} dB is below the int4 threshold 45 dB", Assert.Single(m.Problems));
-            Assert.Equal($"'{layer}.weight': SQNR {c.WeightSqnrDb:0.00} dB is below the int4 threshold 45 dB.", Assert.Single(c.Problems));
+            Assert.Equal($"weight SQNR {F2(m.WeightSqnrDb.Value)} dB is below the int4 threshold 45 dB", Assert.Single(m.Problems));
+            // The same words (one gate, ValidationPolicy.SqnrProblem); a tensor row names the tensor.
+            Assert.Equal($"'{layer}.weight': {m.Problems[0]}.", Assert.Single(c.Problems));
             Assert.Contains($"{layer}: {m.Problems[0]}", fromModel.Problems);
             Assert.Contains(c.Problems[0], fromCheckpoint.Problems);
             if (mode == ValidationFailureMode.Warn) Assert.Contains($"{layer}: {m.Problems[0]}", modelWarnings);
         }
         Assert.Equal(2, fromCheckpoint.Problems.Count);
     }
+
+    private static string F2(double v) => v.ToString("F2", System.Globalization.CultureInfo.InvariantCulture);
 
     private static nn.Module<Tensor, Tensor> Net() => nn.Sequential(("fc1", nn.Linear(64, 32)), ("relu", nn.ReLU()), ("fc2", nn.Linear(32, 16)));
 
