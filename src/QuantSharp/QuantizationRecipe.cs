@@ -34,8 +34,10 @@ namespace QuantSharp;
 /// </remarks>
 public sealed record QuantizationRecipe
 {
-    /// <summary>The recipe format version this library writes and reads.</summary>
-    public const int CurrentVersion = 1;
+    /// <summary>The recipe format version this library writes; it reads every version up to it (docs/FORMAT.md, "Recipe").
+    /// Version 2 added <c>method</c>, <c>gptq</c>, the top-level <c>histogram_method</c> and the overrides' activation
+    /// observer keys (<c>activation_observer</c>, <c>entropy_search_start</c>, <c>histogram_method</c>).</summary>
+    public const int CurrentVersion = 2;
 
     /// <summary>Default number of calibration samples (counted along the batch dimension).</summary>
     public const int DefaultCalibrationSamples = 150;
@@ -53,7 +55,9 @@ public sealed record QuantizationRecipe
     public static IReadOnlyList<QuantType> SupportedWeightTypes { get; } =
         [QuantType.Int8, QuantType.UInt8, QuantType.Int4, QuantType.UInt4, QuantType.Int2, QuantType.UInt2, QuantType.Float16, QuantType.BFloat16];
 
-    /// <summary>Recipe format version (<see cref="CurrentVersion"/>); a newer version is refused when read.</summary>
+    /// <summary>Recipe format version (<see cref="CurrentVersion"/>). A recipe read from an older version is upgraded
+    /// (every key keeps its meaning), so it is <see cref="CurrentVersion"/> in memory and <see cref="ToJson"/> writes the
+    /// current form; a newer version is refused when read.</summary>
     public int Version { get; init; } = CurrentVersion;
 
     /// <summary>Weight type (default int8).</summary>
@@ -411,6 +415,15 @@ public sealed record QuantizationRecipe
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new RecipeException($"{source}: a recipe must be a JSON object.");
+            // The version first: a newer recipe is refused for its version, not for the first key this reader does not know.
+            if (doc.RootElement.TryGetProperty("version", out var versionElement))
+            {
+                int version = Field($"{source}: \"version\"", versionElement.GetInt32);
+                if (version > CurrentVersion)
+                    throw new RecipeException($"{source}: recipe version {version} is newer than this QuantSharp reads (versions 1 to {CurrentVersion}); " +
+                        "it was written by a newer QuantSharp. Update QuantSharp to read it, or write the recipe with \"version\": " +
+                        $"{CurrentVersion} and only the keys docs/FORMAT.md lists.");
+            }
             var r = new QuantizationRecipe();
             foreach (var p in Properties(doc.RootElement, source, TopKeys))
             {
@@ -443,11 +456,11 @@ public sealed record QuantizationRecipe
                     _ => throw new InvalidOperationException("unreachable"),
                 });
             }
-            if (r.Version > CurrentVersion)
-                throw new RecipeException($"{source}: recipe version {r.Version} is newer than this QuantSharp reads ({CurrentVersion}); update QuantSharp.");
             try { r.Validate(); }
             catch (RecipeException ex) { throw new RecipeException($"{source}: {ex.Message}", ex); }
-            return r;
+            // Version 1 (and files that said 1 while carrying version-2 keys, written before the version was raised) is read
+            // as it is: every key keeps its meaning. In memory it is the current version.
+            return r with { Version = CurrentVersion };
         }
     }
 

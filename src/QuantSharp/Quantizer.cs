@@ -6,7 +6,6 @@ using QuantSharp.Serialization;
 using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
-using static QuantSharp.Modules.Hooks;
 using static TorchSharp.torch;
 
 namespace QuantSharp;
@@ -263,18 +262,18 @@ public static class Quantizer
                 // Vectors only (LayerNorm, BatchNorm, a gain): nothing a quantizer would store in fewer bits, as in
                 // torchao and quanto; listed as skipped but not warned about.
                 if (own.Count > 0 && own.All(p => p.dim() <= 1))
-                    skipped.Add(new SkippedLayer(e.Name, typeName, $"{VectorParametersOnly} ({typeName})"));
+                    skipped.Add(new SkippedLayer(e.Name, typeName, SkipKind.VectorParametersOnly, $"only vector parameters (biases, gains, normalization), kept float ({typeName})"));
                 else if (own.Count > 0)
-                    skipped.Add(new SkippedLayer(e.Name, typeName, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
+                    skipped.Add(new SkippedLayer(e.Name, typeName, SkipKind.UnsupportedModuleType, $"unsupported module type {typeName} (register it with QuantizedModules.Register); its parameters stay float"));
                 continue;
             }
             // The layer's weight is addressed by its parameter name (a replaced layer's weight; a materialized module by its own name).
             var weight = handler is null ? null : QuantizedModules.Parameter(e.Module, handler.WeightName);
             string parameter = handler is null ? e.Name + ".weight" : e.Name + "." + handler.WeightName;
             long elements = weight?.numel() ?? e.Module.parameters().Sum(p => p.numel());
-            if (planner.NotSelected(parameter, typeName, elements) is { } reason)
+            if (planner.NotSelected(parameter, typeName, elements) is { } notSelected)
             {
-                skipped.Add(new SkippedLayer(e.Name, typeName, reason));
+                skipped.Add(new SkippedLayer(e.Name, typeName, notSelected.Kind, notSelected.Reason));
                 continue;
             }
             var planned = weight is not null && weight.is_floating_point()
@@ -283,7 +282,7 @@ public static class Quantizer
             var (layer, why) = ModuleQuantization.Plan(e, planned.Spec);
             if (layer is null)
             {
-                skipped.Add(new SkippedLayer(e.Name, typeName, $"{why ?? "nothing to quantize"} (spec {WeightQuantizer.Describe(planned.Spec)})"));
+                skipped.Add(new SkippedLayer(e.Name, typeName, SkipKind.SpecDoesNotFit, $"{why ?? "nothing to quantize"} (spec {WeightQuantizer.Describe(planned.Spec)})"));
                 continue;
             }
             plan.Add(new PlannedLayer(layer, planned));
@@ -291,13 +290,6 @@ public static class Quantizer
         }
         return (plan, skipped);
     }
-
-    /// <summary>Reason of a module whose own parameters are all vectors (normalization layers): skipped without a warning.</summary>
-    private const string VectorParametersOnly = "only vector parameters (biases, gains, normalization), kept float";
-
-    private static bool ChosenByUser(string reason) =>
-        reason.StartsWith(VectorParametersOnly, StringComparison.Ordinal) || reason.StartsWith("excluded by", StringComparison.Ordinal) || reason.StartsWith("module type ", StringComparison.Ordinal)
-        || reason.StartsWith("not matched", StringComparison.Ordinal) || reason.Contains("fewer than MinElements", StringComparison.Ordinal);
 
     private static void CheckPatterns(QuantizationRecipe cfg, List<string> parameterNames)
     {
@@ -365,7 +357,7 @@ public static class Quantizer
         var run = QuantizationDriver.Run(source, sink, cfg.Validation, clock);
         var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!);
         // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
-        var notChosen = skipped.Where(k => !ChosenByUser(k.Reason)).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}.");
+        var notChosen = skipped.Where(k => k.Unexpected).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}.");
         return new QuantizationResult(work, cfg, sink.Layers, skipped, cfg.Validation.Enabled ? run.Report : null,
             [.. fallbacks, .. source.Warnings, .. notChosen, .. run.Warnings], source.Calibrator?.Samples ?? 0);
     }

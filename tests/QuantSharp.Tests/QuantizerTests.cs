@@ -103,7 +103,7 @@ public class QuantizerTests
         // Only Conv2d layers.
         var byType = Quantizer.Quantize(model, NoReload with { ModuleTypes = ["Conv2d"] }, () => new ConvNet());
         Assert.Equal(["features.0", "features.2"], byType.Layers.Select(l => l.Name));
-        Assert.Contains(byType.Skipped, s => s.Name == "classifier" && s.Reason.Contains("ModuleTypes"));
+        Assert.Contains(byType.Skipped, s => s.Name == "classifier" && s.Kind == SkipKind.ModuleTypeFilter && s.Reason.Contains("ModuleTypes"));
         var exType = Quantizer.Quantize(model, NoReload with { ExcludeModuleTypes = ["Linear"] }, () => new ConvNet());
         Assert.Equal(["features.0", "features.2"], exType.Layers.Select(l => l.Name));
 
@@ -115,8 +115,11 @@ public class QuantizerTests
             Overrides = [RecipeOverride.Of("features.2", int4)],
         }, () => new ConvNet());
         Assert.Equal(["features.0"], glob.Layers.Select(l => l.Name));
-        Assert.Contains(glob.Skipped, s => s.Name == "features.2" && s.Reason.Contains("excluded by pattern '*.2'"));
-        Assert.Contains(glob.Skipped, s => s.Name == "classifier" && s.Reason.Contains("Include"));
+        Assert.Contains(glob.Skipped, s => s.Name == "features.2" && s.Kind == SkipKind.Excluded && s.Reason.Contains("excluded by pattern '*.2'"));
+        Assert.Contains(glob.Skipped, s => s.Name == "classifier" && s.Kind == SkipKind.NotSelected && s.Reason.Contains("Include"));
+        // Left out by the recipe's selection: listed, not warned about.
+        Assert.All(glob.Skipped.Concat(byType.Skipped), s => Assert.False(s.Unexpected, s.Name));
+        Assert.DoesNotContain(glob.Warnings.Concat(byType.Warnings), w => w.Contains("stays float", StringComparison.Ordinal));
     }
 
     private sealed class MatrixGain : Module<Tensor, Tensor>
@@ -142,8 +145,16 @@ public class QuantizerTests
         var skipped = r.Skipped.ToDictionary(s => s.Name);
         Assert.Equal("only vector parameters (biases, gains, normalization), kept float (LayerNorm)", skipped["norm"].Reason);
         Assert.Contains("unsupported module type MatrixGain", skipped["mix"].Reason);
+        Assert.Equal((SkipKind.VectorParametersOnly, false), (skipped["norm"].Kind, skipped["norm"].Unexpected));
+        Assert.Equal((SkipKind.UnsupportedModuleType, true), (skipped["mix"].Kind, skipped["mix"].Unexpected));
         var warning = Assert.Single(r.Warnings);
         Assert.StartsWith("mix (MatrixGain) stays float: unsupported module type MatrixGain", warning);
+        // The report's JSON carries the kind (snake_case) beside the message, and reads back.
+        var json = r.Report!.ToJson();
+        Assert.Equal(["vector_parameters_only", "unsupported_module_type"], json["skipped"]!.AsArray().Select(n => (string)n!["kind"]!));
+        Assert.Equal(r.Skipped, QuantizationReport.FromJson(json.ToJsonString()).Skipped);
+        Assert.Contains("no \"kind\"", Assert.Throws<System.Text.Json.JsonException>(() => QuantizationReport.FromJson(
+            """{"skipped": [{"name": "mix", "module_type": "MatrixGain", "reason": "unsupported"}]}""")).Message);
     }
 
     [Fact]
@@ -351,7 +362,10 @@ public class QuantizerConfigTests
         {
             Overrides = [new("fc1", Granularity: new PerAxis(1))],
         }, () => new Mlp());
-        Assert.Contains("axis 0", r.Skipped.Single(s => s.Name == "fc1").Reason);
+        var fc1 = r.Skipped.Single(s => s.Name == "fc1");
+        Assert.Contains("axis 0", fc1.Reason);
+        Assert.Equal(SkipKind.SpecDoesNotFit, fc1.Kind);
+        Assert.Contains(r.Warnings, w => w.StartsWith("fc1 (Linear) stays float: ", StringComparison.Ordinal));
         var ex2 = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe
         {
             Overrides = [new("fc1", QuantType.Int4, ReduceRange: true)],

@@ -6,22 +6,20 @@ using static TorchSharp.torch;
 
 namespace QuantSharp.Calibration;
 
-/// <summary>The observers of one layer and how often its hook fired.</summary>
-internal sealed class LayerObservers(IRangeObserver? input, IRangeObserver output)
+/// <summary>The observer of one layer and how often its hook fired.</summary>
+/// <remarks>Only the input is observed: it is what static activation quantization stores (the layer's input scale and
+/// zero point). A layer's output is not observed (nothing reads its range; the first batch's outputs feed validation).</remarks>
+internal sealed class LayerObservers(IRangeObserver? input)
 {
     /// <summary>Observer of the layer's input (null for embeddings, whose input is indices).</summary>
     public IRangeObserver? Input { get; } = input;
-
-    /// <summary>Observer of the layer's output.</summary>
-    public IRangeObserver Output { get; } = output;
 
     /// <summary>Forward calls seen.</summary>
     public long Calls { get; set; }
 }
 
 /// <summary>
-/// Runs data through a model with forward hooks on the selected layers and feeds each layer's input and output
-/// observers. Hooks fire only when a parent runs the layer through <c>Module.call</c>; layers that are never called
+/// Runs data through a model with forward hooks on the selected layers and feeds each layer's input observer. Hooks fire only when a parent runs the layer through <c>Module.call</c>; layers that are never called
 /// are reported. The first batch's input, the model's output and each layer's output for it are kept (cloned, outside
 /// any dispose scope) for validation; dispose the calibrator to free them.
 /// </summary>
@@ -41,7 +39,7 @@ internal sealed class Calibrator : IDisposable
         foreach (var e in layers)
         {
             bool indices = e.Module is TorchSharp.Modules.Embedding;
-            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver(e.Name, $"input of layer '{e.Name}'"), makeObserver(e.Name, $"output of layer '{e.Name}'"));
+            _observers[e.Name] = new LayerObservers(indices ? null : makeObserver(e.Name, $"input of layer '{e.Name}'"));
         }
     }
 
@@ -53,14 +51,17 @@ internal sealed class Calibrator : IDisposable
     /// <summary>The model's output for the first batch.</summary>
     public Tensor? FirstModelOutput { get; private set; }
 
-    /// <summary>Each layer's output for the first batch (first call of the layer).</summary>
+    /// <summary>Each layer's output for the first batch (first call of the layer); empty when not kept.</summary>
     public IReadOnlyDictionary<string, Tensor> FirstOutputs => _firstOutputs;
 
     public long Samples { get; private set; }
     public int Batches { get; private set; }
 
-    /// <summary>Runs batches until at least <paramref name="targetSamples"/> samples have been seen.</summary>
-    public void Run(IEnumerable<CalibrationBatch> data, long targetSamples, IProgress<CalibrationProgress>? progress, bool observe = true)
+    /// <summary>Runs batches until at least <paramref name="targetSamples"/> samples have been seen; <paramref name="observe"/>
+    /// feeds the input observers, <paramref name="keepFirstOutputs"/> keeps each layer's output on the first batch
+    /// (<see cref="FirstOutputs"/>, for validation's per-layer output SQNR).</summary>
+    public void Run(IEnumerable<CalibrationBatch> data, long targetSamples, IProgress<CalibrationProgress>? progress, bool observe = true,
+        bool keepFirstOutputs = true)
     {
         ArgumentNullException.ThrowIfNull(data);
         var stack = new List<(string Name, nn.Module Module, long[] Shape)>();
@@ -87,12 +88,8 @@ internal sealed class Calibrator : IDisposable
                     if (layerName is null) return null!;
                     var obs = _observers[layerName];
                     obs.Calls++;
-                    if (observe)
-                    {
-                        obs.Input?.Observe(x);
-                        obs.Output.Observe(y);
-                    }
-                    if (firstBatch && !_firstOutputs.ContainsKey(layerName))
+                    if (observe) obs.Input?.Observe(x);
+                    if (keepFirstOutputs && firstBatch && !_firstOutputs.ContainsKey(layerName))
                         _firstOutputs[layerName] = y.detach().clone().DetachFromDisposeScope();
                     return null!;
                 })));

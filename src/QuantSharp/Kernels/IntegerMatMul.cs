@@ -139,10 +139,11 @@ internal static unsafe class IntegerMatMul
     /// </summary>
     internal static int PackedMinRows = 32;
 
-    /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI).</summary>
+    /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI, Vnni512 <see cref="Vnni512Kernel"/>).</summary>
     public static bool IsSupported(KernelPath path) => path switch
     {
         KernelPath.Vnni256 => IntVnni256.IsSupported,
+        KernelPath.Vnni512 => Vnni512Kernel.IsSupported,
         KernelPath.V512 => IntMadd512.IsSupported,
         KernelPath.V256 => IntMadd256.IsSupported,
         KernelPath.V128 => IntMadd128.IsSupported,
@@ -213,7 +214,7 @@ internal static unsafe class IntegerMatMul
     /// <param name="bias">N floats or null.</param>
     /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Output row stride.</param>
-    /// <param name="path">Instruction set (<see cref="KernelPath.Vnni256"/>, V512/V256/V128 use <c>vpmaddwd</c>).</param>
+    /// <param name="path">Instruction set (<see cref="KernelPath.Vnni512"/>, <see cref="KernelPath.Vnni256"/>; V512/V256/V128 use <c>vpmaddwd</c>).</param>
     /// <param name="method">Loop structure: row kernels, or the packed GEMM (<see cref="PackedIntegerMatMul"/>);
     /// <see cref="MatMulMethod.Auto"/> chooses by batch size (<see cref="PackedMinRows"/>).</param>
     public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
@@ -221,7 +222,7 @@ internal static unsafe class IntegerMatMul
         CheckWeight(w);
         if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
         if (path == KernelPath.Auto)
-            path = IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
+            path = Vnni512Kernel.IsSupported ? KernelPath.Vnni512 : IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
                 : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
         if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
         if (method == MatMulMethod.Transposed) throw new ArgumentException("The integer kernel reads row-major activations (no transposed method).", nameof(method));
@@ -230,6 +231,7 @@ internal static unsafe class IntegerMatMul
         {
             switch (path)
             {
+                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, bias, y, ldy); break;
                 case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
                 case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
                 case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
@@ -238,6 +240,7 @@ internal static unsafe class IntegerMatMul
             }
             return;
         }
+        if (path == KernelPath.Vnni512) path = IntVnni256.IsSupported ? KernelPath.Vnni256 : KernelPath.V512;
         switch (path)
         {
             case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;

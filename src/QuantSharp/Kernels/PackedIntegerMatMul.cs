@@ -42,6 +42,28 @@ internal readonly struct GemmVnni256 : IIntGemmWidth<Vector256<int>>
     public static Vector256<int> Dot(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => AvxVnni.MultiplyWideningAndAdd(acc, act.AsByte(), w.AsSByte());
 }
 
+/// <summary>
+/// 512-bit <c>vpdpbusd</c> strips (16 lanes of 4 uint8 codes). The packed GEMM runs <see cref="Vnni512Kernel"/> for
+/// it; this managed <see cref="Dot"/> is its portable twin (exact, slow: four byte products per lane with portable
+/// <see cref="Vector512{T}"/> operations), which the tests compare the generated kernel against on any CPU.
+/// </summary>
+internal readonly struct GemmVnni512 : IIntGemmWidth<Vector512<int>>
+{
+    public static int Lanes => 16;
+    public static int Depth => 4;
+    public static unsafe Vector512<int> Load(void* p) => Vector512.Load((int*)p);
+    public static unsafe void Store(Vector512<int> v, void* p) => v.Store((int*)p);
+    public static Vector512<int> Broadcast(int w) => Vector512.Create(w);
+
+    /// <summary><c>acc + sum_d u_d * s_d</c> per lane: byte d of <paramref name="act"/> unsigned, of <paramref name="w"/> signed.</summary>
+    public static Vector512<int> Dot(Vector512<int> acc, Vector512<int> act, Vector512<int> w)
+    {
+        for (int shift = 0; shift < 32; shift += 8)
+            acc += (act >>> shift & Vector512.Create(0xFF)) * (w << (24 - shift) >> 24);
+        return acc;
+    }
+}
+
 internal readonly struct GemmMadd512 : IIntGemmWidth<Vector512<int>>
 {
     public static int Lanes => 16;
@@ -122,6 +144,12 @@ internal static unsafe class PackedIntegerMatMul
     internal const int BlockGroups = 128;
 
     private const int Align = 64;
+
+    /// <summary>
+    /// Whether <see cref="GemmVnni512"/> runs the generated <see cref="Vnni512Kernel"/> (tests turn it off to run the
+    /// managed twin; both give the same integers, so tests running beside them are unaffected).
+    /// </summary>
+    internal static volatile bool UseNative = true;
 
     /// <summary>
     /// Bytes of packed activations per work item (whole strips, all of K; tests lower it). Smaller blocks would stay
@@ -260,7 +288,14 @@ internal static unsafe class PackedIntegerMatMul
                 }
                 byte* b = block.Data + ((nint)s * groups + g0) * width * 4;
                 for (int t = 0; t < tiles; t++)
-                    Micro<TW, TVec>(tile + t * TileRows * TileStride, TileStride, b, g1 - g0, yt + t * TileRows * ldt + s * width, ldt, width * 4);
+                {
+                    byte* a = tile + t * TileRows * TileStride;
+                    int* c = yt + t * TileRows * ldt + s * width;
+                    if (typeof(TW) == typeof(GemmVnni512) && UseNative)
+                        Vnni512Kernel.Micro(a, TileStride, b, g1 - g0, c, ldt * 4);
+                    else
+                        Micro<TW, TVec>(a, TileStride, b, g1 - g0, c, ldt, width * 4);
+                }
             }
         }
         int m1 = Math.Min(x.Rows, block.Row0 + ldt);
@@ -277,42 +312,57 @@ internal static unsafe class PackedIntegerMatMul
     private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy)
     {
         int k = w.Cols;
-        float* scales = stackalloc float[ItemRows];
+        // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
+        double* scales = stackalloc double[ItemRows];
+        double* zeroPoints = stackalloc double[ItemRows];
+        double* sums = stackalloc double[ItemRows];
         float* biases = stackalloc float[ItemRows];
-        int* zeroPoints = stackalloc int[ItemRows];
         for (int r = 0; r < rows; r++)
         {
-            (scales[r], zeroPoints[r]) = w.Params(n0 + r, 0);
+            (float scale, int zeroPoint) = w.Params(n0 + r, 0);
+            (scales[r], zeroPoints[r], sums[r]) = (scale, zeroPoint, rowSums[r]);
             biases[r] = bias == null ? 0f : bias[n0 + r];
         }
-        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across.
+        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across. The vector paths compute
+        // exact = dot - xZero * rowSum - wZero * (xSum - K * xZero) in float64: every term is an integer below 2^53, so
+        // it is the reference's int64 value; then (xScale * wScale) * exact and the float32 rounding, as the reference.
         int* dots = stackalloc int[ItemRows];
         for (int i = m0; i < m1; i++)
         {
             int xz = x.ZeroPoints[i], xSum = x.Sums[i];
+            float xs = x.Scales[i];
             float* dst = y + i * ldy + n0;
-            for (int r = 0; r < rows; r++) dots[r] = yt[r * ldt + i - m0];
+            int* column = yt + (i - m0);
+            for (int r = 0; r < rows; r++, column += ldt) dots[r] = *column;
+            double correction = xSum - (double)k * xz;
             int j = 0;
+            if (Simd.Use512 && Avx512F.IsSupported)
+            {
+                var vxs = Vector512.Create((double)xs);
+                var vxz = Vector512.Create((double)xz);
+                var vc = Vector512.Create(correction);
+                for (; j + 8 <= rows; j += 8)
+                {
+                    var exact = Avx512F.ConvertToVector512Double(Vector256.Load(dots + j)) - vxz * Vector512.Load(sums + j) - Vector512.Load(zeroPoints + j) * vc;
+                    (Avx512F.ConvertToVector256Single(vxs * Vector512.Load(scales + j) * exact) + Vector256.Load(biases + j)).Store(dst + j);
+                }
+            }
             if (Simd.Use256 && Avx.IsSupported)
             {
-                var vxs = Vector256.Create((double)x.Scales[i]);
+                var vxs = Vector256.Create((double)xs);
                 var vxz = Vector256.Create((double)xz);
-                var vxSum = Vector256.Create((double)xSum);
-                var vkxz = Vector256.Create((double)k * xz);
+                var vc = Vector256.Create(correction);
                 for (; j + 4 <= rows; j += 4)
                 {
-                    var wz = Avx.ConvertToVector256Double(Vector128.Load(zeroPoints + j));
-                    var exact = Avx.ConvertToVector256Double(Vector128.Load(dots + j)) - vxz * Avx.ConvertToVector256Double(Vector128.Load(rowSums + j))
-                        - wz * vxSum + vkxz * wz;
-                    var scaled = vxs * Avx.ConvertToVector256Double(Vector128.Load(scales + j)) * exact;
-                    (Avx.ConvertToVector128Single(scaled) + Vector128.Load(biases + j)).Store(dst + j);
+                    var exact = Avx.ConvertToVector256Double(Vector128.Load(dots + j)) - vxz * Vector256.Load(sums + j) - Vector256.Load(zeroPoints + j) * vc;
+                    (Avx.ConvertToVector128Single(vxs * Vector256.Load(scales + j) * exact) + Vector128.Load(biases + j)).Store(dst + j);
                 }
             }
             for (; j < rows; j++)
             {
-                long wz = zeroPoints[j];
+                long wz = (long)zeroPoints[j];
                 long exact = dots[j] - (long)xz * rowSums[j] - wz * xSum + (long)k * xz * wz;
-                dst[j] = (float)((double)x.Scales[i] * scales[j] * exact) + biases[j];
+                dst[j] = (float)((double)xs * scales[j] * exact) + biases[j];
             }
         }
     }
@@ -367,7 +417,7 @@ internal static unsafe class PackedIntegerMatMul
     /// <paramref name="ldb"/> bytes apart); <paramref name="c"/> rows are <paramref name="ldc"/> ints apart.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Micro<TW, TVec>(byte* a, nint lda, byte* b, int groups, int* c, nint ldc, nint ldb)
+    internal static void Micro<TW, TVec>(byte* a, nint lda, byte* b, int groups, int* c, nint ldc, nint ldb)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int n = TW.Lanes;

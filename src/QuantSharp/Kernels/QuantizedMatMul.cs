@@ -20,6 +20,11 @@ internal enum KernelPath
     V512,
     /// <summary>256-bit AVX-VNNI <c>vpdpbusd</c> (integer kernels only).</summary>
     Vnni256,
+    /// <summary>
+    /// 512-bit AVX512-VNNI <c>vpdpbusd</c> (integer kernels only): the packed GEMM through <see cref="Vnni512Kernel"/>;
+    /// its row kernels are those of <see cref="Vnni256"/> (or <see cref="V512"/> without AVX-VNNI).
+    /// </summary>
+    Vnni512,
 }
 
 /// <summary>Which loop structure multiplies a weight into the activations.</summary>
@@ -133,7 +138,7 @@ internal static unsafe class QuantizedMatMul
         KernelPath.V512 => Float512.IsSupported,
         KernelPath.V256 => Float256.IsSupported,
         KernelPath.V128 => Float128.IsSupported,
-        KernelPath.Vnni256 => false,
+        KernelPath.Vnni256 or KernelPath.Vnni512 => false,
         _ => true,
     };
 

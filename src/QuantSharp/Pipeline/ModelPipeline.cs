@@ -69,7 +69,7 @@ internal sealed class ModelSource : IWeightSource<ModelItem>, IDisposable
                 Calibrator = new Calibrator(work, ObservedLayers, RangeObservers.ForRecipe(cfg, actSpec, parameters));
                 // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
                 long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
-                Calibrator.Run(data, target, progress, observe: cfg.Activations is not null);
+                Calibrator.Run(data, target, progress, observe: cfg.Activations is not null, keepFirstOutputs: cfg.Validation.Enabled);
             }
         }
         catch

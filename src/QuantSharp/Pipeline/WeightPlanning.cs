@@ -42,18 +42,19 @@ internal sealed class RecipePlanner
 
     /// <summary>
     /// Why the weight <paramref name="name"/> (of a module of type <paramref name="moduleType"/>, null in a checkpoint)
-    /// is not selected, or null when it is. <paramref name="elements"/> feeds the default rule's size bound.
+    /// is not selected (kind and message), or null when it is. <paramref name="elements"/> feeds the default rule's size bound.
     /// </summary>
-    public string? NotSelected(string name, string? moduleType, long elements)
+    public (Validation.SkipKind Kind, string Reason)? NotSelected(string name, string? moduleType, long elements)
     {
         if (moduleType is not null)
         {
-            if (Recipe.ModuleTypes.Count > 0 && !Recipe.ModuleTypes.Contains(moduleType)) return $"module type {moduleType} is not in ModuleTypes";
-            if (Recipe.ExcludeModuleTypes.Contains(moduleType)) return $"module type {moduleType} is in ExcludeModuleTypes";
+            if (Recipe.ModuleTypes.Count > 0 && !Recipe.ModuleTypes.Contains(moduleType))
+                return (Validation.SkipKind.ModuleTypeFilter, $"module type {moduleType} is not in ModuleTypes");
+            if (Recipe.ExcludeModuleTypes.Contains(moduleType)) return (Validation.SkipKind.ModuleTypeFilter, $"module type {moduleType} is in ExcludeModuleTypes");
         }
-        if (ExcludedBy(name) is { } ex) return $"excluded by pattern '{ex}'";
-        if (HasInclude) return IsIncluded(name) ? null : "not matched by any Include pattern";
-        if (elements < Recipe.MinElements) return $"{elements} elements, fewer than MinElements {Recipe.MinElements}";
+        if (ExcludedBy(name) is { } ex) return (Validation.SkipKind.Excluded, $"excluded by pattern '{ex}'");
+        if (HasInclude) return IsIncluded(name) ? null : (Validation.SkipKind.NotSelected, "not matched by any Include pattern");
+        if (elements < Recipe.MinElements) return (Validation.SkipKind.NotSelected, $"{elements} elements, fewer than MinElements {Recipe.MinElements}");
         return null;
     }
 

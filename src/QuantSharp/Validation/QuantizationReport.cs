@@ -142,11 +142,54 @@ public sealed record LayerReport
     };
 }
 
+/// <summary>Why a layer was left in float (<see cref="SkippedLayer.Kind"/>; JSON <c>kind</c>, snake_case).</summary>
+public enum SkipKind
+{
+    /// <summary>An exclude pattern matches its weight (<see cref="QuantizationRecipe.Exclude"/>; <c>excluded</c>).</summary>
+    Excluded,
+    /// <summary>Not selected: no include pattern matches it, or it has fewer elements than
+    /// <see cref="QuantizationRecipe.MinElements"/> (<c>not_selected</c>).</summary>
+    NotSelected,
+    /// <summary>Its module type is filtered out (<see cref="QuantizationRecipe.ModuleTypes"/>,
+    /// <see cref="QuantizationRecipe.ExcludeModuleTypes"/>; <c>module_type_filter</c>).</summary>
+    ModuleTypeFilter,
+    /// <summary>Its own parameters are all vectors (normalization, gains, biases): nothing a quantizer would store in fewer
+    /// bits, as in torchao and quanto (<c>vector_parameters_only</c>).</summary>
+    VectorParametersOnly,
+    /// <summary>Its module type has a matrix parameter but no quantized module registered (<see cref="Modules.QuantizedModules"/>;
+    /// <c>unsupported_module_type</c>).</summary>
+    UnsupportedModuleType,
+    /// <summary>Its weights cannot take the spec planned for them: a group size that does not divide under
+    /// <see cref="QuantizationRecipe.StrictGroupSize"/>, an axis other than the output channels, a non-float weight, a layer
+    /// option the quantized module lacks (<c>spec_does_not_fit</c>).</summary>
+    SpecDoesNotFit,
+}
+
 /// <summary>A layer that was left in float, and why.</summary>
 /// <param name="Name">Dotted layer name.</param>
 /// <param name="ModuleType">Module type.</param>
-/// <param name="Reason">Why it was not quantized.</param>
-public sealed record SkippedLayer(string Name, string ModuleType, string Reason);
+/// <param name="Kind">Why, as a kind (what code should test).</param>
+/// <param name="Reason">Why, for people (the message names the pattern, type or spec).</param>
+public sealed record SkippedLayer(string Name, string ModuleType, SkipKind Kind, string Reason)
+{
+    /// <summary>True when the result is not what was asked (an unsupported module type, a spec its weights cannot take):
+    /// the quantizer then also lists it in <see cref="QuantizationResult.Warnings"/>. False when the recipe's selection
+    /// left it out or it has only vector parameters.</summary>
+    public bool Unexpected => Kind is SkipKind.UnsupportedModuleType or SkipKind.SpecDoesNotFit;
+
+    /// <summary>The JSON name of <see cref="Kind"/> (snake_case, e.g. <c>module_type_filter</c>).</summary>
+    internal static string KindName(SkipKind kind) => System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(kind.ToString());
+
+    /// <summary>The kind named <paramref name="name"/> by <see cref="KindName"/>.</summary>
+    internal static SkipKind ParseKind(string name) =>
+        Enum.GetValues<SkipKind>().Cast<SkipKind?>().FirstOrDefault(k => KindName(k!.Value) == name)
+        ?? throw new FormatException($"unknown skipped-layer kind '{name}' (known: {string.Join(", ", Enum.GetValues<SkipKind>().Select(KindName))})");
+
+    internal JsonObject ToJson() => new() { ["name"] = Name, ["module_type"] = ModuleType, ["kind"] = KindName(Kind), ["reason"] = Reason };
+
+    internal static SkippedLayer FromJson(JsonNode n) =>
+        new((string)n["name"]!, (string)n["module_type"]!, ParseKind((string?)n["kind"] ?? throw new FormatException("a skipped layer has no \"kind\"")), (string)n["reason"]!);
+}
 
 /// <summary>Outcome of a check that may not have run.</summary>
 public enum CheckStatus
@@ -273,7 +316,7 @@ public sealed class QuantizationReport
             ["problems"] = ReportJson.Strings(Problems),
             ["warnings"] = ReportJson.Strings(Warnings),
             ["run_warnings"] = ReportJson.Strings(RunWarnings),
-            ["skipped"] = new JsonArray(Skipped.Select(k => (JsonNode)new JsonObject { ["name"] = k.Name, ["module_type"] = k.ModuleType, ["reason"] = k.Reason }).ToArray()),
+            ["skipped"] = new JsonArray(Skipped.Select(k => (JsonNode)k.ToJson()).ToArray()),
             ["tensors"] = new JsonArray(Layers.Select(t => (JsonNode)t.ToJson()).ToArray()),
         };
         foreach (string key in (string[])["input", "output", "model_output_sqnr_db", "reload_detail"])
@@ -308,7 +351,7 @@ public sealed class QuantizationReport
                 Problems = ReportJson.ReadStrings(o["problems"]),
                 RunWarnings = ReportJson.ReadStrings(o["run_warnings"]),
                 Skipped = o["skipped"] is JsonArray sk
-                    ? [.. sk.Select(n => new SkippedLayer((string)n!["name"]!, (string)n!["module_type"]!, (string)n!["reason"]!))]
+                    ? [.. sk.Select(n => SkippedLayer.FromJson(n!))]
                     : [],
                 Layers = o["tensors"] is JsonArray rows ? [.. rows.Select(n => LayerReport.FromJson((JsonObject)n!))] : [],
             };

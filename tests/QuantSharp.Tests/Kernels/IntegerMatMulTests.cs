@@ -11,12 +11,80 @@ namespace QuantSharp.Tests.Kernels;
 public unsafe class IntegerMatMulTests
 {
     private static IEnumerable<KernelPath> Paths() =>
-        new[] { KernelPath.Scalar, KernelPath.V128, KernelPath.V256, KernelPath.V512, KernelPath.Vnni256, KernelPath.Auto }.Where(IntegerMatMul.IsSupported);
+        new[] { KernelPath.Scalar, KernelPath.V128, KernelPath.V256, KernelPath.V512, KernelPath.Vnni256, KernelPath.Vnni512, KernelPath.Auto }.Where(IntegerMatMul.IsSupported);
 
     [Fact]
     public void VnniPathRunsWhereTheCpuHasIt()
     {
         Assert.Equal(System.Runtime.Intrinsics.X86.AvxVnni.IsSupported && Simd.Use256, IntegerMatMul.IsSupported(KernelPath.Vnni256));
+        // The generated 512-bit kernel: Linux x64, AVX-512 in use by .NET, AVX512-VNNI (CPUID 7: ECX bit 11).
+        bool vnni512 = OperatingSystem.IsLinux() && System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64
+            && System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && (System.Runtime.Intrinsics.X86.X86Base.CpuId(7, 0).Ecx & (1 << 11)) != 0
+            && Environment.GetEnvironmentVariable("QUANTSHARP_NATIVE_VNNI") != "0" && Simd.Use512;
+        Assert.Equal(vnni512, IntegerMatMul.IsSupported(KernelPath.Vnni512));
+    }
+
+    [Fact]
+    public void GeneratedVnni512KernelEqualsItsManagedTwin()
+    {
+        // The machine code against GemmVnni512.Dot (portable Vector512 arithmetic) on random codes, including the
+        // extremes, several group counts (0 runs no iteration), and strides that are not multiples of the vector size.
+        if (!Vnni512Kernel.IsSupported) return;
+        var random = new Random(5);
+        const int groups = 37, lda = 4 * groups + 12, ldc = 40;
+        byte[] a = new byte[6 * lda], b = new byte[groups * 128];
+        random.NextBytes(a);
+        random.NextBytes(b);
+        a[0] = 0x80; b[0] = 255; a[lda + 4] = 0x7F; b[129] = 0;
+        foreach (int g in new[] { 0, 1, 2, groups })
+        {
+            int[] native = new int[6 * ldc], managed = new int[6 * ldc];
+            for (int i = 0; i < native.Length; i++) native[i] = managed[i] = random.Next(-1 << 20, 1 << 20);
+            fixed (byte* pa = a) fixed (byte* pb = b) fixed (int* pn = native) fixed (int* pm = managed)
+            {
+                Vnni512Kernel.Micro(pa, lda, pb, g, pn, ldc * 4);
+                PackedIntegerMatMul.Micro<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>>(pa, lda, pb, g, pm, ldc, 128);
+            }
+            Assert.Equal(managed, native);
+        }
+    }
+
+    [Fact]
+    public void ManagedVnni512TwinEqualsTheSpecification()
+    {
+        // The portable twin of the generated kernel runs everywhere (emulated where the CPU lacks 512-bit vectors):
+        // 32-row strips, 4-code groups, every tail, against the specification exactly.
+        bool saved = PackedIntegerMatMul.UseNative;
+        PackedIntegerMatMul.UseNative = false;
+        try
+        {
+            for (int k = 1; k <= 70; k++)
+                CheckWidth<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>>(rows: 1 + k * 7 % 59, cols: k, batch: 1 + k * 13 % 65, zeroPoints: k % 3 == 0, seed: 1300 + k);
+            foreach (int k in new[] { 511, 512, 513, 1030 })
+                CheckWidth<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>>(rows: 53, cols: k, batch: 33, zeroPoints: k % 2 == 1, seed: 1400 + k);
+        }
+        finally
+        {
+            PackedIntegerMatMul.UseNative = saved;
+        }
+    }
+
+    private static void CheckWidth<TW, TVec>(int rows, int cols, int batch, bool zeroPoints, int seed)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        using var w = new PinnedWeight(WeightFormat.Int8, rows, cols, 0, zeroPoints, seed);
+        float[] x = KernelTestData.Activations(batch * cols, seed);
+        float[] bias = KernelTestData.Activations(rows, seed + 1);
+        using var q = new QuantizedActivations(batch, cols);
+        fixed (float* px = x) IntegerMatMul.QuantizeDynamic(px, cols, q);
+        var expected = new float[batch * rows];
+        var actual = new float[batch * rows];
+        fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+        {
+            IntegerMatMul.Reference(w.View, q, pb, pe, rows);
+            PackedIntegerMatMul.Run<TW, TVec>(w.View, q, pb, pa, rows);
+        }
+        Assert.True(expected.AsSpan().SequenceEqual(actual), $"{typeof(TW).Name} [{rows}x{cols}] batch {batch} differs from the specification");
     }
 
     [Fact]
