@@ -55,8 +55,8 @@ internal static class DemoCommand
         };
 
         var cmd = new Command("demo",
-            "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration) and print " +
-            "accuracy, size and SQNR of each variant against float32. Runs offline on bundled data; with the full MNIST " +
+            "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration, W8A8 with dynamic " +
+            "activations) and print accuracy, size, SQNR and inference time of each variant against float32. Runs offline on bundled data; with the full MNIST " +
             "test set after scripts/fetch-mnist.sh.");
         cmd.Options.Add(data);
         cmd.Options.Add(mnistDir);

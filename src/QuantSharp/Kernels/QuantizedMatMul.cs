@@ -92,18 +92,24 @@ internal static unsafe class QuantizedMatMul
     /// <param name="ldy">Distance between output rows (at least N).</param>
     /// <param name="path">Instruction set; <see cref="KernelPath.Auto"/> for the widest available.</param>
     /// <param name="method">Loop structure; <see cref="MatMulMethod.Auto"/> chooses by batch size.</param>
-    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
+    /// <param name="unfold">
+    /// With <see cref="MatMulMethod.Transposed"/>: a convolution whose column matrix (im2col, <c>[K, m]</c>) is
+    /// <c>x^T</c>, unfolded from the image at <paramref name="x"/> as the GEMM packs it (<paramref name="ldx"/> unused).
+    /// </param>
+    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto, Im2Col? unfold = null)
     {
+        if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
+            throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
         if (method == MatMulMethod.Auto) method = m >= PackedMinRows ? MatMulMethod.Packed : MatMulMethod.Rows;
-        var (xRow, yRow) = method == MatMulMethod.Transposed ? (m, m) : (w.Cols, w.Rows);
+        var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
         switch (Resolve(path))
         {
-            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method); break;
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
         }
     }
 
@@ -125,17 +131,17 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         switch (w.Format)
         {
-            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
         }
     }
 
@@ -143,12 +149,12 @@ internal static unsafe class QuantizedMatMul
     /// Packed 4-bit weights: one activation row (batch 1) whose groups hold whole <see cref="NibbleStep"/> chunks takes
     /// <see cref="NibbleRows"/>; everything else the generic row kernels or the packed GEMM.
     /// </summary>
-    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
         if (method != MatMulMethod.Rows || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
         {
-            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method);
+            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
             return;
         }
         int k = w.Cols, step = NibbleStep<TW, TVec>();
@@ -250,14 +256,14 @@ internal static unsafe class QuantizedMatMul
         b = TW.MultiplyAdd(TW.NibbleAt(words, 28, p, q), TW.Load(x + 7 * c), b);
     }
 
-    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
         int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
         if (method != MatMulMethod.Rows)
         {
-            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed);
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
             return;
         }
         float* permuted = null;

@@ -93,4 +93,17 @@ public class CliUsabilityTests
         Assert.Contains("226,856", floatRow); // 56,714 parameters x 4 bytes, on one line
         Assert.Contains("100.0%", floatRow);
     }
+
+    [Fact]
+    public void HelpNamesEveryTypeTheCommandsAccept()
+    {
+        // The descriptions used to stop at int4/uint4 (quantize) and at W8A8 with calibration (demo).
+        var quantize = CliRun.Run("quantize", "--help");
+        Assert.Equal(0, quantize.Code);
+        string description = quantize.Out.Split('\n')[1];
+        foreach (var type in new[] { "int8", "uint8", "int4", "uint4", "int2", "uint2", "float16", "bfloat16" })
+            Assert.Contains(type, description);
+        var demo = CliRun.Run("demo", "--help");
+        Assert.Contains("W8A8 with dynamic activations", demo.Out.Replace("\n  ", " "));
+    }
 }
