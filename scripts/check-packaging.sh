@@ -3,6 +3,7 @@
 # outside the repository, does what the README's "Use it from your project" section says:
 #   1. a new console app references the QuantSharp package (local folder feed) and TorchSharp-cpu, quantizes a small
 #      model (scripts/check-packaging/SmallModelCheck.cs) with `dotnet run`, then again from `dotnet publish -r linux-x64`;
+#      The README's C# example is then pasted as the app's whole Program.cs, built and run.
 #   2. `dotnet tool install --tool-path T --add-source DIR QuantSharp.Cli`, `T/quantsharp demo` and `T/quantsharp calibrate
 #      compare --plot` (pictures through the tool's SkiaSharp native assets).
 # On this machine's libstdc++ (Debian 12) the first tensor fails unless the package's libstdc++ fix reached the
@@ -72,6 +73,16 @@ quiet dotnet publish -c Release -r linux-x64 -o "$work/publish"
 out=$("$work/publish/QuantSharpConsumer") || fail "published consumer: $out"
 echo "   $out"
 assert_patched "$work/publish/libLibTorchSharp.so"
+
+step "consumer app: the README's C# example as its whole Program.cs, dotnet run"
+# The first ```csharp block of README.md, verbatim: a user pastes it into a new console app and runs it.
+awk '/^```csharp$/ { inside = 1; next } /^```$/ { if (inside) exit } inside' "$repo/README.md" > Program.cs
+rm SmallModelCheck.cs
+quiet dotnet build -c Release
+out=$(dotnet run -c Release --no-build) || fail "the README example (dotnet run): $out"
+grep -qx "validation: passed" <<< "$out" || fail "the README example's report does not say 'validation: passed': $out"
+[[ -s mynet.int4.safetensors && -s mynet.int4.recipe.json ]] || fail "the README example did not write mynet.int4.safetensors and mynet.int4.recipe.json"
+echo "   README example: $(grep -E '^size: ' <<< "$out")"
 
 step "tool: dotnet tool install --tool-path T --add-source DIR QuantSharp.Cli, T/quantsharp demo"
 cd "$work"

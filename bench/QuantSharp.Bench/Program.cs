@@ -9,8 +9,10 @@ public static class Program
     {
         if (args.Length > 0 && args[0] == "checkpoint") return CheckpointBench.Run(args[1..]); // end-to-end checkpoint run, see CheckpointBench
         if (args.Length > 0 && args[0] == "chunk-profile") return ChunkProfile.Run();
+        if (args.Length > 0 && args[0] == "conv") return ConvBench.Run(args[1..]); // quantized vs float32 convolutions, see ConvBench
         if (args.Length > 0 && args[0] == "int-gemm-profile") return IntegerGemmProfile.Run(args[1..]); // W8A8 GEMM vs bf16 Linear, see IntegerGemmProfile
         if (args.Length > 0 && args[0] == "mechanisms") return MechanismBench.Run(); // replaced vs materialized layers, see MechanismBench
+        if (args.Length > 0 && args[0] == "row-kernels") return RowKernelProbe.Run(args[1..]); // batch-1/8 kernels on 1 and 2 threads, see RowKernelProbe
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
     }

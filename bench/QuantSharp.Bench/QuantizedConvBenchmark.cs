@@ -6,8 +6,9 @@ using static TorchSharp.torch;
 namespace QuantSharp.Bench;
 
 /// <summary>
-/// Forward pass of float32 convolutions (baseline) against their quantized replacements, which dequantize the weight
-/// (small for convolutions) and run the same libtorch convolution: issue 9 asks whether a kernel path pays here.
+/// Forward pass of float32 convolutions (baseline) against their quantized replacements, which take the route the
+/// measured rule chooses (<see cref="ConvolutionCost"/>: the packed kernels, or dequantize + the same libtorch
+/// convolution). The same-process ratio bench over more shapes and both routes is <c>conv</c> (<see cref="ConvBench"/>).
 /// Shapes: a ResNet-style 3x3 Conv2d 64 -> 64 on 56x56, a pointwise (1x1) Conv2d 256 -> 256 on 28x28 and a Conv1d
 /// 512 -> 512 (kernel 3) over 256 steps, at batch 1 and 8, on all cores.
 /// Run: <c>dotnet run -c Release --project bench/QuantSharp.Bench -- --filter '*QuantizedConv*'</c>.

@@ -36,6 +36,14 @@ internal static class CheckpointConsole
         return console;
     }
 
+    /// <summary>Refuses, before any work, an option that names an output folder (<c>--save</c>, <c>--plot</c>) but points at an
+    /// existing file: the folder is created when missing, a file there is never replaced by one.</summary>
+    public static void RequireFolder(string? path, string option)
+    {
+        if (path is not null && File.Exists(path))
+            throw new ArgumentException($"{option} '{path}' is a file, not a folder. Give a folder (it is created if missing), e.g. {option} out/.");
+    }
+
     /// <summary>True when progress bars can be drawn.</summary>
     public static bool CanShowProgress(ParseResult parseResult)
         => ReferenceEquals(parseResult.InvocationConfiguration.Output, Console.Out) && !Console.IsOutputRedirected;

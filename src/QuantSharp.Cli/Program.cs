@@ -11,7 +11,7 @@ public static class Program
     /// <summary>Builds the command tree (also used by tests); every command's action is wrapped by the top-level error handler.</summary>
     public static RootCommand BuildRoot()
     {
-        var root = new RootCommand("QuantSharp: quantize TorchSharp models and safetensors checkpoints to int8/int4/fp16/bf16.");
+        var root = new RootCommand("QuantSharp: quantize TorchSharp models and safetensors checkpoints to int8, int4, int2, float16 or bfloat16.");
         var version = new Command("version", "Print QuantSharp, TorchSharp and libtorch versions.");
         version.SetAction(_ =>
         {

@@ -6,7 +6,6 @@ using QuantSharp.Serialization;
 using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
-using static QuantSharp.Modules.Hooks;
 using static TorchSharp.torch;
 
 namespace QuantSharp;
@@ -245,9 +244,6 @@ public static class Quantizer
 
     internal static void SetRecipe(nn.Module model, QuantizationRecipe recipe) => s_recipes.AddOrUpdate(model, recipe);
 
-    /// <summary>One planned layer: what is done to the module, and the planned weight (spec after the group-size fallback).</summary>
-    private sealed record PlannedLayer(LayerPlan Layer, PlannedWeight Weight);
-
     private static (List<PlannedLayer> Plan, List<SkippedLayer> Skipped) Plan(List<ModuleEntry> entries, RecipePlanner planner)
     {
         var plan = new List<PlannedLayer>();
@@ -348,299 +344,23 @@ public static class Quantizer
         static string List(List<string> keys) => keys.Count == 0 ? "none" : string.Join(", ", keys.Take(5)) + (keys.Count > 5 ? $", ... ({keys.Count})" : "");
     }
 
+    /// <summary>Runs the one pipeline: the planned layers of <paramref name="work"/> (<see cref="ModelSource"/>, calibrated on
+    /// <paramref name="data"/>) installed into it (<see cref="ModelSink"/>).</summary>
     private static QuantizationResult Run(nn.Module work, QuantizationRecipe cfg, List<PlannedLayer> planned, List<SkippedLayer> skipped,
         Func<nn.Module>? factory, IEnumerable<CalibrationBatch>? data, IProgress<CalibrationProgress>? progress, bool disposeReplaced,
         IWeightQuantizer? method = null)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var entries = ModuleTree.Walk(work).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        var specs = planned.ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Spec);
-        var plans = planned.Select(p => ModuleQuantization.Plan(entries[p.Layer.Entry.Name], p.Weight.Spec).Plan!).ToList();
-        var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!).ToList();
-        var fallbackOf = planned.Where(p => p.Weight.Fallback is not null).ToDictionary(p => p.Layer.Entry.Name, p => p.Weight.Fallback!, StringComparer.Ordinal);
-        // Calibration observes the layers that take one tensor; native modules (tuples, several inputs) are only quantized.
-        var layers = plans.Select(p => p.Entry).Where(e => e.Module is nn.Module<Tensor, Tensor>).ToList();
-        // A module registered under two names, or whose parameters are tied to another's, is never disposed after its replacement.
-        var shared = entries.Values.GroupBy(e => (object)e.Module, ReferenceEqualityComparer.Instance)
-            .Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(ReferenceEqualityComparer.Instance);
-        var storages = work.parameters().Select(ModuleQuantization.StorageKey).Where(k => k is not null).GroupBy(k => k).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
-        foreach (var e in entries.Values)
-            if (e.Module.parameters(recurse: false).Any(p => storages.Contains(ModuleQuantization.StorageKey(p)))) shared.Add(e.Module);
         work.eval();
-        long floatBytes = ModelMemory.Bytes(work);
-        // The quantize stage; a sequential one (GPTQ) quantizes layer by layer on the inputs of the layers already quantized.
-        var quantizer = method ?? QuantizationPipeline.WeightQuantizerFor(cfg);
-        List<CalibrationBatch>? replay = null;
-        if (quantizer.Sequential)
-        {
-            if (data is null)
-                throw new ArgumentException($"The weight quantization method '{quantizer.Method}' needs calibration data (the inputs of each layer): pass calibrationData.", nameof(data));
-            if (plans.FirstOrDefault(p => p.Mechanism != QuantizationMechanism.Replace) is { } kept)
-                throw new ModelQuantizationException($"The weight quantization method '{quantizer.Method}' quantizes layers that are replaced by quantized modules; " +
-                    $"'{kept.Entry.Name}' ({kept.Entry.Module.GetType().Name}) keeps its float module ({kept.Note ?? "materialized weights"}). Exclude it, or use round to nearest.");
-            replay = Replayable(data, cfg.CalibrationSamples);
-            data = replay;
-        }
-
-        Calibrator? calib = null;
-        try
-        {
-            if (data is not null)
-            {
-                var actSpec = cfg.Activations ?? QuantizationRecipe.DefaultActivations;
-                // Each layer's input observer: the recipe's, or its weight's first matching override's.
-                var parameters = planned.ToDictionary(p => p.Layer.Entry.Name, p => (p.Weight.Name, ModuleTree.TypeName(p.Layer.Entry.Module.GetType())), StringComparer.Ordinal);
-                calib = new Calibrator(work, layers, RangeObservers.ForRecipe(cfg, actSpec, parameters));
-                // Weight-only: one batch feeds the validation report; W8A8: the configured number of samples.
-                long target = cfg.Activations is null ? 1 : cfg.CalibrationSamples;
-                calib.Run(data, target, progress, observe: cfg.Activations is not null, keepFirstOutputs: cfg.Validation.Enabled);
-            }
-
-            var done = new List<QuantizedLayer>();
-            var layerReports = new List<LayerReport>();
-            var failures = new List<string>();
-            var warnings = new List<string>();
-            var tied = new TiedWeights(quantizer, measure: cfg.Validation.Enabled);
-            // Round to nearest: every weight is quantized before any module changes (a materialized module empties its
-            // parameters, tied twins included). Sequential: each layer when the layers before it are installed.
-            IEnumerable<PreparedLayer> prepared = quantizer.Sequential
-                ? PrepareSequentially(work, plans, specs, tied, quantizer, replay!)
-                : plans.Select(p => ModuleQuantization.Prepare(p, specs[p.Entry.Name], tied)).ToList();
-            var stored = new HashSet<QuantizedWeight>(ReferenceEqualityComparer.Instance);
-            foreach (var layer in prepared)
-            {
-                var e = layer.Plan.Entry;
-                var spec = specs[e.Name];
-                ActivationQuantization? act = null;
-                if (cfg.Activations is { } a && layer.Plan.Handler is { QuantizesInput: true })
-                {
-                    if (layer.Plan.Mechanism == QuantizationMechanism.Replace)
-                    {
-                        var (s, z) = calib!.Observers[e.Name].Input!.ComputeQParams();
-                        act = new ActivationQuantization(a.Type, a.Scheme, a.ReduceRange, s, z);
-                    }
-                    else warnings.Add($"{e.Name}: its input is not quantized (static activation quantization needs a replaced layer; {layer.Plan.Note}).");
-                }
-                if (layer.Plan.Note is { } note && layer.Plan.Handler is null) warnings.Add($"{e.Name}: {note}.");
-                string floatType = e.Module.GetType().Name;
-                var installed = ModuleQuantization.Install(layer, act);
-                if (cfg.DynamicActivations && installed is QuantizedLinear dynamicLinear) dynamicLinear.DynamicInput = true;
-                // The copy's float layer is no longer referenced: free its native memory now rather than at GC time.
-                if (!ReferenceEquals(installed, e.Module) && disposeReplaced && !shared.Contains(e.Module)) e.Module.Dispose();
-                // Tied weights are stored (and counted) once: by the first layer that holds them.
-                long layerQuant = installed.parameters(recurse: false).Where(p => p.numel() > 0).Sum(p => p.numel() * p.element_size())
-                    + layer.Weights.Where(w => stored.Add(w.Weight)).Sum(w => w.Weight.StorageBytes)
-                    + (installed is QuantizedModule qm0 && qm0.InputQuantization is not null ? 8 : 0);
-                done.Add(new QuantizedLayer(e.Name, floatType, spec, act, layer.FloatBytes, layerQuant));
-
-                var problems = new List<string>();
-                foreach (var (param, w) in layer.Weights)
-                {
-                    using var canonical = w.Layout.CanonicalView();
-                    problems.AddRange(WeightChecks.RangeProblems(e.Name + "." + param, canonical));
-                }
-                bool rangeOk = problems.Count == 0;
-                if (act is not null) rangeOk &= ActivationCheck(act, problems);
-                double weightSqnr = layer.WeightSqnrDb;
-                double minW = cfg.Validation.ThresholdFor(spec.Type);
-                // The gate of the method's objective: the calibration output SQNR for an output-error method (GPTQ), the weight SQNR otherwise.
-                if (cfg.Validation.SqnrProblem(spec.Type, weightSqnr, layer.CalibrationOutputSqnrDb) is { } sqnrProblem) problems.Add(sqnrProblem);
-                layerReports.Add(new LayerReport
-                {
-                    Name = e.Name, ModuleType = floatType, Spec = spec,
-                    Activations = act is null ? null : $"{act.Type.ToName()} {act.Scheme.ToString().ToLowerInvariant()} scale={act.Scale:G6} zp={act.ZeroPoint}",
-                    WeightSqnrDb = weightSqnr, CalibrationOutputSqnrDb = layer.CalibrationOutputSqnrDb,
-                    ThresholdDb = cfg.Validation.Enabled && double.IsFinite(minW) ? minW : null, OriginalBytes = layer.FloatBytes, StoredBytes = layerQuant,
-                    RangeOk = rangeOk, Problems = problems, Fallback = fallbackOf.GetValueOrDefault(e.Name),
-                });
-            }
-            // Reported in model order, whatever order a sequential method quantized them in.
-            var modelOrder = plans.Select((p, i) => (p.Entry.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
-            done.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
-            layerReports.Sort((a, b) => modelOrder[a.Name].CompareTo(modelOrder[b.Name]));
-            // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
-            warnings.AddRange(skipped.Where(k => k.Unexpected).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}."));
-            long quantBytes = ModelMemory.Bytes(work);
-
-            QuantizationReport? report = null;
-            if (cfg.Validation.Enabled)
-            {
-                double? modelSqnr = null;
-                if (calib?.FirstBatch is { } batch)
-                {
-                    var outputs = RunCapturing(work, layers.Select(l => l.Name).ToList(), batch, out var modelOut);
-                    try
-                    {
-                        modelSqnr = Metrics.Sqnr(calib.FirstModelOutput!, modelOut);
-                        for (int i = 0; i < layerReports.Count; i++)
-                        {
-                            var r = layerReports[i];
-                            if (!outputs.TryGetValue(r.Name, out var qo) || !calib.FirstOutputs.TryGetValue(r.Name, out var fo)) continue;
-                            double o = Metrics.Sqnr(fo, qo);
-                            var problems = r.Problems.ToList();
-                            if (double.IsNaN(o)) problems.Add("output SQNR is NaN");
-                            if (cfg.Validation.MinOutputSqnrDb is { } minO && o < minO)
-                                problems.Add($"output SQNR {o:F2} dB is below the bound {minO} dB");
-                            layerReports[i] = r with { OutputSqnrDb = o, Problems = problems };
-                        }
-                    }
-                    finally
-                    {
-                        modelOut.Dispose();
-                        foreach (var t in outputs.Values) t.Dispose();
-                    }
-                }
-                var (reload, detail) = cfg.Validation.ReloadCheck
-                    ? ReloadCheck(work, factory, calib?.FirstBatch)
-                    : (CheckStatus.NotRun, "disabled");
-                foreach (var r in layerReports)
-                    failures.AddRange(r.Problems.Select(p => $"{r.Name}: {p}"));
-                if (reload == CheckStatus.Failed) failures.Add($"reload check: {detail}");
-                report = new QuantizationReport
-                {
-                    Layers = layerReports,
-                    Skipped = skipped,
-                    OriginalBytes = floatBytes,
-                    StoredBytes = quantBytes,
-                    ModelOutputSqnrDb = modelSqnr,
-                    CalibrationSamples = calib?.Samples ?? 0,
-                    ReloadCheck = reload,
-                    ReloadDetail = detail,
-                    Problems = failures,
-                    Elapsed = clock.Elapsed,
-                };
-                if (!report.Passed)
-                {
-                    switch (cfg.Validation.OnFailure)
-                    {
-                        case ValidationFailureMode.Error: throw new QuantizationValidationException(report);
-                        case ValidationFailureMode.Warn: warnings.AddRange(failures); break;
-                    }
-                }
-            }
-            return new QuantizationResult(work, cfg, done, skipped, report, [.. fallbacks, .. warnings], calib?.Samples ?? 0);
-        }
-        finally
-        {
-            calib?.Dispose();
-            foreach (var b in replay ?? []) b.Input?.Dispose();
-        }
+        using var source = new ModelSource(work, cfg, planned, data, progress, method);
+        var sink = new ModelSink(work, cfg, factory, disposeReplaced, source, skipped);
+        var run = QuantizationDriver.Run(source, sink, cfg.Validation, clock);
+        var fallbacks = planned.Where(p => p.Weight.Fallback is not null).Select(p => p.Weight.Fallback!);
+        // Layers left float for a reason other than the caller's choice are warnings (the result is not what was asked).
+        var notChosen = skipped.Where(k => k.Unexpected).Select(k => $"{k.Name} ({k.ModuleType}) stays float: {k.Reason}.");
+        return new QuantizationResult(work, cfg, sink.Layers, skipped, cfg.Validation.Enabled ? run.Report : null,
+            [.. fallbacks, .. source.Warnings, .. notChosen, .. run.Warnings], source.Calibrator?.Samples ?? 0);
     }
-
-    /// <summary>
-    /// The quantize stage of a sequential method: layer by layer, in the order the model calls them (recorded on the first
-    /// calibration batch; registration order can differ), the layer input's statistics are collected on the model whose
-    /// earlier layers are already quantized and installed (the caller installs each prepared layer before asking for the
-    /// next), then the layer is quantized with them.
-    /// </summary>
-    private static IEnumerable<PreparedLayer> PrepareSequentially(nn.Module work, List<LayerPlan> plans, Dictionary<string, QuantSpec> specs,
-        TiedWeights tied, IWeightQuantizer quantizer, IReadOnlyList<CalibrationBatch> batches)
-    {
-        foreach (var plan in CallOrder.Of(work, plans, p => p.Entry, batches[0]))
-        {
-            var spec = specs[plan.Entry.Name];
-            var weight = QuantizedModules.Parameter(plan.Entry.Module, plan.Parameters[0])!;
-            using var statistics = quantizer.CreateStatistics(new PlannedWeight(plan.Entry.Name + "." + plan.Parameters[0], weight.shape, spec, null), plan.Entry.Module);
-            if (statistics is not null) InputStatistics.Collect(work, plan.Entry, batches, statistics);
-            yield return ModuleQuantization.Prepare(plan, spec, tied, statistics);
-        }
-    }
-
-    /// <summary>The calibration batches (up to <paramref name="samples"/> samples) kept so that they can run several times; input tensors are copied (the caller may dispose its own).</summary>
-    private static List<CalibrationBatch> Replayable(IEnumerable<CalibrationBatch> data, long samples)
-    {
-        var list = new List<CalibrationBatch>();
-        long seen = 0;
-        foreach (var batch in data)
-        {
-            if (batch is null || batch.Input is { IsInvalid: true })
-                throw new ArgumentException($"Calibration batch {list.Count + 1} is null or disposed.");
-            list.Add(batch.Input is { } t ? CalibrationBatch.Of(t.detach().clone().DetachFromDisposeScope()) : batch);
-            seen += batch.Samples;
-            if (seen >= samples) break;
-        }
-        return list;
-    }
-
-    /// <summary>Runs <paramref name="batch"/> through the model and captures the named layers' outputs (first call each).</summary>
-    internal static Dictionary<string, Tensor> RunCapturing(nn.Module model, IReadOnlyCollection<string> names, CalibrationBatch batch, out Tensor output)
-    {
-        var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        var removers = new List<Action>();
-        try
-        {
-            foreach (var e in ModuleTree.Walk(model))
-            {
-                if (!names.Contains(e.Name) || e.Module is not nn.Module<Tensor, Tensor> m) continue;
-                string n = e.Name;
-                removers.Add(Unhook(m.register_forward_hook((_, _, y) =>
-                {
-                    if (!captured.ContainsKey(n)) captured[n] = y.detach().clone().DetachFromDisposeScope();
-                    return null!;
-                })));
-            }
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            output = batch.Run(model).detach().clone().DetachFromDisposeScope();
-            return captured;
-        }
-        catch
-        {
-            foreach (var t in captured.Values) t.Dispose();
-            throw;
-        }
-        finally
-        {
-            foreach (var r in removers) r();
-        }
-    }
-
-    private static bool ActivationCheck(ActivationQuantization a, List<string> problems)
-    {
-        var r = QuantRange.For(a.Type, a.ReduceRange);
-        if (float.IsFinite(a.Scale) && a.Scale > 0 && a.ZeroPoint >= r.QMin && a.ZeroPoint <= r.QMax) return true;
-        problems.Add($"input qparams scale={a.Scale} zero point={a.ZeroPoint} are invalid");
-        return false;
-    }
-
-    private static (CheckStatus, string?) ReloadCheck(nn.Module work, Func<nn.Module>? factory, CalibrationBatch? batch)
-    {
-        if (factory is null) return (CheckStatus.NotRun, "no model factory to rebuild the architecture");
-        string path = Path.Combine(Path.GetTempPath(), $"quantsharp-reload-{Guid.NewGuid():N}.safetensors");
-        try
-        {
-            Save(work, path);
-            using var reloaded = Load(factory, path);
-            using var scope = NewDisposeScope();
-            if (batch is not null)
-            {
-                using var noGrad = no_grad();
-                var ya = batch.Run(work);
-                var yb = batch.Run(reloaded);
-                return BitEqual(ya, yb)
-                    ? (CheckStatus.Passed, "save -> load gives bit-identical outputs on the first calibration batch")
-                    : (CheckStatus.Failed, "the reloaded model's outputs differ from the quantized model's");
-            }
-            var sa = work.state_dict();
-            var sb = reloaded.state_dict();
-            foreach (var (k, v) in sa)
-            {
-                if (!sb.TryGetValue(k, out var w) || !BitEqual(v, w))
-                    return (CheckStatus.Failed, $"'{k}' differs after save -> load");
-            }
-            return (CheckStatus.Passed, "save -> load gives bit-identical state (no data to compare outputs)");
-        }
-        catch (Exception e) when (e is IOException or QuantizationException or ArgumentException or UnauthorizedAccessException)
-        {
-            return (CheckStatus.Failed, "save -> load failed: " + e.Message);
-        }
-        finally
-        {
-            try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
-    }
-
-    private static bool BitEqual(Tensor a, Tensor b) => TensorSpans.BitEqual(a, b);
 
     /// <summary>
     /// Saves a model quantized by <c>Quantize</c> (or loaded by <see cref="Load{T}"/>) as the one quantized file

@@ -45,7 +45,7 @@ public sealed class ReadmeExampleTests : IDisposable
             progress: new Progress<CalibrationProgress>(p => Console.WriteLine($"{p.Samples}/{p.TargetSamples}")));
         Console.WriteLine(result.Report);                               // per-layer SQNR, sizes, reload and range checks
         Quantizer.Save(result.Model, path);                             // the one quantized file form (docs/FORMAT.md)
-        recipe.Save(Path.ChangeExtension(path, ".recipe.json"));        // `quantsharp quantize --config` makes the same file
+        recipe.Save(Path.ChangeExtension(path, ".recipe.json"));        // for `quantsharp quantize --config`: the same tensors
         return result;
     }
 

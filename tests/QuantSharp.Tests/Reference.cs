@@ -10,7 +10,21 @@ internal static class Reference
     public static string RepoRoot { get; } = FindRepoRoot();
 
     /// <summary><c>../shared/reference</c> beside the repository.</summary>
-    public static string Dir { get; } = System.IO.Path.GetFullPath(System.IO.Path.Combine(RepoRoot, "..", "shared", "reference"));
+    public static string Dir => s_dir.Value;
+
+    private static readonly Lazy<string> s_dir = new(() => Locate(RepoRoot));
+
+    /// <summary><c>../shared/reference</c> beside <paramref name="repoRoot"/>; a clear message when it is missing (a clone
+    /// without the reference data beside it would otherwise fail hundreds of tests with "Could not find a part of the path").</summary>
+    internal static string Locate(string repoRoot)
+    {
+        string dir = System.IO.Path.GetFullPath(System.IO.Path.Combine(repoRoot, "..", "shared", "reference"));
+        if (!Directory.Exists(System.IO.Path.Combine(dir, "pytorch")))
+            throw new DirectoryNotFoundException(
+                $"The reference data is missing: the tests compare against PyTorch's and ONNX Runtime's outputs in ../shared/reference " +
+                $"beside the repository, expected at '{dir}'. Clone the repository next to that folder (as CI does) and run the tests again.");
+        return dir;
+    }
 
     public static string PyTorchDir => System.IO.Path.Combine(Dir, "pytorch");
     public static string CorpusDir => System.IO.Path.Combine(Dir, "safetensors-corpus");

@@ -16,3 +16,26 @@ public class ReferenceDataTests
         Assert.Equal(obs.GetProperty("max_val")[0].GetSingle(), input.max().item<float>());
     }
 }
+
+public class ReferenceLocationTests
+{
+    [Fact]
+    public void AMissingReferenceFolderIsNamedWithTheFix()
+    {
+        string root = Directory.CreateTempSubdirectory("qs-no-reference-").FullName;
+        try
+        {
+            string repo = Directory.CreateDirectory(Path.Combine(root, "clone")).FullName;
+            var ex = Assert.Throws<DirectoryNotFoundException>(() => Reference.Locate(repo));
+            Assert.Contains("../shared/reference", ex.Message);
+            Assert.Contains(Path.Combine(root, "shared", "reference"), ex.Message);
+            Assert.Contains("Clone the repository next to that folder", ex.Message);
+            // Found where it is, which is where the suite reads it from.
+            Assert.Equal(Reference.Dir, Reference.Locate(Reference.RepoRoot));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+}

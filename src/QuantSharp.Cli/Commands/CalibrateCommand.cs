@@ -86,6 +86,7 @@ internal static class CalibrateCommand
         cmd.Options.Add(save);
         cmd.SetAction(p => Run(p, () =>
         {
+            CheckpointConsole.RequireFolder(p.GetValue(plot), "--plot");
             var type = QuantTypeInfo.Parse(p.GetValue(dtype)!);
             var spec = new QuantSpec(type, QuantizationRecipe.ParseScheme(p.GetValue(scheme)!), Granularity.Tensor);
             using var setup = CalibrationSetup.Load(common.Inputs(p));
@@ -114,6 +115,7 @@ internal static class CalibrateCommand
         cmd.Options.Add(plot);
         cmd.SetAction(p => Run(p, () =>
         {
+            CheckpointConsole.RequireFolder(p.GetValue(plot), "--plot");
             var specs = ParseSpecs(p.GetValue(types)!, p.GetValue(group));
             using var setup = CalibrationSetup.Load(common.Inputs(p));
             var report = Measure(setup, specs);
@@ -150,11 +152,7 @@ internal static class CalibrateCommand
         cmd.SetAction(p => Run(p, () =>
         {
             var specs = ParseSpecs(p.GetValue(types)!, p.GetValue(group));
-            var budget = new MixedPrecisionBudget
-            {
-                MaxBytes = p.GetValue(bytes), MaxBitsPerWeight = p.GetValue(bits), MinOutputSqnrDb = p.GetValue(sqnr),
-                MaxMetricDrop = p.GetValue(drop) / 100,
-            };
+            var budget = Budget(p.GetValue(bytes), p.GetValue(bits), p.GetValue(sqnr), p.GetValue(drop));
             var baseRecipe = QuantizationRecipe.Int8WeightOnly() with { Method = QuantizationRecipe.ParseMethod(p.GetValue(method)!) };
             using var setup = CalibrationSetup.Load(common.Inputs(p));
             var report = Measure(setup, specs, baseRecipe);
@@ -168,6 +166,20 @@ internal static class CalibrateCommand
             return CheckpointConsole.Ok;
         }));
         return cmd;
+    }
+
+    /// <summary>The budget of <c>calibrate mixed</c>, checked before any measurement, in the words of its options.</summary>
+    private static MixedPrecisionBudget Budget(long? bytes, double? bits, double? sqnr, double? dropPoints)
+    {
+        int given = new object?[] { bytes, bits, sqnr, dropPoints }.Count(v => v is not null);
+        if (given != 1)
+            throw new ArgumentException($"Give exactly one budget{(given == 0 ? "" : $" ({given} were given)")}: --budget-bytes N, --bits-per-weight B, " +
+                "--min-sqnr DB or --max-accuracy-drop POINTS (e.g. --budget-bytes 46868).");
+        if (bytes is <= 0) throw new ArgumentException($"--budget-bytes must be positive, got {bytes}.");
+        if (bits is { } b && !(b > 0)) throw new ArgumentException($"--bits-per-weight must be positive, got {b}.");
+        if (sqnr is { } s && !double.IsFinite(s)) throw new ArgumentException($"--min-sqnr must be a finite number of dB, got {s}.");
+        if (dropPoints is { } d && !(d >= 0)) throw new ArgumentException($"--max-accuracy-drop must be at least 0 points, got {d}.");
+        return new MixedPrecisionBudget { MaxBytes = bytes, MaxBitsPerWeight = bits, MinOutputSqnrDb = sqnr, MaxMetricDrop = dropPoints / 100 };
     }
 
     private static (Option<string> Types, Option<int> Group) SpecOptions() => (

@@ -39,7 +39,7 @@ internal static class DemoCommand
         var save = new Option<string?>("--save")
         {
             Description = "Write each variant to DIR as VARIANT.safetensors (Quantizer.Save, docs/FORMAT.md) and VARIANT.recipe.json " +
-                          "(its recipe: 'quantsharp quantize MODEL OUT --config DIR/VARIANT.recipe.json' makes the same file).",
+                          "(its recipe: 'quantsharp quantize MODEL OUT --config DIR/VARIANT.recipe.json' writes the same tensors, byte for byte).",
         };
 
         var method = new Option<string>("--method")
@@ -55,8 +55,8 @@ internal static class DemoCommand
         };
 
         var cmd = new Command("demo",
-            "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration) and print " +
-            "accuracy, size and SQNR of each variant against float32. Runs offline on bundled data; with the full MNIST " +
+            "Quantize the bundled MNIST CNN (float16, int8 per-channel, int4 group-32, W8A8 with calibration, W8A8 with dynamic " +
+            "activations) and print accuracy, size, SQNR and inference time of each variant against float32. Runs offline on bundled data; with the full MNIST " +
             "test set after scripts/fetch-mnist.sh.");
         cmd.Options.Add(data);
         cmd.Options.Add(mnistDir);
@@ -84,22 +84,16 @@ internal static class DemoCommand
             if (!asJson && options.CalibrationImages > 50 && !Console.IsErrorRedirected)
                 options = options with { CalibrationProgress = new CalibrationProgressBar(Console.Error) };
             var output = parseResult.InvocationConfiguration.Output;
-            DemoReport report;
-            try
-            {
-                var variants = DemoVariants.ForMethod(QuantizationRecipe.ParseMethod(parseResult.GetValue(method)!)).ToList();
-                if (parseResult.GetValue(recipeFile) is { } file)
-                    variants.Add(DemoVariants.FromRecipe(RecipeName(file), QuantizationRecipe.Load(file), file));
-                report = DemoRunner.Run(options, variants,
-                    asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
-            }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or UnauthorizedAccessException or QuantizationException)
-            {
-                parseResult.InvocationConfiguration.Error.WriteLine($"demo: {e.Message}");
-                return 1;
-            }
+            var console = CheckpointConsole.For(parseResult);
+            // Bad options and inputs reach the top-level handler: one 'error:' line, exit code 2 (1 when validation fails).
+            CheckpointConsole.RequireFolder(options.SaveDirectory, "--save");
+            var variants = DemoVariants.ForMethod(QuantizationRecipe.ParseMethod(parseResult.GetValue(method)!)).ToList();
+            if (parseResult.GetValue(recipeFile) is { } file)
+                variants.Add(DemoVariants.FromRecipe(RecipeName(file), QuantizationRecipe.Load(file), file));
+            var report = DemoRunner.Run(options, variants,
+                asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             if (asJson) output.WriteLine(ToJson(report));
-            else WriteTable(report);
+            else WriteTable(console, report);
             return 0;
         });
         return cmd;
@@ -150,7 +144,7 @@ internal static class DemoCommand
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 
-    private static void WriteTable(DemoReport report)
+    private static void WriteTable(IAnsiConsole console, DemoReport report)
     {
         double floatAcc = report.Variants[0].AccuracyPercent;
         var table = new Table().Border(TableBorder.Rounded)
@@ -173,12 +167,12 @@ internal static class DemoCommand
                 Db(v.MinWeightSqnrDb),
                 v.InferenceMs.ToString("0.0", CultureInfo.InvariantCulture));
         }
-        AnsiConsole.Write(table);
+        console.Write(table);
         foreach (var v in report.Variants)
-            AnsiConsole.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
+            console.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
         foreach (var v in report.Variants)
             foreach (var w in v.Warnings)
-                AnsiConsole.MarkupLine($"[yellow]{Markup.Escape(v.Name)}: {Markup.Escape(w)}[/]");
+                console.MarkupLine($"[yellow]{Markup.Escape(v.Name)}: {Markup.Escape(w)}[/]");
     }
 
     private static string Db(double? value) =>

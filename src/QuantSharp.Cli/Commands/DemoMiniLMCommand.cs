@@ -29,19 +29,12 @@ internal static class DemoMiniLMCommand
         cmd.SetAction(parseResult =>
         {
             bool asJson = parseResult.GetValue(json);
-            MiniLMDemoReport report;
-            try
-            {
-                report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
-                    asJson ? null : message => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
-            }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or QuantizationException)
-            {
-                parseResult.InvocationConfiguration.Error.WriteLine($"demo minilm: {e.Message}");
-                return 1;
-            }
+            var console = CheckpointConsole.For(parseResult);
+            // Bad options reach the top-level handler: one 'error:' line, exit code 2.
+            var report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
+                asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
             if (asJson) parseResult.InvocationConfiguration.Output.WriteLine(ToJson(report));
-            else WriteTable(report);
+            else WriteTable(console, report);
             return 0;
         });
         return cmd;
@@ -102,7 +95,7 @@ internal static class DemoMiniLMCommand
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 
-    private static void WriteTable(MiniLMDemoReport report)
+    private static void WriteTable(IAnsiConsole console, MiniLMDemoReport report)
     {
         var (m, n) = report.Float32VsOnnxRuntime;
         var table = new Table().Border(TableBorder.Rounded)
@@ -122,15 +115,15 @@ internal static class DemoMiniLMCommand
                 v.SizeBytes.ToString("N0", CultureInfo.InvariantCulture), $"{100.0 * v.SizeBytes / report.Float32SizeBytes:F1}%",
                 v.EncodeMs.ToString("F0", CultureInfo.InvariantCulture));
         }
-        AnsiConsole.Write(table);
+        console.Write(table);
         foreach (var v in report.Variants)
-            AnsiConsole.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
+            console.MarkupLine($"  [bold]{Markup.Escape(v.Name)}[/]: {Markup.Escape(v.Description)}");
         // For W8A8: the layers whose outputs lose most (first evaluation batch), where the loss comes from.
         foreach (var v in report.Variants.Where(v => v.Layers.Any(l => l.Activations is not null)))
         {
             var worst = v.Layers.Where(l => l.OutputSqnrDb is not null).OrderBy(l => l.OutputSqnrDb).Take(6)
                 .Select(l => $"{l.Name} {l.OutputSqnrDb:F1} dB");
-            AnsiConsole.MarkupLine($"  [grey]{Markup.Escape(v.Name)}: lowest layer output SQNR: {Markup.Escape(string.Join(", ", worst))}[/]");
+            console.MarkupLine($"  [grey]{Markup.Escape(v.Name)}: lowest layer output SQNR: {Markup.Escape(string.Join(", ", worst))}[/]");
         }
     }
 }

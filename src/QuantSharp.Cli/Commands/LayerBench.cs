@@ -97,10 +97,15 @@ internal static class LayerBench
         };
     }
 
-    /// <summary>Median milliseconds of <paramref name="repeats"/> calls after two warm-up calls.</summary>
+    /// <summary>Median milliseconds of <paramref name="repeats"/> calls after warm-up calls (at least two, and at least 20 ms).</summary>
+    /// <remarks>
+    /// The warm-up time lets the threads of the side timed before settle (libgomp's OpenMP workers spin for a while after
+    /// a libtorch op, on the core the next side's kernels want) and lets this side's own threads start.
+    /// </remarks>
     private static double Time(Func<Tensor> forward, int repeats)
     {
-        for (int i = 0; i < 2; i++) forward().Dispose();
+        long warmUp = Stopwatch.GetTimestamp();
+        for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(warmUp).TotalMilliseconds < 20; i++) forward().Dispose();
         var times = new double[Math.Max(1, repeats)];
         for (int i = 0; i < times.Length; i++)
         {

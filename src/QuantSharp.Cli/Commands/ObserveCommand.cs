@@ -145,6 +145,8 @@ internal static class ObserveCommand
         };
         var observer = ObserverFactory.Create(observerName, options);
 
+        if (Directory.Exists(r.File))
+            throw new FileNotFoundException($"'{r.File}' is a folder; observe reads one tensor of one .safetensors file (give the shard that holds it).", r.File);
         if (!File.Exists(r.File))
             throw new FileNotFoundException($"No such file: {r.File}", r.File);
         using var st = SafetensorsFile.Open(r.File);

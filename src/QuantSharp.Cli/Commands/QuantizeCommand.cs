@@ -27,7 +27,7 @@ internal static class QuantizeCommand
         var strict = new Option<bool>("--strict") { Description = "Refuse what would be a warning about the selection or settings (nothing quantized, a pattern matching nothing, a group size on float16/bfloat16)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output (a regular writable file or a folder; never a link or device)." };
 
-        var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/float16/bfloat16, then validate it.");
+        var cmd = new Command("quantize", "Quantize a safetensors checkpoint (file or sharded folder) to int8/uint8/int4/uint4/int2/uint2/float16/bfloat16, then validate it.");
         cmd.Arguments.Add(input);
         cmd.Arguments.Add(output);
         foreach (var o in new Option[] { qtype, scheme, granularity, observer, include, exclude, minElements, strictGroups, strict, config, onFailure, noValidate, json, overwrite })

@@ -52,8 +52,14 @@ internal sealed class MnistNet : Module<Tensor, Tensor>
     /// <summary>Builds a network and loads the float32 weights of a safetensors file written by examples/TrainMnist.</summary>
     public static MnistNet Load(string safetensorsPath)
     {
-        var net = new MnistNet();
+        if (Directory.Exists(safetensorsPath))
+            throw new InvalidDataException($"'{safetensorsPath}' is a folder; --model takes the MnistNet float32 weights as one .safetensors file " +
+                "(e.g. the bundled Assets/mnist-cnn.safetensors).");
         using var file = QuantSharp.Serialization.SafetensorsFile.Open(safetensorsPath);
+        if (file.Metadata.ContainsKey(QuantSharp.Serialization.QuantizedCheckpoint.FormatKey))
+            throw new InvalidDataException($"'{safetensorsPath}' is already quantized (a QuantSharp quantized checkpoint); --model takes the " +
+                "float32 MnistNet weights it was made from (e.g. the bundled Assets/mnist-cnn.safetensors). Load a quantized file with Quantizer.Load.");
+        var net = new MnistNet();
         var expected = net.state_dict();
         var missing = expected.Keys.Where(k => !file.Contains(k)).ToList();
         if (missing.Count > 0)
@@ -70,9 +76,10 @@ internal sealed class MnistNet : Module<Tensor, Tensor>
                 using var t = file.ReadTensor(name);
                 if (!t.shape.SequenceEqual(target.shape))
                 {
+                    // The message first: disposing the network disposes target.
+                    string message = $"{safetensorsPath}: tensor '{name}' has shape [{string.Join(", ", t.shape)}], MnistNet needs [{string.Join(", ", target.shape)}].";
                     net.Dispose();
-                    throw new InvalidDataException(
-                        $"{safetensorsPath}: tensor '{name}' has shape [{string.Join(", ", t.shape)}], MnistNet needs [{string.Join(", ", target.shape)}].");
+                    throw new InvalidDataException(message);
                 }
                 target.copy_(t);
             }

@@ -33,8 +33,8 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long length = inputIds.shape[1];
         var positions = arange(length, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
-        var x = word_embeddings.call(inputIds) + token_type_embeddings.call(zeros_like(inputIds));
-        x = x + position_embeddings.call(positions);
+        var x = KeptScalars.Plus(word_embeddings.call(inputIds), token_type_embeddings.call(zeros_like(inputIds)));
+        x = KeptScalars.Plus(x, position_embeddings.call(positions));
         return LayerNorm.call(x).MoveToOuterDisposeScope();
     }
 }
@@ -65,7 +65,7 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
         var q = Heads(query.call(hidden));
         var k = Heads(key.call(hidden));
         var v = Heads(value.call(hidden));
-        var scores = matmul(q, k.transpose(-1, -2)) / Math.Sqrt(_headSize) + additiveMask;
+        var scores = KeptScalars.Plus(KeptScalars.Over(matmul(q, k.transpose(-1, -2)), Math.Sqrt(_headSize)), additiveMask);
         var context = matmul(functional.softmax(scores, -1), v);
         long[] shape = [hidden.shape[0], hidden.shape[1], (long)_heads * _headSize];
         return context.permute(0, 2, 1, 3).contiguous().view(shape).MoveToOuterDisposeScope();
@@ -91,7 +91,7 @@ internal sealed class BertResidualOutput : Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor x, Tensor residual)
     {
         using var scope = NewDisposeScope();
-        return LayerNorm.call(dense.call(x) + residual).MoveToOuterDisposeScope();
+        return LayerNorm.call(KeptScalars.Plus(dense.call(x), residual)).MoveToOuterDisposeScope();
     }
 }
 

@@ -185,6 +185,56 @@ internal static unsafe class IntegerMatMul
         KernelThreads.For(into.Rows, 4L * into.Cols, i => QuantizeRow(new ReadOnlySpan<float>((float*)address + i * ldx, into.Cols), scale, zeroPoint, qmin, qmax, into, i));
     }
 
+    /// <summary>
+    /// Quantizes the images of <paramref name="unfold"/> as <see cref="QuantizeStatic"/> does, then unfolds their codes
+    /// (im2col) into the rows of <paramref name="into"/>: one row of K codes per output position, image after image.
+    /// Padding takes the zero point's code, so it adds nothing to the integer sums, as zero padding of the dequantized
+    /// input adds nothing to the simulated convolution.
+    /// </summary>
+    public static void QuantizeUnfolded(float* image, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into)
+    {
+        int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width, images = unfold.Images;
+        if (into.Rows != (long)positions * images || into.Cols != k)
+            throw new ArgumentException($"Activations [{into.Rows}, {into.Cols}] do not hold {images} unfolded image(s) of [{positions}, {k}].", nameof(into));
+        int shift = qmin < 0 ? 128 : 0;
+        byte pad = (byte)(zeroPoint + shift);
+        long size = unfold.ImageSize;
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, size * images));
+        try
+        {
+            nint imageAddress = (nint)image, codesAddress = (nint)codes;
+            KernelThreads.For(images * unfold.Channels, 4L * plane, c => QuantizeKernel.Quantize(
+                new ReadOnlySpan<float>((float*)imageAddress + (nint)c * plane, plane), 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift,
+                new Span<sbyte>((sbyte*)codesAddress + (nint)c * plane, plane)));
+            // Blocks of positions: each unfolds row by row into a small buffer, then scatters into the position rows.
+            const int Block = 64;
+            int blocks = (positions + Block - 1) / Block;
+            var u = unfold;
+            KernelThreads.For(images * blocks, (long)Block * k, item =>
+            {
+                int i = item / blocks, p0 = item % blocks * Block, count = Math.Min(Block, positions - p0);
+                long row0 = (long)i * positions + p0;
+                byte* run = stackalloc byte[Block];
+                byte* rows = into.Codes + (nint)row0 * k;
+                for (int kk = 0; kk < k; kk++)
+                {
+                    u.Row((byte*)codesAddress + i * size, kk, p0, count, run, pad);
+                    for (int j = 0; j < count; j++) rows[(nint)j * k + kk] = run[j];
+                }
+                for (int j = 0; j < count; j++)
+                {
+                    into.Scales[row0 + j] = scale;
+                    into.ZeroPoints[row0 + j] = zeroPoint + shift;
+                    into.Sums[row0 + j] = Sum(new ReadOnlySpan<byte>(rows + (nint)j * k, k));
+                }
+            });
+        }
+        finally
+        {
+            NativeMemory.Free(codes);
+        }
+    }
+
     private static void QuantizeRow(ReadOnlySpan<float> row, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into, int i)
     {
         // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.

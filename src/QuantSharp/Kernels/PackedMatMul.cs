@@ -52,9 +52,19 @@ internal static unsafe class PackedMatMul
     /// apart) and <paramref name="y"/> receives <c>y^T</c> (N rows, <paramref name="ldy"/> apart): a 1x1
     /// convolution's image <c>[C, H*W]</c> in and <c>[O, H*W]</c> out, with no transposition on either side.
     /// </param>
-    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false)
+    /// <param name="unfold">
+    /// With <paramref name="transposed"/>: the convolution whose column matrix (im2col) is <c>x^T</c>, unfolded from the
+    /// image at <paramref name="x"/> while packing (<paramref name="ldx"/> unused); null when <paramref name="x"/> holds
+    /// <c>x^T</c> itself.
+    /// </param>
+    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        if (transposed)
+        {
+            ByPositions<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, unfold);
+            return;
+        }
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
         int paddedM = strips * stripWidth;
@@ -65,11 +75,7 @@ internal static unsafe class PackedMatMul
             fixed (int* perm = order)
             {
                 nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
-                KernelThreads.For(strips, (long)stripWidth * k * 8, s =>
-                {
-                    if (transposed) PackStripTransposed((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth);
-                    else PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth);
-                });
+                KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth));
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
@@ -81,7 +87,7 @@ internal static unsafe class PackedMatMul
                     try
                     {
                         fixed (float* tile = scratch)
-                            Item<TW, TVec, TD>(view, (float*)xtAddress, m, paddedM, blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows, transposed);
+                            Item<TW, TVec, TD>(view, (float*)xtAddress, new StripBlock(0, strips, m, 0), blockCapacity, tile, (float*)biasAddress, (float*)yAddress, ldy, item * ItemRows, transposed: false);
                     }
                     finally
                     {
@@ -95,6 +101,64 @@ internal static unsafe class PackedMatMul
             ArrayPool<float>.Shared.Return(packed);
         }
     }
+
+    /// <summary>Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes.</summary>
+    internal static int PositionBlockBytes = 256 << 10;
+
+    /// <summary>
+    /// Transposed operands (<c>x^T</c> in, <c>y^T</c> out: a convolution) run position-major: there the activations are
+    /// the large operand and the weight the small one, so each work item owns a block of positions (whole strips of one
+    /// image), packs them (unfolding the image on the fly) into a block of about <see cref="PositionBlockBytes"/> that
+    /// stays in cache, and runs every weight row over it. Packing and the multiply-adds then read the activations
+    /// once from memory; each item decodes the weights again, tile by tile, which costs little against the block's
+    /// multiply-adds (a convolution's weight is small).
+    /// </summary>
+    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, Im2Col? unfold)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
+        int strips = (m + stripWidth - 1) / stripWidth;
+        long stripFloats = (long)Math.Max(k, 1) * stripWidth;
+        int blockStrips = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
+        // At least two items per thread, so that no thread waits on one long item.
+        long minItems = 2L * KernelThreads.Count;
+        blockStrips = (int)Math.Max(1, Math.Min(blockStrips, (long)strips * images / minItems));
+        int blocks = (strips + blockStrips - 1) / blockStrips;
+        int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;
+        long imageSize = unfold?.ImageSize ?? 0;
+        var view = w;
+        var columns = unfold;
+        nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
+        fixed (int* perm = order)
+        {
+            nint permAddress = (nint)perm;
+            KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
+            {
+                int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
+                try
+                {
+                    fixed (float* packed = scratch)
+                    {
+                        float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
+                        for (int s = s0; s < s1; s++)
+                            PackStripTransposed(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                        float* tile = packed + blockStrips * stripFloats;
+                        var block = new StripBlock(s0, s1, m, s0);
+                        for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
+                            Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, transposed: true);
+                    }
+                }
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(scratch);
+                }
+            });
+        }
+    }
+
+    /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows; the packed pointer holds strips from <paramref name="First"/> on.</summary>
+    private readonly record struct StripBlock(int S0, int S1, int M, int First);
 
     /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c>: <c>xt[(s * k + kk) * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -118,62 +182,67 @@ internal static unsafe class PackedMatMul
         }
     }
 
-    /// <summary>Strip <paramref name="s"/> of <c>x^T</c> from <c>x^T</c> itself: each packed step copies a run of <paramref name="width"/> contiguous floats.</summary>
+    /// <summary>
+    /// Strip <paramref name="s"/> of <c>x^T</c>, into <paramref name="strip"/>, from <c>x^T</c> itself (each packed step copies a run of
+    /// <paramref name="width"/> contiguous floats) or from the image of <paramref name="unfold"/> (each step unfolds one).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* packed, int s, int width)
+    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* strip, int s, int width, Im2Col? unfold)
     {
-        float* strip = packed + (nint)s * k * width;
         int row0 = s * width, valid = Math.Min(width, m - row0);
         for (int kk = 0; kk < k; kk++)
         {
-            float* src = xt + (order == null ? kk : order[kk]) * ldx + row0;
-            var dst = new Span<float>(strip + (nint)kk * width, width);
-            new ReadOnlySpan<float>(src, valid).CopyTo(dst);
-            dst[valid..].Clear();
+            int row = order == null ? kk : order[kk];
+            float* dst = strip + (nint)kk * width;
+            if (unfold is { } u) u.Row(xt, row, row0, valid, dst, 0f);
+            else new ReadOnlySpan<float>(xt + row * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
+            new Span<float>(dst + valid, width - valid).Clear();
         }
     }
 
-    /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against every activation row.</summary>
+    /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against the activation rows of the strips of <paramref name="block"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, int m, int paddedM, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0, bool transposed)
+    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, StripBlock block, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0, bool transposed)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        int k = w.Cols, stripWidth = 2 * TW.Count, strips = paddedM / stripWidth;
+        int k = w.Cols, stripWidth = 2 * TW.Count;
+        int ldt = (block.S1 - block.S0) * stripWidth;      // y^T row length
         int rows = Math.Min(ItemRows, w.Rows - n0);
         int tiles = (rows + TileRows - 1) / TileRows;
         float* a = scratch;                               // [ItemRows][blockCapacity] decoded weights
-        float* yt = scratch + ItemRows * blockCapacity;   // [ItemRows][paddedM] partial y^T
-        new Span<float>(yt, ItemRows * paddedM).Clear();
+        float* yt = scratch + ItemRows * blockCapacity;   // [ItemRows][ldt] partial y^T
+        new Span<float>(yt, ItemRows * ldt).Clear();
         // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
         new Span<float>(a + rows * blockCapacity, (tiles * TileRows - rows) * blockCapacity).Clear();
         for (int k0 = 0; k0 < k;)
         {
             int k1 = BlockEnd(w, k0, TW.Count);
             for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(w, n0 + r, k0, k1, a + r * blockCapacity);
-            for (int s = 0; s < strips; s++)
+            for (int s = block.S0; s < block.S1; s++)
             {
-                float* b = xt + ((nint)s * k + k0) * stripWidth;
+                float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
                 for (int t = 0; t < tiles; t++)
-                    Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * paddedM + s * stripWidth, paddedM);
+                    Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * ldt + (s - block.S0) * stripWidth, ldt);
             }
             k0 = k1;
         }
+        int i0 = block.S0 * stripWidth, count = Math.Min(block.M, block.S1 * stripWidth) - i0;
         if (transposed)
         {
             // y^T rows are the item's rows of y^T: contiguous on both sides.
             for (int r = 0; r < rows; r++)
             {
-                float* dst = y + (n0 + r) * ldy;
+                float* dst = y + (n0 + r) * ldy + i0;
                 float b = bias == null ? 0f : bias[n0 + r];
-                for (int i = 0; i < m; i++) dst[i] = yt[r * paddedM + i] + b;
+                for (int i = 0; i < count; i++) dst[i] = yt[r * ldt + i] + b;
             }
             return;
         }
         // y rows are far apart: write each one's run of outputs contiguously, reading y^T (in cache) across.
-        for (int i = 0; i < m; i++)
+        for (int i = 0; i < count; i++)
         {
-            float* dst = y + i * ldy + n0;
-            for (int r = 0; r < rows; r++) dst[r] = yt[r * paddedM + i] + (bias == null ? 0f : bias[n0 + r]);
+            float* dst = y + (i0 + i) * ldy + n0;
+            for (int r = 0; r < rows; r++) dst[r] = yt[r * ldt + i] + (bias == null ? 0f : bias[n0 + r]);
         }
     }
 

@@ -43,31 +43,6 @@ internal enum MatMulMethod
     Transposed,
 }
 
-/// <summary>How many threads the kernels use (0: one per processor). The bench's <c>--threads</c> sets it.</summary>
-internal static class KernelThreads
-{
-    private static volatile int s_count;
-
-    public static int Count
-    {
-        get => s_count > 0 ? s_count : Environment.ProcessorCount;
-        set => s_count = Math.Max(0, value);
-    }
-
-    /// <summary>Runs <paramref name="body"/> for items <c>[0, count)</c>, on several threads when there is enough work.</summary>
-    public static void For(int count, long workPerItem, Action<int> body)
-    {
-        const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
-        int threads = Count;
-        if (threads <= 1 || count <= 1 || (long)count * workPerItem < MinParallelWork)
-        {
-            for (int i = 0; i < count; i++) body(i);
-            return;
-        }
-        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
-    }
-}
-
 /// <summary>
 /// <c>y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]</c> for float32 activations and a quantized or half-precision
 /// weight read straight from its buffers (<see cref="WeightView"/>): each weight vector is widened and dequantized in
@@ -117,18 +92,24 @@ internal static unsafe class QuantizedMatMul
     /// <param name="ldy">Distance between output rows (at least N).</param>
     /// <param name="path">Instruction set; <see cref="KernelPath.Auto"/> for the widest available.</param>
     /// <param name="method">Loop structure; <see cref="MatMulMethod.Auto"/> chooses by batch size.</param>
-    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
+    /// <param name="unfold">
+    /// With <see cref="MatMulMethod.Transposed"/>: a convolution whose column matrix (im2col, <c>[K, m]</c>) is
+    /// <c>x^T</c>, unfolded from the image at <paramref name="x"/> as the GEMM packs it (<paramref name="ldx"/> unused).
+    /// </param>
+    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto, Im2Col? unfold = null)
     {
+        if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
+            throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
         if (method == MatMulMethod.Auto) method = m >= PackedMinRows ? MatMulMethod.Packed : MatMulMethod.Rows;
-        var (xRow, yRow) = method == MatMulMethod.Transposed ? (m, m) : (w.Cols, w.Rows);
+        var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
         switch (Resolve(path))
         {
-            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method); break;
-            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method); break;
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
         }
     }
 
@@ -150,17 +131,17 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         switch (w.Format)
         {
-            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method); break;
-            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method); break;
-            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method); break;
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
         }
     }
 
@@ -168,12 +149,12 @@ internal static unsafe class QuantizedMatMul
     /// Packed 4-bit weights: one activation row (batch 1) whose groups hold whole <see cref="NibbleStep"/> chunks takes
     /// <see cref="NibbleRows"/>; everything else the generic row kernels or the packed GEMM.
     /// </summary>
-    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
         if (method != MatMulMethod.Rows || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
         {
-            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method);
+            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
             return;
         }
         int k = w.Cols, step = NibbleStep<TW, TVec>();
@@ -275,14 +256,14 @@ internal static unsafe class QuantizedMatMul
         b = TW.MultiplyAdd(TW.NibbleAt(words, 28, p, q), TW.Load(x + 7 * c), b);
     }
 
-    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method)
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
         int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
         if (method != MatMulMethod.Rows)
         {
-            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed);
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
             return;
         }
         float* permuted = null;
@@ -325,11 +306,10 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int i = m0;
-        for (; i + 4 <= m1; i += 4)
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Four>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+        for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
         if (m1 - i >= 2)
         {
-            for (int n = n0; n < n1; n++) Row<TW, TVec, TD, Two>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+            Pass<TW, TVec, TD, Two>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
             i += 2;
         }
         if (i < m1)
@@ -337,63 +317,151 @@ internal static unsafe class QuantizedMatMul
             // One activation row (batch 1): four weight rows per pass share each activation load.
             int n = n0;
             for (; n + 4 <= n1; n += 4) FourWeightRows<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
-            for (; n < n1; n++) Row<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, bias, y + i * ldy + n, ldy);
+            for (; n < n1; n++)
+            {
+                var sums = default(RowSums<TVec>);
+                Row<TW, TVec, TD, One, One>(w, n, x + i * ldx, ldx, 0, w.Cols, ref sums, ref sums);
+                Tails<TW, TVec, TD, One>(w, n, x + i * ldx, ldx, ref sums);
+                sums.Write<TW>(y + i * ldy + n, ldy, bias == null ? 0f : bias[n], 1);
+            }
         }
     }
 
-    /// <summary>Weight row <paramref name="n"/> against <c>TR.Count</c> activation rows; writes one output per row.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Row<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, float* bias, float* y, nint ldy)
+    /// <summary>
+    /// Reduction elements per block of <see cref="Pass"/>: <c>TR.Count</c> activation rows of this many floats (8 KiB
+    /// for four rows) stay in L1 while every weight row of the item passes over them. Without blocking, each weight row
+    /// re-read the whole activation rows from L2 (batch 8, K = 4096: 128 KiB per weight row), which bounded batch 2-23
+    /// by L2 bandwidth. Internal and settable so the tests can check that blocking leaves every bit unchanged.
+    /// </summary>
+    internal static int ReductionBlock = 512;
+
+    /// <summary>
+    /// Weight rows <c>[n0, n1)</c> against <c>TR.Count</c> activation rows, one reduction block at a time
+    /// (<see cref="ReductionBlock"/>): each row's accumulators are carried from block to block
+    /// (<see cref="RowSums{TVec}"/>), so every output gets exactly the operations, in the same order, of one
+    /// unblocked pass over the row.
+    /// </summary>
+    private static void Pass<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
     {
-        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
-        byte* row = w.Data + n * w.RowBytes;
+        int k = w.Cols, g = w.GroupSize, rows = n1 - n0;
+        int block = Math.Max(ReductionBlock / (2 * TW.Count), 1) * 2 * TW.Count; // whole chunks
+        var sums = RowSums<TVec>.Rent(rows);
+        for (int k0 = 0, k1; k0 < k; k0 = k1)
+        {
+            // A block holds whole groups, or, inside a group longer than a block, whole chunks (its last block ends at
+            // the group's end and takes the group's scalar tail).
+            int groupEnd = (k0 / g + 1) * g;
+            k1 = g <= block ? Math.Min(k, k0 + Math.Max(block / g, 1) * g) : groupEnd - k0 <= block ? groupEnd : k0 + block;
+            int n = n0;
+            for (; n + 2 <= n1; n += 2) Row<TW, TVec, TD, Two, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0 + 1]);
+            if (n < n1) Row<TW, TVec, TD, One, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0]);
+        }
+        for (int n = n0; n < n1; n++)
+        {
+            Tails<TW, TVec, TD, TR>(w, n, x, ldx, ref sums[n - n0]);
+            sums[n - n0].Write<TW>(y + n, ldy, bias == null ? 0f : bias[n], TR.Count);
+        }
+    }
+
+    /// <summary>
+    /// Weight rows <c>n..n+TN.Count-1</c> (one or two) against <c>TR.Count</c> activation rows (1, 2 or 4) over
+    /// reduction elements <c>[k0, k1)</c> (whole groups, or whole chunks of one group), added to <paramref name="sums0"/>
+    /// and <paramref name="sums1"/>. Two weight rows share each activation load: at 64 bytes per load, the loads of
+    /// the activations, not the multiply-adds, bound a one-row pass.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Row<TW, TVec, TD, TN, TR>(in WeightView w, int n, float* x, nint ldx, int k0, int k1, ref RowSums<TVec> sums0, ref RowSums<TVec> sums1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TN : IRowCount where TR : IRowCount
+    {
+        int chunk = 2 * TW.Count, g = w.GroupSize;
+        nint rowBytes = w.RowBytes;
+        byte* row0 = w.Data + n * rowBytes, row1 = row0 + rowBytes;
+        int halfBytes = (int)(2 * rowBytes / Math.Max(w.Cols, 1)); // bytes per two elements
+        int ahead = k1 - k0;
         float* x0 = x, x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
-        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
-        int groups = w.GroupsPerRow;
-        for (int gi = 0; gi < groups; gi++)
+        // a, b: weight row n (first and second vector of each chunk); c, d: row n + 1.
+        var (a0, b0, a1, b1, a2, b2, a3, b3) = sums0.Load<TR>();
+        var (c0, d0, c1, d1, c2, d2, c3, d3) = TN.Count > 1 ? sums1.Load<TR>() : default;
+        for (int gi = k0 / g; gi * g < k1; gi++)
         {
             var (s, offset) = GroupScale<TD>(w, n, gi);
             var (gp, gq) = TD.Prepare<TW, TVec>(s, offset);
-            int k = gi * g, end = k + g;
+            TVec hp = TW.Zero, hq = TW.Zero;
+            if (TN.Count > 1)
+            {
+                var (s1, offset1) = GroupScale<TD>(w, n + 1, gi);
+                (hp, hq) = TD.Prepare<TW, TVec>(s1, offset1);
+            }
+            int k = Math.Max(k0, gi * g), end = Math.Min(k1, gi * g + g);
             for (; k + chunk <= end; k += chunk)
             {
-                var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
-                a0 = TW.MultiplyAdd(wa, TW.Load(x0 + k), a0);
-                b0 = TW.MultiplyAdd(wb, TW.Load(x0 + k + c), b0);
-                if (TR.Count > 1)
+                // The weights stream from memory once (in the first pass over the activation rows), a block of each row
+                // at a time: fetch the rows' next block ahead (read after every row's current block).
+                if (Sse.IsSupported)
                 {
-                    a1 = TW.MultiplyAdd(wa, TW.Load(x1 + k), a1);
-                    b1 = TW.MultiplyAdd(wb, TW.Load(x1 + k + c), b1);
+                    Sse.Prefetch0(row0 + (((k + ahead) * halfBytes) >> 1));
+                    if (TN.Count > 1) Sse.Prefetch0(row1 + (((k + ahead) * halfBytes) >> 1));
                 }
+                var (wa, wb) = TD.Decode<TW, TVec>(row0, k, gp, gq);
+                TVec va = TW.Zero, vb = TW.Zero;
+                if (TN.Count > 1) (va, vb) = TD.Decode<TW, TVec>(row1, k, hp, hq);
+                Chunk<TW, TVec, TN>(wa, wb, va, vb, x0 + k, ref a0, ref b0, ref c0, ref d0);
+                if (TR.Count > 1) Chunk<TW, TVec, TN>(wa, wb, va, vb, x1 + k, ref a1, ref b1, ref c1, ref d1);
                 if (TR.Count > 2)
                 {
-                    a2 = TW.MultiplyAdd(wa, TW.Load(x2 + k), a2);
-                    b2 = TW.MultiplyAdd(wb, TW.Load(x2 + k + c), b2);
-                    a3 = TW.MultiplyAdd(wa, TW.Load(x3 + k), a3);
-                    b3 = TW.MultiplyAdd(wb, TW.Load(x3 + k + c), b3);
-                }
-            }
-            for (; k < end; k++)
-            {
-                float wk = TD.One(row, k) * s + offset;
-                r0 += wk * x0[k];
-                if (TR.Count > 1) r1 += wk * x1[k];
-                if (TR.Count > 2)
-                {
-                    r2 += wk * x2[k];
-                    r3 += wk * x3[k];
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x2 + k, ref a2, ref b2, ref c2, ref d2);
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x3 + k, ref a3, ref b3, ref c3, ref d3);
                 }
             }
         }
-        float bn = bias == null ? 0f : bias[n];
-        y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + bn;
-        if (TR.Count > 1) y[ldy] = TW.Sum(TW.Add(a1, b1)) + r1 + bn;
-        if (TR.Count > 2)
+        sums0.Store<TR>(a0, b0, a1, b1, a2, b2, a3, b3);
+        if (TN.Count > 1) sums1.Store<TR>(c0, d0, c1, d1, c2, d2, c3, d3);
+    }
+
+    /// <summary>
+    /// One chunk of one activation row (<paramref name="x"/>) times the decoded chunk of weight row n (<paramref name="wa"/>,
+    /// <paramref name="wb"/>: its first and second vector) and, for two rows, of row n + 1 (<paramref name="va"/>, <paramref name="vb"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Chunk<TW, TVec, TN>(TVec wa, TVec wb, TVec va, TVec vb, float* x, ref TVec a, ref TVec b, ref TVec c, ref TVec d)
+        where TW : IFloatWidth<TVec> where TVec : struct where TN : IRowCount
+    {
+        TVec xa = TW.Load(x), xb = TW.Load(x + TW.Count);
+        a = TW.MultiplyAdd(wa, xa, a);
+        b = TW.MultiplyAdd(wb, xb, b);
+        if (TN.Count > 1)
         {
-            y[2 * ldy] = TW.Sum(TW.Add(a2, b2)) + r2 + bn;
-            y[3 * ldy] = TW.Sum(TW.Add(a3, b3)) + r3 + bn;
+            c = TW.MultiplyAdd(va, xa, c);
+            d = TW.MultiplyAdd(vb, xb, d);
+        }
+    }
+
+    /// <summary>
+    /// The scalar tails of weight row <paramref name="n"/>'s groups (the elements after a group's last whole chunk)
+    /// against <c>TR.Count</c> activation rows, into <c>R</c>. Kept out of <see cref="Row"/>: a call there (the decoders'
+    /// scalar reads are not always inlined) makes the JIT keep every vector accumulator in memory.
+    /// </summary>
+    private static void Tails<TW, TVec, TD, TR>(in WeightView w, int n, float* x, nint ldx, ref RowSums<TVec> sums)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
+    {
+        int g = w.GroupSize, chunk = 2 * TW.Count, start = g / chunk * chunk;
+        if (start == g) return;
+        byte* row = w.Data + n * w.RowBytes;
+        for (int g0 = 0; g0 < w.Cols; g0 += g)
+        {
+            var (s, offset) = GroupScale<TD>(w, n, g0 / g);
+            for (int k = g0 + start; k < g0 + g; k++)
+            {
+                float wk = TD.One(row, k) * s + offset;
+                sums.R0 += wk * x[k];
+                if (TR.Count > 1) sums.R1 += wk * x[ldx + k];
+                if (TR.Count > 2)
+                {
+                    sums.R2 += wk * x[2 * ldx + k];
+                    sums.R3 += wk * x[3 * ldx + k];
+                }
+            }
         }
     }
 
@@ -523,4 +591,54 @@ internal readonly struct Two : IRowCount
 internal readonly struct Four : IRowCount
 {
     public static int Count => 4;
+}
+
+/// <summary>
+/// The running sums of one weight row against up to four activation rows (<c>A</c>: the first vector of each chunk,
+/// <c>B</c>: the second, <c>R</c>: scalar group tails), carried between reduction blocks.
+/// </summary>
+internal struct RowSums<TVec> where TVec : struct
+{
+    public TVec A0, B0, A1, B1, A2, B2, A3, B3;
+    public float R0, R1, R2, R3;
+
+    /// <summary>The vector sums of the first <c>TR.Count</c> activation rows (zero for the others).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly (TVec, TVec, TVec, TVec, TVec, TVec, TVec, TVec) Load<TR>() where TR : IRowCount
+    {
+        var z = default(TVec);
+        return (A0, B0, TR.Count > 1 ? A1 : z, TR.Count > 1 ? B1 : z, TR.Count > 2 ? A2 : z, TR.Count > 2 ? B2 : z, TR.Count > 2 ? A3 : z, TR.Count > 2 ? B3 : z);
+    }
+
+    /// <summary>Stores the vector sums of the first <c>TR.Count</c> activation rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Store<TR>(TVec a0, TVec b0, TVec a1, TVec b1, TVec a2, TVec b2, TVec a3, TVec b3) where TR : IRowCount
+    {
+        (A0, B0) = (a0, b0);
+        if (TR.Count > 1) (A1, B1) = (a1, b1);
+        if (TR.Count > 2) (A2, B2, A3, B3) = (a2, b2, a3, b3);
+    }
+
+    [ThreadStatic] private static RowSums<TVec>[]? t_buffer;
+
+    /// <summary>This thread's zeroed sums for <paramref name="rows"/> weight rows (reused from call to call).</summary>
+    public static Span<RowSums<TVec>> Rent(int rows)
+    {
+        if (t_buffer is null || t_buffer.Length < rows) t_buffer = new RowSums<TVec>[Math.Max(rows, 64)];
+        var span = t_buffer.AsSpan(0, rows);
+        span.Clear();
+        return span;
+    }
+
+    /// <summary>Writes the <paramref name="count"/> outputs (<paramref name="ld"/> floats apart): lanes summed, plus the tail and the bias.</summary>
+    public readonly unsafe void Write<TW>(float* y, nint ld, float bias, int count) where TW : IFloatWidth<TVec>
+    {
+        y[0] = TW.Sum(TW.Add(A0, B0)) + R0 + bias;
+        if (count > 1) y[ld] = TW.Sum(TW.Add(A1, B1)) + R1 + bias;
+        if (count > 2)
+        {
+            y[2 * ld] = TW.Sum(TW.Add(A2, B2)) + R2 + bias;
+            y[3 * ld] = TW.Sum(TW.Add(A3, B3)) + R3 + bias;
+        }
+    }
 }

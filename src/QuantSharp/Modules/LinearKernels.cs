@@ -25,7 +25,7 @@ internal static unsafe class LinearKernels
     public static Tensor? TryLinear(QuantizedTensor parts, Tensor x, Tensor? bias, InputQuantizer? input = null)
     {
         if (!Usable(parts, x, out var format, out int groupSize)) return null;
-        long n = parts.Shape[0], k = parts.Shape[1];
+        var (n, k) = Matrix(parts);
         if (x.dim() == 0 || x.shape[^1] != k || x.numel() / Math.Max(k, 1) > int.MaxValue) return null;
         bool integer = format == WeightFormat.Int8 && groupSize == k && k <= IntegerMatMul.MaxReduction;
         if (input is not null && !integer) return null;
@@ -60,26 +60,51 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// A 1x1 convolution (stride 1, no padding, one group) through the packed kernel, or null: <paramref name="x"/> is
-    /// float32 <c>[images, C, P]</c> (P = spatial positions), the storage matrix <c>[O, C]</c>, the result
-    /// <c>[images, O, P]</c>. Each image is <c>W X</c> with <c>X = [C, P]</c>, which the packed GEMM reads and writes
-    /// in place (<see cref="MatMulMethod.Transposed"/>): no channels-last copy of the input or the output.
+    /// A convolution (one group) through the packed kernels, or null: <paramref name="images"/> is float32
+    /// <c>[count, C, H, W]</c>, the storage matrix <c>[O, K]</c> with K = <c>C * kernel</c> (<paramref name="unfold"/>'s
+    /// rows), the result <c>[count, O, P]</c> for P output positions. Each image is <c>W X</c> for its column matrix
+    /// <c>X = [K, P]</c> (im2col), which the packed GEMM unfolds from the image as it packs it
+    /// (<see cref="MatMulMethod.Transposed"/>) and whose result rows are the output channels: neither the columns nor a
+    /// float weight is ever built. With a static <paramref name="input"/> (int8 weights, one scale per row or tensor)
+    /// the image is quantized once, unfolded in integers and multiplied by the integer GEMM (W8A8): the integers of
+    /// the simulated path (zero padding becomes the zero point's code, which contributes nothing).
     /// </summary>
-    public static Tensor? TryPointwise(QuantizedTensor parts, Tensor x, Tensor? bias)
+    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null)
     {
-        if (x.dtype != ScalarType.Float32 || x.dim() != 3 || !Usable(parts, x, out var format, out int groupSize)) return null;
-        long n = parts.Shape[0], k = parts.Shape[1], images = x.shape[0], p = x.shape[2];
-        if (x.shape[1] != k || p > int.MaxValue) return null;
+        if (images.dtype != ScalarType.Float32 || images.dim() != 4 || images.shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
+        var (n, k) = Matrix(parts);
+        if (k != unfold.Rows || images.shape[1] != unfold.Channels || images.shape[2] != unfold.Height || images.shape[3] != unfold.Width) return null;
+        if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
+        if (input is not null && images.shape[0] * unfold.Positions > int.MaxValue) return null;
 
         using var scope = NewDisposeScope();
-        var input = x.contiguous();
-        var y = torch.empty([images, n, p], ScalarType.Float32);
-        Pinned(parts, format, groupSize, input, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
+        long count = images.shape[0], p = unfold.Positions, size = unfold.ImageSize;
+        var x = images.contiguous();
+        // Integer results come out position-major ([P, O], the integer GEMM's layout) and are transposed at the end.
+        var y = input is null ? torch.empty([count, n, p], ScalarType.Float32) : torch.empty([count, p, n], ScalarType.Float32);
+        Pinned(parts, format, groupSize, x, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
         {
-            for (long i = 0; i < images; i++)
-                QuantizedMatMul.Run(view, px + i * k * p, (int)p, (nint)p, pb, py + i * n * p, (nint)p, method: MatMulMethod.Transposed);
+            if (input?.Static is { } act)
+            {
+                var range = QuantRange.For(act.Type, act.ReduceRange);
+                // Every image's positions are rows of one integer product, so small images still fill the GEMM's strips.
+                using var q = new QuantizedActivations((int)(count * p), (int)k);
+                IntegerMatMul.QuantizeUnfolded(px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, q);
+                IntegerMatMul.Run(view, q, pb, py, (nint)n);
+                return;
+            }
+            QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count));
         });
-        return y.MoveToOuterDisposeScope();
+        return (input is null ? y : y.transpose(1, 2)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The storage as a matrix: rows (first dimension) by the product of the others (a half-precision convolution weight keeps its rank-3/4 shape).</summary>
+    private static (long Rows, long Cols) Matrix(QuantizedTensor parts)
+    {
+        var shape = parts.Shape;
+        long cols = 1;
+        for (int i = 1; i < shape.Length; i++) cols *= shape[i];
+        return (shape[0], cols);
     }
 
     /// <summary>Whether a kernel can read <paramref name="parts"/> (a CPU storage matrix) for the CPU input <paramref name="x"/>.</summary>
@@ -87,12 +112,13 @@ internal static unsafe class LinearKernels
     {
         format = default;
         groupSize = 0;
-        var shape = parts.Shape;
-        if (!Enabled || shape.Length != 2 || shape[0] > int.MaxValue || shape[1] > int.MaxValue) return false;
+        if (!Enabled || parts.Shape.Length < 2) return false;
+        var (rows, cols) = Matrix(parts);
+        if (rows > int.MaxValue || cols > int.MaxValue || (parts.Shape.Length > 2 && parts.Spec.Type.IsInteger())) return false;
         if (x.device_type != DeviceType.CPU || x.dtype is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16)) return false;
         if (x.requires_grad && torch.is_grad_enabled()) return false;
         if (parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
-        if (Format(parts.Spec, shape[1], out groupSize) is not { } f) return false;
+        if (Format(parts.Spec, cols, out groupSize) is not { } f) return false;
         format = f;
         return true;
     }
@@ -114,7 +140,8 @@ internal static unsafe class LinearKernels
         fixed (byte* pBias = b is null ? default : b.bytes)
         {
             bool perTensor = parts.Spec.Granularity is PerTensor;
-            var view = new WeightView(format, (int)parts.Shape[0], (int)parts.Shape[1], pData, groupSize, (float*)pScale, (int*)pZero, perTensor ? 0 : -1);
+            var (rows, cols) = Matrix(parts);
+            var view = new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)pScale, (int*)pZero, perTensor ? 0 : -1);
             call(view, (float*)pX, (float*)pBias, (float*)pY);
         }
     }

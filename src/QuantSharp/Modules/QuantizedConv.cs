@@ -1,3 +1,4 @@
+using QuantSharp.Kernels;
 using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -101,40 +102,98 @@ public sealed class QuantizedConv : QuantizedModule
         return new QuantizedConv(weight, conv.bias, Expand(conv.stride, n), padding, Expand(conv.dilation, n), conv.groups, input);
     }
 
-    /// <summary>
-    /// A 1x1 convolution with stride 1, no padding and one group is a matrix product over channels per image: it runs
-    /// through the weight's packed kernel (<see cref="WeightLayout.PointwiseConvolution"/>), which reads the images in
-    /// place. Null for every other convolution and wherever the kernel does not apply.
-    /// </summary>
-    private Tensor? Pointwise(Tensor x)
-    {
-        if (groups != 1 || WeightShape.Skip(2).Any(s => s != 1) || _stride.Any(s => s != 1) || _padding.Any(p => p != 0)) return null;
-        bool batched = x.dim() == SpatialDims + 2;
-        if (!batched && x.dim() != SpatialDims + 1) return null;
-        long[] shape = x.shape;
-        var images = batched ? x.reshape(shape[0], shape[1], -1) : x.reshape(1, shape[0], -1);
-        var y = weight.Layout.PointwiseConvolution(images, bias);
-        if (y is null) return null;
-        long[] outShape = batched ? [shape[0], out_channels, .. shape[2..]] : [out_channels, .. shape[1..]];
-        return y.reshape(outShape);
-    }
-
     internal static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
 
     /// <inheritdoc/>
-    public override Tensor forward(Tensor input)
+    public override Tensor forward(Tensor input) => Forward(input, ConvolutionRoute.Auto);
+
+    /// <summary>The forward pass through <paramref name="route"/> (<see cref="ConvolutionRoute.Auto"/>: the measured rule of <see cref="ConvolutionCost"/>).</summary>
+    internal Tensor Forward(Tensor input, ConvolutionRoute route)
     {
         using var scope = NewDisposeScope();
+        if (route != ConvolutionRoute.Reference && Kernel(input, force: route == ConvolutionRoute.Kernel) is { } y) return y.MoveToOuterDisposeScope();
         var x = QuantizeInput(input);
-        if (Pointwise(x) is { } pointwise) return pointwise.MoveToOuterDisposeScope();
         using var w = DequantizeWeight();
         long inChannels = in_channels;
         string expects = SpatialDims == 1
             ? $"a float32 input [batch, {inChannels}, length] (or [{inChannels}, length])"
             : $"a float32 input [batch, {inChannels}, height, width] (or [{inChannels}, height, width])";
-        var y = Guard(input, expects, () => SpatialDims == 1
+        var reference = Guard(input, expects, () => SpatialDims == 1
             ? nn.functional.conv1d(x, w, bias, _stride[0], _padding[0], _dilation[0], groups)
             : nn.functional.conv2d(x, w, bias, _stride, _padding, _dilation, groups));
-        return y.MoveToOuterDisposeScope();
+        return reference.MoveToOuterDisposeScope();
     }
+
+    /// <summary>Whether the measured rule sends <paramref name="input"/> through the kernel route (for the bench and tests).</summary>
+    internal bool TakesKernel(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        return Kernel(input, force: false, decideOnly: true) is not null;
+    }
+
+    /// <summary>
+    /// The convolution as a matrix product per image through the weight's packed kernel
+    /// (<see cref="WeightLayout.Convolution"/>): the image is unfolded (im2col) while the GEMM packs it, the weight is
+    /// decoded in tiles (never a float copy of it), W8A8 layers multiply in integers. Null where no kernel applies
+    /// (groups, gradients, other dtypes, shapes libtorch would reject) or, unless <paramref name="force"/>, where the
+    /// measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
+    /// </summary>
+    private Tensor? Kernel(Tensor input, bool force, bool decideOnly = false)
+    {
+        if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return null;
+        if (input.requires_grad && is_grad_enabled()) return null;
+        long[] shape = input.shape;
+        bool batched = shape.Length == SpatialDims + 2;
+        if (!batched && shape.Length != SpatialDims + 1) return null;
+        // [n, C, H, W]: unbatched inputs get n = 1, a Conv1d's height 1. The rule is decided on shapes alone, so a
+        // call that goes to libtorch pays no tensor operation here.
+        var dims = new List<long>(4);
+        if (!batched) dims.Add(1);
+        dims.AddRange(shape[..^SpatialDims]);
+        if (SpatialDims == 1) dims.Add(1);
+        dims.AddRange(shape[^SpatialDims..]);
+        long[] imageShape = [.. dims];
+        long n = imageShape[0];
+        if (imageShape[1] != in_channels || imageShape.Aggregate(1L, (a, b) => a * b) > int.MaxValue) return null;
+        if (Unfolding(imageShape) is not { } unfold) return null;
+        if (!force && !ConvolutionCost.KernelPays(unfold, out_channels, InputQuantizer is not null)) return null;
+        if (decideOnly) return input;
+
+        var images = input.reshape(imageShape);
+
+        Tensor? y = null;
+        if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
+        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null);
+        if (y is null) return null;
+        long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
+        y = y.reshape(outShape);
+        return batched ? y : y.squeeze(0);
+    }
+
+    /// <summary>The unfolding of images <c>[n, C, H, W]</c> (a Conv1d's with H = 1), or null when the output would be empty or too large for the kernels.</summary>
+    private Im2Col? Unfolding(long[] images)
+    {
+        bool one = SpatialDims == 1;
+        long kh = one ? 1 : WeightShape[2], kw = WeightShape[^1];
+        long sh = one ? 1 : _stride[0], ph = one ? 0 : _padding[0], dh = one ? 1 : _dilation[0];
+        long sw = _stride[^1], pw = _padding[^1], dw = _dilation[^1];
+        long h = images[2], w = images[3];
+        if (h + 2 * ph < dh * (kh - 1) + 1 || w + 2 * pw < dw * (kw - 1) + 1) return null;
+        long outH = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1, outW = (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+        if (outH * outW > int.MaxValue || images[1] * kh * kw > int.MaxValue) return null;
+        return new Im2Col((int)images[1], (int)h, (int)w, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph, (int)pw, (int)dh, (int)dw);
+    }
+}
+
+/// <summary>Which implementation a <see cref="QuantizedConv"/> forward pass takes.</summary>
+internal enum ConvolutionRoute
+{
+    /// <summary>The measured rule (<see cref="ConvolutionCost.KernelPays"/>).</summary>
+    Auto,
+
+    /// <summary>Unfold and the packed kernels wherever they apply.</summary>
+    Kernel,
+
+    /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>
+    Reference,
 }

@@ -17,8 +17,10 @@ namespace QuantSharp.Pipeline;
 //   validate    WeightChecks: the one range check + SQNR accumulated in float64             (both paths)
 //   write       QuantizedCheckpointWriter over SafetensorsStreamWriter                      (both paths)
 //
-// A weight quantizer that is Sequential (GPTQ) is run layer by layer by Quantizer: the statistics of layer i are
-// collected on the model whose layers before i are already quantized and installed. QAT plugs in at plan (Prepare
+// QuantizationDriver (Driver.cs) runs these stages for both quantizers, from a source (ModelSource / CheckpointSource)
+// into a sink (ModelSink / CheckpointSink). A weight quantizer that is Sequential (GPTQ) is run layer by layer by the
+// model source: the statistics of layer i are collected on the model whose layers before i are already quantized and
+// installed. QAT plugs in at plan (Prepare
 // replaces the planned layers by QatLayer) and quantize (Convert builds the canonical weight from the learned qparams).
 
 /// <summary>

@@ -178,20 +178,20 @@ internal static class WeightQuantization
 
     /// <summary>
     /// The SQNR (dB) of a quantized weight against its float values, accumulated in double precision over the same
-    /// chunks of rows as the checkpoint path (<see cref="CheckpointQuantizer.ChunkPlan"/>), so both write the same
+    /// chunks of rows as the checkpoint path (<see cref="CheckpointChunks.ChunkPlan"/>), so both write the same
     /// <c>sqnr_db</c>, and only one chunk is dequantized at a time.
     /// </summary>
     public static double Sqnr(Tensor original, QuantizedWeight weight)
     {
         var acc = new Validation.SqnrAccumulator();
         long[] shape = original.shape;
-        var (rows, perChunk) = CheckpointQuantizer.ChunkPlan(shape);
+        var (rows, perChunk) = CheckpointChunks.ChunkPlan(shape);
         for (long r0 = 0; r0 < rows; r0 += perChunk)
         {
             using var scope = NewDisposeScope();
             long n = Math.Min(perChunk, rows - r0);
-            var x = (CheckpointQuantizer.IsRowwise(shape) ? original.detach().narrow(0, r0, n) : original.detach()).to(ScalarType.Float32).contiguous();
-            var d = (CheckpointQuantizer.IsRowwise(shape) ? weight.GatherRows(torch.arange(r0, r0 + n, ScalarType.Int64)) : weight.Dequantize()).contiguous();
+            var x = (CheckpointChunks.IsRowwise(shape) ? original.detach().narrow(0, r0, n) : original.detach()).to(ScalarType.Float32).contiguous();
+            var d = (CheckpointChunks.IsRowwise(shape) ? weight.GatherRows(torch.arange(r0, r0 + n, ScalarType.Int64)) : weight.Dequantize()).contiguous();
             if (x.numel() == 0) continue;
             acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
         }

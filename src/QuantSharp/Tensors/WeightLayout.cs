@@ -1,3 +1,4 @@
+using QuantSharp.Kernels;
 using QuantSharp.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -82,11 +83,13 @@ public abstract class WeightLayout : IDisposable
     internal virtual Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => null;
 
     /// <summary>
-    /// A 1x1 convolution (stride 1, no padding, one group) of float32 images <c>[n, in, positions]</c> with the storage
-    /// matrix <c>[out, in]</c>, giving <c>[n, out, positions]</c>, through a kernel; or null when this layout has none
-    /// for the input (the module then dequantizes and runs the float convolution).
+    /// A convolution (one group) through a kernel: float32 images <c>[n, C, H, W]</c> unfolded as
+    /// <paramref name="unfold"/> describes (im2col, rows in the weight's flattening order) times the storage matrix
+    /// <c>[out, C * kernel]</c>, giving <c>[n, out, positions]</c>. With <paramref name="quantizer"/> the input is
+    /// quantized to 8 bits and multiplied in integers (W8A8). Null when this layout has no such kernel for the input
+    /// (the module then dequantizes and runs the float convolution).
     /// </summary>
-    internal virtual Tensor? PointwiseConvolution(Tensor images, Tensor? bias) => null;
+    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer) => null;
 
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
@@ -202,7 +205,7 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
 
-    internal override Tensor? PointwiseConvolution(Tensor images, Tensor? bias) => LinearKernels.TryPointwise(_parts, images, bias);
+    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer);
 
     public override Tensor GatherRows(Tensor indices)
     {

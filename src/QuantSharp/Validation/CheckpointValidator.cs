@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
+using QuantSharp.Pipeline;
 using QuantSharp.Serialization;
 using QuantSharp.Tensors;
 using TorchSharp;
@@ -158,20 +159,20 @@ public static class CheckpointValidator
         }
         stored = dataInfo.ByteLength + (scaleInfo?.ByteLength ?? 0) + (zpInfo?.ByteLength ?? 0);
 
-        bool rowwise = CheckpointQuantizer.IsRowwise(oInfo.Shape);
-        var (rows, rowsPerChunk) = CheckpointQuantizer.ChunkPlan(oInfo.Shape);
+        bool rowwise = CheckpointChunks.IsRowwise(oInfo.Shape);
+        var (rows, rowsPerChunk) = CheckpointChunks.ChunkPlan(oInfo.Shape);
         long chunks = rowwise ? (rows + rowsPerChunk - 1) / rowsPerChunk : 1;
-        bool scaleRowwise = rowwise && CheckpointQuantizer.HasRowScales(spec);
+        bool scaleRowwise = rowwise && CheckpointChunks.HasRowScales(spec);
         var sqnr = new SqnrAccumulator();
         for (long c = 0; c < chunks; c++)
         {
             using var scope = NewDisposeScope();
             long r0 = c * rowsPerChunk, r1 = rowwise ? Math.Min(rows, r0 + rowsPerChunk) : 1;
             bool exact = oInfo.DType is SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16;
-            var x = exact ? CheckpointQuantizer.ReadRowsFloat32(oShard, oInfo, r0, r1, rowwise) : CheckpointQuantizer.ReadRows(oShard, oInfo, r0, r1, rowwise);
-            var data = CheckpointQuantizer.ReadRows(qShard, dataInfo, r0, r1, rowwise);
-            Tensor? scale = scaleInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
-            Tensor? zp = zpInfo is null ? null : CheckpointQuantizer.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
+            var x = exact ? CheckpointChunks.ReadRowsFloat32(oShard, oInfo, r0, r1, rowwise) : CheckpointChunks.ReadRows(oShard, oInfo, r0, r1, rowwise);
+            var data = CheckpointChunks.ReadRows(qShard, dataInfo, r0, r1, rowwise);
+            Tensor? scale = scaleInfo is null ? null : CheckpointChunks.ReadRows(qShard, scaleInfo, r0, r1, scaleRowwise);
+            Tensor? zp = zpInfo is null ? null : CheckpointChunks.ReadRows(qShard, zpInfo, r0, r1, scaleRowwise);
             long[] storedShape = layer.StoredShape;
             long[] chunkShape = rowwise ? [r1 - r0, .. storedShape[1..]] : storedShape;
             var partProblems = TensorChecks.CheckParts(name, layer.Type, layer.Range, data, scale, zp);

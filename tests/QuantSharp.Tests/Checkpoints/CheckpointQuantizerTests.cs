@@ -1,3 +1,4 @@
+using QuantSharp.Pipeline;
 using QuantSharp.Serialization;
 using QuantSharp.Tensors;
 using QuantSharp.Validation;
@@ -37,10 +38,10 @@ public class CheckpointQuantizerTests
         string input = SyntheticCheckpoint.WriteFile(dir["in.safetensors"], dtype);
         var before = SyntheticCheckpoint.HashTree(input);
         string output = dir["out.safetensors"];
-        CheckpointQuantizer.ChunkElementsForTests = 3000; // several chunks per tensor, rows split unevenly
+        CheckpointChunks.ChunkElementsForTests = 3000; // several chunks per tensor, rows split unevenly
         QuantSharp.Validation.QuantizationReport report;
         try { report = CheckpointQuantizer.Quantize(input, output); }
-        finally { CheckpointQuantizer.ChunkElementsForTests = null; }
+        finally { CheckpointChunks.ChunkElementsForTests = null; }
 
         Assert.True(report.Passed, string.Join("\n", report.Problems));
         Assert.True(report.Written);

@@ -182,6 +182,54 @@ public class CalibrateCommandTests
     }
 
     [Fact]
+    public void Mixed_plan_with_gptq_stays_within_the_budget_records_the_method_and_beats_round_to_nearest()
+    {
+        string dir = Directory.CreateTempSubdirectory("calibrate-mixed-gptq-").FullName;
+        try
+        {
+            string recipeFile = Path.Combine(dir, "gptq.recipe.json");
+            // int2/int4 group-32 of the bundled CNN: 22,056 / 36,168 bytes (3.12 / 5.11 bits per weight); 3.5 is between.
+            var root = Json("calibrate", "mixed", "--data", "bundled", "--samples", "64", "--types", "int4,int2", "--bits-per-weight", "3.5",
+                "--method", "gptq", "--save-recipe", recipeFile, "--json");
+            long bytes = root.GetProperty("plan_bytes").GetInt64();
+            Assert.Equal(bytes, root.GetProperty("plan").EnumerateArray().Sum(l => l.GetProperty("bytes").GetInt64()));
+            Assert.Equal(bytes * 8.0 / 56_592, root.GetProperty("bits_per_weight").GetDouble(), 5);
+            Assert.InRange(bytes, 22_056, (long)(3.5 * 56_592 / 8));
+            Assert.Equal(bytes, root.GetProperty("measured").GetProperty("model_bytes").GetInt64()); // the measured model is the plan
+
+            // The plan's recipe (printed and saved) is a GPTQ recipe.
+            Assert.Equal("gptq", root.GetProperty("recipe").GetProperty("method").GetString());
+            var saved = QuantizationRecipe.Load(recipeFile);
+            Assert.Equal(QuantizationMethod.Gptq, saved.Method);
+            Assert.Equal(root.GetProperty("plan").EnumerateArray().Select(l => l.GetProperty("layer").GetString()), saved.Overrides.Select(o => o.Pattern));
+
+            // Its uniform variants were rounded by GPTQ: uniform int2 beats round to nearest (quantized here) on the same images.
+            var int2 = root.GetProperty("uniform").EnumerateArray().Single(u => u.GetProperty("variant").GetString() == "int2 symmetric group:32");
+            using var model = QuantSharp.Cli.Demo.MnistNet.Load(QuantSharp.Cli.Demo.DemoRunner.BundledModelPath);
+            using var images = QuantSharp.Cli.Demo.DemoRunner.LoadBundled();
+            var rtnRecipe = QuantizationRecipe.Int8WeightOnly().WithWeights(new QuantSpec(QuantType.Int2, QuantScheme.Symmetric, new PerGroup(32))) with { Validation = new ValidationPolicy() };
+            var rtn = Quantizer.Quantize(model, rtnRecipe, factory: () => new QuantSharp.Cli.Demo.MnistNet(), onFailure: ValidationFailureMode.Warn);
+            using var rtnModel = rtn.Model;
+            using var reference = QuantSharp.Cli.Demo.DemoRunner.Logits(model, images);
+            using var rtnLogits = QuantSharp.Cli.Demo.DemoRunner.Logits(rtnModel, images);
+            double rtnSqnr = QuantSharp.Cli.Demo.DemoRunner.Sqnr(reference, rtnLogits), rtnAccuracy = images.Accuracy(rtnModel);
+            Assert.Equal(22_056, int2.GetProperty("model_bytes").GetInt64());
+            Assert.Equal(22_056, QuantSharp.Cli.Demo.DemoRunner.ModelBytes(rtnModel));
+            Assert.True(int2.GetProperty("logits_sqnr_db").GetDouble() > rtnSqnr + 3,
+                $"GPTQ int2 logits SQNR {int2.GetProperty("logits_sqnr_db").GetDouble():F2} dB vs round to nearest {rtnSqnr:F2} dB");
+            Assert.True(int2.GetProperty("accuracy").GetDouble() > rtnAccuracy, $"GPTQ int2 {int2.GetProperty("accuracy").GetDouble()} vs RTN {rtnAccuracy}");
+            // The mixed plan is at least as good as uniform int2 (it spends more bytes) and within 2 points of float32.
+            double measured = root.GetProperty("measured").GetProperty("accuracy").GetDouble();
+            Assert.True(measured >= int2.GetProperty("accuracy").GetDouble(), $"mixed {measured} < GPTQ int2");
+            Assert.True(measured >= root.GetProperty("float32").GetProperty("accuracy").GetDouble() - 0.02, $"mixed {measured}");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public void Mixed_plan_under_an_accuracy_drop_is_within_it_and_cheaper_than_int8()
     {
         // With int2 among the types uniform int2 loses about 2.6 points on the bundled images: the plan upgrades layers

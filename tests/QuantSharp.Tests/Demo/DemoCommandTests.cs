@@ -66,7 +66,8 @@ public class DemoCommandTests
         try
         {
             var (exit, _, error) = RunCli("demo", "--data", "full", "--mnist-dir", empty, "--json");
-            Assert.Equal(1, exit);
+            Assert.Equal(2, exit); // bad input, as every command (1 means validation failed)
+            Assert.StartsWith("error: --data full needs", error);
             Assert.Contains("scripts/fetch-mnist.sh", error);
         }
         finally

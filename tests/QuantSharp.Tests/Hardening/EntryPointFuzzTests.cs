@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json.Nodes;
+using QuantSharp.Pipeline;
 using QuantSharp.Serialization;
 using QuantSharp.Tests.Checkpoints;
 using QuantSharp.Validation;
@@ -181,7 +182,7 @@ public sealed class EntryPointFuzzTests : IDisposable
         string entry = entries[random.Next(entries.Length)];
         // Half the cases cut tensors into small chunks (rows, and observer passes in the middle of rows).
         bool small = random.Next(2) == 0;
-        CheckpointQuantizer.ChunkElementsForTests = small ? random.Next(1, 3000) : null;
+        CheckpointChunks.ChunkElementsForTests = small ? random.Next(1, 3000) : null;
         QuantSharp.Observers.FloatChunks.ChunkElementsForTests = small ? random.Next(1, 3000) : null;
         string outcome;
         try
@@ -210,7 +211,7 @@ public sealed class EntryPointFuzzTests : IDisposable
         }
         finally
         {
-            CheckpointQuantizer.ChunkElementsForTests = null;
+            CheckpointChunks.ChunkElementsForTests = null;
             QuantSharp.Observers.FloatChunks.ChunkElementsForTests = null;
         }
 

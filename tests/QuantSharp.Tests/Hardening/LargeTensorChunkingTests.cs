@@ -121,7 +121,7 @@ public class LargeTensorChunkingTests
         };
         var unchunked = CheckpointQuantizer.Quantize(input, dir["whole.safetensors"], recipe);
         Assert.True(unchunked.Passed, string.Join("\n", unchunked.Problems));
-        CheckpointQuantizer.ChunkElementsForTests = 1000; // 7 rows of 128 or 3 of 256 per chunk, rows split unevenly
+        CheckpointChunks.ChunkElementsForTests = 1000; // 7 rows of 128 or 3 of 256 per chunk, rows split unevenly
         FloatChunks.ChunkElementsForTests = 777;          // observer passes cut rows in the middle
         try
         {
@@ -133,7 +133,7 @@ public class LargeTensorChunkingTests
         }
         finally
         {
-            CheckpointQuantizer.ChunkElementsForTests = null;
+            CheckpointChunks.ChunkElementsForTests = null;
             FloatChunks.ChunkElementsForTests = null;
         }
         Assert.Equal(File.ReadAllBytes(dir["whole.safetensors"]), File.ReadAllBytes(dir["chunked.safetensors"]));

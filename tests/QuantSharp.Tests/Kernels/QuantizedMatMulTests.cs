@@ -100,6 +100,53 @@ public unsafe class QuantizedMatMulTests
     }
 
     [Theory]
+    [MemberData(nameof(Formats))]
+    public void ReductionBlocksLeaveEveryBitUnchanged(string formatName)
+    {
+        // The row kernels at batch 2..23 walk the reduction in blocks, carrying each row's sums from block to block:
+        // every block size must give the bits of one unblocked pass (the same operations in the same order). Blocks of
+        // 32..96 elements end inside groups (at chunk boundaries of every width), at group ends, and hold several groups.
+        var format = Enum.Parse<WeightFormat>(formatName);
+        var shapes = WeightView.IsFloat(format) ? new[] { (600, 0), (1030, 0) } : new[] { (600, 0), (600, 24), (1028, 514), (1030, 0), (768, 256), (640, 160) };
+        int saved = QuantizedMatMul.ReductionBlock;
+        try
+        {
+            foreach (var (k, g) in shapes)
+            {
+                if (WeightView.IsPacked(format) && k % 2 != 0) continue;
+                using var w = new PinnedWeight(format, 9, k, g, zeroPoints: true, seed: k + g);
+                var view = w.View;
+                foreach (int batch in new[] { 2, 7, 13 }) // passes of 2; 4 + 2 + 1; 4 + 4 + 4 + 1 rows
+                {
+                    float[] x = KernelTestData.Activations(batch * k, k + batch);
+                    foreach (var path in KernelTestData.FloatPaths())
+                    {
+                        QuantizedMatMul.ReductionBlock = 1 << 30;
+                        float[] whole = RunRows(view, x, batch, path);
+                        foreach (int block in new[] { 32, 64, 96, 512 })
+                        {
+                            QuantizedMatMul.ReductionBlock = block;
+                            Assert.Equal(whole, RunRows(view, x, batch, path));
+                        }
+                    }
+                }
+            }
+        }
+        finally
+        {
+            QuantizedMatMul.ReductionBlock = saved;
+        }
+    }
+
+    private static float[] RunRows(in WeightView view, float[] x, int batch, KernelPath path)
+    {
+        var y = new float[batch * view.Rows];
+        fixed (float* px = x) fixed (float* py = y)
+            QuantizedMatMul.Run(view, px, batch, view.Cols, null, py, view.Rows, path, MatMulMethod.Rows);
+        return y;
+    }
+
+    [Theory]
     [InlineData("Int8")]
     [InlineData("UInt4")]
     public void PerTensorScale(string formatName)

@@ -79,7 +79,7 @@ public class LinearKernelTests
             AssertClose(expected, layer2d.call(x));
         }
         // The kernel ran (the layout has it for this weight), rather than the dequantize-and-convolve fallback.
-        Assert.NotNull(layer2d.weight.Layout.PointwiseConvolution(torch.randn(2, 64, 9), layer2d.bias));
+        Assert.NotNull(layer2d.weight.Layout.Convolution(torch.randn(2, 64, 3, 3), new QuantSharp.Kernels.Im2Col(64, 3, 3, 1, 1, 1, 1, 0, 0, 1, 1), layer2d.bias, null));
 
         var conv1d = nn.Conv1d(64, 24, 1, bias: false);
         using var layer1d = (QuantizedConv)QuantizedModules.Quantize(conv1d, Parse(specText));

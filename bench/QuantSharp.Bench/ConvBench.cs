@@ -1,0 +1,139 @@
+using System.Diagnostics;
+using System.Globalization;
+using QuantSharp.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Bench;
+
+/// <summary>
+/// Is a quantized convolution ever slower than the float32 one it replaced? Times, in one process and interleaved
+/// (so a burst of load on a shared machine hits every side alike), libtorch's float32 convolution and the quantized
+/// layer through each route (<see cref="ConvolutionRoute"/>: the measured rule, unfold + packed kernel, dequantize +
+/// libtorch), over the bundled MNIST CNN's convolutions, ResNet-like 3x3 layers, a 1x1 and a Conv1d k=3.
+/// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER] [THREADS]</c> (defaults 5, 5, all, all cores):
+/// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
+/// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
+/// </summary>
+internal static class ConvBench
+{
+    private sealed record Case(string Name, int Batch, Func<nn.Module<Tensor, Tensor>> Float, long[] Input);
+
+    private static IEnumerable<Case> Cases()
+    {
+        foreach (int b in new[] { 1, 64 })
+        {
+            yield return new("mnist-conv1 1->16 3x3 28x28", b, () => nn.Conv2d(1, 16, 3), [b, 1, 28, 28]);
+            yield return new("mnist-conv2 16->32 3x3 13x13", b, () => nn.Conv2d(16, 32, 3), [b, 16, 13, 13]);
+        }
+        foreach (int b in new[] { 1, 8 })
+        {
+            yield return new("resnet 64->64 3x3 56x56", b, () => nn.Conv2d(64, 64, 3, padding: 1), [b, 64, 56, 56]);
+            yield return new("resnet 128->128 3x3 28x28", b, () => nn.Conv2d(128, 128, 3, padding: 1), [b, 128, 28, 28]);
+            yield return new("resnet 256->256 3x3 14x14", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 14, 14]);
+            yield return new("resnet 128->256 3x3 s2 28x28", b, () => nn.Conv2d(128, 256, 3, stride: 2, padding: 1), [b, 128, 28, 28]);
+            yield return new("1x1 256->256 28x28", b, () => nn.Conv2d(256, 256, 1), [b, 256, 28, 28]);
+            yield return new("conv1d 512->512 k3 256", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 256]);
+        }
+    }
+
+    private static readonly string[] Kinds = ["int8", "int4", "fp16", "w8a8-static"];
+
+    public static int Run(string[] args)
+    {
+        int runs = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 5;
+        int repeats = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
+        string filter = args.Length > 2 ? args[2] : "";
+        int threads = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : Environment.ProcessorCount;
+        torch.set_num_threads(threads);
+        QuantSharp.Kernels.KernelThreads.Count = threads;
+        Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {threads} thread(s) on both sides, {runs} runs x min of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+        Console.WriteLine();
+        Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | chosen | chosen / float32 time (median, min-max) |");
+        Console.WriteLine("|---|---:|---|---:|---:|---:|---|---:|");
+        using var noGrad = no_grad();
+        foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal)))
+        {
+            torch.manual_seed(1);
+            var conv = c.Float();
+            using var x = torch.randn(c.Input);
+            // int4 needs an even reduction length (MNIST conv1 has 9).
+            var w = ((TorchSharp.Modules.Convolution)conv).weight!;
+            var kinds = Kinds.Where(k => k != "int4" || w.numel() / w.shape[0] % 2 == 0).ToArray();
+            var layers = kinds.Select(k => (QuantizedConv)Quantize(conv, k, x)).ToArray();
+            var time = new List<double>[1 + 2 * layers.Length];
+            for (int i = 0; i < time.Length; i++) time[i] = [];
+            var chosen = new List<double>[layers.Length];
+            for (int i = 0; i < chosen.Length; i++) chosen[i] = [];
+            for (int run = 0; run <= runs; run++)
+            {
+                // Run 0 warms up every variant and is not counted.
+                double f = Min(repeats, () => conv.call(x));
+                if (run > 0) time[0].Add(f);
+                for (int i = 0; i < layers.Length; i++)
+                {
+                    var layer = layers[i];
+                    double r = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Reference));
+                    double k = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Kernel));
+                    double a = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
+                    if (run == 0) continue;
+                    time[1 + 2 * i].Add(r);
+                    time[2 + 2 * i].Add(k);
+                    chosen[i].Add(a / f);
+                }
+            }
+            for (int i = 0; i < layers.Length; i++)
+            {
+                string route = Chosen(layers[i], x);
+                var ratios = chosen[i];
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {c.Name} | {c.Batch} | {kinds[i]} | {Median(time[0]):F3} | {Median(time[1 + 2 * i]):F3} | {Median(time[2 + 2 * i]):F3} | {route} | **{Median(ratios):F2}** ({ratios.Min():F2}-{ratios.Max():F2}) |"));
+            }
+            foreach (var l in layers) l.Dispose();
+            conv.Dispose();
+        }
+        return 0;
+    }
+
+    private static string Chosen(QuantizedConv layer, Tensor x) => layer.TakesKernel(x) ? "kernel" : "libtorch";
+
+    private static nn.Module<Tensor, Tensor> Quantize(nn.Module<Tensor, Tensor> conv, string kind, Tensor x)
+    {
+        var w = ((TorchSharp.Modules.Convolution)conv).weight!;
+        long k = w.numel() / w.shape[0];
+        var spec = kind switch
+        {
+            "int4" => new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, k % 32 == 0 ? new PerGroup(32) : new PerAxis(0)),
+            "fp16" => new QuantSpec(QuantType.Float16),
+            _ => QuantizationRecipe.Int8WeightOnly().BaseWeights,
+        };
+        ActivationQuantization? input = null;
+        if (kind == "w8a8-static")
+        {
+            // uint8 affine over the input's range, as a calibrated MinMax observer would give.
+            float min = Math.Min(0f, x.min().item<float>()), max = Math.Max(0f, x.max().item<float>());
+            float scale = (max - min) / 255f;
+            input = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, (int)Math.Round(-min / scale));
+        }
+        return QuantizedModules.Quantize(conv, spec, input);
+    }
+
+    /// <summary>Minimum wall time of <paramref name="repeats"/> calls, in ms.</summary>
+    private static double Min(int repeats, Func<Tensor> call)
+    {
+        double best = double.MaxValue;
+        for (int i = 0; i < repeats; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            using (var y = call()) { }
+            best = Math.Min(best, sw.Elapsed.TotalMilliseconds);
+        }
+        return best;
+    }
+
+    private static double Median(List<double> v)
+    {
+        var s = v.Order().ToArray();
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
+}

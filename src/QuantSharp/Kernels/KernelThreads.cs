@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// How many threads the kernels use (0: one per processor; the bench's <c>--threads</c> sets it), and the workers that
+/// run them.
+/// </summary>
+/// <remarks>
+/// A batch-1 layer call lasts 0.1-1 ms, so handing work to another thread must cost microseconds, not the tens of
+/// microseconds of waking a sleeping thread-pool thread (an idle vCPU of a VM wakes through the hypervisor). The
+/// <c>Count - 1</c> workers are therefore kept: after each job a worker spins for <see cref="SpinMilliseconds"/>
+/// waiting for the next one (as libgomp's OpenMP threads do after a libtorch op), then sleeps. Items are handed out
+/// one at a time by an atomic counter and the calling thread takes items too, so a worker that starts late, or a core
+/// taken by another process, only shifts work to the other threads. Calls made while the workers are busy (another
+/// thread's call, or a call from inside a body) run on <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>.
+/// </remarks>
+internal static class KernelThreads
+{
+    private const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
+
+    /// <summary>How long an idle worker spins for the next job before it sleeps.</summary>
+    internal const double SpinMilliseconds = 0.5;
+
+    private static volatile int s_count;
+    private static readonly object s_gate = new();
+    private static readonly List<Thread> s_workers = [];
+    private static Job? s_job;
+    private static long s_generation;
+    private static int s_sleepers;
+    private static int s_busy;
+
+    public static int Count
+    {
+        get => s_count > 0 ? s_count : Environment.ProcessorCount;
+        set => s_count = Math.Max(0, value);
+    }
+
+    /// <summary>Runs <paramref name="body"/> for items <c>[0, count)</c>, on several threads when there is enough work; returns when every item has run.</summary>
+    public static void For(int count, long workPerItem, Action<int> body)
+    {
+        int threads = Count;
+        if (threads <= 1 || count <= 1 || (long)count * workPerItem < MinParallelWork)
+        {
+            for (int i = 0; i < count; i++) body(i);
+            return;
+        }
+        if (Interlocked.CompareExchange(ref s_busy, 1, 0) != 0)
+        {
+            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+            return;
+        }
+        try
+        {
+            EnsureWorkers(threads - 1);
+            var job = new Job(body, count, threads - 1);
+            Volatile.Write(ref s_job, job);
+            Interlocked.Increment(ref s_generation);
+            if (Volatile.Read(ref s_sleepers) > 0)
+            {
+                lock (s_gate) Monitor.PulseAll(s_gate);
+            }
+            job.Execute();
+            job.WaitForAll();
+            Volatile.Write(ref s_job, null);
+            job.Rethrow();
+        }
+        finally
+        {
+            Volatile.Write(ref s_busy, 0);
+        }
+    }
+
+    private static void EnsureWorkers(int wanted)
+    {
+        if (s_workers.Count >= wanted) return;
+        lock (s_gate)
+        {
+            while (s_workers.Count < wanted)
+            {
+                var worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"QuantSharp kernel worker {s_workers.Count + 1}" };
+                s_workers.Add(worker);
+                worker.Start(s_workers.Count);
+            }
+        }
+    }
+
+    private static void WorkerLoop(object? state)
+    {
+        int id = (int)state!; // workers 1..Count-1; a job takes as many as its caller's Count allows
+        long seen = Volatile.Read(ref s_generation);
+        while (true)
+        {
+            seen = WaitForNextJob(seen);
+            if (Volatile.Read(ref s_job) is { } job && id <= job.Workers) job.Execute();
+        }
+    }
+
+    /// <summary>Spins for <see cref="SpinMilliseconds"/> until the generation moves past <paramref name="seen"/>, then sleeps until it does.</summary>
+    private static long WaitForNextJob(long seen)
+    {
+        long start = Stopwatch.GetTimestamp();
+        long spinTicks = (long)(SpinMilliseconds * Stopwatch.Frequency / 1000);
+        long generation;
+        var spinner = new SpinWait(); // yields now and then, so a libtorch thread waiting for this core gets it
+        while ((generation = Volatile.Read(ref s_generation)) == seen)
+        {
+            if (Stopwatch.GetTimestamp() - start > spinTicks)
+            {
+                Interlocked.Increment(ref s_sleepers);
+                lock (s_gate)
+                {
+                    while ((generation = Volatile.Read(ref s_generation)) == seen) Monitor.Wait(s_gate);
+                }
+                Interlocked.Decrement(ref s_sleepers);
+                return generation;
+            }
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+        return generation;
+    }
+
+    /// <summary>One <see cref="For"/> call: items claimed one at a time by an atomic counter, a count of the finished ones.</summary>
+    private sealed class Job(Action<int> body, int count, int workers)
+    {
+        private int _next;
+        private int _done;
+        private Exception? _error;
+
+        /// <summary>How many workers may join (the caller's <see cref="Count"/> minus itself).</summary>
+        public int Workers { get; } = workers;
+
+        /// <summary>Claims and runs items until none is left.</summary>
+        public void Execute()
+        {
+            int i;
+            while ((i = Interlocked.Increment(ref _next) - 1) < count)
+            {
+                try
+                {
+                    body(i);
+                }
+                catch (Exception e)
+                {
+                    Interlocked.CompareExchange(ref _error, e, null);
+                }
+                Interlocked.Increment(ref _done);
+            }
+        }
+
+        /// <summary>Waits until every claimed item has finished (all items are claimed once the caller's <see cref="Execute"/> returns).</summary>
+        public void WaitForAll()
+        {
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref _done) < count) spinner.SpinOnce(sleep1Threshold: -1);
+        }
+
+        /// <summary>Throws the first exception a body threw, with its stack trace.</summary>
+        public void Rethrow()
+        {
+            if (_error is { } e) ExceptionDispatchInfo.Capture(e).Throw();
+        }
+    }
+}

@@ -1,0 +1,42 @@
+using QuantSharp.Kernels;
+
+namespace QuantSharp.Modules;
+
+/// <summary>
+/// Chooses, per call, how a <see cref="QuantizedConv"/> runs: unfold + the packed kernels (weights decoded in tiles,
+/// W8A8 in integers) or dequantize-then-libtorch convolution. Measured on the development machine (AMD EPYC, 2 cores,
+/// AVX-512 + AVX-VNNI; <c>bench/QuantSharp.Bench conv</c>, one thread on both sides, docs/BENCHMARKS.md
+/// "Convolutions"):
+/// <list type="bullet">
+/// <item>1x1 convolutions (stride 1, no padding) are a plain matrix product: the packed GEMM took 0.57-0.81x the float32
+/// convolution's time (256 channels, 28x28, batch 1 and 8), dequantize + libtorch 1.0-1.3x.</item>
+/// <item>Other weight-only convolutions: libtorch's float convolution (oneDNN) runs at about twice the packed GEMM's
+/// multiply-add rate here, so dequantize + libtorch wins (1.0-1.3x float32 against 1.0-3x for unfold + GEMM).</item>
+/// <item>Static W8A8: the simulated path fake-quantizes the input (several passes over it) before the float
+/// convolution; the integer path quantizes the image once, unfolds its codes into position rows (one byte store per
+/// product term) and runs the integer GEMM. The unfolding costs about as much per position as one output channel of
+/// the GEMM, so the integer path wins with many output channels and long reductions (one thread: 3x3 256->256 at
+/// 14x14 1.5 ms against 6.3 ms simulated, 3x3 128->256 stride 2 0.86 against 1.10 ms, Conv1d 512->512 k3 1.7 against
+/// 10 ms) and loses with few (3x3 64->64 at 56x56 9.1 against 2.6 ms; 128->128 at 28x28 2.7 against 2.3 ms; the
+/// MNIST CNN's 16 and 32 channels): <see cref="IntegerMinOutputs"/> and <see cref="IntegerMinReduction"/>.</item>
+/// </list>
+/// </summary>
+internal static class ConvolutionCost
+{
+    /// <summary>Reduction length (input channels x kernel taps) from which static W8A8 takes the integer kernel.</summary>
+    internal const int IntegerMinReduction = 256;
+
+    /// <summary>Output channels from which static W8A8 takes the integer kernel (with <see cref="IntegerMinReduction"/>).</summary>
+    internal const int IntegerMinOutputs = 256;
+
+    /// <summary>Whether unfold + the packed kernel is expected to be faster than dequantize + libtorch for this call.</summary>
+    /// <param name="unfold">The call's geometry.</param>
+    /// <param name="outputs">Output channels.</param>
+    /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
+    public static bool KernelPays(Im2Col unfold, long outputs, bool quantizedInput)
+    {
+        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        if (pointwise) return true;
+        return quantizedInput && unfold.Rows >= IntegerMinReduction && outputs >= IntegerMinOutputs;
+    }
+}
