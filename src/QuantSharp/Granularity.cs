@@ -16,8 +16,9 @@ public abstract record Granularity
         if (t is "per-channel" or "channel") return new PerAxis(0);
         if (t.StartsWith("per-channel:", StringComparison.Ordinal) && int.TryParse(t["per-channel:".Length..], out int axis))
             return new PerAxis(axis);
-        if (t.StartsWith("group:", StringComparison.Ordinal) && int.TryParse(t["group:".Length..], out int g) && g > 0)
-            return new PerGroup(g);
+        if (t.StartsWith("group:", StringComparison.Ordinal) && int.TryParse(t["group:".Length..], out int g))
+            return g > 0 ? new PerGroup(g)
+                : throw new ArgumentException($"Granularity '{text}': the group size must be positive, got {g} (e.g. group:128).", nameof(text));
         throw new ArgumentException(
             $"Unknown granularity '{text}'. Use per-tensor, per-channel, per-channel:AXIS or group:SIZE (e.g. group:128).", nameof(text));
     }

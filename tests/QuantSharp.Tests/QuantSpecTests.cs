@@ -71,4 +71,16 @@ public class QuantSpecTests
         Assert.Equal([6L, 8, 4], new QuantSpec(QuantType.Int4, granularity: new PerGroup(4)).ParameterShape(shape));
         Assert.Equal(6 * 8 * 4, new QuantSpec(QuantType.Int4, granularity: new PerGroup(4)).ParameterCount(shape));
     }
+
+    [Theory]
+    [InlineData("group:0", "the group size must be positive, got 0")]
+    [InlineData("group:-1", "the group size must be positive, got -1")]
+    [InlineData("group:abc", "Unknown granularity 'group:abc'")]
+    [InlineData("per-row", "Unknown granularity 'per-row'")]
+    public void BadGranularityTextNamesTheProblem(string text, string expected)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => Granularity.Parse(text));
+        Assert.Contains(expected, ex.Message);
+        Assert.Equal(new PerGroup(32), Granularity.Parse("group:32"));
+    }
 }

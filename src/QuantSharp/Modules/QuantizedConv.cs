@@ -142,16 +142,24 @@ public sealed class QuantizedConv : QuantizedModule
     {
         if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return null;
         if (input.requires_grad && is_grad_enabled()) return null;
-        bool batched = input.dim() == SpatialDims + 2;
-        if (!batched && input.dim() != SpatialDims + 1) return null;
-        var x = batched ? input : input.unsqueeze(0);
-        if (x.shape[1] != in_channels || x.numel() > int.MaxValue) return null;
-        // A Conv1d is a Conv2d of height 1.
-        var images = SpatialDims == 1 ? x.unsqueeze(2) : x;
-        if (Unfolding(images.shape) is not { } unfold) return null;
-        long n = images.shape[0];
+        long[] shape = input.shape;
+        bool batched = shape.Length == SpatialDims + 2;
+        if (!batched && shape.Length != SpatialDims + 1) return null;
+        // [n, C, H, W]: unbatched inputs get n = 1, a Conv1d's height 1. The rule is decided on shapes alone, so a
+        // call that goes to libtorch pays no tensor operation here.
+        var dims = new List<long>(4);
+        if (!batched) dims.Add(1);
+        dims.AddRange(shape[..^SpatialDims]);
+        if (SpatialDims == 1) dims.Add(1);
+        dims.AddRange(shape[^SpatialDims..]);
+        long[] imageShape = [.. dims];
+        long n = imageShape[0];
+        if (imageShape[1] != in_channels || imageShape.Aggregate(1L, (a, b) => a * b) > int.MaxValue) return null;
+        if (Unfolding(imageShape) is not { } unfold) return null;
         if (!force && !ConvolutionCost.KernelPays(unfold, out_channels, InputQuantizer is not null)) return null;
-        if (decideOnly) return images;
+        if (decideOnly) return input;
+
+        var images = input.reshape(imageShape);
 
         Tensor? y = null;
         if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);

@@ -106,4 +106,14 @@ public class CliUsabilityTests
         var demo = CliRun.Run("demo", "--help");
         Assert.Contains("W8A8 with dynamic activations", demo.Out.Replace("\n  ", " "));
     }
+
+    [Fact]
+    public void AGroupSizeOfZeroIsCalledOutOfRange()
+    {
+        using var dir = new TempDir();
+        // It used to say "Unknown granularity 'group:0'", as if the syntax were wrong.
+        AssertBadInput(CliRun.Run("quantize", DemoRunner.BundledModelPath, dir["out.safetensors"], "--qtype", "int4", "--granularity", "group:0"),
+            "the group size must be positive, got 0");
+        Assert.Empty(Directory.GetFileSystemEntries(dir.Path));
+    }
 }
