@@ -48,7 +48,14 @@ internal static class KernelThreads
         }
         if (Interlocked.CompareExchange(ref s_busy, 1, 0) != 0)
         {
-            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+            try
+            {
+                Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = threads }, body);
+            }
+            catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+            {
+                ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw(); // as the workers' path: a body's own exception
+            }
             return;
         }
         try

@@ -110,6 +110,13 @@ public class KernelThreadsTests
             var runs = new int[16];
             KernelThreads.For(16, Heavy, i => Interlocked.Increment(ref runs[i]));
             Assert.All(runs, r => Assert.Equal(1, r));
+            // The same exception when the workers are busy (a call from inside a body takes Parallel.For).
+            var nested = Assert.Throws<InvalidOperationException>(() => KernelThreads.For(2, Heavy, i =>
+                KernelThreads.For(4, Heavy, j =>
+                {
+                    if (j == 3) throw new InvalidOperationException("nested item 3");
+                })));
+            Assert.Equal("nested item 3", nested.Message);
         }
         finally
         {
