@@ -44,10 +44,17 @@ internal static unsafe partial class Vnni512Kernel
         byte[] code = Assemble();
         const int ProtRead = 1, ProtWrite = 2, ProtExec = 4, MapPrivate = 2, MapAnonymous = 0x20;
         nuint size = (nuint)((code.Length + 4095) & ~4095);
-        nint page = MemoryMap(0, size, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
-        if (page == -1) return 0;
-        code.CopyTo(new Span<byte>((void*)page, code.Length));
-        return MemoryProtect(page, size, ProtRead | ProtExec) == 0 ? page : 0;
+        try
+        {
+            nint page = MemoryMap(0, size, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
+            if (page == -1) return 0;
+            code.CopyTo(new Span<byte>((void*)page, code.Length));
+            return MemoryProtect(page, size, ProtRead | ProtExec) == 0 ? page : 0;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return 0; // a C library without mmap/mprotect under these names: the managed kernels run instead
+        }
     }
 
     [LibraryImport("libc", EntryPoint = "mmap")]
