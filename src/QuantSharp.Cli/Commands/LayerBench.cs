@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Text.Json.Nodes;
@@ -97,15 +98,40 @@ internal static class LayerBench
         };
     }
 
-    /// <summary>Median milliseconds of <paramref name="repeats"/> calls after warm-up calls (at least two, and at least 20 ms).</summary>
+    /// <summary>How long the JIT must have compiled nothing before the timed calls start.</summary>
+    private const double JitQuietMilliseconds = 250;
+
+    /// <summary>The longest warm-up, for a program whose JIT never goes quiet.</summary>
+    private const double MaxWarmUpMilliseconds = 3000;
+
+    /// <summary>
+    /// Median milliseconds of <paramref name="repeats"/> calls after warm-up calls: at least two, at least 20 ms, and
+    /// until the JIT has compiled nothing new for <see cref="JitQuietMilliseconds"/> (at most <see cref="MaxWarmUpMilliseconds"/>).
+    /// </summary>
     /// <remarks>
     /// The warm-up time lets the threads of the side timed before settle (libgomp's OpenMP workers spin for a while after
-    /// a libtorch op, on the core the next side's kernels want) and lets this side's own threads start.
+    /// a libtorch op, on the core the next side's kernels want) and lets this side's own threads start. Waiting for the
+    /// JIT measures the steady state a long-running program sees: the .NET runtime first runs a method's quick tier-0
+    /// code and recompiles it optimized on a background thread after 30 calls and a 100 ms delay; timing during that
+    /// compile took the second core from the kernels (batch-1 int4 calls measured 0.69 ms instead of 0.29-0.38 ms).
     /// </remarks>
     private static double Time(Func<Tensor> forward, int repeats)
     {
-        long warmUp = Stopwatch.GetTimestamp();
-        for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(warmUp).TotalMilliseconds < 20; i++) forward().Dispose();
+        long warmUp = Stopwatch.GetTimestamp(), lastCompile = warmUp;
+        long compiled = JitInfo.GetCompiledMethodCount();
+        for (int i = 0; ; i++)
+        {
+            forward().Dispose();
+            long now = Stopwatch.GetTimestamp(), count = JitInfo.GetCompiledMethodCount();
+            if (count != compiled)
+            {
+                compiled = count;
+                lastCompile = now;
+            }
+            double elapsed = Stopwatch.GetElapsedTime(warmUp, now).TotalMilliseconds;
+            bool quiet = Stopwatch.GetElapsedTime(lastCompile, now).TotalMilliseconds >= JitQuietMilliseconds;
+            if (i >= 1 && elapsed >= 20 && (quiet || elapsed >= MaxWarmUpMilliseconds)) break;
+        }
         var times = new double[Math.Max(1, repeats)];
         for (int i = 0; i < times.Length; i++)
         {
