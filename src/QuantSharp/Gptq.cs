@@ -159,8 +159,9 @@ public static class Gptq
         var H = hessian.to(ScalarType.Float64).clone();
 
         // Inputs that are always zero: their columns do not affect the output; give them a unit diagonal (no error spread).
-        var dead = H.diagonal().eq(0);
-        H.add_(torch.diag(dead.to(ScalarType.Float64)));
+        using var kept = new KeptScalars();
+        var dead = H.diagonal().eq(kept.Of(0));
+        KeptScalars.PlusInPlace(H, torch.diag(dead.to(ScalarType.Float64)));
 
         long[] perm = options.ActOrder
             ? H.diagonal().argsort(descending: true).data<long>().ToArray()
@@ -205,7 +206,7 @@ public static class Gptq
             long count = Math.Min(block, cols - i1);
             var W1 = W.narrow(1, i1, count); // a view: updates go into W
             var U1 = U.narrow(0, i1, count).narrow(1, i1, count);
-            var d = U1.diagonal().contiguous().data<float>().ToArray();
+            var d = U1.diagonal();
             var err1 = torch.zeros(rows, count);
             for (long i = 0; i < count; i++)
             {
@@ -225,8 +226,7 @@ public static class Gptq
                 var s = spec.Granularity is PerTensor ? scaleT.select(1, 0) : scaleT.select(1, gi);
                 var z = spec.Granularity is PerTensor ? zeroT.select(1, 0) : zeroT.select(1, gi);
                 // Round-to-nearest's arithmetic: clamp(round_half_even(x * (1/s)) + z), then (q - z) * s.
-                var q = ((col * s.reciprocal()).round() + z).clamp(range.QMin, range.QMax);
-                var deq = (q - z) * s;
+                var deq = WeightQuantizer.FakeQuantize(col, s, z, range);
                 var err = (col - deq) / d[i];
                 if (i + 1 < count)
                     W1.narrow(1, i + 1, count - i - 1).sub_(err.unsqueeze(1).mm(U1.narrow(0, i, 1).narrow(1, i + 1, count - i - 1)));
@@ -276,7 +276,8 @@ public static class Gptq
         for (int attempt = 0; attempt < 4; attempt++, fraction *= 10)
         {
             using var scope = NewDisposeScope();
-            var damped = h + eye(k, dtype: ScalarType.Float64) * (fraction * mean);
+            using var kept = new KeptScalars();
+            var damped = KeptScalars.Plus(h, eye(k, dtype: ScalarType.Float64).mul(kept.Of(fraction * mean)));
             var (lower, info) = linalg.cholesky_ex(damped);
             if (info.item<int>() != 0) continue;
             var inverse = lower.cholesky_inverse();

@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -44,8 +45,9 @@ internal sealed class MnistSet : IDisposable
     public static MnistSet FromBytes(byte[] pixels, byte[] labels, int count, string source)
     {
         using var scope = NewDisposeScope();
+        using var kept = new KeptScalars();
         var raw = tensor(pixels, new long[] { count, 1, 28, 28 }, ScalarType.Byte);
-        var x = raw.to_type(ScalarType.Float32).div_(255f).sub_(MnistNet.Mean).div_(MnistNet.Std);
+        var x = raw.to_type(ScalarType.Float32).div_(kept.Of(255f)).sub_(kept.Of(MnistNet.Mean)).div_(kept.Of(MnistNet.Std));
         var y = tensor(labels, new long[] { count }, ScalarType.Byte).to_type(ScalarType.Int64);
         return new MnistSet(x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), source);
     }

@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -31,8 +32,8 @@ internal sealed class BertEmbeddings : Module<Tensor, Tensor>
     public override Tensor forward(Tensor inputIds)
     {
         using var scope = NewDisposeScope();
-        long length = inputIds.shape[1];
-        var positions = arange(length, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
+        using var kept = new KeptScalars();
+        var positions = arange(kept.Of(0), kept.Of(inputIds.shape[1]), kept.Of(1), dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0);
         var x = KeptScalars.Plus(word_embeddings.call(inputIds), token_type_embeddings.call(zeros_like(inputIds)));
         x = KeptScalars.Plus(x, position_embeddings.call(positions));
         return LayerNorm.call(x).MoveToOuterDisposeScope();
@@ -65,7 +66,8 @@ internal sealed class BertSelfAttention : Module<Tensor, Tensor, Tensor>
         var q = Heads(query.call(hidden));
         var k = Heads(key.call(hidden));
         var v = Heads(value.call(hidden));
-        var scores = KeptScalars.Plus(KeptScalars.Over(matmul(q, k.transpose(-1, -2)), Math.Sqrt(_headSize)), additiveMask);
+        using var kept = new KeptScalars();
+        var scores = KeptScalars.Plus(matmul(q, k.transpose(-1, -2)).div(kept.Of(Math.Sqrt(_headSize))), additiveMask);
         var context = matmul(functional.softmax(scores, -1), v);
         long[] shape = [hidden.shape[0], hidden.shape[1], (long)_heads * _headSize];
         return context.permute(0, 2, 1, 3).contiguous().view(shape).MoveToOuterDisposeScope();

@@ -1,4 +1,5 @@
 using QuantSharp.Serialization;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -203,14 +204,15 @@ public sealed class MiniLMModel : Module<Tensor, Tensor>
                 $"MiniLMModel takes token ids and attention mask packed as [batch, 2, sequence] (MiniLMModel.Pack); got [{string.Join(", ", packed.shape)}]. " +
                 "Or call Encode(inputIds, attentionMask).");
         using var scope = NewDisposeScope();
+        using var kept = new KeptScalars();
         var ids = packed.select(1, 0);
         var mask = packed.select(1, 1).to(ScalarType.Float32);
         // As Hugging Face BERT (and the exported ONNX graph): masked positions get -10000 added to their scores.
-        var additive = ((1.0f - mask) * -10000.0f).unsqueeze(1).unsqueeze(2);
+        var additive = KeptScalars.Plus(mask.negative(), kept.Of(1.0f)).mul(kept.Of(-10000.0f)).unsqueeze(1).unsqueeze(2);
         var hidden = encoder.call(embeddings.call(ids), additive);
         // Mean pooling over the tokens the mask keeps, then L2 normalisation (sentence-transformers' Pooling + Normalize).
         var m = mask.unsqueeze(-1);
-        var pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9);
+        var pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(kept.Of(1e-9));
         return functional.normalize(pooled, p: 2, dim: 1, eps: 1e-12).MoveToOuterDisposeScope();
     }
 

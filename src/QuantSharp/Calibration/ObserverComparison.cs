@@ -1,5 +1,6 @@
 using QuantSharp.Modules;
 using QuantSharp.Observers;
+using QuantSharp.Tensors;
 using QuantSharp.Validation;
 using TorchSharp;
 using static QuantSharp.Modules.Hooks;
@@ -275,13 +276,14 @@ public sealed record ObserverComparison
                 long clipped = 0;
                 using (var s = torch.tensor(scale))
                 using (var z = torch.tensor((float)zp))
+                using (var kept = new KeptScalars())
                 {
                     for (int b = 0; b < Inputs.Count; b++)
                     {
                         using var scope = NewDisposeScope();
                         var xq = WeightQuantizer.FakeQuantize(Inputs[b], s, z, range);
                         sqnr.Add(_outputs[b], layer.call(xq));
-                        clipped += (Inputs[b].lt(low - scale / 2) | Inputs[b].gt(high + scale / 2)).sum().item<long>();
+                        clipped += (Inputs[b].lt(kept.Of(low - scale / 2)) | Inputs[b].gt(kept.Of(high + scale / 2))).sum().item<long>();
                     }
                 }
                 choices.Add(new ObserverChoice(candidates[i].Label, low, high, scale, zp, sqnr.Db,
@@ -297,10 +299,11 @@ public sealed record ObserverComparison
         {
             if (min == max) (min, max) = (min - 0.5f, max + 0.5f);
             var counts = new long[PlotBins];
+            using var kept = new KeptScalars();
             foreach (var t in Inputs)
             {
                 using var scope = NewDisposeScope();
-                var index = ((t - min) * (PlotBins / (max - min))).floor().clamp(0, PlotBins - 1).to(ScalarType.Int64).flatten();
+                var index = t.sub(kept.Of(min)).mul(kept.Of(PlotBins / (max - min))).floor().clamp(kept.Of(0), kept.Of(PlotBins - 1)).to(ScalarType.Int64).flatten();
                 var part = torch.bincount(index, minlength: PlotBins).data<long>().ToArray();
                 for (int i = 0; i < PlotBins; i++) counts[i] += part[i];
             }

@@ -1,4 +1,5 @@
 using QuantSharp.Observers;
+using QuantSharp.Tensors;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -92,7 +93,8 @@ public sealed class FakeQuantize : nn.Module<Tensor, Tensor>
         long[] pshape = spec.Granularity is PerTensor ? [1] : spec.ParameterShape(_tensorShape);
         var (_, zp0) = Primitives.QParams.Choose(0f, 0f, spec.Range, spec.Scheme);
         var s = ones(pshape, float32);
-        var z = full(pshape, (float)zp0, float32);
+        using var kept = new KeptScalars();
+        var z = full(pshape, kept.Of((float)zp0), float32);
         if (Options.Learnable)
         {
             scale = new Parameter(s, requires_grad: true);
@@ -136,7 +138,8 @@ public sealed class FakeQuantize : nn.Module<Tensor, Tensor>
     public int[] IntegerZeroPoints()
     {
         using var _ = no_grad();
-        using var z = zero_point.detach().round().clamp(Spec.Range.QMin, Spec.Range.QMax).to(int32);
+        using var kept = new KeptScalars();
+        using var z = zero_point.detach().round().clamp(kept.Of(Spec.Range.QMin), kept.Of(Spec.Range.QMax)).to(int32);
         return z.data<int>().ToArray();
     }
 
@@ -183,19 +186,21 @@ public sealed class FakeQuantize : nn.Module<Tensor, Tensor>
         if (Options.Learnable)
         {
             using var _ = no_grad();
-            scale.clamp_(Primitives.QParams.Epsilon, float.MaxValue); // keep the learned scale positive, as PyTorch
+            using var bounds = new KeptScalars();
+            scale.clamp_(bounds.Of(Primitives.QParams.Epsilon), bounds.Of(float.MaxValue)); // keep the learned scale positive, as PyTorch
         }
 
         using var scope = NewDisposeScope();
+        using var kept = new KeptScalars();
         var (x, s, z) = Broadcast(input);
-        int qmin = Spec.Range.QMin, qmax = Spec.Range.QMax;
+        Scalar qmin = kept.Of(Spec.Range.QMin), qmax = kept.Of(Spec.Range.QMax);
         Tensor fq, mask, sd, zd, inv;
         using (no_grad())
         {
             sd = s.detach();
             zd = z.detach().round().clamp(qmin, qmax);
             inv = sd.reciprocal();
-            var qr = (x.detach() * inv).round() + zd;
+            var qr = KeptScalars.Plus((x.detach() * inv).round(), zd);
             mask = qr.ge(qmin).logical_and(qr.le(qmax));
             fq = (qr.clamp(qmin, qmax) - zd) * sd;
         }
@@ -203,22 +208,22 @@ public sealed class FakeQuantize : nn.Module<Tensor, Tensor>
         if (Options.Learnable)
         {
             // PyTorch's LSQ backward rounds z + x * (1/s) (the sum first), its forward and STE mask round x * (1/s).
-            float gf = Options.GradScaling ? 1f / MathF.Sqrt((float)input.numel() * qmax) : 1f;
+            Scalar gf = kept.Of(Options.GradScaling ? 1f / MathF.Sqrt((float)input.numel() * Spec.Range.QMax) : 1f);
             using (no_grad())
             {
-                var qb = (x.detach() * inv + zd).round();
+                var qb = KeptScalars.Plus(x.detach() * inv, zd).round();
                 mask = qb.ge(qmin).logical_and(qb.le(qmax));
-                var outside = where(qb.lt(qmin), (qmin - zd), (qmax - zd));
+                var outside = where(qb.lt(qmin), KeptScalars.Plus(zd.negative(), qmin), KeptScalars.Plus(zd.negative(), qmax));
                 dScale = where(mask, (fq - x.detach()) * inv, outside) * gf;
                 dZero = where(mask, zeros_like(sd), -sd * gf);
             }
         }
         var y = fq;
-        if (x.requires_grad) y = y + ZeroWithGradient(x * mask.to(float32));
+        if (x.requires_grad) y = KeptScalars.Plus(y, ZeroWithGradient(x * mask.to(float32)));
         if (Options.Learnable)
         {
-            y = y + ZeroWithGradient(s * dScale);
-            if (zero_point.requires_grad) y = y + ZeroWithGradient(z * dZero);
+            y = KeptScalars.Plus(y, ZeroWithGradient(s * dScale));
+            if (zero_point.requires_grad) y = KeptScalars.Plus(y, ZeroWithGradient(z * dZero));
         }
         return y.reshape(input.shape).MoveToOuterDisposeScope();
     }

@@ -103,9 +103,10 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     {
         if (DynamicInput)
         {
+            using var kept = new KeptScalars();
             var amax = x.abs().amax([-1], keepdim: true);
-            var scale = (amax / 127f).clamp_min(1.1920929e-07f);
-            return (x * scale.reciprocal()).round().clamp(-127, 127) * scale;
+            var scale = amax.div(kept.Of(127f)).clamp_min(kept.Of(1.1920929e-07f));
+            return (x * scale.reciprocal()).round().clamp(kept.Of(-127), kept.Of(127)) * scale;
         }
         if (InputQuantization is not { } act) return x;
         var range = QuantRange.For(act.Type, act.ReduceRange);

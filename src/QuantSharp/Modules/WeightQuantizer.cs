@@ -65,7 +65,8 @@ internal static class WeightQuantizer
     /// <summary>Quantize then dequantize with one scale and zero point (float32 scalar tensors): <c>(clamp(round(x/s) + z) - z) * s</c>.</summary>
     public static Tensor FakeQuantize(Tensor x, Tensor scale, Tensor zeroPoint, QuantRange range)
     {
-        var q = ((x * scale.reciprocal()).round() + zeroPoint).clamp(range.QMin, range.QMax);
+        using var kept = new KeptScalars();
+        var q = KeptScalars.Plus((x * scale.reciprocal()).round(), zeroPoint).clamp(kept.Of(range.QMin), kept.Of(range.QMax));
         return (q - zeroPoint) * scale;
     }
 

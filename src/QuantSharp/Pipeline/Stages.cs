@@ -68,7 +68,7 @@ internal sealed class SecondMomentStatistics : IInputStatistics
         var x = input.detach().reshape(-1, Features).to(ScalarType.Float64);
         var xtx = mm(x.t(), x);
         if (_sum is null) _sum = xtx.DetachFromDisposeScope();
-        else _sum.add_(xtx);
+        else KeptScalars.PlusInPlace(_sum, xtx);
         Rows += x.shape[0];
     }
 
@@ -77,7 +77,8 @@ internal sealed class SecondMomentStatistics : IInputStatistics
     public Tensor Hessian()
     {
         if (_sum is null) throw new InvalidOperationException("No input was observed: run calibration data through the model first.");
-        return _sum.mul(2.0 / Rows);
+        using var kept = new KeptScalars();
+        return _sum.mul(kept.Of(2.0 / Rows));
     }
 
     /// <inheritdoc/>

@@ -189,9 +189,10 @@ internal static class WeightQuantization
         for (long r0 = 0; r0 < rows; r0 += perChunk)
         {
             using var scope = NewDisposeScope();
+            using var kept = new KeptScalars();
             long n = Math.Min(perChunk, rows - r0);
             var x = (CheckpointChunks.IsRowwise(shape) ? original.detach().narrow(0, r0, n) : original.detach()).to(ScalarType.Float32).contiguous();
-            var d = (CheckpointChunks.IsRowwise(shape) ? weight.GatherRows(torch.arange(r0, r0 + n, ScalarType.Int64)) : weight.Dequantize()).contiguous();
+            var d = (CheckpointChunks.IsRowwise(shape) ? weight.GatherRows(torch.arange(kept.Of(r0), kept.Of(r0 + n), kept.Of(1), ScalarType.Int64)) : weight.Dequantize()).contiguous();
             if (x.numel() == 0) continue;
             acc.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(x.bytes), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(d.bytes));
         }

@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Runtime.InteropServices;
+using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,12 +18,13 @@ internal sealed class SqnrAccumulator
     public void Add(Tensor original, Tensor dequantized)
     {
         using var scope = NewDisposeScope();
+        using var kept = new KeptScalars();
         var x = original.to(ScalarType.Float64);
         var d = dequantized.to(ScalarType.Float64);
         // Equal values (also equal infinities) add no noise.
         var e = torch.where(x.eq(d), torch.zeros_like(x), x - d);
-        _signal += x.square().sum().item<double>();
-        _noise += e.square().sum().item<double>();
+        _signal += x.pow(kept.Of(2)).sum().item<double>();
+        _noise += e.pow(kept.Of(2)).sum().item<double>();
     }
 
     /// <summary>
@@ -113,8 +115,9 @@ internal static class TensorChecks
         }
         if (scale is null) { problems.Add($"'{name}': no scale."); return problems; }
         using (var scope = NewDisposeScope())
+        using (var kept = new KeptScalars())
         {
-            long bad = scale.isfinite().logical_not().logical_or(scale.le(0)).sum().item<long>();
+            long bad = scale.isfinite().logical_not().logical_or(scale.le(kept.Of(0))).sum().item<long>();
             if (bad > 0) problems.Add($"'{name}': {bad} of {scale.numel()} scales are not finite and positive.");
             if (zeroPoint is not null && zeroPoint.numel() > 0)
             {

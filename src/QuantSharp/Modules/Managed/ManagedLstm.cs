@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -47,9 +48,9 @@ public sealed class ManagedLstm : ManagedRecurrent<(Tensor, Tensor)?, (Tensor, T
 
     private protected override Tensor[] Step(Tensor projectedInput, Tensor[] states, nn.Module<Tensor, Tensor> hiddenProjection)
     {
-        var gates = (hiddenProjection.call(states[0]) + projectedInput).chunk(4, 1);
+        var gates = KeptScalars.Plus(hiddenProjection.call(states[0]), projectedInput).chunk(4, 1);
         var (input, forget, cell, output) = (gates[0].sigmoid(), gates[1].sigmoid(), gates[2].tanh(), gates[3].sigmoid());
-        var c = forget * states[1] + input * cell;
+        var c = KeptScalars.Plus(forget * states[1], input * cell);
         return [output * c.tanh(), c];
     }
 }
@@ -91,9 +92,9 @@ public sealed class ManagedGru : ManagedRecurrent<Tensor?, (Tensor, Tensor)>
     {
         var i = projectedInput.chunk(3, 1);
         var h = hiddenProjection.call(states[0]).chunk(3, 1);
-        var reset = (h[0] + i[0]).sigmoid();
-        var update = (h[1] + i[1]).sigmoid();
-        var candidate = (i[2] + h[2] * reset).tanh();
-        return [(states[0] - candidate) * update + candidate];
+        var reset = KeptScalars.Plus(h[0], i[0]).sigmoid();
+        var update = KeptScalars.Plus(h[1], i[1]).sigmoid();
+        var candidate = KeptScalars.Plus(i[2], h[2] * reset).tanh();
+        return [KeptScalars.Plus((states[0] - candidate) * update, candidate)];
     }
 }

@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -152,11 +153,12 @@ public sealed class ManagedMultiheadAttention : nn.Module<Tensor, Tensor, Tensor
     {
         CheckInputs(query, key, value, key_padding_mask);
         using var scope = NewDisposeScope();
+        using var kept = new KeptScalars();
         long tgtLen = query.shape[0], bsz = query.shape[1];
         long heads = NumHeads, headDim = HeadDim;
         double scaling = 1.0 / Math.Sqrt(headDim); // libtorch: 1 / std::sqrt(head_dim)
 
-        var q = q_proj.call(query) * scaling;
+        var q = q_proj.call(query).mul(kept.Of(scaling));
         var k = k_proj.call(key);
         var v = v_proj.call(value);
         var mask = attn_mask;
@@ -181,18 +183,18 @@ public sealed class ManagedMultiheadAttention : nn.Module<Tensor, Tensor, Tensor
         long srcLen = k.shape[1];
 
         var weights = bmm(q, k.transpose(1, 2));
-        if (mask is not null) weights.add_(mask.unsqueeze(0));
+        if (mask is not null) KeptScalars.PlusInPlace(weights, mask.unsqueeze(0));
         if (padding is not null)
         {
             weights = weights.view(bsz, heads, tgtLen, srcLen)
-                .masked_fill(padding.unsqueeze(1).unsqueeze(2), double.NegativeInfinity)
+                .masked_fill(padding.unsqueeze(1).unsqueeze(2), kept.Of(double.NegativeInfinity))
                 .view(bsz * heads, tgtLen, srcLen);
         }
         weights = weights.softmax(-1);
         weights = nn.functional.dropout(weights, Dropout, training);
         var output = bmm(weights, v).transpose(0, 1).contiguous().view(tgtLen, bsz, EmbedDim);
         output = out_proj.call(output);
-        Tensor? averaged = need_weights ? weights.view(bsz, heads, tgtLen, srcLen).sum(1) / heads : null;
+        Tensor? averaged = need_weights ? weights.view(bsz, heads, tgtLen, srcLen).sum(1).div(kept.Of(heads)) : null;
         output.MoveToOuterDisposeScope();
         averaged?.MoveToOuterDisposeScope();
         return Tuple.Create(output, averaged!);

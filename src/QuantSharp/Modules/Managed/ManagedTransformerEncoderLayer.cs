@@ -1,3 +1,4 @@
+using QuantSharp.Tensors;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -106,13 +107,13 @@ public sealed class ManagedTransformerEncoderLayer : nn.Module<Tensor, Tensor>, 
         Tensor x;
         if (NormFirst)
         {
-            x = src + dropout1.call(Attend(norm1.call(src), mask, padding));
-            x = x + dropout2.call(FeedForward(norm2.call(x)));
+            x = KeptScalars.Plus(src, dropout1.call(Attend(norm1.call(src), mask, padding)));
+            x = KeptScalars.Plus(x, dropout2.call(FeedForward(norm2.call(x))));
         }
         else
         {
-            x = norm1.call(src + dropout1.call(Attend(src, mask, padding)));
-            x = norm2.call(x + dropout2.call(FeedForward(x)));
+            x = norm1.call(KeptScalars.Plus(src, dropout1.call(Attend(src, mask, padding))));
+            x = norm2.call(KeptScalars.Plus(x, dropout2.call(FeedForward(x))));
         }
         return x.MoveToOuterDisposeScope();
     }
