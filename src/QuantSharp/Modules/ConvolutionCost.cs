@@ -29,6 +29,20 @@ internal static class ConvolutionCost
     /// <summary>Output channels from which static W8A8 takes the integer kernel (with <see cref="IntegerMinReduction"/>).</summary>
     internal const int IntegerMinOutputs = 256;
 
+    /// <summary>Multiply-adds per call (images x positions x outputs x reduction) up to which the small-convolution kernel is taken.</summary>
+    internal const long DirectMaxWork = 1 << 22;
+
+    /// <summary>The route expected to be fastest for this call.</summary>
+    /// <param name="unfold">The call's geometry.</param>
+    /// <param name="outputs">Output channels.</param>
+    /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput)
+    {
+        if (KernelPays(unfold, outputs, quantizedInput)) return ConvolutionRoute.Kernel;
+        if ((long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs)) return ConvolutionRoute.Direct;
+        return ConvolutionRoute.Reference;
+    }
+
     /// <summary>Whether unfold + the packed kernel is expected to be faster than dequantize + libtorch for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
