@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 
 namespace QuantSharp.Cli;
 
@@ -8,10 +9,19 @@ public static class Program
     /// <summary>Entry point: parse errors and every failure end in an <c>error:</c> line and exit code 2 (1: validation failed), no stack trace.</summary>
     public static int Main(string[] args) => TopLevelErrors.Run(BuildRoot(), args);
 
+    /// <summary>The name users type: the installed tool's command (<c>ToolCommandName</c> in QuantSharp.Cli.csproj), shown in usage lines.</summary>
+    public const string CommandName = "quantsharp";
+
     /// <summary>Builds the command tree (also used by tests); every command's action is wrapped by the top-level error handler.</summary>
-    public static RootCommand BuildRoot()
+    /// <remarks>A plain <see cref="Command"/> named <see cref="CommandName"/> with <see cref="RootCommand"/>'s help and version
+    /// options: a <see cref="RootCommand"/> takes its name from the entry assembly's file, so every usage line said
+    /// <c>QuantSharp.Cli</c>, also for the installed <c>quantsharp</c> tool.</remarks>
+    public static Command BuildRoot()
     {
-        var root = new RootCommand("QuantSharp: quantize TorchSharp models and safetensors checkpoints to int8, int4, int2, float16 or bfloat16.");
+        var root = new Command(CommandName, "QuantSharp: quantize TorchSharp models and safetensors checkpoints to int8, int4, int2, float16 or bfloat16.")
+        {
+            Options = { new HelpOption(), new VersionOption() },
+        };
         var version = new Command("version", "Print QuantSharp, TorchSharp and libtorch versions.");
         version.SetAction(_ =>
         {

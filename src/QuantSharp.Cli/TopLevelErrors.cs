@@ -31,7 +31,7 @@ internal static partial class TopLevelErrors
     }
 
     /// <summary>Parses and runs a command line as <c>quantsharp</c> does: parse errors exit 2 (bad options), as do failures.</summary>
-    public static int Run(RootCommand root, string[] args, InvocationConfiguration? configuration = null)
+    public static int Run(Command root, string[] args, InvocationConfiguration? configuration = null)
     {
         var parseResult = root.Parse(args);
         int code = configuration is null ? parseResult.Invoke() : parseResult.Invoke(configuration);

@@ -67,20 +67,20 @@ public static class CheckpointQuantizer
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
         {
-            throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {PlainMessage(ex)}", ex);
+            throw new CheckpointQuantizationException($"Cannot resolve the paths '{input}' and '{output}': {ExceptionText.Clause(ex)}.", ex);
         }
         ShardedCheckpoint source;
         try { source = ShardedCheckpoint.Open(inFull); }
         catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
         {
-            throw new CheckpointQuantizationException($"Cannot read input '{input}': {ex.Message}", ex);
+            throw new CheckpointQuantizationException($"Cannot read input '{input}': {ExceptionText.Sentence(ex)}", ex);
         }
         using (source)
         {
             try { CheckPaths(source, inFull, outFull, input, output, overwrite); }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {
-                throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ex.Message}", ex);
+                throw new CheckpointQuantizationException($"Cannot check the paths '{input}' and '{output}': {ExceptionText.Sentence(ex)}", ex);
             }
             var plan = MakePlan(source, s);
             var recipeWarnings = RecipeWarnings(plan, s);
@@ -215,7 +215,7 @@ public static class CheckpointQuantizer
             }
             catch (Exception ex) when (ex is ArgumentException or NotSupportedException or RecipeException)
             {
-                string message = $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {PlainMessage(ex)} " +
+                string message = $"Tensor '{name}' ({info.DType} [{string.Join(", ", info.Shape)}]) cannot be quantized as {spec}: {ExceptionText.Sentence(ex)} " +
                     $"Change the settings for it (an override in --config) or exclude it (--exclude '{name}').";
                 throw ex is RecipeException ? new RecipeException(message, ex) : new CheckpointQuantizationException(message, ex);
             }
@@ -253,27 +253,23 @@ public static class CheckpointQuantizer
         }
         catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.HeaderTooLarge)
         {
-            throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input's own metadata is carried over; " +
+            throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ExceptionText.Clause(ex)}. The input's own metadata is carried over; " +
                 "remove most of it from the input (or quantize fewer tensors) and retry. The input is unchanged.", ex);
         }
         catch (SafetensorsFormatException ex) when (ex.Rule == SafetensorsRule.BufferSizeMismatch)
         {
             throw InputChanged(ex.FilePath ?? inFull, "it is now shorter than its header says", ex); // truncated after it was opened
         }
-        catch (IOException ex)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            bool full = IsDiskFull(ex);
+            bool full = ex is IOException io && IsDiskFull(io);
             bool readOnly = !full && (ex.HResult == 30 || ex.Message.Contains("Read-only file system", StringComparison.OrdinalIgnoreCase)); // EROFS
             throw new CheckpointQuantizationException(
-                $"Writing '{outFull}' failed: {ex.Message}{(full ? " (the disk is full)" : readOnly ? " (the file system is read-only)" : "")}. " +
+                $"Writing '{outFull}' failed: {ExceptionText.Clause(ex)}{(full ? " (the disk is full)" : readOnly ? " (the file system is read-only)" : "")}. " +
                 $"Nothing was written under '{outFull}' and the temporary files were removed; the input is unchanged. " +
                 (full ? "Free some space or choose another output folder and retry."
                       : readOnly ? "Choose an output folder on a writable file system (or remount it read-write) and retry."
                       : $"Check that '{Path.GetDirectoryName(outFull)}' is writable (permissions) or choose another output folder."), ex);
-        }
-        catch (UnauthorizedAccessException ex)
-        {
-            throw new CheckpointQuantizationException($"Cannot write '{outFull}': {ex.Message}. The input is unchanged.", ex);
         }
         finally
         {
@@ -284,10 +280,6 @@ public static class CheckpointQuantizer
     internal static CheckpointQuantizationException InputChanged(string path, string detail, Exception? inner) => new(
         $"The input '{path}' changed while it was being quantized ({detail}); the result would mix old and new data, so nothing was written " +
         "and the temporary files were removed. Make sure no other program writes the input (a download still running, a copy), then retry.", inner);
-
-    /// <summary>An exception's message without the " (Parameter 'x')" suffix of argument exceptions.</summary>
-    internal static string PlainMessage(Exception ex) => ex is ArgumentException { ParamName: { } p }
-        ? ex.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal) : ex.Message;
 
     private static bool IsDiskFull(IOException ex) => ex.HResult == 28 || (ex.HResult & 0xFFFF) == 28 || ex.HResult == unchecked((int)0x80070070)
         || ex.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);

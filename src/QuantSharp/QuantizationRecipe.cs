@@ -411,7 +411,7 @@ public sealed record QuantizationRecipe
         ArgumentNullException.ThrowIfNull(json);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException ex) { throw new RecipeException($"{source}: not valid JSON ({ex.Message}).", ex); }
+        catch (JsonException ex) { throw new RecipeException($"{source}: not valid JSON ({ExceptionText.Clause(ex)}).", ex); }
         using (doc)
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new RecipeException($"{source}: a recipe must be a JSON object.");

@@ -90,14 +90,30 @@ internal static class DemoCommand
             var variants = DemoVariants.ForMethod(QuantizationRecipe.ParseMethod(parseResult.GetValue(method)!)).ToList();
             if (parseResult.GetValue(recipeFile) is { } file)
                 variants.Add(DemoVariants.FromRecipe(RecipeName(file), QuantizationRecipe.Load(file), file));
-            var report = DemoRunner.Run(options, variants,
-                asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
+            // Ctrl+C and SIGTERM stop the run between variants (never inside a file write) with one line saying what was kept.
+            using var interrupt = new InterruptCancellation();
+            DemoReport report;
+            try
+            {
+                report = DemoRunner.Run(options with { Cancellation = interrupt.Token }, variants,
+                    asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
+            }
+            catch (DemoInterruptedException ex) when (interrupt.Token.IsCancellationRequested)
+            {
+                return CheckpointConsole.Fail(parseResult, InterruptedMessage(interrupt.Signal, ex.Saved), CheckpointConsole.Interrupted);
+            }
             if (asJson) output.WriteLine(ToJson(report));
             else WriteTable(console, report);
             return 0;
         });
         return cmd;
     }
+
+    /// <summary>The one line of an interrupted demo: no results table; which complete files <c>--save</c> had written, if any.</summary>
+    internal static string InterruptedMessage(string? signal, IReadOnlyList<string> saved) =>
+        $"Interrupted ({signal ?? "cancelled"}) before the results table was printed; " + (saved.Count == 0
+            ? "nothing was written."
+            : $"kept the {saved.Count} complete file(s) already saved ({string.Join(", ", saved)}); nothing else was written.");
 
     /// <summary>The variant name of a recipe file: its name without <c>.json</c> and <c>.recipe</c>.</summary>
     private static string RecipeName(string file)

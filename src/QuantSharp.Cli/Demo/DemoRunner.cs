@@ -43,6 +43,17 @@ internal sealed record DemoOptions
     /// <summary>Folder to write each variant to (<c>NAME.safetensors</c> through <see cref="Quantizer.Save"/> and
     /// <c>NAME.recipe.json</c>); null: nothing is written.</summary>
     public string? SaveDirectory { get; init; }
+
+    /// <summary>Stops the run between steps (the CLI's Ctrl+C): <see cref="DemoRunner.Run"/> then throws <see cref="DemoInterruptedException"/>.</summary>
+    public CancellationToken Cancellation { get; init; }
+}
+
+/// <summary>The demo was cancelled (<see cref="DemoOptions.Cancellation"/>) between two steps, never inside a file write.</summary>
+/// <param name="saved">The files already written under <see cref="DemoOptions.SaveDirectory"/>, each complete.</param>
+internal sealed class DemoInterruptedException(IReadOnlyList<string> saved) : OperationCanceledException("The demo was interrupted.")
+{
+    /// <summary>The files written before the interruption (complete; kept).</summary>
+    public IReadOnlyList<string> Saved { get; } = saved;
 }
 
 /// <summary>One row of the demo's result.</summary>
@@ -173,19 +184,29 @@ internal static class DemoRunner
                     clock.Elapsed.TotalSeconds, [], floatMs),
             };
             progress?.Invoke($"float32: {results[0].AccuracyPercent:F2}%");
+            var saved = new List<string>();
+            void StopIfInterrupted()
+            {
+                if (options.Cancellation.IsCancellationRequested) throw new DemoInterruptedException(saved);
+            }
             foreach (var variant in variants)
             {
+                StopIfInterrupted();
                 clock.Restart();
                 var built = variant.Build(model, calibration.Images, options.CalibrationProgress);
                 using var quantized = built.Model;
                 quantized.eval();
+                StopIfInterrupted();
                 if (options.SaveDirectory is { } dir)
                 {
                     // The one file form, written through Quantizer.Save, with the recipe that made it (for quantsharp quantize --config).
                     Directory.CreateDirectory(dir);
-                    Quantizer.Save(quantized, Path.Combine(dir, variant.Name + ".safetensors"));
-                    built.Recipe.Save(Path.Combine(dir, variant.Name + ".recipe.json"));
-                    progress?.Invoke($"{variant.Name}: saved {Path.Combine(dir, variant.Name + ".safetensors")} and {variant.Name}.recipe.json");
+                    string file = Path.Combine(dir, variant.Name + ".safetensors"), recipe = Path.Combine(dir, variant.Name + ".recipe.json");
+                    Quantizer.Save(quantized, file);
+                    saved.Add(file);
+                    built.Recipe.Save(recipe);
+                    saved.Add(recipe);
+                    progress?.Invoke($"{variant.Name}: saved {file} and {variant.Name}.recipe.json");
                 }
                 var (logits, ms) = TimedLogits(quantized, eval);
                 using var __ = logits;

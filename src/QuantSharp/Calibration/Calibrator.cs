@@ -128,7 +128,9 @@ internal sealed class Calibrator : IDisposable
                 firstBatch = false;
                 Samples += n;
                 Batches++;
-                progress?.Report(new CalibrationProgress(Samples, targetSamples, Batches));
+                // Whole batches: the last one can pass the target (a weight-only run takes one batch for a target of 1).
+                // The last report then gives the samples run as the target, so a counter never reads "8/1".
+                progress?.Report(new CalibrationProgress(Samples, Math.Max(targetSamples, Samples), Batches));
                 if (Samples >= targetSamples) break;
             }
         }

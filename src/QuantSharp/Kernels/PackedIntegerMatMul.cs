@@ -113,6 +113,64 @@ internal readonly struct GemmScalar : IIntGemmWidth<int>
 }
 
 /// <summary>
+/// One width of the packed integer GEMM's epilogue (<see cref="PackedIntegerMatMul"/>): <see cref="Count"/> float64
+/// lanes, exact for the integers involved, rounded to float32 once on the way out.
+/// </summary>
+internal interface IEpilogueWidth<TVec> where TVec : struct
+{
+    /// <summary>Float64 lanes per vector.</summary>
+    static abstract int Count { get; }
+
+    /// <summary>All lanes <paramref name="value"/>.</summary>
+    static abstract TVec Create(double value);
+
+    /// <summary><see cref="Count"/> doubles.</summary>
+    static abstract unsafe TVec Load(double* p);
+
+    /// <summary><see cref="Count"/> int32 values as doubles (exact).</summary>
+    static abstract unsafe TVec LoadInt32(int* p);
+
+    /// <summary><c>a * b</c>, lane by lane.</summary>
+    static abstract TVec Multiply(TVec a, TVec b);
+
+    /// <summary><c>a - b</c>, lane by lane.</summary>
+    static abstract TVec Subtract(TVec a, TVec b);
+
+    /// <summary><c>dst[l] = (float)v[l] + bias[l]</c>.</summary>
+    static abstract unsafe void StoreSingle(TVec v, float* bias, float* dst);
+}
+
+/// <summary>Eight float64 lanes (AVX-512F).</summary>
+internal readonly struct Epilogue512 : IEpilogueWidth<Vector512<double>>
+{
+    public static bool IsSupported => Simd.Use512 && Avx512F.IsSupported;
+    public static int Count => 8;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Create(double value) => Vector512.Create(value);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<double> Load(double* p) => Vector512.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<double> LoadInt32(int* p) => Avx512F.ConvertToVector512Double(Vector256.Load(p));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Multiply(Vector512<double> a, Vector512<double> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Subtract(Vector512<double> a, Vector512<double> b) => a - b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreSingle(Vector512<double> v, float* bias, float* dst) => (Avx512F.ConvertToVector256Single(v) + Vector256.Load(bias)).Store(dst);
+}
+
+/// <summary>Four float64 lanes (AVX).</summary>
+internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
+{
+    public static bool IsSupported => Simd.Use256 && Avx.IsSupported;
+    public static int Count => 4;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Create(double value) => Vector256.Create(value);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<double> Load(double* p) => Vector256.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<double> LoadInt32(int* p) => Avx.ConvertToVector256Double(Vector128.Load(p));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Multiply(Vector256<double> a, Vector256<double> b) => a * b;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Subtract(Vector256<double> a, Vector256<double> b) => a - b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe void StoreSingle(Vector256<double> v, float* bias, float* dst) => (Avx.ConvertToVector128Single(v) + Vector128.Load(bias)).Store(dst);
+}
+
+/// <summary>
 /// The large-batch path of <see cref="IntegerMatMul"/>: a cache-blocked, register-blocked integer GEMM. Same integers,
 /// same epilogue as the row kernels (and as <see cref="IntegerMatMul.Reference"/>), so the outputs are bit for bit equal.
 /// </summary>
@@ -305,28 +363,25 @@ internal static unsafe class PackedIntegerMatMul
     /// <summary>
     /// <c>y[i, n] = (float)(xScale[i] * wScale[n] * exact) + bias[n]</c> for activation rows <c>[m0, m1)</c> and weight
     /// rows <c>[n0, n0 + rows)</c>, with <c>exact = dot - xZero * rowSum - wZero * xSum + K * xZero * wZero</c>: the
-    /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector path computes the same value in float64 (every
-    /// term is an integer below 2^53, so exact) and rounds the same way.
+    /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector widths compute the same value in float64 (every
+    /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueRun"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy)
     {
         int k = w.Cols;
         // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
-        double* scales = stackalloc double[ItemRows];
-        double* zeroPoints = stackalloc double[ItemRows];
-        double* sums = stackalloc double[ItemRows];
+        double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
         float* biases = stackalloc float[ItemRows];
+        int* dots = stackalloc int[ItemRows];
+        var terms = new EpilogueTerms(scales, zeroPoints, sums, biases, dots);
         for (int r = 0; r < rows; r++)
         {
             (float scale, int zeroPoint) = w.Params(n0 + r, 0);
             (scales[r], zeroPoints[r], sums[r]) = (scale, zeroPoint, rowSums[r]);
             biases[r] = bias == null ? 0f : bias[n0 + r];
         }
-        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across. The vector paths compute
-        // exact = dot - xZero * rowSum - wZero * (xSum - K * xZero) in float64: every term is an integer below 2^53, so
-        // it is the reference's int64 value; then (xScale * wScale) * exact and the float32 rounding, as the reference.
-        int* dots = stackalloc int[ItemRows];
+        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across.
         for (int i = m0; i < m1; i++)
         {
             int xz = x.ZeroPoints[i], xSum = x.Sums[i];
@@ -336,28 +391,8 @@ internal static unsafe class PackedIntegerMatMul
             for (int r = 0; r < rows; r++, column += ldt) dots[r] = *column;
             double correction = xSum - (double)k * xz;
             int j = 0;
-            if (Simd.Use512 && Avx512F.IsSupported)
-            {
-                var vxs = Vector512.Create((double)xs);
-                var vxz = Vector512.Create((double)xz);
-                var vc = Vector512.Create(correction);
-                for (; j + 8 <= rows; j += 8)
-                {
-                    var exact = Avx512F.ConvertToVector512Double(Vector256.Load(dots + j)) - vxz * Vector512.Load(sums + j) - Vector512.Load(zeroPoints + j) * vc;
-                    (Avx512F.ConvertToVector256Single(vxs * Vector512.Load(scales + j) * exact) + Vector256.Load(biases + j)).Store(dst + j);
-                }
-            }
-            if (Simd.Use256 && Avx.IsSupported)
-            {
-                var vxs = Vector256.Create((double)xs);
-                var vxz = Vector256.Create((double)xz);
-                var vc = Vector256.Create(correction);
-                for (; j + 4 <= rows; j += 4)
-                {
-                    var exact = Avx.ConvertToVector256Double(Vector128.Load(dots + j)) - vxz * Vector256.Load(sums + j) - Vector256.Load(zeroPoints + j) * vc;
-                    (Avx.ConvertToVector128Single(vxs * Vector256.Load(scales + j) * exact) + Vector128.Load(biases + j)).Store(dst + j);
-                }
-            }
+            if (Epilogue512.IsSupported) j = EpilogueRun<Epilogue512, Vector512<double>>(terms, j, rows, xs, xz, correction, dst);
+            if (Epilogue256.IsSupported) j = EpilogueRun<Epilogue256, Vector256<double>>(terms, j, rows, xs, xz, correction, dst);
             for (; j < rows; j++)
             {
                 long wz = (long)zeroPoints[j];
@@ -365,6 +400,35 @@ internal static unsafe class PackedIntegerMatMul
                 dst[j] = (float)((double)xs * scales[j] * exact) + biases[j];
             }
         }
+    }
+
+    /// <summary>
+    /// Outputs <c>[j, rows)</c> of one activation row, <c>TE.Count</c> at a time, until fewer remain; returns the first
+    /// output not written. <c>exact = dot - xZero * rowSum - wZero * (xSum - K * xZero)</c> in float64 is the reference's
+    /// int64 value (every term is an integer below 2^53); then <c>(xScale * wScale) * exact</c> and the float32 rounding,
+    /// as the reference.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int EpilogueRun<TE, TVec>(in EpilogueTerms t, int j, int rows, double xScale, double xZero, double correction, float* dst)
+        where TE : IEpilogueWidth<TVec> where TVec : struct
+    {
+        TVec vxs = TE.Create(xScale), vxz = TE.Create(xZero), vc = TE.Create(correction);
+        for (; j + TE.Count <= rows; j += TE.Count)
+        {
+            TVec exact = TE.Subtract(TE.Subtract(TE.LoadInt32(t.Dots + j), TE.Multiply(vxz, TE.Load(t.Sums + j))), TE.Multiply(TE.Load(t.ZeroPoints + j), vc));
+            TE.StoreSingle(TE.Multiply(TE.Multiply(vxs, TE.Load(t.Scales + j)), exact), t.Biases + j, dst + j);
+        }
+        return j;
+    }
+
+    /// <summary>The epilogue's operands per weight row of an item (float64 for the vector widths), and one activation row's dots.</summary>
+    private readonly struct EpilogueTerms(double* scales, double* zeroPoints, double* sums, float* biases, int* dots)
+    {
+        public double* Scales { get; } = scales;
+        public double* ZeroPoints { get; } = zeroPoints;
+        public double* Sums { get; } = sums;
+        public float* Biases { get; } = biases;
+        public int* Dots { get; } = dots;
     }
 
     /// <summary>

@@ -98,6 +98,53 @@ internal static unsafe class LinearKernels
         return (input is null ? y : y.transpose(1, 2)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The integer storage matrix of <paramref name="parts"/> dequantized to a new float32 tensor of its shape in one
+    /// managed pass (<see cref="WeightDequantizer"/>: the same bits as the tensor-operation formula), or null where no
+    /// kernel reads the format (half precision, whose libtorch conversion is one vectorized call already; 2-bit types,
+    /// non-CPU or non-contiguous storage, kernels turned off).
+    /// </summary>
+    public static Tensor? TryDequantize(QuantizedTensor parts)
+    {
+        if (!CanDequantize(parts, out var format, out int groupSize)) return null;
+        var y = torch.empty(parts.Shape, ScalarType.Float32);
+        Pinned(parts, format, groupSize, null, null, y, (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
+        return y;
+    }
+
+    /// <summary>
+    /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 CPU, as many elements as
+    /// the storage matrix, any shape), half precision through libtorch's conversion; false where no kernel reads the
+    /// format.
+    /// </summary>
+    public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination)
+    {
+        if (destination.dtype != ScalarType.Float32 || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != QuantSpec.Product(parts.Shape))
+            throw new ArgumentException($"The destination must be a contiguous float32 CPU tensor of {QuantSpec.Product(parts.Shape)} elements.", nameof(destination));
+        if (!parts.Spec.Type.IsInteger())
+        {
+            // Half precision: libtorch's conversion (one vectorized call, exact) into the buffer.
+            using var noGrad = no_grad();
+            using var view = destination.view(parts.Shape);
+            view.copy_(parts.Data);
+            return true;
+        }
+        if (!CanDequantize(parts, out var format, out int groupSize)) return false;
+        Pinned(parts, format, groupSize, null, null, destination, (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
+        return true;
+    }
+
+    private static bool CanDequantize(QuantizedTensor parts, out WeightFormat format, out int groupSize)
+    {
+        format = default;
+        groupSize = 0;
+        if (!Enabled || !parts.Spec.Type.IsInteger() || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
+        var (rows, cols) = Matrix(parts);
+        if (rows > int.MaxValue || cols > int.MaxValue || rows * cols == 0 || Format(parts.Spec, cols, out groupSize) is not { } f) return false;
+        format = f;
+        return true;
+    }
+
     /// <summary>The storage as a matrix: rows (first dimension) by the product of the others (a half-precision convolution weight keeps its rank-3/4 shape).</summary>
     private static (long Rows, long Cols) Matrix(QuantizedTensor parts)
     {
@@ -125,8 +172,8 @@ internal static unsafe class LinearKernels
 
     private delegate void KernelCall(in WeightView w, float* x, float* bias, float* y);
 
-    /// <summary>Runs <paramref name="call"/> on the weight's parts, <paramref name="x"/> and <paramref name="y"/> (contiguous float32) and the bias, pinned.</summary>
-    private static void Pinned(QuantizedTensor parts, WeightFormat format, int groupSize, Tensor x, Tensor? bias, Tensor y, KernelCall call)
+    /// <summary>Runs <paramref name="call"/> on the weight's parts, <paramref name="x"/> (or null) and <paramref name="y"/> (contiguous float32) and the bias, pinned.</summary>
+    private static void Pinned(QuantizedTensor parts, WeightFormat format, int groupSize, Tensor? x, Tensor? bias, Tensor y, KernelCall call)
     {
         using var b = bias?.to(ScalarType.Float32).contiguous();
         var scale = parts.Scale;
@@ -135,7 +182,7 @@ internal static unsafe class LinearKernels
         byte* pData = (byte*)TensorSpans.Address(parts.Data);
         fixed (byte* pScale = scale is null ? default : scale.bytes)
         fixed (byte* pZero = zeroPoint is null ? default : zeroPoint.bytes)
-        fixed (byte* pX = x.bytes)
+        fixed (byte* pX = x is null ? default : x.bytes)
         fixed (byte* pY = y.bytes)
         fixed (byte* pBias = b is null ? default : b.bytes)
         {

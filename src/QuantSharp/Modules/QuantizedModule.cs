@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using QuantSharp.Kernels;
 using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -111,8 +112,36 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
         if (InputQuantization is not { } act) return x;
         var range = QuantRange.For(act.Type, act.ReduceRange);
         var s = get_buffer(InputScaleName)!;
-        var z = get_buffer(InputZeroPointName)!.to(ScalarType.Float32);
-        return WeightQuantizer.FakeQuantize(x, s, z, range);
+        var z = get_buffer(InputZeroPointName)!;
+        return FakeQuantizeManaged(x, s, z, range) ?? WeightQuantizer.FakeQuantize(x, s, z.to(ScalarType.Float32), range);
+    }
+
+    /// <summary>Elements per work item of <see cref="FakeQuantizeManaged"/>.</summary>
+    private const int FakeQuantizeChunk = 1 << 15;
+
+    /// <summary>
+    /// <see cref="WeightQuantizer.FakeQuantize"/> in one managed pass (<see cref="QuantizeKernel.FakeQuantize"/>: the same
+    /// float32 operations, so the same values; a NaN becomes the lowest code's value, as in PyTorch's fake-quantize and
+    /// the integer kernels, where the tensor operations kept it NaN), or null where the input needs the differentiable
+    /// tensor operations (gradients) or is not a float32 CPU tensor.
+    /// </summary>
+    private static unsafe Tensor? FakeQuantizeManaged(Tensor x, Tensor scale, Tensor zeroPoint, QuantRange range)
+    {
+        if (!LinearKernels.Enabled || x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || (x.requires_grad && is_grad_enabled())) return null;
+        long count = x.numel();
+        if (count == 0 || count > int.MaxValue) return null;
+        float s = scale.item<float>(), zp = zeroPoint.item<int>(), inv = 1f / s;
+        using var source = x.contiguous();
+        var y = torch.empty(x.shape, ScalarType.Float32);
+        float* px = (float*)TensorSpans.Address(source), py = (float*)TensorSpans.Address(y);
+        int chunks = (int)((count + FakeQuantizeChunk - 1) / FakeQuantizeChunk);
+        KernelThreads.For(chunks, FakeQuantizeChunk, c =>
+        {
+            long start = (long)c * FakeQuantizeChunk;
+            int length = (int)Math.Min(FakeQuantizeChunk, count - start);
+            QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(px + start, length), s, inv, zp, range.QMin, range.QMax, new Span<float>(py + start, length));
+        });
+        return y;
     }
 
     /// <summary>Runs <paramref name="op"/> and turns libtorch's shape errors into one that names the layer.</summary>

@@ -129,7 +129,7 @@ internal sealed class CheckpointSource(IReadOnlyList<TensorPlan> plan, RecipePla
             long bad = 0;
             values.ForEach((chunk, _) => { foreach (float v in chunk) if (!float.IsFinite(v)) bad++; });
             if (bad > 0) throw NonFinite(name, bad);
-            throw new CheckpointQuantizationException($"Tensor '{name}' cannot be quantized: {CheckpointQuantizer.PlainMessage(ex)} Change its settings or exclude it (--exclude '{name}').", ex);
+            throw new CheckpointQuantizationException($"Tensor '{name}' cannot be quantized: {ExceptionText.Sentence(ex)} Change its settings or exclude it (--exclude '{name}').", ex);
         }
     }
 

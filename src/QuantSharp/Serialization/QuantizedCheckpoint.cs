@@ -179,7 +179,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                     catch (ArgumentException ex)
                     {
                         parts.Data.Dispose(); parts.Scale?.Dispose(); parts.ZeroPoint?.Dispose();
-                        throw new QuantizedFileException($"{shard.Path}: quantized tensor '{name}' is invalid: {CheckpointQuantizer.PlainMessage(ex)}", ex);
+                        throw new QuantizedFileException($"{shard.Path}: quantized tensor '{name}' is invalid: {ExceptionText.Sentence(ex)}", ex);
                     }
                     layers[name] = info;
                     consumed.Add(name); consumed.Add(name + ScaleSuffix); consumed.Add(name + ZeroPointSuffix);
@@ -250,7 +250,7 @@ public sealed class QuantizedCheckpoint : IDisposable
                 catch (Exception ex) when (ex is ArgumentException or IndexOutOfRangeException or NotSupportedException or DivideByZeroException or OverflowException)
                 {
                     // Our own words for what the runtime reports in its own (an index out of range, a division by zero).
-                    string why = ex is ArgumentException ? CheckpointQuantizer.PlainMessage(ex)
+                    string why = ex is ArgumentException ? ExceptionText.Clause(ex)
                         : info.Granularity is PerAxis a ? $"axis {a.Axis} is not an axis of a tensor of rank {info.Shape.Length}"
                         : "they describe no stored layout";
                     throw new QuantizedFileException($"{file}: layer '{p.Name}': its settings ({info.Type.ToName()}, {info.Granularity?.ToString() ?? "-"}) do not fit its shape " +
@@ -262,7 +262,7 @@ public sealed class QuantizedCheckpoint : IDisposable
         }
         catch (JsonException ex)
         {
-            throw new QuantizedFileException($"{file}: '{LayersKey}' is not valid JSON ({ex.Message}).", ex);
+            throw new QuantizedFileException($"{file}: '{LayersKey}' is not valid JSON ({ExceptionText.Clause(ex)}).", ex);
         }
         return result;
     }

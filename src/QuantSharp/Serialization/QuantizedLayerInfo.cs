@@ -138,7 +138,7 @@ public sealed record QuantizedLayerInfo(
         catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException or FormatException or OverflowException
             or IndexOutOfRangeException or NotSupportedException)
         {
-            throw new QuantizedFileException($"Layer '{name}': malformed quantization entry ({CheckpointQuantizer.PlainMessage(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
+            throw new QuantizedFileException($"Layer '{name}': malformed quantization entry ({ExceptionText.Clause(ex)}). Re-create the file with 'quantsharp quantize'.", ex);
         }
     }
 }

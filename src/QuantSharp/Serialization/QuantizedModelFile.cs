@@ -121,7 +121,7 @@ internal static class QuantizedModelFile
             }
             catch (JsonException ex)
             {
-                throw new QuantizedFileException($"{path}: '{ModulesKey}' is not valid JSON ({ex.Message}).", ex);
+                throw new QuantizedFileException($"{path}: '{ModulesKey}' is not valid JSON ({ExceptionText.Clause(ex)}).", ex);
             }
         }
 

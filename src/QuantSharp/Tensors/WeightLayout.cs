@@ -64,6 +64,13 @@ public abstract class WeightLayout : IDisposable
     public abstract Tensor Dequantize();
 
     /// <summary>
+    /// Writes <see cref="Dequantize"/>'s values into <paramref name="destination"/> (contiguous float32 CPU, as many
+    /// elements as the storage matrix), or returns false when this layout has no such kernel (the caller then uses
+    /// <see cref="Dequantize"/>).
+    /// </summary>
+    internal virtual bool DequantizeInto(Tensor destination) => false;
+
+    /// <summary>
     /// <c>x W^T + bias</c> for the storage matrix <c>W</c> <c>[out, in]</c>: the quantized linear kernel. The default
     /// dequantizes and runs TorchSharp's float32 linear (the emulated path); kernel layouts override it.
     /// </summary>
@@ -194,11 +201,14 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     public override Tensor Dequantize()
     {
+        if (LinearKernels.TryDequantize(_parts) is { } managed) return managed;
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         if (!Spec.Type.IsInteger()) return _parts.Data.to(ScalarType.Float32).MoveToOuterDisposeScope();
         return WeightQuantizer.DequantizeRows(IntegerValues(_parts.Data), _parts.Scale!, _parts.ZeroPoint, Spec).MoveToOuterDisposeScope();
     }
+
+    internal override bool DequantizeInto(Tensor destination) => LinearKernels.TryDequantizeInto(_parts, destination);
 
     /// <summary>The kernels read the canonical parts in place (<see cref="LinearKernels"/>); the reference path where none applies.</summary>
     public override Tensor Linear(Tensor input, Tensor? bias) => LinearKernels.TryLinear(_parts, input, bias) ?? base.Linear(input, bias);

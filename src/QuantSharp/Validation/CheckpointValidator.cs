@@ -38,10 +38,10 @@ public static class CheckpointValidator
         {
             try { a = ShardedCheckpoint.Open(original); }
             catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
-            { throw new CheckpointQuantizationException($"Cannot read original '{original}': {ex.Message}", ex); }
+            { throw new CheckpointQuantizationException($"Cannot read original '{original}': {ExceptionText.Sentence(ex)}", ex); }
             try { b = ShardedCheckpoint.Open(quantized); }
             catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
-            { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ex.Message}", ex); }
+            { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ExceptionText.Sentence(ex)}", ex); }
 
             var layers = new Dictionary<string, (SafetensorsFile Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
             foreach (var shard in b.Files)

@@ -40,8 +40,21 @@ public class CalibrationTests
         Assert.Equal(5, source.Pulled);
         Assert.Equal(160, r.CalibrationSamples);
         Assert.Equal(new long[] { 32, 64, 96, 128, 160 }, progress.Reports.Select(p => p.Samples));
-        Assert.All(progress.Reports, p => Assert.Equal(150, p.TargetSamples));
+        // The target is 150 until the last whole batch passes it; the last report then reads 160/160, never 160/150.
+        Assert.Equal(new long[] { 150, 150, 150, 150, 160 }, progress.Reports.Select(p => p.TargetSamples));
         Assert.Equal(5, progress.Reports[^1].Batches);
+    }
+
+    [Fact]
+    public void WeightOnlyProgressNeverCountsPastItsTarget()
+    {
+        using var scope = NewDisposeScope();
+        // Weight-only runs one batch (for the validation report) against a target of 1 sample: it used to report "8/1".
+        var progress = new Recorder();
+        Quantizer.Quantize(new Mlp(), QuantizationRecipe.Int8WeightOnly(), () => new Mlp(), TestData.Batches(3, 8, [64]), progress: progress);
+        var last = Assert.Single(progress.Reports);
+        Assert.Equal((8L, 8L, 1), (last.Samples, last.TargetSamples, last.Batches));
+        Assert.Equal("calibrating [##########] 8/8 samples", QuantSharp.Cli.CalibrationProgressBar.Render(last, 10));
     }
 
     [Fact]

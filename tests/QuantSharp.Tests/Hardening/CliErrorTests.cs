@@ -11,7 +11,7 @@ namespace QuantSharp.Tests.Hardening;
 /// failures explained, and the messages the issue found wrong (read-only file system, input changed, 1e400).</summary>
 public class CliErrorTests
 {
-    private static (int Code, string Out, string Err) Run(RootCommand root, params string[] args) => CliRun.Run(root, args);
+    private static (int Code, string Out, string Err) Run(Command root, params string[] args) => CliRun.Run(root, args);
 
     private static IEnumerable<Command> All(Command c) => c.Subcommands.SelectMany(All).Prepend(c);
 

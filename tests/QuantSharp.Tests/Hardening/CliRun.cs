@@ -10,7 +10,7 @@ internal static class CliRun
     public static (int Code, string Out, string Err) Run(params string[] args) => Run(Program.BuildRoot(), args);
 
     /// <summary>Runs <paramref name="args"/> against <paramref name="root"/>; exceptions are not caught by System.CommandLine.</summary>
-    public static (int Code, string Out, string Err) Run(RootCommand root, params string[] args)
+    public static (int Code, string Out, string Err) Run(Command root, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

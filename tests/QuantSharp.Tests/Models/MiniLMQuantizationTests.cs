@@ -26,6 +26,21 @@ public sealed class MiniLMQuantizationTests(MiniLMFixture fx) : IClassFixture<Mi
     }
 
     [Fact]
+    public void Int4_group32_round_to_nearest_gives_the_documented_cosine_below_the_bound()
+    {
+        // The int4-group32 row of docs/ACCURACY.md (the demo's variant: int4 symmetric, groups of 32, round to nearest,
+        // every Linear and Embedding, word embeddings included): mean cosine 0.952824, top-10 agreement 79.8%, below
+        // the 0.98 (the remedies are tested above and below). The weights are deterministic; the tolerances
+        // cover libtorch's thread-dependent float summation order in the encoder (about 1e-6), with room to spare.
+        var (mean, top10, result) = QuantizeAndCompare(QuantizationRecipe.Int4WeightOnly(groupSize: 32));
+        Assert.Equal(39, result.Layers.Count);
+        Assert.All(result.Layers, l => Assert.Equal(QuantType.Int4, l.Weights.Type));
+        Assert.InRange(mean, 0.952824 - 5e-4, 0.952824 + 5e-4);
+        Assert.InRange(top10, 0.798 - 0.005, 0.798 + 0.005);
+        Assert.True(result.Report!.StoredBytes < 0.16 * result.Report.OriginalBytes, $"{result.Report.StoredBytes} of {result.Report.OriginalBytes} bytes");
+    }
+
+    [Fact]
     public void Int4_group32_affine_with_int8_feed_forward_keeps_mean_cosine_above_0_98()
     {
         // The remedy docs/ACCURACY.md gives for int4 (round-to-nearest int4 everywhere gives 0.953): affine uint4

@@ -5,12 +5,14 @@ using static TorchSharp.torch;
 namespace QuantSharp.Tests.Modules;
 
 /// <summary>
-/// The QAT claim of docs/ACCURACY.md on a small fast configuration (issue 11: "QAT recovers at least 70% of the
+/// The QAT claim of docs/ACCURACY.md on small fast configurations (issue 11: "QAT recovers at least 70% of the
 /// round-to-nearest accuracy drop"), with the same protocol as the Fashion-MNIST numbers: a seeded MLP trained on a
-/// seeded synthetic 10-class problem; round-to-nearest at int2, per channel and per group; QAT fine-tuned from the float
-/// model with each setting of a small grid (STE, LSQ), the one with the best accuracy on a VALIDATION set kept, and only
-/// that one measured on a separate test set. (At int4 this small problem loses nothing to rounding, so there is no drop
-/// to recover; the int4 claim is measured on Fashion-MNIST, docs/ACCURACY.md.)
+/// seeded synthetic 10-class problem; round-to-nearest (RTN); QAT fine-tuned from the float model with each setting of a
+/// small grid (STE, LSQ), the one with the best accuracy on a VALIDATION set kept, and only that one measured on a
+/// separate test set. At int2 the Gaussian-classes problem shows the claim. At int4 that problem loses nothing
+/// measurable to rounding (0.3 points or less of 4,096, sometimes a gain), so int4 is tested on a problem without label
+/// noise where rounding costs 0.9-1.5 points; there QAT recovers 37-79% of the drop (below the 70% bar on two of three
+/// seeds), which the int4 test states rather than hides.
 /// </summary>
 [Collection(TorchThreadsCollection.Name)]
 public class QatRecoveryTests
@@ -67,6 +69,31 @@ public class QatRecoveryTests
         ("LSQ", new FakeQuantizeOptions { Learnable = true }),
     ];
 
+    /// <summary>
+    /// QAT from <paramref name="model"/> with each setting of <see cref="Grid"/> (300 steps, Adam lr 1e-3, the same batches
+    /// for every setting), converted; the one with the best validation accuracy (ties keep the earlier one).
+    /// </summary>
+    private static (Net Model, string Setting) ChooseQat(Net model, QuantizationRecipe recipe, Tensor xTrain, Tensor yTrain, Tensor xValidation, Tensor yValidation)
+    {
+        Net? chosen = null;
+        double bestValidation = -1;
+        string chosenName = "";
+        foreach (var (name, options) in Grid)
+        {
+            var qat = QuantizationAwareTraining.Prepare(model, recipe, () => new Net(), options: options);
+            Train(qat, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23));
+            QuantizationAwareTraining.Convert(qat);
+            double v = Accuracy(qat, xValidation, yValidation);
+            if (v > bestValidation)
+            {
+                chosen?.Dispose();
+                (chosen, bestValidation, chosenName) = (qat, v, name);
+            }
+            else qat.Dispose();
+        }
+        return (chosen!, chosenName);
+    }
+
     [Fact]
     public void QatRecoversMostOfTheRoundToNearestDropAtInt2()
     {
@@ -88,30 +115,75 @@ public class QatRecoveryTests
             using var rtn = rtnResult.Model;
             double rtnAcc = Accuracy(rtn, xTest, yTest);
 
-            // The setting is chosen on the validation set only (ties keep the earlier one); the test set is used once, after.
-            Net? chosen = null;
-            double bestValidation = -1;
-            string chosenName = "";
-            foreach (var (name, options) in Grid)
-            {
-                var qat = QuantizationAwareTraining.Prepare(model, recipe, () => new Net(), options: options);
-                Train(qat, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23)); // the same batches for every setting
-                QuantizationAwareTraining.Convert(qat);
-                double v = Accuracy(qat, xValidation, yValidation);
-                if (v > bestValidation)
-                {
-                    chosen?.Dispose();
-                    (chosen, bestValidation, chosenName) = (qat, v, name);
-                }
-                else qat.Dispose();
-            }
-            using var best = chosen!;
-            double qatAcc = Accuracy(best, xTest, yTest);
+            var (best, chosenName) = ChooseQat(model, recipe, xTrain, yTrain, xValidation, yValidation);
+            using var qat = best;
+            double qatAcc = Accuracy(qat, xTest, yTest);
 
             double drop = fp - rtnAcc;
             Assert.True(drop > 0.02, $"int2 {granularity}: round-to-nearest should visibly lose accuracy here (float {fp:P2}, RTN {rtnAcc:P2})");
             double recovered = (qatAcc - rtnAcc) / drop;
             Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT ({chosenName}, chosen on validation) recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2})");
         }
+    }
+
+    /// <summary>Inputs N(0, I) labelled by a fixed random MLP of the same shape (no label noise: every error is the model's).</summary>
+    private static (Tensor X, Tensor Y) TeacherData(long n, Net teacher, Generator g)
+    {
+        var x = randn(n, 32, generator: g);
+        using var noGrad = no_grad();
+        return (x, teacher.call(x).argmax(1));
+    }
+
+    /// <summary>
+    /// int4 per channel on the teacher-labelled problem, three seeds. The float model is trained until more training no
+    /// longer helps (2,400 + 1,200 + 600 steps at decreasing rates), so QAT's gain is not just more training: QAT must
+    /// beat RTN of the float model fine-tuned with the same 300 steps. Measured (seeds 5, 6, 7): RTN drops 0.94, 1.50 and
+    /// 1.32 points of 16,384; QAT, chosen on validation (LSQ each time), recovers 79%, 63% and 37%. So the issue's 70% is
+    /// reached on one seed of three here (on Fashion-MNIST it is on all three, docs/ACCURACY.md); asserted is a real
+    /// recovery, at least 30% of the drop, on every seed.
+    /// </summary>
+    [Theory]
+    [InlineData(5)]
+    [InlineData(6)]
+    [InlineData(7)]
+    public void QatRecoversPartOfTheRoundToNearestDropAtInt4(int seed)
+    {
+        torch.set_num_threads(1);
+        using var scope = NewDisposeScope();
+        using var teacher = new Net();
+        using (no_grad())
+        {
+            var tg = new Generator((ulong)seed);
+            foreach (var p in teacher.parameters()) p.copy_(randn(p.shape, generator: tg) * (p.dim() == 2 ? 1.5 / Math.Sqrt(p.shape[1]) : 0.1));
+        }
+        var g = new Generator(17);
+        var (xTrain, yTrain) = TeacherData(8192, teacher, g);
+        var (xTest, yTest) = TeacherData(16384, teacher, g);
+        var (xValidation, yValidation) = TeacherData(4096, teacher, g);
+        using var model = new Net();
+        Train(model, xTrain, yTrain, steps: 2400, lr: 3e-3, g);
+        Train(model, xTrain, yTrain, steps: 1200, lr: 1e-3, g);
+        Train(model, xTrain, yTrain, steps: 600, lr: 3e-4, g);
+        double fp = Accuracy(model, xTest, yTest);
+        var recipe = new QuantizationRecipe { Type = QuantType.Int4, Granularity = new PerAxis(0), MinElements = 0 };
+        using var rtn = Quantizer.Quantize(model, recipe, () => new Net()).Model;
+        double rtnAcc = Accuracy(rtn, xTest, yTest);
+
+        // The control: the float model given the same 300 steps, then rounded.
+        using var tuned = new Net();
+        tuned.load_state_dict(model.state_dict());
+        Train(tuned, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23));
+        using var tunedRtn = Quantizer.Quantize(tuned, recipe, () => new Net()).Model;
+        double tunedRtnAcc = Accuracy(tunedRtn, xTest, yTest);
+
+        var (best, chosenName) = ChooseQat(model, recipe, xTrain, yTrain, xValidation, yValidation);
+        using var qat = best;
+        double qatAcc = Accuracy(qat, xTest, yTest);
+
+        double drop = fp - rtnAcc;
+        string numbers = $"float {fp:P2}, RTN {rtnAcc:P2}, QAT ({chosenName}, chosen on validation) {qatAcc:P2}, float fine-tuned then RTN {tunedRtnAcc:P2}";
+        Assert.True(drop > 0.005, $"int4 seed {seed}: round-to-nearest should lose more than 0.5 points here ({numbers})");
+        Assert.True((qatAcc - rtnAcc) / drop >= 0.3, $"int4 seed {seed}: QAT recovered {(qatAcc - rtnAcc) / drop:P0} of the drop ({numbers})");
+        Assert.True(qatAcc > tunedRtnAcc, $"int4 seed {seed}: QAT should beat more float training then rounding ({numbers})");
     }
 }
