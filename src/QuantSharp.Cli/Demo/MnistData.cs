@@ -1,4 +1,3 @@
-using QuantSharp.Tensors;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -45,9 +44,11 @@ internal sealed class MnistSet : IDisposable
     public static MnistSet FromBytes(byte[] pixels, byte[] labels, int count, string source)
     {
         using var scope = NewDisposeScope();
-        using var kept = new KeptScalars();
-        var raw = tensor(pixels, new long[] { count, 1, 28, 28 }, ScalarType.Byte);
-        var x = raw.to_type(ScalarType.Float32).div_(kept.Of(255f)).sub_(kept.Of(MnistNet.Mean)).div_(kept.Of(MnistNet.Std));
+        // Normalized here rather than by tensor ops with number operands: no temporary Scalar (docs/QUANTIZER.md
+        // "Threads"), and this file is also compiled into the examples, which cannot see the library's KeptScalars.
+        var normalized = new float[(long)count * 28 * 28];
+        for (long i = 0; i < normalized.LongLength; i++) normalized[i] = (pixels[i] / 255f - MnistNet.Mean) / MnistNet.Std;
+        var x = tensor(normalized, new long[] { count, 1, 28, 28 });
         var y = tensor(labels, new long[] { count }, ScalarType.Byte).to_type(ScalarType.Int64);
         return new MnistSet(x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), source);
     }
