@@ -5,15 +5,16 @@ using QuantSharp.Primitives;
 namespace QuantSharp.Kernels;
 
 /// <summary>
-/// A whole weight matrix dequantized to float32 in one pass over its codes: <c>w[n, k] = (q[n, k] - zeroPoint) * scale</c>
-/// (<see cref="WeightView.Dequantized"/>, bit for bit), the stored value for float16/bfloat16. This is what the
+/// A whole integer weight matrix dequantized to float32 in one pass over its codes:
+/// <c>w[n, k] = (q[n, k] - zeroPoint) * scale</c> (<see cref="WeightView.Dequantized"/>, bit for bit). This is what the
 /// dequantize-then-libtorch route feeds libtorch's float op; done with libtorch tensor operations it took several calls
 /// and temporaries (a 256-entry table gather for 4-bit codes), 5-600 us per convolution weight.
 /// </summary>
 /// <remarks>
 /// 8-bit codes go through <see cref="QuantizeKernel.Dequantize(ReadOnlySpan{sbyte}, float, float, Span{float})"/> one
-/// group at a time; 4-bit codes are first unpacked to one signed byte per value (<see cref="UnpackNibbles"/>); half
-/// precision through <see cref="HalfKernel"/>. Rows run on <see cref="KernelThreads"/> when there are enough of them.
+/// group at a time; 4-bit codes are first unpacked to one signed byte per value (<see cref="UnpackNibbles"/>). Half
+/// precision is not handled here: libtorch's conversion to float32 is one vectorized call (the managed
+/// <see cref="HalfKernel.FromHalf"/> is scalar). Rows run on <see cref="KernelThreads"/> when there are enough of them.
 /// </remarks>
 internal static unsafe class WeightDequantizer
 {
@@ -35,12 +36,8 @@ internal static unsafe class WeightDequantizer
         var dst = new Span<float>(destination, cols);
         switch (w.Format)
         {
-            case WeightFormat.Float16:
-                HalfKernel.FromHalf(new ReadOnlySpan<ushort>(row, cols), dst);
-                return;
-            case WeightFormat.BFloat16:
-                HalfKernel.FromBFloat16(new ReadOnlySpan<ushort>(row, cols), dst);
-                return;
+            case WeightFormat.Float16 or WeightFormat.BFloat16:
+                throw new ArgumentException("Half-precision weights are converted by libtorch (one vectorized call), not dequantized here.", nameof(w));
             case WeightFormat.Int8:
                 Groups(w, n, new ReadOnlySpan<sbyte>(row, cols), dst);
                 return;

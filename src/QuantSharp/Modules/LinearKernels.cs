@@ -99,9 +99,10 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// The storage matrix of <paramref name="parts"/> dequantized to a new float32 tensor of its shape in one managed pass
-    /// (<see cref="WeightDequantizer"/>: the same bits as the tensor-operation formula), or null where no kernel reads the
-    /// format (2-bit types, non-CPU or non-contiguous storage, kernels turned off).
+    /// The integer storage matrix of <paramref name="parts"/> dequantized to a new float32 tensor of its shape in one
+    /// managed pass (<see cref="WeightDequantizer"/>: the same bits as the tensor-operation formula), or null where no
+    /// kernel reads the format (half precision, whose libtorch conversion is one vectorized call already; 2-bit types,
+    /// non-CPU or non-contiguous storage, kernels turned off).
     /// </summary>
     public static Tensor? TryDequantize(QuantizedTensor parts)
     {
@@ -113,13 +114,22 @@ internal static unsafe class LinearKernels
 
     /// <summary>
     /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 CPU, as many elements as
-    /// the storage matrix, any shape); false where no kernel reads the format.
+    /// the storage matrix, any shape), half precision through libtorch's conversion; false where no kernel reads the
+    /// format.
     /// </summary>
     public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination)
     {
-        if (!CanDequantize(parts, out var format, out int groupSize)) return false;
         if (destination.dtype != ScalarType.Float32 || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != QuantSpec.Product(parts.Shape))
             throw new ArgumentException($"The destination must be a contiguous float32 CPU tensor of {QuantSpec.Product(parts.Shape)} elements.", nameof(destination));
+        if (!parts.Spec.Type.IsInteger())
+        {
+            // Half precision: libtorch's conversion (one vectorized call, exact) into the buffer.
+            using var noGrad = no_grad();
+            using var view = destination.view(parts.Shape);
+            view.copy_(parts.Data);
+            return true;
+        }
+        if (!CanDequantize(parts, out var format, out int groupSize)) return false;
         Pinned(parts, format, groupSize, null, null, destination, (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
         return true;
     }
@@ -128,7 +138,7 @@ internal static unsafe class LinearKernels
     {
         format = default;
         groupSize = 0;
-        if (!Enabled || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
+        if (!Enabled || !parts.Spec.Type.IsInteger() || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
         var (rows, cols) = Matrix(parts);
         if (rows > int.MaxValue || cols > int.MaxValue || rows * cols == 0 || Format(parts.Spec, cols, out groupSize) is not { } f) return false;
         format = f;

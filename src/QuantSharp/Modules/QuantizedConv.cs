@@ -111,9 +111,9 @@ public sealed class QuantizedConv : QuantizedModule
     internal Tensor Forward(Tensor input, ConvolutionRoute route)
     {
         using var scope = NewDisposeScope();
-        if (route != ConvolutionRoute.Reference && Kernel(input, force: route == ConvolutionRoute.Kernel) is { } y) return y.MoveToOuterDisposeScope();
+        if (route != ConvolutionRoute.Reference && Kernel(input, route) is { } y) return y.MoveToOuterDisposeScope();
         var x = QuantizeInput(input);
-        using var w = DequantizeWeight();
+        using var w = DequantizeForCall(recordsGradient: input.requires_grad && is_grad_enabled());
         long inChannels = in_channels;
         string expects = SpatialDims == 1
             ? $"a float32 input [batch, {inChannels}, length] (or [{inChannels}, length])"
@@ -124,50 +124,111 @@ public sealed class QuantizedConv : QuantizedModule
         return reference.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Whether the measured rule sends <paramref name="input"/> through the kernel route (for the bench and tests).</summary>
-    internal bool TakesKernel(Tensor input)
+    /// <summary>Weights from this many elements (256 KiB in float32) are dequantized into the thread's buffer (<see cref="DequantizeForCall"/>).</summary>
+    internal const long BufferMinElements = 1 << 16;
+
+    /// <summary>Weights above this many elements (16 MiB in float32) get a new tensor on every call, never the thread's buffer.</summary>
+    internal const long BufferMaxElements = 1 << 22;
+
+    [ThreadStatic]
+    private static Tensor? t_weightBuffer;
+
+    /// <summary>
+    /// The weight dequantized for one libtorch convolution. Where no gradient is recorded and the weight is between
+    /// <see cref="BufferMinElements"/> and <see cref="BufferMaxElements"/>, the values go into a float32 buffer the
+    /// calling thread keeps for its next call (one per thread, as large as the largest such weight it has run; never a
+    /// copy per layer): a new multi-megabyte tensor on every call was returned to the system and faulted in again each
+    /// time, and the convolution that read it then took 16-90x the float layer's time on this loaded VM (3x3 256->256,
+    /// Conv1d 512->512; the same convolution on a reused buffer 1.0-1.4x). With gradients the weight is a new tensor,
+    /// since autograd keeps it for the backward pass.
+    /// </summary>
+    private Tensor DequantizeForCall(bool recordsGradient)
     {
-        using var scope = NewDisposeScope();
-        return Kernel(input, force: false, decideOnly: true) is not null;
+        long count = 1;
+        foreach (long d in WeightShape) count *= d;
+        if (recordsGradient || count < BufferMinElements || count > BufferMaxElements) return DequantizeWeight();
+        var buffer = t_weightBuffer;
+        if (buffer is null || buffer.numel() < count)
+        {
+            buffer?.Dispose();
+            t_weightBuffer = buffer = torch.empty(count, ScalarType.Float32).DetachFromDisposeScope();
+        }
+        var view = buffer.narrow(0, 0, count).view([.. WeightShape]);
+        if (weight.Layout.DequantizeInto(view)) return view;
+        view.Dispose();
+        return DequantizeWeight();
+    }
+
+    /// <summary>The route the measured rule takes for <paramref name="input"/> (for the bench and tests).</summary>
+    internal ConvolutionRoute Route(Tensor input) => Decide(input, ConvolutionRoute.Auto, out _, out _);
+
+    /// <summary>
+    /// The convolution through a managed kernel: <see cref="ConvolutionRoute.Kernel"/>, a matrix product per image through
+    /// the weight's packed kernel (<see cref="WeightLayout.Convolution"/>: the image is unfolded (im2col) while the GEMM
+    /// packs it, the weight is decoded in tiles, never a float copy of it, W8A8 layers multiply in integers), or
+    /// <see cref="ConvolutionRoute.Direct"/>, the small-convolution kernel (<see cref="DirectConvolution"/>) on the
+    /// weight dequantized for the call. Null where no kernel applies or, for <see cref="ConvolutionRoute.Auto"/>, where
+    /// the measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
+    /// </summary>
+    private Tensor? Kernel(Tensor input, ConvolutionRoute route)
+    {
+        route = Decide(input, route, out long[] imageShape, out var unfold);
+        if (route == ConvolutionRoute.Reference) return null;
+        long n = imageShape[0];
+        var images = input.reshape(imageShape);
+        Tensor? y = null;
+        if (route == ConvolutionRoute.Direct) y = Direct(QuantizeInput(images), unfold);
+        else if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
+        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null);
+        if (y is null) return null;
+        long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
+        y = y.reshape(outShape);
+        return input.dim() == SpatialDims + 2 ? y : y.squeeze(0);
     }
 
     /// <summary>
-    /// The convolution as a matrix product per image through the weight's packed kernel
-    /// (<see cref="WeightLayout.Convolution"/>): the image is unfolded (im2col) while the GEMM packs it, the weight is
-    /// decoded in tiles (never a float copy of it), W8A8 layers multiply in integers. Null where no kernel applies
-    /// (groups, gradients, other dtypes, shapes libtorch would reject) or, unless <paramref name="force"/>, where the
-    /// measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
+    /// The route <paramref name="route"/> becomes for <paramref name="input"/> (<see cref="ConvolutionRoute.Auto"/>: the
+    /// measured rule), <see cref="ConvolutionRoute.Reference"/> where no kernel applies (groups, gradients, other dtypes,
+    /// shapes libtorch would reject); with the input as images <c>[n, C, H, W]</c> (unbatched: n = 1; a Conv1d's
+    /// H = 1) and their unfolding (over the n images). Decided on shapes alone, so a call that goes to libtorch pays no tensor operation here.
     /// </summary>
-    private Tensor? Kernel(Tensor input, bool force, bool decideOnly = false)
+    private ConvolutionRoute Decide(Tensor input, ConvolutionRoute route, out long[] imageShape, out Im2Col unfold)
     {
-        if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return null;
-        if (input.requires_grad && is_grad_enabled()) return null;
+        imageShape = [];
+        unfold = default;
+        if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
+        if (input.requires_grad && is_grad_enabled()) return ConvolutionRoute.Reference;
         long[] shape = input.shape;
         bool batched = shape.Length == SpatialDims + 2;
-        if (!batched && shape.Length != SpatialDims + 1) return null;
-        // [n, C, H, W]: unbatched inputs get n = 1, a Conv1d's height 1. The rule is decided on shapes alone, so a
-        // call that goes to libtorch pays no tensor operation here.
+        if (!batched && shape.Length != SpatialDims + 1) return ConvolutionRoute.Reference;
         var dims = new List<long>(4);
         if (!batched) dims.Add(1);
         dims.AddRange(shape[..^SpatialDims]);
         if (SpatialDims == 1) dims.Add(1);
         dims.AddRange(shape[^SpatialDims..]);
-        long[] imageShape = [.. dims];
-        long n = imageShape[0];
-        if (imageShape[1] != in_channels || imageShape.Aggregate(1L, (a, b) => a * b) > int.MaxValue) return null;
-        if (Unfolding(imageShape) is not { } unfold) return null;
-        if (!force && !ConvolutionCost.KernelPays(unfold, out_channels, InputQuantizer is not null)) return null;
-        if (decideOnly) return input;
+        imageShape = [.. dims];
+        if (imageShape[1] != in_channels || imageShape.Aggregate(1L, (a, b) => a * b) > int.MaxValue) return ConvolutionRoute.Reference;
+        if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
+        var u = unfold = single.ForImages((int)imageShape[0]);
+        if (route == ConvolutionRoute.Auto) route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null);
+        if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
+        return route;
+    }
 
-        var images = input.reshape(imageShape);
-
-        Tensor? y = null;
-        if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
-        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null);
-        if (y is null) return null;
-        long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
-        y = y.reshape(outShape);
-        return batched ? y : y.squeeze(0);
+    /// <summary><see cref="DirectConvolution"/> on float32 images <c>[n, C, H, W]</c>, or null where the weight has no managed dequantization.</summary>
+    private unsafe Tensor? Direct(Tensor images, Im2Col unfold)
+    {
+        using var w = torch.empty(out_channels, unfold.Rows);
+        if (!weight.Layout.DequantizeInto(w)) return null;
+        using var x = images.contiguous();
+        var y = torch.empty(unfold.Images, out_channels, unfold.Positions);
+        var b = bias;
+        fixed (byte* pw = w.bytes)
+        fixed (byte* px = x.bytes)
+        fixed (byte* py = y.bytes)
+        fixed (byte* pb = b is null ? default : b.bytes)
+            DirectConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py);
+        return y;
     }
 
     /// <summary>The unfolding of images <c>[n, C, H, W]</c> (a Conv1d's with H = 1), or null when the output would be empty or too large for the kernels.</summary>
@@ -193,6 +254,9 @@ internal enum ConvolutionRoute
 
     /// <summary>Unfold and the packed kernels wherever they apply.</summary>
     Kernel,
+
+    /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized for the call.</summary>
+    Direct,
 
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>
     Reference,

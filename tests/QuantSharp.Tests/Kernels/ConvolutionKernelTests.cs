@@ -166,7 +166,7 @@ public unsafe class ConvolutionKernelTests
         }
     }
 
-    private static readonly QuantSpec[] ModuleSpecs =
+    internal static readonly QuantSpec[] ModuleSpecs =
     [
         new(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)),
         new(QuantType.Int8, QuantScheme.Affine, Granularity.Tensor),
@@ -177,7 +177,7 @@ public unsafe class ConvolutionKernelTests
         new(QuantType.BFloat16),
     ];
 
-    private static void AssertClose(Tensor expected, Tensor actual, double relative, string what)
+    internal static void AssertClose(Tensor expected, Tensor actual, double relative, string what)
     {
         Assert.Equal(expected.shape, actual.shape);
         using var e = expected.to(ScalarType.Float64);
@@ -253,7 +253,7 @@ public unsafe class ConvolutionKernelTests
         bool Takes(nn.Module<Tensor, Tensor> conv, ActivationQuantization? input, Tensor x)
         {
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8, input);
-            return layer.TakesKernel(x);
+            return layer.Route(x) == ConvolutionRoute.Kernel;
         }
         var image = torch.randn(1, 32, 8, 8);
         Assert.True(Takes(nn.Conv2d(32, 16, 1), null, image));                   // 1x1: a plain GEMM

@@ -8,7 +8,7 @@ namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
 /// The managed one-pass dequantization (<see cref="WeightDequantizer"/>) equals the specification
-/// (<see cref="WeightView.Dequantized"/>) bit for bit for every format, group size, zero point and row/column tail, on
+/// (<see cref="WeightView.Dequantized"/>) bit for bit for every integer format, group size, zero point and row/column tail, on
 /// every vector width; the canonical layouts' <c>Dequantize</c> built on it equals the tensor-operation formula it
 /// replaced bit for bit; the static input fake-quantization done in one managed pass equals the tensor operations.
 /// </summary>
@@ -27,8 +27,6 @@ public unsafe class WeightDequantizerTests
         (WeightFormat.Int4, 4, true, false),
         (WeightFormat.UInt4, 0, true, true),
         (WeightFormat.UInt4, 2, true, false),
-        (WeightFormat.Float16, 0, false, false),
-        (WeightFormat.BFloat16, 0, false, false),
     ];
 
     [Theory]
