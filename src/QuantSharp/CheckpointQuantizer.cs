@@ -150,6 +150,7 @@ public static class CheckpointQuantizer
         }
         if (names.Count > 0 && plan.All(p => p.Spec is null))
             warnings.Add($"nothing was quantized: {NothingReason(plan, s)}; the output is a copy of the input.");
+        warnings.AddRange(WeightGeometry.StorageWarnings(plan.Where(p => p.Spec is not null).Select(p => new PlannedWeight(p.Info.Name, p.Info.Shape, p.Spec!, p.Fallback))));
         return warnings;
     }
 

@@ -25,9 +25,9 @@ public sealed record GptqOptions
     internal void Validate()
     {
         if (!(DampingFraction > 0) || DampingFraction > 1)
-            throw new ArgumentException($"GptqOptions.DampingFraction must be in (0, 1] (typically 0.01), got {DampingFraction}.");
+            throw new ArgumentException($"\"gptq.damping\" (GptqOptions.DampingFraction) must be in (0, 1] (typically 0.01), got {DampingFraction}.");
         if (BlockSize < 1)
-            throw new ArgumentException($"GptqOptions.BlockSize must be at least 1 (typically 128), got {BlockSize}.");
+            throw new ArgumentException($"\"gptq.block_size\" (GptqOptions.BlockSize) must be at least 1 (typically 128), got {BlockSize}.");
     }
 }
 

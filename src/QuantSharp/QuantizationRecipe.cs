@@ -245,50 +245,71 @@ public sealed record QuantizationRecipe
         return dot > 0 && pattern.IsMatch(parameterName[..dot]);
     }
 
-    /// <summary>Throws <see cref="RecipeException"/> naming the first invalid setting and how to fix it.</summary>
-    public void Validate()
+    /// <summary>Throws <see cref="RecipeException"/> naming the first invalid setting and how to fix it. A setting is named
+    /// as a recipe file and the C# API both spell it: <c>"min_elements" (MinElements)</c>.</summary>
+    public void Validate() => Validate(null);
+
+    /// <summary><see cref="Validate()"/>, naming the settings in <paramref name="spelling"/> (property name to the user's
+    /// spelling, e.g. the CLI's <c>--min-elements</c> for a value given on the command line) as the user wrote them.</summary>
+    internal void Validate(IReadOnlyDictionary<string, string>? spelling)
     {
+        string N(string property) => spelling?.GetValueOrDefault(property) ?? SettingName(property);
         if (Version < 1 || Version > CurrentVersion)
             throw new RecipeException($"Recipe version {Version} is not supported; this QuantSharp reads versions 1 to {CurrentVersion}.");
-        ValidateSpec(BaseWeights, "Weights");
+        ValidateSpec(BaseWeights, spelling?.GetValueOrDefault(WeightsSetting) ?? "the weight settings (\"qtype\", \"scheme\", \"granularity\", \"reduce_range\"; C# Type, Scheme, Granularity, ReduceRange)");
         foreach (var o in Overrides)
         {
-            if (o is null) throw new RecipeException("Overrides: an entry is null.");
-            ValidatePattern(o.Pattern, "Overrides");
-            ValidateSpec(SpecOf(o), $"Overrides['{o.Pattern}']");
-            if (o.ActivationObserver is not null) CheckObserver(o.ActivationObserver, $"Overrides['{o.Pattern}'].ActivationObserver");
-            if (o.EntropySearchStart is { } start) CheckSearchStart(start, $"Overrides['{o.Pattern}'].EntropySearchStart");
+            if (o is null) throw new RecipeException($"{N(nameof(Overrides))}: an entry is null.");
+            ValidatePattern(o.Pattern, N(nameof(Overrides)));
+            string entry = $"override '{o.Pattern}'";
+            ValidateSpec(SpecOf(o), entry);
+            if (o.ActivationObserver is not null) CheckObserver(o.ActivationObserver, $"{entry} {SettingName(nameof(ActivationObserver))}");
+            if (o.EntropySearchStart is { } start) CheckSearchStart(start, $"{entry} {SettingName(nameof(EntropySearchStart))}");
         }
         if (Activations is { } a)
         {
             try { a.Validate(); }
-            catch (ArgumentException e) { throw new RecipeException($"Activations: {e.Message}", e); }
+            catch (ArgumentException e) { throw new RecipeException($"{N(nameof(Activations))}: {ExceptionText.Plain(e)}", e); }
             if (a.Type is not (QuantType.Int8 or QuantType.UInt8))
-                throw new RecipeException($"Activations: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
+                throw new RecipeException($"{N(nameof(Activations))}: static activation quantization supports int8 or uint8, not {a.Type.ToName()}. Use uint8 affine (PyTorch's default) or int8.");
             if (a.Granularity is not PerTensor)
-                throw new RecipeException($"Activations: only per-tensor activation quantization is supported, not {a.Granularity}.");
+                throw new RecipeException($"{N(nameof(Activations))}: only per-tensor activation quantization is supported, not {a.Granularity}.");
         }
-        CheckObserver(WeightObserver, nameof(WeightObserver));
-        CheckObserver(ActivationObserver, nameof(ActivationObserver));
+        CheckObserver(WeightObserver, N(nameof(WeightObserver)));
+        CheckObserver(ActivationObserver, N(nameof(ActivationObserver)));
         if (DynamicActivations && Activations is not null)
-            throw new RecipeException("DynamicActivations and Activations exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
-        CheckSearchStart(EntropySearchStart, nameof(EntropySearchStart));
-        if (!Enum.IsDefined(HistogramMethod)) throw new RecipeException($"HistogramMethod {(int)HistogramMethod} is not defined. Use Entropy or L2.");
-        if (!Enum.IsDefined(Method)) throw new RecipeException($"Method {(int)Method} is not defined. Use RoundToNearest or Gptq.");
-        if (GptqOptions is null) throw new RecipeException("GptqOptions is null; leave it at its default (new GptqOptions()).");
+            throw new RecipeException($"{N(nameof(DynamicActivations))} and {N(nameof(Activations))} exclude each other: dynamic W8A8 quantizes inputs on the fly, static W8A8 with calibrated ranges. Set one.");
+        CheckSearchStart(EntropySearchStart, N(nameof(EntropySearchStart)));
+        if (!Enum.IsDefined(HistogramMethod)) throw new RecipeException($"{N(nameof(HistogramMethod))} {(int)HistogramMethod} is not defined. Use Entropy or L2.");
+        if (!Enum.IsDefined(Method)) throw new RecipeException($"{N(nameof(Method))} {(int)Method} is not defined. Use RoundToNearest or Gptq.");
+        if (GptqOptions is null) throw new RecipeException($"{N(nameof(GptqOptions))} is null; leave it at its default (new GptqOptions()).");
         try { GptqOptions.Validate(); }
         catch (ArgumentException e) { throw new RecipeException(e.Message, e); }
         if (Method == QuantizationMethod.Gptq && (Activations is not null || DynamicActivations))
             throw new RecipeException("Method gptq quantizes weights only: set Activations = null and DynamicActivations = false (JSON \"activations\": null, \"dynamic_activations\": false), or use method rtn for W8A8.");
         if (CalibrationSamples <= 0)
-            throw new RecipeException($"CalibrationSamples must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
-        if (MinElements < 0) throw new RecipeException($"MinElements must be at least 0, got {MinElements}.");
-        foreach (var p in Include) ValidatePattern(p, nameof(Include));
-        foreach (var p in Exclude) ValidatePattern(p, nameof(Exclude));
+            throw new RecipeException($"{N(nameof(CalibrationSamples))} must be positive, got {CalibrationSamples} (default {DefaultCalibrationSamples}).");
+        if (MinElements < 0) throw new RecipeException($"{N(nameof(MinElements))} must be at least 0, got {MinElements}.");
+        foreach (var p in Include) ValidatePattern(p, N(nameof(Include)));
+        foreach (var p in Exclude) ValidatePattern(p, N(nameof(Exclude)));
         foreach (var t in ModuleTypes.Concat(ExcludeModuleTypes))
-            if (string.IsNullOrWhiteSpace(t)) throw new RecipeException("ModuleTypes/ExcludeModuleTypes: a module type name is empty (use e.g. \"Linear\").");
+            if (string.IsNullOrWhiteSpace(t)) throw new RecipeException($"{N(nameof(ModuleTypes))}/{N(nameof(ExcludeModuleTypes))}: a module type name is empty (use e.g. \"Linear\").");
         Validation.Validate();
     }
+
+    /// <summary>The key of <see cref="Validate(IReadOnlyDictionary{string, string}?)"/>'s spelling for the weight settings as a whole.</summary>
+    internal const string WeightsSetting = "Weights";
+
+    /// <summary>A setting as a recipe file and the C# API both name it, e.g. <c>"min_elements" (MinElements)</c>.</summary>
+    internal static string SettingName(string property) => $"\"{JsonKey(property)}\" ({property})";
+
+    /// <summary>The recipe file's key of a property: snake case, except <c>qtype</c> (Type) and <c>gptq</c> (GptqOptions).</summary>
+    private static string JsonKey(string property) => property switch
+    {
+        nameof(Type) => "qtype",
+        nameof(GptqOptions) => "gptq",
+        _ => string.Concat(property.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString())),
+    };
 
     /// <summary>True when the recipe filters by module type (which needs a model).</summary>
     internal bool HasModuleTypeFilters => ModuleTypes.Count > 0 || ExcludeModuleTypes.Count > 0 || Overrides.Any(o => o.ModuleType is not null);
@@ -381,6 +402,8 @@ public sealed record QuantizationRecipe
     public static QuantizationRecipe Load(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
+        if (Directory.Exists(path))
+            throw new RecipeException($"'{path}' is a folder, not a recipe file; give the recipe (JSON) file itself, e.g. '{Path.Combine(path, "int4-group32.recipe.json")}'.");
         if (!File.Exists(path)) throw new FileNotFoundException($"Recipe file '{path}' does not exist.", path);
         return FromJson(File.ReadAllText(path), path);
     }
@@ -418,7 +441,7 @@ public sealed record QuantizationRecipe
             // The version first: a newer recipe is refused for its version, not for the first key this reader does not know.
             if (doc.RootElement.TryGetProperty("version", out var versionElement))
             {
-                int version = Field($"{source}: \"version\"", versionElement.GetInt32);
+                int version = Field($"{source}: \"version\"", () => ReadInt(versionElement));
                 if (version > CurrentVersion)
                     throw new RecipeException($"{source}: recipe version {version} is newer than this QuantSharp reads (versions 1 to {CurrentVersion}); " +
                         "it was written by a newer QuantSharp. Update QuantSharp to read it, or write the recipe with \"version\": " +
@@ -430,28 +453,28 @@ public sealed record QuantizationRecipe
                 string where = $"{source}: \"{p.Name}\"";
                 r = Field(where, () => p.Name switch
                 {
-                    "version" => r with { Version = p.Value.GetInt32() },
+                    "version" => r with { Version = ReadInt(p.Value) },
                     "qtype" => r with { Type = QuantTypeInfo.Parse(Str(p.Value)) },
                     "scheme" => r with { Scheme = ParseScheme(Str(p.Value)) },
                     "granularity" => r with { Granularity = p.Value.ValueKind == JsonValueKind.Null ? null : QuantSharp.Granularity.Parse(Str(p.Value)) },
-                    "reduce_range" => r with { ReduceRange = p.Value.GetBoolean() },
+                    "reduce_range" => r with { ReduceRange = ReadBool(p.Value) },
                     "weight_observer" => r with { WeightObserver = Str(p.Value) },
                     "activations" => r with { Activations = p.Value.ValueKind == JsonValueKind.Null ? null : ParseActivations(p.Value, where) },
-                    "dynamic_activations" => r with { DynamicActivations = p.Value.GetBoolean() },
+                    "dynamic_activations" => r with { DynamicActivations = ReadBool(p.Value) },
                     "activation_observer" => r with { ActivationObserver = Str(p.Value) },
-                    "entropy_search_start" => r with { EntropySearchStart = p.Value.GetDouble() },
+                    "entropy_search_start" => r with { EntropySearchStart = ReadDouble(p.Value) },
                     "histogram_method" => r with { HistogramMethod = ParseHistogramMethod(Str(p.Value)) },
                     "method" => r with { Method = ParseMethod(Str(p.Value)) },
                     "gptq" => r with { GptqOptions = ParseGptq(p.Value, where) },
-                    "calibration_samples" => r with { CalibrationSamples = p.Value.GetInt32() },
-                    "min_elements" => r with { MinElements = p.Value.GetInt64() },
+                    "calibration_samples" => r with { CalibrationSamples = ReadInt(p.Value) },
+                    "min_elements" => r with { MinElements = ReadLong(p.Value) },
                     "include" => r with { Include = StrList(p.Value) },
                     "exclude" => r with { Exclude = StrList(p.Value) },
                     "module_types" => r with { ModuleTypes = StrList(p.Value) },
                     "exclude_module_types" => r with { ExcludeModuleTypes = StrList(p.Value) },
                     "overrides" => r with { Overrides = Array(p.Value).Select((o, i) => RecipeOverride.FromJson(o, $"{where}[{i}]")).ToList() },
-                    "strict_group_size" => r with { StrictGroupSize = p.Value.GetBoolean() },
-                    "strict" => r with { Strict = p.Value.GetBoolean() },
+                    "strict_group_size" => r with { StrictGroupSize = ReadBool(p.Value) },
+                    "strict" => r with { Strict = ReadBool(p.Value) },
                     "validation" => r with { Validation = ValidationPolicy.FromJson(p.Value, where) },
                     _ => throw new InvalidOperationException("unreachable"),
                 });
@@ -480,7 +503,7 @@ public sealed record QuantizationRecipe
             {
                 case "qtype": type = QuantTypeInfo.Parse(Str(p.Value)); break;
                 case "scheme": scheme = ParseScheme(Str(p.Value)); break;
-                default: reduce = p.Value.GetBoolean(); break;
+                default: reduce = ReadBool(p.Value); break;
             }
         }
         return new QuantSpec(type, scheme, QuantSharp.Granularity.Tensor, reduce);
@@ -493,9 +516,9 @@ public sealed record QuantizationRecipe
         {
             g = Field($"{where}.{p.Name}", () => p.Name switch
             {
-                "damping" => g with { DampingFraction = p.Value.GetDouble() },
-                "block_size" => g with { BlockSize = p.Value.GetInt32() },
-                _ => g with { ActOrder = p.Value.GetBoolean() },
+                "damping" => g with { DampingFraction = ReadDouble(p.Value) },
+                "block_size" => g with { BlockSize = ReadInt(p.Value) },
+                _ => g with { ActOrder = ReadBool(p.Value) },
             });
         }
         return g;
@@ -529,6 +552,19 @@ public sealed record QuantizationRecipe
     }
 
     private static string Kind(JsonElement e) => e.ValueKind.ToString().ToLowerInvariant();
+
+    // Typed reads that say what the value was ("expected a number, got string"), not System.Text.Json's wording.
+    internal static int ReadInt(JsonElement e) => Number(e).TryGetInt32(out int v) ? v : throw new InvalidOperationException($"expected a whole number, got {e.GetRawText()}");
+
+    internal static long ReadLong(JsonElement e) => Number(e).TryGetInt64(out long v) ? v : throw new InvalidOperationException($"expected a whole number, got {e.GetRawText()}");
+
+    internal static double ReadDouble(JsonElement e) => Number(e).GetDouble();
+
+    internal static bool ReadBool(JsonElement e) => e.ValueKind is JsonValueKind.True or JsonValueKind.False
+        ? e.GetBoolean()
+        : throw new InvalidOperationException($"expected true or false, got {Kind(e)}");
+
+    private static JsonElement Number(JsonElement e) => e.ValueKind == JsonValueKind.Number ? e : throw new InvalidOperationException($"expected a number, got {Kind(e)}");
 
     internal static string Str(JsonElement e) => e.ValueKind == JsonValueKind.String
         ? e.GetString()!
@@ -642,9 +678,9 @@ public sealed record RecipeOverride(string Pattern, QuantType? Type = null, Quan
                 "qtype" => o with { Type = QuantTypeInfo.Parse(QuantizationRecipe.Str(p.Value)) },
                 "scheme" => o with { Scheme = QuantizationRecipe.ParseScheme(QuantizationRecipe.Str(p.Value)) },
                 "granularity" => o with { Granularity = QuantSharp.Granularity.Parse(QuantizationRecipe.Str(p.Value)) },
-                "reduce_range" => o with { ReduceRange = p.Value.GetBoolean() },
+                "reduce_range" => o with { ReduceRange = QuantizationRecipe.ReadBool(p.Value) },
                 "activation_observer" => o with { ActivationObserver = QuantizationRecipe.Str(p.Value) },
-                "entropy_search_start" => o with { EntropySearchStart = p.Value.GetDouble() },
+                "entropy_search_start" => o with { EntropySearchStart = QuantizationRecipe.ReadDouble(p.Value) },
                 "histogram_method" => o with { HistogramMethod = QuantizationRecipe.ParseHistogramMethod(QuantizationRecipe.Str(p.Value)) },
                 _ => o with { ModuleType = QuantizationRecipe.Str(p.Value) },
             });
@@ -764,11 +800,11 @@ public sealed record ValidationPolicy
         {
             v = QuantizationRecipe.Field($"{where}.{p.Name}", () => p.Name switch
             {
-                "enabled" => v with { Enabled = p.Value.GetBoolean() },
+                "enabled" => v with { Enabled = QuantizationRecipe.ReadBool(p.Value) },
                 "on_failure" => v with { OnFailure = QuantizationRecipe.ParseOnFailure(QuantizationRecipe.Str(p.Value)) },
                 "sqnr_thresholds_db" => v with { SqnrThresholdsDb = ParseThresholds(p.Value, $"{where}.sqnr_thresholds_db") },
-                "min_output_sqnr_db" => v with { MinOutputSqnrDb = p.Value.ValueKind == JsonValueKind.Null ? null : p.Value.GetDouble() },
-                _ => v with { ReloadCheck = p.Value.GetBoolean() },
+                "min_output_sqnr_db" => v with { MinOutputSqnrDb = p.Value.ValueKind == JsonValueKind.Null ? null : QuantizationRecipe.ReadDouble(p.Value) },
+                _ => v with { ReloadCheck = QuantizationRecipe.ReadBool(p.Value) },
             });
         }
         return v;
@@ -777,7 +813,7 @@ public sealed record ValidationPolicy
     private static Dictionary<QuantType, double> ParseThresholds(JsonElement e, string where)
     {
         var names = QuantizationRecipe.SupportedWeightTypes.Select(t => t.ToName()).ToList();
-        return QuantizationRecipe.Properties(e, where, names).ToDictionary(p => QuantTypeInfo.Parse(p.Name), p => p.Value.GetDouble());
+        return QuantizationRecipe.Properties(e, where, names).ToDictionary(p => QuantTypeInfo.Parse(p.Name), p => QuantizationRecipe.Field($"{where}.{p.Name}", () => QuantizationRecipe.ReadDouble(p.Value)));
     }
 
     internal static string F(double v) => v.ToString("0.##", CultureInfo.InvariantCulture);

@@ -17,7 +17,12 @@ namespace QuantSharp;
 /// <param name="Input">The calibrated input quantization, or null (weight-only).</param>
 /// <param name="FloatBytes">Bytes of the float layer's parameters.</param>
 /// <param name="QuantizedBytes">Bytes of the quantized layer's parameters and buffers.</param>
-public sealed record QuantizedLayer(string Name, string ModuleType, QuantSpec Weights, ActivationQuantization? Input, long FloatBytes, long QuantizedBytes);
+public sealed record QuantizedLayer(string Name, string ModuleType, QuantSpec Weights, ActivationQuantization? Input, long FloatBytes, long QuantizedBytes)
+{
+    /// <summary>Why <see cref="Weights"/> differs from what the recipe asked for this layer (a group-size or packing
+    /// fallback, e.g. int4 to int8 per-channel for an odd reduction length), or null when it is as asked.</summary>
+    public string? Fallback { get; init; }
+}
 
 /// <summary>What <see cref="Quantizer.Quantize{T}(T, QuantizationRecipe, Func{T}?, IEnumerable{Tensor}?, bool, QuantSpec?, int?, ValidationFailureMode?, IProgress{CalibrationProgress}?)"/> produced.</summary>
 public class QuantizationResult
@@ -197,7 +202,6 @@ public static class Quantizer
         };
         var planner = new RecipePlanner(cfg); // validates
         var recipeWarnings = planner.IneffectiveSettings().ToList();
-        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new RecipeException(refusal);
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +
@@ -221,6 +225,8 @@ public static class Quantizer
                 : "none of its layers can be quantized: " + string.Join("; ", skipped.Select(s => $"{s.Name} ({s.ModuleType}): {s.Reason}"));
             throw new ModelQuantizationException($"Nothing to quantize in {model.GetType().Name}: {why}.");
         }
+        recipeWarnings.AddRange(WeightGeometry.StorageWarnings(plan.Select(p => p.Weight)));
+        if (planner.StrictRefusal(recipeWarnings) is { } refusal) throw new RecipeException(refusal);
 
         T work = inPlace ? model : (T)Copy(model, () => factory!());
         bool ok = false;

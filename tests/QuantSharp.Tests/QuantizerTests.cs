@@ -356,7 +356,7 @@ public class QuantizerConfigTests
         // prim's QuantSpec.Validate: reduce-range is for 8-bit types only.
         var ex = Assert.Throws<RecipeException>(() => Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp(),
             weights: new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32), reduceRange: true)));
-        Assert.StartsWith("Weights: ReduceRange applies to 8-bit types only", ex.Message);
+        Assert.StartsWith("the weight settings (\"qtype\", \"scheme\", \"granularity\", \"reduce_range\"; C# Type, Scheme, Granularity, ReduceRange): ReduceRange applies to 8-bit types only", ex.Message);
         // Per-channel along the input axis is a valid spec, but layers are quantized per output channel: fc1 stays float, saying why.
         var r = Quantizer.Quantize(new Mlp(), new QuantizationRecipe
         {
@@ -370,7 +370,7 @@ public class QuantizerConfigTests
         {
             Overrides = [new("fc1", QuantType.Int4, ReduceRange: true)],
         }, () => new Mlp()));
-        Assert.Contains("Overrides['fc1']", ex2.Message);
+        Assert.Contains("override 'fc1'", ex2.Message);
     }
 }
 

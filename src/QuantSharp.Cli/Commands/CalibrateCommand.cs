@@ -340,7 +340,8 @@ internal static class CalibrateCommand
         ["budget"] = plan.Budget.ToString(),
         ["plan"] = new JsonArray(plan.Layers.Select(c => (JsonNode?)new JsonObject
         {
-            ["layer"] = c.Layer, ["spec"] = c.Spec.ToString(), ["bytes"] = c.Bytes, ["single_layer_output_sqnr_db"] = Num(c.OutputSqnrDb),
+            ["layer"] = c.Layer, ["spec"] = c.Spec.ToString(), ["requested"] = c.Requested?.ToString(), ["fallback"] = c.Fallback,
+            ["bytes"] = c.Bytes, ["single_layer_output_sqnr_db"] = Num(c.OutputSqnrDb),
         }).ToArray()),
         ["plan_bytes"] = plan.Bytes,
         ["bits_per_weight"] = Num(plan.BitsPerWeight),
@@ -368,8 +369,12 @@ internal static class CalibrateCommand
                      $"{plan.CandidatesEvaluated} plans of the upgrade path evaluated on the metric images")
             .AddColumn("Layer").AddColumn("Spec").AddColumn(new TableColumn("Bytes").RightAligned()).AddColumn(new TableColumn("Output SQNR dB (layer alone)").RightAligned());
         foreach (var c in plan.Layers)
-            choices.AddRow(Markup.Escape(c.Layer), Markup.Escape(c.Spec.ToString()), c.Bytes.ToString("N0", CultureInfo.InvariantCulture), F(c.OutputSqnrDb));
+            choices.AddRow(Markup.Escape(c.Layer), Markup.Escape(c.Spec + (c.Fallback is null ? "" : $" (asked {c.Requested}: fallback)")),
+                c.Bytes.ToString("N0", CultureInfo.InvariantCulture), F(c.OutputSqnrDb));
         console.Write(choices);
+        // A layer that could not take the requested type (e.g. 9 inputs per filter: no 4-bit or 2-bit packing) says why.
+        foreach (var c in plan.Layers.Where(c => c.Fallback is not null))
+            console.MarkupLine($"[yellow]{Markup.Escape($"{c.Layer}: {c.Fallback}")}[/]");
         var results = new Table().Border(TableBorder.Rounded).Title("Measured on the evaluation images")
             .AddColumn("Variant").AddColumn(new TableColumn("Accuracy").RightAligned()).AddColumn(new TableColumn("Model bytes").RightAligned())
             .AddColumn(new TableColumn("Logits SQNR dB").RightAligned());

@@ -30,9 +30,18 @@ internal static class DemoMiniLMCommand
         {
             bool asJson = parseResult.GetValue(json);
             var console = CheckpointConsole.For(parseResult);
-            // Bad options reach the top-level handler: one 'error:' line, exit code 2.
-            var report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
-                asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"));
+            // Bad options reach the top-level handler: one 'error:' line, exit code 2. Ctrl+C stops before the next variant.
+            using var interrupt = new InterruptCancellation();
+            MiniLMDemoReport report;
+            try
+            {
+                report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
+                    asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"), interrupt.Token);
+            }
+            catch (OperationCanceledException) when (interrupt.Token.IsCancellationRequested)
+            {
+                return CheckpointConsole.Fail(parseResult, DemoCommand.InterruptedMessage(interrupt.Signal, []), CheckpointConsole.Interrupted);
+            }
             if (asJson) parseResult.InvocationConfiguration.Output.WriteLine(ToJson(report));
             else WriteTable(console, report);
             return 0;

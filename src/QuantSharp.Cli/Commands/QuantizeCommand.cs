@@ -40,6 +40,19 @@ internal static class QuantizeCommand
             {
                 // Precedence: options given here > the recipe file > the recipe defaults.
                 recipe = parseResult.GetValue(config) is { } path ? QuantizationRecipe.Load(path) : new QuantizationRecipe();
+                // A setting given here is named by its option in a validation message (--min-elements, not MinElements).
+                var given = new Dictionary<string, string>();
+                foreach (var (option, property) in new (Option, string)[]
+                {
+                    (qtype, nameof(QuantizationRecipe.Type)), (scheme, nameof(QuantizationRecipe.Scheme)), (granularity, nameof(QuantizationRecipe.Granularity)),
+                    (observer, nameof(QuantizationRecipe.WeightObserver)), (include, nameof(QuantizationRecipe.Include)),
+                    (exclude, nameof(QuantizationRecipe.Exclude)), (minElements, nameof(QuantizationRecipe.MinElements)),
+                })
+                {
+                    if (parseResult.GetResult(option) is { Implicit: false }) given[property] = option.Name;
+                }
+                var weightOptions = new[] { qtype, scheme, granularity }.Where(o => given.ContainsValue(o.Name)).Select(o => o.Name).ToList();
+                if (weightOptions.Count > 0) given[QuantizationRecipe.WeightsSetting] = string.Join(" / ", weightOptions);
                 if (parseResult.GetValue(qtype) is { } t)
                 {
                     var type = QuantTypeInfo.Parse(t);
@@ -57,7 +70,7 @@ internal static class QuantizeCommand
                 if (parseResult.GetValue(onFailure) is { } f)
                     recipe = recipe with { Validation = recipe.Validation with { OnFailure = QuantizationRecipe.ParseOnFailure(f) } };
                 if (parseResult.GetValue(noValidate)) recipe = recipe with { Validation = recipe.Validation with { Enabled = false } };
-                recipe.Validate();
+                recipe.Validate(given);
             }
             catch (Exception ex) when (ex is ArgumentException or RecipeException or FileNotFoundException)
             {
@@ -100,6 +113,11 @@ internal static class QuantizeCommand
         return cmd;
     }
 
+    /// <summary>"3.94x smaller", or "1.12x larger" when the settings made the tensors bigger (it said "0.89x smaller").</summary>
+    internal static string SizeChange(double ratio) => ratio >= 1
+        ? $"{ratio.ToString("0.00", CultureInfo.InvariantCulture)}x smaller"
+        : $"{(1 / ratio).ToString("0.00", CultureInfo.InvariantCulture)}x larger";
+
     private static void Print(ParseResult parseResult, QuantizationReport r)
     {
         var console = CheckpointConsole.For(parseResult);
@@ -108,7 +126,7 @@ internal static class QuantizeCommand
         double? min = r.Layers.Where(t => t.WeightSqnrDb is not null).Select(t => t.WeightSqnrDb).DefaultIfEmpty(null).Min();
         console.MarkupLine(Markup.Escape(
             $"{q} tensors quantized, {r.Layers.Count - q} copied; tensors {CheckpointConsole.Bytes(r.OriginalBytes)} -> {CheckpointConsole.Bytes(r.StoredBytes)} " +
-            $"({r.Ratio.ToString("0.00", CultureInfo.InvariantCulture)}x smaller); lowest SQNR {CheckpointConsole.Db(min)} dB; " +
+            $"({SizeChange(r.Ratio)}); lowest SQNR {CheckpointConsole.Db(min)} dB; " +
             $"{r.Elapsed.TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s."));
         foreach (var w in r.Warnings) console.MarkupLine("[yellow]" + Markup.Escape("warning: " + w) + "[/]");
         CheckpointConsole.WriteProblems(console, r.Problems, asWarnings: r.Written);

@@ -11,7 +11,12 @@ namespace QuantSharp.Calibration;
 /// <param name="Bytes">Bytes of the quantized layer(s): integer data, scales, zero points and float biases.</param>
 /// <param name="OutputSqnrDb">SQNR (dB) of the model's output against the float model's, over the data.</param>
 /// <param name="Metric">The caller's metric (e.g. accuracy) of the model, or null without one.</param>
-public sealed record SensitivityMeasurement(QuantSpec Spec, QuantSpec Applied, long Bytes, double OutputSqnrDb, double? Metric);
+public sealed record SensitivityMeasurement(QuantSpec Spec, QuantSpec Applied, long Bytes, double OutputSqnrDb, double? Metric)
+{
+    /// <summary>Why <see cref="Applied"/> differs from <see cref="Spec"/> (the quantizer's fallback message, e.g.
+    /// "'conv1.weight' [16, 1, 3, 3]: 4-bit packing needs an even reduction length, got 9; quantized as int8 ... instead"), or null.</summary>
+    public string? Fallback { get; init; }
+}
 
 /// <summary>One layer quantized alone, each way.</summary>
 /// <param name="Layer">Dotted layer name.</param>
@@ -136,8 +141,11 @@ public sealed record SensitivityReport
         {
             var sqnr = new SqnrAccumulator();
             for (int i = 0; i < outputs.Count; i++) sqnr.Add(reference[i], outputs[i]);
-            var applied = result.Layers.Count == 1 ? result.Layers[0].Weights : spec;
-            var m = new SensitivityMeasurement(spec, applied, result.Layers.Sum(l => l.QuantizedBytes), sqnr.Db, metric?.Invoke(quantized));
+            var single = result.Layers.Count == 1 ? result.Layers[0] : null;
+            var m = new SensitivityMeasurement(spec, single?.Weights ?? spec, result.Layers.Sum(l => l.QuantizedBytes), sqnr.Db, metric?.Invoke(quantized))
+            {
+                Fallback = single?.Fallback,
+            };
             return (m, result.Layers.ToList());
         }
         finally

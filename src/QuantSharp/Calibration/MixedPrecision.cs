@@ -56,7 +56,16 @@ public sealed record MixedPrecisionBudget
 /// <param name="Spec">The chosen spec (as measured: after any group-size fallback).</param>
 /// <param name="Bytes">Bytes of the layer with that spec.</param>
 /// <param name="OutputSqnrDb">Model-output SQNR (dB) measured with only this layer quantized that way.</param>
-public sealed record MixedPrecisionChoice(string Layer, QuantSpec Spec, long Bytes, double OutputSqnrDb);
+public sealed record MixedPrecisionChoice(string Layer, QuantSpec Spec, long Bytes, double OutputSqnrDb)
+{
+    /// <summary>The spec asked for (one of the report's specs); differs from <see cref="Spec"/> after a fallback.</summary>
+    public QuantSpec? Requested { get; init; }
+
+    /// <summary>Why <see cref="Spec"/> is not <see cref="Requested"/> (the quantizer's fallback message), or null. A layer
+    /// that cannot take any of the requested types (e.g. 9 inputs per filter: no even length for 4-bit or 2-bit packing)
+    /// lands on 8-bit this way, and the plan says so.</summary>
+    public string? Fallback { get; init; }
+}
 
 /// <summary>
 /// A per-layer precision plan from a <see cref="SensitivityReport"/> (<see cref="Plan"/>), expressed as a
@@ -161,7 +170,7 @@ public sealed record MixedPrecisionPlan(MixedPrecisionBudget Budget, Quantizatio
         var choices = layers.Select((l, i) =>
         {
             var m = options[i][plan[i]];
-            return new MixedPrecisionChoice(l.Layer, m.Applied, m.Bytes, m.OutputSqnrDb);
+            return new MixedPrecisionChoice(l.Layer, m.Applied, m.Bytes, m.OutputSqnrDb) { Requested = m.Spec, Fallback = m.Fallback };
         }).ToList();
         long bytes = Bytes(plan);
         return new MixedPrecisionPlan(budget, RecipeOf(plan), choices, bytes, 8.0 * bytes / weights, Predicted(plan),

@@ -11,52 +11,39 @@ namespace QuantSharp.Kernels;
 /// (<c>vpdpbusd</c>); the portable twins group two int16 values (<c>vpmaddwd</c>, exact: no saturation is possible
 /// with codes in [0, 255] and weights in [-128, 127]). Every width gives the same int32 sums.
 /// </summary>
-internal interface IIntGemmWidth<TVec> where TVec : struct
+internal interface IIntGemmWidth<TVec> : IMicroWidth<TVec, int> where TVec : struct
 {
-    /// <summary>Activation rows (int32 lanes) per vector.</summary>
-    static abstract int Lanes { get; }
-
     /// <summary>Reduction elements per 32-bit group: 4 (uint8 codes, int8 weights) or 2 (both widened to int16).</summary>
     static abstract int Depth { get; }
-
-    static abstract unsafe TVec Load(void* p);
-
-    static abstract unsafe void Store(TVec v, void* p);
-
-    /// <summary>The 32-bit group <paramref name="w"/> in every lane.</summary>
-    static abstract TVec Broadcast(int w);
-
-    /// <summary><c>acc + products of act and w</c>, summed per 32-bit lane.</summary>
-    static abstract TVec Dot(TVec acc, TVec act, TVec w);
 }
 
 internal readonly struct GemmVnni256 : IIntGemmWidth<Vector256<int>>
 {
     public static int Lanes => 8;
     public static int Depth => 4;
-    public static unsafe Vector256<int> Load(void* p) => Vector256.Load((int*)p);
-    public static unsafe void Store(Vector256<int> v, void* p) => v.Store((int*)p);
+    public static unsafe Vector256<int> Load(int* p) => Vector256.Load(p);
+    public static unsafe void Store(Vector256<int> v, int* p) => v.Store(p);
     public static Vector256<int> Broadcast(int w) => Vector256.Create(w);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> Dot(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => AvxVnni.MultiplyWideningAndAdd(acc, act.AsByte(), w.AsSByte());
+    public static Vector256<int> MultiplyAccumulate(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => AvxVnni.MultiplyWideningAndAdd(acc, act.AsByte(), w.AsSByte());
 }
 
 /// <summary>
 /// 512-bit <c>vpdpbusd</c> strips (16 lanes of 4 uint8 codes). The packed GEMM runs <see cref="Vnni512Kernel"/> for
-/// it; this managed <see cref="Dot"/> is its portable twin (exact, slow: four byte products per lane with portable
+/// it; this managed <see cref="MultiplyAccumulate"/> is its portable twin (exact, slow: four byte products per lane with portable
 /// <see cref="Vector512{T}"/> operations), which the tests compare the generated kernel against on any CPU.
 /// </summary>
 internal readonly struct GemmVnni512 : IIntGemmWidth<Vector512<int>>
 {
     public static int Lanes => 16;
     public static int Depth => 4;
-    public static unsafe Vector512<int> Load(void* p) => Vector512.Load((int*)p);
-    public static unsafe void Store(Vector512<int> v, void* p) => v.Store((int*)p);
+    public static unsafe Vector512<int> Load(int* p) => Vector512.Load(p);
+    public static unsafe void Store(Vector512<int> v, int* p) => v.Store(p);
     public static Vector512<int> Broadcast(int w) => Vector512.Create(w);
 
     /// <summary><c>acc + sum_d u_d * s_d</c> per lane: byte d of <paramref name="act"/> unsigned, of <paramref name="w"/> signed.</summary>
-    public static Vector512<int> Dot(Vector512<int> acc, Vector512<int> act, Vector512<int> w)
+    public static Vector512<int> MultiplyAccumulate(Vector512<int> acc, Vector512<int> act, Vector512<int> w)
     {
         for (int shift = 0; shift < 32; shift += 8)
             acc += (act >>> shift & Vector512.Create(0xFF)) * (w << (24 - shift) >> 24);
@@ -68,48 +55,48 @@ internal readonly struct GemmMadd512 : IIntGemmWidth<Vector512<int>>
 {
     public static int Lanes => 16;
     public static int Depth => 2;
-    public static unsafe Vector512<int> Load(void* p) => Vector512.Load((int*)p);
-    public static unsafe void Store(Vector512<int> v, void* p) => v.Store((int*)p);
+    public static unsafe Vector512<int> Load(int* p) => Vector512.Load(p);
+    public static unsafe void Store(Vector512<int> v, int* p) => v.Store(p);
     public static Vector512<int> Broadcast(int w) => Vector512.Create(w);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<int> Dot(Vector512<int> acc, Vector512<int> act, Vector512<int> w) => acc + Avx512BW.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+    public static Vector512<int> MultiplyAccumulate(Vector512<int> acc, Vector512<int> act, Vector512<int> w) => acc + Avx512BW.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
 }
 
 internal readonly struct GemmMadd256 : IIntGemmWidth<Vector256<int>>
 {
     public static int Lanes => 8;
     public static int Depth => 2;
-    public static unsafe Vector256<int> Load(void* p) => Vector256.Load((int*)p);
-    public static unsafe void Store(Vector256<int> v, void* p) => v.Store((int*)p);
+    public static unsafe Vector256<int> Load(int* p) => Vector256.Load(p);
+    public static unsafe void Store(Vector256<int> v, int* p) => v.Store(p);
     public static Vector256<int> Broadcast(int w) => Vector256.Create(w);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> Dot(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => acc + Avx2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+    public static Vector256<int> MultiplyAccumulate(Vector256<int> acc, Vector256<int> act, Vector256<int> w) => acc + Avx2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
 }
 
 internal readonly struct GemmMadd128 : IIntGemmWidth<Vector128<int>>
 {
     public static int Lanes => 4;
     public static int Depth => 2;
-    public static unsafe Vector128<int> Load(void* p) => Vector128.Load((int*)p);
-    public static unsafe void Store(Vector128<int> v, void* p) => v.Store((int*)p);
+    public static unsafe Vector128<int> Load(int* p) => Vector128.Load(p);
+    public static unsafe void Store(Vector128<int> v, int* p) => v.Store(p);
     public static Vector128<int> Broadcast(int w) => Vector128.Create(w);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<int> Dot(Vector128<int> acc, Vector128<int> act, Vector128<int> w) => acc + Sse2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
+    public static Vector128<int> MultiplyAccumulate(Vector128<int> acc, Vector128<int> act, Vector128<int> w) => acc + Sse2.MultiplyAddAdjacent(act.AsInt16(), w.AsInt16());
 }
 
 internal readonly struct GemmScalar : IIntGemmWidth<int>
 {
     public static int Lanes => 1;
     public static int Depth => 2;
-    public static unsafe int Load(void* p) => *(int*)p;
-    public static unsafe void Store(int v, void* p) => *(int*)p = v;
+    public static unsafe int Load(int* p) => *p;
+    public static unsafe void Store(int v, int* p) => *p = v;
     public static int Broadcast(int w) => w;
 
     /// <summary>Two int16 halves (element 0 low, element 1 high) multiplied and added, as <c>pmaddwd</c>.</summary>
-    public static int Dot(int acc, int act, int w) => acc + (short)act * (short)w + (act >> 16) * (w >> 16);
+    public static int MultiplyAccumulate(int acc, int act, int w) => acc + (short)act * (short)w + (act >> 16) * (w >> 16);
 }
 
 /// <summary>
@@ -183,7 +170,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 /// <item>Each work item owns <see cref="ItemRows"/> weight rows. For each block of <see cref="BlockGroups"/> groups of
 /// the reduction axis it copies (VNNI) or widens to int16 its rows' slices into a tile, zero-padded, and adds the
 /// slices' weight sums (for the activation zero points); then runs the micro-kernel over every strip.</item>
-/// <item>Micro-kernel: <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 int32 accumulators.
+/// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 int32 accumulators.
 /// Per group: two vector loads of the strip, one 32-bit broadcast per weight row, twelve <c>vpdpbusd</c> (or
 /// <c>vpmaddwd</c> + add).</item>
 /// <item>The int32 sums of the item live in a <c>y^T</c> buffer; the epilogue applies the zero-point corrections
@@ -193,7 +180,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 internal static unsafe class PackedIntegerMatMul
 {
     /// <summary>Weight rows per micro-kernel call (broadcast operands).</summary>
-    internal const int TileRows = 6;
+    internal const int TileRows = MicroKernel.Rows;
 
     /// <summary>Weight rows per work item (a multiple of <see cref="TileRows"/>).</summary>
     internal const int ItemRows = 8 * TileRows;
@@ -352,7 +339,7 @@ internal static unsafe class PackedIntegerMatMul
                     if (typeof(TW) == typeof(GemmVnni512) && UseNative)
                         Vnni512Kernel.Micro(a, TileStride, b, g1 - g0, c, ldt * 4);
                     else
-                        Micro<TW, TVec>(a, TileStride, b, g1 - g0, c, ldt, width * 4);
+                        MicroKernel.Run<TW, TVec, int>((int*)a, TileStride / 4, (int*)b, g1 - g0, c, ldt);
                 }
             }
         }
@@ -473,51 +460,5 @@ internal static unsafe class PackedIntegerMatMul
             else dst[i] = 0;
         }
         return sum;
-    }
-
-    /// <summary>
-    /// <c>c[j, :] += sum_g a[j, g] . b[g, :]</c> for <see cref="TileRows"/> weight rows j (32-bit groups, rows
-    /// <paramref name="lda"/> bytes apart) and one strip of packed activations (two vectors per group, groups
-    /// <paramref name="ldb"/> bytes apart); <paramref name="c"/> rows are <paramref name="ldc"/> ints apart.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Micro<TW, TVec>(byte* a, nint lda, byte* b, int groups, int* c, nint ldc, nint ldb)
-        where TW : IIntGemmWidth<TVec> where TVec : struct
-    {
-        int n = TW.Lanes;
-        int* a0 = (int*)a, a1 = (int*)(a + lda), a2 = (int*)(a + 2 * lda), a3 = (int*)(a + 3 * lda), a4 = (int*)(a + 4 * lda), a5 = (int*)(a + 5 * lda);
-        int* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
-        TVec s00 = TW.Load(c0), s01 = TW.Load(c0 + n), s10 = TW.Load(c1), s11 = TW.Load(c1 + n);
-        TVec s20 = TW.Load(c2), s21 = TW.Load(c2 + n), s30 = TW.Load(c3), s31 = TW.Load(c3 + n);
-        TVec s40 = TW.Load(c4), s41 = TW.Load(c4 + n), s50 = TW.Load(c5), s51 = TW.Load(c5 + n);
-        for (int g = 0; g < groups; g++)
-        {
-            TVec b0 = TW.Load(b), b1 = TW.Load(b + 4 * n);
-            b += ldb;
-            TVec v = TW.Broadcast(a0[g]);
-            s00 = TW.Dot(s00, b0, v);
-            s01 = TW.Dot(s01, b1, v);
-            v = TW.Broadcast(a1[g]);
-            s10 = TW.Dot(s10, b0, v);
-            s11 = TW.Dot(s11, b1, v);
-            v = TW.Broadcast(a2[g]);
-            s20 = TW.Dot(s20, b0, v);
-            s21 = TW.Dot(s21, b1, v);
-            v = TW.Broadcast(a3[g]);
-            s30 = TW.Dot(s30, b0, v);
-            s31 = TW.Dot(s31, b1, v);
-            v = TW.Broadcast(a4[g]);
-            s40 = TW.Dot(s40, b0, v);
-            s41 = TW.Dot(s41, b1, v);
-            v = TW.Broadcast(a5[g]);
-            s50 = TW.Dot(s50, b0, v);
-            s51 = TW.Dot(s51, b1, v);
-        }
-        TW.Store(s00, c0); TW.Store(s01, c0 + n);
-        TW.Store(s10, c1); TW.Store(s11, c1 + n);
-        TW.Store(s20, c2); TW.Store(s21, c2 + n);
-        TW.Store(s30, c3); TW.Store(s31, c3 + n);
-        TW.Store(s40, c4); TW.Store(s41, c4 + n);
-        TW.Store(s50, c5); TW.Store(s51, c5 + n);
     }
 }

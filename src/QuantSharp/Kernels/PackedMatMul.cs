@@ -17,7 +17,7 @@ namespace QuantSharp.Kernels;
 /// <see cref="BlockTarget"/> long, cut at group boundaries or at chunk boundaries inside a group, so the decoders see
 /// the same chunks as the row kernels) it decodes its rows' slices into a float tile (row-major, the decoders'
 /// order), then runs the micro-kernel over every strip.</item>
-/// <item>Micro-kernel: <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 accumulators: per
+/// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 accumulators: per
 /// reduction step two vector loads of <c>x^T</c>, one broadcast per weight row, twelve multiply-adds. The tile of the
 /// strip (<c>BlockTarget * 2 * Count</c> floats) stays in L1 while the weight rows pass.</item>
 /// <item>Partial sums live in a per-item <c>y^T</c> buffer (contiguous vector loads and stores); the item writes
@@ -29,7 +29,7 @@ namespace QuantSharp.Kernels;
 internal static unsafe class PackedMatMul
 {
     /// <summary>Weight rows per micro-kernel call (broadcast operands).</summary>
-    internal const int TileRows = 6;
+    internal const int TileRows = MicroKernel.Rows;
 
     /// <summary>Weight rows per work item (a multiple of <see cref="TileRows"/>).</summary>
     internal const int ItemRows = 8 * TileRows;
@@ -222,7 +222,7 @@ internal static unsafe class PackedMatMul
             {
                 float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
                 for (int t = 0; t < tiles; t++)
-                    Micro<TW, TVec>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * ldt + (s - block.S0) * stripWidth, ldt);
+                    MicroKernel.Run<FloatMicro<TW, TVec>, TVec, float>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * ldt + (s - block.S0) * stripWidth, ldt);
             }
             k0 = k1;
         }
@@ -279,50 +279,5 @@ internal static unsafe class PackedMatMul
             }
             for (; k < end; k++) dst[k] = TD.One(row, k) * s + offset;
         }
-    }
-
-    /// <summary>
-    /// <c>c[j, :] += sum_kk a[j, kk] * b[kk, :]</c> for <see cref="TileRows"/> rows j of decoded weights and one strip
-    /// of <c>x^T</c> (two vectors per step); <paramref name="c"/> rows are <paramref name="ldc"/> floats apart.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Micro<TW, TVec>(float* a, nint lda, float* b, int kc, float* c, nint ldc)
-        where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        int n = TW.Count;
-        float* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda;
-        float* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
-        TVec s00 = TW.Load(c0), s01 = TW.Load(c0 + n), s10 = TW.Load(c1), s11 = TW.Load(c1 + n);
-        TVec s20 = TW.Load(c2), s21 = TW.Load(c2 + n), s30 = TW.Load(c3), s31 = TW.Load(c3 + n);
-        TVec s40 = TW.Load(c4), s41 = TW.Load(c4 + n), s50 = TW.Load(c5), s51 = TW.Load(c5 + n);
-        for (int kk = 0; kk < kc; kk++)
-        {
-            TVec b0 = TW.Load(b), b1 = TW.Load(b + n);
-            b += 2 * n;
-            TVec v = TW.Create(a0[kk]);
-            s00 = TW.MultiplyAdd(v, b0, s00);
-            s01 = TW.MultiplyAdd(v, b1, s01);
-            v = TW.Create(a1[kk]);
-            s10 = TW.MultiplyAdd(v, b0, s10);
-            s11 = TW.MultiplyAdd(v, b1, s11);
-            v = TW.Create(a2[kk]);
-            s20 = TW.MultiplyAdd(v, b0, s20);
-            s21 = TW.MultiplyAdd(v, b1, s21);
-            v = TW.Create(a3[kk]);
-            s30 = TW.MultiplyAdd(v, b0, s30);
-            s31 = TW.MultiplyAdd(v, b1, s31);
-            v = TW.Create(a4[kk]);
-            s40 = TW.MultiplyAdd(v, b0, s40);
-            s41 = TW.MultiplyAdd(v, b1, s41);
-            v = TW.Create(a5[kk]);
-            s50 = TW.MultiplyAdd(v, b0, s50);
-            s51 = TW.MultiplyAdd(v, b1, s51);
-        }
-        TW.Store(s00, c0); TW.Store(s01, c0 + n);
-        TW.Store(s10, c1); TW.Store(s11, c1 + n);
-        TW.Store(s20, c2); TW.Store(s21, c2 + n);
-        TW.Store(s30, c3); TW.Store(s31, c3 + n);
-        TW.Store(s40, c4); TW.Store(s41, c4 + n);
-        TW.Store(s50, c5); TW.Store(s51, c5 + n);
     }
 }

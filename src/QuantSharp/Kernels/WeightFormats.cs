@@ -134,12 +134,17 @@ internal interface IWeightDecoder
     /// </summary>
     static abstract bool Deinterleaved { get; }
 
-    /// <summary>Added to the zero point before the offset is formed (8 for int4: nibbles are read as <c>q + 8</c>).</summary>
-    static abstract int OffsetBias { get; }
+    /// <summary>Added to the zero point before the offset is formed (8 for int4: nibbles are read as <c>q + 8</c>; by default 0).</summary>
+    static virtual int OffsetBias
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => 0;
+    }
 
-    /// <summary>The constants <see cref="Decode"/> needs for one group with this scale and offset.</summary>
-    static abstract (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
-        where TW : IFloatWidth<TVec> where TVec : struct;
+    /// <summary>The constants <see cref="Decode"/> needs for one group with this scale and offset (by default both broadcast).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static virtual (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
+        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Create(scale), TW.Create(offset));
 
     /// <summary>Decodes elements <c>[k, k + 2 * TW.Count)</c> of <paramref name="row"/> with the group constants of <see cref="Prepare"/>.</summary>
     static abstract unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
@@ -152,16 +157,6 @@ internal interface IWeightDecoder
 internal readonly struct Int8Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => 0;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
-        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Create(scale), TW.Create(offset));
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -173,16 +168,6 @@ internal readonly struct Int8Decoder : IWeightDecoder
 internal readonly struct UInt8Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => false;
-    public static int OffsetBias
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => 0;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
-        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Create(scale), TW.Create(offset));
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -243,15 +228,6 @@ internal readonly struct UnsignedNibbles : ISignedness
 internal readonly struct HalfDecoder : IWeightDecoder
 {
     public static bool Deinterleaved => true;
-    public static int OffsetBias
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => 0;
-    }
-
-    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
-        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Zero, TW.Zero);
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -263,15 +239,6 @@ internal readonly struct HalfDecoder : IWeightDecoder
 internal readonly struct BFloat16Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => true;
-    public static int OffsetBias
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => 0;
-    }
-
-    public static (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
-        where TW : IFloatWidth<TVec> where TVec : struct => (TW.Zero, TW.Zero);
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct

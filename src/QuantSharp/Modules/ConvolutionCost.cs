@@ -14,8 +14,8 @@ namespace QuantSharp.Modules;
 /// <item>Small calls (up to <see cref="DirectMaxWork"/> multiply-adds, reduction up to
 /// <see cref="DirectConvolution.MaxReduction"/>): libtorch's convolution is mostly fixed cost there (15-50 us for the
 /// MNIST CNN's layers at batch 1), so the small-convolution kernel on the weight dequantized for the call wins
-/// (0.45-0.8x float32 for the MNIST CNN's layers at batch 1, int8/int4/fp16 and simulated W8A8). At batch 64 oneDNN
-/// runs at about twice its multiply-add rate and the kernel loses (1.3-2x).</item>
+/// (0.3-0.9x float32 for the MNIST CNN's layers at batch 1, int8/int4/fp16 and simulated W8A8, two threads). At
+/// batch 64 oneDNN runs at about twice its multiply-add rate and the kernel loses (1.3-2x).</item>
 /// <item>Other weight-only convolutions: libtorch's float convolution (oneDNN) runs at about twice the packed GEMM's
 /// multiply-add rate here, so dequantize + libtorch wins; its cost over float32 is the dequantization, one managed
 /// pass (<see cref="Kernels.WeightDequantizer"/>: 5-15 us int8, 7-40 us int4 for 36K-147K-element weights; 50-170 us

@@ -238,7 +238,10 @@ internal sealed class ModelSink : IQuantizedSink<ModelItem>
         long stored = installed.parameters(recurse: false).Where(p => p.numel() > 0).Sum(p => p.numel() * p.element_size())
             + layer.Weights.Where(w => _stored.Add(w.Weight)).Sum(w => w.Weight.StorageBytes)
             + (installed is QuantizedModule qm && qm.InputQuantization is not null ? 8 : 0);
-        _layers.Add((item.Order, new QuantizedLayer(e.Name, row.ModuleType!, item.Weight!.Spec, item.Input, layer.FloatBytes, stored)));
+        _layers.Add((item.Order, new QuantizedLayer(e.Name, row.ModuleType!, item.Weight!.Spec, item.Input, layer.FloatBytes, stored)
+            {
+                Fallback = item.Weight.Fallback,
+            }));
         return row with { StoredBytes = stored };
     }
 

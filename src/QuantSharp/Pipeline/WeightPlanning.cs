@@ -144,6 +144,50 @@ internal static class WeightGeometry
         return (fitted, $"'{name}' {QuantSpec.FormatShape(shape)}: {problem}; quantized as {fitted} instead");
     }
 
+    /// <summary>Bytes a weight quantized with <paramref name="spec"/> takes in the file (docs/FORMAT.md): the data (packed
+    /// rows), float32 scales and, when the scheme is affine or the type unsigned, int32 zero points; null when the spec does
+    /// not describe a layout for the shape (planning reports that elsewhere).</summary>
+    public static long? StoredBytes(QuantSpec spec, long[] shape)
+    {
+        long elements = QuantSpec.Product(shape);
+        if (!spec.Type.IsInteger()) return elements * 2;
+        long[] stored = StorageShape(spec.Type, shape);
+        long k = stored.Length == 0 ? 1 : Math.Max(1, stored[^1]), rows = elements / k;
+        long? scales = spec.Granularity switch
+        {
+            PerTensor => 1,
+            PerAxis a when a.Axis >= 0 && a.Axis < stored.Length => stored[a.Axis],
+            PerGroup g when g.GroupSize > 0 => rows * ((k + g.GroupSize - 1) / g.GroupSize),
+            _ => null,
+        };
+        bool zeroPoints = spec.Scheme == QuantScheme.Affine || !spec.Type.IsSigned();
+        return rows * ((k * spec.Type.Bits() + 7) / 8) + scales * (zeroPoints ? 8 : 4);
+    }
+
+    /// <summary>
+    /// One warning per spec whose quantized storage of the <paramref name="weights"/> exceeds their float32 storage (e.g.
+    /// int4 <c>group:1</c>: a 4-byte scale per half-byte value), naming the weights, the sizes and a better choice.
+    /// </summary>
+    public static IEnumerable<string> StorageWarnings(IEnumerable<PlannedWeight> weights)
+    {
+        var larger = weights.Where(w => w.Spec.Type.IsInteger())
+            .Select(w => (w.Name, w.Spec, Stored: StoredBytes(w.Spec, w.Shape), Float32: QuantSpec.Product(w.Shape) * 4))
+            .Where(w => w.Stored is { } stored && stored > w.Float32);
+        foreach (var group in larger.GroupBy(w => w.Spec))
+        {
+            var spec = group.Key;
+            var names = group.Select(w => w.Name).ToList();
+            string list = string.Join(", ", names.Take(3)) + (names.Count > 3 ? $" and {names.Count - 3} more" : "");
+            string per = spec.Granularity is PerGroup g ? $"every group of {g.GroupSize} value{(g.GroupSize == 1 ? "" : "s")}" : "every row of these small weights";
+            string better = spec.Granularity is PerGroup
+                ? $"Use a larger group size, e.g. group:32 ({spec.Type.ToName()}'s default is {QuantizationRecipe.DefaultGranularity(spec.Type)})."
+                : "They are too small to gain from quantization: exclude them (--exclude, recipe \"exclude\") or raise --min-elements.";
+            yield return $"{spec} makes {names.Count} weight(s) larger than float32 ({list}): {group.Sum(w => w.Stored!.Value):N0} bytes stored against " +
+                $"{group.Sum(w => w.Float32):N0} bytes as float32, because {per} carries its own 4-byte scale" +
+                $"{(spec.Scheme == QuantScheme.Affine || !spec.Type.IsSigned() ? " and zero point" : "")}. {better}";
+        }
+    }
+
     /// <summary>The largest divisor of <paramref name="k"/> in [16, max] that is even and a multiple of <paramref name="multiple"/>.</summary>
     private static int? LargestDivisor(long k, int max, int multiple)
     {

@@ -42,6 +42,7 @@ public static class CheckpointValidator
             try { b = ShardedCheckpoint.Open(quantized); }
             catch (Exception ex) when (ex is IOException or SafetensorsFormatException or UnauthorizedAccessException)
             { throw new CheckpointQuantizationException($"Cannot read quantized '{quantized}': {ExceptionText.Sentence(ex)}", ex); }
+            RequirePair(a, b, original, quantized);
 
             var layers = new Dictionary<string, (SafetensorsFile Shard, QuantizedLayerInfo Info)>(StringComparer.Ordinal);
             foreach (var shard in b.Files)
@@ -90,6 +91,32 @@ public static class CheckpointValidator
             a?.Dispose();
             b?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Refuses, in one line, two files that cannot be a float checkpoint and the file quantized from it (it used to list one
+    /// problem per tensor): a QUANTIZED file that is not a QuantSharp quantized checkpoint (or the two given the wrong way
+    /// round), an ORIGINAL that is itself quantized, or two files without a tensor name in common.
+    /// </summary>
+    private static void RequirePair(ShardedCheckpoint a, ShardedCheckpoint b, string original, string quantized)
+    {
+        static bool IsQuantized(ShardedCheckpoint c) => c.Files.Any(f => f.Metadata.ContainsKey(QuantizedCheckpoint.FormatKey));
+        bool originalQuantized = IsQuantized(a);
+        if (!IsQuantized(b))
+        {
+            throw new CheckpointQuantizationException(originalQuantized
+                ? $"The two files are given the wrong way round: '{original}' is a QuantSharp quantized checkpoint and '{quantized}' is not. " +
+                  $"Give the float checkpoint first: quantsharp validate '{quantized}' '{original}'."
+                : $"'{quantized}' is not a QuantSharp quantized checkpoint (no '{QuantizedCheckpoint.FormatKey}' in its metadata), so there is nothing to " +
+                  $"validate: validate compares a float checkpoint with the file 'quantsharp quantize' made from it. Quantize it first " +
+                  $"(quantsharp quantize '{quantized}' OUT.safetensors), then run quantsharp validate '{quantized}' OUT.safetensors.");
+        }
+        if (originalQuantized)
+            throw new CheckpointQuantizationException($"'{original}' is itself a QuantSharp quantized checkpoint; validate measures the quantized file " +
+                $"against the float values it was made from. Give the float checkpoint that '{quantized}' was quantized from as the first file.");
+        if (!b.All.Any(t => a.Contains(t.Info.Name)))
+            throw new CheckpointQuantizationException($"'{quantized}' was not made from '{original}': they have no tensor name in common " +
+                $"('{a.All.FirstOrDefault().Info?.Name}'... against '{b.All.FirstOrDefault().Info?.Name}'...). Give the checkpoint it was quantized from as the first file.");
     }
 
     private static LayerReport ComparePlain(SafetensorsFile shard, SafetensorsTensorInfo info, ShardedCheckpoint b)

@@ -62,7 +62,7 @@ public class RecipeCalibrationTests
     [InlineData("{\"overrides\": [{\"pattern\": \"fc1\", \"entropy_search_start\": 1}]}", "[0, 1)")]
     [InlineData("{\"overrides\": [{\"pattern\": \"fc1\", \"histogram_method\": \"mse\"}]}", "Use entropy (KL, ONNX Runtime/TensorRT) or l2")]
     [InlineData("{\"method\": \"awq\"}", "Unknown method 'awq'. Use rtn (round to nearest) or gptq")]
-    [InlineData("{\"method\": \"gptq\", \"gptq\": {\"damping\": 0}}", "DampingFraction must be in (0, 1]")]
+    [InlineData("{\"method\": \"gptq\", \"gptq\": {\"damping\": 0}}", "(GptqOptions.DampingFraction) must be in (0, 1]")]
     [InlineData("{\"gptq\": {\"blocksize\": 64}}", "unknown key \"blocksize\". Known keys: damping, block_size, act_order")]
     [InlineData("{\"method\": \"gptq\", \"activations\": {\"qtype\": \"uint8\"}}", "Method gptq quantizes weights only")]
     public void Bad_recipe_values_are_named(string json, string expected)

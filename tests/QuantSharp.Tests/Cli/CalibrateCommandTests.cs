@@ -160,6 +160,35 @@ public class CalibrateCommandTests
     }
 
     [Fact]
+    public void Mixed_plan_says_which_layer_could_not_take_the_requested_types_and_why()
+    {
+        // conv1 has 1*3*3 = 9 inputs per filter: no 4-bit or 2-bit packing fits an odd length, so it falls back to int8
+        // per-channel. The plan used to show it at int8 without a word.
+        string[] args = ["calibrate", "mixed", "--data", "bundled", "--samples", "16", "--types", "int4,int2", "--bits-per-weight", "8"];
+        var root = Json([.. args, "--json"]);
+        var conv1 = root.GetProperty("plan").EnumerateArray().Single(l => l.GetProperty("layer").GetString() == "conv1");
+        Assert.Equal("int8 symmetric per-channel", conv1.GetProperty("spec").GetString());
+        Assert.StartsWith("int", conv1.GetProperty("requested").GetString());
+        Assert.Contains("group:32", conv1.GetProperty("requested").GetString());
+        Assert.StartsWith("'conv1.weight' [16, 1, 3, 3]: ", conv1.GetProperty("fallback").GetString());
+        Assert.Contains("reduction length", conv1.GetProperty("fallback").GetString());
+        Assert.Contains("9; quantized as int8 symmetric per-channel instead", conv1.GetProperty("fallback").GetString());
+        // conv2 (144 inputs per filter) takes groups of 24 instead of 32, and says so; fc1 and fc2 are as asked.
+        var conv2 = root.GetProperty("plan").EnumerateArray().Single(l => l.GetProperty("layer").GetString() == "conv2");
+        Assert.Contains("group:24", conv2.GetProperty("spec").GetString());
+        Assert.Contains("does not divide the reduction length 144", conv2.GetProperty("fallback").GetString());
+        foreach (var layer in root.GetProperty("plan").EnumerateArray().Where(l => l.GetProperty("layer").GetString() is "fc1" or "fc2"))
+        {
+            Assert.Equal(JsonValueKind.Null, layer.GetProperty("fallback").ValueKind);
+            Assert.Equal(layer.GetProperty("requested").GetString(), layer.GetProperty("spec").GetString());
+        }
+        var (exit, table, error) = DemoCommandTests.RunCli(args);
+        Assert.True(exit == 0, error);
+        Assert.Contains("(asked int", table);
+        Assert.Contains("conv1: 'conv1.weight' [16, 1, 3, 3]: ", table);
+    }
+
+    [Fact]
     public void Mixed_plan_under_a_bits_per_weight_budget_stays_within_it_and_beats_uniform_int4()
     {
         // Uniform int4 group-32 is 36,168 bytes for 56,592 weights (5.11 bits per weight), int8 57,568 (8.14): 6.5 is between.

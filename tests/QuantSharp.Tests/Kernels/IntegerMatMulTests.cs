@@ -27,7 +27,7 @@ public unsafe class IntegerMatMulTests
     [Fact]
     public void GeneratedVnni512KernelEqualsItsManagedTwin()
     {
-        // The machine code against GemmVnni512.Dot (portable Vector512 arithmetic) on random codes, including the
+        // The machine code against GemmVnni512.MultiplyAccumulate (portable Vector512 arithmetic) on random codes, including the
         // extremes, several group counts (0 runs no iteration), and strides that are not multiples of the vector size.
         if (!Vnni512Kernel.IsSupported) return;
         var random = new Random(5);
@@ -43,7 +43,7 @@ public unsafe class IntegerMatMulTests
             fixed (byte* pa = a) fixed (byte* pb = b) fixed (int* pn = native) fixed (int* pm = managed)
             {
                 Vnni512Kernel.Micro(pa, lda, pb, g, pn, ldc * 4);
-                PackedIntegerMatMul.Micro<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>>(pa, lda, pb, g, pm, ldc, 128);
+                MicroKernel.Run<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>, int>((int*)pa, lda / 4, (int*)pb, g, pm, ldc);
             }
             Assert.Equal(managed, native);
         }

@@ -78,7 +78,8 @@ internal static class MiniLMDemo
     /// <param name="only">Variant names to run (all when empty).</param>
     /// <param name="limit">Evaluate on the first this many evaluation quotes (all 226 when null).</param>
     /// <param name="log">Progress messages (null for none).</param>
-    public static MiniLMDemoReport Run(IReadOnlyCollection<string> only, int? limit, Action<string>? log)
+    /// <param name="cancellationToken">Stops the run before the next variant (<see cref="OperationCanceledException"/>); nothing is written either way.</param>
+    public static MiniLMDemoReport Run(IReadOnlyCollection<string> only, int? limit, Action<string>? log, CancellationToken cancellationToken = default)
     {
         var unknown = only.Where(n => Variants.All(v => v.Name != n)).ToList();
         if (unknown.Count > 0)
@@ -108,6 +109,7 @@ internal static class MiniLMDemo
         var results = new List<MiniLMVariantResult>();
         foreach (var variant in Variants.Where(v => only.Count == 0 || only.Contains(v.Name)))
         {
+            cancellationToken.ThrowIfCancellationRequested();
             log?.Invoke($"Quantizing: {variant.Name} ...");
             var calibrationBatches = variant.Calibrated ? MiniLMModel.PackedBatches(tokenizer, calibration, BatchSize).ToList() : null;
             try

@@ -1,0 +1,91 @@
+using System.Runtime.CompilerServices;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// One width of the packed GEMMs' micro-kernel (<see cref="MicroKernel"/>): vectors of <see cref="Lanes"/> elements of
+/// <typeparamref name="T"/> (float32 values, or int32 lanes each holding a group of integer codes), a broadcast of one
+/// weight element, and the multiply-accumulate.
+/// </summary>
+internal interface IMicroWidth<TVec, T> where TVec : struct where T : unmanaged
+{
+    /// <summary>Elements of <typeparamref name="T"/> per vector.</summary>
+    static abstract int Lanes { get; }
+
+    static abstract unsafe TVec Load(T* p);
+
+    static abstract unsafe void Store(TVec v, T* p);
+
+    /// <summary>The weight element <paramref name="a"/> in every lane.</summary>
+    static abstract TVec Broadcast(T a);
+
+    /// <summary><c>acc + a * b</c> per lane (for integer widths, the dot product of each 32-bit group).</summary>
+    static abstract TVec MultiplyAccumulate(TVec acc, TVec b, TVec a);
+}
+
+/// <summary>The float widths as micro-kernel widths: broadcast, then fused multiply-add (<see cref="IFloatWidth{TVec}.MultiplyAdd"/>).</summary>
+internal readonly struct FloatMicro<TW, TVec> : IMicroWidth<TVec, float> where TW : IFloatWidth<TVec> where TVec : struct
+{
+    public static int Lanes => TW.Count;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe TVec Load(float* p) => TW.Load(p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void Store(TVec v, float* p) => TW.Store(v, p);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static TVec Broadcast(float a) => TW.Create(a);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static TVec MultiplyAccumulate(TVec acc, TVec b, TVec a) => TW.MultiplyAdd(a, b, acc);
+}
+
+/// <summary>
+/// The register-blocked micro-kernel of <see cref="PackedMatMul"/> (float) and <see cref="PackedIntegerMatMul"/> (integer):
+/// <see cref="Rows"/> weight rows x 2 vectors of activations, 12 accumulators. Per step: two vector loads of the strip,
+/// one broadcast per weight row, twelve multiply-accumulates.
+/// </summary>
+internal static unsafe class MicroKernel
+{
+    /// <summary>Weight rows per call (broadcast operands).</summary>
+    internal const int Rows = 6;
+
+    /// <summary>
+    /// <c>c[j, :] += sum_s a[j, s] * b[s, :]</c> for <see cref="Rows"/> weight rows j (rows <paramref name="lda"/>
+    /// elements apart) over <paramref name="steps"/> steps of one strip (two vectors per step, contiguous);
+    /// <paramref name="c"/> rows are <paramref name="ldc"/> elements apart.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Run<TM, TVec, T>(T* a, nint lda, T* b, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged
+    {
+        int n = TM.Lanes;
+        T* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda;
+        T* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
+        TVec s00 = TM.Load(c0), s01 = TM.Load(c0 + n), s10 = TM.Load(c1), s11 = TM.Load(c1 + n);
+        TVec s20 = TM.Load(c2), s21 = TM.Load(c2 + n), s30 = TM.Load(c3), s31 = TM.Load(c3 + n);
+        TVec s40 = TM.Load(c4), s41 = TM.Load(c4 + n), s50 = TM.Load(c5), s51 = TM.Load(c5 + n);
+        for (int s = 0; s < steps; s++)
+        {
+            TVec b0 = TM.Load(b), b1 = TM.Load(b + n);
+            b += 2 * n;
+            TVec v = TM.Broadcast(a0[s]);
+            s00 = TM.MultiplyAccumulate(s00, b0, v);
+            s01 = TM.MultiplyAccumulate(s01, b1, v);
+            v = TM.Broadcast(a1[s]);
+            s10 = TM.MultiplyAccumulate(s10, b0, v);
+            s11 = TM.MultiplyAccumulate(s11, b1, v);
+            v = TM.Broadcast(a2[s]);
+            s20 = TM.MultiplyAccumulate(s20, b0, v);
+            s21 = TM.MultiplyAccumulate(s21, b1, v);
+            v = TM.Broadcast(a3[s]);
+            s30 = TM.MultiplyAccumulate(s30, b0, v);
+            s31 = TM.MultiplyAccumulate(s31, b1, v);
+            v = TM.Broadcast(a4[s]);
+            s40 = TM.MultiplyAccumulate(s40, b0, v);
+            s41 = TM.MultiplyAccumulate(s41, b1, v);
+            v = TM.Broadcast(a5[s]);
+            s50 = TM.MultiplyAccumulate(s50, b0, v);
+            s51 = TM.MultiplyAccumulate(s51, b1, v);
+        }
+        TM.Store(s00, c0); TM.Store(s01, c0 + n);
+        TM.Store(s10, c1); TM.Store(s11, c1 + n);
+        TM.Store(s20, c2); TM.Store(s21, c2 + n);
+        TM.Store(s30, c3); TM.Store(s31, c3 + n);
+        TM.Store(s40, c4); TM.Store(s41, c4 + n);
+        TM.Store(s50, c5); TM.Store(s51, c5 + n);
+    }
+}
