@@ -10,7 +10,7 @@ namespace QuantSharp.Bench;
 /// Is a quantized convolution ever slower than the float32 one it replaced? Times, in one process and interleaved
 /// (so a burst of load on a shared machine hits every side alike), libtorch's float32 convolution and the quantized
 /// layer through each route (<see cref="ConvolutionRoute"/>: the measured rule, unfold + packed kernel, the
-/// small-convolution kernel where the weight fits it (dequantize + libtorch where not), dequantize + libtorch), over the bundled MNIST CNN's convolutions, ResNet-like 3x3 layers, a 1x1 and a Conv1d k=3.
+/// small-convolution kernel where the weight fits it (dequantize + libtorch where not), dequantize + libtorch, libtorch's bfloat16 convolution), over the bundled MNIST CNN's convolutions, ResNet-like 3x3 layers, a 1x1 and a Conv1d k=3.
 /// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER] [THREADS]</c> (defaults 5, 5, all, all cores):
 /// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
 /// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
@@ -49,8 +49,8 @@ internal static class ConvBench
         QuantSharp.Kernels.KernelThreads.Count = threads;
         Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {threads} thread(s) on both sides, {runs} runs x min of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
         Console.WriteLine();
-        Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | direct ms | chosen | chosen / float32 time (median, min-max) |");
-        Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---|---:|");
+        Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | direct ms | bfloat16 ms | chosen | chosen / float32 time (median, min-max) |");
+        Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|---:|");
         using var noGrad = no_grad();
         foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal)))
         {
@@ -61,7 +61,7 @@ internal static class ConvBench
             var w = ((TorchSharp.Modules.Convolution)conv).weight!;
             var kinds = Kinds.Where(k => k != "int4" || w.numel() / w.shape[0] % 2 == 0).ToArray();
             var layers = kinds.Select(k => (QuantizedConv)Quantize(conv, k, x)).ToArray();
-            var time = new List<double>[1 + 3 * layers.Length];
+            var time = new List<double>[1 + 4 * layers.Length];
             for (int i = 0; i < time.Length; i++) time[i] = [];
             var chosen = new List<double>[layers.Length];
             for (int i = 0; i < chosen.Length; i++) chosen[i] = [];
@@ -76,11 +76,13 @@ internal static class ConvBench
                     double r = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Reference));
                     double k = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Kernel));
                     double d = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Direct));
+                    double h = Min(repeats, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                     double a = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
                     if (run == 0) continue;
-                    time[1 + 3 * i].Add(r);
-                    time[2 + 3 * i].Add(k);
-                    time[3 + 3 * i].Add(d);
+                    time[1 + 4 * i].Add(r);
+                    time[2 + 4 * i].Add(k);
+                    time[3 + 4 * i].Add(d);
+                    time[4 + 4 * i].Add(h);
                     chosen[i].Add(a / f);
                 }
             }
@@ -89,7 +91,7 @@ internal static class ConvBench
                 string route = Chosen(layers[i], x);
                 var ratios = chosen[i];
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {c.Name} | {c.Batch} | {kinds[i]} | {Median(time[0]):F3} | {Median(time[1 + 3 * i]):F3} | {Median(time[2 + 3 * i]):F3} | {Median(time[3 + 3 * i]):F3} | {route} | **{Median(ratios):F2}** ({ratios.Min():F2}-{ratios.Max():F2}) |"));
+                    $"| {c.Name} | {c.Batch} | {kinds[i]} | {Median(time[0]):F3} | {Median(time[1 + 4 * i]):F3} | {Median(time[2 + 4 * i]):F3} | {Median(time[3 + 4 * i]):F3} | {Median(time[4 + 4 * i]):F3} | {route} | **{Median(ratios):F2}** ({ratios.Min():F2}-{ratios.Max():F2}) |"));
             }
             foreach (var l in layers) l.Dispose();
             conv.Dispose();
@@ -97,7 +99,7 @@ internal static class ConvBench
         return 0;
     }
 
-    private static string Chosen(QuantizedConv layer, Tensor x) => layer.Route(x) switch { ConvolutionRoute.Kernel => "kernel", ConvolutionRoute.Direct => "direct", _ => "libtorch" };
+    private static string Chosen(QuantizedConv layer, Tensor x) => layer.Route(x) switch { ConvolutionRoute.Kernel => "kernel", ConvolutionRoute.Direct => "direct", ConvolutionRoute.BFloat16 => "bfloat16", _ => "libtorch" };
 
     private static nn.Module<Tensor, Tensor> Quantize(nn.Module<Tensor, Tensor> conv, string kind, Tensor x)
     {

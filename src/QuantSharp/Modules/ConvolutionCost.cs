@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics.X86;
 using QuantSharp.Kernels;
 
 namespace QuantSharp.Modules;
@@ -40,15 +41,32 @@ internal static class ConvolutionCost
     /// <summary>Multiply-adds per call (images x positions x outputs x reduction) up to which the small-convolution kernel is taken.</summary>
     internal const long DirectMaxWork = 1 << 22;
 
+    /// <summary>
+    /// Whether this CPU computes bfloat16 dot products in hardware (AVX512-BF16: CPUID leaf 7 sub-leaf 1, EAX bit 5; or
+    /// AMX-BF16: leaf 7, EDX bit 22) with AVX-512 in use by .NET, so that libtorch's bfloat16 convolution (oneDNN) runs
+    /// at about twice its float32 rate. Without it oneDNN emulates bfloat16 and the route would lose.
+    /// </summary>
+    public static bool NativeBFloat16 { get; } = DetectBFloat16();
+
+    private static bool DetectBFloat16()
+    {
+        if (!X86Base.IsSupported || !Avx512F.IsSupported || X86Base.CpuId(0, 0).Eax < 7) return false;
+        bool avx512Bf16 = (X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
+        bool amxBf16 = (X86Base.CpuId(7, 0).Edx & (1 << 22)) != 0;
+        return avx512Bf16 || amxBf16;
+    }
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput)
+    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedConv.UseBFloat16Compute"/> and <see cref="NativeBFloat16"/>).</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
+        bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
+        if (bfloat16) return small ? ConvolutionRoute.Direct : ConvolutionRoute.BFloat16;
         if (KernelPays(unfold, outputs, quantizedInput)) return ConvolutionRoute.Kernel;
-        if ((long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs)) return ConvolutionRoute.Direct;
-        return ConvolutionRoute.Reference;
+        return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
     }
 
     /// <summary>Whether unfold + the packed kernel is expected to be faster than dequantize + libtorch for this call.</summary>
