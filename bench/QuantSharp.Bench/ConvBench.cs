@@ -28,6 +28,7 @@ internal static class ConvBench
         }
         foreach (int b in new[] { 1, 8 })
         {
+            yield return new("stem 3->32 3x3 s2 224x224", b, () => nn.Conv2d(3, 32, 3, stride: 2, padding: 1), [b, 3, 224, 224]);
             yield return new("resnet 64->64 3x3 56x56", b, () => nn.Conv2d(64, 64, 3, padding: 1), [b, 64, 56, 56]);
             yield return new("resnet 128->128 3x3 28x28", b, () => nn.Conv2d(128, 128, 3, padding: 1), [b, 128, 28, 28]);
             yield return new("resnet 256->256 3x3 14x14", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 14, 14]);

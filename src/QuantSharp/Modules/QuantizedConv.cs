@@ -252,13 +252,12 @@ public sealed class QuantizedConv : QuantizedModule
         long[] shape = input.shape;
         bool batched = shape.Length == SpatialDims + 2;
         if (!batched && shape.Length != SpatialDims + 1) return ConvolutionRoute.Reference;
-        var dims = new List<long>(4);
-        if (!batched) dims.Add(1);
-        dims.AddRange(shape[..^SpatialDims]);
-        if (SpatialDims == 1) dims.Add(1);
-        dims.AddRange(shape[^SpatialDims..]);
-        imageShape = [.. dims];
-        if (imageShape[1] != in_channels || imageShape.Aggregate(1L, (a, b) => a * b) > int.MaxValue) return ConvolutionRoute.Reference;
+        // [n, C, H, W]: unbatched n = 1, a Conv1d's H = 1.
+        int offset = batched ? 0 : 1;
+        long n = batched ? shape[0] : 1, c = shape[1 - offset];
+        long h = SpatialDims == 1 ? 1 : shape[^2], w = shape[^1];
+        imageShape = [n, c, h, w];
+        if (c != in_channels || (double)n * c * h * w > int.MaxValue) return ConvolutionRoute.Reference;
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
         if (route == ConvolutionRoute.Auto) route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, UseBFloat16Compute && ConvolutionCost.NativeBFloat16);

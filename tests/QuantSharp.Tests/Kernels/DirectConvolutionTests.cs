@@ -25,6 +25,11 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), stride: (2, 1), padding: (3, 2), dilation: (1, 2)), [torch.randn(2, 6, 9, 11)]),
         (nn.Conv2d(16, 7, 3, stride: 3, bias: false), [torch.randn(1, 16, 20, 19)]),
         (nn.Conv1d(4, 9, 4, stride: 2, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // Stride 1 runs on the padded image without columns: padding wider than the kernel reaches, dilation, rows
+        // wider than a block, Conv1d.
+        (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
+        (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
+        (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
     ];
 
     [Theory]
