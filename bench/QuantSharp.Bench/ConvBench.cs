@@ -53,6 +53,7 @@ internal static class ConvBench
         Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | direct ms | bfloat16 ms | chosen | chosen / float32 time (median, min-max) |");
         Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|---:|");
         using var noGrad = no_grad();
+        PrimeAllocator();
         foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal)))
         {
             torch.manual_seed(1);
@@ -66,9 +67,14 @@ internal static class ConvBench
             for (int i = 0; i < time.Length; i++) time[i] = [];
             var chosen = new List<double>[layers.Length];
             for (int i = 0; i < chosen.Length; i++) chosen[i] = [];
+            // libtorch's convolutions reach their steady speed only after tens of calls (the 224x224 stem at batch 1:
+            // 1.8-2.0 ms for the first 60 calls, then 0.23 ms), so every variant is warmed up first.
+            WarmUp(() => conv.call(x));
+            foreach (var layer in layers)
+                foreach (var route in Routes) WarmUp(() => layer.Forward(x, route));
             for (int run = 0; run <= runs; run++)
             {
-                // Run 0 warms up every variant and is not counted.
+                // Run 0 is not counted either.
                 double f = Min(repeats, () => conv.call(x));
                 if (run > 0) time[0].Add(f);
                 for (int i = 0; i < layers.Length; i++)
@@ -121,6 +127,26 @@ internal static class ConvBench
             input = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, (int)Math.Round(-min / scale));
         }
         return QuantizedModules.Quantize(conv, spec, input);
+    }
+
+    /// <summary>
+    /// Allocates and frees one 24 MiB tensor, so that glibc's malloc serves every later allocation below that size from
+    /// its heap (freeing a memory-mapped block raises its mmap threshold to that block's size). Without it, whether a
+    /// convolution's output is mapped and faulted in afresh on every call depends on the process's allocation history:
+    /// the 224x224 stem's float32 convolution took 1.6-2.2 ms a call for as long as a process ran only it, and 0.22 ms
+    /// after a single torch.empty of its output's size had been freed; the float32 side of earlier tables was often
+    /// the slow one.
+    /// </summary>
+    internal static void PrimeAllocator() => torch.empty(6L << 20, ScalarType.Float32).Dispose();
+
+    private static readonly ConvolutionRoute[] Routes = [ConvolutionRoute.Reference, ConvolutionRoute.Kernel, ConvolutionRoute.Direct, ConvolutionRoute.BFloat16, ConvolutionRoute.Auto];
+
+    /// <summary>Calls <paramref name="call"/> at least 50 times and for at least 0.2 s (at most 1,000 calls).</summary>
+    private static void WarmUp(Func<Tensor> call)
+    {
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 1000 && (i < 50 || sw.ElapsedMilliseconds < 200); i++)
+            using (var y = call()) { }
     }
 
     /// <summary>Minimum wall time of <paramref name="repeats"/> calls, in ms.</summary>

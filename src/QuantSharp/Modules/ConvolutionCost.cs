@@ -38,8 +38,12 @@ internal static class ConvolutionCost
     /// <summary>Output channels from which static W8A8 takes the integer kernel (with <see cref="IntegerMinReduction"/>).</summary>
     internal const int IntegerMinOutputs = 256;
 
-    /// <summary>Reduction length up to which the small-convolution kernel is taken whatever the work (few input channels, where oneDNN is slow: MNIST conv1 at batch 64, 9 terms, 0.2-0.36 ms against float32's 2.0 ms).</summary>
-    internal const int DirectAnyWorkReduction = 32;
+    /// <summary>
+    /// Reduction length (input channels x kernel taps) from which the bfloat16 route is taken: below it oneDNN's float32
+    /// convolution is already efficient and its bfloat16 one is not (3 input channels, 3x3: bfloat16 1.3-1.5x float32's
+    /// time; MNIST conv1, 9 terms, at batch 64: 1.5-2.3x), so dequantize + float32 libtorch runs (1.00-1.10x).
+    /// </summary>
+    internal const int BFloat16MinReduction = 64;
 
     /// <summary>Multiply-adds per call (images x positions x outputs x reduction) up to which the small-convolution kernel is taken.</summary>
     internal const long DirectMaxWork = 1 << 22;
@@ -66,9 +70,12 @@ internal static class ConvolutionCost
     /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedConv.UseBFloat16Compute"/> and <see cref="NativeBFloat16"/>).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
-        bool small = DirectConvolution.Fits(unfold, outputs)
-            && ((long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork || unfold.Rows <= DirectAnyWorkReduction);
-        if (bfloat16) return small ? ConvolutionRoute.Direct : ConvolutionRoute.BFloat16;
+        bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
+        if (bfloat16)
+        {
+            if (small) return ConvolutionRoute.Direct;
+            return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
+        }
         if (KernelPays(unfold, outputs, quantizedInput)) return ConvolutionRoute.Kernel;
         return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
     }

@@ -178,18 +178,14 @@ internal static unsafe class LinearKernels
         using var b = bias?.to(ScalarType.Float32).contiguous();
         var scale = parts.Scale;
         var zeroPoint = parts.ZeroPoint;
-        // The weight by address: its data may be 2 GiB or more, beyond what one span covers (smaller data is pinned as a
-        // span, which costs a tenth of Address's two views: it counts for small convolutions).
-        var data = parts.Data;
-        bool spans = data.numel() * data.ElementSize < int.MaxValue;
-        fixed (byte* pSpan = spans ? data.bytes : default)
+        // The weight by address: its data may be 2 GiB or more, beyond what one span covers.
+        byte* pData = (byte*)TensorSpans.Address(parts.Data);
         fixed (byte* pScale = scale is null ? default : scale.bytes)
         fixed (byte* pZero = zeroPoint is null ? default : zeroPoint.bytes)
         fixed (byte* pX = x is null ? default : x.bytes)
         fixed (byte* pY = y.bytes)
         fixed (byte* pBias = b is null ? default : b.bytes)
         {
-            byte* pData = spans ? pSpan : (byte*)TensorSpans.Address(data);
             bool perTensor = parts.Spec.Granularity is PerTensor;
             var (rows, cols) = Matrix(parts);
             var view = new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)pScale, (int*)pZero, perTensor ? 0 : -1);

@@ -130,9 +130,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
         if (!LinearKernels.Enabled || x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || (x.requires_grad && is_grad_enabled())) return null;
         long count = x.numel();
         if (count == 0 || count > int.MaxValue) return null;
-        float s = scale.item<float>(), zp = zeroPoint.item<int>(), inv = 1f / s;
+        float s = Scalar<float>(scale), zp = Scalar<int>(zeroPoint), inv = 1f / s;
         using var source = x.contiguous();
-        var y = torch.empty(x.shape, ScalarType.Float32);
+        var y = torch.empty_like(source); // contiguous float32 like the source (x.shape alone costs about 0.7 us)
         float* px = (float*)TensorSpans.Address(source), py = (float*)TensorSpans.Address(y);
         int chunks = (int)((count + FakeQuantizeChunk - 1) / FakeQuantizeChunk);
         KernelThreads.For(chunks, FakeQuantizeChunk, c =>
@@ -142,6 +142,15 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
             QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(px + start, length), s, inv, zp, range.QMin, range.QMax, new Span<float>(py + start, length));
         });
         return y;
+    }
+
+    /// <summary>The value of a one-element tensor: read from its CPU memory (0.1 us; <c>item</c> took about 1 us, which counts in a small convolution's call), else through <c>item</c>.</summary>
+    private static T Scalar<T>(Tensor t) where T : unmanaged
+    {
+        if (t.device_type == DeviceType.CPU && t.numel() == 1 && t.ElementSize == System.Runtime.CompilerServices.Unsafe.SizeOf<T>()
+            && t.dtype == (typeof(T) == typeof(float) ? ScalarType.Float32 : ScalarType.Int32))
+            return System.Runtime.InteropServices.MemoryMarshal.Read<T>(t.bytes);
+        return t.item<T>();
     }
 
     /// <summary>Runs <paramref name="op"/> and turns libtorch's shape errors into one that names the layer.</summary>
