@@ -21,7 +21,7 @@ internal static class ConvBench
 
     private static IEnumerable<Case> Cases()
     {
-        foreach (int b in new[] { 1, 64 })
+        foreach (int b in new[] { 1, 64, 500 })
         {
             yield return new("mnist-conv1 1->16 3x3 28x28", b, () => nn.Conv2d(1, 16, 3), [b, 1, 28, 28]);
             yield return new("mnist-conv2 16->32 3x3 13x13", b, () => nn.Conv2d(16, 32, 3), [b, 16, 13, 13]);

@@ -40,20 +40,26 @@ internal static unsafe class DirectConvolution
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
-    public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y)
+    /// <param name="input">Static fake quantization applied to the images as they are copied (stride 1 only: see <see cref="FusesInputQuantization"/>), or null.</param>
+    public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
-        if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y);
-        else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, unfold, images, bias, y);
-        else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, unfold, images, bias, y);
-        else Run<Float1, float>(weight, outputs, unfold, images, bias, y);
+        if (input is not null && !FusesInputQuantization(unfold))
+            throw new ArgumentException("Input quantization is fused only into stride-1 convolutions; quantize the input first.", nameof(input));
+        if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y, input);
+        else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, unfold, images, bias, y, input);
+        else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, unfold, images, bias, y, input);
+        else Run<Float1, float>(weight, outputs, unfold, images, bias, y, input);
     }
 
-    private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y)
+    /// <summary>Whether <see cref="Run"/> can apply a static input quantization itself: stride 1, where the image is copied once anyway (<see cref="RunWide"/>).</summary>
+    public static bool FusesInputQuantization(Im2Col unfold) => unfold.StrideH == 1 && unfold.StrideW == 1;
+
+    private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        if (u.StrideH == 1 && u.StrideW == 1)
+        if (FusesInputQuantization(u))
         {
-            RunWide<TW, TVec>(weight, outputs, u, images, bias, y);
+            RunWide<TW, TVec>(weight, outputs, u, images, bias, y, input);
             return;
         }
         int positions = u.Positions, k = u.Rows, blocks = (positions + Block - 1) / Block;
@@ -100,7 +106,7 @@ internal static unsafe class DirectConvolution
     /// computed and dropped: 8% more multiply-adds for MNIST's 28-wide conv1, 18% for its 13-wide conv2, where unfolding
     /// the columns cost as much as the multiply-adds (4 of 5 us, 12 of 23 us).
     /// </summary>
-    private static void RunWide<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y)
+    private static void RunWide<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         int k = u.Rows, positions = u.Positions, outH = u.OutH, outW = u.OutW;
@@ -117,7 +123,7 @@ internal static unsafe class DirectConvolution
                     for (int kw = 0; kw < u.KernelW; kw++)
                         offsets[j++] = (int)(c * plane + kh * u.DilationH * wp + kw * u.DilationW);
             int* pOffsets = offsets;
-            Pad(u, images, buffer, hp, wp);
+            Pad(u, images, buffer, hp, wp, input);
             new Span<float>(buffer + padded * u.Images, step).Clear();
             // Work items: an image's block of whole output rows, about Block wide positions.
             int rowsPerItem = Math.Max(1, Block / wp), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
@@ -145,8 +151,11 @@ internal static unsafe class DirectConvolution
         }
     }
 
-    /// <summary>Copies the images into <paramref name="destination"/> as <c>[Images, C, hp, wp]</c> with zero borders.</summary>
-    private static void Pad(Im2Col u, float* images, float* destination, int hp, int wp)
+    /// <summary>
+    /// Copies the images into <paramref name="destination"/> as <c>[Images, C, hp, wp]</c> with zero borders,
+    /// fake-quantized by <paramref name="input"/> when given (the simulated path quantizes, then pads with zeros).
+    /// </summary>
+    private static void Pad(Im2Col u, float* images, float* destination, int hp, int wp, InputFakeQuantization? input)
     {
         int h = u.Height, w = u.Width;
         for (int plane = 0; plane < u.Images * u.Channels; plane++)
@@ -154,7 +163,7 @@ internal static unsafe class DirectConvolution
             float* src = images + (nint)plane * h * w, dst = destination + (nint)plane * hp * wp;
             if (u.PadH == 0 && u.PadW == 0)
             {
-                new Span<float>(src, h * w).CopyTo(new Span<float>(dst, h * w));
+                Copy(new Span<float>(src, h * w), new Span<float>(dst, h * w), input);
                 continue;
             }
             new Span<float>(dst, u.PadH * wp).Clear();
@@ -162,11 +171,17 @@ internal static unsafe class DirectConvolution
             {
                 float* row = dst + (nint)(r + u.PadH) * wp;
                 new Span<float>(row, u.PadW).Clear();
-                new Span<float>(src + (nint)r * w, w).CopyTo(new Span<float>(row + u.PadW, w));
+                Copy(new Span<float>(src + (nint)r * w, w), new Span<float>(row + u.PadW, w), input);
                 new Span<float>(row + u.PadW + w, u.PadW).Clear();
             }
             new Span<float>(dst + (nint)(h + u.PadH) * wp, u.PadH * wp).Clear();
         }
+    }
+
+    private static void Copy(ReadOnlySpan<float> source, Span<float> destination, InputFakeQuantization? input)
+    {
+        if (input is { } q) q.Apply(source, destination);
+        else source.CopyTo(destination);
     }
 
     /// <summary>Vectors of positions per micro-kernel step (with <see cref="RowsPerStep"/>: 16 accumulators, 4 loads and 4 broadcasts per 16 multiply-adds).</summary>

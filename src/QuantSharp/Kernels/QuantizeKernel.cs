@@ -319,3 +319,16 @@ internal static class QuantizeKernel
             destination[i] = (source[i] - zeroPoint) * scale;
     }
 }
+
+/// <summary>Static per-tensor fake quantization of a kernel's float input (<see cref="QuantizeKernel.FakeQuantize"/>'s arguments).</summary>
+/// <param name="Scale">The scale.</param>
+/// <param name="InvScale"><c>1 / Scale</c>, as the tensor formula multiplies by it.</param>
+/// <param name="ZeroPoint">The zero point.</param>
+/// <param name="QMin">Lowest code.</param>
+/// <param name="QMax">Highest code.</param>
+internal readonly record struct InputFakeQuantization(float Scale, float InvScale, float ZeroPoint, float QMin, float QMax)
+{
+    /// <summary>Fake-quantizes <paramref name="source"/> into <paramref name="destination"/>.</summary>
+    public void Apply(ReadOnlySpan<float> source, Span<float> destination) =>
+        QuantizeKernel.FakeQuantize(source, Scale, InvScale, ZeroPoint, QMin, QMax, destination);
+}

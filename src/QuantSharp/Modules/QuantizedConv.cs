@@ -275,7 +275,9 @@ public sealed class QuantizedConv : QuantizedModule
     {
         using var w = torch.empty(out_channels, unfold.Rows);
         if (!weight.Layout.DequantizeInto(w)) return null;
-        using var x = QuantizeInput(input).contiguous();
+        // A static W8A8 input is fake-quantized by the kernel as it copies the image (stride 1), not in a pass of its own.
+        var fused = DirectConvolution.FusesInputQuantization(unfold) ? StaticInputFakeQuantization() : null;
+        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
         bool batched = input.dim() == SpatialDims + 2;
         long[] outShape = (batched, SpatialDims) switch
         {
@@ -290,7 +292,7 @@ public sealed class QuantizedConv : QuantizedModule
         fixed (byte* px = x.bytes)
         fixed (byte* py = y.bytes)
         fixed (byte* pb = b is null ? default : b.bytes)
-            DirectConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py);
+            DirectConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, fused);
         return y;
     }
 

@@ -116,6 +116,19 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
         return FakeQuantizeManaged(x, s, z, range) ?? WeightQuantizer.FakeQuantize(x, s, z.to(ScalarType.Float32), range);
     }
 
+    /// <summary>
+    /// The calibrated input quantization as the managed kernels apply it (<see cref="QuantizeKernel.FakeQuantize"/>,
+    /// the values of <see cref="QuantizeInput"/>), or null for weight-only and dynamic layers and where the kernels are
+    /// turned off.
+    /// </summary>
+    internal InputFakeQuantization? StaticInputFakeQuantization()
+    {
+        if (DynamicInput || InputQuantization is not { } act || !LinearKernels.Enabled) return null;
+        var range = QuantRange.For(act.Type, act.ReduceRange);
+        float s = Scalar<float>(get_buffer(InputScaleName)!);
+        return new InputFakeQuantization(s, 1f / s, Scalar<int>(get_buffer(InputZeroPointName)!), range.QMin, range.QMax);
+    }
+
     /// <summary>Elements per work item of <see cref="FakeQuantizeManaged"/>.</summary>
     private const int FakeQuantizeChunk = 1 << 15;
 
