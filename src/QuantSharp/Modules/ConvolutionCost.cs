@@ -4,30 +4,27 @@ using QuantSharp.Kernels;
 namespace QuantSharp.Modules;
 
 /// <summary>
-/// Chooses, per call, how a <see cref="QuantizedConv"/> runs: unfold + the packed kernels (weights decoded in tiles,
-/// W8A8 in integers), the small-convolution kernel (<see cref="DirectConvolution"/>), or dequantize-then-libtorch
-/// convolution. Measured on the development machine (AMD EPYC, 2 cores, AVX-512 + AVX-VNNI;
-/// <c>bench/QuantSharp.Bench conv</c>, docs/BENCHMARKS.md "Convolutions"):
+/// Chooses, per call, how a <see cref="QuantizedConv"/> runs. Measured on the development machine (AMD EPYC, 2 vCPUs,
+/// AVX-512 with VNNI and BF16, AVX-VNNI; <c>bench/QuantSharp.Bench conv</c>, docs/BENCHMARKS.md "Convolutions"), two
+/// threads on both sides, ratios to the float32 layer's time:
 /// <list type="bullet">
-/// <item>1x1 convolutions (stride 1, no padding) are a plain matrix product: the packed GEMM took 0.57-0.81x the float32
-/// convolution's time on one thread (256 channels, 28x28, batch 1 and 8) and 0.27-0.38x at batch 8 on two; at batch 1
-/// on two threads it is at parity or slower under load (1.0-1.7x).</item>
 /// <item>Small calls (up to <see cref="DirectMaxWork"/> multiply-adds, reduction up to
-/// <see cref="DirectConvolution.MaxReduction"/>): libtorch's convolution is mostly fixed cost there (15-50 us for the
-/// MNIST CNN's layers at batch 1), so the small-convolution kernel on the weight dequantized for the call wins
-/// (0.3-0.9x float32 for the MNIST CNN's layers at batch 1, int8/int4/fp16 and simulated W8A8, two threads). At
-/// batch 64 oneDNN runs at about twice its multiply-add rate and the kernel loses (1.3-2x).</item>
-/// <item>Other weight-only convolutions: libtorch's float convolution (oneDNN) runs at about twice the packed GEMM's
-/// multiply-add rate here, so dequantize + libtorch wins; its cost over float32 is the dequantization, one managed
-/// pass (<see cref="Kernels.WeightDequantizer"/>: 5-15 us int8, 7-40 us int4 for 36K-147K-element weights; 50-170 us
-/// for 590K-786K elements), written into the thread's buffer (<see cref="QuantizedConv"/>).</item>
-/// <item>Static W8A8: the simulated path fake-quantizes the input in one managed pass before the float convolution;
-/// the integer path quantizes the image once, unfolds its codes into position rows (one byte store per product term)
-/// and runs the integer GEMM. The unfolding costs about as much per position as one output channel of the GEMM, so the
-/// integer path wins with many output channels and long reductions (one thread: 3x3 256->256 at 14x14 1.5 ms against
-/// 6.3 ms simulated, 3x3 128->256 stride 2 0.86 against 1.10 ms, Conv1d 512->512 k3 1.7 against 10 ms) and loses with
-/// few (3x3 64->64 at 56x56 9.1 against 2.6 ms; 128->128 at 28x28 2.7 against 2.3 ms): <see cref="IntegerMinOutputs"/>
-/// and <see cref="IntegerMinReduction"/>.</item>
+/// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>; stride
+/// 1 reads the padded image without unfolding it) on the weight dequantized for the call, a static W8A8 input
+/// quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
+/// layers at batch 1, W8A8 included.</item>
+/// <item>CPUs with native bfloat16 (<see cref="NativeBFloat16"/>) and <see cref="QuantizedConv.UseBFloat16Compute"/>:
+/// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
+/// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
+/// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST conv1)
+/// oneDNN's float32 convolution is already efficient (MNIST conv1 at batch 500 writes its output at memory speed), its
+/// bfloat16 one is slower, and dequantize + float32 libtorch runs at 1.0-1.1x (the dequantization of a weight of a few hundred elements, and for W8A8 the input's
+/// quantization pass).</item>
+/// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) and static W8A8 with 256+ outputs and a
+/// reduction of 256+ (<see cref="IntegerMinOutputs"/>, <see cref="IntegerMinReduction"/>: the image is quantized once,
+/// unfolded in integers and multiplied by the integer GEMM) run unfold + the packed kernels; the rest dequantize +
+/// float32 libtorch, whose cost over float32 is one managed dequantization pass (<see cref="Kernels.WeightDequantizer"/>)
+/// into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
