@@ -28,6 +28,31 @@ internal static unsafe class WeightDequantizer
         KernelThreads.For(w.Rows, w.Cols, n => Row(w, n, destination + (nint)n * w.Cols));
     }
 
+    /// <summary>
+    /// As <see cref="Run"/>, rounded to bfloat16 (<see cref="HalfKernel.ToBFloat16"/>: round to nearest even, as
+    /// libtorch's conversion) into <paramref name="destination"/> (bfloat16 bits): one pass over the codes, each row
+    /// through a float32 scratch row, for the bfloat16 routes of the quantized layers.
+    /// </summary>
+    public static void RunBFloat16(in WeightView weight, ushort* destination)
+    {
+        var w = weight;
+        KernelThreads.For(w.Rows, w.Cols, n =>
+        {
+            int cols = w.Cols;
+            float[]? rented = cols > StackValues ? ArrayPool<float>.Shared.Rent(cols) : null;
+            Span<float> row = rented is null ? stackalloc float[cols] : rented.AsSpan(0, cols);
+            try
+            {
+                fixed (float* pRow = row) Row(w, n, pRow);
+                HalfKernel.ToBFloat16(row, new Span<ushort>(destination + (nint)n * cols, cols));
+            }
+            finally
+            {
+                if (rented is not null) ArrayPool<float>.Shared.Return(rented);
+            }
+        });
+    }
+
     /// <summary>Row <paramref name="n"/> of <paramref name="w"/> dequantized into <paramref name="destination"/> (<c>Cols</c> floats).</summary>
     public static void Row(in WeightView w, int n, float* destination)
     {

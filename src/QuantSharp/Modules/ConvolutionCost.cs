@@ -13,7 +13,7 @@ namespace QuantSharp.Modules;
 /// 1 reads the padded image without unfolding it) on the weight dequantized for the call, a static W8A8 input
 /// quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
 /// layers at batch 1, W8A8 included.</item>
-/// <item>CPUs with native bfloat16 (<see cref="NativeBFloat16"/>) and <see cref="QuantizedConv.UseBFloat16Compute"/>:
+/// <item>CPUs with native bfloat16 (<see cref="NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
 /// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST conv1)
@@ -64,7 +64,7 @@ internal static class ConvolutionCost
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
-    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedConv.UseBFloat16Compute"/> and <see cref="NativeBFloat16"/>).</param>
+    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="NativeBFloat16"/>).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
         bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);

@@ -113,24 +113,28 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 CPU, as many elements as
-    /// the storage matrix, any shape), half precision through libtorch's conversion; false where no kernel reads the
-    /// format.
+    /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU, as many
+    /// elements as the storage matrix, any shape; bfloat16 rounded to nearest even from the float32 values), half
+    /// precision through libtorch's conversion; false where no kernel reads the format.
     /// </summary>
     public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination)
     {
-        if (destination.dtype != ScalarType.Float32 || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != QuantSpec.Product(parts.Shape))
-            throw new ArgumentException($"The destination must be a contiguous float32 CPU tensor of {QuantSpec.Product(parts.Shape)} elements.", nameof(destination));
+        bool bfloat16 = destination.dtype == ScalarType.BFloat16;
+        if ((destination.dtype != ScalarType.Float32 && !bfloat16) || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != QuantSpec.Product(parts.Shape))
+            throw new ArgumentException($"The destination must be a contiguous float32 or bfloat16 CPU tensor of {QuantSpec.Product(parts.Shape)} elements.", nameof(destination));
         if (!parts.Spec.Type.IsInteger())
         {
-            // Half precision: libtorch's conversion (one vectorized call, exact) into the buffer.
+            // Half precision: libtorch's conversion (one vectorized call; exact to float32, round to nearest even to
+            // bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
             using var noGrad = no_grad();
             using var view = destination.view(parts.Shape);
             view.copy_(parts.Data);
             return true;
         }
         if (!CanDequantize(parts, out var format, out int groupSize)) return false;
-        Pinned(parts, format, groupSize, null, null, destination, (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
+        Pinned(parts, format, groupSize, null, null, destination, bfloat16
+            ? (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.RunBFloat16(view, (ushort*)py)
+            : (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
         return true;
     }
 

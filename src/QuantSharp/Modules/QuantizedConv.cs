@@ -125,83 +125,12 @@ public sealed class QuantizedConv : QuantizedModule
     }
 
     /// <summary>
-    /// Whether convolutions may compute in bfloat16 where the CPU does so in hardware (AVX512-BF16 or AMX-BF16; default
-    /// true). There, a quantized convolution that is neither small (those run on a managed float32 kernel) nor
-    /// differentiated runs libtorch's bfloat16 convolution on the weight dequantized to bfloat16 and the input rounded to
-    /// bfloat16, accumulating in float32, and returns float32: on the development machine (AMD EPYC, AVX512-BF16) that
-    /// took 0.51-0.94x the float32 layer's time, where dequantize + float32 convolution took 1.0-1.3x (reductions of
-    /// 64 terms or more: input channels x kernel taps; fewer stay float32). The price is
-    /// bfloat16's 8-bit significand on inputs and weights (relative rounding up to 2^-9 each, smaller than an int8 or int4
-    /// weight's quantization step; fp16 weights lose 3 bits): outputs differ from the float32 computation by about 0.3%
-    /// of their typical magnitude (docs/ACCURACY.md, "bfloat16 convolutions"). PyTorch makes the same trade when
-    /// <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>. Set false for float32 arithmetic everywhere; CPUs
-    /// without native bfloat16 never take this route.
-    /// </summary>
-    public static bool UseBFloat16Compute { get; set; } = true;
-
-    /// <summary>Weights from this many elements (256 KiB in float32) are dequantized into the thread's buffer (<see cref="DequantizeForCall(bool)"/>).</summary>
-    internal const long BufferMinElements = 1 << 16;
-
-    /// <summary>Weights above this many elements (16 MiB in float32) get a new tensor on every call, never the thread's buffer.</summary>
-    internal const long BufferMaxElements = 1 << 22;
-
-    [ThreadStatic]
-    private static Tensor? t_weightBuffer;
-
-    [ThreadStatic]
-    private static Tensor? t_bfloat16Buffer;
-
-    /// <summary>
-    /// The weight dequantized for one libtorch convolution. Where no gradient is recorded and the weight is between
-    /// <see cref="BufferMinElements"/> and <see cref="BufferMaxElements"/>, the values go into a float32 buffer the
-    /// calling thread keeps for its next call (one per thread, as large as the largest such weight it has run; never a
-    /// copy per layer): a new multi-megabyte tensor on every call was returned to the system and faulted in again each
-    /// time, and the convolution that read it then took 16-90x the float layer's time on this loaded VM (3x3 256->256,
-    /// Conv1d 512->512; the same convolution on a reused buffer 1.0-1.4x). With gradients the weight is a new tensor,
-    /// since autograd keeps it for the backward pass.
-    /// </summary>
-    private Tensor DequantizeForCall(bool recordsGradient)
-    {
-        if (recordsGradient || !Buffered(WeightCount)) return DequantizeWeight();
-        var view = BufferView(ref t_weightBuffer, ScalarType.Float32);
-        if (weight.Layout.DequantizeInto(view)) return view;
-        view.Dispose();
-        return DequantizeWeight();
-    }
-
-    /// <summary>The weight in bfloat16 for <see cref="ConvolutionRoute.BFloat16"/>: dequantized as for <see cref="DequantizeForCall(bool)"/>, then converted by libtorch into the thread's bfloat16 buffer (same size policy).</summary>
-    private Tensor DequantizeBFloat16()
-    {
-        using var w = DequantizeForCall(recordsGradient: false);
-        if (!Buffered(WeightCount)) return w.to(ScalarType.BFloat16);
-        var view = BufferView(ref t_bfloat16Buffer, ScalarType.BFloat16);
-        view.copy_(w);
-        return view;
-    }
-
-    private long WeightCount => WeightShape.Aggregate(1L, (a, b) => a * b);
-
-    private static bool Buffered(long count) => count >= BufferMinElements && count <= BufferMaxElements;
-
-    /// <summary>A view of the weight's shape on the thread's buffer <paramref name="buffer"/> of <paramref name="dtype"/>, grown when too small.</summary>
-    private Tensor BufferView(ref Tensor? buffer, ScalarType dtype)
-    {
-        long count = WeightCount;
-        if (buffer is null || buffer.numel() < count)
-        {
-            buffer?.Dispose();
-            buffer = torch.empty(count, dtype).DetachFromDisposeScope();
-        }
-        return buffer.narrow(0, 0, count).view([.. WeightShape]);
-    }
-
-    /// <summary>
     /// <see cref="ConvolutionRoute.BFloat16"/>: libtorch's bfloat16 convolution on the weight, the (quantized, for W8A8)
-    /// input and the bias rounded to bfloat16, the result back in float32 (<see cref="UseBFloat16Compute"/>).
+    /// input and the bias rounded to bfloat16, the result back in float32 (<see cref="QuantizedModule.UseBFloat16Compute"/>).
     /// </summary>
     private Tensor BFloat16Convolution(Tensor input)
     {
-        using var w = DequantizeBFloat16();
+        using var w = DequantizeForCall(recordsGradient: false, ScalarType.BFloat16);
         using var x = QuantizeInput(input).to(ScalarType.BFloat16);
         using var b = bias?.to(ScalarType.BFloat16);
         using var y = SpatialDims == 1
@@ -261,7 +190,7 @@ public sealed class QuantizedConv : QuantizedModule
         if (c != in_channels || (double)n * c * h * w > int.MaxValue) return ConvolutionRoute.Reference;
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
-        if (route == ConvolutionRoute.Auto) route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, UseBFloat16Compute && ConvolutionCost.NativeBFloat16);
+        if (route == ConvolutionRoute.Auto) route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Routes);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
         return route;
     }
@@ -327,6 +256,6 @@ internal enum ConvolutionRoute
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>
     Reference,
 
-    /// <summary>libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedConv.UseBFloat16Compute"/>).</summary>
+    /// <summary>libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>).</summary>
     BFloat16,
 }

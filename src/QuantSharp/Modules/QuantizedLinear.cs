@@ -29,7 +29,10 @@ public sealed class QuantizedLinear : QuantizedModule
 #pragma warning restore IDE1006
 
     /// <inheritdoc/>
-    public override Tensor forward(Tensor input)
+    public override Tensor forward(Tensor input) => Forward(input, null);
+
+    /// <summary>The forward pass; <paramref name="route"/> forces a weight-only route (tests and benches), null: the measured rule.</summary>
+    internal Tensor Forward(Tensor input, LinearRoute? route)
     {
         using var scope = NewDisposeScope();
         var b = bias;
@@ -40,9 +43,45 @@ public sealed class QuantizedLinear : QuantizedModule
         {
             bool half = input.dtype is ScalarType.Float16 or ScalarType.BFloat16;
             var x = QuantizeInput(half ? input.to(ScalarType.Float32) : input);
-            y = Guard(input, $"a float32 input whose last dimension is {in_features}", () => weight.Linear(x, b));
+            y = Guard(input, $"a float32 input whose last dimension is {in_features}", () => (route ?? Route(input)) switch
+            {
+                LinearRoute.BFloat16 => BFloat16Linear(x, b),
+                LinearRoute.Reference => ReferenceLinear(x, b),
+                _ => weight.Linear(x, b),
+            });
             if (half) y = y.to(input.dtype);
         }
         return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The route of a weight-only call (<see cref="LinearCost"/>), decided on shapes alone: the kernels for inputs that
+    /// need gradients, non-CPU or non-float32 inputs (those take the weight's layout as before) and shapes libtorch
+    /// would reject.
+    /// </summary>
+    internal LinearRoute Route(Tensor input)
+    {
+        if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU || input.dim() == 0) return LinearRoute.Kernel;
+        if (input.requires_grad && is_grad_enabled()) return LinearRoute.Kernel;
+        long inputs = in_features;
+        if (input.shape[^1] != inputs || inputs == 0) return LinearRoute.Kernel;
+        return LinearCost.Choose(input.numel() / inputs, out_features, inputs, BFloat16Routes);
+    }
+
+    /// <summary><see cref="LinearRoute.BFloat16"/>: libtorch's bfloat16 linear on the weight, input and bias rounded to bfloat16, the result in float32.</summary>
+    private Tensor BFloat16Linear(Tensor x, Tensor? b)
+    {
+        using var w = DequantizeForCall(recordsGradient: false, ScalarType.BFloat16);
+        using var xb = x.to(ScalarType.BFloat16);
+        using var bb = b?.to(ScalarType.BFloat16);
+        using var y = nn.functional.linear(xb, w, bb);
+        return y.to(ScalarType.Float32);
+    }
+
+    /// <summary><see cref="LinearRoute.Reference"/>: libtorch's float32 linear on the weight dequantized for the call.</summary>
+    private Tensor ReferenceLinear(Tensor x, Tensor? b)
+    {
+        using var w = DequantizeForCall(recordsGradient: false);
+        return nn.functional.linear(x, w, b);
     }
 }

@@ -117,6 +117,73 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// Whether quantized layers may compute in bfloat16 where the CPU does so in hardware (AVX512-BF16 or AMX-BF16;
+    /// default true). There, convolutions that are neither small nor differentiated, and linear layers over many rows
+    /// whose weight-only path would run slower (the measured rules of <c>ConvolutionCost</c> and <c>LinearCost</c>), run
+    /// libtorch's bfloat16 convolution or matrix product on the weight dequantized to bfloat16 and the (for W8A8:
+    /// fake-quantized) input rounded to bfloat16, accumulating in float32, and return float32. On the development
+    /// machine (AMD EPYC, AVX512-BF16) that took 0.5-0.94x the float32 layer's time, where the float32 routes took
+    /// 1.0-1.7x (docs/BENCHMARKS.md). The price is bfloat16's 8-bit significand on inputs and weights (relative rounding
+    /// up to 2^-9 each, below an int8 or int4 weight's quantization step; float16 weights lose 3 bits; docs/ACCURACY.md,
+    /// "bfloat16 compute"). PyTorch makes the same trade with <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>.
+    /// Set false for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16. Integer W8A8
+    /// layers keep their integer kernels.
+    /// </summary>
+    public static bool UseBFloat16Compute { get; set; } = true;
+
+    /// <summary>Whether the bfloat16 routes may run in this process: <see cref="UseBFloat16Compute"/> on a CPU with native bfloat16.</summary>
+    internal static bool BFloat16Routes => UseBFloat16Compute && ConvolutionCost.NativeBFloat16;
+
+    /// <summary>Weights from this many elements (256 KiB in float32) are dequantized into the thread's buffer (<see cref="DequantizeForCall"/>).</summary>
+    internal const long BufferMinElements = 1 << 16;
+
+    /// <summary>Weights above this many elements (16 MiB in float32) get a new tensor on every call, never the thread's buffer.</summary>
+    internal const long BufferMaxElements = 1 << 22;
+
+    [ThreadStatic]
+    private static Tensor? t_weightBuffer;
+
+    [ThreadStatic]
+    private static Tensor? t_bfloat16Buffer;
+
+    /// <summary>
+    /// The weight dequantized to <paramref name="dtype"/> (float32 or bfloat16) for one libtorch operation. Where no
+    /// gradient is recorded and the weight is between <see cref="BufferMinElements"/> and
+    /// <see cref="BufferMaxElements"/>, the values go into a buffer of that type the calling thread keeps for its next
+    /// call (one per thread and type, as large as the largest such weight it has run; never a copy per layer, rewritten
+    /// every call): a new multi-megabyte tensor on every call was returned to the system and faulted in again each time,
+    /// and the convolution that read it then took 16-90x the float layer's time on this loaded VM (3x3 256->256, Conv1d
+    /// 512->512; the same convolution on a reused buffer 1.0-1.4x). With gradients the weight is a new tensor, since
+    /// autograd keeps it for the backward pass. Dispose the result (a view of the buffer, or a new tensor).
+    /// </summary>
+    internal Tensor DequantizeForCall(bool recordsGradient, ScalarType dtype = ScalarType.Float32)
+    {
+        long count = WeightShape.Aggregate(1L, (a, b) => a * b);
+        if (!recordsGradient)
+        {
+            // Smaller and larger weights: a new tensor of the type, written in the same single pass.
+            var target = count < BufferMinElements || count > BufferMaxElements ? torch.empty([.. WeightShape], dtype)
+                : dtype == ScalarType.BFloat16 ? BufferView(ref t_bfloat16Buffer, dtype, count) : BufferView(ref t_weightBuffer, dtype, count);
+            if (weight.Layout.DequantizeInto(target)) return target;
+            target.Dispose();
+        }
+        var w = DequantizeWeight();
+        if (dtype == ScalarType.Float32) return w;
+        using (w) return w.to(dtype);
+    }
+
+    /// <summary>A view of the weight's shape on the thread's <paramref name="buffer"/> of <paramref name="dtype"/>, grown when too small.</summary>
+    private Tensor BufferView(ref Tensor? buffer, ScalarType dtype, long count)
+    {
+        if (buffer is null || buffer.numel() < count)
+        {
+            buffer?.Dispose();
+            buffer = torch.empty(count, dtype).DetachFromDisposeScope();
+        }
+        return buffer.narrow(0, 0, count).view([.. WeightShape]);
+    }
+
+    /// <summary>
     /// The calibrated input quantization as the managed kernels apply it (<see cref="QuantizeKernel.FakeQuantize"/>,
     /// the values of <see cref="QuantizeInput"/>), or null for weight-only and dynamic layers and where the kernels are
     /// turned off.

@@ -1,0 +1,187 @@
+using QuantSharp.Kernels;
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Tests.Modules;
+
+/// <summary>
+/// The routes of a weight-only <see cref="QuantizedLinear"/> over many rows (<see cref="LinearCost"/>): the rule on
+/// both kinds of CPU; the bfloat16 route agrees with the float32 computation within bfloat16's rounding (a bound
+/// derived per output, every weight format, bias or not, 2-D/3-D and non-contiguous inputs, weights in and out of the
+/// thread's buffer, two layers alternating through it); the float32 reference route equals the kernels' result within
+/// float rounding; <see cref="QuantizedModule.UseBFloat16Compute"/> = false keeps float32 arithmetic; the managed
+/// bfloat16 dequantization equals libtorch's rounding of the float32 values bit for bit.
+/// </summary>
+public class LinearRouteTests
+{
+    private static readonly QuantSpec[] Specs =
+    [
+        new(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0)),
+        new(QuantType.Int8, QuantScheme.Affine, Granularity.Tensor),
+        new(QuantType.UInt8, QuantScheme.Affine, new PerGroup(16)),
+        new(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(32)),
+        new(QuantType.UInt4, QuantScheme.Affine, new PerGroup(16)),
+        new(QuantType.Float16),
+        new(QuantType.BFloat16),
+    ];
+
+    [Fact]
+    public void RuleKeepsKernelsForFewRowsAndLargeWeightsAndTakesBFloat16OrFloat32Elsewhere()
+    {
+        // Fewer than 64 rows: the kernels, whatever the CPU.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(63, 384, 384, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bfloat16: false));
+        // Many rows, a weight the thread's buffer holds: bfloat16 where it may run, float32 reference where the kernels lose.
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(64, 384, 384, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 1024, 4096, bfloat16: true));
+        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(64, 384, 384, bfloat16: false));
+        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(512, 64, 800, bfloat16: false));
+        // Weights the kernels read from memory keep them without bfloat16 (1024x1024: 0.79-0.91x float32).
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 1024, 1024, bfloat16: false));
+        // Beyond the buffer (a bfloat16 copy per thread would outweigh the quantized weight): the kernels.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 4096, 4096, bfloat16: true));
+        // Tiny weights: the kernels at 64 rows, float32 reference from 256.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 10, 64, bfloat16: true));
+        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(512, 10, 64, bfloat16: true));
+    }
+
+    [Fact]
+    public void LayerRouteFollowsTheRuleAndGradientsOrOtherDtypesKeepTheKernels()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(41);
+        var linear = nn.Linear(384, 384);
+        using var layer = (QuantizedLinear)QuantizedModules.Quantize(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(2, 40, 384); // 80 rows
+        Assert.Equal(LinearCost.Choose(80, 384, 384, QuantizedModule.BFloat16Routes), layer.Route(x));
+        Assert.Equal(ConvolutionCost.NativeBFloat16 ? LinearRoute.BFloat16 : LinearRoute.Reference, layer.Route(x));
+        Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(8, 384)));
+        Assert.Equal(LinearRoute.Kernel, layer.Route(x.to(ScalarType.Float64)));
+        using (torch.enable_grad())
+            Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(80, 384).requires_grad_()));
+        bool saved = QuantizedModule.UseBFloat16Compute;
+        try
+        {
+            QuantizedModule.UseBFloat16Compute = false;
+            Assert.Equal(LinearRoute.Reference, layer.Route(x));
+        }
+        finally
+        {
+            QuantizedModule.UseBFloat16Compute = saved;
+        }
+    }
+
+    /// <summary>
+    /// |y_bf16 - y| per output is at most 2^-8 (|W| |x| + |b|) + 2^-8 |y| + a float32 accumulation margin: weight, input
+    /// and bias are each rounded to bfloat16 (relative error up to 2^-9, so a product is off by up to about 2^-8 of
+    /// its size), the sum is accumulated in float32 and the result rounded to bfloat16 once more (2^-9 of it).
+    /// </summary>
+    private static void AssertWithinBFloat16(Tensor expected, Tensor actual, Tensor x, Tensor w, Tensor? b, string what)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        Assert.Equal(ScalarType.Float32, actual.dtype);
+        using var scope = NewDisposeScope();
+        var e = expected.to(ScalarType.Float64);
+        var a = actual.to(ScalarType.Float64);
+        var magnitude = nn.functional.linear(x.to(ScalarType.Float64).abs(), w.to(ScalarType.Float64).abs(), b?.to(ScalarType.Float64).abs());
+        var bound = magnitude * Math.Pow(2, -8) + e.abs() * Math.Pow(2, -8) + magnitude * 1e-6 + 1e-6;
+        var excess = ((e - a).abs() - bound).max().item<double>();
+        Assert.True(excess <= 0, $"{what}: error exceeds the bfloat16 bound by {excess:G3}");
+        // And it is not float32 arithmetic by accident: bfloat16 rounding shows (inputs are random floats).
+        Assert.True((e - a).abs().max().item<double>() > 0, $"{what}: identical to float32");
+    }
+
+    [Fact]
+    public void BFloat16RouteAgreesWithFloat32WithinBFloat16Rounding()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(42);
+        foreach (var (outputs, inputs) in new[] { (48, 96), (320, 256) }) // 4,608 elements (a new tensor) and 81,920 (the thread's buffer)
+        foreach (bool withBias in new[] { true, false })
+        foreach (var spec in Specs)
+        {
+            if (spec.Granularity is PerGroup g && inputs % g.GroupSize != 0) continue;
+            var linear = nn.Linear(inputs, outputs, hasBias: withBias);
+            using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, null);
+            var w = layer.DequantizeWeight();
+            foreach (var x in new[] { torch.randn(70, inputs), torch.randn(3, 30, inputs), torch.randn(inputs, 66).t() })
+            {
+                var expected = nn.functional.linear(x, w, layer.bias);
+                var actual = layer.Forward(x, LinearRoute.BFloat16);
+                AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec} {outputs}x{inputs} bias {withBias} [{string.Join(",", x.shape)}]");
+            }
+        }
+    }
+
+    [Fact]
+    public void AlternatingLayersThroughTheBFloat16BufferEachGetTheirOwnWeight()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(43);
+        var a = nn.Linear(512, 256);
+        var b = nn.Linear(512, 256);
+        Assert.InRange(a.weight!.numel(), QuantizedModule.BufferMinElements, QuantizedModule.BufferMaxElements);
+        using var qa = (QuantizedLinear)QuantizedModules.Quantize(a, QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        using var qb = (QuantizedLinear)QuantizedModules.Quantize(b, QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(80, 512);
+        for (int i = 0; i < 4; i++)
+        {
+            var layer = i % 2 == 0 ? qa : qb;
+            var w = layer.DequantizeWeight();
+            AssertWithinBFloat16(nn.functional.linear(x, w, layer.bias), layer.Forward(x, LinearRoute.BFloat16), x, w, layer.bias, $"call {i}");
+        }
+    }
+
+    [Fact]
+    public void ReferenceRouteAndFloat32SettingMatchTheKernelsWithinFloatRounding()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(44);
+        var linear = nn.Linear(384, 200);
+        foreach (var spec in Specs)
+        {
+            using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, null);
+            var x = torch.randn(100, 384);
+            var kernel = layer.Forward(x, LinearRoute.Kernel);
+            var reference = layer.Forward(x, LinearRoute.Reference);
+            double scale = kernel.abs().max().item<float>();
+            Assert.True((kernel - reference).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: reference route");
+            bool saved = QuantizedModule.UseBFloat16Compute;
+            try
+            {
+                QuantizedModule.UseBFloat16Compute = false;
+                Assert.NotEqual(LinearRoute.BFloat16, layer.Route(x));
+                Assert.True((kernel - layer.call(x)).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: float32 setting");
+            }
+            finally
+            {
+                QuantizedModule.UseBFloat16Compute = saved;
+            }
+        }
+    }
+
+    [Fact]
+    public void BFloat16DequantizationEqualsLibtorchRoundingOfTheFloat32Values()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(45);
+        var weight = torch.randn(37, 160) * 3;
+        foreach (var spec in Specs)
+        {
+            using var q = QuantizedWeight.Quantize(weight, spec);
+            var f32 = torch.empty(37, 160);
+            var bf16 = torch.empty(37, 160, ScalarType.BFloat16);
+            Assert.True(q.Layout.DequantizeInto(f32), $"{spec}: float32");
+            Assert.True(q.Layout.DequantizeInto(bf16), $"{spec}: bfloat16");
+            var expected = f32.to(ScalarType.BFloat16);
+            Assert.True(expected.bytes.SequenceEqual(bf16.bytes), $"{spec}: bits differ");
+        }
+    }
+}
