@@ -12,7 +12,9 @@ namespace QuantSharp.Tests.Kernels;
 /// rounding for every weight format, on every vector width, over strides, padding (rows and columns entirely in it),
 /// dilation, Conv1d, batch 1 and more, unbatched and non-contiguous inputs, output channels that leave a partial group
 /// of four and positions that leave partial vectors and blocks; W8A8 through it equals the simulated path; an input that
-/// needs gradients takes the differentiable path; the measured rule takes it for small calls only; the reference
+/// needs gradients takes the differentiable path; the measured rule takes it for small calls only, with and without
+/// the bfloat16 route (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
+/// <see cref="ConvolutionCost.NativeBFloat16"/>); the reference
 /// route's per-thread weight buffer gives each layer its own weight when layers alternate.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
@@ -96,20 +98,44 @@ public class DirectConvolutionTests
     }
 
     [Fact]
-    public void MeasuredRuleTakesTheDirectKernelForSmallCallsOnly()
+    public void MeasuredRuleTakesTheDirectKernelForSmallCallsOnlyUnderBothRules()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
-        ConvolutionRoute RouteOf(nn.Module<Tensor, Tensor> conv, Tensor x)
-        {
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8);
-            return layer.Route(x);
-        }
-        Assert.Equal(ConvolutionRoute.Direct, RouteOf(nn.Conv2d(1, 16, 3), torch.randn(1, 1, 28, 28)));          // MNIST conv1, batch 1
-        Assert.Equal(ConvolutionRoute.Direct, RouteOf(nn.Conv2d(16, 32, 3), torch.randn(1, 16, 13, 13)));        // MNIST conv2, batch 1
-        Assert.Equal(ConvolutionRoute.Reference, RouteOf(nn.Conv2d(16, 32, 3), torch.randn(64, 16, 13, 13)));    // batch 64: libtorch
-        Assert.Equal(ConvolutionRoute.Reference, RouteOf(nn.Conv2d(64, 64, 3, padding: 1), torch.randn(1, 64, 56, 56))); // K = 576: libtorch
+        const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+
+        // MNIST conv1 at batch 1 (676 positions x 16 x 9 = 97K multiply-adds) and conv2 (121 x 32 x 144 = 557K): small.
+        var conv1 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(conv1, 16, false, D, D, "MNIST conv1 batch 1");
+        AssertLayerRoute(nn.Conv2d(1, 16, 3), null, torch.randn(1, 1, 28, 28), conv1, D, D, "MNIST conv1 batch 1 layer");
+        var conv2 = new Im2Col(16, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(conv2, 32, false, D, D, "MNIST conv2 batch 1");
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(1, 16, 13, 13), conv2, D, D, "MNIST conv2 batch 1 layer");
+        // conv2 at batch 64 (35.7M): bfloat16 (144 reduction terms) where it may, libtorch float32 otherwise.
+        var conv2Batch = conv2.ForImages(64);
+        AssertChoice(conv2Batch, 32, false, B, R, "MNIST conv2 batch 64");
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(64, 16, 13, 13), conv2Batch, B, R, "MNIST conv2 batch 64 layer");
+        // conv1 at batch 64 (6.2M, 9 terms): libtorch float32 both ways.
+        AssertChoice(conv1.ForImages(64), 16, false, R, R, "MNIST conv1 batch 64");
+        // A 3-channel stem, 3->32 3x3 stride 2 on 224x224 (12,544 positions, 10.8M): 27 terms < 64, float32 both ways.
+        var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
+        AssertChoice(stem, 32, false, R, R, "stem");
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), null, torch.randn(1, 3, 224, 224), stem, R, R, "stem layer");
+        // K = 576 > DirectConvolution.MaxReduction: never the small kernel.
+        var wide = new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertChoice(wide, 64, false, B, R, "3x3 64->64 on 56x56");
+        AssertChoice(new Im2Col(64, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1), 8, false, B, R, "K 576 on 9 positions (few multiply-adds, too long a reduction)");
+
+        // The edges: DirectMaxWork multiply-adds exactly is small, one output channel more is not. 16 channels x 2x2 = 64
+        // reduction terms (BFloat16MinReduction) on 32x32 positions, 64 outputs: 1024 x 64 x 64 = 2^22.
+        var edge = new Im2Col(16, 33, 33, 2, 2, 1, 1, 0, 0, 1, 1);
+        Assert.Equal(ConvolutionCost.DirectMaxWork, (long)edge.Positions * 64 * edge.Rows);
+        AssertChoice(edge, 64, false, D, D, "DirectMaxWork multiply-adds");
+        AssertChoice(edge, 65, false, B, R, "DirectMaxWork + 1024 multiply-adds, 64 terms");
+        // 63 reduction terms (7 channels x 3x3) on a call that is not small: float32 both ways.
+        var k63 = new Im2Col(7, 100, 100, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertChoice(k63, 64, false, R, R, "63 terms");
+        AssertChoice(new Im2Col(8, 100, 100, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "72 terms");
     }
 
     [Fact]
