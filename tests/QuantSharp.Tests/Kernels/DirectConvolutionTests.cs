@@ -10,12 +10,13 @@ namespace QuantSharp.Tests.Kernels;
 /// <summary>
 /// The small-convolution route (<see cref="DirectConvolution"/>) equals the dequantize + libtorch route within float
 /// rounding for every weight format, on every vector width, over strides, padding (rows and columns entirely in it),
-/// dilation, Conv1d, batch 1 and more, unbatched and non-contiguous inputs, output channels that leave a partial group
-/// of four and positions that leave partial vectors and blocks; W8A8 through it equals the simulated path; an input that
-/// needs gradients takes the differentiable path; the measured rule takes it for small calls only, with and without
-/// the bfloat16 route (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
-/// <see cref="ConvolutionCost.NativeBFloat16"/>); the reference
-/// route's per-thread weight buffer gives each layer its own weight when layers alternate.
+/// dilation (up to a kernel spanning the whole padded image), kernels wider than the image, Conv1d, batch 1 and more,
+/// unbatched and non-contiguous inputs, output channels that leave a partial group of four and positions that leave
+/// partial vectors and blocks; W8A8 through it equals the simulated path; an input that needs gradients takes the
+/// differentiable path; the measured rule takes it for small calls only, with and without the bfloat16 route
+/// (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
+/// <see cref="ConvolutionCost.NativeBFloat16"/>); the reference route's per-thread weight buffer gives each layer its
+/// own weight when layers alternate.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
 public class DirectConvolutionTests
@@ -32,6 +33,13 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
         (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
         (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // A kernel wider than the image, reaching it only through the padding (5 taps over 3 columns, 7 outputs per row).
+        (nn.Conv2d(3, 4, (1, 5), padding: (0, 4)), [torch.randn(1, 3, 2, 3), torch.randn(3, 2, 3)]),
+        (nn.Conv2d(8, 4, (1, 5), padding: (0, 4), bias: false), [torch.randn(2, 8, 2, 3)]),
+        // Dilation that makes the kernel span the whole padded image: one output column (and, in the Conv1d, position).
+        (nn.Conv2d(8, 3, (2, 3), padding: (1, 2), dilation: (2, 4)), [torch.randn(1, 8, 3, 5), torch.randn(8, 4, 5)]),
+        (nn.Conv2d(2, 5, 3, padding: 1, dilation: 3), [torch.randn(2, 2, 5, 5)]),
+        (nn.Conv1d(8, 6, 3, padding: 2, dilation: 4), [torch.randn(2, 8, 5), torch.randn(8, 5)]),
     ];
 
     [Theory]
