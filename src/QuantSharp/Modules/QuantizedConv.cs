@@ -131,9 +131,9 @@ public sealed class QuantizedConv : QuantizedModule
     /// bfloat16, accumulating in float32, and returns float32: on the development machine (AMD EPYC, AVX512-BF16) that
     /// took 0.51-0.94x the float32 layer's time, where dequantize + float32 convolution took 1.0-1.3x (reductions of
     /// 64 terms or more: input channels x kernel taps; fewer stay float32). The price is
-    /// bfloat16's 8-bit significand on inputs and weights (relative rounding up to 2^-9 each, smaller than an int8 or int4
-    /// weight's quantization step; fp16 weights lose 3 bits): outputs differ from the float32 computation by about 0.3%
-    /// of their typical magnitude (docs/ACCURACY.md, "bfloat16 convolutions"). PyTorch makes the same trade when
+    /// bfloat16's 8-bit significand on inputs and weights (relative rounding up to 2^-8 each, smaller than an int8 or int4
+    /// weight's quantization step; fp16 weights lose 3 bits): outputs differ from the float32 computation by up to 0.5%
+    /// of their largest magnitude (tests) (docs/ACCURACY.md, "bfloat16 convolutions"). PyTorch makes the same trade when
     /// <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>. Set false for float32 arithmetic everywhere; CPUs
     /// without native bfloat16 never take this route.
     /// </summary>
