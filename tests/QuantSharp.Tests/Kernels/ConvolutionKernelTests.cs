@@ -12,7 +12,10 @@ namespace QuantSharp.Tests.Kernels;
 /// specification on libtorch's columns; W8A8 gives exactly the integers and outputs of quantizing libtorch's columns and
 /// multiplying them by the specification; the module's kernel route equals its dequantize + libtorch route. Geometries
 /// cover kernel sizes 1 to 5, strides 1 to 3, padding 0 to 3 (rows and columns entirely in the padding), dilation 1 and
-/// 2, Conv1d as height 1, and position counts that leave partial strips. CI re-runs this class with AVX-512, AVX-VNNI,
+/// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
+/// pointwise and wide, long W8A8 calls under the float32 rule, and small-kernel, float32 libtorch or bfloat16 under the
+/// bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
+/// <see cref="ConvolutionCost.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
 /// </summary>
 public unsafe class ConvolutionKernelTests
@@ -243,24 +246,94 @@ public unsafe class ConvolutionKernelTests
         }
     }
 
+    /// <summary>
+    /// Asserts <see cref="ConvolutionCost.Choose"/> on <paramref name="unfold"/> both ways: <paramref name="withBFloat16"/>
+    /// where the bfloat16 route may be taken (a native-bf16 CPU with <see cref="QuantizedConv.UseBFloat16Compute"/>),
+    /// <paramref name="without"/> otherwise (the float32 rule).
+    /// </summary>
+    internal static void AssertChoice(Im2Col unfold, long outputs, bool quantizedInput, ConvolutionRoute withBFloat16, ConvolutionRoute without, string what)
+    {
+        Assert.True(withBFloat16 == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: true), $"{what}, bfloat16 rule");
+        Assert.True(without == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: false), $"{what}, float32 rule");
+    }
+
+    /// <summary>
+    /// Asserts the route an int8 (weight-only or, with <paramref name="input"/>, static W8A8) layer of <paramref name="conv"/>
+    /// takes for <paramref name="x"/>: with <see cref="QuantizedConv.UseBFloat16Compute"/> (the default)
+    /// <paramref name="withBFloat16"/> on a native-bf16 CPU and <paramref name="without"/> elsewhere, and what
+    /// <see cref="ConvolutionCost.Choose"/> gives for <paramref name="unfold"/> (the call's geometry; null where the input
+    /// itself rules the kernels out); with the flag off <paramref name="without"/> on every machine.
+    /// </summary>
+    internal static void AssertLayerRoute(nn.Module<Tensor, Tensor> conv, ActivationQuantization? input, Tensor x, Im2Col? unfold,
+        ConvolutionRoute withBFloat16, ConvolutionRoute without, string what)
+    {
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, input);
+        bool saved = QuantizedConv.UseBFloat16Compute;
+        try
+        {
+            QuantizedConv.UseBFloat16Compute = true;
+            var route = layer.Route(x);
+            Assert.True((ConvolutionCost.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {ConvolutionCost.NativeBFloat16})");
+            if (unfold is { } u)
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, ConvolutionCost.NativeBFloat16 && QuantizedConv.UseBFloat16Compute), route);
+            else
+                Assert.Equal(ConvolutionRoute.Reference, route);
+            QuantizedConv.UseBFloat16Compute = false;
+            Assert.True(without == layer.Route(x), $"{what} with UseBFloat16Compute off: {layer.Route(x)}");
+        }
+        finally
+        {
+            QuantizedConv.UseBFloat16Compute = saved;
+        }
+    }
+
     [Fact]
-    public void MeasuredRuleTakesTheKernelForPointwiseAndWideLongW8A8Only()
+    public void MeasuredRuleRoutesPointwiseAndW8A8CallsByTheBFloat16AndFloat32Rules()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
         var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
-        bool Takes(nn.Module<Tensor, Tensor> conv, ActivationQuantization? input, Tensor x)
-        {
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8, input);
-            return layer.Route(x) == ConvolutionRoute.Kernel;
-        }
-        var image = torch.randn(1, 32, 8, 8);
-        Assert.True(Takes(nn.Conv2d(32, 16, 1), null, image));                   // 1x1: a plain GEMM
-        Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, image));      // weight-only 3x3: libtorch
-        Assert.True(Takes(nn.Conv2d(32, 256, 3, padding: 1), act, image));       // W8A8, K = 288, 256 outputs: integers
-        Assert.False(Takes(nn.Conv2d(32, 64, 3, padding: 1), act, image));       // W8A8, 64 outputs: simulated
-        Assert.False(Takes(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8))); // W8A8, K = 144: simulated
-        Assert.False(Takes(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64)));
+        const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16, D = ConvolutionRoute.Direct;
+
+        // 1x1 32->16 on 100x100: 10,000 positions x 16 x 32 = 5.1M multiply-adds, not small. Float32 rule: a plain GEMM
+        // (packed kernel). Bfloat16 rule: 32 reduction terms < BFloat16MinReduction, so dequantize + float32 libtorch;
+        // it never consults KernelPays.
+        var pointwise = new Im2Col(32, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1);
+        AssertChoice(pointwise, 16, false, R, K, "1x1 32->16");
+        AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 100, 100), pointwise, R, K, "1x1 32->16 layer");
+        // 1x1 64->32 on 50x50 (64 terms, 5.1M multiply-adds): bfloat16 where it may, the packed GEMM otherwise.
+        var pointwise64 = new Im2Col(64, 50, 50, 1, 1, 1, 1, 0, 0, 1, 1);
+        AssertChoice(pointwise64, 32, false, B, K, "1x1 64->32");
+        AssertLayerRoute(nn.Conv2d(64, 32, 1), null, torch.randn(1, 64, 50, 50), pointwise64, B, K, "1x1 64->32 layer");
+        // A small 1x1 call (8x8 positions, 32K multiply-adds): the small kernel under bfloat16, the GEMM under float32.
+        var smallPointwise = new Im2Col(32, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1);
+        AssertChoice(smallPointwise, 16, false, D, K, "small 1x1");
+        AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 8, 8), smallPointwise, D, K, "small 1x1 layer");
+
+        // Weight-only 3x3 32->16, K = 288 > DirectConvolution.MaxReduction: never small; bfloat16 or libtorch float32.
+        var k288 = new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertChoice(k288, 16, false, B, R, "weight-only 3x3 K 288");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, R, "weight-only 3x3 layer");
+
+        // W8A8, K = 288, 256 outputs: integers under the float32 rule, bfloat16 under its rule.
+        AssertChoice(k288, 256, true, B, K, "W8A8 K 288 x 256");
+        AssertChoice(k288, 256, false, B, R, "the same geometry weight-only");
+        AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, B, K, "W8A8 K 288 x 256 layer");
+        // W8A8 with 64 outputs (below IntegerMinOutputs): simulated (libtorch float32) or bfloat16.
+        AssertChoice(k288, 64, true, B, R, "W8A8 K 288 x 64");
+        AssertLayerRoute(nn.Conv2d(32, 64, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, B, R, "W8A8 K 288 x 64 layer");
+        // W8A8, K = 144 (below IntegerMinReduction), 256 outputs on 6x6 positions: 1.3M multiply-adds, small both ways.
+        var k144 = new Im2Col(16, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(k144, 256, true, D, D, "W8A8 K 144");
+        AssertLayerRoute(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8), k144, D, D, "W8A8 K 144 layer");
+        // On 30x30 (784 positions, 29M multiply-adds) it is not small: bfloat16, or simulated under the float32 rule.
+        var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30");
+
+        // Inputs the kernels do not take: libtorch whatever the rule.
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "float64 input");
+        AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "W8A8 float64 input");
+        using (enable_grad())
+            AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).requires_grad_(), null, R, R, "input requiring grad");
     }
 }

@@ -10,10 +10,13 @@ namespace QuantSharp.Tests.Kernels;
 /// <summary>
 /// The small-convolution route (<see cref="DirectConvolution"/>) equals the dequantize + libtorch route within float
 /// rounding for every weight format, on every vector width, over strides, padding (rows and columns entirely in it),
-/// dilation, Conv1d, batch 1 and more, unbatched and non-contiguous inputs, output channels that leave a partial group
-/// of four and positions that leave partial vectors and blocks; W8A8 through it equals the simulated path; an input that
-/// needs gradients takes the differentiable path; the measured rule takes it for small calls only; the reference
-/// route's per-thread weight buffer gives each layer its own weight when layers alternate.
+/// dilation (up to a kernel spanning the whole padded image), kernels wider than the image, Conv1d, batch 1 and more,
+/// unbatched and non-contiguous inputs, output channels that leave a partial group of four and positions that leave
+/// partial vectors and blocks; W8A8 through it equals the simulated path; an input that needs gradients takes the
+/// differentiable path; the measured rule takes it for small calls only, with and without the bfloat16 route
+/// (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
+/// <see cref="ConvolutionCost.NativeBFloat16"/>); the reference route's per-thread weight buffer gives each layer its
+/// own weight when layers alternate.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
 public class DirectConvolutionTests
@@ -30,6 +33,13 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
         (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
         (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // A kernel wider than the image, reaching it only through the padding (5 taps over 3 columns, 7 outputs per row).
+        (nn.Conv2d(3, 4, (1, 5), padding: (0, 4)), [torch.randn(1, 3, 2, 3), torch.randn(3, 2, 3)]),
+        (nn.Conv2d(8, 4, (1, 5), padding: (0, 4), bias: false), [torch.randn(2, 8, 2, 3)]),
+        // Dilation that makes the kernel span the whole padded image: one output column (and, in the Conv1d, position).
+        (nn.Conv2d(8, 3, (2, 3), padding: (1, 2), dilation: (2, 4)), [torch.randn(1, 8, 3, 5), torch.randn(8, 4, 5)]),
+        (nn.Conv2d(2, 5, 3, padding: 1, dilation: 3), [torch.randn(2, 2, 5, 5)]),
+        (nn.Conv1d(8, 6, 3, padding: 2, dilation: 4), [torch.randn(2, 8, 5), torch.randn(8, 5)]),
     ];
 
     [Theory]
@@ -96,20 +106,44 @@ public class DirectConvolutionTests
     }
 
     [Fact]
-    public void MeasuredRuleTakesTheDirectKernelForSmallCallsOnly()
+    public void MeasuredRuleTakesTheDirectKernelForSmallCallsOnlyUnderBothRules()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
-        ConvolutionRoute RouteOf(nn.Module<Tensor, Tensor> conv, Tensor x)
-        {
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8);
-            return layer.Route(x);
-        }
-        Assert.Equal(ConvolutionRoute.Direct, RouteOf(nn.Conv2d(1, 16, 3), torch.randn(1, 1, 28, 28)));          // MNIST conv1, batch 1
-        Assert.Equal(ConvolutionRoute.Direct, RouteOf(nn.Conv2d(16, 32, 3), torch.randn(1, 16, 13, 13)));        // MNIST conv2, batch 1
-        Assert.Equal(ConvolutionRoute.Reference, RouteOf(nn.Conv2d(16, 32, 3), torch.randn(64, 16, 13, 13)));    // batch 64: libtorch
-        Assert.Equal(ConvolutionRoute.Reference, RouteOf(nn.Conv2d(64, 64, 3, padding: 1), torch.randn(1, 64, 56, 56))); // K = 576: libtorch
+        const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+
+        // MNIST conv1 at batch 1 (676 positions x 16 x 9 = 97K multiply-adds) and conv2 (121 x 32 x 144 = 557K): small.
+        var conv1 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(conv1, 16, false, D, D, "MNIST conv1 batch 1");
+        AssertLayerRoute(nn.Conv2d(1, 16, 3), null, torch.randn(1, 1, 28, 28), conv1, D, D, "MNIST conv1 batch 1 layer");
+        var conv2 = new Im2Col(16, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1);
+        AssertChoice(conv2, 32, false, D, D, "MNIST conv2 batch 1");
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(1, 16, 13, 13), conv2, D, D, "MNIST conv2 batch 1 layer");
+        // conv2 at batch 64 (35.7M): bfloat16 (144 reduction terms) where it may, libtorch float32 otherwise.
+        var conv2Batch = conv2.ForImages(64);
+        AssertChoice(conv2Batch, 32, false, B, R, "MNIST conv2 batch 64");
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(64, 16, 13, 13), conv2Batch, B, R, "MNIST conv2 batch 64 layer");
+        // conv1 at batch 64 (6.2M, 9 terms): libtorch float32 both ways.
+        AssertChoice(conv1.ForImages(64), 16, false, R, R, "MNIST conv1 batch 64");
+        // A 3-channel stem, 3->32 3x3 stride 2 on 224x224 (12,544 positions, 10.8M): 27 terms < 64, float32 both ways.
+        var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
+        AssertChoice(stem, 32, false, R, R, "stem");
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), null, torch.randn(1, 3, 224, 224), stem, R, R, "stem layer");
+        // K = 576 > DirectConvolution.MaxReduction: never the small kernel.
+        var wide = new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertChoice(wide, 64, false, B, R, "3x3 64->64 on 56x56");
+        AssertChoice(new Im2Col(64, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1), 8, false, B, R, "K 576 on 9 positions (few multiply-adds, too long a reduction)");
+
+        // The edges: DirectMaxWork multiply-adds exactly is small, one output channel more is not. 16 channels x 2x2 = 64
+        // reduction terms (BFloat16MinReduction) on 32x32 positions, 64 outputs: 1024 x 64 x 64 = 2^22.
+        var edge = new Im2Col(16, 33, 33, 2, 2, 1, 1, 0, 0, 1, 1);
+        Assert.Equal(ConvolutionCost.DirectMaxWork, (long)edge.Positions * 64 * edge.Rows);
+        AssertChoice(edge, 64, false, D, D, "DirectMaxWork multiply-adds");
+        AssertChoice(edge, 65, false, B, R, "DirectMaxWork + 1024 multiply-adds, 64 terms");
+        // 63 reduction terms (7 channels x 3x3) on a call that is not small: float32 both ways.
+        var k63 = new Im2Col(7, 100, 100, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertChoice(k63, 64, false, R, R, "63 terms");
+        AssertChoice(new Im2Col(8, 100, 100, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "72 terms");
     }
 
     [Fact]

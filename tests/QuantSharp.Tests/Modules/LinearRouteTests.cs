@@ -75,9 +75,9 @@ public class LinearRouteTests
     }
 
     /// <summary>
-    /// |y_bf16 - y| per output is at most 2^-8 (|W| |x| + |b|) + 2^-8 |y| + a float32 accumulation margin: weight, input
-    /// and bias are each rounded to bfloat16 (relative error up to 2^-9, so a product is off by up to about 2^-8 of
-    /// its size), the sum is accumulated in float32 and the result rounded to bfloat16 once more (2^-9 of it).
+    /// |y_bf16 - y| per output is at most (2^-7 + 2^-16) (|W| |x| + |b|) + 2^-8 (|y| + that) + a float32 accumulation
+    /// margin: weight, input and bias are each rounded to bfloat16 (unit roundoff u = 2^-8, so a product is off by up to
+    /// 2u + u^2 of its size), the sum is accumulated in float32 and the result rounded to bfloat16 once more (u of it).
     /// </summary>
     private static void AssertWithinBFloat16(Tensor expected, Tensor actual, Tensor x, Tensor w, Tensor? b, string what)
     {
@@ -87,7 +87,9 @@ public class LinearRouteTests
         var e = expected.to(ScalarType.Float64);
         var a = actual.to(ScalarType.Float64);
         var magnitude = nn.functional.linear(x.to(ScalarType.Float64).abs(), w.to(ScalarType.Float64).abs(), b?.to(ScalarType.Float64).abs());
-        var bound = magnitude * Math.Pow(2, -8) + e.abs() * Math.Pow(2, -8) + magnitude * 1e-6 + 1e-6;
+        double u = Math.Pow(2, -8);
+        var products = magnitude * (2 * u + u * u);
+        var bound = products + (e.abs() + products) * u + magnitude * 1e-6 + 1e-6;
         var excess = ((e - a).abs() - bound).max().item<double>();
         Assert.True(excess <= 0, $"{what}: error exceeds the bfloat16 bound by {excess:G3}");
         // And it is not float32 arithmetic by accident: bfloat16 rounding shows (inputs are random floats).
