@@ -46,7 +46,6 @@ public sealed class QuantizedLinear : QuantizedModule
             y = Guard(input, $"a float32 input whose last dimension is {in_features}", () => (route ?? Route(input)) switch
             {
                 LinearRoute.BFloat16 => BFloat16Linear(x, b),
-                LinearRoute.Reference => ReferenceLinear(x, b),
                 _ => weight.Linear(x, b),
             });
             if (half) y = y.to(input.dtype);
@@ -76,12 +75,5 @@ public sealed class QuantizedLinear : QuantizedModule
         using var bb = b?.to(ScalarType.BFloat16);
         using var y = nn.functional.linear(xb, w, bb);
         return y.to(ScalarType.Float32);
-    }
-
-    /// <summary><see cref="LinearRoute.Reference"/>: libtorch's float32 linear on the weight dequantized for the call.</summary>
-    private Tensor ReferenceLinear(Tensor x, Tensor? b)
-    {
-        using var w = DequantizeForCall(recordsGradient: false);
-        return nn.functional.linear(x, w, b);
     }
 }

@@ -10,8 +10,8 @@ namespace QuantSharp.Tests.Modules;
 /// The routes of a weight-only <see cref="QuantizedLinear"/> over many rows (<see cref="LinearCost"/>): the rule on
 /// both kinds of CPU; the bfloat16 route agrees with the float32 computation within bfloat16's rounding (a bound
 /// derived per output, every weight format, bias or not, 2-D/3-D and non-contiguous inputs, weights in and out of the
-/// thread's buffer, two layers alternating through it); the float32 reference route equals the kernels' result within
-/// float rounding; <see cref="QuantizedModule.UseBFloat16Compute"/> = false keeps float32 arithmetic; the managed
+/// thread's buffer, two layers alternating through it); <see cref="QuantizedModule.UseBFloat16Compute"/> = false keeps
+/// the float32 kernels and their results; the managed
 /// bfloat16 dequantization equals libtorch's rounding of the float32 values bit for bit.
 /// </summary>
 public class LinearRouteTests
@@ -28,23 +28,21 @@ public class LinearRouteTests
     ];
 
     [Fact]
-    public void RuleKeepsKernelsForFewRowsAndLargeWeightsAndTakesBFloat16OrFloat32Elsewhere()
+    public void RuleTakesBFloat16OverManyRowsForWeightsTheBufferHoldsAndTheKernelsElsewhere()
     {
-        // Fewer than 64 rows: the kernels, whatever the CPU.
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(63, 384, 384, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bfloat16: false));
-        // Many rows, a weight the thread's buffer holds: bfloat16 where it may run, float32 reference where the kernels lose.
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(64, 384, 384, bfloat16: true));
+        // Fewer than 256 rows: the kernels, whatever the CPU.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 1024, 1024, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bfloat16: true));
+        // Many rows and a weight of 16K to 4M elements: bfloat16 where it may run.
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(256, 384, 384, bfloat16: true));
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 1024, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(64, 384, 384, bfloat16: false));
-        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(512, 64, 800, bfloat16: false));
-        // Weights the kernels read from memory keep them without bfloat16 (1024x1024: 0.79-0.91x float32).
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 1024, 1024, bfloat16: false));
-        // Beyond the buffer (a bfloat16 copy per thread would outweigh the quantized weight): the kernels.
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 128, 128, bfloat16: true)); // exactly TinyElements
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 384, 384, bfloat16: false));
+        // Tiny weights (fixed cost) and weights beyond the thread's buffer (a bfloat16 copy would outweigh them): the kernels.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 10, 64, bfloat16: true));
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 4096, 4096, bfloat16: true));
-        // Tiny weights: the kernels at 64 rows, float32 reference from 256.
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 10, 64, bfloat16: true));
-        Assert.Equal(LinearRoute.Reference, LinearCost.Choose(512, 10, 64, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 1024, bfloat16: true)); // exactly BufferMaxElements
     }
 
     [Fact]
@@ -55,18 +53,18 @@ public class LinearRouteTests
         torch.manual_seed(41);
         var linear = nn.Linear(384, 384);
         using var layer = (QuantizedLinear)QuantizedModules.Quantize(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        var x = torch.randn(2, 40, 384); // 80 rows
-        Assert.Equal(LinearCost.Choose(80, 384, 384, QuantizedModule.BFloat16Routes), layer.Route(x));
-        Assert.Equal(ConvolutionCost.NativeBFloat16 ? LinearRoute.BFloat16 : LinearRoute.Reference, layer.Route(x));
+        var x = torch.randn(2, 150, 384); // 300 rows
+        Assert.Equal(LinearCost.Choose(300, 384, 384, QuantizedModule.BFloat16Routes), layer.Route(x));
+        Assert.Equal(ConvolutionCost.NativeBFloat16 ? LinearRoute.BFloat16 : LinearRoute.Kernel, layer.Route(x));
         Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(8, 384)));
         Assert.Equal(LinearRoute.Kernel, layer.Route(x.to(ScalarType.Float64)));
         using (torch.enable_grad())
-            Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(80, 384).requires_grad_()));
+            Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(300, 384).requires_grad_()));
         bool saved = QuantizedModule.UseBFloat16Compute;
         try
         {
             QuantizedModule.UseBFloat16Compute = false;
-            Assert.Equal(LinearRoute.Reference, layer.Route(x));
+            Assert.Equal(LinearRoute.Kernel, layer.Route(x));
         }
         finally
         {
@@ -140,7 +138,7 @@ public class LinearRouteTests
     }
 
     [Fact]
-    public void ReferenceRouteAndFloat32SettingMatchTheKernelsWithinFloatRounding()
+    public void WithBFloat16ComputeOffManyRowsRunTheKernelsInFloat32()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -149,22 +147,25 @@ public class LinearRouteTests
         foreach (var spec in Specs)
         {
             using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, null);
-            var x = torch.randn(100, 384);
-            var kernel = layer.Forward(x, LinearRoute.Kernel);
-            var reference = layer.Forward(x, LinearRoute.Reference);
-            double scale = kernel.abs().max().item<float>();
-            Assert.True((kernel - reference).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: reference route");
+            var x = torch.randn(300, 384);
+            var w = layer.DequantizeWeight();
+            var expected = nn.functional.linear(x, w, layer.bias);
+            double scale = expected.abs().max().item<float>();
             bool saved = QuantizedModule.UseBFloat16Compute;
             try
             {
                 QuantizedModule.UseBFloat16Compute = false;
-                Assert.NotEqual(LinearRoute.BFloat16, layer.Route(x));
-                Assert.True((kernel - layer.call(x)).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: float32 setting");
+                Assert.Equal(LinearRoute.Kernel, layer.Route(x));
+                Assert.True((expected - layer.call(x)).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: float32 setting");
             }
             finally
             {
                 QuantizedModule.UseBFloat16Compute = saved;
             }
+            // The default takes bfloat16 where the CPU has it, float32 kernels where not.
+            var actual = layer.call(x);
+            if (ConvolutionCost.NativeBFloat16) AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec}: default");
+            else Assert.True((expected - actual).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: default without bfloat16");
         }
     }
 
