@@ -16,10 +16,10 @@ namespace QuantSharp.Modules;
 /// <item>CPUs with native bfloat16 (<see cref="NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
-/// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST conv1)
-/// oneDNN's float32 convolution is already efficient (MNIST conv1 at batch 500 writes its output at memory speed), its
-/// bfloat16 one is slower, and dequantize + float32 libtorch runs at 1.0-1.1x (the dequantization of a weight of a few hundred elements, and for W8A8 the input's
-/// quantization pass).</item>
+/// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST
+/// conv1) oneDNN's float32 convolution is already efficient (9 multiply-adds per output for MNIST conv1: mostly memory
+/// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
+/// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass).</item>
 /// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) and static W8A8 with 256+ outputs and a
 /// reduction of 256+ (<see cref="IntegerMinOutputs"/>, <see cref="IntegerMinReduction"/>: the image is quantized once,
 /// unfolded in integers and multiplied by the integer GEMM) run unfold + the packed kernels; the rest dequantize +

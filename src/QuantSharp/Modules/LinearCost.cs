@@ -5,9 +5,9 @@ namespace QuantSharp.Modules;
 /// CPU with native bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>) libtorch's bfloat16 GEMM on the weight
 /// dequantized to bfloat16 in one managed pass into the thread's buffer. Integer W8A8 keeps its integer kernels.
 /// Measured on the development machine (AMD EPYC, 2 vCPUs, AVX-512 with BF16; docs/BENCHMARKS.md "Linear layers over
-/// many rows"), two threads, against the float32 layer: at 512 rows the kernels took 0.98-1.4x float32's time on
-/// weights the caches hold (384x384, 512x512; from ~1M elements they win, 1024x1024 0.73-0.91x), the bfloat16 route
-/// 0.55-0.78x (oneDNN's bfloat16 GEMM runs at about twice its float32 rate); at 64 rows the dequantization pass costs
+/// many rows"), two threads, against the float32 layer: at 512 rows the kernels took 1.4-1.9x float32's time on
+/// weights the caches hold (384x384, 512x512, 64x800; from ~1M elements they win, 1024x1024 0.79-0.91x), the bfloat16
+/// route 0.55-0.92x (oneDNN's bfloat16 GEMM runs at about twice its float32 rate); at 64 rows the dequantization pass costs
 /// what the bfloat16 GEMM saves, so the kernels stay. Tiny weights (10x64) stay on the kernels (libtorch's bfloat16 GEMM
 /// has ~30 us of fixed cost), and weights beyond the buffer (<see cref="QuantizedModule.BufferMaxElements"/>) too: a
 /// bfloat16 copy of them per thread would outweigh the quantized weight.

@@ -123,11 +123,12 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// libtorch's bfloat16 convolution or matrix product on the weight dequantized to bfloat16 and the (for W8A8:
     /// fake-quantized) input rounded to bfloat16, accumulating in float32, and return float32. On the development
     /// machine (AMD EPYC, AVX512-BF16) that took 0.5-0.94x the float32 layer's time, where the float32 routes took
-    /// 1.0-1.7x (docs/BENCHMARKS.md). The price is bfloat16's 8-bit significand on inputs and weights (relative rounding
+    /// 1.0-1.9x (docs/BENCHMARKS.md). The price is bfloat16's 8-bit significand on inputs and weights (relative rounding
     /// up to 2^-8 each, below an int8 or int4 weight's quantization step; float16 weights lose 3 bits): outputs differ
-    /// from the float32 computation by up to about 0.5% of their largest magnitude (docs/ACCURACY.md, "bfloat16 compute"). PyTorch makes the same trade with <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>.
-    /// Set false for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16. Integer W8A8
-    /// layers keep their integer kernels.
+    /// from the float32 computation by up to about 0.5% of their largest magnitude (docs/ACCURACY.md, "bfloat16
+    /// compute"). PyTorch makes the same trade with <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>. Set false
+    /// for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16. Integer W8A8 layers
+    /// keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;
 
