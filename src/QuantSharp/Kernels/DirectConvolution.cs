@@ -51,8 +51,15 @@ internal static unsafe class DirectConvolution
         else Run<Float1, float>(weight, outputs, unfold, images, bias, y, input);
     }
 
-    /// <summary>Whether <see cref="Run"/> can apply a static input quantization itself: stride 1, where the image is copied once anyway (<see cref="RunWide"/>).</summary>
-    public static bool FusesInputQuantization(Im2Col unfold) => unfold.StrideH == 1 && unfold.StrideW == 1;
+    /// <summary>Padded row length up to which stride 1 runs on the padded image (<see cref="RunWide"/>): its per-item scratch of 4 such rows stays a small stack buffer.</summary>
+    internal const int MaxWideRow = 2048;
+
+    /// <summary>
+    /// Whether <see cref="Run"/> takes <see cref="RunWide"/> for this geometry (stride 1, padded rows up to
+    /// <see cref="MaxWideRow"/>), and can therefore apply a static input quantization itself as it copies the image.
+    /// </summary>
+    public static bool FusesInputQuantization(Im2Col unfold) =>
+        unfold.StrideH == 1 && unfold.StrideW == 1 && unfold.Width + 2 * unfold.PadW <= MaxWideRow;
 
     private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -112,8 +119,9 @@ internal static unsafe class DirectConvolution
         int k = u.Rows, positions = u.Positions, outH = u.OutH, outW = u.OutW;
         int hp = u.Height + 2 * u.PadH, wp = u.Width + 2 * u.PadW, step = VectorsPerStep * TW.Count;
         nint plane = (nint)hp * wp, padded = plane * u.Channels;
-        // Reads run at most a step past the last image's plane (see the class remarks): zeros there.
-        nint total = padded * u.Images + step;
+        // Reads of the last work item run past the last image's plane by less than a step plus a padded row (the
+        // kernel's reach (kW - 1) dW is under wp): zeros there.
+        nint slack = step + wp, total = padded * u.Images + slack;
         float* buffer = (float*)NativeMemory.AlignedAlloc((nuint)total * sizeof(float), 64);
         try
         {
@@ -124,7 +132,7 @@ internal static unsafe class DirectConvolution
                         offsets[j++] = (int)(c * plane + kh * u.DilationH * wp + kw * u.DilationW);
             int* pOffsets = offsets;
             Pad(u, images, buffer, hp, wp, input);
-            new Span<float>(buffer + padded * u.Images, step).Clear();
+            new Span<float>(buffer + padded * u.Images, (int)slack).Clear();
             // Work items: an image's block of whole output rows, about Block wide positions.
             int rowsPerItem = Math.Max(1, Block / wp), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
             KernelThreads.For(u.Images * blocks, (long)outputs * k * rowsPerItem * wp, item =>

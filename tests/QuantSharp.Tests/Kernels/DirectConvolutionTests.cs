@@ -33,6 +33,8 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
         (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
         (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // Stride 1 with a padded row longer than DirectConvolution.MaxWideRow: the unfolding path.
+        (nn.Conv1d(2, 3, 5, padding: 2), [torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)]),
         // A kernel wider than the image, reaching it only through the padding (5 taps over 3 columns, 7 outputs per row).
         (nn.Conv2d(3, 4, (1, 5), padding: (0, 4)), [torch.randn(1, 3, 2, 3), torch.randn(3, 2, 3)]),
         (nn.Conv2d(8, 4, (1, 5), padding: (0, 4), bias: false), [torch.randn(2, 8, 2, 3)]),
@@ -87,6 +89,25 @@ public class DirectConvolutionTests
         var x = torch.randn(1, 16, 13, 13);
         Assert.Equal(ConvolutionRoute.Direct, layer.Route(x)); // the MNIST CNN's second convolution
         AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), 1e-5, "W8A8 direct");
+    }
+
+    [Fact]
+    public void StaticW8A8QuantizesTheInputItselfOnlyWhereTheKernelRunsOnThePaddedImage()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(35);
+        var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
+        {
+            (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, 300)),                              // stride 1: fused
+            (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)), // row too long: a pass first
+            (nn.Conv2d(3, 4, 3, stride: 2, padding: 1), torch.randn(2, 3, 17, 15)),               // strided: a pass first
+        })
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
+            AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.Forward(x, ConvolutionRoute.Direct), 1e-5, $"W8A8 [{string.Join(",", x.shape)}]");
+        }
     }
 
     [Fact]
