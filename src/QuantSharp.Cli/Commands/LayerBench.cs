@@ -35,9 +35,20 @@ internal sealed record LayerTiming(string? Layer, long Out, long In, int Batch, 
         o["quantized_ms"] = Math.Round(QuantizedMs, 4);
         o["speedup_vs_float32"] = Math.Round(SpeedupVsFloat32, 3);
         o["speedup_vs_bfloat16"] = Math.Round(SpeedupVsBFloat16, 3);
-        o["weight_gbps"] = Math.Round(WeightGbps, 2);
-        o["memory_read_gbps"] = Math.Round(MemoryReadGbps, 2);
+        o["weight_gbps"] = Significant(WeightGbps);
+        o["memory_read_gbps"] = Significant(MemoryReadGbps);
         return o;
+    }
+
+    /// <summary>
+    /// <paramref name="value"/> to 4 significant digits: a small layer on a loaded machine reads its weights at
+    /// thousandths of a GB/s, which two decimals printed as 0.
+    /// </summary>
+    private static double Significant(double value)
+    {
+        if (value == 0 || !double.IsFinite(value)) return value;
+        int decimals = 3 - (int)Math.Floor(Math.Log10(Math.Abs(value)));
+        return Math.Round(value, Math.Clamp(decimals, 0, 15));
     }
 }
 
