@@ -58,6 +58,20 @@ internal static class LayerBench
     /// <summary>The <c>--qtype</c> values.</summary>
     public static readonly string[] QTypes = ["int8", "int4", "uint4", "float16", "bfloat16", "w8a8-dynamic", "w8a8-static"];
 
+    private static int s_primed;
+
+    /// <summary>
+    /// Once per process, allocates and frees a 24 MiB tensor, so that glibc's malloc serves every later block below
+    /// that size from its heap (freeing a memory-mapped block raises its mmap threshold to the block's size). Without
+    /// it, whether a side's output is mapped and faulted in afresh on every call depends on what the process allocated
+    /// before: the float32 side of a 64x800 layer at 64 rows measured 0.071 and 2.156 ms in two fresh processes
+    /// (docs/BENCHMARKS.md, convolutions of stop 11, for the mechanism).
+    /// </summary>
+    private static void PrimeAllocator()
+    {
+        if (Interlocked.Exchange(ref s_primed, 1) == 0) torch.empty(6L << 20, ScalarType.Float32).Dispose();
+    }
+
     /// <summary>Times one <c>[outFeatures, inFeatures]</c> layer at <paramref name="batch"/>.</summary>
     /// <param name="qtype">One of <see cref="QTypes"/>.</param>
     /// <param name="groupSize">Per-group size for integer weights, or null (int8: per channel; int4/uint4: 128).</param>
@@ -66,6 +80,7 @@ internal static class LayerBench
     /// <param name="layer">Layer name (for <c>--model</c>), or null.</param>
     public static LayerTiming Measure(long outFeatures, long inFeatures, int batch, string qtype, int? groupSize, int repeats, double memoryReadGbps, string? layer = null)
     {
+        PrimeAllocator();
         var (spec, dynamic, staticInput) = Spec(qtype, ref groupSize);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
