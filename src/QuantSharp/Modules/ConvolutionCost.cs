@@ -1,4 +1,3 @@
-using System.Runtime.Intrinsics.X86;
 using QuantSharp.Kernels;
 
 namespace QuantSharp.Modules;
@@ -13,7 +12,7 @@ namespace QuantSharp.Modules;
 /// 1 reads the padded image without unfolding it) on the weight dequantized for the call, a static W8A8 input
 /// quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
 /// layers at batch 1, W8A8 included.</item>
-/// <item>CPUs with native bfloat16 (<see cref="NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
+/// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
 /// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST
@@ -45,26 +44,11 @@ internal static class ConvolutionCost
     /// <summary>Multiply-adds per call (images x positions x outputs x reduction) up to which the small-convolution kernel is taken.</summary>
     internal const long DirectMaxWork = 1 << 22;
 
-    /// <summary>
-    /// Whether this CPU computes bfloat16 dot products in hardware (AVX512-BF16: CPUID leaf 7 sub-leaf 1, EAX bit 5; or
-    /// AMX-BF16: leaf 7, EDX bit 22) with AVX-512 in use by .NET, so that libtorch's bfloat16 convolution (oneDNN) runs
-    /// at about twice its float32 rate. Without it oneDNN emulates bfloat16 and the route would lose.
-    /// </summary>
-    public static bool NativeBFloat16 { get; } = DetectBFloat16();
-
-    private static bool DetectBFloat16()
-    {
-        if (!X86Base.IsSupported || !Avx512F.IsSupported || X86Base.CpuId(0, 0).Eax < 7) return false;
-        bool avx512Bf16 = (X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
-        bool amxBf16 = (X86Base.CpuId(7, 0).Edx & (1 << 22)) != 0;
-        return avx512Bf16 || amxBf16;
-    }
-
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
-    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="NativeBFloat16"/>).</param>
+    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="QuantizedModule.NativeBFloat16"/>).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
         bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);

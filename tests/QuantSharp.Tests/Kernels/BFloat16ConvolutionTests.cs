@@ -14,10 +14,10 @@ namespace QuantSharp.Tests.Kernels;
 /// it returns float32 of the reference's shape, within the rounding bound of bfloat16 inputs and weights of the float32
 /// dequantize + libtorch route at every output, and differs from it (it did round); it is libtorch's bfloat16
 /// convolution on the dequantized weight bit for bit, so it runs on any CPU when forced (CI runs this class with
-/// AVX-512 and all intrinsics off, where <see cref="ConvolutionCost.NativeBFloat16"/> is false); weights large enough
+/// AVX-512 and all intrinsics off, where <see cref="QuantizedModule.NativeBFloat16"/> is false); weights large enough
 /// for the thread's bfloat16 buffer give each of two alternating layers its own weight; with
 /// <see cref="QuantizedConv.UseBFloat16Compute"/> off a call the rule sends to bfloat16 computes in float32;
-/// <see cref="ConvolutionCost.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
+/// <see cref="QuantizedModule.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
 /// differentiable float32 path.
 /// </summary>
 public class BFloat16ConvolutionTests
@@ -119,7 +119,7 @@ public class BFloat16ConvolutionTests
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int4WeightOnly(groupSize: 32).BaseWeights);
             // The rule takes it only on native-bf16 CPUs; forced, it runs anywhere (here too under DOTNET_EnableAVX512=0).
             var auto = layer.Route(x);
-            Assert.True(ConvolutionCost.NativeBFloat16 || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it: {auto}");
+            Assert.True(QuantizedModule.NativeBFloat16 || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it: {auto}");
             var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
             using var w = layer.DequantizeWeight().to(ScalarType.BFloat16);
             using var b = layer.bias!.to(ScalarType.BFloat16);
@@ -174,9 +174,9 @@ public class BFloat16ConvolutionTests
         try
         {
             QuantizedConv.UseBFloat16Compute = true;
-            Assert.Equal(ConvolutionCost.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
+            Assert.Equal(QuantizedModule.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
             var byDefault = layer.call(x);
-            if (ConvolutionCost.NativeBFloat16)
+            if (QuantizedModule.NativeBFloat16)
             {
                 AssertWithinBFloat16Bound(layer, x, reference, byDefault, "default");
                 Assert.False(byDefault.allclose(reference, rtol: 1e-5, atol: 1e-5), "bfloat16 compute gave float32's values");
@@ -204,11 +204,11 @@ public class BFloat16ConvolutionTests
             var flags = File.ReadLines("/proc/cpuinfo").First(line => line.StartsWith("flags", StringComparison.Ordinal))
                 .Split(':', 2)[1].Split(' ', StringSplitOptions.RemoveEmptyEntries);
             bool expected = (flags.Contains("avx512_bf16") || flags.Contains("amx_bf16")) && Avx512F.IsSupported;
-            Assert.Equal(expected, ConvolutionCost.NativeBFloat16);
+            Assert.Equal(expected, QuantizedModule.NativeBFloat16);
         }
         else if (!Avx512F.IsSupported)
         {
-            Assert.False(ConvolutionCost.NativeBFloat16);
+            Assert.False(QuantizedModule.NativeBFloat16);
         }
     }
 
@@ -220,7 +220,7 @@ public class BFloat16ConvolutionTests
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 64, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 64, 20, 20);
         using (no_grad())
-            Assert.Equal(ConvolutionCost.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
+            Assert.Equal(QuantizedModule.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
         x.requires_grad_();
         Assert.Equal(ConvolutionRoute.Reference, layer.Route(x));
         var y = layer.call(x);

@@ -15,7 +15,7 @@ namespace QuantSharp.Tests.Kernels;
 /// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
 /// pointwise and wide, long W8A8 calls under the float32 rule, and small-kernel, float32 libtorch or bfloat16 under the
 /// bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
-/// <see cref="ConvolutionCost.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
+/// <see cref="QuantizedModule.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
 /// </summary>
 public unsafe class ConvolutionKernelTests
@@ -273,9 +273,9 @@ public unsafe class ConvolutionKernelTests
         {
             QuantizedConv.UseBFloat16Compute = true;
             var route = layer.Route(x);
-            Assert.True((ConvolutionCost.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {ConvolutionCost.NativeBFloat16})");
+            Assert.True((QuantizedModule.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, ConvolutionCost.NativeBFloat16 && QuantizedConv.UseBFloat16Compute), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;

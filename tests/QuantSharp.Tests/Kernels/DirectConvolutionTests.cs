@@ -15,7 +15,7 @@ namespace QuantSharp.Tests.Kernels;
 /// partial vectors and blocks; W8A8 through it equals the simulated path; an input that needs gradients takes the
 /// differentiable path; the measured rule takes it for small calls only, with and without the bfloat16 route
 /// (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
-/// <see cref="ConvolutionCost.NativeBFloat16"/>); the reference route's per-thread weight buffer gives each layer its
+/// <see cref="QuantizedModule.NativeBFloat16"/>); the reference route's per-thread weight buffer gives each layer its
 /// own weight when layers alternate.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]

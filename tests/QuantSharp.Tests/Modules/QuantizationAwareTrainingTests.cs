@@ -43,7 +43,7 @@ public class QuantizationAwareTrainingTests
     /// </summary>
     private static void AssertDefaultComputeClose(Tensor float32, Tensor actual, double relative, string what)
     {
-        if (!ConvolutionCost.NativeBFloat16)
+        if (!QuantizedModule.NativeBFloat16)
         {
             Assert.Equal(Floats(float32), Floats(actual));
             return;
