@@ -26,6 +26,37 @@ public unsafe class QuantizedMatMulTests
         Enumerable.Range(1, 70).Concat([127, 128, 129, 255, 256, 257])
             .Where(k => !WeightView.IsPacked(format) || k % 2 == 0);
 
+    /// <summary>
+    /// The packed GEMM's work split covers every (weight row, strip) pair exactly once, with items of whole tiles no
+    /// larger than <see cref="PackedMatMul.ItemRows"/>, and gives each thread two items where the call has that many
+    /// (a 64-row weight over two strips was one item of 48 rows and one of 16: one thread did three quarters).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1, 2)]
+    [InlineData(64, 2, 2)]
+    [InlineData(64, 1, 2)]
+    [InlineData(10, 7, 4)]
+    [InlineData(384, 2, 2)]
+    [InlineData(4096, 16, 8)]
+    [InlineData(97, 5, 3)]
+    public void WorkSplitCoversEveryRowAndStripOnce(int rows, int strips, int threads)
+    {
+        var split = PackedMatMul.WorkSplit.For(rows, strips, threads);
+        Assert.Equal(0, split.Rows % PackedMatMul.TileRows);
+        Assert.InRange(split.Rows, PackedMatMul.TileRows, PackedMatMul.ItemRows);
+        var seen = new int[rows, strips];
+        for (int item = 0; item < split.Items; item++)
+        {
+            int n0 = item / split.StripGroups * split.Rows, s0 = item % split.StripGroups * split.GroupStrips;
+            Assert.True(n0 < rows && s0 < strips, $"item {item} is empty");
+            for (int r = n0; r < Math.Min(rows, n0 + split.Rows); r++)
+                for (int s = s0; s < Math.Min(strips, s0 + split.GroupStrips); s++) seen[r, s]++;
+        }
+        foreach (int count in seen) Assert.Equal(1, count);
+        int possible = split.RowItems * strips;
+        Assert.True(split.Items >= Math.Min(2 * threads, possible), $"{split.Items} items for {threads} threads ({possible} possible)");
+    }
+
     [Theory]
     [MemberData(nameof(Formats))]
     public void PerChannelEveryReductionLength(string formatName)
