@@ -167,7 +167,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 /// <item>The activation codes are packed once per call in strips of <c>2 * Lanes</c> rows. Each 32-bit lane holds
 /// <c>Depth</c> consecutive reduction elements of one row (4 uint8 codes for VNNI, 2 int16 for <c>vpmaddwd</c>):
 /// <c>packed[strip][group][lane]</c>, zero-padded to whole strips and whole groups.</item>
-/// <item>Each work item owns <see cref="ItemRows"/> weight rows. For each block of <see cref="BlockGroups"/> groups of
+/// <item>Each work item owns up to <see cref="ItemRows"/> weight rows and a group of strips (<see cref="PackedMatMul.WorkSplit"/>). For each block of <see cref="BlockGroups"/> groups of
 /// the reduction axis it copies (VNNI) or widens to int16 its rows' slices into a tile, zero-padded, and adds the
 /// slices' weight sums (for the activation zero points); then runs the micro-kernel over every strip.</item>
 /// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 int32 accumulators.
@@ -211,10 +211,9 @@ internal static unsafe class PackedIntegerMatMul
         int groups = (k + TW.Depth - 1) / TW.Depth;
         int strips = (m + stripWidth - 1) / stripWidth;
         long stripBytes = (long)groups * stripWidth * 4;
-        // Work items: ItemRows weight rows x a block of strips whose packed activations stay in L2.
+        // Work items (PackedMatMul.WorkSplit): weight rows x groups of strips, whose packed activations stay in cache.
         int blockStrips = (int)Math.Clamp(ActivationBlockBytes / stripBytes, 1, strips);
-        int mBlocks = (strips + blockStrips - 1) / blockStrips;
-        int nBlocks = (w.Rows + ItemRows - 1) / ItemRows;
+        var split = PackedMatMul.WorkSplit.For(w.Rows, strips, KernelThreads.Count, blockStrips);
         byte[] packedArray = ArrayPool<byte>.Shared.Rent(checked((int)(strips * stripBytes) + Align));
         try
         {
@@ -226,19 +225,18 @@ internal static unsafe class PackedIntegerMatMul
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
-                int blockRows = blockStrips * stripWidth;
-                int scratchBytes = ItemRows * BlockGroups * 4 + ItemRows * blockRows * 4 + ItemRows * 4 + Align;
-                // Consecutive items share their activation block (nb varies fastest), so a thread's block stays in L2.
-                KernelThreads.For(mBlocks * nBlocks, (long)ItemRows * blockRows * k, item =>
+                int blockRows = split.GroupStrips * stripWidth;
+                int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align;
+                KernelThreads.For(split.Items, (long)split.Rows * blockRows * k, item =>
                 {
-                    int s0 = item / nBlocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                    int s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips), n0 = split.RowStart(item);
                     byte[] scratch = ArrayPool<byte>.Shared.Rent(scratchBytes);
                     try
                     {
                         fixed (byte* sp = scratch)
                         {
                             var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
-                            Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, item % nBlocks * ItemRows);
+                            Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, n0, Math.Min(split.Rows, view.Rows - n0));
                         }
                     }
                     finally
@@ -272,7 +270,21 @@ internal static unsafe class PackedIntegerMatMul
     {
         int k = x.Cols, depth = TW.Depth, width = 2 * TW.Lanes;
         int groups = (k + depth - 1) / depth, full = k / depth;
-        for (int lane = 0; lane < width; lane++)
+        int lane = 0, valid = Math.Clamp(x.Rows - row0, 0, width);
+        if (depth == 4 && k % 4 == 0 && Avx.IsSupported)
+        {
+            // Rows of int32 groups, eight at a time through 8 x 8 transposes (the scalar loop below, one strided store
+            // per group, cost a tenth of a 64 x 800 layer's W8A8 call).
+            for (; lane + 8 <= valid; lane += 8)
+            {
+                float* src = (float*)(x.Codes + (nint)(row0 + lane) * k), d = (float*)dst + lane;
+                int g = 0;
+                for (; g + 8 <= full; g += 8) Transposes.Transpose8x8(src + g, k / 4, d + (nint)g * width, width);
+                for (; g < full; g++)
+                    for (int r = 0; r < 8; r++) ((int*)d)[(nint)g * width + r] = ((int*)src)[r * (k / 4) + g];
+            }
+        }
+        for (; lane < width; lane++)
         {
             int row = row0 + lane;
             int* d = (int*)dst + lane;
@@ -299,21 +311,24 @@ internal static unsafe class PackedIntegerMatMul
         return v;
     }
 
-    /// <summary>One work item: weight rows <c>[n0, n0 + ItemRows)</c> against the activation rows of <paramref name="block"/>.</summary>
+    /// <summary>
+    /// One work item: weight rows <c>[n0, n0 + rows)</c> (at most <see cref="ItemRows"/>) against the activation rows of
+    /// <paramref name="block"/>; <paramref name="scratch"/> holds <c>rows</c> rounded up to whole tiles x (tile stride + the
+    /// block's lanes + 1) int32 values.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int n0)
+    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int n0, int rows)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
         int ldt = block.Strips * width;                    // y^T row length
-        int rows = Math.Min(ItemRows, w.Rows - n0);
-        int tiles = (rows + TileRows - 1) / TileRows;
+        int tiles = (rows + TileRows - 1) / TileRows, tileRows = tiles * TileRows;
         const int TileStride = BlockGroups * 4;            // bytes per tile row
-        byte* tile = scratch;                              // [ItemRows][TileStride] weights, copied or widened
-        int* yt = (int*)(tile + ItemRows * TileStride);    // [ItemRows][ldt] int32 sums
-        int* rowSums = yt + ItemRows * ldt;                // [ItemRows] weight sums
-        new Span<int>(yt, ItemRows * ldt).Clear();
-        new Span<int>(rowSums, ItemRows).Clear();
+        byte* tile = scratch;                              // [tileRows][TileStride] weights, copied or widened
+        int* yt = (int*)(tile + tileRows * TileStride);    // [tileRows][ldt] int32 sums
+        int* rowSums = yt + tileRows * ldt;                // [tileRows] weight sums
+        new Span<int>(yt, tileRows * ldt).Clear();
+        new Span<int>(rowSums, tileRows).Clear();
         // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
         new Span<byte>(tile + rows * TileStride, (tiles * TileRows - rows) * TileStride).Clear();
         for (int g0 = 0; g0 < groups; g0 += BlockGroups)

@@ -85,7 +85,7 @@ internal static unsafe class PackedMatMul
                 int blockCapacity = Math.Min(k, BlockTarget), ldt = split.GroupStrips * stripWidth;
                 KernelThreads.For(split.Items, (long)split.Rows * ldt * k, item =>
                 {
-                    int n0 = item / split.StripGroups * split.Rows, s0 = item % split.StripGroups * split.GroupStrips;
+                    int n0 = split.RowStart(item), s0 = split.StripStart(item);
                     float[] scratch = ArrayPool<float>.Shared.Rent(split.Rows * blockCapacity + split.Rows * ldt);
                     try
                     {
@@ -169,7 +169,7 @@ internal static unsafe class PackedMatMul
 
     /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c>: <c>xt[(s * k + kk) * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
     /// <remarks>
-    /// Eight rows at a time go through 8 x 8 register transposes (<see cref="Transpose8x8(float*, nint, float*, nint)"/>) where the CPU has AVX: the
+    /// Eight rows at a time go through 8 x 8 register transposes (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint)"/>) where the CPU has AVX: the
     /// scalar loop (one strided store per element) cost about 2.3 cycles per element, a quarter of a 64 x 800 layer's
     /// call at 64 rows. With an <paramref name="order"/>, each block of <see cref="PackBlock"/> steps of the eight rows
     /// is gathered into a stack tile first. Same values either way: it only moves floats.
@@ -190,7 +190,7 @@ internal static unsafe class PackedMatMul
                 if (order == null)
                 {
                     int kk = 0;
-                    for (; kk + 8 <= k; kk += 8) Transpose8x8(src + kk, ldx, dst + (nint)kk * width, width);
+                    for (; kk + 8 <= k; kk += 8) Transposes.Transpose8x8(src + kk, ldx, dst + (nint)kk * width, width);
                     for (; kk < k; kk++)
                         for (int r = 0; r < 8; r++) dst[(nint)kk * width + r] = src[r * ldx + kk];
                     continue;
@@ -200,7 +200,7 @@ internal static unsafe class PackedMatMul
                     int n = Math.Min(PackBlock, k - k0), kk = 0;
                     for (int r = 0; r < 8; r++)
                         for (int j = 0; j < n; j++) staged[r * PackBlock + j] = src[r * ldx + order[k0 + j]];
-                    for (; kk + 8 <= n; kk += 8) Transpose8x8(staged + kk, PackBlock, dst + (nint)(k0 + kk) * width, width);
+                    for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(staged + kk, PackBlock, dst + (nint)(k0 + kk) * width, width);
                     for (; kk < n; kk++)
                         for (int r = 0; r < 8; r++) dst[(nint)(k0 + kk) * width + r] = staged[r * PackBlock + kk];
                 }
@@ -220,51 +220,6 @@ internal static unsafe class PackedMatMul
             else
                 for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = src[order[kk]];
         }
-    }
-
-    /// <summary>
-    /// Transposes 8 x 8 floats: <c>dst[j * ldd + i] = src[i * lds + j]</c> (rows of <paramref name="src"/> become
-    /// columns of <paramref name="dst"/>), with two rounds of in-lane unpacks and shuffles and one of 128-bit permutes.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Transpose8x8(float* src, nint lds, float* dst, nint ldd) => Transpose8x8(src, lds, dst, ldd, false, default);
-
-    /// <summary>
-    /// <see cref="Transpose8x8(float*, nint, float*, nint)"/>, plus <paramref name="addend"/> on every output row (lane
-    /// <c>i</c>: source row <c>i</c>) when <paramref name="add"/> (false: pure moves, so a -0 stays -0).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Transpose8x8(float* src, nint lds, float* dst, nint ldd, bool add, Vector256<float> addend)
-    {
-        var r0 = Avx.LoadVector256(src);
-        var r1 = Avx.LoadVector256(src + lds);
-        var r2 = Avx.LoadVector256(src + 2 * lds);
-        var r3 = Avx.LoadVector256(src + 3 * lds);
-        var r4 = Avx.LoadVector256(src + 4 * lds);
-        var r5 = Avx.LoadVector256(src + 5 * lds);
-        var r6 = Avx.LoadVector256(src + 6 * lds);
-        var r7 = Avx.LoadVector256(src + 7 * lds);
-        // Pairs of rows interleaved: t0 = r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5], ...
-        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
-        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
-        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
-        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
-        // Four rows per column within each 128-bit half: u0 = column 0 of rows 0-3 | column 4 of rows 0-3, ...
-        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
-        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
-        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
-        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
-        // Rows 0-3 and 4-7 of one column joined across the halves.
-        Avx.Store(dst, Plus(Avx.Permute2x128(u0, u4, 0x20), add, addend));
-        Avx.Store(dst + ldd, Plus(Avx.Permute2x128(u1, u5, 0x20), add, addend));
-        Avx.Store(dst + 2 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x20), add, addend));
-        Avx.Store(dst + 3 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x20), add, addend));
-        Avx.Store(dst + 4 * ldd, Plus(Avx.Permute2x128(u0, u4, 0x31), add, addend));
-        Avx.Store(dst + 5 * ldd, Plus(Avx.Permute2x128(u1, u5, 0x31), add, addend));
-        Avx.Store(dst + 6 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x31), add, addend));
-        Avx.Store(dst + 7 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x31), add, addend));
-
-        static Vector256<float> Plus(Vector256<float> v, bool add, Vector256<float> addend) => add ? Avx.Add(v, addend) : v;
     }
 
     /// <summary>
@@ -329,7 +284,7 @@ internal static unsafe class PackedMatMul
             for (; r8 + 8 <= rows; r8 += 8)
             {
                 var add = bias == null ? Vector256<float>.Zero : Vector256.Load(bias + n0 + r8);
-                for (int i = 0; i < i8; i += 8) Transpose8x8(yt + r8 * ldt + i, ldt, y + (i0 + i) * ldy + n0 + r8, ldy, true, add);
+                for (int i = 0; i < i8; i += 8) Transposes.Transpose8x8(yt + r8 * ldt + i, ldt, y + (i0 + i) * ldy + n0 + r8, ldy, true, add);
             }
         for (int i = 0; i < count; i++)
         {
@@ -339,23 +294,31 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
-    /// How <see cref="Run"/> cuts a call into work items: <see cref="ItemRows"/> weight rows at most, evened out
-    /// (whole tiles), and, when that leaves fewer than two items per thread, groups of strips too (each such item
-    /// decodes its rows again, a small cost against leaving a thread idle: a 64-row weight made one item of 48 rows
-    /// and one of 16).
+    /// How the packed GEMMs (<see cref="Run"/>, <see cref="PackedIntegerMatMul"/>) cut a call into work items: weight
+    /// rows in items of at most <see cref="ItemRows"/>, evened out (whole tiles), times groups of strips. Strips are
+    /// grouped only as far as needed for two items per thread (each group decodes the item's rows again, a small cost
+    /// against an idle thread: a 64-row weight made one item of 48 rows and one of 16) and at most
+    /// <c>maxGroupStrips</c> per group. Consecutive items share their strips.
     /// </summary>
     internal readonly record struct WorkSplit(int Rows, int RowItems, int StripGroups, int GroupStrips)
     {
-        /// <summary>Work items: row items x strip groups (item <c>i</c>: rows from <c>i / StripGroups * Rows</c>, strips from <c>i % StripGroups * GroupStrips</c>).</summary>
+        /// <summary>Work items: row items x strip groups.</summary>
         public int Items => RowItems * StripGroups;
 
+        /// <summary>The first weight row of <paramref name="item"/> (it has <see cref="Rows"/> rows, fewer at the end).</summary>
+        public int RowStart(int item) => item % RowItems * Rows;
+
+        /// <summary>The first strip of <paramref name="item"/> (it has <see cref="GroupStrips"/> strips, fewer at the end).</summary>
+        public int StripStart(int item) => item / RowItems * GroupStrips;
+
         /// <summary>The split of <paramref name="rows"/> weight rows and <paramref name="strips"/> strips for <paramref name="threads"/> threads.</summary>
-        public static WorkSplit For(int rows, int strips, int threads)
+        public static WorkSplit For(int rows, int strips, int threads, int maxGroupStrips = int.MaxValue)
         {
             int rowItems = Math.Max(1, (rows + ItemRows - 1) / ItemRows);
             int itemRows = ((rows + rowItems - 1) / rowItems + TileRows - 1) / TileRows * TileRows;
-            int wanted = Math.Clamp((2 * threads + rowItems - 1) / rowItems, 1, Math.Max(1, strips));
-            int groupStrips = Math.Max(1, (strips + wanted - 1) / wanted);
+            strips = Math.Max(1, strips);
+            int wanted = Math.Clamp((2 * threads + rowItems - 1) / rowItems, 1, strips);
+            int groupStrips = Math.Clamp((strips + wanted - 1) / wanted, 1, Math.Max(1, maxGroupStrips));
             return new WorkSplit(itemRows, rowItems, (strips + groupStrips - 1) / groupStrips, groupStrips);
         }
     }

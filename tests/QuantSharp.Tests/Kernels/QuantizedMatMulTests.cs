@@ -39,15 +39,18 @@ public unsafe class QuantizedMatMulTests
     [InlineData(384, 2, 2)]
     [InlineData(4096, 16, 8)]
     [InlineData(97, 5, 3)]
-    public void WorkSplitCoversEveryRowAndStripOnce(int rows, int strips, int threads)
+    [InlineData(64, 9, 2, 2)]
+    [InlineData(500, 40, 2, 3)]
+    public void WorkSplitCoversEveryRowAndStripOnce(int rows, int strips, int threads, int maxGroupStrips = int.MaxValue)
     {
-        var split = PackedMatMul.WorkSplit.For(rows, strips, threads);
+        var split = PackedMatMul.WorkSplit.For(rows, strips, threads, maxGroupStrips);
+        Assert.InRange(split.GroupStrips, 1, maxGroupStrips);
         Assert.Equal(0, split.Rows % PackedMatMul.TileRows);
         Assert.InRange(split.Rows, PackedMatMul.TileRows, PackedMatMul.ItemRows);
         var seen = new int[rows, strips];
         for (int item = 0; item < split.Items; item++)
         {
-            int n0 = item / split.StripGroups * split.Rows, s0 = item % split.StripGroups * split.GroupStrips;
+            int n0 = split.RowStart(item), s0 = split.StripStart(item);
             Assert.True(n0 < rows && s0 < strips, $"item {item} is empty");
             for (int r = n0; r < Math.Min(rows, n0 + split.Rows); r++)
                 for (int s = s0; s < Math.Min(strips, s0 + split.GroupStrips); s++) seen[r, s]++;

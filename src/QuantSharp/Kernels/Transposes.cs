@@ -1,0 +1,58 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// 8 x 8 register transposes (AVX; callers check <see cref="Avx.IsSupported"/>) for the packed GEMMs: packing
+/// activation rows into strips and writing <c>y^T</c> tiles into output rows. The moves are bitwise (unpacks, shuffles
+/// and 128-bit permutes never change a value), so they also move int32 lanes.
+/// </summary>
+internal static unsafe class Transposes
+{
+    /// <summary>
+    /// Transposes 8 x 8 floats: <c>dst[j * ldd + i] = src[i * lds + j]</c> (rows of <paramref name="src"/> become
+    /// columns of <paramref name="dst"/>), with two rounds of in-lane unpacks and shuffles and one of 128-bit permutes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Transpose8x8(float* src, nint lds, float* dst, nint ldd) => Transpose8x8(src, lds, dst, ldd, false, default);
+
+    /// <summary>
+    /// <see cref="Transpose8x8(float*, nint, float*, nint)"/>, plus <paramref name="addend"/> on every output row (lane
+    /// <c>i</c>: source row <c>i</c>) when <paramref name="add"/> (false: pure moves, so a -0 stays -0).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Transpose8x8(float* src, nint lds, float* dst, nint ldd, bool add, Vector256<float> addend)
+    {
+        var r0 = Avx.LoadVector256(src);
+        var r1 = Avx.LoadVector256(src + lds);
+        var r2 = Avx.LoadVector256(src + 2 * lds);
+        var r3 = Avx.LoadVector256(src + 3 * lds);
+        var r4 = Avx.LoadVector256(src + 4 * lds);
+        var r5 = Avx.LoadVector256(src + 5 * lds);
+        var r6 = Avx.LoadVector256(src + 6 * lds);
+        var r7 = Avx.LoadVector256(src + 7 * lds);
+        // Pairs of rows interleaved: t0 = r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5], ...
+        var t0 = Avx.UnpackLow(r0, r1); var t1 = Avx.UnpackHigh(r0, r1);
+        var t2 = Avx.UnpackLow(r2, r3); var t3 = Avx.UnpackHigh(r2, r3);
+        var t4 = Avx.UnpackLow(r4, r5); var t5 = Avx.UnpackHigh(r4, r5);
+        var t6 = Avx.UnpackLow(r6, r7); var t7 = Avx.UnpackHigh(r6, r7);
+        // Four rows per column within each 128-bit half: u0 = column 0 of rows 0-3 | column 4 of rows 0-3, ...
+        var u0 = Avx.Shuffle(t0, t2, 0x44); var u1 = Avx.Shuffle(t0, t2, 0xEE);
+        var u2 = Avx.Shuffle(t1, t3, 0x44); var u3 = Avx.Shuffle(t1, t3, 0xEE);
+        var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
+        var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
+        // Rows 0-3 and 4-7 of one column joined across the halves.
+        Avx.Store(dst, Plus(Avx.Permute2x128(u0, u4, 0x20), add, addend));
+        Avx.Store(dst + ldd, Plus(Avx.Permute2x128(u1, u5, 0x20), add, addend));
+        Avx.Store(dst + 2 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x20), add, addend));
+        Avx.Store(dst + 3 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x20), add, addend));
+        Avx.Store(dst + 4 * ldd, Plus(Avx.Permute2x128(u0, u4, 0x31), add, addend));
+        Avx.Store(dst + 5 * ldd, Plus(Avx.Permute2x128(u1, u5, 0x31), add, addend));
+        Avx.Store(dst + 6 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x31), add, addend));
+        Avx.Store(dst + 7 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x31), add, addend));
+
+        static Vector256<float> Plus(Vector256<float> v, bool add, Vector256<float> addend) => add ? Avx.Add(v, addend) : v;
+    }
+}
