@@ -26,37 +26,56 @@ internal static unsafe class LinearKernels
     {
         if (!Usable(parts, x, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
-        if (x.dim() == 0 || x.shape[^1] != k || x.numel() / Math.Max(k, 1) > int.MaxValue) return null;
+        // The shape is read once and the tensors touched only where needed: each TorchSharp call that makes a tensor
+        // (a no-op to(), reshape() or contiguous() included) costs about half a microsecond, which a small layer's
+        // call at batch 1 counts (8 such calls made an 8x8 layer three times slower than float32's linear).
+        long[] shape = x.shape;
+        if (shape.Length == 0 || shape[^1] != k) return null;
+        long elements = QuantSpec.Product(shape);
+        if (elements / Math.Max(k, 1) > int.MaxValue) return null;
         bool integer = format == WeightFormat.Int8 && groupSize == k && k <= IntegerMatMul.MaxReduction;
         if (input is not null && !integer) return null;
 
-        using var scope = NewDisposeScope();
-        int m = (int)(x.numel() / k);
-        var rows = x.to(ScalarType.Float32).reshape(m, k).contiguous();
-        var y = torch.empty([m, n], ScalarType.Float32);
-        Pinned(parts, format, groupSize, rows, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
+        int m = (int)(elements / Math.Max(k, 1));
+        bool float32 = x.dtype == ScalarType.Float32;
+        using var converted = float32 ? null : x.to(ScalarType.Float32);
+        var source = converted ?? x;
+        using var copy = source.is_contiguous() ? null : source.contiguous();
+        var rows = copy ?? source;
+        var outShape = (long[])shape.Clone();
+        outShape[^1] = n;
+        var y = torch.empty(outShape, ScalarType.Float32);
+        try
         {
-            if (input is { } act)
+            Pinned(parts, format, groupSize, rows, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
             {
-                using var q = new QuantizedActivations(m, (int)k);
-                if (act.Dynamic)
+                if (input is { } act)
                 {
-                    IntegerMatMul.QuantizeDynamic(px, (nint)k, q);
+                    using var q = new QuantizedActivations(m, (int)k);
+                    if (act.Dynamic)
+                    {
+                        IntegerMatMul.QuantizeDynamic(px, (nint)k, q);
+                    }
+                    else
+                    {
+                        var range = QuantRange.For(act.Static!.Type, act.Static.ReduceRange);
+                        IntegerMatMul.QuantizeStatic(px, (nint)k, act.Static.Scale, act.Static.ZeroPoint, range.QMin, range.QMax, q);
+                    }
+                    IntegerMatMul.Run(view, q, pb, py, (nint)n);
                 }
                 else
                 {
-                    var range = QuantRange.For(act.Static!.Type, act.Static.ReduceRange);
-                    IntegerMatMul.QuantizeStatic(px, (nint)k, act.Static.Scale, act.Static.ZeroPoint, range.QMin, range.QMax, q);
+                    QuantizedMatMul.Run(view, px, m, (nint)k, pb, py, (nint)n);
                 }
-                IntegerMatMul.Run(view, q, pb, py, (nint)n);
-            }
-            else
-            {
-                QuantizedMatMul.Run(view, px, m, (nint)k, pb, py, (nint)n);
-            }
-        });
-        var outShape = x.shape[..^1].Append(n).ToArray();
-        return y.reshape(outShape).to(x.dtype).MoveToOuterDisposeScope();
+            });
+        }
+        catch
+        {
+            y.Dispose();
+            throw;
+        }
+        if (float32) return y;
+        using (y) return y.to(x.dtype);
     }
 
     /// <summary>
@@ -179,23 +198,19 @@ internal static unsafe class LinearKernels
     /// <summary>Runs <paramref name="call"/> on the weight's parts, <paramref name="x"/> (or null) and <paramref name="y"/> (contiguous float32) and the bias, pinned.</summary>
     private static void Pinned(QuantizedTensor parts, WeightFormat format, int groupSize, Tensor? x, Tensor? bias, Tensor y, KernelCall call)
     {
-        using var b = bias?.to(ScalarType.Float32).contiguous();
+        using var b = bias is null || (bias.dtype == ScalarType.Float32 && bias.is_contiguous()) ? null : bias.to(ScalarType.Float32).contiguous();
         var scale = parts.Scale;
         var zeroPoint = parts.ZeroPoint;
-        // The weight by address: its data may be 2 GiB or more, beyond what one span covers.
+        // By address (libtorch's CPU memory never moves): the weight's data may be 2 GiB or more, beyond what one span covers.
         byte* pData = (byte*)TensorSpans.Address(parts.Data);
-        fixed (byte* pScale = scale is null ? default : scale.bytes)
-        fixed (byte* pZero = zeroPoint is null ? default : zeroPoint.bytes)
-        fixed (byte* pX = x is null ? default : x.bytes)
-        fixed (byte* pY = y.bytes)
-        fixed (byte* pBias = b is null ? default : b.bytes)
-        {
-            bool perTensor = parts.Spec.Granularity is PerTensor;
-            var (rows, cols) = Matrix(parts);
-            var view = new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)pScale, (int*)pZero, perTensor ? 0 : -1);
-            call(view, (float*)pX, (float*)pBias, (float*)pY);
-        }
+        bool perTensor = parts.Spec.Granularity is PerTensor;
+        var (rows, cols) = Matrix(parts);
+        var view = new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)AddressOrNull(scale), (int*)AddressOrNull(zeroPoint), perTensor ? 0 : -1);
+        call(view, (float*)AddressOrNull(x), (float*)AddressOrNull(b ?? bias), (float*)AddressOrNull(y));
     }
+
+    /// <summary>The first element's address of a contiguous CPU tensor, or null for none or an empty one.</summary>
+    private static nint AddressOrNull(Tensor? t) => t is null || t.numel() == 0 ? 0 : TensorSpans.Address(t);
 
     /// <summary>The kernel format of a layer weight, or null when no kernel reads it (2-bit types, per-axis other than 0).</summary>
     internal static WeightFormat? Format(QuantSpec spec, long k, out int groupSize)

@@ -60,11 +60,13 @@ public sealed class QuantizedLinear : QuantizedModule
     /// </summary>
     internal LinearRoute Route(Tensor input)
     {
-        if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU || input.dim() == 0) return LinearRoute.Kernel;
+        if (!BFloat16Routes) return LinearRoute.Kernel; // the only other route
+        if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return LinearRoute.Kernel;
         if (input.requires_grad && is_grad_enabled()) return LinearRoute.Kernel;
         long inputs = in_features;
-        if (input.shape[^1] != inputs || inputs == 0) return LinearRoute.Kernel;
-        return LinearCost.Choose(input.numel() / inputs, out_features, inputs, BFloat16Routes);
+        long[] shape = input.shape;
+        if (shape.Length == 0 || shape[^1] != inputs || inputs == 0) return LinearRoute.Kernel;
+        return LinearCost.Choose(QuantSpec.Product(shape) / inputs, out_features, inputs, bfloat16: true);
     }
 
     /// <summary><see cref="LinearRoute.BFloat16"/>: libtorch's bfloat16 linear on the weight, input and bias rounded to bfloat16, the result in float32.</summary>

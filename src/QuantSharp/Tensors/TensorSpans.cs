@@ -17,7 +17,8 @@ internal static class TensorSpans
     {
         // Under 2 GiB one span covers it: a tenth of the cost of the two views below, which counts in the calls of a
         // small convolution (about 2 us a call).
-        if (t.numel() > 0 && t.numel() * t.ElementSize <= int.MaxValue && t.is_contiguous())
+        long count = t.numel();
+        if (count > 0 && count * t.ElementSize <= int.MaxValue && t.is_contiguous())
             return (nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
         using var flat = t.reshape(-1); // a view; disposed here so that it does not keep the storage alive
         using var first = flat.narrow(0, 0, 1);
