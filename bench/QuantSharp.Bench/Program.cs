@@ -9,6 +9,7 @@ public static class Program
     {
         if (args.Length > 0 && args[0] == "checkpoint") return CheckpointBench.Run(args[1..]); // end-to-end checkpoint run, see CheckpointBench
         if (args.Length > 0 && args[0] == "chunk-profile") return ChunkProfile.Run();
+        if (args.Length > 0 && args[0] == "small-linear") return SmallLinearProbe.Run(args[1..]); // small and medium Linear layers vs float32, see SmallLinearProbe
         if (args.Length > 0 && args[0] == "conv") return ConvBench.Run(args[1..]); // quantized vs float32 convolutions, see ConvBench
         if (args.Length > 0 && args[0] == "int-gemm-profile") return IntegerGemmProfile.Run(args[1..]); // W8A8 GEMM vs bf16 Linear, see IntegerGemmProfile
         if (args.Length > 0 && args[0] == "mechanisms") return MechanismBench.Run(); // replaced vs materialized layers, see MechanismBench

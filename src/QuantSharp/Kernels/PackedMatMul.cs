@@ -62,36 +62,46 @@ internal static unsafe class PackedMatMul
     public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        if (transposed)
-        {
-            ByPositions<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, unfold);
-            return;
-        }
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
+        var layout = ForcedLayout ?? ChooseLayout(w.Rows, k, strips, KernelThreads.Count);
+        if (transposed || layout == PackedLayout.ByPositions)
+        {
+            ByPositions<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, transposed, unfold);
+            return;
+        }
         int paddedM = strips * stripWidth;
-        float[] packed = ArrayPool<float>.Shared.Rent(checked(paddedM * Math.Max(k, 1)));
+        var split = WorkSplit.For(w.Rows, strips, KernelThreads.Count);
+        bool shared = layout == PackedLayout.Shared;
+        float[]? packed = shared ? ArrayPool<float>.Shared.Rent(checked(paddedM * Math.Max(k, 1))) : null;
         try
         {
             fixed (float* xt = packed)
             fixed (int* perm = order)
             {
                 nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
-                KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress, s, stripWidth));
+                if (shared) KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress + (nint)s * k * stripWidth, s, stripWidth));
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
-                var split = WorkSplit.For(w.Rows, strips, KernelThreads.Count);
                 int blockCapacity = Math.Min(k, BlockTarget), ldt = split.GroupStrips * stripWidth;
+                int ownStrips = shared ? 0 : checked(ldt * Math.Max(k, 1));
                 KernelThreads.For(split.Items, (long)split.Rows * ldt * k, item =>
                 {
-                    int n0 = split.RowStart(item), s0 = split.StripStart(item);
-                    float[] scratch = ArrayPool<float>.Shared.Rent(split.Rows * blockCapacity + split.Rows * ldt);
+                    int n0 = split.RowStart(item), s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips);
+                    float[] scratch = ArrayPool<float>.Shared.Rent(split.Rows * blockCapacity + split.Rows * ldt + ownStrips);
                     try
                     {
                         fixed (float* tile = scratch)
-                            Item<TW, TVec, TD>(view, (float*)xtAddress, new StripBlock(s0, Math.Min(strips, s0 + split.GroupStrips), m, 0), blockCapacity, tile,
+                        {
+                            // Without shared packing the item packs its strips after its tile and partial sums.
+                            float* strips0 = shared ? (float*)xtAddress : tile + split.Rows * (blockCapacity + ldt);
+                            if (!shared)
+                                for (int s = s0; s < s1; s++)
+                                    PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, strips0 + (nint)(s - s0) * k * stripWidth, s, stripWidth);
+                            Item<TW, TVec, TD>(view, strips0, new StripBlock(s0, s1, m, shared ? 0 : s0), blockCapacity, tile,
                                 (float*)biasAddress, (float*)yAddress, ldy, n0, Math.Min(split.Rows, view.Rows - n0), transposed: false);
+                        }
                     }
                     finally
                     {
@@ -102,22 +112,49 @@ internal static unsafe class PackedMatMul
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(packed);
+            if (packed is not null) ArrayPool<float>.Shared.Return(packed);
         }
     }
+
+    /// <summary>
+    /// How a call with activation rows (not transposed) packs and splits. Shared packing (one pass over the strips, then
+    /// items reading them) makes cache lines change hands between cores twice per call (written by one thread, read by
+    /// the other; on this VM about 1 ns per float): packing a 64 x 800 input took 55 us inside a call against 5 us
+    /// alone, more than the multiply-adds. So where the activations have a strip per thread and the weight is small
+    /// (it has too few rows for two items per thread, or at most <see cref="PositionMajorMaxWeight"/> elements), the
+    /// call runs position-major: each thread packs the strips it multiplies and runs every weight row over them. Else,
+    /// up to <see cref="PrivatePackMaxRowItems"/> row items, each item packs its own strips (about a tenth of its
+    /// multiply-adds again); beyond, the packing is shared.
+    /// </summary>
+    internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int strips, int threads)
+    {
+        int rowItems = (weightRows + ItemRows - 1) / ItemRows;
+        if (threads > 1 && strips >= threads && (rowItems < 2 * threads || (long)weightRows * weightCols <= PositionMajorMaxWeight)) return PackedLayout.ByPositions;
+        return rowItems <= PrivatePackMaxRowItems ? PackedLayout.PerItem : PackedLayout.Shared;
+    }
+
+    /// <summary>Weights up to this many elements run position-major whatever their rows: each item decodes the weight again, a few microseconds for an L2-sized weight.</summary>
+    internal const long PositionMajorMaxWeight = 1 << 20;
+
+    /// <summary>Row items up to which each item packs its own strips.</summary>
+    internal const int PrivatePackMaxRowItems = 24;
+
+    /// <summary>Tests force a layout on their thread (null: <see cref="ChooseLayout"/>); every layout gives the same bits.</summary>
+    [ThreadStatic] internal static PackedLayout? ForcedLayout;
 
     /// <summary>Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes.</summary>
     internal static int PositionBlockBytes = 256 << 10;
 
     /// <summary>
-    /// Transposed operands (<c>x^T</c> in, <c>y^T</c> out: a convolution) run position-major: there the activations are
-    /// the large operand and the weight the small one, so each work item owns a block of positions (whole strips of one
-    /// image), packs them (unfolding the image on the fly) into a block of about <see cref="PositionBlockBytes"/> that
-    /// stays in cache, and runs every weight row over it. Packing and the multiply-adds then read the activations
+    /// Transposed operands (<c>x^T</c> in, <c>y^T</c> out: a convolution), and activation rows against a weight of few
+    /// rows (<see cref="ChooseLayout"/>), run position-major: there the activations are the large operand and the
+    /// weight the small one, so each work item owns a block of positions (whole strips of one image, or of the rows),
+    /// packs them (unfolding the image on the fly) into a block of about <see cref="PositionBlockBytes"/> that stays in
+    /// its thread's cache, and runs every weight row over it. Packing and the multiply-adds then read the activations
     /// once from memory; each item decodes the weights again, tile by tile, which costs little against the block's
-    /// multiply-adds (a convolution's weight is small).
+    /// multiply-adds (the weight is small).
     /// </summary>
-    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, Im2Col? unfold)
+    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
@@ -146,11 +183,14 @@ internal static unsafe class PackedMatMul
                     {
                         float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
                         for (int s = s0; s < s1; s++)
-                            PackStripTransposed(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                        {
+                            if (transposed) PackStripTransposed(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                            else PackStrip(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth);
+                        }
                         float* tile = packed + blockStrips * stripFloats;
                         var block = new StripBlock(s0, s1, m, s0);
                         for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
-                            Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, view.Rows - n0), transposed: true);
+                            Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, view.Rows - n0), transposed);
                     }
                 }
                 finally
@@ -164,61 +204,60 @@ internal static unsafe class PackedMatMul
     /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows; the packed pointer holds strips from <paramref name="First"/> on.</summary>
     private readonly record struct StripBlock(int S0, int S1, int M, int First);
 
-    /// <summary>Reduction steps staged at once when the activations are read in the decoders' order.</summary>
+    /// <summary>Reduction steps packed at once: the block of the strip (<c>PackBlock * width</c> floats, 8 KiB at 32 lanes) stays in L1 while every row is written into it.</summary>
     private const int PackBlock = 64;
 
-    /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c>: <c>xt[(s * k + kk) * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
+    /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c> into <paramref name="strip"/>: <c>strip[kk * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
     /// <remarks>
-    /// Eight rows at a time go through 8 x 8 register transposes (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint)"/>) where the CPU has AVX: the
-    /// scalar loop (one strided store per element) cost about 2.3 cycles per element, a quarter of a 64 x 800 layer's
-    /// call at 64 rows. With an <paramref name="order"/>, each block of <see cref="PackBlock"/> steps of the eight rows
+    /// Eight rows at a time go through 8 x 8 register transposes (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint)"/>)
+    /// where the CPU has AVX (the scalar loop, one strided store per element, cost about 2.3 cycles per element, a
+    /// quarter of a 64 x 800 layer's call at 64 rows), block by block of <see cref="PackBlock"/> steps: walking each
+    /// group of eight rows over the whole length wrote 32 bytes per cache line of a strip larger than L1 (100 KiB at
+    /// K = 800), so the next group fetched the lines again. With an <paramref name="order"/>, the block of the eight rows
     /// is gathered into a stack tile first. Same values either way: it only moves floats.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
-    private static void PackStrip(float* x, int m, nint ldx, int k, int* order, float* xt, int s, int width)
+    private static void PackStrip(float* x, int m, nint ldx, int k, int* order, float* strip, int s, int width)
     {
-        float* strip = xt + (nint)s * k * width;
-        int row0 = s * width, valid = Math.Clamp(m - row0, 0, width), lane = 0;
-        if (Avx.IsSupported)
+        int row0 = s * width, valid = Math.Clamp(m - row0, 0, width);
+        int vectorLanes = Avx.IsSupported ? valid / 8 * 8 : 0;
+        float* staged = stackalloc float[8 * PackBlock];
+        for (int k0 = 0; k0 < k; k0 += PackBlock)
         {
-            float* staged = stackalloc float[8 * PackBlock];
-            for (; lane + 8 <= valid; lane += 8)
+            int n = Math.Min(PackBlock, k - k0);
+            float* block = strip + (nint)k0 * width;
+            for (int lane = 0; lane < vectorLanes; lane += 8)
             {
-                float* src = x + (row0 + lane) * ldx;
-                float* dst = strip + lane;
-                if (order == null)
+                float* src = x + (row0 + lane) * ldx + k0;
+                nint lds = ldx;
+                if (order != null)
                 {
-                    int kk = 0;
-                    for (; kk + 8 <= k; kk += 8) Transposes.Transpose8x8(src + kk, ldx, dst + (nint)kk * width, width);
-                    for (; kk < k; kk++)
-                        for (int r = 0; r < 8; r++) dst[(nint)kk * width + r] = src[r * ldx + kk];
+                    for (int r = 0; r < 8; r++)
+                        for (int j = 0; j < n; j++) staged[r * PackBlock + j] = x[(row0 + lane + r) * ldx + order[k0 + j]];
+                    src = staged;
+                    lds = PackBlock;
+                }
+                float* dst = block + lane;
+                int kk = 0;
+                for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(src + kk, lds, dst + (nint)kk * width, width);
+                for (; kk < n; kk++)
+                    for (int r = 0; r < 8; r++) dst[(nint)kk * width + r] = src[r * lds + kk];
+            }
+            for (int lane = vectorLanes; lane < width; lane++)
+            {
+                float* dst = block + lane;
+                if (lane >= valid)
+                {
+                    for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = 0f;
                     continue;
                 }
-                for (int k0 = 0; k0 < k; k0 += PackBlock)
-                {
-                    int n = Math.Min(PackBlock, k - k0), kk = 0;
-                    for (int r = 0; r < 8; r++)
-                        for (int j = 0; j < n; j++) staged[r * PackBlock + j] = src[r * ldx + order[k0 + j]];
-                    for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(staged + kk, PackBlock, dst + (nint)(k0 + kk) * width, width);
-                    for (; kk < n; kk++)
-                        for (int r = 0; r < 8; r++) dst[(nint)(k0 + kk) * width + r] = staged[r * PackBlock + kk];
-                }
+                float* src = x + (row0 + lane) * ldx;
+                if (order == null)
+                    for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = src[k0 + kk];
+                else
+                    for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = src[order[k0 + kk]];
             }
-        }
-        for (; lane < width; lane++)
-        {
-            float* dst = strip + lane;
-            if (lane >= valid)
-            {
-                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = 0f;
-                continue;
-            }
-            float* src = x + (row0 + lane) * ldx;
-            if (order == null)
-                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = src[kk];
-            else
-                for (int kk = 0; kk < k; kk++) dst[(nint)kk * width] = src[order[kk]];
         }
     }
 
@@ -357,4 +396,17 @@ internal static unsafe class PackedMatMul
             for (; k < end; k++) dst[k] = TD.One(row, k) * s + offset;
         }
     }
+}
+
+/// <summary>How <see cref="PackedMatMul"/> packs the activations of a call and splits it (<see cref="PackedMatMul.ChooseLayout"/>).</summary>
+internal enum PackedLayout
+{
+    /// <summary>One packing pass over all strips, then items of weight rows x strip groups reading them.</summary>
+    Shared,
+
+    /// <summary>Items of weight rows x strip groups, each packing its own strips.</summary>
+    PerItem,
+
+    /// <summary>Items of strip blocks, each packing its strips and running every weight row over them.</summary>
+    ByPositions,
 }

@@ -27,6 +27,44 @@ public unsafe class QuantizedMatMulTests
             .Where(k => !WeightView.IsPacked(format) || k % 2 == 0);
 
     /// <summary>
+    /// The three ways the packed GEMM packs and splits a call (<see cref="PackedMatMul.ChooseLayout"/>: shared packing,
+    /// per-item packing, position-major) give the same bits, each within the specification's tolerance, on shapes where
+    /// the rule picks each of them: few and many weight rows (beyond the per-item limit), one and several strips.
+    /// </summary>
+    [Theory]
+    [InlineData("Int8", 64, 70, 65)]
+    [InlineData("Int4", 61, 64, 40)]
+    [InlineData("Float16", 100, 36, 24)]
+    [InlineData("UInt8", 1250, 20, 40)]
+    [InlineData("Int4", 1250, 32, 70)]
+    public void EveryPackedLayoutGivesTheSameBits(string formatName, int rows, int cols, int batch)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        using var w = new PinnedWeight(format, rows, cols, format is WeightFormat.Int4 ? 16 : cols, zeroPoints: format == WeightFormat.UInt8, seed: rows + cols);
+        var view = w.View;
+        float[] x = KernelTestData.Activations(batch * cols, 5);
+        float[] b = KernelTestData.Activations(rows, 6);
+        float[]? first = null;
+        try
+        {
+            foreach (var layout in Enum.GetValues<PackedLayout>())
+            {
+                PackedMatMul.ForcedLayout = layout;
+                var y = new float[batch * rows];
+                fixed (float* px = x) fixed (float* pb = b) fixed (float* py = y)
+                    QuantizedMatMul.Run(view, px, batch, cols, pb, py, rows, KernelPath.Auto, MatMulMethod.Packed);
+                if (first is null) first = y;
+                else Assert.True(first.AsSpan().SequenceEqual(y), $"{layout} differs from {PackedLayout.Shared} ({format} [{rows}x{cols}] batch {batch})");
+                CheckAllPaths(w, batch, seed: 7, xPad: 3, yPad: 2, bias: true);
+            }
+        }
+        finally
+        {
+            PackedMatMul.ForcedLayout = null;
+        }
+    }
+
+    /// <summary>
     /// The packed GEMM's work split covers every (weight row, strip) pair exactly once, with items of whole tiles no
     /// larger than <see cref="PackedMatMul.ItemRows"/>, and gives each thread two items where the call has that many
     /// (a 64-row weight over two strips was one item of 48 rows and one of 16: one thread did three quarters).

@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Bench;
+
+/// <summary>
+/// Small and medium Linear layers (the MNIST and MiniLM sizes) against float32, in one process:
+/// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- small-linear [rounds]</c>. For each shape and row count
+/// the variants are timed in interleaved rounds (default 5): each round runs every variant for at least 20 ms of
+/// warm-up (so the other side's threads settle: libgomp's workers spin after a libtorch op) and then takes the median
+/// of 40 calls; the figure is the best round's median. One process keeps the allocator state the same for every side
+/// (it is primed as <c>quantsharp bench</c> does). Ratios are quantized time / float32 time: below 1 is faster.
+/// Environment: <c>PROBE_SHAPES</c> (e.g. <c>64x800,512x512</c>), <c>PROBE_ROWS</c> (e.g. <c>1,64</c>), <c>PROBE_PROFILE</c>
+/// (a variant's index: call only it, for a profiler).
+/// </summary>
+internal static class SmallLinearProbe
+{
+    public static int Run(string[] args)
+    {
+        int rounds = args.Length > 0 ? int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture) : 5;
+        torch.empty(6L << 20, ScalarType.Float32).Dispose(); // glibc's allocator in its steady state (see LayerBench)
+        var shapes = (Environment.GetEnvironmentVariable("PROBE_SHAPES") ?? "64x800,384x384,512x512,1536x384,384x1536,1024x1024").Split(',')
+            .Select(t => t.Split('x')).Select(p => (int.Parse(p[0]), int.Parse(p[1]))).ToArray();
+        var rowsList = (Environment.GetEnvironmentVariable("PROBE_ROWS") ?? "1,24,64,128,256").Split(',').Select(int.Parse).ToArray();
+        using var noGrad = no_grad();
+        Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");
+        Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 g32 / float32 | w8a8-dynamic / float32 |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        foreach (var (n, k) in shapes)
+            foreach (int m in rowsList)
+            {
+                using var scope = NewDisposeScope();
+                torch.manual_seed(0);
+                var linear = nn.Linear(k, n);
+                var x = torch.randn(m, k);
+                var perChannel = new QuantSpec(QuantType.Int8, QuantScheme.Symmetric, new PerAxis(0));
+                var int8 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias);
+                var int4 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(Math.Min(32, k)))), linear.bias);
+                var dynamic = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias) { DynamicInput = true };
+                var variants = new Func<Tensor>[] { () => linear.call(x), () => int8.call(x), () => int4.call(x), () => dynamic.call(x) };
+                if (Environment.GetEnvironmentVariable("PROBE_PROFILE") is { } only)
+                {
+                    // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8) called for 5 seconds.
+                    var forward = variants[int.Parse(only, System.Globalization.CultureInfo.InvariantCulture)];
+                    var clock = Stopwatch.StartNew();
+                    long calls = 0;
+                    for (; clock.ElapsedMilliseconds < 5000; calls++) forward().Dispose();
+                    Console.WriteLine($"| {n}x{k} | {m} | variant {only}: {clock.Elapsed.TotalMilliseconds * 1000 / calls:0.0} us per call");
+                    continue;
+                }
+                var best = new double[variants.Length];
+                Array.Fill(best, double.MaxValue);
+                for (int round = 0; round < rounds; round++)
+                    for (int v = 0; v < variants.Length; v++) best[v] = Math.Min(best[v], Median(variants[v], 40));
+                Console.WriteLine($"| {n}x{k} | {m} | {best[0]:0.000} | " + string.Join(" | ", best.Skip(1).Select(b => $"{b / best[0]:0.00}")) + " |");
+            }
+        return 0;
+    }
+
+    private static double Median(Func<Tensor> forward, int calls)
+    {
+        var warmUp = Stopwatch.StartNew();
+        for (int i = 0; i < 5 || warmUp.ElapsedMilliseconds < 20; i++) forward().Dispose();
+        var times = new double[calls];
+        for (int i = 0; i < calls; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            forward().Dispose();
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times[calls / 2];
+    }
+}
