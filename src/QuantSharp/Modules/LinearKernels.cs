@@ -29,7 +29,7 @@ internal static unsafe class LinearKernels
         // The shape is read once and the tensors touched only where needed: each TorchSharp call that makes a tensor
         // (a no-op to(), reshape() or contiguous() included) costs about half a microsecond, which a small layer's
         // call at batch 1 counts (8 such calls made an 8x8 layer three times slower than float32's linear).
-        long[] shape = x.shape;
+        long[] shape = TensorSpans.Shape(x);
         if (shape.Length == 0 || shape[^1] != k) return null;
         long elements = QuantSpec.Product(shape);
         if (elements / Math.Max(k, 1) > int.MaxValue) return null;
@@ -90,14 +90,16 @@ internal static unsafe class LinearKernels
     /// </summary>
     public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null)
     {
-        if (images.dtype != ScalarType.Float32 || images.dim() != 4 || images.shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
+        if (images.dtype != ScalarType.Float32 || images.dim() != 4) return null;
+        long[] shape = TensorSpans.Shape(images);
+        if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
-        if (k != unfold.Rows || images.shape[1] != unfold.Channels || images.shape[2] != unfold.Height || images.shape[3] != unfold.Width) return null;
+        if (k != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
-        if (input is not null && images.shape[0] * unfold.Positions > int.MaxValue) return null;
+        if (input is not null && shape[0] * unfold.Positions > int.MaxValue) return null;
 
         using var scope = NewDisposeScope();
-        long count = images.shape[0], p = unfold.Positions, size = unfold.ImageSize;
+        long count = shape[0], p = unfold.Positions, size = unfold.ImageSize;
         var x = images.contiguous();
         // Integer results come out position-major ([P, O], the integer GEMM's layout) and are transposed at the end.
         var y = input is null ? torch.empty([count, n, p], ScalarType.Float32) : torch.empty([count, p, n], ScalarType.Float32);

@@ -179,7 +179,7 @@ public sealed class QuantizedConv : QuantizedModule
         unfold = default;
         if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
         if (input.requires_grad && is_grad_enabled()) return ConvolutionRoute.Reference;
-        long[] shape = input.shape;
+        long[] shape = TensorSpans.Shape(input);
         bool batched = shape.Length == SpatialDims + 2;
         if (!batched && shape.Length != SpatialDims + 1) return ConvolutionRoute.Reference;
         // [n, C, H, W]: unbatched n = 1, a Conv1d's H = 1.

@@ -64,7 +64,7 @@ public sealed class QuantizedLinear : QuantizedModule
         if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return LinearRoute.Kernel;
         if (input.requires_grad && is_grad_enabled()) return LinearRoute.Kernel;
         long inputs = in_features;
-        long[] shape = input.shape;
+        long[] shape = TensorSpans.Shape(input);
         if (shape.Length == 0 || shape[^1] != inputs || inputs == 0) return LinearRoute.Kernel;
         return LinearCost.Choose(QuantSpec.Product(shape) / inputs, out_features, inputs, bfloat16: true);
     }

@@ -63,7 +63,7 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     public QuantizedWeight weight { get; }
 
     /// <summary>The bias (float32), or null.</summary>
-    public Tensor? bias => named_parameters(recurse: false).Where(p => p.name == BiasName).Select(p => (Tensor)p.parameter).FirstOrDefault();
+    public Tensor? bias => get_parameter(BiasName);
 #pragma warning restore IDE1006
 
     /// <summary>How the weight is quantized.</summary>
