@@ -200,7 +200,9 @@ internal static unsafe class LinearKernels
     /// <summary>Runs <paramref name="call"/> on the weight's parts, <paramref name="x"/> (or null) and <paramref name="y"/> (contiguous float32) and the bias, pinned.</summary>
     private static void Pinned(QuantizedTensor parts, WeightFormat format, int groupSize, Tensor? x, Tensor? bias, Tensor y, KernelCall call)
     {
-        using var b = bias is null || (bias.dtype == ScalarType.Float32 && bias.is_contiguous()) ? null : bias.to(ScalarType.Float32).contiguous();
+        bool asIs = bias is null || (bias.dtype == ScalarType.Float32 && bias.is_contiguous());
+        using var converted = asIs ? null : bias!.to(ScalarType.Float32);
+        using var b = converted?.contiguous();
         var scale = parts.Scale;
         var zeroPoint = parts.ZeroPoint;
         // By address (libtorch's CPU memory never moves): the weight's data may be 2 GiB or more, beyond what one span covers.

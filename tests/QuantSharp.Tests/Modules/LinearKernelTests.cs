@@ -60,6 +60,21 @@ public class LinearKernelTests
         }
     }
 
+    [Fact]
+    public void AWeightsLinearTakesAnyBiasTheFloatLinearTakes()
+    {
+        // QuantizedWeight.Linear is public: a float64 bias, and a strided one, go through the kernel as through libtorch.
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(12);
+        var linear = nn.Linear(64, 24);
+        var weight = QuantizedWeight.Quantize(linear.weight!, Parse("int8 per-channel"));
+        var w = weight.Dequantize();
+        var x = torch.randn(5, 64);
+        foreach (var bias in new[] { torch.randn(24, dtype: ScalarType.Float64), torch.randn(24, 2)[TensorIndex.Colon, 0] })
+            AssertClose(nn.functional.linear(x, w, bias.to(ScalarType.Float32)), weight.Linear(x, bias));
+    }
+
     [Theory]
     [InlineData("int8 per-channel")]
     [InlineData("int8 per-tensor")]
