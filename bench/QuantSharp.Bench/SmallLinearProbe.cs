@@ -21,7 +21,7 @@ internal static class SmallLinearProbe
     public static int Run(string[] args)
     {
         int rounds = args.Length > 0 ? int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture) : 5;
-        torch.empty(6L << 20, ScalarType.Float32).Dispose(); // glibc's allocator in its steady state (see LayerBench)
+        ConvBench.PrimeAllocator(); // glibc's allocator in its steady state, as quantsharp bench does
         var shapes = (Environment.GetEnvironmentVariable("PROBE_SHAPES") ?? "64x800,384x384,512x512,1536x384,384x1536,1024x1024").Split(',')
             .Select(t => t.Split('x')).Select(p => (int.Parse(p[0]), int.Parse(p[1]))).ToArray();
         var rowsList = (Environment.GetEnvironmentVariable("PROBE_ROWS") ?? "1,24,64,128,256").Split(',').Select(int.Parse).ToArray();
