@@ -319,42 +319,58 @@ internal static unsafe class IntegerMatMul
         where TW : IIntWidth<TAcc> where TAcc : struct
     {
         const int RowsPerBlock = 64;
-        int rowsPerItem = Math.Clamp(32768 / Math.Max(w.Cols, 1), 4, 64);
+        int k = w.Cols;
+        int rowsPerItem = Math.Clamp(32768 / Math.Max(k, 1), 4, 64);
         int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
         int mBlocks = (x.Rows + RowsPerBlock - 1) / RowsPerBlock;
         // Row sums of the weight (for activation zero points) are dot products with a row of ones, computed per work
         // item while its weight rows are in cache: no pass over the weight ahead of time, nothing cached across calls.
-        bool needSums = x.ZeroPoints.Any(z => z != 0);
-        using var ones = new QuantizedActivations(1, w.Cols);
-        new Span<byte>(ones.Codes, w.Cols).Fill(1);
+        // A block of one activation row takes them in the same pass as its dots (the ones as a second row), so each
+        // weight vector is loaded once.
+        bool needSums = false;
+        foreach (int z in x.ZeroPoints) needSums |= z != 0;
+        using var ones = new QuantizedActivations(1, k);
+        new Span<byte>(ones.Codes, k).Fill(1);
         nint yAddress = (nint)y, biasAddress = (nint)bias;
-        KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(x.Rows, RowsPerBlock) * rowsPerItem * w.Cols / 4, item =>
+        KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(x.Rows, RowsPerBlock) * rowsPerItem * k / 4, item =>
         {
             int m0 = item / nBlocks * RowsPerBlock, m1 = Math.Min(x.Rows, m0 + RowsPerBlock);
             int n0 = item % nBlocks * rowsPerItem, n1 = Math.Min(w.Rows, n0 + rowsPerItem);
             Span<int> dot = stackalloc int[4];
             Span<int> sums = stackalloc int[n1 - n0];
-            if (needSums)
-                for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones, 0, dot)[0];
             var output = new Output(w, x, (float*)biasAddress, (float*)yAddress, ldy);
+            byte* u = x.Codes + (nint)m0 * k;
+            if (needSums && m1 - m0 == 1)
+            {
+                for (int n = n0; n < n1; n++)
+                {
+                    var d = Dot<TW, TAcc, Two>(w, n, u, ones.Codes, null, null, dot);
+                    output.Write(n, m0, d[1], d[..1]);
+                }
+                return;
+            }
+            if (needSums)
+                for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones.Codes, null, null, null, dot)[0];
             int i = m0;
-            for (; i + 4 <= m1; i += 4)
-                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Four>(w, n, x, i, dot));
-            for (; i + 2 <= m1; i += 2)
-                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Two>(w, n, x, i, dot));
-            for (; i < m1; i++)
-                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, One>(w, n, x, i, dot));
+            for (; i + 4 <= m1; i += 4, u += 4 * k)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Four>(w, n, u, u + k, u + 2 * k, u + 3 * k, dot));
+            for (; i + 2 <= m1; i += 2, u += 2 * k)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Two>(w, n, u, u + k, null, null, dot));
+            for (; i < m1; i++, u += k)
+                for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, One>(w, n, u, null, null, null, dot));
         });
     }
 
-    /// <summary><c>sum_k u[i + r, k] * q[n, k]</c> for <c>r &lt; TR.Count</c>, into <paramref name="dot"/>.</summary>
+    /// <summary>
+    /// <c>sum_k u_r[k] * q[n, k]</c> for the code rows <c>u_r</c>, <c>r &lt; TR.Count</c> (the unused ones null), into
+    /// <paramref name="dot"/>: two vectors per row a step, then one, then scalars.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static ReadOnlySpan<int> Dot<TW, TAcc, TR>(in WeightView w, int n, QuantizedActivations x, int i, Span<int> dot)
+    private static ReadOnlySpan<int> Dot<TW, TAcc, TR>(in WeightView w, int n, byte* u0, byte* u1, byte* u2, byte* u3, Span<int> dot)
         where TW : IIntWidth<TAcc> where TAcc : struct where TR : IRowCount
     {
         int k = w.Cols, step = TW.Step, chunk = 2 * step;
         byte* q = w.Data + (nint)n * k;
-        byte* u0 = x.Codes + (nint)i * k, u1 = u0 + k, u2 = u1 + k, u3 = u2 + k;
         TAcc a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
         int j = 0;
         for (; j + chunk <= k; j += chunk)
@@ -373,6 +389,17 @@ internal static unsafe class IntegerMatMul
                 a3 = TW.Accumulate(a3, u3 + j, q + j);
                 b3 = TW.Accumulate(b3, u3 + j + step, q + j + step);
             }
+        }
+        if (j + step <= k)
+        {
+            a0 = TW.Accumulate(a0, u0 + j, q + j);
+            if (TR.Count > 1) a1 = TW.Accumulate(a1, u1 + j, q + j);
+            if (TR.Count > 2)
+            {
+                a2 = TW.Accumulate(a2, u2 + j, q + j);
+                a3 = TW.Accumulate(a3, u3 + j, q + j);
+            }
+            j += step;
         }
         int r0 = TW.Sum(a0) + TW.Sum(b0), r1 = 0, r2 = 0, r3 = 0;
         if (TR.Count > 1) r1 = TW.Sum(a1) + TW.Sum(b1);
