@@ -316,6 +316,8 @@ internal static unsafe class QuantizedMatMul
         {
             // One activation row (batch 1): four weight rows per pass share each activation load.
             int n = n0;
+            if (WeightView.IsPacked(w.Format) && w.GroupSize >= 2 * TW.Count)
+                for (; n + 4 <= n1; n += 4) FourNibbleRowsByGroup<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
             for (; n + 4 <= n1; n += 4) FourWeightRows<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
             for (; n < n1; n++)
             {
@@ -520,6 +522,87 @@ internal static unsafe class QuantizedMatMul
         y[1] = TW.Sum(TW.Add(a1, b1)) + r1 + (bias == null ? 0f : bias[n + 1]);
         y[2] = TW.Sum(TW.Add(a2, b2)) + r2 + (bias == null ? 0f : bias[n + 2]);
         y[3] = TW.Sum(TW.Add(a3, b3)) + r3 + (bias == null ? 0f : bias[n + 3]);
+    }
+
+    /// <summary>
+    /// <see cref="FourWeightRows"/> for packed 4-bit weights in groups shorter than <see cref="NibbleRows"/> takes (at
+    /// least one chunk): each group's chunks are decoded to the plain integers <c>q</c> with constants set once per call
+    /// (not a lookup table or a scale and offset per group and row), their products with the activations summed, and
+    /// that sum multiplied by the group's scale once; a zero point adds <c>-zeroPoint * scale</c> times the group's
+    /// activation sum. Per group of 32 and row, 8 vector operations instead of about 20.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FourNibbleRowsByGroup<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int c = TW.Count, chunk = 2 * c, g = w.GroupSize, groups = w.GroupsPerRow, whole = g / chunk * chunk;
+        nint rowBytes = w.RowBytes, stride = w.ScaleRowStride;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+        float* s0 = w.Scale + n * stride, s1 = s0 + stride, s2 = s1 + stride, s3 = s2 + stride;
+        int* z0 = w.ZeroPoint == null ? null : w.ZeroPoint + n * stride;
+        int* z1 = z0 + stride, z2 = z1 + stride, z3 = z2 + stride;
+        var (p, q) = TD.Prepare<TW, TVec>(1f, -TD.OffsetBias); // decodes q itself, exactly
+        TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        for (int gi = 0; gi < groups; gi++)
+        {
+            TVec t0 = TW.Zero, u0 = TW.Zero, t1 = TW.Zero, u1 = TW.Zero, t2 = TW.Zero, u2 = TW.Zero, t3 = TW.Zero, u3 = TW.Zero, xs = TW.Zero;
+            int k = gi * g, end = k + whole;
+            for (; k < end; k += chunk)
+            {
+                TVec xa = TW.Load(x + k), xb = TW.Load(x + k + c);
+                PrefetchNextFourRows(w0 + (k >> 1), rowBytes);
+                var (wa, wb) = TD.Decode<TW, TVec>(w0, k, p, q);
+                t0 = TW.MultiplyAdd(wa, xa, t0);
+                u0 = TW.MultiplyAdd(wb, xb, u0);
+                (wa, wb) = TD.Decode<TW, TVec>(w1, k, p, q);
+                t1 = TW.MultiplyAdd(wa, xa, t1);
+                u1 = TW.MultiplyAdd(wb, xb, u1);
+                (wa, wb) = TD.Decode<TW, TVec>(w2, k, p, q);
+                t2 = TW.MultiplyAdd(wa, xa, t2);
+                u2 = TW.MultiplyAdd(wb, xb, u2);
+                (wa, wb) = TD.Decode<TW, TVec>(w3, k, p, q);
+                t3 = TW.MultiplyAdd(wa, xa, t3);
+                u3 = TW.MultiplyAdd(wb, xb, u3);
+                if (z0 != null) xs = TW.Add(xs, TW.Add(xa, xb));
+            }
+            a0 = TW.MultiplyAdd(TW.Add(t0, u0), TW.Create(s0[gi]), a0);
+            a1 = TW.MultiplyAdd(TW.Add(t1, u1), TW.Create(s1[gi]), a1);
+            a2 = TW.MultiplyAdd(TW.Add(t2, u2), TW.Create(s2[gi]), a2);
+            a3 = TW.MultiplyAdd(TW.Add(t3, u3), TW.Create(s3[gi]), a3);
+            if (z0 != null)
+            {
+                a0 = TW.MultiplyAdd(xs, TW.Create(-z0[gi] * s0[gi]), a0);
+                a1 = TW.MultiplyAdd(xs, TW.Create(-z1[gi] * s1[gi]), a1);
+                a2 = TW.MultiplyAdd(xs, TW.Create(-z2[gi] * s2[gi]), a2);
+                a3 = TW.MultiplyAdd(xs, TW.Create(-z3[gi] * s3[gi]), a3);
+            }
+            if (whole < g) GroupTail<TD>(w, n, gi, end, gi * g + g, x, ref r0, ref r1, ref r2, ref r3);
+        }
+        y[0] = TW.Sum(a0) + r0 + (bias == null ? 0f : bias[n]);
+        y[1] = TW.Sum(a1) + r1 + (bias == null ? 0f : bias[n + 1]);
+        y[2] = TW.Sum(a2) + r2 + (bias == null ? 0f : bias[n + 2]);
+        y[3] = TW.Sum(a3) + r3 + (bias == null ? 0f : bias[n + 3]);
+    }
+
+    /// <summary>Elements <c>[start, end)</c> of group <paramref name="gi"/> (after its last whole chunk) of rows <c>n..n+3</c>, in scalars.</summary>
+    private static void GroupTail<TD>(in WeightView w, int n, int gi, int start, int end, float* x, ref float r0, ref float r1, ref float r2, ref float r3)
+        where TD : IWeightDecoder
+    {
+        nint rowBytes = w.RowBytes;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+        var (s0, o0) = GroupScale<TD>(w, n, gi);
+        var (s1, o1) = GroupScale<TD>(w, n + 1, gi);
+        var (s2, o2) = GroupScale<TD>(w, n + 2, gi);
+        var (s3, o3) = GroupScale<TD>(w, n + 3, gi);
+        for (int k = start; k < end; k++)
+        {
+            float xk = x[k];
+            r0 += (TD.One(w0, k) * s0 + o0) * xk;
+            r1 += (TD.One(w1, k) * s1 + o1) * xk;
+            r2 += (TD.One(w2, k) * s2 + o2) * xk;
+            r3 += (TD.One(w3, k) * s3 + o3) * xk;
+        }
     }
 
     /// <summary>Scale and offset (<c>-(zeroPoint + OffsetBias) * scale</c>) of row <paramref name="n"/>, group <paramref name="g"/>.</summary>
