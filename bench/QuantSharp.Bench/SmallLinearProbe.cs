@@ -14,7 +14,10 @@ namespace QuantSharp.Bench;
 /// of 40 calls; the figure is the best round's median. One process keeps the allocator state the same for every side
 /// (it is primed as <c>quantsharp bench</c> does). Ratios are quantized time / float32 time: below 1 is faster.
 /// Environment: <c>PROBE_SHAPES</c> (e.g. <c>64x800,512x512</c>), <c>PROBE_ROWS</c> (e.g. <c>1,64</c>), <c>PROBE_PROFILE</c>
-/// (a variant's index: call only it, for a profiler).
+/// (a variant's index: call only it, for a profiler), <c>PROBE_PACKED_MIN</c> (activation rows from which the float-output
+/// kernels take the packed GEMM, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/>, to measure the crossover).
+/// Before the table every variant runs on every row count for 0.3 s so the JIT's tiers have settled (without it the
+/// first shape's quantized sides measured up to 2x slower: tier-0 code and background compilation on 2 cores).
 /// </summary>
 internal static class SmallLinearProbe
 {
@@ -26,6 +29,11 @@ internal static class SmallLinearProbe
             .Select(t => t.Split('x')).Select(p => (int.Parse(p[0]), int.Parse(p[1]))).ToArray();
         var rowsList = (Environment.GetEnvironmentVariable("PROBE_ROWS") ?? "1,24,64,128,256").Split(',').Select(int.Parse).ToArray();
         using var noGrad = no_grad();
+        if (Environment.GetEnvironmentVariable("PROBE_PACKED_MIN") is { } packedMin)
+            Kernels.QuantizedMatMul.PackedMinRows = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
+        if (Environment.GetEnvironmentVariable("PROBE_MAXBITS") is { } bits) Kernels.Simd.MaxBits = int.Parse(bits, System.Globalization.CultureInfo.InvariantCulture);
+        if (Environment.GetEnvironmentVariable("PROBE_WS_MAX") is { } wsMax) Kernels.PackedMatMul.WeightStripsMaxStrips = int.Parse(wsMax, System.Globalization.CultureInfo.InvariantCulture);
+        bool warmed = false;
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");
         Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 g32 / float32 | w8a8-dynamic / float32 |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
@@ -50,6 +58,16 @@ internal static class SmallLinearProbe
                     for (; clock.ElapsedMilliseconds < 5000; calls++) forward().Dispose();
                     Console.WriteLine($"| {n}x{k} | {m} | variant {only}: {clock.Elapsed.TotalMilliseconds * 1000 / calls:0.0} us per call");
                     continue;
+                }
+                if (!warmed)
+                {
+                    foreach (int rows in rowsList)
+                    {
+                        var xw = torch.randn(rows, k);
+                        foreach (var layer in new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call })
+                            for (var clock = Stopwatch.StartNew(); clock.ElapsedMilliseconds < 300;) layer(xw).Dispose();
+                    }
+                    warmed = true;
                 }
                 var best = new double[variants.Length];
                 Array.Fill(best, double.MaxValue);

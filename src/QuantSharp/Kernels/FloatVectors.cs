@@ -91,6 +91,12 @@ internal interface IFloatWidth<TVec> where TVec : struct
 
     /// <summary><c>2 * Count</c> bfloat16 values as floats (exact): the even elements and the odd ones, as <see cref="LoadHalfPairs"/>.</summary>
     static abstract unsafe (TVec Even, TVec Odd) LoadBFloat16Pairs(ushort* p);
+
+    /// <summary>
+    /// The even and odd elements of <c>2 * Count</c> consecutive values (as the nibble and half-pair loads give them)
+    /// back in order: <c>Low = even[0], odd[0], even[1], odd[1], ...</c>, <c>High</c> the second half. Moves only.
+    /// </summary>
+    static abstract (TVec Low, TVec High) Interleave(TVec even, TVec odd);
 }
 
 /// <summary>512-bit lanes (AVX-512F/BW; the dispatcher checks <see cref="IsSupported"/>).</summary>
@@ -98,6 +104,15 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
 {
     public static bool IsSupported => Simd.Use512 && Avx512F.IsSupported && Avx512BW.IsSupported;
     public static int Count => 16;
+
+    /// <summary><c>vpermt2ps</c> picks lane j of the pair (even, odd) from index <c>j / 2 + 16 * (j % 2)</c>, plus 8 for the high half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector512<float> Low, Vector512<float> High) Interleave(Vector512<float> even, Vector512<float> odd)
+    {
+        var j = Vector512<int>.Indices;
+        var index = (j >>> 1) + ((j & Vector512.Create(1)) << 4);
+        return (Avx512F.PermuteVar16x32x2(even, index, odd), Avx512F.PermuteVar16x32x2(even, index + Vector512.Create(8), odd));
+    }
     public static Vector512<float> Zero => Vector512<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Create(float value) => Vector512.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<float> Load(float* p) => Vector512.Load(p);
@@ -177,6 +192,15 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
 {
     public static bool IsSupported => Simd.Use256 && Avx2.IsSupported && Fma.IsSupported;
     public static int Count => 8;
+
+    /// <summary>In-lane unpacks give pairs 0-1 | 4-5 and 2-3 | 6-7; two 128-bit permutes put the halves in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector256<float> Low, Vector256<float> High) Interleave(Vector256<float> even, Vector256<float> odd)
+    {
+        var low = Avx.UnpackLow(even, odd);
+        var high = Avx.UnpackHigh(even, odd);
+        return (Avx.Permute2x128(low, high, 0x20), Avx.Permute2x128(low, high, 0x31));
+    }
     public static Vector256<float> Zero => Vector256<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Create(float value) => Vector256.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<float> Load(float* p) => Vector256.Load(p);
@@ -241,6 +265,11 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
 {
     public static bool IsSupported => Simd.Use128 && Sse41.IsSupported;
     public static int Count => 4;
+
+    /// <summary><c>unpcklps</c> and <c>unpckhps</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (Vector128<float> Low, Vector128<float> High) Interleave(Vector128<float> even, Vector128<float> odd) =>
+        (Sse.UnpackLow(even, odd), Sse.UnpackHigh(even, odd));
     public static Vector128<float> Zero => Vector128<float>.Zero;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Create(float value) => Vector128.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector128<float> Load(float* p) => Vector128.Load(p);
@@ -304,6 +333,7 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
 internal readonly struct Float1 : IFloatWidth<float>
 {
     public static int Count => 1;
+    public static (float Low, float High) Interleave(float even, float odd) => (even, odd);
     public static float Zero => 0f;
     public static float Create(float value) => value;
     public static unsafe float Load(float* p) => *p;

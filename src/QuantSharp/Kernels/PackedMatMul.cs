@@ -48,7 +48,6 @@ internal static unsafe class PackedMatMul
     /// <param name="bias">N floats, or null.</param>
     /// <param name="y">Output rows, <paramref name="ldy"/> floats apart.</param>
     /// <param name="ldy">Distance between output rows.</param>
-    /// <param name="order">The activation column each packed position reads (the nibble decoders' chunk order), or null for identity.</param>
     /// <param name="transposed">
     /// True when <paramref name="x"/> holds <c>x^T</c> (K rows of <paramref name="m"/> floats, <paramref name="ldx"/>
     /// apart) and <paramref name="y"/> receives <c>y^T</c> (N rows, <paramref name="ldy"/> apart): a 1x1
@@ -59,15 +58,20 @@ internal static unsafe class PackedMatMul
     /// image at <paramref name="x"/> while packing (<paramref name="ldx"/> unused); null when <paramref name="x"/> holds
     /// <c>x^T</c> itself.
     /// </param>
-    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
+    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
-        var layout = ForcedLayout ?? ChooseLayout(w.Rows, k, strips, KernelThreads.Count);
+        var layout = ForcedLayout ?? ChooseLayout(w.Rows, k, m, stripWidth, KernelThreads.Count);
+        if (!transposed && layout == PackedLayout.ByWeightStrips)
+        {
+            ByWeightStrips<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy);
+            return;
+        }
         if (transposed || layout == PackedLayout.ByPositions)
         {
-            ByPositions<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, transposed, unfold);
+            ByPositions<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, transposed, unfold);
             return;
         }
         int paddedM = strips * stripWidth;
@@ -77,10 +81,9 @@ internal static unsafe class PackedMatMul
         try
         {
             fixed (float* xt = packed)
-            fixed (int* perm = order)
             {
-                nint xAddress = (nint)x, xtAddress = (nint)xt, permAddress = (nint)perm;
-                if (shared) KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, (float*)xtAddress + (nint)s * k * stripWidth, s, stripWidth));
+                nint xAddress = (nint)x, xtAddress = (nint)xt;
+                if (shared) KernelThreads.For(strips, (long)stripWidth * k * 8, s => PackStrip((float*)xAddress, m, ldx, k, (float*)xtAddress + (nint)s * k * stripWidth, s, stripWidth));
 
                 var view = w;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
@@ -98,7 +101,7 @@ internal static unsafe class PackedMatMul
                             float* strips0 = shared ? (float*)xtAddress : tile + split.Rows * (blockCapacity + ldt);
                             if (!shared)
                                 for (int s = s0; s < s1; s++)
-                                    PackStrip((float*)xAddress, m, ldx, k, (int*)permAddress, strips0 + (nint)(s - s0) * k * stripWidth, s, stripWidth);
+                                    PackStrip((float*)xAddress, m, ldx, k, strips0 + (nint)(s - s0) * k * stripWidth, s, stripWidth);
                             Item<TW, TVec, TD>(view, strips0, new StripBlock(s0, s1, m, shared ? 0 : s0), blockCapacity, tile,
                                 (float*)biasAddress, (float*)yAddress, ldy, n0, Math.Min(split.Rows, view.Rows - n0), transposed: false);
                         }
@@ -125,14 +128,37 @@ internal static unsafe class PackedMatMul
     /// call runs position-major: each thread packs the strips it multiplies and runs every weight row over them. Else,
     /// up to two row items per thread, each item packs its own strips; beyond, the packing is shared. Packing again per
     /// item costs about a sixth of an item's multiply-adds (int8) and as much as them where the activations are
-    /// gathered in the nibble decoders' order: 24 rows through 1024 x 1024 int4 ran 1.25x float32's time with per-item
+    /// gathered in the nibble decoders' order (as it was then): 24 rows through 1024 x 1024 int4 ran 1.25x float32's time with per-item
     /// packing, 0.8x shared.
     /// </summary>
-    internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int strips, int threads)
+    /// <remarks>
+    /// Before those: a call of fewer than two strips of activation rows whose lanes the weight-row strips of
+    /// <see cref="ByWeightStrips"/> fill better runs that way (<see cref="WeightStripsFillBetter"/>): 24 rows in a
+    /// strip of 32 left a quarter of every multiply-add idle, and the single strip was packed by both items.
+    /// </remarks>
+    internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int m, int stripWidth, int threads)
     {
+        int strips = (m + stripWidth - 1) / stripWidth;
+        if (m < WeightStripsMaxStrips * stripWidth && WeightStripsFillBetter(weightRows, m, stripWidth)) return PackedLayout.ByWeightStrips;
         int rowItems = (weightRows + ItemRows - 1) / ItemRows;
         if (threads > 1 && strips >= threads && (rowItems < 2 * threads || (long)weightRows * weightCols <= PositionMajorMaxWeight)) return PackedLayout.ByPositions;
         return rowItems <= 2 * threads ? PackedLayout.PerItem : PackedLayout.Shared;
+    }
+
+    /// <summary>Activation strips below which <see cref="ChooseLayout"/> considers <see cref="PackedLayout.ByWeightStrips"/>.</summary>
+    internal static int WeightStripsMaxStrips = 4;
+
+    /// <summary>
+    /// True when <see cref="ByWeightStrips"/> keeps more multiply-add lanes busy than the activation strips: the
+    /// fraction of useful lanes is <c>m / (strips * stripWidth)</c> one way and <c>m / (tiles * TileRows)</c> times
+    /// <c>N / (weight strips * stripWidth)</c> the other.
+    /// </summary>
+    internal static bool WeightStripsFillBetter(int weightRows, int m, int stripWidth)
+    {
+        int strips = (m + stripWidth - 1) / stripWidth, tiles = (m + TileRows - 1) / TileRows;
+        int weightStrips = (weightRows + stripWidth - 1) / stripWidth;
+        // m / (strips * w) < m / (tiles * T) * N / (weightStrips * w), cross-multiplied (all positive).
+        return (long)tiles * TileRows * weightStrips * stripWidth < (long)strips * stripWidth * weightRows;
     }
 
     /// <summary>Weights up to this many elements run position-major whatever their rows: each item decodes the weight again, a few microseconds for an L2-sized weight.</summary>
@@ -153,7 +179,7 @@ internal static unsafe class PackedMatMul
     /// once from memory; each item decodes the weights again, tile by tile, which costs little against the block's
     /// multiply-adds (the weight is small).
     /// </summary>
-    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, int[]? order, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
+    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
@@ -169,9 +195,7 @@ internal static unsafe class PackedMatMul
         var view = w;
         var columns = unfold;
         nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
-        fixed (int* perm = order)
         {
-            nint permAddress = (nint)perm;
             KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
             {
                 int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
@@ -183,8 +207,8 @@ internal static unsafe class PackedMatMul
                         float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
                         for (int s = s0; s < s1; s++)
                         {
-                            if (transposed) PackStripTransposed(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth, columns);
-                            else PackStrip(xi, m, ldx, k, (int*)permAddress, packed + (s - s0) * stripFloats, s, stripWidth);
+                            if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                            else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
                         }
                         float* tile = packed + blockStrips * stripFloats;
                         var block = new StripBlock(s0, s1, m, s0);
@@ -200,29 +224,119 @@ internal static unsafe class PackedMatMul
         }
     }
 
+    /// <summary>
+    /// Few activation rows (less than two strips) against a weight of many rows, with the operands' roles swapped:
+    /// each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
+    /// and transposes it (<c>wt[k][row]</c>, so one vector holds one column of the strip's rows), then the micro-kernel
+    /// broadcasts <see cref="TileRows"/> activation rows straight from <paramref name="x"/> against it, accumulating
+    /// into the item's <c>[rows][strip]</c> block of y. Nothing is packed but the activations' last partial tile; the
+    /// weight is decoded exactly once; the output needs no transposition. The sums are those of the other layouts (same
+    /// products, same order of additions), so the bits are too.
+    /// </summary>
+    private static void ByWeightStrips<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        int k = w.Cols, width = 2 * TW.Count, kk = Math.Max(k, 1);
+        int strips = (w.Rows + width - 1) / width, tiles = (m + TileRows - 1) / TileRows, fullTiles = m / TileRows;
+        // Activation rows the micro-kernel cannot read from x itself: those of the last partial tile, zero-padded to a
+        // whole tile.
+        int copiedFrom = fullTiles * TileRows;
+        int copied = (tiles * TileRows - copiedFrom) * kk;
+        float[]? copy = copied > 0 ? ArrayPool<float>.Shared.Rent(copied) : null;
+        try
+        {
+            fixed (float* xc = copy)
+            {
+                if (xc != null)
+                {
+                    int rowsCopied = m - copiedFrom; // then zero rows up to the whole tile
+                    new Span<float>(xc + (nint)rowsCopied * kk, copied - rowsCopied * kk).Clear();
+                    for (int i = copiedFrom; i < m; i++)
+                        new ReadOnlySpan<float>(x + i * ldx, k).CopyTo(new Span<float>(xc + (nint)(i - copiedFrom) * kk, k));
+                }
+                var view = w;
+                int blockCapacity = Math.Min(k, BlockTarget);
+                nint xAddress = (nint)x, copyAddress = (nint)xc, yAddress = (nint)y, biasAddress = (nint)bias;
+                KernelThreads.For(strips, (long)width * m * k, item =>
+                {
+                    int n0 = item * width, rows = Math.Min(width, view.Rows - n0);
+                    float[] scratch = ArrayPool<float>.Shared.Rent(2 * width * blockCapacity + tiles * TileRows * width);
+                    try
+                    {
+                        fixed (float* a = scratch)
+                        {
+                            float* wt = a + width * blockCapacity, c = wt + width * blockCapacity;
+                            new Span<float>(a, width * blockCapacity).Clear(); // rows past the weight's last stay zero
+                            new Span<float>(c, tiles * TileRows * width).Clear();
+                            for (int k0 = 0; k0 < k;)
+                            {
+                                int k1 = BlockEnd(view, k0, TW.Count), steps = k1 - k0;
+                                for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(view, n0 + r, k0, k1, a + r * blockCapacity);
+                                TransposeTile(a, blockCapacity, width, steps, wt);
+                                for (int t = 0; t < tiles; t++)
+                                {
+                                    int i0 = t * TileRows;
+                                    bool direct = i0 < copiedFrom;
+                                    float* xs = direct ? (float*)xAddress + i0 * ldx : (float*)copyAddress + (nint)(i0 - copiedFrom) * kk;
+                                    nint ld = direct ? ldx : kk;
+                                    MicroKernel.Run<FloatMicro<TW, TVec>, TVec, float>(xs + k0, ld, wt, steps, c + i0 * width, width);
+                                }
+                                k0 = k1;
+                            }
+                            for (int i = 0; i < m; i++)
+                            {
+                                float* dst = (float*)yAddress + i * ldy + n0, src = c + i * width;
+                                for (int r = 0; r < rows; r++) dst[r] = src[r] + (biasAddress == 0 ? 0f : ((float*)biasAddress)[n0 + r]);
+                            }
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(scratch);
+                    }
+                });
+            }
+        }
+        finally
+        {
+            if (copy is not null) ArrayPool<float>.Shared.Return(copy);
+        }
+    }
+
+    /// <summary>
+    /// <c>dst[s * width + r] = src[r * lds + s]</c> for <paramref name="width"/> rows and <paramref name="steps"/>
+    /// steps: 8 x 8 register transposes where the CPU has AVX and the width is a multiple of 8, moves one by one
+    /// otherwise (and for the last steps).
+    /// </summary>
+    private static void TransposeTile(float* src, nint lds, int width, int steps, float* dst)
+    {
+        int s = 0;
+        if (Avx.IsSupported && width % 8 == 0)
+            for (; s + 8 <= steps; s += 8)
+                for (int r = 0; r < width; r += 8) Transposes.Transpose8x8(src + r * lds + s, lds, dst + (nint)s * width + r, width);
+        for (; s < steps; s++)
+            for (int r = 0; r < width; r++) dst[(nint)s * width + r] = src[r * lds + s];
+    }
+
     /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows; the packed pointer holds strips from <paramref name="First"/> on.</summary>
     private readonly record struct StripBlock(int S0, int S1, int M, int First);
 
     /// <summary>Reduction steps packed at once: the block of the strip (<c>PackBlock * width</c> floats, 8 KiB at 32 lanes) stays in L1 while every row is written into it.</summary>
     private const int PackBlock = 64;
 
-    /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c> into <paramref name="strip"/>: <c>strip[kk * width + lane] = x[s * width + lane, order[kk]]</c>.</summary>
+    /// <summary>Writes strip <paramref name="s"/> of <c>x^T</c> into <paramref name="strip"/>: <c>strip[kk * width + lane] = x[s * width + lane, kk]</c>.</summary>
     /// <remarks>
     /// Eight rows at a time go through 8 x 8 register transposes (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint)"/>)
     /// where the CPU has AVX (the scalar loop, one strided store per element, cost about 2.3 cycles per element, a
     /// quarter of a 64 x 800 layer's call at 64 rows), block by block of <see cref="PackBlock"/> steps: walking each
     /// group of eight rows over the whole length wrote 32 bytes per cache line of a strip larger than L1 (100 KiB at
-    /// K = 800), so the next group fetched the lines again. With an <paramref name="order"/>, the block of the eight rows
-    /// is gathered into a stack tile first (<c>vgatherdps</c>, 8 floats a time, where the CPU has AVX2: int4 layers
-    /// at 24-64 rows 5-20% faster than one indexed load per float). Same values either way: it only moves floats.
+    /// K = 800), so the next group fetched the lines again. It only moves floats.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    [SkipLocalsInit]
-    private static void PackStrip(float* x, int m, nint ldx, int k, int* order, float* strip, int s, int width)
+    private static void PackStrip(float* x, int m, nint ldx, int k, float* strip, int s, int width)
     {
         int row0 = s * width, valid = Math.Clamp(m - row0, 0, width);
         int vectorLanes = Avx.IsSupported ? valid / 8 * 8 : 0;
-        float* staged = stackalloc float[8 * PackBlock];
         for (int k0 = 0; k0 < k; k0 += PackBlock)
         {
             int n = Math.Min(PackBlock, k - k0);
@@ -231,20 +345,6 @@ internal static unsafe class PackedMatMul
             {
                 float* src = x + (row0 + lane) * ldx + k0;
                 nint lds = ldx;
-                if (order != null)
-                {
-                    for (int r = 0; r < 8; r++)
-                    {
-                        float* row = x + (row0 + lane + r) * ldx;
-                        int j = 0;
-                        if (Avx2.IsSupported)
-                            for (; j + 8 <= n; j += 8)
-                                Avx.Store(staged + r * PackBlock + j, Avx2.GatherVector256(row, Avx.LoadVector256(order + k0 + j), 4));
-                        for (; j < n; j++) staged[r * PackBlock + j] = row[order[k0 + j]];
-                    }
-                    src = staged;
-                    lds = PackBlock;
-                }
                 float* dst = block + lane;
                 int kk = 0;
                 for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(src + kk, lds, dst + (nint)kk * width, width);
@@ -260,10 +360,7 @@ internal static unsafe class PackedMatMul
                     continue;
                 }
                 float* src = x + (row0 + lane) * ldx;
-                if (order == null)
-                    for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = src[k0 + kk];
-                else
-                    for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = src[order[k0 + kk]];
+                for (int kk = 0; kk < n; kk++) dst[(nint)kk * width] = src[k0 + kk];
             }
         }
     }
@@ -273,12 +370,12 @@ internal static unsafe class PackedMatMul
     /// <paramref name="width"/> contiguous floats) or from the image of <paramref name="unfold"/> (each step unfolds one).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, int* order, float* strip, int s, int width, Im2Col? unfold)
+    private static void PackStripTransposed(float* xt, int m, nint ldx, int k, float* strip, int s, int width, Im2Col? unfold)
     {
         int row0 = s * width, valid = Math.Min(width, m - row0);
         for (int kk = 0; kk < k; kk++)
         {
-            int row = order == null ? kk : order[kk];
+            int row = kk;
             float* dst = strip + (nint)kk * width;
             if (unfold is { } u) u.Row(xt, row, row0, valid, dst, 0f);
             else new ReadOnlySpan<float>(xt + row * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
@@ -381,7 +478,11 @@ internal static unsafe class PackedMatMul
         return Math.Min(groupEnd, k0 + Math.Max(chunk, BlockTarget / chunk * chunk));
     }
 
-    /// <summary>Dequantizes elements <c>[k0, k1)</c> of weight row <paramref name="n"/> into <paramref name="dst"/>, in the decoders' order.</summary>
+    /// <summary>
+    /// Dequantizes elements <c>[k0, k1)</c> of weight row <paramref name="n"/> into <paramref name="dst"/>, in order:
+    /// the decoders that give even and odd elements apart (<see cref="IWeightDecoder.Deinterleaved"/>: nibbles, half
+    /// pairs) are interleaved back (two shuffles per chunk), so the activations are packed as they are, with no gather.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void DecodeSlice<TW, TVec, TD>(in WeightView w, int n, int k0, int k1, float* dst)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
@@ -397,6 +498,7 @@ internal static unsafe class PackedMatMul
             for (; k + chunk <= end; k += chunk)
             {
                 var (wa, wb) = TD.Decode<TW, TVec>(row, k, gp, gq);
+                if (TD.Deinterleaved) (wa, wb) = TW.Interleave(wa, wb);
                 TW.Store(wa, dst + k);
                 TW.Store(wb, dst + k + c);
             }
@@ -416,4 +518,7 @@ internal enum PackedLayout
 
     /// <summary>Items of strip blocks, each packing its strips and running every weight row over them.</summary>
     ByPositions,
+
+    /// <summary>Items of weight-row strips against every activation row, the activations broadcast (fewer than two strips of them).</summary>
+    ByWeightStrips,
 }

@@ -260,21 +260,17 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
-        int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
         if (method != MatMulMethod.Rows)
         {
-            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, order, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
             return;
         }
+        int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
         float* permuted = null;
         if (order != null)
         {
             permuted = (float*)NativeMemory.Alloc((nuint)m * (nuint)Math.Max(k, 1), sizeof(float));
-            for (int i = 0; i < m; i++)
-            {
-                float* src = x + i * ldx, dst = permuted + (nint)i * k;
-                for (int p = 0; p < k; p++) dst[p] = src[order[p]];
-            }
+            for (int i = 0; i < m; i++) Gather(x + i * ldx, order, permuted + (nint)i * k);
             x = permuted;
             ldx = k;
         }
@@ -636,6 +632,18 @@ internal static unsafe class QuantizedMatMul
             for (; i < end; i++) order[i] = i;
         }
         return order;
+    }
+
+    /// <summary><c>dst[p] = src[order[p]]</c> for every position of <paramref name="order"/>: eight at a time with <c>vgatherdps</c> where the CPU has AVX2.</summary>
+    internal static void Gather(float* src, int[] order, float* dst)
+    {
+        int k = order.Length, p = 0;
+        fixed (int* o = order)
+        {
+            if (Avx2.IsSupported)
+                for (; p + 8 <= k; p += 8) Avx.Store(dst + p, Avx2.GatherVector256(src, Avx.LoadVector256(o + p), 4));
+            for (; p < k; p++) dst[p] = src[o[p]];
+        }
     }
 
     /// <summary>The specification: <see cref="WeightView.Dequantized"/> weights, products summed in float64.</summary>
