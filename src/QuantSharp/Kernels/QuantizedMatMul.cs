@@ -265,7 +265,7 @@ internal static unsafe class QuantizedMatMul
             PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
             return;
         }
-        int[]? order = TD.Deinterleaved && TW.Count > 1 ? ChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
+        int[]? order = TD.Deinterleaved && TW.Count > 1 ? CachedChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;
         float* permuted = null;
         if (order != null)
         {
@@ -614,6 +614,17 @@ internal static unsafe class QuantizedMatMul
     /// chunk of <paramref name="chunk"/> elements lists its even columns, then its odd ones (the decoder's low and high
     /// nibbles); the rest of a group stays in order.
     /// </summary>
+    internal static int[] CachedChunkOrder(int k, int groupSize, int chunk) =>
+        ChunkOrders.GetOrAdd((k, groupSize, chunk), key => ChunkOrder(key.K, key.GroupSize, key.Chunk));
+
+    /// <summary>
+    /// <see cref="ChunkOrder"/> by shape: a model has few distinct (K, group, chunk) triples, and building one per call
+    /// (an array of K ints, allocated, zeroed and filled) took about 6% of a 64 x 800 int4 layer's call at batch 1
+    /// (perf: 7.7% + 5.2% memset before, 5.0% + 1.7% after). Never written after it is added.
+    /// </summary>
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(int K, int GroupSize, int Chunk), int[]> ChunkOrders = new();
+
+    /// <summary>Builds the order <see cref="CachedChunkOrder"/> keeps.</summary>
     internal static int[] ChunkOrder(int k, int groupSize, int chunk)
     {
         var order = new int[k];
