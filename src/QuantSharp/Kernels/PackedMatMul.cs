@@ -132,9 +132,11 @@ internal static unsafe class PackedMatMul
     /// packing, 0.8x shared.
     /// </summary>
     /// <remarks>
-    /// Before those: a call of fewer than two strips of activation rows whose lanes the weight-row strips of
-    /// <see cref="ByWeightStrips"/> fill better runs that way (<see cref="WeightStripsFillBetter"/>): 24 rows in a
-    /// strip of 32 left a quarter of every multiply-add idle, and the single strip was packed by both items.
+    /// Before those: a call of fewer than <see cref="WeightStripsMaxStrips"/> strips of activation rows whose lanes the
+    /// weight-row strips of <see cref="ByWeightStrips"/> fill better runs that way (<see cref="WeightStripsFillBetter"/>):
+    /// 24 rows in a strip of 32 left a quarter of every multiply-add idle (and both items packed the one strip), 40 rows
+    /// in two strips 37%. On 64 x 800 int8 at 40 rows that took 1.2-1.6x float32's time, 0.98x this way; at 72 and 100
+    /// rows 1.3-1.6x against 0.76-0.95x (docs/BENCHMARKS.md, stop 13).
     /// </remarks>
     internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int m, int stripWidth, int threads)
     {
@@ -225,7 +227,8 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
-    /// Few activation rows (less than two strips) against a weight of many rows, with the operands' roles swapped:
+    /// Few activation rows (fewer than <see cref="WeightStripsMaxStrips"/> strips) against a weight of many rows, with
+    /// the operands' roles swapped:
     /// each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
     /// and transposes it (<c>wt[k][row]</c>, so one vector holds one column of the strip's rows), then the micro-kernel
     /// broadcasts <see cref="TileRows"/> activation rows straight from <paramref name="x"/> against it, accumulating
@@ -519,6 +522,6 @@ internal enum PackedLayout
     /// <summary>Items of strip blocks, each packing its strips and running every weight row over them.</summary>
     ByPositions,
 
-    /// <summary>Items of weight-row strips against every activation row, the activations broadcast (fewer than two strips of them).</summary>
+    /// <summary>Items of weight-row strips against every activation row, the activations broadcast (few activation rows).</summary>
     ByWeightStrips,
 }

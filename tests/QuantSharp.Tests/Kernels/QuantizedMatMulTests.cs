@@ -65,6 +65,26 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
+    /// The weight-strip layout is chosen where it keeps more lanes busy than strips of activation rows and there are
+    /// few of those: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 64 rows fill whole strips;
+    /// a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits (strips of 16) fill 40 of 48 lanes, against 40 of 42.
+    /// </summary>
+    [Theory]
+    [InlineData(64, 24, 32, true)]
+    [InlineData(64, 40, 32, true)]
+    [InlineData(384, 100, 32, true)]
+    [InlineData(64, 64, 32, false)]
+    [InlineData(64, 128, 32, false)]
+    [InlineData(10, 24, 32, false)]
+    [InlineData(384, 40, 16, true)]
+    [InlineData(384, 72, 16, false)]
+    public void WeightStripsWhereTheyFillMoreLanes(int weightRows, int m, int stripWidth, bool expected)
+    {
+        var layout = PackedMatMul.ChooseLayout(weightRows, 800, m, stripWidth, threads: 2);
+        Assert.Equal(expected, layout == PackedLayout.ByWeightStrips);
+    }
+
+    /// <summary>
     /// The packed GEMM's work split covers every (weight row, strip) pair exactly once, with items of whole tiles no
     /// larger than <see cref="PackedMatMul.ItemRows"/>, and gives each thread two items where the call has that many
     /// (a 64-row weight over two strips was one item of 48 rows and one of 16: one thread did three quarters).
