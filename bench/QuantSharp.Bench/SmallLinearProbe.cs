@@ -16,7 +16,7 @@ namespace QuantSharp.Bench;
 /// Environment: <c>PROBE_SHAPES</c> (e.g. <c>64x800,512x512</c>), <c>PROBE_ROWS</c> (e.g. <c>1,64</c>), <c>PROBE_PROFILE</c>
 /// (a variant's index: call only it, for a profiler), <c>PROBE_PACKED_MIN</c> (activation rows from which the float-output
 /// kernels take the packed GEMM, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/>, to measure the crossover),
-/// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxStrips"/>),
+/// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
 /// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it).
 /// Before the table every variant runs on every row count for 0.3 s so the JIT's tiers have settled (without it the
 /// first shape's quantized sides measured up to 2x slower: tier-0 code and background compilation on 2 cores).
@@ -34,7 +34,7 @@ internal static class SmallLinearProbe
         if (Environment.GetEnvironmentVariable("PROBE_PACKED_MIN") is { } packedMin)
             Kernels.QuantizedMatMul.PackedMinRows = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_MAXBITS") is { } bits) Kernels.Simd.MaxBits = int.Parse(bits, System.Globalization.CultureInfo.InvariantCulture);
-        if (Environment.GetEnvironmentVariable("PROBE_WS_MAX") is { } wsMax) Kernels.PackedMatMul.WeightStripsMaxStrips = int.Parse(wsMax, System.Globalization.CultureInfo.InvariantCulture);
+        if (Environment.GetEnvironmentVariable("PROBE_WS_MAX") is { } wsMax) Kernels.PackedMatMul.WeightStripsMaxRows = int.Parse(wsMax, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_LAYOUT") is { } layout) Kernels.PackedMatMul.ForcedLayout = Enum.Parse<Kernels.PackedLayout>(layout);
         bool warmed = false;
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");

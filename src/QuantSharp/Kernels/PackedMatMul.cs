@@ -132,8 +132,8 @@ internal static unsafe class PackedMatMul
     /// packing, 0.8x shared.
     /// </summary>
     /// <remarks>
-    /// Before those: a call of fewer than <see cref="WeightStripsMaxStrips"/> strips of activation rows whose lanes the
-    /// weight-row strips of <see cref="ByWeightStrips"/> fill better runs that way (<see cref="WeightStripsFillBetter"/>):
+    /// Before those: a call of fewer than <see cref="WeightStripsMaxRows"/> activation rows whose lanes the weight-row
+    /// strips of <see cref="ByWeightStrips"/> fill at least as well runs that way (<see cref="WeightStripsFillAsMany"/>):
     /// 24 rows in a strip of 32 left a quarter of every multiply-add idle (and both items packed the one strip), 40 rows
     /// in two strips 37%. On 64 x 800 int8 at 40 rows that took 1.2-1.6x float32's time, 0.98x this way; at 72 and 100
     /// rows 1.3-1.6x against 0.76-0.95x (docs/BENCHMARKS.md, stop 13).
@@ -141,26 +141,31 @@ internal static unsafe class PackedMatMul
     internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int m, int stripWidth, int threads)
     {
         int strips = (m + stripWidth - 1) / stripWidth;
-        if (m < WeightStripsMaxStrips * stripWidth && WeightStripsFillBetter(weightRows, m, stripWidth)) return PackedLayout.ByWeightStrips;
+        if (m < WeightStripsMaxRows && WeightStripsFillAsMany(weightRows, m, stripWidth)) return PackedLayout.ByWeightStrips;
         int rowItems = (weightRows + ItemRows - 1) / ItemRows;
         if (threads > 1 && strips >= threads && (rowItems < 2 * threads || (long)weightRows * weightCols <= PositionMajorMaxWeight)) return PackedLayout.ByPositions;
         return rowItems <= 2 * threads ? PackedLayout.PerItem : PackedLayout.Shared;
     }
 
-    /// <summary>Activation strips below which <see cref="ChooseLayout"/> considers <see cref="PackedLayout.ByWeightStrips"/>.</summary>
-    internal static int WeightStripsMaxStrips = 4;
+    /// <summary>
+    /// Activation rows below which <see cref="ChooseLayout"/> considers <see cref="PackedLayout.ByWeightStrips"/>. At
+    /// 128 rows and 512 bits, forcing it measured no better than the activation strips (docs/BENCHMARKS.md, stop 13).
+    /// </summary>
+    internal static int WeightStripsMaxRows = 128;
 
     /// <summary>
-    /// True when <see cref="ByWeightStrips"/> keeps more multiply-add lanes busy than the activation strips: the
-    /// fraction of useful lanes is <c>m / (strips * stripWidth)</c> one way and <c>m / (tiles * TileRows)</c> times
-    /// <c>N / (weight strips * stripWidth)</c> the other.
+    /// True when <see cref="ByWeightStrips"/> keeps at least as many multiply-add lanes busy as the activation strips:
+    /// the fraction of useful lanes is <c>m / (strips * stripWidth)</c> one way and <c>m / (tiles * TileRows)</c> times
+    /// <c>N / (weight strips * stripWidth)</c> the other. On a tie it wins by what it does not do (pack the activations,
+    /// transpose the output, decode the weight once per strip group): 96 rows at 512 bits (both fill every lane)
+    /// 0.70-0.83x float32 against 0.93-1.02x, 48 rows at 256 bits 0.86-0.99x against 1.14-1.29x (int8).
     /// </summary>
-    internal static bool WeightStripsFillBetter(int weightRows, int m, int stripWidth)
+    internal static bool WeightStripsFillAsMany(int weightRows, int m, int stripWidth)
     {
         int strips = (m + stripWidth - 1) / stripWidth, tiles = (m + TileRows - 1) / TileRows;
         int weightStrips = (weightRows + stripWidth - 1) / stripWidth;
-        // m / (strips * w) < m / (tiles * T) * N / (weightStrips * w), cross-multiplied (all positive).
-        return (long)tiles * TileRows * weightStrips * stripWidth < (long)strips * stripWidth * weightRows;
+        // m / (strips * w) <= m / (tiles * T) * N / (weightStrips * w), cross-multiplied (all positive).
+        return (long)tiles * TileRows * weightStrips * stripWidth <= (long)strips * stripWidth * weightRows;
     }
 
     /// <summary>Weights up to this many elements run position-major whatever their rows: each item decodes the weight again, a few microseconds for an L2-sized weight.</summary>
@@ -227,8 +232,8 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
-    /// Few activation rows (fewer than <see cref="WeightStripsMaxStrips"/> strips) against a weight of many rows, with
-    /// the operands' roles swapped:
+    /// Few activation rows (fewer than <see cref="WeightStripsMaxRows"/>) against a weight of many rows, with the
+    /// operands' roles swapped:
     /// each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
     /// and transposes it (<c>wt[k][row]</c>, so one vector holds one column of the strip's rows), then the micro-kernel
     /// broadcasts <see cref="TileRows"/> activation rows straight from <paramref name="x"/> against it, accumulating

@@ -65,19 +65,22 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// The weight-strip layout is chosen where it keeps more lanes busy than strips of activation rows and there are
-    /// few of those: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 64 rows fill whole strips;
-    /// a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits (strips of 16) fill 40 of 48 lanes, against 40 of 42.
+    /// The weight-strip layout is chosen below 128 rows where it keeps at least as many lanes busy as strips of
+    /// activation rows: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 96 rows fill both ways;
+    /// 64 rows fill whole strips but 64 of 66 tile rows; a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits
+    /// (strips of 16) fill 40 of 48 lanes, against 40 of 42.
     /// </summary>
     [Theory]
     [InlineData(64, 24, 32, true)]
     [InlineData(64, 40, 32, true)]
+    [InlineData(384, 96, 32, true)]
     [InlineData(384, 100, 32, true)]
     [InlineData(64, 64, 32, false)]
-    [InlineData(64, 128, 32, false)]
+    [InlineData(384, 128, 32, false)]
     [InlineData(10, 24, 32, false)]
     [InlineData(384, 40, 16, true)]
-    [InlineData(384, 72, 16, false)]
+    [InlineData(384, 48, 16, true)]
+    [InlineData(384, 64, 16, false)]
     public void WeightStripsWhereTheyFillMoreLanes(int weightRows, int m, int stripWidth, bool expected)
     {
         var layout = PackedMatMul.ChooseLayout(weightRows, 800, m, stripWidth, threads: 2);
