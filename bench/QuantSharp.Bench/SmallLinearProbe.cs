@@ -15,7 +15,8 @@ namespace QuantSharp.Bench;
 /// (it is primed as <c>quantsharp bench</c> does). Ratios are quantized time / float32 time: below 1 is faster.
 /// Environment: <c>PROBE_SHAPES</c> (e.g. <c>64x800,512x512</c>), <c>PROBE_ROWS</c> (e.g. <c>1,64</c>), <c>PROBE_PROFILE</c>
 /// (a variant's index: call only it, for a profiler), <c>PROBE_PACKED_MIN</c> (activation rows from which the float-output
-/// kernels take the packed GEMM, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/>, to measure the crossover),
+/// kernels take the packed GEMM for every weight size, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/> and
+/// <see cref="Kernels.QuantizedMatMul.PackedMinRowsSmallWeight"/>, to measure the crossover),
 /// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
 /// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it).
 /// Before the table every variant runs on every row count for 0.3 s so the JIT's tiers have settled (without it the
@@ -32,7 +33,7 @@ internal static class SmallLinearProbe
         var rowsList = (Environment.GetEnvironmentVariable("PROBE_ROWS") ?? "1,24,64,128,256").Split(',').Select(int.Parse).ToArray();
         using var noGrad = no_grad();
         if (Environment.GetEnvironmentVariable("PROBE_PACKED_MIN") is { } packedMin)
-            Kernels.QuantizedMatMul.PackedMinRows = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
+            Kernels.QuantizedMatMul.PackedMinRows = Kernels.QuantizedMatMul.PackedMinRowsSmallWeight = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_MAXBITS") is { } bits) Kernels.Simd.MaxBits = int.Parse(bits, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_WS_MAX") is { } wsMax) Kernels.PackedMatMul.WeightStripsMaxRows = int.Parse(wsMax, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_LAYOUT") is { } layout) Kernels.PackedMatMul.ForcedLayout = Enum.Parse<Kernels.PackedLayout>(layout);

@@ -30,7 +30,7 @@ internal enum KernelPath
 /// <summary>Which loop structure multiplies a weight into the activations.</summary>
 internal enum MatMulMethod
 {
-    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows, <see cref="Rows"/> below.</summary>
+    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights: <see cref="QuantizedMatMul.ChooseMethod"/>), <see cref="Rows"/> below.</summary>
     Auto,
     /// <summary>Decode each weight chunk in registers and multiply it into 1 to 4 activation rows (small batches).</summary>
     Rows,
@@ -67,6 +67,24 @@ internal static unsafe class QuantizedMatMul
     internal static int PackedMinRows = 24;
 
     /// <summary>
+    /// Activation rows from which a small weight (below <see cref="SmallWeightElements"/>) takes the packed GEMM. Its
+    /// weight-strip layout decodes the weight once for all rows, where the row kernels decode it once per four rows
+    /// and split a weight of few rows over few threads (64 x 800 int4 was one item, one thread): int4 group 32 at 12-20
+    /// rows took 0.93-2.52x float32's time on 64x800, 384x384, 512x512, 1536x384 and 384x1536 with the row kernels,
+    /// 0.83-1.54x packed; int8 0.66-1.42x against 0.75-1.30x (384x1536 int8 alone is better on rows). Below 12 rows (two whole tiles) the row kernels stay ahead, and on
+    /// large weights, whose rows stream from memory, up to 24 (4096 x 4096 int8 at 12-20 rows: 2.8-4.9 ms rows,
+    /// 4.0-6.5 ms packed). docs/BENCHMARKS.md, stop 13.
+    /// </summary>
+    internal static int PackedMinRowsSmallWeight = 12;
+
+    /// <summary>Weights below this many elements (4 MiB of float32) count as small for <see cref="PackedMinRowsSmallWeight"/>.</summary>
+    internal const long SmallWeightElements = 1 << 20;
+
+    /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
+    internal static MatMulMethod ChooseMethod(int m, int rows, int cols) =>
+        m >= PackedMinRows || (m >= PackedMinRowsSmallWeight && (long)rows * cols < SmallWeightElements) ? MatMulMethod.Packed : MatMulMethod.Rows;
+
+    /// <summary>
     /// Batch 1 streams each weight row once. A row is a new stream of a few KiB that the hardware prefetcher picks up
     /// late (it does not follow into the next row), so each pass of the batch-1 kernels asks for the same columns of
     /// the next pass's four rows: without it every pass starts with a memory stall (1.4-2x slower on 11008x4096).
@@ -100,7 +118,7 @@ internal static unsafe class QuantizedMatMul
     {
         if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
             throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
-        if (method == MatMulMethod.Auto) method = m >= PackedMinRows ? MatMulMethod.Packed : MatMulMethod.Rows;
+        if (method == MatMulMethod.Auto) method = ChooseMethod(m, w.Rows, w.Cols);
         var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;

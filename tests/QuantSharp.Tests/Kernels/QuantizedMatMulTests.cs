@@ -65,6 +65,23 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
+    /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements (the row kernels below).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 64, 800, false)]
+    [InlineData(11, 64, 800, false)]
+    [InlineData(12, 64, 800, true)]
+    [InlineData(12, 1024, 1024, false)]
+    [InlineData(23, 1024, 1024, false)]
+    [InlineData(24, 1024, 1024, true)]
+    [InlineData(16, 1023, 1024, true)]
+    [InlineData(24, 4096, 4096, true)]
+    public void PackedFromFewerRowsForSmallWeights(int m, int rows, int cols, bool packed)
+    {
+        Assert.Equal(packed ? MatMulMethod.Packed : MatMulMethod.Rows, QuantizedMatMul.ChooseMethod(m, rows, cols));
+    }
+
+    /// <summary>
     /// The weight-strip layout is chosen below 128 rows where it keeps at least as many lanes busy as strips of
     /// activation rows: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 96 rows fill both ways;
     /// 64 rows fill whole strips but 64 of 66 tile rows; a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits
