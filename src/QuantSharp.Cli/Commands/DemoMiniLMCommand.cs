@@ -14,7 +14,7 @@ internal static class DemoMiniLMCommand
     {
         var only = new Option<string[]>("--only")
         {
-            Description = "Run only these variants (default: all): " + string.Join(", ", MiniLMDemo.Variants.Select(v => v.Name)) + ".",
+            Description = "Run only these variants, separated by spaces or commas (default: all): " + string.Join(", ", MiniLMDemo.Variants.Select(v => v.Name)) + ".",
             AllowMultipleArgumentsPerToken = true,
         };
         var limit = new Option<int?>("--limit") { Description = "Evaluate on the first N of the 226 evaluation quotes (default: all)." };
@@ -35,7 +35,9 @@ internal static class DemoMiniLMCommand
             MiniLMDemoReport report;
             try
             {
-                report = MiniLMDemo.Run(parseResult.GetValue(only) ?? [], parseResult.GetValue(limit),
+                var names = (parseResult.GetValue(only) ?? [])
+                    .SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray();
+                report = MiniLMDemo.Run(names, parseResult.GetValue(limit),
                     asJson ? null : message => console.MarkupLine($"[grey]{Markup.Escape(message)}[/]"), interrupt.Token);
             }
             catch (OperationCanceledException) when (interrupt.Token.IsCancellationRequested)

@@ -34,4 +34,13 @@ public class MiniLMDemoCommandTests
         Assert.StartsWith("error: ", error);
         Assert.Contains("int8-per-channel", error);
     }
+
+    [Fact]
+    public void Only_takes_a_comma_separated_list()
+    {
+        // "int8-per-channel,int3" was refused as one unknown name; now each name is checked (and int3 refused alone).
+        var (exit, _, error) = DemoCommandTests.RunCli("demo", "minilm", "--only", "int8-per-channel,int3", "float16");
+        Assert.Equal(2, exit);
+        Assert.Contains("Unknown variant(s) int3;", error);
+    }
 }
