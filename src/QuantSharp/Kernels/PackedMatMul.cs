@@ -17,13 +17,16 @@ namespace QuantSharp.Kernels;
 /// (<c>xt[strip][k][lane]</c>, zero-padded to whole strips), so one vector holds one column of <c>2 * Count</c> rows.</item>
 /// <item>Each work item owns <see cref="ItemRows"/> weight rows. For each block of the reduction axis (about
 /// <see cref="BlockTarget"/> long, cut at group boundaries or at chunk boundaries inside a group, so the decoders see
-/// the same chunks as the row kernels) it decodes its rows' slices into a float tile (row-major, the decoders'
-/// order), then runs the micro-kernel over every strip.</item>
+/// the same chunks as the row kernels) it decodes its rows' slices into a float tile (row-major, in order: the
+/// even/odd halves of nibble and half-pair chunks interleaved back), then runs the micro-kernel over every strip.</item>
 /// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 accumulators: per
 /// reduction step two vector loads of <c>x^T</c>, one broadcast per weight row, twelve multiply-adds. The tile of the
 /// strip (<c>BlockTarget * 2 * Count</c> floats) stays in L1 while the weight rows pass.</item>
 /// <item>Partial sums live in a per-item <c>y^T</c> buffer (contiguous vector loads and stores); the item writes
 /// <c>y</c> (plus bias) once at the end.</item>
+/// <item>Few activation rows (below 128) run with the roles swapped where that fills the lanes at least as well
+/// (<see cref="PackedLayout.ByWeightStrips"/>): weight rows in the lanes, activation rows broadcast, <c>y</c> written
+/// directly.</item>
 /// </list>
 /// <para>This decodes the weights into a scratch tile of <c>ItemRows x BlockTarget</c> floats per thread; the whole
 /// weight never exists in float. Accumulation order differs from the row kernels only in float32 rounding.</para>
