@@ -52,7 +52,8 @@ internal static class SmallLinearProbe
                 var int8 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias);
                 var int4 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(Math.Min(32, k)))), linear.bias);
                 var dynamic = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias) { DynamicInput = true };
-                var variants = new Func<Tensor>[] { () => linear.call(x), () => int8.call(x), () => int4.call(x), () => dynamic.call(x) };
+                var layers = new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call };
+                var variants = layers.Select(layer => (Func<Tensor>)(() => layer(x))).ToArray();
                 if (Environment.GetEnvironmentVariable("PROBE_PROFILE") is { } only)
                 {
                     // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8) called for 5 seconds.
@@ -68,7 +69,7 @@ internal static class SmallLinearProbe
                     foreach (int rows in rowsList)
                     {
                         var xw = torch.randn(rows, k);
-                        foreach (var layer in new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call })
+                        foreach (var layer in layers)
                             for (var clock = Stopwatch.StartNew(); clock.ElapsedMilliseconds < 300;) layer(xw).Dispose();
                     }
                     warmed = true;

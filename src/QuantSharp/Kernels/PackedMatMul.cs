@@ -138,8 +138,8 @@ internal static unsafe class PackedMatMul
     /// Before those: a call of fewer than <see cref="WeightStripsMaxRows"/> activation rows whose lanes the weight-row
     /// strips of <see cref="ByWeightStrips"/> fill at least as well runs that way (<see cref="WeightStripsFillAsMany"/>):
     /// 24 rows in a strip of 32 left a quarter of every multiply-add idle (and both items packed the one strip), 40 rows
-    /// in two strips 37%. On 64 x 800 int8 at 40 rows that took 1.2-1.6x float32's time, 0.98x this way; at 72 and 100
-    /// rows 1.3-1.6x against 0.76-0.95x (docs/BENCHMARKS.md, stop 13).
+    /// in two strips 37%. On 64 x 800 int8 at 40 rows that took 1.62-1.81x float32's time, 0.97-1.01x this way; at 100
+    /// rows 1.25-1.26x against 0.92-0.95x (docs/BENCHMARKS.md, stop 13).
     /// </remarks>
     internal static PackedLayout ChooseLayout(int weightRows, int weightCols, int m, int stripWidth, int threads)
     {
@@ -205,39 +205,36 @@ internal static unsafe class PackedMatMul
         var view = w;
         var columns = unfold;
         nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
+        KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
         {
-            KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
+            int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+            float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
+            try
             {
-                int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
-                float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
-                try
+                fixed (float* packed = scratch)
                 {
-                    fixed (float* packed = scratch)
+                    float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
+                    for (int s = s0; s < s1; s++)
                     {
-                        float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
-                        for (int s = s0; s < s1; s++)
-                        {
-                            if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
-                            else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
-                        }
-                        float* tile = packed + blockStrips * stripFloats;
-                        var block = new StripBlock(s0, s1, m, s0);
-                        for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
-                            Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, view.Rows - n0), transposed);
+                        if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                        else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
                     }
+                    float* tile = packed + blockStrips * stripFloats;
+                    var block = new StripBlock(s0, s1, m, s0);
+                    for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
+                        Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, view.Rows - n0), transposed);
                 }
-                finally
-                {
-                    ArrayPool<float>.Shared.Return(scratch);
-                }
-            });
-        }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
     }
 
     /// <summary>
     /// Few activation rows (fewer than <see cref="WeightStripsMaxRows"/>) against a weight of many rows, with the
-    /// operands' roles swapped:
-    /// each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
+    /// operands' roles swapped: each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
     /// and transposes it (<c>wt[k][row]</c>, so one vector holds one column of the strip's rows), then the micro-kernel
     /// broadcasts <see cref="TileRows"/> activation rows straight from <paramref name="x"/> against it, accumulating
     /// into the item's <c>[rows][strip]</c> block of y. Nothing is packed but the activations' last partial tile; the
@@ -294,10 +291,11 @@ internal static unsafe class PackedMatMul
                                 }
                                 k0 = k1;
                             }
+                            float* b = (float*)biasAddress;
                             for (int i = 0; i < m; i++)
                             {
                                 float* dst = (float*)yAddress + i * ldy + n0, src = c + i * width;
-                                for (int r = 0; r < rows; r++) dst[r] = src[r] + (biasAddress == 0 ? 0f : ((float*)biasAddress)[n0 + r]);
+                                for (int r = 0; r < rows; r++) dst[r] = src[r] + (b == null ? 0f : b[n0 + r]);
                             }
                         }
                     }
@@ -355,12 +353,11 @@ internal static unsafe class PackedMatMul
             for (int lane = 0; lane < vectorLanes; lane += 8)
             {
                 float* src = x + (row0 + lane) * ldx + k0;
-                nint lds = ldx;
                 float* dst = block + lane;
                 int kk = 0;
-                for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(src + kk, lds, dst + (nint)kk * width, width);
+                for (; kk + 8 <= n; kk += 8) Transposes.Transpose8x8(src + kk, ldx, dst + (nint)kk * width, width);
                 for (; kk < n; kk++)
-                    for (int r = 0; r < 8; r++) dst[(nint)kk * width + r] = src[r * lds + kk];
+                    for (int r = 0; r < 8; r++) dst[(nint)kk * width + r] = src[r * ldx + kk];
             }
             for (int lane = vectorLanes; lane < width; lane++)
             {
@@ -386,10 +383,9 @@ internal static unsafe class PackedMatMul
         int row0 = s * width, valid = Math.Min(width, m - row0);
         for (int kk = 0; kk < k; kk++)
         {
-            int row = kk;
             float* dst = strip + (nint)kk * width;
-            if (unfold is { } u) u.Row(xt, row, row0, valid, dst, 0f);
-            else new ReadOnlySpan<float>(xt + row * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
+            if (unfold is { } u) u.Row(xt, kk, row0, valid, dst, 0f);
+            else new ReadOnlySpan<float>(xt + kk * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
             new Span<float>(dst + valid, width - valid).Clear();
         }
     }

@@ -523,14 +523,7 @@ internal static unsafe class QuantizedMatMul
                 a3 = TW.MultiplyAdd(wa, xa, a3);
                 b3 = TW.MultiplyAdd(wb, xb, b3);
             }
-            for (; k < end; k++)
-            {
-                float xk = x[k];
-                r0 += (TD.One(w0, k) * s0 + o0) * xk;
-                r1 += (TD.One(w1, k) * s1 + o1) * xk;
-                r2 += (TD.One(w2, k) * s2 + o2) * xk;
-                r3 += (TD.One(w3, k) * s3 + o3) * xk;
-            }
+            if (k < end) GroupTail<TD>(w, n, gi, k, end, x, ref r0, ref r1, ref r2, ref r3);
         }
         y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + (bias == null ? 0f : bias[n]);
         y[1] = TW.Sum(TW.Add(a1, b1)) + r1 + (bias == null ? 0f : bias[n + 1]);
@@ -543,7 +536,7 @@ internal static unsafe class QuantizedMatMul
     /// least one chunk): each group's chunks are decoded to the plain integers <c>q</c> with constants set once per call
     /// (not a lookup table or a scale and offset per group and row), their products with the activations summed, and
     /// that sum multiplied by the group's scale once; a zero point adds <c>-zeroPoint * scale</c> times the group's
-    /// activation sum. Per group of 32 and row, 8 vector operations instead of about 20.
+    /// activation sum. 1024 x 1024 int4 group 32 at one row: 62-67 us before, 51-56 us with it (docs/BENCHMARKS.md, stop 13).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FourNibbleRowsByGroup<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
@@ -599,7 +592,7 @@ internal static unsafe class QuantizedMatMul
         y[3] = TW.Sum(a3) + r3 + (bias == null ? 0f : bias[n + 3]);
     }
 
-    /// <summary>Elements <c>[start, end)</c> of group <paramref name="gi"/> (after its last whole chunk) of rows <c>n..n+3</c>, in scalars.</summary>
+    /// <summary>Elements <c>[start, end)</c> of group <paramref name="gi"/> (after its last whole chunk) of rows <c>n..n+3</c>, in scalars, added to <paramref name="r0"/>..<paramref name="r3"/>.</summary>
     private static void GroupTail<TD>(in WeightView w, int n, int gi, int start, int end, float* x, ref float r0, ref float r1, ref float r2, ref float r3)
         where TD : IWeightDecoder
     {
@@ -628,21 +621,21 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// The activation column each position reads when the weights are packed nibbles: within each group, each full
-    /// chunk of <paramref name="chunk"/> elements lists its even columns, then its odd ones (the decoder's low and high
-    /// nibbles); the rest of a group stays in order.
+    /// <see cref="ChunkOrder"/>, built once per (K, group, chunk) and kept: a model has few distinct triples, and
+    /// building one per call (an array of K ints, allocated, zeroed and filled) took about 6% of a 64 x 800 int4
+    /// layer's call at batch 1 (perf: 7.7% + 5.2% memset before, 5.0% + 1.7% after; docs/BENCHMARKS.md, stop 13).
+    /// The arrays are never written after they are added.
     /// </summary>
     internal static int[] CachedChunkOrder(int k, int groupSize, int chunk) =>
         ChunkOrders.GetOrAdd((k, groupSize, chunk), key => ChunkOrder(key.K, key.GroupSize, key.Chunk));
 
-    /// <summary>
-    /// <see cref="ChunkOrder"/> by shape: a model has few distinct (K, group, chunk) triples, and building one per call
-    /// (an array of K ints, allocated, zeroed and filled) took about 6% of a 64 x 800 int4 layer's call at batch 1
-    /// (perf: 7.7% + 5.2% memset before, 5.0% + 1.7% after). Never written after it is added.
-    /// </summary>
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<(int K, int GroupSize, int Chunk), int[]> ChunkOrders = new();
 
-    /// <summary>Builds the order <see cref="CachedChunkOrder"/> keeps.</summary>
+    /// <summary>
+    /// The activation column each position reads when the weights are packed nibbles: within each group, each full
+    /// chunk of <paramref name="chunk"/> elements lists its even columns, then its odd ones (the decoder's low and high
+    /// nibbles); the rest of a group stays in order.
+    /// </summary>
     internal static int[] ChunkOrder(int k, int groupSize, int chunk)
     {
         var order = new int[k];

@@ -98,7 +98,7 @@ public unsafe class QuantizedMatMulTests
     [InlineData(384, 40, 16, true)]
     [InlineData(384, 48, 16, true)]
     [InlineData(384, 64, 16, false)]
-    public void WeightStripsWhereTheyFillMoreLanes(int weightRows, int m, int stripWidth, bool expected)
+    public void WeightStripsWhereTheyFillAtLeastAsManyLanes(int weightRows, int m, int stripWidth, bool expected)
     {
         var layout = PackedMatMul.ChooseLayout(weightRows, 800, m, stripWidth, threads: 2);
         Assert.Equal(expected, layout == PackedLayout.ByWeightStrips);
