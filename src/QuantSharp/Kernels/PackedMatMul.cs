@@ -491,7 +491,7 @@ internal static unsafe class PackedMatMul
     /// pairs) are interleaved back (two shuffles per chunk), so the activations are packed as they are, with no gather.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DecodeSlice<TW, TVec, TD>(in WeightView w, int n, int k0, int k1, float* dst)
+    internal static void DecodeSlice<TW, TVec, TD>(in WeightView w, int n, int k0, int k1, float* dst)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize;

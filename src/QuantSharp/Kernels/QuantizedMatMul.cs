@@ -30,7 +30,7 @@ internal enum KernelPath
 /// <summary>Which loop structure multiplies a weight into the activations.</summary>
 internal enum MatMulMethod
 {
-    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights: <see cref="QuantizedMatMul.ChooseMethod"/>), <see cref="Rows"/> below.</summary>
+    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights), <see cref="DotTiles"/> for 5-11 rows of some small 4-bit weights, <see cref="Rows"/> below (<see cref="QuantizedMatMul.ChooseMethod"/>).</summary>
     Auto,
     /// <summary>Decode each weight chunk in registers and multiply it into 1 to 4 activation rows (small batches).</summary>
     Rows,
@@ -41,6 +41,8 @@ internal enum MatMulMethod
     /// <c>y^T</c> (N rows of m floats, ldy apart), as a 1x1 convolution's images <c>[C, H*W]</c> and <c>[O, H*W]</c>.
     /// </summary>
     Transposed,
+    /// <summary>Decode each block of weight rows once into a float tile, then dot products with up to four activation rows at a time (<see cref="DotTileMatMul"/>).</summary>
+    DotTiles,
 }
 
 /// <summary>
@@ -80,9 +82,31 @@ internal static unsafe class QuantizedMatMul
     /// <summary>Weights below this many elements (4 MiB of float32) count as small for <see cref="PackedMinRowsSmallWeight"/>.</summary>
     internal const long SmallWeightElements = 1 << 20;
 
+    /// <summary>
+    /// Activation rows from which a small 4-bit weight in groups of at most <see cref="DotTilesMaxGroup"/> elements (or
+    /// of at most <see cref="DotTilesMaxWeightRows"/> rows) takes <see cref="MatMulMethod.DotTiles"/>, up to
+    /// <see cref="PackedMinRowsSmallWeight"/>. The row kernels rebuild a group's nibble lookup for every group, row and
+    /// pass of four activation rows, and put a weight of 64 rows on one thread; the dot tiles decode each weight once.
+    /// int4 group 32 at 5-10 rows: 64x768 1.24-1.86x float32's time -> 0.73-0.91x, 384x384 0.72-1.30x -> 0.68-1.01x,
+    /// 384x1536 0.64-1.16x -> 0.74-1.02x; at 2-4 rows and for int8 the row kernels stay as fast or faster
+    /// (docs/BENCHMARKS.md, stop 14).
+    /// </summary>
+    internal static int DotTilesMinRows = 5;
+
+    /// <summary>Largest group of a 4-bit weight that <see cref="DotTilesMinRows"/> sends to the dot tiles whatever its rows.</summary>
+    internal const int DotTilesMaxGroup = 64;
+
+    /// <summary>A small 4-bit weight of at most this many rows takes the dot tiles whatever its groups (the row kernels make it one work item).</summary>
+    internal const int DotTilesMaxWeightRows = 64;
+
     /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
-    internal static MatMulMethod ChooseMethod(int m, int rows, int cols) =>
-        m >= PackedMinRows || (m >= PackedMinRowsSmallWeight && (long)rows * cols < SmallWeightElements) ? MatMulMethod.Packed : MatMulMethod.Rows;
+    internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format = WeightFormat.Int8, int groupSize = 0)
+    {
+        bool small = (long)rows * cols < SmallWeightElements;
+        if (m >= PackedMinRows || (small && m >= PackedMinRowsSmallWeight)) return MatMulMethod.Packed;
+        bool nibbles = WeightView.IsPacked(format) && (groupSize <= DotTilesMaxGroup || rows <= DotTilesMaxWeightRows);
+        return small && nibbles && m >= DotTilesMinRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
+    }
 
     /// <summary>
     /// Batch 1 streams each weight row once. A row is a new stream of a few KiB that the hardware prefetcher picks up
@@ -118,7 +142,7 @@ internal static unsafe class QuantizedMatMul
     {
         if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
             throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
-        if (method == MatMulMethod.Auto) method = ChooseMethod(m, w.Rows, w.Cols);
+        if (method == MatMulMethod.Auto) method = ChooseMethod(m, w.Rows, w.Cols, w.Format, w.GroupSize);
         var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
@@ -278,6 +302,11 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
+        if (method == MatMulMethod.DotTiles)
+        {
+            DotTileMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy);
+            return;
+        }
         if (method != MatMulMethod.Rows)
         {
             PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, method == MatMulMethod.Transposed, unfold);

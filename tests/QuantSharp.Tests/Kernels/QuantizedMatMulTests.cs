@@ -65,20 +65,29 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements (the row kernels below).
+    /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements; below, the dot tiles from 5
+    /// rows for small 4-bit weights in groups of at most 64 or of at most 64 rows, else the row kernels.
     /// </summary>
     [Theory]
-    [InlineData(1, 64, 800, false)]
-    [InlineData(11, 64, 800, false)]
-    [InlineData(12, 64, 800, true)]
-    [InlineData(12, 1024, 1024, false)]
-    [InlineData(23, 1024, 1024, false)]
-    [InlineData(24, 1024, 1024, true)]
-    [InlineData(16, 1023, 1024, true)]
-    [InlineData(24, 4096, 4096, true)]
-    public void PackedFromFewerRowsForSmallWeights(int m, int rows, int cols, bool packed)
+    [InlineData(1, 64, 800, "Int8", 800, "Rows")]
+    [InlineData(11, 64, 800, "Int8", 800, "Rows")]
+    [InlineData(12, 64, 800, "Int8", 800, "Packed")]
+    [InlineData(12, 1024, 1024, "Int8", 1024, "Rows")]
+    [InlineData(23, 1024, 1024, "Int8", 1024, "Rows")]
+    [InlineData(24, 1024, 1024, "Int8", 1024, "Packed")]
+    [InlineData(16, 1023, 1024, "Int8", 1024, "Packed")]
+    [InlineData(24, 4096, 4096, "Int8", 4096, "Packed")]
+    [InlineData(4, 64, 800, "Int4", 32, "Rows")]
+    [InlineData(5, 64, 800, "Int4", 32, "DotTiles")]
+    [InlineData(11, 384, 1536, "UInt4", 64, "DotTiles")]
+    [InlineData(12, 384, 1536, "Int4", 32, "Packed")]
+    [InlineData(8, 384, 1536, "Int4", 128, "Rows")]
+    [InlineData(8, 64, 768, "Int4", 128, "DotTiles")]
+    [InlineData(8, 1024, 1024, "Int4", 32, "Rows")]
+    [InlineData(8, 384, 384, "Float16", 384, "Rows")]
+    public void MethodByRowsAndWeight(int m, int rows, int cols, string format, int groupSize, string expected)
     {
-        Assert.Equal(packed ? MatMulMethod.Packed : MatMulMethod.Rows, QuantizedMatMul.ChooseMethod(m, rows, cols));
+        Assert.Equal(Enum.Parse<MatMulMethod>(expected), QuantizedMatMul.ChooseMethod(m, rows, cols, Enum.Parse<WeightFormat>(format), groupSize));
     }
 
     /// <summary>
@@ -340,7 +349,7 @@ public unsafe class QuantizedMatMulTests
             float* biasPtr = bias ? pb : null;
             QuantizedMatMul.Reference(view, px, batch, ldx, biasPtr, pe, ldy);
             foreach (var path in KernelTestData.FloatPaths())
-            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed })
+            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed, MatMulMethod.DotTiles })
             {
                 Array.Fill(actual, float.NaN);
                 QuantizedMatMul.Run(view, px, batch, ldx, biasPtr, pa, ldy, path, method);
