@@ -359,8 +359,8 @@ internal static unsafe class QuantizedMatMul
         {
             // One activation row (batch 1): four weight rows per pass share each activation load.
             int n = n0;
-            if (WeightView.IsPacked(w.Format) && w.GroupSize >= 2 * TW.Count)
-                for (; n + 4 <= n1; n += 4) FourNibbleRowsByGroup<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
+            if (ScalesByGroup(w.Format) && w.GroupSize >= 2 * TW.Count)
+                for (; n + 4 <= n1; n += 4) FourRowsByGroup<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
             for (; n + 4 <= n1; n += 4) FourWeightRows<TW, TVec, TD>(w, n, x + i * ldx, bias, y + i * ldy + n);
             for (; n < n1; n++)
             {
@@ -561,14 +561,15 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// <see cref="FourWeightRows"/> for packed 4-bit weights in groups shorter than <see cref="NibbleRows"/> takes (at
-    /// least one chunk): each group's chunks are decoded to the plain integers <c>q</c> with constants set once per call
-    /// (not a lookup table or a scale and offset per group and row), their products with the activations summed, and
-    /// that sum multiplied by the group's scale once; a zero point adds <c>-zeroPoint * scale</c> times the group's
-    /// activation sum. 1024 x 1024 int4 group 32 at one row: 62-67 us before, 51-56 us with it (docs/BENCHMARKS.md, stop 13).
+    /// <see cref="FourWeightRows"/> for integer weights in groups of at least one chunk (packed 4-bit ones in groups
+    /// shorter than <see cref="NibbleRows"/> takes, bytes in any): each group's chunks are decoded to the plain integers
+    /// <c>q</c> (nibbles with constants set once per call, not a lookup table or a scale and offset per group and row;
+    /// bytes with a widening load alone, <see cref="Integers"/>), their products with the activations summed, and that
+    /// sum multiplied by the group's scale once; a zero point adds <c>-zeroPoint * scale</c> times the group's activation
+    /// sum. 1024 x 1024 int4 group 32 at one row: 62-67 us before, 51-56 us with it (docs/BENCHMARKS.md, stop 13).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void FourNibbleRowsByGroup<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
+    private static void FourRowsByGroup<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize, groups = w.GroupsPerRow, whole = g / chunk * chunk;
@@ -578,6 +579,7 @@ internal static unsafe class QuantizedMatMul
         int* z0 = w.ZeroPoint == null ? null : w.ZeroPoint + n * stride;
         int* z1 = z0 + stride, z2 = z1 + stride, z3 = z2 + stride;
         var (p, q) = TD.Prepare<TW, TVec>(1f, -TD.OffsetBias); // decodes q itself, exactly
+        int shift = WeightView.IsPacked(w.Format) ? 1 : 0; // bytes of k elements: k >> shift
         TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
         float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
         for (int gi = 0; gi < groups; gi++)
@@ -587,17 +589,17 @@ internal static unsafe class QuantizedMatMul
             for (; k < end; k += chunk)
             {
                 TVec xa = TW.Load(x + k), xb = TW.Load(x + k + c);
-                PrefetchNextFourRows(w0 + (k >> 1), rowBytes);
-                var (wa, wb) = TD.Decode<TW, TVec>(w0, k, p, q);
+                PrefetchNextFourRows(w0 + (k >> shift), rowBytes);
+                var (wa, wb) = Integers<TW, TVec, TD>(w0, k, p, q);
                 t0 = TW.MultiplyAdd(wa, xa, t0);
                 u0 = TW.MultiplyAdd(wb, xb, u0);
-                (wa, wb) = TD.Decode<TW, TVec>(w1, k, p, q);
+                (wa, wb) = Integers<TW, TVec, TD>(w1, k, p, q);
                 t1 = TW.MultiplyAdd(wa, xa, t1);
                 u1 = TW.MultiplyAdd(wb, xb, u1);
-                (wa, wb) = TD.Decode<TW, TVec>(w2, k, p, q);
+                (wa, wb) = Integers<TW, TVec, TD>(w2, k, p, q);
                 t2 = TW.MultiplyAdd(wa, xa, t2);
                 u2 = TW.MultiplyAdd(wb, xb, u2);
-                (wa, wb) = TD.Decode<TW, TVec>(w3, k, p, q);
+                (wa, wb) = Integers<TW, TVec, TD>(w3, k, p, q);
                 t3 = TW.MultiplyAdd(wa, xa, t3);
                 u3 = TW.MultiplyAdd(wb, xb, u3);
                 if (z0 != null) xs = TW.Add(xs, TW.Add(xa, xb));
@@ -619,6 +621,25 @@ internal static unsafe class QuantizedMatMul
         y[1] = TW.Sum(a1) + r1 + (bias == null ? 0f : bias[n + 1]);
         y[2] = TW.Sum(a2) + r2 + (bias == null ? 0f : bias[n + 2]);
         y[3] = TW.Sum(a3) + r3 + (bias == null ? 0f : bias[n + 3]);
+    }
+
+    /// <summary>Weight formats whose batch-1 rows <see cref="FourRowsByGroup"/> takes (groups of at least a chunk).</summary>
+    internal static bool ScalesByGroup(WeightFormat format) =>
+        WeightView.IsPacked(format) || (BytesByGroup && format is WeightFormat.Int8 or WeightFormat.UInt8);
+
+    internal static bool BytesByGroup = Environment.GetEnvironmentVariable("PROBE_BYTES_BY_GROUP") != "0";
+
+    /// <summary>
+    /// The integers <c>q</c> of elements <c>[k, k + 2 * Count)</c>: bytes by a widening load, other formats by
+    /// <see cref="IWeightDecoder.Decode"/> with <paramref name="p"/> and <paramref name="q"/> from <c>Prepare(1, -OffsetBias)</c>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (TVec A, TVec B) Integers<TW, TVec, TD>(byte* row, int k, TVec p, TVec q)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        if (typeof(TD) == typeof(Int8Decoder)) return (TW.LoadSBytes(row + k), TW.LoadSBytes(row + k + TW.Count));
+        if (typeof(TD) == typeof(UInt8Decoder)) return (TW.LoadBytes(row + k), TW.LoadBytes(row + k + TW.Count));
+        return TD.Decode<TW, TVec>(row, k, p, q);
     }
 
     /// <summary>Elements <c>[start, end)</c> of group <paramref name="gi"/> (after its last whole chunk) of rows <c>n..n+3</c>, in scalars, added to <paramref name="r0"/>..<paramref name="r3"/>.</summary>
