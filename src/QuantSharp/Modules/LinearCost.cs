@@ -15,7 +15,18 @@ namespace QuantSharp.Modules;
 internal static class LinearCost
 {
     /// <summary>Rows (batch x sequence) from which the bfloat16 route pays for its dequantization pass.</summary>
-    internal const long BFloat16MinRows = 256;
+    internal static long BFloat16MinRows = 256;
+
+    /// <summary>
+    /// Rows from which the bfloat16 route pays on weights of at least <see cref="LargeElements"/>: at 128-192 rows the
+    /// kernels took 0.83-1.10x float32's time on 512x512, 1536x384, 384x1536 and 1024x1024 (int8 and int4 group 32),
+    /// the bfloat16 route 0.45-1.07x; on 64x800 and 384x384 it lost below 256 rows (64x800 at 128: 1.23-1.53x against
+    /// 0.96-1.06x). docs/BENCHMARKS.md, stop 14.
+    /// </summary>
+    internal static long BFloat16MinRowsLarge = 128;
+
+    /// <summary>Weights from this many elements take the bfloat16 route from <see cref="BFloat16MinRowsLarge"/> rows.</summary>
+    internal const long LargeElements = 1 << 18;
 
     /// <summary>Weights below this many elements are tiny: libtorch's bfloat16 GEMM costs more than it computes.</summary>
     internal const long TinyElements = 1 << 14;
@@ -28,7 +39,8 @@ internal static class LinearCost
     public static LinearRoute Choose(long rows, long outputs, long inputs, bool bfloat16)
     {
         long elements = outputs * inputs;
-        return bfloat16 && rows >= BFloat16MinRows && elements >= TinyElements && elements <= QuantizedModule.BufferMaxElements
+        long minRows = elements >= LargeElements ? BFloat16MinRowsLarge : BFloat16MinRows;
+        return bfloat16 && rows >= minRows && elements >= TinyElements && elements <= QuantizedModule.BufferMaxElements
             ? LinearRoute.BFloat16
             : LinearRoute.Kernel;
     }
