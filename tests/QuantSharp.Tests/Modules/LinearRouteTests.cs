@@ -30,14 +30,15 @@ public class LinearRouteTests
     [Fact]
     public void RuleTakesBFloat16OverManyRowsForWeightsTheBufferHoldsAndTheKernelsElsewhere()
     {
-        // Fewer than 256 rows (128 from 2^18 elements): the kernels, whatever the CPU.
+        // Fewer than 256 rows (128 from 2^19 elements): the kernels, whatever the CPU.
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(127, 512, 512, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(127, 1024, 512, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 512, 512, bfloat16: true));
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 1024, 1024, bfloat16: true));
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 512, 512, bfloat16: true)); // exactly LargeElements
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 1024, 512, bfloat16: true)); // exactly LargeElements
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 2048, 2048, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 511, 512, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 1023, 512, bfloat16: true));
         // Many rows and a weight of 16K to 4M elements: bfloat16 where it may run.
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(256, 384, 384, bfloat16: true));
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 1024, 4096, bfloat16: true));
