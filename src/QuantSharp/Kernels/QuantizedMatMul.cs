@@ -146,7 +146,7 @@ internal static unsafe class QuantizedMatMul
         var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
-        switch (Resolve(path))
+        switch (path == KernelPath.Auto ? WidthForGroups(Resolve(path), w) : Resolve(path))
         {
             case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
             case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
@@ -164,6 +164,25 @@ internal static unsafe class QuantizedMatMul
         KernelPath.Vnni256 or KernelPath.Vnni512 => false,
         _ => true,
     };
+
+    /// <summary>
+    /// The widest of <paramref name="widest"/> and narrower paths whose chunk (two vectors) fits in a group of
+    /// <paramref name="w"/>: every kernel decodes whole chunks inside a group and the rest element by element, so int4
+    /// in groups of 16 ran entirely in scalars at 512 bits (32 x 144 at one row: 13 us against float32's 4 us). Weights
+    /// of one group per row (per channel, per tensor) keep the widest path: their short rows have a scalar tail at most.
+    /// </summary>
+    internal static KernelPath WidthForGroups(KernelPath widest, in WeightView w)
+    {
+        if (!NarrowForGroups || w.GroupSize >= w.Cols) return widest;
+        var path = widest;
+        while (path != KernelPath.Scalar && 2 * Lanes(path) > w.GroupSize)
+            path = path switch { KernelPath.V512 => KernelPath.V256, KernelPath.V256 => KernelPath.V128, _ => KernelPath.Scalar };
+        return path;
+    }
+
+    internal static bool NarrowForGroups = Environment.GetEnvironmentVariable("PROBE_NARROW") != "0";
+
+    private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => 16, KernelPath.V256 => 8, KernelPath.V128 => 4, _ => 1 };
 
     private static KernelPath Resolve(KernelPath path)
     {

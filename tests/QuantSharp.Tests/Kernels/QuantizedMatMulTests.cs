@@ -91,6 +91,25 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
+    /// The automatic path narrows the vectors until a chunk (two vectors) fits in a group, so that groups shorter than
+    /// a 512-bit chunk are not decoded element by element; one group per row keeps the widest path.
+    /// </summary>
+    [Theory]
+    [InlineData(32, 160, "V512")]
+    [InlineData(16, 144, "V256")]
+    [InlineData(8, 144, "V128")]
+    [InlineData(4, 144, "Scalar")]
+    [InlineData(144, 144, "V512")]
+    [InlineData(12, 12, "V512")]
+    public void NarrowerVectorsForGroupsShorterThanAChunk(int groupSize, int cols, string expected)
+    {
+        using var w = new PinnedWeight(WeightFormat.Int4, 8, cols, groupSize, zeroPoints: false, seed: 1);
+        Assert.Equal(Enum.Parse<KernelPath>(expected), QuantizedMatMul.WidthForGroups(KernelPath.V512, w.View));
+        // Never wider than the widest the CPU (or the caller) allows.
+        Assert.Equal(groupSize < 8 && groupSize < cols ? KernelPath.Scalar : KernelPath.V128, QuantizedMatMul.WidthForGroups(KernelPath.V128, w.View));
+    }
+
+    /// <summary>
     /// The weight-strip layout is chosen below 128 rows where it keeps at least as many lanes busy as strips of
     /// activation rows: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 96 rows fill both ways;
     /// 64 rows fill whole strips but 64 of 66 tile rows; a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits
