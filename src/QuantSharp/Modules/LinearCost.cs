@@ -20,8 +20,8 @@ internal static class LinearCost
     /// <summary>
     /// Rows from which the bfloat16 route pays on weights of at least <see cref="LargeElements"/>: at 128 and 192 rows
     /// the kernels took 0.73-1.10x float32's time on 1536x384, 384x1536 and 1024x1024 (int8 and int4 group 32), the
-    /// bfloat16 route 0.59-1.12x, most cells 0.6-0.8x. On 512x512 it was a toss-up at 128 rows (0.81-1.40x against
-    /// 0.93-1.22x) and on 64x800 it lost (1.23-1.53x against 0.96-1.06x), so smaller weights keep
+    /// bfloat16 route 0.58-1.17x, most cells 0.6-0.8x. On 512x512 it was a toss-up (0.81-1.47x against 0.93-1.22x)
+    /// and on 64x800 it lost (1.23-1.53x against 0.96-1.06x at 128 rows), so smaller weights keep
     /// <see cref="BFloat16MinRows"/>. docs/BENCHMARKS.md, stop 14.
     /// </summary>
     internal static long BFloat16MinRowsLarge = 128;
