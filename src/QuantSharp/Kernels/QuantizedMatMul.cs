@@ -87,8 +87,8 @@ internal static unsafe class QuantizedMatMul
     /// of at most <see cref="DotTilesMaxWeightRows"/> rows) takes <see cref="MatMulMethod.DotTiles"/>, up to
     /// <see cref="PackedMinRowsSmallWeight"/>. The row kernels rebuild a group's nibble lookup for every group, row and
     /// pass of four activation rows, and put a weight of 64 rows on one thread; the dot tiles decode each weight once.
-    /// int4 group 32 at 5-10 rows: 64x768 1.24-1.86x float32's time -> 0.73-0.91x, 384x384 0.72-1.30x -> 0.68-1.01x,
-    /// 384x1536 0.64-1.16x -> 0.74-1.02x; at 2-4 rows and for int8 the row kernels stay as fast or faster
+    /// int4 group 32 at 6-10 rows: 64x768 1.15-1.85x float32's time -> 0.60-0.91x, 384x384 0.99-1.15x -> 0.84-1.04x,
+    /// 512x512 0.77-1.13x -> 0.74-0.88x; at 2-4 rows and for int8 the row kernels stay as fast or faster
     /// (docs/BENCHMARKS.md, stop 14).
     /// </summary>
     internal static int DotTilesMinRows = 5;
@@ -180,7 +180,8 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    internal static bool NarrowForGroups = Environment.GetEnvironmentVariable("PROBE_NARROW") != "0";
+    /// <summary>Whether <see cref="WidthForGroups"/> narrows (the probe turns it off to measure the difference).</summary>
+    internal static bool NarrowForGroups = true;
 
     private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => 16, KernelPath.V256 => 8, KernelPath.V128 => 4, _ => 1 };
 
@@ -646,7 +647,8 @@ internal static unsafe class QuantizedMatMul
     internal static bool ScalesByGroup(WeightFormat format) =>
         WeightView.IsPacked(format) || (BytesByGroup && format is WeightFormat.Int8 or WeightFormat.UInt8);
 
-    internal static bool BytesByGroup = Environment.GetEnvironmentVariable("PROBE_BYTES_BY_GROUP") != "0";
+    /// <summary>Whether int8/uint8 take <see cref="FourRowsByGroup"/> (the probe turns it off to measure the difference).</summary>
+    internal static bool BytesByGroup = true;
 
     /// <summary>
     /// The integers <c>q</c> of elements <c>[k, k + 2 * Count)</c>: bytes by a widening load, other formats by

@@ -90,6 +90,19 @@ public unsafe class QuantizedMatMulTests
         Assert.Equal(Enum.Parse<MatMulMethod>(expected), QuantizedMatMul.ChooseMethod(m, rows, cols, Enum.Parse<WeightFormat>(format), groupSize));
     }
 
+    /// <summary>Dot-tile items: multiples of four weight rows, at most 32, two items per thread where the weight has the rows.</summary>
+    [Theory]
+    [InlineData(64, 2, 16)]
+    [InlineData(64, 1, 32)]
+    [InlineData(10, 2, 4)]
+    [InlineData(3, 2, 4)]
+    [InlineData(1000, 2, 32)]
+    [InlineData(36, 2, 12)]
+    public void DotTileItemRows(int weightRows, int threads, int expected)
+    {
+        Assert.Equal(expected, DotTileMatMul.ItemRows(weightRows, threads));
+    }
+
     /// <summary>
     /// The automatic path narrows the vectors until a chunk (two vectors) fits in a group, so that groups shorter than
     /// a 512-bit chunk are not decoded element by element; one group per row keeps the widest path.
