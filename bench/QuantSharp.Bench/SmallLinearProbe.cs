@@ -48,8 +48,8 @@ internal static class SmallLinearProbe
         if (Environment.GetEnvironmentVariable("PROBE_LAYOUT") is { } layout) Kernels.PackedMatMul.ForcedLayout = Enum.Parse<Kernels.PackedLayout>(layout);
         bool warmed = false;
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");
-        Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 g32 / float32 | w8a8-dynamic / float32 |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 gG / float32 | w8a8-dynamic / float32 | float16 / float32 |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
         foreach (var (n, k) in shapes)
             foreach (int m in rowsList)
             {
@@ -61,11 +61,12 @@ internal static class SmallLinearProbe
                 var int8 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias);
                 var int4 = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.Int4, QuantScheme.Symmetric, new PerGroup(Math.Min(group, k)))), linear.bias);
                 var dynamic = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias) { DynamicInput = true };
-                var layers = new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call };
+                var half = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.Float16)), linear.bias);
+                var layers = new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call, half.call };
                 var variants = layers.Select(layer => (Func<Tensor>)(() => layer(x))).ToArray();
                 if (Environment.GetEnvironmentVariable("PROBE_PROFILE") is { } only)
                 {
-                    // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8) called for 5 seconds.
+                    // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8, 4 float16) called for 5 seconds.
                     var forward = variants[int.Parse(only, System.Globalization.CultureInfo.InvariantCulture)];
                     var clock = Stopwatch.StartNew();
                     long calls = 0;
