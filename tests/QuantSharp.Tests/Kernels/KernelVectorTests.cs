@@ -100,6 +100,30 @@ public class KernelVectorTests
         Assert.Equal(s, v);
     }
 
+    /// <summary>The largest magnitude equals <c>max(-min(min, 0), max(max, 0))</c> of the scalar min/max, bit for bit, and is NaN with a NaN anywhere.</summary>
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void AbsMaxEqualsTheMagnitudeOfMinMax(int n)
+    {
+        var rng = new Random(7000 + n);
+        float[] x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 20 - 10)).ToArray();
+        foreach (var shift in new[] { 0f, 12f, -12f }) // mixed signs, all positive, all negative
+        {
+            var y = x.Select(v => v + shift).ToArray();
+            var (min, max) = MinMaxKernel.MinMaxScalar(y);
+            float expected = n == 0 ? 0 : MathF.Max(-MathF.Min(min, 0), MathF.Max(max, 0));
+            Assert.Equal(BitConverter.SingleToUInt32Bits(expected), BitConverter.SingleToUInt32Bits(MinMaxKernel.AbsMax(y)));
+        }
+        if (n == 0) return;
+        var z = new float[n]; // zeros of both signs: +0
+        for (int i = 0; i < n; i++) z[i] = i % 2 == 0 ? -0f : 0f;
+        Assert.Equal(0u, BitConverter.SingleToUInt32Bits(MinMaxKernel.AbsMax(z)));
+        x[rng.Next(n)] = float.NegativeInfinity;
+        Assert.Equal(float.PositiveInfinity, MinMaxKernel.AbsMax(x));
+        x[rng.Next(n)] = float.NaN;
+        Assert.True(float.IsNaN(MinMaxKernel.AbsMax(x)));
+    }
+
     [Theory]
     [MemberData(nameof(Lengths))]
     public void HalfVectorEqualsScalar(int n)
