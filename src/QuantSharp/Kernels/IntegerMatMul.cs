@@ -252,10 +252,9 @@ internal static unsafe class IntegerMatMul
         // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.
         int shift = qmin < 0 ? 128 : 0;
         var codes = new Span<byte>(into.Codes + (nint)i * into.Cols, into.Cols);
-        QuantizeKernel.Quantize(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
+        into.Sums[i] = QuantizeKernel.QuantizeAndSum(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
         into.Scales[i] = scale;
         into.ZeroPoints[i] = zeroPoint + shift;
-        into.Sums[i] = Sum(codes);
     }
 
     /// <summary>The sum of <paramref name="codes"/>.</summary>

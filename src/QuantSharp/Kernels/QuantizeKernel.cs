@@ -24,8 +24,21 @@ internal static class QuantizeKernel
     // ---------------- one scale for the whole span ----------------
 
     /// <summary>Quantizes <paramref name="source"/> with one scale and zero point.</summary>
-    public static void Quantize(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
+    public static void Quantize(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination) =>
+        Quantize<NoSum>(source, invScale, zeroPoint, qmin, qmax, destination);
+
+    /// <summary>
+    /// <see cref="Quantize(ReadOnlySpan{float}, float, float, float, float, Span{sbyte})"/>, returning the sum of the
+    /// integers written (before their truncation to 8 bits): the code sum an integer GEMM's zero-point correction needs,
+    /// without a second pass over the codes.
+    /// </summary>
+    public static int QuantizeAndSum(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination) =>
+        Quantize<WithSum>(source, invScale, zeroPoint, qmin, qmax, destination);
+
+    private static int Quantize<TSum>(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination)
+        where TSum : struct, ISumFlag
     {
+        int sum = 0;
         int n = source.Length;
         ref float src = ref MemoryMarshal.GetReference(source);
         ref sbyte dst = ref MemoryMarshal.GetReference(destination);
@@ -36,6 +49,7 @@ internal static class QuantizeKernel
             var vZp = Vector512.Create(zeroPoint);
             var vMin = Vector512.Create(qmin);
             var vMax = Vector512.Create(qmax);
+            var acc = Vector512<int>.Zero;
             for (; i <= n - 64; i += 64)
             {
                 var a = Q512(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
@@ -43,7 +57,9 @@ internal static class QuantizeKernel
                 var c = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vZp, vMin, vMax);
                 var d = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vZp, vMin, vMax);
                 Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+                if (TSum.On) acc += (a + b) + (c + d);
             }
+            if (TSum.On) sum = Vector512.Sum(acc);
         }
         else if (Simd.Use256 && n >= 32)
         {
@@ -51,6 +67,7 @@ internal static class QuantizeKernel
             var vZp = Vector256.Create(zeroPoint);
             var vMin = Vector256.Create(qmin);
             var vMax = Vector256.Create(qmax);
+            var acc = Vector256<int>.Zero;
             for (; i <= n - 32; i += 32)
             {
                 var a = Q256(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
@@ -58,7 +75,9 @@ internal static class QuantizeKernel
                 var c = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
                 var d = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vZp, vMin, vMax);
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+                if (TSum.On) acc += (a + b) + (c + d);
             }
+            if (TSum.On) sum = Vector256.Sum(acc);
         }
         else if (Simd.Use128 && n >= 16)
         {
@@ -66,6 +85,7 @@ internal static class QuantizeKernel
             var vZp = Vector128.Create(zeroPoint);
             var vMin = Vector128.Create(qmin);
             var vMax = Vector128.Create(qmax);
+            var acc = Vector128<int>.Zero;
             for (; i <= n - 16; i += 16)
             {
                 var a = Q128(Vector128.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
@@ -73,9 +93,33 @@ internal static class QuantizeKernel
                 var c = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
                 var d = Q128(Vector128.LoadUnsafe(ref src, (nuint)(i + 12)), vInv, vZp, vMin, vMax);
                 Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
+                if (TSum.On) acc += (a + b) + (c + d);
             }
+            if (TSum.On) sum = Vector128.Sum(acc);
         }
-        QuantizeScalar(source[i..], invScale, zeroPoint, qmin, qmax, destination[i..]);
+        for (; i < n; i++)
+        {
+            int q = QuantizeOne(Unsafe.Add(ref src, i), invScale, zeroPoint, qmin, qmax);
+            Unsafe.Add(ref dst, i) = (sbyte)q;
+            if (TSum.On) sum += q;
+        }
+        return sum;
+    }
+
+    /// <summary>Compile-time switch of the summing variant of <see cref="QuantizeAndSum"/>.</summary>
+    private interface ISumFlag
+    {
+        static abstract bool On { get; }
+    }
+
+    private readonly struct NoSum : ISumFlag
+    {
+        public static bool On => false;
+    }
+
+    private readonly struct WithSum : ISumFlag
+    {
+        public static bool On => true;
     }
 
     /// <summary>The specification of <see cref="Quantize"/>.</summary>

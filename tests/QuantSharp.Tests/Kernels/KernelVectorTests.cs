@@ -100,6 +100,27 @@ public class KernelVectorTests
         Assert.Equal(s, v);
     }
 
+    /// <summary>The summing quantizer writes the codes of the plain one and returns the sum of the integers written, NaN (qmin) and clamped values included.</summary>
+    [Theory]
+    [MemberData(nameof(Lengths))]
+    public void QuantizeAndSumWritesTheSameCodesAndTheirSum(int n)
+    {
+        var rng = new Random(9000 + n);
+        float[] x = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 300 - 150)).ToArray();
+        if (n > 2) { x[0] = float.NaN; x[1] = float.PositiveInfinity; }
+        foreach (var (zero, qmin, qmax) in new[] { (128f, 1f, 255f), (3f, 0f, 255f), (0f, -127f, 127f) })
+        {
+            var plain = new sbyte[n];
+            var summed = new sbyte[n];
+            QuantizeKernel.Quantize(x, 0.9f, zero, qmin, qmax, plain);
+            int sum = QuantizeKernel.QuantizeAndSum(x, 0.9f, zero, qmin, qmax, summed);
+            Assert.Equal(plain, summed);
+            int expected = 0;
+            for (int i = 0; i < n; i++) expected += QuantizeKernel.QuantizeOne(x[i], 0.9f, zero, qmin, qmax);
+            Assert.Equal(expected, sum);
+        }
+    }
+
     /// <summary>The largest magnitude equals <c>max(-min(min, 0), max(max, 0))</c> of the scalar min/max, bit for bit, and is NaN with a NaN anywhere.</summary>
     [Theory]
     [MemberData(nameof(Lengths))]
