@@ -274,13 +274,13 @@ internal static unsafe class PackedMatMul
                         fixed (float* a = scratch)
                         {
                             float* wt = a + width * blockCapacity, c = wt + width * blockCapacity;
-                            new Span<float>(a, width * blockCapacity).Clear(); // rows past the weight's last stay zero
                             new Span<float>(c, tiles * TileRows * width).Clear();
                             for (int k0 = 0; k0 < k;)
                             {
                                 int k1 = BlockEnd(view, k0, TW.Count), steps = k1 - k0;
                                 for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(view, n0 + r, k0, k1, a + r * blockCapacity);
-                                TransposeTile(a, blockCapacity, width, steps, wt);
+                                // The strip's rows, transposed as activation rows are packed (lanes past the weight's last row: zeros).
+                                PackStrip(a, rows, blockCapacity, steps, wt, 0, width);
                                 for (int t = 0; t < tiles; t++)
                                 {
                                     int i0 = t * TileRows;
@@ -310,21 +310,6 @@ internal static unsafe class PackedMatMul
         {
             if (copy is not null) ArrayPool<float>.Shared.Return(copy);
         }
-    }
-
-    /// <summary>
-    /// <c>dst[s * width + r] = src[r * lds + s]</c> for <paramref name="width"/> rows and <paramref name="steps"/>
-    /// steps: 8 x 8 register transposes where the CPU has AVX and the width is a multiple of 8, moves one by one
-    /// otherwise (and for the last steps).
-    /// </summary>
-    private static void TransposeTile(float* src, nint lds, int width, int steps, float* dst)
-    {
-        int s = 0;
-        if (Avx.IsSupported && width % 8 == 0)
-            for (; s + 8 <= steps; s += 8)
-                for (int r = 0; r < width; r += 8) Transposes.Transpose8x8(src + r * lds + s, lds, dst + (nint)s * width + r, width);
-        for (; s < steps; s++)
-            for (int r = 0; r < width; r++) dst[(nint)s * width + r] = src[r * lds + s];
     }
 
     /// <summary>Strips <c>[S0, S1)</c> of a call with <paramref name="M"/> activation rows; the packed pointer holds strips from <paramref name="First"/> on.</summary>

@@ -100,7 +100,7 @@ internal static unsafe class QuantizedMatMul
     internal const int DotTilesMaxWeightRows = 64;
 
     /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
-    internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format = WeightFormat.Int8, int groupSize = 0)
+    internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize)
     {
         bool small = (long)rows * cols < SmallWeightElements;
         if (m >= PackedMinRows || (small && m >= PackedMinRowsSmallWeight)) return MatMulMethod.Packed;
@@ -168,7 +168,8 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// The widest of <paramref name="widest"/> and narrower paths whose chunk (two vectors) fits in a group of
     /// <paramref name="w"/>: every kernel decodes whole chunks inside a group and the rest element by element, so int4
-    /// in groups of 16 ran entirely in scalars at 512 bits (32 x 144 at one row: 13 us against float32's 4 us). Weights
+    /// in groups of 16 ran entirely in scalars at 512 bits (32 x 144 at one row: 13 us against float32's 4 us in
+    /// <c>quantsharp bench --model</c> on the int4 model of <c>quantsharp demo --save DIR</c>; docs/BENCHMARKS.md, stop 14). Weights
     /// of one group per row (per channel, per tensor) keep the widest path: their short rows have a scalar tail at most.
     /// </summary>
     internal static KernelPath WidthForGroups(KernelPath widest, in WeightView w)
@@ -183,7 +184,7 @@ internal static unsafe class QuantizedMatMul
     /// <summary>Whether <see cref="WidthForGroups"/> narrows (the probe turns it off to measure the difference).</summary>
     internal static bool NarrowForGroups = true;
 
-    private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => 16, KernelPath.V256 => 8, KernelPath.V128 => 4, _ => 1 };
+    private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => Float512.Count, KernelPath.V256 => Float256.Count, KernelPath.V128 => Float128.Count, _ => Float1.Count };
 
     private static KernelPath Resolve(KernelPath path)
     {
