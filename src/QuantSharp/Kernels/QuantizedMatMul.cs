@@ -30,7 +30,7 @@ internal enum KernelPath
 /// <summary>Which loop structure multiplies a weight into the activations.</summary>
 internal enum MatMulMethod
 {
-    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights), <see cref="DotTiles"/> for 5-11 rows of some small 4-bit weights, <see cref="Rows"/> below (<see cref="QuantizedMatMul.ChooseMethod"/>).</summary>
+    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights), <see cref="DotTiles"/> for 5-11 rows of some small 4-bit and half-precision weights, <see cref="Rows"/> below (<see cref="QuantizedMatMul.ChooseMethod"/>).</summary>
     Auto,
     /// <summary>Decode each weight chunk in registers and multiply it into 1 to 4 activation rows (small batches).</summary>
     Rows,
@@ -96,16 +96,40 @@ internal static unsafe class QuantizedMatMul
     /// <summary>Largest group of a 4-bit weight that <see cref="DotTilesMinRows"/> sends to the dot tiles whatever its rows.</summary>
     internal const int DotTilesMaxGroup = 64;
 
-    /// <summary>A small 4-bit weight of at most this many rows takes the dot tiles whatever its groups (the row kernels make it one work item).</summary>
+    /// <summary>
+    /// A small 4-bit, float16 or bfloat16 weight of at most this many rows takes the dot tiles whatever its groups, from
+    /// <see cref="DotTilesMinRowsFewWeightRows"/> activation rows (the row kernels make it one work item): float16 64x800
+    /// at 5-11 rows 1.11-1.59x float32's time -> 0.77-1.06x, bfloat16 1.01-1.28x -> 0.71-0.92x (docs/BENCHMARKS.md,
+    /// stop 15).
+    /// </summary>
     internal const int DotTilesMaxWeightRows = 64;
+
+    /// <summary>
+    /// Activation rows from which a weight of at most <see cref="DotTilesMaxWeightRows"/> rows takes the dot tiles. At 3-4
+    /// rows on 64x800: float16 0.87-1.01x float32's time -> 0.72-0.77x, bfloat16 0.72-0.90x -> 0.59-0.64x, int4 group 32
+    /// 0.91-1.01x -> 0.68-0.75x; at 1-2 rows the row kernels are faster (float16 1.35-1.38x against 2.04x at one row).
+    /// </summary>
+    internal static int DotTilesMinRowsFewWeightRows = 3;
+
+    /// <summary>
+    /// Activation rows from which a small float16 weight of more than <see cref="DotTilesMaxWeightRows"/> rows takes
+    /// the dot tiles: its decode (about six vector operations per 16 halves) is then done once, not once per four rows.
+    /// float16 at 6-11 rows on 384x384, 512x512, 1536x384, 384x1536: 0.79-1.46x float32's time with the row kernels,
+    /// 0.74-1.24x with the dot tiles, better or equal from 6 rows; at 5 rows the row kernels were as fast or faster.
+    /// bfloat16 (a shift to decode) stays on the row kernels there: the dot tiles measured slower (1536x384 at 5-7 rows
+    /// 0.53-0.67x -> 0.65-0.84x). docs/BENCHMARKS.md, stop 15.
+    /// </summary>
+    internal const int Float16DotTilesMinRows = 6;
 
     /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
     internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize)
     {
         bool small = (long)rows * cols < SmallWeightElements;
         if (m >= PackedMinRows || (small && m >= PackedMinRowsSmallWeight)) return MatMulMethod.Packed;
-        bool nibbles = WeightView.IsPacked(format) && (groupSize <= DotTilesMaxGroup || rows <= DotTilesMaxWeightRows);
-        return small && nibbles && m >= DotTilesMinRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
+        if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
+        bool tiles = rows <= DotTilesMaxWeightRows ? m >= DotTilesMinRowsFewWeightRows
+            : m >= DotTilesMinRows && (WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16 && m >= Float16DotTilesMinRows);
+        return tiles ? MatMulMethod.DotTiles : MatMulMethod.Rows;
     }
 
     /// <summary>

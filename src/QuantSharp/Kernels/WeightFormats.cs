@@ -87,6 +87,8 @@ internal readonly unsafe struct WeightView
 
     public static bool IsPacked(WeightFormat f) => f is WeightFormat.Int4 or WeightFormat.UInt4;
 
+    public static bool IsInteger8(WeightFormat f) => f is WeightFormat.Int8 or WeightFormat.UInt8;
+
     /// <summary>Scale and zero point of row <paramref name="n"/>, group <paramref name="g"/> (1 and 0 for float formats).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public (float Scale, int ZeroPoint) Params(int n, int g)

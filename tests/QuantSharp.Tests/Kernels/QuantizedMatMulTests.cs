@@ -66,7 +66,8 @@ public unsafe class QuantizedMatMulTests
 
     /// <summary>
     /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements; below, the dot tiles from 5
-    /// rows for small 4-bit weights in groups of at most 64 or of at most 64 rows, else the row kernels.
+    /// rows for small 4-bit weights in groups of at most 64, from 6 rows for other small float16 weights, from 3 rows for
+    /// small 4-bit and half-precision weights of at most 64 rows, else the row kernels (int8 always).
     /// </summary>
     [Theory]
     [InlineData(1, 64, 800, "Int8", 800, "Rows")]
@@ -77,14 +78,24 @@ public unsafe class QuantizedMatMulTests
     [InlineData(24, 1024, 1024, "Int8", 1024, "Packed")]
     [InlineData(16, 1023, 1024, "Int8", 1024, "Packed")]
     [InlineData(24, 4096, 4096, "Int8", 4096, "Packed")]
-    [InlineData(4, 64, 800, "Int4", 32, "Rows")]
+    [InlineData(2, 64, 800, "Int4", 32, "Rows")]
+    [InlineData(3, 64, 800, "Int4", 32, "DotTiles")]
+    [InlineData(4, 384, 384, "Int4", 32, "Rows")]
+    [InlineData(3, 64, 800, "BFloat16", 800, "DotTiles")]
     [InlineData(5, 64, 800, "Int4", 32, "DotTiles")]
     [InlineData(11, 384, 1536, "UInt4", 64, "DotTiles")]
     [InlineData(12, 384, 1536, "Int4", 32, "Packed")]
     [InlineData(8, 384, 1536, "Int4", 128, "Rows")]
     [InlineData(8, 64, 768, "Int4", 128, "DotTiles")]
     [InlineData(8, 1024, 1024, "Int4", 32, "Rows")]
-    [InlineData(8, 384, 384, "Float16", 384, "Rows")]
+    [InlineData(5, 384, 384, "Float16", 384, "Rows")]
+    [InlineData(6, 384, 384, "Float16", 384, "DotTiles")]
+    [InlineData(11, 1536, 384, "Float16", 384, "DotTiles")]
+    [InlineData(8, 384, 384, "BFloat16", 384, "Rows")]
+    [InlineData(5, 64, 800, "BFloat16", 800, "DotTiles")]
+    [InlineData(5, 64, 800, "Float16", 800, "DotTiles")]
+    [InlineData(8, 64, 800, "UInt8", 800, "Rows")]
+    [InlineData(8, 2048, 2048, "Float16", 2048, "Rows")]
     public void MethodByRowsAndWeight(int m, int rows, int cols, string format, int groupSize, string expected)
     {
         Assert.Equal(Enum.Parse<MatMulMethod>(expected), QuantizedMatMul.ChooseMethod(m, rows, cols, Enum.Parse<WeightFormat>(format), groupSize));
