@@ -131,6 +131,38 @@ internal static class HalfKernel
         return r | sign;
     }
 
+    /// <summary>
+    /// True when none of the <paramref name="count"/> halves at <paramref name="p"/> is an infinity or a NaN (exponent
+    /// bits all ones). Vectorized: setting every bit but the exponent's leaves all ones exactly for those, so the
+    /// unsigned maximum of the lanes tells (two operations per vector).
+    /// </summary>
+    public static unsafe bool AllFinite(ushort* p, nint count)
+    {
+        const ushort NotExponent = 0x83FF;
+        nint i = 0;
+        if (Simd.Use512 && count >= 32)
+        {
+            var acc = Vector512<ushort>.Zero;
+            for (; i <= count - 32; i += 32) acc = Vector512.Max(acc, Vector512.Load(p + i) | Vector512.Create(NotExponent));
+            if (Vector512.EqualsAny(acc, Vector512<ushort>.AllBitsSet)) return false;
+        }
+        else if (Simd.Use256 && count >= 16)
+        {
+            var acc = Vector256<ushort>.Zero;
+            for (; i <= count - 16; i += 16) acc = Vector256.Max(acc, Vector256.Load(p + i) | Vector256.Create(NotExponent));
+            if (Vector256.EqualsAny(acc, Vector256<ushort>.AllBitsSet)) return false;
+        }
+        else if (Simd.Use128 && count >= 8)
+        {
+            var acc = Vector128<ushort>.Zero;
+            for (; i <= count - 8; i += 8) acc = Vector128.Max(acc, Vector128.Load(p + i) | Vector128.Create(NotExponent));
+            if (Vector128.EqualsAny(acc, Vector128<ushort>.AllBitsSet)) return false;
+        }
+        for (; i < count; i++)
+            if ((p[i] | NotExponent) == ushort.MaxValue) return false;
+        return true;
+    }
+
     /// <summary>Span version of <see cref="FromHalfBits"/>.</summary>
     public static void FromHalf(ReadOnlySpan<ushort> source, Span<float> destination)
     {

@@ -381,7 +381,12 @@ internal static unsafe class QuantizedMatMul
                 int mb = item / nBlocks, nb = item % nBlocks;
                 int m0 = mb * RowsPerBlock, m1 = Math.Min(m, m0 + RowsPerBlock);
                 int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
-                Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
+                // Half weights without infinities or NaNs (nearly all) decode without their select: the check reads
+                // the item's rows once, which then stay in cache for the kernel.
+                if (typeof(TD) == typeof(HalfDecoder) && HalfKernel.AllFinite((ushort*)(view.Data + n0 * view.RowBytes), (n1 - n0) * (nint)view.Cols))
+                    Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
+                else
+                    Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
             });
         }
         finally
@@ -563,10 +568,10 @@ internal static unsafe class QuantizedMatMul
     private static void FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        int c = TW.Count, chunk = 2 * c, g = w.GroupSize;
-        byte* w0 = w.Data + n * w.RowBytes, w1 = w0 + w.RowBytes, w2 = w1 + w.RowBytes, w3 = w2 + w.RowBytes;
+        int c = TW.Count, chunk = 2 * c, g = w.GroupSize, whole = g / chunk * chunk;
+        nint rowBytes = w.RowBytes;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
         TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
         int groups = w.GroupsPerRow;
         int halfBytes = (int)(2 * w.RowBytes / Math.Max(w.Cols, 1)); // bytes per two elements: k * halfBytes / 2 is k's offset
         for (int gi = 0; gi < groups; gi++)
@@ -579,11 +584,10 @@ internal static unsafe class QuantizedMatMul
             var (p1, q1) = TD.Prepare<TW, TVec>(s1, o1);
             var (p2, q2) = TD.Prepare<TW, TVec>(s2, o2);
             var (p3, q3) = TD.Prepare<TW, TVec>(s3, o3);
-            int k = gi * g, end = k + g;
-            for (; k + chunk <= end; k += chunk)
+            for (int k = gi * g, end = k + whole; k < end; k += chunk)
             {
                 TVec xa = TW.Load(x + k), xb = TW.Load(x + k + c);
-                PrefetchNextFourRows(w0 + ((k * halfBytes) >> 1), w.RowBytes);
+                PrefetchNextFourRows(w0 + ((k * halfBytes) >> 1), rowBytes);
                 var (wa, wb) = TD.Decode<TW, TVec>(w0, k, p0, q0);
                 a0 = TW.MultiplyAdd(wa, xa, a0);
                 b0 = TW.MultiplyAdd(wb, xb, b0);
@@ -597,12 +601,13 @@ internal static unsafe class QuantizedMatMul
                 a3 = TW.MultiplyAdd(wa, xa, a3);
                 b3 = TW.MultiplyAdd(wb, xb, b3);
             }
-            if (k < end) GroupTail<TD>(w, n, gi, k, end, x, ref r0, ref r1, ref r2, ref r3);
         }
-        y[0] = TW.Sum(TW.Add(a0, b0)) + r0 + (bias == null ? 0f : bias[n]);
-        y[1] = TW.Sum(TW.Add(a1, b1)) + r1 + (bias == null ? 0f : bias[n + 1]);
-        y[2] = TW.Sum(TW.Add(a2, b2)) + r2 + (bias == null ? 0f : bias[n + 2]);
-        y[3] = TW.Sum(TW.Add(a3, b3)) + r3 + (bias == null ? 0f : bias[n + 3]);
+        float v0 = TW.Sum(TW.Add(a0, b0)), v1 = TW.Sum(TW.Add(a1, b1)), v2 = TW.Sum(TW.Add(a2, b2)), v3 = TW.Sum(TW.Add(a3, b3));
+        var (r0, r1, r2, r3) = GroupTails<TD>(w, n, whole, x);
+        y[0] = v0 + r0 + (bias == null ? 0f : bias[n]);
+        y[1] = v1 + r1 + (bias == null ? 0f : bias[n + 1]);
+        y[2] = v2 + r2 + (bias == null ? 0f : bias[n + 2]);
+        y[3] = v3 + r3 + (bias == null ? 0f : bias[n + 3]);
     }
 
     /// <summary>
@@ -626,7 +631,6 @@ internal static unsafe class QuantizedMatMul
         var (p, q) = TD.Prepare<TW, TVec>(1f, -TD.OffsetBias); // decodes q itself, exactly
         int shift = WeightView.IsPacked(w.Format) ? 1 : 0; // bytes of k elements: k >> shift
         TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
-        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
         for (int gi = 0; gi < groups; gi++)
         {
             TVec t0 = TW.Zero, u0 = TW.Zero, t1 = TW.Zero, u1 = TW.Zero, t2 = TW.Zero, u2 = TW.Zero, t3 = TW.Zero, u3 = TW.Zero, xs = TW.Zero;
@@ -660,12 +664,13 @@ internal static unsafe class QuantizedMatMul
                 a2 = TW.MultiplyAdd(xs, TW.Create(-z2[gi] * s2[gi]), a2);
                 a3 = TW.MultiplyAdd(xs, TW.Create(-z3[gi] * s3[gi]), a3);
             }
-            if (whole < g) GroupTail<TD>(w, n, gi, end, gi * g + g, x, ref r0, ref r1, ref r2, ref r3);
         }
-        y[0] = TW.Sum(a0) + r0 + (bias == null ? 0f : bias[n]);
-        y[1] = TW.Sum(a1) + r1 + (bias == null ? 0f : bias[n + 1]);
-        y[2] = TW.Sum(a2) + r2 + (bias == null ? 0f : bias[n + 2]);
-        y[3] = TW.Sum(a3) + r3 + (bias == null ? 0f : bias[n + 3]);
+        float v0 = TW.Sum(a0), v1 = TW.Sum(a1), v2 = TW.Sum(a2), v3 = TW.Sum(a3);
+        var (r0, r1, r2, r3) = GroupTails<TD>(w, n, whole, x);
+        y[0] = v0 + r0 + (bias == null ? 0f : bias[n]);
+        y[1] = v1 + r1 + (bias == null ? 0f : bias[n + 1]);
+        y[2] = v2 + r2 + (bias == null ? 0f : bias[n + 2]);
+        y[3] = v3 + r3 + (bias == null ? 0f : bias[n + 3]);
     }
 
     /// <summary>Weight formats whose batch-1 rows <see cref="FourRowsByGroup"/> takes (groups of at least a chunk).</summary>
@@ -686,6 +691,23 @@ internal static unsafe class QuantizedMatMul
         if (typeof(TD) == typeof(Int8Decoder)) return (TW.LoadSBytes(row + k), TW.LoadSBytes(row + k + TW.Count));
         if (typeof(TD) == typeof(UInt8Decoder)) return (TW.LoadBytes(row + k), TW.LoadBytes(row + k + TW.Count));
         return TD.Decode<TW, TVec>(row, k, p, q);
+    }
+
+    /// <summary>
+    /// The elements after the first <paramref name="whole"/> of every group of rows <c>n..n+3</c> (what the chunk loops
+    /// leave), in scalars, group by group. Called after the vector accumulators are summed: the JIT keeps a vector
+    /// live across a call in memory, storing it after every multiply-add of the loop (the batch-1 float16 loop ran
+    /// with eight such stores per chunk when the tails were done group by group inside it).
+    /// </summary>
+    private static (float R0, float R1, float R2, float R3) GroupTails<TD>(in WeightView w, int n, int whole, float* x)
+        where TD : IWeightDecoder
+    {
+        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+        int g = w.GroupSize;
+        if (whole < g)
+            for (int gi = 0, groups = w.GroupsPerRow; gi < groups; gi++)
+                GroupTail<TD>(w, n, gi, gi * g + whole, gi * g + g, x, ref r0, ref r1, ref r2, ref r3);
+        return (r0, r1, r2, r3);
     }
 
     /// <summary>Elements <c>[start, end)</c> of group <paramref name="gi"/> (after its last whole chunk) of rows <c>n..n+3</c>, in scalars, added to <paramref name="r0"/>..<paramref name="r3"/>.</summary>

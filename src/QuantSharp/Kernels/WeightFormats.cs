@@ -238,6 +238,18 @@ internal readonly struct HalfDecoder : IWeightDecoder
     public static unsafe float One(byte* row, int k) => HalfKernel.FromHalfBits(((ushort*)row)[k]);
 }
 
+/// <summary><see cref="HalfDecoder"/> for weights without infinities or NaNs (<see cref="HalfKernel.AllFinite"/>), the same values.</summary>
+internal readonly struct FiniteHalfDecoder : IWeightDecoder
+{
+    public static bool Deinterleaved => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
+        where TW : IFloatWidth<TVec> where TVec : struct
+        => TW.LoadFiniteHalfPairs((ushort*)row + k);
+
+    public static unsafe float One(byte* row, int k) => HalfKernel.FromHalfBits(((ushort*)row)[k]);
+}
+
 internal readonly struct BFloat16Decoder : IWeightDecoder
 {
     public static bool Deinterleaved => true;

@@ -37,6 +37,51 @@ public class KernelWidthTests
 }
 
 /// <summary>
+/// <see cref="HalfKernel.AllFinite"/> at every vector width and in scalars: an infinity or NaN of either sign at every
+/// position of every length up to 100 (whole vectors and tails) is found; the largest finite halves and subnormals are not
+/// taken for one.
+/// </summary>
+[Collection(SimdWidthCollection.Name)]
+public unsafe class AllFiniteTests
+{
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public void FindsEveryInfinityAndNaN(int maxBits)
+    {
+        int saved = Simd.MaxBits;
+        Simd.MaxBits = maxBits;
+        try
+        {
+            ushort[] finite = [0x7BFF, 0xFBFF, 0x03FF, 0x8001, 0x3C00, 0x0000, 0x8000];
+            ushort[] special = [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFFFF];
+            for (int n = 0; n <= 100; n++)
+            {
+                var h = new ushort[n];
+                for (int i = 0; i < n; i++) h[i] = finite[i % finite.Length];
+                fixed (ushort* p = h)
+                {
+                    Assert.True(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: finite halves taken for a special");
+                    for (int at = 0; at < n; at++)
+                    {
+                        ushort kept = h[at];
+                        h[at] = special[(at + n) % special.Length];
+                        Assert.False(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: 0x{h[at]:X4} at {at} missed");
+                        h[at] = kept;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            Simd.MaxBits = saved;
+        }
+    }
+}
+
+/// <summary>
 /// <see cref="KernelWidthTests"/> changes the process-wide <see cref="Simd.MaxBits"/>; a test that asks for an explicit
 /// kernel path (V256, V512) while it is capped gets "not supported on this CPU". This collection runs alone, after the
 /// parallel tests.

@@ -336,13 +336,70 @@ public unsafe class QuantizedMatMulTests
                 var lanes512 = HalfLanes.FromHalf(Vector512.Create(Widen(p + i, 16))).AsUInt32();
                 var scalar = new float[16];
                 for (int j = 0; j < 16; j += 2) (scalar[j], scalar[j + 1]) = Float1.LoadHalfPairs(p + i + j);
+                bool finite = (bits[i] & 0x7C00) != 0x7C00; // 16 consecutive values share an exponent
+                var finite128 = HalfLanes.FromFiniteHalf(Vector128.Create(Widen(p + i, 4)).AsInt32()).AsUInt32();
+                var finite256 = HalfLanes.FromFiniteHalf(Vector256.Create(Widen(p + i, 8)).AsInt32()).AsUInt32();
+                var finite512 = HalfLanes.FromFiniteHalf(Vector512.Create(Widen(p + i, 16)).AsInt32()).AsUInt32();
                 for (int j = 0; j < 16; j++)
                 {
+                    if (finite)
+                    {
+                        if (j < 4) Assert.Equal(expected[i + j], finite128[j]);
+                        if (j < 8) Assert.Equal(expected[i + j], finite256[j]);
+                        Assert.Equal(expected[i + j], finite512[j]);
+                    }
                     if (j < 4) Assert.Equal(expected[i + j], lanes128[j]);
                     if (j < 8) Assert.Equal(expected[i + j], lanes256[j]);
                     Assert.Equal(expected[i + j], lanes512[j]);
                     Assert.Equal(expected[i + j], BitConverter.SingleToUInt32Bits(scalar[j]));
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// float16 weights with infinities and NaNs: the row kernels' work items that hold one decode with the exact
+    /// decoder (the one for finite weights would read an infinity as a number from 65536 on), so their rows give the
+    /// specification's infinities and NaNs on every path and loop, and the other items' rows stay within tolerance.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(6)]
+    public void HalfWeightsWithInfinitiesAndNaNs(int batch)
+    {
+        const int rows = 130, cols = 70; // 64 rows per work item of the row kernels: items 0-63, 64-127, 128-129
+        using var w = new PinnedWeight(WeightFormat.Float16, rows, cols, 0, zeroPoints: false, seed: 21);
+        var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(w.Data.AsSpan());
+        halves[70 * cols + 5] = 0x7C00;   // +inf in a vector chunk
+        halves[100 * cols + 69] = 0x7E01; // NaN in the scalar tail
+        halves[127 * cols + 33] = 0xFC00; // -inf
+        int[] special = [70, 100, 127];
+        var view = w.View;
+        float[] x = KernelTestData.Activations(batch * cols, 22);
+        var expected = new float[batch * rows];
+        var actual = new float[batch * rows];
+        fixed (float* px = x) fixed (float* pe = expected) fixed (float* pa = actual)
+        {
+            QuantizedMatMul.Reference(view, px, batch, cols, null, pe, rows);
+            foreach (var path in KernelTestData.FloatPaths())
+            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed, MatMulMethod.DotTiles })
+            {
+                QuantizedMatMul.Run(view, px, batch, cols, null, pa, rows, path, method);
+                for (int i = 0; i < batch; i++)
+                    for (int j = 0; j < rows; j++)
+                    {
+                        float e = expected[i * rows + j], a = actual[i * rows + j];
+                        if (special.Contains(j))
+                        {
+                            Assert.False(float.IsFinite(e));
+                            Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{path} {method} batch {batch} row {i} out {j}: {a}, expected {e}");
+                            continue;
+                        }
+                        double magnitude = 0;
+                        for (int kk = 0; kk < cols; kk++) magnitude += Math.Abs((double)x[i * cols + kk] * view.Dequantized(j, kk));
+                        Assert.True(Math.Abs(a - e) <= RelativeTolerance * magnitude, $"{path} {method} batch {batch} row {i} out {j}: {a} vs {e}");
+                    }
             }
         }
     }
