@@ -21,6 +21,10 @@ public class KernelVectorTests
                 1 => rng.Next(-300, 300) * scale,                     // exact integers
                 2 => (float)(rng.NextDouble() * 1e6 - 5e5),           // far outside the range
                 3 when i % 35 == 3 => float.NaN,
+                4 when i % 35 == 4 => float.PositiveInfinity,
+                5 when i % 35 == 5 => float.NegativeInfinity,
+                6 when i % 35 == 6 => i % 2 == 0 ? 3e38f : -3e38f,    // beyond int32 once scaled
+                6 when i % 35 == 13 => -0f,
                 _ => (float)(rng.NextDouble() * 2 - 1) * 200 * scale,
             };
         }
