@@ -111,11 +111,11 @@ internal interface IEpilogueWidth<TVec> where TVec : struct
     /// <summary>All lanes <paramref name="value"/>.</summary>
     static abstract TVec Create(double value);
 
-    /// <summary><see cref="Count"/> doubles.</summary>
-    static abstract unsafe TVec Load(double* p);
-
     /// <summary><see cref="Count"/> int32 values as doubles (exact).</summary>
     static abstract unsafe TVec LoadInt32(int* p);
+
+    /// <summary><see cref="Count"/> float32 values as doubles (exact).</summary>
+    static abstract unsafe TVec LoadSingle(float* p);
 
     /// <summary><c>a * b</c>, lane by lane.</summary>
     static abstract TVec Multiply(TVec a, TVec b);
@@ -123,8 +123,8 @@ internal interface IEpilogueWidth<TVec> where TVec : struct
     /// <summary><c>a - b</c>, lane by lane.</summary>
     static abstract TVec Subtract(TVec a, TVec b);
 
-    /// <summary><c>dst[l] = (float)v[l] + bias[l]</c>.</summary>
-    static abstract unsafe void StoreSingle(TVec v, float* bias, float* dst);
+    /// <summary><c>dst[l] = (float)v[l]</c> (round to nearest even).</summary>
+    static abstract unsafe void StoreSingle(TVec v, float* dst);
 }
 
 /// <summary>Eight float64 lanes (AVX-512F).</summary>
@@ -133,13 +133,11 @@ internal readonly struct Epilogue512 : IEpilogueWidth<Vector512<double>>
     public static bool IsSupported => Simd.Use512 && Avx512F.IsSupported;
     public static int Count => 8;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Create(double value) => Vector512.Create(value);
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<double> Load(double* p) => Vector512.Load(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<double> LoadInt32(int* p) => Avx512F.ConvertToVector512Double(Vector256.Load(p));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector512<double> LoadSingle(float* p) => Avx512F.ConvertToVector512Double(Vector256.Load(p));
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Multiply(Vector512<double> a, Vector512<double> b) => a * b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Subtract(Vector512<double> a, Vector512<double> b) => a - b;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void StoreSingle(Vector512<double> v, float* bias, float* dst) => (Avx512F.ConvertToVector256Single(v) + Vector256.Load(bias)).Store(dst);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector512<double> v, float* dst) => Avx512F.ConvertToVector256Single(v).Store(dst);
 }
 
 /// <summary>Four float64 lanes (AVX).</summary>
@@ -148,13 +146,11 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
     public static bool IsSupported => Simd.Use256 && Avx.IsSupported;
     public static int Count => 4;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Create(double value) => Vector256.Create(value);
-    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<double> Load(double* p) => Vector256.Load(p);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<double> LoadInt32(int* p) => Avx.ConvertToVector256Double(Vector128.Load(p));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe Vector256<double> LoadSingle(float* p) => Avx.ConvertToVector256Double(Vector128.Load(p));
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Multiply(Vector256<double> a, Vector256<double> b) => a * b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Subtract(Vector256<double> a, Vector256<double> b) => a - b;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void StoreSingle(Vector256<double> v, float* bias, float* dst) => (Avx.ConvertToVector128Single(v) + Vector128.Load(bias)).Store(dst);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector256<double> v, float* dst) => Avx.ConvertToVector128Single(v).Store(dst);
 }
 
 /// <summary>
@@ -366,7 +362,7 @@ internal static unsafe class PackedIntegerMatMul
     /// <c>y[i, n] = (float)(xScale[i] * wScale[n] * exact) + bias[n]</c> for activation rows <c>[m0, m1)</c> and weight
     /// rows <c>[n0, n0 + rows)</c>, with <c>exact = dot - xZero * rowSum - wZero * xSum + K * xZero * wZero</c>: the
     /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector widths compute the same value in float64 (every
-    /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueRun"/>).
+    /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueBlocks"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy)
@@ -375,62 +371,91 @@ internal static unsafe class PackedIntegerMatMul
         // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
         double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
         float* biases = stackalloc float[ItemRows];
-        int* dots = stackalloc int[ItemRows];
-        var terms = new EpilogueTerms(scales, zeroPoints, sums, biases, dots);
         for (int r = 0; r < rows; r++)
         {
             (float scale, int zeroPoint) = w.Params(n0 + r, 0);
             (scales[r], zeroPoints[r], sums[r]) = (scale, zeroPoint, rowSums[r]);
             biases[r] = bias == null ? 0f : bias[n0 + r];
         }
-        // Weight rows along the output row (contiguous stores); y^T, in cache, is read across.
-        for (int i = m0; i < m1; i++)
+        var weightRows = new EpilogueRows(rows, scales, zeroPoints, sums, biases);
+        fixed (float* xScales = x.Scales)
+        fixed (int* xZeros = x.ZeroPoints, xSums = x.Sums)
         {
-            int xz = x.ZeroPoints[i], xSum = x.Sums[i];
-            float xs = x.Scales[i];
-            float* dst = y + i * ldy + n0;
-            int* column = yt + (i - m0);
-            for (int r = 0; r < rows; r++, column += ldt) dots[r] = *column;
-            double correction = xSum - (double)k * xz;
-            int j = 0;
-            if (Epilogue512.IsSupported) j = EpilogueRun<Epilogue512, Vector512<double>>(terms, j, rows, xs, xz, correction, dst);
-            if (Epilogue256.IsSupported) j = EpilogueRun<Epilogue256, Vector256<double>>(terms, j, rows, xs, xz, correction, dst);
-            for (; j < rows; j++)
+            var activations = new EpilogueActivations(k, xScales, xZeros, xSums);
+            int i = m0;
+            if (Epilogue512.IsSupported) i = EpilogueBlocks<Epilogue512, Vector512<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy);
+            else if (Epilogue256.IsSupported) i = EpilogueBlocks<Epilogue256, Vector256<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy);
+            // The activation rows left (fewer than a block, or all without AVX): output by output, y^T read across.
+            for (; i < m1; i++)
             {
-                long wz = (long)zeroPoints[j];
-                long exact = dots[j] - (long)xz * rowSums[j] - wz * xSum + (long)k * xz * wz;
-                dst[j] = (float)((double)xs * scales[j] * exact) + biases[j];
+                int xz = xZeros[i], xSum = xSums[i];
+                float xs = xScales[i];
+                float* dst = y + i * ldy + n0;
+                int* column = yt + (i - m0);
+                for (int r = 0; r < rows; r++, column += ldt)
+                {
+                    long wz = (long)zeroPoints[r];
+                    long exact = *column - (long)xz * rowSums[r] - wz * xSum + (long)k * xz * wz;
+                    dst[r] = (float)((double)xs * scales[r] * exact) + biases[r];
+                }
             }
         }
     }
 
     /// <summary>
-    /// Outputs <c>[j, rows)</c> of one activation row, <c>TE.Count</c> at a time, until fewer remain; returns the first
-    /// output not written. <c>exact = dot - xZero * rowSum - wZero * (xSum - K * xZero)</c> in float64 is the reference's
-    /// int64 value (every term is an integer below 2^53); then <c>(xScale * wScale) * exact</c> and the float32 rounding,
-    /// as the reference.
+    /// Activation rows from <paramref name="m0"/> in blocks of eight, while whole blocks remain; returns the first row
+    /// not done. For each block, every weight row's eight outputs are computed along its row of <c>y^T</c> (contiguous
+    /// sums, the activation terms in vectors) and written back over their sums as floats; then 8 x 8 transposes move
+    /// them into the output rows, adding the bias (weight rows past the last multiple of eight one by one). Computing
+    /// down a column of <c>y^T</c> instead (one gather per output, rows <paramref name="ldt"/> apart) took a third of a
+    /// 384x384 dynamic W8A8 call at 256 rows. <c>exact = dot - xZero * rowSum - wZero * (xSum - K * xZero)</c> in
+    /// float64 is the reference's int64 value (every term is an integer below 2^53); then <c>(xScale * wScale) * exact</c>
+    /// and the float32 rounding, as the reference.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int EpilogueRun<TE, TVec>(in EpilogueTerms t, int j, int rows, double xScale, double xZero, double correction, float* dst)
+    private static int EpilogueBlocks<TE, TVec>(in EpilogueActivations a, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy)
         where TE : IEpilogueWidth<TVec> where TVec : struct
     {
-        TVec vxs = TE.Create(xScale), vxz = TE.Create(xZero), vc = TE.Create(correction);
-        for (; j + TE.Count <= rows; j += TE.Count)
+        int i0 = m0;
+        for (; i0 + 8 <= m1; i0 += 8)
         {
-            TVec exact = TE.Subtract(TE.Subtract(TE.LoadInt32(t.Dots + j), TE.Multiply(vxz, TE.Load(t.Sums + j))), TE.Multiply(TE.Load(t.ZeroPoints + j), vc));
-            TE.StoreSingle(TE.Multiply(TE.Multiply(vxs, TE.Load(t.Scales + j)), exact), t.Biases + j, dst + j);
+            for (int h = 0; h < 8; h += TE.Count)
+            {
+                TVec xs = TE.LoadSingle(a.Scales + i0 + h), xz = TE.LoadInt32(a.ZeroPoints + i0 + h);
+                TVec correction = TE.Subtract(TE.LoadInt32(a.Sums + i0 + h), TE.Multiply(TE.Create(a.K), xz));
+                int* dots = yt + (i0 - m0) + h;
+                for (int r = 0; r < w.Count; r++, dots += ldt)
+                {
+                    TVec exact = TE.Subtract(TE.Subtract(TE.LoadInt32(dots), TE.Multiply(xz, TE.Create(w.Sums[r]))), TE.Multiply(TE.Create(w.ZeroPoints[r]), correction));
+                    TE.StoreSingle(TE.Multiply(TE.Multiply(xs, TE.Create(w.Scales[r])), exact), (float*)dots);
+                }
+            }
+            float* t = (float*)yt + (i0 - m0), dst = y + i0 * ldy;
+            int r0 = 0;
+            for (; r0 + 8 <= w.Count; r0 += 8) Transposes.Transpose8x8(t + r0 * ldt, ldt, dst + r0, ldy, add: true, Vector256.Load(w.Biases + r0));
+            for (; r0 < w.Count; r0++)
+                for (int c = 0; c < 8; c++) dst[c * ldy + r0] = t[r0 * ldt + c] + w.Biases[r0];
         }
-        return j;
+        return i0;
     }
 
-    /// <summary>The epilogue's operands per weight row of an item (float64 for the vector widths), and one activation row's dots.</summary>
-    private readonly struct EpilogueTerms(double* scales, double* zeroPoints, double* sums, float* biases, int* dots)
+    /// <summary>The epilogue's operands per weight row of an item, in float64 (the bias in float32).</summary>
+    private readonly struct EpilogueRows(int count, double* scales, double* zeroPoints, double* sums, float* biases)
     {
+        public int Count { get; } = count;
         public double* Scales { get; } = scales;
         public double* ZeroPoints { get; } = zeroPoints;
         public double* Sums { get; } = sums;
         public float* Biases { get; } = biases;
-        public int* Dots { get; } = dots;
+    }
+
+    /// <summary>The epilogue's operands per activation row (scale, zero point, code sum) and the reduction length.</summary>
+    private readonly struct EpilogueActivations(int k, float* scales, int* zeroPoints, int* sums)
+    {
+        public int K { get; } = k;
+        public float* Scales { get; } = scales;
+        public int* ZeroPoints { get; } = zeroPoints;
+        public int* Sums { get; } = sums;
     }
 
     /// <summary>
