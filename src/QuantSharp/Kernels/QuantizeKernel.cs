@@ -62,19 +62,19 @@ internal static class QuantizeKernel
             }
             if (TSum.On) sum = Vector512.Sum(acc);
         }
-        else if (Simd.Use256 && n >= 32)
+        else if (Simd.Use256 && Avx.IsSupported && n >= 32)
         {
             var vInv = Vector256.Create(invScale);
-            var vZp = Vector256.Create(zeroPoint);
-            var vMin = Vector256.Create(qmin);
-            var vMax = Vector256.Create(qmax);
+            var vLo = Vector256.Create(qmin - zeroPoint);
+            var vHi = Vector256.Create(qmax - zeroPoint);
+            var vZp = Vector256.Create((int)zeroPoint);
             var acc = Vector256<int>.Zero;
             for (; i <= n - 32; i += 32)
             {
-                var a = Q256(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
-                var b = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vZp, vMin, vMax);
-                var c = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vZp, vMin, vMax);
-                var d = Q256(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vZp, vMin, vMax);
+                var a = QClamped256(Vector256.LoadUnsafe(ref src, (nuint)i), vInv, vLo, vHi, vZp);
+                var b = QClamped256(Vector256.LoadUnsafe(ref src, (nuint)(i + 8)), vInv, vLo, vHi, vZp);
+                var c = QClamped256(Vector256.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vLo, vHi, vZp);
+                var d = QClamped256(Vector256.LoadUnsafe(ref src, (nuint)(i + 24)), vInv, vLo, vHi, vZp);
                 Vector256.Narrow(Vector256.Narrow(a, b), Vector256.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
                 if (TSum.On) acc += (a + b) + (c + d);
             }
@@ -151,6 +151,11 @@ internal static class QuantizeKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<int> Q512(Vector512<float> x, Vector512<float> inv, Vector512<float> lo, Vector512<float> hi, Vector512<int> zp) =>
         Avx512F.ConvertToVector512Int32(Avx512F.Min(Avx512F.Max(x * inv, lo), hi)) + zp;
+
+    /// <summary><see cref="Q512"/> on 8 lanes (AVX: <c>vmaxps</c>, <c>vminps</c>, <c>vcvtps2dq</c>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> QClamped256(Vector256<float> x, Vector256<float> inv, Vector256<float> lo, Vector256<float> hi, Vector256<int> zp) =>
+        Avx.ConvertToVector256Int32(Avx.Min(Avx.Max(x * inv, lo), hi)) + zp;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> Q256(Vector256<float> x, Vector256<float> inv, Vector256<float> zp, Vector256<float> min, Vector256<float> max)
@@ -231,7 +236,23 @@ internal static class QuantizeKernel
         ref float src = ref MemoryMarshal.GetReference(source);
         ref float dst = ref MemoryMarshal.GetReference(destination);
         int i = 0;
-        if (Simd.Use256 && n >= 8)
+        if (Simd.Use512 && Avx512F.IsSupported && n >= 16)
+        {
+            // The clamps as vmaxps/vminps (a NaN takes the second operand, qmin, as the compares below do; round + zp
+            // is never -0, so equal operands are equal bits), two instructions fewer than compare and select.
+            var vInv = Vector512.Create(invScale);
+            var vScale = Vector512.Create(scale);
+            var vZp = Vector512.Create(zeroPoint);
+            var vMin = Vector512.Create(qmin);
+            var vMax = Vector512.Create(qmax);
+            for (; i <= n - 16; i += 16)
+            {
+                var r = Vector512.Round(Vector512.LoadUnsafe(ref src, (nuint)i) * vInv) + vZp;
+                r = Avx512F.Min(Avx512F.Max(r, vMin), vMax);
+                ((r - vZp) * vScale).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Simd.Use256 && n >= 8)
         {
             var vInv = Vector256.Create(invScale);
             var vScale = Vector256.Create(scale);
