@@ -91,7 +91,7 @@ internal interface IFloatWidth<TVec> where TVec : struct
 
     /// <summary>
     /// <see cref="LoadHalfPairs"/> for halves known to be finite (no exponent of 31, <see cref="HalfKernel.AllFinite"/>):
-    /// exact for them, without the infinity and NaN select (three vector operations per vector instead of seven).
+    /// exact for them, without the infinity and NaN select (three or four vector operations per vector instead of seven or eight).
     /// </summary>
     static abstract unsafe (TVec Even, TVec Odd) LoadFiniteHalfPairs(ushort* p);
 
@@ -425,10 +425,7 @@ internal static class HalfLanes
         return Vector512.ConditionalSelect(Vector512.Create(0x8000_0000u), h, r.AsUInt32()).AsSingle();
     }
 
-    /// <summary>
-    /// The half in the high 16 bits of each lane, which must be finite: an arithmetic shift by 3 puts its sign at bit 31
-    /// and its magnitude at bits 27:13 (the mask drops the sign's copies and the low half), and 2^112 re-biases.
-    /// </summary>
+    /// <summary><see cref="FromFiniteHalf(Vector512{int})"/> on 8 lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> FromFiniteHalf(Vector256<int> h) =>
         ((h >> 3) & Vector256.Create(unchecked((int)0x8FFF_E000))).AsSingle() * Vector256.Create(Rebias);
@@ -443,10 +440,7 @@ internal static class HalfLanes
         return Vector256.ConditionalSelect(Vector256.Create(0x8000_0000u), h, r.AsUInt32()).AsSingle();
     }
 
-    /// <summary>
-    /// The half in the high 16 bits of each lane, which must be finite: an arithmetic shift by 3 puts its sign at bit 31
-    /// and its magnitude at bits 27:13 (the mask drops the sign's copies and the low half), and 2^112 re-biases.
-    /// </summary>
+    /// <summary><see cref="FromFiniteHalf(Vector512{int})"/> on 4 lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<float> FromFiniteHalf(Vector128<int> h) =>
         ((h >> 3) & Vector128.Create(unchecked((int)0x8FFF_E000))).AsSingle() * Vector128.Create(Rebias);

@@ -24,7 +24,7 @@ internal static class QuantizeKernel
 {
     // ---------------- one scale for the whole span ----------------
 
-    /// <summary>Quantizes <paramref name="source"/> with one scale and zero point.</summary>
+    /// <summary>Quantizes <paramref name="source"/> with one scale and zero point (an integer value: the vector paths add it as one).</summary>
     public static void Quantize(ReadOnlySpan<float> source, float invScale, float zeroPoint, float qmin, float qmax, Span<sbyte> destination) =>
         Quantize<NoSum>(source, invScale, zeroPoint, qmin, qmax, destination);
 
@@ -53,10 +53,10 @@ internal static class QuantizeKernel
             var acc = Vector512<int>.Zero;
             for (; i <= n - 64; i += 64)
             {
-                var a = Q512(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vLo, vHi, vZp);
-                var b = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vLo, vHi, vZp);
-                var c = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vLo, vHi, vZp);
-                var d = Q512(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vLo, vHi, vZp);
+                var a = QClamped512(Vector512.LoadUnsafe(ref src, (nuint)i), vInv, vLo, vHi, vZp);
+                var b = QClamped512(Vector512.LoadUnsafe(ref src, (nuint)(i + 16)), vInv, vLo, vHi, vZp);
+                var c = QClamped512(Vector512.LoadUnsafe(ref src, (nuint)(i + 32)), vInv, vLo, vHi, vZp);
+                var d = QClamped512(Vector512.LoadUnsafe(ref src, (nuint)(i + 48)), vInv, vLo, vHi, vZp);
                 Vector512.Narrow(Vector512.Narrow(a, b), Vector512.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
                 if (TSum.On) acc += (a + b) + (c + d);
             }
@@ -149,10 +149,10 @@ internal static class QuantizeKernel
     /// <c>ConvertToInt32</c> took about twice the instructions.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> Q512(Vector512<float> x, Vector512<float> inv, Vector512<float> lo, Vector512<float> hi, Vector512<int> zp) =>
+    private static Vector512<int> QClamped512(Vector512<float> x, Vector512<float> inv, Vector512<float> lo, Vector512<float> hi, Vector512<int> zp) =>
         Avx512F.ConvertToVector512Int32(Avx512F.Min(Avx512F.Max(x * inv, lo), hi)) + zp;
 
-    /// <summary><see cref="Q512"/> on 8 lanes (AVX: <c>vmaxps</c>, <c>vminps</c>, <c>vcvtps2dq</c>).</summary>
+    /// <summary><see cref="QClamped512"/> on 8 lanes (AVX: <c>vmaxps</c>, <c>vminps</c>, <c>vcvtps2dq</c>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> QClamped256(Vector256<float> x, Vector256<float> inv, Vector256<float> lo, Vector256<float> hi, Vector256<int> zp) =>
         Avx.ConvertToVector256Int32(Avx.Min(Avx.Max(x * inv, lo), hi)) + zp;

@@ -107,13 +107,15 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// Activation rows from which a weight of at most <see cref="DotTilesMaxWeightRows"/> rows takes the dot tiles. At 3-4
     /// rows on 64x800: float16 0.87-1.01x float32's time -> 0.72-0.77x, bfloat16 0.72-0.90x -> 0.59-0.64x, int4 group 32
-    /// 0.91-1.01x -> 0.68-0.75x; at 1-2 rows the row kernels are faster (float16 1.35-1.38x against 2.04x at one row).
+    /// 0.91-1.01x -> 0.68-0.75x; at 1-2 rows the row kernels are faster (float16 1.35-1.38x against 2.04x at one row,
+    /// before <see cref="FiniteHalfDecoder"/>). docs/BENCHMARKS.md, stop 15.
     /// </summary>
     internal static int DotTilesMinRowsFewWeightRows = 3;
 
     /// <summary>
     /// Activation rows from which a small float16 weight of more than <see cref="DotTilesMaxWeightRows"/> rows takes
-    /// the dot tiles: its decode (about six vector operations per 16 halves) is then done once, not once per four rows.
+    /// the dot tiles: its decode is then done once, not once per four rows (measured with the exact decoder, about seven
+    /// vector operations per 16 halves; <see cref="FiniteHalfDecoder"/> has since cut that to three for finite weights).
     /// float16 at 6-11 rows on 384x384, 512x512, 1536x384, 384x1536: 0.79-1.46x float32's time with the row kernels,
     /// 0.74-1.24x with the dot tiles, better or equal from 6 rows; at 5 rows the row kernels were as fast or faster.
     /// bfloat16 (a shift to decode) stays on the row kernels there: the dot tiles measured slower (1536x384 at 5-7 rows
