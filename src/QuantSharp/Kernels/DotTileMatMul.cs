@@ -48,16 +48,11 @@ internal static unsafe class DotTileMatMul
                     float* sums = tile + paddedRows * blockCapacity; // [paddedRows][m]
                     new Span<float>(tile + rows * blockCapacity, (paddedRows - rows) * blockCapacity).Clear(); // padding rows stay zero
                     new Span<float>(sums, paddedRows * m).Clear();
-                    // float16 weights without infinities or NaNs decode without their select (QuantizedMatMul.Drive).
-                    bool finite = typeof(TD) == typeof(HalfDecoder) && HalfKernel.AllFinite((ushort*)(view.Data + n0 * view.RowBytes), rows * (nint)k);
+                    bool finite = PackedMatMul.FiniteHalves<TD>(view, n0, rows);
                     for (int k0 = 0; k0 < k;)
                     {
                         int k1 = PackedMatMul.BlockEnd(view, k0, TW.Count);
-                        for (int r = 0; r < rows; r++)
-                        {
-                            if (finite) PackedMatMul.DecodeSlice<TW, TVec, FiniteHalfDecoder>(view, n0 + r, k0, k1, tile + r * blockCapacity);
-                            else PackedMatMul.DecodeSlice<TW, TVec, TD>(view, n0 + r, k0, k1, tile + r * blockCapacity);
-                        }
+                        PackedMatMul.DecodeRows<TW, TVec, TD>(view, n0, rows, k0, k1, tile, blockCapacity, finite);
                         Block<TW, TVec>(tile, blockCapacity, paddedRows, (float*)xAddress + k0, ldx, m, k1 - k0, sums);
                         k0 = k1;
                     }

@@ -275,10 +275,11 @@ internal static unsafe class PackedMatMul
                         {
                             float* wt = a + width * blockCapacity, c = wt + width * blockCapacity;
                             new Span<float>(c, tiles * TileRows * width).Clear();
+                            bool finite = FiniteHalves<TD>(view, n0, rows);
                             for (int k0 = 0; k0 < k;)
                             {
                                 int k1 = BlockEnd(view, k0, TW.Count), steps = k1 - k0;
-                                for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(view, n0 + r, k0, k1, a + r * blockCapacity);
+                                DecodeRows<TW, TVec, TD>(view, n0, rows, k0, k1, a, blockCapacity, finite);
                                 // The strip's rows, transposed as activation rows are packed (lanes past the weight's last row: zeros).
                                 PackStrip(a, rows, blockCapacity, steps, wt, 0, width);
                                 for (int t = 0; t < tiles; t++)
@@ -388,10 +389,11 @@ internal static unsafe class PackedMatMul
         new Span<float>(yt, tileRows * ldt).Clear();
         // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
         new Span<float>(a + rows * blockCapacity, (tiles * TileRows - rows) * blockCapacity).Clear();
+        bool finite = FiniteHalves<TD>(w, n0, rows);
         for (int k0 = 0; k0 < k;)
         {
             int k1 = BlockEnd(w, k0, TW.Count);
-            for (int r = 0; r < rows; r++) DecodeSlice<TW, TVec, TD>(w, n0 + r, k0, k1, a + r * blockCapacity);
+            DecodeRows<TW, TVec, TD>(w, n0, rows, k0, k1, a, blockCapacity, finite);
             for (int s = block.S0; s < block.S1; s++)
             {
                 float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
@@ -468,6 +470,28 @@ internal static unsafe class PackedMatMul
         if (g <= BlockTarget) return Math.Min(w.Cols, k0 + BlockTarget / g * g);
         int groupEnd = (k0 / g + 1) * g;
         return Math.Min(groupEnd, k0 + Math.Max(chunk, BlockTarget / chunk * chunk));
+    }
+
+    /// <summary>
+    /// Whether weight rows <c>[n0, n0 + rows)</c> may decode with <see cref="FiniteHalfDecoder"/>: float16 rows without an
+    /// infinity or NaN (<see cref="HalfKernel.AllFinite"/>, which reads them once; they then stay in cache for the decode).
+    /// False for other formats, which have no such decoder.
+    /// </summary>
+    internal static bool FiniteHalves<TD>(in WeightView w, int n0, int rows) where TD : IWeightDecoder =>
+        typeof(TD) == typeof(HalfDecoder) && HalfKernel.AllFinite((ushort*)(w.Data + n0 * w.RowBytes), rows * (nint)w.Cols);
+
+    /// <summary>
+    /// <see cref="DecodeSlice"/> for rows <c>[n0, n0 + rows)</c>, row <c>r</c> at <c>dst + r * ld</c>; with
+    /// <paramref name="finite"/> (<see cref="FiniteHalves"/>) float16 rows decode without the infinity and NaN select.
+    /// </summary>
+    internal static void DecodeRows<TW, TVec, TD>(in WeightView w, int n0, int rows, int k0, int k1, float* dst, nint ld, bool finite)
+        where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            if (typeof(TD) == typeof(HalfDecoder) && finite) DecodeSlice<TW, TVec, FiniteHalfDecoder>(w, n0 + r, k0, k1, dst + r * ld);
+            else DecodeSlice<TW, TVec, TD>(w, n0 + r, k0, k1, dst + r * ld);
+        }
     }
 
     /// <summary>

@@ -383,9 +383,8 @@ internal static unsafe class QuantizedMatMul
                 int mb = item / nBlocks, nb = item % nBlocks;
                 int m0 = mb * RowsPerBlock, m1 = Math.Min(m, m0 + RowsPerBlock);
                 int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
-                // Half weights without infinities or NaNs (nearly all) decode without their select: the check reads
-                // the item's rows once, which then stay in cache for the kernel.
-                if (typeof(TD) == typeof(HalfDecoder) && HalfKernel.AllFinite((ushort*)(view.Data + n0 * view.RowBytes), (n1 - n0) * (nint)view.Cols))
+                // float16 weights without infinities or NaNs (nearly all) decode without their select.
+                if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
                     Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
                 else
                     Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);

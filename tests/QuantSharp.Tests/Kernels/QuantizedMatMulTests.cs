@@ -358,14 +358,16 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// float16 weights with infinities and NaNs: the row kernels' work items that hold one decode with the exact
-    /// decoder (the one for finite weights would read an infinity as a number from 65536 on), so their rows give the
-    /// specification's infinities and NaNs on every path and loop, and the other items' rows stay within tolerance.
+    /// float16 weights with infinities and NaNs: the work items (row kernels, dot tiles, each packed layout) that hold
+    /// one decode with the exact decoder (the one for finite weights would read an infinity as a number from 65536 on),
+    /// so their rows give the specification's infinities and NaNs on every path and loop, and the other items' rows stay
+    /// within tolerance.
     /// </summary>
     [Theory]
     [InlineData(1)]
     [InlineData(3)]
     [InlineData(6)]
+    [InlineData(40)]
     public void HalfWeightsWithInfinitiesAndNaNs(int batch)
     {
         const int rows = 130, cols = 70; // 64 rows per work item of the row kernels: items 0-63, 64-127, 128-129
@@ -382,10 +384,21 @@ public unsafe class QuantizedMatMulTests
         fixed (float* px = x) fixed (float* pe = expected) fixed (float* pa = actual)
         {
             QuantizedMatMul.Reference(view, px, batch, cols, null, pe, rows);
+            // The packed GEMM once per layout (each decodes per item: a strip of weight rows, or an item's rows).
+            var runs = new[] { MatMulMethod.Rows, MatMulMethod.DotTiles }.Select(m => (Method: m, Layout: (PackedLayout?)null))
+                .Concat(Enum.GetValues<PackedLayout>().Select(l => (Method: MatMulMethod.Packed, Layout: (PackedLayout?)l)));
             foreach (var path in KernelTestData.FloatPaths())
-            foreach (var method in new[] { MatMulMethod.Rows, MatMulMethod.Packed, MatMulMethod.DotTiles })
+            foreach (var (method, layout) in runs)
             {
-                QuantizedMatMul.Run(view, px, batch, cols, null, pa, rows, path, method);
+                PackedMatMul.ForcedLayout = layout;
+                try
+                {
+                    QuantizedMatMul.Run(view, px, batch, cols, null, pa, rows, path, method);
+                }
+                finally
+                {
+                    PackedMatMul.ForcedLayout = null;
+                }
                 for (int i = 0; i < batch; i++)
                     for (int j = 0; j < rows; j++)
                     {
@@ -393,12 +406,12 @@ public unsafe class QuantizedMatMulTests
                         if (special.Contains(j))
                         {
                             Assert.False(float.IsFinite(e));
-                            Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{path} {method} batch {batch} row {i} out {j}: {a}, expected {e}");
+                            Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{path} {method} {layout} batch {batch} row {i} out {j}: {a}, expected {e}");
                             continue;
                         }
                         double magnitude = 0;
                         for (int kk = 0; kk < cols; kk++) magnitude += Math.Abs((double)x[i * cols + kk] * view.Dequantized(j, kk));
-                        Assert.True(Math.Abs(a - e) <= RelativeTolerance * magnitude, $"{path} {method} batch {batch} row {i} out {j}: {a} vs {e}");
+                        Assert.True(Math.Abs(a - e) <= RelativeTolerance * magnitude, $"{path} {method} {layout} batch {batch} row {i} out {j}: {a} vs {e}");
                     }
             }
         }
