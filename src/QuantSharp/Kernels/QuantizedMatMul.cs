@@ -129,8 +129,9 @@ internal static unsafe class QuantizedMatMul
         bool small = (long)rows * cols < SmallWeightElements;
         if (m >= PackedMinRows || (small && m >= PackedMinRowsSmallWeight)) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
-        bool tiles = rows <= DotTilesMaxWeightRows ? m >= DotTilesMinRowsFewWeightRows
-            : m >= DotTilesMinRows && (WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16 && m >= Float16DotTilesMinRows);
+        if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
+        if (m < DotTilesMinRows) return MatMulMethod.Rows;
+        bool tiles = WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16 && m >= Float16DotTilesMinRows;
         return tiles ? MatMulMethod.DotTiles : MatMulMethod.Rows;
     }
 

@@ -247,7 +247,7 @@ internal readonly struct FiniteHalfDecoder : IWeightDecoder
         where TW : IFloatWidth<TVec> where TVec : struct
         => TW.LoadFiniteHalfPairs((ushort*)row + k);
 
-    public static unsafe float One(byte* row, int k) => HalfKernel.FromHalfBits(((ushort*)row)[k]);
+    public static unsafe float One(byte* row, int k) => HalfDecoder.One(row, k);
 }
 
 internal readonly struct BFloat16Decoder : IWeightDecoder

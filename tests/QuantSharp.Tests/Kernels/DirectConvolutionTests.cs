@@ -51,30 +51,22 @@ public class DirectConvolutionTests
     [InlineData(0)]
     public void DirectRouteMatchesDequantizeAndLibtorchForEveryFormatGeometryAndWidth(int maxBits)
     {
-        int saved = Simd.MaxBits;
-        Simd.MaxBits = maxBits;
-        try
+        using var cap = new SimdWidthCap(maxBits);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(31);
+        foreach (var (conv, inputs) in Cases())
+        foreach (var spec in ModuleSpecs)
         {
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            torch.manual_seed(31);
-            foreach (var (conv, inputs) in Cases())
-            foreach (var spec in ModuleSpecs)
+            long k = ((TorchSharp.Modules.Convolution)conv).weight!.numel() / ((TorchSharp.Modules.Convolution)conv).weight!.shape[0];
+            if (QuantizedWeight.Unsupported(spec, ((TorchSharp.Modules.Convolution)conv).weight!.shape) is not null) continue;
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
+            foreach (var x in inputs)
             {
-                long k = ((TorchSharp.Modules.Convolution)conv).weight!.numel() / ((TorchSharp.Modules.Convolution)conv).weight!.shape[0];
-                if (QuantizedWeight.Unsupported(spec, ((TorchSharp.Modules.Convolution)conv).weight!.shape) is not null) continue;
-                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
-                foreach (var x in inputs)
-                {
-                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
-                    var actual = layer.Forward(x, ConvolutionRoute.Direct);
-                    AssertClose(expected, actual, 1e-5, $"{spec} K {k} input [{string.Join(",", x.shape)}] width {maxBits}");
-                }
+                var expected = layer.Forward(x, ConvolutionRoute.Reference);
+                var actual = layer.Forward(x, ConvolutionRoute.Direct);
+                AssertClose(expected, actual, 1e-5, $"{spec} K {k} input [{string.Join(",", x.shape)}] width {maxBits}");
             }
-        }
-        finally
-        {
-            Simd.MaxBits = saved;
         }
     }
 

@@ -83,3 +83,13 @@ internal static class KernelTestData
         return x;
     }
 }
+
+/// <summary>Caps <see cref="Simd.MaxBits"/> (process-wide) until disposed, then restores it; for tests in <see cref="SimdWidthCollection"/>.</summary>
+internal sealed class SimdWidthCap : IDisposable
+{
+    private readonly int _saved = Simd.MaxBits;
+
+    public SimdWidthCap(int maxBits) => Simd.MaxBits = maxBits;
+
+    public void Dispose() => Simd.MaxBits = _saved;
+}

@@ -15,23 +15,15 @@ public class KernelWidthTests
     [InlineData(0)]
     public void NarrowPathsEqualScalar(int maxBits)
     {
-        int saved = Simd.MaxBits;
-        Simd.MaxBits = maxBits;
-        try
+        using var cap = new SimdWidthCap(maxBits);
+        var vectorTests = new KernelVectorTests();
+        for (int n = 0; n <= 256; n++)
         {
-            var vectorTests = new KernelVectorTests();
-            for (int n = 0; n <= 256; n++)
-            {
-                vectorTests.QuantizeVectorEqualsScalar(n);
-                vectorTests.PerElementVectorEqualsScalar(n);
-                vectorTests.DequantizeVectorEqualsScalar(n);
-                vectorTests.MinMaxAndBFloat16VectorEqualScalar(n);
-                vectorTests.HalfVectorEqualsScalar(n);
-            }
-        }
-        finally
-        {
-            Simd.MaxBits = saved;
+            vectorTests.QuantizeVectorEqualsScalar(n);
+            vectorTests.PerElementVectorEqualsScalar(n);
+            vectorTests.DequantizeVectorEqualsScalar(n);
+            vectorTests.MinMaxAndBFloat16VectorEqualScalar(n);
+            vectorTests.HalfVectorEqualsScalar(n);
         }
     }
 }
@@ -51,32 +43,24 @@ public unsafe class AllFiniteTests
     [InlineData(0)]
     public void FindsEveryInfinityAndNaN(int maxBits)
     {
-        int saved = Simd.MaxBits;
-        Simd.MaxBits = maxBits;
-        try
+        using var cap = new SimdWidthCap(maxBits);
+        ushort[] finite = [0x7BFF, 0xFBFF, 0x03FF, 0x8001, 0x3C00, 0x0000, 0x8000];
+        ushort[] special = [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFFFF];
+        for (int n = 0; n <= 100; n++)
         {
-            ushort[] finite = [0x7BFF, 0xFBFF, 0x03FF, 0x8001, 0x3C00, 0x0000, 0x8000];
-            ushort[] special = [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFFFF];
-            for (int n = 0; n <= 100; n++)
+            var h = new ushort[n];
+            for (int i = 0; i < n; i++) h[i] = finite[i % finite.Length];
+            fixed (ushort* p = h)
             {
-                var h = new ushort[n];
-                for (int i = 0; i < n; i++) h[i] = finite[i % finite.Length];
-                fixed (ushort* p = h)
+                Assert.True(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: finite halves taken for a special");
+                for (int at = 0; at < n; at++)
                 {
-                    Assert.True(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: finite halves taken for a special");
-                    for (int at = 0; at < n; at++)
-                    {
-                        ushort kept = h[at];
-                        h[at] = special[(at + n) % special.Length];
-                        Assert.False(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: 0x{h[at]:X4} at {at} missed");
-                        h[at] = kept;
-                    }
+                    ushort kept = h[at];
+                    h[at] = special[(at + n) % special.Length];
+                    Assert.False(HalfKernel.AllFinite(p, n), $"{maxBits} bits, length {n}: 0x{h[at]:X4} at {at} missed");
+                    h[at] = kept;
                 }
             }
-        }
-        finally
-        {
-            Simd.MaxBits = saved;
         }
     }
 }

@@ -35,31 +35,23 @@ public unsafe class WeightDequantizerTests
     [InlineData(0)]
     public void EveryFormatEqualsTheSpecificationBitForBit(int maxBits)
     {
-        int saved = Simd.MaxBits;
-        Simd.MaxBits = maxBits;
-        try
+        using var cap = new SimdWidthCap(maxBits);
+        int seed = 0;
+        foreach (var (format, group, zeroPoints, perTensor) in Formats)
+        foreach (int rows in new[] { 1, 3, 17 })
+        foreach (int cols in new[] { 4, 8, 28, 32, 36, 64, 100, 256, 260 })
         {
-            int seed = 0;
-            foreach (var (format, group, zeroPoints, perTensor) in Formats)
-            foreach (int rows in new[] { 1, 3, 17 })
-            foreach (int cols in new[] { 4, 8, 28, 32, 36, 64, 100, 256, 260 })
+            if (group > 0 && cols % group != 0) continue;
+            using var w = new PinnedWeight(format, rows, cols, group, zeroPoints, ++seed, perTensor);
+            var actual = new float[rows * cols];
+            fixed (float* p = actual) WeightDequantizer.Run(w.View, p);
+            for (int n = 0; n < rows; n++)
+            for (int k = 0; k < cols; k++)
             {
-                if (group > 0 && cols % group != 0) continue;
-                using var w = new PinnedWeight(format, rows, cols, group, zeroPoints, ++seed, perTensor);
-                var actual = new float[rows * cols];
-                fixed (float* p = actual) WeightDequantizer.Run(w.View, p);
-                for (int n = 0; n < rows; n++)
-                for (int k = 0; k < cols; k++)
-                {
-                    float expected = w.View.Dequantized(n, k);
-                    Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[n * cols + k]),
-                        $"{format} group {group} zp {zeroPoints} per-tensor {perTensor} [{rows}x{cols}] width {maxBits}: [{n},{k}] {actual[n * cols + k]} != {expected}");
-                }
+                float expected = w.View.Dequantized(n, k);
+                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[n * cols + k]),
+                    $"{format} group {group} zp {zeroPoints} per-tensor {perTensor} [{rows}x{cols}] width {maxBits}: [{n},{k}] {actual[n * cols + k]} != {expected}");
             }
-        }
-        finally
-        {
-            Simd.MaxBits = saved;
         }
     }
 
