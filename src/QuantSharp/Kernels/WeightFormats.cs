@@ -143,6 +143,16 @@ internal interface IWeightDecoder
         get => 0;
     }
 
+    /// <summary>
+    /// True when <see cref="Decode"/> and <see cref="One"/> give the stored integers themselves and the kernel applies
+    /// each row's scale and zero point to the row's sums (<see cref="ByteIntegers{TB}"/>); by default false.
+    /// </summary>
+    static virtual bool Unscaled
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => false;
+    }
+
     /// <summary>The constants <see cref="Decode"/> needs for one group with this scale and offset (by default both broadcast).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static virtual (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
@@ -165,6 +175,25 @@ internal readonly struct Int8Decoder : IWeightDecoder
         => (TW.MultiplyAdd(TW.LoadSBytes(row + k), groupP, groupQ), TW.MultiplyAdd(TW.LoadSBytes(row + k + TW.Count), groupP, groupQ));
 
     public static unsafe float One(byte* row, int k) => (sbyte)row[k];
+}
+
+/// <summary>
+/// The stored integers of int8 (<typeparamref name="TB"/> = <see cref="Int8Decoder"/>) or uint8 weights, each vector
+/// by one widening load: for one scale per row the scale is applied to the row's sums instead, once per output, which
+/// saves a multiply-add per weight vector (<c>QuantizedMatMul.Pass</c>).
+/// </summary>
+internal readonly struct ByteIntegers<TB> : IWeightDecoder where TB : IWeightDecoder
+{
+    public static bool Deinterleaved => false;
+    public static bool Unscaled => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
+        where TW : IFloatWidth<TVec> where TVec : struct
+        => typeof(TB) == typeof(Int8Decoder)
+            ? (TW.LoadSBytes(row + k), TW.LoadSBytes(row + k + TW.Count))
+            : (TW.LoadBytes(row + k), TW.LoadBytes(row + k + TW.Count));
+
+    public static unsafe float One(byte* row, int k) => TB.One(row, k);
 }
 
 internal readonly struct UInt8Decoder : IWeightDecoder
