@@ -106,7 +106,7 @@ internal static unsafe class IntegerGemmProfile
         {
             const int Calls = 200_000;
             double cpu0 = ThreadCpuMs();
-            for (int i = 0; i < Calls; i++) MicroKernel.Run<GemmVnni256, System.Runtime.Intrinsics.Vector256<int>, int>((int*)a, Groups, (int*)b, Groups, c, 16);
+            for (int i = 0; i < Calls; i++) MicroKernel.Run<GemmVnni256, System.Runtime.Intrinsics.Vector256<int>, int, Six>((int*)a, Groups, (int*)b, Groups, c, 16);
             double ms = ThreadCpuMs() - cpu0;
             Console.Write($"micro-kernel, 256-bit AVX-VNNI: {(double)Calls * Groups * 4 * 6 * 16 / (ms * 1e6):0} GMAC/s");
             if (Vnni512Kernel.IsSupported)

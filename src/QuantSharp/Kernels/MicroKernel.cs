@@ -35,29 +35,69 @@ internal readonly struct FloatMicro<TW, TVec> : IMicroWidth<TVec, float> where T
 
 /// <summary>
 /// The register-blocked micro-kernel of <see cref="PackedMatMul"/> (float) and <see cref="PackedIntegerMatMul"/> (integer):
-/// <see cref="Rows"/> weight rows x 2 vectors of activations, 12 accumulators. Per step: two vector loads of the strip,
-/// one broadcast per weight row, twelve multiply-accumulates.
+/// <c>TH.Count</c> (4, 6 or 8) weight rows x 2 vectors of activations, two accumulators per row. Per step: two vector
+/// loads of the strip, one broadcast per weight row, two multiply-accumulates per row.
 /// </summary>
+/// <remarks>
+/// Each row's sums get the same operations in the same order whatever the tile height, so the tiling of a call
+/// (<see cref="NextTile"/>) never changes a bit. Eight rows (16 accumulators, 19 registers) need the 32 vector
+/// registers of AVX-512; with 16 registers the tiles are six rows high, and four to end on an even count.
+/// </remarks>
 internal static unsafe class MicroKernel
 {
-    /// <summary>Weight rows per call (broadcast operands).</summary>
+    /// <summary>Weight rows per tile of the integer GEMM, and the float GEMM's tile where 8 does not apply.</summary>
     internal const int Rows = 6;
 
     /// <summary>
-    /// <c>c[j, :] += sum_s a[j, s] * b[s, :]</c> for <see cref="Rows"/> weight rows j (rows <paramref name="lda"/>
+    /// The height of the next tile over <paramref name="remaining"/> rows: tiles of 8 (where <paramref name="wide"/>:
+    /// 512-bit vectors), 6 and 4 that cover an even count exactly (an odd count is padded by one row, fewer than four
+    /// rows to four). 16 rows run as 8 + 8 instead of 6 + 6 + 6, 32 as four 8s instead of 36 rows of 6s.
+    /// </summary>
+    internal static int NextTile(int remaining, bool wide)
+    {
+        int even = (remaining + 1) & ~1;
+        if (wide && even >= 8 && even != 10 && even != 12) return 8;
+        if (even >= 6 && even != 8) return 6;
+        return 4;
+    }
+
+    /// <summary>Rows the tiles of <see cref="NextTile"/> cover for <paramref name="rows"/> rows (the last tile may pass the end).</summary>
+    internal static int PaddedRows(int rows, bool wide)
+    {
+        int i = 0;
+        while (i < rows) i += NextTile(rows - i, wide);
+        return i;
+    }
+
+    /// <summary>
+    /// <see cref="Run{TM, TVec, T, TH}"/> for a tile of <paramref name="height"/> rows (<see cref="NextTile"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void RunTile<TM, TVec, T>(int height, T* a, nint lda, T* b, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged
+    {
+        if (height == 8) Run<TM, TVec, T, Eight>(a, lda, b, steps, c, ldc);
+        else if (height == 6) Run<TM, TVec, T, Six>(a, lda, b, steps, c, ldc);
+        else Run<TM, TVec, T, Four>(a, lda, b, steps, c, ldc);
+    }
+
+    /// <summary>
+    /// <c>c[j, :] += sum_s a[j, s] * b[s, :]</c> for <c>TH.Count</c> weight rows j (rows <paramref name="lda"/>
     /// elements apart) over <paramref name="steps"/> steps of one strip (two vectors per step, contiguous);
     /// <paramref name="c"/> rows are <paramref name="ldc"/> elements apart.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Run<TM, TVec, T>(T* a, nint lda, T* b, int steps, T* c, nint ldc)
-        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged
+    internal static void Run<TM, TVec, T, TH>(T* a, nint lda, T* b, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged where TH : IRowCount
     {
         int n = TM.Lanes;
-        T* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda;
-        T* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc;
+        T* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda, a6 = a + 6 * lda, a7 = a + 7 * lda;
+        T* c0 = c, c1 = c + ldc, c2 = c + 2 * ldc, c3 = c + 3 * ldc, c4 = c + 4 * ldc, c5 = c + 5 * ldc, c6 = c + 6 * ldc, c7 = c + 7 * ldc;
         TVec s00 = TM.Load(c0), s01 = TM.Load(c0 + n), s10 = TM.Load(c1), s11 = TM.Load(c1 + n);
         TVec s20 = TM.Load(c2), s21 = TM.Load(c2 + n), s30 = TM.Load(c3), s31 = TM.Load(c3 + n);
-        TVec s40 = TM.Load(c4), s41 = TM.Load(c4 + n), s50 = TM.Load(c5), s51 = TM.Load(c5 + n);
+        TVec s40 = default, s41 = default, s50 = default, s51 = default, s60 = default, s61 = default, s70 = default, s71 = default;
+        if (TH.Count > 4) (s40, s41, s50, s51) = (TM.Load(c4), TM.Load(c4 + n), TM.Load(c5), TM.Load(c5 + n));
+        if (TH.Count > 6) (s60, s61, s70, s71) = (TM.Load(c6), TM.Load(c6 + n), TM.Load(c7), TM.Load(c7 + n));
         for (int s = 0; s < steps; s++)
         {
             TVec b0 = TM.Load(b), b1 = TM.Load(b + n);
@@ -74,18 +114,48 @@ internal static unsafe class MicroKernel
             v = TM.Broadcast(a3[s]);
             s30 = TM.MultiplyAccumulate(s30, b0, v);
             s31 = TM.MultiplyAccumulate(s31, b1, v);
-            v = TM.Broadcast(a4[s]);
-            s40 = TM.MultiplyAccumulate(s40, b0, v);
-            s41 = TM.MultiplyAccumulate(s41, b1, v);
-            v = TM.Broadcast(a5[s]);
-            s50 = TM.MultiplyAccumulate(s50, b0, v);
-            s51 = TM.MultiplyAccumulate(s51, b1, v);
+            if (TH.Count > 4)
+            {
+                v = TM.Broadcast(a4[s]);
+                s40 = TM.MultiplyAccumulate(s40, b0, v);
+                s41 = TM.MultiplyAccumulate(s41, b1, v);
+                v = TM.Broadcast(a5[s]);
+                s50 = TM.MultiplyAccumulate(s50, b0, v);
+                s51 = TM.MultiplyAccumulate(s51, b1, v);
+            }
+            if (TH.Count > 6)
+            {
+                v = TM.Broadcast(a6[s]);
+                s60 = TM.MultiplyAccumulate(s60, b0, v);
+                s61 = TM.MultiplyAccumulate(s61, b1, v);
+                v = TM.Broadcast(a7[s]);
+                s70 = TM.MultiplyAccumulate(s70, b0, v);
+                s71 = TM.MultiplyAccumulate(s71, b1, v);
+            }
         }
         TM.Store(s00, c0); TM.Store(s01, c0 + n);
         TM.Store(s10, c1); TM.Store(s11, c1 + n);
         TM.Store(s20, c2); TM.Store(s21, c2 + n);
         TM.Store(s30, c3); TM.Store(s31, c3 + n);
-        TM.Store(s40, c4); TM.Store(s41, c4 + n);
-        TM.Store(s50, c5); TM.Store(s51, c5 + n);
+        if (TH.Count > 4)
+        {
+            TM.Store(s40, c4); TM.Store(s41, c4 + n);
+            TM.Store(s50, c5); TM.Store(s51, c5 + n);
+        }
+        if (TH.Count > 6)
+        {
+            TM.Store(s60, c6); TM.Store(s61, c6 + n);
+            TM.Store(s70, c7); TM.Store(s71, c7 + n);
+        }
     }
+}
+
+internal readonly struct Six : IRowCount
+{
+    public static int Count => 6;
+}
+
+internal readonly struct Eight : IRowCount
+{
+    public static int Count => 8;
 }

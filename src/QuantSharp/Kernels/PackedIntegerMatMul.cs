@@ -350,7 +350,7 @@ internal static unsafe class PackedIntegerMatMul
                     if (typeof(TW) == typeof(GemmVnni512) && UseNative)
                         Vnni512Kernel.Micro(a, TileStride, b, g1 - g0, c, ldt * 4);
                     else
-                        MicroKernel.Run<TW, TVec, int>((int*)a, TileStride / 4, (int*)b, g1 - g0, c, ldt);
+                        MicroKernel.Run<TW, TVec, int, Six>((int*)a, TileStride / 4, (int*)b, g1 - g0, c, ldt);
                 }
             }
         }

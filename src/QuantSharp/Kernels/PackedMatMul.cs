@@ -19,8 +19,8 @@ namespace QuantSharp.Kernels;
 /// <see cref="BlockTarget"/> long, cut at group boundaries or at chunk boundaries inside a group, so the decoders see
 /// the same chunks as the row kernels) it decodes its rows' slices into a float tile (row-major, in order: the
 /// even/odd halves of nibble and half-pair chunks interleaved back), then runs the micro-kernel over every strip.</item>
-/// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): <see cref="TileRows"/> weight rows x 2 vectors of activation rows, 12 accumulators: per
-/// reduction step two vector loads of <c>x^T</c>, one broadcast per weight row, twelve multiply-adds. The tile of the
+/// <item>Micro-kernel (<see cref="MicroKernel"/>, shared by both packed GEMMs): tiles of 4-8 weight rows (<see cref="MicroKernel.NextTile"/>) x 2 vectors of activation rows, two accumulators per row: per
+/// reduction step two vector loads of <c>x^T</c>, one broadcast and two multiply-adds per weight row. The tile of the
 /// strip (<c>BlockTarget * 2 * Count</c> floats) stays in L1 while the weight rows pass.</item>
 /// <item>Partial sums live in a per-item <c>y^T</c> buffer (contiguous vector loads and stores); the item writes
 /// <c>y</c> (plus bias) once at the end.</item>
@@ -165,11 +165,17 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static bool WeightStripsFillAsMany(int weightRows, int m, int stripWidth)
     {
+        // Counted in tiles of six rows, as the rule was measured: with the exact tiles of eight, the ties it would add
+        // lose (384 x 384 int8 at 64 rows 120-132 us by weight strips against 106-115 us, docs/BENCHMARKS.md, stop 16).
         int strips = (m + stripWidth - 1) / stripWidth, tiles = (m + TileRows - 1) / TileRows;
         int weightStrips = (weightRows + stripWidth - 1) / stripWidth;
         // m / (strips * w) <= m / (tiles * T) * N / (weightStrips * w), cross-multiplied (all positive).
         return (long)tiles * TileRows * weightStrips * stripWidth <= (long)strips * stripWidth * weightRows;
     }
+
+    /// <summary>Whether the micro-kernel takes tiles of eight rows at this width (<see cref="MicroKernel.NextTile"/>): 512-bit vectors, 32 registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool Wide<TW, TVec>() where TW : IFloatWidth<TVec> where TVec : struct => TW.Count >= 16;
 
     /// <summary>Weights up to this many elements run position-major whatever their rows: each item decodes the weight again, a few microseconds for an L2-sized weight.</summary>
     internal const long PositionMajorMaxWeight = 1 << 20;
@@ -236,7 +242,7 @@ internal static unsafe class PackedMatMul
     /// Few activation rows (fewer than <see cref="WeightStripsMaxRows"/>) against a weight of many rows, with the
     /// operands' roles swapped: each work item owns a strip of <c>2 * Count</c> weight rows, decodes each reduction block of them into a tile
     /// and transposes it (<c>wt[k][row]</c>, so one vector holds one column of the strip's rows), then the micro-kernel
-    /// broadcasts <see cref="TileRows"/> activation rows straight from <paramref name="x"/> against it, accumulating
+    /// broadcasts tiles of activation rows straight from <paramref name="x"/> against it, accumulating
     /// into the item's <c>[rows][strip]</c> block of y. Nothing is packed but the activations' last partial tile; the
     /// weight is decoded exactly once; the output needs no transposition. The sums are those of the other layouts (same
     /// products, same order of additions), so the bits are too.
@@ -245,11 +251,13 @@ internal static unsafe class PackedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, width = 2 * TW.Count, kk = Math.Max(k, 1);
-        int strips = (w.Rows + width - 1) / width, tiles = (m + TileRows - 1) / TileRows, fullTiles = m / TileRows;
-        // Activation rows the micro-kernel cannot read from x itself: those of the last partial tile, zero-padded to a
-        // whole tile.
-        int copiedFrom = fullTiles * TileRows;
-        int copied = (tiles * TileRows - copiedFrom) * kk;
+        bool wide = Wide<TW, TVec>();
+        int strips = (w.Rows + width - 1) / width, padded = MicroKernel.PaddedRows(m, wide);
+        // Activation rows the micro-kernel cannot read from x itself: those of the last tile when it passes the last
+        // row, zero-padded to the whole tile.
+        int copiedFrom = 0;
+        for (int h; copiedFrom < m && copiedFrom + (h = MicroKernel.NextTile(m - copiedFrom, wide)) <= m; copiedFrom += h) { }
+        int copied = (padded - copiedFrom) * kk;
         float[]? copy = copied > 0 ? ArrayPool<float>.Shared.Rent(copied) : null;
         try
         {
@@ -264,17 +272,27 @@ internal static unsafe class PackedMatMul
                 }
                 var view = w;
                 int blockCapacity = Math.Min(k, BlockTarget);
+                // Fewer weight strips than threads (a weight of 32 rows or fewer at 512 bits): the tiles of activation
+                // rows are split into groups too, each item decoding its strip again (a small cost against idle threads).
+                int tiles = 0;
+                for (int i0 = 0; i0 < m; i0 += MicroKernel.NextTile(m - i0, wide)) tiles++;
+                int groups = Math.Clamp(KernelThreads.Count / strips, 1, tiles);
                 nint xAddress = (nint)x, copyAddress = (nint)xc, yAddress = (nint)y, biasAddress = (nint)bias;
-                KernelThreads.For(strips, (long)width * m * k, item =>
+                KernelThreads.For(strips * groups, (long)width * m * k / groups, item =>
                 {
-                    int n0 = item * width, rows = Math.Min(width, view.Rows - n0);
-                    float[] scratch = ArrayPool<float>.Shared.Rent(2 * width * blockCapacity + tiles * TileRows * width);
+                    int n0 = item % strips * width, rows = Math.Min(width, view.Rows - n0), group = item / strips;
+                    // Activation rows [r0, r1) of this group: whole tiles (r1 passes m on the padded last tile).
+                    int t0 = group * tiles / groups, t1 = (group + 1) * tiles / groups, r0 = 0, r1;
+                    for (int t = 0; t < t0; t++) r0 += MicroKernel.NextTile(m - r0, wide);
+                    r1 = r0;
+                    for (int t = t0; t < t1; t++) r1 += MicroKernel.NextTile(m - r1, wide);
+                    float[] scratch = ArrayPool<float>.Shared.Rent(2 * width * blockCapacity + padded * width);
                     try
                     {
                         fixed (float* a = scratch)
                         {
                             float* wt = a + width * blockCapacity, c = wt + width * blockCapacity;
-                            new Span<float>(c, tiles * TileRows * width).Clear();
+                            new Span<float>(c + r0 * width, (r1 - r0) * width).Clear();
                             bool finite = FiniteHalves<TD>(view, n0, rows);
                             for (int k0 = 0; k0 < k;)
                             {
@@ -282,18 +300,18 @@ internal static unsafe class PackedMatMul
                                 DecodeRows<TW, TVec, TD>(view, n0, rows, k0, k1, a, blockCapacity, finite);
                                 // The strip's rows, transposed as activation rows are packed (lanes past the weight's last row: zeros).
                                 PackStrip(a, rows, blockCapacity, steps, wt, 0, width);
-                                for (int t = 0; t < tiles; t++)
+                                for (int i0 = r0, h; i0 < r1; i0 += h)
                                 {
-                                    int i0 = t * TileRows;
+                                    h = MicroKernel.NextTile(m - i0, wide);
                                     bool direct = i0 < copiedFrom;
                                     float* xs = direct ? (float*)xAddress + i0 * ldx : (float*)copyAddress + (nint)(i0 - copiedFrom) * kk;
                                     nint ld = direct ? ldx : kk;
-                                    MicroKernel.Run<FloatMicro<TW, TVec>, TVec, float>(xs + k0, ld, wt, steps, c + i0 * width, width);
+                                    MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float>(h, xs + k0, ld, wt, steps, c + i0 * width, width);
                                 }
                                 k0 = k1;
                             }
                             float* b = (float*)biasAddress;
-                            for (int i = 0; i < m; i++)
+                            for (int i = r0, end = Math.Min(r1, m); i < end; i++)
                             {
                                 float* dst = (float*)yAddress + i * ldy + n0, src = c + i * width;
                                 for (int r = 0; r < rows; r++) dst[r] = src[r] + (b == null ? 0f : b[n0 + r]);
@@ -383,12 +401,13 @@ internal static unsafe class PackedMatMul
     {
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int ldt = (block.S1 - block.S0) * stripWidth;      // y^T row length
-        int tiles = (rows + TileRows - 1) / TileRows, tileRows = tiles * TileRows;
+        bool wide = Wide<TW, TVec>();
+        int tileRows = MicroKernel.PaddedRows(rows, wide);
         float* a = scratch;                               // [tileRows][blockCapacity] decoded weights
         float* yt = scratch + tileRows * blockCapacity;   // [tileRows][ldt] partial y^T
         new Span<float>(yt, tileRows * ldt).Clear();
         // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
-        new Span<float>(a + rows * blockCapacity, (tiles * TileRows - rows) * blockCapacity).Clear();
+        new Span<float>(a + rows * blockCapacity, (tileRows - rows) * blockCapacity).Clear();
         bool finite = FiniteHalves<TD>(w, n0, rows);
         for (int k0 = 0; k0 < k;)
         {
@@ -397,8 +416,11 @@ internal static unsafe class PackedMatMul
             for (int s = block.S0; s < block.S1; s++)
             {
                 float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
-                for (int t = 0; t < tiles; t++)
-                    MicroKernel.Run<FloatMicro<TW, TVec>, TVec, float>(a + t * TileRows * blockCapacity, blockCapacity, b, k1 - k0, yt + t * TileRows * ldt + (s - block.S0) * stripWidth, ldt);
+                for (int t0 = 0, h; t0 < rows; t0 += h)
+                {
+                    h = MicroKernel.NextTile(rows - t0, wide);
+                    MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float>(h, a + t0 * blockCapacity, blockCapacity, b, k1 - k0, yt + t0 * ldt + (s - block.S0) * stripWidth, ldt);
+                }
             }
             k0 = k1;
         }

@@ -12,7 +12,7 @@ namespace QuantSharp.Kernels;
 /// a page that is made executable (and no longer writable) before it is called.
 /// </summary>
 /// <remarks>
-/// <para>It computes exactly what <see cref="MicroKernel.Run{TM, TVec, T}"/> computes for
+/// <para>It computes exactly what <see cref="MicroKernel.Run{TM, TVec, T, TH}"/> computes (six rows) for
 /// <see cref="GemmVnni512"/> (the managed twin, which the tests compare it against):
 /// <c>c[j, :] += sum_g a[j, g] . b[g, :]</c> for <see cref="PackedIntegerMatMul.TileRows"/> weight rows j (32-bit
 /// groups of 4 int8 weights, rows <c>lda</c> bytes apart) and one strip of 32 activation rows (2 x 16 lanes of 4 uint8

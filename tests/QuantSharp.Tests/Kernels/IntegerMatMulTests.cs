@@ -43,7 +43,7 @@ public unsafe class IntegerMatMulTests
             fixed (byte* pa = a) fixed (byte* pb = b) fixed (int* pn = native) fixed (int* pm = managed)
             {
                 Vnni512Kernel.Micro(pa, lda, pb, g, pn, ldc * 4);
-                MicroKernel.Run<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>, int>((int*)pa, lda / 4, (int*)pb, g, pm, ldc);
+                MicroKernel.Run<GemmVnni512, System.Runtime.Intrinsics.Vector512<int>, int, Six>((int*)pa, lda / 4, (int*)pb, g, pm, ldc);
             }
             Assert.Equal(managed, native);
         }

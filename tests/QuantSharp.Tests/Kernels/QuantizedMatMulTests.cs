@@ -157,6 +157,31 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
+    /// The micro-kernel's tiles cover any count of rows with heights of 4, 6 and (at 512 bits only) 8, padding only the
+    /// last tile and only to an even count (or to four rows): every row is computed once, no more than one padding row
+    /// is computed for an even count of four or more.
+    /// </summary>
+    [Fact]
+    public void MicroKernelTilesCoverEveryRowOnce()
+    {
+        foreach (bool wide in new[] { false, true })
+            for (int rows = 1; rows <= 200; rows++)
+            {
+                int covered = 0, tiles = 0;
+                while (covered < rows)
+                {
+                    int h = MicroKernel.NextTile(rows - covered, wide);
+                    Assert.Contains(h, wide ? new[] { 4, 6, 8 } : new[] { 4, 6 });
+                    covered += h;
+                    tiles++;
+                }
+                Assert.Equal(Math.Max(4, (rows + 1) / 2 * 2), covered);
+                Assert.Equal(covered, MicroKernel.PaddedRows(rows, wide));
+                if (wide && rows % 8 == 0) Assert.Equal(rows / 8, tiles);
+            }
+    }
+
+    /// <summary>
     /// The packed GEMM's work split covers every (weight row, strip) pair exactly once, with items of whole tiles no
     /// larger than <see cref="PackedMatMul.ItemRows"/>, and gives each thread two items where the call has that many
     /// (a 64-row weight over two strips was one item of 48 rows and one of 16: one thread did three quarters).
