@@ -140,11 +140,14 @@ internal static unsafe class IntegerMatMul
     internal static int PackedMinRows = 32;
 
     /// <summary>
-    /// <see cref="PackedMinRows"/> for the generated 512-bit kernel (<see cref="KernelPath.Vnni512"/>). Measured on
+    /// <see cref="PackedMinRows"/> for the generated 512-bit kernel (<see cref="KernelPath.Vnni512"/>). First measured on
     /// 4096x4096, one thread, CPU time per call (rows / packed): 16 rows 2.7-3.8 / 3.8 ms, 24 rows 4.0-5.0 / 3.8-4.0 ms,
-    /// 32 rows 6.3-6.6 / 3.9-4.4 ms.
+    /// 32 rows 6.3-6.6 / 3.9-4.4 ms (24 then). Measured again through a whole dynamic W8A8 layer, both threads
+    /// (docs/BENCHMARKS.md, stop 16): at 12-20 rows the packed GEMM took 0.4-0.7x the row kernels' time on 16x128,
+    /// 32x256, 384x384, 1536x384 and 1024x1024 (at 16-20 rows also 4096x4096), about the same on 384x1536 and 4096x4096
+    /// at 12 rows, and 1.1-1.2x on 64x800 at 12 rows; at 8 rows the row kernels won or tied.
     /// </summary>
-    internal static int PackedMinRowsVnni512 = 24;
+    internal static int PackedMinRowsVnni512 = 12;
 
     /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI, Vnni512 <see cref="Vnni512Kernel"/>).</summary>
     public static bool IsSupported(KernelPath path) => path switch
