@@ -506,9 +506,27 @@ internal static unsafe class PackedMatMul
     /// <see cref="DecodeSlice"/> for rows <c>[n0, n0 + rows)</c>, row <c>r</c> at <c>dst + r * ld</c>; with
     /// <paramref name="finite"/> (<see cref="FiniteHalves"/>) float16 rows decode without the infinity and NaN select.
     /// </summary>
+    /// <remarks>
+    /// Groups shorter than a chunk of <typeparamref name="TW"/> (int4 in groups of 16 at 512 bits) decode at the widest
+    /// width whose chunk fits a group: a slice decodes whole chunks inside each group and the rest element by element,
+    /// and the tile it writes is the same floats in the same order at any width, so the micro-kernel keeps its width.
+    /// </remarks>
     internal static void DecodeRows<TW, TVec, TD>(in WeightView w, int n0, int rows, int k0, int k1, float* dst, nint ld, bool finite)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        if (2 * TW.Count > w.GroupSize && w.GroupSize < w.Cols && QuantizedMatMul.NarrowForGroups)
+        {
+            if (typeof(TW) == typeof(Float512))
+            {
+                DecodeRows<Float256, Vector256<float>, TD>(w, n0, rows, k0, k1, dst, ld, finite);
+                return;
+            }
+            if (typeof(TW) == typeof(Float256))
+            {
+                DecodeRows<Float128, Vector128<float>, TD>(w, n0, rows, k0, k1, dst, ld, finite);
+                return;
+            }
+        }
         for (int r = 0; r < rows; r++)
         {
             if (typeof(TD) == typeof(HalfDecoder) && finite) DecodeSlice<TW, TVec, FiniteHalfDecoder>(w, n0 + r, k0, k1, dst + r * ld);

@@ -173,7 +173,9 @@ internal static unsafe class QuantizedMatMul
         var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
-        switch (path == KernelPath.Auto ? WidthForGroups(Resolve(path), w) : Resolve(path))
+        // The row kernels decode and multiply at one width; the packed GEMMs and the dot tiles narrow only their
+        // decoding (PackedMatMul.DecodeRows).
+        switch (path == KernelPath.Auto && method == MatMulMethod.Rows ? WidthForGroups(Resolve(path), w) : Resolve(path))
         {
             case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
             case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
@@ -194,7 +196,8 @@ internal static unsafe class QuantizedMatMul
 
     /// <summary>
     /// The widest of <paramref name="widest"/> and narrower paths whose chunk (two vectors) fits in a group of
-    /// <paramref name="w"/>: every kernel decodes whole chunks inside a group and the rest element by element, so int4
+    /// <paramref name="w"/>, for the row kernels (the packed GEMMs narrow only their decoding,
+    /// <see cref="PackedMatMul.DecodeRows"/>): every kernel decodes whole chunks inside a group and the rest element by element, so int4
     /// in groups of 16 ran entirely in scalars at 512 bits (32 x 144 at one row: 13 us against float32's 4 us in
     /// <c>quantsharp bench --model</c> on the int4 model of <c>quantsharp demo --save DIR</c>; docs/BENCHMARKS.md, stop 14). Weights
     /// of one group per row (per channel, per tensor) keep the widest path: their short rows have a scalar tail at most.
@@ -208,7 +211,7 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    /// <summary>Whether <see cref="WidthForGroups"/> narrows (the probe turns it off to measure the difference).</summary>
+    /// <summary>Whether <see cref="WidthForGroups"/> and <see cref="PackedMatMul.DecodeRows"/> narrow (the probe turns it off to measure the difference).</summary>
     internal static bool NarrowForGroups = true;
 
     private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => Float512.Count, KernelPath.V256 => Float256.Count, KernelPath.V128 => Float128.Count, _ => Float1.Count };
