@@ -40,11 +40,14 @@ internal static class KernelThreads
         set => s_count = Math.Max(0, value);
     }
 
+    /// <summary>Whether <see cref="For"/> runs a call of <paramref name="totalWork"/> multiply-adds (in two items or more) on several threads.</summary>
+    public static bool RunsInParallel(long totalWork) => Count > 1 && totalWork >= MinParallelWork;
+
     /// <summary>Runs <paramref name="body"/> for items <c>[0, count)</c>, on several threads when there is enough work; returns when every item has run.</summary>
     public static void For(int count, long workPerItem, Action<int> body)
     {
         int threads = Count;
-        if (threads <= 1 || count <= 1 || (long)count * workPerItem < MinParallelWork)
+        if (count <= 1 || !RunsInParallel((long)count * workPerItem))
         {
             for (int i = 0; i < count; i++) body(i);
             return;

@@ -272,11 +272,12 @@ internal static unsafe class PackedMatMul
                 }
                 var view = w;
                 int blockCapacity = Math.Min(k, BlockTarget);
-                // Fewer weight strips than threads (a weight of 32 rows or fewer at 512 bits): the tiles of activation
-                // rows are split into groups too, each item decoding its strip again (a small cost against idle threads).
+                // Fewer weight strips than threads (a weight of 32 rows or fewer at 512 bits) on a call that runs on
+                // several threads: the tiles of activation rows are split into groups too, each item decoding its
+                // strip again (a small cost against idle threads; on one thread only a cost).
                 int tiles = 0;
                 for (int i0 = 0; i0 < m; i0 += MicroKernel.NextTile(m - i0, wide)) tiles++;
-                int groups = Math.Clamp(KernelThreads.Count / strips, 1, tiles);
+                int groups = KernelThreads.RunsInParallel((long)strips * width * m * k) ? Math.Clamp(KernelThreads.Count / strips, 1, tiles) : 1;
                 nint xAddress = (nint)x, copyAddress = (nint)xc, yAddress = (nint)y, biasAddress = (nint)bias;
                 KernelThreads.For(strips * groups, (long)width * m * k / groups, item =>
                 {
