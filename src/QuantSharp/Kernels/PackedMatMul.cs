@@ -509,8 +509,10 @@ internal static unsafe class PackedMatMul
     /// </summary>
     /// <remarks>
     /// Groups shorter than a chunk of <typeparamref name="TW"/> (int4 in groups of 16 at 512 bits) decode at the widest
-    /// width whose chunk fits a group: a slice decodes whole chunks inside each group and the rest element by element,
-    /// and the tile it writes is the same floats in the same order at any width, so the micro-kernel keeps its width.
+    /// width whose chunk fits a group: a slice decodes whole chunks inside each group and the rest element by element.
+    /// The tile holds the same elements in the same order at any width (each value within float32 rounding: a chunk's
+    /// dequantization is one fused multiply-add, an element's a multiply and an add), so the micro-kernel keeps its
+    /// width; every layout and the dot tiles decode through here, so they still agree bit for bit.
     /// </remarks>
     internal static void DecodeRows<TW, TVec, TD>(in WeightView w, int n0, int rows, int k0, int k1, float* dst, nint ld, bool finite)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder

@@ -158,8 +158,8 @@ public unsafe class QuantizedMatMulTests
 
     /// <summary>
     /// The micro-kernel's tiles cover any count of rows with heights of 4, 6 and (at 512 bits only) 8, padding only the
-    /// last tile and only to an even count (or to four rows): every row is computed once, no more than one padding row
-    /// is computed for an even count of four or more.
+    /// last tile: an even count of four or more exactly, an odd count with one row of padding, fewer than four rows to
+    /// four; a multiple of eight at 512 bits in tiles of eight.
     /// </summary>
     [Fact]
     public void MicroKernelTilesCoverEveryRowOnce()
