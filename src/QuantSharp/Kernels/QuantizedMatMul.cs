@@ -83,6 +83,23 @@ internal static unsafe class QuantizedMatMul
     internal const long SmallWeightElements = 1 << 20;
 
     /// <summary>
+    /// Weights of at most this many rows (half a 512-bit strip) leave the packed GEMM's lanes half empty whichever
+    /// operand fills them, and make one work item on one thread where the activations fill one strip: they take it
+    /// only from <see cref="PackedMinRows"/> rows, or from <see cref="FewRowsLongPackedMinRows"/> when their rows have
+    /// at least <see cref="FewRowsLongReduction"/> elements. 16x512 and 16x1024 at 12-48 rows took 1.2-2.4x float32's
+    /// time packed, 0.6-1.0x on the dot tiles (4-bit, half) and 0.7-1.3x on the row kernels (int8); 8x512 at 24-48
+    /// rows 0.9-1.3x against 0.6-0.8x; 16x128 at 12-20 rows 0.9-1.1x against 0.7-1.1x, but packed from 24 rows is
+    /// the faster there (docs/BENCHMARKS.md, stop 16).
+    /// </summary>
+    internal const int FewWeightRows = 16;
+
+    /// <summary>Row length from which a weight of at most <see cref="FewWeightRows"/> rows waits for <see cref="FewRowsLongPackedMinRows"/>.</summary>
+    internal const int FewRowsLongReduction = 512;
+
+    /// <summary>Activation rows from which a weight of at most <see cref="FewWeightRows"/> rows of at least <see cref="FewRowsLongReduction"/> elements takes the packed GEMM.</summary>
+    internal const int FewRowsLongPackedMinRows = 64;
+
+    /// <summary>
     /// Activation rows from which a small 4-bit weight in groups of at most <see cref="DotTilesMaxGroup"/> elements (or
     /// of at most <see cref="DotTilesMaxWeightRows"/> rows) takes <see cref="MatMulMethod.DotTiles"/>, up to
     /// <see cref="PackedMinRowsSmallWeight"/>. The row kernels rebuild a group's nibble lookup for every group, row and
@@ -127,7 +144,11 @@ internal static unsafe class QuantizedMatMul
     internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize)
     {
         bool small = (long)rows * cols < SmallWeightElements;
-        if (m >= PackedMinRows || (small && m >= PackedMinRowsSmallWeight)) return MatMulMethod.Packed;
+        int packedMin = !small ? PackedMinRows
+            : rows > FewWeightRows ? Math.Min(PackedMinRows, PackedMinRowsSmallWeight)
+            : cols >= FewRowsLongReduction ? Math.Max(PackedMinRows, FewRowsLongPackedMinRows)
+            : PackedMinRows;
+        if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
         if (m < DotTilesMinRows) return MatMulMethod.Rows;

@@ -65,7 +65,8 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements; below, the dot tiles from 5
+    /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements of more than 16 rows (of at
+    /// most 16 rows: from 24, or 64 for rows of 512 elements or more); below, the dot tiles from 5
     /// rows for small 4-bit weights in groups of at most 64, from 6 rows for other small float16 weights, from 3 rows for
     /// small 4-bit and half-precision weights of at most 64 rows, else the row kernels (int8 always).
     /// </summary>
@@ -96,6 +97,13 @@ public unsafe class QuantizedMatMulTests
     [InlineData(5, 64, 800, "Float16", 800, "DotTiles")]
     [InlineData(8, 64, 800, "UInt8", 800, "Rows")]
     [InlineData(8, 2048, 2048, "Float16", 2048, "Rows")]
+    [InlineData(12, 17, 512, "Int8", 512, "Packed")]
+    [InlineData(12, 16, 128, "Int8", 128, "Rows")]
+    [InlineData(23, 16, 128, "Int4", 32, "DotTiles")]
+    [InlineData(24, 16, 128, "Int8", 128, "Packed")]
+    [InlineData(24, 16, 512, "Int8", 512, "Rows")]
+    [InlineData(63, 8, 1024, "Float16", 1024, "DotTiles")]
+    [InlineData(64, 16, 512, "Int4", 32, "Packed")]
     public void MethodByRowsAndWeight(int m, int rows, int cols, string format, int groupSize, string expected)
     {
         Assert.Equal(Enum.Parse<MatMulMethod>(expected), QuantizedMatMul.ChooseMethod(m, rows, cols, Enum.Parse<WeightFormat>(format), groupSize));
