@@ -89,7 +89,8 @@ internal static unsafe class QuantizedMatMul
     /// at least <see cref="FewRowsLongReduction"/> elements. 16x512 and 16x1024 at 12-48 rows took 1.2-2.4x float32's
     /// time packed, 0.6-1.05x on the dot tiles (4-bit, half) and 0.7-1.3x on the row kernels (int8); 8x512 at 24-48
     /// rows 0.9-1.3x against 0.6-0.8x; 16x128 at 12-20 rows 0.7-1.1x either way, but packed from 24 rows is the
-    /// faster there (docs/BENCHMARKS.md, stop 16).
+    /// faster there (docs/BENCHMARKS.md, stop 16). Measured with AVX-512; the rule applies at every width (a 256-bit
+    /// strip has 16 lanes, so there only the single work item remains, not measured).
     /// </summary>
     internal const int FewWeightRows = 16;
 
