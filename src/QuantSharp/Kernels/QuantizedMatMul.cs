@@ -401,6 +401,14 @@ internal static unsafe class QuantizedMatMul
             int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
             int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
             int mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
+            // Fewer items than threads on a call that runs on several (a weight of few rows, 16 x 512 int8 at 24 rows
+            // was one item): the weight rows are split between the threads, in runs of four.
+            int threads = KernelThreads.Count;
+            if (nBlocks * mBlocks < threads && KernelThreads.RunsInParallel((long)m * w.Rows * k))
+            {
+                rowsPerItem = Math.Max(4, ((w.Rows + threads - 1) / threads + 3) / 4 * 4);
+                nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            }
             long workPerItem = (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k;
             var view = w;
             nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;

@@ -476,6 +476,29 @@ public unsafe class QuantizedMatMulTests
         Assert.Equal(wide, auto);
     }
 
+    /// <summary>
+    /// A weight of few rows over enough activation rows for two threads, which the row kernels' blocks made one work
+    /// item: its rows are split between the threads in runs of four (10 rows: 8 and 2), and every output matches.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void FewWeightRowsSplitBetweenThreads(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        int saved = KernelThreads.Count;
+        try
+        {
+            KernelThreads.Count = 2;
+            foreach (int rows in new[] { 10, 16 })
+                foreach (int batch in new[] { 24, 33 })
+                    Check(format, rows, cols: 1030, groupSize: 0, zeroPoints: batch % 2 == 1, batch, seed: rows + batch, xPad: 1, yPad: 2);
+        }
+        finally
+        {
+            KernelThreads.Count = saved;
+        }
+    }
+
     private static void Check(WeightFormat format, int rows, int cols, int groupSize, bool zeroPoints, int batch, int seed, int xPad = 0, int yPad = 0)
     {
         using var w = new PinnedWeight(format, rows, cols, groupSize, zeroPoints, seed);
