@@ -394,6 +394,14 @@ internal static unsafe class QuantizedMatMul
             x = permuted;
             ldx = k;
         }
+        // The activation rows' sums for the zero points of int8/uint8 on the unscaled path (PassRows), once per call:
+        // per pass of four rows they were summed again by every work item (4096 x 4096 uint8 at batch 8: 512 items).
+        float* xSums = null;
+        if (UnscaledBytes<TD>(w) && w.ZeroPoint != null && m > 1)
+        {
+            xSums = (float*)NativeMemory.Alloc((nuint)m, sizeof(float));
+            for (int i = 0; i < m; i++) xSums[i] = Sum<TW, TVec>(x + i * ldx, k);
+        }
         try
         {
             // Weight rows per work item: about 32 KiB of stored weights, so a block stays in L1/L2 while the
@@ -411,7 +419,7 @@ internal static unsafe class QuantizedMatMul
             }
             long workPerItem = (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k;
             var view = w;
-            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
+            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, sumsAddress = (nint)xSums;
             KernelThreads.For(nBlocks * mBlocks, workPerItem, item =>
             {
                 int mb = item / nBlocks, nb = item % nBlocks;
@@ -419,25 +427,27 @@ internal static unsafe class QuantizedMatMul
                 int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
                 // float16 weights without infinities or NaNs (nearly all) decode without their select.
                 if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
-                    Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
+                    Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
                 else
-                    Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1);
+                    Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, (float*)sumsAddress);
             });
         }
         finally
         {
             if (permuted != null) NativeMemory.Free(permuted);
+            if (xSums != null) NativeMemory.Free(xSums);
         }
     }
 
-    private static void Block<TW, TVec, TD>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int m0, int m1, int n0, int n1)
+    /// <summary>Weight rows <c>[n0, n1)</c> against activation rows <c>[m0, m1)</c>; <paramref name="xSums"/> holds every activation row's sum where <see cref="PassRows"/> needs them (else null).</summary>
+    private static void Block<TW, TVec, TD>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int m0, int m1, int n0, int n1, float* xSums)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int i = m0;
-        for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
+        for (; i + 4 <= m1; i += 4) Pass<TW, TVec, TD, Four>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1, xSums == null ? null : xSums + i);
         if (m1 - i >= 2)
         {
-            Pass<TW, TVec, TD, Two>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1);
+            Pass<TW, TVec, TD, Two>(w, x + i * ldx, ldx, bias, y + i * ldy, ldy, n0, n1, xSums == null ? null : xSums + i);
             i += 2;
         }
         if (i < m1)
@@ -471,18 +481,23 @@ internal static unsafe class QuantizedMatMul
     /// (<see cref="RowSums{TVec}"/>), so every output gets exactly the operations, in the same order, of one
     /// unblocked pass over the row.
     /// </summary>
-    private static void Pass<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1)
+    private static void Pass<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1, float* xSums)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
     {
         // int8/uint8 with one scale per row: the rows' sums of plain integer products, each scaled once at the end
         // (4096 x 4096 int8 at batch 8: about a fifth of the call's time was the per-vector multiply-add).
-        if (BytesByGroup && (typeof(TD) == typeof(Int8Decoder) || typeof(TD) == typeof(UInt8Decoder)) && w.GroupsPerRow == 1)
-            PassRows<TW, TVec, ByteIntegers<TD>, TR>(w, x, ldx, bias, y, ldy, n0, n1);
+        if (UnscaledBytes<TD>(w))
+            PassRows<TW, TVec, ByteIntegers<TD>, TR>(w, x, ldx, bias, y, ldy, n0, n1, xSums);
         else
-            PassRows<TW, TVec, TD, TR>(w, x, ldx, bias, y, ldy, n0, n1);
+            PassRows<TW, TVec, TD, TR>(w, x, ldx, bias, y, ldy, n0, n1, null);
     }
 
-    private static void PassRows<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1)
+    /// <summary>Whether the row kernels' passes take <see cref="ByteIntegers{TB}"/>: int8/uint8 with one scale per row.</summary>
+    private static bool UnscaledBytes<TD>(in WeightView w) where TD : IWeightDecoder =>
+        BytesByGroup && (typeof(TD) == typeof(Int8Decoder) || typeof(TD) == typeof(UInt8Decoder)) && w.GroupsPerRow == 1;
+
+    /// <summary><see cref="Pass"/> with the decoder chosen; <paramref name="xSums"/>: the <c>TR.Count</c> activation rows' sums (read for zero points of an unscaled decoder).</summary>
+    private static void PassRows<TW, TVec, TD, TR>(in WeightView w, float* x, nint ldx, float* bias, float* y, nint ldy, int n0, int n1, float* xSums)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder where TR : IRowCount
     {
         int k = w.Cols, g = w.GroupSize, rows = n1 - n0;
@@ -499,9 +514,6 @@ internal static unsafe class QuantizedMatMul
             if (n < n1) Row<TW, TVec, TD, One, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0]);
         }
         // Unscaled sums: output = scale * sum(q * x) - zeroPoint * scale * sum(x) + bias.
-        Span<float> xSums = stackalloc float[TR.Count];
-        if (TD.Unscaled && w.ZeroPoint != null)
-            for (int r = 0; r < TR.Count; r++) xSums[r] = Sum<TW, TVec>(x + r * ldx, k);
         for (int n = n0; n < n1; n++)
         {
             Tails<TW, TVec, TD, TR>(w, n, x, ldx, ref sums[n - n0]);
@@ -754,15 +766,14 @@ internal static unsafe class QuantizedMatMul
     internal static bool BytesByGroup = true;
 
     /// <summary>
-    /// The integers <c>q</c> of elements <c>[k, k + 2 * Count)</c>: bytes by a widening load, other formats by
+    /// The integers <c>q</c> of elements <c>[k, k + 2 * Count)</c>: bytes by a widening load (<see cref="ByteIntegers{TB}"/>), other formats by
     /// <see cref="IWeightDecoder.Decode"/> with <paramref name="p"/> and <paramref name="q"/> from <c>Prepare(1, -OffsetBias)</c>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (TVec A, TVec B) Integers<TW, TVec, TD>(byte* row, int k, TVec p, TVec q)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        if (typeof(TD) == typeof(Int8Decoder)) return (TW.LoadSBytes(row + k), TW.LoadSBytes(row + k + TW.Count));
-        if (typeof(TD) == typeof(UInt8Decoder)) return (TW.LoadBytes(row + k), TW.LoadBytes(row + k + TW.Count));
+        if (typeof(TD) == typeof(Int8Decoder) || typeof(TD) == typeof(UInt8Decoder)) return ByteIntegers<TD>.Decode<TW, TVec>(row, k, p, q);
         return TD.Decode<TW, TVec>(row, k, p, q);
     }
 
@@ -940,7 +951,7 @@ internal struct RowSums<TVec> where TVec : struct
     /// <c>scale * (lanes + tail) + offset * xSums[r] + bias</c> (<c>offset = -zeroPoint * scale</c>, <c>xSums[r]</c> the
     /// sum of activation row r, read only when <paramref name="offset"/> is not zero).
     /// </summary>
-    public readonly unsafe void WriteScaled<TW>(float* y, nint ld, float bias, int count, float scale, float offset, ReadOnlySpan<float> xSums)
+    public readonly unsafe void WriteScaled<TW>(float* y, nint ld, float bias, int count, float scale, float offset, float* xSums)
         where TW : IFloatWidth<TVec>
     {
         y[0] = (TW.Sum(TW.Add(A0, B0)) + R0) * scale + (offset == 0 ? 0f : offset * xSums[0]) + bias;
