@@ -201,19 +201,18 @@ internal static unsafe class PackedMatMul
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
         int strips = (m + stripWidth - 1) / stripWidth;
         long stripFloats = (long)Math.Max(k, 1) * stripWidth;
-        int blockStrips = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
-        // At least two items per thread, so that no thread waits on one long item.
-        long minItems = 2L * KernelThreads.Count;
-        blockStrips = (int)Math.Max(1, Math.Min(blockStrips, (long)strips * images / minItems));
-        int blocks = (strips + blockStrips - 1) / blockStrips;
+        int fits = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
+        var split = PositionSplit.For(strips, images, fits, w.Rows, KernelThreads.Count);
+        int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts;
         int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;
         long imageSize = unfold?.ImageSize ?? 0;
         var view = w;
         var columns = unfold;
         nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
-        KernelThreads.For(images * blocks, (long)w.Rows * blockM * k, item =>
+        KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * blockM * k, item =>
         {
-            int image = item / blocks, s0 = item % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+            int part = item % parts, image = item / parts / blocks, s0 = item / parts % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+            int rows0 = part * split.PartRows, rows1 = Math.Min(view.Rows, rows0 + split.PartRows);
             float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
             try
             {
@@ -227,8 +226,8 @@ internal static unsafe class PackedMatMul
                     }
                     float* tile = packed + blockStrips * stripFloats;
                     var block = new StripBlock(s0, s1, m, s0);
-                    for (int n0 = 0; n0 < view.Rows; n0 += ItemRows)
-                        Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, view.Rows - n0), transposed);
+                    for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
+                        Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0), transposed);
                 }
             }
             finally
@@ -236,6 +235,77 @@ internal static unsafe class PackedMatMul
                 ArrayPool<float>.Shared.Return(scratch);
             }
         });
+    }
+
+    /// <summary>
+    /// How <see cref="ByPositions"/> cuts its work into items: each image's <see cref="Strips"/> activation strips in
+    /// blocks of <see cref="BlockStrips"/>, and the weight's <see cref="WeightRows"/> rows in runs of
+    /// <see cref="PartRows"/> (a multiple of <see cref="ItemRows"/>). Each item packs its block and decodes its rows.
+    /// </summary>
+    internal readonly record struct PositionSplit(int Strips, int BlockStrips, int WeightRows, int PartRows)
+    {
+        /// <summary>Blocks of strips per image.</summary>
+        public int Blocks => (Strips + BlockStrips - 1) / BlockStrips;
+
+        /// <summary>Runs of weight rows.</summary>
+        public int Parts => (WeightRows + PartRows - 1) / PartRows;
+
+        /// <summary>
+        /// Blocks as large as fit in <see cref="PositionBlockBytes"/> (<paramref name="fits"/> strips) with at least two
+        /// items per thread, so that no thread waits on one long item. Where that leaves few items (up to 16 per
+        /// thread), the cut whose busiest thread has the least to multiply, of blocks of one or two strips and the weight
+        /// whole or in one run per thread; on a tie, the fewer items (each decodes its rows of the weight again).
+        /// 512 x 512 at 128 rows (four strips at 512 bits): four items of one strip took 5-15% longer than two of two;
+        /// at 96 or 160 rows (three or five strips) one thread multiplied two strips or three against the other's one
+        /// or two, where the weight's halves even them out.
+        /// </summary>
+        /// <param name="strips">Activation strips per image.</param>
+        /// <param name="images">Images (1 for activation rows).</param>
+        /// <param name="fits">Strips whose packed block fits in <see cref="PositionBlockBytes"/> (at least 1).</param>
+        /// <param name="weightRows">The weight's rows.</param>
+        /// <param name="threads">Threads of the call.</param>
+        public static PositionSplit For(int strips, int images, int fits, int weightRows, int threads)
+        {
+            int first = (int)Math.Max(1, Math.Min(fits, (long)strips * images / (2L * threads)));
+            int whole = Math.Max(1, (weightRows + ItemRows - 1) / ItemRows) * ItemRows;
+            var best = new PositionSplit(strips, first, weightRows, whole);
+            if ((long)images * best.Blocks > 16L * threads) return best;
+            long bestLoad = best.BusiestLoad(images, threads);
+            int largest = first == 1 && fits >= 2 ? 2 : first;
+            for (int blockStrips = first; blockStrips <= largest; blockStrips++)
+            {
+                foreach (int parts in (ReadOnlySpan<int>)[1, threads])
+                {
+                    int partRows = Math.Max(1, (whole / ItemRows + parts - 1) / parts) * ItemRows;
+                    var candidate = new PositionSplit(strips, blockStrips, weightRows, partRows);
+                    long load = candidate.BusiestLoad(images, threads);
+                    if (load < bestLoad || (load == bestLoad && candidate.Blocks * candidate.Parts < best.Blocks * best.Parts))
+                        (best, bestLoad) = (candidate, load);
+                }
+            }
+            return best;
+        }
+
+        /// <summary>
+        /// The work of the busiest of <paramref name="threads"/> threads, in strips times weight rows, when each item (in
+        /// the order <see cref="KernelThreads.For"/> hands them out, one at a time for this few) goes to the thread with
+        /// the least so far.
+        /// </summary>
+        internal long BusiestLoad(int images, int threads)
+        {
+            Span<long> load = threads <= 64 ? stackalloc long[threads] : new long[threads];
+            for (int item = 0; item < images * Blocks * Parts; item++)
+            {
+                int s0 = item / Parts % Blocks * BlockStrips, n0 = item % Parts * PartRows;
+                int least = 0;
+                for (int t = 1; t < threads; t++)
+                    if (load[t] < load[least]) least = t;
+                load[least] += (long)Math.Min(BlockStrips, Strips - s0) * Math.Min(PartRows, WeightRows - n0);
+            }
+            long busiest = 0;
+            foreach (long l in load) busiest = Math.Max(busiest, l);
+            return busiest;
+        }
     }
 
     /// <summary>
