@@ -14,6 +14,8 @@ namespace QuantSharp.Bench;
 /// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER] [THREADS]</c> (defaults 5, 5, all, all cores):
 /// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
 /// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
+/// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
+/// 5 seconds per case instead, for a profiler; <c>CONV_BATCH</c> keeps one batch size.
 /// </summary>
 internal static class ConvBench
 {
@@ -54,7 +56,8 @@ internal static class ConvBench
         Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|---:|");
         using var noGrad = no_grad();
         PrimeAllocator();
-        foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal)))
+        string? onlyBatch = Environment.GetEnvironmentVariable("CONV_BATCH");
+        foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal) && (onlyBatch is null || c.Batch.ToString(CultureInfo.InvariantCulture) == onlyBatch)))
         {
             torch.manual_seed(1);
             var conv = c.Float();
@@ -69,6 +72,22 @@ internal static class ConvBench
             for (int i = 0; i < chosen.Length; i++) chosen[i] = [];
             // libtorch's convolutions reach their steady speed only after tens of calls (the 224x224 stem at batch 1:
             // 1.8-2.0 ms for the first 60 calls, then 0.23 ms), so every variant is warmed up first.
+            if (Environment.GetEnvironmentVariable("CONV_PROFILE") is { } profile)
+            {
+                // ROUTE:KIND (e.g. Direct:int8, or Float:): that call alone for 5 s, for a profiler.
+                var parts = profile.Split(':');
+                Func<Tensor> call = parts[0] == "Float" ? () => conv.call(x) : () => layers[Array.IndexOf(kinds, parts[1])].Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
+                WarmUp(call);
+                var watch = Stopwatch.StartNew();
+                long calls = 0;
+                while (watch.ElapsedMilliseconds < 5000)
+                {
+                    using (var y = call()) { }
+                    calls++;
+                }
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{c.Name} batch {c.Batch} {profile}: {watch.Elapsed.TotalMilliseconds * 1000 / calls:F1} us per call"));
+                continue;
+            }
             WarmUp(() => conv.call(x));
             foreach (var layer in layers)
                 foreach (var route in Routes) WarmUp(() => layer.Forward(x, route));
