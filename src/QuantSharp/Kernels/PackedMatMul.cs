@@ -240,10 +240,21 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// How <see cref="ByPositions"/> cuts its work into items: each image's <see cref="Strips"/> activation strips in
     /// blocks of <see cref="BlockStrips"/>, and the weight's <see cref="WeightRows"/> rows in runs of
-    /// <see cref="PartRows"/> (a multiple of <see cref="ItemRows"/>). Each item packs its block and decodes its rows.
+    /// <see cref="PartRows"/>. Each item packs its block and decodes its rows (the micro-kernel's tiles give each row the
+    /// same sums, in the same order, wherever a run starts, so every cut gives the same bits).
     /// </summary>
     internal readonly record struct PositionSplit(int Strips, int BlockStrips, int WeightRows, int PartRows)
     {
+        /// <summary>Weight rows of a run are a multiple of this (two 8-row tiles).</summary>
+        internal const int PartStep = 16;
+
+        /// <summary>
+        /// What decoding a weight row costs in eighths of multiplying it into one strip (<see cref="BusiestLoad"/>):
+        /// a float16 chunk's decode and store take about 6 vector operations per 16 elements against the strip's
+        /// broadcast and two multiply-adds per element; int8 less, int4 about as much.
+        /// </summary>
+        internal const int DecodeEighths = 1;
+
         /// <summary>Blocks of strips per image.</summary>
         public int Blocks => (Strips + BlockStrips - 1) / BlockStrips;
 
@@ -253,11 +264,12 @@ internal static unsafe class PackedMatMul
         /// <summary>
         /// Blocks as large as fit in <see cref="PositionBlockBytes"/> (<paramref name="fits"/> strips) with at least two
         /// items per thread, so that no thread waits on one long item. Where that leaves few items (up to 16 per
-        /// thread), the cut whose busiest thread has the least to multiply, of blocks of one or two strips and the weight
-        /// whole or in one run per thread; on a tie, the fewer items (each decodes its rows of the weight again).
-        /// 512 x 512 at 128 rows (four strips at 512 bits): four items of one strip took 5-15% longer than two of two;
-        /// at 96 or 160 rows (three or five strips) one thread multiplied two strips or three against the other's one
-        /// or two, where the weight's halves even them out.
+        /// thread), the cut whose busiest thread has the least work (<see cref="BusiestLoad"/>: multiplying and
+        /// decoding), of blocks of one or two strips and the weight whole or in one run per thread; on a tie, the fewer
+        /// items. 512 x 512 at 128 rows (four strips at 512 bits): four items of one strip took 5-15% longer than two of
+        /// two (each item decodes the whole weight); at 160 rows (five strips) one thread multiplied three strips against
+        /// the other's two, where blocks of two over the weight's halves even them out (1.16-1.28x float32's time to
+        /// 0.99-1.03x, docs/BENCHMARKS.md, stop 17).
         /// </summary>
         /// <param name="strips">Activation strips per image.</param>
         /// <param name="images">Images (1 for activation rows).</param>
@@ -267,8 +279,8 @@ internal static unsafe class PackedMatMul
         public static PositionSplit For(int strips, int images, int fits, int weightRows, int threads)
         {
             int first = (int)Math.Max(1, Math.Min(fits, (long)strips * images / (2L * threads)));
-            int whole = Math.Max(1, (weightRows + ItemRows - 1) / ItemRows) * ItemRows;
-            var best = new PositionSplit(strips, first, weightRows, whole);
+            int rows = Math.Max(1, weightRows);
+            var best = new PositionSplit(strips, first, rows, rows);
             if ((long)images * best.Blocks > 16L * threads) return best;
             long bestLoad = best.BusiestLoad(images, threads);
             int largest = first == 1 && fits >= 2 ? 2 : first;
@@ -276,8 +288,8 @@ internal static unsafe class PackedMatMul
             {
                 foreach (int parts in (ReadOnlySpan<int>)[1, threads])
                 {
-                    int partRows = Math.Max(1, (whole / ItemRows + parts - 1) / parts) * ItemRows;
-                    var candidate = new PositionSplit(strips, blockStrips, weightRows, partRows);
+                    int partRows = parts == 1 ? rows : Math.Min(rows, ((rows + parts - 1) / parts + PartStep - 1) / PartStep * PartStep);
+                    var candidate = new PositionSplit(strips, blockStrips, rows, partRows);
                     long load = candidate.BusiestLoad(images, threads);
                     if (load < bestLoad || (load == bestLoad && candidate.Blocks * candidate.Parts < best.Blocks * best.Parts))
                         (best, bestLoad) = (candidate, load);
@@ -287,9 +299,10 @@ internal static unsafe class PackedMatMul
         }
 
         /// <summary>
-        /// The work of the busiest of <paramref name="threads"/> threads, in strips times weight rows, when each item (in
-        /// the order <see cref="KernelThreads.For"/> hands them out, one at a time for this few) goes to the thread with
-        /// the least so far.
+        /// The work of the busiest of <paramref name="threads"/> threads, in eighths of a strip times a weight row (an
+        /// item of <c>s</c> strips and <c>r</c> rows: <c>r * (8 s + </c><see cref="DecodeEighths"/><c>)</c>), when each
+        /// item, in the order <see cref="KernelThreads.For"/> hands them out (one at a time for this few), goes to the
+        /// thread with the least so far.
         /// </summary>
         internal long BusiestLoad(int images, int threads)
         {
@@ -300,7 +313,7 @@ internal static unsafe class PackedMatMul
                 int least = 0;
                 for (int t = 1; t < threads; t++)
                     if (load[t] < load[least]) least = t;
-                load[least] += (long)Math.Min(BlockStrips, Strips - s0) * Math.Min(PartRows, WeightRows - n0);
+                load[least] += (long)Math.Min(PartRows, WeightRows - n0) * (8 * Math.Min(BlockStrips, Strips - s0) + DecodeEighths);
             }
             long busiest = 0;
             foreach (long l in load) busiest = Math.Max(busiest, l);
