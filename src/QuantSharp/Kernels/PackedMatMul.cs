@@ -255,6 +255,14 @@ internal static unsafe class PackedMatMul
         /// </summary>
         internal const int DecodeEighths = 1;
 
+        /// <summary>
+        /// What packing a strip costs in eighths of multiplying one weight row into it: moving 32 floats per reduction
+        /// step through the register transposes, about three rows' broadcasts and multiply-adds. Every item packs its
+        /// own block, so a block in two runs of weight rows is packed twice (32 x 256 at 64 rows: two items of both
+        /// strips and half the weight took 0.78-0.86x float32's time against 0.67-0.71x for two of one strip each).
+        /// </summary>
+        internal const int PackEighths = 24;
+
         /// <summary>Blocks of strips per image.</summary>
         public int Blocks => (Strips + BlockStrips - 1) / BlockStrips;
 
@@ -264,8 +272,8 @@ internal static unsafe class PackedMatMul
         /// <summary>
         /// Blocks as large as fit in <see cref="PositionBlockBytes"/> (<paramref name="fits"/> strips) with at least two
         /// items per thread, so that no thread waits on one long item. Where that leaves few items (up to 16 per
-        /// thread), the cut whose busiest thread has the least work (<see cref="BusiestLoad"/>: multiplying and
-        /// decoding), of blocks of one or two strips and the weight whole or in one run per thread; on a tie, the fewer
+        /// thread), the cut whose busiest thread has the least work (<see cref="BusiestLoad"/>: multiplying, decoding
+        /// and packing), of blocks of one or two strips and the weight whole or in one run per thread; on a tie, the fewer
         /// items. 512 x 512 at 128 rows (four strips at 512 bits): four items of one strip took 5-15% longer than two of
         /// two (each item decodes the whole weight); at 160 rows (five strips) one thread multiplied three strips against
         /// the other's two, where blocks of two over the weight's halves even them out (1.16-1.28x float32's time to
@@ -300,7 +308,7 @@ internal static unsafe class PackedMatMul
 
         /// <summary>
         /// The work of the busiest of <paramref name="threads"/> threads, in eighths of a strip times a weight row (an
-        /// item of <c>s</c> strips and <c>r</c> rows: <c>r * (8 s + </c><see cref="DecodeEighths"/><c>)</c>), when each
+        /// item of <c>s</c> strips and <c>r</c> rows: <c>r * (8 s + </c><see cref="DecodeEighths"/><c>) + s * </c><see cref="PackEighths"/>), when each
         /// item, in the order <see cref="KernelThreads.For"/> hands them out (one at a time for this few), goes to the
         /// thread with the least so far.
         /// </summary>
@@ -313,7 +321,8 @@ internal static unsafe class PackedMatMul
                 int least = 0;
                 for (int t = 1; t < threads; t++)
                     if (load[t] < load[least]) least = t;
-                load[least] += (long)Math.Min(PartRows, WeightRows - n0) * (8 * Math.Min(BlockStrips, Strips - s0) + DecodeEighths);
+                int strips = Math.Min(BlockStrips, Strips - s0);
+                load[least] += (long)Math.Min(PartRows, WeightRows - n0) * (8 * strips + DecodeEighths) + PackEighths * strips;
             }
             long busiest = 0;
             foreach (long l in load) busiest = Math.Max(busiest, l);
