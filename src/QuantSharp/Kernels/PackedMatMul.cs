@@ -191,8 +191,9 @@ internal static unsafe class PackedMatMul
     /// rows (<see cref="ChooseLayout"/>), run position-major: there the activations are the large operand and the
     /// weight the small one, so each work item owns a block of positions (whole strips of one image, or of the rows),
     /// packs them (unfolding the image on the fly) into a block of about <see cref="PositionBlockBytes"/> that stays in
-    /// its thread's cache, and runs every weight row over it. Packing and the multiply-adds then read the activations
-    /// once from memory; each item decodes the weights again, tile by tile, which costs little against the block's
+    /// its thread's cache, and runs every weight row over it (or, where that evens out the threads, one run of the
+    /// weight's rows: <see cref="PositionSplit"/>). Packing and the multiply-adds then read the activations once from
+    /// memory; each item decodes its weight rows again, tile by tile, which costs little against the block's
     /// multiply-adds (the weight is small).
     /// </summary>
     private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
@@ -276,8 +277,8 @@ internal static unsafe class PackedMatMul
         /// and packing), of blocks of one or two strips and the weight whole or in one run per thread; on a tie, the fewer
         /// items. 512 x 512 at 128 rows (four strips at 512 bits): four items of one strip took 5-15% longer than two of
         /// two (each item decodes the whole weight); at 160 rows (five strips) one thread multiplied three strips against
-        /// the other's two, where blocks of two over the weight's halves even them out (1.16-1.28x float32's time to
-        /// 0.99-1.03x, docs/BENCHMARKS.md, stop 17).
+        /// the other's two, where blocks of two over the weight's halves even them out (int8 1.04-1.13x float32's time to
+        /// 0.97-1.06x, float16 1.12-1.22x to 1.01-1.02x; docs/BENCHMARKS.md, stop 17).
         /// </summary>
         /// <param name="strips">Activation strips per image.</param>
         /// <param name="images">Images (1 for activation rows).</param>
@@ -309,8 +310,8 @@ internal static unsafe class PackedMatMul
         /// <summary>
         /// The work of the busiest of <paramref name="threads"/> threads, in eighths of a strip times a weight row (an
         /// item of <c>s</c> strips and <c>r</c> rows: <c>r * (8 s + </c><see cref="DecodeEighths"/><c>) + s * </c><see cref="PackEighths"/>), when each
-        /// item, in the order <see cref="KernelThreads.For"/> hands them out (one at a time for this few), goes to the
-        /// thread with the least so far.
+        /// item in turn goes to the thread with the least so far, as <see cref="KernelThreads.For"/>'s shared counter
+        /// hands items to whichever thread is free (it hands out runs of two from 16 items per thread, which this ignores).
         /// </summary>
         internal long BusiestLoad(int images, int threads)
         {
