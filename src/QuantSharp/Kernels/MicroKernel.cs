@@ -70,6 +70,20 @@ internal static unsafe class MicroKernel
     }
 
     /// <summary>
+    /// Where each tile of <see cref="NextTile"/> over <paramref name="rows"/> rows starts, then where the last one ends
+    /// (<see cref="PaddedRows"/>): tile <c>t</c> covers rows <c>[starts[t], starts[t + 1])</c>. Only the last tile can
+    /// pass <paramref name="rows"/>.
+    /// </summary>
+    internal static int[] TileStarts(int rows, bool wide)
+    {
+        int tiles = 0;
+        for (int i = 0; i < rows; tiles++) i += NextTile(rows - i, wide);
+        var starts = new int[tiles + 1];
+        for (int t = 0; t < tiles; t++) starts[t + 1] = starts[t] + NextTile(rows - starts[t], wide);
+        return starts;
+    }
+
+    /// <summary>
     /// <see cref="Run{TM, TVec, T, TH}"/> for a tile of <paramref name="height"/> rows (<see cref="NextTile"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -291,7 +291,7 @@ internal static unsafe class PackedMatMul
             int rows = Math.Max(1, weightRows);
             var best = new PositionSplit(strips, first, rows, rows);
             if ((long)images * best.Blocks > 16L * threads) return best;
-            long bestLoad = best.BusiestLoad(images, threads);
+            long bestLoad = long.MaxValue; // the first candidate is the first rule's cut
             int largest = first == 1 && fits >= 2 ? 2 : first;
             for (int blockStrips = first; blockStrips <= largest; blockStrips++)
             {
@@ -345,11 +345,12 @@ internal static unsafe class PackedMatMul
     {
         int k = w.Cols, width = 2 * TW.Count, kk = Math.Max(k, 1);
         bool wide = Wide<TW, TVec>();
-        int strips = (w.Rows + width - 1) / width, padded = MicroKernel.PaddedRows(m, wide);
+        int strips = (w.Rows + width - 1) / width;
+        int[] starts = MicroKernel.TileStarts(m, wide);
+        int tiles = starts.Length - 1, padded = starts[tiles];
         // Activation rows the micro-kernel cannot read from x itself: those of the last tile when it passes the last
         // row, zero-padded to the whole tile.
-        int copiedFrom = 0;
-        for (int h; copiedFrom < m && copiedFrom + (h = MicroKernel.NextTile(m - copiedFrom, wide)) <= m; copiedFrom += h) { }
+        int copiedFrom = padded > m ? starts[tiles - 1] : m;
         int copied = (padded - copiedFrom) * kk;
         float[]? copy = copied > 0 ? ArrayPool<float>.Shared.Rent(copied) : null;
         try
@@ -368,18 +369,13 @@ internal static unsafe class PackedMatMul
                 // Fewer weight strips than threads (a weight of 32 rows or fewer at 512 bits) on a call that runs on
                 // several threads: the tiles of activation rows are split into groups too, each item decoding its
                 // strip again (a small cost against idle threads; on one thread only a cost).
-                int tiles = 0;
-                for (int i0 = 0; i0 < m; i0 += MicroKernel.NextTile(m - i0, wide)) tiles++;
                 int groups = KernelThreads.RunsInParallel((long)strips * width * m * k) ? Math.Clamp(KernelThreads.Count / strips, 1, tiles) : 1;
                 nint xAddress = (nint)x, copyAddress = (nint)xc, yAddress = (nint)y, biasAddress = (nint)bias;
                 KernelThreads.For(strips * groups, (long)width * m * k / groups, item =>
                 {
                     int n0 = item % strips * width, rows = Math.Min(width, view.Rows - n0), group = item / strips;
                     // Activation rows [r0, r1) of this group: whole tiles (r1 passes m on the padded last tile).
-                    int t0 = group * tiles / groups, t1 = (group + 1) * tiles / groups, r0 = 0, r1;
-                    for (int t = 0; t < t0; t++) r0 += MicroKernel.NextTile(m - r0, wide);
-                    r1 = r0;
-                    for (int t = t0; t < t1; t++) r1 += MicroKernel.NextTile(m - r1, wide);
+                    int t0 = group * tiles / groups, t1 = (group + 1) * tiles / groups, r0 = starts[t0], r1 = starts[t1];
                     float[] scratch = ArrayPool<float>.Shared.Rent(2 * width * blockCapacity + padded * width);
                     try
                     {
@@ -394,9 +390,9 @@ internal static unsafe class PackedMatMul
                                 DecodeRows<TW, TVec, TD>(view, n0, rows, k0, k1, a, blockCapacity, finite);
                                 // The strip's rows, transposed as activation rows are packed (lanes past the weight's last row: zeros).
                                 PackStrip(a, rows, blockCapacity, steps, wt, 0, width);
-                                for (int i0 = r0, h; i0 < r1; i0 += h)
+                                for (int t = t0; t < t1; t++)
                                 {
-                                    h = MicroKernel.NextTile(m - i0, wide);
+                                    int i0 = starts[t], h = starts[t + 1] - i0;
                                     bool direct = i0 < copiedFrom;
                                     float* xs = direct ? (float*)xAddress + i0 * ldx : (float*)copyAddress + (nint)(i0 - copiedFrom) * kk;
                                     nint ld = direct ? ldx : kk;
@@ -610,7 +606,7 @@ internal static unsafe class PackedMatMul
     internal static void DecodeRows<TW, TVec, TD>(in WeightView w, int n0, int rows, int k0, int k1, float* dst, nint ld, bool finite)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        if (2 * TW.Count > w.GroupSize && w.GroupSize < w.Cols && QuantizedMatMul.NarrowForGroups)
+        if (QuantizedMatMul.ChunkExceedsGroups(TW.Count, w))
         {
             if (typeof(TW) == typeof(Float512))
             {

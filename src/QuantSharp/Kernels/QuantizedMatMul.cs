@@ -226,15 +226,21 @@ internal static unsafe class QuantizedMatMul
     /// </summary>
     internal static KernelPath WidthForGroups(KernelPath widest, in WeightView w)
     {
-        if (!NarrowForGroups || w.GroupSize >= w.Cols) return widest;
         var path = widest;
-        while (path != KernelPath.Scalar && 2 * Lanes(path) > w.GroupSize)
+        while (path != KernelPath.Scalar && ChunkExceedsGroups(Lanes(path), w))
             path = path switch { KernelPath.V512 => KernelPath.V256, KernelPath.V256 => KernelPath.V128, _ => KernelPath.Scalar };
         return path;
     }
 
     /// <summary>Whether <see cref="WidthForGroups"/> and <see cref="PackedMatMul.DecodeRows"/> narrow (the probe turns it off to measure the difference).</summary>
     internal static bool NarrowForGroups = true;
+
+    /// <summary>
+    /// Whether a chunk (two vectors of <paramref name="lanes"/>) is longer than the groups of <paramref name="w"/>, so that a
+    /// narrower width decodes more of it in whole chunks (<see cref="WidthForGroups"/>, <see cref="PackedMatMul.DecodeRows"/>);
+    /// false for one group per row and where <see cref="NarrowForGroups"/> is off.
+    /// </summary>
+    internal static bool ChunkExceedsGroups(int lanes, in WeightView w) => NarrowForGroups && w.GroupSize < w.Cols && 2 * lanes > w.GroupSize;
 
     private static int Lanes(KernelPath path) => path switch { KernelPath.V512 => Float512.Count, KernelPath.V256 => Float256.Count, KernelPath.V128 => Float128.Count, _ => Float1.Count };
 

@@ -167,7 +167,7 @@ public unsafe class QuantizedMatMulTests
     /// <summary>
     /// The micro-kernel's tiles cover any count of rows with heights of 4, 6 and (at 512 bits only) 8, padding only the
     /// last tile: an even count of four or more exactly, an odd count with one row of padding, fewer than four rows to
-    /// four; a multiple of eight at 512 bits in tiles of eight.
+    /// four; a multiple of eight at 512 bits in tiles of eight. <see cref="MicroKernel.TileStarts"/> lists the same tiles.
     /// </summary>
     [Fact]
     public void MicroKernelTilesCoverEveryRowOnce()
@@ -176,15 +176,19 @@ public unsafe class QuantizedMatMulTests
             for (int rows = 1; rows <= 200; rows++)
             {
                 int covered = 0, tiles = 0;
+                int[] starts = MicroKernel.TileStarts(rows, wide);
                 while (covered < rows)
                 {
                     int h = MicroKernel.NextTile(rows - covered, wide);
                     Assert.Contains(h, wide ? new[] { 4, 6, 8 } : new[] { 4, 6 });
+                    Assert.Equal(covered, starts[tiles]);
                     covered += h;
                     tiles++;
                 }
                 Assert.Equal(Math.Max(4, (rows + 1) / 2 * 2), covered);
                 Assert.Equal(covered, MicroKernel.PaddedRows(rows, wide));
+                Assert.Equal(tiles + 1, starts.Length);
+                Assert.Equal(covered, starts[^1]);
                 if (wide && rows % 8 == 0) Assert.Equal(rows / 8, tiles);
             }
     }
