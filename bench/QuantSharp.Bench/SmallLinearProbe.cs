@@ -20,7 +20,8 @@ namespace QuantSharp.Bench;
 /// <c>PROBE_NARROW=0</c> (<see cref="Kernels.QuantizedMatMul.NarrowForGroups"/> off), <c>PROBE_INT_PACKED_MIN</c> (<see cref="Kernels.IntegerMatMul.PackedMinRows"/> and <see cref="Kernels.IntegerMatMul.PackedMinRowsVnni512"/>), <c>PROBE_BYTES_BY_GROUP=0</c>
 /// (<see cref="Kernels.QuantizedMatMul.BytesByGroup"/> off), <c>PROBE_BF16_MIN</c> (<see cref="Modules.LinearCost.BFloat16MinRows"/> and <see cref="Modules.LinearCost.BFloat16MinRowsLarge"/>), <c>PROBE_DOT_MIN</c> (<see cref="Kernels.QuantizedMatMul.DotTilesMinRows"/> and <see cref="Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows"/>; 12 or more turns the dot tiles off), <c>PROBE_GROUP</c> (the int4 column's group size, 32 by default),
 /// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
-/// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it).
+/// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it),
+/// <c>PROBE_FUSED_BYTES</c> (<see cref="Kernels.PackedIntegerMatMul.FusedWeightBytes"/>; 0 leaves only the weights of one work item fused).
 /// Before the table every variant runs on every row count for 0.3 s so the JIT's tiers have settled (without it the
 /// first shape's quantized sides measured up to 2x slower: tier-0 code and background compilation on 2 cores).
 /// </summary>
@@ -47,6 +48,7 @@ internal static class SmallLinearProbe
             Kernels.QuantizedMatMul.DotTilesMinRows = Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows = int.Parse(dotMin, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_MAXBITS") is { } bits) Kernels.Simd.MaxBits = int.Parse(bits, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_WS_MAX") is { } wsMax) Kernels.PackedMatMul.WeightStripsMaxRows = int.Parse(wsMax, System.Globalization.CultureInfo.InvariantCulture);
+        if (Environment.GetEnvironmentVariable("PROBE_FUSED_BYTES") is { } fused) Kernels.PackedIntegerMatMul.FusedWeightBytes = int.Parse(fused, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_LAYOUT") is { } layout) Kernels.PackedMatMul.ForcedLayout = Enum.Parse<Kernels.PackedLayout>(layout);
         bool warmed = false;
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");

@@ -118,6 +118,68 @@ internal sealed unsafe class QuantizedActivations : IDisposable
 }
 
 /// <summary>
+/// Float32 activation rows (<c>Ld</c> floats apart) and how they become the codes of a
+/// <see cref="QuantizedActivations"/>: per row, symmetric int8 (dynamic W8A8, torchao's per-token quantization), or
+/// with one calibrated scale and zero point (static W8A8). <see cref="IntegerMatMul.Run(in WeightView, FloatActivations, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>
+/// quantizes them ahead of the GEMM or inside the packed GEMM's work items: the same integers either way.
+/// </summary>
+internal readonly unsafe struct FloatActivations
+{
+    /// <summary>Work per value for <see cref="KernelThreads"/>: dynamic rows are read twice (largest magnitude, then codes).</summary>
+    internal const int WorkPerValue = 8;
+
+    private readonly nint _rows;
+
+    private FloatActivations(float* rows, nint ld, bool dynamic, float scale, int zeroPoint, int qmin, int qmax)
+    {
+        _rows = (nint)rows;
+        Ld = ld;
+        IsDynamic = dynamic;
+        Scale = scale;
+        ZeroPoint = zeroPoint;
+        QMin = qmin;
+        QMax = qmax;
+    }
+
+    /// <summary>Row stride, in floats.</summary>
+    public nint Ld { get; }
+
+    /// <summary>True for per-row symmetric int8 scales computed from each row.</summary>
+    public bool IsDynamic { get; }
+
+    /// <summary>The calibrated scale (static only).</summary>
+    public float Scale { get; }
+
+    /// <summary>The calibrated zero point (static only).</summary>
+    public int ZeroPoint { get; }
+
+    /// <summary>Smallest code of the range (-127 for dynamic).</summary>
+    public int QMin { get; }
+
+    /// <summary>Largest code of the range (127 for dynamic).</summary>
+    public int QMax { get; }
+
+    /// <summary>Rows quantized per row: <c>scale = max(amax / 127, eps)</c>, codes in [-127, 127].</summary>
+    public static FloatActivations Dynamic(float* rows, nint ld) => new(rows, ld, true, 0f, 0, -127, 127);
+
+    /// <summary>Rows quantized with one scale and zero point over <c>[qmin, qmax]</c> (int8 or uint8 ranges).</summary>
+    public static FloatActivations Static(float* rows, nint ld, float scale, int zeroPoint, int qmin, int qmax) => new(rows, ld, false, scale, zeroPoint, qmin, qmax);
+
+    /// <summary>Quantizes rows <c>[r0, r1)</c> into the same rows of <paramref name="into"/> (its codes, code sums, scales and zero points).</summary>
+    public void Quantize(QuantizedActivations into, int r0, int r1)
+    {
+        int k = into.Cols;
+        for (int i = r0; i < r1; i++)
+        {
+            var row = new ReadOnlySpan<float>((float*)_rows + i * Ld, k);
+            // max(-min(min, 0), max(max, 0)) of the row, NaN if it holds one (0 for an empty row).
+            float scale = IsDynamic ? IntegerMatMul.DynamicScale(MinMaxKernel.AbsMax(row)) : Scale;
+            IntegerMatMul.QuantizeRow(row, scale, ZeroPoint, QMin, QMax, into, i);
+        }
+    }
+}
+
+/// <summary>
 /// Integer W8A8: <c>y[m, n] = xScale[m] * wScale[n] * sum_k (u[m, k] - xZero[m]) * (q[n, k] - wZero[n]) + bias[n]</c>,
 /// the integer sum computed exactly (<c>sum u*q - xZero*rowSum(q) - wZero*sum u + K*xZero*wZero</c>). Weights are int8
 /// with one scale (and zero point) per row or per tensor; activations come from <see cref="QuantizeDynamic"/> (torchao's
@@ -164,41 +226,34 @@ internal static unsafe class IntegerMatMul
     /// Quantizes each row to int8 on the fly, symmetric over [-127, 127]: <c>scale = max(amax / 127, eps)</c>,
     /// <c>q = clamp(round(x * (1 / scale)), -127, 127)</c> (torchao's per-token activation quantization).
     /// </summary>
-    public static void QuantizeDynamic(float* x, nint ldx, QuantizedActivations into)
-    {
-        int k = into.Cols, rows = into.Rows, rowsPerItem = RowsPerDynamicItem(k, rows);
-        int items = (rows + rowsPerItem - 1) / rowsPerItem;
-        nint address = (nint)x;
-        KernelThreads.For(items, 8L * k * rowsPerItem, item =>
-        {
-            for (int i = item * rowsPerItem, end = Math.Min(rows, i + rowsPerItem); i < end; i++)
-            {
-                var row = new ReadOnlySpan<float>((float*)address + i * ldx, k);
-                // max(-min(min, 0), max(max, 0)) of the row, NaN if it holds one (0 for an empty row).
-                float amax = MinMaxKernel.AbsMax(row);
-                float scale = MathF.Max(amax / 127f, MinDynamicScale);
-                QuantizeRow(row, scale, 0, -127, 127, into, i);
-            }
-        });
-    }
-
-    /// <summary>
-    /// Rows per work item of <see cref="QuantizeDynamic"/>: about 4,096 values (at least one row). Short rows (a 64-input
-    /// layer) are a few nanoseconds of work each, less than a work item's own cost: one item per row (and a two-sided
-    /// min/max per row) made dynamic W8A8 on 10x64 at 500 rows 1.85-1.89x float32's time, 1.14-1.21x with blocks (and
-    /// <see cref="MinMaxKernel.AbsMax"/>); docs/BENCHMARKS.md, stop 14.
-    /// </summary>
-    private static int RowsPerDynamicItem(int k, int rows) => Math.Clamp(4096 / Math.Max(k, 1), 1, Math.Max(rows, 1));
+    public static void QuantizeDynamic(float* x, nint ldx, QuantizedActivations into) => Quantize(FloatActivations.Dynamic(x, ldx), into);
 
     /// <summary>
     /// Quantizes every row with one calibrated scale and zero point over <c>[qmin, qmax]</c> (int8 or uint8 ranges):
     /// <c>clamp(round(x * (1 / scale)) + zeroPoint, qmin, qmax)</c>, as the static W8A8 layers' fake quantization.
     /// </summary>
-    public static void QuantizeStatic(float* x, nint ldx, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into)
+    public static void QuantizeStatic(float* x, nint ldx, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into) =>
+        Quantize(FloatActivations.Static(x, ldx, scale, zeroPoint, qmin, qmax), into);
+
+    /// <summary>Quantizes all rows of <paramref name="source"/> into <paramref name="into"/>, in blocks of <see cref="RowsPerQuantizeItem"/> rows.</summary>
+    public static void Quantize(FloatActivations source, QuantizedActivations into)
     {
-        nint address = (nint)x;
-        KernelThreads.For(into.Rows, 4L * into.Cols, i => QuantizeRow(new ReadOnlySpan<float>((float*)address + i * ldx, into.Cols), scale, zeroPoint, qmin, qmax, into, i));
+        int k = into.Cols, rows = into.Rows, rowsPerItem = RowsPerQuantizeItem(k, rows);
+        int items = (rows + rowsPerItem - 1) / rowsPerItem;
+        KernelThreads.For(items, FloatActivations.WorkPerValue * k * rowsPerItem, item =>
+            source.Quantize(into, item * rowsPerItem, Math.Min(rows, (item + 1) * rowsPerItem)));
     }
+
+    /// <summary>
+    /// Rows per work item of <see cref="Quantize"/>: about 4,096 values (at least one row). Short rows (a 64-input
+    /// layer) are a few nanoseconds of work each, less than a work item's own cost: one item per row (and a two-sided
+    /// min/max per row) made dynamic W8A8 on 10x64 at 500 rows 1.85-1.89x float32's time, 1.14-1.21x with blocks (and
+    /// <see cref="MinMaxKernel.AbsMax"/>); docs/BENCHMARKS.md, stop 14.
+    /// </summary>
+    private static int RowsPerQuantizeItem(int k, int rows) => Math.Clamp(4096 / Math.Max(k, 1), 1, Math.Max(rows, 1));
+
+    /// <summary>The dynamic scale of a row whose largest magnitude is <paramref name="amax"/>: <c>max(amax / 127, eps)</c>.</summary>
+    internal static float DynamicScale(float amax) => MathF.Max(amax / 127f, MinDynamicScale);
 
     /// <summary>
     /// Quantizes the images of <paramref name="unfold"/> as <see cref="QuantizeStatic"/> does, then unfolds their codes
@@ -250,7 +305,8 @@ internal static unsafe class IntegerMatMul
         }
     }
 
-    private static void QuantizeRow(ReadOnlySpan<float> row, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into, int i)
+    /// <summary>Row <paramref name="i"/> of <paramref name="into"/>: the codes of <paramref name="row"/>, their sum, the scale and the zero point (shifted by 128 for signed ranges).</summary>
+    internal static void QuantizeRow(ReadOnlySpan<float> row, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into, int i)
     {
         // Signed ranges move up by 128 (same integers, shifted), so codes are always unsigned bytes.
         int shift = qmin < 0 ? 128 : 0;
@@ -288,7 +344,19 @@ internal static unsafe class IntegerMatMul
     /// <param name="path">Instruction set (<see cref="KernelPath.Vnni512"/>, <see cref="KernelPath.Vnni256"/>; V512/V256/V128 use <c>vpmaddwd</c>).</param>
     /// <param name="method">Loop structure: row kernels, or the packed GEMM (<see cref="PackedIntegerMatMul"/>);
     /// <see cref="MatMulMethod.Auto"/> chooses by batch size (<see cref="PackedMinRows"/>).</param>
-    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto)
+    public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto) =>
+        Multiply(w, null, x, bias, y, ldy, path, method);
+
+    /// <summary>
+    /// Quantizes <paramref name="source"/> into <paramref name="x"/> and computes <c>y = dequant(x) dequant(w)^T + bias</c>:
+    /// the result and the codes of <see cref="Quantize"/> followed by <see cref="Run(in WeightView, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>,
+    /// with, where the packed GEMM cuts the work by activation rows only, each work item quantizing its own rows
+    /// (<see cref="PackedIntegerMatMul"/>): one pass and one hand-out to the threads fewer.
+    /// </summary>
+    public static void Run(in WeightView w, FloatActivations source, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto) =>
+        Multiply(w, source, x, bias, y, ldy, path, method);
+
+    private static void Multiply(in WeightView w, FloatActivations? source, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path, MatMulMethod method)
     {
         CheckWeight(w);
         if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
@@ -302,15 +370,16 @@ internal static unsafe class IntegerMatMul
         {
             switch (path)
             {
-                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, bias, y, ldy); break;
-                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
-                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
-                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
-                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
-                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, bias, y, ldy); break;
+                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, source, x, bias, y, ldy); break;
+                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, source, x, bias, y, ldy); break;
+                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, source, x, bias, y, ldy); break;
+                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, source, x, bias, y, ldy); break;
+                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, source, x, bias, y, ldy); break;
+                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, source, x, bias, y, ldy); break;
             }
             return;
         }
+        if (source is { } rows) Quantize(rows, x);
         if (path == KernelPath.Vnni512) path = IntVnni256.IsSupported ? KernelPath.Vnni256 : KernelPath.V512;
         switch (path)
         {

@@ -199,8 +199,30 @@ internal static unsafe class PackedIntegerMatMul
     /// </summary>
     internal static int ActivationBlockBytes = 4 << 20;
 
-    /// <summary>Computes <c>y = dequant(x) dequant(w)^T + bias</c>; arguments as <see cref="IntegerMatMul.Run"/> (checked there).</summary>
-    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+    /// <summary>
+    /// Weight bytes up to which a call whose activations arrive as floats (<see cref="FloatActivations"/>) is cut by
+    /// activation strips only, each work item quantizing and packing its own rows and then multiplying them by the whole
+    /// weight (<see cref="FusesQuantization"/>).
+    /// </summary>
+    internal static int FusedWeightBytes = 256 << 10;
+
+    /// <summary>
+    /// Whether a call over <paramref name="strips"/> strips, cut as <paramref name="split"/>, quantizes its activations
+    /// inside the work items: when the split has one item of weight rows (its items are cut by strips anyway), or when
+    /// the weight has at most <see cref="FusedWeightBytes"/> bytes (<paramref name="weightBytes"/>) and whole strips share out evenly enough over
+    /// <paramref name="threads"/> threads (the busiest at most 8/7 of an even share: 3 or 5 strips on two threads are
+    /// left to the cut by weight rows, which evens them out).
+    /// </summary>
+    internal static bool FusesQuantization(long weightBytes, in PackedMatMul.WorkSplit split, int strips, int threads) =>
+        split.RowItems == 1
+        || (weightBytes <= FusedWeightBytes && 7L * ((strips + threads - 1) / threads) * threads <= 8L * strips);
+
+    /// <summary>
+    /// Computes <c>y = dequant(x) dequant(w)^T + bias</c>; arguments as <see cref="IntegerMatMul.Run(in WeightView, FloatActivations, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>
+    /// (checked there). With <paramref name="source"/> the codes of <paramref name="x"/> are made here: in the work items
+    /// where <see cref="FusesQuantization"/>, otherwise in one pass first.
+    /// </summary>
+    public static void Run<TW, TVec>(in WeightView w, FloatActivations? source, QuantizedActivations x, float* bias, float* y, nint ldy)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, m = x.Rows, stripWidth = 2 * TW.Lanes;
@@ -210,6 +232,16 @@ internal static unsafe class PackedIntegerMatMul
         // Work items (PackedMatMul.WorkSplit): weight rows x groups of strips, whose packed activations stay in cache.
         int blockStrips = (int)Math.Clamp(ActivationBlockBytes / stripBytes, 1, strips);
         var split = PackedMatMul.WorkSplit.For(w.Rows, strips, KernelThreads.Count, blockStrips);
+        bool fused = source is not null && FusesQuantization((long)w.Rows * w.Cols, split, strips, KernelThreads.Count);
+        if (fused)
+        {
+            // Items of strips only, each over all weight rows in blocks of at most ItemRows.
+            split = PackedMatMul.WorkSplit.For(Math.Min(w.Rows, ItemRows), strips, KernelThreads.Count, blockStrips);
+        }
+        else if (source is { } rows)
+        {
+            IntegerMatMul.Quantize(rows, x);
+        }
         byte[] packedArray = ArrayPool<byte>.Shared.Rent(checked((int)(strips * stripBytes) + Align));
         try
         {
@@ -217,22 +249,31 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                KernelThreads.For(strips, stripBytes, s => PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth));
+                if (!fused) KernelThreads.For(strips, stripBytes, s => PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth));
 
                 var view = w;
+                var floats = source.GetValueOrDefault();
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
                 int blockRows = split.GroupStrips * stripWidth;
                 int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align;
-                KernelThreads.For(split.Items, (long)split.Rows * blockRows * k, item =>
+                int weightRows = fused ? view.Rows : split.Rows;
+                KernelThreads.For(split.Items, (long)weightRows * blockRows * k, item =>
                 {
                     int s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips), n0 = split.RowStart(item);
+                    if (fused)
+                    {
+                        floats.Quantize(x, s0 * stripWidth, Math.Min(m, s1 * stripWidth));
+                        for (int s = s0; s < s1; s++) PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth);
+                    }
                     byte[] scratch = ArrayPool<byte>.Shared.Rent(scratchBytes);
                     try
                     {
                         fixed (byte* sp = scratch)
                         {
                             var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
-                            Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, n0, Math.Min(split.Rows, view.Rows - n0));
+                            // A fused item multiplies its strips by every block of weight rows, the others by theirs.
+                            for (int r0 = n0, r1 = fused ? view.Rows : n0 + 1; r0 < r1; r0 += split.Rows)
+                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, r0, Math.Min(split.Rows, view.Rows - r0));
                         }
                     }
                     finally

@@ -52,16 +52,17 @@ internal static unsafe class LinearKernels
                 if (input is { } act)
                 {
                     using var q = new QuantizedActivations(m, (int)k);
+                    FloatActivations source;
                     if (act.Dynamic)
                     {
-                        IntegerMatMul.QuantizeDynamic(px, (nint)k, q);
+                        source = FloatActivations.Dynamic(px, (nint)k);
                     }
                     else
                     {
                         var range = QuantRange.For(act.Static!.Type, act.Static.ReduceRange);
-                        IntegerMatMul.QuantizeStatic(px, (nint)k, act.Static.Scale, act.Static.ZeroPoint, range.QMin, range.QMax, q);
+                        source = FloatActivations.Static(px, (nint)k, act.Static.Scale, act.Static.ZeroPoint, range.QMin, range.QMax);
                     }
-                    IntegerMatMul.Run(view, q, pb, py, (nint)n);
+                    IntegerMatMul.Run(view, source, q, pb, py, (nint)n);
                 }
                 else
                 {

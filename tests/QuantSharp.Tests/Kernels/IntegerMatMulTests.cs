@@ -82,7 +82,7 @@ public unsafe class IntegerMatMulTests
         fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
         {
             IntegerMatMul.Reference(w.View, q, pb, pe, rows);
-            PackedIntegerMatMul.Run<TW, TVec>(w.View, q, pb, pa, rows);
+            PackedIntegerMatMul.Run<TW, TVec>(w.View, null, q, pb, pa, rows);
         }
         Assert.True(expected.AsSpan().SequenceEqual(actual), $"{typeof(TW).Name} [{rows}x{cols}] batch {batch} differs from the specification");
     }
@@ -231,6 +231,72 @@ public unsafe class IntegerMatMulTests
                 Assert.True(Math.Abs(y[i * n + j] - sum) <= 1e-6 * magnitude + 1e-30, $"row {i} out {j}: {y[i * n + j]} vs {sum}");
             }
         }
+    }
+
+    [Theory]
+    [InlineData(16, 128, 224, true)]  // one item of weight rows: items are strips anyway
+    [InlineData(17, 33, 65, false)]   // partial strips and groups
+    [InlineData(100, 96, 128, true)]  // several items of weight rows, each item runs all of them
+    [InlineData(100, 96, 96, false)]  // three 32-row strips on two threads: cut by weight rows, quantized first
+    [InlineData(600, 520, 64, true)]  // more than FusedWeightBytes: quantized first
+    [InlineData(5, 40, 7, false)]     // few rows: the row kernels, quantized first
+    public void QuantizingInsideTheGemmGivesTheCodesAndOutputsOfQuantizingFirst(int rows, int cols, int batch, bool dynamic)
+    {
+        using var w = new PinnedWeight(WeightFormat.Int8, rows, cols, 0, zeroPoints: !dynamic, seed: rows + cols);
+        float[] x = KernelTestData.Activations(batch * cols, batch);
+        float[] bias = KernelTestData.Activations(rows, 3);
+        int saved = KernelThreads.Count;
+        try
+        {
+            foreach (int threads in new[] { 1, 2, 4 })
+            {
+                KernelThreads.Count = threads;
+                foreach (var path in Paths())
+                {
+                    foreach (var method in new[] { MatMulMethod.Packed, MatMulMethod.Auto })
+                    {
+                        using var first = new QuantizedActivations(batch, cols);
+                        using var inside = new QuantizedActivations(batch, cols);
+                        var expected = new float[batch * rows];
+                        var actual = new float[batch * rows];
+                        Array.Fill(actual, float.NaN);
+                        fixed (float* px = x) fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+                        {
+                            var source = dynamic ? FloatActivations.Dynamic(px, cols) : FloatActivations.Static(px, cols, 0.011f, 3, -128, 127);
+                            IntegerMatMul.Quantize(source, first);
+                            IntegerMatMul.Reference(w.View, first, pb, pe, rows);
+                            IntegerMatMul.Run(w.View, source, inside, pb, pa, rows, path, method);
+                        }
+                        string where = $"{path} {method} {threads} thread(s) [{rows}x{cols}] batch {batch}";
+                        Assert.True(new ReadOnlySpan<byte>(first.Codes, batch * cols).SequenceEqual(new ReadOnlySpan<byte>(inside.Codes, batch * cols)), $"{where}: codes differ");
+                        Assert.Equal(first.Sums, inside.Sums);
+                        Assert.Equal(first.Scales, inside.Scales);
+                        Assert.Equal(first.ZeroPoints, inside.ZeroPoints);
+                        Assert.True(expected.AsSpan().SequenceEqual(actual), $"{where}: outputs differ from the specification");
+                    }
+                }
+            }
+        }
+        finally
+        {
+            KernelThreads.Count = saved;
+        }
+    }
+
+    [Theory]
+    [InlineData(16, 128, 3, 2, true)]       // one item of weight rows: fused whatever the strips
+    [InlineData(16, 128, 1, 2, true)]
+    [InlineData(384, 384, 4, 2, true)]      // 144 KiB, strips even
+    [InlineData(384, 384, 7, 2, true)]      // 4 of 7 strips on the busiest thread: 8/7 of an even share
+    [InlineData(384, 384, 3, 2, false)]     // 2 of 3: the cut by weight rows evens it out
+    [InlineData(384, 384, 5, 2, false)]
+    [InlineData(384, 384, 9, 4, false)]     // 3 of 9 on four threads: 4/3 of a share
+    [InlineData(384, 384, 8, 4, true)]
+    [InlineData(1024, 1024, 8, 2, false)]   // 1 MiB: above FusedWeightBytes
+    public void QuantizesInsideTheGemmWhereTheStripsShareOutEvenly(int rows, int cols, int strips, int threads, bool fused)
+    {
+        var split = PackedMatMul.WorkSplit.For(rows, strips, threads);
+        Assert.Equal(fused, PackedIntegerMatMul.FusesQuantization((long)rows * cols, split, strips, threads));
     }
 
     private static void Check(int rows, int cols, int batch, bool zeroPoints, bool dynamic, int seed, bool perTensor = false)
