@@ -93,11 +93,12 @@ internal readonly struct IntScalar : IIntWidth<int>
 /// </summary>
 internal sealed unsafe class QuantizedActivations : IDisposable
 {
-    public QuantizedActivations(int rows, int cols)
+    /// <summary>Room for <paramref name="rows"/> rows of <paramref name="cols"/> codes, or, without <paramref name="codes"/>, only their scales, zero points and sums (the codes are packed straight from quantized images: <see cref="ImageCodes"/>).</summary>
+    public QuantizedActivations(int rows, int cols, bool codes = true)
     {
         Rows = rows;
         Cols = cols;
-        Codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, rows) * (nuint)Math.Max(1, cols));
+        if (codes) Codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, rows) * (nuint)Math.Max(1, cols));
         Scales = new float[rows];
         ZeroPoints = new int[rows];
         Sums = new int[rows];
@@ -256,48 +257,44 @@ internal static unsafe class IntegerMatMul
     internal static float DynamicScale(float amax) => MathF.Max(amax / 127f, MinDynamicScale);
 
     /// <summary>
-    /// Quantizes the images of <paramref name="unfold"/> as <see cref="QuantizeStatic"/> does, then unfolds their codes
-    /// (im2col) into the rows of <paramref name="into"/>: one row of K codes per output position, image after image.
-    /// Padding takes the zero point's code, so it adds nothing to the integer sums, as zero padding of the dequantized
-    /// input adds nothing to the simulated convolution.
+    /// Static W8A8 convolution: the images of <paramref name="unfold"/> quantized as <see cref="QuantizeStatic"/> does,
+    /// and their column matrix (im2col, one activation row of K codes per output position, image after image) times the
+    /// weight, <c>y[i * P + p, n]</c> (rows <paramref name="ldy"/> floats apart). The codes are unfolded straight into
+    /// the packed GEMM's strips (<see cref="ImageCodes"/>): no column matrix is built. Padding takes the zero point's
+    /// code, so it adds nothing to the integer sums, as zero padding of the dequantized input adds nothing to the
+    /// simulated convolution.
     /// </summary>
-    public static void QuantizeUnfolded(float* image, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, QuantizedActivations into)
+    public static void RunConvolution(in WeightView w, float* images, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
     {
-        int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width, images = unfold.Images;
-        if (into.Rows != (long)positions * images || into.Cols != k)
-            throw new ArgumentException($"Activations [{into.Rows}, {into.Cols}] do not hold {images} unfolded image(s) of [{positions}, {k}].", nameof(into));
+        CheckWeight(w);
+        int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width, count = unfold.Images;
+        if (k != w.Cols) throw new ArgumentException($"The convolution's columns have {k} rows, the weight {w.Cols} columns.");
+        long rows = (long)positions * count;
+        if (rows > int.MaxValue) throw new ArgumentException($"{rows} output positions exceed one integer product's rows.");
+        path = Choose(path);
+        if (rows == 0 || w.Rows == 0) return;
         int shift = qmin < 0 ? 128 : 0;
-        byte pad = (byte)(zeroPoint + shift);
         long size = unfold.ImageSize;
-        byte* codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, size * images));
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, size * count));
         try
         {
-            nint imageAddress = (nint)image, codesAddress = (nint)codes;
-            KernelThreads.For(images * unfold.Channels, 4L * plane, c => QuantizeKernel.Quantize(
+            nint imageAddress = (nint)images, codesAddress = (nint)codes;
+            KernelThreads.For(count * unfold.Channels, 4L * plane, c => QuantizeKernel.Quantize(
                 new ReadOnlySpan<float>((float*)imageAddress + (nint)c * plane, plane), 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift,
                 new Span<sbyte>((sbyte*)codesAddress + (nint)c * plane, plane)));
-            // Blocks of positions: each unfolds row by row into a small buffer, then scatters into the position rows.
-            const int Block = 64;
-            int blocks = (positions + Block - 1) / Block;
-            var u = unfold;
-            KernelThreads.For(images * blocks, (long)Block * k, item =>
+            using var x = new QuantizedActivations((int)rows, k, codes: false);
+            Array.Fill(x.Scales, scale);
+            Array.Fill(x.ZeroPoints, zeroPoint + shift);
+            var source = new ImageCodes(codes, unfold, (byte)(zeroPoint + shift));
+            switch (path)
             {
-                int i = item / blocks, p0 = item % blocks * Block, count = Math.Min(Block, positions - p0);
-                long row0 = (long)i * positions + p0;
-                byte* run = stackalloc byte[Block];
-                byte* rows = into.Codes + (nint)row0 * k;
-                for (int kk = 0; kk < k; kk++)
-                {
-                    u.Row((byte*)codesAddress + i * size, kk, p0, count, run, pad);
-                    for (int j = 0; j < count; j++) rows[(nint)j * k + kk] = run[j];
-                }
-                for (int j = 0; j < count; j++)
-                {
-                    into.Scales[row0 + j] = scale;
-                    into.ZeroPoints[row0 + j] = zeroPoint + shift;
-                    into.Sums[row0 + j] = Sum(new ReadOnlySpan<byte>(rows + (nint)j * k, k));
-                }
-            });
+                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, ldy); break;
+                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, ldy); break;
+            }
         }
         finally
         {
@@ -314,25 +311,6 @@ internal static unsafe class IntegerMatMul
         into.Sums[i] = QuantizeKernel.QuantizeAndSum(row, 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, MemoryMarshal.Cast<byte, sbyte>(codes));
         into.Scales[i] = scale;
         into.ZeroPoints[i] = zeroPoint + shift;
-    }
-
-    /// <summary>The sum of <paramref name="codes"/>.</summary>
-    private static int Sum(ReadOnlySpan<byte> codes)
-    {
-        int i = 0, sum = 0;
-        if (Simd.Use256)
-        {
-            var acc = Vector256<int>.Zero;
-            for (; i + 32 <= codes.Length; i += 32)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Create(codes.Slice(i, 32)));
-                var (a, b) = Vector256.Widen(lo + hi);
-                acc += a.AsInt32() + b.AsInt32();
-            }
-            sum = Vector256.Sum(acc);
-        }
-        for (; i < codes.Length; i++) sum += codes[i];
-        return sum;
     }
 
     /// <summary>Computes <c>y = dequant(x) dequant(w)^T + bias</c> with an exact integer inner product.</summary>
@@ -360,22 +338,19 @@ internal static unsafe class IntegerMatMul
     {
         CheckWeight(w);
         if (x.Cols != w.Cols) throw new ArgumentException($"Activations have {x.Cols} columns, the weight {w.Cols}.");
-        if (path == KernelPath.Auto)
-            path = Vnni512Kernel.IsSupported ? KernelPath.Vnni512 : IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
-                : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
-        if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
+        path = Choose(path);
         if (method == MatMulMethod.Transposed) throw new ArgumentException("The integer kernel reads row-major activations (no transposed method).", nameof(method));
         if (x.Rows == 0 || w.Rows == 0) return;
         if (method == MatMulMethod.Packed || (method == MatMulMethod.Auto && x.Rows >= (path == KernelPath.Vnni512 ? PackedMinRowsVnni512 : PackedMinRows)))
         {
             switch (path)
             {
-                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, source, x, bias, y, ldy); break;
-                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, source, x, bias, y, ldy); break;
-                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, source, x, bias, y, ldy); break;
-                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, source, x, bias, y, ldy); break;
-                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, source, x, bias, y, ldy); break;
-                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, source, x, bias, y, ldy); break;
+                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, ldy); break;
+                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, ldy); break;
+                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, ldy); break;
             }
             return;
         }
@@ -389,6 +364,16 @@ internal static unsafe class IntegerMatMul
             case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
             default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
         }
+    }
+
+    /// <summary>The widest path here for <see cref="KernelPath.Auto"/>; otherwise <paramref name="path"/>, which must run here.</summary>
+    private static KernelPath Choose(KernelPath path)
+    {
+        if (path == KernelPath.Auto)
+            path = Vnni512Kernel.IsSupported ? KernelPath.Vnni512 : IntVnni256.IsSupported ? KernelPath.Vnni256 : IntMadd512.IsSupported ? KernelPath.V512
+                : IntMadd256.IsSupported ? KernelPath.V256 : IntMadd128.IsSupported ? KernelPath.V128 : KernelPath.Scalar;
+        if (!IsSupported(path)) throw new PlatformNotSupportedException($"Kernel path {path} is not supported on this CPU.");
+        return path;
     }
 
     private static void CheckWeight(in WeightView w)

@@ -154,6 +154,25 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 }
 
 /// <summary>
+/// Quantized images (<c>[Images, C, H, W]</c> codes, unsigned: int8 codes shifted by 128) whose column matrix
+/// (<see cref="Im2Col"/>, one activation row per output position, image after image) is a packed GEMM's activations;
+/// <see cref="Pad"/> is the code of the zero point, which padding takes.
+/// </summary>
+internal readonly unsafe struct ImageCodes(byte* codes, Im2Col unfold, byte pad)
+{
+    private readonly nint _codes = (nint)codes;
+
+    /// <summary>The first image's first code.</summary>
+    public byte* Codes => (byte*)_codes;
+
+    /// <summary>The geometry, over all images.</summary>
+    public Im2Col Unfold { get; } = unfold;
+
+    /// <summary>The code of padding positions.</summary>
+    public byte Pad { get; } = pad;
+}
+
+/// <summary>
 /// The large-batch path of <see cref="IntegerMatMul"/>: a cache-blocked, register-blocked integer GEMM. Same integers,
 /// same epilogue as the row kernels (and as <see cref="IntegerMatMul.Reference"/>), so the outputs are bit for bit equal.
 /// </summary>
@@ -222,7 +241,21 @@ internal static unsafe class PackedIntegerMatMul
     /// (checked there). With <paramref name="source"/> the codes of <paramref name="x"/> are made here: in the work items
     /// where <see cref="FusesQuantization"/>, otherwise in one pass first.
     /// </summary>
-    public static void Run<TW, TVec>(in WeightView w, FloatActivations? source, QuantizedActivations x, float* bias, float* y, nint ldy)
+    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? source, float* bias, float* y, nint ldy)
+        where TW : IIntGemmWidth<TVec> where TVec : struct =>
+        Multiply<TW, TVec>(w, x, source, null, bias, y, ldy);
+
+    /// <summary>
+    /// As <see cref="Run{TW, TVec}(in WeightView, QuantizedActivations, FloatActivations?, float*, float*, nint)"/> for a
+    /// convolution: the activation rows are the column matrix of <paramref name="images"/>, unfolded straight into the
+    /// strips (<see cref="PackUnfolded"/>), their code sums written into <paramref name="x"/> (which holds no codes; its
+    /// scales and zero points are the caller's).
+    /// </summary>
+    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, ImageCodes images, float* bias, float* y, nint ldy)
+        where TW : IIntGemmWidth<TVec> where TVec : struct =>
+        Multiply<TW, TVec>(w, x, null, images, bias, y, ldy);
+
+    private static void Multiply<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? source, ImageCodes? images, float* bias, float* y, nint ldy)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, m = x.Rows, stripWidth = 2 * TW.Lanes;
@@ -249,7 +282,17 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                if (!fused) KernelThreads.For(strips, stripBytes, s => PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth));
+                if (images is { } unfolded)
+                {
+                    // Runs of strips, each unfolded into a [K, positions] buffer of about 64 KiB, then interleaved.
+                    int runStrips = Math.Clamp((1 << 16) / Math.Max(k, 1) / stripWidth, 1, 4);
+                    int runs = (strips + runStrips - 1) / runStrips;
+                    KernelThreads.For(runs, runStrips * stripBytes, r => PackUnfolded<TW, TVec>(unfolded, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
+                }
+                else if (!fused)
+                {
+                    KernelThreads.For(strips, stripBytes, s => PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth));
+                }
 
                 var view = w;
                 var floats = source.GetValueOrDefault();
@@ -337,6 +380,112 @@ internal static unsafe class PackedIntegerMatMul
             else
                 for (; g0 < full; g0++) d[(nint)g0 * width] = src[2 * g0] | src[2 * g0 + 1] << 16;
             if (g0 < groups) d[(nint)g0 * width] = LastGroup(src, g0 * depth, k, depth);
+        }
+    }
+
+    /// <summary>
+    /// Writes strips <c>[s0, s1)</c> (at <paramref name="packed"/> + their offsets) from the column matrix of the quantized
+    /// images, and the activation rows' code sums into <paramref name="x"/>: the reduction rows of the run's positions
+    /// are unfolded (<see cref="Im2Col.Row{T}"/>, positions crossing from one image to the next included) into a buffer
+    /// of contiguous rows, then every group of <c>Depth</c> rows is interleaved into the strips' 32-bit lanes (bytes, or
+    /// int16 when the depth is 2), as <see cref="PackStrip{TW, TVec}"/> lays out row-major codes.
+    /// </summary>
+    private static void PackUnfolded<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        var u = images.Unfold;
+        int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, positions = u.Positions;
+        int groups = (k + depth - 1) / depth;
+        int r0 = s0 * width, length = (s1 - s0) * width, valid = Math.Min(x.Rows - r0, length);
+        // Rows k .. groups * depth - 1 of the last group, and the lanes past the last position, are zeros.
+        int bufferRows = groups * depth;
+        byte[] array = ArrayPool<byte>.Shared.Rent(bufferRows * length);
+        int[] sums = ArrayPool<int>.Shared.Rent(length);
+        try
+        {
+            fixed (byte* buffer = array)
+            fixed (int* pSums = sums)
+            {
+                for (int kk = 0; kk < k; kk++)
+                {
+                    byte* row = buffer + (nint)kk * length;
+                    for (int i = r0, end = r0 + valid; i < end;)
+                    {
+                        int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, end - i);
+                        u.Row(images.Codes + (nint)image * u.ImageSize, kk, p, run, row + (i - r0), images.Pad);
+                        i += run;
+                    }
+                    new Span<byte>(row + valid, length - valid).Clear();
+                }
+                new Span<byte>(buffer + (nint)k * length, (bufferRows - k) * length).Clear();
+                new Span<int>(pSums, length).Clear();
+                for (int t = 0; t < s1 - s0; t++)
+                {
+                    int* lanes = (int*)(packed + (nint)(s0 + t) * groups * width * 4);
+                    for (int g = 0; g < groups; g++)
+                        Interleave(buffer + (nint)g * depth * length + t * width, length, depth, width, lanes + (nint)g * width, pSums + t * width);
+                }
+                new ReadOnlySpan<int>(pSums, valid).CopyTo(x.Sums.AsSpan(r0, valid));
+            }
+        }
+        finally
+        {
+            ArrayPool<int>.Shared.Return(sums);
+            ArrayPool<byte>.Shared.Return(array);
+        }
+    }
+
+    /// <summary>
+    /// <c>lanes[l] = rows[0][l] | rows[1][l] &lt;&lt; 8 | rows[2][l] &lt;&lt; 16 | rows[3][l] &lt;&lt; 24</c> for depth 4
+    /// (<c>rows[0][l] | rows[1][l] &lt;&lt; 16</c> for depth 2) over <paramref name="width"/> lanes, row d at
+    /// <c>rows + d * ld</c>; adds each lane's codes to <paramref name="sums"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Interleave(byte* rows, int ld, int depth, int width, int* lanes, int* sums)
+    {
+        int shift = 32 / depth, l = 0;
+        if (Simd.Use512 && Avx512F.IsSupported)
+        {
+            for (; l + 16 <= width; l += 16)
+            {
+                var value = Vector512<uint>.Zero;
+                var sum = Vector512.Load((uint*)sums + l);
+                for (int d = 0; d < depth; d++)
+                {
+                    var codes = Avx512F.ConvertToVector512UInt32(Vector128.Load(rows + (nint)d * ld + l));
+                    value |= codes << (d * shift);
+                    sum += codes;
+                }
+                value.Store((uint*)lanes + l);
+                sum.Store((uint*)sums + l);
+            }
+        }
+        else if (Simd.Use256 && Avx2.IsSupported)
+        {
+            for (; l + 8 <= width; l += 8)
+            {
+                var value = Vector256<int>.Zero;
+                var sum = Vector256.Load(sums + l);
+                for (int d = 0; d < depth; d++)
+                {
+                    var codes = Avx2.ConvertToVector256Int32(rows + (nint)d * ld + l);
+                    value |= codes << (d * shift);
+                    sum += codes;
+                }
+                value.Store(lanes + l);
+                sum.Store(sums + l);
+            }
+        }
+        for (; l < width; l++)
+        {
+            int value = 0;
+            for (int d = 0; d < depth; d++)
+            {
+                int code = rows[(nint)d * ld + l];
+                value |= code << (d * shift);
+                sums[l] += code;
+            }
+            lanes[l] = value;
         }
     }
 

@@ -110,9 +110,7 @@ internal static unsafe class LinearKernels
             {
                 var range = QuantRange.For(act.Type, act.ReduceRange);
                 // Every image's positions are rows of one integer product, so small images still fill the GEMM's strips.
-                using var q = new QuantizedActivations((int)(count * p), (int)k);
-                IntegerMatMul.QuantizeUnfolded(px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, q);
-                IntegerMatMul.Run(view, q, pb, py, (nint)n);
+                IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py, (nint)n);
                 return;
             }
             QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count));
