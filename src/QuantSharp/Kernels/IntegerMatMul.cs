@@ -259,12 +259,12 @@ internal static unsafe class IntegerMatMul
     /// <summary>
     /// Static W8A8 convolution: the images of <paramref name="unfold"/> quantized as <see cref="QuantizeStatic"/> does,
     /// and their column matrix (im2col, one activation row of K codes per output position, image after image) times the
-    /// weight, <c>y[i * P + p, n]</c> (rows <paramref name="ldy"/> floats apart). The codes are unfolded straight into
+    /// weight, written channel-major as a convolution's output, <c>y[i, n, p]</c> (<c>[Images, N, P]</c> contiguous). The codes are unfolded straight into
     /// the packed GEMM's strips (<see cref="ImageCodes"/>): no column matrix is built. Padding takes the zero point's
     /// code, so it adds nothing to the integer sums, as zero padding of the dequantized input adds nothing to the
     /// simulated convolution.
     /// </summary>
-    public static void RunConvolution(in WeightView w, float* images, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto)
+    public static void RunConvolution(in WeightView w, float* images, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, float* bias, float* y, KernelPath path = KernelPath.Auto)
     {
         CheckWeight(w);
         int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width, count = unfold.Images;
@@ -288,12 +288,12 @@ internal static unsafe class IntegerMatMul
             var source = new ImageCodes(codes, unfold, (byte)(zeroPoint + shift));
             switch (path)
             {
-                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, ldy); break;
-                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, ldy); break;
+                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, w.Rows); break;
+                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, w.Rows); break;
+                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, w.Rows); break;
+                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, w.Rows); break;
+                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, w.Rows); break;
+                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, w.Rows); break;
             }
         }
         finally

@@ -296,6 +296,8 @@ internal static unsafe class PackedIntegerMatMul
 
                 var view = w;
                 var floats = source.GetValueOrDefault();
+                // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
+                int positions = images?.Unfold.Positions ?? 0;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
                 int blockRows = split.GroupStrips * stripWidth;
                 int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align;
@@ -316,7 +318,7 @@ internal static unsafe class PackedIntegerMatMul
                             var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
                             // A fused item multiplies its strips by every block of weight rows, the others by theirs.
                             for (int r0 = n0, r1 = fused ? view.Rows : n0 + 1; r0 < r1; r0 += split.Rows)
-                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, r0, Math.Min(split.Rows, view.Rows - r0));
+                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, positions, r0, Math.Min(split.Rows, view.Rows - r0));
                         }
                     }
                     finally
@@ -503,7 +505,7 @@ internal static unsafe class PackedIntegerMatMul
     /// block's lanes + 1) int32 values.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int n0, int rows)
+    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int positions, int n0, int rows)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
@@ -545,7 +547,7 @@ internal static unsafe class PackedIntegerMatMul
             }
         }
         int m1 = Math.Min(x.Rows, block.Row0 + ldt);
-        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy);
+        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy, positions);
     }
 
     /// <summary>
@@ -554,9 +556,15 @@ internal static unsafe class PackedIntegerMatMul
     /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector widths compute the same value in float64 (every
     /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueBlocks"/>).
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="positions"/> (a convolution's output positions per image) the output is channel-major,
+    /// <c>y[(i / P) * ldy + n, i % P]</c> with <paramref name="ldy"/> the weight's rows: the values are computed in place
+    /// in <c>y^T</c>, whose rows are already runs of positions, and copied out with the bias (<see cref="CopyChannelMajor"/>).
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy)
+    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy, int positions)
     {
+        bool channelMajor = positions > 0;
         int k = w.Cols;
         // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
         double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
@@ -573,8 +581,8 @@ internal static unsafe class PackedIntegerMatMul
         {
             var activations = new EpilogueActivations(k, xScales, xZeros, xSums);
             int i = m0;
-            if (Epilogue512.IsSupported) i = EpilogueBlocks<Epilogue512, Vector512<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy);
-            else if (Epilogue256.IsSupported) i = EpilogueBlocks<Epilogue256, Vector256<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy);
+            if (Epilogue512.IsSupported) i = EpilogueBlocks<Epilogue512, Vector512<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy, !channelMajor);
+            else if (Epilogue256.IsSupported) i = EpilogueBlocks<Epilogue256, Vector256<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy, !channelMajor);
             // The activation rows left (fewer than a block, or all without AVX): output by output, y^T read across.
             for (; i < m1; i++)
             {
@@ -586,9 +594,37 @@ internal static unsafe class PackedIntegerMatMul
                 {
                     long wz = (long)zeroPoints[r];
                     long exact = *column - (long)xz * rowSums[r] - wz * xSum + (long)k * xz * wz;
-                    dst[r] = (float)((double)xs * scales[r] * exact) + biases[r];
+                    float value = (float)((double)xs * scales[r] * exact);
+                    if (channelMajor) *(float*)column = value;
+                    else dst[r] = value + biases[r];
                 }
             }
+        }
+        if (channelMajor) CopyChannelMajor((float*)yt, ldt, m0, m1, rows, biases, y + n0 * (nint)positions, ldy, positions);
+    }
+
+    /// <summary>
+    /// <c>y[(i / P) * ldy + r, i % P] = values[r * ldt + i - m0] + biases[r]</c> for activation rows <c>[m0, m1)</c> and
+    /// <paramref name="rows"/> weight rows: runs of positions, split where one image ends and the next begins.
+    /// </summary>
+    private static void CopyChannelMajor(float* values, int ldt, int m0, int m1, int rows, float* biases, float* y, nint ldy, int positions)
+    {
+        for (int i = m0; i < m1;)
+        {
+            int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, m1 - i);
+            for (int r = 0; r < rows; r++)
+            {
+                float* src = values + (nint)r * ldt + (i - m0), dst = y + ((nint)image * ldy + r) * positions + p;
+                float b = biases[r];
+                int j = 0;
+                if (Vector256.IsHardwareAccelerated)
+                {
+                    var vb = Vector256.Create(b);
+                    for (; j + 8 <= run; j += 8) (Vector256.Load(src + j) + vb).Store(dst + j);
+                }
+                for (; j < run; j++) dst[j] = src[j] + b;
+            }
+            i += run;
         }
     }
 
@@ -596,14 +632,15 @@ internal static unsafe class PackedIntegerMatMul
     /// Activation rows from <paramref name="m0"/> in blocks of eight, while whole blocks remain; returns the first row
     /// not done. For each block, every weight row's eight outputs are computed along its row of <c>y^T</c> (contiguous
     /// sums, the activation terms in vectors) and written back over their sums as floats; then 8 x 8 transposes move
-    /// them into the output rows, adding the bias (weight rows past the last multiple of eight one by one). Computing
+    /// them into the output rows, adding the bias (weight rows past the last multiple of eight one by one), unless
+    /// <paramref name="transpose"/> is false (the values stay in <c>y^T</c>, without the bias). Computing
     /// down a column of <c>y^T</c> instead (one gather per output, rows <paramref name="ldt"/> apart) took a third of a
     /// 384x384 dynamic W8A8 call at 256 rows. <c>exact = dot - xZero * rowSum - wZero * (xSum - K * xZero)</c> in
     /// float64 is the reference's int64 value (every term is an integer below 2^53); then <c>(xScale * wScale) * exact</c>
     /// and the float32 rounding, as the reference.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int EpilogueBlocks<TE, TVec>(in EpilogueActivations a, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy)
+    private static int EpilogueBlocks<TE, TVec>(in EpilogueActivations a, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, bool transpose)
         where TE : IEpilogueWidth<TVec> where TVec : struct
     {
         int i0 = m0;
@@ -620,6 +657,7 @@ internal static unsafe class PackedIntegerMatMul
                     TE.StoreSingle(TE.Multiply(TE.Multiply(xs, TE.Create(w.Scales[r])), exact), (float*)dots);
                 }
             }
+            if (!transpose) continue;
             float* t = (float*)yt + (i0 - m0), dst = y + i0 * ldy;
             int r0 = 0;
             for (; r0 + 8 <= w.Count; r0 += 8) Transposes.Transpose8x8(t + r0 * ldt, ldt, dst + r0, ldy, add: true, Vector256.Load(w.Biases + r0));

@@ -102,20 +102,19 @@ internal static unsafe class LinearKernels
         using var scope = NewDisposeScope();
         long count = shape[0], p = unfold.Positions, size = unfold.ImageSize;
         var x = images.contiguous();
-        // Integer results come out position-major ([P, O], the integer GEMM's layout) and are transposed at the end.
-        var y = input is null ? torch.empty([count, n, p], ScalarType.Float32) : torch.empty([count, p, n], ScalarType.Float32);
+        var y = torch.empty([count, n, p], ScalarType.Float32);
         Pinned(parts, format, groupSize, x, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
         {
             if (input?.Static is { } act)
             {
                 var range = QuantRange.For(act.Type, act.ReduceRange);
                 // Every image's positions are rows of one integer product, so small images still fill the GEMM's strips.
-                IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py, (nint)n);
+                IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
                 return;
             }
             QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count));
         });
-        return (input is null ? y : y.transpose(1, 2)).MoveToOuterDisposeScope();
+        return y.MoveToOuterDisposeScope();
     }
 
     /// <summary>

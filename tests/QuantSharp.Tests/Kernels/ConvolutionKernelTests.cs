@@ -156,8 +156,8 @@ public unsafe class ConvolutionKernelTests
                 foreach (var path in IntegerPaths())
                 {
                     Array.Fill(actual, float.NaN);
-                    IntegerMatMul.RunConvolution(view, px, u, scale, zeroPoint, qmin, qmax, pb, pa, 19, path);
-                    Assert.True(expected.AsSpan().SequenceEqual(actual), $"{path} geometry [{string.Join(",", g)}] differs from the specification");
+                    IntegerMatMul.RunConvolution(view, px, u, scale, zeroPoint, qmin, qmax, pb, pa, path);
+                    Assert.True(ChannelMajor(expected, 1, p, 19).AsSpan().SequenceEqual(actual), $"{path} geometry [{string.Join(",", g)}] differs from the specification");
                 }
             }
         }
@@ -191,11 +191,22 @@ public unsafe class ConvolutionKernelTests
                 foreach (var path in IntegerPaths())
                 {
                     Array.Fill(actual, float.NaN);
-                    IntegerMatMul.RunConvolution(w.View, px, u, 0.017f, 140, 0, 255, pb, pa, n, path);
-                    Assert.True(expected.AsSpan().SequenceEqual(actual), $"{path} geometry [{string.Join(",", g)}] x {images} images differs from the specification");
+                    IntegerMatMul.RunConvolution(w.View, px, u, 0.017f, 140, 0, 255, pb, pa, path);
+                    Assert.True(ChannelMajor(expected, images, p, n).AsSpan().SequenceEqual(actual), $"{path} geometry [{string.Join(",", g)}] x {images} images differs from the specification");
                 }
             }
         }
+    }
+
+    /// <summary>Position-major products <c>[images * positions, outputs]</c> as a convolution's output, <c>[images, outputs, positions]</c>.</summary>
+    private static float[] ChannelMajor(float[] rows, int images, int positions, int outputs)
+    {
+        var y = new float[rows.Length];
+        for (int i = 0; i < images; i++)
+            for (int p = 0; p < positions; p++)
+                for (int o = 0; o < outputs; o++)
+                    y[((long)i * outputs + o) * positions + p] = rows[((long)i * positions + p) * outputs + o];
+        return y;
     }
 
     internal static readonly QuantSpec[] ModuleSpecs =
