@@ -275,8 +275,8 @@ internal static unsafe class IntegerMatMul
         if (rows == 0 || w.Rows == 0) return;
         int shift = qmin < 0 ? 128 : 0;
         long size = unfold.ImageSize;
-        // 16 bytes of slack: the unfolding copies short runs 16 bytes at a time (PackedIntegerMatMul.UnfoldRuns).
-        byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + 16));
+        // 32 bytes of slack: the unfolding copies runs 32 bytes at a time (PackedIntegerMatMul.UnfoldRuns).
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + 32));
         try
         {
             nint imageAddress = (nint)images, codesAddress = (nint)codes;

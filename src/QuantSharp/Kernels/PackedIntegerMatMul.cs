@@ -400,8 +400,8 @@ internal static unsafe class PackedIntegerMatMul
         int groups = (k + depth - 1) / depth;
         int r0 = s0 * width, length = (s1 - s0) * width, valid = Math.Min(x.Rows - r0, length);
         // Rows k .. groups * depth - 1 of the last group, and the lanes past the last position, are zeros. Each row has
-        // 16 bytes of slack, which a short run's 16-byte copy may overwrite.
-        int bufferRows = groups * depth, ld = length + 16;
+        // 32 bytes of slack, which UnfoldRuns' copies may overwrite.
+        int bufferRows = groups * depth, ld = length + 32;
         byte[] array = ArrayPool<byte>.Shared.Rent(bufferRows * ld);
         int[] sums = ArrayPool<int>.Shared.Rent(length);
         try
@@ -442,9 +442,9 @@ internal static unsafe class PackedIntegerMatMul
     /// <summary>
     /// Stride 1 along the width: the column-matrix rows of activation rows <c>[r0, r0 + count)</c> into
     /// <paramref name="buffer"/> (row kk at <c>kk * ld</c>), one output row's run of positions at a time and every
-    /// reduction row for it, the reduction rows' offsets computed once. Runs of up to 16 codes are one 16-byte copy (the
-    /// images' codes and each buffer row have 16 bytes of slack; later runs overwrite what a copy wrote past its own);
-    /// a call per run (<see cref="Im2Col.Row{T}"/>) cost a third of MNIST's 16-to-32-channel W8A8 convolution.
+    /// reduction row for it, the reduction rows' offsets computed once. Runs are copied 32 bytes at a time (the images'
+    /// codes and each buffer row have 32 bytes of slack; later runs overwrite what a copy wrote past its own): a call
+    /// per run (<see cref="Im2Col.Row{T}"/>) cost a third of MNIST's 16-to-32-channel W8A8 convolution.
     /// </summary>
     private static void UnfoldRuns(in ImageCodes images, int r0, int count, byte* buffer, int ld)
     {
@@ -477,8 +477,7 @@ internal static unsafe class PackedIntegerMatMul
                 byte* src = codes + plane[kk] + (nint)ih * w;
                 int first = ow + columnShift[kk], lo = Math.Clamp(-first, 0, run), hi = Math.Clamp(w - first, lo, run);
                 for (int j = 0; j < lo; j++) dst[j] = pad;
-                if (hi - lo <= 16) Vector128.Load(src + first + lo).Store(dst + lo);
-                else Buffer.MemoryCopy(src + first + lo, dst + lo, hi - lo, hi - lo);
+                for (int j = lo; j < hi; j += 32) Vector256.Load(src + first + j).Store(dst + j);
                 for (int j = hi; j < run; j++) dst[j] = pad;
             }
             i += run;
