@@ -267,26 +267,47 @@ internal static unsafe class IntegerMatMul
     public static void RunConvolution(in WeightView w, float* images, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, float* bias, float* y, KernelPath path = KernelPath.Auto)
     {
         CheckWeight(w);
-        int k = unfold.Rows, positions = unfold.Positions, plane = unfold.Height * unfold.Width, count = unfold.Images;
+        int k = unfold.Rows, count = unfold.Images;
         if (k != w.Cols) throw new ArgumentException($"The convolution's columns have {k} rows, the weight {w.Cols} columns.");
-        long rows = (long)positions * count;
-        if (rows > int.MaxValue) throw new ArgumentException($"{rows} output positions exceed one integer product's rows.");
         path = Choose(path);
-        if (rows == 0 || w.Rows == 0) return;
+        if ((long)unfold.Positions * count == 0 || w.Rows == 0) return;
         int shift = qmin < 0 ? 128 : 0;
-        long size = unfold.ImageSize;
-        // 32 bytes of slack: the unfolding copies runs 32 bytes at a time (PackedIntegerMatMul.UnfoldRuns).
-        byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + 32));
+        byte pad = (byte)(zeroPoint + shift);
+        var q = new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad);
+        // Stride 1: the images padded in place, activation rows on the wide grid (ImageCodes.Wide). Otherwise unfolded per run.
+        bool wide = unfold.StrideH == 1 && unfold.StrideW == 1;
+        int hp = wide ? unfold.Height + 2 * unfold.PadH : unfold.Height, wp = wide ? unfold.Width + 2 * unfold.PadW : unfold.Width;
+        // Whole strips of the widest width (32 rows) per wide image, so no strip crosses two images.
+        int rowsPerImage = wide ? (unfold.OutH * wp + 31) / 32 * 32 : unfold.Positions;
+        long rows = (long)rowsPerImage * count, size = (long)unfold.Channels * hp * wp;
+        if (rows > int.MaxValue) throw new ArgumentException($"{rows} output positions exceed one integer product's rows.");
+        // Slack: the unfolding copies runs 32 bytes at a time; the wide rows of the last image read up to
+        // (kW - 1) dW codes past it, and the rows that round it up to whole strips up to 31 more.
+        int slack = 64 + (unfold.KernelW - 1) * unfold.DilationW;
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + slack));
+        int* offsets = wide ? (int*)NativeMemory.Alloc((nuint)k * sizeof(int)) : null;
         try
         {
-            nint imageAddress = (nint)images, codesAddress = (nint)codes;
-            KernelThreads.For(count * unfold.Channels, 4L * plane, c => QuantizeKernel.Quantize(
-                new ReadOnlySpan<float>((float*)imageAddress + (nint)c * plane, plane), 1f / scale, zeroPoint + shift, qmin + shift, qmax + shift,
-                new Span<sbyte>((sbyte*)codesAddress + (nint)c * plane, plane)));
+            new Span<byte>(codes + size * count, slack).Clear();
+            QuantizeImages(images, unfold, q, codes, hp, wp);
             using var x = new QuantizedActivations((int)rows, k, codes: false);
             Array.Fill(x.Scales, scale);
             Array.Fill(x.ZeroPoints, zeroPoint + shift);
-            var source = new ImageCodes(codes, unfold, (byte)(zeroPoint + shift));
+            ImageCodes source;
+            if (wide)
+            {
+                int taps = unfold.KernelH * unfold.KernelW;
+                for (int kk = 0; kk < k; kk++)
+                {
+                    int c = kk / taps, tap = kk - c * taps, kh = tap / unfold.KernelW, kw = tap - kh * unfold.KernelW;
+                    offsets[kk] = (c * hp + kh * unfold.DilationH) * wp + kw * unfold.DilationW;
+                }
+                source = ImageCodes.Wide(codes, unfold, pad, offsets, new OutputGrid(rowsPerImage, wp, unfold.OutH, unfold.OutW));
+            }
+            else
+            {
+                source = new ImageCodes(codes, unfold, pad);
+            }
             switch (path)
             {
                 case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, w.Rows); break;
@@ -299,8 +320,36 @@ internal static unsafe class IntegerMatMul
         }
         finally
         {
+            if (offsets != null) NativeMemory.Free(offsets);
             NativeMemory.Free(codes);
         }
+    }
+
+    /// <summary>A static quantization in the unsigned code domain: <c>clamp(round(x * InvScale) + ZeroPoint, QMin, QMax)</c>; padding takes <see cref="Pad"/>.</summary>
+    private readonly record struct StaticCodes(float InvScale, int ZeroPoint, int QMin, int QMax, byte Pad);
+
+    /// <summary>
+    /// Quantizes every plane of the images of <paramref name="unfold"/> into <c>[Images, C, hp, wp]</c> codes: the input
+    /// rows inside a border of <paramref name="q"/>'s padding code (no border when <paramref name="hp"/> and
+    /// <paramref name="wp"/> are the input's own height and width).
+    /// </summary>
+    private static void QuantizeImages(float* images, in Im2Col unfold, StaticCodes q, byte* codes, int hp, int wp)
+    {
+        int h = unfold.Height, w = unfold.Width, top = (hp - h) / 2, left = (wp - w) / 2;
+        nint imageAddress = (nint)images, codesAddress = (nint)codes;
+        KernelThreads.For(unfold.Images * unfold.Channels, 4L * hp * wp, c =>
+        {
+            float* src = (float*)imageAddress + (nint)c * h * w;
+            sbyte* dst = (sbyte*)codesAddress + (nint)c * hp * wp;
+            if (hp == h && wp == w)
+            {
+                QuantizeKernel.Quantize(new ReadOnlySpan<float>(src, h * w), q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<sbyte>(dst, h * w));
+                return;
+            }
+            new Span<byte>((byte*)dst, hp * wp).Fill(q.Pad);
+            for (int r = 0; r < h; r++)
+                QuantizeKernel.Quantize(new ReadOnlySpan<float>(src + (nint)r * w, w), q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<sbyte>(dst + (nint)(r + top) * wp + left, w));
+        });
     }
 
     /// <summary>Row <paramref name="i"/> of <paramref name="into"/>: the codes of <paramref name="row"/>, their sum, the scale and the zero point (shifted by 128 for signed ranges).</summary>

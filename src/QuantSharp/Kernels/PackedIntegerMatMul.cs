@@ -156,20 +156,70 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 /// <summary>
 /// Quantized images (<c>[Images, C, H, W]</c> codes, unsigned: int8 codes shifted by 128) whose column matrix
 /// (<see cref="Im2Col"/>, one activation row per output position, image after image) is a packed GEMM's activations;
-/// <see cref="Pad"/> is the code of the zero point, which padding takes.
+/// <see cref="Pad"/> is the code of the zero point, which padding takes. <see cref="Wide"/> images are stored padded
+/// instead, and their activation rows are the positions of a wider grid (<see cref="OutputGrid"/>).
 /// </summary>
-internal readonly unsafe struct ImageCodes(byte* codes, Im2Col unfold, byte pad)
+internal readonly unsafe struct ImageCodes
 {
-    private readonly nint _codes = (nint)codes;
+    private readonly nint _codes, _offsets;
+
+    /// <summary>Images of <c>[C, H, W]</c> codes, unfolded per run of positions (<see cref="PackedIntegerMatMul"/>'s <c>PackUnfolded</c>).</summary>
+    public ImageCodes(byte* codes, Im2Col unfold, byte pad)
+    {
+        _codes = (nint)codes;
+        Unfold = unfold;
+        Pad = pad;
+        Grid = OutputGrid.ForPositions(unfold);
+    }
+
+    private ImageCodes(byte* codes, Im2Col unfold, byte pad, int* offsets, OutputGrid grid)
+    {
+        _codes = (nint)codes;
+        _offsets = (nint)offsets;
+        Unfold = unfold;
+        Pad = pad;
+        Grid = grid;
+    }
+
+    /// <summary>
+    /// Stride 1: images of <c>[C, H + 2 padH, W + 2 padW]</c> codes, the padding in place, so that reduction row kk of
+    /// wide position <c>q = oh * Wp + ow</c> (<paramref name="grid"/>) is <c>image[offsets[kk] + q]</c>: a run of
+    /// positions is a run of memory and needs no unfolding. The <c>Wp - OutW</c> extra positions per output row, and the
+    /// rows that round an image's up to whole strips, are computed and dropped.
+    /// </summary>
+    public static ImageCodes Wide(byte* padded, Im2Col unfold, byte pad, int* offsets, OutputGrid grid) => new(padded, unfold, pad, offsets, grid);
 
     /// <summary>The first image's first code.</summary>
     public byte* Codes => (byte*)_codes;
 
+    /// <summary>Wide images: reduction row kk's offset in a padded image (<see cref="Wide"/>); null otherwise.</summary>
+    public int* Offsets => (int*)_offsets;
+
     /// <summary>The geometry, over all images.</summary>
-    public Im2Col Unfold { get; } = unfold;
+    public Im2Col Unfold { get; }
 
     /// <summary>The code of padding positions.</summary>
-    public byte Pad { get; } = pad;
+    public byte Pad { get; }
+
+    /// <summary>Where activation rows go in the channel-major output.</summary>
+    public OutputGrid Grid { get; }
+}
+
+/// <summary>
+/// A convolution's activation rows as a grid: <see cref="RowsPerImage"/> rows per image (whole strips for wide images),
+/// <see cref="RowLength"/> per output row, of which the first <see cref="OutW"/> of the first <see cref="OutH"/> rows are
+/// output positions. The default (no rows per image) is a plain product's row-major output.
+/// </summary>
+internal readonly record struct OutputGrid(int RowsPerImage, int RowLength, int OutH, int OutW)
+{
+    /// <summary>One activation row per output position (<see cref="Im2Col.Positions"/> per image).</summary>
+    public static OutputGrid ForPositions(in Im2Col unfold) => new(unfold.Positions, unfold.OutW, unfold.OutH, unfold.OutW);
+
+    /// <summary>True for a convolution's channel-major output.</summary>
+    public bool ChannelMajor => RowsPerImage > 0;
+
+    /// <summary>Output positions per image.</summary>
+    public int Positions => OutH * OutW;
 }
 
 /// <summary>
@@ -282,7 +332,14 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                if (images is { } unfolded)
+                if (images is { Offsets: not null } wide)
+                {
+                    // Runs of strips of about 64 KiB of packed codes.
+                    int runStrips = (int)Math.Clamp((1 << 16) / stripBytes, 1, 8);
+                    int runs = (strips + runStrips - 1) / runStrips;
+                    KernelThreads.For(runs, runStrips * stripBytes, r => PackWide<TW, TVec>(wide, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
+                }
+                else if (images is { } unfolded)
                 {
                     // Runs of strips, each unfolded into a [K, positions] buffer of about 64 KiB, then interleaved.
                     int runStrips = Math.Clamp((1 << 16) / Math.Max(k, 1) / stripWidth, 1, 4);
@@ -297,7 +354,7 @@ internal static unsafe class PackedIntegerMatMul
                 var view = w;
                 var floats = source.GetValueOrDefault();
                 // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
-                int positions = images?.Unfold.Positions ?? 0;
+                var grid = images?.Grid ?? default;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
                 int blockRows = split.GroupStrips * stripWidth;
                 int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align;
@@ -318,7 +375,7 @@ internal static unsafe class PackedIntegerMatMul
                             var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
                             // A fused item multiplies its strips by every block of weight rows, the others by theirs.
                             for (int r0 = n0, r1 = fused ? view.Rows : n0 + 1; r0 < r1; r0 += split.Rows)
-                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, positions, r0, Math.Min(split.Rows, view.Rows - r0));
+                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, grid, r0, Math.Min(split.Rows, view.Rows - r0));
                         }
                     }
                     finally
@@ -423,11 +480,15 @@ internal static unsafe class PackedIntegerMatMul
                 }
                 for (int kk = k; kk < bufferRows; kk++) new Span<byte>(buffer + (nint)kk * ld, length).Clear();
                 new Span<int>(pSums, length).Clear();
+                byte** rows = stackalloc byte*[depth];
                 for (int t = 0; t < s1 - s0; t++)
                 {
                     int* lanes = (int*)(packed + (nint)(s0 + t) * groups * width * 4);
                     for (int g = 0; g < groups; g++)
-                        Interleave(buffer + (nint)g * depth * ld + t * width, ld, depth, width, lanes + (nint)g * width, pSums + t * width);
+                    {
+                        for (int d = 0; d < depth; d++) rows[d] = buffer + (nint)(g * depth + d) * ld + t * width;
+                        Interleave(rows, depth, width, lanes + (nint)g * width, pSums + t * width);
+                    }
                 }
                 new ReadOnlySpan<int>(pSums, valid).CopyTo(x.Sums.AsSpan(r0, valid));
             }
@@ -485,12 +546,43 @@ internal static unsafe class PackedIntegerMatMul
     }
 
     /// <summary>
+    /// Writes strips <c>[s0, s1)</c> of wide images (<see cref="ImageCodes.Wide"/>): group g of lane l of a strip holds
+    /// reduction rows <c>g * Depth ..</c> at the strip's wide position, each read at its offset from the image, so each
+    /// group is one <see cref="Interleave"/> of rows read in place (rows past K read a zero row). Every image has whole
+    /// strips, so a strip never crosses images; the code sums of all its rows are written into <paramref name="x"/>.
+    /// </summary>
+    private static void PackWide<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
+        where TW : IIntGemmWidth<TVec> where TVec : struct
+    {
+        var u = images.Unfold;
+        int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, groups = (k + depth - 1) / depth;
+        int rowsPerImage = images.Grid.RowsPerImage, imageSize = u.Channels * (u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW);
+        byte* zeros = stackalloc byte[width];
+        new Span<byte>(zeros, width).Clear();
+        int* sums = stackalloc int[width];
+        byte** rows = stackalloc byte*[depth];
+        for (int s = s0; s < s1; s++)
+        {
+            int row0 = s * width, image = row0 / rowsPerImage;
+            byte* origin = images.Codes + (nint)image * imageSize + (row0 - image * rowsPerImage);
+            int* lanes = (int*)(packed + (nint)s * groups * width * 4);
+            new Span<int>(sums, width).Clear();
+            for (int g = 0; g < groups; g++)
+            {
+                for (int d = 0, kk = g * depth; d < depth; d++, kk++) rows[d] = kk < k ? origin + images.Offsets[kk] : zeros;
+                Interleave(rows, depth, width, lanes + (nint)g * width, sums);
+            }
+            new ReadOnlySpan<int>(sums, width).CopyTo(x.Sums.AsSpan(row0, width));
+        }
+    }
+
+    /// <summary>
     /// <c>lanes[l] = rows[0][l] | rows[1][l] &lt;&lt; 8 | rows[2][l] &lt;&lt; 16 | rows[3][l] &lt;&lt; 24</c> for depth 4
-    /// (<c>rows[0][l] | rows[1][l] &lt;&lt; 16</c> for depth 2) over <paramref name="width"/> lanes, row d at
-    /// <c>rows + d * ld</c>; adds each lane's codes to <paramref name="sums"/>.
+    /// (<c>rows[0][l] | rows[1][l] &lt;&lt; 16</c> for depth 2) over <paramref name="width"/> lanes; adds each lane's
+    /// codes to <paramref name="sums"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Interleave(byte* rows, int ld, int depth, int width, int* lanes, int* sums)
+    private static void Interleave(byte** rows, int depth, int width, int* lanes, int* sums)
     {
         int shift = 32 / depth, l = 0;
         if (Simd.Use512 && Avx512F.IsSupported)
@@ -501,7 +593,7 @@ internal static unsafe class PackedIntegerMatMul
                 var sum = Vector512.Load((uint*)sums + l);
                 for (int d = 0; d < depth; d++)
                 {
-                    var codes = Avx512F.ConvertToVector512UInt32(Vector128.Load(rows + (nint)d * ld + l));
+                    var codes = Avx512F.ConvertToVector512UInt32(Vector128.Load(rows[d] + l));
                     value |= codes << (d * shift);
                     sum += codes;
                 }
@@ -517,7 +609,7 @@ internal static unsafe class PackedIntegerMatMul
                 var sum = Vector256.Load(sums + l);
                 for (int d = 0; d < depth; d++)
                 {
-                    var codes = Avx2.ConvertToVector256Int32(rows + (nint)d * ld + l);
+                    var codes = Avx2.ConvertToVector256Int32(rows[d] + l);
                     value |= codes << (d * shift);
                     sum += codes;
                 }
@@ -530,7 +622,7 @@ internal static unsafe class PackedIntegerMatMul
             int value = 0;
             for (int d = 0; d < depth; d++)
             {
-                int code = rows[(nint)d * ld + l];
+                int code = rows[d][l];
                 value |= code << (d * shift);
                 sums[l] += code;
             }
@@ -552,7 +644,7 @@ internal static unsafe class PackedIntegerMatMul
     /// block's lanes + 1) int32 values.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, int positions, int n0, int rows)
+    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, in OutputGrid grid, int n0, int rows)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
@@ -594,7 +686,7 @@ internal static unsafe class PackedIntegerMatMul
             }
         }
         int m1 = Math.Min(x.Rows, block.Row0 + ldt);
-        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy, positions);
+        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy, grid);
     }
 
     /// <summary>
@@ -604,14 +696,14 @@ internal static unsafe class PackedIntegerMatMul
     /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueBlocks"/>).
     /// </summary>
     /// <remarks>
-    /// With <paramref name="positions"/> (a convolution's output positions per image) the output is channel-major,
-    /// <c>y[(i / P) * ldy + n, i % P]</c> with <paramref name="ldy"/> the weight's rows: the values are computed in place
-    /// in <c>y^T</c>, whose rows are already runs of positions, and copied out with the bias (<see cref="CopyChannelMajor"/>).
+    /// For a convolution (<paramref name="grid"/>) the output is channel-major, <c>[image, ldy, P]</c> with
+    /// <paramref name="ldy"/> the weight's rows: the values are computed in place in <c>y^T</c>, whose rows are already
+    /// runs of positions, and copied out with the bias (<see cref="CopyChannelMajor"/>).
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy, int positions)
+    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy, in OutputGrid grid)
     {
-        bool channelMajor = positions > 0;
+        bool channelMajor = grid.ChannelMajor;
         int k = w.Cols;
         // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
         double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
@@ -647,18 +739,28 @@ internal static unsafe class PackedIntegerMatMul
                 }
             }
         }
-        if (channelMajor) CopyChannelMajor((float*)yt, ldt, m0, m1, rows, biases, y + n0 * (nint)positions, ldy, positions);
+        if (channelMajor) CopyChannelMajor((float*)yt, ldt, m0, m1, rows, biases, y + n0 * (nint)grid.Positions, ldy, grid);
     }
 
     /// <summary>
-    /// <c>y[(i / P) * ldy + r, i % P] = values[r * ldt + i - m0] + biases[r]</c> for activation rows <c>[m0, m1)</c> and
-    /// <paramref name="rows"/> weight rows: runs of positions, split where one image ends and the next begins.
+    /// <c>y[image * ldy + r, p] = values[r * ldt + i - m0] + biases[r]</c> for activation rows <c>[m0, m1)</c> and
+    /// <paramref name="rows"/> weight rows, activation row i being output position p of an image in
+    /// <paramref name="grid"/> (rows that are no output position are dropped): runs along one output row.
     /// </summary>
-    private static void CopyChannelMajor(float* values, int ldt, int m0, int m1, int rows, float* biases, float* y, nint ldy, int positions)
+    private static void CopyChannelMajor(float* values, int ldt, int m0, int m1, int rows, float* biases, float* y, nint ldy, in OutputGrid grid)
     {
+        int positions = grid.Positions;
         for (int i = m0; i < m1;)
         {
-            int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, m1 - i);
+            int image = i / grid.RowsPerImage, q = i - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;
+            // The next output row, or the next image (the rows that round an image up to whole strips are no output row).
+            int next = Math.Min(Math.Min(m1, (image + 1) * grid.RowsPerImage), i + grid.RowLength - ow);
+            if (oh >= grid.OutH || ow >= grid.OutW)
+            {
+                i = next;
+                continue;
+            }
+            int run = Math.Min(grid.OutW - ow, m1 - i), p = oh * grid.OutW + ow;
             for (int r = 0; r < rows; r++)
             {
                 float* src = values + (nint)r * ldt + (i - m0), dst = y + ((nint)image * ldy + r) * positions + p;
@@ -671,7 +773,7 @@ internal static unsafe class PackedIntegerMatMul
                 }
                 for (; j < run; j++) dst[j] = src[j] + b;
             }
-            i += run;
+            i = next;
         }
     }
 

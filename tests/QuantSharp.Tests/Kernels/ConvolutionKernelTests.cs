@@ -192,7 +192,9 @@ public unsafe class ConvolutionKernelTests
                 {
                     Array.Fill(actual, float.NaN);
                     IntegerMatMul.RunConvolution(w.View, px, u, 0.017f, 140, 0, 255, pb, pa, path);
-                    Assert.True(ChannelMajor(expected, images, p, n).AsSpan().SequenceEqual(actual), $"{path} geometry [{string.Join(",", g)}] x {images} images differs from the specification");
+                    var specification = ChannelMajor(expected, images, p, n);
+                    int bad = Enumerable.Range(0, specification.Length).FirstOrDefault(i => specification[i] != actual[i], -1);
+                    Assert.True(bad < 0, $"{path} geometry [{string.Join(",", g)}] x {images} images: image {bad / (n * p)}, output {bad / p % n}, position {bad % p} differs from the specification");
                 }
             }
         }
