@@ -13,8 +13,8 @@ namespace QuantSharp.Tests.Kernels;
 /// multiplying them by the specification; the module's kernel route equals its dequantize + libtorch route. Geometries
 /// cover kernel sizes 1 to 5, strides 1 to 3, padding 0 to 3 (rows and columns entirely in the padding), dilation 1 and
 /// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
-/// pointwise and wide, long W8A8 calls under the float32 rule, and small-kernel, float32 libtorch or bfloat16 under the
-/// bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
+/// pointwise and long W8A8 calls under the float32 rule, and small-kernel, the integer GEMM (W8A8 at stride 1 with a long
+/// reduction), float32 libtorch or bfloat16 under the bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
 /// <see cref="QuantizedModule.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
 /// </summary>
@@ -339,7 +339,7 @@ public unsafe class ConvolutionKernelTests
 
         // 1x1 32->16 on 100x100: 10,000 positions x 16 x 32 = 5.1M multiply-adds, not small. Float32 rule: a plain GEMM
         // (packed kernel). Bfloat16 rule: 32 reduction terms < BFloat16MinReduction, so dequantize + float32 libtorch;
-        // it never consults KernelPays.
+        // it takes the packed kernel only for W8A8.
         var pointwise = new Im2Col(32, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1);
         AssertChoice(pointwise, 16, false, R, K, "1x1 32->16");
         AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 100, 100), pointwise, R, K, "1x1 32->16 layer");
@@ -357,20 +357,27 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(k288, 16, false, B, R, "weight-only 3x3 K 288");
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, R, "weight-only 3x3 layer");
 
-        // W8A8, K = 288, 256 outputs: integers under the float32 rule, bfloat16 under its rule.
-        AssertChoice(k288, 256, true, B, K, "W8A8 K 288 x 256");
+        // W8A8, K = 288 at stride 1: the integer GEMM under both rules, whatever the outputs (256 or 64); the same
+        // geometry weight-only goes to bfloat16 or libtorch float32.
+        AssertChoice(k288, 256, true, K, K, "W8A8 K 288 x 256");
         AssertChoice(k288, 256, false, B, R, "the same geometry weight-only");
-        AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, B, K, "W8A8 K 288 x 256 layer");
-        // W8A8 with 64 outputs (below IntegerMinOutputs): simulated (libtorch float32) or bfloat16.
-        AssertChoice(k288, 64, true, B, R, "W8A8 K 288 x 64");
-        AssertLayerRoute(nn.Conv2d(32, 64, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, B, R, "W8A8 K 288 x 64 layer");
-        // W8A8, K = 144 (below IntegerMinReduction), 256 outputs on 6x6 positions: 1.3M multiply-adds, small both ways.
+        AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 256 layer");
+        AssertChoice(k288, 64, true, K, K, "W8A8 K 288 x 64");
+        AssertLayerRoute(nn.Conv2d(32, 64, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 64 layer");
+        // At stride 2 the integer GEMM unfolds per run: bfloat16 under its rule, integers under the float32 rule.
+        var k288Stride2 = new Im2Col(32, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1);
+        AssertChoice(k288Stride2, 256, true, B, K, "W8A8 K 288 stride 2");
+        AssertLayerRoute(nn.Conv2d(32, 256, 3, stride: 2, padding: 1), act, torch.randn(1, 32, 16, 16), k288Stride2, B, K, "W8A8 K 288 stride 2 layer");
+        // W8A8, K = 144, 256 outputs on 6x6 positions: 1.3M multiply-adds, small both ways.
         var k144 = new Im2Col(16, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(k144, 256, true, D, D, "W8A8 K 144");
         AssertLayerRoute(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8), k144, D, D, "W8A8 K 144 layer");
-        // On 30x30 (784 positions, 29M multiply-adds) it is not small: bfloat16, or simulated under the float32 rule.
+        // On 30x30 (784 positions, 29M multiply-adds) it is not small: bfloat16 (K below IntegerMinReduction), or the
+        // integer GEMM under the float32 rule (K from IntegerMinReductionFloat32).
         var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);
-        AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30");
+        AssertChoice(k144Large, 256, true, B, K, "W8A8 K 144 on 30x30");
+        // K = 64 (16 channels, 2x2) on 30x30: below both: bfloat16, or simulated under the float32 rule.
+        AssertChoice(new Im2Col(16, 30, 30, 2, 2, 1, 1, 0, 0, 1, 1), 256, true, B, R, "W8A8 K 64 on 30x30");
 
         // Inputs the kernels do not take: libtorch whatever the rule.
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "float64 input");
