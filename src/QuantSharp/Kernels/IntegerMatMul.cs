@@ -282,9 +282,9 @@ internal static unsafe class IntegerMatMul
         int rowsPerImage = wide ? (unfold.OutH * wp + 31) / 32 * 32 : unfold.Positions;
         long rows = (long)rowsPerImage * count, size = (long)unfold.Channels * hp * wp;
         if (rows > int.MaxValue) throw new ArgumentException($"{rows} output positions exceed one integer product's rows.");
-        // Slack: the unfolding copies runs 32 bytes at a time; the wide rows of the last image read up to
-        // (kW - 1) dW codes past it, and the rows that round it up to whole strips up to 31 more.
-        int slack = 64 + (unfold.KernelW - 1) * unfold.DilationW;
+        // Slack: the wide rows of the last image read up to (kW - 1) dW codes past it, and the rows that round it up
+        // to whole strips up to 31 more.
+        int slack = 32 + (unfold.KernelW - 1) * unfold.DilationW;
         byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + slack));
         int* offsets = wide ? (int*)NativeMemory.Alloc((nuint)k * sizeof(int)) : null;
         try

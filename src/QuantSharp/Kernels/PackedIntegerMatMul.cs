@@ -456,21 +456,19 @@ internal static unsafe class PackedIntegerMatMul
         int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, positions = u.Positions;
         int groups = (k + depth - 1) / depth;
         int r0 = s0 * width, length = (s1 - s0) * width, valid = Math.Min(x.Rows - r0, length);
-        // Rows k .. groups * depth - 1 of the last group, and the lanes past the last position, are zeros. Each row has
-        // 32 bytes of slack, which UnfoldRuns' copies may overwrite.
-        int bufferRows = groups * depth, ld = length + 32;
-        byte[] array = ArrayPool<byte>.Shared.Rent(bufferRows * ld);
+        // Rows k .. groups * depth - 1 of the last group, and the lanes past the last position, are zeros.
+        int bufferRows = groups * depth;
+        byte[] array = ArrayPool<byte>.Shared.Rent(bufferRows * length);
         int[] sums = ArrayPool<int>.Shared.Rent(length);
         try
         {
             fixed (byte* buffer = array)
             fixed (int* pSums = sums)
             {
-                if (u.StrideW == 1) UnfoldRuns(images, r0, valid, buffer, ld);
                 for (int kk = 0; kk < k; kk++)
                 {
-                    byte* row = buffer + (nint)kk * ld;
-                    for (int i = r0, end = r0 + valid; i < end && u.StrideW != 1;)
+                    byte* row = buffer + (nint)kk * length;
+                    for (int i = r0, end = r0 + valid; i < end;)
                     {
                         int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, end - i);
                         u.Row(images.Codes + (nint)image * u.ImageSize, kk, p, run, row + (i - r0), images.Pad);
@@ -478,7 +476,7 @@ internal static unsafe class PackedIntegerMatMul
                     }
                     new Span<byte>(row + valid, length - valid).Clear();
                 }
-                for (int kk = k; kk < bufferRows; kk++) new Span<byte>(buffer + (nint)kk * ld, length).Clear();
+                for (int kk = k; kk < bufferRows; kk++) new Span<byte>(buffer + (nint)kk * length, length).Clear();
                 new Span<int>(pSums, length).Clear();
                 byte** rows = stackalloc byte*[depth];
                 for (int t = 0; t < s1 - s0; t++)
@@ -486,7 +484,7 @@ internal static unsafe class PackedIntegerMatMul
                     int* lanes = (int*)(packed + (nint)(s0 + t) * groups * width * 4);
                     for (int g = 0; g < groups; g++)
                     {
-                        for (int d = 0; d < depth; d++) rows[d] = buffer + (nint)(g * depth + d) * ld + t * width;
+                        for (int d = 0; d < depth; d++) rows[d] = buffer + (nint)(g * depth + d) * length + t * width;
                         Interleave(rows, depth, width, lanes + (nint)g * width, pSums + t * width);
                     }
                 }
@@ -497,51 +495,6 @@ internal static unsafe class PackedIntegerMatMul
         {
             ArrayPool<int>.Shared.Return(sums);
             ArrayPool<byte>.Shared.Return(array);
-        }
-    }
-
-    /// <summary>
-    /// Stride 1 along the width: the column-matrix rows of activation rows <c>[r0, r0 + count)</c> into
-    /// <paramref name="buffer"/> (row kk at <c>kk * ld</c>), one output row's run of positions at a time and every
-    /// reduction row for it, the reduction rows' offsets computed once. Runs are copied 32 bytes at a time (the images'
-    /// codes and each buffer row have 32 bytes of slack; later runs overwrite what a copy wrote past its own): a call
-    /// per run (<see cref="Im2Col.Row{T}"/>) cost a third of MNIST's 16-to-32-channel W8A8 convolution.
-    /// </summary>
-    private static void UnfoldRuns(in ImageCodes images, int r0, int count, byte* buffer, int ld)
-    {
-        var u = images.Unfold;
-        int k = u.Rows, taps = u.KernelH * u.KernelW, positions = u.Positions, outW = u.OutW, w = u.Width;
-        byte pad = images.Pad;
-        int* plane = stackalloc int[k], rowShift = stackalloc int[k], columnShift = stackalloc int[k];
-        for (int kk = 0; kk < k; kk++)
-        {
-            int c = kk / taps, tap = kk - c * taps, kh = tap / u.KernelW, kw = tap - kh * u.KernelW;
-            plane[kk] = c * u.Height * w;
-            rowShift[kk] = kh * u.DilationH - u.PadH;
-            columnShift[kk] = kw * u.DilationW - u.PadW;
-        }
-        for (int i = r0, end = r0 + count; i < end;)
-        {
-            int image = i / positions, p = i - image * positions, oh = p / outW, ow = p - oh * outW;
-            int run = Math.Min(outW - ow, end - i);
-            byte* codes = images.Codes + (nint)image * u.ImageSize;
-            byte* column = buffer + (i - r0);
-            for (int kk = 0; kk < k; kk++)
-            {
-                byte* dst = column + (nint)kk * ld;
-                int ih = oh * u.StrideH + rowShift[kk];
-                if ((uint)ih >= (uint)u.Height)
-                {
-                    new Span<byte>(dst, run).Fill(pad);
-                    continue;
-                }
-                byte* src = codes + plane[kk] + (nint)ih * w;
-                int first = ow + columnShift[kk], lo = Math.Clamp(-first, 0, run), hi = Math.Clamp(w - first, lo, run);
-                for (int j = 0; j < lo; j++) dst[j] = pad;
-                for (int j = lo; j < hi; j += 32) Vector256.Load(src + first + j).Store(dst + j);
-                for (int j = hi; j < run; j++) dst[j] = pad;
-            }
-            i += run;
         }
     }
 
