@@ -86,8 +86,9 @@ internal static unsafe class LinearKernels
     /// <c>X = [K, P]</c> (im2col), which the packed GEMM unfolds from the image as it packs it
     /// (<see cref="MatMulMethod.Transposed"/>) and whose result rows are the output channels: neither the columns nor a
     /// float weight is ever built. With a static <paramref name="input"/> (int8 weights, one scale per row or tensor)
-    /// the image is quantized once, unfolded in integers and multiplied by the integer GEMM (W8A8): the integers of
-    /// the simulated path (zero padding becomes the zero point's code, which contributes nothing).
+    /// the images are quantized once and multiplied by the integer GEMM (W8A8, <see cref="IntegerMatMul.RunConvolution"/>),
+    /// which packs its strips straight from their codes: the integers of the simulated path (zero padding becomes the
+    /// zero point's code, which contributes nothing).
     /// </summary>
     public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null)
     {
