@@ -275,13 +275,12 @@ internal static unsafe class IntegerMatMul
         int shift = qmin < 0 ? 128 : 0;
         byte pad = (byte)(zeroPoint + shift);
         var q = new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad);
+        if (!ConvolutionFits(unfold)) throw new ArgumentException($"{unfold.Images} image(s) of {unfold.Positions} positions x {k} terms exceed one integer product's buffers.");
         // Stride 1: the images padded in place, activation rows on the wide grid (ImageCodes.Wide). Otherwise unfolded per run.
-        bool wide = unfold.StrideH == 1 && unfold.StrideW == 1;
+        bool wide = IsWide(unfold);
         int hp = wide ? unfold.Height + 2 * unfold.PadH : unfold.Height, wp = wide ? unfold.Width + 2 * unfold.PadW : unfold.Width;
-        // Whole strips of the widest width (32 rows) per wide image, so no strip crosses two images.
-        int rowsPerImage = wide ? (unfold.OutH * wp + 31) / 32 * 32 : unfold.Positions;
+        int rowsPerImage = RowsPerImage(unfold);
         long rows = (long)rowsPerImage * count, size = (long)unfold.Channels * hp * wp;
-        if (rows > int.MaxValue) throw new ArgumentException($"{rows} output positions exceed one integer product's rows.");
         // Slack: the wide rows of the last image read up to (kW - 1) dW codes past it, and the rows that round it up
         // to whole strips up to 31 more.
         int slack = 32 + (unfold.KernelW - 1) * unfold.DilationW;
@@ -309,15 +308,7 @@ internal static unsafe class IntegerMatMul
             {
                 source = new ImageCodes(codes, unfold, pad);
             }
-            switch (path)
-            {
-                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, w.Rows); break;
-                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, w.Rows); break;
-                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, w.Rows); break;
-                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, w.Rows); break;
-                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, w.Rows); break;
-                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, w.Rows); break;
-            }
+            RunPacked(path, w, x, null, source, bias, y, w.Rows);
         }
         finally
         {
@@ -325,6 +316,26 @@ internal static unsafe class IntegerMatMul
             NativeMemory.Free(codes);
         }
     }
+
+    /// <summary>
+    /// Whether <see cref="RunConvolution"/> takes this geometry: its activation rows (<see cref="RowsPerImage"/> per image)
+    /// and their packed codes (up to two bytes per term, int16 on the paths without VNNI) fit one product's buffers.
+    /// </summary>
+    public static bool ConvolutionFits(in Im2Col unfold)
+    {
+        long rows = (long)RowsPerImage(unfold) * unfold.Images;
+        return rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
+    }
+
+    /// <summary>Stride 1 both ways: the convolution runs on the padded images' wide grid (<see cref="ImageCodes.Wide"/>).</summary>
+    private static bool IsWide(in Im2Col unfold) => unfold.StrideH == 1 && unfold.StrideW == 1;
+
+    /// <summary>
+    /// Activation rows per image: the wide grid's <c>OutH x (W + 2 padW)</c> positions rounded up to whole strips of the
+    /// widest width (32 rows), so no strip crosses two images; otherwise one per output position.
+    /// </summary>
+    private static int RowsPerImage(in Im2Col unfold) =>
+        IsWide(unfold) ? (int)Math.Min(int.MaxValue, ((long)unfold.OutH * (unfold.Width + 2 * unfold.PadW) + 31) / 32 * 32) : unfold.Positions;
 
     /// <summary>A static quantization in the unsigned code domain: <c>clamp(round(x * InvScale) + ZeroPoint, QMin, QMax)</c>; padding takes <see cref="Pad"/>.</summary>
     private readonly record struct StaticCodes(float InvScale, int ZeroPoint, int QMin, int QMax, byte Pad);
@@ -390,7 +401,8 @@ internal static unsafe class IntegerMatMul
     /// Quantizes <paramref name="source"/> into <paramref name="x"/> and computes <c>y = dequant(x) dequant(w)^T + bias</c>:
     /// the result and the codes of <see cref="Quantize"/> followed by <see cref="Run(in WeightView, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>,
     /// with, where the packed GEMM cuts the work by activation rows only, each work item quantizing its own rows
-    /// (<see cref="PackedIntegerMatMul"/>): one pass and one hand-out to the threads fewer.
+    /// (<see cref="PackedIntegerMatMul.FusesQuantization"/>): one pass over the activations and two hand-outs to the
+    /// threads fewer.
     /// </summary>
     public static void Run(in WeightView w, FloatActivations source, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto) =>
         Multiply(w, source, x, bias, y, ldy, path, method);
@@ -404,15 +416,7 @@ internal static unsafe class IntegerMatMul
         if (x.Rows == 0 || w.Rows == 0) return;
         if (method == MatMulMethod.Packed || (method == MatMulMethod.Auto && x.Rows >= (path == KernelPath.Vnni512 ? PackedMinRowsVnni512 : PackedMinRows)))
         {
-            switch (path)
-            {
-                case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, source, bias, y, ldy); break;
-                case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, source, bias, y, ldy); break;
-                default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, source, bias, y, ldy); break;
-            }
+            RunPacked(path, w, x, source, null, bias, y, ldy);
             return;
         }
         if (source is { } rows) Quantize(rows, x);
@@ -424,6 +428,20 @@ internal static unsafe class IntegerMatMul
             case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
             case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
             default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
+        }
+    }
+
+    /// <summary>The packed GEMM (<see cref="PackedIntegerMatMul.Run{TW, TVec}"/>) at the width of <paramref name="path"/>.</summary>
+    private static void RunPacked(KernelPath path, in WeightView w, QuantizedActivations x, FloatActivations? floats, ImageCodes? images, float* bias, float* y, nint ldy)
+    {
+        switch (path)
+        {
+            case KernelPath.Vnni512: PackedIntegerMatMul.Run<GemmVnni512, Vector512<int>>(w, x, floats, images, bias, y, ldy); break;
+            case KernelPath.Vnni256: PackedIntegerMatMul.Run<GemmVnni256, Vector256<int>>(w, x, floats, images, bias, y, ldy); break;
+            case KernelPath.V512: PackedIntegerMatMul.Run<GemmMadd512, Vector512<int>>(w, x, floats, images, bias, y, ldy); break;
+            case KernelPath.V256: PackedIntegerMatMul.Run<GemmMadd256, Vector256<int>>(w, x, floats, images, bias, y, ldy); break;
+            case KernelPath.V128: PackedIntegerMatMul.Run<GemmMadd128, Vector128<int>>(w, x, floats, images, bias, y, ldy); break;
+            default: PackedIntegerMatMul.Run<GemmScalar, int>(w, x, floats, images, bias, y, ldy); break;
         }
     }
 

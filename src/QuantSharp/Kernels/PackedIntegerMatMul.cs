@@ -170,6 +170,7 @@ internal readonly unsafe struct ImageCodes
         Unfold = unfold;
         Pad = pad;
         Grid = OutputGrid.ForPositions(unfold);
+        ImageBytes = unfold.ImageSize;
     }
 
     private ImageCodes(byte* codes, Im2Col unfold, byte pad, int* offsets, OutputGrid grid)
@@ -179,6 +180,7 @@ internal readonly unsafe struct ImageCodes
         Unfold = unfold;
         Pad = pad;
         Grid = grid;
+        ImageBytes = (long)unfold.Channels * (unfold.Height + 2 * unfold.PadH) * (unfold.Width + 2 * unfold.PadW);
     }
 
     /// <summary>
@@ -200,6 +202,9 @@ internal readonly unsafe struct ImageCodes
 
     /// <summary>The code of padding positions.</summary>
     public byte Pad { get; }
+
+    /// <summary>Codes per image (padded for <see cref="Wide"/> images).</summary>
+    public long ImageBytes { get; }
 
     /// <summary>Where activation rows go in the channel-major output.</summary>
     public OutputGrid Grid { get; }
@@ -287,25 +292,15 @@ internal static unsafe class PackedIntegerMatMul
         || (weightBytes <= FusedWeightBytes && 7L * ((strips + threads - 1) / threads) * threads <= 8L * strips);
 
     /// <summary>
-    /// Computes <c>y = dequant(x) dequant(w)^T + bias</c>; arguments as <see cref="IntegerMatMul.Run(in WeightView, FloatActivations, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>
-    /// (checked there). With <paramref name="source"/> the codes of <paramref name="x"/> are made here: in the work items
-    /// where <see cref="FusesQuantization"/>, otherwise in one pass first.
+    /// Computes <c>y = dequant(x) dequant(w)^T + bias</c>; arguments as <see cref="IntegerMatMul.Run(in WeightView, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>
+    /// (checked there). With <paramref name="floats"/> the codes of <paramref name="x"/> are made here: in the work items
+    /// where <see cref="FusesQuantization"/>, otherwise in one pass first. With <paramref name="images"/> (a convolution)
+    /// the activation rows are the column matrix of the quantized images, packed straight from them
+    /// (<see cref="PackWide"/>, <see cref="PackUnfolded"/>), their code sums written into <paramref name="x"/> (which then
+    /// holds no codes; its scales and zero points are the caller's), and the output is channel-major
+    /// (<see cref="OutputGrid"/>, <paramref name="ldy"/> the weight's rows).
     /// </summary>
-    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? source, float* bias, float* y, nint ldy)
-        where TW : IIntGemmWidth<TVec> where TVec : struct =>
-        Multiply<TW, TVec>(w, x, source, null, bias, y, ldy);
-
-    /// <summary>
-    /// As <see cref="Run{TW, TVec}(in WeightView, QuantizedActivations, FloatActivations?, float*, float*, nint)"/> for a
-    /// convolution: the activation rows are the column matrix of <paramref name="images"/>, unfolded straight into the
-    /// strips (<see cref="PackUnfolded"/>), their code sums written into <paramref name="x"/> (which holds no codes; its
-    /// scales and zero points are the caller's).
-    /// </summary>
-    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, ImageCodes images, float* bias, float* y, nint ldy)
-        where TW : IIntGemmWidth<TVec> where TVec : struct =>
-        Multiply<TW, TVec>(w, x, null, images, bias, y, ldy);
-
-    private static void Multiply<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? source, ImageCodes? images, float* bias, float* y, nint ldy)
+    public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? floats, ImageCodes? images, float* bias, float* y, nint ldy)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, m = x.Rows, stripWidth = 2 * TW.Lanes;
@@ -315,13 +310,13 @@ internal static unsafe class PackedIntegerMatMul
         // Work items (PackedMatMul.WorkSplit): weight rows x groups of strips, whose packed activations stay in cache.
         int blockStrips = (int)Math.Clamp(ActivationBlockBytes / stripBytes, 1, strips);
         var split = PackedMatMul.WorkSplit.For(w.Rows, strips, KernelThreads.Count, blockStrips);
-        bool fused = source is not null && FusesQuantization((long)w.Rows * w.Cols, split, strips, KernelThreads.Count);
+        bool fused = floats is not null && FusesQuantization((long)w.Rows * w.Cols, split, strips, KernelThreads.Count);
         if (fused)
         {
             // Items of strips only, each over all weight rows in blocks of at most ItemRows.
             split = PackedMatMul.WorkSplit.For(Math.Min(w.Rows, ItemRows), strips, KernelThreads.Count, blockStrips);
         }
-        else if (source is { } rows)
+        else if (floats is { } rows)
         {
             IntegerMatMul.Quantize(rows, x);
         }
@@ -352,7 +347,7 @@ internal static unsafe class PackedIntegerMatMul
                 }
 
                 var view = w;
-                var floats = source.GetValueOrDefault();
+                var source = floats.GetValueOrDefault();
                 // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
                 var grid = images?.Grid ?? default;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
@@ -364,7 +359,7 @@ internal static unsafe class PackedIntegerMatMul
                     int s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips), n0 = split.RowStart(item);
                     if (fused)
                     {
-                        floats.Quantize(x, s0 * stripWidth, Math.Min(m, s1 * stripWidth));
+                        source.Quantize(x, s0 * stripWidth, Math.Min(m, s1 * stripWidth));
                         for (int s = s0; s < s1; s++) PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth);
                     }
                     byte[] scratch = ArrayPool<byte>.Shared.Rent(scratchBytes);
@@ -471,7 +466,7 @@ internal static unsafe class PackedIntegerMatMul
                     for (int i = r0, end = r0 + valid; i < end;)
                     {
                         int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, end - i);
-                        u.Row(images.Codes + (nint)image * u.ImageSize, kk, p, run, row + (i - r0), images.Pad);
+                        u.Row(images.Codes + image * images.ImageBytes, kk, p, run, row + (i - r0), images.Pad);
                         i += run;
                     }
                     new Span<byte>(row + valid, length - valid).Clear();
@@ -509,7 +504,7 @@ internal static unsafe class PackedIntegerMatMul
     {
         var u = images.Unfold;
         int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, groups = (k + depth - 1) / depth;
-        int rowsPerImage = images.Grid.RowsPerImage, imageSize = u.Channels * (u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW);
+        int rowsPerImage = images.Grid.RowsPerImage;
         byte* zeros = stackalloc byte[width];
         new Span<byte>(zeros, width).Clear();
         int* sums = stackalloc int[width];
@@ -517,7 +512,7 @@ internal static unsafe class PackedIntegerMatMul
         for (int s = s0; s < s1; s++)
         {
             int row0 = s * width, image = row0 / rowsPerImage;
-            byte* origin = images.Codes + (nint)image * imageSize + (row0 - image * rowsPerImage);
+            byte* origin = images.Codes + image * images.ImageBytes + (row0 - image * rowsPerImage);
             int* lanes = (int*)(packed + (nint)s * groups * width * 4);
             new Span<int>(sums, width).Clear();
             for (int g = 0; g < groups; g++)

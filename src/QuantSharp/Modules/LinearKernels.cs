@@ -98,7 +98,7 @@ internal static unsafe class LinearKernels
         var (n, k) = Matrix(parts);
         if (k != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
-        if (input is not null && shape[0] * unfold.Positions > int.MaxValue) return null;
+        if (input is not null && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
 
         using var scope = NewDisposeScope();
         long count = shape[0], p = unfold.Positions, size = unfold.ImageSize;

@@ -200,6 +200,19 @@ public unsafe class ConvolutionKernelTests
         }
     }
 
+    [Fact]
+    public void IntegerConvolutionTakesOnlyGeometriesWhosePackedCodesFitOneBuffer()
+    {
+        // ResNet 64->64 3x3 at 56x56: 3,264 wide rows per image x (2 x 576 + 8) bytes is 3.8 MB; 8 images fit, 2,000 do not
+        // (the module then falls back to libtorch rather than fail); stride 2 counts output positions (784 per image).
+        var resnet = new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1);
+        Assert.True(IntegerMatMul.ConvolutionFits(resnet.ForImages(8)));
+        Assert.False(IntegerMatMul.ConvolutionFits(resnet.ForImages(2000)));
+        var stride2 = new Im2Col(64, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1);
+        Assert.True(IntegerMatMul.ConvolutionFits(stride2.ForImages(400)));
+        Assert.False(IntegerMatMul.ConvolutionFits(stride2.ForImages(2400)));
+    }
+
     /// <summary>Position-major products <c>[images * positions, outputs]</c> as a convolution's output, <c>[images, outputs, positions]</c>.</summary>
     private static float[] ChannelMajor(float[] rows, int images, int positions, int outputs)
     {

@@ -82,7 +82,7 @@ public unsafe class IntegerMatMulTests
         fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
         {
             IntegerMatMul.Reference(w.View, q, pb, pe, rows);
-            PackedIntegerMatMul.Run<TW, TVec>(w.View, q, null, pb, pa, rows);
+            PackedIntegerMatMul.Run<TW, TVec>(w.View, q, null, null, pb, pa, rows);
         }
         Assert.True(expected.AsSpan().SequenceEqual(actual), $"{typeof(TW).Name} [{rows}x{cols}] batch {batch} differs from the specification");
     }
