@@ -714,7 +714,7 @@ internal static unsafe class PackedIntegerMatMul
                 float* src = values + (nint)r * ldt + (i - m0), dst = y + ((nint)image * ldy + r) * positions + p;
                 float b = biases[r];
                 int j = 0;
-                if (Vector256.IsHardwareAccelerated)
+                if (Simd.Use256)
                 {
                     var vb = Vector256.Create(b);
                     for (; j + 8 <= run; j += 8) (Vector256.Load(src + j) + vb).Store(dst + j);
