@@ -260,10 +260,11 @@ internal static unsafe class IntegerMatMul
     /// <summary>
     /// Static W8A8 convolution: the images of <paramref name="unfold"/> quantized as <see cref="QuantizeStatic"/> does,
     /// and their column matrix (im2col, one activation row of K codes per output position, image after image) times the
-    /// weight, written channel-major as a convolution's output, <c>y[i, n, p]</c> (<c>[Images, N, P]</c> contiguous). The codes are unfolded straight into
-    /// the packed GEMM's strips (<see cref="ImageCodes"/>): no column matrix is built. Padding takes the zero point's
-    /// code, so it adds nothing to the integer sums, as zero padding of the dequantized input adds nothing to the
-    /// simulated convolution.
+    /// weight, written channel-major as a convolution's output, <c>y[i, n, p]</c> (<c>[Images, N, P]</c> contiguous). No
+    /// column matrix is built: the codes are stored padded and split into stride phases (<see cref="PhaseGrid"/>), where
+    /// every reduction row of a run of output positions is a run of memory, and the packed GEMM's strips are interleaved
+    /// straight from them (<see cref="ImageCodes"/>). Padding takes the zero point's code, so it adds nothing to the
+    /// integer sums, as zero padding of the dequantized input adds nothing to the simulated convolution.
     /// </summary>
     public static void RunConvolution(in WeightView w, float* images, in Im2Col unfold, float scale, int zeroPoint, int qmin, int qmax, float* bias, float* y, KernelPath path = KernelPath.Auto)
     {
@@ -272,100 +273,135 @@ internal static unsafe class IntegerMatMul
         if (k != w.Cols) throw new ArgumentException($"The convolution's columns have {k} rows, the weight {w.Cols} columns.");
         path = Choose(path);
         if ((long)unfold.Positions * count == 0 || w.Rows == 0) return;
+        if (!ConvolutionFits(unfold)) throw new ArgumentException($"{unfold.Images} image(s) of {unfold.Positions} positions x {k} terms exceed one integer product's buffers.");
         int shift = qmin < 0 ? 128 : 0;
         byte pad = (byte)(zeroPoint + shift);
-        var q = new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad);
-        if (!ConvolutionFits(unfold)) throw new ArgumentException($"{unfold.Images} image(s) of {unfold.Positions} positions x {k} terms exceed one integer product's buffers.");
-        // Stride 1: the images padded in place, activation rows on the wide grid (ImageCodes.Wide). Otherwise unfolded per run.
-        bool wide = IsWide(unfold);
-        int hp = wide ? unfold.Height + 2 * unfold.PadH : unfold.Height, wp = wide ? unfold.Width + 2 * unfold.PadW : unfold.Width;
-        int rowsPerImage = RowsPerImage(unfold);
-        long rows = (long)rowsPerImage * count, size = (long)unfold.Channels * hp * wp;
-        // Slack: the wide rows of the last image read up to (kW - 1) dW codes past it, and the rows that round it up
-        // to whole strips up to 31 more.
+        var grid = new PhaseGrid(unfold);
+        // Slack: the rows of the last image that round it up to whole strips, and the dropped columns of its last output
+        // row, read up to 31 + (kW - 1) dW codes past it.
         int slack = 32 + (unfold.KernelW - 1) * unfold.DilationW;
-        byte* codes = (byte*)NativeMemory.Alloc((nuint)(size * count + slack));
-        int* offsets = wide ? (int*)NativeMemory.Alloc((nuint)k * sizeof(int)) : null;
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)(grid.ImageBytes * count + slack));
+        int* offsets = (int*)NativeMemory.Alloc((nuint)k * sizeof(int));
         try
         {
-            new Span<byte>(codes + size * count, slack).Clear();
-            QuantizeImages(images, unfold, q, codes, hp, wp);
-            using var x = new QuantizedActivations((int)rows, k, codes: false);
+            new Span<byte>(codes + grid.ImageBytes * count, slack).Clear();
+            QuantizeImages(images, unfold, grid, new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad), codes);
+            for (int kk = 0; kk < k; kk++) offsets[kk] = grid.Offset(kk);
+            using var x = new QuantizedActivations(grid.RowsPerImage * count, k, codes: false);
             Array.Fill(x.Scales, scale);
             Array.Fill(x.ZeroPoints, zeroPoint + shift);
-            ImageCodes source;
-            if (wide)
-            {
-                int taps = unfold.KernelH * unfold.KernelW;
-                for (int kk = 0; kk < k; kk++)
-                {
-                    int c = kk / taps, tap = kk - c * taps, kh = tap / unfold.KernelW, kw = tap - kh * unfold.KernelW;
-                    offsets[kk] = (c * hp + kh * unfold.DilationH) * wp + kw * unfold.DilationW;
-                }
-                source = ImageCodes.Wide(codes, unfold, pad, offsets, new OutputGrid(rowsPerImage, wp, unfold.OutH, unfold.OutW));
-            }
-            else
-            {
-                source = new ImageCodes(codes, unfold, pad);
-            }
-            RunPacked(path, w, x, null, source, bias, y, w.Rows);
+            var output = new OutputGrid(grid.RowsPerImage, grid.PhaseWidth, unfold.OutH, unfold.OutW);
+            RunPacked(path, w, x, null, new ImageCodes(codes, unfold, offsets, grid.ImageBytes, output), bias, y, w.Rows);
         }
         finally
         {
-            if (offsets != null) NativeMemory.Free(offsets);
+            NativeMemory.Free(offsets);
             NativeMemory.Free(codes);
         }
     }
 
     /// <summary>
-    /// Whether <see cref="RunConvolution"/> takes this geometry: its activation rows (<see cref="RowsPerImage"/> per image)
-    /// and their packed codes (up to two bytes per term, int16 on the paths without VNNI) fit one product's buffers.
+    /// Whether <see cref="RunConvolution"/> takes this geometry: its activation rows (<see cref="PhaseGrid.RowsPerImage"/>
+    /// per image) and their packed codes (up to two bytes per term, int16 on the paths without VNNI) fit one product's
+    /// buffers.
     /// </summary>
     public static bool ConvolutionFits(in Im2Col unfold)
     {
-        long rows = (long)RowsPerImage(unfold) * unfold.Images;
-        return rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
+        var grid = new PhaseGrid(unfold);
+        long rows = (long)grid.RowsPerImage * unfold.Images;
+        return grid.RowsPerImage > 0 && rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
     }
 
-    /// <summary>Stride 1 both ways: the convolution runs on the padded images' wide grid (<see cref="ImageCodes.Wide"/>).</summary>
-    private static bool IsWide(in Im2Col unfold) => unfold.StrideH == 1 && unfold.StrideW == 1;
-
     /// <summary>
-    /// Activation rows per image: the wide grid's <c>OutH x (W + 2 padW)</c> positions rounded up to whole strips of the
-    /// widest width (32 rows), so no strip crosses two images; otherwise one per output position.
+    /// Quantized images stored padded (with the padding code) and split into stride phases: for channel c and phase
+    /// <c>(a, b)</c> (<c>0 &lt;= a &lt; strideH</c>, <c>0 &lt;= b &lt;= strideW</c>) a plane of <see cref="PhaseHeight"/> x
+    /// <see cref="PhaseWidth"/> codes holding padded pixel <c>(i * strideH + a, j * strideW + b)</c> at <c>(i, j)</c>. Output
+    /// position <c>(oh, ow)</c> reads tap <c>(kh, kw)</c> at padded pixel <c>(oh * strideH + kh * dH, ow * strideW + kw * dW)</c>,
+    /// which is phase <c>(kh dH mod strideH, kw dW mod strideW)</c> at <c>(oh + kh dH / strideH, ow + kw dW / strideW)</c>: so
+    /// on the "wide" grid of <c>OutH x PhaseWidth</c> positions (<c>q = oh * PhaseWidth + ow</c>) each reduction row is the
+    /// codes from <see cref="Offset"/> on, contiguous. The <c>PhaseWidth - OutW</c> extra positions of each output row
+    /// (reads that run into the next row) are computed and dropped; at stride 1 there is one phase, the padded image.
     /// </summary>
-    private static int RowsPerImage(in Im2Col unfold) =>
-        IsWide(unfold) ? (int)Math.Min(int.MaxValue, ((long)unfold.OutH * (unfold.Width + 2 * unfold.PadW) + 31) / 32 * 32) : unfold.Positions;
+    private readonly struct PhaseGrid
+    {
+        private readonly Im2Col _u;
+
+        public PhaseGrid(in Im2Col unfold)
+        {
+            _u = unfold;
+            PhaseHeight = (unfold.Height + 2 * unfold.PadH + unfold.StrideH - 1) / unfold.StrideH;
+            PhaseWidth = (unfold.Width + 2 * unfold.PadW + unfold.StrideW - 1) / unfold.StrideW;
+            ImageBytes = (long)unfold.Channels * unfold.StrideH * unfold.StrideW * PhaseHeight * PhaseWidth;
+            // Whole strips of the widest width (32 rows) per image, so no strip crosses two images.
+            long rows = ((long)unfold.OutH * PhaseWidth + 31) / 32 * 32;
+            RowsPerImage = rows <= int.MaxValue ? (int)rows : -1;
+        }
+
+        /// <summary>Rows of a phase plane.</summary>
+        public int PhaseHeight { get; }
+
+        /// <summary>Codes per row of a phase plane: the wide grid's row length.</summary>
+        public int PhaseWidth { get; }
+
+        /// <summary>Codes per image.</summary>
+        public long ImageBytes { get; }
+
+        /// <summary>Activation rows per image (the wide grid rounded up to whole strips), or -1 beyond int.</summary>
+        public int RowsPerImage { get; }
+
+        /// <summary>Where reduction row <paramref name="kk"/> (channel, tap) starts in an image.</summary>
+        public int Offset(int kk)
+        {
+            int taps = _u.KernelH * _u.KernelW, c = kk / taps, tap = kk - c * taps, kh = tap / _u.KernelW, kw = tap - kh * _u.KernelW;
+            int dy = kh * _u.DilationH, dx = kw * _u.DilationW;
+            int phase = (c * _u.StrideH + dy % _u.StrideH) * _u.StrideW + dx % _u.StrideW;
+            return (phase * PhaseHeight + dy / _u.StrideH) * PhaseWidth + dx / _u.StrideW;
+        }
+
+        /// <summary>Where padded pixel <c>(row, column)</c> of channel 0 goes in an image.</summary>
+        public long Place(int row, int column) =>
+            ((long)(row % _u.StrideH * _u.StrideW + column % _u.StrideW) * PhaseHeight + row / _u.StrideH) * PhaseWidth + column / _u.StrideW;
+    }
 
     /// <summary>A static quantization in the unsigned code domain: <c>clamp(round(x * InvScale) + ZeroPoint, QMin, QMax)</c>; padding takes <see cref="Pad"/>.</summary>
     private readonly record struct StaticCodes(float InvScale, int ZeroPoint, int QMin, int QMax, byte Pad);
 
     /// <summary>
-    /// Quantizes every plane of the images of <paramref name="unfold"/> into <c>[Images, C, hp, wp]</c> codes: the input
-    /// rows inside a border of <paramref name="q"/>'s padding code (no border when <paramref name="hp"/> and
-    /// <paramref name="wp"/> are the input's own height and width). A plane is quantized whole and its rows then copied
-    /// into place: quantized row by row, the short rows of a ResNet layer (56 values) spent most of their time in the
-    /// vector loops' scalar tails.
+    /// Quantizes every plane of the images of <paramref name="unfold"/> into the layout of <paramref name="grid"/>: each
+    /// channel's phases filled with the padding code, then the plane quantized whole and its codes placed, a row at a
+    /// time at stride 1 along the width, otherwise each row's columns of one phase at a time. (Quantized row by row, the
+    /// short rows of a ResNet layer, 56 values, spent most of their time in the vector loops' scalar tails.)
     /// </summary>
-    private static void QuantizeImages(float* images, in Im2Col unfold, StaticCodes q, byte* codes, int hp, int wp)
+    private static void QuantizeImages(float* images, in Im2Col unfold, PhaseGrid grid, StaticCodes q, byte* codes)
     {
-        int h = unfold.Height, w = unfold.Width, top = (hp - h) / 2, left = (wp - w) / 2;
+        int h = unfold.Height, w = unfold.Width, padH = unfold.PadH, padW = unfold.PadW, strideW = unfold.StrideW;
+        long channelBytes = grid.ImageBytes / unfold.Channels;
         nint imageAddress = (nint)images, codesAddress = (nint)codes;
-        KernelThreads.For(unfold.Images * unfold.Channels, 4L * hp * wp, c =>
+        KernelThreads.For(unfold.Images * unfold.Channels, 4L * channelBytes, c =>
         {
             var src = new ReadOnlySpan<float>((float*)imageAddress + (nint)c * h * w, h * w);
-            byte* dst = (byte*)codesAddress + (nint)c * hp * wp;
-            if (hp == h && wp == w)
-            {
-                QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<sbyte>(dst, h * w));
-                return;
-            }
+            byte* dst = (byte*)codesAddress + c * channelBytes;
             byte[] plane = ArrayPool<byte>.Shared.Rent(h * w);
             try
             {
                 QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, MemoryMarshal.Cast<byte, sbyte>(plane.AsSpan(0, h * w)));
-                new Span<byte>(dst, hp * wp).Fill(q.Pad);
-                for (int r = 0; r < h; r++) plane.AsSpan(r * w, w).CopyTo(new Span<byte>(dst + (nint)(r + top) * wp + left, w));
+                new Span<byte>(dst, (int)channelBytes).Fill(q.Pad);
+                for (int r = 0; r < h; r++)
+                {
+                    var row = plane.AsSpan(r * w, w);
+                    if (strideW == 1)
+                    {
+                        row.CopyTo(new Span<byte>(dst + grid.Place(r + padH, padW), w));
+                        continue;
+                    }
+                    // Phase b of the row takes the columns t with (t + padW) mod strideW = b, consecutive codes there.
+                    for (int b = 0; b < strideW; b++)
+                    {
+                        int t = ((b - padW) % strideW + strideW) % strideW;
+                        byte* phase = dst + grid.Place(r + padH, t + padW);
+                        for (int j = 0; t < w; t += strideW, j++) phase[j] = row[t];
+                    }
+                }
             }
             finally
             {

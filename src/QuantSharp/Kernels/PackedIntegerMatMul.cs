@@ -154,72 +154,38 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 }
 
 /// <summary>
-/// Quantized images (<c>[Images, C, H, W]</c> codes, unsigned: int8 codes shifted by 128) whose column matrix
-/// (<see cref="Im2Col"/>, one activation row per output position, image after image) is a packed GEMM's activations;
-/// <see cref="Pad"/> is the code of the zero point, which padding takes. <see cref="Wide"/> images are stored padded
-/// instead, and their activation rows are the positions of a wider grid (<see cref="OutputGrid"/>).
+/// Quantized images (unsigned codes: int8 codes shifted by 128) laid out so that the reduction rows of a convolution's
+/// activation rows are runs of memory: activation row <c>q</c> of an image reads reduction row kk at
+/// <c>image + Offsets[kk] + q</c> (the layout of <c>IntegerMatMul.RunConvolution</c>: padded, split into stride
+/// phases; <see cref="Grid"/> maps activation rows to output positions).
 /// </summary>
-internal readonly unsafe struct ImageCodes
+internal readonly unsafe struct ImageCodes(byte* codes, Im2Col unfold, int* offsets, long imageBytes, OutputGrid grid)
 {
-    private readonly nint _codes, _offsets;
-
-    /// <summary>Images of <c>[C, H, W]</c> codes, unfolded per run of positions (<see cref="PackedIntegerMatMul"/>'s <c>PackUnfolded</c>).</summary>
-    public ImageCodes(byte* codes, Im2Col unfold, byte pad)
-    {
-        _codes = (nint)codes;
-        Unfold = unfold;
-        Pad = pad;
-        Grid = OutputGrid.ForPositions(unfold);
-        ImageBytes = unfold.ImageSize;
-    }
-
-    private ImageCodes(byte* codes, Im2Col unfold, byte pad, int* offsets, OutputGrid grid)
-    {
-        _codes = (nint)codes;
-        _offsets = (nint)offsets;
-        Unfold = unfold;
-        Pad = pad;
-        Grid = grid;
-        ImageBytes = (long)unfold.Channels * (unfold.Height + 2 * unfold.PadH) * (unfold.Width + 2 * unfold.PadW);
-    }
-
-    /// <summary>
-    /// Stride 1: images of <c>[C, H + 2 padH, W + 2 padW]</c> codes, the padding in place, so that reduction row kk of
-    /// wide position <c>q = oh * Wp + ow</c> (<paramref name="grid"/>) is <c>image[offsets[kk] + q]</c>: a run of
-    /// positions is a run of memory and needs no unfolding. The <c>Wp - OutW</c> extra positions per output row, and the
-    /// rows that round an image's up to whole strips, are computed and dropped.
-    /// </summary>
-    public static ImageCodes Wide(byte* padded, Im2Col unfold, byte pad, int* offsets, OutputGrid grid) => new(padded, unfold, pad, offsets, grid);
+    private readonly nint _codes = (nint)codes, _offsets = (nint)offsets;
 
     /// <summary>The first image's first code.</summary>
     public byte* Codes => (byte*)_codes;
 
-    /// <summary>Wide images: reduction row kk's offset in a padded image (<see cref="Wide"/>); null otherwise.</summary>
+    /// <summary>Reduction row kk's offset in an image.</summary>
     public int* Offsets => (int*)_offsets;
 
     /// <summary>The geometry, over all images.</summary>
-    public Im2Col Unfold { get; }
+    public Im2Col Unfold { get; } = unfold;
 
-    /// <summary>The code of padding positions.</summary>
-    public byte Pad { get; }
-
-    /// <summary>Codes per image (padded for <see cref="Wide"/> images).</summary>
-    public long ImageBytes { get; }
+    /// <summary>Codes per image.</summary>
+    public long ImageBytes { get; } = imageBytes;
 
     /// <summary>Where activation rows go in the channel-major output.</summary>
-    public OutputGrid Grid { get; }
+    public OutputGrid Grid { get; } = grid;
 }
 
 /// <summary>
-/// A convolution's activation rows as a grid: <see cref="RowsPerImage"/> rows per image (whole strips for wide images),
+/// A convolution's activation rows as a grid: <see cref="RowsPerImage"/> rows per image (whole strips),
 /// <see cref="RowLength"/> per output row, of which the first <see cref="OutW"/> of the first <see cref="OutH"/> rows are
 /// output positions. The default (no rows per image) is a plain product's row-major output.
 /// </summary>
 internal readonly record struct OutputGrid(int RowsPerImage, int RowLength, int OutH, int OutW)
 {
-    /// <summary>One activation row per output position (<see cref="Im2Col.Positions"/> per image).</summary>
-    public static OutputGrid ForPositions(in Im2Col unfold) => new(unfold.Positions, unfold.OutW, unfold.OutH, unfold.OutW);
-
     /// <summary>True for a convolution's channel-major output.</summary>
     public bool ChannelMajor => RowsPerImage > 0;
 
@@ -296,7 +262,7 @@ internal static unsafe class PackedIntegerMatMul
     /// (checked there). With <paramref name="floats"/> the codes of <paramref name="x"/> are made here: in the work items
     /// where <see cref="FusesQuantization"/>, otherwise in one pass first. With <paramref name="images"/> (a convolution)
     /// the activation rows are the column matrix of the quantized images, packed straight from them
-    /// (<see cref="PackWide"/>, <see cref="PackUnfolded"/>), their code sums written into <paramref name="x"/> (which then
+    /// (<see cref="PackImages"/>), their code sums written into <paramref name="x"/> (which then
     /// holds no codes; its scales and zero points are the caller's), and the output is channel-major
     /// (<see cref="OutputGrid"/>, <paramref name="ldy"/> the weight's rows).
     /// </summary>
@@ -327,19 +293,12 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                if (images is { Offsets: not null } wide)
+                if (images is { } image)
                 {
                     // Runs of strips of about 64 KiB of packed codes.
                     int runStrips = (int)Math.Clamp((1 << 16) / stripBytes, 1, 8);
                     int runs = (strips + runStrips - 1) / runStrips;
-                    KernelThreads.For(runs, runStrips * stripBytes, r => PackWide<TW, TVec>(wide, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
-                }
-                else if (images is { } unfolded)
-                {
-                    // Runs of strips, each unfolded into a [K, positions] buffer of about 64 KiB, then interleaved.
-                    int runStrips = Math.Clamp((1 << 16) / Math.Max(k, 1) / stripWidth, 1, 4);
-                    int runs = (strips + runStrips - 1) / runStrips;
-                    KernelThreads.For(runs, runStrips * stripBytes, r => PackUnfolded<TW, TVec>(unfolded, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
+                    KernelThreads.For(runs, runStrips * stripBytes, r => PackImages<TW, TVec>(image, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
                 }
                 else if (!fused)
                 {
@@ -438,68 +397,13 @@ internal static unsafe class PackedIntegerMatMul
     }
 
     /// <summary>
-    /// Writes strips <c>[s0, s1)</c> (at <paramref name="packed"/> + their offsets) from the column matrix of the quantized
-    /// images, and the activation rows' code sums into <paramref name="x"/>: the reduction rows of the run's positions
-    /// are unfolded (<see cref="Im2Col.Row{T}"/>, positions crossing from one image to the next included) into a buffer
-    /// of contiguous rows, then every group of <c>Depth</c> rows is interleaved into the strips' 32-bit lanes (bytes, or
-    /// int16 when the depth is 2), as <see cref="PackStrip{TW, TVec}"/> lays out row-major codes.
+    /// Writes strips <c>[s0, s1)</c> of a convolution's activations (<see cref="ImageCodes"/>): group g of lane l of a
+    /// strip holds reduction rows <c>g * Depth ..</c> of the strip's activation row, each read at its offset from the
+    /// image, so each group is one <see cref="Interleave"/> of rows read in place (rows past K read a zero row). Every
+    /// image has whole strips, so a strip never crosses images; the code sums of all its rows are written into
+    /// <paramref name="x"/>.
     /// </summary>
-    private static void PackUnfolded<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
-        where TW : IIntGemmWidth<TVec> where TVec : struct
-    {
-        var u = images.Unfold;
-        int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, positions = u.Positions;
-        int groups = (k + depth - 1) / depth;
-        int r0 = s0 * width, length = (s1 - s0) * width, valid = Math.Min(x.Rows - r0, length);
-        // Rows k .. groups * depth - 1 of the last group, and the lanes past the last position, are zeros.
-        int bufferRows = groups * depth;
-        byte[] array = ArrayPool<byte>.Shared.Rent(bufferRows * length);
-        int[] sums = ArrayPool<int>.Shared.Rent(length);
-        try
-        {
-            fixed (byte* buffer = array)
-            fixed (int* pSums = sums)
-            {
-                for (int kk = 0; kk < k; kk++)
-                {
-                    byte* row = buffer + (nint)kk * length;
-                    for (int i = r0, end = r0 + valid; i < end;)
-                    {
-                        int image = i / positions, p = i - image * positions, run = Math.Min(positions - p, end - i);
-                        u.Row(images.Codes + image * images.ImageBytes, kk, p, run, row + (i - r0), images.Pad);
-                        i += run;
-                    }
-                    new Span<byte>(row + valid, length - valid).Clear();
-                }
-                for (int kk = k; kk < bufferRows; kk++) new Span<byte>(buffer + (nint)kk * length, length).Clear();
-                new Span<int>(pSums, length).Clear();
-                byte** rows = stackalloc byte*[depth];
-                for (int t = 0; t < s1 - s0; t++)
-                {
-                    int* lanes = (int*)(packed + (nint)(s0 + t) * groups * width * 4);
-                    for (int g = 0; g < groups; g++)
-                    {
-                        for (int d = 0; d < depth; d++) rows[d] = buffer + (nint)(g * depth + d) * length + t * width;
-                        Interleave(rows, depth, width, lanes + (nint)g * width, pSums + t * width);
-                    }
-                }
-                new ReadOnlySpan<int>(pSums, valid).CopyTo(x.Sums.AsSpan(r0, valid));
-            }
-        }
-        finally
-        {
-            ArrayPool<int>.Shared.Return(sums);
-            ArrayPool<byte>.Shared.Return(array);
-        }
-    }
-
-    /// <summary>
-    /// Writes strips <c>[s0, s1)</c> of wide images (<see cref="ImageCodes.Wide"/>): group g of lane l of a strip holds
-    /// reduction rows <c>g * Depth ..</c> at the strip's wide position, each read at its offset from the image, so each
-    /// group is one <see cref="Interleave"/> of rows read in place (rows past K read a zero row). Every image has whole
-    /// strips, so a strip never crosses images; the code sums of all its rows are written into <paramref name="x"/>.
-    /// </summary>
-    private static void PackWide<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
+    private static void PackImages<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         var u = images.Unfold;

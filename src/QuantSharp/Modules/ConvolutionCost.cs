@@ -21,7 +21,7 @@ namespace QuantSharp.Modules;
 /// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass).</item>
 /// <item>Static W8A8 at stride 1 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM under
 /// either rule: the images are quantized once into a padded buffer and each strip of the GEMM reads its reduction rows in
-/// place (<see cref="Kernels.ImageCodes.Wide"/>). Against the bfloat16 route (docs/BENCHMARKS.md, stop 18): ResNet 3x3
+/// place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route (docs/BENCHMARKS.md, stop 18): ResNet 3x3
 /// 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-0.88x its time, 1x1 256->256 0.68-0.69x, Conv1d 512->512 k3
 /// 0.61-0.83x; MNIST conv2 (144 terms) lost (1.11-1.45x), as did stride 2 (1.27-1.28x: unfolded per run).</item>
 /// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) and static W8A8 with a reduction of

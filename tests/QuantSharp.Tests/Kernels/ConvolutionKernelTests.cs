@@ -204,7 +204,8 @@ public unsafe class ConvolutionKernelTests
     public void IntegerConvolutionTakesOnlyGeometriesWhosePackedCodesFitOneBuffer()
     {
         // ResNet 64->64 3x3 at 56x56: 3,264 wide rows per image x (2 x 576 + 8) bytes is 3.8 MB; 8 images fit, 2,000 do not
-        // (the module then falls back to libtorch rather than fail); stride 2 counts output positions (784 per image).
+        // (the module then falls back to libtorch rather than fail); at stride 2 the grid is 28 output rows of 29 phase
+        // columns, 832 rows per image in whole strips.
         var resnet = new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1);
         Assert.True(IntegerMatMul.ConvolutionFits(resnet.ForImages(8)));
         Assert.False(IntegerMatMul.ConvolutionFits(resnet.ForImages(2000)));
