@@ -19,26 +19,25 @@ namespace QuantSharp.Modules;
 /// conv1) oneDNN's float32 convolution is already efficient (9 multiply-adds per output for MNIST conv1: mostly memory
 /// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
 /// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass).</item>
-/// <item>Static W8A8 at stride 1 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM under
-/// either rule: the images are quantized once into a padded buffer and each strip of the GEMM reads its reduction rows in
-/// place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route (docs/BENCHMARKS.md, stop 18): ResNet 3x3
-/// 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-0.88x its time, 1x1 256->256 0.68-0.69x, Conv1d 512->512 k3
-/// 0.61-0.83x; MNIST conv2 (144 terms) lost (1.11-1.45x), as did stride 2 (1.27-1.28x: unfolded per run).</item>
-/// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) and static W8A8 with a reduction of
-/// <see cref="IntegerMinReductionFloat32"/> or more run the packed kernels (the integer GEMM for W8A8: against dequantize +
-/// float32 libtorch 0.41-0.77x on the ResNet 3x3 layers at stride 1 and MNIST conv2 at batch 64, 1.01x on MNIST conv2 at
-/// batch 500, 0.76x and 1.07x on stride 2 at batch 8 and 1); the
+/// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM: under the
+/// float32 rule at any stride, under the bfloat16 rule at stride 1. The images are quantized once into a padded buffer
+/// split into stride phases, where each strip of the GEMM reads its reduction rows in place
+/// (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route (docs/BENCHMARKS.md, stop 18; three processes): ResNet
+/// 3x3 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-1.06x its time (two cells of 18 above 1.0x), 1x1 256->256
+/// 0.52-0.92x, Conv1d 512->512 k3 0.56-0.83x; MNIST conv2 (144 terms) lost (1.11-2.54x); ResNet 128->256 stride 2,
+/// 1.00-1.28x unfolded per run (two processes) and 0.88-0.93x with the phases (one), stays on bfloat16. Against
+/// dequantize + float32 libtorch (the float32 rule): 0.41-0.76x on the stride-1 ResNet layers, 0.58-0.68x at stride 2
+/// with the phases (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which keeps it, with its 144
+/// terms, on libtorch.</item>
+/// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) run unfold + the packed kernels; the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
 {
-    /// <summary>Reduction length (input channels x kernel taps) from which static W8A8 at stride 1 takes the integer kernel under the bfloat16 rule.</summary>
+    /// <summary>Reduction length (input channels x kernel taps) from which static W8A8 takes the integer kernel (under the bfloat16 rule at stride 1 only), unless the call is small.</summary>
     internal const int IntegerMinReduction = 256;
-
-    /// <summary>Reduction length from which static W8A8 (any stride) takes the integer kernel under the float32 rule, unless the call is small.</summary>
-    internal const int IntegerMinReductionFloat32 = 128;
 
     /// <summary>
     /// Reduction length (input channels x kernel taps) from which the bfloat16 route is taken: below it oneDNN's float32
@@ -76,6 +75,6 @@ internal static class ConvolutionCost
     {
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (pointwise) return true;
-        return quantizedInput && !small && unfold.Rows >= IntegerMinReductionFloat32;
+        return quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
     }
 }
