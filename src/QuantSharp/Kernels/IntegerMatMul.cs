@@ -125,47 +125,23 @@ internal sealed unsafe class QuantizedActivations : IDisposable
 /// with one calibrated scale and zero point (static W8A8). <see cref="IntegerMatMul.Run(in WeightView, FloatActivations, QuantizedActivations, float*, float*, nint, KernelPath, MatMulMethod)"/>
 /// quantizes them ahead of the GEMM or inside the packed GEMM's work items: the same integers either way.
 /// </summary>
-internal readonly unsafe struct FloatActivations
+/// <param name="Address">The first row's first value.</param>
+/// <param name="Ld">Row stride, in floats.</param>
+/// <param name="IsDynamic">Per-row symmetric int8 scales computed from each row (else the calibrated scale and zero point).</param>
+/// <param name="Scale">The calibrated scale (static only).</param>
+/// <param name="ZeroPoint">The calibrated zero point (static only).</param>
+/// <param name="QMin">Smallest code of the range (-127 for dynamic).</param>
+/// <param name="QMax">Largest code of the range (127 for dynamic).</param>
+internal readonly unsafe record struct FloatActivations(nint Address, nint Ld, bool IsDynamic, float Scale, int ZeroPoint, int QMin, int QMax)
 {
     /// <summary>Work per value for <see cref="KernelThreads"/>: dynamic rows are read twice (largest magnitude, then codes).</summary>
     internal const int WorkPerValue = 8;
 
-    private readonly nint _rows;
-
-    private FloatActivations(float* rows, nint ld, bool dynamic, float scale, int zeroPoint, int qmin, int qmax)
-    {
-        _rows = (nint)rows;
-        Ld = ld;
-        IsDynamic = dynamic;
-        Scale = scale;
-        ZeroPoint = zeroPoint;
-        QMin = qmin;
-        QMax = qmax;
-    }
-
-    /// <summary>Row stride, in floats.</summary>
-    public nint Ld { get; }
-
-    /// <summary>True for per-row symmetric int8 scales computed from each row.</summary>
-    public bool IsDynamic { get; }
-
-    /// <summary>The calibrated scale (static only).</summary>
-    public float Scale { get; }
-
-    /// <summary>The calibrated zero point (static only).</summary>
-    public int ZeroPoint { get; }
-
-    /// <summary>Smallest code of the range (-127 for dynamic).</summary>
-    public int QMin { get; }
-
-    /// <summary>Largest code of the range (127 for dynamic).</summary>
-    public int QMax { get; }
-
     /// <summary>Rows quantized per row: <c>scale = max(amax / 127, eps)</c>, codes in [-127, 127].</summary>
-    public static FloatActivations Dynamic(float* rows, nint ld) => new(rows, ld, true, 0f, 0, -127, 127);
+    public static FloatActivations Dynamic(float* rows, nint ld) => new((nint)rows, ld, true, 0f, 0, -127, 127);
 
     /// <summary>Rows quantized with one scale and zero point over <c>[qmin, qmax]</c> (int8 or uint8 ranges).</summary>
-    public static FloatActivations Static(float* rows, nint ld, float scale, int zeroPoint, int qmin, int qmax) => new(rows, ld, false, scale, zeroPoint, qmin, qmax);
+    public static FloatActivations Static(float* rows, nint ld, float scale, int zeroPoint, int qmin, int qmax) => new((nint)rows, ld, false, scale, zeroPoint, qmin, qmax);
 
     /// <summary>Quantizes rows <c>[r0, r1)</c> into the same rows of <paramref name="into"/> (its codes, code sums, scales and zero points).</summary>
     public void Quantize(QuantizedActivations into, int r0, int r1)
@@ -173,7 +149,7 @@ internal readonly unsafe struct FloatActivations
         int k = into.Cols;
         for (int i = r0; i < r1; i++)
         {
-            var row = new ReadOnlySpan<float>((float*)_rows + i * Ld, k);
+            var row = new ReadOnlySpan<float>((float*)Address + i * Ld, k);
             // max(-min(min, 0), max(max, 0)) of the row, NaN if it holds one (0 for an empty row).
             float scale = IsDynamic ? IntegerMatMul.DynamicScale(MinMaxKernel.AbsMax(row)) : Scale;
             IntegerMatMul.QuantizeRow(row, scale, ZeroPoint, QMin, QMax, into, i);
