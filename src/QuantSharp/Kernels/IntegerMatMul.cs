@@ -279,18 +279,18 @@ internal static unsafe class IntegerMatMul
     /// <summary>
     /// Whether <see cref="RunConvolution"/> takes this geometry: its activation rows (<see cref="PhaseGrid.RowsPerImage"/>
     /// per image) and their packed codes (up to two bytes per term, int16 on the paths without VNNI) fit one product's
-    /// buffers.
+    /// buffers, and a padded image's offsets fit an int.
     /// </summary>
     public static bool ConvolutionFits(in Im2Col unfold)
     {
         var grid = new PhaseGrid(unfold);
         long rows = (long)grid.RowsPerImage * unfold.Images;
-        return grid.RowsPerImage > 0 && rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
+        return grid.RowsPerImage > 0 && grid.ImageBytes <= int.MaxValue && rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
     }
 
     /// <summary>
     /// Quantized images stored padded (with the padding code) and split into stride phases: for channel c and phase
-    /// <c>(a, b)</c> (<c>0 &lt;= a &lt; strideH</c>, <c>0 &lt;= b &lt;= strideW</c>) a plane of <see cref="PhaseHeight"/> x
+    /// <c>(a, b)</c> (<c>0 &lt;= a &lt; strideH</c>, <c>0 &lt;= b &lt; strideW</c>) a plane of <see cref="PhaseHeight"/> x
     /// <see cref="PhaseWidth"/> codes holding padded pixel <c>(i * strideH + a, j * strideW + b)</c> at <c>(i, j)</c>. Output
     /// position <c>(oh, ow)</c> reads tap <c>(kh, kw)</c> at padded pixel <c>(oh * strideH + kh * dH, ow * strideW + kw * dW)</c>,
     /// which is phase <c>(kh dH mod strideH, kw dW mod strideW)</c> at <c>(oh + kh dH / strideH, ow + kw dW / strideW)</c>: so
