@@ -267,7 +267,7 @@ internal static unsafe class IntegerMatMul
             Array.Fill(x.Scales, scale);
             Array.Fill(x.ZeroPoints, zeroPoint + shift);
             var output = new OutputGrid(grid.RowsPerImage, grid.PhaseWidth, unfold.OutH, unfold.OutW);
-            RunPacked(path, w, x, null, new ImageCodes(codes, unfold, offsets, grid.ImageBytes, output), bias, y, w.Rows);
+            RunPacked(path, w, x, null, new ImageCodes(codes, offsets, grid.ImageBytes, output), bias, y, w.Rows);
         }
         finally
         {

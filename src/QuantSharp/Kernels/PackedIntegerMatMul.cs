@@ -159,7 +159,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 /// <c>image + Offsets[kk] + q</c> (the layout of <c>IntegerMatMul.RunConvolution</c>: padded, split into stride
 /// phases; <see cref="Grid"/> maps activation rows to output positions).
 /// </summary>
-internal readonly unsafe struct ImageCodes(byte* codes, Im2Col unfold, int* offsets, long imageBytes, OutputGrid grid)
+internal readonly unsafe struct ImageCodes(byte* codes, int* offsets, long imageBytes, OutputGrid grid)
 {
     private readonly nint _codes = (nint)codes, _offsets = (nint)offsets;
 
@@ -168,9 +168,6 @@ internal readonly unsafe struct ImageCodes(byte* codes, Im2Col unfold, int* offs
 
     /// <summary>Reduction row kk's offset in an image.</summary>
     public int* Offsets => (int*)_offsets;
-
-    /// <summary>The geometry, over all images.</summary>
-    public Im2Col Unfold { get; } = unfold;
 
     /// <summary>Codes per image.</summary>
     public long ImageBytes { get; } = imageBytes;
@@ -406,8 +403,7 @@ internal static unsafe class PackedIntegerMatMul
     private static void PackImages<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
-        var u = images.Unfold;
-        int k = u.Rows, depth = TW.Depth, width = 2 * TW.Lanes, groups = (k + depth - 1) / depth;
+        int k = x.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = (k + depth - 1) / depth;
         int rowsPerImage = images.Grid.RowsPerImage;
         byte* zeros = stackalloc byte[width];
         new Span<byte>(zeros, width).Clear();
