@@ -164,11 +164,11 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Fact]
-    public void IntegerConvolutionUnfoldsPositionsAcrossImages()
+    public void IntegerConvolutionOfSeveralImagesInOneProduct()
     {
-        // Several images in one product: strips and runs of strips that end inside an image and continue in the next,
-        // against the specification on libtorch's columns of each image; a zero point on the weight makes the code sums count.
-        // (K = 1,080 in the last: one strip per run.)
+        // Five images in one product (each image's rows rounded up to whole strips, the rounding rows dropped), strides
+        // (2, 1) and (1, 2), against the specification on libtorch's columns of each image; a zero point on the weight
+        // makes the code sums count. (K = 1,080 in the last: one strip per packing run.)
         using var scope = NewDisposeScope();
         foreach (int[] g in new[] { new[] { 3, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1 }, new[] { 5, 11, 6, 3, 2, 2, 1, 1, 0, 1, 1 }, new[] { 2, 30, 30, 5, 5, 1, 2, 1, 2, 1, 1 }, new[] { 120, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1 } })
         {
