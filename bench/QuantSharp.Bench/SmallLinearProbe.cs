@@ -73,10 +73,7 @@ internal static class SmallLinearProbe
                 {
                     // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8, 4 float16, 5 bfloat16) called for 5 seconds.
                     var forward = variants[int.Parse(only, System.Globalization.CultureInfo.InvariantCulture)];
-                    var clock = Stopwatch.StartNew();
-                    long calls = 0;
-                    for (; clock.ElapsedMilliseconds < 5000; calls++) forward().Dispose();
-                    Console.WriteLine($"| {n}x{k} | {m} | variant {only}: {clock.Elapsed.TotalMilliseconds * 1000 / calls:0.0} us per call");
+                    Console.WriteLine($"| {n}x{k} | {m} | variant {only}: {ConvBench.MicrosecondsPerCall(forward):0.0} us per call");
                     continue;
                 }
                 if (!warmed)

@@ -57,24 +57,16 @@ internal static class ConvolutionCost
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
         bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
+        // Static W8A8 with a long reduction: the integer GEMM (under the bfloat16 rule at stride 1 only).
+        bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
         if (bfloat16)
         {
             if (small) return ConvolutionRoute.Direct;
-            if (quantizedInput && unfold.StrideH == 1 && unfold.StrideW == 1 && unfold.Rows >= IntegerMinReduction) return ConvolutionRoute.Kernel;
+            if (integer && unfold.StrideH == 1 && unfold.StrideW == 1) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        if (KernelPays(unfold, quantizedInput, small)) return ConvolutionRoute.Kernel;
-        return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
-    }
-
-    /// <summary>Whether unfold + the packed kernel is expected to be faster than dequantize + float32 libtorch (and, for a small call, than the small-convolution kernel).</summary>
-    /// <param name="unfold">The call's geometry.</param>
-    /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
-    /// <param name="small">Whether the call is small enough for the small-convolution kernel.</param>
-    public static bool KernelPays(Im2Col unfold, bool quantizedInput, bool small)
-    {
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
-        if (pointwise) return true;
-        return quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
+        if (pointwise || integer) return ConvolutionRoute.Kernel;
+        return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
     }
 }

@@ -139,8 +139,9 @@ internal static class MiniLMDemo
     /// <summary>
     /// Encodes <paramref name="sentences"/> twice: the first pass gives the embeddings, the time is the faster pass's.
     /// A model's first pass runs cold (its layers' code still at the JIT's first tier, ONNX Runtime's or the previous
-    /// variant's threads still spinning): timed alone it read float32 at 2,376 ms against 1,427-2,333 ms for the
-    /// variants after it, most of the difference the order of the runs.
+    /// variant's threads still spinning): with one pass the first quantized variants (int8, int4 group 32) read 2,161
+    /// and 2,312 ms, as the faster of two 1,771 and 1,732 ms (<c>demo minilm</c>, one run each, 2026-12-04); float32
+    /// read 2,376 and 2,346 ms either way.
     /// </summary>
     private static (float[][] Embeddings, double Ms) Encode(MiniLMModel model, SentenceTokenizer tokenizer, IReadOnlyList<string> sentences)
     {
