@@ -256,18 +256,18 @@ internal static unsafe class IntegerMatMul
         // Slack: the rows of the last image that round it up to whole strips, and the dropped columns of its last output
         // row, read up to 31 + (kW - 1) dW codes past it.
         int slack = 32 + (unfold.KernelW - 1) * unfold.DilationW;
-        byte* codes = (byte*)NativeMemory.Alloc((nuint)(grid.ImageBytes * count + slack));
+        byte* codes = (byte*)NativeMemory.Alloc((nuint)(grid.ImageValues * count + slack));
         int* offsets = (int*)NativeMemory.Alloc((nuint)k * sizeof(int));
         try
         {
-            new Span<byte>(codes + grid.ImageBytes * count, slack).Clear();
+            new Span<byte>(codes + grid.ImageValues * count, slack).Clear();
             QuantizeImages(images, unfold, grid, new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad), codes);
             for (int kk = 0; kk < k; kk++) offsets[kk] = grid.Offset(kk);
             using var x = new QuantizedActivations(grid.RowsPerImage * count, k, codes: false);
             Array.Fill(x.Scales, scale);
             Array.Fill(x.ZeroPoints, zeroPoint + shift);
             var output = new OutputGrid(grid.RowsPerImage, grid.PhaseWidth, unfold.OutH, unfold.OutW);
-            RunPacked(path, w, x, null, new ImageCodes(codes, offsets, grid.ImageBytes, output), bias, y, w.Rows);
+            RunPacked(path, w, x, null, new ImageCodes(codes, offsets, grid.ImageValues, output), bias, y, w.Rows);
         }
         finally
         {
@@ -285,107 +285,82 @@ internal static unsafe class IntegerMatMul
     {
         var grid = new PhaseGrid(unfold);
         long rows = (long)grid.RowsPerImage * unfold.Images;
-        return grid.RowsPerImage > 0 && grid.ImageBytes <= int.MaxValue && rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
-    }
-
-    /// <summary>
-    /// Quantized images stored padded (with the padding code) and split into stride phases: for channel c and phase
-    /// <c>(a, b)</c> (<c>0 &lt;= a &lt; strideH</c>, <c>0 &lt;= b &lt; strideW</c>) a plane of <see cref="PhaseHeight"/> x
-    /// <see cref="PhaseWidth"/> codes holding padded pixel <c>(i * strideH + a, j * strideW + b)</c> at <c>(i, j)</c>. Output
-    /// position <c>(oh, ow)</c> reads tap <c>(kh, kw)</c> at padded pixel <c>(oh * strideH + kh * dH, ow * strideW + kw * dW)</c>,
-    /// which is phase <c>(kh dH mod strideH, kw dW mod strideW)</c> at <c>(oh + kh dH / strideH, ow + kw dW / strideW)</c>: so
-    /// on the "wide" grid of <c>OutH x PhaseWidth</c> positions (<c>q = oh * PhaseWidth + ow</c>) each reduction row is the
-    /// codes from <see cref="Offset"/> on, contiguous. The <c>PhaseWidth - OutW</c> extra positions of each output row
-    /// (reads that run into the next row) are computed and dropped; at stride 1 there is one phase, the padded image.
-    /// </summary>
-    private readonly struct PhaseGrid
-    {
-        private readonly Im2Col _u;
-
-        public PhaseGrid(in Im2Col unfold)
-        {
-            _u = unfold;
-            PhaseHeight = (unfold.Height + 2 * unfold.PadH + unfold.StrideH - 1) / unfold.StrideH;
-            PhaseWidth = (unfold.Width + 2 * unfold.PadW + unfold.StrideW - 1) / unfold.StrideW;
-            ImageBytes = (long)unfold.Channels * unfold.StrideH * unfold.StrideW * PhaseHeight * PhaseWidth;
-            // Whole strips of the widest width (32 rows) per image, so no strip crosses two images.
-            long rows = ((long)unfold.OutH * PhaseWidth + 31) / 32 * 32;
-            RowsPerImage = rows <= int.MaxValue ? (int)rows : -1;
-        }
-
-        /// <summary>Rows of a phase plane.</summary>
-        public int PhaseHeight { get; }
-
-        /// <summary>Codes per row of a phase plane: the wide grid's row length.</summary>
-        public int PhaseWidth { get; }
-
-        /// <summary>Codes per image.</summary>
-        public long ImageBytes { get; }
-
-        /// <summary>Activation rows per image (the wide grid rounded up to whole strips), or -1 beyond int.</summary>
-        public int RowsPerImage { get; }
-
-        /// <summary>Where reduction row <paramref name="kk"/> (channel, tap) starts in an image.</summary>
-        public int Offset(int kk)
-        {
-            int taps = _u.KernelH * _u.KernelW, c = kk / taps, tap = kk - c * taps, kh = tap / _u.KernelW, kw = tap - kh * _u.KernelW;
-            int dy = kh * _u.DilationH, dx = kw * _u.DilationW;
-            int phase = (c * _u.StrideH + dy % _u.StrideH) * _u.StrideW + dx % _u.StrideW;
-            return (phase * PhaseHeight + dy / _u.StrideH) * PhaseWidth + dx / _u.StrideW;
-        }
-
-        /// <summary>Where padded pixel <c>(row, column)</c> of channel 0 goes in an image.</summary>
-        public long Place(int row, int column) =>
-            ((long)(row % _u.StrideH * _u.StrideW + column % _u.StrideW) * PhaseHeight + row / _u.StrideH) * PhaseWidth + column / _u.StrideW;
+        return grid.RowsPerImage > 0 && grid.ImageValues <= int.MaxValue && rows <= int.MaxValue && rows * (2L * unfold.Rows + 8) <= int.MaxValue - 64;
     }
 
     /// <summary>A static quantization in the unsigned code domain: <c>clamp(round(x * InvScale) + ZeroPoint, QMin, QMax)</c>; padding takes <see cref="Pad"/>.</summary>
     private readonly record struct StaticCodes(float InvScale, int ZeroPoint, int QMin, int QMax, byte Pad);
 
+    /// <summary>Values quantized per work item of <see cref="QuantizeImages"/> (whole rows, at least one).</summary>
+    private const int QuantizeBandValues = 1 << 14;
+
     /// <summary>
-    /// Quantizes every plane of the images of <paramref name="unfold"/> into the layout of <paramref name="grid"/>: each
-    /// channel's phases filled with the padding code, then the plane quantized whole and its codes placed, a row at a
-    /// time at stride 1 along the width, otherwise each row's columns of one phase at a time. (Quantized row by row, a
-    /// ResNet layer's 56-value rows went through the vector loops' scalar tails, and the quantization took 13% of a
-    /// 64->64 W8A8 call's samples at batch 8; whole planes took that call from 6.1 to 5.4-5.7 ms, docs/BENCHMARKS.md
-    /// stop 18.)
+    /// Quantizes every plane of the images of <paramref name="unfold"/> into the layout of <paramref name="grid"/>, in
+    /// work items of a band of a plane's rows: the band's values quantized in one pass (quantized row by row, a ResNet
+    /// layer's 56-value rows went through the vector loops' scalar tails, 13% of a 64->64 W8A8 call's samples at batch 8,
+    /// docs/BENCHMARKS.md stop 18), then each of its phase rows written whole: the padding code, and the row's codes of
+    /// that phase (every column at stride 1, every second one at stride 2 through a vector de-interleave).
     /// </summary>
     private static void QuantizeImages(float* images, in Im2Col unfold, PhaseGrid grid, StaticCodes q, byte* codes)
     {
-        int h = unfold.Height, w = unfold.Width, padH = unfold.PadH, padW = unfold.PadW, strideW = unfold.StrideW;
-        long channelBytes = grid.ImageBytes / unfold.Channels;
+        int h = unfold.Height, w = unfold.Width, padH = unfold.PadH, strideW = unfold.StrideW;
+        int phaseRows = grid.PhaseHeight * unfold.StrideH, phaseWidth = grid.PhaseWidth;
+        // Bands of rows of the phase grid (padded row R = phase row R / strideH of phases (R mod strideH, b)).
+        int band = Math.Clamp(QuantizeBandValues / Math.Max(w, 1), 1, phaseRows), bands = (phaseRows + band - 1) / band;
+        long channelBytes = grid.ImageValues / unfold.Channels;
         nint imageAddress = (nint)images, codesAddress = (nint)codes;
-        KernelThreads.For(unfold.Images * unfold.Channels, 4L * channelBytes, c =>
+        KernelThreads.For(unfold.Images * unfold.Channels * bands, 4L * band * w, item =>
         {
-            var src = new ReadOnlySpan<float>((float*)imageAddress + (nint)c * h * w, h * w);
-            byte* dst = (byte*)codesAddress + c * channelBytes;
-            byte[] plane = ArrayPool<byte>.Shared.Rent(h * w);
+            int plane = item / bands, r0 = item % bands * band, r1 = Math.Min(phaseRows, r0 + band);
+            // The band's source rows: padded rows [r0, r1) less the padding, clipped to the plane.
+            int s0 = Math.Clamp(r0 - padH, 0, h), s1 = Math.Clamp(r1 - padH, s0, h);
+            byte[] buffer = ArrayPool<byte>.Shared.Rent((s1 - s0) * w + 32);
             try
             {
-                QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, MemoryMarshal.Cast<byte, sbyte>(plane.AsSpan(0, h * w)));
-                new Span<byte>(dst, (int)channelBytes).Fill(q.Pad);
-                for (int r = 0; r < h; r++)
+                var quantized = buffer.AsSpan(0, (s1 - s0) * w);
+                var src = new ReadOnlySpan<float>((float*)imageAddress + ((nint)plane * h + s0) * w, quantized.Length);
+                QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, MemoryMarshal.Cast<byte, sbyte>(quantized));
+                byte* channel = (byte*)codesAddress + plane * channelBytes;
+                fixed (byte* rows = buffer)
                 {
-                    var row = plane.AsSpan(r * w, w);
-                    if (strideW == 1)
+                    for (int r = r0; r < r1; r++)
                     {
-                        row.CopyTo(new Span<byte>(dst + grid.Place(r + padH, padW), w));
-                        continue;
-                    }
-                    // Phase b of the row takes the columns t with (t + padW) mod strideW = b, consecutive codes there.
-                    for (int b = 0; b < strideW; b++)
-                    {
-                        int t = ((b - padW) % strideW + strideW) % strideW;
-                        byte* phase = dst + grid.Place(r + padH, t + padW);
-                        for (int j = 0; t < w; t += strideW, j++) phase[j] = row[t];
+                        int source = r - padH;
+                        for (int b = 0; b < strideW; b++)
+                        {
+                            byte* dst = channel + grid.PhaseRow(r, b);
+                            new Span<byte>(dst, phaseWidth).Fill(q.Pad);
+                            if (source < 0 || source >= h) continue;
+                            (int t, int place) = grid.FirstColumn(b);
+                            if (t < w) PlacePhase(rows + (nint)(source - s0) * w + t, w - t, strideW, dst + place);
+                        }
                     }
                 }
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(plane);
+                ArrayPool<byte>.Shared.Return(buffer);
             }
         });
+    }
+
+    /// <summary><c>dst[j] = src[j * stride]</c> for the <c>ceil(count / stride)</c> codes of a row's phase (<paramref name="src"/> readable 32 bytes past the row).</summary>
+    private static void PlacePhase(byte* src, int count, int stride, byte* dst)
+    {
+        int n = (count + stride - 1) / stride, j = 0;
+        if (stride == 1)
+        {
+            Buffer.MemoryCopy(src, dst, n, n);
+            return;
+        }
+        if (stride == 2 && Simd.Use128)
+        {
+            // The even bytes of 32: the low byte of each of 16 ushorts, narrowed.
+            var low = Vector128.Create((ushort)0xFF);
+            for (; j + 16 <= n; j += 16)
+                Vector128.Narrow(Vector128.Load((ushort*)(src + 2 * j)) & low, Vector128.Load((ushort*)(src + 2 * j) + 8) & low).Store(dst + j);
+        }
+        for (; j < n; j++) dst[j] = src[j * stride];
     }
 
     /// <summary>Row <paramref name="i"/> of <paramref name="into"/>: the codes of <paramref name="row"/>, their sum, the scale and the zero point (shifted by 128 for signed ranges).</summary>

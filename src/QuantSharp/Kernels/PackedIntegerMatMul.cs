@@ -125,6 +125,9 @@ internal interface IEpilogueWidth<TVec> where TVec : struct
 
     /// <summary><c>dst[l] = (float)v[l]</c> (round to nearest even).</summary>
     static abstract unsafe void StoreSingle(TVec v, float* dst);
+
+    /// <summary><c>dst[l] = (float)v[l] + add</c> (rounded to float32, then added in float32).</summary>
+    static abstract unsafe void StoreSingle(TVec v, float add, float* dst);
 }
 
 /// <summary>Eight float64 lanes (AVX-512F).</summary>
@@ -138,6 +141,7 @@ internal readonly struct Epilogue512 : IEpilogueWidth<Vector512<double>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Multiply(Vector512<double> a, Vector512<double> b) => a * b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Subtract(Vector512<double> a, Vector512<double> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector512<double> v, float* dst) => Avx512F.ConvertToVector256Single(v).Store(dst);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector512<double> v, float add, float* dst) => (Avx512F.ConvertToVector256Single(v) + Vector256.Create(add)).Store(dst);
 }
 
 /// <summary>Four float64 lanes (AVX).</summary>
@@ -151,6 +155,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Multiply(Vector256<double> a, Vector256<double> b) => a * b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Subtract(Vector256<double> a, Vector256<double> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector256<double> v, float* dst) => Avx.ConvertToVector128Single(v).Store(dst);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector256<double> v, float add, float* dst) => (Avx.ConvertToVector128Single(v) + Vector128.Create(add)).Store(dst);
 }
 
 /// <summary>
@@ -237,15 +242,15 @@ internal static unsafe class PackedIntegerMatMul
     internal static int ActivationBlockBytes = 4 << 20;
 
     /// <summary>
-    /// Weight bytes up to which a call whose activations arrive as floats (<see cref="FloatActivations"/>) is cut by
-    /// activation strips only, each work item quantizing and packing its own rows and then multiplying them by the whole
-    /// weight (<see cref="FusesQuantization"/>).
+    /// Weight bytes up to which a call whose activations arrive as floats (<see cref="FloatActivations"/>) or as quantized
+    /// images (<see cref="ImageCodes"/>) is cut by activation strips only, each work item quantizing (or unfolding) and
+    /// packing its own rows and then multiplying them by the whole weight (<see cref="FusesQuantization"/>).
     /// </summary>
     internal static int FusedWeightBytes = 256 << 10;
 
     /// <summary>
-    /// Whether a call over <paramref name="strips"/> strips, cut as <paramref name="split"/>, quantizes its activations
-    /// inside the work items: when the split has one item of weight rows (its items are cut by strips anyway), or when
+    /// Whether a call over <paramref name="strips"/> strips, cut as <paramref name="split"/>, quantizes (or, for images,
+    /// unfolds) and packs its activations inside the work items: when the split has one item of weight rows (its items are cut by strips anyway), or when
     /// the weight has at most <see cref="FusedWeightBytes"/> bytes (<paramref name="weightBytes"/>) and whole strips share out evenly enough over
     /// <paramref name="threads"/> threads (the busiest at most 8/7 of an even share: 3 or 5 strips on two threads are
     /// left to the cut by weight rows, which shares them out by rows; a choice by reasoning: fused with three strips,
@@ -260,7 +265,7 @@ internal static unsafe class PackedIntegerMatMul
     /// (checked there). With <paramref name="floats"/> the codes of <paramref name="x"/> are made here: in the work items
     /// where <see cref="FusesQuantization"/>, otherwise in one pass first. With <paramref name="images"/> (a convolution)
     /// the activation rows are the column matrix of the quantized images, packed straight from them
-    /// (<see cref="PackImages"/>), their code sums written into <paramref name="x"/> (which then
+    /// (<see cref="PackImages"/>; in the work items, or in one pass first, by the same rule), their code sums written into <paramref name="x"/> (which then
     /// holds no codes; its scales and zero points are the caller's), and the output is channel-major
     /// (<see cref="OutputGrid"/>, <paramref name="ldy"/> the weight's rows).
     /// </summary>
@@ -274,7 +279,7 @@ internal static unsafe class PackedIntegerMatMul
         // Work items (PackedMatMul.WorkSplit): weight rows x groups of strips, whose packed activations stay in cache.
         int blockStrips = (int)Math.Clamp(ActivationBlockBytes / stripBytes, 1, strips);
         var split = PackedMatMul.WorkSplit.For(w.Rows, strips, KernelThreads.Count, blockStrips);
-        bool fused = floats is not null && FusesQuantization((long)w.Rows * w.Cols, split, strips, KernelThreads.Count);
+        bool fused = (floats is not null || images is not null) && FusesQuantization((long)w.Rows * w.Cols, split, strips, KernelThreads.Count);
         if (fused)
         {
             // Items of strips only, each over all weight rows in blocks of at most ItemRows.
@@ -291,7 +296,7 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                if (images is { } image)
+                if (images is { } image && !fused)
                 {
                     // Runs of strips of about 64 KiB of packed codes.
                     int runStrips = (int)Math.Clamp((1 << 16) / stripBytes, 1, 8);
@@ -305,6 +310,8 @@ internal static unsafe class PackedIntegerMatMul
 
                 var view = w;
                 var source = floats.GetValueOrDefault();
+                var imageCodes = images.GetValueOrDefault();
+                bool packsImages = images is not null;
                 // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
                 var grid = images?.Grid ?? default;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
@@ -314,7 +321,11 @@ internal static unsafe class PackedIntegerMatMul
                 KernelThreads.For(split.Items, (long)weightRows * blockRows * k, item =>
                 {
                     int s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips), n0 = split.RowStart(item);
-                    if (fused)
+                    if (fused && packsImages)
+                    {
+                        PackImages<TW, TVec>(imageCodes, x, (byte*)packedAddress, s0, s1);
+                    }
+                    else if (fused)
                     {
                         source.Quantize(x, s0 * stripWidth, Math.Min(m, s1 * stripWidth));
                         for (int s = s0; s < s1; s++) PackStrip<TW, TVec>(x, (byte*)packedAddress + s * stripBytes, s * stripWidth);
@@ -488,157 +499,217 @@ internal static unsafe class PackedIntegerMatMul
     }
 
     /// <summary>
+    /// Strips per pass of a work item whose reduction is one block (<see cref="BlockGroups"/>): their int32 sums (4 x 32
+    /// lanes x 36 weight rows, 18 KiB) are cleared, accumulated and read by the epilogue while in L1. Over the item's
+    /// whole run of strips they were cleared, accumulated and read from L2 or memory: the clearing alone took a tenth of
+    /// the stride-2 stem's W8A8 samples at batch 1 (docs/BENCHMARKS.md, stop 19).
+    /// </summary>
+    private const int PassStrips = 4;
+
+    /// <summary>
     /// One work item: weight rows <c>[n0, n0 + rows)</c> (at most <see cref="ItemRows"/>) against the activation rows of
     /// <paramref name="block"/>; <paramref name="scratch"/> holds <c>rows</c> rounded up to whole tiles x (tile stride + the
-    /// block's lanes + 1) int32 values.
+    /// block's lanes + 1) int32 values. A reduction of one block runs in passes of <see cref="PassStrips"/> strips, its
+    /// weights copied once; a longer one in one pass over all strips per block of the reduction.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, in OutputGrid grid, int n0, int rows)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
-        int ldt = block.Strips * width;                    // y^T row length
         int tiles = (rows + TileRows - 1) / TileRows, tileRows = tiles * TileRows;
         const int TileStride = BlockGroups * 4;            // bytes per tile row
         byte* tile = scratch;                              // [tileRows][TileStride] weights, copied or widened
-        int* yt = (int*)(tile + tileRows * TileStride);    // [tileRows][ldt] int32 sums
-        int* rowSums = yt + tileRows * ldt;                // [tileRows] weight sums
-        new Span<int>(yt, tileRows * ldt).Clear();
+        int* yt = (int*)(tile + tileRows * TileStride);    // [tileRows][ldt] int32 sums, ldt = the pass's lanes
+        int* rowSums = yt + tileRows * block.Strips * width; // [tileRows] weight sums
         new Span<int>(rowSums, tileRows).Clear();
         // Rows past the last weight row stay zero: the micro-kernel always runs whole tiles.
         new Span<byte>(tile + rows * TileStride, (tiles * TileRows - rows) * TileStride).Clear();
-        for (int g0 = 0; g0 < groups; g0 += BlockGroups)
+        double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
+        float* biases = stackalloc float[ItemRows];
+        int passStrips = groups <= BlockGroups ? Math.Min(PassStrips, block.Strips) : block.Strips;
+        for (int p0 = 0; p0 < block.Strips; p0 += passStrips)
         {
-            int g1 = Math.Min(groups, g0 + BlockGroups);
-            for (int r = 0; r < rows; r++)
-                rowSums[r] += CopySlice(w.Data + (nint)(n0 + r) * k, g0 * depth, Math.Min(k, g1 * depth), tile + r * TileStride, depth == 2);
-            // The next block's weights are fetched a few lines per strip, while this block computes.
-            int nextBytes = Math.Min(k, (g1 + BlockGroups) * depth) - g1 * depth;
-            int linesPerRow = (nextBytes + 63) / 64, lines = rows * linesPerRow;
-            for (int s = 0; s < block.Strips; s++)
+            int p1 = Math.Min(block.Strips, p0 + passStrips), ldt = (p1 - p0) * width;
+            new Span<int>(yt, tileRows * ldt).Clear();
+            for (int g0 = 0; g0 < groups; g0 += BlockGroups)
             {
-                if (Sse.IsSupported)
+                int g1 = Math.Min(groups, g0 + BlockGroups);
+                if (p0 == 0)
                 {
-                    for (int l = s * lines / block.Strips, l1 = (s + 1) * lines / block.Strips; l < l1; l++)
-                        Sse.Prefetch0(w.Data + (nint)(n0 + l / linesPerRow) * k + g1 * depth + l % linesPerRow * 64);
+                    for (int r = 0; r < rows; r++)
+                        rowSums[r] += CopySlice(w.Data + (nint)(n0 + r) * k, g0 * depth, Math.Min(k, g1 * depth), tile + r * TileStride, depth == 2);
                 }
-                byte* b = block.Data + ((nint)s * groups + g0) * width * 4;
-                for (int t = 0; t < tiles; t++)
+                // The next block's weights are fetched a few lines per strip, while this block computes.
+                int nextBytes = Math.Min(k, (g1 + BlockGroups) * depth) - g1 * depth;
+                int linesPerRow = (nextBytes + 63) / 64, lines = rows * linesPerRow;
+                for (int s = p0; s < p1; s++)
                 {
-                    byte* a = tile + t * TileRows * TileStride;
-                    int* c = yt + t * TileRows * ldt + s * width;
-                    if (typeof(TW) == typeof(GemmVnni512) && UseNative)
-                        Vnni512Kernel.Micro(a, TileStride, b, g1 - g0, c, ldt * 4);
-                    else
-                        MicroKernel.Run<TW, TVec, int, Six>((int*)a, TileStride / 4, (int*)b, g1 - g0, c, ldt);
+                    if (Sse.IsSupported)
+                    {
+                        for (int l = s * lines / block.Strips, l1 = (s + 1) * lines / block.Strips; l < l1; l++)
+                            Sse.Prefetch0(w.Data + (nint)(n0 + l / linesPerRow) * k + g1 * depth + l % linesPerRow * 64);
+                    }
+                    byte* b = block.Data + ((nint)s * groups + g0) * width * 4;
+                    for (int t = 0; t < tiles; t++)
+                    {
+                        byte* a = tile + t * TileRows * TileStride;
+                        int* c = yt + t * TileRows * ldt + (s - p0) * width;
+                        if (typeof(TW) == typeof(GemmVnni512) && UseNative)
+                            Vnni512Kernel.Micro(a, TileStride, b, g1 - g0, c, ldt * 4);
+                        else
+                            MicroKernel.Run<TW, TVec, int, Six>((int*)a, TileStride / 4, (int*)b, g1 - g0, c, ldt);
+                    }
                 }
             }
+            if (p0 == 0)
+            {
+                // The weight rows' epilogue operands, once their sums are known.
+                for (int r = 0; r < rows; r++)
+                {
+                    (float scale, int zeroPoint) = w.Params(n0 + r, 0);
+                    (scales[r], zeroPoints[r], sums[r]) = (scale, zeroPoint, rowSums[r]);
+                    biases[r] = bias == null ? 0f : bias[n0 + r];
+                }
+            }
+            int m0 = block.Row0 + p0 * width, m1 = Math.Min(x.Rows, block.Row0 + p1 * width);
+            if (m0 < m1) Epilogue(x, new EpilogueRows(n0, rows, k, scales, zeroPoints, sums, biases), yt, ldt, m0, m1, y, ldy, grid);
         }
-        int m1 = Math.Min(x.Rows, block.Row0 + ldt);
-        Epilogue(w, x, n0, rows, rowSums, yt, ldt, block.Row0, m1, bias, y, ldy, grid);
     }
 
     /// <summary>
-    /// <c>y[i, n] = (float)(xScale[i] * wScale[n] * exact) + bias[n]</c> for activation rows <c>[m0, m1)</c> and weight
-    /// rows <c>[n0, n0 + rows)</c>, with <c>exact = dot - xZero * rowSum - wZero * xSum + K * xZero * wZero</c>: the
+    /// <c>y[i, n] = (float)(xScale[i] * wScale[n] * exact) + bias[n]</c> for activation rows <c>[m0, m1)</c> and the
+    /// weight rows of <paramref name="w"/> (from <c>n0</c>), with <c>exact = dot - xZero * rowSum - wZero * xSum + K * xZero * wZero</c>: the
     /// arithmetic of <see cref="IntegerMatMul.Reference"/>. The vector widths compute the same value in float64 (every
     /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueBlocks"/>).
     /// </summary>
     /// <remarks>
     /// For a convolution (<paramref name="grid"/>) the output is channel-major, <c>[image, ldy, P]</c> with
-    /// <paramref name="ldy"/> the weight's rows: the values are computed in place in <c>y^T</c>, whose rows are already
-    /// runs of positions, and copied out with the bias (<see cref="CopyChannelMajor"/>).
+    /// <paramref name="ldy"/> the weight's rows: <see cref="ChannelMajorEpilogue"/>.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Epilogue(in WeightView w, QuantizedActivations x, int n0, int rows, int* rowSums, int* yt, int ldt, int m0, int m1, float* bias, float* y, nint ldy, in OutputGrid grid)
+    private static void Epilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in OutputGrid grid)
     {
-        bool channelMajor = grid.ChannelMajor;
-        int k = w.Cols;
-        // Per weight row, once per item: scale, zero point and row sum in float64, and the bias.
-        double* scales = stackalloc double[ItemRows], zeroPoints = stackalloc double[ItemRows], sums = stackalloc double[ItemRows];
-        float* biases = stackalloc float[ItemRows];
-        for (int r = 0; r < rows; r++)
+        if (grid.ChannelMajor)
         {
-            (float scale, int zeroPoint) = w.Params(n0 + r, 0);
-            (scales[r], zeroPoints[r], sums[r]) = (scale, zeroPoint, rowSums[r]);
-            biases[r] = bias == null ? 0f : bias[n0 + r];
+            ChannelMajorEpilogue(x, w, yt, ldt, m0, m1, y + w.N0 * (nint)grid.Positions, ldy, grid);
+            return;
         }
-        var weightRows = new EpilogueRows(rows, scales, zeroPoints, sums, biases);
+        int k = w.K, rows = w.Count;
         fixed (float* xScales = x.Scales)
         fixed (int* xZeros = x.ZeroPoints, xSums = x.Sums)
         {
             var activations = new EpilogueActivations(k, xScales, xZeros, xSums);
             int i = m0;
-            if (Epilogue512.IsSupported) i = EpilogueBlocks<Epilogue512, Vector512<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy, !channelMajor);
-            else if (Epilogue256.IsSupported) i = EpilogueBlocks<Epilogue256, Vector256<double>>(activations, weightRows, yt, ldt, m0, m1, y + n0, ldy, !channelMajor);
+            if (Epilogue512.IsSupported) i = EpilogueBlocks<Epilogue512, Vector512<double>>(activations, w, yt, ldt, m0, m1, y + w.N0, ldy);
+            else if (Epilogue256.IsSupported) i = EpilogueBlocks<Epilogue256, Vector256<double>>(activations, w, yt, ldt, m0, m1, y + w.N0, ldy);
             // The activation rows left (fewer than a block, or all without AVX): output by output, y^T read across.
             for (; i < m1; i++)
             {
                 int xz = xZeros[i], xSum = xSums[i];
                 float xs = xScales[i];
-                float* dst = y + i * ldy + n0;
+                float* dst = y + i * ldy + w.N0;
                 int* column = yt + (i - m0);
                 for (int r = 0; r < rows; r++, column += ldt)
                 {
-                    long wz = (long)zeroPoints[r];
-                    long exact = *column - (long)xz * rowSums[r] - wz * xSum + (long)k * xz * wz;
-                    float value = (float)((double)xs * scales[r] * exact);
-                    if (channelMajor) *(float*)column = value;
-                    else dst[r] = value + biases[r];
+                    long wz = (long)w.ZeroPoints[r];
+                    long exact = *column - (long)xz * (long)w.Sums[r] - wz * xSum + (long)k * xz * wz;
+                    dst[r] = (float)((double)xs * w.Scales[r] * exact) + w.Biases[r];
                 }
             }
         }
-        if (channelMajor) CopyChannelMajor((float*)yt, ldt, m0, m1, rows, biases, y + n0 * (nint)grid.Positions, ldy, grid);
     }
 
     /// <summary>
-    /// <c>y[image * ldy + r, p] = values[r * ldt + i - m0] + biases[r]</c> for activation rows <c>[m0, m1)</c> and
-    /// <paramref name="rows"/> weight rows, activation row i being output position p of an image in
-    /// <paramref name="grid"/> (rows that are no output position are dropped): runs along one output row.
+    /// The epilogue of a convolution (<paramref name="grid"/>): its activation rows share one scale and zero point (a
+    /// static quantization; <paramref name="x"/>'s first row's), and <c>y^T</c>'s rows are already runs of output
+    /// positions, so each value is computed along them with <see cref="Epilogue"/>'s arithmetic and stored with the bias
+    /// straight into the channel-major output, <c>y[image * ldy + r, p]</c> (<paramref name="ldy"/> the weight's rows,
+    /// <paramref name="y"/> at the item's first weight row). Activation rows that are no output position (the wide
+    /// grid's dropped columns, the rows that round an image up to whole strips) are skipped.
     /// </summary>
-    private static void CopyChannelMajor(float* values, int ldt, int m0, int m1, int rows, float* biases, float* y, nint ldy, in OutputGrid grid)
+    private static void ChannelMajorEpilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in OutputGrid grid)
     {
-        int positions = grid.Positions;
-        for (int i = m0; i < m1;)
+        int k = w.K, positions = grid.Positions, xz = x.ZeroPoints[m0];
+        double xs = x.Scales[m0];
+        float* tail = stackalloc float[8];
+        fixed (int* xSums = x.Sums)
         {
-            int image = i / grid.RowsPerImage, q = i - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;
-            // The next output row, or the next image (the rows that round an image up to whole strips are no output row).
-            int next = Math.Min(Math.Min(m1, (image + 1) * grid.RowsPerImage), i + grid.RowLength - ow);
-            if (oh >= grid.OutH || ow >= grid.OutW)
+            for (int i = m0; i < m1;)
             {
+                int image = i / grid.RowsPerImage, q = i - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;
+                // The next output row, or the next image (the rows that round an image up to whole strips are no output row).
+                int next = Math.Min(Math.Min(m1, (image + 1) * grid.RowsPerImage), i + grid.RowLength - ow);
+                if (oh >= grid.OutH || ow >= grid.OutW)
+                {
+                    i = next;
+                    continue;
+                }
+                int run = Math.Min(grid.OutW - ow, m1 - i), p = oh * grid.OutW + ow;
+                for (int r = 0; r < w.Count; r++)
+                {
+                    int* dots = yt + (nint)r * ldt + (i - m0);
+                    float* dst = y + ((nint)image * ldy + r) * positions + p;
+                    // exact = dot - offset - wz * xSum, offset = xz * rowSum - K * xz * wz (integers below 2^53: exact in float64).
+                    double product = xs * w.Scales[r], offset = xz * w.Sums[r] - (double)k * xz * w.ZeroPoints[r], wz = w.ZeroPoints[r];
+                    float b = w.Biases[r];
+                    // The last partial vector reads past the run: in y^T's scratch (the next row, or the weight sums after
+                    // the last), and, with a weight zero point, in the code sums while they last.
+                    bool readAhead = wz == 0 || i + run + 8 <= x.Rows;
+                    int j = 0;
+                    if (Epilogue512.IsSupported)
+                        j = ChannelMajorRun<Epilogue512, Vector512<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead ? tail : null);
+                    else if (Epilogue256.IsSupported)
+                        j = ChannelMajorRun<Epilogue256, Vector256<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead ? tail : null);
+                    for (; j < run; j++) dst[j] = (float)(product * (dots[j] - offset - wz * xSums[i + j])) + b;
+                }
                 i = next;
+            }
+        }
+    }
+
+    /// <summary>
+    /// <c>dst[j] = (float)(product * (dots[j] - offset - weightZero * sums[j])) + bias</c> for whole vectors of
+    /// <paramref name="run"/> (every term an integer below 2^53, so exact in float64), and, given a
+    /// <paramref name="tail"/> buffer (the operands readable a vector past the run), the last partial one through it;
+    /// returns the first j not done.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int ChannelMajorRun<TE, TVec>(int* dots, int* sums, int run, double product, double offset, double weightZero, float bias, float* dst, float* tail)
+        where TE : IEpilogueWidth<TVec> where TVec : struct
+    {
+        TVec vProduct = TE.Create(product), vOffset = TE.Create(offset), vZero = TE.Create(weightZero);
+        int j = 0;
+        for (; j < run; j += TE.Count)
+        {
+            bool whole = j + TE.Count <= run;
+            if (!whole && tail == null) break;
+            TVec exact = TE.Subtract(TE.LoadInt32(dots + j), vOffset);
+            if (weightZero != 0) exact = TE.Subtract(exact, TE.Multiply(vZero, TE.LoadInt32(sums + j)));
+            if (whole)
+            {
+                TE.StoreSingle(TE.Multiply(vProduct, exact), bias, dst + j);
                 continue;
             }
-            int run = Math.Min(grid.OutW - ow, m1 - i), p = oh * grid.OutW + ow;
-            for (int r = 0; r < rows; r++)
-            {
-                float* src = values + (nint)r * ldt + (i - m0), dst = y + ((nint)image * ldy + r) * positions + p;
-                float b = biases[r];
-                int j = 0;
-                if (Simd.Use256)
-                {
-                    var vb = Vector256.Create(b);
-                    for (; j + 8 <= run; j += 8) (Vector256.Load(src + j) + vb).Store(dst + j);
-                }
-                for (; j < run; j++) dst[j] = src[j] + b;
-            }
-            i = next;
+            TE.StoreSingle(TE.Multiply(vProduct, exact), bias, tail);
+            new ReadOnlySpan<float>(tail, run - j).CopyTo(new Span<float>(dst + j, run - j));
+            return run;
         }
+        return j;
     }
 
     /// <summary>
     /// Activation rows from <paramref name="m0"/> in blocks of eight, while whole blocks remain; returns the first row
     /// not done. For each block, every weight row's eight outputs are computed along its row of <c>y^T</c> (contiguous
     /// sums, the activation terms in vectors) and written back over their sums as floats; then 8 x 8 transposes move
-    /// them into the output rows, adding the bias (weight rows past the last multiple of eight one by one), unless
-    /// <paramref name="transpose"/> is false (the values stay in <c>y^T</c>, without the bias). Computing
+    /// them into the output rows, adding the bias (weight rows past the last multiple of eight one by one). Computing
     /// down a column of <c>y^T</c> instead (one gather per output, rows <paramref name="ldt"/> apart) took a third of a
     /// 384x384 dynamic W8A8 call at 256 rows. <c>exact = dot - xZero * rowSum - wZero * (xSum - K * xZero)</c> in
     /// float64 is the reference's int64 value (every term is an integer below 2^53); then <c>(xScale * wScale) * exact</c>
     /// and the float32 rounding, as the reference.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int EpilogueBlocks<TE, TVec>(in EpilogueActivations a, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, bool transpose)
+    private static int EpilogueBlocks<TE, TVec>(in EpilogueActivations a, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy)
         where TE : IEpilogueWidth<TVec> where TVec : struct
     {
         int i0 = m0;
@@ -655,7 +726,6 @@ internal static unsafe class PackedIntegerMatMul
                     TE.StoreSingle(TE.Multiply(TE.Multiply(xs, TE.Create(w.Scales[r])), exact), (float*)dots);
                 }
             }
-            if (!transpose) continue;
             float* t = (float*)yt + (i0 - m0), dst = y + i0 * ldy;
             int r0 = 0;
             for (; r0 + 8 <= w.Count; r0 += 8) Transposes.Transpose8x8(t + r0 * ldt, ldt, dst + r0, ldy, add: true, Vector256.Load(w.Biases + r0));
@@ -665,10 +735,15 @@ internal static unsafe class PackedIntegerMatMul
         return i0;
     }
 
-    /// <summary>The epilogue's operands per weight row of an item, in float64 (the bias in float32).</summary>
-    private readonly struct EpilogueRows(int count, double* scales, double* zeroPoints, double* sums, float* biases)
+    /// <summary>
+    /// The epilogue's operands per weight row of an item (weight rows <c>[N0, N0 + Count)</c> of a weight of
+    /// <see cref="K"/> columns): scale, zero point and row sum in float64, the bias in float32 (zero without a bias).
+    /// </summary>
+    private readonly struct EpilogueRows(int n0, int count, int k, double* scales, double* zeroPoints, double* sums, float* biases)
     {
+        public int N0 { get; } = n0;
         public int Count { get; } = count;
+        public int K { get; } = k;
         public double* Scales { get; } = scales;
         public double* ZeroPoints { get; } = zeroPoints;
         public double* Sums { get; } = sums;

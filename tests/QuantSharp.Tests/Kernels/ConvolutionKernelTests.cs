@@ -200,6 +200,56 @@ public unsafe class ConvolutionKernelTests
         }
     }
 
+    [Theory]
+    [InlineData(19, true)]   // one item of weight rows: each work item packs its own strips
+    [InlineData(100, true)]  // 100 rows, 58 KB: items of strips over every block of weight rows
+    [InlineData(100, false)] // FusedWeightBytes 0: items cut by weight rows too, the strips packed in a pass first
+    public void IntegerConvolutionPacksTheImagesInsideTheWorkItemsOrFirstAlike(int outputs, bool fusedRule)
+    {
+        // Three images of the stride-(2, 1) geometry with a weight zero point (so the code sums count), at 1, 2 and 4
+        // threads, against the specification on libtorch's columns; which way the codes were packed is the only difference.
+        using var scope = NewDisposeScope();
+        int[] g = [5, 11, 6, 3, 2, 2, 1, 1, 0, 1, 1];
+        const int images = 3;
+        var u = Unfolding(g).ForImages(images);
+        int k = u.Rows, p = u.Positions;
+        using var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, groupSize: 0, zeroPoints: true, seed: outputs + k, perTensor: true);
+        torch.manual_seed(outputs);
+        var batch = torch.randn(images, g[0], g[1], g[2]);
+        float[] pixels = batch.data<float>().ToArray();
+        float[] rows = torch.cat(Enumerable.Range(0, images).Select(i => LibtorchColumns(batch[i], g).t()).ToArray(), 0).contiguous().data<float>().ToArray();
+        float[] bias = KernelTestData.Activations(outputs, k);
+        var expected = new float[images * p * outputs];
+        var actual = new float[images * p * outputs];
+        using var simulated = new QuantizedActivations(images * p, k);
+        int savedThreads = KernelThreads.Count, savedBytes = PackedIntegerMatMul.FusedWeightBytes;
+        try
+        {
+            if (!fusedRule) PackedIntegerMatMul.FusedWeightBytes = 0;
+            fixed (float* px = pixels) fixed (float* pr = rows) fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+            {
+                IntegerMatMul.QuantizeStatic(pr, k, 0.019f, 131, 0, 255, simulated);
+                IntegerMatMul.Reference(w.View, simulated, pb, pe, outputs);
+                var specification = ChannelMajor(expected, images, p, outputs);
+                foreach (int threads in new[] { 1, 2, 4 })
+                {
+                    KernelThreads.Count = threads;
+                    foreach (var path in IntegerPaths())
+                    {
+                        Array.Fill(actual, float.NaN);
+                        IntegerMatMul.RunConvolution(w.View, px, u, 0.019f, 131, 0, 255, pb, pa, path);
+                        Assert.True(specification.AsSpan().SequenceEqual(actual), $"{path} {threads} thread(s), {outputs} outputs, fused rule {fusedRule}: differs from the specification");
+                    }
+                }
+            }
+        }
+        finally
+        {
+            KernelThreads.Count = savedThreads;
+            PackedIntegerMatMul.FusedWeightBytes = savedBytes;
+        }
+    }
+
     [Fact]
     public void IntegerConvolutionTakesOnlyGeometriesWhosePackedCodesFitOneBuffer()
     {

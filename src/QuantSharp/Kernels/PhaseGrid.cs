@@ -1,0 +1,61 @@
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// Images stored padded and split into stride phases: for channel c and phase <c>(a, b)</c> (<c>0 &lt;= a &lt; strideH</c>,
+/// <c>0 &lt;= b &lt; strideW</c>) a plane of <see cref="PhaseHeight"/> x <see cref="PhaseWidth"/> values holding padded
+/// pixel <c>(i * strideH + a, j * strideW + b)</c> at <c>(i, j)</c>. Output position <c>(oh, ow)</c> reads tap
+/// <c>(kh, kw)</c> at padded pixel <c>(oh * strideH + kh * dH, ow * strideW + kw * dW)</c>, which is phase
+/// <c>(kh dH mod strideH, kw dW mod strideW)</c> at <c>(oh + kh dH / strideH, ow + kw dW / strideW)</c>: so on the "wide"
+/// grid of <c>OutH x PhaseWidth</c> positions (<c>q = oh * PhaseWidth + ow</c>) each reduction row is the values from
+/// <see cref="Offset"/> on, contiguous. The <c>PhaseWidth - OutW</c> extra positions of each output row (reads that run
+/// into the next row) are computed and dropped; at stride 1 there is one phase, the padded image. The layout of the
+/// integer convolution's codes (<see cref="IntegerMatMul.RunConvolution"/>) and of the small-convolution kernel's
+/// floats (<see cref="DirectConvolution"/>).
+/// </summary>
+internal readonly struct PhaseGrid
+{
+    private readonly Im2Col _u;
+
+    public PhaseGrid(in Im2Col unfold)
+    {
+        _u = unfold;
+        PhaseHeight = (unfold.Height + 2 * unfold.PadH + unfold.StrideH - 1) / unfold.StrideH;
+        PhaseWidth = (unfold.Width + 2 * unfold.PadW + unfold.StrideW - 1) / unfold.StrideW;
+        ImageValues = (long)unfold.Channels * unfold.StrideH * unfold.StrideW * PhaseHeight * PhaseWidth;
+        // Whole strips of the integer GEMM's widest width (32 rows) per image, so no strip crosses two images.
+        long rows = ((long)unfold.OutH * PhaseWidth + 31) / 32 * 32;
+        RowsPerImage = rows <= int.MaxValue ? (int)rows : -1;
+    }
+
+    /// <summary>Rows of a phase plane.</summary>
+    public int PhaseHeight { get; }
+
+    /// <summary>Values per row of a phase plane: the wide grid's row length.</summary>
+    public int PhaseWidth { get; }
+
+    /// <summary>Values per image (all channels and phases).</summary>
+    public long ImageValues { get; }
+
+    /// <summary>Activation rows per image of the integer GEMM (the wide grid rounded up to whole strips of 32), or -1 beyond int.</summary>
+    public int RowsPerImage { get; }
+
+    /// <summary>Where reduction row <paramref name="kk"/> (channel, tap) starts in an image.</summary>
+    public int Offset(int kk)
+    {
+        int taps = _u.KernelH * _u.KernelW, c = kk / taps, tap = kk - c * taps, kh = tap / _u.KernelW, kw = tap - kh * _u.KernelW;
+        int dy = kh * _u.DilationH, dx = kw * _u.DilationW;
+        int phase = (c * _u.StrideH + dy % _u.StrideH) * _u.StrideW + dx % _u.StrideW;
+        return (phase * PhaseHeight + dy / _u.StrideH) * PhaseWidth + dx / _u.StrideW;
+    }
+
+    /// <summary>Where padded row <paramref name="paddedRow"/>'s values of column phase <paramref name="b"/> start, from the start of a channel's phases.</summary>
+    public long PhaseRow(int paddedRow, int b) =>
+        ((long)(paddedRow % _u.StrideH * _u.StrideW + b) * PhaseHeight + paddedRow / _u.StrideH) * PhaseWidth;
+
+    /// <summary>The first source column of phase <paramref name="b"/> (those with <c>(t + padW) mod strideW = b</c>), and where it goes in the phase row.</summary>
+    public (int Column, int Place) FirstColumn(int b)
+    {
+        int t = ((b - _u.PadW) % _u.StrideW + _u.StrideW) % _u.StrideW;
+        return (t, (t + _u.PadW) / _u.StrideW);
+    }
+}
