@@ -6,9 +6,10 @@ namespace QuantSharp.Kernels;
 
 /// <summary>
 /// A small convolution computed directly from a float32 weight <c>[O, K]</c> (the quantized weight dequantized once for
-/// the call, <see cref="WeightDequantizer"/>): per image and block of output positions the columns (im2col,
-/// <see cref="Im2Col.Row"/>) are unfolded into a small buffer, then each group of four output channels multiplies it
-/// with two vectors of positions per step. For layers whose libtorch convolution is mostly fixed cost (the MNIST CNN's
+/// the call, <see cref="WeightDequantizer"/>): the images are copied once, padded and split into stride phases, where
+/// every reduction row of a run of output positions is a run of the copy (<see cref="RunWide"/>; per block of output
+/// positions, the columns unfolded into a small buffer where a phase row is too long), then each group of four output
+/// channels multiplies them with four vectors of positions per step. For layers whose libtorch convolution is mostly fixed cost (the MNIST CNN's
 /// 1- and 16-channel layers: 15-40 us for 0.1-0.6 M multiply-adds), this avoids the packed GEMM's packing and
 /// libtorch's per-call set-up.
 /// </summary>
@@ -40,26 +41,25 @@ internal static unsafe class DirectConvolution
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
-    /// <param name="input">Static fake quantization applied to the images as they are copied (stride 1 only: see <see cref="FusesInputQuantization"/>), or null.</param>
+    /// <param name="input">Static fake quantization applied to the images as they are copied (see <see cref="FusesInputQuantization"/>), or null.</param>
     public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
         if (input is not null && !FusesInputQuantization(unfold))
-            throw new ArgumentException("Input quantization is fused only into stride-1 convolutions; quantize the input first.", nameof(input));
+            throw new ArgumentException("Input quantization is fused only where the kernel copies the image (phase rows up to MaxWideRow); quantize the input first.", nameof(input));
         if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y, input);
         else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, unfold, images, bias, y, input);
         else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, unfold, images, bias, y, input);
         else Run<Float1, float>(weight, outputs, unfold, images, bias, y, input);
     }
 
-    /// <summary>Padded row length up to which stride 1 runs on the padded image (<see cref="RunWide"/>): its per-item scratch of 4 such rows stays a small stack buffer.</summary>
+    /// <summary>Phase row length (<see cref="PhaseGrid.PhaseWidth"/>) up to which the kernel runs on the padded image (<see cref="RunWide"/>): its per-item scratch of 4 such rows stays a small stack buffer.</summary>
     internal const int MaxWideRow = 2048;
 
     /// <summary>
-    /// Whether <see cref="Run"/> takes <see cref="RunWide"/> for this geometry (stride 1, padded rows up to
-    /// <see cref="MaxWideRow"/>), and can therefore apply a static input quantization itself as it copies the image.
+    /// Whether <see cref="Run"/> takes <see cref="RunWide"/> for this geometry (phase rows up to <see cref="MaxWideRow"/>),
+    /// and can therefore apply a static input quantization itself as it copies the image.
     /// </summary>
-    public static bool FusesInputQuantization(Im2Col unfold) =>
-        unfold.StrideH == 1 && unfold.StrideW == 1 && unfold.Width + 2 * unfold.PadW <= MaxWideRow;
+    public static bool FusesInputQuantization(Im2Col unfold) => new PhaseGrid(unfold).PhaseWidth <= MaxWideRow;
 
     private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -106,35 +106,32 @@ internal static unsafe class DirectConvolution
     }
 
     /// <summary>
-    /// Stride 1: no columns are built. Each image is copied once, zero-padded, into a buffer of rows of
-    /// <c>Wp = W + 2 padW</c>; the outputs are computed on a "wide" grid of <c>OutH x Wp</c> positions, on which
-    /// reduction row <c>(c, kh, kw)</c> is the padded image itself read from offset <c>c Hp Wp + kh dH Wp + kw dW</c>,
-    /// contiguous. The <c>Wp - OutW</c> extra positions of each output row (reads that run into the next row) are
-    /// computed and dropped: 8% more multiply-adds for MNIST's 28-wide conv1, 18% for its 13-wide conv2, where unfolding
-    /// the columns cost as much as the multiply-adds (4 of 5 us, 12 of 23 us).
+    /// No columns are built. Each image is copied once, zero-padded and split into stride phases (<see cref="PhaseGrid"/>:
+    /// at stride 1 the padded image itself); the outputs are computed on a "wide" grid of <c>OutH x PhaseWidth</c>
+    /// positions, on which every reduction row <c>(c, kh, kw)</c> is a run of the copy from <see cref="PhaseGrid.Offset"/>.
+    /// The <c>PhaseWidth - OutW</c> extra positions of each output row (reads that run into the next row) are computed and
+    /// dropped: 8% more multiply-adds for MNIST's 28-wide conv1, 18% for its 13-wide conv2, where unfolding the columns
+    /// cost as much as the multiply-adds (4 of 5 us, 12 of 23 us); one in 113 for a 224x224 stride-2 stem.
     /// </summary>
     private static void RunWide<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
+        var grid = new PhaseGrid(u);
         int k = u.Rows, positions = u.Positions, outH = u.OutH, outW = u.OutW;
-        int hp = u.Height + 2 * u.PadH, wp = u.Width + 2 * u.PadW, step = VectorsPerStep * TW.Count;
-        nint plane = (nint)hp * wp, padded = plane * u.Channels;
-        // Reads of the last work item run past the last image's plane by less than a step plus a padded row (the
-        // kernel's reach (kW - 1) dW is under wp): zeros there.
+        int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count;
+        nint padded = (nint)grid.ImageValues;
+        // Reads of the last work item run past the last image by less than a step plus a phase row (a reduction row
+        // starts at most one phase row before the end of its plane, see PhaseGrid): zeros there.
         nint slack = step + wp, total = padded * u.Images + slack;
         float* buffer = (float*)NativeMemory.AlignedAlloc((nuint)total * sizeof(float), 64);
         try
         {
             int* offsets = stackalloc int[k];
-            for (int c = 0, j = 0; c < u.Channels; c++)
-                for (int kh = 0; kh < u.KernelH; kh++)
-                    for (int kw = 0; kw < u.KernelW; kw++)
-                        offsets[j++] = (int)(c * plane + kh * u.DilationH * wp + kw * u.DilationW);
+            for (int j = 0; j < k; j++) offsets[j] = grid.Offset(j);
             int* pOffsets = offsets;
-            Pad(u, images, buffer, hp, wp, input);
+            Pad(u, grid, images, buffer, input);
             new Span<float>(buffer + padded * u.Images, (int)slack).Clear();
-            // Work items: an image's block of whole output rows, about Block wide positions.
-            int rowsPerItem = Math.Max(1, Block / wp), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
+            int rowsPerItem = RowsPerItem(u.Images, outH, wp, step), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
             KernelThreads.For(u.Images * blocks, (long)outputs * k * rowsPerItem * wp, item =>
             {
                 int image = item / blocks, oh0 = item % blocks * rowsPerItem, oh1 = Math.Min(outH, oh0 + rowsPerItem);
@@ -160,36 +157,83 @@ internal static unsafe class DirectConvolution
     }
 
     /// <summary>
-    /// Copies the images into <paramref name="destination"/> as <c>[Images, C, hp, wp]</c> with zero borders,
-    /// fake-quantized by <paramref name="input"/> when given (the simulated path quantizes, then pads with zeros).
+    /// Output rows per work item of <see cref="RunWide"/>: at least about <see cref="Block"/> wide positions, at most
+    /// <see cref="MaxItemPositions"/>, the count that gives the busiest thread the fewest positions to compute (items
+    /// shared out in turn, each rounded up to whole steps): a 113-wide row of a stride-2 stem is 113 of 128 computed
+    /// positions alone, 1,582 of 1,600 fourteen at a time.
     /// </summary>
-    private static void Pad(Im2Col u, float* images, float* destination, int hp, int wp, InputFakeQuantization? input)
+    private static int RowsPerItem(int images, int outH, int rowLength, int step)
     {
-        int h = u.Height, w = u.Width;
-        for (int plane = 0; plane < u.Images * u.Channels; plane++)
+        int least = Math.Clamp(Block / rowLength, 1, outH), best = least, threads = Math.Max(1, KernelThreads.Count);
+        long fewest = long.MaxValue;
+        for (int rows = least; rows <= outH && (rows == least || rows * rowLength <= MaxItemPositions); rows++)
         {
-            float* src = images + (nint)plane * h * w, dst = destination + (nint)plane * hp * wp;
-            if (u.PadH == 0 && u.PadW == 0)
-            {
-                Copy(new Span<float>(src, h * w), new Span<float>(dst, h * w), input);
-                continue;
-            }
-            new Span<float>(dst, u.PadH * wp).Clear();
-            for (int r = 0; r < h; r++)
-            {
-                float* row = dst + (nint)(r + u.PadH) * wp;
-                new Span<float>(row, u.PadW).Clear();
-                Copy(new Span<float>(src + (nint)r * w, w), new Span<float>(row + u.PadW, w), input);
-                new Span<float>(row + u.PadW + w, u.PadW).Clear();
-            }
-            new Span<float>(dst + (nint)(h + u.PadH) * wp, u.PadH * wp).Clear();
+            long items = (long)images * ((outH + rows - 1) / rows);
+            long busiest = (items + threads - 1) / threads * ((rows * rowLength + step - 1) / step * step);
+            if (busiest < fewest) (best, fewest) = (rows, busiest);
         }
+        return best;
+    }
+
+    /// <summary>Wide positions up to which a work item of <see cref="RunWide"/> may grow (its scratch: four output channels' rows of them, 32 KiB).</summary>
+    private const int MaxItemPositions = 2048;
+
+    /// <summary>
+    /// Copies the images into <paramref name="destination"/> in the layout of <paramref name="grid"/>, zero where padded,
+    /// fake-quantized by <paramref name="input"/> when given (the simulated path quantizes, then pads with zeros): a work
+    /// item per plane, every phase row written once (its values, zeros around them).
+    /// </summary>
+    private static void Pad(Im2Col u, PhaseGrid grid, float* images, float* destination, InputFakeQuantization? input)
+    {
+        int h = u.Height, w = u.Width, strideW = u.StrideW, wp = grid.PhaseWidth, paddedRows = grid.PhaseHeight * u.StrideH;
+        nint planeValues = (nint)(grid.ImageValues / u.Channels);
+        nint source = (nint)images, target = (nint)destination;
+        KernelThreads.For(u.Images * u.Channels, 4L * planeValues, plane =>
+        {
+            float* src = (float*)source + (nint)plane * h * w, dst = (float*)target + plane * planeValues;
+            float* row = stackalloc float[strideW == 1 ? 1 : w + 8];
+            for (int r = 0; r < paddedRows; r++)
+            {
+                int sourceRow = r - u.PadH;
+                bool inside = sourceRow >= 0 && sourceRow < h;
+                var values = inside ? new ReadOnlySpan<float>(src + (nint)sourceRow * w, w) : default;
+                if (inside && strideW > 1) Copy(values, new Span<float>(row, w), input);
+                for (int b = 0; b < strideW; b++)
+                {
+                    float* phaseRow = dst + grid.PhaseRow(r, b);
+                    (int t, int place) = grid.FirstColumn(b);
+                    int n = inside && t < w ? (w - t + strideW - 1) / strideW : 0;
+                    if (n == 0)
+                    {
+                        new Span<float>(phaseRow, wp).Clear();
+                        continue;
+                    }
+                    new Span<float>(phaseRow, place).Clear();
+                    new Span<float>(phaseRow + place + n, wp - place - n).Clear();
+                    if (strideW == 1) Copy(values, new Span<float>(phaseRow + place, w), input);
+                    else PlacePhase(row + t, n, strideW, phaseRow + place);
+                }
+            }
+        });
     }
 
     private static void Copy(ReadOnlySpan<float> source, Span<float> destination, InputFakeQuantization? input)
     {
         if (input is { } q) q.Apply(source, destination);
         else source.CopyTo(destination);
+    }
+
+    /// <summary><c>dst[j] = src[j * stride]</c> for <paramref name="n"/> values (<paramref name="src"/> readable 8 floats past the last).</summary>
+    private static void PlacePhase(float* src, int n, int stride, float* dst)
+    {
+        int j = 0;
+        if (stride == 2 && Simd.Use128)
+        {
+            // The even floats of 8: the low half of each of 4 ulongs, narrowed.
+            for (; j + 4 <= n; j += 4)
+                Vector128.Narrow(Vector128.Load((ulong*)(src + 2 * j)), Vector128.Load((ulong*)(src + 2 * j) + 2)).AsSingle().Store(dst + j);
+        }
+        for (; j < n; j++) dst[j] = src[j * stride];
     }
 
     /// <summary>Vectors of positions per micro-kernel step (with <see cref="RowsPerStep"/>: 16 accumulators, 4 loads and 4 broadcasts per 16 multiply-adds).</summary>

@@ -205,7 +205,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         using var w = torch.empty(out_channels, unfold.Rows);
         if (!weight.Layout.DequantizeInto(w)) return null;
-        // A static W8A8 input is fake-quantized by the kernel as it copies the image (stride 1), not in a pass of its own.
+        // A static W8A8 input is fake-quantized by the kernel as it copies the image, not in a pass of its own.
         var fused = DirectConvolution.FusesInputQuantization(unfold) ? StaticInputFakeQuantization() : null;
         using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
         bool batched = input.dim() == SpatialDims + 2;

@@ -94,7 +94,8 @@ public class DirectConvolutionTests
         {
             (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, 300)),                              // stride 1: fused
             (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)), // row too long: a pass first
-            (nn.Conv2d(3, 4, 3, stride: 2, padding: 1), torch.randn(2, 3, 17, 15)),               // strided: a pass first
+            (nn.Conv2d(3, 4, 3, stride: 2, padding: 1), torch.randn(2, 3, 17, 15)),               // strided: fused into the phases
+            (nn.Conv1d(2, 3, 4, stride: 3, padding: 2), torch.randn(2, 2, 40)),                      // stride 3: fused
         })
         {
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
