@@ -8,9 +8,9 @@ namespace QuantSharp.Modules;
 /// threads on both sides, ratios to the float32 layer's time:
 /// <list type="bullet">
 /// <item>Small calls (up to <see cref="DirectMaxWork"/> multiply-adds, reduction up to
-/// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>; stride
-/// 1 reads the padded image without unfolding it) on the weight dequantized for the call, a static W8A8 input
-/// quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
+/// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>: it reads
+/// the padded image, split into stride phases, without unfolding it) on the weight dequantized for the call, a static
+/// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
 /// layers at batch 1, W8A8 included.</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
