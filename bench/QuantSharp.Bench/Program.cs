@@ -7,6 +7,9 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        // QUANTSHARP_BENCH_POOL=workers runs the kernels on QuantSharp's own workers instead of libtorch's OpenMP team
+        // (KernelThreads.UseOpenMP), to compare the two in one build.
+        if (Environment.GetEnvironmentVariable("QUANTSHARP_BENCH_POOL") == "workers") QuantSharp.Kernels.KernelThreads.UseOpenMP = false;
         if (args.Length > 0 && args[0] == "checkpoint") return CheckpointBench.Run(args[1..]); // end-to-end checkpoint run, see CheckpointBench
         if (args.Length > 0 && args[0] == "chunk-profile") return ChunkProfile.Run();
         if (args.Length > 0 && args[0] == "small-linear") return SmallLinearProbe.Run(args[1..]); // small and medium Linear layers vs float32, see SmallLinearProbe

@@ -18,8 +18,13 @@ namespace QuantSharp.Kernels;
 /// item at a time made both threads bounce the counter's cache line once per item: with the thousand 32 KiB items of a
 /// 4096x4096 float16 layer that cost a third of the call.) Calls made while the workers are busy (another
 /// thread's call, or a call from inside a body) run on <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/>.
+/// <para>Where libtorch runs on libgomp (Linux), the jobs run on libgomp's own team instead (<see cref="UseOpenMP"/>):
+/// after each of its operations libtorch's OpenMP workers spin for the next one, and a job of our workers' started
+/// meanwhile shared the two cores with them. In the conv bench's interleaved table (each route called right after
+/// libtorch's) the 224x224 stem's integer W8A8 route took 0.74 ms at batch 1 and 3.1 ms at batch 8 on our workers,
+/// 0.35 and 1.5 ms on libgomp's team, against 0.2 and 1.4-1.6 ms for float32 (docs/BENCHMARKS.md, stop 19).</para>
 /// </remarks>
-internal static class KernelThreads
+internal static unsafe class KernelThreads
 {
     private const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
 
@@ -39,6 +44,12 @@ internal static class KernelThreads
         get => s_count > 0 ? s_count : Environment.ProcessorCount;
         set => s_count = Math.Max(0, value);
     }
+
+    /// <summary>
+    /// Whether jobs run on libtorch's OpenMP team (<see cref="OpenMP.IsAvailable"/>; default where it is) rather than
+    /// on this class's own workers. Tests turn it off to run both.
+    /// </summary>
+    internal static bool UseOpenMP { get; set; } = OpenMP.IsAvailable;
 
     /// <summary>Whether <see cref="For"/> runs a call of <paramref name="totalWork"/> multiply-adds (in two items or more) on several threads.</summary>
     public static bool RunsInParallel(long totalWork) => Count > 1 && totalWork >= MinParallelWork;
@@ -66,6 +77,13 @@ internal static class KernelThreads
         }
         try
         {
+            if (UseOpenMP && OpenMP.IsAvailable)
+            {
+                var team = new Job(body, count, threads - 1);
+                OpenMP.Run(team, threads);
+                team.Rethrow();
+                return;
+            }
             EnsureWorkers(threads - 1);
             var job = new Job(body, count, threads - 1);
             Volatile.Write(ref s_job, job);
@@ -134,8 +152,64 @@ internal static class KernelThreads
         return generation;
     }
 
+    /// <summary>
+    /// libgomp's <c>GOMP_parallel</c>, the entry of an OpenMP parallel region, from the copy libtorch loaded (TorchSharp's
+    /// bundled <c>libgomp-*.so.1</c>, found in <c>/proc/self/maps</c> next to <c>libtorch_cpu.so</c>): the calling thread
+    /// and the team's workers (the threads libtorch's own operations run on) each run the job's <see cref="Job.Execute"/>,
+    /// and the call returns when all have. A job started from inside a team runs on one thread (libgomp's default of
+    /// one active level), and <see cref="For"/> sends calls made while a job runs to <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/> anyway.
+    /// </summary>
+    internal static class OpenMP
+    {
+        private static readonly delegate* unmanaged<delegate* unmanaged<nint, void>, nint, uint, uint, void> s_parallel = Find();
+
+        /// <summary>Whether libtorch's libgomp was found (Linux builds of libtorch).</summary>
+        public static bool IsAvailable => s_parallel != null;
+
+        /// <summary>Runs <paramref name="job"/> on a team of <paramref name="threads"/> threads, the caller among them.</summary>
+        public static void Run(Job job, int threads)
+        {
+            var handle = GCHandle.Alloc(job);
+            try
+            {
+                s_parallel(&Execute, GCHandle.ToIntPtr(handle), (uint)threads, 0);
+            }
+            finally
+            {
+                handle.Free();
+            }
+        }
+
+        /// <summary>Each team thread's part (<see cref="Job.Execute"/> catches the bodies' exceptions; nothing else throws).</summary>
+        [UnmanagedCallersOnly]
+        private static void Execute(nint job) => ((Job)GCHandle.FromIntPtr(job).Target!).Execute();
+
+        private static delegate* unmanaged<delegate* unmanaged<nint, void>, nint, uint, uint, void> Find()
+        {
+            try
+            {
+                if (!OperatingSystem.IsLinux()) return null;
+                TorchSharp.torch.get_num_threads(); // loads libtorch, and with it its libgomp
+                var mapped = File.ReadLines("/proc/self/maps")
+                    .Select(line => line.IndexOf('/') is int at and >= 0 ? line[at..] : null)
+                    .OfType<string>().Distinct().ToList();
+                string? torch = mapped.FirstOrDefault(path => Path.GetFileName(path).StartsWith("libtorch_cpu", StringComparison.Ordinal));
+                var gomps = mapped.Where(path => Path.GetFileName(path).StartsWith("libgomp", StringComparison.Ordinal)).ToList();
+                string? gomp = gomps.FirstOrDefault(path => torch is not null && Path.GetDirectoryName(path) == Path.GetDirectoryName(torch)) ?? gomps.FirstOrDefault();
+                if (gomp is null || !NativeLibrary.TryLoad(gomp, out nint library)) return null;
+                return NativeLibrary.TryGetExport(library, "GOMP_parallel", out nint entry)
+                    ? (delegate* unmanaged<delegate* unmanaged<nint, void>, nint, uint, uint, void>)entry
+                    : null;
+            }
+            catch (Exception)
+            {
+                return null; // no libtorch to load, or no /proc: the workers of this class run the jobs
+            }
+        }
+    }
+
     /// <summary>One <see cref="For"/> call: runs of items claimed by an atomic counter, a count of the finished ones (each counter on its own cache line).</summary>
-    private sealed class Job(Action<int> body, int count, int workers)
+    internal sealed class Job(Action<int> body, int count, int workers)
     {
         private PaddedInt _next;
         private PaddedInt _done;

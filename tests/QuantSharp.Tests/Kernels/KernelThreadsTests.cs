@@ -3,9 +3,10 @@ using QuantSharp.Kernels;
 namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
-/// <see cref="KernelThreads.For"/>: every item runs exactly once whatever the thread count, calls back to back (the
-/// workers' spin) and after a pause (the workers sleep), from several threads at once and from inside a body; a body's
-/// exception reaches the caller; and the row kernels give the same bits on 1, 2 and 3 threads.
+/// <see cref="KernelThreads.For"/>, on this class's workers and on libtorch's OpenMP team (found on Linux, where CI
+/// runs): every item runs exactly once whatever the thread count, calls back to back (the workers' spin) and after a
+/// pause (the workers sleep), from several threads at once and from inside a body; a body's exception reaches the
+/// caller; and the row kernels give the same bits on 1, 2 and 3 threads.
 /// </summary>
 /// <remarks>The tests set the global <see cref="KernelThreads.Count"/> and restore it; kernels running meanwhile in other
 /// test classes only change how many threads they use, never their results (the last test checks that).</remarks>
@@ -13,10 +14,13 @@ public class KernelThreadsTests
 {
     private const long Heavy = 1 << 20; // work per item above the threshold below which For runs inline
 
-    [Fact]
-    public void EveryItemRunsExactlyOnceOnEveryThreadCount()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EveryItemRunsExactlyOnceOnEveryThreadCount(bool openMP)
     {
         int saved = KernelThreads.Count;
+        using var pool = new Pool(openMP);
         try
         {
             foreach (int threads in new[] { 1, 2, 3, 5 })
@@ -38,10 +42,13 @@ public class KernelThreadsTests
         }
     }
 
-    [Fact]
-    public void UsesMoreThanOneThreadWhenAsked()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void UsesMoreThanOneThreadWhenAsked(bool openMP)
     {
         int saved = KernelThreads.Count;
+        using var pool = new Pool(openMP);
         try
         {
             KernelThreads.Count = 2;
@@ -65,10 +72,13 @@ public class KernelThreadsTests
         }
     }
 
-    [Fact]
-    public async Task ConcurrentAndNestedCallsEachRunEveryItemOnce()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ConcurrentAndNestedCallsEachRunEveryItemOnce(bool openMP)
     {
         int saved = KernelThreads.Count;
+        using var pool = new Pool(openMP);
         try
         {
             KernelThreads.Count = 2;
@@ -95,10 +105,13 @@ public class KernelThreadsTests
         }
     }
 
-    [Fact]
-    public void ABodysExceptionReachesTheCallerAndTheWorkersStayUsable()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ABodysExceptionReachesTheCallerAndTheWorkersStayUsable(bool openMP)
     {
         int saved = KernelThreads.Count;
+        using var pool = new Pool(openMP);
         try
         {
             KernelThreads.Count = 2;
@@ -153,6 +166,27 @@ public class KernelThreadsTests
         {
             KernelThreads.Count = saved;
         }
+    }
+
+    [Fact]
+    public void LibtorchsOpenMPTeamIsFoundOnLinux()
+    {
+        // CI runs on Linux with TorchSharp-cpu, whose libtorch runs on its bundled libgomp: the team must be found there.
+        if (OperatingSystem.IsLinux()) Assert.True(KernelThreads.OpenMP.IsAvailable, "libtorch's libgomp (GOMP_parallel) was not found");
+    }
+
+    /// <summary>Runs the test's calls on the OpenMP team or on the workers; restores the setting.</summary>
+    private sealed class Pool : IDisposable
+    {
+        private readonly bool _saved = KernelThreads.UseOpenMP;
+
+        public Pool(bool openMP)
+        {
+            if (openMP && !KernelThreads.OpenMP.IsAvailable) Assert.False(OperatingSystem.IsLinux(), "no OpenMP team on Linux");
+            KernelThreads.UseOpenMP = openMP;
+        }
+
+        public void Dispose() => KernelThreads.UseOpenMP = _saved;
     }
 
     private static unsafe float[] RunRows(in WeightView view, float[] x, int batch)
