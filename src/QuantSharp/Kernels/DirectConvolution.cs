@@ -185,55 +185,33 @@ internal static unsafe class DirectConvolution
     /// </summary>
     private static void Pad(Im2Col u, PhaseGrid grid, float* images, float* destination, InputFakeQuantization? input)
     {
-        int h = u.Height, w = u.Width, strideW = u.StrideW, wp = grid.PhaseWidth, paddedRows = grid.PhaseHeight * u.StrideH;
+        int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        // Rows are read from the image itself only at stride 1 without quantization (the stride-2 gather reads past a row).
+        bool direct = u.StrideW == 1 && input is null;
         nint planeValues = (nint)(grid.ImageValues / u.Channels);
         nint source = (nint)images, target = (nint)destination;
         KernelThreads.For(u.Images * u.Channels, 4L * planeValues, plane =>
         {
             float* src = (float*)source + (nint)plane * h * w, dst = (float*)target + plane * planeValues;
-            float* row = stackalloc float[strideW == 1 ? 1 : w + 8];
+            float* row = stackalloc float[direct ? 1 : w + 1]; // the stride-2 gather reads a value past the row
             for (int r = 0; r < paddedRows; r++)
             {
                 int sourceRow = r - u.PadH;
-                bool inside = sourceRow >= 0 && sourceRow < h;
-                var values = inside ? new ReadOnlySpan<float>(src + (nint)sourceRow * w, w) : default;
-                if (inside && strideW > 1) Copy(values, new Span<float>(row, w), input);
-                for (int b = 0; b < strideW; b++)
+                float* values = null;
+                if (sourceRow >= 0 && sourceRow < h)
                 {
-                    float* phaseRow = dst + grid.PhaseRow(r, b);
-                    (int t, int place) = grid.FirstColumn(b);
-                    int n = inside && t < w ? (w - t + strideW - 1) / strideW : 0;
-                    if (n == 0)
+                    values = src + (nint)sourceRow * w;
+                    if (!direct)
                     {
-                        new Span<float>(phaseRow, wp).Clear();
-                        continue;
+                        var copy = new Span<float>(row, w);
+                        if (input is { } q) q.Apply(new ReadOnlySpan<float>(values, w), copy);
+                        else new ReadOnlySpan<float>(values, w).CopyTo(copy);
+                        values = row;
                     }
-                    new Span<float>(phaseRow, place).Clear();
-                    new Span<float>(phaseRow + place + n, wp - place - n).Clear();
-                    if (strideW == 1) Copy(values, new Span<float>(phaseRow + place, w), input);
-                    else PlacePhase(row + t, n, strideW, phaseRow + place);
                 }
+                grid.WriteRow(dst, r, values, 0f);
             }
         });
-    }
-
-    private static void Copy(ReadOnlySpan<float> source, Span<float> destination, InputFakeQuantization? input)
-    {
-        if (input is { } q) q.Apply(source, destination);
-        else source.CopyTo(destination);
-    }
-
-    /// <summary><c>dst[j] = src[j * stride]</c> for <paramref name="n"/> values (<paramref name="src"/> readable 8 floats past the last).</summary>
-    private static void PlacePhase(float* src, int n, int stride, float* dst)
-    {
-        int j = 0;
-        if (stride == 2 && Simd.Use128)
-        {
-            // The even floats of 8: the low half of each of 4 ulongs, narrowed.
-            for (; j + 4 <= n; j += 4)
-                Vector128.Narrow(Vector128.Load((ulong*)(src + 2 * j)), Vector128.Load((ulong*)(src + 2 * j) + 2)).AsSingle().Store(dst + j);
-        }
-        for (; j < n; j++) dst[j] = src[j * stride];
     }
 
     /// <summary>Vectors of positions per micro-kernel step (with <see cref="RowsPerStep"/>: 16 accumulators, 4 loads and 4 broadcasts per 16 multiply-adds).</summary>

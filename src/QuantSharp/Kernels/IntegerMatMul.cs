@@ -298,13 +298,11 @@ internal static unsafe class IntegerMatMul
     /// Quantizes every plane of the images of <paramref name="unfold"/> into the layout of <paramref name="grid"/>, in
     /// work items of a band of a plane's rows: the band's values quantized in one pass (quantized row by row, a ResNet
     /// layer's 56-value rows went through the vector loops' scalar tails, 13% of a 64->64 W8A8 call's samples at batch 8,
-    /// docs/BENCHMARKS.md stop 18), then each of its phase rows written whole: the padding code, and the row's codes of
-    /// that phase (every column at stride 1, every second one at stride 2 through a vector de-interleave).
+    /// docs/BENCHMARKS.md stop 18), then each of its padded rows written into its phase rows (<see cref="PhaseGrid.WriteRow"/>).
     /// </summary>
     private static void QuantizeImages(float* images, in Im2Col unfold, PhaseGrid grid, StaticCodes q, byte* codes)
     {
-        int h = unfold.Height, w = unfold.Width, padH = unfold.PadH, strideW = unfold.StrideW;
-        int phaseRows = grid.PhaseHeight * unfold.StrideH, phaseWidth = grid.PhaseWidth;
+        int h = unfold.Height, w = unfold.Width, padH = unfold.PadH, phaseRows = grid.PhaseHeight * unfold.StrideH;
         // Bands of rows of the phase grid (padded row R = phase row R / strideH of phases (R mod strideH, b)).
         int band = Math.Clamp(QuantizeBandValues / Math.Max(w, 1), 1, phaseRows), bands = (phaseRows + band - 1) / band;
         long channelBytes = grid.ImageValues / unfold.Channels;
@@ -314,7 +312,7 @@ internal static unsafe class IntegerMatMul
             int plane = item / bands, r0 = item % bands * band, r1 = Math.Min(phaseRows, r0 + band);
             // The band's source rows: padded rows [r0, r1) less the padding, clipped to the plane.
             int s0 = Math.Clamp(r0 - padH, 0, h), s1 = Math.Clamp(r1 - padH, s0, h);
-            byte[] buffer = ArrayPool<byte>.Shared.Rent((s1 - s0) * w + 32);
+            byte[] buffer = ArrayPool<byte>.Shared.Rent((s1 - s0) * w + 1); // the stride-2 gather reads a code past the last row
             try
             {
                 var quantized = buffer.AsSpan(0, (s1 - s0) * w);
@@ -326,14 +324,7 @@ internal static unsafe class IntegerMatMul
                     for (int r = r0; r < r1; r++)
                     {
                         int source = r - padH;
-                        for (int b = 0; b < strideW; b++)
-                        {
-                            byte* dst = channel + grid.PhaseRow(r, b);
-                            new Span<byte>(dst, phaseWidth).Fill(q.Pad);
-                            if (source < 0 || source >= h) continue;
-                            (int t, int place) = grid.FirstColumn(b);
-                            if (t < w) PlacePhase(rows + (nint)(source - s0) * w + t, w - t, strideW, dst + place);
-                        }
+                        grid.WriteRow(channel, r, source >= 0 && source < h ? rows + (nint)(source - s0) * w : null, q.Pad);
                     }
                 }
             }
@@ -342,25 +333,6 @@ internal static unsafe class IntegerMatMul
                 ArrayPool<byte>.Shared.Return(buffer);
             }
         });
-    }
-
-    /// <summary><c>dst[j] = src[j * stride]</c> for the <c>ceil(count / stride)</c> codes of a row's phase (<paramref name="src"/> readable 32 bytes past the row).</summary>
-    private static void PlacePhase(byte* src, int count, int stride, byte* dst)
-    {
-        int n = (count + stride - 1) / stride, j = 0;
-        if (stride == 1)
-        {
-            Buffer.MemoryCopy(src, dst, n, n);
-            return;
-        }
-        if (stride == 2 && Simd.Use128)
-        {
-            // The even bytes of 32: the low byte of each of 16 ushorts, narrowed.
-            var low = Vector128.Create((ushort)0xFF);
-            for (; j + 16 <= n; j += 16)
-                Vector128.Narrow(Vector128.Load((ushort*)(src + 2 * j)) & low, Vector128.Load((ushort*)(src + 2 * j) + 8) & low).Store(dst + j);
-        }
-        for (; j < n; j++) dst[j] = src[j * stride];
     }
 
     /// <summary>Row <paramref name="i"/> of <paramref name="into"/>: the codes of <paramref name="row"/>, their sum, the scale and the zero point (shifted by 128 for signed ranges).</summary>

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace QuantSharp.Kernels;
 
 /// <summary>
@@ -49,13 +51,59 @@ internal readonly struct PhaseGrid
     }
 
     /// <summary>Where padded row <paramref name="paddedRow"/>'s values of column phase <paramref name="b"/> start, from the start of a channel's phases.</summary>
-    public long PhaseRow(int paddedRow, int b) =>
+    private long PhaseRow(int paddedRow, int b) =>
         ((long)(paddedRow % _u.StrideH * _u.StrideW + b) * PhaseHeight + paddedRow / _u.StrideH) * PhaseWidth;
 
-    /// <summary>The first source column of phase <paramref name="b"/> (those with <c>(t + padW) mod strideW = b</c>), and where it goes in the phase row.</summary>
-    public (int Column, int Place) FirstColumn(int b)
+    /// <summary>
+    /// Writes padded row <paramref name="paddedRow"/> of one channel (<paramref name="channel"/>: the start of its
+    /// phases) into its phase rows: the <see cref="Im2Col.Width"/> values of <paramref name="row"/> at their places (phase
+    /// b takes the columns t with <c>(t + padW) mod strideW = b</c>, at <c>(t + padW) / strideW</c>), and
+    /// <paramref name="pad"/> everywhere else; <paramref name="row"/> null for a row of padding. At stride 2 the row is
+    /// read one value past its end.
+    /// </summary>
+    public unsafe void WriteRow<T>(T* channel, int paddedRow, T* row, T pad) where T : unmanaged
     {
-        int t = ((b - _u.PadW) % _u.StrideW + _u.StrideW) % _u.StrideW;
-        return (t, (t + _u.PadW) / _u.StrideW);
+        int w = _u.Width, stride = _u.StrideW;
+        for (int b = 0; b < stride; b++)
+        {
+            T* phaseRow = channel + PhaseRow(paddedRow, b);
+            int t = ((b - _u.PadW) % stride + stride) % stride, place = (t + _u.PadW) / stride;
+            int n = row != null && t < w ? (w - t + stride - 1) / stride : 0;
+            if (n == 0)
+            {
+                new Span<T>(phaseRow, PhaseWidth).Fill(pad);
+                continue;
+            }
+            new Span<T>(phaseRow, place).Fill(pad);
+            new Span<T>(phaseRow + place + n, PhaseWidth - place - n).Fill(pad);
+            Gather(row + t, n, stride, phaseRow + place);
+        }
+    }
+
+    /// <summary><c>dst[j] = src[j * stride]</c> for <c>j &lt; n</c>; at stride 2 through vectors, which read up to <c>src[2n - 1]</c>.</summary>
+    private static unsafe void Gather<T>(T* src, int n, int stride, T* dst) where T : unmanaged
+    {
+        if (stride == 1)
+        {
+            Buffer.MemoryCopy(src, dst, (long)n * sizeof(T), (long)n * sizeof(T));
+            return;
+        }
+        int j = 0;
+        if (stride == 2 && Simd.Use128)
+        {
+            // The even values: each pair read as one value of twice the width, narrowed to its low half.
+            if (sizeof(T) == 1)
+            {
+                var low = Vector128.Create((ushort)0xFF);
+                for (; j + 16 <= n; j += 16)
+                    Vector128.Narrow(Vector128.Load((ushort*)(src + 2 * j)) & low, Vector128.Load((ushort*)(src + 2 * j) + 8) & low).Store((byte*)(dst + j));
+            }
+            else if (sizeof(T) == 4)
+            {
+                for (; j + 4 <= n; j += 4)
+                    Vector128.Narrow(Vector128.Load((ulong*)(src + 2 * j)), Vector128.Load((ulong*)(src + 2 * j) + 2)).Store((uint*)(dst + j));
+            }
+        }
+        for (; j < n; j++) dst[j] = src[j * stride];
     }
 }
