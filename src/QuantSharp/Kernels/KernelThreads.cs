@@ -21,8 +21,10 @@ namespace QuantSharp.Kernels;
 /// <para>Where libtorch runs on libgomp (Linux), the jobs run on libgomp's own team instead (<see cref="UseOpenMP"/>):
 /// after each of its operations libtorch's OpenMP workers spin for the next one, and a job of our workers' started
 /// meanwhile shared the two cores with them. In the conv bench's interleaved table (each route called right after
-/// libtorch's) the 224x224 stem's integer W8A8 route took 0.74 ms at batch 1 and 3.1 ms at batch 8 on our workers,
-/// 0.35 and 1.5 ms on libgomp's team, against 0.2 and 1.4-1.6 ms for float32 (docs/BENCHMARKS.md, stop 19).</para>
+/// libtorch's; one build, <c>QUANTSHARP_BENCH_POOL=workers</c> against the default) the 224x224 stem's integer W8A8
+/// route took 0.40 ms at batch 1 and 2.15 ms at batch 8 on our workers, 0.23 and 1.50 ms on libgomp's team (float32
+/// 0.22 and 1.30-1.45 ms), and the ResNet-like W8A8 layers at batch 1 0.68-0.77x float32's time instead of 0.43-0.48x
+/// (docs/BENCHMARKS.md, stop 19). In loops of one route alone the two pools measured alike.</para>
 /// </remarks>
 internal static unsafe class KernelThreads
 {
