@@ -188,11 +188,25 @@ internal static unsafe class DirectConvolution
         int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
         // Rows are read from the image itself only at stride 1 without quantization (the stride-2 gather reads past a row).
         bool direct = u.StrideW == 1 && input is null;
+        // Stride 1 without padding columns: the phase rows are the image's rows.
+        bool unpaddedRows = u.StrideH == 1 && u.StrideW == 1 && u.PadW == 0;
         nint planeValues = (nint)(grid.ImageValues / u.Channels);
         nint source = (nint)images, target = (nint)destination;
         KernelThreads.For(u.Images * u.Channels, 4L * planeValues, plane =>
         {
             float* src = (float*)source + (nint)plane * h * w, dst = (float*)target + plane * planeValues;
+            if (unpaddedRows)
+            {
+                // The image's rows are the copy's rows, one run: copied (or quantized) in one pass, not row by row, where
+                // the MNIST CNN's 13- and 28-value rows ran in the vector loops' scalar tails.
+                new Span<float>(dst, u.PadH * w).Clear();
+                var values = new ReadOnlySpan<float>(src, h * w);
+                var copy = new Span<float>(dst + (nint)u.PadH * w, h * w);
+                if (input is { } quantization) quantization.Apply(values, copy);
+                else values.CopyTo(copy);
+                new Span<float>(dst + (nint)(u.PadH + h) * w, (paddedRows - u.PadH - h) * w).Clear();
+                return;
+            }
             float* row = stackalloc float[direct ? 1 : w + 1]; // the stride-2 gather reads a value past the row
             for (int r = 0; r < paddedRows; r++)
             {

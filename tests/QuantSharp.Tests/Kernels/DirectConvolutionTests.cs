@@ -33,6 +33,8 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
         (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
         (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // Stride 1 with padding rows only: the image's rows copied as one run between them.
+        (nn.Conv2d(2, 5, (3, 2), padding: (2, 0)), [torch.randn(2, 2, 6, 7)]),
         // Stride 1 with a padded row longer than DirectConvolution.MaxWideRow: the unfolding path.
         (nn.Conv1d(2, 3, 5, padding: 2), [torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)]),
         // A kernel wider than the image, reaching it only through the padding (5 taps over 3 columns, 7 outputs per row).
@@ -93,6 +95,7 @@ public class DirectConvolutionTests
         foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
         {
             (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, 300)),                              // stride 1: fused
+            (nn.Conv2d(3, 4, (3, 3), padding: (1, 0)), torch.randn(2, 3, 9, 10)),                      // padding rows only: one run per plane
             (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)), // row too long: a pass first
             (nn.Conv2d(3, 4, 3, stride: 2, padding: 1), torch.randn(2, 3, 17, 15)),               // strided: fused into the phases
             (nn.Conv1d(2, 3, 4, stride: 3, padding: 2), torch.randn(2, 2, 40)),                      // stride 3: fused
