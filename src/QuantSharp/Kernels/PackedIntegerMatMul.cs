@@ -316,7 +316,8 @@ internal static unsafe class PackedIntegerMatMul
                 var grid = images?.Grid ?? default;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
                 int blockRows = split.GroupStrips * stripWidth;
-                int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align;
+                // Tile, y^T, weight sums, alignment, and 32 bytes the channel-major epilogue's last partial vector may read.
+                int scratchBytes = split.Rows * BlockGroups * 4 + split.Rows * blockRows * 4 + split.Rows * 4 + Align + 32;
                 int weightRows = fused ? view.Rows : split.Rows;
                 KernelThreads.For(split.Items, (long)weightRows * blockRows * k, item =>
                 {
