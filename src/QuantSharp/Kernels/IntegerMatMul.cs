@@ -94,14 +94,18 @@ internal readonly struct IntScalar : IIntWidth<int>
 /// </summary>
 internal sealed unsafe class QuantizedActivations : IDisposable
 {
-    /// <summary>Room for <paramref name="rows"/> rows of <paramref name="cols"/> codes, or, without <paramref name="codes"/>, only their scales, zero points and sums (the codes are packed straight from quantized images: <see cref="ImageCodes"/>).</summary>
+    /// <summary>
+    /// Room for <paramref name="rows"/> rows of <paramref name="cols"/> codes, their scales, zero points and sums, or,
+    /// without <paramref name="codes"/>, only their sums (a convolution's: the codes are packed straight from quantized
+    /// images, whose one scale and zero point travel in <see cref="ImageCodes"/>).
+    /// </summary>
     public QuantizedActivations(int rows, int cols, bool codes = true)
     {
         Rows = rows;
         Cols = cols;
         if (codes) Codes = (byte*)NativeMemory.Alloc((nuint)Math.Max(1, rows) * (nuint)Math.Max(1, cols));
-        Scales = new float[rows];
-        ZeroPoints = new int[rows];
+        Scales = codes ? new float[rows] : [];
+        ZeroPoints = codes ? new int[rows] : [];
         Sums = new int[rows];
     }
 
@@ -264,10 +268,8 @@ internal static unsafe class IntegerMatMul
             QuantizeImages(images, unfold, grid, new StaticCodes(1f / scale, zeroPoint + shift, qmin + shift, qmax + shift, pad), codes);
             for (int kk = 0; kk < k; kk++) offsets[kk] = grid.Offset(kk);
             using var x = new QuantizedActivations(grid.RowsPerImage * count, k, codes: false);
-            Array.Fill(x.Scales, scale);
-            Array.Fill(x.ZeroPoints, zeroPoint + shift);
             var output = new OutputGrid(grid.RowsPerImage, grid.PhaseWidth, unfold.OutH, unfold.OutW);
-            RunPacked(path, w, x, null, new ImageCodes(codes, offsets, grid.ImageValues, output), bias, y, w.Rows);
+            RunPacked(path, w, x, null, new ImageCodes(codes, offsets, grid.ImageValues, output, scale, zeroPoint + shift), bias, y, w.Rows);
         }
         finally
         {

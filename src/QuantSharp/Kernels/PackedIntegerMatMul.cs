@@ -162,9 +162,10 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
 /// Quantized images (unsigned codes: int8 codes shifted by 128) laid out so that the reduction rows of a convolution's
 /// activation rows are runs of memory: activation row <c>q</c> of an image reads reduction row kk at
 /// <c>image + Offsets[kk] + q</c> (the layout of <c>IntegerMatMul.RunConvolution</c>: padded, split into stride
-/// phases; <see cref="Grid"/> maps activation rows to output positions).
+/// phases; <see cref="Grid"/> maps activation rows to output positions). Every row shares one static quantization,
+/// <see cref="Scale"/> and <see cref="ZeroPoint"/>. The default (no grid) stands for a plain product's rows.
 /// </summary>
-internal readonly unsafe struct ImageCodes(byte* codes, int* offsets, long imageBytes, OutputGrid grid)
+internal readonly unsafe struct ImageCodes(byte* codes, int* offsets, long imageBytes, OutputGrid grid, float scale, int zeroPoint)
 {
     private readonly nint _codes = (nint)codes, _offsets = (nint)offsets;
 
@@ -179,6 +180,12 @@ internal readonly unsafe struct ImageCodes(byte* codes, int* offsets, long image
 
     /// <summary>Where activation rows go in the channel-major output.</summary>
     public OutputGrid Grid { get; } = grid;
+
+    /// <summary>The activations' scale.</summary>
+    public float Scale { get; } = scale;
+
+    /// <summary>The activations' zero point, in the unsigned code domain.</summary>
+    public int ZeroPoint { get; } = zeroPoint;
 }
 
 /// <summary>
@@ -266,7 +273,7 @@ internal static unsafe class PackedIntegerMatMul
     /// where <see cref="FusesQuantization"/>, otherwise in one pass first. With <paramref name="images"/> (a convolution)
     /// the activation rows are the column matrix of the quantized images, packed straight from them
     /// (<see cref="PackImages"/>; in the work items, or in one pass first, by the same rule), their code sums written into <paramref name="x"/> (which then
-    /// holds no codes; its scales and zero points are the caller's), and the output is channel-major
+    /// holds only the sums; the scale and zero point travel in <paramref name="images"/>), and the output is channel-major
     /// (<see cref="OutputGrid"/>, <paramref name="ldy"/> the weight's rows).
     /// </summary>
     public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? floats, ImageCodes? images, float* bias, float* y, nint ldy)
@@ -296,12 +303,14 @@ internal static unsafe class PackedIntegerMatMul
             {
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
-                if (images is { } image && !fused)
+                var imageCodes = images.GetValueOrDefault();
+                bool packsImages = images is not null;
+                if (packsImages && !fused)
                 {
                     // Runs of strips of about 64 KiB of packed codes.
                     int runStrips = (int)Math.Clamp((1 << 16) / stripBytes, 1, 8);
                     int runs = (strips + runStrips - 1) / runStrips;
-                    KernelThreads.For(runs, runStrips * stripBytes, r => PackImages<TW, TVec>(image, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
+                    KernelThreads.For(runs, runStrips * stripBytes, r => PackImages<TW, TVec>(imageCodes, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
                 }
                 else if (!fused)
                 {
@@ -310,10 +319,6 @@ internal static unsafe class PackedIntegerMatMul
 
                 var view = w;
                 var source = floats.GetValueOrDefault();
-                var imageCodes = images.GetValueOrDefault();
-                bool packsImages = images is not null;
-                // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
-                var grid = images?.Grid ?? default;
                 nint yAddress = (nint)y, biasAddress = (nint)bias;
                 int blockRows = split.GroupStrips * stripWidth;
                 // Tile, y^T, weight sums, alignment, and 32 bytes the channel-major epilogue's last partial vector may read.
@@ -339,7 +344,7 @@ internal static unsafe class PackedIntegerMatMul
                             var block = new Block((byte*)packedAddress + s0 * stripBytes, s1 - s0, s0 * stripWidth, groups);
                             // A fused item multiplies its strips by every block of weight rows, the others by theirs.
                             for (int r0 = n0, r1 = fused ? view.Rows : n0 + 1; r0 < r1; r0 += split.Rows)
-                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, grid, r0, Math.Min(split.Rows, view.Rows - r0));
+                                Item<TW, TVec>(view, x, block, AlignUp(sp), (float*)biasAddress, (float*)yAddress, ldy, imageCodes, r0, Math.Min(split.Rows, view.Rows - r0));
                         }
                     }
                     finally
@@ -514,7 +519,7 @@ internal static unsafe class PackedIntegerMatMul
     /// weights copied once; a longer one in one pass over all strips per block of the reduction.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, in OutputGrid grid, int n0, int rows)
+    private static void Item<TW, TVec>(in WeightView w, QuantizedActivations x, Block block, byte* scratch, float* bias, float* y, nint ldy, in ImageCodes images, int n0, int rows)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = w.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = block.Groups;
@@ -574,7 +579,7 @@ internal static unsafe class PackedIntegerMatMul
                 }
             }
             int m0 = block.Row0 + p0 * width, m1 = Math.Min(x.Rows, block.Row0 + p1 * width);
-            if (m0 < m1) Epilogue(x, new EpilogueRows(n0, rows, k, scales, zeroPoints, sums, biases), yt, ldt, m0, m1, y, ldy, grid);
+            if (m0 < m1) Epilogue(x, new EpilogueRows(n0, rows, k, scales, zeroPoints, sums, biases), yt, ldt, m0, m1, y, ldy, images);
         }
     }
 
@@ -585,15 +590,16 @@ internal static unsafe class PackedIntegerMatMul
     /// term is an integer below 2^53, so exact) and round the same way (<see cref="EpilogueBlocks"/>).
     /// </summary>
     /// <remarks>
-    /// For a convolution (<paramref name="grid"/>) the output is channel-major, <c>[image, ldy, P]</c> with
+    /// For a convolution (<paramref name="images"/>) the output is channel-major, <c>[image, ldy, P]</c> with
     /// <paramref name="ldy"/> the weight's rows: <see cref="ChannelMajorEpilogue"/>.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Epilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in OutputGrid grid)
+    private static void Epilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in ImageCodes images)
     {
-        if (grid.ChannelMajor)
+        // A convolution's output is channel-major, [image, N, P]; other products' row-major, [M, ldy].
+        if (images.Grid.ChannelMajor)
         {
-            ChannelMajorEpilogue(x, w, yt, ldt, m0, m1, y + w.N0 * (nint)grid.Positions, ldy, grid);
+            ChannelMajorEpilogue(x, w, yt, ldt, m0, m1, y + w.N0 * (nint)images.Grid.Positions, ldy, images);
             return;
         }
         int k = w.K, rows = w.Count;
@@ -622,17 +628,18 @@ internal static unsafe class PackedIntegerMatMul
     }
 
     /// <summary>
-    /// The epilogue of a convolution (<paramref name="grid"/>): its activation rows share one scale and zero point (a
-    /// static quantization; <paramref name="x"/>'s first row's), and <c>y^T</c>'s rows are already runs of output
+    /// The epilogue of a convolution (<paramref name="images"/>): its activation rows share one static quantization
+    /// (<see cref="ImageCodes.Scale"/>, <see cref="ImageCodes.ZeroPoint"/>; <paramref name="x"/> holds their code sums), and <c>y^T</c>'s rows are already runs of output
     /// positions, so each value is computed along them with <see cref="Epilogue"/>'s arithmetic and stored with the bias
     /// straight into the channel-major output, <c>y[image * ldy + r, p]</c> (<paramref name="ldy"/> the weight's rows,
     /// <paramref name="y"/> at the item's first weight row). Activation rows that are no output position (the wide
     /// grid's dropped columns, the rows that round an image up to whole strips) are skipped.
     /// </summary>
-    private static void ChannelMajorEpilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in OutputGrid grid)
+    private static void ChannelMajorEpilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in ImageCodes images)
     {
-        int k = w.K, positions = grid.Positions, xz = x.ZeroPoints[m0];
-        double xs = x.Scales[m0];
+        var grid = images.Grid;
+        int k = w.K, positions = grid.Positions, xz = images.ZeroPoint;
+        double xs = images.Scale;
         float* tail = stackalloc float[8];
         fixed (int* xSums = x.Sums)
         {
