@@ -174,25 +174,16 @@ public unsafe class ConvolutionKernelTests
         {
             const int images = 5, n = 13;
             var u = Unfolding(g).ForImages(images);
-            int k = u.Rows, p = u.Positions;
-            using var w = new PinnedWeight(WeightFormat.Int8, rows: n, cols: k, groupSize: 0, zeroPoints: true, seed: k + p, perTensor: true);
-            torch.manual_seed(k * p);
-            var batch = torch.randn(images, g[0], g[1], g[2]);
-            float[] pixels = batch.data<float>().ToArray();
-            float[] rows = torch.cat(Enumerable.Range(0, images).Select(i => LibtorchColumns(batch[i], g).t()).ToArray(), 0).contiguous().data<float>().ToArray();
-            float[] bias = KernelTestData.Activations(n, k);
-            var expected = new float[images * p * n];
+            int p = u.Positions;
+            var (w, pixels, bias, specification) = ImagesAndSpecification(g, u, n, 0.017f, 140, weightSeed: u.Rows + p, imageSeed: u.Rows * p);
+            using var weight = w;
             var actual = new float[images * p * n];
-            using var simulated = new QuantizedActivations(images * p, k);
-            fixed (float* px = pixels) fixed (float* pr = rows) fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+            fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* pa = actual)
             {
-                IntegerMatMul.QuantizeStatic(pr, k, 0.017f, 140, 0, 255, simulated);
-                IntegerMatMul.Reference(w.View, simulated, pb, pe, n);
                 foreach (var path in IntegerPaths())
                 {
                     Array.Fill(actual, float.NaN);
                     IntegerMatMul.RunConvolution(w.View, px, u, 0.017f, 140, 0, 255, pb, pa, path);
-                    var specification = ChannelMajor(expected, images, p, n);
                     int bad = Enumerable.Range(0, specification.Length).FirstOrDefault(i => specification[i] != actual[i], -1);
                     Assert.True(bad < 0, $"{path} geometry [{string.Join(",", g)}] x {images} images: image {bad / (n * p)}, output {bad / p % n}, position {bad % p} differs from the specification");
                 }
@@ -212,25 +203,15 @@ public unsafe class ConvolutionKernelTests
         int[] g = [5, 11, 6, 3, 2, 2, 1, 1, 0, 1, 1];
         const int images = 3;
         var u = Unfolding(g).ForImages(images);
-        int k = u.Rows, p = u.Positions;
-        using var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, groupSize: 0, zeroPoints: true, seed: outputs + k, perTensor: true);
-        torch.manual_seed(outputs);
-        var batch = torch.randn(images, g[0], g[1], g[2]);
-        float[] pixels = batch.data<float>().ToArray();
-        float[] rows = torch.cat(Enumerable.Range(0, images).Select(i => LibtorchColumns(batch[i], g).t()).ToArray(), 0).contiguous().data<float>().ToArray();
-        float[] bias = KernelTestData.Activations(outputs, k);
-        var expected = new float[images * p * outputs];
-        var actual = new float[images * p * outputs];
-        using var simulated = new QuantizedActivations(images * p, k);
+        var (w, pixels, bias, specification) = ImagesAndSpecification(g, u, outputs, 0.019f, 131, weightSeed: outputs + u.Rows, imageSeed: outputs);
+        using var weight = w;
+        var actual = new float[images * u.Positions * outputs];
         int savedThreads = KernelThreads.Count, savedBytes = PackedIntegerMatMul.FusedWeightBytes;
         try
         {
             if (!fusedRule) PackedIntegerMatMul.FusedWeightBytes = 0;
-            fixed (float* px = pixels) fixed (float* pr = rows) fixed (float* pb = bias) fixed (float* pe = expected) fixed (float* pa = actual)
+            fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* pa = actual)
             {
-                IntegerMatMul.QuantizeStatic(pr, k, 0.019f, 131, 0, 255, simulated);
-                IntegerMatMul.Reference(w.View, simulated, pb, pe, outputs);
-                var specification = ChannelMajor(expected, images, p, outputs);
                 foreach (int threads in new[] { 1, 2, 4 })
                 {
                     KernelThreads.Count = threads;
@@ -248,6 +229,32 @@ public unsafe class ConvolutionKernelTests
             KernelThreads.Count = savedThreads;
             PackedIntegerMatMul.FusedWeightBytes = savedBytes;
         }
+    }
+
+    /// <summary>
+    /// The images of <paramref name="u"/> (geometry <paramref name="g"/>, seeded by <paramref name="imageSeed"/>), a
+    /// per-tensor int8 weight with a zero point (so the code sums count) and a bias, and the specification: libtorch's
+    /// columns of each image quantized to uint8 with <paramref name="scale"/> and <paramref name="zeroPoint"/>, times the
+    /// weight by <see cref="IntegerMatMul.Reference"/>, channel-major. The caller disposes the weight.
+    /// </summary>
+    private static (PinnedWeight Weight, float[] Pixels, float[] Bias, float[] Specification) ImagesAndSpecification(
+        int[] g, Im2Col u, int outputs, float scale, int zeroPoint, int weightSeed, int imageSeed)
+    {
+        int k = u.Rows, p = u.Positions, images = u.Images;
+        var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, groupSize: 0, zeroPoints: true, seed: weightSeed, perTensor: true);
+        torch.manual_seed(imageSeed);
+        var batch = torch.randn(images, g[0], g[1], g[2]);
+        float[] pixels = batch.data<float>().ToArray();
+        float[] rows = torch.cat(Enumerable.Range(0, images).Select(i => LibtorchColumns(batch[i], g).t()).ToArray(), 0).contiguous().data<float>().ToArray();
+        float[] bias = KernelTestData.Activations(outputs, k);
+        var expected = new float[images * p * outputs];
+        using var simulated = new QuantizedActivations(images * p, k);
+        fixed (float* pr = rows) fixed (float* pb = bias) fixed (float* pe = expected)
+        {
+            IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, 0, 255, simulated);
+            IntegerMatMul.Reference(w.View, simulated, pb, pe, outputs);
+        }
+        return (w, pixels, bias, ChannelMajor(expected, images, p, outputs));
     }
 
     [Fact]
