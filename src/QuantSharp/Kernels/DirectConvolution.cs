@@ -192,6 +192,7 @@ internal static unsafe class DirectConvolution
         bool unpaddedRows = u.StrideH == 1 && u.StrideW == 1 && u.PadW == 0;
         nint planeValues = (nint)(grid.ImageValues / u.Channels);
         nint source = (nint)images, target = (nint)destination;
+        var columns = grid.ColumnPhases();
         KernelThreads.For(u.Images * u.Channels, 4L * planeValues, plane =>
         {
             float* src = (float*)source + (nint)plane * h * w, dst = (float*)target + plane * planeValues;
@@ -223,7 +224,7 @@ internal static unsafe class DirectConvolution
                         values = row;
                     }
                 }
-                grid.WriteRow(dst, r, values, 0f);
+                grid.WriteRow(dst, r, values, 0f, columns);
             }
         });
     }

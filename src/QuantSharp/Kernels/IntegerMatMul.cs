@@ -309,6 +309,7 @@ internal static unsafe class IntegerMatMul
         int band = Math.Clamp(QuantizeBandValues / Math.Max(w, 1), 1, phaseRows), bands = (phaseRows + band - 1) / band;
         long channelBytes = grid.ImageValues / unfold.Channels;
         nint imageAddress = (nint)images, codesAddress = (nint)codes;
+        var columns = grid.ColumnPhases();
         KernelThreads.For(unfold.Images * unfold.Channels * bands, 4L * band * w, item =>
         {
             int plane = item / bands, r0 = item % bands * band, r1 = Math.Min(phaseRows, r0 + band);
@@ -326,7 +327,7 @@ internal static unsafe class IntegerMatMul
                     for (int r = r0; r < r1; r++)
                     {
                         int source = r - padH;
-                        grid.WriteRow(channel, r, source >= 0 && source < h ? rows + (nint)(source - s0) * w : null, q.Pad);
+                        grid.WriteRow(channel, r, source >= 0 && source < h ? rows + (nint)(source - s0) * w : null, q.Pad, columns);
                     }
                 }
             }

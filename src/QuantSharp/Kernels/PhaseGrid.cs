@@ -50,34 +50,60 @@ internal readonly struct PhaseGrid
         return (phase * PhaseHeight + dy / _u.StrideH) * PhaseWidth + dx / _u.StrideW;
     }
 
-    /// <summary>Where padded row <paramref name="paddedRow"/>'s values of column phase <paramref name="b"/> start, from the start of a channel's phases.</summary>
-    private long PhaseRow(int paddedRow, int b) =>
-        ((long)(paddedRow % _u.StrideH * _u.StrideW + b) * PhaseHeight + paddedRow / _u.StrideH) * PhaseWidth;
+    /// <summary>
+    /// Where a padded row's values go in each column phase, the same for every row (<see cref="WriteRow"/> takes them, so
+    /// its callers compute them once per call): phase b takes the columns t with <c>(t + padW) mod strideW = b</c>, the
+    /// first (<see cref="ColumnPhase.First"/>) at place <c>(t + padW) / strideW</c>.
+    /// </summary>
+    public ColumnPhase[] ColumnPhases()
+    {
+        int w = _u.Width, stride = _u.StrideW;
+        var phases = new ColumnPhase[stride];
+        for (int b = 0; b < stride; b++)
+        {
+            int t = ((b - _u.PadW) % stride + stride) % stride;
+            phases[b] = new ColumnPhase(t, (t + _u.PadW) / stride, t < w ? (w - t + stride - 1) / stride : 0);
+        }
+        return phases;
+    }
 
     /// <summary>
     /// Writes padded row <paramref name="paddedRow"/> of one channel (<paramref name="channel"/>: the start of its
-    /// phases) into its phase rows: the <see cref="Im2Col.Width"/> values of <paramref name="row"/> at their places (phase
-    /// b takes the columns t with <c>(t + padW) mod strideW = b</c>, at <c>(t + padW) / strideW</c>), and
-    /// <paramref name="pad"/> everywhere else; <paramref name="row"/> null for a row of padding. At stride 2 the row is
-    /// read one value past its end.
+    /// phases) into its phase rows: the <see cref="Im2Col.Width"/> values of <paramref name="row"/> at their places
+    /// (<paramref name="columns"/>: <see cref="ColumnPhases"/>), and <paramref name="pad"/> everywhere else;
+    /// <paramref name="row"/> null for a row of padding. At stride 2 the row is read one value past its end. Computed
+    /// per row, the columns' places took four divisions per phase row, most of the stride-2 stem's quantization pass.
     /// </summary>
-    public unsafe void WriteRow<T>(T* channel, int paddedRow, T* row, T pad) where T : unmanaged
+    public unsafe void WriteRow<T>(T* channel, int paddedRow, T* row, T pad, ColumnPhase[] columns) where T : unmanaged
     {
-        int w = _u.Width, stride = _u.StrideW;
-        for (int b = 0; b < stride; b++)
+        int stride = _u.StrideW, width = PhaseWidth;
+        (int i, int a) = Math.DivRem(paddedRow, _u.StrideH);
+        T* phaseRow = channel + ((long)a * stride * PhaseHeight + i) * width;
+        long phaseValues = (long)PhaseHeight * width;
+        for (int b = 0; b < stride; b++, phaseRow += phaseValues)
         {
-            T* phaseRow = channel + PhaseRow(paddedRow, b);
-            int t = ((b - _u.PadW) % stride + stride) % stride, place = (t + _u.PadW) / stride;
-            int n = row != null && t < w ? (w - t + stride - 1) / stride : 0;
+            var column = columns[b];
+            int n = row != null ? column.Count : 0;
             if (n == 0)
             {
-                new Span<T>(phaseRow, PhaseWidth).Fill(pad);
+                new Span<T>(phaseRow, width).Fill(pad);
                 continue;
             }
-            new Span<T>(phaseRow, place).Fill(pad);
-            new Span<T>(phaseRow + place + n, PhaseWidth - place - n).Fill(pad);
-            Gather(row + t, n, stride, phaseRow + place);
+            Fill(phaseRow, column.Place, pad);
+            Fill(phaseRow + column.Place + n, width - column.Place - n, pad);
+            Gather(row + column.First, n, stride, phaseRow + column.Place);
         }
+    }
+
+    /// <summary><paramref name="count"/> copies of <paramref name="value"/> (a phase row's few padding values: one by one, not through a span's fill).</summary>
+    private static unsafe void Fill<T>(T* dst, int count, T value) where T : unmanaged
+    {
+        if (count > 8)
+        {
+            new Span<T>(dst, count).Fill(value);
+            return;
+        }
+        for (int j = 0; j < count; j++) dst[j] = value;
     }
 
     /// <summary><c>dst[j] = src[j * stride]</c> for <c>j &lt; n</c>; at stride 2 through vectors, which read up to <c>src[2n - 1]</c>.</summary>
@@ -94,12 +120,23 @@ internal readonly struct PhaseGrid
             // The even values: each pair read as one value of twice the width, narrowed to its low half.
             if (sizeof(T) == 1)
             {
+                if (Simd.Use512)
+                {
+                    var low512 = Vector512.Create((ushort)0xFF);
+                    for (; j + 64 <= n; j += 64)
+                        Vector512.Narrow(Vector512.Load((ushort*)(src + 2 * j)) & low512, Vector512.Load((ushort*)(src + 2 * j) + 32) & low512).Store((byte*)(dst + j));
+                }
                 var low = Vector128.Create((ushort)0xFF);
                 for (; j + 16 <= n; j += 16)
                     Vector128.Narrow(Vector128.Load((ushort*)(src + 2 * j)) & low, Vector128.Load((ushort*)(src + 2 * j) + 8) & low).Store((byte*)(dst + j));
             }
             else if (sizeof(T) == 4)
             {
+                if (Simd.Use512)
+                {
+                    for (; j + 16 <= n; j += 16)
+                        Vector512.Narrow(Vector512.Load((ulong*)(src + 2 * j)), Vector512.Load((ulong*)(src + 2 * j) + 8)).Store((uint*)(dst + j));
+                }
                 for (; j + 4 <= n; j += 4)
                     Vector128.Narrow(Vector128.Load((ulong*)(src + 2 * j)), Vector128.Load((ulong*)(src + 2 * j) + 2)).Store((uint*)(dst + j));
             }
@@ -107,3 +144,6 @@ internal readonly struct PhaseGrid
         for (; j < n; j++) dst[j] = src[j * stride];
     }
 }
+
+/// <summary>One column phase of a padded row (<see cref="PhaseGrid.ColumnPhases"/>): its values are the row's columns <see cref="First"/>, <c>First + strideW</c>, ... (<see cref="Count"/> of them), stored from <see cref="Place"/> on.</summary>
+internal readonly record struct ColumnPhase(int First, int Place, int Count);

@@ -35,6 +35,7 @@ public unsafe class ConvolutionKernelTests
         [8, 20, 24, 3, 3, 1, 1, 1, 1, 1, 1],
         [6, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1],
         [4, 1, 33, 1, 4, 1, 2, 0, 3, 1, 2],
+        [1, 3, 135, 2, 3, 1, 2, 0, 1, 1, 1], // stride-2 rows of 67-68 values: the widest gathers
     ];
 
     private static Im2Col Unfolding(int[] g) => new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]);
