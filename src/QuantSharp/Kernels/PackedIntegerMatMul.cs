@@ -128,6 +128,13 @@ internal interface IEpilogueWidth<TVec> where TVec : struct
 
     /// <summary><c>dst[l] = (float)v[l] + add</c> (rounded to float32, then added in float32).</summary>
     static abstract unsafe void StoreSingle(TVec v, float add, float* dst);
+
+    /// <summary>
+    /// <see cref="StoreSingle(TVec, float, float*)"/> for the first <paramref name="count"/> lanes only (fewer than
+    /// <see cref="Count"/>), under a mask, where the CPU has masked stores of this width (AVX-512VL); false otherwise,
+    /// nothing written.
+    /// </summary>
+    static abstract unsafe bool StoreSingle(TVec v, float add, float* dst, int count);
 }
 
 /// <summary>Eight float64 lanes (AVX-512F).</summary>
@@ -142,6 +149,15 @@ internal readonly struct Epilogue512 : IEpilogueWidth<Vector512<double>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<double> Subtract(Vector512<double> a, Vector512<double> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector512<double> v, float* dst) => Avx512F.ConvertToVector256Single(v).Store(dst);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector512<double> v, float add, float* dst) => (Avx512F.ConvertToVector256Single(v) + Vector256.Create(add)).Store(dst);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe bool StoreSingle(Vector512<double> v, float add, float* dst, int count)
+    {
+        if (!Avx512F.VL.IsSupported) return false;
+        var mask = Vector256.LessThan(Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7), Vector256.Create(count)).AsSingle();
+        Avx512F.VL.MaskStore(dst, mask, Avx512F.ConvertToVector256Single(v) + Vector256.Create(add));
+        return true;
+    }
 }
 
 /// <summary>Four float64 lanes (AVX).</summary>
@@ -156,6 +172,7 @@ internal readonly struct Epilogue256 : IEpilogueWidth<Vector256<double>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<double> Subtract(Vector256<double> a, Vector256<double> b) => a - b;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector256<double> v, float* dst) => Avx.ConvertToVector128Single(v).Store(dst);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe void StoreSingle(Vector256<double> v, float add, float* dst) => (Avx.ConvertToVector128Single(v) + Vector128.Create(add)).Store(dst);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static unsafe bool StoreSingle(Vector256<double> v, float add, float* dst, int count) => false;
 }
 
 /// <summary>
@@ -638,8 +655,16 @@ internal static unsafe class PackedIntegerMatMul
     private static void ChannelMajorEpilogue(QuantizedActivations x, in EpilogueRows w, int* yt, int ldt, int m0, int m1, float* y, nint ldy, in ImageCodes images)
     {
         var grid = images.Grid;
-        int k = w.K, positions = grid.Positions, xz = images.ZeroPoint;
+        int k = w.K, positions = grid.Positions, xz = images.ZeroPoint, rows = w.Count;
         double xs = images.Scale;
+        // Per weight row, once per call: exact = dot - offset - wz * xSum, offset = xz * rowSum - K * xz * wz (integers
+        // below 2^53: exact in float64), and the product of the scales.
+        double* products = stackalloc double[rows], offsets = stackalloc double[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            products[r] = xs * w.Scales[r];
+            offsets[r] = xz * w.Sums[r] - (double)k * xz * w.ZeroPoints[r];
+        }
         float* tail = stackalloc float[8];
         fixed (int* xSums = x.Sums)
         {
@@ -654,21 +679,21 @@ internal static unsafe class PackedIntegerMatMul
                     continue;
                 }
                 int run = Math.Min(grid.OutW - ow, m1 - i), p = oh * grid.OutW + ow;
-                for (int r = 0; r < w.Count; r++)
+                int* dots = yt + (i - m0);
+                float* dst = y + (nint)image * ldy * positions + p;
+                // The last partial vector reads past the run: in y^T's scratch (the next row, or the weight sums after
+                // the last), and, with a weight zero point, in the code sums while they last.
+                bool sumsAhead = i + run + 8 <= x.Rows;
+                for (int r = 0; r < rows; r++, dots += ldt, dst += positions)
                 {
-                    int* dots = yt + (nint)r * ldt + (i - m0);
-                    float* dst = y + ((nint)image * ldy + r) * positions + p;
-                    // exact = dot - offset - wz * xSum, offset = xz * rowSum - K * xz * wz (integers below 2^53: exact in float64).
-                    double product = xs * w.Scales[r], offset = xz * w.Sums[r] - (double)k * xz * w.ZeroPoints[r], wz = w.ZeroPoints[r];
+                    double product = products[r], offset = offsets[r], wz = w.ZeroPoints[r];
                     float b = w.Biases[r];
-                    // The last partial vector reads past the run: in y^T's scratch (the next row, or the weight sums after
-                    // the last), and, with a weight zero point, in the code sums while they last.
-                    bool readAhead = wz == 0 || i + run + 8 <= x.Rows;
+                    float* readAhead = wz == 0 || sumsAhead ? tail : null;
                     int j = 0;
                     if (Epilogue512.IsSupported)
-                        j = ChannelMajorRun<Epilogue512, Vector512<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead ? tail : null);
+                        j = ChannelMajorRun<Epilogue512, Vector512<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead);
                     else if (Epilogue256.IsSupported)
-                        j = ChannelMajorRun<Epilogue256, Vector256<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead ? tail : null);
+                        j = ChannelMajorRun<Epilogue256, Vector256<double>>(dots, xSums + i, run, product, offset, wz, b, dst, readAhead);
                     for (; j < run; j++) dst[j] = (float)(product * (dots[j] - offset - wz * xSums[i + j])) + b;
                 }
                 i = next;
@@ -679,8 +704,9 @@ internal static unsafe class PackedIntegerMatMul
     /// <summary>
     /// <c>dst[j] = (float)(product * (dots[j] - offset - weightZero * sums[j])) + bias</c> for whole vectors of
     /// <paramref name="run"/> (every term an integer below 2^53, so exact in float64), and, given a
-    /// <paramref name="tail"/> buffer (the operands readable a vector past the run), the last partial one through it;
-    /// returns the first j not done.
+    /// <paramref name="tail"/> buffer (the operands readable a vector past the run), the last partial one: stored under a
+    /// mask with AVX-512, else through the buffer; returns the first j not done. (Copied out of the buffer, the tails
+    /// of the stem's runs, about 58 values long between output rows and passes, were a call to a copy routine each.)
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int ChannelMajorRun<TE, TVec>(int* dots, int* sums, int run, double product, double offset, double weightZero, float bias, float* dst, float* tail)
@@ -688,22 +714,19 @@ internal static unsafe class PackedIntegerMatMul
     {
         TVec vProduct = TE.Create(product), vOffset = TE.Create(offset), vZero = TE.Create(weightZero);
         int j = 0;
-        for (; j < run; j += TE.Count)
+        for (; j + TE.Count <= run; j += TE.Count)
         {
-            bool whole = j + TE.Count <= run;
-            if (!whole && tail == null) break;
             TVec exact = TE.Subtract(TE.LoadInt32(dots + j), vOffset);
             if (weightZero != 0) exact = TE.Subtract(exact, TE.Multiply(vZero, TE.LoadInt32(sums + j)));
-            if (whole)
-            {
-                TE.StoreSingle(TE.Multiply(vProduct, exact), bias, dst + j);
-                continue;
-            }
-            TE.StoreSingle(TE.Multiply(vProduct, exact), bias, tail);
-            new ReadOnlySpan<float>(tail, run - j).CopyTo(new Span<float>(dst + j, run - j));
-            return run;
+            TE.StoreSingle(TE.Multiply(vProduct, exact), bias, dst + j);
         }
-        return j;
+        if (j == run || tail == null) return j;
+        TVec last = TE.Subtract(TE.LoadInt32(dots + j), vOffset);
+        if (weightZero != 0) last = TE.Subtract(last, TE.Multiply(vZero, TE.LoadInt32(sums + j)));
+        if (TE.StoreSingle(TE.Multiply(vProduct, last), bias, dst + j, run - j)) return run;
+        TE.StoreSingle(TE.Multiply(vProduct, last), bias, tail);
+        new ReadOnlySpan<float>(tail, run - j).CopyTo(new Span<float>(dst + j, run - j));
+        return run;
     }
 
     /// <summary>
