@@ -11,7 +11,11 @@ namespace QuantSharp.Modules;
 /// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>: it reads
 /// the padded image, split into stride phases, without unfolding it) on the weight dequantized for the call, a static
 /// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
-/// layers at batch 1, W8A8 included.</item>
+/// layers at batch 1, W8A8 included. Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms takes it up to
+/// <see cref="FewTermW8A8MaxWork"/> (docs/BENCHMARKS.md, stop 20, four interleaved tables): MNIST conv1 at batch 64
+/// 0.157-0.198 ms against 0.169-0.253 for dequantize + libtorch after a quantization pass, the stem (3 channels, 3x3,
+/// stride 2) at batch 1 0.195-0.251 against 0.208-0.350; at 48-87M multiply-adds (MNIST conv1 at batch 500, the stem at
+/// batch 8) libtorch's route was as fast or faster (stem: 1.86-2.11 against 1.53-2.19 ms), so larger calls stay there.</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
@@ -19,16 +23,16 @@ namespace QuantSharp.Modules;
 /// conv1) oneDNN's float32 convolution is already efficient (9 multiply-adds per output for MNIST conv1: mostly memory
 /// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
 /// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass).</item>
-/// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM: under the
-/// float32 rule at any stride, under the bfloat16 rule at stride 1. The images are quantized once into a padded buffer
-/// split into stride phases, where each strip of the GEMM reads its reduction rows in place
-/// (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route (docs/BENCHMARKS.md, stop 18; three processes): ResNet
-/// 3x3 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-1.06x its time (two cells of 18 above 1.0x), 1x1 256->256
-/// 0.52-0.92x, Conv1d 512->512 k3 0.56-0.83x; MNIST conv2 (144 terms) lost (1.11-2.54x); ResNet 128->256 stride 2,
-/// 1.00-1.28x unfolded per run (two processes) and 0.88-0.93x with the phases (one), stays on bfloat16. Against
-/// dequantize + float32 libtorch (the float32 rule): 0.41-0.76x on the stride-1 ResNet layers, 0.58-0.68x at stride 2
-/// with the phases (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which keeps it, with its 144
-/// terms, on libtorch.</item>
+/// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
+/// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
+/// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
+/// (docs/BENCHMARKS.md, stop 18; three processes): ResNet 3x3 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-1.06x
+/// its time (two cells of 18 above 1.0x), 1x1 256->256 0.52-0.92x, Conv1d 512->512 k3 0.56-0.83x; MNIST conv2 (144
+/// terms) lost (1.11-2.54x). ResNet 128->256 stride 2 stayed on bfloat16 until stop 20, whose tables (the bench
+/// warming every route up until the JIT is quiet) gave 0.43-0.61 against 0.60-0.77 ms at batch 1 and 2.64-3.39 against
+/// 2.99-3.55 ms at batch 8 (four processes). Against dequantize + float32 libtorch (the float32 rule): 0.41-0.76x on
+/// the stride-1 ResNet layers, 0.58-0.68x at stride 2 with the phases (0.65-1.07x unfolded); MNIST conv2 at batch 64
+/// and 500 0.74-1.80x, which keeps it, with its 144 terms, on libtorch.</item>
 /// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) run unfold + the packed kernels; the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
@@ -49,6 +53,13 @@ internal static class ConvolutionCost
     /// <summary>Multiply-adds per call (images x positions x outputs x reduction) up to which the small-convolution kernel is taken.</summary>
     internal const long DirectMaxWork = 1 << 22;
 
+    /// <summary>
+    /// <see cref="DirectMaxWork"/> for static W8A8 with a reduction below <see cref="BFloat16MinReduction"/> (where the
+    /// small kernel quantizes the input as it copies it): the 3-channel stride-2 stem at batch 1 (10.8M multiply-adds)
+    /// and MNIST conv1 at batch 64 (6.2M).
+    /// </summary>
+    internal const long FewTermW8A8MaxWork = 1 << 24;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -56,13 +67,18 @@ internal static class ConvolutionCost
     /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="QuantizedModule.NativeBFloat16"/>).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
-        bool small = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
-        // Static W8A8 with a long reduction: the integer GEMM (under the bfloat16 rule at stride 1 only).
+        long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
+        bool fits = DirectConvolution.Fits(unfold, outputs);
+        // Static W8A8 with few terms per output takes the small kernel on larger calls too: it quantizes the input as it
+        // copies the image, where libtorch's route needs a pass of its own.
+        bool fewTermW8A8 = quantizedInput && unfold.Rows < BFloat16MinReduction && DirectConvolution.FusesInputQuantization(unfold);
+        bool small = work <= (fewTermW8A8 ? FewTermW8A8MaxWork : DirectMaxWork) && fits;
+        // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
         if (bfloat16)
         {
             if (small) return ConvolutionRoute.Direct;
-            if (integer && unfold.StrideH == 1 && unfold.StrideW == 1) return ConvolutionRoute.Kernel;
+            if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;

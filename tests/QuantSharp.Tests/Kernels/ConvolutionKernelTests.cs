@@ -13,8 +13,8 @@ namespace QuantSharp.Tests.Kernels;
 /// multiplying them by the specification; the module's kernel route equals its dequantize + libtorch route. Geometries
 /// cover kernel sizes 1 to 5, strides 1 to 3, padding 0 to 3 (rows and columns entirely in the padding), dilation 1 and
 /// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
-/// pointwise and long W8A8 calls under the float32 rule, and small-kernel, the integer GEMM (W8A8 at stride 1 with a long
-/// reduction), float32 libtorch or bfloat16 under the bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
+/// pointwise and long W8A8 calls under the float32 rule, and small-kernel (small calls, larger ones for few-term W8A8), the
+/// integer GEMM (W8A8 with a long reduction), float32 libtorch or bfloat16 under the bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
 /// <see cref="QuantizedModule.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
 /// </summary>
@@ -436,10 +436,10 @@ public unsafe class ConvolutionKernelTests
         AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 256 layer");
         AssertChoice(k288, 64, true, K, K, "W8A8 K 288 x 64");
         AssertLayerRoute(nn.Conv2d(32, 64, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 64 layer");
-        // At stride 2 the integer GEMM unfolds per run: bfloat16 under its rule, integers under the float32 rule.
+        // At stride 2 too (the integer GEMM reads the stride phases): integers under both rules.
         var k288Stride2 = new Im2Col(32, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1);
-        AssertChoice(k288Stride2, 256, true, B, K, "W8A8 K 288 stride 2");
-        AssertLayerRoute(nn.Conv2d(32, 256, 3, stride: 2, padding: 1), act, torch.randn(1, 32, 16, 16), k288Stride2, B, K, "W8A8 K 288 stride 2 layer");
+        AssertChoice(k288Stride2, 256, true, K, K, "W8A8 K 288 stride 2");
+        AssertLayerRoute(nn.Conv2d(32, 256, 3, stride: 2, padding: 1), act, torch.randn(1, 32, 16, 16), k288Stride2, K, K, "W8A8 K 288 stride 2 layer");
         // W8A8, K = 144, 256 outputs on 6x6 positions: 1.3M multiply-adds, small both ways.
         var k144 = new Im2Col(16, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(k144, 256, true, D, D, "W8A8 K 144");
@@ -448,6 +448,17 @@ public unsafe class ConvolutionKernelTests
         // simulated under the float32 rule.
         var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30");
+
+        // Few terms, static W8A8 (3 input channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27
+        // terms, 10.8M multiply-adds, above DirectMaxWork): the small kernel up to FewTermW8A8MaxWork, under both rules;
+        // weight-only, libtorch; at batch 8 (86.7M), libtorch; on phase rows wider than the small kernel's padded-image
+        // path (1 channel on 24x3000: 3,002 values; 10.4M multiply-adds), libtorch.
+        var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
+        AssertChoice(stem, 32, true, D, D, "stem W8A8");
+        AssertChoice(stem, 32, false, R, R, "stem weight-only");
+        AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8");
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, D, D, "stem W8A8 layer");
+        AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");
 
         // Inputs the kernels do not take: libtorch whatever the rule.
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "float64 input");
