@@ -11,11 +11,14 @@ namespace QuantSharp.Modules;
 /// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>: it reads
 /// the padded image, split into stride phases, without unfolding it) on the weight dequantized for the call, a static
 /// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
-/// layers at batch 1, W8A8 included. Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms takes it up to
-/// <see cref="FewTermW8A8MaxWork"/> (docs/BENCHMARKS.md, stop 20, four interleaved tables): MNIST conv1 at batch 64
-/// 0.157-0.198 ms against 0.169-0.253 for dequantize + libtorch after a quantization pass, the stem (3 channels, 3x3,
-/// stride 2) at batch 1 0.195-0.251 against 0.208-0.350; at 48-87M multiply-adds (MNIST conv1 at batch 500, the stem at
-/// batch 8) libtorch's route was as fast or faster (stem: 1.86-2.11 against 1.53-2.19 ms), so larger calls stay there.</item>
+/// layers at batch 1, W8A8 included.</item>
+/// <item>Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms, up to <see cref="FewTermW8A8MaxWork"/>
+/// multiply-adds: a route that quantizes the input inside its own copy of the images, where libtorch's route needs a
+/// pass of its own; the integer GEMM from <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below
+/// (docs/BENCHMARKS.md, stop 20, five interleaved tables per side): the stem (3 channels, 3x3, stride 2) at batch 1
+/// 0.15-0.24 ms against 0.21-0.35 for dequantize + libtorch, MNIST conv1 at batch 64 0.16-0.30 against 0.17-0.28. At
+/// 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at batch 8) libtorch's route was as fast or faster, so
+/// larger calls stay there.</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
@@ -54,11 +57,21 @@ internal static class ConvolutionCost
     internal const long DirectMaxWork = 1 << 22;
 
     /// <summary>
-    /// <see cref="DirectMaxWork"/> for static W8A8 with a reduction below <see cref="BFloat16MinReduction"/> (where the
-    /// small kernel quantizes the input as it copies it): the 3-channel stride-2 stem at batch 1 (10.8M multiply-adds)
-    /// and MNIST conv1 at batch 64 (6.2M).
+    /// Multiply-adds per call up to which static W8A8 with a reduction below <see cref="BFloat16MinReduction"/> runs a
+    /// route that quantizes the input inside its own copy of the images: the integer GEMM from
+    /// <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below (the 3-channel stride-2 stem at batch 1,
+    /// 10.8M multiply-adds; MNIST conv1 at batch 64, 6.2M). Above it (the stem at batch 8, 87M; MNIST conv1 at batch 500,
+    /// 49M) libtorch's route was as fast or faster.
     /// </summary>
     internal const long FewTermW8A8MaxWork = 1 << 24;
+
+    /// <summary>
+    /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
+    /// than the small kernel: between the two layers measured, MNIST conv1 (9 terms: the small kernel 0.16-0.30 ms at
+    /// batch 64, the integer GEMM 0.28-0.50) and the stem (27 terms: the integer GEMM 0.15-0.24 ms at batch 1, the small
+    /// kernel 0.18-0.36); docs/BENCHMARKS.md, stop 20.
+    /// </summary>
+    internal const int FewTermIntegerMinReduction = 24;
 
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
@@ -68,11 +81,14 @@ internal static class ConvolutionCost
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
-        bool fits = DirectConvolution.Fits(unfold, outputs);
-        // Static W8A8 with few terms per output takes the small kernel on larger calls too: it quantizes the input as it
-        // copies the image, where libtorch's route needs a pass of its own.
-        bool fewTermW8A8 = quantizedInput && unfold.Rows < BFloat16MinReduction && DirectConvolution.FusesInputQuantization(unfold);
-        bool small = work <= (fewTermW8A8 ? FewTermW8A8MaxWork : DirectMaxWork) && fits;
+        bool small = work <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
+        if (quantizedInput && !small && unfold.Rows < BFloat16MinReduction && work <= FewTermW8A8MaxWork)
+        {
+            // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
+            // own copy of it (libtorch's needs a pass of its own).
+            if (unfold.Rows >= FewTermIntegerMinReduction) return ConvolutionRoute.Kernel;
+            if (DirectConvolution.Fits(unfold, outputs) && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+        }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
         if (bfloat16)

@@ -13,8 +13,9 @@ namespace QuantSharp.Tests.Kernels;
 /// multiplying them by the specification; the module's kernel route equals its dequantize + libtorch route. Geometries
 /// cover kernel sizes 1 to 5, strides 1 to 3, padding 0 to 3 (rows and columns entirely in the padding), dilation 1 and
 /// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
-/// pointwise and long W8A8 calls under the float32 rule, and small-kernel (small calls, larger ones for few-term W8A8), the
-/// integer GEMM (W8A8 with a long reduction), float32 libtorch or bfloat16 under the bfloat16 rule (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
+/// pointwise and long W8A8 calls under the float32 rule, and small-kernel (small calls), the integer GEMM (W8A8 with a long
+/// reduction), float32 libtorch or bfloat16 under the bfloat16 rule; few-term W8A8 calls up to a few images take the
+/// integer GEMM or the small kernel under both (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
 /// <see cref="QuantizedModule.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
 /// </summary>
@@ -449,15 +450,20 @@ public unsafe class ConvolutionKernelTests
         var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30");
 
-        // Few terms, static W8A8 (3 input channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27
-        // terms, 10.8M multiply-adds, above DirectMaxWork): the small kernel up to FewTermW8A8MaxWork, under both rules;
-        // weight-only, libtorch; at batch 8 (86.7M), libtorch; on phase rows wider than the small kernel's padded-image
-        // path (1 channel on 24x3000: 3,002 values; 10.4M multiply-adds), libtorch.
+        // Few terms, static W8A8, above DirectMaxWork and up to FewTermW8A8MaxWork, under both rules: the stem (3 input
+        // channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27 terms, 10.8M multiply-adds) takes the
+        // integer GEMM, MNIST conv1 at batch 64 (9 terms, 6.2M) the small kernel; weight-only, libtorch; the stem at
+        // batch 8 (86.7M), libtorch; 9 terms on phase rows wider than the small kernel's padded-image path (1 channel on
+        // 24x3000: 3,002 values; 10.4M multiply-adds), libtorch.
         var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
-        AssertChoice(stem, 32, true, D, D, "stem W8A8");
+        AssertChoice(stem, 32, true, K, K, "stem W8A8");
         AssertChoice(stem, 32, false, R, R, "stem weight-only");
         AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8");
-        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, D, D, "stem W8A8 layer");
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, K, K, "stem W8A8 layer");
+        var mnist64 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
+        AssertChoice(mnist64, 16, true, D, D, "MNIST conv1 W8A8 at batch 64");
+        AssertChoice(mnist64, 16, false, R, R, "MNIST conv1 weight-only at batch 64");
+        AssertLayerRoute(nn.Conv2d(1, 16, 3), act, torch.randn(64, 1, 28, 28), mnist64, D, D, "MNIST conv1 W8A8 layer at batch 64");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");
 
         // Inputs the kernels do not take: libtorch whatever the rule.
