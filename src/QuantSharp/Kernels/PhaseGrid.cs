@@ -72,7 +72,8 @@ internal readonly struct PhaseGrid
     /// phases) into its phase rows: the <see cref="Im2Col.Width"/> values of <paramref name="row"/> at their places
     /// (<paramref name="columns"/>: <see cref="ColumnPhases"/>), and <paramref name="pad"/> everywhere else;
     /// <paramref name="row"/> null for a row of padding. At stride 2 the row is read one value past its end. Computed
-    /// per row, the columns' places took four divisions per phase row, most of the stride-2 stem's quantization pass.
+    /// per row, the columns' places took four integer divisions per phase row, a large part of the stride-2 stem's
+    /// quantization pass (docs/BENCHMARKS.md, stop 20).
     /// </summary>
     public unsafe void WriteRow<T>(T* channel, int paddedRow, T* row, T pad, ColumnPhase[] columns) where T : unmanaged
     {

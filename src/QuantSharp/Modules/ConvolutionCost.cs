@@ -15,10 +15,10 @@ namespace QuantSharp.Modules;
 /// <item>Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms, up to <see cref="FewTermW8A8MaxWork"/>
 /// multiply-adds: a route that quantizes the input inside its own copy of the images, where libtorch's route needs a
 /// pass of its own; the integer GEMM from <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below
-/// (docs/BENCHMARKS.md, stop 20, five interleaved tables per side): the stem (3 channels, 3x3, stride 2) at batch 1
-/// 0.15-0.24 ms against 0.21-0.35 for dequantize + libtorch, MNIST conv1 at batch 64 0.16-0.30 against 0.17-0.28. At
-/// 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at batch 8) libtorch's route was as fast or faster, so
-/// larger calls stay there.</item>
+/// (docs/BENCHMARKS.md, stop 20; interleaved tables, 13-14 processes): the stem (3 channels, 3x3, stride 2) at batch 1
+/// 0.14-0.25 ms against 0.20-0.35 for dequantize + libtorch (faster in every process), MNIST conv1 at batch 64
+/// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
+/// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there.</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
@@ -32,10 +32,11 @@ namespace QuantSharp.Modules;
 /// (docs/BENCHMARKS.md, stop 18; three processes): ResNet 3x3 64->64, 128->128 and 256->256 at batch 1 and 8 0.52-1.06x
 /// its time (two cells of 18 above 1.0x), 1x1 256->256 0.52-0.92x, Conv1d 512->512 k3 0.56-0.83x; MNIST conv2 (144
 /// terms) lost (1.11-2.54x). ResNet 128->256 stride 2 stayed on bfloat16 until stop 20, whose tables (the bench
-/// warming every route up until the JIT is quiet) gave 0.43-0.61 against 0.60-0.77 ms at batch 1 and 2.64-3.39 against
-/// 2.99-3.55 ms at batch 8 (four processes). Against dequantize + float32 libtorch (the float32 rule): 0.41-0.76x on
-/// the stride-1 ResNet layers, 0.58-0.68x at stride 2 with the phases (0.65-1.07x unfolded); MNIST conv2 at batch 64
-/// and 500 0.74-1.80x, which keeps it, with its 144 terms, on libtorch.</item>
+/// warming every route up until the JIT is quiet; ten processes) gave 0.29-0.61 against 0.43-0.77 ms at batch 1 (faster
+/// in every process) and 2.10-3.70 against 2.43-3.63 ms at batch 8 (faster in 8 of 10). Against dequantize + float32
+/// libtorch (the float32 rule): 0.41-0.76x on the stride-1 ResNet layers, 0.58-0.68x at stride 2 with the phases
+/// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which keeps it, with its 144 terms, on
+/// libtorch.</item>
 /// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) run unfold + the packed kernels; the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
@@ -43,7 +44,7 @@ namespace QuantSharp.Modules;
 /// </summary>
 internal static class ConvolutionCost
 {
-    /// <summary>Reduction length (input channels x kernel taps) from which static W8A8 takes the integer kernel (under the bfloat16 rule at stride 1 only), unless the call is small.</summary>
+    /// <summary>Reduction length (input channels x kernel taps) from which static W8A8 takes the integer kernel, unless the call is small.</summary>
     internal const int IntegerMinReduction = 256;
 
     /// <summary>
@@ -61,15 +62,15 @@ internal static class ConvolutionCost
     /// route that quantizes the input inside its own copy of the images: the integer GEMM from
     /// <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below (the 3-channel stride-2 stem at batch 1,
     /// 10.8M multiply-adds; MNIST conv1 at batch 64, 6.2M). Above it (the stem at batch 8, 87M; MNIST conv1 at batch 500,
-    /// 49M) libtorch's route was as fast or faster.
+    /// 49M) libtorch's route was faster in about half the processes.
     /// </summary>
     internal const long FewTermW8A8MaxWork = 1 << 24;
 
     /// <summary>
     /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
     /// than the small kernel: between the two layers measured, MNIST conv1 (9 terms: the small kernel 0.16-0.30 ms at
-    /// batch 64, the integer GEMM 0.28-0.50) and the stem (27 terms: the integer GEMM 0.15-0.24 ms at batch 1, the small
-    /// kernel 0.18-0.36); docs/BENCHMARKS.md, stop 20.
+    /// batch 64, the integer GEMM 0.28-0.54) and the stem (27 terms: the integer GEMM 0.14-0.25 ms at batch 1, the small
+    /// kernel 0.17-0.36, two clusters); docs/BENCHMARKS.md, stop 20.
     /// </summary>
     internal const int FewTermIntegerMinReduction = 24;
 
