@@ -25,7 +25,8 @@ namespace QuantSharp.Modules;
 /// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST
 /// conv1) oneDNN's float32 convolution is already efficient (9 multiply-adds per output for MNIST conv1: mostly memory
 /// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
-/// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass).</item>
+/// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass; W8A8 now only
+/// above <see cref="FewTermW8A8MaxWork"/>).</item>
 /// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
 /// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
 /// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
