@@ -13,9 +13,10 @@ namespace QuantSharp.Modules;
 /// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
 /// layers at batch 1, W8A8 included.</item>
 /// <item>Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms, up to <see cref="FewTermW8A8MaxWork"/>
-/// multiply-adds: a route that quantizes the input inside its own copy of the images, where libtorch's route needs a
-/// pass of its own; the integer GEMM from <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below
-/// (docs/BENCHMARKS.md, stop 20; interleaved tables, 13-14 processes): the stem (3 channels, 3x3, stride 2) at batch 1
+/// multiply-adds, not pointwise (a 1x1 convolution keeps the rules below; none was measured here): a route that
+/// quantizes the input inside its own copy of the images, where libtorch's route needs a pass of its own; the integer
+/// GEMM from <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below (docs/BENCHMARKS.md, stop 20;
+/// interleaved tables, 13-14 processes): the stem (3 channels, 3x3, stride 2) at batch 1
 /// 0.14-0.25 ms against 0.20-0.35 for dequantize + libtorch (faster in every process), MNIST conv1 at batch 64
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
 /// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there.</item>
@@ -84,7 +85,8 @@ internal static class ConvolutionCost
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool small = work <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
-        if (quantizedInput && !small && unfold.Rows < BFloat16MinReduction && work <= FewTermW8A8MaxWork)
+        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction && work <= FewTermW8A8MaxWork)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
@@ -99,7 +101,6 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (pointwise || integer) return ConvolutionRoute.Kernel;
         return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
     }

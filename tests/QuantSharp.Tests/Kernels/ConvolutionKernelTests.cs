@@ -465,6 +465,8 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(mnist64, 16, false, R, R, "MNIST conv1 weight-only at batch 64");
         AssertLayerRoute(nn.Conv2d(1, 16, 3), act, torch.randn(64, 1, 28, 28), mnist64, D, D, "MNIST conv1 W8A8 layer at batch 64");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");
+        // A pointwise few-term W8A8 call (1x1 16->64 on 100x100, 10.2M multiply-adds) keeps the pointwise rules.
+        AssertChoice(new Im2Col(16, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1), 64, true, R, K, "W8A8 1x1 16->64");
 
         // Inputs the kernels do not take: libtorch whatever the rule.
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "float64 input");
