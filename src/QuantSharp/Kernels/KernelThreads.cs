@@ -24,7 +24,10 @@ namespace QuantSharp.Kernels;
 /// libtorch's; one build, <c>QUANTSHARP_BENCH_POOL=workers</c> against the default) the 224x224 stem's integer W8A8
 /// route took 0.40 ms at batch 1 and 2.15 ms at batch 8 on our workers, 0.23 and 1.50 ms on libgomp's team (float32
 /// 0.22 and 1.30-1.45 ms), and the ResNet-like W8A8 layers at batch 1 0.68-0.77x float32's time instead of 0.43-0.48x
-/// (docs/BENCHMARKS.md, stop 19). In loops of one route alone the two pools measured alike.</para>
+/// (docs/BENCHMARKS.md, stop 19). In loops of one route alone the two pools measured alike. Those tables timed the
+/// managed routes partly in their first-tier JIT code; re-measured with every route warmed up (stop 20, two processes
+/// per pool) the stem's route took 0.33-0.39 ms at batch 1 on our workers and 0.18-0.24 ms on the team, and at batch 8
+/// 1.62-2.96 against 1.44-1.74 ms.</para>
 /// </remarks>
 internal static unsafe class KernelThreads
 {

@@ -84,14 +84,14 @@ internal static class ConvolutionCost
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
-        bool small = work <= DirectMaxWork && DirectConvolution.Fits(unfold, outputs);
+        bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction && work <= FewTermW8A8MaxWork)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
             if (unfold.Rows >= FewTermIntegerMinReduction) return ConvolutionRoute.Kernel;
-            if (DirectConvolution.Fits(unfold, outputs) && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+            if (fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
