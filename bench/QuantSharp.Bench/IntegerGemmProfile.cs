@@ -33,7 +33,7 @@ internal static unsafe class IntegerGemmProfile
                 case "--threads": threads = args[++a].Split(',').Select(int.Parse).ToArray(); break;
                 case "--repeats": repeats = int.Parse(args[++a]); break;
                 case "--cpu-time": s_cpuTime = true; break;
-                case "--packed-min-rows": IntegerMatMul.PackedMinRows = IntegerMatMul.PackedMinRowsVnni512 = int.Parse(args[++a]); break;
+                case "--packed-min-rows": IntegerMatMul.PackedMinRows = IntegerMatMul.PackedMinRowsVnni512 = IntegerMatMul.PackedMinRowsMadd256 = int.Parse(args[++a]); break;
                 case "--micro": return MicroPeak();
                 default:
                     var p = args[a].Split('x');

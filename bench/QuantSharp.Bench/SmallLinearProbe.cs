@@ -17,7 +17,7 @@ namespace QuantSharp.Bench;
 /// (a variant's index: call only it, for a profiler), <c>PROBE_PACKED_MIN</c> (activation rows from which the float-output
 /// kernels take the packed GEMM for every weight size, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/> and
 /// <see cref="Kernels.QuantizedMatMul.PackedMinRowsSmallWeight"/>, to measure the crossover),
-/// <c>PROBE_NARROW=0</c> (<see cref="Kernels.QuantizedMatMul.NarrowForGroups"/> off), <c>PROBE_INT_PACKED_MIN</c> (<see cref="Kernels.IntegerMatMul.PackedMinRows"/> and <see cref="Kernels.IntegerMatMul.PackedMinRowsVnni512"/>), <c>PROBE_BYTES_BY_GROUP=0</c>
+/// <c>PROBE_NARROW=0</c> (<see cref="Kernels.QuantizedMatMul.NarrowForGroups"/> off), <c>PROBE_INT_PACKED_MIN</c> (<see cref="Kernels.IntegerMatMul.PackedMinRows"/>, <see cref="Kernels.IntegerMatMul.PackedMinRowsVnni512"/> and <see cref="Kernels.IntegerMatMul.PackedMinRowsMadd256"/>), <c>PROBE_BYTES_BY_GROUP=0</c>
 /// (<see cref="Kernels.QuantizedMatMul.BytesByGroup"/> off), <c>PROBE_BF16_MIN</c> (<see cref="Modules.LinearCost.BFloat16MinRows"/> and <see cref="Modules.LinearCost.BFloat16MinRowsLarge"/>), <c>PROBE_DOT_MIN</c> (<see cref="Kernels.QuantizedMatMul.DotTilesMinRows"/> and <see cref="Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows"/>; 12 or more turns the dot tiles off), <c>PROBE_GROUP</c> (the int4 column's group size, 32 by default),
 /// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
 /// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it),
@@ -43,7 +43,7 @@ internal static class SmallLinearProbe
         if (Environment.GetEnvironmentVariable("PROBE_NARROW") == "0") Kernels.QuantizedMatMul.NarrowForGroups = false;
         if (Environment.GetEnvironmentVariable("PROBE_BYTES_BY_GROUP") == "0") Kernels.QuantizedMatMul.BytesByGroup = false;
         if (Environment.GetEnvironmentVariable("PROBE_INT_PACKED_MIN") is { } intPackedMin)
-            Kernels.IntegerMatMul.PackedMinRows = Kernels.IntegerMatMul.PackedMinRowsVnni512 = int.Parse(intPackedMin, System.Globalization.CultureInfo.InvariantCulture);
+            Kernels.IntegerMatMul.PackedMinRows = Kernels.IntegerMatMul.PackedMinRowsVnni512 = Kernels.IntegerMatMul.PackedMinRowsMadd256 = int.Parse(intPackedMin, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_DOT_MIN") is { } dotMin)
             Kernels.QuantizedMatMul.DotTilesMinRows = Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows = int.Parse(dotMin, System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_MAXBITS") is { } bits) Kernels.Simd.MaxBits = int.Parse(bits, System.Globalization.CultureInfo.InvariantCulture);
@@ -52,8 +52,8 @@ internal static class SmallLinearProbe
         if (Environment.GetEnvironmentVariable("PROBE_LAYOUT") is { } layout) Kernels.PackedMatMul.ForcedLayout = Enum.Parse<Kernels.PackedLayout>(layout);
         bool warmed = false;
         Console.WriteLine($"load {File.ReadAllText("/proc/loadavg").Trim()}, {Environment.ProcessorCount} cores, best of {rounds} rounds");
-        Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 gG / float32 | w8a8-dynamic / float32 | float16 / float32 | bfloat16 / float32 |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| shape | rows | float32 ms | int8 / float32 | int4 gG / float32 | w8a8-dynamic / float32 | float16 / float32 | bfloat16 / float32 | w8a8-dynamic simulated | w8a8-static integer | w8a8-static simulated |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var (n, k) in shapes)
             foreach (int m in rowsList)
             {
@@ -67,11 +67,18 @@ internal static class SmallLinearProbe
                 var dynamic = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias) { DynamicInput = true };
                 var half = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.Float16)), linear.bias);
                 var brain = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, new QuantSpec(QuantType.BFloat16)), linear.bias);
-                var layers = new Func<Tensor, Tensor>[] { linear.call, int8.call, int4.call, dynamic.call, half.call, brain.call };
+                // Static W8A8 with the range of a standard normal input (uint8 affine, as PyTorch's default observer).
+                var statik = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, perChannel), linear.bias,
+                    new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 8f / 255f, 128));
+                var layers = new Func<Tensor, Tensor>[]
+                {
+                    linear.call, int8.call, int4.call, dynamic.call, half.call, brain.call,
+                    t => dynamic.Forward(t, null, integer: false), t => statik.Forward(t, null, integer: true), t => statik.Forward(t, null, integer: false),
+                };
                 var variants = layers.Select(layer => (Func<Tensor>)(() => layer(x))).ToArray();
                 if (Environment.GetEnvironmentVariable("PROBE_PROFILE") is { } only)
                 {
-                    // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8, 4 float16, 5 bfloat16) called for 5 seconds.
+                    // For a profiler: one variant (0 float32, 1 int8, 2 int4, 3 w8a8 dynamic by the rule, 4 float16, 5 bfloat16, 6 w8a8 dynamic simulated, 7 w8a8 static in integers, 8 simulated) called for 5 seconds.
                     var forward = variants[int.Parse(only, System.Globalization.CultureInfo.InvariantCulture)];
                     Console.WriteLine($"| {n}x{k} | {m} | variant {only}: {ConvBench.MicrosecondsPerCall(forward):0.0} us per call");
                     continue;

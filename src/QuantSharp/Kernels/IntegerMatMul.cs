@@ -193,6 +193,26 @@ internal static unsafe class IntegerMatMul
     /// </summary>
     internal static int PackedMinRowsVnni512 = 12;
 
+    /// <summary>
+    /// <see cref="PackedMinRows"/> for the 256-bit <c>vpmaddwd</c> path (<see cref="KernelPath.V256"/>: AVX2 without
+    /// AVX-VNNI or AVX-512), whose packed strips are 16 activation rows (the 512-bit paths' 32). Measured on an AVX2
+    /// machine emulated on the development machine (.NET without AVX-512, MKL and oneDNN limited to AVX2;
+    /// docs/BENCHMARKS.md, stop 21), dynamic W8A8 against float32 at 12-24 rows, two processes each: 384x384 0.67-1.00x
+    /// (row kernels 0.93-1.53x), 1024x1024 0.42-0.56x at 12-16 rows (0.53-0.71x), 4096x4096 0.29-0.42x (0.32-0.60x),
+    /// 64x800 at 16-24 rows 1.13-1.27x (1.37-1.66x); at 8 rows the row kernels tied or won. The 512-bit
+    /// <c>vpmaddwd</c> path (AVX-512 without VNNI) lost with packing from 12 rows (64x800 2.1-2.5x against 1.0-1.3x), so
+    /// it keeps <see cref="PackedMinRows"/>, as do the paths not measured here (AVX-VNNI at 256 bits, 128 bits).
+    /// </summary>
+    internal static int PackedMinRowsMadd256 = 12;
+
+    /// <summary>Whether <see cref="MatMulMethod.Auto"/> takes the packed GEMM for <paramref name="rows"/> activation rows on <paramref name="path"/>.</summary>
+    internal static bool TakesPacked(KernelPath path, int rows) => rows >= path switch
+    {
+        KernelPath.Vnni512 => PackedMinRowsVnni512,
+        KernelPath.V256 => PackedMinRowsMadd256,
+        _ => PackedMinRows,
+    };
+
     /// <summary>True when <paramref name="path"/> can run here (Vnni256 needs AVX-VNNI, Vnni512 <see cref="Vnni512Kernel"/>).</summary>
     public static bool IsSupported(KernelPath path) => path switch
     {
@@ -357,7 +377,7 @@ internal static unsafe class IntegerMatMul
     /// <param name="ldy">Output row stride.</param>
     /// <param name="path">Instruction set (<see cref="KernelPath.Vnni512"/>, <see cref="KernelPath.Vnni256"/>; V512/V256/V128 use <c>vpmaddwd</c>).</param>
     /// <param name="method">Loop structure: row kernels, or the packed GEMM (<see cref="PackedIntegerMatMul"/>);
-    /// <see cref="MatMulMethod.Auto"/> chooses by batch size (<see cref="PackedMinRows"/>).</param>
+    /// <see cref="MatMulMethod.Auto"/> chooses by batch size (<see cref="TakesPacked"/>).</param>
     public static void Run(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto) =>
         Multiply(w, null, x, bias, y, ldy, path, method);
 
@@ -378,7 +398,7 @@ internal static unsafe class IntegerMatMul
         path = Choose(path);
         if (method == MatMulMethod.Transposed) throw new ArgumentException("The integer kernel reads row-major activations (no transposed method).", nameof(method));
         if (x.Rows == 0 || w.Rows == 0) return;
-        if (method == MatMulMethod.Packed || (method == MatMulMethod.Auto && x.Rows >= (path == KernelPath.Vnni512 ? PackedMinRowsVnni512 : PackedMinRows)))
+        if (method == MatMulMethod.Packed || (method == MatMulMethod.Auto && TakesPacked(path, x.Rows)))
         {
             RunPacked(path, w, x, source, null, bias, y, ldy);
             return;

@@ -31,14 +31,17 @@ public sealed class QuantizedLinear : QuantizedModule
     /// <inheritdoc/>
     public override Tensor forward(Tensor input) => Forward(input, null);
 
-    /// <summary>The forward pass; <paramref name="route"/> forces a weight-only route (tests and benches), null: the measured rule.</summary>
-    internal Tensor Forward(Tensor input, LinearRoute? route)
+    /// <summary>
+    /// The forward pass; <paramref name="route"/> forces a weight-only route (tests and benches), null: the measured
+    /// rule; <paramref name="integer"/> false takes W8A8's simulated path where the integer kernels apply (benches).
+    /// </summary>
+    internal Tensor Forward(Tensor input, LinearRoute? route, bool integer = true)
     {
         using var scope = NewDisposeScope();
         var b = bias;
         // W8A8 in integers where the layout has the kernel; otherwise the input is quantized and dequantized here
         // (simulated) and the layout's Linear runs (kernels where they apply, dequantize + float op elsewhere).
-        var y = InputQuantizer is { } quantizer ? weight.Layout.QuantizedInputLinear(input, b, quantizer) : null;
+        var y = InputQuantizer is { } quantizer && integer ? weight.Layout.QuantizedInputLinear(input, b, quantizer) : null;
         if (y is null)
         {
             bool half = input.dtype is ScalarType.Float16 or ScalarType.BFloat16;

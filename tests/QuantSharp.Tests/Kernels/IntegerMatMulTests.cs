@@ -25,6 +25,18 @@ public unsafe class IntegerMatMulTests
     }
 
     [Fact]
+    public void AutoTakesThePackedGemmFromEachPathsMeasuredRowCount()
+    {
+        // 16-row strips at 256 bits (vpmaddwd): packed from 12 rows; the generated 512-bit VNNI kernel from 12; the
+        // 512-bit vpmaddwd path and the unmeasured ones (AVX-VNNI at 256 bits, 128 bits, scalar) from 32.
+        foreach (var (path, from) in new[] { (KernelPath.V256, 12), (KernelPath.Vnni512, 12), (KernelPath.V512, 32), (KernelPath.Vnni256, 32), (KernelPath.V128, 32), (KernelPath.Scalar, 32) })
+        {
+            Assert.False(IntegerMatMul.TakesPacked(path, from - 1), $"{path} at {from - 1} rows");
+            Assert.True(IntegerMatMul.TakesPacked(path, from), $"{path} at {from} rows");
+        }
+    }
+
+    [Fact]
     public void GeneratedVnni512KernelEqualsItsManagedTwin()
     {
         // The machine code against GemmVnni512.MultiplyAccumulate (portable Vector512 arithmetic) on random codes, including the

@@ -10,7 +10,8 @@ namespace QuantSharp.Tests.Kernels;
 /// The managed one-pass dequantization (<see cref="WeightDequantizer"/>) equals the specification
 /// (<see cref="WeightView.Dequantized"/>) bit for bit for every integer format, group size, zero point and row/column tail, on
 /// every vector width; the canonical layouts' <c>Dequantize</c> built on it equals the tensor-operation formula it
-/// replaced bit for bit; the static input fake-quantization done in one managed pass equals the tensor operations.
+/// replaced bit for bit; the static and dynamic input fake-quantizations done in one managed pass equal the tensor
+/// operations.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
 public unsafe class WeightDequantizerTests
@@ -133,5 +134,42 @@ public unsafe class WeightDequantizerTests
             var leaf = torch.randn(3, 4, 5, 5).requires_grad_();
             Assert.True(layer.QuantizeInput(leaf).requires_grad);
         }
+    }
+
+    [Fact]
+    public void DynamicInputFakeQuantizationEqualsTheTensorOperationsAndKeepsGradients()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(7);
+        using var layer = (QuantizedLinear)QuantizedModules.Quantize(nn.Linear(40, 3), QuantizationRecipe.Int8WeightOnly().BaseWeights, null);
+        layer.DynamicInput = true;
+        // Per row: scale = max(amax / 127, eps), then round(x * (1 / scale)) clamped to [-127, 127], times the scale.
+        static Tensor Expected(Tensor x)
+        {
+            var scale = x.abs().amax([-1], keepdim: true).div(127f).clamp_min(1.1920929e-07f);
+            return (x * scale.reciprocal()).round().clamp(-127, 127) * scale;
+        }
+        // Ties at half a step (rows of amax 31.75, so the scale is 0.25 and x * 4 = j + 0.5), a zero row (the smallest scale), a row
+        // with a NaN (NaN throughout), a non-contiguous 3-D view, 1,000 rows of 40 (several work items).
+        var ties = ((torch.arange(-127, 127, ScalarType.Float32) + 0.5f) * 0.25f).reshape(2, 127);
+        ties[0, 0] = torch.tensor(-31.75f);
+        ties[1, 126] = torch.tensor(31.75f);
+        var withNaN = torch.randn(3, 40);
+        withNaN[1, 7] = torch.tensor(float.NaN);
+        foreach (var x in new[] { torch.randn(5, 40) * 3, torch.zeros(2, 40), withNaN, torch.randn(2, 40, 6).transpose(1, 2), torch.randn(1000, 40) * 100 })
+        {
+            var expected = Expected(x);
+            var actual = layer.QuantizeInput(x);
+            bool same = expected.eq(actual).logical_or(expected.isnan().logical_and(actual.isnan())).all().item<bool>();
+            Assert.True(same, $"[{string.Join(",", x.shape)}]");
+        }
+        // The ties' row on its own (its own scale).
+        foreach (var row in new[] { ties[0].unsqueeze(0), ties[1].unsqueeze(0) })
+        {
+            var expected = Expected(row);
+            Assert.True(expected.eq(layer.QuantizeInput(row)).all().item<bool>());
+        }
+        Assert.Equal(-31.75f, layer.QuantizeInput(ties[0].unsqueeze(0))[0, 0].item<float>());
+        Assert.True(layer.QuantizeInput(torch.randn(2, 40).requires_grad_()).requires_grad);
     }
 }
