@@ -16,7 +16,7 @@ namespace QuantSharp.Bench;
 /// Environment: <c>PROBE_SHAPES</c> (e.g. <c>64x800,512x512</c>), <c>PROBE_ROWS</c> (e.g. <c>1,64</c>), <c>PROBE_PROFILE</c>
 /// (a variant's index: call only it, for a profiler), <c>PROBE_PACKED_MIN</c> (activation rows from which the float-output
 /// kernels take the packed GEMM for every weight size, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/> and
-/// <see cref="Kernels.QuantizedMatMul.PackedMinRowsSmallWeight"/>, to measure the crossover),
+/// <see cref="Kernels.QuantizedMatMul.PackedMinRowsSmallWeight"/> and <see cref="Kernels.QuantizedMatMul.PackedMinRows256"/>, to measure the crossover),
 /// <c>PROBE_NARROW=0</c> (<see cref="Kernels.QuantizedMatMul.NarrowForGroups"/> off), <c>PROBE_INT_PACKED_MIN</c> (<see cref="Kernels.IntegerMatMul.PackedMinRows"/>, <see cref="Kernels.IntegerMatMul.PackedMinRowsVnni512"/> and <see cref="Kernels.IntegerMatMul.PackedMinRowsMadd256"/>), <c>PROBE_BYTES_BY_GROUP=0</c>
 /// (<see cref="Kernels.QuantizedMatMul.BytesByGroup"/> off), <c>PROBE_BF16_MIN</c> (<see cref="Modules.LinearCost.BFloat16MinRows"/> and <see cref="Modules.LinearCost.BFloat16MinRowsLarge"/>), <c>PROBE_DOT_MIN</c> (<see cref="Kernels.QuantizedMatMul.DotTilesMinRows"/> and <see cref="Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows"/>; 12 or more turns the dot tiles off), <c>PROBE_GROUP</c> (the int4 column's group size, 32 by default),
 /// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
@@ -36,7 +36,7 @@ internal static class SmallLinearProbe
         var rowsList = (Environment.GetEnvironmentVariable("PROBE_ROWS") ?? "1,24,64,128,256").Split(',').Select(int.Parse).ToArray();
         using var noGrad = no_grad();
         if (Environment.GetEnvironmentVariable("PROBE_PACKED_MIN") is { } packedMin)
-            Kernels.QuantizedMatMul.PackedMinRows = Kernels.QuantizedMatMul.PackedMinRowsSmallWeight = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
+            Kernels.QuantizedMatMul.PackedMinRows = Kernels.QuantizedMatMul.PackedMinRowsSmallWeight = Kernels.QuantizedMatMul.PackedMinRows256 = int.Parse(packedMin, System.Globalization.CultureInfo.InvariantCulture);
         int group = int.Parse(Environment.GetEnvironmentVariable("PROBE_GROUP") ?? "32", System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_BF16_MIN") is { } bf16Min)
             Modules.LinearCost.BFloat16MinRows = Modules.LinearCost.BFloat16MinRowsLarge = long.Parse(bf16Min, System.Globalization.CultureInfo.InvariantCulture);

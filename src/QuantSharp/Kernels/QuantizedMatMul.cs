@@ -79,6 +79,17 @@ internal static unsafe class QuantizedMatMul
     /// </summary>
     internal static int PackedMinRowsSmallWeight = 12;
 
+    /// <summary>
+    /// Activation rows from which weights of more than <see cref="FewWeightRows"/> rows take the packed GEMM on the
+    /// 256-bit path (no AVX-512), whatever their size: the 256-bit row kernels decode each weight once per four rows at
+    /// half the 512-bit width. Measured on an AVX2 machine emulated on the development machine (.NET without AVX-512,
+    /// MKL and oneDNN limited to AVX2; docs/BENCHMARKS.md, stop 21), two processes each, against float32 at 8-20 rows:
+    /// 1024x1024 int4 group 32 1.10-2.22x -> 0.67-0.73x, float16 0.88-1.53x -> 0.69-0.77x, int8 0.65-0.99x ->
+    /// 0.64-0.68x; 4096x4096 int4 0.72-1.75x -> 0.55-0.75x, float16 0.57-1.21x -> 0.50-0.58x; 384x1536 as fast either
+    /// way; at 4 rows the row kernels stay ahead. The other widths keep the rules measured with AVX-512.
+    /// </summary>
+    internal static int PackedMinRows256 = 8;
+
     /// <summary>Weights below this many elements (4 MiB of float32) count as small for <see cref="PackedMinRowsSmallWeight"/>.</summary>
     internal const long SmallWeightElements = 1 << 20;
 
@@ -142,13 +153,14 @@ internal static unsafe class QuantizedMatMul
     internal const int Float16DotTilesMinRows = 6;
 
     /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
-    internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize)
+    internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize, KernelPath path = KernelPath.V512)
     {
         bool small = (long)rows * cols < SmallWeightElements;
         int packedMin = !small ? PackedMinRows
             : rows > FewWeightRows ? Math.Min(PackedMinRows, PackedMinRowsSmallWeight)
             : cols >= FewRowsLongReduction ? Math.Max(PackedMinRows, FewRowsLongPackedMinRows)
             : PackedMinRows;
+        if (path == KernelPath.V256 && rows > FewWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
@@ -191,7 +203,7 @@ internal static unsafe class QuantizedMatMul
     {
         if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
             throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
-        if (method == MatMulMethod.Auto) method = ChooseMethod(m, w.Rows, w.Cols, w.Format, w.GroupSize);
+        if (method == MatMulMethod.Auto) method = ChooseMethod(m, w.Rows, w.Cols, w.Format, w.GroupSize, Resolve(path));
         var (xRow, yRow) = method == MatMulMethod.Transposed ? (unfold is null ? m : 0, m) : (w.Cols, w.Rows);
         if (ldx < xRow || ldy < yRow) throw new ArgumentException($"Row strides {ldx}/{ldy} are shorter than the rows {xRow}/{yRow}.");
         if (m == 0 || w.Rows == 0) return;
