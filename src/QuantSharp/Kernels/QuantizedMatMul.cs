@@ -80,13 +80,15 @@ internal static unsafe class QuantizedMatMul
     internal static int PackedMinRowsSmallWeight = 12;
 
     /// <summary>
-    /// Activation rows from which weights of more than <see cref="FewWeightRows"/> rows take the packed GEMM on the
-    /// 256-bit path (no AVX-512), whatever their size: the 256-bit row kernels decode each weight once per four rows at
-    /// half the 512-bit width. Measured on an AVX2 machine emulated on the development machine (.NET without AVX-512,
+    /// Activation rows from which weights of more than <see cref="DotTilesMaxWeightRows"/> rows take the packed GEMM on
+    /// the 256-bit path (no AVX-512), whatever their size: the 256-bit row kernels decode each weight once per four rows
+    /// at half the 512-bit width. Measured on an AVX2 machine emulated on the development machine (.NET without AVX-512,
     /// MKL and oneDNN limited to AVX2; docs/BENCHMARKS.md, stop 21), two processes each, against float32 at 8-20 rows:
     /// 1024x1024 int4 group 32 1.10-2.22x -> 0.67-0.73x, float16 0.88-1.53x -> 0.69-0.77x, int8 0.65-0.99x ->
     /// 0.64-0.68x; 4096x4096 int4 0.72-1.75x -> 0.55-0.75x, float16 0.57-1.21x -> 0.50-0.58x; 384x1536 as fast either
-    /// way; at 4 rows the row kernels stay ahead. The other widths keep the rules measured with AVX-512.
+    /// way; at 4 rows the row kernels stay ahead. Weights of at most 64 rows keep their dot tiles (64x800 at 8 rows
+    /// packed: int4 1.16-1.20x, bfloat16 1.02-1.04x, against 0.90-1.22x and 0.77-0.90x). The other widths keep the rules
+    /// measured with AVX-512.
     /// </summary>
     internal static int PackedMinRows256 = 8;
 
@@ -160,7 +162,7 @@ internal static unsafe class QuantizedMatMul
             : rows > FewWeightRows ? Math.Min(PackedMinRows, PackedMinRowsSmallWeight)
             : cols >= FewRowsLongReduction ? Math.Max(PackedMinRows, FewRowsLongPackedMinRows)
             : PackedMinRows;
-        if (path == KernelPath.V256 && rows > FewWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
+        if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;

@@ -110,8 +110,8 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// On the 256-bit path (no AVX-512) weights of more than 16 rows take the packed GEMM from 8 activation rows,
-    /// whatever their size or format; weights of at most 16 rows and the other widths keep their rules.
+    /// On the 256-bit path (no AVX-512) weights of more than 64 rows take the packed GEMM from 8 activation rows,
+    /// whatever their size or format; weights of at most 64 rows and the other widths keep their rules.
     /// </summary>
     [Theory]
     [InlineData(7, 1024, 1024, "Int4", 32, "V256", "Rows")]
@@ -121,7 +121,9 @@ public unsafe class QuantizedMatMulTests
     [InlineData(8, 4096, 4096, "Int8", 4096, "V128", "Rows")]
     [InlineData(8, 384, 1536, "Float16", 1536, "V256", "Packed")]
     [InlineData(7, 384, 1536, "Float16", 1536, "V256", "DotTiles")]
-    [InlineData(8, 17, 512, "Int8", 512, "V256", "Packed")]
+    [InlineData(8, 65, 512, "Int8", 512, "V256", "Packed")]
+    [InlineData(8, 64, 512, "Int8", 512, "V256", "Rows")]
+    [InlineData(8, 64, 800, "Float16", 800, "V256", "DotTiles")]
     [InlineData(12, 16, 128, "Int8", 128, "V256", "Rows")]
     [InlineData(23, 16, 128, "Int4", 32, "V256", "DotTiles")]
     public void MethodByRowsWeightAndWidth(int m, int rows, int cols, string format, int groupSize, string path, string expected)
