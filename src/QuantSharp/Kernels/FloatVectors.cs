@@ -84,6 +84,13 @@ internal interface IFloatWidth<TVec> where TVec : struct
     static abstract TVec NibbleAt(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift, TVec groupP, TVec groupQ);
 
     /// <summary>
+    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/> as a float, not
+    /// dequantized: <c>u ^ 8</c> for int4 where the width decodes by arithmetic (<see cref="LoadNibbleWords"/> flipped it),
+    /// so that <c>NibbleLookup</c>'s <c>P * u + Q</c> is the weight.
+    /// </summary>
+    static abstract TVec NibbleCode(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift);
+
+    /// <summary>
     /// <c>2 * Count</c> IEEE half values as floats (exact): the even elements and the odd ones. One plain load; each
     /// 32-bit lane holds an even element in its low and an odd one in its high 16 bits, so no widening shuffle.
     /// </summary>
@@ -179,6 +186,10 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
         => Avx512F.PermuteVar16x32(groupP, shift == 0 ? words.AsInt32() : words.AsInt32() >>> shift);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> NibbleCode(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+        => Avx512F.ConvertToVector512Single((words.AsInt32() >>> shift) & Vector512.Create(15));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadHalfPairs(ushort* p)
     {
         var w = Vector512.Load((uint*)p);
@@ -259,6 +270,10 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
         => MultiplyAdd(Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15)), groupP, groupQ);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> NibbleCode(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+        => Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadHalfPairs(ushort* p)
     {
         var w = Vector256.Load((uint*)p);
@@ -335,6 +350,10 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
         => MultiplyAdd(Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15)), groupP, groupQ);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> NibbleCode(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+        => Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadHalfPairs(ushort* p)
     {
         var w = Vector128.Load((uint*)p);
@@ -391,6 +410,8 @@ internal readonly struct Float1 : IFloatWidth<float>
 
     public static float NibbleAt(float words, [ConstantExpected(Min = 0, Max = 28)] int shift, float groupP, float groupQ)
         => MultiplyAdd((BitConverter.SingleToUInt32Bits(words) >> shift) & 15, groupP, groupQ);
+
+    public static float NibbleCode(float words, [ConstantExpected(Min = 0, Max = 28)] int shift) => (BitConverter.SingleToUInt32Bits(words) >> shift) & 15;
 
     public static unsafe (float Even, float Odd) LoadHalfPairs(ushort* p) => (HalfKernel.FromHalfBits(p[0]), HalfKernel.FromHalfBits(p[1]));
     public static unsafe (float Even, float Odd) LoadFiniteHalfPairs(ushort* p) => LoadHalfPairs(p);

@@ -304,17 +304,120 @@ internal static unsafe class QuantizedMatMul
             int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
             int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
             nint xAddress = (nint)ordered, yAddress = (nint)y, biasAddress = (nint)bias;
-            KernelThreads.For(items, (long)rowsPerItem * k, item =>
+            if (typeof(TW) == typeof(Float512))
             {
-                int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
-                for (; n + 4 <= n1; n += 4) NibbleRows<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
-                for (; n < n1; n++) NibbleRows<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
-            });
+                KernelThreads.For(items, (long)rowsPerItem * k, item =>
+                {
+                    int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
+                    for (; n + 4 <= n1; n += 4) NibbleRows<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
+                    for (; n < n1; n++) NibbleRows<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
+                });
+                return;
+            }
+            // Widths that decode by arithmetic: each group's lane sums of the activations, once per call.
+            int groups = w.GroupsPerRow, c = TW.Count;
+            float* groupSums = (float*)NativeMemory.Alloc((nuint)(groups * c), sizeof(float));
+            try
+            {
+                for (int gi = 0; gi < groups; gi++)
+                {
+                    var total = TW.Zero;
+                    for (int e = gi * w.GroupSize, end = e + w.GroupSize; e < end; e += c) total = TW.Add(total, TW.Load(ordered + e));
+                    TW.Store(total, groupSums + gi * c);
+                }
+                nint sumsAddress = (nint)groupSums;
+                KernelThreads.For(items, (long)rowsPerItem * k, item =>
+                {
+                    int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
+                    for (; n + 4 <= n1; n += 4) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)sumsAddress, (float*)biasAddress, (float*)yAddress);
+                    for (; n < n1; n++) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)sumsAddress, (float*)biasAddress, (float*)yAddress);
+                });
+            }
+            finally
+            {
+                NativeMemory.Free(groupSums);
+            }
         }
         finally
         {
             NativeMemory.Free(ordered);
         }
+    }
+
+    /// <summary>
+    /// <see cref="NibbleRows"/> for the widths that decode by arithmetic (<c>P * u + Q</c> per nibble: a conversion and a
+    /// multiply-add before the product): each group's codes are multiplied by the activations as they are
+    /// (<see cref="IFloatWidth{TVec}.NibbleCode"/>) and the group's scale and offset applied once at its end,
+    /// <c>sum w x = P * sum u x + Q * sum x</c>, with <paramref name="groupSums"/> the activations' lane sums per group
+    /// (a vector of lanes each). One multiply-add per eight weights fewer; the float32 rounding differs
+    /// from <see cref="NibbleRows"/>'s (the sum in another order), within the tests' tolerance.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void NibbleRowsByGroupSums<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* groupSums, float* bias, float* y)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
+    {
+        int step = NibbleStep<TW, TVec>(), g = w.GroupSize, c = TW.Count;
+        nint rowBytes = w.RowBytes;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+        TVec r0 = TW.Zero, r1 = TW.Zero, r2 = TW.Zero, r3 = TW.Zero;
+        int groups = w.GroupsPerRow;
+        for (int gi = 0; gi < groups; gi++)
+        {
+            TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+            for (int k = gi * g, end = k + g; k < end; k += step)
+            {
+                float* xk = x + k;
+                int b = k >> 1;
+                EightCodes<TW, TVec>(TW.LoadNibbleWords(w0 + b, TSign.Signed), xk, ref a0, ref b0);
+                if (TR.Count > 1)
+                {
+                    PrefetchNextFourRows(w0 + b, rowBytes);
+                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w1 + b, TSign.Signed), xk, ref a1, ref b1);
+                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w2 + b, TSign.Signed), xk, ref a2, ref b2);
+                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w3 + b, TSign.Signed), xk, ref a3, ref b3);
+                }
+            }
+            var xs = TW.Load(groupSums + gi * c);
+            r0 = GroupEnd<TW, TVec, TSign>(w, n, gi, TW.Add(a0, b0), xs, r0);
+            if (TR.Count > 1)
+            {
+                r1 = GroupEnd<TW, TVec, TSign>(w, n + 1, gi, TW.Add(a1, b1), xs, r1);
+                r2 = GroupEnd<TW, TVec, TSign>(w, n + 2, gi, TW.Add(a2, b2), xs, r2);
+                r3 = GroupEnd<TW, TVec, TSign>(w, n + 3, gi, TW.Add(a3, b3), xs, r3);
+            }
+        }
+        y[n] = TW.Sum(r0) + (bias == null ? 0f : bias[n]);
+        if (TR.Count > 1)
+        {
+            y[n + 1] = TW.Sum(r1) + (bias == null ? 0f : bias[n + 1]);
+            y[n + 2] = TW.Sum(r2) + (bias == null ? 0f : bias[n + 2]);
+            y[n + 3] = TW.Sum(r3) + (bias == null ? 0f : bias[n + 3]);
+        }
+    }
+
+    /// <summary><c>r + P * codeProducts + Q * activationSums</c> with row <paramref name="n"/>'s group <paramref name="g"/> constants.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVec GroupEnd<TW, TVec, TSign>(in WeightView w, int n, int g, TVec codeProducts, TVec activationSums, TVec r)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
+    {
+        var (p, q) = NibbleGroup<TW, TVec, TSign>(w, n, g);
+        return TW.MultiplyAdd(q, activationSums, TW.MultiplyAdd(p, codeProducts, r));
+    }
+
+    /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as codes, times their activations, into two accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void EightCodes<TW, TVec>(TVec words, float* x, ref TVec a, ref TVec b)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int c = TW.Count;
+        a = TW.MultiplyAdd(TW.NibbleCode(words, 0), TW.Load(x), a);
+        b = TW.MultiplyAdd(TW.NibbleCode(words, 4), TW.Load(x + c), b);
+        a = TW.MultiplyAdd(TW.NibbleCode(words, 8), TW.Load(x + 2 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleCode(words, 12), TW.Load(x + 3 * c), b);
+        a = TW.MultiplyAdd(TW.NibbleCode(words, 16), TW.Load(x + 4 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleCode(words, 20), TW.Load(x + 5 * c), b);
+        a = TW.MultiplyAdd(TW.NibbleCode(words, 24), TW.Load(x + 6 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleCode(words, 28), TW.Load(x + 7 * c), b);
     }
 
     /// <summary>Elements of a row <see cref="NibbleRows"/> decodes per step: eight nibbles in each 32-bit lane.</summary>
