@@ -11,7 +11,8 @@ namespace QuantSharp.Modules;
 /// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>: it reads
 /// the padded image, split into stride phases, without unfolding it) on the weight dequantized for the call, a static
 /// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
-/// layers at batch 1, W8A8 included.</item>
+/// layers at batch 1, W8A8 included. Where the float kernels' widest path is 256 bits, only calls of fewer than
+/// <see cref="BFloat16MinReduction"/> terms: longer reductions take the packed kernels (<see cref="SmallKernelMaxReduction256"/>).</item>
 /// <item>Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms, up to <see cref="FewTermW8A8MaxWork"/>
 /// multiply-adds, not pointwise (a 1x1 convolution keeps the rules below; none was measured here): a route that
 /// quantizes the input inside its own copy of the images, where libtorch's route needs a pass of its own; the integer
@@ -78,12 +79,27 @@ internal static class ConvolutionCost
     /// </summary>
     internal const int FewTermIntegerMinReduction = 24;
 
+    /// <summary>
+    /// Reduction length up to which small calls keep the small-convolution kernel where the float kernels' widest path is
+    /// 256 bits (<see cref="Widest256"/>; no AVX-512, so the float32 rule): above it the packed kernels (unfold + GEMM, or the integer GEMM for W8A8). On
+    /// an AVX2 machine emulated on the development machine (docs/BENCHMARKS.md, stop 21; 5 s loops, processes
+    /// alternated) MNIST conv2 at batch 1 (144 terms) took 26-38 us on the packed kernels against 32-68 on the small
+    /// kernel for int8 (faster in 5 of 6 processes) and 23-44 against 33-72 for static W8A8 (6 of 6), while MNIST conv1
+    /// (9 terms) kept the small kernel (9-10 against 16-22 us, 3 of 3). The threshold between them is
+    /// <see cref="BFloat16MinReduction"/>'s, not measured in between.
+    /// </summary>
+    internal const int SmallKernelMaxReduction256 = BFloat16MinReduction - 1;
+
+    /// <summary>Whether the float kernels' widest path here is 256 bits (AVX2 without AVX-512, or AVX-512 turned off): the machines <see cref="SmallKernelMaxReduction256"/> was measured for (128-bit ones were not).</summary>
+    internal static bool Widest256 => !Float512.IsSupported && Float256.IsSupported;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
     /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="QuantizedModule.NativeBFloat16"/>).</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16)
+    /// <param name="float256">True where the float kernels' widest path is 256 bits (<see cref="Widest256"/>): small calls of more than <see cref="SmallKernelMaxReduction256"/> terms then take the packed kernels.</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
@@ -104,6 +120,7 @@ internal static class ConvolutionCost
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
         if (pointwise || integer) return ConvolutionRoute.Kernel;
-        return small ? ConvolutionRoute.Direct : ConvolutionRoute.Reference;
+        if (small) return float256 && unfold.Rows > SmallKernelMaxReduction256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct;
+        return ConvolutionRoute.Reference;
     }
 }

@@ -366,10 +366,10 @@ public unsafe class ConvolutionKernelTests
     /// where the bfloat16 route may be taken (a native-bf16 CPU with <see cref="QuantizedConv.UseBFloat16Compute"/>),
     /// <paramref name="without"/> otherwise (the float32 rule).
     /// </summary>
-    internal static void AssertChoice(Im2Col unfold, long outputs, bool quantizedInput, ConvolutionRoute withBFloat16, ConvolutionRoute without, string what)
+    internal static void AssertChoice(Im2Col unfold, long outputs, bool quantizedInput, ConvolutionRoute withBFloat16, ConvolutionRoute without, string what, bool float256 = false)
     {
-        Assert.True(withBFloat16 == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: true), $"{what}, bfloat16 rule");
-        Assert.True(without == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: false), $"{what}, float32 rule");
+        Assert.True(withBFloat16 == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: true, float256), $"{what}, bfloat16 rule");
+        Assert.True(without == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: false, float256), $"{what}, float32 rule");
     }
 
     /// <summary>
@@ -390,7 +390,7 @@ public unsafe class ConvolutionKernelTests
             var route = layer.Route(x);
             Assert.True((QuantizedModule.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute, ConvolutionCost.Widest256), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;
@@ -444,7 +444,9 @@ public unsafe class ConvolutionKernelTests
         // W8A8, K = 144, 256 outputs on 6x6 positions: 1.3M multiply-adds, small both ways.
         var k144 = new Im2Col(16, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(k144, 256, true, D, D, "W8A8 K 144");
-        AssertLayerRoute(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8), k144, D, D, "W8A8 K 144 layer");
+        AssertChoice(k144, 256, true, D, K, "W8A8 K 144 at 256 bits", float256: true);
+        var k144Route = ConvolutionCost.Widest256 ? K : D; // the float32 rule at 256 bits: the integer GEMM
+        AssertLayerRoute(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8), k144, D, k144Route, "W8A8 K 144 layer");
         // On 30x30 (784 positions, 29M multiply-adds) it is not small: K below IntegerMinReduction, so bfloat16, or
         // simulated under the float32 rule.
         var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);

@@ -81,8 +81,12 @@ public class DirectConvolutionTests
         var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(16, 32, 3), QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
         var x = torch.randn(1, 16, 13, 13);
-        Assert.Equal(ConvolutionRoute.Direct, layer.Route(x)); // the MNIST CNN's second convolution
-        AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), 1e-5, "W8A8 direct");
+        // The MNIST CNN's second convolution: the small kernel, or the integer GEMM where the float kernels' widest path
+        // is 256 bits (144 terms); the small kernel's W8A8 is asserted on every machine.
+        Assert.Equal(ConvolutionCost.Widest256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, layer.Route(x));
+        var expected = layer.Forward(x, ConvolutionRoute.Reference);
+        AssertClose(expected, layer.Forward(x, ConvolutionRoute.Direct), 1e-5, "W8A8 direct");
+        AssertClose(expected, layer.call(x), 1e-5, "W8A8 by the rule");
     }
 
     [Fact]
@@ -127,7 +131,7 @@ public class DirectConvolutionTests
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+        const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16, K = ConvolutionRoute.Kernel;
 
         // MNIST conv1 at batch 1 (676 positions x 16 x 9 = 97K multiply-adds) and conv2 (121 x 32 x 144 = 557K): small.
         var conv1 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1);
@@ -135,7 +139,12 @@ public class DirectConvolutionTests
         AssertLayerRoute(nn.Conv2d(1, 16, 3), null, torch.randn(1, 1, 28, 28), conv1, D, D, "MNIST conv1 batch 1 layer");
         var conv2 = new Im2Col(16, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1);
         AssertChoice(conv2, 32, false, D, D, "MNIST conv2 batch 1");
-        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(1, 16, 13, 13), conv2, D, D, "MNIST conv2 batch 1 layer");
+        // Where the float kernels run at 256 bits (the float32 rule), small calls of 64 terms or more take the packed
+        // kernels: conv2 (144 terms) does, conv1 (9) keeps the small kernel.
+        AssertChoice(conv2, 32, false, D, K, "MNIST conv2 batch 1 at 256 bits", float256: true);
+        AssertChoice(conv1, 16, false, D, D, "MNIST conv1 batch 1 at 256 bits", float256: true);
+        AssertChoice(conv2, 32, true, D, K, "MNIST conv2 W8A8 batch 1 at 256 bits", float256: true);
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(1, 16, 13, 13), conv2, D, ConvolutionCost.Widest256 ? K : D, "MNIST conv2 batch 1 layer");
         // conv2 at batch 64 (35.7M): bfloat16 (144 reduction terms) where it may, libtorch float32 otherwise.
         var conv2Batch = conv2.ForImages(64);
         AssertChoice(conv2Batch, 32, false, B, R, "MNIST conv2 batch 64");
@@ -156,6 +165,8 @@ public class DirectConvolutionTests
         var edge = new Im2Col(16, 33, 33, 2, 2, 1, 1, 0, 0, 1, 1);
         Assert.Equal(ConvolutionCost.DirectMaxWork, (long)edge.Positions * 64 * edge.Rows);
         AssertChoice(edge, 64, false, D, D, "DirectMaxWork multiply-adds");
+        AssertChoice(edge, 64, false, D, K, "DirectMaxWork multiply-adds, 64 terms, at 256 bits", float256: true);
+        AssertChoice(new Im2Col(7, 10, 10, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, D, D, "small, 63 terms, at 256 bits", float256: true);
         AssertChoice(edge, 65, false, B, R, "DirectMaxWork + 1024 multiply-adds, 64 terms");
         // 63 reduction terms (7 channels x 3x3) on a call that is not small: float32 both ways.
         var k63 = new Im2Col(7, 100, 100, 3, 3, 1, 1, 1, 1, 1, 1);
