@@ -16,7 +16,7 @@ namespace QuantSharp.Modules;
 /// <item>Static W8A8 with fewer than <see cref="BFloat16MinReduction"/> terms, up to <see cref="FewTermW8A8MaxWork"/>
 /// multiply-adds, not pointwise (a 1x1 convolution keeps the rules below; none was measured here): a route that
 /// quantizes the input inside its own copy of the images, where libtorch's route needs a pass of its own; the integer
-/// GEMM from <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below (docs/BENCHMARKS.md, stop 20;
+/// GEMM from <see cref="FewTermIntegerMinReduction"/> terms (with the 512-bit VNNI kernel only), the small kernel below (docs/BENCHMARKS.md, stop 20;
 /// interleaved tables, 13-14 processes): the stem (3 channels, 3x3, stride 2) at batch 1
 /// 0.14-0.25 ms against 0.20-0.35 for dequantize + libtorch (faster in every process), MNIST conv1 at batch 64
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
@@ -73,9 +73,10 @@ internal static class ConvolutionCost
     /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
     /// than the small kernel: between the two layers measured, MNIST conv1 (9 terms: the small kernel 0.16-0.30 ms at
     /// batch 64, the integer GEMM 0.28-0.54) and the stem (27 terms: the integer GEMM 0.14-0.25 ms at batch 1, the small
-    /// kernel 0.17-0.36, two clusters); docs/BENCHMARKS.md, stop 20. On an AVX2 machine emulated on it (the integer
-    /// GEMM's 256-bit <c>vpmaddwd</c> path; stop 21) the stem's integer GEMM took 0.26-0.42 ms and libtorch's route
-    /// 0.22-0.59 (two clusters), each faster in 3 of 6 processes, so the rule stays on every path.
+    /// kernel 0.17-0.36, two clusters); docs/BENCHMARKS.md, stop 20. Only with the 512-bit VNNI kernel: on an AVX2
+    /// machine emulated on the development machine (the integer GEMM's 256-bit <c>vpmaddwd</c> path; stop 21) the stem's
+    /// integer GEMM took 0.24-0.42 ms in 5 s loops and libtorch's route 0.21-0.59 (two clusters), libtorch's faster in 8
+    /// of 12 processes and in both tables, so there the stem stays on libtorch's route.
     /// </summary>
     internal const int FewTermIntegerMinReduction = 24;
 
@@ -99,7 +100,8 @@ internal static class ConvolutionCost
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
     /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="QuantizedModule.NativeBFloat16"/>).</param>
     /// <param name="float256">True where the float kernels' widest path is 256 bits (<see cref="Widest256"/>): small calls of more than <see cref="SmallKernelMaxReduction256"/> terms then take the packed kernels.</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false)
+    /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
@@ -108,8 +110,14 @@ internal static class ConvolutionCost
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
-            if (unfold.Rows >= FewTermIntegerMinReduction) return ConvolutionRoute.Kernel;
-            if (fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+            if (unfold.Rows >= FewTermIntegerMinReduction)
+            {
+                if (vnni512) return ConvolutionRoute.Kernel;
+            }
+            else if (fits && DirectConvolution.FusesInputQuantization(unfold))
+            {
+                return ConvolutionRoute.Direct;
+            }
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;

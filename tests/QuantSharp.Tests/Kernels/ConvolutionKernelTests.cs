@@ -366,10 +366,10 @@ public unsafe class ConvolutionKernelTests
     /// where the bfloat16 route may be taken (a native-bf16 CPU with <see cref="QuantizedConv.UseBFloat16Compute"/>),
     /// <paramref name="without"/> otherwise (the float32 rule).
     /// </summary>
-    internal static void AssertChoice(Im2Col unfold, long outputs, bool quantizedInput, ConvolutionRoute withBFloat16, ConvolutionRoute without, string what, bool float256 = false)
+    internal static void AssertChoice(Im2Col unfold, long outputs, bool quantizedInput, ConvolutionRoute withBFloat16, ConvolutionRoute without, string what, bool float256 = false, bool vnni512 = true)
     {
-        Assert.True(withBFloat16 == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: true, float256), $"{what}, bfloat16 rule");
-        Assert.True(without == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: false, float256), $"{what}, float32 rule");
+        Assert.True(withBFloat16 == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: true, float256, vnni512), $"{what}, bfloat16 rule");
+        Assert.True(without == ConvolutionCost.Choose(unfold, outputs, quantizedInput, bfloat16: false, float256, vnni512), $"{what}, float32 rule");
     }
 
     /// <summary>
@@ -390,7 +390,7 @@ public unsafe class ConvolutionKernelTests
             var route = layer.Route(x);
             Assert.True((QuantizedModule.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute, ConvolutionCost.Widest256), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;
@@ -454,16 +454,21 @@ public unsafe class ConvolutionKernelTests
 
         // Few terms, static W8A8, above DirectMaxWork and up to FewTermW8A8MaxWork, under both rules: the stem (3 input
         // channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27 terms, 10.8M multiply-adds) takes the
-        // integer GEMM, MNIST conv1 at batch 64 (9 terms, 6.2M) the small kernel; weight-only, libtorch; the stem at
+        // integer GEMM where it runs the 512-bit VNNI kernel, MNIST conv1 at batch 64 (9 terms, 6.2M) the small kernel; weight-only, libtorch; the stem at
         // batch 8 (86.7M), libtorch; 9 terms on phase rows wider than the small kernel's padded-image path (1 channel on
         // 24x3000: 3,002 values; 10.4M multiply-adds), libtorch.
         var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
+        // The integer GEMM only with the 512-bit VNNI kernel (on the 256-bit vpmaddwd path libtorch's route was faster);
+        // the small kernel's few-term calls whatever the integer path.
         AssertChoice(stem, 32, true, K, K, "stem W8A8");
+        AssertChoice(stem, 32, true, R, R, "stem W8A8 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(stem, 32, false, R, R, "stem weight-only");
         AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8");
-        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, K, K, "stem W8A8 layer");
+        var stemRoute = Vnni512Kernel.IsSupported ? K : R;
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, stemRoute, stemRoute, "stem W8A8 layer");
         var mnist64 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
         AssertChoice(mnist64, 16, true, D, D, "MNIST conv1 W8A8 at batch 64");
+        AssertChoice(mnist64, 16, true, D, D, "MNIST conv1 W8A8 at batch 64 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(mnist64, 16, false, R, R, "MNIST conv1 weight-only at batch 64");
         AssertLayerRoute(nn.Conv2d(1, 16, 3), act, torch.randn(64, 1, 28, 28), mnist64, D, D, "MNIST conv1 W8A8 layer at batch 64");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");
