@@ -248,8 +248,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// with its reciprocal (the tensor operations' <c>reciprocal</c>, <c>round</c>, <c>clamp</c> and product). The same
     /// values as the tensor operations (a row with a NaN is NaN either way), except an infinite input, which becomes
     /// the lowest code's value (infinite) where the tensor operations give NaN, as the integer kernels do; or null where the
-    /// input needs the differentiable tensor operations or is not a float32 CPU tensor. Eight tensor operations cost
-    /// about 4 us more than the pass, a fifth of a 64x800 layer's call over 16 rows.
+    /// input needs the differentiable tensor operations or is not a float32 CPU tensor. With the eight tensor operations
+    /// the simulated dynamic path of an int8 64x800 layer over 1-64 rows took 2.08-3.27x float32's time, with the pass
+    /// 1.04-2.05x (docs/BENCHMARKS.md, stop 21).
     /// </summary>
     private static unsafe Tensor? FakeQuantizeRowsManaged(Tensor x)
     {
