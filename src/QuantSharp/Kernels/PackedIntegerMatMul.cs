@@ -721,10 +721,12 @@ internal static unsafe class PackedIntegerMatMul
             TE.StoreSingle(TE.Multiply(vProduct, exact), bias, dst + j);
         }
         if (j == run || tail == null) return j;
-        TVec last = TE.Subtract(TE.LoadInt32(dots + j), vOffset);
-        if (weightZero != 0) last = TE.Subtract(last, TE.Multiply(vZero, TE.LoadInt32(sums + j)));
-        if (TE.StoreSingle(TE.Multiply(vProduct, last), bias, dst + j, run - j)) return run;
-        TE.StoreSingle(TE.Multiply(vProduct, last), bias, tail);
+        // The last partial vector, as above: under a mask where the width has one, else through the buffer.
+        TVec rest = TE.Subtract(TE.LoadInt32(dots + j), vOffset);
+        if (weightZero != 0) rest = TE.Subtract(rest, TE.Multiply(vZero, TE.LoadInt32(sums + j)));
+        var last = TE.Multiply(vProduct, rest);
+        if (TE.StoreSingle(last, bias, dst + j, run - j)) return run;
+        TE.StoreSingle(last, bias, tail);
         new ReadOnlySpan<float>(tail, run - j).CopyTo(new Span<float>(dst + j, run - j));
         return run;
     }

@@ -293,31 +293,19 @@ internal static unsafe class QuantizedMatMul
             return;
         }
         int k = w.Cols, step = NibbleStep<TW, TVec>();
-        float* ordered = (float*)NativeMemory.Alloc((nuint)k, sizeof(float));
+        // Widths that decode by arithmetic multiply the codes in and need each group's lane sums of the activations
+        // (NibbleRowsByGroupSums); the 512-bit lookup does not. One buffer: the reordered row, then the sums.
+        bool byGroupSums = typeof(TW) != typeof(Float512);
+        int groups = w.GroupsPerRow, c = TW.Count;
+        float* ordered = (float*)NativeMemory.Alloc((nuint)(k + (byGroupSums ? groups * c : 0)), sizeof(float));
         try
         {
             // Within each step, position i * Count + j reads element 8j + i: the nibble at bits 4i of lane j.
             for (int k0 = 0; k0 < k; k0 += step)
                 for (int i = 0; i < 8; i++)
-                    for (int j = 0; j < TW.Count; j++) ordered[k0 + i * TW.Count + j] = x[k0 + 8 * j + i];
-            var view = w;
-            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
-            int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
-            nint xAddress = (nint)ordered, yAddress = (nint)y, biasAddress = (nint)bias;
-            if (typeof(TW) == typeof(Float512))
-            {
-                KernelThreads.For(items, (long)rowsPerItem * k, item =>
-                {
-                    int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
-                    for (; n + 4 <= n1; n += 4) NibbleRows<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
-                    for (; n < n1; n++) NibbleRows<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)biasAddress, (float*)yAddress);
-                });
-                return;
-            }
-            // Widths that decode by arithmetic: each group's lane sums of the activations, once per call.
-            int groups = w.GroupsPerRow, c = TW.Count;
-            float* groupSums = (float*)NativeMemory.Alloc((nuint)(groups * c), sizeof(float));
-            try
+                    for (int j = 0; j < c; j++) ordered[k0 + i * c + j] = x[k0 + 8 * j + i];
+            float* groupSums = ordered + k;
+            if (byGroupSums)
             {
                 for (int gi = 0; gi < groups; gi++)
                 {
@@ -325,18 +313,26 @@ internal static unsafe class QuantizedMatMul
                     for (int e = gi * w.GroupSize, end = e + w.GroupSize; e < end; e += c) total = TW.Add(total, TW.Load(ordered + e));
                     TW.Store(total, groupSums + gi * c);
                 }
-                nint sumsAddress = (nint)groupSums;
-                KernelThreads.For(items, (long)rowsPerItem * k, item =>
-                {
-                    int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
-                    for (; n + 4 <= n1; n += 4) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, (float*)xAddress, (float*)sumsAddress, (float*)biasAddress, (float*)yAddress);
-                    for (; n < n1; n++) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, (float*)xAddress, (float*)sumsAddress, (float*)biasAddress, (float*)yAddress);
-                });
             }
-            finally
+            var view = w;
+            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
+            int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            nint xAddress = (nint)ordered, sumsAddress = (nint)groupSums, yAddress = (nint)y, biasAddress = (nint)bias;
+            KernelThreads.For(items, (long)rowsPerItem * k, item =>
             {
-                NativeMemory.Free(groupSums);
-            }
+                float* xs = (float*)xAddress, sums = (float*)sumsAddress, b = (float*)biasAddress, outputs = (float*)yAddress;
+                int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
+                for (; n + 4 <= n1; n += 4)
+                {
+                    if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, xs, sums, b, outputs);
+                    else NibbleRows<TW, TVec, TSign, Four>(view, n, xs, b, outputs);
+                }
+                for (; n < n1; n++)
+                {
+                    if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, xs, sums, b, outputs);
+                    else NibbleRows<TW, TVec, TSign, One>(view, n, xs, b, outputs);
+                }
+            });
         }
         finally
         {

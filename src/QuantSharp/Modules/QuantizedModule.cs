@@ -105,7 +105,7 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     {
         if (DynamicInput)
         {
-            if (LinearKernels.Enabled && FakeQuantizeRowsManaged(x) is { } rows) return rows;
+            if (LinearKernels.Enabled && DynamicInputInOnePass && FakeQuantizeRowsManaged(x) is { } rows) return rows;
             using var kept = new KeptScalars();
             var amax = x.abs().amax([-1], keepdim: true);
             var scale = amax.div(kept.Of(127f)).clamp_min(kept.Of(1.1920929e-07f));
@@ -214,6 +214,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
         return new InputFakeQuantization(s, 1f / s, Scalar<int>(get_buffer(InputZeroPointName)!), range.QMin, range.QMax);
     }
 
+    /// <summary>Whether <see cref="FakeQuantizeRowsManaged"/> replaces the dynamic tensor operations (the probe turns it off to measure the difference).</summary>
+    internal static bool DynamicInputInOnePass = true;
+
     /// <summary>Elements per work item of <see cref="FakeQuantizeManaged"/>.</summary>
     private const int FakeQuantizeChunk = 1 << 15;
 
@@ -249,14 +252,14 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// values as the tensor operations (a row with a NaN is NaN either way), except an infinite input, which becomes
     /// the lowest code's value (infinite) where the tensor operations give NaN, as the integer kernels do; or null where the
     /// input needs the differentiable tensor operations or is not a float32 CPU tensor. With the eight tensor operations
-    /// the simulated dynamic path of an int8 64x800 layer over 1-64 rows took 2.08-3.27x float32's time, with the pass
-    /// 1.04-2.05x (docs/BENCHMARKS.md, stop 21).
+    /// the simulated dynamic path of an int8 64x800 layer over 1-64 rows took 1.88-4.14x float32's time, with the pass
+    /// 1.00-1.75x (docs/BENCHMARKS.md, stop 21).
     /// </summary>
     private static unsafe Tensor? FakeQuantizeRowsManaged(Tensor x)
     {
         if (x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || (x.requires_grad && is_grad_enabled())) return null;
-        long count = x.numel();
         long[] shape = TensorSpans.Shape(x);
+        long count = QuantSpec.Product(shape);
         if (count == 0 || count > int.MaxValue || shape.Length == 0) return null;
         int k = (int)shape[^1], rows = (int)(count / k);
         using var source = x.contiguous();
