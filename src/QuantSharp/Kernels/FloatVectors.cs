@@ -91,6 +91,29 @@ internal interface IFloatWidth<TVec> where TVec : struct
     static abstract TVec NibbleCode(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift);
 
     /// <summary>
+    /// <see cref="LoadNibbleWords"/> for <see cref="NibbleCode"/> on every width: int4 (<paramref name="signed"/>) nibbles
+    /// XORed with 8, so that each code is <c>u ^ 8 = q + 8</c> (the 512-bit <see cref="LoadNibbleWords"/> leaves them raw
+    /// for its lookup).
+    /// </summary>
+    static abstract unsafe TVec LoadNibbleCodes(byte* p, bool signed);
+
+    /// <summary>
+    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleCodes"/> as <c>1 + u / 16</c>, exact:
+    /// the code placed in the top of the mantissa of 1.0 (a shift and an and-or, no conversion).
+    /// </summary>
+    static abstract TVec NibbleFraction(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift);
+
+    /// <summary>
+    /// <c>Count / lanesPerGroup</c> consecutive values from <paramref name="v"/> (exactly those are read), each on
+    /// <paramref name="lanesPerGroup"/> neighbouring lanes (1, 2, 4 or 8; <c>Count</c> or more: <c>v[0]</c> everywhere): the
+    /// scales of the groups of a nibble step, on the lanes that hold their elements.
+    /// </summary>
+    static abstract unsafe TVec GroupLanes(float* v, int lanesPerGroup);
+
+    /// <summary><see cref="GroupLanes"/> of integers (zero points), converted to float.</summary>
+    static abstract unsafe TVec GroupLaneIntegers(int* v, int lanesPerGroup);
+
+    /// <summary>
     /// <c>2 * Count</c> IEEE half values as floats (exact): the even elements and the odd ones. One plain load; each
     /// 32-bit lane holds an even element in its low and an odd one in its high 16 bits, so no widening shuffle.
     /// </summary>
@@ -180,6 +203,32 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> LoadNibbleWords(byte* p, bool flip) => Vector512.Load((float*)p);
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> LoadNibbleCodes(byte* p, bool signed)
+        => signed ? (Vector512.Load((uint*)p) ^ Vector512.Create(0x8888_8888u)).AsSingle() : Vector512.Load((float*)p);
+
+    /// <summary>A shift and one <c>vpternlogd</c> (<c>(a &amp; mask) | one</c>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> NibbleFraction(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+    {
+        var w = words.AsUInt32();
+        var placed = shift <= 19 ? w << (19 - shift) : w >>> (shift - 19);
+        return Avx512F.TernaryLogic(placed, Vector512.Create(0x0078_0000u), Vector512.Create(0x3F80_0000u), 0xEA).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> GroupLanes(float* v, int lanesPerGroup) => lanesPerGroup switch
+    {
+        1 => Vector512.Load(v),
+        2 => Avx512F.PermuteVar16x32(Vector256.Load(v).ToVector512Unsafe(), Vector512<int>.Indices >>> 1),
+        4 => Avx512F.PermuteVar16x32(Vector128.Load(v).ToVector256Unsafe().ToVector512Unsafe(), Vector512<int>.Indices >>> 2),
+        8 => Avx512F.PermuteVar16x32(Vector128.CreateScalarUnsafe(*(double*)v).AsSingle().ToVector256Unsafe().ToVector512Unsafe(), Vector512<int>.Indices >>> 3),
+        _ => Vector512.Create(*v),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Avx512F.ConvertToVector512Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
+
     /// <summary>One <c>vpermps</c> (plus a shift): the lookup reads bits 3:0 of each index, so no mask is needed.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> NibbleAt(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector512<float> groupP, Vector512<float> groupQ)
@@ -266,6 +315,29 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
         => flip ? (Vector256.Load((uint*)p) ^ Vector256.Create(0x8888_8888u)).AsSingle() : Vector256.Load((float*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> NibbleFraction(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+    {
+        var w = words.AsUInt32();
+        var placed = shift <= 19 ? w << (19 - shift) : w >>> (shift - 19);
+        return ((placed & Vector256.Create(0x0078_0000u)) | Vector256.Create(0x3F80_0000u)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> GroupLanes(float* v, int lanesPerGroup) => lanesPerGroup switch
+    {
+        1 => Vector256.Load(v),
+        2 => Avx2.PermuteVar8x32(Vector128.Load(v).ToVector256Unsafe(), Vector256<int>.Indices >>> 1),
+        4 => Avx2.PermuteVar8x32(Vector128.CreateScalarUnsafe(*(double*)v).AsSingle().ToVector256Unsafe(), Vector256<int>.Indices >>> 2),
+        _ => Vector256.Create(*v),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Avx.ConvertToVector256Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> NibbleAt(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector256<float> groupP, Vector256<float> groupQ)
         => MultiplyAdd(Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15)), groupP, groupQ);
 
@@ -346,6 +418,28 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
         => flip ? (Vector128.Load((uint*)p) ^ Vector128.Create(0x8888_8888u)).AsSingle() : Vector128.Load((float*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> NibbleFraction(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+    {
+        var w = words.AsUInt32();
+        var placed = shift <= 19 ? w << (19 - shift) : w >>> (shift - 19);
+        return ((placed & Vector128.Create(0x0078_0000u)) | Vector128.Create(0x3F80_0000u)).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> GroupLanes(float* v, int lanesPerGroup) => lanesPerGroup switch
+    {
+        1 => Vector128.Load(v),
+        2 => Vector128.Create(v[0], v[0], v[1], v[1]),
+        _ => Vector128.Create(*v),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Sse2.ConvertToVector128Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<float> NibbleAt(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector128<float> groupP, Vector128<float> groupQ)
         => MultiplyAdd(Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15)), groupP, groupQ);
 
@@ -407,6 +501,11 @@ internal readonly struct Float1 : IFloatWidth<float>
         return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
     }
     public static unsafe float LoadNibbleWords(byte* p, bool flip) => BitConverter.UInt32BitsToSingle(flip ? *(uint*)p ^ 0x8888_8888u : *(uint*)p);
+    public static unsafe float LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+    public static float NibbleFraction(float words, [ConstantExpected(Min = 0, Max = 28)] int shift)
+        => BitConverter.UInt32BitsToSingle((((BitConverter.SingleToUInt32Bits(words) >> shift) & 15) << 19) | 0x3F80_0000u);
+    public static unsafe float GroupLanes(float* v, int lanesPerGroup) => *v;
+    public static unsafe float GroupLaneIntegers(int* v, int lanesPerGroup) => *v;
 
     public static float NibbleAt(float words, [ConstantExpected(Min = 0, Max = 28)] int shift, float groupP, float groupQ)
         => MultiplyAdd((BitConverter.SingleToUInt32Bits(words) >> shift) & 15, groupP, groupQ);

@@ -211,7 +211,7 @@ internal static unsafe class QuantizedMatMul
         if (m == 0 || w.Rows == 0) return;
         // The row kernels decode and multiply at one width; the packed GEMMs and the dot tiles narrow only their
         // decoding (PackedMatMul.DecodeRows).
-        switch (path == KernelPath.Auto && method == MatMulMethod.Rows ? WidthForGroups(Resolve(path), w) : Resolve(path))
+        switch (path == KernelPath.Auto && method == MatMulMethod.Rows ? RowKernelWidth(Resolve(path), w, m) : Resolve(path))
         {
             case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
             case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
@@ -245,6 +245,14 @@ internal static unsafe class QuantizedMatMul
             path = path switch { KernelPath.V512 => KernelPath.V256, KernelPath.V256 => KernelPath.V128, _ => KernelPath.Scalar };
         return path;
     }
+
+    /// <summary>
+    /// The width the row kernels run at for <paramref name="m"/> activation rows: <see cref="WidthForGroups"/>, except
+    /// batch 1 on 4-bit weights a nibble-step kernel takes at the widest width (<see cref="TakesNibbleSteps"/>): int4 in
+    /// groups of 16 on 4096x4096 ran in 0.39-0.43 ms at 512 bits against 0.52-0.55 narrowed (docs/BENCHMARKS.md, stop 22).
+    /// </summary>
+    internal static KernelPath RowKernelWidth(KernelPath widest, in WeightView w, int m)
+        => m == 1 && TakesNibbleSteps(Lanes(widest), w, out _) ? widest : WidthForGroups(widest, w);
 
     /// <summary>Whether <see cref="WidthForGroups"/> and <see cref="PackedMatMul.DecodeRows"/> narrow (the probe turns it off to measure the difference).</summary>
     internal static bool NarrowForGroups = true;
@@ -281,55 +289,60 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// Packed 4-bit weights: one activation row (batch 1) whose groups hold whole <see cref="NibbleStep"/> chunks takes
-    /// <see cref="NibbleRows"/>; everything else the generic row kernels or the packed GEMM.
+    /// Packed 4-bit weights at one activation row (batch 1): groups of whole <see cref="NibbleStep"/> chunks take
+    /// <see cref="NibbleRows"/> (the 512-bit lookup) or <see cref="NibbleRowsByGroupSums"/> (the widths that decode by
+    /// arithmetic), steps of whole groups of whole lanes <see cref="NibbleRowsShortGroups"/>; everything else the generic
+    /// row kernels or the packed GEMM.
     /// </summary>
     private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
-        if (method != MatMulMethod.Rows || m != 1 || w.GroupSize % NibbleStep<TW, TVec>() != 0)
+        int k = w.Cols, step = NibbleStep<TW, TVec>(), c = TW.Count;
+        if (method != MatMulMethod.Rows || m != 1 || !TakesNibbleSteps(c, w, out bool shortGroups))
         {
             Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
             return;
         }
-        int k = w.Cols, step = NibbleStep<TW, TVec>();
-        // Widths that decode by arithmetic multiply the codes in and need each group's lane sums of the activations
-        // (NibbleRowsByGroupSums); the 512-bit lookup does not. One buffer: the reordered row, then the sums.
-        bool byGroupSums = typeof(TW) != typeof(Float512);
-        int groups = w.GroupsPerRow, c = TW.Count;
-        float* ordered = (float*)NativeMemory.Alloc((nuint)(k + (byGroupSums ? groups * c : 0)), sizeof(float));
+        // Widths that decode by arithmetic multiply the codes in and need the activations' lane sums per group
+        // (NibbleRowsByGroupSums) or per step (NibbleRowsShortGroups); the 512-bit lookup does not. One buffer: the
+        // reordered row, then the sums.
+        bool byGroupSums = !shortGroups && typeof(TW) != typeof(Float512);
+        int groups = w.GroupsPerRow;
+        int sumCount = byGroupSums ? groups * c : shortGroups ? k / 8 : 0;
+        float* ordered = (float*)NativeMemory.Alloc((nuint)(k + sumCount), sizeof(float));
         try
         {
             // Within each step, position i * Count + j reads element 8j + i: the nibble at bits 4i of lane j.
             for (int k0 = 0; k0 < k; k0 += step)
                 for (int i = 0; i < 8; i++)
                     for (int j = 0; j < c; j++) ordered[k0 + i * c + j] = x[k0 + 8 * j + i];
-            float* groupSums = ordered + k;
-            if (byGroupSums)
+            float* sums = ordered + k;
+            // A vector of lane sums per group (whole groups) or per step (short groups: lane j sums elements 8j..8j+7).
+            int sumLength = byGroupSums ? w.GroupSize : step;
+            for (int e0 = 0, s = 0; s < sumCount; e0 += sumLength, s += c)
             {
-                for (int gi = 0; gi < groups; gi++)
-                {
-                    var total = TW.Zero;
-                    for (int e = gi * w.GroupSize, end = e + w.GroupSize; e < end; e += c) total = TW.Add(total, TW.Load(ordered + e));
-                    TW.Store(total, groupSums + gi * c);
-                }
+                var total = TW.Zero;
+                for (int e = e0; e < e0 + sumLength; e += c) total = TW.Add(total, TW.Load(ordered + e));
+                TW.Store(total, sums + s);
             }
             var view = w;
             int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
             int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
-            nint xAddress = (nint)ordered, sumsAddress = (nint)groupSums, yAddress = (nint)y, biasAddress = (nint)bias;
+            nint xAddress = (nint)ordered, sumsAddress = (nint)sums, yAddress = (nint)y, biasAddress = (nint)bias;
             KernelThreads.For(items, (long)rowsPerItem * k, item =>
             {
-                float* xs = (float*)xAddress, sums = (float*)sumsAddress, b = (float*)biasAddress, outputs = (float*)yAddress;
+                float* xs = (float*)xAddress, sum = (float*)sumsAddress, b = (float*)biasAddress, outputs = (float*)yAddress;
                 int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
                 for (; n + 4 <= n1; n += 4)
                 {
-                    if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, xs, sums, b, outputs);
+                    if (shortGroups) NibbleRowsShortGroups<TW, TVec, TSign, Four>(view, n, xs, sum, b, outputs);
+                    else if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, xs, sum, b, outputs);
                     else NibbleRows<TW, TVec, TSign, Four>(view, n, xs, b, outputs);
                 }
                 for (; n < n1; n++)
                 {
-                    if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, xs, sums, b, outputs);
+                    if (shortGroups) NibbleRowsShortGroups<TW, TVec, TSign, One>(view, n, xs, sum, b, outputs);
+                    else if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, xs, sum, b, outputs);
                     else NibbleRows<TW, TVec, TSign, One>(view, n, xs, b, outputs);
                 }
             });
@@ -338,6 +351,99 @@ internal static unsafe class QuantizedMatMul
         {
             NativeMemory.Free(ordered);
         }
+    }
+
+    /// <summary>Whether batch 1 takes <see cref="NibbleRowsShortGroups"/> (the probe turns it off to measure the difference).</summary>
+    internal static bool ShortNibbleGroups = true;
+
+    /// <summary>
+    /// Whether batch 1 on the packed 4-bit weights <paramref name="w"/> runs a nibble-step kernel at
+    /// <paramref name="lanes"/> lanes (a step is eight nibbles per lane): groups of whole steps, or
+    /// (<paramref name="shortGroups"/>) steps of whole groups of whole lanes with the reduction a whole number of steps.
+    /// </summary>
+    internal static bool TakesNibbleSteps(int lanes, in WeightView w, out bool shortGroups)
+    {
+        int step = 8 * lanes, g = w.GroupSize;
+        shortGroups = false;
+        if (!WeightView.IsPacked(w.Format)) return false;
+        if (g % step == 0) return true;
+        shortGroups = ShortNibbleGroups && step % g == 0 && g % 8 == 0 && w.Cols % step == 0;
+        return shortGroups;
+    }
+
+    /// <summary>
+    /// Batch 1 on packed 4-bit weights whose groups are shorter than a <see cref="NibbleStep"/> (a whole number of them
+    /// per step, each a whole number of 32-bit lanes: int4 in groups of 32 or 64 at 512 bits, 16 or 32 at 256). Each
+    /// nibble is taken as <c>f = 1 + u / 16</c> (<see cref="IFloatWidth{TVec}.NibbleFraction"/>: a shift and an and-or, no
+    /// conversion) and multiplied by its activation; at the step's end every lane applies its own group's constants,
+    /// <c>sum w x = scale * sum (u - c) x = 16 * scale * (sum f x - (1 + c / 16) * sum x)</c> with <c>c = zeroPoint</c>
+    /// (+ 8 for int4, whose codes are <c>u = q + 8</c>) and <paramref name="laneSums"/> the activations' sums per step and
+    /// lane (<see cref="IFloatWidth{TVec}.GroupLanes"/> spreads the step's scales over their lanes); the factor 16 is
+    /// applied to the row's total (exact). The generic row kernels this replaces widened every 16 nibbles with a load
+    /// of their own. Rounding differs from theirs (sum order, the offset applied to sums), within the kernel tests' tolerance.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void NibbleRowsShortGroups<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* laneSums, float* bias, float* y)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
+    {
+        int step = NibbleStep<TW, TVec>(), c = TW.Count, k = w.Cols, lanesPerGroup = w.GroupSize / 8, groupsPerStep = c / lanesPerGroup;
+        nint rowBytes = w.RowBytes, scaleStride = w.ScaleRowStride;
+        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+        float* s0 = w.Scale + n * scaleStride;
+        int* z0 = w.ZeroPoint == null ? null : w.ZeroPoint + n * scaleStride;
+        var offset = TW.Create(TSign.Signed ? -1.5f : -1f); // -(1 + c / 16) without a zero point
+        TVec r0 = TW.Zero, r1 = TW.Zero, r2 = TW.Zero, r3 = TW.Zero;
+        for (int k0 = 0, gi = 0; k0 < k; k0 += step, gi += groupsPerStep)
+        {
+            float* xk = x + k0;
+            int b = k0 >> 1;
+            var sums = TW.Load(laneSums + (k0 >> 3));
+            TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
+            a0 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w0 + b, TSign.Signed), xk, a0);
+            r0 = StepEnd<TW, TVec>(s0 + gi, z0 == null ? null : z0 + gi, lanesPerGroup, a0, sums, offset, r0);
+            if (TR.Count > 1)
+            {
+                PrefetchNextFourRows(w0 + b, rowBytes);
+                a1 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w1 + b, TSign.Signed), xk, a1);
+                a2 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w2 + b, TSign.Signed), xk, a2);
+                a3 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w3 + b, TSign.Signed), xk, a3);
+                r1 = StepEnd<TW, TVec>(s0 + scaleStride + gi, z0 == null ? null : z0 + scaleStride + gi, lanesPerGroup, a1, sums, offset, r1);
+                r2 = StepEnd<TW, TVec>(s0 + 2 * scaleStride + gi, z0 == null ? null : z0 + 2 * scaleStride + gi, lanesPerGroup, a2, sums, offset, r2);
+                r3 = StepEnd<TW, TVec>(s0 + 3 * scaleStride + gi, z0 == null ? null : z0 + 3 * scaleStride + gi, lanesPerGroup, a3, sums, offset, r3);
+            }
+        }
+        y[n] = 16f * TW.Sum(r0) + (bias == null ? 0f : bias[n]);
+        if (TR.Count > 1)
+        {
+            y[n + 1] = 16f * TW.Sum(r1) + (bias == null ? 0f : bias[n + 1]);
+            y[n + 2] = 16f * TW.Sum(r2) + (bias == null ? 0f : bias[n + 2]);
+            y[n + 3] = 16f * TW.Sum(r3) + (bias == null ? 0f : bias[n + 3]);
+        }
+    }
+
+    /// <summary><c>r + scale * (fractionProducts - (1 + c / 16) * activationSums)</c>, lane by lane, with each lane's group constants (<see cref="NibbleRowsShortGroups"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVec StepEnd<TW, TVec>(float* scales, int* zeroPoints, int lanesPerGroup, TVec fractionProducts, TVec activationSums, TVec offset, TVec r)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        var negative = zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset);
+        return TW.MultiplyAdd(TW.GroupLanes(scales, lanesPerGroup), TW.MultiplyAdd(negative, activationSums, fractionProducts), r);
+    }
+
+    /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as <c>1 + u / 16</c>, times their activations, into <paramref name="a"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TVec EightFractions<TW, TVec>(TVec words, float* x, TVec a)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int c = TW.Count;
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 0), TW.Load(x), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 4), TW.Load(x + c), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 8), TW.Load(x + 2 * c), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 12), TW.Load(x + 3 * c), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 16), TW.Load(x + 4 * c), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 20), TW.Load(x + 5 * c), a);
+        a = TW.MultiplyAdd(TW.NibbleFraction(words, 24), TW.Load(x + 6 * c), a);
+        return TW.MultiplyAdd(TW.NibbleFraction(words, 28), TW.Load(x + 7 * c), a);
     }
 
     /// <summary>
@@ -364,13 +470,13 @@ internal static unsafe class QuantizedMatMul
             {
                 float* xk = x + k;
                 int b = k >> 1;
-                EightCodes<TW, TVec>(TW.LoadNibbleWords(w0 + b, TSign.Signed), xk, ref a0, ref b0);
+                EightCodes<TW, TVec>(TW.LoadNibbleCodes(w0 + b, TSign.Signed), xk, ref a0, ref b0);
                 if (TR.Count > 1)
                 {
                     PrefetchNextFourRows(w0 + b, rowBytes);
-                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w1 + b, TSign.Signed), xk, ref a1, ref b1);
-                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w2 + b, TSign.Signed), xk, ref a2, ref b2);
-                    EightCodes<TW, TVec>(TW.LoadNibbleWords(w3 + b, TSign.Signed), xk, ref a3, ref b3);
+                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w1 + b, TSign.Signed), xk, ref a1, ref b1);
+                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w2 + b, TSign.Signed), xk, ref a2, ref b2);
+                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w3 + b, TSign.Signed), xk, ref a3, ref b3);
                 }
             }
             var xs = TW.Load(groupSums + gi * c);

@@ -164,6 +164,42 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
+    /// Batch 1 on 4-bit weights takes a nibble-step kernel (eight nibbles per lane) where the groups hold whole steps or
+    /// a step holds whole groups of whole lanes and the reduction is whole steps; then it does not narrow for groups
+    /// of 16 at 512 bits (it runs there with two lanes per group). 8-bit and half weights never take one.
+    /// </summary>
+    [Theory]
+    [InlineData("Int4", 16, 256, 16, true, true)]    // 512 bits: 2 lanes per group, 2 steps
+    [InlineData("Int4", 16, 192, 16, false, false)]  // 192 is not whole 128-element steps
+    [InlineData("UInt4", 16, 192, 8, true, true)]    // at 256 bits it is (3 steps of 64)
+    [InlineData("Int4", 32, 4096, 16, true, true)]
+    [InlineData("Int4", 64, 4096, 16, true, true)]
+    [InlineData("Int4", 128, 4096, 16, true, false)] // whole steps: the lookup kernel
+    [InlineData("Int4", 24, 96, 4, false, false)]    // 24 elements are not whole lanes of a 32-element step
+    [InlineData("Int4", 4, 256, 16, false, false)]   // half a lane
+    [InlineData("Int8", 32, 4096, 16, false, false)]
+    public void BatchOneNibbleStepKernels(string formatName, int groupSize, int cols, int lanes, bool takes, bool shortGroups)
+    {
+        using var w = new PinnedWeight(Enum.Parse<WeightFormat>(formatName), 4, cols, groupSize, zeroPoints: false, seed: 1);
+        Assert.Equal(takes, QuantizedMatMul.TakesNibbleSteps(lanes, w.View, out bool isShort));
+        Assert.Equal(shortGroups, isShort);
+    }
+
+    /// <summary>The row kernels' width: batch 1 keeps the widest where a nibble-step kernel runs there, else narrows for short groups.</summary>
+    [Theory]
+    [InlineData(16, 256, 1, "V512")]  // two lanes per group at 512 bits
+    [InlineData(16, 256, 2, "V256")]  // two rows: the generic kernels, narrowed
+    [InlineData(16, 192, 1, "V256")]  // not whole 512-bit steps: narrowed, where 256-bit steps fit
+    [InlineData(8, 256, 1, "V512")]
+    [InlineData(8, 256, 3, "V128")]
+    [InlineData(32, 4096, 1, "V512")]
+    public void BatchOneKeepsTheWidestWidthForNibbleSteps(int groupSize, int cols, int m, string expected)
+    {
+        using var w = new PinnedWeight(WeightFormat.Int4, 4, cols, groupSize, zeroPoints: true, seed: 1);
+        Assert.Equal(Enum.Parse<KernelPath>(expected), QuantizedMatMul.RowKernelWidth(KernelPath.V512, w.View, m));
+    }
+
+    /// <summary>
     /// The weight-strip layout is chosen below 128 rows where it keeps at least as many lanes busy as strips of
     /// activation rows: 24 rows fill 24 of 32 lanes in a strip but every lane of 4 tiles of 6; 96 rows fill both ways;
     /// 64 rows fill whole strips but 64 of 66 tile rows; a weight of 10 rows fills 10 of 32 lanes; 40 rows at 256 bits
@@ -314,9 +350,13 @@ public unsafe class QuantizedMatMulTests
     {
         var format = Enum.Parse<WeightFormat>(formatName);
         // Batch 1 with groups of whole steps (eight nibbles per lane: 8, 32, 64 or 128 elements on the scalar, 128-,
-        // 256- and 512-bit paths) takes the nibble-word kernel; other groups the generic one. Row counts give the
-        // 4-row passes with 0..3 rows left; 384/128 and 1152/384 odd group counts; 0 is per channel.
-        var shapes = new[] { (128, 128), (384, 128), (1152, 384), (1024, 256), (512, 0), (1024, 0), (96, 32), (192, 64), (40, 8), (48, 16), (120, 24), (200, 40) };
+        // 256- and 512-bit paths) takes the nibble-word kernels, steps of whole groups of whole lanes (8..64 elements
+        // dividing the step, the reduction a whole number of steps) the short-group kernel: 1, 2, 4 and 8 lanes per
+        // group at 512 bits (256/8, 128/16, 256/32, 384/64), 1, 2 and 4 at 256 (also 192/32) and 1 and 2 at 128 (also
+        // 96/16); other groups the generic one. Row counts give the 4-row passes with 0..3 rows left; 384/128 and
+        // 1152/384 odd group counts; 0 is per channel.
+        var shapes = new[] { (128, 128), (384, 128), (1152, 384), (1024, 256), (512, 0), (1024, 0), (96, 32), (192, 64), (40, 8), (48, 16), (120, 24), (200, 40),
+            (256, 8), (128, 16), (256, 32), (384, 64), (192, 32), (96, 16) };
         foreach (var (k, g) in shapes)
             foreach (bool zp in new[] { false, true })
                 foreach (int rows in new[] { 1, 6, 11, 16 })
