@@ -63,37 +63,9 @@ internal interface IFloatWidth<TVec> where TVec : struct
     static abstract unsafe (TVec Low, TVec High) DecodeNibbles(byte* p, bool flip, TVec groupP, TVec groupQ);
 
     /// <summary>
-    /// The per-group constants of <see cref="NibbleAt"/> for scale <paramref name="scale"/> and zero point
-    /// <paramref name="zeroPoint"/> (int4 when <paramref name="signed"/>, else uint4): where the width looks values up,
-    /// the group's 16 dequantized values <c>(q - zeroPoint) * scale</c> indexed by the raw nibble, exactly as the
-    /// specification (<see cref="WeightView.Dequantized"/>); elsewhere the scale and the offset of <see cref="NibbleGroup"/>.
-    /// </summary>
-    static abstract (TVec P, TVec Q) NibbleLookup(float scale, int zeroPoint, bool signed);
-
-    /// <summary>
-    /// <c>4 * Count</c> bytes of packed nibbles as raw 32-bit lanes: lane <c>j</c> holds elements <c>8j..8j+7</c>, element
-    /// <c>8j+i</c> at bits <c>4i..4i+3</c>. With <paramref name="flip"/> a width that decodes by arithmetic XORs every
-    /// nibble with 8 here (once per eight nibbles); a width that looks values up leaves it to <see cref="NibbleGroup"/>.
-    /// </summary>
-    static abstract unsafe TVec LoadNibbleWords(byte* p, bool flip);
-
-    /// <summary>
-    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/>, dequantized with the
-    /// constants of <see cref="NibbleLookup"/>.
-    /// </summary>
-    static abstract TVec NibbleAt(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift, TVec groupP, TVec groupQ);
-
-    /// <summary>
-    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/> as a float, not
-    /// dequantized: <c>u ^ 8</c> for int4 where the width decodes by arithmetic (<see cref="LoadNibbleWords"/> flipped it),
-    /// so that <c>NibbleLookup</c>'s <c>P * u + Q</c> is the weight.
-    /// </summary>
-    static abstract TVec NibbleCode(TVec words, [ConstantExpected(Min = 0, Max = 28)] int shift);
-
-    /// <summary>
-    /// <see cref="LoadNibbleWords"/> for <see cref="NibbleCode"/> on every width: int4 (<paramref name="signed"/>) nibbles
-    /// XORed with 8, so that each code is <c>u ^ 8 = q + 8</c> (the 512-bit <see cref="LoadNibbleWords"/> leaves them raw
-    /// for its lookup).
+    /// <c>4 * Count</c> bytes of packed nibbles as 32-bit lanes for <see cref="NibbleFraction"/>: lane <c>j</c> holds
+    /// elements <c>8j..8j+7</c>, element <c>8j+i</c> at bits <c>4i..4i+3</c>; int4 (<paramref name="signed"/>) nibbles
+    /// XORed with 8 (once per eight nibbles), so that each code is <c>u = q + 8</c>.
     /// </summary>
     static abstract unsafe TVec LoadNibbleCodes(byte* p, bool signed);
 
@@ -189,19 +161,24 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
         return (Avx512F.PermuteVar16x32(groupP, v), Avx512F.PermuteVar16x32(groupP, v >>> 4));
     }
 
-    /// <summary>One multiply per group: the 16 values of q (int4: 0..7 then -8..-1 for raw nibbles 0..15), minus the zero point, times the scale.</summary>
+    /// <summary>
+    /// The 16 dequantized values <c>(q - zeroPoint) * scale</c> of a group of int4 (<paramref name="signed"/>) or uint4,
+    /// indexed by the raw nibble (int4: 0..7 then -8..-1 for nibbles 0..15), exactly as the specification
+    /// (<see cref="WeightView.Dequantized"/>): one multiply per group.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (Vector512<float> P, Vector512<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed)
+    public static Vector512<float> NibbleLookup(float scale, int zeroPoint, bool signed)
     {
         var q = signed
             ? Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1)
             : Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         if (zeroPoint != 0) q -= Vector512.Create((float)zeroPoint); // exact: small integers
-        return (q * Vector512.Create(scale), default);
+        return q * Vector512.Create(scale);
     }
 
+    /// <summary><see cref="LoadNibbleCodes"/> with the nibbles raw, for the lookup (<see cref="NibbleAt"/>, <see cref="NibbleLookup"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector512<float> LoadNibbleWords(byte* p, bool flip) => Vector512.Load((float*)p);
+    public static unsafe Vector512<float> LoadNibbleWords(byte* p) => Vector512.Load((float*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> LoadNibbleCodes(byte* p, bool signed)
@@ -229,14 +206,13 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Avx512F.ConvertToVector512Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
 
-    /// <summary>One <c>vpermps</c> (plus a shift): the lookup reads bits 3:0 of each index, so no mask is needed.</summary>
+    /// <summary>
+    /// The nibble at bit <paramref name="shift"/> of each lane of <see cref="LoadNibbleWords"/>, looked up in the group's
+    /// <see cref="NibbleLookup"/>: one <c>vpermps</c> (plus a shift), which reads bits 3:0 of each index, so no mask.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> NibbleAt(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector512<float> groupP, Vector512<float> groupQ)
-        => Avx512F.PermuteVar16x32(groupP, shift == 0 ? words.AsInt32() : words.AsInt32() >>> shift);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> NibbleCode(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
-        => Avx512F.ConvertToVector512Single((words.AsInt32() >>> shift) & Vector512.Create(15));
+    public static Vector512<float> NibbleAt(Vector512<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector512<float> lookup)
+        => Avx512F.PermuteVar16x32(lookup, shift == 0 ? words.AsInt32() : words.AsInt32() >>> shift);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadHalfPairs(ushort* p)
@@ -301,9 +277,6 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     public static (Vector256<float> P, Vector256<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (Vector256<float> P, Vector256<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (Create(scale), Create(-(zeroPoint + (signed ? 8 : 0)) * scale));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector256<float> Low, Vector256<float> High) DecodeNibbles(byte* p, bool flip, Vector256<float> groupP, Vector256<float> groupQ)
     {
         var (lo, hi) = LoadNibbles(p, flip);
@@ -311,11 +284,8 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector256<float> LoadNibbleWords(byte* p, bool flip)
-        => flip ? (Vector256.Load((uint*)p) ^ Vector256.Create(0x8888_8888u)).AsSingle() : Vector256.Load((float*)p);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector256<float> LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+    public static unsafe Vector256<float> LoadNibbleCodes(byte* p, bool signed)
+        => signed ? (Vector256.Load((uint*)p) ^ Vector256.Create(0x8888_8888u)).AsSingle() : Vector256.Load((float*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> NibbleFraction(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
@@ -336,14 +306,6 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Avx.ConvertToVector256Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> NibbleAt(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector256<float> groupP, Vector256<float> groupQ)
-        => MultiplyAdd(Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15)), groupP, groupQ);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> NibbleCode(Vector256<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
-        => Avx.ConvertToVector256Single((words.AsInt32() >>> shift) & Vector256.Create(15));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadHalfPairs(ushort* p)
@@ -404,9 +366,6 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     public static (Vector128<float> P, Vector128<float> Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (Vector128<float> P, Vector128<float> Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (Create(scale), Create(-(zeroPoint + (signed ? 8 : 0)) * scale));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector128<float> Low, Vector128<float> High) DecodeNibbles(byte* p, bool flip, Vector128<float> groupP, Vector128<float> groupQ)
     {
         var (lo, hi) = LoadNibbles(p, flip);
@@ -414,11 +373,8 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector128<float> LoadNibbleWords(byte* p, bool flip)
-        => flip ? (Vector128.Load((uint*)p) ^ Vector128.Create(0x8888_8888u)).AsSingle() : Vector128.Load((float*)p);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector128<float> LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+    public static unsafe Vector128<float> LoadNibbleCodes(byte* p, bool signed)
+        => signed ? (Vector128.Load((uint*)p) ^ Vector128.Create(0x8888_8888u)).AsSingle() : Vector128.Load((float*)p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<float> NibbleFraction(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
@@ -438,14 +394,6 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector128<float> GroupLaneIntegers(int* v, int lanesPerGroup) => Sse2.ConvertToVector128Single(GroupLanes((float*)v, lanesPerGroup).AsInt32());
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> NibbleAt(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift, Vector128<float> groupP, Vector128<float> groupQ)
-        => MultiplyAdd(Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15)), groupP, groupQ);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> NibbleCode(Vector128<float> words, [ConstantExpected(Min = 0, Max = 28)] int shift)
-        => Sse2.ConvertToVector128Single((words.AsInt32() >>> shift) & Vector128.Create(15));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadHalfPairs(ushort* p)
@@ -492,25 +440,17 @@ internal readonly struct Float1 : IFloatWidth<float>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (float P, float Q) NibbleGroup(float scale, float offset, bool flip) => (Create(scale), Create(offset));
 
-    public static (float P, float Q) NibbleLookup(float scale, int zeroPoint, bool signed) => (scale, -(zeroPoint + (signed ? 8 : 0)) * scale);
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (float Low, float High) DecodeNibbles(byte* p, bool flip, float groupP, float groupQ)
     {
         var (lo, hi) = LoadNibbles(p, flip);
         return (MultiplyAdd(lo, groupP, groupQ), MultiplyAdd(hi, groupP, groupQ));
     }
-    public static unsafe float LoadNibbleWords(byte* p, bool flip) => BitConverter.UInt32BitsToSingle(flip ? *(uint*)p ^ 0x8888_8888u : *(uint*)p);
-    public static unsafe float LoadNibbleCodes(byte* p, bool signed) => LoadNibbleWords(p, signed);
+    public static unsafe float LoadNibbleCodes(byte* p, bool signed) => BitConverter.UInt32BitsToSingle(signed ? *(uint*)p ^ 0x8888_8888u : *(uint*)p);
     public static float NibbleFraction(float words, [ConstantExpected(Min = 0, Max = 28)] int shift)
         => BitConverter.UInt32BitsToSingle((((BitConverter.SingleToUInt32Bits(words) >> shift) & 15) << 19) | 0x3F80_0000u);
     public static unsafe float GroupLanes(float* v, int lanesPerGroup) => *v;
     public static unsafe float GroupLaneIntegers(int* v, int lanesPerGroup) => *v;
-
-    public static float NibbleAt(float words, [ConstantExpected(Min = 0, Max = 28)] int shift, float groupP, float groupQ)
-        => MultiplyAdd((BitConverter.SingleToUInt32Bits(words) >> shift) & 15, groupP, groupQ);
-
-    public static float NibbleCode(float words, [ConstantExpected(Min = 0, Max = 28)] int shift) => (BitConverter.SingleToUInt32Bits(words) >> shift) & 15;
 
     public static unsafe (float Even, float Odd) LoadHalfPairs(ushort* p) => (HalfKernel.FromHalfBits(p[0]), HalfKernel.FromHalfBits(p[1]));
     public static unsafe (float Even, float Odd) LoadFiniteHalfPairs(ushort* p) => LoadHalfPairs(p);

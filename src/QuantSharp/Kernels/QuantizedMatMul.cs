@@ -289,10 +289,9 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// Packed 4-bit weights at one activation row (batch 1): groups of whole <see cref="NibbleStep"/> chunks take
-    /// <see cref="NibbleRows"/> (the 512-bit lookup) or <see cref="NibbleRowsByGroupSums"/> (the widths that decode by
-    /// arithmetic), steps of whole groups of whole lanes <see cref="NibbleRowsShortGroups"/>; everything else the generic
-    /// row kernels or the packed GEMM.
+    /// Packed 4-bit weights at one activation row (batch 1) in groups a nibble step fits (<see cref="TakesNibbleSteps"/>):
+    /// <see cref="NibbleRows"/> (the 512-bit lookup) for groups of whole steps at 512 bits, <see cref="NibbleRowsBySums"/>
+    /// for the rest; everything else the generic row kernels or the packed GEMM.
     /// </summary>
     private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
@@ -303,12 +302,10 @@ internal static unsafe class QuantizedMatMul
             Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
             return;
         }
-        // Widths that decode by arithmetic multiply the codes in and need the activations' lane sums per group
-        // (NibbleRowsByGroupSums) or per step (NibbleRowsShortGroups); the 512-bit lookup does not. One buffer: the
-        // reordered row, then the sums.
-        bool byGroupSums = !shortGroups && typeof(TW) != typeof(Float512);
-        int groups = w.GroupsPerRow;
-        int sumCount = byGroupSums ? groups * c : shortGroups ? k / 8 : 0;
+        // NibbleRowsBySums needs the activations' lane sums per block (a group, or a step of short groups); the
+        // 512-bit lookup does not. One buffer: the reordered row, then the sums.
+        bool bySums = shortGroups || typeof(TW) != typeof(Float512);
+        int block = Math.Max(w.GroupSize, step), sumCount = bySums ? k / block * c : 0;
         float* ordered = (float*)NativeMemory.Alloc((nuint)(k + sumCount), sizeof(float));
         try
         {
@@ -317,12 +314,10 @@ internal static unsafe class QuantizedMatMul
                 for (int i = 0; i < 8; i++)
                     for (int j = 0; j < c; j++) ordered[k0 + i * c + j] = x[k0 + 8 * j + i];
             float* sums = ordered + k;
-            // A vector of lane sums per group (whole groups) or per step (short groups: lane j sums elements 8j..8j+7).
-            int sumLength = byGroupSums ? w.GroupSize : step;
-            for (int e0 = 0, s = 0; s < sumCount; e0 += sumLength, s += c)
+            for (int e0 = 0, s = 0; s < sumCount; e0 += block, s += c)
             {
                 var total = TW.Zero;
-                for (int e = e0; e < e0 + sumLength; e += c) total = TW.Add(total, TW.Load(ordered + e));
+                for (int e = e0; e < e0 + block; e += c) total = TW.Add(total, TW.Load(ordered + e));
                 TW.Store(total, sums + s);
             }
             var view = w;
@@ -335,15 +330,13 @@ internal static unsafe class QuantizedMatMul
                 int n = item * rowsPerItem, n1 = Math.Min(view.Rows, n + rowsPerItem);
                 for (; n + 4 <= n1; n += 4)
                 {
-                    if (shortGroups) NibbleRowsShortGroups<TW, TVec, TSign, Four>(view, n, xs, sum, b, outputs);
-                    else if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, Four>(view, n, xs, sum, b, outputs);
-                    else NibbleRows<TW, TVec, TSign, Four>(view, n, xs, b, outputs);
+                    if (bySums) NibbleRowsBySums<TW, TVec, TSign, Four>(view, n, xs, sum, b, outputs);
+                    else NibbleRows<TSign, Four>(view, n, xs, b, outputs);
                 }
                 for (; n < n1; n++)
                 {
-                    if (shortGroups) NibbleRowsShortGroups<TW, TVec, TSign, One>(view, n, xs, sum, b, outputs);
-                    else if (byGroupSums) NibbleRowsByGroupSums<TW, TVec, TSign, One>(view, n, xs, sum, b, outputs);
-                    else NibbleRows<TW, TVec, TSign, One>(view, n, xs, b, outputs);
+                    if (bySums) NibbleRowsBySums<TW, TVec, TSign, One>(view, n, xs, sum, b, outputs);
+                    else NibbleRows<TSign, One>(view, n, xs, b, outputs);
                 }
             });
         }
@@ -353,7 +346,7 @@ internal static unsafe class QuantizedMatMul
         }
     }
 
-    /// <summary>Whether batch 1 takes <see cref="NibbleRowsShortGroups"/> (the probe turns it off to measure the difference).</summary>
+    /// <summary>Whether batch 1 takes <see cref="NibbleRowsBySums"/> for groups shorter than a step (the probe turns it off to measure the difference).</summary>
     internal static bool ShortNibbleGroups = true;
 
     /// <summary>
@@ -372,44 +365,54 @@ internal static unsafe class QuantizedMatMul
     }
 
     /// <summary>
-    /// Batch 1 on packed 4-bit weights whose groups are shorter than a <see cref="NibbleStep"/> (a whole number of them
-    /// per step, each a whole number of 32-bit lanes: int4 in groups of 32 or 64 at 512 bits, 16 or 32 at 256). Each
-    /// nibble is taken as <c>f = 1 + u / 16</c> (<see cref="IFloatWidth{TVec}.NibbleFraction"/>: a shift and an and-or, no
-    /// conversion) and multiplied by its activation; at the step's end every lane applies its own group's constants,
+    /// Batch 1 on packed 4-bit weights at the widths that decode by arithmetic, and at 512 bits for groups shorter than
+    /// a <see cref="NibbleStep"/> (16, 32 or 64 elements: a whole number of them per step, each a whole number of 32-bit
+    /// lanes). Each nibble is taken as <c>f = 1 + u / 16</c> (<see cref="IFloatWidth{TVec}.NibbleFraction"/>: a shift and
+    /// an and-or, no conversion) and multiplied by its activation; at the end of each block (a group, or a step of short
+    /// groups) every lane applies its own group's constants,
     /// <c>sum w x = scale * sum (u - c) x = 16 * scale * (sum f x - (1 + c / 16) * sum x)</c> with <c>c = zeroPoint</c>
-    /// (+ 8 for int4, whose codes are <c>u = q + 8</c>) and <paramref name="laneSums"/> the activations' sums per step and
-    /// lane (<see cref="IFloatWidth{TVec}.GroupLanes"/> spreads the step's scales over their lanes); the factor 16 is
-    /// applied to the row's total (exact). The generic row kernels this replaces widened every 16 nibbles with a load
-    /// of their own. Rounding differs from theirs (sum order, the offset applied to sums), within the kernel tests' tolerance.
+    /// (+ 8 for int4, whose codes are <c>u = q + 8</c>) and <paramref name="laneSums"/> the activations' sums per block
+    /// and lane (<see cref="IFloatWidth{TVec}.GroupLanes"/> spreads the scales over their lanes); the factor 16 is applied
+    /// to the row's total (exact). Against dequantizing each nibble (a conversion and a multiply-add before the product)
+    /// this saves two operations per eight weights; short groups at 512 bits had run in the generic row kernels, a
+    /// widening load per 16 nibbles. Rounding differs from theirs (sum order, the offset applied to sums), within the
+    /// kernel tests' tolerance.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void NibbleRowsShortGroups<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* laneSums, float* bias, float* y)
+    private static void NibbleRowsBySums<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* laneSums, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
     {
-        int step = NibbleStep<TW, TVec>(), c = TW.Count, k = w.Cols, lanesPerGroup = w.GroupSize / 8, groupsPerStep = c / lanesPerGroup;
+        int step = NibbleStep<TW, TVec>(), c = TW.Count, k = w.Cols, g = w.GroupSize, block = Math.Max(g, step);
+        int lanesPerGroup = g / 8, groupsPerBlock = block / g;
         nint rowBytes = w.RowBytes, scaleStride = w.ScaleRowStride;
         byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
         float* s0 = w.Scale + n * scaleStride;
         int* z0 = w.ZeroPoint == null ? null : w.ZeroPoint + n * scaleStride;
         var offset = TW.Create(TSign.Signed ? -1.5f : -1f); // -(1 + c / 16) without a zero point
         TVec r0 = TW.Zero, r1 = TW.Zero, r2 = TW.Zero, r3 = TW.Zero;
-        for (int k0 = 0, gi = 0; k0 < k; k0 += step, gi += groupsPerStep)
+        for (int k0 = 0, gi = 0; k0 < k; k0 += block, gi += groupsPerBlock)
         {
-            float* xk = x + k0;
-            int b = k0 >> 1;
-            var sums = TW.Load(laneSums + (k0 >> 3));
-            TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
-            a0 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w0 + b, TSign.Signed), xk, a0);
-            r0 = StepEnd<TW, TVec>(s0 + gi, z0 == null ? null : z0 + gi, lanesPerGroup, a0, sums, offset, r0);
+            TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
+            for (int kk = k0; kk < k0 + block; kk += step)
+            {
+                float* xk = x + kk;
+                int b = kk >> 1;
+                EightFractions<TW, TVec>(TW.LoadNibbleCodes(w0 + b, TSign.Signed), xk, ref a0, ref b0);
+                if (TR.Count > 1)
+                {
+                    PrefetchNextFourRows(w0 + b, rowBytes);
+                    EightFractions<TW, TVec>(TW.LoadNibbleCodes(w1 + b, TSign.Signed), xk, ref a1, ref b1);
+                    EightFractions<TW, TVec>(TW.LoadNibbleCodes(w2 + b, TSign.Signed), xk, ref a2, ref b2);
+                    EightFractions<TW, TVec>(TW.LoadNibbleCodes(w3 + b, TSign.Signed), xk, ref a3, ref b3);
+                }
+            }
+            var sums = TW.Load(laneSums + k0 / block * c);
+            r0 = BlockEnd<TW, TVec>(s0 + gi, z0 == null ? null : z0 + gi, lanesPerGroup, TW.Add(a0, b0), sums, offset, r0);
             if (TR.Count > 1)
             {
-                PrefetchNextFourRows(w0 + b, rowBytes);
-                a1 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w1 + b, TSign.Signed), xk, a1);
-                a2 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w2 + b, TSign.Signed), xk, a2);
-                a3 = EightFractions<TW, TVec>(TW.LoadNibbleCodes(w3 + b, TSign.Signed), xk, a3);
-                r1 = StepEnd<TW, TVec>(s0 + scaleStride + gi, z0 == null ? null : z0 + scaleStride + gi, lanesPerGroup, a1, sums, offset, r1);
-                r2 = StepEnd<TW, TVec>(s0 + 2 * scaleStride + gi, z0 == null ? null : z0 + 2 * scaleStride + gi, lanesPerGroup, a2, sums, offset, r2);
-                r3 = StepEnd<TW, TVec>(s0 + 3 * scaleStride + gi, z0 == null ? null : z0 + 3 * scaleStride + gi, lanesPerGroup, a3, sums, offset, r3);
+                r1 = BlockEnd<TW, TVec>(s0 + scaleStride + gi, z0 == null ? null : z0 + scaleStride + gi, lanesPerGroup, TW.Add(a1, b1), sums, offset, r1);
+                r2 = BlockEnd<TW, TVec>(s0 + 2 * scaleStride + gi, z0 == null ? null : z0 + 2 * scaleStride + gi, lanesPerGroup, TW.Add(a2, b2), sums, offset, r2);
+                r3 = BlockEnd<TW, TVec>(s0 + 3 * scaleStride + gi, z0 == null ? null : z0 + 3 * scaleStride + gi, lanesPerGroup, TW.Add(a3, b3), sums, offset, r3);
             }
         }
         y[n] = 16f * TW.Sum(r0) + (bias == null ? 0f : bias[n]);
@@ -421,179 +424,102 @@ internal static unsafe class QuantizedMatMul
         }
     }
 
-    /// <summary><c>r + scale * (fractionProducts - (1 + c / 16) * activationSums)</c>, lane by lane, with each lane's group constants (<see cref="NibbleRowsShortGroups"/>).</summary>
+    /// <summary><c>r + scale * (fractionProducts - (1 + c / 16) * activationSums)</c>, lane by lane, with each lane's group constants (<see cref="NibbleRowsBySums"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static TVec StepEnd<TW, TVec>(float* scales, int* zeroPoints, int lanesPerGroup, TVec fractionProducts, TVec activationSums, TVec offset, TVec r)
+    private static TVec BlockEnd<TW, TVec>(float* scales, int* zeroPoints, int lanesPerGroup, TVec fractionProducts, TVec activationSums, TVec offset, TVec r)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         var negative = zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset);
         return TW.MultiplyAdd(TW.GroupLanes(scales, lanesPerGroup), TW.MultiplyAdd(negative, activationSums, fractionProducts), r);
     }
 
-    /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as <c>1 + u / 16</c>, times their activations, into <paramref name="a"/>.</summary>
+    /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as <c>1 + u / 16</c>, times their activations, into two accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static TVec EightFractions<TW, TVec>(TVec words, float* x, TVec a)
+    private static void EightFractions<TW, TVec>(TVec words, float* x, ref TVec a, ref TVec b)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         int c = TW.Count;
         a = TW.MultiplyAdd(TW.NibbleFraction(words, 0), TW.Load(x), a);
-        a = TW.MultiplyAdd(TW.NibbleFraction(words, 4), TW.Load(x + c), a);
+        b = TW.MultiplyAdd(TW.NibbleFraction(words, 4), TW.Load(x + c), b);
         a = TW.MultiplyAdd(TW.NibbleFraction(words, 8), TW.Load(x + 2 * c), a);
-        a = TW.MultiplyAdd(TW.NibbleFraction(words, 12), TW.Load(x + 3 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleFraction(words, 12), TW.Load(x + 3 * c), b);
         a = TW.MultiplyAdd(TW.NibbleFraction(words, 16), TW.Load(x + 4 * c), a);
-        a = TW.MultiplyAdd(TW.NibbleFraction(words, 20), TW.Load(x + 5 * c), a);
+        b = TW.MultiplyAdd(TW.NibbleFraction(words, 20), TW.Load(x + 5 * c), b);
         a = TW.MultiplyAdd(TW.NibbleFraction(words, 24), TW.Load(x + 6 * c), a);
-        return TW.MultiplyAdd(TW.NibbleFraction(words, 28), TW.Load(x + 7 * c), a);
-    }
-
-    /// <summary>
-    /// <see cref="NibbleRows"/> for the widths that decode by arithmetic (<c>P * u + Q</c> per nibble: a conversion and a
-    /// multiply-add before the product): each group's codes are multiplied by the activations as they are
-    /// (<see cref="IFloatWidth{TVec}.NibbleCode"/>) and the group's scale and offset applied once at its end,
-    /// <c>sum w x = P * sum u x + Q * sum x</c>, with <paramref name="groupSums"/> the activations' lane sums per group
-    /// (a vector of lanes each). One multiply-add per eight weights fewer; the float32 rounding differs
-    /// from <see cref="NibbleRows"/>'s (the sum in another order), within the tests' tolerance.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void NibbleRowsByGroupSums<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* groupSums, float* bias, float* y)
-        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
-    {
-        int step = NibbleStep<TW, TVec>(), g = w.GroupSize, c = TW.Count;
-        nint rowBytes = w.RowBytes;
-        byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
-        TVec r0 = TW.Zero, r1 = TW.Zero, r2 = TW.Zero, r3 = TW.Zero;
-        int groups = w.GroupsPerRow;
-        for (int gi = 0; gi < groups; gi++)
-        {
-            TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-            for (int k = gi * g, end = k + g; k < end; k += step)
-            {
-                float* xk = x + k;
-                int b = k >> 1;
-                EightCodes<TW, TVec>(TW.LoadNibbleCodes(w0 + b, TSign.Signed), xk, ref a0, ref b0);
-                if (TR.Count > 1)
-                {
-                    PrefetchNextFourRows(w0 + b, rowBytes);
-                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w1 + b, TSign.Signed), xk, ref a1, ref b1);
-                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w2 + b, TSign.Signed), xk, ref a2, ref b2);
-                    EightCodes<TW, TVec>(TW.LoadNibbleCodes(w3 + b, TSign.Signed), xk, ref a3, ref b3);
-                }
-            }
-            var xs = TW.Load(groupSums + gi * c);
-            r0 = GroupEnd<TW, TVec, TSign>(w, n, gi, TW.Add(a0, b0), xs, r0);
-            if (TR.Count > 1)
-            {
-                r1 = GroupEnd<TW, TVec, TSign>(w, n + 1, gi, TW.Add(a1, b1), xs, r1);
-                r2 = GroupEnd<TW, TVec, TSign>(w, n + 2, gi, TW.Add(a2, b2), xs, r2);
-                r3 = GroupEnd<TW, TVec, TSign>(w, n + 3, gi, TW.Add(a3, b3), xs, r3);
-            }
-        }
-        y[n] = TW.Sum(r0) + (bias == null ? 0f : bias[n]);
-        if (TR.Count > 1)
-        {
-            y[n + 1] = TW.Sum(r1) + (bias == null ? 0f : bias[n + 1]);
-            y[n + 2] = TW.Sum(r2) + (bias == null ? 0f : bias[n + 2]);
-            y[n + 3] = TW.Sum(r3) + (bias == null ? 0f : bias[n + 3]);
-        }
-    }
-
-    /// <summary><c>r + P * codeProducts + Q * activationSums</c> with row <paramref name="n"/>'s group <paramref name="g"/> constants.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static TVec GroupEnd<TW, TVec, TSign>(in WeightView w, int n, int g, TVec codeProducts, TVec activationSums, TVec r)
-        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
-    {
-        var (p, q) = NibbleGroup<TW, TVec, TSign>(w, n, g);
-        return TW.MultiplyAdd(q, activationSums, TW.MultiplyAdd(p, codeProducts, r));
-    }
-
-    /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as codes, times their activations, into two accumulators.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void EightCodes<TW, TVec>(TVec words, float* x, ref TVec a, ref TVec b)
-        where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        int c = TW.Count;
-        a = TW.MultiplyAdd(TW.NibbleCode(words, 0), TW.Load(x), a);
-        b = TW.MultiplyAdd(TW.NibbleCode(words, 4), TW.Load(x + c), b);
-        a = TW.MultiplyAdd(TW.NibbleCode(words, 8), TW.Load(x + 2 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleCode(words, 12), TW.Load(x + 3 * c), b);
-        a = TW.MultiplyAdd(TW.NibbleCode(words, 16), TW.Load(x + 4 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleCode(words, 20), TW.Load(x + 5 * c), b);
-        a = TW.MultiplyAdd(TW.NibbleCode(words, 24), TW.Load(x + 6 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleCode(words, 28), TW.Load(x + 7 * c), b);
+        b = TW.MultiplyAdd(TW.NibbleFraction(words, 28), TW.Load(x + 7 * c), b);
     }
 
     /// <summary>Elements of a row <see cref="NibbleRows"/> decodes per step: eight nibbles in each 32-bit lane.</summary>
     private static int NibbleStep<TW, TVec>() where TW : IFloatWidth<TVec> where TVec : struct => 8 * TW.Count;
 
     /// <summary>
-    /// Packed 4-bit weight rows <c>n..n+TR.Count-1</c> against one activation row, reordered by <see cref="Nibbles"/>:
-    /// each step loads <c>4 * Count</c> bytes of a row once and takes its eight nibbles of every lane with a shift and a
-    /// lookup (<see cref="IFloatWidth{TVec}.NibbleAt"/>), so no widening load per vector of weights.
+    /// Packed 4-bit weight rows <c>n..n+TR.Count-1</c> against one activation row, reordered by <see cref="Nibbles"/>, at
+    /// 512 bits in groups of whole steps: each step loads 64 bytes of a row once and takes its eight nibbles of every
+    /// lane with a shift and a lookup in the group's 16 dequantized values (<see cref="Float512.NibbleAt"/>), so no
+    /// widening load per vector of weights and the specification's dequantized values.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void NibbleRows<TW, TVec, TSign, TR>(in WeightView w, int n, float* x, float* bias, float* y)
-        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
+    private static void NibbleRows<TSign, TR>(in WeightView w, int n, float* x, float* bias, float* y)
+        where TSign : struct, ISignedness where TR : IRowCount
     {
-        int step = NibbleStep<TW, TVec>(), g = w.GroupSize;
+        int step = NibbleStep<Float512, Vector512<float>>(), g = w.GroupSize;
         nint rowBytes = w.RowBytes;
         byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
-        TVec a0 = TW.Zero, b0 = TW.Zero, a1 = TW.Zero, b1 = TW.Zero, a2 = TW.Zero, b2 = TW.Zero, a3 = TW.Zero, b3 = TW.Zero;
-        TVec p1 = TW.Zero, q1 = TW.Zero, p2 = TW.Zero, q2 = TW.Zero, p3 = TW.Zero, q3 = TW.Zero;
+        Vector512<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        Vector512<float> p1 = default, p2 = default, p3 = default;
         int groups = w.GroupsPerRow;
         for (int gi = 0; gi < groups; gi++)
         {
-            var (p0, q0) = NibbleGroup<TW, TVec, TSign>(w, n, gi);
+            var p0 = NibbleGroup<TSign>(w, n, gi);
             if (TR.Count > 1)
             {
-                (p1, q1) = NibbleGroup<TW, TVec, TSign>(w, n + 1, gi);
-                (p2, q2) = NibbleGroup<TW, TVec, TSign>(w, n + 2, gi);
-                (p3, q3) = NibbleGroup<TW, TVec, TSign>(w, n + 3, gi);
+                p1 = NibbleGroup<TSign>(w, n + 1, gi);
+                p2 = NibbleGroup<TSign>(w, n + 2, gi);
+                p3 = NibbleGroup<TSign>(w, n + 3, gi);
             }
             for (int k = gi * g, end = k + g; k < end; k += step)
             {
                 float* xk = x + k;
                 int b = k >> 1;
-                EightNibbles<TW, TVec>(TW.LoadNibbleWords(w0 + b, TSign.Signed), p0, q0, xk, ref a0, ref b0);
+                EightNibbles(Float512.LoadNibbleWords(w0 + b), p0, xk, ref a0, ref b0);
                 if (TR.Count > 1)
                 {
                     PrefetchNextFourRows(w0 + b, rowBytes);
-                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w1 + b, TSign.Signed), p1, q1, xk, ref a1, ref b1);
-                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w2 + b, TSign.Signed), p2, q2, xk, ref a2, ref b2);
-                    EightNibbles<TW, TVec>(TW.LoadNibbleWords(w3 + b, TSign.Signed), p3, q3, xk, ref a3, ref b3);
+                    EightNibbles(Float512.LoadNibbleWords(w1 + b), p1, xk, ref a1, ref b1);
+                    EightNibbles(Float512.LoadNibbleWords(w2 + b), p2, xk, ref a2, ref b2);
+                    EightNibbles(Float512.LoadNibbleWords(w3 + b), p3, xk, ref a3, ref b3);
                 }
             }
         }
-        y[n] = TW.Sum(TW.Add(a0, b0)) + (bias == null ? 0f : bias[n]);
+        y[n] = Vector512.Sum(a0 + b0) + (bias == null ? 0f : bias[n]);
         if (TR.Count > 1)
         {
-            y[n + 1] = TW.Sum(TW.Add(a1, b1)) + (bias == null ? 0f : bias[n + 1]);
-            y[n + 2] = TW.Sum(TW.Add(a2, b2)) + (bias == null ? 0f : bias[n + 2]);
-            y[n + 3] = TW.Sum(TW.Add(a3, b3)) + (bias == null ? 0f : bias[n + 3]);
+            y[n + 1] = Vector512.Sum(a1 + b1) + (bias == null ? 0f : bias[n + 1]);
+            y[n + 2] = Vector512.Sum(a2 + b2) + (bias == null ? 0f : bias[n + 2]);
+            y[n + 3] = Vector512.Sum(a3 + b3) + (bias == null ? 0f : bias[n + 3]);
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (TVec P, TVec Q) NibbleGroup<TW, TVec, TSign>(in WeightView w, int n, int g)
-        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
+    private static Vector512<float> NibbleGroup<TSign>(in WeightView w, int n, int g) where TSign : struct, ISignedness
     {
         var (s, z) = w.Params(n, g);
-        return TW.NibbleLookup(s, z, TSign.Signed);
+        return Float512.NibbleLookup(s, z, TSign.Signed);
     }
 
-    /// <summary>The eight nibbles of every lane of <paramref name="words"/> times their activations, into two accumulators.</summary>
+    /// <summary>The eight nibbles of every lane of <paramref name="words"/> looked up in <paramref name="lookup"/>, times their activations, into two accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void EightNibbles<TW, TVec>(TVec words, TVec p, TVec q, float* x, ref TVec a, ref TVec b)
-        where TW : IFloatWidth<TVec> where TVec : struct
+    private static void EightNibbles(Vector512<float> words, Vector512<float> lookup, float* x, ref Vector512<float> a, ref Vector512<float> b)
     {
-        int c = TW.Count;
-        a = TW.MultiplyAdd(TW.NibbleAt(words, 0, p, q), TW.Load(x), a);
-        b = TW.MultiplyAdd(TW.NibbleAt(words, 4, p, q), TW.Load(x + c), b);
-        a = TW.MultiplyAdd(TW.NibbleAt(words, 8, p, q), TW.Load(x + 2 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleAt(words, 12, p, q), TW.Load(x + 3 * c), b);
-        a = TW.MultiplyAdd(TW.NibbleAt(words, 16, p, q), TW.Load(x + 4 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleAt(words, 20, p, q), TW.Load(x + 5 * c), b);
-        a = TW.MultiplyAdd(TW.NibbleAt(words, 24, p, q), TW.Load(x + 6 * c), a);
-        b = TW.MultiplyAdd(TW.NibbleAt(words, 28, p, q), TW.Load(x + 7 * c), b);
+        const int c = 16;
+        a = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 0, lookup), Vector512.Load(x), a);
+        b = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 4, lookup), Vector512.Load(x + c), b);
+        a = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 8, lookup), Vector512.Load(x + 2 * c), a);
+        b = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 12, lookup), Vector512.Load(x + 3 * c), b);
+        a = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 16, lookup), Vector512.Load(x + 4 * c), a);
+        b = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 20, lookup), Vector512.Load(x + 5 * c), b);
+        a = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 24, lookup), Vector512.Load(x + 6 * c), a);
+        b = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 28, lookup), Vector512.Load(x + 7 * c), b);
     }
 
     private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
