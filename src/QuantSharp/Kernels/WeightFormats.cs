@@ -89,6 +89,15 @@ internal readonly unsafe struct WeightView
 
     public static bool IsInteger8(WeightFormat f) => f is WeightFormat.Int8 or WeightFormat.UInt8;
 
+    /// <summary>Rows <c>first..first + count - 1</c> as a weight of their own (the same buffers, from that row on).</summary>
+    public WeightView RowRange(int first, int count)
+    {
+        if (first < 0 || count < 0 || first + count > Rows) throw new ArgumentOutOfRangeException(nameof(first), $"Rows {first}..{first + count - 1} are outside the weight's {Rows} rows.");
+        nint scaleOffset = (nint)first * ScaleRowStride;
+        return new WeightView(Format, count, Cols, Data + first * RowBytes, GroupSize, Scale == null ? null : Scale + scaleOffset,
+            ZeroPoint == null ? null : ZeroPoint + scaleOffset, ScaleRowStride);
+    }
+
     /// <summary>Scale and zero point of row <paramref name="n"/>, group <paramref name="g"/> (1 and 0 for float formats).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public (float Scale, int ZeroPoint) Params(int n, int g)

@@ -9,8 +9,9 @@ namespace QuantSharp.Modules;
 /// weights the caches hold (384x384, 512x512, 64x800; from ~1M elements they win, 1024x1024 0.79-0.91x), the bfloat16
 /// route 0.55-0.92x (oneDNN's bfloat16 GEMM runs at about twice its float32 rate); at 64 rows the dequantization pass costs
 /// what the bfloat16 GEMM saves, so the kernels stay. Tiny weights (10x64) stay on the kernels (libtorch's bfloat16 GEMM
-/// has ~30 us of fixed cost), and weights beyond the buffer (<see cref="QuantizedModule.BufferMaxElements"/>) too: a
-/// bfloat16 copy of them per thread would outweigh the quantized weight.
+/// has ~30 us of fixed cost). Weights beyond the thread's buffer (<see cref="QuantizedModule.BufferMaxElements"/>) run in
+/// blocks of rows that fill it (since stop 22; before, they stayed on the kernels: 4096x4096 and 11008x4096 at 128-512
+/// rows 1.06-1.2x faster than float32 there, about 2x with bfloat16; docs/BENCHMARKS.md).
 /// </summary>
 internal static class LinearCost
 {
@@ -41,7 +42,7 @@ internal static class LinearCost
     {
         long elements = outputs * inputs;
         long minRows = elements >= LargeElements ? BFloat16MinRowsLarge : BFloat16MinRows;
-        return bfloat16 && rows >= minRows && elements >= TinyElements && elements <= QuantizedModule.BufferMaxElements
+        return bfloat16 && rows >= minRows && elements >= TinyElements
             ? LinearRoute.BFloat16
             : LinearRoute.Kernel;
     }

@@ -133,28 +133,34 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU, as many
-    /// elements as the storage matrix, any shape; bfloat16 rounded to nearest even from the float32 values), half
+    /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU, any
+    /// shape; bfloat16 rounded to nearest even from the float32 values): the storage matrix's rows from
+    /// <paramref name="firstRow"/> on, as many as the destination holds whole rows (all of them by default). Half
     /// precision through libtorch's conversion; false where no kernel reads the format.
     /// </summary>
-    public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination)
+    public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination, long firstRow = 0)
     {
         bool bfloat16 = destination.dtype == ScalarType.BFloat16;
-        if ((destination.dtype != ScalarType.Float32 && !bfloat16) || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != QuantSpec.Product(parts.Shape))
-            throw new ArgumentException($"The destination must be a contiguous float32 or bfloat16 CPU tensor of {QuantSpec.Product(parts.Shape)} elements.", nameof(destination));
+        var (rows, cols) = Matrix(parts);
+        long count = cols == 0 ? 0 : destination.numel() / cols;
+        if ((destination.dtype != ScalarType.Float32 && !bfloat16) || destination.device_type != DeviceType.CPU || !destination.is_contiguous()
+            || destination.numel() != count * cols || firstRow < 0 || firstRow + count > rows)
+            throw new ArgumentException($"The destination must be a contiguous float32 or bfloat16 CPU tensor of whole rows of {cols} elements, rows {firstRow} on within {rows}.", nameof(destination));
         if (!parts.Spec.Type.IsInteger())
         {
             // Half precision: libtorch's conversion (one vectorized call; exact to float32, round to nearest even to
             // bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
             using var noGrad = no_grad();
-            using var view = destination.view(parts.Shape);
-            view.copy_(parts.Data);
+            using var source = parts.Data.narrow(0, firstRow, count);
+            using var view = destination.view(source.shape);
+            view.copy_(source);
             return true;
         }
         if (!CanDequantize(parts, out var format, out int groupSize)) return false;
+        int first = (int)firstRow, n = (int)count;
         Pinned(parts, format, groupSize, null, null, destination, bfloat16
-            ? (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.RunBFloat16(view, (ushort*)py)
-            : (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
+            ? (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.RunBFloat16(view.RowRange(first, n), (ushort*)py)
+            : (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view.RowRange(first, n), py));
         return true;
     }
 

@@ -72,13 +72,53 @@ public sealed class QuantizedLinear : QuantizedModule
         return LinearCost.Choose(QuantSpec.Product(shape) / inputs, out_features, inputs, bfloat16: true);
     }
 
-    /// <summary><see cref="LinearRoute.BFloat16"/>: libtorch's bfloat16 linear on the weight, input and bias rounded to bfloat16, the result in float32.</summary>
+    /// <summary>
+    /// <see cref="LinearRoute.BFloat16"/>: libtorch's bfloat16 linear on the weight, input and bias rounded to bfloat16,
+    /// the result in float32. Weights beyond the thread's buffer (<see cref="QuantizedModule.BufferMaxElements"/>) run
+    /// in blocks of rows that fill it (<see cref="BFloat16LinearByRows"/>).
+    /// </summary>
     private Tensor BFloat16Linear(Tensor x, Tensor? b)
     {
+        if ((long)out_features * in_features > BFloat16BlockElements) return BFloat16LinearByRows(x, b) ?? weight.Linear(x, b);
         using var w = DequantizeForCall(recordsGradient: false, ScalarType.BFloat16);
         using var xb = x.to(ScalarType.BFloat16);
         using var bb = b?.to(ScalarType.BFloat16);
         using var y = nn.functional.linear(xb, w, bb);
         return y.to(ScalarType.Float32);
+    }
+
+    /// <summary>Weight elements per block of <see cref="BFloat16LinearByRows"/> (the thread's buffer; settable for the tests).</summary>
+    internal static long BFloat16BlockElements = BufferMaxElements;
+
+    /// <summary>
+    /// <see cref="LinearRoute.BFloat16"/> on a weight larger than the thread's buffer: blocks of output rows that fill
+    /// it (<see cref="BFloat16BlockElements"/>), each dequantized to bfloat16 into the buffer and multiplied by libtorch,
+    /// its outputs copied into their columns of the float32 result; a bfloat16 copy of the whole weight per thread
+    /// would outweigh the quantized weight. 4096x4096 int8 at 512 rows: 85 ms on the kernels, 46 ms with the whole
+    /// weight in bfloat16 (docs/BENCHMARKS.md, stop 22). Null where the layout cannot dequantize rows.
+    /// </summary>
+    private Tensor? BFloat16LinearByRows(Tensor x, Tensor? b)
+    {
+        long inputs = in_features, outputs = out_features;
+        long rowsPerBlock = Math.Max(1, BFloat16BlockElements / inputs);
+        using var xb = x.to(ScalarType.BFloat16);
+        long[] shape = TensorSpans.Shape(x);
+        shape[^1] = outputs;
+        var y = torch.empty(shape, ScalarType.Float32);
+        for (long r0 = 0; r0 < outputs; r0 += rowsPerBlock)
+        {
+            long rows = Math.Min(rowsPerBlock, outputs - r0);
+            using var w = DequantizeRowsForCall(r0, rows);
+            if (w is null)
+            {
+                y.Dispose();
+                return null;
+            }
+            using var bb = b?.narrow(0, r0, rows).to(ScalarType.BFloat16);
+            using var part = nn.functional.linear(xb, w, bb);
+            using var columns = y.narrow(-1, r0, rows);
+            columns.copy_(part);
+        }
+        return y;
     }
 }

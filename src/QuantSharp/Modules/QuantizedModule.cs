@@ -190,15 +190,29 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
         using (w) return w.to(dtype);
     }
 
-    /// <summary>A view of the weight's shape on the thread's <paramref name="buffer"/> of <paramref name="dtype"/>, grown when too small.</summary>
-    private Tensor BufferView(ref Tensor? buffer, ScalarType dtype, long count)
+    /// <summary>
+    /// Rows <c>firstRow..firstRow + rows - 1</c> of the storage matrix dequantized to bfloat16 into the thread's buffer,
+    /// as <c>[rows, columns]</c>, for one libtorch operation (weights beyond <see cref="BufferMaxElements"/>, in blocks of
+    /// rows); null where the layout has no kernel for it. Dispose the result.
+    /// </summary>
+    internal Tensor? DequantizeRowsForCall(long firstRow, long rows)
+    {
+        long columns = WeightShape.Skip(1).Aggregate(1L, (a, b) => a * b);
+        var target = BufferView(ref t_bfloat16Buffer, ScalarType.BFloat16, rows * columns, [rows, columns]);
+        if (weight.Layout.DequantizeInto(target, firstRow)) return target;
+        target.Dispose();
+        return null;
+    }
+
+    /// <summary>A view of <paramref name="shape"/> (the weight's by default) on the thread's <paramref name="buffer"/> of <paramref name="dtype"/>, grown when too small.</summary>
+    private Tensor BufferView(ref Tensor? buffer, ScalarType dtype, long count, long[]? shape = null)
     {
         if (buffer is null || buffer.numel() < count)
         {
             buffer?.Dispose();
             buffer = torch.empty(count, dtype).DetachFromDisposeScope();
         }
-        return buffer.narrow(0, 0, count).view([.. WeightShape]);
+        return buffer.narrow(0, 0, count).view(shape ?? [.. WeightShape]);
     }
 
     /// <summary>

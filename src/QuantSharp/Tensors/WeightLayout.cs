@@ -64,11 +64,11 @@ public abstract class WeightLayout : IDisposable
     public abstract Tensor Dequantize();
 
     /// <summary>
-    /// Writes <see cref="Dequantize"/>'s values into <paramref name="destination"/> (contiguous float32 CPU, as many
-    /// elements as the storage matrix), or returns false when this layout has no such kernel (the caller then uses
-    /// <see cref="Dequantize"/>).
+    /// Writes <see cref="Dequantize"/>'s values into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU):
+    /// the storage matrix's rows from <paramref name="firstRow"/> on, as many as it holds whole rows (all of them by
+    /// default), or returns false when this layout has no such kernel (the caller then uses <see cref="Dequantize"/>).
     /// </summary>
-    internal virtual bool DequantizeInto(Tensor destination) => false;
+    internal virtual bool DequantizeInto(Tensor destination, long firstRow = 0) => false;
 
     /// <summary>
     /// <c>x W^T + bias</c> for the storage matrix <c>W</c> <c>[out, in]</c>: the quantized linear kernel. The default
@@ -208,7 +208,7 @@ internal abstract class CanonicalWeightLayout : WeightLayout
         return WeightQuantizer.DequantizeRows(IntegerValues(_parts.Data), _parts.Scale!, _parts.ZeroPoint, Spec).MoveToOuterDisposeScope();
     }
 
-    internal override bool DequantizeInto(Tensor destination) => LinearKernels.TryDequantizeInto(_parts, destination);
+    internal override bool DequantizeInto(Tensor destination, long firstRow = 0) => LinearKernels.TryDequantizeInto(_parts, destination, firstRow);
 
     /// <summary>The kernels read the canonical parts in place (<see cref="LinearKernels"/>); the reference path where none applies.</summary>
     public override Tensor Linear(Tensor input, Tensor? bias) => LinearKernels.TryLinear(_parts, input, bias) ?? base.Linear(input, bias);

@@ -44,9 +44,11 @@ public class LinearRouteTests
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 1024, 4096, bfloat16: true));
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 128, 128, bfloat16: true)); // exactly TinyElements
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 384, 384, bfloat16: false));
-        // Tiny weights (fixed cost) and weights beyond the thread's buffer (a bfloat16 copy would outweigh them): the kernels.
+        // Tiny weights (fixed cost): the kernels. Weights beyond the thread's buffer: bfloat16 too, in blocks of rows.
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 10, 64, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 4096, 4096, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 4096, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 11008, 4096, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(127, 11008, 4096, bfloat16: true));
         Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 1024, bfloat16: true)); // exactly BufferMaxElements
     }
 
@@ -119,6 +121,41 @@ public class LinearRouteTests
                 var actual = layer.Forward(x, LinearRoute.BFloat16);
                 AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec} {outputs}x{inputs} bias {withBias} [{string.Join(",", x.shape)}]");
             }
+        }
+    }
+
+    [Fact]
+    public void WeightsBeyondTheBufferRunTheBFloat16RouteInBlocksOfRows()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(45);
+        long saved = QuantizedLinear.BFloat16BlockElements;
+        try
+        {
+            foreach (var spec in Specs)
+            foreach (bool withBias in new[] { true, false })
+            {
+                // 67 x 64 = 4,288 elements in blocks of 7 rows (448 elements): nine whole blocks and one of 4 rows.
+                var linear = nn.Linear(64, 67, hasBias: withBias);
+                using var layer = new QuantizedLinear(QuantizedWeight.Quantize(linear.weight!, spec), linear.bias, null);
+                var w = layer.DequantizeWeight();
+                foreach (var x in new[] { torch.randn(70, 64), torch.randn(2, 5, 64), torch.randn(64, 9).t() })
+                {
+                    QuantizedLinear.BFloat16BlockElements = 7 * 64;
+                    var blocked = layer.Forward(x, LinearRoute.BFloat16);
+                    QuantizedLinear.BFloat16BlockElements = saved;
+                    var whole = layer.Forward(x, LinearRoute.BFloat16);
+                    string what = $"{spec} bias {withBias} [{string.Join(",", x.shape)}]";
+                    AssertWithinBFloat16(nn.functional.linear(x, w, layer.bias), blocked, x, w, layer.bias, what);
+                    // The same bfloat16 values go into each output's dot product, block or not.
+                    Assert.True(blocked.allclose(whole, rtol: 1e-5, atol: 1e-6), $"{what}: blocks differ from the whole weight");
+                }
+            }
+        }
+        finally
+        {
+            QuantizedLinear.BFloat16BlockElements = saved;
         }
     }
 
