@@ -94,8 +94,8 @@ public sealed class QuantizedLinear : QuantizedModule
     /// <see cref="LinearRoute.BFloat16"/> on a weight larger than the thread's buffer: blocks of output rows that fill
     /// it (<see cref="BFloat16BlockElements"/>), each dequantized to bfloat16 into the buffer and multiplied by libtorch,
     /// its outputs copied into their columns of the float32 result; a bfloat16 copy of the whole weight per thread
-    /// would outweigh the quantized weight. 4096x4096 int8 at 512 rows: 85 ms on the kernels, 46 ms with the whole
-    /// weight in bfloat16 (docs/BENCHMARKS.md, stop 22). Null where the layout cannot dequantize rows.
+    /// would outweigh the quantized weight. 4096x4096 int8 at 512 rows: 85 ms on the kernels, 50 ms in blocks, 46 ms
+    /// with the whole weight in bfloat16 (docs/BENCHMARKS.md, stop 22). Null where the layout cannot dequantize rows.
     /// </summary>
     private Tensor? BFloat16LinearByRows(Tensor x, Tensor? b)
     {
