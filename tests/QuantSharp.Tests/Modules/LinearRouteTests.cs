@@ -10,7 +10,7 @@ namespace QuantSharp.Tests.Modules;
 /// The routes of a weight-only <see cref="QuantizedLinear"/> over many rows (<see cref="LinearCost"/>): the rule on
 /// both kinds of CPU; the bfloat16 route agrees with the float32 computation within bfloat16's rounding (a bound
 /// derived per output, every weight format, bias or not, 2-D/3-D and non-contiguous inputs, weights in and out of the
-/// thread's buffer, two layers alternating through it); <see cref="QuantizedModule.UseBFloat16Compute"/> = false keeps
+/// thread's buffer, weights larger than it in blocks of rows, two layers alternating through it); <see cref="QuantizedModule.UseBFloat16Compute"/> = false keeps
 /// the float32 kernels and their results; the managed
 /// bfloat16 dequantization equals libtorch's rounding of the float32 values bit for bit.
 /// </summary>
@@ -28,7 +28,7 @@ public class LinearRouteTests
     ];
 
     [Fact]
-    public void RuleTakesBFloat16OverManyRowsForWeightsTheBufferHoldsAndTheKernelsElsewhere()
+    public void RuleTakesBFloat16OverManyRowsAndTheKernelsElsewhere()
     {
         // Fewer than 256 rows (128 from 2^19 elements): the kernels, whatever the CPU.
         Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, bfloat16: true));
