@@ -110,14 +110,9 @@ internal static class ConvolutionCost
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
-            if (unfold.Rows >= FewTermIntegerMinReduction)
-            {
-                if (vnni512) return ConvolutionRoute.Kernel;
-            }
-            else if (fits && DirectConvolution.FusesInputQuantization(unfold))
-            {
-                return ConvolutionRoute.Direct;
-            }
+            bool integerTerms = unfold.Rows >= FewTermIntegerMinReduction;
+            if (integerTerms && vnni512) return ConvolutionRoute.Kernel;
+            if (!integerTerms && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;

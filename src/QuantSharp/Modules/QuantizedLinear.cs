@@ -94,14 +94,15 @@ public sealed class QuantizedLinear : QuantizedModule
     /// <see cref="LinearRoute.BFloat16"/> on a weight larger than the thread's buffer: blocks of output rows that fill
     /// it (<see cref="BFloat16BlockElements"/>), each dequantized to bfloat16 into the buffer and multiplied by libtorch,
     /// its outputs copied into their columns of the float32 result; a bfloat16 copy of the whole weight per thread
-    /// would outweigh the quantized weight. 4096x4096 int8 at 512 rows: 85 ms on the kernels, 50 ms in blocks, 46 ms
-    /// with the whole weight in bfloat16 (docs/BENCHMARKS.md, stop 22). Null where the layout cannot dequantize rows.
+    /// would outweigh the quantized weight. 4096x4096 int8 at 512 rows: 85 ms on the kernels, 50 ms in blocks
+    /// (docs/BENCHMARKS.md, stop 22). Null where the layout cannot dequantize rows.
     /// </summary>
     private Tensor? BFloat16LinearByRows(Tensor x, Tensor? b)
     {
         long inputs = in_features, outputs = out_features;
         long rowsPerBlock = Math.Max(1, BFloat16BlockElements / inputs);
         using var xb = x.to(ScalarType.BFloat16);
+        using var bb = b?.to(ScalarType.BFloat16);
         long[] shape = TensorSpans.Shape(x);
         shape[^1] = outputs;
         var y = torch.empty(shape, ScalarType.Float32);
@@ -114,8 +115,8 @@ public sealed class QuantizedLinear : QuantizedModule
                 y.Dispose();
                 return null;
             }
-            using var bb = b?.narrow(0, r0, rows).to(ScalarType.BFloat16);
-            using var part = nn.functional.linear(xb, w, bb);
+            using var blockBias = bb?.narrow(0, r0, rows);
+            using var part = nn.functional.linear(xb, w, blockBias);
             using var columns = y.narrow(-1, r0, rows);
             columns.copy_(part);
         }
