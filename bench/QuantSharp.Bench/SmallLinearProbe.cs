@@ -18,7 +18,7 @@ namespace QuantSharp.Bench;
 /// kernels take the packed GEMM for every weight size, <see cref="Kernels.QuantizedMatMul.PackedMinRows"/> and
 /// <see cref="Kernels.QuantizedMatMul.PackedMinRowsSmallWeight"/> and <see cref="Kernels.QuantizedMatMul.PackedMinRows256"/>, to measure the crossover),
 /// <c>PROBE_NARROW=0</c> (<see cref="Kernels.QuantizedMatMul.NarrowForGroups"/> off), <c>PROBE_DYNAMIC_PASS=0</c> (<see cref="QuantizedModule.DynamicInputInOnePass"/> off), <c>PROBE_INT_PACKED_MIN</c> (<see cref="Kernels.IntegerMatMul.PackedMinRows"/>, <see cref="Kernels.IntegerMatMul.PackedMinRowsVnni512"/> and <see cref="Kernels.IntegerMatMul.PackedMinRowsMadd256"/>), <c>PROBE_BYTES_BY_GROUP=0</c>
-/// (<see cref="Kernels.QuantizedMatMul.BytesByGroup"/> off), <c>PROBE_SHORT_NIBBLES=0</c> (<see cref="Kernels.QuantizedMatMul.ShortNibbleGroups"/> off), <c>PROBE_BF16_MIN</c> (<see cref="Modules.LinearCost.BFloat16MinRows"/> and <see cref="Modules.LinearCost.BFloat16MinRowsLarge"/>), <c>PROBE_DOT_MIN</c> (<see cref="Kernels.QuantizedMatMul.DotTilesMinRows"/> and <see cref="Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows"/>; 12 or more turns the dot tiles off), <c>PROBE_GROUP</c> (the int4 column's group size, 32 by default),
+/// (<see cref="Kernels.QuantizedMatMul.BytesByGroup"/> off), <c>PROBE_SHORT_NIBBLES=0</c> (<see cref="Kernels.QuantizedMatMul.ShortNibbleGroups"/> off), <c>PROBE_HALF_BF16=0</c> (<see cref="Modules.LinearKernels.ManagedHalfToBFloat16"/> off), <c>PROBE_BF16_MIN</c> (<see cref="Modules.LinearCost.BFloat16MinRows"/> and <see cref="Modules.LinearCost.BFloat16MinRowsLarge"/>), <c>PROBE_DOT_MIN</c> (<see cref="Kernels.QuantizedMatMul.DotTilesMinRows"/> and <see cref="Kernels.QuantizedMatMul.DotTilesMinRowsFewWeightRows"/>; 12 or more turns the dot tiles off), <c>PROBE_GROUP</c> (the int4 column's group size, 32 by default),
 /// <c>PROBE_MAXBITS</c> (<see cref="Kernels.Simd.MaxBits"/>), <c>PROBE_WS_MAX</c> (<see cref="Kernels.PackedMatMul.WeightStripsMaxRows"/>; 0 turns the weight-strip layout off),
 /// <c>PROBE_LAYOUT</c> (a <see cref="Kernels.PackedLayout"/> forced on the float-output packed GEMM; the integer GEMM ignores it),
 /// <c>PROBE_FUSED_BYTES</c> (<see cref="Kernels.PackedIntegerMatMul.FusedWeightBytes"/>; 0 leaves only the weights of one work item fused).
@@ -40,6 +40,7 @@ internal static class SmallLinearProbe
         int group = int.Parse(Environment.GetEnvironmentVariable("PROBE_GROUP") ?? "32", System.Globalization.CultureInfo.InvariantCulture);
         if (Environment.GetEnvironmentVariable("PROBE_BF16_MIN") is { } bf16Min)
             Modules.LinearCost.BFloat16MinRows = Modules.LinearCost.BFloat16MinRowsLarge = long.Parse(bf16Min, System.Globalization.CultureInfo.InvariantCulture);
+        if (Environment.GetEnvironmentVariable("PROBE_HALF_BF16") == "0") Modules.LinearKernels.ManagedHalfToBFloat16 = false;
         if (Environment.GetEnvironmentVariable("PROBE_NARROW") == "0") Kernels.QuantizedMatMul.NarrowForGroups = false;
         if (Environment.GetEnvironmentVariable("PROBE_DYNAMIC_PASS") == "0") QuantizedModule.DynamicInputInOnePass = false;
         if (Environment.GetEnvironmentVariable("PROBE_BYTES_BY_GROUP") == "0") Kernels.QuantizedMatMul.BytesByGroup = false;

@@ -203,6 +203,47 @@ internal static class HalfKernel
         ToBFloat16Scalar(source[i..], destination[i..]);
     }
 
+    /// <summary>
+    /// IEEE half bits to bfloat16 bits, as libtorch's <c>copy_</c> from float16 to bfloat16 (through float32, exactly,
+    /// then <see cref="ToBFloat16Bits"/>'s rounding), vectorized: the bfloat16 route's conversion of float16 weights
+    /// (libtorch's own conversion took about 10 ms on a 4096x4096 weight).
+    /// </summary>
+    public static void HalfToBFloat16(ReadOnlySpan<ushort> source, Span<ushort> destination)
+    {
+        int n = source.Length;
+        if (destination.Length < n) throw new ArgumentException("The destination is shorter than the source.", nameof(destination));
+        ref ushort src = ref MemoryMarshal.GetReference(source);
+        ref ushort dst = ref MemoryMarshal.GetReference(destination);
+        int i = 0;
+        if (Simd.Use256 && n >= 16)
+        {
+            var bias = Vector256.Create(0x7FFFu);
+            var one = Vector256.Create(1u);
+            var nan = Vector256.Create(0x7FC0u);
+            for (; i <= n - 16; i += 16)
+            {
+                var (a, b) = Vector256.Widen(Vector256.LoadUnsafe(ref src, (nuint)i));
+                var fa = HalfLanes.FromHalf(a << 16).AsUInt32();
+                var fb = HalfLanes.FromHalf(b << 16).AsUInt32();
+                Vector256.Narrow(Bf256(fa, bias, one, nan), Bf256(fb, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        else if (Simd.Use128 && n >= 8)
+        {
+            var bias = Vector128.Create(0x7FFFu);
+            var one = Vector128.Create(1u);
+            var nan = Vector128.Create(0x7FC0u);
+            for (; i <= n - 8; i += 8)
+            {
+                var (a, b) = Vector128.Widen(Vector128.LoadUnsafe(ref src, (nuint)i));
+                var fa = HalfLanes.FromHalf(a << 16).AsUInt32();
+                var fb = HalfLanes.FromHalf(b << 16).AsUInt32();
+                Vector128.Narrow(Bf128(fa, bias, one, nan), Bf128(fb, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+        for (; i < n; i++) Unsafe.Add(ref dst, i) = ToBFloat16Bits(FromHalfBits(Unsafe.Add(ref src, i)));
+    }
+
     /// <summary>The specification of <see cref="ToBFloat16"/>.</summary>
     public static void ToBFloat16Scalar(ReadOnlySpan<float> source, Span<ushort> destination)
     {

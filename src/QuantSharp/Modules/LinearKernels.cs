@@ -18,6 +18,12 @@ internal static unsafe class LinearKernels
     internal static volatile bool Enabled = true;
 
     /// <summary>
+    /// Whether float16 weights reach bfloat16 through <see cref="HalfKernel.HalfToBFloat16"/> on the kernel threads
+    /// (false: libtorch's <c>copy_</c>, the same bits; a switch for the benchmark's before/after).
+    /// </summary>
+    internal static volatile bool ManagedHalfToBFloat16 = true;
+
+    /// <summary>
     /// <c>y = x W^T + b</c> for the storage matrix of <paramref name="parts"/> through a kernel, or null. With
     /// <paramref name="input"/> the activations are quantized in the kernel (W8A8 in integers) when the weight is int8
     /// per row; otherwise the call returns null and the caller simulates.
@@ -136,7 +142,8 @@ internal static unsafe class LinearKernels
     /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU, any
     /// shape; bfloat16 rounded to nearest even from the float32 values): the storage matrix's rows from
     /// <paramref name="firstRow"/> on, as many as the destination holds whole rows (all of them by default). Half
-    /// precision through libtorch's conversion; false where no kernel reads the format.
+    /// precision: float16 into bfloat16 through <see cref="HalfKernel.HalfToBFloat16"/>, the rest through libtorch's
+    /// conversion; false where no kernel reads the format.
     /// </summary>
     public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination, long firstRow = 0)
     {
@@ -146,6 +153,16 @@ internal static unsafe class LinearKernels
         if ((destination.dtype != ScalarType.Float32 && !bfloat16) || destination.device_type != DeviceType.CPU || !destination.is_contiguous()
             || destination.numel() != count * cols || firstRow < 0 || firstRow + count > rows)
             throw new ArgumentException($"The destination must be a contiguous float32 or bfloat16 CPU tensor of whole rows of {cols} elements, rows {firstRow} on within {rows}.", nameof(destination));
+        if (bfloat16 && parts.Spec.Type == QuantType.Float16 && ManagedHalfToBFloat16 && Enabled && cols <= int.MaxValue
+            && parts.Data.device_type == DeviceType.CPU && parts.Data.is_contiguous())
+        {
+            // float16 to bfloat16: the managed conversion over rows on the kernel threads (libtorch's copy_ is scalar here).
+            ushort* source = (ushort*)TensorSpans.Address(parts.Data) + firstRow * cols, target = (ushort*)AddressOrNull(destination);
+            int width = (int)cols;
+            KernelThreads.For((int)count, cols, r => HalfKernel.HalfToBFloat16(
+                new ReadOnlySpan<ushort>(source + (nint)r * width, width), new Span<ushort>(target + (nint)r * width, width)));
+            return true;
+        }
         if (!parts.Spec.Type.IsInteger())
         {
             // Half precision: libtorch's conversion (one vectorized call; exact to float32, round to nearest even to
