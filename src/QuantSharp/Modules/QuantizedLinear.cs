@@ -69,7 +69,7 @@ public sealed class QuantizedLinear : QuantizedModule
         long inputs = in_features;
         long[] shape = TensorSpans.Shape(input);
         if (shape.Length == 0 || shape[^1] != inputs || inputs == 0) return LinearRoute.Kernel;
-        return LinearCost.Choose(QuantSpec.Product(shape) / inputs, out_features, inputs, bfloat16: true);
+        return LinearCost.Choose(QuantSpec.Product(shape) / inputs, out_features, inputs, weight.Spec.Type, bfloat16: true);
     }
 
     /// <summary>

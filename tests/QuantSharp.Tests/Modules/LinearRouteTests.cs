@@ -30,26 +30,35 @@ public class LinearRouteTests
     [Fact]
     public void RuleTakesBFloat16OverManyRowsAndTheKernelsElsewhere()
     {
-        // Fewer than 256 rows (128 from 2^19 elements): the kernels, whatever the CPU.
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(127, 1024, 512, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 512, 512, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 1024, 1024, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 1024, 512, bfloat16: true)); // exactly LargeElements
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 2048, 2048, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 1023, 512, bfloat16: true));
-        // Many rows and a weight of 16K to 4M elements: bfloat16 where it may run.
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(256, 384, 384, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 1024, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 128, 128, bfloat16: true)); // exactly TinyElements
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 384, 384, bfloat16: false));
-        // Tiny weights (fixed cost): the kernels. Weights beyond the thread's buffer: bfloat16 too, in blocks of rows.
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 10, 64, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(128, 11008, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(127, 11008, 4096, bfloat16: true));
-        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 1024, bfloat16: true)); // exactly BufferMaxElements
+        const QuantType i8 = QuantType.Int8, i4 = QuantType.Int4, f16 = QuantType.Float16, bf16 = QuantType.BFloat16;
+        // Below 2^19 elements: 256 rows, whatever the format.
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, i8, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(255, 384, 384, bf16, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 512, 512, i8, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(128, 1023, 512, i8, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(256, 384, 384, i4, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 128, 128, i8, bfloat16: true)); // exactly TinyElements
+        // 2^19 to 2^22 elements: 96 rows; bfloat16 weights 32.
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(96, 1024, 512, i8, bfloat16: true)); // exactly LargeElements
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(95, 1024, 512, i8, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(64, 1024, 1024, f16, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(96, 1536, 384, i4, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(32, 1024, 1024, bf16, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(31, 1024, 1024, bf16, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(63, 2048, 2047, i8, bfloat16: true)); // just below HugeElements
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(95, 2048, 2047, i8, bfloat16: true));
+        // From 2^22 elements (also beyond the thread's buffer, in blocks of rows): 64 rows; bfloat16 weights 32.
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(64, 2048, 2048, i8, bfloat16: true)); // exactly HugeElements
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(63, 2048, 2048, i8, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(64, 11008, 4096, f16, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(63, 11008, 4096, i4, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(32, 4096, 4096, bf16, bfloat16: true));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(1, 4096, 4096, bf16, bfloat16: true));
+        Assert.Equal(LinearRoute.BFloat16, LinearCost.Choose(512, 4096, 4096, i8, bfloat16: true));
+        // Not where the CPU has no bfloat16 route; never on tiny weights (fixed cost).
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 384, 384, i8, bfloat16: false));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 4096, 4096, bf16, bfloat16: false));
+        Assert.Equal(LinearRoute.Kernel, LinearCost.Choose(512, 10, 64, i8, bfloat16: true));
     }
 
     [Fact]
@@ -61,7 +70,7 @@ public class LinearRouteTests
         var linear = nn.Linear(384, 384);
         using var layer = (QuantizedLinear)QuantizedModules.Quantize(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 150, 384); // 300 rows
-        Assert.Equal(LinearCost.Choose(300, 384, 384, QuantizedModule.BFloat16Routes), layer.Route(x));
+        Assert.Equal(LinearCost.Choose(300, 384, 384, QuantType.Int8, QuantizedModule.BFloat16Routes), layer.Route(x));
         Assert.Equal(QuantizedModule.NativeBFloat16 ? LinearRoute.BFloat16 : LinearRoute.Kernel, layer.Route(x));
         Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(8, 384)));
         Assert.Equal(LinearRoute.Kernel, layer.Route(x.to(ScalarType.Float64)));
