@@ -157,7 +157,7 @@ internal static unsafe class LinearKernels
             && parts.Data.device_type == DeviceType.CPU && parts.Data.is_contiguous())
         {
             // float16 to bfloat16: the managed conversion over rows on the kernel threads (libtorch's copy_ is scalar here).
-            ushort* source = (ushort*)TensorSpans.Address(parts.Data) + firstRow * cols, target = (ushort*)AddressOrNull(destination);
+            ushort* source = (ushort*)AddressOrNull(parts.Data) + firstRow * cols, target = (ushort*)AddressOrNull(destination);
             int width = (int)cols;
             KernelThreads.For((int)count, cols, r => HalfKernel.HalfToBFloat16(
                 new ReadOnlySpan<ushort>(source + (nint)r * width, width), new Span<ushort>(target + (nint)r * width, width)));
