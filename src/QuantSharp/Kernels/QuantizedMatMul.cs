@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -297,6 +298,11 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
         int k = w.Cols, step = NibbleStep<TW, TVec>(), c = TW.Count;
+        if (method == MatMulMethod.Rows && m > 1 && ShortGroupFractions && TakesNibbleSteps(c, w, out bool shortSteps) && shortSteps)
+        {
+            NibbleFractionRows<TW, TVec, TSign>(w, x, m, ldx, bias, y, ldy);
+            return;
+        }
         if (method != MatMulMethod.Rows || m != 1 || !TakesNibbleSteps(c, w, out bool shortGroups))
         {
             Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
@@ -309,17 +315,8 @@ internal static unsafe class QuantizedMatMul
         float* ordered = (float*)NativeMemory.Alloc((nuint)(k + sumCount), sizeof(float));
         try
         {
-            // Within each step, position i * Count + j reads element 8j + i: the nibble at bits 4i of lane j.
-            for (int k0 = 0; k0 < k; k0 += step)
-                for (int i = 0; i < 8; i++)
-                    for (int j = 0; j < c; j++) ordered[k0 + i * c + j] = x[k0 + 8 * j + i];
             float* sums = ordered + k;
-            for (int e0 = 0, s = 0; s < sumCount; e0 += block, s += c)
-            {
-                var total = TW.Zero;
-                for (int e = e0; e < e0 + block; e += c) total = TW.Add(total, TW.Load(ordered + e));
-                TW.Store(total, sums + s);
-            }
+            OrderForNibbleSteps<TW, TVec>(x, k, block, sumCount, ordered, sums);
             var view = w;
             int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64) & ~3;
             int items = (w.Rows + rowsPerItem - 1) / rowsPerItem;
@@ -421,6 +418,200 @@ internal static unsafe class QuantizedMatMul
             y[n + 1] = 16f * TW.Sum(r1) + (bias == null ? 0f : bias[n + 1]);
             y[n + 2] = 16f * TW.Sum(r2) + (bias == null ? 0f : bias[n + 2]);
             y[n + 3] = 16f * TW.Sum(r3) + (bias == null ? 0f : bias[n + 3]);
+        }
+    }
+
+    /// <summary>
+    /// An activation row of <paramref name="k"/> elements reordered for the nibble-step kernels into
+    /// <paramref name="ordered"/> (within each step, position <c>i * Count + j</c> holds element <c>8j + i</c>: the nibble
+    /// at bits <c>4i</c> of lane <c>j</c>), and its lane sums per block of <paramref name="block"/> elements into
+    /// <paramref name="sums"/> (<paramref name="sumCount"/> floats: <c>Count</c> per block; none for 0).
+    /// </summary>
+    private static void OrderForNibbleSteps<TW, TVec>(float* x, int k, int block, int sumCount, float* ordered, float* sums)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int step = NibbleStep<TW, TVec>(), c = TW.Count;
+        for (int k0 = 0; k0 < k; k0 += step)
+            for (int i = 0; i < 8; i++)
+                for (int j = 0; j < c; j++) ordered[k0 + i * c + j] = x[k0 + 8 * j + i];
+        for (int e0 = 0, s = 0; s < sumCount; e0 += block, s += c)
+        {
+            var total = TW.Zero;
+            for (int e = e0; e < e0 + block; e += c) total = TW.Add(total, TW.Load(ordered + e));
+            TW.Store(total, sums + s);
+        }
+    }
+
+    /// <summary>Whether 2 or more activation rows on the row kernels take <see cref="NibbleFractionRows"/> for groups shorter than a nibble step (the probe turns it off to measure the difference).</summary>
+    internal static bool ShortGroupFractions = true;
+
+    /// <summary>
+    /// Several activation rows (the row kernels' batches) on packed 4-bit weights in groups shorter than a nibble step
+    /// (<see cref="TakesNibbleSteps"/>'s short groups: 16, 32 or 64 elements at 512 bits): the arithmetic of
+    /// <see cref="NibbleRowsBySums"/> with each weight row's nibbles read once per step for up to four activation rows.
+    /// The generic row kernels prepare a 16-value lookup per group and weight row and decode every chunk through it, as
+    /// many operations per group of 32 as the multiply-adds themselves; here a step of 128 weights costs one load and
+    /// eight shift-and-place operations, and the groups' constants are applied once per step. Every activation row is
+    /// reordered and its lane sums taken once per call; work items as <see cref="Drive"/>'s, the reduction walked in
+    /// blocks of whole steps (<see cref="ReductionBlock"/>) with each output's running sum carried from block to block.
+    /// </summary>
+    private static void NibbleFractionRows<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
+    {
+        int k = w.Cols, step = NibbleStep<TW, TVec>(), sumsPerRow = k / step * TW.Count;
+        float* ordered = (float*)NativeMemory.Alloc((nuint)m * (nuint)(k + sumsPerRow), sizeof(float));
+        try
+        {
+            float* sums = ordered + (nint)m * k;
+            for (int i = 0; i < m; i++) OrderForNibbleSteps<TW, TVec>(x + i * ldx, k, step, sumsPerRow, ordered + (nint)i * k, sums + (nint)i * sumsPerRow);
+            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
+            int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem, mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
+            int threads = KernelThreads.Count;
+            if (nBlocks * mBlocks < threads && KernelThreads.RunsInParallel((long)m * w.Rows * k))
+            {
+                rowsPerItem = Math.Max(4, ((w.Rows + threads - 1) / threads + 3) / 4 * 4);
+                nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            }
+            var view = w;
+            nint xAddress = (nint)ordered, sumsAddress = (nint)sums, yAddress = (nint)y, biasAddress = (nint)bias;
+            KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k, item =>
+            {
+                int mb = item / nBlocks, nb = item % nBlocks;
+                int i = mb * RowsPerBlock, m1 = Math.Min(m, i + RowsPerBlock);
+                int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
+                float* xs = (float*)xAddress, ls = (float*)sumsAddress, b = (float*)biasAddress, outputs = (float*)yAddress;
+                for (; i + 4 <= m1; i += 4) FractionPass<TW, TVec, TSign, Four>(view, xs + (nint)i * k, ls + (nint)i * sumsPerRow, sumsPerRow, b, outputs + i * ldy, ldy, n0, n1);
+                if (m1 - i >= 2)
+                {
+                    FractionPass<TW, TVec, TSign, Two>(view, xs + (nint)i * k, ls + (nint)i * sumsPerRow, sumsPerRow, b, outputs + i * ldy, ldy, n0, n1);
+                    i += 2;
+                }
+                if (i < m1) FractionPass<TW, TVec, TSign, One>(view, xs + (nint)i * k, ls + (nint)i * sumsPerRow, sumsPerRow, b, outputs + i * ldy, ldy, n0, n1);
+            });
+        }
+        finally
+        {
+            NativeMemory.Free(ordered);
+        }
+    }
+
+    /// <summary>
+    /// Weight rows <c>[n0, n1)</c> against <c>TR.Count</c> reordered activation rows (<paramref name="x"/>, <c>Cols</c>
+    /// apart; their lane sums per step at <paramref name="laneSums"/>, <paramref name="sumsStride"/> apart), one
+    /// reduction block of whole steps at a time, so the activations of a block stay in L1 while the item's weight rows pass.
+    /// </summary>
+    private static void FractionPass<TW, TVec, TSign, TR>(in WeightView w, float* x, float* laneSums, nint sumsStride, float* bias, float* y, nint ldy, int n0, int n1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TR : IRowCount
+    {
+        int k = w.Cols, step = NibbleStep<TW, TVec>(), block = Math.Max(ReductionBlock / step, 1) * step;
+        var carried = RowSums<TVec>.Rent(n1 - n0);
+        for (int k0 = 0; k0 < k; k0 += block)
+        {
+            int k1 = Math.Min(k, k0 + block);
+            int n = n0;
+            for (; n + 2 <= n1; n += 2) FractionRow<TW, TVec, TSign, Two, TR>(w, n, x, laneSums, sumsStride, k0, k1, ref carried[n - n0], ref carried[n - n0 + 1]);
+            if (n < n1) FractionRow<TW, TVec, TSign, One, TR>(w, n, x, laneSums, sumsStride, k0, k1, ref carried[n - n0], ref carried[n - n0]);
+        }
+        // The factor 16 of 1 + u / 16, on each output's total (exact).
+        for (int n = n0; n < n1; n++) carried[n - n0].WriteScaled<TW>(y + n, ldy, bias == null ? 0f : bias[n], TR.Count, 16f, 0f, null);
+    }
+
+    /// <summary>
+    /// Weight rows <c>n..n+TN.Count-1</c> (one or two) over the steps of <c>[k0, k1)</c> against <c>TR.Count</c>
+    /// activation rows: per step each nibble as <c>1 + u / 16</c> times every row's activations (two weight rows share
+    /// each activation load: at one 512-bit load per cycle a one-row step was bound by its loads), then every lane's
+    /// group constants on the step's sums (<see cref="NibbleRowsBySums"/>), added to each output's running sum (the
+    /// <c>A</c> vectors of <paramref name="sums0"/> and <paramref name="sums1"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FractionRow<TW, TVec, TSign, TN, TR>(in WeightView w, int n, float* x, float* laneSums, nint sumsStride, int k0, int k1, ref RowSums<TVec> sums0, ref RowSums<TVec> sums1)
+        where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness where TN : IRowCount where TR : IRowCount
+    {
+        int step = NibbleStep<TW, TVec>(), c = TW.Count, k = w.Cols, g = w.GroupSize, lanesPerGroup = g / 8;
+        nint rowBytes = w.RowBytes, scaleStride = w.ScaleRowStride;
+        byte* row0 = w.Data + n * rowBytes, row1 = row0 + rowBytes;
+        float* scales0 = w.Scale + n * scaleStride, scales1 = scales0 + scaleStride;
+        int* zeros0 = w.ZeroPoint == null ? null : w.ZeroPoint + n * scaleStride, zeros1 = zeros0 == null ? null : zeros0 + scaleStride;
+        var offset = TW.Create(TSign.Signed ? -1.5f : -1f); // -(1 + c / 16) without a zero point
+        var (r0, _, r1, _, r2, _, r3, _) = sums0.Load<TR>();
+        var (t0, _, t1, _, t2, _, t3, _) = TN.Count > 1 ? sums1.Load<TR>() : default;
+        float* x0 = x, x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k;
+        int ahead = (k1 - k0) >> 1;
+        for (int kk = k0; kk < k1; kk += step)
+        {
+            int b = kk >> 1;
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(row0 + b + ahead);
+                if (TN.Count > 1) Sse.Prefetch0(row1 + b + ahead);
+            }
+            var codes0 = TW.LoadNibbleCodes(row0 + b, TSign.Signed);
+            var codes1 = TN.Count > 1 ? TW.LoadNibbleCodes(row1 + b, TSign.Signed) : TW.Zero;
+            // a: weight row n, e: row n + 1, one accumulator per activation row (eight chains at two by four rows).
+            TVec a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero, e0 = TW.Zero, e1 = TW.Zero, e2 = TW.Zero, e3 = TW.Zero;
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 0, x0, x1, x2, x3, kk, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 4, x0, x1, x2, x3, kk + c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 8, x0, x1, x2, x3, kk + 2 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 12, x0, x1, x2, x3, kk + 3 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 16, x0, x1, x2, x3, kk + 4 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 20, x0, x1, x2, x3, kk + 5 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 24, x0, x1, x2, x3, kk + 6 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            FractionTimes<TW, TVec, TN, TR>(codes0, codes1, 28, x0, x1, x2, x3, kk + 7 * c, ref a0, ref a1, ref a2, ref a3, ref e0, ref e1, ref e2, ref e3);
+            int gi = kk / g;
+            float* s = laneSums + kk / step * c;
+            StepEnd<TW, TVec, TR>(scales0 + gi, zeros0 == null ? null : zeros0 + gi, lanesPerGroup, offset, s, sumsStride, a0, a1, a2, a3, ref r0, ref r1, ref r2, ref r3);
+            if (TN.Count > 1)
+                StepEnd<TW, TVec, TR>(scales1 + gi, zeros1 == null ? null : zeros1 + gi, lanesPerGroup, offset, s, sumsStride, e0, e1, e2, e3, ref t0, ref t1, ref t2, ref t3);
+        }
+        sums0.Store<TR>(r0, TW.Zero, r1, TW.Zero, r2, TW.Zero, r3, TW.Zero);
+        if (TN.Count > 1) sums1.Store<TR>(t0, TW.Zero, t1, TW.Zero, t2, TW.Zero, t3, TW.Zero);
+    }
+
+    /// <summary>
+    /// The nibbles at bit <paramref name="shift"/> of one or two weight rows' codes as <c>1 + u / 16</c>, times
+    /// <c>TR.Count</c> activation rows' vectors at <paramref name="at"/> (each loaded once for both weight rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void FractionTimes<TW, TVec, TN, TR>(TVec codes0, TVec codes1, [ConstantExpected(Min = 0, Max = 28)] int shift, float* x0, float* x1, float* x2, float* x3, int at,
+        ref TVec a0, ref TVec a1, ref TVec a2, ref TVec a3, ref TVec e0, ref TVec e1, ref TVec e2, ref TVec e3)
+        where TW : IFloatWidth<TVec> where TVec : struct where TN : IRowCount where TR : IRowCount
+    {
+        var f = TW.NibbleFraction(codes0, shift);
+        var h = TN.Count > 1 ? TW.NibbleFraction(codes1, shift) : TW.Zero;
+        var v = TW.Load(x0 + at);
+        a0 = TW.MultiplyAdd(f, v, a0);
+        if (TN.Count > 1) e0 = TW.MultiplyAdd(h, v, e0);
+        if (TR.Count > 1)
+        {
+            v = TW.Load(x1 + at);
+            a1 = TW.MultiplyAdd(f, v, a1);
+            if (TN.Count > 1) e1 = TW.MultiplyAdd(h, v, e1);
+        }
+        if (TR.Count > 2)
+        {
+            v = TW.Load(x2 + at);
+            a2 = TW.MultiplyAdd(f, v, a2);
+            if (TN.Count > 1) e2 = TW.MultiplyAdd(h, v, e2);
+            v = TW.Load(x3 + at);
+            a3 = TW.MultiplyAdd(f, v, a3);
+            if (TN.Count > 1) e3 = TW.MultiplyAdd(h, v, e3);
+        }
+    }
+
+    /// <summary>A step's group constants on one weight row's sums against <c>TR.Count</c> activation rows: <c>r += scale * (sum f x - (1 + c / 16) * sum x)</c>, lane by lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StepEnd<TW, TVec, TR>(float* scales, int* zeroPoints, int lanesPerGroup, TVec offset, float* laneSums, nint sumsStride,
+        TVec a0, TVec a1, TVec a2, TVec a3, ref TVec r0, ref TVec r1, ref TVec r2, ref TVec r3)
+        where TW : IFloatWidth<TVec> where TVec : struct where TR : IRowCount
+    {
+        var scale = TW.GroupLanes(scales, lanesPerGroup);
+        var negative = zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset);
+        r0 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums), a0), r0);
+        if (TR.Count > 1) r1 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums + sumsStride), a1), r1);
+        if (TR.Count > 2)
+        {
+            r2 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums + 2 * sumsStride), a2), r2);
+            r3 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums + 3 * sumsStride), a3), r3);
         }
     }
 

@@ -364,6 +364,42 @@ public unsafe class QuantizedMatMulTests
     }
 
     [Theory]
+    [InlineData("Int4")]
+    [InlineData("UInt4")]
+    public void ShortNibbleGroupsOverSeveralActivationRowsOnEveryWidth(string formatName)
+    {
+        var format = Enum.Parse<WeightFormat>(formatName);
+        // 2 to 23 activation rows on the row kernels, groups shorter than a nibble step that divide it (1, 2, 4 and 8
+        // lanes per group at 512 bits: 256/8, 128/16, 256/32, 384/64; 1, 2 and 4 at 256, 1 and 2 at 128) take
+        // NibbleFractionRows; the batches give passes of 4, 2 and 1 activation rows and two 32-row blocks (37), the
+        // weight rows one item or several (70).
+        var shapes = new[] { (256, 8), (128, 16), (256, 32), (384, 64), (192, 32), (96, 16), (40, 8) };
+        foreach (var (k, g) in shapes)
+            foreach (bool zp in new[] { false, true })
+                foreach (int batch in new[] { 2, 3, 7, 37 })
+                    Check(format, rows: batch == 7 ? 70 : 5, cols: k, groupSize: g, zp, batch, seed: k + g + batch, xPad: batch % 3, yPad: batch % 2);
+    }
+
+    [Fact]
+    public void ShortNibbleGroupsOverSeveralActivationRowsTakeTheFractionKernel()
+    {
+        // The kernel is reached: with it off, the generic row kernels give other bits for the same call.
+        using var w = new PinnedWeight(WeightFormat.Int4, 8, 256, 32, zeroPoints: true, seed: 3);
+        var view = w.View;
+        float[] x = KernelTestData.Activations(4 * 256, 9);
+        float[] with = RunRows(view, x, 4, KernelPath.Auto);
+        QuantizedMatMul.ShortGroupFractions = false;
+        try
+        {
+            Assert.NotEqual(with, RunRows(view, x, 4, KernelPath.Auto));
+        }
+        finally
+        {
+            QuantizedMatMul.ShortGroupFractions = true;
+        }
+    }
+
+    [Theory]
     [MemberData(nameof(Formats))]
     public void EveryBatchSizeAndBlock(string formatName)
     {
