@@ -249,11 +249,12 @@ internal static unsafe class QuantizedMatMul
 
     /// <summary>
     /// The width the row kernels run at for <paramref name="m"/> activation rows: <see cref="WidthForGroups"/>, except
-    /// batch 1 on 4-bit weights a nibble-step kernel takes at the widest width (<see cref="TakesNibbleSteps"/>): int4 in
-    /// groups of 16 on 4096x4096 ran in 0.39-0.43 ms at 512 bits against 0.52-0.55 narrowed (docs/BENCHMARKS.md, stop 22).
+    /// where a nibble-step kernel takes 4-bit weights at the widest width (<see cref="TakesNibbleSteps"/>): batch 1
+    /// (int4 in groups of 16 on 4096x4096 ran in 0.39-0.43 ms at 512 bits against 0.52-0.55 narrowed; docs/BENCHMARKS.md,
+    /// stop 22) and, for groups shorter than a step, more rows (<see cref="NibbleFractionRows"/>, stop 23).
     /// </summary>
     internal static KernelPath RowKernelWidth(KernelPath widest, in WeightView w, int m)
-        => m == 1 && TakesNibbleSteps(Lanes(widest), w, out _) ? widest : WidthForGroups(widest, w);
+        => TakesNibbleSteps(Lanes(widest), w, out bool shortGroups) && (m == 1 || (shortGroups && ShortGroupFractions)) ? widest : WidthForGroups(widest, w);
 
     /// <summary>Whether <see cref="WidthForGroups"/> and <see cref="PackedMatMul.DecodeRows"/> narrow (the probe turns it off to measure the difference).</summary>
     internal static bool NarrowForGroups = true;

@@ -185,13 +185,18 @@ public unsafe class QuantizedMatMulTests
         Assert.Equal(shortGroups, isShort);
     }
 
-    /// <summary>The row kernels' width: batch 1 keeps the widest where a nibble-step kernel runs there, else narrows for short groups.</summary>
+    /// <summary>
+    /// The row kernels' width: the widest where a nibble-step kernel runs there (batch 1; groups shorter than a step at
+    /// more rows too), else narrowed for short groups.
+    /// </summary>
     [Theory]
     [InlineData(16, 256, 1, "V512")]  // two lanes per group at 512 bits
-    [InlineData(16, 256, 2, "V256")]  // two rows: the generic kernels, narrowed
+    [InlineData(16, 256, 2, "V512")]  // two rows: the short-group fraction kernel, at 512 bits too
     [InlineData(16, 192, 1, "V256")]  // not whole 512-bit steps: narrowed, where 256-bit steps fit
+    [InlineData(16, 192, 5, "V256")]
     [InlineData(8, 256, 1, "V512")]
-    [InlineData(8, 256, 3, "V128")]
+    [InlineData(8, 256, 3, "V512")]
+    [InlineData(8, 264, 3, "V128")]   // not whole steps at 512 or 256 bits: the generic kernels, narrowed to a chunk of 8
     [InlineData(32, 4096, 1, "V512")]
     public void BatchOneKeepsTheWidestWidthForNibbleSteps(int groupSize, int cols, int m, string expected)
     {
