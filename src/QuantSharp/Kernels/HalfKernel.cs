@@ -178,26 +178,20 @@ internal static class HalfKernel
         int i = 0;
         if (Simd.Use256 && n >= 16)
         {
-            var bias = Vector256.Create(0x7FFFu);
-            var one = Vector256.Create(1u);
-            var nan = Vector256.Create(0x7FC0u);
             for (; i <= n - 16; i += 16)
             {
                 var a = Vector256.LoadUnsafe(ref src, (nuint)i);
                 var b = Vector256.LoadUnsafe(ref src, (nuint)(i + 8));
-                Vector256.Narrow(Bf256(a, bias, one, nan), Bf256(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+                Vector256.Narrow(Bf256(a), Bf256(b)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
         else if (Simd.Use128 && n >= 8)
         {
-            var bias = Vector128.Create(0x7FFFu);
-            var one = Vector128.Create(1u);
-            var nan = Vector128.Create(0x7FC0u);
             for (; i <= n - 8; i += 8)
             {
                 var a = Vector128.LoadUnsafe(ref src, (nuint)i);
                 var b = Vector128.LoadUnsafe(ref src, (nuint)(i + 4));
-                Vector128.Narrow(Bf128(a, bias, one, nan), Bf128(b, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+                Vector128.Narrow(Bf128(a), Bf128(b)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
         ToBFloat16Scalar(source[i..], destination[i..]);
@@ -217,28 +211,22 @@ internal static class HalfKernel
         int i = 0;
         if (Simd.Use256 && n >= 16)
         {
-            var bias = Vector256.Create(0x7FFFu);
-            var one = Vector256.Create(1u);
-            var nan = Vector256.Create(0x7FC0u);
             for (; i <= n - 16; i += 16)
             {
                 var (a, b) = Vector256.Widen(Vector256.LoadUnsafe(ref src, (nuint)i));
                 var fa = HalfLanes.FromHalf(a << 16).AsUInt32();
                 var fb = HalfLanes.FromHalf(b << 16).AsUInt32();
-                Vector256.Narrow(Bf256(fa, bias, one, nan), Bf256(fb, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+                Vector256.Narrow(Bf256(fa), Bf256(fb)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
         else if (Simd.Use128 && n >= 8)
         {
-            var bias = Vector128.Create(0x7FFFu);
-            var one = Vector128.Create(1u);
-            var nan = Vector128.Create(0x7FC0u);
             for (; i <= n - 8; i += 8)
             {
                 var (a, b) = Vector128.Widen(Vector128.LoadUnsafe(ref src, (nuint)i));
                 var fa = HalfLanes.FromHalf(a << 16).AsUInt32();
                 var fb = HalfLanes.FromHalf(b << 16).AsUInt32();
-                Vector128.Narrow(Bf128(fa, bias, one, nan), Bf128(fb, bias, one, nan)).StoreUnsafe(ref dst, (nuint)i);
+                Vector128.Narrow(Bf128(fa), Bf128(fb)).StoreUnsafe(ref dst, (nuint)i);
             }
         }
         for (; i < n; i++) Unsafe.Add(ref dst, i) = ToBFloat16Bits(FromHalfBits(Unsafe.Add(ref src, i)));
@@ -251,19 +239,19 @@ internal static class HalfKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<uint> Bf256(Vector256<uint> x, Vector256<uint> bias, Vector256<uint> one, Vector256<uint> nan)
+    private static Vector256<uint> Bf256(Vector256<uint> x)
     {
-        var r = (x + bias + ((x >> 16) & one)) >> 16;
+        var r = (x + Vector256.Create(0x7FFFu) + ((x >> 16) & Vector256.Create(1u))) >> 16;
         var isNan = Vector256.GreaterThan(x & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
-        return Vector256.ConditionalSelect(isNan, nan, r);
+        return Vector256.ConditionalSelect(isNan, Vector256.Create(0x7FC0u), r);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<uint> Bf128(Vector128<uint> x, Vector128<uint> bias, Vector128<uint> one, Vector128<uint> nan)
+    private static Vector128<uint> Bf128(Vector128<uint> x)
     {
-        var r = (x + bias + ((x >> 16) & one)) >> 16;
+        var r = (x + Vector128.Create(0x7FFFu) + ((x >> 16) & Vector128.Create(1u))) >> 16;
         var isNan = Vector128.GreaterThan(x & Vector128.Create(0x7FFF_FFFFu), Vector128.Create(0x7F80_0000u));
-        return Vector128.ConditionalSelect(isNan, nan, r);
+        return Vector128.ConditionalSelect(isNan, Vector128.Create(0x7FC0u), r);
     }
 
     /// <summary>Span version of <see cref="FromBFloat16Bits"/>.</summary>
