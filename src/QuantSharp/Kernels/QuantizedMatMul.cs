@@ -605,8 +605,7 @@ internal static unsafe class QuantizedMatMul
         TVec a0, TVec a1, TVec a2, TVec a3, ref TVec r0, ref TVec r1, ref TVec r2, ref TVec r3)
         where TW : IFloatWidth<TVec> where TVec : struct where TR : IRowCount
     {
-        var scale = TW.GroupLanes(scales, lanesPerGroup);
-        var negative = zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset);
+        var (scale, negative) = LaneConstants<TW, TVec>(scales, zeroPoints, lanesPerGroup, offset);
         r0 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums), a0), r0);
         if (TR.Count > 1) r1 = TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, TW.Load(laneSums + sumsStride), a1), r1);
         if (TR.Count > 2)
@@ -621,9 +620,19 @@ internal static unsafe class QuantizedMatMul
     private static TVec BlockEnd<TW, TVec>(float* scales, int* zeroPoints, int lanesPerGroup, TVec fractionProducts, TVec activationSums, TVec offset, TVec r)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        var negative = zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset);
-        return TW.MultiplyAdd(TW.GroupLanes(scales, lanesPerGroup), TW.MultiplyAdd(negative, activationSums, fractionProducts), r);
+        var (scale, negative) = LaneConstants<TW, TVec>(scales, zeroPoints, lanesPerGroup, offset);
+        return TW.MultiplyAdd(scale, TW.MultiplyAdd(negative, activationSums, fractionProducts), r);
     }
+
+    /// <summary>
+    /// Each lane's group scale and <c>-(1 + c / 16)</c> (<paramref name="offset"/> without zero points: -1.5 for int4,
+    /// -1 for uint4; with them, less a sixteenth of each lane's zero point) for the nibble-step kernels' block ends.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (TVec Scale, TVec Negative) LaneConstants<TW, TVec>(float* scales, int* zeroPoints, int lanesPerGroup, TVec offset)
+        where TW : IFloatWidth<TVec> where TVec : struct
+        => (TW.GroupLanes(scales, lanesPerGroup),
+            zeroPoints == null ? offset : TW.MultiplyAdd(TW.GroupLaneIntegers(zeroPoints, lanesPerGroup), TW.Create(-1f / 16), offset));
 
     /// <summary>The eight nibbles of every lane of <paramref name="words"/>, as <c>1 + u / 16</c>, times their activations, into two accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
