@@ -23,7 +23,7 @@ internal static class LinearCost
     /// Rows from which the bfloat16 route pays on weights of at least <see cref="LargeElements"/>. At 128 and 192 rows
     /// the kernels took 0.73-1.10x float32's time on 1536x384, 384x1536 and 1024x1024 (int8 and int4 group 32), the
     /// bfloat16 route 0.58-1.17x, most cells 0.6-0.8x (docs/BENCHMARKS.md, stop 14); at 96 rows the route took
-    /// 0.56-0.81x on 1536x384 and 1024x1024 against the kernels' 0.73-0.95x, at 64 rows it lost on 1536x384 (0.97-0.98x
+    /// 0.56-0.81x on 1536x384 and 1024x1024 against the kernels' 0.73-0.94x (int8), at 64 rows it lost on 1536x384 (0.97-0.98x
     /// against 0.84-0.85x) and was a toss-up on 1024x1024 (stop 23). On 512x512 it was a toss-up at 128 rows
     /// (0.81-1.47x against 0.93-1.22x) and on 64x800 it lost (1.23-1.53x against 0.96-1.06x), so smaller weights keep
     /// <see cref="BFloat16MinRows"/>.
@@ -32,7 +32,7 @@ internal static class LinearCost
 
     /// <summary>
     /// Rows from which the bfloat16 route pays on weights of at least <see cref="HugeElements"/>: at 64 rows it took
-    /// 0.46-0.54x float32's time (int8) on 2048x2048, 4096x4096 and 11008x4096 against the kernels' 0.49-0.57x, and
+    /// 0.46-0.53x float32's time (int8) on 2048x2048, 4096x4096 and 11008x4096 against the kernels' 0.49-0.57x, and
     /// tied on 4096x11008; at 32 rows the kernels won (stop 23).
     /// </summary>
     internal static long BFloat16MinRowsHuge = 64;
