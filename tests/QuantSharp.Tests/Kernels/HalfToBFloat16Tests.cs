@@ -72,7 +72,7 @@ public unsafe class HalfToBFloat16Tests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(23);
-        // Values across float16's range: large, small and subnormal magnitudes, exact ties of the rounding.
+        // Values across float16's range: large, small and subnormal magnitudes (the ties and specials: the tests above).
         var values = torch.randn(19, 72) * torch.pow(10, torch.randint(-7, 4, [19, 72]).to(ScalarType.Float32));
         using var weight = QuantizedWeight.Quantize(values, new QuantSpec(QuantType.Float16));
         var half = weight.Layout.ToCanonical().Data;
