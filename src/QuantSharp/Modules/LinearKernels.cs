@@ -132,7 +132,7 @@ internal static unsafe class LinearKernels
     /// </summary>
     public static Tensor? TryDequantize(QuantizedTensor parts)
     {
-        if (!CanDequantize(parts, out var format, out int groupSize)) return null;
+        if (!CanDequantize(parts, toBFloat16: false, out var format, out int groupSize)) return null;
         var y = torch.empty(parts.Shape, ScalarType.Float32);
         Pinned(parts, format, groupSize, null, null, y, (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.Run(view, py));
         return y;
@@ -153,27 +153,17 @@ internal static unsafe class LinearKernels
         if ((destination.dtype != ScalarType.Float32 && !bfloat16) || destination.device_type != DeviceType.CPU || !destination.is_contiguous()
             || destination.numel() != count * cols || firstRow < 0 || firstRow + count > rows)
             throw new ArgumentException($"The destination must be a contiguous float32 or bfloat16 CPU tensor of whole rows of {cols} elements, rows {firstRow} on within {rows}.", nameof(destination));
-        if (bfloat16 && parts.Spec.Type == QuantType.Float16 && ManagedHalfToBFloat16 && Enabled && cols <= int.MaxValue
-            && parts.Data.device_type == DeviceType.CPU && parts.Data.is_contiguous())
+        if (!CanDequantize(parts, bfloat16, out var format, out int groupSize))
         {
-            // float16 to bfloat16: the managed conversion over rows on the kernel threads (libtorch's copy_ is scalar here).
-            ushort* source = (ushort*)AddressOrNull(parts.Data) + firstRow * cols, target = (ushort*)AddressOrNull(destination);
-            int width = (int)cols;
-            KernelThreads.For((int)count, cols, r => HalfKernel.HalfToBFloat16(
-                new ReadOnlySpan<ushort>(source + (nint)r * width, width), new Span<ushort>(target + (nint)r * width, width)));
-            return true;
-        }
-        if (!parts.Spec.Type.IsInteger())
-        {
-            // Half precision: libtorch's conversion (one vectorized call; exact to float32, round to nearest even to
-            // bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
+            if (parts.Spec.Type.IsInteger()) return false;
+            // Other half precision (float16 into float32, bfloat16 into either): libtorch's conversion (exact to
+            // float32, round to nearest even to bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
             using var noGrad = no_grad();
             using var source = parts.Data.narrow(0, firstRow, count);
             using var view = destination.view(source.shape);
             view.copy_(source);
             return true;
         }
-        if (!CanDequantize(parts, out var format, out int groupSize)) return false;
         int first = (int)firstRow, n = (int)count;
         Pinned(parts, format, groupSize, null, null, destination, bfloat16
             ? (in WeightView view, float* px, float* pb, float* py) => WeightDequantizer.RunBFloat16(view.RowRange(first, n), (ushort*)py)
@@ -181,11 +171,16 @@ internal static unsafe class LinearKernels
         return true;
     }
 
-    private static bool CanDequantize(QuantizedTensor parts, out WeightFormat format, out int groupSize)
+    /// <summary>
+    /// Whether <see cref="WeightDequantizer"/> reads <paramref name="parts"/>: integer weights, and float16 weights into
+    /// bfloat16 (<paramref name="toBFloat16"/>, <see cref="ManagedHalfToBFloat16"/>).
+    /// </summary>
+    private static bool CanDequantize(QuantizedTensor parts, bool toBFloat16, out WeightFormat format, out int groupSize)
     {
         format = default;
         groupSize = 0;
-        if (!Enabled || !parts.Spec.Type.IsInteger() || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
+        bool managed = parts.Spec.Type.IsInteger() || (toBFloat16 && ManagedHalfToBFloat16 && parts.Spec.Type == QuantType.Float16);
+        if (!Enabled || !managed || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
         var (rows, cols) = Matrix(parts);
         if (rows > int.MaxValue || cols > int.MaxValue || rows * cols == 0 || Format(parts.Spec, cols, out groupSize) is not { } f) return false;
         format = f;
