@@ -465,14 +465,8 @@ internal static unsafe class QuantizedMatMul
         {
             float* sums = ordered + (nint)m * k;
             for (int i = 0; i < m; i++) OrderForNibbleSteps<TW, TVec>(x + i * ldx, k, step, sumsPerRow, ordered + (nint)i * k, sums + (nint)i * sumsPerRow);
-            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
-            int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem, mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
-            int threads = KernelThreads.Count;
-            if (nBlocks * mBlocks < threads && KernelThreads.RunsInParallel((long)m * w.Rows * k))
-            {
-                rowsPerItem = Math.Max(4, ((w.Rows + threads - 1) / threads + 3) / 4 * 4);
-                nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
-            }
+            var (rowsPerItem, nBlocks) = RowItems(w, m);
+            int mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
             var view = w;
             nint xAddress = (nint)ordered, sumsAddress = (nint)sums, yAddress = (nint)y, biasAddress = (nint)bias;
             KernelThreads.For(nBlocks * mBlocks, (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k, item =>
@@ -756,19 +750,8 @@ internal static unsafe class QuantizedMatMul
         }
         try
         {
-            // Weight rows per work item: about 32 KiB of stored weights, so a block stays in L1/L2 while the
-            // activation rows of the block pass over it.
-            int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
-            int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+            var (rowsPerItem, nBlocks) = RowItems(w, m);
             int mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
-            // Fewer items than threads on a call that runs on several (a weight of few rows, 16 x 512 int8 at 24 rows
-            // was one item): the weight rows are split between the threads, in runs of four.
-            int threads = KernelThreads.Count;
-            if (nBlocks * mBlocks < threads && KernelThreads.RunsInParallel((long)m * w.Rows * k))
-            {
-                rowsPerItem = Math.Max(4, ((w.Rows + threads - 1) / threads + 3) / 4 * 4);
-                nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
-            }
             long workPerItem = (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k;
             var view = w;
             nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, sumsAddress = (nint)xSums;
@@ -789,6 +772,26 @@ internal static unsafe class QuantizedMatMul
             if (permuted != null) NativeMemory.Free(permuted);
             if (xSums != null) NativeMemory.Free(xSums);
         }
+    }
+
+    /// <summary>
+    /// The row kernels' work items over the weight rows for <paramref name="m"/> activation rows (in blocks of
+    /// <see cref="RowsPerBlock"/>): rows per item and the number of row blocks. An item holds about 32 KiB of stored
+    /// weights, so a block stays in L1/L2 while the activation rows of the block pass over it; with fewer items than
+    /// threads on a call that runs on several (a weight of few rows, 16 x 512 int8 at 24 rows was one item) the weight
+    /// rows are split between the threads, in runs of four.
+    /// </summary>
+    private static (int RowsPerItem, int Blocks) RowItems(in WeightView w, int m)
+    {
+        int rowsPerItem = (int)Math.Clamp(32768 / Math.Max(w.RowBytes, 1), 4, 64);
+        int nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem, mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
+        int threads = KernelThreads.Count;
+        if (nBlocks * mBlocks < threads && KernelThreads.RunsInParallel((long)m * w.Rows * w.Cols))
+        {
+            rowsPerItem = Math.Max(4, ((w.Rows + threads - 1) / threads + 3) / 4 * 4);
+            nBlocks = (w.Rows + rowsPerItem - 1) / rowsPerItem;
+        }
+        return (rowsPerItem, nBlocks);
     }
 
     /// <summary>Weight rows <c>[n0, n1)</c> against activation rows <c>[m0, m1)</c>; <paramref name="xSums"/> holds every activation row's sum where <see cref="PassRows"/> needs them (else null).</summary>
