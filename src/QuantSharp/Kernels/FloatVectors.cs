@@ -97,6 +97,18 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// </summary>
     static abstract unsafe (TVec Even, TVec Odd) LoadFiniteHalfPairs(ushort* p);
 
+    /// <summary>
+    /// Folds the <c>2 * Count</c> halves at <paramref name="p"/> into <paramref name="seen"/> (which starts at
+    /// <see cref="Zero"/>) so that <see cref="AnyNonFiniteHalf"/> tells whether any of them was an infinity or a NaN:
+    /// <see cref="HalfKernel.AllFinite"/>'s test (every bit but the exponent's set, an unsigned 16-bit maximum), for a
+    /// kernel that decodes the same halves with <see cref="LoadFiniteHalfPairs"/> and tests them as it goes. The scalar
+    /// width folds nothing: its <see cref="LoadFiniteHalfPairs"/> is the exact conversion.
+    /// </summary>
+    static abstract unsafe TVec FoldHalfExponents(TVec seen, ushort* p);
+
+    /// <summary>Whether the halves folded into <paramref name="seen"/> by <see cref="FoldHalfExponents"/> held an infinity or a NaN.</summary>
+    static abstract bool AnyNonFiniteHalf(TVec seen);
+
     /// <summary><c>2 * Count</c> bfloat16 values as floats (exact): the even elements and the odd ones, as <see cref="LoadHalfPairs"/>.</summary>
     static abstract unsafe (TVec Even, TVec Odd) LoadBFloat16Pairs(ushort* p);
 
@@ -229,6 +241,12 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<float> FoldHalfExponents(Vector512<float> seen, ushort* p)
+        => Vector512.Max(seen.AsUInt16(), Vector512.Load(p) | Vector512.Create(HalfKernel.NotExponent)).AsSingle();
+
+    public static bool AnyNonFiniteHalf(Vector512<float> seen) => Vector512.EqualsAny(seen.AsUInt16(), Vector512<ushort>.AllBitsSet);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadBFloat16Pairs(ushort* p)
     {
         var w = Vector512.Load((uint*)p);
@@ -322,6 +340,12 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> FoldHalfExponents(Vector256<float> seen, ushort* p)
+        => Vector256.Max(seen.AsUInt16(), Vector256.Load(p) | Vector256.Create(HalfKernel.NotExponent)).AsSingle();
+
+    public static bool AnyNonFiniteHalf(Vector256<float> seen) => Vector256.EqualsAny(seen.AsUInt16(), Vector256<ushort>.AllBitsSet);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadBFloat16Pairs(ushort* p)
     {
         var w = Vector256.Load((uint*)p);
@@ -410,6 +434,12 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector128<float> FoldHalfExponents(Vector128<float> seen, ushort* p)
+        => Vector128.Max(seen.AsUInt16(), Vector128.Load(p) | Vector128.Create(HalfKernel.NotExponent)).AsSingle();
+
+    public static bool AnyNonFiniteHalf(Vector128<float> seen) => Vector128.EqualsAny(seen.AsUInt16(), Vector128<ushort>.AllBitsSet);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadBFloat16Pairs(ushort* p)
     {
         var w = Vector128.Load((uint*)p);
@@ -454,6 +484,8 @@ internal readonly struct Float1 : IFloatWidth<float>
 
     public static unsafe (float Even, float Odd) LoadHalfPairs(ushort* p) => (HalfKernel.FromHalfBits(p[0]), HalfKernel.FromHalfBits(p[1]));
     public static unsafe (float Even, float Odd) LoadFiniteHalfPairs(ushort* p) => LoadHalfPairs(p);
+    public static unsafe float FoldHalfExponents(float seen, ushort* p) => seen;
+    public static bool AnyNonFiniteHalf(float seen) => false;
     public static unsafe (float Even, float Odd) LoadBFloat16Pairs(ushort* p) => (HalfKernel.FromBFloat16Bits(p[0]), HalfKernel.FromBFloat16Bits(p[1]));
 }
 

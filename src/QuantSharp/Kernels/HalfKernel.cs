@@ -131,6 +131,9 @@ internal static class HalfKernel
         return r | sign;
     }
 
+    /// <summary>Every bit of a half but its exponent's: OR-ed into a half, all ones exactly for an infinity or a NaN.</summary>
+    internal const ushort NotExponent = 0x83FF;
+
     /// <summary>
     /// True when none of the <paramref name="count"/> halves at <paramref name="p"/> is an infinity or a NaN (exponent
     /// bits all ones). Vectorized: setting every bit but the exponent's leaves all ones exactly for those, so the
@@ -138,7 +141,6 @@ internal static class HalfKernel
     /// </summary>
     public static unsafe bool AllFinite(ushort* p, nint count)
     {
-        const ushort NotExponent = 0x83FF;
         nint i = 0;
         if (Simd.Use512 && count >= 32)
         {

@@ -760,8 +760,11 @@ internal static unsafe class QuantizedMatMul
                 int mb = item / nBlocks, nb = item % nBlocks;
                 int m0 = mb * RowsPerBlock, m1 = Math.Min(m, m0 + RowsPerBlock);
                 int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
-                // float16 weights without infinities or NaNs (nearly all) decode without their select.
-                if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
+                // float16 weights without infinities or NaNs (nearly all) decode without their select; one activation
+                // row (batch 1, or the last of a call) takes the four-row kernel, which tests them as it decodes them.
+                if (typeof(TD) == typeof(HalfDecoder) && m1 - m0 == 1 && FusedFiniteTest)
+                    BatchOneHalves<TW, TVec>(view, (float*)xAddress + m0 * ldx, (float*)biasAddress, (float*)yAddress + m0 * ldy, n0, n1);
+                else if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
                     Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
                 else
                     Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, (float*)sumsAddress);
@@ -820,6 +823,32 @@ internal static unsafe class QuantizedMatMul
                 sums.Write<TW>(y + i * ldy + n, ldy, bias == null ? 0f : bias[n], 1);
             }
         }
+    }
+
+    /// <summary>
+    /// Switch for measurements and tests: false tests batch 1's float16 weight rows for infinities and NaNs in a pass of
+    /// their own (<see cref="HalfKernel.AllFinite"/>) before decoding them, as the other row counts do.
+    /// </summary>
+    internal static bool FusedFiniteTest = true;
+
+    /// <summary>
+    /// Batch 1 on float16 weight rows <c>[n0, n1)</c>: four rows at a time decoded without the infinity and NaN select
+    /// while being tested for them (<see cref="FourWeightRows"/>), again with the exact decoder where the test fails; the
+    /// rows left after the last four tested first. A test pass of its own before each work item read the item's rows from
+    /// memory with nothing else to do, then the decode read them again from the cache.
+    /// </summary>
+    private static void BatchOneHalves<TW, TVec>(in WeightView w, float* x, float* bias, float* y, int n0, int n1)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int n = n0;
+        for (; n + 4 <= n1; n += 4)
+            if (!FourWeightRows<TW, TVec, FiniteHalfDecoder>(w, n, x, bias, y + n))
+                FourWeightRows<TW, TVec, HalfDecoder>(w, n, x, bias, y + n);
+        if (n == n1) return;
+        if (PackedMatMul.FiniteHalves<HalfDecoder>(w, n, n1 - n))
+            Block<TW, TVec, FiniteHalfDecoder>(w, x, 0, bias, y, 0, 0, 1, n, n1, null);
+        else
+            Block<TW, TVec, HalfDecoder>(w, x, 0, bias, y, 0, 0, 1, n, n1, null);
     }
 
     /// <summary>
@@ -1000,11 +1029,15 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// Weight rows <c>n..n+3</c> against one activation row (batch 1): each activation vector is loaded once for four
     /// rows, and eight independent accumulators keep the multiply-add units busy while the weights stream from memory.
+    /// With <see cref="FiniteHalfDecoder"/> the halves are tested as they are decoded (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>):
+    /// returns false, the outputs not valid, where a row held an infinity or a NaN; true otherwise.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
+    private static bool FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        bool test = typeof(TD) == typeof(FiniteHalfDecoder);
+        TVec seen = TW.Zero;
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize, whole = g / chunk * chunk;
         nint rowBytes = w.RowBytes;
         byte* w0 = w.Data + n * rowBytes, w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
@@ -1037,14 +1070,23 @@ internal static unsafe class QuantizedMatMul
                 (wa, wb) = TD.Decode<TW, TVec>(w3, k, p3, q3);
                 a3 = TW.MultiplyAdd(wa, xa, a3);
                 b3 = TW.MultiplyAdd(wb, xb, b3);
+                if (test)
+                {
+                    seen = TW.FoldHalfExponents(seen, (ushort*)w0 + k);
+                    seen = TW.FoldHalfExponents(seen, (ushort*)w1 + k);
+                    seen = TW.FoldHalfExponents(seen, (ushort*)w2 + k);
+                    seen = TW.FoldHalfExponents(seen, (ushort*)w3 + k);
+                }
             }
         }
+        if (test && TW.AnyNonFiniteHalf(seen)) return false;
         float v0 = TW.Sum(TW.Add(a0, b0)), v1 = TW.Sum(TW.Add(a1, b1)), v2 = TW.Sum(TW.Add(a2, b2)), v3 = TW.Sum(TW.Add(a3, b3));
         var (r0, r1, r2, r3) = GroupTails<TD>(w, n, whole, x);
         y[0] = v0 + r0 + (bias == null ? 0f : bias[n]);
         y[1] = v1 + r1 + (bias == null ? 0f : bias[n + 1]);
         y[2] = v2 + r2 + (bias == null ? 0f : bias[n + 2]);
         y[3] = v3 + r3 + (bias == null ? 0f : bias[n + 3]);
+        return true;
     }
 
     /// <summary>

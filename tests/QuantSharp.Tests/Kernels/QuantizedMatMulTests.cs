@@ -599,6 +599,62 @@ public unsafe class QuantizedMatMulTests
         }
     }
 
+    /// <summary>
+    /// Batch 1 tests float16 rows for infinities and NaNs as it decodes them, four rows at a time, and decodes a block
+    /// that holds one again with the exact decoder (<see cref="QuantizedMatMul.FusedFiniteTest"/>): the same bits as the
+    /// test pass of its own before each work item, on every width, for an infinity or a NaN in each row (the two
+    /// blocks of four and the three rows after them) at the first, a middle and the last vector column and in the
+    /// scalar tail; and the special row's outputs are the specification's infinity or NaN. 33 activation rows end in a
+    /// block of one row (the row kernels' blocks are 32 rows), which takes the same kernel.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(33)]
+    public void BatchOneHalvesTestedAsTheyAreDecoded(int batch)
+    {
+        const int rows = 11, cols = 97;
+        using var w = new PinnedWeight(WeightFormat.Float16, rows, cols, 0, zeroPoints: false, seed: 23);
+        var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(w.Data.AsSpan());
+        float[] x = KernelTestData.Activations(batch * cols, 24);
+        var expected = new float[batch * rows];
+        var fused = new float[batch * rows];
+        var separate = new float[batch * rows];
+        bool saved = QuantizedMatMul.FusedFiniteTest;
+        try
+        {
+            fixed (float* px = x) fixed (float* pe = expected) fixed (float* pf = fused) fixed (float* ps = separate)
+                foreach (ushort special in new ushort[] { 0x7C00, 0xFE01 })
+                    for (int row = 0; row < rows; row++)
+                        foreach (int col in new[] { 0, 40, 63, 96 })
+                        {
+                            ushort kept = halves[row * cols + col];
+                            halves[row * cols + col] = special;
+                            QuantizedMatMul.Reference(w.View, px, batch, cols, null, pe, rows);
+                            foreach (var path in KernelTestData.FloatPaths())
+                            {
+                                QuantizedMatMul.FusedFiniteTest = true;
+                                QuantizedMatMul.Run(w.View, px, batch, cols, null, pf, rows, path, MatMulMethod.Rows);
+                                QuantizedMatMul.FusedFiniteTest = false;
+                                QuantizedMatMul.Run(w.View, px, batch, cols, null, ps, rows, path, MatMulMethod.Rows);
+                                for (int j = 0; j < batch * rows; j++)
+                                    Assert.True(BitConverter.SingleToUInt32Bits(separate[j]) == BitConverter.SingleToUInt32Bits(fused[j]),
+                                        $"{path}, 0x{special:X4} at ({row}, {col}), output {j}: {fused[j]} tested as decoded, {separate[j]} tested first");
+                                for (int i = 0; i < batch; i++)
+                                {
+                                    float e = expected[i * rows + row], a = fused[i * rows + row];
+                                    Assert.False(float.IsFinite(e));
+                                    Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{path}, 0x{special:X4} at ({row}, {col}), activation row {i}: {a}, expected {e}");
+                                }
+                            }
+                            halves[row * cols + col] = kept;
+                        }
+        }
+        finally
+        {
+            QuantizedMatMul.FusedFiniteTest = saved;
+        }
+    }
+
     /// <summary>Half bits in the upper 16 bits of each lane, as the vector loads leave them, with other bits below.</summary>
     private static uint[] Widen(ushort* p, int n)
     {
