@@ -98,6 +98,14 @@ internal interface IFloatWidth<TVec> where TVec : struct
     static abstract unsafe (TVec Even, TVec Odd) LoadFiniteHalfPairs(ushort* p);
 
     /// <summary>
+    /// <see cref="LoadFiniteHalfPairs"/> times 2^-112: the halves' bits moved into float position without the multiply
+    /// that re-biases the exponent (<see cref="HalfLanes"/>), exact for finite halves (normal ones become normal floats,
+    /// subnormal ones subnormal floats). Multiplied with activations scaled by 2^112 (<see cref="HalfLanes.ScaleUp"/>)
+    /// the products are exactly those of the plain decode. The scalar width converts exactly and scales.
+    /// </summary>
+    static abstract unsafe (TVec Even, TVec Odd) LoadHalfPairsOver2Pow112(ushort* p);
+
+    /// <summary>
     /// Folds the <c>2 * Count</c> halves at <paramref name="p"/> into <paramref name="seen"/> (which starts at
     /// <see cref="Zero"/>) so that <see cref="AnyNonFiniteHalf"/> tells whether any of them was an infinity or a NaN:
     /// <see cref="HalfKernel.AllFinite"/>'s test (every bit but the exponent's set, an unsigned 16-bit maximum), for a
@@ -241,6 +249,13 @@ internal readonly struct Float512 : IFloatWidth<Vector512<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector512<float> Even, Vector512<float> Odd) LoadHalfPairsOver2Pow112(ushort* p)
+    {
+        var w = Vector512.Load((uint*)p).AsInt32();
+        return (HalfLanes.FiniteHalfBits(w << 16), HalfLanes.FiniteHalfBits(w));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<float> FoldHalfExponents(Vector512<float> seen, ushort* p)
         => Vector512.Max(seen.AsUInt16(), Vector512.Load(p) | Vector512.Create(HalfKernel.NotExponent)).AsSingle();
 
@@ -340,6 +355,13 @@ internal readonly struct Float256 : IFloatWidth<Vector256<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector256<float> Even, Vector256<float> Odd) LoadHalfPairsOver2Pow112(ushort* p)
+    {
+        var w = Vector256.Load((uint*)p).AsInt32();
+        return (HalfLanes.FiniteHalfBits(w << 16), HalfLanes.FiniteHalfBits(w));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector256<float> FoldHalfExponents(Vector256<float> seen, ushort* p)
         => Vector256.Max(seen.AsUInt16(), Vector256.Load(p) | Vector256.Create(HalfKernel.NotExponent)).AsSingle();
 
@@ -434,6 +456,13 @@ internal readonly struct Float128 : IFloatWidth<Vector128<float>>
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe (Vector128<float> Even, Vector128<float> Odd) LoadHalfPairsOver2Pow112(ushort* p)
+    {
+        var w = Vector128.Load((uint*)p).AsInt32();
+        return (HalfLanes.FiniteHalfBits(w << 16), HalfLanes.FiniteHalfBits(w));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector128<float> FoldHalfExponents(Vector128<float> seen, ushort* p)
         => Vector128.Max(seen.AsUInt16(), Vector128.Load(p) | Vector128.Create(HalfKernel.NotExponent)).AsSingle();
 
@@ -484,6 +513,7 @@ internal readonly struct Float1 : IFloatWidth<float>
 
     public static unsafe (float Even, float Odd) LoadHalfPairs(ushort* p) => (HalfKernel.FromHalfBits(p[0]), HalfKernel.FromHalfBits(p[1]));
     public static unsafe (float Even, float Odd) LoadFiniteHalfPairs(ushort* p) => LoadHalfPairs(p);
+    public static unsafe (float Even, float Odd) LoadHalfPairsOver2Pow112(ushort* p) => (HalfKernel.FromHalfBits(p[0]) * HalfLanes.Over2Pow112, HalfKernel.FromHalfBits(p[1]) * HalfLanes.Over2Pow112);
     public static unsafe float FoldHalfExponents(float seen, ushort* p) => seen;
     public static bool AnyNonFiniteHalf(float seen) => false;
     public static unsafe (float Even, float Odd) LoadBFloat16Pairs(ushort* p) => (HalfKernel.FromBFloat16Bits(p[0]), HalfKernel.FromBFloat16Bits(p[1]));
@@ -498,6 +528,46 @@ internal static class HalfLanes
     // Magnitude bits (bits 30:16) shifted into float position and scaled by 2^112 re-bias the exponent (and normalize subnormals,
     // exactly); infinities and NaNs (exponent 31) get the float exponent 255 with their mantissa.
     private const float Rebias = 5.192296858534828e33f; // 2^112
+
+    /// <summary>2^-112 (a normal float): <see cref="IFloatWidth{TVec}.LoadHalfPairsOver2Pow112"/>'s factor.</summary>
+    internal const float Over2Pow112 = 1.9259299443872359e-34f;
+
+    /// <summary>
+    /// <paramref name="count"/> floats times 2^112 into <paramref name="destination"/>; true when every one has a magnitude
+    /// below 2^16, so that every product is exact (none overflows; subnormal ones become normal), false when one is larger,
+    /// infinite or NaN (the products are then not to be used).
+    /// </summary>
+    public static unsafe bool ScaleUp(float* x, float* destination, int count)
+    {
+        var limit = new System.Numerics.Vector<float>(65536f);
+        var inRange = System.Numerics.Vector<int>.AllBitsSet;
+        int i = 0;
+        for (; i + System.Numerics.Vector<float>.Count <= count; i += System.Numerics.Vector<float>.Count)
+        {
+            var v = System.Numerics.Vector.Load(x + i);
+            inRange &= System.Numerics.Vector.LessThan(System.Numerics.Vector.Abs(v), limit);
+            System.Numerics.Vector.Store(v * Rebias, destination + i);
+        }
+        bool exact = inRange == System.Numerics.Vector<int>.AllBitsSet;
+        for (; i < count; i++)
+        {
+            exact &= Math.Abs(x[i]) < 65536f;
+            destination[i] = x[i] * Rebias;
+        }
+        return exact;
+    }
+
+    /// <summary>The finite half in the high 16 bits of each lane times 2^-112: <see cref="FromFiniteHalf(Vector512{int})"/> without its multiply.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> FiniteHalfBits(Vector512<int> h) => ((h >> 3) & Vector512.Create(unchecked((int)0x8FFF_E000))).AsSingle();
+
+    /// <summary><see cref="FiniteHalfBits(Vector512{int})"/> on 8 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> FiniteHalfBits(Vector256<int> h) => ((h >> 3) & Vector256.Create(unchecked((int)0x8FFF_E000))).AsSingle();
+
+    /// <summary><see cref="FiniteHalfBits(Vector512{int})"/> on 4 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> FiniteHalfBits(Vector128<int> h) => ((h >> 3) & Vector128.Create(unchecked((int)0x8FFF_E000))).AsSingle();
 
     /// <summary>
     /// The half in the high 16 bits of each lane, which must be finite: an arithmetic shift by 3 puts its sign at bit 31

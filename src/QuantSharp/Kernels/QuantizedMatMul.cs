@@ -748,13 +748,24 @@ internal static unsafe class QuantizedMatMul
             xSums = (float*)NativeMemory.Alloc((nuint)m, sizeof(float));
             for (int i = 0; i < m; i++) xSums[i] = Sum<TW, TVec>(x + i * ldx, k);
         }
+        // float16 at batch 1: the activations times 2^112 for ScaledHalfDecoder, where every product stays exact.
+        float* scaled = null;
+        if (typeof(TD) == typeof(HalfDecoder) && m == 1 && FusedFiniteTest && ScaledHalves && TW.Count > 1)
+        {
+            scaled = (float*)NativeMemory.Alloc((nuint)Math.Max(k, 1), sizeof(float));
+            if (!HalfLanes.ScaleUp(x, scaled, k))
+            {
+                NativeMemory.Free(scaled);
+                scaled = null;
+            }
+        }
         try
         {
             var (rowsPerItem, nBlocks) = RowItems(w, m);
             int mBlocks = (m + RowsPerBlock - 1) / RowsPerBlock;
             long workPerItem = (long)Math.Min(m, RowsPerBlock) * rowsPerItem * k;
             var view = w;
-            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, sumsAddress = (nint)xSums;
+            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, sumsAddress = (nint)xSums, scaledAddress = (nint)scaled;
             KernelThreads.For(nBlocks * mBlocks, workPerItem, item =>
             {
                 int mb = item / nBlocks, nb = item % nBlocks;
@@ -763,7 +774,7 @@ internal static unsafe class QuantizedMatMul
                 // float16 weights without infinities or NaNs (nearly all) decode without their select; one activation
                 // row (batch 1, or the last of a call) takes the four-row kernel, which tests them as it decodes them.
                 if (typeof(TD) == typeof(HalfDecoder) && m1 - m0 == 1 && FusedFiniteTest)
-                    BatchOneHalves<TW, TVec>(view, (float*)xAddress + m0 * ldx, (float*)biasAddress, (float*)yAddress + m0 * ldy, n0, n1);
+                    BatchOneHalves<TW, TVec>(view, (float*)xAddress + m0 * ldx, (float*)scaledAddress, (float*)biasAddress, (float*)yAddress + m0 * ldy, n0, n1);
                 else if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
                     Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
                 else
@@ -774,6 +785,7 @@ internal static unsafe class QuantizedMatMul
         {
             if (permuted != null) NativeMemory.Free(permuted);
             if (xSums != null) NativeMemory.Free(xSums);
+            if (scaled != null) NativeMemory.Free(scaled);
         }
     }
 
@@ -832,18 +844,30 @@ internal static unsafe class QuantizedMatMul
     internal static bool FusedFiniteTest = true;
 
     /// <summary>
+    /// Switch for measurements and tests: false keeps batch 1's float16 decode multiplying each vector by 2^112
+    /// (<see cref="FiniteHalfDecoder"/>) instead of scaling the activations once (<see cref="ScaledHalfDecoder"/>).
+    /// </summary>
+    internal static bool ScaledHalves = true;
+
+    /// <summary>
     /// Batch 1 on float16 weight rows <c>[n0, n1)</c>: four rows at a time decoded without the infinity and NaN select
     /// while being tested for them (<see cref="FourWeightRows"/>), again with the exact decoder where the test fails; the
     /// rows left after the last four tested first. A test pass of its own before each work item read the item's rows from
-    /// memory with nothing else to do, then the decode read them again from the cache.
+    /// memory with nothing else to do, then the decode read them again from the cache. Given <paramref name="scaled"/>,
+    /// the activations times 2^112 (<see cref="HalfLanes.ScaleUp"/>), the four rows decode without the multiply that
+    /// re-biases the exponent (<see cref="ScaledHalfDecoder"/>): the same products, so the same bits.
     /// </summary>
-    private static void BatchOneHalves<TW, TVec>(in WeightView w, float* x, float* bias, float* y, int n0, int n1)
+    private static void BatchOneHalves<TW, TVec>(in WeightView w, float* x, float* scaled, float* bias, float* y, int n0, int n1)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         int n = n0;
         for (; n + 4 <= n1; n += 4)
-            if (!FourWeightRows<TW, TVec, FiniteHalfDecoder>(w, n, x, bias, y + n))
-                FourWeightRows<TW, TVec, HalfDecoder>(w, n, x, bias, y + n);
+        {
+            bool finite = scaled != null
+                ? FourWeightRows<TW, TVec, ScaledHalfDecoder>(w, n, scaled, bias, y + n)
+                : FourWeightRows<TW, TVec, FiniteHalfDecoder>(w, n, x, bias, y + n);
+            if (!finite) FourWeightRows<TW, TVec, HalfDecoder>(w, n, x, bias, y + n);
+        }
         if (n == n1) return;
         if (PackedMatMul.FiniteHalves<HalfDecoder>(w, n, n1 - n))
             Block<TW, TVec, FiniteHalfDecoder>(w, x, 0, bias, y, 0, 0, 1, n, n1, null);
@@ -1029,14 +1053,14 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// Weight rows <c>n..n+3</c> against one activation row (batch 1): each activation vector is loaded once for four
     /// rows, and eight independent accumulators keep the multiply-add units busy while the weights stream from memory.
-    /// With <see cref="FiniteHalfDecoder"/> the halves are tested as they are decoded (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>):
+    /// With <see cref="FiniteHalfDecoder"/> or <see cref="ScaledHalfDecoder"/> the halves are tested as they are decoded (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>):
     /// returns false, the outputs not valid, where a row held an infinity or a NaN; true otherwise.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static bool FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        bool test = typeof(TD) == typeof(FiniteHalfDecoder);
+        bool test = typeof(TD) == typeof(FiniteHalfDecoder) || typeof(TD) == typeof(ScaledHalfDecoder);
         TVec seen = TW.Zero;
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize, whole = g / chunk * chunk;
         nint rowBytes = w.RowBytes;

@@ -76,3 +76,35 @@ public sealed class SimdWidthCollection
     /// <summary>The collection's name.</summary>
     public const string Name = "Simd width cap (process-wide)";
 }
+
+/// <summary>
+/// <see cref="HalfLanes.ScaleUp"/>: every value times 2^112 exactly (subnormal ones included), and true only while every
+/// magnitude is below 2^16 (the largest float below it is taken; 2^16, infinities and NaNs at any position, in the vector
+/// body or the tail, are not).
+/// </summary>
+public unsafe class ScaleUpTests
+{
+    [Fact]
+    public void ScalesExactlyBelow2Pow16()
+    {
+        foreach (int n in new[] { 1, 7, 16, 37 })
+        {
+            var x = new float[n];
+            for (int i = 0; i < n; i++) x[i] = (i % 3) switch { 0 => 65535.996f, 1 => -1.4e-45f, _ => (i - 20) * 0.37f };
+            var y = new float[n];
+            fixed (float* px = x) fixed (float* py = y)
+            {
+                Assert.True(HalfLanes.ScaleUp(px, py, n), $"length {n}");
+                for (int i = 0; i < n; i++) Assert.Equal((double)x[i] * Math.Pow(2, 112), (double)y[i]);
+                foreach (float bad in new[] { 65536f, -65536f, float.PositiveInfinity, float.NaN })
+                    for (int at = 0; at < n; at++)
+                    {
+                        float kept = x[at];
+                        x[at] = bad;
+                        Assert.False(HalfLanes.ScaleUp(px, py, n), $"length {n}: {bad} at {at} taken");
+                        x[at] = kept;
+                    }
+            }
+        }
+    }
+}

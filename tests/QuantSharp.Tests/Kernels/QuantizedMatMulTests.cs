@@ -601,25 +601,35 @@ public unsafe class QuantizedMatMulTests
 
     /// <summary>
     /// Batch 1 tests float16 rows for infinities and NaNs as it decodes them, four rows at a time, and decodes a block
-    /// that holds one again with the exact decoder (<see cref="QuantizedMatMul.FusedFiniteTest"/>): the same bits as the
-    /// test pass of its own before each work item, on every width, for an infinity or a NaN in each row (the two
-    /// blocks of four and the three rows after them) at the first, a middle and the last vector column and in the
-    /// scalar tail; and the special row's outputs are the specification's infinity or NaN. 33 activation rows end in a
-    /// block of one row (the row kernels' blocks are 32 rows), which takes the same kernel.
+    /// that holds one again with the exact decoder (<see cref="QuantizedMatMul.FusedFiniteTest"/>), on activations
+    /// scaled by 2^112 where that is exact (<see cref="QuantizedMatMul.ScaledHalves"/>): the same bits as the test pass
+    /// of its own before each work item, on every width, for an infinity or a NaN in each row (the two blocks of four
+    /// and the three rows after them) at the first, a middle and the last vector column and in the scalar tail; and the
+    /// special row's outputs are the specification's infinity or NaN. Activations: ordinary ones; one of 70,000 (above
+    /// 2^16, so not scaled); subnormal ones against subnormal halves. 33 activation rows end in a block of one row (the
+    /// row kernels' blocks are 32 rows), which takes the four-row kernel without the scaling.
     /// </summary>
     [Theory]
-    [InlineData(1)]
-    [InlineData(33)]
-    public void BatchOneHalvesTestedAsTheyAreDecoded(int batch)
+    [InlineData(1, "ordinary")]
+    [InlineData(1, "large")]
+    [InlineData(1, "subnormal")]
+    [InlineData(33, "ordinary")]
+    public void BatchOneHalvesTestedAsTheyAreDecoded(int batch, string activations)
     {
         const int rows = 11, cols = 97;
         using var w = new PinnedWeight(WeightFormat.Float16, rows, cols, 0, zeroPoints: false, seed: 23);
         var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(w.Data.AsSpan());
         float[] x = KernelTestData.Activations(batch * cols, 24);
+        if (activations == "large") x[50] = 70000f;
+        if (activations == "subnormal")
+        {
+            for (int i = 0; i < x.Length; i++) x[i] *= 1e-39f;
+            for (int i = 3; i < halves.Length; i += 7) halves[i] = (ushort)(i % 2 == 0 ? 0x0001 : 0x83FF); // the smallest and a large subnormal
+        }
         var expected = new float[batch * rows];
         var fused = new float[batch * rows];
         var separate = new float[batch * rows];
-        bool saved = QuantizedMatMul.FusedFiniteTest;
+        bool savedFused = QuantizedMatMul.FusedFiniteTest, savedScaled = QuantizedMatMul.ScaledHalves;
         try
         {
             fixed (float* px = x) fixed (float* pe = expected) fixed (float* pf = fused) fixed (float* ps = separate)
@@ -632,18 +642,23 @@ public unsafe class QuantizedMatMulTests
                             QuantizedMatMul.Reference(w.View, px, batch, cols, null, pe, rows);
                             foreach (var path in KernelTestData.FloatPaths())
                             {
-                                QuantizedMatMul.FusedFiniteTest = true;
-                                QuantizedMatMul.Run(w.View, px, batch, cols, null, pf, rows, path, MatMulMethod.Rows);
                                 QuantizedMatMul.FusedFiniteTest = false;
                                 QuantizedMatMul.Run(w.View, px, batch, cols, null, ps, rows, path, MatMulMethod.Rows);
-                                for (int j = 0; j < batch * rows; j++)
-                                    Assert.True(BitConverter.SingleToUInt32Bits(separate[j]) == BitConverter.SingleToUInt32Bits(fused[j]),
-                                        $"{path}, 0x{special:X4} at ({row}, {col}), output {j}: {fused[j]} tested as decoded, {separate[j]} tested first");
-                                for (int i = 0; i < batch; i++)
+                                foreach (bool scaledHalves in new[] { true, false })
                                 {
-                                    float e = expected[i * rows + row], a = fused[i * rows + row];
-                                    Assert.False(float.IsFinite(e));
-                                    Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{path}, 0x{special:X4} at ({row}, {col}), activation row {i}: {a}, expected {e}");
+                                    QuantizedMatMul.FusedFiniteTest = true;
+                                    QuantizedMatMul.ScaledHalves = scaledHalves;
+                                    QuantizedMatMul.Run(w.View, px, batch, cols, null, pf, rows, path, MatMulMethod.Rows);
+                                    string what = $"{path}, {activations}, scaled {scaledHalves}, 0x{special:X4} at ({row}, {col})";
+                                    for (int j = 0; j < batch * rows; j++)
+                                        Assert.True(BitConverter.SingleToUInt32Bits(separate[j]) == BitConverter.SingleToUInt32Bits(fused[j]),
+                                            $"{what}, output {j}: {fused[j]} tested as decoded, {separate[j]} tested first");
+                                    for (int i = 0; i < batch; i++)
+                                    {
+                                        float e = expected[i * rows + row], a = fused[i * rows + row];
+                                        Assert.False(float.IsFinite(e));
+                                        Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{what}, activation row {i}: {a}, expected {e}");
+                                    }
                                 }
                             }
                             halves[row * cols + col] = kept;
@@ -651,7 +666,8 @@ public unsafe class QuantizedMatMulTests
         }
         finally
         {
-            QuantizedMatMul.FusedFiniteTest = saved;
+            QuantizedMatMul.FusedFiniteTest = savedFused;
+            QuantizedMatMul.ScaledHalves = savedScaled;
         }
     }
 
