@@ -1,6 +1,7 @@
 #!/bin/bash
-# float16 weights at batch 1, the infinity/NaN test in a pass of its own (PROBE_FUSED_FINITE=0) against the test fused
-# into the four-row kernel (1), with float32 and bfloat16 weights alongside; on this machine and on an emulated AVX2
+# float16 weights at batch 1: the infinity/NaN test in a pass of its own (PROBE_FUSED_FINITE=0, as before stop 24), the
+# test fused into the four-row kernel (PROBE_FUSED_FINITE=1 PROBE_SCALED_HALVES=0), and that with activations scaled by
+# 2^112 (both 1, the default); float32 and bfloat16 weights alongside; on this machine and on an emulated AVX2
 # machine (.NET without AVX-512, libtorch's MKL, oneDNN and ATen limited to AVX2); one process per cell calling the
 # layer for 5 s. docs/BENCHMARKS.md, "float16 at batch 1 without a test pass of its own".
 # Usage: scripts/bench-half-batch1.sh > half-batch1.txt   (after: dotnet build -c Release bench/QuantSharp.Bench)
@@ -18,9 +19,9 @@ for machine in native avx2; do
     for shape in 64x800 1024x1024 4096x4096 11008x4096; do
       echo "$machine $shape float32 $(cell $shape 0)"
       echo "$machine $shape bfloat16 $(cell $shape 5)"
-      for fused in 0 1; do
-        echo "$machine $shape float16 fused=$fused $(PROBE_FUSED_FINITE=$fused cell $shape 4)"
-      done
+      echo "$machine $shape float16 separate-test $(PROBE_FUSED_FINITE=0 cell $shape 4)"
+      echo "$machine $shape float16 fused-test $(PROBE_SCALED_HALVES=0 cell $shape 4)"
+      echo "$machine $shape float16 fused-test+scaled $(cell $shape 4)"
     done
   done
 done
