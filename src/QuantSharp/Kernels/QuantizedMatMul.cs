@@ -750,7 +750,7 @@ internal static unsafe class QuantizedMatMul
         }
         // float16 at batch 1: the activations times 2^112 for ScaledHalfDecoder, where every product stays exact.
         float* scaled = null;
-        if (typeof(TD) == typeof(HalfDecoder) && m == 1 && FusedFiniteTest && ScaledHalves && TW.Count > 1)
+        if (typeof(TD) == typeof(HalfDecoder) && m == 1 && FusedFiniteTest && TakesScaledHalves(TW.Count, (long)w.Rows * k))
         {
             scaled = (float*)NativeMemory.Alloc((nuint)Math.Max(k, 1), sizeof(float));
             if (!HalfLanes.ScaleUp(x, scaled, k))
@@ -848,6 +848,19 @@ internal static unsafe class QuantizedMatMul
     /// (<see cref="FiniteHalfDecoder"/>) instead of scaling the activations once (<see cref="ScaledHalfDecoder"/>).
     /// </summary>
     internal static bool ScaledHalves = true;
+
+    /// <summary>
+    /// Weight elements up to which the 512-bit kernel takes <see cref="ScaledHalves"/>. Batch 1, four 5 s processes per
+    /// setting (docs/BENCHMARKS.md, stop 24): 64x800 to 4096x4096 (16M elements, 32 MiB) 12-30% faster with it;
+    /// 11008x4096 (45M, read from memory at its bandwidth either way) 3-13% slower in 9 of 10 processes. 256-bit kernels,
+    /// bound by their arithmetic, take it at every size (11008x4096 on the emulated AVX2 machine: 2.41-2.70 ms against
+    /// 2.99-3.06).
+    /// </summary>
+    internal const long ScaledHalvesMaxElements512 = 1L << 24;
+
+    /// <summary>Whether batch 1 on a float16 weight of <paramref name="elements"/> elements takes <see cref="ScaledHalfDecoder"/> with vectors of <paramref name="lanes"/> floats (the scalar width has no such decoder).</summary>
+    internal static bool TakesScaledHalves(int lanes, long elements) =>
+        ScaledHalves && lanes > 1 && (lanes < 16 || elements <= ScaledHalvesMaxElements512);
 
     /// <summary>
     /// Batch 1 on float16 weight rows <c>[n0, n1)</c>: four rows at a time decoded without the infinity and NaN select

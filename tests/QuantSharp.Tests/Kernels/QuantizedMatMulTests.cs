@@ -671,6 +671,22 @@ public unsafe class QuantizedMatMulTests
         }
     }
 
+    /// <summary>
+    /// The measured rule for the scaled float16 decode at batch 1: 512-bit vectors up to 2^24 weight elements (4096x4096
+    /// gained, 11008x4096 lost), 256- and 128-bit vectors at every size, never in scalars.
+    /// </summary>
+    [Fact]
+    public void ScaledHalvesByWidthAndWeightSize()
+    {
+        Assert.True(QuantizedMatMul.TakesScaledHalves(16, 64 * 800));
+        Assert.True(QuantizedMatMul.TakesScaledHalves(16, 4096 * 4096));
+        Assert.False(QuantizedMatMul.TakesScaledHalves(16, 4096 * 4096 + 1));
+        Assert.False(QuantizedMatMul.TakesScaledHalves(16, 11008L * 4096));
+        Assert.True(QuantizedMatMul.TakesScaledHalves(8, 11008L * 4096));
+        Assert.True(QuantizedMatMul.TakesScaledHalves(4, 11008L * 4096));
+        Assert.False(QuantizedMatMul.TakesScaledHalves(1, 64 * 800));
+    }
+
     /// <summary>Half bits in the upper 16 bits of each lane, as the vector loads leave them, with other bits below.</summary>
     private static uint[] Widen(ushort* p, int n)
     {
