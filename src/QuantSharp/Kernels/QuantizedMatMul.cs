@@ -850,9 +850,9 @@ internal static unsafe class QuantizedMatMul
     internal static bool ScaledHalves = true;
 
     /// <summary>
-    /// Weight elements up to which the 512-bit kernel takes <see cref="ScaledHalves"/>. Batch 1, four 5 s processes per
-    /// setting (docs/BENCHMARKS.md, stop 24): 64x800 to 4096x4096 (16M elements, 32 MiB) 12-30% faster with it;
-    /// 11008x4096 (45M, read from memory at its bandwidth either way) 3-13% slower in 9 of 10 processes. 256-bit kernels,
+    /// Weight elements up to which the 512-bit kernel takes <see cref="ScaledHalves"/>. Batch 1, 5 s processes, two to
+    /// ten per setting (docs/BENCHMARKS.md, stop 24): 64x800 to 4096x4096 (16M elements, 32 MiB) 11-27% faster with it;
+    /// 11008x4096 (45M, read from memory at its bandwidth either way) 3-13% slower in 9 of 10 pairs of processes. 256-bit kernels,
     /// bound by their arithmetic, take it at every size (11008x4096 on the emulated AVX2 machine: 2.41-2.70 ms against
     /// 2.99-3.06).
     /// </summary>
