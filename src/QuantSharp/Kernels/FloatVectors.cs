@@ -109,8 +109,8 @@ internal interface IFloatWidth<TVec> where TVec : struct
     /// Folds the <c>2 * Count</c> halves at <paramref name="p"/> into <paramref name="seen"/> (which starts at
     /// <see cref="Zero"/>) so that <see cref="AnyNonFiniteHalf"/> tells whether any of them was an infinity or a NaN:
     /// <see cref="HalfKernel.AllFinite"/>'s test (every bit but the exponent's set, an unsigned 16-bit maximum), for a
-    /// kernel that decodes the same halves with <see cref="LoadFiniteHalfPairs"/> and tests them as it goes. The scalar
-    /// width folds nothing: its <see cref="LoadFiniteHalfPairs"/> is the exact conversion.
+    /// kernel that decodes the same halves with <see cref="LoadFiniteHalfPairs"/> or <see cref="LoadHalfPairsOver2Pow112"/>
+    /// and tests them as it goes. The scalar width folds nothing: its decodes are the exact conversion.
     /// </summary>
     static abstract unsafe TVec FoldHalfExponents(TVec seen, ushort* p);
 
