@@ -748,12 +748,13 @@ internal static unsafe class QuantizedMatMul
             xSums = (float*)NativeMemory.Alloc((nuint)m, sizeof(float));
             for (int i = 0; i < m; i++) xSums[i] = Sum<TW, TVec>(x + i * ldx, k);
         }
-        // float16 at batch 1: the activations times 2^112 for ScaledHalfDecoder, where every product stays exact.
+        // float16: the activation rows (reordered above, so contiguous) times 2^112 for ScaledHalfDecoder, where every
+        // product stays exact.
         float* scaled = null;
-        if (typeof(TD) == typeof(HalfDecoder) && m == 1 && FusedFiniteTest && TakesScaledHalves(TW.Count, (long)w.Rows * k))
+        if (typeof(TD) == typeof(HalfDecoder) && ldx == k && TakesScaledHalves(TW.Count, (long)w.Rows * k))
         {
-            scaled = (float*)NativeMemory.Alloc((nuint)Math.Max(k, 1), sizeof(float));
-            if (!HalfLanes.ScaleUp(x, scaled, k))
+            scaled = (float*)NativeMemory.Alloc((nuint)Math.Max(m * k, 1), sizeof(float));
+            if (!HalfLanes.ScaleUp(x, scaled, m * k))
             {
                 NativeMemory.Free(scaled);
                 scaled = null;
@@ -771,12 +772,16 @@ internal static unsafe class QuantizedMatMul
                 int mb = item / nBlocks, nb = item % nBlocks;
                 int m0 = mb * RowsPerBlock, m1 = Math.Min(m, m0 + RowsPerBlock);
                 int n0 = nb * rowsPerItem, n1 = Math.Min(view.Rows, n0 + rowsPerItem);
-                // float16 weights without infinities or NaNs (nearly all) decode without their select; one activation
-                // row (batch 1, or the last of a call) takes the four-row kernel, which tests them as it decodes them.
+                // float16 weights without infinities or NaNs (nearly all) decode without their select (and, on
+                // activations scaled by 2^112, without the multiply); one activation row (batch 1, or the last of a
+                // call) takes the four-row kernel, which tests them as it decodes them.
                 if (typeof(TD) == typeof(HalfDecoder) && m1 - m0 == 1 && FusedFiniteTest)
-                    BatchOneHalves<TW, TVec>(view, (float*)xAddress + m0 * ldx, (float*)scaledAddress, (float*)biasAddress, (float*)yAddress + m0 * ldy, n0, n1);
+                    BatchOneHalves<TW, TVec>(view, (float*)xAddress + m0 * ldx, scaledAddress == 0 ? null : (float*)scaledAddress + m0 * ldx, (float*)biasAddress, (float*)yAddress + m0 * ldy, n0, n1);
                 else if (PackedMatMul.FiniteHalves<TD>(view, n0, n1 - n0))
-                    Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
+                {
+                    if (scaledAddress != 0) Block<TW, TVec, ScaledHalfDecoder>(view, (float*)scaledAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
+                    else Block<TW, TVec, FiniteHalfDecoder>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, null);
+                }
                 else
                     Block<TW, TVec, TD>(view, (float*)xAddress, ldx, (float*)biasAddress, (float*)yAddress, ldy, m0, m1, n0, n1, (float*)sumsAddress);
             });
@@ -844,21 +849,21 @@ internal static unsafe class QuantizedMatMul
     internal static bool FusedFiniteTest = true;
 
     /// <summary>
-    /// Switch for measurements and tests: false keeps batch 1's float16 decode multiplying each vector by 2^112
-    /// (<see cref="FiniteHalfDecoder"/>) instead of scaling the activations once (<see cref="ScaledHalfDecoder"/>).
+    /// Switch for measurements and tests: false keeps the row kernels' float16 decode multiplying each vector by 2^112
+    /// (<see cref="FiniteHalfDecoder"/>) instead of scaling the activations once per call (<see cref="ScaledHalfDecoder"/>).
     /// </summary>
     internal static bool ScaledHalves = true;
 
     /// <summary>
-    /// Weight elements up to which the 512-bit kernel takes <see cref="ScaledHalves"/>. Batch 1, 5 s processes, two to
+    /// Weight elements up to which the 512-bit kernels take <see cref="ScaledHalves"/>. Batch 1, 5 s processes, two to
     /// ten per setting (docs/BENCHMARKS.md, stop 24): 64x800 to 4096x4096 (16M elements, 32 MiB) 11-27% faster with it;
     /// 11008x4096 (45M, read from memory at its bandwidth either way) 3-13% slower in 9 of 10 pairs of processes. 256-bit kernels,
     /// bound by their arithmetic, take it at every size (11008x4096 on the emulated AVX2 machine: 2.41-2.70 ms against
-    /// 2.99-3.06).
+    /// 2.99-3.06). At 2-8 rows (the row kernels' passes) 1024x1024 and 4096x4096 gained 4-17% or tied.
     /// </summary>
     internal const long ScaledHalvesMaxElements512 = 1L << 24;
 
-    /// <summary>Whether batch 1 on a float16 weight of <paramref name="elements"/> elements takes <see cref="ScaledHalfDecoder"/> with vectors of <paramref name="lanes"/> floats (the scalar width has no such decoder).</summary>
+    /// <summary>Whether the row kernels on a float16 weight of <paramref name="elements"/> elements take <see cref="ScaledHalfDecoder"/> with vectors of <paramref name="lanes"/> floats (the scalar width has no such decoder).</summary>
     internal static bool TakesScaledHalves(int lanes, long elements) =>
         ScaledHalves && lanes > 1 && (lanes < 16 || elements <= ScaledHalvesMaxElements512);
 

@@ -601,18 +601,22 @@ public unsafe class QuantizedMatMulTests
 
     /// <summary>
     /// Batch 1 tests float16 rows for infinities and NaNs as it decodes them, four rows at a time, and decodes a block
-    /// that holds one again with the exact decoder (<see cref="QuantizedMatMul.FusedFiniteTest"/>), on activations
-    /// scaled by 2^112 where that is exact (<see cref="QuantizedMatMul.ScaledHalves"/>): the same bits as the test pass
-    /// of its own before each work item, on every width, for an infinity or a NaN in each row (the two blocks of four
-    /// and the three rows after them) at the first, a middle and the last vector column and in the scalar tail; and the
-    /// special row's outputs are the specification's infinity or NaN. Activations: ordinary ones; one of 70,000 (above
-    /// 2^16, so not scaled); subnormal ones against subnormal halves. 33 activation rows end in a block of one row (the
-    /// row kernels' blocks are 32 rows), which takes the four-row kernel without the scaling.
+    /// that holds one again with the exact decoder (<see cref="QuantizedMatMul.FusedFiniteTest"/>), and the row kernels
+    /// decode on activations scaled by 2^112 where that is exact (<see cref="QuantizedMatMul.ScaledHalves"/>): the same
+    /// bits as the test pass of its own before each work item and the plain decode, on every width, for an infinity or a
+    /// NaN in each row (the two blocks of four and the three rows after them) at the first, a middle and the last vector
+    /// column and in the scalar tail; and the special row's outputs are the specification's infinity or NaN.
+    /// Activations: ordinary ones; one of 70,000 (above 2^16, so not scaled); subnormal ones against subnormal halves.
+    /// Batch 1, passes of two and four rows (3, 6 and 2 rows), and 33 rows, whose last block is one row (the row
+    /// kernels' blocks are 32 rows) on the four-row kernel.
     /// </summary>
     [Theory]
     [InlineData(1, "ordinary")]
     [InlineData(1, "large")]
     [InlineData(1, "subnormal")]
+    [InlineData(3, "ordinary")]
+    [InlineData(6, "subnormal")]
+    [InlineData(2, "large")]
     [InlineData(33, "ordinary")]
     public void BatchOneHalvesTestedAsTheyAreDecoded(int batch, string activations)
     {
@@ -632,37 +636,48 @@ public unsafe class QuantizedMatMulTests
         bool savedFused = QuantizedMatMul.FusedFiniteTest, savedScaled = QuantizedMatMul.ScaledHalves;
         try
         {
-            fixed (float* px = x) fixed (float* pe = expected) fixed (float* pf = fused) fixed (float* ps = separate)
-                foreach (ushort special in new ushort[] { 0x7C00, 0xFE01 })
-                    for (int row = 0; row < rows; row++)
-                        foreach (int col in new[] { 0, 40, 63, 96 })
+            // Every setting against the test pass of its own and the plain decode, bit for bit; the rows of
+            // special (if any) against the specification.
+            void Compare(string what, int row)
+            {
+                fixed (float* px = x, pe = expected, pf = fused, ps = separate)
+                {
+                    QuantizedMatMul.Reference(w.View, px, batch, cols, null, pe, rows);
+                    foreach (var path in KernelTestData.FloatPaths())
+                    {
+                        QuantizedMatMul.FusedFiniteTest = false;
+                        QuantizedMatMul.ScaledHalves = false;
+                        QuantizedMatMul.Run(w.View, px, batch, cols, null, ps, rows, path, MatMulMethod.Rows);
+                        foreach (var (fusedTest, scaledHalves) in new[] { (true, true), (true, false), (false, true) })
                         {
-                            ushort kept = halves[row * cols + col];
-                            halves[row * cols + col] = special;
-                            QuantizedMatMul.Reference(w.View, px, batch, cols, null, pe, rows);
-                            foreach (var path in KernelTestData.FloatPaths())
+                            QuantizedMatMul.FusedFiniteTest = fusedTest;
+                            QuantizedMatMul.ScaledHalves = scaledHalves;
+                            QuantizedMatMul.Run(w.View, px, batch, cols, null, pf, rows, path, MatMulMethod.Rows);
+                            string setting = $"{path}, {activations}, fused test {fusedTest}, scaled {scaledHalves}, {what}";
+                            for (int j = 0; j < batch * rows; j++)
+                                Assert.True(BitConverter.SingleToUInt32Bits(separate[j]) == BitConverter.SingleToUInt32Bits(fused[j]),
+                                    $"{setting}, output {j}: {fused[j]}, {separate[j]} with neither");
+                            if (row < 0) continue;
+                            for (int i = 0; i < batch; i++)
                             {
-                                QuantizedMatMul.FusedFiniteTest = false;
-                                QuantizedMatMul.Run(w.View, px, batch, cols, null, ps, rows, path, MatMulMethod.Rows);
-                                foreach (bool scaledHalves in new[] { true, false })
-                                {
-                                    QuantizedMatMul.FusedFiniteTest = true;
-                                    QuantizedMatMul.ScaledHalves = scaledHalves;
-                                    QuantizedMatMul.Run(w.View, px, batch, cols, null, pf, rows, path, MatMulMethod.Rows);
-                                    string what = $"{path}, {activations}, scaled {scaledHalves}, 0x{special:X4} at ({row}, {col})";
-                                    for (int j = 0; j < batch * rows; j++)
-                                        Assert.True(BitConverter.SingleToUInt32Bits(separate[j]) == BitConverter.SingleToUInt32Bits(fused[j]),
-                                            $"{what}, output {j}: {fused[j]} tested as decoded, {separate[j]} tested first");
-                                    for (int i = 0; i < batch; i++)
-                                    {
-                                        float e = expected[i * rows + row], a = fused[i * rows + row];
-                                        Assert.False(float.IsFinite(e));
-                                        Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{what}, activation row {i}: {a}, expected {e}");
-                                    }
-                                }
+                                float e = expected[i * rows + row], a = fused[i * rows + row];
+                                Assert.False(float.IsFinite(e));
+                                Assert.True(float.IsNaN(e) ? float.IsNaN(a) : a == e, $"{setting}, activation row {i}: {a}, expected {e}");
                             }
-                            halves[row * cols + col] = kept;
                         }
+                    }
+                }
+            }
+            Compare("no special", -1);
+            foreach (ushort special in new ushort[] { 0x7C00, 0xFE01 })
+                for (int row = 0; row < rows; row++)
+                    foreach (int col in new[] { 0, 40, 63, 96 })
+                    {
+                        ushort kept = halves[row * cols + col];
+                        halves[row * cols + col] = special;
+                        Compare($"0x{special:X4} at ({row}, {col})", row);
+                        halves[row * cols + col] = kept;
+                    }
         }
         finally
         {
@@ -672,7 +687,7 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// The measured rule for the scaled float16 decode at batch 1: 512-bit vectors up to 2^24 weight elements (4096x4096
+    /// The measured rule for the scaled float16 decode: 512-bit vectors up to 2^24 weight elements (4096x4096
     /// gained, 11008x4096 lost), 256- and 128-bit vectors at every size, never in scalars.
     /// </summary>
     [Fact]
