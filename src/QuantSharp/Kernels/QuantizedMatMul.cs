@@ -859,7 +859,7 @@ internal static unsafe class QuantizedMatMul
     /// ten per setting (docs/BENCHMARKS.md, stop 24): 64x800 to 4096x4096 (16M elements, 32 MiB) 11-27% faster with it;
     /// 11008x4096 (45M, read from memory at its bandwidth either way) 3-13% slower in 9 of 10 pairs of processes. 256-bit kernels,
     /// bound by their arithmetic, take it at every size (11008x4096 on the emulated AVX2 machine: 2.41-2.70 ms against
-    /// 2.99-3.06). At 2-8 rows (the row kernels' passes) 1024x1024 and 4096x4096 gained 4-17% or tied.
+    /// 2.99-3.06). At 2-16 rows (the row kernels' passes) 1024x1024 and 4096x4096 were faster in 21 of 24 pairs.
     /// </summary>
     internal const long ScaledHalvesMaxElements512 = 1L << 24;
 
