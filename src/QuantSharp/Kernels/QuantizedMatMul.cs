@@ -751,7 +751,7 @@ internal static unsafe class QuantizedMatMul
         // float16: the activation rows (reordered above, so contiguous) times 2^112 for ScaledHalfDecoder, where every
         // product stays exact.
         float* scaled = null;
-        if (typeof(TD) == typeof(HalfDecoder) && ldx == k && TakesScaledHalves(TW.Count, (long)w.Rows * k))
+        if (typeof(TD) == typeof(HalfDecoder) && ldx == k && (long)m * k <= int.MaxValue && TakesScaledHalves(TW.Count, (long)w.Rows * k))
         {
             scaled = (float*)NativeMemory.Alloc((nuint)Math.Max(m * k, 1), sizeof(float));
             if (!HalfLanes.ScaleUp(x, scaled, m * k))
