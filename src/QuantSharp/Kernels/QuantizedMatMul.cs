@@ -1071,14 +1071,15 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// Weight rows <c>n..n+3</c> against one activation row (batch 1): each activation vector is loaded once for four
     /// rows, and eight independent accumulators keep the multiply-add units busy while the weights stream from memory.
-    /// With <see cref="FiniteHalfDecoder"/> or <see cref="ScaledHalfDecoder"/> the halves are tested as they are decoded (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>):
-    /// returns false, the outputs not valid, where a row held an infinity or a NaN; true otherwise.
+    /// With a decoder that assumes finite halves (<see cref="IWeightDecoder.AssumesFiniteHalves"/>) the halves are tested
+    /// as they are decoded (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>): returns false, the outputs not valid,
+    /// where a row held an infinity or a NaN; true otherwise.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static bool FourWeightRows<TW, TVec, TD>(in WeightView w, int n, float* x, float* bias, float* y)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        bool test = typeof(TD) == typeof(FiniteHalfDecoder) || typeof(TD) == typeof(ScaledHalfDecoder);
+        bool test = TD.AssumesFiniteHalves;
         TVec seen = TW.Zero;
         int c = TW.Count, chunk = 2 * c, g = w.GroupSize, whole = g / chunk * chunk;
         nint rowBytes = w.RowBytes;

@@ -162,6 +162,17 @@ internal interface IWeightDecoder
         get => false;
     }
 
+    /// <summary>
+    /// True for the decoders that read float16 without the select for infinities and NaNs (<see cref="FiniteHalfDecoder"/>,
+    /// <see cref="ScaledHalfDecoder"/>): a kernel that runs them on rows not tested first tests the halves as it decodes
+    /// them (<see cref="IFloatWidth{TVec}.FoldHalfExponents"/>); by default false.
+    /// </summary>
+    static virtual bool AssumesFiniteHalves
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => false;
+    }
+
     /// <summary>The constants <see cref="Decode"/> needs for one group with this scale and offset (by default both broadcast).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static virtual (TVec P, TVec Q) Prepare<TW, TVec>(float scale, float offset)
@@ -280,6 +291,7 @@ internal readonly struct HalfDecoder : IWeightDecoder
 internal readonly struct FiniteHalfDecoder : IWeightDecoder
 {
     public static bool Deinterleaved => true;
+    public static bool AssumesFiniteHalves => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct
@@ -295,6 +307,7 @@ internal readonly struct FiniteHalfDecoder : IWeightDecoder
 internal readonly struct ScaledHalfDecoder : IWeightDecoder
 {
     public static bool Deinterleaved => true;
+    public static bool AssumesFiniteHalves => true;
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe (TVec A, TVec B) Decode<TW, TVec>(byte* row, int k, TVec groupP, TVec groupQ)
         where TW : IFloatWidth<TVec> where TVec : struct

@@ -522,6 +522,12 @@ public unsafe class QuantizedMatMulTests
                 var finite128 = HalfLanes.FromFiniteHalf(Vector128.Create(Widen(p + i, 4)).AsInt32()).AsUInt32();
                 var finite256 = HalfLanes.FromFiniteHalf(Vector256.Create(Widen(p + i, 8)).AsInt32()).AsUInt32();
                 var finite512 = HalfLanes.FromFiniteHalf(Vector512.Create(Widen(p + i, 16)).AsInt32()).AsUInt32();
+                // The finite decode without its multiply: the value times 2^-112, exactly, at every width and in scalars.
+                var scaled128 = HalfLanes.FiniteHalfBits(Vector128.Create(Widen(p + i, 4)).AsInt32()).AsUInt32();
+                var scaled256 = HalfLanes.FiniteHalfBits(Vector256.Create(Widen(p + i, 8)).AsInt32()).AsUInt32();
+                var scaled512 = HalfLanes.FiniteHalfBits(Vector512.Create(Widen(p + i, 16)).AsInt32()).AsUInt32();
+                var scaledScalar = new float[16];
+                for (int j = 0; j < 16; j += 2) (scaledScalar[j], scaledScalar[j + 1]) = Float1.LoadHalfPairsOver2Pow112(p + i + j);
                 for (int j = 0; j < 16; j++)
                 {
                     if (finite)
@@ -529,6 +535,12 @@ public unsafe class QuantizedMatMulTests
                         if (j < 4) Assert.Equal(expected[i + j], finite128[j]);
                         if (j < 8) Assert.Equal(expected[i + j], finite256[j]);
                         Assert.Equal(expected[i + j], finite512[j]);
+                        double value = BitConverter.UInt32BitsToSingle(expected[i + j]);
+                        Assert.Equal(value, BitConverter.UInt32BitsToSingle(scaled512[j]) * Math.Pow(2, 112));
+                        uint scaledBits = BitConverter.SingleToUInt32Bits(scaledScalar[j]);
+                        Assert.Equal(scaled512[j], scaledBits);
+                        if (j < 4) Assert.Equal(scaled512[j], scaled128[j]);
+                        if (j < 8) Assert.Equal(scaled512[j], scaled256[j]);
                     }
                     if (j < 4) Assert.Equal(expected[i + j], lanes128[j]);
                     if (j < 8) Assert.Equal(expected[i + j], lanes256[j]);
