@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace QuantSharp.Kernels;
 
@@ -14,8 +15,8 @@ namespace QuantSharp.Kernels;
 /// the multiply-adds are nearly all the work; against the packed GEMM it neither transposes the decoded tile nor packs
 /// the activations: decoding and transposing took about two thirds as many samples as the multiply-adds on 64 x 800
 /// int8 at 16 rows (21% against 31% in <c>perf record</c> of <c>PROBE_PROFILE=1 PROBE_SHAPES=64x800 PROBE_ROWS=16
-/// small-linear</c>). The price is a horizontal sum per output and reduction block, small beside a block of 256
-/// elements.</para>
+/// small-linear</c>). The price is a horizontal sum per output and reduction block, taken four outputs at a time
+/// (<see cref="IFloatWidth{TVec}.Sum4"/>), small beside a block of 256 elements.</para>
 /// <para>Sums run in vector lanes and are folded per block, an order of its own: results equal the reference within
 /// float32 rounding, as the other paths, but not the bits of the packed GEMM.</para>
 /// </remarks>
@@ -140,12 +141,24 @@ internal static unsafe class DotTileMatMul
         }
     }
 
+    /// <summary>Whether <see cref="Fold"/> sums the four accumulators together (<see cref="IFloatWidth{TVec}.Sum4"/>) rather than one by one (the probe turns it off to measure the difference).</summary>
+    internal static bool FourSums = true;
+
     /// <summary>Adds one activation row's four lane sums, and its products over the scalar tail <c>[s, steps)</c>, to its four sums.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Fold<TW, TVec>(TVec a0, TVec a1, TVec a2, TVec a3, float* t0, float* t1, float* t2, float* t3, float* x, int s, int steps, float* sums, nint lds)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        float s0 = TW.Sum(a0), s1 = TW.Sum(a1), s2 = TW.Sum(a2), s3 = TW.Sum(a3);
+        float s0, s1, s2, s3;
+        if (FourSums)
+        {
+            var total = TW.Sum4(a0, a1, a2, a3);
+            s0 = total.GetElement(0); s1 = total.GetElement(1); s2 = total.GetElement(2); s3 = total.GetElement(3);
+        }
+        else
+        {
+            s0 = TW.Sum(a0); s1 = TW.Sum(a1); s2 = TW.Sum(a2); s3 = TW.Sum(a3);
+        }
         for (; s < steps; s++)
         {
             float v = x[s];

@@ -502,6 +502,44 @@ public unsafe class QuantizedMatMulTests
         CheckAllPaths(w, batch: 3, seed: 3, xPad: 0, yPad: 0, bias: true);
     }
 
+    /// <summary>
+    /// <see cref="IFloatWidth{TVec}.Sum4"/> (the dot tiles' fold) at every width this CPU runs: integers (every order of
+    /// additions is exact) give each vector's sum in its own lane, distinct per vector so a swapped lane fails; fractions
+    /// agree with the one-by-one <see cref="IFloatWidth{TVec}.Sum"/> within float32 rounding.
+    /// </summary>
+    [Fact]
+    public void SumOfFourVectorsAtEveryWidth()
+    {
+        var rng = new Random(7);
+        for (int trial = 0; trial < 50; trial++)
+        {
+            var values = new float[64];
+            bool whole = trial % 2 == 0;
+            for (int i = 0; i < values.Length; i++)
+                values[i] = whole ? rng.Next(-1000, 1000) : (float)(rng.NextDouble() * 2 - 1) * MathF.Pow(2, rng.Next(-8, 8));
+            fixed (float* v = values)
+            {
+                CheckSum4<Float1, float>(v, whole);
+                if (Float128.IsSupported) CheckSum4<Float128, Vector128<float>>(v, whole);
+                if (Float256.IsSupported) CheckSum4<Float256, Vector256<float>>(v, whole);
+                if (Float512.IsSupported) CheckSum4<Float512, Vector512<float>>(v, whole);
+            }
+        }
+    }
+
+    private static void CheckSum4<TW, TVec>(float* v, bool whole) where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int c = TW.Count;
+        var total = TW.Sum4(TW.Load(v), TW.Load(v + 16), TW.Load(v + 32), TW.Load(v + 48));
+        for (int j = 0; j < 4; j++)
+        {
+            double expected = 0, magnitude = 0;
+            for (int l = 0; l < c; l++) { expected += v[16 * j + l]; magnitude += Math.Abs(v[16 * j + l]); }
+            if (whole) Assert.Equal(expected, total[j]);
+            else Assert.True(Math.Abs(total[j] - expected) <= 1e-6 * magnitude, $"{typeof(TW).Name} lane {j}: {total[j]} against {expected}");
+        }
+    }
+
     [Fact]
     public void HalfLanesConvertEveryHalfValueExactly()
     {
