@@ -22,6 +22,9 @@ internal interface IIntWidth<TAcc> where TAcc : struct
     static abstract unsafe TAcc Accumulate(TAcc acc, byte* u, byte* s);
 
     static abstract int Sum(TAcc acc);
+
+    /// <summary>Whether the row kernels take the whole 64-byte steps of each dot product from <see cref="Vnni512Kernel.RowDots"/> (then this width's own steps for the rest).</summary>
+    static virtual bool NativeSteps => false;
 }
 
 internal readonly struct IntVnni256 : IIntWidth<Vector256<int>>
@@ -46,6 +49,23 @@ internal readonly struct IntMadd512 : IIntWidth<Vector512<int>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<int> Accumulate(Vector512<int> acc, byte* u, byte* s) =>
         acc + Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load(u)), Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)s)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Sum(Vector512<int> acc) => Vector512.Sum(acc);
+}
+
+/// <summary>
+/// <see cref="IntMadd512"/> whose row kernels take the whole 64-byte steps from the generated <c>vpdpbusd zmm</c> kernel
+/// (<see cref="Vnni512Kernel.RowDots"/>; <see cref="IntegerMatMul.NativeRowDots"/>): one instruction per 64 products.
+/// </summary>
+internal readonly struct IntNativeRows512 : IIntWidth<Vector512<int>>
+{
+    public static int Step => IntMadd512.Step;
+    public static Vector512<int> Zero => Vector512<int>.Zero;
+    public static bool NativeSteps => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector512<int> Accumulate(Vector512<int> acc, byte* u, byte* s) => IntMadd512.Accumulate(acc, u, s);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static int Sum(Vector512<int> acc) => Vector512.Sum(acc);
@@ -404,11 +424,19 @@ internal static unsafe class IntegerMatMul
             return;
         }
         if (source is { } rows) Quantize(rows, x);
-        if (path == KernelPath.Vnni512) path = IntVnni256.IsSupported ? KernelPath.Vnni256 : KernelPath.V512;
+        bool native = false;
+        if (path == KernelPath.Vnni512)
+        {
+            native = !IntVnni256.IsSupported && NativeRowDots;
+            path = IntVnni256.IsSupported ? KernelPath.Vnni256 : KernelPath.V512;
+        }
         switch (path)
         {
             case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
-            case KernelPath.V512: Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy); break;
+            case KernelPath.V512:
+                if (native) Drive<IntNativeRows512, Vector512<int>>(w, x, bias, y, ldy);
+                else Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy);
+                break;
             case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
             case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
             default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
@@ -445,6 +473,15 @@ internal static unsafe class IntegerMatMul
             throw new ArgumentException($"Integer W8A8 needs int8 weights with one scale per row or tensor, got {w.Format} with {w.GroupsPerRow} group(s) per row.");
         if (w.Cols > MaxReduction) throw new ArgumentException($"Reduction length {w.Cols} exceeds {MaxReduction}: int32 sums could overflow.");
     }
+
+    /// <summary>
+    /// Whether the row kernels on the 512-bit path take their dot products from the generated <c>vpdpbusd zmm</c>
+    /// kernel (<see cref="IntNativeRows512"/>) where the CPU has AVX512-VNNI but not AVX-VNNI (AMD Zen 4, Intel
+    /// Ice Lake and Cascade Lake servers), which otherwise run them on <c>vpmaddwd</c> (<see cref="IntMadd512"/>: four
+    /// instructions per 32 products against one per 64); CPUs with AVX-VNNI keep its 256-bit intrinsic
+    /// (<see cref="IntVnni256"/>), not measured against this kernel. The probe and the tests turn it off.
+    /// </summary>
+    internal static volatile bool NativeRowDots = true;
 
     private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
         where TW : IIntWidth<TAcc> where TAcc : struct
@@ -483,6 +520,27 @@ internal static unsafe class IntegerMatMul
             if (needSums)
                 for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones.Codes, null, null, null, dot)[0];
             int i = m0;
+            if (TW.NativeSteps && k >= 64)
+            {
+                // All weight rows of the item against each group of code rows in one call of the generated kernel.
+                int* lanes = stackalloc int[(n1 - n0) * 64], dots = stackalloc int[(n1 - n0) * 4];
+                for (; i + 4 <= m1; i += 4, u += 4 * k)
+                {
+                    NativeDots<Four>(w, n0, n1, u, k, lanes, dots);
+                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 4));
+                }
+                for (; i + 2 <= m1; i += 2, u += 2 * k)
+                {
+                    NativeDots<Two>(w, n0, n1, u, k, lanes, dots);
+                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 2));
+                }
+                for (; i < m1; i++, u += k)
+                {
+                    NativeDots<One>(w, n0, n1, u, k, lanes, dots);
+                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 1));
+                }
+                return;
+            }
             for (; i + 4 <= m1; i += 4, u += 4 * k)
                 for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, Four>(w, n, u, u + k, u + 2 * k, u + 3 * k, dot));
             for (; i + 2 <= m1; i += 2, u += 2 * k)
@@ -493,8 +551,35 @@ internal static unsafe class IntegerMatMul
     }
 
     /// <summary>
-    /// <c>sum_k u_r[k] * q[n, k]</c> for the code rows <c>u_r</c>, <c>r &lt; TR.Count</c> (the unused ones null), into
-    /// <paramref name="dot"/>: two vectors per row a step, then one, then scalars.
+    /// The dot products of weight rows <c>[n0, n1)</c> with <c>TR.Count</c> code rows (row r at <c>u + r * ldu</c>) into
+    /// <c>dots[4 (n - n0) + r]</c>: one call of <see cref="Vnni512Kernel.RowDots"/> for them all (lane sums into
+    /// <paramref name="lanes"/>, 64 ints per weight row), then each row's lane sums. Exact integers, so the sums of the other paths.
+    /// </summary>
+    private static void NativeDots<TR>(in WeightView w, int n0, int n1, byte* u, nint ldu, int* lanes, int* dots) where TR : IRowCount
+    {
+        int rows = TR.Count;
+        Vnni512Kernel.RowDots(w.Data + (nint)n0 * w.Cols, w.Cols, u, ldu, lanes, n1 - n0, rows);
+        for (int n = n0; n < n1; n++)
+        {
+            int* l = lanes + (n - n0) * 16 * rows, d = dots + (n - n0) * 4;
+            if (rows == 4) SumLanes4(l).Store(d);
+            else for (int r = 0; r < rows; r++) d[r] = Vector512.Sum(Vector512.Load(l + 16 * r));
+        }
+    }
+
+    /// <summary>The lane sums of the four 16-lane vectors at <paramref name="lanes"/>: halves added, then three <c>vphaddd</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> SumLanes4(int* lanes)
+    {
+        Vector512<int> a = Vector512.Load(lanes), b = Vector512.Load(lanes + 16), c = Vector512.Load(lanes + 32), d = Vector512.Load(lanes + 48);
+        var h = Avx2.HorizontalAdd(Avx2.HorizontalAdd(a.GetLower() + a.GetUpper(), b.GetLower() + b.GetUpper()),
+            Avx2.HorizontalAdd(c.GetLower() + c.GetUpper(), d.GetLower() + d.GetUpper()));
+        return h.GetLower() + h.GetUpper();
+    }
+
+    /// <summary>
+    /// <c>sum_k u_r[k] * q[n, k]</c> for the code rows <c>u_r</c>, <c>r &lt; TR.Count</c> (the unused ones null; four
+    /// rows evenly spaced), into <paramref name="dot"/>: two vectors per row a step, then one, then scalars.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static ReadOnlySpan<int> Dot<TW, TAcc, TR>(in WeightView w, int n, byte* u0, byte* u1, byte* u2, byte* u3, Span<int> dot)

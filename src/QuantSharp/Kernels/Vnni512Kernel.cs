@@ -26,6 +26,9 @@ namespace QuantSharp.Kernels;
 /// </remarks>
 internal static unsafe partial class Vnni512Kernel
 {
+    /// <summary>Where the row-dot kernels for 1, 2 and 4 activation rows start in the code page (<see cref="Assemble"/>), plus 4 for those with a tail step.</summary>
+    private static readonly int[] s_rowDotOffsets = new int[9];
+
     private static readonly nint s_code = Build();
 
     /// <summary>Whether the 512-bit kernel runs here (and <see cref="Simd.MaxBits"/> allows 512 bits).</summary>
@@ -34,6 +37,22 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Runs the micro-kernel (see the class remarks); only when <see cref="IsSupported"/>.</summary>
     public static void Micro(byte* a, nint lda, byte* b, int groups, int* c, nint ldcBytes) =>
         ((delegate* unmanaged[SuppressGCTransition]<byte*, nint, byte*, nint, int*, nint, void>)s_code)(a, lda, b, groups, c, ldcBytes);
+
+    /// <summary>
+    /// The row kernels' dot products at 512 bits (<see cref="IntegerMatMul"/> at few activation rows): <paramref name="count"/>
+    /// int8 weight rows of <paramref name="k"/> bytes from <paramref name="q"/> against <paramref name="rows"/> (1, 2 or
+    /// 4) uint8 code rows, row r at <c>u + r * ldu</c>: <c>lanes[16 (rows n + r) + l]</c> = the sum of lane l's products
+    /// (four per 64-byte step, <c>vpdpbusd zmm</c>, exact int32 sums) for weight row n, the last partial step read
+    /// through a byte mask (nothing read past the row). Only when <see cref="IsSupported"/>, with <paramref name="k"/>
+    /// at least 64 and <paramref name="count"/> at least 1.
+    /// </summary>
+    public static void RowDots(byte* q, int k, byte* u, nint ldu, int* lanes, int count, int rows)
+    {
+        int steps = k / 64, tail = k - 64 * steps;
+        nint code = s_code + s_rowDotOffsets[rows + (tail > 0 ? 4 : 0)];
+        ulong mask = tail > 0 ? (1UL << tail) - 1 : 0;
+        ((delegate* unmanaged[SuppressGCTransition]<byte*, nint, byte*, nint, int*, nint, nint, ulong, void>)code)(q, tail, u, ldu, lanes, steps, count, mask);
+    }
 
     private static nint Build()
     {
@@ -65,10 +84,72 @@ internal static unsafe partial class Vnni512Kernel
 
     private const int Rdx = 2, Rsi = 6, Rdi = 7, R8 = 8, R9 = 9, R10 = 10, R11 = 11, NoIndex = -1;
 
-    /// <summary>The micro-kernel's machine code.</summary>
+    /// <summary>The micro-kernel's machine code at offset 0, then the row-dot kernels (<see cref="RowDots"/>), each at a 64-byte boundary.</summary>
     internal static byte[] Assemble()
     {
         var asm = new Assembler();
+        AssembleMicro(asm);
+        foreach (bool tail in new[] { false, true })
+            foreach (int rows in new[] { 1, 2, 4 })
+            {
+                asm.AlignTo(64);
+                s_rowDotOffsets[rows + (tail ? 4 : 0)] = asm.Position;
+                AssembleRowDots(asm, rows, tail);
+            }
+        return asm.ToArray();
+    }
+
+    /// <summary>
+    /// <see cref="RowDots"/>: System V <c>rdi = q, rsi = tail bytes, rdx = u, rcx = ldu, r8 = lanes, r9 = whole
+    /// steps</c>, then on the stack the count (into <c>r11</c>) and the tail's byte mask (into <c>k1</c>). Per weight row:
+    /// accumulators <c>zmm0-3</c> zeroed, then per step the weight vector into <c>zmm8</c>, the code rows (<c>[r10]</c>,
+    /// <c>[r10 + rcx]</c>, <c>[rbx]</c>, <c>[rbx + rcx]</c> with <c>r10 = u</c> and <c>rbx = u + 2 ldu</c>, advancing)
+    /// into <c>zmm4-7</c> and one <c>vpdpbusd</c> per code row; with <paramref name="tail"/>, one more step of masked
+    /// loads (<c>vmovdqu8 {k1}{z}</c>: masked-off bytes are zero and never read); the accumulators stored to
+    /// <c>lanes</c>, <c>rdi</c> moved past the tail to the next weight row. <c>rax</c> counts the steps; <c>rbx</c> is
+    /// saved and restored.
+    /// </summary>
+    private static void AssembleRowDots(Assembler asm, int rows, bool tail)
+    {
+        const int Rax = 0, Rcx = 1, Rbx = 3;
+        (int Base, int Index)[] codeRows = [(R10, NoIndex), (R10, Rcx), (Rbx, NoIndex), (Rbx, Rcx)];
+        asm.Push(Rbx);
+        asm.LoadStackArgument(R11, 16); // the seventh argument, above the return address and rbx
+        if (tail)
+        {
+            asm.LoadStackArgument(Rax, 24); // the eighth
+            asm.MoveToMask1(Rax);
+        }
+        int row = asm.Position;
+        for (int r = 0; r < rows; r++) asm.ZeroVector(r);
+        asm.Move(R10, Rdx);
+        if (rows > 2) asm.LeaScaled2(Rbx, R10, Rcx);
+        asm.Move(Rax, R9);
+        int step = asm.Position;
+        asm.Vector(Assembler.LoadOp, 8, Rdi, NoIndex, 0);
+        for (int r = 0; r < rows; r++) asm.Vector(Assembler.LoadOp, 4 + r, codeRows[r].Base, codeRows[r].Index, 0);
+        for (int r = 0; r < rows; r++) asm.DotBytes(r, 4 + r, 8);
+        asm.AddImmediate(Rdi, 64);
+        asm.AddImmediate(R10, 64);
+        if (rows > 2) asm.AddImmediate(Rbx, 64);
+        asm.DecrementAndLoop(Rax, step);
+        if (tail)
+        {
+            asm.MaskedByteLoad(8, Rdi, NoIndex);
+            for (int r = 0; r < rows; r++) asm.MaskedByteLoad(4 + r, codeRows[r].Base, codeRows[r].Index);
+            for (int r = 0; r < rows; r++) asm.DotBytes(r, 4 + r, 8);
+            asm.Add(Rdi, Rsi);
+        }
+        for (int r = 0; r < rows; r++) asm.Vector(Assembler.StoreOp, r, R8, NoIndex, 64 * r);
+        asm.AddImmediate(R8, 64 * rows);
+        asm.DecrementAndLoop(R11, row);
+        asm.Pop(Rbx);
+        asm.Return();
+    }
+
+    /// <summary>The micro-kernel (see the class remarks).</summary>
+    private static void AssembleMicro(Assembler asm)
+    {
         // Six rows at [r8], [r8 + r9], [r10], [r10 + r9], [r11], [r11 + r9] with r10 = r8 + 2 r9, r11 = r8 + 4 r9.
         (int Base, int Index)[] accRows = [(R8, NoIndex), (R8, R9), (R10, NoIndex), (R10, R9), (R11, NoIndex), (R11, R9)];
         asm.LeaScaled2(R10, R8, R9);
@@ -106,7 +187,6 @@ internal static unsafe partial class Vnni512Kernel
             asm.Vector(Assembler.StoreOp, 2 * j + 1, accRows[j].Base, accRows[j].Index, 64);
         }
         asm.Return();
-        return asm.ToArray();
     }
 
     /// <summary>
@@ -116,7 +196,7 @@ internal static unsafe partial class Vnni512Kernel
     private sealed class Assembler
     {
         public const int LoadOp = 0x6F, StoreOp = 0x7F; // vmovdqu32 zmm, m512 / m512, zmm (EVEX.512.F3.0F.W0)
-        private const int Map0F = 1, Map0F38 = 2, Prefix66 = 1, PrefixF3 = 2;
+        private const int Map0F = 1, Map0F38 = 2, Prefix66 = 1, PrefixF3 = 2, PrefixF2 = 3;
         private readonly List<byte> _bytes = [];
 
         public int Position => _bytes.Count;
@@ -170,6 +250,65 @@ internal static unsafe partial class Vnni512Kernel
             Disp32(target - (Position + 4));
         }
 
+        /// <summary><c>kmovq k1, reg</c> (VEX.L0.F2.0F.W1 92; reg &lt; 8).</summary>
+        public void MoveToMask1(int reg) => Emit(0xC4, 0xE1, 0xFB, 0x92, 0xC8 | (reg & 7));
+
+        /// <summary><c>vmovdqu8 zmm(reg) {k1}{z}, [base + index]</c> (EVEX.512.F2.0F.W0 6F): bytes whose mask bit is clear are zero and not read.</summary>
+        public void MaskedByteLoad(int reg, int baseReg, int index)
+        {
+            EvexPrefix(Map0F, PrefixF2, reg, 0, baseReg, xBit: index < 0 ? 0 : index >> 3, zeroMask1: true);
+            Emit(LoadOp, 0x80 | (reg & 7) << 3 | 4, (index < 0 ? 4 : index & 7) << 3 | (baseReg & 7));
+            Disp32(0);
+        }
+
+        /// <summary><c>push reg</c> (reg &lt; 8).</summary>
+        public void Push(int reg) => Emit(0x50 | reg);
+
+        /// <summary><c>pop reg</c> (reg &lt; 8).</summary>
+        public void Pop(int reg) => Emit(0x58 | reg);
+
+        /// <summary><c>mov dst, src</c> (64-bit).</summary>
+        public void Move(int dst, int src)
+        {
+            Rex(src, 0, dst);
+            Emit(0x89, 0xC0 | (src & 7) << 3 | (dst & 7));
+        }
+
+        /// <summary><c>add dst, src</c> (64-bit).</summary>
+        public void Add(int dst, int src)
+        {
+            Rex(src, 0, dst);
+            Emit(0x01, 0xC0 | (src & 7) << 3 | (dst & 7));
+        }
+
+        /// <summary><c>mov dst, [rsp + offset]</c> (64-bit, offset below 128).</summary>
+        public void LoadStackArgument(int dst, int offset)
+        {
+            Rex(dst, 0, 0);
+            Emit(0x8B, 0x44 | (dst & 7) << 3, 0x24, offset);
+        }
+
+        /// <summary><c>dec reg; jnz target</c> (64-bit).</summary>
+        public void DecrementAndLoop(int reg, int target)
+        {
+            Rex(0, 0, reg);
+            Emit(0xFF, 0xC8 | (reg & 7), 0x0F, 0x85);
+            Disp32(target - (Position + 4));
+        }
+
+        /// <summary><c>vpxord zmm(reg), zmm(reg), zmm(reg)</c> (EVEX.512.66.0F.W0 EF).</summary>
+        public void ZeroVector(int reg)
+        {
+            EvexPrefix(Map0F, Prefix66, reg, reg, reg, xBit: reg >> 4);
+            Emit(0xEF, 0xC0 | (reg & 7) << 3 | (reg & 7));
+        }
+
+        /// <summary>Pads with <c>int3</c> to a multiple of <paramref name="bytes"/>.</summary>
+        public void AlignTo(int bytes)
+        {
+            while (_bytes.Count % bytes != 0) _bytes.Add(0xCC);
+        }
+
         /// <summary><c>vzeroupper; ret</c>.</summary>
         public void Return() => Emit(0xC5, 0xF8, 0x77, 0xC3);
 
@@ -182,10 +321,11 @@ internal static unsafe partial class Vnni512Kernel
         }
 
         /// <summary>EVEX: 62, then R X B R' 0 0 m m, W vvvv 1 p p, z L'L b V' aaa (R, X, B, R', vvvv, V' inverted).</summary>
-        private void EvexPrefix(int map, int prefix, int reg, int vreg, int rm, int xBit)
+        private void EvexPrefix(int map, int prefix, int reg, int vreg, int rm, int xBit, bool zeroMask1 = false)
         {
             int r = ~reg >> 3 & 1, x = ~xBit & 1, b = ~rm >> 3 & 1, rHigh = ~reg >> 4 & 1;
-            Emit(0x62, r << 7 | x << 6 | b << 5 | rHigh << 4 | map, (~vreg & 15) << 3 | 1 << 2 | prefix, 2 << 5 | (~vreg >> 4 & 1) << 3);
+            Emit(0x62, r << 7 | x << 6 | b << 5 | rHigh << 4 | map, (~vreg & 15) << 3 | 1 << 2 | prefix,
+                (zeroMask1 ? 0x81 : 0) | 2 << 5 | (~vreg >> 4 & 1) << 3);
         }
 
         /// <summary>REX.W with the high bits of the ModRM reg, SIB index and base/rm registers.</summary>

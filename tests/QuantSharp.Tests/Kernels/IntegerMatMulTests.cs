@@ -62,6 +62,76 @@ public unsafe class IntegerMatMulTests
     }
 
     [Fact]
+    public void GeneratedRowDotsEqualPlainSums()
+    {
+        // The row kernels' machine code (Vnni512Kernel.RowDots) against plain integer sums: 1, 2 and 4 code rows, whole
+        // 64-byte steps with and without a masked tail, several weight rows per call, the extreme codes; each lane's
+        // sum is its four bytes' products over the steps, so the 16 lanes of a row add up to the dot product.
+        if (!Vnni512Kernel.IsSupported) return;
+        var random = new Random(11);
+        foreach (int k in new[] { 64, 65, 100, 127, 128, 191, 256, 800 })
+            foreach (int rows in new[] { 1, 2, 4 })
+            {
+                const int count = 5;
+                nint ldu = k + 3;
+                byte[] q = new byte[count * k], u = new byte[rows * ldu];
+                random.NextBytes(q);
+                random.NextBytes(u);
+                q[0] = 0x80; u[0] = 255; q[k - 1] = 0x7F; u[k - 1] = 255;
+                int[] lanes = new int[count * rows * 16];
+                fixed (byte* pq = q) fixed (byte* pu = u) fixed (int* pl = lanes)
+                    Vnni512Kernel.RowDots(pq, k, pu, ldu, pl, count, rows);
+                for (int n = 0; n < count; n++)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        for (int l = 0; l < 16; l++)
+                        {
+                            int expected = 0;
+                            for (int j = 4 * l; j < k; j += 64)
+                                for (int b = j; b < Math.Min(j + 4, k); b++) expected += u[r * ldu + b] * (sbyte)q[n * k + b];
+                            Assert.True(expected == lanes[(n * rows + r) * 16 + l], $"k {k}, {rows} rows: weight row {n}, code row {r}, lane {l}: {lanes[(n * rows + r) * 16 + l]} against {expected}");
+                        }
+                    }
+            }
+    }
+
+    [Fact]
+    public void GeneratedRowDotsReadNothingPastTheRows()
+    {
+        // A weight row and a code row of 100 bytes (one step and a 36-byte tail) that end where an inaccessible page
+        // begins: the tail's masked loads must not touch it (an unmasked 64-byte load there would fault).
+        if (!Vnni512Kernel.IsSupported) return;
+        const int k = 100, page = 4096, ProtNone = 0, ProtRead = 1, ProtWrite = 2, MapPrivate = 2, MapAnonymous = 0x20;
+        nint memory = MemoryMap(0, 2 * page, ProtRead | ProtWrite, MapPrivate | MapAnonymous, -1, 0);
+        Assert.NotEqual(-1, memory);
+        try
+        {
+            Assert.Equal(0, MemoryProtect(memory + page, page, ProtNone));
+            byte* q = (byte*)memory + page - k, u = (byte*)memory + page - 2 * k;
+            for (int j = 0; j < k; j++) { q[j] = (byte)(j % 7 - 3); u[j] = (byte)(j % 5); }
+            int* lanes = stackalloc int[16];
+            Vnni512Kernel.RowDots(q, k, u, 0, lanes, 1, 1);
+            int expected = 0, actual = 0;
+            for (int j = 0; j < k; j++) expected += u[j] * (sbyte)q[j];
+            for (int l = 0; l < 16; l++) actual += lanes[l];
+            Assert.Equal(expected, actual);
+        }
+        finally
+        {
+            MemoryUnmap(memory, 2 * page);
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mmap")]
+    private static extern nint MemoryMap(nint address, nuint length, int protection, int flags, int fd, nint offset);
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mprotect")]
+    private static extern int MemoryProtect(nint address, nuint length, int protection);
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "munmap")]
+    private static extern int MemoryUnmap(nint address, nuint length);
+
+    [Fact]
     public void ManagedVnni512TwinEqualsTheSpecification()
     {
         // The portable twin of the generated kernel runs everywhere (emulated where the CPU lacks 512-bit vectors):
