@@ -31,7 +31,7 @@ internal enum KernelPath
 /// <summary>Which loop structure multiplies a weight into the activations.</summary>
 internal enum MatMulMethod
 {
-    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights), <see cref="DotTiles"/> for 5-11 rows of some small 4-bit and half-precision weights, <see cref="Rows"/> below (<see cref="QuantizedMatMul.ChooseMethod"/>).</summary>
+    /// <summary><see cref="Packed"/> from <see cref="QuantizedMatMul.PackedMinRows"/> activation rows (fewer for small weights), <see cref="DotTiles"/> for 3-23 rows of some small 4-bit and half-precision weights, <see cref="Rows"/> below (<see cref="QuantizedMatMul.ChooseMethod"/>).</summary>
     Auto,
     /// <summary>Decode each weight chunk in registers and multiply it into 1 to 4 activation rows (small batches).</summary>
     Rows,
@@ -155,6 +155,16 @@ internal static unsafe class QuantizedMatMul
     /// </summary>
     internal const int Float16DotTilesMinRows = 6;
 
+    /// <summary>
+    /// Activation rows from which a small 4-bit weight in groups of at most <see cref="DotTilesMaxGroup"/> or a small
+    /// float16 weight of more than <see cref="FewWeightRows"/> rows takes the packed GEMM at 512 bits, instead of
+    /// <see cref="PackedMinRowsSmallWeight"/>: since the dot tiles fold their sums four at a time
+    /// (<see cref="DotTileMatMul.FourSums"/>) they were as fast or faster than the packed GEMM at 12-20 rows on 64x800,
+    /// 384x384 and 384x1536, int4 group 32 and float16 (docs/BENCHMARKS.md, stop 25). bfloat16 and int8 keep the packed
+    /// GEMM from 12 rows, as do the other widths (not measured).
+    /// </summary>
+    internal static int PackedMinRowsDotTiles = 24;
+
     /// <summary>The loop structure <see cref="MatMulMethod.Auto"/> takes for <paramref name="m"/> activation rows and a <c>[rows, cols]</c> weight.</summary>
     internal static MatMulMethod ChooseMethod(int m, int rows, int cols, WeightFormat format, int groupSize, KernelPath path = KernelPath.V512)
     {
@@ -163,6 +173,8 @@ internal static unsafe class QuantizedMatMul
             : rows > FewWeightRows ? Math.Min(PackedMinRows, PackedMinRowsSmallWeight)
             : cols >= FewRowsLongReduction ? Math.Max(PackedMinRows, FewRowsLongPackedMinRows)
             : PackedMinRows;
+        if (path == KernelPath.V512 && small && rows > FewWeightRows && (WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16))
+            packedMin = Math.Max(packedMin, PackedMinRowsDotTiles);
         if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;

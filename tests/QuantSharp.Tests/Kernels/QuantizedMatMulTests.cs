@@ -68,7 +68,8 @@ public unsafe class QuantizedMatMulTests
     /// The packed GEMM from 24 activation rows, and from 12 for weights below 2^20 elements of more than 16 rows (of at
     /// most 16 rows: from 24, or 64 for rows of 512 elements or more); below, the dot tiles from 5
     /// rows for small 4-bit weights in groups of at most 64, from 6 rows for other small float16 weights, from 3 rows for
-    /// small 4-bit and half-precision weights of at most 64 rows, else the row kernels (int8 always).
+    /// small 4-bit and half-precision weights of at most 64 rows, else the row kernels (int8 always); small 4-bit weights
+    /// in groups of at most 64 and small float16 weights keep the dot tiles up to 23 rows at 512 bits.
     /// </summary>
     [Theory]
     [InlineData(1, 64, 800, "Int8", 800, "Rows")]
@@ -85,7 +86,14 @@ public unsafe class QuantizedMatMulTests
     [InlineData(3, 64, 800, "BFloat16", 800, "DotTiles")]
     [InlineData(5, 64, 800, "Int4", 32, "DotTiles")]
     [InlineData(11, 384, 1536, "UInt4", 64, "DotTiles")]
-    [InlineData(12, 384, 1536, "Int4", 32, "Packed")]
+    [InlineData(12, 384, 1536, "Int4", 32, "DotTiles")]
+    [InlineData(23, 384, 1536, "Int4", 32, "DotTiles")]
+    [InlineData(24, 384, 1536, "Int4", 32, "Packed")]
+    [InlineData(12, 384, 1536, "Int4", 128, "Packed")]
+    [InlineData(16, 64, 800, "Float16", 800, "DotTiles")]
+    [InlineData(16, 64, 800, "BFloat16", 800, "Packed")]
+    [InlineData(23, 384, 384, "Float16", 384, "DotTiles")]
+    [InlineData(12, 384, 384, "BFloat16", 384, "Packed")]
     [InlineData(8, 384, 1536, "Int4", 128, "Rows")]
     [InlineData(8, 64, 768, "Int4", 128, "DotTiles")]
     [InlineData(8, 1024, 1024, "Int4", 32, "Rows")]
@@ -126,6 +134,8 @@ public unsafe class QuantizedMatMulTests
     [InlineData(8, 64, 800, "Float16", 800, "V256", "DotTiles")]
     [InlineData(12, 16, 128, "Int8", 128, "V256", "Rows")]
     [InlineData(23, 16, 128, "Int4", 32, "V256", "DotTiles")]
+    [InlineData(12, 64, 800, "Int4", 32, "V256", "Packed")]
+    [InlineData(12, 64, 800, "Int4", 32, "V512", "DotTiles")]
     public void MethodByRowsWeightAndWidth(int m, int rows, int cols, string format, int groupSize, string path, string expected)
     {
         Assert.Equal(Enum.Parse<MatMulMethod>(expected), QuantizedMatMul.ChooseMethod(m, rows, cols, Enum.Parse<WeightFormat>(format), groupSize, Enum.Parse<KernelPath>(path)));
