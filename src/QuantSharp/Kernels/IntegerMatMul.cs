@@ -522,23 +522,7 @@ internal static unsafe class IntegerMatMul
             int i = m0;
             if (TW.NativeSteps && k >= 64)
             {
-                // All weight rows of the item against each group of code rows in one call of the generated kernel.
-                int* lanes = stackalloc int[(n1 - n0) * 64], dots = stackalloc int[(n1 - n0) * 4];
-                for (; i + 4 <= m1; i += 4, u += 4 * k)
-                {
-                    NativeDots<Four>(w, n0, n1, u, k, lanes, dots);
-                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 4));
-                }
-                for (; i + 2 <= m1; i += 2, u += 2 * k)
-                {
-                    NativeDots<Two>(w, n0, n1, u, k, lanes, dots);
-                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 2));
-                }
-                for (; i < m1; i++, u += k)
-                {
-                    NativeDots<One>(w, n0, n1, u, k, lanes, dots);
-                    for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 1));
-                }
+                NativeItem(w, u, m0, m1, n0, n1, sums, output);
                 return;
             }
             for (; i + 4 <= m1; i += 4, u += 4 * k)
@@ -548,6 +532,35 @@ internal static unsafe class IntegerMatMul
             for (; i < m1; i++, u += k)
                 for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], Dot<TW, TAcc, One>(w, n, u, null, null, null, dot));
         });
+    }
+
+    /// <summary>
+    /// A work item of the row kernels on the generated kernel: code rows <c>[m0, m1)</c> (the first at <paramref name="u"/>)
+    /// against weight rows <c>[n0, n1)</c>, four code rows at a time, then two, then one, each group against all the
+    /// weight rows in one call (<see cref="NativeDots{TR}"/>). Its scratch (up to 17 KiB) is written before it is read,
+    /// so it is not zeroed.
+    /// </summary>
+    [SkipLocalsInit]
+    private static void NativeItem(in WeightView w, byte* u, int m0, int m1, int n0, int n1, ReadOnlySpan<int> sums, in Output output)
+    {
+        int k = w.Cols, i = m0;
+        int* lanes = stackalloc int[(n1 - n0) * 64], dots = stackalloc int[(n1 - n0) * 4];
+        for (; i + 4 <= m1; i += 4, u += 4 * k)
+        {
+            NativeDots<Four>(w, n0, n1, u, k, lanes, dots);
+            var rows = output.FourRows(i);
+            for (int n = n0; n < n1; n++) output.WriteFour(n, i, sums[n - n0], dots + (n - n0) * 4, rows);
+        }
+        for (; i + 2 <= m1; i += 2, u += 2 * k)
+        {
+            NativeDots<Two>(w, n0, n1, u, k, lanes, dots);
+            for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 2));
+        }
+        for (; i < m1; i++, u += k)
+        {
+            NativeDots<One>(w, n0, n1, u, k, lanes, dots);
+            for (int n = n0; n < n1; n++) output.Write(n, i, sums[n - n0], new ReadOnlySpan<int>(dots + (n - n0) * 4, 1));
+        }
     }
 
     /// <summary>
@@ -646,6 +659,32 @@ internal static unsafe class IntegerMatMul
     private readonly ref struct Output(in WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
     {
         private readonly WeightView _w = w;
+
+        /// <summary>Activation rows <c>i..i+3</c>'s zero points, code sums and scales in float64 lanes, for <see cref="WriteFour"/>.</summary>
+        public (Vector256<double> ZeroPoints, Vector256<double> Sums, Vector256<double> Scales) FourRows(int i) =>
+            (Vector256.Create((double)x.ZeroPoints[i], x.ZeroPoints[i + 1], x.ZeroPoints[i + 2], x.ZeroPoints[i + 3]),
+             Vector256.Create((double)x.Sums[i], x.Sums[i + 1], x.Sums[i + 2], x.Sums[i + 3]),
+             Vector256.Create((double)x.Scales[i], x.Scales[i + 1], x.Scales[i + 2], x.Scales[i + 3]));
+
+        /// <summary>
+        /// <see cref="Write"/> for the four activation rows of <paramref name="rows"/> at once, in float64 lanes: every
+        /// term of the correction is an integer below 2^53 (codes below 2^8, reductions of at most 2^16), so the lanes
+        /// hold the int64 sum exactly, and the scales multiply in the same order, rounding to float32 then adding the
+        /// bias as <see cref="Write"/> does: the same bits.
+        /// </summary>
+        public void WriteFour(int n, int i, int rowSum, int* dots, (Vector256<double> ZeroPoints, Vector256<double> Sums, Vector256<double> Scales) rows)
+        {
+            var (ws, wz) = _w.Params(n, 0);
+            var exact = Avx.ConvertToVector256Double(Vector128.Load(dots)) - rows.ZeroPoints * (double)rowSum - rows.Sums * (double)wz
+                + rows.ZeroPoints * ((double)_w.Cols * wz);
+            var v = Avx.ConvertToVector128Single(rows.Scales * (double)ws * exact);
+            float b = bias == null ? 0f : bias[n];
+            float* out0 = y + i * ldy + n;
+            out0[0] = v.GetElement(0) + b;
+            out0[ldy] = v.GetElement(1) + b;
+            out0[2 * ldy] = v.GetElement(2) + b;
+            out0[3 * ldy] = v.GetElement(3) + b;
+        }
 
         public void Write(int n, int i, int rowSum, ReadOnlySpan<int> dots)
         {
