@@ -479,7 +479,8 @@ internal static unsafe class IntegerMatMul
     /// kernel (<see cref="IntNativeRows512"/>) where the CPU has AVX512-VNNI but not AVX-VNNI (AMD Zen 4, Intel
     /// Ice Lake and Cascade Lake servers), which otherwise run them on <c>vpmaddwd</c> (<see cref="IntMadd512"/>: four
     /// instructions per 32 products against one per 64); CPUs with AVX-VNNI keep its 256-bit intrinsic
-    /// (<see cref="IntVnni256"/>), not measured against this kernel. The probe and the tests turn it off.
+    /// (<see cref="IntVnni256"/>), not measured against this kernel. The probe turns it off; the tests reach the
+    /// <c>vpmaddwd</c> row kernels through <see cref="KernelPath.V512"/>, which never takes the generated kernel.
     /// </summary>
     internal static volatile bool NativeRowDots = true;
 

@@ -551,6 +551,24 @@ public unsafe class QuantizedMatMulTests
     }
 
     [Fact]
+    public void DotTilesFoldOneSumAtATimeToo()
+    {
+        // The fold's other order (DotTileMatMul.FourSums off, as the probe measures it) on every path and method,
+        // against the specification: 4-bit, half and int8 weights, a reduction with a scalar tail, 1-9 activation rows.
+        DotTileMatMul.FourSums = false;
+        try
+        {
+            foreach (var format in new[] { WeightFormat.Int4, WeightFormat.Float16, WeightFormat.BFloat16, WeightFormat.Int8 })
+                foreach (int batch in new[] { 1, 3, 9 })
+                    Check(format, rows: 13, cols: 302, groupSize: 0, zeroPoints: true, batch, seed: 40 + batch, xPad: 1, yPad: 2);
+        }
+        finally
+        {
+            DotTileMatMul.FourSums = true;
+        }
+    }
+
+    [Fact]
     public void HalfLanesConvertEveryHalfValueExactly()
     {
         var bits = new ushort[65536];
