@@ -22,9 +22,6 @@ internal interface IIntWidth<TAcc> where TAcc : struct
     static abstract unsafe TAcc Accumulate(TAcc acc, byte* u, byte* s);
 
     static abstract int Sum(TAcc acc);
-
-    /// <summary>Whether the row kernels take the whole 64-byte steps of each dot product from <see cref="Vnni512Kernel.RowDots"/> (then this width's own steps for the rest).</summary>
-    static virtual bool NativeSteps => false;
 }
 
 internal readonly struct IntVnni256 : IIntWidth<Vector256<int>>
@@ -49,23 +46,6 @@ internal readonly struct IntMadd512 : IIntWidth<Vector512<int>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static unsafe Vector512<int> Accumulate(Vector512<int> acc, byte* u, byte* s) =>
         acc + Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Vector256.Load(u)), Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)s)));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int Sum(Vector512<int> acc) => Vector512.Sum(acc);
-}
-
-/// <summary>
-/// <see cref="IntMadd512"/> whose row kernels take the whole 64-byte steps from the generated <c>vpdpbusd zmm</c> kernel
-/// (<see cref="Vnni512Kernel.RowDots"/>; <see cref="IntegerMatMul.NativeRowDots"/>): one instruction per 64 products.
-/// </summary>
-internal readonly struct IntNativeRows512 : IIntWidth<Vector512<int>>
-{
-    public static int Step => IntMadd512.Step;
-    public static Vector512<int> Zero => Vector512<int>.Zero;
-    public static bool NativeSteps => true;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe Vector512<int> Accumulate(Vector512<int> acc, byte* u, byte* s) => IntMadd512.Accumulate(acc, u, s);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static int Sum(Vector512<int> acc) => Vector512.Sum(acc);
@@ -433,10 +413,7 @@ internal static unsafe class IntegerMatMul
         switch (path)
         {
             case KernelPath.Vnni256: Drive<IntVnni256, Vector256<int>>(w, x, bias, y, ldy); break;
-            case KernelPath.V512:
-                if (native) Drive<IntNativeRows512, Vector512<int>>(w, x, bias, y, ldy);
-                else Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy);
-                break;
+            case KernelPath.V512: Drive<IntMadd512, Vector512<int>>(w, x, bias, y, ldy, native); break;
             case KernelPath.V256: Drive<IntMadd256, Vector256<int>>(w, x, bias, y, ldy); break;
             case KernelPath.V128: Drive<IntMadd128, Vector128<int>>(w, x, bias, y, ldy); break;
             default: Drive<IntScalar, int>(w, x, bias, y, ldy); break;
@@ -476,7 +453,7 @@ internal static unsafe class IntegerMatMul
 
     /// <summary>
     /// Whether the row kernels on the 512-bit path take their dot products from the generated <c>vpdpbusd zmm</c>
-    /// kernel (<see cref="IntNativeRows512"/>) where the CPU has AVX512-VNNI but not AVX-VNNI (AMD Zen 4, Intel
+    /// kernel (<see cref="Vnni512Kernel.RowDots"/>) where the CPU has AVX512-VNNI but not AVX-VNNI (AMD Zen 4, Intel
     /// Ice Lake and Cascade Lake servers), which otherwise run them on <c>vpmaddwd</c> (<see cref="IntMadd512"/>: four
     /// instructions per 32 products against one per 64); CPUs with AVX-VNNI keep its 256-bit intrinsic
     /// (<see cref="IntVnni256"/>), not measured against this kernel. The probe turns it off; the tests reach the
@@ -484,7 +461,8 @@ internal static unsafe class IntegerMatMul
     /// </summary>
     internal static volatile bool NativeRowDots = true;
 
-    private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy)
+    /// <summary>The row kernels on width <typeparamref name="TW"/>; with <paramref name="native"/> (512 bits) a work item's dot products from <see cref="NativeItem"/>.</summary>
+    private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, bool native = false)
         where TW : IIntWidth<TAcc> where TAcc : struct
     {
         const int RowsPerBlock = 64;
@@ -521,7 +499,7 @@ internal static unsafe class IntegerMatMul
             if (needSums)
                 for (int n = n0; n < n1; n++) sums[n - n0] = Dot<TW, TAcc, One>(w, n, ones.Codes, null, null, null, dot)[0];
             int i = m0;
-            if (TW.NativeSteps && k >= 64)
+            if (native && k >= 64)
             {
                 NativeItem(w, u, m0, m1, n0, n1, sums, output);
                 return;

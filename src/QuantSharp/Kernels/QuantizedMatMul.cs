@@ -173,16 +173,20 @@ internal static unsafe class QuantizedMatMul
             : rows > FewWeightRows ? Math.Min(PackedMinRows, PackedMinRowsSmallWeight)
             : cols >= FewRowsLongReduction ? Math.Max(PackedMinRows, FewRowsLongPackedMinRows)
             : PackedMinRows;
-        if (path == KernelPath.V512 && small && rows > FewWeightRows && (WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16))
+        if (path == KernelPath.V512 && small && rows > FewWeightRows && DotTilesFormat(format, groupSize))
             packedMin = Math.Max(packedMin, PackedMinRowsDotTiles);
         if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
         if (m < DotTilesMinRows) return MatMulMethod.Rows;
-        bool tiles = WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16 && m >= Float16DotTilesMinRows;
+        bool tiles = DotTilesFormat(format, groupSize) && (WeightView.IsPacked(format) || m >= Float16DotTilesMinRows);
         return tiles ? MatMulMethod.DotTiles : MatMulMethod.Rows;
     }
+
+    /// <summary>Whether a small weight of more than <see cref="DotTilesMaxWeightRows"/> rows can take the dot tiles: 4-bit in groups of at most <see cref="DotTilesMaxGroup"/>, or float16.</summary>
+    private static bool DotTilesFormat(WeightFormat format, int groupSize) =>
+        WeightView.IsPacked(format) ? groupSize <= DotTilesMaxGroup : format == WeightFormat.Float16;
 
     /// <summary>
     /// Batch 1 streams each weight row once. A row is a new stream of a few KiB that the hardware prefetcher picks up
