@@ -15,7 +15,8 @@ namespace QuantSharp.Bench;
 /// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
 /// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
-/// 5 seconds per case instead, for a profiler; <c>CONV_BATCH</c> keeps one batch size.
+/// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
+/// each (paired in one process); <c>CONV_BATCH</c> keeps one batch size.
 /// </summary>
 internal static class ConvBench
 {
@@ -72,11 +73,21 @@ internal static class ConvBench
             for (int i = 0; i < chosen.Length; i++) chosen[i] = [];
             // libtorch's convolutions reach their steady speed only after tens of calls (the 224x224 stem at batch 1:
             // 1.8-2.0 ms for the first 60 calls, then 0.23 ms), so every variant is warmed up first.
+            Func<Tensor> Call(string profile)
+            {
+                var parts = profile.Split(':');
+                return parts[0] == "Float" ? () => conv.call(x) : () => layers[Array.IndexOf(kinds, parts[1])].Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
+            }
+            if (Environment.GetEnvironmentVariable("CONV_PAIR") is { } pair)
+            {
+                // ROUTE:KIND,ROUTE:KIND,...: blocks of calls of each in turn, in one process.
+                Pair(c, pair.Split(','), pair.Split(',').Select(Call).ToArray());
+                continue;
+            }
             if (Environment.GetEnvironmentVariable("CONV_PROFILE") is { } profile)
             {
                 // ROUTE:KIND (e.g. Direct:int8, or Float:): that call alone for 5 s, for a profiler.
-                var parts = profile.Split(':');
-                Func<Tensor> call = parts[0] == "Float" ? () => conv.call(x) : () => layers[Array.IndexOf(kinds, parts[1])].Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
+                var call = Call(profile);
                 WarmUp(call);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{c.Name} batch {c.Batch} {profile}: {MicrosecondsPerCall(call):F1} us per call"));
                 continue;
@@ -86,18 +97,21 @@ internal static class ConvBench
                 foreach (var route in Routes) WarmUp(() => layer.Forward(x, route));
             for (int run = 0; run <= runs; run++)
             {
-                // Run 0 is not counted either.
-                double f = Min(repeats, () => conv.call(x));
-                if (run > 0) time[0].Add(f);
+                // Run 0 is not counted either. Each layer's rule is timed right after a float32 turn of its own: a
+                // libtorch convolution after a bfloat16 one ran a few percent slower (the stem at batch 1, CONV_PAIR
+                // Float:,BFloat16:int8,Reference:int8: the same float32 call as the first, beaten by it in 30-35 of 40
+                // rounds), which had put the weight-only cells on libtorch's route at 1.05-1.09x of themselves.
                 for (int i = 0; i < layers.Length; i++)
                 {
                     var layer = layers[i];
+                    double f = Min(repeats, () => conv.call(x));
+                    double a = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
                     double r = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Reference));
                     double k = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Kernel));
                     double d = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Direct));
                     double h = Min(repeats, () => layer.Forward(x, ConvolutionRoute.BFloat16));
-                    double a = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
                     if (run == 0) continue;
+                    time[0].Add(f);
                     time[1 + 4 * i].Add(r);
                     time[2 + 4 * i].Add(k);
                     time[3 + 4 * i].Add(d);
@@ -181,6 +195,29 @@ internal static class ConvBench
             long count = System.Runtime.JitInfo.GetCompiledMethodCount();
             if (count != compiled) (compiled, lastCompile) = (count, now);
             if (i >= 50 && now >= 200 && (now - lastCompile >= 250 || now >= 3000)) break;
+        }
+    }
+
+    /// <summary>
+    /// <c>CONV_PAIR</c>: 41 rounds (the first not counted), each timing a block of 20 calls of every variant in turn;
+    /// prints each variant's median block time per call and in how many rounds it beat the first variant.
+    /// </summary>
+    private static void Pair(Case c, string[] names, Func<Tensor>[] calls)
+    {
+        foreach (var call in calls) WarmUp(call);
+        var times = names.Select(_ => new List<double>()).ToArray();
+        for (int round = 0; round <= 40; round++)
+            for (int v = 0; v < calls.Length; v++)
+            {
+                var sw = Stopwatch.StartNew();
+                for (int i = 0; i < 20; i++) calls[v]().Dispose();
+                if (round > 0) times[v].Add(sw.Elapsed.TotalMilliseconds * 1000 / 20);
+            }
+        for (int v = 0; v < calls.Length; v++)
+        {
+            int wins = times[v].Zip(times[0], (a, b) => a < b ? 1 : 0).Sum();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{c.Name} batch {c.Batch} {names[v]}: median {Median(times[v]):F1} us per call, faster than {names[0]} in {wins} of {times[v].Count} rounds"));
         }
     }
 
