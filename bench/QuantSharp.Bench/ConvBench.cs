@@ -16,7 +16,8 @@ namespace QuantSharp.Bench;
 /// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
-/// each (paired in one process); <c>CONV_BATCH</c> keeps one batch size.
+/// each (paired in one process); <c>CONV_BATCH</c> keeps one batch size; <c>PROBE_HALF_SINGLE=0</c> turns
+/// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
 /// </summary>
 internal static class ConvBench
 {
@@ -56,6 +57,7 @@ internal static class ConvBench
         Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | direct ms | bfloat16 ms | chosen | chosen / float32 time (median, min-max) |");
         Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|---:|");
         using var noGrad = no_grad();
+        if (Environment.GetEnvironmentVariable("PROBE_HALF_SINGLE") == "0") LinearKernels.ManagedHalfToSingle = false;
         PrimeAllocator();
         string? onlyBatch = Environment.GetEnvironmentVariable("CONV_BATCH");
         foreach (var c in Cases().Where(c => c.Name.Contains(filter, StringComparison.Ordinal) && (onlyBatch is null || c.Batch.ToString(CultureInfo.InvariantCulture) == onlyBatch)))

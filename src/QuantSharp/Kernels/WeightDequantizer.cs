@@ -13,8 +13,9 @@ namespace QuantSharp.Kernels;
 /// <remarks>
 /// 8-bit codes go through <see cref="QuantizeKernel.Dequantize(ReadOnlySpan{sbyte}, float, float, Span{float})"/> one
 /// group at a time; 4-bit codes are first unpacked to one signed byte per value (<see cref="UnpackNibbles"/>). Half
-/// precision is converted by libtorch, except float16 into bfloat16 (<see cref="RunBFloat16"/>, through
-/// <see cref="HalfKernel.HalfToBFloat16"/>). Rows run on <see cref="KernelThreads"/> when there are enough of them.
+/// precision is widened exactly (<see cref="HalfKernel.FromHalf"/>, <see cref="HalfKernel.FromBFloat16"/>), float16 into
+/// bfloat16 converted directly (<see cref="RunBFloat16"/>, through <see cref="HalfKernel.HalfToBFloat16"/>). Rows run on
+/// <see cref="KernelThreads"/> when there are enough of them.
 /// </remarks>
 internal static unsafe class WeightDequantizer
 {
@@ -69,8 +70,12 @@ internal static unsafe class WeightDequantizer
         var dst = new Span<float>(destination, cols);
         switch (w.Format)
         {
-            case WeightFormat.Float16 or WeightFormat.BFloat16:
-                throw new ArgumentException("Half-precision weights are converted by libtorch (one vectorized call), not dequantized here.", nameof(w));
+            case WeightFormat.Float16:
+                HalfKernel.FromHalf(new ReadOnlySpan<ushort>(row, cols), dst);
+                return;
+            case WeightFormat.BFloat16:
+                HalfKernel.FromBFloat16(new ReadOnlySpan<ushort>(row, cols), dst);
+                return;
             case WeightFormat.Int8:
                 Groups(w, n, new ReadOnlySpan<sbyte>(row, cols), dst);
                 return;

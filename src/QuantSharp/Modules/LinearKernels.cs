@@ -24,6 +24,14 @@ internal static unsafe class LinearKernels
     internal static volatile bool ManagedHalfToBFloat16 = true;
 
     /// <summary>
+    /// Whether half-precision weights reach a float32 destination through <see cref="HalfKernel.FromHalf"/> /
+    /// <see cref="HalfKernel.FromBFloat16"/> on the kernel threads (false: libtorch's <c>copy_</c>, the same bits, whose
+    /// three tensor calls cost a few microseconds: a quarter of the small-convolution kernel's call on the MNIST CNN's
+    /// first layer; a switch for the benchmark's before/after).
+    /// </summary>
+    internal static volatile bool ManagedHalfToSingle = true;
+
+    /// <summary>
     /// <c>y = x W^T + b</c> for the storage matrix of <paramref name="parts"/> through a kernel, or null. With
     /// <paramref name="input"/> the activations are quantized in the kernel (W8A8 in integers) when the weight is int8
     /// per row; otherwise the call returns null and the caller simulates.
@@ -142,8 +150,9 @@ internal static unsafe class LinearKernels
     /// As <see cref="TryDequantize"/>, into <paramref name="destination"/> (contiguous float32 or bfloat16 CPU, any
     /// shape; bfloat16 rounded to nearest even from the float32 values): the storage matrix's rows from
     /// <paramref name="firstRow"/> on, as many as the destination holds whole rows (all of them by default). Half
-    /// precision: float16 into bfloat16 through <see cref="HalfKernel.HalfToBFloat16"/>, the rest through libtorch's
-    /// conversion; false where no kernel reads the format.
+    /// precision: into float32 through <see cref="HalfKernel.FromHalf"/> / <see cref="HalfKernel.FromBFloat16"/>, float16
+    /// into bfloat16 through <see cref="HalfKernel.HalfToBFloat16"/>, bfloat16 into bfloat16 (and everything with the
+    /// switches off) through libtorch's conversion; false where no kernel reads the format.
     /// </summary>
     public static bool TryDequantizeInto(QuantizedTensor parts, Tensor destination, long firstRow = 0)
     {
@@ -156,8 +165,8 @@ internal static unsafe class LinearKernels
         if (!CanDequantize(parts, bfloat16, out var format, out int groupSize))
         {
             if (parts.Spec.Type.IsInteger()) return false;
-            // Other half precision (float16 into float32, bfloat16 into either): libtorch's conversion (exact to
-            // float32, round to nearest even to bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
+            // Other half precision (bfloat16 into bfloat16, or a switch off): libtorch's conversion (exact to float32,
+            // round to nearest even to bfloat16, as float16 -> float32 -> bfloat16) into the buffer.
             using var noGrad = no_grad();
             using var source = parts.Data.narrow(0, firstRow, count);
             using var view = destination.view(source.shape);
@@ -172,14 +181,17 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// Whether <see cref="WeightDequantizer"/> reads <paramref name="parts"/>: integer weights, and float16 weights into
-    /// bfloat16 (<paramref name="toBFloat16"/>, <see cref="ManagedHalfToBFloat16"/>).
+    /// Whether <see cref="WeightDequantizer"/> reads <paramref name="parts"/>: integer weights, float16 weights into
+    /// bfloat16 (<paramref name="toBFloat16"/>, <see cref="ManagedHalfToBFloat16"/>) and half-precision weights into
+    /// float32 (<see cref="ManagedHalfToSingle"/>).
     /// </summary>
     private static bool CanDequantize(QuantizedTensor parts, bool toBFloat16, out WeightFormat format, out int groupSize)
     {
         format = default;
         groupSize = 0;
-        bool managed = parts.Spec.Type.IsInteger() || (toBFloat16 && ManagedHalfToBFloat16 && parts.Spec.Type == QuantType.Float16);
+        bool managed = parts.Spec.Type.IsInteger()
+            || (toBFloat16 && ManagedHalfToBFloat16 && parts.Spec.Type == QuantType.Float16)
+            || (!toBFloat16 && ManagedHalfToSingle && parts.Spec.Type is QuantType.Float16 or QuantType.BFloat16);
         if (!Enabled || !managed || parts.Shape.Length < 2 || parts.Data.device_type != DeviceType.CPU || !parts.Data.is_contiguous()) return false;
         var (rows, cols) = Matrix(parts);
         if (rows > int.MaxValue || cols > int.MaxValue || rows * cols == 0 || Format(parts.Spec, cols, out groupSize) is not { } f) return false;
