@@ -21,7 +21,8 @@ namespace QuantSharp.Modules;
 /// 0.14-0.25 ms against 0.20-0.35 for dequantize + libtorch (faster in every process), MNIST conv1 at batch 64
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
 /// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there.</item>
-/// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>:
+/// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>,
+/// where libtorch's bfloat16 convolution passed <see cref="BFloat16Check"/> (<see cref="QuantizedModule.BFloat16Convolutions"/>):
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
 /// convolution with a reduction of <see cref="BFloat16MinReduction"/> or more (ResNet 3x3 and 1x1 layers, stride 2,
 /// Conv1d, MNIST conv2 at batch 64 and 500; every weight format and W8A8). Below it (3 input channels x 3x3, MNIST
@@ -98,7 +99,7 @@ internal static class ConvolutionCost
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
     /// <param name="quantizedInput">True for W8A8 layers (static input quantization).</param>
-    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.UseBFloat16Compute"/> and <see cref="QuantizedModule.NativeBFloat16"/>).</param>
+    /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.BFloat16Convolutions"/>).</param>
     /// <param name="float256">True where the float kernels' widest path is 256 bits (<see cref="Widest256"/>): small calls of more than <see cref="SmallKernelMaxReduction256"/> terms then take the packed kernels.</param>
     /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true)

@@ -58,7 +58,7 @@ internal static class LinearCost
     /// <param name="outputs">Output features.</param>
     /// <param name="inputs">Input features.</param>
     /// <param name="type">The weight's stored type.</param>
-    /// <param name="bfloat16">Whether the bfloat16 route may be taken (<see cref="QuantizedModule.BFloat16Routes"/>).</param>
+    /// <param name="bfloat16">Whether the bfloat16 route may be taken (<see cref="QuantizedModule.BFloat16MatMuls"/>).</param>
     public static LinearRoute Choose(long rows, long outputs, long inputs, QuantType type, bool bfloat16)
     {
         long elements = outputs * inputs;

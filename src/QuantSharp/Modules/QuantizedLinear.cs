@@ -63,7 +63,7 @@ public sealed class QuantizedLinear : QuantizedModule
     /// </summary>
     internal LinearRoute Route(Tensor input)
     {
-        if (!BFloat16Routes) return LinearRoute.Kernel; // the only other route
+        if (!BFloat16MatMuls) return LinearRoute.Kernel; // the only other route
         if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return LinearRoute.Kernel;
         if (input.requires_grad && is_grad_enabled()) return LinearRoute.Kernel;
         long inputs = in_features;

@@ -129,13 +129,21 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// up to 2^-8 each, below an int8 or int4 weight's quantization step; float16 weights lose 3 bits): outputs differ
     /// from the float32 computation by up to about 0.5% of their largest magnitude (docs/ACCURACY.md, "bfloat16
     /// compute"). PyTorch makes the same trade with <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>. Set false
-    /// for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16. Integer W8A8 layers
-    /// keep their integer kernels.
+    /// for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16, nor does a process in
+    /// which libtorch's bfloat16 convolution (or matrix product) failed a known-answer check at its first use (it
+    /// returned wrong values on one Zen 5 CPU; those layers then keep their float32 routes). Integer W8A8 layers keep
+    /// their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;
 
-    /// <summary>Whether the bfloat16 routes may run in this process: <see cref="UseBFloat16Compute"/> on a CPU with native bfloat16.</summary>
-    internal static bool BFloat16Routes => UseBFloat16Compute && NativeBFloat16;
+    /// <summary>
+    /// Whether the bfloat16 convolution route may run in this process: <see cref="UseBFloat16Compute"/> on a CPU with
+    /// native bfloat16 where libtorch's bfloat16 convolution gave the known answers (<see cref="BFloat16Check"/>).
+    /// </summary>
+    internal static bool BFloat16Convolutions => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.Convolutions;
+
+    /// <summary>As <see cref="BFloat16Convolutions"/>, for the linear layers' bfloat16 route (libtorch's bfloat16 matrix product).</summary>
+    internal static bool BFloat16MatMuls => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.MatMuls;
 
     /// <summary>
     /// Whether this CPU computes bfloat16 dot products in hardware (AVX512-BF16: CPUID leaf 7 sub-leaf 1, EAX bit 5; or

@@ -18,7 +18,9 @@ namespace QuantSharp.Tests.Kernels;
 /// for the thread's bfloat16 buffer give each of two alternating layers its own weight; with
 /// <see cref="QuantizedConv.UseBFloat16Compute"/> off a call the rule sends to bfloat16 computes in float32;
 /// <see cref="QuantizedModule.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
-/// differentiable float32 path.
+/// differentiable float32 path. Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (it did on a
+/// Zen 5 VM, for layers whose output channels are not a multiple of 16), the rule never takes the route, and the forced
+/// route is still libtorch's result bit for bit, with some of the layers here outside the bound.
 /// </summary>
 public class BFloat16ConvolutionTests
 {
@@ -61,14 +63,33 @@ public class BFloat16ConvolutionTests
     /// <summary>Asserts the bfloat16 route's output against the float32 route's at every position; returns max |difference|.</summary>
     private static double AssertWithinBFloat16Bound(QuantizedConv layer, Tensor x, Tensor reference, Tensor actual, string what)
     {
+        var (ratio, largest) = BoundRatio(layer, x, reference, actual);
+        Assert.True(ratio <= 1, $"{what}: |difference| up to {ratio:G3} of the bound ({Bound:G3} of sum |w||x| + |b|)");
+        return largest;
+    }
+
+    /// <summary>The largest |bfloat16 route - float32 route| as a fraction of its bound, and the largest |difference|.</summary>
+    private static (double Ratio, double Largest) BoundRatio(QuantizedConv layer, Tensor x, Tensor reference, Tensor actual)
+    {
         using var scope = NewDisposeScope();
         Assert.Equal(ScalarType.Float32, actual.dtype);
         Assert.Equal(reference.shape, actual.shape);
         var diff = (actual.to(ScalarType.Float64) - reference.to(ScalarType.Float64)).abs();
         var allowed = Magnitude(layer, x) * Bound + 1e-30;
-        var ratio = (diff / allowed).max().item<double>();
-        Assert.True(ratio <= 1, $"{what}: |difference| up to {ratio:G3} of the bound ({Bound:G3} of sum |w||x| + |b|)");
-        return diff.max().item<double>();
+        return ((diff / allowed).max().item<double>(), diff.max().item<double>());
+    }
+
+    /// <summary>libtorch's bfloat16 convolution of <paramref name="layer"/>'s (quantized) input, weight and bias, as float32: what the bfloat16 route computes.</summary>
+    private static Tensor LibtorchBFloat16(QuantizedConv layer, Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var w = layer.DequantizeWeight().to(ScalarType.BFloat16);
+        var b = layer.bias?.to(ScalarType.BFloat16);
+        var xb = layer.QuantizeInput(x).to(ScalarType.BFloat16);
+        var y = layer.SpatialDims == 1
+            ? nn.functional.conv1d(xb, w, b, layer.stride[0], layer.padding[0], layer.dilation[0])
+            : nn.functional.conv2d(xb, w, b, [.. layer.stride], [.. layer.padding], [.. layer.dilation]);
+        return y.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 
     [Fact]
@@ -77,7 +98,8 @@ public class BFloat16ConvolutionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(41);
-        int layers = 0;
+        int layers = 0, outOfBound = 0;
+        bool libtorchRight = BFloat16Check.Convolutions;
         foreach (var (conv, inputs) in Cases())
         {
             var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
@@ -93,7 +115,18 @@ public class BFloat16ConvolutionTests
                 {
                     var reference = layer.Forward(x, ConvolutionRoute.Reference);
                     var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
-                    largest = Math.Max(largest, AssertWithinBFloat16Bound(layer, x, reference, actual, $"{name} input [{string.Join(",", x.shape)}]"));
+                    string what = $"{name} input [{string.Join(",", x.shape)}]";
+                    if (libtorchRight)
+                    {
+                        largest = Math.Max(largest, AssertWithinBFloat16Bound(layer, x, reference, actual, what));
+                        continue;
+                    }
+                    // libtorch's bfloat16 convolution failed BFloat16Check here: the forced route is still its result,
+                    // bit for bit, and is counted when it misses the bound.
+                    Assert.True(LibtorchBFloat16(layer, x).equal(actual).all().item<bool>(), $"{what}: not libtorch's bfloat16 convolution");
+                    var (ratio, diff) = BoundRatio(layer, x, reference, actual);
+                    largest = Math.Max(largest, diff);
+                    if (ratio > 1) outOfBound++;
                 }
                 // It rounded: float32 random inputs are not bfloat16 values.
                 Assert.True(largest > 0, $"{name}: the bfloat16 route gave the float32 route's values exactly");
@@ -101,6 +134,9 @@ public class BFloat16ConvolutionTests
             }
         }
         Assert.True(layers >= Cases().Length * 6, $"only {layers} layers ran");
+        // Where the check rejected libtorch's bfloat16 convolution, these layers (among them 10 and 9 output channels,
+        // the faulty case seen) show why: some outputs miss the rounding bound.
+        Assert.True(libtorchRight || outOfBound > 0, "the check rejected libtorch's bfloat16 convolution, yet every layer here was within the bound");
     }
 
     [Fact]
@@ -119,7 +155,7 @@ public class BFloat16ConvolutionTests
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int4WeightOnly(groupSize: 32).BaseWeights);
             // The rule takes it only on native-bf16 CPUs; forced, it runs anywhere (here too under DOTNET_EnableAVX512=0).
             var auto = layer.Route(x);
-            Assert.True(QuantizedModule.NativeBFloat16 || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it: {auto}");
+            Assert.True(QuantizedModule.BFloat16Convolutions || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it (or where libtorch's failed the check): {auto}");
             var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
             using var w = layer.DequantizeWeight().to(ScalarType.BFloat16);
             using var b = layer.bias!.to(ScalarType.BFloat16);
@@ -174,16 +210,16 @@ public class BFloat16ConvolutionTests
         try
         {
             QuantizedConv.UseBFloat16Compute = true;
-            Assert.Equal(QuantizedModule.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
+            Assert.Equal(QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
             var byDefault = layer.call(x);
-            if (QuantizedModule.NativeBFloat16)
+            if (QuantizedModule.BFloat16Convolutions)
             {
                 AssertWithinBFloat16Bound(layer, x, reference, byDefault, "default");
                 Assert.False(byDefault.allclose(reference, rtol: 1e-5, atol: 1e-5), "bfloat16 compute gave float32's values");
             }
             else
             {
-                AssertClose(reference, byDefault, 1e-5, "default without native bfloat16");
+                AssertClose(reference, byDefault, 1e-5, "default without native bfloat16 (or with libtorch's failing the check)");
             }
 
             QuantizedConv.UseBFloat16Compute = false;
@@ -220,7 +256,7 @@ public class BFloat16ConvolutionTests
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 64, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 64, 20, 20);
         using (no_grad())
-            Assert.Equal(QuantizedModule.NativeBFloat16 ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
+            Assert.Equal(QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));
         x.requires_grad_();
         Assert.Equal(ConvolutionRoute.Reference, layer.Route(x));
         var y = layer.call(x);

@@ -375,7 +375,8 @@ public unsafe class ConvolutionKernelTests
     /// <summary>
     /// Asserts the route an int8 (weight-only or, with <paramref name="input"/>, static W8A8) layer of <paramref name="conv"/>
     /// takes for <paramref name="x"/>: with <see cref="QuantizedConv.UseBFloat16Compute"/> (the default)
-    /// <paramref name="withBFloat16"/> on a native-bf16 CPU and <paramref name="without"/> elsewhere, and what
+    /// <paramref name="withBFloat16"/> where the bfloat16 convolution route runs (a native-bf16 CPU whose libtorch passed
+    /// <see cref="BFloat16Check"/>) and <paramref name="without"/> elsewhere, and what
     /// <see cref="ConvolutionCost.Choose"/> gives for <paramref name="unfold"/> (the call's geometry; null where the input
     /// itself rules the kernels out); with the flag off <paramref name="without"/> on every machine.
     /// </summary>
@@ -388,9 +389,9 @@ public unsafe class ConvolutionKernelTests
         {
             QuantizedConv.UseBFloat16Compute = true;
             var route = layer.Route(x);
-            Assert.True((QuantizedModule.NativeBFloat16 ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16})");
+            Assert.True((QuantizedModule.BFloat16Convolutions ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.NativeBFloat16 && QuantizedConv.UseBFloat16Compute, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;

@@ -70,8 +70,8 @@ public class LinearRouteTests
         var linear = nn.Linear(384, 384);
         using var layer = (QuantizedLinear)QuantizedModules.Quantize(linear, QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 150, 384); // 300 rows
-        Assert.Equal(LinearCost.Choose(300, 384, 384, QuantType.Int8, QuantizedModule.BFloat16Routes), layer.Route(x));
-        Assert.Equal(QuantizedModule.NativeBFloat16 ? LinearRoute.BFloat16 : LinearRoute.Kernel, layer.Route(x));
+        Assert.Equal(LinearCost.Choose(300, 384, 384, QuantType.Int8, QuantizedModule.BFloat16MatMuls), layer.Route(x));
+        Assert.Equal(QuantizedModule.BFloat16MatMuls ? LinearRoute.BFloat16 : LinearRoute.Kernel, layer.Route(x));
         Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(8, 384)));
         Assert.Equal(LinearRoute.Kernel, layer.Route(x.to(ScalarType.Float64)));
         using (torch.enable_grad())
@@ -215,7 +215,7 @@ public class LinearRouteTests
             }
             // The default takes bfloat16 where the CPU has it, float32 kernels where not.
             var actual = layer.call(x);
-            if (QuantizedModule.NativeBFloat16) AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec}: default");
+            if (QuantizedModule.BFloat16MatMuls) AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec}: default");
             else Assert.True((expected - actual).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: default without bfloat16");
         }
     }

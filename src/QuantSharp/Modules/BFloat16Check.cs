@@ -1,0 +1,90 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace QuantSharp.Modules;
+
+/// <summary>
+/// A known-answer check, once per process and before the bfloat16 routes first use them, of libtorch's bfloat16
+/// convolution and matrix product on this CPU. On an AMD EPYC VM (family 26, Zen 5; 2026-12-05) libtorch's oneDNN
+/// bfloat16 convolution returned wrong values (relative errors of 0.2-1.0) for every layer whose output channels were
+/// not a multiple of 16 and for 1x1 convolutions of one input channel, through both its <c>avx512_core_bf16</c> kernel and
+/// the <c>avx512_core</c> one that emulates bfloat16, while its float32 convolution and bfloat16 matrix product were
+/// right; a Zen 4 with the same flags had been right. A route that computes in bfloat16 is taken only where this check
+/// found libtorch's operation right; otherwise the layers keep their float32 routes (as with
+/// <see cref="QuantizedModule.UseBFloat16Compute"/> off).
+/// </summary>
+/// <remarks>
+/// The inputs are multiples of 1/128 in [-1, 1), exact in bfloat16, built without libtorch's random generator (the
+/// caller's seed is untouched); each output is compared with the float64 result within 2^-6 of
+/// <c>sum |w| |x| + |b|</c> over its terms: float32 accumulation and the bfloat16 output's rounding stay under
+/// 2^-7 of it, the faults seen were 20-60 times that.
+/// </remarks>
+internal static class BFloat16Check
+{
+    private static readonly Lazy<bool> s_convolutions = new(() => Passes(ConvolutionsAgree));
+    private static readonly Lazy<bool> s_matMuls = new(() => Passes(MatMulsAgree));
+
+    /// <summary>Whether libtorch's bfloat16 convolutions (Conv1d and Conv2d) gave the known answers in this process.</summary>
+    internal static bool Convolutions => s_convolutions.Value;
+
+    /// <summary>Whether libtorch's bfloat16 linear (matrix product) gave the known answers in this process.</summary>
+    internal static bool MatMuls => s_matMuls.Value;
+
+    private static bool Passes(Func<bool> check)
+    {
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            return check();
+        }
+        catch (Exception e) when (e is ExternalException or InvalidOperationException or ArgumentException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Conv2d with 10 output channels (a tail of 16), a 1x1 convolution of one input channel, a Conv2d of whole blocks
+    /// with stride 2, and a Conv1d of 9 output channels with stride and dilation.
+    /// </summary>
+    internal static bool ConvolutionsAgree() =>
+        Agrees(Values([2, 6, 9, 11], 1), Values([10, 6, 3, 3], 2), Values([10], 3), (x, w, b) => nn.functional.conv2d(x, w, b, [1, 1], [1, 1]))
+        && Agrees(Values([2, 1, 8, 8], 4), Values([16, 1, 1, 1], 5), null, (x, w, b) => nn.functional.conv2d(x, w, b))
+        && Agrees(Values([2, 16, 7, 7], 6), Values([32, 16, 3, 3], 7), Values([32], 8), (x, w, b) => nn.functional.conv2d(x, w, b, [2, 2]))
+        && Agrees(Values([2, 4, 21], 9), Values([9, 4, 4], 10), null, (x, w, b) => nn.functional.conv1d(x, w, b, 2, 0, 2));
+
+    /// <summary>Linear layers of one row by 10 outputs, 8 rows by 33 and 37 rows by 100, over 64-300 terms.</summary>
+    internal static bool MatMulsAgree() =>
+        Agrees(Values([1, 64], 11), Values([10, 64], 12), Values([10], 13), (x, w, b) => nn.functional.linear(x, w, b))
+        && Agrees(Values([8, 72], 14), Values([33, 72], 15), null, (x, w, b) => nn.functional.linear(x, w, b))
+        && Agrees(Values([37, 300], 16), Values([100, 300], 17), Values([100], 18), (x, w, b) => nn.functional.linear(x, w, b));
+
+    /// <summary>
+    /// Whether <paramref name="op"/> on bfloat16 tensors agrees, output by output, with <paramref name="reference"/>
+    /// (by default <paramref name="op"/> itself) on the same values in float64 (exact: they are bfloat16 values).
+    /// </summary>
+    internal static bool Agrees(Tensor x, Tensor w, Tensor? b, Func<Tensor, Tensor, Tensor?, Tensor> op, Func<Tensor, Tensor, Tensor?, Tensor>? reference = null)
+    {
+        reference ??= op;
+        var actual = op(x.to(ScalarType.BFloat16), w.to(ScalarType.BFloat16), b?.to(ScalarType.BFloat16)).to(ScalarType.Float64);
+        var exact = reference(x, w, b);
+        var magnitude = reference(x.abs(), w.abs(), b?.abs());
+        return actual.shape.SequenceEqual(exact.shape) && (actual - exact).abs().le(magnitude / 64 + 1e-30).all().item<bool>();
+    }
+
+    /// <summary>A float64 tensor of <paramref name="shape"/> holding multiples of 1/128 in [-1, 1) (exact in bfloat16), from <paramref name="seed"/>.</summary>
+    internal static Tensor Values(long[] shape, uint seed)
+    {
+        long count = shape.Aggregate(1L, (a, n) => a * n);
+        var values = new double[count];
+        uint state = seed * 2654435761u + 1;
+        for (long i = 0; i < count; i++)
+        {
+            state = state * 1664525u + 1013904223u;
+            values[i] = ((int)(state >> 24) - 128) / 128.0;
+        }
+        return torch.tensor(values, ScalarType.Float64).reshape(shape);
+    }
+}
