@@ -20,7 +20,7 @@ namespace QuantSharp.Tests.Kernels;
 /// <see cref="QuantizedModule.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
 /// differentiable float32 path. Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (it did on a
 /// Zen 5 VM, for layers whose output channels are not a multiple of 16), the rule never takes the route, and the forced
-/// route is still libtorch's result bit for bit, with some of the layers here outside the bound.
+/// route, still libtorch's bfloat16 convolution, misses the bound on some of the layers here.
 /// </summary>
 public class BFloat16ConvolutionTests
 {
@@ -79,19 +79,6 @@ public class BFloat16ConvolutionTests
         return ((diff / allowed).max().item<double>(), diff.max().item<double>());
     }
 
-    /// <summary>libtorch's bfloat16 convolution of <paramref name="layer"/>'s (quantized) input, weight and bias, as float32: what the bfloat16 route computes.</summary>
-    private static Tensor LibtorchBFloat16(QuantizedConv layer, Tensor x)
-    {
-        using var scope = NewDisposeScope();
-        var w = layer.DequantizeWeight().to(ScalarType.BFloat16);
-        var b = layer.bias?.to(ScalarType.BFloat16);
-        var xb = layer.QuantizeInput(x).to(ScalarType.BFloat16);
-        var y = layer.SpatialDims == 1
-            ? nn.functional.conv1d(xb, w, b, layer.stride[0], layer.padding[0], layer.dilation[0])
-            : nn.functional.conv2d(xb, w, b, [.. layer.stride], [.. layer.padding], [.. layer.dilation]);
-        return y.to(ScalarType.Float32).MoveToOuterDisposeScope();
-    }
-
     [Fact]
     public void BFloat16RouteIsWithinTheRoundingBoundOfTheFloat32RouteForEveryFormatAndInputForm()
     {
@@ -121,9 +108,9 @@ public class BFloat16ConvolutionTests
                         largest = Math.Max(largest, AssertWithinBFloat16Bound(layer, x, reference, actual, what));
                         continue;
                     }
-                    // libtorch's bfloat16 convolution failed BFloat16Check here: the forced route is still its result,
-                    // bit for bit, and is counted when it misses the bound.
-                    Assert.True(LibtorchBFloat16(layer, x).equal(actual).all().item<bool>(), $"{what}: not libtorch's bfloat16 convolution");
+                    // libtorch's bfloat16 convolution failed BFloat16Check here: the forced route still runs it, and is
+                    // counted where it misses the bound. (Its wrong values were not even repeatable on the Zen 5 VM:
+                    // the same call twice gave different bits.)
                     var (ratio, diff) = BoundRatio(layer, x, reference, actual);
                     largest = Math.Max(largest, diff);
                     if (ratio > 1) outOfBound++;
