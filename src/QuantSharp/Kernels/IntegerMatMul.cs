@@ -407,8 +407,8 @@ internal static unsafe class IntegerMatMul
         bool native = false;
         if (path == KernelPath.Vnni512)
         {
-            native = !IntVnni256.IsSupported && NativeRowDots;
-            path = IntVnni256.IsSupported ? KernelPath.Vnni256 : KernelPath.V512;
+            native = NativeRowDots && (!IntVnni256.IsSupported || NativeRowDotsOverAvxVnni);
+            path = IntVnni256.IsSupported && !native ? KernelPath.Vnni256 : KernelPath.V512;
         }
         switch (path)
         {
@@ -460,6 +460,9 @@ internal static unsafe class IntegerMatMul
     /// <c>vpmaddwd</c> row kernels through <see cref="KernelPath.V512"/>, which never takes the generated kernel.
     /// </summary>
     internal static volatile bool NativeRowDots = true;
+
+    /// <summary>Whether <see cref="NativeRowDots"/> applies on CPUs with AVX-VNNI too (a probe switch).</summary>
+    internal static volatile bool NativeRowDotsOverAvxVnni = false;
 
     /// <summary>The row kernels on width <typeparamref name="TW"/>; with <paramref name="native"/> (512 bits) a work item's dot products from <see cref="NativeItem"/>.</summary>
     private static void Drive<TW, TAcc>(WeightView w, QuantizedActivations x, float* bias, float* y, nint ldy, bool native = false)
