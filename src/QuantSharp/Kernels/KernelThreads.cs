@@ -31,7 +31,19 @@ namespace QuantSharp.Kernels;
 /// </remarks>
 internal static unsafe class KernelThreads
 {
-    private const long MinParallelWork = 1 << 17; // multiply-adds below which threads cost more than they save
+    /// <summary>
+    /// Multiply-adds below which a call runs on the calling thread alone, where handing half the work to another thread
+    /// costs more than it saves: 2^19. It was 2^17, from the Zen 4 VM of stops 9-16 (two threads lost there on 64x800,
+    /// 51K multiply-adds); on the Zen 5 VM of stop 26 a split call cost about 9.5-10 us beyond half its work (the 384x384
+    /// int8 layer at batch 1: 13-15 us on two threads, 6.8-7.2 us on one; float32 10 us), so layers up to 512x512 at batch
+    /// 1 (262K) lost on two threads: in the small-layer table weight-only 384x384 at 0.97-1.34x float32 with 2^17,
+    /// 0.65-0.84x with 2^19, and from 384x1536 (590K) the two thresholds measured alike (docs/BENCHMARKS.md, stop 26).
+    /// Settable for the bench and the tests (which pin 2^17, the threshold their shapes were chosen for).
+    /// </summary>
+    internal static long MinParallelWork { get; set; } = DefaultMinParallelWork;
+
+    /// <summary>The default of <see cref="MinParallelWork"/>.</summary>
+    internal const long DefaultMinParallelWork = 1 << 19;
 
     /// <summary>How long an idle worker spins for the next job before it sleeps.</summary>
     internal const double SpinMilliseconds = 0.5;

@@ -14,6 +14,35 @@ public class KernelThreadsTests
 {
     private const long Heavy = 1 << 20; // work per item above the threshold below which For runs inline
 
+    /// <summary>
+    /// <see cref="KernelThreads.RunsInParallel"/> follows <see cref="KernelThreads.MinParallelWork"/> (pinned to 2^17 for
+    /// the test run, 2^19 by default) and never splits on one thread.
+    /// </summary>
+    [Fact]
+    public void CallsSplitFromTheThresholdOn()
+    {
+        int saved = KernelThreads.Count;
+        long pinned = KernelThreads.MinParallelWork;
+        Assert.Equal(KernelThresholdPin.Threshold, pinned); // for the whole test run
+        Assert.Equal(1L << 19, KernelThreads.DefaultMinParallelWork);
+        try
+        {
+            KernelThreads.Count = 2;
+            Assert.False(KernelThreads.RunsInParallel(pinned - 1));
+            Assert.True(KernelThreads.RunsInParallel(pinned));
+            KernelThreads.MinParallelWork = KernelThreads.DefaultMinParallelWork;
+            Assert.False(KernelThreads.RunsInParallel((1 << 19) - 1));
+            Assert.True(KernelThreads.RunsInParallel(1 << 19));
+            KernelThreads.Count = 1;
+            Assert.False(KernelThreads.RunsInParallel(1L << 30));
+        }
+        finally
+        {
+            KernelThreads.Count = saved;
+            KernelThreads.MinParallelWork = pinned;
+        }
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
