@@ -41,8 +41,9 @@ namespace QuantSharp.Modules;
 /// libtorch (the float32 rule): 0.41-0.76x on the stride-1 ResNet layers, 0.58-0.68x at stride 2 with the phases
 /// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which keeps it, with its 144 terms, on
 /// libtorch.</item>
-/// <item>Elsewhere the float32 rule: 1x1 convolutions (a plain matrix product) run unfold + the packed kernels; the
-/// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
+/// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
+/// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
+/// stops 11 and 26); the rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
 /// </summary>
@@ -123,6 +124,10 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
+        // Weight-only 1x1 beyond the small kernel: libtorch on the dequantized weight. The packed kernel lost to it on
+        // both VMs: 1x1 256->256 at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x
+        // at batch 1 and 8 against 1.03-1.04x (Zen 5, stop 26).
+        if (pointwise && !quantizedInput && !small) return ConvolutionRoute.Reference;
         if (pointwise || integer) return ConvolutionRoute.Kernel;
         if (small) return float256 && unfold.Rows > SmallKernelMaxReduction256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct;
         return ConvolutionRoute.Reference;
