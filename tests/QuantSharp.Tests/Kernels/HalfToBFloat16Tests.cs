@@ -14,7 +14,8 @@ namespace QuantSharp.Tests.Kernels;
 [Collection(SimdWidthCollection.Name)]
 public unsafe class HalfToBFloat16Tests
 {
-    private static ushort[] EveryHalf() => Enumerable.Range(0, 65536).Select(i => (ushort)i).ToArray();
+    /// <summary>Every one of the 65,536 16-bit patterns, in order.</summary>
+    internal static ushort[] EveryHalf() => Enumerable.Range(0, 65536).Select(i => (ushort)i).ToArray();
 
     /// <summary>libtorch's conversion of <paramref name="halves"/> (bfloat16 bits).</summary>
     private static ushort[] Libtorch(ushort[] halves)

@@ -15,8 +15,6 @@ namespace QuantSharp.Tests.Kernels;
 [Collection(SimdWidthCollection.Name)]
 public class HalfToSingleTests
 {
-    private static ushort[] EveryPattern() => Enumerable.Range(0, 65536).Select(i => (ushort)i).ToArray();
-
     /// <summary>libtorch's widening of <paramref name="bits"/> (of <paramref name="type"/>) to float32, as bits.</summary>
     private static uint[] Libtorch(ushort[] bits, ScalarType type)
     {
@@ -29,46 +27,32 @@ public class HalfToSingleTests
 
     private static bool IsNaN(uint bits) => (bits & 0x7FFF_FFFFu) > 0x7F80_0000u;
 
-    [Theory]
-    [InlineData(512)]
-    [InlineData(256)]
-    [InlineData(128)]
-    [InlineData(0)]
-    public void EveryHalfWidensAsLibtorch(int maxBits)
+    public static TheoryData<int, bool> WidthsAndTypes() => new()
     {
-        using var cap = new SimdWidthCap(maxBits);
-        var halves = EveryPattern();
-        var expected = Libtorch(halves, ScalarType.Float16);
-        var actual = new float[halves.Length];
-        HalfKernel.FromHalf(halves, actual);
-        for (int i = 0; i < halves.Length; i++)
-        {
-            uint a = BitConverter.SingleToUInt32Bits(actual[i]);
-            Assert.True(a == BitConverter.SingleToUInt32Bits(HalfKernel.FromHalfBits(halves[i])), $"{maxBits} bits: 0x{halves[i]:X4} -> 0x{a:X8}, not the scalar specification's");
-            // NaN: libtorch may set the quiet bit of a signaling NaN; sign and the rest of the payload are kept by both.
-            if (IsNaN(expected[i])) Assert.True(IsNaN(a) && ((a ^ expected[i]) & ~0x0040_0000u) == 0, $"{maxBits} bits: NaN 0x{halves[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
-            else Assert.True(a == expected[i], $"{maxBits} bits: 0x{halves[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
-        }
-    }
+        { 512, true }, { 256, true }, { 128, true }, { 0, true },
+        { 512, false }, { 256, false }, { 128, false }, { 0, false },
+    };
 
+    /// <summary>float16 (<paramref name="half"/>) or bfloat16: every bit pattern widened as the scalar specification and as libtorch.</summary>
     [Theory]
-    [InlineData(512)]
-    [InlineData(256)]
-    [InlineData(128)]
-    [InlineData(0)]
-    public void EveryBFloat16WidensAsLibtorch(int maxBits)
+    [MemberData(nameof(WidthsAndTypes))]
+    public void EveryPatternWidensAsLibtorch(int maxBits, bool half)
     {
         using var cap = new SimdWidthCap(maxBits);
-        var values = EveryPattern();
-        var expected = Libtorch(values, ScalarType.BFloat16);
-        var actual = new float[values.Length];
-        HalfKernel.FromBFloat16(values, actual);
-        for (int i = 0; i < values.Length; i++)
+        var bits = HalfToBFloat16Tests.EveryHalf();
+        var expected = Libtorch(bits, half ? ScalarType.Float16 : ScalarType.BFloat16);
+        var actual = new float[bits.Length];
+        if (half) HalfKernel.FromHalf(bits, actual);
+        else HalfKernel.FromBFloat16(bits, actual);
+        string type = half ? "float16" : "bfloat16";
+        for (int i = 0; i < bits.Length; i++)
         {
             uint a = BitConverter.SingleToUInt32Bits(actual[i]);
-            Assert.True(a == (uint)values[i] << 16, $"{maxBits} bits: 0x{values[i]:X4} -> 0x{a:X8}");
-            if (IsNaN(expected[i])) Assert.True(IsNaN(a) && ((a ^ expected[i]) & ~0x0040_0000u) == 0, $"{maxBits} bits: NaN 0x{values[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
-            else Assert.True(a == expected[i], $"{maxBits} bits: 0x{values[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
+            uint spec = half ? BitConverter.SingleToUInt32Bits(HalfKernel.FromHalfBits(bits[i])) : (uint)bits[i] << 16;
+            Assert.True(a == spec, $"{type}, {maxBits} bits: 0x{bits[i]:X4} -> 0x{a:X8}, not the scalar specification's 0x{spec:X8}");
+            // NaN: libtorch may set the quiet bit of a signaling NaN; sign and the rest of the payload are kept by both.
+            if (IsNaN(expected[i])) Assert.True(IsNaN(a) && ((a ^ expected[i]) & ~0x0040_0000u) == 0, $"{type}, {maxBits} bits: NaN 0x{bits[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
+            else Assert.True(a == expected[i], $"{type}, {maxBits} bits: 0x{bits[i]:X4} -> 0x{a:X8}, libtorch 0x{expected[i]:X8}");
         }
     }
 
