@@ -124,11 +124,11 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        // Weight-only 1x1 beyond the small kernel: libtorch on the dequantized weight. The packed kernel lost to it on
-        // both VMs: 1x1 256->256 at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x
-        // at batch 1 and 8 against 1.03-1.04x (Zen 5, stop 26).
-        if (pointwise && !quantizedInput && !small) return ConvolutionRoute.Reference;
-        if (pointwise || integer) return ConvolutionRoute.Kernel;
+        // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
+        // fall through to libtorch on the dequantized weight, which the packed kernel lost to on both VMs: 1x1 256->256
+        // at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x at batch 1 and 8
+        // against 1.03-1.04x (Zen 5, stop 26).
+        if (integer || (pointwise && (quantizedInput || small))) return ConvolutionRoute.Kernel;
         if (small) return float256 && unfold.Rows > SmallKernelMaxReduction256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct;
         return ConvolutionRoute.Reference;
     }
