@@ -19,7 +19,7 @@ namespace QuantSharp.Tests.Kernels;
 /// <see cref="QuantizedConv.UseBFloat16Compute"/> off a call the rule sends to bfloat16 computes in float32;
 /// <see cref="QuantizedModule.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
 /// differentiable float32 path. Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (it did on a
-/// Zen 5 VM, for layers whose output channels are not a multiple of 16), the rule never takes the route, and the forced
+/// Zen 5 VM, for layers of 10 output channels), the rule never takes the route, and the forced
 /// route, still libtorch's bfloat16 convolution, misses the bound on some of the layers here.
 /// </summary>
 public class BFloat16ConvolutionTests
@@ -109,8 +109,8 @@ public class BFloat16ConvolutionTests
                         continue;
                     }
                     // libtorch's bfloat16 convolution failed BFloat16Check here: the forced route still runs it, and is
-                    // counted where it misses the bound. (Its wrong values were not even repeatable on the Zen 5 VM:
-                    // the same call twice gave different bits.)
+                    // counted where it misses the bound. (Not compared with a second libtorch call: on the Zen 5 VM
+                    // the wrong values did not always repeat.)
                     var (ratio, diff) = BoundRatio(layer, x, reference, actual);
                     largest = Math.Max(largest, diff);
                     if (ratio > 1) outOfBound++;
