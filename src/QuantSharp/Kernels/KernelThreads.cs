@@ -34,7 +34,7 @@ internal static unsafe class KernelThreads
     /// <summary>
     /// Multiply-adds below which a call runs on the calling thread alone, where handing half the work to another thread
     /// costs more than it saves: 2^19. It was 2^17, from the Zen 4 VM of stops 9-16 (two threads lost there on 64x800,
-    /// 51K multiply-adds); on the Zen 5 VM of stop 26 a split call cost about 9.5-10 us beyond half its work (the 384x384
+    /// 51K multiply-adds); on the Zen 5 VM of stop 26 a split call cost 9.5-11.5 us beyond half its work (the 384x384
     /// int8 layer at batch 1: 13-15 us on two threads, 6.8-7.2 us on one; float32 10 us), so layers up to 512x512 at batch
     /// 1 (262K) lost on two threads: in the small-layer table weight-only 384x384 at one row 0.85-1.57x float32 with 2^17,
     /// 0.65-0.82x with 2^19, and from 384x1536 (590K) the two thresholds measured alike (docs/BENCHMARKS.md, stop 26).
