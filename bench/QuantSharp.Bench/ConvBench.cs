@@ -39,6 +39,9 @@ internal static class ConvBench
             yield return new("resnet 128->256 3x3 s2 28x28", b, () => nn.Conv2d(128, 256, 3, stride: 2, padding: 1), [b, 128, 28, 28]);
             yield return new("1x1 256->256 28x28", b, () => nn.Conv2d(256, 256, 1), [b, 256, 28, 28]);
             yield return new("conv1d 512->512 k3 256", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 256]);
+            // Reductions of 64-255 terms (as MNIST conv2's 144), for the W8A8 rule between few terms and the integer GEMM's.
+            yield return new("mid 16->64 3x3 56x56", b, () => nn.Conv2d(16, 64, 3, padding: 1), [b, 16, 56, 56]);
+            yield return new("mid 8->32 3x3 112x112", b, () => nn.Conv2d(8, 32, 3, padding: 1), [b, 8, 112, 112]);
         }
     }
 

@@ -39,8 +39,10 @@ namespace QuantSharp.Modules;
 /// warming every route up until the JIT is quiet; ten processes) gave 0.29-0.61 against 0.43-0.77 ms at batch 1 (faster
 /// in every process) and 2.10-3.70 against 2.43-3.63 ms at batch 8 (faster in 8 of 10). Against dequantize + float32
 /// libtorch (the float32 rule): 0.41-0.76x on the stride-1 ResNet layers, 0.58-0.68x at stride 2 with the phases
-/// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which keeps it, with its 144 terms, on
-/// libtorch.</item>
+/// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which kept reductions below 256 terms on
+/// libtorch until stop 27: under the float32 rule, with the 512-bit VNNI kernel, W8A8 of 64-255 terms takes the
+/// integer GEMM too where it pays (<see cref="MidTermIntegerPays"/>: 0.46-1.01x float32's time on layers of 72 and 144
+/// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 stays there).</item>
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26); the rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
@@ -96,6 +98,30 @@ internal static class ConvolutionCost
     /// <summary>Whether the float kernels' widest path here is 256 bits (AVX2 without AVX-512, or AVX-512 turned off): the machines <see cref="SmallKernelMaxReduction256"/> was measured for (128-bit ones were not).</summary>
     internal static bool Widest256 => !Float512.IsSupported && Float256.IsSupported;
 
+    /// <summary>
+    /// Multiply-adds per call up to which static W8A8 of <see cref="BFloat16MinReduction"/> to
+    /// <see cref="IntegerMinReduction"/> terms takes the integer GEMM under the float32 rule even where its wide grid of
+    /// positions is much larger than the output (<see cref="MidTermIntegerPays"/>): MNIST conv2 (144 terms, 11x11 outputs
+    /// on a grid of 13-value rows in strips of 32: 160 rows per image for 121 positions) at batch 64, 35.7M, took
+    /// 0.99-1.13x float32's time on it against 1.22-1.26x on libtorch's route; at batch 500, 279M, 1.18-1.33x against
+    /// 1.06-1.07x (docs/BENCHMARKS.md, stop 27).
+    /// </summary>
+    internal const long MidTermW8A8MaxWork = 1 << 26;
+
+    /// <summary>
+    /// Whether the integer GEMM pays for static W8A8 of <see cref="BFloat16MinReduction"/> to <see cref="IntegerMinReduction"/>
+    /// terms (only measured with the 512-bit VNNI kernel): where the rows it multiplies per image
+    /// (<see cref="PhaseGrid.RowsPerImage"/>: output rows as long as the padded input's, rounded up to whole strips) are
+    /// at most 8/7 of the output positions, at any size (16->64 3x3 on 56x56 0.46x float32's time at batch 1 and 0.67x at
+    /// batch 8, 8->32 on 112x112 0.66x and 0.89-1.01x, against 1.05-1.14x on libtorch's route, which quantizes the input
+    /// in a pass of its own; docs/BENCHMARKS.md, stop 27), and elsewhere up to <see cref="MidTermW8A8MaxWork"/>.
+    /// </summary>
+    internal static bool MidTermIntegerPays(Im2Col unfold, long work)
+    {
+        int rows = new PhaseGrid(unfold).RowsPerImage;
+        return rows > 0 && (work <= MidTermW8A8MaxWork || 7L * rows <= 8L * unfold.Positions);
+    }
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -124,6 +150,8 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
+        // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
+        if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
         // fall through to libtorch on the dequantized weight, which the packed kernel lost to on both VMs: 1x1 256->256
         // at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x at batch 1 and 8

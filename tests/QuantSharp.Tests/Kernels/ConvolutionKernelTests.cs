@@ -449,10 +449,40 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(k144, 256, true, D, K, "W8A8 K 144 at 256 bits", float256: true);
         var k144Route = ConvolutionCost.Widest256 ? K : D; // the float32 rule at 256 bits: the integer GEMM
         AssertLayerRoute(nn.Conv2d(16, 256, 3), act, torch.randn(1, 16, 8, 8), k144, D, k144Route, "W8A8 K 144 layer");
-        // On 30x30 (784 positions, 29M multiply-adds) it is not small: K below IntegerMinReduction, so bfloat16, or
-        // simulated under the float32 rule.
+        // On 30x30 (784 positions, 29M multiply-adds) it is not small: K below IntegerMinReduction, so bfloat16; under the
+        // float32 rule the integer GEMM where it runs the 512-bit VNNI kernel (MidTermIntegerPays), else simulated.
         var k144Large = new Im2Col(16, 30, 30, 3, 3, 1, 1, 0, 0, 1, 1);
-        AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30");
+        AssertChoice(k144Large, 256, true, B, K, "W8A8 K 144 on 30x30");
+        AssertChoice(k144Large, 256, true, B, R, "W8A8 K 144 on 30x30 without the 512-bit VNNI kernel", vnni512: false);
+        AssertChoice(k144Large, 256, false, B, R, "K 144 on 30x30 weight-only");
+
+        // Reductions of 64-255 terms, W8A8, float32 rule, 512-bit VNNI: the integer GEMM where its rows per image (the
+        // padded input's row length x output rows, in whole strips of 32) are at most 8/7 of the positions, whatever
+        // the size, and elsewhere up to MidTermW8A8MaxWork. 16->64 3x3 on 56x56 (3,248 rows for 3,136 positions) at
+        // batch 8: 231M multiply-adds.
+        var mid = new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8);
+        Assert.True(8L * mid.Positions >= 7L * new PhaseGrid(mid).RowsPerImage && (long)mid.Images * mid.Positions * 64 * mid.Rows > ConvolutionCost.MidTermW8A8MaxWork);
+        AssertChoice(mid, 64, true, B, K, "W8A8 16->64 on 56x56 at batch 8");
+        AssertChoice(mid, 64, true, B, R, "W8A8 16->64 on 56x56 at batch 8 without the 512-bit VNNI kernel", vnni512: false);
+        // MNIST conv2 (160 rows per image for 121 positions): batch 64 (35.7M) in, batch 500 (279M) out, and the edge.
+        var conv2 = new Im2Col(16, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1);
+        Assert.True(8L * conv2.Positions < 7L * new PhaseGrid(conv2).RowsPerImage);
+        AssertChoice(conv2.ForImages(64), 32, true, B, K, "MNIST conv2 W8A8 at batch 64");
+        AssertChoice(conv2.ForImages(500), 32, true, B, R, "MNIST conv2 W8A8 at batch 500");
+        long perImage = (long)conv2.Positions * 32 * conv2.Rows; // 557,568 = 2^26 / 120.36...: 120 images in, 121 out
+        Assert.True(120 * perImage <= ConvolutionCost.MidTermW8A8MaxWork && 121 * perImage > ConvolutionCost.MidTermW8A8MaxWork);
+        AssertChoice(conv2.ForImages(120), 32, true, B, K, "MNIST conv2 W8A8 at batch 120");
+        AssertChoice(conv2.ForImages(121), 32, true, B, R, "MNIST conv2 W8A8 at batch 121");
+        // The ratio's edge, above MidTermW8A8MaxWork: 16-value rows, 16 output rows (256 rows per image for 224
+        // positions: 8/7 exactly) pay; 15-value rows, 32 output rows (480 for 416) do not.
+        var even = new Im2Col(16, 18, 16, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(128);
+        var over = new Im2Col(16, 34, 15, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
+        Assert.Equal(7L * new PhaseGrid(even).RowsPerImage, 8L * even.Positions);
+        Assert.True(7L * new PhaseGrid(over).RowsPerImage > 8L * over.Positions);
+        AssertChoice(even, 32, true, B, K, "W8A8 rows at 8/7 of the positions");
+        AssertChoice(over, 32, true, B, R, "W8A8 rows above 8/7 of the positions");
+        var midRoute = Vnni512Kernel.IsSupported ? K : R;
+        AssertLayerRoute(nn.Conv2d(16, 32, 3), act, torch.randn(64, 16, 13, 13), conv2.ForImages(64), B, midRoute, "MNIST conv2 W8A8 layer at batch 64");
 
         // Few terms, static W8A8, above DirectMaxWork and up to FewTermW8A8MaxWork, under both rules: the stem (3 input
         // channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27 terms, 10.8M multiply-adds) takes the
