@@ -458,7 +458,7 @@ public unsafe class ConvolutionKernelTests
 
         // Reductions of 64-255 terms, W8A8, float32 rule, 512-bit VNNI: the integer GEMM where its rows per image (the
         // padded input's row length x output rows, in whole strips of 32) are at most 8/7 of the positions, whatever
-        // the size, and elsewhere up to MidTermW8A8MaxWork. 16->64 3x3 on 56x56 (3,248 rows for 3,136 positions) at
+        // the size, and elsewhere up to MidTermW8A8MaxWork. 16->64 3x3 on 56x56 (3,264 rows for 3,136 positions) at
         // batch 8: 231M multiply-adds.
         var mid = new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8);
         Assert.True(8L * mid.Positions >= 7L * new PhaseGrid(mid).RowsPerImage && (long)mid.Images * mid.Positions * 64 * mid.Rows > ConvolutionCost.MidTermW8A8MaxWork);
@@ -479,6 +479,8 @@ public unsafe class ConvolutionKernelTests
         var over = new Im2Col(16, 34, 15, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
         Assert.Equal(7L * new PhaseGrid(even).RowsPerImage, 8L * even.Positions);
         Assert.True(7L * new PhaseGrid(over).RowsPerImage > 8L * over.Positions);
+        Assert.True((long)even.Images * even.Positions * 32 * even.Rows > ConvolutionCost.MidTermW8A8MaxWork);
+        Assert.True((long)over.Images * over.Positions * 32 * over.Rows > ConvolutionCost.MidTermW8A8MaxWork);
         AssertChoice(even, 32, true, B, K, "W8A8 rows at 8/7 of the positions");
         AssertChoice(over, 32, true, B, R, "W8A8 rows above 8/7 of the positions");
         var midRoute = Vnni512Kernel.IsSupported ? K : R;
