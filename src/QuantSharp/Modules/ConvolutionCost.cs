@@ -20,7 +20,9 @@ namespace QuantSharp.Modules;
 /// interleaved tables, 13-14 processes): the stem (3 channels, 3x3, stride 2) at batch 1
 /// 0.14-0.25 ms against 0.20-0.35 for dequantize + libtorch (faster in every process), MNIST conv1 at batch 64
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
-/// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there.</item>
+/// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there; since stop 27 the
+/// small kernel's few-term calls go up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 500 on the Zen 5 VM:
+/// 0.94-1.24x float32's time against 1.10-1.27x, not slower in any of five comparisons).</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>,
 /// where libtorch's bfloat16 convolution passed <see cref="BFloat16Check"/> (<see cref="QuantizedModule.BFloat16Convolutions"/>):
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
@@ -72,6 +74,16 @@ internal static class ConvolutionCost
     /// 49M) libtorch's route was faster in about half the processes.
     /// </summary>
     internal const long FewTermW8A8MaxWork = 1 << 24;
+
+    /// <summary>
+    /// Multiply-adds per call up to which static W8A8 with fewer than <see cref="FewTermIntegerMinReduction"/> terms takes
+    /// the small kernel (<see cref="FewTermW8A8MaxWork"/> for the integer GEMM's few-term calls): MNIST conv1 (9 terms) at
+    /// batch 500, 48.7M, took 0.94-1.24x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM (a
+    /// table and four paired processes, docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike
+    /// (stop 20). The integer GEMM's few-term calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x
+    /// float32's time on it, 1.39-1.46x on libtorch's route.
+    /// </summary>
+    internal const long FewTermDirectMaxWork = 1 << 26;
 
     /// <summary>
     /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
@@ -134,13 +146,13 @@ internal static class ConvolutionCost
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
-        if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction && work <= FewTermW8A8MaxWork)
+        if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
             bool integerTerms = unfold.Rows >= FewTermIntegerMinReduction;
-            if (integerTerms && vnni512) return ConvolutionRoute.Kernel;
-            if (!integerTerms && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+            if (integerTerms && vnni512 && work <= FewTermW8A8MaxWork) return ConvolutionRoute.Kernel;
+            if (!integerTerms && work <= FewTermDirectMaxWork && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;

@@ -486,7 +486,8 @@ public unsafe class ConvolutionKernelTests
         var midRoute = Vnni512Kernel.IsSupported ? K : R;
         AssertLayerRoute(nn.Conv2d(16, 32, 3), act, torch.randn(64, 16, 13, 13), conv2.ForImages(64), B, midRoute, "MNIST conv2 W8A8 layer at batch 64");
 
-        // Few terms, static W8A8, above DirectMaxWork and up to FewTermW8A8MaxWork, under both rules: the stem (3 input
+        // Few terms, static W8A8, above DirectMaxWork and up to FewTermW8A8MaxWork (the small kernel's up to
+        // FewTermDirectMaxWork), under both rules: the stem (3 input
         // channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27 terms, 10.8M multiply-adds) takes the
         // integer GEMM where it runs the 512-bit VNNI kernel, MNIST conv1 at batch 64 (9 terms, 6.2M) the small kernel; weight-only, libtorch; the stem at
         // batch 8 (86.7M), libtorch; 9 terms on phase rows wider than the small kernel's padded-image path (1 channel on
@@ -498,6 +499,7 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(stem, 32, true, R, R, "stem W8A8 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(stem, 32, false, R, R, "stem weight-only");
         AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8");
+        AssertChoice(stem.ForImages(2), 32, true, R, R, "stem W8A8 at batch 2 (21.7M: above FewTermW8A8MaxWork, below FewTermDirectMaxWork)");
         var stemRoute = Vnni512Kernel.IsSupported ? K : R;
         AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, stemRoute, stemRoute, "stem W8A8 layer");
         var mnist64 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
@@ -505,6 +507,15 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(mnist64, 16, true, D, D, "MNIST conv1 W8A8 at batch 64 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(mnist64, 16, false, R, R, "MNIST conv1 weight-only at batch 64");
         AssertLayerRoute(nn.Conv2d(1, 16, 3), act, torch.randn(64, 1, 28, 28), mnist64, D, D, "MNIST conv1 W8A8 layer at batch 64");
+        // The small kernel's few-term calls go up to FewTermDirectMaxWork: MNIST conv1 at batch 500 (48.7M), and the edge
+        // (97,344 multiply-adds per image: 689 images in, 690 out).
+        var mnist = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1);
+        long perMnistImage = (long)mnist.Positions * 16 * mnist.Rows;
+        Assert.True(689 * perMnistImage <= ConvolutionCost.FewTermDirectMaxWork && 690 * perMnistImage > ConvolutionCost.FewTermDirectMaxWork);
+        AssertChoice(mnist.ForImages(500), 16, true, D, D, "MNIST conv1 W8A8 at batch 500");
+        AssertChoice(mnist.ForImages(689), 16, true, D, D, "MNIST conv1 W8A8 at batch 689");
+        AssertChoice(mnist.ForImages(690), 16, true, R, R, "MNIST conv1 W8A8 at batch 690");
+        AssertChoice(mnist.ForImages(500), 16, false, R, R, "MNIST conv1 weight-only at batch 500");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");
         // A pointwise few-term W8A8 call (1x1 16->64 on 100x100, 10.2M multiply-adds) keeps the pointwise rules.
         AssertChoice(new Im2Col(16, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1), 64, true, R, K, "W8A8 1x1 16->64");
