@@ -47,8 +47,10 @@ namespace QuantSharp.Modules;
 /// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 stays there).</item>
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
-/// stops 11 and 26); the rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
-/// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
+/// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
+/// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); the rest dequantize + float32
+/// libtorch, whose cost over float32 is one managed dequantization pass (<see cref="Kernels.WeightDequantizer"/>) into
+/// the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
@@ -111,6 +113,16 @@ internal static class ConvolutionCost
     internal static bool Widest256 => !Float512.IsSupported && Float256.IsSupported;
 
     /// <summary>
+    /// Multiply-adds per call up to which weight-only convolutions of fewer than <see cref="FewTermIntegerMinReduction"/>
+    /// terms take the small kernel under the float32 rule (<see cref="DirectMaxWork"/> elsewhere): MNIST conv1 (9 terms)
+    /// at batch 64, 6.2M, took 0.79-0.94x float32's time on it against 0.99-1.04x on libtorch's route on the Zen 5 VM (two
+    /// tables, two paired processes; docs/BENCHMARKS.md, stop 27; stop 26's table had 0.123 against 0.167 ms). At batch 500 (48.7M) the two were alike (the small
+    /// kernel faster in two of four comparisons), and the stem (27 terms) at batch 1 lost on it here and on the Zen 4
+    /// (stop 20).
+    /// </summary>
+    internal const long FewTermWeightOnlyMaxWork = 1 << 24;
+
+    /// <summary>
     /// Multiply-adds per call up to which static W8A8 of <see cref="BFloat16MinReduction"/> to
     /// <see cref="IntegerMinReduction"/> terms takes the integer GEMM under the float32 rule even where its wide grid of
     /// positions is much larger than the output (<see cref="MidTermIntegerPays"/>): MNIST conv2 (144 terms, 11x11 outputs
@@ -162,6 +174,9 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
+        // Weight-only with fewer terms than the integer GEMM's few-term calls, up to a few dozen images: the small kernel.
+        if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermWeightOnlyMaxWork
+            && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
