@@ -22,7 +22,7 @@ namespace QuantSharp.Modules;
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
 /// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there; since stop 27 the
 /// small kernel's few-term calls go up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 500 on the Zen 5 VM:
-/// 0.94-1.24x float32's time against 1.10-1.27x, not slower in any of five comparisons).</item>
+/// 0.94-1.25x float32's time against 1.10-1.27x, faster in five of seven comparisons).</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>,
 /// where libtorch's bfloat16 convolution passed <see cref="BFloat16Check"/> (<see cref="QuantizedModule.BFloat16Convolutions"/>):
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
@@ -80,9 +80,9 @@ internal static class ConvolutionCost
     /// <summary>
     /// Multiply-adds per call up to which static W8A8 with fewer than <see cref="FewTermIntegerMinReduction"/> terms takes
     /// the small kernel (<see cref="FewTermW8A8MaxWork"/> for the integer GEMM's few-term calls): MNIST conv1 (9 terms) at
-    /// batch 500, 48.7M, took 0.94-1.24x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM (a
-    /// table and four paired processes, docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike
-    /// (stop 20). The integer GEMM's few-term calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x
+    /// batch 500, 48.7M, took 0.94-1.25x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM,
+    /// faster in five of seven comparisons, alike in one, slower in one (three tables, four paired processes;
+    /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). The integer GEMM's few-term calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x
     /// float32's time on it, 1.39-1.46x on libtorch's route.
     /// </summary>
     internal const long FewTermDirectMaxWork = 1 << 26;
