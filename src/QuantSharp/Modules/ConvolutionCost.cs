@@ -82,8 +82,9 @@ internal static class ConvolutionCost
     /// the small kernel (<see cref="FewTermW8A8MaxWork"/> for the integer GEMM's few-term calls): MNIST conv1 (9 terms) at
     /// batch 500, 48.7M, took 0.94-1.25x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM,
     /// faster in five of seven comparisons, alike in one, slower in one (three tables, four paired processes;
-    /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). The integer GEMM's few-term calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x
-    /// float32's time on it, 1.39-1.46x on libtorch's route.
+    /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). The integer GEMM's few-term
+    /// calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x float32's time on it, 1.39-1.46x on
+    /// libtorch's route.
     /// </summary>
     internal const long FewTermDirectMaxWork = 1 << 26;
 
@@ -116,9 +117,10 @@ internal static class ConvolutionCost
     /// Multiply-adds per call up to which weight-only convolutions of fewer than <see cref="FewTermIntegerMinReduction"/>
     /// terms take the small kernel under the float32 rule (<see cref="DirectMaxWork"/> elsewhere): MNIST conv1 (9 terms)
     /// at batch 64, 6.2M, took 0.79-0.94x float32's time on it against 0.99-1.04x on libtorch's route on the Zen 5 VM (two
-    /// tables, two paired processes; docs/BENCHMARKS.md, stop 27; stop 26's table had 0.123 against 0.167 ms). At batch 500 (48.7M) the two were alike (the small
-    /// kernel faster in two of four comparisons), and the stem (27 terms) at batch 1 lost on it here and on the Zen 4
-    /// (stop 20).
+    /// tables, two paired processes; docs/BENCHMARKS.md, stop 27; stop 26's table had 0.123 against 0.167 ms). At batch
+    /// 500 (48.7M) the two were alike (the small kernel faster in two of four comparisons), and the stem (27 terms) at
+    /// batch 1 lost on it here and on the Zen 4 (stop 20). Only calls whose phase rows fit the small kernel's
+    /// padded-image path (<see cref="DirectConvolution.FusesInputQuantization"/>), the path measured.
     /// </summary>
     internal const long FewTermWeightOnlyMaxWork = 1 << 24;
 
@@ -127,8 +129,8 @@ internal static class ConvolutionCost
     /// <see cref="IntegerMinReduction"/> terms takes the integer GEMM under the float32 rule even where its wide grid of
     /// positions is much larger than the output (<see cref="MidTermIntegerPays"/>): MNIST conv2 (144 terms, 11x11 outputs
     /// on a grid of 13-value rows in strips of 32: 160 rows per image for 121 positions) at batch 64, 35.7M, took
-    /// 0.99-1.13x float32's time on it against 1.22-1.26x on libtorch's route; at batch 500, 279M, 1.18-1.33x against
-    /// 1.06-1.07x (docs/BENCHMARKS.md, stop 27).
+    /// 0.99-1.13x float32's time on it against 1.22-1.26x on libtorch's route; at batch 500, 279M, 1.14-1.44x against
+    /// 1.06-1.10x (docs/BENCHMARKS.md, stop 27).
     /// </summary>
     internal const long MidTermW8A8MaxWork = 1 << 26;
 
@@ -174,7 +176,7 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        // Weight-only with fewer terms than the integer GEMM's few-term calls, up to a few dozen images: the small kernel.
+        // Weight-only with fewer terms than the integer GEMM's few-term calls, in small batches: the small kernel.
         if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermWeightOnlyMaxWork
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
