@@ -30,13 +30,26 @@ internal static class ConvBench
             yield return new("mnist-conv1 1->16 3x3 28x28", b, () => nn.Conv2d(1, 16, 3), [b, 1, 28, 28]);
             yield return new("mnist-conv2 16->32 3x3 13x13", b, () => nn.Conv2d(16, 32, 3), [b, 16, 13, 13]);
         }
-        foreach (int b in new[] { 1, 8 })
+        // CONV_BATCHES=2,4: other batch sizes for these layers.
+        int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
+            ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
+        foreach (int b in batches)
         {
             yield return new("stem 3->32 3x3 s2 224x224", b, () => nn.Conv2d(3, 32, 3, stride: 2, padding: 1), [b, 3, 224, 224]);
             yield return new("resnet 64->64 3x3 56x56", b, () => nn.Conv2d(64, 64, 3, padding: 1), [b, 64, 56, 56]);
             yield return new("resnet 128->128 3x3 28x28", b, () => nn.Conv2d(128, 128, 3, padding: 1), [b, 128, 28, 28]);
             yield return new("resnet 256->256 3x3 14x14", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 14, 14]);
             yield return new("resnet 128->256 3x3 s2 28x28", b, () => nn.Conv2d(128, 256, 3, stride: 2, padding: 1), [b, 128, 28, 28]);
+            // ResNet's other downsampling 3x3 layers (stride 2), for the weight-only stride-2 rule.
+            yield return new("resnet 64->128 3x3 s2 56x56", b, () => nn.Conv2d(64, 128, 3, stride: 2, padding: 1), [b, 64, 56, 56]);
+            yield return new("resnet 256->512 3x3 s2 14x14", b, () => nn.Conv2d(256, 512, 3, stride: 2, padding: 1), [b, 256, 14, 14]);
+            yield return new("resnet 512->512 3x3 7x7", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 7, 7]);
+            // Smaller weights on 49 positions, for the bound of the few-position weight-only rule.
+            yield return new("few 256->256 3x3 7x7", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 7, 7]);
+            yield return new("few 128->128 3x3 7x7", b, () => nn.Conv2d(128, 128, 3, padding: 1), [b, 128, 7, 7]);
+            yield return new("few 32->16 3x3 8x8", b, () => nn.Conv2d(32, 16, 3, padding: 1), [b, 32, 8, 8]);
+            yield return new("few 1x1 512->2048 7x7", b, () => nn.Conv2d(512, 2048, 1), [b, 512, 7, 7]);
+            yield return new("few conv1d 512->512 k3 48", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 48]);
             yield return new("1x1 256->256 28x28", b, () => nn.Conv2d(256, 256, 1), [b, 256, 28, 28]);
             yield return new("conv1d 512->512 k3 256", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 256]);
             // Reductions of 64-255 terms (as MNIST conv2's 144), for the W8A8 rule between few terms and the integer GEMM's.

@@ -1,4 +1,6 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -63,6 +65,80 @@ internal readonly struct Im2Col
 
     /// <summary>Elements of one input image.</summary>
     public int ImageSize => Channels * Height * Width;
+
+    /// <summary>Taps x lanes up to which <see cref="PackStrip"/> keeps a strip's gather offsets on the stack (beyond: row by row).</summary>
+    internal const int GatherTableLanes = 2048;
+
+    /// <summary>
+    /// Positions <c>[p0, p0 + valid)</c> of every row of the column matrix of <paramref name="image"/> as a strip of
+    /// <paramref name="width"/> lanes, row <c>k</c> at <c>strip + k * width</c>, the lanes from <paramref name="valid"/>
+    /// zero: the packed GEMM's operand (<see cref="PackedMatMul"/>). <see cref="Row"/> gives the same values.
+    /// </summary>
+    /// <remarks>
+    /// A pointwise geometry (1x1, stride 1, no padding) is the image itself: each row a copy of the plane's run. Else,
+    /// with AVX2 and whole 8-lane vectors, each row is a masked gather from its channel's plane: which lanes fall inside
+    /// the image, and where, depends only on the tap <c>(kh, kw)</c>, so those offsets and masks are computed once per
+    /// strip for every tap (lanes in the padding or past <paramref name="valid"/> load nothing and stay zero). Row by
+    /// row through <see cref="Row"/> (a call per row of the strip, a division and a copy per output-row run, value by
+    /// value at stride 2) took about a third of a 3x3 call at batch 1 (128->256 at stride 2 on 28x28; docs/BENCHMARKS.md,
+    /// stop 28). Without AVX2, or past <see cref="GatherTableLanes"/>, row by row.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public unsafe void PackStrip(float* image, int p0, int valid, int width, float* strip)
+    {
+        int taps = KernelH * KernelW, planeSize = Height * Width;
+        if (taps == 1 && StrideH == 1 && StrideW == 1 && PadH == 0 && PadW == 0)
+        {
+            for (int c = 0; c < Channels; c++)
+            {
+                float* dst = strip + (nint)c * width;
+                new ReadOnlySpan<float>(image + (nint)c * planeSize + p0, valid).CopyTo(new Span<float>(dst, valid));
+                new Span<float>(dst + valid, width - valid).Clear();
+            }
+            return;
+        }
+        if (!Avx2.IsSupported || !Simd.Use256 || width % 8 != 0 || taps * width > GatherTableLanes)
+        {
+            for (int k = 0; k < Rows; k++)
+            {
+                float* dst = strip + (nint)k * width;
+                Row(image, k, p0, valid, dst, 0f);
+                new Span<float>(dst + valid, width - valid).Clear();
+            }
+            return;
+        }
+        // Per tap and lane: the offset in a channel's plane, and all ones where the value is inside the image.
+        int* offsets = stackalloc int[taps * width], inside = stackalloc int[taps * width];
+        for (int j = 0; j < width; j++)
+        {
+            int p = p0 + j, oh = p / OutW, ow = p - oh * OutW;
+            int ih0 = oh * StrideH - PadH, iw0 = ow * StrideW - PadW;
+            for (int kh = 0, t = 0; kh < KernelH; kh++)
+            {
+                for (int kw = 0; kw < KernelW; kw++, t++)
+                {
+                    int ih = ih0 + kh * DilationH, iw = iw0 + kw * DilationW;
+                    bool isInside = j < valid && (uint)ih < (uint)Height && (uint)iw < (uint)Width;
+                    offsets[t * width + j] = isInside ? ih * Width + iw : 0;
+                    inside[t * width + j] = isInside ? -1 : 0;
+                }
+            }
+        }
+        float* row = strip;
+        for (int c = 0; c < Channels; c++)
+        {
+            float* plane = image + (nint)c * planeSize;
+            for (int t = 0; t < taps; t++, row += width)
+            {
+                for (int j = 0; j < width; j += 8)
+                {
+                    var mask = Vector256.Load(inside + t * width + j).AsSingle();
+                    var index = Vector256.Load(offsets + t * width + j);
+                    Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, index, mask, sizeof(float)).Store(row + j);
+                }
+            }
+        }
+    }
 
     /// <summary>Row <paramref name="k"/> of the column matrix at positions <c>[p0, p0 + count)</c> of <paramref name="image"/> into <paramref name="dst"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

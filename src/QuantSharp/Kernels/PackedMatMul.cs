@@ -469,17 +469,21 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Strip <paramref name="s"/> of <c>x^T</c>, into <paramref name="strip"/>, from <c>x^T</c> itself (each packed step copies a run of
-    /// <paramref name="width"/> contiguous floats) or from the image of <paramref name="unfold"/> (each step unfolds one).
+    /// <paramref name="width"/> contiguous floats) or from the image of <paramref name="unfold"/> (<see cref="Im2Col.PackStrip"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PackStripTransposed(float* xt, int m, nint ldx, int k, float* strip, int s, int width, Im2Col? unfold)
     {
         int row0 = s * width, valid = Math.Min(width, m - row0);
+        if (unfold is { } u)
+        {
+            u.PackStrip(xt, row0, valid, width, strip);
+            return;
+        }
         for (int kk = 0; kk < k; kk++)
         {
             float* dst = strip + (nint)kk * width;
-            if (unfold is { } u) u.Row(xt, kk, row0, valid, dst, 0f);
-            else new ReadOnlySpan<float>(xt + kk * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
+            new ReadOnlySpan<float>(xt + kk * ldx + row0, valid).CopyTo(new Span<float>(dst, valid));
             new Span<float>(dst + valid, width - valid).Clear();
         }
     }

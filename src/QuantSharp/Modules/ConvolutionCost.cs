@@ -48,7 +48,8 @@ namespace QuantSharp.Modules;
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
-/// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); the rest dequantize + float32
+/// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
+/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 on 7x7) the packed kernels; the rest dequantize + float32
 /// libtorch, whose cost over float32 is one managed dequantization pass (<see cref="Kernels.WeightDequantizer"/>) into
 /// the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
@@ -148,6 +149,20 @@ internal static class ConvolutionCost
         return rows > 0 && (work <= MidTermW8A8MaxWork || 7L * rows <= 8L * unfold.Positions);
     }
 
+    /// <summary>
+    /// Output positions (over all the call's images) up to which a weight-only convolution beyond the small kernel takes
+    /// the packed kernels under the float32 rule with 512-bit float kernels: two strips of 32. There libtorch's
+    /// convolution is inefficient (ResNet's 512->512 3x3 on 7x7 at batch 1: 1.10 ms against 0.54 for 256->256 on 7x7 and
+    /// 0.49 for 256->256 on 7x7 at batch 2) and its route adds a dequantization pass over a large weight, while the
+    /// packed GEMM's work is the weight times two strips. Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4,
+    /// float16): 3x3 on 7x7 (128->128, 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d
+    /// 512->512 k3 on 48 and 32->16 3x3 on 8x8 at batch 1 0.35-1.06x float32's time (most below 0.9) against
+    /// 1.08-1.63x on libtorch's route, faster than it in every pair. At 98-196 positions the two routes traded places
+    /// (256->256 on 7x7 at batch 2 1.24-1.46x against 1.12-1.23x; 256->256 3x3 on 14x14 at batch 1 1.23-1.43x
+    /// against 1.14-1.20x).
+    /// </summary>
+    internal const int FewPositionsMaxPositions = 64;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -181,6 +196,8 @@ internal static class ConvolutionCost
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
+        // Weight-only calls of a few positions (batch 1 on 7x7): the packed kernels.
+        if (!quantizedInput && !small && !float256 && (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
         // fall through to libtorch on the dequantized weight, which the packed kernel lost to on both VMs: 1x1 256->256
         // at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x at batch 1 and 8

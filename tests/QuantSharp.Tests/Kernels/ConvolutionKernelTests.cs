@@ -25,7 +25,7 @@ public unsafe class ConvolutionKernelTests
     private const double RelativeTolerance = 2e-5;
 
     // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW)
-    private static readonly int[][] Geometries =
+    internal static readonly int[][] Geometries =
     [
         [3, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1],
         [2, 8, 5, 3, 2, 2, 1, 1, 0, 1, 2],
@@ -39,10 +39,10 @@ public unsafe class ConvolutionKernelTests
         [1, 3, 135, 2, 3, 1, 2, 0, 1, 1, 1], // stride-2 rows of 67-68 values: the widest gathers
     ];
 
-    private static Im2Col Unfolding(int[] g) => new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]);
+    internal static Im2Col Unfolding(int[] g) => new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10]);
 
     /// <summary>libtorch's columns of one image <c>[C, H, W]</c>: <c>[K, P]</c>.</summary>
-    private static Tensor LibtorchColumns(Tensor image, int[] g) =>
+    internal static Tensor LibtorchColumns(Tensor image, int[] g) =>
         nn.functional.unfold(image.unsqueeze(0), (g[3], g[4]), (g[9], g[10]), (g[7], g[8]), (g[5], g[6]))[0];
 
     [Fact]
@@ -404,6 +404,34 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Fact]
+    public void MeasuredRuleTakesThePackedKernelsForWeightOnlyCallsOfFewPositions()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+        // Weight-only, beyond the small kernel, at most FewPositionsMaxPositions output positions over the call's images:
+        // the packed kernels under the float32 rule with 512-bit float kernels; the bfloat16 rule and 256 bits unchanged.
+        var last = new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1); // ResNet's last 3x3 layers: 49 positions
+        AssertChoice(last, 512, false, B, K, "512->512 3x3 on 7x7");
+        AssertChoice(last.ForImages(2), 512, false, B, R, "512->512 3x3 on 7x7, two images (98 positions)");
+        AssertChoice(last, 512, false, B, R, "512->512 3x3 on 7x7 at 256 bits", float256: true);
+        AssertChoice(new Im2Col(256, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 512, false, B, K, "256->512 stride 2 on 14x14");
+        AssertChoice(new Im2Col(512, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1), 2048, false, B, K, "1x1 512->2048 on 7x7");
+        AssertChoice(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, false, B, R, "256->256 3x3 on 14x14 (196 positions)");
+        // The edge, as a Conv1d k3 padded by 1: 64 positions in, 65 out.
+        var edge = new Im2Col(512, 1, 64, 1, 3, 1, 1, 0, 1, 1, 1);
+        Assert.Equal(ConvolutionCost.FewPositionsMaxPositions, edge.Positions);
+        AssertChoice(edge, 512, false, B, K, "Conv1d on 64 positions");
+        AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d on 65 positions");
+        // Static W8A8 keeps its rules (the integer GEMM from 256 terms).
+        AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7");
+        // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1 and 2.
+        var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, R, "64->64 on 7x7 layer, two images");
+    }
+
+    [Fact]
     public void MeasuredRuleRoutesPointwiseAndW8A8CallsByTheBFloat16AndFloat32Rules()
     {
         using var scope = NewDisposeScope();
@@ -427,15 +455,19 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(smallPointwise, 16, false, D, K, "small 1x1");
         AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 8, 8), smallPointwise, D, K, "small 1x1 layer");
 
-        // Weight-only 3x3 32->16, K = 288 > DirectConvolution.MaxReduction: never small; bfloat16 or libtorch float32.
+        // Weight-only 3x3 32->16, K = 288 > DirectConvolution.MaxReduction: never small; bfloat16, or under the float32
+        // rule the packed kernels on its 64 positions (FewPositionsMaxPositions) and libtorch float32 on two images.
         var k288 = new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1);
-        AssertChoice(k288, 16, false, B, R, "weight-only 3x3 K 288");
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, R, "weight-only 3x3 layer");
+        AssertChoice(k288, 16, false, B, K, "weight-only 3x3 K 288");
+        var fewPositions = ConvolutionCost.Widest256 ? R : K; // the rule was measured with the 512-bit float kernels
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, fewPositions, "weight-only 3x3 layer");
+        AssertChoice(k288.ForImages(2), 16, false, B, R, "weight-only 3x3 K 288, two images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, R, "weight-only 3x3 layer, two images");
 
         // W8A8, K = 288 at stride 1: the integer GEMM under both rules, whatever the outputs (256 or 64); the same
-        // geometry weight-only goes to bfloat16 or libtorch float32.
+        // geometry weight-only goes to bfloat16 or the packed kernels (few positions).
         AssertChoice(k288, 256, true, K, K, "W8A8 K 288 x 256");
-        AssertChoice(k288, 256, false, B, R, "the same geometry weight-only");
+        AssertChoice(k288, 256, false, B, K, "the same geometry weight-only");
         AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 256 layer");
         AssertChoice(k288, 64, true, K, K, "W8A8 K 288 x 64");
         AssertLayerRoute(nn.Conv2d(32, 64, 3, padding: 1), act, torch.randn(1, 32, 8, 8), k288, K, K, "W8A8 K 288 x 64 layer");
@@ -532,5 +564,55 @@ public unsafe class ConvolutionKernelTests
         AssertLayerRoute(nn.Conv2d(32, 256, 3, padding: 1), act, torch.randn(1, 32, 8, 8).to(ScalarType.Float64), null, R, R, "W8A8 float64 input");
         using (enable_grad())
             AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8).requires_grad_(), null, R, R, "input requiring grad");
+    }
+}
+
+/// <summary>
+/// <see cref="Im2Col.PackStrip"/> (the packed GEMM's operand: every row of the column matrix over a run of positions,
+/// lanes past the run zero) equals libtorch's <c>unfold</c> exactly, with the gathers (AVX2, whole 8-lane vectors), row
+/// by row (other widths, 128 bits, scalar, a kernel whose taps x lanes exceed the gather table) and for pointwise
+/// geometries, on every geometry of <see cref="ConvolutionKernelTests"/> and a 7x7 kernel, each strip of each width
+/// including the last, partial one.
+/// </summary>
+[Collection(SimdWidthCollection.Name)]
+public unsafe class Im2ColPackStripTests
+{
+    [Fact]
+    public void PackedStripsEqualLibtorchUnfoldOnEveryPath()
+    {
+        using var scope = NewDisposeScope();
+        int[] sevenBySeven = [2, 12, 11, 7, 7, 1, 2, 3, 3, 1, 1];
+        Assert.True(49 * 64 > Im2Col.GatherTableLanes && 49 * 32 <= Im2Col.GatherTableLanes);
+        foreach (var g in ConvolutionKernelTests.Geometries.Append(sevenBySeven))
+        {
+            var u = ConvolutionKernelTests.Unfolding(g);
+            torch.manual_seed(g.Sum() + 1);
+            var image = torch.randn(g[0], g[1], g[2]);
+            var expected = ConvolutionKernelTests.LibtorchColumns(image, g).contiguous().data<float>().ToArray();
+            var pixels = image.data<float>().ToArray();
+            foreach (int maxBits in new[] { 512, 256, 128, 0 })
+            {
+                using var cap = new SimdWidthCap(maxBits);
+                foreach (int width in new[] { 8, 12, 16, 32, 64 })
+                {
+                    var strip = new float[u.Rows * width];
+                    for (int p0 = 0; p0 < u.Positions; p0 += width)
+                    {
+                        int valid = Math.Min(width, u.Positions - p0);
+                        Array.Fill(strip, float.NaN);
+                        fixed (float* px = pixels) fixed (float* ps = strip) u.PackStrip(px, p0, valid, width, ps);
+                        for (int k = 0; k < u.Rows; k++)
+                        {
+                            for (int j = 0; j < width; j++)
+                            {
+                                float want = j < valid ? expected[k * u.Positions + p0 + j] : 0f;
+                                if (strip[k * width + j] != want && !(float.IsNaN(want) && float.IsNaN(strip[k * width + j])))
+                                    Assert.Fail($"[{string.Join(",", g)}] {maxBits} bits, width {width}, strip at {p0}: row {k} lane {j} is {strip[k * width + j]}, libtorch {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -159,7 +159,8 @@ public class DirectConvolutionTests
         // K = 576 > DirectConvolution.MaxReduction: never the small kernel.
         var wide = new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertChoice(wide, 64, false, B, R, "3x3 64->64 on 56x56");
-        AssertChoice(new Im2Col(64, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1), 8, false, B, R, "K 576 on 9 positions (few multiply-adds, too long a reduction)");
+        // On 9 positions (few multiply-adds, too long a reduction): the packed kernels under the float32 rule (few positions).
+        AssertChoice(new Im2Col(64, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1), 8, false, B, K, "K 576 on 9 positions");
 
         // The edges: DirectMaxWork multiply-adds exactly is small, one output channel more is not. 16 channels x 2x2 = 64
         // reduction terms (BFloat16MinReduction) on 32x32 positions, 64 outputs: 1024 x 64 x 64 = 2^22.
