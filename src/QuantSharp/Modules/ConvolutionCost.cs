@@ -49,7 +49,8 @@ namespace QuantSharp.Modules;
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
 /// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
-/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 on 7x7) the packed kernels; the rest dequantize + float32
+/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 on 7x7), and strided ones of long reductions up to
+/// <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the rest dequantize + float32
 /// libtorch, whose cost over float32 is one managed dequantization pass (<see cref="Kernels.WeightDequantizer"/>) into
 /// the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
@@ -163,6 +164,19 @@ internal static class ConvolutionCost
     /// </summary>
     internal const int FewPositionsMaxPositions = 64;
 
+    /// <summary>
+    /// Multiply-adds up to which a weight-only convolution at a stride above 1, with a reduction of at least
+    /// <see cref="IntegerMinReduction"/> terms, takes the packed kernels under the float32 rule with 512-bit float
+    /// kernels: ResNet's downsampling 3x3 layers (57.8M each per image) at batch 1 and 2. libtorch's convolution is
+    /// less efficient at stride 2 than at stride 1, and the packed kernels' strips are gathered alike at any stride
+    /// (<see cref="Im2Col.PackStrip"/>). Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4, float16, two
+    /// processes): 64->128 on 56x56 and 128->256 on 28x28 at batch 1 1.00-1.22x float32's time against 1.08-1.38x on
+    /// libtorch's route, at batch 2 0.93-1.15x against 1.06-1.19x (slower in one of 24 pairs: float16 1.15 against
+    /// 1.12); at batch 4 and 8 (231M, 462M) libtorch's route was faster. The 3-channel stem (27 terms) lost on the packed
+    /// kernels 3.5x.
+    /// </summary>
+    internal const long StridedWeightOnlyMaxWork = 1L << 27;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -196,8 +210,13 @@ internal static class ConvolutionCost
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
-        // Weight-only calls of a few positions (batch 1 on 7x7): the packed kernels.
-        if (!quantizedInput && !small && !float256 && (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+        // Weight-only calls of a few positions (batch 1 on 7x7), and strided ones of long reductions in one or two images:
+        // the packed kernels.
+        if (!quantizedInput && !small && !float256)
+        {
+            bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
+            if (strided || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+        }
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
         // fall through to libtorch on the dequantized weight, which the packed kernel lost to on both VMs: 1x1 256->256
         // at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x at batch 1 and 8

@@ -404,7 +404,7 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Fact]
-    public void MeasuredRuleTakesThePackedKernelsForWeightOnlyCallsOfFewPositions()
+    public void MeasuredRuleTakesThePackedKernelsForWeightOnlyCallsOfFewPositionsOrStrided()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -425,6 +425,22 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d on 65 positions");
         // Static W8A8 keeps its rules (the integer GEMM from 256 terms).
         AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7");
+
+        // Strided, at least IntegerMinReduction terms, up to StridedWeightOnlyMaxWork: ResNet's 64->128 3x3 stride 2 on
+        // 56x56 (784 positions, 57.8M per image) at batch 1 and 2 (115.6M), not at 4 (231M); the stem (27 terms) never;
+        // 255 terms (the edge) not, 256 terms yes.
+        var down = new Im2Col(64, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1);
+        AssertChoice(down, 128, false, B, K, "64->128 stride 2 on 56x56");
+        AssertChoice(down.ForImages(2), 128, false, B, K, "64->128 stride 2 on 56x56, two images");
+        AssertChoice(down.ForImages(4), 128, false, B, R, "64->128 stride 2 on 56x56, four images");
+        AssertChoice(down, 128, false, B, R, "64->128 stride 2 on 56x56 at 256 bits", float256: true);
+        Assert.True(2L * down.Positions * 128 * down.Rows <= ConvolutionCost.StridedWeightOnlyMaxWork && 4L * down.Positions * 128 * down.Rows > ConvolutionCost.StridedWeightOnlyMaxWork);
+        AssertChoice(new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1), 32, false, R, R, "the stem, weight-only");
+        AssertChoice(new Im2Col(255, 60, 60, 1, 1, 2, 2, 0, 0, 1, 1), 64, false, B, R, "1x1 stride 2, 255 terms");
+        AssertChoice(new Im2Col(256, 60, 60, 1, 1, 2, 2, 0, 0, 1, 1), 64, false, B, K, "1x1 stride 2, 256 terms");
+        AssertChoice(new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "64->64 stride 1 on 56x56");
+        AssertLayerRoute(nn.Conv2d(64, 128, 3, stride: 2, padding: 1), null, torch.randn(1, 64, 16, 16), new Im2Col(64, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1),
+            B, ConvolutionCost.Widest256 ? R : K, "64->128 stride 2 on 16x16 layer");
         // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1 and 2.
         var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer");
