@@ -28,10 +28,16 @@ public unsafe class WeightDequantizerTests
         (WeightFormat.Int4, 4, true, false),
         (WeightFormat.UInt4, 0, true, true),
         (WeightFormat.UInt4, 2, true, false),
+        // Groups of whole runs of 16 (and rows of them): the nibble lookup of the 512-bit path.
+        (WeightFormat.Int4, 16, true, false),
+        (WeightFormat.Int4, 32, false, false),
+        (WeightFormat.UInt4, 16, true, false),
+        (WeightFormat.UInt4, 32, true, true),
     ];
 
     [Theory]
     [InlineData(512)]
+    [InlineData(256)]
     [InlineData(128)]
     [InlineData(0)]
     public void EveryFormatEqualsTheSpecificationBitForBit(int maxBits)
