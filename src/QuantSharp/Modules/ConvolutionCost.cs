@@ -152,28 +152,29 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Output positions (over all the call's images) up to which a weight-only convolution beyond the small kernel takes
-    /// the packed kernels under the float32 rule with 512-bit float kernels: two strips of 32. There libtorch's
-    /// convolution is inefficient (ResNet's 512->512 3x3 on 7x7 at batch 1: 1.10 ms against 0.54 for 256->256 on 7x7 and
-    /// 0.49 for 256->256 on 7x7 at batch 2) and its route adds a dequantization pass over a large weight, while the
-    /// packed GEMM's work is the weight times two strips. Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4,
-    /// float16): 3x3 on 7x7 (128->128, 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d
-    /// 512->512 k3 on 48 and 32->16 3x3 on 8x8 at batch 1 0.35-1.06x float32's time (most below 0.9) against
-    /// 1.08-1.63x on libtorch's route, faster than it in every pair. At 98-196 positions the two routes traded places
-    /// (256->256 on 7x7 at batch 2 1.24-1.46x against 1.12-1.23x; 256->256 3x3 on 14x14 at batch 1 1.23-1.43x
-    /// against 1.14-1.20x).
+    /// the packed kernels under the float32 rule with 512-bit float kernels: two strips of 32. libtorch's convolution is
+    /// inefficient there (256->256 3x3 on 7x7 took 0.58-0.60 ms at batch 1 and 0.44-0.47 ms at batch 2) and its route
+    /// adds a dequantization pass over the whole weight, while the packed GEMM's work is the weight times two strips.
+    /// Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4, float16, two processes): 3x3 on 7x7 (128->128,
+    /// 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d 512->512 k3 on 48 and 32->16 3x3
+    /// on 8x8, at batch 1, 0.21-1.23x float32's time (0.21-0.52 for the 3x3 layers up to 256 channels; 512->512 int4
+    /// 1.16-1.23) against 1.04-1.58x on libtorch's route: faster than it in all 42 pairs. At 98 positions (256->256 and
+    /// 512->512 on 7x7 at batch 2) in 7 of 12; at 196 (256->256 on 14x14 at batch 1) in none.
     /// </summary>
     internal const int FewPositionsMaxPositions = 64;
 
     /// <summary>
     /// Multiply-adds up to which a weight-only convolution at a stride above 1, with a reduction of at least
     /// <see cref="IntegerMinReduction"/> terms, takes the packed kernels under the float32 rule with 512-bit float
-    /// kernels: ResNet's downsampling 3x3 layers (57.8M each per image) at batch 1 and 2. libtorch's convolution is
-    /// less efficient at stride 2 than at stride 1, and the packed kernels' strips are gathered alike at any stride
-    /// (<see cref="Im2Col.PackStrip"/>). Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4, float16, two
-    /// processes): 64->128 on 56x56 and 128->256 on 28x28 at batch 1 1.00-1.22x float32's time against 1.08-1.38x on
-    /// libtorch's route, at batch 2 0.93-1.15x against 1.06-1.19x (slower in one of 24 pairs: float16 1.15 against
-    /// 1.12); at batch 4 and 8 (231M, 462M) libtorch's route was faster. The 3-channel stem (27 terms) lost on the packed
-    /// kernels 3.5x.
+    /// kernels: ResNet's downsampling layers (57.8M multiply-adds per image for each 3x3 one) at batch 1 and 2. libtorch's
+    /// convolution is less efficient at stride 2 than at stride 1, and the packed kernels gather their strips alike at
+    /// any stride (<see cref="Im2Col.PackStrip"/>). Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4, float16,
+    /// two processes): 3x3 64->128 on 56x56 and 128->256 on 28x28 at batch 1 1.00-1.22x float32's time against
+    /// 1.08-1.38x on libtorch's route (faster in 11 of 12 pairs, alike in one: 647.6 against 647.8 us), ResNet-50's 1x1
+    /// 256->512 stride 2 on 56x56 0.80-0.90x against 1.05-1.07x; at batch 2 (the two 3x3 layers and 256->512 on 14x14) 0.93-1.20x against 1.06-1.31x (faster in 17 of
+    /// 18). At batch 4 and 8 (231M, 462M) libtorch's route was faster for 128->256, 256->512 and the 1x1 (packed
+    /// 1.11-1.35x against 1.01-1.10x); 64->128 was alike on both (0.98-1.00x against 1.01-1.04x). The 3-channel stem
+    /// (27 terms) took 3.6x float32's time on the packed kernels.
     /// </summary>
     internal const long StridedWeightOnlyMaxWork = 1L << 27;
 
