@@ -108,8 +108,9 @@ internal static unsafe class WeightDequantizer
     /// are computed once, <c>(q - zeroPoint) * scale</c> for every code q (the same float operations as
     /// <see cref="QuantizeKernel.DequantizeScalar(ReadOnlySpan{sbyte}, float, float, Span{float})"/>, so the same bits),
     /// into one vector, and each run of 16 nibbles (8 bytes) is spread to 32-bit lanes and looked up in it with one
-    /// permute. Unpacking the nibbles to bytes first and then converting each took about twice the time of an int8
-    /// weight's pass (a ResNet 3x3 256->256 convolution's weight at batch 1: docs/BENCHMARKS.md, stop 28).
+    /// permute. Unpacking the nibbles to bytes first and then converting each cost about twice an int8 weight's pass: on
+    /// libtorch's route ResNet's 3x3 256->256 at batch 1 took 1.11-1.16x float32's time with int4, 1.06-1.09x with int8,
+    /// and 1.04-1.05x with int4 this way (docs/BENCHMARKS.md, stop 28).
     /// </summary>
     private static void NibbleGroups512(in WeightView w, int n, byte* row, float* destination)
     {
