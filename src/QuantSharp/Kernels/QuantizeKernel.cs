@@ -127,6 +127,21 @@ internal static class QuantizeKernel
                 Vector128.Narrow(Vector128.Narrow(a, b), Vector128.Narrow(c, d)).StoreUnsafe(ref dst, (nuint)i);
                 if (TSum.On) acc += (a + b) + (c + d);
             }
+            // 4 at a time, and the rest as the last 4 again (as the wider loops).
+            for (; i <= n - 4; i += 4)
+            {
+                var a = Q128(Vector128.LoadUnsafe(ref src, (nuint)i), vInv, vZp, vMin, vMax);
+                StoreLow4(a, ref Unsafe.Add(ref dst, i));
+                if (TSum.On) acc += a;
+            }
+            if (i < n)
+            {
+                int last = n - 4;
+                var a = Q128(Vector128.LoadUnsafe(ref src, (nuint)last), vInv, vZp, vMin, vMax);
+                StoreLow4(a, ref Unsafe.Add(ref dst, last));
+                if (TSum.On) acc += a & Vector128.GreaterThanOrEqual(Vector128<int>.Indices, Vector128.Create(i - last));
+                i = n;
+            }
             if (TSum.On) sum = Vector128.Sum(acc);
         }
         for (; i < n; i++)
@@ -144,6 +159,14 @@ internal static class QuantizeKernel
     {
         var half = Vector256.Narrow(values, values);
         Unsafe.WriteUnaligned(ref Unsafe.As<sbyte, byte>(ref destination), Vector256.Narrow(half, half).AsInt64().ToScalar());
+    }
+
+    /// <summary>The low 8 bits of <paramref name="values"/>' four lanes, in order, to <paramref name="destination"/> (4 bytes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreLow4(Vector128<int> values, ref sbyte destination)
+    {
+        var half = Vector128.Narrow(values, values);
+        Unsafe.WriteUnaligned(ref Unsafe.As<sbyte, byte>(ref destination), Vector128.Narrow(half, half).AsInt32().ToScalar());
     }
 
     /// <summary>Compile-time switch of the summing variant of <see cref="QuantizeAndSum"/>.</summary>
