@@ -13,8 +13,9 @@ namespace QuantSharp.Tests.Kernels;
 /// multiplying them by the specification; the module's kernel route equals its dequantize + libtorch route. Geometries
 /// cover kernel sizes 1 to 5, strides 1 to 3, padding 0 to 3 (rows and columns entirely in the padding), dilation 1 and
 /// 2, Conv1d as height 1, and position counts that leave partial strips. The measured rule takes the packed kernels for
-/// pointwise and long W8A8 calls under the float32 rule, and small-kernel (small calls), the integer GEMM (W8A8 with a long
-/// reduction), float32 libtorch or bfloat16 under the bfloat16 rule; few-term W8A8 calls up to a few images take the
+/// pointwise and long W8A8 calls, and for weight-only calls of few positions or strided ones, under the float32 rule,
+/// and small-kernel (small calls), the integer GEMM (W8A8 with a long reduction), float32 libtorch or bfloat16 under
+/// the bfloat16 rule; few-term W8A8 calls up to a few images take the
 /// integer GEMM or the small kernel under both (<see cref="ConvolutionCost.Choose"/> both ways on any machine; real layers by
 /// <see cref="QuantizedModule.NativeBFloat16"/> and <see cref="QuantizedConv.UseBFloat16Compute"/>). CI re-runs this class with AVX-512, AVX-VNNI,
 /// AVX2 and all intrinsics turned off (.ci/run selects the Kernels namespace).
