@@ -183,7 +183,14 @@ internal static unsafe class PackedMatMul
     /// <summary>Tests force a layout on their thread (null: <see cref="ChooseLayout"/>); every layout gives the same bits.</summary>
     [ThreadStatic] internal static PackedLayout? ForcedLayout;
 
-    /// <summary>Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes.</summary>
+    /// <summary>
+    /// Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes. Not for a
+    /// convolution of one or two images (<see cref="ByPositions"/>): there a strip of a long reduction is larger than
+    /// this by itself (K = 4,608 for 512->512 3x3: 590 KB), so each item of one strip decoded its weight rows again for
+    /// every strip; with blocks up to all of an image's strips (<see cref="PositionSplit.For"/> weighing the decoding
+    /// against the packing) the packed kernels took 2-14% less time on ResNet's stride-2 and 7x7 layers at batch 1 and
+    /// 2 (docs/BENCHMARKS.md, stop 28).
+    /// </summary>
     internal static int PositionBlockBytes = 256 << 10;
 
     /// <summary>
@@ -203,6 +210,8 @@ internal static unsafe class PackedMatMul
         int strips = (m + stripWidth - 1) / stripWidth;
         long stripFloats = (long)Math.Max(k, 1) * stripWidth;
         int fits = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
+        // A convolution of one or two images: blocks up to all of an image's strips (see PositionBlockBytes).
+        if (unfold is { Images: <= 2 }) fits = strips;
         var split = PositionSplit.For(strips, images, fits, w.Rows, KernelThreads.Count);
         int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts;
         int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;
