@@ -189,9 +189,25 @@ internal static unsafe class PackedMatMul
     /// this by itself (K = 4,608 for 512->512 3x3: 590 KB), so each item of one strip decoded its weight rows again for
     /// every strip; with blocks up to all of an image's strips (<see cref="PositionSplit.For"/> weighing the decoding
     /// against the packing) the packed kernels took 2-14% less time on ResNet's stride-2 and 7x7 layers at batch 1 and
-    /// 2 (docs/BENCHMARKS.md, stop 28).
+    /// 2 (docs/BENCHMARKS.md, stop 29).
     /// </summary>
     internal static int PositionBlockBytes = 256 << 10;
+
+    /// <summary>
+    /// Strips a position-major block may hold (<see cref="PositionSplit.For"/>'s <c>fits</c>): as many as fit in
+    /// <see cref="PositionBlockBytes"/> (at least one), or all of an image's strips for a convolution of one or two
+    /// images.
+    /// </summary>
+    /// <param name="k">Reduction length.</param>
+    /// <param name="stripWidth">Positions per strip.</param>
+    /// <param name="strips">Strips per image (or of the activation rows).</param>
+    /// <param name="unfold">The convolution's geometry; null for activation rows.</param>
+    internal static int BlockFits(int k, int stripWidth, int strips, Im2Col? unfold)
+    {
+        if (unfold is { Images: <= 2 }) return Math.Max(strips, 1);
+        long stripBytes = 4L * Math.Max(k, 1) * stripWidth;
+        return (int)Math.Clamp(PositionBlockBytes / stripBytes, 1, Math.Max(strips, 1));
+    }
 
     /// <summary>
     /// Transposed operands (<c>x^T</c> in, <c>y^T</c> out: a convolution), and activation rows against a weight of few
@@ -209,9 +225,7 @@ internal static unsafe class PackedMatMul
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
         int strips = (m + stripWidth - 1) / stripWidth;
         long stripFloats = (long)Math.Max(k, 1) * stripWidth;
-        int fits = (int)Math.Clamp(PositionBlockBytes / (4 * stripFloats), 1, strips);
-        // A convolution of one or two images: blocks up to all of an image's strips (see PositionBlockBytes).
-        if (unfold is { Images: <= 2 }) fits = strips;
+        int fits = BlockFits(k, stripWidth, strips, unfold);
         var split = PositionSplit.For(strips, images, fits, w.Rows, KernelThreads.Count);
         int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts;
         int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;

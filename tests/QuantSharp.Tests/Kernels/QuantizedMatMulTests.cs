@@ -335,6 +335,27 @@ public unsafe class QuantizedMatMulTests
         Assert.True(split.BusiestLoad(images, threads) <= firstRule.BusiestLoad(images, threads));
     }
 
+    /// <summary>
+    /// Blocks of a position-major call (<see cref="PackedMatMul.BlockFits"/>): as many strips as fit in
+    /// <see cref="PackedMatMul.PositionBlockBytes"/>, at least one, except a convolution of one or two images, whose
+    /// blocks may hold all of an image's strips (512->512 3x3 on 7x7: 4,608 terms, a strip of 32 is 590 KB by itself).
+    /// </summary>
+    [Theory]
+    [InlineData(4608, 1, 2)] // 512->512 3x3 on 7x7, one image: both strips
+    [InlineData(4608, 2, 2)]
+    [InlineData(4608, 3, 1)] // three images: one strip (the bytes rule)
+    [InlineData(4608, 0, 1)] // activation rows (a Linear layer): the bytes rule
+    [InlineData(576, 1, 25)] // 64->128 3x3 stride 2 on 56x56 (784 positions): all 25 strips
+    [InlineData(576, 8, 3)] // 256 KiB / (576 x 32 x 4 B) = 3.6
+    [InlineData(576, 0, 3)]
+    public void BlockFitsHoldsAnImagesStripsForOneOrTwoImages(int k, int images, int expected)
+    {
+        int strips = k == 4608 ? 2 : 25;
+        Im2Col? unfold = images == 0 ? null
+            : k == 4608 ? new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, images) : new Im2Col(64, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1, images);
+        Assert.Equal(expected, PackedMatMul.BlockFits(k, stripWidth: 32, strips, unfold));
+    }
+
     [Theory]
     [MemberData(nameof(Formats))]
     public void PerChannelEveryReductionLength(string formatName)
