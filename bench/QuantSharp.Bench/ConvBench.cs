@@ -45,10 +45,11 @@ internal static class ConvBench
             yield return new("resnet 256->512 3x3 s2 14x14", b, () => nn.Conv2d(256, 512, 3, stride: 2, padding: 1), [b, 256, 14, 14]);
             yield return new("resnet 512->512 3x3 7x7", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 7, 7]);
             yield return new("resnet50 1x1 s2 256->512 56x56", b, () => nn.Conv2d(256, 512, 1, stride: 2), [b, 256, 56, 56]);
-            // Smaller weights on 49 positions, for the bound of the few-position weight-only rule.
+            // Smaller weights on 49 (or 64) positions, for the bound of the few-position weight-only rule.
             yield return new("few 256->256 3x3 7x7", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 7, 7]);
             yield return new("few 128->128 3x3 7x7", b, () => nn.Conv2d(128, 128, 3, padding: 1), [b, 128, 7, 7]);
             yield return new("few 32->16 3x3 8x8", b, () => nn.Conv2d(32, 16, 3, padding: 1), [b, 32, 8, 8]);
+            yield return new("few 256->256 3x3 8x8", b, () => nn.Conv2d(256, 256, 3, padding: 1), [b, 256, 8, 8]);
             yield return new("few 1x1 512->2048 7x7", b, () => nn.Conv2d(512, 2048, 1), [b, 512, 7, 7]);
             yield return new("few conv1d 512->512 k3 48", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 48]);
             yield return new("1x1 256->256 28x28", b, () => nn.Conv2d(256, 256, 1), [b, 256, 28, 28]);

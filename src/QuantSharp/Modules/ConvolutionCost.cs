@@ -49,7 +49,7 @@ namespace QuantSharp.Modules;
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
 /// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
-/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 on 7x7), and strided ones of long reductions up to
+/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions up to
 /// <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the rest
 /// dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
@@ -152,16 +152,18 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Output positions (over all the call's images) up to which a weight-only convolution beyond the small kernel takes
-    /// the packed kernels under the float32 rule with 512-bit float kernels: two strips of 32. libtorch's convolution is
-    /// inefficient there (256->256 3x3 on 7x7 took 0.58-0.60 ms at batch 1 and 0.44-0.47 ms at batch 2) and its route
-    /// adds a dequantization pass over the whole weight, while the packed GEMM's work is the weight times two strips.
-    /// Paired with float32 (docs/BENCHMARKS.md, stop 28; int8, int4, float16, two processes): 3x3 on 7x7 (128->128,
-    /// 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d 512->512 k3 on 48 and 32->16 3x3
-    /// on 8x8, at batch 1, 0.21-1.23x float32's time (0.21-0.52 for the 3x3 layers up to 256 channels; 512->512 int4
-    /// 1.16-1.23) against 1.04-1.58x on libtorch's route: faster than it in all 42 pairs. At 98 positions (256->256 and
-    /// 512->512 on 7x7 at batch 2) in 7 of 12; at 196 (256->256 on 14x14 at batch 1) in none.
+    /// the packed kernels under the float32 rule with 512-bit float kernels: four strips of 32 (batch 1 and 2 on 7x7 and
+    /// 8x8). libtorch's convolution is inefficient there (256->256 3x3 on 7x7 took 0.58-0.60 ms at batch 1 and 0.44-0.47
+    /// ms at batch 2) and its route adds a dequantization pass over the whole weight, while the packed GEMM's work is the
+    /// weight times a few strips (each item decoding its weight rows once, <see cref="Kernels.PackedMatMul.BlockFits"/>).
+    /// Paired with float32 (docs/BENCHMARKS.md, stops 28 and 29; int8, int4, float16, two processes): 3x3 on 7x7
+    /// (128->128, 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d 512->512 k3 on 48 and
+    /// 32->16 3x3 on 8x8, at batch 1, 0.21-1.23x float32's time against 1.04-1.58x on libtorch's route (all 42 pairs
+    /// faster); at batch 2 (96-128 positions: the 7x7 layers, the Conv1d, 32->16 and 256->256 on 8x8) 0.26-1.12x against
+    /// 1.02-1.37x (all 48 pairs faster). At 144-147 positions (batch 3) the packed kernels lost on the larger weights
+    /// (256->256 on 7x7 1.19-1.52x against 1.14-1.19x); at 196 (256->256 on 14x14 at batch 1) they lost in every pair.
     /// </summary>
-    internal const int FewPositionsMaxPositions = 64;
+    internal const int FewPositionsMaxPositions = 128;
 
     /// <summary>
     /// Multiply-adds up to which a weight-only convolution at a stride above 1, with a reduction of at least
@@ -211,7 +213,7 @@ internal static class ConvolutionCost
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
-        // Weight-only calls of a few positions (batch 1 on 7x7), and strided ones of long reductions in one or two images:
+        // Weight-only calls of a few positions (batch 1 and 2 on 7x7), and strided ones of long reductions in one or two images:
         // the packed kernels.
         if (!quantizedInput && !small && !float256)
         {

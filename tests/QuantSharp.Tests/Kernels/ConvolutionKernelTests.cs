@@ -414,16 +414,19 @@ public unsafe class ConvolutionKernelTests
         // the packed kernels under the float32 rule with 512-bit float kernels; the bfloat16 rule and 256 bits unchanged.
         var last = new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1); // ResNet's last 3x3 layers: 49 positions
         AssertChoice(last, 512, false, B, K, "512->512 3x3 on 7x7");
-        AssertChoice(last.ForImages(2), 512, false, B, R, "512->512 3x3 on 7x7, two images (98 positions)");
+        AssertChoice(last.ForImages(2), 512, false, B, K, "512->512 3x3 on 7x7, two images (98 positions)");
+        AssertChoice(last.ForImages(3), 512, false, B, R, "512->512 3x3 on 7x7, three images (147 positions)");
         AssertChoice(last, 512, false, B, R, "512->512 3x3 on 7x7 at 256 bits", float256: true);
         AssertChoice(new Im2Col(256, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 512, false, B, K, "256->512 stride 2 on 14x14");
         AssertChoice(new Im2Col(512, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1), 2048, false, B, K, "1x1 512->2048 on 7x7");
         AssertChoice(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, false, B, R, "256->256 3x3 on 14x14 (196 positions)");
-        // The edge, as a Conv1d k3 padded by 1: 64 positions in, 65 out.
-        var edge = new Im2Col(512, 1, 64, 1, 3, 1, 1, 0, 1, 1, 1);
+        // The edge, as a Conv1d k3 padded by 1: 128 positions in, 129 out; or 64 positions in each of two images.
+        var edge = new Im2Col(512, 1, 128, 1, 3, 1, 1, 0, 1, 1, 1);
         Assert.Equal(ConvolutionCost.FewPositionsMaxPositions, edge.Positions);
-        AssertChoice(edge, 512, false, B, K, "Conv1d on 64 positions");
-        AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d on 65 positions");
+        AssertChoice(edge, 512, false, B, K, "Conv1d on 128 positions");
+        AssertChoice(new Im2Col(512, 1, 129, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d on 129 positions");
+        AssertChoice(new Im2Col(512, 1, 64, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, K, "Conv1d on 64 positions, two images");
+        AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, R, "Conv1d on 65 positions, two images");
         // Static W8A8 keeps its rules (the integer GEMM from 256 terms).
         AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7");
 
@@ -442,10 +445,11 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "64->64 stride 1 on 56x56");
         AssertLayerRoute(nn.Conv2d(64, 128, 3, stride: 2, padding: 1), null, torch.randn(1, 64, 16, 16), new Im2Col(64, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1),
             B, ConvolutionCost.Widest256 ? R : K, "64->128 stride 2 on 16x16 layer");
-        // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1 and 2.
+        // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1, 2 and 3.
         var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer");
-        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, R, "64->64 on 7x7 layer, two images");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer, two images");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(3, 64, 7, 7), layerGeometry.ForImages(3), B, R, "64->64 on 7x7 layer, three images");
     }
 
     [Fact]
@@ -473,13 +477,16 @@ public unsafe class ConvolutionKernelTests
         AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 8, 8), smallPointwise, D, K, "small 1x1 layer");
 
         // Weight-only 3x3 32->16, K = 288 > DirectConvolution.MaxReduction: never small; bfloat16, or under the float32
-        // rule the packed kernels on its 64 positions (FewPositionsMaxPositions) and libtorch float32 on two images.
+        // rule the packed kernels on its 64 positions and on two images (128: FewPositionsMaxPositions), libtorch float32
+        // on three.
         var k288 = new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertChoice(k288, 16, false, B, K, "weight-only 3x3 K 288");
         var fewPositions = ConvolutionCost.Widest256 ? R : K; // the rule was measured with the 512-bit float kernels
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, fewPositions, "weight-only 3x3 layer");
-        AssertChoice(k288.ForImages(2), 16, false, B, R, "weight-only 3x3 K 288, two images");
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, R, "weight-only 3x3 layer, two images");
+        AssertChoice(k288.ForImages(2), 16, false, B, K, "weight-only 3x3 K 288, two images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, fewPositions, "weight-only 3x3 layer, two images");
+        AssertChoice(k288.ForImages(3), 16, false, B, R, "weight-only 3x3 K 288, three images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(3, 32, 8, 8), k288.ForImages(3), B, R, "weight-only 3x3 layer, three images");
 
         // W8A8, K = 288 at stride 1: the integer GEMM under both rules, whatever the outputs (256 or 64); the same
         // geometry weight-only goes to bfloat16 or the packed kernels (few positions).
