@@ -159,8 +159,8 @@ internal static class ConvolutionCost
     /// Paired with float32 (docs/BENCHMARKS.md, stops 28 and 29; int8, int4, float16, two processes): 3x3 on 7x7
     /// (128->128, 256->256, 512->512), 256->512 at stride 2 on 14x14, 1x1 512->2048 on 7x7, Conv1d 512->512 k3 on 48 and
     /// 32->16 3x3 on 8x8, at batch 1, 0.21-1.23x float32's time against 1.04-1.58x on libtorch's route (all 42 pairs
-    /// faster); at batch 2 (96-128 positions: the 7x7 layers, the Conv1d, 32->16 and 256->256 on 8x8) 0.26-1.12x against
-    /// 1.02-1.37x (all 48 pairs faster). At 144-147 positions (batch 3) the packed kernels lost on the larger weights
+    /// faster); at batch 2 (96-128 positions: the 7x7 layers, the Conv1d, 32->16 and 256->256 on 8x8) 0.29-1.14x against
+    /// 1.04-1.37x (all 42 pairs faster). At 144-147 positions (batch 3) the packed kernels lost on the larger weights
     /// (256->256 on 7x7 1.19-1.52x against 1.14-1.19x); at 196 (256->256 on 14x14 at batch 1) they lost in every pair.
     /// </summary>
     internal const int FewPositionsMaxPositions = 128;
