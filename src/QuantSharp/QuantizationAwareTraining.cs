@@ -53,6 +53,10 @@ public static class QuantizationAwareTraining
         // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
         // the layer's activation observer (an override's, else the recipe's; learned with LSQ like the weight); Convert
         // stores that scale and zero point as the layer's input quantization.
+        // A bare layer has no parent to be replaced in (as for Quantizer.Quantize).
+        if (model is TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d)
+            throw new ModelQuantizationException($"{model.GetType().Name} is itself a layer, and Prepare replaces the layers inside a model: " +
+                "put it in a model (e.g. nn.Sequential((\"layer\", layer))) and prepare that.");
         if (!inPlace && factory is null)
             throw new ArgumentException("Prepare returns a prepared copy: pass factory: () => new YourModel(...), or inPlace: true to prepare this model itself.", nameof(factory));
 

@@ -187,6 +187,21 @@ public static class Quantizer
         return QuantizeCore(model, recipe, factory, calibration, inPlace, weights, calibrationSamples, onFailure, progress);
     }
 
+    /// <summary>
+    /// Why <paramref name="model"/> cannot be quantized as a model when it is itself a quantizable layer with none
+    /// inside it (a bare <c>Conv2d</c> or <c>Linear</c>): the quantizer replaces layers inside a model, and a root has no
+    /// parent to be replaced in (torchao's <c>quantize_</c> swaps the weight instead, so a bare layer works there). Null
+    /// otherwise.
+    /// </summary>
+    internal static string? BareLayer(nn.Module model)
+    {
+        var type = model.GetType();
+        if (!QuantizedModules.IsRegistered(type) || ModuleTree.Walk(model).Any(e => QuantizedModules.IsRegistered(e.Module.GetType()))) return null;
+        return $"{type.Name} is itself a layer, and Quantizer.Quantize replaces the layers inside a model: quantize one layer with " +
+            $"QuantizedModules.Quantize(layer, recipe.BaseWeights) (it returns the quantized layer and leaves this one unchanged), " +
+            $"or put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that.";
+    }
+
     /// <summary>The one quantization path; <paramref name="method"/> replaces the recipe's weight quantizer (GPTQ).</summary>
     internal static QuantizationResult<T> QuantizeCore<T>(T model, QuantizationRecipe recipe, Func<T>? factory,
         IEnumerable<CalibrationBatch>? calibrationData, bool inPlace, QuantSpec? weights, int? calibrationSamples,
@@ -202,6 +217,7 @@ public static class Quantizer
         };
         var planner = new RecipePlanner(cfg); // validates
         var recipeWarnings = planner.IneffectiveSettings().ToList();
+        if (BareLayer(model) is { } bare) throw new ModelQuantizationException(bare);
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +

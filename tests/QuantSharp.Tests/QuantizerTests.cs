@@ -216,6 +216,45 @@ public class QuantizerTests
         Assert.Contains("Overrides pattern 'classifer'", ex2.Message);
     }
 
+    /// <summary>
+    /// A bare layer (the model is itself a Conv2d or Linear) cannot be replaced inside a parent: the error (of Quantize
+    /// and of QAT's Prepare) says so and names the ways that work, before asking for a factory; both are then checked.
+    /// </summary>
+    [Fact]
+    public void ABareLayerIsAClearErrorNamingTheSingleLayerCall()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var conv = nn.Conv2d(4, 8, 3);
+        var recipe = QuantizationRecipe.Int8WeightOnly();
+        foreach (var call in new Action[] { () => Quantizer.Quantize(conv, recipe), () => Quantizer.Quantize(conv, recipe, inPlace: true) })
+        {
+            var ex = Assert.Throws<ModelQuantizationException>(call);
+            Assert.Contains("Conv2d is itself a layer", ex.Message);
+            Assert.Contains("QuantizedModules.Quantize(layer, recipe.BaseWeights)", ex.Message);
+        }
+        var linear = nn.Linear(16, 4);
+        Assert.Contains("Linear is itself a layer", Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(linear, recipe, () => nn.Linear(16, 4))).Message);
+        Assert.Contains("Linear is itself a layer", Assert.Throws<ModelQuantizationException>(() => QuantizationAwareTraining.Prepare(linear, recipe, inPlace: true)).Message);
+
+        // The first way: one layer, the float layer unchanged.
+        var x = torch.randn(2, 4, 6, 6);
+        var before = conv.weight!.clone();
+        using var q = (nn.Module<Tensor, Tensor>)QuantizedModules.Quantize(conv, recipe.BaseWeights);
+        Assert.IsAssignableFrom<QuantizedModule>(q);
+        Assert.True(conv.weight!.eq(before).all().item<bool>());
+        var expected = conv.call(x);
+        var got = q.call(x);
+        Assert.Equal(expected.shape, got.shape);
+        double sqnr = 20 * Math.Log10(expected.norm().item<float>() / (expected - got).norm().item<float>());
+        Assert.True(sqnr > 30, $"SQNR {sqnr:F1} dB");
+        // The second way: in a model.
+        var model = nn.Sequential(("layer", conv));
+        var result = Quantizer.Quantize(model, recipe, inPlace: true);
+        Assert.Single(result.Layers);
+        Assert.IsAssignableFrom<QuantizedModule>(model.named_children().Single().module);
+    }
+
     [Fact]
     public void NoQuantizableLayerIsAClearError()
     {
