@@ -37,7 +37,7 @@ public static class QuantizationAwareTraining
     /// (<see cref="FakeQuantizeOptions.Learnable"/> for LSQ).</param>
     /// <returns>The prepared model, in training mode.</returns>
     /// <exception cref="RecipeException">A float or dynamic-activation recipe, or an invalid one.</exception>
-    /// <exception cref="ModelQuantizationException">Nothing to prepare, an already prepared layer, or a selected layer whose
+    /// <exception cref="ModelQuantizationException">A bare layer (the model is itself a Linear, Conv1d or Conv2d), nothing to prepare, an already prepared layer, or a selected layer whose
     /// parent cannot hold another module type.</exception>
     /// <exception cref="ArgumentException">No factory without <paramref name="inPlace"/>.</exception>
     public static T Prepare<T>(T model, QuantizationRecipe recipe, Func<T>? factory = null, bool inPlace = false, FakeQuantizeOptions? options = null)
@@ -50,13 +50,13 @@ public static class QuantizationAwareTraining
         if (recipe.DynamicActivations)
             throw new RecipeException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
                 "and set it again after Convert, or use static Activations.");
-        // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
-        // the layer's activation observer (an override's, else the recipe's; learned with LSQ like the weight); Convert
-        // stores that scale and zero point as the layer's input quantization.
         // A bare layer has no parent to be replaced in (as for Quantizer.Quantize).
         if (model is TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d)
             throw new ModelQuantizationException($"{model.GetType().Name} is itself a layer, and Prepare replaces the layers inside a model: " +
                 "put it in a model (e.g. nn.Sequential((\"layer\", layer))) and prepare that.");
+        // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
+        // the layer's activation observer (an override's, else the recipe's; learned with LSQ like the weight); Convert
+        // stores that scale and zero point as the layer's input quantization.
         if (!inPlace && factory is null)
             throw new ArgumentException("Prepare returns a prepared copy: pass factory: () => new YourModel(...), or inPlace: true to prepare this model itself.", nameof(factory));
 

@@ -130,7 +130,7 @@ public static class Quantizer
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
     /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
-    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or data the method cannot use.</exception>
+    /// <exception cref="ModelQuantizationException">A bare layer (the model is itself a Linear, Conv2d, ...), no quantizable layer, an already quantized model, or data the method cannot use.</exception>
     /// <exception cref="ArgumentException">A missing or wrong factory, or missing calibration data the recipe needs.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
@@ -169,7 +169,7 @@ public static class Quantizer
     /// <param name="progress">Receives calibration progress after each batch.</param>
     /// <returns>The quantized model, what was quantized or skipped, and the validation report.</returns>
     /// <exception cref="RecipeException">Invalid recipe, a pattern that names no weight, a spec a weight cannot take.</exception>
-    /// <exception cref="ModelQuantizationException">No quantizable layer, an already quantized model, or a layer the calibration data never reaches.</exception>
+    /// <exception cref="ModelQuantizationException">A bare layer (the model is itself a Linear, Conv2d, ...), no quantizable layer, an already quantized model, or a layer the calibration data never reaches.</exception>
     /// <exception cref="ArgumentException">A missing or wrong factory, empty data, or a batch the model fails on.</exception>
     /// <exception cref="QuantizationValidationException">Validation failed with <see cref="ValidationFailureMode.Error"/>.</exception>
     public static QuantizationResult<T> Quantize<T>(
@@ -198,8 +198,8 @@ public static class Quantizer
         var type = model.GetType();
         if (!QuantizedModules.IsRegistered(type) || ModuleTree.Walk(model).Any(e => QuantizedModules.IsRegistered(e.Module.GetType()))) return null;
         return $"{type.Name} is itself a layer, and Quantizer.Quantize replaces the layers inside a model: quantize one layer with " +
-            $"QuantizedModules.Quantize(layer, recipe.BaseWeights) (it returns the quantized layer and leaves this one unchanged), " +
-            $"or put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that.";
+            "QuantizedModules.Quantize(layer, recipe.BaseWeights) (namespace QuantSharp.Modules; it returns the quantized layer and " +
+            "leaves this one unchanged), or put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that.";
     }
 
     /// <summary>The one quantization path; <paramref name="method"/> replaces the recipe's weight quantizer (GPTQ).</summary>

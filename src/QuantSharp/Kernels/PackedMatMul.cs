@@ -185,7 +185,7 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Bytes of packed activations a position-major work item keeps (in L2) while every weight row passes. Not for a
-    /// convolution of one or two images (<see cref="ByPositions"/>): there a strip of a long reduction is larger than
+    /// convolution of one or two images (<see cref="BlockFits"/>): there a strip of a long reduction is larger than
     /// this by itself (K = 4,608 for 512->512 3x3: 590 KB), so each item of one strip decoded its weight rows again for
     /// every strip; with blocks up to all of an image's strips (<see cref="PositionSplit.For"/> weighing the decoding
     /// against the packing) the packed kernels took 2-14% less time on ResNet's stride-2 and 7x7 layers at batch 1 and
