@@ -393,6 +393,7 @@ public static class Quantizer
     /// <param name="model">The quantized model (<see cref="QuantizationResult.Model"/>).</param>
     /// <param name="path">The <c>.safetensors</c> file to write.</param>
     /// <exception cref="ArgumentException">The model has no quantized layers.</exception>
+    /// <exception cref="IOException">The path is a folder, or the file cannot be written.</exception>
     public static void Save(nn.Module model, string path) => QuantizedModelFile.Save(model, path);
 
     /// <summary>

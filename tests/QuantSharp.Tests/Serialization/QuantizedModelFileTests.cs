@@ -89,6 +89,25 @@ public sealed class QuantizedModelFileTests : IDisposable
         Assert.True(TestData.BitEqual(((Module<Tensor, Tensor>)result.Model).call(x), loaded.call(x)));
     }
 
+    /// <summary>
+    /// Saving to a folder's path fails before anything is written (it failed at the final rename, after the whole file
+    /// was written to a temporary one, with .NET's "Is a directory"): the message names the folder and a file name to
+    /// give, and the folder is left as it was.
+    /// </summary>
+    [Fact]
+    public void SavingToAFolderIsAClearErrorThatWritesNothing()
+    {
+        using var scope = NewDisposeScope();
+        var result = Quantizer.Quantize(new Mlp(), new QuantizationRecipe(), () => new Mlp());
+        string folder = Path.Combine(_dir, "out");
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "kept.txt"), "x");
+        var ex = Assert.Throws<IOException>(() => Quantizer.Save(result.Model, folder));
+        Assert.Contains($"Cannot write '{folder}': it is a folder; give a file name, e.g. '{Path.Combine(folder, "model.safetensors")}'", ex.Message);
+        Assert.Equal([Path.Combine(folder, "kept.txt")], Directory.GetFileSystemEntries(folder));
+        Assert.Equal([folder], Directory.GetFileSystemEntries(_dir).Where(p => Path.GetFileName(p).Contains("out")));
+    }
+
     [Fact]
     public void WrongArchitectureOrFileIsAClearError()
     {
