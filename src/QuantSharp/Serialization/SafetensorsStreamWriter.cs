@@ -52,8 +52,9 @@ internal sealed class SafetensorsStreamWriter : IDisposable
         _hashTensors = hashTensors;
         _finalPath = System.IO.Path.GetFullPath(path);
         // Before any byte is written: the rename at the end would fail on a folder, after the whole file was written.
-        if (Directory.Exists(_finalPath))
-            throw new IOException($"Cannot write '{path}': it is a folder; give a file name, e.g. '{System.IO.Path.Combine(path, "model.safetensors")}'.");
+        bool folder = Directory.Exists(_finalPath);
+        if (folder || System.IO.Path.GetFileName(_finalPath).Length == 0)
+            throw new IOException($"Cannot write '{path}': it {(folder ? "is a folder" : "ends in a folder separator")}; give a file name, e.g. '{System.IO.Path.Combine(path, "model.safetensors")}'.");
         string dir = System.IO.Path.GetDirectoryName(_finalPath)!;
         Directory.CreateDirectory(dir);
         _tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(_finalPath)}.tmp-{Guid.NewGuid():N}");

@@ -92,7 +92,7 @@ public sealed class QuantizedModelFileTests : IDisposable
     /// <summary>
     /// Saving to a folder's path fails before anything is written (it failed at the final rename, after the whole file
     /// was written to a temporary one, with .NET's "Is a directory"): the message names the folder and a file name to
-    /// give, and the folder is left as it was.
+    /// give, and the folder is left as it was; so does a path ending in a separator.
     /// </summary>
     [Fact]
     public void SavingToAFolderIsAClearErrorThatWritesNothing()
@@ -106,6 +106,11 @@ public sealed class QuantizedModelFileTests : IDisposable
         Assert.Contains($"Cannot write '{folder}': it is a folder; give a file name, e.g. '{Path.Combine(folder, "model.safetensors")}'", ex.Message);
         Assert.Equal([Path.Combine(folder, "kept.txt")], Directory.GetFileSystemEntries(folder));
         Assert.Equal([folder], Directory.GetFileSystemEntries(_dir).Where(p => Path.GetFileName(p).Contains("out")));
+        // A path ending in a separator names a folder too, existing or not; none is created.
+        string missing = Path.Combine(_dir, "new") + Path.DirectorySeparatorChar;
+        var ex2 = Assert.Throws<IOException>(() => Quantizer.Save(result.Model, missing));
+        Assert.Contains($"Cannot write '{missing}': it ends in a folder separator; give a file name, e.g. '{Path.Combine(missing, "model.safetensors")}'", ex2.Message);
+        Assert.False(Directory.Exists(missing));
     }
 
     [Fact]
