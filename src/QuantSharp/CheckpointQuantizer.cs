@@ -108,6 +108,9 @@ public static class CheckpointQuantizer
         if (source.IsFolder && PathIdentity.IsWithin(outFull, inFull))
             throw new CheckpointQuantizationException($"The output folder '{output}' is inside the input folder '{input}'. Choose a folder outside it.");
 
+        // "out/" names a folder even where none exists yet (it was written as a file named "out").
+        if (!source.IsFolder && Path.EndsInDirectorySeparator(output))
+            throw new CheckpointQuantizationException($"The output '{output}' names a folder; for a single-file input give an output file name, e.g. '{Path.Combine(output, Path.GetFileName(inFull))}'.");
         var kind = PathIdentity.Kind(outFull);
         string wanted = source.IsFolder ? "folder" : "file";
         switch (kind)

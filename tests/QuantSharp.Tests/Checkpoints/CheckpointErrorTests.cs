@@ -130,6 +130,11 @@ public class CheckpointErrorTests
         Assert.Contains("not empty", ex.Message);
         ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, dir["full"]));
         Assert.Contains("is a folder", ex.Message);
+        // A single-file input to "new/" (no such folder yet): the same advice, nothing written.
+        string slash = dir["new"] + Path.DirectorySeparatorChar;
+        ex = Assert.Throws<CheckpointQuantizationException>(() => CheckpointQuantizer.Quantize(input, slash));
+        Assert.Contains($"The output '{slash}' names a folder; for a single-file input give an output file name, e.g. '{Path.Combine(slash, "in.safetensors")}'", ex.Message);
+        Assert.False(Path.Exists(dir["new"]));
     }
 
     [Fact]
