@@ -99,13 +99,15 @@ public static class QuantizationAwareTraining
     /// </summary>
     /// <param name="model">A model prepared by <see cref="Prepare{T}"/> and trained.</param>
     /// <returns><paramref name="model"/>, ready for <see cref="Quantizer.Save"/>.</returns>
-    /// <exception cref="ModelQuantizationException">The model has no prepared layer.</exception>
+    /// <exception cref="ModelQuantizationException">The model has no prepared layer (or was converted already).</exception>
     public static T Convert<T>(T model) where T : nn.Module
     {
         ArgumentNullException.ThrowIfNull(model);
         var layers = ModuleTree.Walk(model).Where(e => e.Module is QatLayer).ToList();
         if (layers.Count == 0)
-            throw new ModelQuantizationException($"{model.GetType().Name} has no layer prepared for quantization-aware training; call QuantizationAwareTraining.Prepare first.");
+            throw new ModelQuantizationException(ModuleTree.Walk(model).Any(e => e.Module is QuantizedModule)
+                ? $"{model.GetType().Name} is already converted (its layers are quantized); Convert runs once, on a prepared model: save this one with Quantizer.Save."
+                : $"{model.GetType().Name} has no layer prepared for quantization-aware training; call QuantizationAwareTraining.Prepare first.");
         foreach (var e in layers)
         {
             var qat = (QatLayer)e.Module;

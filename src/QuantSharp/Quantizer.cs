@@ -193,13 +193,18 @@ public static class Quantizer
     /// parent to be replaced in (torchao's <c>quantize_</c> swaps the weight instead, so a bare layer works there). Null
     /// otherwise.
     /// </summary>
-    internal static string? BareLayer(nn.Module model)
+    /// <param name="model">The model given.</param>
+    /// <param name="gptq">True for GPTQ (<see cref="Gptq"/>, or a recipe whose method is GPTQ), which has no single-layer form.</param>
+    internal static string? BareLayer(nn.Module model, bool gptq = false)
     {
         var type = model.GetType();
         if (!QuantizedModules.IsRegistered(type) || ModuleTree.Walk(model).Any(e => QuantizedModules.IsRegistered(e.Module.GetType()))) return null;
-        return $"{type.Name} is itself a layer, and Quantizer.Quantize replaces the layers inside a model: quantize one layer with " +
-            "QuantizedModules.Quantize(layer, recipe.BaseWeights) (namespace QuantSharp.Modules; it returns the quantized layer and " +
-            "leaves this one unchanged), or put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that.";
+        const string wrap = "put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that";
+        return gptq
+            ? $"{type.Name} is itself a layer, and Gptq.Quantize replaces the layers inside a model: {wrap}."
+            : $"{type.Name} is itself a layer, and Quantizer.Quantize replaces the layers inside a model: quantize one layer with " +
+              "QuantizedModules.Quantize(layer, recipe.BaseWeights) (namespace QuantSharp.Modules; it returns the quantized layer and " +
+              $"leaves this one unchanged), or {wrap}.";
     }
 
     /// <summary>The one quantization path; <paramref name="method"/> replaces the recipe's weight quantizer (GPTQ).</summary>
@@ -217,7 +222,7 @@ public static class Quantizer
         };
         var planner = new RecipePlanner(cfg); // validates
         var recipeWarnings = planner.IneffectiveSettings().ToList();
-        if (BareLayer(model) is { } bare) throw new ModelQuantizationException(bare);
+        if (BareLayer(model, gptq: cfg.Method == QuantizationMethod.Gptq || method is not null) is { } bare) throw new ModelQuantizationException(bare);
         if (!inPlace && factory is null)
             throw new ArgumentException(
                 "Quantize returns a quantized copy, and TorchSharp cannot copy an arbitrary module by itself: pass factory: () => new YourModel(...) " +

@@ -236,6 +236,10 @@ public class QuantizerTests
         var linear = nn.Linear(16, 4);
         Assert.Contains("Linear is itself a layer", Assert.Throws<ModelQuantizationException>(() => Quantizer.Quantize(linear, recipe, () => nn.Linear(16, 4))).Message);
         Assert.Contains("Linear is itself a layer", Assert.Throws<ModelQuantizationException>(() => QuantizationAwareTraining.Prepare(linear, recipe, inPlace: true)).Message);
+        // GPTQ has no single-layer form: only the wrapping advice.
+        string gptq = Assert.Throws<ModelQuantizationException>(() => Gptq.Quantize(linear, QuantizationRecipe.Int4WeightOnly(groupSize: 16), [torch.randn(8, 16)], inPlace: true)).Message;
+        Assert.Contains("Linear is itself a layer, and Gptq.Quantize replaces the layers inside a model: put it in a model", gptq);
+        Assert.DoesNotContain("QuantizedModules.Quantize", gptq);
 
         // The first way: one layer, the float layer unchanged.
         var x = torch.randn(2, 4, 6, 6);

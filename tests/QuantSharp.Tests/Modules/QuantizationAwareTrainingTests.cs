@@ -53,6 +53,19 @@ public class QuantizationAwareTrainingTests
         Assert.True(err <= relative * scale, $"{what}: max |diff| {err:G3} against max |value| {scale:G3}");
     }
 
+    /// <summary>Convert on a model that was never prepared, and a second Convert, each say which it is.</summary>
+    [Fact]
+    public void ConvertTwiceOrUnpreparedSaysWhich()
+    {
+        using var scope = NewDisposeScope();
+        var unprepared = Assert.Throws<ModelQuantizationException>(() => QuantizationAwareTraining.Convert(nn.Sequential(("fc", nn.Linear(16, 4)))));
+        Assert.Contains("Sequential has no layer prepared for quantization-aware training; call QuantizationAwareTraining.Prepare first", unprepared.Message);
+        var model = nn.Sequential(("fc", nn.Linear(16, 4)));
+        QuantizationAwareTraining.Convert(QuantizationAwareTraining.Prepare(model, QuantizationRecipe.Int8WeightOnly(), inPlace: true));
+        var twice = Assert.Throws<ModelQuantizationException>(() => QuantizationAwareTraining.Convert(model));
+        Assert.Contains("Sequential is already converted (its layers are quantized); Convert runs once, on a prepared model", twice.Message);
+    }
+
     [Fact]
     public void TrainedConvertedSavedAndReloadedModelGivesIdenticalOutputs()
     {
