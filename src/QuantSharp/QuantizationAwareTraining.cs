@@ -51,7 +51,7 @@ public static class QuantizationAwareTraining
             throw new RecipeException("Dynamic activation quantization has no parameters to train: prepare the weight recipe (DynamicActivations = false) " +
                 "and set it again after Convert, or use static Activations.");
         // A bare layer has no parent to be replaced in (as for Quantizer.Quantize).
-        if (model is TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d)
+        if (ModuleTree.IsBareLayer(model, Preparable))
             throw new ModelQuantizationException($"{model.GetType().Name} is itself a layer, and Prepare replaces the layers inside a model: " +
                 "put it in a model (e.g. nn.Sequential((\"layer\", layer))) and prepare that.");
         // Static activations: each prepared layer fake-quantizes its input per tensor with the recipe's activation spec and
@@ -66,7 +66,7 @@ public static class QuantizationAwareTraining
         {
             if (e.Module is QatLayer or QuantizedModule)
                 throw new ModelQuantizationException($"Layer '{e.Name}' is already prepared or quantized; prepare the float model.");
-            if (e.Module is not (TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d)) continue;
+            if (!Preparable(e.Module)) continue;
             string type = e.Module.GetType().Name;
             var w = QuantizedModules.Parameter(e.Module, "weight");
             if (w is null) continue;
@@ -121,4 +121,8 @@ public static class QuantizationAwareTraining
         model.eval();
         return model;
     }
+
+    /// <summary>The layer types <see cref="Prepare{T}"/> replaces.</summary>
+    private static bool Preparable(nn.Module module) =>
+        module is TorchSharp.Modules.Linear or TorchSharp.Modules.Conv1d or TorchSharp.Modules.Conv2d;
 }

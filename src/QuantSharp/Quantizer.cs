@@ -198,7 +198,7 @@ public static class Quantizer
     internal static string? BareLayer(nn.Module model, bool gptq = false)
     {
         var type = model.GetType();
-        if (!QuantizedModules.IsRegistered(type) || ModuleTree.Walk(model).Any(e => QuantizedModules.IsRegistered(e.Module.GetType()))) return null;
+        if (!ModuleTree.IsBareLayer(model, m => QuantizedModules.IsRegistered(m.GetType()))) return null;
         const string wrap = "put it in a model (e.g. nn.Sequential((\"layer\", layer))) and quantize that";
         return gptq
             ? $"{type.Name} is itself a layer, and Gptq.Quantize replaces the layers inside a model: {wrap}."

@@ -188,8 +188,8 @@ internal static unsafe class PackedMatMul
     /// convolution of one or two images (<see cref="BlockFits"/>): there a strip of a long reduction is larger than
     /// this by itself (K = 4,608 for 512->512 3x3: 590 KB), so each item of one strip decoded its weight rows again for
     /// every strip; with blocks up to all of an image's strips (<see cref="PositionSplit.For"/> weighing the decoding
-    /// against the packing) the packed kernels took 2-14% less time on ResNet's stride-2 and 7x7 layers at batch 1 and
-    /// 2 (docs/BENCHMARKS.md, stop 29).
+    /// against the packing) the packed kernels took up to 16% less time on ResNet's stride-2 and 7x7 layers at batch 1
+    /// and 2, float16 weights most, and none more beyond noise (docs/BENCHMARKS.md, stop 29).
     /// </summary>
     internal static int PositionBlockBytes = 256 << 10;
 

@@ -49,9 +49,9 @@ namespace QuantSharp.Modules;
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
 /// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
-/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions up to
-/// <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the rest
-/// dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
+/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
+/// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the
+/// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
 /// </summary>
@@ -174,9 +174,9 @@ internal static class ConvolutionCost
     /// two processes): 3x3 64->128 on 56x56 and 128->256 on 28x28 at batch 1 1.00-1.22x float32's time against
     /// 1.08-1.38x on libtorch's route (faster in 11 of 12 pairs, alike in one: 647.6 against 647.8 us), ResNet-50's 1x1
     /// 256->512 stride 2 on 56x56 0.80-0.90x against 1.05-1.07x; at batch 2 (the two 3x3 layers and 256->512 on 14x14)
-    /// 0.93-1.20x against 1.06-1.31x (faster in 17 of 18). At batch 4 and 8 (231M, 462M) libtorch's route was faster for 128->256, 256->512 and the 1x1 (packed
-    /// 1.11-1.35x against 1.01-1.10x); 64->128 was alike on both (0.98-1.00x against 1.01-1.04x). The 3-channel stem
-    /// (27 terms) took 3.6x float32's time on the packed kernels.
+    /// 0.93-1.20x against 1.06-1.31x (faster in 17 of 18). At batch 4 and 8 (231M, 462M) libtorch's route was faster
+    /// for 128->256, 256->512 and the 1x1 (packed 1.11-1.35x against 1.01-1.10x); 64->128 was alike on both (0.98-1.00x
+    /// against 1.01-1.04x). The 3-channel stem (27 terms) took 3.6x float32's time on the packed kernels.
     /// </summary>
     internal const long StridedWeightOnlyMaxWork = 1L << 27;
 
@@ -213,8 +213,8 @@ internal static class ConvolutionCost
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
-        // Weight-only calls of a few positions (batch 1 and 2 on 7x7), and strided ones of long reductions in one or two images:
-        // the packed kernels.
+        // Weight-only calls of a few positions (batch 1 and 2 on 7x7), and strided ones of long reductions in one or two
+        // images: the packed kernels.
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;

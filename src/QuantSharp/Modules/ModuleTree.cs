@@ -32,6 +32,13 @@ internal static class ModuleTree
         }
     }
 
+    /// <summary>
+    /// Whether <paramref name="root"/> is itself a layer that would be replaced (<paramref name="replaced"/>) with none
+    /// inside it: a bare layer, which has no parent to be replaced in.
+    /// </summary>
+    public static bool IsBareLayer(nn.Module root, Func<nn.Module, bool> replaced) =>
+        replaced(root) && !Walk(root).Any(e => replaced(e.Module));
+
     /// <summary>Why <paramref name="entry"/> cannot be swapped for a module of type <paramref name="replacement"/>, or null.</summary>
     public static string? CannotReplace(ModuleEntry entry, Type replacement)
     {

@@ -51,10 +51,7 @@ internal sealed class SafetensorsStreamWriter : IDisposable
     {
         _hashTensors = hashTensors;
         _finalPath = System.IO.Path.GetFullPath(path);
-        // Before any byte is written: the rename at the end would fail on a folder, after the whole file was written.
-        bool folder = Directory.Exists(_finalPath);
-        if (folder || System.IO.Path.GetFileName(_finalPath).Length == 0)
-            throw new IOException($"Cannot write '{path}': it {(folder ? "is a folder" : "ends in a folder separator")}; give a file name, e.g. '{System.IO.Path.Combine(path, "model.safetensors")}'.");
+        CheckNotFolder(path);
         string dir = System.IO.Path.GetDirectoryName(_finalPath)!;
         Directory.CreateDirectory(dir);
         _tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(_finalPath)}.tmp-{Guid.NewGuid():N}");
@@ -70,6 +67,19 @@ internal sealed class SafetensorsStreamWriter : IDisposable
             TryDelete(_tempPath);
             throw;
         }
+    }
+
+    /// <summary>
+    /// Refuses a destination that names a folder (an existing one, or a path ending in a separator) before any byte is
+    /// written: the rename at the end would fail on it after the whole file was written.
+    /// </summary>
+    /// <exception cref="IOException">The path names a folder; the message gives a file name to use instead.</exception>
+    internal static void CheckNotFolder(string path)
+    {
+        string full = System.IO.Path.GetFullPath(path);
+        bool folder = Directory.Exists(full);
+        if (folder || System.IO.Path.GetFileName(full).Length == 0)
+            throw new IOException($"Cannot write '{path}': it {(folder ? "is a folder" : "ends in a folder separator")}; give a file name, e.g. '{System.IO.Path.Combine(path, "model.safetensors")}'.");
     }
 
     /// <summary>The temporary file being written.</summary>

@@ -269,9 +269,9 @@ public sealed class SafetensorsWriter : IDisposable
     private static string CheckDestination(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
+        SafetensorsStreamWriter.CheckNotFolder(path);
         string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"Cannot write '{path}': folder '{dir}' does not exist.");
-        if (Directory.Exists(path)) throw new IOException($"Cannot write '{path}': it is a folder.");
         if (SafetensorsFile.IsOpen(path))
             throw new IOException($"Cannot write '{path}': it is open for reading in this process (an input file); write to another path.");
         return path;
