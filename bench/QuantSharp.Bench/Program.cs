@@ -17,6 +17,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "bf16-probe") return BFloat16Probe.Run(); // libtorch's bfloat16 conv/linear against float32, see BFloat16Probe
         if (args.Length > 0 && args[0] == "int-gemm-profile") return IntegerGemmProfile.Run(args[1..]); // W8A8 GEMM vs bf16 Linear, see IntegerGemmProfile
         if (args.Length > 0 && args[0] == "mechanisms") return MechanismBench.Run(); // replaced vs materialized layers, see MechanismBench
+        if (args.Length > 0 && args[0] == "pack-probe") return PackProbe.Run(args[1..]); // Im2Col.PackStrip alone, see PackProbe
         if (args.Length > 0 && args[0] == "row-kernels") return RowKernelProbe.Run(args[1..]); // batch-1/8 kernels on 1 and 2 threads, see RowKernelProbe
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;

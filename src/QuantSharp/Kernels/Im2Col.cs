@@ -76,12 +76,15 @@ internal readonly struct Im2Col
     /// </summary>
     /// <remarks>
     /// A pointwise geometry (1x1, stride 1, no padding) is the image itself: each row a copy of the plane's run. Else,
-    /// with AVX2 and whole 8-lane vectors, each row is a masked gather from its channel's plane: which lanes fall inside
-    /// the image, and where, depends only on the tap <c>(kh, kw)</c>, so those offsets and masks are computed once per
-    /// strip for every tap (lanes in the padding or past <paramref name="valid"/> load nothing and stay zero). Row by
-    /// row through <see cref="Row"/> (a call per row of the strip, a division and a copy per output-row run, value by
-    /// value at stride 2) took about a third of a 3x3 call at batch 1 (128->256 at stride 2 on 28x28; docs/BENCHMARKS.md,
-    /// stop 28). Without AVX2, or past <see cref="GatherTableLanes"/>, row by row.
+    /// with AVX2 and whole 8-lane vectors, each row is read from its channel's plane in chunks of 8 lanes: which lanes
+    /// fall inside the image, and where, depends only on the tap <c>(kh, kw)</c>, so those offsets and masks are
+    /// computed once per strip for every tap (lanes in the padding or past <paramref name="valid"/> load nothing and
+    /// stay zero). A chunk of at most two runs of consecutive values (stride 1 along the width, at most two output rows)
+    /// is one or two masked loads; others (stride 2, narrow outputs) a masked gather, which on the Zen 5 VM made the
+    /// packing 19-45% of a stride-1 3x3 call's samples (docs/BENCHMARKS.md, stop 30). Row by row through
+    /// <see cref="Row"/> (a call per row of the strip, a division and a copy per output-row run, value by value at
+    /// stride 2) took about a third of a 3x3 call at batch 1 (128->256 at stride 2 on 28x28; stop 28). Without AVX2, or
+    /// past <see cref="GatherTableLanes"/>, row by row.
     /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe void PackStrip(float* image, int p0, int valid, int width, float* strip)
@@ -124,20 +127,81 @@ internal readonly struct Im2Col
                 }
             }
         }
+        // Per tap and 8-lane chunk, how it loads (ChunkLoads): lane j of a run of consecutive input values reads
+        // plane[d + j] for one d, so a chunk whose inside lanes have at most two such d (at stride 1 along the width:
+        // at most two output rows) is one or two masked loads, which read nothing where the mask is off (padding,
+        // lanes past valid); the two masks then replace the chunk's offsets and inside lanes.
+        int chunks = taps * width / 8;
+        byte* kinds = stackalloc byte[chunks];
+        nint* bases = stackalloc nint[2 * chunks];
+        bool gathers = false;
+        for (int q = 0; q < chunks; q++) gathers |= (kinds[q] = ChunkLoads(offsets + 8 * q, inside + 8 * q, bases + 2 * q)) == 3;
         float* row = strip;
+        if (!gathers)
+        {
+            // Every chunk two masked loads (a mask of zeros reads nothing): no branch per chunk.
+            for (int c = 0; c < Channels; c++)
+            {
+                float* plane = image + (nint)c * planeSize;
+                for (int q = 0; q < chunks; q++, row += 8)
+                {
+                    var v = Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(inside + 8 * q).AsSingle())
+                        | Avx.MaskLoad(plane + bases[2 * q + 1], Vector256.Load(offsets + 8 * q).AsSingle());
+                    v.Store(row);
+                }
+            }
+            return;
+        }
         for (int c = 0; c < Channels; c++)
         {
             float* plane = image + (nint)c * planeSize;
-            for (int t = 0; t < taps; t++, row += width)
+            for (int q = 0; q < chunks; q++, row += 8)
             {
-                for (int j = 0; j < width; j += 8)
+                int* lanes = offsets + 8 * q, masks = inside + 8 * q;
+                Vector256<float> v = kinds[q] switch
                 {
-                    var mask = Vector256.Load(inside + t * width + j).AsSingle();
-                    var index = Vector256.Load(offsets + t * width + j);
-                    Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, index, mask, sizeof(float)).Store(row + j);
-                }
+                    0 => Vector256<float>.Zero,
+                    1 => Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(masks).AsSingle()),
+                    2 => Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(masks).AsSingle())
+                        | Avx.MaskLoad(plane + bases[2 * q + 1], Vector256.Load(lanes).AsSingle()),
+                    _ => Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, Vector256.Load(lanes), Vector256.Load(masks).AsSingle(), sizeof(float)),
+                };
+                v.Store(row);
             }
         }
+    }
+
+    /// <summary>
+    /// How <see cref="PackStrip"/> loads one 8-lane chunk (lane offsets in <paramref name="offsets"/>, all ones in
+    /// <paramref name="inside"/> where the value is inside the image): 0 all zero; 1 or 2 masked loads of 8 consecutive
+    /// values from <c>plane + bases[i]</c>, whose masks it writes over <paramref name="inside"/> (first) and
+    /// <paramref name="offsets"/> (second); 3 a gather with the offsets and mask as they are.
+    /// </summary>
+    private static unsafe byte ChunkLoads(int* offsets, int* inside, nint* bases)
+    {
+        // The distinct d = offset - lane of the inside lanes, up to two.
+        int count = 0;
+        int d0 = 0, d1 = 0;
+        for (int i = 0; i < 8; i++)
+        {
+            if (inside[i] == 0) continue;
+            int d = offsets[i] - i;
+            if (count > 0 && d == d0 || count > 1 && d == d1) continue;
+            if (count == 2) return 3;
+            if (count++ == 0) d0 = d;
+            else d1 = d;
+        }
+        bases[0] = d0;
+        bases[1] = count == 2 ? d1 : d0;
+        if (count == 0) return 0;
+        for (int i = 0; i < 8; i++)
+        {
+            int d = offsets[i] - i;
+            bool on = inside[i] != 0;
+            inside[i] = on && d == d0 ? -1 : 0;
+            offsets[i] = on && count == 2 && d == d1 ? -1 : 0;
+        }
+        return (byte)count;
     }
 
     /// <summary>Row <paramref name="k"/> of the column matrix at positions <c>[p0, p0 + count)</c> of <paramref name="image"/> into <paramref name="dst"/>.</summary>

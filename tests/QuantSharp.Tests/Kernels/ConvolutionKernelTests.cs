@@ -593,7 +593,8 @@ public unsafe class ConvolutionKernelTests
 
 /// <summary>
 /// <see cref="Im2Col.PackStrip"/> (the packed GEMM's operand: every row of the column matrix over a run of positions,
-/// lanes past the run zero) equals libtorch's <c>unfold</c> exactly, with the gathers (AVX2, whole 8-lane vectors), row
+/// lanes past the run zero) equals libtorch's <c>unfold</c> exactly, with masked loads and gathers (AVX2, whole 8-lane
+/// vectors: strips of one or two runs per chunk only, and strips that mix the kinds), row
 /// by row (other widths, 128 bits, scalar, a kernel whose taps x lanes exceed the gather table) and for pointwise
 /// geometries, on every geometry of <see cref="ConvolutionKernelTests"/> and a 7x7 kernel, each strip of each width
 /// including the last, partial one.
