@@ -53,6 +53,14 @@ internal static class ConvBench
             yield return new("few 1x1 512->2048 7x7", b, () => nn.Conv2d(512, 2048, 1), [b, 512, 7, 7]);
             yield return new("few conv1d 512->512 k3 48", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 48]);
             yield return new("1x1 256->256 28x28", b, () => nn.Conv2d(256, 256, 1), [b, 256, 28, 28]);
+            // ResNet-50's other pointwise shapes (stride 1), for the weight-only pointwise rule.
+            yield return new("1x1 64->256 56x56", b, () => nn.Conv2d(64, 256, 1), [b, 64, 56, 56]);
+            yield return new("1x1 512->128 28x28", b, () => nn.Conv2d(512, 128, 1), [b, 512, 28, 28]);
+            yield return new("1x1 1024->256 14x14", b, () => nn.Conv2d(1024, 256, 1), [b, 1024, 14, 14]);
+            yield return new("1x1 128->512 28x28", b, () => nn.Conv2d(128, 512, 1), [b, 128, 28, 28]);
+            // VGG-16's 512-channel 3x3 layers (stride 1, many positions), for the weight-only rule of wide layers.
+            yield return new("vgg 512->512 3x3 28x28", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 28, 28]);
+            yield return new("vgg 512->512 3x3 14x14", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 14, 14]);
             yield return new("conv1d 512->512 k3 256", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 256]);
             // Reductions of 64-255 terms (as MNIST conv2's 144), for the W8A8 rule between few terms and the integer GEMM's.
             yield return new("mid 16->64 3x3 56x56", b, () => nn.Conv2d(16, 64, 3, padding: 1), [b, 16, 56, 56]);

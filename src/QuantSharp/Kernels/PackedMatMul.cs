@@ -193,6 +193,9 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static int PositionBlockBytes = 256 << 10;
 
+    /// <summary>Images up to which a convolution's position-major blocks may hold all of an image's strips (<see cref="BlockFits"/>).</summary>
+    internal const int WholeImageBlocksMaxImages = 2;
+
     /// <summary>
     /// Strips a position-major block may hold (<see cref="PositionSplit.For"/>'s <c>fits</c>): as many as fit in
     /// <see cref="PositionBlockBytes"/> (at least one), or all of an image's strips for a convolution of one or two
@@ -204,7 +207,7 @@ internal static unsafe class PackedMatMul
     /// <param name="unfold">The convolution's geometry; null for activation rows.</param>
     internal static int BlockFits(int k, int stripWidth, int strips, Im2Col? unfold)
     {
-        if (unfold is { Images: <= 2 }) return Math.Max(strips, 1);
+        if (unfold is { } u && u.Images <= WholeImageBlocksMaxImages) return Math.Max(strips, 1);
         long stripBytes = 4L * Math.Max(k, 1) * stripWidth;
         return (int)Math.Clamp(PositionBlockBytes / stripBytes, 1, Math.Max(strips, 1));
     }

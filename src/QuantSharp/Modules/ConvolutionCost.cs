@@ -47,7 +47,8 @@ namespace QuantSharp.Modules;
 /// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 stays there).</item>
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
-/// stops 11 and 26); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
+/// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
+/// <see cref="PointwiseWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
 /// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
 /// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the
@@ -180,6 +181,21 @@ internal static class ConvolutionCost
     /// </summary>
     internal const long StridedWeightOnlyMaxWork = 1L << 27;
 
+    /// <summary>
+    /// Images up to which a weight-only pointwise convolution (1x1, stride 1, no padding) of at least
+    /// <see cref="IntegerMinReduction"/> terms takes the packed kernels under the float32 rule with 512-bit float
+    /// kernels: those of one or two images, whose blocks hold all of an image's strips
+    /// (<see cref="Kernels.PackedMatMul.WholeImageBlocksMaxImages"/>); a pointwise strip is a copy of the image's rows.
+    /// Paired with float32 (docs/BENCHMARKS.md, stop 30; int8, int4, float16, two processes): 1x1 256->256 on 28x28,
+    /// 512->128 on 28x28 and 1024->256 on 14x14 at batch 1 0.79-0.90x float32's time against 1.07-1.27x on libtorch's
+    /// route (18 of 18 pairs faster), at batch 2 0.91-1.11x against 1.05-1.19x (15 of 18 faster; 256->256 slower in the
+    /// second process's three, 1.10-1.11 against 1.05-1.06). At batch 4 libtorch's route was faster (packed 1.11-1.25x
+    /// against 1.04-1.11x), and with fewer terms: 64->256 on 56x56 (64 terms) 1.17-1.22x against 1.03-1.04x at batch
+    /// 1; 128->512 on 28x28 (128 terms) 0.91-1.08x against 1.07-1.12x at batch 1 but 1.19-1.31x against 1.06-1.09x at
+    /// batch 2.
+    /// </summary>
+    internal const int PointwiseWeightOnlyMaxImages = Kernels.PackedMatMul.WholeImageBlocksMaxImages;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -213,17 +229,18 @@ internal static class ConvolutionCost
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
-        // Weight-only calls of a few positions (batch 1 and 2 on 7x7), and strided ones of long reductions in one or two
-        // images: the packed kernels.
+        // Weight-only calls of a few positions (batch 1 and 2 on 7x7), strided ones of long reductions in one or two
+        // images, and pointwise ones of long reductions in one or two images: the packed kernels.
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
-            if (strided || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+            bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction && unfold.Images <= PointwiseWeightOnlyMaxImages;
+            if (strided || longPointwise || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
         }
-        // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel they
-        // fall through to libtorch on the dequantized weight, which the packed kernel lost to on both VMs: 1x1 256->256
-        // at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11), 1.30-1.40x at batch 1 and 8
-        // against 1.03-1.04x (Zen 5, stop 26).
+        // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel and the
+        // long pointwise calls above they fall through to libtorch on the dequantized weight, which the packed kernel
+        // lost to on both VMs: 1x1 256->256 at 28x28 1.40-1.48x float32 at batch 8 against 1.00-1.18x (Zen 4, stop 11),
+        // 1.30-1.40x at batch 1 and 8 against 1.03-1.04x (Zen 5, stop 26); at batch 4 and with fewer terms still (stop 30).
         if (integer || (pointwise && (quantizedInput || small))) return ConvolutionRoute.Kernel;
         if (small) return float256 && unfold.Rows > SmallKernelMaxReduction256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct;
         return ConvolutionRoute.Reference;

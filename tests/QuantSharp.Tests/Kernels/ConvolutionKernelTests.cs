@@ -471,6 +471,17 @@ public unsafe class ConvolutionKernelTests
         var pointwise64 = new Im2Col(64, 50, 50, 1, 1, 1, 1, 0, 0, 1, 1);
         AssertChoice(pointwise64, 32, false, B, R, "1x1 64->32");
         AssertLayerRoute(nn.Conv2d(64, 32, 1), null, torch.randn(1, 64, 50, 50), pointwise64, B, R, "1x1 64->32 layer");
+        // Weight-only 1x1 of at least IntegerMinReduction terms in one or two images: the packed kernels under the
+        // float32 rule with 512-bit float kernels (stop 30); three images, 255 terms, 256 bits or a padded 1x1 not.
+        var wide = new Im2Col(256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1);
+        AssertChoice(wide, 256, false, B, K, "1x1 256->256 on 28x28");
+        AssertChoice(wide.ForImages(2), 256, false, B, K, "1x1 256->256 on 28x28, two images");
+        AssertChoice(wide.ForImages(3), 256, false, B, R, "1x1 256->256 on 28x28, three images");
+        AssertChoice(new Im2Col(255, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1), 256, false, B, R, "1x1 255->256 on 28x28");
+        AssertChoice(wide, 256, false, B, R, "1x1 256->256 on 28x28 at 256 bits", float256: true);
+        AssertChoice(new Im2Col(256, 28, 28, 1, 1, 1, 1, 1, 1, 1, 1), 256, false, B, R, "1x1 256->256 on 28x28 padded by 1");
+        AssertLayerRoute(nn.Conv2d(256, 64, 1), null, torch.randn(1, 256, 20, 20), new Im2Col(256, 20, 20, 1, 1, 1, 1, 0, 0, 1, 1),
+            B, ConvolutionCost.Widest256 ? R : K, "1x1 256->64 on 20x20 layer");
         // A small 1x1 call (8x8 positions, 32K multiply-adds): the small kernel under bfloat16, the GEMM under float32.
         var smallPointwise = new Im2Col(32, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1);
         AssertChoice(smallPointwise, 16, false, D, K, "small 1x1");
