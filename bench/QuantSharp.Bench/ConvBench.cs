@@ -62,6 +62,10 @@ internal static class ConvBench
             yield return new("vgg 512->512 3x3 28x28", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 28, 28]);
             yield return new("vgg 512->512 3x3 14x14", b, () => nn.Conv2d(512, 512, 3, padding: 1), [b, 512, 14, 14]);
             yield return new("conv1d 512->512 k3 256", b, () => nn.Conv1d(512, 512, 3, padding: 1), [b, 512, 256]);
+            // Other Conv1d shapes (audio, sequence models), for the weight-only rule of long Conv1d calls.
+            yield return new("conv1d 256->256 k3 1000", b, () => nn.Conv1d(256, 256, 3, padding: 1), [b, 256, 1000]);
+            yield return new("conv1d 768->768 k5 128", b, () => nn.Conv1d(768, 768, 5, padding: 2), [b, 768, 128]);
+            yield return new("conv1d 128->256 k7 400", b, () => nn.Conv1d(128, 256, 7, padding: 3), [b, 128, 400]);
             // Reductions of 64-255 terms (as MNIST conv2's 144), for the W8A8 rule between few terms and the integer GEMM's.
             yield return new("mid 16->64 3x3 56x56", b, () => nn.Conv2d(16, 64, 3, padding: 1), [b, 16, 56, 56]);
             yield return new("mid 8->32 3x3 112x112", b, () => nn.Conv2d(8, 32, 3, padding: 1), [b, 8, 112, 112]);

@@ -48,7 +48,7 @@ namespace QuantSharp.Modules;
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
-/// <see cref="PointwiseWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
+/// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image: <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
 /// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
 /// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the
@@ -196,6 +196,18 @@ internal static class ConvolutionCost
     /// </summary>
     internal const int PointwiseWeightOnlyMaxImages = Kernels.PackedMatMul.WholeImageBlocksMaxImages;
 
+    /// <summary>
+    /// Images up to which a weight-only Conv1d (an image and a kernel of height 1) of at least
+    /// <see cref="IntegerMinReduction"/> terms takes the packed kernels under the float32 rule with 512-bit float kernels:
+    /// a strip of a Conv1d lies in one output row, so each 8-lane chunk of it is packed by one masked load
+    /// (<see cref="Kernels.Im2Col.PackStrip"/>). Paired with float32 (docs/BENCHMARKS.md, stop 30; int8, int4, float16, two
+    /// processes): Conv1d 512->512 k3 on 256 steps, 256->256 k3 on 1000, 768->768 k5 on 128 and 128->256 k7 on 400 at
+    /// batch 1 0.81-1.10x float32's time against 1.08-1.19x on libtorch's route (24 of 24 pairs faster). At batch 2 the
+    /// packed kernels were faster in 17 of 24 pairs, but 256->256 on 1000 steps lost in all six (1.14-1.33x against
+    /// 1.05-1.06x); at batch 4 libtorch's route was faster in 22 of 24 (packed 0.97-1.38x against 1.02-1.05x).
+    /// </summary>
+    internal const int Conv1dWeightOnlyMaxImages = 1;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -230,12 +242,14 @@ internal static class ConvolutionCost
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // Weight-only calls of a few positions (batch 1 and 2 on 7x7), strided ones of long reductions in one or two
-        // images, and pointwise ones of long reductions in one or two images: the packed kernels.
+        // images, pointwise ones of long reductions in one or two images and Conv1d ones of long reductions in one
+        // image: the packed kernels.
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
             bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction && unfold.Images <= PointwiseWeightOnlyMaxImages;
-            if (strided || longPointwise || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+            bool longConv1d = unfold.Height == 1 && unfold.KernelH == 1 && unfold.Rows >= IntegerMinReduction && unfold.Images <= Conv1dWeightOnlyMaxImages;
+            if (strided || longPointwise || longConv1d || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
         }
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel and the
         // long pointwise calls above they fall through to libtorch on the dequantized weight, which the packed kernel

@@ -424,11 +424,23 @@ public unsafe class ConvolutionKernelTests
         var edge = new Im2Col(512, 1, 128, 1, 3, 1, 1, 0, 1, 1, 1);
         Assert.Equal(ConvolutionCost.FewPositionsMaxPositions, edge.Positions);
         AssertChoice(edge, 512, false, B, K, "Conv1d on 128 positions");
-        AssertChoice(new Im2Col(512, 1, 129, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d on 129 positions");
+        AssertChoice(new Im2Col(512, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1), 512, false, B, K, "3x3 on 8x16 (128 positions)");
+        AssertChoice(new Im2Col(512, 3, 43, 3, 3, 1, 1, 1, 1, 1, 1), 512, false, B, R, "3x3 on 3x43 (129 positions)");
         AssertChoice(new Im2Col(512, 1, 64, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, K, "Conv1d on 64 positions, two images");
         AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, R, "Conv1d on 65 positions, two images");
         // Static W8A8 keeps its rules (the integer GEMM from 256 terms).
         AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7");
+        // A Conv1d of at least IntegerMinReduction terms in one image: the packed kernels at any length (stop 30); two
+        // images beyond 128 positions, 255 terms, 256 bits or a 2-D image of the same terms not.
+        var conv1d = new Im2Col(512, 1, 256, 1, 3, 1, 1, 0, 1, 1, 1);
+        AssertChoice(conv1d, 512, false, B, K, "Conv1d 512->512 k3 on 256");
+        AssertChoice(new Im2Col(512, 1, 129, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, K, "Conv1d on 129 positions");
+        AssertChoice(conv1d.ForImages(2), 512, false, B, R, "Conv1d 512->512 k3 on 256, two images");
+        AssertChoice(new Im2Col(85, 1, 256, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "Conv1d 85->512 k3 (255 terms) on 256");
+        AssertChoice(conv1d, 512, false, B, R, "Conv1d 512->512 k3 on 256 at 256 bits", float256: true);
+        AssertChoice(new Im2Col(512, 16, 16, 1, 3, 1, 1, 0, 1, 1, 1), 512, false, B, R, "1x3 kernel on 16x16");
+        AssertLayerRoute(nn.Conv1d(128, 64, 3, padding: 1), null, torch.randn(1, 128, 300), new Im2Col(128, 1, 300, 1, 3, 1, 1, 0, 1, 1, 1),
+            B, ConvolutionCost.Widest256 ? R : K, "Conv1d 128->64 k3 on 300 layer");
 
         // Strided, at least IntegerMinReduction terms, up to StridedWeightOnlyMaxWork: ResNet's 64->128 3x3 stride 2 on
         // 56x56 (784 positions, 57.8M per image) at batch 1 and 2 (115.6M), not at 4 (231M); the stem (27 terms) never;
