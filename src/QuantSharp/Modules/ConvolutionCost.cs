@@ -48,8 +48,9 @@ namespace QuantSharp.Modules;
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
-/// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image: <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/> terms take the small
-/// kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
+/// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image:
+/// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
+/// terms take the small kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
 /// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
