@@ -127,57 +127,39 @@ internal readonly struct Im2Col
                 }
             }
         }
-        // Per tap and 8-lane chunk, how it loads (ChunkLoads): lane j of a run of consecutive input values reads
-        // plane[d + j] for one d, so a chunk whose inside lanes have at most two such d (at stride 1 along the width:
-        // at most two output rows) is one or two masked loads, which read nothing where the mask is off (padding,
-        // lanes past valid); the two masks then replace the chunk's offsets and inside lanes.
+        // Per tap and 8-lane chunk, how it loads (TwoRuns): lane i of a chunk in a run of consecutive input values reads
+        // plane[d + i] for one d, so a chunk whose inside lanes have at most two such d (at stride 1 along the width: at
+        // most two output rows) is two masked loads, which read nothing where the mask is off (padding, lanes past
+        // valid, the second run of a chunk of one); the two masks then replace the chunk's inside and offset lanes.
         int chunks = taps * width / 8;
-        byte* kinds = stackalloc byte[chunks];
+        bool* gathered = stackalloc bool[chunks];
         nint* bases = stackalloc nint[2 * chunks];
         bool gathers = false;
-        for (int q = 0; q < chunks; q++) gathers |= (kinds[q] = ChunkLoads(offsets + 8 * q, inside + 8 * q, bases + 2 * q)) == 3;
+        for (int q = 0; q < chunks; q++) gathers |= gathered[q] = !TwoRuns(offsets + 8 * q, inside + 8 * q, bases + 2 * q);
         float* row = strip;
-        if (!gathers)
-        {
-            // Every chunk two masked loads (a mask of zeros reads nothing): no branch per chunk.
-            for (int c = 0; c < Channels; c++)
-            {
-                float* plane = image + (nint)c * planeSize;
-                for (int q = 0; q < chunks; q++, row += 8)
-                {
-                    var v = Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(inside + 8 * q).AsSingle())
-                        | Avx.MaskLoad(plane + bases[2 * q + 1], Vector256.Load(offsets + 8 * q).AsSingle());
-                    v.Store(row);
-                }
-            }
-            return;
-        }
         for (int c = 0; c < Channels; c++)
         {
             float* plane = image + (nint)c * planeSize;
             for (int q = 0; q < chunks; q++, row += 8)
             {
-                int* lanes = offsets + 8 * q, masks = inside + 8 * q;
-                Vector256<float> v = kinds[q] switch
-                {
-                    0 => Vector256<float>.Zero,
-                    1 => Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(masks).AsSingle()),
-                    2 => Avx.MaskLoad(plane + bases[2 * q], Vector256.Load(masks).AsSingle())
-                        | Avx.MaskLoad(plane + bases[2 * q + 1], Vector256.Load(lanes).AsSingle()),
-                    _ => Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, Vector256.Load(lanes), Vector256.Load(masks).AsSingle(), sizeof(float)),
-                };
+                Vector256<float> first = Vector256.Load(inside + 8 * q).AsSingle(), second = Vector256.Load(offsets + 8 * q).AsSingle();
+                // A strip without gathers (every stride-1 strip of outputs at least 7 wide) takes no branch per chunk.
+                var v = gathers && gathered[q]
+                    ? Avx2.GatherMaskVector256(Vector256<float>.Zero, plane, second.AsInt32(), first, sizeof(float))
+                    : Avx.MaskLoad(plane + bases[2 * q], first) | Avx.MaskLoad(plane + bases[2 * q + 1], second);
                 v.Store(row);
             }
         }
     }
 
     /// <summary>
-    /// How <see cref="PackStrip"/> loads one 8-lane chunk (lane offsets in <paramref name="offsets"/>, all ones in
-    /// <paramref name="inside"/> where the value is inside the image): 0 all zero; 1 or 2 masked loads of 8 consecutive
-    /// values from <c>plane + bases[i]</c>, whose masks it writes over <paramref name="inside"/> (first) and
-    /// <paramref name="offsets"/> (second); 3 a gather with the offsets and mask as they are.
+    /// Whether one 8-lane chunk of <see cref="PackStrip"/> (lane offsets in <paramref name="offsets"/>, all ones in
+    /// <paramref name="inside"/> where the value is inside the image) is two masked loads of 8 consecutive values, from
+    /// <c>plane + bases[0]</c> and <c>plane + bases[1]</c>: then it writes their masks over <paramref name="inside"/>
+    /// and <paramref name="offsets"/> (all zero where a load has no lane). False where the chunk needs a gather with its
+    /// offsets and mask as they are.
     /// </summary>
-    private static unsafe byte ChunkLoads(int* offsets, int* inside, nint* bases)
+    private static unsafe bool TwoRuns(int* offsets, int* inside, nint* bases)
     {
         // The distinct d = offset - lane of the inside lanes, up to two.
         int count = 0;
@@ -187,13 +169,12 @@ internal readonly struct Im2Col
             if (inside[i] == 0) continue;
             int d = offsets[i] - i;
             if (count > 0 && d == d0 || count > 1 && d == d1) continue;
-            if (count == 2) return 3;
+            if (count == 2) return false;
             if (count++ == 0) d0 = d;
             else d1 = d;
         }
         bases[0] = d0;
         bases[1] = count == 2 ? d1 : d0;
-        if (count == 0) return 0;
         for (int i = 0; i < 8; i++)
         {
             int d = offsets[i] - i;
@@ -201,7 +182,7 @@ internal readonly struct Im2Col
             inside[i] = on && d == d0 ? -1 : 0;
             offsets[i] = on && count == 2 && d == d1 ? -1 : 0;
         }
-        return (byte)count;
+        return true;
     }
 
     /// <summary>Row <paramref name="k"/> of the column matrix at positions <c>[p0, p0 + count)</c> of <paramref name="image"/> into <paramref name="dst"/>.</summary>
