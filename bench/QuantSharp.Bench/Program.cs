@@ -18,7 +18,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "int-gemm-profile") return IntegerGemmProfile.Run(args[1..]); // W8A8 GEMM vs bf16 Linear, see IntegerGemmProfile
         if (args.Length > 0 && args[0] == "mechanisms") return MechanismBench.Run(); // replaced vs materialized layers, see MechanismBench
         if (args.Length > 0 && args[0] == "pack-probe") return PackProbe.Run(args[1..]); // Im2Col.PackStrip alone, see PackProbe
-        if (args.Length > 0 && args[0] == "micro-probe") return MicroProbe.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "micro-probe") return MicroProbe.Run(args[1..]); // the float micro-kernel alone, operands in L1, see MicroProbe
         if (args.Length > 0 && args[0] == "row-kernels") return RowKernelProbe.Run(args[1..]); // batch-1/8 kernels on 1 and 2 threads, see RowKernelProbe
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
