@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using QuantSharp.Kernels;
 using QuantSharp.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,7 +17,8 @@ namespace QuantSharp.Bench;
 /// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
-/// each (paired in one process); <c>CONV_BATCH</c> keeps one batch size; <c>PROBE_HALF_SINGLE=0</c> turns
+/// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
+/// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
 /// </summary>
 internal static class ConvBench
@@ -108,7 +110,17 @@ internal static class ConvBench
             Func<Tensor> Call(string profile)
             {
                 var parts = profile.Split(':');
-                return parts[0] == "Float" ? () => conv.call(x) : () => layers[Array.IndexOf(kinds, parts[1])].Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
+                if (parts[0] == "Float") return () => conv.call(x);
+                var layer = layers[Array.IndexOf(kinds, parts[1])];
+                // InPlace / Packed: the kernel route with its strips read in place from the padded images, or packed.
+                bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
+                if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
+                return () =>
+                {
+                    PackedMatMul.ForcedReadsInPlace = inPlace;
+                    try { return layer.Forward(x, ConvolutionRoute.Kernel); }
+                    finally { PackedMatMul.ForcedReadsInPlace = null; }
+                };
             }
             if (Environment.GetEnvironmentVariable("CONV_PAIR") is { } pair)
             {

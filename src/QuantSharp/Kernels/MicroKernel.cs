@@ -88,21 +88,37 @@ internal static unsafe class MicroKernel
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void RunTile<TM, TVec, T>(int height, T* a, nint lda, T* b, int steps, T* c, nint ldc)
-        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged =>
+        RunTile<TM, TVec, T, PackedSteps>(height, a, lda, b, null, steps, c, ldc);
+
+    /// <summary>
+    /// <see cref="RunTile{TM, TVec, T}"/> with the strip's steps where <typeparamref name="TS"/> finds them
+    /// (<see cref="OffsetSteps"/>: step <c>s</c> at <c>b + offsets[s]</c>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void RunTile<TM, TVec, T, TS>(int height, T* a, nint lda, T* b, int* offsets, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged where TS : IStripSteps
     {
-        if (height == 8) Run<TM, TVec, T, Eight>(a, lda, b, steps, c, ldc);
-        else if (height == 6) Run<TM, TVec, T, Six>(a, lda, b, steps, c, ldc);
-        else Run<TM, TVec, T, Four>(a, lda, b, steps, c, ldc);
+        if (height == 8) Run<TM, TVec, T, Eight, TS>(a, lda, b, offsets, steps, c, ldc);
+        else if (height == 6) Run<TM, TVec, T, Six, TS>(a, lda, b, offsets, steps, c, ldc);
+        else Run<TM, TVec, T, Four, TS>(a, lda, b, offsets, steps, c, ldc);
     }
+
+    /// <summary><see cref="Run{TM, TVec, T, TH, TS}"/> over a packed strip (two vectors per step, contiguous).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Run<TM, TVec, T, TH>(T* a, nint lda, T* b, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged where TH : IRowCount =>
+        Run<TM, TVec, T, TH, PackedSteps>(a, lda, b, null, steps, c, ldc);
 
     /// <summary>
     /// <c>c[j, :] += sum_s a[j, s] * b[s, :]</c> for <c>TH.Count</c> weight rows j (rows <paramref name="lda"/>
-    /// elements apart) over <paramref name="steps"/> steps of one strip (two vectors per step, contiguous);
-    /// <paramref name="c"/> rows are <paramref name="ldc"/> elements apart.
+    /// elements apart) over <paramref name="steps"/> steps of one strip (two vectors per step, found by
+    /// <typeparamref name="TS"/>: contiguous from <paramref name="b"/>, or at <paramref name="b"/> plus each step's
+    /// offset); <paramref name="c"/> rows are <paramref name="ldc"/> elements apart.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Run<TM, TVec, T, TH>(T* a, nint lda, T* b, int steps, T* c, nint ldc)
-        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged where TH : IRowCount
+    internal static void Run<TM, TVec, T, TH, TS>(T* a, nint lda, T* b, int* offsets, int steps, T* c, nint ldc)
+        where TM : IMicroWidth<TVec, T> where TVec : struct where T : unmanaged where TH : IRowCount where TS : IStripSteps
     {
         int n = TM.Lanes;
         T* a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda, a6 = a + 6 * lda, a7 = a + 7 * lda;
@@ -114,8 +130,8 @@ internal static unsafe class MicroKernel
         if (TH.Count > 6) (s60, s61, s70, s71) = (TM.Load(c6), TM.Load(c6 + n), TM.Load(c7), TM.Load(c7 + n));
         for (int s = 0; s < steps; s++)
         {
-            TVec b0 = TM.Load(b), b1 = TM.Load(b + n);
-            b += 2 * n;
+            T* bs = TS.Step(b, offsets, s, n);
+            TVec b0 = TM.Load(bs), b1 = TM.Load(bs + n);
             TVec v = TM.Broadcast(a0[s]);
             s00 = TM.MultiplyAccumulate(s00, b0, v);
             s01 = TM.MultiplyAccumulate(s01, b1, v);
@@ -162,6 +178,29 @@ internal static unsafe class MicroKernel
             TM.Store(s70, c7); TM.Store(s71, c7 + n);
         }
     }
+}
+
+/// <summary>Where the micro-kernel (<see cref="MicroKernel"/>) finds each step of a strip: two vectors of <c>lanes</c> elements from the address it gives.</summary>
+internal interface IStripSteps
+{
+    static abstract unsafe T* Step<T>(T* b, int* offsets, int s, int lanes) where T : unmanaged;
+}
+
+/// <summary>A packed strip: step <c>s</c> at <c>b + 2 * lanes * s</c>.</summary>
+internal readonly struct PackedSteps : IStripSteps
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe T* Step<T>(T* b, int* offsets, int s, int lanes) where T : unmanaged => b + (nint)s * 2 * lanes;
+}
+
+/// <summary>
+/// A strip read in place (<see cref="PackedMatMul"/> on a <see cref="PhaseGrid"/>): step <c>s</c> at
+/// <c>b + offsets[s]</c>, the reduction row's run of the padded image.
+/// </summary>
+internal readonly struct OffsetSteps : IStripSteps
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe T* Step<T>(T* b, int* offsets, int s, int lanes) where T : unmanaged => b + offsets[s];
 }
 
 internal readonly struct Six : IRowCount

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -226,42 +227,110 @@ internal static unsafe class PackedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
-        int strips = (m + stripWidth - 1) / stripWidth;
-        long stripFloats = (long)Math.Max(k, 1) * stripWidth;
-        int fits = BlockFits(k, stripWidth, strips, unfold);
-        var split = PositionSplit.For(strips, images, fits, w.Rows, KernelThreads.Count);
+        // In place (ReadsInPlace): the strips run over each image's wide grid of positions, nothing is packed.
+        var grid = transposed && unfold is { } g && ReadsInPlace(g) ? new PhaseGrid(g) : (PhaseGrid?)null;
+        int positions = grid is { } pg ? unfold!.Value.OutH * pg.PhaseWidth : m;
+        int strips = (positions + stripWidth - 1) / stripWidth;
+        long stripFloats = grid is null ? (long)Math.Max(k, 1) * stripWidth : 0;
+        // In place, a block is no buffer of its own: every strip of an image (each item decodes its weight rows once per block).
+        int fits = grid is null ? BlockFits(k, stripWidth, strips, unfold) : Math.Max(strips, 1);
+        var split = PositionSplit.For(strips, images, fits, w.Rows, KernelThreads.Count, packs: grid is null);
         int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts;
         int blockCapacity = Math.Min(k, BlockTarget), blockM = blockStrips * stripWidth;
-        long imageSize = unfold?.ImageSize ?? 0;
+        long imageSize = grid is { } ig ? ig.ImageValues : unfold?.ImageSize ?? 0;
         var view = w;
         var columns = unfold;
-        nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias;
-        KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * blockM * k, item =>
+        float* padded = null;
+        int* offsets = null;
+        try
         {
-            int part = item % parts, image = item / parts / blocks, s0 = item / parts % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
-            int rows0 = part * split.PartRows, rows1 = Math.Min(view.Rows, rows0 + split.PartRows);
-            float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
-            try
+            if (grid is { } phases)
             {
-                fixed (float* packed = scratch)
+                // Every image padded (and split into stride phases) once; the last strips read past the last image by
+                // less than a strip plus a phase row (PhaseGrid): zeros there.
+                nint slack = stripWidth + phases.PhaseWidth, total = (nint)imageSize * images + slack;
+                padded = (float*)NativeMemory.AlignedAlloc((nuint)total * sizeof(float), 64);
+                offsets = (int*)NativeMemory.Alloc((nuint)Math.Max(k, 1), sizeof(int));
+                for (int j = 0; j < k; j++) offsets[j] = phases.Offset(j);
+                DirectConvolution.Pad(unfold!.Value, phases, x, padded, null);
+                new Span<float>(padded + (nint)imageSize * images, (int)slack).Clear();
+                x = padded;
+            }
+            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, offsetsAddress = (nint)offsets;
+            int outW = grid is { } og ? unfold!.Value.OutW : 0, wideRow = grid?.PhaseWidth ?? 0;
+            KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * blockM * k, item =>
+            {
+                int part = item % parts, image = item / parts / blocks, s0 = item / parts % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                int rows0 = part * split.PartRows, rows1 = Math.Min(view.Rows, rows0 + split.PartRows);
+                float[] scratch = ArrayPool<float>.Shared.Rent(checked((int)(blockStrips * stripFloats) + ItemRows * blockCapacity + ItemRows * blockM));
+                try
                 {
-                    float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
-                    for (int s = s0; s < s1; s++)
+                    fixed (float* packed = scratch)
                     {
-                        if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
-                        else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
+                        float* xi = (float*)xAddress + image * imageSize, yi = (float*)yAddress + image * view.Rows * ldy;
+                        var source = new StripSource((int*)offsetsAddress, wideRow, outW);
+                        if (offsetsAddress == 0)
+                        {
+                            for (int s = s0; s < s1; s++)
+                            {
+                                if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
+                                else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
+                            }
+                        }
+                        float* tile = packed + blockStrips * stripFloats;
+                        var block = new StripBlock(s0, s1, positions, s0);
+                        for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
+                            Item<TW, TVec, TD>(view, offsetsAddress == 0 ? packed : xi, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0), transposed, source);
                     }
-                    float* tile = packed + blockStrips * stripFloats;
-                    var block = new StripBlock(s0, s1, m, s0);
-                    for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
-                        Item<TW, TVec, TD>(view, packed, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0), transposed);
                 }
-            }
-            finally
-            {
-                ArrayPool<float>.Shared.Return(scratch);
-            }
-        });
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(scratch);
+                }
+            });
+        }
+        finally
+        {
+            if (padded != null) NativeMemory.AlignedFree(padded);
+            if (offsets != null) NativeMemory.Free(offsets);
+        }
+    }
+
+    /// <summary>
+    /// Whether a convolution's strips are read in place from its padded images (<see cref="PhaseGrid"/>: each reduction
+    /// row of a strip is a run of the padded copy, at the row's offset) instead of being packed (tests and the bench set
+    /// <see cref="ForcedReadsInPlace"/>; null: this rule): stride-1 3x3 convolutions of at least
+    /// <see cref="InPlaceMinChannels"/> channels onto 28x28 outputs, where that made the packed kernels faster than
+    /// libtorch's float32 convolution (<see cref="QuantSharp.Modules.ConvolutionCost"/>). Elsewhere packing won: the
+    /// padded copy's rows hold the wide grid's extra positions (30 per 28 outputs here), and a strip read in place
+    /// gathers each step's two vectors from a different row of the image, where a packed strip is one contiguous run
+    /// (docs/BENCHMARKS.md, stop 31: in place 1.1-1.6x packing's time on the strided, few-position, pointwise and most
+    /// Conv1d layers; 0.66-0.97x on 64->64 on 56x56, whose packing took 39% of the samples, but there still slower than
+    /// libtorch's route).
+    /// </summary>
+    internal static bool ReadsInPlace(Im2Col unfold) => ForcedReadsInPlace ?? InPlacePays(unfold);
+
+    /// <summary><see cref="ReadsInPlace"/>'s rule, whatever a test forces.</summary>
+    internal static bool InPlacePays(Im2Col unfold) => unfold.StrideH == 1 && unfold.StrideW == 1
+        && unfold.KernelH == 3 && unfold.KernelW == 3 && unfold.DilationH == 1 && unfold.DilationW == 1
+        && unfold.OutH == 28 && unfold.OutW == 28 && unfold.Channels >= InPlaceMinChannels;
+
+    /// <summary>Input channels from which <see cref="ReadsInPlace"/> holds (128 and 512 measured; 64 on 28x28 not).</summary>
+    internal const int InPlaceMinChannels = 128;
+
+    /// <summary>Tests and the bench force <see cref="ReadsInPlace"/> on their thread (null: the rule); both give the same bits.</summary>
+    [ThreadStatic] internal static bool? ForcedReadsInPlace;
+
+    /// <summary>
+    /// Where an item's strips are: packed (<see cref="Offsets"/> null), or read in place from a padded image whose
+    /// reduction rows start at <see cref="Offsets"/>, its positions on a wide grid of rows <see cref="WideRow"/> long of
+    /// which the first <see cref="OutW"/> are outputs.
+    /// </summary>
+    private readonly struct StripSource(int* offsets, int wideRow, int outW)
+    {
+        public int* Offsets { get; } = offsets;
+        public int WideRow { get; } = wideRow;
+        public int OutW { get; } = outW;
     }
 
     /// <summary>
@@ -270,7 +339,7 @@ internal static unsafe class PackedMatMul
     /// <see cref="PartRows"/>. Each item packs its block and decodes its rows (the micro-kernel's tiles give each row the
     /// same sums, in the same order, wherever a run starts, so every cut gives the same bits).
     /// </summary>
-    internal readonly record struct PositionSplit(int Strips, int BlockStrips, int WeightRows, int PartRows)
+    internal readonly record struct PositionSplit(int Strips, int BlockStrips, int WeightRows, int PartRows, bool Packs = true)
     {
         /// <summary>Weight rows of a run are a multiple of this (two 8-row tiles).</summary>
         internal const int PartStep = 16;
@@ -311,11 +380,12 @@ internal static unsafe class PackedMatMul
         /// <param name="fits">Strips whose packed block fits in <see cref="PositionBlockBytes"/> (at least 1).</param>
         /// <param name="weightRows">The weight's rows.</param>
         /// <param name="threads">Threads of the call.</param>
-        public static PositionSplit For(int strips, int images, int fits, int weightRows, int threads)
+        /// <param name="packs">False where the strips are read in place (<see cref="ReadsInPlace"/>): no item packs.</param>
+        public static PositionSplit For(int strips, int images, int fits, int weightRows, int threads, bool packs = true)
         {
             int first = (int)Math.Max(1, Math.Min(fits, (long)strips * images / (2L * threads)));
             int rows = Math.Max(1, weightRows);
-            var best = new PositionSplit(strips, first, rows, rows);
+            var best = new PositionSplit(strips, first, rows, rows, packs);
             if ((long)images * best.Blocks > 16L * threads) return best;
             long bestLoad = long.MaxValue; // the first candidate is the first rule's cut
             int largest = first == 1 && fits >= 2 ? 2 : first;
@@ -324,7 +394,7 @@ internal static unsafe class PackedMatMul
                 foreach (int parts in (ReadOnlySpan<int>)[1, threads])
                 {
                     int partRows = parts == 1 ? rows : Math.Min(rows, ((rows + parts - 1) / parts + PartStep - 1) / PartStep * PartStep);
-                    var candidate = new PositionSplit(strips, blockStrips, rows, partRows);
+                    var candidate = new PositionSplit(strips, blockStrips, rows, partRows, packs);
                     long load = candidate.BusiestLoad(images, threads);
                     if (load < bestLoad || (load == bestLoad && candidate.Blocks * candidate.Parts < best.Blocks * best.Parts))
                         (best, bestLoad) = (candidate, load);
@@ -349,7 +419,7 @@ internal static unsafe class PackedMatMul
                 for (int t = 1; t < threads; t++)
                     if (load[t] < load[least]) least = t;
                 int strips = Math.Min(BlockStrips, Strips - s0);
-                load[least] += (long)Math.Min(PartRows, WeightRows - n0) * (8 * strips + DecodeEighths) + PackEighths * strips;
+                load[least] += (long)Math.Min(PartRows, WeightRows - n0) * (8 * strips + DecodeEighths) + (Packs ? PackEighths * strips : 0);
             }
             long busiest = 0;
             foreach (long l in load) busiest = Math.Max(busiest, l);
@@ -516,7 +586,7 @@ internal static unsafe class PackedMatMul
 
     /// <summary>One work item: weight rows <c>[n0, n0 + rows)</c> (<paramref name="scratch"/> holds <c>rows</c> rounded up to whole tiles x (<paramref name="blockCapacity"/> + the strips' lanes) floats) against the activation rows of the strips of <paramref name="block"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, StripBlock block, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0, int rows, bool transposed)
+    private static void Item<TW, TVec, TD>(in WeightView w, float* xt, StripBlock block, int blockCapacity, float* scratch, float* bias, float* y, nint ldy, int n0, int rows, bool transposed, StripSource source = default)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count;
@@ -535,16 +605,44 @@ internal static unsafe class PackedMatMul
             DecodeRows<TW, TVec, TD>(w, n0, rows, k0, k1, a, blockCapacity, finite);
             for (int s = block.S0; s < block.S1; s++)
             {
+                float* c = yt + (s - block.S0) * stripWidth;
+                if (source.Offsets != null)
+                {
+                    // In place: the strip's positions from s * stripWidth on the wide grid, each step at its row's offset.
+                    float* grid = xt + (nint)s * stripWidth;
+                    for (int t0 = 0, h; t0 < rows; t0 += h)
+                    {
+                        h = MicroKernel.NextTile(rows - t0, wide);
+                        MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float, OffsetSteps>(h, a + t0 * blockCapacity, blockCapacity, grid, source.Offsets + k0, k1 - k0, c + t0 * ldt, ldt);
+                    }
+                    continue;
+                }
                 float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
                 for (int t0 = 0, h; t0 < rows; t0 += h)
                 {
                     h = MicroKernel.NextTile(rows - t0, wide);
-                    MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float>(h, a + t0 * blockCapacity, blockCapacity, b, k1 - k0, yt + t0 * ldt + (s - block.S0) * stripWidth, ldt);
+                    MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float>(h, a + t0 * blockCapacity, blockCapacity, b, k1 - k0, c + t0 * ldt, ldt);
                 }
             }
             k0 = k1;
         }
         int i0 = block.S0 * stripWidth, count = Math.Min(block.M, block.S1 * stripWidth) - i0;
+        if (source.Offsets != null)
+        {
+            // Positions on the wide grid: each grid row's first OutW are output positions, the rest are dropped.
+            for (int r = 0; r < rows; r++)
+            {
+                float b = bias == null ? 0f : bias[n0 + r];
+                for (int q = i0, end = i0 + count; q < end;)
+                {
+                    int oh = q / source.WideRow, ow = q - oh * source.WideRow, run = Math.Min(end - q, source.WideRow - ow);
+                    float* dst = y + (n0 + r) * ldy + (nint)oh * source.OutW + ow, src = yt + r * ldt + (q - i0);
+                    for (int j = 0, n = Math.Min(run, source.OutW - ow); j < n; j++) dst[j] = src[j] + b;
+                    q += run;
+                }
+            }
+            return;
+        }
         if (transposed)
         {
             // y^T rows are the item's rows of y^T: contiguous on both sides.

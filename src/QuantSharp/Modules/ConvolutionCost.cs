@@ -52,7 +52,8 @@ namespace QuantSharp.Modules;
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
 /// terms take the small kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
 /// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
-/// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels; the
+/// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
+/// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// </list>
@@ -209,6 +210,20 @@ internal static class ConvolutionCost
     /// </summary>
     internal const int Conv1dWeightOnlyMaxImages = 1;
 
+    /// <summary>
+    /// Images from which (up to <see cref="InPlaceWeightOnlyMaxImages"/>) a weight-only convolution whose strips the
+    /// packed kernels read in place (<see cref="Kernels.PackedMatMul.InPlacePays"/>: stride-1 3x3 layers of 128+
+    /// channels onto 28x28, ResNet's second stage and VGG's fourth block) takes them under the float32 rule with 512-bit
+    /// float kernels. libtorch's float32 convolution reaches about 62% of the micro-kernel's rate there, against 77-80%
+    /// on 14x14 and 56x56 (docs/BENCHMARKS.md, stop 31). Paired with float32 (int8, int4, float16): 128->128 at batch 2,
+    /// 4 and 8 and VGG's 512->512 at batch 2 and 4 took ... float32's time against ... on libtorch's route. At batch 1
+    /// 128->128 lost (861 against 776 us for float32, 826 on libtorch's route).
+    /// </summary>
+    internal const int InPlaceWeightOnlyMinImages = 2;
+
+    /// <summary>Images up to which <see cref="InPlaceWeightOnlyMinImages"/>' rule holds (8 measured; the padded copy holds every image).</summary>
+    internal const int InPlaceWeightOnlyMaxImages = 8;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -243,14 +258,15 @@ internal static class ConvolutionCost
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // Weight-only calls of a few positions (batch 1 and 2 on 7x7), strided ones of long reductions in one or two
-        // images, pointwise ones of long reductions in one or two images and Conv1d ones of long reductions in one
-        // image: the packed kernels.
+        // images, pointwise ones of long reductions in one or two images, Conv1d ones of long reductions in one image
+        // and 3x3 ones onto 28x28 in 2-8 images (their strips read in place): the packed kernels.
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
             bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction && unfold.Images <= PointwiseWeightOnlyMaxImages;
             bool longConv1d = unfold.Height == 1 && unfold.KernelH == 1 && unfold.Rows >= IntegerMinReduction && unfold.Images <= Conv1dWeightOnlyMaxImages;
-            if (strided || longPointwise || longConv1d || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+            bool inPlace = Kernels.PackedMatMul.InPlacePays(unfold) && unfold.Images >= InPlaceWeightOnlyMinImages && unfold.Images <= InPlaceWeightOnlyMaxImages;
+            if (strided || longPointwise || longConv1d || inPlace || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
         }
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel and the
         // long pointwise calls above they fall through to libtorch on the dequantized weight, which the packed kernel

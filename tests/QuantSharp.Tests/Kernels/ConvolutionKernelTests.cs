@@ -127,6 +127,63 @@ public unsafe class ConvolutionKernelTests
         }
     }
 
+    /// <summary>
+    /// Strips read in place from the padded images (<see cref="PackedMatMul.ReadsInPlace"/>: each reduction row of a strip
+    /// a run of the image's <see cref="PhaseGrid"/> copy, no packing) give exactly the bits of the packed strips, on every
+    /// path, format and geometry (stride phases, dilation, padding wider than the kernel, Conv1d), for one image and
+    /// three, and weights of 13 rows (one item) and 70 (several items and runs of rows): the same products in the same
+    /// order, the wide grid's extra positions dropped.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void StripsReadInPlaceGiveThePackedStripsBits(string formatName)
+    {
+        using var scope = NewDisposeScope();
+        var format = Enum.Parse<WeightFormat>(formatName);
+        foreach (var g in Geometries.Append([40, 9, 9, 3, 3, 1, 1, 1, 1, 1, 1]))
+        {
+            int k = Unfolding(g).Rows, taps = g[3] * g[4];
+            if (WeightView.IsPacked(format) && k % 2 != 0) continue;
+            int groupSize = WeightView.IsFloat(format) || (WeightView.IsPacked(format) && taps % 2 != 0) ? 0 : taps;
+            foreach (int images in new[] { 1, 3 })
+            {
+                foreach (int rowsOut in new[] { 13, 70 })
+                {
+                    var u = Unfolding(g).ForImages(images);
+                    int p = u.Positions;
+                    using var w = new PinnedWeight(format, rows: rowsOut, cols: k, groupSize, zeroPoints: true, seed: k + p + rowsOut);
+                    var view = w.View;
+                    torch.manual_seed(p + images);
+                    float[] pixels = torch.randn(images, g[0], g[1], g[2]).data<float>().ToArray();
+                    float[] bias = KernelTestData.Activations(rowsOut, k);
+                    var packed = new float[images * rowsOut * p];
+                    var inPlace = new float[images * rowsOut * p];
+                    fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* pp = packed) fixed (float* pi = inPlace)
+                    {
+                        foreach (var path in KernelTestData.FloatPaths())
+                        {
+                            Array.Fill(packed, float.NaN);
+                            Array.Fill(inPlace, float.NaN);
+                            try
+                            {
+                                PackedMatMul.ForcedReadsInPlace = false;
+                                QuantizedMatMul.Run(view, px, p, p, pb, pp, p, path, MatMulMethod.Transposed, u);
+                                PackedMatMul.ForcedReadsInPlace = true;
+                                QuantizedMatMul.Run(view, px, p, p, pb, pi, p, path, MatMulMethod.Transposed, u);
+                            }
+                            finally
+                            {
+                                PackedMatMul.ForcedReadsInPlace = null;
+                            }
+                            Assert.False(float.IsNaN(inPlace.Sum()), $"{format} {path} geometry [{string.Join(",", g)}] x{images}: an output left unwritten");
+                            Assert.True(packed.AsSpan().SequenceEqual(inPlace), $"{format} {path} geometry [{string.Join(",", g)}] x{images}, {rowsOut} rows: in place differs from packed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     private static IEnumerable<KernelPath> IntegerPaths() =>
         new[] { KernelPath.Scalar, KernelPath.V128, KernelPath.V256, KernelPath.V512, KernelPath.Vnni256, KernelPath.Vnni512, KernelPath.Auto }.Where(IntegerMatMul.IsSupported);
 
