@@ -221,7 +221,8 @@ internal static unsafe class PackedMatMul
     /// its thread's cache, and runs every weight row over it (or, where that evens out the threads, one run of the
     /// weight's rows: <see cref="PositionSplit"/>). Packing and the multiply-adds then read the activations once from
     /// memory; each item decodes its weight rows again, tile by tile, which costs little against the block's
-    /// multiply-adds (the weight is small).
+    /// multiply-adds (the weight is small). A convolution whose strips are read in place (<see cref="ReadsInPlace"/>)
+    /// pads its images once and packs nothing: its blocks are all of an image's strips on the wide grid.
     /// </summary>
     private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
@@ -257,7 +258,7 @@ internal static unsafe class PackedMatMul
                 x = padded;
             }
             nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, offsetsAddress = (nint)offsets;
-            int outW = grid is { } og ? unfold!.Value.OutW : 0, wideRow = grid?.PhaseWidth ?? 0;
+            int outW = grid is null ? 0 : unfold!.Value.OutW, wideRow = grid?.PhaseWidth ?? 0;
             KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * blockM * k, item =>
             {
                 int part = item % parts, image = item / parts / blocks, s0 = item / parts % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
@@ -304,9 +305,9 @@ internal static unsafe class PackedMatMul
     /// libtorch's float32 convolution (<see cref="QuantSharp.Modules.ConvolutionCost"/>). Elsewhere packing won: the
     /// padded copy's rows hold the wide grid's extra positions (30 per 28 outputs here), and a strip read in place
     /// gathers each step's two vectors from a different row of the image, where a packed strip is one contiguous run
-    /// (docs/BENCHMARKS.md, stop 31: in place 1.1-1.6x packing's time on the strided, few-position, pointwise and most
-    /// Conv1d layers; 0.66-0.97x on 64->64 on 56x56, whose packing took 39% of the samples, but there still slower than
-    /// libtorch's route).
+    /// (docs/BENCHMARKS.md, stop 31: in place 0.95-1.78x packing's time on the strided, few-position, pointwise and
+    /// Conv1d layers the packed kernels take, faster in 5 of 72 pairs; 0.66-0.97x on 64->64 on 56x56, whose packing
+    /// took 39% of the samples, but there still slower than libtorch's route).
     /// </summary>
     internal static bool ReadsInPlace(Im2Col unfold) => ForcedReadsInPlace ?? InPlacePays(unfold);
 

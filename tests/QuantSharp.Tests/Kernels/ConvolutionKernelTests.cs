@@ -522,6 +522,36 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Fact]
+    public void MeasuredRuleTakesThePackedKernelsReadingInPlaceFor3x3LayersOnto28x28InTwoToEightImages()
+    {
+        const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+        // ResNet's second stage and VGG's fourth block: in place from 128 channels, in 2-8 images, with 512-bit kernels.
+        var stage2 = new Im2Col(128, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1);
+        Assert.True(PackedMatMul.InPlacePays(stage2));
+        AssertChoice(stage2, 128, false, B, R, "128->128 3x3 on 28x28, one image");
+        AssertChoice(stage2.ForImages(2), 128, false, B, K, "128->128 3x3 on 28x28, two images");
+        AssertChoice(stage2.ForImages(8), 128, false, B, K, "128->128 3x3 on 28x28, eight images");
+        AssertChoice(stage2.ForImages(9), 128, false, B, R, "128->128 3x3 on 28x28, nine images");
+        AssertChoice(stage2.ForImages(4), 128, false, B, R, "128->128 3x3 on 28x28 at 256 bits", float256: true);
+        AssertChoice(stage2.ForImages(4), 128, true, K, K, "W8A8 128->128 3x3 on 28x28 (the integer GEMM)");
+        AssertChoice(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), 512, false, B, K, "512->512 3x3 on 28x28, four images");
+        // Not: 64 channels, 14x14 or 56x56 outputs, 28x28 outputs at stride 2, a 5x5 kernel, dilation 2.
+        foreach (var (other, what) in new[]
+        {
+            (new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "64 channels"),
+            (new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "14x14"),
+            (new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "56x56"),
+            (new Im2Col(128, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1, images: 4), "stride 2 onto 28x28"),
+            (new Im2Col(128, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1, images: 4), "5x5"),
+            (new Im2Col(128, 28, 28, 3, 3, 1, 1, 2, 2, 2, 2, images: 4), "dilation 2"),
+        })
+        {
+            Assert.False(PackedMatMul.InPlacePays(other), what);
+            AssertChoice(other, 128, false, B, R, what);
+        }
+    }
+
+    [Fact]
     public void MeasuredRuleRoutesPointwiseAndW8A8CallsByTheBFloat16AndFloat32Rules()
     {
         using var scope = NewDisposeScope();
