@@ -215,9 +215,10 @@ internal static class ConvolutionCost
     /// packed kernels read in place (<see cref="Kernels.PackedMatMul.InPlacePays"/>: stride-1 3x3 layers of 128+
     /// channels onto 28x28, ResNet's second stage and VGG's fourth block) takes them under the float32 rule with 512-bit
     /// float kernels. libtorch's float32 convolution reaches about 62% of the micro-kernel's rate there, against 77-80%
-    /// on 14x14 and 56x56 (docs/BENCHMARKS.md, stop 31). Paired with float32 (int8, int4, float16): 128->128 at batch 2,
-    /// 4 and 8 and VGG's 512->512 at batch 2 and 4 took ... float32's time against ... on libtorch's route. At batch 1
-    /// 128->128 lost (861 against 776 us for float32, 826 on libtorch's route).
+    /// on 14x14 and 56x56 (docs/BENCHMARKS.md, stop 31). Paired with float32 (int8, int4, float16, two processes):
+    /// 128->128 at batch 2, 4 and 8 took 0.79-0.98x float32's time and VGG's 512->512 at batch 2 and 4 0.85-0.95x (30 of
+    /// 30 pairs faster), against 1.00-1.02x on libtorch's route. At batch 1 128->128 lost (861 against 776 us for
+    /// float32, 826 on libtorch's route).
     /// </summary>
     internal const int InPlaceWeightOnlyMinImages = 2;
 
