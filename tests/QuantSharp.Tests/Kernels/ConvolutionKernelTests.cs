@@ -524,6 +524,8 @@ public unsafe class ConvolutionKernelTests
     [Fact]
     public void MeasuredRuleTakesThePackedKernelsReadingInPlaceFor3x3LayersOnto28x28InTwoToEightImages()
     {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
         const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
         // ResNet's second stage and VGG's fourth block: in place from 128 channels, in 2-8 images, with 512-bit kernels.
         var stage2 = new Im2Col(128, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1);
@@ -535,20 +537,33 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(stage2.ForImages(4), 128, false, B, R, "128->128 3x3 on 28x28 at 256 bits", float256: true);
         AssertChoice(stage2.ForImages(4), 128, true, K, K, "W8A8 128->128 3x3 on 28x28 (the integer GEMM)");
         AssertChoice(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), 512, false, B, K, "512->512 3x3 on 28x28, four images");
-        // Not: 64 channels, 14x14 or 56x56 outputs, 28x28 outputs at stride 2, a 5x5 kernel, dilation 2.
+        // Not: 64 channels, 14x14, 56x56, 28x56 or 56x28 outputs, and onto 28x28: stride 2 or (1, 2), a 5x5 or 3x5
+        // kernel, dilation 2 or (1, 2).
         foreach (var (other, what) in new[]
         {
             (new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "64 channels"),
             (new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "14x14"),
             (new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "56x56"),
+            (new Im2Col(128, 28, 56, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "28x56"),
+            (new Im2Col(128, 56, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 4), "56x28"),
             (new Im2Col(128, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1, images: 4), "stride 2 onto 28x28"),
             (new Im2Col(128, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1, images: 4), "5x5"),
             (new Im2Col(128, 28, 28, 3, 3, 1, 1, 2, 2, 2, 2, images: 4), "dilation 2"),
+            (new Im2Col(128, 28, 30, 3, 5, 1, 1, 1, 1, 1, 1, images: 4), "3x5 onto 28x28"),
+            (new Im2Col(128, 28, 28, 3, 3, 1, 1, 1, 2, 1, 2, images: 4), "dilation (1, 2) onto 28x28"),
+            (new Im2Col(128, 28, 56, 3, 3, 1, 2, 1, 1, 1, 1, images: 4), "stride (1, 2) onto 28x28"),
         })
         {
             Assert.False(PackedMatMul.InPlacePays(other), what);
             AssertChoice(other, 128, false, B, R, what);
         }
+        // A layer of two images: the rule's route (in place with 512-bit kernels), and the output of libtorch's route.
+        torch.manual_seed(31);
+        var conv = nn.Conv2d(128, 16, 3, padding: 1);
+        var x = torch.randn(2, 128, 28, 28);
+        AssertLayerRoute(conv, null, x, new Im2Col(128, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, images: 2), B, ConvolutionCost.Widest256 ? R : K, "128->16 on 28x28 layer, two images");
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, ModuleSpecs[3]);
+        AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, "int4 128->16 on 28x28, in place");
     }
 
     [Fact]
