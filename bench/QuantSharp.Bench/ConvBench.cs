@@ -18,7 +18,8 @@ namespace QuantSharp.Bench;
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
 /// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
-/// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size; <c>PROBE_HALF_SINGLE=0</c> turns
+/// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
+/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
 /// </summary>
 internal static class ConvBench
@@ -27,6 +28,14 @@ internal static class ConvBench
 
     private static IEnumerable<Case> Cases()
     {
+        // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD: one Conv2d of that shape instead of the list (at CONV_BATCHES).
+        if (Environment.GetEnvironmentVariable("CONV_SHAPE") is { } custom)
+        {
+            int[] v = custom.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
+            foreach (int b in Environment.GetEnvironmentVariable("CONV_BATCHES") is { } sizes ? sizes.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)) : [1, 8])
+                yield return new($"custom {v[0]}->{v[1]} {v[4]}x{v[4]} s{v[5]} p{v[6]} {v[2]}x{v[3]}", b, () => nn.Conv2d(v[0], v[1], v[4], stride: v[5], padding: v[6]), [b, v[0], v[2], v[3]]);
+            yield break;
+        }
         foreach (int b in new[] { 1, 64, 500 })
         {
             yield return new("mnist-conv1 1->16 3x3 28x28", b, () => nn.Conv2d(1, 16, 3), [b, 1, 28, 28]);
