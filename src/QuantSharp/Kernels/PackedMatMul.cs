@@ -302,7 +302,8 @@ internal static unsafe class PackedMatMul
     /// row of a strip is a run of the padded copy, at the row's offset) instead of being packed (tests and the bench set
     /// <see cref="ForcedReadsInPlace"/>; null: this rule): stride-1 3x3 convolutions of at least
     /// <see cref="InPlaceMinChannels"/> channels onto 28x28 outputs, where that made the packed kernels faster than
-    /// libtorch's float32 convolution (<see cref="QuantSharp.Modules.ConvolutionCost"/>). Elsewhere packing won: the
+    /// libtorch's float32 convolution (<see cref="QuantSharp.Modules.ConvolutionCost"/>; 16x16 to 40x40 outputs other
+    /// than 28x28 lost, 1.09-1.21x, as did 14x14 and 56x56). Elsewhere packing won: the
     /// padded copy's rows hold the wide grid's extra positions (30 per 28 outputs here), and a strip read in place
     /// gathers each step's two vectors from a different row of the image, where a packed strip is one contiguous run
     /// (docs/BENCHMARKS.md, stop 31: in place 0.95-1.78x packing's time on the strided, few-position, pointwise and
@@ -316,7 +317,10 @@ internal static unsafe class PackedMatMul
         && unfold.KernelH == 3 && unfold.KernelW == 3 && unfold.DilationH == 1 && unfold.DilationW == 1
         && unfold.OutH == 28 && unfold.OutW == 28 && unfold.Channels >= InPlaceMinChannels;
 
-    /// <summary>Input channels from which <see cref="ReadsInPlace"/> holds (128 and 512 measured; 64 on 28x28 not).</summary>
+    /// <summary>
+    /// Input channels from which <see cref="ReadsInPlace"/> holds: 128, 256 and 512 gained at every batch measured from
+    /// 2 to 8; 64 lost at batch 2 (1.06x float32's time, docs/BENCHMARKS.md stop 31), though it and 16-32 gained at 4.
+    /// </summary>
     internal const int InPlaceMinChannels = 128;
 
     /// <summary>Tests and the bench force <see cref="ReadsInPlace"/> on their thread (null: the rule); both give the same bits.</summary>
