@@ -28,11 +28,14 @@ internal static class ConvBench
 
     private static IEnumerable<Case> Cases()
     {
-        // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD: one Conv2d of that shape instead of the list (at CONV_BATCHES).
+        // CONV_BATCHES=2,4: other batch sizes for the layers after MNIST's (and for CONV_SHAPE).
+        int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
+            ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
+        // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD: one Conv2d of that shape instead of the list.
         if (Environment.GetEnvironmentVariable("CONV_SHAPE") is { } custom)
         {
             int[] v = custom.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
-            foreach (int b in Environment.GetEnvironmentVariable("CONV_BATCHES") is { } sizes ? sizes.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)) : [1, 8])
+            foreach (int b in batches)
                 yield return new($"custom {v[0]}->{v[1]} {v[4]}x{v[4]} s{v[5]} p{v[6]} {v[2]}x{v[3]}", b, () => nn.Conv2d(v[0], v[1], v[4], stride: v[5], padding: v[6]), [b, v[0], v[2], v[3]]);
             yield break;
         }
@@ -41,9 +44,6 @@ internal static class ConvBench
             yield return new("mnist-conv1 1->16 3x3 28x28", b, () => nn.Conv2d(1, 16, 3), [b, 1, 28, 28]);
             yield return new("mnist-conv2 16->32 3x3 13x13", b, () => nn.Conv2d(16, 32, 3), [b, 16, 13, 13]);
         }
-        // CONV_BATCHES=2,4: other batch sizes for these layers.
-        int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
-            ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
         foreach (int b in batches)
         {
             yield return new("stem 3->32 3x3 s2 224x224", b, () => nn.Conv2d(3, 32, 3, stride: 2, padding: 1), [b, 3, 224, 224]);
