@@ -120,17 +120,12 @@ internal static unsafe class DirectConvolution
         int k = u.Rows, positions = u.Positions, outH = u.OutH, outW = u.OutW;
         int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count;
         nint padded = (nint)grid.ImageValues;
-        // Reads of the last work item run past the last image by less than a step plus a phase row (a reduction row
-        // starts at most one phase row before the end of its plane, see PhaseGrid): zeros there.
-        nint slack = step + wp, total = padded * u.Images + slack;
-        float* buffer = (float*)NativeMemory.AlignedAlloc((nuint)total * sizeof(float), 64);
+        float* buffer = PaddedCopy(u, grid, images, step, input);
         try
         {
             int* offsets = stackalloc int[k];
             for (int j = 0; j < k; j++) offsets[j] = grid.Offset(j);
             int* pOffsets = offsets;
-            Pad(u, grid, images, buffer, input);
-            new Span<float>(buffer + padded * u.Images, (int)slack).Clear();
             int rowsPerItem = RowsPerItem(u.Images, outH, wp, step), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
             KernelThreads.For(u.Images * blocks, (long)outputs * k * rowsPerItem * wp, item =>
             {
@@ -179,11 +174,26 @@ internal static unsafe class DirectConvolution
     private const int MaxItemPositions = 2048;
 
     /// <summary>
+    /// The images of <paramref name="u"/> copied by <see cref="Pad"/> into a new 64-byte-aligned buffer (free it with
+    /// <see cref="NativeMemory.AlignedFree"/>), followed by zeros for the reads that run past the last image: a reader
+    /// of runs of <paramref name="step"/> values from a reduction row's start (<see cref="PhaseGrid.Offset"/>) reads
+    /// less than a step plus a phase row past it (a reduction row starts at most one phase row before the end of its plane).
+    /// </summary>
+    internal static float* PaddedCopy(Im2Col u, PhaseGrid grid, float* images, int step, InputFakeQuantization? input)
+    {
+        nint values = (nint)grid.ImageValues * u.Images, slack = step + grid.PhaseWidth;
+        float* buffer = (float*)NativeMemory.AlignedAlloc((nuint)(values + slack) * sizeof(float), 64);
+        Pad(u, grid, images, buffer, input);
+        new Span<float>(buffer + values, (int)slack).Clear();
+        return buffer;
+    }
+
+    /// <summary>
     /// Copies the images into <paramref name="destination"/> in the layout of <paramref name="grid"/>, zero where padded,
     /// fake-quantized by <paramref name="input"/> when given (the simulated path quantizes, then pads with zeros): a work
     /// item per plane, every phase row written once (its values, zeros around them).
     /// </summary>
-    internal static void Pad(Im2Col u, PhaseGrid grid, float* images, float* destination, InputFakeQuantization? input)
+    private static void Pad(Im2Col u, PhaseGrid grid, float* images, float* destination, InputFakeQuantization? input)
     {
         int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
         // Rows are read from the image itself only at stride 1 without quantization (the stride-2 gather reads past a row).

@@ -247,14 +247,10 @@ internal static unsafe class PackedMatMul
         {
             if (grid is { } phases)
             {
-                // Every image padded (and split into stride phases) once; the last strips read past the last image by
-                // less than a strip plus a phase row (PhaseGrid): zeros there.
-                nint slack = stripWidth + phases.PhaseWidth, total = (nint)imageSize * images + slack;
-                padded = (float*)NativeMemory.AlignedAlloc((nuint)total * sizeof(float), 64);
+                // Every image padded (and split into stride phases) once, as the small kernel reads it.
+                padded = DirectConvolution.PaddedCopy(unfold!.Value, phases, x, stripWidth, null);
                 offsets = (int*)NativeMemory.Alloc((nuint)Math.Max(k, 1), sizeof(int));
                 for (int j = 0; j < k; j++) offsets[j] = phases.Offset(j);
-                DirectConvolution.Pad(unfold!.Value, phases, x, padded, null);
-                new Span<float>(padded + (nint)imageSize * images, (int)slack).Clear();
                 x = padded;
             }
             nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, offsetsAddress = (nint)offsets;
@@ -611,23 +607,11 @@ internal static unsafe class PackedMatMul
             for (int s = block.S0; s < block.S1; s++)
             {
                 float* c = yt + (s - block.S0) * stripWidth;
+                // In place: the strip's positions from s * stripWidth on the wide grid, each step at its row's offset.
                 if (source.Offsets != null)
-                {
-                    // In place: the strip's positions from s * stripWidth on the wide grid, each step at its row's offset.
-                    float* grid = xt + (nint)s * stripWidth;
-                    for (int t0 = 0, h; t0 < rows; t0 += h)
-                    {
-                        h = MicroKernel.NextTile(rows - t0, wide);
-                        MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float, OffsetSteps>(h, a + t0 * blockCapacity, blockCapacity, grid, source.Offsets + k0, k1 - k0, c + t0 * ldt, ldt);
-                    }
-                    continue;
-                }
-                float* b = xt + ((nint)(s - block.First) * k + k0) * stripWidth;
-                for (int t0 = 0, h; t0 < rows; t0 += h)
-                {
-                    h = MicroKernel.NextTile(rows - t0, wide);
-                    MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float>(h, a + t0 * blockCapacity, blockCapacity, b, k1 - k0, c + t0 * ldt, ldt);
-                }
+                    Tiles<TW, TVec, OffsetSteps>(rows, wide, a, blockCapacity, xt + (nint)s * stripWidth, source.Offsets + k0, k1 - k0, c, ldt);
+                else
+                    Tiles<TW, TVec, PackedSteps>(rows, wide, a, blockCapacity, xt + ((nint)(s - block.First) * k + k0) * stripWidth, null, k1 - k0, c, ldt);
             }
             k0 = k1;
         }
@@ -672,6 +656,18 @@ internal static unsafe class PackedMatMul
         {
             float* dst = y + (i0 + i) * ldy + n0;
             for (int r = i < i8 ? r8 : 0; r < rows; r++) dst[r] = yt[r * ldt + i] + (bias == null ? 0f : bias[n0 + r]);
+        }
+    }
+
+    /// <summary>The micro-kernel over <paramref name="rows"/> decoded weight rows (<see cref="MicroKernel.NextTile"/>) against one strip, its steps found by <typeparamref name="TS"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tiles<TW, TVec, TS>(int rows, bool wide, float* a, int lda, float* b, int* offsets, int steps, float* c, int ldc)
+        where TW : IFloatWidth<TVec> where TVec : struct where TS : IStripSteps
+    {
+        for (int t0 = 0, h; t0 < rows; t0 += h)
+        {
+            h = MicroKernel.NextTile(rows - t0, wide);
+            MicroKernel.RunTile<FloatMicro<TW, TVec>, TVec, float, TS>(h, a + t0 * lda, lda, b, offsets, steps, c + t0 * ldc, ldc);
         }
     }
 
