@@ -141,7 +141,7 @@ internal static unsafe class DirectConvolution
                         Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
                     for (int r = 0; r < rows; r++)
                         for (int oh = 0; oh < oh1 - oh0; oh++)
-                            new Span<float>(scratch + r * width + oh * wp, outW).CopyTo(new Span<float>(output + (nint)(o + r) * positions + oh * outW, outW));
+                            CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW);
                 }
             });
         }
@@ -149,6 +149,24 @@ internal static unsafe class DirectConvolution
         {
             NativeMemory.AlignedFree(buffer);
         }
+    }
+
+    /// <summary>
+    /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/> in whole vectors, the last one
+    /// overlapping the one before where <paramref name="n"/> is no multiple of the width (rows narrower than a vector one by one). A copy call
+    /// per output row (26 floats for MNIST's conv1) took over a third of its samples at batch 500.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRow<TW, TVec>(float* src, float* dst, int n)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        if (n < TW.Count)
+        {
+            for (int j = 0; j < n; j++) dst[j] = src[j];
+            return;
+        }
+        for (int j = 0; j + TW.Count <= n; j += TW.Count) TW.Store(TW.Load(src + j), dst + j);
+        if (n % TW.Count != 0) TW.Store(TW.Load(src + n - TW.Count), dst + n - TW.Count);
     }
 
     /// <summary>

@@ -33,6 +33,9 @@ public class DirectConvolutionTests
         (nn.Conv2d(6, 5, (3, 4), padding: (3, 2), dilation: (2, 2)), [torch.randn(2, 6, 9, 11), torch.randn(6, 4, 5)]),
         (nn.Conv2d(2, 7, 3, padding: 1), [torch.randn(1, 2, 5, 150), torch.randn(3, 2, 1, 300)]),
         (nn.Conv1d(4, 9, 4, padding: 3, dilation: 2), [torch.randn(3, 4, 300), torch.randn(4, 17), torch.randn(2, 21, 4).transpose(1, 2)]),
+        // Output rows of whole vectors at every width (16 and 32 values) and of a vector and a part (26: MNIST's conv1).
+        (nn.Conv2d(3, 6, 3, padding: 1), [torch.randn(2, 3, 4, 32), torch.randn(3, 5, 16)]),
+        (nn.Conv2d(1, 5, 3), [torch.randn(2, 1, 6, 28)]),
         // Stride 1 with padding rows only: the image's rows copied as one run between them.
         (nn.Conv2d(2, 5, (3, 2), padding: (2, 0)), [torch.randn(2, 2, 6, 7)]),
         // Stride 1 with a padded row longer than DirectConvolution.MaxWideRow: the unfolding path.
