@@ -50,7 +50,7 @@ namespace QuantSharp.Modules;
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
 /// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image:
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
-/// terms take the small kernel up to <see cref="FewTermWeightOnlyMaxWork"/> (MNIST conv1 at batch 64); weight-only calls of at most
+/// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500); weight-only calls of at most
 /// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
@@ -83,13 +83,18 @@ internal static class ConvolutionCost
     internal const long FewTermW8A8MaxWork = 1 << 24;
 
     /// <summary>
-    /// Multiply-adds per call up to which static W8A8 with fewer than <see cref="FewTermIntegerMinReduction"/> terms takes
-    /// the small kernel (<see cref="FewTermW8A8MaxWork"/> for the integer GEMM's few-term calls): MNIST conv1 (9 terms) at
+    /// Multiply-adds per call up to which convolutions of fewer than <see cref="FewTermIntegerMinReduction"/> terms take
+    /// the small kernel (<see cref="DirectMaxWork"/> elsewhere; for static W8A8 under both rules, weight-only under the
+    /// float32 rule; only calls whose phase rows fit its padded-image path,
+    /// <see cref="DirectConvolution.FusesInputQuantization"/>, the path measured). Static W8A8: MNIST conv1 (9 terms) at
     /// batch 500, 48.7M, took 0.94-1.25x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM,
     /// faster in five of seven comparisons, alike in one, slower in one (three tables, four paired processes;
-    /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). The integer GEMM's few-term
-    /// calls keep the lower bound: the stem at batch 8 (86.7M) took 1.68-1.93x float32's time on it, 1.39-1.46x on
-    /// libtorch's route.
+    /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). Weight-only: at batch 64,
+    /// 6.2M, 0.79-0.94x against 0.99-1.04x (stop 27); at batch 500 faster than libtorch's route in six of six paired
+    /// processes once the kernel copied its output rows in whole vectors (stop 32: 0.61-0.96x its time), where it had been
+    /// alike (faster in two of four comparisons, stop 27). The stem (27 terms) at batch 1 lost on it here and on the Zen
+    /// 4 (stop 20). The integer GEMM's few-term calls keep the lower bound (<see cref="FewTermW8A8MaxWork"/>): the stem
+    /// at batch 8 (86.7M) took 1.68-1.93x float32's time on it, 1.39-1.46x on libtorch's route.
     /// </summary>
     internal const long FewTermDirectMaxWork = 1 << 26;
 
@@ -117,17 +122,6 @@ internal static class ConvolutionCost
 
     /// <summary>Whether the float kernels' widest path here is 256 bits (AVX2 without AVX-512, or AVX-512 turned off): the machines <see cref="SmallKernelMaxReduction256"/> was measured for (128-bit ones were not).</summary>
     internal static bool Widest256 => !Float512.IsSupported && Float256.IsSupported;
-
-    /// <summary>
-    /// Multiply-adds per call up to which weight-only convolutions of fewer than <see cref="FewTermIntegerMinReduction"/>
-    /// terms take the small kernel under the float32 rule (<see cref="DirectMaxWork"/> elsewhere): MNIST conv1 (9 terms)
-    /// at batch 64, 6.2M, took 0.79-0.94x float32's time on it against 0.99-1.04x on libtorch's route on the Zen 5 VM (two
-    /// tables, two paired processes; docs/BENCHMARKS.md, stop 27; stop 26's table had 0.123 against 0.167 ms). At batch
-    /// 500 (48.7M) the two were alike (the small kernel faster in two of four comparisons), and the stem (27 terms) at
-    /// batch 1 lost on it here and on the Zen 4 (stop 20). Only calls whose phase rows fit the small kernel's
-    /// padded-image path (<see cref="DirectConvolution.FusesInputQuantization"/>), the path measured.
-    /// </summary>
-    internal const long FewTermWeightOnlyMaxWork = 1 << 24;
 
     /// <summary>
     /// Multiply-adds per call up to which static W8A8 of <see cref="BFloat16MinReduction"/> to
@@ -253,8 +247,8 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        // Weight-only with fewer terms than the integer GEMM's few-term calls, in small batches: the small kernel.
-        if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermWeightOnlyMaxWork
+        // Weight-only with fewer terms than the integer GEMM's few-term calls, up to a few hundred images: the small kernel.
+        if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;

@@ -689,19 +689,17 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(mnist64, 16, false, R, D, "MNIST conv1 weight-only at batch 64");
         AssertLayerRoute(nn.Conv2d(1, 16, 3), act, torch.randn(64, 1, 28, 28), mnist64, D, D, "MNIST conv1 W8A8 layer at batch 64");
         // The small kernel's few-term calls go up to FewTermDirectMaxWork: MNIST conv1 at batch 500 (48.7M), and the edge
-        // (97,344 multiply-adds per image: 689 images in, 690 out).
+        // (97,344 multiply-adds per image: 689 images in, 690 out); static W8A8 under both rules, weight-only under the
+        // float32 rule (libtorch under the bfloat16 rule).
         var mnist = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1);
         long perMnistImage = (long)mnist.Positions * 16 * mnist.Rows;
         Assert.True(689 * perMnistImage <= ConvolutionCost.FewTermDirectMaxWork && 690 * perMnistImage > ConvolutionCost.FewTermDirectMaxWork);
         AssertChoice(mnist.ForImages(500), 16, true, D, D, "MNIST conv1 W8A8 at batch 500");
         AssertChoice(mnist.ForImages(689), 16, true, D, D, "MNIST conv1 W8A8 at batch 689");
         AssertChoice(mnist.ForImages(690), 16, true, R, R, "MNIST conv1 W8A8 at batch 690");
-        AssertChoice(mnist.ForImages(500), 16, false, R, R, "MNIST conv1 weight-only at batch 500");
-        // Weight-only with fewer than FewTermIntegerMinReduction terms: the small kernel under the float32 rule up to
-        // FewTermWeightOnlyMaxWork (172 images in, 173 out), libtorch under the bfloat16 rule.
-        Assert.True(172 * perMnistImage <= ConvolutionCost.FewTermWeightOnlyMaxWork && 173 * perMnistImage > ConvolutionCost.FewTermWeightOnlyMaxWork);
-        AssertChoice(mnist.ForImages(172), 16, false, R, D, "MNIST conv1 weight-only at batch 172");
-        AssertChoice(mnist.ForImages(173), 16, false, R, R, "MNIST conv1 weight-only at batch 173");
+        AssertChoice(mnist.ForImages(500), 16, false, R, D, "MNIST conv1 weight-only at batch 500");
+        AssertChoice(mnist.ForImages(689), 16, false, R, D, "MNIST conv1 weight-only at batch 689");
+        AssertChoice(mnist.ForImages(690), 16, false, R, R, "MNIST conv1 weight-only at batch 690");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, false, R, R, "weight-only K 9 on 3,002-value rows");
         AssertLayerRoute(nn.Conv2d(1, 16, 3), null, torch.randn(64, 1, 28, 28), mnist64, R, D, "MNIST conv1 weight-only layer at batch 64");
         AssertChoice(new Im2Col(1, 24, 3000, 3, 3, 1, 1, 1, 1, 1, 1), 16, true, R, R, "W8A8 K 9 on 3,002-value rows");

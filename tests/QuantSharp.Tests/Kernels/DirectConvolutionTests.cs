@@ -152,7 +152,7 @@ public class DirectConvolutionTests
         var conv2Batch = conv2.ForImages(64);
         AssertChoice(conv2Batch, 32, false, B, R, "MNIST conv2 batch 64");
         AssertLayerRoute(nn.Conv2d(16, 32, 3), null, torch.randn(64, 16, 13, 13), conv2Batch, B, R, "MNIST conv2 batch 64 layer");
-        // conv1 at batch 64 (6.2M, 9 terms): the small kernel under the float32 rule (FewTermWeightOnlyMaxWork), libtorch
+        // conv1 at batch 64 (6.2M, 9 terms): the small kernel under the float32 rule (FewTermDirectMaxWork), libtorch
         // float32 under the bfloat16 rule.
         AssertChoice(conv1.ForImages(64), 16, false, R, D, "MNIST conv1 batch 64");
         // A 3-channel stem, 3->32 3x3 stride 2 on 224x224 (12,544 positions, 10.8M): 27 terms < 64, float32 both ways.
