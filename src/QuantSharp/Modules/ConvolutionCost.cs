@@ -90,11 +90,13 @@ internal static class ConvolutionCost
     /// batch 500, 48.7M, took 0.94-1.25x float32's time on it against 1.10-1.27x on libtorch's route on the Zen 5 VM,
     /// faster in five of seven comparisons, alike in one, slower in one (three tables, four paired processes;
     /// docs/BENCHMARKS.md stop 27), where the Zen 4 had found the two routes alike (stop 20). Weight-only: at batch 64,
-    /// 6.2M, 0.79-0.94x against 0.99-1.04x (stop 27); at batch 500 faster than libtorch's route in six of six paired
-    /// processes once the kernel copied its output rows in whole vectors (stop 32: 0.61-0.96x its time), where it had been
-    /// alike (faster in two of four comparisons, stop 27). The stem (27 terms) at batch 1 lost on it here and on the Zen
-    /// 4 (stop 20). The integer GEMM's few-term calls keep the lower bound (<see cref="FewTermW8A8MaxWork"/>): the stem
-    /// at batch 8 (86.7M) took 1.68-1.93x float32's time on it, 1.39-1.46x on libtorch's route.
+    /// 6.2M, 0.79-0.94x against 0.99-1.04x (stop 27); at batch 500, where stop 27 had found the two alike (the small
+    /// kernel faster in two of four comparisons), faster than libtorch's route in all eight paired processes of stop 32,
+    /// four before and four after the kernel copied its output rows in whole vectors (after: 0.61-0.96x its time, and
+    /// 0.27x in one process where libtorch's route ran at four times its usual time). The stem (27 terms) at batch 1
+    /// lost on it here and on the Zen 4 (stop 20). The integer GEMM's few-term calls keep the lower bound
+    /// (<see cref="FewTermW8A8MaxWork"/>): the stem at batch 8 (86.7M) took 1.68-1.93x float32's time on it, 1.39-1.46x
+    /// on libtorch's route.
     /// </summary>
     internal const long FewTermDirectMaxWork = 1 << 26;
 
