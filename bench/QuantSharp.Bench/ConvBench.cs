@@ -13,8 +13,10 @@ namespace QuantSharp.Bench;
 /// layer through each route (<see cref="ConvolutionRoute"/>: the measured rule, unfold + packed kernel, the
 /// small-convolution kernel where the weight fits it (dequantize + libtorch where not), dequantize + libtorch, libtorch's bfloat16 convolution), over the bundled MNIST CNN's convolutions, ResNet-like 3x3 layers, a 1x1 and a Conv1d k=3.
 /// <c>dotnet run -c Release --project bench/QuantSharp.Bench -- conv [RUNS] [REPEATS] [FILTER] [THREADS]</c> (defaults 5, 5, all, all cores):
-/// per run and variant the minimum of REPEATS calls; the table gives the medians over the runs and the min-max of the
-/// per-run ratio to float32. Both sides use THREADS threads. FILTER keeps the cases whose name contains it.
+/// per run and variant the minimum of REPEATS calls (with <c>CONV_STAT=mean</c>, the mean of a block of REPEATS calls: the
+/// time a user's repeated calls take, where a call's minimum favours the side whose calls vary more); the table gives the
+/// medians over the runs and the min-max of the per-run ratio to float32. Both sides use THREADS threads. FILTER keeps
+/// the cases whose name contains it.
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
 /// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
@@ -93,7 +95,7 @@ internal static class ConvBench
         int threads = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : Environment.ProcessorCount;
         torch.set_num_threads(threads);
         QuantSharp.Kernels.KernelThreads.Count = threads;
-        Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {threads} thread(s) on both sides, {runs} runs x min of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
+        Console.WriteLine($"Convolutions, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, {threads} thread(s) on both sides, {runs} runs x {(s_mean ? "mean" : "min")} of {repeats} calls, load {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
         Console.WriteLine();
         Console.WriteLine("| convolution | batch | qtype | float32 ms | dequantize+libtorch ms | unfold+kernel ms | direct ms | bfloat16 ms | chosen | chosen / float32 time (median, min-max) |");
         Console.WriteLine("|---|---:|---|---:|---:|---:|---:|---:|---|---:|");
@@ -157,12 +159,12 @@ internal static class ConvBench
                 for (int i = 0; i < layers.Length; i++)
                 {
                     var layer = layers[i];
-                    double f = Min(repeats, () => conv.call(x));
-                    double a = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
-                    double r = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Reference));
-                    double k = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Kernel));
-                    double d = Min(repeats, () => layer.Forward(x, ConvolutionRoute.Direct));
-                    double h = Min(repeats, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                    double f = Time(repeats, () => conv.call(x));
+                    double a = Time(repeats, () => layer.Forward(x, ConvolutionRoute.Auto));
+                    double r = Time(repeats, () => layer.Forward(x, ConvolutionRoute.Reference));
+                    double k = Time(repeats, () => layer.Forward(x, ConvolutionRoute.Kernel));
+                    double d = Time(repeats, () => layer.Forward(x, ConvolutionRoute.Direct));
+                    double h = Time(repeats, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                     if (run == 0) continue;
                     time[0].Add(f);
                     time[1 + 4 * i].Add(r);
@@ -272,6 +274,18 @@ internal static class ConvBench
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{c.Name} batch {c.Batch} {names[v]}: median {Median(times[v]):F1} us per call, faster than {names[0]} in {wins} of {times[v].Count} rounds"));
         }
+    }
+
+    /// <summary>Whether the table times a variant by the mean of a block of calls (<c>CONV_STAT=mean</c>) rather than by its fastest call.</summary>
+    private static readonly bool s_mean = Environment.GetEnvironmentVariable("CONV_STAT") == "mean";
+
+    /// <summary>A variant's time in a run, in ms: <see cref="Min"/>, or with <c>CONV_STAT=mean</c> the mean of <paramref name="repeats"/> calls in a row.</summary>
+    private static double Time(int repeats, Func<Tensor> call)
+    {
+        if (!s_mean) return Min(repeats, call);
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < repeats; i++) call().Dispose();
+        return sw.Elapsed.TotalMilliseconds / repeats;
     }
 
     /// <summary>Minimum wall time of <paramref name="repeats"/> calls, in ms.</summary>
