@@ -153,8 +153,9 @@ internal static unsafe class DirectConvolution
 
     /// <summary>
     /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/> in whole vectors, the last one
-    /// overlapping the one before where <paramref name="n"/> is no multiple of the width (rows narrower than a vector one by one). A copy call
-    /// per output row (26 floats for MNIST's conv1) took over a third of its samples at batch 500.
+    /// overlapping the one before where <paramref name="n"/> is no multiple of the width (rows narrower than a vector
+    /// value by value). A copy call per output row (26 floats for MNIST's conv1) took over a third of that layer's samples
+    /// at batch 500 (docs/BENCHMARKS.md, stop 32).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void CopyRow<TW, TVec>(float* src, float* dst, int n)

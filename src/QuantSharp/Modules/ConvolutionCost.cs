@@ -50,8 +50,8 @@ namespace QuantSharp.Modules;
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
 /// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image:
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
-/// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500); weight-only calls of at most
-/// <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
+/// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500); weight-only
+/// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
@@ -249,7 +249,7 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        // Weight-only with fewer terms than the integer GEMM's few-term calls, up to a few hundred images: the small kernel.
+        // Weight-only with fewer terms than the integer GEMM's few-term calls, as large as static W8A8's: the small kernel.
         if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
             && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
