@@ -51,7 +51,8 @@ namespace QuantSharp.Modules;
 /// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image:
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
 /// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500); weight-only
-/// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), and strided ones of long reductions
+/// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), small ones whose
+/// reduction is too long for the small kernel (<see cref="SmallWeightOnlyMaxWork"/>), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
@@ -148,6 +149,17 @@ internal static class ConvolutionCost
         int rows = new PhaseGrid(unfold).RowsPerImage;
         return rows > 0 && (work <= MidTermW8A8MaxWork || 7L * rows <= 8L * unfold.Positions);
     }
+
+    /// <summary>
+    /// Multiply-adds per call up to which a weight-only convolution whose reduction is too long for the small kernel
+    /// (more than <see cref="DirectConvolution.MaxReduction"/> terms), not pointwise, takes the packed kernels under the
+    /// float32 rule with 512-bit float kernels, at any number of positions. libtorch's convolution is mostly fixed cost
+    /// there and its route adds a pass over the whole weight. Paired with float32 (docs/BENCHMARKS.md, stop 32; int8,
+    /// int4, float16, two processes): 3x3 32->16 on 8x8 at batch 3, 4 and 8 (0.9-2.4M), 32->32 on 16x16, 64->32 on 14x14
+    /// and 128->16 on 12x12 at batch 1 and 2 (2.4-7.2M), 0.30-0.97x float32's time against 0.95-1.09x on libtorch's
+    /// route, faster than it in all 54 pairs.
+    /// </summary>
+    internal const long SmallWeightOnlyMaxWork = 1 << 23;
 
     /// <summary>
     /// Output positions (over all the call's images) up to which a weight-only convolution beyond the small kernel takes
@@ -255,15 +267,17 @@ internal static class ConvolutionCost
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // Weight-only calls of a few positions (batch 1 and 2 on 7x7), strided ones of long reductions in one or two
-        // images, pointwise ones of long reductions in one or two images, Conv1d ones of long reductions in one image
-        // and 3x3 ones onto 28x28 in 2-8 images (their strips read in place): the packed kernels.
+        // images, pointwise ones of long reductions in one or two images, Conv1d ones of long reductions in one image,
+        // 3x3 ones onto 28x28 in 2-8 images (their strips read in place) and small ones too long for the small kernel:
+        // the packed kernels.
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
             bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction && unfold.Images <= PointwiseWeightOnlyMaxImages;
             bool longConv1d = unfold.Height == 1 && unfold.KernelH == 1 && unfold.Rows >= IntegerMinReduction && unfold.Images <= Conv1dWeightOnlyMaxImages;
             bool inPlace = Kernels.PackedMatMul.InPlacePays(unfold) && unfold.Images >= InPlaceWeightOnlyMinImages && unfold.Images <= InPlaceWeightOnlyMaxImages;
-            if (strided || longPointwise || longConv1d || inPlace || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+            bool smallLong = !pointwise && !fits && work <= SmallWeightOnlyMaxWork;
+            if (strided || longPointwise || longConv1d || inPlace || smallLong || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
         }
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel and the
         // long pointwise calls above they fall through to libtorch on the dequantized weight, which the packed kernel

@@ -485,6 +485,17 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(new Im2Col(512, 3, 43, 3, 3, 1, 1, 1, 1, 1, 1), 512, false, B, R, "3x3 on 3x43 (129 positions)");
         AssertChoice(new Im2Col(512, 1, 64, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, K, "Conv1d on 64 positions, two images");
         AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1, images: 2), 512, false, B, R, "Conv1d on 65 positions, two images");
+        // Small calls whose reduction is too long for the small kernel, at any number of positions: the packed kernels up
+        // to SmallWeightOnlyMaxWork (128 channels x 2x2 = 512 terms on 16x32 positions: 2^23 multiply-adds at 32 outputs,
+        // 33 out), not pointwise; 256 terms fit the small kernel (direct).
+        var smallLong = new Im2Col(128, 17, 33, 2, 2, 1, 1, 0, 0, 1, 1);
+        Assert.Equal(ConvolutionCost.SmallWeightOnlyMaxWork, (long)smallLong.Positions * 32 * smallLong.Rows);
+        AssertChoice(smallLong, 32, false, B, K, "512 terms on 512 positions, 2^23 multiply-adds");
+        AssertChoice(smallLong, 33, false, B, R, "512 terms on 512 positions, above 2^23 multiply-adds");
+        AssertChoice(smallLong, 32, false, B, R, "512 terms on 512 positions at 256 bits", float256: true);
+        AssertChoice(new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16, false, B, K, "32->16 3x3 on 8x8, eight images");
+        AssertChoice(new Im2Col(512, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(3), 32, false, B, R, "1x1 512->32 on 8x8, three images (pointwise, 3.1M)");
+        AssertChoice(new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16, true, K, K, "W8A8 32->16 3x3 on 8x8, eight images (integer GEMM)");
         // Static W8A8 keeps its rules (the integer GEMM from 256 terms).
         AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7");
         // A Conv1d of at least IntegerMinReduction terms in one image: the packed kernels at any length (stop 30); two
@@ -518,7 +529,9 @@ public unsafe class ConvolutionKernelTests
         var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer");
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer, two images");
-        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(3, 64, 7, 7), layerGeometry.ForImages(3), B, R, "64->64 on 7x7 layer, three images");
+        // Three images (147 positions, 5.4M): small enough for SmallWeightOnlyMaxWork; six (10.8M) are not.
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(3, 64, 7, 7), layerGeometry.ForImages(3), B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer, three images");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(6, 64, 7, 7), layerGeometry.ForImages(6), B, R, "64->64 on 7x7 layer, six images");
     }
 
     [Fact]
@@ -602,16 +615,19 @@ public unsafe class ConvolutionKernelTests
         AssertLayerRoute(nn.Conv2d(32, 16, 1), null, torch.randn(1, 32, 8, 8), smallPointwise, D, K, "small 1x1 layer");
 
         // Weight-only 3x3 32->16, K = 288 > DirectConvolution.MaxReduction: never small; bfloat16, or under the float32
-        // rule the packed kernels on its 64 positions and on two images (128: FewPositionsMaxPositions), libtorch float32
-        // on three.
+        // rule the packed kernels on its 64 positions and on two images (128: FewPositionsMaxPositions), and up to 28
+        // images (8.3M multiply-adds: SmallWeightOnlyMaxWork), libtorch float32 on 29.
         var k288 = new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertChoice(k288, 16, false, B, K, "weight-only 3x3 K 288");
         var fewPositions = ConvolutionCost.Widest256 ? R : K; // the rule was measured with the 512-bit float kernels
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, fewPositions, "weight-only 3x3 layer");
         AssertChoice(k288.ForImages(2), 16, false, B, K, "weight-only 3x3 K 288, two images");
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, fewPositions, "weight-only 3x3 layer, two images");
-        AssertChoice(k288.ForImages(3), 16, false, B, R, "weight-only 3x3 K 288, three images");
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(3, 32, 8, 8), k288.ForImages(3), B, R, "weight-only 3x3 layer, three images");
+        AssertChoice(k288.ForImages(3), 16, false, B, K, "weight-only 3x3 K 288, three images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(3, 32, 8, 8), k288.ForImages(3), B, fewPositions, "weight-only 3x3 layer, three images");
+        AssertChoice(k288.ForImages(28), 16, false, B, K, "weight-only 3x3 K 288, 28 images");
+        AssertChoice(k288.ForImages(29), 16, false, B, R, "weight-only 3x3 K 288, 29 images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(29, 32, 8, 8), k288.ForImages(29), B, R, "weight-only 3x3 layer, 29 images");
 
         // W8A8, K = 288 at stride 1: the integer GEMM under both rules, whatever the outputs (256 or 64); the same
         // geometry weight-only goes to bfloat16 or the packed kernels (few positions).
