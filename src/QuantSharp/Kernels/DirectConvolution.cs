@@ -248,11 +248,7 @@ internal static unsafe class DirectConvolution
                 for (int r = 0; r < h; r++, at += wp)
                 {
                     Buffer.MemoryCopy(src + (nint)r * w, at, (long)w * sizeof(float), (long)w * sizeof(float));
-                    int zeros = r + 1 < h ? 2 * pad : (int)(dst + planeValues - (at + w));
-                    if (zeros <= 8)
-                        for (int j = 0; j < zeros; j++) at[w + j] = 0f;
-                    else
-                        new Span<float>(at + w, zeros).Clear();
+                    PhaseGrid.Fill(at + w, r + 1 < h ? 2 * pad : (int)(dst + planeValues - (at + w)), 0f);
                 }
                 return;
             }

@@ -97,7 +97,7 @@ internal readonly struct PhaseGrid
     }
 
     /// <summary><paramref name="count"/> copies of <paramref name="value"/> (a phase row's few padding values: one by one, not through a span's fill).</summary>
-    private static unsafe void Fill<T>(T* dst, int count, T value) where T : unmanaged
+    internal static unsafe void Fill<T>(T* dst, int count, T value) where T : unmanaged
     {
         if (count > 8)
         {

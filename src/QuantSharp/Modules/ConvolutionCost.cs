@@ -245,13 +245,16 @@ internal static class ConvolutionCost
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        // Fewer terms than the integer GEMM's few-term calls, up to FewTermDirectMaxWork, on phase rows its padded-image
+        // path takes: the small kernel (static W8A8 under both rules, weight-only under the float32 rule).
+        bool fewTermDirect = !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
+            && fits && DirectConvolution.FusesInputQuantization(unfold);
         if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
             // own copy of it (libtorch's needs a pass of its own).
-            bool integerTerms = unfold.Rows >= FewTermIntegerMinReduction;
-            if (integerTerms && vnni512 && work <= FewTermW8A8MaxWork) return ConvolutionRoute.Kernel;
-            if (!integerTerms && work <= FewTermDirectMaxWork && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+            if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && work <= FewTermW8A8MaxWork) return ConvolutionRoute.Kernel;
+            if (fewTermDirect) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
@@ -261,9 +264,8 @@ internal static class ConvolutionCost
             if (integer) return ConvolutionRoute.Kernel;
             return unfold.Rows < BFloat16MinReduction ? ConvolutionRoute.Reference : ConvolutionRoute.BFloat16;
         }
-        // Weight-only with fewer terms than the integer GEMM's few-term calls, as large as static W8A8's: the small kernel.
-        if (!quantizedInput && !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
-            && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+        // Weight-only with few terms: the small kernel, as static W8A8 above.
+        if (!quantizedInput && fewTermDirect) return ConvolutionRoute.Direct;
         // Static W8A8 of 64-255 terms on the 512-bit VNNI kernel: the integer GEMM too, where it pays.
         if (quantizedInput && !small && vnni512 && unfold.Rows >= BFloat16MinReduction && MidTermIntegerPays(unfold, work)) return ConvolutionRoute.Kernel;
         // Weight-only calls of a few positions (batch 1 and 2 on 7x7), strided ones of long reductions in one or two
