@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -668,6 +669,11 @@ internal static unsafe class PackedIntegerMatMul
         float* tail = stackalloc float[8];
         fixed (int* xSums = x.Sums)
         {
+            if (Epilogue512.IsSupported && m0 % 16 == 0 && (m1 - m0) % 16 == 0)
+            {
+                ChannelMajorChunks(grid, xSums, w, products, offsets, yt, ldt, m0, m1, y, ldy);
+                return;
+            }
             for (int i = m0; i < m1;)
             {
                 int image = i / grid.RowsPerImage, q = i - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;
@@ -697,6 +703,66 @@ internal static unsafe class PackedIntegerMatMul
                     for (; j < run; j++) dst[j] = (float)(product * (dots[j] - offset - wz * xSums[i + j])) + b;
                 }
                 i = next;
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="ChannelMajorEpilogue"/> at 512 bits, in chunks of 16 activation rows (<paramref name="m1"/> -
+    /// <paramref name="m0"/> a multiple of 16; an image's rows are whole strips, so a chunk never crosses images): each
+    /// chunk's output positions (its lanes that are no dropped column or rounding row) are consecutive positions of one
+    /// image, so for every weight row the chunk's 16 values are computed in two float64 vectors, rounded to float32,
+    /// compressed to the valid lanes (<c>vcompressps</c>) and stored as one run under a mask. Per output row and weight
+    /// row, the run by run loop spent a vector and a masked partial one on MNIST conv2's 11-value rows, plus the run's
+    /// set-up (docs/BENCHMARKS.md, stop 33).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ChannelMajorChunks(OutputGrid grid, int* xSums, in EpilogueRows w, double* products, double* offsets, int* yt, int ldt, int m0, int m1, float* y, nint ldy)
+    {
+        int rows = w.Count, positions = grid.Positions;
+        bool weightZeros = false;
+        for (int r = 0; r < rows; r++) weightZeros |= w.ZeroPoints[r] != 0;
+        var lanes = Vector512.Create(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768);
+        var iota = Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (int c = m0; c < m1; c += 16)
+        {
+            // The chunk's valid lanes and its first output position.
+            int image = c / grid.RowsPerImage, q = c - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;
+            int bits = 0, first = -1;
+            for (int l = 0; l < 16; l++)
+            {
+                if (oh < grid.OutH && ow < grid.OutW)
+                {
+                    bits |= 1 << l;
+                    if (first < 0) first = oh * grid.OutW + ow;
+                }
+                if (++ow == grid.RowLength) (ow, oh) = (0, oh + 1);
+            }
+            if (bits == 0) continue;
+            var valid = Vector512.Equals(Vector512.Create(bits) & lanes, lanes).AsSingle();
+            var run = Vector512.LessThan(iota, Vector512.Create(BitOperations.PopCount((uint)bits))).AsSingle();
+            float* dst = y + (nint)image * ldy * positions + first;
+            int* dots = yt + (c - m0);
+            Vector512<double> sumsLow = default, sumsHigh = default;
+            if (weightZeros)
+            {
+                sumsLow = Epilogue512.LoadInt32(xSums + c);
+                sumsHigh = Epilogue512.LoadInt32(xSums + c + 8);
+            }
+            for (int r = 0; r < rows; r++, dots += ldt, dst += positions)
+            {
+                var offset = Vector512.Create(offsets[r]);
+                var low = Epilogue512.LoadInt32(dots) - offset;
+                var high = Epilogue512.LoadInt32(dots + 8) - offset;
+                if (weightZeros)
+                {
+                    var zero = Vector512.Create(w.ZeroPoints[r]);
+                    low -= zero * sumsLow;
+                    high -= zero * sumsHigh;
+                }
+                var product = Vector512.Create(products[r]);
+                var values = Vector512.Create(Avx512F.ConvertToVector256Single(product * low), Avx512F.ConvertToVector256Single(product * high)) + Vector512.Create(w.Biases[r]);
+                Avx512F.MaskStore(dst, run, Avx512F.Compress(Vector512<float>.Zero, valid, values));
             }
         }
     }
