@@ -290,8 +290,8 @@ internal static unsafe class PackedIntegerMatMul
     /// (checked there). With <paramref name="floats"/> the codes of <paramref name="x"/> are made here: in the work items
     /// where <see cref="FusesQuantization"/>, otherwise in one pass first. With <paramref name="images"/> (a convolution)
     /// the activation rows are the column matrix of the quantized images, packed straight from them
-    /// (<see cref="PackImages"/>; in the work items, or in one pass first, by the same rule), their code sums written into <paramref name="x"/> (which then
-    /// holds only the sums; the scale and zero point travel in <paramref name="images"/>), and the output is channel-major
+    /// (<see cref="PackImages"/>; in the work items, or in one pass first, by the same rule), their code sums written into <paramref name="x"/> where a
+    /// weight row has a zero point (<paramref name="x"/> then holds only the sums, which nothing else reads; the scale and zero point travel in <paramref name="images"/>), and the output is channel-major
     /// (<see cref="OutputGrid"/>, <paramref name="ldy"/> the weight's rows).
     /// </summary>
     public static void Run<TW, TVec>(in WeightView w, QuantizedActivations x, FloatActivations? floats, ImageCodes? images, float* bias, float* y, nint ldy)
@@ -322,13 +322,13 @@ internal static unsafe class PackedIntegerMatMul
                 byte* packed = AlignUp(pinned);
                 nint packedAddress = (nint)packed;
                 var imageCodes = images.GetValueOrDefault();
-                bool packsImages = images is not null;
+                bool packsImages = images is not null, imageSums = packsImages && HasZeroPoints(w);
                 if (packsImages && !fused)
                 {
                     // Runs of strips of about 64 KiB of packed codes.
                     int runStrips = (int)Math.Clamp((1 << 16) / stripBytes, 1, 8);
                     int runs = (strips + runStrips - 1) / runStrips;
-                    KernelThreads.For(runs, runStrips * stripBytes, r => PackImages<TW, TVec>(imageCodes, x, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
+                    KernelThreads.For(runs, runStrips * stripBytes, r => PackImages<TW, TVec>(imageCodes, x, imageSums, (byte*)packedAddress, r * runStrips, Math.Min(strips, (r + 1) * runStrips)));
                 }
                 else if (!fused)
                 {
@@ -347,7 +347,7 @@ internal static unsafe class PackedIntegerMatMul
                     int s0 = split.StripStart(item), s1 = Math.Min(strips, s0 + split.GroupStrips), n0 = split.RowStart(item);
                     if (fused && packsImages)
                     {
-                        PackImages<TW, TVec>(imageCodes, x, (byte*)packedAddress, s0, s1);
+                        PackImages<TW, TVec>(imageCodes, x, imageSums, (byte*)packedAddress, s0, s1);
                     }
                     else if (fused)
                     {
@@ -385,6 +385,14 @@ internal static unsafe class PackedIntegerMatMul
         public int Strips { get; } = strips;
         public int Row0 { get; } = row0;
         public int Groups { get; } = groups;
+    }
+
+    /// <summary>Whether any row of <paramref name="w"/> (one scale and zero point per row) has a zero point.</summary>
+    private static bool HasZeroPoints(in WeightView w)
+    {
+        for (int n = 0; n < w.Rows; n++)
+            if (w.Params(n, 0).ZeroPoint != 0) return true;
+        return false;
     }
 
     private static byte* AlignUp(byte* p) => (byte*)(((nint)p + (Align - 1)) & ~(nint)(Align - 1));
@@ -433,10 +441,11 @@ internal static unsafe class PackedIntegerMatMul
     /// Writes strips <c>[s0, s1)</c> of a convolution's activations (<see cref="ImageCodes"/>): group g of lane l of a
     /// strip holds reduction rows <c>g * Depth ..</c> of the strip's activation row, each read at its offset from the
     /// image, so each group is one <see cref="Interleave"/> of rows read in place (rows past K read a zero row). Every
-    /// image has whole strips, so a strip never crosses images; the code sums of all its rows are written into
-    /// <paramref name="x"/>.
+    /// image has whole strips, so a strip never crosses images; <paramref name="withSums"/>, the code sums of all its
+    /// rows are written into <paramref name="x"/> (only a weight zero point needs them: a quarter of the interleaving's
+    /// vector operations).
     /// </summary>
-    private static void PackImages<TW, TVec>(in ImageCodes images, QuantizedActivations x, byte* packed, int s0, int s1)
+    private static void PackImages<TW, TVec>(in ImageCodes images, QuantizedActivations x, bool withSums, byte* packed, int s0, int s1)
         where TW : IIntGemmWidth<TVec> where TVec : struct
     {
         int k = x.Cols, depth = TW.Depth, width = 2 * TW.Lanes, groups = (k + depth - 1) / depth;
@@ -454,16 +463,16 @@ internal static unsafe class PackedIntegerMatMul
             for (int g = 0; g < groups; g++)
             {
                 for (int d = 0, kk = g * depth; d < depth; d++, kk++) rows[d] = kk < k ? origin + images.Offsets[kk] : zeros;
-                Interleave(rows, depth, width, lanes + (nint)g * width, sums);
+                Interleave(rows, depth, width, lanes + (nint)g * width, withSums ? sums : null);
             }
-            new ReadOnlySpan<int>(sums, width).CopyTo(x.Sums.AsSpan(row0, width));
+            if (withSums) new ReadOnlySpan<int>(sums, width).CopyTo(x.Sums.AsSpan(row0, width));
         }
     }
 
     /// <summary>
     /// <c>lanes[l] = rows[0][l] | rows[1][l] &lt;&lt; 8 | rows[2][l] &lt;&lt; 16 | rows[3][l] &lt;&lt; 24</c> for depth 4
     /// (<c>rows[0][l] | rows[1][l] &lt;&lt; 16</c> for depth 2) over <paramref name="width"/> lanes; adds each lane's
-    /// codes to <paramref name="sums"/>.
+    /// codes to <paramref name="sums"/> unless it is null.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Interleave(byte** rows, int depth, int width, int* lanes, int* sums)
@@ -474,7 +483,7 @@ internal static unsafe class PackedIntegerMatMul
             for (; l + 16 <= width; l += 16)
             {
                 var value = Vector512<uint>.Zero;
-                var sum = Vector512.Load((uint*)sums + l);
+                var sum = Vector512<uint>.Zero;
                 for (int d = 0; d < depth; d++)
                 {
                     var codes = Avx512F.ConvertToVector512UInt32(Vector128.Load(rows[d] + l));
@@ -482,7 +491,7 @@ internal static unsafe class PackedIntegerMatMul
                     sum += codes;
                 }
                 value.Store((uint*)lanes + l);
-                sum.Store((uint*)sums + l);
+                if (sums != null) (sum + Vector512.Load((uint*)sums + l)).Store((uint*)sums + l);
             }
         }
         else if (Simd.Use256 && Avx2.IsSupported)
@@ -490,7 +499,7 @@ internal static unsafe class PackedIntegerMatMul
             for (; l + 8 <= width; l += 8)
             {
                 var value = Vector256<int>.Zero;
-                var sum = Vector256.Load(sums + l);
+                var sum = Vector256<int>.Zero;
                 for (int d = 0; d < depth; d++)
                 {
                     var codes = Avx2.ConvertToVector256Int32(rows[d] + l);
@@ -498,19 +507,20 @@ internal static unsafe class PackedIntegerMatMul
                     sum += codes;
                 }
                 value.Store(lanes + l);
-                sum.Store(sums + l);
+                if (sums != null) (sum + Vector256.Load(sums + l)).Store(sums + l);
             }
         }
         for (; l < width; l++)
         {
-            int value = 0;
+            int value = 0, sum = 0;
             for (int d = 0; d < depth; d++)
             {
                 int code = rows[d][l];
                 value |= code << (d * shift);
-                sums[l] += code;
+                sum += code;
             }
             lanes[l] = value;
+            if (sums != null) sums[l] += sum;
         }
     }
 
