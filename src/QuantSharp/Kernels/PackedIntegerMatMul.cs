@@ -315,8 +315,8 @@ internal static unsafe class PackedIntegerMatMul
             IntegerMatMul.Quantize(rows, x);
         }
         // Images whose reduction is one block, multiplied by one block of weight rows, are packed pass by pass inside
-        // Item, into its scratch, where the micro-kernel reads them from L1 (PackedPerPass).
-        bool perPass = fused && images is not null && PackedPerPass(groups, w.Rows);
+        // Item, into its scratch, where the micro-kernel reads them from L1, when an item's strips are many (PackedPerPass).
+        bool perPass = fused && images is not null && PackedPerPass(groups, w.Rows, split.GroupStrips * stripBytes);
         byte[]? packedArray = perPass ? null : ArrayPool<byte>.Shared.Rent(checked((int)(strips * stripBytes) + Align));
         try
         {
@@ -402,14 +402,23 @@ internal static unsafe class PackedIntegerMatMul
     }
 
     /// <summary>
+    /// Bytes of an item's packed strips above which <see cref="PackedPerPass"/> packs them pass by pass (tests lower it).
+    /// Between the layers measured (docs/BENCHMARKS.md, stop 33; static W8A8, the integer GEMM over float32's time, paired
+    /// processes): MNIST conv2 at batch 500 (2.9 MB per item) 0.89-0.93x pass by pass against 0.94-1.22x packed first,
+    /// at batch 64 (368 KB) 0.77-0.82x against 0.75-0.89x; the stem at batch 8 (89 KB) 1.44-1.59x against 1.31-1.49x.
+    /// </summary>
+    internal static int PassPackMinBytes = 256 << 10;
+
+    /// <summary>
     /// Whether a convolution's images, cut into work items by strips (<see cref="FusesQuantization"/>), are packed pass by
     /// pass inside <see cref="Item"/> (<see cref="PassStrips"/> strips, 18 KiB for MNIST conv2's 144 terms) rather than
     /// all of an item's strips first: where the reduction is one block (<paramref name="groups"/> at most
-    /// <see cref="BlockGroups"/>), so every strip is multiplied in one pass, and the weight (<paramref name="rows"/>) is
-    /// one item's block of rows, so every pass is packed once. An item's strips packed first took 2.9 MB at batch 500
-    /// (MNIST conv2), written and read back through L3.
+    /// <see cref="BlockGroups"/>), so every strip is multiplied in one pass, the weight (<paramref name="rows"/>) is one
+    /// item's block of rows, so every pass is packed once, and an item's packed strips (<paramref name="itemBytes"/>)
+    /// exceed <see cref="PassPackMinBytes"/>: packed first, MNIST conv2's took 2.9 MB per item at batch 500, written and
+    /// read back through L3.
     /// </summary>
-    internal static bool PackedPerPass(int groups, int rows) => groups <= BlockGroups && rows <= ItemRows;
+    internal static bool PackedPerPass(int groups, int rows, long itemBytes) => groups <= BlockGroups && rows <= ItemRows && itemBytes > PassPackMinBytes;
 
     /// <summary>Whether any row of <paramref name="w"/> (one scale and zero point per row) has a zero point.</summary>
     private static bool HasZeroPoints(in WeightView w)

@@ -44,7 +44,7 @@ namespace QuantSharp.Modules;
 /// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which kept reductions below 256 terms on
 /// libtorch until stop 27: under the float32 rule, with the 512-bit VNNI kernel, W8A8 of 64-255 terms takes the
 /// integer GEMM too where it pays (<see cref="MidTermIntegerPays"/>: 0.46-1.01x float32's time on layers of 72 and 144
-/// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 stays there).</item>
+/// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 too since stop 33, 0.89-0.93x).</item>
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
@@ -129,25 +129,31 @@ internal static class ConvolutionCost
     /// <summary>
     /// Multiply-adds per call up to which static W8A8 of <see cref="BFloat16MinReduction"/> to
     /// <see cref="IntegerMinReduction"/> terms takes the integer GEMM under the float32 rule even where its wide grid of
-    /// positions is much larger than the output (<see cref="MidTermIntegerPays"/>): MNIST conv2 (144 terms, 11x11 outputs
-    /// on a grid of 13-value rows in strips of 32: 160 rows per image for 121 positions) at batch 64, 35.7M, took
-    /// 0.99-1.13x float32's time on it against 1.22-1.26x on libtorch's route; at batch 500, 279M, 1.14-1.44x against
-    /// 1.06-1.10x (docs/BENCHMARKS.md, stop 27).
+    /// positions is much larger than the output (more rows per image than 4/3 of the positions,
+    /// <see cref="MidTermIntegerPays"/>). Set in stop 27 for MNIST conv2 (160 rows per image for 121 positions), whose
+    /// batch 500 (279M) then took 1.14-1.44x float32's time on the integer GEMM against 1.06-1.10x on libtorch's route;
+    /// since stop 33 that layer is inside the ratio's bound, and no layer beyond it was measured.
     /// </summary>
     internal const long MidTermW8A8MaxWork = 1 << 26;
+
 
     /// <summary>
     /// Whether the integer GEMM pays for static W8A8 of <see cref="BFloat16MinReduction"/> to <see cref="IntegerMinReduction"/>
     /// terms (only measured with the 512-bit VNNI kernel): where the rows it multiplies per image
     /// (<see cref="PhaseGrid.RowsPerImage"/>: output rows as long as the padded input's, rounded up to whole strips) are
-    /// at most 8/7 of the output positions, at any size (16->64 3x3 on 56x56 0.46x float32's time at batch 1 and 0.67x at
+    /// at most 4/3 of the output positions, at any size (16->64 3x3 on 56x56 0.46x float32's time at batch 1 and 0.67x at
     /// batch 8, 8->32 on 112x112 0.66x and 0.89-1.01x, against 1.05-1.14x on libtorch's route, which quantizes the input
-    /// in a pass of its own; docs/BENCHMARKS.md, stop 27), and elsewhere up to <see cref="MidTermW8A8MaxWork"/>.
+    /// in a pass of its own; docs/BENCHMARKS.md, stop 27), and elsewhere up to <see cref="MidTermW8A8MaxWork"/>. The
+    /// ratio is MNIST conv2's 160/121 (11x11 outputs on a grid of 13-value rows in strips of 32), the widest grid
+    /// measured, rounded up: since the integer epilogue stores each weight row's outputs in chunks of 16 rows and the
+    /// images are packed pass by pass (stop 33), that layer took 0.89-0.93x float32's time on the integer GEMM at batch
+    /// 500 (279M) and 0.89-1.00x at batch 1000 (558M), against 1.08-1.14x on libtorch's route, three paired processes
+    /// each (docs/BENCHMARKS.md, stop 33). Until then the ratio was 8/7 (stop 27).
     /// </summary>
     internal static bool MidTermIntegerPays(Im2Col unfold, long work)
     {
         int rows = new PhaseGrid(unfold).RowsPerImage;
-        return rows > 0 && (work <= MidTermW8A8MaxWork || 7L * rows <= 8L * unfold.Positions);
+        return rows > 0 && (work <= MidTermW8A8MaxWork || 3L * rows <= 4L * unfold.Positions);
     }
 
     /// <summary>

@@ -252,24 +252,27 @@ public unsafe class ConvolutionKernelTests
     }
 
     [Theory]
-    [InlineData(19, true)]   // one item of weight rows: each work item packs its own strips
-    [InlineData(100, true)]  // 100 rows, 58 KB: items of strips over every block of weight rows
-    [InlineData(100, false)] // FusedWeightBytes 0: items cut by weight rows too, the strips packed in a pass first
-    public void IntegerConvolutionPacksTheImagesInsideTheWorkItemsOrFirstAlike(int outputs, bool fusedRule)
+    [InlineData(19, true, false)]   // one item of weight rows: each work item packs its own strips first
+    [InlineData(19, true, true)]    // PassPackMinBytes 0: each work item packs its strips pass by pass
+    [InlineData(100, true, true)]   // 100 rows, 58 KB: items of strips over every block of weight rows (never pass by pass)
+    [InlineData(100, false, false)] // FusedWeightBytes 0: items cut by weight rows too, the strips packed in a pass first
+    public void IntegerConvolutionPacksTheImagesInsideTheWorkItemsOrFirstAlike(int outputs, bool fusedRule, bool passByPass)
     {
-        // Three images of the stride-(2, 1) geometry with a weight zero point (so the code sums count), at 1, 2 and 4
-        // threads, against the specification on libtorch's columns; which way the codes were packed is the only difference.
+        // Twelve images of the stride-(2, 1) geometry (2 strips of 32 rows each: items of several passes of 4 strips)
+        // with a weight zero point (so the code sums count), at 1, 2 and 4 threads, against the specification on
+        // libtorch's columns; which way the codes were packed is the only difference.
         using var scope = NewDisposeScope();
         int[] g = [5, 11, 6, 3, 2, 2, 1, 1, 0, 1, 1];
-        const int images = 3;
+        const int images = 12;
         var u = Unfolding(g).ForImages(images);
         var (w, pixels, bias, specification) = ImagesAndSpecification(g, u, outputs, 0.019f, 131, weightSeed: outputs + u.Rows, imageSeed: outputs);
         using var weight = w;
         var actual = new float[images * u.Positions * outputs];
-        int savedThreads = KernelThreads.Count, savedBytes = PackedIntegerMatMul.FusedWeightBytes;
+        int savedThreads = KernelThreads.Count, savedBytes = PackedIntegerMatMul.FusedWeightBytes, savedPass = PackedIntegerMatMul.PassPackMinBytes;
         try
         {
             if (!fusedRule) PackedIntegerMatMul.FusedWeightBytes = 0;
+            PackedIntegerMatMul.PassPackMinBytes = passByPass ? 0 : int.MaxValue;
             fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* pa = actual)
             {
                 foreach (int threads in new[] { 1, 2, 4 })
@@ -279,7 +282,7 @@ public unsafe class ConvolutionKernelTests
                     {
                         Array.Fill(actual, float.NaN);
                         IntegerMatMul.RunConvolution(w.View, px, u, 0.019f, 131, 0, 255, pb, pa, path);
-                        Assert.True(specification.AsSpan().SequenceEqual(actual), $"{path} {threads} thread(s), {outputs} outputs, fused rule {fusedRule}: differs from the specification");
+                        Assert.True(specification.AsSpan().SequenceEqual(actual), $"{path} {threads} thread(s), {outputs} outputs, fused rule {fusedRule}, pass by pass {passByPass}: differs from the specification");
                     }
                 }
             }
@@ -288,6 +291,7 @@ public unsafe class ConvolutionKernelTests
         {
             KernelThreads.Count = savedThreads;
             PackedIntegerMatMul.FusedWeightBytes = savedBytes;
+            PackedIntegerMatMul.PassPackMinBytes = savedPass;
         }
     }
 
@@ -654,32 +658,35 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(k144Large, 256, false, B, R, "K 144 on 30x30 weight-only");
 
         // Reductions of 64-255 terms, W8A8, float32 rule, 512-bit VNNI: the integer GEMM where its rows per image (the
-        // padded input's row length x output rows, in whole strips of 32) are at most 8/7 of the positions, whatever
+        // padded input's row length x output rows, in whole strips of 32) are at most 4/3 of the positions, whatever
         // the size, and elsewhere up to MidTermW8A8MaxWork. 16->64 3x3 on 56x56 (3,264 rows for 3,136 positions) at
         // batch 8: 231M multiply-adds.
         var mid = new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8);
         Assert.True(8L * mid.Positions >= 7L * new PhaseGrid(mid).RowsPerImage && (long)mid.Images * mid.Positions * 64 * mid.Rows > ConvolutionCost.MidTermW8A8MaxWork);
         AssertChoice(mid, 64, true, B, K, "W8A8 16->64 on 56x56 at batch 8");
         AssertChoice(mid, 64, true, B, R, "W8A8 16->64 on 56x56 at batch 8 without the 512-bit VNNI kernel", vnni512: false);
-        // MNIST conv2 (160 rows per image for 121 positions): batch 64 (35.7M) in, batch 500 (279M) out, and the edge.
+        // MNIST conv2 (160 rows per image for 121 positions, under 4/3) at batch 64 (35.7M) and 500 (279M).
         var conv2 = new Im2Col(16, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1);
-        Assert.True(8L * conv2.Positions < 7L * new PhaseGrid(conv2).RowsPerImage);
+        Assert.True(3L * new PhaseGrid(conv2).RowsPerImage <= 4L * conv2.Positions && 500L * conv2.Positions * 32 * conv2.Rows > ConvolutionCost.MidTermW8A8MaxWork);
         AssertChoice(conv2.ForImages(64), 32, true, B, K, "MNIST conv2 W8A8 at batch 64");
-        AssertChoice(conv2.ForImages(500), 32, true, B, R, "MNIST conv2 W8A8 at batch 500");
-        long perImage = (long)conv2.Positions * 32 * conv2.Rows; // 557,568 = 2^26 / 120.36...: 120 images in, 121 out
-        Assert.True(120 * perImage <= ConvolutionCost.MidTermW8A8MaxWork && 121 * perImage > ConvolutionCost.MidTermW8A8MaxWork);
-        AssertChoice(conv2.ForImages(120), 32, true, B, K, "MNIST conv2 W8A8 at batch 120");
-        AssertChoice(conv2.ForImages(121), 32, true, B, R, "MNIST conv2 W8A8 at batch 121");
-        // The ratio's edge, above MidTermW8A8MaxWork: 16-value rows, 16 output rows (256 rows per image for 224
-        // positions: 8/7 exactly) pay; 15-value rows, 32 output rows (480 for 416) do not.
-        var even = new Im2Col(16, 18, 16, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(128);
-        var over = new Im2Col(16, 34, 15, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
-        Assert.Equal(7L * new PhaseGrid(even).RowsPerImage, 8L * even.Positions);
-        Assert.True(7L * new PhaseGrid(over).RowsPerImage > 8L * over.Positions);
+        AssertChoice(conv2.ForImages(500), 32, true, B, K, "MNIST conv2 W8A8 at batch 500");
+        // Above 4/3 (7 output rows of 19 values on 9x19: 160 rows per image for 119 positions) up to MidTermW8A8MaxWork
+        // only: 548,352 multiply-adds per image = 2^26 / 122.38...: 122 images in, 123 out.
+        var wideGrid = new Im2Col(16, 9, 19, 3, 3, 1, 1, 0, 0, 1, 1);
+        Assert.True(3L * new PhaseGrid(wideGrid).RowsPerImage > 4L * wideGrid.Positions);
+        long perImage = (long)wideGrid.Positions * 32 * wideGrid.Rows;
+        Assert.True(122 * perImage <= ConvolutionCost.MidTermW8A8MaxWork && 123 * perImage > ConvolutionCost.MidTermW8A8MaxWork);
+        AssertChoice(wideGrid.ForImages(122), 32, true, B, K, "W8A8 rows above 4/3 of the positions at 122 images");
+        AssertChoice(wideGrid.ForImages(123), 32, true, B, R, "W8A8 rows above 4/3 of the positions at 123 images");
+        // The ratio's edge, above MidTermW8A8MaxWork: 14-value rows, 4 output rows (64 rows per image for 48 positions:
+        // 4/3 exactly) pay; the 9x19 images above (160 for 119) do not.
+        var even = new Im2Col(16, 6, 14, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(512);
+        var over = wideGrid.ForImages(256);
+        Assert.Equal(3L * new PhaseGrid(even).RowsPerImage, 4L * even.Positions);
         Assert.True((long)even.Images * even.Positions * 32 * even.Rows > ConvolutionCost.MidTermW8A8MaxWork);
         Assert.True((long)over.Images * over.Positions * 32 * over.Rows > ConvolutionCost.MidTermW8A8MaxWork);
-        AssertChoice(even, 32, true, B, K, "W8A8 rows at 8/7 of the positions");
-        AssertChoice(over, 32, true, B, R, "W8A8 rows above 8/7 of the positions");
+        AssertChoice(even, 32, true, B, K, "W8A8 rows at 4/3 of the positions");
+        AssertChoice(over, 32, true, B, R, "W8A8 rows above 4/3 of the positions");
         var midRoute = Vnni512Kernel.IsSupported ? K : R;
         AssertLayerRoute(nn.Conv2d(16, 32, 3), act, torch.randn(64, 16, 13, 13), conv2.ForImages(64), B, midRoute, "MNIST conv2 W8A8 layer at batch 64");
 
