@@ -403,7 +403,7 @@ internal static unsafe class PackedIntegerMatMul
 
     /// <summary>
     /// Bytes of an item's packed strips above which <see cref="PackedPerPass"/> packs them pass by pass (tests lower it):
-    /// a core's L2 on the AMD EPYCs measured (1 MiB), which holds an item's strips packed first. Measured (docs/BENCHMARKS.md,
+    /// a core's L2 on Zen 4 and Zen 5 (1 MiB), which holds an item's strips packed first. Measured (docs/BENCHMARKS.md,
     /// stop 33; static W8A8, the integer GEMM over float32's time, paired processes): MNIST conv2 at batch 500 (2.9 MB per
     /// item) 0.89-0.93x pass by pass against 0.94-1.22x packed first; the stem at batch 8 (0.7 MB) 1.44-1.59x against
     /// 1.31-1.49x; alike at 0.37 MB (MNIST conv2 at batch 64), 1.8 MB (3x3 8->32 on 112x112 at batch 8) and 2.8 MB (the

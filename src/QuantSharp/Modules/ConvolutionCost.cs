@@ -136,7 +136,6 @@ internal static class ConvolutionCost
     /// </summary>
     internal const long MidTermW8A8MaxWork = 1 << 26;
 
-
     /// <summary>
     /// Whether the integer GEMM pays for static W8A8 of <see cref="BFloat16MinReduction"/> to <see cref="IntegerMinReduction"/>
     /// terms (only measured with the 512-bit VNNI kernel): where the rows it multiplies per image
