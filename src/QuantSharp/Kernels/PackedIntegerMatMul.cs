@@ -403,7 +403,8 @@ internal static unsafe class PackedIntegerMatMul
 
     /// <summary>
     /// Bytes of an item's packed strips above which <see cref="PackedPerPass"/> packs them pass by pass (tests lower it):
-    /// a core's L2 on Zen 4 and Zen 5 (1 MiB), which holds an item's strips packed first. Measured (docs/BENCHMARKS.md,
+    /// a core's L2 on the development VM (1 MiB, <c>getconf LEVEL2_CACHE_SIZE</c>), which holds an item's strips packed
+    /// first. Measured (docs/BENCHMARKS.md,
     /// stop 33; static W8A8, the integer GEMM over float32's time, paired processes): MNIST conv2 at batch 500 (2.9 MB per
     /// item) 0.89-0.93x pass by pass against 0.94-1.22x packed first; the stem at batch 8 (0.7 MB) 1.44-1.59x against
     /// 1.31-1.49x; alike at 0.37 MB (MNIST conv2 at batch 64), 1.8 MB (3x3 8->32 on 112x112 at batch 8) and 2.8 MB (the
@@ -523,7 +524,7 @@ internal static unsafe class PackedIntegerMatMul
                 {
                     var codes = Avx512F.ConvertToVector512UInt32(Vector128.Load(rows[d] + l));
                     value |= codes << (d * shift);
-                    sum += codes;
+                    if (sums != null) sum += codes;
                 }
                 value.Store((uint*)lanes + l);
                 if (sums != null) (sum + Vector512.Load((uint*)sums + l)).Store((uint*)sums + l);
@@ -539,7 +540,7 @@ internal static unsafe class PackedIntegerMatMul
                 {
                     var codes = Avx2.ConvertToVector256Int32(rows[d] + l);
                     value |= codes << (d * shift);
-                    sum += codes;
+                    if (sums != null) sum += codes;
                 }
                 value.Store(lanes + l);
                 if (sums != null) (sum + Vector256.Load(sums + l)).Store(sums + l);
@@ -719,7 +720,6 @@ internal static unsafe class PackedIntegerMatMul
             products[r] = xs * w.Scales[r];
             offsets[r] = xz * w.Sums[r] - (double)k * xz * w.ZeroPoints[r];
         }
-        float* tail = stackalloc float[8];
         fixed (int* xSums = x.Sums)
         {
             if (Epilogue512.IsSupported && m0 % 16 == 0 && (m1 - m0) % 16 == 0)
@@ -727,6 +727,7 @@ internal static unsafe class PackedIntegerMatMul
                 ChannelMajorChunks(grid, xSums, w, products, offsets, yt, ldt, m0, m1, y, ldy);
                 return;
             }
+            float* tail = stackalloc float[8];
             for (int i = m0; i < m1;)
             {
                 int image = i / grid.RowsPerImage, q = i - image * grid.RowsPerImage, oh = q / grid.RowLength, ow = q - oh * grid.RowLength;

@@ -44,7 +44,7 @@ namespace QuantSharp.Modules;
 /// (0.65-1.07x unfolded); MNIST conv2 at batch 64 and 500 0.74-1.80x, which kept reductions below 256 terms on
 /// libtorch until stop 27: under the float32 rule, with the 512-bit VNNI kernel, W8A8 of 64-255 terms takes the
 /// integer GEMM too where it pays (<see cref="MidTermIntegerPays"/>: 0.46-1.01x float32's time on layers of 72 and 144
-/// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 too since stop 33, 0.89-0.93x).</item>
+/// terms, against 1.05-1.14x on libtorch's route; MNIST conv2 at batch 500 too since stop 33, 0.88-0.99x).</item>
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
@@ -145,9 +145,9 @@ internal static class ConvolutionCost
     /// in a pass of its own; docs/BENCHMARKS.md, stop 27), and elsewhere up to <see cref="MidTermW8A8MaxWork"/>. The
     /// ratio is MNIST conv2's 160/121 (11x11 outputs on a grid of 13-value rows in strips of 32), the widest grid
     /// measured, rounded up: since the integer epilogue stores each weight row's outputs in chunks of 16 rows and the
-    /// images are packed pass by pass (stop 33), that layer took 0.89-0.93x float32's time on the integer GEMM at batch
-    /// 500 (279M) and 0.89-1.00x at batch 1000 (558M), against 1.08-1.14x on libtorch's route, three paired processes
-    /// each (docs/BENCHMARKS.md, stop 33). Until then the ratio was 8/7 (stop 27).
+    /// images are packed pass by pass (stop 33), that layer took 0.88-0.99x float32's time on the integer GEMM at batch
+    /// 500 (279M) and 0.89-1.00x at batch 1000 (558M), against 1.06-1.14x on libtorch's route, six and three paired
+    /// processes (docs/BENCHMARKS.md, stop 33: `run3.sh` and `run7.sh`). Until then the ratio was 8/7 (stop 27).
     /// </summary>
     internal static bool MidTermIntegerPays(Im2Col unfold, long work)
     {
