@@ -21,7 +21,9 @@ namespace QuantSharp.Bench;
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
 /// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
-/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; <c>PROBE_HALF_SINGLE=0</c> turns
+/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Tuned</c> is the layer's
+/// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> prints each layer's tuning calls (route and
+/// time) from a cold start, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
 /// </summary>
 internal static class ConvBench
@@ -124,6 +126,8 @@ internal static class ConvBench
                 if (parts[0] == "Float") return () => conv.call(x);
                 var layer = layers[Array.IndexOf(kinds, parts[1])];
                 // InPlace / Packed: the kernel route with its strips read in place from the padded images, or packed.
+                // Tuned: the layer's forward with QuantizedConv.Autotune on (it times its routes in its first calls).
+                if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>
@@ -132,6 +136,12 @@ internal static class ConvBench
                     try { return layer.Forward(x, ConvolutionRoute.Kernel); }
                     finally { PackedMatMul.ForcedReadsInPlace = null; }
                 };
+            }
+            if (Environment.GetEnvironmentVariable("CONV_TUNE") == "1")
+            {
+                // Each layer tuned from its first call (QuantizedConv.Autotune): the calls' routes and times, the rule's route and the kept one.
+                for (int i = 0; i < layers.Length; i++) Tune(c, kinds[i], layers[i], x);
+                continue;
             }
             if (Environment.GetEnvironmentVariable("CONV_PAIR") is { } pair)
             {
@@ -185,6 +195,28 @@ internal static class ConvBench
             conv.Dispose();
         }
         return 0;
+    }
+
+    /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
+    private static Tensor Tuned(Func<Tensor> call)
+    {
+        QuantizedConv.Autotune = true;
+        try { return call(); }
+        finally { QuantizedConv.Autotune = false; }
+    }
+
+    /// <summary><c>CONV_TUNE=1</c>: calls <paramref name="layer"/> with <see cref="QuantizedConv.Autotune"/> on until it keeps a route; prints each call's route and time.</summary>
+    private static void Tune(Case c, string kind, QuantizedConv layer, Tensor x)
+    {
+        var candidates = layer.Candidates(x);
+        var calls = new List<string>();
+        for (int i = 0; i < 100 && layer.TunedRoute(x) is null; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            Tuned(() => layer.call(x)).Dispose();
+            calls.Add(string.Create(CultureInfo.InvariantCulture, $"{candidates[i % candidates.Length]} {sw.Elapsed.TotalMilliseconds * 1000:F0}"));
+        }
+        Console.WriteLine($"{c.Name} batch {c.Batch} {kind}: rule {layer.Route(x)}, kept {layer.TunedRoute(x)}; calls (route us): {string.Join(", ", calls)}");
     }
 
     private static string Chosen(QuantizedConv layer, Tensor x) => layer.Route(x) switch { ConvolutionRoute.Kernel => "kernel", ConvolutionRoute.Direct => "direct", ConvolutionRoute.BFloat16 => "bfloat16", _ => "libtorch" };

@@ -104,11 +104,67 @@ public sealed class QuantizedConv : QuantizedModule
 
     internal static long[] Expand(long[] v, int n) => v.Length == n ? (long[])v.Clone() : Enumerable.Repeat(v[0], n).ToArray();
 
+    /// <summary>
+    /// Whether quantized convolutions choose their route by timing it on this machine (default false), as
+    /// <c>torch.backends.cudnn.benchmark</c> does for cuDNN's algorithms. By default each call takes the route a measured
+    /// rule gives for its shapes (<c>ConvolutionCost</c>), set on the development machines (AMD Zen 4 and Zen 5 VMs,
+    /// docs/BENCHMARKS.md); other CPUs, thread counts and memory systems can favour another route. With this on, a
+    /// layer's first call on each input shape (batch, channels, height, width) runs every route that applies on that
+    /// input: the managed kernels (unfold and the packed kernels, in integers for static W8A8), the small-convolution
+    /// kernel, libtorch's float32 convolution on the weight dequantized for the call and, where
+    /// <see cref="QuantizedModule.UseBFloat16Compute"/> lets it run, libtorch's bfloat16 convolution; in turn, first until
+    /// the code is warm (50 rounds, or about a second for slow calls, and the JIT quiet for a quarter of a second; at most
+    /// 5 seconds), then five timed rounds. The layer keeps, for that shape, the route with the lowest median time, and that
+    /// call returns its output. So the first call on a shape takes about a second or more; later calls take the kept
+    /// route. The routes agree within float32 rounding (static W8A8: the same integers), the bfloat16 route within
+    /// bfloat16's (docs/ACCURACY.md). Up to 64 shapes are tuned per layer; calls that need gradients, and inputs the
+    /// kernels do not take, keep the differentiable path. What a layer has tuned stays with it.
+    /// </summary>
+    public static bool Autotune { get; set; }
+
+    private ConvolutionTuner? _tuner;
+
     /// <inheritdoc/>
     public override Tensor forward(Tensor input) => Forward(input, ConvolutionRoute.Auto);
 
-    /// <summary>The forward pass through <paramref name="route"/> (<see cref="ConvolutionRoute.Auto"/>: the measured rule of <see cref="ConvolutionCost"/>).</summary>
+    /// <summary>
+    /// The forward pass through <paramref name="route"/> (<see cref="ConvolutionRoute.Auto"/>: the measured rule of
+    /// <see cref="ConvolutionCost"/>, or with <see cref="Autotune"/> the route timed fastest for the input's shape).
+    /// </summary>
     internal Tensor Forward(Tensor input, ConvolutionRoute route)
+    {
+        if (route == ConvolutionRoute.Auto && Autotune && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference)
+        {
+            var tuner = _tuner ?? Interlocked.CompareExchange(ref _tuner, new ConvolutionTuner(), null) ?? _tuner;
+            route = tuner.Route(imageShape, () => Candidates(input), r => ForwardVia(input, r));
+        }
+        return ForwardVia(input, route);
+    }
+
+    /// <summary>
+    /// The distinct routes <see cref="Autotune"/> times for <paramref name="input"/>, the rule's first: the managed
+    /// kernels, the small kernel where it fits, libtorch's float32 route and, where it may run, its bfloat16 route.
+    /// </summary>
+    internal ConvolutionRoute[] Candidates(Tensor input)
+    {
+        var routes = new List<ConvolutionRoute> { Decide(input, ConvolutionRoute.Auto, out _, out _) };
+        ConvolutionRoute[] all = BFloat16Convolutions
+            ? [ConvolutionRoute.Kernel, ConvolutionRoute.Direct, ConvolutionRoute.Reference, ConvolutionRoute.BFloat16]
+            : [ConvolutionRoute.Kernel, ConvolutionRoute.Direct, ConvolutionRoute.Reference];
+        foreach (var r in all)
+        {
+            var decided = Decide(input, r, out _, out _);
+            if (!routes.Contains(decided)) routes.Add(decided);
+        }
+        return [.. routes];
+    }
+
+    /// <summary>The route <see cref="Autotune"/> kept for <paramref name="input"/>'s shape, or null.</summary>
+    internal ConvolutionRoute? TunedRoute(Tensor input) =>
+        _tuner is { } tuner && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference ? tuner.Kept(imageShape) : null;
+
+    /// <summary>The forward pass through <paramref name="route"/>.</summary>
+    private Tensor ForwardVia(Tensor input, ConvolutionRoute route)
     {
         using var scope = NewDisposeScope();
         if (route != ConvolutionRoute.Reference && Kernel(input, route) is { } y) return y.MoveToOuterDisposeScope();

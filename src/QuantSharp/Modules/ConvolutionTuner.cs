@@ -1,0 +1,114 @@
+using System.Diagnostics;
+using System.Runtime;
+using TorchSharp;
+
+namespace QuantSharp.Modules;
+
+/// <summary>
+/// The route one <see cref="QuantizedConv"/> keeps per input shape under <see cref="QuantizedConv.Autotune"/>, and the
+/// measurement that picks it: on the first call with a shape, every applicable route runs on that call's input, round
+/// robin (so drift in the machine's speed reaches them alike), first to warm up, then <see cref="TimedRounds"/> timed
+/// rounds; the route with the lowest median time is kept. Ties go to the earlier candidate (the caller lists the
+/// measured rule's route first).
+/// </summary>
+/// <remarks>
+/// The warm-up runs until the JIT has compiled nothing for <see cref="QuietSeconds"/> and each route has run
+/// <see cref="WarmupRounds"/> times (or for <see cref="WarmupSeconds"/>, for slow calls), and at most
+/// <see cref="MaxWarmupSeconds"/>. Timing the first few calls instead chose wrongly: .NET runs a method's first calls in
+/// unoptimized code and recompiles it only after 30 calls counted from 100 ms after the last such compilation, and
+/// libtorch's first calls of a shape are slow too; from a cold start the stem (3->32, stride 2, 224x224) at batch 1 took
+/// 650-850 us a call through the integer route in its first 18 calls, where it takes about 160 us warm, and lost to
+/// libtorch's route (docs/BENCHMARKS.md, stop 34). Up to <see cref="MaxShapes"/> shapes per layer are tuned; later
+/// shapes keep the rule. One thread tunes a layer at a time; other calls of the layer wait for it.
+/// </remarks>
+internal sealed class ConvolutionTuner
+{
+    /// <summary>Timed rounds after the warm-up (the median of each route's times decides).</summary>
+    internal const int TimedRounds = 5;
+
+    /// <summary>Input shapes tuned per layer; calls on further shapes take the rule.</summary>
+    internal const int MaxShapes = 64;
+
+    /// <summary>Warm-up rounds (each route called once) enough for fast calls, as the repository's benches warm up (50 calls).</summary>
+    internal static int WarmupRounds = 50;
+
+    /// <summary>Warm-up time enough for slow calls (at least three rounds).</summary>
+    internal static double WarmupSeconds = 1;
+
+    /// <summary>The JIT must have compiled nothing for this long before the timing starts.</summary>
+    internal static double QuietSeconds = 0.25;
+
+    /// <summary>The warm-up ends after this long even if the JIT never falls quiet (other threads compiling).</summary>
+    internal static double MaxWarmupSeconds = 5;
+
+    /// <summary>For tests: replaces a timed call's measured time (in <see cref="Stopwatch"/> ticks) by this route's value.</summary>
+    internal static Func<ConvolutionRoute, long>? TestTicks;
+
+    private readonly Dictionary<(long, long, long, long), ConvolutionRoute> _kept = [];
+    private readonly Lock _gate = new();
+
+    /// <summary>
+    /// The route for a call on images <paramref name="shape"/> <c>[n, C, H, W]</c>: the one kept for the shape, measured
+    /// now (<see cref="Measure"/>, running each of <paramref name="candidates"/>' routes through <paramref name="run"/>)
+    /// if there is none yet, or <see cref="ConvolutionRoute.Auto"/> (the rule) for a shape beyond <see cref="MaxShapes"/>.
+    /// <paramref name="candidates"/> gives the distinct applicable routes (at least one), the rule's first.
+    /// </summary>
+    public ConvolutionRoute Route(long[] shape, Func<ConvolutionRoute[]> candidates, Func<ConvolutionRoute, torch.Tensor> run)
+    {
+        var key = (shape[0], shape[1], shape[2], shape[3]);
+        lock (_gate)
+        {
+            if (_kept.TryGetValue(key, out var kept)) return kept;
+            if (_kept.Count >= MaxShapes) return ConvolutionRoute.Auto;
+            var routes = candidates();
+            kept = routes.Length == 1 ? routes[0] : Measure(routes, run);
+            _kept[key] = kept;
+            return kept;
+        }
+    }
+
+    /// <summary>The route kept for images <paramref name="shape"/>, or null.</summary>
+    public ConvolutionRoute? Kept(long[] shape)
+    {
+        lock (_gate) return _kept.TryGetValue((shape[0], shape[1], shape[2], shape[3]), out var kept) ? kept : null;
+    }
+
+    /// <summary>Warms <paramref name="routes"/> up and times them (see the class); returns the one with the lowest median time.</summary>
+    internal static ConvolutionRoute Measure(ConvolutionRoute[] routes, Func<ConvolutionRoute, torch.Tensor> run)
+    {
+        var clock = Stopwatch.StartNew();
+        long compiled = JitInfo.GetCompiledMethodCount();
+        double lastCompile = 0;
+        for (int round = 1; ; round++)
+        {
+            foreach (var route in routes) run(route).Dispose();
+            double now = clock.Elapsed.TotalSeconds;
+            long count = JitInfo.GetCompiledMethodCount();
+            if (count != compiled) (compiled, lastCompile) = (count, now);
+            bool warm = round >= WarmupRounds || (round >= 3 && now >= WarmupSeconds);
+            if ((warm && now - lastCompile >= QuietSeconds) || (round >= 3 && now >= MaxWarmupSeconds)) break;
+        }
+        var ticks = routes.Select(_ => new long[TimedRounds]).ToArray();
+        for (int round = 0; round < TimedRounds; round++)
+        {
+            for (int i = 0; i < routes.Length; i++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                run(routes[i]).Dispose();
+                long elapsed = Stopwatch.GetTimestamp() - start;
+                ticks[i][round] = TestTicks is { } fake ? fake(routes[i]) : elapsed;
+            }
+        }
+        int best = 0;
+        for (int i = 1; i < routes.Length; i++)
+            if (Median(ticks[i]) < Median(ticks[best])) best = i;
+        return routes[best];
+    }
+
+    private static double Median(long[] ticks)
+    {
+        var sorted = ticks.Order().ToArray();
+        int m = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[m] : (sorted[m - 1] + (double)sorted[m]) / 2;
+    }
+}
