@@ -22,8 +22,8 @@ namespace QuantSharp.Bench;
 /// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Tuned</c> is the layer's
-/// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> prints each layer's tuning calls (route and
-/// time) from a cold start, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
+/// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
+/// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
 /// </summary>
 internal static class ConvBench
@@ -147,6 +147,11 @@ internal static class ConvBench
             {
                 // ROUTE:KIND,ROUTE:KIND,...: blocks of calls of each in turn, in one process.
                 Pair(c, pair.Split(','), pair.Split(',').Select(Call).ToArray());
+                foreach (var tuned in pair.Split(',').Where(p => p.StartsWith("Tuned:", StringComparison.Ordinal)))
+                {
+                    var layer = layers[Array.IndexOf(kinds, tuned.Split(':')[1])];
+                    Console.WriteLine($"{c.Name} batch {c.Batch} {tuned}: kept {layer.TunedRoute(x)}, rule {layer.Route(x)}");
+                }
                 continue;
             }
             if (Environment.GetEnvironmentVariable("CONV_PROFILE") is { } profile)
@@ -205,18 +210,13 @@ internal static class ConvBench
         finally { QuantizedConv.Autotune = false; }
     }
 
-    /// <summary><c>CONV_TUNE=1</c>: calls <paramref name="layer"/> with <see cref="QuantizedConv.Autotune"/> on until it keeps a route; prints each call's route and time.</summary>
+    /// <summary><c>CONV_TUNE=1</c>: the first call of <paramref name="layer"/> with <see cref="QuantizedConv.Autotune"/> on (it tunes the shape), its time, the rule's route and the kept one.</summary>
     private static void Tune(Case c, string kind, QuantizedConv layer, Tensor x)
     {
-        var candidates = layer.Candidates(x);
-        var calls = new List<string>();
-        for (int i = 0; i < 100 && layer.TunedRoute(x) is null; i++)
-        {
-            var sw = Stopwatch.StartNew();
-            Tuned(() => layer.call(x)).Dispose();
-            calls.Add(string.Create(CultureInfo.InvariantCulture, $"{candidates[i % candidates.Length]} {sw.Elapsed.TotalMilliseconds * 1000:F0}"));
-        }
-        Console.WriteLine($"{c.Name} batch {c.Batch} {kind}: rule {layer.Route(x)}, kept {layer.TunedRoute(x)}; calls (route us): {string.Join(", ", calls)}");
+        var sw = Stopwatch.StartNew();
+        Tuned(() => layer.call(x)).Dispose();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{c.Name} batch {c.Batch} {kind}: candidates {string.Join(",", layer.Candidates(x))}, rule {layer.Route(x)}, kept {layer.TunedRoute(x)}, first call {sw.Elapsed.TotalMilliseconds:F0} ms"));
     }
 
     private static string Chosen(QuantizedConv layer, Tensor x) => layer.Route(x) switch { ConvolutionRoute.Kernel => "kernel", ConvolutionRoute.Direct => "direct", ConvolutionRoute.BFloat16 => "bfloat16", _ => "libtorch" };
@@ -297,8 +297,8 @@ internal static class ConvBench
             for (int v = 0; v < calls.Length; v++)
             {
                 var sw = Stopwatch.StartNew();
-                for (int i = 0; i < 20; i++) calls[v]().Dispose();
-                if (round > 0) times[v].Add(sw.Elapsed.TotalMilliseconds * 1000 / 20);
+                for (int i = 0; i < s_block; i++) calls[v]().Dispose();
+                if (round > 0) times[v].Add(sw.Elapsed.TotalMilliseconds * 1000 / s_block);
             }
         for (int v = 0; v < calls.Length; v++)
         {
@@ -307,6 +307,9 @@ internal static class ConvBench
                 $"{c.Name} batch {c.Batch} {names[v]}: median {Median(times[v]):F1} us per call, faster than {names[0]} in {wins} of {times[v].Count} rounds"));
         }
     }
+
+    /// <summary>Calls per block of <c>CONV_PAIR</c> (<c>CONV_BLOCK</c>, default 20).</summary>
+    private static readonly int s_block = int.Parse(Environment.GetEnvironmentVariable("CONV_BLOCK") ?? "20", CultureInfo.InvariantCulture);
 
     /// <summary>Whether the table times a variant by the mean of a block of calls (<c>CONV_STAT=mean</c>) rather than by its fastest call.</summary>
     private static readonly bool s_mean = Environment.GetEnvironmentVariable("CONV_STAT") == "mean";

@@ -7,9 +7,9 @@ namespace QuantSharp.Modules;
 /// <summary>
 /// The route one <see cref="QuantizedConv"/> keeps per input shape under <see cref="QuantizedConv.Autotune"/>, and the
 /// measurement that picks it: on the first call with a shape, every applicable route runs on that call's input, round
-/// robin (so drift in the machine's speed reaches them alike), first to warm up, then <see cref="TimedRounds"/> timed
-/// rounds; the route with the lowest median time is kept. Ties go to the earlier candidate (the caller lists the
-/// measured rule's route first).
+/// robin (so drift in the machine's speed reaches them alike), first one call each to warm up, then
+/// <see cref="TimedRounds"/> timed rounds of a block of calls each; the route with the lowest median time is kept if it beats the first candidate, the measured rule's route,
+/// by <see cref="RuleMargin"/>, else the rule's. Ties go to the earlier candidate.
 /// </summary>
 /// <remarks>
 /// The warm-up runs until the JIT has compiled nothing for <see cref="QuietSeconds"/> and each route has run
@@ -23,8 +23,8 @@ namespace QuantSharp.Modules;
 /// </remarks>
 internal sealed class ConvolutionTuner
 {
-    /// <summary>Timed rounds after the warm-up (the median of each route's times decides).</summary>
-    internal const int TimedRounds = 5;
+    /// <summary>Timed rounds after the warm-up, a block of calls of each route per round (the median of each route's block times decides).</summary>
+    internal const int TimedRounds = 9;
 
     /// <summary>Input shapes tuned per layer; calls on further shapes take the rule.</summary>
     internal const int MaxShapes = 64;
@@ -41,7 +41,20 @@ internal sealed class ConvolutionTuner
     /// <summary>The warm-up ends after this long even if the JIT never falls quiet (other threads compiling).</summary>
     internal static double MaxWarmupSeconds = 5;
 
-    /// <summary>For tests: replaces a timed call's measured time (in <see cref="Stopwatch"/> ticks) by this route's value.</summary>
+    /// <summary>A timed block of calls of one route lasts about this long (by the warm-up's last calls) ...</summary>
+    internal const double BlockSeconds = 0.005;
+
+    /// <summary>... and has at most this many calls (the conv bench's blocks).</summary>
+    internal static int MaxBlockCalls = 20;
+
+    /// <summary>
+    /// Another route replaces the first candidate (the measured rule's) only when its median time is below this fraction
+    /// of the rule's: nine short blocks a route tell routes a few percent apart only by chance (the rule rests on many paired
+    /// runs), and a route picked by chance is as good as the rule.
+    /// </summary>
+    internal const double RuleMargin = 0.95;
+
+    /// <summary>For tests: replaces a timed block's measured time per call (in <see cref="Stopwatch"/> ticks) by this route's value.</summary>
     internal static Func<ConvolutionRoute, long>? TestTicks;
 
     private readonly Dictionary<(long, long, long, long), ConvolutionRoute> _kept = [];
@@ -73,42 +86,52 @@ internal sealed class ConvolutionTuner
         lock (_gate) return _kept.TryGetValue((shape[0], shape[1], shape[2], shape[3]), out var kept) ? kept : null;
     }
 
-    /// <summary>Warms <paramref name="routes"/> up and times them (see the class); returns the one with the lowest median time.</summary>
+    /// <summary>Warms <paramref name="routes"/> up and times them (see the class); returns the one kept.</summary>
     internal static ConvolutionRoute Measure(ConvolutionRoute[] routes, Func<ConvolutionRoute, torch.Tensor> run)
     {
         var clock = Stopwatch.StartNew();
         long compiled = JitInfo.GetCompiledMethodCount();
         double lastCompile = 0;
+        var last = new long[routes.Length];
         for (int round = 1; ; round++)
         {
-            foreach (var route in routes) run(route).Dispose();
+            for (int i = 0; i < routes.Length; i++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                run(routes[i]).Dispose();
+                last[i] = Stopwatch.GetTimestamp() - start;
+            }
             double now = clock.Elapsed.TotalSeconds;
             long count = JitInfo.GetCompiledMethodCount();
             if (count != compiled) (compiled, lastCompile) = (count, now);
             bool warm = round >= WarmupRounds || (round >= 3 && now >= WarmupSeconds);
             if ((warm && now - lastCompile >= QuietSeconds) || (round >= 3 && now >= MaxWarmupSeconds)) break;
         }
-        var ticks = routes.Select(_ => new long[TimedRounds]).ToArray();
+        // Blocks of calls of one route, as the conv bench times them: a call right after another route's ran at another
+        // speed (the stem at batch 1: its small kernel looked faster than libtorch's route in single calls taken in
+        // turn, and was slower in blocks, docs/BENCHMARKS.md, stop 34).
+        int block = (int)Math.Clamp(BlockSeconds * Stopwatch.Frequency / Math.Max(1, last.Min()), 1, MaxBlockCalls);
+        var ticks = routes.Select(_ => new double[TimedRounds]).ToArray();
         for (int round = 0; round < TimedRounds; round++)
         {
             for (int i = 0; i < routes.Length; i++)
             {
                 long start = Stopwatch.GetTimestamp();
-                run(routes[i]).Dispose();
-                long elapsed = Stopwatch.GetTimestamp() - start;
-                ticks[i][round] = TestTicks is { } fake ? fake(routes[i]) : elapsed;
+                for (int call = 0; call < block; call++) run(routes[i]).Dispose();
+                double perCall = (Stopwatch.GetTimestamp() - start) / (double)block;
+                ticks[i][round] = TestTicks is { } fake ? fake(routes[i]) : perCall;
             }
         }
         int best = 0;
         for (int i = 1; i < routes.Length; i++)
             if (Median(ticks[i]) < Median(ticks[best])) best = i;
-        return routes[best];
+        return Median(ticks[best]) < RuleMargin * Median(ticks[0]) ? routes[best] : routes[0];
     }
 
-    private static double Median(long[] ticks)
+    private static double Median(double[] ticks)
     {
         var sorted = ticks.Order().ToArray();
         int m = sorted.Length / 2;
-        return sorted.Length % 2 == 1 ? sorted[m] : (sorted[m - 1] + (double)sorted[m]) / 2;
+        return sorted.Length % 2 == 1 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
     }
 }

@@ -112,13 +112,14 @@ public sealed class QuantizedConv : QuantizedModule
     /// layer's first call on each input shape (batch, channels, height, width) runs every route that applies on that
     /// input: the managed kernels (unfold and the packed kernels, in integers for static W8A8), the small-convolution
     /// kernel, libtorch's float32 convolution on the weight dequantized for the call and, where
-    /// <see cref="QuantizedModule.UseBFloat16Compute"/> lets it run, libtorch's bfloat16 convolution; in turn, first until
-    /// the code is warm (50 rounds, or about a second for slow calls, and the JIT quiet for a quarter of a second; at most
-    /// 5 seconds), then five timed rounds. The layer keeps, for that shape, the route with the lowest median time, and that
-    /// call returns its output. So the first call on a shape takes about a second or more; later calls take the kept
-    /// route. The routes agree within float32 rounding (static W8A8: the same integers), the bfloat16 route within
-    /// bfloat16's (docs/ACCURACY.md). Up to 64 shapes are tuned per layer; calls that need gradients, and inputs the
-    /// kernels do not take, keep the differentiable path. What a layer has tuned stays with it.
+    /// <see cref="QuantizedModule.UseBFloat16Compute"/> lets it run, libtorch's bfloat16 convolution; in turn, first one
+    /// call each until the code is warm (50 rounds, or about a second for slow calls, and the JIT quiet for a quarter of a
+    /// second; at most 5 seconds), then nine timed rounds of a block of calls each (up to 20, about 5 ms). The layer keeps,
+    /// for that shape, the route with the lowest median time where it beats the rule's by 5% (else the rule's), and that
+    /// call returns its output. So the first call on a shape takes from a quarter of a second to a few seconds; later
+    /// calls take the kept route. The routes agree within float32 rounding (static W8A8: the same integers), the
+    /// bfloat16 route within bfloat16's (docs/ACCURACY.md). Up to 64 shapes are tuned per layer; calls that need
+    /// gradients, and inputs the kernels do not take, keep the differentiable path. What a layer has tuned stays with it.
     /// </summary>
     public static bool Autotune { get; set; }
 
