@@ -19,7 +19,7 @@ namespace QuantSharp.Bench;
 /// the cases whose name contains it.
 /// <c>CONV_PROFILE=ROUTE:KIND</c> (a <see cref="ConvolutionRoute"/> and a qtype, or <c>Float:</c>) times that call alone for
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
-/// each (paired in one process; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
+/// each (paired in one process; <c>CONV_BLOCK</c> calls a block, default 20; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
@@ -126,7 +126,7 @@ internal static class ConvBench
                 if (parts[0] == "Float") return () => conv.call(x);
                 var layer = layers[Array.IndexOf(kinds, parts[1])];
                 // InPlace / Packed: the kernel route with its strips read in place from the padded images, or packed.
-                // Tuned: the layer's forward with QuantizedConv.Autotune on (it times its routes in its first calls).
+                // Tuned: the layer's forward with QuantizedConv.Autotune on (its first call, in the warm-up, tunes the shape).
                 if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
@@ -139,7 +139,7 @@ internal static class ConvBench
             }
             if (Environment.GetEnvironmentVariable("CONV_TUNE") == "1")
             {
-                // Each layer tuned from its first call (QuantizedConv.Autotune): the calls' routes and times, the rule's route and the kept one.
+                // Each layer's first call with QuantizedConv.Autotune on (the tuning): its time, the rule's route and the kept one.
                 for (int i = 0; i < layers.Length; i++) Tune(c, kinds[i], layers[i], x);
                 continue;
             }
@@ -286,7 +286,7 @@ internal static class ConvBench
     }
 
     /// <summary>
-    /// <c>CONV_PAIR</c>: 41 rounds (the first not counted), each timing a block of 20 calls of every variant in turn;
+    /// <c>CONV_PAIR</c>: 41 rounds (the first not counted), each timing a block of 20 calls (<c>CONV_BLOCK</c>) of every variant in turn;
     /// prints each variant's median block time per call and in how many rounds it beat the first variant.
     /// </summary>
     private static void Pair(Case c, string[] names, Func<Tensor>[] calls)

@@ -8,17 +8,18 @@ namespace QuantSharp.Modules;
 /// The route one <see cref="QuantizedConv"/> keeps per input shape under <see cref="QuantizedConv.Autotune"/>, and the
 /// measurement that picks it: on the first call with a shape, every applicable route runs on that call's input, round
 /// robin (so drift in the machine's speed reaches them alike), first one call each to warm up, then
-/// <see cref="TimedRounds"/> timed rounds of a block of calls each; the route with the lowest median time is kept if it beats the first candidate, the measured rule's route,
-/// by <see cref="RuleMargin"/>, else the rule's. Ties go to the earlier candidate.
+/// <see cref="TimedRounds"/> timed rounds of a block of calls each; the route with the lowest median time is kept if it
+/// beats the first candidate, the measured rule's route, by <see cref="RuleMargin"/>, else the rule's. Ties go to the
+/// earlier candidate. Shapes are kept apart by whether the bfloat16 route may run (its switch can change between calls).
 /// </summary>
 /// <remarks>
 /// The warm-up runs until the JIT has compiled nothing for <see cref="QuietSeconds"/> and each route has run
 /// <see cref="WarmupRounds"/> times (or for <see cref="WarmupSeconds"/>, for slow calls), and at most
 /// <see cref="MaxWarmupSeconds"/>. Timing the first few calls instead chose wrongly: .NET runs a method's first calls in
 /// unoptimized code and recompiles it only after 30 calls counted from 100 ms after the last such compilation, and
-/// libtorch's first calls of a shape are slow too; from a cold start the stem (3->32, stride 2, 224x224) at batch 1 took
-/// 650-850 us a call through the integer route in its first 18 calls, where it takes about 160 us warm, and lost to
-/// libtorch's route (docs/BENCHMARKS.md, stop 34). Up to <see cref="MaxShapes"/> shapes per layer are tuned; later
+/// libtorch's first calls of a shape are slow too; from a cold start the stem's static W8A8 call (3->32, stride 2,
+/// 224x224) at batch 1 took 651-854 us through the integer route in its second to sixth calls, where it takes about
+/// 160 us warm, and lost to libtorch's route (docs/BENCHMARKS.md, stop 34). Up to <see cref="MaxShapes"/> shapes per layer are tuned; later
 /// shapes keep the rule. One thread tunes a layer at a time; other calls of the layer wait for it.
 /// </remarks>
 internal sealed class ConvolutionTuner
@@ -57,18 +58,19 @@ internal sealed class ConvolutionTuner
     /// <summary>For tests: replaces a timed block's measured time per call (in <see cref="Stopwatch"/> ticks) by this route's value.</summary>
     internal static Func<ConvolutionRoute, long>? TestTicks;
 
-    private readonly Dictionary<(long, long, long, long), ConvolutionRoute> _kept = [];
+    private readonly Dictionary<(long, long, long, long, bool), ConvolutionRoute> _kept = [];
     private readonly Lock _gate = new();
 
     /// <summary>
-    /// The route for a call on images <paramref name="shape"/> <c>[n, C, H, W]</c>: the one kept for the shape, measured
-    /// now (<see cref="Measure"/>, running each of <paramref name="candidates"/>' routes through <paramref name="run"/>)
-    /// if there is none yet, or <see cref="ConvolutionRoute.Auto"/> (the rule) for a shape beyond <see cref="MaxShapes"/>.
+    /// The route for a call on images <paramref name="shape"/> <c>[n, C, H, W]</c> (<paramref name="bfloat16"/>: whether
+    /// the bfloat16 route may run): the one kept for the shape, measured now (<see cref="Measure"/>, running each of
+    /// <paramref name="candidates"/>' routes through <paramref name="run"/>) if there is none yet, or
+    /// <see cref="ConvolutionRoute.Auto"/> (the rule) for a shape beyond <see cref="MaxShapes"/>.
     /// <paramref name="candidates"/> gives the distinct applicable routes (at least one), the rule's first.
     /// </summary>
-    public ConvolutionRoute Route(long[] shape, Func<ConvolutionRoute[]> candidates, Func<ConvolutionRoute, torch.Tensor> run)
+    public ConvolutionRoute Route(long[] shape, bool bfloat16, Func<ConvolutionRoute[]> candidates, Func<ConvolutionRoute, torch.Tensor> run)
     {
-        var key = (shape[0], shape[1], shape[2], shape[3]);
+        var key = (shape[0], shape[1], shape[2], shape[3], bfloat16);
         lock (_gate)
         {
             if (_kept.TryGetValue(key, out var kept)) return kept;
@@ -80,10 +82,10 @@ internal sealed class ConvolutionTuner
         }
     }
 
-    /// <summary>The route kept for images <paramref name="shape"/>, or null.</summary>
-    public ConvolutionRoute? Kept(long[] shape)
+    /// <summary>The route kept for images <paramref name="shape"/> with the bfloat16 route allowed or not, or null.</summary>
+    public ConvolutionRoute? Kept(long[] shape, bool bfloat16)
     {
-        lock (_gate) return _kept.TryGetValue((shape[0], shape[1], shape[2], shape[3]), out var kept) ? kept : null;
+        lock (_gate) return _kept.TryGetValue((shape[0], shape[1], shape[2], shape[3], bfloat16), out var kept) ? kept : null;
     }
 
     /// <summary>Warms <paramref name="routes"/> up and times them (see the class); returns the one kept.</summary>

@@ -119,7 +119,9 @@ public sealed class QuantizedConv : QuantizedModule
     /// call returns its output. So the first call on a shape takes from a quarter of a second to a few seconds; later
     /// calls take the kept route. The routes agree within float32 rounding (static W8A8: the same integers), the
     /// bfloat16 route within bfloat16's (docs/ACCURACY.md). Up to 64 shapes are tuned per layer; calls that need
-    /// gradients, and inputs the kernels do not take, keep the differentiable path. What a layer has tuned stays with it.
+    /// gradients, and inputs the kernels do not take, keep the differentiable path. What a layer has tuned stays with it;
+    /// with <see cref="QuantizedModule.UseBFloat16Compute"/> switched, a shape is tuned again (never keeping the
+    /// bfloat16 route once it is off).
     /// </summary>
     public static bool Autotune { get; set; }
 
@@ -137,7 +139,7 @@ public sealed class QuantizedConv : QuantizedModule
         if (route == ConvolutionRoute.Auto && Autotune && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference)
         {
             var tuner = _tuner ?? Interlocked.CompareExchange(ref _tuner, new ConvolutionTuner(), null) ?? _tuner;
-            route = tuner.Route(imageShape, () => Candidates(input), r => ForwardVia(input, r));
+            route = tuner.Route(imageShape, BFloat16Convolutions, () => Candidates(input), r => ForwardVia(input, r));
         }
         return ForwardVia(input, route);
     }
@@ -162,7 +164,8 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>The route <see cref="Autotune"/> kept for <paramref name="input"/>'s shape, or null.</summary>
     internal ConvolutionRoute? TunedRoute(Tensor input) =>
-        _tuner is { } tuner && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference ? tuner.Kept(imageShape) : null;
+        _tuner is { } tuner && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference
+            ? tuner.Kept(imageShape, BFloat16Convolutions) : null;
 
     /// <summary>The forward pass through <paramref name="route"/>.</summary>
     private Tensor ForwardVia(Tensor input, ConvolutionRoute route)

@@ -73,18 +73,22 @@ public class ConvolutionAutotuneTests
         WithTuning(1, r => r == K ? 1 : 2, () =>
         {
             Func<ConvolutionRoute, Tensor> run = _ => { measured++; return torch.zeros(1); };
-            Assert.Null(tuner.Kept([2, 8, 12, 12]));
-            Assert.Equal(K, tuner.Route([2, 8, 12, 12], () => [R, K], run));
+            Assert.Null(tuner.Kept([2, 8, 12, 12], false));
+            Assert.Equal(K, tuner.Route([2, 8, 12, 12], false, () => [R, K], run));
             Assert.Equal(2 * (1 + ConvolutionTuner.TimedRounds * Block), measured);
-            Assert.Equal(K, tuner.Route([2, 8, 12, 12], () => throw new InvalidOperationException("measured again"), run));
+            Assert.Equal(K, tuner.Route([2, 8, 12, 12], false, () => throw new InvalidOperationException("measured again"), run));
             Assert.Equal(2 * (1 + ConvolutionTuner.TimedRounds * Block), measured);
-            Assert.Equal(K, tuner.Kept([2, 8, 12, 12]));
+            Assert.Equal(K, tuner.Kept([2, 8, 12, 12], false));
             // A single candidate is kept without running it.
-            Assert.Equal(D, tuner.Route([1, 8, 12, 12], () => [D], run));
+            Assert.Equal(D, tuner.Route([1, 8, 12, 12], false, () => [D], run));
             Assert.Equal(2 * (1 + ConvolutionTuner.TimedRounds * Block), measured);
-            for (int n = 3; n < 1 + ConvolutionTuner.MaxShapes; n++) tuner.Route([n, 8, 12, 12], () => [D], run);
-            Assert.Equal(ConvolutionRoute.Auto, tuner.Route([1000, 8, 12, 12], () => [R, K], run));
-            Assert.Null(tuner.Kept([1000, 8, 12, 12]));
+            // With the bfloat16 route allowed the same shape is another entry.
+            Assert.Null(tuner.Kept([2, 8, 12, 12], true));
+            Assert.Equal(D, tuner.Route([2, 8, 12, 12], true, () => [D], run));
+            Assert.Equal(K, tuner.Kept([2, 8, 12, 12], false));
+            for (int n = 3; n < ConvolutionTuner.MaxShapes; n++) tuner.Route([n, 8, 12, 12], false, () => [D], run);
+            Assert.Equal(ConvolutionRoute.Auto, tuner.Route([1000, 8, 12, 12], false, () => [R, K], run));
+            Assert.Null(tuner.Kept([1000, 8, 12, 12], false));
             Assert.Equal(2 * (1 + ConvolutionTuner.TimedRounds * Block), measured);
         });
     }
@@ -141,6 +145,40 @@ public class ConvolutionAutotuneTests
                 Assert.True(layer.call(x).equal(layer.Forward(x, layer.Route(x))).all().item<bool>(), "with the option off the rule runs");
                 Assert.Equal(fastest, layer.TunedRoute(x));
             });
+        }
+    }
+
+    [Fact]
+    public void SwitchingBFloat16ComputeOffNeverKeepsTheBFloat16Route()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(43);
+        using var conv = nn.Conv2d(16, 32, 3);
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(64, 16, 13, 13);
+        bool saved = QuantizedModule.UseBFloat16Compute;
+        try
+        {
+            // bfloat16 timed fastest, every other route alike (the rule's is kept among them).
+            WithTuning(1, r => r == ConvolutionRoute.BFloat16 ? 1 : 100, () =>
+            {
+                QuantizedConv.Autotune = true;
+                QuantizedModule.UseBFloat16Compute = true;
+                bool bf16 = QuantizedModule.BFloat16Convolutions; // a native-bf16 CPU whose libtorch passed the check
+                layer.call(x);
+                Assert.Equal(bf16 ? ConvolutionRoute.BFloat16 : layer.Route(x), layer.TunedRoute(x));
+                QuantizedModule.UseBFloat16Compute = false;
+                if (bf16) Assert.Null(layer.TunedRoute(x)); // tuned again without it
+                var y = layer.call(x);
+                Assert.Equal(layer.Route(x), layer.TunedRoute(x));
+                Assert.NotEqual(ConvolutionRoute.BFloat16, layer.TunedRoute(x));
+                Assert.True(y.equal(layer.Forward(x, layer.Route(x))).all().item<bool>(), "with bfloat16 off the layer ran another route than the kept one");
+            });
+        }
+        finally
+        {
+            QuantizedModule.UseBFloat16Compute = saved;
         }
     }
 
