@@ -48,7 +48,8 @@ namespace QuantSharp.Modules;
 /// <item>Elsewhere the float32 rule: W8A8 and small 1x1 convolutions (a plain matrix product) run unfold + the packed
 /// kernels (weight-only 1x1 beyond the small kernel lost on them, 1.30-1.48x against 1.00-1.18x for libtorch's route,
 /// stops 11 and 26, but since stop 30 those of one or two images and long reductions take them:
-/// <see cref="PointwiseWeightOnlyMaxImages"/>, as do long Conv1d calls of one image:
+/// <see cref="PointwiseWeightOnlyMaxImages"/>, up to eight images on one thread
+/// (<see cref="PointwiseWeightOnlyMaxImagesOneThread"/>), as do long Conv1d calls of one image:
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
 /// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500); weight-only
 /// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), small ones whose
@@ -212,6 +213,16 @@ internal static class ConvolutionCost
     internal const int PointwiseWeightOnlyMaxImages = Kernels.PackedMatMul.WholeImageBlocksMaxImages;
 
     /// <summary>
+    /// As <see cref="PointwiseWeightOnlyMaxImages"/> where the kernels run on one thread (<see cref="KernelThreads.Count"/>
+    /// 1), where libtorch's float32 pointwise convolution of a few images is slow: paired at one thread (docs/BENCHMARKS.md,
+    /// stop 34; int8 and float16), 1x1 256->256 and 512->128 on 28x28, 1024->256 on 14x14 and 512->2048 on 7x7 at batch
+    /// 4 took 0.49-0.64x float32's time on the packed kernels against 1.00-1.02x on libtorch's route, at batch 8
+    /// 0.48-0.65x (int8, three of them) against 1.00-1.01x; at batch 16 1.12-1.25x against 1.00-1.04x (float32's time
+    /// for 16 images was only about twice its time for 4).
+    /// </summary>
+    internal const int PointwiseWeightOnlyMaxImagesOneThread = 8;
+
+    /// <summary>
     /// Images up to which a weight-only Conv1d (an image and a kernel of height 1) of at least
     /// <see cref="IntegerMinReduction"/> terms takes the packed kernels under the float32 rule with 512-bit float kernels:
     /// a strip of a Conv1d lies in one output row, so each 8-lane chunk of it is packed by one masked load
@@ -245,7 +256,8 @@ internal static class ConvolutionCost
     /// <param name="bfloat16">True where the bfloat16 route may be taken (<see cref="QuantizedModule.BFloat16Convolutions"/>).</param>
     /// <param name="float256">True where the float kernels' widest path is 256 bits (<see cref="Widest256"/>): small calls of more than <see cref="SmallKernelMaxReduction256"/> terms then take the packed kernels.</param>
     /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true)
+    /// <param name="oneThread">True where the kernels run on one thread (<see cref="KernelThreads.Count"/> 1): weight-only pointwise calls take the packed kernels up to <see cref="PointwiseWeightOnlyMaxImagesOneThread"/> images.</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
@@ -280,7 +292,8 @@ internal static class ConvolutionCost
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
-            bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction && unfold.Images <= PointwiseWeightOnlyMaxImages;
+            bool longPointwise = pointwise && unfold.Rows >= IntegerMinReduction
+                && unfold.Images <= (oneThread ? PointwiseWeightOnlyMaxImagesOneThread : PointwiseWeightOnlyMaxImages);
             bool longConv1d = unfold.Height == 1 && unfold.KernelH == 1 && unfold.Rows >= IntegerMinReduction && unfold.Images <= Conv1dWeightOnlyMaxImages;
             bool inPlace = Kernels.PackedMatMul.InPlacePays(unfold) && unfold.Images >= InPlaceWeightOnlyMinImages && unfold.Images <= InPlaceWeightOnlyMaxImages;
             bool smallLong = !pointwise && !fits && work <= SmallWeightOnlyMaxWork;

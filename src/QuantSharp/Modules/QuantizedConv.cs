@@ -250,7 +250,8 @@ public sealed class QuantizedConv : QuantizedModule
         if (c != in_channels || (double)n * c * h * w > int.MaxValue) return ConvolutionRoute.Reference;
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
-        if (route == ConvolutionRoute.Auto) route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported);
+        if (route == ConvolutionRoute.Auto)
+            route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
         return route;
     }

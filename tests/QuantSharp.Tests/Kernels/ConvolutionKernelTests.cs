@@ -453,7 +453,7 @@ public unsafe class ConvolutionKernelTests
             var route = layer.Route(x);
             Assert.True((QuantizedModule.BFloat16Convolutions ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;
@@ -536,6 +536,38 @@ public unsafe class ConvolutionKernelTests
         // Three images (147 positions, 5.4M): small enough for SmallWeightOnlyMaxWork; six (10.8M) are not.
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(3, 64, 7, 7), layerGeometry.ForImages(3), B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer, three images");
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(6, 64, 7, 7), layerGeometry.ForImages(6), B, R, "64->64 on 7x7 layer, six images");
+    }
+
+    [Fact]
+    public void MeasuredRuleTakesThePackedKernelsForLongPointwiseCallsOfUpToEightImagesOnOneThread()
+    {
+        using var scope = NewDisposeScope();
+        const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
+        // Weight-only 1x1, stride 1, 256 terms or more: on one thread up to eight images (stop 34), on more up to two.
+        var pointwise = new Im2Col(256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1);
+        Assert.Equal(K, ConvolutionCost.Choose(pointwise.ForImages(8), 256, false, bfloat16: false, oneThread: true));
+        Assert.Equal(R, ConvolutionCost.Choose(pointwise.ForImages(9), 256, false, bfloat16: false, oneThread: true));
+        Assert.Equal(R, ConvolutionCost.Choose(pointwise.ForImages(8), 256, false, bfloat16: false));
+        Assert.Equal(K, ConvolutionCost.Choose(pointwise.ForImages(2), 256, false, bfloat16: false));
+        Assert.Equal(R, ConvolutionCost.Choose(pointwise.ForImages(3), 256, false, bfloat16: false));
+        Assert.Equal(R, ConvolutionCost.Choose(new Im2Col(255, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(4), 256, false, bfloat16: false, oneThread: true));
+        Assert.Equal(R, ConvolutionCost.Choose(pointwise.ForImages(8), 256, false, bfloat16: false, float256: true, oneThread: true));
+        Assert.Equal(B, ConvolutionCost.Choose(pointwise.ForImages(8), 256, false, bfloat16: true, oneThread: true));
+        // A layer follows the kernels' thread count.
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 64, 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(8, 256, 28, 28);
+        int saved = KernelThreads.Count;
+        try
+        {
+            KernelThreads.Count = 1;
+            Assert.Equal(QuantizedModule.BFloat16Convolutions ? B : ConvolutionCost.Widest256 ? R : K, layer.Route(x));
+            KernelThreads.Count = 2;
+            Assert.Equal(QuantizedModule.BFloat16Convolutions ? B : R, layer.Route(x));
+        }
+        finally
+        {
+            KernelThreads.Count = saved;
+        }
     }
 
     [Fact]
