@@ -273,15 +273,12 @@ internal static class ConvBench
     private static void WarmUp(Func<Tensor> call)
     {
         var sw = Stopwatch.StartNew();
-        long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
-        double lastCompile = 0;
+        var jit = JitQuiet.Start();
         for (int i = 0; ; i++)
         {
             using (var y = call()) { }
-            double now = sw.Elapsed.TotalMilliseconds;
-            long count = System.Runtime.JitInfo.GetCompiledMethodCount();
-            if (count != compiled) (compiled, lastCompile) = (count, now);
-            if (i >= 50 && now >= 200 && (now - lastCompile >= 250 || now >= 3000)) break;
+            double quiet = jit.Observe() * 1000, now = sw.Elapsed.TotalMilliseconds;
+            if (i >= 50 && now >= 200 && (quiet >= 250 || now >= 3000)) break;
         }
     }
 

@@ -143,19 +143,13 @@ internal static class LayerBench
     /// </remarks>
     private static double Time(Func<Tensor> forward, int repeats)
     {
-        long warmUp = Stopwatch.GetTimestamp(), lastCompile = warmUp;
-        long compiled = JitInfo.GetCompiledMethodCount();
+        long warmUp = Stopwatch.GetTimestamp();
+        var jit = JitQuiet.Start();
         for (int i = 0; ; i++)
         {
             forward().Dispose();
-            long now = Stopwatch.GetTimestamp(), count = JitInfo.GetCompiledMethodCount();
-            if (count != compiled)
-            {
-                compiled = count;
-                lastCompile = now;
-            }
-            double elapsed = Stopwatch.GetElapsedTime(warmUp, now).TotalMilliseconds;
-            bool quiet = Stopwatch.GetElapsedTime(lastCompile, now).TotalMilliseconds >= JitQuietMilliseconds;
+            bool quiet = jit.Observe() * 1000 >= JitQuietMilliseconds;
+            double elapsed = Stopwatch.GetElapsedTime(warmUp).TotalMilliseconds;
             if (i >= 1 && elapsed >= 20 && (quiet || elapsed >= MaxWarmUpMilliseconds)) break;
         }
         var times = new double[Math.Max(1, repeats)];

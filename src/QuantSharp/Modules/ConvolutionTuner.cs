@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using System.Runtime;
+using QuantSharp.Kernels;
 using TorchSharp;
 
 namespace QuantSharp.Modules;
@@ -92,8 +92,7 @@ internal sealed class ConvolutionTuner
     internal static ConvolutionRoute Measure(ConvolutionRoute[] routes, Func<ConvolutionRoute, torch.Tensor> run)
     {
         var clock = Stopwatch.StartNew();
-        long compiled = JitInfo.GetCompiledMethodCount();
-        double lastCompile = 0;
+        var jit = JitQuiet.Start();
         var last = new long[routes.Length];
         for (int round = 1; ; round++)
         {
@@ -103,11 +102,9 @@ internal sealed class ConvolutionTuner
                 run(routes[i]).Dispose();
                 last[i] = Stopwatch.GetTimestamp() - start;
             }
-            double now = clock.Elapsed.TotalSeconds;
-            long count = JitInfo.GetCompiledMethodCount();
-            if (count != compiled) (compiled, lastCompile) = (count, now);
+            double now = clock.Elapsed.TotalSeconds, quiet = jit.Observe();
             bool warm = round >= WarmupRounds || (round >= 3 && now >= WarmupSeconds);
-            if ((warm && now - lastCompile >= QuietSeconds) || (round >= 3 && now >= MaxWarmupSeconds)) break;
+            if ((warm && quiet >= QuietSeconds) || (round >= 3 && now >= MaxWarmupSeconds)) break;
         }
         // Blocks of calls of one route, as the conv bench times them: a call right after another route's ran at another
         // speed (the stem at batch 1: its small kernel looked faster than libtorch's route in single calls taken in

@@ -136,7 +136,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     internal Tensor Forward(Tensor input, ConvolutionRoute route)
     {
-        if (route == ConvolutionRoute.Auto && Autotune && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference)
+        if (route == ConvolutionRoute.Auto && Autotune && Tunable(input, out long[] imageShape))
         {
             var tuner = _tuner ?? Interlocked.CompareExchange(ref _tuner, new ConvolutionTuner(), null) ?? _tuner;
             route = tuner.Route(imageShape, BFloat16Convolutions, () => Candidates(input), r => ForwardVia(input, r));
@@ -164,8 +164,10 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>The route <see cref="Autotune"/> kept for <paramref name="input"/>'s shape, or null.</summary>
     internal ConvolutionRoute? TunedRoute(Tensor input) =>
-        _tuner is { } tuner && Decide(input, ConvolutionRoute.Kernel, out long[] imageShape, out _) != ConvolutionRoute.Reference
-            ? tuner.Kept(imageShape, BFloat16Convolutions) : null;
+        _tuner is { } tuner && Tunable(input, out long[] imageShape) ? tuner.Kept(imageShape, BFloat16Convolutions) : null;
+
+    /// <summary>Whether the kernels take <paramref name="input"/> (as images <paramref name="imageShape"/>), so that its routes can be timed.</summary>
+    private bool Tunable(Tensor input, out long[] imageShape) => Decide(input, ConvolutionRoute.Kernel, out imageShape, out _) != ConvolutionRoute.Reference;
 
     /// <summary>The forward pass through <paramref name="route"/>.</summary>
     private Tensor ForwardVia(Tensor input, ConvolutionRoute route)
