@@ -19,6 +19,7 @@ internal static unsafe class MicroProbe
     public static int Run(string[] args)
     {
         double seconds = args.Length > 0 ? double.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture) : 1;
+        if (args.Length > 1 && args[1] == "bfloat16") return BFloat16(seconds);
         Console.WriteLine($"Micro-kernel ({(Float512.IsSupported ? "512" : "256")}-bit, tiles of 8 rows x {Lanes} positions, {Steps} steps, operands in L1), {Environment.ProcessorCount} cores");
         foreach (int threads in new[] { 1, Environment.ProcessorCount })
         {
@@ -26,6 +27,51 @@ internal static unsafe class MicroProbe
             {
                 var rates = new double[threads];
                 Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => rates[t] = Loop(seconds));
+                Console.WriteLine($"{threads} thread(s), round {round + 1}: {rates.Sum() / 1e9:F1} G multiply-adds/s in all, {rates.Average() / 1e9:F1} per thread");
+            }
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// <c>micro-probe SECONDS bfloat16</c>: the bfloat16 micro-kernel (<see cref="Vnni512Kernel.MicroBFloat16"/>, six rows,
+    /// <c>vdpbf16ps</c>) on the same operand sizes (256 steps as 128 pairs), one thread then one per core.
+    /// </summary>
+    private static int BFloat16(double seconds)
+    {
+        if (!Vnni512Kernel.BFloat16Supported)
+        {
+            Console.WriteLine("No AVX512-BF16 micro-kernel on this CPU.");
+            return 1;
+        }
+        Console.WriteLine($"bfloat16 micro-kernel (tiles of 6 rows x {Lanes} positions, {Steps} steps, operands in L1), {Environment.ProcessorCount} cores");
+        foreach (int threads in new[] { 1, Environment.ProcessorCount })
+        {
+            for (int round = 0; round < 3; round++)
+            {
+                var rates = new double[threads];
+                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                {
+                    const int Pairs = Steps / 2, TileRows = 6, Tiles = Rows / TileRows;
+                    uint* a = (uint*)NativeMemory.AlignedAlloc(4 * Rows * Pairs, 64);
+                    uint* b = (uint*)NativeMemory.AlignedAlloc(4 * Lanes * Pairs, 64);
+                    float* c = (float*)NativeMemory.AlignedAlloc(4 * Rows * Lanes, 64);
+                    for (int i = 0; i < Rows * Pairs; i++) a[i] = 0x3C003C00u;
+                    for (int i = 0; i < Lanes * Pairs; i++) b[i] = 0x3A803A80u;
+                    new Span<float>(c, Rows * Lanes).Clear();
+                    long calls = 0;
+                    var watch = Stopwatch.StartNew();
+                    while (watch.Elapsed.TotalSeconds < seconds)
+                    {
+                        for (int tile = 0; tile < Tiles; tile++)
+                            Vnni512Kernel.MicroBFloat16(a + tile * TileRows * Pairs, Pairs * 4, b, Pairs, c + tile * TileRows * Lanes, Lanes * 4);
+                        calls++;
+                    }
+                    rates[t] = (double)calls * Tiles * TileRows * Steps * Lanes / watch.Elapsed.TotalSeconds;
+                    NativeMemory.AlignedFree(a);
+                    NativeMemory.AlignedFree(b);
+                    NativeMemory.AlignedFree(c);
+                });
                 Console.WriteLine($"{threads} thread(s), round {round + 1}: {rates.Sum() / 1e9:F1} G multiply-adds/s in all, {rates.Average() / 1e9:F1} per thread");
             }
         }

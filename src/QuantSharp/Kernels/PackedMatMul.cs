@@ -62,9 +62,14 @@ internal static unsafe class PackedMatMul
     /// image at <paramref name="x"/> while packing (<paramref name="ldx"/> unused); null when <paramref name="x"/> holds
     /// <c>x^T</c> itself.
     /// </param>
-    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null)
+    /// <param name="bfloat16">
+    /// With <paramref name="transposed"/> at 512 bits, where <see cref="BFloat16Fits"/>: multiply in bfloat16
+    /// (<see cref="ItemBFloat16"/>); elsewhere ignored (float32).
+    /// </param>
+    public static void Run<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed = false, Im2Col? unfold = null, bool bfloat16 = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        bfloat16 &= transposed && typeof(TW) == typeof(Float512) && BFloat16Fits(w);
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
         var layout = ForcedLayout ?? ChooseLayout(w.Rows, k, m, stripWidth, KernelThreads.Count);
@@ -75,7 +80,7 @@ internal static unsafe class PackedMatMul
         }
         if (transposed || layout == PackedLayout.ByPositions)
         {
-            ByPositions<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, transposed, unfold);
+            ByPositions<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, transposed, unfold, bfloat16);
             return;
         }
         int paddedM = strips * stripWidth;
@@ -224,12 +229,13 @@ internal static unsafe class PackedMatMul
     /// multiply-adds (the weight is small). A convolution whose strips are read in place (<see cref="ReadsInPlace"/>)
     /// pads its images once and packs nothing: its blocks are all of an image's strips on the wide grid.
     /// </summary>
-    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold)
+    private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold, bool bfloat16 = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
-        // In place (ReadsInPlace): the strips run over each image's wide grid of positions, nothing is packed.
-        var grid = transposed && unfold is { } g && ReadsInPlace(g) ? new PhaseGrid(g) : (PhaseGrid?)null;
+        // In place (ReadsInPlace): the strips run over each image's wide grid of positions, nothing is packed. The
+        // bfloat16 mode always packs (its strips are pairs of bfloat16 steps).
+        var grid = transposed && !bfloat16 && unfold is { } g && ReadsInPlace(g) ? new PhaseGrid(g) : (PhaseGrid?)null;
         int positions = grid is { } pg ? unfold!.Value.OutH * pg.PhaseWidth : m;
         int strips = (positions + stripWidth - 1) / stripWidth;
         long stripFloats = grid is null ? (long)Math.Max(k, 1) * stripWidth : 0;
@@ -243,8 +249,18 @@ internal static unsafe class PackedMatMul
         var columns = unfold;
         float* padded = null;
         int* offsets = null;
+        uint* weightPairs = null;
         try
         {
+            if (bfloat16)
+            {
+                // The weight rounded to bfloat16 once per call ([N, K / 2] pairs), zero rows up to whole tiles of six.
+                int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
+                weightPairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)k * 2, 64);
+                new Span<uint>(weightPairs + (nint)w.Rows * (k / 2), (paddedRows - w.Rows) * (k / 2)).Clear();
+                nint pairsTarget = (nint)weightPairs;
+                KernelThreads.For(w.Rows, k, n => PairWeightRow<TD>(view, n, (ushort*)pairsTarget + (nint)n * k));
+            }
             if (grid is { } phases)
             {
                 // Every image padded (and split into stride phases) once, as the small kernel reads it.
@@ -253,7 +269,7 @@ internal static unsafe class PackedMatMul
                 for (int j = 0; j < k; j++) offsets[j] = phases.Offset(j);
                 x = padded;
             }
-            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, offsetsAddress = (nint)offsets;
+            nint xAddress = (nint)x, yAddress = (nint)y, biasAddress = (nint)bias, offsetsAddress = (nint)offsets, pairsAddress = (nint)weightPairs;
             int outW = grid is null ? 0 : unfold!.Value.OutW, wideRow = grid?.PhaseWidth ?? 0;
             KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * blockM * k, item =>
             {
@@ -272,12 +288,16 @@ internal static unsafe class PackedMatMul
                             {
                                 if (transposed) PackStripTransposed(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth, columns);
                                 else PackStrip(xi, m, ldx, k, packed + (s - s0) * stripFloats, s, stripWidth);
+                                if (bfloat16) PairSteps(packed + (s - s0) * stripFloats, k);
                             }
                         }
                         float* tile = packed + blockStrips * stripFloats;
                         var block = new StripBlock(s0, s1, positions, s0);
                         for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
-                            Item<TW, TVec, TD>(view, offsetsAddress == 0 ? packed : xi, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0), transposed, source);
+                            if (bfloat16)
+                                ItemBFloat16((uint*)pairsAddress, k, packed, block, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0));
+                            else
+                                Item<TW, TVec, TD>(view, offsetsAddress == 0 ? packed : xi, block, blockCapacity, tile, (float*)biasAddress, yi, ldy, n0, Math.Min(ItemRows, rows1 - n0), transposed, source);
                     }
                 }
                 finally
@@ -289,6 +309,7 @@ internal static unsafe class PackedMatMul
         finally
         {
             if (padded != null) NativeMemory.AlignedFree(padded);
+            if (weightPairs != null) NativeMemory.AlignedFree(weightPairs);
             if (offsets != null) NativeMemory.Free(offsets);
         }
     }
@@ -656,6 +677,140 @@ internal static unsafe class PackedMatMul
         {
             float* dst = y + (i0 + i) * ldy + n0;
             for (int r = i < i8 ? r8 : 0; r < rows; r++) dst[r] = yt[r * ldt + i] + (bias == null ? 0f : bias[n0 + r]);
+        }
+    }
+
+    /// <summary>
+    /// Whether a call may multiply in bfloat16 (<see cref="ItemBFloat16"/>): an even reduction length, so that every row of
+    /// the weight rounded to bfloat16 is whole pairs (<see cref="WeightDequantizer.RunBFloat16"/>'s rows, read as pairs).
+    /// </summary>
+    internal static bool BFloat16Fits(in WeightView w) => w.Cols % 2 == 0;
+
+    /// <summary>Weight rows per tile of the bfloat16 micro-kernel (<see cref="Vnni512Kernel.MicroBFloat16"/>).</summary>
+    private const int BFloat16TileRows = 6;
+
+    /// <summary>
+    /// Whether <see cref="ItemBFloat16"/> runs the generated <see cref="Vnni512Kernel.MicroBFloat16"/> where the CPU has
+    /// AVX512-BF16 (tests turn it off to run <see cref="Vnni512Kernel.MicroBFloat16Twin"/>, which runs everywhere).
+    /// </summary>
+    internal static volatile bool UseNativeBFloat16 = true;
+
+    /// <summary>
+    /// A packed strip of <paramref name="k"/> steps (<c>strip[kk * 32 + lane]</c>, float32) rewritten in place as
+    /// bfloat16 pairs: <c>pairs[g * 32 + lane]</c> holds step <c>2g</c> in its low half and step <c>2g + 1</c> (zero past
+    /// the last step) in its high half, each rounded to nearest even (<see cref="HalfKernel.ToBFloat16Bits"/>). Pair g is
+    /// written where steps before <c>2g</c> were, after both of its steps are read.
+    /// </summary>
+    internal static void PairSteps(float* strip, int k)
+    {
+        const int Width = 32;
+        uint* pairs = (uint*)strip;
+        for (int g = 0, n = (k + 1) / 2; g < n; g++)
+        {
+            float* even = strip + (nint)2 * g * Width, odd = even + Width;
+            bool hasOdd = 2 * g + 1 < k;
+            for (int l = 0; l < Width; l += 16)
+            {
+                var low = BFloat16Bits(Vector512.Load(even + l));
+                var high = hasOdd ? BFloat16Bits(Vector512.Load(odd + l)) : Vector512<uint>.Zero;
+                (low | high << 16).Store(pairs + (nint)g * Width + l);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Row <paramref name="n"/> of <paramref name="w"/> decoded as the float kernels decode it (<see cref="DecodeSlice"/>'s
+    /// chunks and elements) and rounded to bfloat16 (<see cref="HalfKernel.ToBFloat16Bits"/>) into <paramref name="dst"/>
+    /// (K values), chunk by chunk with no float row in between; groups shorter than a 512-bit chunk go through
+    /// <see cref="DecodeRows"/> into a float row first.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
+    {
+        int k = w.Cols, g = w.GroupSize;
+        if (QuantizedMatMul.ChunkExceedsGroups(Float512.Count, w))
+        {
+            float[] rented = ArrayPool<float>.Shared.Rent(k);
+            try
+            {
+                fixed (float* p = rented)
+                {
+                    DecodeRows<Float512, Vector512<float>, TD>(w, n, 1, 0, k, p, k, finite: false);
+                    int i = 0;
+                    for (; i + 32 <= k; i += 32) Vector512.Narrow(BFloat16Bits(Vector512.Load(p + i)), BFloat16Bits(Vector512.Load(p + i + 16))).Store(dst + i);
+                    for (; i < k; i++) dst[i] = HalfKernel.ToBFloat16Bits(p[i]);
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(rented);
+            }
+            return;
+        }
+        byte* row = w.Data + n * w.RowBytes;
+        for (int kk = 0; kk < k;)
+        {
+            int gi = kk / g, end = Math.Min(k, (gi + 1) * g);
+            var (scale, offset) = QuantizedMatMul.GroupScale<TD>(w, n, gi);
+            var (gp, gq) = TD.Prepare<Float512, Vector512<float>>(scale, offset);
+            for (; kk + 32 <= end; kk += 32)
+            {
+                var (wa, wb) = TD.Decode<Float512, Vector512<float>>(row, kk, gp, gq);
+                if (TD.Deinterleaved) (wa, wb) = Float512.Interleave(wa, wb);
+                Vector512.Narrow(BFloat16Bits(wa), BFloat16Bits(wb)).Store(dst + kk);
+            }
+            for (; kk < end; kk++) dst[kk] = HalfKernel.ToBFloat16Bits(TD.One(row, kk) * scale + offset);
+        }
+    }
+
+    /// <summary>float32 lanes rounded to bfloat16 bits in the low halves (<see cref="HalfKernel.ToBFloat16Bits"/>: nearest even, NaN to 0x7FC0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> BFloat16Bits(Vector512<float> v)
+    {
+        var x = v.AsUInt32();
+        var rounded = (x + Vector512.Create(0x7FFFu) + ((x >> 16) & Vector512<uint>.One)) >> 16;
+        return Vector512.ConditionalSelect(Vector512.IsNaN(v).AsUInt32(), Vector512.Create(0x7FC0u), rounded);
+    }
+
+    /// <summary>
+    /// A work item of a transposed call in bfloat16 (<see cref="Run"/>'s <c>bfloat16</c>): weight rows <c>[n0, n0 +
+    /// rows)</c> of <paramref name="weightPairs"/> (the weight rounded to bfloat16 once per call, <c>[N, k / 2]</c> pairs,
+    /// zero rows up to whole tiles) against the strips of <paramref name="block"/>, packed as bfloat16 pairs
+    /// (<see cref="PairSteps"/>) at <paramref name="xt"/>: <see cref="Vnni512Kernel.MicroBFloat16"/> in tiles of six rows,
+    /// reduction blocks of <see cref="BlockTarget"/> steps (the block of a strip stays in L1), sums in float32 in
+    /// <c>y^T</c> (<paramref name="scratch"/>), then written with the bias as in <see cref="Item"/>. <c>vdpbf16ps</c> does
+    /// two multiply-adds per lane per instruction, twice <c>vfmadd231ps</c>; the rounding is libtorch's bfloat16
+    /// convolution's (inputs and weights to bfloat16, sums in float32).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ItemBFloat16(uint* weightPairs, int k, float* xt, StripBlock block, float* scratch, float* bias, float* y, nint ldy, int n0, int rows)
+    {
+        const int Width = 32;
+        int ldt = (block.S1 - block.S0) * Width, half = k / 2;
+        float* yt = scratch; // [tiles * 6][ldt] partial y^T
+        new Span<float>(yt, (rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows * ldt).Clear();
+        bool native = UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported;
+        for (int g0 = 0; g0 < half; g0 += BlockTarget / 2)
+        {
+            int pairs = Math.Min(half - g0, BlockTarget / 2);
+            for (int s = block.S0; s < block.S1; s++)
+            {
+                uint* b = (uint*)(xt + (nint)(s - block.First) * k * Width) + (nint)g0 * Width;
+                for (int t = 0; t < rows; t += BFloat16TileRows)
+                {
+                    uint* a = weightPairs + (nint)(n0 + t) * half + g0;
+                    float* c = yt + t * ldt + (s - block.S0) * Width;
+                    if (native) Vnni512Kernel.MicroBFloat16(a, (nint)half * 4, b, pairs, c, ldt * 4);
+                    else Vnni512Kernel.MicroBFloat16Twin(a, (nint)half * 4, b, pairs, c, ldt * 4);
+                }
+            }
+        }
+        int i0 = block.S0 * Width, count = Math.Min(block.M, block.S1 * Width) - i0;
+        for (int r = 0; r < rows; r++)
+        {
+            float* dst = y + (n0 + r) * ldy + i0;
+            float b = bias == null ? 0f : bias[n0 + r];
+            for (int i = 0; i < count; i++) dst[i] = yt[r * ldt + i] + b;
         }
     }
 

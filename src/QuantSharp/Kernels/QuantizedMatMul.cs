@@ -218,7 +218,10 @@ internal static unsafe class QuantizedMatMul
     /// With <see cref="MatMulMethod.Transposed"/>: a convolution whose column matrix (im2col, <c>[K, m]</c>) is
     /// <c>x^T</c>, unfolded from the image at <paramref name="x"/> as the GEMM packs it (<paramref name="ldx"/> unused).
     /// </param>
-    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto, Im2Col? unfold = null)
+    /// <param name="bfloat16">
+    /// With <see cref="MatMulMethod.Transposed"/> at 512 bits: multiply in bfloat16 (<see cref="PackedMatMul.Run"/>), where the weight's groups allow it; float32 otherwise.
+    /// </param>
+    public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto, Im2Col? unfold = null, bool bfloat16 = false)
     {
         if (unfold is { } u && (method != MatMulMethod.Transposed || u.Rows != w.Cols || u.Positions != m))
             throw new ArgumentException($"An unfolded image needs the transposed method, {w.Cols} rows and {m} positions; got {method}, {u.Rows} and {u.Positions}.", nameof(unfold));
@@ -230,10 +233,10 @@ internal static unsafe class QuantizedMatMul
         // decoding (PackedMatMul.DecodeRows).
         switch (path == KernelPath.Auto && method == MatMulMethod.Rows ? RowKernelWidth(Resolve(path), w, m) : Resolve(path))
         {
-            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case KernelPath.V512: ByFormat<Float512, Vector512<float>>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case KernelPath.V256: ByFormat<Float256, Vector256<float>>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case KernelPath.V128: ByFormat<Float128, Vector128<float>>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            default: ByFormat<Float1, float>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
         }
     }
 
@@ -292,17 +295,17 @@ internal static unsafe class QuantizedMatMul
         return path;
     }
 
-    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
+    private static void ByFormat<TW, TVec>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold, bool bfloat16)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         switch (w.Format)
         {
-            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
-            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold); break;
+            case WeightFormat.Int8: Drive<TW, TVec, Int8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case WeightFormat.UInt8: Drive<TW, TVec, UInt8Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case WeightFormat.Int4: Nibbles<TW, TVec, SignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case WeightFormat.UInt4: Nibbles<TW, TVec, UnsignedNibbles>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            case WeightFormat.Float16: Drive<TW, TVec, HalfDecoder>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
+            default: Drive<TW, TVec, BFloat16Decoder>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16); break;
         }
     }
 
@@ -311,7 +314,7 @@ internal static unsafe class QuantizedMatMul
     /// <see cref="NibbleRows"/> (the 512-bit lookup) for groups of whole steps at 512 bits, <see cref="NibbleRowsBySums"/>
     /// for the rest; everything else the generic row kernels or the packed GEMM.
     /// </summary>
-    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
+    private static void Nibbles<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold, bool bfloat16)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
         int k = w.Cols, step = NibbleStep<TW, TVec>(), c = TW.Count;
@@ -322,7 +325,7 @@ internal static unsafe class QuantizedMatMul
         }
         if (method != MatMulMethod.Rows || m != 1 || !TakesNibbleSteps(c, w, out bool shortGroups))
         {
-            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold);
+            Drive<TW, TVec, NibbleDecoder<TSign>>(w, x, m, ldx, bias, y, ldy, method, unfold, bfloat16);
             return;
         }
         // NibbleRowsBySums needs the activations' lane sums per block (a group, or a step of short groups); the
@@ -733,7 +736,7 @@ internal static unsafe class QuantizedMatMul
         b = Avx512F.FusedMultiplyAdd(Float512.NibbleAt(words, 28, lookup), Vector512.Load(x + 7 * c), b);
     }
 
-    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold)
+    private static void Drive<TW, TVec, TD>(WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, MatMulMethod method, Im2Col? unfold, bool bfloat16)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         int k = w.Cols;
@@ -744,7 +747,7 @@ internal static unsafe class QuantizedMatMul
         }
         if (method != MatMulMethod.Rows)
         {
-            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, method == MatMulMethod.Transposed, unfold);
+            PackedMatMul.Run<TW, TVec, TD>(w, x, m, ldx, bias, y, ldy, method == MatMulMethod.Transposed, unfold, bfloat16);
             return;
         }
         int[]? order = TD.Deinterleaved && TW.Count > 1 ? CachedChunkOrder(k, w.GroupSize, 2 * TW.Count) : null;

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
@@ -30,14 +31,67 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Where the row-dot kernels for 1, 2 and 4 activation rows start in the code page (<see cref="Assemble"/>), plus 4 for those with a tail step.</summary>
     private static readonly int[] s_rowDotOffsets = new int[9];
 
+    /// <summary>Where the bfloat16 micro-kernel (<see cref="MicroBFloat16"/>) starts in the code page (set by <see cref="Assemble"/>).</summary>
+    private static int s_bfloat16Offset;
+
     private static readonly nint s_code = Build();
 
     /// <summary>Whether the 512-bit kernel runs here (and <see cref="Simd.MaxBits"/> allows 512 bits).</summary>
     public static bool IsSupported => s_code != 0 && Simd.Use512;
 
+    /// <summary>
+    /// Whether <see cref="MicroBFloat16"/> runs here: <see cref="IsSupported"/> and the CPU reports AVX512-BF16 (CPUID leaf
+    /// 7 subleaf 1, EAX bit 5), which .NET 10 exposes through no intrinsic.
+    /// </summary>
+    public static bool BFloat16Supported => IsSupported && s_avx512BFloat16;
+
+    /// <summary>CPUID leaf 7 subleaf 1, EAX bit 5, read once: a CPUID in a virtual machine exits to the hypervisor (about two microseconds a call here).</summary>
+    private static readonly bool s_avx512BFloat16 = X86Base.IsSupported && X86Base.CpuId(0, 0).Eax >= 7 && (X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
+
     /// <summary>Runs the micro-kernel (see the class remarks); only when <see cref="IsSupported"/>.</summary>
     public static void Micro(byte* a, nint lda, byte* b, int groups, int* c, nint ldcBytes) =>
         ((delegate* unmanaged[SuppressGCTransition]<byte*, nint, byte*, nint, int*, nint, void>)s_code)(a, lda, b, groups, c, ldcBytes);
+
+    /// <summary>
+    /// The micro-kernel of the packed float GEMM's bfloat16 mode (<see cref="PackedMatMul.BFloat16Fits"/>): the loop of
+    /// <see cref="Micro"/> with <c>vdpbf16ps zmm</c> (AVX512-BF16) in place of <c>vpdpbusd</c>, so each 32-bit group holds
+    /// two bfloat16 values (element 0 in the low half) and the accumulators are float32: <c>c[j, l] +=
+    /// a[j, g].hi * b[g, l].hi</c>, then <c>+= a[j, g].lo * b[g, l].lo</c>, each product exact and each addition
+    /// rounded to nearest even (denormal inputs and results are flushed to zero), for six weight rows j, <c>lda</c> bytes
+    /// apart, and a strip of 32 lanes (groups 128 bytes apart); <c>c</c> rows <c>ldcBytes</c> apart. Only when
+    /// <see cref="BFloat16Supported"/>; <see cref="MicroBFloat16Twin"/> computes the same in managed code.
+    /// </summary>
+    public static void MicroBFloat16(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes) =>
+        ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, void>)(s_code + s_bfloat16Offset))(a, lda, b, groups, c, ldcBytes);
+
+    /// <summary>
+    /// <see cref="MicroBFloat16"/> in portable vectors (the tests compare the two, and run the GEMM's bfloat16 mode through
+    /// this on CPUs without AVX512-BF16). Denormals are not flushed (the test values have none).
+    /// </summary>
+    public static void MicroBFloat16Twin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes)
+    {
+        var high = Vector512.Create(0xFFFF0000u);
+        for (int j = 0; j < 6; j++)
+        {
+            float* row = (float*)((byte*)c + j * ldcBytes);
+            var acc0 = Vector512.Load(row);
+            var acc1 = Vector512.Load(row + 16);
+            uint* wj = (uint*)((byte*)a + j * lda);
+            for (int g = 0; g < groups; g++)
+            {
+                var w = Vector512.Create(wj[g]);
+                var (wHigh, wLow) = ((w & high).AsSingle(), (w << 16).AsSingle());
+                var b0 = Vector512.Load(b + 32 * g);
+                var b1 = Vector512.Load(b + 32 * g + 16);
+                acc0 += (b0 & high).AsSingle() * wHigh;
+                acc0 += (b0 << 16).AsSingle() * wLow;
+                acc1 += (b1 & high).AsSingle() * wHigh;
+                acc1 += (b1 << 16).AsSingle() * wLow;
+            }
+            acc0.Store(row);
+            acc1.Store(row + 16);
+        }
+    }
 
     /// <summary>
     /// The row kernels' dot products at 512 bits (<see cref="IntegerMatMul"/> at few activation rows): <paramref name="count"/>
@@ -89,7 +143,10 @@ internal static unsafe partial class Vnni512Kernel
     internal static byte[] Assemble()
     {
         var asm = new Assembler();
-        AssembleMicro(asm);
+        AssembleMicro(asm, bfloat16: false);
+        asm.AlignTo(64);
+        s_bfloat16Offset = asm.Position;
+        AssembleMicro(asm, bfloat16: true);
         foreach (bool tail in new[] { false, true })
             foreach (int rows in new[] { 1, 2, 4 })
             {
@@ -148,8 +205,8 @@ internal static unsafe partial class Vnni512Kernel
         asm.Return();
     }
 
-    /// <summary>The micro-kernel (see the class remarks).</summary>
-    private static void AssembleMicro(Assembler asm)
+    /// <summary>The micro-kernel (see the class remarks), or with <paramref name="bfloat16"/> <see cref="MicroBFloat16"/> (the same loop, <c>vdpbf16ps</c> for <c>vpdpbusd</c>).</summary>
+    private static void AssembleMicro(Assembler asm, bool bfloat16)
     {
         // Six rows at [r8], [r8 + r9], [r10], [r10 + r9], [r11], [r11 + r9] with r10 = r8 + 2 r9, r11 = r8 + 4 r9.
         (int Base, int Index)[] accRows = [(R8, NoIndex), (R8, R9), (R10, NoIndex), (R10, R9), (R11, NoIndex), (R11, R9)];
@@ -171,8 +228,16 @@ internal static unsafe partial class Vnni512Kernel
         for (int j = 0; j < 6; j++)
         {
             asm.Broadcast32(14, weightRows[j].Base, weightRows[j].Index);
-            asm.DotBytes(2 * j, 12, 14);
-            asm.DotBytes(2 * j + 1, 13, 14);
+            if (bfloat16)
+            {
+                asm.DotBFloat16(2 * j, 12, 14);
+                asm.DotBFloat16(2 * j + 1, 13, 14);
+            }
+            else
+            {
+                asm.DotBytes(2 * j, 12, 14);
+                asm.DotBytes(2 * j + 1, 13, 14);
+            }
         }
         asm.AddImmediate(Rdx, 128);
         asm.AddImmediate(Rdi, 4);
@@ -215,6 +280,13 @@ internal static unsafe partial class Vnni512Kernel
         {
             EvexPrefix(Map0F38, Prefix66, acc, unsignedBytes, signedBytes, xBit: signedBytes >> 4);
             Emit(0x50, 0xC0 | (acc & 7) << 3 | (signedBytes & 7));
+        }
+
+        /// <summary><c>vdpbf16ps zmm(acc), zmm(left), zmm(right)</c> (EVEX.512.F3.0F38.W0 52): acc += 2 bfloat16 products per lane, in float32.</summary>
+        public void DotBFloat16(int acc, int left, int right)
+        {
+            EvexPrefix(Map0F38, PrefixF3, acc, left, right, xBit: right >> 4);
+            Emit(0x52, 0xC0 | (acc & 7) << 3 | (right & 7));
         }
 
         /// <summary><c>lea dst, [base + 2 * index]</c>.</summary>

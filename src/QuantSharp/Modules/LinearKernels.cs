@@ -104,7 +104,11 @@ internal static unsafe class LinearKernels
     /// which packs its strips straight from their codes: the integers of the simulated path (zero padding becomes the
     /// zero point's code, which contributes nothing).
     /// </summary>
-    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null)
+    /// <remarks>
+    /// With <paramref name="bfloat16"/> (and no static <paramref name="input"/>) the packed GEMM multiplies in bfloat16
+    /// (<see cref="PackedMatMul.Run"/>): the bfloat16 route where libtorch's bfloat16 convolution cannot run.
+    /// </remarks>
+    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false)
     {
         if (images.dtype != ScalarType.Float32 || images.dim() != 4) return null;
         long[] shape = TensorSpans.Shape(images);
@@ -127,7 +131,7 @@ internal static unsafe class LinearKernels
                 IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
                 return;
             }
-            QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count));
+            QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count), bfloat16: bfloat16);
         });
         return y.MoveToOuterDisposeScope();
     }

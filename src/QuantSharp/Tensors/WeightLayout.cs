@@ -96,7 +96,7 @@ public abstract class WeightLayout : IDisposable
     /// quantized to 8 bits and multiplied in integers (W8A8). Null when this layout has no such kernel for the input
     /// (the module then dequantizes and runs the float convolution).
     /// </summary>
-    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer) => null;
+    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false) => null;
 
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
@@ -215,7 +215,7 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
 
-    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer);
+    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer, bfloat16);
 
     public override Tensor GatherRows(Tensor indices)
     {
