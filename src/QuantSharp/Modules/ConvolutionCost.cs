@@ -32,6 +32,11 @@ namespace QuantSharp.Modules;
 /// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
 /// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass; W8A8 now only
 /// above <see cref="FewTermW8A8MaxWork"/>).</item>
+/// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
+/// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
+/// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
+/// <see cref="PackedBFloat16Pays"/> (256 or more terms into 256 or more channels, or onto few positions); the float32
+/// rule elsewhere.</item>
 /// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
 /// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
 /// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
@@ -249,6 +254,35 @@ internal static class ConvolutionCost
     /// <summary>Images up to which <see cref="InPlaceWeightOnlyMinImages"/>' rule holds (8 measured; the padded copy holds every image).</summary>
     internal const int InPlaceWeightOnlyMaxImages = 8;
 
+    /// <summary>
+    /// Reduction length from which the bfloat16 route on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>) pays.
+    /// </summary>
+    internal const int PackedBFloat16MinReduction = 256;
+
+    /// <summary>Output channels from which the bfloat16 route on the packed kernels pays at any number of positions.</summary>
+    internal const int PackedBFloat16MinOutputs = 256;
+
+    /// <summary>Output channels from which it pays on more than <see cref="FewPositionsMaxPositions"/> positions.</summary>
+    internal const int PackedBFloat16MinOutputsManyPositions = 128;
+
+    /// <summary>
+    /// Whether a call that is neither small nor integer takes the bfloat16 route on the packed kernels (where libtorch's
+    /// bfloat16 convolution failed its check): an even reduction of at least <see cref="PackedBFloat16MinReduction"/>
+    /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or <see cref="PackedBFloat16MinOutputsManyPositions"/>
+    /// on more than <see cref="FewPositionsMaxPositions"/> positions. The packed kernels unfold and pack every position's
+    /// K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
+    /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
+    /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route over float32's time, paired in one
+    /// process): from 256 channels 0.36-1.00x at batch 1 and 8, where the float32 rule's routes took 0.37-1.17x; 128
+    /// channels on 392-784 positions 0.72-1.06x against 0.76-1.14x; with 64 channels (ResNet 64->64 on 56x56, 1.07x
+    /// and 1.49x), with fewer terms (1x1 128->512, 1.10x at batch 8), and with 128 channels on 49 positions (0.50x
+    /// against the packed float32 kernels' 0.39x) it lost.
+    /// </summary>
+    internal static bool PackedBFloat16Pays(Im2Col unfold, long outputs) =>
+        unfold.Rows >= PackedBFloat16MinReduction && unfold.Rows % 2 == 0
+        && (outputs >= PackedBFloat16MinOutputs
+            || (outputs >= PackedBFloat16MinOutputsManyPositions && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions));
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>
@@ -257,7 +291,8 @@ internal static class ConvolutionCost
     /// <param name="float256">True where the float kernels' widest path is 256 bits (<see cref="Widest256"/>): small calls of more than <see cref="SmallKernelMaxReduction256"/> terms then take the packed kernels.</param>
     /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
     /// <param name="oneThread">True where the kernels run on one thread (<see cref="KernelThreads.Count"/> 1): weight-only pointwise calls take the packed kernels up to <see cref="PointwiseWeightOnlyMaxImagesOneThread"/> images.</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false)
+    /// <param name="packedBFloat16">True where the bfloat16 route runs on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>): it is taken only where <see cref="PackedBFloat16Pays"/>, the float32 rule elsewhere.</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
@@ -275,6 +310,11 @@ internal static class ConvolutionCost
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
+        if (bfloat16 && packedBFloat16)
+        {
+            if (!small && !integer && PackedBFloat16Pays(unfold, outputs)) return ConvolutionRoute.BFloat16;
+            bfloat16 = false; // the float32 rule
+        }
         if (bfloat16)
         {
             if (small) return ConvolutionRoute.Direct;

@@ -216,13 +216,15 @@ public sealed class QuantizedConv : QuantizedModule
     {
         route = Decide(input, route, out long[] imageShape, out var unfold);
         if (route == ConvolutionRoute.Reference) return null;
-        if (route == ConvolutionRoute.BFloat16) return BFloat16Convolution(input);
+        bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && PackedBFloat16Convolutions;
+        if (route == ConvolutionRoute.BFloat16 && !packedBFloat16) return BFloat16Convolution(input);
         if (route == ConvolutionRoute.Direct) return Direct(input, unfold);
         long n = imageShape[0];
         var images = input.reshape(imageShape);
         Tensor? y = null;
-        if (InputQuantizer is { } quantizer) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
-        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null);
+        // The bfloat16 route on the packed kernels: the (fake-quantized, for W8A8) input multiplied in bfloat16.
+        if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
+        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16);
         if (y is null) return null;
         long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
         y = y.reshape(outShape);
@@ -253,7 +255,7 @@ public sealed class QuantizedConv : QuantizedModule
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
         if (route == ConvolutionRoute.Auto)
-            route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1);
+            route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
         return route;
     }

@@ -131,16 +131,26 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// compute"). PyTorch makes the same trade with <c>torch.backends.mkldnn.conv.fp32_precision = "bf16"</c>. Set false
     /// for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16, nor does a process in
     /// which libtorch's bfloat16 convolution (or matrix product) failed a known-answer check at its first use (it
-    /// returned wrong values on one Zen 5 CPU; those layers then keep their float32 routes). Integer W8A8 layers keep
-    /// their integer kernels.
+    /// returned wrong values on one Zen 5 CPU) with libtorch's operation: convolutions then compute in bfloat16 on the
+    /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (reductions
+    /// of 256 or more terms into 256 or more channels, or onto few positions), and keep their float32 routes elsewhere;
+    /// linear layers keep their float32 routes. Integer W8A8 layers keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;
 
     /// <summary>
     /// Whether the bfloat16 convolution route may run in this process: <see cref="UseBFloat16Compute"/> on a CPU with
-    /// native bfloat16 where libtorch's bfloat16 convolution gave the known answers (<see cref="BFloat16Check"/>).
+    /// native bfloat16 where libtorch's bfloat16 convolution gave the known answers (<see cref="BFloat16Check"/>), or,
+    /// where it did not, the packed kernels can multiply in bfloat16 (<see cref="PackedBFloat16Convolutions"/>).
     /// </summary>
-    internal static bool BFloat16Convolutions => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.Convolutions;
+    internal static bool BFloat16Convolutions => UseBFloat16Compute && NativeBFloat16 && (BFloat16Check.Convolutions || Vnni512Kernel.BFloat16Supported);
+
+    /// <summary>
+    /// Whether the bfloat16 convolution route runs on the packed kernels in bfloat16 (<see cref="PackedMatMul.Run"/>'s
+    /// bfloat16 mode, <c>vdpbf16ps</c>) instead of libtorch's bfloat16 convolution: where that failed
+    /// <see cref="BFloat16Check"/> and the CPU has AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>).
+    /// </summary>
+    internal static bool PackedBFloat16Convolutions => !BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
 
     /// <summary>As <see cref="BFloat16Convolutions"/>, for the linear layers' bfloat16 route (libtorch's bfloat16 matrix product).</summary>
     internal static bool BFloat16MatMuls => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.MatMuls;

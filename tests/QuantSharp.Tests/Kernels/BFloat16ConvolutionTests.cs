@@ -19,8 +19,10 @@ namespace QuantSharp.Tests.Kernels;
 /// <see cref="QuantizedConv.UseBFloat16Compute"/> off a call the rule sends to bfloat16 computes in float32;
 /// <see cref="QuantizedModule.NativeBFloat16"/> agrees with the CPU's flags; an input that needs gradients takes the
 /// differentiable float32 path. Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (it did on a
-/// Zen 5 VM, for layers of 10 output channels), the rule never takes the route, and the forced
-/// route, still libtorch's bfloat16 convolution, misses the bound on some of the layers here.
+/// Zen 5 VM, for layers of 10 output channels), the route runs on the packed kernels in bfloat16 where the CPU has
+/// AVX512-BF16 (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), within the same bound; elsewhere the rule
+/// never takes the route, and the forced route, still libtorch's bfloat16 convolution, misses the bound on some of the
+/// layers here.
 /// </summary>
 public class BFloat16ConvolutionTests
 {
@@ -86,7 +88,8 @@ public class BFloat16ConvolutionTests
         using var noGrad = no_grad();
         torch.manual_seed(41);
         int layers = 0, outOfBound = 0;
-        bool libtorchRight = BFloat16Check.Convolutions;
+        // The route is right where libtorch's bfloat16 convolution passed the check, or runs on the packed kernels instead.
+        bool libtorchRight = BFloat16Check.Convolutions || QuantizedModule.PackedBFloat16Convolutions;
         foreach (var (conv, inputs) in Cases())
         {
             var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
@@ -144,6 +147,14 @@ public class BFloat16ConvolutionTests
             var auto = layer.Route(x);
             Assert.True(QuantizedModule.BFloat16Convolutions || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it (or where libtorch's failed the check): {auto}");
             var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
+            if (QuantizedModule.PackedBFloat16Convolutions)
+            {
+                // libtorch's bfloat16 convolution failed the check here: the packed kernels multiplied in bfloat16.
+                var float32 = layer.Forward(x, ConvolutionRoute.Reference);
+                AssertWithinBFloat16Bound(layer, x, float32, actual, $"[{string.Join(",", layer.WeightShape)}] on the packed kernels");
+                Assert.False(actual.allclose(float32, rtol: 1e-5, atol: 1e-5), "the packed kernels' bfloat16 route gave float32's values");
+                continue;
+            }
             using var w = layer.DequantizeWeight().to(ScalarType.BFloat16);
             using var b = layer.bias!.to(ScalarType.BFloat16);
             using var xb = x.to(ScalarType.BFloat16);
@@ -190,7 +201,7 @@ public class BFloat16ConvolutionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(44);
-        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 64, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 256, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 64, 20, 20);
         var reference = layer.Forward(x, ConvolutionRoute.Reference);
         bool saved = QuantizedConv.UseBFloat16Compute;
@@ -240,7 +251,7 @@ public class BFloat16ConvolutionTests
     {
         using var scope = NewDisposeScope();
         torch.manual_seed(45);
-        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 64, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 256, 3, padding: 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 64, 20, 20);
         using (no_grad())
             Assert.Equal(QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Reference, layer.Route(x));

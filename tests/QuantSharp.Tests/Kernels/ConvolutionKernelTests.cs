@@ -438,7 +438,8 @@ public unsafe class ConvolutionKernelTests
     /// Asserts the route an int8 (weight-only or, with <paramref name="input"/>, static W8A8) layer of <paramref name="conv"/>
     /// takes for <paramref name="x"/>: with <see cref="QuantizedConv.UseBFloat16Compute"/> (the default)
     /// <paramref name="withBFloat16"/> where the bfloat16 convolution route runs (a native-bf16 CPU whose libtorch passed
-    /// <see cref="BFloat16Check"/>) and <paramref name="without"/> elsewhere, and what
+    /// <see cref="BFloat16Check"/>; where the route runs on the packed kernels instead, <paramref name="withBFloat16"/> only
+    /// where <see cref="ConvolutionCost.PackedBFloat16Pays"/>) and <paramref name="without"/> elsewhere, and what
     /// <see cref="ConvolutionCost.Choose"/> gives for <paramref name="unfold"/> (the call's geometry; null where the input
     /// itself rules the kernels out); with the flag off <paramref name="without"/> on every machine.
     /// </summary>
@@ -451,9 +452,13 @@ public unsafe class ConvolutionKernelTests
         {
             QuantizedConv.UseBFloat16Compute = true;
             var route = layer.Route(x);
-            Assert.True((QuantizedModule.BFloat16Convolutions ? withBFloat16 : without) == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
+            // Where the bfloat16 route runs on the packed kernels (libtorch's failed the check), only where that pays.
+            var expected = !QuantizedModule.BFloat16Convolutions ? without
+                : !QuantizedModule.PackedBFloat16Convolutions ? withBFloat16
+                : withBFloat16 == ConvolutionRoute.BFloat16 && unfold is { } pu && ConvolutionCost.PackedBFloat16Pays(pu, layer.out_channels) ? ConvolutionRoute.BFloat16 : without;
+            Assert.True(expected == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, QuantizedModule.PackedBFloat16Convolutions), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;
@@ -559,10 +564,12 @@ public unsafe class ConvolutionKernelTests
         int saved = KernelThreads.Count;
         try
         {
+            // 64 output channels on 6,272 positions: the bfloat16 route on the packed kernels does not pay (the float32 rule's).
+            bool libtorchBFloat16 = QuantizedModule.BFloat16Convolutions && !QuantizedModule.PackedBFloat16Convolutions;
             KernelThreads.Count = 1;
-            Assert.Equal(QuantizedModule.BFloat16Convolutions ? B : ConvolutionCost.Widest256 ? R : K, layer.Route(x));
+            Assert.Equal(libtorchBFloat16 ? B : ConvolutionCost.Widest256 ? R : K, layer.Route(x));
             KernelThreads.Count = 2;
-            Assert.Equal(QuantizedModule.BFloat16Convolutions ? B : R, layer.Route(x));
+            Assert.Equal(libtorchBFloat16 ? B : R, layer.Route(x));
         }
         finally
         {

@@ -1,0 +1,225 @@
+using QuantSharp.Kernels;
+using QuantSharp.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+using static QuantSharp.Tests.Kernels.ConvolutionKernelTests;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// The packed kernels' bfloat16 mode (<see cref="PackedMatMul.Run"/>'s <c>bfloat16</c>: the bfloat16 convolution route
+/// where libtorch's bfloat16 convolution fails its check): the generated <c>vdpbf16ps</c> micro-kernel against its
+/// managed twin and a scalar specification; convolutions of every weight format, geometry (stride phases, dilation,
+/// padding, Conv1d, reductions of one and two blocks, odd lengths), weights of one item and of several (rows not a
+/// multiple of the six-row tile), one and two images, within bfloat16's rounding bound of the float32 specification,
+/// rounded (not float32's bits), the same through the native micro-kernel and the twin; and exactly the float32 kernels'
+/// bits where the mode does not apply (paths narrower than 512 bits, odd reduction lengths), as CI's runs with AVX-512
+/// or all intrinsics off check.
+/// </summary>
+public unsafe class BFloat16PackedKernelTests
+{
+    /// <summary>
+    /// Per output, |bfloat16 mode - float32 specification| as a fraction of M = sum |w| |x| + |b|: input and weight each
+    /// rounded to bfloat16 (u = 2^-8 of themselves: a product moves by at most (2u + u^2) |w x|), sums in float32 on both
+    /// sides (K 2^-24 M each, under 2^-14 M for the K &lt;= 360 here) and the weight's dequantization (one float32 rounding
+    /// apart): in all under 2u + 2^-12. No output rounding: the sums stay float32.
+    /// </summary>
+    private const double Bound = 2.0 / 256 + 1.0 / 4096;
+
+    // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW): Geometries' odd and even reductions, plus one of two reduction blocks (K = 360).
+    private static readonly int[][] Shapes = [.. Geometries, [40, 6, 7, 3, 3, 1, 1, 1, 1, 1, 1], [20, 9, 5, 3, 3, 2, 1, 1, 1, 1, 1]];
+
+    [Fact]
+    public void MicroKernelTwinFollowsTheInstructionsDefinitionAndTheGeneratedKernelAgrees()
+    {
+        const int Pairs = 37, Lanes = 32, Rows = 6, Ldc = 40; // c rows 40 floats apart: 8 not written
+        var rng = new Random(7);
+        uint[] a = new uint[Rows * 41], b = new uint[Pairs * Lanes]; // weight rows 41 pairs apart
+        ushort Bf() => HalfKernel.ToBFloat16Bits((float)(rng.NextDouble() * 4 - 2));
+        for (int i = 0; i < a.Length; i++) a[i] = Bf() | (uint)Bf() << 16;
+        for (int i = 0; i < b.Length; i++) b[i] = Bf() | (uint)Bf() << 16;
+        float[] start = new float[Rows * Ldc];
+        for (int i = 0; i < start.Length; i++) start[i] = (float)(rng.NextDouble() * 8 - 4);
+        // The specification: per lane, += the high halves' product, then += the low halves' (each product exact in float32).
+        float[] spec = (float[])start.Clone();
+        for (int j = 0; j < Rows; j++)
+            for (int l = 0; l < Lanes; l++)
+                for (int g = 0; g < Pairs; g++)
+                {
+                    uint w = a[j * 41 + g], x = b[g * Lanes + l];
+                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w & 0xFFFF0000u) * BitConverter.UInt32BitsToSingle(x & 0xFFFF0000u);
+                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w << 16) * BitConverter.UInt32BitsToSingle(x << 16);
+                }
+        float[] twin = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = twin)
+            Vnni512Kernel.MicroBFloat16Twin(pa, 41 * 4, pb, Pairs, pc, Ldc * 4);
+        Assert.Equal(spec, twin);
+        for (int j = 0; j < Rows; j++)
+            for (int l = Lanes; l < Ldc; l++) Assert.Equal(start[j * Ldc + l], twin[j * Ldc + l]);
+        if (!Vnni512Kernel.BFloat16Supported) return; // no AVX512-BF16 here (or AVX-512 off): the twin is all that runs
+        float[] native = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = native)
+            Vnni512Kernel.MicroBFloat16(pa, 41 * 4, pb, Pairs, pc, Ldc * 4);
+        Assert.Equal(spec, native);
+        // No groups: c unchanged.
+        float[] none = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = none)
+            Vnni512Kernel.MicroBFloat16(pa, 41 * 4, pb, 0, pc, Ldc * 4);
+        Assert.Equal(start, none);
+    }
+
+    [Fact]
+    public void StripsArePairedInPlaceAsBFloat16RoundedToNearestEven()
+    {
+        const int Width = 32;
+        var rng = new Random(11);
+        foreach (int k in new[] { 1, 2, 3, 8, 37, 64 })
+        {
+            var steps = new float[k * Width];
+            for (int i = 0; i < steps.Length; i++) steps[i] = (float)(rng.NextDouble() * 6 - 3);
+            // Ties both ways (low half exactly 0x8000, even and odd upper halves), a NaN, infinities, a value that rounds up to infinity.
+            float[] special = [BitConverter.UInt32BitsToSingle(0x3F808000u), BitConverter.UInt32BitsToSingle(0x3F818000u), float.NaN,
+                float.PositiveInfinity, float.NegativeInfinity, BitConverter.UInt32BitsToSingle(0x7F7FFFFFu), -0f, 1e-40f];
+            special.AsSpan(0, Math.Min(special.Length, steps.Length)).CopyTo(steps);
+            var pairs = (float[])steps.Clone();
+            fixed (float* p = pairs) PackedMatMul.PairSteps(p, k);
+            uint[] bits = [.. pairs.Select(BitConverter.SingleToUInt32Bits)];
+            for (int g = 0; g < (k + 1) / 2; g++)
+                for (int l = 0; l < Width; l++)
+                {
+                    uint low = HalfKernel.ToBFloat16Bits(steps[2 * g * Width + l]);
+                    uint high = 2 * g + 1 < k ? HalfKernel.ToBFloat16Bits(steps[(2 * g + 1) * Width + l]) : 0u;
+                    Assert.True((low | high << 16) == bits[g * Width + l], $"k {k}, pair {g}, lane {l}: {bits[g * Width + l]:X8}, expected {low | high << 16:X8}");
+                }
+        }
+    }
+
+    public static IEnumerable<object[]> Formats() => Enum.GetNames<WeightFormat>().Select(f => new object[] { f });
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void ConvolutionsInBFloat16AreWithinItsRoundingOfTheSpecificationOnEveryPath(string formatName)
+    {
+        using var scope = NewDisposeScope();
+        var format = Enum.Parse<WeightFormat>(formatName);
+        int checkedRounded = 0;
+        foreach (var g in Shapes)
+        {
+            foreach (int images in new[] { 1, 2 })
+            {
+                var single = Unfolding(g);
+                var u = single.ForImages(images);
+                int k = u.Rows, p = u.Positions;
+                if (WeightView.IsPacked(format) && k % 2 != 0) continue;
+                foreach (int outputs in new[] { 13, 50 })
+                {
+                    int taps = g[3] * g[4];
+                    int groupSize = WeightView.IsFloat(format) || (WeightView.IsPacked(format) && taps % 2 != 0) ? 0 : taps;
+                    using var w = new PinnedWeight(format, rows: outputs, cols: k, groupSize, zeroPoints: true, seed: k + p + outputs);
+                    var view = w.View;
+                    torch.manual_seed(p + images);
+                    var batch = torch.randn(images, g[0], g[1], g[2]);
+                    float[] pixels = batch.data<float>().ToArray();
+                    float[] bias = KernelTestData.Activations(outputs, k);
+                    // The specification per image: QuantizedMatMul.Reference on libtorch's columns, channel-major.
+                    var expected = new float[images * outputs * p];
+                    var magnitude = new double[images * outputs * p];
+                    for (int i = 0; i < images; i++)
+                    {
+                        float[] rows = LibtorchColumns(batch[i], g).t().contiguous().data<float>().ToArray(); // [P, K]
+                        var spec = new float[p * outputs];
+                        fixed (float* pr = rows) fixed (float* pb = bias) fixed (float* ps = spec)
+                            QuantizedMatMul.Reference(view, pr, p, k, pb, ps, outputs);
+                        for (int n = 0; n < outputs; n++)
+                            for (int pos = 0; pos < p; pos++)
+                            {
+                                expected[(i * outputs + n) * p + pos] = spec[pos * outputs + n];
+                                double m = Math.Abs(bias[n]);
+                                for (int kk = 0; kk < k; kk++) m += Math.Abs((double)rows[pos * k + kk] * view.Dequantized(n, kk));
+                                magnitude[(i * outputs + n) * p + pos] = m;
+                            }
+                    }
+                    foreach (var path in KernelTestData.FloatPaths())
+                    {
+                        float[] float32 = Run(view, pixels, bias, u, outputs, path, bfloat16: false, native: true);
+                        float[] twin = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: false);
+                        string what = $"{format} {path} geometry [{string.Join(",", g)}] x{images}, {outputs} outputs";
+                        bool applies = (path == KernelPath.V512 || (path == KernelPath.Auto && Float512.IsSupported)) && k % 2 == 0;
+                        if (!applies)
+                        {
+                            // Narrower paths and odd reductions: the float32 kernels, bit for bit.
+                            Assert.True(float32.AsSpan().SequenceEqual(twin), $"{what}: the bfloat16 flag changed a call it does not apply to");
+                            continue;
+                        }
+                        for (int i = 0; i < expected.Length; i++)
+                        {
+                            double err = Math.Abs(twin[i] - expected[i]);
+                            Assert.True(err <= Bound * magnitude[i] + 1e-30, $"{what} output {i}: {twin[i]} vs {expected[i]} (|difference| {err:G3}, bound {Bound * magnitude[i]:G3})");
+                        }
+                        Assert.False(float32.AsSpan().SequenceEqual(twin), $"{what}: gave the float32 kernels' bits (did not round)");
+                        checkedRounded++;
+                        if (Vnni512Kernel.BFloat16Supported)
+                        {
+                            float[] native = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: true);
+                            Assert.True(native.AsSpan().SequenceEqual(twin), $"{what}: the generated micro-kernel and its twin differ");
+                        }
+                    }
+                }
+            }
+        }
+        // Every even reduction ran in bfloat16 where 512-bit vectors run.
+        Assert.True(!Float512.IsSupported || checkedRounded >= 8, $"only {checkedRounded} calls ran in bfloat16");
+    }
+
+    [Fact]
+    public void RuleTakesThePackedBFloat16RouteFrom256TermsInto256ChannelsOr128OnMoreThanFewPositions()
+    {
+        var r = ConvolutionRoute.BFloat16;
+        // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, the route with packedBFloat16, without it (libtorch's bfloat16).
+        (int[] G, int Images, int Outputs, bool W8A8, ConvolutionRoute Packed, ConvolutionRoute Libtorch)[] cases =
+        [
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, r),                                     // 2,304 terms into 256 channels
+            ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, r),                                       // 256 channels on 49 positions
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                     // 128 channels on 196 positions: in
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, ConvolutionRoute.Reference, r),            // 127: the float32 rule
+            ([256, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, ConvolutionRoute.Kernel, r),                // 128 channels on 128 positions: out
+            ([256, 9, 15, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 135: in
+            ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // ResNet 64->64: the float32 rule (libtorch)
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 256 terms: in
+            ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 254: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, ConvolutionRoute.Reference, r),             // 64 terms
+            ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 2, 16, false, ConvolutionRoute.Kernel, r),                   // 16 channels: the float32 rule's packed kernels
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, ConvolutionRoute.Kernel), // static W8A8: the integer GEMM
+            ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // an odd reduction (2,295 terms)
+        ];
+        foreach (var (g, images, outputs, w8a8, packed, libtorch) in cases)
+        {
+            var u = Unfolding(g).ForImages(images);
+            string what = $"[{string.Join(",", g)}] x{images} -> {outputs}{(w8a8 ? " W8A8" : "")}";
+            Assert.Equal(libtorch, ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true));
+            var withPacked = ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true, packedBFloat16: true);
+            Assert.True(packed == withPacked, $"{what}: {withPacked}, expected {packed}");
+            // Where the packed route does not pay, the float32 rule's route.
+            if (packed != r) Assert.Equal(ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: false), withPacked);
+        }
+    }
+
+    private static float[] Run(in WeightView view, float[] pixels, float[] bias, Im2Col u, int outputs, KernelPath path, bool bfloat16, bool native)
+    {
+        int p = u.Positions;
+        var y = new float[u.Images * outputs * p];
+        Array.Fill(y, float.NaN);
+        bool saved = PackedMatMul.UseNativeBFloat16;
+        try
+        {
+            PackedMatMul.UseNativeBFloat16 = native;
+            fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
+                QuantizedMatMul.Run(view, px, p, p, pb, py, p, path, MatMulMethod.Transposed, u, bfloat16);
+        }
+        finally
+        {
+            PackedMatMul.UseNativeBFloat16 = saved;
+        }
+        return y;
+    }
+}
