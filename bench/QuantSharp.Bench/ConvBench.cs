@@ -21,7 +21,8 @@ namespace QuantSharp.Bench;
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
 /// each (paired in one process; <c>CONV_BLOCK</c> calls a block, default 20; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
-/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Tuned</c> is the layer's
+/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
+/// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -128,6 +129,8 @@ internal static class ConvBench
                 // InPlace / Packed: the kernel route with its strips read in place from the padded images, or packed.
                 // Tuned: the layer's forward with QuantizedConv.Autotune on (its first call, in the warm-up, tunes the shape).
                 if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
+                // Float32Rule: the rule's route with QuantizedModule.UseBFloat16Compute off (the float32 rule).
+                if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>
@@ -145,8 +148,10 @@ internal static class ConvBench
             }
             if (Environment.GetEnvironmentVariable("CONV_PAIR") is { } pair)
             {
-                // ROUTE:KIND,ROUTE:KIND,...: blocks of calls of each in turn, in one process.
-                Pair(c, pair.Split(','), pair.Split(',').Select(Call).ToArray());
+                // ROUTE:KIND,ROUTE:KIND,...: blocks of calls of each in turn, in one process (int4 left out where the
+                // layer has none: an odd reduction).
+                var variants = pair.Split(',').Where(p => p.StartsWith("Float:", StringComparison.Ordinal) || kinds.Contains(p.Split(':')[1])).ToArray();
+                Pair(c, variants, variants.Select(Call).ToArray());
                 foreach (var tuned in pair.Split(',').Where(p => p.StartsWith("Tuned:", StringComparison.Ordinal)))
                 {
                     var layer = layers[Array.IndexOf(kinds, tuned.Split(':')[1])];
@@ -203,6 +208,21 @@ internal static class ConvBench
     }
 
     /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
+    /// <summary><paramref name="call"/> with <see cref="QuantizedModule.UseBFloat16Compute"/> off (then restored).</summary>
+    private static Tensor Float32Rule(Func<Tensor> call)
+    {
+        bool saved = QuantizedModule.UseBFloat16Compute;
+        QuantizedModule.UseBFloat16Compute = false;
+        try
+        {
+            return call();
+        }
+        finally
+        {
+            QuantizedModule.UseBFloat16Compute = saved;
+        }
+    }
+
     private static Tensor Tuned(Func<Tensor> call)
     {
         QuantizedConv.Autotune = true;

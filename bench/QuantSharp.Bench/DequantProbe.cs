@@ -40,6 +40,7 @@ internal static unsafe class DequantProbe
             return 0;
         }
         int hw = int.Parse(args[2]);
+        if (args.Length > 3) return Sliced(view, rows, cols, hw, args[3..]);
         using var x = torch.randn(1, cols / 9, hw, hw);
         using var weight = torch.randn(rows, cols / 9, 3, 3);
         void Conv(torch.Tensor w) => torch.nn.functional.conv2d(x, w, padding: [1, 1]).Dispose();
@@ -47,6 +48,37 @@ internal static unsafe class DequantProbe
             Console.WriteLine($"round {round}: float32 weight {Time(() => Conv(weight)):F1} us, buffer unwritten {Time(() => Conv(buffer)):F1} us, " +
                 $"dequantized {Time(() => { WeightDequantizer.Run(view, pb); Conv(buffer); }):F1} us, filled {Time(() => { Fill(); Conv(buffer); }):F1} us, " +
                 $"non-temporal {Time(() => { Streamed(); Conv(buffer); }):F1} us");
+        return 0;
+    }
+
+    /// <summary>The convolution in slices of output channels, each slice's weight dequantized into one small buffer just before its call, the outputs concatenated.</summary>
+    private static int Sliced(WeightView view, int rows, int cols, int hw, string[] slices)
+    {
+        using var x = torch.randn(1, cols / 9, hw, hw);
+        using var weight = torch.randn(rows, cols / 9, 3, 3);
+        using var buffer = torch.empty(rows, cols / 9, 3, 3);
+        float* pb = (float*)TensorSpans.Address(buffer);
+        void Conv(torch.Tensor w) => torch.nn.functional.conv2d(x, w, padding: [1, 1]).Dispose();
+        void Slices(int s)
+        {
+            int r = rows / s;
+            var outs = new torch.Tensor[s];
+            using var slice = torch.empty(r, cols / 9, 3, 3);
+            float* ps = (float*)TensorSpans.Address(slice);
+            for (int i = 0; i < s; i++)
+            {
+                WeightDequantizer.Run(view.RowRange(i * r, r), ps);
+                outs[i] = torch.nn.functional.conv2d(x, slice, padding: [1, 1]);
+            }
+            using var y = torch.cat(outs, 1);
+            foreach (var o in outs) o.Dispose();
+        }
+        for (int round = 0; round < 4; round++)
+        {
+            var line = $"round {round}: float32 weight {Time(() => Conv(weight)):F1} us, dequantized {Time(() => { WeightDequantizer.Run(view, pb); Conv(buffer); }):F1} us";
+            foreach (var a in slices) { int s = int.Parse(a); line += $", {s} slices {Time(() => Slices(s)):F1} us"; }
+            Console.WriteLine(line);
+        }
         return 0;
     }
 
