@@ -682,7 +682,7 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Whether a call may multiply in bfloat16 (<see cref="ItemBFloat16"/>): an even reduction length, so that every row of
-    /// the weight rounded to bfloat16 is whole pairs (<see cref="WeightDequantizer.RunBFloat16"/>'s rows, read as pairs).
+    /// the weight rounded to bfloat16 (<see cref="PairWeightRow"/>) is whole pairs of terms.
     /// </summary>
     internal static bool BFloat16Fits(in WeightView w) => w.Cols % 2 == 0;
 

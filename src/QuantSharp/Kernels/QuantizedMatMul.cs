@@ -219,7 +219,7 @@ internal static unsafe class QuantizedMatMul
     /// <c>x^T</c>, unfolded from the image at <paramref name="x"/> as the GEMM packs it (<paramref name="ldx"/> unused).
     /// </param>
     /// <param name="bfloat16">
-    /// With <see cref="MatMulMethod.Transposed"/> at 512 bits: multiply in bfloat16 (<see cref="PackedMatMul.Run"/>), where the weight's groups allow it; float32 otherwise.
+    /// With <see cref="MatMulMethod.Transposed"/> at 512 bits and an even reduction length: multiply in bfloat16 (<see cref="PackedMatMul.Run"/>); float32 otherwise.
     /// </param>
     public static void Run(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, KernelPath path = KernelPath.Auto, MatMulMethod method = MatMulMethod.Auto, Im2Col? unfold = null, bool bfloat16 = false)
     {

@@ -35,8 +35,8 @@ namespace QuantSharp.Modules;
 /// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
-/// <see cref="PackedBFloat16Pays"/> (256 or more terms into 256 or more channels, or onto few positions); the float32
-/// rule elsewhere.</item>
+/// <see cref="PackedBFloat16Pays"/> (256 or more terms into 256 or more channels, or into 128 or more on more than
+/// <see cref="FewPositionsMaxPositions"/> positions); the float32 rule elsewhere.</item>
 /// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
 /// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
 /// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
@@ -272,11 +272,11 @@ internal static class ConvolutionCost
     /// on more than <see cref="FewPositionsMaxPositions"/> positions. The packed kernels unfold and pack every position's
     /// K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
     /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
-    /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route over float32's time, paired in one
-    /// process): from 256 channels 0.36-1.00x at batch 1 and 8, where the float32 rule's routes took 0.37-1.17x; 128
-    /// channels on 392-784 positions 0.72-1.06x against 0.76-1.14x; with 64 channels (ResNet 64->64 on 56x56, 1.07x
-    /// and 1.49x), with fewer terms (1x1 128->512, 1.10x at batch 8), and with 128 channels on 49 positions (0.50x
-    /// against the packed float32 kernels' 0.39x) it lost.
+    /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route forced on every cell of the conv
+    /// table, over float32's time, paired in one process, batch 1 and 8): from 256 channels on 256 or more terms
+    /// 0.40-0.94x (1.03x once); 128 channels on 392-784 positions 0.72-1.06x (the float32 rule's routes there took
+    /// 0.70-1.15x in the final table); it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x), with 128 terms (1x1 128->512,
+    /// 1.10x at batch 8) and with 128 channels on 49 positions (0.50x against the packed float32 kernels' 0.39x).
     /// </summary>
     internal static bool PackedBFloat16Pays(Im2Col unfold, long outputs) =>
         unfold.Rows >= PackedBFloat16MinReduction && unfold.Rows % 2 == 0

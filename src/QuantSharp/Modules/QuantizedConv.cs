@@ -321,6 +321,9 @@ internal enum ConvolutionRoute
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>
     Reference,
 
-    /// <summary>libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>).</summary>
+    /// <summary>
+    /// libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>),
+    /// or, where that failed its check, the packed kernels in bfloat16 (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>).
+    /// </summary>
     BFloat16,
 }

@@ -133,7 +133,8 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// which libtorch's bfloat16 convolution (or matrix product) failed a known-answer check at its first use (it
     /// returned wrong values on one Zen 5 CPU) with libtorch's operation: convolutions then compute in bfloat16 on the
     /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (reductions
-    /// of 256 or more terms into 256 or more channels, or onto few positions), and keep their float32 routes elsewhere;
+    /// of 256 or more terms into 256 or more channels, or into 128 or more on more than 128 positions), and keep their
+    /// float32 routes elsewhere;
     /// linear layers keep their float32 routes. Integer W8A8 layers keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;

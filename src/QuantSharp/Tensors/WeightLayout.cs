@@ -93,8 +93,9 @@ public abstract class WeightLayout : IDisposable
     /// A convolution (one group) through a kernel: float32 images <c>[n, C, H, W]</c> unfolded as
     /// <paramref name="unfold"/> describes (im2col, rows in the weight's flattening order) times the storage matrix
     /// <c>[out, C * kernel]</c>, giving <c>[n, out, positions]</c>. With <paramref name="quantizer"/> the input is
-    /// quantized to 8 bits and multiplied in integers (W8A8). Null when this layout has no such kernel for the input
-    /// (the module then dequantizes and runs the float convolution).
+    /// quantized to 8 bits and multiplied in integers (W8A8); without it and with <paramref name="bfloat16"/>, the
+    /// product is computed in bfloat16 where the kernel can (the bfloat16 route where libtorch's cannot run). Null when
+    /// this layout has no such kernel for the input (the module then dequantizes and runs the float convolution).
     /// </summary>
     internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false) => null;
 

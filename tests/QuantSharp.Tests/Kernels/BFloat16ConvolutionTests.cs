@@ -130,7 +130,7 @@ public class BFloat16ConvolutionTests
     }
 
     [Fact]
-    public void BFloat16RouteIsLibtorchsBFloat16ConvolutionAndRunsWhereverItIsForced()
+    public void BFloat16RouteIsLibtorchsBFloat16ConvolutionOrThePackedKernelsAndRunsWhereverItIsForced()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
