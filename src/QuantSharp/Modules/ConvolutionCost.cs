@@ -35,8 +35,8 @@ namespace QuantSharp.Modules;
 /// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
-/// <see cref="PackedBFloat16Pays"/> (256 or more terms into 256 or more channels, or into 128 or more on more than
-/// <see cref="FewPositionsMaxPositions"/> positions); the float32 rule elsewhere.</item>
+/// <see cref="PackedBFloat16Pays"/> (weight-only; 128 or more terms into 256 or more channels, or 256 or more into 128 or
+/// more on more than <see cref="FewPositionsMaxPositions"/> positions); the float32 rule elsewhere.</item>
 /// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
 /// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
 /// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
@@ -255,33 +255,41 @@ internal static class ConvolutionCost
     internal const int InPlaceWeightOnlyMaxImages = 8;
 
     /// <summary>
-    /// Reduction length from which the bfloat16 route on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>) pays.
+    /// Reduction length from which the bfloat16 route on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>)
+    /// pays into <see cref="PackedBFloat16MinOutputs"/> channels or more.
     /// </summary>
-    internal const int PackedBFloat16MinReduction = 256;
+    internal const int PackedBFloat16MinReduction = 128;
 
     /// <summary>Output channels from which the bfloat16 route on the packed kernels pays at any number of positions.</summary>
     internal const int PackedBFloat16MinOutputs = 256;
 
-    /// <summary>Output channels from which it pays on more than <see cref="FewPositionsMaxPositions"/> positions.</summary>
+    /// <summary>Output channels from which it pays on more than <see cref="FewPositionsMaxPositions"/> positions, with <see cref="PackedBFloat16MinReductionFewerOutputs"/> terms or more.</summary>
     internal const int PackedBFloat16MinOutputsManyPositions = 128;
 
+    /// <summary>Reduction length from which the route pays into fewer than <see cref="PackedBFloat16MinOutputs"/> channels.</summary>
+    internal const int PackedBFloat16MinReductionFewerOutputs = 256;
+
     /// <summary>
-    /// Whether a call that is neither small nor integer takes the bfloat16 route on the packed kernels (where libtorch's
+    /// Whether a weight-only call that is not small takes the bfloat16 route on the packed kernels (where libtorch's
     /// bfloat16 convolution failed its check): an even reduction of at least <see cref="PackedBFloat16MinReduction"/>
-    /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or <see cref="PackedBFloat16MinOutputsManyPositions"/>
-    /// on more than <see cref="FewPositionsMaxPositions"/> positions. The packed kernels unfold and pack every position's
+    /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or of at least
+    /// <see cref="PackedBFloat16MinReductionFewerOutputs"/> into <see cref="PackedBFloat16MinOutputsManyPositions"/> or
+    /// more on more than <see cref="FewPositionsMaxPositions"/> positions. The packed kernels unfold and pack every position's
     /// K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
     /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
     /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route forced on every cell of the conv
     /// table, over float32's time, paired in one process, batch 1 and 8): from 256 channels on 256 or more terms
     /// 0.40-0.94x (1.03x once); 128 channels on 392-784 positions 0.72-1.06x (the float32 rule's routes there took
-    /// 0.70-1.15x in the final table); it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x), with 128 terms (1x1 128->512,
-    /// 1.10x at batch 8) and with 128 channels on 49 positions (0.50x against the packed float32 kernels' 0.39x).
+    /// 0.70-1.15x in the final table); it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x) and with 128
+    /// channels on 49 positions (0.50x against the packed float32 kernels' 0.39x). With 128-192 terms into 256-1024
+    /// channels (1x1 layers, and 3x3 16->256) at batch 1-8 it took 0.60-1.08x where the float32 rule's route took
+    /// 1.04-1.28x, never slower than it by more than 0.01 (1x1 128->512 and 128->256 at batch 4 and 8, three processes).
     /// </summary>
     internal static bool PackedBFloat16Pays(Im2Col unfold, long outputs) =>
-        unfold.Rows >= PackedBFloat16MinReduction && unfold.Rows % 2 == 0
-        && (outputs >= PackedBFloat16MinOutputs
-            || (outputs >= PackedBFloat16MinOutputsManyPositions && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions));
+        unfold.Rows % 2 == 0
+        && ((unfold.Rows >= PackedBFloat16MinReduction && outputs >= PackedBFloat16MinOutputs)
+            || (unfold.Rows >= PackedBFloat16MinReductionFewerOutputs && outputs >= PackedBFloat16MinOutputsManyPositions
+                && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions));
 
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
@@ -312,7 +320,8 @@ internal static class ConvolutionCost
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
         if (bfloat16 && packedBFloat16)
         {
-            if (!small && !integer && PackedBFloat16Pays(unfold, outputs)) return ConvolutionRoute.BFloat16;
+            // Weight-only: static W8A8 keeps its integer kernels (the same integers as the simulated path).
+            if (!small && !quantizedInput && PackedBFloat16Pays(unfold, outputs)) return ConvolutionRoute.BFloat16;
             bfloat16 = false; // the float32 rule
         }
         if (bfloat16)

@@ -132,9 +132,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// for float32 arithmetic everywhere; CPUs without native bfloat16 never compute in bfloat16, nor does a process in
     /// which libtorch's bfloat16 convolution (or matrix product) failed a known-answer check at its first use (it
     /// returned wrong values on one Zen 5 CPU) with libtorch's operation: convolutions then compute in bfloat16 on the
-    /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (reductions
-    /// of 256 or more terms into 256 or more channels, or into 128 or more on more than 128 positions), and keep their
-    /// float32 routes elsewhere;
+    /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (weight-only
+    /// reductions of 128 or more terms into 256 or more channels, or of 256 or more into 128 or more on more than 128
+    /// positions), and keep their float32 routes elsewhere;
     /// linear layers keep their float32 routes. Integer W8A8 layers keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;

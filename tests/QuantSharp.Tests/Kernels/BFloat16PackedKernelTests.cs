@@ -172,7 +172,7 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void RuleTakesThePackedBFloat16RouteFrom256TermsInto256ChannelsOr128OnMoreThanFewPositions()
+    public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositions()
     {
         var r = ConvolutionRoute.BFloat16;
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, the route with packedBFloat16, without it (libtorch's bfloat16).
@@ -185,8 +185,11 @@ public unsafe class BFloat16PackedKernelTests
             ([256, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, ConvolutionRoute.Kernel, r),                // 128 channels on 128 positions: out
             ([256, 9, 15, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 135: in
             ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // ResNet 64->64: the float32 rule (libtorch)
-            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 256 terms: in
-            ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 254: out
+            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 128 terms into 256 channels: in
+            ([126, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 126: out
+            ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, ConvolutionRoute.Reference, r),            // 254 terms into 255 channels: out
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 256 into 255 on 784 positions: in
+            ([16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, r),                 // static W8A8 of 144 terms: the float32 rule (integer GEMM)
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, ConvolutionRoute.Reference, r),             // 64 terms
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 2, 16, false, ConvolutionRoute.Kernel, r),                   // 16 channels: the float32 rule's packed kernels
             ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, ConvolutionRoute.Kernel), // static W8A8: the integer GEMM
