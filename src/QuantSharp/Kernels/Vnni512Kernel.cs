@@ -10,8 +10,9 @@ namespace QuantSharp.Kernels;
 /// core against 202-206 for the 256-bit kernel). .NET 10 exposes 512-bit <c>vpdpbusd</c> only through
 /// <c>Avx10v1.V512</c>, which CPUs with AVX-512 VNNI but without AVX10 (AMD Zen 4/5, Intel Ice Lake to Sapphire
 /// Rapids) do not report, so the 22 instructions of this loop are written here as machine code, once per process, into
-/// a page that is made executable (and no longer writable) before it is called; the row kernels' dot products
-/// (<see cref="RowDots"/>, for CPUs without AVX-VNNI) are written into the same page after it.
+/// a page that is made executable (and no longer writable) before it is called; the same loop with <c>vdpbf16ps</c>
+/// (<see cref="MicroBFloat16"/>, AVX512-BF16, which .NET 10 exposes through no intrinsic either) and the row kernels' dot
+/// products (<see cref="RowDots"/>, for CPUs without AVX-VNNI) are written into the same page after it.
 /// </summary>
 /// <remarks>
 /// <para>It computes exactly what <see cref="MicroKernel.Run{TM, TVec, T, TH}"/> computes (six rows) for
