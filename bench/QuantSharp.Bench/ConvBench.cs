@@ -208,26 +208,24 @@ internal static class ConvBench
     }
 
     /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
-    /// <summary><paramref name="call"/> with <see cref="QuantizedModule.UseBFloat16Compute"/> off (then restored).</summary>
-    private static Tensor Float32Rule(Func<Tensor> call)
+    /// <summary><paramref name="call"/> with <see cref="QuantizedModule.UseBFloat16Compute"/> off (the float32 rule).</summary>
+    private static Tensor Float32Rule(Func<Tensor> call) => With(v => QuantizedModule.UseBFloat16Compute = v, false, true, call);
+
+    /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
+    private static Tensor Tuned(Func<Tensor> call) => With(v => QuantizedConv.Autotune = v, true, false, call);
+
+    /// <summary><paramref name="call"/> with a static option set to <paramref name="during"/>, then set to <paramref name="after"/> (its default).</summary>
+    private static Tensor With(Action<bool> set, bool during, bool after, Func<Tensor> call)
     {
-        bool saved = QuantizedModule.UseBFloat16Compute;
-        QuantizedModule.UseBFloat16Compute = false;
+        set(during);
         try
         {
             return call();
         }
         finally
         {
-            QuantizedModule.UseBFloat16Compute = saved;
+            set(after);
         }
-    }
-
-    private static Tensor Tuned(Func<Tensor> call)
-    {
-        QuantizedConv.Autotune = true;
-        try { return call(); }
-        finally { QuantizedConv.Autotune = false; }
     }
 
     /// <summary><c>CONV_TUNE=1</c>: the first call of <paramref name="layer"/> with <see cref="QuantizedConv.Autotune"/> on (it tunes the shape), its time, the rule's route and the kept one.</summary>

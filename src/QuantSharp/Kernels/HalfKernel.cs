@@ -275,6 +275,15 @@ internal static class HalfKernel
         for (int i = 0; i < source.Length; i++) destination[i] = ToBFloat16Bits(source[i]);
     }
 
+    /// <summary>float32 bits rounded to bfloat16 bits in the low halves (<see cref="ToBFloat16Bits"/>: nearest even, NaN to 0x7FC0), 16 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<uint> Bf512(Vector512<uint> x)
+    {
+        var r = (x + Vector512.Create(0x7FFFu) + ((x >> 16) & Vector512.Create(1u))) >> 16;
+        var isNan = Vector512.GreaterThan(x & Vector512.Create(0x7FFF_FFFFu), Vector512.Create(0x7F80_0000u));
+        return Vector512.ConditionalSelect(isNan, Vector512.Create(0x7FC0u), r);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<uint> Bf256(Vector256<uint> x)
     {

@@ -655,13 +655,7 @@ internal static unsafe class PackedMatMul
         }
         if (transposed)
         {
-            // y^T rows are the item's rows of y^T: contiguous on both sides.
-            for (int r = 0; r < rows; r++)
-            {
-                float* dst = y + (n0 + r) * ldy + i0;
-                float b = bias == null ? 0f : bias[n0 + r];
-                for (int i = 0; i < count; i++) dst[i] = yt[r * ldt + i] + b;
-            }
+            WriteTransposed(yt, ldt, rows, bias, y, ldy, n0, i0, count);
             return;
         }
         // y rows are far apart: y^T (in cache) is transposed into them 8 x 8 where the CPU has AVX, each output row's
@@ -698,7 +692,7 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// A packed strip of <paramref name="k"/> steps (<c>strip[kk * 32 + lane]</c>, float32) rewritten in place as
     /// bfloat16 pairs: <c>pairs[g * 32 + lane]</c> holds step <c>2g</c> in its low half and step <c>2g + 1</c> (zero past
-    /// the last step) in its high half, each rounded to nearest even (<see cref="HalfKernel.ToBFloat16Bits"/>). Pair g is
+    /// the last step) in its high half, each rounded to nearest even (<see cref="HalfKernel.Bf512"/>). Pair g is
     /// written where steps before <c>2g</c> were, after both of its steps are read.
     /// </summary>
     internal static void PairSteps(float* strip, int k)
@@ -711,8 +705,8 @@ internal static unsafe class PackedMatMul
             bool hasOdd = 2 * g + 1 < k;
             for (int l = 0; l < Width; l += 16)
             {
-                var low = BFloat16Bits(Vector512.Load(even + l));
-                var high = hasOdd ? BFloat16Bits(Vector512.Load(odd + l)) : Vector512<uint>.Zero;
+                var low = HalfKernel.Bf512(Vector512.Load((uint*)even + l));
+                var high = hasOdd ? HalfKernel.Bf512(Vector512.Load((uint*)odd + l)) : Vector512<uint>.Zero;
                 (low | high << 16).Store(pairs + (nint)g * Width + l);
             }
         }
@@ -720,7 +714,7 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Row <paramref name="n"/> of <paramref name="w"/> decoded as the float kernels decode it (<see cref="DecodeSlice"/>'s
-    /// chunks and elements) and rounded to bfloat16 (<see cref="HalfKernel.ToBFloat16Bits"/>) into <paramref name="dst"/>
+    /// chunks and elements) and rounded to bfloat16 (<see cref="HalfKernel.Bf512"/>, <see cref="HalfKernel.ToBFloat16Bits"/>) into <paramref name="dst"/>
     /// (K values), chunk by chunk with no float row in between; groups shorter than a 512-bit chunk go through
     /// <see cref="DecodeRows"/> into a float row first.
     /// </summary>
@@ -736,9 +730,7 @@ internal static unsafe class PackedMatMul
                 fixed (float* p = rented)
                 {
                     DecodeRows<Float512, Vector512<float>, TD>(w, n, 1, 0, k, p, k, finite: false);
-                    int i = 0;
-                    for (; i + 32 <= k; i += 32) Vector512.Narrow(BFloat16Bits(Vector512.Load(p + i)), BFloat16Bits(Vector512.Load(p + i + 16))).Store(dst + i);
-                    for (; i < k; i++) dst[i] = HalfKernel.ToBFloat16Bits(p[i]);
+                    HalfKernel.ToBFloat16(new ReadOnlySpan<float>(p, k), new Span<ushort>(dst, k));
                 }
             }
             finally
@@ -757,19 +749,10 @@ internal static unsafe class PackedMatMul
             {
                 var (wa, wb) = TD.Decode<Float512, Vector512<float>>(row, kk, gp, gq);
                 if (TD.Deinterleaved) (wa, wb) = Float512.Interleave(wa, wb);
-                Vector512.Narrow(BFloat16Bits(wa), BFloat16Bits(wb)).Store(dst + kk);
+                Vector512.Narrow(HalfKernel.Bf512(wa.AsUInt32()), HalfKernel.Bf512(wb.AsUInt32())).Store(dst + kk);
             }
             for (; kk < end; kk++) dst[kk] = HalfKernel.ToBFloat16Bits(TD.One(row, kk) * scale + offset);
         }
-    }
-
-    /// <summary>float32 lanes rounded to bfloat16 bits in the low halves (<see cref="HalfKernel.ToBFloat16Bits"/>: nearest even, NaN to 0x7FC0).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<uint> BFloat16Bits(Vector512<float> v)
-    {
-        var x = v.AsUInt32();
-        var rounded = (x + Vector512.Create(0x7FFFu) + ((x >> 16) & Vector512<uint>.One)) >> 16;
-        return Vector512.ConditionalSelect(Vector512.IsNaN(v).AsUInt32(), Vector512.Create(0x7FC0u), rounded);
     }
 
     /// <summary>
@@ -805,7 +788,16 @@ internal static unsafe class PackedMatMul
                 }
             }
         }
-        int i0 = block.S0 * Width, count = Math.Min(block.M, block.S1 * Width) - i0;
+        int i0 = block.S0 * Width;
+        WriteTransposed(yt, ldt, rows, bias, y, ldy, n0, i0, Math.Min(block.M, block.S1 * Width) - i0);
+    }
+
+    /// <summary>
+    /// A transposed item's output: <c>y[n0 + r, i0 + i] = yt[r, i] + bias[n0 + r]</c> for <paramref name="rows"/> rows of
+    /// <paramref name="count"/> positions (y^T rows are the item's rows of y: contiguous on both sides).
+    /// </summary>
+    private static void WriteTransposed(float* yt, int ldt, int rows, float* bias, float* y, nint ldy, int n0, int i0, int count)
+    {
         for (int r = 0; r < rows; r++)
         {
             float* dst = y + (n0 + r) * ldy + i0;

@@ -44,10 +44,7 @@ internal static unsafe partial class Vnni512Kernel
     /// Whether <see cref="MicroBFloat16"/> runs here: <see cref="IsSupported"/> and the CPU reports AVX512-BF16 (CPUID leaf
     /// 7 subleaf 1, EAX bit 5), which .NET 10 exposes through no intrinsic.
     /// </summary>
-    public static bool BFloat16Supported => IsSupported && s_avx512BFloat16;
-
-    /// <summary>CPUID leaf 7 subleaf 1, EAX bit 5, read once: a CPUID in a virtual machine exits to the hypervisor (read on every call it cost MNIST conv1's 7 us call 2 us on the development VM).</summary>
-    private static readonly bool s_avx512BFloat16 = X86Base.IsSupported && X86Base.CpuId(0, 0).Eax >= 7 && (X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
+    public static bool BFloat16Supported => IsSupported && Simd.Avx512BFloat16;
 
     /// <summary>Runs the micro-kernel (see the class remarks); only when <see cref="IsSupported"/>.</summary>
     public static void Micro(byte* a, nint lda, byte* b, int groups, int* c, nint ldcBytes) =>

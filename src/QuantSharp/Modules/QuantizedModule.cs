@@ -166,9 +166,8 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     private static bool DetectBFloat16()
     {
         if (!X86Base.IsSupported || !Avx512F.IsSupported || X86Base.CpuId(0, 0).Eax < 7) return false;
-        bool avx512Bf16 = (X86Base.CpuId(7, 1).Eax & (1 << 5)) != 0;
         bool amxBf16 = (X86Base.CpuId(7, 0).Edx & (1 << 22)) != 0;
-        return avx512Bf16 || amxBf16;
+        return Simd.Avx512BFloat16 || amxBf16;
     }
 
     /// <summary>Weights from this many elements (256 KiB in float32) are dequantized into the thread's buffer (<see cref="DequantizeForCall"/>).</summary>
