@@ -22,7 +22,8 @@ namespace QuantSharp.Bench;
 /// each (paired in one process; <c>CONV_BLOCK</c> calls a block, default 20; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
-/// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>Tuned</c> is the layer's
+/// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
+/// bfloat16 route with its strips packed where it would read pair images in place (<see cref="PackedMatMul.ReadsPairsInPlace"/>); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -34,6 +35,7 @@ internal static class ConvBench
     private static IEnumerable<Case> Cases()
     {
         // CONV_BATCHES=2,4: other batch sizes for the layers after MNIST's (and for CONV_SHAPE).
+        if (Environment.GetEnvironmentVariable("PAIR_BLOCK") is { } pairBlock) PackedMatMul.PairBlock = int.Parse(pairBlock, CultureInfo.InvariantCulture);
         int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
             ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
         // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD: one Conv2d of that shape instead of the list.
@@ -131,6 +133,9 @@ internal static class ConvBench
                 if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
                 // Float32Rule: the rule's route with QuantizedModule.UseBFloat16Compute off (the float32 rule).
                 if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
+                // BFloat16Packed: the bfloat16 route with its strips packed where it would read pair images in place.
+                if (parts[0] == "BFloat16Packed")
+                    return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? false : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>
@@ -207,7 +212,6 @@ internal static class ConvBench
         return 0;
     }
 
-    /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
     /// <summary><paramref name="call"/> with <see cref="QuantizedModule.UseBFloat16Compute"/> off (the float32 rule).</summary>
     private static Tensor Float32Rule(Func<Tensor> call) => With(v => QuantizedModule.UseBFloat16Compute = v, false, true, call);
 

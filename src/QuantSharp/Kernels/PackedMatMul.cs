@@ -232,6 +232,11 @@ internal static unsafe class PackedMatMul
     private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold, bool bfloat16 = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
+        if (bfloat16 && transposed && unfold is { } pu && ReadsPairsInPlace(pu))
+        {
+            ByPairImages<TD>(w, x, bias, y, ldy, pu);
+            return;
+        }
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
         // In place (ReadsInPlace): the strips run over each image's wide grid of positions, nothing is packed. The
         // bfloat16 mode always packs (its strips are pairs of bfloat16 steps).
@@ -639,18 +644,7 @@ internal static unsafe class PackedMatMul
         int i0 = block.S0 * stripWidth, count = Math.Min(block.M, block.S1 * stripWidth) - i0;
         if (source.Offsets != null)
         {
-            // Positions on the wide grid: each grid row's first OutW are output positions, the rest are dropped.
-            for (int r = 0; r < rows; r++)
-            {
-                float b = bias == null ? 0f : bias[n0 + r];
-                for (int q = i0, end = i0 + count; q < end;)
-                {
-                    int oh = q / source.WideRow, ow = q - oh * source.WideRow, run = Math.Min(end - q, source.WideRow - ow);
-                    float* dst = y + (n0 + r) * ldy + (nint)oh * source.OutW + ow, src = yt + r * ldt + (q - i0);
-                    for (int j = 0, n = Math.Min(run, source.OutW - ow); j < n; j++) dst[j] = src[j] + b;
-                    q += run;
-                }
-            }
+            WriteWide(yt, ldt, rows, bias, y, ldy, n0, i0, count, source.WideRow, source.OutW);
             return;
         }
         if (transposed)
@@ -790,6 +784,217 @@ internal static unsafe class PackedMatMul
         }
         int i0 = block.S0 * Width;
         WriteTransposed(yt, ldt, rows, bias, y, ldy, n0, i0, Math.Min(block.M, block.S1 * Width) - i0);
+    }
+
+    /// <summary>
+    /// A transposed item's output on a wide grid (<see cref="PhaseGrid"/>): positions <c>[i0, i0 + count)</c> of grid rows
+    /// <paramref name="wideRow"/> long, of which each row's first <paramref name="outW"/> are output positions (the rest
+    /// are dropped), written with the bias into <c>y</c>'s rows <c>[n0, n0 + rows)</c>.
+    /// </summary>
+    private static void WriteWide(float* yt, int ldt, int rows, float* bias, float* y, nint ldy, int n0, int i0, int count, int wideRow, int outW)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            float b = bias == null ? 0f : bias[n0 + r];
+            for (int q = i0, end = i0 + count; q < end;)
+            {
+                int oh = q / wideRow, ow = q - oh * wideRow, run = Math.Min(end - q, wideRow - ow);
+                float* dst = y + (n0 + r) * ldy + (nint)oh * outW + ow, src = yt + r * ldt + (q - i0);
+                for (int j = 0, n = Math.Min(run, outW - ow); j < n; j++) dst[j] = src[j] + b;
+                q += run;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Whether a bfloat16 convolution reads its strips in place from pair images (<see cref="ByPairImages"/>) instead of
+    /// packing them (tests and the bench set <see cref="ForcedPairsInPlace"/>; null: this rule): an even number of
+    /// input channels.
+    /// </summary>
+    internal static bool ReadsPairsInPlace(Im2Col unfold) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? true);
+
+    /// <summary>Tests and the bench force <see cref="ReadsPairsInPlace"/> on their thread (null: the rule; false: packed strips).</summary>
+    [ThreadStatic] internal static bool? ForcedPairsInPlace;
+
+    /// <summary>
+    /// A bfloat16 convolution (<see cref="Run"/>'s <c>bfloat16</c>) whose strips are read in place: each image is copied
+    /// once into a pair image (<see cref="PairImages"/>: channel pair p's plane holds channels 2p and 2p + 1 rounded to
+    /// bfloat16, as one 32-bit pair per padded pixel, in the layout of a <see cref="PhaseGrid"/> of C / 2 channels) and
+    /// the weight once into pairs of channels (<see cref="PairChannels"/>: <c>[N, C / 2, taps]</c>), so that for one tap the
+    /// strip's groups are the pair planes, one plane apart, and the weight's are one pair of taps apart:
+    /// <see cref="Vnni512Kernel.MicroBFloat16Strided"/> per tap, in
+    /// tiles of six rows, sums in float32 over the wide grid's positions, written with the bias (<see cref="WriteWide"/>).
+    /// Nothing is unfolded: the packed route's im2col and pairing passes were 44% of the samples of 64->64 on 56x56.
+    /// The sums are those of the packed route in another order (taps outer, channel pairs inner).
+    /// </summary>
+    private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u) where TD : IWeightDecoder
+    {
+        const int Width = 32;
+        int taps = u.KernelH * u.KernelW, pairs = u.Channels / 2, k = w.Cols, half = k / 2, images = u.Images;
+        var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
+        nint planeStride = PairPlaneStride(grid, pairs), imageValues = planeStride * pairs;
+        int positions = u.OutH * grid.PhaseWidth, strips = (positions + Width - 1) / Width;
+        var tapOffsets = new int[taps];
+        for (int t = 0; t < taps; t++) tapOffsets[t] = grid.Offset(t);
+        var split = PositionSplit.For(strips, images, Math.Max(strips, 1), w.Rows, KernelThreads.Count, packs: false);
+        int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts, ldt = blockStrips * Width;
+        int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
+        uint* weightPairs = null, image = null;
+        try
+        {
+            weightPairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)half * 4, 64);
+            new Span<uint>(weightPairs + (nint)w.Rows * half, (paddedRows - w.Rows) * half).Clear();
+            var view = w;
+            nint pairsTarget = (nint)weightPairs;
+            KernelThreads.For(w.Rows, k, n =>
+            {
+                ushort[] rented = ArrayPool<ushort>.Shared.Rent(2 * k + 64);
+                try
+                {
+                    fixed (ushort* row = rented)
+                    {
+                        PairWeightRow<TD>(view, n, row);
+                        uint* paired = (uint*)(row + k + 32);
+                        PairChannels(row, taps, pairs, paired);
+                        new ReadOnlySpan<uint>(paired, half).CopyTo(new Span<uint>((uint*)pairsTarget + (nint)n * half, half));
+                    }
+                }
+                finally
+                {
+                    ArrayPool<ushort>.Shared.Return(rented);
+                }
+            });
+            image = PairImages(u, grid, planeStride, x, Width);
+            nint imageAddress = (nint)image, yAddress = (nint)y, biasAddress = (nint)bias;
+            bool native = UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported;
+            int outW = u.OutW, wideRow = grid.PhaseWidth;
+            KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * ldt * k, item =>
+            {
+                int part = item % parts, im = item / parts / blocks, s0 = item / parts % blocks * blockStrips, s1 = Math.Min(strips, s0 + blockStrips);
+                int rows0 = part * split.PartRows, rows1 = Math.Min(view.Rows, rows0 + split.PartRows);
+                float[] scratch = ArrayPool<float>.Shared.Rent(checked((ItemRows + BFloat16TileRows) * ldt));
+                try
+                {
+                    fixed (float* yt = scratch)
+                    {
+                        uint* xi = (uint*)imageAddress + im * imageValues;
+                        float* yi = (float*)yAddress + (nint)im * view.Rows * ldy;
+                        for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
+                        {
+                            int rows = Math.Min(ItemRows, rows1 - n0);
+                            new Span<float>(yt, (rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows * ldt).Clear();
+                            // Channel pairs in blocks: the strip's rows of a block's planes and a tile's weight for
+                            // them stay in L1 while the tile passes every tap.
+                            for (int s = s0; s < s1; s++)
+                                for (int p0 = 0; p0 < pairs; p0 += PairBlock)
+                                {
+                                    int count = Math.Min(PairBlock, pairs - p0);
+                                    uint* strip = xi + p0 * planeStride + (nint)s * Width;
+                                    for (int t0 = 0; t0 < rows; t0 += BFloat16TileRows)
+                                    {
+                                        uint* a = (uint*)pairsTarget + (nint)(n0 + t0) * half + p0 * taps;
+                                        float* c = yt + t0 * ldt + (s - s0) * Width;
+                                        for (int t = 0; t < taps; t++)
+                                        {
+                                            if (native) Vnni512Kernel.MicroBFloat16Strided(a + t, (nint)half * 4, strip + tapOffsets[t], count, c, ldt * 4, planeStride * 4, taps * 4);
+                                            else Vnni512Kernel.MicroBFloat16Twin(a + t, (nint)half * 4, strip + tapOffsets[t], count, c, ldt * 4, planeStride * 4, taps * 4);
+                                        }
+                                    }
+                                }
+                            int i0 = s0 * Width;
+                            WriteWide(yt, ldt, rows, (float*)biasAddress, yi, ldy, n0, i0, Math.Min(positions, s1 * Width) - i0, wideRow, outW);
+                        }
+                    }
+                }
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(scratch);
+                }
+            });
+        }
+        finally
+        {
+            if (weightPairs != null) NativeMemory.AlignedFree(weightPairs);
+            if (image != null) NativeMemory.AlignedFree(image);
+        }
+    }
+
+    /// <summary>
+    /// A weight row of bfloat16 values in the convolution's order (<c>[C, taps]</c>, <paramref name="row"/>, readable 32
+    /// values past its end) as pairs of channels (<c>[C / 2, taps]</c> 32-bit pairs into <paramref name="dst"/>, writable
+    /// 16 values past its end): pair <c>(p, t)</c> holds channel 2p's tap t in its low half and channel 2p + 1's in its
+    /// high half. Up to 16 taps a channel pair's two runs of taps are one vector, interleaved by one shuffle.
+    /// </summary>
+    internal static void PairChannels(ushort* row, int taps, int pairs, uint* dst)
+    {
+        if (taps <= 16)
+        {
+            Span<ushort> order = stackalloc ushort[32];
+            for (int i = 0; i < 32; i++) order[i] = (ushort)(i < 2 * taps ? i / 2 + (i % 2) * taps : 0);
+            var indices = Vector512.Create<ushort>(order);
+            for (int p = 0; p < pairs; p++)
+                Vector512.Shuffle(Vector512.Load(row + 2 * p * taps), indices).AsUInt32().Store(dst + p * taps);
+            return;
+        }
+        for (int p = 0; p < pairs; p++)
+            for (int t = 0; t < taps; t++)
+                dst[p * taps + t] = row[2 * p * taps + t] | (uint)row[(2 * p + 1) * taps + t] << 16;
+    }
+
+    /// <summary>Channel pairs per reduction block of <see cref="ByPairImages"/>.</summary>
+    internal static int PairBlock = 64;
+
+    /// <summary>
+    /// Values from one pair plane to the next (<see cref="ByPairImages"/>): the grid's values of one channel (all its
+    /// phases) rounded up to whole cache lines, and to an odd number of them, so that the strip's groups, one plane
+    /// apart, fall in all of L1's sets (planes of 16x16 values, 1 KiB, put a tap's 128 groups in 8 of them).
+    /// </summary>
+    internal static nint PairPlaneStride(PhaseGrid grid, int pairs)
+    {
+        long lines = (grid.ImageValues / pairs + 15) / 16;
+        return (nint)((lines | 1) * 16);
+    }
+
+    /// <summary>
+    /// The images at <paramref name="x"/> (<c>[C, H, W]</c> each, C even) as pair images in the layout of
+    /// <paramref name="grid"/> (a <see cref="PhaseGrid"/> of C / 2 channels): pixel values of channels 2p and 2p + 1
+    /// rounded to bfloat16 (nearest even, <see cref="HalfKernel.Bf512"/>) in the low and high half of one 32-bit value of
+    /// plane p (planes <paramref name="planeStride"/> values apart, zero between them), zero where padded; then <paramref name="step"/> plus a grid row of zero values, so that the last strip's
+    /// reads past the last plane stay in the buffer. A work item per plane.
+    /// </summary>
+    internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step)
+    {
+        int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        nint values = planeStride * pairs * u.Images, slack = step + grid.PhaseWidth;
+        uint* buffer = (uint*)NativeMemory.AlignedAlloc((nuint)(values + slack) * sizeof(uint), 64);
+        new Span<uint>(buffer + values, (int)slack).Clear();
+        nint source = (nint)x, target = (nint)buffer;
+        var columns = grid.ColumnPhases();
+        KernelThreads.For(u.Images * pairs, 4L * planeStride, plane =>
+        {
+            float* even = (float*)source + (nint)plane * 2 * h * width, odd = even + (nint)h * width;
+            uint* dst = (uint*)target + plane * planeStride;
+            uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
+            for (int r = 0; r < paddedRows; r++)
+            {
+                int sourceRow = r - u.PadH;
+                if (sourceRow < 0 || sourceRow >= h)
+                {
+                    grid.WriteRow<uint>(dst, r, null, 0u, columns);
+                    continue;
+                }
+                float* e = even + (nint)sourceRow * width, o = odd + (nint)sourceRow * width;
+                int j = 0;
+                for (; j + 16 <= width; j += 16)
+                    (HalfKernel.Bf512(Vector512.Load((uint*)e + j)) | HalfKernel.Bf512(Vector512.Load((uint*)o + j)) << 16).Store(row + j);
+                for (; j < width; j++) row[j] = HalfKernel.ToBFloat16Bits(e[j]) | (uint)HalfKernel.ToBFloat16Bits(o[j]) << 16;
+                row[width] = 0;
+                grid.WriteRow(dst, r, row, 0u, columns);
+            }
+            nint written = (nint)(grid.ImageValues / pairs);
+            new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
+        });
+        return buffer;
     }
 
     /// <summary>

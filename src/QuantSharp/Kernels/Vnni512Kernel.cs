@@ -35,6 +35,9 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Where the bfloat16 micro-kernel (<see cref="MicroBFloat16"/>) starts in the code page (set by <see cref="Assemble"/>).</summary>
     private static int s_bfloat16Offset;
 
+    /// <summary>Where the strided bfloat16 micro-kernel (<see cref="MicroBFloat16Strided"/>) starts in the code page (set by <see cref="Assemble"/>).</summary>
+    private static int s_bfloat16StridedOffset;
+
     private static readonly nint s_code = Build();
 
     /// <summary>Whether the 512-bit kernel runs here (and <see cref="Simd.MaxBits"/> allows 512 bits).</summary>
@@ -63,10 +66,22 @@ internal static unsafe partial class Vnni512Kernel
         ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, void>)(s_code + s_bfloat16Offset))(a, lda, b, groups, c, ldcBytes);
 
     /// <summary>
-    /// <see cref="MicroBFloat16"/> in portable vectors (the tests compare the two, and run the GEMM's bfloat16 mode through
-    /// this on CPUs without AVX512-BF16). Denormals are not flushed (the test values have none).
+    /// <see cref="MicroBFloat16"/> with the strip's groups <paramref name="ldbBytes"/> apart instead of 128 bytes and each
+    /// weight row's groups <paramref name="stepBytes"/> apart instead of 4: the bfloat16 convolution that reads its strips
+    /// in place (<see cref="PackedMatMul"/>'s pair images), where group g of a tap is channel pair g's plane, one plane
+    /// after the last, and the weight's pair for it one pair of taps after the last. Only when
+    /// <see cref="BFloat16Supported"/>; <see cref="MicroBFloat16Twin"/> with the two strides computes the same in managed code.
     /// </summary>
-    public static void MicroBFloat16Twin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes)
+    public static void MicroBFloat16Strided(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes, nint stepBytes) =>
+        ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, nint, nint, void>)(s_code + s_bfloat16StridedOffset))(a, lda, b, groups, c, ldcBytes, ldbBytes, stepBytes);
+
+    /// <summary>
+    /// <see cref="MicroBFloat16"/> (the strip's groups 128 bytes apart, a weight row's 4) or <see cref="MicroBFloat16Strided"/>
+    /// (<paramref name="ldbBytes"/> and <paramref name="stepBytes"/> apart) in portable vectors (the tests compare them, and
+    /// run the GEMM's bfloat16 mode through this on CPUs without AVX512-BF16). Denormals are not flushed (the test values
+    /// have none).
+    /// </summary>
+    public static void MicroBFloat16Twin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes = 128, nint stepBytes = 4)
     {
         var high = Vector512.Create(0xFFFF0000u);
         for (int j = 0; j < 6; j++)
@@ -77,10 +92,11 @@ internal static unsafe partial class Vnni512Kernel
             uint* wj = (uint*)((byte*)a + j * lda);
             for (int g = 0; g < groups; g++)
             {
-                var w = Vector512.Create(wj[g]);
+                var w = Vector512.Create(*(uint*)((byte*)wj + g * stepBytes));
                 var (wHigh, wLow) = ((w & high).AsSingle(), (w << 16).AsSingle());
-                var b0 = Vector512.Load(b + 32 * g);
-                var b1 = Vector512.Load(b + 32 * g + 16);
+                uint* bg = (uint*)((byte*)b + g * ldbBytes);
+                var b0 = Vector512.Load(bg);
+                var b1 = Vector512.Load(bg + 16);
                 acc0 += (b0 & high).AsSingle() * wHigh;
                 acc0 += (b0 << 16).AsSingle() * wLow;
                 acc1 += (b1 & high).AsSingle() * wHigh;
@@ -145,6 +161,9 @@ internal static unsafe partial class Vnni512Kernel
         asm.AlignTo(64);
         s_bfloat16Offset = asm.Position;
         AssembleMicro(asm, bfloat16: true);
+        asm.AlignTo(64);
+        s_bfloat16StridedOffset = asm.Position;
+        AssembleMicro(asm, bfloat16: true, strided: true);
         foreach (bool tail in new[] { false, true })
             foreach (int rows in new[] { 1, 2, 4 })
             {
@@ -203,9 +222,21 @@ internal static unsafe partial class Vnni512Kernel
         asm.Return();
     }
 
-    /// <summary>The micro-kernel (see the class remarks), or with <paramref name="bfloat16"/> <see cref="MicroBFloat16"/> (the same loop, <c>vdpbf16ps</c> for <c>vpdpbusd</c>).</summary>
-    private static void AssembleMicro(Assembler asm, bool bfloat16)
+    /// <summary>
+    /// The micro-kernel (see the class remarks), or with <paramref name="bfloat16"/> <see cref="MicroBFloat16"/> (the same
+    /// loop, <c>vdpbf16ps</c> for <c>vpdpbusd</c>); with <paramref name="strided"/> the strip advances by the seventh
+    /// argument (<see cref="MicroBFloat16Strided"/>'s <c>ldbBytes</c>, from the stack into <c>rax</c>) instead of 128 and
+    /// the weight rows by the eighth (<c>stepBytes</c>, into <c>rbx</c>, saved and restored) instead of 4.
+    /// </summary>
+    private static void AssembleMicro(Assembler asm, bool bfloat16, bool strided = false)
     {
+        const int Rax = 0, Rbx = 3;
+        if (strided)
+        {
+            asm.Push(Rbx);
+            asm.LoadStackArgument(Rax, 16); // the seventh argument, above the return address and rbx
+            asm.LoadStackArgument(Rbx, 24); // the eighth
+        }
         // Six rows at [r8], [r8 + r9], [r10], [r10 + r9], [r11], [r11 + r9] with r10 = r8 + 2 r9, r11 = r8 + 4 r9.
         (int Base, int Index)[] accRows = [(R8, NoIndex), (R8, R9), (R10, NoIndex), (R10, R9), (R11, NoIndex), (R11, R9)];
         asm.LeaScaled2(R10, R8, R9);
@@ -237,10 +268,20 @@ internal static unsafe partial class Vnni512Kernel
                 asm.DotBytes(2 * j + 1, 13, 14);
             }
         }
-        asm.AddImmediate(Rdx, 128);
-        asm.AddImmediate(Rdi, 4);
-        asm.AddImmediate(R10, 4);
-        asm.AddImmediate(R11, 4);
+        if (strided)
+        {
+            asm.Add(Rdx, Rax);
+            asm.Add(Rdi, Rbx);
+            asm.Add(R10, Rbx);
+            asm.Add(R11, Rbx);
+        }
+        else
+        {
+            asm.AddImmediate(Rdx, 128);
+            asm.AddImmediate(Rdi, 4);
+            asm.AddImmediate(R10, 4);
+            asm.AddImmediate(R11, 4);
+        }
         asm.DecrementRcxAndLoop(loop);
         asm.PatchJump(skip);
         asm.LeaScaled2(R10, R8, R9);
@@ -250,6 +291,7 @@ internal static unsafe partial class Vnni512Kernel
             asm.Vector(Assembler.StoreOp, 2 * j, accRows[j].Base, accRows[j].Index, 0);
             asm.Vector(Assembler.StoreOp, 2 * j + 1, accRows[j].Base, accRows[j].Index, 64);
         }
+        if (strided) asm.Pop(Rbx);
         asm.Return();
     }
 
