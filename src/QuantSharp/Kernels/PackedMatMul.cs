@@ -808,10 +808,24 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Whether a bfloat16 convolution reads its strips in place from pair images (<see cref="ByPairImages"/>) instead of
-    /// packing them (tests and the bench set <see cref="ForcedPairsInPlace"/>; null: this rule): an even number of
-    /// input channels.
+    /// packing them: an even number of input channels (a pair image pairs them), and, unless a test or the bench sets
+    /// <see cref="ForcedPairsInPlace"/>, <see cref="PairsInPlacePays"/>.
     /// </summary>
-    internal static bool ReadsPairsInPlace(Im2Col unfold) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? true);
+    internal static bool ReadsPairsInPlace(Im2Col unfold) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? PairsInPlacePays(unfold));
+
+    /// <summary>
+    /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
+    /// <see cref="PairsInPlaceMinWidth"/> positions. Measured on the Zen 5 VM, both implementations forced on every cell of
+    /// the conv table with an even channel count, batch 1 and 8 (docs/BENCHMARKS.md, stop 36): in place 0.51-0.88x the
+    /// packed strips' time on the 3x3 layers onto 14x14 to 112x112 (stride 1 and 2) and the long Conv1d layers, where
+    /// packing unfolds every position's taps; slower on narrower outputs, whose wide grid adds two or more positions per
+    /// row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers at batch 1 (1.4-1.9x: the packed strips of a
+    /// pointwise call are copies of the image's rows).
+    /// </summary>
+    internal static bool PairsInPlacePays(Im2Col unfold) => unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth;
+
+    /// <summary>Output row length from which <see cref="PairsInPlacePays"/>.</summary>
+    internal const int PairsInPlaceMinWidth = 14;
 
     /// <summary>Tests and the bench force <see cref="ReadsPairsInPlace"/> on their thread (null: the rule; false: packed strips).</summary>
     [ThreadStatic] internal static bool? ForcedPairsInPlace;
@@ -974,6 +988,22 @@ internal static unsafe class PackedMatMul
         {
             float* even = (float*)source + (nint)plane * 2 * h * width, odd = even + (nint)h * width;
             uint* dst = (uint*)target + plane * planeStride;
+            nint written = (nint)(grid.ImageValues / pairs);
+            if (u.StrideH == 1 && u.StrideW == 1)
+            {
+                // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
+                // the next row's start one run of zeros (a row through WriteRow took about as long as 64->64 on 56x56's
+                // multiply-adds of a row).
+                int wp = grid.PhaseWidth, pad = u.PadW;
+                new Span<uint>(dst, u.PadH * wp + pad).Clear();
+                uint* at = dst + (nint)u.PadH * wp + pad;
+                for (int r = 0; r < h; r++, at += wp)
+                {
+                    PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
+                    new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
+                }
+                return;
+            }
             uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
             for (int r = 0; r < paddedRows; r++)
             {
@@ -983,18 +1013,31 @@ internal static unsafe class PackedMatMul
                     grid.WriteRow<uint>(dst, r, null, 0u, columns);
                     continue;
                 }
-                float* e = even + (nint)sourceRow * width, o = odd + (nint)sourceRow * width;
-                int j = 0;
-                for (; j + 16 <= width; j += 16)
-                    (HalfKernel.Bf512(Vector512.Load((uint*)e + j)) | HalfKernel.Bf512(Vector512.Load((uint*)o + j)) << 16).Store(row + j);
-                for (; j < width; j++) row[j] = HalfKernel.ToBFloat16Bits(e[j]) | (uint)HalfKernel.ToBFloat16Bits(o[j]) << 16;
+                PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
                 row[width] = 0;
                 grid.WriteRow(dst, r, row, 0u, columns);
             }
-            nint written = (nint)(grid.ImageValues / pairs);
             new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
         });
         return buffer;
+    }
+
+    /// <summary>
+    /// <c>dst[j]</c> = <paramref name="even"/>[j] and <paramref name="odd"/>[j] rounded to bfloat16 in its low and high
+    /// half, for <c>j &lt; n</c>: 16 at a time, the last 16 again from <c>n - 16</c> (the same values) where n is not a
+    /// multiple of 16.
+    /// </summary>
+    private static void PairRow(float* even, float* odd, uint* dst, int n)
+    {
+        static void Sixteen(float* e, float* o, uint* d) =>
+            (HalfKernel.Bf512(Vector512.Load((uint*)e)) | HalfKernel.Bf512(Vector512.Load((uint*)o)) << 16).Store(d);
+        if (n < 16)
+        {
+            for (int j = 0; j < n; j++) dst[j] = HalfKernel.ToBFloat16Bits(even[j]) | (uint)HalfKernel.ToBFloat16Bits(odd[j]) << 16;
+            return;
+        }
+        for (int j = 0; j + 16 <= n; j += 16) Sixteen(even + j, odd + j, dst + j);
+        if (n % 16 != 0) Sixteen(even + n - 16, odd + n - 16, dst + n - 16);
     }
 
     /// <summary>

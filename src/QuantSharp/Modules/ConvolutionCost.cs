@@ -36,7 +36,8 @@ namespace QuantSharp.Modules;
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
 /// <see cref="PackedBFloat16Pays"/> (weight-only; 128 or more terms into 256 or more channels, or 256 or more into 128 or
-/// more on more than <see cref="FewPositionsMaxPositions"/> positions); the float32 rule elsewhere.</item>
+/// more on more than <see cref="FewPositionsMaxPositions"/> positions, or 64 or more channels in and out where it reads
+/// pair images in place: <see cref="PairImagesPay"/>); the float32 rule elsewhere.</item>
 /// <item>Static W8A8 with a reduction of <see cref="IntegerMinReduction"/> or more runs the integer GEMM, under both
 /// rules and at any stride. The images are quantized once into a padded buffer split into stride phases, where each
 /// strip of the GEMM reads its reduction rows in place (<see cref="Kernels.ImageCodes"/>). Against the bfloat16 route
@@ -274,13 +275,14 @@ internal static class ConvolutionCost
     /// bfloat16 convolution failed its check): an even reduction of at least <see cref="PackedBFloat16MinReduction"/>
     /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or of at least
     /// <see cref="PackedBFloat16MinReductionFewerOutputs"/> into <see cref="PackedBFloat16MinOutputsManyPositions"/> or
-    /// more on more than <see cref="FewPositionsMaxPositions"/> positions. The packed kernels unfold and pack every position's
+    /// more on more than <see cref="FewPositionsMaxPositions"/> positions, or where it reads pair images in place
+    /// (<see cref="PairImagesPay"/>). On packed strips the kernels unfold and pack every position's
     /// K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
     /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
     /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route forced on every cell of the conv
     /// table, over float32's time, paired in one process, batch 1 and 8): from 256 channels on 256 or more terms
     /// 0.40-0.94x (1.03x once); 128 channels on 392-784 positions 0.72-1.06x (the float32 rule's routes there took
-    /// 0.70-1.15x in the final table); it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x) and with 128
+    /// 0.70-1.15x in the final table); on packed strips it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x) and with 128
     /// channels on 49 positions (0.50x against the packed float32 kernels' 0.39x). With 128-192 terms into 256-1024
     /// channels (1x1 layers, and 3x3 16->256) at batch 1-8 it took 0.60-1.08x where the float32 rule's route took
     /// 1.04-1.28x, never slower than it by more than 0.01 (1x1 128->512 and 128->256 at batch 4 and 8, three processes).
@@ -289,7 +291,23 @@ internal static class ConvolutionCost
         unfold.Rows % 2 == 0
         && ((unfold.Rows >= PackedBFloat16MinReduction && outputs >= PackedBFloat16MinOutputs)
             || (unfold.Rows >= PackedBFloat16MinReductionFewerOutputs && outputs >= PackedBFloat16MinOutputsManyPositions
-                && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions));
+                && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions)
+            || PairImagesPay(unfold, outputs));
+
+    /// <summary>
+    /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: more than
+    /// one tap, output rows of 14 or more, an even channel count), it pays from <see cref="PairImagesMinChannels"/> input
+    /// and output channels: there is no unfolding and no pairing pass, which made 64 channels lose on packed strips.
+    /// Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 36): ResNet 64->64 on 56x56 0.68-0.77x float32's time at batch 1
+    /// and 8 (the float32 rule's libtorch route 0.97-1.03x); with 16 input channels (3x3 16->64 on 56x56: 8 pairs, a
+    /// micro-kernel call of 8 groups per tap) it lost at batch 8 (0.99x against 0.92x for libtorch's route).
+    /// </summary>
+    internal static bool PairImagesPay(Im2Col unfold, long outputs) =>
+        unfold.Channels % 2 == 0 && Kernels.PackedMatMul.PairsInPlacePays(unfold)
+        && unfold.Channels >= PairImagesMinChannels && outputs >= PairImagesMinChannels;
+
+    /// <summary>Input and output channels from which <see cref="PairImagesPay"/>.</summary>
+    internal const int PairImagesMinChannels = 64;
 
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>

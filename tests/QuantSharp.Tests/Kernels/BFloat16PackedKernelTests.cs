@@ -26,8 +26,9 @@ public unsafe class BFloat16PackedKernelTests
     /// </summary>
     private const double Bound = 2.0 / 256 + 1.0 / 4096;
 
-    // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW): Geometries' odd and even reductions, plus one of two reduction blocks (K = 360).
-    private static readonly int[][] Shapes = [.. Geometries, [40, 6, 7, 3, 3, 1, 1, 1, 1, 1, 1], [20, 9, 5, 3, 3, 2, 1, 1, 1, 1, 1]];
+    // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW): Geometries' odd and even reductions, plus one of two reduction blocks (K =
+    // 360), and 66 channel pairs: two blocks of pair images (PackedMatMul.PairBlock, 64).
+    private static readonly int[][] Shapes = [.. Geometries, [40, 6, 7, 3, 3, 1, 1, 1, 1, 1, 1], [20, 9, 5, 3, 3, 2, 1, 1, 1, 1, 1], [132, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1]];
 
     [Fact]
     public void MicroKernelTwinFollowsTheInstructionsDefinitionAndTheGeneratedKernelAgrees()
@@ -69,6 +70,85 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
+    public void StridedMicroKernelReadsGroupsAndWeightPairsAtTheirStridesAsItsTwinAndTheSpecification()
+    {
+        // Pair-image reads: the strip's groups 1,000 values apart (a plane), each weight row's pairs 9 apart (a tap's pair
+        // in [C / 2, taps] order).
+        const int Groups = 21, Lanes = 32, Rows = 6, Ldc = 36, Ldb = 1000, Step = 9, Lda = Groups * Step + 5;
+        var rng = new Random(19);
+        uint[] a = new uint[Rows * Lda], b = new uint[Groups * Ldb];
+        ushort Bf() => HalfKernel.ToBFloat16Bits((float)(rng.NextDouble() * 4 - 2));
+        for (int i = 0; i < a.Length; i++) a[i] = Bf() | (uint)Bf() << 16;
+        for (int i = 0; i < b.Length; i++) b[i] = Bf() | (uint)Bf() << 16;
+        float[] start = new float[Rows * Ldc];
+        for (int i = 0; i < start.Length; i++) start[i] = (float)(rng.NextDouble() * 8 - 4);
+        const int Origin = 3; // the strip starts 3 values into the buffer: loads not aligned to 64 bytes
+        float[] spec = (float[])start.Clone();
+        for (int j = 0; j < Rows; j++)
+            for (int l = 0; l < Lanes; l++)
+                for (int g = 0; g < Groups; g++)
+                {
+                    uint w = a[j * Lda + g * Step], x = b[Origin + g * Ldb + l];
+                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w & 0xFFFF0000u) * BitConverter.UInt32BitsToSingle(x & 0xFFFF0000u);
+                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w << 16) * BitConverter.UInt32BitsToSingle(x << 16);
+                }
+        float[] twin = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = twin)
+            Vnni512Kernel.MicroBFloat16Twin(pa, Lda * 4, pb + Origin, Groups, pc, Ldc * 4, Ldb * 4, Step * 4);
+        Assert.Equal(spec, twin);
+        if (!Vnni512Kernel.BFloat16Supported) return;
+        float[] native = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = native)
+            Vnni512Kernel.MicroBFloat16Strided(pa, Lda * 4, pb + Origin, Groups, pc, Ldc * 4, Ldb * 4, Step * 4);
+        Assert.Equal(spec, native);
+        // The plain kernel after it is unchanged (its strides stay 128 and 4).
+        float[] plain = (float[])start.Clone(), plainTwin = (float[])start.Clone();
+        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = plain) fixed (float* pt = plainTwin)
+        {
+            Vnni512Kernel.MicroBFloat16(pa, Lda * 4, pb, Groups, pc, Ldc * 4);
+            Vnni512Kernel.MicroBFloat16Twin(pa, Lda * 4, pb, Groups, pt, Ldc * 4);
+        }
+        Assert.Equal(plainTwin, plain);
+    }
+
+    [Fact]
+    public void WeightRowsArePairedByChannelsTapByTap()
+    {
+        var rng = new Random(5);
+        foreach (var (taps, pairs) in new[] { (1, 3), (9, 2), (9, 32), (16, 4), (17, 3), (49, 2) })
+        {
+            int k = 2 * pairs * taps;
+            ushort[] row = new ushort[k + 32];
+            for (int i = 0; i < k; i++) row[i] = (ushort)rng.Next(65536);
+            uint[] dst = new uint[pairs * taps + 16];
+            fixed (ushort* pr = row) fixed (uint* pd = dst) PackedMatMul.PairChannels(pr, taps, pairs, pd);
+            for (int p = 0; p < pairs; p++)
+                for (int t = 0; t < taps; t++)
+                {
+                    uint expected = row[2 * p * taps + t] | (uint)row[(2 * p + 1) * taps + t] << 16;
+                    Assert.True(expected == dst[p * taps + t], $"{taps} taps, {pairs} pairs: pair {p} tap {t} {dst[p * taps + t]:X8}, expected {expected:X8}");
+                }
+        }
+    }
+
+    [Theory]
+    [InlineData(16, 16, 1)]
+    [InlineData(58, 58, 1)]
+    [InlineData(30, 30, 4)]
+    public void PairPlanesAreAnOddNumberOfCacheLinesApartAndHoldAPlane(int height, int width, int phases)
+    {
+        int stride = phases == 4 ? 2 : 1;
+        var u = new Im2Col(8, height, width, 3, 3, stride, stride, 1, 1, 1, 1);
+        var grid = new PhaseGrid(new Im2Col(4, height, width, 3, 3, stride, stride, 1, 1, 1, 1));
+        nint planeStride = PackedMatMul.PairPlaneStride(grid, 4);
+        long plane = grid.ImageValues / 4;
+        Assert.True(planeStride >= plane && planeStride < plane + 32, $"{planeStride} values for a plane of {plane}");
+        Assert.Equal(0, planeStride % 16);
+        Assert.Equal(1, planeStride / 16 % 2);
+        Assert.Equal(8, u.Channels);
+    }
+
+    [Fact]
     public void StripsArePairedInPlaceAsBFloat16RoundedToNearestEven()
     {
         const int Width = 32;
@@ -102,7 +182,7 @@ public unsafe class BFloat16PackedKernelTests
     {
         using var scope = NewDisposeScope();
         var format = Enum.Parse<WeightFormat>(formatName);
-        int checkedRounded = 0;
+        int checkedRounded = 0, checkedInPlace = 0;
         foreach (var g in Shapes)
         {
             foreach (int images in new[] { 1, 2 })
@@ -139,11 +219,12 @@ public unsafe class BFloat16PackedKernelTests
                                 magnitude[(i * outputs + n) * p + pos] = m;
                             }
                     }
-                    foreach (var path in KernelTestData.FloatPaths())
+                    // Both implementations: strips read from pair images in place (an even channel count) and packed.
+                    foreach (var (path, inPlace) in KernelTestData.FloatPaths().SelectMany(path => new[] { (path, true), (path, false) }))
                     {
-                        float[] float32 = Run(view, pixels, bias, u, outputs, path, bfloat16: false, native: true);
-                        float[] twin = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: false);
-                        string what = $"{format} {path} geometry [{string.Join(",", g)}] x{images}, {outputs} outputs";
+                        float[] float32 = Run(view, pixels, bias, u, outputs, path, bfloat16: false, native: true, inPlace);
+                        float[] twin = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: false, inPlace);
+                        string what = $"{format} {path} {(inPlace ? "in place" : "packed")} geometry [{string.Join(",", g)}] x{images}, {outputs} outputs";
                         bool applies = (path == KernelPath.V512 || (path == KernelPath.Auto && Float512.IsSupported)) && k % 2 == 0;
                         if (!applies)
                         {
@@ -158,21 +239,23 @@ public unsafe class BFloat16PackedKernelTests
                         }
                         Assert.False(float32.AsSpan().SequenceEqual(twin), $"{what}: gave the float32 kernels' bits (did not round)");
                         checkedRounded++;
+                        if (inPlace && g[0] % 2 == 0) checkedInPlace++;
                         if (Vnni512Kernel.BFloat16Supported)
                         {
-                            float[] native = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: true);
+                            float[] native = Run(view, pixels, bias, u, outputs, path, bfloat16: true, native: true, inPlace);
                             Assert.True(native.AsSpan().SequenceEqual(twin), $"{what}: the generated micro-kernel and its twin differ");
                         }
                     }
                 }
             }
         }
-        // Every even reduction ran in bfloat16 where 512-bit vectors run.
+        // Every even reduction ran in bfloat16 where 512-bit vectors run, those of an even channel count also from pair images.
         Assert.True(!Float512.IsSupported || checkedRounded >= 8, $"only {checkedRounded} calls ran in bfloat16");
+        Assert.True(!Float512.IsSupported || checkedInPlace >= 4, $"only {checkedInPlace} calls read pair images");
     }
 
     [Fact]
-    public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositions()
+    public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositionsOr64ChannelsOnPairImages()
     {
         var r = ConvolutionRoute.BFloat16;
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, the route with packedBFloat16, without it (libtorch's bfloat16).
@@ -180,11 +263,20 @@ public unsafe class BFloat16PackedKernelTests
         [
             ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, r),                                     // 2,304 terms into 256 channels
             ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, r),                                       // 256 channels on 49 positions
-            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                     // 128 channels on 196 positions: in
-            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, ConvolutionRoute.Reference, r),            // 127: the float32 rule
-            ([256, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, ConvolutionRoute.Kernel, r),                // 128 channels on 128 positions: out
-            ([256, 9, 15, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 135: in
-            ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // ResNet 64->64: the float32 rule (libtorch)
+            ([256, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                     // 128 channels on 144 positions: in
+            ([256, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, ConvolutionRoute.Reference, r),            // 127: the float32 rule
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, r, r),                                     // onto rows of 14: pair images
+            ([256, 16, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, ConvolutionRoute.Kernel, r),                // 128 channels on 128 positions: out
+            ([256, 15, 9, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 135: in
+            ([256, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 128 in rows of 16: pair images
+            ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, r, r),                                       // ResNet 64->64: pair images in place
+            ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, r, r),                                       // at batch 8
+            ([62, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // 62 channels in: the float32 rule (libtorch)
+            ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 63, false, ConvolutionRoute.Reference, r),              // 63 out
+            ([64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, r, r),                                       // rows of 14 outputs: in
+            ([64, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, ConvolutionRoute.Reference, r),              // of 13: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // one tap: out
+            ([16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, r),              // 16 channels in: out
             ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 128 terms into 256 channels: in
             ([126, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 126: out
             ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, ConvolutionRoute.Reference, r),            // 254 terms into 255 channels: out
@@ -207,7 +299,7 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
-    private static float[] Run(in WeightView view, float[] pixels, float[] bias, Im2Col u, int outputs, KernelPath path, bool bfloat16, bool native)
+    private static float[] Run(in WeightView view, float[] pixels, float[] bias, Im2Col u, int outputs, KernelPath path, bool bfloat16, bool native, bool inPlace = true)
     {
         int p = u.Positions;
         var y = new float[u.Images * outputs * p];
@@ -216,12 +308,14 @@ public unsafe class BFloat16PackedKernelTests
         try
         {
             PackedMatMul.UseNativeBFloat16 = native;
+            PackedMatMul.ForcedPairsInPlace = inPlace;
             fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
                 QuantizedMatMul.Run(view, px, p, p, pb, py, p, path, MatMulMethod.Transposed, u, bfloat16);
         }
         finally
         {
             PackedMatMul.UseNativeBFloat16 = saved;
+            PackedMatMul.ForcedPairsInPlace = null;
         }
         return y;
     }
