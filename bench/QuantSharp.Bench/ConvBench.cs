@@ -23,7 +23,8 @@ namespace QuantSharp.Bench;
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
 /// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
-/// bfloat16 route with its strips packed where it would read pair images in place (<see cref="PackedMatMul.ReadsPairsInPlace"/>); ROUTE <c>Tuned</c> is the layer's
+/// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
+/// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -133,9 +134,12 @@ internal static class ConvBench
                 if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
                 // Float32Rule: the rule's route with QuantizedModule.UseBFloat16Compute off (the float32 rule).
                 if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
-                // BFloat16Packed: the bfloat16 route with its strips packed where it would read pair images in place.
-                if (parts[0] == "BFloat16Packed")
-                    return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? false : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                // BFloat16Packed / BFloat16Pairs: the bfloat16 route with its strips packed, or read from pair images (an even channel count).
+                if (parts[0] is "BFloat16Packed" or "BFloat16Pairs")
+                {
+                    bool pairs = parts[0] == "BFloat16Pairs";
+                    return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>
