@@ -232,7 +232,7 @@ internal static unsafe class PackedMatMul
     private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold, bool bfloat16 = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        if (bfloat16 && transposed && unfold is { } pu && ReadsPairsInPlace(pu))
+        if (bfloat16 && transposed && unfold is { } pu && ReadsPairsInPlace(pu, w.Rows))
         {
             ByPairImages<TD>(w, x, bias, y, ldy, pu);
             return;
@@ -811,21 +811,35 @@ internal static unsafe class PackedMatMul
     /// packing them: an even number of input channels (a pair image pairs them), and, unless a test or the bench sets
     /// <see cref="ForcedPairsInPlace"/>, <see cref="PairsInPlacePays"/>.
     /// </summary>
-    internal static bool ReadsPairsInPlace(Im2Col unfold) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? PairsInPlacePays(unfold));
+    internal static bool ReadsPairsInPlace(Im2Col unfold, long outputs) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? PairsInPlacePays(unfold, outputs));
 
     /// <summary>
     /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
-    /// <see cref="PairsInPlaceMinWidth"/> positions. Measured on the Zen 5 VM, both implementations forced on every cell of
-    /// the conv table with an even channel count, batch 1 and 8 (docs/BENCHMARKS.md, stop 36): in place 0.51-0.88x the
-    /// packed strips' time on the 3x3 layers onto 14x14 to 112x112 (stride 1 and 2) and the long Conv1d layers, where
-    /// packing unfolds every position's taps; slower on narrower outputs, whose wide grid adds two or more positions per
-    /// row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers at batch 1 (1.4-1.9x: the packed strips of a
-    /// pointwise call are copies of the image's rows).
+    /// <see cref="PairsInPlaceMinWidth"/> positions; or a pointwise call (1x1, stride 1, no padding) of at least
+    /// <see cref="PairsInPlacePointwiseMinImages"/> images into at least <see cref="PairsInPlacePointwiseMinOutputs"/>
+    /// channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
+    /// count (docs/BENCHMARKS.md, stop 36): in place faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and
+    /// the long Conv1d layers, where packing unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.7x the packed
+    /// strips' time), about as fast onto 14x14; slower on narrower outputs, whose wide grid adds two or more positions
+    /// per row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed
+    /// route's blocks hold all of an image's strips); 1x1 layers into 256 or 512 channels from four images 0.77-0.97x
+    /// (into 128 channels 0.98-1.05x).
     /// </summary>
-    internal static bool PairsInPlacePays(Im2Col unfold) => unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth;
+    internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
+    {
+        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        if (pointwise) return unfold.Images >= PairsInPlacePointwiseMinImages && outputs >= PairsInPlacePointwiseMinOutputs;
+        return unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth;
+    }
 
-    /// <summary>Output row length from which <see cref="PairsInPlacePays"/>.</summary>
+    /// <summary>Output row length from which <see cref="PairsInPlacePays"/> (more than one tap).</summary>
     internal const int PairsInPlaceMinWidth = 14;
+
+    /// <summary>Images from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseMinImages = 4;
+
+    /// <summary>Output channels from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseMinOutputs = 256;
 
     /// <summary>Tests and the bench force <see cref="ReadsPairsInPlace"/> on their thread (null: the rule; false: packed strips).</summary>
     [ThreadStatic] internal static bool? ForcedPairsInPlace;

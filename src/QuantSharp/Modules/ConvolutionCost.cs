@@ -295,15 +295,17 @@ internal static class ConvolutionCost
             || PairImagesPay(unfold, outputs));
 
     /// <summary>
-    /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: more than
-    /// one tap, output rows of 14 or more, an even channel count), it pays from <see cref="PairImagesMinChannels"/> input
-    /// and output channels: there is no unfolding and no pairing pass, which made 64 channels lose on packed strips.
-    /// Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 36): ResNet 64->64 on 56x56 0.68-0.77x float32's time at batch 1
-    /// and 8 (the float32 rule's libtorch route 0.97-1.03x); with 16 input channels (3x3 16->64 on 56x56: 8 pairs, a
-    /// micro-kernel call of 8 groups per tap) it lost at batch 8 (0.99x against 0.92x for libtorch's route).
+    /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
+    /// channel count, more than one tap onto output rows of 14 or more, or pointwise calls of four or more images into
+    /// 256 or more channels), it pays from <see cref="PairImagesMinChannels"/> input and output channels: there is no
+    /// unfolding and no pairing pass, which made 64 channels lose on packed strips. Measured on the Zen 5 VM
+    /// (docs/BENCHMARKS.md, stop 36): ResNet 64->64 on 56x56 0.68-0.77x float32's time at batch 1 and 8 (the float32
+    /// rule's libtorch route 0.97-1.03x), 1x1 64->256 on 56x56 0.82-0.95x at batch 4-16 (0.92-0.99x); with 16 input
+    /// channels (3x3 16->64 on 56x56: 8 pairs, a micro-kernel call of 8 groups per tap) it lost at batch 8 (0.99x against
+    /// 0.92x for libtorch's route).
     /// </summary>
     internal static bool PairImagesPay(Im2Col unfold, long outputs) =>
-        unfold.Channels % 2 == 0 && Kernels.PackedMatMul.PairsInPlacePays(unfold)
+        unfold.Channels % 2 == 0 && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)
         && unfold.Channels >= PairImagesMinChannels && outputs >= PairImagesMinChannels;
 
     /// <summary>Input and output channels from which <see cref="PairImagesPay"/>.</summary>

@@ -282,7 +282,9 @@ public unsafe class BFloat16PackedKernelTests
             ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, ConvolutionRoute.Reference, r),            // 254 terms into 255 channels: out
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 256 into 255 on 784 positions: in
             ([16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, r),                 // static W8A8 of 144 terms: the float32 rule (integer GEMM)
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, ConvolutionRoute.Reference, r),             // 64 terms
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, r, r),                                      // 64 terms, pointwise on pair images
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false, ConvolutionRoute.Reference, r),             // three images: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false, ConvolutionRoute.Reference, r),             // 255 channels: out
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 2, 16, false, ConvolutionRoute.Kernel, r),                   // 16 channels: the float32 rule's packed kernels
             ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, ConvolutionRoute.Kernel), // static W8A8: the integer GEMM
             ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // an odd reduction (2,295 terms)
@@ -296,6 +298,30 @@ public unsafe class BFloat16PackedKernelTests
             Assert.True(packed == withPacked, $"{what}: {withPacked}, expected {packed}");
             // Where the packed route does not pay, the float32 rule's route.
             if (packed != r) Assert.Equal(ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: false), withPacked);
+        }
+    }
+
+    [Fact]
+    public void PairImagesAreReadForTapsOntoRowsOf14OrMoreAndForPointwiseCallsOfFourImagesInto256Channels()
+    {
+        // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, expected.
+        (int[] G, int Images, int Outputs, bool Expected)[] cases =
+        [
+            ([64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 16, true),   // rows of 14 outputs
+            ([64, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1], 8, 512, false), // of 13
+            ([64, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1], 1, 64, true),   // stride 2 onto 14x14
+            ([8, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 1, 8, true),      // a Conv1d of three taps over 40 steps
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, true),  // pointwise: four images into 256 channels
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false), // three images
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false), // 255 channels
+            ([64, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1], 8, 512, false), // 1x1 at stride 2
+            ([64, 28, 28, 1, 1, 1, 1, 1, 1, 1, 1], 8, 512, false), // 1x1 padded: one tap, not pointwise
+            ([63, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false),  // an odd channel count: no pairs
+        ];
+        foreach (var (g, images, outputs, expected) in cases)
+        {
+            var u = Unfolding(g).ForImages(images);
+            Assert.True(expected == PackedMatMul.ReadsPairsInPlace(u, outputs), $"[{string.Join(",", g)}] x{images} -> {outputs}: expected {expected}");
         }
     }
 
