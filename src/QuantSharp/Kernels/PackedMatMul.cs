@@ -816,19 +816,22 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
     /// <see cref="PairsInPlaceMinWidth"/> positions; or a pointwise call (1x1, stride 1, no padding) of at least
-    /// <see cref="PairsInPlacePointwiseMinImages"/> images into at least <see cref="PairsInPlacePointwiseMinOutputs"/>
-    /// channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
+    /// <see cref="PairsInPlacePointwiseMinImages"/> images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input
+    /// channels, into at least <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
     /// count (docs/BENCHMARKS.md, stop 36): in place faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and
     /// the long Conv1d layers, where packing unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.7x the packed
     /// strips' time), about as fast onto 14x14; slower on narrower outputs, whose wide grid adds two or more positions
     /// per row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed
-    /// route's blocks hold all of an image's strips); 1x1 layers into 256 or 512 channels from four images 0.77-0.97x
-    /// (into 128 channels 0.98-1.05x).
+    /// route's blocks hold all of an image's strips); 1x1 layers of 64-256 channels into 256 or 512 from four images
+    /// 0.77-0.97x, but into 128 channels 0.98-1.05x, and of 512 and 1024 channels at batch 8 1.4-1.6x (1x1 1024->256 on
+    /// 14x14, 512->2048 on 7x7: 8 and 4 blocks of 64 channel pairs over few positions).
     /// </summary>
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
-        if (pointwise) return unfold.Images >= PairsInPlacePointwiseMinImages && outputs >= PairsInPlacePointwiseMinOutputs;
+        if (pointwise)
+            return unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Channels <= PairsInPlacePointwiseMaxChannels
+                && outputs >= PairsInPlacePointwiseMinOutputs;
         return unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth;
     }
 
@@ -840,6 +843,9 @@ internal static unsafe class PackedMatMul
 
     /// <summary>Output channels from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
     internal const int PairsInPlacePointwiseMinOutputs = 256;
+
+    /// <summary>Input channels up to which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseMaxChannels = 256;
 
     /// <summary>Tests and the bench force <see cref="ReadsPairsInPlace"/> on their thread (null: the rule; false: packed strips).</summary>
     [ThreadStatic] internal static bool? ForcedPairsInPlace;

@@ -302,7 +302,7 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void PairImagesAreReadForTapsOntoRowsOf14OrMoreAndForPointwiseCallsOfFourImagesInto256Channels()
+    public void PairImagesAreReadForTapsOntoRowsOf14OrMoreAndForPointwiseCallsOfFourImagesFromUpTo256ChannelsInto256()
     {
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, expected.
         (int[] G, int Images, int Outputs, bool Expected)[] cases =
@@ -314,6 +314,8 @@ public unsafe class BFloat16PackedKernelTests
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, true),  // pointwise: four images into 256 channels
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false), // three images
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false), // 255 channels
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, true), // from 256 channels
+            ([258, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false), // from 258
             ([64, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1], 8, 512, false), // 1x1 at stride 2
             ([64, 28, 28, 1, 1, 1, 1, 1, 1, 1, 1], 8, 512, false), // 1x1 padded: one tap, not pointwise
             ([63, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false),  // an odd channel count: no pairs
