@@ -70,6 +70,11 @@ internal static unsafe class PackedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
         bfloat16 &= transposed && typeof(TW) == typeof(Float512) && BFloat16Fits(w);
+        if (bfloat16 && unfold is { } pairs && ReadsPairsInPlace(pairs, w.Rows))
+        {
+            ByPairImages<TD>(w, x, bias, y, ldy, pairs);
+            return;
+        }
         int k = w.Cols, stripWidth = 2 * TW.Count;
         int strips = (m + stripWidth - 1) / stripWidth;
         var layout = ForcedLayout ?? ChooseLayout(w.Rows, k, m, stripWidth, KernelThreads.Count);
@@ -232,11 +237,6 @@ internal static unsafe class PackedMatMul
     private static void ByPositions<TW, TVec, TD>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy, bool transposed, Im2Col? unfold, bool bfloat16 = false)
         where TW : IFloatWidth<TVec> where TVec : struct where TD : IWeightDecoder
     {
-        if (bfloat16 && transposed && unfold is { } pu && ReadsPairsInPlace(pu, w.Rows))
-        {
-            ByPairImages<TD>(w, x, bias, y, ldy, pu);
-            return;
-        }
         int k = w.Cols, stripWidth = 2 * TW.Count, images = unfold?.Images ?? 1;
         // In place (ReadsInPlace): the strips run over each image's wide grid of positions, nothing is packed. The
         // bfloat16 mode always packs (its strips are pairs of bfloat16 steps).
@@ -710,9 +710,12 @@ internal static unsafe class PackedMatMul
     /// Row <paramref name="n"/> of <paramref name="w"/> decoded as the float kernels decode it (<see cref="DecodeSlice"/>'s
     /// chunks and elements) and rounded to bfloat16 (<see cref="HalfKernel.Bf512"/>, <see cref="HalfKernel.ToBFloat16Bits"/>) into <paramref name="dst"/>
     /// (K values), chunk by chunk with no float row in between; groups shorter than a 512-bit chunk go through
-    /// <see cref="DecodeRows"/> into a float row first.
+    /// <see cref="DecodeRows"/> into a float row first. Tiered as any method, not compiled once fully optimized
+    /// (<c>AggressiveOptimization</c>, as until stop 36): compiled so on its first call, when the table's first int4
+    /// bfloat16 call read pair images, its decoder's and <see cref="HalfKernel.Bf512"/>'s calls stayed calls for the
+    /// process (ResNet 512->512 on 7x7 at batch 1, int4, on packed strips after the pair-image layers: 1.4-1.9x float32's
+    /// time against 0.63x; docs/BENCHMARKS.md, stop 36).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
     {
         int k = w.Cols, g = w.GroupSize;
