@@ -24,7 +24,8 @@ namespace QuantSharp.Bench;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD</c> times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
 /// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
-/// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule); ROUTE <c>Tuned</c> is the layer's
+/// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
+/// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.

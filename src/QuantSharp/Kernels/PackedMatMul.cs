@@ -711,10 +711,11 @@ internal static unsafe class PackedMatMul
     /// chunks and elements) and rounded to bfloat16 (<see cref="HalfKernel.Bf512"/>, <see cref="HalfKernel.ToBFloat16Bits"/>) into <paramref name="dst"/>
     /// (K values), chunk by chunk with no float row in between; groups shorter than a 512-bit chunk go through
     /// <see cref="DecodeRows"/> into a float row first. Tiered as any method, not compiled once fully optimized
-    /// (<c>AggressiveOptimization</c>, as until stop 36): compiled so on its first call, when the table's first int4
-    /// bfloat16 call read pair images, its decoder's and <see cref="HalfKernel.Bf512"/>'s calls stayed calls for the
-    /// process (ResNet 512->512 on 7x7 at batch 1, int4, on packed strips after the pair-image layers: 1.4-1.9x float32's
-    /// time against 0.63x; docs/BENCHMARKS.md, stop 36).
+    /// (<c>AggressiveOptimization</c>, as until stop 36): so compiled on its first call, here from the pair-image
+    /// route, the int4 decoder's, <see cref="Float512.Interleave"/>'s and <see cref="HalfKernel.Bf512"/>'s calls stayed
+    /// calls for the process (a profile showed them as functions of their own), and ResNet 512->512 on 7x7 at batch 1
+    /// in int4, on packed strips after the conv table's pair-image layers, took 1.5-1.6x float32's time against 0.63x
+    /// (docs/BENCHMARKS.md, stop 36).
     /// </summary>
     private static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
     {
@@ -818,12 +819,14 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
-    /// <see cref="PairsInPlaceMinWidth"/> positions; or a pointwise call (1x1, stride 1, no padding) of at least
+    /// <see cref="PairsInPlaceMinWidth"/> positions and at least <see cref="PairsInPlaceMinPositions"/> positions per
+    /// image; or a pointwise call (1x1, stride 1, no padding) of at least
     /// <see cref="PairsInPlacePointwiseMinImages"/> images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input
     /// channels, into at least <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
     /// count (docs/BENCHMARKS.md, stop 36): in place faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and
     /// the long Conv1d layers, where packing unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.7x the packed
-    /// strips' time), about as fast onto 14x14; slower on narrower outputs, whose wide grid adds two or more positions
+    /// strips' time), about as fast onto 14x14, slower on the Conv1d over 48 steps (0.75x float32's time at batch 1 and
+    /// 0.88x at batch 8 against stop 35's 0.52x and 0.64x); slower on narrower outputs, whose wide grid adds two or more positions
     /// per row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed
     /// route's blocks hold all of an image's strips); 1x1 layers of 64-256 channels into 256 or 512 from four images
     /// 0.77-0.97x, but into 128 channels 0.98-1.05x, and of 512 and 1024 channels at batch 8 1.4-1.6x (1x1 1024->256 on
@@ -835,11 +838,14 @@ internal static unsafe class PackedMatMul
         if (pointwise)
             return unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Channels <= PairsInPlacePointwiseMaxChannels
                 && outputs >= PairsInPlacePointwiseMinOutputs;
-        return unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth;
+        return unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth && unfold.Positions >= PairsInPlaceMinPositions;
     }
 
     /// <summary>Output row length from which <see cref="PairsInPlacePays"/> (more than one tap).</summary>
     internal const int PairsInPlaceMinWidth = 14;
+
+    /// <summary>Output positions per image from which <see cref="PairsInPlacePays"/> (more than one tap).</summary>
+    internal const int PairsInPlaceMinPositions = 256;
 
     /// <summary>Images from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
     internal const int PairsInPlacePointwiseMinImages = 4;
@@ -978,7 +984,11 @@ internal static unsafe class PackedMatMul
                 dst[p * taps + t] = row[2 * p * taps + t] | (uint)row[(2 * p + 1) * taps + t] << 16;
     }
 
-    /// <summary>Channel pairs per reduction block of <see cref="ByPairImages"/>.</summary>
+    /// <summary>
+    /// Channel pairs per reduction block of <see cref="ByPairImages"/> (the bench's <c>PAIR_BLOCK</c> sets it): on ResNet
+    /// 256->256 and VGG 512->512 on 14x14 at batch 1, 64 was as fast as 32 and 128 within the runs' noise and faster
+    /// than 16 (docs/BENCHMARKS.md, stop 36).
+    /// </summary>
     internal static int PairBlock = 64;
 
     /// <summary>
