@@ -825,8 +825,8 @@ internal static unsafe class PackedMatMul
     /// channels, into at least <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
     /// count (docs/BENCHMARKS.md, stop 36): in place faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and
     /// the long Conv1d layers, where packing unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.7x the packed
-    /// strips' time), about as fast onto 14x14, slower on the Conv1d over 48 steps (0.75x float32's time at batch 1 and
-    /// 0.88x at batch 8 against stop 35's 0.52x and 0.64x); slower on narrower outputs, whose wide grid adds two or more positions
+    /// strips' time), onto 14x14 even at batch 1 and faster at batch 8 (0.62-0.77x float32's time against 0.81-0.96x);
+    /// slower on the Conv1d layers over 48 and 128 steps (0.71-0.88x against 0.44-0.75x), and on narrower outputs, whose wide grid adds two or more positions
     /// per row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed
     /// route's blocks hold all of an image's strips); 1x1 layers of 64-256 channels into 256 or 512 from four images
     /// 0.77-0.97x, but into 128 channels 0.98-1.05x, and of 512 and 1024 channels at batch 8 1.4-1.6x (1x1 1024->256 on
@@ -845,7 +845,7 @@ internal static unsafe class PackedMatMul
     internal const int PairsInPlaceMinWidth = 14;
 
     /// <summary>Output positions per image from which <see cref="PairsInPlacePays"/> (more than one tap).</summary>
-    internal const int PairsInPlaceMinPositions = 256;
+    internal const int PairsInPlaceMinPositions = 196;
 
     /// <summary>Images from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
     internal const int PairsInPlacePointwiseMinImages = 4;

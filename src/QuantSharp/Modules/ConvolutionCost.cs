@@ -296,7 +296,7 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
-    /// channel count, more than one tap onto output rows of 14 or more and 256 or more positions per image, or pointwise calls of four or more images from
+    /// channel count, more than one tap onto output rows of 14 or more and 196 or more positions per image, or pointwise calls of four or more images from
     /// up to 256 channels into 256 or more), it pays from <see cref="PairImagesMinChannels"/> input and output channels: there is no
     /// unfolding and no pairing pass, which made 64 channels lose on packed strips. Measured on the Zen 5 VM
     /// (docs/BENCHMARKS.md, stop 36): ResNet 64->64 on 56x56 0.68-0.77x float32's time at batch 1 and 8 (the float32

@@ -265,16 +265,16 @@ public unsafe class BFloat16PackedKernelTests
             ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, r),                                       // 256 channels on 49 positions
             ([256, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                     // 128 channels on 144 positions: in
             ([256, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, ConvolutionRoute.Reference, r),            // 127: the float32 rule
-            ([256, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, r, r),                                     // onto 16x16: pair images
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 127, false, r, r),                                     // onto 14x14: pair images
             ([256, 16, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, ConvolutionRoute.Kernel, r),                // 128 channels on 128 positions: out
             ([256, 15, 9, 3, 3, 1, 1, 1, 1, 1, 1], 1, 128, false, r, r),                                      // on 135: in
-            ([256, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, r, r),                                       // 64 channels on 256 positions in rows of 32: pair images
+            ([256, 7, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, r, r),                                       // 64 channels on 196 positions in rows of 28: pair images
             ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, r, r),                                       // ResNet 64->64: pair images in place
             ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, r, r),                                       // at batch 8
             ([62, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // 62 channels in: the float32 rule (libtorch)
             ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 63, false, ConvolutionRoute.Reference, r),              // 63 out
-            ([64, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, r, r),                                       // 256 positions: in
-            ([64, 15, 17, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, ConvolutionRoute.Reference, r),              // 255: out
+            ([64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, r, r),                                       // 196 positions: in
+            ([64, 13, 15, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, ConvolutionRoute.Reference, r),              // 195: out
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // one tap: out
             ([16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, r),              // 16 channels in: out
             ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 128 terms into 256 channels: in
@@ -302,18 +302,18 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void PairImagesAreReadForTapsOntoRowsOf14And256PositionsOrMoreAndForPointwiseCallsOfFourImagesFromUpTo256ChannelsInto256()
+    public void PairImagesAreReadForTapsOntoRowsOf14And196PositionsOrMoreAndForPointwiseCallsOfFourImagesFromUpTo256ChannelsInto256()
     {
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, expected.
         (int[] G, int Images, int Outputs, bool Expected)[] cases =
         [
             ([64, 14, 19, 3, 3, 1, 1, 1, 1, 1, 1], 1, 16, true),   // rows of 19 outputs, 266 positions
             ([64, 19, 13, 3, 3, 1, 1, 1, 1, 1, 1], 8, 512, false), // rows of 13
-            ([64, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, true),   // 256 positions
-            ([64, 15, 17, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false),  // 255
-            ([64, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1], 1, 64, true),   // stride 2 onto 16x16
-            ([8, 1, 256, 1, 3, 1, 1, 0, 1, 1, 1], 1, 8, true),     // a Conv1d of three taps over 256 steps
-            ([8, 1, 255, 1, 3, 1, 1, 0, 1, 1, 1], 8, 8, false),    // over 255
+            ([64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, true),   // 196 positions
+            ([64, 13, 15, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false),  // 195
+            ([64, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1], 1, 64, true),   // stride 2 onto 14x14
+            ([8, 1, 196, 1, 3, 1, 1, 0, 1, 1, 1], 1, 8, true),     // a Conv1d of three taps over 196 steps
+            ([8, 1, 195, 1, 3, 1, 1, 0, 1, 1, 1], 8, 8, false),    // over 195
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, true),  // pointwise: four images into 256 channels
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false), // three images
             ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false), // 255 channels
