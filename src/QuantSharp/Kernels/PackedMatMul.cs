@@ -820,17 +820,18 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
     /// <see cref="PairsInPlaceMinWidth"/> positions and at least <see cref="PairsInPlaceMinPositions"/> positions per
-    /// image; or a pointwise call (1x1, stride 1, no padding) of at least
-    /// <see cref="PairsInPlacePointwiseMinImages"/> images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input
-    /// channels, into at least <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on the conv table's layers with an even channel
-    /// count (docs/BENCHMARKS.md, stop 36): in place faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and
-    /// the long Conv1d layers, where packing unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.7x the packed
-    /// strips' time), onto 14x14 even at batch 1 and faster at batch 8 (0.62-0.77x float32's time against 0.81-0.96x);
-    /// slower on the Conv1d layers over 48 and 128 steps (0.71-0.88x against 0.44-0.75x), and on narrower outputs, whose wide grid adds two or more positions
-    /// per row of 7 to 11 (7x7, 8x8, MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed
-    /// route's blocks hold all of an image's strips); 1x1 layers of 64-256 channels into 256 or 512 from four images
-    /// 0.77-0.97x, but into 128 channels 0.98-1.05x, and of 512 and 1024 channels at batch 8 1.4-1.6x (1x1 1024->256 on
-    /// 14x14, 512->2048 on 7x7: 8 and 4 blocks of 64 channel pairs over few positions).
+    /// image; or a pointwise call (1x1, stride 1, no padding) of at least <see cref="PairsInPlacePointwiseMinImages"/>
+    /// images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input channels, into at least
+    /// <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on
+    /// the conv table's layers with an even channel count (docs/BENCHMARKS.md, stop 36): pair images faster on the 3x3
+    /// layers onto 28x28 to 112x112 (stride 1 and 2) and the long Conv1d layers, where packing unfolds every position's
+    /// taps (ResNet 64->64 on 56x56: 0.5-0.8x the packed strips' time); onto 14x14 even at batch 1 and faster at batch 8
+    /// (0.62-0.77x float32's time against 0.80-0.98x); slower on the Conv1d layers over 48 and 128 steps (0.71-0.89x
+    /// against 0.44-0.76x), on narrower outputs, whose wide grid adds two or more positions per row of 7 to 11 (7x7, 8x8,
+    /// MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed route's blocks hold all of an
+    /// image's strips). 1x1 layers of 64-256 channels into 256 or 512 from four images: 0.76-0.97x; into 128 channels
+    /// 0.97-1.05x; of 1024 and 512 channels at batch 8 (1x1 1024->256 on 14x14, 512->2048 on 7x7: 8 and 4 blocks of 64
+    /// channel pairs over few positions) 1.4-1.6x against stop 35's table.
     /// </summary>
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
