@@ -36,8 +36,9 @@ internal static class ConvBench
 
     private static IEnumerable<Case> Cases()
     {
-        // CONV_BATCHES=2,4: other batch sizes for the layers after MNIST's (and for CONV_SHAPE).
+        // PAIR_BLOCK=N: channel pairs per block of the pair-image route.
         if (Environment.GetEnvironmentVariable("PAIR_BLOCK") is { } pairBlock) PackedMatMul.PairBlock = int.Parse(pairBlock, CultureInfo.InvariantCulture);
+        // CONV_BATCHES=2,4: other batch sizes for the layers after MNIST's (and for CONV_SHAPE).
         int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
             ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
         // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD: one Conv2d of that shape instead of the list.

@@ -714,8 +714,8 @@ internal static unsafe class PackedMatMul
     /// (<c>AggressiveOptimization</c>, as until stop 36): so compiled on its first call, here from the pair-image
     /// route, the int4 decoder's, <see cref="Float512.Interleave"/>'s and <see cref="HalfKernel.Bf512"/>'s calls stayed
     /// calls for the process (a profile showed them as functions of their own), and ResNet 512->512 on 7x7 at batch 1
-    /// in int4, on packed strips after the conv table's pair-image layers, took 1.5-1.6x float32's time against 0.63x
-    /// (docs/BENCHMARKS.md, stop 36).
+    /// in int4, on packed strips after the conv table's pair-image layers, took 1.5x float32's time against 0.64x
+    /// tiered (docs/BENCHMARKS.md, stop 36).
     /// </summary>
     private static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
     {
@@ -864,12 +864,13 @@ internal static unsafe class PackedMatMul
     /// A bfloat16 convolution (<see cref="Run"/>'s <c>bfloat16</c>) whose strips are read in place: each image is copied
     /// once into a pair image (<see cref="PairImages"/>: channel pair p's plane holds channels 2p and 2p + 1 rounded to
     /// bfloat16, as one 32-bit pair per padded pixel, in the layout of a <see cref="PhaseGrid"/> of C / 2 channels) and
-    /// the weight once into pairs of channels (<see cref="PairChannels"/>: <c>[N, C / 2, taps]</c>), so that for one tap the
-    /// strip's groups are the pair planes, one plane apart, and the weight's are one pair of taps apart:
-    /// <see cref="Vnni512Kernel.MicroBFloat16Strided"/> per tap, in
-    /// tiles of six rows, sums in float32 over the wide grid's positions, written with the bias (<see cref="WriteWide"/>).
-    /// Nothing is unfolded: the packed route's im2col and pairing passes were 44% of the samples of 64->64 on 56x56.
-    /// The sums are those of the packed route in another order (taps outer, channel pairs inner).
+    /// the weight once into pairs of channels (<see cref="PairChannels"/>: <c>[N, C / 2, taps]</c>), so that for one tap
+    /// the strip's groups are the pair planes, one plane apart, and the weight's are one pair of taps apart:
+    /// <see cref="Vnni512Kernel.MicroBFloat16Strided"/> per strip, block of <see cref="PairBlock"/> channel pairs, tile
+    /// of six rows and tap, sums in float32 over the wide grid's positions, written with the bias
+    /// (<see cref="WriteWide"/>). Nothing is unfolded: the packed route's im2col and pairing passes were 44% of the
+    /// samples of 64->64 on 56x56. The sums are those of the packed route in another order (blocks of channel pairs,
+    /// then taps, then the block's pairs).
     /// </summary>
     private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u) where TD : IWeightDecoder
     {
@@ -995,7 +996,7 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// Values from one pair plane to the next (<see cref="ByPairImages"/>): the grid's values of one channel (all its
     /// phases) rounded up to whole cache lines, and to an odd number of them, so that the strip's groups, one plane
-    /// apart, fall in all of L1's sets (planes of 16x16 values, 1 KiB, put a tap's 128 groups in 8 of them).
+    /// apart, fall in all of L1's sets (planes of 16x16 values, 1 KiB, put a block's 64 groups in 8 of them).
     /// </summary>
     internal static nint PairPlaneStride(PhaseGrid grid, int pairs)
     {
@@ -1007,8 +1008,9 @@ internal static unsafe class PackedMatMul
     /// The images at <paramref name="x"/> (<c>[C, H, W]</c> each, C even) as pair images in the layout of
     /// <paramref name="grid"/> (a <see cref="PhaseGrid"/> of C / 2 channels): pixel values of channels 2p and 2p + 1
     /// rounded to bfloat16 (nearest even, <see cref="HalfKernel.Bf512"/>) in the low and high half of one 32-bit value of
-    /// plane p (planes <paramref name="planeStride"/> values apart, zero between them), zero where padded; then <paramref name="step"/> plus a grid row of zero values, so that the last strip's
-    /// reads past the last plane stay in the buffer. A work item per plane.
+    /// plane p (planes <paramref name="planeStride"/> values apart, zero between them), zero where padded; then
+    /// <paramref name="step"/> plus a grid row of zero values, so that the last strip's reads past the last plane stay in
+    /// the buffer. A work item per plane.
     /// </summary>
     internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step)
     {
@@ -1026,8 +1028,8 @@ internal static unsafe class PackedMatMul
             if (u.StrideH == 1 && u.StrideW == 1)
             {
                 // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
-                // the next row's start one run of zeros (a row through WriteRow took about as long as 64->64 on 56x56's
-                // multiply-adds of a row).
+                // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
+                // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
                 int wp = grid.PhaseWidth, pad = u.PadW;
                 new Span<uint>(dst, u.PadH * wp + pad).Clear();
                 uint* at = dst + (nint)u.PadH * wp + pad;

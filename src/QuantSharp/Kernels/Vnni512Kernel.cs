@@ -11,7 +11,8 @@ namespace QuantSharp.Kernels;
 /// <c>Avx10v1.V512</c>, which CPUs with AVX-512 VNNI but without AVX10 (AMD Zen 4/5, Intel Ice Lake to Sapphire
 /// Rapids) do not report, so the 22 instructions of this loop are written here as machine code, once per process, into
 /// a page that is made executable (and no longer writable) before it is called; the same loop with <c>vdpbf16ps</c>
-/// (<see cref="MicroBFloat16"/>, AVX512-BF16, which .NET 10 exposes through no intrinsic either) and the row kernels' dot
+/// (<see cref="MicroBFloat16"/>, AVX512-BF16, which .NET 10 exposes through no intrinsic either; and
+/// <see cref="MicroBFloat16Strided"/>, the same with two strides as arguments) and the row kernels' dot
 /// products (<see cref="RowDots"/>, for CPUs without AVX-VNNI) are written into the same page after it.
 /// </summary>
 /// <remarks>
