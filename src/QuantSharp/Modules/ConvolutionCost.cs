@@ -276,14 +276,13 @@ internal static class ConvolutionCost
     /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or of at least
     /// <see cref="PackedBFloat16MinReductionFewerOutputs"/> into <see cref="PackedBFloat16MinOutputsManyPositions"/> or
     /// more on more than <see cref="FewPositionsMaxPositions"/> positions, or where it reads pair images in place
-    /// (<see cref="PairImagesPay"/>). On packed strips the kernels unfold and pack every position's
-    /// K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
+    /// (<see cref="PairImagesPay"/>). On packed strips the kernels unfold and pack every position's K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
     /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
     /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route forced on every cell of the conv
     /// table, over float32's time, paired in one process, batch 1 and 8): from 256 channels on 256 or more terms
     /// 0.40-0.94x (1.03x once); 128 channels on 392-784 positions 0.72-1.06x (the float32 rule's routes there took
-    /// 0.70-1.15x in the final table); on packed strips it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and 1.49x) and with 128
-    /// channels on 49 positions (0.50x against the packed float32 kernels' 0.39x). With 128-192 terms into 256-1024
+    /// 0.70-1.15x in the final table); on packed strips it lost with 64 channels (ResNet 64->64 on 56x56, 1.07x and
+    /// 1.49x) and with 128 channels on 49 positions (0.50x against the packed float32 kernels' 0.39x). With 128-192 terms into 256-1024
     /// channels (1x1 layers, and 3x3 16->256) at batch 1-8 it took 0.60-1.08x where the float32 rule's route took
     /// 1.04-1.28x, never slower than it by more than 0.01 (1x1 128->512 and 128->256 at batch 4 and 8, three processes).
     /// </summary>
@@ -296,9 +295,10 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
-    /// channel count, more than one tap onto output rows of 14 or more and 196 or more positions per image, or pointwise calls of four or more images from
-    /// up to 256 channels into 256 or more), it pays from <see cref="PairImagesMinChannels"/> input and output channels: there is no
-    /// unfolding and no pairing pass, which made 64 channels lose on packed strips. Measured on the Zen 5 VM
+    /// channel count, more than one tap onto output rows of 14 or more and 196 or more positions per image, or pointwise
+    /// calls of four or more images from up to 256 channels into 256 or more), it pays from
+    /// <see cref="PairImagesMinChannels"/> input and output channels: there is no unfolding and no pairing pass, which
+    /// made 64 channels lose on packed strips. Measured on the Zen 5 VM
     /// (docs/BENCHMARKS.md, stop 36): ResNet 64->64 on 56x56 0.68-0.77x float32's time at batch 1 and 8 (the float32
     /// rule's libtorch route 0.97-1.03x), 1x1 64->256 on 56x56 0.82-0.95x at batch 4-16 (0.92-0.99x); with 16 input
     /// channels (3x3 16->64 on 56x56: 8 pairs, a micro-kernel call of 8 groups per tap) it lost at batch 8 (0.99x against
