@@ -257,15 +257,8 @@ internal static unsafe class PackedMatMul
         uint* weightPairs = null;
         try
         {
-            if (bfloat16)
-            {
-                // The weight rounded to bfloat16 once per call ([N, K / 2] pairs), zero rows up to whole tiles of six.
-                int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
-                weightPairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)k * 2, 64);
-                new Span<uint>(weightPairs + (nint)w.Rows * (k / 2), (paddedRows - w.Rows) * (k / 2)).Clear();
-                nint pairsTarget = (nint)weightPairs;
-                KernelThreads.For(w.Rows, k, n => PairWeightRow<TD>(view, n, (ushort*)pairsTarget + (nint)n * k));
-            }
+            // The weight rounded to bfloat16 once per call: [N, K / 2] pairs of consecutive terms.
+            if (bfloat16) weightPairs = WeightPairs<TD>(w, taps: 0);
             if (grid is { } phases)
             {
                 // Every image padded (and split into stride phases) once, as the small kernel reads it.
@@ -815,10 +808,11 @@ internal static unsafe class PackedMatMul
     /// packing them: an even number of input channels (a pair image pairs them), and, unless a test or the bench sets
     /// <see cref="ForcedPairsInPlace"/>, <see cref="PairsInPlacePays"/>.
     /// </summary>
-    internal static bool ReadsPairsInPlace(Im2Col unfold, long outputs) => unfold.Channels % 2 == 0 && (ForcedPairsInPlace ?? PairsInPlacePays(unfold, outputs));
+    internal static bool ReadsPairsInPlace(Im2Col unfold, long outputs) =>
+        ForcedPairsInPlace is { } forced ? forced && unfold.Channels % 2 == 0 : PairsInPlacePays(unfold, outputs);
 
     /// <summary>
-    /// <see cref="ReadsPairsInPlace"/>'s rule: more than one tap, onto output rows of at least
+    /// <see cref="ReadsPairsInPlace"/>'s rule: an even channel count, and more than one tap onto output rows of at least
     /// <see cref="PairsInPlaceMinWidth"/> positions and at least <see cref="PairsInPlaceMinPositions"/> positions per
     /// image; or a pointwise call (1x1, stride 1, no padding) of at least <see cref="PairsInPlacePointwiseMinImages"/>
     /// images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input channels, into at least
@@ -835,6 +829,7 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
+        if (unfold.Channels % 2 != 0) return false;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (pointwise)
             return unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Channels <= PairsInPlacePointwiseMaxChannels
@@ -883,32 +878,12 @@ internal static unsafe class PackedMatMul
         for (int t = 0; t < taps; t++) tapOffsets[t] = grid.Offset(t);
         var split = PositionSplit.For(strips, images, Math.Max(strips, 1), w.Rows, KernelThreads.Count, packs: false);
         int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts, ldt = blockStrips * Width;
-        int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
         uint* weightPairs = null, image = null;
         try
         {
-            weightPairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)half * 4, 64);
-            new Span<uint>(weightPairs + (nint)w.Rows * half, (paddedRows - w.Rows) * half).Clear();
+            weightPairs = WeightPairs<TD>(w, taps);
             var view = w;
             nint pairsTarget = (nint)weightPairs;
-            KernelThreads.For(w.Rows, k, n =>
-            {
-                ushort[] rented = ArrayPool<ushort>.Shared.Rent(2 * k + 64);
-                try
-                {
-                    fixed (ushort* row = rented)
-                    {
-                        PairWeightRow<TD>(view, n, row);
-                        uint* paired = (uint*)(row + k + 32);
-                        PairChannels(row, taps, pairs, paired);
-                        new ReadOnlySpan<uint>(paired, half).CopyTo(new Span<uint>((uint*)pairsTarget + (nint)n * half, half));
-                    }
-                }
-                finally
-                {
-                    ArrayPool<ushort>.Shared.Return(rented);
-                }
-            });
             image = PairImages(u, grid, planeStride, x, Width);
             nint imageAddress = (nint)image, yAddress = (nint)y, biasAddress = (nint)bias;
             bool native = UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported;
@@ -965,23 +940,63 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
+    /// The weight decoded and rounded to bfloat16 once per call (<see cref="PairWeightRow"/>) as 32-bit pairs, K / 2 per
+    /// row, zero rows up to whole tiles of six (<see cref="Vnni512Kernel.MicroBFloat16"/>'s): with <paramref name="taps"/>
+    /// 0, pairs of consecutive terms (the packed strips' order); else pairs of channels, <c>[C / 2, taps]</c>
+    /// (<see cref="PairChannels"/>, the pair images' order). The caller frees it (<c>NativeMemory.AlignedFree</c>).
+    /// </summary>
+    private static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
+    {
+        int k = w.Cols, half = k / 2;
+        int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
+        uint* pairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)half * 4, 64);
+        new Span<uint>(pairs + (nint)w.Rows * half, (paddedRows - w.Rows) * half).Clear();
+        var view = w;
+        nint target = (nint)pairs;
+        if (taps == 0)
+        {
+            KernelThreads.For(w.Rows, k, n => PairWeightRow<TD>(view, n, (ushort*)target + (nint)n * k));
+            return pairs;
+        }
+        KernelThreads.For(w.Rows, k, n =>
+        {
+            ushort[] rented = ArrayPool<ushort>.Shared.Rent(k + 32);
+            try
+            {
+                fixed (ushort* row = rented)
+                {
+                    PairWeightRow<TD>(view, n, row);
+                    PairChannels(row, taps, half / taps, (uint*)target + (nint)n * half);
+                }
+            }
+            finally
+            {
+                ArrayPool<ushort>.Shared.Return(rented);
+            }
+        });
+        return pairs;
+    }
+
+    /// <summary>
     /// A weight row of bfloat16 values in the convolution's order (<c>[C, taps]</c>, <paramref name="row"/>, readable 32
-    /// values past its end) as pairs of channels (<c>[C / 2, taps]</c> 32-bit pairs into <paramref name="dst"/>, writable
-    /// 16 values past its end): pair <c>(p, t)</c> holds channel 2p's tap t in its low half and channel 2p + 1's in its
-    /// high half. Up to 16 taps a channel pair's two runs of taps are one vector, interleaved by one shuffle.
+    /// values past its end) as pairs of channels (<c>[C / 2, taps]</c> 32-bit pairs into <paramref name="dst"/>, nothing
+    /// written past them): pair <c>(p, t)</c> holds channel 2p's tap t in its low half and channel 2p + 1's in its high
+    /// half. Up to 16 taps a channel pair's two runs of taps are one vector, interleaved by one shuffle; its store of 16
+    /// pairs runs into the next pairs' places, written after it, so the pairs within 16 of the row's end go element by
+    /// element.
     /// </summary>
     internal static void PairChannels(ushort* row, int taps, int pairs, uint* dst)
     {
+        int p = 0;
         if (taps <= 16)
         {
             Span<ushort> order = stackalloc ushort[32];
             for (int i = 0; i < 32; i++) order[i] = (ushort)(i < 2 * taps ? i / 2 + (i % 2) * taps : 0);
             var indices = Vector512.Create<ushort>(order);
-            for (int p = 0; p < pairs; p++)
+            for (; p * taps + 16 <= pairs * taps; p++)
                 Vector512.Shuffle(Vector512.Load(row + 2 * p * taps), indices).AsUInt32().Store(dst + p * taps);
-            return;
         }
-        for (int p = 0; p < pairs; p++)
+        for (; p < pairs; p++)
             for (int t = 0; t < taps; t++)
                 dst[p * taps + t] = row[2 * p * taps + t] | (uint)row[(2 * p + 1) * taps + t] << 16;
     }
@@ -1024,7 +1039,6 @@ internal static unsafe class PackedMatMul
         {
             float* even = (float*)source + (nint)plane * 2 * h * width, odd = even + (nint)h * width;
             uint* dst = (uint*)target + plane * planeStride;
-            nint written = (nint)(grid.ImageValues / pairs);
             if (u.StrideH == 1 && u.StrideW == 1)
             {
                 // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
@@ -1053,6 +1067,7 @@ internal static unsafe class PackedMatMul
                 row[width] = 0;
                 grid.WriteRow(dst, r, row, 0u, columns);
             }
+            nint written = (nint)(grid.ImageValues / pairs);
             new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
         });
         return buffer;

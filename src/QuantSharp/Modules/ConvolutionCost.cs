@@ -305,8 +305,7 @@ internal static class ConvolutionCost
     /// 0.92x for libtorch's route).
     /// </summary>
     internal static bool PairImagesPay(Im2Col unfold, long outputs) =>
-        unfold.Channels % 2 == 0 && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)
-        && unfold.Channels >= PairImagesMinChannels && outputs >= PairImagesMinChannels;
+        Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs) && unfold.Channels >= PairImagesMinChannels && outputs >= PairImagesMinChannels;
 
     /// <summary>Input and output channels from which <see cref="PairImagesPay"/>.</summary>
     internal const int PairImagesMinChannels = 64;

@@ -115,13 +115,16 @@ public unsafe class BFloat16PackedKernelTests
     public void WeightRowsArePairedByChannelsTapByTap()
     {
         var rng = new Random(5);
-        foreach (var (taps, pairs) in new[] { (1, 3), (9, 2), (9, 32), (16, 4), (17, 3), (49, 2) })
+        foreach (var (taps, pairs) in new[] { (1, 3), (1, 16), (3, 6), (9, 2), (9, 32), (16, 4), (17, 3), (49, 2) })
         {
             int k = 2 * pairs * taps;
             ushort[] row = new ushort[k + 32];
             for (int i = 0; i < k; i++) row[i] = (ushort)rng.Next(65536);
             uint[] dst = new uint[pairs * taps + 16];
+            Array.Fill(dst, 0xDEADBEEFu);
             fixed (ushort* pr = row) fixed (uint* pd = dst) PackedMatMul.PairChannels(pr, taps, pairs, pd);
+            // Nothing written past the row's pairs (the next weight row's place, another thread's).
+            Assert.All(dst[(pairs * taps)..], v => Assert.Equal(0xDEADBEEFu, v));
             for (int p = 0; p < pairs; p++)
                 for (int t = 0; t < taps; t++)
                 {
