@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -214,63 +215,97 @@ internal static unsafe class DirectConvolution
     /// </summary>
     private static void Pad(Im2Col u, PhaseGrid grid, float* images, float* destination, InputFakeQuantization? input)
     {
-        int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
-        // Rows are read from the image itself only at stride 1 without quantization (the stride-2 gather reads past a row).
-        bool direct = u.StrideW == 1 && input is null;
-        // Stride 1 without padding columns: the phase rows are the image's rows.
-        bool unpaddedRows = u.StrideH == 1 && u.StrideW == 1 && u.PadW == 0;
         nint planeValues = (nint)(grid.ImageValues / u.Channels);
         nint source = (nint)images, target = (nint)destination;
         var columns = grid.ColumnPhases();
         KernelThreads.For(u.Images * u.Channels, 4L * planeValues, plane =>
+            PadPlane(u, grid, (float*)source + (nint)plane * u.Height * u.Width, (float*)target + plane * planeValues, input, columns));
+    }
+
+    /// <summary>
+    /// One channel's plane of <paramref name="grid"/> (<see cref="PhaseGrid.ImageValues"/> / channels values at
+    /// <paramref name="dst"/>) from the <c>H x W</c> values at <paramref name="src"/>, as <see cref="Pad"/> writes it;
+    /// <paramref name="columns"/>: <see cref="PhaseGrid.ColumnPhases"/>.
+    /// </summary>
+    internal static void PadPlane(Im2Col u, PhaseGrid grid, float* src, float* dst, InputFakeQuantization? input, ColumnPhase[] columns)
+    {
+        int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        bool direct = u.StrideW == 1 && input is null;
+        // Stride 1 without padding columns: the phase rows are the image's rows.
+        bool unpaddedRows = u.StrideH == 1 && u.StrideW == 1 && u.PadW == 0;
+        nint planeValues = (nint)(grid.ImageValues / u.Channels);
+        if (unpaddedRows)
         {
-            float* src = (float*)source + (nint)plane * h * w, dst = (float*)target + plane * planeValues;
-            if (unpaddedRows)
+            // The image's rows are the copy's rows, one run: copied (or quantized) in one pass, not row by row, where
+            // the MNIST CNN's 13- and 28-value rows ran in the vector loops' scalar tails.
+            new Span<float>(dst, u.PadH * w).Clear();
+            var values = new ReadOnlySpan<float>(src, h * w);
+            var copy = new Span<float>(dst + (nint)u.PadH * w, h * w);
+            if (input is { } quantization) quantization.Apply(values, copy);
+            else values.CopyTo(copy);
+            new Span<float>(dst + (nint)(u.PadH + h) * w, (paddedRows - u.PadH - h) * w).Clear();
+            return;
+        }
+        if (u.StrideH == 1 && u.StrideW == 1)
+        {
+            // Stride 1: each row's values (or their fake quantization) between padding columns, the padding of a row's
+            // end and the next row's start one run of zeros, without a WriteRow call per row (its phase arithmetic
+            // showed in a profile of the packed GEMM reading 256->256 on 14x14 in place).
+            int wp = grid.PhaseWidth, pad = u.PadW;
+            new Span<float>(dst, u.PadH * wp + pad).Clear();
+            float* at = dst + (nint)u.PadH * wp + pad;
+            for (int r = 0; r < h; r++, at += wp)
             {
-                // The image's rows are the copy's rows, one run: copied (or quantized) in one pass, not row by row, where
-                // the MNIST CNN's 13- and 28-value rows ran in the vector loops' scalar tails.
-                new Span<float>(dst, u.PadH * w).Clear();
-                var values = new ReadOnlySpan<float>(src, h * w);
-                var copy = new Span<float>(dst + (nint)u.PadH * w, h * w);
-                if (input is { } quantization) quantization.Apply(values, copy);
-                else values.CopyTo(copy);
-                new Span<float>(dst + (nint)(u.PadH + h) * w, (paddedRows - u.PadH - h) * w).Clear();
-                return;
+                Buffer.MemoryCopy(src + (nint)r * w, at, (long)w * sizeof(float), (long)w * sizeof(float));
+                PhaseGrid.Fill(at + w, r + 1 < h ? 2 * pad : (int)(dst + planeValues - (at + w)), 0f);
             }
-            if (direct && u.StrideH == 1)
+            // Fake-quantized in one call over the padded rows, in place, where a zero stays zero (the zero point is a
+            // code); row by row, 14-value rows ran in the quantization's scalar tail.
+            if (input is { } quantization)
             {
-                // Stride 1: each row's values between padding columns, the padding of a row's end and the next row's
-                // start one run of zeros, without a WriteRow call per row (its phase arithmetic showed in a profile of
-                // the packed GEMM reading 256->256 on 14x14 in place).
-                int wp = grid.PhaseWidth, pad = u.PadW;
-                new Span<float>(dst, u.PadH * wp + pad).Clear();
-                float* at = dst + (nint)u.PadH * wp + pad;
-                for (int r = 0; r < h; r++, at += wp)
+                bool zeroStays = quantization.ZeroPoint >= quantization.QMin && quantization.ZeroPoint <= quantization.QMax;
+                for (int r = zeroStays ? h - 1 : 0; r < h; r++)
                 {
-                    Buffer.MemoryCopy(src + (nint)r * w, at, (long)w * sizeof(float), (long)w * sizeof(float));
-                    PhaseGrid.Fill(at + w, r + 1 < h ? 2 * pad : (int)(dst + planeValues - (at + w)), 0f);
+                    var rows = zeroStays ? new Span<float>(dst + (nint)u.PadH * wp, h * wp) : new Span<float>(dst + (nint)(u.PadH + r) * wp + pad, w);
+                    quantization.Apply(rows, rows);
                 }
-                return;
             }
-            float* row = stackalloc float[direct ? 1 : w + 1]; // the stride-2 gather reads a value past the row
-            for (int r = 0; r < paddedRows; r++)
+            return;
+        }
+        // Strided: rows gathered into their phases. The stride-2 gather reads a value past a row: without quantization
+        // the rows are read in place but for the last, which is copied with a value to spare; a static W8A8 plane is
+        // fake-quantized in one call into a copy with that value (per row, the stride-2 rows of 56 values spent a third
+        // of their values in the quantization's scalar tail).
+        float[]? planeCopy = input is not null ? ArrayPool<float>.Shared.Rent(h * w + 1) : null;
+        float* lastRow = stackalloc float[input is null && !direct ? w + 1 : 1];
+        try
+        {
+            fixed (float* values = planeCopy)
             {
-                int sourceRow = r - u.PadH;
-                float* values = null;
-                if (sourceRow >= 0 && sourceRow < h)
+                if (input is { } q)
                 {
-                    values = src + (nint)sourceRow * w;
-                    if (!direct)
-                    {
-                        var copy = new Span<float>(row, w);
-                        if (input is { } q) q.Apply(new ReadOnlySpan<float>(values, w), copy);
-                        else new ReadOnlySpan<float>(values, w).CopyTo(copy);
-                        values = row;
-                    }
+                    q.Apply(new ReadOnlySpan<float>(src, h * w), new Span<float>(values, h * w));
+                    values[h * w] = 0f;
                 }
-                grid.WriteRow(dst, r, values, 0f, columns);
+                else if (!direct)
+                {
+                    new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(lastRow, w));
+                    lastRow[w] = 0f;
+                }
+                float* rows = values != null ? values : src;
+                for (int r = 0; r < paddedRows; r++)
+                {
+                    int sourceRow = r - u.PadH;
+                    float* row = sourceRow < 0 || sourceRow >= h ? null
+                        : sourceRow == h - 1 && input is null && !direct ? lastRow : rows + (nint)sourceRow * w;
+                    grid.WriteRow(dst, r, row, 0f, columns);
+                }
             }
-        });
+        }
+        finally
+        {
+            if (planeCopy is not null) ArrayPool<float>.Shared.Return(planeCopy);
+        }
     }
 
     /// <summary>Vectors of positions per micro-kernel step (with <see cref="RowsPerStep"/>: 16 accumulators, 4 loads and 4 broadcasts per 16 multiply-adds).</summary>

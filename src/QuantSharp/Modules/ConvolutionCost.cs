@@ -310,6 +310,34 @@ internal static class ConvolutionCost
     /// <summary>Input and output channels from which <see cref="PairImagesPay"/>.</summary>
     internal const int PairImagesMinChannels = 64;
 
+    /// <summary>
+    /// Whether a depthwise layer's call takes <see cref="Kernels.DepthwiseConvolution"/> rather than libtorch's depthwise
+    /// convolution on the dequantized weight: one image onto <see cref="DepthwiseMinPositionsOneImage"/> or more output
+    /// positions, or more images, up to nine taps, onto <see cref="DepthwiseMinPositions"/> or more. Measured on the Zen 5
+    /// VM (docs/BENCHMARKS.md, stop 37: MobileNetV2's depthwise layers and ConvNeXt-like 7x7 ones, int8 and static W8A8
+    /// at batch 1 and 8, over float32's time): the kernel took 0.36-1.09x at batch 1 onto 14x14 and larger (libtorch's
+    /// route 0.97-1.18x, static W8A8 1.29-1.75x) and 0.68-0.93x at batch 8 onto 28x28 and larger with 3x3 taps (1.04-1.30x);
+    /// it lost where each plane is small and there are many (stride 2 onto 7x7, and at batch 8 onto 14x14 and 7x7 or
+    /// with 7x7 taps: 1.1-2.5x against 1.07-1.9x), its cost per plane (the padded copy, split into phases row by row)
+    /// against libtorch's per call.
+    /// </summary>
+    internal static bool DepthwisePays(Im2Col unfold)
+    {
+        long positions = unfold.Positions;
+        return unfold.Images == 1
+            ? positions >= DepthwiseMinPositionsOneImage
+            : unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps && positions >= DepthwiseMinPositions;
+    }
+
+    /// <summary>Output positions of one image from which <see cref="DepthwisePays"/> (14x14).</summary>
+    internal const int DepthwiseMinPositionsOneImage = 196;
+
+    /// <summary>Output positions per image from which <see cref="DepthwisePays"/> for more than one image (28x28).</summary>
+    internal const int DepthwiseMinPositions = 784;
+
+    /// <summary>Taps up to which <see cref="DepthwisePays"/> for more than one image (3x3).</summary>
+    internal const int DepthwiseMaxTaps = 9;
+
     /// <summary>The route expected to be fastest for this call.</summary>
     /// <param name="unfold">The call's geometry.</param>
     /// <param name="outputs">Output channels.</param>

@@ -212,13 +212,14 @@ public sealed class QuantizedConv : QuantizedModule
     /// weight dequantized for the call. Null where no kernel applies or, for <see cref="ConvolutionRoute.Auto"/>, where
     /// the measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
     /// </summary>
-    private Tensor? Kernel(Tensor input, ConvolutionRoute route)
+    internal Tensor? Kernel(Tensor input, ConvolutionRoute route)
     {
         route = Decide(input, route, out long[] imageShape, out var unfold);
         if (route == ConvolutionRoute.Reference) return null;
         bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && PackedBFloat16Convolutions;
         if (route == ConvolutionRoute.BFloat16 && !packedBFloat16) return BFloat16Convolution(input);
         if (route == ConvolutionRoute.Direct) return Direct(input, unfold);
+        if (route == ConvolutionRoute.Depthwise) return DepthwiseForward(input, unfold);
         long n = imageShape[0];
         var images = input.reshape(imageShape);
         Tensor? y = null;
@@ -233,7 +234,7 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// The route <paramref name="route"/> becomes for <paramref name="input"/> (<see cref="ConvolutionRoute.Auto"/>: the
-    /// measured rule), <see cref="ConvolutionRoute.Reference"/> where no kernel applies (groups, gradients, other dtypes,
+    /// measured rule), <see cref="ConvolutionRoute.Reference"/> where no kernel applies (groups other than depthwise, gradients, other dtypes,
     /// shapes libtorch would reject); with the input as images <c>[n, C, H, W]</c> (unbatched: n = 1; a Conv1d's
     /// H = 1) and their unfolding (over the n images). Decided on shapes alone, so a call that goes to libtorch pays no tensor operation here.
     /// </summary>
@@ -241,7 +242,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         imageShape = [];
         unfold = default;
-        if (groups != 1 || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
+        if ((groups != 1 && !IsDepthwise) || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
         if (input.requires_grad && is_grad_enabled()) return ConvolutionRoute.Reference;
         long[] shape = TensorSpans.Shape(input);
         bool batched = shape.Length == SpatialDims + 2;
@@ -254,6 +255,10 @@ public sealed class QuantizedConv : QuantizedModule
         if (c != in_channels || (double)n * c * h * w > int.MaxValue) return ConvolutionRoute.Reference;
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
+        // A depthwise layer has one kernel of its own, taken where it pays (any route but libtorch's forces it).
+        if (IsDepthwise)
+            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u))
+                ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         if (route == ConvolutionRoute.Auto)
             route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
@@ -273,15 +278,7 @@ public sealed class QuantizedConv : QuantizedModule
         // A static W8A8 input is fake-quantized by the kernel as it copies the image, not in a pass of its own.
         var fused = DirectConvolution.FusesInputQuantization(unfold) ? StaticInputFakeQuantization() : null;
         using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
-        bool batched = input.dim() == SpatialDims + 2;
-        long[] outShape = (batched, SpatialDims) switch
-        {
-            (true, 1) => [unfold.Images, out_channels, unfold.OutW],
-            (true, _) => [unfold.Images, out_channels, unfold.OutH, unfold.OutW],
-            (false, 1) => [out_channels, unfold.OutW],
-            _ => [out_channels, unfold.OutH, unfold.OutW],
-        };
-        var y = torch.empty(outShape);
+        var y = torch.empty(OutputShape(input, unfold));
         var b = bias;
         fixed (byte* pw = w.bytes)
         fixed (byte* px = x.bytes)
@@ -290,6 +287,42 @@ public sealed class QuantizedConv : QuantizedModule
             DirectConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, fused);
         return y;
     }
+
+    /// <summary>
+    /// Whether the layer is depthwise: as many groups as input channels (more than one), each input channel feeding
+    /// <c>out_channels / groups</c> output channels through a weight row of its own (<see cref="DepthwiseConvolution"/>).
+    /// </summary>
+    private bool IsDepthwise => groups > 1 && WeightShape[1] == 1;
+
+    /// <summary>
+    /// <see cref="DepthwiseConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
+    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight dequantized for the call (<c>[out, KH * KW]</c>) and a
+    /// static W8A8 input fake-quantized plane by plane as the kernel copies it; null where the weight has no managed
+    /// dequantization.
+    /// </summary>
+    private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold)
+    {
+        using var w = torch.empty(out_channels, unfold.KernelH * unfold.KernelW);
+        if (!weight.Layout.DequantizeInto(w)) return null;
+        using var x = input.contiguous();
+        var y = torch.empty(OutputShape(input, unfold));
+        var b = bias;
+        fixed (byte* pw = w.bytes)
+        fixed (byte* px = x.bytes)
+        fixed (byte* py = y.bytes)
+        fixed (byte* pb = b is null ? default : b.bytes)
+            DepthwiseConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, StaticInputFakeQuantization());
+        return y;
+    }
+
+    /// <summary>The output's shape for <paramref name="input"/> (batched or not) of geometry <paramref name="unfold"/>.</summary>
+    private long[] OutputShape(Tensor input, Im2Col unfold) => (input.dim() == SpatialDims + 2, SpatialDims) switch
+    {
+        (true, 1) => [unfold.Images, out_channels, unfold.OutW],
+        (true, _) => [unfold.Images, out_channels, unfold.OutH, unfold.OutW],
+        (false, 1) => [out_channels, unfold.OutW],
+        _ => [out_channels, unfold.OutH, unfold.OutW],
+    };
 
     /// <summary>The unfolding of images <c>[n, C, H, W]</c> (a Conv1d's with H = 1), or null when the output would be empty or too large for the kernels.</summary>
     private Im2Col? Unfolding(long[] images)
@@ -320,6 +353,13 @@ internal enum ConvolutionRoute
 
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>
     Reference,
+
+    /// <summary>
+    /// The depthwise kernel (<see cref="Kernels.DepthwiseConvolution"/>), the only managed route of a depthwise layer:
+    /// the rule takes it where <see cref="ConvolutionCost.DepthwisePays"/>, and every route but <see cref="Reference"/>
+    /// forces it.
+    /// </summary>
+    Depthwise,
 
     /// <summary>
     /// libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>),

@@ -1,0 +1,176 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// A depthwise convolution (groups equal to the input channels; each input channel feeds a multiplier of
+/// <c>outputs / channels</c> output channels through its own <c>KH x KW</c> taps, as MobileNet's and ConvNeXt's) from a
+/// float32 weight <c>[outputs, KH * KW]</c> (the quantized weight dequantized for the call, a few hundred values per
+/// channel at most). A work item per image and input channel copies that channel's plane once, padded and split into
+/// stride phases (<see cref="DirectConvolution.PadPlane"/>, fake-quantizing a static W8A8 input on the way, so there is
+/// no pass of its own), then computes each of its output channels row by row: per vector of output positions, one
+/// multiply-add per tap on a run of the plane (<see cref="PhaseGrid.Offset"/>). libtorch's float32 depthwise
+/// convolution took 0.11-3.6 ms on MobileNet-like layers on the Zen 5 VM, where the dequantize-then-libtorch route
+/// added the weight's dequantization and, for static W8A8, a fake-quantization pass over the input (1.3-1.7x float32's
+/// time; docs/BENCHMARKS.md, stop 37).
+/// </summary>
+/// <remarks>
+/// <c>y[o, p] = bias[o] + sum_t w[o, t] * x[o / m, p, t]</c>, accumulated from the bias in order of the taps with the
+/// width's multiply-add (fused where the hardware has it), so results differ from libtorch's only by float rounding.
+/// </remarks>
+[SkipLocalsInit]
+internal static unsafe class DepthwiseConvolution
+{
+    /// <summary>
+    /// <c>y[i] = depthwise(images[i], w) + bias</c> for the <see cref="Im2Col.Images"/> images of <paramref name="unfold"/>
+    /// (<see cref="Im2Col.Channels"/> input channels, each feeding <paramref name="outputs"/> / channels consecutive
+    /// output channels).
+    /// </summary>
+    /// <param name="weight"><paramref name="outputs"/> rows of <c>KH * KW</c> floats.</param>
+    /// <param name="outputs">Output channels, a multiple of the input channels.</param>
+    /// <param name="unfold">The geometry, over all images (all channels; its <see cref="Im2Col.Rows"/> are not the weight's).</param>
+    /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
+    /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
+    /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
+    /// <param name="input">Static fake quantization applied to each plane as it is copied, or null.</param>
+    public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
+    {
+        if (unfold.Channels <= 0 || outputs % unfold.Channels != 0)
+            throw new ArgumentException($"A depthwise convolution maps each of its {unfold.Channels} input channels to the same number of outputs; {outputs} is no multiple of it.", nameof(outputs));
+        if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y, input);
+        else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, unfold, images, bias, y, input);
+        else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, unfold, images, bias, y, input);
+        else Run<Float1, float>(weight, outputs, unfold, images, bias, y, input);
+    }
+
+    private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        // One channel's geometry: its plane in the phase layout, and its taps' offsets in that plane.
+        var one = new Im2Col(1, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW);
+        var grid = new PhaseGrid(one);
+        int taps = u.KernelH * u.KernelW, channels = u.Channels, multiplier = outputs / channels;
+        int positions = u.Positions, outH = u.OutH, outW = u.OutW, wp = grid.PhaseWidth;
+        // The plane, then the reads past it (a tap's run starts at most a phase row before the plane's end; a row's or
+        // the wide grid's last vector reads at most a vector past it), then the wide grid of narrow rows.
+        int planeValues = checked((int)grid.ImageValues), readsPast = wp + 2 * TW.Count;
+        int wideValues = Math.Max(outH * wp, TW.Count); // the run is at least a vector (the reads past the plane allow it)
+        int scratchValues = checked(planeValues + readsPast + (outW < NarrowRowVectors * TW.Count ? wideValues : 0));
+        var columns = grid.ColumnPhases();
+        int[] offsets = new int[taps];
+        for (int t = 0; t < taps; t++) offsets[t] = grid.Offset(t);
+        nint source = (nint)images, target = (nint)y, weights = (nint)weight, biases = (nint)bias;
+        // Items of consecutive planes, a few per thread, so that each rents its scratch once.
+        int planes = u.Images * channels, items = Math.Min(planes, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
+        long cost = ((long)multiplier * taps * outH * wp + planeValues) * planes / items;
+        KernelThreads.For(items, cost, item =>
+        {
+            float[] rented = ArrayPool<float>.Shared.Rent(scratchValues);
+            try
+            {
+                fixed (float* plane = rented)
+                fixed (int* tapOffsets = offsets)
+                {
+                    new Span<float>(plane + planeValues, readsPast).Clear();
+                    float* wide = plane + planeValues + readsPast;
+                    for (int p = (int)((long)item * planes / items), last = (int)((long)(item + 1) * planes / items); p < last; p++)
+                    {
+                        int image = p / channels, c = p - image * channels;
+                        DirectConvolution.PadPlane(one, grid, (float*)source + (nint)p * u.Height * u.Width, plane, input, columns);
+                        for (int o = c * multiplier, end = o + multiplier; o < end; o++)
+                        {
+                            float* w = (float*)weights + (nint)o * taps;
+                            float b = biases == 0 ? 0f : ((float*)biases)[o];
+                            float* dst = (float*)target + ((nint)image * outputs + o) * positions;
+                            if (outW >= NarrowRowVectors * TW.Count)
+                            {
+                                for (int oh = 0; oh < outH; oh++)
+                                    Row<TW, TVec>(plane + (nint)oh * wp, tapOffsets, taps, w, b, dst + (nint)oh * outW, outW);
+                                continue;
+                            }
+                            // Narrow rows: the whole wide grid as one run into the scratch after the plane, then its rows.
+                            Row<TW, TVec>(plane, tapOffsets, taps, w, b, wide, wideValues);
+                            for (int oh = 0; oh < outH; oh++)
+                                CopyRow<TW, TVec>(wide + (nint)oh * wp, dst + (nint)oh * outW, outW, positions - oh * outW);
+                        }
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(rented);
+            }
+        });
+    }
+
+    /// <summary>Work items per kernel thread (each a run of consecutive planes).</summary>
+    private const int ItemsPerThread = 8;
+
+    /// <summary>
+    /// Rows of fewer than this many vectors are computed as one run over the wide grid (<c>OutH x PhaseWidth</c>
+    /// positions) and copied out, so that each multiply-add chain has others beside it: a 14-wide row is one vector, whose
+    /// nine taps were nine dependent multiply-adds.
+    /// </summary>
+    private const int NarrowRowVectors = 4;
+
+    /// <summary>
+    /// <c>dst[j] = bias + sum_t w[t] * src[offsets[t] + j]</c> for <c>j &lt; n</c>: four vectors at a time, then one, the
+    /// last one overlapping the one before where <paramref name="n"/> is no multiple of the width (the same values
+    /// again). <paramref name="n"/> is at least a vector (<see cref="NarrowRowVectors"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Row<TW, TVec>(float* src, int* offsets, int taps, float* w, float bias, float* dst, int n)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count, j = 0;
+        var b = TW.Create(bias);
+        for (; j + 4 * width <= n; j += 4 * width)
+        {
+            TVec a0 = b, a1 = b, a2 = b, a3 = b;
+            for (int t = 0; t < taps; t++)
+            {
+                float* at = src + offsets[t] + j;
+                var v = TW.Create(w[t]);
+                a0 = TW.MultiplyAdd(v, TW.Load(at), a0);
+                a1 = TW.MultiplyAdd(v, TW.Load(at + width), a1);
+                a2 = TW.MultiplyAdd(v, TW.Load(at + 2 * width), a2);
+                a3 = TW.MultiplyAdd(v, TW.Load(at + 3 * width), a3);
+            }
+            TW.Store(a0, dst + j);
+            TW.Store(a1, dst + j + width);
+            TW.Store(a2, dst + j + 2 * width);
+            TW.Store(a3, dst + j + 3 * width);
+        }
+        for (; j + width <= n; j += width) TW.Store(Vector(src + j, offsets, taps, w, b), dst + j);
+        if (j < n) TW.Store(Vector(src + n - width, offsets, taps, w, b), dst + n - width);
+
+        static TVec Vector(float* at, int* offsets, int taps, float* w, TVec sum)
+        {
+            for (int t = 0; t < taps; t++) sum = TW.MultiplyAdd(TW.Create(w[t]), TW.Load(at + offsets[t]), sum);
+            return sum;
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/>, which has <paramref name="room"/>
+    /// floats of the channel's output from there: whole vectors, the last overlapping the one before; a row narrower than
+    /// a vector as one vector where the room allows (its lanes past the row land on the next rows' first values, which
+    /// are copied after it), else value by value.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyRow<TW, TVec>(float* src, float* dst, int n, int room)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count;
+        if (n < width)
+        {
+            if (room >= width) TW.Store(TW.Load(src), dst);
+            else for (int j = 0; j < n; j++) dst[j] = src[j];
+            return;
+        }
+        for (int j = 0; j + width <= n; j += width) TW.Store(TW.Load(src + j), dst + j);
+        if (n % width != 0) TW.Store(TW.Load(src + n - width), dst + n - width);
+    }
+}

@@ -1,0 +1,179 @@
+using QuantSharp.Kernels;
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+using static QuantSharp.Tests.Kernels.ConvolutionKernelTests;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// The depthwise route (<see cref="DepthwiseConvolution"/>) equals the dequantize + libtorch route within float rounding
+/// for every weight format the layers take, on every vector width, over strides, padding (wider than the kernel),
+/// dilation, channel multipliers, 3x3 to 7x7 taps, rows narrower than a vector, of whole vectors and of several,
+/// outputs of one position, Conv1d, unbatched and non-contiguous inputs; static W8A8 through it equals the simulated
+/// path (the input fake-quantized as each plane is copied); the measured rule takes it at its edges, and grouped layers
+/// that are not depthwise, and inputs that need gradients, keep libtorch's route.
+/// </summary>
+[Collection(SimdWidthCollection.Name)]
+public class DepthwiseConvolutionTests
+{
+    private static (nn.Module<Tensor, Tensor> Conv, Tensor[] Inputs)[] Cases() =>
+    [
+        (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), [torch.randn(2, 8, 9, 11), torch.randn(8, 7, 8), torch.randn(2, 11, 8, 9).permute(0, 2, 3, 1)]),
+        // A channel multiplier of 2, stride 2 (phases), and of 3 without bias.
+        (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), [torch.randn(2, 6, 17, 15)]),
+        (nn.Conv2d(2, 6, 3, groups: 2, bias: false), [torch.randn(1, 2, 10, 40)]),
+        (nn.Conv2d(4, 4, (3, 5), stride: (2, 1), padding: (3, 2), dilation: (1, 2), groups: 4), [torch.randn(1, 4, 9, 11)]),
+        (nn.Conv2d(3, 3, 3, stride: 3, groups: 3, bias: false), [torch.randn(1, 3, 20, 19)]),
+        // 7x7 taps (ConvNeXt) on narrow rows (the wide-grid run) and on rows of several vectors.
+        (nn.Conv2d(5, 5, 7, padding: 3, groups: 5), [torch.randn(2, 5, 14, 14), torch.randn(1, 5, 6, 70)]),
+        // Rows of exactly 4 vectors at 512 bits (64), of 4 vectors and a part (67), of many (150).
+        (nn.Conv2d(2, 2, 3, padding: 1, groups: 2), [torch.randn(1, 2, 3, 64), torch.randn(2, 2, 4, 67), torch.randn(1, 2, 5, 150)]),
+        // One output position per plane; padding wider than the kernel reaches.
+        (nn.Conv2d(4, 4, 3, groups: 4), [torch.randn(3, 4, 3, 3)]),
+        (nn.Conv2d(3, 3, 3, padding: 4, groups: 3), [torch.randn(1, 3, 2, 2)]),
+        (nn.Conv1d(6, 6, 5, padding: 2, groups: 6), [torch.randn(3, 6, 300), torch.randn(6, 17), torch.randn(2, 21, 6).transpose(1, 2)]),
+        (nn.Conv1d(4, 8, 3, stride: 2, padding: 1, dilation: 2, groups: 4), [torch.randn(2, 4, 41)]),
+    ];
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public void DepthwiseRouteMatchesDequantizeAndLibtorchForEveryFormatGeometryAndWidth(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(41);
+        int checkedCalls = 0, inputCount = 0;
+        foreach (var (conv, inputs) in Cases())
+        {
+            inputCount += inputs.Length;
+            var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
+            foreach (var spec in ModuleSpecs)
+            {
+                if (QuantizedWeight.Unsupported(spec, weight.shape) is not null) continue;
+                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
+                foreach (var x in inputs)
+                {
+                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
+                    // The kernel itself (null would mean the route fell back to libtorch's), and the route through the layer.
+                    var actual = layer.Kernel(x, ConvolutionRoute.Depthwise);
+                    Assert.NotNull(actual);
+                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits}";
+                    AssertClose(expected, actual, 1e-5, what);
+                    AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
+                    checkedCalls++;
+                }
+            }
+        }
+        // Every input in the five 8-bit and half-precision formats at least (int4 in groups of 8 and uint4 per channel
+        // take no odd reduction length).
+        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs");
+    }
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void KernelWritesEveryOutputOnceAndNothingPastTheOutput(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(44);
+        // Output rows of 1 to 17 values over 1 to 3 rows, a multiplier of 2, two images: the narrow rows' whole-vector
+        // stores end at every distance from the output's end.
+        for (int outW = 1; outW <= 17; outW++)
+        for (int outH = 1; outH <= 3; outH++)
+        {
+            const int Channels = 3, Outputs = 6, Images = 2, Taps = 9;
+            var u = new Im2Col(Channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
+            float[] x = Enumerable.Range(0, Images * Channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] w = Enumerable.Range(0, Outputs * Taps).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, Outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int positions = outH * outW, count = Images * Outputs * positions;
+            float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
+            fixed (float* px = x, pw = w, pb = bias, py = y)
+                DepthwiseConvolution.Run(pw, Outputs, u, px, pb, py);
+            for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
+            for (int n = 0; n < Images; n++)
+            for (int o = 0; o < Outputs; o++)
+            for (int oh = 0; oh < outH; oh++)
+            for (int ow = 0; ow < outW; ow++)
+            {
+                double expected = bias[o];
+                for (int kh = 0; kh < 3; kh++)
+                for (int kw = 0; kw < 3; kw++)
+                {
+                    int ih = oh + kh - 1, iw = ow + kw - 1;
+                    if (ih >= 0 && ih < outH && iw >= 0 && iw < outW)
+                        expected += (double)w[o * Taps + kh * 3 + kw] * x[((n * Channels + o / 2) * outH + ih) * outW + iw];
+                }
+                float actual = y[((n * Outputs + o) * outH + oh) * outW + ow];
+                Assert.True(Math.Abs(actual - expected) <= 1e-5, $"{outH}x{outW} image {n} output {o} at ({oh}, {ow}): {actual} against {expected}");
+            }
+        }
+    }
+
+    [Fact]
+    public void StaticW8A8ThroughTheDepthwiseRouteEqualsTheSimulatedPath()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(42);
+        var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
+        {
+            (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)),        // stride 1, padded: quantized in place
+            (nn.Conv2d(8, 8, 3, groups: 8), torch.randn(1, 8, 9, 30)),                      // no padding: one run per plane
+            (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), torch.randn(2, 6, 17, 15)), // strided: a quantized copy
+            (nn.Conv1d(4, 4, 3, padding: 1, groups: 4), torch.randn(2, 4, 50)),
+        })
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
+            // Inputs beyond the quantization's range, so that the clamps count.
+            var input = x * 3;
+            var expected = layer.Forward(input, ConvolutionRoute.Reference);
+            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 [{string.Join(",", x.shape)}]");
+        }
+    }
+
+    [Fact]
+    public void MeasuredRuleTakesTheDepthwiseKernelAtItsEdgesAndNotForOtherGroupsOrGradients()
+    {
+        using var scope = NewDisposeScope();
+        const ConvolutionRoute D = ConvolutionRoute.Depthwise, R = ConvolutionRoute.Reference;
+        // One image: 14x14 outputs and more.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1)));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1)));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1))); // 7x7 outputs
+        // More images: 28x28 outputs and more, up to 3x3 taps.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8)));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8)));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2)));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8)));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8)));
+
+        torch.manual_seed(43);
+        var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        using var depthwise = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec);
+        Assert.Equal(D, depthwise.Route(torch.randn(1, 32, 112, 112)));
+        Assert.Equal(D, depthwise.Route(torch.randn(32, 112, 112)));
+        Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 28, 28)));
+        Assert.Equal(R, depthwise.Route(torch.randn(8, 32, 14, 14)));
+        Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).requires_grad_()));
+        Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).to(ScalarType.Float64)));
+        // Groups of more than one input channel stay on libtorch's route.
+        using var grouped = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 8), spec);
+        Assert.Equal(R, grouped.Route(torch.randn(1, 32, 112, 112)));
+        Assert.Null(grouped.Kernel(torch.randn(1, 32, 56, 56), ConvolutionRoute.Kernel));
+        // Through the rule, the layer's output equals libtorch's route's.
+        var x = torch.randn(1, 32, 112, 112);
+        using var noGrad = no_grad();
+        AssertClose(depthwise.Forward(x, R), depthwise.call(x), 1e-5, "depthwise 32 on 112x112 through the rule");
+    }
+}
