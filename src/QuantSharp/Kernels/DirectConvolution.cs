@@ -230,7 +230,6 @@ internal static unsafe class DirectConvolution
     internal static void PadPlane(Im2Col u, PhaseGrid grid, float* src, float* dst, InputFakeQuantization? input, ColumnPhase[] columns)
     {
         int h = u.Height, w = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
-        bool direct = u.StrideW == 1 && input is null;
         // Stride 1 without padding columns: the phase rows are the image's rows.
         bool unpaddedRows = u.StrideH == 1 && u.StrideW == 1 && u.PadW == 0;
         nint planeValues = (nint)(grid.ImageValues / u.Channels);
@@ -246,65 +245,67 @@ internal static unsafe class DirectConvolution
             new Span<float>(dst + (nint)(u.PadH + h) * w, (paddedRows - u.PadH - h) * w).Clear();
             return;
         }
+        // A static W8A8 plane is fake-quantized after it is laid out, in one call over the plane in place, where a zero
+        // stays zero (the zero point is a code); row by row, the 14-value rows of a depthwise layer ran in the
+        // quantization's scalar tail, and a stride-2 plane quantized into a copy first paid a third of the kernel's time.
+        bool quantizeAfter = input is { } q && q.ZeroPoint >= q.QMin && q.ZeroPoint <= q.QMax;
         if (u.StrideH == 1 && u.StrideW == 1)
         {
-            // Stride 1: each row's values (or their fake quantization) between padding columns, the padding of a row's
-            // end and the next row's start one run of zeros, without a WriteRow call per row (its phase arithmetic
-            // showed in a profile of the packed GEMM reading 256->256 on 14x14 in place).
+            // Stride 1: each row's values between padding columns, the padding of a row's end and the next row's
+            // start one run of zeros, without a WriteRow call per row (its phase arithmetic showed in a profile of
+            // the packed GEMM reading 256->256 on 14x14 in place).
             int wp = grid.PhaseWidth, pad = u.PadW;
             new Span<float>(dst, u.PadH * wp + pad).Clear();
             float* at = dst + (nint)u.PadH * wp + pad;
             for (int r = 0; r < h; r++, at += wp)
             {
-                Buffer.MemoryCopy(src + (nint)r * w, at, (long)w * sizeof(float), (long)w * sizeof(float));
+                if (input is { } rowQuantization && !quantizeAfter)
+                    rowQuantization.Apply(new ReadOnlySpan<float>(src + (nint)r * w, w), new Span<float>(at, w));
+                else Buffer.MemoryCopy(src + (nint)r * w, at, (long)w * sizeof(float), (long)w * sizeof(float));
                 PhaseGrid.Fill(at + w, r + 1 < h ? 2 * pad : (int)(dst + planeValues - (at + w)), 0f);
             }
-            // Fake-quantized in one call over the padded rows, in place, where a zero stays zero (the zero point is a
-            // code); row by row, 14-value rows ran in the quantization's scalar tail.
-            if (input is { } quantization)
+        }
+        else
+        {
+            // Strided: rows gathered into their phases, read in place; the stride-2 gather reads a value past a row, so
+            // the last row is copied with a value to spare (and, where the plane cannot be quantized in place, the
+            // whole plane, quantized).
+            bool readsPast = u.StrideW != 1;
+            float[]? planeCopy = input is not null && !quantizeAfter ? ArrayPool<float>.Shared.Rent(h * w + 1) : null;
+            float* lastRow = stackalloc float[planeCopy is null && readsPast ? w + 1 : 1];
+            try
             {
-                bool zeroStays = quantization.ZeroPoint >= quantization.QMin && quantization.ZeroPoint <= quantization.QMax;
-                for (int r = zeroStays ? h - 1 : 0; r < h; r++)
+                fixed (float* copied = planeCopy)
                 {
-                    var rows = zeroStays ? new Span<float>(dst + (nint)u.PadH * wp, h * wp) : new Span<float>(dst + (nint)(u.PadH + r) * wp + pad, w);
-                    quantization.Apply(rows, rows);
+                    if (copied != null)
+                    {
+                        input!.Value.Apply(new ReadOnlySpan<float>(src, h * w), new Span<float>(copied, h * w));
+                        copied[h * w] = 0f;
+                    }
+                    else if (readsPast)
+                    {
+                        new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(lastRow, w));
+                        lastRow[w] = 0f;
+                    }
+                    float* rows = copied != null ? copied : src;
+                    for (int r = 0; r < paddedRows; r++)
+                    {
+                        int sourceRow = r - u.PadH;
+                        float* row = sourceRow < 0 || sourceRow >= h ? null
+                            : sourceRow == h - 1 && copied == null && readsPast ? lastRow : rows + (nint)sourceRow * w;
+                        grid.WriteRow(dst, r, row, 0f, columns);
+                    }
                 }
             }
-            return;
-        }
-        // Strided: rows gathered into their phases. The stride-2 gather reads a value past a row: without quantization
-        // the rows are read in place but for the last, which is copied with a value to spare; a static W8A8 plane is
-        // fake-quantized in one call into a copy with that value (per row, the stride-2 rows of 56 values spent a third
-        // of their values in the quantization's scalar tail).
-        float[]? planeCopy = input is not null ? ArrayPool<float>.Shared.Rent(h * w + 1) : null;
-        float* lastRow = stackalloc float[input is null && !direct ? w + 1 : 1];
-        try
-        {
-            fixed (float* values = planeCopy)
+            finally
             {
-                if (input is { } q)
-                {
-                    q.Apply(new ReadOnlySpan<float>(src, h * w), new Span<float>(values, h * w));
-                    values[h * w] = 0f;
-                }
-                else if (!direct)
-                {
-                    new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(lastRow, w));
-                    lastRow[w] = 0f;
-                }
-                float* rows = values != null ? values : src;
-                for (int r = 0; r < paddedRows; r++)
-                {
-                    int sourceRow = r - u.PadH;
-                    float* row = sourceRow < 0 || sourceRow >= h ? null
-                        : sourceRow == h - 1 && input is null && !direct ? lastRow : rows + (nint)sourceRow * w;
-                    grid.WriteRow(dst, r, row, 0f, columns);
-                }
+                if (planeCopy is not null) ArrayPool<float>.Shared.Return(planeCopy);
             }
         }
-        finally
+        if (quantizeAfter)
         {
-            if (planeCopy is not null) ArrayPool<float>.Shared.Return(planeCopy);
+            var plane = new Span<float>(dst, (int)planeValues);
+            input!.Value.Apply(plane, plane);
         }
     }
 

@@ -313,20 +313,19 @@ internal static class ConvolutionCost
     /// <summary>
     /// Whether a depthwise layer's call takes <see cref="Kernels.DepthwiseConvolution"/> rather than libtorch's depthwise
     /// convolution on the dequantized weight: one image onto <see cref="DepthwiseMinPositionsOneImage"/> or more output
-    /// positions, or more images, up to nine taps, onto <see cref="DepthwiseMinPositions"/> or more. Measured on the Zen 5
-    /// VM (docs/BENCHMARKS.md, stop 37: MobileNetV2's depthwise layers and ConvNeXt-like 7x7 ones, int8 and static W8A8
-    /// at batch 1 and 8, over float32's time): the kernel took 0.36-1.09x at batch 1 onto 14x14 and larger (libtorch's
-    /// route 0.97-1.18x, static W8A8 1.29-1.75x) and 0.68-0.93x at batch 8 onto 28x28 and larger with 3x3 taps (1.04-1.30x);
-    /// it lost where each plane is small and there are many (stride 2 onto 7x7, and at batch 8 onto 14x14 and 7x7 or
-    /// with 7x7 taps: 1.1-2.5x against 1.07-1.9x), its cost per plane (the padded copy, split into phases row by row)
-    /// against libtorch's per call.
+    /// positions, or more images, up to <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or
+    /// more; static W8A8 (<paramref name="quantizedInput"/>), whose libtorch route adds a pass over the input, also at
+    /// stride 1 onto fewer positions (one image) and onto <see cref="DepthwiseMinPositionsOneImage"/> or more (more
+    /// images). The kernel's cost is per plane (its padded copy, split into phases row by row), libtorch's per call, so
+    /// many small planes lose. Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
     /// </summary>
-    internal static bool DepthwisePays(Im2Col unfold)
+    internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput)
     {
         long positions = unfold.Positions;
-        return unfold.Images == 1
-            ? positions >= DepthwiseMinPositionsOneImage
-            : unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps && positions >= DepthwiseMinPositions;
+        bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
+        if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || (quantizedInput && stride1);
+        return unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps
+            && (positions >= DepthwiseMinPositions || (quantizedInput && positions >= DepthwiseMinPositionsOneImage));
     }
 
     /// <summary>Output positions of one image from which <see cref="DepthwisePays"/> (14x14).</summary>

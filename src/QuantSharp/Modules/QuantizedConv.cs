@@ -257,7 +257,7 @@ public sealed class QuantizedConv : QuantizedModule
         var u = unfold = single.ForImages((int)imageShape[0]);
         // A depthwise layer has one kernel of its own, taken where it pays (any route but libtorch's forces it).
         if (IsDepthwise)
-            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u))
+            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantizer is not null))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         if (route == ConvolutionRoute.Auto)
             route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);

@@ -124,20 +124,24 @@ public class DepthwiseConvolutionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(42);
-        var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        // A zero point of the type's range (zeros stay zero: each plane is quantized in place once laid out) and one
+        // beyond it (a checkpoint may carry one: rows, or the strided plane, quantized before they are laid out).
+        foreach (int zeroPoint in new[] { 120, 300 })
         foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
         {
-            (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)),        // stride 1, padded: quantized in place
-            (nn.Conv2d(8, 8, 3, groups: 8), torch.randn(1, 8, 9, 30)),                      // no padding: one run per plane
-            (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), torch.randn(2, 6, 17, 15)), // strided: a quantized copy
+            (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)),            // stride 1, padded
+            (nn.Conv2d(8, 8, 3, groups: 8), torch.randn(1, 8, 9, 30)),                          // no padding: one run per plane
+            (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), torch.randn(2, 6, 17, 15)), // strided
+            (nn.Conv2d(4, 4, (3, 3), stride: (2, 1), padding: (1, 1), groups: 4), torch.randn(1, 4, 11, 20)), // strided rows only
             (nn.Conv1d(4, 4, 3, padding: 1, groups: 4), torch.randn(2, 4, 50)),
         })
         {
+            var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, zeroPoint);
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
             // Inputs beyond the quantization's range, so that the clamps count.
             var input = x * 3;
             var expected = layer.Forward(input, ConvolutionRoute.Reference);
-            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 [{string.Join(",", x.shape)}]");
+            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
         }
     }
 
@@ -146,17 +150,26 @@ public class DepthwiseConvolutionTests
     {
         using var scope = NewDisposeScope();
         const ConvolutionRoute D = ConvolutionRoute.Depthwise, R = ConvolutionRoute.Reference;
-        // One image: 14x14 outputs and more.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1)));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1)));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1))); // 7x7 outputs
+        // Weight-only, one image: 14x14 outputs and more.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
         // More images: 28x28 outputs and more, up to 3x3 taps.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8)));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8)));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2)));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8)));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8)));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        // Static W8A8 also onto fewer positions: at stride 1 any for one image, 14x14 and more for more images.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), true));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true)); // 14x14 at stride 2
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true));
 
         torch.manual_seed(43);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
@@ -165,6 +178,10 @@ public class DepthwiseConvolutionTests
         Assert.Equal(D, depthwise.Route(torch.randn(32, 112, 112)));
         Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 28, 28)));
         Assert.Equal(R, depthwise.Route(torch.randn(8, 32, 14, 14)));
+        var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        using var staticW8A8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec, act);
+        Assert.Equal(D, staticW8A8.Route(torch.randn(8, 32, 14, 14)));
+        Assert.Equal(R, staticW8A8.Route(torch.randn(8, 32, 13, 13)));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).requires_grad_()));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).to(ScalarType.Float64)));
         // Groups of more than one input channel stay on libtorch's route.
