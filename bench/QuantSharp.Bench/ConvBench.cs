@@ -21,7 +21,7 @@ namespace QuantSharp.Bench;
 /// 5 seconds per case instead, for a profiler; <c>CONV_PAIR=ROUTE:KIND,ROUTE:KIND,...</c> alternates blocks of calls of
 /// each (paired in one process; <c>CONV_BLOCK</c> calls a block, default 20; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
-/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]</c> times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
+/// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]</c> (H 0: a Conv1d over W steps) times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
 /// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
 /// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
@@ -41,7 +41,7 @@ internal static class ConvBench
         // CONV_BATCHES=2,4: other batch sizes for the layers after MNIST's (and for CONV_SHAPE).
         int[] batches = Environment.GetEnvironmentVariable("CONV_BATCHES") is { } list
             ? list.Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture)).ToArray() : [1, 8];
-        // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]: one Conv2d of that shape instead of the list.
+        // CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]: one Conv2d of that shape instead of the list (H 0: a Conv1d over W).
         if (Environment.GetEnvironmentVariable("CONV_SHAPE") is { } custom)
         {
             int[] v = custom.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
@@ -49,7 +49,11 @@ internal static class ConvBench
             {
                 int groups = v.Length > 7 ? v[7] : 1;
                 string grouped = groups > 1 ? $" g{groups}" : "";
-                yield return new($"custom {v[0]}->{v[1]} {v[4]}x{v[4]} s{v[5]} p{v[6]}{grouped} {v[2]}x{v[3]}", b, () => nn.Conv2d(v[0], v[1], v[4], stride: v[5], padding: v[6], groups: groups), [b, v[0], v[2], v[3]]);
+                // H = 0: a Conv1d over W steps.
+                if (v[2] == 0)
+                    yield return new($"custom conv1d {v[0]}->{v[1]} k{v[4]} s{v[5]} p{v[6]}{grouped} {v[3]}", b, () => nn.Conv1d(v[0], v[1], v[4], stride: v[5], padding: v[6], groups: groups), [b, v[0], v[3]]);
+                else
+                    yield return new($"custom {v[0]}->{v[1]} {v[4]}x{v[4]} s{v[5]} p{v[6]}{grouped} {v[2]}x{v[3]}", b, () => nn.Conv2d(v[0], v[1], v[4], stride: v[5], padding: v[6], groups: groups), [b, v[0], v[2], v[3]]);
             }
             yield break;
         }

@@ -312,15 +312,18 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Whether a depthwise layer's call takes <see cref="Kernels.DepthwiseConvolution"/> rather than libtorch's depthwise
-    /// convolution on the dequantized weight: one image onto <see cref="DepthwiseMinPositionsOneImage"/> or more output
-    /// positions, or more images, up to <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or
-    /// more; static W8A8 (<paramref name="quantizedInput"/>), whose libtorch route adds a pass over the input, also at
-    /// stride 1 onto fewer positions (one image) and onto <see cref="DepthwiseMinPositionsOneImage"/> or more (more
-    /// images). The kernel's cost is per plane (its padded copy, split into phases row by row), libtorch's per call, so
-    /// many small planes lose. Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
+    /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image onto
+    /// <see cref="DepthwiseMinPositionsOneImage"/> or more output positions, or more images, up to
+    /// <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or more; static W8A8
+    /// (<paramref name="quantizedInput"/>), whose libtorch route adds a pass over the input, also onto fewer positions (one
+    /// image at stride 1: any; more images: <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
+    /// plane (its padded copy, split into phases row by row), libtorch's per call, so many small planes lose; a Conv1d's
+    /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.66 ms at batch 1,
+    /// 4.5 ms at batch 8, the kernel 0.05 and 0.3 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
     /// </summary>
     internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput)
     {
+        if (unfold.Height == 1 && unfold.KernelH == 1) return true;
         long positions = unfold.Positions;
         bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
         if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || (quantizedInput && stride1);

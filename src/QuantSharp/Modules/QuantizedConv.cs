@@ -8,7 +8,8 @@ namespace QuantSharp.Modules;
 /// <summary>
 /// A quantized replacement for <see cref="TorchSharp.Modules.Conv1d"/> and <see cref="TorchSharp.Modules.Conv2d"/>
 /// (zero padding only). Per-group scales run along the flattened <c>in/groups * kernel</c> reduction axis of each
-/// output channel.
+/// output channel. Ungrouped layers choose among the managed kernels and libtorch's routes; depthwise layers (as many
+/// groups as input channels) take a kernel of their own where it pays, other grouped layers libtorch's route.
 /// </summary>
 public sealed class QuantizedConv : QuantizedModule
 {
@@ -111,7 +112,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// docs/BENCHMARKS.md); other CPUs, thread counts and memory systems can favour another route. With this on, a
     /// layer's first call on each input shape (batch, channels, height, width) runs every route that applies on that
     /// input: the managed kernels (unfold and the packed kernels, in integers for static W8A8), the small-convolution
-    /// kernel, libtorch's float32 convolution on the weight dequantized for the call and, where
+    /// kernel (a depthwise layer: its own kernel), libtorch's float32 convolution on the weight dequantized for the call and, where
     /// <see cref="QuantizedModule.UseBFloat16Compute"/> lets it run, libtorch's bfloat16 convolution; in turn, first one
     /// call each until the code is warm (50 rounds, or about a second for slow calls, and the JIT quiet for a quarter of a
     /// second; at most 5 seconds), then nine timed rounds of a block of calls each (up to 20, about 5 ms). The layer keeps,

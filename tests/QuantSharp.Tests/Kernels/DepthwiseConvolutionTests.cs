@@ -171,6 +171,12 @@ public class DepthwiseConvolutionTests
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true));
 
+        // Conv1d: always (its plane is one row), even over few steps and with many taps.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(768, 1, 16, 1, 4, 1, 1, 0, 3, 1, 1).ForImages(8), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1).ForImages(8), false));
+        // A Conv2d over one row is no Conv1d: 3x3 taps onto 1 x 200 positions at batch 8 stay on libtorch's route.
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 200, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+
         torch.manual_seed(43);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
         using var depthwise = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec);
@@ -182,6 +188,8 @@ public class DepthwiseConvolutionTests
         using var staticW8A8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec, act);
         Assert.Equal(D, staticW8A8.Route(torch.randn(8, 32, 14, 14)));
         Assert.Equal(R, staticW8A8.Route(torch.randn(8, 32, 13, 13)));
+        using var conv1d = (QuantizedConv)QuantizedModules.Quantize(nn.Conv1d(144, 144, 31, padding: 15, groups: 144), spec);
+        Assert.Equal(D, conv1d.Route(torch.randn(8, 144, 400)));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).requires_grad_()));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).to(ScalarType.Float64)));
         // Groups of more than one input channel stay on libtorch's route.
