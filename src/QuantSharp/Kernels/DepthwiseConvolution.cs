@@ -7,14 +7,13 @@ namespace QuantSharp.Kernels;
 /// <summary>
 /// A depthwise convolution (groups equal to the input channels; each input channel feeds a multiplier of
 /// <c>outputs / channels</c> output channels through its own <c>KH x KW</c> taps, as MobileNet's and ConvNeXt's) from a
-/// float32 weight <c>[outputs, KH * KW]</c> (the quantized weight dequantized for the call, a few hundred values per
-/// channel at most). A work item per image and input channel copies that channel's plane once, padded and split into
-/// stride phases (<see cref="DirectConvolution.PadPlane"/>, fake-quantizing a static W8A8 input on the way, so there is
-/// no pass of its own), then computes each of its output channels row by row: per vector of output positions, one
-/// multiply-add per tap on a run of the plane (<see cref="PhaseGrid.Offset"/>). libtorch's float32 depthwise
-/// convolution took 0.11-3.6 ms on MobileNet-like layers on the Zen 5 VM, where the dequantize-then-libtorch route
-/// added the weight's dequantization and, for static W8A8, a fake-quantization pass over the input (1.3-1.7x float32's
-/// time; docs/BENCHMARKS.md, stop 37).
+/// float32 weight <c>[outputs, KH * KW]</c> (the quantized weight dequantized for the call). For each image and input
+/// channel the plane is copied once, padded and split into stride phases (<see cref="DirectConvolution.PadPlane"/>; a
+/// static W8A8 input is fake-quantized there, in place, so there is no pass of its own), then each of its output
+/// channels is computed row by row: per vector of output positions, one multiply-add per tap on a run of the plane
+/// (<see cref="PhaseGrid.Offset"/>). On the Zen 5 VM the dequantize-then-libtorch route took 0.97-1.31x float32's time
+/// on MobileNet-like layers weight-only and 1.28-1.92x with static W8A8 (its pass over the input), and libtorch's
+/// depthwise Conv1d was slow on its own (docs/BENCHMARKS.md, stop 37).
 /// </summary>
 /// <remarks>
 /// <c>y[o, p] = bias[o] + sum_t w[o, t] * x[o / m, p, t]</c>, accumulated from the bias in order of the taps with the
@@ -34,7 +33,7 @@ internal static unsafe class DepthwiseConvolution
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
-    /// <param name="input">Static fake quantization applied to each plane as it is copied, or null.</param>
+    /// <param name="input">Static fake quantization applied to each plane once it is copied, or null.</param>
     public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
         if (unfold.Channels <= 0 || outputs % unfold.Channels != 0)

@@ -246,8 +246,9 @@ internal static unsafe class DirectConvolution
             return;
         }
         // A static W8A8 plane is fake-quantized after it is laid out, in one call over the plane in place, where a zero
-        // stays zero (the zero point is a code); row by row, the 14-value rows of a depthwise layer ran in the
-        // quantization's scalar tail, and a stride-2 plane quantized into a copy first paid a third of the kernel's time.
+        // stays zero (the zero point is a code): row by row, the 14-value rows of a depthwise layer ran in the
+        // quantization's scalar tail, and a stride-2 plane quantized into a copy first cost the depthwise kernel 0.3x
+        // float32's time more than weight-only (docs/BENCHMARKS.md, stop 37).
         bool quantizeAfter = input is { } q && q.ZeroPoint >= q.QMin && q.ZeroPoint <= q.QMax;
         if (u.StrideH == 1 && u.StrideW == 1)
         {
@@ -270,36 +271,36 @@ internal static unsafe class DirectConvolution
             // Strided: rows gathered into their phases, read in place; the stride-2 gather reads a value past a row, so
             // the last row is copied with a value to spare (and, where the plane cannot be quantized in place, the
             // whole plane, quantized).
-            bool readsPast = u.StrideW != 1;
-            float[]? planeCopy = input is not null && !quantizeAfter ? ArrayPool<float>.Shared.Rent(h * w + 1) : null;
-            float* lastRow = stackalloc float[planeCopy is null && readsPast ? w + 1 : 1];
+            // (Rented, not on the stack: a depthwise Conv1d's row is its whole sequence.)
+            bool readsPast = u.StrideW != 1, copiesPlane = input is not null && !quantizeAfter;
+            float[]? spare = copiesPlane ? ArrayPool<float>.Shared.Rent(h * w + 1) : readsPast ? ArrayPool<float>.Shared.Rent(w + 1) : null;
             try
             {
-                fixed (float* copied = planeCopy)
+                fixed (float* copy = spare)
                 {
-                    if (copied != null)
+                    if (copiesPlane)
                     {
-                        input!.Value.Apply(new ReadOnlySpan<float>(src, h * w), new Span<float>(copied, h * w));
-                        copied[h * w] = 0f;
+                        input!.Value.Apply(new ReadOnlySpan<float>(src, h * w), new Span<float>(copy, h * w));
+                        copy[h * w] = 0f;
                     }
                     else if (readsPast)
                     {
-                        new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(lastRow, w));
-                        lastRow[w] = 0f;
+                        new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(copy, w));
+                        copy[w] = 0f;
                     }
-                    float* rows = copied != null ? copied : src;
                     for (int r = 0; r < paddedRows; r++)
                     {
                         int sourceRow = r - u.PadH;
                         float* row = sourceRow < 0 || sourceRow >= h ? null
-                            : sourceRow == h - 1 && copied == null && readsPast ? lastRow : rows + (nint)sourceRow * w;
+                            : copiesPlane ? copy + (nint)sourceRow * w
+                            : sourceRow == h - 1 && readsPast ? copy : src + (nint)sourceRow * w;
                         grid.WriteRow(dst, r, row, 0f, columns);
                     }
                 }
             }
             finally
             {
-                if (planeCopy is not null) ArrayPool<float>.Shared.Return(planeCopy);
+                if (spare is not null) ArrayPool<float>.Shared.Return(spare);
             }
         }
         if (quantizeAfter)

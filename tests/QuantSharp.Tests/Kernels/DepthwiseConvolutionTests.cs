@@ -119,6 +119,21 @@ public class DepthwiseConvolutionTests
     }
 
     [Fact]
+    public void AStridedConv1dOverMillionsOfStepsCopiesItsLastRowOffTheStack()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(45);
+        // The stride-2 gather reads a value past a row, so a plane's last row is copied with a value to spare; a Conv1d's
+        // row is its whole sequence (12 MB here), more than a thread's stack holds (it overflowed with the row on the stack).
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv1d(2, 2, 3, stride: 2, padding: 1, groups: 2), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(1, 2, 3_000_001);
+        var actual = layer.Kernel(x, ConvolutionRoute.Depthwise);
+        Assert.NotNull(actual);
+        AssertClose(layer.Forward(x, ConvolutionRoute.Reference), actual, 1e-5, "Conv1d over 3,000,001 steps at stride 2");
+    }
+
+    [Fact]
     public void StaticW8A8ThroughTheDepthwiseRouteEqualsTheSimulatedPath()
     {
         using var scope = NewDisposeScope();
