@@ -256,9 +256,10 @@ public sealed class QuantizedConv : QuantizedModule
         if (c != in_channels || (double)n * c * h * w > int.MaxValue) return ConvolutionRoute.Reference;
         if (Unfolding(imageShape) is not { } single) return ConvolutionRoute.Reference;
         var u = unfold = single.ForImages((int)imageShape[0]);
-        // A depthwise layer has one kernel of its own, taken where it pays (any route but libtorch's forces it).
+        // A depthwise layer has one kernel of its own, taken where it pays (any route but libtorch's forces it); a static
+        // W8A8 input is quantized inside it (a dynamic one before either route).
         if (IsDepthwise)
-            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantizer is not null))
+            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         if (route == ConvolutionRoute.Auto)
             route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);
@@ -272,22 +273,8 @@ public sealed class QuantizedConv : QuantizedModule
     /// has no managed dequantization. Each tensor call costs about a microsecond, which counts here: the MNIST CNN's
     /// layers take 10-30 us.
     /// </summary>
-    private unsafe Tensor? Direct(Tensor input, Im2Col unfold)
-    {
-        using var w = torch.empty(out_channels, unfold.Rows);
-        if (!weight.Layout.DequantizeInto(w)) return null;
-        // A static W8A8 input is fake-quantized by the kernel as it copies the image, not in a pass of its own.
-        var fused = DirectConvolution.FusesInputQuantization(unfold) ? StaticInputFakeQuantization() : null;
-        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
-        var y = torch.empty(OutputShape(input, unfold));
-        var b = bias;
-        fixed (byte* pw = w.bytes)
-        fixed (byte* px = x.bytes)
-        fixed (byte* py = y.bytes)
-        fixed (byte* pb = b is null ? default : b.bytes)
-            DirectConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, fused);
-        return y;
-    }
+    private unsafe Tensor? Direct(Tensor input, Im2Col unfold) =>
+        OnDequantizedWeight(input, unfold, unfold.Rows, DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run);
 
     /// <summary>
     /// Whether the layer is depthwise: as many groups as input channels (more than one), each input channel feeding
@@ -297,22 +284,33 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// <see cref="DepthwiseConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
-    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight dequantized for the call (<c>[out, KH * KW]</c>) and a
-    /// static W8A8 input fake-quantized plane by plane as the kernel copies it; null where the weight has no managed
-    /// dequantization.
+    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight dequantized for the call (<c>[out, KH * KW]</c>), a
+    /// static W8A8 input fake-quantized plane by plane once the kernel has copied it; null where the weight has no
+    /// managed dequantization.
     /// </summary>
-    private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold)
+    private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold) =>
+        OnDequantizedWeight(input, unfold, unfold.KernelH * unfold.KernelW, fusesInputQuantization: true, &DepthwiseConvolution.Run);
+
+    /// <summary>
+    /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run"/>'s arguments) on the weight dequantized for the call
+    /// (<paramref name="weightColumns"/> per output channel), the contiguous input and a new output in its final shape; a
+    /// static W8A8 input is quantized by the kernel where it <paramref name="fusesInputQuantization"/>, else (and a
+    /// dynamic one always) before it. Null where the weight has no managed dequantization.
+    /// </summary>
+    private unsafe Tensor? OnDequantizedWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization,
+        delegate*<float*, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> kernel)
     {
-        using var w = torch.empty(out_channels, unfold.KernelH * unfold.KernelW);
+        using var w = torch.empty(out_channels, weightColumns);
         if (!weight.Layout.DequantizeInto(w)) return null;
-        using var x = input.contiguous();
+        var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
+        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
         var y = torch.empty(OutputShape(input, unfold));
         var b = bias;
         fixed (byte* pw = w.bytes)
         fixed (byte* px = x.bytes)
         fixed (byte* py = y.bytes)
         fixed (byte* pb = b is null ? default : b.bytes)
-            DepthwiseConvolution.Run((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, StaticInputFakeQuantization());
+            kernel((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, fused);
         return y;
     }
 

@@ -134,7 +134,7 @@ public class DepthwiseConvolutionTests
     }
 
     [Fact]
-    public void StaticW8A8ThroughTheDepthwiseRouteEqualsTheSimulatedPath()
+    public void W8A8ThroughTheDepthwiseRouteEqualsTheSimulatedPath()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -158,6 +158,12 @@ public class DepthwiseConvolutionTests
             var expected = layer.Forward(input, ConvolutionRoute.Reference);
             AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
         }
+        // Dynamic W8A8 (each row of the input quantized on its own) is quantized before the kernel, as on libtorch's route.
+        using var dynamic = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(8, 8, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        dynamic.DynamicInput = true;
+        var rows = torch.randn(2, 8, 14, 14) * 3;
+        var simulated = dynamic.Forward(rows, ConvolutionRoute.Reference);
+        AssertClose(simulated, dynamic.Kernel(rows, ConvolutionRoute.Depthwise)!, 1e-5, "dynamic W8A8");
     }
 
     [Fact]
