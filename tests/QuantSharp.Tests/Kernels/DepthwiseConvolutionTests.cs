@@ -11,9 +11,11 @@ namespace QuantSharp.Tests.Kernels;
 /// The depthwise route (<see cref="DepthwiseConvolution"/>) equals the dequantize + libtorch route within float rounding
 /// for every weight format the layers take, on every vector width, over strides, padding (wider than the kernel),
 /// dilation, channel multipliers, 3x3 to 7x7 taps, rows narrower than a vector, of whole vectors and of several,
-/// outputs of one position, Conv1d, unbatched and non-contiguous inputs; static W8A8 through it equals the simulated
-/// path (the input fake-quantized as each plane is copied); the measured rule takes it at its edges, and grouped layers
-/// that are not depthwise, and inputs that need gradients, keep libtorch's route.
+/// outputs of one position, Conv1d (over millions of steps at stride 2 too), unbatched and non-contiguous inputs; the
+/// kernel writes every output once and nothing past the output; static W8A8 through it equals the simulated path (each
+/// plane fake-quantized once copied, with a zero point inside the type's range and beyond it), and so does dynamic W8A8;
+/// the measured rule takes it at its edges, and grouped layers that are not depthwise, and inputs that need gradients,
+/// keep libtorch's route.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
 public class DepthwiseConvolutionTests
