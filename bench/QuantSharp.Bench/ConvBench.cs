@@ -24,8 +24,7 @@ namespace QuantSharp.Bench;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]</c> (H 0: a Conv1d over W steps) times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
 /// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
-/// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), <c>DepthwiseBlocks</c> / <c>DepthwisePlanes</c> the depthwise
-/// route with channels in the lanes or plane by plane (<see cref="DepthwiseConvolution.ForcedChannelBlocks"/>), and <c>PAIR_BLOCK=N</c> sets
+/// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
 /// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
@@ -150,12 +149,6 @@ internal static class ConvBench
                 {
                     bool pairs = parts[0] == "BFloat16Pairs";
                     return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
-                }
-                // DepthwiseBlocks / DepthwisePlanes: the depthwise route with channels in the lanes, or plane by plane.
-                if (parts[0] is "DepthwiseBlocks" or "DepthwisePlanes")
-                {
-                    bool blocks = parts[0] == "DepthwiseBlocks";
-                    return () => With(v => DepthwiseConvolution.ForcedChannelBlocks = v ? blocks : null, true, false, () => layer.Forward(x, ConvolutionRoute.Depthwise));
                 }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));

@@ -47,11 +47,6 @@ internal static unsafe class DepthwiseConvolution
     private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        if (outputs == u.Channels && TW.Count > 1 && (input is not { } q || ZeroStays(q)) && (ForcedChannelBlocks ?? ChannelBlocksPay(u, TW.Count)))
-        {
-            RunChannelBlocks<TW, TVec>(weight, u, images, bias, y, input);
-            return;
-        }
         // One channel's geometry: its plane in the phase layout, and its taps' offsets in that plane.
         var one = new Im2Col(1, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW);
         var grid = new PhaseGrid(one);
@@ -98,123 +93,6 @@ internal static unsafe class DepthwiseConvolution
                             Row<TW, TVec>(plane, tapOffsets, taps, w, b, wide, wideValues);
                             for (int oh = 0; oh < outH; oh++)
                                 CopyRow<TW, TVec>(wide + (nint)oh * wp, dst + (nint)oh * outW, outW, positions - oh * outW);
-                        }
-                    }
-                }
-            }
-            finally
-            {
-                ArrayPool<float>.Shared.Return(rented);
-            }
-        });
-    }
-
-    /// <summary>Whether a zero stays zero under <paramref name="q"/> (its zero point is a code), so that a padded plane can be quantized in place.</summary>
-    internal static bool ZeroStays(InputFakeQuantization q) => q.ZeroPoint >= q.QMin && q.ZeroPoint <= q.QMax;
-
-    /// <summary>Set by tests and the bench: channel blocks (<see cref="RunChannelBlocks"/>) on or off whatever <see cref="ChannelBlocksPay"/> says.</summary>
-    [ThreadStatic] internal static bool? ForcedChannelBlocks;
-
-    /// <summary>Whether <see cref="RunChannelBlocks"/> runs a call: output rows narrower than <see cref="NarrowRowVectors"/> vectors.</summary>
-    internal static bool ChannelBlocksPay(Im2Col u, int lanes) => u.OutW < NarrowRowVectors * lanes;
-
-    /// <summary>
-    /// A depthwise convolution of multiplier 1 with a vector's channels in the lanes: for each image and block of
-    /// <c>TW.Count</c> channels, the planes are laid out once, padded and split into phases as <see cref="PhaseGrid"/>
-    /// does, position by position with the block's channels side by side (a static W8A8 block then fake-quantized in
-    /// place in one call); each output position is one multiply-add per tap of the taps' weight vectors (a channel per
-    /// lane) and the input vector at the tap's position, so no lane is idle however narrow the rows; the block's outputs,
-    /// position-major, are then written channel by channel. Per plane this costs a few value moves instead of the padded
-    /// copy's calls per row.
-    /// </summary>
-    private static void RunChannelBlocks<TW, TVec>(float* weight, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
-        where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        var one = new Im2Col(1, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW);
-        var grid = new PhaseGrid(one);
-        int lanes = TW.Count, taps = u.KernelH * u.KernelW, channels = u.Channels, h = u.Height, w = u.Width;
-        int positions = u.Positions, outH = u.OutH, outW = u.OutW, wp = grid.PhaseWidth, ph = grid.PhaseHeight;
-        // The block's positions: the plane's, then a phase row of zeros for the wide grid's reads past it.
-        int planeValues = checked((int)grid.ImageValues), blockPositions = planeValues + wp;
-        int blockValues = checked(blockPositions * lanes), outputValues = checked(positions * lanes);
-        int scratchValues = checked(blockValues + outputValues + taps * lanes + lanes);
-        // Where source pixel (r, col) goes in a plane of the phase layout: its row's place plus its column's.
-        int[] rowPlace = new int[h], columnPlace = new int[w], offsets = new int[taps];
-        for (int r = 0; r < h; r++) rowPlace[r] = ((r + u.PadH) % u.StrideH * u.StrideW * ph + (r + u.PadH) / u.StrideH) * wp;
-        for (int col = 0; col < w; col++) columnPlace[col] = (col + u.PadW) % u.StrideW * ph * wp + (col + u.PadW) / u.StrideW;
-        for (int t = 0; t < taps; t++) offsets[t] = grid.Offset(t);
-        nint source = (nint)images, target = (nint)y, weights = (nint)weight, biases = (nint)bias;
-        int blocks = (channels + lanes - 1) / lanes, count = u.Images * blocks;
-        int items = Math.Min(count, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
-        long cost = ((long)taps * positions + blockPositions) * lanes * count / items;
-        KernelThreads.For(items, cost, item =>
-        {
-            float[] rented = ArrayPool<float>.Shared.Rent(scratchValues);
-            try
-            {
-                fixed (float* block = rented)
-                fixed (int* rows = rowPlace, cols = columnPlace, tapOffsets = offsets)
-                {
-                    float* outputs = block + blockValues, tapWeights = outputs + outputValues, biasLanes = tapWeights + taps * lanes;
-                    for (int k = (int)((long)item * count / items), last = (int)((long)(item + 1) * count / items); k < last; k++)
-                    {
-                        int image = k / blocks, c0 = k % blocks * lanes, valid = Math.Min(lanes, channels - c0);
-                        // The block's planes, channel l in lane l (lanes past the channels stay zero).
-                        new Span<float>(block, blockValues).Clear();
-                        for (int l = 0; l < valid; l++)
-                        {
-                            float* src = (float*)source + ((nint)image * channels + c0 + l) * h * w;
-                            for (int r = 0; r < h; r++)
-                            {
-                                float* at = block + (nint)rows[r] * lanes + l;
-                                for (int col = 0; col < w; col++) at[(nint)cols[col] * lanes] = src[col];
-                                src += w;
-                            }
-                        }
-                        if (input is { } quantization)
-                        {
-                            var values = new Span<float>(block, blockValues);
-                            quantization.Apply(values, values);
-                        }
-                        for (int t = 0; t < taps; t++)
-                            for (int l = 0; l < lanes; l++)
-                                tapWeights[t * lanes + l] = l < valid ? ((float*)weights)[(nint)(c0 + l) * taps + t] : 0f;
-                        for (int l = 0; l < lanes; l++) biasLanes[l] = biases == 0 || l >= valid ? 0f : ((float*)biases)[c0 + l];
-                        var b = TW.Load(biasLanes);
-                        for (int oh = 0; oh < outH; oh++)
-                        {
-                            float* row = block + (nint)oh * wp * lanes, dst = outputs + (nint)oh * outW * lanes;
-                            int ow = 0;
-                            for (; ow + 4 <= outW; ow += 4)
-                            {
-                                TVec a0 = b, a1 = b, a2 = b, a3 = b;
-                                for (int t = 0; t < taps; t++)
-                                {
-                                    var wv = TW.Load(tapWeights + t * lanes);
-                                    float* x = row + (nint)(tapOffsets[t] + ow) * lanes;
-                                    a0 = TW.MultiplyAdd(wv, TW.Load(x), a0);
-                                    a1 = TW.MultiplyAdd(wv, TW.Load(x + lanes), a1);
-                                    a2 = TW.MultiplyAdd(wv, TW.Load(x + 2 * lanes), a2);
-                                    a3 = TW.MultiplyAdd(wv, TW.Load(x + 3 * lanes), a3);
-                                }
-                                TW.Store(a0, dst + (nint)ow * lanes);
-                                TW.Store(a1, dst + (nint)(ow + 1) * lanes);
-                                TW.Store(a2, dst + (nint)(ow + 2) * lanes);
-                                TW.Store(a3, dst + (nint)(ow + 3) * lanes);
-                            }
-                            for (; ow < outW; ow++)
-                            {
-                                TVec a = b;
-                                for (int t = 0; t < taps; t++)
-                                    a = TW.MultiplyAdd(TW.Load(tapWeights + t * lanes), TW.Load(row + (nint)(tapOffsets[t] + ow) * lanes), a);
-                                TW.Store(a, dst + (nint)ow * lanes);
-                            }
-                        }
-                        // Channel by channel into the output.
-                        for (int l = 0; l < valid; l++)
-                        {
-                            float* dst = (float*)target + ((nint)image * channels + c0 + l) * positions, from = outputs + l;
-                            for (int p = 0; p < positions; p++) dst[p] = from[(nint)p * lanes];
                         }
                     }
                 }

@@ -51,8 +51,6 @@ public class DepthwiseConvolutionTests
         using var noGrad = no_grad();
         torch.manual_seed(41);
         int checkedCalls = 0, inputCount = 0;
-        // Plane by plane and with channels in the lanes (multiplier 1), whatever the rule would take.
-        foreach (bool blocks in new[] { false, true })
         foreach (var (conv, inputs) in Cases())
         {
             inputCount += inputs.Length;
@@ -64,27 +62,19 @@ public class DepthwiseConvolutionTests
                 foreach (var x in inputs)
                 {
                     var expected = layer.Forward(x, ConvolutionRoute.Reference);
-                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits} blocks {blocks}";
-                    DepthwiseConvolution.ForcedChannelBlocks = blocks;
-                    try
-                    {
-                        // The kernel itself (null would mean the route fell back to libtorch's), and the route through the layer.
-                        var actual = layer.Kernel(x, ConvolutionRoute.Depthwise);
-                        Assert.NotNull(actual);
-                        AssertClose(expected, actual, 1e-5, what);
-                        AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
-                    }
-                    finally
-                    {
-                        DepthwiseConvolution.ForcedChannelBlocks = null;
-                    }
+                    // The kernel itself (null would mean the route fell back to libtorch's), and the route through the layer.
+                    var actual = layer.Kernel(x, ConvolutionRoute.Depthwise);
+                    Assert.NotNull(actual);
+                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits}";
+                    AssertClose(expected, actual, 1e-5, what);
+                    AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
                     checkedCalls++;
                 }
             }
         }
         // Every input in the five 8-bit and half-precision formats at least (int4 in groups of 8 and uint4 per channel
         // take no odd reduction length).
-        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs (both ways)");
+        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs");
     }
 
     [Theory]
@@ -98,32 +88,21 @@ public class DepthwiseConvolutionTests
         var random = new Random(44);
         // Output rows of 1 to 17 values over 1 to 3 rows, a multiplier of 2, two images: the narrow rows' whole-vector
         // stores end at every distance from the output's end.
-        // Multiplier 2 (plane by plane), and 1 with channels in the lanes (17 channels: a partial block at every width).
-        foreach (int multiplier in new[] { 2, 1 })
         for (int outW = 1; outW <= 17; outW++)
         for (int outH = 1; outH <= 3; outH++)
         {
-            int channels = multiplier == 2 ? 3 : 17, outputs = channels * multiplier;
-            const int Images = 2, Taps = 9;
-            var u = new Im2Col(channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
-            float[] x = Enumerable.Range(0, Images * channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] w = Enumerable.Range(0, outputs * Taps).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
-            int positions = outH * outW, count = Images * outputs * positions;
+            const int Channels = 3, Outputs = 6, Images = 2, Taps = 9;
+            var u = new Im2Col(Channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
+            float[] x = Enumerable.Range(0, Images * Channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] w = Enumerable.Range(0, Outputs * Taps).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, Outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int positions = outH * outW, count = Images * Outputs * positions;
             float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
-            DepthwiseConvolution.ForcedChannelBlocks = multiplier == 1;
-            try
-            {
-                fixed (float* px = x, pw = w, pb = bias, py = y)
-                    DepthwiseConvolution.Run(pw, outputs, u, px, pb, py);
-            }
-            finally
-            {
-                DepthwiseConvolution.ForcedChannelBlocks = null;
-            }
+            fixed (float* px = x, pw = w, pb = bias, py = y)
+                DepthwiseConvolution.Run(pw, Outputs, u, px, pb, py);
             for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
             for (int n = 0; n < Images; n++)
-            for (int o = 0; o < outputs; o++)
+            for (int o = 0; o < Outputs; o++)
             for (int oh = 0; oh < outH; oh++)
             for (int ow = 0; ow < outW; ow++)
             {
@@ -133,9 +112,9 @@ public class DepthwiseConvolutionTests
                 {
                     int ih = oh + kh - 1, iw = ow + kw - 1;
                     if (ih >= 0 && ih < outH && iw >= 0 && iw < outW)
-                        expected += (double)w[o * Taps + kh * 3 + kw] * x[((n * channels + o / multiplier) * outH + ih) * outW + iw];
+                        expected += (double)w[o * Taps + kh * 3 + kw] * x[((n * Channels + o / 2) * outH + ih) * outW + iw];
                 }
-                float actual = y[((n * outputs + o) * outH + oh) * outW + ow];
+                float actual = y[((n * Outputs + o) * outH + oh) * outW + ow];
                 Assert.True(Math.Abs(actual - expected) <= 1e-5, $"{outH}x{outW} image {n} output {o} at ({oh}, {ow}): {actual} against {expected}");
             }
         }
@@ -179,18 +158,7 @@ public class DepthwiseConvolutionTests
             // Inputs beyond the quantization's range, so that the clamps count.
             var input = x * 3;
             var expected = layer.Forward(input, ConvolutionRoute.Reference);
-            foreach (bool blocks in new[] { false, true })
-            {
-                DepthwiseConvolution.ForcedChannelBlocks = blocks;
-                try
-                {
-                    AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}] blocks {blocks}");
-                }
-                finally
-                {
-                    DepthwiseConvolution.ForcedChannelBlocks = null;
-                }
-            }
+            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
         }
         // Dynamic W8A8 (each row of the input quantized on its own) is quantized before the kernel, as on libtorch's route.
         using var dynamic = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(8, 8, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
