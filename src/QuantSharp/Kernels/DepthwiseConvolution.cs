@@ -19,7 +19,6 @@ namespace QuantSharp.Kernels;
 /// <c>y[o, p] = bias[o] + sum_t w[o, t] * x[o / m, p, t]</c>, accumulated from the bias in order of the taps with the
 /// width's multiply-add (fused where the hardware has it), so results differ from libtorch's only by float rounding.
 /// </remarks>
-[SkipLocalsInit]
 internal static unsafe class DepthwiseConvolution
 {
     /// <summary>

@@ -208,10 +208,11 @@ public sealed class QuantizedConv : QuantizedModule
     /// <summary>
     /// The convolution through a managed kernel: <see cref="ConvolutionRoute.Kernel"/>, a matrix product per image through
     /// the weight's packed kernel (<see cref="WeightLayout.Convolution"/>: the image is unfolded (im2col) while the GEMM
-    /// packs it, the weight is decoded in tiles, never a float copy of it, W8A8 layers multiply in integers), or
+    /// packs it, the weight is decoded in tiles, never a float copy of it, W8A8 layers multiply in integers),
     /// <see cref="ConvolutionRoute.Direct"/>, the small-convolution kernel (<see cref="DirectConvolution"/>) on the
-    /// weight dequantized for the call. Null where no kernel applies or, for <see cref="ConvolutionRoute.Auto"/>, where
-    /// the measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
+    /// weight dequantized for the call, or, for a depthwise layer, <see cref="ConvolutionRoute.Depthwise"/>
+    /// (<see cref="DepthwiseConvolution"/>). Null where no kernel applies or, for <see cref="ConvolutionRoute.Auto"/>,
+    /// where the measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
     /// </summary>
     internal Tensor? Kernel(Tensor input, ConvolutionRoute route)
     {
