@@ -178,10 +178,13 @@ public class DepthwiseConvolutionTests
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1), false));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1), false));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
-        // More images: 28x28 outputs and more, up to 3x3 taps.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), false));
+        // More images: 28x28 outputs and more, up to 3x3 taps (55 and 54 wide at stride 2: 28 and 27 outputs a side).
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 55, 55, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 54, 54, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        // At stride 1 from 14x14 (stop 37's row copies), at stride 2 not.
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         // Static W8A8 also onto fewer positions: at stride 1 any for one image, 14x14 and more for more images.
@@ -191,14 +194,13 @@ public class DepthwiseConvolutionTests
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true)); // 14x14 at stride 2
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true));
 
         // Conv1d: always (its plane is one row), even over few steps and with many taps.
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(768, 1, 16, 1, 4, 1, 1, 0, 3, 1, 1).ForImages(8), false));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1).ForImages(8), false));
-        // A Conv2d over one row is no Conv1d: 3x3 taps onto 1 x 200 positions at batch 8 stay on libtorch's route.
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 200, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+        // A Conv2d over one row is no Conv1d: 3x3 taps onto 1 x 150 positions at batch 8 stay on libtorch's route.
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 150, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
 
         torch.manual_seed(43);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
@@ -206,7 +208,8 @@ public class DepthwiseConvolutionTests
         Assert.Equal(D, depthwise.Route(torch.randn(1, 32, 112, 112)));
         Assert.Equal(D, depthwise.Route(torch.randn(32, 112, 112)));
         Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 28, 28)));
-        Assert.Equal(R, depthwise.Route(torch.randn(8, 32, 14, 14)));
+        Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 14, 14)));
+        Assert.Equal(R, depthwise.Route(torch.randn(8, 32, 13, 13)));
         var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
         using var staticW8A8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec, act);
         Assert.Equal(D, staticW8A8.Route(torch.randn(8, 32, 14, 14)));
