@@ -312,12 +312,11 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Whether a depthwise layer's call takes <see cref="Kernels.DepthwiseConvolution"/> rather than libtorch's depthwise
-    /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image onto
+    /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image at stride 1 or onto
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more output positions, or more images, up to
-    /// <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or more (at stride 1 onto
-    /// <see cref="DepthwiseMinPositionsOneImage"/> or more); static W8A8 (<paramref name="quantizedInput"/>), whose
-    /// libtorch route adds a pass over the input, also onto fewer positions (one image at stride 1: any; more images:
-    /// <see cref="DepthwiseMinPositionsOneImage"/> or more at any stride). The kernel's cost is per
+    /// <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or more (at stride 1, and for static
+    /// W8A8 (<paramref name="quantizedInput"/>, whose libtorch route adds a pass over the input) at any stride, onto
+    /// <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
     /// plane (its padded copy, split into phases row by row), libtorch's per call, so many small planes lose; a Conv1d's
     /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.66 ms at batch 1,
     /// 4.5 ms at batch 8, the kernel 0.05 and 0.3 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
@@ -327,7 +326,7 @@ internal static class ConvolutionCost
         if (unfold.Height == 1 && unfold.KernelH == 1) return true;
         long positions = unfold.Positions;
         bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
-        if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || (quantizedInput && stride1);
+        if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || stride1;
         return unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps
             && (positions >= DepthwiseMinPositions || ((quantizedInput || stride1) && positions >= DepthwiseMinPositionsOneImage));
     }
