@@ -152,23 +152,15 @@ internal static unsafe class DepthwiseConvolution
     }
 
     /// <summary>
-    /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/>, which has <paramref name="room"/>
-    /// floats of the channel's output from there: whole vectors, the last overlapping the one before; a row narrower than
-    /// a vector as one vector where the room allows (its lanes past the row land on the next rows' first values, which
-    /// are copied after it), else value by value.
+    /// A row of <paramref name="n"/> outputs into <paramref name="dst"/>, which has <paramref name="room"/> floats of the
+    /// channel's output from there: a row narrower than a vector as one vector where the room allows (its lanes past the
+    /// row land on the next rows' first values, which are copied after it), else <see cref="DirectConvolution.CopyRow"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void CopyRow<TW, TVec>(float* src, float* dst, int n, int room)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        int width = TW.Count;
-        if (n < width)
-        {
-            if (room >= width) TW.Store(TW.Load(src), dst);
-            else for (int j = 0; j < n; j++) dst[j] = src[j];
-            return;
-        }
-        for (int j = 0; j + width <= n; j += width) TW.Store(TW.Load(src + j), dst + j);
-        if (n % width != 0) TW.Store(TW.Load(src + n - width), dst + n - width);
+        if (n < TW.Count && room >= TW.Count) TW.Store(TW.Load(src), dst);
+        else DirectConvolution.CopyRow<TW, TVec>(src, dst, n);
     }
 }

@@ -159,7 +159,7 @@ internal static unsafe class DirectConvolution
     /// at batch 500 (docs/BENCHMARKS.md, stop 32).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void CopyRow<TW, TVec>(float* src, float* dst, int n)
+    internal static void CopyRow<TW, TVec>(float* src, float* dst, int n)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         if (n < TW.Count)
@@ -247,7 +247,7 @@ internal static unsafe class DirectConvolution
         }
         // A static W8A8 plane is fake-quantized after it is laid out, in one call over the plane in place, where a zero
         // stays zero (the zero point is a code): row by row, the 14-value rows of a depthwise layer ran in the
-        // quantization's scalar tail, and a stride-2 plane quantized into a copy first cost the depthwise kernel 0.3x
+        // quantization's scalar tail, and a stride-2 plane quantized into a copy first cost the depthwise kernel 0.3-0.4x
         // float32's time more than weight-only (docs/BENCHMARKS.md, stop 37).
         bool quantizeAfter = input is { } q && q.ZeroPoint >= q.QMin && q.ZeroPoint <= q.QMax;
         if (u.StrideH == 1 && u.StrideW == 1)
@@ -313,7 +313,7 @@ internal static unsafe class DirectConvolution
     /// <summary>
     /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/> (not overlapping) in whole
     /// vectors, the last overlapping the one before, so that nothing outside either run is read or written; rows of up to
-    /// 64 values without a call (a copy call per 14-value row was a tenth of a depthwise 14x14 layer's samples), longer
+    /// 64 values without a call (a copy call per 14-value row was about a tenth of a depthwise 14x14 layer's samples), longer
     /// ones through <c>Buffer.MemoryCopy</c>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -318,8 +318,8 @@ internal static class ConvolutionCost
     /// W8A8 (<paramref name="quantizedInput"/>, whose libtorch route adds a pass over the input) at any stride, onto
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
     /// plane (its padded copy, split into phases row by row), libtorch's per call, so many small planes lose; a Conv1d's
-    /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.66 ms at batch 1,
-    /// 4.5 ms at batch 8, the kernel 0.05 and 0.3 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
+    /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.49 ms at batch 1,
+    /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
     /// </summary>
     internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput)
     {
