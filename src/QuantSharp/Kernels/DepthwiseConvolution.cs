@@ -28,13 +28,16 @@ internal static unsafe class DepthwiseConvolution
     /// </summary>
     /// <param name="weight"><paramref name="outputs"/> rows of <c>KH * KW</c> floats.</param>
     /// <param name="outputs">Output channels, a multiple of the input channels.</param>
+    /// <param name="groups">Convolution groups: the input channels (the signature is <see cref="DirectConvolution.Run"/>'s).</param>
     /// <param name="unfold">The geometry, over all images (all channels; its <see cref="Im2Col.Rows"/> are not the weight's).</param>
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
     /// <param name="input">Static fake quantization applied to each plane once it is copied, or null.</param>
-    public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
+    public static void Run(float* weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
+        if (groups != unfold.Channels)
+            throw new ArgumentException($"A depthwise convolution has one group per input channel ({unfold.Channels}), not {groups}.", nameof(groups));
         if (unfold.Channels <= 0 || outputs % unfold.Channels != 0)
             throw new ArgumentException($"A depthwise convolution maps each of its {unfold.Channels} input channels to the same number of outputs; {outputs} is no multiple of it.", nameof(outputs));
         if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y, input);
@@ -91,7 +94,7 @@ internal static unsafe class DepthwiseConvolution
                             // Narrow rows: the whole wide grid as one run into the scratch after the plane, then its rows.
                             Row<TW, TVec>(plane, tapOffsets, taps, w, b, wide, wideValues);
                             for (int oh = 0; oh < outH; oh++)
-                                CopyRow<TW, TVec>(wide + (nint)oh * wp, dst + (nint)oh * outW, outW, positions - oh * outW);
+                                DirectConvolution.CopyRow<TW, TVec>(wide + (nint)oh * wp, dst + (nint)oh * outW, outW, positions - oh * outW);
                         }
                     }
                 }
@@ -149,18 +152,5 @@ internal static unsafe class DepthwiseConvolution
             for (int t = 0; t < taps; t++) sum = TW.MultiplyAdd(TW.Create(w[t]), TW.Load(at + offsets[t]), sum);
             return sum;
         }
-    }
-
-    /// <summary>
-    /// A row of <paramref name="n"/> outputs into <paramref name="dst"/>, which has <paramref name="room"/> floats of the
-    /// channel's output from there: a row narrower than a vector as one vector where the room allows (its lanes past the
-    /// row land on the next rows' first values, which are copied after it), else <see cref="DirectConvolution.CopyRow"/>.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void CopyRow<TW, TVec>(float* src, float* dst, int n, int room)
-        where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        if (n < TW.Count && room >= TW.Count) TW.Store(TW.Load(src), dst);
-        else DirectConvolution.CopyRow<TW, TVec>(src, dst, n);
     }
 }

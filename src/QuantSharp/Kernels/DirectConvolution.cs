@@ -27,30 +27,43 @@ internal static unsafe class DirectConvolution
     /// <summary>Reduction length up to which a block's columns fit the stack (<c>K * Block</c> floats, 128 KiB).</summary>
     internal const int MaxReduction = 256;
 
-    /// <summary>Whether the kernel takes this geometry (the columns of a block fit its stack buffer).</summary>
-    public static bool Fits(Im2Col unfold, long outputs) => unfold.Rows <= MaxReduction && outputs <= int.MaxValue;
+    /// <summary>
+    /// Whether the kernel takes this geometry: ungrouped, where the columns of a block fit its stack buffer; grouped
+    /// (<paramref name="groups"/> &gt; 1), where it runs on the padded image (<see cref="FusesInputQuantization"/>), at
+    /// any reduction length.
+    /// </summary>
+    public static bool Fits(Im2Col unfold, long outputs, long groups = 1) =>
+        outputs <= int.MaxValue && (groups == 1 ? unfold.Rows <= MaxReduction : FusesInputQuantization(unfold));
 
     /// <summary>Output channels per micro-kernel step.</summary>
     private const int RowsPerStep = 4;
 
     /// <summary>
-    /// <c>y[i] = w * columns(images[i]) + bias</c> for the <see cref="Im2Col.Images"/> images of <paramref name="unfold"/>.
+    /// <c>y[i] = w * columns(images[i]) + bias</c> for the <see cref="Im2Col.Images"/> images of <paramref name="unfold"/>;
+    /// with <paramref name="groups"/> groups, output channel o of group <c>g = o / (outputs / groups)</c> reads only the
+    /// reduction rows of that group's input channels (as <c>torch.nn.functional.conv2d(..., groups)</c>).
     /// </summary>
-    /// <param name="weight"><paramref name="outputs"/> rows of <see cref="Im2Col.Rows"/> floats.</param>
-    /// <param name="outputs">Output channels.</param>
+    /// <param name="weight"><paramref name="outputs"/> rows of <see cref="Im2Col.Rows"/> / <paramref name="groups"/> floats.</param>
+    /// <param name="outputs">Output channels, a multiple of <paramref name="groups"/>.</param>
+    /// <param name="groups">Convolution groups, dividing the input channels and <paramref name="outputs"/>; above 1 only
+    /// where the kernel runs on the padded image (<see cref="Fits"/>).</param>
     /// <param name="unfold">The geometry, over all images.</param>
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
     /// <param name="input">Static fake quantization applied to the images as they are copied (see <see cref="FusesInputQuantization"/>), or null.</param>
-    public static void Run(float* weight, int outputs, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
+    public static void Run(float* weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
+        if (groups < 1 || unfold.Channels % groups != 0 || outputs % groups != 0)
+            throw new ArgumentException($"{groups} group(s) must divide both the {unfold.Channels} input channels and the {outputs} outputs.", nameof(groups));
+        if (groups > 1 && !FusesInputQuantization(unfold))
+            throw new ArgumentException("Grouped convolutions run only on the padded image (phase rows up to MaxWideRow).", nameof(groups));
         if (input is not null && !FusesInputQuantization(unfold))
             throw new ArgumentException("Input quantization is fused only where the kernel copies the image (phase rows up to MaxWideRow); quantize the input first.", nameof(input));
-        if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, unfold, images, bias, y, input);
-        else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, unfold, images, bias, y, input);
-        else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, unfold, images, bias, y, input);
-        else Run<Float1, float>(weight, outputs, unfold, images, bias, y, input);
+        if (Float512.IsSupported) Run<Float512, Vector512<float>>(weight, outputs, groups, unfold, images, bias, y, input);
+        else if (Float256.IsSupported) Run<Float256, Vector256<float>>(weight, outputs, groups, unfold, images, bias, y, input);
+        else if (Float128.IsSupported) Run<Float128, Vector128<float>>(weight, outputs, groups, unfold, images, bias, y, input);
+        else Run<Float1, float>(weight, outputs, groups, unfold, images, bias, y, input);
     }
 
     /// <summary>Phase row length (<see cref="PhaseGrid.PhaseWidth"/>) up to which the kernel runs on the padded image (<see cref="RunWide"/>): its per-item scratch of 4 such rows stays a small stack buffer.</summary>
@@ -62,12 +75,12 @@ internal static unsafe class DirectConvolution
     /// </summary>
     public static bool FusesInputQuantization(Im2Col unfold) => new PhaseGrid(unfold).PhaseWidth <= MaxWideRow;
 
-    private static void Run<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+    private static void Run<TW, TVec>(float* weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         if (FusesInputQuantization(u))
         {
-            RunWide<TW, TVec>(weight, outputs, u, images, bias, y, input);
+            RunWide<TW, TVec>(weight, outputs, groups, u, images, bias, y, input);
             return;
         }
         int positions = u.Positions, k = u.Rows, blocks = (positions + Block - 1) / Block;
@@ -113,38 +126,49 @@ internal static unsafe class DirectConvolution
     /// The <c>PhaseWidth - OutW</c> extra positions of each output row (reads that run into the next row) are computed and
     /// dropped: 8% more multiply-adds for MNIST's 28-wide conv1, 18% for its 13-wide conv2, where unfolding the columns
     /// cost as much as the multiply-adds (4 of 5 us, 12 of 23 us); one in 113 for a 224x224 stride-2 stem.
+    /// A grouped convolution reads, for each group's output channels, the same runs shifted to the group's first plane:
+    /// a reduction row's offset is linear in its channel (<see cref="PhaseGrid.Offset"/>).
     /// </summary>
-    private static void RunWide<TW, TVec>(float* weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+    private static void RunWide<TW, TVec>(float* weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         var grid = new PhaseGrid(u);
-        int k = u.Rows, positions = u.Positions, outH = u.OutH, outW = u.OutW;
+        int k = u.Rows / groups, groupOutputs = outputs / groups, positions = u.Positions, outH = u.OutH, outW = u.OutW;
         int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count;
-        nint padded = (nint)grid.ImageValues;
+        nint padded = (nint)grid.ImageValues, groupValues = (nint)(grid.ImageValues / groups);
         float* buffer = PaddedCopy(u, grid, images, step, input);
         try
         {
-            int* offsets = stackalloc int[k];
-            for (int j = 0; j < k; j++) offsets[j] = grid.Offset(j);
-            int* pOffsets = offsets;
-            int rowsPerItem = RowsPerItem(u.Images, outH, wp, step), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
-            KernelThreads.For(u.Images * blocks, (long)outputs * k * rowsPerItem * wp, item =>
+            // A group's reduction can be long (a grouped Conv1d's 48 channels x 128 taps): its offsets on the heap.
+            Span<int> offsetSpan = k <= MaxReduction ? stackalloc int[k] : new int[k];
+            for (int j = 0; j < k; j++) offsetSpan[j] = grid.Offset(j);
+            fixed (int* offsets = offsetSpan)
             {
-                int image = item / blocks, oh0 = item % blocks * rowsPerItem, oh1 = Math.Min(outH, oh0 + rowsPerItem);
-                int wide = (oh1 - oh0) * wp, width = (wide + step - 1) / step * step;
-                float* source = buffer + image * padded + (nint)oh0 * wp;
-                float* scratch = stackalloc float[RowsPerStep * width];
-                float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
-                for (int o = 0; o < outputs; o += RowsPerStep)
+                int* pOffsets = offsets;
+                int rowsPerItem = RowsPerItem(u.Images, outH, wp, step), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
+                // Items: runs of output rows of an image, for one group's output channels.
+                KernelThreads.For(u.Images * blocks * groups, (long)groupOutputs * k * rowsPerItem * wp, item =>
                 {
-                    int rows = Math.Min(RowsPerStep, outputs - o);
-                    for (int p = 0; p < width; p += step)
-                        Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
-                    for (int r = 0; r < rows; r++)
-                        for (int oh = 0; oh < oh1 - oh0; oh++)
-                            CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW);
-                }
-            });
+                    int g = item % groups, block = item / groups;
+                    int image = block / blocks, oh0 = block % blocks * rowsPerItem, oh1 = Math.Min(outH, oh0 + rowsPerItem);
+                    int wide = (oh1 - oh0) * wp, width = (wide + step - 1) / step * step;
+                    float* scratch = stackalloc float[RowsPerStep * width];
+                    float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
+                    {
+                        float* source = buffer + image * padded + g * groupValues + (nint)oh0 * wp;
+                        int end = (g + 1) * groupOutputs;
+                        for (int o = g * groupOutputs; o < end; o += RowsPerStep)
+                        {
+                            int rows = Math.Min(RowsPerStep, end - o);
+                            for (int p = 0; p < width; p += step)
+                                Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
+                            for (int r = 0; r < rows; r++)
+                                for (int oh = 0; oh < oh1 - oh0; oh++)
+                                    CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW, (oh1 - oh0 - oh) * outW);
+                        }
+                    }
+                });
+            }
         }
         finally
         {
@@ -169,6 +193,19 @@ internal static unsafe class DirectConvolution
         }
         for (int j = 0; j + TW.Count <= n; j += TW.Count) TW.Store(TW.Load(src + j), dst + j);
         if (n % TW.Count != 0) TW.Store(TW.Load(src + n - TW.Count), dst + n - TW.Count);
+    }
+
+    /// <summary>
+    /// A row of <paramref name="n"/> outputs into <paramref name="dst"/>, which has <paramref name="room"/> floats of the
+    /// channel's output from there: a row narrower than a vector as one vector where the room allows (its lanes past the
+    /// row land on the next rows' first values, which are copied after it), else <see cref="CopyRow{TW, TVec}(float*, float*, int)"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void CopyRow<TW, TVec>(float* src, float* dst, int n, int room)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        if (n < TW.Count && room >= TW.Count) TW.Store(TW.Load(src), dst);
+        else CopyRow<TW, TVec>(src, dst, n);
     }
 
     /// <summary>

@@ -64,6 +64,8 @@ namespace QuantSharp.Modules;
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
+/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>, others the small kernel
+/// group by group where <see cref="GroupedPays"/>; libtorch's route elsewhere.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
@@ -404,5 +406,42 @@ internal static class ConvolutionCost
         if (integer || (pointwise && (quantizedInput || small))) return ConvolutionRoute.Kernel;
         if (small) return float256 && unfold.Rows > SmallKernelMaxReduction256 ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct;
         return ConvolutionRoute.Reference;
+    }
+
+    /// <summary>
+    /// Reduction length of a group (its input channels x taps) up to which a grouped convolution that is not depthwise
+    /// takes the small kernel at any batch (<see cref="GroupedPays"/>): 3x3 taps over up to 10 channels a group, 1x1 over
+    /// up to 96.
+    /// </summary>
+    internal const int GroupedMaxReduction = 96;
+
+    /// <summary>
+    /// Output positions (one image) up to which a grouped convolution of longer group reductions than
+    /// <see cref="GroupedMaxReduction"/> takes the small kernel at batch 1 (14x14).
+    /// </summary>
+    internal const int GroupedOneImageMaxPositions = 196;
+
+    /// <summary>
+    /// Whether a grouped convolution that is not depthwise takes the small kernel group by group
+    /// (<see cref="DirectConvolution"/>: the image padded once, a static W8A8 input quantized as it is laid out, each
+    /// group's output channels four at a time over runs of its planes) rather than dequantize + libtorch's grouped
+    /// convolution (which quantizes a static W8A8 input in a pass of its own). At stride 1 with three groups or more:
+    /// group reductions up to <see cref="GroupedMaxReduction"/> terms at any batch, longer ones for one image onto up to
+    /// <see cref="GroupedOneImageMaxPositions"/> positions, and a Conv1d of one image at any length. Measured on the Zen
+    /// 5 VM (docs/BENCHMARKS.md, stop 38; int8 and static W8A8 against float32, paired in one process): ResNeXt's 3x3
+    /// layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, ShuffleNet's 1x1 of 3 groups on 28x28, 1x1 of 4 groups
+    /// on 56x56 and a Conv1d of 8 groups over 100 steps 0.51-0.95x float32's time at batch 1 and 8 where libtorch's route
+    /// took 0.99-1.20x (W8A8 1.10-1.41x); at batch 1 with longer group reductions on 7x7 and 14x14 (16 to 32 channels a
+    /// group) 0.89-1.23x against 1.13-1.40x. libtorch's grouped convolution is efficient with wide groups on larger
+    /// planes, where the kernel lost: 16 channels a group on 28x28 (1.12-1.35x against 1.06-1.16x), at batch 8 on 14x14
+    /// and 7x7 (1.06-1.57x against 1.08-1.19x), at stride 2 (1.06-2.12x against 1.04-1.38x, but for 1024 channels onto
+    /// 7x7 at batch 1) and with two groups (AlexNet's 5x5, 32 channels on 56x56 at batch 1).
+    /// </summary>
+    internal static bool GroupedPays(Im2Col unfold, long groups)
+    {
+        if (groups < 3 || unfold.StrideH != 1 || unfold.StrideW != 1) return false;
+        if (unfold.Rows / groups <= GroupedMaxReduction) return true;
+        bool conv1d = unfold.Height == 1 && unfold.KernelH == 1;
+        return unfold.Images == 1 && (conv1d || unfold.Positions <= GroupedOneImageMaxPositions);
     }
 }

@@ -9,7 +9,8 @@ namespace QuantSharp.Modules;
 /// A quantized replacement for <see cref="TorchSharp.Modules.Conv1d"/> and <see cref="TorchSharp.Modules.Conv2d"/>
 /// (zero padding only). Per-group scales run along the flattened <c>in/groups * kernel</c> reduction axis of each
 /// output channel. Ungrouped layers choose among the managed kernels and libtorch's routes; depthwise layers (as many
-/// groups as input channels) take a kernel of their own where it pays, other grouped layers libtorch's route.
+/// groups as input channels) take a kernel of their own where it pays, other grouped layers the small-convolution
+/// kernel group by group where it pays, else libtorch's route.
 /// </summary>
 public sealed class QuantizedConv : QuantizedModule
 {
@@ -236,7 +237,7 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// The route <paramref name="route"/> becomes for <paramref name="input"/> (<see cref="ConvolutionRoute.Auto"/>: the
-    /// measured rule), <see cref="ConvolutionRoute.Reference"/> where no kernel applies (groups other than depthwise, gradients, other dtypes,
+    /// measured rule), <see cref="ConvolutionRoute.Reference"/> where no kernel applies (gradients, other dtypes,
     /// shapes libtorch would reject); with the input as images <c>[n, C, H, W]</c> (unbatched: n = 1; a Conv1d's
     /// H = 1) and their unfolding (over the n images). Decided on shapes alone, so a call that goes to libtorch pays no tensor operation here.
     /// </summary>
@@ -244,7 +245,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         imageShape = [];
         unfold = default;
-        if ((groups != 1 && !IsDepthwise) || input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
+        if (input.dtype != ScalarType.Float32 || input.device_type != DeviceType.CPU) return ConvolutionRoute.Reference;
         if (input.requires_grad && is_grad_enabled()) return ConvolutionRoute.Reference;
         long[] shape = TensorSpans.Shape(input);
         bool batched = shape.Length == SpatialDims + 2;
@@ -262,6 +263,15 @@ public sealed class QuantizedConv : QuantizedModule
         if (IsDepthwise)
             return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
+        // Other grouped layers: the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked
+        // for (the packed kernels take no groups), any other route but libtorch's forces the small kernel where it fits.
+        if (groups > 1)
+        {
+            if (route == ConvolutionRoute.Reference || !DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
+            if (route == ConvolutionRoute.BFloat16) return PackedBFloat16Convolutions ? ConvolutionRoute.Direct : ConvolutionRoute.BFloat16;
+            return route == ConvolutionRoute.Auto && !ConvolutionCost.GroupedPays(u, groups)
+                ? ConvolutionRoute.Reference : ConvolutionRoute.Direct;
+        }
         if (route == ConvolutionRoute.Auto)
             route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
@@ -275,7 +285,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// layers take 10-30 us.
     /// </summary>
     private unsafe Tensor? Direct(Tensor input, Im2Col unfold) =>
-        OnDequantizedWeight(input, unfold, unfold.Rows, DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run);
+        OnDequantizedWeight(input, unfold, (int)(unfold.Rows / groups), DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run);
 
     /// <summary>
     /// Whether the layer is depthwise: as many groups as input channels (more than one), each input channel feeding
@@ -299,7 +309,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// dynamic one always) before it. Null where the weight has no managed dequantization.
     /// </summary>
     private unsafe Tensor? OnDequantizedWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization,
-        delegate*<float*, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> kernel)
+        delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> kernel)
     {
         using var w = torch.empty(out_channels, weightColumns);
         if (!weight.Layout.DequantizeInto(w)) return null;
@@ -311,7 +321,7 @@ public sealed class QuantizedConv : QuantizedModule
         fixed (byte* px = x.bytes)
         fixed (byte* py = y.bytes)
         fixed (byte* pb = b is null ? default : b.bytes)
-            kernel((float*)pw, (int)out_channels, unfold, (float*)px, (float*)pb, (float*)py, fused);
+            kernel((float*)pw, (int)out_channels, (int)groups, unfold, (float*)px, (float*)pb, (float*)py, fused);
         return y;
     }
 
@@ -348,7 +358,7 @@ internal enum ConvolutionRoute
     /// <summary>Unfold and the packed kernels wherever they apply.</summary>
     Kernel,
 
-    /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized for the call.</summary>
+    /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized for the call; for a grouped layer that is not depthwise, group by group (the only managed route it has).</summary>
     Direct,
 
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>

@@ -14,8 +14,8 @@ namespace QuantSharp.Tests.Kernels;
 /// outputs of one position, Conv1d (over millions of steps at stride 2 too), unbatched and non-contiguous inputs; the
 /// kernel writes every output once and nothing past the output; static W8A8 through it equals the simulated path (each
 /// plane fake-quantized once copied, with a zero point inside the type's range and beyond it), and so does dynamic W8A8;
-/// the measured rule takes it at its edges, and grouped layers that are not depthwise, and inputs that need gradients,
-/// keep libtorch's route.
+/// the measured rule takes it at its edges, grouped layers that are not depthwise never take it, and inputs that need
+/// gradients keep libtorch's route.
 /// </summary>
 [Collection(SimdWidthCollection.Name)]
 public class DepthwiseConvolutionTests
@@ -99,7 +99,7 @@ public class DepthwiseConvolutionTests
             int positions = outH * outW, count = Images * Outputs * positions;
             float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
             fixed (float* px = x, pw = w, pb = bias, py = y)
-                DepthwiseConvolution.Run(pw, Outputs, u, px, pb, py);
+                DepthwiseConvolution.Run(pw, Outputs, u.Channels, u, px, pb, py);
             for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
             for (int n = 0; n < Images; n++)
             for (int o = 0; o < Outputs; o++)
@@ -218,10 +218,10 @@ public class DepthwiseConvolutionTests
         Assert.Equal(D, conv1d.Route(torch.randn(8, 144, 400)));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).requires_grad_()));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).to(ScalarType.Float64)));
-        // Groups of more than one input channel stay on libtorch's route.
+        // Groups of more than one input channel take the small kernel instead (GroupedConvolutionTests), never this one.
         using var grouped = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 8), spec);
-        Assert.Equal(R, grouped.Route(torch.randn(1, 32, 112, 112)));
-        Assert.Null(grouped.Kernel(torch.randn(1, 32, 56, 56), ConvolutionRoute.Kernel));
+        Assert.Equal(ConvolutionRoute.Direct, grouped.Route(torch.randn(1, 32, 112, 112)));
+        Assert.DoesNotContain(D, grouped.Candidates(torch.randn(1, 32, 56, 56)));
         // Through the rule, the layer's output equals libtorch's route's.
         var x = torch.randn(1, 32, 112, 112);
         using var noGrad = no_grad();

@@ -1,0 +1,216 @@
+using QuantSharp.Kernels;
+using QuantSharp.Modules;
+using QuantSharp.Tensors;
+using TorchSharp;
+using static TorchSharp.torch;
+using static QuantSharp.Tests.Kernels.ConvolutionKernelTests;
+
+namespace QuantSharp.Tests.Kernels;
+
+/// <summary>
+/// Grouped convolutions that are not depthwise (ResNeXt's, RegNet's, ShuffleNet's) on the small kernel group by group
+/// (<see cref="DirectConvolution"/> with groups) equal the dequantize + libtorch route within float rounding for every
+/// weight format the layers take, on every vector width, over group widths of 2 to 16 channels, group outputs that are
+/// no multiple of the kernel's four rows, strides, padding, dilation, 1x1 taps, rows narrower than a vector, a group
+/// reduction longer than the ungrouped kernel's limit, Conv1d, unbatched and non-contiguous inputs; the kernel writes
+/// every output once and nothing past the output; static W8A8 through it equals the simulated path, and so does dynamic
+/// W8A8; the measured rule takes it at its edges, and inputs that need gradients keep libtorch's route.
+/// </summary>
+[Collection(SimdWidthCollection.Name)]
+public class GroupedConvolutionTests
+{
+    private static (nn.Module<Tensor, Tensor> Conv, Tensor[] Inputs)[] Cases() =>
+    [
+        // 4 channels a group into 4 outputs (ResNeXt-like), batched, unbatched and non-contiguous.
+        (nn.Conv2d(16, 16, 3, padding: 1, groups: 4), [torch.randn(2, 16, 9, 11), torch.randn(16, 7, 8), torch.randn(2, 11, 8, 16).permute(0, 3, 1, 2)]),
+        // Group outputs of 3 and 5 (steps of fewer than four rows, and a step spanning no group boundary), stride 2.
+        (nn.Conv2d(6, 9, 3, stride: 2, padding: 1, groups: 3), [torch.randn(2, 6, 17, 15)]),
+        (nn.Conv2d(4, 10, 3, groups: 2, bias: false), [torch.randn(1, 4, 10, 40)]),
+        (nn.Conv2d(8, 4, (3, 5), stride: (2, 1), padding: (3, 2), dilation: (1, 2), groups: 2), [torch.randn(1, 8, 9, 11)]),
+        // 1x1 taps (ShuffleNet), rows of one to several vectors.
+        (nn.Conv2d(12, 6, 1, groups: 3), [torch.randn(2, 12, 5, 5), torch.randn(1, 12, 3, 70)]),
+        // 16 channels a group (160 terms) and 32 channels x 9 taps = 288 terms a group: beyond the ungrouped kernel's 256.
+        (nn.Conv2d(32, 8, 3, padding: 1, groups: 2), [torch.randn(2, 32, 7, 7)]),
+        (nn.Conv2d(64, 8, 3, padding: 1, groups: 2), [torch.randn(1, 64, 6, 6)]),
+        // One output position.
+        (nn.Conv2d(8, 8, 3, groups: 4), [torch.randn(3, 8, 3, 3)]),
+        (nn.Conv1d(12, 12, 5, padding: 2, groups: 3), [torch.randn(3, 12, 300), torch.randn(12, 17), torch.randn(2, 21, 12).transpose(1, 2)]),
+        (nn.Conv1d(8, 4, 3, stride: 2, padding: 1, dilation: 2, groups: 2), [torch.randn(2, 8, 41)]),
+    ];
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public void GroupedRouteMatchesDequantizeAndLibtorchForEveryFormatGeometryAndWidth(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(51);
+        int checkedCalls = 0, inputCount = 0;
+        foreach (var (conv, inputs) in Cases())
+        {
+            inputCount += inputs.Length;
+            var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
+            foreach (var spec in ModuleSpecs)
+            {
+                if (QuantizedWeight.Unsupported(spec, weight.shape) is not null) continue;
+                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
+                foreach (var x in inputs)
+                {
+                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
+                    // The kernel itself (null would mean the route fell back to libtorch's), and the forced routes through the layer.
+                    var actual = layer.Kernel(x, ConvolutionRoute.Direct);
+                    Assert.NotNull(actual);
+                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits}";
+                    AssertClose(expected, actual, 1e-5, what);
+                    AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
+                    checkedCalls++;
+                }
+            }
+        }
+        // Every input in the five 8-bit and half-precision formats at least (int4 in groups of 8 and uint4 per channel
+        // take no odd reduction length).
+        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs");
+    }
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void KernelWritesEveryOutputOnceAndNothingPastTheOutput(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(54);
+        // Output rows of 1 to 17 values over 1 to 3 rows, 3 groups of 2 channels into 5 outputs each, two images: the
+        // narrow rows' whole-vector stores end at every distance from a channel's and the output's end.
+        for (int outW = 1; outW <= 17; outW++)
+        for (int outH = 1; outH <= 3; outH++)
+        {
+            const int Channels = 6, Groups = 3, Outputs = 15, Images = 2, Taps = 9, GroupChannels = Channels / Groups, GroupOutputs = Outputs / Groups;
+            const int K = GroupChannels * Taps;
+            var u = new Im2Col(Channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
+            float[] x = Enumerable.Range(0, Images * Channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] w = Enumerable.Range(0, Outputs * K).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, Outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int positions = outH * outW, count = Images * Outputs * positions;
+            float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
+            fixed (float* px = x, pw = w, pb = bias, py = y)
+                DirectConvolution.Run(pw, Outputs, Groups, u, px, pb, py);
+            for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
+            for (int n = 0; n < Images; n++)
+            for (int o = 0; o < Outputs; o++)
+            for (int oh = 0; oh < outH; oh++)
+            for (int ow = 0; ow < outW; ow++)
+            {
+                double expected = bias[o];
+                int g = o / GroupOutputs;
+                for (int c = 0; c < GroupChannels; c++)
+                for (int kh = 0; kh < 3; kh++)
+                for (int kw = 0; kw < 3; kw++)
+                {
+                    int ih = oh + kh - 1, iw = ow + kw - 1;
+                    if (ih >= 0 && ih < outH && iw >= 0 && iw < outW)
+                        expected += (double)w[o * K + c * Taps + kh * 3 + kw] * x[((n * Channels + g * GroupChannels + c) * outH + ih) * outW + iw];
+                }
+                float actual = y[((n * Outputs + o) * outH + oh) * outW + ow];
+                Assert.True(Math.Abs(actual - expected) <= 1e-5, $"{outH}x{outW} image {n} output {o} at ({oh}, {ow}): {actual} against {expected}");
+            }
+        }
+    }
+
+    [Fact]
+    public unsafe void KernelRejectsGroupsThatDoNotDivideItsChannels()
+    {
+        var u = new Im2Col(6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1);
+        float[] buffer = new float[1024];
+        fixed (float* p = buffer)
+        {
+            float* pointer = p;
+            var inputs = Assert.Throws<ArgumentException>(() => DirectConvolution.Run(pointer, 8, 4, u, pointer, null, pointer));
+            Assert.Contains("must divide both the 6 input channels and the 8 outputs", inputs.Message);
+            var outputs = Assert.Throws<ArgumentException>(() => DirectConvolution.Run(pointer, 7, 3, u, pointer, null, pointer));
+            Assert.Contains("must divide both the 6 input channels and the 7 outputs", outputs.Message);
+        }
+    }
+
+    [Fact]
+    public void W8A8ThroughTheGroupedRouteEqualsTheSimulatedPath()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(52);
+        // A zero point of the type's range (the image is quantized as it is laid out) and one beyond it.
+        foreach (int zeroPoint in new[] { 120, 300 })
+        foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
+        {
+            (nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14)),           // stride 1, padded
+            (nn.Conv2d(8, 8, 3, groups: 2), torch.randn(1, 8, 9, 30)),                          // no padding
+            (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 3), torch.randn(2, 6, 17, 15)), // strided
+            (nn.Conv2d(12, 6, 1, groups: 3), torch.randn(2, 12, 9, 9)),                         // 1x1
+            (nn.Conv1d(8, 8, 3, padding: 1, groups: 2), torch.randn(2, 8, 50)),
+        })
+        {
+            var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, zeroPoint);
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
+            // Inputs beyond the quantization's range, so that the clamps count.
+            var input = x * 3;
+            var expected = layer.Forward(input, ConvolutionRoute.Reference);
+            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Direct)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
+        }
+        // Dynamic W8A8 (each row of the input quantized on its own) is quantized before the kernel, as on libtorch's route.
+        using var dynamic = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(16, 16, 3, padding: 1, groups: 4), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        dynamic.DynamicInput = true;
+        var rows = torch.randn(2, 16, 14, 14) * 3;
+        AssertClose(dynamic.Forward(rows, ConvolutionRoute.Reference), dynamic.Kernel(rows, ConvolutionRoute.Direct)!, 1e-5, "dynamic W8A8");
+    }
+
+    [Fact]
+    public void MeasuredRuleTakesTheGroupedKernelAtItsEdgesAndNotForGradients()
+    {
+        using var scope = NewDisposeScope();
+        const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference;
+        // Stride 1, three groups or more: group reductions up to 96 terms at any batch (3x3 over 10 channels: 90 terms;
+        // over 11: 99), longer ones for one image onto up to 14x14 positions, a Conv1d of one image at any length.
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(352, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3)); // 1x1, 96 a group
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(291, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3)); // 97
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 15, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32)); // 210 positions
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1), 16));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1).ForImages(8), 16));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(256, 1, 100, 1, 3, 1, 1, 0, 1, 1, 1).ForImages(8), 8));
+        // A Conv2d over one row is no Conv1d: 3x3 taps over 16 channels a group onto 1 x 300 positions stay on libtorch's route.
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        // Not at stride 2, not with two groups.
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 2));
+
+        torch.manual_seed(53);
+        var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        using var grouped = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 8), spec);
+        Assert.Equal(D, grouped.Route(torch.randn(8, 32, 56, 56)));
+        Assert.Equal(D, grouped.Route(torch.randn(32, 56, 56)));
+        Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).requires_grad_()));
+        Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).to(ScalarType.Float64)));
+        using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, stride: 2, padding: 1, groups: 8), spec);
+        var x = torch.randn(1, 32, 56, 56);
+        Assert.Equal(R, strided.Route(x));
+        // Autotune's candidates for it: the rule's (libtorch's) first, the small kernel, which any managed route forces,
+        // and libtorch's bfloat16 route where it may run (the packed kernels take no groups).
+        var candidates = strided.Candidates(x);
+        Assert.Equal([R, D], candidates.Take(2));
+        Assert.All(candidates.Skip(2), route => Assert.Equal(ConvolutionRoute.BFloat16, route));
+        using var noGrad = no_grad();
+        AssertClose(strided.Forward(x, R), strided.Forward(x, ConvolutionRoute.Kernel), 1e-5, "stride 2 forced onto the small kernel");
+        // Through the rule, the layer's output equals libtorch's route's.
+        AssertClose(grouped.Forward(x, R), grouped.call(x), 1e-5, "32 channels in 8 groups on 56x56 through the rule");
+    }
+}
