@@ -409,39 +409,39 @@ internal static class ConvolutionCost
     }
 
     /// <summary>
-    /// Reduction length of a group (its input channels x taps) up to which a grouped convolution that is not depthwise
-    /// takes the small kernel at any batch (<see cref="GroupedPays"/>): 3x3 taps over up to 10 channels a group, 1x1 over
-    /// up to 96.
+    /// Reduction length of a group (its input channels x taps) up to which a grouped Conv2d that is not depthwise takes
+    /// the small kernel at stride 1 (<see cref="GroupedPays"/>): 3x3 taps over up to 10 channels a group, 1x1 over up to 96.
     /// </summary>
     internal const int GroupedMaxReduction = 96;
 
-    /// <summary>
-    /// Output positions (one image) up to which a grouped convolution of longer group reductions than
-    /// <see cref="GroupedMaxReduction"/> takes the small kernel at batch 1 (14x14).
-    /// </summary>
-    internal const int GroupedOneImageMaxPositions = 196;
+    /// <summary>Output positions per image from which <see cref="GroupedPays"/> for more than one image (28x28).</summary>
+    internal const int GroupedManyImagesMinPositions = 784;
+
+    /// <summary>Output positions up to which <see cref="GroupedPays"/> for one image at any stride and reduction (7x7).</summary>
+    internal const int GroupedOneImageMaxPositions = 49;
 
     /// <summary>
     /// Whether a grouped convolution that is not depthwise takes the small kernel group by group
-    /// (<see cref="DirectConvolution"/>: the image padded once, a static W8A8 input quantized as it is laid out, each
+    /// (<see cref="DirectConvolution"/>: the images padded once, a static W8A8 input quantized as it is laid out, each
     /// group's output channels four at a time over runs of its planes) rather than dequantize + libtorch's grouped
-    /// convolution (which quantizes a static W8A8 input in a pass of its own). At stride 1 with three groups or more:
-    /// group reductions up to <see cref="GroupedMaxReduction"/> terms at any batch, longer ones for one image onto up to
-    /// <see cref="GroupedOneImageMaxPositions"/> positions, and a Conv1d of one image at any length. Measured on the Zen
-    /// 5 VM (docs/BENCHMARKS.md, stop 38; int8 and static W8A8 against float32, paired in one process): ResNeXt's 3x3
-    /// layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, ShuffleNet's 1x1 of 3 groups on 28x28, 1x1 of 4 groups
-    /// on 56x56 and a Conv1d of 8 groups over 100 steps 0.51-0.95x float32's time at batch 1 and 8 where libtorch's route
-    /// took 0.99-1.20x (W8A8 1.10-1.41x); at batch 1 with longer group reductions on 7x7 and 14x14 (16 to 32 channels a
-    /// group) 0.89-1.23x against 1.13-1.40x. libtorch's grouped convolution is efficient with wide groups on larger
-    /// planes, where the kernel lost: 16 channels a group on 28x28 (1.12-1.35x against 1.06-1.16x), at batch 8 on 14x14
-    /// and 7x7 (1.06-1.57x against 1.08-1.19x), at stride 2 (1.06-2.12x against 1.04-1.38x, but for 1024 channels onto
-    /// 7x7 at batch 1) and with two groups (AlexNet's 5x5, 32 channels on 56x56 at batch 1).
+    /// convolution (which quantizes a static W8A8 input in a pass of its own). With three groups or more: one image onto
+    /// up to <see cref="GroupedOneImageMaxPositions"/> positions; at stride 1 a Conv1d, and a Conv2d of group reductions
+    /// up to <see cref="GroupedMaxReduction"/> terms for one image, or for more onto
+    /// <see cref="GroupedManyImagesMinPositions"/> positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// stop 38; int8 and static W8A8 paired with float32 in one process, batch 1 and 8): where the rule takes it,
+    /// ResNeXt's 3x3 layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, 1x1 layers of 3 and 4 groups on 28x28
+    /// and 56x56 (ShuffleNet's), 16-32 channels a group onto 7x7 at batch 1 and grouped Conv1d layers, the kernel took
+    /// 0.50-1.12x float32's time where libtorch's route took 1.01-1.49x (static W8A8 1.05-1.69x). libtorch's grouped
+    /// convolution is efficient with wider groups on larger planes, where the kernel lost: 16 channels a group on 14x14
+    /// and 28x28, more images on 14x14 and 7x7, stride 2 onto 14x14 and 28x28 (1.18-2.47x against 1.05-1.31x), and
+    /// two groups (AlexNet's 5x5: 1.21-1.35x against 1.01-1.08x).
     /// </summary>
     internal static bool GroupedPays(Im2Col unfold, long groups)
     {
-        if (groups < 3 || unfold.StrideH != 1 || unfold.StrideW != 1) return false;
-        if (unfold.Rows / groups <= GroupedMaxReduction) return true;
-        bool conv1d = unfold.Height == 1 && unfold.KernelH == 1;
-        return unfold.Images == 1 && (conv1d || unfold.Positions <= GroupedOneImageMaxPositions);
+        if (groups < 3) return false;
+        if (unfold.Images == 1 && unfold.Positions <= GroupedOneImageMaxPositions) return true;
+        if (unfold.StrideH != 1 || unfold.StrideW != 1) return false;
+        if (unfold.Height == 1 && unfold.KernelH == 1) return true; // a Conv1d
+        return unfold.Rows / groups <= GroupedMaxReduction && (unfold.Images == 1 || unfold.Positions >= GroupedManyImagesMinPositions);
     }
 }
