@@ -420,14 +420,18 @@ internal static class ConvolutionCost
     /// <summary>Output positions up to which <see cref="GroupedPays"/> for one image at any stride and reduction (7x7).</summary>
     internal const int GroupedOneImageMaxPositions = 49;
 
+    /// <summary>Multiply-adds up to which <see cref="GroupedPays"/> for one image at stride 1 whatever its reduction.</summary>
+    internal const long GroupedOneImageMaxWork = 1 << 23;
+
     /// <summary>
     /// Whether a grouped convolution that is not depthwise takes the small kernel group by group
     /// (<see cref="DirectConvolution"/>: the images padded once, a static W8A8 input quantized as it is laid out, each
     /// group's output channels four at a time over runs of its planes) rather than dequantize + libtorch's grouped
     /// convolution (which quantizes a static W8A8 input in a pass of its own). With three groups or more: one image onto
-    /// up to <see cref="GroupedOneImageMaxPositions"/> positions; at stride 1 a Conv1d, and a Conv2d of group reductions
-    /// up to <see cref="GroupedMaxReduction"/> terms for one image, or for more onto
-    /// <see cref="GroupedManyImagesMinPositions"/> positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// up to <see cref="GroupedOneImageMaxPositions"/> positions; at stride 1 a Conv1d, a Conv2d of one image of up to
+    /// <see cref="GroupedOneImageMaxWork"/> multiply-adds, and one of group reductions up to
+    /// <see cref="GroupedMaxReduction"/> terms for one image, or for more onto <see cref="GroupedManyImagesMinPositions"/>
+    /// positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
     /// stop 38; int8 and static W8A8 paired with float32 in one process, batch 1 and 8): where the rule takes it,
     /// ResNeXt's 3x3 layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, 1x1 layers of 3 and 4 groups on 28x28
     /// and 56x56 (ShuffleNet's), 16-32 channels a group onto 7x7 at batch 1 and grouped Conv1d layers, the kernel took
@@ -436,12 +440,15 @@ internal static class ConvolutionCost
     /// and 28x28, more images on 14x14 and 7x7, stride 2 onto 14x14 and 28x28 (1.18-2.47x against 1.05-1.31x), and
     /// two groups (AlexNet's 5x5: 1.21-1.35x against 1.01-1.08x).
     /// </summary>
-    internal static bool GroupedPays(Im2Col unfold, long groups)
+    internal static bool GroupedPays(Im2Col unfold, long groups, long outputs)
     {
         if (groups < 3) return false;
-        if (unfold.Images == 1 && unfold.Positions <= GroupedOneImageMaxPositions) return true;
+        bool oneImage = unfold.Images == 1;
+        if (oneImage && unfold.Positions <= GroupedOneImageMaxPositions) return true;
         if (unfold.StrideH != 1 || unfold.StrideW != 1) return false;
         if (unfold.Height == 1 && unfold.KernelH == 1) return true; // a Conv1d
-        return unfold.Rows / groups <= GroupedMaxReduction && (unfold.Images == 1 || unfold.Positions >= GroupedManyImagesMinPositions);
+        int reduction = unfold.Rows / (int)groups;
+        if (oneImage && (long)unfold.Positions * outputs * reduction <= GroupedOneImageMaxWork) return true;
+        return reduction <= GroupedMaxReduction && (oneImage || unfold.Positions >= GroupedManyImagesMinPositions);
     }
 }

@@ -174,28 +174,33 @@ public class GroupedConvolutionTests
         using var scope = NewDisposeScope();
         const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference;
         // Three groups or more. One image onto up to 7x7 positions at any stride and reduction.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 32));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 32));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 15, 15, 3, 3, 2, 2, 1, 1, 1, 1), 32)); // 8x8
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 32, 1024));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 32, 1024));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 15, 15, 3, 3, 2, 2, 1, 1, 1, 1), 32, 1024)); // 8x8
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 32, 1024));
         // At stride 1, group reductions up to 96 terms (3x3 over 10 channels: 90 terms; over 11: 99; 1x1 over 96 and 97)
         // for one image, and for more onto 28x28 or more.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(352, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(320, 27, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32)); // 756 positions
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(352, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(291, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32)); // stride 2 onto 28x28
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 128));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 320));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(352, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 352));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(320, 27, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 320)); // 756 positions
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32, 320));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32, 512));
+        // Beyond 96 terms, one image of up to 2^23 multiply-adds: 16 channels a group (144 terms) on 14x14 into 288
+        // outputs (8.1M), not into 320 (9.0M).
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 18, 288));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(320, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 20, 320));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(288, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 18, 288));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3, 288));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(291, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3, 291));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32, 256)); // stride 2 onto 28x28
         // A Conv1d at stride 1 at any batch and reduction, at stride 2 not; a Conv2d over one row is no Conv1d.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1).ForImages(8), 16));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 3, 1, 2, 0, 1, 1, 1).ForImages(8), 16));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1).ForImages(8), 16, 768));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 3, 1, 2, 0, 1, 1, 1).ForImages(8), 16, 768));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 32, 512));
         // Two groups: never.
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 2));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 2));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 2, 16));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 2, 16));
 
         torch.manual_seed(53);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
