@@ -431,14 +431,14 @@ internal static class ConvolutionCost
     /// up to <see cref="GroupedOneImageMaxPositions"/> positions; at stride 1 a Conv1d, a Conv2d of one image of up to
     /// <see cref="GroupedOneImageMaxWork"/> multiply-adds, and one of group reductions up to
     /// <see cref="GroupedMaxReduction"/> terms for one image, or for more onto <see cref="GroupedManyImagesMinPositions"/>
-    /// positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
-    /// stop 38; int8 and static W8A8 paired with float32 in one process, batch 1 and 8): where the rule takes it,
-    /// ResNeXt's 3x3 layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, 1x1 layers of 3 and 4 groups on 28x28
-    /// and 56x56 (ShuffleNet's), 16-32 channels a group onto 7x7 at batch 1 and grouped Conv1d layers, the kernel took
-    /// 0.50-1.12x float32's time where libtorch's route took 1.01-1.49x (static W8A8 1.05-1.69x). libtorch's grouped
-    /// convolution is efficient with wider groups on larger planes, where the kernel lost: 16 channels a group on 14x14
-    /// and 28x28, more images on 14x14 and 7x7, stride 2 onto 14x14 and 28x28 (1.18-2.47x against 1.05-1.31x), and
-    /// two groups (AlexNet's 5x5: 1.21-1.35x against 1.01-1.08x).
+    /// positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 38: three surveys and a table; int8 and
+    /// static W8A8 paired with float32 in one process, batch 1 and 8). In the table, where the rule takes the kernel
+    /// (ResNeXt's 3x3 layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, 1x1 layers of 3 and 4 groups on 28x28
+    /// and 56x56, 16-32 channels a group at batch 1 onto 7x7 and up to 2^23 multiply-adds, grouped Conv1d layers) it took
+    /// 0.49-1.23x float32's time where libtorch's route took 1.00-1.58x (static W8A8 0.53-1.47x against 1.00-1.75x).
+    /// libtorch's grouped convolution is efficient with wider groups on larger planes, where the kernel lost: 16
+    /// channels a group on 14x14 and 28x28 beyond those (1.32-1.49x against 1.03-1.26x), at stride 2 onto 14x14 and more
+    /// (1.12-2.12x against 1.09-1.27x), and with two groups (AlexNet's 5x5: 1.24-1.26x against 1.02-1.13x).
     /// </summary>
     internal static bool GroupedPays(Im2Col unfold, long groups, long outputs)
     {
