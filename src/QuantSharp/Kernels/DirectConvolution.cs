@@ -154,18 +154,17 @@ internal static unsafe class DirectConvolution
                     int wide = (oh1 - oh0) * wp, width = (wide + step - 1) / step * step;
                     float* scratch = stackalloc float[RowsPerStep * width];
                     float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
+                    float* source = buffer + image * padded + g * groupValues + (nint)oh0 * wp;
+                    int end = (g + 1) * groupOutputs;
+                    for (int o = g * groupOutputs; o < end; o += RowsPerStep)
                     {
-                        float* source = buffer + image * padded + g * groupValues + (nint)oh0 * wp;
-                        int end = (g + 1) * groupOutputs;
-                        for (int o = g * groupOutputs; o < end; o += RowsPerStep)
-                        {
-                            int rows = Math.Min(RowsPerStep, end - o);
-                            for (int p = 0; p < width; p += step)
-                                Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
-                            for (int r = 0; r < rows; r++)
-                                for (int oh = 0; oh < oh1 - oh0; oh++)
-                                    CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW, (oh1 - oh0 - oh) * outW);
-                        }
+                        int rows = Math.Min(RowsPerStep, end - o);
+                        for (int p = 0; p < width; p += step)
+                            Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
+                        // Narrow rows as whole vectors where the item's rows of the channel leave room.
+                        for (int r = 0; r < rows; r++)
+                            for (int oh = 0; oh < oh1 - oh0; oh++)
+                                CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW, (oh1 - oh0 - oh) * outW);
                     }
                 });
             }

@@ -209,6 +209,8 @@ public class GroupedConvolutionTests
         Assert.Equal(D, grouped.Route(torch.randn(32, 56, 56)));
         Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).requires_grad_()));
         Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).to(ScalarType.Float64)));
+        // Rows wider than the padded-image path takes (phase rows of 3,002 values) stay on libtorch's route, forced or not.
+        Assert.Null(grouped.Kernel(torch.randn(1, 32, 3, 3000), ConvolutionRoute.Direct));
         using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, stride: 2, padding: 1, groups: 8), spec);
         var x = torch.randn(1, 32, 56, 56);
         Assert.Equal(R, strided.Route(x));
