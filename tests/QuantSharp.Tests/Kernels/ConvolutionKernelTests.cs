@@ -357,6 +357,87 @@ public unsafe class ConvolutionKernelTests
         new(QuantType.BFloat16),
     ];
 
+    /// <summary>
+    /// For every weight format of <see cref="ModuleSpecs"/> the layer takes and every input of <paramref name="cases"/>:
+    /// the kernel of <paramref name="route"/> itself (not null: no fall-back to libtorch's route) and the forced
+    /// <see cref="ConvolutionRoute.Kernel"/> route, which takes it, equal the dequantize + libtorch route within 1e-5 of
+    /// the largest output; at least the five 8-bit and half-precision formats for every input (int4 in groups of 8 and
+    /// uint4 per channel take no odd reduction length).
+    /// </summary>
+    internal static void AssertRouteMatchesReference((nn.Module<Tensor, Tensor> Conv, Tensor[] Inputs)[] cases, ConvolutionRoute route, int maxBits)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        int checkedCalls = 0, inputCount = 0;
+        foreach (var (conv, inputs) in cases)
+        {
+            inputCount += inputs.Length;
+            var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
+            foreach (var spec in ModuleSpecs)
+            {
+                if (QuantizedWeight.Unsupported(spec, weight.shape) is not null) continue;
+                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
+                foreach (var x in inputs)
+                {
+                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
+                    var actual = layer.Kernel(x, route);
+                    Assert.NotNull(actual);
+                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits}";
+                    AssertClose(expected, actual, 1e-5, what);
+                    AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
+                    checkedCalls++;
+                }
+            }
+        }
+        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs");
+    }
+
+    /// <summary>
+    /// Runs <paramref name="kernel"/> (<see cref="DirectConvolution.Run"/>'s arguments) on random 3x3 convolutions (padding
+    /// 1, stride 1) of <paramref name="channels"/> inputs into <paramref name="outputs"/> in <paramref name="groups"/>
+    /// groups, two images, output rows of 1 to 17 values over 1 to 3 rows (narrow rows' whole-vector stores end at every
+    /// distance from a channel's and the output's end), and checks every output against a double-precision sum and that
+    /// nothing past the output was written.
+    /// </summary>
+    internal static unsafe void AssertEveryOutputOnceAndNothingPast(int channels, int outputs, int groups, int seed,
+        delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> kernel)
+    {
+        var random = new Random(seed);
+        const int Images = 2, Taps = 9;
+        int groupChannels = channels / groups, groupOutputs = outputs / groups, k = groupChannels * Taps;
+        for (int outW = 1; outW <= 17; outW++)
+        for (int outH = 1; outH <= 3; outH++)
+        {
+            var u = new Im2Col(channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
+            float[] x = Enumerable.Range(0, Images * channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] w = Enumerable.Range(0, outputs * k).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int positions = outH * outW, count = Images * outputs * positions;
+            float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
+            fixed (float* px = x, pw = w, pb = bias, py = y)
+                kernel(pw, outputs, groups, u, px, pb, py, null);
+            for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
+            for (int n = 0; n < Images; n++)
+            for (int o = 0; o < outputs; o++)
+            for (int oh = 0; oh < outH; oh++)
+            for (int ow = 0; ow < outW; ow++)
+            {
+                double expected = bias[o];
+                int first = o / groupOutputs * groupChannels;
+                for (int c = 0; c < groupChannels; c++)
+                for (int kh = 0; kh < 3; kh++)
+                for (int kw = 0; kw < 3; kw++)
+                {
+                    int ih = oh + kh - 1, iw = ow + kw - 1;
+                    if (ih >= 0 && ih < outH && iw >= 0 && iw < outW)
+                        expected += (double)w[o * k + c * Taps + kh * 3 + kw] * x[((n * channels + first + c) * outH + ih) * outW + iw];
+                }
+                float actual = y[((n * outputs + o) * outH + oh) * outW + ow];
+                Assert.True(Math.Abs(actual - expected) <= 1e-5, $"{outH}x{outW} image {n} output {o} at ({oh}, {ow}): {actual} against {expected}");
+            }
+        }
+    }
+
     internal static void AssertClose(Tensor expected, Tensor actual, double relative, string what)
     {
         Assert.Equal(expected.shape, actual.shape);

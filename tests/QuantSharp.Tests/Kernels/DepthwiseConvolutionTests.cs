@@ -47,34 +47,8 @@ public class DepthwiseConvolutionTests
     public void DepthwiseRouteMatchesDequantizeAndLibtorchForEveryFormatGeometryAndWidth(int maxBits)
     {
         using var cap = new SimdWidthCap(maxBits);
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
         torch.manual_seed(41);
-        int checkedCalls = 0, inputCount = 0;
-        foreach (var (conv, inputs) in Cases())
-        {
-            inputCount += inputs.Length;
-            var weight = ((TorchSharp.Modules.Convolution)conv).weight!;
-            foreach (var spec in ModuleSpecs)
-            {
-                if (QuantizedWeight.Unsupported(spec, weight.shape) is not null) continue;
-                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
-                foreach (var x in inputs)
-                {
-                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
-                    // The kernel itself (null would mean the route fell back to libtorch's), and the route through the layer.
-                    var actual = layer.Kernel(x, ConvolutionRoute.Depthwise);
-                    Assert.NotNull(actual);
-                    string what = $"{spec} weight [{string.Join(",", weight.shape)}] input [{string.Join(",", x.shape)}] width {maxBits}";
-                    AssertClose(expected, actual, 1e-5, what);
-                    AssertClose(expected, layer.Forward(x, ConvolutionRoute.Kernel), 1e-5, what + " (Kernel forces it)");
-                    checkedCalls++;
-                }
-            }
-        }
-        // Every input in the five 8-bit and half-precision formats at least (int4 in groups of 8 and uint4 per channel
-        // take no odd reduction length).
-        Assert.True(checkedCalls >= 5 * inputCount, $"only {checkedCalls} calls checked for {inputCount} inputs");
+        AssertRouteMatchesReference(Cases(), ConvolutionRoute.Depthwise, maxBits);
     }
 
     [Theory]
@@ -85,39 +59,8 @@ public class DepthwiseConvolutionTests
     public unsafe void KernelWritesEveryOutputOnceAndNothingPastTheOutput(int maxBits)
     {
         using var cap = new SimdWidthCap(maxBits);
-        var random = new Random(44);
-        // Output rows of 1 to 17 values over 1 to 3 rows, a multiplier of 2, two images: the narrow rows' whole-vector
-        // stores end at every distance from the output's end.
-        for (int outW = 1; outW <= 17; outW++)
-        for (int outH = 1; outH <= 3; outH++)
-        {
-            const int Channels = 3, Outputs = 6, Images = 2, Taps = 9;
-            var u = new Im2Col(Channels, outH, outW, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(Images);
-            float[] x = Enumerable.Range(0, Images * Channels * outH * outW).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] w = Enumerable.Range(0, Outputs * Taps).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] bias = Enumerable.Range(0, Outputs).Select(_ => (float)random.NextDouble()).ToArray();
-            int positions = outH * outW, count = Images * Outputs * positions;
-            float[] y = Enumerable.Repeat(float.NaN, count + 64).ToArray();
-            fixed (float* px = x, pw = w, pb = bias, py = y)
-                DepthwiseConvolution.Run(pw, Outputs, u.Channels, u, px, pb, py);
-            for (int i = count; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"{outH}x{outW}: value {i - count} past the output written");
-            for (int n = 0; n < Images; n++)
-            for (int o = 0; o < Outputs; o++)
-            for (int oh = 0; oh < outH; oh++)
-            for (int ow = 0; ow < outW; ow++)
-            {
-                double expected = bias[o];
-                for (int kh = 0; kh < 3; kh++)
-                for (int kw = 0; kw < 3; kw++)
-                {
-                    int ih = oh + kh - 1, iw = ow + kw - 1;
-                    if (ih >= 0 && ih < outH && iw >= 0 && iw < outW)
-                        expected += (double)w[o * Taps + kh * 3 + kw] * x[((n * Channels + o / 2) * outH + ih) * outW + iw];
-                }
-                float actual = y[((n * Outputs + o) * outH + oh) * outW + ow];
-                Assert.True(Math.Abs(actual - expected) <= 1e-5, $"{outH}x{outW} image {n} output {o} at ({oh}, {ow}): {actual} against {expected}");
-            }
-        }
+        // 3 channels, a multiplier of 2.
+        AssertEveryOutputOnceAndNothingPast(3, 6, 3, 44, &DepthwiseConvolution.Run);
     }
 
     [Fact]
