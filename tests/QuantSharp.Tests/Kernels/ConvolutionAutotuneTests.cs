@@ -217,4 +217,34 @@ public class ConvolutionAutotuneTests
             QuantizedConv.Autotune = saved;
         }
     }
+
+    [Fact]
+    public void AutotuneTimesAGroupedLayersSmallKernelAgainstLibtorchsRoute()
+    {
+        using var scope = NewDisposeScope();
+        torch.manual_seed(44);
+        // 4 groups of 4 channels at stride 2: the rule keeps libtorch's route, the small kernel is a candidate.
+        using var conv = nn.Conv2d(16, 16, 3, stride: 2, padding: 1, groups: 4);
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(2, 16, 20, 20);
+        Assert.Equal(R, layer.Route(x));
+        Assert.Contains(ConvolutionRoute.Direct, layer.Candidates(x));
+        bool saved = QuantizedConv.Autotune;
+        try
+        {
+            QuantizedConv.Autotune = true;
+            using (no_grad())
+            {
+                var y = layer.call(x);
+                var tuned = layer.TunedRoute(x);
+                Assert.NotNull(tuned);
+                Assert.Contains(tuned!.Value, layer.Candidates(x));
+                ConvolutionKernelTests.AssertClose(layer.Forward(x, R), y, 1e-5, $"grouped, tuned {tuned}");
+            }
+        }
+        finally
+        {
+            QuantizedConv.Autotune = saved;
+        }
+    }
 }
