@@ -10,7 +10,7 @@ namespace QuantSharp.Tests.Kernels;
 /// <summary>
 /// Grouped convolutions that are not depthwise (ResNeXt's, RegNet's, ShuffleNet's) on the small kernel group by group
 /// (<see cref="DirectConvolution"/> with groups) equal the dequantize + libtorch route within float rounding for every
-/// weight format the layers take, on every vector width, over group widths of 2 to 16 channels, group outputs that are
+/// weight format the layers take, on every vector width, over group widths of 2 to 32 channels, group outputs that are
 /// no multiple of the kernel's four rows, strides, padding, dilation, 1x1 taps, rows narrower than a vector, a group
 /// reduction longer than the ungrouped kernel's limit, Conv1d, unbatched and non-contiguous inputs; the kernel writes
 /// every output once and nothing past the output; static W8A8 through it equals the simulated path, and so does dynamic
@@ -29,7 +29,7 @@ public class GroupedConvolutionTests
         (nn.Conv2d(8, 4, (3, 5), stride: (2, 1), padding: (3, 2), dilation: (1, 2), groups: 2), [torch.randn(1, 8, 9, 11)]),
         // 1x1 taps (ShuffleNet), rows of one to several vectors.
         (nn.Conv2d(12, 6, 1, groups: 3), [torch.randn(2, 12, 5, 5), torch.randn(1, 12, 3, 70)]),
-        // 16 channels a group (160 terms) and 32 channels x 9 taps = 288 terms a group: beyond the ungrouped kernel's 256.
+        // 16 channels a group (144 terms) and 32 channels x 9 taps = 288 terms a group: beyond the ungrouped kernel's 256.
         (nn.Conv2d(32, 8, 3, padding: 1, groups: 2), [torch.randn(2, 32, 7, 7)]),
         (nn.Conv2d(64, 8, 3, padding: 1, groups: 2), [torch.randn(1, 64, 6, 6)]),
         // One output position.
