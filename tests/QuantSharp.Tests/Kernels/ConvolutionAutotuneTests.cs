@@ -196,14 +196,7 @@ public class ConvolutionAutotuneTests
             using (no_grad()) layer.call(x);
             Assert.Null(layer.TunedRoute(x));
             QuantizedConv.Autotune = true;
-            using (no_grad())
-            {
-                var y = layer.call(x);
-                var tuned = layer.TunedRoute(x);
-                Assert.NotNull(tuned);
-                Assert.Contains(tuned!.Value, layer.Candidates(x));
-                ConvolutionKernelTests.AssertClose(layer.Forward(x, R), y, 1e-5, $"tuned {tuned}");
-            }
+            AssertFirstCallTunes(layer, x, "tuned");
             // An input that needs gradients takes the differentiable path, untuned.
             var g = torch.randn(2, 4, 9, 9, requires_grad: true);
             var z = layer.call(g);
@@ -233,18 +226,22 @@ public class ConvolutionAutotuneTests
         try
         {
             QuantizedConv.Autotune = true;
-            using (no_grad())
-            {
-                var y = layer.call(x);
-                var tuned = layer.TunedRoute(x);
-                Assert.NotNull(tuned);
-                Assert.Contains(tuned!.Value, layer.Candidates(x));
-                ConvolutionKernelTests.AssertClose(layer.Forward(x, R), y, 1e-5, $"grouped, tuned {tuned}");
-            }
+            AssertFirstCallTunes(layer, x, "grouped, tuned");
         }
         finally
         {
             QuantizedConv.Autotune = saved;
         }
+    }
+
+    /// <summary>With <see cref="QuantizedConv.Autotune"/> on, the layer's first call on <paramref name="x"/> keeps one of its candidate routes and returns libtorch's result within rounding.</summary>
+    private static void AssertFirstCallTunes(QuantizedConv layer, Tensor x, string what)
+    {
+        using var noGrad = no_grad();
+        var y = layer.call(x);
+        var tuned = layer.TunedRoute(x);
+        Assert.NotNull(tuned);
+        Assert.Contains(tuned!.Value, layer.Candidates(x));
+        ConvolutionKernelTests.AssertClose(layer.Forward(x, R), y, 1e-5, $"{what} {tuned}");
     }
 }

@@ -393,6 +393,32 @@ public unsafe class ConvolutionKernelTests
     }
 
     /// <summary>
+    /// Static W8A8 through the kernel of <paramref name="route"/> equals the simulated path (libtorch's route on the
+    /// fake-quantized input) within 1e-5 of the largest output, for every layer of <paramref name="cases"/>, with a uint8
+    /// zero point of the type's range (120) and one beyond it (300, which a checkpoint may carry), on inputs beyond the
+    /// quantization's range (so that the clamps count); and dynamic W8A8 (each row quantized on its own) on
+    /// <paramref name="dynamicConv"/>.
+    /// </summary>
+    internal static void AssertW8A8MatchesSimulated((nn.Module<Tensor, Tensor> Conv, Tensor X)[] cases, ConvolutionRoute route, nn.Module<Tensor, Tensor> dynamicConv, Tensor dynamicInput)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var weights = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        foreach (int zeroPoint in new[] { 120, 300 })
+        foreach (var (conv, x) in cases)
+        {
+            var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, zeroPoint);
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
+            var input = x * 3;
+            AssertClose(layer.Forward(input, ConvolutionRoute.Reference), layer.Kernel(input, route)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
+        }
+        using var dynamic = (QuantizedConv)QuantizedModules.Quantize(dynamicConv, weights);
+        dynamic.DynamicInput = true;
+        var rows = dynamicInput * 3;
+        AssertClose(dynamic.Forward(rows, ConvolutionRoute.Reference), dynamic.Kernel(rows, route)!, 1e-5, "dynamic W8A8");
+    }
+
+    /// <summary>
     /// Runs <paramref name="kernel"/> (<see cref="DirectConvolution.Run"/>'s arguments) on random 3x3 convolutions (padding
     /// 1, stride 1) of <paramref name="channels"/> inputs into <paramref name="outputs"/> in <paramref name="groups"/>
     /// groups, two images, output rows of 1 to 17 values over 1 to 3 rows (narrow rows' whole-vector stores end at every

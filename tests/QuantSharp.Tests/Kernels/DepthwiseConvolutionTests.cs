@@ -81,34 +81,17 @@ public class DepthwiseConvolutionTests
     [Fact]
     public void W8A8ThroughTheDepthwiseRouteEqualsTheSimulatedPath()
     {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
         torch.manual_seed(42);
-        // A zero point of the type's range (zeros stay zero: each plane is quantized in place once laid out) and one
-        // beyond it (a checkpoint may carry one: rows, or the strided plane, quantized before they are laid out).
-        foreach (int zeroPoint in new[] { 120, 300 })
-        foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
-        {
+        // Zeros stay zero where the zero point is a code (each plane quantized in place once laid out); beyond the type's
+        // range rows, or the strided plane, are quantized before they are laid out. Dynamic W8A8 is quantized before the kernel.
+        AssertW8A8MatchesSimulated(
+        [
             (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)),            // stride 1, padded
             (nn.Conv2d(8, 8, 3, groups: 8), torch.randn(1, 8, 9, 30)),                          // no padding: one run per plane
             (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), torch.randn(2, 6, 17, 15)), // strided
             (nn.Conv2d(4, 4, (3, 3), stride: (2, 1), padding: (1, 1), groups: 4), torch.randn(1, 4, 11, 20)), // strided rows only
             (nn.Conv1d(4, 4, 3, padding: 1, groups: 4), torch.randn(2, 4, 50)),
-        })
-        {
-            var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, zeroPoint);
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
-            // Inputs beyond the quantization's range, so that the clamps count.
-            var input = x * 3;
-            var expected = layer.Forward(input, ConvolutionRoute.Reference);
-            AssertClose(expected, layer.Kernel(input, ConvolutionRoute.Depthwise)!, 1e-5, $"W8A8 zero point {zeroPoint} [{string.Join(",", x.shape)}]");
-        }
-        // Dynamic W8A8 (each row of the input quantized on its own) is quantized before the kernel, as on libtorch's route.
-        using var dynamic = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(8, 8, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        dynamic.DynamicInput = true;
-        var rows = torch.randn(2, 8, 14, 14) * 3;
-        var simulated = dynamic.Forward(rows, ConvolutionRoute.Reference);
-        AssertClose(simulated, dynamic.Kernel(rows, ConvolutionRoute.Depthwise)!, 1e-5, "dynamic W8A8");
+        ], ConvolutionRoute.Depthwise, nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14));
     }
 
     [Fact]
