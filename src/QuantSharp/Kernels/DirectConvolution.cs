@@ -134,7 +134,7 @@ internal static unsafe class DirectConvolution
     {
         var grid = new PhaseGrid(u);
         int k = u.Rows / groups, groupOutputs = outputs / groups, positions = u.Positions, outH = u.OutH, outW = u.OutW;
-        int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count;
+        int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count, half = step / 2;
         nint padded = (nint)grid.ImageValues, groupValues = (nint)(grid.ImageValues / groups);
         float* buffer = PaddedCopy(u, grid, images, step, input);
         try
@@ -145,13 +145,15 @@ internal static unsafe class DirectConvolution
             fixed (int* offsets = offsetSpan)
             {
                 int* pOffsets = offsets;
-                int rowsPerItem = RowsPerItem(u.Images, outH, wp, step), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
+                int rowsPerItem = RowsPerItem(u.Images * groups, outH, wp, half), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
                 // Items: runs of output rows of an image, for one group's output channels.
                 KernelThreads.For(u.Images * blocks * groups, (long)groupOutputs * k * rowsPerItem * wp, item =>
                 {
                     int g = item % groups, block = item / groups;
                     int image = block / blocks, oh0 = block % blocks * rowsPerItem, oh1 = Math.Min(outH, oh0 + rowsPerItem);
-                    int wide = (oh1 - oh0) * wp, width = (wide + step - 1) / step * step;
+                    // Whole steps, then half a step where the item's positions end in its first half (a 14x14 item's
+                    // 224 wide positions: 3.5 steps of 64, computed as 256 before).
+                    int wide = (oh1 - oh0) * wp, width = (wide + half - 1) / half * half, whole = width / step * step;
                     float* scratch = stackalloc float[RowsPerStep * width];
                     float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
                     float* source = buffer + image * padded + g * groupValues + (nint)oh0 * wp;
@@ -159,8 +161,10 @@ internal static unsafe class DirectConvolution
                     for (int o = g * groupOutputs; o < end; o += RowsPerStep)
                     {
                         int rows = Math.Min(RowsPerStep, end - o);
-                        for (int p = 0; p < width; p += step)
-                            Step<TW, TVec>(weight + (nint)o * k, k, rows, source + p, pOffsets, bias is null ? null : bias + o, scratch + p, width);
+                        float* w = weight + (nint)o * k, b = bias is null ? null : bias + o;
+                        for (int p = 0; p < whole; p += step)
+                            Step<TW, TVec>(w, k, rows, source + p, pOffsets, b, scratch + p, width);
+                        if (whole < width) HalfStep<TW, TVec>(w, k, rows, source + whole, pOffsets, b, scratch + whole, width);
                         // Narrow rows as whole vectors where the item's rows of the channel leave room.
                         for (int r = 0; r < rows; r++)
                             for (int oh = 0; oh < oh1 - oh0; oh++)
@@ -210,17 +214,18 @@ internal static unsafe class DirectConvolution
     /// <summary>
     /// Output rows per work item of <see cref="RunWide"/>: at least about <see cref="Block"/> wide positions, at most
     /// <see cref="MaxItemPositions"/>, the count that gives the busiest thread the fewest positions to compute (items
-    /// shared out in turn, each rounded up to whole steps): a 113-wide row of a stride-2 stem is 113 of 128 computed
+    /// shared out in turn, each rounded up to whole <paramref name="granule"/>s of positions; <paramref name="items"/>:
+    /// images times groups): a 113-wide row of a stride-2 stem is 113 of 128 computed
     /// positions alone, 1,582 of 1,600 fourteen at a time.
     /// </summary>
-    private static int RowsPerItem(int images, int outH, int rowLength, int step)
+    private static int RowsPerItem(int items, int outH, int rowLength, int granule)
     {
         int least = Math.Clamp(Block / rowLength, 1, outH), best = least, threads = Math.Max(1, KernelThreads.Count);
         long fewest = long.MaxValue;
         for (int rows = least; rows <= outH && (rows == least || rows * rowLength <= MaxItemPositions); rows++)
         {
-            long items = (long)images * ((outH + rows - 1) / rows);
-            long busiest = (items + threads - 1) / threads * ((rows * rowLength + step - 1) / step * step);
+            long all = (long)items * ((outH + rows - 1) / rows);
+            long busiest = (all + threads - 1) / threads * ((rows * rowLength + granule - 1) / granule * granule);
             if (busiest < fewest) (best, fewest) = (rows, busiest);
         }
         return best;
@@ -424,6 +429,49 @@ internal static unsafe class DirectConvolution
         StoreRow<TW, TVec>(a2, b2, c2, d2, y + 2 * ldy);
         if (rows < 4) return;
         StoreRow<TW, TVec>(a3, b3, c3, d3, y + 3 * ldy);
+    }
+
+    /// <summary>
+    /// <see cref="Step{TW, TVec}"/> on half the positions (two vectors): the end of a work item whose positions end in
+    /// the first half of a step.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void HalfStep<TW, TVec>(float* w, int k, int rows, float* columns, int* offsets, float* bias, float* y, nint ldy)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        float* w0 = w, w1 = w + (rows > 1 ? k : 0), w2 = w + (rows > 2 ? 2 * k : 0), w3 = w + (rows > 3 ? 3 * k : 0);
+        TVec a0 = TW.Create(bias is null ? 0f : bias[0]), a1 = TW.Create(bias is null || rows < 2 ? 0f : bias[1]);
+        TVec a2 = TW.Create(bias is null || rows < 3 ? 0f : bias[2]), a3 = TW.Create(bias is null || rows < 4 ? 0f : bias[3]);
+        TVec b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+        int n = TW.Count;
+        for (int j = 0; j < k; j++)
+        {
+            float* c = columns + offsets[j];
+            TVec x0 = TW.Load(c), x1 = TW.Load(c + n);
+            TVec v = TW.Create(w0[j]);
+            a0 = TW.MultiplyAdd(v, x0, a0);
+            b0 = TW.MultiplyAdd(v, x1, b0);
+            v = TW.Create(w1[j]);
+            a1 = TW.MultiplyAdd(v, x0, a1);
+            b1 = TW.MultiplyAdd(v, x1, b1);
+            v = TW.Create(w2[j]);
+            a2 = TW.MultiplyAdd(v, x0, a2);
+            b2 = TW.MultiplyAdd(v, x1, b2);
+            v = TW.Create(w3[j]);
+            a3 = TW.MultiplyAdd(v, x0, a3);
+            b3 = TW.MultiplyAdd(v, x1, b3);
+        }
+        TW.Store(a0, y);
+        TW.Store(b0, y + n);
+        if (rows < 2) return;
+        TW.Store(a1, y + ldy);
+        TW.Store(b1, y + ldy + n);
+        if (rows < 3) return;
+        TW.Store(a2, y + 2 * ldy);
+        TW.Store(b2, y + 2 * ldy + n);
+        if (rows < 4) return;
+        TW.Store(a3, y + 3 * ldy);
+        TW.Store(b3, y + 3 * ldy + n);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -36,6 +36,9 @@ public class DirectConvolutionTests
         // Output rows of whole vectors at every width (16 and 32 values) and of a vector and a part (26: MNIST's conv1).
         (nn.Conv2d(3, 6, 3, padding: 1), [torch.randn(2, 3, 4, 32), torch.randn(3, 5, 16)]),
         (nn.Conv2d(1, 5, 3), [torch.randn(2, 1, 6, 28)]),
+        // Work items that end in the first half of a step at every width (66 positions: 64 + 2, no columns dropped at a
+        // 1-tap kernel's row ends), four outputs a step.
+        (nn.Conv1d(3, 8, 1), [torch.randn(2, 3, 66)]),
         // Stride 1 with padding rows only: the image's rows copied as one run between them.
         (nn.Conv2d(2, 5, (3, 2), padding: (2, 0)), [torch.randn(2, 2, 6, 7)]),
         // Stride 1 with a padded row longer than DirectConvolution.MaxWideRow: the unfolding path.

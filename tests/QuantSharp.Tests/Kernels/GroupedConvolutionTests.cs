@@ -36,6 +36,9 @@ public class GroupedConvolutionTests
         (nn.Conv2d(8, 8, 3, groups: 4), [torch.randn(3, 8, 3, 3)]),
         (nn.Conv1d(12, 12, 5, padding: 2, groups: 3), [torch.randn(3, 12, 300), torch.randn(12, 17), torch.randn(2, 21, 12).transpose(1, 2)]),
         (nn.Conv1d(8, 4, 3, stride: 2, padding: 1, dilation: 2, groups: 2), [torch.randn(2, 8, 41)]),
+        // Work items that end in the first half of a step at every width (66 positions: 64 + 2, no columns dropped at a
+        // 1-tap kernel's row ends), four outputs a group.
+        (nn.Conv1d(6, 8, 1, groups: 2), [torch.randn(2, 6, 66)]),
     ];
 
     [Theory]
