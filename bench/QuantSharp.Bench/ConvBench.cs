@@ -25,7 +25,10 @@ namespace QuantSharp.Bench;
 /// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
 /// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
-/// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>Tuned</c> is the layer's
+/// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>DirectBuffer</c> is the small kernel with every image padded into one
+/// buffer first (<see cref="DirectConvolution.ForcedPaddingPerItem"/> false), <c>DirectRowByRow</c> and
+/// <c>DepthwiseRowByRow</c> those routes with their strided rows written through <see cref="PhaseGrid.WriteRow"/>
+/// (<see cref="DirectConvolution.ForcedPairedRows"/> false); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -149,6 +152,20 @@ internal static class ConvBench
                 {
                     bool pairs = parts[0] == "BFloat16Pairs";
                     return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                }
+                // DirectBuffer: the small kernel with every image padded into one buffer first; ROUTERowByRow (Direct,
+                // Depthwise): that route with its strided rows written through PhaseGrid.WriteRow (DirectConvolution's rules off).
+                if (parts[0] == "DirectBuffer" || parts[0].EndsWith("RowByRow", StringComparison.Ordinal))
+                {
+                    bool buffer = parts[0] == "DirectBuffer";
+                    var route = buffer ? ConvolutionRoute.Direct : Enum.Parse<ConvolutionRoute>(parts[0][..^"RowByRow".Length]);
+                    return () =>
+                    {
+                        if (buffer) DirectConvolution.ForcedPaddingPerItem = false;
+                        else DirectConvolution.ForcedPairedRows = false;
+                        try { return layer.Forward(x, route); }
+                        finally { DirectConvolution.ForcedPaddingPerItem = DirectConvolution.ForcedPairedRows = null; }
+                    };
                 }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -135,49 +136,97 @@ internal static unsafe class DirectConvolution
         var grid = new PhaseGrid(u);
         int k = u.Rows / groups, groupOutputs = outputs / groups, positions = u.Positions, outH = u.OutH, outW = u.OutW;
         int wp = grid.PhaseWidth, step = VectorsPerStep * TW.Count, half = step / 2;
-        nint padded = (nint)grid.ImageValues, groupValues = (nint)(grid.ImageValues / groups);
-        float* buffer = PaddedCopy(u, grid, images, step, input);
-        try
+        // A group's reduction can be long (a grouped Conv1d's 48 channels x 128 taps): its offsets on the heap.
+        Span<int> offsetSpan = k <= MaxReduction ? stackalloc int[k] : new int[k];
+        for (int j = 0; j < k; j++) offsetSpan[j] = grid.Offset(j);
+        fixed (int* offsets = offsetSpan)
         {
-            // A group's reduction can be long (a grouped Conv1d's 48 channels x 128 taps): its offsets on the heap.
-            Span<int> offsetSpan = k <= MaxReduction ? stackalloc int[k] : new int[k];
-            for (int j = 0; j < k; j++) offsetSpan[j] = grid.Offset(j);
-            fixed (int* offsets = offsetSpan)
+            int* pOffsets = offsets;
+
+            // Output rows oh0..oh1-1 of one image for one group's output channels, the group's padded planes at source.
+            void Rows(float* source, int image, int g, int oh0, int oh1)
             {
-                int* pOffsets = offsets;
+                // Whole steps, then half a step where the positions end in its first half (a 14x14 image's 224 wide
+                // positions: 3.5 steps of 64, computed as 256 before).
+                int wide = (oh1 - oh0) * wp, width = (wide + half - 1) / half * half, whole = width / step * step;
+                float* scratch = stackalloc float[RowsPerStep * width];
+                float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
+                source += (nint)oh0 * wp;
+                int end = (g + 1) * groupOutputs;
+                for (int o = g * groupOutputs; o < end; o += RowsPerStep)
+                {
+                    int rows = Math.Min(RowsPerStep, end - o);
+                    float* w = weight + (nint)o * k, b = bias is null ? null : bias + o;
+                    for (int p = 0; p < whole; p += step)
+                        Step<TW, TVec>(w, k, rows, source + p, pOffsets, b, scratch + p, width);
+                    if (whole < width) HalfStep<TW, TVec>(w, k, rows, source + whole, pOffsets, b, scratch + whole, width);
+                    // Narrow rows as whole vectors where the item's rows of the channel leave room.
+                    for (int r = 0; r < rows; r++)
+                        for (int oh = 0; oh < oh1 - oh0; oh++)
+                            CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW, (oh1 - oh0 - oh) * outW);
+                }
+            }
+
+            if (PadsPerItem(u, groups))
+            {
+                // Items: an image's group, its planes padded into the thread's own buffer just before they are read.
+                int channels = u.Channels / groups, imageSize = u.ImageSize, planeSize = u.Height * u.Width;
+                nint planeValues = (nint)(grid.ImageValues / u.Channels), groupValues = channels * planeValues, slack = step + wp;
+                int rowsPerRun = Math.Clamp(MaxItemPositions / wp, 1, outH);
+                var columns = grid.ColumnPhases();
+                KernelThreads.For(u.Images * groups, (long)groupOutputs * k * outH * wp, item =>
+                {
+                    int image = item / groups, g = item % groups;
+                    float[] rented = ArrayPool<float>.Shared.Rent((int)(groupValues + slack));
+                    try
+                    {
+                        fixed (float* planes = rented)
+                        {
+                            float* source = images + (nint)image * imageSize + (nint)g * channels * planeSize;
+                            for (int c = 0; c < channels; c++)
+                                PadPlane(u, grid, source + (nint)c * planeSize, planes + c * planeValues, input, columns);
+                            new Span<float>(planes + groupValues, (int)slack).Clear();
+                            for (int oh0 = 0; oh0 < outH; oh0 += rowsPerRun)
+                                Rows(planes, image, g, oh0, Math.Min(outH, oh0 + rowsPerRun));
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(rented);
+                    }
+                });
+                return;
+            }
+
+            nint padded = (nint)grid.ImageValues, groupValues2 = (nint)(grid.ImageValues / groups);
+            float* buffer = PaddedCopy(u, grid, images, step, input);
+            try
+            {
                 int rowsPerItem = RowsPerItem(u.Images * groups, outH, wp, half), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
                 // Items: runs of output rows of an image, for one group's output channels.
                 KernelThreads.For(u.Images * blocks * groups, (long)groupOutputs * k * rowsPerItem * wp, item =>
                 {
                     int g = item % groups, block = item / groups;
-                    int image = block / blocks, oh0 = block % blocks * rowsPerItem, oh1 = Math.Min(outH, oh0 + rowsPerItem);
-                    // Whole steps, then half a step where the item's positions end in its first half (a 14x14 item's
-                    // 224 wide positions: 3.5 steps of 64, computed as 256 before).
-                    int wide = (oh1 - oh0) * wp, width = (wide + half - 1) / half * half, whole = width / step * step;
-                    float* scratch = stackalloc float[RowsPerStep * width];
-                    float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
-                    float* source = buffer + image * padded + g * groupValues + (nint)oh0 * wp;
-                    int end = (g + 1) * groupOutputs;
-                    for (int o = g * groupOutputs; o < end; o += RowsPerStep)
-                    {
-                        int rows = Math.Min(RowsPerStep, end - o);
-                        float* w = weight + (nint)o * k, b = bias is null ? null : bias + o;
-                        for (int p = 0; p < whole; p += step)
-                            Step<TW, TVec>(w, k, rows, source + p, pOffsets, b, scratch + p, width);
-                        if (whole < width) HalfStep<TW, TVec>(w, k, rows, source + whole, pOffsets, b, scratch + whole, width);
-                        // Narrow rows as whole vectors where the item's rows of the channel leave room.
-                        for (int r = 0; r < rows; r++)
-                            for (int oh = 0; oh < oh1 - oh0; oh++)
-                                CopyRow<TW, TVec>(scratch + r * width + oh * wp, output + (nint)(o + r) * positions + oh * outW, outW, (oh1 - oh0 - oh) * outW);
-                    }
+                    int image = block / blocks, oh0 = block % blocks * rowsPerItem;
+                    Rows(buffer + image * padded + g * groupValues2, image, g, oh0, Math.Min(outH, oh0 + rowsPerItem));
                 });
             }
-        }
-        finally
-        {
-            NativeMemory.AlignedFree(buffer);
+            finally
+            {
+                NativeMemory.AlignedFree(buffer);
+            }
         }
     }
+
+    /// <summary>
+    /// Whether <see cref="RunWide"/> pads each image's group of planes in the work item that reads them (grouped layers
+    /// with at least 8 items a thread), rather than every image into one buffer first.
+    /// </summary>
+    private static bool PadsPerItem(Im2Col u, int groups) =>
+        ForcedPaddingPerItem ?? (long)u.Images * groups >= 8L * KernelThreads.Count;
+
+    /// <summary>For the bench: false pads every image into one buffer first, true pads per work item; null: <see cref="PadsPerItem"/>'s rule.</summary>
+    internal static bool? ForcedPaddingPerItem { get; set; }
 
     /// <summary>
     /// <paramref name="n"/> floats from <paramref name="src"/> to <paramref name="dst"/> in whole vectors, the last one
@@ -313,7 +362,8 @@ internal static unsafe class DirectConvolution
             // the last row is copied with a value to spare (and, where the plane cannot be quantized in place, the
             // whole plane, quantized).
             // (Rented, not on the stack: a depthwise Conv1d's row is its whole sequence.)
-            bool readsPast = u.StrideW != 1, copiesPlane = input is not null && !quantizeAfter;
+            bool paired = WritesPairedRows(u, grid);
+            bool readsPast = u.StrideW != 1 && !paired, copiesPlane = input is not null && !quantizeAfter;
             float[]? spare = copiesPlane ? ArrayPool<float>.Shared.Rent(h * w + 1) : readsPast ? ArrayPool<float>.Shared.Rent(w + 1) : null;
             try
             {
@@ -329,14 +379,16 @@ internal static unsafe class DirectConvolution
                         new ReadOnlySpan<float>(src + (nint)(h - 1) * w, w).CopyTo(new Span<float>(copy, w));
                         copy[w] = 0f;
                     }
-                    for (int r = 0; r < paddedRows; r++)
-                    {
-                        int sourceRow = r - u.PadH;
-                        float* row = sourceRow < 0 || sourceRow >= h ? null
-                            : copiesPlane ? copy + (nint)sourceRow * w
-                            : sourceRow == h - 1 && readsPast ? copy : src + (nint)sourceRow * w;
-                        grid.WriteRow(dst, r, row, 0f, columns);
-                    }
+                    if (paired) WritePairedRows(u, grid, copiesPlane ? copy : src, dst, paddedRows);
+                    else
+                        for (int r = 0; r < paddedRows; r++)
+                        {
+                            int sourceRow = r - u.PadH;
+                            float* row = sourceRow < 0 || sourceRow >= h ? null
+                                : copiesPlane ? copy + (nint)sourceRow * w
+                                : sourceRow == h - 1 && readsPast ? copy : src + (nint)sourceRow * w;
+                            grid.WriteRow(dst, r, row, 0f, columns);
+                        }
                 }
             }
             finally
@@ -348,6 +400,71 @@ internal static unsafe class DirectConvolution
         {
             var plane = new Span<float>(dst, (int)planeValues);
             input!.Value.Apply(plane, plane);
+        }
+    }
+
+    /// <summary>
+    /// Whether <see cref="PadPlane"/> writes this geometry's rows through <see cref="WritePairedRows"/>: stride 2 across,
+    /// phase rows of up to 16 values (one vector), AVX-512 in use (its masked loads and stores). Longer rows (two
+    /// vectors: 56x56 planes) measured alike or slower that way than through <see cref="PhaseGrid.WriteRow"/>.
+    /// </summary>
+    private static bool WritesPairedRows(Im2Col u, PhaseGrid grid) =>
+        ForcedPairedRows ?? (u.StrideW == 2 && grid.PhaseWidth <= 16 && Simd.Use512 && Avx512F.IsSupported);
+
+    /// <summary>For the bench: false writes every strided row through <see cref="PhaseGrid.WriteRow"/>; null: <see cref="WritesPairedRows"/>'s rule.</summary>
+    internal static bool? ForcedPairedRows { get; set; }
+
+    /// <summary>
+    /// The <paramref name="paddedRows"/> padded rows of a channel (<paramref name="values"/>: its <c>H x W</c> values)
+    /// into its phase rows at <paramref name="dst"/>, stride 2 across and phase rows of up to 16 values, as
+    /// <see cref="PhaseGrid.WriteRow"/> writes them with zero padding: phase b's value l of a row is the row's value
+    /// <c>2l + b - padW</c> (zero outside the row). Per phase row, the 32 row values it comes from in two masked loads
+    /// (lanes outside the row zero, and not read), their even lanes in one permutation and a masked store; the masks,
+    /// the same for every row, are made once. Through <see cref="PhaseGrid.WriteRow"/> a 28-value row took two gathers
+    /// of 14 values in 4-value vectors and scalars, a division and the padding value by value.
+    /// </summary>
+    private static void WritePairedRows(Im2Col u, PhaseGrid grid, float* values, float* dst, int paddedRows)
+    {
+        int wp = grid.PhaseWidth, ph = grid.PhaseHeight, w = u.Width;
+        var lanes = Vector512<int>.Indices;
+        var width = Vector512.Create(w);
+        var store = Vector512.LessThan(lanes, Vector512.Create(wp)).AsSingle();
+        // Per column phase b: the two loads' lanes (row values b - padW + 0..31 inside the row).
+        Span<Vector512<float>> loads = stackalloc Vector512<float>[4];
+        for (int b = 0; b < 2; b++)
+        {
+            var low = lanes + Vector512.Create(b - u.PadW);
+            var high = low + Vector512.Create(16);
+            loads[2 * b] = (Vector512.GreaterThanOrEqual(low, Vector512<int>.Zero) & Vector512.LessThan(low, width)).AsSingle();
+            loads[2 * b + 1] = (Vector512.GreaterThanOrEqual(high, Vector512<int>.Zero) & Vector512.LessThan(high, width)).AsSingle();
+        }
+        var evens = lanes * 2;
+        nint phaseValues = (nint)ph * wp;
+        for (int r = 0, a = 0, i = 0; r < paddedRows; r++)
+        {
+            int sourceRow = r - u.PadH;
+            float* phase = dst + ((nint)a * 2 * ph + i) * wp;
+            if (sourceRow < 0 || sourceRow >= u.Height)
+            {
+                Avx512F.MaskStore(phase, store, Vector512<float>.Zero);
+                Avx512F.MaskStore(phase + phaseValues, store, Vector512<float>.Zero);
+            }
+            else
+            {
+                float* row = values + (nint)sourceRow * w;
+                for (int b = 0; b < 2; b++)
+                {
+                    float* first = row + b - u.PadW;
+                    var pair = Avx512F.PermuteVar16x32x2(Avx512F.MaskLoad(first, loads[2 * b], Vector512<float>.Zero), evens,
+                        Avx512F.MaskLoad(first + 16, loads[2 * b + 1], Vector512<float>.Zero));
+                    Avx512F.MaskStore(phase + b * phaseValues, store, pair);
+                }
+            }
+            if (++a == u.StrideH)
+            {
+                a = 0;
+                i++;
+            }
         }
     }
 
