@@ -358,6 +358,31 @@ public unsafe class ConvolutionKernelTests
     ];
 
     /// <summary>
+    /// Runs <paramref name="check"/> with <see cref="DirectConvolution"/> padding every image into one buffer first and
+    /// with each work item padding its own image's planes (<see cref="DirectConvolution.ForcedPaddingPerItem"/>; its
+    /// rule picks by the count of items a thread, which depends on the machine), a failure naming the setting.
+    /// </summary>
+    internal static void ForBothPaddings(Action check)
+    {
+        foreach (bool perItem in new[] { false, true })
+        {
+            DirectConvolution.ForcedPaddingPerItem = perItem;
+            try
+            {
+                check();
+            }
+            catch (Xunit.Sdk.XunitException e)
+            {
+                throw new Xunit.Sdk.XunitException($"padding {(perItem ? "per work item" : "into one buffer")}: {e.Message}");
+            }
+            finally
+            {
+                DirectConvolution.ForcedPaddingPerItem = null;
+            }
+        }
+    }
+
+    /// <summary>
     /// For every weight format of <see cref="ModuleSpecs"/> the layer takes and every input of <paramref name="cases"/>:
     /// the kernel of <paramref name="route"/> itself (not null: no fall-back to libtorch's route) and the forced
     /// <see cref="ConvolutionRoute.Kernel"/> route, which takes it, equal the dequantize + libtorch route within 1e-5 of

@@ -63,19 +63,34 @@ public class DirectConvolutionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(31);
-        foreach (var (conv, inputs) in Cases())
-        foreach (var spec in ModuleSpecs)
+        var cases = Cases();
+        ForBothPaddings(() =>
         {
-            long k = ((TorchSharp.Modules.Convolution)conv).weight!.numel() / ((TorchSharp.Modules.Convolution)conv).weight!.shape[0];
-            if (QuantizedWeight.Unsupported(spec, ((TorchSharp.Modules.Convolution)conv).weight!.shape) is not null) continue;
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
-            foreach (var x in inputs)
+            foreach (var (conv, inputs) in cases)
+            foreach (var spec in ModuleSpecs)
             {
-                var expected = layer.Forward(x, ConvolutionRoute.Reference);
-                var actual = layer.Forward(x, ConvolutionRoute.Direct);
-                AssertClose(expected, actual, 1e-5, $"{spec} K {k} input [{string.Join(",", x.shape)}] width {maxBits}");
+                long k = ((TorchSharp.Modules.Convolution)conv).weight!.numel() / ((TorchSharp.Modules.Convolution)conv).weight!.shape[0];
+                if (QuantizedWeight.Unsupported(spec, ((TorchSharp.Modules.Convolution)conv).weight!.shape) is not null) continue;
+                using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, spec);
+                foreach (var x in inputs)
+                {
+                    var expected = layer.Forward(x, ConvolutionRoute.Reference);
+                    var actual = layer.Forward(x, ConvolutionRoute.Direct);
+                    AssertClose(expected, actual, 1e-5, $"{spec} K {k} input [{string.Join(",", x.shape)}] width {maxBits}");
+                }
             }
-        }
+        });
+    }
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void KernelWritesEveryOutputOnceAndNothingPastTheOutput(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        ForBothPaddings(() => AssertEveryOutputOnceAndNothingPast(4, 9, 1, 55, &DirectConvolution.Run));
     }
 
     [Fact]
@@ -112,7 +127,7 @@ public class DirectConvolutionTests
         })
         {
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, act);
-            AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.Forward(x, ConvolutionRoute.Direct), 1e-5, $"W8A8 [{string.Join(",", x.shape)}]");
+            ForBothPaddings(() => AssertClose(layer.Forward(x, ConvolutionRoute.Reference), layer.Forward(x, ConvolutionRoute.Direct), 1e-5, $"W8A8 [{string.Join(",", x.shape)}]"));
         }
     }
 
