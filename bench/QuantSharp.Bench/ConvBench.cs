@@ -26,7 +26,8 @@ namespace QuantSharp.Bench;
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
 /// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
 /// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>DirectBuffer</c> is the small kernel with every image padded into one
-/// buffer first (<see cref="DirectConvolution.ForcedPaddingPerItem"/> false), <c>DirectRowByRow</c> and
+/// buffer first (<see cref="DirectConvolution.ForcedPaddingPerItem"/> false), <c>DirectPerItem</c> with each work item
+/// padding its own image's planes (true), <c>DirectRowByRow</c> and
 /// <c>DepthwiseRowByRow</c> those routes with their strided rows written through <see cref="PhaseGrid.WriteRow"/>
 /// (<see cref="DirectConvolution.ForcedPairedRows"/> false); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
@@ -153,15 +154,16 @@ internal static class ConvBench
                     bool pairs = parts[0] == "BFloat16Pairs";
                     return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                 }
-                // DirectBuffer: the small kernel with every image padded into one buffer first; ROUTERowByRow (Direct,
+                // DirectBuffer / DirectPerItem: the small kernel with every image padded into one buffer first, or per
+                // work item (whatever DirectConvolution's rule); ROUTERowByRow (Direct,
                 // Depthwise): that route with its strided rows written through PhaseGrid.WriteRow (DirectConvolution's rules off).
-                if (parts[0] == "DirectBuffer" || parts[0].EndsWith("RowByRow", StringComparison.Ordinal))
+                if (parts[0] is "DirectBuffer" or "DirectPerItem" || parts[0].EndsWith("RowByRow", StringComparison.Ordinal))
                 {
-                    bool buffer = parts[0] == "DirectBuffer";
-                    var route = buffer ? ConvolutionRoute.Direct : Enum.Parse<ConvolutionRoute>(parts[0][..^"RowByRow".Length]);
+                    bool? perItem = parts[0] switch { "DirectBuffer" => false, "DirectPerItem" => true, _ => null };
+                    var route = perItem is not null ? ConvolutionRoute.Direct : Enum.Parse<ConvolutionRoute>(parts[0][..^"RowByRow".Length]);
                     return () =>
                     {
-                        if (buffer) DirectConvolution.ForcedPaddingPerItem = false;
+                        if (perItem is not null) DirectConvolution.ForcedPaddingPerItem = perItem;
                         else DirectConvolution.ForcedPairedRows = false;
                         try { return layer.Forward(x, route); }
                         finally { DirectConvolution.ForcedPaddingPerItem = DirectConvolution.ForcedPairedRows = null; }

@@ -410,45 +410,35 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Reduction length of a group (its input channels x taps) up to which a grouped Conv2d that is not depthwise takes
-    /// the small kernel at stride 1 (<see cref="GroupedPays"/>): 3x3 taps over up to 10 channels a group, 1x1 over up to 96.
+    /// the small kernel (<see cref="GroupedPays"/>): 3x3 taps over up to 64 channels a group.
     /// </summary>
-    internal const int GroupedMaxReduction = 96;
+    internal const int GroupedMaxReduction = 576;
 
-    /// <summary>Output positions per image from which <see cref="GroupedPays"/> for more than one image (28x28).</summary>
-    internal const int GroupedManyImagesMinPositions = 784;
+    /// <summary>Output positions per image up to which <see cref="GroupedPays"/> for several images only with short group reductions (14x14).</summary>
+    internal const int GroupedFewPositions = 196;
 
-    /// <summary>Output positions up to which <see cref="GroupedPays"/> for one image at any stride and reduction (7x7).</summary>
-    internal const int GroupedOneImageMaxPositions = 49;
-
-    /// <summary>Multiply-adds up to which <see cref="GroupedPays"/> for one image at stride 1 whatever its reduction.</summary>
-    internal const long GroupedOneImageMaxWork = 1 << 23;
+    /// <summary>Group reduction up to which <see cref="GroupedPays"/> for several images onto up to <see cref="GroupedFewPositions"/> positions (3x3 over 16 channels).</summary>
+    internal const int GroupedFewPositionsMaxReduction = 144;
 
     /// <summary>
     /// Whether a grouped convolution that is not depthwise takes the small kernel group by group
-    /// (<see cref="DirectConvolution"/>: the images padded once, a static W8A8 input quantized as it is laid out, each
-    /// group's output channels four at a time over runs of its planes) rather than dequantize + libtorch's grouped
-    /// convolution (which quantizes a static W8A8 input in a pass of its own). With three groups or more: one image onto
-    /// up to <see cref="GroupedOneImageMaxPositions"/> positions; at stride 1 a Conv1d, a Conv2d of one image of up to
-    /// <see cref="GroupedOneImageMaxWork"/> multiply-adds, and one of group reductions up to
-    /// <see cref="GroupedMaxReduction"/> terms for one image, or for more onto <see cref="GroupedManyImagesMinPositions"/>
-    /// positions or more. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 38: three surveys and a table; int8 and
-    /// static W8A8 paired with float32 in one process, batch 1 and 8). In the table, where the rule takes the kernel
-    /// (ResNeXt's 3x3 layers of 32 groups of 4 and 8 channels on 56x56 and 28x28, 1x1 layers of 3 and 4 groups on 28x28
-    /// and 56x56, 16-32 channels a group at batch 1 onto 7x7 and up to 2^23 multiply-adds, grouped Conv1d layers) it took
-    /// 0.49-1.23x float32's time where libtorch's route took 1.00-1.58x (static W8A8 0.53-1.47x against 1.00-1.75x).
-    /// libtorch's grouped convolution is efficient with wider groups on larger planes, where the kernel lost: 16
-    /// channels a group on 14x14 and 28x28 beyond those (1.32-1.49x against 1.03-1.26x), at stride 2 onto 14x14 and more
-    /// (1.12-2.12x against 1.09-1.27x), and with two groups (AlexNet's 5x5: 1.24-1.26x against 1.02-1.13x).
+    /// (<see cref="DirectConvolution"/>: each work item pads an image's group of planes, a static W8A8 input quantized as
+    /// it is laid out, and computes that group's output channels four at a time over runs of its planes) rather than
+    /// dequantize + libtorch's grouped convolution (which quantizes a static W8A8 input in a pass of its own): with two
+    /// groups or more, every Conv1d at stride 1, and Conv2d layers of group reductions up to
+    /// <see cref="GroupedMaxReduction"/> terms, except several images onto up to <see cref="GroupedFewPositions"/>
+    /// positions with group reductions over <see cref="GroupedFewPositionsMaxReduction"/> terms (there libtorch's
+    /// grouped convolution reads each group's weights once for all images, the kernel once per image). Measured on the
+    /// Zen 5 VM (docs/BENCHMARKS.md, stop 39: two surveys and a table; int8 and static W8A8 paired with float32 in one
+    /// process, batch 1 and 8).
     /// </summary>
-    internal static bool GroupedPays(Im2Col unfold, long groups, long outputs)
+    internal static bool GroupedPays(Im2Col unfold, long groups)
     {
-        if (groups < 3) return false;
-        bool oneImage = unfold.Images == 1;
-        if (oneImage && unfold.Positions <= GroupedOneImageMaxPositions) return true;
-        if (unfold.StrideH != 1 || unfold.StrideW != 1) return false;
-        if (unfold.Height == 1 && unfold.KernelH == 1) return true; // a Conv1d
+        if (groups < 2) return false;
+        bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
+        if (unfold.Height == 1 && unfold.KernelH == 1 && stride1) return true; // a Conv1d
         int reduction = unfold.Rows / (int)groups;
-        if (oneImage && (long)unfold.Positions * outputs * reduction <= GroupedOneImageMaxWork) return true;
-        return reduction <= GroupedMaxReduction && (oneImage || unfold.Positions >= GroupedManyImagesMinPositions);
+        if (reduction > GroupedMaxReduction) return false;
+        return unfold.Images == 1 || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction;
     }
 }

@@ -269,7 +269,7 @@ public sealed class QuantizedConv : QuantizedModule
         {
             if (route == ConvolutionRoute.Reference || !DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
             if (route == ConvolutionRoute.BFloat16) return PackedBFloat16Convolutions ? ConvolutionRoute.Direct : ConvolutionRoute.BFloat16;
-            return route == ConvolutionRoute.Auto && !ConvolutionCost.GroupedPays(u, groups, out_channels)
+            return route == ConvolutionRoute.Auto && !ConvolutionCost.GroupedPays(u, groups)
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Direct;
         }
         if (route == ConvolutionRoute.Auto)

@@ -216,10 +216,10 @@ public class ConvolutionAutotuneTests
     {
         using var scope = NewDisposeScope();
         torch.manual_seed(44);
-        // 4 groups of 4 channels at stride 2: the rule keeps libtorch's route, the small kernel is a candidate.
-        using var conv = nn.Conv2d(16, 16, 3, stride: 2, padding: 1, groups: 4);
+        // 2 groups of 80 channels (720 terms a group): the rule keeps libtorch's route, the small kernel is a candidate.
+        using var conv = nn.Conv2d(160, 16, 3, stride: 2, padding: 1, groups: 2);
         using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        var x = torch.randn(2, 16, 20, 20);
+        var x = torch.randn(2, 160, 12, 12);
         Assert.Equal(R, layer.Route(x));
         Assert.Contains(ConvolutionRoute.Direct, layer.Candidates(x));
         bool saved = QuantizedConv.Autotune;

@@ -100,34 +100,28 @@ public class GroupedConvolutionTests
     {
         using var scope = NewDisposeScope();
         const ConvolutionRoute D = ConvolutionRoute.Direct, R = ConvolutionRoute.Reference;
-        // Three groups or more. One image onto up to 7x7 positions at any stride and reduction.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 32, 1024));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 32, 1024));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 15, 15, 3, 3, 2, 2, 1, 1, 1, 1), 32, 1024)); // 8x8
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 32, 1024));
-        // At stride 1, group reductions up to 96 terms (3x3 over 10 channels: 90 terms; over 11: 99; 1x1 over 96 and 97)
-        // for one image, and for more onto 28x28 or more.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 128));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 320));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(352, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 352));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(320, 27, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32, 320)); // 756 positions
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(320, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32, 320));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32, 512));
-        // Beyond 96 terms, one image of up to 2^23 multiply-adds: 16 channels a group (144 terms) on 14x14 into 288
-        // outputs (8.1M), not into 320 (9.0M).
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 18, 288));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(320, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 20, 320));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(288, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 18, 288));
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(288, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3, 288));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(291, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 3, 291));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32, 256)); // stride 2 onto 28x28
-        // A Conv1d at stride 1 at any batch and reduction, at stride 2 not; a Conv2d over one row is no Conv1d.
-        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1).ForImages(8), 16, 768));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 3, 1, 2, 0, 1, 1, 1).ForImages(8), 16, 768));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 32, 512));
-        // Two groups: never.
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 2, 16));
-        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 2, 16));
+        // Two groups or more.
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 1));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(32, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 2));
+        // Group reductions up to 576 terms (3x3 over 64 channels a group; over 65: 585) at any stride.
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(520, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(512, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 8)); // onto 28x28
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(96, 27, 27, 5, 5, 1, 1, 2, 2, 1, 1), 2));             // 1,200 terms
+        // Several images onto up to 14x14 positions only up to 144 terms a group (16 channels; 17: 153); one image, or
+        // 15x14 positions, up to 576.
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 16));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 15, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 32));            // onto 7x7
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(1024, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 32));
+        // A Conv1d at stride 1 at any batch and reduction (48 channels x 128 taps a group), at stride 2 by the rule
+        // above; a Conv2d over one row is no Conv1d (1,152 terms a group).
+        Assert.True(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 1, 0, 64, 1, 1).ForImages(8), 16));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 2, 0, 64, 1, 1).ForImages(8), 16));
+        Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 4));
 
         torch.manual_seed(53);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
@@ -138,17 +132,19 @@ public class GroupedConvolutionTests
         Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).to(ScalarType.Float64)));
         // Rows wider than the padded-image path takes (phase rows of 3,002 values) stay on libtorch's route, forced or not.
         Assert.Null(grouped.Kernel(torch.randn(1, 32, 3, 3000), ConvolutionRoute.Direct));
-        using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, stride: 2, padding: 1, groups: 8), spec);
-        var x = torch.randn(1, 32, 56, 56);
-        Assert.Equal(R, strided.Route(x));
+        // 80 channels a group (720 terms) at stride 2: libtorch's route.
+        using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(160, 160, 3, stride: 2, padding: 1, groups: 2), spec);
+        var x = torch.randn(1, 160, 28, 28);
+        Assert.Equal(R, wide.Route(x));
         // Autotune's candidates for it: the rule's (libtorch's) first, the small kernel, which any managed route forces,
         // and libtorch's bfloat16 route where it may run (the packed kernels take no groups).
-        var candidates = strided.Candidates(x);
+        var candidates = wide.Candidates(x);
         Assert.Equal([R, D], candidates.Take(2));
         Assert.All(candidates.Skip(2), route => Assert.Equal(ConvolutionRoute.BFloat16, route));
         using var noGrad = no_grad();
-        AssertClose(strided.Forward(x, R), strided.Forward(x, ConvolutionRoute.Kernel), 1e-5, "stride 2 forced onto the small kernel");
+        AssertClose(wide.Forward(x, R), wide.Forward(x, ConvolutionRoute.Kernel), 1e-5, "stride 2, 720 terms a group, forced onto the small kernel");
         // Through the rule, the layer's output equals libtorch's route's.
-        AssertClose(grouped.Forward(x, R), grouped.call(x), 1e-5, "32 channels in 8 groups on 56x56 through the rule");
+        var image = torch.randn(1, 32, 56, 56);
+        AssertClose(grouped.Forward(image, R), grouped.call(image), 1e-5, "32 channels in 8 groups on 56x56 through the rule");
     }
 }
