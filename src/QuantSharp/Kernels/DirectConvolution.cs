@@ -9,9 +9,10 @@ namespace QuantSharp.Kernels;
 /// <summary>
 /// A small convolution computed directly from a float32 weight <c>[O, K]</c> (the quantized weight dequantized once for
 /// the call, <see cref="WeightDequantizer"/>): the images are copied once, padded and split into stride phases, where
-/// every reduction row of a run of output positions is a run of the copy (<see cref="RunWide"/>; per block of output
-/// positions, the columns unfolded into a small buffer where a phase row is too long), then each group of four output
-/// channels multiplies them with four vectors of positions per step. For layers whose libtorch convolution is mostly fixed cost (the MNIST CNN's
+/// every reduction row of a run of output positions is a run of the copy (<see cref="RunWide"/>: by each work item for
+/// its image's group of planes, or into one buffer first; per block of output positions, the columns unfolded into a
+/// small buffer where a phase row is too long), then each group of four output channels multiplies them with four (at
+/// the end of a run, two) vectors of positions per step. For layers whose libtorch convolution is mostly fixed cost (the MNIST CNN's
 /// 1- and 16-channel layers: 15-40 us for 0.1-0.6 M multiply-adds), this avoids the packed GEMM's packing and
 /// libtorch's per-call set-up.
 /// </summary>
@@ -122,7 +123,8 @@ internal static unsafe class DirectConvolution
 
     /// <summary>
     /// No columns are built. Each image is copied once, zero-padded and split into stride phases (<see cref="PhaseGrid"/>:
-    /// at stride 1 the padded image itself); the outputs are computed on a "wide" grid of <c>OutH x PhaseWidth</c>
+    /// at stride 1 the padded image itself), by the work item that reads it (an image's group of planes, where
+    /// <see cref="PadsPerItem"/>) or all images into one buffer before the items start; the outputs are computed on a "wide" grid of <c>OutH x PhaseWidth</c>
     /// positions, on which every reduction row <c>(c, kh, kw)</c> is a run of the copy from <see cref="PhaseGrid.Offset"/>.
     /// The <c>PhaseWidth - OutW</c> extra positions of each output row (reads that run into the next row) are computed and
     /// dropped: 8% more multiply-adds for MNIST's 28-wide conv1, 18% for its 13-wide conv2, where unfolding the columns
@@ -169,7 +171,8 @@ internal static unsafe class DirectConvolution
 
             if (PadsPerItem(u, groups, (long)outputs * k * positions * u.Images))
             {
-                // Items: an image's group, its planes padded into the thread's own buffer just before they are read.
+                // Items: an image's group, its planes padded into a rented buffer just before they are read (followed by
+                // zeros for the reads that run past the last plane, as in PaddedCopy).
                 int channels = u.Channels / groups, imageSize = u.ImageSize, planeSize = u.Height * u.Width;
                 nint planeValues = (nint)(grid.ImageValues / u.Channels), groupValues = channels * planeValues, slack = step + wp;
                 int rowsPerRun = Math.Clamp(MaxItemPositions / wp, 1, outH);
@@ -198,7 +201,7 @@ internal static unsafe class DirectConvolution
                 return;
             }
 
-            nint padded = (nint)grid.ImageValues, groupValues2 = (nint)(grid.ImageValues / groups);
+            nint padded = (nint)grid.ImageValues, imageGroupValues = (nint)(grid.ImageValues / groups);
             float* buffer = PaddedCopy(u, grid, images, step, input);
             try
             {
@@ -208,7 +211,7 @@ internal static unsafe class DirectConvolution
                 {
                     int g = item % groups, block = item / groups;
                     int image = block / blocks, oh0 = block % blocks * rowsPerItem;
-                    Rows(buffer + image * padded + g * groupValues2, image, g, oh0, Math.Min(outH, oh0 + rowsPerItem));
+                    Rows(buffer + image * padded + g * imageGroupValues, image, g, oh0, Math.Min(outH, oh0 + rowsPerItem));
                 });
             }
             finally
@@ -373,7 +376,7 @@ internal static unsafe class DirectConvolution
             // the last row is copied with a value to spare (and, where the plane cannot be quantized in place, the
             // whole plane, quantized).
             // (Rented, not on the stack: a depthwise Conv1d's row is its whole sequence.)
-            bool paired = WritesPairedRows(u, grid);
+            bool paired = WritesPairedRows(u, grid) && Avx512F.IsSupported; // (forced on or not, only with AVX-512)
             bool readsPast = u.StrideW != 1 && !paired, copiesPlane = input is not null && !quantizeAfter;
             float[]? spare = copiesPlane ? ArrayPool<float>.Shared.Rent(h * w + 1) : readsPast ? ArrayPool<float>.Shared.Rent(w + 1) : null;
             try
@@ -422,7 +425,10 @@ internal static unsafe class DirectConvolution
     private static bool WritesPairedRows(Im2Col u, PhaseGrid grid) =>
         ForcedPairedRows ?? (u.StrideW == 2 && grid.PhaseWidth <= 16 && Simd.Use512 && Avx512F.IsSupported);
 
-    /// <summary>For the bench: false writes every strided row through <see cref="PhaseGrid.WriteRow"/>; null: <see cref="WritesPairedRows"/>'s rule.</summary>
+    /// <summary>Whether <see cref="PadPlane"/> writes the rows of <paramref name="u"/>'s images through <see cref="WritesPairedRows(Im2Col, PhaseGrid)"/>'s rule.</summary>
+    internal static bool WritesPairedRows(Im2Col u) => WritesPairedRows(u, new PhaseGrid(u));
+
+    /// <summary>For the bench and tests: false writes every strided row through <see cref="PhaseGrid.WriteRow"/>, true takes <see cref="WritePairedRows"/> wherever AVX-512 is supported; null: <see cref="WritesPairedRows(Im2Col, PhaseGrid)"/>'s rule.</summary>
     internal static bool? ForcedPairedRows { get; set; }
 
     /// <summary>
@@ -431,8 +437,9 @@ internal static unsafe class DirectConvolution
     /// <see cref="PhaseGrid.WriteRow"/> writes them with zero padding: phase b's value l of a row is the row's value
     /// <c>2l + b - padW</c> (zero outside the row). Per phase row, the 32 row values it comes from in two masked loads
     /// (lanes outside the row zero, and not read), their even lanes in one permutation and a masked store; the masks,
-    /// the same for every row, are made once. Through <see cref="PhaseGrid.WriteRow"/> a 28-value row took two gathers
-    /// of 14 values in 4-value vectors and scalars, a division and the padding value by value.
+    /// the same for every row, are made once. Through <see cref="PhaseGrid.WriteRow"/> a 28-value row takes two gathers
+    /// of 14 values in 4-value vectors and scalars, a division and the padding value by value (docs/BENCHMARKS.md, stop
+    /// 39: the route with those rows against this one).
     /// </summary>
     private static void WritePairedRows(Im2Col u, PhaseGrid grid, float* values, float* dst, int paddedRows)
     {

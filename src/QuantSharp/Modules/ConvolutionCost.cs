@@ -314,8 +314,11 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Whether a depthwise layer's call takes <see cref="Kernels.DepthwiseConvolution"/> rather than libtorch's depthwise
-    /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image at stride 1 or onto
-    /// <see cref="DepthwiseMinPositionsOneImage"/> or more output positions, or more images, up to
+    /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image at stride 1, onto
+    /// <see cref="DepthwiseMinPositionsOneImage"/> or more output positions, or where its strided rows are split by
+    /// AVX-512 masked loads (<see cref="Kernels.DirectConvolution.WritesPairedRows(Im2Col)"/>: MobileNet's and
+    /// EfficientNet's last stride-2 layers onto 7x7 at batch 1, 0.87-1.06x float32's time weight-only where libtorch's
+    /// route took 1.04-1.09x, static W8A8 0.99-1.20x against 1.59-1.81x, docs/BENCHMARKS.md stop 39), or more images, up to
     /// <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or more (at stride 1, and for static
     /// W8A8 (<paramref name="quantizedInput"/>, whose libtorch route adds a pass over the input) at any stride, onto
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
@@ -328,7 +331,7 @@ internal static class ConvolutionCost
         if (unfold.Height == 1 && unfold.KernelH == 1) return true;
         long positions = unfold.Positions;
         bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
-        if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || stride1;
+        if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || stride1 || Kernels.DirectConvolution.WritesPairedRows(unfold);
         return unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps
             && (positions >= DepthwiseMinPositions || ((quantizedInput || stride1) && positions >= DepthwiseMinPositionsOneImage));
     }

@@ -99,12 +99,29 @@ public class DepthwiseConvolutionTests
     {
         using var scope = NewDisposeScope();
         const ConvolutionRoute D = ConvolutionRoute.Depthwise, R = ConvolutionRoute.Reference;
-        // One image: at stride 1 always, else onto 14x14 outputs and more (28 and 26 wide at stride 2: 14 and 13 a side).
+        // One image: at stride 1 always, else onto 14x14 outputs and more (28 and 26 wide at stride 2: 14 and 13 a side),
+        // or where the strided rows are split by masked loads (AVX-512, phase rows up to 16 values).
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), false));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1), false));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 26, 26, 3, 3, 2, 2, 1, 1, 1, 1), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
+        foreach (bool paired in new[] { false, true })
+        {
+            DirectConvolution.ForcedPairedRows = paired;
+            try
+            {
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(192, 26, 26, 3, 3, 2, 2, 1, 1, 1, 1), false));
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true));
+            }
+            finally
+            {
+                DirectConvolution.ForcedPairedRows = null;
+            }
+        }
+        // The rule's own answer: masked loads where AVX-512 is in use, phase rows of up to 16 values (30 wide: 16 a row).
+        Assert.Equal(Simd.Use512 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported, DirectConvolution.WritesPairedRows(new Im2Col(8, 30, 30, 3, 3, 2, 2, 1, 1, 1, 1)));
+        Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 31, 31, 3, 3, 2, 2, 1, 1, 1, 1)));
+        Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 30, 30, 3, 3, 1, 1, 1, 1, 1, 1)));
         // More images: 28x28 outputs and more, up to 3x3 taps (55 and 54 wide at stride 2: 28 and 27 outputs a side).
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 55, 55, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 54, 54, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
@@ -116,7 +133,6 @@ public class DepthwiseConvolutionTests
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
         // Static W8A8 also onto 14x14 and more at stride 2 for more images.
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), true));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true)); // 14x14 at stride 2
