@@ -226,16 +226,16 @@ internal static unsafe class DirectConvolution
     /// image into one buffer first: where there are at least as many items (images x groups) as threads, or the call is
     /// small (up to <see cref="PerItemMaxWork"/>). An item then reads its planes while they are in the core's cache, and
     /// the padding is no step of its own between two waits for all threads. Measured (docs/BENCHMARKS.md, stop 39; one
-    /// process each, paired with float32): grouped 3x3 layers 0.54-0.87x float32's time per item where 1.20-1.72x in one
-    /// buffer, MNIST conv2 at batch 64 0.90x against 1.06x; an image alone in a large call took 1.25x per item on one
-    /// thread against 0.80x in one buffer on two (16->64 on 56x56).
+    /// process each, paired with float32): grouped 3x3 layers 0.61-1.15x float32's time per item where 0.83-1.65x in one
+    /// buffer, MNIST conv2 at batch 64 0.73x against 0.83x; an image alone in a large call took 1.25x per item on one
+    /// thread against 0.80x in one buffer on two (16->64 on 56x56 at batch 1).
     /// </summary>
     private static bool PadsPerItem(Im2Col u, int groups, long work) =>
         ForcedPaddingPerItem ?? ((long)u.Images * groups >= KernelThreads.Count || work <= PerItemMaxWork);
 
     /// <summary>
     /// Multiply-adds up to which <see cref="RunWide"/> pads per item even where an item is alone (MNIST conv2 at batch
-    /// 1, 557K: 20 us per item on one thread, 33 us in one buffer on two).
+    /// 1, 557K: 14 us per item on one thread, 30 us in one buffer on two).
     /// </summary>
     internal const long PerItemMaxWork = 1 << 21;
 

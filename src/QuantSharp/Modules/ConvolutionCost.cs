@@ -317,7 +317,7 @@ internal static class ConvolutionCost
     /// convolution on the dequantized weight: every Conv1d; for a Conv2d, one image at stride 1, onto
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more output positions, or where its strided rows are split by
     /// AVX-512 masked loads (<see cref="Kernels.DirectConvolution.WritesPairedRows(Im2Col)"/>: MobileNet's and
-    /// EfficientNet's last stride-2 layers onto 7x7 at batch 1, 0.87-1.06x float32's time weight-only where libtorch's
+    /// EfficientNet's last stride-2 layers onto 7x7 at batch 1, 0.65-1.06x float32's time weight-only where libtorch's
     /// route took 1.04-1.09x, static W8A8 0.99-1.20x against 1.59-1.81x, docs/BENCHMARKS.md stop 39), or more images, up to
     /// <see cref="DepthwiseMaxTaps"/> taps, onto <see cref="DepthwiseMinPositions"/> or more (at stride 1, and for static
     /// W8A8 (<paramref name="quantizedInput"/>, whose libtorch route adds a pass over the input) at any stride, onto
