@@ -9,10 +9,12 @@ namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
 /// The small-convolution route (<see cref="DirectConvolution"/>) equals the dequantize + libtorch route within float
-/// rounding for every weight format, on every vector width, over strides, padding (rows and columns entirely in it),
+/// rounding for every weight format, on every vector width and with both paddings of the images (per work item, into
+/// one buffer first), over strides, padding (rows and columns entirely in it),
 /// dilation (up to a kernel spanning the whole padded image), kernels wider than the image, Conv1d, batch 1 and more,
 /// unbatched and non-contiguous inputs, output channels that leave a partial group of four and positions that leave
-/// partial vectors and blocks; W8A8 through it equals the simulated path; an input that needs gradients takes the
+/// partial vectors and blocks or end in half a step; it writes every output once and nothing past the output; W8A8
+/// through it equals the simulated path; an input that needs gradients takes the
 /// differentiable path; the measured rule takes it for small calls only, with and without the bfloat16 route
 /// (<see cref="ConvolutionCost.Choose"/> at its edges both ways; real layers by
 /// <see cref="QuantizedModule.NativeBFloat16"/>); the reference route's per-thread weight buffer gives each layer its

@@ -10,9 +10,10 @@ namespace QuantSharp.Tests.Kernels;
 /// <summary>
 /// Grouped convolutions that are not depthwise (ResNeXt's, RegNet's, ShuffleNet's) on the small kernel group by group
 /// (<see cref="DirectConvolution"/> with groups) equal the dequantize + libtorch route within float rounding for every
-/// weight format the layers take, on every vector width, over group widths of 2 to 32 channels, group outputs that are
-/// no multiple of the kernel's four rows, strides, padding, dilation, 1x1 taps, rows narrower than a vector, a group
-/// reduction longer than the ungrouped kernel's limit, Conv1d, unbatched and non-contiguous inputs; the kernel writes
+/// weight format the layers take, on every vector width and with both paddings of the images (per work item, into one
+/// buffer first), over group widths of 2 to 32 channels, group outputs that are no multiple of the kernel's four rows,
+/// strides, padding, dilation, 1x1 taps, rows narrower than a vector, a group reduction longer than the ungrouped
+/// kernel's limit, work items that end in half a step, Conv1d, unbatched and non-contiguous inputs; the kernel writes
 /// every output once and nothing past the output; static W8A8 through it equals the simulated path, and so does dynamic
 /// W8A8; the measured rule takes it at its edges, and inputs that need gradients keep libtorch's route.
 /// </summary>
