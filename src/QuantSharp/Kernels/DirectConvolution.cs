@@ -423,12 +423,16 @@ internal static unsafe class DirectConvolution
     /// vectors: 56x56 planes) measured alike or slower that way than through <see cref="PhaseGrid.WriteRow"/>.
     /// </summary>
     private static bool WritesPairedRows(Im2Col u, PhaseGrid grid) =>
-        ForcedPairedRows ?? (u.StrideW == 2 && grid.PhaseWidth <= 16 && Simd.Use512 && Avx512F.IsSupported);
+        u.StrideW == 2 && grid.PhaseWidth <= 16 && (ForcedPairedRows ?? (Simd.Use512 && Avx512F.IsSupported));
 
     /// <summary>Whether <see cref="PadPlane"/> writes the rows of <paramref name="u"/>'s images through <see cref="WritesPairedRows(Im2Col, PhaseGrid)"/>'s rule.</summary>
     internal static bool WritesPairedRows(Im2Col u) => WritesPairedRows(u, new PhaseGrid(u));
 
-    /// <summary>For the bench and tests: false writes every strided row through <see cref="PhaseGrid.WriteRow"/>, true takes <see cref="WritePairedRows"/> wherever AVX-512 is supported; null: <see cref="WritesPairedRows(Im2Col, PhaseGrid)"/>'s rule.</summary>
+    /// <summary>
+    /// For the bench and tests: false writes every strided row through <see cref="PhaseGrid.WriteRow"/>, true takes
+    /// <see cref="WritePairedRows"/> for every geometry it can write (stride 2 across, phase rows up to 16 values) where
+    /// AVX-512 is supported, whatever <see cref="Simd.MaxBits"/>; null: <see cref="WritesPairedRows(Im2Col, PhaseGrid)"/>'s rule.
+    /// </summary>
     internal static bool? ForcedPairedRows { get; set; }
 
     /// <summary>

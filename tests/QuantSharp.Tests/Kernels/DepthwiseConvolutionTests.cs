@@ -112,6 +112,8 @@ public class DepthwiseConvolutionTests
                 Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(192, 26, 26, 3, 3, 2, 2, 1, 1, 1, 1), false));
                 Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
                 Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true));
+                // Forced or not, only rows it can write (phase rows up to 16 values: 31 wide makes 17).
+                Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 31, 31, 3, 3, 2, 2, 1, 1, 1, 1)));
             }
             finally
             {
