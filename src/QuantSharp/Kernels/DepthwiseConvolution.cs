@@ -28,7 +28,7 @@ internal static unsafe class DepthwiseConvolution
     /// </summary>
     /// <param name="weight"><paramref name="outputs"/> rows of <c>KH * KW</c> floats.</param>
     /// <param name="outputs">Output channels, a multiple of the input channels.</param>
-    /// <param name="groups">Convolution groups: the input channels (the signature is <see cref="DirectConvolution.Run"/>'s).</param>
+    /// <param name="groups">Convolution groups: the input channels (the signature is <see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s).</param>
     /// <param name="unfold">The geometry, over all images (all channels; its <see cref="Im2Col.Rows"/> are not the weight's).</param>
     /// <param name="images">The images, <c>[Images, C, H, W]</c> contiguous.</param>
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>

@@ -7,8 +7,8 @@ using System.Runtime.Intrinsics.X86;
 namespace QuantSharp.Kernels;
 
 /// <summary>
-/// A small convolution computed directly from a float32 weight <c>[O, K]</c> (the quantized weight dequantized once for
-/// the call, <see cref="WeightDequantizer"/>): the images are copied once, padded and split into stride phases, where
+/// A small convolution computed directly from a float32 weight <c>[O, K]</c> (a quantized weight dequantized group by
+/// group by the threads that read it, <see cref="GroupWeights"/>, or whole for the call): the images are copied once, padded and split into stride phases, where
 /// every reduction row of a run of output positions is a run of the copy (<see cref="RunWide"/>: by each work item for
 /// its image's group of planes, or into one buffer first; per block of output positions, the columns unfolded into a
 /// small buffer where a phase row is too long), then each group of four output channels multiplies them with four (at
@@ -54,7 +54,39 @@ internal static unsafe class DirectConvolution
     /// <param name="bias"><paramref name="outputs"/> floats, or null.</param>
     /// <param name="y">The output, <c>[Images, outputs, Positions]</c> contiguous.</param>
     /// <param name="input">Static fake quantization applied to the images as they are copied (see <see cref="FusesInputQuantization"/>), or null.</param>
-    public static void Run(float* weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
+    public static void Run(float* weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null) =>
+        Run(GroupWeights.Float(weight, unfold.Rows / Math.Max(groups, 1)), outputs, groups, unfold, images, bias, y, input);
+
+    /// <summary>
+    /// As <see cref="Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> on the quantized
+    /// <paramref name="weight"/> (<c>[outputs, Rows / groups]</c>, any format <see cref="WeightDequantizer"/> reads): each
+    /// thread dequantizes a group's rows into a buffer of its own when its first work item of that group starts
+    /// (<see cref="GroupWeights"/>), so no float copy of the whole weight is written by one thread and read by all. Groups
+    /// up to <see cref="MaxGroupValues"/> values (<see cref="DequantizesByGroup"/>).
+    /// </summary>
+    public static void Run(in WeightView weight, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
+    {
+        if (groups < 1 || weight.Cols != unfold.Rows / groups || !DequantizesByGroup(weight.Rows, groups, weight.Cols))
+            throw new ArgumentException($"A weight of [{weight.Rows}, {weight.Cols}] in {groups} group(s) does not fit this geometry ({unfold.Rows} reduction rows) or a group's buffer ({MaxGroupValues} values).", nameof(weight));
+        Run(GroupWeights.Quantized(weight), weight.Rows, groups, unfold, images, bias, y, input);
+    }
+
+    /// <summary>
+    /// Whether <see cref="Run(in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> takes a weight of
+    /// <paramref name="outputs"/> rows of <paramref name="groupReduction"/> values in <paramref name="groups"/> groups: a
+    /// group's rows (<c>outputs / groups x groupReduction</c> floats) up to <see cref="MaxGroupValues"/>.
+    /// </summary>
+    public static bool DequantizesByGroup(long outputs, long groups, long groupReduction) =>
+        groups >= 1 && outputs % groups == 0 && outputs / groups * groupReduction <= MaxGroupValues;
+
+    /// <summary>
+    /// Values of one group's dequantized rows up to which each thread keeps them in a buffer of its own (1 MiB, a Zen 5
+    /// core's L2; the buffer stays allocated for the thread's next call). Larger groups (a grouped Conv1d of 48 channels x
+    /// 128 taps a group: 295K) are dequantized once for the call.
+    /// </summary>
+    internal const int MaxGroupValues = 1 << 18;
+
+    private static void Run(GroupWeights weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input)
     {
         if (groups < 1 || unfold.Channels % groups != 0 || outputs % groups != 0)
             throw new ArgumentException($"{groups} group(s) must divide both the {unfold.Channels} input channels and the {outputs} outputs.", nameof(groups));
@@ -72,12 +104,12 @@ internal static unsafe class DirectConvolution
     internal const int MaxWideRow = 2048;
 
     /// <summary>
-    /// Whether <see cref="Run"/> takes <see cref="RunWide"/> for this geometry (phase rows up to <see cref="MaxWideRow"/>),
+    /// Whether <see cref="Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> takes <see cref="RunWide"/> for this geometry (phase rows up to <see cref="MaxWideRow"/>),
     /// and can therefore apply a static input quantization itself as it copies the image.
     /// </summary>
     public static bool FusesInputQuantization(Im2Col unfold) => new PhaseGrid(unfold).PhaseWidth <= MaxWideRow;
 
-    private static void Run<TW, TVec>(float* weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+    private static void Run<TW, TVec>(GroupWeights weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         if (FusesInputQuantization(u))
@@ -101,20 +133,21 @@ internal static unsafe class DirectConvolution
                 for (int j = count; j < width; j++) row[j] = 0f;
             }
             float* output = y + (nint)image * outputs * positions + p0;
+            float* weightRows = weight.Group(0, outputs);
             float* tail = stackalloc float[RowsPerStep * step];
             int* offsets = stackalloc int[k];
             for (int r = 0; r < k; r++) offsets[r] = r * width;
             for (int o = 0; o < outputs; o += RowsPerStep)
             {
-                int rows = Math.Min(RowsPerStep, outputs - o);
+                int stepRows = Math.Min(RowsPerStep, outputs - o);
                 for (int p = 0; p < width; p += step)
                 {
                     bool whole = p + step <= count;
                     float* dst = whole ? output + (nint)o * positions + p : tail;
                     nint ldy = whole ? positions : step;
-                    Step<TW, TVec>(weight + (nint)o * k, k, rows, columns + p, offsets, bias is null ? null : bias + o, dst, ldy);
+                    Step<TW, TVec>(weightRows + (nint)o * k, k, stepRows, columns + p, offsets, bias is null ? null : bias + o, dst, ldy);
                     if (whole) continue;
-                    for (int r = 0; r < rows; r++)
+                    for (int r = 0; r < stepRows; r++)
                         new Span<float>(tail + r * step, count - p).CopyTo(new Span<float>(output + (nint)(o + r) * positions + p, count - p));
                 }
             }
@@ -132,7 +165,7 @@ internal static unsafe class DirectConvolution
     /// A grouped convolution reads, for each group's output channels, the same runs shifted to the group's first plane:
     /// a reduction row's offset is linear in its channel (<see cref="PhaseGrid.Offset"/>).
     /// </summary>
-    private static void RunWide<TW, TVec>(float* weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+    private static void RunWide<TW, TVec>(GroupWeights weight, int outputs, int groups, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
         var grid = new PhaseGrid(u);
@@ -154,11 +187,12 @@ internal static unsafe class DirectConvolution
                 float* scratch = stackalloc float[RowsPerStep * width];
                 float* output = y + (nint)image * outputs * positions + (nint)oh0 * outW;
                 source += (nint)oh0 * wp;
-                int end = (g + 1) * groupOutputs;
-                for (int o = g * groupOutputs; o < end; o += RowsPerStep)
+                int first = g * groupOutputs, end = first + groupOutputs;
+                float* groupRows = weight.Group(g, groupOutputs);
+                for (int o = first; o < end; o += RowsPerStep)
                 {
                     int rows = Math.Min(RowsPerStep, end - o);
-                    float* w = weight + (nint)o * k, b = bias is null ? null : bias + o;
+                    float* w = groupRows + (nint)(o - first) * k, b = bias is null ? null : bias + o;
                     for (int p = 0; p < whole; p += step)
                         Step<TW, TVec>(w, k, rows, source + p, pOffsets, b, scratch + p, width);
                     if (whole < width) HalfStep<TW, TVec>(w, k, rows, source + whole, pOffsets, b, scratch + whole, width);
@@ -172,14 +206,15 @@ internal static unsafe class DirectConvolution
             if (PadsPerItem(u, groups, (long)outputs * k * positions * u.Images))
             {
                 // Items: an image's group, its planes padded into a rented buffer just before they are read (followed by
-                // zeros for the reads that run past the last plane, as in PaddedCopy).
-                int channels = u.Channels / groups, imageSize = u.ImageSize, planeSize = u.Height * u.Width;
+                // zeros for the reads that run past the last plane, as in PaddedCopy); a group's images one after the
+                // other, so that a thread's next item mostly reads the group's weight rows it has (GroupWeights).
+                int channels = u.Channels / groups, imageSize = u.ImageSize, planeSize = u.Height * u.Width, count = u.Images;
                 nint planeValues = (nint)(grid.ImageValues / u.Channels), groupValues = channels * planeValues, slack = step + wp;
                 int rowsPerRun = Math.Clamp(MaxItemPositions / wp, 1, outH);
                 var columns = grid.ColumnPhases();
-                KernelThreads.For(u.Images * groups, (long)groupOutputs * k * outH * wp, item =>
+                KernelThreads.For(count * groups, (long)groupOutputs * k * outH * wp, item =>
                 {
-                    int image = item / groups, g = item % groups;
+                    int g = item / count, image = item % count;
                     float[] rented = ArrayPool<float>.Shared.Rent((int)(groupValues + slack));
                     try
                     {
@@ -206,10 +241,11 @@ internal static unsafe class DirectConvolution
             try
             {
                 int rowsPerItem = RowsPerItem(u.Images * groups, outH, wp, half), blocks = (outH + rowsPerItem - 1) / rowsPerItem;
-                // Items: runs of output rows of an image, for one group's output channels.
-                KernelThreads.For(u.Images * blocks * groups, (long)groupOutputs * k * rowsPerItem * wp, item =>
+                // Items: runs of output rows of an image, for one group's output channels (a group's runs one after the other).
+                int groupBlocks = u.Images * blocks;
+                KernelThreads.For(groupBlocks * groups, (long)groupOutputs * k * rowsPerItem * wp, item =>
                 {
-                    int g = item % groups, block = item / groups;
+                    int g = item / groupBlocks, block = item % groupBlocks;
                     int image = block / blocks, oh0 = block % blocks * rowsPerItem;
                     Rows(buffer + image * padded + g * imageGroupValues, image, g, oh0, Math.Min(outH, oh0 + rowsPerItem));
                 });
@@ -622,5 +658,72 @@ internal static unsafe class DirectConvolution
         TW.Store(b, y + n);
         TW.Store(c, y + 2 * n);
         TW.Store(d, y + 3 * n);
+    }
+}
+
+/// <summary>
+/// The weight rows <see cref="DirectConvolution"/> multiplies, group by group: a float32 matrix read in place, or a
+/// quantized weight whose group rows each thread dequantizes (<see cref="WeightDequantizer.Row"/>, the same values as
+/// the whole weight's pass) into a buffer of its own when it first needs them in a call, and keeps while its work items
+/// stay in that group. Dequantizing the whole weight before the call was one thread's pass whose 1.2-4.7 MB of floats
+/// the other threads then read from its cache: 30-50% of a grouped layer's time at batch 1 onto 7x7 and 14x14
+/// (docs/BENCHMARKS.md, stop 40).
+/// </summary>
+internal readonly unsafe struct GroupWeights
+{
+    private readonly float* _values;
+    private readonly WeightView _quantized;
+    private readonly int _columns;
+    private readonly long _call;
+
+    private GroupWeights(float* values, in WeightView quantized, int columns, long call)
+    {
+        _values = values;
+        _quantized = quantized;
+        _columns = columns;
+        _call = call;
+    }
+
+    /// <summary>A float32 matrix of rows of <paramref name="columns"/> values.</summary>
+    public static GroupWeights Float(float* values, int columns) => new(values, default, columns, 0);
+
+    /// <summary>A quantized weight, dequantized by group in each thread; each such instance is a call of its own.</summary>
+    public static GroupWeights Quantized(in WeightView weight) => new(null, weight, weight.Cols, Interlocked.Increment(ref s_calls));
+
+    private static long s_calls;
+
+    /// <summary>The thread's dequantized group: its rows, and the call and group they belong to.</summary>
+    private sealed class Buffer
+    {
+        public float[] Values = [];
+        public long Call;
+        public int Group = -1;
+    }
+
+    [ThreadStatic] private static Buffer? t_buffer;
+
+    /// <summary>
+    /// Group <paramref name="g"/>'s <paramref name="rows"/> rows (rows <c>g * rows</c> on) as floats, valid until this
+    /// thread's next call of this method.
+    /// </summary>
+    public float* Group(int g, int rows)
+    {
+        if (_values != null) return _values + (nint)g * rows * _columns;
+        var buffer = t_buffer ??= new Buffer();
+        int size = rows * _columns;
+        if (buffer.Values.Length < size)
+        {
+            buffer.Values = GC.AllocateUninitializedArray<float>(size, pinned: true);
+            buffer.Group = -1;
+        }
+        // A pinned array: its address is fixed for its lifetime.
+        float* values = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer.Values));
+        if (buffer.Call != _call || buffer.Group != g)
+        {
+            for (int r = 0; r < rows; r++) WeightDequantizer.Row(_quantized, g * rows + r, values + (nint)r * _columns);
+            buffer.Call = _call;
+            buffer.Group = g;
+        }
+        return values;
     }
 }

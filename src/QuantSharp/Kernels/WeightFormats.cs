@@ -133,6 +133,9 @@ internal readonly unsafe struct WeightView
     }
 }
 
+/// <summary>A kernel run on a weight read in place (<see cref="Tensors.WeightLayout"/>'s <c>WithWeightView</c>).</summary>
+internal unsafe delegate void WeightViewAction(in WeightView weight);
+
 /// <summary>
 /// A weight format as seen by the generic kernels: decodes a chunk of <c>2 * Count</c> elements into two vectors of
 /// dequantized weights <c>q * scale + offset</c> (<c>offset = -zeroPoint * scale</c>, adjusted by <see cref="OffsetBias"/>).

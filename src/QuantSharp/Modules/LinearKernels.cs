@@ -185,6 +185,17 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
+    /// Runs <paramref name="kernel"/> on the storage matrix of <paramref name="parts"/> read in place, where
+    /// <see cref="WeightDequantizer"/> reads it into float32 (as <see cref="TryDequantizeInto"/>); false elsewhere.
+    /// </summary>
+    public static bool TryWithWeightView(QuantizedTensor parts, WeightViewAction kernel)
+    {
+        if (!CanDequantize(parts, toBFloat16: false, out var format, out int groupSize)) return false;
+        kernel(View(parts, format, groupSize));
+        return true;
+    }
+
+    /// <summary>
     /// Whether <see cref="WeightDequantizer"/> reads <paramref name="parts"/>: integer weights, float16 weights into
     /// bfloat16 (<paramref name="toBFloat16"/>, <see cref="ManagedHalfToBFloat16"/>) and half-precision weights into
     /// float32 (<see cref="ManagedHalfToSingle"/>).
@@ -236,14 +247,17 @@ internal static unsafe class LinearKernels
         bool asIs = bias is null || (bias.dtype == ScalarType.Float32 && bias.is_contiguous());
         using var converted = asIs ? null : bias!.to(ScalarType.Float32);
         using var b = converted?.contiguous();
-        var scale = parts.Scale;
-        var zeroPoint = parts.ZeroPoint;
+        call(View(parts, format, groupSize), (float*)AddressOrNull(x), (float*)AddressOrNull(b ?? bias), (float*)AddressOrNull(y));
+    }
+
+    /// <summary>The weight's parts as a <see cref="WeightView"/> of <paramref name="format"/> (the tensors' memory, not copied).</summary>
+    private static WeightView View(QuantizedTensor parts, WeightFormat format, int groupSize)
+    {
         // By address (libtorch's CPU memory never moves): the weight's data may be 2 GiB or more, beyond what one span covers.
         byte* pData = (byte*)TensorSpans.Address(parts.Data);
         bool perTensor = parts.Spec.Granularity is PerTensor;
         var (rows, cols) = Matrix(parts);
-        var view = new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)AddressOrNull(scale), (int*)AddressOrNull(zeroPoint), perTensor ? 0 : -1);
-        call(view, (float*)AddressOrNull(x), (float*)AddressOrNull(b ?? bias), (float*)AddressOrNull(y));
+        return new WeightView(format, (int)rows, (int)cols, pData, groupSize, (float*)AddressOrNull(parts.Scale), (int*)AddressOrNull(parts.ZeroPoint), perTensor ? 0 : -1);
     }
 
     /// <summary>The first element's address of a contiguous CPU tensor, or null for none or an empty one.</summary>

@@ -284,8 +284,34 @@ public sealed class QuantizedConv : QuantizedModule
     /// has no managed dequantization. Each tensor call costs about a microsecond, which counts here: the MNIST CNN's
     /// layers take 10-30 us.
     /// </summary>
-    private unsafe Tensor? Direct(Tensor input, Im2Col unfold) =>
-        OnDequantizedWeight(input, unfold, (int)(unfold.Rows / groups), DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run);
+    private unsafe Tensor? Direct(Tensor input, Im2Col unfold)
+    {
+        int columns = unfold.Rows / (int)groups;
+        bool fuses = DirectConvolution.FusesInputQuantization(unfold);
+        return !DequantizesWholeWeight && DirectConvolution.DequantizesByGroup(out_channels, groups, columns) && OnQuantizedWeight(input, unfold, fuses) is { } y
+            ? y : OnDequantizedWeight(input, unfold, columns, fuses, &DirectConvolution.Run);
+    }
+
+    /// <summary>For the bench and tests: the small kernel on the weight dequantized whole before the call, as for groups beyond <see cref="DirectConvolution.MaxGroupValues"/>.</summary>
+    [ThreadStatic] internal static bool DequantizesWholeWeight;
+
+    /// <summary>
+    /// <see cref="DirectConvolution"/> on the quantized weight read in place, each thread dequantizing the groups it
+    /// reads (<see cref="DirectConvolution.Run(in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>),
+    /// the input and output as <see cref="OnDequantizedWeight"/> has them; null where the layout has no such view.
+    /// </summary>
+    private unsafe Tensor? OnQuantizedWeight(Tensor input, Im2Col unfold, bool fusesInputQuantization)
+    {
+        var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
+        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
+        var y = torch.empty(OutputShape(input, unfold));
+        float* px = (float*)TensorSpans.Address(x), py = (float*)TensorSpans.Address(y);
+        float* pb = bias is { } b ? (float*)TensorSpans.Address(b) : null;
+        int g = (int)groups;
+        if (weight.Layout.WithWeightView((in WeightView w) => DirectConvolution.Run(w, g, unfold, px, pb, py, fused))) return y;
+        y.Dispose();
+        return null;
+    }
 
     /// <summary>
     /// Whether the layer is depthwise: as many groups as input channels (more than one), each input channel feeding
@@ -303,7 +329,7 @@ public sealed class QuantizedConv : QuantizedModule
         OnDequantizedWeight(input, unfold, unfold.KernelH * unfold.KernelW, fusesInputQuantization: true, &DepthwiseConvolution.Run);
 
     /// <summary>
-    /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run"/>'s arguments) on the weight dequantized for the call
+    /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on the weight dequantized for the call
     /// (<paramref name="weightColumns"/> per output channel), the contiguous input and a new output in its final shape; a
     /// static W8A8 input is quantized by the kernel where it <paramref name="fusesInputQuantization"/>, else (and a
     /// dynamic one always) before it. Null where the weight has no managed dequantization.

@@ -71,6 +71,12 @@ public abstract class WeightLayout : IDisposable
     internal virtual bool DequantizeInto(Tensor destination, long firstRow = 0) => false;
 
     /// <summary>
+    /// Runs <paramref name="kernel"/> on the storage matrix read in place (the formats <see cref="DequantizeInto"/>
+    /// reads with managed code), or returns false where this layout has no such view (the caller then dequantizes).
+    /// </summary>
+    internal virtual bool WithWeightView(WeightViewAction kernel) => false;
+
+    /// <summary>
     /// <c>x W^T + bias</c> for the storage matrix <c>W</c> <c>[out, in]</c>: the quantized linear kernel. The default
     /// dequantizes and runs TorchSharp's float32 linear (the emulated path); kernel layouts override it.
     /// </summary>
@@ -210,6 +216,8 @@ internal abstract class CanonicalWeightLayout : WeightLayout
     }
 
     internal override bool DequantizeInto(Tensor destination, long firstRow = 0) => LinearKernels.TryDequantizeInto(_parts, destination, firstRow);
+
+    internal override bool WithWeightView(WeightViewAction kernel) => LinearKernels.TryWithWeightView(_parts, kernel);
 
     /// <summary>The kernels read the canonical parts in place (<see cref="LinearKernels"/>); the reference path where none applies.</summary>
     public override Tensor Linear(Tensor input, Tensor? bias) => LinearKernels.TryLinear(_parts, input, bias) ?? base.Linear(input, bias);

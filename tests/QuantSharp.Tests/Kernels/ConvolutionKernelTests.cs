@@ -444,7 +444,7 @@ public unsafe class ConvolutionKernelTests
     }
 
     /// <summary>
-    /// Runs <paramref name="kernel"/> (<see cref="DirectConvolution.Run"/>'s arguments) on random 3x3 convolutions (padding
+    /// Runs <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on random 3x3 convolutions (padding
     /// 1, stride 1) of <paramref name="channels"/> inputs into <paramref name="outputs"/> in <paramref name="groups"/>
     /// groups, two images, output rows of 1 to 17 values over 1 to 3 rows (narrow rows' whole-vector stores end at every
     /// distance from a channel's and the output's end), and checks every output against a double-precision sum and that

@@ -13,7 +13,9 @@ namespace QuantSharp.Tests.Kernels;
 /// weight format the layers take, on every vector width and with both paddings of the images (per work item, into one
 /// buffer first), over group widths of 2 to 32 channels, group outputs that are no multiple of the kernel's four rows,
 /// strides, padding, dilation, 1x1 taps, rows narrower than a vector, a group reduction longer than the ungrouped
-/// kernel's limit, work items that end in half a step, Conv1d, unbatched and non-contiguous inputs; the kernel writes
+/// kernel's limit, work items that end in half a step, Conv1d, unbatched and non-contiguous inputs, the weight read by
+/// group (each thread dequantizing the groups it reads, the bits of the weight dequantized whole) or dequantized whole
+/// first; the kernel writes
 /// every output once and nothing past the output; static W8A8 through it equals the simulated path, and so does dynamic
 /// W8A8; the measured rule takes it at its edges, and inputs that need gradients keep libtorch's route.
 /// </summary>
@@ -51,7 +53,108 @@ public class GroupedConvolutionTests
     {
         using var cap = new SimdWidthCap(maxBits);
         torch.manual_seed(51);
-        ForBothPaddings(() => AssertRouteMatchesReference(Cases(), ConvolutionRoute.Direct, maxBits));
+        ForBothWeightReads(() => ForBothPaddings(() => AssertRouteMatchesReference(Cases(), ConvolutionRoute.Direct, maxBits)));
+    }
+
+    /// <summary>
+    /// Runs <paramref name="check"/> with the small kernel reading the quantized weight group by group (each thread
+    /// dequantizing the groups it reads) and on the weight dequantized whole before the call
+    /// (<see cref="QuantizedConv.DequantizesWholeWeight"/>, the route of groups beyond a thread's buffer), a failure
+    /// naming the setting.
+    /// </summary>
+    internal static void ForBothWeightReads(Action check)
+    {
+        foreach (bool whole in new[] { false, true })
+        {
+            QuantizedConv.DequantizesWholeWeight = whole;
+            try
+            {
+                check();
+            }
+            catch (Xunit.Sdk.XunitException e)
+            {
+                throw new Xunit.Sdk.XunitException($"weight {(whole ? "dequantized whole" : "dequantized by group")}: {e.Message}");
+            }
+            finally
+            {
+                QuantizedConv.DequantizesWholeWeight = false;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The kernel on a quantized weight (each thread dequantizing a group's rows when it first reads them) gives the bits
+    /// it gives on that weight dequantized whole, for every weight format, grouped and not, on the padded-image path and
+    /// on the columns path (rows wider than it takes), over several images and threads, with both paddings; a second
+    /// weight of the same shape right after gives its own results (no thread keeps the first call's rows).
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void QuantizedWeightGivesTheBitsOfItsDequantizedCopy(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(57);
+        (Im2Col Unfold, int Outputs, int Groups)[] geometries =
+        [
+            (new Im2Col(32, 9, 9, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32, 4),   // 3 images x 4 groups: items on both threads
+            (new Im2Col(12, 17, 15, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(2), 18, 3), // stride 2, 6 outputs a group
+            (new Im2Col(8, 13, 13, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(2), 12, 1),  // ungrouped
+            (new Im2Col(4, 1, 2100, 1, 3, 1, 1, 0, 1, 1, 1), 8, 1),               // phase rows of 2,102 values: the columns path
+        ];
+        foreach (var (u, outputs, groups) in geometries)
+        foreach (var format in Enum.GetValues<WeightFormat>())
+        {
+            int k = u.Rows / groups, groupSize = WeightView.IsPacked(format) && k % 8 == 0 ? 8 : k % 2 == 0 || !WeightView.IsPacked(format) ? k : 0;
+            if (groupSize == 0) continue;
+            float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int count = u.Images * outputs * u.Positions;
+            foreach (int seed in new[] { 1, 2 })
+            {
+                using var weight = new PinnedWeight(format, outputs, k, groupSize, zeroPoints: true, seed);
+                var view = weight.View;
+                float[] dequantized = new float[outputs * k], expected = new float[count], actual = new float[count];
+                string what = $"{format} [{outputs}, {k}] in {groups} group(s) over {u.Images} image(s) of {u.Height}x{u.Width}, weight {seed}, width {maxBits}";
+                ForBothPaddings(() =>
+                {
+                    fixed (float* pw = dequantized, px = x, pb = bias, pe = expected, pa = actual)
+                    {
+                        WeightDequantizer.Run(view, pw);
+                        DirectConvolution.Run(pw, outputs, groups, u, px, pb, pe);
+                        DirectConvolution.Run(view, groups, u, px, pb, pa);
+                    }
+                    for (int i = 0; i < count; i++)
+                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                            $"{what}: output {i} is {actual[i]:R}, on the dequantized copy {expected[i]:R}");
+                });
+            }
+        }
+    }
+
+    [Fact]
+    public unsafe void QuantizedWeightsAreReadByGroupUpToAThreadsBufferAndMustFitTheGeometry()
+    {
+        // A group's rows up to 2^18 values (1 MiB of floats).
+        Assert.True(DirectConvolution.DequantizesByGroup(512, 1, 512));
+        Assert.False(DirectConvolution.DequantizesByGroup(512, 1, 513));
+        Assert.True(DirectConvolution.DequantizesByGroup(48 * 16, 16, 5461));
+        Assert.False(DirectConvolution.DequantizesByGroup(48 * 16, 16, 6144)); // 48 channels x 128 taps a group
+        Assert.False(DirectConvolution.DequantizesByGroup(10, 4, 9));          // groups that do not divide the outputs
+        using var weight = new PinnedWeight(WeightFormat.Int8, 8, 18, 18, zeroPoints: false, seed: 3);
+        var view = weight.View;
+        var u = new Im2Col(4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1);
+        float[] buffer = new float[1024];
+        fixed (float* p = buffer)
+        {
+            float* pointer = p;
+            // 18 values a row are 2 of the 4 channels' 3x3 taps: two groups, not one.
+            var error = Assert.Throws<ArgumentException>(() => DirectConvolution.Run(view, 1, u, pointer, null, pointer));
+            Assert.Contains("does not fit this geometry (36 reduction rows)", error.Message);
+            DirectConvolution.Run(view, 2, u, pointer, null, pointer + 512);
+        }
     }
 
     [Theory]
