@@ -30,7 +30,7 @@ namespace QuantSharp.Bench;
 /// padding its own image's planes (true), <c>DirectRowByRow</c> and
 /// <c>DepthwiseRowByRow</c> those routes with their strided rows written through <see cref="PhaseGrid.WriteRow"/>
 /// (<see cref="DirectConvolution.ForcedPairedRows"/> false), <c>DirectWhole</c> the small kernel on the weight dequantized
-/// whole before the call (<see cref="QuantizedConv.DequantizesWholeWeight"/>); ROUTE <c>Tuned</c> is the layer's
+/// whole before the call (<see cref="QuantizedConv.DequantizesWholeWeight"/>), <c>DepthwiseWhole</c> the depthwise kernel so; ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -171,8 +171,11 @@ internal static class ConvBench
                     };
                 }
                 // DirectWhole: the small kernel on the weight dequantized whole before the call (QuantizedConv.DequantizesWholeWeight).
-                if (parts[0] == "DirectWhole")
-                    return () => With(v => QuantizedConv.DequantizesWholeWeight = v, true, false, () => layer.Forward(x, ConvolutionRoute.Direct));
+                if (parts[0] is "DirectWhole" or "DepthwiseWhole")
+                {
+                    var whole = parts[0] == "DirectWhole" ? ConvolutionRoute.Direct : ConvolutionRoute.Depthwise;
+                    return () => With(v => QuantizedConv.DequantizesWholeWeight = v, true, false, () => layer.Forward(x, whole));
+                }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>

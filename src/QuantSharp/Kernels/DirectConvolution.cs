@@ -692,15 +692,10 @@ internal readonly unsafe struct GroupWeights
 
     private static long s_calls;
 
-    /// <summary>The thread's dequantized group: its rows, and the call and group they belong to.</summary>
-    private sealed class Buffer
-    {
-        public float[] Values = [];
-        public long Call;
-        public int Group = -1;
-    }
-
-    [ThreadStatic] private static Buffer? t_buffer;
+    /// <summary>The thread's dequantized group (its rows from the first 64-byte boundary of the array on), and the call and group they belong to.</summary>
+    [ThreadStatic] private static float[]? t_values;
+    [ThreadStatic] private static long t_call;
+    [ThreadStatic] private static int t_group;
 
     /// <summary>
     /// Group <paramref name="g"/>'s <paramref name="rows"/> rows (rows <c>g * rows</c> on) as floats, valid until this
@@ -709,20 +704,23 @@ internal readonly unsafe struct GroupWeights
     public float* Group(int g, int rows)
     {
         if (_values != null) return _values + (nint)g * rows * _columns;
-        var buffer = t_buffer ??= new Buffer();
         int size = rows * _columns;
-        if (buffer.Values.Length < size)
+        // Whole cache lines of the thread's own: two threads' buffers of a few values (a depthwise layer's 9 taps) in
+        // one line made every plane's rows a line moved between the cores.
+        int lines = (size + 15) / 16 * 16;
+        if (t_values is null || t_values.Length < lines + 16)
         {
-            buffer.Values = GC.AllocateUninitializedArray<float>(size, pinned: true);
-            buffer.Group = -1;
+            t_values = GC.AllocateUninitializedArray<float>(lines + 16, pinned: true);
+            t_call = 0;
         }
         // A pinned array: its address is fixed for its lifetime.
-        float* values = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(buffer.Values));
-        if (buffer.Call != _call || buffer.Group != g)
+        nint first = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_values));
+        float* values = (float*)((first + 63) & ~(nint)63);
+        if (t_call != _call || t_group != g)
         {
             for (int r = 0; r < rows; r++) WeightDequantizer.Row(_quantized, g * rows + r, values + (nint)r * _columns);
-            buffer.Call = _call;
-            buffer.Group = g;
+            t_call = _call;
+            t_group = g;
         }
         return values;
     }

@@ -68,6 +68,19 @@ internal static unsafe class WeightDequantizer
     {
         int cols = w.Cols;
         byte* row = w.Data + n * w.RowBytes;
+        if (cols < 16 && w.GroupSize == cols && WeightView.IsInteger8(w.Format))
+        {
+            // A short 8-bit row in one group (a depthwise layer's 9 taps): the values in a plain loop, without the
+            // group and span set-up, which cost more than they do (the operations of QuantizeKernel.DequantizeScalar,
+            // so the same bits).
+            var (scale, zeroPoint) = w.Params(n, 0);
+            float z = zeroPoint;
+            if (w.Format == WeightFormat.Int8)
+                for (int j = 0; j < cols; j++) destination[j] = ((sbyte)row[j] - z) * scale;
+            else
+                for (int j = 0; j < cols; j++) destination[j] = (row[j] - z) * scale;
+            return;
+        }
         var dst = new Span<float>(destination, cols);
         switch (w.Format)
         {

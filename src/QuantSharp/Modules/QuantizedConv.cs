@@ -280,38 +280,43 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// <see cref="DirectConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
-    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the output allocated in its final shape; null where the weight
-    /// has no managed dequantization. Each tensor call costs about a microsecond, which counts here: the MNIST CNN's
-    /// layers take 10-30 us.
+    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the output allocated in its final shape (<see cref="OnWeight"/>);
+    /// null where the weight has no managed dequantization. Each tensor call costs about a microsecond, which counts here:
+    /// the MNIST CNN's layers take 10-30 us.
     /// </summary>
-    private unsafe Tensor? Direct(Tensor input, Im2Col unfold)
-    {
-        int columns = unfold.Rows / (int)groups;
-        bool fuses = DirectConvolution.FusesInputQuantization(unfold);
-        return !DequantizesWholeWeight && DirectConvolution.DequantizesByGroup(out_channels, groups, columns) && OnQuantizedWeight(input, unfold, fuses) is { } y
-            ? y : OnDequantizedWeight(input, unfold, columns, fuses, &DirectConvolution.Run);
-    }
-
-    /// <summary>For the bench and tests: the small kernel on the weight dequantized whole before the call, as for groups beyond <see cref="DirectConvolution.MaxGroupValues"/>.</summary>
-    [ThreadStatic] internal static bool DequantizesWholeWeight;
+    private unsafe Tensor? Direct(Tensor input, Im2Col unfold) =>
+        OnWeight(input, unfold, unfold.Rows / (int)groups, DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run, &DirectConvolution.Run);
 
     /// <summary>
-    /// <see cref="DirectConvolution"/> on the quantized weight read in place, each thread dequantizing the groups it
-    /// reads (<see cref="DirectConvolution.Run(in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>),
-    /// the input and output as <see cref="OnDequantizedWeight"/> has them; null where the layout has no such view.
+    /// <paramref name="onQuantized"/> on the quantized weight read in place, each thread dequantizing the groups of
+    /// <paramref name="weightColumns"/>-value rows it reads, where the layout has such a view and a group fits a thread's
+    /// buffer (<see cref="DirectConvolution.DequantizesByGroup"/>); else <paramref name="onFloat"/> on the weight
+    /// dequantized whole for the call (<see cref="OnDequantizedWeight"/>). Null where the weight has no managed dequantization.
     /// </summary>
-    private unsafe Tensor? OnQuantizedWeight(Tensor input, Im2Col unfold, bool fusesInputQuantization)
+    private unsafe Tensor? OnWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization,
+        delegate*<in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onQuantized,
+        delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onFloat)
     {
-        var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
-        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
-        var y = torch.empty(OutputShape(input, unfold));
-        float* px = (float*)TensorSpans.Address(x), py = (float*)TensorSpans.Address(y);
-        float* pb = bias is { } b ? (float*)TensorSpans.Address(b) : null;
-        int g = (int)groups;
-        if (weight.Layout.WithWeightView((in WeightView w) => DirectConvolution.Run(w, g, unfold, px, pb, py, fused))) return y;
-        y.Dispose();
-        return null;
+        if (!DequantizesWholeWeight && DirectConvolution.DequantizesByGroup(out_channels, groups, weightColumns))
+        {
+            Tensor? y = null;
+            var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
+            int g = (int)groups;
+            var b = bias;
+            weight.Layout.WithWeightView((in WeightView w) =>
+            {
+                using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
+                y = torch.empty(OutputShape(input, unfold));
+                float* pb = b is null ? null : (float*)TensorSpans.Address(b);
+                onQuantized(w, g, unfold, (float*)TensorSpans.Address(x), pb, (float*)TensorSpans.Address(y), fused);
+            });
+            if (y is not null) return y;
+        }
+        return OnDequantizedWeight(input, unfold, weightColumns, fusesInputQuantization, onFloat);
     }
+
+    /// <summary>For the bench and tests: the small and depthwise kernels on the weight dequantized whole before the call, as for groups beyond <see cref="DirectConvolution.MaxGroupValues"/>.</summary>
+    [ThreadStatic] internal static bool DequantizesWholeWeight;
 
     /// <summary>
     /// Whether the layer is depthwise: as many groups as input channels (more than one), each input channel feeding
@@ -321,12 +326,12 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// <see cref="DepthwiseConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
-    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight dequantized for the call (<c>[out, KH * KW]</c>), a
-    /// static W8A8 input fake-quantized plane by plane once the kernel has copied it; null where the weight has no
-    /// managed dequantization.
+    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight rows <c>[out, KH * KW]</c> dequantized plane by plane
+    /// (<see cref="OnWeight"/>), a static W8A8 input fake-quantized plane by plane once the kernel has copied it; null
+    /// where the weight has no managed dequantization.
     /// </summary>
     private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold) =>
-        OnDequantizedWeight(input, unfold, unfold.KernelH * unfold.KernelW, fusesInputQuantization: true, &DepthwiseConvolution.Run);
+        OnWeight(input, unfold, unfold.KernelH * unfold.KernelW, fusesInputQuantization: true, &DepthwiseConvolution.Run, &DepthwiseConvolution.Run);
 
     /// <summary>
     /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on the weight dequantized for the call

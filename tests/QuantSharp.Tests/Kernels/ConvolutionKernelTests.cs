@@ -383,6 +383,32 @@ public unsafe class ConvolutionKernelTests
     }
 
     /// <summary>
+    /// Runs <paramref name="check"/> with the small and the depthwise kernels reading the quantized weight group by group
+    /// (each thread dequantizing the groups it reads) and on the weight dequantized whole before the call
+    /// (<see cref="QuantizedConv.DequantizesWholeWeight"/>, the route of groups beyond a thread's buffer), a failure
+    /// naming the setting.
+    /// </summary>
+    internal static void ForBothWeightReads(Action check)
+    {
+        foreach (bool whole in new[] { false, true })
+        {
+            QuantizedConv.DequantizesWholeWeight = whole;
+            try
+            {
+                check();
+            }
+            catch (Xunit.Sdk.XunitException e)
+            {
+                throw new Xunit.Sdk.XunitException($"weight {(whole ? "dequantized whole" : "dequantized by group")}: {e.Message}");
+            }
+            finally
+            {
+                QuantizedConv.DequantizesWholeWeight = false;
+            }
+        }
+    }
+
+    /// <summary>
     /// For every weight format of <see cref="ModuleSpecs"/> the layer takes and every input of <paramref name="cases"/>:
     /// the kernel of <paramref name="route"/> itself (not null: no fall-back to libtorch's route) and the forced
     /// <see cref="ConvolutionRoute.Kernel"/> route, which takes it, equal the dequantize + libtorch route within 1e-5 of

@@ -9,7 +9,8 @@ namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
 /// The depthwise route (<see cref="DepthwiseConvolution"/>) equals the dequantize + libtorch route within float rounding
-/// for every weight format the layers take, on every vector width, over strides, padding (wider than the kernel),
+/// for every weight format the layers take, on every vector width, the weight read plane by plane (the bits of the weight
+/// dequantized whole) or dequantized whole first, over strides, padding (wider than the kernel),
 /// dilation, channel multipliers, 3x3 to 7x7 taps, rows narrower than a vector, of whole vectors and of several,
 /// outputs of one position, Conv1d (over millions of steps at stride 2 too), unbatched and non-contiguous inputs; the
 /// kernel writes every output once and nothing past the output; static W8A8 through it equals the simulated path (each
@@ -48,7 +49,52 @@ public class DepthwiseConvolutionTests
     {
         using var cap = new SimdWidthCap(maxBits);
         torch.manual_seed(41);
-        AssertRouteMatchesReference(Cases(), ConvolutionRoute.Depthwise, maxBits);
+        ForBothWeightReads(() => AssertRouteMatchesReference(Cases(), ConvolutionRoute.Depthwise, maxBits));
+    }
+
+    /// <summary>
+    /// The kernel on a quantized weight (each plane's rows dequantized by the thread that computes it) gives the bits it
+    /// gives on that weight dequantized whole, for every weight format, a channel multiplier of 2, 3x3 and 1x4 taps, over
+    /// several images and threads; a second weight of the same shape right after gives its own results.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void QuantizedWeightGivesTheBitsOfItsDequantizedCopy(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(47);
+        Im2Col[] geometries =
+        [
+            new Im2Col(24, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3),
+            new Im2Col(10, 9, 30, 1, 4, 1, 2, 0, 1, 1, 1).ForImages(2), // 4 taps: the packed formats too
+        ];
+        foreach (var u in geometries)
+        foreach (var format in Enum.GetValues<WeightFormat>())
+        {
+            int outputs = 2 * u.Channels, taps = u.KernelH * u.KernelW;
+            if (WeightView.IsPacked(format) && taps % 2 != 0) continue;
+            float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
+            int count = u.Images * outputs * u.Positions;
+            foreach (int seed in new[] { 1, 2 })
+            {
+                using var weight = new PinnedWeight(format, outputs, taps, taps, zeroPoints: true, seed);
+                var view = weight.View;
+                float[] dequantized = new float[outputs * taps], expected = new float[count], actual = new float[count];
+                fixed (float* pw = dequantized, px = x, pb = bias, pe = expected, pa = actual)
+                {
+                    WeightDequantizer.Run(view, pw);
+                    DepthwiseConvolution.Run(pw, outputs, u.Channels, u, px, pb, pe);
+                    DepthwiseConvolution.Run(view, u.Channels, u, px, pb, pa);
+                }
+                for (int i = 0; i < count; i++)
+                    Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                        $"{format} [{outputs}, {taps}] over {u.Images} image(s), weight {seed}, width {maxBits}: output {i} is {actual[i]:R}, on the dequantized copy {expected[i]:R}");
+            }
+        }
     }
 
     [Theory]

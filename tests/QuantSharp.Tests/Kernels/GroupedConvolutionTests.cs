@@ -57,32 +57,6 @@ public class GroupedConvolutionTests
     }
 
     /// <summary>
-    /// Runs <paramref name="check"/> with the small kernel reading the quantized weight group by group (each thread
-    /// dequantizing the groups it reads) and on the weight dequantized whole before the call
-    /// (<see cref="QuantizedConv.DequantizesWholeWeight"/>, the route of groups beyond a thread's buffer), a failure
-    /// naming the setting.
-    /// </summary>
-    internal static void ForBothWeightReads(Action check)
-    {
-        foreach (bool whole in new[] { false, true })
-        {
-            QuantizedConv.DequantizesWholeWeight = whole;
-            try
-            {
-                check();
-            }
-            catch (Xunit.Sdk.XunitException e)
-            {
-                throw new Xunit.Sdk.XunitException($"weight {(whole ? "dequantized whole" : "dequantized by group")}: {e.Message}");
-            }
-            finally
-            {
-                QuantizedConv.DequantizesWholeWeight = false;
-            }
-        }
-    }
-
-    /// <summary>
     /// The kernel on a quantized weight (each thread dequantizing a group's rows when it first reads them) gives the bits
     /// it gives on that weight dequantized whole, for every weight format, grouped and not, on the padded-image path and
     /// on the columns path (rows wider than it takes), over several images and threads, with both paddings; a second
