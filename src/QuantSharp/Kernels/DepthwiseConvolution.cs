@@ -7,8 +7,8 @@ namespace QuantSharp.Kernels;
 /// <summary>
 /// A depthwise convolution (groups equal to the input channels; each input channel feeds a multiplier of
 /// <c>outputs / channels</c> output channels through its own <c>KH x KW</c> taps, as MobileNet's and ConvNeXt's) from a
-/// float32 weight <c>[outputs, KH * KW]</c> (a quantized weight dequantized channel by channel where it is read,
-/// <see cref="GroupWeights"/>, or whole for the call). For each image and input
+/// float32 weight <c>[outputs, KH * KW]</c> (a quantized weight dequantized by each work item for its channels,
+/// <see cref="GroupWeights.Rows"/>, or whole for the call). For each image and input
 /// channel the plane is copied once, padded and split into stride phases (<see cref="DirectConvolution.PadPlane"/>; a
 /// static W8A8 input is fake-quantized there, in place, so there is no pass of its own), then each of its output
 /// channels is computed row by row: per vector of output positions, one multiply-add per tap on a run of the plane
@@ -40,17 +40,25 @@ internal static unsafe class DepthwiseConvolution
 
     /// <summary>
     /// As <see cref="Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> on the quantized
-    /// <paramref name="weight"/> (<c>[outputs, KH * KW]</c>, any format <see cref="WeightDequantizer"/> reads): each plane's
-    /// output rows are dequantized by the thread that computes them, just before (<see cref="GroupWeights"/>; a channel's
-    /// planes of all images one after the other, so once per run of them). Dequantizing the whole weight before the call
-    /// was a pass of one thread, a row of 9 values at a time: about a tenth of a 960-channel layer's time on 7x7.
+    /// <paramref name="weight"/> (<c>[outputs, KH * KW]</c>, any format <see cref="WeightDequantizer"/> reads, up to
+    /// <see cref="DirectConvolution.MaxGroupValues"/> values, <see cref="ReadsQuantized"/>): each work item dequantizes
+    /// the rows of the channels its planes belong to into its scratch as it starts (<see cref="GroupWeights.Rows"/>).
+    /// Dequantizing the whole weight before the call was a pass of one thread, a row of 9 values at a time: about a sixth
+    /// of a 960-channel layer's time on 7x7 at batch 1 (docs/BENCHMARKS.md, stop 40).
     /// </summary>
     public static void Run(in WeightView weight, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
-        if (weight.Cols != unfold.KernelH * unfold.KernelW || !DirectConvolution.DequantizesByGroup(weight.Rows, groups, weight.Cols))
-            throw new ArgumentException($"A depthwise weight has one row of {unfold.KernelH * unfold.KernelW} taps per output, not [{weight.Rows}, {weight.Cols}].", nameof(weight));
+        if (weight.Cols != unfold.KernelH * unfold.KernelW || !ReadsQuantized(weight.Rows, weight.Cols))
+            throw new ArgumentException($"A depthwise weight has one row of {unfold.KernelH * unfold.KernelW} taps per output, up to {DirectConvolution.MaxGroupValues} values, not [{weight.Rows}, {weight.Cols}].", nameof(weight));
         Run(GroupWeights.Quantized(weight), weight.Rows, groups, unfold, images, bias, y, input);
     }
+
+    /// <summary>
+    /// Whether <see cref="Run(in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> takes a weight
+    /// of <paramref name="outputs"/> rows of <paramref name="taps"/>: up to <see cref="DirectConvolution.MaxGroupValues"/>
+    /// values (a work item's scratch may hold all its rows).
+    /// </summary>
+    public static bool ReadsQuantized(long outputs, long taps) => outputs * taps <= DirectConvolution.MaxGroupValues;
 
     private static void Run(GroupWeights weight, int outputs, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input)
     {
@@ -77,13 +85,15 @@ internal static unsafe class DepthwiseConvolution
         int planeValues = checked((int)grid.ImageValues), readsPast = wp + 2 * TW.Count;
         int wideValues = Math.Max(outH * wp, TW.Count); // the run is at least a vector (the reads past the plane allow it)
         int scratchValues = checked(planeValues + readsPast + (outW < NarrowRowVectors * TW.Count ? wideValues : 0));
+        // (A quantized weight's rows of the item's channels after it.)
+        int weightOffset = scratchValues;
+        if (weight.Dequantizes) scratchValues = checked(scratchValues + outputs * taps);
         var columns = grid.ColumnPhases();
         int[] offsets = new int[taps];
         for (int t = 0; t < taps; t++) offsets[t] = grid.Offset(t);
         nint source = (nint)images, target = (nint)y, biases = (nint)bias;
-        // Items of consecutive planes (a channel's planes of all images one after the other, so that a thread mostly
-        // reads the rows of weights it has), a few per thread, so that each rents its scratch once.
-        int count = u.Images, planes = count * channels, items = Math.Min(planes, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
+        // Items of consecutive planes, a few per thread, so that each rents its scratch once.
+        int planes = u.Images * channels, items = Math.Min(planes, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
         long cost = ((long)multiplier * taps * outH * wp + planeValues) * planes / items;
         KernelThreads.For(items, cost, item =>
         {
@@ -95,14 +105,18 @@ internal static unsafe class DepthwiseConvolution
                 {
                     new Span<float>(plane + planeValues, readsPast).Clear();
                     float* wide = plane + planeValues + readsPast;
-                    for (int p = (int)((long)item * planes / items), last = (int)((long)(item + 1) * planes / items); p < last; p++)
+                    int firstPlane = (int)((long)item * planes / items), last = (int)((long)(item + 1) * planes / items);
+                    // The item's channels: a run of them, or all where its planes wrap round to the first channel.
+                    int c0 = firstPlane % channels, c1 = (last - 1) % channels;
+                    if (last - firstPlane >= channels || c1 < c0) (c0, c1) = (0, channels - 1);
+                    float* rows = weight.Rows(c0 * multiplier, (c1 - c0 + 1) * multiplier, plane + weightOffset) - (nint)c0 * multiplier * taps;
+                    for (int p = firstPlane; p < last; p++)
                     {
-                        int c = p / count, image = p - c * count;
-                        DirectConvolution.PadPlane(one, grid, (float*)source + ((nint)image * channels + c) * u.Height * u.Width, plane, input, columns);
-                        float* rows = weight.Group(c, multiplier);
+                        int image = p / channels, c = p - image * channels;
+                        DirectConvolution.PadPlane(one, grid, (float*)source + (nint)p * u.Height * u.Width, plane, input, columns);
                         for (int o = c * multiplier, end = o + multiplier; o < end; o++)
                         {
-                            float* w = rows + (nint)(o - c * multiplier) * taps;
+                            float* w = rows + (nint)o * taps;
                             float b = biases == 0 ? 0f : ((float*)biases)[o];
                             float* dst = (float*)target + ((nint)image * outputs + o) * positions;
                             if (outW >= NarrowRowVectors * TW.Count)

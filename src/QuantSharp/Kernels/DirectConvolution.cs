@@ -692,6 +692,20 @@ internal readonly unsafe struct GroupWeights
 
     private static long s_calls;
 
+    /// <summary>Whether the rows are dequantized as they are read (a quantized weight), not read in place.</summary>
+    public bool Dequantizes => _values == null;
+
+    /// <summary>
+    /// Rows <c>first..first + count - 1</c> as floats: in place for a float32 matrix, else dequantized into
+    /// <paramref name="destination"/> (<c>count x columns</c> floats), which is returned.
+    /// </summary>
+    public float* Rows(int first, int count, float* destination)
+    {
+        if (_values != null) return _values + (nint)first * _columns;
+        for (int r = 0; r < count; r++) WeightDequantizer.Row(_quantized, first + r, destination + (nint)r * _columns);
+        return destination;
+    }
+
     /// <summary>The thread's dequantized group (its rows from the first 64-byte boundary of the array on), and the call and group they belong to.</summary>
     [ThreadStatic] private static float[]? t_values;
     [ThreadStatic] private static long t_call;

@@ -284,20 +284,24 @@ public sealed class QuantizedConv : QuantizedModule
     /// null where the weight has no managed dequantization. Each tensor call costs about a microsecond, which counts here:
     /// the MNIST CNN's layers take 10-30 us.
     /// </summary>
-    private unsafe Tensor? Direct(Tensor input, Im2Col unfold) =>
-        OnWeight(input, unfold, unfold.Rows / (int)groups, DirectConvolution.FusesInputQuantization(unfold), &DirectConvolution.Run, &DirectConvolution.Run);
+    private unsafe Tensor? Direct(Tensor input, Im2Col unfold)
+    {
+        int columns = unfold.Rows / (int)groups;
+        return OnWeight(input, unfold, columns, DirectConvolution.FusesInputQuantization(unfold), DirectConvolution.DequantizesByGroup(out_channels, groups, columns),
+            &DirectConvolution.Run, &DirectConvolution.Run);
+    }
 
     /// <summary>
-    /// <paramref name="onQuantized"/> on the quantized weight read in place, each thread dequantizing the groups of
-    /// <paramref name="weightColumns"/>-value rows it reads, where the layout has such a view and a group fits a thread's
-    /// buffer (<see cref="DirectConvolution.DequantizesByGroup"/>); else <paramref name="onFloat"/> on the weight
-    /// dequantized whole for the call (<see cref="OnDequantizedWeight"/>). Null where the weight has no managed dequantization.
+    /// <paramref name="onQuantized"/> on the quantized weight read in place, the threads dequantizing the rows of
+    /// <paramref name="weightColumns"/> values they read, where the layout has such a view and the kernel
+    /// <paramref name="readsQuantized"/> this weight; else <paramref name="onFloat"/> on the weight dequantized whole for
+    /// the call (<see cref="OnDequantizedWeight"/>). Null where the weight has no managed dequantization.
     /// </summary>
-    private unsafe Tensor? OnWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization,
+    private unsafe Tensor? OnWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization, bool readsQuantized,
         delegate*<in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onQuantized,
         delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onFloat)
     {
-        if (!DequantizesWholeWeight && DirectConvolution.DequantizesByGroup(out_channels, groups, weightColumns))
+        if (!DequantizesWholeWeight && readsQuantized)
         {
             Tensor? y = null;
             var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
@@ -326,12 +330,16 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// <see cref="DepthwiseConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
-    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight rows <c>[out, KH * KW]</c> dequantized plane by plane
-    /// (<see cref="OnWeight"/>), a static W8A8 input fake-quantized plane by plane once the kernel has copied it; null
+    /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight rows <c>[out, KH * KW]</c> dequantized by each work item
+    /// for its channels (<see cref="OnWeight"/>), a static W8A8 input fake-quantized plane by plane once the kernel has copied it; null
     /// where the weight has no managed dequantization.
     /// </summary>
-    private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold) =>
-        OnWeight(input, unfold, unfold.KernelH * unfold.KernelW, fusesInputQuantization: true, &DepthwiseConvolution.Run, &DepthwiseConvolution.Run);
+    private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold)
+    {
+        int taps = unfold.KernelH * unfold.KernelW;
+        return OnWeight(input, unfold, taps, fusesInputQuantization: true, DepthwiseConvolution.ReadsQuantized(out_channels, taps),
+            &DepthwiseConvolution.Run, &DepthwiseConvolution.Run);
+    }
 
     /// <summary>
     /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on the weight dequantized for the call

@@ -53,9 +53,10 @@ public class DepthwiseConvolutionTests
     }
 
     /// <summary>
-    /// The kernel on a quantized weight (each plane's rows dequantized by the thread that computes it) gives the bits it
+    /// The kernel on a quantized weight (each work item dequantizing the rows of its planes' channels) gives the bits it
     /// gives on that weight dequantized whole, for every weight format, a channel multiplier of 2, 3x3 and 1x4 taps, over
-    /// several images and threads; a second weight of the same shape right after gives its own results.
+    /// several images and threads, with items whose planes are a run of channels, wrap round to the first channel or
+    /// cover them all; a second weight of the same shape right after gives its own results.
     /// </summary>
     [Theory]
     [InlineData(512)]
@@ -70,6 +71,7 @@ public class DepthwiseConvolutionTests
         [
             new Im2Col(24, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3),
             new Im2Col(10, 9, 30, 1, 4, 1, 2, 0, 1, 1, 1).ForImages(2), // 4 taps: the packed formats too
+            new Im2Col(2, 6, 6, 1, 2, 1, 1, 0, 0, 1, 1).ForImages(40),  // items of more planes than channels
         ];
         foreach (var u in geometries)
         foreach (var format in Enum.GetValues<WeightFormat>())
@@ -107,6 +109,25 @@ public class DepthwiseConvolutionTests
         using var cap = new SimdWidthCap(maxBits);
         // 3 channels, a multiplier of 2.
         AssertEveryOutputOnceAndNothingPast(3, 6, 3, 44, &DepthwiseConvolution.Run);
+    }
+
+    [Fact]
+    public unsafe void QuantizedWeightsAreReadUpToAnItemsScratchAndMustHaveOneRowOfTapsPerOutput()
+    {
+        // Up to 2^18 values (a 960-channel 3x3 layer: 8,640; a 768-channel Conv1d of 128 taps: 98,304).
+        Assert.True(DepthwiseConvolution.ReadsQuantized(2048, 128));
+        Assert.False(DepthwiseConvolution.ReadsQuantized(2049, 128));
+        using var weight = new PinnedWeight(WeightFormat.Int8, 8, 4, 4, zeroPoints: false, seed: 3);
+        var view = weight.View;
+        var u = new Im2Col(4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1);
+        float[] buffer = new float[1024];
+        fixed (float* p = buffer)
+        {
+            float* pointer = p;
+            // Rows of 4 values for a 3x3 kernel.
+            var error = Assert.Throws<ArgumentException>(() => DepthwiseConvolution.Run(view, 4, u, pointer, null, pointer));
+            Assert.Contains("one row of 9 taps per output", error.Message);
+        }
     }
 
     [Fact]
