@@ -7,8 +7,8 @@ namespace QuantSharp.Kernels;
 /// <summary>
 /// A depthwise convolution (groups equal to the input channels; each input channel feeds a multiplier of
 /// <c>outputs / channels</c> output channels through its own <c>KH x KW</c> taps, as MobileNet's and ConvNeXt's) from a
-/// float32 weight <c>[outputs, KH * KW]</c> (a quantized weight dequantized by each work item for its channels,
-/// <see cref="GroupWeights.Rows"/>, or whole for the call). For each image and input
+/// float32 weight <c>[outputs, KH * KW]</c> (a quantized weight dequantized by the threads as they start,
+/// <see cref="Run(in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>, or whole for the call). For each image and input
 /// channel the plane is copied once, padded and split into stride phases (<see cref="DirectConvolution.PadPlane"/>; a
 /// static W8A8 input is fake-quantized there, in place, so there is no pass of its own), then each of its output
 /// channels is computed row by row: per vector of output positions, one multiply-add per tap on a run of the plane
@@ -41,10 +41,11 @@ internal static unsafe class DepthwiseConvolution
     /// <summary>
     /// As <see cref="Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/> on the quantized
     /// <paramref name="weight"/> (<c>[outputs, KH * KW]</c>, any format <see cref="WeightDequantizer"/> reads, up to
-    /// <see cref="DirectConvolution.MaxGroupValues"/> values, <see cref="ReadsQuantized"/>): each work item dequantizes
-    /// the rows of the channels its planes belong to into its scratch as it starts (<see cref="GroupWeights.Rows"/>).
-    /// Dequantizing the whole weight before the call was a pass of one thread, a row of 9 values at a time: about a sixth
-    /// of a 960-channel layer's time on 7x7 at batch 1 (docs/BENCHMARKS.md, stop 40).
+    /// <see cref="DirectConvolution.MaxGroupValues"/> values, <see cref="ReadsQuantized"/>): for one image each work item
+    /// dequantizes the rows of its planes' channels into its scratch as it starts (<see cref="GroupWeights.Rows"/>), for
+    /// more each thread the whole weight once (<see cref="GroupWeights.Group"/>). Dequantizing the whole weight before the
+    /// call was a pass of one thread, a row of 9 values at a time: about a sixth of a 960-channel layer's time on 7x7 at
+    /// batch 1 (docs/BENCHMARKS.md, stop 40).
     /// </summary>
     public static void Run(in WeightView weight, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
     {
@@ -85,9 +86,9 @@ internal static unsafe class DepthwiseConvolution
         int planeValues = checked((int)grid.ImageValues), readsPast = wp + 2 * TW.Count;
         int wideValues = Math.Max(outH * wp, TW.Count); // the run is at least a vector (the reads past the plane allow it)
         int scratchValues = checked(planeValues + readsPast + (outW < NarrowRowVectors * TW.Count ? wideValues : 0));
-        // (A quantized weight's rows of the item's channels after it.)
+        // (One image's quantized weight: the rows of the item's channels after it.)
         int weightOffset = scratchValues;
-        if (weight.Dequantizes) scratchValues = checked(scratchValues + outputs * taps);
+        if (weight.Dequantizes && u.Images == 1) scratchValues = checked(scratchValues + outputs * taps);
         var columns = grid.ColumnPhases();
         int[] offsets = new int[taps];
         for (int t = 0; t < taps; t++) offsets[t] = grid.Offset(t);
@@ -106,10 +107,12 @@ internal static unsafe class DepthwiseConvolution
                     new Span<float>(plane + planeValues, readsPast).Clear();
                     float* wide = plane + planeValues + readsPast;
                     int firstPlane = (int)((long)item * planes / items), last = (int)((long)(item + 1) * planes / items);
-                    // The item's channels: a run of them, or all where its planes wrap round to the first channel.
-                    int c0 = firstPlane % channels, c1 = (last - 1) % channels;
-                    if (last - firstPlane >= channels || c1 < c0) (c0, c1) = (0, channels - 1);
-                    float* rows = weight.Rows(c0 * multiplier, (c1 - c0 + 1) * multiplier, plane + weightOffset) - (nint)c0 * multiplier * taps;
+                    // One image: the item's planes are its channels, whose rows it dequantizes into its scratch as it
+                    // starts. More: each thread dequantizes the whole weight once a call (GroupWeights.Group), not each
+                    // item its channels again for every image (8 times the rows at batch 8).
+                    float* rows = u.Images == 1
+                        ? weight.Rows(firstPlane * multiplier, (last - firstPlane) * multiplier, plane + weightOffset) - (nint)firstPlane * multiplier * taps
+                        : weight.Group(0, outputs);
                     for (int p = firstPlane; p < last; p++)
                     {
                         int image = p / channels, c = p - image * channels;

@@ -9,7 +9,7 @@ namespace QuantSharp.Modules;
 /// <list type="bullet">
 /// <item>Small calls (up to <see cref="DirectMaxWork"/> multiply-adds, reduction up to
 /// <see cref="DirectConvolution.MaxReduction"/>): the small-convolution kernel (<see cref="DirectConvolution"/>: it reads
-/// the padded image, split into stride phases, without unfolding it) on the weight dequantized for the call, a static
+/// the padded image, split into stride phases, without unfolding it) on the weight dequantized by the threads that read it, a static
 /// W8A8 input quantized as the image is copied. libtorch's convolution is mostly fixed cost there: 0.56-0.76x for the MNIST CNN's
 /// layers at batch 1, W8A8 included. Where the float kernels' widest path is 256 bits, only calls of fewer than
 /// <see cref="BFloat16MinReduction"/> terms: longer reductions take the packed kernels (<see cref="SmallKernelMaxReduction256"/>).</item>

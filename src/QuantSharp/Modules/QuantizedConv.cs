@@ -211,7 +211,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// the weight's packed kernel (<see cref="WeightLayout.Convolution"/>: the image is unfolded (im2col) while the GEMM
     /// packs it, the weight is decoded in tiles, never a float copy of it, W8A8 layers multiply in integers),
     /// <see cref="ConvolutionRoute.Direct"/>, the small-convolution kernel (<see cref="DirectConvolution"/>) on the
-    /// weight dequantized for the call, or, for a depthwise layer, <see cref="ConvolutionRoute.Depthwise"/>
+    /// weight dequantized group by group by the threads that read it, or, for a depthwise layer, <see cref="ConvolutionRoute.Depthwise"/>
     /// (<see cref="DepthwiseConvolution"/>). Null where no kernel applies or, for <see cref="ConvolutionRoute.Auto"/>,
     /// where the measured rule (<see cref="ConvolutionCost"/>) says dequantize-then-libtorch is faster.
     /// </summary>
@@ -397,7 +397,7 @@ internal enum ConvolutionRoute
     /// <summary>Unfold and the packed kernels wherever they apply.</summary>
     Kernel,
 
-    /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized for the call; for a grouped layer that is not depthwise, group by group (the only managed route it has).</summary>
+    /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized group by group by the threads that read it; for a grouped layer that is not depthwise, group by group (the only managed route it has).</summary>
     Direct,
 
     /// <summary>Dequantize the weight and run libtorch's convolution (the differentiable reference path).</summary>

@@ -53,10 +53,10 @@ public class DepthwiseConvolutionTests
     }
 
     /// <summary>
-    /// The kernel on a quantized weight (each work item dequantizing the rows of its planes' channels) gives the bits it
-    /// gives on that weight dequantized whole, for every weight format, a channel multiplier of 2, 3x3 and 1x4 taps, over
-    /// several images and threads, with items whose planes are a run of channels, wrap round to the first channel or
-    /// cover them all; a second weight of the same shape right after gives its own results.
+    /// The kernel on a quantized weight (for one image each work item dequantizing the rows of its planes' channels, for
+    /// more each thread the whole weight) gives the bits it gives on that weight dequantized whole, for every weight
+    /// format, a channel multiplier of 2, 3x3 and 1x4 taps, one image and several, over threads; a second weight of the
+    /// same shape right after gives its own results.
     /// </summary>
     [Theory]
     [InlineData(512)]
@@ -70,8 +70,9 @@ public class DepthwiseConvolutionTests
         Im2Col[] geometries =
         [
             new Im2Col(24, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3),
+            new Im2Col(40, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1),             // one image: items of 2-3 channels
             new Im2Col(10, 9, 30, 1, 4, 1, 2, 0, 1, 1, 1).ForImages(2), // 4 taps: the packed formats too
-            new Im2Col(2, 6, 6, 1, 2, 1, 1, 0, 0, 1, 1).ForImages(40),  // items of more planes than channels
+            new Im2Col(6, 9, 30, 1, 4, 1, 2, 0, 1, 1, 1),
         ];
         foreach (var u in geometries)
         foreach (var format in Enum.GetValues<WeightFormat>())
