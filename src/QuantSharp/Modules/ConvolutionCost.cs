@@ -423,6 +423,15 @@ internal static class ConvolutionCost
     /// <summary>Group reduction up to which <see cref="GroupedPays"/> for several images onto up to <see cref="GroupedFewPositions"/> positions (3x3 over 16 channels).</summary>
     internal const int GroupedFewPositionsMaxReduction = 144;
 
+    /// <summary>Output positions per image up to which <see cref="GroupedPays"/> for several images with longer group reductions, up to <see cref="GroupedSmallPlanesMaxTerms"/> (7x7).</summary>
+    internal const int GroupedSmallPlanePositions = 49;
+
+    /// <summary>
+    /// Images x group reduction up to which <see cref="GroupedPays"/> for several images onto up to
+    /// <see cref="GroupedSmallPlanePositions"/> positions (4 images of 288 terms, 2 of 576).
+    /// </summary>
+    internal const int GroupedSmallPlanesMaxTerms = 1152;
+
     /// <summary>
     /// Whether a grouped convolution that is not depthwise takes the small kernel group by group
     /// (<see cref="DirectConvolution"/>: each work item pads an image's group of planes, a static W8A8 input quantized as
@@ -431,9 +440,12 @@ internal static class ConvolutionCost
     /// groups or more, every Conv1d at stride 1, and Conv2d layers of group reductions up to
     /// <see cref="GroupedMaxReduction"/> terms, except several images onto up to <see cref="GroupedFewPositions"/>
     /// positions with group reductions over <see cref="GroupedFewPositionsMaxReduction"/> terms (there libtorch's
-    /// grouped convolution reads each group's weights once for all images, the kernel once per image). Measured on the
-    /// Zen 5 VM (docs/BENCHMARKS.md, stop 39: two surveys and a table; int8 and static W8A8 paired with float32 in one
-    /// process, batch 1 and 8).
+    /// grouped convolution reads each group's weights once for all images, the kernel once per image), unless onto up to
+    /// 7x7 positions in at most <see cref="GroupedSmallPlanesMaxTerms"/> images x terms. Measured on the Zen 5 VM
+    /// (docs/BENCHMARKS.md, stop 39: two surveys and a table; int8 and static W8A8 paired with float32 in one process,
+    /// batch 1 and 8; stop 40, with each thread dequantizing the groups it reads: batch 2-8 onto 7x7 and 14x14, the kernel
+    /// paired with libtorch's route in one process: onto 7x7 0.73-1.02x float32's time against 1.12-1.37x up to 1,152
+    /// images x terms, onto 14x14 alike or slower from 2 images of 576 terms and 4 of 288).
     /// </summary>
     internal static bool GroupedPays(Im2Col unfold, long groups)
     {
@@ -442,6 +454,7 @@ internal static class ConvolutionCost
         if (unfold.Height == 1 && unfold.KernelH == 1 && stride1) return true; // a Conv1d
         int reduction = unfold.Rows / (int)groups;
         if (reduction > GroupedMaxReduction) return false;
-        return unfold.Images == 1 || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction;
+        return unfold.Images == 1 || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction
+            || (unfold.Positions <= GroupedSmallPlanePositions && (long)unfold.Images * reduction <= GroupedSmallPlanesMaxTerms);
     }
 }
