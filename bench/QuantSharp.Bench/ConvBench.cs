@@ -170,7 +170,7 @@ internal static class ConvBench
                         finally { DirectConvolution.ForcedPaddingPerItem = DirectConvolution.ForcedPairedRows = null; }
                     };
                 }
-                // DirectWhole: the small kernel on the weight dequantized whole before the call (QuantizedConv.DequantizesWholeWeight).
+                // DirectWhole / DepthwiseWhole: the small / depthwise kernel on the weight dequantized whole before the call (QuantizedConv.DequantizesWholeWeight).
                 if (parts[0] is "DirectWhole" or "DepthwiseWhole")
                 {
                     var whole = parts[0] == "DirectWhole" ? ConvolutionRoute.Direct : ConvolutionRoute.Depthwise;

@@ -44,7 +44,7 @@ internal static unsafe class DepthwiseConvolution
     /// <see cref="DirectConvolution.MaxGroupValues"/> values, <see cref="ReadsQuantized"/>): for one image each work item
     /// dequantizes the rows of its planes' channels into its scratch as it starts (<see cref="GroupWeights.Rows"/>), for
     /// more each thread the whole weight once (<see cref="GroupWeights.Group"/>). Dequantizing the whole weight before the
-    /// call was a pass of one thread, a row of 9 values at a time: about a sixth of a 960-channel layer's time on 7x7 at
+    /// call was a pass of one thread, a row of 9 values at a time: about a fifth of a 960-channel layer's time on 7x7 at
     /// batch 1 (docs/BENCHMARKS.md, stop 40).
     /// </summary>
     public static void Run(in WeightView weight, int groups, Im2Col unfold, float* images, float* bias, float* y, InputFakeQuantization? input = null)
@@ -86,15 +86,15 @@ internal static unsafe class DepthwiseConvolution
         int planeValues = checked((int)grid.ImageValues), readsPast = wp + 2 * TW.Count;
         int wideValues = Math.Max(outH * wp, TW.Count); // the run is at least a vector (the reads past the plane allow it)
         int scratchValues = checked(planeValues + readsPast + (outW < NarrowRowVectors * TW.Count ? wideValues : 0));
-        // (One image's quantized weight: the rows of the item's channels after it.)
-        int weightOffset = scratchValues;
-        if (weight.Dequantizes && u.Images == 1) scratchValues = checked(scratchValues + outputs * taps);
         var columns = grid.ColumnPhases();
         int[] offsets = new int[taps];
         for (int t = 0; t < taps; t++) offsets[t] = grid.Offset(t);
         nint source = (nint)images, target = (nint)y, biases = (nint)bias;
         // Items of consecutive planes, a few per thread, so that each rents its scratch once.
         int planes = u.Images * channels, items = Math.Min(planes, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
+        // (One image's quantized weight: the rows of the item's channels after it.)
+        int weightOffset = scratchValues;
+        if (weight.Dequantizes && u.Images == 1) scratchValues = checked(scratchValues + (planes + items - 1) / items * multiplier * taps);
         long cost = ((long)multiplier * taps * outH * wp + planeValues) * planes / items;
         KernelThreads.For(items, cost, item =>
         {

@@ -666,7 +666,7 @@ internal static unsafe class DirectConvolution
 /// quantized weight whose group rows each thread dequantizes (<see cref="WeightDequantizer.Row"/>, the same values as
 /// the whole weight's pass) into a buffer of its own when it first needs them in a call, and keeps while its work items
 /// stay in that group. Dequantizing the whole weight before the call was one thread's pass whose 1.2-4.7 MB of floats
-/// the other threads then read from its cache: 30-50% of a grouped layer's time at batch 1 onto 7x7 and 14x14
+/// the other threads then read from its cache: 20-41% of a grouped layer's time at batch 1 onto 7x7 and 14x14
 /// (docs/BENCHMARKS.md, stop 40).
 /// </summary>
 internal readonly unsafe struct GroupWeights

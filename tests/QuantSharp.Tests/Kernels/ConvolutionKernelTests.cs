@@ -470,6 +470,37 @@ public unsafe class ConvolutionKernelTests
     }
 
     /// <summary>
+    /// <paramref name="onQuantized"/> on a quantized weight of <paramref name="format"/> (<paramref name="outputs"/> rows of
+    /// <c>Rows / groups</c> values in groups of <paramref name="groupSize"/>, zero points included) gives, bit for bit,
+    /// what <paramref name="onFloat"/> gives on that weight dequantized whole (<see cref="WeightDequantizer.Run"/>), for
+    /// random images of <paramref name="u"/>; two weights of the same shape one after the other (seeds 1 and 2), each
+    /// with its own results.
+    /// </summary>
+    internal static unsafe void AssertQuantizedWeightGivesItsDequantizedBits(Im2Col u, int outputs, int groups, WeightFormat format, int groupSize, Random random, string what,
+        delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onFloat,
+        delegate*<in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onQuantized)
+    {
+        int k = u.Rows / groups, count = u.Images * outputs * u.Positions;
+        float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
+        foreach (int seed in new[] { 1, 2 })
+        {
+            using var weight = new PinnedWeight(format, outputs, k, groupSize, zeroPoints: true, seed);
+            var view = weight.View;
+            float[] dequantized = new float[outputs * k], expected = new float[count], actual = new float[count];
+            fixed (float* pw = dequantized, px = x, pb = bias, pe = expected, pa = actual)
+            {
+                WeightDequantizer.Run(view, pw);
+                onFloat(pw, outputs, groups, u, px, pb, pe, null);
+                onQuantized(view, groups, u, px, pb, pa, null);
+            }
+            for (int i = 0; i < count; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                    $"{format} [{outputs}, {k}] {what}, weight {seed}: output {i} is {actual[i]:R}, on the dequantized copy {expected[i]:R}");
+        }
+    }
+
+    /// <summary>
     /// Runs <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on random 3x3 convolutions (padding
     /// 1, stride 1) of <paramref name="channels"/> inputs into <paramref name="outputs"/> in <paramref name="groups"/>
     /// groups, two images, output rows of 1 to 17 values over 1 to 3 rows (narrow rows' whole-vector stores end at every

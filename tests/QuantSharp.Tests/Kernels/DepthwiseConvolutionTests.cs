@@ -77,26 +77,10 @@ public class DepthwiseConvolutionTests
         foreach (var u in geometries)
         foreach (var format in Enum.GetValues<WeightFormat>())
         {
-            int outputs = 2 * u.Channels, taps = u.KernelH * u.KernelW;
+            int taps = u.KernelH * u.KernelW;
             if (WeightView.IsPacked(format) && taps % 2 != 0) continue;
-            float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
-            int count = u.Images * outputs * u.Positions;
-            foreach (int seed in new[] { 1, 2 })
-            {
-                using var weight = new PinnedWeight(format, outputs, taps, taps, zeroPoints: true, seed);
-                var view = weight.View;
-                float[] dequantized = new float[outputs * taps], expected = new float[count], actual = new float[count];
-                fixed (float* pw = dequantized, px = x, pb = bias, pe = expected, pa = actual)
-                {
-                    WeightDequantizer.Run(view, pw);
-                    DepthwiseConvolution.Run(pw, outputs, u.Channels, u, px, pb, pe);
-                    DepthwiseConvolution.Run(view, u.Channels, u, px, pb, pa);
-                }
-                for (int i = 0; i < count; i++)
-                    Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
-                        $"{format} [{outputs}, {taps}] over {u.Images} image(s), weight {seed}, width {maxBits}: output {i} is {actual[i]:R}, on the dequantized copy {expected[i]:R}");
-            }
+            AssertQuantizedWeightGivesItsDequantizedBits(u, 2 * u.Channels, u.Channels, format, taps, random, $"over {u.Images} image(s), width {maxBits}",
+                &DepthwiseConvolution.Run, &DepthwiseConvolution.Run);
         }
     }
 

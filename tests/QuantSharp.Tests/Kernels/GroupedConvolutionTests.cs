@@ -83,28 +83,9 @@ public class GroupedConvolutionTests
         {
             int k = u.Rows / groups, groupSize = WeightView.IsPacked(format) && k % 8 == 0 ? 8 : k % 2 == 0 || !WeightView.IsPacked(format) ? k : 0;
             if (groupSize == 0) continue;
-            float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
-            float[] bias = Enumerable.Range(0, outputs).Select(_ => (float)random.NextDouble()).ToArray();
-            int count = u.Images * outputs * u.Positions;
-            foreach (int seed in new[] { 1, 2 })
-            {
-                using var weight = new PinnedWeight(format, outputs, k, groupSize, zeroPoints: true, seed);
-                var view = weight.View;
-                float[] dequantized = new float[outputs * k], expected = new float[count], actual = new float[count];
-                string what = $"{format} [{outputs}, {k}] in {groups} group(s) over {u.Images} image(s) of {u.Height}x{u.Width}, weight {seed}, width {maxBits}";
-                ForBothPaddings(() =>
-                {
-                    fixed (float* pw = dequantized, px = x, pb = bias, pe = expected, pa = actual)
-                    {
-                        WeightDequantizer.Run(view, pw);
-                        DirectConvolution.Run(pw, outputs, groups, u, px, pb, pe);
-                        DirectConvolution.Run(view, groups, u, px, pb, pa);
-                    }
-                    for (int i = 0; i < count; i++)
-                        Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
-                            $"{what}: output {i} is {actual[i]:R}, on the dequantized copy {expected[i]:R}");
-                });
-            }
+            string what = $"in {groups} group(s) over {u.Images} image(s) of {u.Height}x{u.Width}, width {maxBits}";
+            ForBothPaddings(() => AssertQuantizedWeightGivesItsDequantizedBits(u, outputs, groups, format, groupSize, random, what,
+                &DirectConvolution.Run, &DirectConvolution.Run));
         }
     }
 
