@@ -295,28 +295,46 @@ public sealed class QuantizedConv : QuantizedModule
     /// <paramref name="onQuantized"/> on the quantized weight read in place, the threads dequantizing the rows of
     /// <paramref name="weightColumns"/> values they read, where the layout has such a view and the kernel
     /// <paramref name="readsQuantized"/> this weight; else <paramref name="onFloat"/> on the weight dequantized whole for
-    /// the call (<see cref="OnDequantizedWeight"/>). Null where the weight has no managed dequantization.
+    /// the call. Either way on the contiguous input and a new output in its final shape (<see cref="OnImages"/>), a static
+    /// W8A8 input quantized by the kernel where it <paramref name="fusesInputQuantization"/>, else (and a dynamic one
+    /// always) before it. Null where the weight has no managed dequantization.
     /// </summary>
     private unsafe Tensor? OnWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization, bool readsQuantized,
         delegate*<in WeightView, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onQuantized,
         delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> onFloat)
     {
+        var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
+        int g = (int)groups;
         if (!DequantizesWholeWeight && readsQuantized)
         {
             Tensor? y = null;
-            var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
-            int g = (int)groups;
-            var b = bias;
-            weight.Layout.WithWeightView((in WeightView w) =>
+            if (weight.Layout.WithWeightView((in WeightView w) =>
             {
-                using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
-                y = torch.empty(OutputShape(input, unfold));
-                float* pb = b is null ? null : (float*)TensorSpans.Address(b);
-                onQuantized(w, g, unfold, (float*)TensorSpans.Address(x), pb, (float*)TensorSpans.Address(y), fused);
-            });
-            if (y is not null) return y;
+                var view = w;
+                y = OnImages(input, unfold, fused, (x, b, output) => onQuantized(view, g, unfold, x, b, output, fused));
+            })) return y;
         }
-        return OnDequantizedWeight(input, unfold, weightColumns, fusesInputQuantization, onFloat);
+        using var dequantized = torch.empty(out_channels, weightColumns);
+        if (!weight.Layout.DequantizeInto(dequantized)) return null;
+        float* pw = (float*)TensorSpans.Address(dequantized);
+        int outputs = (int)out_channels;
+        return OnImages(input, unfold, fused, (x, b, output) => onFloat(pw, outputs, g, unfold, x, b, output, fused));
+    }
+
+    /// <summary>A kernel call on the images, the bias (or null) and the output.</summary>
+    private unsafe delegate void ImagesCall(float* images, float* bias, float* output);
+
+    /// <summary>
+    /// <paramref name="kernel"/> on the contiguous input (quantized first unless the kernel applies
+    /// <paramref name="fused"/>) and a new output of its final shape, which it returns.
+    /// </summary>
+    private unsafe Tensor OnImages(Tensor input, Im2Col unfold, InputFakeQuantization? fused, ImagesCall kernel)
+    {
+        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
+        var y = torch.empty(OutputShape(input, unfold));
+        float* pb = bias is { } b ? (float*)TensorSpans.Address(b) : null;
+        kernel((float*)TensorSpans.Address(x), pb, (float*)TensorSpans.Address(y));
+        return y;
     }
 
     /// <summary>For the bench and tests: the small and depthwise kernels on the weight dequantized whole before the call, as for groups beyond <see cref="DirectConvolution.MaxGroupValues"/>.</summary>
@@ -339,29 +357,6 @@ public sealed class QuantizedConv : QuantizedModule
         int taps = unfold.KernelH * unfold.KernelW;
         return OnWeight(input, unfold, taps, fusesInputQuantization: true, DepthwiseConvolution.ReadsQuantized(out_channels, taps),
             &DepthwiseConvolution.Run, &DepthwiseConvolution.Run);
-    }
-
-    /// <summary>
-    /// <paramref name="kernel"/> (<see cref="DirectConvolution.Run(float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s arguments) on the weight dequantized for the call
-    /// (<paramref name="weightColumns"/> per output channel), the contiguous input and a new output in its final shape; a
-    /// static W8A8 input is quantized by the kernel where it <paramref name="fusesInputQuantization"/>, else (and a
-    /// dynamic one always) before it. Null where the weight has no managed dequantization.
-    /// </summary>
-    private unsafe Tensor? OnDequantizedWeight(Tensor input, Im2Col unfold, int weightColumns, bool fusesInputQuantization,
-        delegate*<float*, int, int, Im2Col, float*, float*, float*, InputFakeQuantization?, void> kernel)
-    {
-        using var w = torch.empty(out_channels, weightColumns);
-        if (!weight.Layout.DequantizeInto(w)) return null;
-        var fused = fusesInputQuantization ? StaticInputFakeQuantization() : null;
-        using var x = (fused is null ? QuantizeInput(input) : input).contiguous();
-        var y = torch.empty(OutputShape(input, unfold));
-        var b = bias;
-        fixed (byte* pw = w.bytes)
-        fixed (byte* px = x.bytes)
-        fixed (byte* py = y.bytes)
-        fixed (byte* pb = b is null ? default : b.bytes)
-            kernel((float*)pw, (int)out_channels, (int)groups, unfold, (float*)px, (float*)pb, (float*)py, fused);
-        return y;
     }
 
     /// <summary>The output's shape for <paramref name="input"/> (batched or not) of geometry <paramref name="unfold"/>.</summary>

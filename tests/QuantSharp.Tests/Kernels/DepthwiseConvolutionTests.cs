@@ -136,14 +136,14 @@ public class DepthwiseConvolutionTests
         torch.manual_seed(42);
         // Zeros stay zero where the zero point is a code (each plane quantized in place once laid out); beyond the type's
         // range rows, or the strided plane, are quantized before they are laid out. Dynamic W8A8 is quantized before the kernel.
-        AssertW8A8MatchesSimulated(
+        ForBothWeightReads(() => AssertW8A8MatchesSimulated(
         [
             (nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)),            // stride 1, padded
             (nn.Conv2d(8, 8, 3, groups: 8), torch.randn(1, 8, 9, 30)),                          // no padding: one run per plane
             (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 6), torch.randn(2, 6, 17, 15)), // strided
             (nn.Conv2d(4, 4, (3, 3), stride: (2, 1), padding: (1, 1), groups: 4), torch.randn(1, 4, 11, 20)), // strided rows only
             (nn.Conv1d(4, 4, 3, padding: 1, groups: 4), torch.randn(2, 4, 50)),
-        ], ConvolutionRoute.Depthwise, nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14));
+        ], ConvolutionRoute.Depthwise, nn.Conv2d(8, 8, 3, padding: 1, groups: 8), torch.randn(2, 8, 14, 14)));
     }
 
     [Fact]

@@ -144,14 +144,14 @@ public class GroupedConvolutionTests
     {
         torch.manual_seed(52);
         // The image is quantized as it is laid out; dynamic W8A8 before the kernel, as on libtorch's route.
-        ForBothPaddings(() => AssertW8A8MatchesSimulated(
+        ForBothWeightReads(() => ForBothPaddings(() => AssertW8A8MatchesSimulated(
         [
             (nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14)),           // stride 1, padded
             (nn.Conv2d(8, 8, 3, groups: 2), torch.randn(1, 8, 9, 30)),                          // no padding
             (nn.Conv2d(6, 12, 3, stride: 2, padding: 1, groups: 3), torch.randn(2, 6, 17, 15)), // strided
             (nn.Conv2d(12, 6, 1, groups: 3), torch.randn(2, 12, 9, 9)),                         // 1x1
             (nn.Conv1d(8, 8, 3, padding: 1, groups: 2), torch.randn(2, 8, 50)),
-        ], ConvolutionRoute.Direct, nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14)));
+        ], ConvolutionRoute.Direct, nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14))));
     }
 
     [Fact]
