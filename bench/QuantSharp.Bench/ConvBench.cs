@@ -30,7 +30,9 @@ namespace QuantSharp.Bench;
 /// padding its own image's planes (true), <c>DirectRowByRow</c> and
 /// <c>DepthwiseRowByRow</c> those routes with their strided rows written through <see cref="PhaseGrid.WriteRow"/>
 /// (<see cref="DirectConvolution.ForcedPairedRows"/> false), <c>DirectWhole</c> the small kernel on the weight dequantized
-/// whole before the call (<see cref="QuantizedConv.DequantizesWholeWeight"/>), <c>DepthwiseWhole</c> the depthwise kernel so; ROUTE <c>Tuned</c> is the layer's
+/// whole before the call (<see cref="QuantizedConv.DequantizesWholeWeight"/>), <c>DepthwiseWhole</c> the depthwise kernel so, <c>DepthwiseLanes</c> and
+/// <c>DepthwisePlanes</c> the depthwise kernel with the channels in lanes or plane by plane
+/// (<see cref="DepthwiseConvolution.ForcedLanes"/>); ROUTE <c>Tuned</c> is the layer's
 /// forward with <see cref="QuantizedConv.Autotune"/> on, and <c>CONV_TUNE=1</c> makes each layer's first call with it (the
 /// tuning) from a cold start and prints its time, the rule's route and the one kept; <c>PROBE_HALF_SINGLE=0</c> turns
 /// <see cref="LinearKernels.ManagedHalfToSingle"/> off.
@@ -175,6 +177,12 @@ internal static class ConvBench
                 {
                     var whole = parts[0] == "DirectWhole" ? ConvolutionRoute.Direct : ConvolutionRoute.Depthwise;
                     return () => With(v => QuantizedConv.DequantizesWholeWeight = v, true, false, () => layer.Forward(x, whole));
+                }
+                // DepthwiseLanes / DepthwisePlanes: the depthwise kernel with the channels in lanes, or plane by plane (DepthwiseConvolution.ForcedLanes).
+                if (parts[0] is "DepthwiseLanes" or "DepthwisePlanes")
+                {
+                    bool lanes = parts[0] == "DepthwiseLanes";
+                    return () => With(v => DepthwiseConvolution.ForcedLanes = v ? lanes : null, true, false, () => layer.Forward(x, ConvolutionRoute.Depthwise));
                 }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -76,6 +77,11 @@ internal static unsafe class DepthwiseConvolution
     private static void Run<TW, TVec>(GroupWeights weight, int outputs, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
+        if (outputs == u.Channels && (ForcedLanes ?? TakesLanes(u, TW.Count)))
+        {
+            RunLanes<TW, TVec>(weight, u, images, bias, y, input);
+            return;
+        }
         // One channel's geometry: its plane in the phase layout, and its taps' offsets in that plane.
         var one = new Im2Col(1, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW);
         var grid = new PhaseGrid(one);
@@ -141,6 +147,212 @@ internal static unsafe class DepthwiseConvolution
                 ArrayPool<float>.Shared.Return(rented);
             }
         });
+    }
+
+    /// <summary>
+    /// For the bench and tests, read on the calling thread: true computes a call of one output per channel with the
+    /// channels in lanes (<see cref="RunLanes"/>), false plane by plane; null: <see cref="TakesLanes(Im2Col, int)"/>.
+    /// </summary>
+    [ThreadStatic] internal static bool? ForcedLanes;
+
+    /// <summary>
+    /// Whether a call of one output per channel computes <paramref name="width"/> channels at once, one vector per
+    /// output position (<see cref="RunLanes"/>), rather than plane by plane: where a padded tile of a block's planes fits
+    /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has more than 3x3 taps, a stride, or output rows
+    /// narrower than two vectors. Measured on the Zen 5 VM at 512 bits (docs/BENCHMARKS.md, stop 41), paired in one
+    /// process: in lanes 0.23-0.84x float32's time weight-only on MobileNet's and EfficientNet's layers onto 7x7 to 28x28
+    /// and at stride 2, ConvNeXt's 7x7 taps and 5x5 taps, where plane by plane took 0.36-2.10x; plane by plane stays for
+    /// 3x3 taps at stride 1 onto rows of 56 or more (32 channels on 112x112: 0.32-0.58x against 0.63-0.92x in lanes).
+    /// </summary>
+    internal static bool TakesLanes(Im2Col u, int width) =>
+        (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesMaxTileBytes
+        && (u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1 || u.OutW < 2 * width);
+
+    /// <summary>
+    /// <see cref="TakesLanes(Im2Col, int)"/> at the widest width this machine runs (<see cref="Run(float*, int, int,
+    /// Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s), for a layer of one output per input channel.
+    /// </summary>
+    internal static bool TakesLanes(Im2Col u) =>
+        TakesLanes(u, Float512.IsSupported ? Float512.Count : Float256.IsSupported ? Float256.Count : Float128.IsSupported ? Float128.Count : 1);
+
+    /// <summary>
+    /// Bytes up to which <see cref="TakesLanes(Im2Col, int)"/> pads a block of channels into one tile: a core's 1 MiB L2
+    /// (96 channels on 112x112 at stride 2, 832 KB at 512 bits, took 0.65x float32's time at batch 8 in lanes, 0.94x
+    /// plane by plane).
+    /// </summary>
+    internal const long LanesMaxTileBytes = 1 << 20;
+
+    /// <summary>
+    /// The call with the channels in lanes (one output channel per input channel), in units of an image's block of
+    /// <c>TW.Count</c> channels, block-major (a work item's units share their blocks' weights across images): the
+    /// block's planes are transposed into a padded tile of one vector per position (a static W8A8 input fake-quantized
+    /// there, row by row), each output position is one vector, one multiply-add per tap from the bias in order of the
+    /// taps (the same operations per value as the plane-by-plane kernel, so the same bits), and the block's outputs are
+    /// transposed back into the channels' planes. Every lane does useful work where the plane-by-plane kernel computes a
+    /// 7x7 plane as a wide grid of 64 positions.
+    /// </summary>
+    private static void RunLanes<TW, TVec>(GroupWeights weight, Im2Col u, float* images, float* bias, float* y, InputFakeQuantization? input)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count, channels = u.Channels, taps = u.KernelH * u.KernelW, imageCount = u.Images;
+        int planeSize = u.Height * u.Width, positions = u.Positions, outW = u.OutW;
+        int tileW = u.Width + 2 * u.PadW, tileValues = checked((u.Height + 2 * u.PadH) * tileW * width), outValues = checked(positions * width);
+        // Each input value's place in the tile, each output position's first read there, and each tap's offset from it.
+        int[] places = new int[planeSize], starts = new int[positions], offsets = new int[taps];
+        for (int p = 0; p < planeSize; p++)
+            places[p] = ((p / u.Width + u.PadH) * tileW + p % u.Width + u.PadW) * width;
+        for (int p = 0; p < positions; p++)
+            starts[p] = (p / outW * u.StrideH * tileW + p % outW * u.StrideW) * width;
+        for (int kh = 0; kh < u.KernelH; kh++)
+            for (int kw = 0; kw < u.KernelW; kw++)
+                offsets[kh * u.KernelW + kw] = (kh * u.DilationH * tileW + kw * u.DilationW) * width;
+        int blocks = (channels + width - 1) / width, units = imageCount * blocks;
+        int items = Math.Min(units, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
+        // A quantized weight: each item dequantizes the rows of its blocks' channels into its scratch.
+        int rowsValues = 0;
+        if (weight.Dequantizes)
+            for (int item = 0; item < items; item++)
+                rowsValues = Math.Max(rowsValues, Channels(item).Count * taps);
+        int scratchValues = checked(tileValues + outValues + (taps + 1) * width + rowsValues + 16);
+        nint source = (nint)images, target = (nint)y, biases = (nint)bias;
+        long cost = ((long)taps * positions + 2L * planeSize + 2L * positions) * width * units / items;
+        KernelThreads.For(items, cost, item =>
+        {
+            float[] rented = ArrayPool<float>.Shared.Rent(scratchValues);
+            try
+            {
+                fixed (float* start = rented)
+                fixed (int* place = places, at = starts, tapOffsets = offsets)
+                {
+                    float* tile = (float*)(((nint)start + 63) & ~(nint)63); // whole vectors on cache lines
+                    float* outs = tile + tileValues, wt = outs + outValues, b = wt + taps * width;
+                    new Span<float>(tile, tileValues).Clear(); // the padding, never written after
+                    var (firstChannel, count) = Channels(item);
+                    float* rows = weight.Rows(firstChannel, count, b + width) - (nint)firstChannel * taps;
+                    int first = (int)((long)item * units / items), last = (int)((long)(item + 1) * units / items), loaded = -1;
+                    for (int unit = first; unit < last; unit++)
+                    {
+                        int block = unit / imageCount, image = unit - block * imageCount, c0 = block * width, n = Math.Min(width, channels - c0);
+                        if (block != loaded)
+                        {
+                            // The block's taps and biases in lanes (lanes past the channels 0).
+                            for (int lane = 0; lane < width; lane++)
+                            {
+                                float* row = rows + (nint)(c0 + lane) * taps;
+                                for (int t = 0; t < taps; t++) wt[t * width + lane] = lane < n ? row[t] : 0f;
+                                b[lane] = lane < n && biases != 0 ? ((float*)biases)[c0 + lane] : 0f;
+                            }
+                            loaded = block;
+                        }
+                        ToTile((float*)source + ((nint)image * channels + c0) * planeSize, planeSize, n, tile, place);
+                        if (input is { } quantization)
+                            for (int ih = 0; ih < u.Height; ih++)
+                            {
+                                var row = new Span<float>(tile + ((nint)(ih + u.PadH) * tileW + u.PadW) * width, u.Width * width);
+                                quantization.Apply(row, row);
+                            }
+                        Positions<TW, TVec>(tile, at, positions, tapOffsets, taps, wt, TW.Load(b), outs);
+                        FromLanes(outs, positions, n, width, (float*)target + ((nint)image * channels + c0) * positions);
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(rented);
+            }
+        });
+
+        // The channels of an item's blocks.
+        (int First, int Count) Channels(int item)
+        {
+            int first = (int)((long)item * units / items), last = (int)((long)(item + 1) * units / items);
+            int firstChannel = first / imageCount * width;
+            return (firstChannel, Math.Min(channels, ((last - 1) / imageCount + 1) * width) - firstChannel);
+        }
+    }
+
+    /// <summary>
+    /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, four
+    /// positions at a time (four multiply-add chains), then one.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Positions<TW, TVec>(float* tile, int* starts, int positions, int* offsets, int taps, float* w, TVec bias, float* outs)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count, p = 0;
+        for (; p + 8 <= positions; p += 8)
+        {
+            float* s0 = tile + starts[p], s1 = tile + starts[p + 1], s2 = tile + starts[p + 2], s3 = tile + starts[p + 3];
+            float* s4 = tile + starts[p + 4], s5 = tile + starts[p + 5], s6 = tile + starts[p + 6], s7 = tile + starts[p + 7];
+            TVec a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
+            for (int t = 0; t < taps; t++)
+            {
+                var v = TW.Load(w + t * width);
+                int o = offsets[t];
+                a0 = TW.MultiplyAdd(v, TW.Load(s0 + o), a0);
+                a1 = TW.MultiplyAdd(v, TW.Load(s1 + o), a1);
+                a2 = TW.MultiplyAdd(v, TW.Load(s2 + o), a2);
+                a3 = TW.MultiplyAdd(v, TW.Load(s3 + o), a3);
+                a4 = TW.MultiplyAdd(v, TW.Load(s4 + o), a4);
+                a5 = TW.MultiplyAdd(v, TW.Load(s5 + o), a5);
+                a6 = TW.MultiplyAdd(v, TW.Load(s6 + o), a6);
+                a7 = TW.MultiplyAdd(v, TW.Load(s7 + o), a7);
+            }
+            float* d = outs + (nint)p * width;
+            TW.Store(a0, d);
+            TW.Store(a1, d + width);
+            TW.Store(a2, d + 2 * width);
+            TW.Store(a3, d + 3 * width);
+            TW.Store(a4, d + 4 * width);
+            TW.Store(a5, d + 5 * width);
+            TW.Store(a6, d + 6 * width);
+            TW.Store(a7, d + 7 * width);
+        }
+        for (; p < positions; p++)
+        {
+            float* s = tile + starts[p];
+            TVec a = bias;
+            for (int t = 0; t < taps; t++) a = TW.MultiplyAdd(TW.Load(w + t * width), TW.Load(s + offsets[t]), a);
+            TW.Store(a, outs + p * width);
+        }
+    }
+
+    /// <summary>
+    /// <c>tile[places[p] + lane] = src[lane * count + p]</c> for <paramref name="n"/> lanes (planes of
+    /// <paramref name="count"/> values): 8 x 8 register transposes where AVX has them, the rest value by value.
+    /// </summary>
+    internal static void ToTile(float* src, int count, int n, float* tile, int* places)
+    {
+        int lane = 0;
+        if (Avx.IsSupported)
+            for (; lane + 8 <= n; lane += 8)
+            {
+                int p = 0;
+                for (; p + 8 <= count; p += 8) Transposes.Transpose8x8(src + (nint)lane * count + p, count, tile + lane, places + p);
+                for (; p < count; p++)
+                    for (int i = lane; i < lane + 8; i++) tile[places[p] + i] = src[(nint)i * count + p];
+            }
+        for (; lane < n; lane++)
+            for (int p = 0; p < count; p++) tile[places[p] + lane] = src[(nint)lane * count + p];
+    }
+
+    /// <summary>
+    /// <c>dst[lane * count + p] = src[p * width + lane]</c> for <paramref name="n"/> lanes and <paramref name="count"/>
+    /// positions (<see cref="ToTile"/> the other way, into planes).
+    /// </summary>
+    internal static void FromLanes(float* src, int count, int n, int width, float* dst)
+    {
+        int lane = 0;
+        if (Avx.IsSupported)
+            for (; lane + 8 <= n; lane += 8)
+            {
+                int p = 0;
+                for (; p + 8 <= count; p += 8) Transposes.Transpose8x8(src + (nint)p * width + lane, width, dst + (nint)lane * count + p, count);
+                for (; p < count; p++)
+                    for (int i = lane; i < lane + 8; i++) dst[(nint)i * count + p] = src[(nint)p * width + i];
+            }
+        for (; lane < n; lane++)
+            for (int p = 0; p < count; p++) dst[(nint)lane * count + p] = src[(nint)p * width + lane];
     }
 
     /// <summary>Work items per kernel thread (each a run of consecutive planes).</summary>

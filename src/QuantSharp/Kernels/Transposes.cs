@@ -25,6 +25,43 @@ internal static unsafe class Transposes
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Transpose8x8(float* src, nint lds, float* dst, nint ldd, bool add, Vector256<float> addend)
     {
+        Columns(src, lds, out var c0, out var c1, out var c2, out var c3, out var c4, out var c5, out var c6, out var c7);
+        Avx.Store(dst, Plus(c0, add, addend));
+        Avx.Store(dst + ldd, Plus(c1, add, addend));
+        Avx.Store(dst + 2 * ldd, Plus(c2, add, addend));
+        Avx.Store(dst + 3 * ldd, Plus(c3, add, addend));
+        Avx.Store(dst + 4 * ldd, Plus(c4, add, addend));
+        Avx.Store(dst + 5 * ldd, Plus(c5, add, addend));
+        Avx.Store(dst + 6 * ldd, Plus(c6, add, addend));
+        Avx.Store(dst + 7 * ldd, Plus(c7, add, addend));
+
+        static Vector256<float> Plus(Vector256<float> v, bool add, Vector256<float> addend) => add ? Avx.Add(v, addend) : v;
+    }
+
+    /// <summary>
+    /// <see cref="Transpose8x8(float*, nint, float*, nint)"/> with the output rows where <paramref name="rowOffsets"/>
+    /// puts them: column <c>j</c> of <paramref name="src"/> to <c>dst + rowOffsets[j]</c> (rows of a padded tile that
+    /// are not evenly spaced).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Transpose8x8(float* src, nint lds, float* dst, int* rowOffsets)
+    {
+        Columns(src, lds, out var c0, out var c1, out var c2, out var c3, out var c4, out var c5, out var c6, out var c7);
+        Avx.Store(dst + rowOffsets[0], c0);
+        Avx.Store(dst + rowOffsets[1], c1);
+        Avx.Store(dst + rowOffsets[2], c2);
+        Avx.Store(dst + rowOffsets[3], c3);
+        Avx.Store(dst + rowOffsets[4], c4);
+        Avx.Store(dst + rowOffsets[5], c5);
+        Avx.Store(dst + rowOffsets[6], c6);
+        Avx.Store(dst + rowOffsets[7], c7);
+    }
+
+    /// <summary>The eight columns of the 8 x 8 floats at <paramref name="src"/> (rows <paramref name="lds"/> apart).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Columns(float* src, nint lds, out Vector256<float> c0, out Vector256<float> c1, out Vector256<float> c2, out Vector256<float> c3,
+        out Vector256<float> c4, out Vector256<float> c5, out Vector256<float> c6, out Vector256<float> c7)
+    {
         var r0 = Avx.LoadVector256(src);
         var r1 = Avx.LoadVector256(src + lds);
         var r2 = Avx.LoadVector256(src + 2 * lds);
@@ -44,15 +81,13 @@ internal static unsafe class Transposes
         var u4 = Avx.Shuffle(t4, t6, 0x44); var u5 = Avx.Shuffle(t4, t6, 0xEE);
         var u6 = Avx.Shuffle(t5, t7, 0x44); var u7 = Avx.Shuffle(t5, t7, 0xEE);
         // Rows 0-3 and 4-7 of one column joined across the halves.
-        Avx.Store(dst, Plus(Avx.Permute2x128(u0, u4, 0x20), add, addend));
-        Avx.Store(dst + ldd, Plus(Avx.Permute2x128(u1, u5, 0x20), add, addend));
-        Avx.Store(dst + 2 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x20), add, addend));
-        Avx.Store(dst + 3 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x20), add, addend));
-        Avx.Store(dst + 4 * ldd, Plus(Avx.Permute2x128(u0, u4, 0x31), add, addend));
-        Avx.Store(dst + 5 * ldd, Plus(Avx.Permute2x128(u1, u5, 0x31), add, addend));
-        Avx.Store(dst + 6 * ldd, Plus(Avx.Permute2x128(u2, u6, 0x31), add, addend));
-        Avx.Store(dst + 7 * ldd, Plus(Avx.Permute2x128(u3, u7, 0x31), add, addend));
-
-        static Vector256<float> Plus(Vector256<float> v, bool add, Vector256<float> addend) => add ? Avx.Add(v, addend) : v;
+        c0 = Avx.Permute2x128(u0, u4, 0x20);
+        c1 = Avx.Permute2x128(u1, u5, 0x20);
+        c2 = Avx.Permute2x128(u2, u6, 0x20);
+        c3 = Avx.Permute2x128(u3, u7, 0x20);
+        c4 = Avx.Permute2x128(u0, u4, 0x31);
+        c5 = Avx.Permute2x128(u1, u5, 0x31);
+        c6 = Avx.Permute2x128(u2, u6, 0x31);
+        c7 = Avx.Permute2x128(u3, u7, 0x31);
     }
 }

@@ -324,11 +324,16 @@ internal static class ConvolutionCost
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
     /// plane (its padded copy, split into phases row by row), libtorch's per call, so many small planes lose; a Conv1d's
     /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.49 ms at batch 1,
-    /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37.
+    /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37. And every
+    /// call that computes the channels in lanes (<paramref name="oneOutputPerChannel"/> and
+    /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>): at or below libtorch's route's time in every layer
+    /// measured, 0.19-0.84x float32's time weight-only at batch 8 onto 7x7 to 28x28, with 5x5 and 7x7 taps and at stride
+    /// 2, where libtorch's route took 0.95-1.09x, static W8A8 0.21-0.91x against 1.14-1.77x, and 5x5 taps onto 14x14
+    /// alike (0.99-1.09x, 1.03x; docs/BENCHMARKS.md, stop 41).
     /// </summary>
-    internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput)
+    internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput, bool oneOutputPerChannel)
     {
-        if (unfold.Height == 1 && unfold.KernelH == 1) return true;
+        if ((unfold.Height == 1 && unfold.KernelH == 1) || (oneOutputPerChannel && Kernels.DepthwiseConvolution.TakesLanes(unfold))) return true;
         long positions = unfold.Positions;
         bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
         if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || stride1 || Kernels.DirectConvolution.WritesPairedRows(unfold);

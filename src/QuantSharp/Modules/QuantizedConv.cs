@@ -261,7 +261,7 @@ public sealed class QuantizedConv : QuantizedModule
         // A depthwise layer has one kernel of its own, taken where it pays (any route but libtorch's forces it); a static
         // W8A8 input is quantized inside it (a dynamic one before either route).
         if (IsDepthwise)
-            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput))
+            return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput, out_channels == in_channels))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         // Other grouped layers: the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked
         // for (the packed kernels take no groups), any other route but libtorch's forces the small kernel where it fits.

@@ -49,7 +49,7 @@ public class DepthwiseConvolutionTests
     {
         using var cap = new SimdWidthCap(maxBits);
         torch.manual_seed(41);
-        ForBothWeightReads(() => AssertRouteMatchesReference(Cases(), ConvolutionRoute.Depthwise, maxBits));
+        ForBothWeightReads(() => ForBothLayouts(() => AssertRouteMatchesReference(Cases(), ConvolutionRoute.Depthwise, maxBits)));
     }
 
     /// <summary>
@@ -92,8 +92,111 @@ public class DepthwiseConvolutionTests
     public unsafe void KernelWritesEveryOutputOnceAndNothingPastTheOutput(int maxBits)
     {
         using var cap = new SimdWidthCap(maxBits);
-        // 3 channels, a multiplier of 2.
+        // 3 channels, a multiplier of 2 (plane by plane).
         AssertEveryOutputOnceAndNothingPast(3, 6, 3, 44, &DepthwiseConvolution.Run);
+        // One output per channel, both ways: 19 channels (a part block at every width) and 8 (whole 8-lane transposes).
+        ForBothLayouts(() =>
+        {
+            AssertEveryOutputOnceAndNothingPast(19, 19, 19, 45, &DepthwiseConvolution.Run);
+            AssertEveryOutputOnceAndNothingPast(8, 8, 8, 46, &DepthwiseConvolution.Run);
+        });
+    }
+
+    /// <summary>
+    /// With the channels in lanes (<see cref="DepthwiseConvolution.ForcedLanes"/>) the kernel gives the bits it gives
+    /// plane by plane: the same multiply-adds per value in the same order. Channel counts that leave a part block at
+    /// every width (1, 5, 17, 33, 200) and whole 8-lane blocks (8, 24); one image, three and eight (work items of
+    /// several blocks, whose weights are loaded once per block); 1x1, 3x3, 5x5, 7x7 and 3x5 taps,
+    /// strides 1-3, padding 0-4 (wider than the kernel reaches), dilation 2, planes narrower and wider than the
+    /// transposes' 8 positions, a Conv1d; a float and a quantized weight (int8 with zero points, and int4 in groups of 2
+    /// where the taps are even), with and without bias, and a static W8A8 input with a zero point inside the type's range
+    /// and beyond it.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public unsafe void ChannelsInLanesGiveThePlaneByPlaneBits(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(48);
+        Im2Col[] geometries =
+        [
+            new Im2Col(17, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1),
+            new Im2Col(200, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), // work items of several blocks at every width
+            new Im2Col(33, 14, 14, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(3),
+            new Im2Col(24, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(3),
+            new Im2Col(5, 28, 28, 5, 5, 2, 2, 2, 2, 1, 1),
+            new Im2Col(8, 9, 11, 3, 5, 2, 1, 3, 2, 1, 2).ForImages(3),
+            new Im2Col(1, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1),
+            new Im2Col(17, 2, 2, 3, 3, 1, 1, 4, 4, 1, 1).ForImages(3),
+            new Im2Col(5, 20, 19, 3, 3, 3, 3, 0, 0, 1, 1),
+            new Im2Col(24, 6, 6, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(3),
+            new Im2Col(17, 1, 40, 1, 4, 1, 1, 0, 2, 1, 1).ForImages(3), // a Conv1d: one row of 40 steps
+        ];
+        InputFakeQuantization?[] inputs = [null, new InputFakeQuantization(0.02f, 50f, 120f, 0f, 255f), new InputFakeQuantization(0.01f, 100f, -200f, -128f, 127f)];
+        foreach (var u in geometries)
+        {
+            int taps = u.KernelH * u.KernelW, count = u.Images * u.Channels * u.Positions;
+            float[] x = Enumerable.Range(0, u.Images * u.ImageSize).Select(_ => (float)random.NextDouble() * 4 - 2).ToArray();
+            float[] w = Enumerable.Range(0, u.Channels * taps).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+            float[] bias = Enumerable.Range(0, u.Channels).Select(_ => (float)random.NextDouble()).ToArray();
+            var formats = taps % 2 == 0 ? new[] { WeightFormat.Int8, WeightFormat.Int4 } : [WeightFormat.Int8];
+            foreach (var input in inputs)
+            foreach (bool withBias in new[] { true, false })
+            {
+                string what = $"{u.Channels} channels {u.Height}x{u.Width} {u.KernelH}x{u.KernelW} over {u.Images} image(s), input {input?.ZeroPoint.ToString() ?? "float"}, bias {withBias}, width {maxBits}";
+                fixed (float* px = x, pw = w, pb = bias)
+                {
+                    nint ax = (nint)px, aw = (nint)pw, ab = withBias ? (nint)pb : 0;
+                    AssertLanesGivePlaneBits(y => DepthwiseConvolution.Run((float*)aw, u.Channels, u.Channels, u, (float*)ax, (float*)ab, (float*)y, input), count, what + ", float weight");
+                    foreach (var format in formats)
+                    {
+                        using var weight = new PinnedWeight(format, u.Channels, taps, format == WeightFormat.Int4 ? 2 : taps, zeroPoints: true, seed: 5);
+                        var view = weight.View;
+                        AssertLanesGivePlaneBits(y => DepthwiseConvolution.Run(view, u.Channels, u, (float*)ax, (float*)ab, (float*)y, input), count, $"{what}, {format} weight");
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Runs <paramref name="check"/> with the channels in lanes and plane by plane (<see cref="DepthwiseConvolution.ForcedLanes"/>), a failure naming the layout.</summary>
+    internal static void ForBothLayouts(Action check)
+    {
+        foreach (bool lanes in new[] { true, false })
+        {
+            DepthwiseConvolution.ForcedLanes = lanes;
+            try
+            {
+                check();
+            }
+            catch (Xunit.Sdk.XunitException e)
+            {
+                throw new Xunit.Sdk.XunitException($"{(lanes ? "channels in lanes" : "plane by plane")}: {e.Message}");
+            }
+            finally
+            {
+                DepthwiseConvolution.ForcedLanes = null;
+            }
+        }
+    }
+
+    /// <summary><paramref name="run"/> (given the output's address) with the channels in lanes gives, bit for bit, its output plane by plane.</summary>
+    private static unsafe void AssertLanesGivePlaneBits(Action<nint> run, int count, string what)
+    {
+        float[] planes = new float[count], lanes = Enumerable.Repeat(float.NaN, count).ToArray();
+        fixed (float* pp = planes, pl = lanes)
+        {
+            DepthwiseConvolution.ForcedLanes = false;
+            try { run((nint)pp); } finally { DepthwiseConvolution.ForcedLanes = null; }
+            DepthwiseConvolution.ForcedLanes = true;
+            try { run((nint)pl); } finally { DepthwiseConvolution.ForcedLanes = null; }
+        }
+        for (int i = 0; i < count; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(planes[i]) == BitConverter.SingleToInt32Bits(lanes[i]),
+                $"{what}: output {i} is {lanes[i]:R} with the channels in lanes, {planes[i]:R} plane by plane");
     }
 
     [Fact]
@@ -147,23 +250,43 @@ public class DepthwiseConvolutionTests
     }
 
     [Fact]
+    public void ChannelsGoInLanesWithMoreThan3x3TapsAStrideOrNarrowRowsWhereATileFitsACoresCache()
+    {
+        // 3x3 taps at stride 1: output rows narrower than two vectors (31 at 512 bits, 15 at 256).
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 31, 31, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 15, 15, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(32, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        // More taps or a stride: rows of any width.
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 56, 56, 7, 7, 1, 1, 3, 3, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 112, 112, 3, 3, 2, 2, 1, 1, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1), 16)); // Conformer's Conv1d
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(512, 1, 100, 1, 3, 1, 1, 0, 1, 1, 1), 16));
+        // A tile of up to 1 MiB: 126x126 padded to 128 x 128 x 16 lanes x 4 bytes, not 127x127 (129 x 129).
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 126, 126, 3, 3, 2, 2, 1, 1, 1, 1), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(96, 127, 127, 3, 3, 2, 2, 1, 1, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 127, 127, 3, 3, 2, 2, 1, 1, 1, 1), 8));
+    }
+
+    [Fact]
     public void MeasuredRuleTakesTheDepthwiseKernelAtItsEdgesAndNotForOtherGroupsOrGradients()
     {
         using var scope = NewDisposeScope();
         const ConvolutionRoute D = ConvolutionRoute.Depthwise, R = ConvolutionRoute.Reference;
-        // One image: at stride 1 always, else onto 14x14 outputs and more (28 and 26 wide at stride 2: 14 and 13 a side),
+        // Plane by plane (a channel multiplier above 1, the last argument false), one image: at stride 1 always, else onto 14x14 outputs and more (28 and 26 wide at stride 2: 14 and 13 a side),
         // or where the strided rows are split by masked loads (AVX-512, phase rows up to 16 values).
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), false));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1), false));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), false, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1), false, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1), false, false));
         foreach (bool paired in new[] { false, true })
         {
             DirectConvolution.ForcedPairedRows = paired;
             try
             {
-                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(192, 26, 26, 3, 3, 2, 2, 1, 1, 1, 1), false));
-                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false)); // 7x7 outputs
-                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true));
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(192, 26, 26, 3, 3, 2, 2, 1, 1, 1, 1), false, false));
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), false, false)); // 7x7 outputs
+                Assert.Equal(paired, ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true, false));
                 // Forced or not, only rows it can write (phase rows up to 16 values: 31 wide makes 17).
                 Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 31, 31, 3, 3, 2, 2, 1, 1, 1, 1)));
             }
@@ -177,26 +300,34 @@ public class DepthwiseConvolutionTests
         Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 31, 31, 3, 3, 2, 2, 1, 1, 1, 1)));
         Assert.False(DirectConvolution.WritesPairedRows(new Im2Col(8, 30, 30, 3, 3, 1, 1, 1, 1, 1, 1)));
         // More images: 28x28 outputs and more, up to 3x3 taps (55 and 54 wide at stride 2: 28 and 27 outputs a side).
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 55, 55, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 54, 54, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 55, 55, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 54, 54, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, false));
         // At stride 1 from 14x14 (stop 37's row copies), at stride 2 not.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), false, false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false, false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, false));
         // Static W8A8 also onto 14x14 and more at stride 2 for more images.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), true));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true)); // 14x14 at stride 2
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(960, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), true, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true, false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), true, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true, false)); // 14x14 at stride 2
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true, false));
+
+        // One output per channel in lanes: always (the cells above that stay on libtorch's route plane by plane).
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false, true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true, true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true, true));
+        // Not in lanes (3x3 taps at stride 1 onto rows of 150), the rule plane by plane.
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 150, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false, true));
 
         // Conv1d: always (its plane is one row), even over few steps and with many taps.
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(768, 1, 16, 1, 4, 1, 1, 0, 3, 1, 1).ForImages(8), false));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1).ForImages(8), false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(768, 1, 16, 1, 4, 1, 1, 0, 3, 1, 1).ForImages(8), false, false));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1).ForImages(8), false, false));
         // A Conv2d over one row is no Conv1d: 3x3 taps onto 1 x 150 positions at batch 8 stay on libtorch's route.
-        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 150, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false));
+        Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 150, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false, false));
 
         torch.manual_seed(43);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
@@ -205,11 +336,18 @@ public class DepthwiseConvolutionTests
         Assert.Equal(D, depthwise.Route(torch.randn(32, 112, 112)));
         Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 28, 28)));
         Assert.Equal(D, depthwise.Route(torch.randn(8, 32, 14, 14)));
-        Assert.Equal(R, depthwise.Route(torch.randn(8, 32, 13, 13)));
+        // 13x13 at batch 8: in lanes where rows of 13 are narrower than two vectors (256 bits and more), else plane by
+        // plane, which libtorch's route beats; a channel multiplier of 2 is plane by plane at every width.
+        var small = new Im2Col(32, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1);
+        Assert.Equal(DepthwiseConvolution.TakesLanes(small) ? D : R, depthwise.Route(torch.randn(8, 32, 13, 13)));
+        Assert.Equal(Float512.IsSupported || Float256.IsSupported, DepthwiseConvolution.TakesLanes(small));
+        using var multiplier2 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 64, 3, padding: 1, groups: 32), spec);
+        Assert.Equal(R, multiplier2.Route(torch.randn(8, 32, 13, 13)));
+        Assert.Equal(D, multiplier2.Route(torch.randn(8, 32, 14, 14)));
         var act = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
         using var staticW8A8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 32), spec, act);
         Assert.Equal(D, staticW8A8.Route(torch.randn(8, 32, 14, 14)));
-        Assert.Equal(R, staticW8A8.Route(torch.randn(8, 32, 13, 13)));
+        Assert.Equal(DepthwiseConvolution.TakesLanes(small) ? D : R, staticW8A8.Route(torch.randn(8, 32, 13, 13)));
         using var conv1d = (QuantizedConv)QuantizedModules.Quantize(nn.Conv1d(144, 144, 31, padding: 15, groups: 144), spec);
         Assert.Equal(D, conv1d.Route(torch.randn(8, 144, 400)));
         Assert.Equal(R, depthwise.Route(torch.randn(1, 32, 112, 112).requires_grad_()));
