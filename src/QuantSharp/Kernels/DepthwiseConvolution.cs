@@ -159,21 +159,31 @@ internal static unsafe class DepthwiseConvolution
     /// Whether a call of one output per channel computes <paramref name="width"/> channels at once, one vector per
     /// output position (<see cref="RunLanes"/>), rather than plane by plane: where a padded tile of a block's planes fits
     /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has more than 3x3 taps, a stride, or output rows
-    /// narrower than two vectors. Measured on the Zen 5 VM at 512 bits (docs/BENCHMARKS.md, stop 41), paired in one
-    /// process: in lanes 0.23-0.84x float32's time weight-only on MobileNet's and EfficientNet's layers onto 7x7 to 28x28
-    /// and at stride 2, ConvNeXt's 7x7 taps and 5x5 taps, where plane by plane took 0.36-2.10x; plane by plane stays for
-    /// 3x3 taps at stride 1 onto rows of 56 or more (32 channels on 112x112: 0.32-0.58x against 0.63-0.92x in lanes).
+    /// narrower than two vectors and than <see cref="LanesNarrowRows"/>. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// stop 41), paired in one process, at 512 bits: in lanes 0.23-0.84x float32's time weight-only on MobileNet's and
+    /// EfficientNet's layers onto 7x7 and 14x14 and at stride 2, and with ConvNeXt's 7x7 and EfficientNet's 5x5 taps,
+    /// where plane by plane took 0.33-2.10x; plane by plane stays for 3x3 taps at stride 1 onto rows of 28 or more (64
+    /// channels on 28x28: 0.20-0.56x against 0.23-0.62x in lanes; 32 on 112x112: 0.32-0.58x against 0.63-0.92x). At 256
+    /// bits (AVX-512 off) the same edge: rows of 14 in lanes, of 28 plane by plane.
     /// </summary>
     internal static bool TakesLanes(Im2Col u, int width) =>
         (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesMaxTileBytes
-        && (u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1 || u.OutW < 2 * width);
+        && (u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1 || u.OutW < Math.Min(2 * width, LanesNarrowRows));
+
+    /// <summary>Output rows narrower than this take <see cref="TakesLanes(Im2Col, int)"/> at stride 1 with up to 3x3 taps (14 wide did, 28 did not).</summary>
+    internal const int LanesNarrowRows = 16;
 
     /// <summary>
-    /// <see cref="TakesLanes(Im2Col, int)"/> at the widest width this machine runs (<see cref="Run(float*, int, int,
-    /// Im2Col, float*, float*, float*, InputFakeQuantization?)"/>'s), for a layer of one output per input channel.
+    /// <see cref="TakesLanes(Im2Col, int)"/> at <see cref="LaneWidth"/>, for a layer of one output per input channel.
     /// </summary>
-    internal static bool TakesLanes(Im2Col u) =>
-        TakesLanes(u, Float512.IsSupported ? Float512.Count : Float256.IsSupported ? Float256.Count : Float128.IsSupported ? Float128.Count : 1);
+    internal static bool TakesLanes(Im2Col u) => TakesLanes(u, LaneWidth);
+
+    /// <summary>
+    /// The channels a vector holds on this machine: the widest width <see cref="Run(float*, int, int, Im2Col, float*,
+    /// float*, float*, InputFakeQuantization?)"/> runs.
+    /// </summary>
+    internal static int LaneWidth =>
+        Float512.IsSupported ? Float512.Count : Float256.IsSupported ? Float256.Count : Float128.IsSupported ? Float128.Count : 1;
 
     /// <summary>
     /// Bytes up to which <see cref="TakesLanes(Im2Col, int)"/> pads a block of channels into one tile: a core's 1 MiB L2

@@ -324,22 +324,28 @@ internal static class ConvolutionCost
     /// <see cref="DepthwiseMinPositionsOneImage"/> or more). The kernel's cost is per
     /// plane (its padded copy, split into phases row by row), libtorch's per call, so many small planes lose; a Conv1d's
     /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.49 ms at batch 1,
-    /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37. And every
-    /// call that computes the channels in lanes (<paramref name="oneOutputPerChannel"/> and
-    /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>): at or below libtorch's route's time in every layer
-    /// measured, 0.19-0.84x float32's time weight-only at batch 8 onto 7x7 to 28x28, with 5x5 and 7x7 taps and at stride
-    /// 2, where libtorch's route took 0.95-1.09x, static W8A8 0.21-0.91x against 1.14-1.77x, and 5x5 taps onto 14x14
-    /// alike (0.99-1.09x, 1.03x; docs/BENCHMARKS.md, stop 41).
+    /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37. And
+    /// every call that computes the channels in lanes (<paramref name="oneOutputPerChannel"/> and
+    /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>) of one image, of up to 3x3 taps, or at 512 bits:
+    /// at batch 8 0.19-0.84x float32's time weight-only onto 7x7 to 28x28 where libtorch's route took 0.89-1.09x, static
+    /// W8A8 0.21-0.91x against 1.14-1.77x, and 5x5 taps onto 14x14 alike (0.99-1.09x against 1.03x; docs/BENCHMARKS.md,
+    /// stop 41). At 256 bits, 5x5 and 7x7 taps at batch 8 took 1.10-1.23x in lanes, libtorch's route 1.01-1.04x.
     /// </summary>
     internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput, bool oneOutputPerChannel)
     {
-        if ((unfold.Height == 1 && unfold.KernelH == 1) || (oneOutputPerChannel && Kernels.DepthwiseConvolution.TakesLanes(unfold))) return true;
+        if (unfold.Height == 1 && unfold.KernelH == 1) return true;
+        if (oneOutputPerChannel && Kernels.DepthwiseConvolution.TakesLanes(unfold)
+            && (unfold.Images == 1 || unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps || Kernels.DepthwiseConvolution.LaneWidth >= LanesManyTapsMinWidth))
+            return true;
         long positions = unfold.Positions;
         bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
         if (unfold.Images == 1) return positions >= DepthwiseMinPositionsOneImage || stride1 || Kernels.DirectConvolution.WritesPairedRows(unfold);
         return unfold.KernelH * unfold.KernelW <= DepthwiseMaxTaps
             && (positions >= DepthwiseMinPositions || ((quantizedInput || stride1) && positions >= DepthwiseMinPositionsOneImage));
     }
+
+    /// <summary>Lanes (floats a vector holds) from which <see cref="DepthwisePays"/> takes more than 3x3 taps in lanes for several images (512 bits).</summary>
+    internal const int LanesManyTapsMinWidth = 16;
 
     /// <summary>Output positions of one image from which <see cref="DepthwisePays"/> (14x14).</summary>
     internal const int DepthwiseMinPositionsOneImage = 196;

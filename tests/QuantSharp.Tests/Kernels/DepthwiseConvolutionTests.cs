@@ -252,11 +252,15 @@ public class DepthwiseConvolutionTests
     [Fact]
     public void ChannelsGoInLanesWithMoreThan3x3TapsAStrideOrNarrowRowsWhereATileFitsACoresCache()
     {
-        // 3x3 taps at stride 1: output rows narrower than two vectors (31 at 512 bits, 15 at 256).
-        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 31, 31, 3, 3, 1, 1, 1, 1, 1, 1), 16));
-        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1), 16));
-        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 15, 15, 3, 3, 1, 1, 1, 1, 1, 1), 8));
-        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        // 3x3 taps at stride 1: output rows narrower than 16 and than two vectors (at 128 bits 8).
+        foreach (int width in new[] { 16, 8 })
+        {
+            Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 15, 15, 3, 3, 1, 1, 1, 1, 1, 1), width));
+            Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1), width));
+        }
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 4));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1), 4));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 16));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(32, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1), 16));
         // More taps or a stride: rows of any width.
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 56, 56, 7, 7, 1, 1, 3, 3, 1, 1), 16));
@@ -315,11 +319,14 @@ public class DepthwiseConvolutionTests
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), true, false)); // 14x14 at stride 2
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true, false));
 
-        // One output per channel in lanes: always (the cells above that stay on libtorch's route plane by plane).
+        // One output per channel in lanes (the last argument): one image or up to 3x3 taps always (cells above that
+        // stay on libtorch's route plane by plane), more taps over several images at 512 bits only (at 256 they lost).
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(192, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), false, true));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false, true));
-        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true, true));
         Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(576, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), true, true));
+        Assert.True(ConvolutionCost.DepthwisePays(new Im2Col(672, 14, 14, 5, 5, 1, 1, 2, 2, 1, 1), false, true));
+        Assert.Equal(DepthwiseConvolution.LaneWidth >= 16, ConvolutionCost.DepthwisePays(new Im2Col(96, 28, 28, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(8), false, true));
+        Assert.Equal(DepthwiseConvolution.LaneWidth >= 16, ConvolutionCost.DepthwisePays(new Im2Col(384, 14, 14, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(8), true, true));
+        Assert.Equal(Float512.IsSupported ? 16 : Float256.IsSupported ? 8 : Float128.IsSupported ? 4 : 1, DepthwiseConvolution.LaneWidth);
         // Not in lanes (3x3 taps at stride 1 onto rows of 150), the rule plane by plane.
         Assert.False(ConvolutionCost.DepthwisePays(new Im2Col(64, 1, 150, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), false, true));
 
