@@ -163,15 +163,20 @@ internal static unsafe class DepthwiseConvolution
     /// stop 41), paired in one process, at 512 bits: in lanes 0.23-0.84x float32's time weight-only on MobileNet's and
     /// EfficientNet's layers onto 7x7 and 14x14 and at stride 2, and with ConvNeXt's 7x7 and EfficientNet's 5x5 taps,
     /// where plane by plane took 0.33-2.10x; plane by plane stays for 3x3 taps at stride 1 onto rows of 28 or more (64
-    /// channels on 28x28: 0.20-0.56x against 0.23-0.62x in lanes; 32 on 112x112: 0.32-0.58x against 0.63-0.92x). At 256
-    /// bits (AVX-512 off) the same edge: rows of 14 in lanes, of 28 plane by plane.
+    /// channels on 28x28: 0.20-0.56x against 0.23-0.62x in lanes; 32 on 112x112: 0.32-0.58x against 0.63-0.92x), and a
+    /// Conv1d of 3 taps over 100 steps (0.49-0.54x against 0.59-0.70x at batch 8), while one of 4 taps over 16 steps went
+    /// from 0.92x to 0.43x in lanes. At 256 bits (AVX-512 off) the same edge for 3x3: rows of 14 in lanes, of 28 plane
+    /// by plane.
     /// </summary>
     internal static bool TakesLanes(Im2Col u, int width) =>
         (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesMaxTileBytes
         && (u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1 || u.OutW < Math.Min(2 * width, LanesNarrowRows));
 
-    /// <summary>Output rows narrower than this take <see cref="TakesLanes(Im2Col, int)"/> at stride 1 with up to 3x3 taps (14 wide did, 28 did not).</summary>
-    internal const int LanesNarrowRows = 16;
+    /// <summary>
+    /// Output rows narrower than this take <see cref="TakesLanes(Im2Col, int)"/> at stride 1 with up to 3x3 taps: 14
+    /// and a Conv1d's 19 did, 28 and a Conv1d's 100 did not.
+    /// </summary>
+    internal const int LanesNarrowRows = 24;
 
     /// <summary>
     /// <see cref="TakesLanes(Im2Col, int)"/> at <see cref="LaneWidth"/>, for a layer of one output per input channel.

@@ -252,12 +252,12 @@ public class DepthwiseConvolutionTests
     [Fact]
     public void ChannelsGoInLanesWithMoreThan3x3TapsAStrideOrNarrowRowsWhereATileFitsACoresCache()
     {
-        // 3x3 taps at stride 1: output rows narrower than 16 and than two vectors (at 128 bits 8).
-        foreach (int width in new[] { 16, 8 })
-        {
-            Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 15, 15, 3, 3, 1, 1, 1, 1, 1, 1), width));
-            Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1), width));
-        }
+        // 3x3 taps at stride 1: output rows narrower than 24 and than two vectors (16 at 256 bits, 8 at 128).
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 23, 23, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 15, 15, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(768, 1, 16, 1, 4, 1, 1, 0, 3, 1, 1), 16)); // Mamba's Conv1d: 19 steps out
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(192, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 4));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1), 4));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 16));
