@@ -13,7 +13,9 @@ namespace QuantSharp.Kernels;
 /// channel the plane is copied once, padded and split into stride phases (<see cref="DirectConvolution.PadPlane"/>; a
 /// static W8A8 input is fake-quantized there, in place, so there is no pass of its own), then each of its output
 /// channels is computed row by row: per vector of output positions, one multiply-add per tap on a run of the plane
-/// (<see cref="PhaseGrid.Offset"/>). On the Zen 5 VM the dequantize-then-libtorch route took 0.97-1.31x float32's time
+/// (<see cref="PhaseGrid.Offset"/>). A layer of one output per channel with small planes, a stride or more than 3x3
+/// taps computes a block of channels per vector instead (<see cref="TakesLanes(Im2Col, int)"/>, <see cref="RunLanes"/>).
+/// On the Zen 5 VM the dequantize-then-libtorch route took 0.97-1.31x float32's time
 /// on MobileNet-like layers weight-only and 1.28-1.92x with static W8A8 (its pass over the input), and libtorch's
 /// depthwise Conv1d was slow on its own (docs/BENCHMARKS.md, stop 37).
 /// </summary>
@@ -44,7 +46,8 @@ internal static unsafe class DepthwiseConvolution
     /// <paramref name="weight"/> (<c>[outputs, KH * KW]</c>, any format <see cref="WeightDequantizer"/> reads, up to
     /// <see cref="DirectConvolution.MaxGroupValues"/> values, <see cref="ReadsQuantized"/>): for one image each work item
     /// dequantizes the rows of its planes' channels into its scratch as it starts (<see cref="GroupWeights.Rows"/>), for
-    /// more each thread the whole weight once (<see cref="GroupWeights.Group"/>). Dequantizing the whole weight before the
+    /// more each thread the whole weight once (<see cref="GroupWeights.Group"/>); with the channels in lanes each work item
+    /// the rows of its blocks' channels. Dequantizing the whole weight before the
     /// call was a pass of one thread, a row of 9 values at a time: about a fifth of a 960-channel layer's time on 7x7 at
     /// batch 1 (docs/BENCHMARKS.md, stop 40).
     /// </summary>
@@ -160,13 +163,14 @@ internal static unsafe class DepthwiseConvolution
     /// output position (<see cref="RunLanes"/>), rather than plane by plane: where a padded tile of a block's planes fits
     /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has more than 3x3 taps, a stride, or output rows
     /// narrower than two vectors and than <see cref="LanesNarrowRows"/>. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
-    /// stop 41), paired in one process, at 512 bits: in lanes 0.23-0.84x float32's time weight-only on MobileNet's and
-    /// EfficientNet's layers onto 7x7 and 14x14 and at stride 2, and with ConvNeXt's 7x7 and EfficientNet's 5x5 taps,
-    /// where plane by plane took 0.33-2.10x; plane by plane stays for 3x3 taps at stride 1 onto rows of 28 or more (64
-    /// channels on 28x28: 0.20-0.56x against 0.23-0.62x in lanes; 32 on 112x112: 0.32-0.58x against 0.63-0.92x), and a
-    /// Conv1d of 3 taps over 100 steps (0.49-0.54x against 0.59-0.70x at batch 8), while one of 4 taps over 16 steps went
-    /// from 0.92x to 0.43x in lanes. At 256 bits (AVX-512 off) the same edge for 3x3: rows of 14 in lanes, of 28 plane
-    /// by plane.
+    /// stop 41), paired in one process, at 512 bits: on the layers it takes (MobileNet's and EfficientNet's onto 7x7 and
+    /// 14x14 and at stride 2, ConvNeXt's 7x7 and EfficientNet's 5x5 taps, short Conv1d sequences) in lanes at or below
+    /// plane by plane's time but for ties (at batch 8: 960 channels on 7x7 0.66-0.71x float32's time against
+    /// 1.31-1.53x, 5x5 taps onto 14x14 0.99-1.09x against 1.53-1.63x, a Conv1d of 4 taps over 16 steps 0.43-0.45x
+    /// against 0.92-0.93x); plane by plane stays ahead for 3x3 taps at stride 1 onto rows of 28 or more (64 channels on
+    /// 28x28: 0.50-0.56x against 0.56-0.62x in lanes at batch 8; 32 on 112x112: 0.32-0.35x against 0.63-0.92x at batch 1)
+    /// and a Conv1d of 3 taps over 100 steps (0.49-0.54x against 0.59-0.70x at batch 8). At 256 bits (AVX-512 off) the
+    /// same edge for 3x3 taps: rows of 14 in lanes, of 28 plane by plane.
     /// </summary>
     internal static bool TakesLanes(Im2Col u, int width) =>
         (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesMaxTileBytes

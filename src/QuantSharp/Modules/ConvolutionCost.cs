@@ -327,9 +327,11 @@ internal static class ConvolutionCost
     /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37. And
     /// every call that computes the channels in lanes (<paramref name="oneOutputPerChannel"/> and
     /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>) of one image, of up to 3x3 taps, or at 512 bits:
-    /// at batch 8 0.19-0.84x float32's time weight-only onto 7x7 to 28x28 where libtorch's route took 0.89-1.09x, static
-    /// W8A8 0.21-0.91x against 1.14-1.77x, and 5x5 taps onto 14x14 alike (0.99-1.09x against 1.03x; docs/BENCHMARKS.md,
-    /// stop 41). At 256 bits, 5x5 and 7x7 taps at batch 8 took 1.10-1.23x in lanes, libtorch's route 1.01-1.04x.
+    /// at batch 8 with up to 3x3 taps or at stride 2, 0.40-0.88x float32's time weight-only where libtorch's route took
+    /// 0.76-1.06x, static W8A8 0.47-0.96x against 1.17-1.67x; with 5x5 and 7x7 taps at stride 1, 0.89-1.14x against
+    /// 0.97-1.10x (a tie: a call right after one of libtorch's ran about 10% slower), static W8A8 0.84-1.14x against
+    /// 1.22-1.59x (docs/BENCHMARKS.md, stop 41). At 256 bits, 5x5 and 7x7 taps at batch 8 took 1.10-1.23x in lanes,
+    /// libtorch's route 1.01-1.04x.
     /// </summary>
     internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput, bool oneOutputPerChannel)
     {
