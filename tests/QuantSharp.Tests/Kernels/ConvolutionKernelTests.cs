@@ -362,25 +362,9 @@ public unsafe class ConvolutionKernelTests
     /// with each work item padding its own image's planes (<see cref="DirectConvolution.ForcedPaddingPerItem"/>; its
     /// rule picks by the count of items a thread, which depends on the machine), a failure naming the setting.
     /// </summary>
-    internal static void ForBothPaddings(Action check)
-    {
-        foreach (bool perItem in new[] { false, true })
-        {
-            DirectConvolution.ForcedPaddingPerItem = perItem;
-            try
-            {
-                check();
-            }
-            catch (Xunit.Sdk.XunitException e)
-            {
-                throw new Xunit.Sdk.XunitException($"padding {(perItem ? "per work item" : "into one buffer")}: {e.Message}");
-            }
-            finally
-            {
-                DirectConvolution.ForcedPaddingPerItem = null;
-            }
-        }
-    }
+    internal static void ForBothPaddings(Action check) =>
+        ForBothSettings(perItem => DirectConvolution.ForcedPaddingPerItem = perItem, () => DirectConvolution.ForcedPaddingPerItem = null,
+            perItem => $"padding {(perItem ? "per work item" : "into one buffer")}", check);
 
     /// <summary>
     /// Runs <paramref name="check"/> with the small and the depthwise kernels reading the quantized weight group by group
@@ -388,22 +372,30 @@ public unsafe class ConvolutionKernelTests
     /// (<see cref="QuantizedConv.DequantizesWholeWeight"/>, the route of groups beyond a thread's buffer), a failure
     /// naming the setting.
     /// </summary>
-    internal static void ForBothWeightReads(Action check)
+    internal static void ForBothWeightReads(Action check) =>
+        ForBothSettings(whole => QuantizedConv.DequantizesWholeWeight = whole, () => QuantizedConv.DequantizesWholeWeight = false,
+            whole => $"weight {(whole ? "dequantized whole" : "dequantized by group")}", check);
+
+    /// <summary>
+    /// Runs <paramref name="check"/> with a switch set to false, then to true (<paramref name="set"/>), resetting it after
+    /// each (<paramref name="reset"/>); a failure is prefixed with <paramref name="name"/> of the setting.
+    /// </summary>
+    internal static void ForBothSettings(Action<bool> set, Action reset, Func<bool, string> name, Action check)
     {
-        foreach (bool whole in new[] { false, true })
+        foreach (bool value in new[] { false, true })
         {
-            QuantizedConv.DequantizesWholeWeight = whole;
+            set(value);
             try
             {
                 check();
             }
             catch (Xunit.Sdk.XunitException e)
             {
-                throw new Xunit.Sdk.XunitException($"weight {(whole ? "dequantized whole" : "dequantized by group")}: {e.Message}");
+                throw new Xunit.Sdk.XunitException($"{name(value)}: {e.Message}");
             }
             finally
             {
-                QuantizedConv.DequantizesWholeWeight = false;
+                reset();
             }
         }
     }

@@ -163,25 +163,9 @@ public class DepthwiseConvolutionTests
     }
 
     /// <summary>Runs <paramref name="check"/> with the channels in lanes and plane by plane (<see cref="DepthwiseConvolution.ForcedLanes"/>), a failure naming the layout.</summary>
-    internal static void ForBothLayouts(Action check)
-    {
-        foreach (bool lanes in new[] { true, false })
-        {
-            DepthwiseConvolution.ForcedLanes = lanes;
-            try
-            {
-                check();
-            }
-            catch (Xunit.Sdk.XunitException e)
-            {
-                throw new Xunit.Sdk.XunitException($"{(lanes ? "channels in lanes" : "plane by plane")}: {e.Message}");
-            }
-            finally
-            {
-                DepthwiseConvolution.ForcedLanes = null;
-            }
-        }
-    }
+    internal static void ForBothLayouts(Action check) =>
+        ForBothSettings(lanes => DepthwiseConvolution.ForcedLanes = lanes, () => DepthwiseConvolution.ForcedLanes = null,
+            lanes => lanes ? "channels in lanes" : "plane by plane", check);
 
     /// <summary><paramref name="run"/> (given the output's address) with the channels in lanes gives, bit for bit, its output plane by plane.</summary>
     private static unsafe void AssertLanesGivePlaneBits(Action<nint> run, int count, string what)
