@@ -291,8 +291,8 @@ internal static unsafe class DepthwiseConvolution
     }
 
     /// <summary>
-    /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, four
-    /// positions at a time (four multiply-add chains), then one.
+    /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, eight
+    /// positions at a time (eight multiply-add chains, each tap's weights loaded once for them), then one.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Positions<TW, TVec>(float* tile, int* starts, int positions, int* offsets, int taps, float* w, TVec bias, float* outs)

@@ -5,8 +5,9 @@ using System.Runtime.Intrinsics.X86;
 namespace QuantSharp.Kernels;
 
 /// <summary>
-/// 8 x 8 register transposes (AVX; callers check <see cref="Avx.IsSupported"/>) for the packed GEMMs: packing
-/// activation rows into strips and writing <c>y^T</c> tiles into output rows. The moves are bitwise (unpacks, shuffles
+/// 8 x 8 register transposes (AVX; callers check <see cref="Avx.IsSupported"/>) for the packed GEMMs (packing
+/// activation rows into strips and writing <c>y^T</c> tiles into output rows) and the depthwise kernel's channels in
+/// lanes (planes into a padded tile and back). The moves are bitwise (unpacks, shuffles
 /// and 128-bit permutes never change a value), so they also move int32 lanes.
 /// </summary>
 internal static unsafe class Transposes
