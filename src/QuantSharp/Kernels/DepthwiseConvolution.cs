@@ -161,20 +161,27 @@ internal static unsafe class DepthwiseConvolution
     /// <summary>
     /// Whether a call of one output per channel computes <paramref name="width"/> channels at once, one vector per
     /// output position (<see cref="RunLanes"/>), rather than plane by plane: where a padded tile of a block's planes fits
-    /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has more than 3x3 taps, a stride, or output rows
-    /// narrower than two vectors and than <see cref="LanesNarrowRows"/>. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has output rows narrower than two vectors and than
+    /// <see cref="LanesNarrowRows"/>, or (a Conv2d) more than 3x3 taps or a stride. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
     /// stop 41), paired in one process, at 512 bits: on the layers it takes (MobileNet's and EfficientNet's onto 7x7 and
     /// 14x14 and at stride 2, ConvNeXt's 7x7 and EfficientNet's 5x5 taps, short Conv1d sequences) in lanes at or below
     /// plane by plane's time but for ties (at batch 8: 960 channels on 7x7 0.66-0.71x float32's time against
     /// 1.31-1.53x, 5x5 taps onto 14x14 0.99-1.09x against 1.53-1.63x, a Conv1d of 4 taps over 16 steps 0.43-0.45x
     /// against 0.92-0.93x); plane by plane stays ahead for 3x3 taps at stride 1 onto rows of 28 or more (64 channels on
     /// 28x28: 0.50-0.56x against 0.56-0.62x in lanes at batch 8; 32 on 112x112: 0.32-0.35x against 0.63-0.92x at batch 1)
-    /// and a Conv1d of 3 taps over 100 steps (0.49-0.54x against 0.59-0.70x at batch 8). At 256 bits (AVX-512 off) the
-    /// same edge for 3x3 taps: rows of 14 in lanes, of 28 plane by plane.
+    /// and a Conv1d of 3 taps over 100 steps (0.49-0.54x against 0.59-0.70x at batch 8); a Conv1d takes lanes only for
+    /// short sequences, whatever its taps and stride (64 channels over 16,000 steps at stride 2: 0.53-0.56x plane by
+    /// plane against 0.73-0.75x in lanes at batch 8; 31 taps over 400 and 10,000 steps alike either way). At 256 bits
+    /// (AVX-512 off) the same edge for 3x3 taps: rows of 14 in lanes, of 28 plane by plane.
     /// </summary>
-    internal static bool TakesLanes(Im2Col u, int width) =>
-        (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesMaxTileBytes
-        && (u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1 || u.OutW < Math.Min(2 * width, LanesNarrowRows));
+    internal static bool TakesLanes(Im2Col u, int width)
+    {
+        if ((long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) > LanesMaxTileBytes) return false;
+        bool narrow = u.OutW < Math.Min(2 * width, LanesNarrowRows);
+        // A Conv1d's plane is one row, which plane by plane runs as well whatever its taps and stride.
+        if (u.Height == 1 && u.KernelH == 1) return narrow;
+        return narrow || u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1;
+    }
 
     /// <summary>
     /// Output rows narrower than this take <see cref="TakesLanes(Im2Col, int)"/> at stride 1 with up to 3x3 taps: 14

@@ -249,8 +249,12 @@ public class DepthwiseConvolutionTests
         // More taps or a stride: rows of any width.
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 56, 56, 7, 7, 1, 1, 3, 3, 1, 1), 16));
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 112, 112, 3, 3, 2, 2, 1, 1, 1, 1), 16));
-        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1), 16)); // Conformer's Conv1d
+        // A Conv1d by its row alone: 19 steps out in lanes, 100 not, nor Conformer's 31 taps over 400 steps or a stride.
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 1, 400, 1, 31, 1, 1, 0, 15, 1, 1), 16));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(512, 1, 100, 1, 3, 1, 1, 0, 1, 1, 1), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(64, 1, 16000, 1, 3, 1, 2, 0, 1, 1, 1), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(64, 1, 40, 1, 3, 1, 2, 0, 1, 1, 1), 16)); // 20 steps out
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(64, 1, 16, 1, 31, 1, 1, 0, 15, 1, 1), 16)); // 16 steps out
         // A tile of up to 1 MiB: 126x126 padded to 128 x 128 x 16 lanes x 4 bytes, not 127x127 (129 x 129).
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 126, 126, 3, 3, 2, 2, 1, 1, 1, 1), 16));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(96, 127, 127, 3, 3, 2, 2, 1, 1, 1, 1), 16));
