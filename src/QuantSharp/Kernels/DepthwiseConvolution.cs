@@ -203,8 +203,8 @@ internal static unsafe class DepthwiseConvolution
 
     /// <summary>
     /// Bytes up to which <see cref="TakesLanes(Im2Col, int)"/> pads a block of channels into one tile: a core's 1 MiB L2
-    /// (96 channels on 112x112 at stride 2, 832 KB at 512 bits, took 0.65x float32's time at batch 8 in lanes, 0.94x
-    /// plane by plane).
+    /// (96 channels on 112x112 at stride 2, 832 KB at 512 bits, took 0.65-0.68x float32's time at batch 8 in lanes,
+    /// 0.92-0.96x plane by plane).
     /// </summary>
     internal const long LanesMaxTileBytes = 1 << 20;
 
