@@ -349,7 +349,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// <summary>
     /// <see cref="DepthwiseConvolution"/> on the float32 input (batched or not; its contiguous memory is the images
     /// <c>[n, C, H, W]</c> of <paramref name="unfold"/>), the weight rows <c>[out, KH * KW]</c> dequantized by the threads that
-    /// read them (<see cref="OnWeight"/>), a static W8A8 input fake-quantized plane by plane once the kernel has copied it; null
+    /// read them (<see cref="OnWeight"/>), a static W8A8 input fake-quantized by the kernel as it copies the planes; null
     /// where the weight has no managed dequantization.
     /// </summary>
     private unsafe Tensor? DepthwiseForward(Tensor input, Im2Col unfold)
