@@ -865,12 +865,14 @@ internal static unsafe class PackedMatMul
     /// of six rows and tap, sums in float32 over the wide grid's positions, written with the bias
     /// (<see cref="WriteWide"/>). Nothing is unfolded: the packed route's im2col and pairing passes were 44% of the
     /// samples of 64->64 on 56x56. The sums are those of the packed route in another order (blocks of channel pairs,
-    /// then taps, then the block's pairs).
+    /// then taps, then the block's pairs). With <paramref name="groups"/>, a grouped convolution: output channel n reads
+    /// the pair planes of its group, <c>n / (N / groups)</c> (<see cref="GroupedBFloat16"/>).
     /// </summary>
-    private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u) where TD : IWeightDecoder
+    private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u, int groups = 1) where TD : IWeightDecoder
     {
         const int Width = 32;
         int taps = u.KernelH * u.KernelW, pairs = u.Channels / 2, k = w.Cols, half = k / 2, images = u.Images;
+        int groupPairs = pairs / groups, groupRows = w.Rows / groups;
         var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
         nint planeStride = PairPlaneStride(grid, pairs), imageValues = planeStride * pairs;
         int positions = u.OutH * grid.PhaseWidth, strips = (positions + Width - 1) / Width;
@@ -899,17 +901,20 @@ internal static unsafe class PackedMatMul
                     {
                         uint* xi = (uint*)imageAddress + im * imageValues;
                         float* yi = (float*)yAddress + (nint)im * view.Rows * ldy;
-                        for (int n0 = rows0; n0 < rows1; n0 += ItemRows)
+                        for (int n0 = rows0, rows; n0 < rows1; n0 += rows)
                         {
-                            int rows = Math.Min(ItemRows, rows1 - n0);
+                            // Rows of one group at a time: they read the group's pair planes.
+                            int group = n0 / groupRows;
+                            rows = Math.Min(Math.Min(ItemRows, rows1 - n0), (group + 1) * groupRows - n0);
+                            uint* planes = xi + (nint)group * groupPairs * planeStride;
                             new Span<float>(yt, (rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows * ldt).Clear();
                             // Channel pairs in blocks: the strip's rows of a block's planes and a tile's weight for
                             // them stay in L1 while the tile passes every tap.
                             for (int s = s0; s < s1; s++)
-                                for (int p0 = 0; p0 < pairs; p0 += PairBlock)
+                                for (int p0 = 0; p0 < groupPairs; p0 += PairBlock)
                                 {
-                                    int count = Math.Min(PairBlock, pairs - p0);
-                                    uint* strip = xi + p0 * planeStride + (nint)s * Width;
+                                    int count = Math.Min(PairBlock, groupPairs - p0);
+                                    uint* strip = planes + p0 * planeStride + (nint)s * Width;
                                     for (int t0 = 0; t0 < rows; t0 += BFloat16TileRows)
                                     {
                                         uint* a = (uint*)pairsTarget + (nint)(n0 + t0) * half + p0 * taps;
@@ -940,15 +945,49 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
+    /// A grouped convolution multiplied in bfloat16 from pair images (<see cref="ByPairImages"/>): the images at
+    /// <paramref name="x"/> (<c>[u.Images, C, H, W]</c>) in <paramref name="groups"/> groups of C / groups channels (an
+    /// even number: <see cref="GroupedBFloat16Fits"/>), the weight <c>[N, C / groups * taps]</c> (N / groups output
+    /// channels a group), <paramref name="y"/> <c>[u.Images, N, positions]</c>. Each group's sums are those of the
+    /// ungrouped call on the group's channels and weight rows, bit for bit. The generated micro-kernel where the CPU has
+    /// AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>), its managed twin elsewhere (slow: for tests).
+    /// </summary>
+    internal static void GroupedBFloat16(in WeightView w, float* x, float* bias, float* y, Im2Col u, int groups)
+    {
+        if (!GroupedBFloat16Fits(u, w.Rows, groups) || (long)w.Cols * groups != u.Rows)
+            throw new ArgumentException($"A grouped bfloat16 convolution needs an even number of channels a group and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
+        if (w.Rows == 0) return;
+        nint ldy = u.Positions;
+        switch (w.Format)
+        {
+            case WeightFormat.Int8: ByPairImages<Int8Decoder>(w, x, bias, y, ldy, u, groups); break;
+            case WeightFormat.UInt8: ByPairImages<UInt8Decoder>(w, x, bias, y, ldy, u, groups); break;
+            case WeightFormat.Int4: ByPairImages<NibbleDecoder<SignedNibbles>>(w, x, bias, y, ldy, u, groups); break;
+            case WeightFormat.UInt4: ByPairImages<NibbleDecoder<UnsignedNibbles>>(w, x, bias, y, ldy, u, groups); break;
+            case WeightFormat.Float16: ByPairImages<HalfDecoder>(w, x, bias, y, ldy, u, groups); break;
+            default: ByPairImages<BFloat16Decoder>(w, x, bias, y, ldy, u, groups); break;
+        }
+    }
+
+    /// <summary>
+    /// Whether <see cref="GroupedBFloat16"/> takes a convolution of <paramref name="outputs"/> channels in
+    /// <paramref name="groups"/> groups: channels in and out divide into the groups, an even number of input channels a group.
+    /// </summary>
+    internal static bool GroupedBFloat16Fits(Im2Col u, long outputs, long groups) =>
+        groups >= 1 && u.Channels % groups == 0 && outputs % groups == 0 && u.Channels / groups % 2 == 0;
+
+    /// <summary>
     /// The weight decoded and rounded to bfloat16 once per call (<see cref="PairWeightRow"/>) as 32-bit pairs, K / 2 per
-    /// row, zero rows up to whole tiles of six (<see cref="Vnni512Kernel.MicroBFloat16"/>'s): with <paramref name="taps"/>
+    /// row, then five zero rows: a tile of six (<see cref="Vnni512Kernel.MicroBFloat16"/>'s) that starts on any row
+    /// reads at most five rows past the last (the callers' runs of rows start on multiples of 16, or on a group's first
+    /// row, not of six). With <paramref name="taps"/>
     /// 0, pairs of consecutive terms (the packed strips' order); else pairs of channels, <c>[C / 2, taps]</c>
     /// (<see cref="PairChannels"/>, the pair images' order). The caller frees it (<c>NativeMemory.AlignedFree</c>).
     /// </summary>
     private static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
     {
         int k = w.Cols, half = k / 2;
-        int paddedRows = (w.Rows + BFloat16TileRows - 1) / BFloat16TileRows * BFloat16TileRows;
+        int paddedRows = w.Rows + BFloat16TileRows - 1;
         uint* pairs = (uint*)NativeMemory.AlignedAlloc((nuint)paddedRows * (nuint)half * 4, 64);
         new Span<uint>(pairs + (nint)w.Rows * half, (paddedRows - w.Rows) * half).Clear();
         var view = w;

@@ -64,8 +64,10 @@ namespace QuantSharp.Modules;
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
-/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>, others the small kernel
-/// group by group where <see cref="GroupedPays"/>; libtorch's route elsewhere.</item>
+/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; others, weight-only on
+/// CPUs with AVX512-BF16 and <see cref="QuantizedModule.UseBFloat16Compute"/>, the bfloat16 route from pair images
+/// where <see cref="GroupedBFloat16Pays"/>, else the small kernel group by group where <see cref="GroupedPays"/>;
+/// libtorch's route elsewhere.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
@@ -460,6 +462,52 @@ internal static class ConvolutionCost
     /// paired with libtorch's route in one process: onto 7x7 0.73-1.02x float32's time against 1.12-1.37x up to 1,152
     /// images x terms, onto 14x14 alike or slower from 2 images of 576 terms and 4 of 288).
     /// </summary>
+    /// <summary>
+    /// Whether a grouped convolution that is not depthwise, weight-only, on a CPU with AVX512-BF16, multiplies in
+    /// bfloat16 from pair images (<see cref="Kernels.PackedMatMul.GroupedBFloat16"/>, the bfloat16 route) rather than
+    /// taking <see cref="GroupedPays"/>'s route: a layer over more than one row, of at least
+    /// <see cref="GroupedPairsMinChannels"/> channels a group; for fewer than <see cref="GroupedPairsManyImages"/>
+    /// images onto rows of at least <see cref="GroupedPairsMinWidthFewImages"/> with at least
+    /// <see cref="GroupedPairsMinChannelsFewImages"/> channels a group, for more onto rows of at least
+    /// <see cref="GroupedPairsMinWidth"/>, or of at least <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/> with at
+    /// least <see cref="GroupedPairsMinChannelsNarrow"/> channels a group. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// stop 42; int8, the routes paired with float32 in one process, batch 1, 4 and 8): 3x3 over 56-64 channels a group
+    /// onto 28x28 at batch 1 0.49-0.78x float32's time against 0.58-1.12x for the small kernel, AlexNet's 5x5 over two
+    /// groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8 onto 20x20 to 56x56 from
+    /// 32 channels 0.40-0.80x against 0.53-1.01x, onto 14x14 over 64 channels 0.91-0.95x against 1.01-1.14x. Slower:
+    /// fewer channels a group (16 on 28x28: alike at batch 8, 1.5x the small kernel's time at batch 1), 32 and 48 a group
+    /// onto 14x14 (1.06-1.6x), anything onto 7x7 (its 9-wide padded rows) and Conv1d layers; at batch 1 and 2 onto 14x14 and
+    /// 20x20, and 32 channels a group at batch 1, alike or slower. Batches of 2 and 3 were not measured.
+    /// </summary>
+    internal static bool GroupedBFloat16Pays(Im2Col unfold, long groups)
+    {
+        if (groups < 2 || unfold.Height == 1) return false;
+        long channels = unfold.Channels / groups;
+        if (channels < GroupedPairsMinChannels) return false;
+        if (unfold.Images < GroupedPairsManyImages) return unfold.OutW >= GroupedPairsMinWidthFewImages && channels >= GroupedPairsMinChannelsFewImages;
+        return unfold.OutW >= GroupedPairsMinWidth
+            || (unfold.OutW >= Kernels.PackedMatMul.PairsInPlaceMinWidth && channels >= GroupedPairsMinChannelsNarrow);
+    }
+
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/>.</summary>
+    internal const int GroupedPairsMinChannels = 32;
+
+    /// <summary>Images from which <see cref="GroupedBFloat16Pays"/> onto narrower rows and with fewer channels a group.</summary>
+    internal const int GroupedPairsManyImages = 4;
+
+    /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> for fewer than <see cref="GroupedPairsManyImages"/> images (AlexNet's 27).</summary>
+    internal const int GroupedPairsMinWidthFewImages = 24;
+
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for fewer than <see cref="GroupedPairsManyImages"/> images.</summary>
+    internal const int GroupedPairsMinChannelsFewImages = 48;
+
+    /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> for <see cref="GroupedPairsManyImages"/> images or more.</summary>
+    internal const int GroupedPairsMinWidth = 20;
+
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for many images onto rows of 14 to 19.</summary>
+    internal const int GroupedPairsMinChannelsNarrow = 64;
+
+
     internal static bool GroupedPays(Im2Col unfold, long groups)
     {
         if (groups < 2) return false;

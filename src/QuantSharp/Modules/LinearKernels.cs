@@ -94,7 +94,7 @@ internal static unsafe class LinearKernels
     }
 
     /// <summary>
-    /// A convolution (one group) through the packed kernels, or null: <paramref name="images"/> is float32
+    /// A convolution through the packed kernels, or null: <paramref name="images"/> is float32
     /// <c>[count, C, H, W]</c>, the storage matrix <c>[O, K]</c> with K = <c>C * kernel</c> (<paramref name="unfold"/>'s
     /// rows), the result <c>[count, O, P]</c> for P output positions. Each image is <c>W X</c> for its column matrix
     /// <c>X = [K, P]</c> (im2col), which the packed GEMM unfolds from the image as it packs it
@@ -106,15 +106,19 @@ internal static unsafe class LinearKernels
     /// </summary>
     /// <remarks>
     /// With <paramref name="bfloat16"/> (and no static <paramref name="input"/>) the packed GEMM multiplies in bfloat16
-    /// (<see cref="PackedMatMul.Run"/>): the bfloat16 route where libtorch's bfloat16 convolution cannot run.
+    /// (<see cref="PackedMatMul.Run"/>): the bfloat16 route where libtorch's bfloat16 convolution cannot run. A grouped
+    /// convolution (<paramref name="groups"/> above one: a storage matrix of <c>C / groups * kernel</c> columns) runs
+    /// only that way, from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>): null without
+    /// <paramref name="bfloat16"/>, with a static input, or with an odd number of channels a group.
     /// </remarks>
-    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false)
+    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false, int groups = 1)
     {
-        if (images.dtype != ScalarType.Float32 || images.dim() != 4) return null;
+        if (images.dtype != ScalarType.Float32 || images.dim() != 4 || groups < 1) return null;
         long[] shape = TensorSpans.Shape(images);
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
-        if (k != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
+        if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
+        if (groups > 1 && (!bfloat16 || input is not null || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
         if (input is not null && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
 
@@ -131,7 +135,8 @@ internal static unsafe class LinearKernels
                 IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
                 return;
             }
-            QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count), bfloat16: bfloat16);
+            if (groups > 1) PackedMatMul.GroupedBFloat16(view, px, pb, py, unfold.ForImages((int)count), groups);
+            else QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count), bfloat16: bfloat16);
         });
         return y.MoveToOuterDisposeScope();
     }

@@ -219,7 +219,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         route = Decide(input, route, out long[] imageShape, out var unfold);
         if (route == ConvolutionRoute.Reference) return null;
-        bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && PackedBFloat16Convolutions;
+        bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && (groups > 1 ? GroupedPairs(unfold) : PackedBFloat16Convolutions);
         if (route == ConvolutionRoute.BFloat16 && !packedBFloat16) return BFloat16Convolution(input);
         if (route == ConvolutionRoute.Direct) return Direct(input, unfold);
         if (route == ConvolutionRoute.Depthwise) return DepthwiseForward(input, unfold);
@@ -228,7 +228,7 @@ public sealed class QuantizedConv : QuantizedModule
         Tensor? y = null;
         // The bfloat16 route on the packed kernels: the (fake-quantized, for W8A8) input multiplied in bfloat16.
         if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
-        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16);
+        y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16, (int)groups);
         if (y is null) return null;
         long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
         y = y.reshape(outShape);
@@ -263,11 +263,17 @@ public sealed class QuantizedConv : QuantizedModule
         if (IsDepthwise)
             return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput, out_channels == in_channels))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
-        // Other grouped layers: the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked
-        // for (the packed kernels take no groups), any other route but libtorch's forces the small kernel where it fits.
+        // Other grouped layers: weight-only ones in bfloat16 from pair images where that pays (and where asked for),
+        // else the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked for and the pair
+        // images do not apply; any other route but libtorch's forces the small kernel where it fits.
         if (groups > 1)
         {
-            if (route == ConvolutionRoute.Reference || !DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
+            if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
+            bool pairs = GroupedPairs(u);
+            if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
+                && ConvolutionCost.GroupedBFloat16Pays(u, groups)) return ConvolutionRoute.BFloat16;
+            if (!DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
             if (route == ConvolutionRoute.BFloat16) return PackedBFloat16Convolutions ? ConvolutionRoute.Direct : ConvolutionRoute.BFloat16;
             return route == ConvolutionRoute.Auto && !ConvolutionCost.GroupedPays(u, groups)
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Direct;
@@ -277,6 +283,14 @@ public sealed class QuantizedConv : QuantizedModule
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
         return route;
     }
+
+    /// <summary>
+    /// Whether this grouped layer can run in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) for
+    /// <paramref name="unfold"/>: a CPU with AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>) and an even
+    /// number of input channels a group. Whether libtorch's own bfloat16 convolution passed its check does not matter:
+    /// the grouped route never runs it.
+    /// </summary>
+    private bool GroupedPairs(Im2Col unfold) => groups > 1 && Vnni512Kernel.BFloat16Supported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
 
     /// <summary>
     /// <see cref="DirectConvolution"/> on the float32 input (batched or not; its contiguous memory is the images

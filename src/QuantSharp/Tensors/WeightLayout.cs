@@ -96,14 +96,16 @@ public abstract class WeightLayout : IDisposable
     internal virtual Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => null;
 
     /// <summary>
-    /// A convolution (one group) through a kernel: float32 images <c>[n, C, H, W]</c> unfolded as
-    /// <paramref name="unfold"/> describes (im2col, rows in the weight's flattening order) times the storage matrix
-    /// <c>[out, C * kernel]</c>, giving <c>[n, out, positions]</c>. With <paramref name="quantizer"/> the input is
-    /// quantized to 8 bits and multiplied in integers (W8A8); without it and with <paramref name="bfloat16"/>, the
-    /// product is computed in bfloat16 where the kernel can (the bfloat16 route where libtorch's cannot run). Null when
-    /// this layout has no such kernel for the input (the module then dequantizes and runs the float convolution).
+    /// A convolution through a kernel: float32 images <c>[n, C, H, W]</c> unfolded as <paramref name="unfold"/>
+    /// describes (im2col, rows in the weight's flattening order) times the storage matrix <c>[out, C * kernel]</c>,
+    /// giving <c>[n, out, positions]</c>. With <paramref name="quantizer"/> the input is quantized to 8 bits and
+    /// multiplied in integers (W8A8); without it and with <paramref name="bfloat16"/>, the product is computed in
+    /// bfloat16 where the kernel can (the bfloat16 route where libtorch's cannot run, and grouped layers). With
+    /// <paramref name="groups"/> above one (bfloat16 only), the storage matrix is <c>[out, C / groups * kernel]</c>
+    /// and each group's outputs read its channels. Null when this layout has no such kernel for the input (the module
+    /// then dequantizes and runs the float convolution).
     /// </summary>
-    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false) => null;
+    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1) => null;
 
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
@@ -224,7 +226,7 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
 
-    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer, bfloat16);
+    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer, bfloat16, groups);
 
     public override Tensor GatherRows(Tensor indices)
     {

@@ -57,8 +57,8 @@ public class BFloat16ConvolutionTests
         var aw = layer.DequantizeWeight().abs().to(ScalarType.Float64);
         var ab = layer.bias?.abs().to(ScalarType.Float64);
         var m = layer.SpatialDims == 1
-            ? nn.functional.conv1d(ax, aw, ab, layer.stride[0], layer.padding[0], layer.dilation[0])
-            : nn.functional.conv2d(ax, aw, ab, [.. layer.stride], [.. layer.padding], [.. layer.dilation]);
+            ? nn.functional.conv1d(ax, aw, ab, layer.stride[0], layer.padding[0], layer.dilation[0], layer.groups)
+            : nn.functional.conv2d(ax, aw, ab, [.. layer.stride], [.. layer.padding], [.. layer.dilation], layer.groups);
         return m.MoveToOuterDisposeScope();
     }
 
@@ -164,6 +164,63 @@ public class BFloat16ConvolutionTests
             Assert.Equal(ScalarType.Float32, actual.dtype);
             Assert.True(expected.shape.SequenceEqual(actual.shape) && expected.equal(actual).all().item<bool>(), $"[{string.Join(",", layer.WeightShape)}]: not libtorch's bfloat16 convolution");
             AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, $"[{string.Join(",", layer.WeightShape)}]");
+        }
+    }
+
+    /// <summary>
+    /// Grouped layers (not depthwise) with an even number of channels a group: where the CPU has AVX512-BF16 the forced
+    /// route multiplies in bfloat16 from pair images (<see cref="QuantSharp.Kernels.PackedMatMul.GroupedBFloat16"/>), within the
+    /// bound of the float32 route and rounded, for weight-only and static W8A8 layers (its input quantized first), batched,
+    /// unbatched and non-contiguous inputs; an odd number of channels a group keeps the small kernel (float32). The rule
+    /// takes it only for weight-only layers on such CPUs, never with <see cref="QuantizedModule.UseBFloat16Compute"/> off.
+    /// </summary>
+    [Fact]
+    public void GroupedLayersInBFloat16FromPairImagesAreWithinTheBoundOfTheFloat32Route()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(45);
+        bool pairs = QuantSharp.Kernels.Vnni512Kernel.BFloat16Supported;
+        var cases = new (nn.Module<Tensor, Tensor> Conv, Tensor[] Inputs)[]
+        {
+            (nn.Conv2d(64, 96, 3, padding: 1, groups: 2), [torch.randn(2, 64, 28, 28), torch.randn(64, 14, 15), torch.randn(1, 28, 28, 64).permute(0, 3, 1, 2)]),
+            (nn.Conv2d(24, 30, 5, stride: 2, padding: 2, groups: 3, bias: false), [torch.randn(2, 24, 17, 19)]),
+        };
+        foreach (var (conv, inputs) in cases)
+        foreach (var input in new ActivationQuantization?[] { null, W8A8 })
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int4WeightOnly(groupSize: 8).BaseWeights, input);
+            foreach (var x in inputs)
+            {
+                string what = $"[{string.Join(",", layer.WeightShape)}] in {layer.groups} groups{(input is null ? "" : " W8A8")}, input [{string.Join(",", x.shape)}]";
+                var reference = layer.Forward(x, ConvolutionRoute.Reference);
+                var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
+                if (!pairs) continue; // forced without AVX512-BF16: the small kernel or libtorch's bfloat16 convolution
+                AssertWithinBFloat16Bound(layer, x, reference, actual, what);
+                Assert.False(actual.allclose(reference, rtol: 1e-5, atol: 1e-5), $"{what}: gave float32's values");
+            }
+        }
+        // An odd number of channels a group (3): the forced route keeps the small kernel's float32 where libtorch's
+        // bfloat16 convolution failed its check.
+        using var odd = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(6, 8, 3, padding: 1, groups: 2), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var image = torch.randn(2, 6, 9, 9);
+        if (QuantizedModule.PackedBFloat16Convolutions)
+            AssertClose(odd.Forward(image, ConvolutionRoute.Reference), odd.Forward(image, ConvolutionRoute.BFloat16), 1e-5, "3 channels a group, forced bfloat16");
+        // The rule: weight-only in bfloat16 on CPUs with AVX512-BF16 where it pays, W8A8 never, nor with bfloat16 compute off.
+        using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        using var w8a8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights, W8A8);
+        var x28 = torch.randn(1, 512, 28, 28);
+        Assert.Equal(pairs && QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Direct, wide.Route(x28));
+        Assert.Equal(ConvolutionRoute.Direct, w8a8.Route(x28));
+        bool saved = QuantizedModule.UseBFloat16Compute;
+        try
+        {
+            QuantizedModule.UseBFloat16Compute = false;
+            Assert.Equal(ConvolutionRoute.Direct, wide.Route(x28));
+        }
+        finally
+        {
+            QuantizedModule.UseBFloat16Compute = saved;
         }
     }
 

@@ -257,6 +257,101 @@ public unsafe class BFloat16PackedKernelTests
         Assert.True(!Float512.IsSupported || checkedInPlace >= 4, $"only {checkedInPlace} calls read pair images");
     }
 
+    /// <summary>
+    /// A grouped convolution in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) gives each group
+    /// the bits of the ungrouped call on that group's channels and weight rows (itself checked against the specification
+    /// above), for every weight format, through the generated micro-kernel and its twin: group outputs that are no
+    /// multiple of the six-row tile, groups that cross the work items' runs of rows (16-row parts, 48-row items), two
+    /// blocks of channel pairs a group, stride phases, dilation, padding wider than the kernel, a Conv1d, one and two images.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void GroupedConvolutionsInBFloat16GiveEachGroupTheBitsOfItsUngroupedCall(string formatName)
+    {
+        using var scope = NewDisposeScope();
+        var format = Enum.Parse<WeightFormat>(formatName);
+        // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), groups, outputs.
+        (int[] G, int Groups, int Outputs)[] cases =
+        [
+            ([12, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1], 3, 15),      // 4 channels and 5 outputs a group
+            ([8, 8, 5, 3, 2, 2, 1, 1, 0, 1, 2], 2, 26),       // stride phases and dilation, 13 outputs a group
+            ([16, 11, 10, 5, 5, 3, 2, 2, 2, 1, 1], 4, 8),     // 5x5 taps at strides 3 and 2
+            ([4, 3, 3, 3, 3, 1, 1, 3, 2, 1, 1], 2, 100),      // 2 channels and 50 outputs a group: groups across parts and items
+            ([264, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1], 2, 14),     // 66 channel pairs a group: two blocks of pairs
+            ([12, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 3, 9),      // a Conv1d
+            ([128, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 128),  // 64 channels and outputs a group (576 terms)
+        ];
+        int checkedNative = 0;
+        foreach (var (g, groups, outputs) in cases)
+        foreach (int images in new[] { 1, 2 })
+        {
+            var u = Unfolding(g).ForImages(images);
+            int channels = g[0] / groups, taps = g[3] * g[4], k = channels * taps, p = u.Positions, groupRows = outputs / groups;
+            int groupSize = WeightView.IsFloat(format) || (WeightView.IsPacked(format) && taps % 2 != 0) ? 0 : taps;
+            using var w = new PinnedWeight(format, rows: outputs, cols: k, groupSize, zeroPoints: true, seed: k + p + outputs);
+            var view = w.View;
+            torch.manual_seed(p + images + groups);
+            float[] pixels = torch.randn(images, g[0], g[1], g[2]).data<float>().ToArray();
+            float[] bias = KernelTestData.Activations(outputs, k);
+            string what = $"{format} [{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}";
+            // Each group alone: its channels' planes, its weight rows and bias, the ungrouped call from pair images.
+            var expected = new float[images * outputs * p];
+            var single = new Im2Col(channels, g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], images);
+            int plane = g[1] * g[2];
+            for (int group = 0; group < groups; group++)
+            {
+                var own = new float[images * channels * plane];
+                for (int i = 0; i < images; i++)
+                    Array.Copy(pixels, (i * g[0] + group * channels) * plane, own, i * channels * plane, channels * plane);
+                float[] alone = Run(view.RowRange(group * groupRows, groupRows), own, bias[(group * groupRows)..((group + 1) * groupRows)], single, groupRows, KernelPath.V512, bfloat16: true, native: false);
+                for (int i = 0; i < images; i++)
+                    Array.Copy(alone, i * groupRows * p, expected, (i * outputs + group * groupRows) * p, groupRows * p);
+            }
+            foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
+            {
+                var y = new float[images * outputs * p];
+                Array.Fill(y, float.NaN);
+                bool saved = PackedMatMul.UseNativeBFloat16;
+                try
+                {
+                    PackedMatMul.UseNativeBFloat16 = native;
+                    fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
+                        PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
+                }
+                finally
+                {
+                    PackedMatMul.UseNativeBFloat16 = saved;
+                }
+                for (int i = 0; i < y.Length; i++)
+                    Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
+                        $"{what}{(native ? "" : ", twin")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]}, expected {expected[i]}");
+                if (native) checkedNative++;
+            }
+        }
+        Assert.True(!Vnni512Kernel.BFloat16Supported || checkedNative == 2 * cases.Length, $"{checkedNative} calls through the generated micro-kernel");
+    }
+
+    [Fact]
+    public unsafe void GroupedConvolutionsInBFloat16NeedAnEvenNumberOfChannelsAGroupThatDivideTheLayer()
+    {
+        Assert.True(PackedMatMul.GroupedBFloat16Fits(new Im2Col(8, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 6, 2));
+        Assert.True(PackedMatMul.GroupedBFloat16Fits(new Im2Col(8, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 6, 1));
+        Assert.False(PackedMatMul.GroupedBFloat16Fits(new Im2Col(12, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 12, 4)); // 3 channels a group
+        Assert.False(PackedMatMul.GroupedBFloat16Fits(new Im2Col(8, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 9, 2));   // 9 outputs in 2 groups
+        Assert.False(PackedMatMul.GroupedBFloat16Fits(new Im2Col(10, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 8, 4));  // 10 channels in 4 groups
+        using var w = new PinnedWeight(WeightFormat.Int8, rows: 6, cols: 27, 27, zeroPoints: false, seed: 1);
+        var view = w.View;
+        float[] buffer = new float[1024];
+        fixed (float* pointer = buffer)
+        {
+            float* b = pointer;
+            var odd = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedBFloat16(view, b, null, b + 512, new Im2Col(6, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1), 2));
+            Assert.Contains("an even number of channels a group", odd.Message);
+            var terms = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedBFloat16(view, b, null, b + 512, new Im2Col(12, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1), 2));
+            Assert.Contains("54 terms a row; got 12 channels, 6 outputs and 27 terms in 2 groups", terms.Message);
+        }
+    }
+
     [Fact]
     public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositionsOr64ChannelsOnPairImages()
     {

@@ -190,6 +190,27 @@ public class GroupedConvolutionTests
         Assert.False(ConvolutionCost.GroupedPays(new Im2Col(768, 1, 200, 1, 128, 1, 2, 0, 64, 1, 1).ForImages(8), 16));
         Assert.False(ConvolutionCost.GroupedPays(new Im2Col(512, 1, 300, 3, 3, 1, 1, 1, 1, 1, 1), 4));
 
+        // Weight-only on CPUs with AVX512-BF16, grouped layers from 32 channels a group over more than one row multiply
+        // in bfloat16 from pair images: up to 3 images onto rows of 24 or more from 48 channels a group; from 4 images
+        // onto rows of 20 or more, or of 14 or more from 64 channels a group.
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));            // 64 a group
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(96, 27, 27, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(3), 2)); // AlexNet's 48
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(368, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));           // 46 a group
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1), 8));            // rows of 24
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 23, 23, 3, 3, 1, 1, 1, 1, 1, 1), 8));           // of 23
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 8));
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 8)); // 64 a group onto 14x14
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8));
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(496, 19, 19, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8)); // 62 onto 19x19
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 8));  // 32 onto 20x20
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 8));
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 8));  // stride 2 onto 28x28
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(240, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8)); // 30 a group
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32)); // 32 onto 14x14
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(2048, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 1, 300, 1, 3, 1, 1, 0, 1, 1, 1).ForImages(8), 8));  // a Conv1d
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 1));              // one group
+
         torch.manual_seed(53);
         var spec = QuantizationRecipe.Int8WeightOnly().BaseWeights;
         using var grouped = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(32, 32, 3, padding: 1, groups: 8), spec);
@@ -204,7 +225,7 @@ public class GroupedConvolutionTests
         var x = torch.randn(1, 160, 28, 28);
         Assert.Equal(R, wide.Route(x));
         // Autotune's candidates for it: the rule's (libtorch's) first, the small kernel, which any managed route forces,
-        // and libtorch's bfloat16 route where it may run (the packed kernels take no groups).
+        // and the bfloat16 route where it may run (from pair images on CPUs with AVX512-BF16, else libtorch's).
         var candidates = wide.Candidates(x);
         Assert.Equal([R, D], candidates.Take(2));
         Assert.All(candidates.Skip(2), route => Assert.Equal(ConvolutionRoute.BFloat16, route));
