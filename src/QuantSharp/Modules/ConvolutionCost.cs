@@ -435,7 +435,10 @@ internal static class ConvolutionCost
     /// <summary>Output positions per image up to which <see cref="GroupedPays"/> for several images only with short group reductions (14x14).</summary>
     internal const int GroupedFewPositions = 196;
 
-    /// <summary>Group reduction up to which <see cref="GroupedPays"/> for several images onto up to <see cref="GroupedFewPositions"/> positions (3x3 over 16 channels).</summary>
+    /// <summary>Images up to which <see cref="GroupedPays"/> onto up to <see cref="GroupedFewPositions"/> positions whatever the group reduction (up to <see cref="GroupedMaxReduction"/>).</summary>
+    internal const int GroupedFewPositionsMaxImages = 2;
+
+    /// <summary>Group reduction up to which <see cref="GroupedPays"/> for more than <see cref="GroupedFewPositionsMaxImages"/> images onto up to <see cref="GroupedFewPositions"/> positions (3x3 over 16 channels).</summary>
     internal const int GroupedFewPositionsMaxReduction = 144;
 
     /// <summary>Output positions per image up to which <see cref="GroupedPays"/> for several images with longer group reductions, up to <see cref="GroupedSmallPlanesMaxTerms"/> (7x7).</summary>
@@ -453,10 +456,12 @@ internal static class ConvolutionCost
     /// it is laid out, and computes that group's output channels four at a time over runs of its planes) rather than
     /// dequantize + libtorch's grouped convolution (which quantizes a static W8A8 input in a pass of its own): with two
     /// groups or more, every Conv1d at stride 1, and Conv2d layers of group reductions up to
-    /// <see cref="GroupedMaxReduction"/> terms, except several images onto up to <see cref="GroupedFewPositions"/>
-    /// positions with group reductions over <see cref="GroupedFewPositionsMaxReduction"/> terms (there libtorch's
-    /// grouped convolution reads each group's weights once for all images, the kernel once per image), unless onto up to
-    /// 7x7 positions in at most <see cref="GroupedSmallPlanesMaxTerms"/> images x terms. Measured on the Zen 5 VM
+    /// <see cref="GroupedMaxReduction"/> terms, except more than <see cref="GroupedFewPositionsMaxImages"/> images onto up
+    /// to <see cref="GroupedFewPositions"/> positions with group reductions over <see cref="GroupedFewPositionsMaxReduction"/>
+    /// terms (there libtorch's grouped convolution reads each group's weights once for all images, the kernel once per
+    /// image), unless onto up to 7x7 positions in at most <see cref="GroupedSmallPlanesMaxTerms"/> images x terms. Two
+    /// images onto 14x14 since stop 42 (288-576 terms a group, the routes paired in two processes of each order: 0.96-1.06x
+    /// float32's time against 1.07-1.20x on libtorch's route, faster in all 8; three and four images mixed). Measured on the Zen 5 VM
     /// (docs/BENCHMARKS.md, stop 39: two surveys and a table; int8 and static W8A8 paired with float32 in one process,
     /// batch 1 and 8; stop 40, with each thread dequantizing the groups it reads: batch 2-8 onto 7x7 and 14x14, the kernel
     /// paired with libtorch's route in one process: onto 7x7 0.73-1.02x float32's time against 1.12-1.37x up to 1,152
@@ -515,7 +520,7 @@ internal static class ConvolutionCost
         if (unfold.Height == 1 && unfold.KernelH == 1 && stride1) return true; // a Conv1d
         int reduction = unfold.Rows / (int)groups;
         if (reduction > GroupedMaxReduction) return false;
-        return unfold.Images == 1 || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction
+        return unfold.Images <= GroupedFewPositionsMaxImages || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction
             || (unfold.Positions <= GroupedSmallPlanePositions && (long)unfold.Images * reduction <= GroupedSmallPlanesMaxTerms);
     }
 }
