@@ -949,13 +949,15 @@ internal static unsafe class PackedMatMul
     /// <paramref name="x"/> (<c>[u.Images, C, H, W]</c>) in <paramref name="groups"/> groups of C / groups channels (an
     /// even number: <see cref="GroupedBFloat16Fits"/>), the weight <c>[N, C / groups * taps]</c> (N / groups output
     /// channels a group), <paramref name="y"/> <c>[u.Images, N, positions]</c>. Each group's sums are those of the
-    /// ungrouped call on the group's channels and weight rows, bit for bit. The generated micro-kernel where the CPU has
-    /// AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>), its managed twin elsewhere (slow: for tests).
+    /// ungrouped call on the group's channels and weight rows, bit for bit. 512-bit vectors only (<see cref="Float512"/>:
+    /// the weight's decoders), the generated micro-kernel where the CPU has AVX512-BF16
+    /// (<see cref="Vnni512Kernel.BFloat16Supported"/>), its managed twin elsewhere (slow: for tests).
     /// </summary>
     internal static void GroupedBFloat16(in WeightView w, float* x, float* bias, float* y, Im2Col u, int groups)
     {
         if (!GroupedBFloat16Fits(u, w.Rows, groups) || (long)w.Cols * groups != u.Rows)
             throw new ArgumentException($"A grouped bfloat16 convolution needs an even number of channels a group and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
+        if (!Float512.IsSupported) throw new PlatformNotSupportedException("Grouped bfloat16 convolutions need AVX-512 (the weight's 512-bit decoders).");
         if (w.Rows == 0) return;
         nint ldy = u.Positions;
         switch (w.Format)

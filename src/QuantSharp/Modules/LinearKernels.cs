@@ -109,7 +109,7 @@ internal static unsafe class LinearKernels
     /// (<see cref="PackedMatMul.Run"/>): the bfloat16 route where libtorch's bfloat16 convolution cannot run. A grouped
     /// convolution (<paramref name="groups"/> above one: a storage matrix of <c>C / groups * kernel</c> columns) runs
     /// only that way, from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>): null without
-    /// <paramref name="bfloat16"/>, with a static input, or with an odd number of channels a group.
+    /// <paramref name="bfloat16"/>, with a static input, without AVX-512, or with an odd number of channels a group.
     /// </remarks>
     public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false, int groups = 1)
     {
@@ -118,7 +118,7 @@ internal static unsafe class LinearKernels
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
-        if (groups > 1 && (!bfloat16 || input is not null || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
+        if (groups > 1 && (!bfloat16 || input is not null || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
         if (input is not null && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
 

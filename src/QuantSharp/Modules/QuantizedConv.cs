@@ -286,11 +286,12 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// Whether this grouped layer can run in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) for
-    /// <paramref name="unfold"/>: a CPU with AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>) and an even
-    /// number of input channels a group. Whether libtorch's own bfloat16 convolution passed its check does not matter:
-    /// the grouped route never runs it.
+    /// <paramref name="unfold"/>: a CPU with AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>), 512-bit
+    /// vectors in use (<see cref="Float512"/>) and an even number of input channels a group. Whether libtorch's own
+    /// bfloat16 convolution passed its check does not matter: the grouped route never runs it.
     /// </summary>
-    private bool GroupedPairs(Im2Col unfold) => groups > 1 && Vnni512Kernel.BFloat16Supported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
+    private bool GroupedPairs(Im2Col unfold) =>
+        groups > 1 && Vnni512Kernel.BFloat16Supported && Float512.IsSupported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
 
     /// <summary>
     /// <see cref="DirectConvolution"/> on the float32 input (batched or not; its contiguous memory is the images

@@ -258,15 +258,17 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     /// <summary>
-    /// A grouped convolution in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) gives each group
-    /// the bits of the ungrouped call on that group's channels and weight rows (itself checked against the specification
-    /// above), for every weight format, through the generated micro-kernel and its twin: group outputs that are no
-    /// multiple of the six-row tile, groups that cross the work items' runs of rows (16-row parts, 48-row items), two
-    /// blocks of channel pairs a group, stride phases, dilation, padding wider than the kernel, a Conv1d, one and two images.
+    /// A grouped convolution in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>, 512-bit vectors
+    /// only: without them it refuses) is within bfloat16's rounding of the float32 specification of each group (its
+    /// channels' columns times its weight rows) and rounded, and gives each group the bits of the ungrouped call on that
+    /// group's channels and weight rows (checked against the specification above), through the generated micro-kernel
+    /// and its twin. Every weight format; group outputs that are no multiple of
+    /// the six-row tile, groups that cross the work items' runs of rows (16-row parts, 48-row items), two blocks of
+    /// channel pairs a group, stride phases, dilation, padding wider than the kernel, a Conv1d, one and two images.
     /// </summary>
     [Theory]
     [MemberData(nameof(Formats))]
-    public void GroupedConvolutionsInBFloat16GiveEachGroupTheBitsOfItsUngroupedCall(string formatName)
+    public void GroupedConvolutionsInBFloat16AreEachGroupsUngroupedCall(string formatName)
     {
         using var scope = NewDisposeScope();
         var format = Enum.Parse<WeightFormat>(formatName);
@@ -281,7 +283,19 @@ public unsafe class BFloat16PackedKernelTests
             ([12, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 3, 9),      // a Conv1d
             ([128, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 128),  // 64 channels and outputs a group (576 terms)
         ];
-        int checkedNative = 0;
+        int checkedNative = 0, checkedBits = 0;
+        if (!Float512.IsSupported)
+        {
+            using var weight = new PinnedWeight(format, rows: 8, cols: 18, 0, zeroPoints: false, seed: 2);
+            var small = weight.View;
+            float[] buffer = new float[2048];
+            fixed (float* b = buffer)
+            {
+                float* at = b;
+                Assert.Throws<PlatformNotSupportedException>(() => PackedMatMul.GroupedBFloat16(small, at, null, at + 1024, new Im2Col(4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 2));
+            }
+            return;
+        }
         foreach (var (g, groups, outputs) in cases)
         foreach (int images in new[] { 1, 2 })
         {
@@ -291,19 +305,41 @@ public unsafe class BFloat16PackedKernelTests
             using var w = new PinnedWeight(format, rows: outputs, cols: k, groupSize, zeroPoints: true, seed: k + p + outputs);
             var view = w.View;
             torch.manual_seed(p + images + groups);
-            float[] pixels = torch.randn(images, g[0], g[1], g[2]).data<float>().ToArray();
+            var batch = torch.randn(images, g[0], g[1], g[2]);
+            float[] pixels = batch.data<float>().ToArray();
             float[] bias = KernelTestData.Activations(outputs, k);
             string what = $"{format} [{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}";
-            // Each group alone: its channels' planes, its weight rows and bias, the ungrouped call from pair images.
+            // Each group alone: the specification on its channels' columns, its weight rows and bias, with the magnitude
+            // sum |w||x| + |b| per output, and the ungrouped call from pair images.
+            int[] single = [channels, .. g[1..]];
+            var spec = new float[images * outputs * p];
+            var magnitude = new double[images * outputs * p];
             var expected = new float[images * outputs * p];
-            var single = new Im2Col(channels, g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], images);
             int plane = g[1] * g[2];
             for (int group = 0; group < groups; group++)
             {
+                var rowsView = view.RowRange(group * groupRows, groupRows);
+                float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
+                for (int i = 0; i < images; i++)
+                {
+                    float[] rows = LibtorchColumns(batch[i].narrow(0, group * channels, channels), single).t().contiguous().data<float>().ToArray(); // [P, K]
+                    var part = new float[p * groupRows];
+                    fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
+                        QuantizedMatMul.Reference(rowsView, pr, p, k, pb, ps, groupRows);
+                    for (int n = 0; n < groupRows; n++)
+                        for (int pos = 0; pos < p; pos++)
+                        {
+                            int at = (i * outputs + group * groupRows + n) * p + pos;
+                            spec[at] = part[pos * groupRows + n];
+                            double m = Math.Abs(groupBias[n]);
+                            for (int kk = 0; kk < k; kk++) m += Math.Abs((double)rows[pos * k + kk] * rowsView.Dequantized(n, kk));
+                            magnitude[at] = m;
+                        }
+                }
                 var own = new float[images * channels * plane];
                 for (int i = 0; i < images; i++)
                     Array.Copy(pixels, (i * g[0] + group * channels) * plane, own, i * channels * plane, channels * plane);
-                float[] alone = Run(view.RowRange(group * groupRows, groupRows), own, bias[(group * groupRows)..((group + 1) * groupRows)], single, groupRows, KernelPath.V512, bfloat16: true, native: false);
+                float[] alone = Run(rowsView, own, groupBias, Unfolding(single).ForImages(images), groupRows, KernelPath.V512, bfloat16: true, native: false);
                 for (int i = 0; i < images; i++)
                     Array.Copy(alone, i * groupRows * p, expected, (i * outputs + group * groupRows) * p, groupRows * p);
             }
@@ -322,13 +358,22 @@ public unsafe class BFloat16PackedKernelTests
                 {
                     PackedMatMul.UseNativeBFloat16 = saved;
                 }
+                string how = native ? "" : ", twin";
+                for (int i = 0; i < y.Length; i++)
+                {
+                    double err = Math.Abs(y[i] - spec[i]);
+                    Assert.True(err <= Bound * magnitude[i] + 1e-30, $"{what}{how} output {i}: {y[i]} vs {spec[i]} (|difference| {err:G3}, bound {Bound * magnitude[i]:G3})");
+                }
+                Assert.False(spec.AsSpan().SequenceEqual(y), $"{what}{how}: gave the float32 specification's bits (did not round)");
                 for (int i = 0; i < y.Length; i++)
                     Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
-                        $"{what}{(native ? "" : ", twin")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]}, expected {expected[i]}");
+                        $"{what}{how}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]}, the ungrouped call's {expected[i]}");
+                checkedBits++;
                 if (native) checkedNative++;
             }
         }
         Assert.True(!Vnni512Kernel.BFloat16Supported || checkedNative == 2 * cases.Length, $"{checkedNative} calls through the generated micro-kernel");
+        Assert.True(checkedBits >= 2 * cases.Length, $"{checkedBits} calls checked against the ungrouped call's bits");
     }
 
     [Fact]
