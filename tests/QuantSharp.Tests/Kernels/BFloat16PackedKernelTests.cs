@@ -177,6 +177,30 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
+    [Fact]
+    public void PairRowsAreRoundedToNearestEvenAtEveryLengthAndWriteNothingPastTheRow()
+    {
+        var rng = new Random(13);
+        float[] special = [BitConverter.UInt32BitsToSingle(0x3F808000u), BitConverter.UInt32BitsToSingle(0x3F818000u), float.NaN,
+            float.PositiveInfinity, float.NegativeInfinity, BitConverter.UInt32BitsToSingle(0x7F7FFFFFu), -0f, 1e-40f];
+        for (int n = 1; n <= 40; n++)
+        {
+            float[] even = new float[n], odd = new float[n];
+            for (int j = 0; j < n; j++) (even[j], odd[j]) = ((float)(rng.NextDouble() * 6 - 3), (float)(rng.NextDouble() * 6 - 3));
+            special.AsSpan(0, Math.Min(n, special.Length)).CopyTo(even);
+            special.AsSpan(0, Math.Min(n, special.Length)).CopyTo(odd.AsSpan(n - Math.Min(n, special.Length)));
+            uint[] dst = new uint[n + 20];
+            Array.Fill(dst, 0xDEADBEEFu);
+            fixed (float* e = even) fixed (float* o = odd) fixed (uint* d = dst) PackedMatMul.PairRow(e, o, d, n);
+            for (int j = 0; j < n; j++)
+            {
+                uint expected = HalfKernel.ToBFloat16Bits(even[j]) | (uint)HalfKernel.ToBFloat16Bits(odd[j]) << 16;
+                Assert.True(expected == dst[j], $"n {n}, value {j}: {dst[j]:X8}, expected {expected:X8}");
+            }
+            Assert.All(dst[n..], v => Assert.Equal(0xDEADBEEFu, v));
+        }
+    }
+
     public static IEnumerable<object[]> Formats() => Enum.GetNames<WeightFormat>().Select(f => new object[] { f });
 
     [Theory]
