@@ -460,13 +460,25 @@ internal static class ConvolutionCost
     /// to <see cref="GroupedFewPositions"/> positions with group reductions over <see cref="GroupedFewPositionsMaxReduction"/>
     /// terms (there libtorch's grouped convolution reads each group's weights once for all images, the kernel once per
     /// image), unless onto up to 7x7 positions in at most <see cref="GroupedSmallPlanesMaxTerms"/> images x terms. Two
-    /// images onto 14x14 since stop 42 (288-576 terms a group, the routes paired in two processes of each order: 0.96-1.06x
-    /// float32's time against 1.07-1.20x on libtorch's route, faster in all 8; three and four images mixed). Measured on the Zen 5 VM
+    /// images onto 14x14 since stop 42 (five layers of 288-576 terms a group, one at stride 2, the routes paired in a
+    /// process of each order: 0.78-1.06x float32's time against 1.07-1.20x on libtorch's route, faster in all 10; three
+    /// and four images mixed). Measured on the Zen 5 VM
     /// (docs/BENCHMARKS.md, stop 39: two surveys and a table; int8 and static W8A8 paired with float32 in one process,
     /// batch 1 and 8; stop 40, with each thread dequantizing the groups it reads: batch 2-8 onto 7x7 and 14x14, the kernel
     /// paired with libtorch's route in one process: onto 7x7 0.73-1.02x float32's time against 1.12-1.37x up to 1,152
     /// images x terms, onto 14x14 alike or slower from 2 images of 576 terms and 4 of 288).
     /// </summary>
+    internal static bool GroupedPays(Im2Col unfold, long groups)
+    {
+        if (groups < 2) return false;
+        bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
+        if (unfold.Height == 1 && unfold.KernelH == 1 && stride1) return true; // a Conv1d
+        int reduction = unfold.Rows / (int)groups;
+        if (reduction > GroupedMaxReduction) return false;
+        return unfold.Images <= GroupedFewPositionsMaxImages || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction
+            || (unfold.Positions <= GroupedSmallPlanePositions && (long)unfold.Images * reduction <= GroupedSmallPlanesMaxTerms);
+    }
+
     /// <summary>
     /// Whether a grouped convolution that is not depthwise, weight-only, on a CPU with AVX512-BF16, multiplies in
     /// bfloat16 from pair images (<see cref="Kernels.PackedMatMul.GroupedBFloat16"/>, the bfloat16 route) rather than
@@ -476,13 +488,15 @@ internal static class ConvolutionCost
     /// <see cref="GroupedPairsMinChannelsFewImages"/> channels a group, for more onto rows of at least
     /// <see cref="GroupedPairsMinWidth"/>, or of at least <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/> with at
     /// least <see cref="GroupedPairsMinChannelsNarrow"/> channels a group. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
-    /// stop 42; int8, the routes paired with float32 in one process, batch 1, 4 and 8): 3x3 over 56-64 channels a group
-    /// onto 28x28 at batch 1 0.49-0.78x float32's time against 0.58-1.12x for the small kernel, AlexNet's 5x5 over two
-    /// groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8 onto 20x20 to 56x56 from
-    /// 32 channels 0.40-0.80x against 0.53-1.01x, onto 14x14 over 64 channels 0.91-0.95x against 1.01-1.14x. Slower:
-    /// fewer channels a group (16 on 28x28: alike at batch 8, 1.5x the small kernel's time at batch 1), 32 and 48 a group
-    /// onto 14x14 (1.06-1.6x), anything onto 7x7 (its 9-wide padded rows) and Conv1d layers; at batch 1 and 2 onto 14x14 and
-    /// 20x20, and 32 channels a group at batch 1, alike or slower. Batches of 2 and 3 were not measured.
+    /// stop 42; int8, the routes paired with float32 in one process, batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64
+    /// channels a group onto 28x28 at batch 1 0.48-0.90x float32's time against 0.57-1.11x for the small kernel,
+    /// AlexNet's 5x5 over two groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8
+    /// onto 20x20 to 56x56 from 32 channels 0.40-0.80x against 0.53-1.01x for the rule's route before, onto 14x14 over
+    /// 64 channels 0.91-0.95x against 1.01-1.07x on libtorch's route (the small kernel 1.03-1.14x). Slower: fewer
+    /// channels a group (1.35-2.8x the small kernel's time at batch 1, alike at best at batch 8), 32 and 48 channels a
+    /// group onto 14x14 at stride 1 (1.05-1.62x float32's time), anything onto 7x7 (its 9-wide padded rows) and Conv1d
+    /// layers; at batch 1 and 2 onto 14x14 and at batch 1 onto 20x20 alike or slower. Batch 2 was measured onto 14x14
+    /// only, batch 3 not at all.
     /// </summary>
     internal static bool GroupedBFloat16Pays(Im2Col unfold, long groups)
     {
@@ -511,16 +525,4 @@ internal static class ConvolutionCost
 
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for many images onto rows of 14 to 19.</summary>
     internal const int GroupedPairsMinChannelsNarrow = 64;
-
-
-    internal static bool GroupedPays(Im2Col unfold, long groups)
-    {
-        if (groups < 2) return false;
-        bool stride1 = unfold.StrideH == 1 && unfold.StrideW == 1;
-        if (unfold.Height == 1 && unfold.KernelH == 1 && stride1) return true; // a Conv1d
-        int reduction = unfold.Rows / (int)groups;
-        if (reduction > GroupedMaxReduction) return false;
-        return unfold.Images <= GroupedFewPositionsMaxImages || unfold.Positions > GroupedFewPositions || reduction <= GroupedFewPositionsMaxReduction
-            || (unfold.Positions <= GroupedSmallPlanePositions && (long)unfold.Images * reduction <= GroupedSmallPlanesMaxTerms);
-    }
 }

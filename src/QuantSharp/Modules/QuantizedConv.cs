@@ -287,8 +287,9 @@ public sealed class QuantizedConv : QuantizedModule
     /// <summary>
     /// Whether this grouped layer can run in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) for
     /// <paramref name="unfold"/>: a CPU with AVX512-BF16 (<see cref="Vnni512Kernel.BFloat16Supported"/>), 512-bit
-    /// vectors in use (<see cref="Float512"/>) and an even number of input channels a group. Whether libtorch's own
-    /// bfloat16 convolution passed its check does not matter: the grouped route never runs it.
+    /// vectors in use (<see cref="Float512"/>) and an even number of input channels a group. Where this holds, the
+    /// layer's bfloat16 route runs the pair images whether or not libtorch's own bfloat16 convolution passed its check;
+    /// libtorch's runs only where the route is forced and this does not hold.
     /// </summary>
     private bool GroupedPairs(Im2Col unfold) =>
         groups > 1 && Vnni512Kernel.BFloat16Supported && Float512.IsSupported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
