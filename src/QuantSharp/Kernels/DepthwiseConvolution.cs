@@ -233,6 +233,7 @@ internal static unsafe class DepthwiseConvolution
         for (int kh = 0; kh < u.KernelH; kh++)
             for (int kw = 0; kw < u.KernelW; kw++)
                 offsets[kh * u.KernelW + kw] = (kh * u.DilationH * tileW + kw * u.DilationW) * width;
+        bool rolling = RollsRows<TW, TVec>(u);
         int blocks = (channels + width - 1) / width, units = imageCount * blocks;
         int items = Math.Min(units, Math.Max(1, KernelThreads.Count) * ItemsPerThread);
         // A quantized weight: each item dequantizes the rows of its blocks' channels into its scratch.
@@ -288,7 +289,8 @@ internal static unsafe class DepthwiseConvolution
                                 var row = new Span<float>(tile + ((nint)(ih + u.PadH) * tileW + u.PadW) * width, u.Width * width);
                                 quantization.Apply(row, row);
                             }
-                        Positions<TW, TVec>(tile, at, positions, tapOffsets, taps, wt, TW.Load(b), outs);
+                        if (rolling) RowPositions<TW, TVec>(tile, u, tileW, wt, TW.Load(b), outs);
+                        else Positions<TW, TVec>(tile, at, positions, tapOffsets, taps, wt, TW.Load(b), outs);
                         FromLanes(outs, positions, n, width, (float*)target + ((nint)image * channels + c0) * positions);
                     }
                 }
@@ -331,6 +333,70 @@ internal static unsafe class DepthwiseConvolution
     /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, eight
     /// positions at a time (eight multiply-add chains, each tap's weights loaded once for them), then one.
     /// </summary>
+    /// <summary>
+    /// Whether <see cref="RunLanes"/> computes its positions row by row (<see cref="RowPositions"/>): stride 1, no
+    /// dilation, output rows of at least eight positions, at 512 bits (32 vector registers: the window and the sums take
+    /// 17; at 256 bits, 16 registers, they spilled: 1.17-1.90x float32's time against 0.88-1.13x for
+    /// <see cref="Positions"/>, docs/BENCHMARKS.md stop 42).
+    /// </summary>
+    private static bool RollsRows<TW, TVec>(Im2Col u) where TW : IFloatWidth<TVec> where TVec : struct =>
+        typeof(TW) == typeof(Float512) && u.StrideH == 1 && u.StrideW == 1 && u.DilationH == 1 && u.DilationW == 1 && u.OutW >= 8;
+
+    /// <summary>
+    /// As <see cref="Positions"/> for stride 1 and no dilation, row by row: eight neighbouring positions of an output row
+    /// at a time, each kernel row's inputs loaded into a window of eight vectors that rolls on by one vector a tap (one
+    /// load per tap for the eight positions instead of eight), the row's last eight ending at its end (overlapping the
+    /// eight before where the row is no multiple of eight). The same multiply-adds per position in the same order, so
+    /// the same bits. Where <see cref="RollsRows"/>.
+    /// </summary>
+    private static void RowPositions<TW, TVec>(float* tile, Im2Col u, int tileW, float* w, TVec bias, float* outs)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count, outW = u.OutW, kh = u.KernelH, kw = u.KernelW;
+        nint rowStride = (nint)tileW * width;
+        for (int r = 0; r < u.OutH; r++)
+        {
+            float* rowStart = tile + r * rowStride;
+            float* d = outs + (nint)r * outW * width;
+            // Blocks of eight from the row's start; the last one ends at the row's end (overlapping the one before it
+            // where the row is no multiple of eight: those positions are computed twice, the same way).
+            for (int j = 0; ; j = Math.Min(j + 8, outW - 8))
+            {
+                TVec a0 = bias, a1 = bias, a2 = bias, a3 = bias, a4 = bias, a5 = bias, a6 = bias, a7 = bias;
+                float* taps = w;
+                for (int i = 0; i < kh; i++)
+                {
+                    float* x = rowStart + i * rowStride + (nint)j * width;
+                    TVec x0 = TW.Load(x), x1 = TW.Load(x + width), x2 = TW.Load(x + 2 * width), x3 = TW.Load(x + 3 * width);
+                    TVec x4 = TW.Load(x + 4 * width), x5 = TW.Load(x + 5 * width), x6 = TW.Load(x + 6 * width);
+                    for (int t = 0; t < kw; t++, taps += width)
+                    {
+                        TVec x7 = TW.Load(x + (7 + t) * width), v = TW.Load(taps);
+                        a0 = TW.MultiplyAdd(v, x0, a0);
+                        a1 = TW.MultiplyAdd(v, x1, a1);
+                        a2 = TW.MultiplyAdd(v, x2, a2);
+                        a3 = TW.MultiplyAdd(v, x3, a3);
+                        a4 = TW.MultiplyAdd(v, x4, a4);
+                        a5 = TW.MultiplyAdd(v, x5, a5);
+                        a6 = TW.MultiplyAdd(v, x6, a6);
+                        a7 = TW.MultiplyAdd(v, x7, a7);
+                        (x0, x1, x2, x3, x4, x5, x6) = (x1, x2, x3, x4, x5, x6, x7);
+                    }
+                }
+                float* o = d + (nint)j * width;
+                TW.Store(a0, o);
+                TW.Store(a1, o + width);
+                TW.Store(a2, o + 2 * width);
+                TW.Store(a3, o + 3 * width);
+                TW.Store(a4, o + 4 * width);
+                TW.Store(a5, o + 5 * width);
+                TW.Store(a6, o + 6 * width);
+                TW.Store(a7, o + 7 * width);
+                if (j + 8 == outW) break;
+            }
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Positions<TW, TVec>(float* tile, int* starts, int positions, int* offsets, int taps, float* w, TVec bias, float* outs)
         where TW : IFloatWidth<TVec> where TVec : struct

@@ -134,6 +134,10 @@ public class DepthwiseConvolutionTests
             new Im2Col(5, 20, 19, 3, 3, 3, 3, 0, 0, 1, 1),
             new Im2Col(24, 6, 6, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(3),
             new Im2Col(17, 1, 40, 1, 4, 1, 1, 0, 2, 1, 1).ForImages(3), // a Conv1d: one row of 40 steps
+            // Stride 1 onto rows of 8, 9 and 56 (at 512 bits row by row, in blocks of eight ending at the row's end).
+            new Im2Col(16, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2),
+            new Im2Col(20, 5, 9, 3, 3, 1, 1, 1, 1, 1, 1),
+            new Im2Col(16, 9, 56, 7, 7, 1, 1, 3, 3, 1, 1).ForImages(2),
         ];
         InputFakeQuantization?[] inputs = [null, new InputFakeQuantization(0.02f, 50f, 120f, 0f, 255f), new InputFakeQuantization(0.01f, 100f, -200f, -128f, 127f)];
         foreach (var u in geometries)
