@@ -330,10 +330,6 @@ internal static unsafe class DepthwiseConvolution
     }
 
     /// <summary>
-    /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, eight
-    /// positions at a time (eight multiply-add chains, each tap's weights loaded once for them), then one.
-    /// </summary>
-    /// <summary>
     /// Whether <see cref="RunLanes"/> computes its positions row by row (<see cref="RowPositions"/>): stride 1, no
     /// dilation, output rows of at least eight positions, at 512 bits (32 vector registers: the window and the sums take
     /// 17; at 256 bits, 16 registers, they spilled: 1.17-1.90x float32's time against 0.88-1.13x for
@@ -397,6 +393,11 @@ internal static unsafe class DepthwiseConvolution
         }
     }
 
+    /// <summary>
+    /// <c>outs[p] = bias + sum_t w[t] * tile[starts[p] + offsets[t]]</c>, one vector of lanes per position, eight
+    /// positions at a time (eight multiply-add chains, each tap's weights loaded once for them), then one. Where
+    /// <see cref="RollsRows"/> does not hold.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Positions<TW, TVec>(float* tile, int* starts, int positions, int* offsets, int taps, float* w, TVec bias, float* outs)
         where TW : IFloatWidth<TVec> where TVec : struct
