@@ -213,7 +213,8 @@ internal static unsafe class DepthwiseConvolution
     /// <c>TW.Count</c> channels, block-major (a work item's units share their blocks' weights across images): the
     /// block's planes are transposed into a padded tile of one vector per position (a static W8A8 input fake-quantized
     /// there, row by row), each output position is one vector, one multiply-add per tap from the bias in order of the
-    /// taps (the same operations per value as the plane-by-plane kernel, so the same bits), and the block's outputs are
+    /// taps (the same operations per value as the plane-by-plane kernel, so the same bits; <see cref="RowPositions"/>
+    /// where <see cref="RollsRows"/>, else <see cref="Positions"/>), and the block's outputs are
     /// transposed back into the channels' planes. Every lane does useful work where the plane-by-plane kernel computes a
     /// 7x7 plane as a wide grid of 64 positions.
     /// </summary>
@@ -379,15 +380,7 @@ internal static unsafe class DepthwiseConvolution
                         (x0, x1, x2, x3, x4, x5, x6) = (x1, x2, x3, x4, x5, x6, x7);
                     }
                 }
-                float* o = d + (nint)j * width;
-                TW.Store(a0, o);
-                TW.Store(a1, o + width);
-                TW.Store(a2, o + 2 * width);
-                TW.Store(a3, o + 3 * width);
-                TW.Store(a4, o + 4 * width);
-                TW.Store(a5, o + 5 * width);
-                TW.Store(a6, o + 6 * width);
-                TW.Store(a7, o + 7 * width);
+                StoreEight<TW, TVec>(d + (nint)j * width, a0, a1, a2, a3, a4, a5, a6, a7);
                 if (j + 8 == outW) break;
             }
         }
@@ -421,15 +414,7 @@ internal static unsafe class DepthwiseConvolution
                 a6 = TW.MultiplyAdd(v, TW.Load(s6 + o), a6);
                 a7 = TW.MultiplyAdd(v, TW.Load(s7 + o), a7);
             }
-            float* d = outs + (nint)p * width;
-            TW.Store(a0, d);
-            TW.Store(a1, d + width);
-            TW.Store(a2, d + 2 * width);
-            TW.Store(a3, d + 3 * width);
-            TW.Store(a4, d + 4 * width);
-            TW.Store(a5, d + 5 * width);
-            TW.Store(a6, d + 6 * width);
-            TW.Store(a7, d + 7 * width);
+            StoreEight<TW, TVec>(outs + (nint)p * width, a0, a1, a2, a3, a4, a5, a6, a7);
         }
         for (; p < positions; p++)
         {
@@ -438,6 +423,22 @@ internal static unsafe class DepthwiseConvolution
             for (int t = 0; t < taps; t++) a = TW.MultiplyAdd(TW.Load(w + t * width), TW.Load(s + offsets[t]), a);
             TW.Store(a, outs + p * width);
         }
+    }
+
+    /// <summary>Eight positions' sums, one vector each, into <paramref name="d"/> and the seven vectors after it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreEight<TW, TVec>(float* d, TVec a0, TVec a1, TVec a2, TVec a3, TVec a4, TVec a5, TVec a6, TVec a7)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int width = TW.Count;
+        TW.Store(a0, d);
+        TW.Store(a1, d + width);
+        TW.Store(a2, d + 2 * width);
+        TW.Store(a3, d + 3 * width);
+        TW.Store(a4, d + 4 * width);
+        TW.Store(a5, d + 5 * width);
+        TW.Store(a6, d + 6 * width);
+        TW.Store(a7, d + 7 * width);
     }
 
     /// <summary>
