@@ -333,8 +333,8 @@ internal static unsafe class DepthwiseConvolution
     /// <summary>
     /// Whether <see cref="RunLanes"/> computes its positions row by row (<see cref="RowPositions"/>): stride 1, no
     /// dilation, output rows of at least eight positions, at 512 bits (32 vector registers: the window and the sums take
-    /// 17; at 256 bits, 16 registers, they spilled: 1.17-1.90x float32's time against 0.88-1.13x for
-    /// <see cref="Positions"/>, docs/BENCHMARKS.md stop 42).
+    /// 17; at 256 bits, with 16, row by row took 1.17-1.90x float32's time against 0.88-1.13x for <see cref="Positions"/>,
+    /// likely spilling: the JIT's code was not read; docs/BENCHMARKS.md stop 42).
     /// </summary>
     private static bool RollsRows<TW, TVec>(Im2Col u) where TW : IFloatWidth<TVec> where TVec : struct =>
         typeof(TW) == typeof(Float512) && u.StrideH == 1 && u.StrideW == 1 && u.DilationH == 1 && u.DilationW == 1 && u.OutW >= 8;
