@@ -328,12 +328,11 @@ internal static class ConvolutionCost
     /// plane is one row, and libtorch's depthwise Conv1d was slow (Conformer's 31 taps over 400 steps: 0.49 ms at batch 1,
     /// 3.6 ms at batch 8, the kernel 0.05 and 0.27 ms). Measured on the Zen 5 VM: docs/BENCHMARKS.md, stop 37. And
     /// every call that computes the channels in lanes (<paramref name="oneOutputPerChannel"/> and
-    /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>) of one image, of up to 3x3 taps, or at 512 bits:
-    /// at batch 8 with up to 3x3 taps or at stride 2, 0.40-0.88x float32's time weight-only where libtorch's route took
-    /// 0.76-1.06x, static W8A8 0.47-0.96x against 1.17-1.67x; with 5x5 and 7x7 taps at stride 1, 0.89-1.14x against
-    /// 0.97-1.10x (a tie: a call right after one of libtorch's ran about 10% slower), static W8A8 0.84-1.14x against
-    /// 1.22-1.59x (docs/BENCHMARKS.md, stop 41). At 256 bits, 5x5 and 7x7 taps at batch 8 took 1.10-1.23x in lanes,
-    /// libtorch's route 1.01-1.04x.
+    /// <see cref="Kernels.DepthwiseConvolution.TakesLanes(Im2Col)"/>) of one image, of up to 3x3 taps, or at 256 bits
+    /// and more (<see cref="LanesManyTapsMinWidth"/>): at batch 8 with up to 3x3 taps or at stride 2, 0.40-0.88x
+    /// float32's time weight-only where libtorch's route took 0.76-1.06x, static W8A8 0.47-0.96x against 1.17-1.67x;
+    /// with 5x5 and 7x7 taps at stride 1, 0.89-1.14x against 0.97-1.10x (a tie: a call right after one of libtorch's ran
+    /// about 10% slower), static W8A8 0.84-1.14x against 1.22-1.59x (docs/BENCHMARKS.md, stop 41).
     /// </summary>
     internal static bool DepthwisePays(Im2Col unfold, bool quantizedInput, bool oneOutputPerChannel)
     {
@@ -348,8 +347,15 @@ internal static class ConvolutionCost
             && (positions >= DepthwiseMinPositions || ((quantizedInput || stride1) && positions >= DepthwiseMinPositionsOneImage));
     }
 
-    /// <summary>Lanes (floats a vector holds) from which <see cref="DepthwisePays"/> takes more than 3x3 taps in lanes for several images (512 bits).</summary>
-    internal const int LanesManyTapsMinWidth = 16;
+    /// <summary>
+    /// Lanes (floats a vector holds) from which <see cref="DepthwisePays"/> takes more than 3x3 taps in lanes for several
+    /// images: 256 bits. On an AVX2 machine emulated (AVX-512 off on both sides, docs/BENCHMARKS.md stop 43), 5x5 and
+    /// 7x7 taps at stride 1 onto 7x7 to 56x56 at 2-8 images took 0.54-1.05x float32's time in lanes (int8) where
+    /// libtorch's route took 0.88-1.18x, at or below it in 31 of 32 processes (the other a tie: 0.96x against 0.95x),
+    /// static W8A8 1.03-1.20x against 1.21-1.60x. 128-bit vectors were not measured: they stay with the rule plane by
+    /// plane.
+    /// </summary>
+    internal const int LanesManyTapsMinWidth = 8;
 
     /// <summary>Output positions of one image from which <see cref="DepthwisePays"/> (14x14).</summary>
     internal const int DepthwiseMinPositionsOneImage = 196;
