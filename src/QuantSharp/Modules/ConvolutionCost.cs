@@ -492,26 +492,33 @@ internal static class ConvolutionCost
     /// <see cref="GroupedPairsMinChannels"/> channels a group; for fewer than <see cref="GroupedPairsManyImages"/>
     /// images onto rows of at least <see cref="GroupedPairsMinWidthFewImages"/> with at least
     /// <see cref="GroupedPairsMinChannelsFewImages"/> channels a group, for more onto rows of at least
-    /// <see cref="GroupedPairsMinWidth"/>, or of at least <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/> with at
-    /// least <see cref="GroupedPairsMinChannelsNarrow"/> channels a group. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
-    /// stop 42; int8, the routes paired with float32 in one process, batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64
+    /// <see cref="GroupedPairsMinWidth"/>; and onto rows of at least <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/>
+    /// from two images over at least <see cref="GroupedPairsMinChannelsTwoImages"/> channels a group, from
+    /// <see cref="GroupedPairsNarrowImages"/> over at least <see cref="GroupedPairsMinChannelsNarrow"/>. Measured on the
+    /// Zen 5 VM (docs/BENCHMARKS.md, stop 43, after narrow planes were paired in one run: int8 onto 14x14, each route
+    /// paired with float32 in one process, both orders): 48 channels a group at 3-8 images 0.83-1.02x float32's time
+    /// against 1.00-1.13x on libtorch's route, 64 at 2-3 images 0.77-1.02x against 0.94-1.11x; 32 a group at 4-8
+    /// images still 1.08-1.17x against 1.00-1.13x, 48 at 2 images 1.10-1.21x against 1.03-1.14x. Before that (stop 42;
+    /// the routes paired with float32 in one process, batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64
     /// channels a group onto 28x28 at batch 1 0.48-0.90x float32's time against 0.57-1.11x for the small kernel,
     /// AlexNet's 5x5 over two groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8
     /// onto 20x20 to 56x56 from 32 channels 0.40-0.80x against 0.53-1.01x for the rule's route before, onto 14x14 over
     /// 64 channels 0.91-0.95x against 1.01-1.07x on libtorch's route (the small kernel 1.03-1.14x). Slower: fewer
-    /// channels a group (1.35-2.8x the small kernel's time at batch 1, alike at best at batch 8), 32 and 48 channels a
-    /// group onto 14x14 at stride 1 (1.05-1.62x float32's time), anything onto 7x7 (its 9-wide padded rows) and Conv1d
-    /// layers; at batch 1 and 2 onto 14x14 and at batch 1 onto 20x20 alike or slower. Batch 2 was measured onto 14x14
-    /// only, batch 3 not at all.
+    /// channels a group (1.35-2.8x the small kernel's time at batch 1, alike at best at batch 8), anything onto 7x7 (its
+    /// 9-wide padded rows; 1.58x float32's time for 1024 channels in 32 groups at batch 8 in stop 43) and Conv1d layers;
+    /// at batch 1 onto 14x14 and 20x20 alike or slower. Onto 14x14 at stride 2 the rule was not measured again.
     /// </summary>
     internal static bool GroupedBFloat16Pays(Im2Col unfold, long groups)
     {
         if (groups < 2 || unfold.Height == 1) return false;
         long channels = unfold.Channels / groups;
         if (channels < GroupedPairsMinChannels) return false;
+        // Rows of 14 or more from two images: over many channels a group, fewer from three images.
+        if (unfold.OutW >= Kernels.PackedMatMul.PairsInPlaceMinWidth && unfold.Images >= 2
+            && channels >= (unfold.Images >= GroupedPairsNarrowImages ? GroupedPairsMinChannelsNarrow : GroupedPairsMinChannelsTwoImages))
+            return true;
         if (unfold.Images < GroupedPairsManyImages) return unfold.OutW >= GroupedPairsMinWidthFewImages && channels >= GroupedPairsMinChannelsFewImages;
-        return unfold.OutW >= GroupedPairsMinWidth
-            || (unfold.OutW >= Kernels.PackedMatMul.PairsInPlaceMinWidth && channels >= GroupedPairsMinChannelsNarrow);
+        return unfold.OutW >= GroupedPairsMinWidth;
     }
 
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/>.</summary>
@@ -529,6 +536,12 @@ internal static class ConvolutionCost
     /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> for <see cref="GroupedPairsManyImages"/> images or more.</summary>
     internal const int GroupedPairsMinWidth = 20;
 
-    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for many images onto rows of 14 to 19.</summary>
-    internal const int GroupedPairsMinChannelsNarrow = 64;
+    /// <summary>Images from which <see cref="GroupedBFloat16Pays"/> onto rows of 14 or more with <see cref="GroupedPairsMinChannelsNarrow"/> channels a group.</summary>
+    internal const int GroupedPairsNarrowImages = 3;
+
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for <see cref="GroupedPairsNarrowImages"/> images or more onto rows of 14 or more.</summary>
+    internal const int GroupedPairsMinChannelsNarrow = 48;
+
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for two images onto rows of 14 or more.</summary>
+    internal const int GroupedPairsMinChannelsTwoImages = 64;
 }

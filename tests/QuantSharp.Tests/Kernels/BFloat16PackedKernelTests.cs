@@ -201,6 +201,59 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
+    [Fact]
+    public void PairImagesHoldEachChannelPairRoundedAtItsPaddedPixelAndZeroEverywhereElse()
+    {
+        // Stride 1 (narrow planes are paired in one run, rows of 8 and 16 stored as whole vectors) and stride 2 (rows
+        // through the phase grid): every value of the buffer, the slack after the last plane included.
+        var rng = new Random(29);
+        (int H, int W, int Pad, int Stride)[] shapes =
+        [
+            (1, 1, 1, 1), (4, 4, 0, 1), (3, 6, 1, 1), (2, 8, 0, 1), (5, 7, 1, 1), (7, 7, 1, 1), (7, 7, 0, 1), (6, 9, 2, 1),
+            (9, 3, 1, 1), (14, 14, 1, 1), (3, 15, 0, 1), (4, 16, 1, 1), (5, 17, 1, 1), (80, 15, 1, 1), (9, 2, 2, 1),
+            (7, 7, 1, 2), (14, 14, 1, 2), (5, 9, 0, 2),
+        ];
+        int checkedValues = 0;
+        foreach (var (h, w, pad, stride) in shapes)
+            foreach (var (pairs, images) in new[] { (1, 1), (3, 2) })
+            {
+                int k = 2 * pad + 1;
+                var u = new Im2Col(2 * pairs, h, w, k, k, stride, stride, pad, pad, 1, 1, images);
+                var grid = new PhaseGrid(new Im2Col(pairs, h, w, k, k, stride, stride, pad, pad, 1, 1, images));
+                nint planeStride = PackedMatMul.PairPlaneStride(grid, pairs);
+                float[] x = new float[images * 2 * pairs * h * w];
+                for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 8 - 4);
+                x[x.Length / 2] = float.NaN;
+                const int Step = 32;
+                long total = (long)planeStride * pairs * images + Step + grid.PhaseWidth;
+                var expected = new uint[total];
+                int ph = grid.PhaseHeight, pw = grid.PhaseWidth;
+                for (int im = 0; im < images; im++)
+                    for (int p = 0; p < pairs; p++)
+                        for (int r = 0; r < h; r++)
+                            for (int c = 0; c < w; c++)
+                            {
+                                int py = r + pad, px = c + pad, phase = py % stride * stride + px % stride;
+                                long at = (long)(im * pairs + p) * planeStride + (phase * ph + py / stride) * pw + px / stride;
+                                int even = ((im * 2 * pairs + 2 * p) * h + r) * w + c, odd = even + h * w;
+                                expected[at] = HalfKernel.ToBFloat16Bits(x[even]) | (uint)HalfKernel.ToBFloat16Bits(x[odd]) << 16;
+                            }
+                uint* buffer;
+                fixed (float* px = x) buffer = PackedMatMul.PairImages(u, grid, planeStride, px, Step);
+                try
+                {
+                    for (long i = 0; i < total; i++)
+                        Assert.True(expected[i] == buffer[i], $"{h}x{w} pad {pad} stride {stride}, {pairs} pairs, {images} images: value {i} is {buffer[i]:X8}, expected {expected[i]:X8}");
+                    checkedValues += (int)total;
+                }
+                finally
+                {
+                    System.Runtime.InteropServices.NativeMemory.AlignedFree(buffer);
+                }
+            }
+        Assert.True(checkedValues > 20000, $"{checkedValues} values checked");
+    }
+
     public static IEnumerable<object[]> Formats() => Enum.GetNames<WeightFormat>().Select(f => new object[] { f });
 
     [Theory]

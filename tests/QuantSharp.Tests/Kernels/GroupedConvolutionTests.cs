@@ -193,16 +193,22 @@ public class GroupedConvolutionTests
 
         // Weight-only on CPUs with AVX512-BF16, grouped layers from 32 channels a group over more than one row multiply
         // in bfloat16 from pair images: up to 3 images onto rows of 24 or more from 48 channels a group; from 4 images
-        // onto rows of 20 or more, or of 14 or more from 64 channels a group.
+        // onto rows of 20 or more; onto rows of 14 or more from 2 images over 64 channels a group, from 3 over 48.
         Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));            // 64 a group
         Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(96, 27, 27, 5, 5, 1, 1, 2, 2, 1, 1).ForImages(3), 2)); // AlexNet's 48
         Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(368, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));           // 46 a group
         Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1), 8));            // rows of 24
         Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 23, 23, 3, 3, 1, 1, 1, 1, 1, 1), 8));           // of 23
-        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 8));
-        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 8)); // 64 a group onto 14x14
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 8));
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 8)); // 64 a group onto 14x14
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(496, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 8)); // 62 at two images
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 8)); // 48 from three
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 8));
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(368, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8)); // 46 a group
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 8));
         Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(512, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8));
-        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(496, 19, 19, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8)); // 62 onto 19x19
+        Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(368, 19, 19, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8)); // 46 onto 19x19
+        Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(384, 19, 19, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8));  // 48 onto 19x19
         Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 8));  // 32 onto 20x20
         Assert.False(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 8));
         Assert.True(ConvolutionCost.GroupedBFloat16Pays(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 8));  // stride 2 onto 28x28
