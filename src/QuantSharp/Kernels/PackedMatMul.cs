@@ -861,8 +861,8 @@ internal static unsafe class PackedMatMul
     /// bfloat16, as one 32-bit pair per padded pixel, in the layout of a <see cref="PhaseGrid"/> of C / 2 channels) and
     /// the weight once into pairs of channels (<see cref="PairChannels"/>: <c>[N, C / 2, taps]</c>), so that for one tap
     /// the strip's groups are the pair planes, one plane apart, and the weight's are one pair of taps apart:
-    /// <see cref="Vnni512Kernel.MicroBFloat16Strided"/> per strip, block of <see cref="PairBlock"/> channel pairs, tile
-    /// of six rows and tap, sums in float32 over the wide grid's positions, written with the bias
+    /// <see cref="Vnni512Kernel.MicroBFloat16Taps"/> per strip, block of <see cref="PairBlock"/> channel pairs and tile
+    /// of up to six rows, over all taps in one call, sums in float32 over the wide grid's positions, written with the bias
     /// (<see cref="WriteWide"/>). Nothing is unfolded: the packed route's im2col and pairing passes were 44% of the
     /// samples of 64->64 on 56x56. The sums are those of the packed route in another order (blocks of channel pairs,
     /// then taps, then the block's pairs). With <paramref name="groups"/>, a grouped convolution: output channel n reads
@@ -876,8 +876,10 @@ internal static unsafe class PackedMatMul
         var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
         nint planeStride = PairPlaneStride(grid, pairs), imageValues = planeStride * pairs;
         int positions = u.OutH * grid.PhaseWidth, strips = (positions + Width - 1) / Width;
-        var tapOffsets = new int[taps];
-        for (int t = 0; t < taps; t++) tapOffsets[t] = grid.Offset(t);
+        // Each tap's strip offset in bytes, for the micro-kernel that passes all taps in one call.
+        nint* tapBytes = stackalloc nint[taps];
+        for (int t = 0; t < taps; t++) tapBytes[t] = (nint)grid.Offset(t) * sizeof(uint);
+        nint tapBytesAddress = (nint)tapBytes;
         var split = PositionSplit.For(strips, images, Math.Max(strips, 1), w.Rows, KernelThreads.Count, packs: false);
         int blockStrips = split.BlockStrips, blocks = split.Blocks, parts = split.Parts, ldt = blockStrips * Width;
         uint* weightPairs = null, image = null;
@@ -919,11 +921,9 @@ internal static unsafe class PackedMatMul
                                     {
                                         uint* a = (uint*)pairsTarget + (nint)(n0 + t0) * half + p0 * taps;
                                         float* c = yt + t0 * ldt + (s - s0) * Width;
-                                        for (int t = 0; t < taps; t++)
-                                        {
-                                            if (native) Vnni512Kernel.MicroBFloat16Strided(a + t, (nint)half * 4, strip + tapOffsets[t], count, c, ldt * 4, planeStride * 4, taps * 4);
-                                            else Vnni512Kernel.MicroBFloat16Twin(a + t, (nint)half * 4, strip + tapOffsets[t], count, c, ldt * 4, planeStride * 4, taps * 4);
-                                        }
+                                        int tileRows = Math.Min(BFloat16TileRows, rows - t0);
+                                        if (native) Vnni512Kernel.MicroBFloat16Taps(a, (nint)half * 4, strip, count, c, ldt * 4, planeStride * 4, taps * 4, taps, (nint*)tapBytesAddress, tileRows);
+                                        else Vnni512Kernel.MicroBFloat16TapsTwin(a, (nint)half * 4, strip, count, c, ldt * 4, planeStride * 4, taps * 4, taps, (nint*)tapBytesAddress, tileRows);
                                     }
                                 }
                             int i0 = s0 * Width;

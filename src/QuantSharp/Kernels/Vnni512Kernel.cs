@@ -12,7 +12,7 @@ namespace QuantSharp.Kernels;
 /// Rapids) do not report, so the 22 instructions of this loop are written here as machine code, once per process, into
 /// a page that is made executable (and no longer writable) before it is called; the same loop with <c>vdpbf16ps</c>
 /// (<see cref="MicroBFloat16"/>, AVX512-BF16, which .NET 10 exposes through no intrinsic either; and
-/// <see cref="MicroBFloat16Strided"/>, the same with two strides as arguments) and the row kernels' dot
+/// <see cref="MicroBFloat16Taps"/>, the same with two strides as arguments over a convolution's taps) and the row kernels' dot
 /// products (<see cref="RowDots"/>, for CPUs without AVX-VNNI) are written into the same page after it.
 /// </summary>
 /// <remarks>
@@ -36,8 +36,8 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Where the bfloat16 micro-kernel (<see cref="MicroBFloat16"/>) starts in the code page (set by <see cref="Assemble"/>).</summary>
     private static int s_bfloat16Offset;
 
-    /// <summary>Where the strided bfloat16 micro-kernel (<see cref="MicroBFloat16Strided"/>) starts in the code page (set by <see cref="Assemble"/>).</summary>
-    private static int s_bfloat16StridedOffset;
+    /// <summary>Where the bfloat16 micro-kernels over all taps (<see cref="MicroBFloat16Taps"/>) for 1 to 6 rows start in the code page (set by <see cref="Assemble"/>).</summary>
+    private static readonly int[] s_bfloat16TapsOffsets = new int[7];
 
     private static readonly nint s_code = Build();
 
@@ -67,25 +67,37 @@ internal static unsafe partial class Vnni512Kernel
         ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, void>)(s_code + s_bfloat16Offset))(a, lda, b, groups, c, ldcBytes);
 
     /// <summary>
-    /// <see cref="MicroBFloat16"/> with the strip's groups <paramref name="ldbBytes"/> apart instead of 128 bytes and each
-    /// weight row's groups <paramref name="stepBytes"/> apart instead of 4: the bfloat16 convolution that reads its strips
-    /// in place (<see cref="PackedMatMul"/>'s pair images), where group g of a tap is channel pair g's plane, one plane
-    /// after the last, and the weight's pair for it one pair of taps after the last. Only when
-    /// <see cref="BFloat16Supported"/>; <see cref="MicroBFloat16Twin"/> with the two strides computes the same in managed code.
+    /// The bfloat16 convolution that reads its strips in place (<see cref="PackedMatMul"/>'s pair images): for each of
+    /// <paramref name="taps"/> taps in turn, <see cref="MicroBFloat16"/>'s loop with the strip's groups
+    /// <paramref name="ldbBytes"/> apart instead of 128 bytes (group g is channel pair g's plane, one plane after the
+    /// last) from <c>b + tapBytes[t]</c> (bytes), and each weight row's groups <paramref name="stepBytes"/> apart instead
+    /// of 4 from <c>a + t</c> (a row's pairs in <c>[C / 2, taps]</c> order: the pair for the next plane one pair of taps
+    /// further); <paramref name="rows"/> (1 to 6) weight rows and rows of <c>c</c>. The accumulators stay in registers
+    /// from the first tap to the last (a call per tap loaded and stored them each time, and the pair images' grouped
+    /// calls multiply as few as 16 channel pairs a tap); the additions are in the order of those calls, tap by tap. Only
+    /// when <see cref="BFloat16Supported"/>, with <paramref name="taps"/> at least 1; <see cref="MicroBFloat16TapsTwin"/>
+    /// computes the same in managed code.
     /// </summary>
-    public static void MicroBFloat16Strided(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes, nint stepBytes) =>
-        ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, nint, nint, void>)(s_code + s_bfloat16StridedOffset))(a, lda, b, groups, c, ldcBytes, ldbBytes, stepBytes);
+    public static void MicroBFloat16Taps(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes, nint stepBytes, int taps, nint* tapBytes, int rows = 6) =>
+        ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint, float*, nint, nint, nint, nint, nint*, void>)(s_code + s_bfloat16TapsOffsets[rows]))(a, lda, b, groups, c, ldcBytes, ldbBytes, stepBytes, taps, tapBytes);
+
+    /// <summary><see cref="MicroBFloat16Taps"/> in portable vectors: <see cref="MicroBFloat16Twin"/> tap by tap.</summary>
+    public static void MicroBFloat16TapsTwin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes, nint stepBytes, int taps, nint* tapBytes, int rows = 6)
+    {
+        for (int t = 0; t < taps; t++) MicroBFloat16Twin(a + t, lda, (uint*)((byte*)b + tapBytes[t]), groups, c, ldcBytes, ldbBytes, stepBytes, rows);
+    }
 
     /// <summary>
-    /// <see cref="MicroBFloat16"/> (the strip's groups 128 bytes apart, a weight row's 4) or <see cref="MicroBFloat16Strided"/>
-    /// (<paramref name="ldbBytes"/> and <paramref name="stepBytes"/> apart) in portable vectors (the tests compare them, and
+    /// <see cref="MicroBFloat16"/> (the strip's groups 128 bytes apart, a weight row's 4), or one tap of
+    /// <see cref="MicroBFloat16Taps"/> (<paramref name="ldbBytes"/> and <paramref name="stepBytes"/> apart), for
+    /// <paramref name="rows"/> rows, in portable vectors (the tests compare them, and
     /// run the GEMM's bfloat16 mode through this on CPUs without AVX512-BF16). Denormals are not flushed (the test values
     /// have none).
     /// </summary>
-    public static void MicroBFloat16Twin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes = 128, nint stepBytes = 4)
+    public static void MicroBFloat16Twin(uint* a, nint lda, uint* b, int groups, float* c, nint ldcBytes, nint ldbBytes = 128, nint stepBytes = 4, int rows = 6)
     {
         var high = Vector512.Create(0xFFFF0000u);
-        for (int j = 0; j < 6; j++)
+        for (int j = 0; j < rows; j++)
         {
             float* row = (float*)((byte*)c + j * ldcBytes);
             var acc0 = Vector512.Load(row);
@@ -162,9 +174,12 @@ internal static unsafe partial class Vnni512Kernel
         asm.AlignTo(64);
         s_bfloat16Offset = asm.Position;
         AssembleMicro(asm, bfloat16: true);
-        asm.AlignTo(64);
-        s_bfloat16StridedOffset = asm.Position;
-        AssembleMicro(asm, bfloat16: true, strided: true);
+        for (int rows = 1; rows <= 6; rows++)
+        {
+            asm.AlignTo(64);
+            s_bfloat16TapsOffsets[rows] = asm.Position;
+            AssembleTaps(asm, rows);
+        }
         foreach (bool tail in new[] { false, true })
             foreach (int rows in new[] { 1, 2, 4 })
             {
@@ -225,39 +240,124 @@ internal static unsafe partial class Vnni512Kernel
 
     /// <summary>
     /// The micro-kernel (see the class remarks), or with <paramref name="bfloat16"/> <see cref="MicroBFloat16"/> (the same
-    /// loop, <c>vdpbf16ps</c> for <c>vpdpbusd</c>); with <paramref name="strided"/> the strip advances by the seventh
-    /// argument (<see cref="MicroBFloat16Strided"/>'s <c>ldbBytes</c>, from the stack into <c>rax</c>) instead of 128 and
-    /// the weight rows by the eighth (<c>stepBytes</c>, into <c>rbx</c>, saved and restored) instead of 4.
+    /// loop, <c>vdpbf16ps</c> for <c>vpdpbusd</c>).
     /// </summary>
-    private static void AssembleMicro(Assembler asm, bool bfloat16, bool strided = false)
+    private static void AssembleMicro(Assembler asm, bool bfloat16)
     {
-        const int Rax = 0, Rbx = 3;
-        if (strided)
-        {
-            asm.Push(Rbx);
-            asm.LoadStackArgument(Rax, 16); // the seventh argument, above the return address and rbx
-            asm.LoadStackArgument(Rbx, 24); // the eighth
-        }
-        // Six rows at [r8], [r8 + r9], [r10], [r10 + r9], [r11], [r11 + r9] with r10 = r8 + 2 r9, r11 = r8 + 4 r9.
-        (int Base, int Index)[] accRows = [(R8, NoIndex), (R8, R9), (R10, NoIndex), (R10, R9), (R11, NoIndex), (R11, R9)];
-        asm.LeaScaled2(R10, R8, R9);
-        asm.LeaScaled2(R11, R10, R9);
-        for (int j = 0; j < 6; j++)
-        {
-            asm.Vector(Assembler.LoadOp, 2 * j, accRows[j].Base, accRows[j].Index, 0);
-            asm.Vector(Assembler.LoadOp, 2 * j + 1, accRows[j].Base, accRows[j].Index, 64);
-        }
-        // Weight rows the same way from rdi with the stride rsi.
-        (int Base, int Index)[] weightRows = [(Rdi, NoIndex), (Rdi, Rsi), (R10, NoIndex), (R10, Rsi), (R11, NoIndex), (R11, Rsi)];
-        asm.LeaScaled2(R10, Rdi, Rsi);
-        asm.LeaScaled2(R11, R10, Rsi);
+        LoadAccumulators(asm, 6);
+        PointWeightRows(asm);
         int skip = asm.JumpIfRcxZero();
         int loop = asm.Position;
+        PairStep(asm, 6, bfloat16);
+        asm.AddImmediate(Rdx, 128);
+        asm.AddImmediate(Rdi, 4);
+        asm.AddImmediate(R10, 4);
+        asm.AddImmediate(R11, 4);
+        asm.DecrementRcxAndLoop(loop);
+        asm.PatchJump(skip);
+        StoreAccumulators(asm, 6);
+        asm.Return();
+    }
+
+    /// <summary>
+    /// <see cref="MicroBFloat16Taps"/>: <see cref="AssembleMicro"/>'s loop with the strides from arguments, inside a loop
+    /// over taps. System V: <c>rdi = a, rsi = lda, rdx = b, rcx = groups, r8 = c, r9 = ldcBytes</c>, then on the stack
+    /// <c>ldbBytes</c> (into <c>rax</c>), <c>stepBytes</c> (<c>rbx</c>), the taps (<c>r15</c>) and the table of the taps'
+    /// byte offsets (<c>r14</c>, advancing 8 a tap). Per tap the weight rows restart at <c>r12</c> (a, 4 bytes further
+    /// each tap), the strip at <c>r13</c> (b) plus the tap's offset, the pair count at <c>rbp</c> (groups). The
+    /// accumulators (two a row, <paramref name="rows"/> rows) are loaded before the first tap and stored after the last;
+    /// <c>rbx, rbp, r12-r15</c> are saved and restored.
+    /// </summary>
+    private static void AssembleTaps(Assembler asm, int rows)
+    {
+        const int Rax = 0, Rcx = 1, Rbx = 3, Rbp = 5, R12 = 12, R13 = 13, R14 = 14, R15 = 15;
+        int[] saved = [Rbx, Rbp, R12, R13, R14, R15];
+        foreach (int r in saved) asm.Push(r);
+        // Above the six saved registers and the return address: the seventh to tenth arguments.
+        asm.LoadStackArgument(Rax, 56);
+        asm.LoadStackArgument(Rbx, 64);
+        asm.LoadStackArgument(R15, 72);
+        asm.LoadStackArgument(R14, 80);
+        asm.Move(Rbp, Rcx);
+        asm.Move(R12, Rdi);
+        asm.Move(R13, Rdx);
+        LoadAccumulators(asm, rows);
+        int skip = asm.JumpIfRcxZero();
+        int tap = asm.Position;
+        asm.Move(Rdi, R12);
+        PointWeightRows(asm);
+        asm.LoadQword(Rdx, R14);
+        asm.Add(Rdx, R13);
+        asm.Move(Rcx, Rbp);
+        int loop = asm.Position;
+        PairStep(asm, rows, bfloat16: true);
+        asm.Add(Rdx, Rax);
+        asm.Add(Rdi, Rbx);
+        asm.Add(R10, Rbx);
+        asm.Add(R11, Rbx);
+        asm.DecrementRcxAndLoop(loop);
+        asm.AddImmediate(R12, 4);
+        asm.AddImmediate(R14, 8);
+        asm.DecrementAndLoop(R15, tap);
+        asm.PatchJump(skip);
+        StoreAccumulators(asm, rows);
+        for (int i = saved.Length - 1; i >= 0; i--) asm.Pop(saved[i]);
+        asm.Return();
+    }
+
+    /// <summary>
+    /// Accumulator row <paramref name="j"/>'s address: <c>[r8]</c>, <c>[r8 + r9]</c>, <c>[r10]</c>, <c>[r10 + r9]</c>,
+    /// <c>[r11]</c>, <c>[r11 + r9]</c> with <c>r10 = r8 + 2 r9</c>, <c>r11 = r8 + 4 r9</c> (a method, not a table: the
+    /// code is assembled while the class's static fields are still being initialized).
+    /// </summary>
+    private static (int Base, int Index) AccumulatorRow(int j) => ((j / 2) switch { 0 => R8, 1 => R10, _ => R11 }, j % 2 == 0 ? NoIndex : R9);
+
+    /// <summary>Weight row <paramref name="j"/>'s the same way from <c>rdi</c> with the stride <c>rsi</c> (<see cref="PointWeightRows"/>).</summary>
+    private static (int Base, int Index) WeightRow(int j) => ((j / 2) switch { 0 => Rdi, 1 => R10, _ => R11 }, j % 2 == 0 ? NoIndex : Rsi);
+
+    /// <summary>Row j's two accumulators (<c>zmm(2j)</c>, <c>zmm(2j+1)</c>) from <c>c</c>'s row j (<see cref="AccumulatorRow"/>).</summary>
+    private static void LoadAccumulators(Assembler asm, int rows)
+    {
+        asm.LeaScaled2(R10, R8, R9);
+        asm.LeaScaled2(R11, R10, R9);
+        for (int j = 0; j < rows; j++)
+        {
+            asm.Vector(Assembler.LoadOp, 2 * j, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 0);
+            asm.Vector(Assembler.LoadOp, 2 * j + 1, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 64);
+        }
+    }
+
+    /// <summary>Row j's two accumulators back to <c>c</c>'s row j.</summary>
+    private static void StoreAccumulators(Assembler asm, int rows)
+    {
+        asm.LeaScaled2(R10, R8, R9);
+        asm.LeaScaled2(R11, R10, R9);
+        for (int j = 0; j < rows; j++)
+        {
+            asm.Vector(Assembler.StoreOp, 2 * j, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 0);
+            asm.Vector(Assembler.StoreOp, 2 * j + 1, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 64);
+        }
+    }
+
+    /// <summary><c>r10 = rdi + 2 rsi</c>, <c>r11 = rdi + 4 rsi</c>: the weight rows of <see cref="WeightRow"/>.</summary>
+    private static void PointWeightRows(Assembler asm)
+    {
+        asm.LeaScaled2(R10, Rdi, Rsi);
+        asm.LeaScaled2(R11, R10, Rsi);
+    }
+
+    /// <summary>
+    /// One group: the strip's two vectors at <c>[rdx]</c> into <c>zmm12-13</c>, then per weight row j its group broadcast
+    /// into <c>zmm14</c> and multiplied into row j's accumulators (<c>vdpbf16ps</c> with <paramref name="bfloat16"/>, else
+    /// <c>vpdpbusd</c>).
+    /// </summary>
+    private static void PairStep(Assembler asm, int rows, bool bfloat16)
+    {
         asm.Vector(Assembler.LoadOp, 12, Rdx, NoIndex, 0);
         asm.Vector(Assembler.LoadOp, 13, Rdx, NoIndex, 64);
-        for (int j = 0; j < 6; j++)
+        for (int j = 0; j < rows; j++)
         {
-            asm.Broadcast32(14, weightRows[j].Base, weightRows[j].Index);
+            asm.Broadcast32(14, WeightRow(j).Base, WeightRow(j).Index);
             if (bfloat16)
             {
                 asm.DotBFloat16(2 * j, 12, 14);
@@ -269,31 +369,6 @@ internal static unsafe partial class Vnni512Kernel
                 asm.DotBytes(2 * j + 1, 13, 14);
             }
         }
-        if (strided)
-        {
-            asm.Add(Rdx, Rax);
-            asm.Add(Rdi, Rbx);
-            asm.Add(R10, Rbx);
-            asm.Add(R11, Rbx);
-        }
-        else
-        {
-            asm.AddImmediate(Rdx, 128);
-            asm.AddImmediate(Rdi, 4);
-            asm.AddImmediate(R10, 4);
-            asm.AddImmediate(R11, 4);
-        }
-        asm.DecrementRcxAndLoop(loop);
-        asm.PatchJump(skip);
-        asm.LeaScaled2(R10, R8, R9);
-        asm.LeaScaled2(R11, R10, R9);
-        for (int j = 0; j < 6; j++)
-        {
-            asm.Vector(Assembler.StoreOp, 2 * j, accRows[j].Base, accRows[j].Index, 0);
-            asm.Vector(Assembler.StoreOp, 2 * j + 1, accRows[j].Base, accRows[j].Index, 64);
-        }
-        if (strided) asm.Pop(Rbx);
-        asm.Return();
     }
 
     /// <summary>
@@ -375,11 +450,27 @@ internal static unsafe partial class Vnni512Kernel
             Disp32(0);
         }
 
-        /// <summary><c>push reg</c> (reg &lt; 8).</summary>
-        public void Push(int reg) => Emit(0x50 | reg);
+        /// <summary><c>push reg</c> (r8-r15 with REX.B).</summary>
+        public void Push(int reg)
+        {
+            if (reg >= 8) Emit(0x41);
+            Emit(0x50 | (reg & 7));
+        }
 
-        /// <summary><c>pop reg</c> (reg &lt; 8).</summary>
-        public void Pop(int reg) => Emit(0x58 | reg);
+        /// <summary><c>pop reg</c> (r8-r15 with REX.B).</summary>
+        public void Pop(int reg)
+        {
+            if (reg >= 8) Emit(0x41);
+            Emit(0x58 | (reg & 7));
+        }
+
+        /// <summary><c>mov dst, [base]</c> (64-bit; a SIB byte and a zero disp32, so any base).</summary>
+        public void LoadQword(int dst, int baseReg)
+        {
+            Rex(dst, 0, baseReg);
+            Emit(0x8B, 0x84 | (dst & 7) << 3, 4 << 3 | (baseReg & 7));
+            Disp32(0);
+        }
 
         /// <summary><c>mov dst, src</c> (64-bit).</summary>
         public void Move(int dst, int src)

@@ -70,45 +70,62 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void StridedMicroKernelReadsGroupsAndWeightPairsAtTheirStridesAsItsTwinAndTheSpecification()
+    public void TapsMicroKernelReadsEachTapsGroupsAndWeightPairsAtTheirStridesAsItsTwinAndTheSpecification()
     {
-        // Pair-image reads: the strip's groups 1,000 values apart (a plane), each weight row's pairs 9 apart (a tap's pair
-        // in [C / 2, taps] order).
-        const int Groups = 21, Lanes = 32, Rows = 6, Ldc = 36, Ldb = 1000, Step = 9, Lda = Groups * Step + 5;
+        // Pair-image reads: tap t's strip starts at its own offset, its groups 1,000 values apart (a plane); each weight
+        // row's pairs `taps` apart (a tap's pair in [C / 2, taps] order), tap t's from the row's pair t; 1 to 6 rows.
+        const int Lanes = 32, Ldc = 36, Ldb = 1000;
         var rng = new Random(19);
-        uint[] a = new uint[Rows * Lda], b = new uint[Groups * Ldb];
         ushort Bf() => HalfKernel.ToBFloat16Bits((float)(rng.NextDouble() * 4 - 2));
-        for (int i = 0; i < a.Length; i++) a[i] = Bf() | (uint)Bf() << 16;
-        for (int i = 0; i < b.Length; i++) b[i] = Bf() | (uint)Bf() << 16;
-        float[] start = new float[Rows * Ldc];
-        for (int i = 0; i < start.Length; i++) start[i] = (float)(rng.NextDouble() * 8 - 4);
-        const int Origin = 3; // the strip starts 3 values into the buffer: loads not aligned to 64 bytes
-        float[] spec = (float[])start.Clone();
-        for (int j = 0; j < Rows; j++)
-            for (int l = 0; l < Lanes; l++)
-                for (int g = 0; g < Groups; g++)
-                {
-                    uint w = a[j * Lda + g * Step], x = b[Origin + g * Ldb + l];
-                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w & 0xFFFF0000u) * BitConverter.UInt32BitsToSingle(x & 0xFFFF0000u);
-                    spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w << 16) * BitConverter.UInt32BitsToSingle(x << 16);
-                }
-        float[] twin = (float[])start.Clone();
-        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = twin)
-            Vnni512Kernel.MicroBFloat16Twin(pa, Lda * 4, pb + Origin, Groups, pc, Ldc * 4, Ldb * 4, Step * 4);
-        Assert.Equal(spec, twin);
+        int checkedNative = 0;
+        foreach (var (groups, taps) in new[] { (21, 1), (16, 9), (3, 4), (0, 9), (1, 2) })
+            for (int rows = 1; rows <= 6; rows++)
+            {
+                int lda = Math.Max(groups, 1) * taps + 5;
+                uint[] a = new uint[6 * lda], b = new uint[Math.Max(groups, 1) * Ldb + 200];
+                for (int i = 0; i < a.Length; i++) a[i] = Bf() | (uint)Bf() << 16;
+                for (int i = 0; i < b.Length; i++) b[i] = Bf() | (uint)Bf() << 16;
+                // Taps' strips not aligned to 64 bytes and not in order.
+                nint[] tapBytes = new nint[taps];
+                for (int t = 0; t < taps; t++) tapBytes[t] = (3 + (t * 37) % 150) * sizeof(uint);
+                float[] start = new float[6 * Ldc];
+                for (int i = 0; i < start.Length; i++) start[i] = (float)(rng.NextDouble() * 8 - 4);
+                float[] spec = (float[])start.Clone();
+                for (int j = 0; j < rows; j++)
+                    for (int l = 0; l < Lanes; l++)
+                        for (int t = 0; t < taps; t++)
+                            for (int g = 0; g < groups; g++)
+                            {
+                                uint w = a[j * lda + g * taps + t], x = b[tapBytes[t] / sizeof(uint) + g * Ldb + l];
+                                spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w & 0xFFFF0000u) * BitConverter.UInt32BitsToSingle(x & 0xFFFF0000u);
+                                spec[j * Ldc + l] += BitConverter.UInt32BitsToSingle(w << 16) * BitConverter.UInt32BitsToSingle(x << 16);
+                            }
+                float[] twin = (float[])start.Clone();
+                fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = twin) fixed (nint* pt = tapBytes)
+                    Vnni512Kernel.MicroBFloat16TapsTwin(pa, lda * 4, pb, groups, pc, Ldc * 4, Ldb * 4, taps * 4, taps, pt, rows);
+                Assert.Equal(spec, twin);
+                if (!Vnni512Kernel.BFloat16Supported) continue; // no AVX512-BF16 here (or AVX-512 off): the twin is all that runs
+                float[] native = (float[])start.Clone();
+                fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = native) fixed (nint* pt = tapBytes)
+                    Vnni512Kernel.MicroBFloat16Taps(pa, lda * 4, pb, groups, pc, Ldc * 4, Ldb * 4, taps * 4, taps, pt, rows);
+                Assert.Equal(spec, native); // rows past `rows` unchanged too
+                checkedNative++;
+            }
+        Assert.Equal(Vnni512Kernel.BFloat16Supported ? 30 : 0, checkedNative);
+        // The plain kernel after them is unchanged (its strides stay 128 and 4).
+        const int Groups = 21, Lda = 40;
+        uint[] pa2 = new uint[6 * Lda], pb2 = new uint[Groups * 32 + 32];
+        for (int i = 0; i < pa2.Length; i++) pa2[i] = Bf() | (uint)Bf() << 16;
+        for (int i = 0; i < pb2.Length; i++) pb2[i] = Bf() | (uint)Bf() << 16;
         if (!Vnni512Kernel.BFloat16Supported) return;
-        float[] native = (float[])start.Clone();
-        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = native)
-            Vnni512Kernel.MicroBFloat16Strided(pa, Lda * 4, pb + Origin, Groups, pc, Ldc * 4, Ldb * 4, Step * 4);
-        Assert.Equal(spec, native);
-        // The plain kernel after it is unchanged (its strides stay 128 and 4).
-        float[] plain = (float[])start.Clone(), plainTwin = (float[])start.Clone();
-        fixed (uint* pa = a) fixed (uint* pb = b) fixed (float* pc = plain) fixed (float* pt = plainTwin)
+        float[] plain = new float[6 * Ldc], plainTwin = new float[6 * Ldc];
+        fixed (uint* pa = pa2) fixed (uint* pb = pb2) fixed (float* pc = plain) fixed (float* pt = plainTwin)
         {
             Vnni512Kernel.MicroBFloat16(pa, Lda * 4, pb, Groups, pc, Ldc * 4);
             Vnni512Kernel.MicroBFloat16Twin(pa, Lda * 4, pb, Groups, pt, Ldc * 4);
         }
         Assert.Equal(plainTwin, plain);
+        Assert.Contains(plain, v => v != 0);
     }
 
     [Fact]
