@@ -489,50 +489,52 @@ internal static class ConvolutionCost
     /// Whether a grouped convolution that is not depthwise, weight-only, on a CPU with AVX512-BF16, multiplies in
     /// bfloat16 from pair images (<see cref="Kernels.PackedMatMul.GroupedBFloat16"/>, the bfloat16 route) rather than
     /// taking <see cref="GroupedPays"/>'s route: a layer over more than one row, of at least
-    /// <see cref="GroupedPairsMinChannels"/> channels a group, onto rows of at least
-    /// <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/> from <see cref="GroupedPairsManyImages"/> images, from
-    /// <see cref="GroupedPairsNarrowImages"/> with at least <see cref="GroupedPairsMinChannelsNarrow"/> channels a group,
-    /// from two with at least <see cref="GroupedPairsMinChannelsTwoImages"/>; and at any batch onto rows of at least
-    /// <see cref="GroupedPairsMinWidthFewImages"/> with at least <see cref="GroupedPairsMinChannelsFewImages"/>.
-    /// Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 43: int8 onto 14x14, each route paired with float32 in one
-    /// process, both orders): with narrow planes paired in one run, 48 channels a group at 3-8 images 0.83-1.02x
-    /// float32's time against 1.00-1.13x on libtorch's route, 64 at 2-3 images 0.77-1.02x against 0.94-1.11x; with the
-    /// taps passed in one micro-kernel call too, 32 a group at 4-8 images 0.95-1.10x against 1.01-1.12x (at or below it
-    /// in all 12 processes); alike or slower: 32 a group at 3 images (1.08-1.10x against 1.05-1.18x), 48 at 2
-    /// (1.10-1.21x against 1.03-1.14x, before the taps change), one image onto 14x14. Before that (stop 42; the routes paired with float32 in one process,
-    /// batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64 channels a group onto 28x28 at batch 1 0.48-0.90x float32's
-    /// time against 0.57-1.11x for the small kernel, AlexNet's 5x5 over two groups of 48 channels 0.88-0.89x against
-    /// 1.02-1.18x for either route; at batch 4 and 8 onto 20x20 to 56x56 from 32 channels 0.40-0.80x against 0.53-1.01x
-    /// for the rule's route before. Slower: fewer channels a group (1.35-2.8x the small kernel's time at batch 1, alike
-    /// at best at batch 8), anything onto 7x7 (its 9-wide padded rows; 1024 channels in 32 groups at batch 4 and 8
-    /// 1.24-1.43x float32's time against 0.96-1.20x on libtorch's route in stop 43) and Conv1d layers; at batch 1 onto
-    /// 20x20 alike or slower.
+    /// <see cref="GroupedPairsMinChannels"/> channels a group; for fewer than <see cref="GroupedPairsManyImages"/>
+    /// images onto rows of at least <see cref="GroupedPairsMinWidthFewImages"/> with at least
+    /// <see cref="GroupedPairsMinChannelsFewImages"/> channels a group, for more onto rows of at least
+    /// <see cref="GroupedPairsMinWidth"/>; and onto rows of at least <see cref="Kernels.PackedMatMul.PairsInPlaceMinWidth"/>
+    /// from two images over at least <see cref="GroupedPairsMinChannelsTwoImages"/> channels a group, from
+    /// <see cref="GroupedPairsNarrowImages"/> over at least <see cref="GroupedPairsMinChannelsNarrow"/>. Measured on the
+    /// Zen 5 VM (docs/BENCHMARKS.md, stop 43, after narrow planes were paired in one run: int8 onto 14x14, each route
+    /// paired with float32 in one process, both orders): 48 channels a group at 3-8 images 0.83-1.02x float32's time
+    /// against 1.00-1.13x on libtorch's route, 64 at 2-3 images 0.77-1.02x against 0.94-1.11x; 32 a group at 4-8
+    /// images still 1.08-1.17x against 1.00-1.13x, 48 at 2 images 1.10-1.21x against 1.03-1.14x. Before that (stop 42;
+    /// the routes paired with float32 in one process, batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64
+    /// channels a group onto 28x28 at batch 1 0.48-0.90x float32's time against 0.57-1.11x for the small kernel,
+    /// AlexNet's 5x5 over two groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8
+    /// onto 20x20 to 56x56 from 32 channels 0.40-0.80x against 0.53-1.01x for the rule's route before, onto 14x14 over
+    /// 64 channels 0.91-0.95x against 1.01-1.07x on libtorch's route (the small kernel 1.03-1.14x). Slower: fewer
+    /// channels a group (1.35-2.8x the small kernel's time at batch 1, alike at best at batch 8), anything onto 7x7 (its
+    /// 9-wide padded rows; 1.58x float32's time for 1024 channels in 32 groups at batch 8 in stop 43) and Conv1d layers;
+    /// at batch 1 onto 14x14 and 20x20 alike or slower. Onto 14x14 at stride 2 the rule was not measured again.
     /// </summary>
     internal static bool GroupedBFloat16Pays(Im2Col unfold, long groups)
     {
         if (groups < 2 || unfold.Height == 1) return false;
         long channels = unfold.Channels / groups;
         if (channels < GroupedPairsMinChannels) return false;
-        if (unfold.OutW >= Kernels.PackedMatMul.PairsInPlaceMinWidth)
-        {
-            if (unfold.Images >= GroupedPairsManyImages) return true;
-            if (unfold.Images >= 2 && channels >= (unfold.Images >= GroupedPairsNarrowImages ? GroupedPairsMinChannelsNarrow : GroupedPairsMinChannelsTwoImages))
-                return true;
-        }
-        return unfold.OutW >= GroupedPairsMinWidthFewImages && channels >= GroupedPairsMinChannelsFewImages;
+        // Rows of 14 or more from two images: over many channels a group, fewer from three images.
+        if (unfold.OutW >= Kernels.PackedMatMul.PairsInPlaceMinWidth && unfold.Images >= 2
+            && channels >= (unfold.Images >= GroupedPairsNarrowImages ? GroupedPairsMinChannelsNarrow : GroupedPairsMinChannelsTwoImages))
+            return true;
+        if (unfold.Images < GroupedPairsManyImages) return unfold.OutW >= GroupedPairsMinWidthFewImages && channels >= GroupedPairsMinChannelsFewImages;
+        return unfold.OutW >= GroupedPairsMinWidth;
     }
 
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/>.</summary>
     internal const int GroupedPairsMinChannels = 32;
 
-    /// <summary>Images from which <see cref="GroupedBFloat16Pays"/> onto rows of 14 or more over any channel count a group it takes.</summary>
+    /// <summary>Images from which <see cref="GroupedBFloat16Pays"/> onto narrower rows and with fewer channels a group.</summary>
     internal const int GroupedPairsManyImages = 4;
 
-    /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> at any batch, with <see cref="GroupedPairsMinChannelsFewImages"/> channels a group (AlexNet's 27).</summary>
+    /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> for fewer than <see cref="GroupedPairsManyImages"/> images (AlexNet's 27).</summary>
     internal const int GroupedPairsMinWidthFewImages = 24;
 
-    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> at any batch onto rows of <see cref="GroupedPairsMinWidthFewImages"/> or more.</summary>
+    /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for fewer than <see cref="GroupedPairsManyImages"/> images.</summary>
     internal const int GroupedPairsMinChannelsFewImages = 48;
+
+    /// <summary>Output row length from which <see cref="GroupedBFloat16Pays"/> for <see cref="GroupedPairsManyImages"/> images or more.</summary>
+    internal const int GroupedPairsMinWidth = 20;
 
     /// <summary>Images from which <see cref="GroupedBFloat16Pays"/> onto rows of 14 or more with <see cref="GroupedPairsMinChannelsNarrow"/> channels a group.</summary>
     internal const int GroupedPairsNarrowImages = 3;
