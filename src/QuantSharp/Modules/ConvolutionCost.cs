@@ -498,7 +498,8 @@ internal static class ConvolutionCost
     /// Zen 5 VM (docs/BENCHMARKS.md, stop 43, after narrow planes were paired in one run: int8 onto 14x14, each route
     /// paired with float32 in one process, both orders): 48 channels a group at 3-8 images 0.83-1.02x float32's time
     /// against 1.00-1.13x on libtorch's route, 64 at 2-3 images 0.77-1.02x against 0.94-1.11x; 32 a group at 4-8
-    /// images still 1.08-1.17x against 1.00-1.13x, 48 at 2 images 1.10-1.21x against 1.03-1.14x. Before that (stop 42;
+    /// images 1.08-1.17x against 1.00-1.13x (with the taps in one micro-kernel call, a tie: 1.04-1.09x against
+    /// 1.03-1.08x for main's build in separate processes), 48 at 2 images 1.10-1.21x against 1.03-1.14x. Before that (stop 42;
     /// the routes paired with float32 in one process, batch 1, 4 and 8, and 2 onto 14x14): 3x3 over 56-64
     /// channels a group onto 28x28 at batch 1 0.48-0.90x float32's time against 0.57-1.11x for the small kernel,
     /// AlexNet's 5x5 over two groups of 48 channels 0.88-0.89x against 1.02-1.18x for either route; at batch 4 and 8
