@@ -162,7 +162,8 @@ internal static unsafe class DepthwiseConvolution
     /// Whether a call of one output per channel computes <paramref name="width"/> channels at once, one vector per
     /// output position (<see cref="RunLanes"/>), rather than plane by plane: where a padded tile of a block's planes fits
     /// a core's cache (<see cref="LanesMaxTileBytes"/>) and the call has output rows narrower than two vectors and than
-    /// <see cref="LanesNarrowRows"/>, or (a Conv2d) more than 3x3 taps or a stride. Measured on the Zen 5 VM (docs/BENCHMARKS.md,
+    /// <see cref="LanesNarrowRows"/>, or (a Conv2d) more than 3x3 taps or a stride, or wide rows of several images at
+    /// 512 bits (<see cref="LanesWideRowsMinWidth"/>). Measured on the Zen 5 VM (docs/BENCHMARKS.md,
     /// stop 41), paired in one process, at 512 bits: on the layers it takes (MobileNet's and EfficientNet's onto 7x7 and
     /// 14x14 and at stride 2, ConvNeXt's 7x7 and EfficientNet's 5x5 taps, short Conv1d sequences) in lanes at or below
     /// plane by plane's time but for ties (at batch 8: 960 channels on 7x7 0.66-0.71x float32's time against
@@ -180,8 +181,33 @@ internal static unsafe class DepthwiseConvolution
         bool narrow = u.OutW < Math.Min(2 * width, LanesNarrowRows);
         // A Conv1d's plane is one row, which plane by plane runs as well whatever its taps and stride.
         if (u.Height == 1 && u.KernelH == 1) return narrow;
+        if (width >= LanesWideRowsMinWidth && u.Images >= LanesWideRowsMinImages && u.OutW >= LanesWideRowsMinOutputs && u.OutH >= LanesWideRowsMinOutputs
+            && (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesWideRowsMaxTileBytes)
+            return true;
         return narrow || u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1;
     }
+
+    /// <summary>
+    /// Lanes (512 bits) from which <see cref="TakesLanes(Im2Col, int)"/> takes planes of at least
+    /// <see cref="LanesWideRowsMinOutputs"/> rows of as many outputs from <see cref="LanesWideRowsMinImages"/> images
+    /// where a tile is at most
+    /// <see cref="LanesWideRowsMaxTileBytes"/>: there the rows roll (<see cref="RollsRows"/>). Measured on the Zen 5 VM
+    /// (docs/BENCHMARKS.md, stop 43; one build with a switch, processes alternating, int8 through the rule): MobileNet's
+    /// 144 and 96 channels of 3x3 on 56x56 at batch 8 0.48-0.63x float32's time against 0.67-0.81x plane by plane, at
+    /// batch 4 0.68-0.77x against 0.76-0.81x, static W8A8 and float16 weights at batch 8 0.56-0.62x against 0.70-0.82x;
+    /// at batch 2 plane by plane stayed ahead (0.64-0.71x against 0.68-0.75x), 192 channels on 28x28 at batch 8 alike
+    /// (0.75-0.76x against 0.74-0.76x), and 112x112 (an 832 KB tile) slower in stop 42.
+    /// </summary>
+    internal const int LanesWideRowsMinWidth = 16;
+
+    /// <summary>Images from which <see cref="TakesLanes(Im2Col, int)"/> takes wide rows (<see cref="LanesWideRowsMinWidth"/>).</summary>
+    internal const int LanesWideRowsMinImages = 4;
+
+    /// <summary>Output rows, and outputs a row, from which <see cref="TakesLanes(Im2Col, int)"/> takes wide rows (<see cref="LanesWideRowsMinWidth"/>).</summary>
+    internal const int LanesWideRowsMinOutputs = 48;
+
+    /// <summary>A padded tile's bytes up to which <see cref="TakesLanes(Im2Col, int)"/> takes wide rows (a quarter of a core's L2: 62x62 at 512 bits).</summary>
+    internal const long LanesWideRowsMaxTileBytes = 1 << 18;
 
     /// <summary>
     /// Output rows narrower than this take <see cref="TakesLanes(Im2Col, int)"/> at stride 1 with up to 3x3 taps: 14

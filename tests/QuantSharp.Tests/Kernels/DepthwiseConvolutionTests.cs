@@ -250,6 +250,18 @@ public class DepthwiseConvolutionTests
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1), 4));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 16));
         Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(32, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1), 16));
+        // Planes of 48 rows of 48 or more from 4 images at 512 bits, where the padded tile is at most 256 KiB (62x62, not
+        // 63x63).
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(144, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(144, 62, 62, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 63, 63, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(144, 48, 48, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 47, 47, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 47, 60, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(144, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 8));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(192, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
+        Assert.False(DepthwiseConvolution.TakesLanes(new Im2Col(32, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 16));
         // More taps or a stride: rows of any width.
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 56, 56, 7, 7, 1, 1, 3, 3, 1, 1), 16));
         Assert.True(DepthwiseConvolution.TakesLanes(new Im2Col(96, 112, 112, 3, 3, 2, 2, 1, 1, 1, 1), 16));
