@@ -190,8 +190,8 @@ internal static unsafe class DepthwiseConvolution
     /// <summary>
     /// Lanes (512 bits) from which <see cref="TakesLanes(Im2Col, int)"/> takes planes of at least
     /// <see cref="LanesWideRowsMinOutputs"/> rows of as many outputs from <see cref="LanesWideRowsMinImages"/> images
-    /// where a tile is at most
-    /// <see cref="LanesWideRowsMaxTileBytes"/>: there the rows roll (<see cref="RollsRows"/>). Measured on the Zen 5 VM
+    /// where a tile is at most <see cref="LanesWideRowsMaxTileBytes"/>: there the rows roll (<see cref="RollsRows"/>).
+    /// Measured on the Zen 5 VM
     /// (docs/BENCHMARKS.md, stop 43; one build with a switch, processes alternating, int8 through the rule): MobileNet's
     /// 144 and 96 channels of 3x3 on 56x56 at batch 8 0.48-0.63x float32's time against 0.67-0.81x plane by plane, at
     /// batch 4 0.68-0.77x against 0.76-0.81x, static W8A8 and float16 weights at batch 8 0.56-0.62x against 0.70-0.82x;

@@ -316,26 +316,20 @@ internal static unsafe partial class Vnni512Kernel
     private static (int Base, int Index) WeightRow(int j) => ((j / 2) switch { 0 => Rdi, 1 => R10, _ => R11 }, j % 2 == 0 ? NoIndex : Rsi);
 
     /// <summary>Row j's two accumulators (<c>zmm(2j)</c>, <c>zmm(2j+1)</c>) from <c>c</c>'s row j (<see cref="AccumulatorRow"/>).</summary>
-    private static void LoadAccumulators(Assembler asm, int rows)
-    {
-        asm.LeaScaled2(R10, R8, R9);
-        asm.LeaScaled2(R11, R10, R9);
-        for (int j = 0; j < rows; j++)
-        {
-            asm.Vector(Assembler.LoadOp, 2 * j, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 0);
-            asm.Vector(Assembler.LoadOp, 2 * j + 1, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 64);
-        }
-    }
+    private static void LoadAccumulators(Assembler asm, int rows) => MoveAccumulators(asm, rows, Assembler.LoadOp);
 
     /// <summary>Row j's two accumulators back to <c>c</c>'s row j.</summary>
-    private static void StoreAccumulators(Assembler asm, int rows)
+    private static void StoreAccumulators(Assembler asm, int rows) => MoveAccumulators(asm, rows, Assembler.StoreOp);
+
+    /// <summary><paramref name="rows"/> rows of accumulators loaded or stored (<paramref name="op"/>) at <see cref="AccumulatorRow"/>'s addresses.</summary>
+    private static void MoveAccumulators(Assembler asm, int rows, int op)
     {
         asm.LeaScaled2(R10, R8, R9);
         asm.LeaScaled2(R11, R10, R9);
         for (int j = 0; j < rows; j++)
         {
-            asm.Vector(Assembler.StoreOp, 2 * j, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 0);
-            asm.Vector(Assembler.StoreOp, 2 * j + 1, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 64);
+            asm.Vector(op, 2 * j, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 0);
+            asm.Vector(op, 2 * j + 1, AccumulatorRow(j).Base, AccumulatorRow(j).Index, 64);
         }
     }
 

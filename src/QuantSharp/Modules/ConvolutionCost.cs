@@ -506,7 +506,8 @@ internal static class ConvolutionCost
     /// onto 20x20 to 56x56 from 32 channels 0.40-0.80x against 0.53-1.01x for the rule's route before, onto 14x14 over
     /// 64 channels 0.91-0.95x against 1.01-1.07x on libtorch's route (the small kernel 1.03-1.14x). Slower: fewer
     /// channels a group (1.35-2.8x the small kernel's time at batch 1, alike at best at batch 8), anything onto 7x7 (its
-    /// 9-wide padded rows; 1.58x float32's time for 1024 channels in 32 groups at batch 8 in stop 43) and Conv1d layers;
+    /// 9-wide padded rows; 1024 channels in 32 groups at batch 4 and 8 1.24-1.43x float32's time after stop 43's
+    /// changes, libtorch's route 0.96-1.20x) and Conv1d layers;
     /// at batch 1 onto 14x14 and 20x20 alike or slower. Onto 14x14 at stride 2 the rule was not measured again.
     /// </summary>
     internal static bool GroupedBFloat16Pays(Im2Col unfold, long groups)
