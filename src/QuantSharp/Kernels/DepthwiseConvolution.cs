@@ -177,12 +177,13 @@ internal static unsafe class DepthwiseConvolution
     /// </summary>
     internal static bool TakesLanes(Im2Col u, int width)
     {
-        if ((long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) > LanesMaxTileBytes) return false;
+        long tileBytes = (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float);
+        if (tileBytes > LanesMaxTileBytes) return false;
         bool narrow = u.OutW < Math.Min(2 * width, LanesNarrowRows);
         // A Conv1d's plane is one row, which plane by plane runs as well whatever its taps and stride.
         if (u.Height == 1 && u.KernelH == 1) return narrow;
         if (width >= LanesWideRowsMinWidth && u.Images >= LanesWideRowsMinImages && u.OutW >= LanesWideRowsMinOutputs && u.OutH >= LanesWideRowsMinOutputs
-            && (long)(u.Height + 2 * u.PadH) * (u.Width + 2 * u.PadW) * width * sizeof(float) <= LanesWideRowsMaxTileBytes)
+            && tileBytes <= LanesWideRowsMaxTileBytes)
             return true;
         return narrow || u.KernelH * u.KernelW > 9 || u.StrideH > 1 || u.StrideW > 1;
     }
@@ -456,15 +457,8 @@ internal static unsafe class DepthwiseConvolution
     private static void StoreEight<TW, TVec>(float* d, TVec a0, TVec a1, TVec a2, TVec a3, TVec a4, TVec a5, TVec a6, TVec a7)
         where TW : IFloatWidth<TVec> where TVec : struct
     {
-        int width = TW.Count;
-        TW.Store(a0, d);
-        TW.Store(a1, d + width);
-        TW.Store(a2, d + 2 * width);
-        TW.Store(a3, d + 3 * width);
-        TW.Store(a4, d + 4 * width);
-        TW.Store(a5, d + 5 * width);
-        TW.Store(a6, d + 6 * width);
-        TW.Store(a7, d + 7 * width);
+        FloatStores.StoreFour<TW, TVec>(a0, a1, a2, a3, d);
+        FloatStores.StoreFour<TW, TVec>(a4, a5, a6, a7, d + 4 * TW.Count);
     }
 
     /// <summary>

@@ -597,13 +597,13 @@ internal static unsafe class DirectConvolution
             c3 = TW.MultiplyAdd(v, x2, c3);
             d3 = TW.MultiplyAdd(v, x3, d3);
         }
-        StoreRow<TW, TVec>(a0, b0, c0, d0, y);
+        FloatStores.StoreFour<TW, TVec>(a0, b0, c0, d0, y);
         if (rows < 2) return;
-        StoreRow<TW, TVec>(a1, b1, c1, d1, y + ldy);
+        FloatStores.StoreFour<TW, TVec>(a1, b1, c1, d1, y + ldy);
         if (rows < 3) return;
-        StoreRow<TW, TVec>(a2, b2, c2, d2, y + 2 * ldy);
+        FloatStores.StoreFour<TW, TVec>(a2, b2, c2, d2, y + 2 * ldy);
         if (rows < 4) return;
-        StoreRow<TW, TVec>(a3, b3, c3, d3, y + 3 * ldy);
+        FloatStores.StoreFour<TW, TVec>(a3, b3, c3, d3, y + 3 * ldy);
     }
 
     /// <summary>
@@ -647,16 +647,5 @@ internal static unsafe class DirectConvolution
         if (rows < 4) return;
         TW.Store(a3, y + 3 * ldy);
         TW.Store(b3, y + 3 * ldy + n);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow<TW, TVec>(TVec a, TVec b, TVec c, TVec d, float* y)
-        where TW : IFloatWidth<TVec> where TVec : struct
-    {
-        int n = TW.Count;
-        TW.Store(a, y);
-        TW.Store(b, y + n);
-        TW.Store(c, y + 2 * n);
-        TW.Store(d, y + 3 * n);
     }
 }

@@ -5,6 +5,22 @@ using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
+/// <summary>Stores of several vectors of one <see cref="IFloatWidth{TVec}"/>, shared by the float kernels' register tiles.</summary>
+internal static unsafe class FloatStores
+{
+    /// <summary><paramref name="a"/>, <paramref name="b"/>, <paramref name="c"/>, <paramref name="d"/> into four consecutive vectors from <paramref name="p"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StoreFour<TW, TVec>(TVec a, TVec b, TVec c, TVec d, float* p)
+        where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        int n = TW.Count;
+        TW.Store(a, p);
+        TW.Store(b, p + n);
+        TW.Store(c, p + 2 * n);
+        TW.Store(d, p + 3 * n);
+    }
+}
+
 /// <summary>
 /// One vector width for the float kernels: <typeparamref name="TVec"/> holds <see cref="Count"/> float32 lanes, and
 /// the loads widen stored weights (int8, uint8, packed nibbles, IEEE half, bfloat16) into such lanes exactly.
