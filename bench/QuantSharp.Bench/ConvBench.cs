@@ -22,7 +22,9 @@ namespace QuantSharp.Bench;
 /// each (paired in one process; <c>CONV_BLOCK</c> calls a block, default 20; ROUTE also <c>InPlace</c> or <c>Packed</c>: the kernel route with its strips read in place
 /// from the padded images or packed, <see cref="PackedMatMul.ReadsInPlace"/>); <c>CONV_BATCH</c> keeps one batch size;
 /// <c>CONV_SHAPE=C,O,H,W,K,STRIDE,PAD[,GROUPS]</c> (H 0: a Conv1d over W steps) times one Conv2d of that shape instead of the list; ROUTE <c>Float32Rule</c> is the
-/// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route); ROUTE <c>BFloat16Packed</c> is the
+/// layer's forward with <c>UseBFloat16Compute</c> off (the float32 rule's route), <c>FailedCheckRule</c> its forward as where
+/// libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (<see cref="BFloat16Check.ForcedConvolutions"/>),
+/// <c>PackedBFloat16</c> the bfloat16 route on the packed kernels so; ROUTE <c>BFloat16Packed</c> is the
 /// bfloat16 route with its strips packed, <c>BFloat16Pairs</c> with its strips read from pair images where the channel
 /// count is even (<see cref="PackedMatMul.ReadsPairsInPlace"/>, whatever its rule), and <c>PAIR_BLOCK=N</c> sets
 /// <see cref="PackedMatMul.PairBlock"/>; ROUTE <c>DirectBuffer</c> is the small kernel with every image padded into one
@@ -151,6 +153,10 @@ internal static class ConvBench
                 if (parts[0] == "Tuned") return () => Tuned(() => layer.call(x));
                 // Float32Rule: the rule's route with QuantizedModule.UseBFloat16Compute off (the float32 rule).
                 if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
+                // FailedCheckRule: the rule's route as where libtorch's bfloat16 convolution failed its check (BFloat16Check.ForcedConvolutions false).
+                if (parts[0] == "FailedCheckRule") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.call(x));
+                // PackedBFloat16: the bfloat16 route on the packed kernels whatever BFloat16Check found (ForcedConvolutions false).
+                if (parts[0] == "PackedBFloat16") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                 // BFloat16Packed / BFloat16Pairs: the bfloat16 route with its strips packed, or read from pair images (an even channel count).
                 if (parts[0] is "BFloat16Packed" or "BFloat16Pairs")
                 {
@@ -192,6 +198,18 @@ internal static class ConvBench
                     try { return layer.Forward(x, ConvolutionRoute.Kernel); }
                     finally { PackedMatMul.ForcedReadsInPlace = null; }
                 };
+            }
+            if (Environment.GetEnvironmentVariable("CONV_ROUTES") == "1")
+            {
+                // Each layer's rule route, and the route where libtorch's bfloat16 convolution failed its check: nothing timed.
+                for (int i = 0; i < layers.Length; i++)
+                {
+                    var rule = layers[i].Route(x);
+                    BFloat16Check.ForcedConvolutions = false;
+                    try { Console.WriteLine($"{c.Name} batch {c.Batch} {kinds[i]}: rule {rule}, failed check {layers[i].Route(x)}"); }
+                    finally { BFloat16Check.ForcedConvolutions = null; }
+                }
+                continue;
             }
             if (Environment.GetEnvironmentVariable("CONV_TUNE") == "1")
             {

@@ -27,8 +27,14 @@ internal static class BFloat16Check
     private static readonly Lazy<bool> s_convolutions = new(() => Passes(ConvolutionsAgree));
     private static readonly Lazy<bool> s_matMuls = new(() => Passes(MatMulsAgree));
 
-    /// <summary>Whether libtorch's bfloat16 convolutions (Conv1d and Conv2d) gave the known answers in this process.</summary>
-    internal static bool Convolutions => s_convolutions.Value;
+    /// <summary>
+    /// For the bench and tests: replaces the check's verdict on convolutions in this process (false: as on a CPU where
+    /// libtorch's bfloat16 convolution failed it); null, the default, keeps the check's.
+    /// </summary>
+    internal static bool? ForcedConvolutions { get; set; }
+
+    /// <summary>Whether libtorch's bfloat16 convolutions (Conv1d and Conv2d) gave the known answers in this process (or <see cref="ForcedConvolutions"/>).</summary>
+    internal static bool Convolutions => ForcedConvolutions ?? s_convolutions.Value;
 
     /// <summary>Whether libtorch's bfloat16 linear (matrix product) gave the known answers in this process.</summary>
     internal static bool MatMuls => s_matMuls.Value;

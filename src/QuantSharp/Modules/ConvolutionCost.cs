@@ -31,7 +31,10 @@ namespace QuantSharp.Modules;
 /// conv1) oneDNN's float32 convolution is already efficient (9 multiply-adds per output for MNIST conv1: mostly memory
 /// traffic) and its bfloat16 one is slower, so dequantize + float32 libtorch runs: 0.90-1.21x weight-only, 1.06-1.38x
 /// W8A8 (the dequantization of a weight of a few hundred elements, and the input's quantization pass; W8A8 now only
-/// above <see cref="FewTermW8A8MaxWork"/>).</item>
+/// above <see cref="FewTermW8A8MaxWork"/>). Where the CPU has AVX512-BF16 too (<see cref="QuantizedModule.BothBFloat16Convolutions"/>:
+/// the Zen 4 VM of stop 44, where libtorch's route was slower than float32 on few positions and short pointwise
+/// calls), the rule below's small kernel, integer kernels, and packed kernels on few positions or small calls come first, and the
+/// packed kernels' bfloat16 route runs where <see cref="PackedBFloat16BeatsLibTorch"/>.</item>
 /// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
@@ -298,6 +301,28 @@ internal static class ConvolutionCost
             || PairImagesPay(unfold, outputs));
 
     /// <summary>
+    /// Output positions (images x positions) up to which <see cref="PackedBFloat16BeatsLibTorch"/> for convolutions of
+    /// more than one tap.
+    /// </summary>
+    internal const int PackedOverLibTorchMaxPositions = 64;
+
+    /// <summary>
+    /// Whether, where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>: libtorch's
+    /// passed <see cref="BFloat16Check"/> and the CPU has AVX512-BF16), a weight-only call takes the packed kernels'
+    /// bfloat16 route rather than libtorch's: an even reduction of <see cref="BFloat16MinReduction"/> or more terms onto
+    /// at most <see cref="PackedOverLibTorchMaxPositions"/> output positions in all (batch 1 on 7x7 and 8x8, a Conv1d of
+    /// 48 steps), or a pointwise call (1x1, any stride) of one image. Elsewhere libtorch's oneDNN kernel, which keeps
+    /// every output position of a block busy, was the faster. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; the
+    /// conv table's layers, each rule paired with float32 in two processes, one of each order): onto 49-64 positions
+    /// 0.45-0.75x float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.84x against 0.81-1.19x
+    /// (1x1 64->256 on 56x56 a tie); 3x3 layers over more positions, Conv1d over 256-1000 steps and every layer at batch
+    /// 8 0.47-0.85x on libtorch's against 0.55-1.12x.
+    /// </summary>
+    internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold) =>
+        unfold.Rows % 2 == 0 && unfold.Rows >= BFloat16MinReduction
+        && ((long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (unfold.KernelH * unfold.KernelW == 1 && unfold.Images == 1));
+
+    /// <summary>
     /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
     /// channel count, more than one tap onto output rows of 14 or more and 196 or more positions per image, or pointwise
     /// calls of four or more images from up to 256 channels into 256 or more), it pays from
@@ -375,8 +400,20 @@ internal static class ConvolutionCost
     /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
     /// <param name="oneThread">True where the kernels run on one thread (<see cref="KernelThreads.Count"/> 1): weight-only pointwise calls take the packed kernels up to <see cref="PointwiseWeightOnlyMaxImagesOneThread"/> images.</param>
     /// <param name="packedBFloat16">True where the bfloat16 route runs on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>): it is taken only where <see cref="PackedBFloat16Pays"/>, the float32 rule elsewhere.</param>
-    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false)
+    /// <param name="bothBFloat16">True where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>): the routes of the rule with <paramref name="packedBFloat16"/> that were measured faster there (the small kernel, the integer kernels, the packed kernels in float32 on calls of up to <see cref="FewPositionsMaxPositions"/> positions or <see cref="SmallWeightOnlyMaxWork"/> multiply-adds), and the packed kernels' bfloat16 route where <see cref="PackedBFloat16BeatsLibTorch"/>, are taken before libtorch's bfloat16 route.</param>
+    public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false, bool bothBFloat16 = false)
     {
+        if (bfloat16 && bothBFloat16)
+        {
+            // Both bfloat16 convolutions run here: where the rule without libtorch's takes the small kernel, the integer
+            // kernels, or the packed kernels in float32 for a call of few positions or a small one, that route; the packed
+            // kernels in bfloat16 where they beat libtorch's.
+            var managed = Choose(unfold, outputs, quantizedInput, bfloat16: true, float256, vnni512, oneThread, packedBFloat16: true);
+            bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions
+                || (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= SmallWeightOnlyMaxWork;
+            if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
+            if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold)) return ConvolutionRoute.BFloat16;
+        }
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;

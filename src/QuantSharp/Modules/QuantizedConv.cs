@@ -219,7 +219,7 @@ public sealed class QuantizedConv : QuantizedModule
     {
         route = Decide(input, route, out long[] imageShape, out var unfold);
         if (route == ConvolutionRoute.Reference) return null;
-        bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && (groups > 1 ? GroupedPairs(unfold) : PackedBFloat16Convolutions);
+        bool packedBFloat16 = route == ConvolutionRoute.BFloat16 && PackedBFloat16(unfold);
         if (route == ConvolutionRoute.BFloat16 && !packedBFloat16) return BFloat16Convolution(input);
         if (route == ConvolutionRoute.Direct) return Direct(input, unfold);
         if (route == ConvolutionRoute.Depthwise) return DepthwiseForward(input, unfold);
@@ -279,10 +279,24 @@ public sealed class QuantizedConv : QuantizedModule
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Direct;
         }
         if (route == ConvolutionRoute.Auto)
-            route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions);
+            route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions, BothBFloat16Convolutions);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
         return route;
     }
+
+    /// <summary>Whether the bfloat16 route runs on the packed kernels for <paramref name="input"/> (<see cref="PackedBFloat16(Im2Col)"/>; for the tests).</summary>
+    internal bool BFloat16OnPackedKernels(Tensor input) =>
+        Decide(input, ConvolutionRoute.BFloat16, out _, out var unfold) == ConvolutionRoute.BFloat16 && PackedBFloat16(unfold);
+
+    /// <summary>
+    /// Whether the bfloat16 route runs on the packed kernels for <paramref name="unfold"/> rather than on libtorch's
+    /// bfloat16 convolution: a grouped layer where <see cref="GroupedPairs"/>; another where libtorch's failed its check
+    /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), or, where both run, weight-only where
+    /// <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>.
+    /// </summary>
+    private bool PackedBFloat16(Im2Col unfold) =>
+        groups > 1 ? GroupedPairs(unfold)
+        : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold));
 
     /// <summary>
     /// Whether this grouped layer can run in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) for
@@ -423,7 +437,8 @@ internal enum ConvolutionRoute
 
     /// <summary>
     /// libtorch's bfloat16 convolution on the weight and input rounded to bfloat16 (<see cref="QuantizedModule.UseBFloat16Compute"/>),
-    /// or, where that failed its check, the packed kernels in bfloat16 (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>).
+    /// or the packed kernels in bfloat16: where that failed its check (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>),
+    /// and, where both run, on the calls where they are faster (<see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>).
     /// </summary>
     BFloat16,
 }

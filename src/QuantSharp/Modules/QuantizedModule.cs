@@ -153,6 +153,13 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// </summary>
     internal static bool PackedBFloat16Convolutions => !BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
 
+    /// <summary>
+    /// Whether both bfloat16 convolutions run here: libtorch's passed <see cref="BFloat16Check"/> and the packed kernels
+    /// multiply in bfloat16 too (<see cref="Vnni512Kernel.BFloat16Supported"/>). The bfloat16 route then runs on the
+    /// packed kernels where <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>, on libtorch's elsewhere.
+    /// </summary>
+    internal static bool BothBFloat16Convolutions => BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
+
     /// <summary>As <see cref="BFloat16Convolutions"/>, for the linear layers' bfloat16 route (libtorch's bfloat16 matrix product).</summary>
     internal static bool BFloat16MatMuls => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.MatMuls;
 

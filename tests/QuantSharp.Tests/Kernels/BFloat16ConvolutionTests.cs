@@ -135,11 +135,11 @@ public class BFloat16ConvolutionTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         torch.manual_seed(42);
-        foreach (var (conv, x) in new (nn.Module<Tensor, Tensor>, Tensor)[]
+        foreach (var (conv, x, fewPositions) in new (nn.Module<Tensor, Tensor>, Tensor, bool)[]
         {
-            (nn.Conv2d(64, 64, 3, padding: 1), torch.randn(2, 64, 20, 20)),
-            (nn.Conv2d(128, 128, 3, padding: 1), torch.randn(1, 128, 6, 6)),   // through the thread's buffers
-            (nn.Conv1d(32, 16, 5, stride: 2, padding: 2), torch.randn(32, 40)),
+            (nn.Conv2d(64, 64, 3, padding: 1), torch.randn(2, 64, 20, 20), false),
+            (nn.Conv2d(128, 128, 3, padding: 1), torch.randn(1, 128, 6, 6), true),   // through the thread's buffers
+            (nn.Conv1d(32, 16, 5, stride: 2, padding: 2), torch.randn(32, 40), true),
         })
         {
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int4WeightOnly(groupSize: 32).BaseWeights);
@@ -147,9 +147,12 @@ public class BFloat16ConvolutionTests
             var auto = layer.Route(x);
             Assert.True(QuantizedModule.BFloat16Convolutions || auto != ConvolutionRoute.BFloat16, $"the rule took bfloat16 on a CPU without it (or where libtorch's failed the check): {auto}");
             var actual = layer.Forward(x, ConvolutionRoute.BFloat16);
-            if (QuantizedModule.PackedBFloat16Convolutions)
+            // On the packed kernels where libtorch's failed the check, and where both run, onto up to 64 positions.
+            bool packed = QuantizedModule.PackedBFloat16Convolutions || (QuantizedModule.BothBFloat16Convolutions && fewPositions);
+            Assert.Equal(packed, layer.BFloat16OnPackedKernels(x));
+            if (packed)
             {
-                // libtorch's bfloat16 convolution failed the check here: the packed kernels multiplied in bfloat16.
+                // The packed kernels multiplied in bfloat16.
                 var float32 = layer.Forward(x, ConvolutionRoute.Reference);
                 AssertWithinBFloat16Bound(layer, x, float32, actual, $"[{string.Join(",", layer.WeightShape)}] on the packed kernels");
                 Assert.False(actual.allclose(float32, rtol: 1e-5, atol: 1e-5), "the packed kernels' bfloat16 route gave float32's values");

@@ -538,6 +538,51 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
+    /// <summary>
+    /// Where both bfloat16 convolutions run (libtorch's passed its check, the CPU has AVX512-BF16): the small kernel and
+    /// the packed kernels in float32 or integers where the rule without libtorch's takes them, the packed kernels'
+    /// bfloat16 route (weight-only, an even reduction of 64 or more terms) onto up to 64 positions in all and for
+    /// pointwise calls of one image, libtorch's bfloat16 route elsewhere.
+    /// </summary>
+    [Fact]
+    public void WhereBothBFloat16ConvolutionsRunTheManagedRoutesAndThePackedOneOnFewPositionsOrOnePointwiseImageComeFirst()
+    {
+        const ConvolutionRoute r = ConvolutionRoute.BFloat16;
+        // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, expected route, on the packed kernels.
+        (int[] G, int Images, int Outputs, bool W8A8, ConvolutionRoute Expected, bool Packed)[] cases =
+        [
+            ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 512, false, r, true),                        // 49 positions
+            ([256, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, true),                        // 64: in
+            ([256, 13, 5, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, false),                      // 65: libtorch's
+            ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 2, 512, false, r, false),                       // two images: 98
+            ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 8, 256, false, r, false),                     // ResNet at batch 8
+            ([255, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Kernel, false), // an odd reduction on 49 positions: the float32 rule's packed kernels
+            ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, false),                     // on 196: libtorch's
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 64, false, r, false),                      // long pointwise calls of 8 images: libtorch's here
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                      // and of 2
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, r, true),                        // pointwise, one image
+            ([256, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 1, 512, false, r, true),                      // strided pointwise, one image
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                       // two images: libtorch's
+            ([62, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Kernel, false),  // a small pointwise call: the packed kernels
+            ([6, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, false), // 54 terms: below the bfloat16 route
+            ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 16, false, ConvolutionRoute.Kernel, false),   // the float32 rule's packed kernels
+            ([1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1], 64, 16, false, ConvolutionRoute.Direct, false), // MNIST conv1: the small kernel
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, false), // static W8A8: the integer GEMM
+            ([16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, true, ConvolutionRoute.Kernel, false),  // static W8A8 of 144 terms
+            ([256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 512, true, ConvolutionRoute.Kernel, false),  // static W8A8: never the packed bfloat16 route
+        ];
+        foreach (var (g, images, outputs, w8a8, expected, packed) in cases)
+        {
+            var u = Unfolding(g).ForImages(images);
+            string what = $"[{string.Join(",", g)}] x{images} -> {outputs}{(w8a8 ? " W8A8" : "")}";
+            var route = ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true, packedBFloat16: false, bothBFloat16: true);
+            Assert.True(expected == route, $"{what}: {route}, expected {expected}");
+            Assert.True(packed == (!w8a8 && route == r && ConvolutionCost.PackedBFloat16BeatsLibTorch(u)), $"{what}: on the packed kernels, expected {packed}");
+            // The managed routes are those of the rule without libtorch's bfloat16 convolution.
+            if (route != r) Assert.Equal(ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true, packedBFloat16: true), route);
+        }
+    }
+
     [Fact]
     public void PairImagesAreReadForTapsOntoRowsOf14And196PositionsOrMoreAndForPointwiseCallsOfFourImagesFromUpTo256ChannelsInto256()
     {

@@ -633,13 +633,20 @@ public unsafe class ConvolutionKernelTests
         {
             QuantizedConv.UseBFloat16Compute = true;
             var route = layer.Route(x);
-            // Where the bfloat16 route runs on the packed kernels (libtorch's failed the check), only where that pays.
+            // Where the bfloat16 route runs on the packed kernels (libtorch's failed the check), only where that pays;
+            // where both bfloat16 convolutions run, that rule's small kernel, integer kernels, and float32 packed kernels
+            // on few positions or small calls first.
+            var packed = withBFloat16 == ConvolutionRoute.BFloat16 && unfold is { } pu && ConvolutionCost.PackedBFloat16Pays(pu, layer.out_channels) ? ConvolutionRoute.BFloat16 : without;
+            bool fewOrSmall = unfold is { } fu && ((long)fu.Images * fu.Positions <= ConvolutionCost.FewPositionsMaxPositions
+                || (long)fu.Images * fu.Positions * layer.out_channels * fu.Rows <= ConvolutionCost.SmallWeightOnlyMaxWork);
+            bool managed = packed == ConvolutionRoute.Direct || (packed == ConvolutionRoute.Kernel && (input is not null || fewOrSmall));
             var expected = !QuantizedModule.BFloat16Convolutions ? without
-                : !QuantizedModule.PackedBFloat16Convolutions ? withBFloat16
-                : withBFloat16 == ConvolutionRoute.BFloat16 && unfold is { } pu && ConvolutionCost.PackedBFloat16Pays(pu, layer.out_channels) ? ConvolutionRoute.BFloat16 : without;
+                : QuantizedModule.PackedBFloat16Convolutions ? packed
+                : QuantizedModule.BothBFloat16Convolutions && managed ? packed
+                : withBFloat16;
             Assert.True(expected == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
-                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, QuantizedModule.PackedBFloat16Convolutions), route);
+                Assert.Equal(ConvolutionCost.Choose(u, layer.out_channels, input is not null, QuantizedModule.BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, QuantizedModule.PackedBFloat16Convolutions, QuantizedModule.BothBFloat16Convolutions), route);
             else
                 Assert.Equal(ConvolutionRoute.Reference, route);
             QuantizedConv.UseBFloat16Compute = false;
