@@ -314,9 +314,9 @@ internal static class ConvolutionCost
     /// 48 steps), or a pointwise call (1x1, any stride) of one image. Elsewhere libtorch's oneDNN kernel, which keeps
     /// every output position of a block busy, was the faster. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; the
     /// conv table's layers, each rule paired with float32 in two processes, one of each order): onto 49-64 positions
-    /// 0.45-0.75x float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.84x against 0.81-1.19x
-    /// (1x1 64->256 on 56x56 a tie); 3x3 layers over more positions, Conv1d over 256-1000 steps and every layer at batch
-    /// 8 0.47-0.85x on libtorch's against 0.55-1.12x.
+    /// 0.45-0.75x float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.88x against 0.81-1.19x
+    /// (1x1 64->256 on 56x56 a tie); at batch 1 onto more positions (3x3 layers, Conv1d over 128-1000 steps) 0.61-1.43x
+    /// against 0.53-0.99x on libtorch's (alike on four layers), at batch 8 0.55-1.03x against 0.47-0.86x.
     /// </summary>
     internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold) =>
         unfold.Rows % 2 == 0 && unfold.Rows >= BFloat16MinReduction
