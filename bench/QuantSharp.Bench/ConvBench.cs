@@ -155,6 +155,8 @@ internal static class ConvBench
                 if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
                 // FailedCheckRule: the rule's route as where libtorch's bfloat16 convolution failed its check (BFloat16Check.ForcedConvolutions false).
                 if (parts[0] == "FailedCheckRule") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.call(x));
+                // LibTorchBFloat16: libtorch's bfloat16 convolution, whatever the rule (grouped layers too).
+                if (parts[0] == "LibTorchBFloat16") return () => layer.BFloat16Convolution(x);
                 // PackedBFloat16: the bfloat16 route on the packed kernels whatever BFloat16Check found (ForcedConvolutions false).
                 if (parts[0] == "PackedBFloat16") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                 // BFloat16Packed / BFloat16Pairs: the bfloat16 route with its strips packed, or read from pair images (an even channel count).

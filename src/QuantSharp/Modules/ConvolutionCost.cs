@@ -67,7 +67,9 @@ namespace QuantSharp.Modules;
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
-/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; others, weight-only on
+/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; others libtorch's bfloat16
+/// convolution where it passed <see cref="BFloat16Check"/> and <see cref="GroupedLibTorchBFloat16Pays"/> (4 or more images onto 14x14 or
+/// less); else, weight-only on
 /// CPUs with AVX512-BF16 and <see cref="QuantizedModule.UseBFloat16Compute"/>, the bfloat16 route from pair images
 /// where <see cref="GroupedBFloat16Pays"/>, else the small kernel group by group where <see cref="GroupedPays"/>;
 /// libtorch's route elsewhere.</item>
@@ -583,4 +585,28 @@ internal static class ConvolutionCost
 
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for two images onto rows of 14 or more.</summary>
     internal const int GroupedPairsMinChannelsTwoImages = 64;
+
+    /// <summary>Images from which <see cref="GroupedLibTorchBFloat16Pays"/>.</summary>
+    internal const int GroupedLibTorchMinImages = 4;
+
+    /// <summary>
+    /// Whether a grouped convolution that is not depthwise takes libtorch's bfloat16 convolution, where that passed
+    /// <see cref="BFloat16Check"/> (<see cref="QuantizedModule.LibTorchBFloat16Convolutions"/>), rather than the small
+    /// kernel group by group, the pair images or libtorch's float32 route: a Conv2d of <see cref="GroupedLibTorchMinImages"/>
+    /// or more images onto up to <see cref="GroupedFewPositions"/> positions an image (14x14), with group reductions
+    /// of at least <see cref="GroupedFewPositionsMaxReduction"/> terms weight-only (3x3 over 16 channels a group), of
+    /// more for static W8A8 (<paramref name="quantizedInput"/>). There oneDNN reads each group's weights once for all
+    /// images at twice its float32 rate. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; each route paired with
+    /// float32 in one process, both orders, batch 1-8): weight-only onto 14x14 and 7x7 at batch 4 and 8, over 16-64
+    /// channels a group, 0.57-0.94x float32's time against 0.66-1.24x on the rule's route before; static W8A8 over 64
+    /// channels a group onto 14x14 0.65-0.74x against 1.05-1.16x, over 32 onto 7x7 at batch 8 0.99-1.09x against
+    /// 1.28-1.58x (at batch 4 mixed: 1.12-1.16x against 0.89-1.13x). Slower: one or two images onto 7x7 (1.15-1.25x against 0.52-0.99x), 28x28 and larger planes
+    /// (0.74-1.07x against 0.35-0.70x), static W8A8 over 16 channels a group (0.97-2.13x against 0.45-0.94x).
+    /// </summary>
+    internal static bool GroupedLibTorchBFloat16Pays(Im2Col unfold, long groups, bool quantizedInput)
+    {
+        if (groups < 2 || unfold.Height == 1 || unfold.Images < GroupedLibTorchMinImages || unfold.Positions > GroupedFewPositions) return false;
+        int reduction = unfold.Rows / (int)groups;
+        return quantizedInput ? reduction > GroupedFewPositionsMaxReduction : reduction >= GroupedFewPositionsMaxReduction;
+    }
 }

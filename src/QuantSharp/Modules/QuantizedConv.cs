@@ -192,7 +192,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// <see cref="ConvolutionRoute.BFloat16"/>: libtorch's bfloat16 convolution on the weight, the (quantized, for W8A8)
     /// input and the bias rounded to bfloat16, the result back in float32 (<see cref="QuantizedModule.UseBFloat16Compute"/>).
     /// </summary>
-    private Tensor BFloat16Convolution(Tensor input)
+    internal Tensor BFloat16Convolution(Tensor input)
     {
         using var w = DequantizeForCall(recordsGradient: false, ScalarType.BFloat16);
         using var x = QuantizeInput(input).to(ScalarType.BFloat16);
@@ -271,6 +271,7 @@ public sealed class QuantizedConv : QuantizedModule
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
             bool pairs = GroupedPairs(u);
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && LibTorchBFloat16Convolutions && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
                 && ConvolutionCost.GroupedBFloat16Pays(u, groups)) return ConvolutionRoute.BFloat16;
             if (!DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
@@ -290,13 +291,21 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// Whether the bfloat16 route runs on the packed kernels for <paramref name="unfold"/> rather than on libtorch's
-    /// bfloat16 convolution: a grouped layer where <see cref="GroupedPairs"/>; another where libtorch's failed its check
+    /// bfloat16 convolution: a grouped layer where <see cref="GroupedPairs"/> unless libtorch's is taken for it
+    /// (<see cref="GroupedOnLibTorch"/>); another where libtorch's failed its check
     /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), or, where both run, weight-only where
     /// <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>.
     /// </summary>
     private bool PackedBFloat16(Im2Col unfold) =>
-        groups > 1 ? GroupedPairs(unfold)
+        groups > 1 ? GroupedPairs(unfold) && !GroupedOnLibTorch(unfold)
         : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold));
+
+    /// <summary>
+    /// Whether this grouped layer's bfloat16 route is libtorch's bfloat16 convolution for <paramref name="unfold"/>, where
+    /// that passed <see cref="BFloat16Check"/> on a CPU with native bfloat16 (<see cref="ConvolutionCost.GroupedLibTorchBFloat16Pays"/>).
+    /// </summary>
+    private bool GroupedOnLibTorch(Im2Col unfold) =>
+        NativeBFloat16 && BFloat16Check.Convolutions && ConvolutionCost.GroupedLibTorchBFloat16Pays(unfold, groups, InputQuantizer is not null);
 
     /// <summary>
     /// Whether this grouped layer can run in bfloat16 from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>) for

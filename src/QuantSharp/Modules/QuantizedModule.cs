@@ -160,6 +160,12 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// </summary>
     internal static bool BothBFloat16Convolutions => BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
 
+    /// <summary>
+    /// Whether the rule may take libtorch's bfloat16 convolution: <see cref="UseBFloat16Compute"/> on a CPU with native
+    /// bfloat16 where it passed <see cref="BFloat16Check"/>.
+    /// </summary>
+    internal static bool LibTorchBFloat16Convolutions => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.Convolutions;
+
     /// <summary>As <see cref="BFloat16Convolutions"/>, for the linear layers' bfloat16 route (libtorch's bfloat16 matrix product).</summary>
     internal static bool BFloat16MatMuls => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.MatMuls;
 

@@ -63,7 +63,7 @@ public class BFloat16ConvolutionTests
     }
 
     /// <summary>Asserts the bfloat16 route's output against the float32 route's at every position; returns max |difference|.</summary>
-    private static double AssertWithinBFloat16Bound(QuantizedConv layer, Tensor x, Tensor reference, Tensor actual, string what)
+    internal static double AssertWithinBFloat16Bound(QuantizedConv layer, Tensor x, Tensor reference, Tensor actual, string what)
     {
         var (ratio, largest) = BoundRatio(layer, x, reference, actual);
         Assert.True(ratio <= 1, $"{what}: |difference| up to {ratio:G3} of the bound ({Bound:G3} of sum |w||x| + |b|)");

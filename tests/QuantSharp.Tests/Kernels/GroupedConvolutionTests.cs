@@ -242,4 +242,63 @@ public class GroupedConvolutionTests
         var image = torch.randn(1, 32, 56, 56);
         AssertClose(grouped.Forward(image, R), grouped.call(image), 1e-5, "32 channels in 8 groups on 56x56 through the rule");
     }
+
+    /// <summary>
+    /// Where libtorch's bfloat16 convolution passed its check, grouped layers (not depthwise) of 4 or more images onto up
+    /// to 14x14 positions an image take it: weight-only from 144 terms a group (3x3 over 16 channels), static W8A8 above
+    /// 144; its output is libtorch's bfloat16 convolution's, bit for bit. Elsewhere, and with bfloat16 compute off, the
+    /// other rules.
+    /// </summary>
+    [Fact]
+    public void GroupedLayersOfFourImagesOntoSmallPlanesTakeLibtorchsBFloat16ConvolutionWhereItIsRight()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        // (C, H, W) of a 3x3 layer, stride 1, padding 1; images; groups; static W8A8; expected.
+        (int C, int H, int W, int Images, int Groups, bool W8A8, bool Expected)[] cases =
+        [
+            (512, 14, 14, 4, 32, false, true),    // 16 channels a group (144 terms), 4 images
+            (512, 14, 14, 3, 32, false, false),   // 3 images
+            (512, 14, 15, 8, 32, false, false),   // 210 positions an image
+            (480, 14, 14, 8, 32, false, false),   // 15 channels a group (135 terms)
+            (1024, 7, 7, 8, 32, false, true),     // 32 a group onto 7x7
+            (512, 14, 14, 8, 32, true, false),    // static W8A8 of 144 terms
+            (544, 14, 14, 8, 32, true, true),     // of 153
+            (512, 14, 14, 4, 8, true, true),      // 64 a group
+            (1024, 28, 28, 8, 32, false, false),  // 28x28
+        ];
+        foreach (var (c, h, w, images, groups, w8a8, expected) in cases)
+        {
+            var u = new Im2Col(c, h, w, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(images);
+            Assert.True(expected == ConvolutionCost.GroupedLibTorchBFloat16Pays(u, groups, w8a8), $"{c} channels in {groups} groups onto {h}x{w}, {images} images{(w8a8 ? " W8A8" : "")}");
+        }
+        Assert.False(ConvolutionCost.GroupedLibTorchBFloat16Pays(new Im2Col(512, 1, 196, 1, 3, 1, 1, 0, 1, 1, 1).ForImages(8), 32, false)); // a Conv1d
+        Assert.False(ConvolutionCost.GroupedLibTorchBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 1, false));  // one group
+
+        torch.manual_seed(57);
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(4, 256, 7, 7);
+        bool libtorch = QuantizedModule.LibTorchBFloat16Convolutions;
+        var route = layer.Route(x);
+        // Elsewhere not the bfloat16 route (32 channels a group onto 7x7: no pair images either).
+        Assert.True(libtorch == (route == ConvolutionRoute.BFloat16), $"{route}, libtorch's bfloat16 convolution right: {libtorch}");
+        if (libtorch)
+        {
+            Assert.False(layer.BFloat16OnPackedKernels(x));
+            using var expected = layer.BFloat16Convolution(x);
+            using var actual = layer.call(x);
+            Assert.True(expected.equal(actual).all().item<bool>(), "the rule's route is not libtorch's bfloat16 convolution");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "256 channels in 8 groups onto 7x7, 4 images");
+        }
+        bool saved = QuantizedModule.UseBFloat16Compute;
+        try
+        {
+            QuantizedModule.UseBFloat16Compute = false;
+            Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x));
+        }
+        finally
+        {
+            QuantizedModule.UseBFloat16Compute = saved;
+        }
+    }
 }
