@@ -405,18 +405,17 @@ internal static class ConvolutionCost
     /// <param name="bothBFloat16">True where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>): the routes of the rule with <paramref name="packedBFloat16"/> that were measured faster there (the small kernel, the integer kernels, the packed kernels in float32 on calls of up to <see cref="FewPositionsMaxPositions"/> positions or <see cref="SmallWeightOnlyMaxWork"/> multiply-adds), and the packed kernels' bfloat16 route where <see cref="PackedBFloat16BeatsLibTorch"/>, are taken before libtorch's bfloat16 route.</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false, bool bothBFloat16 = false)
     {
+        long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         if (bfloat16 && bothBFloat16)
         {
             // Both bfloat16 convolutions run here: where the rule without libtorch's takes the small kernel, the integer
             // kernels, or the packed kernels in float32 for a call of few positions or a small one, that route; the packed
             // kernels in bfloat16 where they beat libtorch's.
             var managed = Choose(unfold, outputs, quantizedInput, bfloat16: true, float256, vnni512, oneThread, packedBFloat16: true);
-            bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions
-                || (long)unfold.Images * unfold.Positions * outputs * unfold.Rows <= SmallWeightOnlyMaxWork;
+            bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions || work <= SmallWeightOnlyMaxWork;
             if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
             if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold)) return ConvolutionRoute.BFloat16;
         }
-        long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         // Fewer terms than the integer GEMM's few-term calls, up to FewTermDirectMaxWork, on phase rows its padded-image
@@ -600,8 +599,9 @@ internal static class ConvolutionCost
     /// float32 in one process, both orders, batch 1-8): weight-only onto 14x14 and 7x7 at batch 4 and 8, over 16-64
     /// channels a group, 0.57-0.94x float32's time against 0.66-1.24x on the rule's route before; static W8A8 over 64
     /// channels a group onto 14x14 0.65-0.74x against 1.05-1.16x, over 32 onto 7x7 at batch 8 0.99-1.09x against
-    /// 1.28-1.58x (at batch 4 mixed: 1.12-1.16x against 0.89-1.13x). Slower: one or two images onto 7x7 (1.15-1.25x against 0.52-0.99x), 28x28 and larger planes
-    /// (0.74-1.07x against 0.35-0.70x), static W8A8 over 16 channels a group (0.97-2.13x against 0.45-0.94x).
+    /// 1.28-1.58x (at batch 4 mixed: 1.12-1.16x against 0.89-1.13x). Slower: one or two images onto 7x7 (1.15-1.25x
+    /// against 0.52-0.99x), 28x28 and larger planes (0.74-1.07x against 0.35-0.70x), static W8A8 over 16 channels a
+    /// group (0.97-2.13x against 0.45-0.94x).
     /// </summary>
     internal static bool GroupedLibTorchBFloat16Pays(Im2Col unfold, long groups, bool quantizedInput)
     {
