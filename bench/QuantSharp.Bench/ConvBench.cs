@@ -154,11 +154,11 @@ internal static class ConvBench
                 // Float32Rule: the rule's route with QuantizedModule.UseBFloat16Compute off (the float32 rule).
                 if (parts[0] == "Float32Rule") return () => Float32Rule(() => layer.call(x));
                 // FailedCheckRule: the rule's route as where libtorch's bfloat16 convolution failed its check (BFloat16Check.ForcedConvolutions false).
-                if (parts[0] == "FailedCheckRule") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.call(x));
+                if (parts[0] == "FailedCheckRule") return () => AsIfCheckFailed(() => layer.call(x));
                 // LibTorchBFloat16: libtorch's bfloat16 convolution, whatever the rule (grouped layers too).
                 if (parts[0] == "LibTorchBFloat16") return () => layer.BFloat16Convolution(x);
                 // PackedBFloat16: the bfloat16 route on the packed kernels whatever BFloat16Check found (ForcedConvolutions false).
-                if (parts[0] == "PackedBFloat16") return () => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                if (parts[0] == "PackedBFloat16") return () => AsIfCheckFailed(() => layer.Forward(x, ConvolutionRoute.BFloat16));
                 // BFloat16Packed / BFloat16Pairs: the bfloat16 route with its strips packed, or read from pair images (an even channel count).
                 if (parts[0] is "BFloat16Packed" or "BFloat16Pairs")
                 {
@@ -282,6 +282,9 @@ internal static class ConvBench
 
     /// <summary><paramref name="call"/> with <see cref="QuantizedModule.UseBFloat16Compute"/> off (the float32 rule).</summary>
     private static Tensor Float32Rule(Func<Tensor> call) => With(v => QuantizedModule.UseBFloat16Compute = v, false, true, call);
+
+    /// <summary><paramref name="call"/> as where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> (<see cref="BFloat16Check.ForcedConvolutions"/> false).</summary>
+    private static Tensor AsIfCheckFailed(Func<Tensor> call) => With(v => BFloat16Check.ForcedConvolutions = v ? false : null, true, false, call);
 
     /// <summary><paramref name="call"/> with <see cref="QuantizedConv.Autotune"/> on.</summary>
     private static Tensor Tuned(Func<Tensor> call) => With(v => QuantizedConv.Autotune = v, true, false, call);

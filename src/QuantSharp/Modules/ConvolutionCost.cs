@@ -590,7 +590,7 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Whether a grouped convolution that is not depthwise takes libtorch's bfloat16 convolution, where that passed
-    /// <see cref="BFloat16Check"/> (<see cref="QuantizedModule.LibTorchBFloat16Convolutions"/>), rather than the small
+    /// <see cref="BFloat16Check"/> on a CPU with native bfloat16 (and <see cref="QuantizedModule.UseBFloat16Compute"/>), rather than the small
     /// kernel group by group, the pair images or libtorch's float32 route: a Conv2d of <see cref="GroupedLibTorchMinImages"/>
     /// or more images onto up to <see cref="GroupedFewPositions"/> positions an image (14x14), with group reductions
     /// of at least <see cref="GroupedFewPositionsMaxReduction"/> terms weight-only (3x3 over 16 channels a group), of

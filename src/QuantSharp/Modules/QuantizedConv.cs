@@ -271,7 +271,7 @@ public sealed class QuantizedConv : QuantizedModule
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
             bool pairs = GroupedPairs(u);
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
-            if (route == ConvolutionRoute.Auto && LibTorchBFloat16Convolutions && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
                 && ConvolutionCost.GroupedBFloat16Pays(u, groups)) return ConvolutionRoute.BFloat16;
             if (!DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;

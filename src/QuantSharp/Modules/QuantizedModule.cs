@@ -134,7 +134,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// returned wrong values on one Zen 5 CPU) with libtorch's operation: convolutions then compute in bfloat16 on the
     /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (weight-only
     /// reductions of 128 or more terms into 256 or more channels, or of 256 or more into 128 or more on more than 128
-    /// positions), and keep their float32 routes elsewhere;
+    /// positions), and keep their float32 routes elsewhere; where both libtorch's and the packed kernels' bfloat16
+    /// convolutions run (a Zen 4 CPU), the packed kernels take the calls of up to 64 output positions and pointwise calls
+    /// of one image, libtorch's the rest;
     /// linear layers keep their float32 routes. Integer W8A8 layers keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;
@@ -159,12 +161,6 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// packed kernels where <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>, on libtorch's elsewhere.
     /// </summary>
     internal static bool BothBFloat16Convolutions => BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
-
-    /// <summary>
-    /// Whether the rule may take libtorch's bfloat16 convolution: <see cref="UseBFloat16Compute"/> on a CPU with native
-    /// bfloat16 where it passed <see cref="BFloat16Check"/>.
-    /// </summary>
-    internal static bool LibTorchBFloat16Convolutions => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.Convolutions;
 
     /// <summary>As <see cref="BFloat16Convolutions"/>, for the linear layers' bfloat16 route (libtorch's bfloat16 matrix product).</summary>
     internal static bool BFloat16MatMuls => UseBFloat16Compute && NativeBFloat16 && BFloat16Check.MatMuls;

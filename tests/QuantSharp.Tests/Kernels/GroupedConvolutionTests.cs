@@ -278,7 +278,7 @@ public class GroupedConvolutionTests
         torch.manual_seed(57);
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(4, 256, 7, 7);
-        bool libtorch = QuantizedModule.LibTorchBFloat16Convolutions;
+        bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
         var route = layer.Route(x);
         // Elsewhere not the bfloat16 route (32 channels a group onto 7x7: no pair images either).
         Assert.True(libtorch == (route == ConvolutionRoute.BFloat16), $"{route}, libtorch's bfloat16 convolution right: {libtorch}");
