@@ -25,9 +25,9 @@ for rep in $(seq "${REPS:-1}"); do
     n=$((n + 1))
     file="$out-$n.txt"
     files+=("$file")
-    # One shape: CONV_SHAPE, whose case names all contain "x"; else the bench's list, filtered.
+    # One shape: CONV_SHAPE, whose case names all start with "custom"; else the bench's list, filtered.
     shape=() filter=${FILTER:-}
-    if [ -n "${SHAPE:-}" ]; then shape=(CONV_SHAPE="$SHAPE"); filter=x; fi
+    if [ -n "${SHAPE:-}" ]; then shape=(CONV_SHAPE="$SHAPE"); filter=custom; fi
     env ${ENVX:-} "${shape[@]}" CONV_BATCHES="${BATCHES:-1,8}" CONV_BLOCK="${BLOCK:-5}" CONV_PAIR="Float:,$order" \
       dotnet "$bench" conv 1 1 "$filter" > "$file" 2>&1
   done

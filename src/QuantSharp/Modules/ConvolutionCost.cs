@@ -22,7 +22,8 @@ namespace QuantSharp.Modules;
 /// 0.16-0.30 against 0.17-0.28 (faster in 12 of 14). At 49-87M multiply-adds (MNIST conv1 at batch 500, the stem at
 /// batch 8) libtorch's route was faster in about half the processes, so larger calls stay there; since stop 27 the
 /// small kernel's few-term calls go up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 500 on the Zen 5 VM:
-/// 0.94-1.25x float32's time against 1.10-1.27x, faster in five of seven comparisons).</item>
+/// 0.94-1.25x float32's time against 1.10-1.27x, faster in five of seven comparisons), and since stop 45, with the
+/// 512-bit VNNI kernel, those of <see cref="FewTermIntegerMinReduction"/> or more terms above <see cref="FewTermW8A8MaxWork"/> at any size.</item>
 /// <item>CPUs with native bfloat16 (<see cref="QuantizedModule.NativeBFloat16"/>) and <see cref="QuantizedModule.UseBFloat16Compute"/>,
 /// where libtorch's bfloat16 convolution passed <see cref="BFloat16Check"/> (<see cref="QuantizedModule.BFloat16Convolutions"/>):
 /// libtorch's bfloat16 convolution (oneDNN) on the weight dequantized to bfloat16, 0.51-0.94x for every other
@@ -34,7 +35,8 @@ namespace QuantSharp.Modules;
 /// above <see cref="FewTermW8A8MaxWork"/>). Where the CPU has AVX512-BF16 too (<see cref="QuantizedModule.BothBFloat16Convolutions"/>:
 /// the Zen 4 VM of stop 44, where libtorch's route was slower than float32 on few positions and short pointwise
 /// calls), the rule below's small kernel, integer kernels, and packed kernels on few positions or small calls come first, and the
-/// packed kernels' bfloat16 route runs where <see cref="PackedBFloat16BeatsLibTorch"/>.</item>
+/// packed kernels' bfloat16 route runs where <see cref="PackedBFloat16BeatsLibTorch"/>; weight-only calls of fewer than
+/// <see cref="LibTorchBFloat16MinReduction"/> terms never take libtorch's (the rule below's route).</item>
 /// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
@@ -95,7 +97,11 @@ internal static class ConvolutionCost
     /// route that quantizes the input inside its own copy of the images: the integer GEMM from
     /// <see cref="FewTermIntegerMinReduction"/> terms, the small kernel below (the 3-channel stride-2 stem at batch 1,
     /// 10.8M multiply-adds; MNIST conv1 at batch 64, 6.2M). Above it (the stem at batch 8, 87M; MNIST conv1 at batch 500,
-    /// 49M) libtorch's route was faster in about half the processes.
+    /// 49M) libtorch's route was faster in about half the processes. Since stop 45, where the CPU has the 512-bit VNNI
+    /// kernel, calls of <see cref="FewTermIntegerMinReduction"/> terms or more above it take the small kernel at any size
+    /// (its padded-image path quantizes the input as it copies it): on the Zen 4 VM (docs/BENCHMARKS.md, stop 45; the
+    /// routes paired with float32 in two processes, one of each order) the stem at batch 2, 4 and 8 took 0.91-1.31x
+    /// float32's time on it where libtorch's route took 1.06-1.85x and the integer GEMM 1.00-1.88x.
     /// </summary>
     internal const long FewTermW8A8MaxWork = 1 << 24;
 
@@ -313,16 +319,33 @@ internal static class ConvolutionCost
     /// passed <see cref="BFloat16Check"/> and the CPU has AVX512-BF16), a weight-only call takes the packed kernels'
     /// bfloat16 route rather than libtorch's: an even reduction of <see cref="BFloat16MinReduction"/> or more terms onto
     /// at most <see cref="PackedOverLibTorchMaxPositions"/> output positions in all (batch 1 on 7x7 and 8x8, a Conv1d of
-    /// 48 steps), or a pointwise call (1x1, any stride) of one image. Elsewhere libtorch's oneDNN kernel, which keeps
-    /// every output position of a block busy, was the faster. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; the
-    /// conv table's layers, each rule paired with float32 in two processes, one of each order): onto 49-64 positions
-    /// 0.45-0.75x float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.88x against 0.81-1.19x
-    /// (1x1 64->256 on 56x56 a tie); at batch 1 onto more positions (3x3 layers, Conv1d over 128-1000 steps) 0.61-1.43x
-    /// against 0.53-0.99x on libtorch's (alike on four layers), at batch 8 0.55-1.03x against 0.47-0.86x.
+    /// 48 steps), a pointwise call (1x1, any stride) of one image, or, with fewer than
+    /// <see cref="LibTorchBFloat16MinReduction"/> terms, where the packed kernels read pair images in place
+    /// (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>). Elsewhere libtorch's oneDNN kernel, which keeps every output
+    /// position of a block busy, was the faster. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; the conv table's
+    /// layers, each rule paired with float32 in two processes, one of each order): onto 49-64 positions 0.45-0.75x
+    /// float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.88x against 0.81-1.19x (1x1 64->256
+    /// on 56x56 a tie); at batch 1 onto more positions (3x3 layers, Conv1d over 128-1000 steps) 0.61-1.43x against
+    /// 0.53-0.99x on libtorch's (alike on four layers), at batch 8 0.55-1.03x against 0.47-0.86x.
     /// </summary>
-    internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold) =>
+    internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold, long outputs) =>
         unfold.Rows % 2 == 0 && unfold.Rows >= BFloat16MinReduction
-        && ((long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (unfold.KernelH * unfold.KernelW == 1 && unfold.Images == 1));
+        && ((long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (unfold.KernelH * unfold.KernelW == 1 && unfold.Images == 1)
+            || (unfold.Rows < LibTorchBFloat16MinReduction && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)));
+
+    /// <summary>
+    /// Reduction length (input channels x taps) from which, where both bfloat16 convolutions run, a weight-only call
+    /// takes libtorch's bfloat16 convolution; below it (and from <see cref="BFloat16MinReduction"/>) the packed kernels'
+    /// bfloat16 route from pair images where they apply (<see cref="PackedBFloat16BeatsLibTorch"/>), else the rule
+    /// without libtorch's bfloat16 convolution. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 45; each route paired
+    /// with float32 in processes of both orders, batch 1, 2, 4 and 8): with 64 and 72 terms libtorch's bfloat16 route
+    /// took 1.20-2.04x float32's time for 1x1 64->64 on 56x56 at batch 2 and 4 (int8; int4 0.99-1.76x) where the float32
+    /// rule's route (libtorch's float32 convolution on the dequantized weight) took 0.86-1.16x, at batch 8 0.78-1.93x
+    /// against 0.89-1.15x; for 3x3 8->32 on 112x112 0.81-1.77x, where the pair images took 0.72-1.21x (below it in 30 of
+    /// 32 comparisons in one process). With 108 terms and more it was at or below float32's time from batch 2 (3x3 12->48
+    /// on 56x56 0.79-0.93x, 16->64 0.68-0.78x, 1x1 128->512 on 28x28 0.66-0.98x).
+    /// </summary>
+    internal const int LibTorchBFloat16MinReduction = 96;
 
     /// <summary>
     /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
@@ -402,7 +425,7 @@ internal static class ConvolutionCost
     /// <param name="vnni512">True where the integer GEMM runs the 512-bit VNNI kernel (<see cref="Vnni512Kernel.IsSupported"/>), the only path on which few-term W8A8 through it was measured to pay (<see cref="FewTermIntegerMinReduction"/>).</param>
     /// <param name="oneThread">True where the kernels run on one thread (<see cref="KernelThreads.Count"/> 1): weight-only pointwise calls take the packed kernels up to <see cref="PointwiseWeightOnlyMaxImagesOneThread"/> images.</param>
     /// <param name="packedBFloat16">True where the bfloat16 route runs on the packed kernels (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>): it is taken only where <see cref="PackedBFloat16Pays"/>, the float32 rule elsewhere.</param>
-    /// <param name="bothBFloat16">True where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>): the routes of the rule with <paramref name="packedBFloat16"/> that were measured faster there (the small kernel, the integer kernels, the packed kernels in float32 on calls of up to <see cref="FewPositionsMaxPositions"/> positions or <see cref="SmallWeightOnlyMaxWork"/> multiply-adds), and the packed kernels' bfloat16 route where <see cref="PackedBFloat16BeatsLibTorch"/>, are taken before libtorch's bfloat16 route.</param>
+    /// <param name="bothBFloat16">True where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>): the routes of the rule with <paramref name="packedBFloat16"/> that were measured faster there (the small kernel, the integer kernels, the packed kernels in float32 on calls of up to <see cref="FewPositionsMaxPositions"/> positions or <see cref="SmallWeightOnlyMaxWork"/> multiply-adds), and the packed kernels' bfloat16 route where <see cref="PackedBFloat16BeatsLibTorch"/>, are taken before libtorch's bfloat16 route, which weight-only calls of fewer than <see cref="LibTorchBFloat16MinReduction"/> terms never take (that rule's route).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false, bool bothBFloat16 = false)
     {
         long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
@@ -414,7 +437,9 @@ internal static class ConvolutionCost
             var managed = Choose(unfold, outputs, quantizedInput, bfloat16: true, float256, vnni512, oneThread, packedBFloat16: true);
             bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions || work <= SmallWeightOnlyMaxWork;
             if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
-            if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold)) return ConvolutionRoute.BFloat16;
+            if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold, outputs)) return ConvolutionRoute.BFloat16;
+            // A short reduction: the rule without libtorch's bfloat16 convolution, which lost there.
+            if (!quantizedInput && unfold.Rows >= BFloat16MinReduction && unfold.Rows < LibTorchBFloat16MinReduction) return managed;
         }
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
@@ -428,6 +453,8 @@ internal static class ConvolutionCost
             // own copy of it (libtorch's needs a pass of its own).
             if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && work <= FewTermW8A8MaxWork) return ConvolutionRoute.Kernel;
             if (fewTermDirect) return ConvolutionRoute.Direct;
+            // Larger calls of those terms: the small kernel too, at any size (with the 512-bit VNNI kernel, where measured).
+            if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;

@@ -298,7 +298,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool PackedBFloat16(Im2Col unfold) =>
         groups > 1 ? GroupedPairs(unfold) && !GroupedOnLibTorch(unfold)
-        : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold));
+        : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold, out_channels));
 
     /// <summary>
     /// Whether this grouped layer's bfloat16 route is libtorch's bfloat16 convolution for <paramref name="unfold"/>, where

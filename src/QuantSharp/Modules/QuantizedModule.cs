@@ -135,8 +135,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// packed kernels (<c>vdpbf16ps</c>, CPUs with AVX512-BF16) where that was measured faster than float32 (weight-only
     /// reductions of 128 or more terms into 256 or more channels, or of 256 or more into 128 or more on more than 128
     /// positions), and keep their float32 routes elsewhere; where both libtorch's and the packed kernels' bfloat16
-    /// convolutions run (a Zen 4 CPU), the packed kernels take the calls of up to 64 output positions and pointwise calls
-    /// of one image, libtorch's the rest;
+    /// convolutions run (a Zen 4 CPU), the packed kernels take the calls of up to 64 output positions, pointwise calls
+    /// of one image and reductions of fewer than 96 terms whose images they read in place, libtorch's the rest but other
+    /// reductions of fewer than 96 terms (float32 there);
     /// linear layers keep their float32 routes. Integer W8A8 layers keep their integer kernels.
     /// </summary>
     public static bool UseBFloat16Compute { get; set; } = true;
@@ -158,7 +159,9 @@ public abstract class QuantizedModule : nn.Module<Tensor, Tensor>
     /// <summary>
     /// Whether both bfloat16 convolutions run here: libtorch's passed <see cref="BFloat16Check"/> and the packed kernels
     /// multiply in bfloat16 too (<see cref="Vnni512Kernel.BFloat16Supported"/>). The bfloat16 route then runs on the
-    /// packed kernels where <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>, on libtorch's elsewhere.
+    /// packed kernels where <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>, on libtorch's elsewhere (weight-only
+    /// calls of fewer than <see cref="ConvolutionCost.LibTorchBFloat16MinReduction"/> terms take another route where the
+    /// packed kernels do not apply).
     /// </summary>
     internal static bool BothBFloat16Convolutions => BFloat16Check.Convolutions && Vnni512Kernel.BFloat16Supported;
 

@@ -542,7 +542,8 @@ public unsafe class BFloat16PackedKernelTests
     /// Where both bfloat16 convolutions run (libtorch's passed its check, the CPU has AVX512-BF16): the small kernel and
     /// the packed kernels in float32 or integers where the rule without libtorch's takes them, the packed kernels'
     /// bfloat16 route (weight-only, an even reduction of 64 or more terms) onto up to 64 positions in all and for
-    /// pointwise calls of one image, libtorch's bfloat16 route elsewhere.
+    /// pointwise calls of one image; with 64-95 terms the packed kernels from pair images, else the float32 rule's route;
+    /// libtorch's bfloat16 route elsewhere.
     /// </summary>
     [Fact]
     public void WhereBothBFloat16ConvolutionsRunTheManagedRoutesAndThePackedOneOnFewPositionsOrOnePointwiseImageComeFirst()
@@ -562,7 +563,15 @@ public unsafe class BFloat16PackedKernelTests
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                      // and of 2
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, r, true),                        // pointwise, one image
             ([256, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 1, 512, false, r, true),                      // strided pointwise, one image
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                       // two images: libtorch's
+            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                      // two images: libtorch's
+            ([96, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                       // 96 terms: libtorch's
+            ([94, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, ConvolutionRoute.Reference, false), // 94: the float32 rule's route
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 64, false, ConvolutionRoute.Reference, false), // 64, eight images: the float32 rule's
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, false, r, true),                       // from four pair images: the packed kernels
+            ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 1, 32, false, r, true),                       // 72 terms from pair images (3x3 8->32)
+            ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 8, 32, false, r, true),                       // in eight images too
+            ([10, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1], 16, 32, false, ConvolutionRoute.Reference, false), // 90 onto 13x13 (no pair images): the float32 rule's
+            ([12, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 2, 48, false, r, false),                       // 108 (3x3 12->48): libtorch's
             ([62, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Kernel, false),  // a small pointwise call: the packed kernels
             ([6, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, false), // 54 terms: below the bfloat16 route
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 16, false, ConvolutionRoute.Kernel, false),   // the float32 rule's packed kernels
@@ -577,7 +586,7 @@ public unsafe class BFloat16PackedKernelTests
             string what = $"[{string.Join(",", g)}] x{images} -> {outputs}{(w8a8 ? " W8A8" : "")}";
             var route = ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true, packedBFloat16: false, bothBFloat16: true);
             Assert.True(expected == route, $"{what}: {route}, expected {expected}");
-            Assert.True(packed == (!w8a8 && route == r && ConvolutionCost.PackedBFloat16BeatsLibTorch(u)), $"{what}: on the packed kernels, expected {packed}");
+            Assert.True(packed == (!w8a8 && route == r && ConvolutionCost.PackedBFloat16BeatsLibTorch(u, outputs)), $"{what}: on the packed kernels, expected {packed}");
             // The managed routes are those of the rule without libtorch's bfloat16 convolution.
             if (route != r) Assert.Equal(ConvolutionCost.Choose(u, outputs, w8a8, bfloat16: true, packedBFloat16: true), route);
         }

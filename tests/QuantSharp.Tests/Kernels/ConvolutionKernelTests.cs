@@ -640,9 +640,12 @@ public unsafe class ConvolutionKernelTests
             bool fewOrSmall = unfold is { } fu && ((long)fu.Images * fu.Positions <= ConvolutionCost.FewPositionsMaxPositions
                 || (long)fu.Images * fu.Positions * layer.out_channels * fu.Rows <= ConvolutionCost.SmallWeightOnlyMaxWork);
             bool managed = packed == ConvolutionRoute.Direct || (packed == ConvolutionRoute.Kernel && (input is not null || fewOrSmall));
+            // Weight-only with a short reduction (64-95 terms), unless the packed kernels' bfloat16 route beats libtorch's: that rule's route too.
+            bool shortReduction = input is null && unfold is { } su && su.Rows >= ConvolutionCost.BFloat16MinReduction
+                && su.Rows < ConvolutionCost.LibTorchBFloat16MinReduction && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels);
             var expected = !QuantizedModule.BFloat16Convolutions ? without
                 : QuantizedModule.PackedBFloat16Convolutions ? packed
-                : QuantizedModule.BothBFloat16Convolutions && managed ? packed
+                : QuantizedModule.BothBFloat16Convolutions && (managed || shortReduction) ? packed
                 : withBFloat16;
             Assert.True(expected == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
@@ -921,16 +924,25 @@ public unsafe class ConvolutionKernelTests
         // FewTermDirectMaxWork), under both rules: the stem (3 input
         // channels x 3x3, stride 2, on 224x224: 12,544 positions x 32 outputs x 27 terms, 10.8M multiply-adds) takes the
         // integer GEMM where it runs the 512-bit VNNI kernel, MNIST conv1 at batch 64 (9 terms, 6.2M) the small kernel; weight-only, libtorch; the stem at
-        // batch 8 (86.7M), libtorch; 9 terms on phase rows wider than the small kernel's padded-image path (1 channel on
-        // 24x3000: 3,002 values; 10.4M multiply-adds), libtorch.
+        // batch 2 and 8 (21.7M, 86.7M), the small kernel with the 512-bit VNNI kernel (since stop 45), else libtorch; 9
+        // terms on phase rows wider than the small kernel's padded-image path (1 channel on 24x3000: 3,002 values; 10.4M
+        // multiply-adds), libtorch.
         var stem = new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1);
         // The integer GEMM only with the 512-bit VNNI kernel (on the 256-bit vpmaddwd path libtorch's route was faster);
         // the small kernel's few-term calls whatever the integer path.
         AssertChoice(stem, 32, true, K, K, "stem W8A8");
         AssertChoice(stem, 32, true, R, R, "stem W8A8 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(stem, 32, false, R, R, "stem weight-only");
-        AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8");
-        AssertChoice(stem.ForImages(2), 32, true, R, R, "stem W8A8 at batch 2 (21.7M: above FewTermW8A8MaxWork, below FewTermDirectMaxWork)");
+        AssertChoice(stem.ForImages(8), 32, true, D, D, "stem W8A8 at batch 8");
+        AssertChoice(stem.ForImages(2), 32, true, D, D, "stem W8A8 at batch 2 (21.7M: above FewTermW8A8MaxWork)");
+        AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8 without the 512-bit VNNI kernel", vnni512: false);
+        AssertChoice(stem.ForImages(8), 32, false, R, R, "stem weight-only at batch 8");
+        // 23 terms (the integer GEMM's few-term calls start at 24) above FewTermDirectMaxWork: libtorch's route.
+        var fewTerms = new Im2Col(23, 224, 224, 1, 1, 2, 2, 0, 0, 1, 1).ForImages(64);
+        Assert.True((long)fewTerms.Images * fewTerms.Positions * 32 * fewTerms.Rows > ConvolutionCost.FewTermDirectMaxWork);
+        AssertChoice(fewTerms, 32, true, R, R, "23 terms W8A8 above FewTermDirectMaxWork");
+        var stem8Route = Vnni512Kernel.IsSupported ? D : R;
+        AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(8, 3, 224, 224), stem.ForImages(8), stem8Route, stem8Route, "stem W8A8 layer at batch 8");
         var stemRoute = Vnni512Kernel.IsSupported ? K : R;
         AssertLayerRoute(nn.Conv2d(3, 32, 3, stride: 2, padding: 1), act, torch.randn(1, 3, 224, 224), stem, stemRoute, stemRoute, "stem W8A8 layer");
         var mnist64 = new Im2Col(1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1).ForImages(64);
