@@ -101,7 +101,8 @@ internal static class ConvolutionCost
     /// kernel, calls of <see cref="FewTermIntegerMinReduction"/> terms or more above it take the small kernel at any size
     /// (its padded-image path quantizes the input as it copies it): on the Zen 4 VM (docs/BENCHMARKS.md, stop 45; the
     /// routes paired with float32 in two processes, one of each order) the stem at batch 2, 4 and 8 took 0.91-1.31x
-    /// float32's time on it where libtorch's route took 1.06-1.85x and the integer GEMM 1.00-1.88x.
+    /// float32's time on it where libtorch's route took 1.06-1.85x and the integer GEMM 1.00-1.88x; through the rule
+    /// after, 0.87-1.27x against 1.01-1.45x on libtorch's route, below it in 11 of 12 paired processes.
     /// </summary>
     internal const long FewTermW8A8MaxWork = 1 << 24;
 
@@ -341,9 +342,9 @@ internal static class ConvolutionCost
     /// with float32 in processes of both orders, batch 1, 2, 4 and 8): with 64 and 72 terms libtorch's bfloat16 route
     /// took 1.20-2.04x float32's time for 1x1 64->64 on 56x56 at batch 2 and 4 (int8; int4 0.99-1.76x) where the float32
     /// rule's route (libtorch's float32 convolution on the dequantized weight) took 0.86-1.16x, at batch 8 0.78-1.93x
-    /// against 0.89-1.15x; for 3x3 8->32 on 112x112 0.81-1.77x, where the pair images took 0.72-1.21x (below it in 30 of
-    /// 32 comparisons in one process). With 108 terms and more it was at or below float32's time from batch 2 (3x3 12->48
-    /// on 56x56 0.79-0.93x, 16->64 0.68-0.78x, 1x1 128->512 on 28x28 0.66-0.98x).
+    /// against 0.89-1.15x; for 3x3 8->32 on 112x112 0.69-1.77x (seven runs), where the pair images took 0.72-1.21x
+    /// (below it in 30 of 32 comparisons in one process, one tie). With 108 terms and more it was at or below float32's
+    /// time from batch 2 (int8: 3x3 12->48 on 56x56 0.79-0.93x, 16->64 0.68-0.78x, 1x1 128->512 on 28x28 0.66-0.98x).
     /// </summary>
     internal const int LibTorchBFloat16MinReduction = 96;
 
