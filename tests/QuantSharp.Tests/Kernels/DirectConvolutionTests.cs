@@ -125,6 +125,7 @@ public class DirectConvolutionTests
             (nn.Conv2d(3, 4, (3, 3), padding: (1, 0)), torch.randn(2, 3, 9, 10)),                      // padding rows only: one run per plane
             (nn.Conv1d(2, 3, 5, padding: 2), torch.randn(1, 2, DirectConvolution.MaxWideRow + 100)), // row too long: a pass first
             (nn.Conv2d(3, 4, 3, stride: 2, padding: 1), torch.randn(2, 3, 17, 15)),               // strided: fused into the phases
+            (nn.Conv2d(3, 32, 3, stride: 2, padding: 1), torch.randn(2, 3, 224, 224)),            // the stem at batch 2 (the rule's route with the 512-bit VNNI kernel)
             (nn.Conv1d(2, 3, 4, stride: 3, padding: 2), torch.randn(2, 2, 40)),                      // stride 3: fused
         })
         {
