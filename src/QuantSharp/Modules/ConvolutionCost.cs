@@ -332,7 +332,15 @@ internal static class ConvolutionCost
     internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold, long outputs) =>
         unfold.Rows % 2 == 0 && unfold.Rows >= BFloat16MinReduction
         && ((long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (unfold.KernelH * unfold.KernelW == 1 && unfold.Images == 1)
-            || (unfold.Rows < LibTorchBFloat16MinReduction && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)));
+            || (ShortForLibTorchBFloat16(unfold) && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)));
+
+    /// <summary>
+    /// Whether a call's reduction is one libtorch's bfloat16 convolution lost on where both bfloat16 convolutions run:
+    /// from <see cref="BFloat16MinReduction"/> terms (below it the bfloat16 route is never taken) to fewer than
+    /// <see cref="LibTorchBFloat16MinReduction"/>.
+    /// </summary>
+    internal static bool ShortForLibTorchBFloat16(Im2Col unfold) =>
+        unfold.Rows >= BFloat16MinReduction && unfold.Rows < LibTorchBFloat16MinReduction;
 
     /// <summary>
     /// Reduction length (input channels x taps) from which, where both bfloat16 convolutions run, a weight-only call
@@ -440,7 +448,7 @@ internal static class ConvolutionCost
             if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
             if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold, outputs)) return ConvolutionRoute.BFloat16;
             // A short reduction: the rule without libtorch's bfloat16 convolution, which lost there.
-            if (!quantizedInput && unfold.Rows >= BFloat16MinReduction && unfold.Rows < LibTorchBFloat16MinReduction) return managed;
+            if (!quantizedInput && ShortForLibTorchBFloat16(unfold)) return managed;
         }
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;

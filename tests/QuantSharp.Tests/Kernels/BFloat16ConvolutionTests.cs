@@ -215,16 +215,7 @@ public class BFloat16ConvolutionTests
         var x28 = torch.randn(1, 512, 28, 28);
         Assert.Equal(pairs && QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Direct, wide.Route(x28));
         Assert.Equal(ConvolutionRoute.Direct, w8a8.Route(x28));
-        bool saved = QuantizedModule.UseBFloat16Compute;
-        try
-        {
-            QuantizedModule.UseBFloat16Compute = false;
-            Assert.Equal(ConvolutionRoute.Direct, wide.Route(x28));
-        }
-        finally
-        {
-            QuantizedModule.UseBFloat16Compute = saved;
-        }
+        Float32Compute.Run(() => Assert.Equal(ConvolutionRoute.Direct, wide.Route(x28)));
     }
 
     [Fact]

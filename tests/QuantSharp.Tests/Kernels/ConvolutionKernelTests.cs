@@ -641,8 +641,8 @@ public unsafe class ConvolutionKernelTests
                 || (long)fu.Images * fu.Positions * layer.out_channels * fu.Rows <= ConvolutionCost.SmallWeightOnlyMaxWork);
             bool managed = packed == ConvolutionRoute.Direct || (packed == ConvolutionRoute.Kernel && (input is not null || fewOrSmall));
             // Weight-only with a short reduction (64-95 terms), unless the packed kernels' bfloat16 route beats libtorch's: that rule's route too.
-            bool shortReduction = input is null && unfold is { } su && su.Rows >= ConvolutionCost.BFloat16MinReduction
-                && su.Rows < ConvolutionCost.LibTorchBFloat16MinReduction && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels);
+            bool shortReduction = input is null && unfold is { } su && ConvolutionCost.ShortForLibTorchBFloat16(su)
+                && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels);
             var expected = !QuantizedModule.BFloat16Convolutions ? without
                 : QuantizedModule.PackedBFloat16Convolutions ? packed
                 : QuantizedModule.BothBFloat16Convolutions && (managed || shortReduction) ? packed

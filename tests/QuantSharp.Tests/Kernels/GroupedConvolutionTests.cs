@@ -290,15 +290,6 @@ public class GroupedConvolutionTests
             Assert.True(expected.equal(actual).all().item<bool>(), "the rule's route is not libtorch's bfloat16 convolution");
             BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "256 channels in 8 groups onto 7x7, 4 images");
         }
-        bool saved = QuantizedModule.UseBFloat16Compute;
-        try
-        {
-            QuantizedModule.UseBFloat16Compute = false;
-            Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x));
-        }
-        finally
-        {
-            QuantizedModule.UseBFloat16Compute = saved;
-        }
+        Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x)));
     }
 }

@@ -76,16 +76,7 @@ public class LinearRouteTests
         Assert.Equal(LinearRoute.Kernel, layer.Route(x.to(ScalarType.Float64)));
         using (torch.enable_grad())
             Assert.Equal(LinearRoute.Kernel, layer.Route(torch.randn(300, 384).requires_grad_()));
-        bool saved = QuantizedModule.UseBFloat16Compute;
-        try
-        {
-            QuantizedModule.UseBFloat16Compute = false;
-            Assert.Equal(LinearRoute.Kernel, layer.Route(x));
-        }
-        finally
-        {
-            QuantizedModule.UseBFloat16Compute = saved;
-        }
+        Float32Compute.Run(() => Assert.Equal(LinearRoute.Kernel, layer.Route(x)));
     }
 
     /// <summary>
@@ -202,17 +193,11 @@ public class LinearRouteTests
             var w = layer.DequantizeWeight();
             var expected = nn.functional.linear(x, w, layer.bias);
             double scale = expected.abs().max().item<float>();
-            bool saved = QuantizedModule.UseBFloat16Compute;
-            try
+            Float32Compute.Run(() =>
             {
-                QuantizedModule.UseBFloat16Compute = false;
                 Assert.Equal(LinearRoute.Kernel, layer.Route(x));
                 Assert.True((expected - layer.call(x)).abs().max().item<float>() <= 1e-5 * scale, $"{spec}: float32 setting");
-            }
-            finally
-            {
-                QuantizedModule.UseBFloat16Compute = saved;
-            }
+            });
             // The default takes bfloat16 where the CPU has it, float32 kernels where not.
             var actual = layer.call(x);
             if (QuantizedModule.BFloat16MatMuls) AssertWithinBFloat16(expected, actual, x, w, layer.bias, $"{spec}: default");

@@ -21,21 +21,6 @@ public class QuantizationAwareTrainingTests
 
     private static float[] Floats(Tensor t) => t.detach().contiguous().data<float>().ToArray();
 
-    /// <summary><paramref name="f"/> with <see cref="QuantizedConv.UseBFloat16Compute"/> off: float32 arithmetic in every convolution.</summary>
-    private static Tensor Float32Compute(Func<Tensor> f)
-    {
-        bool saved = QuantizedConv.UseBFloat16Compute;
-        QuantizedConv.UseBFloat16Compute = false;
-        try
-        {
-            return f();
-        }
-        finally
-        {
-            QuantizedConv.UseBFloat16Compute = saved;
-        }
-    }
-
     /// <summary>
     /// The default path (bfloat16 convolutions where the CPU has native bf16) against the float32 computation: max |diff| within
     /// <paramref name="relative"/> of max |expected|. Where the bfloat16 routes do not run (no native bf16, or libtorch's
@@ -110,7 +95,7 @@ public class QuantizationAwareTrainingTests
         Assert.DoesNotContain(qat.named_modules(), m => m.module is QatLayer);
         // The exact claim holds for float32 arithmetic; by default the batch-16 conv2 (not small, 144 reduction terms)
         // computes in bfloat16 where the CPU has it natively.
-        using var yConverted = Float32Compute(() => qat.call(x));
+        using var yConverted = Float32Compute.Run(() => qat.call(x));
         Assert.True(yQat.allclose(yConverted, rtol: 1e-4, atol: 1e-4), "the converted model computes what the fake-quantized one did");
         using var yDefault = qat.call(x);
         AssertDefaultComputeClose(yConverted, yDefault, BFloat16Relative, "converted model, default compute");
@@ -130,7 +115,7 @@ public class QuantizationAwareTrainingTests
                 Assert.True(value.dtype == reloadedState[key].dtype && value.equal(reloadedState[key]).all().item<bool>(), $"{key} differs after reload");
             }
             // Identical outputs on the same route: float32, and the default (bfloat16 where native).
-            using var yReloaded = Float32Compute(() => reloaded.call(x));
+            using var yReloaded = Float32Compute.Run(() => reloaded.call(x));
             Assert.Equal(Floats(yConverted), Floats(yReloaded));
             using var yReloadedDefault = reloaded.call(x);
             Assert.Equal(Floats(yDefault), Floats(yReloadedDefault));
@@ -189,7 +174,7 @@ public class QuantizationAwareTrainingTests
         var converted = (QuantizedModule)qat.named_modules().Single(m => m.name == "fc1").module;
         Assert.Equal(learned, converted.InputQuantization!.Scale);
         Assert.Equal(QuantType.UInt8, converted.InputQuantization.Type);
-        using var yConverted = Float32Compute(() => qat.call(x));
+        using var yConverted = Float32Compute.Run(() => qat.call(x));
         Assert.True(yQat.allclose(yConverted, rtol: 1e-4, atol: 1e-4), "the converted W4A8 model computes what the fake-quantized one did");
         using var yDefault = qat.call(x);
         AssertDefaultComputeClose(yConverted, yDefault, BFloat16Relative, "converted W4A8 model, default compute");
@@ -200,7 +185,7 @@ public class QuantizationAwareTrainingTests
             Quantizer.Save(qat, path);
             using var reloaded = Quantizer.Load(() => new MnistNet(), path);
             reloaded.eval();
-            using var yReloaded = Float32Compute(() => reloaded.call(x));
+            using var yReloaded = Float32Compute.Run(() => reloaded.call(x));
             Assert.Equal(Floats(yConverted), Floats(yReloaded));
             using var yReloadedDefault = reloaded.call(x);
             Assert.Equal(Floats(yDefault), Floats(yReloadedDefault));

@@ -154,16 +154,7 @@ public class QuantizedModulesTests
         var q = (QuantizedLinear)QuantizedModules.Quantize(lin, Parse("fp16"), new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, scale, zp));
         var expected = file.ReadTensor("gauss/minmax_affine_quint8/fake_quant");
         // Bit for bit in float32 arithmetic: over many rows the bfloat16 route would round the quantized input.
-        bool saved = QuantizedModule.UseBFloat16Compute;
-        try
-        {
-            QuantizedModule.UseBFloat16Compute = false;
-            Assert.True(TestData.BitEqual(expected, q.call(x)), $"max |diff| {(expected - q.call(x)).abs().max().item<float>()}");
-        }
-        finally
-        {
-            QuantizedModule.UseBFloat16Compute = saved;
-        }
+        Float32Compute.Run(() => Assert.True(TestData.BitEqual(expected, q.call(x)), $"max |diff| {(expected - q.call(x)).abs().max().item<float>()}"));
         Assert.Equal(scale, q.get_buffer("input_scale")!.item<float>());
         Assert.Equal(zp, q.get_buffer("input_zero_point")!.item<int>());
     }
