@@ -6,7 +6,9 @@
 # median time per process and each variant's median over float32's in the same process, one figure per process.
 #
 # Usage: ORDERS="Auto:int8,FailedCheckRule:int8;FailedCheckRule:int8,Auto:int8" [FILTER=substring] [SHAPE=C,O,H,W,K,S,P[,G]]
-#        [BATCHES=1,8] [BLOCK=5] [REPS=1] [OUT=prefix] [ENVX="VAR=value ..."] scripts/conv-pairs.sh
+#        [BATCHES=1,8] [BLOCK=5] [REPS=1] [OUT=prefix] [ENVX="VAR=value ..."] [ABS=1] scripts/conv-pairs.sh
+# ABS=1 also prints each variant's median time in us per process (libtorch's float32 time moves 20-40% between
+# processes on the Zen 4 VM where the managed routes' times do not: docs/BENCHMARKS.md, stop 46).
 # SHAPE times one convolution of that shape (CONV_SHAPE) instead of the bench's list. Needs the .NET 10 SDK and python3
 # (standard library); builds bench/QuantSharp.Bench in Release first. Run it on a quiet machine.
 set -euo pipefail
@@ -32,8 +34,9 @@ for rep in $(seq "${REPS:-1}"); do
       dotnet "$bench" conv 1 1 "$filter" > "$file" 2>&1
   done
 done
-python3 - "${files[@]}" <<'PY'
-import collections, re, sys
+ABS=${ABS:-0} python3 - "${files[@]}" <<'PY'
+import collections, os, re, sys
+absolute = os.environ['ABS'] == '1'
 rows = collections.OrderedDict()
 for name in sys.argv[1:]:
     floats = {}
@@ -48,6 +51,8 @@ for name in sys.argv[1:]:
             cells.setdefault('float us', []).append('%.0f' % us)
         else:
             cells.setdefault(variant, []).append('%.2f' % (us / floats[key]))
+            if absolute:
+                cells.setdefault(variant + ' us', []).append('%.0f' % us)
 for (layer, batch), cells in rows.items():
     print('%s b%d: %s' % (layer, batch, '; '.join('%s %s' % (v, '/'.join(x)) for v, x in cells.items())))
 PY
