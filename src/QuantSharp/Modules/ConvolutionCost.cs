@@ -36,8 +36,7 @@ namespace QuantSharp.Modules;
 /// the Zen 4 VM of stop 44, where libtorch's route was slower than float32 on few positions and short pointwise
 /// calls), the rule below's small kernel, integer kernels, and packed kernels on few positions or small calls come first, and the
 /// packed kernels' bfloat16 route runs where <see cref="PackedBFloat16BeatsLibTorch"/>; weight-only calls of fewer than
-/// <see cref="LibTorchBFloat16MinReduction"/> terms take libtorch's only into many outputs in large calls
-/// (<see cref="ShortIntoManyOutputs"/>), else the rule below's route.</item>
+/// <see cref="LibTorchBFloat16MinReduction"/> terms never take libtorch's (the rule below's route).</item>
 /// <item>Where libtorch's bfloat16 convolution failed <see cref="BFloat16Check"/> but the CPU has AVX512-BF16
 /// (<see cref="QuantizedModule.PackedBFloat16Convolutions"/>), the bfloat16 route runs on the packed kernels (their
 /// micro-kernel with <c>vdpbf16ps</c>, 1.8x the float32 one's multiply-adds per second), taken only where
@@ -65,7 +64,7 @@ namespace QuantSharp.Modules;
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
 /// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500), those of
 /// <see cref="FewTermIntegerMinReduction"/> to <see cref="BFloat16MinReduction"/> - 1 terms up to
-/// <see cref="FewTermWeightOnlyMaxWork"/> (RGB stems at batch 1-3, short Conv1d layers); weight-only
+/// <see cref="FewTermWeightOnlyMaxWork"/> (RGB stems at batch 1-2, short Conv1d layers); weight-only
 /// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), small ones whose
 /// reduction is too long for the small kernel (<see cref="SmallWeightOnlyMaxWork"/>), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
@@ -137,11 +136,14 @@ internal static class ConvolutionCost
     /// took 0.83-1.29x, 0.71-0.84x for 3->16 stride 2 on 224x224 at batch 2 and 4 (10.8M, 21.7M) against 0.97-1.06x,
     /// 0.47-0.89x for a Conv1d 16->64 k3 over 1,000 steps at batch 2-8 (6.1-24.6M) against 0.84-1.28x, and for the
     /// ImageNet stem (3->32 stride 2 on 224x224) at batch 1 and 2 (10.8M, 21.7M) 0.76-1.01x against 0.91-1.12x, below
-    /// it in 12 of 12 processes; at batch 3 (32.5M) it lost in six of six (per item, two images on one thread: now in one
-    /// buffer, <see cref="DirectConvolution.ItemsShareOut"/>, where the two routes were alike) and at batch 4 (43.4M) they
-    /// were mixed. Until stop 46 these calls took the small kernel only up to <see cref="DirectMaxWork"/>.
+    /// it in 12 of 12 processes. At batch 3 (32.5M) it lost in six of six (two images on one thread, per item) and, in one
+    /// buffer (<see cref="DirectConvolution.ItemsShareOut"/>), in five of six; at batch 4 (43.4M) the two were mixed. So
+    /// the bound is 24 Mi (25.2M): the stem up to batch 2, that Conv1d up to batch 8. After (the rule against libtorch's
+    /// route, 18 processes in all): the stem at batch 1 and 2 lower in 16 and 17 of 18 (in two processes at batch 1 the
+    /// small kernel ran at about twice its usual time, 348-370 us, a state of the VM that moved every route); 3->16 and the
+    /// Conv1d lower in 20 of 20. Until stop 46 these calls took the small kernel only up to <see cref="DirectMaxWork"/>.
     /// </summary>
-    internal const long FewTermWeightOnlyMaxWork = 1 << 25;
+    internal const long FewTermWeightOnlyMaxWork = 24L << 20;
 
     /// <summary>
     /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
@@ -376,26 +378,6 @@ internal static class ConvolutionCost
     internal const int LibTorchBFloat16MinReduction = 96;
 
     /// <summary>
-    /// Whether a weight-only call of a short reduction (<see cref="ShortForLibTorchBFloat16"/>) takes libtorch's bfloat16
-    /// convolution all the same, where both bfloat16 convolutions run and the pair images do not pay: into
-    /// <see cref="ShortManyOutputs"/> or more outputs, from <see cref="ShortManyOutputsMinWork"/> multiply-adds. Measured on
-    /// the Zen 4 VM (docs/BENCHMARKS.md, stop 46; int8, each route paired with float32 in processes of both orders, four
-    /// to six a cell): libtorch's bfloat16 route took 0.80-0.98x float32's time for 1x1 64->256 on 56x56 at batch 2 and
-    /// 3 (below the float32 rule's route, 0.98-1.07x, in 14 of 14 processes), 1x1 80->320 on 28x28 at batch 2 and 4
-    /// 0.73-0.82x against 0.79-1.03x, 1x1 64->384 on 14x14 at batch 8 0.71-0.83x against 0.97-1.10x; it lost or tied
-    /// into 64 outputs (1x1 64->64 on 56x56: 1.20-2.04x, stop 45), into 128 (1x1 64->128 on 56x56 at batch 2 and 3:
-    /// 0.90-1.93x against 0.93-1.25x) and in smaller calls (1x1 64->256 on 28x28 at batch 2, 25.7M: 0.83-1.23x against
-    /// 1.00-1.17x; 64->384 on 14x14 at batch 2, 9.6M, alike).
-    /// </summary>
-    internal static bool ShortIntoManyOutputs(long outputs, long work) => outputs >= ShortManyOutputs && work >= ShortManyOutputsMinWork;
-
-    /// <summary>Outputs from which a short reduction's large calls take libtorch's bfloat16 convolution (<see cref="ShortIntoManyOutputs"/>).</summary>
-    internal const int ShortManyOutputs = 256;
-
-    /// <summary>Multiply-adds per call from which a short reduction into many outputs takes libtorch's bfloat16 convolution (<see cref="ShortIntoManyOutputs"/>).</summary>
-    internal const long ShortManyOutputsMinWork = 1 << 25;
-
-    /// <summary>
     /// Where the bfloat16 route reads pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>: an even
     /// channel count, more than one tap onto output rows of 14 or more and 196 or more positions per image, or pointwise
     /// calls of four or more images from up to 256 channels into 256 or more), it pays from
@@ -486,9 +468,8 @@ internal static class ConvolutionCost
             bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions || work <= SmallWeightOnlyMaxWork;
             if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
             if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold, outputs)) return ConvolutionRoute.BFloat16;
-            // A short reduction: the rule without libtorch's bfloat16 convolution, which lost there, but into many outputs
-            // in a large call.
-            if (!quantizedInput && ShortForLibTorchBFloat16(unfold) && !ShortIntoManyOutputs(outputs, work)) return managed;
+            // A short reduction: the rule without libtorch's bfloat16 convolution, which lost there.
+            if (!quantizedInput && ShortForLibTorchBFloat16(unfold)) return managed;
         }
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;

@@ -642,8 +642,7 @@ public unsafe class ConvolutionKernelTests
             bool managed = packed == ConvolutionRoute.Direct || (packed == ConvolutionRoute.Kernel && (input is not null || fewOrSmall));
             // Weight-only with a short reduction (64-95 terms), unless the packed kernels' bfloat16 route beats libtorch's: that rule's route too.
             bool shortReduction = input is null && unfold is { } su && ConvolutionCost.ShortForLibTorchBFloat16(su)
-                && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels)
-                && !(layer.out_channels >= ConvolutionCost.ShortManyOutputs && (long)su.Images * su.Positions * layer.out_channels * su.Rows >= ConvolutionCost.ShortManyOutputsMinWork);
+                && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels);
             var expected = !QuantizedModule.BFloat16Convolutions ? without
                 : QuantizedModule.PackedBFloat16Convolutions ? packed
                 : QuantizedModule.BothBFloat16Convolutions && (managed || shortReduction) ? packed
@@ -940,18 +939,17 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(stem.ForImages(8), 32, false, R, R, "stem weight-only at batch 8");
         // Weight-only calls of 24-63 terms take the small kernel up to FewTermWeightOnlyMaxWork under the float32 rule:
-        // the stem at batch 2 and 3 (21.7M, 32.5M), not at 4 (43.4M); a Conv1d 16->64 k3 over 1,000 steps at batch 8
-        // (24.6M); the edge, 32 terms (a Conv1d of 16 channels, two taps) onto 1,024 steps into 1,024 outputs, 2^25;
-        // not 23 or 64 terms, not pointwise, not static W8A8 without the 512-bit VNNI kernel.
+        // the stem at batch 2 (21.7M), not at 3 (32.5M); a Conv1d 16->64 k3 over 1,000 steps at batch 8 (24.6M); the
+        // edge, 32 terms (a Conv1d of 16 channels, two taps) onto 1,024 steps into 768 outputs, 24 Mi; not 23 or 64
+        // terms, not pointwise, not static W8A8 without the 512-bit VNNI kernel.
         AssertChoice(stem.ForImages(2), 32, false, R, D, "stem weight-only at batch 2");
-        AssertChoice(stem.ForImages(3), 32, false, R, D, "stem weight-only at batch 3");
-        AssertChoice(stem.ForImages(4), 32, false, R, R, "stem weight-only at batch 4");
+        AssertChoice(stem.ForImages(3), 32, false, R, R, "stem weight-only at batch 3");
         AssertChoice(new Im2Col(16, 1, 1000, 1, 3, 1, 1, 0, 1, 1, 1, images: 8), 64, false, R, D, "Conv1d 16->64 k3 over 1,000 steps at batch 8");
         var edge = new Im2Col(16, 1, 1025, 1, 2, 1, 1, 0, 0, 1, 1);
-        Assert.Equal(1L << 25, (long)edge.Positions * 1024 * edge.Rows);
-        Assert.Equal(ConvolutionCost.FewTermWeightOnlyMaxWork, (long)edge.Positions * 1024 * edge.Rows);
-        AssertChoice(edge, 1024, false, R, D, "32 terms, 2^25 multiply-adds");
-        AssertChoice(edge, 1025, false, R, R, "32 terms, above 2^25 multiply-adds");
+        Assert.Equal(24L << 20, (long)edge.Positions * 768 * edge.Rows);
+        Assert.Equal(ConvolutionCost.FewTermWeightOnlyMaxWork, (long)edge.Positions * 768 * edge.Rows);
+        AssertChoice(edge, 768, false, R, D, "32 terms, 24 Mi multiply-adds");
+        AssertChoice(edge, 769, false, R, R, "32 terms, above 24 Mi multiply-adds");
         AssertChoice(new Im2Col(1, 1, 1025, 1, 23, 1, 1, 0, 11, 1, 1, images: 2), 1024, false, R, D, "23 terms (a Conv1d of 23 taps), 48.3M: FewTermDirectMaxWork");
         AssertChoice(new Im2Col(8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(1), 32, false, B, R, "72 terms: not few");
         AssertChoice(new Im2Col(48, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1), 96, false, R, R, "1x1 48->96 on 56x56 (14.5M): pointwise, not the small kernel");
