@@ -266,8 +266,10 @@ internal static unsafe class DirectConvolution
     /// buffer, MNIST conv2 at batch 64 0.73x against 0.83x; an image alone in a large call took 1.25x per item on one
     /// thread against 0.80x in one buffer on two (16->64 on 56x56 at batch 1). Since stop 46 the items must also share
     /// out evenly (<see cref="ItemsShareOut"/>): three images on two threads, per item, kept one thread busy for two
-    /// images while the other had one (the stem at batch 3 and 5, weight-only: 578-622 and 1,093-1,097 us a call per item
-    /// against 483-505 and 940-1,037 in one buffer; docs/BENCHMARKS.md, stop 46).
+    /// images while the other had one (docs/BENCHMARKS.md, stop 46; the stem, 3->32 stride 2 on 224x224: weight-only at
+    /// batch 3 and 5 578-622 and 1,093-1,097 us a call per item against 483-505 and 940-1,037 in one buffer, in two
+    /// processes; static W8A8 after the change 496-563 and 981-1,168 us against 615-660 and 1,132-1,215 per item, four
+    /// processes, lower in 7 of the 8).
     /// </summary>
     private static bool PadsPerItem(Im2Col u, int groups, long work) =>
         ForcedPaddingPerItem ?? (ItemsShareOut((long)u.Images * groups, KernelThreads.Count) || work <= PerItemMaxWork);
