@@ -264,26 +264,10 @@ internal static unsafe class DirectConvolution
     /// the padding is no step of its own between two waits for all threads. Measured (docs/BENCHMARKS.md, stop 39; one
     /// process each, paired with float32): grouped 3x3 layers 0.61-1.15x float32's time per item where 0.83-1.65x in one
     /// buffer, MNIST conv2 at batch 64 0.73x against 0.83x; an image alone in a large call took 1.25x per item on one
-    /// thread against 0.80x in one buffer on two (16->64 on 56x56 at batch 1). Since stop 46 the items must also share
-    /// out evenly (<see cref="ItemsShareOut"/>): three images on two threads, per item, kept one thread busy for two
-    /// images while the other had one (docs/BENCHMARKS.md, stop 46; the stem, 3->32 stride 2 on 224x224: weight-only at
-    /// batch 3 and 5 578-622 and 1,093-1,097 us a call per item against 483-505 and 940-1,037 in one buffer, in two
-    /// processes; static W8A8 after the change 496-563 and 981-1,168 us against 615-660 and 1,132-1,215 per item, four
-    /// processes, lower in 7 of the 8).
+    /// thread against 0.80x in one buffer on two (16->64 on 56x56 at batch 1).
     /// </summary>
     private static bool PadsPerItem(Im2Col u, int groups, long work) =>
-        ForcedPaddingPerItem ?? (ItemsShareOut((long)u.Images * groups, KernelThreads.Count) || work <= PerItemMaxWork);
-
-    /// <summary>
-    /// Whether <paramref name="items"/> equal work items share out among <paramref name="threads"/> threads with the
-    /// busiest thread at most 10% above an even share: at least as many items as threads, and
-    /// <c>ceil(items / threads) * threads &lt;= 1.1 * items</c> (on two threads: 2, 4, 6, 8, 10 and from 11 items; not 3, 5, 7 or 9).
-    /// </summary>
-    internal static bool ItemsShareOut(long items, int threads)
-    {
-        threads = Math.Max(threads, 1);
-        return items >= threads && (items + threads - 1) / threads * threads * 10 <= items * 11;
-    }
+        ForcedPaddingPerItem ?? ((long)u.Images * groups >= KernelThreads.Count || work <= PerItemMaxWork);
 
     /// <summary>
     /// Multiply-adds up to which <see cref="RunWide"/> pads per item even where an item is alone (MNIST conv2 at batch

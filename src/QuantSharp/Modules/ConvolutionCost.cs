@@ -64,7 +64,8 @@ namespace QuantSharp.Modules;
 /// <see cref="Conv1dWeightOnlyMaxImages"/>); weight-only calls of fewer than <see cref="FewTermIntegerMinReduction"/>
 /// terms take the small kernel up to <see cref="FewTermDirectMaxWork"/> (MNIST conv1 at batch 64 and 500), those of
 /// <see cref="FewTermIntegerMinReduction"/> to <see cref="BFloat16MinReduction"/> - 1 terms up to
-/// <see cref="FewTermWeightOnlyMaxWork"/> (RGB stems at batch 1-2, short Conv1d layers); weight-only
+/// <see cref="FewTermWeightOnlyMaxWork"/> from <see cref="FewTermWeightOnlyMinImages"/> images (RGB stems at batch 2,
+/// short Conv1d layers); weight-only
 /// calls of at most <see cref="FewPositionsMaxPositions"/> output positions (batch 1 and 2 on 7x7), small ones whose
 /// reduction is too long for the small kernel (<see cref="SmallWeightOnlyMaxWork"/>), and strided ones of long reductions
 /// up to <see cref="StridedWeightOnlyMaxWork"/> (ResNet's downsampling layers at batch 1 and 2), the packed kernels, as
@@ -128,22 +129,28 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Multiply-adds per call up to which weight-only calls of <see cref="FewTermIntegerMinReduction"/> to
-    /// <see cref="BFloat16MinReduction"/> - 1 terms take the small kernel, on phase rows its padded-image path takes
-    /// (<see cref="DirectConvolution.FusesInputQuantization"/>), rather than libtorch's float32 convolution on the
-    /// dequantized weight (which is the float32 layer's own call plus a dequantization). Measured on the Zen 4 VM
-    /// (docs/BENCHMARKS.md, stop 46; int8, the two routes paired with float32 in six processes, three of each order): the
-    /// small kernel took 0.53-0.77x float32's time for 3->24 stride 2 on 160x160 at batch 2 (8.3M) where libtorch's route
-    /// took 0.83-1.29x, 0.71-0.84x for 3->16 stride 2 on 224x224 at batch 2 and 4 (10.8M, 21.7M) against 0.97-1.06x,
-    /// 0.47-0.89x for a Conv1d 16->64 k3 over 1,000 steps at batch 2-8 (6.1-24.6M) against 0.84-1.28x, and for the
-    /// ImageNet stem (3->32 stride 2 on 224x224) at batch 1 and 2 (10.8M, 21.7M) 0.76-1.01x against 0.91-1.12x, below
-    /// it in 12 of 12 processes. At batch 3 (32.5M) it lost in six of six (two images on one thread, per item) and, in one
-    /// buffer (<see cref="DirectConvolution.ItemsShareOut"/>), in five of six; at batch 4 (43.4M) the two were mixed. So
-    /// the bound is 24 Mi (25.2M): the stem up to batch 2, that Conv1d up to batch 8. After (the rule against libtorch's
-    /// route, 18 processes in all): the stem at batch 1 and 2 lower in 16 and 17 of 18 (in two processes at batch 1 the
-    /// small kernel ran at about twice its usual time, 348-370 us, a state of the VM that moved every route); 3->16 and the
-    /// Conv1d lower in 20 of 20. Until stop 46 these calls took the small kernel only up to <see cref="DirectMaxWork"/>.
+    /// <see cref="BFloat16MinReduction"/> - 1 terms, of <see cref="FewTermWeightOnlyMinImages"/> or more images, take the
+    /// small kernel, on phase rows its padded-image path takes (<see cref="DirectConvolution.FusesInputQuantization"/>),
+    /// rather than libtorch's float32 convolution on the dequantized weight (the float32 layer's own call plus a
+    /// dequantization). Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 46; int8, the two routes paired with float32
+    /// in six processes a cell, three of each order, then six more after the change): from two images the small kernel
+    /// took 0.53-0.77x float32's time for 3->24 stride 2 on 160x160 at batch 2 (8.3M) where libtorch's route took
+    /// 0.83-1.29x, 0.71-0.84x for 3->16 stride 2 on 224x224 at batch 2 and 4 (10.8M, 21.7M) against 0.97-1.06x, 0.47-0.89x
+    /// for a Conv1d 16->64 k3 over 1,000 steps at batch 2-8 (6.1-24.6M) against 0.84-1.28x, and 0.85-0.95x for the
+    /// ImageNet stem (3->32 stride 2 on 224x224) at batch 2 (21.7M) against 0.91-1.12x. At batch 3 (32.5M) the stem lost
+    /// on it in six of six processes (three images on two threads) and at batch 4 (43.4M) the two were mixed, so the bound
+    /// is 24 Mi (25.2M): the stem up to batch 2, that Conv1d up to batch 8.
     /// </summary>
     internal const long FewTermWeightOnlyMaxWork = 24L << 20;
+
+    /// <summary>
+    /// Images from which <see cref="FewTermWeightOnlyMaxWork"/>'s calls take the small kernel. With one image the kernel
+    /// pads it in a parallel pass of its own before the threads split its rows: the stem at batch 1 (10.8M) took 0.76-1.01x
+    /// float32's time on it where libtorch's route took 0.93-1.06x in six processes, but in 6 of 18 later ones, as this VM
+    /// slowed, 1.46-2.21x where libtorch's route stayed at or below 1.33x (3->16 on 224x224 at batch 1: 3 of 6, 1.45-1.66x);
+    /// from two images each thread pads and computes its own (one parallel pass) and held (docs/BENCHMARKS.md, stop 46).
+    /// </summary>
+    internal const int FewTermWeightOnlyMinImages = 2;
 
     /// <summary>
     /// Reduction length from which few-term static W8A8 (<see cref="FewTermW8A8MaxWork"/>) takes the integer GEMM rather
@@ -477,10 +484,12 @@ internal static class ConvolutionCost
         // path takes: the small kernel (static W8A8 under both rules, weight-only under the float32 rule).
         bool fewTermDirect = !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
             && fits && DirectConvolution.FusesInputQuantization(unfold);
-        // Weight-only calls of 24-63 terms (RGB 3x3 stems, Conv1d over 8-21 channels) up to FewTermWeightOnlyMaxWork on
-        // that path: the small kernel too (where the float32 rule applies, and where both bfloat16 convolutions run).
+        // Weight-only calls of 24-63 terms (RGB 3x3 stems, Conv1d over 8-21 channels) of two or more images up to
+        // FewTermWeightOnlyMaxWork on that path: the small kernel too (where the float32 rule applies, and where both
+        // bfloat16 convolutions run).
         bool fewTermWeightOnlyDirect = !quantizedInput && !small && !pointwise && unfold.Rows >= FewTermIntegerMinReduction
-            && unfold.Rows < BFloat16MinReduction && work <= FewTermWeightOnlyMaxWork && fits && DirectConvolution.FusesInputQuantization(unfold);
+            && unfold.Rows < BFloat16MinReduction && unfold.Images >= FewTermWeightOnlyMinImages && work <= FewTermWeightOnlyMaxWork
+            && fits && DirectConvolution.FusesInputQuantization(unfold);
         if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their

@@ -711,8 +711,7 @@ public unsafe class ConvolutionKernelTests
             B, ConvolutionCost.Widest256 ? R : K, "Conv1d 128->64 k3 on 300 layer");
 
         // Strided, at least IntegerMinReduction terms, up to StridedWeightOnlyMaxWork: ResNet's 64->128 3x3 stride 2 on
-        // 56x56 (784 positions, 57.8M per image) at batch 1 and 2 (115.6M), not at 4 (231M); the stem (27 terms) never
-        // (at batch 1 the small kernel: FewTermWeightOnlyMaxWork);
+        // 56x56 (784 positions, 57.8M per image) at batch 1 and 2 (115.6M), not at 4 (231M); the stem (27 terms) never;
         // 255 terms (the edge) not, 256 terms yes.
         var down = new Im2Col(64, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1);
         AssertChoice(down, 128, false, B, K, "64->128 stride 2 on 56x56");
@@ -720,7 +719,7 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(down.ForImages(4), 128, false, B, R, "64->128 stride 2 on 56x56, four images");
         AssertChoice(down, 128, false, B, R, "64->128 stride 2 on 56x56 at 256 bits", float256: true);
         Assert.True(2L * down.Positions * 128 * down.Rows <= ConvolutionCost.StridedWeightOnlyMaxWork && 4L * down.Positions * 128 * down.Rows > ConvolutionCost.StridedWeightOnlyMaxWork);
-        AssertChoice(new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1), 32, false, R, ConvolutionRoute.Direct, "the stem, weight-only");
+        AssertChoice(new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1), 32, false, R, R, "the stem, weight-only");
         AssertChoice(new Im2Col(255, 60, 60, 1, 1, 2, 2, 0, 0, 1, 1), 64, false, B, R, "1x1 stride 2, 255 terms");
         AssertChoice(new Im2Col(256, 60, 60, 1, 1, 2, 2, 0, 0, 1, 1), 64, false, B, K, "1x1 stride 2, 256 terms");
         AssertChoice(new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "64->64 stride 1 on 56x56");
@@ -933,23 +932,25 @@ public unsafe class ConvolutionKernelTests
         // the small kernel's few-term calls whatever the integer path.
         AssertChoice(stem, 32, true, K, K, "stem W8A8");
         AssertChoice(stem, 32, true, R, R, "stem W8A8 without the 512-bit VNNI kernel", vnni512: false);
-        AssertChoice(stem, 32, false, R, D, "stem weight-only");
+        AssertChoice(stem, 32, false, R, R, "stem weight-only");
         AssertChoice(stem.ForImages(8), 32, true, D, D, "stem W8A8 at batch 8");
         AssertChoice(stem.ForImages(2), 32, true, D, D, "stem W8A8 at batch 2 (21.7M: above FewTermW8A8MaxWork)");
         AssertChoice(stem.ForImages(8), 32, true, R, R, "stem W8A8 at batch 8 without the 512-bit VNNI kernel", vnni512: false);
         AssertChoice(stem.ForImages(8), 32, false, R, R, "stem weight-only at batch 8");
-        // Weight-only calls of 24-63 terms take the small kernel up to FewTermWeightOnlyMaxWork under the float32 rule:
-        // the stem at batch 2 (21.7M), not at 3 (32.5M); a Conv1d 16->64 k3 over 1,000 steps at batch 8 (24.6M); the
-        // edge, 32 terms (a Conv1d of 16 channels, two taps) onto 1,024 steps into 768 outputs, 24 Mi; not 23 or 64
-        // terms, not pointwise, not static W8A8 without the 512-bit VNNI kernel.
+        // Weight-only calls of 24-63 terms of two or more images take the small kernel up to FewTermWeightOnlyMaxWork
+        // under the float32 rule: the stem at batch 2 (21.7M), not at 1 or 3 (32.5M); a Conv1d 16->64 k3 over 1,000 steps
+        // at batch 8 (24.6M); the edge, 32 terms (a Conv1d of 16 channels, two taps) onto 1,024 steps in two images into
+        // 384 outputs, 24 Mi; not one image of the same work; not 23 or 72 terms, not pointwise, not static W8A8 without
+        // the 512-bit VNNI kernel.
         AssertChoice(stem.ForImages(2), 32, false, R, D, "stem weight-only at batch 2");
         AssertChoice(stem.ForImages(3), 32, false, R, R, "stem weight-only at batch 3");
         AssertChoice(new Im2Col(16, 1, 1000, 1, 3, 1, 1, 0, 1, 1, 1, images: 8), 64, false, R, D, "Conv1d 16->64 k3 over 1,000 steps at batch 8");
-        var edge = new Im2Col(16, 1, 1025, 1, 2, 1, 1, 0, 0, 1, 1);
-        Assert.Equal(24L << 20, (long)edge.Positions * 768 * edge.Rows);
-        Assert.Equal(ConvolutionCost.FewTermWeightOnlyMaxWork, (long)edge.Positions * 768 * edge.Rows);
-        AssertChoice(edge, 768, false, R, D, "32 terms, 24 Mi multiply-adds");
-        AssertChoice(edge, 769, false, R, R, "32 terms, above 24 Mi multiply-adds");
+        var edge = new Im2Col(16, 1, 1025, 1, 2, 1, 1, 0, 0, 1, 1, images: 2);
+        Assert.Equal(24L << 20, 2L * edge.Positions * 384 * edge.Rows);
+        Assert.Equal(ConvolutionCost.FewTermWeightOnlyMaxWork, 2L * edge.Positions * 384 * edge.Rows);
+        AssertChoice(edge, 384, false, R, D, "32 terms, two images, 24 Mi multiply-adds");
+        AssertChoice(edge, 385, false, R, R, "32 terms, two images, above 24 Mi multiply-adds");
+        AssertChoice(edge.ForImages(1), 768, false, R, R, "32 terms, one image, 24 Mi multiply-adds");
         AssertChoice(new Im2Col(1, 1, 1025, 1, 23, 1, 1, 0, 11, 1, 1, images: 2), 1024, false, R, D, "23 terms (a Conv1d of 23 taps), 48.3M: FewTermDirectMaxWork");
         AssertChoice(new Im2Col(8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(1), 32, false, B, R, "72 terms: not few");
         AssertChoice(new Im2Col(48, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1), 96, false, R, R, "1x1 48->96 on 56x56 (14.5M): pointwise, not the small kernel");
