@@ -7,8 +7,8 @@
 #
 # Usage: ORDERS="Auto:int8,FailedCheckRule:int8;FailedCheckRule:int8,Auto:int8" [FILTER=substring] [SHAPE=C,O,H,W,K,S,P[,G]]
 #        [BATCHES=1,8] [BLOCK=5] [REPS=1] [OUT=prefix] [ENVX="VAR=value ..."] [ABS=1] scripts/conv-pairs.sh
-# ABS=1 also prints each variant's median time in us per process (libtorch's float32 time moves 20-40% between
-# processes on the Zen 4 VM where the managed routes' times do not: docs/BENCHMARKS.md, stop 46).
+# ABS=1 also prints each variant's median time in us per process, to see which side moved (on the Zen 4 VM a route's
+# time moved by up to 2x between identical processes: docs/BENCHMARKS.md, stop 46).
 # SHAPE times one convolution of that shape (CONV_SHAPE) instead of the bench's list. Needs the .NET 10 SDK and python3
 # (standard library); builds bench/QuantSharp.Bench in Release first. Run it on a quiet machine.
 set -euo pipefail

@@ -147,8 +147,10 @@ internal static class ConvolutionCost
     /// Images from which <see cref="FewTermWeightOnlyMaxWork"/>'s calls take the small kernel. With one image the kernel
     /// pads it in a parallel pass of its own before the threads split its rows: the stem at batch 1 (10.8M) took 0.76-1.01x
     /// float32's time on it where libtorch's route took 0.93-1.06x in six processes, but in 6 of 18 later ones, as this VM
-    /// slowed, 1.46-2.21x where libtorch's route stayed at or below 1.33x (3->16 on 224x224 at batch 1: 3 of 6, 1.45-1.66x);
-    /// from two images each thread pads and computes its own (one parallel pass) and held (docs/BENCHMARKS.md, stop 46).
+    /// slowed, 1.46-2.21x where libtorch's route stayed at or below 1.33x (3->16 on 224x224 at batch 1: 3 of 6, 1.45-1.66x).
+    /// From two images, on two threads a work item pads and computes an image of its own (one parallel pass), and it held
+    /// (docs/BENCHMARKS.md, stop 46). With more threads than images a call of two images takes the one-buffer path too;
+    /// not measured.
     /// </summary>
     internal const int FewTermWeightOnlyMinImages = 2;
 
