@@ -482,16 +482,17 @@ internal static class ConvolutionCost
         }
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
-        // Fewer terms than the integer GEMM's few-term calls, up to FewTermDirectMaxWork, on phase rows its padded-image
-        // path takes: the small kernel (static W8A8 under both rules, weight-only under the float32 rule).
-        bool fewTermDirect = !small && !pointwise && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork
-            && fits && DirectConvolution.FusesInputQuantization(unfold);
+        // Few terms (below the bfloat16 route's), beyond a small call, on phase rows the small kernel's padded-image path
+        // takes: the calls the few-term rules below may give the small kernel.
+        bool fewTermPadded = !small && !pointwise && unfold.Rows < BFloat16MinReduction && fits && DirectConvolution.FusesInputQuantization(unfold);
+        // Fewer terms than the integer GEMM's few-term calls, up to FewTermDirectMaxWork: the small kernel (static W8A8
+        // under both rules, weight-only under the float32 rule).
+        bool fewTermDirect = fewTermPadded && unfold.Rows < FewTermIntegerMinReduction && work <= FewTermDirectMaxWork;
         // Weight-only calls of 24-63 terms (RGB 3x3 stems, Conv1d over 8-21 channels) of two or more images up to
-        // FewTermWeightOnlyMaxWork on that path: the small kernel too (where the float32 rule applies, and where both
-        // bfloat16 convolutions run).
-        bool fewTermWeightOnlyDirect = !quantizedInput && !small && !pointwise && unfold.Rows >= FewTermIntegerMinReduction
-            && unfold.Rows < BFloat16MinReduction && unfold.Images >= FewTermWeightOnlyMinImages && work <= FewTermWeightOnlyMaxWork
-            && fits && DirectConvolution.FusesInputQuantization(unfold);
+        // FewTermWeightOnlyMaxWork: the small kernel too (where the float32 rule applies, and where both bfloat16
+        // convolutions run).
+        bool fewTermWeightOnlyDirect = fewTermPadded && !quantizedInput && unfold.Rows >= FewTermIntegerMinReduction
+            && unfold.Images >= FewTermWeightOnlyMinImages && work <= FewTermWeightOnlyMaxWork;
         if (quantizedInput && !small && !pointwise && unfold.Rows < BFloat16MinReduction)
         {
             // Static W8A8 with few terms per output, up to a few images: the routes that quantize the input inside their
@@ -499,7 +500,7 @@ internal static class ConvolutionCost
             if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && work <= FewTermW8A8MaxWork) return ConvolutionRoute.Kernel;
             if (fewTermDirect) return ConvolutionRoute.Direct;
             // Larger calls of those terms: the small kernel too, at any size (with the 512-bit VNNI kernel, where measured).
-            if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && fits && DirectConvolution.FusesInputQuantization(unfold)) return ConvolutionRoute.Direct;
+            if (unfold.Rows >= FewTermIntegerMinReduction && vnni512 && fewTermPadded) return ConvolutionRoute.Direct;
         }
         // Static W8A8 with a long reduction: the integer GEMM.
         bool integer = quantizedInput && !small && unfold.Rows >= IntegerMinReduction;
