@@ -786,9 +786,11 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// A transposed item's output on a wide grid (<see cref="PhaseGrid"/>): positions <c>[i0, i0 + count)</c> of grid rows
     /// <paramref name="wideRow"/> long, of which each row's first <paramref name="outW"/> are output positions (the rest
-    /// are dropped), written with the bias into <c>y</c>'s rows <c>[n0, n0 + rows)</c>.
+    /// are dropped), written with the bias into <c>y</c>'s rows <c>[n0, n0 + rows)</c>; with <paramref name="factors"/>,
+    /// each sum first multiplied by its row's factor in double and rounded to float32, as the integer kernels' epilogue
+    /// does (<see cref="GroupedCodes"/>).
     /// </summary>
-    private static void WriteWide(float* yt, int ldt, int rows, float* bias, float* y, nint ldy, int n0, int i0, int count, int wideRow, int outW)
+    private static void WriteWide(float* yt, int ldt, int rows, float* bias, float* y, nint ldy, int n0, int i0, int count, int wideRow, int outW, double* factors = null)
     {
         for (int r = 0; r < rows; r++)
         {
@@ -797,10 +799,47 @@ internal static unsafe class PackedMatMul
             {
                 int oh = q / wideRow, ow = q - oh * wideRow, run = Math.Min(end - q, wideRow - ow);
                 float* dst = y + (n0 + r) * ldy + (nint)oh * outW + ow, src = yt + r * ldt + (q - i0);
-                for (int j = 0, n = Math.Min(run, outW - ow); j < n; j++) dst[j] = src[j] + b;
+                int n = Math.Min(run, outW - ow);
+                if (factors == null)
+                    for (int j = 0; j < n; j++) dst[j] = src[j] + b;
+                else
+                    ScaleRun(src, dst, n, factors[n0 + r], b);
                 q += run;
             }
         }
+    }
+
+    /// <summary>
+    /// <c>dst[j] = (float)(factor * src[j]) + bias</c> for <c>j &lt; n</c>, the product in double: eight at a time where
+    /// the CPU has AVX-512 (four with AVX), the last eight (four) again from <c>n - 8</c> (the same values) where n is no
+    /// multiple; element by element below that. The conversions round to nearest as the casts do, so every path gives
+    /// the scalar loop's bits.
+    /// </summary>
+    private static void ScaleRun(float* src, float* dst, int n, double factor, float bias)
+    {
+        if (Avx512F.IsSupported && n >= 8)
+        {
+            var f = Vector512.Create(factor);
+            var b = Vector256.Create(bias);
+            for (int j = 0; ; j += 8)
+            {
+                if (j + 8 > n) j = n - 8;
+                (Avx512F.ConvertToVector256Single(Avx512F.ConvertToVector512Double(Vector256.Load(src + j)) * f) + b).Store(dst + j);
+                if (j + 8 == n) return;
+            }
+        }
+        if (Avx.IsSupported && n >= 4)
+        {
+            var f = Vector256.Create(factor);
+            var b = Vector128.Create(bias);
+            for (int j = 0; ; j += 4)
+            {
+                if (j + 4 > n) j = n - 4;
+                (Avx.ConvertToVector128Single(Avx.ConvertToVector256Double(Vector128.Load(src + j)) * f) + b).Store(dst + j);
+                if (j + 4 == n) return;
+            }
+        }
+        for (int j = 0; j < n; j++) dst[j] = (float)(factor * src[j]) + bias;
     }
 
     /// <summary>
@@ -868,7 +907,14 @@ internal static unsafe class PackedMatMul
     /// then taps, then the block's pairs). With <paramref name="groups"/>, a grouped convolution: output channel n reads
     /// the pair planes of its group, <c>n / (N / groups)</c> (<see cref="GroupedBFloat16"/>).
     /// </summary>
-    private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u, int groups = 1) where TD : IWeightDecoder
+    /// <remarks>
+    /// With <paramref name="codes"/> (<see cref="GroupedCodes"/>) the images are quantized as they are paired, each pair
+    /// image holding the codes less the zero point (<c>clamp(round(x / s) + z, qmin, qmax) - z</c>, exact in bfloat16),
+    /// the weight's values are its codes less their zero points, every sum is an exact integer, and each is written as
+    /// <c>(float)(factors[n] * sum) + bias[n]</c> (<paramref name="factors"/>: input scale x row scale in double).
+    /// </remarks>
+    private static void ByPairImages<TD>(in WeightView w, float* x, float* bias, float* y, nint ldy, Im2Col u, int groups = 1,
+        InputFakeQuantization? codes = null, double* factors = null) where TD : IWeightDecoder
     {
         const int Width = 32;
         int taps = u.KernelH * u.KernelW, pairs = u.Channels / 2, k = w.Cols, half = k / 2, images = u.Images;
@@ -888,8 +934,8 @@ internal static unsafe class PackedMatMul
             weightPairs = WeightPairs<TD>(w, taps);
             var view = w;
             nint pairsTarget = (nint)weightPairs;
-            image = PairImages(u, grid, planeStride, x, Width);
-            nint imageAddress = (nint)image, yAddress = (nint)y, biasAddress = (nint)bias;
+            image = PairImages(u, grid, planeStride, x, Width, codes);
+            nint imageAddress = (nint)image, yAddress = (nint)y, biasAddress = (nint)bias, factorsAddress = (nint)factors;
             bool native = UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported;
             int outW = u.OutW, wideRow = grid.PhaseWidth;
             KernelThreads.For(images * blocks * parts, (long)w.Rows / parts * ldt * k, item =>
@@ -927,7 +973,7 @@ internal static unsafe class PackedMatMul
                                     }
                                 }
                             int i0 = s0 * Width;
-                            WriteWide(yt, ldt, rows, (float*)biasAddress, yi, ldy, n0, i0, Math.Min(positions, s1 * Width) - i0, wideRow, outW);
+                            WriteWide(yt, ldt, rows, (float*)biasAddress, yi, ldy, n0, i0, Math.Min(positions, s1 * Width) - i0, wideRow, outW, (double*)factorsAddress);
                         }
                     }
                 }
@@ -977,6 +1023,63 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static bool GroupedBFloat16Fits(Im2Col u, long outputs, long groups) =>
         groups >= 1 && u.Channels % groups == 0 && outputs % groups == 0 && u.Channels / groups % 2 == 0;
+
+    /// <summary>
+    /// A grouped static W8A8 convolution, exact, from pair images (<see cref="ByPairImages"/>): the images at
+    /// <paramref name="x"/> quantized with <paramref name="input"/> as they are paired, their codes less the zero point
+    /// (at most 255 in magnitude) and the int8 weight's codes less theirs (per-channel or per-tensor scales) multiplied
+    /// in bfloat16, which holds such integers exactly, with every product and partial sum an integer below 2^24
+    /// (<see cref="CodesExact"/>), so exact in float32; each output <c>(float)((double)s_x * s_w[n] * sum) + bias[n]</c>,
+    /// the integer kernels' epilogue: the integers and the floats of <see cref="IntegerMatMul.RunConvolution"/> for an
+    /// ungrouped layer, group by group. Padding is the zero point's code, which adds nothing. Shapes as
+    /// <see cref="GroupedBFloat16"/>.
+    /// </summary>
+    internal static void GroupedCodes(in WeightView w, float* x, float* bias, float* y, Im2Col u, int groups, InputFakeQuantization input)
+    {
+        if (w.Format != WeightFormat.Int8 || w.GroupsPerRow != 1)
+            throw new ArgumentException($"Grouped W8A8 convolutions need int8 weights with one scale a row or tensor, got {w.Format} in groups of {w.GroupSize}.", nameof(w));
+        if (!GroupedBFloat16Fits(u, w.Rows, groups) || (long)w.Cols * groups != u.Rows)
+            throw new ArgumentException($"A grouped W8A8 convolution needs an even number of channels a group and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
+        if (!CodesExact(w.Cols, InputCodeMax(input), WeightCodeMax(w)))
+            throw new ArgumentException($"{w.Cols} terms a group of codes up to {InputCodeMax(input)} and {WeightCodeMax(w)} could sum past 2^24, where float32 sums stop being exact.", nameof(input));
+        if (!Float512.IsSupported) throw new PlatformNotSupportedException("Grouped W8A8 convolutions from pair images need AVX-512 (the weight's 512-bit decoders).");
+        if (w.Rows == 0) return;
+        float[] ones = new float[w.ScaleRowStride == 0 ? 1 : w.Rows];
+        Array.Fill(ones, 1f);
+        double[] factors = new double[w.Rows];
+        for (int n = 0; n < w.Rows; n++) factors[n] = (double)input.Scale * w.Params(n, 0).Scale;
+        fixed (float* unit = ones)
+        fixed (double* f = factors)
+        {
+            var codes = new WeightView(WeightFormat.Int8, w.Rows, w.Cols, w.Data, w.Cols, unit, w.ZeroPoint, w.ScaleRowStride);
+            ByPairImages<Int8Decoder>(codes, x, bias, y, u.Positions, u, groups, input, f);
+        }
+    }
+
+    /// <summary>
+    /// Whether products of integers up to <paramref name="inputMax"/> and <paramref name="weightMax"/> in magnitude,
+    /// summed over <paramref name="terms"/>, are exact in bfloat16 pairs with float32 sums: both at most 256 (bfloat16
+    /// holds every integer up to 256, not 257), and the largest possible sum at most 2^24 (float32 holds every integer up
+    /// to 2^24). A zero point outside the code range (a uint8 input's of 300) can make codes less it larger.
+    /// </summary>
+    internal static bool CodesExact(long terms, int inputMax, int weightMax) =>
+        inputMax <= 256 && weightMax <= 256 && terms * inputMax * weightMax <= 1 << 24;
+
+    /// <summary>The largest magnitude of a code less the zero point under <paramref name="input"/>.</summary>
+    internal static int InputCodeMax(InputFakeQuantization input) =>
+        (int)Math.Max(Math.Abs(input.QMax - input.ZeroPoint), Math.Abs(input.ZeroPoint - input.QMin));
+
+    /// <summary>The largest magnitude of an int8 code less its row's zero point in <paramref name="w"/>.</summary>
+    internal static int WeightCodeMax(in WeightView w)
+    {
+        int max = 128;
+        for (int n = 0; n < w.Rows && w.ZeroPoint != null; n++)
+        {
+            int z = w.Params(n, 0).ZeroPoint;
+            max = Math.Max(max, Math.Max(Math.Abs(127 - z), Math.Abs(z + 128)));
+        }
+        return max;
+    }
 
     /// <summary>
     /// The weight decoded and rounded to bfloat16 once per call (<see cref="PairWeightRow"/>) as 32-bit pairs, K / 2 per
@@ -1067,11 +1170,13 @@ internal static unsafe class PackedMatMul
     /// plane p (planes <paramref name="planeStride"/> values apart, zero between them), zero where padded; then
     /// <paramref name="step"/> plus a grid row of zero values, so that the last strip's reads past the last plane stay in
     /// the buffer. A work item per plane; at stride 1 a plane of rows narrower than 16 is paired in one run
-    /// (<see cref="NarrowPlane"/>).
+    /// (<see cref="NarrowPlane"/>). With <paramref name="codes"/>, each plane's two channels are first quantized into a
+    /// buffer of the work item's (<see cref="QuantizeKernel.FakeQuantize"/> with scale 1: the integer codes less the zero
+    /// point, as float32, which bfloat16 holds exactly) and paired from there.
     /// </summary>
-    internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step)
+    internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step, InputFakeQuantization? codes = null)
     {
-        int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        int pairs = u.Channels / 2, h = u.Height, width = u.Width;
         nint values = planeStride * pairs * u.Images, slack = step + grid.PhaseWidth;
         uint* buffer = (uint*)NativeMemory.AlignedAlloc((nuint)(values + slack) * sizeof(uint), 64);
         new Span<uint>(buffer + values, (int)slack).Clear();
@@ -1079,45 +1184,73 @@ internal static unsafe class PackedMatMul
         var columns = grid.ColumnPhases();
         KernelThreads.For(u.Images * pairs, 4L * planeStride, plane =>
         {
-            float* even = (float*)source + (nint)plane * 2 * h * width, odd = even + (nint)h * width;
-            uint* dst = (uint*)target + plane * planeStride;
-            if (u.StrideH == 1 && u.StrideW == 1)
+            float* even = (float*)source + (nint)plane * 2 * h * width;
+            if (codes is not { } q)
             {
-                // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
-                // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
-                // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
-                int wp = grid.PhaseWidth, pad = u.PadW;
-                new Span<uint>(dst, u.PadH * wp + pad).Clear();
-                uint* at = dst + (nint)u.PadH * wp + pad;
-                if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
-                {
-                    NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
-                    return;
-                }
-                for (int r = 0; r < h; r++, at += wp)
-                {
-                    PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
-                    new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
-                }
+                PairPlane(u, grid, planeStride, columns, even, (uint*)target + plane * planeStride);
                 return;
             }
-            uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
-            for (int r = 0; r < paddedRows; r++)
+            int values = 2 * h * width;
+            float[] rented = ArrayPool<float>.Shared.Rent(values);
+            try
             {
-                int sourceRow = r - u.PadH;
-                if (sourceRow < 0 || sourceRow >= h)
+                fixed (float* quantized = rented)
                 {
-                    grid.WriteRow<uint>(dst, r, null, 0u, columns);
-                    continue;
+                    QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(even, values), 1f, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<float>(quantized, values));
+                    PairPlane(u, grid, planeStride, columns, quantized, (uint*)target + plane * planeStride);
                 }
-                PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
-                row[width] = 0;
-                grid.WriteRow(dst, r, row, 0u, columns);
             }
-            nint written = (nint)(grid.ImageValues / pairs);
-            new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
+            finally
+            {
+                ArrayPool<float>.Shared.Return(rented);
+            }
         });
         return buffer;
+    }
+
+    /// <summary>
+    /// Pair plane <c>dst</c> of <see cref="PairImages"/> from its two channels' planes, <paramref name="even"/> and the
+    /// next (<c>H * W</c> values on).
+    /// </summary>
+    private static void PairPlane(Im2Col u, PhaseGrid grid, nint planeStride, ColumnPhase[] columns, float* even, uint* dst)
+    {
+        int h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        float* odd = even + (nint)h * width;
+        if (u.StrideH == 1 && u.StrideW == 1)
+        {
+            // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
+            // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
+            // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
+            int wp = grid.PhaseWidth, pad = u.PadW;
+            new Span<uint>(dst, u.PadH * wp + pad).Clear();
+            uint* at = dst + (nint)u.PadH * wp + pad;
+            if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
+            {
+                NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
+                return;
+            }
+            for (int r = 0; r < h; r++, at += wp)
+            {
+                PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
+                new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
+            }
+            return;
+        }
+        uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
+        for (int r = 0; r < paddedRows; r++)
+        {
+            int sourceRow = r - u.PadH;
+            if (sourceRow < 0 || sourceRow >= h)
+            {
+                grid.WriteRow<uint>(dst, r, null, 0u, columns);
+                continue;
+            }
+            PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
+            row[width] = 0;
+            grid.WriteRow(dst, r, row, 0u, columns);
+        }
+        nint written = (nint)(grid.ImageValues / (u.Channels / 2));
+        new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
     }
 
     /// <summary>Values of a plane (rows x columns) up to which <see cref="PairImages"/> pairs a plane of rows narrower than 16 in one run (<see cref="NarrowPlane"/>).</summary>

@@ -634,6 +634,34 @@ internal static class ConvolutionCost
         return unfold.OutW >= GroupedPairsMinWidth;
     }
 
+    /// <summary>
+    /// Whether a grouped static W8A8 convolution that is not depthwise runs exactly from pair images of codes
+    /// (<see cref="Kernels.PackedMatMul.GroupedCodes"/>, where its sums stay exact and the CPU has AVX512-BF16) rather
+    /// than the small kernel group by group or libtorch's route: a Conv2d at stride 1 onto rows of at least
+    /// <see cref="GroupedCodesWideRows"/> at any batch; onto rows of 14 to 27 (14x14) from
+    /// <see cref="GroupedCodesMinImages"/> images with up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group,
+    /// and with more where libtorch's bfloat16 convolution is not taken (<see cref="GroupedLibTorchBFloat16Pays"/>:
+    /// fewer images). Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 47; each route paired with float32 in one
+    /// process, both orders, batch 1-8): ResNeXt's 3x3 layers of 32 groups onto 56x56 and 28x28 (4-16 channels a group)
+    /// 0.41-0.79x float32's time against 0.38-1.07x on the rule's route before (faster from 4 images, or from 16 channels
+    /// a group, alike below); 512 channels in 32 groups onto 14x14 at 4 and 8 images 0.85-0.93x against 1.06-1.23x
+    /// on the small kernel (alike or slower at 1 and 2); 1024 in 32 groups and 384 in 8 onto 14x14 at 1 and 2 images
+    /// 0.77-1.02x against 0.96-1.11x (from 4 images libtorch's bfloat16 convolution, inexact, alike or faster). Slower:
+    /// onto 7x7 (1.05-1.6x float32's time, the pair images' 9-wide rows); not measured again: stride 2, Conv1d.
+    /// </summary>
+    internal static bool GroupedCodesPay(Im2Col unfold, long groups)
+    {
+        if (groups < 2 || unfold.Height == 1 || unfold.StrideH != 1 || unfold.StrideW != 1 || unfold.OutW < Kernels.PackedMatMul.PairsInPlaceMinWidth) return false;
+        if (unfold.OutW >= GroupedCodesWideRows) return true;
+        return unfold.Rows / groups <= GroupedFewPositionsMaxReduction ? unfold.Images >= GroupedCodesMinImages : unfold.Images < GroupedLibTorchMinImages;
+    }
+
+    /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch (28x28).</summary>
+    internal const int GroupedCodesWideRows = 28;
+
+    /// <summary>Images from which <see cref="GroupedCodesPay"/> onto narrower rows with up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group.</summary>
+    internal const int GroupedCodesMinImages = 4;
+
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/>.</summary>
     internal const int GroupedPairsMinChannels = 32;
 

@@ -118,9 +118,11 @@ internal static unsafe class LinearKernels
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
-        if (groups > 1 && (!bfloat16 || input is not null || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
+        if (groups > 1 && ((!bfloat16 && input is null) || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
-        if (input is not null && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
+        if (input is not null && groups == 1 && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
+        InputFakeQuantization? codes = groups > 1 && input?.Static is { } quantization ? InputCodes(quantization) : null;
+        if (codes is { } c && (!Vnni512Kernel.BFloat16Supported || !PackedMatMul.CodesExact(k, PackedMatMul.InputCodeMax(c), PackedMatMul.WeightCodeMax(View(parts, format, groupSize))))) return null;
 
         using var scope = NewDisposeScope();
         long count = shape[0], p = unfold.Positions, size = unfold.ImageSize;
@@ -128,6 +130,11 @@ internal static unsafe class LinearKernels
         var y = torch.empty([count, n, p], ScalarType.Float32);
         Pinned(parts, format, groupSize, x, bias, y, (in WeightView view, float* px, float* pb, float* py) =>
         {
+            if (codes is { } c)
+            {
+                PackedMatMul.GroupedCodes(view, px, pb, py, unfold.ForImages((int)count), groups, c);
+                return;
+            }
             if (input?.Static is { } act)
             {
                 var range = QuantRange.For(act.Type, act.ReduceRange);
@@ -245,6 +252,16 @@ internal static unsafe class LinearKernels
     }
 
     private delegate void KernelCall(in WeightView w, float* x, float* bias, float* y);
+
+    /// <summary>
+    /// A static input quantization as the integer kernels apply it (<c>clamp(round(x * (1 / scale)) + zero point, qmin,
+    /// qmax)</c>, <see cref="IntegerMatMul.RunConvolution"/>), for <see cref="PackedMatMul.GroupedCodes"/>.
+    /// </summary>
+    internal static InputFakeQuantization InputCodes(ActivationQuantization act)
+    {
+        var range = QuantRange.For(act.Type, act.ReduceRange);
+        return new InputFakeQuantization(act.Scale, 1f / act.Scale, act.ZeroPoint, range.QMin, range.QMax);
+    }
 
     /// <summary>Runs <paramref name="call"/> on the weight's parts, <paramref name="x"/> (or null) and <paramref name="y"/> (contiguous float32) and the bias, pinned.</summary>
     private static void Pinned(QuantizedTensor parts, WeightFormat format, int groupSize, Tensor? x, Tensor? bias, Tensor y, KernelCall call)

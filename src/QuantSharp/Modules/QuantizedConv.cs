@@ -227,7 +227,7 @@ public sealed class QuantizedConv : QuantizedModule
         var images = input.reshape(imageShape);
         Tensor? y = null;
         // The bfloat16 route on the packed kernels: the (fake-quantized, for W8A8) input multiplied in bfloat16.
-        if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer);
+        if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer, groups: (int)groups);
         y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16, (int)groups);
         if (y is null) return null;
         long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
@@ -269,9 +269,12 @@ public sealed class QuantizedConv : QuantizedModule
         if (groups > 1)
         {
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
+            bool codes = GroupedCodes(u);
+            if (route == ConvolutionRoute.Kernel && codes) return ConvolutionRoute.Kernel;
             bool pairs = GroupedPairs(u);
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && codes && ConvolutionCost.GroupedCodesPay(u, groups)) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
                 && ConvolutionCost.GroupedBFloat16Pays(u, groups)) return ConvolutionRoute.BFloat16;
             if (!DirectConvolution.Fits(u, out_channels, groups)) return ConvolutionRoute.Reference;
@@ -316,6 +319,22 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool GroupedPairs(Im2Col unfold) =>
         groups > 1 && Vnni512Kernel.BFloat16Supported && Float512.IsSupported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
+
+    /// <summary>
+    /// Whether this grouped static W8A8 layer can run exactly from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>,
+    /// its <see cref="ConvolutionRoute.Kernel"/> route) for <paramref name="unfold"/>: where <see cref="GroupedPairs"/>
+    /// holds, with int8 weights of one scale a row or tensor and group sums that stay exact in float32
+    /// (<see cref="PackedMatMul.CodesExact"/>: codes of a symmetric weight up to 128 in magnitude, else 255; the kernel
+    /// checks the zero points themselves and leaves the call to libtorch's route where they exceed that).
+    /// </summary>
+    private bool GroupedCodes(Im2Col unfold)
+    {
+        if (DynamicInput || InputQuantization is not { } act || !GroupedPairs(unfold)) return false;
+        int terms = unfold.Rows / (int)groups;
+        if (LinearKernels.Format(weight.Spec, terms, out int groupSize) != WeightFormat.Int8 || groupSize != terms) return false;
+        int weightMax = weight.Spec.Scheme == QuantScheme.Symmetric ? 128 : 255;
+        return PackedMatMul.CodesExact(terms, PackedMatMul.InputCodeMax(LinearKernels.InputCodes(act)), weightMax);
+    }
 
     /// <summary>
     /// <see cref="DirectConvolution"/> on the float32 input (batched or not; its contiguous memory is the images

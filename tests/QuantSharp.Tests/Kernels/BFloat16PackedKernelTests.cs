@@ -491,6 +491,143 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
+    /// <summary>
+    /// A grouped static W8A8 convolution from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>) gives, bit
+    /// for bit, each group's integer specification: libtorch's columns of the group's channels quantized row by row
+    /// (<see cref="IntegerMatMul.QuantizeStatic"/>) times the group's int8 weight rows in integers with the integer
+    /// kernels' epilogue (<see cref="IntegerMatMul.Reference"/>), through the generated micro-kernel and its twin: uint8
+    /// affine and int8 symmetric inputs, a zero point at the top of the range (most inputs clamp, padding codes 255),
+    /// per-channel weights with and without zero points and a per-tensor one, group outputs that are no multiple of the
+    /// six-row tile, stride phases, dilation, two blocks of channel pairs a group, a Conv1d, one and three images; and
+    /// it refuses what it cannot make exact.
+    /// </summary>
+    [Theory]
+    [InlineData(0.021f, 131, 0, 255, true, false)]   // uint8 affine, weight zero points
+    [InlineData(0.013f, 0, -128, 127, false, false)] // int8 symmetric, symmetric weight
+    [InlineData(0.5f, 255, 0, 255, true, true)]      // zero point at the top; per-tensor weight with a zero point
+    public void GroupedW8A8FromPairImagesOfCodesGivesEachGroupsIntegerSpecification(float scale, int zeroPoint, int qmin, int qmax, bool weightZeroPoints, bool perTensor)
+    {
+        using var scope = NewDisposeScope();
+        // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), groups, outputs.
+        (int[] G, int Groups, int Outputs)[] cases =
+        [
+            ([32, 9, 11, 3, 3, 1, 1, 1, 1, 1, 1], 2, 14),     // 16 channels (144 terms) and 7 outputs a group
+            ([12, 8, 7, 3, 2, 2, 1, 1, 0, 1, 2], 3, 9),       // stride phases and dilation
+            ([264, 5, 6, 1, 1, 1, 1, 0, 0, 1, 1], 2, 10),     // 66 channel pairs a group: two blocks of pairs
+            ([8, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 2, 6),       // a Conv1d
+        ];
+        var input = new InputFakeQuantization(scale, 1f / scale, zeroPoint, qmin, qmax);
+        if (!Float512.IsSupported)
+        {
+            using var small = new PinnedWeight(WeightFormat.Int8, rows: 8, cols: 18, 0, zeroPoints: false, seed: 2);
+            var view = small.View;
+            float[] buffer = new float[2048];
+            fixed (float* b = buffer)
+            {
+                float* at = b;
+                Assert.Throws<PlatformNotSupportedException>(() => PackedMatMul.GroupedCodes(view, at, null, at + 1024, new Im2Col(4, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1), 2, input));
+            }
+            return;
+        }
+        int checkedNative = 0, checkedTwin = 0;
+        foreach (var (g, groups, outputs) in cases)
+        foreach (int images in new[] { 1, 3 })
+        {
+            var u = Unfolding(g).ForImages(images);
+            int channels = g[0] / groups, k = channels * g[3] * g[4], p = u.Positions, groupRows = outputs / groups;
+            using var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, 0, zeroPoints: weightZeroPoints, seed: k + p + outputs, perTensor: perTensor);
+            var view = w.View;
+            torch.manual_seed(p + images + groups);
+            var batch = torch.randn(images, g[0], g[1], g[2]) * 2;
+            float[] pixels = batch.data<float>().ToArray();
+            float[] bias = KernelTestData.Activations(outputs, k);
+            var expected = new float[images * outputs * p];
+            int[] single = [channels, .. g[1..]];
+            for (int group = 0; group < groups; group++)
+            {
+                var rowsView = view.RowRange(group * groupRows, groupRows);
+                float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
+                for (int i = 0; i < images; i++)
+                {
+                    float[] rows = LibtorchColumns(batch[i].narrow(0, group * channels, channels), single).t().contiguous().data<float>().ToArray(); // [P, K]
+                    var part = new float[p * groupRows];
+                    using var quantized = new QuantizedActivations(p, k);
+                    fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
+                    {
+                        IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
+                        IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
+                    }
+                    for (int n = 0; n < groupRows; n++)
+                        for (int pos = 0; pos < p; pos++)
+                            expected[(i * outputs + group * groupRows + n) * p + pos] = part[pos * groupRows + n];
+                }
+            }
+            string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, weight zero points {weightZeroPoints}, per tensor {perTensor}";
+            foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
+            {
+                var y = new float[images * outputs * p];
+                Array.Fill(y, float.NaN);
+                bool saved = PackedMatMul.UseNativeBFloat16;
+                try
+                {
+                    PackedMatMul.UseNativeBFloat16 = native;
+                    fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
+                        PackedMatMul.GroupedCodes(view, px, pb, py, u, groups, input);
+                }
+                finally
+                {
+                    PackedMatMul.UseNativeBFloat16 = saved;
+                }
+                for (int i = 0; i < y.Length; i++)
+                    Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
+                        $"{what}{(native ? "" : ", twin")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]:R}, the specification's {expected[i]:R}");
+                if (native) checkedNative++;
+                else checkedTwin++;
+            }
+        }
+        Assert.Equal(2 * cases.Length, checkedTwin);
+        Assert.True(!Vnni512Kernel.BFloat16Supported || checkedNative == 2 * cases.Length, $"{checkedNative} calls through the generated micro-kernel");
+    }
+
+    [Fact]
+    public unsafe void GroupedW8A8FromPairImagesOfCodesRefusesSumsThatFloat32CannotHoldExactly()
+    {
+        // 2^24 / (255 * 255) = 258.0: 258 terms of uint8 codes and weights with zero points are exact, 259 not; symmetric
+        // int8 codes (at most 128) allow 1,024; a zero point outside the range (300) makes codes bfloat16 cannot hold.
+        Assert.True(PackedMatMul.CodesExact(258, 255, 255));
+        Assert.False(PackedMatMul.CodesExact(259, 255, 255));
+        Assert.True(PackedMatMul.CodesExact(1024, 128, 128));
+        Assert.False(PackedMatMul.CodesExact(1025, 128, 128));
+        Assert.False(PackedMatMul.CodesExact(1, 300, 1));
+        Assert.Equal(300, PackedMatMul.InputCodeMax(new InputFakeQuantization(0.1f, 10f, 300, 0, 255)));
+        Assert.Equal(128, PackedMatMul.InputCodeMax(new InputFakeQuantization(0.1f, 10f, 0, -128, 127)));
+        using var symmetric = new PinnedWeight(WeightFormat.Int8, rows: 4, cols: 288, 0, zeroPoints: false, seed: 3);
+        using var affine = new PinnedWeight(WeightFormat.Int8, rows: 4, cols: 288, 0, zeroPoints: true, seed: 3);
+        affine.ZeroPoints![2] = -128; // codes less it up to 255
+        Assert.Equal(128, PackedMatMul.WeightCodeMax(symmetric.View));
+        Assert.Equal(255, PackedMatMul.WeightCodeMax(affine.View));
+        affine.ZeroPoints[2] = 5;
+        Assert.Equal(affine.ZeroPoints.Max(z => Math.Max(127 - z, z + 128)), PackedMatMul.WeightCodeMax(affine.View));
+        affine.ZeroPoints[2] = -128;
+        if (!Float512.IsSupported) return;
+        using var grouped = new PinnedWeight(WeightFormat.Int8, rows: 4, cols: 288, 32, zeroPoints: false, seed: 3);
+        var view = affine.View;
+        var groupedView = grouped.View;
+        float[] buffer = new float[1 << 16];
+        fixed (float* pointer = buffer)
+        {
+            float* b = pointer;
+            // 32 channels x 9 taps = 288 terms a group: up to 288 x 255 x 255 > 2^24 here, exact for symmetric codes.
+            var u = new Im2Col(64, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1);
+            var error = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedCodes(view, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, 0, 255)));
+            Assert.Contains("288 terms a group", error.Message);
+            var symmetricView = symmetric.View;
+            PackedMatMul.GroupedCodes(symmetricView, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, -128, 127));
+            var groupSize = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedCodes(groupedView, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, -128, 127)));
+            Assert.Contains("one scale a row or tensor", groupSize.Message);
+        }
+    }
+
     [Fact]
     public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositionsOr64ChannelsOnPairImages()
     {

@@ -154,6 +154,69 @@ public class GroupedConvolutionTests
         ], ConvolutionRoute.Direct, nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14))));
     }
 
+    /// <summary>
+    /// Static W8A8 grouped layers whose group sums stay exact in float32 (<see cref="PackedMatMul.CodesExact"/>) run,
+    /// through their <see cref="ConvolutionRoute.Kernel"/> route where the CPU has AVX512-BF16, from pair images of codes
+    /// (<see cref="PackedMatMul.GroupedCodes"/>; the bits are checked in BFloat16PackedKernelTests), within float
+    /// rounding of the simulated path; elsewhere, and for a zero point outside the codes' range, dynamic W8A8, int4
+    /// weights and group sums float32 may not hold, that route is the small kernel's.
+    /// </summary>
+    [Fact]
+    public void StaticW8A8GroupedLayersRunFromPairImagesOfCodesWhereTheCpuHasBFloat16()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(53);
+        AssertW8A8MatchesSimulated(
+        [
+            (nn.Conv2d(32, 16, 3, padding: 1, groups: 2), torch.randn(2, 32, 14, 14)),          // 144 terms a group
+            (nn.Conv2d(24, 12, 3, stride: 2, padding: 1, groups: 3), torch.randn(1, 24, 15, 17)),
+            (nn.Conv2d(12, 6, 1, groups: 3), torch.randn(12, 9, 9)),                            // 1x1, unbatched
+            (nn.Conv1d(8, 8, 3, padding: 1, groups: 2), torch.randn(2, 8, 50)),
+        ], ConvolutionRoute.Kernel, nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14));
+        bool pairs = Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+        var conv = nn.Conv2d(32, 16, 3, padding: 1, groups: 2);
+        var x = torch.randn(2, 32, 14, 14);
+        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
+            layer.DynamicInput = dynamic;
+            return layer.Candidates(x);
+        }
+        var uint8 = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        Assert.Equal(pairs, Candidates(int8, uint8).Contains(ConvolutionRoute.Kernel));
+        Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, uint8 with { ZeroPoint = 300 }));
+        Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, null, dynamic: true));
+        Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(QuantizationRecipe.Int4WeightOnly(groupSize: 16).BaseWeights, uint8));
+        // 64 channels x 9 taps = 576 terms a group: up to 576 x 255 x 128 > 2^24 for uint8 codes of zero point 0 (with 120,
+        // codes less it up to 135: within it), within it for int8 ones.
+        var wide = nn.Conv2d(128, 16, 3, padding: 1, groups: 2);
+        using var wideLayer = (QuantizedConv)QuantizedModules.Quantize(wide, int8, uint8 with { ZeroPoint = 0 });
+        Assert.DoesNotContain(ConvolutionRoute.Kernel, wideLayer.Candidates(torch.randn(1, 128, 8, 8)));
+        var int8Input = new ActivationQuantization(QuantType.Int8, QuantScheme.Symmetric, false, 0.02f, 0);
+        using var wideInt8 = (QuantizedConv)QuantizedModules.Quantize(wide, int8, int8Input);
+        Assert.Equal(pairs, wideInt8.Candidates(torch.randn(1, 128, 8, 8)).Contains(ConvolutionRoute.Kernel));
+
+        // The measured rule: stride 1 onto rows of 28 or more at any batch; onto rows of 14-27 from 4 images up to 144
+        // terms a group (16 channels), below 4 images with more (from 4 libtorch's bfloat16 convolution takes them);
+        // never onto rows narrower than 14, at stride 2, for a Conv1d or one group.
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32)); // 153 terms
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 64)); // rows of 27
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 64));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(64, 1, 300, 1, 3, 1, 1, 0, 1, 1, 1), 4));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 1));
+        using var resnext = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 32), int8, uint8);
+        Assert.Equal(pairs ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, resnext.Route(torch.randn(1, 256, 28, 28)));
+    }
+
     [Fact]
     public void MeasuredRuleTakesTheGroupedKernelAtItsEdgesAndNotForGradients()
     {
