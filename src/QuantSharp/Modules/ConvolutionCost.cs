@@ -76,8 +76,9 @@ namespace QuantSharp.Modules;
 /// convolution where it passed <see cref="BFloat16Check"/> and <see cref="GroupedLibTorchBFloat16Pays"/> (4 or more images onto 14x14 or
 /// less); else, weight-only on
 /// CPUs with AVX512-BF16 and <see cref="QuantizedModule.UseBFloat16Compute"/>, the bfloat16 route from pair images
-/// where <see cref="GroupedBFloat16Pays"/>, else the small kernel group by group where <see cref="GroupedPays"/>;
-/// libtorch's route elsewhere.</item>
+/// where <see cref="GroupedBFloat16Pays"/>, static W8A8 on CPUs with AVX512-BF16 (bfloat16 compute on or off: the sums
+/// are exact) pair images of codes where their sums stay exact and <see cref="GroupedCodesPay"/>, else the small kernel
+/// group by group where <see cref="GroupedPays"/>; libtorch's route elsewhere.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
@@ -637,29 +638,41 @@ internal static class ConvolutionCost
     /// <summary>
     /// Whether a grouped static W8A8 convolution that is not depthwise runs exactly from pair images of codes
     /// (<see cref="Kernels.PackedMatMul.GroupedCodes"/>, where its sums stay exact and the CPU has AVX512-BF16) rather
-    /// than the small kernel group by group or libtorch's route: a Conv2d at stride 1 onto rows of at least
-    /// <see cref="GroupedCodesWideRows"/> at any batch; onto rows of 14 to 27 (14x14) from
-    /// <see cref="GroupedCodesMinImages"/> images with up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group,
-    /// and with more where libtorch's bfloat16 convolution is not taken (<see cref="GroupedLibTorchBFloat16Pays"/>:
-    /// fewer images). Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 47; each route paired with float32 in one
-    /// process, both orders, batch 1-8): ResNeXt's 3x3 layers of 32 groups onto 56x56 and 28x28 (4-16 channels a group)
-    /// 0.41-0.79x float32's time against 0.38-1.07x on the rule's route before (faster from 4 images, or from 16 channels
-    /// a group, alike below); 512 channels in 32 groups onto 14x14 at 4 and 8 images 0.85-0.93x against 1.06-1.23x
-    /// on the small kernel (alike or slower at 1 and 2); 1024 in 32 groups and 384 in 8 onto 14x14 at 1 and 2 images
-    /// 0.77-1.02x against 0.96-1.11x (from 4 images libtorch's bfloat16 convolution, inexact, alike or faster). Slower:
-    /// onto 7x7 (1.05-1.6x float32's time, the pair images' 9-wide rows); not measured again: stride 2, Conv1d.
+    /// than the small kernel group by group or libtorch's route: a Conv2d of more than one tap at stride 1, onto rows of
+    /// at least <see cref="GroupedCodesWideRows"/> (28x28) with at least <see cref="GroupedCodesMinChannels"/> channels a
+    /// group at any batch, or at least <see cref="GroupedCodesFewChannels"/> from <see cref="GroupedCodesMinImages"/>
+    /// images; onto rows of 14 to 27 (14x14) with at least <see cref="GroupedCodesMinChannels"/> channels a group, from
+    /// <see cref="GroupedCodesMinImages"/> images up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group, below
+    /// that with more (from there libtorch's bfloat16 convolution, <see cref="GroupedLibTorchBFloat16Pays"/>). Measured on
+    /// the Zen 4 VM (docs/BENCHMARKS.md, stop 47; each route paired with float32 in one process, both orders, batch 1-8,
+    /// 3x3 layers of 32 groups but one of 8): onto 28x28 over 16 channels a group 0.55-0.79x float32's time against
+    /// 0.84-1.07x on the small kernel, over 8 from 4 images 0.57-0.78x against 0.83-0.90x (at 1-2 images slower:
+    /// 0.77-0.96x against 0.61-0.88x); onto 14x14 over 16 channels a group from 4 images 0.73-1.06x against 0.92-1.23x,
+    /// over 32 at 1-3 images 0.68-0.89x against 0.96-1.09x. Slower or alike: 4 channels a group onto 56x56 (0.46-1.01x
+    /// against 0.36-0.53x at 1-2 images), 16 a group onto 14x14 at 1-2 images, anything onto 7x7 (1.05-1.6x, the pair
+    /// images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1 and Conv1d layers.
     /// </summary>
     internal static bool GroupedCodesPay(Im2Col unfold, long groups)
     {
-        if (groups < 2 || unfold.Height == 1 || unfold.StrideH != 1 || unfold.StrideW != 1 || unfold.OutW < Kernels.PackedMatMul.PairsInPlaceMinWidth) return false;
-        if (unfold.OutW >= GroupedCodesWideRows) return true;
+        if (groups < 2 || unfold.Height == 1 || unfold.KernelH * unfold.KernelW == 1 || unfold.StrideH != 1 || unfold.StrideW != 1
+            || unfold.OutW < Kernels.PackedMatMul.PairsInPlaceMinWidth) return false;
+        long channels = unfold.Channels / groups;
+        if (unfold.OutW >= GroupedCodesWideRows)
+            return channels >= GroupedCodesMinChannels || (channels >= GroupedCodesFewChannels && unfold.Images >= GroupedCodesMinImages);
+        if (channels < GroupedCodesMinChannels) return false;
         return unfold.Rows / groups <= GroupedFewPositionsMaxReduction ? unfold.Images >= GroupedCodesMinImages : unfold.Images < GroupedLibTorchMinImages;
     }
 
-    /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch (28x28).</summary>
+    /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch with <see cref="GroupedCodesMinChannels"/> channels a group (28x28).</summary>
     internal const int GroupedCodesWideRows = 28;
 
-    /// <summary>Images from which <see cref="GroupedCodesPay"/> onto narrower rows with up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group.</summary>
+    /// <summary>Input channels a group from which <see cref="GroupedCodesPay"/> at any batch onto wide rows, and onto 14x14 at all.</summary>
+    internal const int GroupedCodesMinChannels = 16;
+
+    /// <summary>Input channels a group from which <see cref="GroupedCodesPay"/> onto wide rows from <see cref="GroupedCodesMinImages"/> images.</summary>
+    internal const int GroupedCodesFewChannels = 8;
+
+    /// <summary>Images from which <see cref="GroupedCodesPay"/> with fewer channels a group onto wide rows, and onto 14x14 with up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group.</summary>
     internal const int GroupedCodesMinImages = 4;
 
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/>.</summary>

@@ -10,7 +10,8 @@ namespace QuantSharp.Modules;
 /// (zero padding only). Per-group scales run along the flattened <c>in/groups * kernel</c> reduction axis of each
 /// output channel. Ungrouped layers choose among the managed kernels and libtorch's routes; depthwise layers (as many
 /// groups as input channels) take a kernel of their own where it pays, other grouped layers the small-convolution
-/// kernel group by group where it pays, else libtorch's route.
+/// kernel group by group or, on CPUs with AVX512-BF16, pair images (weight-only in bfloat16, static W8A8 exactly in
+/// integer codes) where it pays, else libtorch's route.
 /// </summary>
 public sealed class QuantizedConv : QuantizedModule
 {
@@ -264,6 +265,7 @@ public sealed class QuantizedConv : QuantizedModule
             return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput, out_channels == in_channels))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         // Other grouped layers: weight-only ones in bfloat16 from pair images where that pays (and where asked for),
+        // static W8A8 ones exactly from pair images of codes where that pays (and where asked for: the Kernel route),
         // else the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked for and the pair
         // images do not apply; any other route but libtorch's forces the small kernel where it fits.
         if (groups > 1)
@@ -447,7 +449,10 @@ internal enum ConvolutionRoute
     /// <summary>The measured rule (<see cref="ConvolutionCost.Choose"/>).</summary>
     Auto,
 
-    /// <summary>Unfold and the packed kernels wherever they apply.</summary>
+    /// <summary>
+    /// Unfold and the packed kernels wherever they apply; for a grouped static W8A8 layer whose sums stay exact, pair
+    /// images of codes (<see cref="Kernels.PackedMatMul.GroupedCodes"/>), else (other grouped layers) the small kernel.
+    /// </summary>
     Kernel,
 
     /// <summary>The small-convolution kernel (<see cref="Kernels.DirectConvolution"/>) on the weight dequantized group by group by the threads that read it; for a grouped layer that is not depthwise, group by group (the only managed route it has).</summary>

@@ -198,23 +198,30 @@ public class GroupedConvolutionTests
         using var wideInt8 = (QuantizedConv)QuantizedModules.Quantize(wide, int8, int8Input);
         Assert.Equal(pairs, wideInt8.Candidates(torch.randn(1, 128, 8, 8)).Contains(ConvolutionRoute.Kernel));
 
-        // The measured rule: stride 1 onto rows of 28 or more at any batch; onto rows of 14-27 from 4 images up to 144
-        // terms a group (16 channels), below 4 images with more (from 4 libtorch's bfloat16 convolution takes them);
-        // never onto rows narrower than 14, at stride 2, for a Conv1d or one group.
-        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        // The measured rule: 3x3 at stride 1 onto rows of 28 or more from 16 channels a group at any batch, from 8 at 4
+        // images; onto rows of 14-27 from 16 channels a group, from 4 images up to 144 terms a group (16 channels), below
+        // 4 images with more (from 4 libtorch's bfloat16 convolution takes them); never onto rows narrower than 14, with
+        // fewer channels, at stride 2, for 1x1 taps, a Conv1d or one group.
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(480, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32)); // 15 a group
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(256, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32));  // 8 a group
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(256, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(224, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32)); // 7 a group
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32));
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32));
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(480, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 32)); // 15 a group
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32)); // 153 terms
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 64)); // rows of 27
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 64));
-        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(256, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 16));
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(64, 1, 300, 1, 3, 1, 1, 0, 1, 1, 1), 4));
-        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(128, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 1));
-        using var resnext = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 32), int8, uint8);
-        Assert.Equal(pairs ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, resnext.Route(torch.randn(1, 256, 28, 28)));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 1));
+        using var resnext = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8, uint8);
+        Assert.Equal(pairs ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, resnext.Route(torch.randn(1, 512, 28, 28)));
     }
 
     [Fact]
