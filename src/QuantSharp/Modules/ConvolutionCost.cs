@@ -641,16 +641,18 @@ internal static class ConvolutionCost
     /// than the small kernel group by group or libtorch's route: a Conv2d of more than one tap at stride 1, onto rows of
     /// at least <see cref="GroupedCodesWideRows"/> (28x28) with at least <see cref="GroupedCodesMinChannels"/> channels a
     /// group at any batch, or at least <see cref="GroupedCodesFewChannels"/> from <see cref="GroupedCodesMinImages"/>
-    /// images; onto rows of 14 to 27 (14x14) with at least <see cref="GroupedCodesMinChannels"/> channels a group, from
-    /// <see cref="GroupedCodesMinImages"/> images up to <see cref="GroupedFewPositionsMaxReduction"/> terms a group, below
-    /// that with more (from there libtorch's bfloat16 convolution, <see cref="GroupedLibTorchBFloat16Pays"/>). Measured on
+    /// images; onto rows of 14 to 27 (14x14) with <see cref="GroupedCodesMinChannels"/> to
+    /// <see cref="GroupedCodesMaxChannelsNarrow"/> channels a group, from <see cref="GroupedCodesMinImages"/> images up to
+    /// <see cref="GroupedFewPositionsMaxReduction"/> terms a group, below that with more (from there libtorch's bfloat16
+    /// convolution, <see cref="GroupedLibTorchBFloat16Pays"/>). Measured on
     /// the Zen 4 VM (docs/BENCHMARKS.md, stop 47; each route paired with float32 in one process, both orders, batch 1-8,
     /// 3x3 layers of 32 groups but one of 8): onto 28x28 over 16 channels a group 0.55-0.79x float32's time against
     /// 0.84-1.07x on the small kernel, over 8 from 4 images 0.57-0.78x against 0.83-0.90x (at 1-2 images slower:
     /// 0.77-0.96x against 0.61-0.88x); onto 14x14 over 16 channels a group from 4 images 0.73-1.06x against 0.92-1.23x,
-    /// over 32 at 1-3 images 0.68-0.89x against 0.96-1.09x. Slower or alike: 4 channels a group onto 56x56 (0.46-1.01x
-    /// against 0.36-0.53x at 1-2 images), 16 a group onto 14x14 at 1-2 images, anything onto 7x7 (1.05-1.6x, the pair
-    /// images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1 and Conv1d layers.
+    /// over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x. Slower or alike: 4 channels a group onto 56x56 (0.46-1.01x
+    /// against 0.36-0.53x at 1-2 images), 16 a group onto 14x14 at 1-2 images, 48 a group (8 groups) onto 14x14 at 1-3
+    /// images (0.72-1.60x against 0.69-1.10x; 331-873 us for one call between processes), anything onto 7x7 (1.05-1.6x,
+    /// the pair images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1 and Conv1d layers.
     /// </summary>
     internal static bool GroupedCodesPay(Im2Col unfold, long groups)
     {
@@ -659,7 +661,7 @@ internal static class ConvolutionCost
         long channels = unfold.Channels / groups;
         if (unfold.OutW >= GroupedCodesWideRows)
             return channels >= GroupedCodesMinChannels || (channels >= GroupedCodesFewChannels && unfold.Images >= GroupedCodesMinImages);
-        if (channels < GroupedCodesMinChannels) return false;
+        if (channels < GroupedCodesMinChannels || channels > GroupedCodesMaxChannelsNarrow) return false;
         return unfold.Rows / groups <= GroupedFewPositionsMaxReduction ? unfold.Images >= GroupedCodesMinImages : unfold.Images < GroupedLibTorchMinImages;
     }
 
@@ -668,6 +670,9 @@ internal static class ConvolutionCost
 
     /// <summary>Input channels a group from which <see cref="GroupedCodesPay"/> at any batch onto wide rows, and onto 14x14 at all.</summary>
     internal const int GroupedCodesMinChannels = 16;
+
+    /// <summary>Input channels a group up to which <see cref="GroupedCodesPay"/> onto 14x14.</summary>
+    internal const int GroupedCodesMaxChannelsNarrow = 32;
 
     /// <summary>Input channels a group from which <see cref="GroupedCodesPay"/> onto wide rows from <see cref="GroupedCodesMinImages"/> images.</summary>
     internal const int GroupedCodesFewChannels = 8;

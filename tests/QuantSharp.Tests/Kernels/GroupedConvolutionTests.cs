@@ -199,9 +199,9 @@ public class GroupedConvolutionTests
         Assert.Equal(pairs, wideInt8.Candidates(torch.randn(1, 128, 8, 8)).Contains(ConvolutionRoute.Kernel));
 
         // The measured rule: 3x3 at stride 1 onto rows of 28 or more from 16 channels a group at any batch, from 8 at 4
-        // images; onto rows of 14-27 from 16 channels a group, from 4 images up to 144 terms a group (16 channels), below
-        // 4 images with more (from 4 libtorch's bfloat16 convolution takes them); never onto rows narrower than 14, with
-        // fewer channels, at stride 2, for 1x1 taps, a Conv1d or one group.
+        // images; onto rows of 14-27 over 16-32 channels a group, from 4 images up to 144 terms a group (16 channels),
+        // below 4 images with more (from 4 libtorch's bfloat16 convolution takes them); never onto rows narrower than 14,
+        // with fewer or (onto 14x14) more channels, at stride 2, for 1x1 taps, a Conv1d or one group.
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 32));
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(480, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32)); // 15 a group
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(256, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32));  // 8 a group
@@ -214,7 +214,10 @@ public class GroupedConvolutionTests
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 32)); // 153 terms
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(544, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
         Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 32));
-        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 64)); // rows of 27
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 32));
+        Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(384, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 8));             // 48 a group
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(384, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), 8));              // onto 28x28
+        Assert.True(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 27, 27, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 64)); // rows of 27, 16 a group
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(1024, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 64));
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1), 32));
         Assert.False(ConvolutionCost.GroupedCodesPay(new Im2Col(512, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 16));
