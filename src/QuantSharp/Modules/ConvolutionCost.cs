@@ -644,16 +644,17 @@ internal static class ConvolutionCost
     /// images; onto rows of 14 to 27 (14x14) with <see cref="GroupedCodesMinChannels"/> to
     /// <see cref="GroupedCodesMaxChannelsNarrow"/> channels a group, from <see cref="GroupedCodesMinImages"/> images up to
     /// <see cref="GroupedFewPositionsMaxReduction"/> terms a group, below that with more (from there libtorch's bfloat16
-    /// convolution, <see cref="GroupedLibTorchBFloat16Pays"/>). Measured on
-    /// the Zen 4 VM (docs/BENCHMARKS.md, stop 47; each route paired with float32 in one process, both orders, batch 1-8,
-    /// 3x3 layers of 32 groups and two of 8): onto 28x28 over 16 channels a group 0.55-0.79x float32's time against
-    /// 0.84-1.07x on the small kernel (one process of 12 at 1.32x against 1.09x), over 48 (8 groups) at 1-4 images
-    /// 0.57-0.67x against 0.99-1.10x, over 8 from 4 images 0.57-0.78x against 0.83-0.90x (at 1-2 images slower:
-    /// 0.77-0.96x against 0.61-0.88x); onto 14x14 over 16 channels a group from 4 images 0.73-1.06x against 0.92-1.23x,
-    /// over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x. Slower or alike: 4 channels a group onto 56x56 (0.46-1.01x
-    /// against 0.36-0.53x at 1-2 images), 16 a group onto 14x14 at 1-2 images, 48 a group (8 groups) onto 14x14 at 1-3
-    /// images (0.72-1.60x against 0.69-1.10x; 331-873 us for one call between processes), anything onto 7x7 (1.05-1.6x,
-    /// the pair images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1 and Conv1d layers.
+    /// convolution, <see cref="GroupedLibTorchBFloat16Pays"/>). Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 47;
+    /// the rule's route and the small kernel each paired with float32 in one process, both orders, batch 1-8; 3x3
+    /// layers in 32 groups and two in 8): onto 28x28 over 16 channels a group 0.55-0.81x float32's time against
+    /// 0.84-1.09x on the small kernel (lower in 23 of 24 processes, the other 1.32x against 1.09x), over 48 (8 groups)
+    /// 0.57-0.67x against 0.99-1.10x, over 8 from 4 images 0.57-0.78x against 0.83-0.93x (at 1 and 2 images slower,
+    /// 0.77-0.96x against 0.61-0.79x); onto 14x14 over 16 channels a group at 4 and 8 images 0.73-1.32x against
+    /// 0.92-1.23x (lower in 14 of 20), over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x (18 of 18). Slower or
+    /// alike: 4 channels a group onto 56x56 (0.46-1.01x against 0.36-0.53x), 16 a group onto 14x14 at 1 and 2 images,
+    /// 48 a group onto 14x14 at 1-3 images (0.70-1.60x against 0.69-1.10x; one call 331-873 us between processes),
+    /// anything onto 7x7 (1.05-2.41x, the pair images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1
+    /// and Conv1d layers.
     /// </summary>
     internal static bool GroupedCodesPay(Im2Col unfold, long groups)
     {
