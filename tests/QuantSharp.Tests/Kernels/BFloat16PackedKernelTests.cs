@@ -439,19 +439,10 @@ public unsafe class BFloat16PackedKernelTests
             }
             foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
             {
-                var y = new float[images * outputs * p];
-                Array.Fill(y, float.NaN);
-                bool saved = PackedMatMul.UseNativeBFloat16;
-                try
+                var y = OnMicroKernel(native, images * outputs * p, py =>
                 {
-                    PackedMatMul.UseNativeBFloat16 = native;
-                    fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
-                        PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
-                }
-                finally
-                {
-                    PackedMatMul.UseNativeBFloat16 = saved;
-                }
+                    fixed (float* px = pixels) fixed (float* pb = bias) PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
+                });
                 string how = native ? "" : ", twin";
                 for (int i = 0; i < y.Length; i++)
                 {
@@ -565,19 +556,10 @@ public unsafe class BFloat16PackedKernelTests
             string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, weight zero points {weightZeroPoints}, per tensor {perTensor}";
             foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
             {
-                var y = new float[images * outputs * p];
-                Array.Fill(y, float.NaN);
-                bool saved = PackedMatMul.UseNativeBFloat16;
-                try
+                var y = OnMicroKernel(native, images * outputs * p, py =>
                 {
-                    PackedMatMul.UseNativeBFloat16 = native;
-                    fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
-                        PackedMatMul.GroupedCodes(view, px, pb, py, u, groups, input);
-                }
-                finally
-                {
-                    PackedMatMul.UseNativeBFloat16 = saved;
-                }
+                    fixed (float* px = pixels) fixed (float* pb = bias) PackedMatMul.GroupedCodes(view, px, pb, py, u, groups, input);
+                });
                 for (int i = 0; i < y.Length; i++)
                     Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
                         $"{what}{(native ? "" : ", twin")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]:R}, the specification's {expected[i]:R}");
@@ -759,6 +741,29 @@ public unsafe class BFloat16PackedKernelTests
             var u = Unfolding(g).ForImages(images);
             Assert.True(expected == PackedMatMul.ReadsPairsInPlace(u, outputs), $"[{string.Join(",", g)}] x{images} -> {outputs}: expected {expected}");
         }
+    }
+
+    private delegate void OutputCall(float* y);
+
+    /// <summary>
+    /// <paramref name="call"/> on a new output of <paramref name="length"/> NaN values, through the generated bfloat16
+    /// micro-kernel where <paramref name="native"/>, else its twin; the output.
+    /// </summary>
+    private static float[] OnMicroKernel(bool native, int length, OutputCall call)
+    {
+        var y = new float[length];
+        Array.Fill(y, float.NaN);
+        bool saved = PackedMatMul.UseNativeBFloat16;
+        try
+        {
+            PackedMatMul.UseNativeBFloat16 = native;
+            fixed (float* py = y) call(py);
+        }
+        finally
+        {
+            PackedMatMul.UseNativeBFloat16 = saved;
+        }
+        return y;
     }
 
     private static float[] Run(in WeightView view, float[] pixels, float[] bias, Im2Col u, int outputs, KernelPath path, bool bfloat16, bool native, bool inPlace = true)
