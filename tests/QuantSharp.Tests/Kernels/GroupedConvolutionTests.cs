@@ -170,6 +170,7 @@ public class GroupedConvolutionTests
         AssertW8A8MatchesSimulated(
         [
             (nn.Conv2d(32, 16, 3, padding: 1, groups: 2), torch.randn(2, 32, 14, 14)),          // 144 terms a group
+            (nn.Conv2d(32, 16, 3, padding: 1, groups: 2), torch.randn(2, 14, 14, 32).permute(0, 3, 1, 2)), // not contiguous
             (nn.Conv2d(24, 12, 3, stride: 2, padding: 1, groups: 3), torch.randn(1, 24, 15, 17)),
             (nn.Conv2d(12, 6, 1, groups: 3), torch.randn(12, 9, 9)),                            // 1x1, unbatched
             (nn.Conv1d(8, 8, 3, padding: 1, groups: 2), torch.randn(2, 8, 50)),
@@ -178,13 +179,24 @@ public class GroupedConvolutionTests
         var conv = nn.Conv2d(32, 16, 3, padding: 1, groups: 2);
         var x = torch.randn(2, 32, 14, 14);
         var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        // NaN takes the lowest code and infinities clamp, as on the simulated path: finite outputs that agree.
+        var uint8 = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        using (var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8, uint8))
+        {
+            var odd = x.clone();
+            odd[0, 0, 0, 0] = torch.tensor(float.NaN);
+            odd[0, 1, 2, 3] = torch.tensor(float.PositiveInfinity);
+            odd[1, 5, 6, 7] = torch.tensor(float.NegativeInfinity);
+            var kernel = layer.Kernel(odd, ConvolutionRoute.Kernel)!;
+            Assert.True(kernel.isfinite().all().item<bool>(), "non-finite outputs from NaN or infinite inputs");
+            AssertClose(layer.Forward(odd, ConvolutionRoute.Reference), kernel, 1e-5, "NaN and infinite inputs");
+        }
         ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
         {
             using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
             layer.DynamicInput = dynamic;
             return layer.Candidates(x);
         }
-        var uint8 = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
         Assert.Equal(pairs, Candidates(int8, uint8).Contains(ConvolutionRoute.Kernel));
         Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, uint8 with { ZeroPoint = 300 }));
         Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, null, dynamic: true));
