@@ -1027,7 +1027,7 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// A grouped static W8A8 convolution, exact, from pair images (<see cref="ByPairImages"/>): the images at
     /// <paramref name="x"/> quantized with <paramref name="input"/> as they are paired, their codes less the zero point
-    /// (at most 255 in magnitude) and the int8 weight's codes less theirs (per-channel or per-tensor scales) multiplied
+    /// (at most 256 in magnitude) and the int8 weight's codes less theirs (per-channel or per-tensor scales) multiplied
     /// in bfloat16, which holds such integers exactly, with every product and partial sum an integer below 2^24
     /// (<see cref="CodesExact"/>), so exact in float32; each output <c>(float)((double)s_x * s_w[n] * sum) + bias[n]</c>,
     /// the integer kernels' epilogue: the integers and the floats of <see cref="IntegerMatMul.RunConvolution"/> for an

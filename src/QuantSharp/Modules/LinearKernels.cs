@@ -108,8 +108,11 @@ internal static unsafe class LinearKernels
     /// With <paramref name="bfloat16"/> (and no static <paramref name="input"/>) the packed GEMM multiplies in bfloat16
     /// (<see cref="PackedMatMul.Run"/>): the bfloat16 route where libtorch's bfloat16 convolution cannot run. A grouped
     /// convolution (<paramref name="groups"/> above one: a storage matrix of <c>C / groups * kernel</c> columns) runs
-    /// only that way, from pair images (<see cref="PackedMatMul.GroupedBFloat16"/>): null without
-    /// <paramref name="bfloat16"/>, with a static input, without AVX-512, or with an odd number of channels a group.
+    /// only from pair images: in bfloat16 with <paramref name="bfloat16"/> (<see cref="PackedMatMul.GroupedBFloat16"/>),
+    /// and with a static <paramref name="input"/> in integer codes, exactly (<see cref="PackedMatMul.GroupedCodes"/>; the
+    /// CPU needs AVX512-BF16, the weight int8 of one scale a row or tensor, and the group sums must stay exact,
+    /// <see cref="PackedMatMul.CodesExact"/>). Null without either, with a dynamic input, without AVX-512, or with an
+    /// odd number of channels a group.
     /// </remarks>
     public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false, int groups = 1)
     {
