@@ -1176,7 +1176,7 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step, InputFakeQuantization? codes = null)
     {
-        int pairs = u.Channels / 2, h = u.Height, width = u.Width;
+        int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
         nint values = planeStride * pairs * u.Images, slack = step + grid.PhaseWidth;
         uint* buffer = (uint*)NativeMemory.AlignedAlloc((nuint)(values + slack) * sizeof(uint), 64);
         new Span<uint>(buffer + values, (int)slack).Clear();
@@ -1185,72 +1185,62 @@ internal static unsafe class PackedMatMul
         KernelThreads.For(u.Images * pairs, 4L * planeStride, plane =>
         {
             float* even = (float*)source + (nint)plane * 2 * h * width;
-            if (codes is not { } q)
-            {
-                PairPlane(u, grid, planeStride, columns, even, (uint*)target + plane * planeStride);
-                return;
-            }
-            int values = 2 * h * width;
-            float[] rented = ArrayPool<float>.Shared.Rent(values);
+            int count = 2 * h * width;
+            float[]? rented = codes is null ? null : ArrayPool<float>.Shared.Rent(count);
             try
             {
                 fixed (float* quantized = rented)
                 {
-                    QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(even, values), 1f, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<float>(quantized, values));
-                    PairPlane(u, grid, planeStride, columns, quantized, (uint*)target + plane * planeStride);
+                    if (codes is { } q)
+                    {
+                        QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(even, count), 1f, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<float>(quantized, count));
+                        even = quantized;
+                    }
+                    float* odd = even + (nint)h * width;
+                    uint* dst = (uint*)target + plane * planeStride;
+                    if (u.StrideH == 1 && u.StrideW == 1)
+                    {
+                        // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
+                        // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
+                        // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
+                        int wp = grid.PhaseWidth, pad = u.PadW;
+                        new Span<uint>(dst, u.PadH * wp + pad).Clear();
+                        uint* at = dst + (nint)u.PadH * wp + pad;
+                        if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
+                        {
+                            NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
+                            return;
+                        }
+                        for (int r = 0; r < h; r++, at += wp)
+                        {
+                            PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
+                            new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
+                        }
+                        return;
+                    }
+                    uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
+                    for (int r = 0; r < paddedRows; r++)
+                    {
+                        int sourceRow = r - u.PadH;
+                        if (sourceRow < 0 || sourceRow >= h)
+                        {
+                            grid.WriteRow<uint>(dst, r, null, 0u, columns);
+                            continue;
+                        }
+                        PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
+                        row[width] = 0;
+                        grid.WriteRow(dst, r, row, 0u, columns);
+                    }
+                    nint written = (nint)(grid.ImageValues / pairs);
+                    new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
                 }
             }
             finally
             {
-                ArrayPool<float>.Shared.Return(rented);
+                if (rented != null) ArrayPool<float>.Shared.Return(rented);
             }
         });
         return buffer;
-    }
-
-    /// <summary>
-    /// Pair plane <c>dst</c> of <see cref="PairImages"/> from its two channels' planes, <paramref name="even"/> and the
-    /// next (<c>H * W</c> values on).
-    /// </summary>
-    private static void PairPlane(Im2Col u, PhaseGrid grid, nint planeStride, ColumnPhase[] columns, float* even, uint* dst)
-    {
-        int h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
-        float* odd = even + (nint)h * width;
-        if (u.StrideH == 1 && u.StrideW == 1)
-        {
-            // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
-            // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
-            // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
-            int wp = grid.PhaseWidth, pad = u.PadW;
-            new Span<uint>(dst, u.PadH * wp + pad).Clear();
-            uint* at = dst + (nint)u.PadH * wp + pad;
-            if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
-            {
-                NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
-                return;
-            }
-            for (int r = 0; r < h; r++, at += wp)
-            {
-                PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
-                new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
-            }
-            return;
-        }
-        uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
-        for (int r = 0; r < paddedRows; r++)
-        {
-            int sourceRow = r - u.PadH;
-            if (sourceRow < 0 || sourceRow >= h)
-            {
-                grid.WriteRow<uint>(dst, r, null, 0u, columns);
-                continue;
-            }
-            PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
-            row[width] = 0;
-            grid.WriteRow(dst, r, row, 0u, columns);
-        }
-        nint written = (nint)(grid.ImageValues / (u.Channels / 2));
-        new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
     }
 
     /// <summary>Values of a plane (rows x columns) up to which <see cref="PairImages"/> pairs a plane of rows narrower than 16 in one run (<see cref="NarrowPlane"/>).</summary>

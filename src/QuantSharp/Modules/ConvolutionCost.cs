@@ -650,7 +650,7 @@ internal static class ConvolutionCost
     /// 0.84-1.09x on the small kernel (lower in 23 of 24 processes, the other 1.32x against 1.09x), over 48 (8 groups)
     /// 0.57-0.67x against 0.99-1.10x, over 8 from 4 images 0.57-0.78x against 0.83-0.93x (at 1 and 2 images slower,
     /// 0.77-0.96x against 0.61-0.79x); onto 14x14 over 16 channels a group at 4 and 8 images 0.73-1.32x against
-    /// 0.92-1.23x (lower in 14 of 20), over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x (18 of 18). Slower or
+    /// 0.92-1.23x (lower in 20 of 28), over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x (18 of 18). Slower or
     /// alike: 4 channels a group onto 56x56 (0.46-1.01x against 0.36-0.53x), 16 a group onto 14x14 at 1 and 2 images,
     /// 48 a group onto 14x14 at 1-3 images (0.70-1.60x against 0.69-1.10x; one call 331-873 us between processes),
     /// anything onto 7x7 (1.05-2.41x, the pair images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1
