@@ -604,7 +604,9 @@ public unsafe class BFloat16PackedKernelTests
             var error = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedCodes(view, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, 0, 255)));
             Assert.Contains("288 terms a group", error.Message);
             var symmetricView = symmetric.View;
+            Array.Fill(buffer, float.NaN, 4096, 64);
             PackedMatMul.GroupedCodes(symmetricView, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, -128, 127));
+            Assert.All(buffer[4096..(4096 + 64)], v => Assert.Equal(0f, v)); // zero images, no bias: every output written, zero
             var groupSize = Assert.Throws<ArgumentException>(() => PackedMatMul.GroupedCodes(groupedView, b, null, b + 4096, u, 2, new InputFakeQuantization(0.1f, 10f, 0, -128, 127)));
             Assert.Contains("one scale a row or tensor", groupSize.Message);
         }
