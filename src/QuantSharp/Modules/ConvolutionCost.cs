@@ -653,8 +653,8 @@ internal static class ConvolutionCost
     /// 0.92-1.23x (lower in 20 of 28), over 32 at 1-3 images 0.68-0.89x against 0.96-1.10x (18 of 18). Slower or
     /// alike: 4 channels a group onto 56x56 (0.46-1.01x against 0.36-0.53x), 16 a group onto 14x14 at 1 and 2 images,
     /// 48 a group onto 14x14 at 1-3 images (0.70-1.60x against 0.69-1.10x; one call 331-873 us between processes),
-    /// anything onto 7x7 (1.05-2.41x, the pair images' 9-wide rows). Not measured: stride 2 (alike in one survey), 1x1
-    /// and Conv1d layers.
+    /// anything onto 7x7 (1.05-2.41x, the pair images' 9-wide rows), stride 2 (256 in 32 groups from 56x56, 512 in 32
+    /// from 28x28: 0.82-1.88x against 0.49-1.14x, lower in 2 of 32). Not measured: 1x1 and Conv1d layers.
     /// </summary>
     internal static bool GroupedCodesPay(Im2Col unfold, long groups)
     {
