@@ -271,9 +271,8 @@ public sealed class QuantizedConv : QuantizedModule
         if (groups > 1)
         {
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
-            bool codes = GroupedCodes(u);
+            bool pairs = GroupedPairs(u), codes = pairs && GroupedCodes(u);
             if (route == ConvolutionRoute.Kernel && codes) return ConvolutionRoute.Kernel;
-            bool pairs = GroupedPairs(u);
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && codes && ConvolutionCost.GroupedCodesPay(u, groups)) return ConvolutionRoute.Kernel;
@@ -324,14 +323,14 @@ public sealed class QuantizedConv : QuantizedModule
 
     /// <summary>
     /// Whether this grouped static W8A8 layer can run exactly from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>,
-    /// its <see cref="ConvolutionRoute.Kernel"/> route) for <paramref name="unfold"/>: where <see cref="GroupedPairs"/>
-    /// holds, with int8 weights of one scale a row or tensor and group sums that stay exact in float32
+    /// its <see cref="ConvolutionRoute.Kernel"/> route) for <paramref name="unfold"/>, where <see cref="GroupedPairs"/>
+    /// holds (the caller checks it): int8 weights of one scale a row or tensor and group sums that stay exact in float32
     /// (<see cref="PackedMatMul.CodesExact"/>: codes of a symmetric weight up to 128 in magnitude, else 255; the kernel
     /// checks the zero points themselves and leaves the call to libtorch's route where they exceed that).
     /// </summary>
     private bool GroupedCodes(Im2Col unfold)
     {
-        if (DynamicInput || InputQuantization is not { } act || !GroupedPairs(unfold)) return false;
+        if (DynamicInput || InputQuantization is not { } act) return false;
         int terms = unfold.Rows / (int)groups;
         if (LinearKernels.Format(weight.Spec, terms, out int groupSize) != WeightFormat.Int8 || groupSize != terms) return false;
         int weightMax = weight.Spec.Scheme == QuantScheme.Symmetric ? 128 : 255;

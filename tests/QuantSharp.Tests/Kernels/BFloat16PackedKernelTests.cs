@@ -416,7 +416,7 @@ public unsafe class BFloat16PackedKernelTests
                 float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
                 for (int i = 0; i < images; i++)
                 {
-                    float[] rows = LibtorchColumns(batch[i].narrow(0, group * channels, channels), single).t().contiguous().data<float>().ToArray(); // [P, K]
+                    float[] rows = GroupColumns(batch[i], group, single); // [P, K]
                     var part = new float[p * groupRows];
                     fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
                         QuantizedMatMul.Reference(rowsView, pr, p, k, pb, ps, groupRows);
@@ -540,7 +540,7 @@ public unsafe class BFloat16PackedKernelTests
                 float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
                 for (int i = 0; i < images; i++)
                 {
-                    float[] rows = LibtorchColumns(batch[i].narrow(0, group * channels, channels), single).t().contiguous().data<float>().ToArray(); // [P, K]
+                    float[] rows = GroupColumns(batch[i], group, single); // [P, K]
                     var part = new float[p * groupRows];
                     using var quantized = new QuantizedActivations(p, k);
                     fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
@@ -744,6 +744,13 @@ public unsafe class BFloat16PackedKernelTests
             Assert.True(expected == PackedMatMul.ReadsPairsInPlace(u, outputs), $"[{string.Join(",", g)}] x{images} -> {outputs}: expected {expected}");
         }
     }
+
+    /// <summary>
+    /// libtorch's columns of <paramref name="image"/>'s channels of group <paramref name="group"/> (geometry
+    /// <paramref name="single"/>, whose first entry is the group's channel count) as rows <c>[P, K]</c>.
+    /// </summary>
+    private static float[] GroupColumns(Tensor image, int group, int[] single) =>
+        LibtorchColumns(image.narrow(0, group * single[0], single[0]), single).t().contiguous().data<float>().ToArray();
 
     private delegate void OutputCall(float* y);
 
