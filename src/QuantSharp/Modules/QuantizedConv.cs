@@ -227,7 +227,8 @@ public sealed class QuantizedConv : QuantizedModule
         long n = imageShape[0];
         var images = input.reshape(imageShape);
         Tensor? y = null;
-        // The bfloat16 route on the packed kernels: the (fake-quantized, for W8A8) input multiplied in bfloat16.
+        // Static W8A8 in integers first (the integer GEMM; grouped, codes from pair images), where that applies; then the
+        // packed kernels in float32 or, on the bfloat16 route, the (fake-quantized, for W8A8) input in bfloat16.
         if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer, groups: (int)groups);
         y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16, (int)groups);
         if (y is null) return null;
