@@ -406,30 +406,27 @@ public unsafe class BFloat16PackedKernelTests
             // Each group alone: the specification on its channels' columns, its weight rows and bias, with the magnitude
             // sum |w||x| + |b| per output, and the ungrouped call from pair images.
             int[] single = [channels, .. g[1..]];
-            var spec = new float[images * outputs * p];
             var magnitude = new double[images * outputs * p];
+            var spec = PerGroup(batch, view, bias, groups, single, p, (rowsView, groupBias, rows, group, i) =>
+            {
+                var part = new float[p * groupRows];
+                fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
+                    QuantizedMatMul.Reference(rowsView, pr, p, k, pb, ps, groupRows);
+                for (int n = 0; n < groupRows; n++)
+                    for (int pos = 0; pos < p; pos++)
+                    {
+                        double m = Math.Abs(groupBias[n]);
+                        for (int kk = 0; kk < k; kk++) m += Math.Abs((double)rows[pos * k + kk] * rowsView.Dequantized(n, kk));
+                        magnitude[(i * outputs + group * groupRows + n) * p + pos] = m;
+                    }
+                return part;
+            });
             var expected = new float[images * outputs * p];
             int plane = g[1] * g[2];
             for (int group = 0; group < groups; group++)
             {
                 var rowsView = view.RowRange(group * groupRows, groupRows);
                 float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
-                for (int i = 0; i < images; i++)
-                {
-                    float[] rows = GroupColumns(batch[i], group, single); // [P, K]
-                    var part = new float[p * groupRows];
-                    fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
-                        QuantizedMatMul.Reference(rowsView, pr, p, k, pb, ps, groupRows);
-                    for (int n = 0; n < groupRows; n++)
-                        for (int pos = 0; pos < p; pos++)
-                        {
-                            int at = (i * outputs + group * groupRows + n) * p + pos;
-                            spec[at] = part[pos * groupRows + n];
-                            double m = Math.Abs(groupBias[n]);
-                            for (int kk = 0; kk < k; kk++) m += Math.Abs((double)rows[pos * k + kk] * rowsView.Dequantized(n, kk));
-                            magnitude[at] = m;
-                        }
-                }
                 var own = new float[images * channels * plane];
                 for (int i = 0; i < images; i++)
                     Array.Copy(pixels, (i * g[0] + group * channels) * plane, own, i * channels * plane, channels * plane);
@@ -532,27 +529,18 @@ public unsafe class BFloat16PackedKernelTests
             var batch = torch.randn(images, g[0], g[1], g[2]) * 2;
             float[] pixels = batch.data<float>().ToArray();
             float[] bias = KernelTestData.Activations(outputs, k);
-            var expected = new float[images * outputs * p];
             int[] single = [channels, .. g[1..]];
-            for (int group = 0; group < groups; group++)
+            var expected = PerGroup(batch, view, bias, groups, single, p, (rowsView, groupBias, rows, group, i) =>
             {
-                var rowsView = view.RowRange(group * groupRows, groupRows);
-                float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
-                for (int i = 0; i < images; i++)
+                var part = new float[p * groupRows];
+                using var quantized = new QuantizedActivations(p, k);
+                fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
                 {
-                    float[] rows = GroupColumns(batch[i], group, single); // [P, K]
-                    var part = new float[p * groupRows];
-                    using var quantized = new QuantizedActivations(p, k);
-                    fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
-                    {
-                        IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
-                        IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
-                    }
-                    for (int n = 0; n < groupRows; n++)
-                        for (int pos = 0; pos < p; pos++)
-                            expected[(i * outputs + group * groupRows + n) * p + pos] = part[pos * groupRows + n];
+                    IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
+                    IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
                 }
-            }
+                return part;
+            });
             string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, weight zero points {weightZeroPoints}, per tensor {perTensor}";
             foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
             {
@@ -745,12 +733,34 @@ public unsafe class BFloat16PackedKernelTests
         }
     }
 
+    /// <summary>A group's outputs <c>[P, group rows]</c> (position-major) on one image, from its weight rows, bias and libtorch columns <c>[P, K]</c>.</summary>
+    private delegate float[] GroupSpecification(WeightView rows, float[] bias, float[] columns, int group, int image);
+
     /// <summary>
-    /// libtorch's columns of <paramref name="image"/>'s channels of group <paramref name="group"/> (geometry
-    /// <paramref name="single"/>, whose first entry is the group's channel count) as rows <c>[P, K]</c>.
+    /// <paramref name="specification"/> of every group of <paramref name="view"/> on every image of
+    /// <paramref name="batch"/> (libtorch's columns of the group's channels, geometry <paramref name="single"/>, whose
+    /// first entry is a group's channel count; <paramref name="p"/> positions), laid out as the convolution's output
+    /// <c>[images, outputs, P]</c>.
     /// </summary>
-    private static float[] GroupColumns(Tensor image, int group, int[] single) =>
-        LibtorchColumns(image.narrow(0, group * single[0], single[0]), single).t().contiguous().data<float>().ToArray();
+    private static float[] PerGroup(Tensor batch, WeightView view, float[] bias, int groups, int[] single, int p, GroupSpecification specification)
+    {
+        int images = (int)batch.shape[0], outputs = view.Rows, groupRows = outputs / groups;
+        var y = new float[images * outputs * p];
+        for (int group = 0; group < groups; group++)
+        {
+            var rows = view.RowRange(group * groupRows, groupRows);
+            float[] groupBias = bias[(group * groupRows)..((group + 1) * groupRows)];
+            for (int i = 0; i < images; i++)
+            {
+                var columns = LibtorchColumns(batch[i].narrow(0, group * single[0], single[0]), single).t().contiguous().data<float>().ToArray();
+                float[] part = specification(rows, groupBias, columns, group, i);
+                for (int n = 0; n < groupRows; n++)
+                    for (int pos = 0; pos < p; pos++)
+                        y[(i * outputs + group * groupRows + n) * p + pos] = part[pos * groupRows + n];
+            }
+        }
+        return y;
+    }
 
     private delegate void OutputCall(float* y);
 
