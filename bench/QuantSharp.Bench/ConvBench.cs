@@ -192,6 +192,18 @@ internal static class ConvBench
                     bool lanes = parts[0] == "DepthwiseLanes";
                     return () => With(v => DepthwiseConvolution.ForcedLanes = v ? lanes : null, true, false, () => layer.Forward(x, ConvolutionRoute.Depthwise));
                 }
+                // Quad / QuadRows / QuadWide: the kernel route on QuadConvolution (static W8A8), its runs by its rule, within rows, over the wide grid.
+                if (parts[0].StartsWith("Quad", StringComparison.Ordinal))
+                {
+                    bool? rowRuns = parts[0] switch { "QuadRows" => true, "QuadWide" => false, _ => null };
+                    return () =>
+                    {
+                        QuadConvolution.Forced = true;
+                        QuadConvolution.ForcedRowRuns = rowRuns;
+                        try { return layer.Forward(x, ConvolutionRoute.Kernel); }
+                        finally { QuadConvolution.Forced = QuadConvolution.ForcedRowRuns = null; }
+                    };
+                }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>

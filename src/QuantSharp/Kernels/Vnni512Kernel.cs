@@ -39,6 +39,12 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Where the bfloat16 micro-kernels over all taps (<see cref="MicroBFloat16Taps"/>) for 1 to 6 rows start in the code page (set by <see cref="Assemble"/>).</summary>
     private static readonly int[] s_bfloat16TapsOffsets = new int[7];
 
+    /// <summary>Where <see cref="QuadDots"/> for P positions and V vectors starts in the code page, at <c>[V - 1, P]</c> (set by <see cref="Assemble"/>).</summary>
+    private static readonly int[,] s_quadOffsets = new int[2, QuadMaxAccumulators + 1];
+
+    /// <summary>Accumulators of <see cref="QuadDots"/> (positions x vectors): <c>zmm0-27</c>.</summary>
+    public const int QuadMaxAccumulators = 28;
+
     private static readonly nint s_code = Build();
 
     /// <summary>Whether the 512-bit kernel runs here (and <see cref="Simd.MaxBits"/> allows 512 bits).</summary>
@@ -136,6 +142,37 @@ internal static unsafe partial class Vnni512Kernel
         ((delegate* unmanaged[SuppressGCTransition]<byte*, nint, byte*, nint, int*, nint, nint, ulong, void>)code)(q, tail, u, ldu, lanes, steps, count, mask);
     }
 
+    /// <summary>
+    /// The direct W8A8 convolution's dot products with the output channels in lanes (<see cref="QuadConvolution"/>):
+    /// for <paramref name="positions"/> positions j (1 to <see cref="QuadMaxAccumulators"/> / <paramref name="vectors"/>)
+    /// and <paramref name="vectors"/> (1 or 2) vectors of 16 output channels, <c>c[j, 16 v + l]</c> = the sum over
+    /// <paramref name="steps"/> steps s (at least 1) of <c>dot(x[j, s], w[s, v, l])</c>: four uint8 codes at
+    /// <c>x + stepBytes[s] + 4 j</c> (one 32-bit value, broadcast) times lane l's four int8 weights of step s
+    /// (<c>w + 64 (s V + v) + 4 l</c>), <c>vpdpbusd zmm</c>, exact int32 sums (no saturation); c is
+    /// <c>[positions, 16 vectors]</c> int32, written whole. Only when <see cref="IsSupported"/>;
+    /// <see cref="QuadDotsTwin"/> computes the same in portable vectors.
+    /// </summary>
+    public static void QuadDots(sbyte* w, nint steps, byte* x, nint* stepBytes, int* c, int positions, int vectors) =>
+        ((delegate* unmanaged[SuppressGCTransition]<sbyte*, nint, byte*, nint*, int*, void>)(s_code + s_quadOffsets[vectors - 1, positions]))(w, steps, x, stepBytes, c);
+
+    /// <summary><see cref="QuadDots"/> in portable vectors (the tests compare them).</summary>
+    public static void QuadDotsTwin(sbyte* w, nint steps, byte* x, nint* stepBytes, int* c, int positions, int vectors)
+    {
+        for (int j = 0; j < positions; j++)
+            for (int v = 0; v < vectors; v++)
+            {
+                var acc = Vector512<int>.Zero;
+                for (nint s = 0; s < steps; s++)
+                {
+                    byte* quad = x + stepBytes[s] + 4 * j;
+                    var weights = Vector512.Load((int*)(w + 64 * (s * vectors + v)));
+                    for (int i = 0; i < 4; i++)
+                        acc += (weights << (24 - 8 * i) >> 24) * quad[i]; // an arithmetic shift: byte i sign-extended
+                }
+                acc.Store(c + 16 * (j * vectors + v));
+            }
+    }
+
     private static nint Build()
     {
         if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64) return 0;
@@ -180,6 +217,13 @@ internal static unsafe partial class Vnni512Kernel
             s_bfloat16TapsOffsets[rows] = asm.Position;
             AssembleTaps(asm, rows);
         }
+        for (int vectors = 1; vectors <= 2; vectors++)
+            for (int positions = 1; positions * vectors <= QuadMaxAccumulators; positions++)
+            {
+                asm.AlignTo(64);
+                s_quadOffsets[vectors - 1, positions] = asm.Position;
+                AssembleQuad(asm, positions, vectors);
+            }
         foreach (bool tail in new[] { false, true })
             foreach (int rows in new[] { 1, 2, 4 })
             {
@@ -235,6 +279,35 @@ internal static unsafe partial class Vnni512Kernel
         asm.AddImmediate(R8, 64 * rows);
         asm.DecrementAndLoop(R11, row);
         asm.Pop(Rbx);
+        asm.Return();
+    }
+
+    /// <summary>
+    /// <see cref="QuadDots"/>: System V <c>rdi = w, rsi = steps, rdx = x, rcx = stepBytes, r8 = c</c>. Accumulator
+    /// <c>(j, v)</c> is <c>zmm(j V + v)</c>, zeroed; per step the step's offset into <c>rax</c> (plus x), the weight's
+    /// vectors into <c>zmm30-31</c>, then per position its four codes broadcast into <c>zmm28</c> or <c>zmm29</c> (in
+    /// turn, so consecutive positions do not wait on one register) and one <c>vpdpbusd</c> per vector; then
+    /// <c>w += 64 V</c>, the table 8 bytes on. The accumulators are stored to c in order.
+    /// </summary>
+    private static void AssembleQuad(Assembler asm, int positions, int vectors)
+    {
+        const int Rax = 0, Rcx = 1;
+        int accumulators = positions * vectors;
+        for (int a = 0; a < accumulators; a++) asm.ZeroVector(a);
+        int step = asm.Position;
+        asm.LoadQword(Rax, Rcx);
+        asm.Add(Rax, Rdx);
+        for (int v = 0; v < vectors; v++) asm.Vector(Assembler.LoadOp, 30 + v, Rdi, NoIndex, 64 * v);
+        for (int j = 0; j < positions; j++)
+        {
+            int codes = 28 + j % 2;
+            asm.Broadcast32(codes, Rax, NoIndex, 4 * j);
+            for (int v = 0; v < vectors; v++) asm.DotBytes(j * vectors + v, codes, 30 + v);
+        }
+        asm.AddImmediate(Rdi, 64 * vectors);
+        asm.AddImmediate(Rcx, 8);
+        asm.DecrementAndLoop(Rsi, step);
+        for (int a = 0; a < accumulators; a++) asm.Vector(Assembler.StoreOp, a, R8, NoIndex, 64 * a);
         asm.Return();
     }
 
@@ -383,7 +456,7 @@ internal static unsafe partial class Vnni512Kernel
         public void Vector(int op, int reg, int baseReg, int index, int disp) => Evex(op, Map0F, PrefixF3, reg, 0, baseReg, index, disp);
 
         /// <summary><c>vpbroadcastd zmm(reg), dword [base + index]</c> (EVEX.512.66.0F38.W0 58).</summary>
-        public void Broadcast32(int reg, int baseReg, int index) => Evex(0x58, Map0F38, Prefix66, reg, 0, baseReg, index, 0);
+        public void Broadcast32(int reg, int baseReg, int index, int disp = 0) => Evex(0x58, Map0F38, Prefix66, reg, 0, baseReg, index, disp);
 
         /// <summary><c>vpdpbusd zmm(acc), zmm(unsigned), zmm(signed)</c> (EVEX.512.66.0F38.W0 50): acc += 4 u8 x s8 products per lane.</summary>
         public void DotBytes(int acc, int unsignedBytes, int signedBytes)

@@ -121,6 +121,17 @@ internal static unsafe class LinearKernels
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
+        if (input?.Static is { } quadInput && format == WeightFormat.Int8 && groupSize == k && QuadConvolution.Forced == true
+            && Vnni512Kernel.IsSupported && QuadConvolution.Fits(unfold.ForImages((int)shape[0]), n, groups) && !HasZeroPoints(View(parts, format, groupSize)))
+        {
+            using var quadScope = NewDisposeScope();
+            var xq = images.contiguous();
+            var yq = torch.empty([shape[0], n, unfold.Positions], ScalarType.Float32);
+            var range = QuantRange.For(quadInput.Type, quadInput.ReduceRange);
+            Pinned(parts, format, groupSize, xq, bias, yq, (in WeightView view, float* px, float* pb, float* py) =>
+                QuadConvolution.Run(view, px, pb, py, unfold.ForImages((int)shape[0]), groups, quadInput.Scale, quadInput.ZeroPoint, range.QMin, range.QMax));
+            return yq.MoveToOuterDisposeScope();
+        }
         if (groups > 1 && ((!bfloat16 && input is null) || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
         if (input is not null && groups == 1 && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
@@ -252,6 +263,14 @@ internal static unsafe class LinearKernels
         if (Format(parts.Spec, cols, out groupSize) is not { } f) return false;
         format = f;
         return true;
+    }
+
+    /// <summary>Whether any row of <paramref name="w"/> has a zero point other than 0.</summary>
+    private static bool HasZeroPoints(in WeightView w)
+    {
+        for (int r = 0; r < w.Rows && w.ZeroPoint != null; r++)
+            if (w.Params(r, 0).ZeroPoint != 0) return true;
+        return false;
     }
 
     private delegate void KernelCall(in WeightView w, float* x, float* bias, float* y);

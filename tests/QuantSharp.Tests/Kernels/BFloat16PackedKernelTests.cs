@@ -734,7 +734,7 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     /// <summary>A group's outputs <c>[P, group rows]</c> (position-major) on one image, from its weight rows, bias and libtorch columns <c>[P, K]</c>.</summary>
-    private delegate float[] GroupSpecification(WeightView rows, float[] bias, float[] columns, int group, int image);
+    internal delegate float[] GroupSpecification(WeightView rows, float[] bias, float[] columns, int group, int image);
 
     /// <summary>
     /// <paramref name="specification"/> of every group of <paramref name="view"/> on every image of
@@ -742,7 +742,7 @@ public unsafe class BFloat16PackedKernelTests
     /// first entry is a group's channel count; <paramref name="p"/> positions), laid out as the convolution's output
     /// <c>[images, outputs, P]</c>.
     /// </summary>
-    private static float[] PerGroup(Tensor batch, WeightView view, float[] bias, int groups, int[] single, int p, GroupSpecification specification)
+    internal static float[] PerGroup(Tensor batch, WeightView view, float[] bias, int groups, int[] single, int p, GroupSpecification specification)
     {
         int images = (int)batch.shape[0], outputs = view.Rows, groupRows = outputs / groups;
         var y = new float[images * outputs * p];
