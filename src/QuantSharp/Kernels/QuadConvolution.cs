@@ -100,6 +100,7 @@ internal static unsafe class QuadConvolution
                 int band = item % bands, g = item / bands % groups, im = item / bands / groups;
                 int r0 = band * bandRows, r1 = Math.Min(u.OutH, r0 + bandRows);
                 int* tile = stackalloc int[Vnni512Kernel.QuadMaxAccumulators * 16];
+                float* values = stackalloc float[Vnni512Kernel.QuadMaxAccumulators * 16];
                 fixed (nint* table = stepBytes)
                 fixed (int* offsetsAt = offsets)
                 fixed (double* productsAt = products)
@@ -112,7 +113,7 @@ internal static unsafe class QuadConvolution
                         int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
                         int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
                         sbyte* weights = (sbyte*)packedAddress + ((nint)g * chunks + chunk) * steps * 128;
-                        var epilogue = new Epilogue(offsetsAt, productsAt, biasesAt, yi, positions, g * outputs + first, count, vectors, wp, outW);
+                        var epilogue = new Epilogue(offsetsAt, productsAt, biasesAt, g * outputs + first, count, vectors, values, yi, positions, wp, outW);
                         if (rowRuns)
                         {
                             // Runs within each output row, as long and as even as the accumulators allow.
@@ -169,23 +170,27 @@ internal static unsafe class QuadConvolution
     {
         int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, k = w.Cols;
         new Span<byte>(packed, checked(groups * chunks * steps * 128)).Clear();
-        for (int n = 0; n < w.Rows; n++)
+        var view = w;
+        nint target = (nint)packed;
+        KernelThreads.For(w.Rows, k, n =>
         {
             int g = n / outputs, o = n - g * outputs, chunk = o / ChunkChannels, vectors = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16;
             int v = o % ChunkChannels / 16, l = o % 16;
-            sbyte* row = (sbyte*)w.Data + (nint)n * k;
-            sbyte* chunkBase = packed + ((nint)g * chunks + chunk) * steps * 128;
-            int sum = 0;
-            for (int c = 0; c < channels; c++)
-                for (int t = 0; t < taps; t++)
+            sbyte* row = (sbyte*)view.Data + (nint)n * k;
+            // Channel c's tap t goes to step (c / 4) taps + t, vector v, lane l, byte c mod 4: steps are 64 vectors bytes apart.
+            sbyte* lane = (sbyte*)target + ((nint)g * chunks + chunk) * steps * 128 + v * 64 + 4 * l;
+            int stepBytes = 64 * vectors, sum = 0;
+            for (int c = 0; c < channels; c++, row += taps)
+            {
+                sbyte* at = lane + (nint)(c / 4) * taps * stepBytes + c % 4;
+                for (int t = 0; t < taps; t++, at += stepBytes)
                 {
-                    sbyte value = row[c * taps + t];
-                    sum += value;
-                    int s = c / 4 * taps + t;
-                    chunkBase[(s * vectors + v) * 64 + 4 * l + c % 4] = value;
+                    sum += row[t];
+                    *at = row[t];
                 }
+            }
             offsets[n] = xz * sum;
-        }
+        });
     }
 
     /// <summary>
@@ -212,11 +217,11 @@ internal static unsafe class QuadConvolution
             int im = item / planes, plane = item - im * planes, g = plane / quads, quad = plane - g * quads;
             int planeSize = h * width;
             byte[] rented = ArrayPool<byte>.Shared.Rent(4 * planeSize);
-            uint[] row = ArrayPool<uint>.Shared.Rent(width + 1); // the stride-2 gather reads a value past the row
+            uint[] interleaved = ArrayPool<uint>.Shared.Rent(planeSize + 1); // the stride-2 gather reads a value past the last row
             try
             {
                 fixed (byte* quantized = rented)
-                fixed (uint* rowAt = row)
+                fixed (uint* quadsAt = interleaved)
                 {
                     for (int i = 0; i < 4; i++)
                     {
@@ -230,6 +235,8 @@ internal static unsafe class QuadConvolution
                         var src = new ReadOnlySpan<float>((float*)source + ((nint)im * unfold.Channels + g * channels + c) * planeSize, planeSize);
                         QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, MemoryMarshal.Cast<byte, sbyte>(dst));
                     }
+                    Interleave(quantized, quantized + planeSize, quantized + 2 * planeSize, quantized + 3 * planeSize, quadsAt, planeSize);
+                    quadsAt[planeSize] = pad;
                     uint* dstPlane = (uint*)target + im * grid.ImageValues + plane * planeValues;
                     for (int r = 0; r < paddedRows; r++)
                     {
@@ -239,17 +246,14 @@ internal static unsafe class QuadConvolution
                             grid.WriteRow<uint>(dstPlane, r, null, pad, columns);
                             continue;
                         }
-                        byte* c0 = quantized + (nint)sourceRow * width;
-                        Interleave(c0, c0 + planeSize, c0 + 2 * planeSize, c0 + 3 * planeSize, rowAt, width);
-                        rowAt[width] = pad;
-                        grid.WriteRow(dstPlane, r, rowAt, pad, columns);
+                        grid.WriteRow(dstPlane, r, quadsAt + (nint)sourceRow * width, pad, columns);
                     }
                 }
             }
             finally
             {
                 ArrayPool<byte>.Shared.Return(rented);
-                ArrayPool<uint>.Shared.Return(row);
+                ArrayPool<uint>.Shared.Return(interleaved);
             }
         });
         return buffer;
@@ -280,29 +284,39 @@ internal static unsafe class QuadConvolution
     /// <summary>
     /// The epilogue of one chunk of a group's output channels (<see cref="Run"/>): for each position of a run, its
     /// vectors of dot products less <c>z_x * sum(w[n])</c> (exact in int32), times the scales' product in float64,
-    /// rounded to float32, plus the bias, 16 channels at a time; then each channel's value stored in its output plane.
-    /// Positions of the wide grid's dropped columns are skipped.
+    /// rounded to float32, plus the bias, 16 channels at a time into <paramref name="values"/> (<c>[position, channel]</c>);
+    /// then channel by channel its values of the run's output positions (those of one output row at a time: a wide run
+    /// skips the dropped columns) into <paramref name="y"/> (<c>[N, positions]</c>).
     /// </summary>
-    private readonly struct Epilogue(int* offsets, double* products, float* biases, float* y, int positions, int n0, int count, int vectors, int wp, int outW)
+    private readonly struct Epilogue(int* offsets, double* products, float* biases, int n0, int count, int vectors, float* values, float* y, int positions, int wp, int outW)
     {
         public void Write(int* tile, int q0, int run)
         {
-            float* values = stackalloc float[16];
+            int stride = 16 * vectors;
             for (int j = 0; j < run; j++)
-            {
-                int q = q0 + j, oh = q / wp, ow = q - oh * wp;
-                if (ow >= outW) continue;
-                float* dst = y + (nint)n0 * positions + oh * outW + ow;
                 for (int v = 0; v < vectors; v++)
                 {
-                    int n = n0 + 16 * v, lanes = Math.Min(16, count - 16 * v);
+                    int n = n0 + 16 * v;
                     var exact = Vector512.Load(tile + 16 * (j * vectors + v)) - Vector512.Load(offsets + n);
                     var low = Vector512.ConvertToDouble(Vector512.WidenLower(exact)) * Vector512.Load(products + n);
                     var high = Vector512.ConvertToDouble(Vector512.WidenUpper(exact)) * Vector512.Load(products + n + 8);
-                    (Vector512.Narrow(low, high) + Vector512.Load(biases + n)).Store(values);
-                    float* at = dst + (nint)16 * v * positions;
-                    for (int l = 0; l < lanes; l++) at[(nint)l * positions] = values[l];
+                    (Vector512.Narrow(low, high) + Vector512.Load(biases + n)).Store(values + j * stride + 16 * v);
                 }
+            // The run's pieces within output rows: [j0, j1) at output row oh from column ow.
+            for (int j0 = 0; j0 < run;)
+            {
+                int q = q0 + j0, oh = q / wp, ow = q - oh * wp;
+                if (ow >= outW)
+                {
+                    j0 += wp - ow;
+                    continue;
+                }
+                int j1 = Math.Min(run, j0 + outW - ow);
+                float* dst = y + (nint)n0 * positions + oh * outW + ow - j0;
+                float* src = values;
+                for (int l = 0; l < count; l++, dst += positions, src++)
+                    for (int j = j0; j < j1; j++) dst[j] = src[j * stride];
+                j0 = j1;
             }
         }
     }
