@@ -177,18 +177,21 @@ internal static unsafe class QuadConvolution
             int g = n / outputs, o = n - g * outputs, chunk = o / ChunkChannels, vectors = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16;
             int v = o % ChunkChannels / 16, l = o % 16;
             sbyte* row = (sbyte*)view.Data + (nint)n * k;
-            // Channel c's tap t goes to step (c / 4) taps + t, vector v, lane l, byte c mod 4: steps are 64 vectors bytes apart.
-            sbyte* lane = (sbyte*)target + ((nint)g * chunks + chunk) * steps * 128 + v * 64 + 4 * l;
-            int stepBytes = 64 * vectors, sum = 0;
-            for (int c = 0; c < channels; c++, row += taps)
+            // Step (quad q, tap t) of vector v, lane l: channels 4q .. 4q + 3 at tap t (zero past the group's channels), one 32-bit store; steps are 64 vectors bytes apart.
+            uint* lane = (uint*)((sbyte*)target + ((nint)g * chunks + chunk) * steps * 128 + v * 64 + 4 * l);
+            int stepValues = 16 * vectors, sum = 0;
+            for (int c = 0; c < channels; c += 4)
             {
-                sbyte* at = lane + (nint)(c / 4) * taps * stepBytes + c % 4;
-                for (int t = 0; t < taps; t++, at += stepBytes)
+                byte* c0 = (byte*)row + (nint)c * taps;
+                int present = Math.Min(4, channels - c);
+                for (int t = 0; t < taps; t++, lane += stepValues)
                 {
-                    sum += row[t];
-                    *at = row[t];
+                    uint quad = c0[t];
+                    for (int i = 1; i < present; i++) quad |= (uint)c0[t + i * taps] << 8 * i;
+                    *lane = quad;
                 }
             }
+            for (int kk = 0; kk < k; kk++) sum += row[kk];
             offsets[n] = xz * sum;
         });
     }
