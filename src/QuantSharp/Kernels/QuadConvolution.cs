@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -100,7 +101,8 @@ internal static unsafe class QuadConvolution
                 int band = item % bands, g = item / bands % groups, im = item / bands / groups;
                 int r0 = band * bandRows, r1 = Math.Min(u.OutH, r0 + bandRows);
                 int* tile = stackalloc int[Vnni512Kernel.QuadMaxAccumulators * 16];
-                float* values = stackalloc float[Vnni512Kernel.QuadMaxAccumulators * 16];
+                // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
+                float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
                 fixed (nint* table = stepBytes)
                 fixed (int* offsetsAt = offsets)
                 fixed (double* productsAt = products)
@@ -289,7 +291,9 @@ internal static unsafe class QuadConvolution
     /// vectors of dot products less <c>z_x * sum(w[n])</c> (exact in int32), times the scales' product in float64,
     /// rounded to float32, plus the bias, 16 channels at a time into <paramref name="values"/> (<c>[position, channel]</c>);
     /// then channel by channel its values of the run's output positions (those of one output row at a time: a wide run
-    /// skips the dropped columns) into <paramref name="y"/> (<c>[N, positions]</c>).
+    /// skips the dropped columns) into <paramref name="y"/> (<c>[N, positions]</c>), in blocks of 8 x 8 transposed in
+    /// registers where AVX runs (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint, int, int)"/>: the
+    /// value-by-value moves were most of the epilogue's time on 7x7 planes).
     /// </summary>
     private readonly struct Epilogue(int* offsets, double* products, float* biases, int n0, int count, int vectors, float* values, float* y, int positions, int wp, int outW)
     {
@@ -316,9 +320,19 @@ internal static unsafe class QuadConvolution
                 }
                 int j1 = Math.Min(run, j0 + outW - ow);
                 float* dst = y + (nint)n0 * positions + oh * outW + ow - j0;
-                float* src = values;
-                for (int l = 0; l < count; l++, dst += positions, src++)
-                    for (int j = j0; j < j1; j++) dst[j] = src[j * stride];
+                if (Avx.IsSupported)
+                {
+                    // Blocks of 8 positions x 8 channels transposed in registers, each channel's positions one store.
+                    for (int jb = j0; jb < j1; jb += 8)
+                        for (int cb = 0; cb < count; cb += 8)
+                            Transposes.Transpose8x8(values + jb * stride + cb, stride, dst + jb + (nint)cb * positions, positions, Math.Min(8, count - cb), Math.Min(8, j1 - jb));
+                }
+                else
+                {
+                    float* src = values;
+                    for (int l = 0; l < count; l++, dst += positions, src++)
+                        for (int j = j0; j < j1; j++) dst[j] = src[j * stride];
+                }
                 j0 = j1;
             }
         }
