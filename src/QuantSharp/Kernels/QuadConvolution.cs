@@ -174,7 +174,8 @@ internal static unsafe class QuadConvolution
         new Span<byte>(packed, checked(groups * chunks * steps * 128)).Clear();
         var view = w;
         nint target = (nint)packed;
-        KernelThreads.For(w.Rows, k, n =>
+        // A weight byte costs about what 32 multiply-adds do (KernelThreads' unit): scattered stores and a sum.
+        KernelThreads.For(w.Rows, 32L * k, n =>
         {
             int g = n / outputs, o = n - g * outputs, chunk = o / ChunkChannels, vectors = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16;
             int v = o % ChunkChannels / 16, l = o % 16;
@@ -217,7 +218,8 @@ internal static unsafe class QuadConvolution
         nint source = (nint)x, target = (nint)buffer;
         var columns = grid.ColumnPhases();
         var unfold = u;
-        KernelThreads.For(u.Images * planes, 4L * 4 * h * width, item =>
+        // A value quantized, interleaved and placed costs about what 16 multiply-adds do (KernelThreads' unit).
+        KernelThreads.For(u.Images * planes, 16L * 4 * h * width, item =>
         {
             int im = item / planes, plane = item - im * planes, g = plane / quads, quad = plane - g * quads;
             int planeSize = h * width;
