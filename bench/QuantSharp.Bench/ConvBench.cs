@@ -192,17 +192,11 @@ internal static class ConvBench
                     bool lanes = parts[0] == "DepthwiseLanes";
                     return () => With(v => DepthwiseConvolution.ForcedLanes = v ? lanes : null, true, false, () => layer.Forward(x, ConvolutionRoute.Depthwise));
                 }
-                // Quad / QuadRows / QuadWide: the kernel route on QuadConvolution (static W8A8), its runs by its rule, within rows, over the wide grid.
-                if (parts[0].StartsWith("Quad", StringComparison.Ordinal))
+                // QuadRows / QuadWide: the Quad route (static W8A8) with its runs within output rows, or over the wide grid (QuadConvolution.ForcedRowRuns).
+                if (parts[0] is "QuadRows" or "QuadWide")
                 {
-                    bool? rowRuns = parts[0] switch { "QuadRows" => true, "QuadWide" => false, _ => null };
-                    return () =>
-                    {
-                        QuadConvolution.Forced = true;
-                        QuadConvolution.ForcedRowRuns = rowRuns;
-                        try { return layer.Forward(x, ConvolutionRoute.Kernel); }
-                        finally { QuadConvolution.Forced = QuadConvolution.ForcedRowRuns = null; }
-                    };
+                    bool rowRuns = parts[0] == "QuadRows";
+                    return () => With(v => QuadConvolution.ForcedRowRuns = v ? rowRuns : null, true, false, () => layer.Forward(x, ConvolutionRoute.Quad));
                 }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));

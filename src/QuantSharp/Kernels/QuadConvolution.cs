@@ -30,9 +30,6 @@ internal static unsafe class QuadConvolution
     /// <summary>Whether <see cref="Run"/> calls the generated dot products where they run (tests turn it off to run the twin).</summary>
     internal static volatile bool UseNative = true;
 
-    /// <summary>Tests and the bench force the route on their thread (null: the rule; true: this kernel; false: another).</summary>
-    [ThreadStatic] internal static bool? Forced;
-
     /// <summary>Tests and the bench force the run layout on their thread (null: the rule; true: runs within output rows; false: runs over the wide grid).</summary>
     [ThreadStatic] internal static bool? ForcedRowRuns;
 
@@ -64,6 +61,8 @@ internal static unsafe class QuadConvolution
             throw new ArgumentException($"Quad convolutions need int8 weights with one scale a row or tensor, got {w.Format} in groups of {w.GroupSize}.", nameof(w));
         for (int n = 0; n < w.Rows && w.ZeroPoint != null; n++)
             if (w.Params(n, 0).ZeroPoint != 0) throw new ArgumentException("Quad convolutions need a weight without zero points (symmetric).", nameof(w));
+        if (zeroPoint < qmin || zeroPoint > qmax)
+            throw new ArgumentException($"Quad convolutions pad with the input's zero point, which must be one of its codes; got {zeroPoint} outside [{qmin}, {qmax}].", nameof(zeroPoint));
         if (!Fits(u, w.Rows, groups) || (long)w.Cols * groups != u.Rows)
             throw new ArgumentException($"A quad convolution needs channels that divide into the groups and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
         if (w.Rows == 0 || u.Images == 0) return;
@@ -150,8 +149,12 @@ internal static unsafe class QuadConvolution
         }
     }
 
-    /// <summary>Whether <see cref="Run"/> cuts its positions into runs within output rows (rows of at least 14) rather than over the wide grid.</summary>
-    internal static bool RowRunsPay(int outW) => outW >= 14;
+    /// <summary>
+    /// Whether <see cref="Run"/> cuts its positions into runs within output rows (rows of at least 7) rather than over
+    /// the wide grid: on 7x7 planes runs of a row's 7 positions took 0.77-0.82x float32's time where runs of 28 wide
+    /// positions took 0.87-0.88x (docs/BENCHMARKS.md, stop 48).
+    /// </summary>
+    internal static bool RowRunsPay(int outW) => outW >= 7;
 
     private static void Dots(bool native, sbyte* w, int steps, byte* x, nint* stepBytes, int* c, int positions, int vectors)
     {

@@ -79,6 +79,9 @@ namespace QuantSharp.Modules;
 /// where <see cref="GroupedBFloat16Pays"/>, static W8A8 on CPUs with AVX512-BF16 (bfloat16 compute on or off: the sums
 /// are exact) pair images of codes where their sums stay exact and <see cref="GroupedCodesPay"/>, else the small kernel
 /// group by group where <see cref="GroupedPays"/>; libtorch's route elsewhere.</item>
+/// <item>Before all of these, static W8A8 layers with int8 symmetric weights, grouped or not, on CPUs with the 512-bit
+/// VNNI kernel, take the output channels in lanes (<see cref="QuantizedConv"/>'s <see cref="ConvolutionRoute.Quad"/>,
+/// <see cref="QuadConvolution"/>) where <see cref="QuadPays"/>.</item>
 /// </list>
 /// </summary>
 internal static class ConvolutionCost
@@ -666,6 +669,45 @@ internal static class ConvolutionCost
         if (channels < GroupedCodesMinChannels || channels > GroupedCodesMaxChannelsNarrow) return false;
         return unfold.Rows / groups <= GroupedFewPositionsMaxReduction ? unfold.Images >= GroupedCodesMinImages : unfold.Images < GroupedLibTorchMinImages;
     }
+
+    /// <summary>
+    /// Whether a static W8A8 call (<paramref name="outputs"/> channels in <paramref name="groups"/> groups) runs with the
+    /// output channels in lanes (<see cref="QuadConvolution"/>) rather than the rest of the rule: not pointwise (1x1 at
+    /// stride 1 keeps the integer GEMM), at least <see cref="QuadMinChannels"/> input channels a group (an RGB stem
+    /// keeps its routes), and, by output positions over all images and a group's weight (its outputs x terms, in bytes,
+    /// which every run of up to 28 positions reads again), from <see cref="QuadWidePositions"/> positions up to
+    /// <see cref="QuadMaxGroupWeight"/>, from <see cref="QuadMinPositions"/> up to <see cref="QuadFewPositionsMaxGroupWeight"/>.
+    /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 48; two processes a shape, each route's median over float32's
+    /// in the same process): grouped 3x3 layers (512 and 1024 channels in 32 groups, 384 in 8) onto 7x7 from 4 images,
+    /// 14x14 and 28x28, and at stride 2, 0.42-0.90x float32's time against 0.65-1.55x for the rule's route before;
+    /// ungrouped 3x3 layers of 8-256 channels onto 14x14 to 112x112 0.29-0.59x against 0.39-0.71x (256->256 onto 14x14
+    /// at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on 512->512 onto 7x7 (2.3 MiB, 0.45-1.17x
+    /// against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 7x7 planes of one or two images
+    /// (1.00-1.10x against 0.55-0.94x) and on the RGB stem at batch 1 (1.00x against 0.86-0.88x).
+    /// </summary>
+    internal static bool QuadPays(Im2Col unfold, long outputs, long groups)
+    {
+        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
+        long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
+        if (positions >= QuadWidePositions) return groupWeight <= QuadMaxGroupWeight;
+        return positions >= QuadMinPositions && groupWeight <= QuadFewPositionsMaxGroupWeight;
+    }
+
+    /// <summary>Input channels a group from which <see cref="QuadPays"/> (one quad of codes a pixel: the RGB stem's three waste a quarter of it).</summary>
+    internal const int QuadMinChannels = 4;
+
+    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> with a small group weight (four 7x7 images, one 14x14).</summary>
+    internal const long QuadMinPositions = 196;
+
+    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> up to <see cref="QuadMaxGroupWeight"/>.</summary>
+    internal const long QuadWidePositions = 392;
+
+    /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> from <see cref="QuadWidePositions"/> positions (256->256 3x3: 576 KiB; 512->512 3x3, 2.3 MiB, lost).</summary>
+    internal const long QuadMaxGroupWeight = 1 << 20;
+
+    /// <summary>A group's weight in bytes up to which <see cref="QuadPays"/> from <see cref="QuadMinPositions"/> positions (1024 channels in 32 groups, 3x3: 9 KiB; 384 in 8, 20.25 KiB, lost at batch 1).</summary>
+    internal const long QuadFewPositionsMaxGroupWeight = 16 << 10;
 
     /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch with <see cref="GroupedCodesMinChannels"/> channels a group (28x28).</summary>
     internal const int GroupedCodesWideRows = 28;

@@ -113,16 +113,19 @@ internal static unsafe class LinearKernels
     /// CPU needs AVX512-BF16, the weight int8 of one scale a row or tensor, and the group sums must stay exact,
     /// <see cref="PackedMatMul.CodesExact"/>). Null without either, with a dynamic input, without AVX-512, or with an
     /// odd number of channels a group.
+    /// With <paramref name="quads"/> and a static <paramref name="input"/> (int8 symmetric weights, one scale a row or
+    /// tensor, the 512-bit VNNI kernel), grouped or not, the output channels in lanes (<see cref="QuadConvolution"/>):
+    /// the same integers and floats as the integer GEMM.
     /// </remarks>
-    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false, int groups = 1)
+    public static Tensor? TryConvolution(QuantizedTensor parts, Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? input = null, bool bfloat16 = false, int groups = 1, bool quads = false)
     {
         if (images.dtype != ScalarType.Float32 || images.dim() != 4 || groups < 1) return null;
         long[] shape = TensorSpans.Shape(images);
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
-        if (input?.Static is { } quadInput && format == WeightFormat.Int8 && groupSize == k && QuadConvolution.Forced == true
-            && Vnni512Kernel.IsSupported && QuadConvolution.Fits(unfold.ForImages((int)shape[0]), n, groups) && !HasZeroPoints(View(parts, format, groupSize)))
+        if (quads && input?.Static is { } quadInput && format == WeightFormat.Int8 && groupSize == k && Vnni512Kernel.IsSupported
+            && QuadConvolution.Fits(unfold.ForImages((int)shape[0]), n, groups) && !HasZeroPoints(View(parts, format, groupSize)))
         {
             using var quadScope = NewDisposeScope();
             var xq = images.contiguous();
@@ -134,6 +137,9 @@ internal static unsafe class LinearKernels
         }
         if (groups > 1 && ((!bfloat16 && input is null) || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
         if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
+        // Padding is the zero point's code, which must be one of the codes: a uint8 input's zero point of 300 has none
+        // (its padding would be read as 44), so such a padded layer takes the packed kernels on the fake-quantized input.
+        if (input?.Static is { } act && unfold.PadH + unfold.PadW > 0 && !ZeroPointIsACode(act)) return null;
         if (input is not null && groups == 1 && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
         InputFakeQuantization? codes = groups > 1 && input?.Static is { } quantization ? InputCodes(quantization) : null;
         if (codes is { } c && (!Vnni512Kernel.BFloat16Supported || !PackedMatMul.CodesExact(k, PackedMatMul.InputCodeMax(c), PackedMatMul.WeightCodeMax(View(parts, format, groupSize))))) return null;
@@ -263,6 +269,13 @@ internal static unsafe class LinearKernels
         if (Format(parts.Spec, cols, out groupSize) is not { } f) return false;
         format = f;
         return true;
+    }
+
+    /// <summary>Whether <paramref name="act"/>'s zero point is one of its codes (within <c>[qmin, qmax]</c>).</summary>
+    internal static bool ZeroPointIsACode(ActivationQuantization act)
+    {
+        var range = QuantRange.For(act.Type, act.ReduceRange);
+        return act.ZeroPoint >= range.QMin && act.ZeroPoint <= range.QMax;
     }
 
     /// <summary>Whether any row of <paramref name="w"/> has a zero point other than 0.</summary>

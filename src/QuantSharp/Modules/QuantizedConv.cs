@@ -155,8 +155,8 @@ public sealed class QuantizedConv : QuantizedModule
     {
         var routes = new List<ConvolutionRoute> { Decide(input, ConvolutionRoute.Auto, out _, out _) };
         ConvolutionRoute[] all = BFloat16Convolutions
-            ? [ConvolutionRoute.Kernel, ConvolutionRoute.Direct, ConvolutionRoute.Reference, ConvolutionRoute.BFloat16]
-            : [ConvolutionRoute.Kernel, ConvolutionRoute.Direct, ConvolutionRoute.Reference];
+            ? [ConvolutionRoute.Kernel, ConvolutionRoute.Quad, ConvolutionRoute.Direct, ConvolutionRoute.Reference, ConvolutionRoute.BFloat16]
+            : [ConvolutionRoute.Kernel, ConvolutionRoute.Quad, ConvolutionRoute.Direct, ConvolutionRoute.Reference];
         foreach (var r in all)
         {
             var decided = Decide(input, r, out _, out _);
@@ -227,9 +227,11 @@ public sealed class QuantizedConv : QuantizedModule
         long n = imageShape[0];
         var images = input.reshape(imageShape);
         Tensor? y = null;
-        // Static W8A8 in integers first (the integer GEMM; grouped, codes from pair images), where that applies; then the
-        // packed kernels in float32 or, on the bfloat16 route, the (fake-quantized, for W8A8) input in bfloat16.
-        if (InputQuantizer is { } quantizer && !packedBFloat16) y = weight.Layout.Convolution(images, unfold, bias, quantizer, groups: (int)groups);
+        // Static W8A8 in integers first (the output channels in lanes; the integer GEMM; grouped, codes from pair images),
+        // where that applies; then the packed kernels in float32 or, on the bfloat16 route, the (fake-quantized, for W8A8)
+        // input in bfloat16.
+        if (InputQuantizer is { } quantizer && !packedBFloat16)
+            y = weight.Layout.Convolution(images, unfold, bias, quantizer, groups: (int)groups, quads: route == ConvolutionRoute.Quad);
         y ??= weight.Layout.Convolution(QuantizeInput(images), unfold, bias, null, packedBFloat16, (int)groups);
         if (y is null) return null;
         long[] outShape = SpatialDims == 1 ? [n, out_channels, unfold.OutW] : [n, out_channels, unfold.OutH, unfold.OutW];
@@ -265,6 +267,15 @@ public sealed class QuantizedConv : QuantizedModule
         if (IsDepthwise)
             return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput, out_channels == in_channels))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
+        // Static W8A8 layers with the output channels in lanes where that applies and (for the rule) pays; forced where it
+        // does not apply, the Kernel route.
+        bool quads = Quads(u);
+        if (route == ConvolutionRoute.Quad)
+        {
+            if (quads) return ConvolutionRoute.Quad;
+            route = ConvolutionRoute.Kernel;
+        }
+        if (route == ConvolutionRoute.Auto && quads && ConvolutionCost.QuadPays(u, out_channels, groups)) return ConvolutionRoute.Quad;
         // Other grouped layers: weight-only ones in bfloat16 from pair images where that pays (and where asked for),
         // static W8A8 ones exactly from pair images of codes where that pays (and where asked for: the Kernel route),
         // else the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked for and the pair
@@ -321,6 +332,21 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool GroupedPairs(Im2Col unfold) =>
         groups > 1 && Vnni512Kernel.BFloat16Supported && Float512.IsSupported && PackedMatMul.GroupedBFloat16Fits(unfold, out_channels, groups);
+
+    /// <summary>
+    /// Whether this static W8A8 layer can run with the output channels in lanes (<see cref="QuadConvolution"/>, its
+    /// <see cref="ConvolutionRoute.Quad"/> route) for <paramref name="unfold"/>: a static input whose zero point is one of
+    /// its codes (padding takes it), int8 symmetric weights of one scale a row or tensor, the 512-bit VNNI kernel
+    /// (<see cref="Vnni512Kernel.IsSupported"/>) and a geometry it takes (<see cref="QuadConvolution.Fits"/>).
+    /// </summary>
+    private bool Quads(Im2Col unfold)
+    {
+        if (DynamicInput || InputQuantization is not { } act || !Vnni512Kernel.IsSupported) return false;
+        if (!LinearKernels.ZeroPointIsACode(act) || weight.Spec.Scheme != QuantScheme.Symmetric) return false;
+        int terms = unfold.Rows / (int)groups;
+        return LinearKernels.Format(weight.Spec, terms, out int groupSize) == WeightFormat.Int8 && groupSize == terms
+            && QuadConvolution.Fits(unfold, out_channels, groups);
+    }
 
     /// <summary>
     /// Whether this grouped static W8A8 layer can run exactly from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>,
@@ -474,4 +500,12 @@ internal enum ConvolutionRoute
     /// and, where both run, on the calls where they are faster (<see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>).
     /// </summary>
     BFloat16,
+
+    /// <summary>
+    /// Static W8A8 with the output channels in lanes (<see cref="Kernels.QuadConvolution"/>): int8 symmetric weights of
+    /// one scale a row or tensor, grouped or not, on CPUs with the 512-bit VNNI kernel, exactly (the integer kernels'
+    /// results); the rule takes it where <see cref="ConvolutionCost.QuadPays"/>. Where it does not apply, forcing it is
+    /// forcing <see cref="Kernel"/>.
+    /// </summary>
+    Quad,
 }

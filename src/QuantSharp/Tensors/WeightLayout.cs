@@ -105,7 +105,7 @@ public abstract class WeightLayout : IDisposable
     /// and each group's outputs read its channels. Null when this layout has no such kernel for the input (the module
     /// then dequantizes and runs the float convolution).
     /// </summary>
-    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1) => null;
+    internal virtual Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1, bool quads = false) => null;
 
     /// <summary>Rows <paramref name="indices"/> (int64, 1-D) of the storage matrix, dequantized to float32 <c>[n, K]</c>.</summary>
     /// <param name="indices">Row indices, all in range.</param>
@@ -226,7 +226,8 @@ internal abstract class CanonicalWeightLayout : WeightLayout
 
     internal override Tensor? QuantizedInputLinear(Tensor input, Tensor? bias, InputQuantizer quantizer) => LinearKernels.TryLinear(_parts, input, bias, quantizer);
 
-    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1) => LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer, bfloat16, groups);
+    internal override Tensor? Convolution(Tensor images, Im2Col unfold, Tensor? bias, InputQuantizer? quantizer, bool bfloat16 = false, int groups = 1, bool quads = false) =>
+        LinearKernels.TryConvolution(_parts, images, unfold, bias, quantizer, bfloat16, groups, quads);
 
     public override Tensor GatherRows(Tensor indices)
     {

@@ -436,6 +436,24 @@ public unsafe class ConvolutionKernelTests
     }
 
     /// <summary>
+    /// An ungrouped static W8A8 layer with padding through its Kernel route (the integer GEMM) agrees with the simulated
+    /// path, where the simulated path pads the fake-quantized input with real zeros: with a uint8 zero point of 300,
+    /// which no code holds, the integer GEMM read its padding as code 44 (300 - 256) and was off by up to 6.4 on outputs
+    /// of at most 4.8; such a layer now takes the packed kernels on the fake-quantized input.
+    /// </summary>
+    [Fact]
+    public void PaddedW8A8ConvolutionsOfAZeroPointNoCodeHoldsMatchTheSimulatedPath()
+    {
+        torch.manual_seed(67);
+        AssertW8A8MatchesSimulated(
+        [
+            (nn.Conv2d(8, 40, 3, padding: 1), torch.randn(1, 8, 20, 23)),
+            (nn.Conv1d(16, 32, 3, padding: 1), torch.randn(2, 16, 50)),
+            (nn.Conv2d(16, 16, 3), torch.randn(1, 16, 12, 12)), // no padding: the integer GEMM
+        ], ConvolutionRoute.Kernel, nn.Conv2d(16, 16, 3, padding: 1), torch.randn(2, 16, 14, 14));
+    }
+
+    /// <summary>
     /// Static W8A8 through the kernel of <paramref name="route"/> equals the simulated path (libtorch's route on the
     /// fake-quantized input) within 1e-5 of the largest output, for every layer of <paramref name="cases"/>, with a uint8
     /// zero point of the type's range (120) and one beyond it (300, which a checkpoint may carry), on inputs beyond the

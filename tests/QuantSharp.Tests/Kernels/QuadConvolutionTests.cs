@@ -1,4 +1,5 @@
 using QuantSharp.Kernels;
+using QuantSharp.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
 using static QuantSharp.Tests.Kernels.ConvolutionKernelTests;
@@ -128,5 +129,89 @@ public unsafe class QuadConvolutionTests
         }
         Assert.Equal(4 * cases.Length, checkedTwin);
         Assert.True(!Vnni512Kernel.IsSupported || checkedNative == 4 * cases.Length, $"{checkedNative} calls through the generated code");
+    }
+
+    /// <summary>
+    /// Static W8A8 layers through their <see cref="ConvolutionRoute.Quad"/> route agree with the simulated path within
+    /// float rounding (the bits are checked above): grouped and not, strided, a Conv1d, an unbatched and a
+    /// non-contiguous input, uint8 and int8 inputs, NaN and infinite inputs (which clamp as on the simulated path). The
+    /// route runs where the CPU has the 512-bit VNNI kernel, for int8 symmetric weights and a static input whose zero point
+    /// is one of its codes; forced elsewhere it is the Kernel route.
+    /// </summary>
+    [Fact]
+    public void StaticW8A8LayersRunWithTheOutputChannelsInLanes()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        torch.manual_seed(61);
+        AssertW8A8MatchesSimulated(
+        [
+            (nn.Conv2d(32, 16, 3, padding: 1, groups: 2), torch.randn(2, 32, 14, 14)),
+            (nn.Conv2d(32, 16, 3, padding: 1, groups: 2), torch.randn(2, 14, 14, 32).permute(0, 3, 1, 2)), // not contiguous
+            (nn.Conv2d(8, 40, 3, padding: 1), torch.randn(1, 8, 20, 23)),
+            (nn.Conv2d(12, 24, 3, stride: 2, padding: 1, groups: 3), torch.randn(12, 15, 17)),               // unbatched
+            (nn.Conv1d(16, 64, 3, padding: 1), torch.randn(2, 16, 50)),
+        ], ConvolutionRoute.Quad, nn.Conv2d(16, 16, 3, padding: 1, groups: 4), torch.randn(2, 16, 14, 14));
+        var conv = nn.Conv2d(16, 32, 3, padding: 1);
+        var x = torch.randn(2, 16, 14, 14) * 3;
+        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        var uint8 = new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120);
+        var int8Input = new ActivationQuantization(QuantType.Int8, QuantScheme.Symmetric, false, 0.03f, 0);
+        foreach (var act in new[] { uint8, int8Input })
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, int8, act);
+            var odd = x.clone();
+            odd[0, 0, 0, 0] = torch.tensor(float.NaN);
+            odd[0, 1, 2, 3] = torch.tensor(float.PositiveInfinity);
+            odd[1, 5, 6, 7] = torch.tensor(float.NegativeInfinity);
+            var quad = layer.Kernel(odd, ConvolutionRoute.Quad)!;
+            Assert.True(quad.isfinite().all().item<bool>(), "non-finite outputs from NaN or infinite inputs");
+            AssertClose(layer.Forward(odd, ConvolutionRoute.Reference), quad, 1e-5, $"{act.Type} input, NaN and infinities");
+        }
+        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
+        {
+            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
+            layer.DynamicInput = dynamic;
+            return layer.Candidates(x);
+        }
+        bool vnni = Vnni512Kernel.IsSupported;
+        Assert.Equal(vnni, Candidates(int8, uint8).Contains(ConvolutionRoute.Quad));
+        Assert.Equal(vnni, Candidates(int8, int8Input).Contains(ConvolutionRoute.Quad));
+        Assert.DoesNotContain(ConvolutionRoute.Quad, Candidates(int8, uint8 with { ZeroPoint = 300 }));
+        Assert.DoesNotContain(ConvolutionRoute.Quad, Candidates(int8 with { Scheme = QuantScheme.Affine }, uint8));
+        Assert.DoesNotContain(ConvolutionRoute.Quad, Candidates(int8, null, dynamic: true));
+        Assert.DoesNotContain(ConvolutionRoute.Quad, Candidates(QuantizationRecipe.Int4WeightOnly(groupSize: 16).BaseWeights, uint8));
+        Assert.DoesNotContain(ConvolutionRoute.Quad, Candidates(int8, null));
+        // The rule: ResNet's 64->64 onto 56x56 takes it, the 512->512 layer onto 7x7 at batch 1 keeps the integer GEMM.
+        using var resnet = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(64, 64, 3, padding: 1), int8, uint8);
+        Assert.Equal(vnni ? ConvolutionRoute.Quad : ConvolutionRoute.Kernel, resnet.Route(torch.randn(1, 64, 56, 56)));
+        using var deep = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1), int8, uint8);
+        Assert.Equal(ConvolutionRoute.Kernel, deep.Route(torch.randn(1, 512, 7, 7)));
+    }
+
+    /// <summary>
+    /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group, from 196
+    /// positions over all images with a group weight up to 16 KiB, from 392 up to 1 MiB.
+    /// </summary>
+    [Fact]
+    public void QuadRuleTakesLayersOfEnoughPositionsAndSmallGroupWeights()
+    {
+        // 512 channels in 32 groups, 3x3 (16 outputs x 144 terms = 2,304 bytes a group): 4 images of 7x7 (196), not 3 (147).
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 512, 32));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 512, 32));
+        // A group weight of 16 KiB at 196 positions (64 outputs x 256 terms: 1024 channels in 4 groups, 1x1 at stride 2 onto 14x14), not one more output a group.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 256, 4));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 260, 4));
+        // From 392 positions up to 1 MiB a group: 256->256 3x3 (576 KiB) at 2 images of 14x14, not 1; 512->512 (2.25 MiB) at none.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 256, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(64), 512, 1));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1024, 1)); // 1 MiB, 1x1 padded: not pointwise
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1025, 1));
+        // Pointwise, and fewer than four channels a group (the RGB stem), never.
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 256, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 32, 1));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(4, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1), 32, 1));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(16, 1, 1000, 1, 3, 1, 1, 0, 1, 1, 1), 64, 1)); // a Conv1d
     }
 }
