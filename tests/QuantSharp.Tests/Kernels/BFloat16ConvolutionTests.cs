@@ -215,7 +215,7 @@ public class BFloat16ConvolutionTests
         using var w8a8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights, W8A8);
         var x28 = torch.randn(1, 512, 28, 28);
         Assert.Equal(pairs && QuantizedModule.BFloat16Convolutions ? ConvolutionRoute.BFloat16 : ConvolutionRoute.Direct, wide.Route(x28));
-        Assert.Equal(pairs && QuantSharp.Kernels.Float512.IsSupported ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, w8a8.Route(x28));
+        Assert.Equal(QuantSharp.Kernels.Vnni512Kernel.IsSupported ? ConvolutionRoute.Quad : pairs && QuantSharp.Kernels.Float512.IsSupported ? ConvolutionRoute.Kernel : ConvolutionRoute.Direct, w8a8.Route(x28));
         Float32Compute.Run(() => Assert.Equal(ConvolutionRoute.Direct, wide.Route(x28)));
     }
 

@@ -125,7 +125,9 @@ public class ConvolutionAutotuneTests
             var x = torch.randn(2, 8, 12, 12);
             var candidates = layer.Candidates(x);
             Assert.Equal(layer.Route(x), candidates[0]);
-            Assert.Equal(new[] { K, D, R }.Concat(QuantizedModule.BFloat16Convolutions ? [ConvolutionRoute.BFloat16] : []).Order(), candidates.Order());
+            // Static W8A8 with the 512-bit VNNI kernel: the output channels in lanes too.
+            ConvolutionRoute[] quad = input is not null && QuantSharp.Kernels.Vnni512Kernel.IsSupported ? [ConvolutionRoute.Quad] : [];
+            Assert.Equal(new[] { K, D, R }.Concat(QuantizedModule.BFloat16Convolutions ? [ConvolutionRoute.BFloat16] : []).Concat(quad).Order(), candidates.Order());
             WithTuning(2, r => r == fastest ? 10 : 100, () =>
             {
                 QuantizedConv.Autotune = true;

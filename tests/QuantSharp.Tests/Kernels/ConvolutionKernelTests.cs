@@ -646,6 +646,12 @@ public unsafe class ConvolutionKernelTests
         ConvolutionRoute withBFloat16, ConvolutionRoute without, string what)
     {
         using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, QuantizationRecipe.Int8WeightOnly().BaseWeights, input);
+        // Static W8A8 (int8 symmetric weights, a zero point among the codes) takes the output channels in lanes first where that pays.
+        if (input is not null && unfold is { } qu && Vnni512Kernel.IsSupported && ConvolutionCost.QuadPays(qu, layer.out_channels, layer.groups))
+        {
+            Assert.True(layer.Route(x) == ConvolutionRoute.Quad, $"{what}: {layer.Route(x)}, not the output channels in lanes");
+            return;
+        }
         bool saved = QuantizedConv.UseBFloat16Compute;
         try
         {
