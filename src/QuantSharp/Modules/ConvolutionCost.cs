@@ -676,14 +676,19 @@ internal static class ConvolutionCost
     /// stride 1 keeps the integer GEMM), at least <see cref="QuadMinChannels"/> input channels a group (an RGB stem
     /// keeps its routes), and, by output positions over all images and a group's weight (its outputs x terms, in bytes,
     /// which every run of up to 28 positions reads again), from <see cref="QuadWidePositions"/> positions up to
-    /// <see cref="QuadMaxGroupWeight"/>, from <see cref="QuadMinPositions"/> up to <see cref="QuadFewPositionsMaxGroupWeight"/>.
+    /// <see cref="QuadMaxGroupWeight"/>; from <see cref="QuadMinPositions"/> up to <see cref="QuadFewPositionsMaxGroupWeight"/>
+    /// in calls of <see cref="QuadFewPositionsMinWork"/> multiply-adds or more (the weight is packed and the images
+    /// quantized on every call, which few positions and little work do not repay).
     /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 48; two processes a shape, each route's median over float32's
     /// in the same process): grouped 3x3 layers (512 and 1024 channels in 32 groups, 384 in 8) onto 7x7 from 4 images,
     /// 14x14 and 28x28, and at stride 2, 0.42-0.90x float32's time against 0.65-1.55x for the rule's route before;
     /// ungrouped 3x3 layers of 8-256 channels onto 14x14 to 112x112 0.29-0.59x against 0.39-0.71x (256->256 onto 14x14
     /// at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on 512->512 onto 7x7 (2.3 MiB, 0.45-1.17x
-    /// against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 7x7 planes of one or two images
-    /// (1.00-1.10x against 0.55-0.94x) and on the RGB stem at batch 1 (1.00x against 0.86-0.88x).
+    /// against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 512 channels in 32 groups onto
+    /// 7x7 at batch 1-3 (1.03-1.75x, 0.88-1.11x and 0.76-1.30x against 0.70-0.77x, 0.82-0.97x and 0.96-1.10x), on 1024
+    /// in 32 onto 7x7 at batch 1 (1.15-1.18x against 0.95-0.98x; at batch 2 and 3 it won: 0.92-0.98x and 0.80-0.88x
+    /// against 1.19-1.25x and 1.28-1.34x), on MNIST-size 32->64 onto 14x14 at batch 1 (0.40-0.42x against 0.33-0.37x)
+    /// and on the RGB stem at batch 1 (1.00x against 0.86-0.88x).
     /// </summary>
     internal static bool QuadPays(Im2Col unfold, long outputs, long groups)
     {
@@ -691,14 +696,14 @@ internal static class ConvolutionCost
         if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
         long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
         if (positions >= QuadWidePositions) return groupWeight <= QuadMaxGroupWeight;
-        return positions >= QuadMinPositions && groupWeight <= QuadFewPositionsMaxGroupWeight;
+        return positions >= QuadMinPositions && groupWeight <= QuadFewPositionsMaxGroupWeight && positions * outputs * (unfold.Rows / groups) >= QuadFewPositionsMinWork;
     }
 
     /// <summary>Input channels a group from which <see cref="QuadPays"/> (one quad of codes a pixel: the RGB stem's three waste a quarter of it).</summary>
     internal const int QuadMinChannels = 4;
 
-    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> with a small group weight (four 7x7 images, one 14x14).</summary>
-    internal const long QuadMinPositions = 196;
+    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> with a small group weight and enough work (two 7x7 images).</summary>
+    internal const long QuadMinPositions = 98;
 
     /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> up to <see cref="QuadMaxGroupWeight"/>.</summary>
     internal const long QuadWidePositions = 392;
@@ -706,8 +711,15 @@ internal static class ConvolutionCost
     /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> from <see cref="QuadWidePositions"/> positions (256->256 3x3: 576 KiB; 512->512 3x3, 2.3 MiB, lost).</summary>
     internal const long QuadMaxGroupWeight = 1 << 20;
 
-    /// <summary>A group's weight in bytes up to which <see cref="QuadPays"/> from <see cref="QuadMinPositions"/> positions (1024 channels in 32 groups, 3x3: 9 KiB; 384 in 8, 20.25 KiB, lost at batch 1).</summary>
-    internal const long QuadFewPositionsMaxGroupWeight = 16 << 10;
+    /// <summary>A group's weight in bytes up to which <see cref="QuadPays"/> from <see cref="QuadMinPositions"/> positions (1024 channels in 32 groups, 3x3: 9 KiB; 384 in 8: 20.25 KiB; 256->256: 576 KiB, lost at batch 1).</summary>
+    internal const long QuadFewPositionsMaxGroupWeight = 32 << 10;
+
+    /// <summary>
+    /// Multiply-adds a call from which <see cref="QuadPays"/> below <see cref="QuadWidePositions"/> positions (12 Mi:
+    /// 512 channels in 32 groups onto 7x7 at batch 4, 14.5M, won; at batch 3, 10.8M, it was mixed; 32->64 onto 14x14
+    /// at batch 1, 3.6M, lost to the small kernel).
+    /// </summary>
+    internal const long QuadFewPositionsMinWork = 12 << 20;
 
     /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch with <see cref="GroupedCodesMinChannels"/> channels a group (28x28).</summary>
     internal const int GroupedCodesWideRows = 28;

@@ -190,18 +190,28 @@ public unsafe class QuadConvolutionTests
     }
 
     /// <summary>
-    /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group, from 196
-    /// positions over all images with a group weight up to 16 KiB, from 392 up to 1 MiB.
+    /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group; from 392
+    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 12 Mi multiply-adds.
     /// </summary>
     [Fact]
     public void QuadRuleTakesLayersOfEnoughPositionsAndSmallGroupWeights()
     {
-        // 512 channels in 32 groups, 3x3 (16 outputs x 144 terms = 2,304 bytes a group): 4 images of 7x7 (196), not 3 (147).
+        // 1024 channels in 32 groups, 3x3 (32 outputs x 288 terms = 9 KiB a group): 2 images of 7x7 (98 positions, 28.9M), not 1.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 1024, 32));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 1024, 32));
+        // 512 in 32 groups (2,304 bytes a group): 4 images of 7x7 (14.5M), not 3 (10.8M, below 12 Mi).
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 512, 32));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 512, 32));
-        // A group weight of 16 KiB at 196 positions (64 outputs x 256 terms: 1024 channels in 4 groups, 1x1 at stride 2 onto 14x14), not one more output a group.
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 256, 4));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 260, 4));
+        // 12 Mi exactly: 768 channels in 4 groups, 1x1 at stride 2 onto 8x16 (128 positions) into 512 outputs (128 x 192
+        // terms = 24 KiB a group, 128 x 512 x 192 multiply-adds); one output a group fewer is below it.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(768, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(768, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 508, 4));
+        // A group weight of 32 KiB at 196 positions (128 outputs x 256 terms: 1024 channels in 4 groups, 1x1 at stride 2 onto 14x14), not one more output a group.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 516, 4));
+        // 98 positions, not 97 (a Conv1d of 4 channels a group: 32 outputs x 12 terms, 38M multiply-adds).
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(4096, 1, 98, 1, 3, 1, 1, 0, 1, 1, 1), 32768, 1024));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(4096, 1, 97, 1, 3, 1, 1, 0, 1, 1, 1), 32768, 1024));
         // From 392 positions up to 1 MiB a group: 256->256 3x3 (576 KiB) at 2 images of 14x14, not 1; 512->512 (2.25 MiB) at none.
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 256, 1));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, 1));
