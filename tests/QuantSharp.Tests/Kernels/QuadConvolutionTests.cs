@@ -58,7 +58,8 @@ public unsafe class QuadConvolutionTests
     /// the generated dot products and their twin, runs within rows and over the wide grid: uint8 affine and int8
     /// symmetric inputs, a zero point at the top of the range (most inputs clamp, padding codes 255), per-channel and
     /// per-tensor weights; channels a group that are no multiple of four (the RGB stem's three), group outputs of 7, 16,
-    /// 24 and 40 (one vector, two, two chunks), stride phases, dilation, rows longer than a run, a Conv1d, one and three images.
+    /// 24 and 40 (one vector, two, two chunks), stride phases, dilation, rows longer than a run, a Conv1d, 5x5 taps (more
+    /// than the weight's shuffle takes), one and three images.
     /// </summary>
     [Theory]
     [InlineData(0.021f, 131, 0, 255, false)]   // uint8 affine
@@ -75,6 +76,7 @@ public unsafe class QuadConvolutionTests
             ([12, 8, 7, 3, 2, 2, 1, 1, 0, 1, 2], 3, 21),      // 4 channels and 7 outputs a group, stride phases, dilation
             ([10, 5, 33, 3, 3, 1, 1, 1, 1, 1, 1], 2, 80),     // 5 channels a group, 40 outputs (two chunks), rows of 33
             ([8, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 1, 16),      // a Conv1d
+            ([16, 9, 10, 5, 5, 1, 1, 2, 2, 1, 1], 2, 32),     // 25 taps: the weight packed byte by byte
         ];
         int checkedNative = 0, checkedTwin = 0;
         foreach (var (g, groups, outputs) in cases)
