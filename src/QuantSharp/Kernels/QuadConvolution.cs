@@ -177,7 +177,7 @@ internal static unsafe class QuadConvolution
         new Span<byte>(packed, checked(groups * chunks * steps * 128)).Clear();
         var view = w;
         nint target = (nint)packed;
-        // The shuffle's order: byte 4t + i takes channel i's tap t (byte t + i taps), up to 16 taps.
+        // The permute's order: byte 4t + i takes channel i's tap t (byte t + i taps), up to 16 taps.
         Span<byte> indices = stackalloc byte[64];
         for (int j = 0; j < 64; j++) indices[j] = (byte)(j / 4 < taps ? j / 4 + j % 4 * taps : 0);
         var order = Vector512.Create<byte>(indices);
@@ -191,16 +191,16 @@ internal static unsafe class QuadConvolution
             uint* lane = (uint*)((sbyte*)target + ((nint)g * chunks + chunk) * steps * 128 + v * 64 + 4 * l);
             int stepValues = 16 * vectors;
             // Up to 16 taps, a quad's four channels (at most 64 bytes) are one vector, their bytes put in step order by
-            // one shuffle (byte 4t + i = channel i's tap t); byte by byte, the profile of 512 channels in 32 groups onto
-            // 7x7 at batch 2 had a third of its samples here.
-            bool shuffle = taps <= 16 && Vector512.IsHardwareAccelerated;
+            // one permute (AVX512-VBMI's vpermb; byte 4t + i = channel i's tap t); byte by byte, the profile of 512
+            // channels in 32 groups onto 7x7 at batch 2 had a third of its samples here.
+            bool permute = taps <= 16 && Avx512Vbmi.IsSupported;
             uint* quads = stackalloc uint[16];
             byte* bytes = stackalloc byte[64];
             for (int c = 0; c < channels; c += 4)
             {
                 byte* c0 = (byte*)row + (nint)c * taps;
                 int present = Math.Min(4, channels - c);
-                if (shuffle)
+                if (permute)
                 {
                     // A whole vector where the row holds it; else the quad's bytes, zero past them (a group's last channels).
                     Vector512<byte> quad;
@@ -211,7 +211,7 @@ internal static unsafe class QuadConvolution
                         new ReadOnlySpan<byte>(c0, present * taps).CopyTo(new Span<byte>(bytes, 64));
                         quad = Vector512.Load(bytes);
                     }
-                    Vector512.Shuffle(quad, order).AsUInt32().Store(quads);
+                    Avx512Vbmi.PermuteVar64x8(quad, order).AsUInt32().Store(quads);
                     for (int t = 0; t < taps; t++, lane += stepValues) *lane = quads[t];
                     continue;
                 }
