@@ -688,16 +688,23 @@ internal static class ConvolutionCost
     /// 7x7 at batch 1-3 (1.03-1.75x, 0.88-1.11x and 0.76-1.30x against 0.70-0.77x, 0.82-0.97x and 0.96-1.10x), on 1024
     /// in 32 onto 7x7 at batch 1 (1.15-1.18x against 0.95-0.98x; at batch 2 and 3 it won: 0.92-0.98x and 0.80-0.88x
     /// against 1.19-1.25x and 1.28-1.34x), on MNIST-size 32->64 onto 14x14 at batch 1 (0.40-0.42x against 0.33-0.37x)
-    /// and on the RGB stem at batch 1 (1.00x against 0.86-0.88x).
+    /// and on the RGB stem at batch 1 (1.00x against 0.86-0.88x). Where a group has fewer than <see cref="QuadLanes"/>
+    /// outputs (lanes left empty) and the pair images of codes pay (<paramref name="pairCodesPay"/>: a grouped layer
+    /// where <see cref="GroupedCodesPay"/> on a CPU that runs them), those: 256 channels in 32 groups onto 28x28 at batch
+    /// 4 took 633-656 us with the output channels in lanes, 558-565 us from pair images of codes.
     /// </summary>
-    internal static bool QuadPays(Im2Col unfold, long outputs, long groups)
+    internal static bool QuadPays(Im2Col unfold, long outputs, long groups, bool pairCodesPay = false)
     {
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
+        if (pairCodesPay && outputs / groups < QuadLanes) return false;
         long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
         if (positions >= QuadWidePositions) return groupWeight <= QuadMaxGroupWeight;
         return positions >= QuadMinPositions && groupWeight <= QuadFewPositionsMaxGroupWeight && positions * outputs * (unfold.Rows / groups) >= QuadFewPositionsMinWork;
     }
+
+    /// <summary>Output channels a vector of <see cref="QuadConvolution"/> holds: a group of fewer leaves lanes empty (<see cref="QuadPays"/>).</summary>
+    internal const int QuadLanes = 16;
 
     /// <summary>Input channels a group from which <see cref="QuadPays"/> (one quad of codes a pixel: the RGB stem's three waste a quarter of it).</summary>
     internal const int QuadMinChannels = 4;

@@ -275,7 +275,7 @@ public sealed class QuantizedConv : QuantizedModule
             if (quads) return ConvolutionRoute.Quad;
             route = ConvolutionRoute.Kernel;
         }
-        if (route == ConvolutionRoute.Auto && quads && ConvolutionCost.QuadPays(u, out_channels, groups)) return ConvolutionRoute.Quad;
+        if (route == ConvolutionRoute.Auto && quads && ConvolutionCost.QuadPays(u, out_channels, groups, PairCodesPay(u))) return ConvolutionRoute.Quad;
         // Other grouped layers: weight-only ones in bfloat16 from pair images where that pays (and where asked for),
         // static W8A8 ones exactly from pair images of codes where that pays (and where asked for: the Kernel route),
         // else the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked for and the pair
@@ -347,6 +347,10 @@ public sealed class QuantizedConv : QuantizedModule
         return LinearKernels.Format(weight.Spec, terms, out int groupSize) == WeightFormat.Int8 && groupSize == terms
             && QuadConvolution.Fits(unfold, out_channels, groups);
     }
+
+    /// <summary>Whether this grouped layer runs from pair images of codes where the rule asks (<see cref="GroupedCodes"/>, <see cref="ConvolutionCost.GroupedCodesPay"/>).</summary>
+    private bool PairCodesPay(Im2Col unfold) =>
+        GroupedPairs(unfold) && GroupedCodes(unfold) && ConvolutionCost.GroupedCodesPay(unfold, groups);
 
     /// <summary>
     /// Whether this grouped static W8A8 layer can run exactly from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>,

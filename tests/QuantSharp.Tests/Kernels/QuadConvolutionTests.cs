@@ -193,11 +193,13 @@ public unsafe class QuadConvolutionTests
 
     /// <summary>
     /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group; from 392
-    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 12 Mi multiply-adds.
+    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 12 Mi multiply-adds;
+    /// not for fewer than 16 outputs a group where the pair images of codes pay.
     /// </summary>
     [Fact]
     public void QuadRuleTakesLayersOfEnoughPositionsAndSmallGroupWeights()
     {
+        using var scope = NewDisposeScope();
         // 1024 channels in 32 groups, 3x3 (32 outputs x 288 terms = 9 KiB a group): 2 images of 7x7 (98 positions, 28.9M), not 1.
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 1024, 32));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 1024, 32));
@@ -220,6 +222,21 @@ public unsafe class QuadConvolutionTests
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(64), 512, 1));
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1024, 1)); // 1 MiB, 1x1 padded: not pointwise
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1025, 1));
+        // Fewer than 16 outputs a group where the pair images of codes pay: those (256 channels in 32 groups onto 28x28 at batch 4).
+        var eight = new Im2Col(256, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4);
+        Assert.True(ConvolutionCost.QuadPays(eight, 256, 32));
+        Assert.False(ConvolutionCost.QuadPays(eight, 256, 32, pairCodesPay: true));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 512, 32, pairCodesPay: true)); // 16 a group
+        using (var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 32), QuantizationRecipe.Int8WeightOnly().BaseWeights,
+            new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120)))
+        {
+            bool pairs = Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+            if (Vnni512Kernel.IsSupported)
+            {
+                Assert.Equal(pairs ? ConvolutionRoute.Kernel : ConvolutionRoute.Quad, layer.Route(torch.randn(4, 256, 28, 28)));
+                Assert.Equal(ConvolutionRoute.Quad, layer.Route(torch.randn(1, 256, 28, 28))); // the codes' rule: 8 a group from 4 images
+            }
+        }
         // Pointwise, and fewer than four channels a group (the RGB stem), never.
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(8), 256, 1));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1).ForImages(8), 32, 1));
