@@ -62,8 +62,8 @@ internal static unsafe class Transposes
     /// <see cref="Transpose8x8(float*, nint, float*, nint)"/> into the first <paramref name="rows"/> rows of
     /// <paramref name="dst"/> only, each only its first <paramref name="count"/> values (1 to 8; fewer than 8 through a
     /// masked store, which writes nothing past them: AVX-512's where it runs, whose masked stores are plain stores; AVX's
-    /// <c>vmaskmovps</c> store, which took the quad convolution's epilogue on 7x7 planes from 0.84-0.95x float32's time
-    /// to 1.06-1.15x on the Zen 4 VM, elsewhere).
+    /// <c>vmaskmovps</c> store elsewhere, which took the quad convolution on 7x7 planes at batch 8 from 0.77-0.87x
+    /// float32's time to 1.06-1.15x on the Zen 4 VM: docs/BENCHMARKS.md, stop 48).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Transpose8x8(float* src, nint lds, float* dst, nint ldd, int rows, int count)

@@ -680,11 +680,11 @@ internal static class ConvolutionCost
     /// in calls of <see cref="QuadFewPositionsMinWork"/> multiply-adds or more (the weight is packed and the images
     /// quantized on every call, which few positions and little work do not repay).
     /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 48; two processes a shape, each route's median over float32's
-    /// in the same process): grouped 3x3 layers (512 and 1024 channels in 32 groups, 384 in 8) onto 7x7 from 4 images,
-    /// 14x14 and 28x28, and at stride 2, 0.42-0.90x float32's time against 0.65-1.55x for the rule's route before;
-    /// ungrouped 3x3 layers of 8-256 channels onto 14x14 to 112x112 0.29-0.59x against 0.39-0.71x (256->256 onto 14x14
-    /// at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on 512->512 onto 7x7 (2.3 MiB, 0.45-1.17x
-    /// against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 512 channels in 32 groups onto
+    /// in the same process): grouped 3x3 layers of 16-48 channels a group (512 and 1024 channels in 32 groups, 384 in 8)
+    /// onto 14x14 and 28x28, at stride 2 and onto 7x7 from 4 images, 0.42-1.03x float32's time against 0.61-1.55x for
+    /// the rule's route before; ungrouped 3x3 layers of 8-128 channels onto 28x28 to 112x112 0.29-0.59x against
+    /// 0.39-0.71x (256->256 onto 14x14 at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on
+    /// 512->512 onto 7x7 (2.25 MiB, 0.45-1.17x against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 512 channels in 32 groups onto
     /// 7x7 at batch 1-3 (1.03-1.75x, 0.88-1.11x and 0.76-1.30x against 0.70-0.77x, 0.82-0.97x and 0.96-1.10x), on 1024
     /// in 32 onto 7x7 at batch 1 (1.15-1.18x against 0.95-0.98x; at batch 2 and 3 it won: 0.92-0.98x and 0.80-0.88x
     /// against 1.19-1.25x and 1.28-1.34x), on MNIST-size 32->64 onto 14x14 at batch 1 (0.40-0.42x against 0.33-0.37x)
