@@ -248,8 +248,8 @@ internal static unsafe class QuadConvolution
     /// <see cref="PhaseGrid"/> of <c>groups * quads</c> channels): plane <c>g * quads + q</c> holds the codes of the
     /// group's channels <c>4q .. 4q + 3</c> (bytes 0-3 of each 32-bit value; the zero point's code past the group's
     /// channels and where padded), then 64 values of slack. A work item per plane: its (up to) four channels quantized
-    /// (<see cref="QuantizeKernel.Quantize"/>), then each padded row's codes interleaved (<see cref="Interleave"/>) and
-    /// written into its phase rows (<see cref="PhaseGrid.WriteRow"/>). The caller frees it (<c>NativeMemory.AlignedFree</c>).
+    /// (<see cref="QuantizeKernel.Quantize"/>), their codes interleaved in one run (<see cref="Interleave"/>), then each
+    /// padded row written into its phase rows (<see cref="PhaseGrid.WriteRow"/>). The caller frees it (<c>NativeMemory.AlignedFree</c>).
     /// </summary>
     private static uint* QuadImages(in Im2Col u, PhaseGrid grid, float* x, int groups, int quads, int channels, Codes q)
     {

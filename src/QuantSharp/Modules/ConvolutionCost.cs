@@ -715,7 +715,7 @@ internal static class ConvolutionCost
     /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> up to <see cref="QuadMaxGroupWeight"/>.</summary>
     internal const long QuadWidePositions = 392;
 
-    /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> from <see cref="QuadWidePositions"/> positions (256->256 3x3: 576 KiB; 512->512 3x3, 2.3 MiB, lost).</summary>
+    /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> from <see cref="QuadWidePositions"/> positions (256->256 3x3: 576 KiB; 512->512 3x3, 2.25 MiB, lost).</summary>
     internal const long QuadMaxGroupWeight = 1 << 20;
 
     /// <summary>A group's weight in bytes up to which <see cref="QuadPays"/> from <see cref="QuadMinPositions"/> positions (1024 channels in 32 groups, 3x3: 9 KiB; 384 in 8: 20.25 KiB; 256->256: 576 KiB, lost at batch 1).</summary>

@@ -522,7 +522,7 @@ public unsafe class BFloat16PackedKernelTests
         foreach (int images in new[] { 1, 3 })
         {
             var u = Unfolding(g).ForImages(images);
-            int channels = g[0] / groups, k = channels * g[3] * g[4], p = u.Positions, groupRows = outputs / groups;
+            int channels = g[0] / groups, k = channels * g[3] * g[4], p = u.Positions;
             using var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, 0, zeroPoints: weightZeroPoints, seed: k + p + outputs, perTensor: perTensor);
             var view = w.View;
             torch.manual_seed(p + images + groups);
@@ -530,17 +530,7 @@ public unsafe class BFloat16PackedKernelTests
             float[] pixels = batch.data<float>().ToArray();
             float[] bias = KernelTestData.Activations(outputs, k);
             int[] single = [channels, .. g[1..]];
-            var expected = PerGroup(batch, view, bias, groups, single, p, (rowsView, groupBias, rows, group, i) =>
-            {
-                var part = new float[p * groupRows];
-                using var quantized = new QuantizedActivations(p, k);
-                fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
-                {
-                    IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
-                    IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
-                }
-                return part;
-            });
+            var expected = IntegerSpecification(batch, view, bias, groups, single, p, scale, zeroPoint, qmin, qmax);
             string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, weight zero points {weightZeroPoints}, per tensor {perTensor}";
             foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
             {
@@ -731,6 +721,27 @@ public unsafe class BFloat16PackedKernelTests
             var u = Unfolding(g).ForImages(images);
             Assert.True(expected == PackedMatMul.ReadsPairsInPlace(u, outputs), $"[{string.Join(",", g)}] x{images} -> {outputs}: expected {expected}");
         }
+    }
+
+    /// <summary>
+    /// The integer specification of a static W8A8 convolution group by group (<see cref="PerGroup"/>): libtorch's columns
+    /// of the group's channels quantized row by row (<see cref="IntegerMatMul.QuantizeStatic"/>) times the group's int8
+    /// rows with the integer kernels' epilogue (<see cref="IntegerMatMul.Reference"/>).
+    /// </summary>
+    internal static float[] IntegerSpecification(Tensor batch, WeightView view, float[] bias, int groups, int[] single, int p, float scale, int zeroPoint, int qmin, int qmax)
+    {
+        int groupRows = view.Rows / groups, k = view.Cols;
+        return PerGroup(batch, view, bias, groups, single, p, (rowsView, groupBias, rows, group, i) =>
+        {
+            var part = new float[p * groupRows];
+            using var quantized = new QuantizedActivations(p, k);
+            fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
+            {
+                IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
+                IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
+            }
+            return part;
+        });
     }
 
     /// <summary>A group's outputs <c>[P, group rows]</c> (position-major) on one image, from its weight rows, bias and libtorch columns <c>[P, K]</c>.</summary>

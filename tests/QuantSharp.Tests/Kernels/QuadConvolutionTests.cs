@@ -83,7 +83,7 @@ public unsafe class QuadConvolutionTests
         foreach (int images in new[] { 1, 3 })
         {
             var u = Unfolding(g).ForImages(images);
-            int channels = g[0] / groups, k = channels * g[3] * g[4], p = u.Positions, groupRows = outputs / groups;
+            int channels = g[0] / groups, k = channels * g[3] * g[4], p = u.Positions;
             Assert.True(QuadConvolution.Fits(u, outputs, groups));
             using var w = new PinnedWeight(WeightFormat.Int8, rows: outputs, cols: k, 0, zeroPoints: false, seed: k + p + outputs, perTensor: perTensor);
             var view = w.View;
@@ -92,17 +92,7 @@ public unsafe class QuadConvolutionTests
             float[] pixels = batch.data<float>().ToArray();
             float[] bias = KernelTestData.Activations(outputs, k);
             int[] single = [channels, .. g[1..]];
-            var expected = BFloat16PackedKernelTests.PerGroup(batch, view, bias, groups, single, p, (rowsView, groupBias, rows, group, i) =>
-            {
-                var part = new float[p * groupRows];
-                using var quantized = new QuantizedActivations(p, k);
-                fixed (float* pr = rows) fixed (float* pb = groupBias) fixed (float* ps = part)
-                {
-                    IntegerMatMul.QuantizeStatic(pr, k, scale, zeroPoint, qmin, qmax, quantized);
-                    IntegerMatMul.Reference(rowsView, quantized, pb, ps, groupRows);
-                }
-                return part;
-            });
+            var expected = BFloat16PackedKernelTests.IntegerSpecification(batch, view, bias, groups, single, p, scale, zeroPoint, qmin, qmax);
             string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, per tensor {perTensor}";
             foreach (bool native in Vnni512Kernel.IsSupported ? new[] { false, true } : [false])
             foreach (bool rowRuns in new[] { false, true })
