@@ -685,7 +685,7 @@ internal static class ConvolutionCost
     /// the rule's route before; ungrouped 3x3 layers of 8-128 channels onto 28x28 to 112x112 0.29-0.59x against
     /// 0.39-0.71x (256->256 onto 14x14 at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on
     /// 512->512 onto 7x7 (2.25 MiB, 0.45-1.17x against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 512 channels in 32 groups onto
-    /// 7x7 at batch 1-3 (1.03-1.75x, 0.88-1.11x and 0.76-1.30x against 0.70-0.77x, 0.82-0.97x and 0.96-1.10x), on 1024
+    /// 7x7 at batch 1 and 2 (1.03-1.75x and 0.88-1.11x against 0.70-0.77x and 0.82-0.97x), on 1024
     /// in 32 onto 7x7 at batch 1 (1.15-1.18x against 0.95-0.98x; at batch 2 and 3 it won: 0.92-0.98x and 0.80-0.88x
     /// against 1.19-1.25x and 1.28-1.34x), on MNIST-size 32->64 onto 14x14 at batch 1 (0.40-0.42x against 0.33-0.37x)
     /// and on the RGB stem at batch 1 (1.00x against 0.86-0.88x). Where a group has fewer than <see cref="QuadLanes"/>
@@ -722,11 +722,12 @@ internal static class ConvolutionCost
     internal const long QuadFewPositionsMaxGroupWeight = 32 << 10;
 
     /// <summary>
-    /// Multiply-adds a call from which <see cref="QuadPays"/> below <see cref="QuadWidePositions"/> positions (12 Mi:
-    /// 512 channels in 32 groups onto 7x7 at batch 4, 14.5M, won; at batch 3, 10.8M, it was mixed; 32->64 onto 14x14
-    /// at batch 1, 3.6M, lost to the small kernel).
+    /// Multiply-adds a call from which <see cref="QuadPays"/> below <see cref="QuadWidePositions"/> positions (10 Mi:
+    /// 512 channels in 32 groups onto 7x7 at batch 3, 10.8M, took 0.89-1.12x float32's time against 0.99-1.12x on the
+    /// small kernel, lower in 5 of 6 processes; at batch 2, 7.2M, 0.80-0.88x against 0.81-0.89x, alike; 32->64 onto
+    /// 14x14 at batch 1, 3.6M, lost to the small kernel).
     /// </summary>
-    internal const long QuadFewPositionsMinWork = 12 << 20;
+    internal const long QuadFewPositionsMinWork = 10 << 20;
 
     /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch with <see cref="GroupedCodesMinChannels"/> channels a group (28x28).</summary>
     internal const int GroupedCodesWideRows = 28;

@@ -183,7 +183,7 @@ public unsafe class QuadConvolutionTests
 
     /// <summary>
     /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group; from 392
-    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 12 Mi multiply-adds;
+    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 10 Mi multiply-adds;
     /// not for fewer than 16 outputs a group where the pair images of codes pay.
     /// </summary>
     [Fact]
@@ -193,13 +193,14 @@ public unsafe class QuadConvolutionTests
         // 1024 channels in 32 groups, 3x3 (32 outputs x 288 terms = 9 KiB a group): 2 images of 7x7 (98 positions, 28.9M), not 1.
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 1024, 32));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 1024, 32));
-        // 512 in 32 groups (2,304 bytes a group): 4 images of 7x7 (14.5M), not 3 (10.8M, below 12 Mi).
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 512, 32));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 512, 32));
-        // 12 Mi exactly: 768 channels in 4 groups, 1x1 at stride 2 onto 8x16 (128 positions) into 512 outputs (128 x 192
-        // terms = 24 KiB a group, 128 x 512 x 192 multiply-adds); one output a group fewer is below it.
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(768, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(768, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 508, 4));
+        // 512 in 32 groups (2,304 bytes a group): 3 images of 7x7 (10.8M), not 2 (98 positions, 7.2M: below 10 Mi).
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 512, 32));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 512, 32));
+        // 10 Mi exactly: 640 channels in 4 groups, 1x1 at stride 2 onto 8x16 (128 positions) into 512 outputs (128 x 160
+        // terms = 20 KiB a group, 128 x 512 x 160 multiply-adds); one output a group fewer is below it.
+        Assert.Equal(10L << 20, 128L * 512 * 160);
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(640, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(640, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 508, 4));
         // A group weight of 32 KiB at 196 positions (128 outputs x 256 terms: 1024 channels in 4 groups, 1x1 at stride 2 onto 14x14), not one more output a group.
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 516, 4));
