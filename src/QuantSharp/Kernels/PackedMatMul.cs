@@ -810,36 +810,29 @@ internal static unsafe class PackedMatMul
     }
 
     /// <summary>
-    /// <c>dst[j] = (float)(factor * src[j]) + bias</c> for <c>j &lt; n</c>, the product in double: eight at a time where
-    /// the CPU has AVX-512 (four with AVX), the last eight (four) again from <c>n - 8</c> (the same values) where n is no
-    /// multiple; element by element below that. The conversions round to nearest as the casts do, so every path gives
-    /// the scalar loop's bits.
+    /// <c>dst[j] = (float)(factor * src[j]) + bias</c> for <c>j &lt; n</c>, the product in double: a vector of the
+    /// integer GEMM's epilogue (<see cref="Epilogue512"/>, <see cref="Epilogue256"/>) at a time, the last vector again
+    /// from <c>n - Count</c> (the same values) where n is no multiple; element by element below one vector. The
+    /// conversions round to nearest as the casts do, so every path gives the scalar loop's bits.
     /// </summary>
     private static void ScaleRun(float* src, float* dst, int n, double factor, float bias)
     {
-        if (Avx512F.IsSupported && n >= 8)
+        if (Epilogue512.IsSupported && n >= Epilogue512.Count) ScaleRun<Epilogue512, Vector512<double>>(src, dst, n, factor, bias);
+        else if (Epilogue256.IsSupported && n >= Epilogue256.Count) ScaleRun<Epilogue256, Vector256<double>>(src, dst, n, factor, bias);
+        else
+            for (int j = 0; j < n; j++) dst[j] = (float)(factor * src[j]) + bias;
+    }
+
+    /// <summary><see cref="ScaleRun(float*, float*, int, double, float)"/> in vectors of <typeparamref name="TE"/> (n at least one vector).</summary>
+    private static void ScaleRun<TE, TV>(float* src, float* dst, int n, double factor, float bias) where TE : IEpilogueWidth<TV> where TV : struct
+    {
+        var f = TE.Create(factor);
+        for (int j = 0; ; j += TE.Count)
         {
-            var f = Vector512.Create(factor);
-            var b = Vector256.Create(bias);
-            for (int j = 0; ; j += 8)
-            {
-                if (j + 8 > n) j = n - 8;
-                (Avx512F.ConvertToVector256Single(Avx512F.ConvertToVector512Double(Vector256.Load(src + j)) * f) + b).Store(dst + j);
-                if (j + 8 == n) return;
-            }
+            if (j + TE.Count > n) j = n - TE.Count;
+            TE.StoreSingle(TE.Multiply(TE.LoadSingle(src + j), f), bias, dst + j);
+            if (j + TE.Count == n) return;
         }
-        if (Avx.IsSupported && n >= 4)
-        {
-            var f = Vector256.Create(factor);
-            var b = Vector128.Create(bias);
-            for (int j = 0; ; j += 4)
-            {
-                if (j + 4 > n) j = n - 4;
-                (Avx.ConvertToVector128Single(Avx.ConvertToVector256Double(Vector128.Load(src + j)) * f) + b).Store(dst + j);
-                if (j + 4 == n) return;
-            }
-        }
-        for (int j = 0; j < n; j++) dst[j] = (float)(factor * src[j]) + bias;
     }
 
     /// <summary>

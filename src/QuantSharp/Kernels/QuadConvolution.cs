@@ -92,7 +92,6 @@ internal static unsafe class QuadConvolution
             int bands = Math.Clamp((8 * KernelThreads.Count + images * groups - 1) / (images * groups), 1, u.OutH), bandRows = (u.OutH + bands - 1) / bands;
             bands = (u.OutH + bandRows - 1) / bandRows;
             nint codesAddress = (nint)codes, packedAddress = (nint)packed, yAddress = (nint)y;
-            var view = w;
             bool native = UseNative && Vnni512Kernel.IsSupported;
             int wp = grid.PhaseWidth, outW = u.OutW, positions = u.Positions, rows = w.Rows;
             KernelThreads.For(images * groups * bands, (long)bandRows * outW * outputs * steps * 4, item =>

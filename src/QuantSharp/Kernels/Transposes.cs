@@ -61,7 +61,7 @@ internal static unsafe class Transposes
     /// <summary>
     /// <see cref="Transpose8x8(float*, nint, float*, nint)"/> into the first <paramref name="rows"/> rows of
     /// <paramref name="dst"/> only, each only its first <paramref name="count"/> values (1 to 8; fewer than 8 through a
-    /// masked store, which writes nothing past them: AVX-512's where it runs, whose masked stores are plain stores; AVX's
+    /// masked store, which writes nothing past them: AVX-512VL's where it runs (as <see cref="Epilogue512"/>'s), whose masked stores are plain stores; AVX's
     /// <c>vmaskmovps</c> store elsewhere, which took the quad convolution on 7x7 planes at batch 8 from 0.77-0.87x
     /// float32's time to 1.06-1.15x on the Zen 4 VM: docs/BENCHMARKS.md, stop 48).
     /// </summary>
@@ -69,7 +69,7 @@ internal static unsafe class Transposes
     internal static void Transpose8x8(float* src, nint lds, float* dst, nint ldd, int rows, int count)
     {
         Columns(src, lds, out var c0, out var c1, out var c2, out var c3, out var c4, out var c5, out var c6, out var c7);
-        var mask = Vector512.LessThan(Vector512.Create(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), Vector512.Create(count)).AsSingle();
+        var mask = Vector256.LessThan(Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7), Vector256.Create(count)).AsSingle();
         Store(dst, c0, count, mask);
         if (rows > 1) Store(dst + ldd, c1, count, mask);
         if (rows > 2) Store(dst + 2 * ldd, c2, count, mask);
@@ -79,11 +79,11 @@ internal static unsafe class Transposes
         if (rows > 6) Store(dst + 6 * ldd, c6, count, mask);
         if (rows > 7) Store(dst + 7 * ldd, c7, count, mask);
 
-        static void Store(float* at, Vector256<float> v, int count, Vector512<float> mask)
+        static void Store(float* at, Vector256<float> v, int count, Vector256<float> mask)
         {
             if (count == 8) Avx.Store(at, v);
-            else if (Avx512F.IsSupported) Avx512F.MaskStore(at, mask, v.ToVector512());
-            else Avx.MaskStore(at, mask.GetLower(), v);
+            else if (Avx512F.VL.IsSupported) Avx512F.VL.MaskStore(at, mask, v);
+            else Avx.MaskStore(at, mask, v);
         }
     }
 

@@ -124,24 +124,16 @@ internal static unsafe class LinearKernels
         if (shape[0] > int.MaxValue || !Usable(parts, images, out var format, out int groupSize)) return null;
         var (n, k) = Matrix(parts);
         if (k * groups != unfold.Rows || shape[1] != unfold.Channels || shape[2] != unfold.Height || shape[3] != unfold.Width) return null;
-        if (quads && input?.Static is { } quadInput && format == WeightFormat.Int8 && groupSize == k && Vnni512Kernel.IsSupported
-            && QuadConvolution.Fits(unfold.ForImages((int)shape[0]), n, groups) && !HasZeroPoints(View(parts, format, groupSize)))
-        {
-            using var quadScope = NewDisposeScope();
-            var xq = images.contiguous();
-            var yq = torch.empty([shape[0], n, unfold.Positions], ScalarType.Float32);
-            var range = QuantRange.For(quadInput.Type, quadInput.ReduceRange);
-            Pinned(parts, format, groupSize, xq, bias, yq, (in WeightView view, float* px, float* pb, float* py) =>
-                QuadConvolution.Run(view, px, pb, py, unfold.ForImages((int)shape[0]), groups, quadInput.Scale, quadInput.ZeroPoint, range.QMin, range.QMax));
-            return yq.MoveToOuterDisposeScope();
-        }
-        if (groups > 1 && ((!bfloat16 && input is null) || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
-        if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || k > IntegerMatMul.MaxReduction)) return null;
+        // The output channels in lanes where asked for and they apply (grouped or not); else the routes below.
+        bool quad = quads && input?.Static is not null && format == WeightFormat.Int8 && groupSize == k && Vnni512Kernel.IsSupported
+            && QuadConvolution.Fits(unfold.ForImages((int)shape[0]), n, groups) && !HasZeroPoints(View(parts, format, groupSize));
+        if (!quad && groups > 1 && ((!bfloat16 && input is null) || !Float512.IsSupported || !PackedMatMul.GroupedBFloat16Fits(unfold, n, groups))) return null;
+        if (input is not null && (input.Static is null || format != WeightFormat.Int8 || groupSize != k || (!quad && k > IntegerMatMul.MaxReduction))) return null;
         // Padding is the zero point's code, which must be one of the codes: a uint8 input's zero point of 300 has none
         // (its padding would be read as 44), so such a padded layer takes the packed kernels on the fake-quantized input.
         if (input?.Static is { } act && unfold.PadH + unfold.PadW > 0 && !ZeroPointIsACode(act)) return null;
-        if (input is not null && groups == 1 && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
-        InputFakeQuantization? codes = groups > 1 && input?.Static is { } quantization ? InputCodes(quantization) : null;
+        if (!quad && input is not null && groups == 1 && !IntegerMatMul.ConvolutionFits(unfold.ForImages((int)shape[0]))) return null;
+        InputFakeQuantization? codes = !quad && groups > 1 && input?.Static is { } quantization ? InputCodes(quantization) : null;
         if (codes is { } c && (!Vnni512Kernel.BFloat16Supported || !PackedMatMul.CodesExact(k, PackedMatMul.InputCodeMax(c), PackedMatMul.WeightCodeMax(View(parts, format, groupSize))))) return null;
 
         using var scope = NewDisposeScope();
@@ -158,8 +150,9 @@ internal static unsafe class LinearKernels
             if (input?.Static is { } act)
             {
                 var range = QuantRange.For(act.Type, act.ReduceRange);
+                if (quad) QuadConvolution.Run(view, px, pb, py, unfold.ForImages((int)count), groups, act.Scale, act.ZeroPoint, range.QMin, range.QMax);
                 // Every image's positions are rows of one integer product, so small images still fill the GEMM's strips.
-                IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
+                else IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
                 return;
             }
             if (groups > 1) PackedMatMul.GroupedBFloat16(view, px, pb, py, unfold.ForImages((int)count), groups);

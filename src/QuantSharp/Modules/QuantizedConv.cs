@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using QuantSharp.Kernels;
 using QuantSharp.Tensors;
 using TorchSharp;
@@ -268,14 +269,15 @@ public sealed class QuantizedConv : QuantizedModule
             return route == ConvolutionRoute.Reference || (route == ConvolutionRoute.Auto && !ConvolutionCost.DepthwisePays(u, InputQuantization is not null && !DynamicInput, out_channels == in_channels))
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Depthwise;
         // Static W8A8 layers with the output channels in lanes where that applies and (for the rule) pays; forced where it
-        // does not apply, the Kernel route.
-        bool quads = Quads(u);
+        // does not apply, the Kernel route. (Grouped layers' pair images, of codes for static W8A8, decided once here.)
+        bool quads = Quads(u), pairs = GroupedPairs(u), codes = pairs && GroupedCodes(u);
         if (route == ConvolutionRoute.Quad)
         {
             if (quads) return ConvolutionRoute.Quad;
             route = ConvolutionRoute.Kernel;
         }
-        if (route == ConvolutionRoute.Auto && quads && ConvolutionCost.QuadPays(u, out_channels, groups, PairCodesPay(u))) return ConvolutionRoute.Quad;
+        if (route == ConvolutionRoute.Auto && quads && ConvolutionCost.QuadPays(u, out_channels, groups, codes && ConvolutionCost.GroupedCodesPay(u, groups)))
+            return ConvolutionRoute.Quad;
         // Other grouped layers: weight-only ones in bfloat16 from pair images where that pays (and where asked for),
         // static W8A8 ones exactly from pair images of codes where that pays (and where asked for: the Kernel route),
         // else the small kernel, group by group, where it pays; libtorch's bfloat16 route where asked for and the pair
@@ -283,7 +285,6 @@ public sealed class QuantizedConv : QuantizedModule
         if (groups > 1)
         {
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
-            bool pairs = GroupedPairs(u), codes = pairs && GroupedCodes(u);
             if (route == ConvolutionRoute.Kernel && codes) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
@@ -339,18 +340,21 @@ public sealed class QuantizedConv : QuantizedModule
     /// its codes (padding takes it), int8 symmetric weights of one scale a row or tensor, the 512-bit VNNI kernel
     /// (<see cref="Vnni512Kernel.IsSupported"/>) and a geometry it takes (<see cref="QuadConvolution.Fits"/>).
     /// </summary>
-    private bool Quads(Im2Col unfold)
-    {
-        if (DynamicInput || InputQuantization is not { } act || !Vnni512Kernel.IsSupported) return false;
-        if (!LinearKernels.ZeroPointIsACode(act) || weight.Spec.Scheme != QuantScheme.Symmetric) return false;
-        int terms = unfold.Rows / (int)groups;
-        return LinearKernels.Format(weight.Spec, terms, out int groupSize) == WeightFormat.Int8 && groupSize == terms
-            && QuadConvolution.Fits(unfold, out_channels, groups);
-    }
+    private bool Quads(Im2Col unfold) =>
+        Vnni512Kernel.IsSupported && StaticInt8(unfold, out var act) && LinearKernels.ZeroPointIsACode(act)
+        && weight.Spec.Scheme == QuantScheme.Symmetric && QuadConvolution.Fits(unfold, out_channels, groups);
 
-    /// <summary>Whether this grouped layer runs from pair images of codes where the rule asks (<see cref="GroupedCodes"/>, <see cref="ConvolutionCost.GroupedCodesPay"/>).</summary>
-    private bool PairCodesPay(Im2Col unfold) =>
-        GroupedPairs(unfold) && GroupedCodes(unfold) && ConvolutionCost.GroupedCodesPay(unfold, groups);
+    /// <summary>
+    /// Whether this layer is static W8A8 (<paramref name="act"/>) with int8 weights of one scale a row or tensor, what the
+    /// integer routes of a group's <paramref name="unfold"/> terms take.
+    /// </summary>
+    private bool StaticInt8(Im2Col unfold, [NotNullWhen(true)] out ActivationQuantization? act)
+    {
+        act = DynamicInput ? null : InputQuantization;
+        if (act is null) return false;
+        int terms = unfold.Rows / (int)groups;
+        return LinearKernels.Format(weight.Spec, terms, out int groupSize) == WeightFormat.Int8 && groupSize == terms;
+    }
 
     /// <summary>
     /// Whether this grouped static W8A8 layer can run exactly from pair images of codes (<see cref="PackedMatMul.GroupedCodes"/>,
@@ -361,11 +365,9 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool GroupedCodes(Im2Col unfold)
     {
-        if (DynamicInput || InputQuantization is not { } act) return false;
-        int terms = unfold.Rows / (int)groups;
-        if (LinearKernels.Format(weight.Spec, terms, out int groupSize) != WeightFormat.Int8 || groupSize != terms) return false;
+        if (!StaticInt8(unfold, out var act)) return false;
         int weightMax = weight.Spec.Scheme == QuantScheme.Symmetric ? 128 : 255;
-        return PackedMatMul.CodesExact(terms, PackedMatMul.InputCodeMax(LinearKernels.InputCodes(act)), weightMax);
+        return PackedMatMul.CodesExact(unfold.Rows / (int)groups, PackedMatMul.InputCodeMax(LinearKernels.InputCodes(act)), weightMax);
     }
 
     /// <summary>

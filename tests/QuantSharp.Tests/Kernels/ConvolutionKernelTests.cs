@@ -453,6 +453,14 @@ public unsafe class ConvolutionKernelTests
         ], ConvolutionRoute.Kernel, nn.Conv2d(16, 16, 3, padding: 1), torch.randn(2, 16, 14, 14));
     }
 
+    /// <summary>The routes <see cref="QuantizedConv.Candidates"/> gives for <paramref name="x"/> on <paramref name="conv"/> quantized with <paramref name="weights"/> and <paramref name="act"/> (dynamic: <paramref name="dynamic"/>).</summary>
+    internal static ConvolutionRoute[] CandidatesOf(nn.Module<Tensor, Tensor> conv, Tensor x, QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
+    {
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
+        layer.DynamicInput = dynamic;
+        return layer.Candidates(x);
+    }
+
     /// <summary>
     /// Static W8A8 through the kernel of <paramref name="route"/> equals the simulated path (libtorch's route on the
     /// fake-quantized input) within 1e-5 of the largest output, for every layer of <paramref name="cases"/>, with a uint8

@@ -191,12 +191,7 @@ public class GroupedConvolutionTests
             Assert.True(kernel.isfinite().all().item<bool>(), "non-finite outputs from NaN or infinite inputs");
             AssertClose(layer.Forward(odd, ConvolutionRoute.Reference), kernel, 1e-5, "NaN and infinite inputs");
         }
-        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
-        {
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
-            layer.DynamicInput = dynamic;
-            return layer.Candidates(x);
-        }
+        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false) => CandidatesOf(conv, x, weights, act, dynamic);
         Assert.Equal(pairs, Candidates(int8, uint8).Contains(ConvolutionRoute.Kernel));
         Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, uint8 with { ZeroPoint = 300 }));
         Assert.DoesNotContain(ConvolutionRoute.Kernel, Candidates(int8, null, dynamic: true));

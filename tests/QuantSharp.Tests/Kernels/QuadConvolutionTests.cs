@@ -160,12 +160,7 @@ public unsafe class QuadConvolutionTests
             Assert.True(quad.isfinite().all().item<bool>(), "non-finite outputs from NaN or infinite inputs");
             AssertClose(layer.Forward(odd, ConvolutionRoute.Reference), quad, 1e-5, $"{act.Type} input, NaN and infinities");
         }
-        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false)
-        {
-            using var layer = (QuantizedConv)QuantizedModules.Quantize(conv, weights, act);
-            layer.DynamicInput = dynamic;
-            return layer.Candidates(x);
-        }
+        ConvolutionRoute[] Candidates(QuantSpec weights, ActivationQuantization? act, bool dynamic = false) => CandidatesOf(conv, x, weights, act, dynamic);
         bool vnni = Vnni512Kernel.IsSupported;
         Assert.Equal(vnni, Candidates(int8, uint8).Contains(ConvolutionRoute.Quad));
         Assert.Equal(vnni, Candidates(int8, int8Input).Contains(ConvolutionRoute.Quad));
