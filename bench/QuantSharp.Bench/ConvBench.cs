@@ -198,6 +198,12 @@ internal static class ConvBench
                     bool rowRuns = parts[0] == "QuadRows";
                     return () => With(v => QuadConvolution.ForcedRowRuns = v ? rowRuns : null, true, false, () => layer.Forward(x, ConvolutionRoute.Quad));
                 }
+                // QuadGroups / QuadShared: the Quad route with its work split by group, or in shared passes (QuadConvolution.ForcedByGroup).
+                if (parts[0] is "QuadGroups" or "QuadShared")
+                {
+                    bool byGroup = parts[0] == "QuadGroups";
+                    return () => With(v => QuadConvolution.ForcedByGroup = v ? byGroup : null, true, false, () => layer.Forward(x, ConvolutionRoute.Quad));
+                }
                 bool? inPlace = parts[0] switch { "InPlace" => true, "Packed" => false, _ => null };
                 if (inPlace is null) return () => layer.Forward(x, Enum.Parse<ConvolutionRoute>(parts[0]));
                 return () =>

@@ -1,4 +1,4 @@
-using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -7,9 +7,9 @@ namespace QuantSharp.Kernels;
 
 /// <summary>
 /// Static W8A8 convolutions (grouped or not) with the output channels in lanes: each image is quantized once into quad
-/// images (<see cref="QuadImages"/>: per group, a plane per four input channels holding their four uint8 codes as one
-/// 32-bit value per padded pixel, in the layout of a <see cref="PhaseGrid"/>), the int8 weight once into steps of
-/// (four channels, tap) x 16 output channels (<see cref="PackWeights"/>), and for runs of up to 28 output positions of
+/// images (<see cref="Call.QuantizePlane"/>: per group, a plane per four input channels holding their four uint8 codes as one
+/// 32-bit value per padded pixel, in the layout of a <see cref="PhaseGrid"/>), the int8 weight into steps of
+/// (four channels, tap) x 16 output channels (<see cref="Call.PackRow"/>), and for runs of up to 28 output positions of
 /// one group <see cref="Vnni512Kernel.QuadDots"/> broadcasts each position's four codes against the step's 16 or 32
 /// output channels (<c>vpdpbusd</c>, 64 multiply-adds an instruction, every lane an output channel: groups of 16 or 32
 /// channels and short rows waste none, where the pair images' 32-position strips over a 7x7 plane's wide rows used 49 of
@@ -66,86 +66,9 @@ internal static unsafe class QuadConvolution
         if (!Fits(u, w.Rows, groups) || (long)w.Cols * groups != u.Rows)
             throw new ArgumentException($"A quad convolution needs channels that divide into the groups and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
         if (w.Rows == 0 || u.Images == 0) return;
-        int taps = u.KernelH * u.KernelW, channels = u.Channels / groups, quads = (channels + 3) / 4, steps = quads * taps;
-        int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, images = u.Images;
-        int shift = qmin < 0 ? 128 : 0, xz = zeroPoint + shift;
-        var grid = new PhaseGrid(new Im2Col(groups * quads, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
-        long planeValues = grid.ImageValues / (groups * quads);
-        nint[] stepBytes = new nint[steps];
-        for (int s = 0; s < steps; s++) stepBytes[s] = (nint)grid.Offset(s) * 4;
-        // Per output channel (16 more, so a vector of the last one's lanes stays in the arrays): z_x * sum(w[n]), the scales' product, the bias.
-        int[] offsets = new int[w.Rows + 16];
-        double[] products = new double[w.Rows + 16];
-        float[] biases = new float[w.Rows + 16];
-        sbyte* packed = (sbyte*)NativeMemory.AlignedAlloc((nuint)groups * (nuint)chunks * (nuint)steps * 128, 64);
-        uint* codes = null;
-        try
-        {
-            PackWeights(w, groups, taps, channels, steps, packed, offsets, xz);
-            for (int n = 0; n < w.Rows; n++)
-            {
-                products[n] = (double)scale * w.Params(n, 0).Scale;
-                biases[n] = bias == null ? 0f : bias[n];
-            }
-            codes = QuadImages(u, grid, x, groups, quads, channels, new Codes(1f / scale, xz, qmin + shift, qmax + shift));
-            bool rowRuns = ForcedRowRuns ?? RowRunsPay(u.OutW);
-            int bands = Math.Clamp((8 * KernelThreads.Count + images * groups - 1) / (images * groups), 1, u.OutH), bandRows = (u.OutH + bands - 1) / bands;
-            bands = (u.OutH + bandRows - 1) / bandRows;
-            nint codesAddress = (nint)codes, packedAddress = (nint)packed, yAddress = (nint)y;
-            bool native = UseNative && Vnni512Kernel.IsSupported;
-            int wp = grid.PhaseWidth, outW = u.OutW, positions = u.Positions, rows = w.Rows;
-            KernelThreads.For(images * groups * bands, (long)bandRows * outW * outputs * steps * 4, item =>
-            {
-                int band = item % bands, g = item / bands % groups, im = item / bands / groups;
-                int r0 = band * bandRows, r1 = Math.Min(u.OutH, r0 + bandRows);
-                int* tile = stackalloc int[Vnni512Kernel.QuadMaxAccumulators * 16];
-                // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
-                float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
-                fixed (nint* table = stepBytes)
-                fixed (int* offsetsAt = offsets)
-                fixed (double* productsAt = products)
-                fixed (float* biasesAt = biases)
-                {
-                    byte* image = (byte*)((uint*)codesAddress + im * grid.ImageValues + g * quads * planeValues);
-                    float* yi = (float*)yAddress + (nint)im * rows * positions;
-                    for (int chunk = 0; chunk < chunks; chunk++)
-                    {
-                        int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
-                        int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
-                        sbyte* weights = (sbyte*)packedAddress + ((nint)g * chunks + chunk) * steps * 128;
-                        var epilogue = new Epilogue(offsetsAt, productsAt, biasesAt, g * outputs + first, count, vectors, values, yi, positions, wp, outW);
-                        if (rowRuns)
-                        {
-                            // Runs within each output row, as long and as even as the accumulators allow.
-                            int runs = (outW + maxRun - 1) / maxRun, run = (outW + runs - 1) / runs;
-                            for (int oh = r0; oh < r1; oh++)
-                                for (int ow = 0; ow < outW; ow += run)
-                                {
-                                    int p = Math.Min(run, outW - ow), q = oh * wp + ow;
-                                    Dots(native, weights, steps, image + 4 * q, table, tile, p, vectors);
-                                    epilogue.Write(tile, q, p);
-                                }
-                        }
-                        else
-                        {
-                            // Runs over the wide grid: a row's dropped columns are computed and not written.
-                            int q1 = (r1 - 1) * wp + outW;
-                            for (int q = r0 * wp; q < q1; q += maxRun)
-                            {
-                                int p = Math.Min(maxRun, q1 - q);
-                                Dots(native, weights, steps, image + 4 * q, table, tile, p, vectors);
-                                epilogue.Write(tile, q, p);
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        finally
-        {
-            NativeMemory.AlignedFree(packed);
-            if (codes != null) NativeMemory.AlignedFree(codes);
-        }
+        using var call = new Call(w, u, groups, bias, scale, zeroPoint, qmin, qmax);
+        if (ForcedByGroup ?? call.ByGroupPays) call.RunByGroup(x, y);
+        else call.RunShared(x, y);
     }
 
     /// <summary>
@@ -154,6 +77,9 @@ internal static unsafe class QuadConvolution
     /// positions took 0.87-0.88x (docs/BENCHMARKS.md, stop 48).
     /// </summary>
     internal static bool RowRunsPay(int outW) => outW >= 7;
+
+    /// <summary>Tests and the bench force the work's split on their thread (null: <see cref="Call.ByGroupPays"/>; true: <see cref="Call.RunByGroup"/>; false: <see cref="Call.RunShared"/>).</summary>
+    [ThreadStatic] internal static bool? ForcedByGroup;
 
     private static void Dots(bool native, sbyte* w, int steps, byte* x, nint* stepBytes, int* c, int positions, int vectors)
     {
@@ -164,42 +90,262 @@ internal static unsafe class QuadConvolution
     /// <summary>A static quantization in the unsigned code domain (<c>clamp(round(x * InvScale) + ZeroPoint, QMin, QMax)</c>); padding takes the zero point's code.</summary>
     private readonly record struct Codes(float InvScale, int ZeroPoint, int QMin, int QMax);
 
-    /// <summary>
-    /// The int8 weight <c>[N, channels * taps]</c> as <c>[groups, chunks, steps, 2, 16, 4]</c> bytes (a chunk of one
-    /// vector leaves the second's places unused): step s = (quad q, tap t) holds, in lane l of vector v, output channel
-    /// <c>32 chunk + 16 v + l</c> of the group's weights for channels <c>4q .. 4q + 3</c> at tap t (zero past the group's
-    /// channels or outputs); and <c>offsets[n] = xz * sum(w[n])</c>.
-    /// </summary>
-    private static void PackWeights(in WeightView w, int groups, int taps, int channels, int steps, sbyte* packed, int[] offsets, int xz)
+    /// <summary>Values of slack after a run of quad planes: a run's dot products read up to a vector past its last position.</summary>
+    private const int Slack = 64;
+
+    private static long s_calls;
+
+    /// <summary>A thread's scratch for one plane's codes (<see cref="Call.QuantizePlane"/>).</summary>
+    [ThreadStatic] private static byte[]? t_plane;
+
+    /// <summary>A thread's group (<see cref="Call.RunByGroup"/>): its packed weight, offsets and quad planes, and the call and group the weight belongs to.</summary>
+    [ThreadStatic] private static byte[]? t_group;
+    [ThreadStatic] private static long t_call;
+    [ThreadStatic] private static int t_groupIndex;
+
+    /// <summary>At least <paramref name="bytes"/> bytes of <paramref name="array"/> (grown, pinned), from its first 64-byte boundary on.</summary>
+    private static byte* Scratch(ref byte[]? array, long bytes, out bool grown)
     {
-        int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, k = w.Cols;
-        new Span<byte>(packed, checked(groups * chunks * steps * 128)).Clear();
-        var view = w;
-        nint target = (nint)packed;
-        // The permute's order: byte 4t + i takes channel i's tap t (byte t + i taps), up to 16 taps.
-        Span<byte> indices = stackalloc byte[64];
-        for (int j = 0; j < 64; j++) indices[j] = (byte)(j / 4 < taps ? j / 4 + j % 4 * taps : 0);
-        var order = Vector512.Create<byte>(indices);
-        // A weight byte costs about what 32 multiply-adds do (KernelThreads' unit): scattered stores and a sum.
-        KernelThreads.For(w.Rows, 32L * k, n =>
+        grown = array is null || array.Length < bytes + 64;
+        if (grown) array = GC.AllocateUninitializedArray<byte>(checked((int)(bytes + 64)), pinned: true);
+        // A pinned array: its address is fixed for its lifetime.
+        nint first = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array!));
+        return (byte*)((first + 63) & ~(nint)63);
+    }
+
+    private static long Lines(long bytes) => (bytes + 63) / 64 * 64;
+
+    /// <summary>
+    /// One call's layout and per-channel tables, and its two ways to split the work: <see cref="RunShared"/> (the
+    /// weight packed and every image quantized by all threads first, then the positions) and <see cref="RunByGroup"/>
+    /// (each work item one group of one image, start to end, on its thread).
+    /// </summary>
+    private sealed class Call : IDisposable
+    {
+        private readonly WeightView _w;
+        private readonly Im2Col _u;
+        private readonly PhaseGrid _grid;
+        private readonly ColumnPhase[] _columns;
+        private readonly Codes _q;
+        private readonly int _groups, _taps, _channels, _quads, _steps, _outputs, _chunks, _bands, _bandRows, _xz;
+        private readonly long _planeValues, _id = Interlocked.Increment(ref s_calls);
+        private readonly bool _rowRuns, _native, _permute;
+        private readonly Vector512<byte> _order;
+        // Native tables: the steps' byte offsets; per output channel (16 more, so a vector of the last one's lanes stays
+        // in them) the scales' product, the bias and z_x * sum(w[n]).
+        private readonly byte* _tables;
+        private readonly nint* _stepBytes;
+        private readonly double* _products;
+        private readonly float* _biases;
+        private readonly int* _offsets;
+
+        public Call(in WeightView w, in Im2Col u, int groups, float* bias, float scale, int zeroPoint, int qmin, int qmax)
         {
-            int g = n / outputs, o = n - g * outputs, chunk = o / ChunkChannels, vectors = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16;
+            _w = w;
+            _u = u;
+            _groups = groups;
+            _taps = u.KernelH * u.KernelW;
+            _channels = u.Channels / groups;
+            _quads = (_channels + 3) / 4;
+            _steps = _quads * _taps;
+            _outputs = w.Rows / groups;
+            _chunks = (_outputs + ChunkChannels - 1) / ChunkChannels;
+            int shift = qmin < 0 ? 128 : 0;
+            _xz = zeroPoint + shift;
+            _q = new Codes(1f / scale, _xz, qmin + shift, qmax + shift);
+            _grid = new PhaseGrid(new Im2Col(groups * _quads, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, u.Images));
+            _planeValues = _grid.ImageValues / (groups * _quads);
+            _columns = _grid.ColumnPhases();
+            _rowRuns = ForcedRowRuns ?? RowRunsPay(u.OutW);
+            _native = UseNative && Vnni512Kernel.IsSupported;
+            // Bands of output rows, so a call has about 8 work items a thread.
+            int items = u.Images * groups;
+            _bands = Math.Clamp((8 * KernelThreads.Count + items - 1) / items, 1, u.OutH);
+            _bandRows = (u.OutH + _bands - 1) / _bands;
+            _bands = (u.OutH + _bandRows - 1) / _bandRows;
+            // The weight's permute (PackRow): byte 4t + i takes channel i's tap t (byte t + i taps), up to 16 taps.
+            _permute = _taps <= 16 && Avx512Vbmi.IsSupported;
+            Span<byte> indices = stackalloc byte[64];
+            for (int j = 0; j < 64; j++) indices[j] = (byte)(j / 4 < _taps ? j / 4 + j % 4 * _taps : 0);
+            _order = Vector512.Create<byte>(indices);
+            int padded = w.Rows + 16;
+            _tables = (byte*)NativeMemory.AlignedAlloc((nuint)(_steps * sizeof(nint) + padded * (sizeof(double) + sizeof(float) + sizeof(int))), 64);
+            _stepBytes = (nint*)_tables;
+            _products = (double*)(_stepBytes + _steps);
+            _biases = (float*)(_products + padded);
+            _offsets = (int*)(_biases + padded);
+            for (int s = 0; s < _steps; s++) _stepBytes[s] = (nint)_grid.Offset(s) * 4;
+            for (int n = 0; n < padded; n++)
+            {
+                _products[n] = n < w.Rows ? (double)scale * w.Params(n, 0).Scale : 0;
+                _biases[n] = n < w.Rows && bias != null ? bias[n] : 0f;
+                _offsets[n] = 0;
+            }
+        }
+
+        public void Dispose() => NativeMemory.AlignedFree(_tables);
+
+        /// <summary>Bytes of a group's packed weight: <c>[chunks, steps, 2, 16, 4]</c>.</summary>
+        private long GroupPackedBytes => (long)_chunks * _steps * 128;
+
+        /// <summary>
+        /// Whether <see cref="RunByGroup"/> splits the work: a grouped layer whose images and groups make four work items
+        /// a thread or more. Against <see cref="RunShared"/> in the same processes (docs/BENCHMARKS.md, stop 49), 384
+        /// channels in 8 groups onto 14x14 at batch 1 (four items a thread) took 0.30-0.38x float32's time against
+        /// 0.42-0.63x, and layers of 32 groups 0.36-0.73x against 0.41-0.89x; an ungrouped layer at batch 1 (one item) ran
+        /// on one thread (0.52-0.61x against 0.32-0.41x), and at 16 images the two splits took the same time.
+        /// </summary>
+        public bool ByGroupPays => _groups > 1 && (long)_u.Images * _groups >= 4 * KernelThreads.Count;
+
+        /// <summary>
+        /// All threads pack the weight (<see cref="PackRow"/>, a row an item), then quantize the images into quad images
+        /// (<see cref="QuantizePlane"/>, a plane an item), then compute (image, group, band of output rows) items.
+        /// </summary>
+        public void RunShared(float* x, float* y)
+        {
+            long groupBytes = GroupPackedBytes;
+            int outputs = _outputs;
+            sbyte* packed = (sbyte*)NativeMemory.AlignedAlloc((nuint)(_groups * groupBytes), 64);
+            uint* codes = null;
+            try
+            {
+                // Lanes past a group's outputs are never written: zero, as the weights' tails are.
+                if (outputs % 16 != 0) new Span<byte>(packed, checked((int)(_groups * groupBytes))).Clear();
+                nint packedAddress = (nint)packed;
+                // A weight byte costs about what 32 multiply-adds do (KernelThreads' unit): scattered stores and a sum.
+                KernelThreads.For(_w.Rows, 32L * _w.Cols, n =>
+                {
+                    int g = n / outputs;
+                    PackRow(n, (sbyte*)packedAddress + g * groupBytes, _offsets + g * outputs);
+                });
+                long values = _grid.ImageValues * _u.Images;
+                codes = (uint*)NativeMemory.AlignedAlloc((nuint)(values + Slack) * sizeof(uint), 64);
+                new Span<uint>(codes + values, Slack).Clear();
+                nint source = (nint)x, target = (nint)codes;
+                int planes = _groups * _quads;
+                // A value quantized, interleaved and placed costs about what 16 multiply-adds do (KernelThreads' unit).
+                KernelThreads.For(_u.Images * planes, 16L * 4 * _u.Height * _u.Width, item =>
+                {
+                    int im = item / planes, plane = item - im * planes;
+                    QuantizePlane((float*)source, im, plane, (uint*)target + im * _grid.ImageValues + plane * _planeValues);
+                });
+                int bands = _bands, groups = _groups, rows = _w.Rows, positions = _u.Positions;
+                nint yAddress = (nint)y;
+                KernelThreads.For(_u.Images * groups * bands, (long)_bandRows * _u.OutW * outputs * _steps * 4, item =>
+                {
+                    int band = item % bands, g = item / bands % groups, im = item / bands / groups;
+                    int r0 = band * _bandRows, r1 = Math.Min(_u.OutH, r0 + _bandRows);
+                    byte* image = (byte*)((uint*)target + im * _grid.ImageValues + g * _quads * _planeValues);
+                    Convolve(image, (sbyte*)packedAddress + g * groupBytes, _offsets + g * outputs, g, (float*)yAddress + (nint)im * rows * positions, r0, r1);
+                });
+            }
+            finally
+            {
+                NativeMemory.AlignedFree(packed);
+                if (codes != null) NativeMemory.AlignedFree(codes);
+            }
+        }
+
+        /// <summary>
+        /// Work items of one group of one image, group by group (item <c>g * images + im</c>): each packs its group's
+        /// weight into its thread's scratch (unless the thread's previous item did: the threads take runs of
+        /// consecutive items), quantizes the image's planes of the group there, and computes all its positions. One
+        /// pass over the threads instead of three, and a group's codes and weight stay in the core's cache.
+        /// </summary>
+        public void RunByGroup(float* x, float* y)
+        {
+            int images = _u.Images, rows = _w.Rows, positions = _u.Positions;
+            long groupBytes = GroupPackedBytes, offsetBytes = Lines((_outputs + 16) * sizeof(int));
+            long codeValues = _quads * _planeValues + Slack;
+            nint source = (nint)x, yAddress = (nint)y;
+            KernelThreads.For(_groups * images, (long)_u.Positions * _outputs * _steps * 4, item =>
+            {
+                int g = item / images, im = item - g * images;
+                byte* scratch = Scratch(ref t_group, groupBytes + offsetBytes + codeValues * sizeof(uint), out bool grown);
+                sbyte* weights = (sbyte*)scratch;
+                int* offsets = (int*)(scratch + groupBytes);
+                uint* codes = (uint*)(scratch + groupBytes + offsetBytes);
+                if (grown || t_call != _id || t_groupIndex != g)
+                {
+                    if (_outputs % 16 != 0) new Span<byte>(weights, checked((int)groupBytes)).Clear();
+                    for (int o = 0; o < _outputs; o++) PackRow(g * _outputs + o, weights, offsets);
+                    t_call = _id;
+                    t_groupIndex = g;
+                }
+                for (int quad = 0; quad < _quads; quad++) QuantizePlane((float*)source, im, g * _quads + quad, codes + quad * _planeValues);
+                new Span<uint>(codes + _quads * _planeValues, Slack).Clear();
+                Convolve((byte*)codes, weights, offsets, g, (float*)yAddress + (nint)im * rows * positions, 0, _u.OutH);
+            });
+        }
+
+        /// <summary>
+        /// Output rows <c>[r0, r1)</c> of group <paramref name="g"/> of one image (<paramref name="yImage"/>) from its quad
+        /// planes (<paramref name="image"/>) and packed weight (<paramref name="weights"/>, <paramref name="offsets"/>: the group's).
+        /// </summary>
+        private void Convolve(byte* image, sbyte* weights, int* offsets, int g, float* yImage, int r0, int r1)
+        {
+            int* tile = stackalloc int[Vnni512Kernel.QuadMaxAccumulators * 16];
+            // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
+            float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
+            int wp = _grid.PhaseWidth, outW = _u.OutW, positions = _u.Positions, n0 = g * _outputs;
+            for (int chunk = 0; chunk < _chunks; chunk++)
+            {
+                int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, _outputs - first), vectors = (count + 15) / 16;
+                int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
+                sbyte* chunkWeights = weights + (nint)chunk * _steps * 128;
+                var epilogue = new Epilogue(offsets, _products + n0, _biases + n0, first, count, vectors, values, yImage + (nint)n0 * positions, positions, wp, outW);
+                if (_rowRuns)
+                {
+                    // Runs within each output row, as long and as even as the accumulators allow.
+                    int runs = (outW + maxRun - 1) / maxRun, run = (outW + runs - 1) / runs;
+                    for (int oh = r0; oh < r1; oh++)
+                        for (int ow = 0; ow < outW; ow += run)
+                        {
+                            int p = Math.Min(run, outW - ow), q = oh * wp + ow;
+                            Dots(_native, chunkWeights, _steps, image + 4 * q, _stepBytes, tile, p, vectors);
+                            epilogue.Write(tile, q, p);
+                        }
+                }
+                else
+                {
+                    // Runs over the wide grid: a row's dropped columns are computed and not written.
+                    int q1 = (r1 - 1) * wp + outW;
+                    for (int q = r0 * wp; q < q1; q += maxRun)
+                    {
+                        int p = Math.Min(maxRun, q1 - q);
+                        Dots(_native, chunkWeights, _steps, image + 4 * q, _stepBytes, tile, p, vectors);
+                        epilogue.Write(tile, q, p);
+                    }
+                }
+            }
+        }
+
+        /// <summary>
+        /// Weight row <paramref name="n"/> (<c>[channels * taps]</c> int8) into its group's packed weight
+        /// <paramref name="target"/> (<c>[chunks, steps, 2, 16, 4]</c> bytes; a chunk of one vector leaves the second's
+        /// places unused): step s = (quad q, tap t) holds, in lane l of vector v, output channel <c>32 chunk + 16 v + l</c>
+        /// of the group's weights for channels <c>4q .. 4q + 3</c> at tap t (zero past the group's channels); and
+        /// <c>offsets[o] = xz * sum(w[n])</c> for the row's place o in its group.
+        /// </summary>
+        private void PackRow(int n, sbyte* target, int* offsets)
+        {
+            int k = _w.Cols, taps = _taps, channels = _channels;
+            int o = n % _outputs, chunk = o / ChunkChannels, vectors = (Math.Min(ChunkChannels, _outputs - chunk * ChunkChannels) + 15) / 16;
             int v = o % ChunkChannels / 16, l = o % 16;
-            sbyte* row = (sbyte*)view.Data + (nint)n * k;
-            // Step (quad q, tap t) of vector v, lane l: channels 4q .. 4q + 3 at tap t (zero past the group's channels), one 32-bit store; steps are 64 vectors bytes apart.
-            uint* lane = (uint*)((sbyte*)target + ((nint)g * chunks + chunk) * steps * 128 + v * 64 + 4 * l);
+            sbyte* row = (sbyte*)_w.Data + (nint)n * k;
+            // Step (quad q, tap t) of vector v, lane l: channels 4q .. 4q + 3 at tap t, one 32-bit store; steps are 64 vectors bytes apart.
+            uint* lane = (uint*)(target + (nint)chunk * _steps * 128 + v * 64 + 4 * l);
             int stepValues = 16 * vectors;
             // Up to 16 taps, a quad's four channels (at most 64 bytes) are one vector, their bytes put in step order by
             // one permute (AVX512-VBMI's vpermb; byte 4t + i = channel i's tap t); byte by byte, the profile of 512
             // channels in 32 groups onto 7x7 at batch 2 had a third of its samples here.
-            bool permute = taps <= 16 && Avx512Vbmi.IsSupported;
             uint* quads = stackalloc uint[16];
             byte* bytes = stackalloc byte[64];
             for (int c = 0; c < channels; c += 4)
             {
                 byte* c0 = (byte*)row + (nint)c * taps;
                 int present = Math.Min(4, channels - c);
-                if (permute)
+                if (_permute)
                 {
                     // A whole vector where the row holds it; else the quad's bytes, zero past them (a group's last channels).
                     Vector512<byte> quad;
@@ -210,7 +356,7 @@ internal static unsafe class QuadConvolution
                         new ReadOnlySpan<byte>(c0, present * taps).CopyTo(new Span<byte>(bytes, 64));
                         quad = Vector512.Load(bytes);
                     }
-                    Avx512Vbmi.PermuteVar64x8(quad, order).AsUInt32().Store(quads);
+                    Avx512Vbmi.PermuteVar64x8(quad, _order).AsUInt32().Store(quads);
                     for (int t = 0; t < taps; t++, lane += stepValues) *lane = quads[t];
                     continue;
                 }
@@ -221,9 +367,47 @@ internal static unsafe class QuadConvolution
                     *lane = value;
                 }
             }
-            int sum = SumBytes(row, k);
-            offsets[n] = xz * sum;
-        });
+            offsets[o] = _xz * SumBytes(row, k);
+        }
+
+        /// <summary>
+        /// Plane <paramref name="plane"/> (<c>g * quads + q</c>) of image <paramref name="im"/> at <paramref name="x"/>
+        /// into <paramref name="target"/> (the plane's place in a <see cref="PhaseGrid"/> layout): the codes of the group's
+        /// channels <c>4q .. 4q + 3</c> (bytes 0-3 of each 32-bit value; the zero point's code past the group's channels and
+        /// where padded), quantized and interleaved in one pass (<see cref="QuantizeKernel.QuantizeQuads"/>; without AVX-512
+        /// or below 16 values, channel by channel with <see cref="QuantizeKernel.Quantize"/>, then <see cref="Interleave"/>),
+        /// then each padded row written into its phase rows (<see cref="PhaseGrid.WriteRow"/>).
+        /// </summary>
+        public void QuantizePlane(float* x, int im, int plane, uint* target)
+        {
+            int h = _u.Height, width = _u.Width, planeSize = h * width, g = plane / _quads, quad = plane - g * _quads;
+            // The stride-2 gather reads a value past the last row.
+            byte* quantized = Scratch(ref t_plane, Lines(4L * planeSize) + 4L * (planeSize + 1), out _);
+            uint* interleaved = (uint*)(quantized + Lines(4L * planeSize));
+            float* first = x + ((nint)im * _u.Channels + g * _channels + 4 * quad) * planeSize;
+            float* Channel(int i) => 4 * quad + i < _channels ? first + (nint)i * planeSize : null;
+            if (QuantizeKernel.QuadsInVectors && planeSize >= 16)
+                QuantizeKernel.QuantizeQuads(Channel(0), Channel(1), Channel(2), Channel(3), planeSize, _q.InvScale, _q.ZeroPoint, _q.QMin, _q.QMax, interleaved);
+            else
+            {
+                for (int i = 0; i < 4; i++)
+                {
+                    var dst = new Span<byte>(quantized + i * planeSize, planeSize);
+                    float* src = Channel(i);
+                    if (src == null) dst.Fill((byte)_q.ZeroPoint);
+                    else QuantizeKernel.Quantize(new ReadOnlySpan<float>(src, planeSize), _q.InvScale, _q.ZeroPoint, _q.QMin, _q.QMax, MemoryMarshal.Cast<byte, sbyte>(dst));
+                }
+                Interleave(quantized, quantized + planeSize, quantized + 2 * planeSize, quantized + 3 * planeSize, interleaved, planeSize);
+            }
+            uint pad = (uint)(byte)_q.ZeroPoint * 0x01010101u;
+            interleaved[planeSize] = pad;
+            int paddedRows = _grid.PhaseHeight * _u.StrideH;
+            for (int r = 0; r < paddedRows; r++)
+            {
+                int sourceRow = r - _u.PadH;
+                _grid.WriteRow(target, r, sourceRow < 0 || sourceRow >= h ? null : interleaved + (nint)sourceRow * width, pad, _columns);
+            }
+        }
     }
 
     /// <summary>The sum of <paramref name="n"/> int8 values, 64 at a time in portable vectors.</summary>
@@ -240,73 +424,6 @@ internal static unsafe class QuadConvolution
         int sum = Vector512.Sum(acc);
         for (; j < n; j++) sum += values[j];
         return sum;
-    }
-
-    /// <summary>
-    /// The images at <paramref name="x"/> as quad images in the layout of <paramref name="grid"/> (a
-    /// <see cref="PhaseGrid"/> of <c>groups * quads</c> channels): plane <c>g * quads + q</c> holds the codes of the
-    /// group's channels <c>4q .. 4q + 3</c> (bytes 0-3 of each 32-bit value; the zero point's code past the group's
-    /// channels and where padded), then 64 values of slack. A work item per plane: its (up to) four channels quantized
-    /// (<see cref="QuantizeKernel.Quantize"/>), their codes interleaved in one run (<see cref="Interleave"/>), then each
-    /// padded row written into its phase rows (<see cref="PhaseGrid.WriteRow"/>). The caller frees it (<c>NativeMemory.AlignedFree</c>).
-    /// </summary>
-    private static uint* QuadImages(in Im2Col u, PhaseGrid grid, float* x, int groups, int quads, int channels, Codes q)
-    {
-        const int Slack = 64;
-        int h = u.Height, width = u.Width, padH = u.PadH, paddedRows = grid.PhaseHeight * u.StrideH, planes = groups * quads;
-        long planeValues = grid.ImageValues / planes, values = grid.ImageValues * u.Images;
-        uint* buffer = (uint*)NativeMemory.AlignedAlloc((nuint)(values + Slack) * sizeof(uint), 64);
-        new Span<uint>(buffer + values, Slack).Clear();
-        uint pad = (uint)(byte)q.ZeroPoint * 0x01010101u;
-        nint source = (nint)x, target = (nint)buffer;
-        var columns = grid.ColumnPhases();
-        var unfold = u;
-        // A value quantized, interleaved and placed costs about what 16 multiply-adds do (KernelThreads' unit).
-        KernelThreads.For(u.Images * planes, 16L * 4 * h * width, item =>
-        {
-            int im = item / planes, plane = item - im * planes, g = plane / quads, quad = plane - g * quads;
-            int planeSize = h * width;
-            byte[] rented = ArrayPool<byte>.Shared.Rent(4 * planeSize);
-            uint[] interleaved = ArrayPool<uint>.Shared.Rent(planeSize + 1); // the stride-2 gather reads a value past the last row
-            try
-            {
-                fixed (byte* quantized = rented)
-                fixed (uint* quadsAt = interleaved)
-                {
-                    for (int i = 0; i < 4; i++)
-                    {
-                        int c = 4 * quad + i;
-                        var dst = new Span<byte>(quantized + i * planeSize, planeSize);
-                        if (c >= channels)
-                        {
-                            dst.Fill((byte)q.ZeroPoint);
-                            continue;
-                        }
-                        var src = new ReadOnlySpan<float>((float*)source + ((nint)im * unfold.Channels + g * channels + c) * planeSize, planeSize);
-                        QuantizeKernel.Quantize(src, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, MemoryMarshal.Cast<byte, sbyte>(dst));
-                    }
-                    Interleave(quantized, quantized + planeSize, quantized + 2 * planeSize, quantized + 3 * planeSize, quadsAt, planeSize);
-                    quadsAt[planeSize] = pad;
-                    uint* dstPlane = (uint*)target + im * grid.ImageValues + plane * planeValues;
-                    for (int r = 0; r < paddedRows; r++)
-                    {
-                        int sourceRow = r - padH;
-                        if (sourceRow < 0 || sourceRow >= h)
-                        {
-                            grid.WriteRow<uint>(dstPlane, r, null, pad, columns);
-                            continue;
-                        }
-                        grid.WriteRow(dstPlane, r, quadsAt + (nint)sourceRow * width, pad, columns);
-                    }
-                }
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(rented);
-                ArrayPool<uint>.Shared.Return(interleaved);
-            }
-        });
-        return buffer;
     }
 
     /// <summary><c>dst[j] = c0[j] | c1[j] &lt;&lt; 8 | c2[j] &lt;&lt; 16 | c3[j] &lt;&lt; 24</c> for <c>j &lt; n</c>, 16 at a time in portable vectors.</summary>

@@ -125,6 +125,48 @@ public class KernelVectorTests
         }
     }
 
+    /// <summary>
+    /// The fused quantize-and-interleave of four channels puts in byte i of each position's value the code
+    /// <see cref="QuantizeKernel.QuantizeOne"/> gives channel i (NaN, infinities and ties to even included), and the zero
+    /// point's code for a missing channel; over lengths that leave every tail; where AVX-512 does not run it refuses.
+    /// </summary>
+    [Theory]
+    [InlineData(16)]
+    [InlineData(17)]
+    [InlineData(31)]
+    [InlineData(49)]
+    [InlineData(64)]
+    [InlineData(100)]
+    public unsafe void QuantizeQuadsInterleavesTheCodesOfFourChannels(int n)
+    {
+        var rng = new Random(4400 + n);
+        const float Inv = 0.5f; // x = 2k + 1 is a tie: k + 0.5
+        float[][] channels = Enumerable.Range(0, 4).Select(_ => Enumerable.Range(0, n).Select(_ => rng.Next(3) == 0 ? 2 * rng.Next(-300, 300) + 1f : (float)(rng.NextDouble() * 600 - 300)).ToArray()).ToArray();
+        channels[0][n - 1] = float.NaN;
+        channels[1][0] = float.PositiveInfinity;
+        channels[2][n / 2] = float.NegativeInfinity;
+        if (!QuantizeKernel.QuadsInVectors)
+        {
+            Assert.Throws<ArgumentException>(() => QuantizeKernel.QuantizeQuads(null, null, null, null, n, Inv, 128, 0, 255, null));
+            return;
+        }
+        foreach (var (zero, qmin, qmax) in new[] { (131f, 0f, 255f), (128f, 0f, 255f), (255f, 0f, 255f) })
+        foreach (bool missing in new[] { false, true })
+        {
+            uint[] quads = new uint[n];
+            fixed (float* c0 = channels[0]) fixed (float* c1 = channels[1]) fixed (float* c2 = channels[2]) fixed (float* c3 = channels[3]) fixed (uint* q = quads)
+            {
+                QuantizeKernel.QuantizeQuads(c0, c1, c2, missing ? null : c3, n, Inv, zero, qmin, qmax, q);
+            }
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < 4; i++)
+                {
+                    int expected = i == 3 && missing ? (int)zero : QuantizeKernel.QuantizeOne(channels[i][j], Inv, zero, qmin, qmax);
+                    Assert.True(expected == (int)(quads[j] >> 8 * i & 0xFF), $"position {j} channel {i} ({channels[i][j]:R}), zero point {zero}: {quads[j] >> 8 * i & 0xFF}, expected {expected}");
+                }
+        }
+    }
+
     /// <summary>The largest magnitude equals <c>max(-min(min, 0), max(max, 0))</c> of the scalar min/max, bit for bit, and is NaN with a NaN anywhere.</summary>
     [Theory]
     [MemberData(nameof(Lengths))]

@@ -59,7 +59,7 @@ public unsafe class QuadConvolutionTests
     /// symmetric inputs, a zero point at the top of the range (most inputs clamp, padding codes 255), per-channel and
     /// per-tensor weights; channels a group that are no multiple of four (the RGB stem's three), group outputs of 7, 16,
     /// 24 and 40 (one vector, two, two chunks), stride phases, dilation, rows longer than a run, a Conv1d, 5x5 taps (more
-    /// than the weight's shuffle takes), one and three images.
+    /// than the weight's shuffle takes), one and three images; the work split by group and in shared passes.
     /// </summary>
     [Theory]
     [InlineData(0.021f, 131, 0, 255, false)]   // uint8 affine
@@ -96,6 +96,7 @@ public unsafe class QuadConvolutionTests
             string what = $"[{string.Join(",", g)}] x{images} in {groups} groups -> {outputs}, input {scale}/{zeroPoint}, per tensor {perTensor}";
             foreach (bool native in Vnni512Kernel.IsSupported ? new[] { false, true } : [false])
             foreach (bool rowRuns in new[] { false, true })
+            foreach (bool byGroup in new[] { false, true })
             {
                 var y = new float[images * outputs * p];
                 Array.Fill(y, float.NaN);
@@ -104,6 +105,7 @@ public unsafe class QuadConvolutionTests
                 {
                     QuadConvolution.UseNative = native;
                     QuadConvolution.ForcedRowRuns = rowRuns;
+                    QuadConvolution.ForcedByGroup = byGroup;
                     fixed (float* px = pixels) fixed (float* pb = bias) fixed (float* py = y)
                         QuadConvolution.Run(view, px, pb, py, u, groups, scale, zeroPoint, qmin, qmax);
                 }
@@ -111,16 +113,17 @@ public unsafe class QuadConvolutionTests
                 {
                     QuadConvolution.UseNative = saved;
                     QuadConvolution.ForcedRowRuns = null;
+                    QuadConvolution.ForcedByGroup = null;
                 }
                 for (int i = 0; i < y.Length; i++)
                     Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
-                        $"{what}{(native ? "" : ", twin")}{(rowRuns ? ", row runs" : ", wide runs")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]:R}, the specification's {expected[i]:R}");
+                        $"{what}{(native ? "" : ", twin")}{(rowRuns ? ", row runs" : ", wide runs")}{(byGroup ? ", by group" : ", shared passes")}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]:R}, the specification's {expected[i]:R}");
                 if (native) checkedNative++;
                 else checkedTwin++;
             }
         }
-        Assert.Equal(4 * cases.Length, checkedTwin);
-        Assert.True(!Vnni512Kernel.IsSupported || checkedNative == 4 * cases.Length, $"{checkedNative} calls through the generated code");
+        Assert.Equal(8 * cases.Length, checkedTwin);
+        Assert.True(!Vnni512Kernel.IsSupported || checkedNative == 8 * cases.Length, $"{checkedNative} calls through the generated code");
     }
 
     /// <summary>
