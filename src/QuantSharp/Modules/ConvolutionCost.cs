@@ -674,24 +674,25 @@ internal static class ConvolutionCost
     /// Whether a static W8A8 call (<paramref name="outputs"/> channels in <paramref name="groups"/> groups) runs with the
     /// output channels in lanes (<see cref="QuadConvolution"/>) rather than the rest of the rule: not pointwise (1x1 at
     /// stride 1 keeps the integer GEMM), at least <see cref="QuadMinChannels"/> input channels a group (an RGB stem
-    /// keeps its routes), and, by output positions over all images and a group's weight (its outputs x terms, in bytes,
-    /// which every run of up to 28 positions reads again), from <see cref="QuadWidePositions"/> positions up to
-    /// <see cref="QuadMaxGroupWeight"/>; from <see cref="QuadMinPositions"/> up to <see cref="QuadFewPositionsMaxGroupWeight"/>
-    /// in calls of <see cref="QuadFewPositionsMinWork"/> multiply-adds or more (the weight is packed and the images
-    /// quantized on every call, which few positions and little work do not repay).
-    /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 48; two processes a shape, each route's median over float32's
-    /// in the same process): grouped 3x3 layers of 16-48 channels a group (512 and 1024 channels in 32 groups, 384 in 8)
-    /// onto 14x14 and 28x28, at stride 2 and onto 7x7 from 4 images, 0.42-1.03x float32's time against 0.61-1.55x for
-    /// the rule's route before; ungrouped 3x3 layers of 8-128 channels onto 28x28 to 112x112 0.29-0.59x against
-    /// 0.39-0.71x (256->256 onto 14x14 at batch 1, a group weight of 576 KiB, 0.75-0.77x against 0.60-0.63x); lost on
-    /// 512->512 onto 7x7 (2.25 MiB, 0.45-1.17x against 0.37-0.46x), on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x), on 512 channels in 32 groups onto
-    /// 7x7 at batch 1 and 2 (1.03-1.75x and 0.88-1.11x against 0.70-0.77x and 0.82-0.97x), on 1024
-    /// in 32 onto 7x7 at batch 1 (1.15-1.18x against 0.95-0.98x; at batch 2 and 3 it won: 0.92-0.98x and 0.80-0.88x
-    /// against 1.19-1.25x and 1.28-1.34x), on MNIST-size 32->64 onto 14x14 at batch 1 (0.40-0.42x against 0.33-0.37x)
-    /// and on the RGB stem at batch 1 (1.00x against 0.86-0.88x). Where a group has fewer than <see cref="QuadLanes"/>
-    /// outputs (lanes left empty) and the pair images of codes pay (<paramref name="pairCodesPay"/>: a grouped layer
-    /// where <see cref="GroupedCodesPay"/> on a CPU that runs them), those: 256 channels in 32 groups onto 28x28 at batch
-    /// 4 took 633-656 us with the output channels in lanes, 558-565 us from pair images of codes.
+    /// keeps its routes), a group's weight (its outputs x terms, in bytes, which every run of up to 28 positions reads
+    /// again) up to <see cref="QuadMaxGroupWeight"/>, and from <see cref="QuadWidePositions"/> output positions over all
+    /// images, or, at fewer, a grouped layer of <see cref="QuadLanes"/> outputs a group or more (whole vectors).
+    /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stops 48 and 49; two processes a shape, each route's median over
+    /// float32's in the same process): grouped 3x3 layers of 16-48 channels a group (512 and 1024 channels in 32 groups,
+    /// 384 in 8) onto 14x14 and 28x28, at stride 2 and onto 7x7 from 4 images, 0.42-1.03x float32's time against
+    /// 0.61-1.55x for the rule's route before stop 48; ungrouped 3x3 layers of 8-128 channels onto 28x28 to 112x112
+    /// 0.29-0.59x against 0.39-0.71x. Below 392 positions, with each thread's work whole groups (stop 49), grouped layers
+    /// of 2 to 32 groups and 16 to 256 outputs a group onto 7x7 (and at stride 2 onto it) at 1 to 4 images took 0.27-0.59x
+    /// against 0.36-1.21x for the rule's route before (above float32's time in 8 of those 35 cells, all where it took
+    /// another route), 64 channels in 4 groups onto 14x14 the same (0.31-0.42x against 0.29-0.43x); ungrouped layers
+    /// there keep the integer GEMM or the small kernel:
+    /// 128->128 onto 7x7 at batch 1 0.56-0.61x against 0.40-0.43x, 32->64 onto 14x14 at batch 1 0.34-0.38x against
+    /// 0.24-0.35x, 256->256 onto 14x14 at batch 1 (stop 48) 0.75-0.77x against 0.60-0.63x. Lost on 512->512 onto 7x7
+    /// (2.25 MiB, 0.45-1.17x against 0.37-0.46x) and on 1x1 64->256 onto 56x56 (0.53-0.57x against 0.49-0.52x). Where a
+    /// group has fewer than <see cref="QuadLanes"/> outputs (lanes left empty) and the pair images of codes pay
+    /// (<paramref name="pairCodesPay"/>: a grouped layer where <see cref="GroupedCodesPay"/> on a CPU that runs them),
+    /// those: 256 channels in 32 groups onto 28x28 at batch 4 took 633-656 us with the output channels in lanes, 558-565
+    /// us from pair images of codes.
     /// </summary>
     internal static bool QuadPays(Im2Col unfold, long outputs, long groups, bool pairCodesPay = false)
     {
@@ -699,8 +700,8 @@ internal static class ConvolutionCost
         if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
         if (pairCodesPay && outputs / groups < QuadLanes) return false;
         long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
-        if (positions >= QuadWidePositions) return groupWeight <= QuadMaxGroupWeight;
-        return positions >= QuadMinPositions && groupWeight <= QuadFewPositionsMaxGroupWeight && positions * outputs * (unfold.Rows / groups) >= QuadFewPositionsMinWork;
+        if (groupWeight > QuadMaxGroupWeight) return false;
+        return positions >= QuadWidePositions || (groups > 1 && outputs / groups >= QuadLanes);
     }
 
     /// <summary>Output channels a vector of <see cref="QuadConvolution"/> holds: a group of fewer leaves lanes empty (<see cref="QuadPays"/>).</summary>
@@ -709,25 +710,11 @@ internal static class ConvolutionCost
     /// <summary>Input channels a group from which <see cref="QuadPays"/> (one quad of codes a pixel: the RGB stem's three waste a quarter of it).</summary>
     internal const int QuadMinChannels = 4;
 
-    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> with a small group weight and enough work (two 7x7 images).</summary>
-    internal const long QuadMinPositions = 98;
-
-    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> up to <see cref="QuadMaxGroupWeight"/>.</summary>
+    /// <summary>Output positions (over all images) from which <see cref="QuadPays"/> for ungrouped layers (and grouped ones of fewer than <see cref="QuadLanes"/> outputs a group).</summary>
     internal const long QuadWidePositions = 392;
 
-    /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> from <see cref="QuadWidePositions"/> positions (256->256 3x3: 576 KiB; 512->512 3x3, 2.25 MiB, lost).</summary>
+    /// <summary>A group's weight in bytes (outputs x terms) up to which <see cref="QuadPays"/> (256->256 3x3: 576 KiB; 512->512 3x3, 2.25 MiB, lost).</summary>
     internal const long QuadMaxGroupWeight = 1 << 20;
-
-    /// <summary>A group's weight in bytes up to which <see cref="QuadPays"/> from <see cref="QuadMinPositions"/> positions (1024 channels in 32 groups, 3x3: 9 KiB; 384 in 8: 20.25 KiB; 256->256: 576 KiB, lost at batch 1).</summary>
-    internal const long QuadFewPositionsMaxGroupWeight = 32 << 10;
-
-    /// <summary>
-    /// Multiply-adds a call from which <see cref="QuadPays"/> below <see cref="QuadWidePositions"/> positions (10 Mi:
-    /// 512 channels in 32 groups onto 7x7 at batch 3, 10.8M, took 0.89-1.12x float32's time against 0.99-1.12x on the
-    /// small kernel, lower in 5 of 6 processes; at batch 2, 7.2M, 0.80-0.88x against 0.81-0.89x, alike; 32->64 onto
-    /// 14x14 at batch 1, 3.6M, lost to the small kernel).
-    /// </summary>
-    internal const long QuadFewPositionsMinWork = 10 << 20;
 
     /// <summary>Output row length from which <see cref="GroupedCodesPay"/> at any batch with <see cref="GroupedCodesMinChannels"/> channels a group (28x28).</summary>
     internal const int GroupedCodesWideRows = 28;

@@ -180,37 +180,34 @@ public unsafe class QuadConvolutionTests
     }
 
     /// <summary>
-    /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group; from 392
-    /// positions over all images up to a group weight of 1 MiB; from 98 up to 32 KiB in calls of 10 Mi multiply-adds;
-    /// not for fewer than 16 outputs a group where the pair images of codes pay.
+    /// <see cref="ConvolutionCost.QuadPays"/> at its edges: not pointwise, four or more channels a group, a group weight up
+    /// to 1 MiB; from 392 positions over all images, or at fewer grouped layers of 16 outputs a group or more; not for
+    /// fewer than 16 outputs a group where the pair images of codes pay.
     /// </summary>
     [Fact]
     public void QuadRuleTakesLayersOfEnoughPositionsAndSmallGroupWeights()
     {
         using var scope = NewDisposeScope();
-        // 1024 channels in 32 groups, 3x3 (32 outputs x 288 terms = 9 KiB a group): 2 images of 7x7 (98 positions, 28.9M), not 1.
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 1024, 32));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 1024, 32));
-        // 512 in 32 groups (2,304 bytes a group): 3 images of 7x7 (10.8M), not 2 (98 positions, 7.2M: below 10 Mi).
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(3), 512, 32));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 512, 32));
-        // 10 Mi exactly: 640 channels in 4 groups, 1x1 at stride 2 onto 8x16 (128 positions) into 512 outputs (128 x 160
-        // terms = 20 KiB a group, 128 x 512 x 160 multiply-adds); one output a group fewer is below it.
-        Assert.Equal(10L << 20, 128L * 512 * 160);
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(640, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(640, 16, 32, 1, 1, 2, 2, 0, 0, 1, 1), 508, 4));
-        // A group weight of 32 KiB at 196 positions (128 outputs x 256 terms: 1024 channels in 4 groups, 1x1 at stride 2 onto 14x14), not one more output a group.
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 512, 4));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1), 516, 4));
-        // 98 positions, not 97 (a Conv1d of 4 channels a group: 32 outputs x 12 terms, 38M multiply-adds).
-        Assert.True(ConvolutionCost.QuadPays(new Im2Col(4096, 1, 98, 1, 3, 1, 1, 0, 1, 1, 1), 32768, 1024));
-        Assert.False(ConvolutionCost.QuadPays(new Im2Col(4096, 1, 97, 1, 3, 1, 1, 0, 1, 1, 1), 32768, 1024));
-        // From 392 positions up to 1 MiB a group: 256->256 3x3 (576 KiB) at 2 images of 14x14, not 1; 512->512 (2.25 MiB) at none.
+        // Grouped, 16 outputs a group or more: at any positions (512 channels in 32 groups onto 7x7 at batch 1, 49
+        // positions; 512 in 2 groups, 576 KiB a group); 15 outputs a group, not below 392 positions.
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 512, 32));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1), 512, 2));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(4096, 1, 1, 1, 3, 1, 1, 0, 1, 1, 1), 16384, 1024)); // one position
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(480, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(7), 480, 32)); // 343 positions
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(480, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 480, 32)); // 392
+        // Ungrouped: from 392 positions, not 391 (a Conv1d of 64 channels, 1x3).
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(64, 1, 392, 1, 3, 1, 1, 0, 1, 1, 1), 64, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(64, 1, 391, 1, 3, 1, 1, 0, 1, 1, 1), 64, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(128, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 128, 1)); // 196 positions
+        // Up to 1 MiB a group: 256->256 3x3 (576 KiB) at 2 images of 14x14, not 1; 512->512 (2.25 MiB) at none, nor in 2 groups of 4 images.
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2), 256, 1));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, 1));
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(64), 512, 1));
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4), 1024, 2)); // 2.25 MiB a group
         Assert.True(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1024, 1)); // 1 MiB, 1x1 padded: not pointwise
         Assert.False(ConvolutionCost.QuadPays(new Im2Col(1024, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1).ForImages(8), 1025, 1));
+        Assert.True(ConvolutionCost.QuadPays(new Im2Col(2048, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1), 2048, 2)); // 1 MiB a group, 64 positions
+        Assert.False(ConvolutionCost.QuadPays(new Im2Col(2048, 8, 8, 1, 1, 1, 1, 1, 1, 1, 1), 2050, 2));
         // Fewer than 16 outputs a group where the pair images of codes pay: those (256 channels in 32 groups onto 28x28 at batch 4).
         var eight = new Im2Col(256, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(4);
         Assert.True(ConvolutionCost.QuadPays(eight, 256, 32));
