@@ -192,8 +192,9 @@ internal static unsafe class QuadConvolution
         /// Whether <see cref="RunByGroup"/> splits the work: a grouped layer whose images and groups make four work items
         /// a thread or more. Against <see cref="RunShared"/> in the same processes (docs/BENCHMARKS.md, stop 49), 384
         /// channels in 8 groups onto 14x14 at batch 1 (four items a thread) took 0.30-0.38x float32's time against
-        /// 0.42-0.63x, and layers of 32 groups 0.36-0.73x against 0.41-0.89x; an ungrouped layer at batch 1 (one item) ran
-        /// on one thread (0.52-0.61x against 0.32-0.41x), and at 16 images the two splits took the same time.
+        /// 0.42-0.63x, and layers of 32 groups of 16-32 outputs onto 7x7 to 28x28 at 1-16 images 0.30-0.71x against
+        /// 0.38-1.16x; an ungrouped layer at batch 1 (one item) ran on one thread (0.52-0.61x against 0.32-0.41x), and at
+        /// 2-16 images the two splits took the same time (0.28-0.35x and 0.29-0.40x).
         /// </summary>
         public bool ByGroupPays => _groups > 1 && (long)_u.Images * _groups >= 4 * KernelThreads.Count;
 
@@ -282,6 +283,7 @@ internal static unsafe class QuadConvolution
         /// Output rows <c>[r0, r1)</c> of group <paramref name="g"/> of one image (<paramref name="yImage"/>) from its quad
         /// planes (<paramref name="image"/>) and packed weight (<paramref name="weights"/>, <paramref name="offsets"/>: the group's).
         /// </summary>
+        [SkipLocalsInit] // the tile and values are written before they are read (the transposes' extra rows are read and not stored); zeroing them was 1.9% of a profile's samples
         private void Convolve(byte* image, sbyte* weights, int* offsets, int g, float* yImage, int r0, int r1)
         {
             int* tile = stackalloc int[Vnni512Kernel.QuadMaxAccumulators * 16];
@@ -327,6 +329,7 @@ internal static unsafe class QuadConvolution
         /// of the group's weights for channels <c>4q .. 4q + 3</c> at tap t (zero past the group's channels); and
         /// <c>offsets[o] = xz * sum(w[n])</c> for the row's place o in its group.
         /// </summary>
+        [SkipLocalsInit] // the permute's bytes are cleared where a quad is short, its output stored before it is read
         private void PackRow(int n, sbyte* target, int* offsets)
         {
             int k = _w.Cols, taps = _taps, channels = _channels;
