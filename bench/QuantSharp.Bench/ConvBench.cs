@@ -198,6 +198,13 @@ internal static class ConvBench
                     bool rowRuns = parts[0] == "QuadRows";
                     return () => With(v => QuadConvolution.ForcedRowRuns = v ? rowRuns : null, true, false, () => layer.Forward(x, ConvolutionRoute.Quad));
                 }
+                // BFloat16Lanes / BFloat16Strips: a grouped layer's bfloat16 route on the packed kernels (as PackedBFloat16) with the
+                // output channels in lanes, or 32 positions in lanes (PackedMatMul.ForcedLanes).
+                if (parts[0] is "BFloat16Lanes" or "BFloat16Strips")
+                {
+                    bool lanes = parts[0] == "BFloat16Lanes";
+                    return () => With(v => PackedMatMul.ForcedLanes = v ? lanes : null, true, false, () => AsIfCheckFailed(() => layer.Forward(x, ConvolutionRoute.BFloat16)));
+                }
                 // QuadGroups / QuadShared: the Quad route with its work split by group, or in shared passes (QuadConvolution.ForcedByGroup).
                 if (parts[0] is "QuadGroups" or "QuadShared")
                 {

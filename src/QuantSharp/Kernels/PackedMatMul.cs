@@ -710,7 +710,7 @@ internal static unsafe class PackedMatMul
     /// in int4, on packed strips after the conv table's pair-image layers, took 1.5x float32's time against 0.64x
     /// tiered (docs/BENCHMARKS.md, stop 36).
     /// </summary>
-    private static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
+    internal static void PairWeightRow<TD>(in WeightView w, int n, ushort* dst) where TD : IWeightDecoder
     {
         int k = w.Cols, g = w.GroupSize;
         if (QuantizedMatMul.ChunkExceedsGroups(Float512.Count, w))
@@ -998,17 +998,35 @@ internal static unsafe class PackedMatMul
             throw new ArgumentException($"A grouped bfloat16 convolution needs an even number of channels a group and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
         if (!Float512.IsSupported) throw new PlatformNotSupportedException("Grouped bfloat16 convolutions need AVX-512 (the weight's 512-bit decoders).");
         if (w.Rows == 0) return;
-        nint ldy = u.Positions;
+        bool lanes = ForcedLanes ?? LanesPay(u);
         switch (w.Format)
         {
-            case WeightFormat.Int8: ByPairImages<Int8Decoder>(w, x, bias, y, ldy, u, groups); break;
-            case WeightFormat.UInt8: ByPairImages<UInt8Decoder>(w, x, bias, y, ldy, u, groups); break;
-            case WeightFormat.Int4: ByPairImages<NibbleDecoder<SignedNibbles>>(w, x, bias, y, ldy, u, groups); break;
-            case WeightFormat.UInt4: ByPairImages<NibbleDecoder<UnsignedNibbles>>(w, x, bias, y, ldy, u, groups); break;
-            case WeightFormat.Float16: ByPairImages<HalfDecoder>(w, x, bias, y, ldy, u, groups); break;
-            default: ByPairImages<BFloat16Decoder>(w, x, bias, y, ldy, u, groups); break;
+            case WeightFormat.Int8: Grouped<Int8Decoder>(w, x, bias, y, u, groups, lanes); break;
+            case WeightFormat.UInt8: Grouped<UInt8Decoder>(w, x, bias, y, u, groups, lanes); break;
+            case WeightFormat.Int4: Grouped<NibbleDecoder<SignedNibbles>>(w, x, bias, y, u, groups, lanes); break;
+            case WeightFormat.UInt4: Grouped<NibbleDecoder<UnsignedNibbles>>(w, x, bias, y, u, groups, lanes); break;
+            case WeightFormat.Float16: Grouped<HalfDecoder>(w, x, bias, y, u, groups, lanes); break;
+            default: Grouped<BFloat16Decoder>(w, x, bias, y, u, groups, lanes); break;
         }
     }
+
+    private static void Grouped<TD>(in WeightView w, float* x, float* bias, float* y, Im2Col u, int groups, bool lanes) where TD : IWeightDecoder
+    {
+        if (lanes) PairLanesConvolution.Run<TD>(w, x, bias, y, u, groups);
+        else ByPairImages<TD>(w, x, bias, y, u.Positions, u, groups);
+    }
+
+    /// <summary>Tests and the bench force <see cref="GroupedBFloat16"/>'s layout on their thread (null: <see cref="LanesPay"/>; true: the output channels in lanes; false: positions in lanes).</summary>
+    [ThreadStatic] internal static bool? ForcedLanes;
+
+    /// <summary>
+    /// Whether <see cref="GroupedBFloat16"/> puts the output channels in lanes (<see cref="PairLanesConvolution"/>) rather
+    /// than 32 positions of a wide row (<see cref="ByPairImages"/>): output rows narrower than <see cref="LanesMaxOutW"/>.
+    /// </summary>
+    internal static bool LanesPay(Im2Col u) => u.OutW < LanesMaxOutW;
+
+    /// <summary>Output row length from which <see cref="GroupedBFloat16"/> keeps positions in lanes.</summary>
+    internal const int LanesMaxOutW = 16;
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> takes a convolution of <paramref name="outputs"/> channels in
@@ -1082,7 +1100,7 @@ internal static unsafe class PackedMatMul
     /// 0, pairs of consecutive terms (the packed strips' order); else pairs of channels, <c>[C / 2, taps]</c>
     /// (<see cref="PairChannels"/>, the pair images' order). The caller frees it (<c>NativeMemory.AlignedFree</c>).
     /// </summary>
-    private static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
+    internal static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
     {
         int k = w.Cols, half = k / 2;
         int paddedRows = w.Rows + BFloat16TileRows - 1;
@@ -1169,71 +1187,77 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static uint* PairImages(Im2Col u, PhaseGrid grid, nint planeStride, float* x, int step, InputFakeQuantization? codes = null)
     {
-        int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        int pairs = u.Channels / 2, h = u.Height, width = u.Width;
         nint values = planeStride * pairs * u.Images, slack = step + grid.PhaseWidth;
         uint* buffer = (uint*)NativeMemory.AlignedAlloc((nuint)(values + slack) * sizeof(uint), 64);
         new Span<uint>(buffer + values, (int)slack).Clear();
         nint source = (nint)x, target = (nint)buffer;
         var columns = grid.ColumnPhases();
         KernelThreads.For(u.Images * pairs, 4L * planeStride, plane =>
+            PairPlane(u, grid, planeStride, (float*)source + (nint)plane * 2 * h * width, (uint*)target + plane * planeStride, columns, codes));
+        return buffer;
+    }
+
+    /// <summary>
+    /// One pair plane of <see cref="PairImages"/>: channels <paramref name="even"/> and the next (<c>H x W</c> values
+    /// each) into <paramref name="dst"/> (<paramref name="planeStride"/> values, zero past the grid's), as described there.
+    /// </summary>
+    internal static void PairPlane(Im2Col u, PhaseGrid grid, nint planeStride, float* even, uint* dst, ColumnPhase[] columns, InputFakeQuantization? codes = null)
+    {
+        int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
+        int count = 2 * h * width;
+        float[]? rented = codes is null ? null : ArrayPool<float>.Shared.Rent(count);
+        try
         {
-            float* even = (float*)source + (nint)plane * 2 * h * width;
-            int count = 2 * h * width;
-            float[]? rented = codes is null ? null : ArrayPool<float>.Shared.Rent(count);
-            try
+            fixed (float* quantized = rented)
             {
-                fixed (float* quantized = rented)
+                if (codes is { } q)
                 {
-                    if (codes is { } q)
+                    QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(even, count), 1f, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<float>(quantized, count));
+                    even = quantized;
+                }
+                float* odd = even + (nint)h * width;
+                if (u.StrideH == 1 && u.StrideW == 1)
+                {
+                    // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
+                    // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
+                    // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
+                    int wp = grid.PhaseWidth, pad = u.PadW;
+                    new Span<uint>(dst, u.PadH * wp + pad).Clear();
+                    uint* at = dst + (nint)u.PadH * wp + pad;
+                    if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
                     {
-                        QuantizeKernel.FakeQuantize(new ReadOnlySpan<float>(even, count), 1f, q.InvScale, q.ZeroPoint, q.QMin, q.QMax, new Span<float>(quantized, count));
-                        even = quantized;
-                    }
-                    float* odd = even + (nint)h * width;
-                    uint* dst = (uint*)target + plane * planeStride;
-                    if (u.StrideH == 1 && u.StrideW == 1)
-                    {
-                        // Stride 1: each row's pairs written in place between its padding columns, the padding of a row's end and
-                        // the next row's start one run of zeros, without a pair row and a WriteRow call per row (ResNet 64->64 on
-                        // 56x56 at batch 1 went from 0.76x to 0.68x float32's time; docs/BENCHMARKS.md, stop 36).
-                        int wp = grid.PhaseWidth, pad = u.PadW;
-                        new Span<uint>(dst, u.PadH * wp + pad).Clear();
-                        uint* at = dst + (nint)u.PadH * wp + pad;
-                        if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
-                        {
-                            NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
-                            return;
-                        }
-                        for (int r = 0; r < h; r++, at += wp)
-                        {
-                            PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
-                            new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
-                        }
+                        NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
                         return;
                     }
-                    uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
-                    for (int r = 0; r < paddedRows; r++)
+                    for (int r = 0; r < h; r++, at += wp)
                     {
-                        int sourceRow = r - u.PadH;
-                        if (sourceRow < 0 || sourceRow >= h)
-                        {
-                            grid.WriteRow<uint>(dst, r, null, 0u, columns);
-                            continue;
-                        }
-                        PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
-                        row[width] = 0;
-                        grid.WriteRow(dst, r, row, 0u, columns);
+                        PairRow(even + (nint)r * width, odd + (nint)r * width, at, width);
+                        new Span<uint>(at + width, r + 1 < h ? 2 * pad : (int)(dst + planeStride - (at + width))).Clear();
                     }
-                    nint written = (nint)(grid.ImageValues / pairs);
-                    new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
+                    return;
                 }
+                uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
+                for (int r = 0; r < paddedRows; r++)
+                {
+                    int sourceRow = r - u.PadH;
+                    if (sourceRow < 0 || sourceRow >= h)
+                    {
+                        grid.WriteRow<uint>(dst, r, null, 0u, columns);
+                        continue;
+                    }
+                    PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
+                    row[width] = 0;
+                    grid.WriteRow(dst, r, row, 0u, columns);
+                }
+                nint written = (nint)(grid.ImageValues / pairs);
+                new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
             }
-            finally
-            {
-                if (rented != null) ArrayPool<float>.Shared.Return(rented);
-            }
-        });
-        return buffer;
+        }
+        finally
+        {
+            if (rented != null) ArrayPool<float>.Shared.Return(rented);
+        }
     }
 
     /// <summary>Values of a plane (rows x columns) up to which <see cref="PairImages"/> pairs a plane of rows narrower than 16 in one run (<see cref="NarrowPlane"/>).</summary>

@@ -455,10 +455,8 @@ internal static unsafe class QuadConvolution
     /// The epilogue of one chunk of a group's output channels (<see cref="Run"/>): for each position of a run, its
     /// vectors of dot products less <c>z_x * sum(w[n])</c> (exact in int32), times the scales' product in float64,
     /// rounded to float32, plus the bias, 16 channels at a time into <paramref name="values"/> (<c>[position, channel]</c>);
-    /// then channel by channel its values of the run's output positions (those of one output row at a time: a wide run
-    /// skips the dropped columns) into <paramref name="y"/> (<c>[N, positions]</c>), in blocks of 8 x 8 transposed in
-    /// registers where AVX runs (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint, int, int)"/>: the
-    /// value-by-value moves were most of the epilogue's time on 7x7 planes).
+    /// then channel by channel its values of the run's output positions into <paramref name="y"/> (<c>[N, positions]</c>;
+    /// <see cref="WriteRun"/>).
     /// </summary>
     private readonly struct Epilogue(int* offsets, double* products, float* biases, int n0, int count, int vectors, float* values, float* y, int positions, int wp, int outW)
     {
@@ -474,32 +472,45 @@ internal static unsafe class QuadConvolution
                     var high = Vector512.ConvertToDouble(Vector512.WidenUpper(exact)) * Vector512.Load(products + n + 8);
                     (Vector512.Narrow(low, high) + Vector512.Load(biases + n)).Store(values + j * stride + 16 * v);
                 }
-            // The run's pieces within output rows: [j0, j1) at output row oh from column ow.
-            for (int j0 = 0; j0 < run;)
+            WriteRun(values, stride, count, y + (nint)n0 * positions, positions, q0, run, wp, outW);
+        }
+    }
+
+    /// <summary>
+    /// A run's values (<c>[position, channel]</c> at <paramref name="values"/>, rows <paramref name="stride"/> apart, 8
+    /// rows readable past the run) of <paramref name="count"/> channels into their planes at <paramref name="y"/>
+    /// (<c>[channel, positions]</c>): the run covers wide-grid positions <c>q0 .. q0 + run - 1</c> (rows
+    /// <paramref name="wp"/> wide), of which those of each output row's first <paramref name="outW"/> columns are written.
+    /// In blocks of 8 x 8 transposed in registers where AVX runs (<see cref="Transposes.Transpose8x8(float*, nint, float*, nint, int, int)"/>:
+    /// the value-by-value moves were most of the epilogue's time on 7x7 planes).
+    /// </summary>
+    internal static void WriteRun(float* values, int stride, int count, float* y, int positions, int q0, int run, int wp, int outW)
+    {
+        // The run's pieces within output rows: [j0, j1) at output row oh from column ow.
+        for (int j0 = 0; j0 < run;)
+        {
+            int q = q0 + j0, oh = q / wp, ow = q - oh * wp;
+            if (ow >= outW)
             {
-                int q = q0 + j0, oh = q / wp, ow = q - oh * wp;
-                if (ow >= outW)
-                {
-                    j0 += wp - ow;
-                    continue;
-                }
-                int j1 = Math.Min(run, j0 + outW - ow);
-                float* dst = y + (nint)n0 * positions + oh * outW + ow - j0;
-                if (Avx.IsSupported)
-                {
-                    // Blocks of 8 positions x 8 channels transposed in registers, each channel's positions one store.
-                    for (int jb = j0; jb < j1; jb += 8)
-                        for (int cb = 0; cb < count; cb += 8)
-                            Transposes.Transpose8x8(values + jb * stride + cb, stride, dst + jb + (nint)cb * positions, positions, Math.Min(8, count - cb), Math.Min(8, j1 - jb));
-                }
-                else
-                {
-                    float* src = values;
-                    for (int l = 0; l < count; l++, dst += positions, src++)
-                        for (int j = j0; j < j1; j++) dst[j] = src[j * stride];
-                }
-                j0 = j1;
+                j0 += wp - ow;
+                continue;
             }
+            int j1 = Math.Min(run, j0 + outW - ow);
+            float* dst = y + oh * outW + ow - j0;
+            if (Avx.IsSupported)
+            {
+                // Blocks of 8 positions x 8 channels transposed in registers, each channel's positions one store.
+                for (int jb = j0; jb < j1; jb += 8)
+                    for (int cb = 0; cb < count; cb += 8)
+                        Transposes.Transpose8x8(values + jb * stride + cb, stride, dst + jb + (nint)cb * positions, positions, Math.Min(8, count - cb), Math.Min(8, j1 - jb));
+            }
+            else
+            {
+                float* src = values;
+                for (int l = 0; l < count; l++, dst += positions, src++)
+                    for (int j = j0; j < j1; j++) dst[j] = src[j * stride];
+            }
+            j0 = j1;
         }
     }
 }

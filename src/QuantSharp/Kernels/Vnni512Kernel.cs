@@ -42,7 +42,10 @@ internal static unsafe partial class Vnni512Kernel
     /// <summary>Where <see cref="QuadDots"/> for P positions and V vectors starts in the code page, at <c>[V - 1, P]</c> (set by <see cref="Assemble"/>).</summary>
     private static readonly int[,] s_quadOffsets = new int[2, QuadMaxAccumulators + 1];
 
-    /// <summary>Accumulators of <see cref="QuadDots"/> (positions x vectors): <c>zmm0-27</c>.</summary>
+    /// <summary>Where <see cref="PairDots"/> for P positions and V vectors starts in the code page, at <c>[V - 1, P]</c> (set by <see cref="Assemble"/>).</summary>
+    private static readonly int[,] s_pairOffsets = new int[2, QuadMaxAccumulators + 1];
+
+    /// <summary>Accumulators of <see cref="QuadDots"/> and <see cref="PairDots"/> (positions x vectors): <c>zmm0-27</c>.</summary>
     public const int QuadMaxAccumulators = 28;
 
     private static readonly nint s_code = Build();
@@ -173,6 +176,37 @@ internal static unsafe partial class Vnni512Kernel
             }
     }
 
+    /// <summary>
+    /// <see cref="QuadDots"/> in bfloat16 (<see cref="PairLanesConvolution"/>): the same loop with <c>vdpbf16ps zmm</c>
+    /// (AVX512-BF16) for <c>vpdpbusd</c>. Each position's 32-bit value at <c>x + stepBytes[s] + 4 j</c> (bytes) is a pair of
+    /// bfloat16 (element 0 in the low half), broadcast against lane l's pair of step s (<c>w + 16 (s V + v) + l</c>);
+    /// <c>c[j, 16 v + l]</c> are float32 sums from zero, each step adding the high halves' product, then the low
+    /// halves' (each product exact, each addition rounded to nearest even; the instruction flushes denormal inputs and
+    /// results to zero); c is <c>[positions, 16 vectors]</c>, written whole. Only when <see cref="BFloat16Supported"/>;
+    /// <see cref="PairDotsTwin"/> computes the same in portable vectors.
+    /// </summary>
+    public static void PairDots(uint* w, nint steps, uint* x, nint* stepBytes, float* c, int positions, int vectors) =>
+        ((delegate* unmanaged[SuppressGCTransition]<uint*, nint, uint*, nint*, float*, void>)(s_code + s_pairOffsets[vectors - 1, positions]))(w, steps, x, stepBytes, c);
+
+    /// <summary><see cref="PairDots"/> in portable vectors (the tests compare them; denormals are not flushed).</summary>
+    public static void PairDotsTwin(uint* w, nint steps, uint* x, nint* stepBytes, float* c, int positions, int vectors)
+    {
+        var high = Vector512.Create(0xFFFF0000u);
+        for (int j = 0; j < positions; j++)
+            for (int v = 0; v < vectors; v++)
+            {
+                var acc = Vector512<float>.Zero;
+                for (nint s = 0; s < steps; s++)
+                {
+                    uint pair = *(uint*)((byte*)x + stepBytes[s] + 4 * j);
+                    var weights = Vector512.Load(w + 16 * (s * vectors + v));
+                    acc += (weights & high).AsSingle() * BitConverter.UInt32BitsToSingle(pair & 0xFFFF0000u);
+                    acc += (weights << 16).AsSingle() * BitConverter.UInt32BitsToSingle(pair << 16);
+                }
+                acc.Store(c + 16 * (j * vectors + v));
+            }
+    }
+
     private static nint Build()
     {
         if (!OperatingSystem.IsLinux() || RuntimeInformation.ProcessArchitecture != Architecture.X64) return 0;
@@ -222,7 +256,10 @@ internal static unsafe partial class Vnni512Kernel
             {
                 asm.AlignTo(64);
                 s_quadOffsets[vectors - 1, positions] = asm.Position;
-                AssembleQuad(asm, positions, vectors);
+                AssembleQuad(asm, positions, vectors, bfloat16: false);
+                asm.AlignTo(64);
+                s_pairOffsets[vectors - 1, positions] = asm.Position;
+                AssembleQuad(asm, positions, vectors, bfloat16: true);
             }
         foreach (bool tail in new[] { false, true })
             foreach (int rows in new[] { 1, 2, 4 })
@@ -287,9 +324,10 @@ internal static unsafe partial class Vnni512Kernel
     /// <c>(j, v)</c> is <c>zmm(j V + v)</c>, zeroed; per step the step's offset into <c>rax</c> (plus x), the weight's
     /// vectors into <c>zmm30-31</c>, then per position its four codes broadcast into <c>zmm28</c> or <c>zmm29</c> (in
     /// turn, so consecutive positions do not wait on one register) and one <c>vpdpbusd</c> per vector; then
-    /// <c>w += 64 V</c>, the table 8 bytes on. The accumulators are stored to c in order.
+    /// <c>w += 64 V</c>, the table 8 bytes on. The accumulators are stored to c in order. With <paramref name="bfloat16"/>
+    /// <see cref="PairDots"/>: <c>vdpbf16ps</c> for <c>vpdpbusd</c>.
     /// </summary>
-    private static void AssembleQuad(Assembler asm, int positions, int vectors)
+    private static void AssembleQuad(Assembler asm, int positions, int vectors, bool bfloat16)
     {
         const int Rax = 0, Rcx = 1;
         int accumulators = positions * vectors;
@@ -302,7 +340,11 @@ internal static unsafe partial class Vnni512Kernel
         {
             int codes = 28 + j % 2;
             asm.Broadcast32(codes, Rax, NoIndex, 4 * j);
-            for (int v = 0; v < vectors; v++) asm.DotBytes(j * vectors + v, codes, 30 + v);
+            for (int v = 0; v < vectors; v++)
+            {
+                if (bfloat16) asm.DotBFloat16(j * vectors + v, codes, 30 + v);
+                else asm.DotBytes(j * vectors + v, codes, 30 + v);
+            }
         }
         asm.AddImmediate(Rdi, 64 * vectors);
         asm.AddImmediate(Rcx, 8);

@@ -69,6 +69,56 @@ public unsafe class BFloat16PackedKernelTests
         Assert.Equal(start, none);
     }
 
+    /// <summary>
+    /// The bfloat16 dot products with the output channels in lanes (<see cref="Vnni512Kernel.PairDots"/>) equal their
+    /// twin and the instruction's definition (per lane, from zero, step by step: += the high halves' product, then += the
+    /// low halves'), on every run length and both vector counts, with steps whose offsets go back and forth.
+    /// </summary>
+    [Fact]
+    public void PairDotsEqualTheirTwinAndTheDefinitionForEveryRunLength()
+    {
+        var rng = new Random(13);
+        const int Steps = 5;
+        ushort Bf() => HalfKernel.ToBFloat16Bits((float)(rng.NextDouble() * 4 - 2));
+        uint[] x = new uint[1024], w = new uint[Steps * 32];
+        for (int i = 0; i < x.Length; i++) x[i] = Bf() | (uint)Bf() << 16;
+        for (int i = 0; i < w.Length; i++) w[i] = Bf() | (uint)Bf() << 16;
+        nint[] offsets = [400, 8, 2000, 1200, 0]; // bytes
+        int checkedNative = 0;
+        for (int vectors = 1; vectors <= 2; vectors++)
+            for (int positions = 1; positions * vectors <= Vnni512Kernel.QuadMaxAccumulators; positions++)
+            {
+                float[] spec = new float[positions * 16 * vectors], twin = new float[spec.Length], native = new float[spec.Length];
+                for (int j = 0; j < positions; j++)
+                    for (int v = 0; v < vectors; v++)
+                        for (int l = 0; l < 16; l++)
+                        {
+                            float acc = 0;
+                            for (int s = 0; s < Steps; s++)
+                            {
+                                uint a = x[offsets[s] / 4 + j], b = w[16 * (s * vectors + v) + l];
+                                acc += BitConverter.UInt32BitsToSingle(a & 0xFFFF0000u) * BitConverter.UInt32BitsToSingle(b & 0xFFFF0000u);
+                                acc += BitConverter.UInt32BitsToSingle(a << 16) * BitConverter.UInt32BitsToSingle(b << 16);
+                            }
+                            spec[16 * (j * vectors + v) + l] = acc;
+                        }
+                fixed (uint* px = x) fixed (uint* pw = w) fixed (nint* table = offsets) fixed (float* t = twin) fixed (float* n = native)
+                {
+                    Vnni512Kernel.PairDotsTwin(pw, Steps, px, table, t, positions, vectors);
+                    if (Vnni512Kernel.BFloat16Supported)
+                    {
+                        Array.Fill(native, float.NaN);
+                        Vnni512Kernel.PairDots(pw, Steps, px, table, n, positions, vectors);
+                    }
+                }
+                Assert.Equal(spec, twin);
+                if (!Vnni512Kernel.BFloat16Supported) continue;
+                Assert.Equal(spec, native);
+                checkedNative++;
+            }
+        Assert.True(!Vnni512Kernel.BFloat16Supported || checkedNative == 28 + 14, $"{checkedNative} run lengths through the generated code");
+    }
+
     [Fact]
     public void TapsMicroKernelReadsEachTapsGroupsAndWeightPairsAtTheirStridesAsItsTwinAndTheSpecification()
     {
@@ -356,7 +406,8 @@ public unsafe class BFloat16PackedKernelTests
     /// only: without them it refuses) is within bfloat16's rounding of the float32 specification of each group (its
     /// channels' columns times its weight rows) and rounded, and gives each group the bits of the ungrouped call on that
     /// group's channels and weight rows (checked against the specification above), through the generated micro-kernel
-    /// and its twin. Every weight format; group outputs that are no multiple of
+    /// and its twin; with the output channels in lanes (<see cref="PairLanesConvolution"/>) within the same bound, the
+    /// generated dot products giving their twin's bits. Every weight format; group outputs that are no multiple of
     /// the six-row tile, groups that cross the work items' runs of rows (16-row parts, 48-row items), two blocks of
     /// channel pairs a group, stride phases, dilation, padding wider than the kernel, a Conv1d, one and two images.
     /// </summary>
@@ -377,7 +428,7 @@ public unsafe class BFloat16PackedKernelTests
             ([12, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 3, 9),      // a Conv1d
             ([128, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 128),  // 64 channels and outputs a group (576 terms)
         ];
-        int checkedNative = 0, checkedBits = 0;
+        int checkedNative = 0, checkedBits = 0, checkedLanesNative = 0;
         if (!Float512.IsSupported)
         {
             using var weight = new PinnedWeight(format, rows: 8, cols: 18, 0, zeroPoints: false, seed: 2);
@@ -434,19 +485,38 @@ public unsafe class BFloat16PackedKernelTests
                 for (int i = 0; i < images; i++)
                     Array.Copy(alone, i * groupRows * p, expected, (i * outputs + group * groupRows) * p, groupRows * p);
             }
+            float[]? lanesTwin = null;
+            foreach (bool lanes in new[] { false, true })
             foreach (bool native in Vnni512Kernel.BFloat16Supported ? new[] { false, true } : [false])
             {
                 var y = OnMicroKernel(native, images * outputs * p, py =>
                 {
-                    fixed (float* px = pixels) fixed (float* pb = bias) PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
+                    try
+                    {
+                        PackedMatMul.ForcedLanes = lanes;
+                        fixed (float* px = pixels) fixed (float* pb = bias) PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
+                    }
+                    finally
+                    {
+                        PackedMatMul.ForcedLanes = null;
+                    }
                 });
-                string how = native ? "" : ", twin";
+                string how = (native ? "" : ", twin") + (lanes ? ", output channels in lanes" : "");
                 for (int i = 0; i < y.Length; i++)
                 {
                     double err = Math.Abs(y[i] - spec[i]);
                     Assert.True(err <= Bound * magnitude[i] + 1e-30, $"{what}{how} output {i}: {y[i]} vs {spec[i]} (|difference| {err:G3}, bound {Bound * magnitude[i]:G3})");
                 }
                 Assert.False(spec.AsSpan().SequenceEqual(y), $"{what}{how}: gave the float32 specification's bits (did not round)");
+                if (lanes)
+                {
+                    // The same products in another order: within the bound above; the generated dot products give their twin's bits.
+                    if (!native) lanesTwin = y;
+                    else for (int i = 0; i < y.Length; i++)
+                        Assert.True(BitConverter.SingleToUInt32Bits(lanesTwin![i]) == BitConverter.SingleToUInt32Bits(y[i]), $"{what}{how}: output {i} {y[i]}, the twin's {lanesTwin[i]}");
+                    if (native) checkedLanesNative++;
+                    continue;
+                }
                 for (int i = 0; i < y.Length; i++)
                     Assert.True(BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(y[i]),
                         $"{what}{how}: output {i} (image {i / (outputs * p)}, channel {i / p % outputs}) {y[i]}, the ungrouped call's {expected[i]}");
@@ -455,6 +525,7 @@ public unsafe class BFloat16PackedKernelTests
             }
         }
         Assert.True(!Vnni512Kernel.BFloat16Supported || checkedNative == 2 * cases.Length, $"{checkedNative} calls through the generated micro-kernel");
+        Assert.True(!Vnni512Kernel.BFloat16Supported || checkedLanesNative == 2 * cases.Length, $"{checkedLanesNative} calls through the generated dot products with the output channels in lanes");
         Assert.True(checkedBits >= 2 * cases.Length, $"{checkedBits} calls checked against the ungrouped call's bits");
     }
 

@@ -1,0 +1,161 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace QuantSharp.Kernels;
+
+/// <summary>
+/// Grouped convolutions in bfloat16 with the output channels in lanes (<see cref="PackedMatMul.GroupedBFloat16"/> on
+/// small planes), a group of one image a work item: the group's weight rows decoded and rounded to bfloat16 as pairs of
+/// channels (<see cref="PackedMatMul.PairWeightRow{TD}"/>, <see cref="PackedMatMul.PairChannels"/>) put into steps of
+/// (channel pair, tap) x 16 output channels, the image's channels of the group into pair planes
+/// (<see cref="PackedMatMul.PairPlane"/>: channels 2p and 2p + 1 rounded to bfloat16 in one 32-bit value per padded
+/// pixel, in a <see cref="PhaseGrid"/>'s layout), and for runs of up to 28 output positions
+/// <see cref="Vnni512Kernel.PairDots"/> broadcasts each position's pair against the step's 16 or 32 output channels
+/// (<c>vdpbf16ps</c>, 32 multiply-adds an instruction, every lane an output channel), where
+/// <see cref="Vnni512Kernel.MicroBFloat16Taps"/> puts 32 positions of a wide row in the lanes (on a 7x7 plane, rows of
+/// 9 of which 7 are written). The same products as the pair images' route, summed in another order (steps in
+/// channel-pair order, each tap's two halves high first), in float32, then the bias added.
+/// </summary>
+internal static unsafe class PairLanesConvolution
+{
+    /// <summary>Output channels a weight chunk: two vectors of <see cref="Vnni512Kernel.PairDots"/>.</summary>
+    private const int ChunkChannels = 32;
+
+    /// <summary>
+    /// The grouped convolution of <see cref="PackedMatMul.GroupedBFloat16"/> (same arguments, same checks done by it: an
+    /// even number of channels a group, 512-bit vectors) with the output channels in lanes; the generated dot products
+    /// where <see cref="Vnni512Kernel.BFloat16Supported"/> (and <see cref="PackedMatMul.UseNativeBFloat16"/>), else their
+    /// portable twin (slow: for tests).
+    /// </summary>
+    public static void Run<TD>(in WeightView w, float* x, float* bias, float* y, Im2Col u, int groups) where TD : IWeightDecoder
+    {
+        int taps = u.KernelH * u.KernelW, pairs = u.Channels / 2, groupPairs = pairs / groups, steps = groupPairs * taps;
+        int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, images = u.Images;
+        var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
+        nint planeStride = PackedMatMul.PairPlaneStride(grid, pairs);
+        long groupBytes = (long)chunks * steps * 128, rowBytes = Lines(2L * (w.Cols + 32)) + Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
+        nint[] stepBytes = new nint[steps];
+        for (int p = 0; p < groupPairs; p++)
+            for (int t = 0; t < taps; t++) stepBytes[p * taps + t] = (p * planeStride + grid.Offset(t)) * sizeof(uint);
+        // Biases with 16 more, so a vector of the last channel's lanes stays in the array.
+        float[] biases = new float[w.Rows + 16];
+        if (bias != null) new Span<float>(bias, w.Rows).CopyTo(biases);
+        var columns = grid.ColumnPhases();
+        var view = w;
+        long call = Interlocked.Increment(ref s_calls);
+        bool native = PackedMatMul.UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported, rowRuns = QuadConvolution.RowRunsPay(u.OutW);
+        int wp = grid.PhaseWidth, outW = u.OutW, positions = u.Positions, rows = w.Rows, plane = u.Height * u.Width;
+        nint xAddress = (nint)x, yAddress = (nint)y;
+        // Work items of one group of one image, in group order: each packs its group's weight into its thread's scratch
+        // (unless the thread's previous item did), pairs the image's planes of the group there and computes all of its
+        // positions (as QuadConvolution's RunByGroup).
+        KernelThreads.For(groups * images, (long)positions * outputs * steps * 2, item =>
+        {
+            int g = item / images, im = item - g * images;
+            byte* scratch = Scratch(groupBytes + rowBytes + planesBytes, out bool grown);
+            uint* weights = (uint*)scratch;
+            ushort* row = (ushort*)(scratch + groupBytes);
+            uint* rowPairs = (uint*)(scratch + groupBytes + Lines(2L * (view.Cols + 32)));
+            uint* planes = (uint*)(scratch + groupBytes + rowBytes);
+            if (grown || t_call != call || t_group != g)
+            {
+                // Lanes past a group's outputs are never written: zero.
+                if (outputs % 16 != 0) new Span<byte>(weights, checked((int)groupBytes)).Clear();
+                for (int o = 0; o < outputs; o++)
+                {
+                    // Row o's bfloat16 values as pairs of channels, [C / 2, taps] (step order), into lane l of vector v of its chunk's steps.
+                    PackedMatMul.PairWeightRow<TD>(view, g * outputs + o, row);
+                    PackedMatMul.PairChannels(row, taps, groupPairs, rowPairs);
+                    int chunk = o / ChunkChannels, stepValues = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16 * 16;
+                    uint* lane = weights + (nint)chunk * steps * 32 + o % ChunkChannels / 16 * 16 + o % 16;
+                    for (int s = 0; s < steps; s++) lane[(nint)s * stepValues] = rowPairs[s];
+                }
+                t_call = call;
+                t_group = g;
+            }
+            float* channels = (float*)xAddress + ((nint)im * 2 * pairs + (nint)g * 2 * groupPairs) * plane;
+            for (int p = 0; p < groupPairs; p++)
+                PackedMatMul.PairPlane(u, grid, planeStride, channels + (nint)p * 2 * plane, planes + p * planeStride, columns);
+            new Span<uint>(planes + groupPairs * planeStride, Slack).Clear();
+            fixed (nint* table = stepBytes)
+            fixed (float* biasesAt = biases)
+                Convolve(native, rowRuns, weights, steps, chunks, outputs, table, planes, biasesAt + g * outputs,
+                    (float*)yAddress + ((nint)im * rows + (nint)g * outputs) * positions, positions, wp, outW, 0, u.OutH);
+        });
+    }
+
+    /// <summary>Values of slack after a group's pair planes: a run's dot products read up to a vector past its last position.</summary>
+    private const int Slack = 64;
+
+    private static long s_calls;
+
+    /// <summary>A thread's group: its packed weight, a row's scratch and the group's pair planes, and the call and group the weight belongs to.</summary>
+    [ThreadStatic] private static byte[]? t_scratch;
+    [ThreadStatic] private static long t_call;
+    [ThreadStatic] private static int t_group;
+
+    /// <summary>At least <paramref name="bytes"/> bytes of the thread's scratch (grown, pinned), from its first 64-byte boundary on.</summary>
+    private static byte* Scratch(long bytes, out bool grown)
+    {
+        grown = t_scratch is null || t_scratch.Length < bytes + 64;
+        if (grown) t_scratch = GC.AllocateUninitializedArray<byte>(checked((int)(bytes + 64)), pinned: true);
+        // A pinned array: its address is fixed for its lifetime.
+        nint first = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_scratch!));
+        return (byte*)((first + 63) & ~(nint)63);
+    }
+
+    private static long Lines(long bytes) => (bytes + 63) / 64 * 64;
+
+    /// <summary>
+    /// Output rows <c>[r0, r1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its
+    /// pair planes (<paramref name="planes"/>) and packed weight (<paramref name="weights"/>), runs within output rows
+    /// (<paramref name="rowRuns"/>) or over the wide grid, as <see cref="QuadConvolution"/>'s.
+    /// </summary>
+    [SkipLocalsInit] // the tile and values are written before they are read (the transposes' extra rows are read and not stored)
+    private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int chunks, int outputs, nint* stepBytes, uint* planes,
+        float* biases, float* y, int positions, int wp, int outW, int r0, int r1)
+    {
+        float* tile = stackalloc float[Vnni512Kernel.QuadMaxAccumulators * 16];
+        // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
+        float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
+            int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
+            uint* chunkWeights = weights + (nint)chunk * steps * 32;
+            float* yChunk = y + (nint)first * positions;
+            if (rowRuns)
+            {
+                // Runs within each output row, as long and as even as the accumulators allow.
+                int runs = (outW + maxRun - 1) / maxRun, run = (outW + runs - 1) / runs;
+                for (int oh = r0; oh < r1; oh++)
+                    for (int ow = 0; ow < outW; ow += run)
+                    {
+                        int p = Math.Min(run, outW - ow), q = oh * wp + ow;
+                        Epilogue(native, chunkWeights, steps, planes + q, stepBytes, tile, p, vectors, values, biases + first, count, yChunk, positions, q, wp, outW);
+                    }
+            }
+            else
+            {
+                // Runs over the wide grid: a row's dropped columns are computed and not written.
+                int q1 = (r1 - 1) * wp + outW;
+                for (int q = r0 * wp; q < q1; q += maxRun)
+                    Epilogue(native, chunkWeights, steps, planes + q, stepBytes, tile, Math.Min(maxRun, q1 - q), vectors, values, biases + first, count, yChunk, positions, q, wp, outW);
+            }
+        }
+    }
+
+    /// <summary>One run's dot products, plus the bias, 16 channels at a time into <paramref name="values"/>, then into the output planes (<see cref="QuadConvolution.WriteRun"/>).</summary>
+    private static void Epilogue(bool native, uint* weights, int steps, uint* x, nint* stepBytes, float* tile, int run, int vectors,
+        float* values, float* biases, int count, float* y, int positions, int q0, int wp, int outW)
+    {
+        if (native) Vnni512Kernel.PairDots(weights, steps, x, stepBytes, tile, run, vectors);
+        else Vnni512Kernel.PairDotsTwin(weights, steps, x, stepBytes, tile, run, vectors);
+        int stride = 16 * vectors;
+        for (int j = 0; j < run; j++)
+            for (int v = 0; v < vectors; v++)
+                (Vector512.Load(tile + 16 * (j * vectors + v)) + Vector512.Load(biases + 16 * v)).Store(values + j * stride + 16 * v);
+        QuadConvolution.WriteRun(values, stride, count, y, positions, q0, run, wp, outW);
+    }
+}
