@@ -998,7 +998,7 @@ internal static unsafe class PackedMatMul
             throw new ArgumentException($"A grouped bfloat16 convolution needs an even number of channels a group and {u.Rows / Math.Max(groups, 1)} terms a row; got {u.Channels} channels, {w.Rows} outputs and {w.Cols} terms in {groups} groups.", nameof(groups));
         if (!Float512.IsSupported) throw new PlatformNotSupportedException("Grouped bfloat16 convolutions need AVX-512 (the weight's 512-bit decoders).");
         if (w.Rows == 0) return;
-        bool lanes = ForcedLanes ?? LanesPay(u);
+        bool lanes = ForcedLanes ?? LanesPay(u, w.Rows, groups);
         switch (w.Format)
         {
             case WeightFormat.Int8: Grouped<Int8Decoder>(w, x, bias, y, u, groups, lanes); break;
@@ -1021,12 +1021,21 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> puts the output channels in lanes (<see cref="PairLanesConvolution"/>) rather
-    /// than 32 positions of a wide row (<see cref="ByPairImages"/>): output rows narrower than <see cref="LanesMaxOutW"/>.
+    /// than 32 positions of a wide row (<see cref="ByPairImages"/>): a Conv2d at stride 1 onto output rows narrower than
+    /// <see cref="LanesMaxOutW"/>, with at least <see cref="LanesMinOutputs"/> outputs a group (whole vectors). Measured
+    /// on the Zen 4 VM (docs/BENCHMARKS.md, stop 49; int8 weights, the two layouts in the same process): 512 and 1024
+    /// channels in 32 groups and 384 in 8 onto 14x14 at batch 1-8 took 0.53-0.67x float32's time with the output
+    /// channels in lanes against 0.67-1.94x with positions in lanes. At stride 2 (2048 channels in 32 groups from 14x14)
+    /// the output channels in lanes took 0.93-1.04x.
     /// </summary>
-    internal static bool LanesPay(Im2Col u) => u.OutW < LanesMaxOutW;
+    internal static bool LanesPay(Im2Col u, long outputs, long groups) =>
+        u.Height > 1 && u.StrideH == 1 && u.StrideW == 1 && u.OutW < LanesMaxOutW && outputs / groups >= LanesMinOutputs;
 
-    /// <summary>Output row length from which <see cref="GroupedBFloat16"/> keeps positions in lanes.</summary>
+    /// <summary>Output row length from which <see cref="LanesPay"/> does not hold (measured onto 7x7 and 14x14).</summary>
     internal const int LanesMaxOutW = 16;
+
+    /// <summary>Outputs a group from which <see cref="LanesPay"/>: a vector of <see cref="Vnni512Kernel.PairDots"/>' lanes.</summary>
+    internal const int LanesMinOutputs = 16;
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> takes a convolution of <paramref name="outputs"/> channels in

@@ -287,6 +287,7 @@ public sealed class QuantizedConv : QuantizedModule
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
             if (route == ConvolutionRoute.Kernel && codes) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && GroupedLanes(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && codes && ConvolutionCost.GroupedCodesPay(u, groups)) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
@@ -314,8 +315,16 @@ public sealed class QuantizedConv : QuantizedModule
     /// <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>.
     /// </summary>
     private bool PackedBFloat16(Im2Col unfold) =>
-        groups > 1 ? GroupedPairs(unfold) && !GroupedOnLibTorch(unfold)
+        groups > 1 ? GroupedPairs(unfold) && (!GroupedOnLibTorch(unfold) || GroupedLanes(unfold))
         : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold, out_channels));
+
+    /// <summary>
+    /// Whether this grouped weight-only layer takes the bfloat16 route with the output channels in lanes for
+    /// <paramref name="unfold"/> (before libtorch's bfloat16 convolution and the rest of the grouped rule): pair images
+    /// apply (<see cref="GroupedPairs"/>), bfloat16 convolutions may run and <see cref="PackedMatMul.LanesPay"/>.
+    /// </summary>
+    private bool GroupedLanes(Im2Col unfold) =>
+        InputQuantization is null && BFloat16Convolutions && GroupedPairs(unfold) && PackedMatMul.LanesPay(unfold, out_channels, groups);
 
     /// <summary>
     /// Whether this grouped layer's bfloat16 route is libtorch's bfloat16 convolution for <paramref name="unfold"/>, where

@@ -357,8 +357,9 @@ public class GroupedConvolutionTests
         Assert.False(ConvolutionCost.GroupedLibTorchBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 1, false));  // one group
 
         torch.manual_seed(57);
-        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        var x = torch.randn(4, 256, 7, 7);
+        // At stride 2 onto 7x7 (at stride 1 the output channels in lanes come first: GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, stride: 2, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(4, 256, 14, 14);
         bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
         var route = layer.Route(x);
         // Elsewhere not the bfloat16 route (32 channels a group onto 7x7: no pair images either).
@@ -369,8 +370,48 @@ public class GroupedConvolutionTests
             using var expected = layer.BFloat16Convolution(x);
             using var actual = layer.call(x);
             Assert.True(expected.equal(actual).all().item<bool>(), "the rule's route is not libtorch's bfloat16 convolution");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "256 channels in 8 groups onto 7x7, 4 images");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "256 channels in 8 groups, stride 2 onto 7x7, 4 images");
         }
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x)));
+    }
+
+    /// <summary>
+    /// Weight-only grouped layers at stride 1 onto output rows narrower than 16, of 16 or more outputs a group, take the
+    /// bfloat16 route with the output channels in lanes (<see cref="PairLanesConvolution"/>) where the CPU has
+    /// AVX512-BF16, before libtorch's bfloat16 convolution, at any batch; within bfloat16's bound of libtorch's float32
+    /// route. Not at stride 2, onto rows of 16, with 15 outputs a group, static W8A8, a Conv1d; with bfloat16 compute off
+    /// not at all.
+    /// </summary>
+    [Fact]
+    public void GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Im2Col Unfold(int c, int h, int w, int stride = 1) => new(c, h, w, 3, 3, stride, stride, 1, 1, 1, 1);
+        Assert.True(PackedMatMul.LanesPay(Unfold(512, 7, 7), 512, 32));
+        Assert.True(PackedMatMul.LanesPay(Unfold(512, 15, 15).ForImages(8), 512, 32));    // rows of 15
+        Assert.False(PackedMatMul.LanesPay(Unfold(512, 16, 16), 512, 32));                // of 16
+        Assert.False(PackedMatMul.LanesPay(Unfold(2048, 14, 14, stride: 2), 2048, 32));   // stride 2 onto 7x7
+        Assert.True(PackedMatMul.LanesPay(Unfold(128, 7, 7), 128, 8));                    // 16 outputs a group
+        Assert.False(PackedMatMul.LanesPay(Unfold(120, 7, 7), 120, 8));                   // 15
+        Assert.False(PackedMatMul.LanesPay(new Im2Col(512, 1, 7, 1, 3, 1, 1, 0, 1, 1, 1), 512, 32)); // a Conv1d
+
+        torch.manual_seed(59);
+        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8);
+        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+        foreach (int images in new[] { 1, 3, 8 })
+        {
+            var x = torch.randn(images, 512, 7, 7);
+            Assert.True(lanes == (layer.Route(x) == ConvolutionRoute.BFloat16), $"{images} images: {layer.Route(x)}, lanes expected {lanes}");
+            if (!lanes) continue;
+            Assert.True(layer.BFloat16OnPackedKernels(x), $"{images} images: not on the packed kernels");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), $"512 channels in 32 groups onto 7x7, {images} images");
+        }
+        using var affine = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8 with { Scheme = QuantScheme.Affine },
+            new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120));
+        var seven = torch.randn(1, 512, 7, 7);
+        Assert.NotEqual(ConvolutionRoute.BFloat16, affine.Route(seven)); // static W8A8: its own rules
+        Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(seven)));
     }
 }
