@@ -755,6 +755,18 @@ internal static class ConvolutionCost
     /// <summary>Input channels a group from which <see cref="GroupedBFloat16Pays"/> for two images onto rows of 14 or more.</summary>
     internal const int GroupedPairsMinChannelsTwoImages = 64;
 
+    /// <summary>
+    /// Weight elements (outputs x terms a group) up to which a grouped weight-only layer whose bfloat16 route puts the
+    /// output channels in lanes (<see cref="Kernels.PackedMatMul.LanesPay"/>) takes it before libtorch's bfloat16
+    /// convolution where that pays too (<see cref="GroupedLibTorchBFloat16Pays"/>: 4 images or more): 512K. Measured on
+    /// the Zen 4 VM (docs/BENCHMARKS.md, stop 49; the rule before and with the lanes first, alternating builds, int8 and
+    /// int4 weights, batch 4 and 8): weights of 9K-295K elements (512 and 1024 channels in 32 groups onto 7x7 and 14x14,
+    /// 512 and 128 in 8 onto 7x7, 64 in 4 onto 14x14) 0.45-0.84x float32's time against 0.60-1.17x on libtorch's; 166K
+    /// (384 in 8 onto 14x14) 0.52-0.62x against 0.56-0.71x; 1.18M (2048 channels in 32 groups and 512 in 2 onto 7x7)
+    /// 0.55-0.74x against 0.56-0.64x.
+    /// </summary>
+    internal const long GroupedLanesOverLibTorchMaxWeight = 512 << 10;
+
     /// <summary>Images from which <see cref="GroupedLibTorchBFloat16Pays"/>.</summary>
     internal const int GroupedLibTorchMinImages = 4;
 

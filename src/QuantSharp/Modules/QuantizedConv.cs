@@ -287,7 +287,7 @@ public sealed class QuantizedConv : QuantizedModule
             if (route == ConvolutionRoute.Reference) return ConvolutionRoute.Reference;
             if (route == ConvolutionRoute.Kernel && codes) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.BFloat16 && pairs) return ConvolutionRoute.BFloat16;
-            if (route == ConvolutionRoute.Auto && GroupedLanes(u)) return ConvolutionRoute.BFloat16;
+            if (route == ConvolutionRoute.Auto && GroupedLanesFirst(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && UseBFloat16Compute && GroupedOnLibTorch(u)) return ConvolutionRoute.BFloat16;
             if (route == ConvolutionRoute.Auto && codes && ConvolutionCost.GroupedCodesPay(u, groups)) return ConvolutionRoute.Kernel;
             if (route == ConvolutionRoute.Auto && pairs && BFloat16Convolutions && InputQuantization is null
@@ -315,7 +315,7 @@ public sealed class QuantizedConv : QuantizedModule
     /// <see cref="ConvolutionCost.PackedBFloat16BeatsLibTorch"/>.
     /// </summary>
     private bool PackedBFloat16(Im2Col unfold) =>
-        groups > 1 ? GroupedPairs(unfold) && (!GroupedOnLibTorch(unfold) || GroupedLanes(unfold))
+        groups > 1 ? GroupedPairs(unfold) && (!GroupedOnLibTorch(unfold) || GroupedLanesFirst(unfold))
         : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold, out_channels));
 
     /// <summary>
@@ -325,6 +325,14 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool GroupedLanes(Im2Col unfold) =>
         InputQuantization is null && BFloat16Convolutions && GroupedPairs(unfold) && PackedMatMul.LanesPay(unfold, out_channels, groups);
+
+    /// <summary>
+    /// Whether <see cref="GroupedLanes"/> comes before libtorch's bfloat16 convolution for <paramref name="unfold"/>: where
+    /// that is not taken (<see cref="GroupedOnLibTorch"/>), or the weight has at most
+    /// <see cref="ConvolutionCost.GroupedLanesOverLibTorchMaxWeight"/> elements.
+    /// </summary>
+    private bool GroupedLanesFirst(Im2Col unfold) =>
+        GroupedLanes(unfold) && (!GroupedOnLibTorch(unfold) || (long)out_channels * (unfold.Rows / groups) <= ConvolutionCost.GroupedLanesOverLibTorchMaxWeight);
 
     /// <summary>
     /// Whether this grouped layer's bfloat16 route is libtorch's bfloat16 convolution for <paramref name="unfold"/>, where

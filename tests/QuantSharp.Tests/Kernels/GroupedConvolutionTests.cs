@@ -410,6 +410,19 @@ public class GroupedConvolutionTests
         }
         using var affine = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8 with { Scheme = QuantScheme.Affine },
             new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120));
+        // From 4 images, where libtorch's bfloat16 convolution is right and pays, a weight of more than 512K elements takes
+        // it (1024 channels in 16 groups: 1024 x 576 = 576K), up to 512K not (768 in 12 groups: 768 x 576 = 432K); below 4
+        // images the lanes.
+        using var over = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(1024, 1024, 3, padding: 1, groups: 16), int8);
+        using var under = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(768, 768, 3, padding: 1, groups: 12), int8);
+        bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
+        if (lanes)
+        {
+            Assert.True(over.Route(torch.randn(3, 1024, 7, 7)) == ConvolutionRoute.BFloat16 && over.BFloat16OnPackedKernels(torch.randn(3, 1024, 7, 7)), "576K, 3 images");
+            Assert.Equal(ConvolutionRoute.BFloat16, over.Route(torch.randn(4, 1024, 7, 7)));
+            Assert.Equal(!libtorch, over.BFloat16OnPackedKernels(torch.randn(4, 1024, 7, 7)));
+            Assert.True(under.BFloat16OnPackedKernels(torch.randn(4, 768, 7, 7)), "432K, 4 images");
+        }
         var seven = torch.randn(1, 512, 7, 7);
         Assert.NotEqual(ConvolutionRoute.BFloat16, affine.Route(seven)); // static W8A8: its own rules
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(seven)));
