@@ -6,10 +6,9 @@ namespace QuantSharp.Kernels;
 
 /// <summary>
 /// Grouped convolutions in bfloat16 with the output channels in lanes (<see cref="PackedMatMul.GroupedBFloat16"/> on
-/// small planes), a chunk of up to 32 of a group's outputs over a block of images a work item: the chunk's weight rows
-/// decoded and rounded to bfloat16 as pairs of channels (<see cref="PackedMatMul.PairWeightRow{TD}"/>,
-/// <see cref="PackedMatMul.PairChannels"/>) put into steps of (channel pair, tap) x 16 output channels, each image's
-/// channels of the group into pair planes
+/// small planes), a group of one image a work item: the group's weight rows decoded and rounded to bfloat16 as pairs of
+/// channels (<see cref="PackedMatMul.PairWeightRow{TD}"/>, <see cref="PackedMatMul.PairChannels"/>) put into steps of
+/// (channel pair, tap) x 16 output channels, the image's channels of the group into pair planes
 /// (<see cref="PackedMatMul.PairPlane"/>: channels 2p and 2p + 1 rounded to bfloat16 in one 32-bit value per padded
 /// pixel, in a <see cref="PhaseGrid"/>'s layout), and for runs of up to 28 output positions
 /// <see cref="Vnni512Kernel.PairDots"/> broadcasts each position's pair against the step's 16 or 32 output channels
@@ -35,7 +34,7 @@ internal static unsafe class PairLanesConvolution
         int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, images = u.Images;
         var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
         nint planeStride = PackedMatMul.PairPlaneStride(grid, pairs);
-        long chunkBytes = (long)steps * 128, rowBytes = Lines(2L * (w.Cols + 32)) + Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
+        long groupBytes = (long)chunks * steps * 128, rowBytes = Lines(2L * (w.Cols + 32)) + Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
         nint[] stepBytes = new nint[steps];
         for (int p = 0; p < groupPairs; p++)
             for (int t = 0; t < taps; t++) stepBytes[p * taps + t] = (p * planeStride + grid.Offset(t)) * sizeof(uint);
@@ -47,49 +46,42 @@ internal static unsafe class PairLanesConvolution
         long call = Interlocked.Increment(ref s_calls);
         bool native = PackedMatMul.UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported, rowRuns = QuadConvolution.RowRunsPay(u.OutW);
         int wp = grid.PhaseWidth, outW = u.OutW, positions = u.Positions, rows = w.Rows, plane = u.Height * u.Width;
-        // Work items of one chunk of a group's outputs over a block of images (as many blocks as give about 8 items a
-        // thread), in group and chunk order: each packs its chunk's weight into its thread's scratch (unless the
-        // thread's previous item did), then per image pairs the image's planes of the group there and computes the
-        // chunk's outputs at all positions. A chunk's weight is packed once a thread, where a group's whole weight
-        // (up to 1.2 MB for 512 channels in 2 groups) packed by every thread that met the group cost more than the call.
-        int units = groups * chunks, blocks = Math.Clamp((8 * KernelThreads.Count + units - 1) / units, 1, images), blockImages = (images + blocks - 1) / blocks;
-        blocks = (images + blockImages - 1) / blockImages;
         nint xAddress = (nint)x, yAddress = (nint)y;
-        KernelThreads.For(units * blocks, (long)blockImages * positions * ChunkChannels * steps * 2, item =>
+        // Work items of one group of one image, in group order: each packs its group's weight into its thread's scratch
+        // (unless the thread's previous item did), pairs the image's planes of the group there and computes all of its
+        // positions (as QuadConvolution's RunByGroup).
+        KernelThreads.For(groups * images, (long)positions * outputs * steps * 2, item =>
         {
-            int block = item % blocks, unit = item / blocks, g = unit / chunks, chunk = unit - g * chunks;
-            int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
-            byte* scratch = Scratch(chunkBytes + rowBytes + planesBytes, out bool grown);
+            int g = item / images, im = item - g * images;
+            byte* scratch = Scratch(groupBytes + rowBytes + planesBytes, out bool grown);
             uint* weights = (uint*)scratch;
-            ushort* row = (ushort*)(scratch + chunkBytes);
-            uint* rowPairs = (uint*)(scratch + chunkBytes + Lines(2L * (view.Cols + 32)));
-            uint* planes = (uint*)(scratch + chunkBytes + rowBytes);
-            if (grown || t_call != call || t_unit != unit)
+            ushort* row = (ushort*)(scratch + groupBytes);
+            uint* rowPairs = (uint*)(scratch + groupBytes + Lines(2L * (view.Cols + 32)));
+            uint* planes = (uint*)(scratch + groupBytes + rowBytes);
+            if (grown || t_call != call || t_group != g)
             {
-                // Lanes past the chunk's outputs are never written: zero.
-                if (count % 16 != 0) new Span<byte>(weights, checked((int)chunkBytes)).Clear();
-                for (int o = 0; o < count; o++)
+                // Lanes past a group's outputs are never written: zero.
+                if (outputs % 16 != 0) new Span<byte>(weights, checked((int)groupBytes)).Clear();
+                for (int o = 0; o < outputs; o++)
                 {
-                    // Row o's bfloat16 values as pairs of channels, [C / 2, taps] (step order), into lane l of vector v of the chunk's steps.
-                    PackedMatMul.PairWeightRow<TD>(view, g * outputs + first + o, row);
+                    // Row o's bfloat16 values as pairs of channels, [C / 2, taps] (step order), into lane l of vector v of its chunk's steps.
+                    PackedMatMul.PairWeightRow<TD>(view, g * outputs + o, row);
                     PackedMatMul.PairChannels(row, taps, groupPairs, rowPairs);
-                    uint* lane = weights + o / 16 * 16 + o % 16;
-                    for (int s = 0; s < steps; s++) lane[(nint)s * 16 * vectors] = rowPairs[s];
+                    int chunk = o / ChunkChannels, stepValues = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16 * 16;
+                    uint* lane = weights + (nint)chunk * steps * 32 + o % ChunkChannels / 16 * 16 + o % 16;
+                    for (int s = 0; s < steps; s++) lane[(nint)s * stepValues] = rowPairs[s];
                 }
                 t_call = call;
-                t_unit = unit;
+                t_group = g;
             }
-            for (int im = block * blockImages; im < Math.Min(images, (block + 1) * blockImages); im++)
-            {
-                float* channels = (float*)xAddress + ((nint)im * 2 * pairs + (nint)g * 2 * groupPairs) * plane;
-                for (int p = 0; p < groupPairs; p++)
-                    PackedMatMul.PairPlane(u, grid, planeStride, channels + (nint)p * 2 * plane, planes + p * planeStride, columns);
-                new Span<uint>(planes + groupPairs * planeStride, Slack).Clear();
-                fixed (nint* table = stepBytes)
-                fixed (float* biasesAt = biases)
-                    Convolve(native, rowRuns, weights, steps, vectors, count, table, planes, biasesAt + g * outputs + first,
-                        (float*)yAddress + ((nint)im * rows + (nint)g * outputs + first) * positions, positions, wp, outW, u.OutH);
-            }
+            float* channels = (float*)xAddress + ((nint)im * 2 * pairs + (nint)g * 2 * groupPairs) * plane;
+            for (int p = 0; p < groupPairs; p++)
+                PackedMatMul.PairPlane(u, grid, planeStride, channels + (nint)p * 2 * plane, planes + p * planeStride, columns);
+            new Span<uint>(planes + groupPairs * planeStride, Slack).Clear();
+            fixed (nint* table = stepBytes)
+            fixed (float* biasesAt = biases)
+                Convolve(native, rowRuns, weights, steps, chunks, outputs, table, planes, biasesAt + g * outputs,
+                    (float*)yAddress + ((nint)im * rows + (nint)g * outputs) * positions, positions, wp, outW, 0, u.OutH);
         });
     }
 
@@ -98,10 +90,10 @@ internal static unsafe class PairLanesConvolution
 
     private static long s_calls;
 
-    /// <summary>A thread's chunk: its packed weight, a row's scratch and the group's pair planes, and the call and chunk (group x chunks + chunk) the weight belongs to.</summary>
+    /// <summary>A thread's group: its packed weight, a row's scratch and the group's pair planes, and the call and group the weight belongs to.</summary>
     [ThreadStatic] private static byte[]? t_scratch;
     [ThreadStatic] private static long t_call;
-    [ThreadStatic] private static int t_unit;
+    [ThreadStatic] private static int t_group;
 
     /// <summary>At least <paramref name="bytes"/> bytes of the thread's scratch (grown, pinned), from its first 64-byte boundary on.</summary>
     private static byte* Scratch(long bytes, out bool grown)
@@ -116,35 +108,42 @@ internal static unsafe class PairLanesConvolution
     private static long Lines(long bytes) => (bytes + 63) / 64 * 64;
 
     /// <summary>
-    /// One chunk of <paramref name="count"/> outputs (<paramref name="vectors"/> vectors) of one group of one image
-    /// (<paramref name="y"/>: the chunk's first channel) at every position, from its pair planes
-    /// (<paramref name="planes"/>) and packed weight (<paramref name="weights"/>), runs within output rows
+    /// Output rows <c>[r0, r1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its
+    /// pair planes (<paramref name="planes"/>) and packed weight (<paramref name="weights"/>), runs within output rows
     /// (<paramref name="rowRuns"/>) or over the wide grid, as <see cref="QuadConvolution"/>'s.
     /// </summary>
     [SkipLocalsInit] // the tile and values are written before they are read (the transposes' extra rows are read and not stored)
-    private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int vectors, int count, nint* stepBytes, uint* planes,
-        float* biases, float* y, int positions, int wp, int outW, int outH)
+    private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int chunks, int outputs, nint* stepBytes, uint* planes,
+        float* biases, float* y, int positions, int wp, int outW, int r0, int r1)
     {
         float* tile = stackalloc float[Vnni512Kernel.QuadMaxAccumulators * 16];
         // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
         float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
-        int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
-        if (rowRuns)
+        for (int chunk = 0; chunk < chunks; chunk++)
         {
-            // Runs within each output row, as long and as even as the accumulators allow.
-            int runs = (outW + maxRun - 1) / maxRun, run = (outW + runs - 1) / runs;
-            for (int oh = 0; oh < outH; oh++)
-                for (int ow = 0; ow < outW; ow += run)
-                {
-                    int p = Math.Min(run, outW - ow), q = oh * wp + ow;
-                    Epilogue(native, weights, steps, planes + q, stepBytes, tile, p, vectors, values, biases, count, y, positions, q, wp, outW);
-                }
-            return;
+            int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
+            int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;
+            uint* chunkWeights = weights + (nint)chunk * steps * 32;
+            float* yChunk = y + (nint)first * positions;
+            if (rowRuns)
+            {
+                // Runs within each output row, as long and as even as the accumulators allow.
+                int runs = (outW + maxRun - 1) / maxRun, run = (outW + runs - 1) / runs;
+                for (int oh = r0; oh < r1; oh++)
+                    for (int ow = 0; ow < outW; ow += run)
+                    {
+                        int p = Math.Min(run, outW - ow), q = oh * wp + ow;
+                        Epilogue(native, chunkWeights, steps, planes + q, stepBytes, tile, p, vectors, values, biases + first, count, yChunk, positions, q, wp, outW);
+                    }
+            }
+            else
+            {
+                // Runs over the wide grid: a row's dropped columns are computed and not written.
+                int q1 = (r1 - 1) * wp + outW;
+                for (int q = r0 * wp; q < q1; q += maxRun)
+                    Epilogue(native, chunkWeights, steps, planes + q, stepBytes, tile, Math.Min(maxRun, q1 - q), vectors, values, biases + first, count, yChunk, positions, q, wp, outW);
+            }
         }
-        // Runs over the wide grid: a row's dropped columns are computed and not written.
-        int q1 = (outH - 1) * wp + outW;
-        for (int q = 0; q < q1; q += maxRun)
-            Epilogue(native, weights, steps, planes + q, stepBytes, tile, Math.Min(maxRun, q1 - q), vectors, values, biases, count, y, positions, q, wp, outW);
     }
 
     /// <summary>One run's dot products, plus the bias, 16 channels at a time into <paramref name="values"/>, then into the output planes (<see cref="QuadConvolution.WriteRun"/>).</summary>
