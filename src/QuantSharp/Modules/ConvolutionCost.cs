@@ -72,7 +72,10 @@ namespace QuantSharp.Modules;
 /// do stride-1 3x3 layers onto 28x28 in 2-8 images, whose strips they read in place (<see cref="InPlaceWeightOnlyMinImages"/>); the
 /// rest dequantize + float32 libtorch, whose cost over float32 is one managed dequantization pass
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
-/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; others libtorch's bfloat16
+/// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; weight-only ones on CPUs
+/// with AVX512-BF16 (bfloat16 compute on) the bfloat16 route with the output channels in lanes where
+/// <see cref="Kernels.PackedMatMul.LanesPay"/> (stride 1 onto rows narrower than 16), before libtorch's bfloat16
+/// convolution up to <see cref="GroupedLanesOverLibTorchMaxWeight"/> weight elements; others libtorch's bfloat16
 /// convolution where it passed <see cref="BFloat16Check"/> and <see cref="GroupedLibTorchBFloat16Pays"/> (4 or more images onto 14x14 or
 /// less); else, weight-only on
 /// CPUs with AVX512-BF16 and <see cref="QuantizedModule.UseBFloat16Compute"/>, the bfloat16 route from pair images
