@@ -1109,7 +1109,7 @@ internal static unsafe class PackedMatMul
     /// 0, pairs of consecutive terms (the packed strips' order); else pairs of channels, <c>[C / 2, taps]</c>
     /// (<see cref="PairChannels"/>, the pair images' order). The caller frees it (<c>NativeMemory.AlignedFree</c>).
     /// </summary>
-    internal static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
+    private static uint* WeightPairs<TD>(in WeightView w, int taps) where TD : IWeightDecoder
     {
         int k = w.Cols, half = k / 2;
         int paddedRows = w.Rows + BFloat16TileRows - 1;
