@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace QuantSharp.Kernels;
@@ -34,7 +33,7 @@ internal static unsafe class PairLanesConvolution
         int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, images = u.Images;
         var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
         nint planeStride = PackedMatMul.PairPlaneStride(grid, pairs);
-        long groupBytes = (long)chunks * steps * 128, rowBytes = Lines(2L * (w.Cols + 32)) + Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
+        long groupBytes = (long)chunks * steps * 128, rowBytes = ThreadScratch.Lines(2L * (w.Cols + 32)) + ThreadScratch.Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
         nint[] stepBytes = new nint[steps];
         for (int p = 0; p < groupPairs; p++)
             for (int t = 0; t < taps; t++) stepBytes[p * taps + t] = (p * planeStride + grid.Offset(t)) * sizeof(uint);
@@ -53,10 +52,10 @@ internal static unsafe class PairLanesConvolution
         KernelThreads.For(groups * images, (long)positions * outputs * steps * 2, item =>
         {
             int g = item / images, im = item - g * images;
-            byte* scratch = Scratch(groupBytes + rowBytes + planesBytes, out bool grown);
+            byte* scratch = ThreadScratch.Bytes(ref t_scratch, groupBytes + rowBytes + planesBytes, out bool grown);
             uint* weights = (uint*)scratch;
             ushort* row = (ushort*)(scratch + groupBytes);
-            uint* rowPairs = (uint*)(scratch + groupBytes + Lines(2L * (view.Cols + 32)));
+            uint* rowPairs = (uint*)(scratch + groupBytes + ThreadScratch.Lines(2L * (view.Cols + 32)));
             uint* planes = (uint*)(scratch + groupBytes + rowBytes);
             if (grown || t_call != call || t_group != g)
             {
@@ -94,18 +93,6 @@ internal static unsafe class PairLanesConvolution
     [ThreadStatic] private static byte[]? t_scratch;
     [ThreadStatic] private static long t_call;
     [ThreadStatic] private static int t_group;
-
-    /// <summary>At least <paramref name="bytes"/> bytes of the thread's scratch (grown, pinned), from its first 64-byte boundary on.</summary>
-    private static byte* Scratch(long bytes, out bool grown)
-    {
-        grown = t_scratch is null || t_scratch.Length < bytes + 64;
-        if (grown) t_scratch = GC.AllocateUninitializedArray<byte>(checked((int)(bytes + 64)), pinned: true);
-        // A pinned array: its address is fixed for its lifetime.
-        nint first = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(t_scratch!));
-        return (byte*)((first + 63) & ~(nint)63);
-    }
-
-    private static long Lines(long bytes) => (bytes + 63) / 64 * 64;
 
     /// <summary>
     /// Output rows <c>[r0, r1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its

@@ -103,18 +103,6 @@ internal static unsafe class QuadConvolution
     [ThreadStatic] private static long t_call;
     [ThreadStatic] private static int t_groupIndex;
 
-    /// <summary>At least <paramref name="bytes"/> bytes of <paramref name="array"/> (grown, pinned), from its first 64-byte boundary on.</summary>
-    private static byte* Scratch(ref byte[]? array, long bytes, out bool grown)
-    {
-        grown = array is null || array.Length < bytes + 64;
-        if (grown) array = GC.AllocateUninitializedArray<byte>(checked((int)(bytes + 64)), pinned: true);
-        // A pinned array: its address is fixed for its lifetime.
-        nint first = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array!));
-        return (byte*)((first + 63) & ~(nint)63);
-    }
-
-    private static long Lines(long bytes) => (bytes + 63) / 64 * 64;
-
     /// <summary>
     /// One call's layout and per-channel tables, and its two ways to split the work: <see cref="RunShared"/> (the
     /// weight packed and every image quantized by all threads first, then the positions) and <see cref="RunByGroup"/>
@@ -256,13 +244,13 @@ internal static unsafe class QuadConvolution
         public void RunByGroup(float* x, float* y)
         {
             int images = _u.Images, rows = _w.Rows, positions = _u.Positions;
-            long groupBytes = GroupPackedBytes, offsetBytes = Lines((_outputs + 16) * sizeof(int));
+            long groupBytes = GroupPackedBytes, offsetBytes = ThreadScratch.Lines((_outputs + 16) * sizeof(int));
             long codeValues = _quads * _planeValues + Slack;
             nint source = (nint)x, yAddress = (nint)y;
             KernelThreads.For(_groups * images, (long)_u.Positions * _outputs * _steps * 4, item =>
             {
                 int g = item / images, im = item - g * images;
-                byte* scratch = Scratch(ref t_group, groupBytes + offsetBytes + codeValues * sizeof(uint), out bool grown);
+                byte* scratch = ThreadScratch.Bytes(ref t_group, groupBytes + offsetBytes + codeValues * sizeof(uint), out bool grown);
                 sbyte* weights = (sbyte*)scratch;
                 int* offsets = (int*)(scratch + groupBytes);
                 uint* codes = (uint*)(scratch + groupBytes + offsetBytes);
@@ -385,8 +373,8 @@ internal static unsafe class QuadConvolution
         {
             int h = _u.Height, width = _u.Width, planeSize = h * width, g = plane / _quads, quad = plane - g * _quads;
             // The stride-2 gather reads a value past the last row.
-            byte* quantized = Scratch(ref t_plane, Lines(4L * planeSize) + 4L * (planeSize + 1), out _);
-            uint* interleaved = (uint*)(quantized + Lines(4L * planeSize));
+            byte* quantized = ThreadScratch.Bytes(ref t_plane, ThreadScratch.Lines(4L * planeSize) + 4L * (planeSize + 1), out _);
+            uint* interleaved = (uint*)(quantized + ThreadScratch.Lines(4L * planeSize));
             float* first = x + ((nint)im * _u.Channels + g * _channels + 4 * quad) * planeSize;
             float* Channel(int i) => 4 * quad + i < _channels ? first + (nint)i * planeSize : null;
             if (QuantizeKernel.QuadsInVectors && planeSize >= 16)
