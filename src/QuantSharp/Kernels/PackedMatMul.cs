@@ -1246,7 +1246,16 @@ internal static unsafe class PackedMatMul
                     }
                     return;
                 }
-                uint* row = stackalloc uint[width + 1]; // the stride-2 gather reads a value past the row
+                // Strided: each row paired, then written into its phase rows. A plane of rows narrower than 16 is paired in
+                // one run first (as at stride 1), where row by row each value was rounded alone: ResNeXt's 2048 channels in
+                // 32 groups from 14x14 onto 7x7 spent a quarter of its time there (docs/BENCHMARKS.md, stop 50).
+                bool narrow = width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues;
+                uint* row = stackalloc uint[(narrow ? h * width : width) + 16]; // the stride-2 gather reads a value past the row
+                if (narrow)
+                {
+                    PairRow(even, odd, row, h * width);
+                    row[h * width] = 0;
+                }
                 for (int r = 0; r < paddedRows; r++)
                 {
                     int sourceRow = r - u.PadH;
@@ -1255,9 +1264,14 @@ internal static unsafe class PackedMatMul
                         grid.WriteRow<uint>(dst, r, null, 0u, columns);
                         continue;
                     }
-                    PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
-                    row[width] = 0;
-                    grid.WriteRow(dst, r, row, 0u, columns);
+                    uint* values = row;
+                    if (narrow) values += (nint)sourceRow * width;
+                    else
+                    {
+                        PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
+                        row[width] = 0;
+                    }
+                    grid.WriteRow(dst, r, values, 0u, columns);
                 }
                 nint written = (nint)(grid.ImageValues / pairs);
                 new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
