@@ -1021,21 +1021,30 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> puts the output channels in lanes (<see cref="PairLanesConvolution"/>) rather
-    /// than 32 positions of a wide row (<see cref="ByPairImages"/>): a Conv2d at stride 1 onto output rows narrower than
-    /// <see cref="LanesMaxOutW"/>, with at least <see cref="LanesMinOutputs"/> outputs a group (whole vectors). Measured
-    /// on the Zen 4 VM (docs/BENCHMARKS.md, stop 49; int8 weights, the two layouts in the same process): 512 and 1024
-    /// channels in 32 groups and 384 in 8 onto 14x14 at batch 1-8 took 0.53-0.67x float32's time with the output
-    /// channels in lanes against 0.67-1.94x with positions in lanes. At stride 2 (2048 channels in 32 groups from 14x14)
-    /// the output channels in lanes took 0.93-1.04x.
+    /// than 32 positions of a wide row (<see cref="ByPairImages"/>): a Conv2d onto output rows narrower than
+    /// <see cref="LanesMaxOutW"/>, at stride 1 with at least <see cref="LanesMinOutputs"/> outputs a group (whole
+    /// vectors), at stride 2 with at least <see cref="LanesMinOutputsStrided"/>. Measured on the Zen 4 VM (int8 weights,
+    /// the two layouts in the same process): 512 and 1024 channels in 32 groups and 384 in 8 onto 14x14 at batch 1-8
+    /// took 0.53-0.67x float32's time with the output channels in lanes against 0.67-1.94x with positions in lanes
+    /// (docs/BENCHMARKS.md, stop 49); at stride 2 from 14x14 (256 channels in 4 groups, 1024 and 2048 in 32) 0.44-0.89x
+    /// against 0.75-1.78x, once a plane's narrow rows were paired in one run (stop 50).
     /// </summary>
     internal static bool LanesPay(Im2Col u, long outputs, long groups) =>
-        u.Height > 1 && u.StrideH == 1 && u.StrideW == 1 && u.OutW < LanesMaxOutW && outputs / groups >= LanesMinOutputs;
+        u.Height > 1 && u.OutW < LanesMaxOutW && u.StrideH == u.StrideW
+        && outputs / groups >= u.StrideH switch { 1 => LanesMinOutputs, 2 => LanesMinOutputsStrided, _ => int.MaxValue };
 
     /// <summary>Output row length from which <see cref="LanesPay"/> does not hold (measured onto 7x7 and 14x14).</summary>
     internal const int LanesMaxOutW = 16;
 
     /// <summary>Outputs a group from which <see cref="LanesPay"/>: a vector of <see cref="Vnni512Kernel.PairDots"/>' lanes.</summary>
     internal const int LanesMinOutputs = 16;
+
+    /// <summary>
+    /// Outputs a group from which <see cref="LanesPay"/> at stride 2: two vectors. With one (512 channels in 32 groups
+    /// from 28x28 at batch 1-8) the output channels in lanes took 0.87-1.03x float32's time where the small kernel took
+    /// 0.75-1.05x (docs/BENCHMARKS.md, stop 50).
+    /// </summary>
+    internal const int LanesMinOutputsStrided = 32;
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> takes a convolution of <paramref name="outputs"/> channels in

@@ -308,15 +308,21 @@ public class GroupedConvolutionTests
         Assert.Equal(R, grouped.Route(torch.randn(1, 32, 56, 56).to(ScalarType.Float64)));
         // Rows wider than the padded-image path takes (phase rows of 3,002 values) stay on libtorch's route, forced or not.
         Assert.Null(grouped.Kernel(torch.randn(1, 32, 3, 3000), ConvolutionRoute.Direct));
-        // 80 channels a group (720 terms) at stride 2: libtorch's route.
+        // 80 channels a group (720 terms) at stride 2 onto 14x14: the output channels in lanes where they run, else libtorch's route.
         using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(160, 160, 3, stride: 2, padding: 1, groups: 2), spec);
         var x = torch.randn(1, 160, 28, 28);
-        Assert.Equal(R, wide.Route(x));
-        // Autotune's candidates for it: the rule's (libtorch's) first, the small kernel, which any managed route forces,
-        // and the bfloat16 route where it may run (from pair images on CPUs with AVX512-BF16, else libtorch's).
+        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+        Assert.Equal(lanes ? ConvolutionRoute.BFloat16 : R, wide.Route(x));
+        Float32Compute.Run(() => Assert.Equal(R, wide.Route(x)));
+        // Autotune's candidates for it: the rule's first, the small kernel, which any managed route forces, libtorch's
+        // route, and the bfloat16 route where it may run (from pair images on CPUs with AVX512-BF16, else libtorch's).
         var candidates = wide.Candidates(x);
-        Assert.Equal([R, D], candidates.Take(2));
-        Assert.All(candidates.Skip(2), route => Assert.Equal(ConvolutionRoute.BFloat16, route));
+        if (lanes) Assert.Equal([ConvolutionRoute.BFloat16, D, R], candidates);
+        else
+        {
+            Assert.Equal([R, D], candidates.Take(2));
+            Assert.All(candidates.Skip(2), route => Assert.Equal(ConvolutionRoute.BFloat16, route));
+        }
         using var noGrad = no_grad();
         AssertClose(wide.Forward(x, R), wide.Forward(x, ConvolutionRoute.Kernel), 1e-5, "stride 2, 720 terms a group, forced onto the small kernel");
         // Through the rule, the layer's output equals libtorch's route's.
@@ -357,12 +363,13 @@ public class GroupedConvolutionTests
         Assert.False(ConvolutionCost.GroupedLibTorchBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 1, false));  // one group
 
         torch.manual_seed(57);
-        // At stride 2 onto 7x7 (at stride 1 the output channels in lanes come first: GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
-        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, stride: 2, padding: 1, groups: 8), QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        var x = torch.randn(4, 256, 14, 14);
+        // At stride 2 onto 7x7 with 16 outputs a group (with 32 or more, or at stride 1, the output channels in lanes come
+        // first: GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, stride: 2, padding: 1, groups: 32), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(4, 512, 14, 14);
         bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
         var route = layer.Route(x);
-        // Elsewhere not the bfloat16 route (32 channels a group onto 7x7: no pair images either).
+        // Elsewhere not the bfloat16 route (16 channels a group onto 7x7: no pair images either).
         Assert.True(libtorch == (route == ConvolutionRoute.BFloat16), $"{route}, libtorch's bfloat16 convolution right: {libtorch}");
         if (libtorch)
         {
@@ -370,7 +377,7 @@ public class GroupedConvolutionTests
             using var expected = layer.BFloat16Convolution(x);
             using var actual = layer.call(x);
             Assert.True(expected.equal(actual).all().item<bool>(), "the rule's route is not libtorch's bfloat16 convolution");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "256 channels in 8 groups, stride 2 onto 7x7, 4 images");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "512 channels in 32 groups, stride 2 onto 7x7, 4 images");
         }
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x)));
     }
@@ -379,8 +386,8 @@ public class GroupedConvolutionTests
     /// Weight-only grouped layers at stride 1 onto output rows narrower than 16, of 16 or more outputs a group, take the
     /// bfloat16 route with the output channels in lanes (<see cref="PairLanesConvolution"/>) where the CPU has
     /// AVX512-BF16, before libtorch's bfloat16 convolution, at any batch; within bfloat16's bound of libtorch's float32
-    /// route. Not at stride 2, onto rows of 16, with 15 outputs a group, static W8A8, a Conv1d; with bfloat16 compute off
-    /// not at all.
+    /// route; at stride 2 too, from 32 outputs a group (256 channels in 4 groups from 14x14). Not at stride 3, onto rows
+    /// of 16, with 15 outputs a group (16 at stride 2), static W8A8, a Conv1d; with bfloat16 compute off not at all.
     /// </summary>
     [Fact]
     public void GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes()
@@ -391,7 +398,12 @@ public class GroupedConvolutionTests
         Assert.True(PackedMatMul.LanesPay(Unfold(512, 7, 7), 512, 32));
         Assert.True(PackedMatMul.LanesPay(Unfold(512, 15, 15).ForImages(8), 512, 32));    // rows of 15
         Assert.False(PackedMatMul.LanesPay(Unfold(512, 16, 16), 512, 32));                // of 16
-        Assert.False(PackedMatMul.LanesPay(Unfold(2048, 14, 14, stride: 2), 2048, 32));   // stride 2 onto 7x7
+        Assert.True(PackedMatMul.LanesPay(Unfold(2048, 14, 14, stride: 2), 2048, 32));    // stride 2 onto 7x7
+        Assert.True(PackedMatMul.LanesPay(Unfold(1024, 30, 30, stride: 2), 1024, 32));    // onto rows of 15
+        Assert.False(PackedMatMul.LanesPay(Unfold(1024, 32, 32, stride: 2), 1024, 32));   // of 16
+        Assert.False(PackedMatMul.LanesPay(Unfold(512, 14, 14, stride: 2), 512, 32));     // 16 outputs a group at stride 2
+        Assert.False(PackedMatMul.LanesPay(new Im2Col(1024, 14, 14, 3, 3, 2, 1, 1, 1, 1, 1), 1024, 32)); // strides 2 and 1
+        Assert.False(PackedMatMul.LanesPay(Unfold(2048, 21, 21, stride: 3), 2048, 32));   // stride 3 onto 7x7
         Assert.True(PackedMatMul.LanesPay(Unfold(128, 7, 7), 128, 8));                    // 16 outputs a group
         Assert.False(PackedMatMul.LanesPay(Unfold(120, 7, 7), 120, 8));                   // 15
         Assert.False(PackedMatMul.LanesPay(new Im2Col(512, 1, 7, 1, 3, 1, 1, 0, 1, 1, 1), 512, 32)); // a Conv1d
@@ -422,6 +434,14 @@ public class GroupedConvolutionTests
             Assert.Equal(ConvolutionRoute.BFloat16, over.Route(torch.randn(4, 1024, 7, 7)));
             Assert.Equal(!libtorch, over.BFloat16OnPackedKernels(torch.randn(4, 1024, 7, 7)));
             Assert.True(under.BFloat16OnPackedKernels(torch.randn(4, 768, 7, 7)), "432K, 4 images");
+        }
+        using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, stride: 2, padding: 1, groups: 4), int8);
+        var fourteen = torch.randn(3, 256, 14, 14);
+        Assert.True(lanes == (strided.Route(fourteen) == ConvolutionRoute.BFloat16), $"stride 2: {strided.Route(fourteen)}, lanes expected {lanes}");
+        if (lanes)
+        {
+            Assert.True(strided.BFloat16OnPackedKernels(fourteen), "stride 2: not on the packed kernels");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(strided, fourteen, strided.Forward(fourteen, ConvolutionRoute.Reference), strided.call(fourteen), "256 channels in 4 groups from 14x14 at stride 2, 3 images");
         }
         var seven = torch.randn(1, 512, 7, 7);
         Assert.NotEqual(ConvolutionRoute.BFloat16, affine.Route(seven)); // static W8A8: its own rules
