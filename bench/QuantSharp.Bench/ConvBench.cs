@@ -166,8 +166,9 @@ internal static class ConvBench
                     return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
                 }
                 // DirectBuffer / DirectPerItem: the small kernel with every image padded into one buffer first, or per
-                // work item (whatever DirectConvolution's rule); ROUTERowByRow (Direct,
-                // Depthwise): that route with its strided rows written through PhaseGrid.WriteRow (DirectConvolution's rules off).
+                // work item (whatever DirectConvolution's rule); ROUTERowByRow (Direct, Depthwise, Auto, BFloat16...): that
+                // route with its strided rows written through PhaseGrid.WriteRow (DirectConvolution's rules and the pair
+                // planes' permutes, PackedMatMul.ForcedPhaseShuffles, off).
                 if (parts[0] is "DirectBuffer" or "DirectPerItem" || parts[0].EndsWith("RowByRow", StringComparison.Ordinal))
                 {
                     bool? perItem = parts[0] switch { "DirectBuffer" => false, "DirectPerItem" => true, _ => null };
@@ -175,9 +176,9 @@ internal static class ConvBench
                     return () =>
                     {
                         if (perItem is not null) DirectConvolution.ForcedPaddingPerItem = perItem;
-                        else DirectConvolution.ForcedPairedRows = false;
+                        else DirectConvolution.ForcedPairedRows = PackedMatMul.ForcedPhaseShuffles = false;
                         try { return layer.Forward(x, route); }
-                        finally { DirectConvolution.ForcedPaddingPerItem = DirectConvolution.ForcedPairedRows = null; }
+                        finally { DirectConvolution.ForcedPaddingPerItem = DirectConvolution.ForcedPairedRows = PackedMatMul.ForcedPhaseShuffles = null; }
                     };
                 }
                 // DirectWhole / DepthwiseWhole: the small / depthwise kernel on the weight dequantized whole before the call (QuantizedConv.DequantizesWholeWeight).

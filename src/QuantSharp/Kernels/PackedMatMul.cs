@@ -1211,8 +1211,9 @@ internal static unsafe class PackedMatMul
         new Span<uint>(buffer + values, (int)slack).Clear();
         nint source = (nint)x, target = (nint)buffer;
         var columns = grid.ColumnPhases();
+        bool shuffles = ShufflesPhases;
         KernelThreads.For(u.Images * pairs, 4L * planeStride, plane =>
-            PairPlane(u, grid, planeStride, (float*)source + (nint)plane * 2 * h * width, (uint*)target + plane * planeStride, columns, codes));
+            PairPlane(u, grid, planeStride, (float*)source + (nint)plane * 2 * h * width, (uint*)target + plane * planeStride, columns, codes, shuffles));
         return buffer;
     }
 
@@ -1220,7 +1221,7 @@ internal static unsafe class PackedMatMul
     /// One pair plane of <see cref="PairImages"/>: channels <paramref name="even"/> and the next (<c>H x W</c> values
     /// each) into <paramref name="dst"/> (<paramref name="planeStride"/> values, zero past the grid's), as described there.
     /// </summary>
-    internal static void PairPlane(Im2Col u, PhaseGrid grid, nint planeStride, float* even, uint* dst, ColumnPhase[] columns, InputFakeQuantization? codes = null)
+    internal static void PairPlane(Im2Col u, PhaseGrid grid, nint planeStride, float* even, uint* dst, ColumnPhase[] columns, InputFakeQuantization? codes = null, bool shuffles = true)
     {
         int pairs = u.Channels / 2, h = u.Height, width = u.Width, paddedRows = grid.PhaseHeight * u.StrideH;
         int count = 2 * h * width;
@@ -1264,6 +1265,13 @@ internal static unsafe class PackedMatMul
                 {
                     PairRow(even, odd, row, h * width);
                     row[h * width] = 0;
+                    if (shuffles && Simd.Use512 && grid.PhaseWidth <= 16)
+                    {
+                        ShufflePhases(u, grid, row, dst, dst + planeStride, columns);
+                        nint end = (nint)(grid.ImageValues / pairs);
+                        new Span<uint>(dst + end, (int)(planeStride - end)).Clear();
+                        return;
+                    }
                 }
                 for (int r = 0; r < paddedRows; r++)
                 {
@@ -1291,6 +1299,45 @@ internal static unsafe class PackedMatMul
             if (rented != null) ArrayPool<float>.Shared.Return(rented);
         }
     }
+
+    /// <summary>
+    /// A strided plane's phase rows from its pairs (<paramref name="run"/>: the plane's <c>H x W</c> pairs, rows of at
+    /// most 16, readable 16 values past the last), one 512-bit permute a phase row: phase b's lanes are the row's values
+    /// at <see cref="ColumnPhase.First"/> + (lane - place) x stride, zero outside the phase's columns, and rows of padding
+    /// zero. The phase rows are written in memory order, 16 values each (the values past a phase row are overwritten by
+    /// the next), value by value where 16 would pass <paramref name="end"/>. Row by row through
+    /// <see cref="PhaseGrid.WriteRow"/> (two fills and a gather of 7 values a phase row from 14x14 at stride 2) the
+    /// writes took 16% of ResNeXt's 1024 channels in 32 groups from 14x14 at stride 2, batch 1 (docs/BENCHMARKS.md, stop 50).
+    /// </summary>
+    internal static void ShufflePhases(Im2Col u, PhaseGrid grid, uint* run, uint* dst, uint* end, ColumnPhase[] columns)
+    {
+        int strideH = u.StrideH, strideW = u.StrideW, phaseHeight = grid.PhaseHeight, wp = grid.PhaseWidth, width = u.Width, h = u.Height;
+        var lanes = Vector512<uint>.Indices;
+        var indices = stackalloc Vector512<uint>[strideW];
+        var masks = stackalloc Vector512<uint>[strideW];
+        for (int b = 0; b < strideW; b++)
+        {
+            var column = columns[b];
+            indices[b] = (lanes * (uint)strideW + Vector512.Create((uint)(column.First - column.Place * strideW))) & Vector512.Create(15u);
+            masks[b] = Vector512.GreaterThanOrEqual(lanes, Vector512.Create((uint)column.Place)) & Vector512.LessThan(lanes, Vector512.Create((uint)(column.Place + column.Count)));
+        }
+        uint* at = dst;
+        for (int a = 0; a < strideH; a++)
+            for (int b = 0; b < strideW; b++)
+                for (int i = 0; i < phaseHeight; i++, at += wp)
+                {
+                    int source = i * strideH + a - u.PadH;
+                    var values = (uint)source < (uint)h ? Avx512F.PermuteVar16x32(Vector512.Load(run + (nint)source * width), indices[b]) & masks[b] : Vector512<uint>.Zero;
+                    if (at + 16 <= end) values.Store(at);
+                    else for (int j = 0; j < wp; j++) at[j] = values.GetElement(j);
+                }
+    }
+
+    /// <summary>For the bench and tests: false writes a strided narrow plane's rows through <see cref="PhaseGrid.WriteRow"/> rather than <see cref="ShufflePhases"/>.</summary>
+    [ThreadStatic] internal static bool? ForcedPhaseShuffles;
+
+    /// <summary>Whether <see cref="PairPlane"/> writes strided narrow planes by <see cref="ShufflePhases"/> on this thread's calls (read by the caller, passed to the threads).</summary>
+    internal static bool ShufflesPhases => ForcedPhaseShuffles ?? true;
 
     /// <summary>Values of a plane (rows x columns) up to which <see cref="PairImages"/> pairs a plane of rows narrower than 16 in one run (<see cref="NarrowPlane"/>).</summary>
     internal const int NarrowPlaneMaxValues = 1024;

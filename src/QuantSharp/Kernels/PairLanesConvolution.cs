@@ -41,6 +41,7 @@ internal static unsafe class PairLanesConvolution
         float[] biases = new float[w.Rows + 16];
         if (bias != null) new Span<float>(bias, w.Rows).CopyTo(biases);
         var columns = grid.ColumnPhases();
+        bool shuffles = PackedMatMul.ShufflesPhases;
         var view = w;
         long call = Interlocked.Increment(ref s_calls);
         bool native = PackedMatMul.UseNativeBFloat16 && Vnni512Kernel.BFloat16Supported, rowRuns = QuadConvolution.RowRunsPay(u.OutW);
@@ -75,7 +76,7 @@ internal static unsafe class PairLanesConvolution
             }
             float* channels = (float*)xAddress + ((nint)im * 2 * pairs + (nint)g * 2 * groupPairs) * plane;
             for (int p = 0; p < groupPairs; p++)
-                PackedMatMul.PairPlane(u, grid, planeStride, channels + (nint)p * 2 * plane, planes + p * planeStride, columns);
+                PackedMatMul.PairPlane(u, grid, planeStride, channels + (nint)p * 2 * plane, planes + p * planeStride, columns, shuffles: shuffles);
             new Span<uint>(planes + groupPairs * planeStride, Slack).Clear();
             fixed (nint* table = stepBytes)
             fixed (float* biasesAt = biases)

@@ -271,16 +271,19 @@ public unsafe class BFloat16PackedKernelTests
     [Fact]
     public void PairImagesHoldEachChannelPairRoundedAtItsPaddedPixelAndZeroEverywhereElse()
     {
-        // Stride 1 (narrow planes are paired in one run, rows of 8 and 16 stored as whole vectors) and stride 2 (rows
-        // through the phase grid): every value of the buffer, the slack after the last plane included.
+        // Stride 1 (narrow planes are paired in one run, rows of 8 and 16 stored as whole vectors), strides 2 and 3 (narrow
+        // planes paired in one run too, their phase rows written by permutes where 512-bit vectors are in use, and row by
+        // row through the phase grid): every value of the buffer, the slack after the last plane included.
         var rng = new Random(29);
         (int H, int W, int Pad, int Stride)[] shapes =
         [
             (1, 1, 1, 1), (4, 4, 0, 1), (3, 6, 1, 1), (2, 8, 0, 1), (5, 7, 1, 1), (7, 7, 1, 1), (7, 7, 0, 1), (6, 9, 2, 1),
             (9, 3, 1, 1), (14, 14, 1, 1), (3, 15, 0, 1), (4, 16, 1, 1), (5, 17, 1, 1), (80, 15, 1, 1), (9, 2, 2, 1),
-            (7, 7, 1, 2), (14, 14, 1, 2), (5, 9, 0, 2),
+            (7, 7, 1, 2), (14, 14, 1, 2), (5, 9, 0, 2), (15, 15, 1, 2), (6, 13, 2, 2), (40, 15, 1, 2), (2, 3, 1, 2), (80, 15, 1, 2),
+            (20, 20, 1, 2), (9, 10, 1, 3), (4, 5, 2, 3),
         ];
         int checkedValues = 0;
+        foreach (bool shuffles in new[] { true, false })
         foreach (var (h, w, pad, stride) in shapes)
             foreach (var (pairs, images) in new[] { (1, 1), (3, 2) })
             {
@@ -306,11 +309,19 @@ public unsafe class BFloat16PackedKernelTests
                                 expected[at] = HalfKernel.ToBFloat16Bits(x[even]) | (uint)HalfKernel.ToBFloat16Bits(x[odd]) << 16;
                             }
                 uint* buffer;
-                fixed (float* px = x) buffer = PackedMatMul.PairImages(u, grid, planeStride, px, Step);
+                PackedMatMul.ForcedPhaseShuffles = shuffles;
+                try
+                {
+                    fixed (float* px = x) buffer = PackedMatMul.PairImages(u, grid, planeStride, px, Step);
+                }
+                finally
+                {
+                    PackedMatMul.ForcedPhaseShuffles = null;
+                }
                 try
                 {
                     for (long i = 0; i < total; i++)
-                        Assert.True(expected[i] == buffer[i], $"{h}x{w} pad {pad} stride {stride}, {pairs} pairs, {images} images: value {i} is {buffer[i]:X8}, expected {expected[i]:X8}");
+                        Assert.True(expected[i] == buffer[i], $"{h}x{w} pad {pad} stride {stride}, {pairs} pairs, {images} images{(shuffles ? "" : ", row by row")}: value {i} is {buffer[i]:X8}, expected {expected[i]:X8}");
                     checkedValues += (int)total;
                 }
                 finally
@@ -318,7 +329,7 @@ public unsafe class BFloat16PackedKernelTests
                     System.Runtime.InteropServices.NativeMemory.AlignedFree(buffer);
                 }
             }
-        Assert.True(checkedValues > 20000, $"{checkedValues} values checked");
+        Assert.True(checkedValues > 90000, $"{checkedValues} values checked");
     }
 
     public static IEnumerable<object[]> Formats() => Enum.GetNames<WeightFormat>().Select(f => new object[] { f });
