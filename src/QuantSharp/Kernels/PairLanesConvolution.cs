@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace QuantSharp.Kernels;
 
@@ -33,7 +34,9 @@ internal static unsafe class PairLanesConvolution
         int outputs = w.Rows / groups, chunks = (outputs + ChunkChannels - 1) / ChunkChannels, images = u.Images;
         var grid = new PhaseGrid(new Im2Col(pairs, u.Height, u.Width, u.KernelH, u.KernelW, u.StrideH, u.StrideW, u.PadH, u.PadW, u.DilationH, u.DilationW, images));
         nint planeStride = PackedMatMul.PairPlaneStride(grid, pairs);
-        long groupBytes = (long)chunks * steps * 128, rowBytes = ThreadScratch.Lines(2L * (w.Cols + 32)) + ThreadScratch.Lines(4L * steps), planesBytes = 4L * (groupPairs * planeStride + Slack);
+        // A row's bfloat16 values, then a block of 8 rows' pairs (steps rounded up to 8, for the transposes).
+        int blockSteps = (steps + 7) / 8 * 8;
+        long groupBytes = (long)chunks * steps * 128, rowBytes = ThreadScratch.Lines(2L * (w.Cols + 32)) + ThreadScratch.Lines(4L * 8 * blockSteps), planesBytes = 4L * (groupPairs * planeStride + Slack);
         nint[] stepBytes = new nint[steps];
         for (int p = 0; p < groupPairs; p++)
             for (int t = 0; t < taps; t++) stepBytes[p * taps + t] = (p * planeStride + grid.Offset(t)) * sizeof(uint);
@@ -62,15 +65,7 @@ internal static unsafe class PairLanesConvolution
             {
                 // Lanes past a group's outputs are never written: zero.
                 if (outputs % 16 != 0) new Span<byte>(weights, checked((int)groupBytes)).Clear();
-                for (int o = 0; o < outputs; o++)
-                {
-                    // Row o's bfloat16 values as pairs of channels, [C / 2, taps] (step order), into lane l of vector v of its chunk's steps.
-                    PackedMatMul.PairWeightRow<TD>(view, g * outputs + o, row);
-                    PackedMatMul.PairChannels(row, taps, groupPairs, rowPairs);
-                    int chunk = o / ChunkChannels, stepValues = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16 * 16;
-                    uint* lane = weights + (nint)chunk * steps * 32 + o % ChunkChannels / 16 * 16 + o % 16;
-                    for (int s = 0; s < steps; s++) lane[(nint)s * stepValues] = rowPairs[s];
-                }
+                PackGroup<TD>(view, g * outputs, outputs, taps, groupPairs, steps, blockSteps, row, rowPairs, weights);
                 t_call = call;
                 t_group = g;
             }
@@ -83,6 +78,44 @@ internal static unsafe class PairLanesConvolution
                 Convolve(native, rowRuns, weights, steps, chunks, outputs, table, planes, biasesAt + g * outputs,
                     (float*)yAddress + ((nint)im * rows + (nint)g * outputs) * positions, positions, wp, outW, 0, u.OutH);
         });
+    }
+
+    /// <summary>
+    /// A group's weight rows (<paramref name="outputs"/> from <paramref name="first"/>) decoded and rounded to bfloat16
+    /// as pairs of channels, <c>[C / 2, taps]</c> in step order, into <paramref name="weights"/>: row o's pair of step s
+    /// in lane <c>o mod 16</c> of vector <c>o mod 32 / 16</c> of its chunk's step s. Eight rows at a time into
+    /// <paramref name="block"/> (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps
+    /// at a time by 8 x 8 transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value:
+    /// one store per pair, 32 a step, 4,608 for a group of 32 outputs and 144 steps, had taken a quarter of the samples
+    /// of a profile of 1024 channels in 32 groups at stride 2, batch 1 (docs/BENCHMARKS.md, stop 50).
+    /// </summary>
+    private static void PackGroup<TD>(in WeightView view, int first, int outputs, int taps, int groupPairs, int steps, int blockSteps,
+        ushort* row, uint* block, uint* weights) where TD : IWeightDecoder
+    {
+        for (int o0 = 0; o0 < outputs; o0 += 8)
+        {
+            int rows = Math.Min(8, outputs - o0);
+            for (int r = 0; r < 8; r++)
+            {
+                uint* pairs = block + (nint)r * blockSteps;
+                if (r >= rows)
+                {
+                    new Span<uint>(pairs, blockSteps).Clear();
+                    continue;
+                }
+                PackedMatMul.PairWeightRow<TD>(view, first + o0 + r, row);
+                PackedMatMul.PairChannels(row, taps, groupPairs, pairs);
+            }
+            // The block's rows are lanes o0 % 16 .. + 7 of one vector of their chunk (o0 is a multiple of 8).
+            int chunk = o0 / ChunkChannels, stepValues = (Math.Min(ChunkChannels, outputs - chunk * ChunkChannels) + 15) / 16 * 16;
+            uint* lanes = weights + (nint)chunk * steps * 32 + o0 % ChunkChannels / 16 * 16 + o0 % 16;
+            int s = 0;
+            if (Avx.IsSupported)
+                for (; s + 8 <= steps; s += 8)
+                    Transposes.Transpose8x8((float*)(block + s), blockSteps, (float*)(lanes + (nint)s * stepValues), stepValues);
+            for (; s < steps; s++)
+                for (int r = 0; r < rows; r++) lanes[(nint)s * stepValues + r] = block[(nint)r * blockSteps + s];
+        }
     }
 
     /// <summary>Values of slack after a group's pair planes: a run's dot products read up to a vector past its last position.</summary>
