@@ -85,9 +85,10 @@ internal static unsafe class PairLanesConvolution
     /// as pairs of channels, <c>[C / 2, taps]</c> in step order, into <paramref name="weights"/>: row o's pair of step s
     /// in lane <c>o mod 16</c> of vector <c>o mod 32 / 16</c> of its chunk's step s. Eight rows at a time into
     /// <paramref name="block"/> (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps
-    /// at a time by 8 x 8 transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value:
-    /// one store per pair, 32 a step, 4,608 for a group of 32 outputs and 144 steps, had taken a quarter of the samples
-    /// of a profile of 1024 channels in 32 groups at stride 2, batch 1 (docs/BENCHMARKS.md, stop 50).
+    /// at a time by 8 x 8 transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value.
+    /// Row by row, one store per pair (4,608 for a group of 32 outputs and 144 steps), the work item's own code (this
+    /// loop and the rows' decoding, inlined) had 27% of a profile's samples for 1024 channels in 32 groups at stride 2,
+    /// batch 1, where the weight is packed once per group and call (docs/BENCHMARKS.md, stop 50).
     /// </summary>
     private static void PackGroup<TD>(in WeightView view, int first, int outputs, int taps, int groupPairs, int steps, int blockSteps,
         ushort* row, uint* block, uint* weights) where TD : IWeightDecoder
