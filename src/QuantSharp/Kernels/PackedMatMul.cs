@@ -1033,6 +1033,16 @@ internal static unsafe class PackedMatMul
         u.Height > 1 && u.OutW < LanesMaxOutW && u.StrideH == u.StrideW
         && outputs / groups >= u.StrideH switch { 1 => LanesMinOutputs, 2 => LanesMinOutputsStrided, _ => int.MaxValue };
 
+    /// <summary>
+    /// Whether an ungrouped weight-only convolution in bfloat16 on the packed kernels runs as
+    /// <see cref="GroupedBFloat16"/> of one group, with the output channels in lanes: where forced
+    /// (<see cref="ForcedLanes"/>), else where <see cref="UngroupedLanesPay"/>.
+    /// </summary>
+    internal static bool UngroupedLanes(Im2Col u, long outputs) => ForcedLanes ?? UngroupedLanesPay(u, outputs);
+
+    /// <summary>Whether <see cref="UngroupedLanes"/> by the measured rule.</summary>
+    internal static bool UngroupedLanesPay(Im2Col u, long outputs) => false;
+
     /// <summary>Output row length from which <see cref="LanesPay"/> does not hold (measured onto 7x7 and 14x14).</summary>
     internal const int LanesMaxOutW = 16;
 

@@ -52,22 +52,27 @@ internal static unsafe class PairLanesConvolution
         nint xAddress = (nint)x, yAddress = (nint)y;
         // Work items of one group of one image, in group order: each packs its group's weight into its thread's scratch
         // (unless the thread's previous item did), pairs the image's planes of the group there and computes all of its
-        // positions (as QuadConvolution's RunByGroup).
-        KernelThreads.For(groups * images, (long)positions * outputs * steps * 2, item =>
+        // positions (as QuadConvolution's RunByGroup). Where that gives the threads fewer than two items each, a group's
+        // chunks are split into parts, an item a part of a group of one image (each pairing the image's planes of the
+        // group, packing only its part's weight).
+        int parts = Parts(groups * images, chunks, KernelThreads.Count);
+        KernelThreads.For(groups * parts * images, (long)positions * outputs * steps * 2 / parts, item =>
         {
-            int g = item / images, im = item - g * images;
+            int g = item / (parts * images), rest = item - g * parts * images, part = rest / images, im = rest - part * images;
+            int c0 = part * chunks / parts, c1 = (part + 1) * chunks / parts;
             byte* scratch = ThreadScratch.Bytes(ref t_scratch, groupBytes + rowBytes + planesBytes, out bool grown);
             uint* weights = (uint*)scratch;
             ushort* row = (ushort*)(scratch + groupBytes);
             uint* rowPairs = (uint*)(scratch + groupBytes + ThreadScratch.Lines(2L * (view.Cols + 32)));
             uint* planes = (uint*)(scratch + groupBytes + rowBytes);
-            if (grown || t_call != call || t_group != g)
+            if (grown || t_call != call || t_group != g || t_part != part)
             {
                 // Lanes past a group's outputs are never written: zero.
                 if (outputs % 16 != 0) new Span<byte>(weights, checked((int)groupBytes)).Clear();
-                PackGroup<TD>(view, g * outputs, outputs, taps, groupPairs, steps, blockSteps, row, rowPairs, weights);
+                PackGroup<TD>(view, g * outputs, outputs, c0 * ChunkChannels, Math.Min(outputs, c1 * ChunkChannels), taps, groupPairs, steps, blockSteps, row, rowPairs, weights);
                 t_call = call;
                 t_group = g;
+                t_part = part;
             }
             float* channels = (float*)xAddress + ((nint)im * 2 * pairs + (nint)g * 2 * groupPairs) * plane;
             for (int p = 0; p < groupPairs; p++)
@@ -75,27 +80,28 @@ internal static unsafe class PairLanesConvolution
             new Span<uint>(planes + groupPairs * planeStride, Slack).Clear();
             fixed (nint* table = stepBytes)
             fixed (float* biasesAt = biases)
-                Convolve(native, rowRuns, weights, steps, chunks, outputs, table, planes, biasesAt + g * outputs,
+                Convolve(native, rowRuns, weights, steps, c0, c1, outputs, table, planes, biasesAt + g * outputs,
                     (float*)yAddress + ((nint)im * rows + (nint)g * outputs) * positions, positions, wp, outW, 0, u.OutH);
         });
     }
 
     /// <summary>
-    /// A group's weight rows (<paramref name="outputs"/> from <paramref name="first"/>) decoded and rounded to bfloat16
-    /// as pairs of channels, <c>[C / 2, taps]</c> in step order, into <paramref name="weights"/>: row o's pair of step s
-    /// in lane <c>o mod 16</c> of vector <c>o mod 32 / 16</c> of its chunk's step s. Eight rows at a time into
-    /// <paramref name="block"/> (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps
+    /// Rows <c>[from, to)</c> (whole chunks) of a group's weight (<paramref name="outputs"/> rows from
+    /// <paramref name="first"/>) decoded and rounded to bfloat16 as pairs of channels, <c>[C / 2, taps]</c> in step
+    /// order, into <paramref name="weights"/>: row o's pair of step s in lane <c>o mod 16</c> of vector
+    /// <c>o mod 32 / 16</c> of its chunk's step s. Eight rows at a time into <paramref name="block"/>
+    /// (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps
     /// at a time by 8 x 8 transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value.
     /// Row by row, one store per pair (4,608 for a group of 32 outputs and 144 steps), the work item's own code (this
     /// loop and the rows' decoding, inlined) had 27% of a profile's samples for 1024 channels in 32 groups at stride 2,
     /// batch 1, where the weight is packed once per group and call (docs/BENCHMARKS.md, stop 50).
     /// </summary>
-    private static void PackGroup<TD>(in WeightView view, int first, int outputs, int taps, int groupPairs, int steps, int blockSteps,
+    private static void PackGroup<TD>(in WeightView view, int first, int outputs, int from, int to, int taps, int groupPairs, int steps, int blockSteps,
         ushort* row, uint* block, uint* weights) where TD : IWeightDecoder
     {
-        for (int o0 = 0; o0 < outputs; o0 += 8)
+        for (int o0 = from; o0 < to; o0 += 8)
         {
-            int rows = Math.Min(8, outputs - o0);
+            int rows = Math.Min(8, to - o0);
             for (int r = 0; r < 8; r++)
             {
                 uint* pairs = block + (nint)r * blockSteps;
@@ -128,20 +134,35 @@ internal static unsafe class PairLanesConvolution
     [ThreadStatic] private static byte[]? t_scratch;
     [ThreadStatic] private static long t_call;
     [ThreadStatic] private static int t_group;
+    [ThreadStatic] private static int t_part;
+
+    /// <summary>For the bench and tests: the parts a group's chunks are split into (null: <see cref="Parts"/>' rule).</summary>
+    [ThreadStatic] internal static int? ForcedParts;
 
     /// <summary>
-    /// Output rows <c>[r0, r1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its
+    /// Parts a group's <paramref name="chunks"/> are split into for <paramref name="items"/> (groups x images) on
+    /// <paramref name="threads"/>: one where the items give each thread two or more, else as many as make two a thread
+    /// (at most one a chunk).
+    /// </summary>
+    internal static int Parts(int items, int chunks, int threads)
+    {
+        if (ForcedParts is { } forced) return Math.Clamp(forced, 1, chunks);
+        return items >= 2 * threads ? 1 : Math.Min(chunks, (2 * threads + items - 1) / items);
+    }
+
+    /// <summary>
+    /// Output rows <c>[r0, r1)</c> of chunks <c>[c0, c1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its
     /// pair planes (<paramref name="planes"/>) and packed weight (<paramref name="weights"/>), runs within output rows
     /// (<paramref name="rowRuns"/>) or over the wide grid, as <see cref="QuadConvolution"/>'s.
     /// </summary>
     [SkipLocalsInit] // the tile and values are written before they are read (the transposes' extra rows are read and not stored)
-    private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int chunks, int outputs, nint* stepBytes, uint* planes,
+    private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int c0, int c1, int outputs, nint* stepBytes, uint* planes,
         float* biases, float* y, int positions, int wp, int outW, int r0, int r1)
     {
         float* tile = stackalloc float[Vnni512Kernel.QuadMaxAccumulators * 16];
         // A run's values, [position, channel], and 8 rows more: the transposes read whole blocks of 8 positions.
         float* values = stackalloc float[(Vnni512Kernel.QuadMaxAccumulators + 8) * ChunkChannels];
-        for (int chunk = 0; chunk < chunks; chunk++)
+        for (int chunk = c0; chunk < c1; chunk++)
         {
             int first = chunk * ChunkChannels, count = Math.Min(ChunkChannels, outputs - first), vectors = (count + 15) / 16;
             int maxRun = Vnni512Kernel.QuadMaxAccumulators / vectors;

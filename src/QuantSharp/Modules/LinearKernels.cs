@@ -136,6 +136,9 @@ internal static unsafe class LinearKernels
         InputFakeQuantization? codes = !quad && groups > 1 && input?.Static is { } quantization ? InputCodes(quantization) : null;
         if (codes is { } c && (!Vnni512Kernel.BFloat16Supported || !PackedMatMul.CodesExact(k, PackedMatMul.InputCodeMax(c), PackedMatMul.WeightCodeMax(View(parts, format, groupSize))))) return null;
 
+        // Ungrouped weight-only layers in bfloat16 with the output channels in lanes where that pays (PackedMatMul.UngroupedLanes).
+        bool lanes = groups == 1 && bfloat16 && input is null && Float512.IsSupported && Vnni512Kernel.BFloat16Supported
+            && PackedMatMul.GroupedBFloat16Fits(unfold, n, 1) && PackedMatMul.UngroupedLanes(unfold.ForImages((int)shape[0]), n);
         using var scope = NewDisposeScope();
         long count = shape[0], p = unfold.Positions, size = unfold.ImageSize;
         var x = images.contiguous();
@@ -155,7 +158,7 @@ internal static unsafe class LinearKernels
                 else IntegerMatMul.RunConvolution(view, px, unfold.ForImages((int)count), act.Scale, act.ZeroPoint, range.QMin, range.QMax, pb, py);
                 return;
             }
-            if (groups > 1) PackedMatMul.GroupedBFloat16(view, px, pb, py, unfold.ForImages((int)count), groups);
+            if (groups > 1 || lanes) PackedMatMul.GroupedBFloat16(view, px, pb, py, unfold.ForImages((int)count), groups);
             else QuantizedMatMul.Run(view, px, (int)p, (nint)p, pb, py, (nint)p, method: MatMulMethod.Transposed, unfold: unfold.ForImages((int)count), bfloat16: bfloat16);
         });
         return y.MoveToOuterDisposeScope();

@@ -438,6 +438,8 @@ public unsafe class BFloat16PackedKernelTests
             ([264, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1], 2, 14),     // 66 channel pairs a group: two blocks of pairs
             ([12, 1, 40, 1, 3, 1, 1, 0, 1, 1, 1], 3, 9),      // a Conv1d
             ([128, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 128),  // 64 channels and outputs a group (576 terms)
+            ([16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 70),      // one group (an ungrouped layer) of three chunks
+            ([12, 9, 8, 3, 3, 2, 2, 1, 1, 1, 1], 1, 40),      // one group at stride 2
         ];
         int checkedNative = 0, checkedBits = 0, checkedLanesNative = 0;
         if (!Float512.IsSupported)
@@ -525,6 +527,26 @@ public unsafe class BFloat16PackedKernelTests
                     if (!native) lanesTwin = y;
                     else for (int i = 0; i < y.Length; i++)
                         Assert.True(BitConverter.SingleToUInt32Bits(lanesTwin![i]) == BitConverter.SingleToUInt32Bits(y[i]), $"{what}{how}: output {i} {y[i]}, the twin's {lanesTwin[i]}");
+                    // A group's chunks split into parts (work items of a part of a group of one image): the same bits.
+                    foreach (int parts in new[] { 2, 3 })
+                    {
+                        var split = OnMicroKernel(native, images * outputs * p, py =>
+                        {
+                            try
+                            {
+                                PackedMatMul.ForcedLanes = true;
+                                PairLanesConvolution.ForcedParts = parts;
+                                fixed (float* px = pixels) fixed (float* pb = bias) PackedMatMul.GroupedBFloat16(view, px, pb, py, u, groups);
+                            }
+                            finally
+                            {
+                                PackedMatMul.ForcedLanes = null;
+                                PairLanesConvolution.ForcedParts = null;
+                            }
+                        });
+                        for (int i = 0; i < y.Length; i++)
+                            Assert.True(BitConverter.SingleToUInt32Bits(split[i]) == BitConverter.SingleToUInt32Bits(y[i]), $"{what}{how}, {parts} parts: output {i} {split[i]}, in one part {y[i]}");
+                    }
                     if (native) checkedLanesNative++;
                     continue;
                 }
