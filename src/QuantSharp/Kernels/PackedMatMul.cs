@@ -1040,8 +1040,33 @@ internal static unsafe class PackedMatMul
     /// </summary>
     internal static bool UngroupedLanes(Im2Col u, long outputs) => ForcedLanes ?? UngroupedLanesPay(u, outputs);
 
-    /// <summary>Whether <see cref="UngroupedLanes"/> by the measured rule.</summary>
-    internal static bool UngroupedLanesPay(Im2Col u, long outputs) => false;
+    /// <summary>
+    /// Whether an ungrouped weight-only convolution runs with the output channels in lanes by the measured rule: a
+    /// Conv2d of more than one tap at stride 1 onto output rows narrower than 16 (<see cref="LanesPay"/>) into
+    /// <see cref="UngroupedLanesMinOutputs"/> or more channels, a call beyond the small kernel's
+    /// (<see cref="Modules.ConvolutionCost.DirectMaxWork"/> multiply-adds), with <see cref="UngroupedLanesMinReduction"/> to
+    /// <see cref="UngroupedLanesMaxReduction"/> terms, or up to twice that onto 196 or more positions an image. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 50; int8, the rule before and the lanes in the same
+    /// process, both orders, batch 1-8): 3x3 64->64 and 128->128 onto 14x14 0.13-0.59x float32's time against
+    /// 0.42-1.11x, 128->128 onto 7x7 0.22-0.71x against 0.32-1.18x, 256->256 onto 14x14 0.54-0.60x against 0.57-0.80x;
+    /// 256->256 onto 7x7 alike (0.32-0.81x against 0.39-1.00x), and 512->512 onto 7x7, 256->512 at stride 2 and 1x1
+    /// layers onto 7x7 slower than the rule's routes.
+    /// </summary>
+    internal static bool UngroupedLanesPay(Im2Col u, long outputs) =>
+        u.KernelH * u.KernelW > 1 && u.StrideH == 1 && u.StrideW == 1 && LanesPay(u, outputs, 1) && outputs >= UngroupedLanesMinOutputs
+        && u.Rows >= UngroupedLanesMinReduction && (long)u.Images * u.Positions * outputs * u.Rows > Modules.ConvolutionCost.DirectMaxWork
+        && (u.Rows <= UngroupedLanesMaxReduction || (u.Rows <= 2 * UngroupedLanesMaxReduction && u.OutH * u.OutW >= UngroupedLanesWideMinPositions));
+
+    /// <summary>Output channels from which <see cref="UngroupedLanesPay"/> (64 the fewest measured).</summary>
+    internal const int UngroupedLanesMinOutputs = 64;
+
+    /// <summary>Terms from which <see cref="UngroupedLanesPay"/>: 3x3 over 64 channels, the fewest measured (the MNIST CNN's 144 keep their routes).</summary>
+    internal const int UngroupedLanesMinReduction = 576;
+
+    /// <summary>Terms (input channels x taps) up to which <see cref="UngroupedLanesPay"/> onto any plane: 3x3 over 128 channels.</summary>
+    internal const int UngroupedLanesMaxReduction = 1152;
+
+    /// <summary>Output positions an image from which <see cref="UngroupedLanesPay"/> with up to twice <see cref="UngroupedLanesMaxReduction"/> terms (14x14).</summary>
+    internal const int UngroupedLanesWideMinPositions = 196;
 
     /// <summary>Output row length from which <see cref="LanesPay"/> does not hold (measured onto 7x7 and 14x14).</summary>
     internal const int LanesMaxOutW = 16;

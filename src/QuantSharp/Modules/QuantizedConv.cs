@@ -297,6 +297,8 @@ public sealed class QuantizedConv : QuantizedModule
             return route == ConvolutionRoute.Auto && !ConvolutionCost.GroupedPays(u, groups)
                 ? ConvolutionRoute.Reference : ConvolutionRoute.Direct;
         }
+        // Ungrouped weight-only layers onto small planes: the output channels in lanes where they pay, before the rest of the rule.
+        if (route == ConvolutionRoute.Auto && UngroupedLanes(u)) return ConvolutionRoute.BFloat16;
         if (route == ConvolutionRoute.Auto)
             route = ConvolutionCost.Choose(u, out_channels, InputQuantizer is not null, BFloat16Convolutions, ConvolutionCost.Widest256, Vnni512Kernel.IsSupported, KernelThreads.Count == 1, PackedBFloat16Convolutions, BothBFloat16Convolutions);
         if (route == ConvolutionRoute.Direct && !DirectConvolution.Fits(u, out_channels)) return ConvolutionRoute.Reference;
@@ -316,7 +318,17 @@ public sealed class QuantizedConv : QuantizedModule
     /// </summary>
     private bool PackedBFloat16(Im2Col unfold) =>
         groups > 1 ? GroupedPairs(unfold) && (!GroupedOnLibTorch(unfold) || GroupedLanesFirst(unfold))
-        : PackedBFloat16Convolutions || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold, out_channels));
+        : PackedBFloat16Convolutions || UngroupedLanes(unfold) || (BothBFloat16Convolutions && InputQuantizer is null && ConvolutionCost.PackedBFloat16BeatsLibTorch(unfold, out_channels));
+
+    /// <summary>
+    /// Whether this ungrouped weight-only layer takes the bfloat16 route with the output channels in lanes for
+    /// <paramref name="unfold"/> (<see cref="PackedMatMul.GroupedBFloat16"/> of one group): the CPU has AVX512-BF16,
+    /// 512-bit vectors are in use, bfloat16 convolutions may run, the channel count is even and
+    /// <see cref="PackedMatMul.UngroupedLanesPay"/>.
+    /// </summary>
+    private bool UngroupedLanes(Im2Col unfold) =>
+        groups == 1 && InputQuantization is null && BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported
+        && unfold.Channels % 2 == 0 && PackedMatMul.UngroupedLanesPay(unfold, out_channels);
 
     /// <summary>
     /// Whether this grouped weight-only layer takes the bfloat16 route with the output channels in lanes for

@@ -331,6 +331,55 @@ public class GroupedConvolutionTests
     }
 
     /// <summary>
+    /// Ungrouped weight-only 3x3 layers at stride 1 onto output rows narrower than 16 run as one group with the output
+    /// channels in lanes where the CPU has AVX512-BF16, into 64 or more channels, beyond the small kernel's calls, from
+    /// 576 terms (64 channels) up to 1,152 (128) onto any such plane, up to 2,304 onto 14x14 and more; within bfloat16's bound of libtorch's float32 route, a group's chunks split into parts
+    /// at one image. Not with more terms, at stride 2, for 1x1 layers, static W8A8, with bfloat16 compute off.
+    /// </summary>
+    [Fact]
+    public void UngroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Im2Col Unfold(int c, int h, int w, int k = 3, int stride = 1) => new(c, h, w, k, k, stride, stride, k / 2, k / 2, 1, 1);
+        Assert.True(PackedMatMul.UngroupedLanesPay(Unfold(128, 7, 7), 128));
+        Assert.True(PackedMatMul.UngroupedLanesPay(Unfold(64, 14, 14), 64));
+        Assert.True(PackedMatMul.UngroupedLanesPay(Unfold(256, 14, 14), 256));    // 2,304 terms onto 14x14
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(256, 13, 13), 256));   // onto 13x13
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(256, 7, 7), 256));     // onto 7x7
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(258, 14, 14), 258));   // 2,322 terms
+        Assert.True(PackedMatMul.UngroupedLanesPay(Unfold(128, 15, 15), 128));    // rows of 15
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(128, 16, 16), 128));   // of 16
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(128, 14, 14, stride: 2), 128));
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(512, 7, 7, k: 1), 2048));
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(128, 7, 7), 32));      // 32 outputs
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(62, 14, 14), 64));     // 558 terms
+        Assert.False(PackedMatMul.UngroupedLanesPay(Unfold(64, 7, 7).ForImages(2), 64)); // 3.6M multiply-adds: the small kernel's
+        Assert.True(PackedMatMul.UngroupedLanesPay(Unfold(64, 7, 7).ForImages(3), 64));  // 5.4M
+
+        torch.manual_seed(61);
+        var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(128, 128, 3, padding: 1), int8);
+        using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1), int8);
+        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+        foreach (int images in new[] { 1, 2, 5 })
+        {
+            var x = torch.randn(images, 128, 7, 7);
+            Assert.True(lanes == (layer.Route(x) == ConvolutionRoute.BFloat16), $"{images} images: {layer.Route(x)}, lanes expected {lanes}");
+            if (!lanes) continue;
+            Assert.True(layer.BFloat16OnPackedKernels(x), $"{images} images: not on the packed kernels");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), $"128->128 onto 7x7, {images} images");
+        }
+        var fourteen = torch.randn(1, 256, 14, 14);
+        Assert.True(lanes == (wide.Route(fourteen) == ConvolutionRoute.BFloat16), $"256->256 onto 14x14: {wide.Route(fourteen)}");
+        if (lanes) BFloat16ConvolutionTests.AssertWithinBFloat16Bound(wide, fourteen, wide.Forward(fourteen, ConvolutionRoute.Reference), wide.call(fourteen), "256->256 onto 14x14");
+        using var w8a8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(128, 128, 3, padding: 1), int8,
+            new ActivationQuantization(QuantType.Int8, QuantScheme.Symmetric, false, 0.02f, 0));
+        Assert.NotEqual(ConvolutionRoute.BFloat16, w8a8.Route(torch.randn(2, 128, 7, 7)));
+        Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(torch.randn(2, 128, 7, 7))));
+    }
+
+    /// <summary>
     /// Where libtorch's bfloat16 convolution passed its check, grouped layers (not depthwise) of 4 or more images onto up
     /// to 14x14 positions an image take it: weight-only from 144 terms a group (3x3 over 16 channels), static W8A8 above
     /// 144; its output is libtorch's bfloat16 convolution's, bit for bit. Elsewhere, and with bfloat16 compute off, the
