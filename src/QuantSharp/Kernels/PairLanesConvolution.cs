@@ -52,10 +52,10 @@ internal static unsafe class PairLanesConvolution
         nint xAddress = (nint)x, yAddress = (nint)y;
         // Work items of one group of one image, in group order: each packs its group's weight into its thread's scratch
         // (unless the thread's previous item did), pairs the image's planes of the group there and computes all of its
-        // positions (as QuadConvolution's RunByGroup). Where that gives the threads fewer than two items each, a group's
-        // chunks are split into parts, an item a part of a group of one image (each pairing the image's planes of the
-        // group, packing only its part's weight).
-        int parts = Parts(groups * images, chunks, KernelThreads.Count);
+        // positions (as QuadConvolution's RunByGroup). An ungrouped layer's chunks are split into parts where its images
+        // give the threads fewer than two items each, an item a part of one image (each pairing the image's planes,
+        // packing only its part's weight).
+        int parts = Parts(groups, images, chunks, KernelThreads.Count);
         KernelThreads.For(groups * parts * images, (long)positions * outputs * steps * 2 / parts, item =>
         {
             int g = item / (parts * images), rest = item - g * parts * images, part = rest / images, im = rest - part * images;
@@ -140,14 +140,16 @@ internal static unsafe class PairLanesConvolution
     [ThreadStatic] internal static int? ForcedParts;
 
     /// <summary>
-    /// Parts a group's <paramref name="chunks"/> are split into for <paramref name="items"/> (groups x images) on
-    /// <paramref name="threads"/>: one where the items give each thread two or more, else as many as make two a thread
-    /// (at most one a chunk).
+    /// Parts a group's <paramref name="chunks"/> are split into on <paramref name="threads"/>: for a grouped layer one;
+    /// for an ungrouped one, one where its images give each thread two or more, else as many as make two a thread (at
+    /// most one a chunk). Grouped layers of few items lost with parts: 160 channels in 2 groups from 28x28 at stride 2,
+    /// batch 1, took 0.51-0.70x float32's time in two parts against 0.43-0.54x in one, each part pairing the group's
+    /// large planes again (docs/BENCHMARKS.md, stop 50).
     /// </summary>
-    internal static int Parts(int items, int chunks, int threads)
+    internal static int Parts(int groups, int images, int chunks, int threads)
     {
         if (ForcedParts is { } forced) return Math.Clamp(forced, 1, chunks);
-        return items >= 2 * threads ? 1 : Math.Min(chunks, (2 * threads + items - 1) / items);
+        return groups > 1 || images >= 2 * threads ? 1 : Math.Min(chunks, (2 * threads + images - 1) / images);
     }
 
     /// <summary>
