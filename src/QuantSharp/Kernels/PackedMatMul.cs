@@ -1044,9 +1044,10 @@ internal static unsafe class PackedMatMul
     /// Whether an ungrouped weight-only convolution runs with the output channels in lanes by the measured rule: a
     /// Conv2d of more than one tap at stride 1 onto output rows narrower than 16 (<see cref="LanesPay"/>) into
     /// <see cref="UngroupedLanesMinOutputs"/> or more channels, a call beyond the small kernel's
-    /// (<see cref="Modules.ConvolutionCost.DirectMaxWork"/> multiply-adds), with <see cref="UngroupedLanesMinReduction"/> to
-    /// <see cref="UngroupedLanesMaxReduction"/> terms, or up to twice that onto 196 or more positions an image. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 50; int8, the rule before and the lanes in the same
-    /// process, both orders, batch 1-8): 3x3 64->64 and 128->128 onto 14x14 0.13-0.59x float32's time against
+    /// (<see cref="Modules.ConvolutionCost.DirectMaxWork"/> multiply-adds), with <see cref="UngroupedLanesMinReduction"/>
+    /// to <see cref="UngroupedLanesMaxReduction"/> terms, or up to twice that onto 196 or more positions an image.
+    /// Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 50; int8, the rule before and the lanes in the same process,
+    /// both orders, batch 1-8): 3x3 64->64 and 128->128 onto 14x14 0.13-0.59x float32's time against
     /// 0.42-1.11x, 128->128 onto 7x7 0.22-0.71x against 0.32-1.18x, 256->256 onto 14x14 0.54-0.60x against 0.57-0.80x;
     /// 256->256 onto 7x7 alike (0.32-0.81x against 0.39-1.00x), and 512->512 onto 7x7, 256->512 at stride 2 and 1x1
     /// layers onto 7x7 slower than the rule's routes.

@@ -15,7 +15,9 @@ namespace QuantSharp.Kernels;
 /// (<c>vdpbf16ps</c>, 32 multiply-adds an instruction, every lane an output channel), where
 /// <see cref="Vnni512Kernel.MicroBFloat16Taps"/> puts 32 positions of a wide row in the lanes (on a 7x7 plane, rows of
 /// 9 of which 7 are written). The same products as the pair images' route, summed in another order (steps in
-/// channel-pair order, each tap's two halves high first), in float32, then the bias added.
+/// channel-pair order, each tap's two halves high first), in float32, then the bias added. Ungrouped layers run as one
+/// group (<see cref="PackedMatMul.UngroupedLanes"/>), their chunks of 32 output channels split into parts where their
+/// images are too few for the threads (<see cref="Parts"/>).
 /// </summary>
 internal static unsafe class PairLanesConvolution
 {
@@ -90,8 +92,8 @@ internal static unsafe class PairLanesConvolution
     /// <paramref name="first"/>) decoded and rounded to bfloat16 as pairs of channels, <c>[C / 2, taps]</c> in step
     /// order, into <paramref name="weights"/>: row o's pair of step s in lane <c>o mod 16</c> of vector
     /// <c>o mod 32 / 16</c> of its chunk's step s. Eight rows at a time into <paramref name="block"/>
-    /// (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps
-    /// at a time by 8 x 8 transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value.
+    /// (<paramref name="blockSteps"/> apart, rows past the group's zero), then moved eight steps at a time by 8 x 8
+    /// transposes (<see cref="Transposes"/>), the last steps and the CPUs without AVX value by value.
     /// Row by row, one store per pair (4,608 for a group of 32 outputs and 144 steps), the work item's own code (this
     /// loop and the rows' decoding, inlined) had 27% of a profile's samples for 1024 channels in 32 groups at stride 2,
     /// batch 1, where the weight is packed once per group and call (docs/BENCHMARKS.md, stop 50).
@@ -153,9 +155,10 @@ internal static unsafe class PairLanesConvolution
     }
 
     /// <summary>
-    /// Output rows <c>[r0, r1)</c> of chunks <c>[c0, c1)</c> of one group of one image (<paramref name="y"/>: the group's first channel) from its
-    /// pair planes (<paramref name="planes"/>) and packed weight (<paramref name="weights"/>), runs within output rows
-    /// (<paramref name="rowRuns"/>) or over the wide grid, as <see cref="QuadConvolution"/>'s.
+    /// Output rows <c>[r0, r1)</c> of chunks <c>[c0, c1)</c> of one group of one image (<paramref name="y"/>: the
+    /// group's first channel) from its pair planes (<paramref name="planes"/>) and packed weight
+    /// (<paramref name="weights"/>), runs within output rows (<paramref name="rowRuns"/>) or over the wide grid, as
+    /// <see cref="QuadConvolution"/>'s.
     /// </summary>
     [SkipLocalsInit] // the tile and values are written before they are read (the transposes' extra rows are read and not stored)
     private static void Convolve(bool native, bool rowRuns, uint* weights, int steps, int c0, int c1, int outputs, nint* stepBytes, uint* planes,
