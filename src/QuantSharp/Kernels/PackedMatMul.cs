@@ -1280,7 +1280,7 @@ internal static unsafe class PackedMatMul
                     int wp = grid.PhaseWidth, pad = u.PadW;
                     new Span<uint>(dst, u.PadH * wp + pad).Clear();
                     uint* at = dst + (nint)u.PadH * wp + pad;
-                    if (width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues)
+                    if (IsNarrow(h, width))
                     {
                         NarrowPlane(even, odd, h, width, at, wp, pad, dst + planeStride);
                         return;
@@ -1295,36 +1295,33 @@ internal static unsafe class PackedMatMul
                 // Strided: each row paired, then written into its phase rows. A plane of rows narrower than 16 is paired in
                 // one run first (as at stride 1), where row by row each value was rounded alone: ResNeXt's 2048 channels in
                 // 32 groups from 14x14 onto 7x7 spent a quarter of its time there (docs/BENCHMARKS.md, stop 50).
-                bool narrow = width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues;
+                bool narrow = IsNarrow(h, width);
                 uint* row = stackalloc uint[(narrow ? h * width : width) + 16]; // the stride-2 gather reads a value past the row
                 if (narrow)
                 {
                     PairRow(even, odd, row, h * width);
                     row[h * width] = 0;
-                    if (shuffles && Simd.Use512 && grid.PhaseWidth <= 16)
-                    {
-                        ShufflePhases(u, grid, row, dst, dst + planeStride, columns);
-                        nint end = (nint)(grid.ImageValues / pairs);
-                        new Span<uint>(dst + end, (int)(planeStride - end)).Clear();
-                        return;
-                    }
                 }
-                for (int r = 0; r < paddedRows; r++)
+                if (narrow && shuffles && Simd.Use512 && grid.PhaseWidth <= 16) ShufflePhases(u, grid, row, dst, dst + planeStride, columns);
+                else
                 {
-                    int sourceRow = r - u.PadH;
-                    if (sourceRow < 0 || sourceRow >= h)
+                    for (int r = 0; r < paddedRows; r++)
                     {
-                        grid.WriteRow<uint>(dst, r, null, 0u, columns);
-                        continue;
+                        int sourceRow = r - u.PadH;
+                        if (sourceRow < 0 || sourceRow >= h)
+                        {
+                            grid.WriteRow<uint>(dst, r, null, 0u, columns);
+                            continue;
+                        }
+                        uint* values = row;
+                        if (narrow) values += (nint)sourceRow * width;
+                        else
+                        {
+                            PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
+                            row[width] = 0;
+                        }
+                        grid.WriteRow(dst, r, values, 0u, columns);
                     }
-                    uint* values = row;
-                    if (narrow) values += (nint)sourceRow * width;
-                    else
-                    {
-                        PairRow(even + (nint)sourceRow * width, odd + (nint)sourceRow * width, row, width);
-                        row[width] = 0;
-                    }
-                    grid.WriteRow(dst, r, values, 0u, columns);
                 }
                 nint written = (nint)(grid.ImageValues / pairs);
                 new Span<uint>(dst + written, (int)(planeStride - written)).Clear();
@@ -1377,6 +1374,9 @@ internal static unsafe class PackedMatMul
 
     /// <summary>Values of a plane (rows x columns) up to which <see cref="PairImages"/> pairs a plane of rows narrower than 16 in one run (<see cref="NarrowPlane"/>).</summary>
     internal const int NarrowPlaneMaxValues = 1024;
+
+    /// <summary>Whether <see cref="PairPlane"/> pairs a plane of <paramref name="h"/> rows of <paramref name="width"/> values in one run: rows narrower than 16, 16 to <see cref="NarrowPlaneMaxValues"/> values.</summary>
+    private static bool IsNarrow(int h, int width) => width < 16 && h * width >= 16 && h * width <= NarrowPlaneMaxValues;
 
     /// <summary>
     /// A stride-1 plane of <paramref name="h"/> rows narrower than 16 values (<paramref name="width"/>) paired as one

@@ -74,7 +74,8 @@ namespace QuantSharp.Modules;
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; weight-only ones on CPUs
 /// with AVX512-BF16 (bfloat16 compute on) the bfloat16 route with the output channels in lanes where
-/// <see cref="Kernels.PackedMatMul.LanesPay"/> (stride 1 onto rows narrower than 16), before libtorch's bfloat16
+/// <see cref="Kernels.PackedMatMul.LanesPay"/> (onto rows narrower than 16: at stride 1, and at stride 2 with 32 or more
+/// outputs a group), before libtorch's bfloat16
 /// convolution up to <see cref="GroupedLanesOverLibTorchMaxWeight"/> weight elements; others libtorch's bfloat16
 /// convolution where it passed <see cref="BFloat16Check"/> and <see cref="GroupedLibTorchBFloat16Pays"/> (4 or more images onto 14x14 or
 /// less); else, weight-only on
@@ -82,6 +83,8 @@ namespace QuantSharp.Modules;
 /// where <see cref="GroupedBFloat16Pays"/>, static W8A8 on CPUs with AVX512-BF16 (bfloat16 compute on or off: the sums
 /// are exact) pair images of codes where their sums stay exact and <see cref="GroupedCodesPay"/>, else the small kernel
 /// group by group where <see cref="GroupedPays"/>; libtorch's route elsewhere.</item>
+/// <item>Ungrouped weight-only layers onto rows narrower than 16 on the same CPUs take that bfloat16 route as one group
+/// where <see cref="Kernels.PackedMatMul.UngroupedLanesPay"/>, before the rules above (<see cref="QuantizedConv"/>).</item>
 /// <item>Before all of these, static W8A8 layers with int8 symmetric weights, grouped or not, on CPUs with the 512-bit
 /// VNNI kernel, take the output channels in lanes (<see cref="QuantizedConv"/>'s <see cref="ConvolutionRoute.Quad"/>,
 /// <see cref="QuadConvolution"/>) where <see cref="QuadPays"/>.</item>

@@ -311,13 +311,12 @@ public class GroupedConvolutionTests
         // 80 channels a group (720 terms) at stride 2 onto 14x14: the output channels in lanes where they run, else libtorch's route.
         using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(160, 160, 3, stride: 2, padding: 1, groups: 2), spec);
         var x = torch.randn(1, 160, 28, 28);
-        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
-        Assert.Equal(lanes ? ConvolutionRoute.BFloat16 : R, wide.Route(x));
+        Assert.Equal(LanesRun ? ConvolutionRoute.BFloat16 : R, wide.Route(x));
         Float32Compute.Run(() => Assert.Equal(R, wide.Route(x)));
         // Autotune's candidates for it: the rule's first, the small kernel, which any managed route forces, libtorch's
         // route, and the bfloat16 route where it may run (from pair images on CPUs with AVX512-BF16, else libtorch's).
         var candidates = wide.Candidates(x);
-        if (lanes) Assert.Equal([ConvolutionRoute.BFloat16, D, R], candidates);
+        if (LanesRun) Assert.Equal([ConvolutionRoute.BFloat16, D, R], candidates);
         else
         {
             Assert.Equal([R, D], candidates.Take(2));
@@ -361,18 +360,9 @@ public class GroupedConvolutionTests
         var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(128, 128, 3, padding: 1), int8);
         using var wide = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, padding: 1), int8);
-        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
         foreach (int images in new[] { 1, 2, 5 })
-        {
-            var x = torch.randn(images, 128, 7, 7);
-            Assert.True(lanes == (layer.Route(x) == ConvolutionRoute.BFloat16), $"{images} images: {layer.Route(x)}, lanes expected {lanes}");
-            if (!lanes) continue;
-            Assert.True(layer.BFloat16OnPackedKernels(x), $"{images} images: not on the packed kernels");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), $"128->128 onto 7x7, {images} images");
-        }
-        var fourteen = torch.randn(1, 256, 14, 14);
-        Assert.True(lanes == (wide.Route(fourteen) == ConvolutionRoute.BFloat16), $"256->256 onto 14x14: {wide.Route(fourteen)}");
-        if (lanes) BFloat16ConvolutionTests.AssertWithinBFloat16Bound(wide, fourteen, wide.Forward(fourteen, ConvolutionRoute.Reference), wide.call(fourteen), "256->256 onto 14x14");
+            AssertInLanesWhereTheyRun(layer, torch.randn(images, 128, 7, 7), $"128->128 onto 7x7, {images} images");
+        AssertInLanesWhereTheyRun(wide, torch.randn(1, 256, 14, 14), "256->256 onto 14x14");
         using var w8a8 = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(128, 128, 3, padding: 1), int8,
             new ActivationQuantization(QuantType.Int8, QuantScheme.Symmetric, false, 0.02f, 0));
         Assert.NotEqual(ConvolutionRoute.BFloat16, w8a8.Route(torch.randn(2, 128, 7, 7)));
@@ -460,15 +450,8 @@ public class GroupedConvolutionTests
         torch.manual_seed(59);
         var int8 = QuantizationRecipe.Int8WeightOnly().BaseWeights;
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8);
-        bool lanes = QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
         foreach (int images in new[] { 1, 3, 8 })
-        {
-            var x = torch.randn(images, 512, 7, 7);
-            Assert.True(lanes == (layer.Route(x) == ConvolutionRoute.BFloat16), $"{images} images: {layer.Route(x)}, lanes expected {lanes}");
-            if (!lanes) continue;
-            Assert.True(layer.BFloat16OnPackedKernels(x), $"{images} images: not on the packed kernels");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), $"512 channels in 32 groups onto 7x7, {images} images");
-        }
+            AssertInLanesWhereTheyRun(layer, torch.randn(images, 512, 7, 7), $"512 channels in 32 groups onto 7x7, {images} images");
         using var affine = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), int8 with { Scheme = QuantScheme.Affine },
             new ActivationQuantization(QuantType.UInt8, QuantScheme.Affine, false, 0.02f, 120));
         // From 4 images, where libtorch's bfloat16 convolution is right and pays, a weight of more than 512K elements takes
@@ -477,7 +460,7 @@ public class GroupedConvolutionTests
         using var over = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(1024, 1024, 3, padding: 1, groups: 16), int8);
         using var under = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(768, 768, 3, padding: 1, groups: 12), int8);
         bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
-        if (lanes)
+        if (LanesRun)
         {
             Assert.True(over.Route(torch.randn(3, 1024, 7, 7)) == ConvolutionRoute.BFloat16 && over.BFloat16OnPackedKernels(torch.randn(3, 1024, 7, 7)), "576K, 3 images");
             Assert.Equal(ConvolutionRoute.BFloat16, over.Route(torch.randn(4, 1024, 7, 7)));
@@ -485,15 +468,25 @@ public class GroupedConvolutionTests
             Assert.True(under.BFloat16OnPackedKernels(torch.randn(4, 768, 7, 7)), "432K, 4 images");
         }
         using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, stride: 2, padding: 1, groups: 4), int8);
-        var fourteen = torch.randn(3, 256, 14, 14);
-        Assert.True(lanes == (strided.Route(fourteen) == ConvolutionRoute.BFloat16), $"stride 2: {strided.Route(fourteen)}, lanes expected {lanes}");
-        if (lanes)
-        {
-            Assert.True(strided.BFloat16OnPackedKernels(fourteen), "stride 2: not on the packed kernels");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(strided, fourteen, strided.Forward(fourteen, ConvolutionRoute.Reference), strided.call(fourteen), "256 channels in 4 groups from 14x14 at stride 2, 3 images");
-        }
+        AssertInLanesWhereTheyRun(strided, torch.randn(3, 256, 14, 14), "256 channels in 4 groups from 14x14 at stride 2, 3 images");
         var seven = torch.randn(1, 512, 7, 7);
         Assert.NotEqual(ConvolutionRoute.BFloat16, affine.Route(seven)); // static W8A8: its own rules
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(seven)));
+    }
+
+    /// <summary>Whether the bfloat16 route with the output channels in lanes can run here: AVX512-BF16, 512-bit vectors, bfloat16 compute on.</summary>
+    private static bool LanesRun => QuantizedModule.BFloat16Convolutions && Vnni512Kernel.BFloat16Supported && Float512.IsSupported;
+
+    /// <summary>
+    /// Where the lanes run (<see cref="LanesRun"/>), <paramref name="layer"/> takes the bfloat16 route on the packed
+    /// kernels for <paramref name="x"/>, within bfloat16's bound of libtorch's float32 route; elsewhere another route.
+    /// </summary>
+    private static void AssertInLanesWhereTheyRun(QuantizedConv layer, Tensor x, string what)
+    {
+        var route = layer.Route(x);
+        Assert.True(LanesRun == (route == ConvolutionRoute.BFloat16), $"{what}: {route}, lanes expected {LanesRun}");
+        if (!LanesRun) return;
+        Assert.True(layer.BFloat16OnPackedKernels(x), $"{what}: not on the packed kernels");
+        BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), layer.call(x), what);
     }
 }
