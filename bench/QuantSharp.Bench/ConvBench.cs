@@ -159,11 +159,12 @@ internal static class ConvBench
                 if (parts[0] == "LibTorchBFloat16") return () => layer.BFloat16Convolution(x);
                 // PackedBFloat16: the bfloat16 route on the packed kernels whatever BFloat16Check found (ForcedConvolutions false).
                 if (parts[0] == "PackedBFloat16") return () => AsIfCheckFailed(() => layer.Forward(x, ConvolutionRoute.BFloat16));
-                // BFloat16Packed / BFloat16Pairs: the bfloat16 route with its strips packed, or read from pair images (an even channel count).
+                // BFloat16Packed / BFloat16Pairs: the bfloat16 route on the packed kernels (as PackedBFloat16) with its strips
+                // packed, or read from pair images (an even channel count).
                 if (parts[0] is "BFloat16Packed" or "BFloat16Pairs")
                 {
                     bool pairs = parts[0] == "BFloat16Pairs";
-                    return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => layer.Forward(x, ConvolutionRoute.BFloat16));
+                    return () => With(v => PackedMatMul.ForcedPairsInPlace = v ? pairs : null, true, false, () => AsIfCheckFailed(() => layer.Forward(x, ConvolutionRoute.BFloat16)));
                 }
                 // DirectBuffer / DirectPerItem: the small kernel with every image padded into one buffer first, or per
                 // work item (whatever DirectConvolution's rule); ROUTERowByRow (Direct, Depthwise, Auto, BFloat16...): that

@@ -797,16 +797,60 @@ internal static unsafe class PackedMatMul
             float b = bias == null ? 0f : bias[n0 + r];
             for (int q = i0, end = i0 + count; q < end;)
             {
-                int oh = q / wideRow, ow = q - oh * wideRow, run = Math.Min(end - q, wideRow - ow);
+                // A grid without dropped columns (a pointwise call's) is one run from row to row.
+                bool whole = wideRow == outW;
+                int oh = q / wideRow, ow = q - oh * wideRow, run = whole ? end - q : Math.Min(end - q, wideRow - ow);
                 float* dst = y + (n0 + r) * ldy + (nint)oh * outW + ow, src = yt + r * ldt + (q - i0);
-                int n = Math.Min(run, outW - ow);
+                int n = whole ? run : Math.Min(run, outW - ow);
                 if (factors == null)
-                    for (int j = 0; j < n; j++) dst[j] = src[j] + b;
+                    AddRun(src, dst, n, b);
                 else
                     ScaleRun(src, dst, n, factors[n0 + r], b);
                 q += run;
             }
         }
+    }
+
+    /// <summary>
+    /// <c>dst[j] = src[j] + bias</c> for <c>j &lt; n</c> (<paramref name="src"/> and <paramref name="dst"/> apart): a vector
+    /// of the widest width <see cref="Simd"/> allows at a time, the last vector again from <c>n - Count</c> (the same
+    /// values) where n is no multiple; element by element below four values or with no vectors. Every path gives the
+    /// scalar loop's bits (the same single additions); the scalar loop was 27% of the samples of a 1x1 64->64 call on
+    /// 56x56 from pair images.
+    /// </summary>
+    internal static void AddRun(float* src, float* dst, int n, float bias)
+    {
+        if (Simd.Use512 && n >= Vector512<float>.Count)
+        {
+            var b = Vector512.Create(bias);
+            for (int j = 0; ; j += Vector512<float>.Count)
+            {
+                if (j + Vector512<float>.Count > n) j = n - Vector512<float>.Count;
+                (Vector512.Load(src + j) + b).Store(dst + j);
+                if (j + Vector512<float>.Count == n) return;
+            }
+        }
+        if (Simd.Use256 && n >= Vector256<float>.Count)
+        {
+            var b = Vector256.Create(bias);
+            for (int j = 0; ; j += Vector256<float>.Count)
+            {
+                if (j + Vector256<float>.Count > n) j = n - Vector256<float>.Count;
+                (Vector256.Load(src + j) + b).Store(dst + j);
+                if (j + Vector256<float>.Count == n) return;
+            }
+        }
+        if (Simd.Use128 && n >= Vector128<float>.Count)
+        {
+            var b = Vector128.Create(bias);
+            for (int j = 0; ; j += Vector128<float>.Count)
+            {
+                if (j + Vector128<float>.Count > n) j = n - Vector128<float>.Count;
+                (Vector128.Load(src + j) + b).Store(dst + j);
+                if (j + Vector128<float>.Count == n) return;
+            }
+        }
+        for (int j = 0; j < n; j++) dst[j] = src[j] + bias;
     }
 
     /// <summary>
@@ -1439,8 +1483,7 @@ internal static unsafe class PackedMatMul
         for (int r = 0; r < rows; r++)
         {
             float* dst = y + (n0 + r) * ldy + i0;
-            float b = bias == null ? 0f : bias[n0 + r];
-            for (int i = 0; i < count; i++) dst[i] = yt[r * ldt + i] + b;
+            AddRun(yt + r * ldt, dst, count, bias == null ? 0f : bias[n0 + r]);
         }
     }
 
