@@ -108,3 +108,39 @@ public unsafe class ScaleUpTests
         }
     }
 }
+
+/// <summary>
+/// <see cref="PackedMatMul.AddRun"/> (the packed kernels' output runs with their bias) at every vector width and in
+/// scalars: the bits of <c>src[j] + bias</c> for every length up to 70 (whole vectors, tails from
+/// <c>n - Count</c>, runs shorter than a vector), nothing written before or past the run.
+/// </summary>
+[Collection(SimdWidthCollection.Name)]
+public unsafe class AddRunTests
+{
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public void AddsTheBiasToEveryValueOfTheRunAndNothingElse(int maxBits)
+    {
+        using var cap = new SimdWidthCap(maxBits);
+        var random = new Random(51);
+        const float Bias = 0.1f, Sentinel = -12345.5f;
+        for (int n = 0; n <= 70; n++)
+        {
+            // Values of every magnitude, so that the sums round (a 0.1 bias onto 1e7, onto 1e-7 and onto -0.1).
+            var src = new float[n];
+            for (int j = 0; j < n; j++) src[j] = (float)((random.NextDouble() - 0.5) * Math.Pow(10, random.Next(-7, 8)));
+            if (n > 3) src[3] = -Bias;
+            var dst = new float[n + 2];
+            Array.Fill(dst, Sentinel);
+            fixed (float* s = src, d = dst) PackedMatMul.AddRun(s, d + 1, n, Bias);
+            Assert.Equal(Sentinel, dst[0]);
+            Assert.Equal(Sentinel, dst[n + 1]);
+            for (int j = 0; j < n; j++)
+                Assert.True(BitConverter.SingleToInt32Bits(src[j] + Bias) == BitConverter.SingleToInt32Bits(dst[j + 1]),
+                    $"{maxBits} bits, length {n}, value {j}: {dst[j + 1]} for {src[j]} + {Bias}");
+        }
+    }
+}
