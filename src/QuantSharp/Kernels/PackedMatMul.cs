@@ -890,26 +890,33 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// <see cref="ReadsPairsInPlace"/>'s rule: an even channel count, and more than one tap onto output rows of at least
     /// <see cref="PairsInPlaceMinWidth"/> positions and at least <see cref="PairsInPlaceMinPositions"/> positions per
-    /// image; or a pointwise call (1x1, stride 1, no padding) of at least <see cref="PairsInPlacePointwiseMinImages"/>
-    /// images, at most <see cref="PairsInPlacePointwiseMaxChannels"/> input channels, into at least
-    /// <see cref="PairsInPlacePointwiseMinOutputs"/> channels. Measured on the Zen 5 VM, both implementations forced on
-    /// the conv table's layers with an even channel count (docs/BENCHMARKS.md, stop 36): pair images faster on the 3x3
-    /// layers onto 28x28 to 112x112 (stride 1 and 2) and the long Conv1d layers, where packing unfolds every position's
-    /// taps (ResNet 64->64 on 56x56: 0.5-0.8x the packed strips' time); onto 14x14 even at batch 1 and faster at batch 8
-    /// (0.62-0.77x float32's time against 0.80-0.98x); slower on the Conv1d layers over 48 and 128 steps (0.71-0.89x
-    /// against 0.44-0.76x), on narrower outputs, whose wide grid adds two or more positions per row of 7 to 11 (7x7, 8x8,
-    /// MNIST conv2), and on 1x1 layers of one or two images (1.1-1.4x, where the packed route's blocks hold all of an
-    /// image's strips). 1x1 layers of 64-256 channels into 256 or 512 from four images: 0.76-0.97x; into 128 channels
-    /// 0.97-1.05x; of 1024 and 512 channels at batch 8 (1x1 1024->256 on 14x14, 512->2048 on 7x7: 8 and 4 blocks of 64
-    /// channel pairs over few positions) 1.4-1.6x against stop 35's table.
+    /// image; or a pointwise call (1x1, stride 1, no padding) into at least <see cref="PairsInPlacePointwiseMinOutputs"/>
+    /// channels of at least <see cref="PairsInPlacePointwiseMinImages"/> images onto at least
+    /// <see cref="PairsInPlacePointwiseMinPositions"/> positions per image, or of at least
+    /// <see cref="PairsInPlacePointwiseManyImages"/> onto at least <see cref="PairsInPlacePointwiseManyMinPositions"/> from
+    /// at least <see cref="PairsInPlacePointwiseManyMinChannels"/> channels. Measured on the Zen 5 VM, both
+    /// implementations forced on the conv table's layers with an even channel count (docs/BENCHMARKS.md, stop 36): pair
+    /// images faster on the 3x3 layers onto 28x28 to 112x112 (stride 1 and 2) and the long Conv1d layers, where packing
+    /// unfolds every position's taps (ResNet 64->64 on 56x56: 0.5-0.8x the packed strips' time); onto 14x14 even at batch 1
+    /// and faster at batch 8 (0.62-0.77x float32's time against 0.80-0.98x); slower on the Conv1d layers over 48 and 128
+    /// steps (0.71-0.89x against 0.44-0.76x), on narrower outputs, whose wide grid adds two or more positions per row of 7
+    /// to 11 (7x7, 8x8, MNIST conv2). The pointwise part was measured again on the Zen 4 VM once both routes' writers added
+    /// the bias a vector at a time (stop 51; both forced, paired with float32 in two processes, one of each order, int8,
+    /// 1-8 images): onto 56x56 pair images from 2 images (256->64 and 256->128 0.57-0.87x float32's time against
+    /// 0.72-1.05x for packed strips, 64->64 0.60-1.22x against 0.75-1.48x; 64->256 mixed at 2 images, pair images from 3),
+    /// a tie at one; onto 28x28 and smaller packed strips (64->128 and 80->320 onto 28x28, 64->384, 256->256 and 1024->256
+    /// onto 14x14, 512->2048 and 2048->512 onto 7x7: 0.53-0.94x against 0.59-2.52x), but from 4 images over 128 or more
+    /// channels onto 28x28 (512->128 0.62-0.69x against 0.68-0.88x, 128->512 0.55-0.59x against 0.55-0.66x).
     /// </summary>
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
         if (unfold.Channels % 2 != 0) return false;
         bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
         if (pointwise)
-            return unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Channels <= PairsInPlacePointwiseMaxChannels
-                && outputs >= PairsInPlacePointwiseMinOutputs;
+            return outputs >= PairsInPlacePointwiseMinOutputs
+                && ((unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Positions >= PairsInPlacePointwiseMinPositions)
+                    || (unfold.Images >= PairsInPlacePointwiseManyImages && unfold.Positions >= PairsInPlacePointwiseManyMinPositions
+                        && unfold.Channels >= PairsInPlacePointwiseManyMinChannels));
         return unfold.KernelH * unfold.KernelW > 1 && unfold.OutW >= PairsInPlaceMinWidth && unfold.Positions >= PairsInPlaceMinPositions;
     }
 
@@ -919,14 +926,23 @@ internal static unsafe class PackedMatMul
     /// <summary>Output positions per image from which <see cref="PairsInPlacePays"/> (more than one tap).</summary>
     internal const int PairsInPlaceMinPositions = 196;
 
-    /// <summary>Images from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
-    internal const int PairsInPlacePointwiseMinImages = 4;
+    /// <summary>Images from which a pointwise call reads pair images of <see cref="PairsInPlacePointwiseMinPositions"/> or more positions (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseMinImages = 2;
+
+    /// <summary>Positions per image from which a pointwise call of <see cref="PairsInPlacePointwiseMinImages"/> or more images reads pair images (<see cref="PairsInPlacePays"/>): 56x56.</summary>
+    internal const int PairsInPlacePointwiseMinPositions = 3136;
+
+    /// <summary>Images from which a pointwise call onto fewer than <see cref="PairsInPlacePointwiseMinPositions"/> positions reads pair images (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseManyImages = 4;
+
+    /// <summary>Positions per image from which a pointwise call of <see cref="PairsInPlacePointwiseManyImages"/> or more images reads pair images (<see cref="PairsInPlacePays"/>): 28x28.</summary>
+    internal const int PairsInPlacePointwiseManyMinPositions = 784;
+
+    /// <summary>Input channels from which a pointwise call of <see cref="PairsInPlacePointwiseManyImages"/> or more images onto fewer than <see cref="PairsInPlacePointwiseMinPositions"/> positions reads pair images (<see cref="PairsInPlacePays"/>).</summary>
+    internal const int PairsInPlacePointwiseManyMinChannels = 128;
 
     /// <summary>Output channels from which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
-    internal const int PairsInPlacePointwiseMinOutputs = 256;
-
-    /// <summary>Input channels up to which a pointwise call reads pair images (<see cref="PairsInPlacePays"/>).</summary>
-    internal const int PairsInPlacePointwiseMaxChannels = 256;
+    internal const int PairsInPlacePointwiseMinOutputs = 64;
 
     /// <summary>Tests and the bench force <see cref="ReadsPairsInPlace"/> on their thread (null: the rule; false: packed strips).</summary>
     [ThreadStatic] internal static bool? ForcedPairsInPlace;

@@ -360,19 +360,43 @@ internal static class ConvolutionCost
     /// passed <see cref="BFloat16Check"/> and the CPU has AVX512-BF16), a weight-only call takes the packed kernels'
     /// bfloat16 route rather than libtorch's: an even reduction of <see cref="BFloat16MinReduction"/> or more terms onto
     /// at most <see cref="PackedOverLibTorchMaxPositions"/> output positions in all (batch 1 on 7x7 and 8x8, a Conv1d of
-    /// 48 steps), a pointwise call (1x1, any stride) of one image, or, with fewer than
-    /// <see cref="LibTorchBFloat16MinReduction"/> terms, where the packed kernels read pair images in place
-    /// (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>). Elsewhere libtorch's oneDNN kernel, which keeps every output
+    /// 48 steps), a 1x1 call (any stride) of one image or, with fewer than <see cref="LibTorchBFloat16MinReduction"/>
+    /// terms, of any count, a pointwise call (1x1, stride 1, no padding) of up to
+    /// <see cref="PackedOverLibTorchPointwiseMaxImages"/> images, or, with those few terms, where the packed kernels read
+    /// pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>). Elsewhere libtorch's oneDNN kernel, which keeps every output
     /// position of a block busy, was the faster. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 44; the conv table's
     /// layers, each rule paired with float32 in two processes, one of each order): onto 49-64 positions 0.45-0.75x
     /// float32's time against 0.63-1.10x on libtorch's, pointwise at batch 1 0.67-0.88x against 0.81-1.19x (1x1 64->256
     /// on 56x56 a tie); at batch 1 onto more positions (3x3 layers, Conv1d over 128-1000 steps) 0.61-1.43x against
     /// 0.53-0.99x on libtorch's (alike on four layers), at batch 8 0.55-1.03x against 0.47-0.86x.
     /// </summary>
-    internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold, long outputs) =>
-        unfold.Rows % 2 == 0 && unfold.Rows >= BFloat16MinReduction
-        && ((long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (unfold.KernelH * unfold.KernelW == 1 && unfold.Images == 1)
-            || (ShortForLibTorchBFloat16(unfold) && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs)));
+    internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold, long outputs)
+    {
+        if (unfold.Rows % 2 != 0 || unfold.Rows < BFloat16MinReduction) return false;
+        bool oneTap = unfold.KernelH * unfold.KernelW == 1, shortReduction = ShortForLibTorchBFloat16(unfold);
+        bool pointwise = oneTap && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        return (long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (oneTap && (unfold.Images == 1 || shortReduction))
+            || (pointwise && unfold.Images <= PackedOverLibTorchPointwiseMaxImages)
+            || (shortReduction && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs));
+    }
+
+    /// <summary>
+    /// Images up to which a pointwise call (1x1, stride 1, no padding) takes the packed kernels' bfloat16 route rather
+    /// than libtorch's where both run (<see cref="PackedBFloat16BeatsLibTorch"/>; with fewer than
+    /// <see cref="LibTorchBFloat16MinReduction"/> terms at any count). Measured on the Zen 4 VM once the packed kernels'
+    /// writers added the bias a vector at a time (docs/BENCHMARKS.md, stop 51; each route paired with float32 in two
+    /// processes, one of each order, int8, the packed route on pair images or packed strips as
+    /// <see cref="Kernels.PackedMatMul.PairsInPlacePays"/> now picks): at 2-3 images it took 0.56-0.87x float32's time on
+    /// the long ResNet 1x1 layers (128->512 and 512->128 onto 28x28, 256->64 and 256->128 onto 56x56, 256->256 and
+    /// 1024->256 onto 14x14, 512->2048 and 2048->512 onto 7x7) where libtorch's took 0.65-1.04x (faster on all but
+    /// 256->128 at 3 images, 0.81-0.87x against 0.75-0.79x); from 4 images they were alike. With 64-80 terms it took
+    /// 0.46-1.22x where the float32 rule's route (libtorch's float32 convolution on the dequantized weight) took
+    /// 0.50-1.15x, faster on 64->128 and 80->320 onto 28x28, 64->384 onto 14x14 and 64->256 onto 56x56 at 2-3 images, the
+    /// same on 64->64 onto 56x56; 64->128 at stride 2 from 56x56 0.60-0.84x against 0.97-1.14x at 2-8 images. With long
+    /// reductions at stride 2 libtorch's was alike or faster from 2 images (256->512 from 56x56 0.74-0.92x against
+    /// 0.69-0.84x, 512->1024 from 28x28 0.59-0.74x against 0.60-0.67x).
+    /// </summary>
+    internal const int PackedOverLibTorchPointwiseMaxImages = 3;
 
     /// <summary>
     /// Whether a call's reduction is one libtorch's bfloat16 convolution lost on where both bfloat16 convolutions run:

@@ -723,8 +723,9 @@ public unsafe class BFloat16PackedKernelTests
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 256 into 255 on 784 positions: in
             ([16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, r),                 // static W8A8 of 144 terms: the float32 rule (integer GEMM)
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, r, r),                                      // 64 terms, pointwise on pair images
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false, ConvolutionRoute.Reference, r),             // three images: out
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false, ConvolutionRoute.Reference, r),             // 255 channels: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 256, false, r, r),                                      // two images onto 56x56: in
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, ConvolutionRoute.Reference, r),             // onto 28x28 from 64 channels: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 63, false, ConvolutionRoute.Reference, r),              // 63 channels: out
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 2, 16, false, ConvolutionRoute.Kernel, r),                   // 16 channels: the float32 rule's packed kernels
             ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, ConvolutionRoute.Kernel), // static W8A8: the integer GEMM
             ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // an odd reduction (2,295 terms)
@@ -744,12 +745,12 @@ public unsafe class BFloat16PackedKernelTests
     /// <summary>
     /// Where both bfloat16 convolutions run (libtorch's passed its check, the CPU has AVX512-BF16): the small kernel and
     /// the packed kernels in float32 or integers where the rule without libtorch's takes them, the packed kernels'
-    /// bfloat16 route (weight-only, an even reduction of 64 or more terms) onto up to 64 positions in all and for
-    /// pointwise calls of one image; with 64-95 terms the packed kernels from pair images, else the float32 rule's route;
-    /// libtorch's bfloat16 route elsewhere.
+    /// bfloat16 route (weight-only, an even reduction of 64 or more terms) onto up to 64 positions in all, for 1x1 calls of
+    /// one image or, with 64-95 terms, of any count, and for pointwise calls of up to three images; with 64-95 terms the
+    /// packed kernels from pair images, else the float32 rule's route; libtorch's bfloat16 route elsewhere.
     /// </summary>
     [Fact]
-    public void WhereBothBFloat16ConvolutionsRunTheManagedRoutesAndThePackedOneOnFewPositionsOrOnePointwiseImageComeFirst()
+    public void WhereBothBFloat16ConvolutionsRunTheManagedRoutesAndThePackedOneOnFewPositionsOrFewPointwiseImagesComeFirst()
     {
         const ConvolutionRoute r = ConvolutionRoute.BFloat16;
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, expected route, on the packed kernels.
@@ -763,13 +764,19 @@ public unsafe class BFloat16PackedKernelTests
             ([255, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Kernel, false), // an odd reduction on 49 positions: the float32 rule's packed kernels
             ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, r, false),                     // on 196: libtorch's
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 64, false, r, false),                      // long pointwise calls of 8 images: libtorch's here
-            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                      // and of 2
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 64, false, r, false),                      // and of 4
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 64, false, r, true),                       // of 3: the packed kernels
+            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, true),                       // and of 2
+            ([256, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 2, 512, false, r, false),                     // strided pointwise, two images: libtorch's
+            ([256, 28, 28, 1, 1, 1, 1, 1, 1, 1, 1], 2, 64, false, r, false),                      // 1x1 padded, two images: libtorch's
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, r, true),                        // pointwise, one image
             ([256, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 1, 512, false, r, true),                      // strided pointwise, one image
-            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                      // two images: libtorch's
-            ([96, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, false),                       // 96 terms: libtorch's
-            ([94, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, ConvolutionRoute.Reference, false), // 94: the float32 rule's route
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 64, false, ConvolutionRoute.Reference, false), // 64, eight images: the float32 rule's
+            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, false, r, true),                       // two images: the packed kernels
+            ([96, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 64, false, r, false),                       // 96 terms, four images: libtorch's
+            ([94, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 64, false, r, true),                        // 94: the packed kernels
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 64, false, r, true),                        // 64, eight images: the packed kernels
+            ([94, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 4, 128, false, r, true),                       // 94 at stride 2: the packed kernels too
+            ([96, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 2, 128, false, r, false),                      // 96 at stride 2, two images: libtorch's
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, false, r, true),                       // from four pair images: the packed kernels
             ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 1, 32, false, r, true),                       // 72 terms from pair images (3x3 8->32)
             ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 8, 32, false, r, true),                       // in eight images too
@@ -779,7 +786,7 @@ public unsafe class BFloat16PackedKernelTests
             ([6, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, false), // 54 terms: below the bfloat16 route
             ([3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1], 2, 32, false, ConvolutionRoute.Direct, false), // the stem at batch 2 (27 terms, 21.7M): the small kernel
             ([3, 224, 224, 3, 3, 2, 2, 1, 1, 1, 1], 4, 32, false, ConvolutionRoute.Reference, false), // at batch 4 (43.4M): libtorch's float32
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 256, false, ConvolutionRoute.Reference, false), // 64 into 256 at two images: the float32 rule's
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 256, false, r, true),                       // 64 into 256 at two images: the packed kernels
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 1, 16, false, ConvolutionRoute.Kernel, false),   // the float32 rule's packed kernels
             ([1, 28, 28, 3, 3, 1, 1, 0, 0, 1, 1], 64, 16, false, ConvolutionRoute.Direct, false), // MNIST conv1: the small kernel
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, false), // static W8A8: the integer GEMM
@@ -799,7 +806,7 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void PairImagesAreReadForTapsOntoRowsOf14And196PositionsOrMoreAndForPointwiseCallsOfFourImagesFromUpTo256ChannelsInto256()
+    public void PairImagesAreReadForTapsOntoRowsOf14And196PositionsOrMoreAndForPointwiseCallsOntoLargePlanes()
     {
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, expected.
         (int[] G, int Images, int Outputs, bool Expected)[] cases =
@@ -811,11 +818,17 @@ public unsafe class BFloat16PackedKernelTests
             ([64, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1], 1, 64, true),   // stride 2 onto 14x14
             ([8, 1, 196, 1, 3, 1, 1, 0, 1, 1, 1], 1, 8, true),     // a Conv1d of three taps over 196 steps
             ([8, 1, 195, 1, 3, 1, 1, 0, 1, 1, 1], 8, 8, false),    // over 195
-            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, true),  // pointwise: four images into 256 channels
-            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false), // three images
-            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 255, false), // 255 channels
-            ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, true), // from 256 channels
-            ([258, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false), // from 258
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 64, true),   // pointwise onto 56x56: two images into 64 channels
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false),  // one image
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 63, false),  // into 63 channels
+            ([64, 55, 57, 1, 1, 1, 1, 0, 0, 1, 1], 3, 256, false), // onto 3,135 positions, three images
+            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 4, 64, true),  // onto 28x28: four images from 128 channels
+            ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 3, 64, false), // three images
+            ([126, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 512, false), // from 126 channels
+            ([2048, 27, 29, 1, 1, 1, 1, 0, 0, 1, 1], 8, 512, false), // onto 783 positions
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false), // from 64 channels (packed strips)
+            ([1024, 14, 14, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false), // onto 14x14
+            ([2048, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 512, true), // from 2048 channels
             ([64, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1], 8, 512, false), // 1x1 at stride 2
             ([64, 28, 28, 1, 1, 1, 1, 1, 1, 1, 1], 8, 512, false), // 1x1 padded: one tap, not pointwise
             ([63, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 64, false),  // an odd channel count: no pairs
