@@ -905,7 +905,7 @@ internal static unsafe class PackedMatMul
     /// 1-8 images): onto 56x56 pair images from 2 images (256->64 and 256->128 0.57-0.87x float32's time against
     /// 0.72-1.05x for packed strips, 64->64 0.60-1.22x against 0.75-1.48x; 64->256 mixed at 2 images, pair images from 3),
     /// a tie at one; onto 28x28 and smaller packed strips (64->128 and 80->320 onto 28x28, 64->384, 256->256 and 1024->256
-    /// onto 14x14, 512->2048 and 2048->512 onto 7x7: 0.53-0.94x against 0.59-2.52x), but from 4 images over 128 or more
+    /// onto 14x14, 512->2048 and 2048->512 onto 7x7: 0.46-0.94x against 0.56-2.52x), but from 4 images over 128 or more
     /// channels onto 28x28 (512->128 0.62-0.69x against 0.68-0.88x, 128->512 0.55-0.59x against 0.55-0.66x).
     /// </summary>
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)

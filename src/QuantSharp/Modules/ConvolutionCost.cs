@@ -388,13 +388,14 @@ internal static class ConvolutionCost
     /// processes, one of each order, int8, the packed route on pair images or packed strips as
     /// <see cref="Kernels.PackedMatMul.PairsInPlacePays"/> now picks): at 2-3 images it took 0.56-0.87x float32's time on
     /// the long ResNet 1x1 layers (128->512 and 512->128 onto 28x28, 256->64 and 256->128 onto 56x56, 256->256 and
-    /// 1024->256 onto 14x14, 512->2048 and 2048->512 onto 7x7) where libtorch's took 0.65-1.04x (faster on all but
-    /// 256->128 at 3 images, 0.81-0.87x against 0.75-0.79x); from 4 images they were alike. With 64-80 terms it took
-    /// 0.46-1.22x where the float32 rule's route (libtorch's float32 convolution on the dequantized weight) took
-    /// 0.50-1.15x, faster on 64->128 and 80->320 onto 28x28, 64->384 onto 14x14 and 64->256 onto 56x56 at 2-3 images, the
-    /// same on 64->64 onto 56x56; 64->128 at stride 2 from 56x56 0.60-0.84x against 0.97-1.14x at 2-8 images. With long
-    /// reductions at stride 2 libtorch's was alike or faster from 2 images (256->512 from 56x56 0.74-0.92x against
-    /// 0.69-0.84x, 512->1024 from 28x28 0.59-0.74x against 0.60-0.67x).
+    /// 1024->256 onto 14x14, 512->2048 and 2048->512 onto 7x7) where libtorch's took 0.65-1.04x (faster or alike on all but
+    /// 256->128 at 3 images, 0.81-0.87x against 0.75-0.79x); from 4 images they were alike. With 64-80 terms at 2-3
+    /// images it took 0.55-1.22x where the float32 rule's route (libtorch's float32 convolution on the dequantized weight)
+    /// took 0.87-1.15x: faster on 64->128 and 80->320 onto 28x28, 64->384 onto 14x14 and 64->256 onto 56x56, on 64->64
+    /// onto 56x56 in one process of two (0.66-0.67x; 1.19-1.22x in the other, where the float32 rule's took 1.10-1.15x);
+    /// 64->128 at stride 2 from 56x56 0.60-0.84x against 0.97-1.14x at 2-8 images. With long reductions at stride 2
+    /// libtorch's was alike or faster from 2 images (256->512 from 56x56 0.73-0.92x against 0.65-0.84x, 512->1024 from
+    /// 28x28 0.59-0.74x against 0.60-0.67x).
     /// </summary>
     internal const int PackedOverLibTorchPointwiseMaxImages = 3;
 
