@@ -813,44 +813,31 @@ internal static unsafe class PackedMatMul
 
     /// <summary>
     /// <c>dst[j] = src[j] + bias</c> for <c>j &lt; n</c> (<paramref name="src"/> and <paramref name="dst"/> apart): a vector
-    /// of the widest width <see cref="Simd"/> allows at a time, the last vector again from <c>n - Count</c> (the same
-    /// values) where n is no multiple; element by element below four values or with no vectors. Every path gives the
+    /// of the widest float width the CPU and <see cref="Simd"/> allow (<see cref="Float512"/>, <see cref="Float256"/>,
+    /// <see cref="Float128"/>) at a time, the last vector again from <c>n - Count</c> (the same values) where n is no
+    /// multiple; element by element below four values or with no vectors. Every path gives the
     /// scalar loop's bits (the same single additions); the scalar loop was 27% of the samples of a 1x1 64->64 call on
     /// 56x56 from pair images.
     /// </summary>
     internal static void AddRun(float* src, float* dst, int n, float bias)
     {
-        if (Simd.Use512 && n >= Vector512<float>.Count)
+        if (Float512.IsSupported && n >= Float512.Count) AddRun<Float512, Vector512<float>>(src, dst, n, bias);
+        else if (Float256.IsSupported && n >= Float256.Count) AddRun<Float256, Vector256<float>>(src, dst, n, bias);
+        else if (Float128.IsSupported && n >= Float128.Count) AddRun<Float128, Vector128<float>>(src, dst, n, bias);
+        else
+            for (int j = 0; j < n; j++) dst[j] = src[j] + bias;
+    }
+
+    /// <summary><see cref="AddRun(float*, float*, int, float)"/> in vectors of <typeparamref name="TW"/> (n at least one vector).</summary>
+    private static void AddRun<TW, TVec>(float* src, float* dst, int n, float bias) where TW : IFloatWidth<TVec> where TVec : struct
+    {
+        var b = TW.Create(bias);
+        for (int j = 0; ; j += TW.Count)
         {
-            var b = Vector512.Create(bias);
-            for (int j = 0; ; j += Vector512<float>.Count)
-            {
-                if (j + Vector512<float>.Count > n) j = n - Vector512<float>.Count;
-                (Vector512.Load(src + j) + b).Store(dst + j);
-                if (j + Vector512<float>.Count == n) return;
-            }
+            if (j + TW.Count > n) j = n - TW.Count;
+            TW.Store(TW.Add(TW.Load(src + j), b), dst + j);
+            if (j + TW.Count == n) return;
         }
-        if (Simd.Use256 && n >= Vector256<float>.Count)
-        {
-            var b = Vector256.Create(bias);
-            for (int j = 0; ; j += Vector256<float>.Count)
-            {
-                if (j + Vector256<float>.Count > n) j = n - Vector256<float>.Count;
-                (Vector256.Load(src + j) + b).Store(dst + j);
-                if (j + Vector256<float>.Count == n) return;
-            }
-        }
-        if (Simd.Use128 && n >= Vector128<float>.Count)
-        {
-            var b = Vector128.Create(bias);
-            for (int j = 0; ; j += Vector128<float>.Count)
-            {
-                if (j + Vector128<float>.Count > n) j = n - Vector128<float>.Count;
-                (Vector128.Load(src + j) + b).Store(dst + j);
-                if (j + Vector128<float>.Count == n) return;
-            }
-        }
-        for (int j = 0; j < n; j++) dst[j] = src[j] + bias;
     }
 
     /// <summary>
