@@ -360,7 +360,8 @@ internal static class ConvolutionCost
     /// passed <see cref="BFloat16Check"/> and the CPU has AVX512-BF16), a weight-only call takes the packed kernels'
     /// bfloat16 route rather than libtorch's: an even reduction of <see cref="BFloat16MinReduction"/> or more terms onto
     /// at most <see cref="PackedOverLibTorchMaxPositions"/> output positions in all (batch 1 on 7x7 and 8x8, a Conv1d of
-    /// 48 steps), a 1x1 call (any stride) of one image or, with fewer than <see cref="LibTorchBFloat16MinReduction"/>
+    /// 48 steps), a pointwise call of <see cref="PackedPointwiseMinReduction"/> to <see cref="BFloat16MinReduction"/> - 1
+    /// terms, a 1x1 call (any stride) of one image or, with fewer than <see cref="LibTorchBFloat16MinReduction"/>
     /// terms, of any count, a pointwise call (1x1, stride 1, no padding) of up to
     /// <see cref="PackedOverLibTorchPointwiseMaxImages"/> images, or, with those few terms, where the packed kernels read
     /// pair images in place (<see cref="Kernels.PackedMatMul.PairsInPlacePays"/>). Elsewhere libtorch's oneDNN kernel, which keeps every output
@@ -372,9 +373,10 @@ internal static class ConvolutionCost
     /// </summary>
     internal static bool PackedBFloat16BeatsLibTorch(Im2Col unfold, long outputs)
     {
-        if (unfold.Rows % 2 != 0 || unfold.Rows < BFloat16MinReduction) return false;
+        if (unfold.Rows % 2 != 0) return false;
         bool oneTap = unfold.KernelH * unfold.KernelW == 1, shortReduction = ShortForLibTorchBFloat16(unfold);
         bool pointwise = oneTap && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        if (unfold.Rows < BFloat16MinReduction) return pointwise && unfold.Rows >= PackedPointwiseMinReduction;
         return (long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (oneTap && (unfold.Images == 1 || shortReduction))
             || (pointwise && unfold.Images <= PackedOverLibTorchPointwiseMaxImages)
             || (shortReduction && Kernels.PackedMatMul.PairsInPlacePays(unfold, outputs));
@@ -398,6 +400,18 @@ internal static class ConvolutionCost
     /// 28x28 0.59-0.74x against 0.60-0.67x).
     /// </summary>
     internal const int PackedOverLibTorchPointwiseMaxImages = 3;
+
+    /// <summary>
+    /// Reduction length (input channels) from which a pointwise call (1x1, stride 1, no padding) of fewer than
+    /// <see cref="BFloat16MinReduction"/> terms takes the packed kernels' bfloat16 route where both bfloat16 convolutions
+    /// run (<see cref="PackedBFloat16BeatsLibTorch"/>) rather than libtorch's float32 convolution on the dequantized
+    /// weight: MobileNet's expansions. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 51; the routes paired with
+    /// float32 in a process of each order, int8, batch 1-8): 16->96 onto 112x112, 24->144 onto 56x56 and 32->192 onto
+    /// 28x28 took 0.43-0.83x float32's time on the packed kernels in 24 of 28 cells (1.02-1.25x in four: 32->192 at batch
+    /// 2 and 8 in a process where the small kernel and the float32 packed kernels were slow too, 24->144 at batch 2 and 3
+    /// in the pair images' slow state) against 0.83-1.33x on libtorch's float32 route.
+    /// </summary>
+    internal const int PackedPointwiseMinReduction = 16;
 
     /// <summary>
     /// Whether a call's reduction is one libtorch's bfloat16 convolution lost on where both bfloat16 convolutions run:

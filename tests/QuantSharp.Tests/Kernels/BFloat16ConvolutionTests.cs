@@ -171,6 +171,29 @@ public class BFloat16ConvolutionTests
     }
 
     /// <summary>
+    /// A pointwise layer of fewer than 64 terms (MobileNet's 24->144 onto 56x56, two images): where both bfloat16
+    /// convolutions run, the rule takes the packed kernels' bfloat16 route for it (stop 51; libtorch's float32 route
+    /// before), within the bfloat16 bound of the float32 specification and not float32's values; elsewhere not the
+    /// bfloat16 route.
+    /// </summary>
+    [Fact]
+    public void ShortPointwiseLayersTakeThePackedKernelsInBFloat16WhereBothBFloat16ConvolutionsRun()
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(24, 144, 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(2, 24, 56, 56, generator: new torch.Generator(51));
+        var route = layer.Route(x);
+        Assert.True(QuantizedModule.BothBFloat16Convolutions == (route == ConvolutionRoute.BFloat16), $"{route} (both bfloat16 convolutions: {QuantizedModule.BothBFloat16Convolutions})");
+        if (route != ConvolutionRoute.BFloat16) return;
+        Assert.True(layer.BFloat16OnPackedKernels(x));
+        var reference = layer.Forward(x, ConvolutionRoute.Reference);
+        var actual = layer.call(x);
+        AssertWithinBFloat16Bound(layer, x, reference, actual, "24->144 onto 56x56, two images");
+        Assert.False(actual.allclose(reference, rtol: 1e-5, atol: 1e-5), "the packed kernels' bfloat16 route gave float32's values");
+    }
+
+    /// <summary>
     /// Grouped layers (not depthwise) with an even number of channels a group: where the CPU has AVX512-BF16 the forced
     /// route multiplies in bfloat16 from pair images (<see cref="QuantSharp.Kernels.PackedMatMul.GroupedBFloat16"/>), within the
     /// bound of the float32 route and rounded, for weight-only and static W8A8 layers (its input quantized first), batched,

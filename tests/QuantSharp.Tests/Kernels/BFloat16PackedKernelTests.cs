@@ -746,8 +746,9 @@ public unsafe class BFloat16PackedKernelTests
     /// Where both bfloat16 convolutions run (libtorch's passed its check, the CPU has AVX512-BF16): the small kernel and
     /// the packed kernels in float32 or integers where the rule without libtorch's takes them, the packed kernels'
     /// bfloat16 route (weight-only, an even reduction of 64 or more terms) onto up to 64 positions in all, for 1x1 calls of
-    /// one image or, with 64-95 terms, of any count, and for pointwise calls of up to three images; with 64-95 terms the
-    /// packed kernels from pair images, else the float32 rule's route; libtorch's bfloat16 route elsewhere.
+    /// one image or, with 64-95 terms, of any count, and for pointwise calls of up to three images or of 16-63 terms;
+    /// with 64-95 terms the packed kernels from pair images, else the float32 rule's route; libtorch's bfloat16 route
+    /// elsewhere.
     /// </summary>
     [Fact]
     public void WhereBothBFloat16ConvolutionsRunTheManagedRoutesAndThePackedOneOnFewPositionsOrFewPointwiseImagesComeFirst()
@@ -778,6 +779,11 @@ public unsafe class BFloat16PackedKernelTests
             ([94, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 4, 128, false, r, true),                       // 94 at stride 2: the packed kernels too
             ([96, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 2, 128, false, r, false),                      // 96 at stride 2, two images: libtorch's
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 256, false, r, true),                       // from four pair images: the packed kernels
+            ([24, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 144, false, r, true),                       // 24 terms pointwise (MobileNet's 24->144): the packed kernels
+            ([16, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 8, 96, false, r, true),                      // 16 terms, eight images
+            ([14, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 8, 96, false, ConvolutionRoute.Reference, false), // 14: the float32 rule's
+            ([23, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 144, false, ConvolutionRoute.Reference, false), // an odd 23: the float32 rule's
+            ([24, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 8, 144, false, ConvolutionRoute.Direct, false),  // 24 at stride 2: the float32 rule's small kernel
             ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 1, 32, false, r, true),                       // 72 terms from pair images (3x3 8->32)
             ([8, 112, 112, 3, 3, 1, 1, 1, 1, 1, 1], 8, 32, false, r, true),                       // in eight images too
             ([10, 13, 13, 3, 3, 1, 1, 1, 1, 1, 1], 16, 32, false, ConvolutionRoute.Reference, false), // 90 onto 13x13 (no pair images): the float32 rule's

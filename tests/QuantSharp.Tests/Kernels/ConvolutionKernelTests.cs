@@ -673,11 +673,14 @@ public unsafe class ConvolutionKernelTests
                 || (long)fu.Images * fu.Positions * layer.out_channels * fu.Rows <= ConvolutionCost.SmallWeightOnlyMaxWork);
             bool managed = packed == ConvolutionRoute.Direct || (packed == ConvolutionRoute.Kernel && (input is not null || fewOrSmall));
             // Weight-only with a short reduction (64-95 terms), unless the packed kernels' bfloat16 route beats libtorch's: that rule's route too.
-            bool shortReduction = input is null && unfold is { } su && ConvolutionCost.ShortForLibTorchBFloat16(su)
-                && !ConvolutionCost.PackedBFloat16BeatsLibTorch(su, layer.out_channels);
+            bool beats = input is null && unfold is { } bu && ConvolutionCost.PackedBFloat16BeatsLibTorch(bu, layer.out_channels);
+            bool shortReduction = input is null && unfold is { } su && ConvolutionCost.ShortForLibTorchBFloat16(su) && !beats;
+            // Else where the packed kernels' bfloat16 route beats libtorch's (pointwise calls of 16-63 terms among them,
+            // whose bfloat16 rule is otherwise libtorch's float32 route): the packed kernels.
             var expected = !QuantizedModule.BFloat16Convolutions ? without
                 : QuantizedModule.PackedBFloat16Convolutions ? packed
                 : QuantizedModule.BothBFloat16Convolutions && (managed || shortReduction) ? packed
+                : QuantizedModule.BothBFloat16Convolutions && beats ? ConvolutionRoute.BFloat16
                 : withBFloat16;
             Assert.True(expected == route, $"{what}: {route} (native bf16 {QuantizedModule.NativeBFloat16}, libtorch's passed the check {BFloat16Check.Convolutions})");
             if (unfold is { } u)
@@ -858,7 +861,8 @@ public unsafe class ConvolutionKernelTests
 
         // 1x1 32->16 on 100x100: 10,000 positions x 16 x 32 = 5.1M multiply-adds, not small. Weight-only, both rules:
         // dequantize + float32 libtorch (the packed kernel lost to it, stops 11 and 26; bfloat16: 32 reduction terms <
-        // BFloat16MinReduction); the packed kernel only for W8A8 under the float32 rule.
+        // BFloat16MinReduction; where both bfloat16 convolutions run, the packed kernels in bfloat16 since stop 51); the
+        // packed kernel only for W8A8 under the float32 rule.
         var pointwise = new Im2Col(32, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1);
         AssertChoice(pointwise, 16, false, R, R, "1x1 32->16");
         AssertChoice(pointwise, 16, true, R, K, "W8A8 1x1 32->16");
