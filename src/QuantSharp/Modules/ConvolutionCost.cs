@@ -408,7 +408,7 @@ internal static class ConvolutionCost
     /// weight: MobileNet's expansions. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 51; the routes paired with
     /// float32 in a process of each order, int8, batch 1-8): 16->96 onto 112x112, 24->144 onto 56x56 and 32->192 onto
     /// 28x28 took 0.43-0.83x float32's time on the packed kernels in 24 of 28 cells (1.02-1.25x in four: 32->192 at batch
-    /// 2 and 8 in a process where the small kernel and the float32 packed kernels were slow too, 24->144 at batch 2 and 3
+    /// 2 and 8 in a process where the float32 packed kernels took 1.68-2.07x there too, 24->144 at batch 2 and 3
     /// in the pair images' slow state) against 0.83-1.33x on libtorch's float32 route.
     /// </summary>
     internal const int PackedPointwiseMinReduction = 16;
