@@ -98,7 +98,9 @@ internal static class ConvolutionCost
     /// <summary>
     /// Reduction length (input channels x kernel taps) from which the bfloat16 route is taken: below it oneDNN's float32
     /// convolution is already efficient and its bfloat16 one is not (3 input channels, 3x3: bfloat16 1.3-1.5x float32's
-    /// time; MNIST conv1, 9 terms, at batch 64: 1.5-2.3x), so dequantize + float32 libtorch runs (1.00-1.10x).
+    /// time; MNIST conv1, 9 terms, at batch 64: 1.5-2.3x), so dequantize + float32 libtorch runs (1.00-1.10x). Where
+    /// both bfloat16 convolutions run, pointwise calls take the packed kernels' bfloat16 route below it too
+    /// (<see cref="PackedPointwiseMinReduction"/>).
     /// </summary>
     internal const int BFloat16MinReduction = 64;
 
@@ -415,7 +417,8 @@ internal static class ConvolutionCost
 
     /// <summary>
     /// Whether a call's reduction is one libtorch's bfloat16 convolution lost on where both bfloat16 convolutions run:
-    /// from <see cref="BFloat16MinReduction"/> terms (below it the bfloat16 route is never taken) to fewer than
+    /// from <see cref="BFloat16MinReduction"/> terms (below it the bfloat16 route is taken only by pointwise calls, on the
+    /// packed kernels: <see cref="PackedPointwiseMinReduction"/>) to fewer than
     /// <see cref="LibTorchBFloat16MinReduction"/>.
     /// </summary>
     internal static bool ShortForLibTorchBFloat16(Im2Col unfold) =>
