@@ -66,6 +66,9 @@ internal readonly struct Im2Col
     /// <summary>Elements of one input image.</summary>
     public int ImageSize => Channels * Height * Width;
 
+    /// <summary>A pointwise call: 1x1 taps at stride 1 without padding, so that each image is its own column matrix.</summary>
+    public bool IsPointwise => KernelH * KernelW == 1 && StrideH * StrideW == 1 && PadH + PadW == 0;
+
     /// <summary>Taps x lanes up to which <see cref="PackStrip"/> keeps a strip's gather offsets on the stack (beyond: row by row).</summary>
     internal const int GatherTableLanes = 2048;
 

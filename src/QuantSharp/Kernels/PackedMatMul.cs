@@ -792,13 +792,13 @@ internal static unsafe class PackedMatMul
     /// </summary>
     private static void WriteWide(float* yt, int ldt, int rows, float* bias, float* y, nint ldy, int n0, int i0, int count, int wideRow, int outW, double* factors = null)
     {
+        // A grid without dropped columns (a pointwise call's) is one run from row to row.
+        bool whole = wideRow == outW;
         for (int r = 0; r < rows; r++)
         {
             float b = bias == null ? 0f : bias[n0 + r];
             for (int q = i0, end = i0 + count; q < end;)
             {
-                // A grid without dropped columns (a pointwise call's) is one run from row to row.
-                bool whole = wideRow == outW;
                 int oh = q / wideRow, ow = q - oh * wideRow, run = whole ? end - q : Math.Min(end - q, wideRow - ow);
                 float* dst = y + (n0 + r) * ldy + (nint)oh * outW + ow, src = yt + r * ldt + (q - i0);
                 int n = whole ? run : Math.Min(run, outW - ow);
@@ -898,7 +898,7 @@ internal static unsafe class PackedMatMul
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
         if (unfold.Channels % 2 != 0) return false;
-        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        bool pointwise = unfold.IsPointwise;
         if (pointwise)
             return outputs >= PairsInPlacePointwiseMinOutputs
                 && ((unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Positions >= PairsInPlacePointwiseMinPositions)

@@ -377,7 +377,7 @@ internal static class ConvolutionCost
     {
         if (unfold.Rows % 2 != 0) return false;
         bool oneTap = unfold.KernelH * unfold.KernelW == 1, shortReduction = ShortForLibTorchBFloat16(unfold);
-        bool pointwise = oneTap && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        bool pointwise = unfold.IsPointwise;
         if (unfold.Rows < BFloat16MinReduction) return pointwise && unfold.Rows >= PackedPointwiseMinReduction;
         return (long)unfold.Images * unfold.Positions <= PackedOverLibTorchMaxPositions || (oneTap && (unfold.Images == 1 || shortReduction))
             || (pointwise && unfold.Images <= PackedOverLibTorchPointwiseMaxImages)
@@ -533,7 +533,7 @@ internal static class ConvolutionCost
             if (!quantizedInput && ShortForLibTorchBFloat16(unfold)) return managed;
         }
         bool fits = DirectConvolution.Fits(unfold, outputs), small = work <= DirectMaxWork && fits;
-        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        bool pointwise = unfold.IsPointwise;
         // Few terms (below the bfloat16 route's), beyond a small call, on phase rows the small kernel's padded-image path
         // takes: the calls the few-term rules below may give the small kernel.
         bool fewTermPadded = !small && !pointwise && unfold.Rows < BFloat16MinReduction && fits && DirectConvolution.FusesInputQuantization(unfold);
@@ -744,7 +744,7 @@ internal static class ConvolutionCost
     /// </summary>
     internal static bool QuadPays(Im2Col unfold, long outputs, long groups, bool pairCodesPay = false)
     {
-        bool pointwise = unfold.KernelH * unfold.KernelW == 1 && unfold.StrideH * unfold.StrideW == 1 && unfold.PadH + unfold.PadW == 0;
+        bool pointwise = unfold.IsPointwise;
         if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
         if (pairCodesPay && outputs / groups < QuadLanes) return false;
         long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
