@@ -98,8 +98,8 @@ internal static class ConvolutionCost
     /// <summary>
     /// Reduction length (input channels x kernel taps) from which the bfloat16 route is taken: below it oneDNN's float32
     /// convolution is already efficient and its bfloat16 one is not (3 input channels, 3x3: bfloat16 1.3-1.5x float32's
-    /// time; MNIST conv1, 9 terms, at batch 64: 1.5-2.3x), so dequantize + float32 libtorch runs (1.00-1.10x). Where
-    /// both bfloat16 convolutions run, pointwise calls take the packed kernels' bfloat16 route below it too
+    /// time; MNIST conv1, 9 terms, at batch 64: 1.5-2.3x), so dequantize + float32 libtorch runs (1.00-1.10x). On CPUs
+    /// with AVX512-BF16, pointwise calls take the packed kernels' bfloat16 route below it too
     /// (<see cref="PackedPointwiseMinReduction"/>).
     /// </summary>
     internal const int BFloat16MinReduction = 64;
@@ -333,8 +333,8 @@ internal static class ConvolutionCost
     /// bfloat16 convolution failed its check): an even reduction of at least <see cref="PackedBFloat16MinReduction"/>
     /// terms into at least <see cref="PackedBFloat16MinOutputs"/> channels, or of at least
     /// <see cref="PackedBFloat16MinReductionFewerOutputs"/> into <see cref="PackedBFloat16MinOutputsManyPositions"/> or
-    /// more on more than <see cref="FewPositionsMaxPositions"/> positions, or where it reads pair images in place
-    /// (<see cref="PairImagesPay"/>). On packed strips the kernels unfold and pack every position's K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
+    /// more on more than <see cref="FewPositionsMaxPositions"/> positions, where it reads pair images in place
+    /// (<see cref="PairImagesPay"/>), or for a pointwise call of 16 or more terms (<see cref="PackedPointwisePays"/>). On packed strips the kernels unfold and pack every position's K activations and round the weight to bfloat16 once per call, then multiply at 1.8x their float32 rate, so the
     /// channels per position decide whether the multiply-adds outweigh the packing that libtorch's float32 convolution
     /// does not pay. Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 35; the route forced on every cell of the conv
     /// table, over float32's time, paired in one process, batch 1 and 8): from 256 channels on 256 or more terms
@@ -349,7 +349,28 @@ internal static class ConvolutionCost
         && ((unfold.Rows >= PackedBFloat16MinReduction && outputs >= PackedBFloat16MinOutputs)
             || (unfold.Rows >= PackedBFloat16MinReductionFewerOutputs && outputs >= PackedBFloat16MinOutputsManyPositions
                 && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions)
-            || PairImagesPay(unfold, outputs));
+            || PairImagesPay(unfold, outputs)
+            || PackedPointwisePays(unfold));
+
+    /// <summary>
+    /// Whether a weight-only pointwise call (1x1, stride 1, no padding) that is not small takes the bfloat16 route on the
+    /// packed kernels where libtorch's bfloat16 convolution failed its check (<see cref="PackedBFloat16Pays"/>): an even
+    /// reduction of <see cref="PackedPointwiseMinReduction"/> or more terms onto more than
+    /// <see cref="FewPositionsMaxPositions"/> output positions in all (on fewer the float32 packed kernels keep it). The
+    /// rule there had given most of them libtorch's float32 convolution on the dequantized weight (the float32 layer's own
+    /// call plus a dequantization). Measured on the Zen 5 VM (docs/BENCHMARKS.md, stop 52; the two routes paired with
+    /// float32 in a process of each order, int8, batch 1, 2, 3 and 8): MobileNet's expansions (16->96 onto 112x112,
+    /// 24->144 onto 56x56, 32->192 onto 28x28, 64->384 onto 14x14) and projections (144->24, 192->32, 384->64, 576->96),
+    /// ResNet's 1x1 layers onto 56x56 (64->64, 64->256, 256->64) and 128->128 onto 28x28 took 0.43-0.97x float32's time
+    /// on the packed kernels against 0.45-1.22x on the rule's routes before (libtorch's float32 convolution, the float32
+    /// packed kernels, or, from pair images, the packed kernels' bfloat16 route already), faster or alike in all 50
+    /// cells (alike: 64->64 and 128->128 at batch 8, where the rule already read pair images); 960->160 onto
+    /// 7x7 at one and two images (49 and 98 positions) was faster on the float32 packed kernels (0.53-0.58x against
+    /// 0.57-0.68x).
+    /// </summary>
+    internal static bool PackedPointwisePays(Im2Col unfold) =>
+        unfold.IsPointwise && unfold.Rows % 2 == 0 && unfold.Rows >= PackedPointwiseMinReduction
+        && (long)unfold.Images * unfold.Positions > FewPositionsMaxPositions;
 
     /// <summary>
     /// Output positions (images x positions) up to which <see cref="PackedBFloat16BeatsLibTorch"/> for convolutions of
@@ -407,7 +428,8 @@ internal static class ConvolutionCost
     /// Reduction length (input channels) from which a pointwise call (1x1, stride 1, no padding) of fewer than
     /// <see cref="BFloat16MinReduction"/> terms takes the packed kernels' bfloat16 route where both bfloat16 convolutions
     /// run (<see cref="PackedBFloat16BeatsLibTorch"/>) rather than libtorch's float32 convolution on the dequantized
-    /// weight: MobileNet's expansions. Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 51; the routes paired with
+    /// weight: MobileNet's expansions (and, where libtorch's failed its check, a pointwise call of any longer reduction
+    /// too, <see cref="PackedPointwisePays"/>). Measured on the Zen 4 VM (docs/BENCHMARKS.md, stop 51; the routes paired with
     /// float32 in a process of each order, int8, batch 1-8): 16->96 onto 112x112, 24->144 onto 56x56 and 32->192 onto
     /// 28x28 took 0.43-0.83x float32's time on the packed kernels in 24 of 28 cells (1.02-1.25x in four: 32->192 at batch
     /// 2 and 8 in a process where the float32 packed kernels took 1.68-2.07x there too, 24->144 at batch 2 and 3

@@ -171,20 +171,21 @@ public class BFloat16ConvolutionTests
     }
 
     /// <summary>
-    /// A pointwise layer of fewer than 64 terms (MobileNet's 24->144 onto 56x56, two images): where both bfloat16
-    /// convolutions run, the rule takes the packed kernels' bfloat16 route for it (stop 51; libtorch's float32 route
-    /// before), within the bfloat16 bound of the float32 specification and not float32's values; elsewhere not the
-    /// bfloat16 route.
+    /// A pointwise layer of fewer than 64 terms (MobileNet's 24->144 onto 56x56, two images): where the bfloat16
+    /// convolutions may run and the CPU has AVX512-BF16, the rule takes the packed kernels' bfloat16 route for it, whether
+    /// or not libtorch's bfloat16 convolution passed its check (stops 51 and 52; libtorch's float32 route before), within
+    /// the bfloat16 bound of the float32 specification and not float32's values; elsewhere not the bfloat16 route.
     /// </summary>
     [Fact]
-    public void ShortPointwiseLayersTakeThePackedKernelsInBFloat16WhereBothBFloat16ConvolutionsRun()
+    public void ShortPointwiseLayersTakeThePackedKernelsInBFloat16WhereTheCpuHasAvx512BFloat16()
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(24, 144, 1), QuantizationRecipe.Int8WeightOnly().BaseWeights);
         var x = torch.randn(2, 24, 56, 56, generator: new torch.Generator(51));
         var route = layer.Route(x);
-        Assert.True(QuantizedModule.BothBFloat16Convolutions == (route == ConvolutionRoute.BFloat16), $"{route} (both bfloat16 convolutions: {QuantizedModule.BothBFloat16Convolutions})");
+        bool packed = QuantizedModule.BFloat16Convolutions && QuantSharp.Kernels.Vnni512Kernel.BFloat16Supported;
+        Assert.True(packed == (route == ConvolutionRoute.BFloat16), $"{route} (bfloat16 on the packed kernels: {packed})");
         if (route != ConvolutionRoute.BFloat16) return;
         Assert.True(layer.BFloat16OnPackedKernels(x));
         var reference = layer.Forward(x, ConvolutionRoute.Reference);

@@ -695,7 +695,7 @@ public unsafe class BFloat16PackedKernelTests
     }
 
     [Fact]
-    public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositionsOr64ChannelsOnPairImages()
+    public void RuleTakesThePackedBFloat16RouteForWeightOnlyCallsFrom128TermsInto256ChannelsOr256Into128OnMoreThanFewPositionsOr64ChannelsOnPairImagesOrPointwiseFrom16Terms()
     {
         var r = ConvolutionRoute.BFloat16;
         // (C, H, W, KH, KW, SH, SW, PH, PW, DH, DW), images, outputs, W8A8, the route with packedBFloat16, without it (libtorch's bfloat16).
@@ -715,17 +715,24 @@ public unsafe class BFloat16PackedKernelTests
             ([64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 1, 63, false, ConvolutionRoute.Reference, r),              // 63 out
             ([64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, r, r),                                       // 196 positions: in
             ([64, 13, 15, 3, 3, 1, 1, 1, 1, 1, 1], 2, 64, false, ConvolutionRoute.Reference, r),              // 195: out
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, ConvolutionRoute.Reference, r),              // one tap: out
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 1, 64, false, r, r),                                       // pointwise, one image: in (stop 52)
+            ([64, 56, 56, 1, 1, 2, 2, 0, 0, 1, 1], 2, 64, false, ConvolutionRoute.Reference, r),              // one tap at stride 2: out
             ([16, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1], 8, 64, false, ConvolutionRoute.Reference, r),              // 16 channels in: out
             ([128, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // 128 terms into 256 channels: in
-            ([126, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 126: out
-            ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, ConvolutionRoute.Reference, r),            // 254 terms into 255 channels: out
+            ([126, 28, 28, 1, 1, 2, 2, 0, 0, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // 126 at stride 2: out
+            ([126, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 256, false, r, r),                                     // at stride 1: a pointwise call
+            ([254, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 254 terms into 255 channels: a pointwise call
+            ([16, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 1, 96, false, r, ConvolutionRoute.Reference),            // 16 terms (MobileNet's 16->96): a pointwise call
+            ([14, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 8, 96, false, ConvolutionRoute.Reference, ConvolutionRoute.Reference), // 14: out
+            ([23, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 144, false, ConvolutionRoute.Reference, ConvolutionRoute.Reference), // an odd 23: out
+            ([960, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1], 3, 160, false, r, r),                                       // 147 positions: a pointwise call
+            ([960, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1], 2, 160, false, ConvolutionRoute.Kernel, r),                 // 98: the float32 packed kernels
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 256 into 255 on 784 positions: in
             ([16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, r),                 // static W8A8 of 144 terms: the float32 rule (integer GEMM)
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, r, r),                                      // 64 terms, pointwise on pair images
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 256, false, r, r),                                      // two images onto 56x56: in
-            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, ConvolutionRoute.Reference, r),             // onto 28x28 from 64 channels: out
-            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 63, false, ConvolutionRoute.Reference, r),              // 63 channels: out
+            ([64, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, r, r),                                      // onto 28x28 from 64 channels: a pointwise call
+            ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 4, 63, false, r, r),                                       // 63 channels: a pointwise call
             ([32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1], 2, 16, false, ConvolutionRoute.Kernel, r),                   // 16 channels: the float32 rule's packed kernels
             ([256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, ConvolutionRoute.Kernel), // static W8A8: the integer GEMM
             ([255, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, false, ConvolutionRoute.Reference, r),            // an odd reduction (2,295 terms)
