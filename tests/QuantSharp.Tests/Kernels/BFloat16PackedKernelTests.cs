@@ -725,8 +725,8 @@ public unsafe class BFloat16PackedKernelTests
             ([16, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 1, 96, false, r, ConvolutionRoute.Reference),            // 16 terms (MobileNet's 16->96): a pointwise call
             ([14, 112, 112, 1, 1, 1, 1, 0, 0, 1, 1], 8, 96, false, ConvolutionRoute.Reference, ConvolutionRoute.Reference), // 14: out
             ([23, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 2, 144, false, ConvolutionRoute.Reference, ConvolutionRoute.Reference), // an odd 23: out
-            ([960, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1], 3, 160, false, r, r),                                       // 147 positions: a pointwise call
-            ([960, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1], 2, 160, false, ConvolutionRoute.Kernel, r),                 // 98: the float32 packed kernels
+            ([192, 9, 15, 1, 1, 1, 1, 0, 0, 1, 1], 1, 192, false, r, r),                                      // 192 into 192 on 135 positions: a pointwise call
+            ([192, 8, 16, 1, 1, 1, 1, 0, 0, 1, 1], 1, 192, false, ConvolutionRoute.Kernel, r),                // on 128: the float32 packed kernels
             ([256, 28, 28, 1, 1, 1, 1, 0, 0, 1, 1], 1, 255, false, r, r),                                     // 256 into 255 on 784 positions: in
             ([16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1], 1, 256, true, ConvolutionRoute.Kernel, r),                 // static W8A8 of 144 terms: the float32 rule (integer GEMM)
             ([64, 56, 56, 1, 1, 1, 1, 0, 0, 1, 1], 8, 256, false, r, r),                                      // 64 terms, pointwise on pair images
