@@ -1069,16 +1069,20 @@ internal static unsafe class PackedMatMul
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> puts the output channels in lanes (<see cref="PairLanesConvolution"/>) rather
     /// than 32 positions of a wide row (<see cref="ByPairImages"/>): a Conv2d onto output rows narrower than
-    /// <see cref="LanesMaxOutW"/>, at stride 1 with at least <see cref="LanesMinOutputs"/> outputs a group (whole
-    /// vectors), at stride 2 with at least <see cref="LanesMinOutputsStrided"/>. Measured on the Zen 4 VM (int8 weights,
-    /// the two layouts in the same process): 512 and 1024 channels in 32 groups and 384 in 8 onto 14x14 at batch 1-8
-    /// took 0.53-0.67x float32's time with the output channels in lanes against 0.67-1.94x with positions in lanes
-    /// (docs/BENCHMARKS.md, stop 49); at stride 2 from 14x14 (256 channels in 4 groups, 1024 and 2048 in 32) 0.44-0.89x
-    /// against 0.75-1.78x, once a plane's narrow rows were paired in one run (stop 50).
+    /// <see cref="LanesMaxOutW"/>, at stride 1 or 2, with at least <see cref="LanesMinOutputs"/> outputs a group (whole
+    /// vectors). Measured on the Zen 4 VM (int8 weights, the two layouts in the same process): 512 and 1024 channels in 32
+    /// groups and 384 in 8 onto 14x14 at batch 1-8 took 0.53-0.67x float32's time with the output channels in lanes
+    /// against 0.67-1.94x with positions in lanes (docs/BENCHMARKS.md, stop 49); at stride 2 from 14x14 (256 channels in
+    /// 4 groups, 1024 and 2048 in 32) 0.44-0.89x against 0.75-1.78x, once a plane's narrow rows were paired in one run
+    /// (stop 50). At stride 2 with 16-31 outputs a group the lanes and the rule's routes before (the small kernel, or
+    /// libtorch's bfloat16 convolution from four images) were alike on the Zen 4 VM (512 channels in 32 groups from
+    /// 28x28: 0.87-1.03x against 0.75-1.05x, stop 50); on the Zen 5 VM (stop 52; six layers of 16 outputs a group, 128
+    /// in 8 groups to 1024 in 64, from 14x14 and 28x28, batch 1, 2, 4 and 8, the two in one process, both orders, four
+    /// processes) the lanes took 0.53-1.15x at batch 4 and 8 where the rule's routes took 0.78-1.54x, and at batch 1 and 2
+    /// were alike or faster but on 128 channels in 8 groups (0.54-0.77x against 0.50-0.79x, up to 0.07 slower in a process).
     /// </summary>
     internal static bool LanesPay(Im2Col u, long outputs, long groups) =>
-        u.Height > 1 && u.OutW < LanesMaxOutW && u.StrideH == u.StrideW
-        && outputs / groups >= u.StrideH switch { 1 => LanesMinOutputs, 2 => LanesMinOutputsStrided, _ => int.MaxValue };
+        u.Height > 1 && u.OutW < LanesMaxOutW && u.StrideH == u.StrideW && u.StrideH <= 2 && outputs / groups >= LanesMinOutputs;
 
     /// <summary>
     /// Whether an ungrouped weight-only convolution in bfloat16 on the packed kernels runs as
@@ -1121,13 +1125,6 @@ internal static unsafe class PackedMatMul
 
     /// <summary>Outputs a group from which <see cref="LanesPay"/>: a vector of <see cref="Vnni512Kernel.PairDots"/>' lanes.</summary>
     internal const int LanesMinOutputs = 16;
-
-    /// <summary>
-    /// Outputs a group from which <see cref="LanesPay"/> at stride 2: two vectors. With one (512 channels in 32 groups
-    /// from 28x28 at batch 1-8) the output channels in lanes took 0.87-1.03x float32's time where the small kernel took
-    /// 0.75-1.05x (docs/BENCHMARKS.md, stop 50).
-    /// </summary>
-    internal const int LanesMinOutputsStrided = 32;
 
     /// <summary>
     /// Whether <see cref="GroupedBFloat16"/> takes a convolution of <paramref name="outputs"/> channels in

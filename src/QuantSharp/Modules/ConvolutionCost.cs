@@ -74,7 +74,7 @@ namespace QuantSharp.Modules;
 /// (<see cref="Kernels.WeightDequantizer"/>) into the thread's buffer (<see cref="QuantizedConv"/>), 1.0-1.3x.</item>
 /// <item>Grouped layers: depthwise ones take their own kernel where <see cref="DepthwisePays"/>; weight-only ones on CPUs
 /// with AVX512-BF16 (bfloat16 compute on) the bfloat16 route with the output channels in lanes where
-/// <see cref="Kernels.PackedMatMul.LanesPay"/> (onto rows narrower than 16: at stride 1, and at stride 2 with 32 or more
+/// <see cref="Kernels.PackedMatMul.LanesPay"/> (onto rows narrower than 16 at stride 1 or 2, 16 or more
 /// outputs a group), before libtorch's bfloat16
 /// convolution up to <see cref="GroupedLanesOverLibTorchMaxWeight"/> weight elements; others libtorch's bfloat16
 /// convolution where it passed <see cref="BFloat16Check"/> and <see cref="GroupedLibTorchBFloat16Pays"/> (4 or more images onto 14x14 or

@@ -402,13 +402,13 @@ public class GroupedConvolutionTests
         Assert.False(ConvolutionCost.GroupedLibTorchBFloat16Pays(new Im2Col(512, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(8), 1, false));  // one group
 
         torch.manual_seed(57);
-        // At stride 2 onto 7x7 with 16 outputs a group (with 32 or more, or at stride 1, the output channels in lanes come
-        // first: GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
-        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, stride: 2, padding: 1, groups: 32), QuantizationRecipe.Int8WeightOnly().BaseWeights);
-        var x = torch.randn(4, 512, 14, 14);
+        // Onto 12x16 (192 positions; onto rows narrower than 16 the output channels in lanes come first:
+        // GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
+        using var layer = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, padding: 1, groups: 32), QuantizationRecipe.Int8WeightOnly().BaseWeights);
+        var x = torch.randn(4, 512, 12, 16);
         bool libtorch = QuantizedModule.UseBFloat16Compute && QuantizedModule.NativeBFloat16 && BFloat16Check.Convolutions;
         var route = layer.Route(x);
-        // Elsewhere not the bfloat16 route (16 channels a group onto 7x7: no pair images either).
+        // Elsewhere not the bfloat16 route (16 channels a group: no pair images either).
         Assert.True(libtorch == (route == ConvolutionRoute.BFloat16), $"{route}, libtorch's bfloat16 convolution right: {libtorch}");
         if (libtorch)
         {
@@ -416,7 +416,7 @@ public class GroupedConvolutionTests
             using var expected = layer.BFloat16Convolution(x);
             using var actual = layer.call(x);
             Assert.True(expected.equal(actual).all().item<bool>(), "the rule's route is not libtorch's bfloat16 convolution");
-            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "512 channels in 32 groups, stride 2 onto 7x7, 4 images");
+            BFloat16ConvolutionTests.AssertWithinBFloat16Bound(layer, x, layer.Forward(x, ConvolutionRoute.Reference), actual, "512 channels in 32 groups onto 12x16, 4 images");
         }
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(x)));
     }
@@ -425,8 +425,9 @@ public class GroupedConvolutionTests
     /// Weight-only grouped layers at stride 1 onto output rows narrower than 16, of 16 or more outputs a group, take the
     /// bfloat16 route with the output channels in lanes (<see cref="PairLanesConvolution"/>) where the CPU has
     /// AVX512-BF16, before libtorch's bfloat16 convolution, at any batch; within bfloat16's bound of libtorch's float32
-    /// route; at stride 2 too, from 32 outputs a group (256 channels in 4 groups from 14x14). Not at stride 3, onto rows
-    /// of 16, with 15 outputs a group (16 at stride 2), static W8A8, a Conv1d; with bfloat16 compute off not at all.
+    /// route; at stride 2 too (256 channels in 4 groups from 14x14; since stop 52 from 16 outputs a group, ResNeXt's 512
+    /// channels in 32 groups from 28x28). Not at stride 3, onto rows of 16, with 15 outputs a group, static W8A8, a
+    /// Conv1d; with bfloat16 compute off not at all.
     /// </summary>
     [Fact]
     public void GroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes()
@@ -440,7 +441,8 @@ public class GroupedConvolutionTests
         Assert.True(PackedMatMul.LanesPay(Unfold(2048, 14, 14, stride: 2), 2048, 32));    // stride 2 onto 7x7
         Assert.True(PackedMatMul.LanesPay(Unfold(1024, 30, 30, stride: 2), 1024, 32));    // onto rows of 15
         Assert.False(PackedMatMul.LanesPay(Unfold(1024, 32, 32, stride: 2), 1024, 32));   // of 16
-        Assert.False(PackedMatMul.LanesPay(Unfold(512, 14, 14, stride: 2), 512, 32));     // 16 outputs a group at stride 2
+        Assert.True(PackedMatMul.LanesPay(Unfold(512, 14, 14, stride: 2), 512, 32));      // 16 outputs a group at stride 2 (stop 52)
+        Assert.False(PackedMatMul.LanesPay(Unfold(480, 14, 14, stride: 2), 480, 32));     // 15
         Assert.False(PackedMatMul.LanesPay(new Im2Col(1024, 14, 14, 3, 3, 2, 1, 1, 1, 1, 1), 1024, 32)); // strides 2 and 1
         Assert.False(PackedMatMul.LanesPay(Unfold(2048, 21, 21, stride: 3), 2048, 32));   // stride 3 onto 7x7
         Assert.True(PackedMatMul.LanesPay(Unfold(128, 7, 7), 128, 8));                    // 16 outputs a group
@@ -469,6 +471,8 @@ public class GroupedConvolutionTests
         }
         using var strided = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(256, 256, 3, stride: 2, padding: 1, groups: 4), int8);
         AssertInLanesWhereTheyRun(strided, torch.randn(3, 256, 14, 14), "256 channels in 4 groups from 14x14 at stride 2, 3 images");
+        using var sixteen = (QuantizedConv)QuantizedModules.Quantize(nn.Conv2d(512, 512, 3, stride: 2, padding: 1, groups: 32), int8);
+        AssertInLanesWhereTheyRun(sixteen, torch.randn(4, 512, 28, 28), "512 channels in 32 groups from 28x28 at stride 2, 4 images");
         var seven = torch.randn(1, 512, 7, 7);
         Assert.NotEqual(ConvolutionRoute.BFloat16, affine.Route(seven)); // static W8A8: its own rules
         Float32Compute.Run(() => Assert.NotEqual(ConvolutionRoute.BFloat16, layer.Route(seven)));
