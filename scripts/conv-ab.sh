@@ -23,17 +23,16 @@ for shape in $SHAPES; do
     done
   done
 done
-python3 - "$out" <<'PY'
-import collections, glob, re, sys
+python3 - "$(dirname "$0")" "$out" <<'PY'
+import collections, glob, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[1])
+from conv_medians import medians
 rows = collections.OrderedDict()
-for name in sorted(glob.glob(sys.argv[1] + '-*.txt')):
+for name in sorted(glob.glob(sys.argv[2] + '-*.txt')):
     side = 'new' if name.rsplit('-', 2)[1] == 'new' else 'base'
     floats = {}
-    for line in open(name):
-        m = re.match(r'(.*) batch (\d+) (\S+): median ([\d.]+) us per call', line)
-        if not m:
-            continue
-        key, variant, us = (m.group(1), int(m.group(2))), m.group(3), float(m.group(4))
+    for key, variant, us in medians(name):
         if variant == 'Float:':
             floats[key] = us
         else:

@@ -34,17 +34,16 @@ for rep in $(seq "${REPS:-1}"); do
       dotnet "$bench" conv 1 1 "$filter" > "$file" 2>&1
   done
 done
-ABS=${ABS:-0} python3 - "${files[@]}" <<'PY'
-import collections, os, re, sys
+ABS=${ABS:-0} python3 - "$repo/scripts" "${files[@]}" <<'PY'
+import collections, os, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[1])
+from conv_medians import medians
 absolute = os.environ['ABS'] == '1'
 rows = collections.OrderedDict()
-for name in sys.argv[1:]:
+for name in sys.argv[2:]:
     floats = {}
-    for line in open(name):
-        m = re.match(r'(.*) batch (\d+) (\S+): median ([\d.]+) us per call', line)
-        if not m:
-            continue
-        key, variant, us = (m.group(1), int(m.group(2))), m.group(3), float(m.group(4))
+    for key, variant, us in medians(name):
         cells = rows.setdefault(key, collections.OrderedDict())
         if variant == 'Float:':
             floats[key] = us

@@ -898,8 +898,7 @@ internal static unsafe class PackedMatMul
     internal static bool PairsInPlacePays(Im2Col unfold, long outputs)
     {
         if (unfold.Channels % 2 != 0) return false;
-        bool pointwise = unfold.IsPointwise;
-        if (pointwise)
+        if (unfold.IsPointwise)
             return outputs >= PairsInPlacePointwiseMinOutputs
                 && ((unfold.Images >= PairsInPlacePointwiseMinImages && unfold.Positions >= PairsInPlacePointwiseMinPositions)
                     || (unfold.Images >= PairsInPlacePointwiseManyImages && unfold.Positions >= PairsInPlacePointwiseManyMinPositions

@@ -766,8 +766,7 @@ internal static class ConvolutionCost
     /// </summary>
     internal static bool QuadPays(Im2Col unfold, long outputs, long groups, bool pairCodesPay = false)
     {
-        bool pointwise = unfold.IsPointwise;
-        if (pointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
+        if (unfold.IsPointwise || groups < 1 || unfold.Channels / groups < QuadMinChannels) return false;
         if (pairCodesPay && outputs / groups < QuadLanes) return false;
         long positions = (long)unfold.Images * unfold.Positions, groupWeight = outputs / groups * (unfold.Rows / groups);
         if (groupWeight > QuadMaxGroupWeight) return false;

@@ -861,8 +861,9 @@ public unsafe class ConvolutionKernelTests
 
         // 1x1 32->16 on 100x100: 10,000 positions x 16 x 32 = 5.1M multiply-adds, not small. Weight-only, both rules:
         // dequantize + float32 libtorch (the packed kernel lost to it, stops 11 and 26; bfloat16: 32 reduction terms <
-        // BFloat16MinReduction; where both bfloat16 convolutions run, the packed kernels in bfloat16 since stop 51); the
-        // packed kernel only for W8A8 under the float32 rule.
+        // BFloat16MinReduction; the packed kernels in bfloat16 where both bfloat16 convolutions run since stop 51 and where
+        // libtorch's failed its check since stop 52, rules not asserted here); the packed kernel only for W8A8 under the
+        // float32 rule.
         var pointwise = new Im2Col(32, 100, 100, 1, 1, 1, 1, 0, 0, 1, 1);
         AssertChoice(pointwise, 16, false, R, R, "1x1 32->16");
         AssertChoice(pointwise, 16, true, R, K, "W8A8 1x1 32->16");
