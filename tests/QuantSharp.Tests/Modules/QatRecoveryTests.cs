@@ -9,10 +9,12 @@ namespace QuantSharp.Tests.Modules;
 /// round-to-nearest accuracy drop"), with the same protocol as the Fashion-MNIST numbers: a seeded MLP trained on a
 /// seeded synthetic 10-class problem; round-to-nearest (RTN); QAT fine-tuned from the float model with each setting of a
 /// small grid (STE, LSQ), the one with the best accuracy on a VALIDATION set kept, and only that one measured on a
-/// separate test set. At int2 the Gaussian-classes problem shows the claim. At int4 that problem loses nothing
-/// measurable to rounding (0.3 points or less of 4,096, sometimes a gain), so int4 is tested on a problem without label
-/// noise where rounding costs 0.9-1.5 points; there QAT recovers 37-79% of the drop (below the 70% bar on two of three
-/// seeds), which the int4 test states rather than hides.
+/// separate test set. The fine-tuning ends at a low learning rate and the claim is on the median over three batch
+/// orders (<see cref="FineTune"/>, <see cref="Orders"/>): a single short run at one rate was a draw whose result moved
+/// with the CPU's float rounding (the first version of these tests failed on an AVX2-only CPU). At int2 the
+/// Gaussian-classes problem shows the claim. At int4 that problem loses nothing measurable to rounding (0.3 points or
+/// less of 4,096, sometimes a gain), so int4 is tested on a problem without label noise where rounding costs 0.9-1.5
+/// points; there QAT recovers about 60-65% of the drop, below the 70% bar, which the int4 test states rather than hides.
 /// </summary>
 [Collection(TorchThreadsCollection.Name)]
 public class QatRecoveryTests
@@ -70,10 +72,26 @@ public class QatRecoveryTests
     ];
 
     /// <summary>
-    /// QAT from <paramref name="model"/> with each setting of <see cref="Grid"/> (300 steps, Adam lr 1e-3, the same batches
+    /// The QAT schedule, also given to the float control: 300 steps of Adam at lr 1e-3, then 300 at 1e-4 over the same
+    /// stream of batches. Without the second phase one run's result is a draw: on an AVX2-only CPU (Zen 3, 2026-12-07)
+    /// 300 steps at 1e-3 recovered 0-64% of the int4 drop depending on the batch order (eight orders a seed) and 32-102% at
+    /// int2; with it 46-93% and 65-108%.
+    /// </summary>
+    private static void FineTune(nn.Module<Tensor, Tensor> model, Tensor x, Tensor y, ulong order)
+    {
+        var g = new Generator(order);
+        Train(model, x, y, steps: 300, lr: 1e-3, g);
+        Train(model, x, y, steps: 300, lr: 1e-4, g);
+    }
+
+    /// <summary>The batch orders QAT is run with; the claim is on the median over them, not on one draw.</summary>
+    private static readonly ulong[] Orders = [23, 24, 25];
+
+    /// <summary>
+    /// QAT from <paramref name="model"/> with each setting of <see cref="Grid"/> (<see cref="FineTune"/>, the same batches
     /// for every setting), converted; the one with the best validation accuracy (ties keep the earlier one).
     /// </summary>
-    private static (Net Model, string Setting) ChooseQat(Net model, QuantizationRecipe recipe, Tensor xTrain, Tensor yTrain, Tensor xValidation, Tensor yValidation)
+    private static (Net Model, string Setting) ChooseQat(Net model, QuantizationRecipe recipe, Tensor xTrain, Tensor yTrain, Tensor xValidation, Tensor yValidation, ulong order)
     {
         Net? chosen = null;
         double bestValidation = -1;
@@ -81,7 +99,7 @@ public class QatRecoveryTests
         foreach (var (name, options) in Grid)
         {
             var qat = QuantizationAwareTraining.Prepare(model, recipe, () => new Net(), options: options);
-            Train(qat, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23));
+            FineTune(qat, xTrain, yTrain, order);
             QuantizationAwareTraining.Convert(qat);
             double v = Accuracy(qat, xValidation, yValidation);
             if (v > bestValidation)
@@ -92,6 +110,22 @@ public class QatRecoveryTests
             else qat.Dispose();
         }
         return (chosen!, chosenName);
+    }
+
+    /// <summary>
+    /// The median test accuracy of QAT chosen on validation over <see cref="Orders"/>, and each order's setting and
+    /// accuracy for the message.
+    /// </summary>
+    private static (double Median, string Runs) MedianQat(Net model, QuantizationRecipe recipe, Tensor xTrain, Tensor yTrain, Tensor xValidation, Tensor yValidation, Tensor xTest, Tensor yTest)
+    {
+        var runs = new List<(double Accuracy, string Setting)>();
+        foreach (ulong order in Orders)
+        {
+            var (best, setting) = ChooseQat(model, recipe, xTrain, yTrain, xValidation, yValidation, order);
+            using (best) runs.Add((Accuracy(best, xTest, yTest), setting));
+        }
+        double median = runs.Select(r => r.Accuracy).Order().ElementAt(runs.Count / 2);
+        return (median, string.Join(", ", runs.Select(r => $"{r.Setting} {r.Accuracy:P2}")));
     }
 
     [Fact]
@@ -115,14 +149,12 @@ public class QatRecoveryTests
             using var rtn = rtnResult.Model;
             double rtnAcc = Accuracy(rtn, xTest, yTest);
 
-            var (best, chosenName) = ChooseQat(model, recipe, xTrain, yTrain, xValidation, yValidation);
-            using var qat = best;
-            double qatAcc = Accuracy(qat, xTest, yTest);
+            var (qatAcc, runs) = MedianQat(model, recipe, xTrain, yTrain, xValidation, yValidation, xTest, yTest);
 
             double drop = fp - rtnAcc;
             Assert.True(drop > 0.02, $"int2 {granularity}: round-to-nearest should visibly lose accuracy here (float {fp:P2}, RTN {rtnAcc:P2})");
             double recovered = (qatAcc - rtnAcc) / drop;
-            Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT ({chosenName}, chosen on validation) recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2})");
+            Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT (median of {Orders.Length} batch orders, each chosen on validation) recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2}: {runs})");
         }
     }
 
@@ -137,10 +169,11 @@ public class QatRecoveryTests
     /// <summary>
     /// int4 per channel on the teacher-labelled problem, three seeds. The float model is trained until more training no
     /// longer helps (2,400 + 1,200 + 600 steps at decreasing rates), so QAT's gain is not just more training: QAT must
-    /// beat RTN of the float model fine-tuned with the same 300 steps. Measured (seeds 5, 6, 7): RTN drops 0.94, 1.50 and
-    /// 1.32 points of 16,384; QAT, chosen on validation (LSQ each time), recovers 79%, 63% and 37%. So the issue's 70% is
-    /// reached on one seed of three here (on Fashion-MNIST it is on all three, docs/ACCURACY.md); asserted is a real
-    /// recovery, at least 30% of the drop, on every seed.
+    /// beat RTN of the float model given the same fine-tuning. Measured (seeds 5, 6, 7) on an AVX2-only CPU: RTN drops
+    /// 0.87, 1.51 and 1.26 points of 16,384; QAT's median over the batch orders recovers 66%, 61% and 65% (with libtorch's
+    /// scalar kernels, <c>ATEN_CPU_CAPABILITY=default</c>: 90%, 59%, 59%), the float control then rounded -29% to 15%. So the issue's 70% is
+    /// not reached at int4 on this small problem (on Fashion-MNIST it is, docs/ACCURACY.md); asserted is a real recovery,
+    /// at least 40% of the drop, on every seed.
     /// </summary>
     [Theory]
     [InlineData(5)]
@@ -169,21 +202,19 @@ public class QatRecoveryTests
         using var rtn = Quantizer.Quantize(model, recipe, () => new Net()).Model;
         double rtnAcc = Accuracy(rtn, xTest, yTest);
 
-        // The control: the float model given the same 300 steps, then rounded.
+        // The control: the float model given the same fine-tuning (first batch order), then rounded.
         using var tuned = new Net();
         tuned.load_state_dict(model.state_dict());
-        Train(tuned, xTrain, yTrain, steps: 300, lr: 1e-3, new Generator(23));
+        FineTune(tuned, xTrain, yTrain, Orders[0]);
         using var tunedRtn = Quantizer.Quantize(tuned, recipe, () => new Net()).Model;
         double tunedRtnAcc = Accuracy(tunedRtn, xTest, yTest);
 
-        var (best, chosenName) = ChooseQat(model, recipe, xTrain, yTrain, xValidation, yValidation);
-        using var qat = best;
-        double qatAcc = Accuracy(qat, xTest, yTest);
+        var (qatAcc, runs) = MedianQat(model, recipe, xTrain, yTrain, xValidation, yValidation, xTest, yTest);
 
         double drop = fp - rtnAcc;
-        string numbers = $"float {fp:P2}, RTN {rtnAcc:P2}, QAT ({chosenName}, chosen on validation) {qatAcc:P2}, float fine-tuned then RTN {tunedRtnAcc:P2}";
+        string numbers = $"float {fp:P2}, RTN {rtnAcc:P2}, QAT (median of {Orders.Length} batch orders, each chosen on validation) {qatAcc:P2} ({runs}), float fine-tuned then RTN {tunedRtnAcc:P2}";
         Assert.True(drop > 0.005, $"int4 seed {seed}: round-to-nearest should lose more than 0.5 points here ({numbers})");
-        Assert.True((qatAcc - rtnAcc) / drop >= 0.3, $"int4 seed {seed}: QAT recovered {(qatAcc - rtnAcc) / drop:P0} of the drop ({numbers})");
+        Assert.True((qatAcc - rtnAcc) / drop >= 0.4, $"int4 seed {seed}: QAT recovered {(qatAcc - rtnAcc) / drop:P0} of the drop ({numbers})");
         Assert.True(qatAcc > tunedRtnAcc, $"int4 seed {seed}: QAT should beat more float training then rounding ({numbers})");
     }
 }
