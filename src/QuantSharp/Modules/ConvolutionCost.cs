@@ -243,6 +243,9 @@ internal static class ConvolutionCost
     /// faster); at batch 2 (96-128 positions: the 7x7 layers, the Conv1d, 32->16 and 256->256 on 8x8) 0.29-1.14x against
     /// 1.04-1.37x (all 42 pairs faster). At 144-147 positions (batch 3) the packed kernels lost on the larger weights
     /// (256->256 on 7x7 1.19-1.52x against 1.14-1.19x); at 196 (256->256 on 14x14 at batch 1) they lost in every pair.
+    /// Where the float kernels' widest path is 256 bits (<see cref="Widest256"/>: AVX2 without AVX-512) this is the only
+    /// weight-only clause of the packed kernels: on an AVX2-only Zen 3 (stop 53) the seven layers above at batch 1 took
+    /// 0.39-1.09x libtorch's route's time in one table (int8, int4, float16), the other clauses mixed or slower.
     /// </summary>
     internal const int FewPositionsMaxPositions = 128;
 
@@ -598,6 +601,9 @@ internal static class ConvolutionCost
         // images, pointwise ones of long reductions in one or two images, Conv1d ones of long reductions in one image,
         // 3x3 ones onto 28x28 in 2-8 images (their strips read in place) and small ones too long for the small kernel:
         // the packed kernels.
+        bool fewPositions = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions;
+        // At 256 bits (AVX2 without AVX-512) only the calls of few positions were measured (stop 53, FewPositionsMaxPositions).
+        if (!quantizedInput && !small && float256 && fewPositions) return ConvolutionRoute.Kernel;
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;
@@ -606,7 +612,7 @@ internal static class ConvolutionCost
             bool longConv1d = unfold.Height == 1 && unfold.KernelH == 1 && unfold.Rows >= IntegerMinReduction && unfold.Images <= Conv1dWeightOnlyMaxImages;
             bool inPlace = Kernels.PackedMatMul.InPlacePays(unfold) && unfold.Images >= InPlaceWeightOnlyMinImages && unfold.Images <= InPlaceWeightOnlyMaxImages;
             bool smallLong = !pointwise && !fits && work <= SmallWeightOnlyMaxWork;
-            if (strided || longPointwise || longConv1d || inPlace || smallLong || (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions) return ConvolutionRoute.Kernel;
+            if (strided || longPointwise || longConv1d || inPlace || smallLong || fewPositions) return ConvolutionRoute.Kernel;
         }
         // 1x1 convolutions take the packed kernels for W8A8 and small calls; weight-only beyond the small kernel and the
         // long pointwise calls above they fall through to libtorch on the dequantized weight, which the packed kernel

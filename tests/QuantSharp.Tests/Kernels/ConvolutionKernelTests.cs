@@ -703,12 +703,16 @@ public unsafe class ConvolutionKernelTests
         using var noGrad = no_grad();
         const ConvolutionRoute K = ConvolutionRoute.Kernel, R = ConvolutionRoute.Reference, B = ConvolutionRoute.BFloat16;
         // Weight-only, beyond the small kernel, at most FewPositionsMaxPositions output positions over the call's images:
-        // the packed kernels under the float32 rule with 512-bit float kernels; the bfloat16 rule and 256 bits unchanged.
+        // the packed kernels under the float32 rule, with 512-bit float kernels and at 256 bits (stop 53); the bfloat16 rule
+        // unchanged. At 256 bits the other weight-only clauses of the packed kernels stay off (below).
         var last = new Im2Col(512, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1); // ResNet's last 3x3 layers: 49 positions
         AssertChoice(last, 512, false, B, K, "512->512 3x3 on 7x7");
         AssertChoice(last.ForImages(2), 512, false, B, K, "512->512 3x3 on 7x7, two images (98 positions)");
         AssertChoice(last.ForImages(3), 512, false, B, R, "512->512 3x3 on 7x7, three images (147 positions)");
-        AssertChoice(last, 512, false, B, R, "512->512 3x3 on 7x7 at 256 bits", float256: true);
+        AssertChoice(last, 512, false, B, K, "512->512 3x3 on 7x7 at 256 bits", float256: true);
+        AssertChoice(last.ForImages(2), 512, false, B, K, "512->512 3x3 on 7x7, two images, at 256 bits", float256: true);
+        AssertChoice(last.ForImages(3), 512, false, B, R, "512->512 3x3 on 7x7, three images, at 256 bits", float256: true);
+        AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7 at 256 bits (the integer GEMM)", float256: true);
         AssertChoice(new Im2Col(256, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 512, false, B, K, "256->512 stride 2 on 14x14");
         AssertChoice(new Im2Col(512, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1), 2048, false, B, K, "1x1 512->2048 on 7x7");
         AssertChoice(new Im2Col(256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1), 256, false, B, R, "256->256 3x3 on 14x14 (196 positions)");
@@ -759,11 +763,11 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(new Im2Col(256, 60, 60, 1, 1, 2, 2, 0, 0, 1, 1), 64, false, B, K, "1x1 stride 2, 256 terms");
         AssertChoice(new Im2Col(64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1), 64, false, B, R, "64->64 stride 1 on 56x56");
         AssertLayerRoute(nn.Conv2d(64, 128, 3, stride: 2, padding: 1), null, torch.randn(1, 64, 16, 16), new Im2Col(64, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1),
-            B, ConvolutionCost.Widest256 ? R : K, "64->128 stride 2 on 16x16 layer");
+            B, K, "64->128 stride 2 on 16x16 layer (64 positions: the few-positions clause, at 256 bits too)");
         // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1, 2 and 3.
         var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
-        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer");
-        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, ConvolutionCost.Widest256 ? R : K, "64->64 on 7x7 layer, two images");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, K, "64->64 on 7x7 layer");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, K, "64->64 on 7x7 layer, two images (98 positions: at 256 bits too)");
         // Three images (147 positions, 5.4M): small enough for SmallWeightOnlyMaxWork; six (10.8M) are not. Beyond the
         // small kernel's calls (4.2M), the output channels in lanes where they run (UngroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
         Assert.True(PackedMatMul.UngroupedLanesPay(layerGeometry.ForImages(3), 64));
@@ -893,12 +897,11 @@ public unsafe class ConvolutionKernelTests
         // images (8.3M multiply-adds: SmallWeightOnlyMaxWork), libtorch float32 on 29.
         var k288 = new Im2Col(32, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertChoice(k288, 16, false, B, K, "weight-only 3x3 K 288");
-        var fewPositions = ConvolutionCost.Widest256 ? R : K; // the rule was measured with the 512-bit float kernels
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, fewPositions, "weight-only 3x3 layer");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(1, 32, 8, 8), k288, B, K, "weight-only 3x3 layer (64 positions, at 256 bits too)");
         AssertChoice(k288.ForImages(2), 16, false, B, K, "weight-only 3x3 K 288, two images");
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, fewPositions, "weight-only 3x3 layer, two images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(2, 32, 8, 8), k288.ForImages(2), B, K, "weight-only 3x3 layer, two images (128 positions, at 256 bits too)");
         AssertChoice(k288.ForImages(3), 16, false, B, K, "weight-only 3x3 K 288, three images");
-        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(3, 32, 8, 8), k288.ForImages(3), B, fewPositions, "weight-only 3x3 layer, three images");
+        AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(3, 32, 8, 8), k288.ForImages(3), B, ConvolutionCost.Widest256 ? R : K, "weight-only 3x3 layer, three images (192 positions: at 256 bits libtorch's route)");
         AssertChoice(k288.ForImages(28), 16, false, B, K, "weight-only 3x3 K 288, 28 images");
         AssertChoice(k288.ForImages(29), 16, false, B, R, "weight-only 3x3 K 288, 29 images");
         AssertLayerRoute(nn.Conv2d(32, 16, 3, padding: 1), null, torch.randn(29, 32, 8, 8), k288.ForImages(29), B, R, "weight-only 3x3 layer, 29 images");
