@@ -244,10 +244,21 @@ internal static class ConvolutionCost
     /// 1.04-1.37x (all 42 pairs faster). At 144-147 positions (batch 3) the packed kernels lost on the larger weights
     /// (256->256 on 7x7 1.19-1.52x against 1.14-1.19x); at 196 (256->256 on 14x14 at batch 1) they lost in every pair.
     /// Where the float kernels' widest path is 256 bits (<see cref="Widest256"/>: AVX2 without AVX-512) this is the only
-    /// weight-only clause of the packed kernels: on an AVX2-only Zen 3 (stop 53) the seven layers above at batch 1 took
-    /// 0.39-1.09x libtorch's route's time in one table (int8, int4, float16), the other clauses mixed or slower.
+    /// weight-only clause of the packed kernels, up to <see cref="FewPositionsOneImage256"/> positions, or up to 128 with
+    /// a weight below <see cref="FewPositionsMaxWeight256"/> elements. On an AVX2-only Zen 3 (docs/BENCHMARKS.md, stop
+    /// 53; eight layers, int8, float16, int4, each paired with float32 in two processes a side) the packed kernels took
+    /// 0.48-1.24x float32's time at batch 1 where libtorch's route took 1.07-1.51x (faster in every pair); at batch 2
+    /// 0.32-1.16x against 1.04-1.28x on the six smaller weights, while 512->2048 1x1 and 512->512 3x3 on 7x7 took up to
+    /// 1.56x against 1.17x (int4, float16). The strided, pointwise, Conv1d and in-place clauses were mixed or slower in
+    /// that machine's table and stay off there.
     /// </summary>
     internal const int FewPositionsMaxPositions = 128;
+
+    /// <summary>Output positions over a call's images up to which weight-only calls take the packed kernels at 256 bits whatever the weight (<see cref="FewPositionsMaxPositions"/>): one image on 8x8.</summary>
+    internal const int FewPositionsOneImage256 = 64;
+
+    /// <summary>Weight elements (outputs x reduction) below which weight-only calls of 65-128 positions take the packed kernels at 256 bits (<see cref="FewPositionsMaxPositions"/>; 512->2048 1x1 has 2^20 and lost).</summary>
+    internal const long FewPositionsMaxWeight256 = 1 << 20;
 
     /// <summary>
     /// Multiply-adds up to which a weight-only convolution at a stride above 1, with a reduction of at least
@@ -602,8 +613,10 @@ internal static class ConvolutionCost
         // 3x3 ones onto 28x28 in 2-8 images (their strips read in place) and small ones too long for the small kernel:
         // the packed kernels.
         bool fewPositions = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions;
-        // At 256 bits (AVX2 without AVX-512) only the calls of few positions were measured (stop 53, FewPositionsMaxPositions).
-        if (!quantizedInput && !small && float256 && fewPositions) return ConvolutionRoute.Kernel;
+        // At 256 bits (AVX2 without AVX-512) only the calls of few positions were measured (stop 53): up to 64, or up to 128
+        // with a weight below FewPositionsMaxWeight256 elements.
+        if (!quantizedInput && !small && float256 && fewPositions
+            && ((long)unfold.Images * unfold.Positions <= FewPositionsOneImage256 || outputs * unfold.Rows < FewPositionsMaxWeight256)) return ConvolutionRoute.Kernel;
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;

@@ -710,7 +710,15 @@ public unsafe class ConvolutionKernelTests
         AssertChoice(last.ForImages(2), 512, false, B, K, "512->512 3x3 on 7x7, two images (98 positions)");
         AssertChoice(last.ForImages(3), 512, false, B, R, "512->512 3x3 on 7x7, three images (147 positions)");
         AssertChoice(last, 512, false, B, K, "512->512 3x3 on 7x7 at 256 bits", float256: true);
-        AssertChoice(last.ForImages(2), 512, false, B, K, "512->512 3x3 on 7x7, two images, at 256 bits", float256: true);
+        // At 256 bits beyond 64 positions only weights below FewPositionsMaxWeight256 elements.
+        AssertChoice(last.ForImages(2), 512, false, B, R, "512->512 3x3 on 7x7, two images, at 256 bits", float256: true);
+        var few256 = new Im2Col(256, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1).ForImages(2); // 98 positions
+        AssertChoice(few256, 455, false, B, K, "256->455 3x3 on 7x7, two images (2304 x 455 < 2^20), at 256 bits", float256: true);
+        AssertChoice(few256, 456, false, B, R, "256->456 3x3 on 7x7, two images (2304 x 456 > 2^20), at 256 bits", float256: true);
+        AssertChoice(new Im2Col(512, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1).ForImages(2), 2048, false, B, R, "1x1 512->2048 on 7x7, two images (2^20), at 256 bits", float256: true);
+        AssertChoice(new Im2Col(512, 8, 8, 1, 1, 1, 1, 0, 0, 1, 1), 2048, false, B, K, "1x1 512->2048 on 8x8 (64 positions), at 256 bits", float256: true);
+        AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1), 682, false, B, K, "Conv1d 512->682 k3 on 65 (1536 x 682 < 2^20), at 256 bits", float256: true);
+        AssertChoice(new Im2Col(512, 1, 65, 1, 3, 1, 1, 0, 1, 1, 1), 683, false, B, R, "Conv1d 512->683 k3 on 65 (1536 x 683 > 2^20), at 256 bits", float256: true);
         AssertChoice(last.ForImages(3), 512, false, B, R, "512->512 3x3 on 7x7, three images, at 256 bits", float256: true);
         AssertChoice(last, 512, true, K, K, "W8A8 512->512 3x3 on 7x7 at 256 bits (the integer GEMM)", float256: true);
         AssertChoice(new Im2Col(256, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1), 512, false, B, K, "256->512 stride 2 on 14x14");
@@ -767,7 +775,7 @@ public unsafe class ConvolutionKernelTests
         // A layer: 64->64 3x3 on 7x7 (1.8M multiply-adds, 576 terms: beyond the small kernel), at batch 1, 2 and 3.
         var layerGeometry = new Im2Col(64, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1);
         AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(1, 64, 7, 7), layerGeometry, B, K, "64->64 on 7x7 layer");
-        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, K, "64->64 on 7x7 layer, two images (98 positions: at 256 bits too)");
+        AssertLayerRoute(nn.Conv2d(64, 64, 3, padding: 1), null, torch.randn(2, 64, 7, 7), layerGeometry.ForImages(2), B, K, "64->64 on 7x7 layer, two images (98 positions, a small weight: at 256 bits too)");
         // Three images (147 positions, 5.4M): small enough for SmallWeightOnlyMaxWork; six (10.8M) are not. Beyond the
         // small kernel's calls (4.2M), the output channels in lanes where they run (UngroupedWeightOnlyLayersOntoSmallPlanesRunWithTheOutputChannelsInLanes).
         Assert.True(PackedMatMul.UngroupedLanesPay(layerGeometry.ForImages(3), 64));
