@@ -248,9 +248,10 @@ internal static class ConvolutionCost
     /// a weight below <see cref="FewPositionsMaxWeight256"/> elements. On an AVX2-only Zen 3 (docs/BENCHMARKS.md, stop
     /// 53; eight layers, int8, float16, int4, each paired with float32 in two processes a side) the packed kernels took
     /// 0.48-1.24x float32's time at batch 1 where libtorch's route took 1.07-1.51x (faster in 47 of 48 pairs, alike in
-    /// one); at batch 2 0.32-1.16x against 1.04-1.28x on the six smaller weights (faster in 34 of 36; 256->256 on 7x7 alike
-    /// or slower in two), while 512->2048 1x1 and 512->512 3x3 on 7x7 took up to 1.56x against 1.17x (int4, float16). The strided, pointwise, Conv1d and in-place clauses were mixed or slower in
-    /// that machine's table and stay off there.
+    /// one); at batch 2 0.32-1.16x against 1.04-1.28x on the six smaller weights (faster in 34 of 36; 256->256 on 7x7
+    /// alike or slower in two), while 512->2048 1x1 and 512->512 3x3 on 7x7 took up to 1.56x against 1.17x (int4,
+    /// float16). The strided and long pointwise clauses were mixed in that machine's table (0.76-1.16x and 0.96-1.14x of
+    /// libtorch's route's time) and stay off at 256 bits, as do the Conv1d, in-place and small-long ones (not measured).
     /// </summary>
     internal const int FewPositionsMaxPositions = 128;
 

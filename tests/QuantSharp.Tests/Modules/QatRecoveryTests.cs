@@ -14,7 +14,8 @@ namespace QuantSharp.Tests.Modules;
 /// with the CPU's float rounding (the first version of these tests failed on an AVX2-only CPU). At int2 the
 /// Gaussian-classes problem shows the claim. At int4 that problem loses nothing measurable to rounding (0.3 points or
 /// less of 4,096, sometimes a gain), so int4 is tested on a problem without label noise where rounding costs 0.9-1.5
-/// points; there QAT recovers about 60-65% of the drop, below the 70% bar, which the int4 test states rather than hides.
+/// points; there QAT recovers 59-90% of the drop (61-66% on the AVX2 CPU), mostly below the 70% bar, which the int4
+/// test states rather than hides.
 /// </summary>
 [Collection(TorchThreadsCollection.Name)]
 public class QatRecoveryTests
@@ -171,9 +172,9 @@ public class QatRecoveryTests
     /// longer helps (2,400 + 1,200 + 600 steps at decreasing rates), so QAT's gain is not just more training: QAT must
     /// beat RTN of the float model given the same fine-tuning. Measured (seeds 5, 6, 7) on an AVX2-only CPU: RTN drops
     /// 0.87, 1.51 and 1.26 points of 16,384; QAT's median over the batch orders recovers 66%, 61% and 65% (with libtorch's
-    /// scalar kernels, <c>ATEN_CPU_CAPABILITY=default</c>: 90%, 59%, 59%), the float control then rounded -29% to 15%. So the 70% is
-    /// not reached at int4 on this small problem (on Fashion-MNIST it is, docs/ACCURACY.md); asserted is a real recovery,
-    /// at least 40% of the drop, on every seed.
+    /// scalar kernels, <c>ATEN_CPU_CAPABILITY=default</c>: 90%, 59%, 59%), the float control then rounded -29% to 15%.
+    /// So the 70% is not reached at int4 on this small problem (on Fashion-MNIST it is, docs/ACCURACY.md);
+    /// asserted is a real recovery, at least 40% of the drop, on every seed.
     /// </summary>
     [Theory]
     [InlineData(5)]
