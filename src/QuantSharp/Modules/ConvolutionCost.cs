@@ -556,14 +556,14 @@ internal static class ConvolutionCost
     /// <param name="bothBFloat16">True where both bfloat16 convolutions run (<see cref="QuantizedModule.BothBFloat16Convolutions"/>): the routes of the rule with <paramref name="packedBFloat16"/> that were measured faster there (the small kernel, the integer kernels, the packed kernels in float32 on calls of up to <see cref="FewPositionsMaxPositions"/> positions or <see cref="SmallWeightOnlyMaxWork"/> multiply-adds), and the packed kernels' bfloat16 route where <see cref="PackedBFloat16BeatsLibTorch"/>, are taken before libtorch's bfloat16 route, which weight-only calls of fewer than <see cref="LibTorchBFloat16MinReduction"/> terms never take (that rule's route).</param>
     public static ConvolutionRoute Choose(Im2Col unfold, long outputs, bool quantizedInput, bool bfloat16, bool float256 = false, bool vnni512 = true, bool oneThread = false, bool packedBFloat16 = false, bool bothBFloat16 = false)
     {
-        long work = (long)unfold.Images * unfold.Positions * outputs * unfold.Rows;
+        long positions = (long)unfold.Images * unfold.Positions, work = positions * outputs * unfold.Rows;
         if (bfloat16 && bothBFloat16)
         {
             // Both bfloat16 convolutions run here: where the rule without libtorch's takes the small kernel, the integer
             // kernels, or the packed kernels in float32 for a call of few positions or a small one, that route; the packed
             // kernels in bfloat16 where they beat libtorch's.
             var managed = Choose(unfold, outputs, quantizedInput, bfloat16: true, float256, vnni512, oneThread, packedBFloat16: true);
-            bool fewOrSmall = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions || work <= SmallWeightOnlyMaxWork;
+            bool fewOrSmall = positions <= FewPositionsMaxPositions || work <= SmallWeightOnlyMaxWork;
             if (managed == ConvolutionRoute.Direct || (managed == ConvolutionRoute.Kernel && (quantizedInput || fewOrSmall))) return managed;
             if (!quantizedInput && PackedBFloat16BeatsLibTorch(unfold, outputs)) return ConvolutionRoute.BFloat16;
             // A short reduction: the rule without libtorch's bfloat16 convolution, which lost there.
@@ -613,11 +613,11 @@ internal static class ConvolutionCost
         // images, pointwise ones of long reductions in one or two images, Conv1d ones of long reductions in one image,
         // 3x3 ones onto 28x28 in 2-8 images (their strips read in place) and small ones too long for the small kernel:
         // the packed kernels.
-        bool fewPositions = (long)unfold.Images * unfold.Positions <= FewPositionsMaxPositions;
         // At 256 bits (AVX2 without AVX-512) only the calls of few positions were measured (stop 53): up to 64, or up to 128
         // with a weight below FewPositionsMaxWeight256 elements.
+        bool fewPositions = positions <= FewPositionsMaxPositions;
         if (!quantizedInput && !small && float256 && fewPositions
-            && ((long)unfold.Images * unfold.Positions <= FewPositionsOneImage256 || outputs * unfold.Rows < FewPositionsMaxWeight256)) return ConvolutionRoute.Kernel;
+            && (positions <= FewPositionsOneImage256 || outputs * unfold.Rows < FewPositionsMaxWeight256)) return ConvolutionRoute.Kernel;
         if (!quantizedInput && !small && !float256)
         {
             bool strided = unfold.StrideH * unfold.StrideW > 1 && unfold.Rows >= IntegerMinReduction && work <= StridedWeightOnlyMaxWork;

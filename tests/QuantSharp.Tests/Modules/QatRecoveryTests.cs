@@ -1,6 +1,7 @@
 using QuantSharp.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
+using Xunit.Abstractions;
 
 namespace QuantSharp.Tests.Modules;
 
@@ -18,7 +19,7 @@ namespace QuantSharp.Tests.Modules;
 /// test states rather than hides.
 /// </summary>
 [Collection(TorchThreadsCollection.Name)]
-public class QatRecoveryTests
+public class QatRecoveryTests(ITestOutputHelper output)
 {
     private sealed class Net : nn.Module<Tensor, Tensor>
     {
@@ -155,6 +156,8 @@ public class QatRecoveryTests
             double drop = fp - rtnAcc;
             Assert.True(drop > 0.02, $"int2 {granularity}: round-to-nearest should visibly lose accuracy here (float {fp:P2}, RTN {rtnAcc:P2})");
             double recovered = (qatAcc - rtnAcc) / drop;
+            // The figures of docs/ACCURACY.md (dotnet test --filter FullyQualifiedName~QatRecoveryTests --logger "console;verbosity=detailed").
+            output.WriteLine($"int2 {granularity}: recovered {recovered:P0} (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2}: {runs})");
             Assert.True(recovered >= 0.7, $"int2 {granularity}: QAT (median of {Orders.Length} batch orders, each chosen on validation) recovered {recovered:P0} of the drop (float {fp:P2}, RTN {rtnAcc:P2}, QAT {qatAcc:P2}: {runs})");
         }
     }
@@ -214,6 +217,7 @@ public class QatRecoveryTests
 
         double drop = fp - rtnAcc;
         string numbers = $"float {fp:P2}, RTN {rtnAcc:P2}, QAT (median of {Orders.Length} batch orders, each chosen on validation) {qatAcc:P2} ({runs}), float fine-tuned then RTN {tunedRtnAcc:P2}";
+        output.WriteLine($"int4 seed {seed}: recovered {(qatAcc - rtnAcc) / drop:P0} ({numbers})");
         Assert.True(drop > 0.005, $"int4 seed {seed}: round-to-nearest should lose more than 0.5 points here ({numbers})");
         Assert.True((qatAcc - rtnAcc) / drop >= 0.4, $"int4 seed {seed}: QAT recovered {(qatAcc - rtnAcc) / drop:P0} of the drop ({numbers})");
         Assert.True(qatAcc > tunedRtnAcc, $"int4 seed {seed}: QAT should beat more float training then rounding ({numbers})");
