@@ -15,6 +15,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "small-linear") return SmallLinearProbe.Run(args[1..]); // small and medium Linear layers vs float32, see SmallLinearProbe
         if (args.Length > 0 && args[0] == "conv") return ConvBench.Run(args[1..]); // quantized vs float32 convolutions, see ConvBench
         if (args.Length > 0 && args[0] == "bf16-probe") return BFloat16Probe.Run(); // libtorch's bfloat16 conv/linear against float32, see BFloat16Probe
+        if (args.Length > 0 && args[0] == "cores-probe") return CoresProbe.Run(args[1..]); // two threads of pure arithmetic against one, window by window, see CoresProbe
         if (args.Length > 0 && args[0] == "int-gemm-profile") return IntegerGemmProfile.Run(args[1..]); // W8A8 GEMM vs bf16 Linear, see IntegerGemmProfile
         if (args.Length > 0 && args[0] == "mechanisms") return MechanismBench.Run(); // replaced vs materialized layers, see MechanismBench
         if (args.Length > 0 && args[0] == "pack-probe") return PackProbe.Run(args[1..]); // Im2Col.PackStrip alone, see PackProbe
