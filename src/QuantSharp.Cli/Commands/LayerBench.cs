@@ -129,18 +129,14 @@ internal static class LayerBench
     /// <summary>The longest warm-up, for a program whose JIT never goes quiet.</summary>
     private const double MaxWarmUpMilliseconds = 3000;
 
-    /// <summary>Rounds the timed calls are spread over (fewer when there are fewer calls).</summary>
-    internal const int Rounds = 5;
-
     /// <summary>
-    /// Median milliseconds of <paramref name="repeats"/> timed calls of each side, after each side's warm-up
-    /// (<see cref="WarmUp"/>), spread over up to <see cref="Rounds"/> rounds: each round runs a block of every side's
-    /// calls in turn, the order rotating by one side each round. Timing one side's calls after another's let a window in
-    /// which the machine ran slower fall on one side only: on the Zen 4 VM of stop 54 two threads of pure arithmetic took
-    /// more than 1.2x one thread's time in 29 of 60 windows, up to 2x (the host running both vCPUs on one core;
-    /// docs/BENCHMARKS.md), and an 11008x4096 float32 <c>Linear</c> at batch 8 read 80 ms in one process against 29-36 in
-    /// five. In rounds such a window reaches every side. Blocks rather than single calls in turn keep what a side's
-    /// repeated calls measured before: a layer called again right after itself, part of its weight still in the caches.
+    /// Median milliseconds of <paramref name="repeats"/> timed calls of each side, taken in rounds: each round calls
+    /// every side once, the order rotating by one side each round, after each side's warm-up (<see cref="WarmUp"/>).
+    /// Timing one side's calls after another's let a window in which the machine ran slower fall on one side only: on
+    /// the Zen 4 VM of stop 54 two threads of pure arithmetic took more than 1.2x one thread's time in 29 of 60
+    /// windows, up to 2x (the host running both vCPUs on one core; docs/BENCHMARKS.md), and an 11008x4096 float32
+    /// <c>Linear</c> at batch 8 read 80 ms in one process against 29-36 in five. Interleaved, such a window
+    /// slows every side alike.
     /// </summary>
     /// <param name="sides">The calls to time; each returns a tensor, disposed at once.</param>
     /// <param name="repeats">Timed calls per side (at least one).</param>
@@ -148,24 +144,17 @@ internal static class LayerBench
     internal static double[] TimeInterleaved(IReadOnlyList<Func<Tensor>> sides, int repeats)
     {
         foreach (var side in sides) WarmUp(side);
-        int count = sides.Count, calls = Math.Max(1, repeats), rounds = Math.Min(Rounds, calls);
+        int count = sides.Count, rounds = Math.Max(1, repeats);
         var times = new double[count][];
-        for (int j = 0; j < count; j++) times[j] = new double[calls];
+        for (int j = 0; j < count; j++) times[j] = new double[rounds];
         for (int round = 0; round < rounds; round++)
-        {
-            // Calls [first, last) of every side in this round: the repeats split as evenly as the rounds allow.
-            int first = round * calls / rounds, last = (round + 1) * calls / rounds;
             for (int j = 0; j < count; j++)
             {
                 int side = (round + j) % count;
-                for (int call = first; call < last; call++)
-                {
-                    long start = Stopwatch.GetTimestamp();
-                    sides[side]().Dispose();
-                    times[side][call] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                }
+                long start = Stopwatch.GetTimestamp();
+                sides[side]().Dispose();
+                times[side][round] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
             }
-        }
         return times.Select(Median).ToArray();
     }
 
