@@ -133,9 +133,9 @@ internal static class LayerBench
     /// Median milliseconds of <paramref name="repeats"/> timed calls of each side, taken in rounds: each round calls
     /// every side once, the order rotating by one side each round, after each side's warm-up (<see cref="WarmUp"/>).
     /// Timing one side's calls after another's let a window in which the machine ran slower fall on one side only: on
-    /// the Zen 4 VM of stop 54 two threads of pure arithmetic took more than 1.2x one thread's time in 29 of 60
-    /// windows, up to 2x (the host running both vCPUs on one core; docs/BENCHMARKS.md), and an 11008x4096 float32
-    /// <c>Linear</c> at batch 8 read 80 ms in one process against 29-36 in five. Interleaved, such a window
+    /// the Zen 4 VM of stop 54 two threads of pure arithmetic took more than 1.2x one thread's time in about half of
+    /// the 0.2-second windows, up to 2x (the host running both vCPUs on one core; docs/BENCHMARKS.md), and a 11008x4096
+    /// float32 <c>Linear</c> at batch 8 read 80 ms in one process against 29-36 in five. Interleaved, such a window
     /// slows every side alike.
     /// </summary>
     /// <param name="sides">The calls to time; each returns a tensor, disposed at once.</param>
