@@ -21,7 +21,7 @@ internal static class BenchCommand
         var groupSize = new Option<int?>("--group-size") { Description = "Group size of integer weights (default: int8 per channel, int4/uint4 128)." };
         var threads = new Option<int?>("--threads") { Description = "Threads for both TorchSharp and the kernels (default: all cores)." };
         var model = new Option<string?>("--model") { Description = "A file written by Quantizer.Save or `quantsharp quantize`: time every quantized layer's shape and type at batch 1 and 64." };
-        var repeats = new Option<int>("--repeats") { Description = "Timed calls per side, in rounds that call each side once in turn; the median is reported.", DefaultValueFactory = _ => 20 };
+        var repeats = new Option<int>("--repeats") { Description = "Timed calls per side; the median is reported.", DefaultValueFactory = _ => 20 };
         var json = new Option<bool>("--json") { Description = "One JSON object per measurement (a single measurement prints one object, several an array)." };
         var cmd = new Command("bench", "Time quantized layers against TorchSharp float32 and bfloat16 Linear on this machine, with the machine's memory read bandwidth.");
         foreach (var o in new Option[] { shape, batch, qtype, groupSize, threads, model, repeats, json }) cmd.Options.Add(o);

@@ -75,7 +75,7 @@ internal static class LayerBench
     /// <summary>Times one <c>[outFeatures, inFeatures]</c> layer at <paramref name="batch"/>.</summary>
     /// <param name="qtype">One of <see cref="QTypes"/>.</param>
     /// <param name="groupSize">Per-group size for integer weights, or null (int8: per channel; int4/uint4: 128).</param>
-    /// <param name="repeats">Timed calls per side, interleaved with the other sides' (<see cref="TimeInterleaved"/>); the median is reported.</param>
+    /// <param name="repeats">Timed calls per side (the median is reported), after two warm-up calls.</param>
     /// <param name="memoryReadGbps">The machine's read bandwidth, measured once by the caller.</param>
     /// <param name="layer">Layer name (for <c>--model</c>), or null.</param>
     public static LayerTiming Measure(long outFeatures, long inFeatures, int batch, string qtype, int? groupSize, int repeats, double memoryReadGbps, string? layer = null)
@@ -98,8 +98,9 @@ internal static class LayerBench
         quantized.DynamicInput = dynamic;
         using var bf16 = nn.Linear(inFeatures, outFeatures, dtype: ScalarType.BFloat16);
         var xb = x.to(ScalarType.BFloat16);
-        var medians = TimeInterleaved([() => linear.call(x), () => bf16.call(xb), () => quantized.call(x)], repeats);
-        double f32 = medians[0], b16 = medians[1], q = medians[2];
+        double f32 = Time(() => linear.call(x), repeats);
+        double b16 = Time(() => bf16.call(xb), repeats);
+        double q = Time(() => quantized.call(x), repeats);
         linear.Dispose();
         return new LayerTiming(layer, outFeatures, inFeatures, batch, qtype, groupSize, f32, b16, q, quantized.WeightStorageBytes, memoryReadGbps);
     }
@@ -130,46 +131,17 @@ internal static class LayerBench
     private const double MaxWarmUpMilliseconds = 3000;
 
     /// <summary>
-    /// Median milliseconds of <paramref name="repeats"/> timed calls of each side, taken in rounds: each round calls
-    /// every side once, the order rotating by one side each round, after each side's warm-up (<see cref="WarmUp"/>).
-    /// Timing one side's calls after another's let a window in which the machine ran slower fall on one side only: on
-    /// the Zen 4 VM of stop 54 two threads of pure arithmetic took more than 1.2x one thread's time in about half of
-    /// the 0.2-second windows, up to 2x (the host running both vCPUs on one core; docs/BENCHMARKS.md), and a 11008x4096
-    /// float32 <c>Linear</c> at batch 8 read 80 ms in one process against 29-36 in five. Interleaved, such a window
-    /// slows every side alike.
-    /// </summary>
-    /// <param name="sides">The calls to time; each returns a tensor, disposed at once.</param>
-    /// <param name="repeats">Timed calls per side (at least one).</param>
-    /// <returns>Each side's median, in the order of <paramref name="sides"/>.</returns>
-    internal static double[] TimeInterleaved(IReadOnlyList<Func<Tensor>> sides, int repeats)
-    {
-        foreach (var side in sides) WarmUp(side);
-        int count = sides.Count, rounds = Math.Max(1, repeats);
-        var times = new double[count][];
-        for (int j = 0; j < count; j++) times[j] = new double[rounds];
-        for (int round = 0; round < rounds; round++)
-            for (int j = 0; j < count; j++)
-            {
-                int side = (round + j) % count;
-                long start = Stopwatch.GetTimestamp();
-                sides[side]().Dispose();
-                times[side][round] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            }
-        return times.Select(Median).ToArray();
-    }
-
-    /// <summary>
-    /// Calls <paramref name="forward"/> at least twice and for at least 20 ms, until the JIT has compiled nothing new for
-    /// <see cref="JitQuietMilliseconds"/> (at most <see cref="MaxWarmUpMilliseconds"/>).
+    /// Median milliseconds of <paramref name="repeats"/> calls after warm-up calls: at least two, at least 20 ms, and
+    /// until the JIT has compiled nothing new for <see cref="JitQuietMilliseconds"/> (at most <see cref="MaxWarmUpMilliseconds"/>).
     /// </summary>
     /// <remarks>
-    /// The warm-up time lets the threads of the side warmed up before settle (libgomp's OpenMP workers spin for a while
-    /// after a libtorch op) and lets this side's own threads start. Waiting for the JIT measures the steady state a
-    /// long-running program sees: the .NET runtime first runs a method's quick tier-0 code and recompiles it optimized
-    /// on a background thread after 30 calls and a 100 ms delay; timing during that compile took the second core from
-    /// the kernels (batch-1 int4 calls measured 0.69 ms instead of 0.29-0.38 ms).
+    /// The warm-up time lets the threads of the side timed before settle (libgomp's OpenMP workers spin for a while after
+    /// a libtorch op, on the core the next side's kernels want) and lets this side's own threads start. Waiting for the
+    /// JIT measures the steady state a long-running program sees: the .NET runtime first runs a method's quick tier-0
+    /// code and recompiles it optimized on a background thread after 30 calls and a 100 ms delay; timing during that
+    /// compile took the second core from the kernels (batch-1 int4 calls measured 0.69 ms instead of 0.29-0.38 ms).
     /// </remarks>
-    private static void WarmUp(Func<Tensor> forward)
+    private static double Time(Func<Tensor> forward, int repeats)
     {
         long warmUp = Stopwatch.GetTimestamp();
         var jit = JitQuiet.Start();
@@ -180,13 +152,15 @@ internal static class LayerBench
             double elapsed = Stopwatch.GetElapsedTime(warmUp).TotalMilliseconds;
             if (i >= 1 && elapsed >= 20 && (quiet || elapsed >= MaxWarmUpMilliseconds)) break;
         }
-    }
-
-    private static double Median(double[] values)
-    {
-        var sorted = values.Order().ToArray();
-        int n = sorted.Length;
-        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+        var times = new double[Math.Max(1, repeats)];
+        for (int i = 0; i < times.Length; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            forward().Dispose();
+            times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+        Array.Sort(times);
+        return times.Length % 2 == 1 ? times[times.Length / 2] : (times[times.Length / 2 - 1] + times[times.Length / 2]) / 2;
     }
 
     /// <summary>

@@ -111,26 +111,6 @@ public class BenchCommandTests
     }
 
     [Fact]
-    public void SidesAreTimedInRoundsThatRotateTheirOrder()
-    {
-        // Each side logs its calls: first its own warm-up (a run of at least two calls), side after side; then the timed
-        // rounds, every side once a round, the first side of round r being side r mod 3 (LayerBench.TimeInterleaved).
-        var calls = new List<int>();
-        Func<torch.Tensor> Side(int id) => () => { calls.Add(id); return torch.zeros(1); };
-        const int repeats = 5;
-        var medians = LayerBench.TimeInterleaved([Side(0), Side(1), Side(2)], repeats);
-
-        Assert.Equal(3, medians.Length);
-        Assert.All(medians, m => Assert.True(m >= 0 && double.IsFinite(m)));
-        int warmUps = calls.Count - 3 * repeats;
-        var warm = calls.Take(warmUps).ToList();
-        Assert.Equal(warm.Order(), warm); // side 0's warm-up calls, then side 1's, then side 2's
-        foreach (int id in new[] { 0, 1, 2 }) Assert.True(warm.Count(c => c == id) >= 2, $"side {id} warmed up {warm.Count(c => c == id)} times");
-        int[] expected = [0, 1, 2, 1, 2, 0, 2, 0, 1, 0, 1, 2, 1, 2, 0];
-        Assert.Equal(expected, calls.Skip(warmUps));
-    }
-
-    [Fact]
     public void BadOptionsAreClearErrors()
     {
         Assert.Contains("--shape must be OUTxIN", Run("bench", "--shape", "12by4").Err);
