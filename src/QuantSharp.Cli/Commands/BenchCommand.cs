@@ -22,15 +22,16 @@ internal static class BenchCommand
         var threads = new Option<int?>("--threads") { Description = "Threads for both TorchSharp and the kernels (default: all cores)." };
         var model = new Option<string?>("--model") { Description = "A file written by Quantizer.Save or `quantsharp quantize`: time every quantized layer's shape and type at batch 1 and 64." };
         var repeats = new Option<int>("--repeats") { Description = "Timed calls per side; the median is reported.", DefaultValueFactory = _ => 20 };
+        var cold = new Option<bool>("--cold") { Description = "Evict the caches before every timed call (a layer among others in a model whose weights exceed the caches); by default a layer is timed called again right after itself, part of its weight still cached." };
         var json = new Option<bool>("--json") { Description = "One JSON object per measurement (a single measurement prints one object, several an array)." };
         var cmd = new Command("bench", "Time quantized layers against TorchSharp float32 and bfloat16 Linear on this machine, with the machine's memory read bandwidth.");
-        foreach (var o in new Option[] { shape, batch, qtype, groupSize, threads, model, repeats, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { shape, batch, qtype, groupSize, threads, model, repeats, cold, json }) cmd.Options.Add(o);
         cmd.SetAction(parseResult =>
         {
             try
             {
                 var request = new BenchRequest(parseResult.GetValue(shape), parseResult.GetValue(batch), parseResult.GetValue(qtype)!,
-                    parseResult.GetValue(groupSize), parseResult.GetValue(threads), parseResult.GetValue(model), parseResult.GetValue(repeats));
+                    parseResult.GetValue(groupSize), parseResult.GetValue(threads), parseResult.GetValue(model), parseResult.GetValue(repeats), parseResult.GetValue(cold));
                 var results = Run(request);
                 if (parseResult.GetValue(json))
                 {
@@ -52,7 +53,7 @@ internal static class BenchCommand
     }
 
     /// <summary>What to time.</summary>
-    internal sealed record BenchRequest(string? Shape, int Batch, string QType, int? GroupSize, int? Threads, string? Model, int Repeats);
+    internal sealed record BenchRequest(string? Shape, int Batch, string QType, int? GroupSize, int? Threads, string? Model, int Repeats, bool Cold = false);
 
     /// <summary>Memory read by the bandwidth measurement (512 MiB, far beyond any cache; tests read less).</summary>
     internal static long BandwidthBytes { get; set; } = 512L << 20;
@@ -86,7 +87,7 @@ internal static class BenchCommand
             var results = new List<LayerTiming>();
             foreach (var (name, (outF, inF), qtype, group) in layers)
                 foreach (int b in batches)
-                    results.Add(LayerBench.Measure(outF, inF, b, qtype, group, request.Repeats, bandwidth, name));
+                    results.Add(LayerBench.Measure(outF, inF, b, qtype, group, request.Repeats, bandwidth, name, request.Cold));
             return results;
         }
         finally
@@ -162,5 +163,8 @@ internal static class BenchCommand
         console.Write(table);
         console.WriteLine($"Memory read bandwidth: {results[0].MemoryReadGbps.ToString("0.0", CultureInfo.InvariantCulture)} GB/s " +
             $"({KernelThreads.Count} thread(s)); weight GB/s at batch 1 near it means the layer runs at the speed of memory.");
+        console.WriteLine(results[0].Cold
+            ? "Caches evicted before every timed call (--cold): each layer read its weight from memory."
+            : "Each layer timed called again right after itself: a weight that fits in the caches partly stays there (--cold evicts them).");
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Text.Json.Nodes;
@@ -14,7 +15,7 @@ namespace QuantSharp.Cli.Commands;
 
 /// <summary>One timed layer: TorchSharp float32 and bfloat16 <c>Linear</c> against the quantized layer, same run.</summary>
 internal sealed record LayerTiming(string? Layer, long Out, long In, int Batch, string QType, int? GroupSize,
-    double Float32Ms, double BFloat16Ms, double QuantizedMs, long WeightBytes, double MemoryReadGbps)
+    double Float32Ms, double BFloat16Ms, double QuantizedMs, long WeightBytes, double MemoryReadGbps, bool Cold = false)
 {
     public double SpeedupVsFloat32 => Float32Ms / QuantizedMs;
     public double SpeedupVsBFloat16 => BFloat16Ms / QuantizedMs;
@@ -37,6 +38,7 @@ internal sealed record LayerTiming(string? Layer, long Out, long In, int Batch, 
         o["speedup_vs_bfloat16"] = Math.Round(SpeedupVsBFloat16, 3);
         o["weight_gbps"] = Significant(WeightGbps);
         o["memory_read_gbps"] = Significant(MemoryReadGbps);
+        o["cold"] = Cold;
         return o;
     }
 
@@ -78,7 +80,8 @@ internal static class LayerBench
     /// <param name="repeats">Timed calls per side (the median is reported), after two warm-up calls.</param>
     /// <param name="memoryReadGbps">The machine's read bandwidth, measured once by the caller.</param>
     /// <param name="layer">Layer name (for <c>--model</c>), or null.</param>
-    public static LayerTiming Measure(long outFeatures, long inFeatures, int batch, string qtype, int? groupSize, int repeats, double memoryReadGbps, string? layer = null)
+    /// <param name="cold">Evict the caches before every timed call (<see cref="EvictCaches"/>).</param>
+    public static LayerTiming Measure(long outFeatures, long inFeatures, int batch, string qtype, int? groupSize, int repeats, double memoryReadGbps, string? layer = null, bool cold = false)
     {
         PrimeAllocator();
         var (spec, dynamic, staticInput) = Spec(qtype, ref groupSize);
@@ -98,11 +101,11 @@ internal static class LayerBench
         quantized.DynamicInput = dynamic;
         using var bf16 = nn.Linear(inFeatures, outFeatures, dtype: ScalarType.BFloat16);
         var xb = x.to(ScalarType.BFloat16);
-        double f32 = Time(() => linear.call(x), repeats);
-        double b16 = Time(() => bf16.call(xb), repeats);
-        double q = Time(() => quantized.call(x), repeats);
+        double f32 = Time(() => linear.call(x), repeats, cold);
+        double b16 = Time(() => bf16.call(xb), repeats, cold);
+        double q = Time(() => quantized.call(x), repeats, cold);
         linear.Dispose();
-        return new LayerTiming(layer, outFeatures, inFeatures, batch, qtype, groupSize, f32, b16, q, quantized.WeightStorageBytes, memoryReadGbps);
+        return new LayerTiming(layer, outFeatures, inFeatures, batch, qtype, groupSize, f32, b16, q, quantized.WeightStorageBytes, memoryReadGbps, cold);
     }
 
     /// <summary>The weight spec of a <c>--qtype</c>; int4 and uint4 default to group 128.</summary>
@@ -141,7 +144,7 @@ internal static class LayerBench
     /// code and recompiles it optimized on a background thread after 30 calls and a 100 ms delay; timing during that
     /// compile took the second core from the kernels (batch-1 int4 calls measured 0.69 ms instead of 0.29-0.38 ms).
     /// </remarks>
-    private static double Time(Func<Tensor> forward, int repeats)
+    private static double Time(Func<Tensor> forward, int repeats, bool cold)
     {
         long warmUp = Stopwatch.GetTimestamp();
         var jit = JitQuiet.Start();
@@ -155,6 +158,7 @@ internal static class LayerBench
         var times = new double[Math.Max(1, repeats)];
         for (int i = 0; i < times.Length; i++)
         {
+            if (cold) EvictCaches();
             long start = Stopwatch.GetTimestamp();
             forward().Dispose();
             times[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
@@ -162,6 +166,40 @@ internal static class LayerBench
         Array.Sort(times);
         return times.Length % 2 == 1 ? times[times.Length / 2] : (times[times.Length / 2 - 1] + times[times.Length / 2]) / 2;
     }
+
+    /// <summary>
+    /// Bytes <see cref="EvictCaches"/> reads: 256 MiB, several times the last-level cache a process sees on the machines
+    /// measured (32 MiB); tests read less.
+    /// </summary>
+    internal static long EvictionBytes { get; set; } = 256L << 20;
+
+    private static float[]? s_eviction;
+
+    /// <summary>
+    /// Reads <see cref="EvictionBytes"/> of memory on every kernel thread (as <see cref="MemoryReadGbps"/> does), so that
+    /// the next call finds none of its weight in the caches, as a layer among others does in a model whose weights
+    /// exceed them (<c>--cold</c>). Called right after itself a layer finds part of its weight still in L3: on the Zen 4
+    /// VM of stop 54 a 4096x4096 int8 layer at batch 1 "read" its 16 MiB at 52.5 GB/s against 32.6 GB/s measured from
+    /// memory (docs/BENCHMARKS.md).
+    /// </summary>
+    internal static unsafe void EvictCaches()
+    {
+        long floats = EvictionBytes / sizeof(float);
+        if (s_eviction is null || s_eviction.LongLength != floats)
+        {
+            s_eviction = GC.AllocateArray<float>(checked((int)floats), pinned: true);
+            s_eviction.AsSpan().Fill(1f); // touch every page once
+        }
+        int threads = KernelThreads.Count;
+        long perThread = floats / threads / 64 * 64;
+        nint address = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_eviction));
+        var sums = new float[threads];
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
+        s_evictionSum = sums.Sum();
+    }
+
+    /// <summary>What the last <see cref="EvictCaches"/> read, kept so that the reads are not optimized away.</summary>
+    private static float s_evictionSum;
 
     /// <summary>
     /// Memory read bandwidth in GB/s: the best of three passes summing <paramref name="bytes"/> of memory on the kernels'

@@ -111,6 +111,34 @@ public class BenchCommandTests
     }
 
     [Fact]
+    public void ColdEvictsTheCachesBeforeEveryTimedCallAndSaysSo()
+    {
+        long saved = LayerBench.EvictionBytes;
+        try
+        {
+            LayerBench.EvictionBytes = 4L << 20;
+            var (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--batch", "2", "--qtype", "int8", "--repeats", "1", "--cold", "--json");
+            Assert.True(code == 0, stderr);
+            using var doc = JsonDocument.Parse(stdout);
+            CheckObject(doc.RootElement, "16x32", 2, "int8");
+            Assert.True(doc.RootElement.GetProperty("cold").GetBoolean());
+
+            (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--json");
+            Assert.True(code == 0, stderr);
+            using var warm = JsonDocument.Parse(stdout);
+            Assert.False(warm.RootElement.GetProperty("cold").GetBoolean());
+
+            (code, stdout, _) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--cold");
+            Assert.Equal(0, code);
+            Assert.Contains("Caches evicted before every timed call (--cold)", stdout);
+        }
+        finally
+        {
+            LayerBench.EvictionBytes = saved;
+        }
+    }
+
+    [Fact]
     public void BadOptionsAreClearErrors()
     {
         Assert.Contains("--shape must be OUTxIN", Run("bench", "--shape", "12by4").Err);
