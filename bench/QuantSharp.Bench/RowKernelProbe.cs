@@ -63,7 +63,7 @@ internal static unsafe class RowKernelProbe
     }
 
     /// <summary>Best wall time of <paramref name="passes"/> runs of <paramref name="body"/> on threads started together, and the best per-thread CPU time.</summary>
-    private static (double Wall, double Cpu) BestOf(int passes, int threads, Action<int> body)
+    internal static (double Wall, double Cpu) BestOf(int passes, int threads, Action<int> body)
     {
         double best = double.MaxValue, bestCpu = double.MaxValue;
         for (int p = 0; p < passes; p++)
@@ -93,7 +93,7 @@ internal static unsafe class RowKernelProbe
         return (best, bestCpu);
     }
 
-    private static float Compute(int iterations)
+    internal static float Compute(int iterations)
     {
         var a = Vector512.Create(1f); var b = a; var c = a; var d = a; var e = a; var f = a; var g = a; var h = a;
         var x = Vector512.Create(0.999999f);

@@ -23,15 +23,16 @@ internal static class BenchCommand
         var model = new Option<string?>("--model") { Description = "A file written by Quantizer.Save or `quantsharp quantize`: time every quantized layer's shape and type at batch 1 and 64." };
         var repeats = new Option<int>("--repeats") { Description = "Timed calls per side; the median is reported.", DefaultValueFactory = _ => 20 };
         var cold = new Option<bool>("--cold") { Description = "Evict the caches before every timed call (a layer among others in a model whose weights exceed the caches); by default a layer is timed called again right after itself, part of its weight still cached." };
+        var evictMib = new Option<int>("--evict-mib") { Description = $"MiB read before every timed call with --cold (default {LayerBench.DefaultEvictionMib}: use a few times your CPU's last-level cache).", DefaultValueFactory = _ => LayerBench.DefaultEvictionMib };
         var json = new Option<bool>("--json") { Description = "One JSON object per measurement (a single measurement prints one object, several an array)." };
         var cmd = new Command("bench", "Time quantized layers against TorchSharp float32 and bfloat16 Linear on this machine, with the machine's memory read bandwidth.");
-        foreach (var o in new Option[] { shape, batch, qtype, groupSize, threads, model, repeats, cold, json }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { shape, batch, qtype, groupSize, threads, model, repeats, cold, evictMib, json }) cmd.Options.Add(o);
         cmd.SetAction(parseResult =>
         {
             try
             {
                 var request = new BenchRequest(parseResult.GetValue(shape), parseResult.GetValue(batch), parseResult.GetValue(qtype)!,
-                    parseResult.GetValue(groupSize), parseResult.GetValue(threads), parseResult.GetValue(model), parseResult.GetValue(repeats), parseResult.GetValue(cold));
+                    parseResult.GetValue(groupSize), parseResult.GetValue(threads), parseResult.GetValue(model), parseResult.GetValue(repeats), parseResult.GetValue(cold), parseResult.GetValue(evictMib));
                 var results = Run(request);
                 if (parseResult.GetValue(json))
                 {
@@ -53,7 +54,7 @@ internal static class BenchCommand
     }
 
     /// <summary>What to time.</summary>
-    internal sealed record BenchRequest(string? Shape, int Batch, string QType, int? GroupSize, int? Threads, string? Model, int Repeats, bool Cold = false);
+    internal sealed record BenchRequest(string? Shape, int Batch, string QType, int? GroupSize, int? Threads, string? Model, int Repeats, bool Cold = false, int EvictMib = LayerBench.DefaultEvictionMib);
 
     /// <summary>Memory read by the bandwidth measurement (512 MiB, far beyond any cache; tests read less).</summary>
     internal static long BandwidthBytes { get; set; } = 512L << 20;
@@ -63,6 +64,7 @@ internal static class BenchCommand
     {
         if (request.Batch < 1) throw new ArgumentException($"--batch must be at least 1, got {request.Batch}.");
         if (request.Repeats < 1) throw new ArgumentException($"--repeats must be at least 1, got {request.Repeats}.");
+        if (request.EvictMib is < 1 or > 16384) throw new ArgumentException($"--evict-mib must be 1-16384, got {request.EvictMib}.");
         if (request.Threads is < 1) throw new ArgumentException($"--threads must be at least 1, got {request.Threads}.");
         if (request.GroupSize is int g && (g < 2 || g % 2 != 0)) throw new ArgumentException($"--group-size must be an even number of at least 2, got {g}.");
         if (!LayerBench.QTypes.Contains(request.QType))
@@ -76,8 +78,10 @@ internal static class BenchCommand
 
         int savedThreads = TorchSharp.torch.get_num_threads();
         int savedKernelThreads = KernelThreads.Count;
+        long savedEviction = LayerBench.EvictionBytes;
         try
         {
+            LayerBench.EvictionBytes = (long)request.EvictMib << 20;
             if (request.Threads is int t)
             {
                 TorchSharp.torch.set_num_threads(t);
@@ -94,6 +98,7 @@ internal static class BenchCommand
         {
             TorchSharp.torch.set_num_threads(savedThreads);
             KernelThreads.Count = savedKernelThreads;
+            LayerBench.EvictionBytes = savedEviction;
         }
     }
 

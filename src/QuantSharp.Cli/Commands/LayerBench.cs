@@ -168,15 +168,18 @@ internal static class LayerBench
     }
 
     /// <summary>
-    /// Bytes <see cref="EvictCaches"/> reads: 256 MiB, several times the last-level cache a process sees on the machines
-    /// measured (32 MiB); tests read less.
+    /// Bytes <see cref="EvictCaches"/> reads (<c>--evict-mib</c>): by default 256 MiB, several times the last-level cache
+    /// a process sees on the machines measured (32 MiB).
     /// </summary>
-    internal static long EvictionBytes { get; set; } = 256L << 20;
+    internal static long EvictionBytes { get; set; } = DefaultEvictionMib << 20;
+
+    /// <summary>The default of <c>--evict-mib</c>.</summary>
+    internal const int DefaultEvictionMib = 256;
 
     private static float[]? s_eviction;
 
     /// <summary>
-    /// Reads <see cref="EvictionBytes"/> of memory on every kernel thread (as <see cref="MemoryReadGbps"/> does), so that
+    /// Reads <see cref="EvictionBytes"/> of memory on the kernel threads (<see cref="ReadOnThreads"/>), so that
     /// the next call finds none of its weight in the caches, as a layer among others does in a model whose weights
     /// exceed them (<c>--cold</c>). Called right after itself a layer finds part of its weight still in L3: on the Zen 4
     /// VM of stop 54 a 4096x4096 int8 layer at batch 1 "read" its 16 MiB at 52.5 GB/s against 32.6 GB/s measured from
@@ -190,12 +193,7 @@ internal static class LayerBench
             s_eviction = GC.AllocateArray<float>(checked((int)floats), pinned: true);
             s_eviction.AsSpan().Fill(1f); // touch every page once
         }
-        int threads = KernelThreads.Count;
-        long perThread = floats / threads / 64 * 64;
-        nint address = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_eviction));
-        var sums = new float[threads];
-        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
-        s_evictionSum = sums.Sum();
+        s_evictionSum = ReadOnThreads((float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_eviction)), floats).Sum;
     }
 
     /// <summary>What the last <see cref="EvictCaches"/> read, kept so that the reads are not optimized away.</summary>
@@ -212,17 +210,13 @@ internal static class LayerBench
         try
         {
             new Span<float>(buffer, (int)Math.Min(floats, int.MaxValue)).Fill(1f); // touch every page first
-            int threads = KernelThreads.Count;
-            long perThread = floats / threads / 64 * 64;
-            nint address = (nint)buffer;
             double best = 0;
-            var sums = new float[threads];
             for (int pass = 0; pass < 3; pass++)
             {
                 long start = Stopwatch.GetTimestamp();
-                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
+                long read = ReadOnThreads(buffer, floats).Floats;
                 double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
-                best = Math.Max(best, perThread * threads * sizeof(float) / seconds / 1e9);
+                best = Math.Max(best, read * sizeof(float) / seconds / 1e9);
             }
             return best;
         }
@@ -230,6 +224,20 @@ internal static class LayerBench
         {
             NativeMemory.Free(buffer);
         }
+    }
+
+    /// <summary>
+    /// Sums the first <paramref name="count"/> floats of <paramref name="p"/> (rounded down to whole runs of 64 per
+    /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run; returns the sum and the floats read.
+    /// </summary>
+    private static unsafe (float Sum, long Floats) ReadOnThreads(float* p, long count)
+    {
+        int threads = KernelThreads.Count;
+        long perThread = count / threads / 64 * 64;
+        nint address = (nint)p;
+        var sums = new float[threads];
+        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
+        return (sums.Sum(), perThread * threads);
     }
 
     private static unsafe float Sum(float* p, long count)

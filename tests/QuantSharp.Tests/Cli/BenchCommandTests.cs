@@ -113,29 +113,21 @@ public class BenchCommandTests
     [Fact]
     public void ColdEvictsTheCachesBeforeEveryTimedCallAndSaysSo()
     {
-        long saved = LayerBench.EvictionBytes;
-        try
-        {
-            LayerBench.EvictionBytes = 4L << 20;
-            var (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--batch", "2", "--qtype", "int8", "--repeats", "1", "--cold", "--json");
-            Assert.True(code == 0, stderr);
-            using var doc = JsonDocument.Parse(stdout);
-            CheckObject(doc.RootElement, "16x32", 2, "int8");
-            Assert.True(doc.RootElement.GetProperty("cold").GetBoolean());
+        var (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--batch", "2", "--qtype", "int8", "--repeats", "1", "--cold", "--evict-mib", "4", "--json");
+        Assert.True(code == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        CheckObject(doc.RootElement, "16x32", 2, "int8");
+        Assert.True(doc.RootElement.GetProperty("cold").GetBoolean());
 
-            (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--json");
-            Assert.True(code == 0, stderr);
-            using var warm = JsonDocument.Parse(stdout);
-            Assert.False(warm.RootElement.GetProperty("cold").GetBoolean());
+        (code, stdout, stderr) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--json");
+        Assert.True(code == 0, stderr);
+        using var warm = JsonDocument.Parse(stdout);
+        Assert.False(warm.RootElement.GetProperty("cold").GetBoolean());
 
-            (code, stdout, _) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--cold");
-            Assert.Equal(0, code);
-            Assert.Contains("Caches evicted before every timed call (--cold)", stdout);
-        }
-        finally
-        {
-            LayerBench.EvictionBytes = saved;
-        }
+        (code, stdout, _) = Run("bench", "--shape", "16x32", "--qtype", "int8", "--repeats", "1", "--cold", "--evict-mib", "4");
+        Assert.Equal(0, code);
+        Assert.Contains("Caches evicted before every timed call (--cold)", stdout);
+        Assert.Equal(LayerBench.DefaultEvictionMib << 20, LayerBench.EvictionBytes); // restored after the run
     }
 
     [Fact]
@@ -144,6 +136,7 @@ public class BenchCommandTests
         Assert.Contains("--shape must be OUTxIN", Run("bench", "--shape", "12by4").Err);
         Assert.Contains("Unknown --qtype 'int3'", Run("bench", "--shape", "4x4", "--qtype", "int3").Err);
         Assert.Contains("either --shape", Run("bench").Err);
+        Assert.Contains("--evict-mib must be 1-16384, got 0", Run("bench", "--shape", "4x4", "--cold", "--evict-mib", "0").Err);
     }
 
     /// <summary>The command with a small bandwidth measurement (the real one reads 512 MiB).</summary>
