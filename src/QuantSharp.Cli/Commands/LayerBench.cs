@@ -228,7 +228,10 @@ internal static class LayerBench
 
     /// <summary>
     /// Sums the first <paramref name="count"/> floats of <paramref name="p"/> (rounded down to whole runs of 64 per
-    /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run; returns the sum and the floats read.
+    /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run (below its parallel threshold, 2 MiB,
+    /// the calling thread reads them all); returns the sum and the floats read. On those threads, not the thread pool's: read by other threads for the 8 ms of a 256 MiB eviction, the kernels'
+    /// OpenMP team went to sleep, and every cold call measured its wake-up too (batch-1 int4 on 4096x4096 0.51-0.54 ms
+    /// against 0.42, docs/BENCHMARKS.md, stop 55); in a model the layers before keep the team awake.
     /// </summary>
     private static unsafe (float Sum, long Floats) ReadOnThreads(float* p, long count)
     {
@@ -236,7 +239,7 @@ internal static class LayerBench
         long perThread = count / threads / 64 * 64;
         nint address = (nint)p;
         var sums = new float[threads];
-        Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sums[t] = Sum((float*)address + t * perThread, perThread));
+        KernelThreads.For(threads, perThread, t => sums[t] = Sum((float*)address + t * perThread, perThread));
         return (sums.Sum(), perThread * threads);
     }
 
