@@ -21,6 +21,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "pack-probe") return PackProbe.Run(args[1..]); // Im2Col.PackStrip alone, see PackProbe
         if (args.Length > 0 && args[0] == "micro-probe") return MicroProbe.Run(args[1..]); // the float micro-kernel alone, operands in L1, see MicroProbe
         if (args.Length > 0 && args[0] == "dequant-probe") return DequantProbe.Run(args[1..]); // dequantize + libtorch in parts, see DequantProbe
+        if (args.Length > 0 && args[0] == "stream-probe") return StreamProbe.Run(args[1..]); // the cold and warm sum of a weight's bytes, see StreamProbe
         if (args.Length > 0 && args[0] == "row-kernels") return RowKernelProbe.Run(args[1..]); // batch-1/8 kernels on 1 and 2 threads, see RowKernelProbe
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
         return 0;
