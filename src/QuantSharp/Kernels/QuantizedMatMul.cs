@@ -192,16 +192,20 @@ internal static unsafe class QuantizedMatMul
     /// Batch 1 streams each weight row once. A row is a new stream of a few KiB that the hardware prefetcher picks up
     /// late (it does not follow into the next row), so each pass of the batch-1 kernels asks for the same columns of
     /// the next pass's four rows: without it every pass starts with a memory stall (1.4-2x slower on 11008x4096).
+    /// Into L2 (<c>prefetcht1</c>), not L1: for a weight read from memory, not the caches (<c>quantsharp bench --cold</c>),
+    /// the calls took 0.57-0.64 ms against 0.63-0.67 on 4096x4096 int8 and 1.44-1.53 against 1.81-2.01 on 11008x4096
+    /// (int4, uint4 and half precision 5-20% less too; warm and batch 8 unchanged; docs/BENCHMARKS.md, stop 55). Why was not
+    /// measured; the likely reason is the L1's few miss buffers, which the four prefetched rows and the current four's loads share.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchNextFourRows(byte* p, nint rowBytes)
     {
         if (!Sse.IsSupported) return;
         byte* next = p + 4 * rowBytes;
-        Sse.Prefetch0(next);
-        Sse.Prefetch0(next + rowBytes);
-        Sse.Prefetch0(next + 2 * rowBytes);
-        Sse.Prefetch0(next + 3 * rowBytes);
+        Sse.Prefetch1(next);
+        Sse.Prefetch1(next + rowBytes);
+        Sse.Prefetch1(next + 2 * rowBytes);
+        Sse.Prefetch1(next + 3 * rowBytes);
     }
 
     /// <summary>Computes <c>y = x w^T + bias</c>.</summary>
