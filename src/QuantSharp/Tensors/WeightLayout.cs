@@ -201,7 +201,6 @@ internal abstract class CanonicalWeightLayout : WeightLayout
         if (parts.Scale is { } s) list.Add((WeightPart.Scale, s));
         if (parts.ZeroPoint is { } z) list.Add((WeightPart.ZeroPoint, z));
         _tensors = [.. list];
-        HugePages.Advise(parts.Data); // the kernels stream it from memory at batch 1 (HugePages remarks)
     }
 
     public override IReadOnlyList<(WeightPart Part, Tensor Tensor)> Tensors => _tensors;
