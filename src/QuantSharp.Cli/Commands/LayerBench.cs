@@ -229,9 +229,10 @@ internal static class LayerBench
     /// <summary>
     /// Sums the first <paramref name="count"/> floats of <paramref name="p"/> (rounded down to whole runs of 64 per
     /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run (below its parallel threshold, 2 MiB,
-    /// the calling thread reads them all); returns the sum and the floats read. On those threads, not the thread pool's: read by other threads for the 8 ms of a 256 MiB eviction, the kernels'
-    /// OpenMP team went to sleep, and every cold call measured its wake-up too (batch-1 int4 on 4096x4096 0.51-0.54 ms
-    /// against 0.42, docs/BENCHMARKS.md, stop 55); in a model the layers before keep the team awake.
+    /// the calling thread reads them all); returns the sum and the floats read. On those threads, not the thread pool's:
+    /// while other threads read for the 8 ms of a 256 MiB eviction, the kernels' OpenMP team most likely went to sleep, and
+    /// every cold call timed its wake-up too (batch-1 int4 on 4096x4096: medians of three processes 0.517 ms before,
+    /// 0.446 after; docs/BENCHMARKS.md, stop 55); in a model the layers before keep the team awake.
     /// </summary>
     private static unsafe (float Sum, long Floats) ReadOnThreads(float* p, long count)
     {

@@ -193,9 +193,10 @@ internal static unsafe class QuantizedMatMul
     /// late (it does not follow into the next row), so each pass of the batch-1 kernels asks for the same columns of
     /// the next pass's four rows: without it every pass starts with a memory stall (1.4-2x slower on 11008x4096).
     /// Into L2 (<c>prefetcht1</c>), not L1: for a weight read from memory, not the caches (<c>quantsharp bench --cold</c>),
-    /// the calls took 0.57-0.64 ms against 0.63-0.67 on 4096x4096 int8 and 1.44-1.53 against 1.81-2.01 on 11008x4096
-    /// (int4, uint4 and half precision 5-20% less too; warm and batch 8 unchanged; docs/BENCHMARKS.md, stop 55). Why was not
-    /// measured; the likely reason is the L1's few miss buffers, which the four prefetched rows and the current four's loads share.
+    /// the calls took 0.45-0.49 ms against 0.63-0.68 on 4096x4096 int8 and 0.39-0.40 against 0.43-0.52 for int4 group 128
+    /// (half precision and 11008x4096 less too; called again right after themselves and at batch 8 the same or less;
+    /// docs/BENCHMARKS.md, stop 55). Why was not measured; the likely reason is the L1's few miss buffers, which the four
+    /// prefetched rows and the current four's loads share.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchNextFourRows(byte* p, nint rowBytes)
