@@ -78,9 +78,14 @@ internal static unsafe class StreamProbe
 
     private static float s_sink;
 
-    /// <summary>Sums <paramref name="bytes"/> at <paramref name="p"/> on the kernel threads, each thread a contiguous share: read straight through, or (<paramref name="rows"/>) as four 4 KiB rows side by side.</summary>
+    /// <summary>Sums <paramref name="bytes"/> at <paramref name="p"/> on the kernel threads, each thread a contiguous share: read straight through (<see cref="MemoryRead"/>, as <c>quantsharp bench</c> reads), or (<paramref name="rows"/>) as four 4 KiB rows side by side.</summary>
     private static void Read(float* p, long bytes, bool rows)
     {
+        if (!rows)
+        {
+            s_sink = MemoryRead.OnKernelThreads(p, bytes / sizeof(float)).Sum;
+            return;
+        }
         int threads = KernelThreads.Count;
         long share = bytes / threads / 16384 * 16384;
         nint address = (nint)p;
@@ -88,22 +93,9 @@ internal static unsafe class StreamProbe
         KernelThreads.For(threads, share / sizeof(float), t =>
         {
             byte* start = (byte*)address + t * share;
-            sums[t] = rows ? FourRows(start, share) : Straight((float*)start, share / sizeof(float));
+            sums[t] = FourRows(start, share);
         });
         s_sink = sums.Sum();
-    }
-
-    private static float Straight(float* p, long count)
-    {
-        Vector256<float> a = default, b = default, c = default, d = default;
-        for (long i = 0; i + 32 <= count; i += 32)
-        {
-            a += Vector256.Load(p + i);
-            b += Vector256.Load(p + i + 8);
-            c += Vector256.Load(p + i + 16);
-            d += Vector256.Load(p + i + 24);
-        }
-        return Vector256.Sum(a + b + c + d);
     }
 
     /// <summary>Four 4 KiB rows at a time, 32 bytes of each per step, as the batch-1 int8 row kernels walk a 4096-column weight.</summary>

@@ -179,7 +179,7 @@ internal static class LayerBench
     private static float[]? s_eviction;
 
     /// <summary>
-    /// Reads <see cref="EvictionBytes"/> of memory on the kernel threads (<see cref="ReadOnThreads"/>), so that
+    /// Reads <see cref="EvictionBytes"/> of memory on the kernel threads (<see cref="MemoryRead.OnKernelThreads"/>), so that
     /// the next call finds none of its weight in the caches, as a layer among others does in a model whose weights
     /// exceed them (<c>--cold</c>). Called right after itself a layer finds part of its weight still in L3: on the Zen 4
     /// VM of stop 54 a 4096x4096 int8 layer at batch 1 "read" its 16 MiB at 52.5 GB/s against 32.6 GB/s measured from
@@ -193,7 +193,7 @@ internal static class LayerBench
             s_eviction = GC.AllocateArray<float>(checked((int)floats), pinned: true);
             s_eviction.AsSpan().Fill(1f); // touch every page once
         }
-        s_evictionSum = ReadOnThreads((float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_eviction)), floats).Sum;
+        s_evictionSum = MemoryRead.OnKernelThreads((float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_eviction)), floats).Sum;
     }
 
     /// <summary>What the last <see cref="EvictCaches"/> read, kept so that the reads are not optimized away.</summary>
@@ -214,7 +214,7 @@ internal static class LayerBench
             for (int pass = 0; pass < 3; pass++)
             {
                 long start = Stopwatch.GetTimestamp();
-                long read = ReadOnThreads(buffer, floats).Floats;
+                long read = MemoryRead.OnKernelThreads(buffer, floats).Floats;
                 double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
                 best = Math.Max(best, read * sizeof(float) / seconds / 1e9);
             }
@@ -224,36 +224,5 @@ internal static class LayerBench
         {
             NativeMemory.Free(buffer);
         }
-    }
-
-    /// <summary>
-    /// Sums the first <paramref name="count"/> floats of <paramref name="p"/> (rounded down to whole runs of 64 per
-    /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run (below its parallel threshold, 2 MiB,
-    /// the calling thread reads them all); returns the sum and the floats read. On those threads, not the thread pool's:
-    /// while other threads read for the 8 ms of a 256 MiB eviction, the kernels' OpenMP team most likely went to sleep, and
-    /// every cold call timed its wake-up too (batch-1 int4 on 4096x4096: medians of three processes 0.517 ms before,
-    /// 0.446 after; docs/BENCHMARKS.md, stop 55); in a model the layers before keep the team awake.
-    /// </summary>
-    private static unsafe (float Sum, long Floats) ReadOnThreads(float* p, long count)
-    {
-        int threads = KernelThreads.Count;
-        long perThread = count / threads / 64 * 64;
-        nint address = (nint)p;
-        var sums = new float[threads];
-        KernelThreads.For(threads, perThread, t => sums[t] = Sum((float*)address + t * perThread, perThread));
-        return (sums.Sum(), perThread * threads);
-    }
-
-    private static unsafe float Sum(float* p, long count)
-    {
-        Vector256<float> a = default, b = default, c = default, d = default;
-        for (long i = 0; i + 32 <= count; i += 32)
-        {
-            a += Vector256.Load(p + i);
-            b += Vector256.Load(p + i + 8);
-            c += Vector256.Load(p + i + 16);
-            d += Vector256.Load(p + i + 24);
-        }
-        return Vector256.Sum(a + b + c + d);
     }
 }
