@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Runtime;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 using System.Text.Json.Nodes;
 using QuantSharp.Kernels;
 using QuantSharp.Modules;

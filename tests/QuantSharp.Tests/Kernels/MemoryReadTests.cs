@@ -4,8 +4,10 @@ namespace QuantSharp.Tests.Kernels;
 
 /// <summary>
 /// <see cref="MemoryRead.OnKernelThreads"/> (the read behind <c>quantsharp bench</c>'s bandwidth and <c>--cold</c>):
-/// each thread sums a contiguous run of whole 64-float blocks, the runs together the start of the buffer.
+/// each thread sums a contiguous run of whole 64-float blocks, the runs together the start of the buffer. In the
+/// collection that runs alone: the expected length depends on <see cref="KernelThreads.Count"/>, which other tests set.
 /// </summary>
+[Collection(TorchThreadsCollection.Name)]
 public class MemoryReadTests
 {
     [Theory]
