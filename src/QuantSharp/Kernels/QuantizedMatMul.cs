@@ -1027,8 +1027,8 @@ internal static unsafe class QuantizedMatMul
                 // at a time: fetch the rows' next block ahead (read after every row's current block).
                 if (Sse.IsSupported)
                 {
-                    Sse.Prefetch1(row0 + (((k + ahead) * halfBytes) >> 1));
-                    if (TN.Count > 1) Sse.Prefetch1(row1 + (((k + ahead) * halfBytes) >> 1));
+                    Sse.Prefetch0(row0 + (((k + ahead) * halfBytes) >> 1));
+                    if (TN.Count > 1) Sse.Prefetch0(row1 + (((k + ahead) * halfBytes) >> 1));
                 }
                 var (wa, wb) = TD.Decode<TW, TVec>(row0, k, gp, gq);
                 TVec va = TW.Zero, vb = TW.Zero;
