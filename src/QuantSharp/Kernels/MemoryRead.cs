@@ -12,7 +12,7 @@ internal static unsafe class MemoryRead
     /// Sums the first <paramref name="count"/> floats of <paramref name="p"/> (rounded down to whole runs of 64 per
     /// thread), each kernel thread (<see cref="KernelThreads"/>) one contiguous run (below its parallel threshold, 2 MiB,
     /// the calling thread reads them all); returns the sum and the floats read. On those threads, not the thread pool's:
-    /// while other threads read for the 8 ms of a 256 MiB eviction, the kernels' OpenMP team most likely went to sleep, and
+    /// while other threads read a 256 MiB eviction (about 8 ms at 35 GB/s), the kernels' OpenMP team most likely slept, and
     /// every cold call timed its wake-up too (batch-1 int4 on 4096x4096: medians of three processes 0.517 ms before,
     /// 0.446 after; docs/BENCHMARKS.md, stop 55); in a model the layers before keep the team awake.
     /// </summary>
