@@ -926,6 +926,22 @@ internal static unsafe class QuantizedMatMul
     internal static int ReductionBlock = 512;
 
     /// <summary>
+    /// Whether a pass of <c>TR.Count</c> activation rows at width <typeparamref name="TW"/> must fit in 16 vector
+    /// registers: four rows, vectors of more than one float, and no AVX-512 (which gives 32). Two weight rows against
+    /// four activation rows keep 16 accumulators (a chunk's two vectors apart), which the JIT spilled: on emulated AVX2
+    /// (docs/BENCHMARKS.md, stop 56) such a pass then adds both vectors of a chunk into one accumulator (eight, still
+    /// enough independent multiply-adds), and packed nibbles, whose decode holds four more constants, take one weight
+    /// row at a time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool SixteenRegisters<TW, TVec, TR>() where TW : IFloatWidth<TVec> where TVec : struct where TR : IRowCount =>
+        TR.Count == 4 && TW.Count > 1 && !Avx512F.IsSupported;
+
+    /// <summary>Whether <typeparamref name="TD"/> decodes packed nibbles.</summary>
+    private static bool IsNibbleDecoder<TD>() where TD : IWeightDecoder =>
+        typeof(TD) == typeof(NibbleDecoder<SignedNibbles>) || typeof(TD) == typeof(NibbleDecoder<UnsignedNibbles>);
+
+    /// <summary>
     /// Weight rows <c>[n0, n1)</c> against <c>TR.Count</c> activation rows, one reduction block at a time
     /// (<see cref="ReductionBlock"/>): each row's accumulators are carried from block to block
     /// (<see cref="RowSums{TVec}"/>), so every output gets exactly the operations, in the same order, of one
@@ -960,8 +976,9 @@ internal static unsafe class QuantizedMatMul
             int groupEnd = (k0 / g + 1) * g;
             k1 = g <= block ? Math.Min(k, k0 + Math.Max(block / g, 1) * g) : groupEnd - k0 <= block ? groupEnd : k0 + block;
             int n = n0;
-            for (; n + 2 <= n1; n += 2) Row<TW, TVec, TD, Two, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0 + 1]);
-            if (n < n1) Row<TW, TVec, TD, One, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0]);
+            if (!(SixteenRegisters<TW, TVec, TR>() && IsNibbleDecoder<TD>()))
+                for (; n + 2 <= n1; n += 2) Row<TW, TVec, TD, Two, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0 + 1]);
+            for (; n < n1; n++) Row<TW, TVec, TD, One, TR>(w, n, x, ldx, k0, k1, ref sums[n - n0], ref sums[n - n0]);
         }
         // Unscaled sums: output = scale * sum(q * x) - zeroPoint * scale * sum(x) + bias.
         for (int n = n0; n < n1; n++)
@@ -1010,6 +1027,7 @@ internal static unsafe class QuantizedMatMul
         // a, b: weight row n (first and second vector of each chunk); c, d: row n + 1.
         var (a0, b0, a1, b1, a2, b2, a3, b3) = sums0.Load<TR>();
         var (c0, d0, c1, d1, c2, d2, c3, d3) = TN.Count > 1 ? sums1.Load<TR>() : default;
+        bool merge = TN.Count > 1 && SixteenRegisters<TW, TVec, TR>(); // a and c take both vectors of a chunk; b and d stay as loaded
         for (int gi = k0 / g; gi * g < k1; gi++)
         {
             var (s, offset) = GroupScale<TD>(w, n, gi);
@@ -1033,12 +1051,12 @@ internal static unsafe class QuantizedMatMul
                 var (wa, wb) = TD.Decode<TW, TVec>(row0, k, gp, gq);
                 TVec va = TW.Zero, vb = TW.Zero;
                 if (TN.Count > 1) (va, vb) = TD.Decode<TW, TVec>(row1, k, hp, hq);
-                Chunk<TW, TVec, TN>(wa, wb, va, vb, x0 + k, ref a0, ref b0, ref c0, ref d0);
-                if (TR.Count > 1) Chunk<TW, TVec, TN>(wa, wb, va, vb, x1 + k, ref a1, ref b1, ref c1, ref d1);
+                Chunk<TW, TVec, TN>(wa, wb, va, vb, x0 + k, ref a0, ref b0, ref c0, ref d0, merge);
+                if (TR.Count > 1) Chunk<TW, TVec, TN>(wa, wb, va, vb, x1 + k, ref a1, ref b1, ref c1, ref d1, merge);
                 if (TR.Count > 2)
                 {
-                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x2 + k, ref a2, ref b2, ref c2, ref d2);
-                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x3 + k, ref a3, ref b3, ref c3, ref d3);
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x2 + k, ref a2, ref b2, ref c2, ref d2, merge);
+                    Chunk<TW, TVec, TN>(wa, wb, va, vb, x3 + k, ref a3, ref b3, ref c3, ref d3, merge);
                 }
             }
         }
@@ -1048,13 +1066,20 @@ internal static unsafe class QuantizedMatMul
 
     /// <summary>
     /// One chunk of one activation row (<paramref name="x"/>) times the decoded chunk of weight row n (<paramref name="wa"/>,
-    /// <paramref name="wb"/>: its first and second vector) and, for two rows, of row n + 1 (<paramref name="va"/>, <paramref name="vb"/>).
+    /// <paramref name="wb"/>: its first and second vector) and, for two rows, of row n + 1 (<paramref name="va"/>, <paramref name="vb"/>);
+    /// with <paramref name="merge"/> (<see cref="SixteenRegisters"/>) both vectors into <paramref name="a"/> and <paramref name="c"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Chunk<TW, TVec, TN>(TVec wa, TVec wb, TVec va, TVec vb, float* x, ref TVec a, ref TVec b, ref TVec c, ref TVec d)
+    private static void Chunk<TW, TVec, TN>(TVec wa, TVec wb, TVec va, TVec vb, float* x, ref TVec a, ref TVec b, ref TVec c, ref TVec d, bool merge)
         where TW : IFloatWidth<TVec> where TVec : struct where TN : IRowCount
     {
         TVec xa = TW.Load(x), xb = TW.Load(x + TW.Count);
+        if (merge)
+        {
+            a = TW.MultiplyAdd(wb, xb, TW.MultiplyAdd(wa, xa, a));
+            if (TN.Count > 1) c = TW.MultiplyAdd(vb, xb, TW.MultiplyAdd(va, xa, c));
+            return;
+        }
         a = TW.MultiplyAdd(wa, xa, a);
         b = TW.MultiplyAdd(wb, xb, b);
         if (TN.Count > 1)
