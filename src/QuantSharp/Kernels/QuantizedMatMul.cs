@@ -89,9 +89,21 @@ internal static unsafe class QuantizedMatMul
     /// 0.64-0.68x; 4096x4096 int4 0.72-1.75x -> 0.55-0.75x, float16 0.57-1.21x -> 0.50-0.58x; 384x1536 as fast either
     /// way; at 4 rows the row kernels stay ahead. Weights of at most 64 rows keep their dot tiles (64x800 at 8 rows
     /// packed: int4 1.16-1.20x, bfloat16 1.02-1.04x, against 0.90-1.22x and 0.77-0.90x). The other widths keep the rules
-    /// measured with AVX-512.
+    /// measured with AVX-512. Since the row kernels' four-row passes fit 16 registers, large int8, uint8 and half-precision
+    /// weights wait for <see cref="PackedMinRows256LargeWeight"/>.
     /// </summary>
     internal static int PackedMinRows256 = 8;
+
+    /// <summary>
+    /// <see cref="PackedMinRows256"/> for large weights (at least <see cref="SmallWeightElements"/>) of int8, uint8,
+    /// float16 or bfloat16 since their four-row passes fit 16 registers (<see cref="SixteenRegisters"/>). Emulated AVX2,
+    /// one process a side, the best of three rounds' medians (docs/BENCHMARKS.md, stop 56), row kernels against the
+    /// packed GEMM: 4096x4096 at 8 rows int8 1.96 against 2.54 ms, float16 2.52 against 3.56, bfloat16 2.27 against
+    /// 2.98; 11008x4096 5.80 against 7.74, 7.25 against 10.0, 6.77 against 9.4; at 10 and 12 rows the rows still ahead
+    /// by 5-20% on both shapes, at 16 even. Packed nibbles keep <see cref="PackedMinRows256"/> (4096x4096 int4 group 128
+    /// at 8 rows 2.82 against 2.98 ms, at 10 3.91 against 3.35), as do small weights (1536x384 at 8 rows faster packed).
+    /// </summary>
+    internal static int PackedMinRows256LargeWeight = 12;
 
     /// <summary>Weights below this many elements (4 MiB of float32) count as small for <see cref="PackedMinRowsSmallWeight"/>.</summary>
     internal const long SmallWeightElements = 1 << 20;
@@ -175,7 +187,8 @@ internal static unsafe class QuantizedMatMul
             : PackedMinRows;
         if (path == KernelPath.V512 && small && rows > FewWeightRows && DotTilesFormat(format, groupSize))
             packedMin = Math.Max(packedMin, PackedMinRowsDotTiles);
-        if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows) packedMin = Math.Min(packedMin, PackedMinRows256);
+        if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows)
+            packedMin = Math.Min(packedMin, small || WeightView.IsPacked(format) ? PackedMinRows256 : PackedMinRows256LargeWeight);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
