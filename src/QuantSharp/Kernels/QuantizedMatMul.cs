@@ -89,19 +89,19 @@ internal static unsafe class QuantizedMatMul
     /// 0.64-0.68x; 4096x4096 int4 0.72-1.75x -> 0.55-0.75x, float16 0.57-1.21x -> 0.50-0.58x; 384x1536 as fast either
     /// way; at 4 rows the row kernels stay ahead. Weights of at most 64 rows keep their dot tiles (64x800 at 8 rows
     /// packed: int4 1.16-1.20x, bfloat16 1.02-1.04x, against 0.90-1.22x and 0.77-0.90x). The other widths keep the rules
-    /// measured with AVX-512. Since the row kernels' four-row passes fit 16 registers, large int8, uint8 and half-precision
-    /// weights wait for <see cref="PackedMinRows256LargeWeight"/>.
+    /// measured with AVX-512. Since stop 56 large weights wait for <see cref="PackedMinRows256LargeWeight"/>.
     /// </summary>
     internal static int PackedMinRows256 = 8;
 
     /// <summary>
-    /// <see cref="PackedMinRows256"/> for large weights (at least <see cref="SmallWeightElements"/>) of int8, uint8,
-    /// float16 or bfloat16 since their four-row passes fit 16 registers (<see cref="SixteenRegisters"/>). Emulated AVX2,
-    /// one process a side, the best of three rounds' medians (docs/BENCHMARKS.md, stop 56), row kernels against the
-    /// packed GEMM: 4096x4096 at 8 rows int8 1.96 against 2.54 ms, float16 2.52 against 3.56, bfloat16 2.27 against
-    /// 2.98; 11008x4096 5.80 against 7.74, 7.25 against 10.0, 6.77 against 9.4; at 10 and 12 rows the rows still ahead
-    /// by 5-20% on both shapes, at 16 even. Packed nibbles keep <see cref="PackedMinRows256"/> (4096x4096 int4 group 128
-    /// at 8 rows 2.82 against 2.98 ms, at 10 3.91 against 3.35), as do small weights (1536x384 at 8 rows faster packed).
+    /// <see cref="PackedMinRows256"/> for large weights (at least <see cref="SmallWeightElements"/>): since the row
+    /// kernels' four-row passes fit 16 registers (<see cref="SixteenRegisters"/>) and 4-bit weights at 256 bits take
+    /// <see cref="NibbleFractionRows"/>. Emulated AVX2, one process a side, the best of three rounds' medians
+    /// (docs/BENCHMARKS.md, stop 56), row kernels against the packed GEMM: 4096x4096 at 8 rows int8 1.96 against 2.54 ms,
+    /// float16 2.52 against 3.56, bfloat16 2.27 against 2.98, int4 group 128 2.45 against 3.20; 11008x4096 int8 5.80
+    /// against 7.74, float16 7.25 against 10.0, bfloat16 6.77 against 9.4; at 10 and 12 rows the rows still ahead or
+    /// even, at 16 the packed GEMM mostly ahead. Small weights keep <see cref="PackedMinRows256"/> (1536x384 at 8 rows
+    /// faster packed).
     /// </summary>
     internal static int PackedMinRows256LargeWeight = 12;
 
@@ -188,7 +188,7 @@ internal static unsafe class QuantizedMatMul
         if (path == KernelPath.V512 && small && rows > FewWeightRows && DotTilesFormat(format, groupSize))
             packedMin = Math.Max(packedMin, PackedMinRowsDotTiles);
         if (path == KernelPath.V256 && rows > DotTilesMaxWeightRows)
-            packedMin = Math.Min(packedMin, small || WeightView.IsPacked(format) ? PackedMinRows256 : PackedMinRows256LargeWeight);
+            packedMin = Math.Min(packedMin, small ? PackedMinRows256 : PackedMinRows256LargeWeight);
         if (m >= packedMin) return MatMulMethod.Packed;
         if (!small || WeightView.IsInteger8(format)) return MatMulMethod.Rows;
         if (rows <= DotTilesMaxWeightRows) return m >= DotTilesMinRowsFewWeightRows ? MatMulMethod.DotTiles : MatMulMethod.Rows;
@@ -336,7 +336,7 @@ internal static unsafe class QuantizedMatMul
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
     {
         int k = w.Cols, step = NibbleStep<TW, TVec>(), c = TW.Count;
-        if (method == MatMulMethod.Rows && m > 1 && ShortGroupFractions && TakesNibbleSteps(c, w, out bool shortSteps) && shortSteps)
+        if (method == MatMulMethod.Rows && m > 1 && ShortGroupFractions && TakesNibbleSteps(c, w, out bool shortSteps) && (shortSteps || typeof(TW) == typeof(Float256)))
         {
             NibbleFractionRows<TW, TVec, TSign>(w, x, m, ldx, bias, y, ldy);
             return;
@@ -480,7 +480,7 @@ internal static unsafe class QuantizedMatMul
         }
     }
 
-    /// <summary>Whether 2 or more activation rows on the row kernels take <see cref="NibbleFractionRows"/> for groups shorter than a nibble step (the probe turns it off to measure the difference).</summary>
+    /// <summary>Whether 2 or more activation rows on the row kernels take <see cref="NibbleFractionRows"/> for groups shorter than a nibble step, and at 256 bits for every group a step fits (the probe turns it off to measure the difference).</summary>
     internal static bool ShortGroupFractions = true;
 
     /// <summary>
@@ -492,6 +492,9 @@ internal static unsafe class QuantizedMatMul
     /// eight shift-and-place operations, and the groups' constants are applied once per step. Every activation row is
     /// reordered and its lane sums taken once per call; work items as <see cref="Drive"/>'s, the reduction walked in
     /// blocks of whole steps (<see cref="ReductionBlock"/>) with each output's running sum carried from block to block.
+    /// At 256 bits groups of whole steps (64 elements or a multiple) take it too: on emulated AVX2, 4096x4096 int4 group
+    /// 128 at 4 rows 1.17-1.24 ms against 1.43-1.46 in the generic row kernels, at 8 rows 2.45 against 3.2 packed
+    /// (docs/BENCHMARKS.md, stop 56); at 512 bits the two were as fast.
     /// </summary>
     private static void NibbleFractionRows<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness

@@ -118,19 +118,22 @@ public unsafe class QuantizedMatMulTests
     }
 
     /// <summary>
-    /// On the 256-bit path (no AVX-512) weights of more than 64 rows take the packed GEMM from 8 activation rows, but
-    /// large int8, uint8 and half-precision weights from 12; weights of at most 64 rows and the other widths keep their rules.
+    /// On the 256-bit path (no AVX-512) weights of more than 64 rows take the packed GEMM from 8 activation rows, large
+    /// weights (2^20 elements or more) from 12; weights of at most 64 rows and the other widths keep their rules.
     /// </summary>
     [Theory]
     [InlineData(7, 1024, 1024, "Int4", 32, "V256", "Rows")]
-    [InlineData(8, 1024, 1024, "Int4", 32, "V256", "Packed")]
+    [InlineData(8, 1024, 1024, "Int4", 32, "V256", "Rows")]
+    [InlineData(12, 1024, 1024, "Int4", 32, "V256", "Packed")]
+    [InlineData(8, 1024, 1000, "Int4", 40, "V256", "Packed")]
     [InlineData(8, 1024, 1024, "Int4", 32, "V512", "Rows")]
     [InlineData(8, 4096, 4096, "Int8", 4096, "V256", "Rows")]
     [InlineData(11, 4096, 4096, "BFloat16", 4096, "V256", "Rows")]
     [InlineData(12, 4096, 4096, "Int8", 4096, "V256", "Packed")]
     [InlineData(11, 1024, 1024, "Float16", 1024, "V256", "Rows")]
     [InlineData(12, 1024, 1024, "UInt8", 1024, "V256", "Packed")]
-    [InlineData(8, 4096, 4096, "Int4", 128, "V256", "Packed")]
+    [InlineData(8, 4096, 4096, "Int4", 128, "V256", "Rows")]
+    [InlineData(12, 4096, 4096, "UInt4", 128, "V256", "Packed")]
     [InlineData(8, 1536, 384, "Int8", 384, "V256", "Packed")]
     [InlineData(8, 4096, 4096, "Int8", 4096, "V128", "Rows")]
     [InlineData(8, 384, 1536, "Float16", 1536, "V256", "Packed")]
