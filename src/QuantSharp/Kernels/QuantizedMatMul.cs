@@ -98,7 +98,7 @@ internal static unsafe class QuantizedMatMul
     /// kernels' four-row passes fit 16 registers (<see cref="SixteenRegisters"/>) and 4-bit weights at 256 bits take
     /// <see cref="NibbleFractionRows"/>. Emulated AVX2, one process a side, the best of three rounds' medians
     /// (docs/BENCHMARKS.md, stop 56), row kernels against the packed GEMM: 4096x4096 at 8 rows int8 1.96 against 2.54 ms,
-    /// float16 2.52 against 3.56, bfloat16 2.27 against 2.98, int4 group 128 2.45 against 3.20; 11008x4096 int8 5.80
+    /// float16 2.52 against 3.56, bfloat16 2.27 against 2.98, int4 group 128 2.51 against 3.10; 11008x4096 int8 5.80
     /// against 7.74, float16 7.25 against 10.0, bfloat16 6.77 against 9.4; at 10 and 12 rows the rows still ahead or
     /// even, at 16 the packed GEMM mostly ahead. Small weights keep <see cref="PackedMinRows256"/> (1536x384 at 8 rows
     /// faster packed).
@@ -493,8 +493,8 @@ internal static unsafe class QuantizedMatMul
     /// reordered and its lane sums taken once per call; work items as <see cref="Drive"/>'s, the reduction walked in
     /// blocks of whole steps (<see cref="ReductionBlock"/>) with each output's running sum carried from block to block.
     /// At 256 bits groups of whole steps (64 elements or a multiple) take it too: on emulated AVX2, 4096x4096 int4 group
-    /// 128 at 4 rows 1.17-1.24 ms against 1.43-1.46 in the generic row kernels, at 8 rows 2.45 against 3.2 packed
-    /// (docs/BENCHMARKS.md, stop 56); at 512 bits the two were as fast.
+    /// 128 at 4 rows 1.29 ms (median of five processes) against 1.46 in the generic row kernels (three), at 8 rows 2.51
+    /// against 3.10 packed (docs/BENCHMARKS.md, stop 56); at 512 bits the two measured as fast in a scratch build.
     /// </summary>
     private static void NibbleFractionRows<TW, TVec, TSign>(in WeightView w, float* x, int m, nint ldx, float* bias, float* y, nint ldy)
         where TW : IFloatWidth<TVec> where TVec : struct where TSign : struct, ISignedness
@@ -944,8 +944,9 @@ internal static unsafe class QuantizedMatMul
     /// <summary>
     /// Whether a pass of <c>TR.Count</c> activation rows at width <typeparamref name="TW"/> must fit in 16 vector
     /// registers: four rows, vectors of more than one float, and no AVX-512 (which gives 32). Two weight rows against
-    /// four activation rows keep 16 accumulators (a chunk's two vectors apart), which the JIT spilled: on emulated AVX2
-    /// (docs/BENCHMARKS.md, stop 56) such a pass then adds both vectors of a chunk into one accumulator (eight, still
+    /// four activation rows keep 16 accumulators (a chunk's two vectors apart), with the decoded vectors on top: more
+    /// than the registers (the generated code was not read; the times say so). On emulated AVX2 (docs/BENCHMARKS.md,
+    /// stop 56) such a pass therefore adds both vectors of a chunk into one accumulator (eight, still
     /// enough independent multiply-adds), and packed nibbles, whose decode holds four more constants, take one weight
     /// row at a time.
     /// </summary>
