@@ -98,10 +98,11 @@ internal static unsafe class QuantizedMatMul
     /// kernels' four-row passes fit 16 registers (<see cref="SixteenRegisters"/>) and 4-bit weights at 256 bits take
     /// <see cref="NibbleFractionRows"/>. Emulated AVX2, one process a side, the best of three rounds' medians
     /// (docs/BENCHMARKS.md, stop 56), row kernels against the packed GEMM: 4096x4096 at 8 rows int8 1.96 against 2.54 ms,
-    /// float16 2.52 against 3.56, bfloat16 2.27 against 2.98, int4 group 128 2.51 against 3.10; 11008x4096 int8 5.80
-    /// against 7.74, float16 7.25 against 10.0, bfloat16 6.77 against 9.4; at 10 and 12 rows the rows still ahead or
-    /// even, at 16 the packed GEMM mostly ahead. Small weights keep <see cref="PackedMinRows256"/> (1536x384 at 8 rows
-    /// faster packed).
+    /// float16 2.52 against 3.56, bfloat16 2.27 against 2.98 (at 294a11c), int4 group 128 2.51 against 3.10 (at 6ad9c8e);
+    /// 11008x4096 int8 5.80 against 7.74, float16 7.25 against 10.0, bfloat16 6.77 against 9.4. On these two the rows
+    /// stay ahead at 10 and 12 rows and are even or behind at 16; on 1024x1024 and 2048x2048 they are even at 10 and
+    /// behind at 12 for int4 and float16: one threshold, 12, for every large weight. Small weights keep
+    /// <see cref="PackedMinRows256"/> (1536x384 at 8 rows faster packed).
     /// </summary>
     internal static int PackedMinRows256LargeWeight = 12;
 
@@ -948,7 +949,7 @@ internal static unsafe class QuantizedMatMul
     /// than the registers (the generated code was not read; the times say so). On emulated AVX2 (docs/BENCHMARKS.md,
     /// stop 56) such a pass therefore adds both vectors of a chunk into one accumulator (eight, still
     /// enough independent multiply-adds), and packed nibbles, whose decode holds four more constants, take one weight
-    /// row at a time.
+    /// row at a time. The 128-bit path (16 registers too) takes the same passes; not measured there.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool SixteenRegisters<TW, TVec, TR>() where TW : IFloatWidth<TVec> where TVec : struct where TR : IRowCount =>
