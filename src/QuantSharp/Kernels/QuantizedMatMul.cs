@@ -946,8 +946,8 @@ internal static unsafe class QuantizedMatMul
     /// Whether a pass of <c>TR.Count</c> activation rows at width <typeparamref name="TW"/> must fit in 16 vector
     /// registers: four rows, vectors of more than one float, and no AVX-512 (which gives 32). Two weight rows against
     /// four activation rows keep 16 accumulators (a chunk's two vectors apart), with the decoded vectors on top: more
-    /// than the registers (the generated code was not read; the times say so). On emulated AVX2 (docs/BENCHMARKS.md,
-    /// stop 56) such a pass therefore adds both vectors of a chunk into one accumulator (eight, still
+    /// than the registers (the JIT's code for int8 there moved accumulators to and from the stack 14 times per chunk of
+    /// 16 weights, 16 multiply-adds). On emulated AVX2 (docs/BENCHMARKS.md, stop 56) such a pass therefore adds both vectors of a chunk into one accumulator (eight, still
     /// enough independent multiply-adds), and packed nibbles, whose decode holds four more constants, take one weight
     /// row at a time. The 128-bit path (16 registers too) takes the same passes; not measured there.
     /// </summary>
